@@ -1,0 +1,7 @@
+"""`python -m runner` is the `runner` console script."""
+
+from __future__ import annotations
+
+from runner.cli import entry
+
+entry()

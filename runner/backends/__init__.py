@@ -1,0 +1,1 @@
+"""Engines served by real distributed brokers (RabbitMQ first)."""

@@ -1,0 +1,1 @@
+"""The daemon: supervisor, HTTP API, metrics, topology watcher."""

@@ -1,0 +1,1 @@
+"""The Kafka side of the embedded engine: segmented logs, partitions, groups."""

@@ -1,0 +1,1 @@
+"""The pipeline: handlers, workers, retries, dead letters, idempotency."""
