@@ -98,8 +98,8 @@ def diagram(topology: Topology) -> Diagram:
             edges.append(Edge(ids[src], ids[dst], label, dashed))
 
     for b in topology.bindings:
-        ex = exchanges.get(b.exchange)
-        label = binding_label(b, ex.type if ex else None)
+        source = exchanges.get(b.exchange)
+        label = binding_label(b, source.type if source else None)
         link(("exchange", b.exchange), (b.destination_kind, b.destination), label)
     for name, ex in topology.exchanges:
         if ex.alternate_exchange:
@@ -113,8 +113,8 @@ def diagram(topology: Topology) -> Diagram:
     for name, c in topology.consumers:
         link(("queue", c.queue), ("consumer", name))
     for name, g in topology.consumer_groups:
-        for t in g.topics:
-            link(("topic", t), ("group", name))
+        for topic_name in g.topics:
+            link(("topic", topic_name), ("group", name))
     readers = [("consumer", n, c.dlq_policy) for n, c in topology.consumers]
     readers += [("group", n, g.dlq_policy) for n, g in topology.consumer_groups]
     for kind, name, policy_name in readers:
