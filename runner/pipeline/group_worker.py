@@ -1,0 +1,259 @@
+"""A consumer group run by this daemon: `instances` members reading their partitions.
+
+Each member joins the group, heartbeats, and reads the partitions assigned to
+it in order. Before its partitions it reads the group's replay queue
+(dead letters replayed back to this group, see docs/handlers.md). A failing
+record is retried in place after the policy's delay — the partition waits
+for it, as in Kafka — and after the last retry it is dead-lettered and the
+member moves on (commits past it).
+
+Offsets: at-most-once commits before the handler runs; at-least-once commits
+after success (batched per read); exactly-once commits each record in one
+`engine.commit_step` with its outputs, fenced: the step is only taken while
+the partition is still assigned to this member and the group's committed
+position is still that record, so a rebalance can never commit a record twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from runner.engine import Record, Step, TopicPartition
+from runner.errors import EngineError, OffsetOutOfRange
+from runner.pipeline.deadletter import build_death
+from runner.pipeline.message import Outputs, TopicMessage
+from runner.pipeline.stats import HandlerCounters
+from runner.pipeline.worker import Worker, WorkerEnv
+from runner.topology.model import ConsumerGroup, Delivery, Topology
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 100
+HEARTBEAT_EVERY_S = 1.0
+
+
+class _Stale(Exception):
+    """The member no longer owns the record it processed (rebalanced away)."""
+
+
+class GroupWorker(Worker):
+    """Runs one `consumer_groups:` entry that has a handler."""
+
+    def __init__(
+        self, env: WorkerEnv, topology: Topology, group: ConsumerGroup, counters: HandlerCounters,
+    ) -> None:
+        assert group.handler is not None
+        super().__init__(
+            env, topology, name=group.name, handler_ref=group.handler, delivery=group.delivery,
+            timeout_s=group.timeout_s, policy_name=group.dlq_policy, idempotency=None,
+            counters=counters,
+        )
+        self.group = group
+        self.replay_queue = env.engine.replay_queue(group.name)
+
+    def start(self) -> None:
+        for n in range(1, self.group.instances + 1):
+            member = f"{self.name}-{n}@{self.env.hostname}"
+            self.tasks.append(asyncio.create_task(self._member(member), name=f"member:{member}"))
+
+    async def drain(self, grace_s: float) -> None:
+        await self.stop_tasks(grace_s)
+
+    # ---------------------------------------------------------------- member loop
+    async def _member(self, member: str) -> None:
+        engine = self.env.engine
+        engine.join(self.name, member)
+        positions: dict[TopicPartition, int] = {}
+        pending: dict[TopicPartition, int] = {}
+        last_beat = self.env.clock.monotonic()
+        try:
+            while not self.stopping:
+                now = self.env.clock.monotonic()
+                if now - last_beat >= HEARTBEAT_EVERY_S:
+                    engine.heartbeat(self.name, member)
+                    last_beat = now
+                busy = await self._replays(member)
+                assigned = engine.assignment(self.name, member)
+                for tp in list(positions):
+                    if tp not in assigned:
+                        del positions[tp]
+                for tp in assigned:
+                    if self.stopping:
+                        break
+                    if tp not in positions:
+                        positions[tp] = engine.position(self.name, tp)
+                    busy |= await self._partition(member, tp, positions, pending)
+                    self._flush(pending)
+                if not busy:
+                    await self.idle()
+        finally:
+            try:
+                self._flush(pending)
+                engine.leave(self.name, member)
+            except EngineError as exc:
+                log.warning("group %s: member %s could not leave cleanly: %s",
+                            self.name, member, exc)
+
+    def _flush(self, pending: dict[TopicPartition, int]) -> None:
+        if pending:
+            self.env.engine.commit(self.name, dict(pending))
+            pending.clear()
+
+    async def _partition(
+        self, member: str, tp: TopicPartition, positions: dict[TopicPartition, int],
+        pending: dict[TopicPartition, int],
+    ) -> bool:
+        engine = self.env.engine
+        try:
+            records, _next = engine.read(tp.topic, tp.partition, positions[tp],
+                                         max_records=READ_BATCH)
+        except OffsetOutOfRange as exc:
+            log.warning("group %s: %s[%d] offset %d is gone, skipping to %d", self.name,
+                        tp.topic, tp.partition, positions[tp], exc.log_start)
+            positions[tp] = exc.log_start
+            return True
+        for record in records:
+            if self.stopping:
+                break
+            if tp not in engine.assignment(self.name, member):
+                positions.pop(tp, None)
+                break
+            commit_step = self._commit_step(member, tp, record, pending)
+            try:
+                done = await self._handle(record, member, commit_step)
+            except _Stale:
+                positions.pop(tp, None)
+                break
+            if not done:
+                break
+            positions[tp] = record.offset + 1
+            if self.delivery is Delivery.AT_LEAST_ONCE:
+                pending[tp] = record.offset + 1
+        return bool(records)
+
+    def _commit_step(
+        self, member: str, tp: TopicPartition, record: Record, pending: dict[TopicPartition, int],
+    ) -> Callable[[Step], None]:
+        """How a record from the partition is settled, given the rest of its step."""
+        engine = self.env.engine
+
+        def settle(step: Step) -> None:
+            if self.delivery is Delivery.EXACTLY_ONCE:
+                if (tp not in engine.assignment(self.name, member)
+                        or engine.position(self.name, tp) != record.offset):
+                    raise _Stale()
+                step.commits.append((self.name, tp, record.offset + 1))
+                engine.commit_step(step)
+                return
+            if self.delivery is Delivery.AT_MOST_ONCE:
+                engine.commit(self.name, {tp: record.offset + 1})
+            if step.publishes or step.appends or step.queue_puts:
+                engine.commit_step(step)
+
+        return settle
+
+    async def _replays(self, member: str) -> bool:
+        """Process what was replayed back to this group; True when there was any."""
+        if self.replay_queue is None:
+            return False
+        engine = self.env.engine
+        try:
+            deliveries = engine.pull(self.replay_queue, READ_BATCH,
+                                     lease_s=self.timeout_s * 2 + 30.0, consumer_id=member)
+        except EngineError as exc:
+            log.warning("group %s: replay queue: %s", self.name, exc)
+            return False
+        for i, d in enumerate(deliveries):
+            if self.stopping:
+                engine.nack(self.replay_queue, [x.delivery_id for x in deliveries[i:]],
+                            requeue=True)
+                break
+            record = engine.replayed_record(d)
+            queue = self.replay_queue
+
+            def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> None:
+                if self.delivery is Delivery.AT_MOST_ONCE:
+                    engine.ack(queue, [did])
+                    if step.publishes or step.appends or step.queue_puts:
+                        engine.commit_step(step)
+                    return
+                step.acks.append((queue, did))
+                engine.commit_step(step)
+
+            await self._handle(record, member, settle, delivery_count=d.delivery_count)
+        return bool(deliveries)
+
+    # ---------------------------------------------------------------- one record
+    async def _handle(
+        self, record: Record, member: str, settle: Callable[[Step], None], *,
+        delivery_count: int = 1,
+    ) -> bool:
+        """Run, retry in place, dead-letter; True when the record is settled."""
+        if self.delivery is Delivery.AT_MOST_ONCE:
+            settle(Step())
+        first = self.env.clock.time()
+        failures = 0
+        while True:
+            msg = TopicMessage.from_record(
+                record, delivery_count=delivery_count + failures,
+                redelivered=delivery_count + failures > 1,
+            )
+            exc, outputs = await self.run_handler(msg)
+            if exc is None:
+                try:
+                    self._succeed(outputs, settle)
+                except _Stale:
+                    raise
+                except EngineError as send_exc:
+                    exc = send_exc
+                    self.counters.error(type(send_exc).__name__)
+                else:
+                    self.counters.succeeded += 1
+                    return True
+            failures += 1
+            decision = self.retrier.decide(exc, failures)
+            if decision.retry:
+                self.counters.retries += 1
+                if not await self.pause(decision.delay_s):
+                    return False
+                continue
+            now = self.env.clock.time()
+            death = build_death(
+                msg, exc, retry_count=failures - 1, first_attempt=first, last_attempt=now,
+                consumer_id=member, group=self.name,
+            )
+            self._dead_letter(record, death, settle)
+            return True
+
+    def _succeed(self, outputs: Outputs, settle: Callable[[Step], None]) -> None:
+        step = Step(publishes=outputs.grouped_publishes(), appends=outputs.grouped_appends())
+        if self.delivery is Delivery.EXACTLY_ONCE:
+            settle(step)
+            return
+        self.send(outputs)
+        if self.delivery is Delivery.AT_LEAST_ONCE:
+            settle(Step())
+
+    def _dead_letter(
+        self, record: Record, death: dict[str, Any], settle: Callable[[Step], None],
+    ) -> None:
+        to_queue, to_topic = self.dlq_target()
+        step = Step()
+        if to_queue is None and to_topic is None:
+            self.counters.dropped += 1
+            log.warning("group %s: dropped %s[%d]@%d after %s (no dead_letter_queue)",
+                        self.name, record.topic, record.partition, record.offset,
+                        death["error"]["type"])
+        else:
+            self.counters.dead_lettered += 1
+            step = self.env.engine.dead_letter_step(
+                self.name, record, death, to_queue=to_queue, to_topic=to_topic
+            )
+        if self.delivery is Delivery.AT_MOST_ONCE:
+            if step.queue_puts or step.appends:
+                self.env.engine.commit_step(step)
+            return
+        settle(step)

@@ -1,0 +1,142 @@
+"""Handlers: resolving `module:callable` references and calling them with a timeout.
+
+A sync handler runs in the daemon's thread pool, an `async def` handler on the
+loop. Both are bounded by the consumer's `timeout` (asyncio.wait_for). A sync
+handler that overruns counts as failed at once, but Python cannot kill its
+thread: it keeps running in the pool until it returns on its own, and whatever
+it stages after that is refused (its context is closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runner.errors import HandlerImportError
+from runner.pipeline.message import Context, Message
+from runner.topology.model import Topology
+
+HandlerFn = Callable[..., Any]
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran longer than its consumer's `timeout`."""
+
+
+def _ensure_cwd_on_path() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
+    """Import `package.module:callable` (the callable may be a dotted attribute path)."""
+    who = f"consumer {consumer!r}: " if consumer else ""
+    module_name, sep, attr_path = ref.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise HandlerImportError(
+            f"{who}handler {ref!r} is not of the form 'package.module:callable'"
+        )
+    _ensure_cwd_on_path()
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code
+        raise HandlerImportError(
+            f"{who}handler {ref!r}: cannot import module {module_name!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise HandlerImportError(
+                f"{who}handler {ref!r}: module {module_name!r} has no attribute {attr_path!r}"
+            ) from exc
+    if not callable(obj):
+        raise HandlerImportError(
+            f"{who}handler {ref!r}: {attr_path!r} is a {type(obj).__name__}, not a callable"
+        )
+    fn: HandlerFn = obj
+    return fn
+
+
+def check_handlers(topology: Topology) -> list[tuple[str, str, str]]:
+    """Import every handler of `topology`; (consumer or group, ref, error) for each failure."""
+    refs: list[tuple[str, str]] = [(c.name, c.handler) for _, c in topology.consumers]
+    refs += [(g.name, g.handler) for _, g in topology.consumer_groups if g.handler]
+    failures: list[tuple[str, str, str]] = []
+    for name, ref in refs:
+        try:
+            resolve(ref, consumer=name)
+        except HandlerImportError as exc:
+            failures.append((name, ref, str(exc)))
+    return failures
+
+
+def _wants_context(fn: HandlerFn) -> bool:
+    """True when the callable accepts a second positional argument."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    positional = 0
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
+
+
+def _is_async(fn: HandlerFn) -> bool:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - async __call__ of an instance
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A resolved handler and how to call it."""
+
+    ref: str
+    fn: HandlerFn
+    is_async: bool
+    wants_context: bool
+
+    @classmethod
+    def load(cls, ref: str, *, consumer: str | None = None) -> Handler:
+        fn = resolve(ref, consumer=consumer)
+        return cls(ref=ref, fn=fn, is_async=_is_async(fn), wants_context=_wants_context(fn))
+
+    async def call(
+        self, message: Message, ctx: Context, *, timeout_s: float,
+        executor: concurrent.futures.Executor,
+    ) -> None:
+        """Run once; raises what the handler raised, or HandlerTimeout."""
+        args: tuple[Any, ...] = (message, ctx) if self.wants_context else (message,)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any]
+        if self.is_async:
+            future = asyncio.ensure_future(self.fn(*args))
+        else:
+            future = loop.run_in_executor(executor, functools.partial(self.fn, *args))
+        try:
+            done, _ = await asyncio.wait({future}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if not done:
+            future.cancel()  # an executor thread cannot be stopped: it runs to its end
+            raise HandlerTimeout(f"handler {self.ref!r} did not finish within {timeout_s:g}s")
+        result = future.result()
+        if inspect.isawaitable(result):  # a sync callable that returned an awaitable
+            await asyncio.wait_for(result, timeout_s)

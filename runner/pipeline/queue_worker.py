@@ -1,0 +1,208 @@
+"""A queue consumer: `concurrency` competing tasks fed by one prefetching puller.
+
+The puller keeps at most `prefetch` messages leased (buffered + in flight).
+Each message is settled by its delivery mode:
+
+* at-most-once: acked before the handler runs; a failure is dead-lettered
+  straight away by publishing a copy (there is nothing left to settle).
+* at-least-once: staged outputs are published, then the message is acked.
+* exactly-once: outputs + ack are one `engine.commit_step`.
+
+A failure is retried with `engine.retry_later(delay)` (the queue keeps
+flowing), then dead-lettered to the policy's dead_letter_queue, else through
+the queue's `dead_letter` exchange, else dropped (logged and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from runner.engine import OutMessage, OutRecord, QueueDelivery, Step
+from runner.errors import EngineError, NotFound
+from runner.pipeline.deadletter import DEAD_LETTER_HEADER, build_death
+from runner.pipeline.message import QueueMessage
+from runner.pipeline.stats import HandlerCounters
+from runner.pipeline.worker import Worker, WorkerEnv
+from runner.topology.model import Consumer, Delivery, Topology
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN_S = 30.0
+_ATTEMPTS_KEPT = 100_000
+
+
+class QueueWorker(Worker):
+    """Runs one `consumers:` entry."""
+
+    def __init__(
+        self, env: WorkerEnv, topology: Topology, consumer: Consumer, counters: HandlerCounters,
+    ) -> None:
+        super().__init__(
+            env, topology, name=consumer.name, handler_ref=consumer.handler,
+            delivery=consumer.delivery, timeout_s=consumer.timeout_s,
+            policy_name=consumer.dlq_policy, idempotency=consumer.idempotency,
+            counters=counters,
+        )
+        self.consumer = consumer
+        self.queue = consumer.queue
+        # A buffered message waits for the ones ahead of it: lease long enough
+        # for every call before it to time out, so a live lease never expires.
+        per_task = math.ceil(max(1, consumer.prefetch) / max(1, consumer.concurrency)) + 1
+        self.lease_s = consumer.timeout_s * per_task + LEASE_MARGIN_S
+        self.buffer: asyncio.Queue[QueueDelivery] = asyncio.Queue()
+        self.outstanding = 0  # leased by us: buffered + in flight
+        self.puller_id = f"{consumer.name}@{env.hostname}"
+        # message identity -> epoch seconds of its first failed attempt
+        self.first_attempts: dict[tuple[str, Any], float] = {}
+
+    def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self._pull(), name=f"pull:{self.name}"))
+        for n in range(1, self.consumer.concurrency + 1):
+            cid = f"{self.name}-{n}@{self.env.hostname}"
+            self.tasks.append(asyncio.create_task(self._work(cid), name=f"work:{cid}"))
+
+    async def drain(self, grace_s: float) -> None:
+        await self.stop_tasks(grace_s)
+        # Buffered messages never reached a handler: give them back now.
+        ids = []
+        while not self.buffer.empty():
+            ids.append(self.buffer.get_nowait().delivery_id)
+        if ids:
+            try:
+                self.env.engine.nack(self.queue, ids, requeue=True)
+            except EngineError as exc:
+                log.warning("consumer %s: could not requeue %d buffered: %s",
+                            self.name, len(ids), exc)
+
+    # ---------------------------------------------------------------- loops
+    async def _pull(self) -> None:
+        while not self.stopping:
+            room = self.consumer.prefetch - self.outstanding
+            got: list[QueueDelivery] = []
+            if room > 0:
+                try:
+                    got = self.env.engine.pull(
+                        self.queue, room, lease_s=self.lease_s, consumer_id=self.puller_id
+                    )
+                except NotFound:
+                    log.warning("consumer %s: queue %r is gone", self.name, self.queue)
+                except EngineError as exc:
+                    log.warning("consumer %s: pull failed: %s", self.name, exc)
+            for d in got:
+                self.outstanding += 1
+                self.buffer.put_nowait(d)
+            if got:
+                await asyncio.sleep(0)
+            else:
+                await self.idle()
+
+    async def _work(self, consumer_id: str) -> None:
+        while not self.stopping:
+            d = await self.buffer.get()
+            try:
+                await self._process(d, consumer_id)
+            except EngineError as exc:
+                # left unsettled: the lease runs out and the message comes back
+                log.error("consumer %s: settling delivery %d failed: %s",
+                          self.name, d.delivery_id, exc)
+            finally:
+                self.outstanding -= 1
+                self.wake.set()
+
+    # ---------------------------------------------------------------- one message
+    def _identity(self, d: QueueDelivery) -> tuple[str, Any]:
+        return (self.queue, d.message_id or d.delivery_id)
+
+    async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
+        engine = self.env.engine
+        msg = QueueMessage.from_delivery(d)
+        key = self.idem_key(msg)
+        if self.delivery is Delivery.AT_MOST_ONCE:
+            engine.ack(self.queue, [d.delivery_id])
+            if self.is_duplicate(key):
+                return
+        elif self.is_duplicate(key):
+            engine.ack(self.queue, [d.delivery_id])
+            return
+        exc, outputs = await self.run_handler(msg)
+        if exc is None:
+            try:
+                self._succeed(d, outputs)
+            except EngineError as send_exc:
+                exc = send_exc
+                self.counters.error(type(send_exc).__name__)
+            else:
+                self.counters.succeeded += 1
+                self.first_attempts.pop(self._identity(d), None)
+                self.remember(key)
+                return
+        self._fail(d, msg, exc, consumer_id)
+
+    def _succeed(self, d: QueueDelivery, outputs: Any) -> None:
+        engine = self.env.engine
+        if self.delivery is Delivery.EXACTLY_ONCE:
+            engine.commit_step(Step(
+                acks=[(self.queue, d.delivery_id)], publishes=outputs.grouped_publishes(),
+                appends=outputs.grouped_appends(),
+            ))
+            return
+        self.send(outputs)
+        if self.delivery is Delivery.AT_LEAST_ONCE:
+            unknown = engine.ack(self.queue, [d.delivery_id])
+            if unknown:
+                log.warning("consumer %s: ack of %d came too late (lease expired)",
+                            self.name, d.delivery_id)
+
+    def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
+        now = self.env.clock.time()
+        ident = self._identity(d)
+        first = self.first_attempts.setdefault(ident, now)
+        if len(self.first_attempts) > _ATTEMPTS_KEPT:
+            self.first_attempts.pop(next(iter(self.first_attempts)))
+        failures = d.delivery_count if self.delivery is not Delivery.AT_MOST_ONCE else 1
+        decision = self.retrier.decide(exc, failures)
+        if decision.retry:
+            self.counters.retries += 1
+            self.env.engine.retry_later(self.queue, d.delivery_id, decision.delay_s)
+            return
+        self.first_attempts.pop(ident, None)
+        death = build_death(
+            msg, exc, retry_count=failures - 1, first_attempt=first, last_attempt=now,
+            consumer_id=consumer_id,
+        )
+        self._dead_letter(d, msg, death)
+
+    def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any]) -> None:
+        engine = self.env.engine
+        to_queue, to_topic = self.dlq_target()
+        queue = self.topology.queue_map().get(self.queue)
+        dlx = queue.dead_letter if queue is not None else None
+        if to_queue is None and to_topic is None and dlx is None:
+            self.counters.dropped += 1
+            log.warning("consumer %s: dropped message %s after %s (no dlq_policy and no "
+                        "dead_letter on queue %r)", self.name, d.message_id or d.delivery_id,
+                        death["error"]["type"], self.queue)
+            if self.delivery is not Delivery.AT_MOST_ONCE:
+                engine.ack(self.queue, [d.delivery_id])
+            return
+        self.counters.dead_lettered += 1
+        if self.delivery is not Delivery.AT_MOST_ONCE:
+            engine.dead_letter(self.queue, d.delivery_id, reason="handler_error", death=death,
+                               to_queue=to_queue, to_topic=to_topic)
+            return
+        # at-most-once: already acked; dead-letter a copy of the message
+        headers = dict(d.headers)
+        headers[DEAD_LETTER_HEADER] = death
+        copy = OutMessage(body=d.body, routing_key=d.routing_key, headers=headers,
+                          priority=d.priority or None, message_id=d.message_id,
+                          content_type=d.content_type)
+        if to_queue is not None:
+            engine.publish_to_queue(to_queue, [copy])
+        elif to_topic is not None:
+            engine.append(to_topic, [OutRecord(value=d.body, headers=headers)])
+        elif dlx is not None:
+            copy.routing_key = dlx.routing_key if dlx.routing_key is not None else d.routing_key
+            engine.publish(dlx.exchange, [copy])

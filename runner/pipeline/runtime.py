@@ -1,0 +1,148 @@
+"""The Pipeline: every consumer and handled group of a topology, run on one loop.
+
+The daemon builds one `Pipeline` per engine, `start()`s it on its running
+loop, calls `notify()` after publishes, `apply()` after `engine.apply()` on a
+reload, `drain()` at shutdown, and reads `stats()` at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.clock import Clock
+from runner.engine import Engine, FsyncPolicy
+from runner.pipeline.group_worker import GroupWorker
+from runner.pipeline.handler import resolve
+from runner.pipeline.queue_worker import QueueWorker
+from runner.pipeline.stats import HandlerCounters, PipelineStats
+from runner.pipeline.worker import WorkerEnv
+from runner.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+AnyWorker = QueueWorker | GroupWorker
+
+
+def _consumer_spec(topology: Topology, name: str) -> object:
+    """Everything a queue consumer's behaviour depends on (a change restarts it)."""
+    c = topology.consumer_map()[name]
+    policy = topology.policy_map().get(c.dlq_policy) if c.dlq_policy else None
+    return (c, policy, topology.queue_map().get(c.queue))
+
+
+def _group_spec(topology: Topology, name: str) -> object:
+    g = topology.group_map()[name]
+    policy = topology.policy_map().get(g.dlq_policy) if g.dlq_policy else None
+    topics = tuple(topology.topic_map().get(t) for t in g.topics)
+    dlq = policy.dead_letter_queue if policy else None
+    return (g, policy, topics, dlq in topology.topic_map())
+
+
+def _specs(topology: Topology) -> dict[str, object]:
+    specs: dict[str, object] = {
+        f"consumer:{name}": _consumer_spec(topology, name) for name, _ in topology.consumers
+    }
+    for name, g in topology.consumer_groups:
+        if g.handler is not None:
+            specs[f"group:{name}"] = _group_spec(topology, name)
+    return specs
+
+
+def _handler_ref(topology: Topology, key: str) -> None:
+    """Import the handler of `key` now (raises HandlerImportError)."""
+    kind, _, name = key.partition(":")
+    if kind == "consumer":
+        resolve(topology.consumer_map()[name].handler, consumer=name)
+    else:
+        resolve(topology.group_map()[name].handler or "", consumer=name)
+
+
+class Pipeline:
+    """Runs the handlers of a topology against an Engine."""
+
+    def __init__(
+        self, engine: Engine, topology: Topology, *, data_dir: Path, clock: Clock,
+        executor: concurrent.futures.ThreadPoolExecutor, instance_id: str,
+        random_source: Callable[[], float] | None = None, hostname: str | None = None,
+        fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+    ) -> None:
+        self.engine = engine
+        self.topology = topology
+        self.instance_id = instance_id
+        self._env = WorkerEnv(
+            engine=engine, executor=executor, clock=clock, data_dir=data_dir,
+            hostname=hostname or socket.gethostname(),
+            random=random_source or random.Random().random, fsync=fsync,
+        )
+        self._workers: dict[str, AnyWorker] = {}
+        self._counters: dict[str, HandlerCounters] = {}
+        self._specs: dict[str, object] = {}
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def _build(self, topology: Topology, key: str) -> AnyWorker:
+        kind, _, name = key.partition(":")
+        counters = self._counters.setdefault(name, HandlerCounters())
+        if kind == "consumer":
+            return QueueWorker(self._env, topology, topology.consumer_map()[name], counters)
+        return GroupWorker(self._env, topology, topology.group_map()[name], counters)
+
+    async def start(self) -> None:
+        """Start every consumer and handled group (handlers are imported first: a
+        reference that does not resolve raises HandlerImportError, nothing started)."""
+        specs = _specs(self.topology)
+        built = {key: self._build(self.topology, key) for key in specs}
+        for key, worker in built.items():
+            worker.start()
+            self._workers[key] = worker
+        self._specs = specs
+        self._started = True
+
+    async def apply(self, new: Topology) -> None:
+        """Start added consumers, drain removed ones, restart changed ones.
+
+        New handlers are imported before anything stops, so a reference that
+        does not resolve raises HandlerImportError and the old workers keep running."""
+        new_specs = _specs(new)
+        changed = [k for k in new_specs if k in self._specs and self._specs[k] != new_specs[k]]
+        added = [k for k in new_specs if k not in self._specs]
+        removed = [k for k in self._specs if k not in new_specs]
+        for key in changed + added:
+            _handler_ref(new, key)
+        for key in removed + changed:
+            old = self._workers.pop(key)
+            await old.drain(old.timeout_s)
+            log.info("pipeline: stopped %s", key)
+        for key in removed:
+            self._counters.pop(key.partition(":")[2], None)
+        for key in changed + added:
+            worker = self._build(new, key)
+            worker.start()
+            self._workers[key] = worker
+            log.info("pipeline: started %s", key)
+        self.topology = new
+        self._specs = new_specs
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work; in-flight handler calls get up to `grace_s` to finish
+        and are settled; unfinished ones stay unacked and come back later."""
+        workers = list(self._workers.values())
+        self._workers.clear()
+        await asyncio.gather(*(w.drain(grace_s) for w in workers))
+        self._started = False
+
+    def notify(self) -> None:
+        """Something was published: wake idle workers now (call on the loop thread)."""
+        for worker in self._workers.values():
+            worker.notify()
+
+    def stats(self) -> PipelineStats:
+        return PipelineStats(
+            consumers={name: c.snapshot() for name, c in self._counters.items()}
+        )

@@ -1,0 +1,178 @@
+"""A worker: one consumer's (or group's) handler calls, outcomes and shared plumbing.
+
+`Worker` holds what queue consumers and consumer groups share: the resolved
+handler, the retry policy, the idempotency window, counters, the wake-up
+event and the stop flag. `QueueWorker` (queue_worker.py) and `GroupWorker`
+(group_worker.py) add how messages arrive and how they are settled. Every
+engine call happens on the loop thread; only sync handlers leave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.clock import Clock
+from runner.engine import Engine, FsyncPolicy
+from runner.pipeline.deadletter import error_type
+from runner.pipeline.handler import Handler
+from runner.pipeline.idempotency import IdempotencyStore, key_of
+from runner.pipeline.message import Context, Message, Outputs
+from runner.pipeline.retry import Retrier
+from runner.pipeline.stats import HandlerCounters
+from runner.topology.model import Delivery, DlqPolicy, Idempotency, Topology
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.1  # an idle worker polls at least this often, and at once on notify()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEnv:
+    """What every worker of one Pipeline shares."""
+
+    engine: Engine
+    executor: concurrent.futures.ThreadPoolExecutor
+    clock: Clock
+    data_dir: Path
+    hostname: str
+    random: Callable[[], float]
+    fsync: FsyncPolicy
+
+
+class Worker:
+    """The shared half of a queue consumer or a consumer group runner."""
+
+    def __init__(
+        self, env: WorkerEnv, topology: Topology, *, name: str, handler_ref: str,
+        delivery: Delivery, timeout_s: float, policy_name: str | None,
+        idempotency: Idempotency | None, counters: HandlerCounters,
+    ) -> None:
+        self.env = env
+        self.topology = topology
+        self.name = name
+        self.handler = Handler.load(handler_ref, consumer=name)
+        self.delivery = delivery
+        self.timeout_s = timeout_s
+        self.policy: DlqPolicy | None = (
+            topology.policy_map().get(policy_name) if policy_name else None
+        )
+        self.retrier = Retrier(self.policy, delivery, random=env.random)
+        self.idempotency = idempotency
+        self.idem_store: IdempotencyStore | None = None
+        if idempotency is not None:
+            self.idem_store = IdempotencyStore(
+                env.data_dir / "idempotency" / f"{name}.keys", window_s=idempotency.window_s,
+                clock=env.clock, fsync=env.fsync is FsyncPolicy.ALWAYS,
+            )
+        self.counters = counters
+        self.stopping = False
+        self.wake = asyncio.Event()
+        self.busy = 0  # handler calls in flight
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------- calls
+    async def run_handler(self, message: Message) -> tuple[Exception | None, Outputs]:
+        """One call: (None, staged outputs) on success, (exception, nothing) on failure."""
+        ctx = Context(self.name, message)
+        start = self.env.clock.monotonic()
+        self.busy += 1
+        try:
+            await self.handler.call(
+                message, ctx, timeout_s=self.timeout_s, executor=self.env.executor
+            )
+        except asyncio.CancelledError:
+            ctx.close()
+            raise
+        except Exception as exc:  # the handler failed: any exception is a failure
+            ctx.close()
+            self.counters.observe(self.env.clock.monotonic() - start)
+            self.counters.error(error_type(exc))
+            log.info("consumer %s: handler failed: %s: %s", self.name, error_type(exc), exc)
+            return exc, Outputs()
+        finally:
+            self.busy -= 1
+        self.counters.observe(self.env.clock.monotonic() - start)
+        return None, ctx.close()
+
+    def send(self, outputs: Outputs) -> None:
+        """Publish staged outputs straight away (at-most-once / at-least-once)."""
+        for exchange, msgs in outputs.grouped_publishes():
+            self.env.engine.publish(exchange, msgs)
+        for topic, recs in outputs.grouped_appends():
+            self.env.engine.append(topic, recs)
+
+    # ---------------------------------------------------------------- idempotency
+    def idem_key(self, message: Message) -> str | None:
+        if self.idempotency is None:
+            return None
+        return key_of(message, self.idempotency)
+
+    def is_duplicate(self, key: str | None) -> bool:
+        if key is None or self.idem_store is None or not self.idem_store.seen(key):
+            return False
+        self.counters.skipped += 1
+        log.debug("consumer %s: skipped duplicate %r", self.name, key)
+        return True
+
+    def remember(self, key: str | None) -> None:
+        if key is not None and self.idem_store is not None:
+            self.idem_store.record(key)
+
+    # ---------------------------------------------------------------- dead letters
+    def dlq_target(self) -> tuple[str | None, str | None]:
+        """(to_queue, to_topic) of the policy's dead_letter_queue, if any."""
+        target = self.policy.dead_letter_queue if self.policy else None
+        if target is None:
+            return None, None
+        if target in self.topology.topic_map():
+            return None, target
+        return target, None
+
+    # ---------------------------------------------------------------- waiting
+    async def idle(self, seconds: float = IDLE_WAIT_S) -> None:
+        """Wait for notify() or `seconds`, whichever comes first."""
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep `seconds` unless stopped first; False when stopped."""
+        # a real wait (loop time): the partition is blocked on this record meanwhile
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.stopping:
+            left = deadline - loop.time()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, IDLE_WAIT_S))
+        return False
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    async def stop_tasks(self, grace_s: float) -> None:
+        """Stop taking work, let handler calls in flight finish up to `grace_s`, then cancel."""
+        self.stopping = True
+        self.wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.busy and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("consumer %s: worker task failed", self.name)
+        self.tasks.clear()
+        if self.idem_store is not None:
+            self.idem_store.close()
