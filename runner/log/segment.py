@@ -1,0 +1,733 @@
+"""The segmented log: one directory of CRC'd batch files = one append-only log.
+
+Files, named by the base offset of their first record (as in Kafka)::
+
+    00000000000000000000.log        batches (see `runner.log.record`)
+    00000000000000000000.index      sparse offset index   (see `runner.log.index`)
+    00000000000000000000.timeindex  sparse time index
+    00000000000000000000.snapshot   producer state when the segment was created (JSON)
+
+Durability (`Fsync`):
+
+* ALWAYS: `append` returns after an fdatasync that covers its bytes. Appenders
+  write under a lock, then wait for one fsync: the first waiter becomes the
+  leader, syncs everything written so far, and wakes every follower whose bytes
+  it covered (group commit).
+* INTERVAL: nothing is synced by `append`; the owner calls `maybe_sync()` (or
+  runs a `runner.log.flusher.Flusher` thread, as `Store` does), which syncs when
+  `fsync_interval_ms` has passed since the last sync.
+* NEVER: left to the OS; `sync()` and `close()` still sync.
+
+Recovery at open: closed segments trust their index files (rebuilt by a strict
+scan when missing or inconsistent); the last segment is scanned batch by batch,
+its CRCs checked, and truncated at the first torn or corrupt batch. A corrupt
+batch followed by a valid one is not a torn write: `CorruptSegment` names the
+file and position. Reads check CRCs too.
+
+Memory: per segment the sparse indexes (about 16 bytes per `index_interval_bytes`
+of data) plus a bounded LRU of raw read chunks (`cache_bytes`); record bodies
+are never held beyond that.
+
+Thread safety: `append` may be called from many threads. Other methods assume
+one owner, except that a compaction thread may call `replace_segments`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from bisect import bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.clock import Clock
+from runner.errors import CorruptSegment, OffsetOutOfRange, StorageError
+from runner.log.index import OffsetIndex, TimeIndex
+from runner.log.record import (
+    BATCH,
+    BatchHeader,
+    Fsync,
+    Item,
+    LogRecord,
+    batch_crc_ok,
+    decode_records,
+    encode_batch,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+CHUNK = 256 * 1024
+PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries with their offsets
+
+
+def segment_name(base: int) -> str:
+    return f"{base:020d}"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """A closed segment as the cleaner sees it."""
+
+    base: int
+    next_base: int
+    size: int
+    max_timestamp: int
+    path: Path
+
+
+class _Segment:
+    __slots__ = ("base", "path", "fd", "size", "index", "tindex", "last_offset", "max_ts",
+                 "since_index")
+
+    def __init__(self, directory: Path, base: int) -> None:
+        name = segment_name(base)
+        self.base = base
+        self.path = directory / f"{name}.log"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.index = OffsetIndex(directory / f"{name}.index", base)
+        self.tindex = TimeIndex(directory / f"{name}.timeindex", base)
+        self.last_offset = base - 1
+        self.max_ts = -1
+        self.since_index = 0
+
+    def files(self) -> list[Path]:
+        stem = self.path.with_suffix("")
+        return [self.path, self.index.path, self.tindex.path, stem.with_suffix(".snapshot")]
+
+    def close(self) -> None:
+        self.index.close()
+        self.tindex.close()
+        os.close(self.fd)
+
+
+class _Producer:
+    __slots__ = ("last_seq", "batches")
+
+    def __init__(self) -> None:
+        self.last_seq = -1
+        self.batches: deque[tuple[int, int, int]] = deque(maxlen=PRODUCER_HISTORY)
+
+    def record(self, base_seq: int, count: int, base_offset: int) -> None:
+        self.batches.append((base_seq, count, base_offset))
+        self.last_seq = max(self.last_seq, base_seq + count - 1)
+
+    def offset_of(self, seq: int) -> int:
+        for base_seq, count, base_offset in self.batches:
+            if base_seq <= seq < base_seq + count:
+                return base_offset + seq - base_seq
+        return -1
+
+
+class SegmentedLog:
+    """An append-only log of records in one directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 * MiB,
+        fsync: Fsync = Fsync.ALWAYS,
+        clock: Clock,
+        index_interval_bytes: int = 4096,
+        cache_bytes: int = 4 * MiB,
+        fsync_interval_ms: float = 5.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.fsync = Fsync(fsync)
+        self.clock = clock
+        self.index_interval_bytes = index_interval_bytes
+        self.fsync_interval_ms = fsync_interval_ms
+        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._cached = 0
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._written = 0
+        self._synced = 0
+        self._last_sync = clock.monotonic()
+        self._segments: list[_Segment] = []
+        self._bases: list[int] = []
+        self._producers: dict[int, _Producer] = {}
+        self._end = 0
+        self._size = 0
+        self._closed = False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._recover()
+        except BaseException:
+            for seg in self._segments:
+                seg.close()
+            raise
+
+    # ------------------------------------------------------------ properties
+    @property
+    def start_offset(self) -> int:
+        return self._segments[0].base
+
+    @property
+    def end_offset(self) -> int:
+        return self._end
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    # ------------------------------------------------------------ recovery
+    def _recover(self) -> None:
+        for tmp in self.directory.glob("*.cleaned"):
+            tmp.unlink()
+        for tmp in self.directory.glob("*.deleted"):
+            tmp.unlink()
+        bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if p.stem.isdigit())
+        for swap in sorted(self.directory.glob("*.log.swap")):
+            bases = self._finish_swap(swap, bases)
+        if not bases:
+            bases = [0]
+        for i, base in enumerate(bases):
+            seg = _Segment(self.directory, base)
+            self._segments.append(seg)
+            self._bases.append(base)
+            if i < len(bases) - 1:
+                self._open_closed(seg, bases[i + 1])
+            else:
+                self._load_producers(seg)
+                self._recover_tail(seg)
+            self._size += seg.size
+        last = self._segments[-1]
+        self._end = max(last.last_offset + 1, last.base)
+        self._written = self._synced = 0
+
+    def _finish_swap(self, swap: Path, bases: list[int]) -> list[int]:
+        """A compaction crashed after committing its `.swap`: complete it."""
+        base = int(swap.name.split(".")[0])
+        fd = os.open(swap, os.O_RDONLY)
+        try:
+            last = base - 1
+            for _buf, _bpos, header, _pos in _batches(fd, 0, os.fstat(fd).st_size, swap):
+                last = header.last_offset
+        finally:
+            os.close(fd)
+        for old in [b for b in bases if base < b <= last]:
+            for suffix in (".log", ".index", ".timeindex", ".snapshot"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / f"{segment_name(old)}{suffix}").unlink()
+            bases.remove(old)
+        for suffix in (".index", ".timeindex"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{segment_name(base)}{suffix}").unlink()
+        os.replace(swap, self.directory / f"{segment_name(base)}.log")
+        return sorted(set(bases) | {base})
+
+    def _open_closed(self, seg: _Segment, next_base: int) -> None:
+        ok = seg.index.load(seg.size) and seg.tindex.load()
+        if ok and seg.tindex.offsets and seg.tindex.offsets[-1] >= next_base:
+            ok = False
+        if not ok:
+            log.info("rebuilding indexes of %s", seg.path)
+            seg.index = OffsetIndex(seg.index.path, seg.base)
+            seg.tindex = TimeIndex(seg.tindex.path, seg.base)
+            self._scan(seg, strict=True)
+            seg.tindex.close_entry(max(seg.max_ts, 0), max(seg.last_offset, seg.base))
+            seg.index.open_for_append(truncate=True)
+            seg.tindex.open_for_append(truncate=True)
+            seg.index.close()
+            seg.tindex.close()
+        else:
+            seg.max_ts = seg.tindex.max_timestamp
+            seg.last_offset = next_base - 1
+
+    def _recover_tail(self, seg: _Segment) -> None:
+        hint = OffsetIndex(seg.index.path, seg.base)
+        hint.load(seg.size)
+        self._scan(seg, strict=False, hint=hint)
+        seg.index.open_for_append(truncate=True)
+        seg.tindex.open_for_append(truncate=True)
+
+    def _scan(self, seg: _Segment, *, strict: bool, hint: OffsetIndex | None = None) -> None:
+        """Rebuild `seg`'s indexes and producer state; truncate (tail) or raise (strict)."""
+        pos = 0
+        expect = seg.base
+        since = self.index_interval_bytes
+        for buf, bpos, header, fpos in _batches(seg.fd, 0, seg.size, seg.path, tolerant=True):
+            bad = (header is None or header.base_offset < expect or header.count < 1
+                   or header.last_offset_delta < header.count - 1
+                   or not batch_crc_ok(buf, bpos, header))
+            if bad:
+                if strict or self._valid_after(seg, fpos, header, hint):
+                    raise CorruptSegment(
+                        f"corrupt batch in {seg.path} at byte {fpos}",
+                        path=str(seg.path), position=fpos)
+                log.warning("truncating torn tail of %s at byte %d (was %d bytes)",
+                            seg.path, fpos, seg.size)
+                os.ftruncate(seg.fd, fpos)
+                os.fsync(seg.fd)
+                seg.size = fpos
+                break
+            assert header is not None
+            if since >= self.index_interval_bytes:
+                seg.index.add(header.base_offset, fpos)
+                since = 0
+            since += header.size
+            seg.tindex.add(header.max_timestamp, header.base_offset)
+            seg.max_ts = max(seg.max_ts, header.max_timestamp)
+            seg.last_offset = header.last_offset
+            expect = header.last_offset + 1
+            if header.producer_id >= 0 and not strict:
+                prod = self._producers.setdefault(header.producer_id, _Producer())
+                prod.record(header.base_sequence, header.last_offset_delta + 1,
+                            header.base_offset)
+            pos = fpos + header.size
+        seg.since_index = since
+        if strict and pos != seg.size:
+            raise CorruptSegment(f"corrupt batch in {seg.path} at byte {pos}",
+                                 path=str(seg.path), position=pos)
+
+    def _valid_after(self, seg: _Segment, fpos: int, header: BatchHeader | None,
+                     hint: OffsetIndex | None) -> bool:
+        """Is there an intact batch after the bad one at `fpos` (so: not a torn tail)?"""
+        candidates: list[int] = []
+        if header is not None and header.length > 0:
+            candidates.append(fpos + header.size)
+        if hint is not None:
+            candidates.extend(p for p in hint.positions if p > fpos)
+        for cand in candidates:
+            if cand + BATCH.size > seg.size:
+                continue
+            head = os.pread(seg.fd, BATCH.size, cand)
+            h = BatchHeader(head, 0)
+            if h.length <= 0 or cand + h.size > seg.size or h.count < 1:
+                continue
+            buf = os.pread(seg.fd, h.size, cand)
+            if batch_crc_ok(buf, 0, h):
+                return True
+        return False
+
+    def _load_producers(self, seg: _Segment) -> None:
+        path = seg.path.with_suffix(".snapshot")
+        try:
+            state = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        for pid, batches in state.items():
+            prod = self._producers.setdefault(int(pid), _Producer())
+            for base_seq, count, base_offset in batches:
+                prod.record(base_seq, count, base_offset)
+
+    def _write_producers(self, seg: _Segment) -> None:
+        state = {str(pid): list(p.batches) for pid, p in self._producers.items()}
+        path = seg.path.with_suffix(".snapshot")
+        tmp = path.with_suffix(".snapshot.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ appending
+    def append(
+        self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1,
+    ) -> int:
+        """Append one batch; returns the offset of its first record.
+
+        With `producer_id >= 0` and `sequence >= 0` (sequence of the first
+        item, one per item after it) a batch already stored is not stored
+        again: its original first offset is returned (-1 when too old to know).
+        """
+        if not items:
+            raise ValueError("append needs at least one record")
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"log {self.directory} is closed")
+            base = -2
+            if producer_id >= 0 and sequence >= 0:
+                prod = self._producers.get(producer_id)
+                if prod is not None and sequence <= prod.last_seq:
+                    base = prod.offset_of(sequence)
+            if base == -2:
+                base = self._end
+                data, max_ts = encode_batch(base, items, producer_id=producer_id,
+                                            base_sequence=sequence)
+                seg = self._segments[-1]
+                if seg.size and seg.size + len(data) > self.segment_bytes:
+                    seg = self._roll()
+                self._write(seg, data)
+                if seg.since_index >= self.index_interval_bytes or not seg.index.offsets:
+                    seg.index.add(base, seg.size)
+                    seg.since_index = 0
+                seg.since_index += len(data)
+                seg.tindex.add(max_ts, base)
+                if max_ts > seg.max_ts:
+                    seg.max_ts = max_ts
+                seg.size += len(data)
+                self._size += len(data)
+                self._written += len(data)
+                self._end = base + len(items)
+                seg.last_offset = self._end - 1
+                if producer_id >= 0 and sequence >= 0:
+                    self._producers.setdefault(producer_id, _Producer()).record(
+                        sequence, len(items), base)
+            target = self._written
+        if self.fsync is Fsync.ALWAYS:
+            self._wait_synced(target)
+        return base
+
+    def _write(self, seg: _Segment, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(seg.fd, view, seg.size + len(data) - len(view))
+                view = view[n:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.fd, seg.size)
+            err = StorageError(f"cannot write to {seg.path}: {exc.strerror}")
+            err.retriable = True
+            raise err from exc
+
+    def _roll(self) -> _Segment:
+        """Close the active segment (synced, with final index entries) and start a new one."""
+        old = self._segments[-1]
+        with self._sync_lock:
+            os.fsync(old.fd)
+        old.tindex.close_entry(max(old.max_ts, 0), max(old.last_offset, old.base))
+        old.index.flush(fsync=True)
+        old.tindex.flush(fsync=True)
+        old.index.close()
+        old.tindex.close()
+        with self._cond:
+            self._synced = self._written
+        seg = _Segment(self.directory, self._end)
+        self._write_producers(seg)
+        seg.index.open_for_append(truncate=True)
+        seg.tindex.open_for_append(truncate=True)
+        _fsync_dir(self.directory)
+        self._segments.append(seg)
+        self._bases.append(seg.base)
+        return seg
+
+    def roll(self) -> None:
+        """Start a new segment now (the current one becomes closed, e.g. for compaction)."""
+        with self._lock:
+            if self._segments[-1].size:
+                self._roll()
+
+    # ------------------------------------------------------------ durability
+    def _wait_synced(self, target: int) -> None:
+        with self._cond:
+            while self._synced < target:
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                self._cond.wait()
+            else:
+                return
+        try:
+            self._sync_now()
+        finally:
+            with self._cond:
+                self._syncing = False
+                self._cond.notify_all()
+
+    def _sync_now(self) -> None:
+        self._lock.acquire()
+        try:
+            written = self._written
+            seg = self._segments[-1]
+            seg.index.flush()
+            seg.tindex.flush()
+            self._sync_lock.acquire()
+        finally:
+            self._lock.release()
+        try:
+            os.fdatasync(seg.fd)
+        except OSError as exc:
+            err = StorageError(f"cannot fsync {seg.path}: {exc.strerror}")
+            raise err from exc
+        finally:
+            self._sync_lock.release()
+        with self._cond:
+            self._synced = max(self._synced, written)
+        self._last_sync = self.clock.monotonic()
+
+    def sync(self) -> None:
+        """fsync everything written so far."""
+        with self._cond:
+            if self._synced >= self._written:
+                return
+        self._wait_synced(self._written)
+
+    def maybe_sync(self) -> bool:
+        """INTERVAL policy: sync when `fsync_interval_ms` has passed; True if it synced."""
+        if self._synced >= self._written:
+            return False
+        if (self.clock.monotonic() - self._last_sync) * 1000.0 < self.fsync_interval_ms:
+            return False
+        self.sync()
+        return True
+
+    @property
+    def unsynced_bytes(self) -> int:
+        return self._written - self._synced
+
+    # ------------------------------------------------------------ reading
+    def _check_range(self, offset: int) -> None:
+        if offset < self.start_offset or offset > self._end:
+            where = "below the log start" if offset < self.start_offset else "above the log end"
+            raise OffsetOutOfRange(
+                f"offset {offset} is {where} (log start {self.start_offset}, "
+                f"log end {self._end})",
+                log_start=self.start_offset, log_end=self._end)
+
+    def read(
+        self, offset: int, *, max_records: int = 100, max_bytes: int = MiB,
+    ) -> list[LogRecord]:
+        """Records with offset >= `offset`, at most `max_records` and about `max_bytes`
+        of record data (always at least one record when any exists)."""
+        with self._lock:
+            self._check_range(offset)
+            out: list[LogRecord] = []
+            taken = 0
+            i = bisect_right(self._bases, offset) - 1
+            while i < len(self._segments) and len(out) < max_records and taken < max_bytes:
+                seg = self._segments[i]
+                pos = seg.index.lookup(offset)
+                for buf, bpos, header, fpos in self._cached_batches(seg, pos, max_bytes):
+                    if header.last_offset < offset:
+                        continue
+                    if not batch_crc_ok(buf, bpos, header):
+                        raise CorruptSegment(f"corrupt batch in {seg.path} at byte {fpos}",
+                                             path=str(seg.path), position=fpos)
+                    got, stopped = decode_records(buf, bpos, header, out, offset,
+                                                  max_records, max_bytes - taken)
+                    taken += got
+                    if stopped or len(out) >= max_records or taken >= max_bytes:
+                        return out
+                i += 1
+            return out
+
+    def _cached_batches(self, seg: _Segment, pos: int, max_bytes: int
+                        ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
+        chunk = max(CHUNK, min(max_bytes, 4 * MiB))
+        return _batches(seg.fd, pos, seg.size, seg.path, chunk=chunk, cache=self._cache_get)
+
+    def _cache_get(self, fd: int, length: int, pos: int) -> bytes:
+        key = (fd, pos, length)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        data = os.pread(fd, length, pos)
+        if self._cache_bytes and len(data) <= self._cache_bytes // 4:
+            self._cache[key] = data
+            self._cached += len(data)
+            while self._cached > self._cache_bytes:
+                _k, old = self._cache.popitem(last=False)
+                self._cached -= len(old)
+        return data
+
+    def _drop_cache(self) -> None:
+        self._cache.clear()
+        self._cached = 0
+
+    @property
+    def cache_size(self) -> int:
+        """Bytes currently held by the read cache (at most `cache_bytes`)."""
+        return self._cached
+
+    def offset_for_timestamp(self, ts_ms: int) -> int:
+        """The first offset whose record timestamp is >= ts_ms (end_offset if none)."""
+        with self._lock:
+            for seg in self._segments:
+                if seg.max_ts < ts_ms:
+                    continue
+                pos = seg.index.lookup(seg.tindex.lookup(ts_ms))
+                for buf, bpos, header, _fpos in _batches(seg.fd, pos, seg.size, seg.path):
+                    if header.max_timestamp < ts_ms:
+                        continue
+                    recs: list[LogRecord] = []
+                    decode_records(buf, bpos, header, recs, 0, header.count)
+                    for rec in recs:
+                        if rec.timestamp_ms >= ts_ms:
+                            return rec.offset
+            return self._end
+
+    # ------------------------------------------------------------ maintenance
+    def delete_before(self, offset: int) -> int:
+        """Drop whole segments whose records are all below `offset` (never the
+        active one); returns the number of segments deleted."""
+        with self._lock:
+            dropped = 0
+            while len(self._segments) > 1 and self._segments[1].base <= offset:
+                self._delete_segment(self._segments.pop(0))
+                self._bases.pop(0)
+                dropped += 1
+            if dropped:
+                self._drop_cache()
+            return dropped
+
+    def _delete_segment(self, seg: _Segment) -> None:
+        with self._sync_lock:
+            seg.close()
+        self._size -= seg.size
+        for path in seg.files():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def closed_segments(self) -> list[SegmentInfo]:
+        with self._lock:
+            return [SegmentInfo(s.base, self._bases[i + 1], s.size, s.max_ts, s.path)
+                    for i, s in enumerate(self._segments[:-1])]
+
+    def scan_segment(self, base: int) -> Iterator[tuple[BatchHeader, list[LogRecord]]]:
+        """Every batch of closed segment `base` with its records (for the cleaner)."""
+        with self._lock:
+            seg = self._segments[self._bases.index(base)]
+            fd = os.dup(seg.fd)
+            size = seg.size
+        try:
+            for buf, bpos, header, fpos in _batches(fd, 0, size, seg.path):
+                if not batch_crc_ok(buf, bpos, header):
+                    raise CorruptSegment(f"corrupt batch in {seg.path} at byte {fpos}",
+                                         path=str(seg.path), position=fpos)
+                recs: list[LogRecord] = []
+                decode_records(buf, bpos, header, recs, 0, header.count)
+                yield header, recs
+        finally:
+            os.close(fd)
+
+    def replace_segments(
+        self, bases: Sequence[int], batches: Iterator[tuple[list[LogRecord], int, int]],
+    ) -> None:
+        """Replace consecutive closed segments `bases` by one segment holding `batches`
+        ((records, producer_id, base_sequence), offsets kept), atomically via rename.
+
+        Crash safety: the new file is written and synced as `<base>.log.cleaned`,
+        renamed to `.swap` (the commit point), then the old files go and the swap
+        becomes `<base>.log`; recovery deletes `.cleaned` and completes a `.swap`.
+        """
+        first = bases[0]
+        name = segment_name(first)
+        cleaned = self.directory / f"{name}.log.cleaned"
+        fd = os.open(cleaned, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        index = OffsetIndex(self.directory / f"{name}.index.cleaned", first)
+        tindex = TimeIndex(self.directory / f"{name}.timeindex.cleaned", first)
+        size, since, max_ts, last = 0, self.index_interval_bytes, -1, first - 1
+        try:
+            for recs, pid, seq in batches:
+                if not recs:
+                    continue
+                b0 = recs[0].offset
+                items = [(r.key, r.value, r.headers, r.timestamp_ms) for r in recs]
+                data, bmax = encode_batch(b0, items, offset_deltas=[r.offset - b0 for r in recs],
+                                          producer_id=pid, base_sequence=seq)
+                os.write(fd, data)
+                if since >= self.index_interval_bytes:
+                    index.add(b0, size)
+                    since = 0
+                since += len(data)
+                size += len(data)
+                tindex.add(bmax, b0)
+                max_ts = max(max_ts, bmax)
+                last = recs[-1].offset
+            tindex.close_entry(max(max_ts, 0), max(last, first))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            idx = self._bases.index(first)
+            old = self._segments[idx:idx + len(bases)]
+            if [s.base for s in old] != list(bases) or idx + len(bases) >= len(self._segments):
+                cleaned.unlink()
+                raise StorageError(f"segments {list(bases)} changed during compaction")
+            swap = self.directory / f"{name}.log.swap"
+            os.replace(cleaned, swap)
+            _fsync_dir(self.directory)
+            for seg in old:
+                with self._sync_lock:
+                    seg.close()
+                self._size -= seg.size
+                for path in seg.files():
+                    if path.suffix != ".snapshot" or seg.base != first:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+            os.replace(swap, self.directory / f"{name}.log")
+            _fsync_dir(self.directory)
+            seg = _Segment(self.directory, first)
+            seg.index, seg.tindex = index, tindex
+            index.path, tindex.path = seg.files()[1], seg.files()[2]
+            index.open_for_append(truncate=True)
+            tindex.open_for_append(truncate=True)
+            index.close()
+            tindex.close()
+            seg.max_ts, seg.last_offset = max_ts, self._bases[idx + len(bases)] - 1
+            self._segments[idx:idx + len(bases)] = [seg]
+            self._bases[idx:idx + len(bases)] = [first]
+            self._size += seg.size
+            self._drop_cache()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.fsync is not Fsync.NEVER or self._written != self._synced:
+            self.sync()
+        with self._lock:
+            for seg in self._segments:
+                seg.close()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _batches(
+    fd: int, pos: int, end: int, path: Path, *, chunk: int = CHUNK, tolerant: bool = False,
+    cache: object = None,
+) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
+    """Walk batches from file position `pos` to `end`: (buffer, position in buffer,
+    header, file position). Reads in chunks; a batch is never split across buffers.
+    `tolerant`: yield a None header (typed loosely) for a short or insane header
+    instead of raising, so recovery can decide between truncating and raising."""
+    read = cache if callable(cache) else os.pread
+    buf = b""
+    bstart = pos  # file position of buf[0]
+    while pos < end:
+        bpos = pos - bstart
+        if bpos + BATCH.size > len(buf):
+            if pos + BATCH.size > end:
+                if tolerant:
+                    yield buf, 0, None, pos  # type: ignore[misc]
+                    return
+                raise CorruptSegment(f"truncated batch in {path} at byte {pos}",
+                                     path=str(path), position=pos)
+            buf = read(fd, min(chunk, end - pos), pos)
+            bstart, bpos = pos, 0
+        header = BatchHeader(buf, bpos)
+        size = header.size
+        if header.length < BATCH.size - 12 or pos + size > end:
+            if tolerant:
+                yield buf, bpos, None, pos  # type: ignore[misc]
+                return
+            raise CorruptSegment(f"corrupt batch in {path} at byte {pos}",
+                                 path=str(path), position=pos)
+        if bpos + size > len(buf):
+            buf = read(fd, max(size, min(chunk, end - pos)), pos)
+            bstart, bpos = pos, 0
+        yield buf, bpos, header, pos
+        pos += size

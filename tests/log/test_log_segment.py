@@ -1,0 +1,321 @@
+"""SegmentedLog: append, read, roll, recovery, indexes, group commit, idempotence."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner.clock import ManualClock
+from runner.errors import CorruptSegment, OffsetOutOfRange
+from runner.log.record import BATCH, Fsync, LogRecord
+from runner.log.segment import SegmentedLog
+
+Opener = Callable[..., SegmentedLog]
+
+
+def items(n: int, start: int = 0, size: int = 100, ts: int = 1_000) -> list[
+        tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]]:
+    return [(b"k%d" % i, bytes([i % 256]) * size, [], ts + i) for i in range(start, start + n)]
+
+
+def test_append_returns_first_offset_and_reads_back(open_log: Opener) -> None:
+    log = open_log()
+    assert log.append(items(3)) == 0
+    assert log.append([(None, None, [("h", b"\x00v"), ("é", b"")], 7)]) == 3
+    got = log.read(0, max_records=10)
+    assert [r.offset for r in got] == [0, 1, 2, 3]
+    assert got[1] == LogRecord(1, 1001, b"k1", b"\x01" * 100, ())
+    assert got[3] == LogRecord(3, 7, None, None, (("h", b"\x00v"), ("é", b"")))
+    assert log.end_offset == 4 and log.start_offset == 0
+
+
+def test_empty_key_and_value_differ_from_null(open_log: Opener) -> None:
+    log = open_log()
+    log.append([(b"", b"", [], 1), (None, b"", [], 2)])
+    a, b = log.read(0)
+    assert (a.key, a.value, b.key) == (b"", b"", None)
+
+
+def test_read_from_the_middle_of_a_batch(open_log: Opener) -> None:
+    log = open_log()
+    log.append(items(10))
+    assert [r.offset for r in log.read(7)] == [7, 8, 9]
+    assert log.read(10) == []
+
+
+def test_read_bounded_by_count_and_bytes(open_log: Opener) -> None:
+    log = open_log()
+    for i in range(5):
+        log.append(items(10, start=i * 10))
+    assert len(log.read(0, max_records=23)) == 23
+    # each record: 28 bytes of header + 2-3 bytes key + 100 bytes value
+    got = log.read(0, max_records=1000, max_bytes=1000)
+    assert 6 <= len(got) <= 7 and [r.offset for r in got] == list(range(len(got)))
+    assert len(log.read(0, max_bytes=1)) == 1  # always at least one record
+
+
+def test_offset_out_of_range_says_where(open_log: Opener) -> None:
+    log = open_log(segment_bytes=2000)
+    for i in range(10):
+        log.append(items(5, start=i * 5))
+    log.delete_before(20)
+    start = log.start_offset
+    assert start > 0
+    with pytest.raises(OffsetOutOfRange) as exc:
+        log.read(start - 1)
+    assert str(exc.value) == (
+        f"offset {start - 1} is below the log start (log start {start}, log end 50)")
+    assert (exc.value.log_start, exc.value.log_end) == (start, 50)
+    with pytest.raises(OffsetOutOfRange, match="offset 51 is above the log end"):
+        log.read(51)
+
+
+def test_segments_roll_and_are_named_by_base_offset(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log(segment_bytes=1000)
+    for i in range(20):
+        log.append(items(2, start=i * 2))
+    names = sorted(p.name for p in (tmp_path / "log").glob("*.log"))
+    assert names[0] == "00000000000000000000.log"
+    assert len(names) == log.segment_count > 3
+    bases = [int(n.split(".")[0]) for n in names]
+    assert bases == sorted(bases)
+    for base in bases:
+        assert (tmp_path / "log" / f"{base:020d}.index").exists()
+        assert (tmp_path / "log" / f"{base:020d}.timeindex").exists()
+    assert [r.offset for r in log.read(0, max_records=100)] == list(range(40))
+    assert log.size_bytes == sum(p.stat().st_size for p in (tmp_path / "log").glob("*.log"))
+
+
+def test_offsets_never_repeat_across_restarts_even_after_deleting(
+        open_log: Opener, tmp_path: Path) -> None:
+    log = open_log(segment_bytes=500)
+    for i in range(10):
+        log.append(items(2, start=i * 2))
+    log.delete_before(10**9)
+    end = log.end_offset
+    log.close()
+    again = open_log(segment_bytes=500)
+    assert again.end_offset == end == 20
+    assert again.append(items(1)) == 20
+
+
+def test_offset_for_timestamp(open_log: Opener) -> None:
+    log = open_log(segment_bytes=3000, index_interval_bytes=200)
+    for i in range(30):
+        log.append(items(5, start=i * 5, ts=10_000 + i * 100))
+    # batch i has timestamps 10000+i*100+5i .. +4
+    assert log.offset_for_timestamp(0) == 0
+    assert log.offset_for_timestamp(10_000 + 7 * 100 + 35) == 35
+    assert log.offset_for_timestamp(10_000 + 7 * 100 + 36) == 36
+    assert log.offset_for_timestamp(10_000 + 7 * 100 + 40) == 40
+    assert log.offset_for_timestamp(99_999_999) == 150
+
+
+def test_delete_before_keeps_the_active_segment(open_log: Opener) -> None:
+    log = open_log(segment_bytes=1000)
+    for i in range(20):
+        log.append(items(2, start=i * 2))
+    log.delete_before(10**9)
+    assert log.segment_count == 1
+    assert log.start_offset <= 39
+    assert [r.offset for r in log.read(log.start_offset)][-1] == 39
+
+
+def _segment_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "log").glob("*.log"))
+
+
+def test_torn_tail_is_truncated(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    log.append(items(3))
+    log.append(items(3, start=3))
+    good = log.size_bytes
+    log.close()
+    with open(_segment_files(tmp_path)[-1], "ab") as f:
+        f.write(b"\x05" * 40)  # a partial batch header
+    again = open_log()
+    assert again.end_offset == 6 and again.size_bytes == good
+    assert again.append(items(1)) == 6
+    assert [r.offset for r in again.read(0)] == list(range(7))
+
+
+def test_half_written_last_batch_is_truncated(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    log.append(items(3))
+    first = log.size_bytes
+    log.append(items(3, start=3))
+    log.close()
+    path = _segment_files(tmp_path)[-1]
+    os.truncate(path, path.stat().st_size - 10)
+    again = open_log()
+    assert again.end_offset == 3 and again.size_bytes == first
+
+
+def test_bit_flip_in_last_batch_is_truncated(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    log.append(items(3))
+    first = log.size_bytes
+    log.append(items(3, start=3))
+    log.close()
+    path = _segment_files(tmp_path)[-1]
+    data = bytearray(path.read_bytes())
+    data[first + BATCH.size + 40] ^= 0x10
+    path.write_bytes(bytes(data))
+    again = open_log()
+    assert again.end_offset == 3
+    assert path.stat().st_size == first
+
+
+def test_bit_flip_in_the_middle_raises_with_path_and_position(
+        open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    log.append(items(3))
+    first = log.size_bytes
+    log.append(items(3, start=3))
+    log.append(items(3, start=6))
+    log.close()
+    path = _segment_files(tmp_path)[-1]
+    data = bytearray(path.read_bytes())
+    data[first + BATCH.size + 40] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSegment) as exc:
+        open_log()
+    assert exc.value.path == str(path) and exc.value.position == first
+    assert str(exc.value) == f"corrupt batch in {path} at byte {first}"
+
+
+def test_corrupt_length_in_the_middle_is_found_through_the_index(
+        open_log: Opener, tmp_path: Path) -> None:
+    log = open_log(index_interval_bytes=1)
+    for i in range(4):
+        log.append(items(3, start=i * 3))
+    log.close()
+    path = _segment_files(tmp_path)[-1]
+    data = bytearray(path.read_bytes())
+    data[9] ^= 0x7F  # the first batch's length field
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSegment) as exc:
+        open_log(index_interval_bytes=1)
+    assert exc.value.position == 0
+
+
+def test_bit_flip_in_a_closed_segment_is_reported_on_read(
+        open_log: Opener, tmp_path: Path) -> None:
+    log = open_log(segment_bytes=1000)
+    for i in range(10):
+        log.append(items(2, start=i * 2))
+    log.close()
+    path = _segment_files(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    data[BATCH.size + 50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = open_log(segment_bytes=1000)
+    with pytest.raises(CorruptSegment) as exc:
+        again.read(0)
+    assert (exc.value.path, exc.value.position) == (str(path), 0)
+
+
+def test_missing_or_damaged_indexes_are_rebuilt(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log(segment_bytes=1500, index_interval_bytes=100)
+    for i in range(30):
+        log.append(items(2, start=i * 2, ts=5000 + i * 10))
+    expect = log.read(0, max_records=100)
+    ts_answer = log.offset_for_timestamp(5000 + 150)
+    log.close()
+    indexes = sorted((tmp_path / "log").glob("*.index"))
+    indexes[0].unlink()
+    indexes[1].write_bytes(b"\x01\x02\x03")
+    sorted((tmp_path / "log").glob("*.timeindex"))[2].unlink()
+    again = open_log(segment_bytes=1500, index_interval_bytes=100)
+    assert again.read(0, max_records=100) == expect
+    assert again.read(33, max_records=1)[0].offset == 33
+    assert again.offset_for_timestamp(5000 + 150) == ts_answer
+    assert indexes[0].exists() and indexes[1].stat().st_size % 8 == 0
+
+
+def test_sixteen_threads_group_commit_contiguous_offsets(open_log: Opener) -> None:
+    log = open_log(fsync=Fsync.ALWAYS, segment_bytes=200_000)
+    firsts: list[int] = []
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        for j in range(20):
+            off = log.append([(b"t%d" % t, b"%d" % j, [], j)] * 5)
+            with lock:
+                firsts.append(off)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(firsts) == list(range(0, 16 * 20 * 5, 5))
+    assert log.unsynced_bytes == 0
+    assert [r.offset for r in log.read(0, max_records=10_000)] == list(range(1600))
+
+
+def test_interval_policy_syncs_when_the_interval_passed(
+        open_log: Opener, clock: ManualClock) -> None:
+    log = open_log(fsync=Fsync.INTERVAL, fsync_interval_ms=5)
+    log.append(items(1))
+    assert log.unsynced_bytes > 0
+    clock.advance(0.001)
+    assert log.maybe_sync() is False
+    clock.advance(0.005)
+    assert log.maybe_sync() is True and log.unsynced_bytes == 0
+    assert log.maybe_sync() is False
+
+
+def test_producer_retry_is_stored_once_and_survives_restart(open_log: Opener) -> None:
+    log = open_log(segment_bytes=600)
+    assert log.append(items(2), producer_id=7, sequence=0) == 0
+    assert log.append(items(2, start=2), producer_id=7, sequence=2) == 2
+    assert log.append(items(2), producer_id=7, sequence=0) == 0  # retry
+    assert log.append(items(1), producer_id=8, sequence=0) == 4  # another producer
+    for i in range(5):
+        log.append(items(2, start=10 + i * 2))  # roll a few segments
+    end = log.end_offset
+    log.close()
+    again = open_log(segment_bytes=600)
+    assert again.append(items(2, start=2), producer_id=7, sequence=2) == 2
+    assert again.end_offset == end
+    assert again.append(items(1), producer_id=7, sequence=4) == end
+
+
+def test_append_of_nothing_is_refused(open_log: Opener) -> None:
+    with pytest.raises(ValueError, match="append needs at least one record"):
+        open_log().append([])
+
+
+record_st = st.tuples(
+    st.none() | st.binary(max_size=50),
+    st.none() | st.binary(max_size=300),
+    st.lists(st.tuples(st.text(max_size=10), st.binary(max_size=20)), max_size=3),
+    st.integers(min_value=0, max_value=2**62),
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(record_st, min_size=1, max_size=8), min_size=1, max_size=8))
+def test_what_is_appended_reads_back_the_same(tmp_path: Path, batches: list[list[
+        tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]]]) -> None:
+    directory = tmp_path / f"h{len(list(tmp_path.iterdir()))}"
+    log = SegmentedLog(directory, clock=ManualClock(), fsync=Fsync.NEVER, segment_bytes=700)
+    try:
+        flat = [r for b in batches for r in b]
+        for b in batches:
+            log.append(b)
+        log.close()
+        log = SegmentedLog(directory, clock=ManualClock(), fsync=Fsync.NEVER, segment_bytes=700)
+        got = log.read(0, max_records=10_000, max_bytes=10**9)
+        assert [(r.key, r.value, list(r.headers), r.timestamp_ms) for r in got] == flat
+        assert [r.offset for r in got] == list(range(len(flat)))
+    finally:
+        log.close()
