@@ -1,0 +1,380 @@
+"""Client commands over HTTP: `publish`, `consume`, `status`, `dlq list|show|replay`.
+
+They talk to a running daemon (`--url`, default http://127.0.0.1:8080; bearer
+token from `--token` or RUNNER_TOKEN) with the standard library's urllib.
+Exit 0 when the daemon accepted, 1 when it refused (its error is printed),
+2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class Refusal(Exception):
+    """The daemon answered with an error (or could not be reached)."""
+
+
+class Usage(Exception):
+    """The command line is wrong."""
+
+
+class Client:
+    """A tiny JSON-over-HTTP client for the daemon API."""
+
+    def __init__(self, url: str, token: str | None, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw).get("error", raw.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace") or exc.reason
+            raise Refusal(f"{message} (HTTP {exc.code})") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Refusal(f"cannot reach the daemon at {self.url}: {reason}") from exc
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.token or os.environ.get("RUNNER_TOKEN"))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"daemon URL (default {DEFAULT_URL})")
+    parser.add_argument("--token", help="bearer token (default: $RUNNER_TOKEN)")
+
+
+def _run(func: Any) -> Any:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            code: int = func(args)
+            return code
+        except Refusal as exc:
+            print(f"runner {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except Usage as exc:
+            print(f"runner {args.command}: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+# ------------------------------------------------------------------ publish
+
+
+def _payload(text: str, name: str) -> dict[str, Any]:
+    """`BODY` as the request's `name` (JSON) or `name_b64` (raw bytes from a file)."""
+    if text == "-" or text.startswith("@"):
+        if text == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            try:
+                with open(text[1:], "rb") as fh:
+                    raw = fh.read()
+            except OSError as exc:
+                raise Usage(f"cannot read {text[1:]}: {exc.strerror}") from exc
+        try:
+            return {name: json.loads(raw)}
+        except ValueError:
+            return {f"{name}_b64": base64.b64encode(raw).decode()}
+    try:
+        return {name: json.loads(text)}
+    except ValueError as exc:
+        raise Usage(
+            f"BODY is not valid JSON: {text!r}; quote a string as '\"text\"', "
+            "or pass @FILE or - (stdin) for raw bytes"
+        ) from exc
+
+
+def _headers(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Usage(f"--header expects NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    client = _client(args)
+    targets = [t for t in (args.exchange, args.queue, args.topic) if t is not None]
+    if len(targets) != 1:
+        raise Usage("give exactly one of --exchange, --queue or --topic")
+    headers = _headers(args.header)
+    if args.topic is not None:
+        if args.routing_key is not None or args.priority is not None:
+            raise Usage("--routing-key and --priority are for exchanges and queues, not topics")
+        record: dict[str, Any] = {**_payload(args.body, "value"), "headers": headers}
+        if args.key is not None:
+            record["key"] = args.key
+        if args.partition is not None:
+            record["partition"] = args.partition
+        answer = client.call("POST", f"/v1/topics/{_quote(args.topic)}/records", record)
+        for item in answer["offsets"]:
+            print(f"{args.topic} partition {item['partition']} offset {item['offset']}")
+        return 0
+    if args.key is not None or args.partition is not None:
+        raise Usage("--key and --partition are for topics")
+    msg: dict[str, Any] = {**_payload(args.body, "body"), "headers": headers}
+    for name in ("priority", "ttl", "message_id"):
+        value = getattr(args, name)
+        if value is not None:
+            msg[name] = value
+    if args.exchange is not None:
+        if args.routing_key is None:
+            raise Usage("--exchange needs --routing-key (use \"\" for none)")
+        msg["routing_key"] = args.routing_key
+        path = f"/v1/exchanges/{_quote(args.exchange)}/messages"
+    else:
+        if args.routing_key is not None:
+            msg["routing_key"] = args.routing_key
+        path = f"/v1/queues/{_quote(args.queue)}/messages"
+    answer = client.call("POST", path, msg)
+    routed = answer["routed"]
+    print("routed to: " + (", ".join(routed) if routed else "(nowhere: unroutable)"))
+    return 0
+
+
+# ------------------------------------------------------------------ consume
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if (args.queue is None) == (args.topic is None):
+        raise Usage("give exactly one of --queue or --topic")
+    if args.topic is not None:
+        if args.partition is None or args.offset is None:
+            raise Usage("--topic needs --partition and --offset")
+        query = urllib.parse.urlencode({"offset": args.offset, "limit": args.max})
+        path = f"/v1/topics/{_quote(args.topic)}/partitions/{args.partition}/records?{query}"
+        answer = client.call("GET", path)
+        for rec in answer["records"]:
+            print(json.dumps(rec, sort_keys=True))
+        print(f"next offset: {answer['next_offset']}", file=sys.stderr)
+        return 0
+    path = f"/v1/queues/{_quote(args.queue)}"
+    answer = client.call("POST", f"{path}/pull", {"max": args.max, "lease": args.lease})
+    messages = answer["messages"]
+    for msg in messages:
+        print(json.dumps(msg, sort_keys=True))
+    if args.ack and messages:
+        client.call("POST", f"{path}/ack", {"delivery_ids": [m["delivery_id"] for m in messages]})
+        print(f"acked {len(messages)} message(s)", file=sys.stderr)
+    elif not messages:
+        print(f"queue {args.queue} has no ready message", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------ status
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def render_status(status: dict[str, Any]) -> str:
+    topo = status["topology"]
+    out = [
+        f"topology {topo.get('name') or '(unnamed)'}  hash {topo['hash'][:12]}  "
+        f"generation {topo['generation']}",
+    ]
+    if topo.get("last_reload_error"):
+        out.append(f"last reload {topo.get('last_reload_result')}: {topo['last_reload_error']}")
+    if status["topics"]:
+        rows = [
+            [t["name"], p["partition"], p["log_start_offset"], p["log_end_offset"], p["size_bytes"]]
+            for t in status["topics"] for p in t["partitions"]
+        ]
+        out += ["", "TOPICS", _table(["topic", "partition", "start", "end", "bytes"], rows)]
+    if status["queues"]:
+        rows = [
+            [q["name"], q["ready"], q["unacked"], q["delayed"], f"{q['oldest_ready_age_s']:.1f}s"]
+            for q in status["queues"]
+        ]
+        out += ["", "QUEUES", _table(["queue", "ready", "unacked", "delayed", "oldest"], rows)]
+    if status["groups"]:
+        rows = [
+            [g["name"], ",".join(g["topics"]), len(g["members"]), g["lag"],
+             g["handler"] or "(external)"]
+            for g in status["groups"]
+        ]
+        out += ["", "GROUPS", _table(["group", "topics", "members", "lag", "handler"], rows)]
+    if status["consumers"]:
+        rows = [
+            [c["name"], c["queue"], c["concurrency"], c["delivery"], c["errors"], c["retries"]]
+            for c in status["consumers"]
+        ]
+        out += ["", "CONSUMERS", _table(
+            ["consumer", "queue", "concurrency", "delivery", "errors", "retries"], rows)]
+    return "\n".join(out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).call("GET", "/v1/status")
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(render_status(status))
+    return 0
+
+
+# ------------------------------------------------------------------ dlq
+
+
+def render_dead_letter(msg: dict[str, Any]) -> str:
+    """A dead letter with its `x-dead-letter` header laid out for a person."""
+    headers = dict(msg.get("headers") or {})
+    death = headers.pop("x-dead-letter", None)
+    if isinstance(death, str):
+        with contextlib.suppress(ValueError):
+            death = json.loads(death)
+    body = json.dumps(msg["body"]) if "body" in msg else f"(raw, base64) {msg.get('body_b64', '')}"
+    lines = [f"--- message {msg.get('message_id') or msg.get('delivery_id')}"]
+    if isinstance(death, dict):
+        error = death.get("error") or {}
+        origin = death.get("original_queue")
+        if origin is not None:
+            where = f"queue {origin}"
+            if death.get("original_exchange"):
+                where += (f" (exchange {death['original_exchange']}, routing key "
+                          f"{death.get('original_routing_key')!r})")
+        elif death.get("original_topic") is not None:
+            where = (f"topic {death['original_topic']} partition "
+                     f"{death.get('original_partition')} offset {death.get('original_offset')}")
+        else:
+            where = "unknown"
+        lines += [
+            f"reason:        {death.get('reason')}",
+            f"error:         {error.get('type', '-')}: {error.get('message', '-')}",
+            f"retries:       {death.get('retry_count', 0)}"
+            + (f"  (deaths: {death['death_count']})" if death.get("death_count") else ""),
+            f"first attempt: {death.get('first_attempt') or '-'}",
+            f"last attempt:  {death.get('last_attempt') or '-'}",
+            f"origin:        {where}",
+            f"consumer:      {death.get('consumer_id') or '-'}",
+        ]
+        trace = error.get("stack_trace")
+        if trace:
+            lines.append("stack trace:")
+            lines += ["    " + line for line in str(trace).rstrip().splitlines()]
+    else:
+        lines.append("(no x-dead-letter header: not a dead letter)")
+    if headers:
+        lines.append(f"headers:       {json.dumps(headers, sort_keys=True)}")
+    lines.append(f"body:          {body}")
+    return "\n".join(lines)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.dlq_command == "list":
+        status = client.call("GET", "/v1/status")
+        rows = []
+        for q in status["queues"]:
+            dead = q.get("dead_letter_queue", False)
+            if not dead and q["ready"] > 0:
+                peek = client.call("GET", f"/v1/queues/{_quote(q['name'])}/peek?n=1")
+                dead = any("x-dead-letter" in (m.get("headers") or {}) for m in peek["messages"])
+            if dead:
+                rows.append([q["name"], q["ready"], f"{q['oldest_ready_age_s']:.1f}s"])
+        if rows:
+            print(_table(["queue", "depth", "oldest"], rows))
+        else:
+            print("no dead-letter queue holds messages")
+        return 0
+    if args.dlq_command == "show":
+        answer = client.call("GET", f"/v1/queues/{_quote(args.queue)}/peek?n={args.n}")
+        if not answer["messages"]:
+            print(f"queue {args.queue} is empty")
+        for msg in answer["messages"]:
+            print(render_dead_letter(msg))
+        return 0
+    body = {} if args.max is None else {"max": args.max}
+    answer = client.call("POST", f"/v1/queues/{_quote(args.queue)}/replay", body)
+    print(f"replayed {answer['replayed']} message(s) from {args.queue}")
+    return 0
+
+
+# ------------------------------------------------------------------ registration
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pub = sub.add_parser("publish", help="publish a message or append a record")
+    _common(pub)
+    pub.add_argument("--exchange", help="publish through this exchange")
+    pub.add_argument("--queue", help="publish straight into this queue")
+    pub.add_argument("--topic", help="append to this topic")
+    pub.add_argument("--routing-key", help="routing key (exchanges; queues default to the name)")
+    pub.add_argument("--key", help="record key (topics)")
+    pub.add_argument("--partition", type=int, help="explicit partition (topics)")
+    pub.add_argument("--priority", type=int)
+    pub.add_argument("--ttl", help="per-message TTL, e.g. 30s")
+    pub.add_argument("--message-id")
+    pub.add_argument("--header", action="append", metavar="NAME=VALUE")
+    pub.add_argument("body", metavar="BODY", help="JSON, @FILE or - (stdin)")
+    pub.set_defaults(func=_run(cmd_publish))
+
+    con = sub.add_parser("consume", help="pull messages from a queue or read a topic")
+    _common(con)
+    con.add_argument("--queue")
+    con.add_argument("--topic")
+    con.add_argument("--partition", type=int)
+    con.add_argument("--offset", type=int)
+    con.add_argument("--max", type=int, default=1, help="messages / records (default 1)")
+    con.add_argument("--lease", default="30s", help="lease of pulled messages (default 30s)")
+    con.add_argument("--ack", action="store_true", help="ack what was pulled")
+    con.set_defaults(func=_run(cmd_consume))
+
+    st = sub.add_parser("status", help="topics, queues, groups and consumers of a daemon")
+    _common(st)
+    st.add_argument("--json", action="store_true", help="print the raw status document")
+    st.set_defaults(func=_run(cmd_status))
+
+    dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="list|show|replay", required=True)
+    lst = dlq_sub.add_parser("list", help="dead-letter queues with their depth and age")
+    _common(lst)
+    show = dlq_sub.add_parser("show", help="dead letters of a queue, with why they died")
+    _common(show)
+    show.add_argument("queue")
+    show.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    rep = dlq_sub.add_parser("replay", help="dead letters back to where they died")
+    _common(rep)
+    rep.add_argument("queue")
+    rep.add_argument("--max", type=int)
+    for p in (lst, show, rep):
+        p.set_defaults(func=_run(cmd_dlq))

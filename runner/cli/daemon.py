@@ -1,0 +1,173 @@
+"""`runner run` (the pipeline daemon) and `runner alerts` (Prometheus rules)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from runner.errors import RunnerError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1048576 or 1MiB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _duration(text: str) -> float:
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s or 500ms)")
+    return total
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (try 127.0.0.1:8080)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="run the pipeline daemon for a topology")
+    run.add_argument("path", type=Path, help="topology file or directory")
+    run.add_argument("--data-dir", type=Path, default=Path("data"), help="default ./data")
+    run.add_argument(
+        "--listen", type=_listen, default=("127.0.0.1", 8080), help="HOST:PORT (127.0.0.1:8080)"
+    )
+    run.add_argument("--fsync", choices=("always", "interval", "never"), default="always")
+    run.add_argument("--token-file", type=Path, help="bearer token for /v1/ (or RUNNER_TOKEN)")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument(
+        "--max-message-bytes", type=_size, default=1024 * 1024, help="default 1MiB"
+    )
+    run.add_argument(
+        "--max-request-bytes", type=_size, default=64 * 1024 * 1024,
+        help="largest HTTP request body (default 64MiB)",
+    )
+    run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
+    run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    run.set_defaults(func=cmd_run)
+
+    alerts = sub.add_parser("alerts", help="Prometheus alerting rules for a topology")
+    alerts.add_argument("path", type=Path, help="topology file or directory")
+    alerts.add_argument(
+        "--lag-threshold", type=int, default=10_000,
+        help="alert when a group lags by more records than this (default 10000)",
+    )
+    alerts.add_argument("--lag-for", default="10m", help="for how long (default 10m)")
+    alerts.set_defaults(func=cmd_alerts)
+
+
+def _print_problems(problems: object) -> None:
+    from runner.daemon.reload import problem_line
+
+    for p in problems:  # type: ignore[attr-defined]
+        print(problem_line(p), file=sys.stderr)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"runner run: cannot read --token-file: {exc}") from exc
+        if not token:
+            raise SystemExit(f"runner run: --token-file {args.token_file} is empty")
+        return token
+    env = os.environ.get("RUNNER_TOKEN", "").strip()
+    return env or None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from runner.daemon import logs
+    from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
+    from runner.engine import FsyncPolicy
+
+    logs.configure(args.log_format)
+    if not args.path.exists():
+        print(f"runner run: {args.path}: no such file or directory", file=sys.stderr)
+        return 2
+    try:
+        token = _token(args)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    parts = real_parts()
+    loaded = parts.load(args.path)
+    errors = [p for p in loaded.problems if p.is_error]
+    if errors or loaded.topology is None:
+        _print_problems(errors)
+        print(f"runner run: {args.path} is invalid ({len(errors)} error(s))", file=sys.stderr)
+        return 1
+    failures = parts.check_handlers(loaded.topology)
+    if failures:
+        _print_problems(handler_problems(loaded.topology, failures))
+        print("runner run: handlers could not be imported", file=sys.stderr)
+        return 1
+    host, port = args.listen
+    config = DaemonConfig(
+        path=args.path,
+        data_dir=args.data_dir,
+        host=host,
+        port=port,
+        fsync=FsyncPolicy(args.fsync),
+        token=token,
+        max_message_bytes=args.max_message_bytes,
+        max_request_bytes=args.max_request_bytes,
+        grace_s=args.grace,
+        watch=not args.no_watch,
+    )
+    try:
+        supervisor = Supervisor(config, loaded, parts)
+        return asyncio.run(supervisor.serve())
+    except RunnerError as exc:
+        print(f"runner run: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"runner run: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from runner.daemon.alerts import render_yaml, rules
+    from runner.topology.load import load
+
+    if not args.path.exists():
+        print(f"runner alerts: {args.path}: no such file or directory", file=sys.stderr)
+        return 2
+    try:
+        _duration(args.lag_for)
+    except argparse.ArgumentTypeError as exc:
+        print(f"runner alerts: --lag-for: {exc}", file=sys.stderr)
+        return 2
+    loaded = load(args.path)
+    errors = [p for p in loaded.problems if p.is_error]
+    if errors or loaded.topology is None:
+        _print_problems(errors)
+        print(f"runner alerts: {args.path} is invalid ({len(errors)} error(s))", file=sys.stderr)
+        return 1
+    topology = loaded.topology
+    sys.stdout.write(
+        render_yaml(topology, rules(topology, lag_threshold=args.lag_threshold,
+                                    lag_for=args.lag_for))
+    )
+    return 0

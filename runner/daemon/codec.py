@@ -1,0 +1,415 @@
+"""The HTTP codec: JSON request bodies to engine inputs, engine outputs to JSON.
+
+Every function here is pure and raises `BadInput` (HTTP 400) or `TooLarge`
+(HTTP 413) with a sentence naming the offending field, so the HTTP layer never
+has to guess what went wrong. `body`/`value` carry any JSON value (stored as
+compact JSON text, content type `application/json`); `body_b64`/`value_b64`
+carry raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from runner.engine import OutMessage, OutRecord, QueueDelivery, Record
+from runner.errors import InvalidRequest, TooLarge
+
+JSON_CONTENT_TYPE = "application/json"
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+_LARGE_HINT = (
+    "store the payload elsewhere (a file or object store) and send a reference to it instead"
+)
+
+
+class BadInput(InvalidRequest):
+    """A request body or query that does not have the expected shape (HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits applied before anything is stored."""
+
+    max_message_bytes: int = 1024 * 1024
+
+
+def parse_duration(text: object, field: str, prefix: str = "") -> float:
+    """Seconds in a duration string like `250ms`, `30s`, `1h30m`."""
+    if not isinstance(text, str) or not text:
+        raise BadInput(
+            f"{prefix}'{field}' must be a duration string like \"30s\", got {_show(text)}"
+        )
+    pos = 0
+    total = 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise BadInput(
+            f"{prefix}'{field}' must be a duration string like \"30s\" or \"250ms\", "
+            f"got {_show(text)}"
+        )
+    return total
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON value of a request body."""
+    if not raw.strip():
+        raise BadInput("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"the request body is not valid JSON: {exc}") from exc
+
+
+def require_object(value: Any, what: str = "the request body") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def _show(value: object) -> str:
+    text = orjson.dumps(value).decode() if _jsonable(value) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _where(index: int | None, noun: str) -> str:
+    return f"{noun} {index}: " if index is not None else ""
+
+
+def _check_keys(item: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise BadInput(
+            f"{prefix}unknown field '{unknown[0]}' (known fields: {', '.join(sorted(allowed))})"
+        )
+
+
+def _payload(
+    item: Mapping[str, Any], name: str, prefix: str, *, null_is_none: bool
+) -> tuple[bytes | None, str | None]:
+    """(bytes, content type) from `name` (any JSON) or `name_b64` (raw bytes)."""
+    b64 = f"{name}_b64"
+    has_json, has_raw = name in item, b64 in item
+    if has_json and has_raw:
+        raise BadInput(f"{prefix}give either '{name}' or '{b64}', not both")
+    if has_raw:
+        raw = item[b64]
+        if not isinstance(raw, str):
+            raise BadInput(f"{prefix}'{b64}' must be a base64 string, got {_kind(raw)}")
+        try:
+            return base64.b64decode(raw, validate=True), None
+        except (binascii.Error, ValueError) as exc:
+            raise BadInput(f"{prefix}'{b64}' is not valid base64") from exc
+    if not has_json:
+        raise BadInput(f"{prefix}missing field '{name}' (any JSON value) or '{b64}' (base64 bytes)")
+    value = item[name]
+    if value is None and null_is_none:
+        return None, None
+    return orjson.dumps(value), JSON_CONTENT_TYPE
+
+
+def _headers(item: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    headers = item.get("headers", {})
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise BadInput(f"{prefix}'headers' must be a JSON object, got {_kind(headers)}")
+    return headers
+
+
+def _optional_int(
+    item: Mapping[str, Any], name: str, prefix: str, *, low: int, high: int | None = None
+) -> int | None:
+    value = item.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"{prefix}'{name}' must be an integer, got {_kind(value)}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadInput(f"{prefix}'{name}' must be {bound}, got {value}")
+    return value
+
+
+def _optional_str(item: Mapping[str, Any], name: str, prefix: str) -> str | None:
+    value = item.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"{prefix}'{name}' must be a string, got {_kind(value)}")
+    return value
+
+
+def _check_size(size: int, limit: int, prefix: str, where: str) -> None:
+    if size > limit:
+        raise TooLarge(
+            f"{prefix}the payload is {size} bytes, over the limit of {limit} bytes {where}; "
+            f"{_LARGE_HINT}"
+        )
+
+
+_MESSAGE_KEYS = frozenset(
+    {"routing_key", "body", "body_b64", "headers", "priority", "ttl", "message_id"}
+)
+
+
+def message(
+    item: Any, *, index: int | None, limits: Limits, default_key: str | None
+) -> OutMessage:
+    """One message of `POST /v1/exchanges|queues/{name}/messages`."""
+    prefix = _where(index, "message")
+    obj = require_object(item, f"{prefix.rstrip(': ') or 'the message'}")
+    _check_keys(obj, _MESSAGE_KEYS, prefix)
+    if "routing_key" in obj:
+        key = obj["routing_key"]
+        if not isinstance(key, str):
+            raise BadInput(f"{prefix}'routing_key' must be a string, got {_kind(key)}")
+    elif default_key is None:
+        raise BadInput(f"{prefix}missing field 'routing_key' (a string; \"\" is allowed)")
+    else:
+        key = default_key
+    body, content_type = _payload(obj, "body", prefix, null_is_none=False)
+    assert body is not None
+    _check_size(len(body), limits.max_message_bytes, prefix, "(--max-message-bytes)")
+    ttl = obj.get("ttl")
+    return OutMessage(
+        body=body,
+        routing_key=key,
+        headers=_headers(obj, prefix),
+        priority=_optional_int(obj, "priority", prefix, low=0, high=255),
+        ttl_s=None if ttl is None else parse_duration(ttl, "ttl", prefix),
+        message_id=_optional_str(obj, "message_id", prefix),
+        content_type=content_type,
+    )
+
+
+def messages(
+    body: Any, *, limits: Limits, default_key: str | None
+) -> tuple[list[OutMessage], bool]:
+    """The messages of a publish request and whether it was a batch."""
+    obj = require_object(body)
+    if "messages" in obj:
+        items = obj["messages"]
+        if not isinstance(items, list):
+            raise BadInput(f"'messages' must be an array of messages, got {_kind(items)}")
+        if len(obj) > 1:
+            other = sorted(k for k in obj if k != "messages")[0]
+            raise BadInput(f"a batch holds only 'messages'; unexpected field '{other}'")
+        out = [
+            message(item, index=i, limits=limits, default_key=default_key)
+            for i, item in enumerate(items)
+        ]
+        return out, True
+    return [message(obj, index=None, limits=limits, default_key=default_key)], False
+
+
+_RECORD_KEYS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition"})
+
+
+def record(
+    item: Any, *, index: int | None, limits: Limits, topic_limit: int
+) -> OutRecord:
+    """One record of `POST /v1/topics/{name}/records`."""
+    prefix = _where(index, "record")
+    obj = require_object(item, f"{prefix.rstrip(': ') or 'the record'}")
+    _check_keys(obj, _RECORD_KEYS, prefix)
+    key: bytes | None = None
+    if "key" in obj and "key_b64" in obj:
+        raise BadInput(f"{prefix}give either 'key' or 'key_b64', not both")
+    if obj.get("key") is not None:
+        raw_key = obj["key"]
+        if not isinstance(raw_key, str):
+            raise BadInput(f"{prefix}'key' must be a string, got {_kind(raw_key)}")
+        key = raw_key.encode()
+    elif obj.get("key_b64") is not None:
+        raw = obj["key_b64"]
+        if not isinstance(raw, str):
+            raise BadInput(f"{prefix}'key_b64' must be a base64 string, got {_kind(raw)}")
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadInput(f"{prefix}'key_b64' is not valid base64") from exc
+    value, _ = _payload(obj, "value", prefix, null_is_none=True)
+    if value is not None:
+        limit = min(limits.max_message_bytes, topic_limit)
+        where = (
+            "(the topic's max_message_bytes)"
+            if topic_limit < limits.max_message_bytes
+            else "(--max-message-bytes)"
+        )
+        _check_size(len(value), limit, prefix, where)
+    return OutRecord(
+        value=value,
+        key=key,
+        headers=_headers(obj, prefix),
+        partition=_optional_int(obj, "partition", prefix, low=0),
+    )
+
+
+def records(body: Any, *, limits: Limits, topic_limit: int) -> tuple[list[OutRecord], bool]:
+    """The records of an append request and whether it was a batch."""
+    obj = require_object(body)
+    if "records" in obj:
+        items = obj["records"]
+        if not isinstance(items, list):
+            raise BadInput(f"'records' must be an array of records, got {_kind(items)}")
+        if len(obj) > 1:
+            other = sorted(k for k in obj if k != "records")[0]
+            raise BadInput(f"a batch holds only 'records'; unexpected field '{other}'")
+        out = [
+            record(item, index=i, limits=limits, topic_limit=topic_limit)
+            for i, item in enumerate(items)
+        ]
+        return out, True
+    return [record(obj, index=None, limits=limits, topic_limit=topic_limit)], False
+
+
+def int_field(
+    obj: Mapping[str, Any], name: str, *, default: int | None = None, low: int = 0,
+    high: int | None = None,
+) -> int:
+    """A required (or defaulted) integer field of a JSON object."""
+    if name not in obj or obj[name] is None:
+        if default is None:
+            raise BadInput(f"missing field '{name}' (an integer)")
+        return default
+    value = _optional_int(obj, name, "", low=low, high=high)
+    assert value is not None
+    return value
+
+
+def str_field(obj: Mapping[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise BadInput(f"missing field '{name}' (a string)")
+    if not isinstance(value, str):
+        raise BadInput(f"'{name}' must be a string, got {_kind(value)}")
+    return value
+
+
+def bool_field(obj: Mapping[str, Any], name: str, *, default: bool) -> bool:
+    value = obj.get(name, default)
+    if not isinstance(value, bool):
+        raise BadInput(f"'{name}' must be true or false, got {_show(value)}")
+    return value
+
+
+def delivery_ids(obj: Mapping[str, Any]) -> list[int]:
+    ids = obj.get("delivery_ids")
+    if ids is None:
+        raise BadInput("missing field 'delivery_ids' (an array of integers)")
+    if not isinstance(ids, list):
+        raise BadInput(f"'delivery_ids' must be an array of integers, got {_kind(ids)}")
+    for i, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadInput(f"'delivery_ids[{i}]' must be an integer, got {_show(value)}")
+    return list(ids)
+
+
+def query_int(
+    query: Mapping[str, str], name: str, *, default: int | None, low: int = 0,
+    high: int | None = None,
+) -> int:
+    """An integer query parameter."""
+    text = query.get(name)
+    if text is None:
+        if default is None:
+            raise BadInput(f"query parameter '{name}' is required (an integer)")
+        return default
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise BadInput(f"query parameter '{name}' must be an integer, got {text!r}") from exc
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadInput(f"query parameter '{name}' must be {bound}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------ answers
+
+
+def _payload_out(data: bytes | None, json_content: bool, name: str) -> dict[str, Any]:
+    if data is None:
+        return {name: None}
+    if json_content:
+        try:
+            return {name: orjson.loads(data)}
+        except orjson.JSONDecodeError:
+            pass
+    return {f"{name}_b64": base64.b64encode(data).decode()}
+
+
+def _looks_json(data: bytes | None) -> bool:
+    if data is None:
+        return False
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def delivery_json(d: QueueDelivery) -> dict[str, Any]:
+    out: dict[str, Any] = {"delivery_id": d.delivery_id}
+    out.update(_payload_out(d.body, d.content_type == JSON_CONTENT_TYPE, "body"))
+    out.update(
+        headers=dict(d.headers),
+        priority=d.priority,
+        redelivered=d.redelivered,
+        delivery_count=d.delivery_count,
+        routing_key=d.routing_key,
+        exchange=d.exchange,
+        message_id=d.message_id,
+        timestamp=d.timestamp_ms,
+    )
+    return out
+
+
+def record_json(r: Record) -> dict[str, Any]:
+    out: dict[str, Any] = {"offset": r.offset}
+    if r.key is None:
+        out["key"] = None
+    else:
+        try:
+            out["key"] = r.key.decode()
+        except UnicodeDecodeError:
+            out["key"] = None
+            out["key_b64"] = base64.b64encode(r.key).decode()
+    out.update(_payload_out(r.value, _looks_json(r.value), "value"))
+    out.update(headers=dict(r.headers), timestamp=r.timestamp_ms, partition=r.partition)
+    return out

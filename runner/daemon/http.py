@@ -1,0 +1,476 @@
+"""The HTTP API of `runner run`: aiohttp routes over the engine owned by the loop.
+
+Every route of INTERFACES.md. The engine is plain synchronous code owned by the
+event loop, so a handler calls it directly (no locks, no threads). Errors of
+the `runner.errors` tree become JSON answers with their status; anything else
+is a bug: logged with its traceback and answered as a 500 JSON, never an HTML
+page.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from runner.daemon import codec
+from runner.daemon.reload import ReloadResult
+from runner.engine import Engine, TopicPartition
+from runner.errors import (
+    Conflict,
+    EngineError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    OffsetOutOfRange,
+    Refused,
+    StorageError,
+    TooLarge,
+    UnsafeChange,
+)
+from runner.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+MAX_PULL = 1000
+MAX_PEEK = 1000
+MAX_READ = 10_000
+RETRY_AFTER_S = 1
+
+
+class Host(Protocol):
+    """What the HTTP layer needs from the supervisor."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def topology(self) -> Topology: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def notify(self) -> None: ...
+
+    async def reload(self, trigger: str) -> ReloadResult: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def render_metrics(self) -> bytes: ...
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HOST_KEY = web.AppKey("host", Host)
+LIMITS_KEY = web.AppKey("limits", codec.Limits)
+MAX_REQUEST_KEY = web.AppKey("max_request_bytes", int)
+
+
+def answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    return answer({"error": message, **extra}, status, headers)
+
+
+def _engine_error(exc: EngineError) -> web.Response:
+    if isinstance(exc, Refused):
+        return error(429, str(exc), accepted=exc.accepted, routed=list(exc.routed))
+    if isinstance(exc, Conflict):
+        return error(409, str(exc), unknown=list(exc.unknown))
+    if isinstance(exc, OffsetOutOfRange):
+        return error(416, str(exc), log_start_offset=exc.log_start, log_end_offset=exc.log_end)
+    if isinstance(exc, InvalidRequest):
+        return error(400, str(exc))
+    if isinstance(exc, Forbidden):
+        return error(403, str(exc))
+    if isinstance(exc, NotFound):
+        return error(404, str(exc))
+    if isinstance(exc, TooLarge):
+        return error(413, str(exc))
+    if isinstance(exc, UnsafeChange):
+        return error(409, str(exc))
+    if isinstance(exc, StorageError):
+        log.error("storage error: %s", exc)
+        return error(503 if exc.retriable else 500, f"storage error: {exc}")
+    log.error("engine error: %s", exc)
+    return error(500, f"engine error: {exc}")
+
+
+def make_error_middleware() -> Any:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except EngineError as exc:
+            return _engine_error(exc)
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.app[MAX_REQUEST_KEY]
+            return error(
+                413,
+                f"the request body is over the limit of {limit} bytes; send smaller "
+                "batches, or store large payloads elsewhere and send a reference",
+            )
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return error(
+                405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+            )
+        except web.HTTPNotFound:
+            return error(404, f"no route {request.method} {request.path}")
+        except web.HTTPException as exc:
+            return error(exc.status, exc.reason)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return error(500, "internal error; the daemon log has the details")
+
+    return errors
+
+
+def make_auth_middleware(token: str | None) -> Any:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+        return await handler(request)
+
+    return auth
+
+
+def _host(request: web.Request) -> Host:
+    return request.app[HOST_KEY]
+
+
+async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if empty_ok and not raw.strip():
+        return {}
+    return codec.require_object(codec.decode_json(raw))
+
+
+def _accepting(host: Host) -> None:
+    if not host.accepting:
+        raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")
+
+
+def _queue_exists(host: Host, name: str) -> None:
+    if name not in host.topology.queue_map():
+        raise NotFound(f"no queue named '{name}'")
+
+
+# ------------------------------------------------------------------ publishing
+
+
+async def publish_exchange(request: web.Request) -> web.Response:
+    host = _host(request)
+    _accepting(host)
+    name = request.match_info["name"]
+    body = await _json(request)
+    msgs, batch = codec.messages(body, limits=request.app[LIMITS_KEY], default_key=None)
+    routed = host.engine.publish(name, msgs) if msgs else []
+    host.notify()
+    return answer({"routed": routed if batch else routed[0]}, 202)
+
+
+async def publish_queue(request: web.Request) -> web.Response:
+    host = _host(request)
+    _accepting(host)
+    name = request.match_info["name"]
+    body = await _json(request)
+    msgs, batch = codec.messages(body, limits=request.app[LIMITS_KEY], default_key=name)
+    routed = host.engine.publish_to_queue(name, msgs) if msgs else []
+    host.notify()
+    return answer({"routed": routed if batch else routed[0]}, 202)
+
+
+async def append_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    _accepting(host)
+    name = request.match_info["name"]
+    topic = host.topology.topic_map().get(name)
+    if topic is None:
+        raise NotFound(f"no topic named '{name}'")
+    body = await _json(request)
+    recs, _ = codec.records(
+        body, limits=request.app[LIMITS_KEY], topic_limit=topic.max_message_bytes
+    )
+    for i, rec in enumerate(recs):
+        if rec.partition is not None and rec.partition >= topic.partitions:
+            where = f"record {i}: " if len(recs) > 1 else ""
+            raise NotFound(
+                f"{where}topic '{name}' has no partition {rec.partition} "
+                f"(it has {topic.partitions}: 0..{topic.partitions - 1})"
+            )
+    offsets = host.engine.append(name, recs) if recs else []
+    host.notify()
+    return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
+
+
+# ------------------------------------------------------------------ topics
+
+
+def _partition(host: Host, topic: str, text: str) -> int:
+    spec = host.topology.topic_map().get(topic)
+    if spec is None:
+        raise NotFound(f"no topic named '{topic}'")
+    try:
+        partition = int(text)
+    except ValueError as exc:
+        raise codec.BadInput(f"the partition must be an integer, got {text!r}") from exc
+    if not 0 <= partition < spec.partitions:
+        raise NotFound(
+            f"topic '{topic}' has no partition {partition} "
+            f"(it has {spec.partitions}: 0..{spec.partitions - 1})"
+        )
+    return partition
+
+
+async def read_records(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    partition = _partition(host, name, request.match_info["p"])
+    offset = codec.query_int(request.query, "offset", default=None)
+    limit = codec.query_int(request.query, "limit", default=100, low=1, high=MAX_READ)
+    recs, next_offset = host.engine.read(
+        name, partition, offset, max_records=limit, max_bytes=64 * 1024 * 1024
+    )
+    return answer({"records": [codec.record_json(r) for r in recs], "next_offset": next_offset})
+
+
+# ------------------------------------------------------------------ queues
+
+
+async def pull(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    body = await _json(request, empty_ok=True)
+    n = codec.int_field(body, "max", default=1, low=1, high=MAX_PULL)
+    lease = codec.parse_duration(body.get("lease", "30s"), "lease")
+    if lease <= 0:
+        raise codec.BadInput("'lease' must be longer than 0s")
+    consumer = body.get("consumer_id", "http")
+    if not isinstance(consumer, str):
+        raise codec.BadInput("'consumer_id' must be a string")
+    _queue_exists(host, name)
+    got = host.engine.pull(name, n, lease_s=lease, consumer_id=consumer)
+    return answer({"messages": [codec.delivery_json(d) for d in got]})
+
+
+def _settled(host: Host, name: str, ids: list[int], unknown: list[int], verb: str) -> web.Response:
+    done = len(ids) - len(unknown)
+    host.notify()
+    if unknown:
+        listed = ", ".join(str(i) for i in unknown)
+        return error(
+            409,
+            f"{len(unknown)} delivery id(s) of queue '{name}' are unknown or their lease "
+            f"expired: {listed}; the other {done} were {verb}",
+            unknown=unknown,
+            **{verb: done},
+        )
+    return answer({verb: done})
+
+
+async def ack(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    ids = codec.delivery_ids(await _json(request))
+    _queue_exists(host, name)
+    unknown = host.engine.ack(name, ids) if ids else []
+    return _settled(host, name, ids, unknown, "acked")
+
+
+async def nack(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    body = await _json(request)
+    ids = codec.delivery_ids(body)
+    requeue = codec.bool_field(body, "requeue", default=True)
+    _queue_exists(host, name)
+    unknown = host.engine.nack(name, ids, requeue=requeue) if ids else []
+    return _settled(host, name, ids, unknown, "nacked")
+
+
+async def peek(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    n = codec.query_int(request.query, "n", default=10, low=1, high=MAX_PEEK)
+    _queue_exists(host, name)
+    got = host.engine.peek(name, n)
+    return answer({"messages": [codec.delivery_json(d) for d in got]})
+
+
+async def replay(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    body = await _json(request, empty_ok=True)
+    n = body.get("max")
+    if n is not None:
+        n = codec.int_field(body, "max", low=1)
+    _queue_exists(host, name)
+    count = host.engine.replay(name, n)
+    host.notify()
+    return answer({"replayed": count})
+
+
+# ------------------------------------------------------------------ groups
+
+
+def _group_exists(host: Host, group: str) -> None:
+    if group not in host.topology.group_map():
+        raise NotFound(f"no consumer group named '{group}'")
+
+
+def _group_tp(host: Host, group: str, obj: dict[str, Any], where: str = "") -> TopicPartition:
+    topic = codec.str_field(obj, "topic")
+    spec = host.topology.group_map()[group]
+    if topic not in spec.topics:
+        raise NotFound(f"{where}consumer group '{group}' does not read topic '{topic}'")
+    partition = codec.int_field(obj, "partition")
+    _partition(host, topic, str(partition))
+    return TopicPartition(topic, partition)
+
+
+async def seek(request: web.Request) -> web.Response:
+    host = _host(request)
+    group = request.match_info["group"]
+    body = await _json(request)
+    _group_exists(host, group)
+    tp = _group_tp(host, group, body)
+    has_offset, has_time = body.get("offset") is not None, body.get("timestamp") is not None
+    if has_offset == has_time:
+        raise codec.BadInput("give exactly one of 'offset' or 'timestamp' (milliseconds)")
+    if has_offset:
+        pos = host.engine.seek(group, tp, offset=codec.int_field(body, "offset"))
+    else:
+        pos = host.engine.seek(group, tp, timestamp_ms=codec.int_field(body, "timestamp"))
+    host.notify()
+    return answer({"topic": tp.topic, "partition": tp.partition, "offset": pos})
+
+
+async def commit(request: web.Request) -> web.Response:
+    host = _host(request)
+    group = request.match_info["group"]
+    body = await _json(request)
+    _group_exists(host, group)
+    items = body.get("offsets")
+    if not isinstance(items, list):
+        raise codec.BadInput(
+            "missing field 'offsets' (an array of {\"topic\", \"partition\", \"offset\"})"
+            if items is None
+            else "'offsets' must be an array of {\"topic\", \"partition\", \"offset\"}"
+        )
+    offsets: dict[TopicPartition, int] = {}
+    for i, item in enumerate(items):
+        obj = codec.require_object(item, f"offsets[{i}]")
+        try:
+            tp = _group_tp(host, group, obj)
+            offsets[tp] = codec.int_field(obj, "offset")
+        except codec.BadInput as exc:
+            raise codec.BadInput(f"offsets[{i}]: {exc}") from exc
+    if offsets:
+        host.engine.commit(group, offsets)
+    return answer({"committed": len(offsets)})
+
+
+def group_json(engine: Engine, group: str) -> dict[str, Any]:
+    info = engine.group_info(group)
+    return {
+        "group": info.name,
+        "members": list(info.members),
+        "partitions": [
+            {
+                "topic": p.topic,
+                "partition": p.partition,
+                "committed": p.committed,
+                "position": p.position,
+                "log_end_offset": p.log_end_offset,
+                "lag": p.lag,
+                "member": p.member,
+            }
+            for p in info.partitions
+        ],
+        "lag": sum(p.lag for p in info.partitions),
+    }
+
+
+async def get_group(request: web.Request) -> web.Response:
+    host = _host(request)
+    group = request.match_info["group"]
+    _group_exists(host, group)
+    return answer(group_json(host.engine, group))
+
+
+# ------------------------------------------------------------------ admin, health
+
+
+async def status(request: web.Request) -> web.Response:
+    return answer(_host(request).status())
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    result = await _host(request).reload("admin")
+    if result.result == "invalid":
+        return answer({"error": result.error, "problems": result.problems}, 422)
+    if result.result == "refused":
+        return answer({"error": result.error, "changes": result.changes}, 409)
+    return answer({"generation": result.generation, "changes": result.changes})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = _host(request).render_metrics()
+    return web.Response(body=text, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return answer({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if _host(request).accepting:
+        return answer({"status": "ready"})
+    return answer({"status": "shutting down"}, 503)
+
+
+def build_app(
+    host: Host, *, token: str | None, limits: codec.Limits, max_request_bytes: int
+) -> web.Application:
+    """The aiohttp application serving `host`."""
+    app = web.Application(
+        middlewares=[make_error_middleware(), make_auth_middleware(token)],
+        client_max_size=max_request_bytes,
+    )
+    app[HOST_KEY] = host
+    app[LIMITS_KEY] = limits
+    app[MAX_REQUEST_KEY] = max_request_bytes
+    r = app.router
+    r.add_post("/v1/exchanges/{name}/messages", publish_exchange)
+    r.add_post("/v1/queues/{name}/messages", publish_queue)
+    r.add_post("/v1/topics/{name}/records", append_topic)
+    r.add_get("/v1/topics/{name}/partitions/{p}/records", read_records)
+    r.add_post("/v1/queues/{name}/pull", pull)
+    r.add_post("/v1/queues/{name}/ack", ack)
+    r.add_post("/v1/queues/{name}/nack", nack)
+    r.add_get("/v1/queues/{name}/peek", peek)
+    r.add_post("/v1/queues/{name}/replay", replay)
+    r.add_post("/v1/groups/{group}/offsets", seek)
+    r.add_post("/v1/groups/{group}/commit", commit)
+    r.add_get("/v1/groups/{group}", get_group)
+    r.add_get("/v1/status", status)
+    r.add_post("/v1/admin/reload", admin_reload)
+    r.add_get("/metrics", metrics)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,336 @@
+"""The metrics collector: INTERFACES.md's `runner_*` metrics read at scrape time.
+
+A custom prometheus-client `Collector` on a per-daemon `CollectorRegistry`
+(never the global one). Nothing is counted per message here: the engine and
+the pipeline keep plain ints and this collector copies them when Prometheus
+scrapes. Every declared entity has its series from the first scrape (zero
+where nothing happened); `reason` and `result` labels start at zero for each
+known value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from runner import __version__
+from runner.daemon.reload import RESULTS, ReloadCounters
+from runner.engine import EngineStats, QueueStats, TopicPartition
+from runner.topology.model import Topology
+
+DEAD_LETTER_REASONS = ("handler_error", "rejected", "expired", "maxlen", "delivery_limit")
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerHistogram:
+    """Cumulative-free bucket counts: counts[i] observations <= buckets[i], then +Inf."""
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]  # per bucket (not cumulative), len(buckets) + 1 with +Inf last
+    sum_s: float
+
+
+@dataclass(slots=True)
+class HandlerView:
+    """What the collector needs from the pipeline's stats, whatever their shape."""
+
+    durations: dict[str, HandlerHistogram] = field(default_factory=dict)
+    errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+
+
+class MetricsSource(Protocol):
+    """The daemon state the collector reads at scrape time."""
+
+    @property
+    def topology(self) -> Topology: ...
+
+    @property
+    def content_hash(self) -> str: ...
+
+    @property
+    def reloads(self) -> ReloadCounters: ...
+
+    def engine_stats(self) -> EngineStats: ...
+
+    def handler_view(self) -> HandlerView: ...
+
+
+def handler_names(topology: Topology) -> list[str]:
+    """Every consumer and handler-driven consumer group (the `consumer` label)."""
+    names = [name for name, _ in topology.consumers]
+    names += [name for name, g in topology.consumer_groups if g.handler]
+    return sorted(set(names))
+
+
+class RunnerCollector(Collector):
+    """Reads engine, pipeline and reload state when Prometheus scrapes."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        src = self._source
+        topology = src.topology
+        stats = src.engine_stats()
+        yield from _topics(topology, stats)
+        yield from _groups(topology, stats)
+        yield from _exchanges(topology, stats)
+        yield from _queues(topology, stats)
+        yield from _handlers(topology, src.handler_view())
+        yield from _topology(topology, src.content_hash, src.reloads)
+
+
+def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+    end = GaugeMetricFamily(
+        "runner_topic_partition_log_end_offset",
+        "The next offset to be written in a topic partition.",
+        labels=["topic", "partition"],
+    )
+    start = GaugeMetricFamily(
+        "runner_topic_partition_log_start_offset",
+        "The first offset still stored in a topic partition (after retention).",
+        labels=["topic", "partition"],
+    )
+    size = GaugeMetricFamily(
+        "runner_topic_partition_size_bytes",
+        "Bytes on disk of a topic partition.",
+        labels=["topic", "partition"],
+    )
+    total = CounterMetricFamily(
+        "runner_topic_records", "Records appended to a topic.", labels=["topic"]
+    )
+    for name, topic in topology.topics:
+        for p in range(topic.partitions):
+            info = stats.partitions.get(TopicPartition(name, p))
+            labels = [name, str(p)]
+            end.add_metric(labels, info.log_end_offset if info else 0)
+            start.add_metric(labels, info.log_start_offset if info else 0)
+            size.add_metric(labels, info.size_bytes if info else 0)
+        total.add_metric([name], stats.topic_records.get(name, 0))
+    yield from (end, start, size, total)
+
+
+def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+    committed = GaugeMetricFamily(
+        "runner_consumer_group_committed_offset",
+        "The committed offset (next to read) of a consumer group in a partition; "
+        "the reset position until the group commits.",
+        labels=["group", "topic", "partition"],
+    )
+    lag = GaugeMetricFamily(
+        "runner_consumer_group_lag",
+        "Records of a partition not yet processed by a consumer group.",
+        labels=["group", "topic", "partition"],
+    )
+    members = GaugeMetricFamily(
+        "runner_consumer_group_members", "Live members of a consumer group.", labels=["group"]
+    )
+    topics = topology.topic_map()
+    for name, group in topology.consumer_groups:
+        for topic_name in group.topics:
+            topic = topics.get(topic_name)
+            for p in range(topic.partitions if topic else 0):
+                key = (name, TopicPartition(topic_name, p))
+                labels = [name, topic_name, str(p)]
+                committed.add_metric(labels, stats.group_committed.get(key, 0))
+                lag.add_metric(labels, stats.group_lag.get(key, 0))
+        members.add_metric([name], stats.group_members.get(name, 0))
+    yield from (committed, lag, members)
+
+
+def _exchanges(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+    published = CounterMetricFamily(
+        "runner_exchange_published", "Messages published to an exchange.", labels=["exchange"]
+    )
+    unroutable = CounterMetricFamily(
+        "runner_exchange_unroutable",
+        "Messages published to an exchange that reached no destination at all.",
+        labels=["exchange"],
+    )
+    for name, _ in topology.exchanges:
+        published.add_metric([name], stats.exchange_published.get(name, 0))
+        unroutable.add_metric([name], stats.exchange_unroutable.get(name, 0))
+    yield from (published, unroutable)
+
+
+def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+    def gauge(name: str, doc: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=["queue"])
+
+    def counter(name: str, doc: str) -> CounterMetricFamily:
+        return CounterMetricFamily(name, doc, labels=["queue"])
+
+    ready = gauge("runner_queue_messages_ready", "Messages ready for delivery in a queue.")
+    unacked = gauge(
+        "runner_queue_messages_unacked", "Messages delivered from a queue and not yet settled."
+    )
+    age = gauge(
+        "runner_queue_oldest_message_age_seconds",
+        "Age of the oldest ready message of a queue (0 when empty).",
+    )
+    published = counter("runner_queue_published", "Messages stored in a queue.")
+    delivered = counter("runner_queue_delivered", "Deliveries from a queue.")
+    acked = counter("runner_queue_acked", "Messages acknowledged in a queue.")
+    redelivered = counter("runner_queue_redelivered", "Redeliveries from a queue.")
+    rejected = counter(
+        "runner_queue_rejected_publishes",
+        "Publishes a queue refused by its overflow policy.",
+    )
+    dead = CounterMetricFamily(
+        "runner_queue_dead_lettered",
+        "Messages dead-lettered from a queue, by reason.",
+        labels=["queue", "reason"],
+    )
+    for name, _ in topology.queues:
+        q = stats.queues.get(name) or QueueStats()
+        ready.add_metric([name], q.ready)
+        unacked.add_metric([name], q.unacked)
+        age.add_metric([name], q.oldest_ready_age_s)
+        published.add_metric([name], q.published)
+        delivered.add_metric([name], q.delivered)
+        acked.add_metric([name], q.acked)
+        redelivered.add_metric([name], q.redelivered)
+        rejected.add_metric([name], q.rejected_publishes)
+        reasons = dict.fromkeys(DEAD_LETTER_REASONS, 0)
+        reasons.update(q.dead_lettered)
+        for reason, count in sorted(reasons.items()):
+            dead.add_metric([name, reason], count)
+    yield from (ready, unacked, age, published, delivered, acked, redelivered, rejected, dead)
+
+
+def _handlers(topology: Topology, view: HandlerView) -> Iterator[Metric]:
+    duration = HistogramMetricFamily(
+        "runner_handler_duration_seconds",
+        "Time a handler took per message (successes and failures).",
+        labels=["consumer"],
+    )
+    errors = CounterMetricFamily(
+        "runner_handler_errors",
+        "Handler failures by exception type.",
+        labels=["consumer", "error_type"],
+    )
+    retries = CounterMetricFamily(
+        "runner_handler_retries", "Retries scheduled after handler failures.", labels=["consumer"]
+    )
+    for name in handler_names(topology):
+        hist = view.durations.get(name)
+        if hist is None:
+            hist = HandlerHistogram(DEFAULT_BUCKETS, (0,) * (len(DEFAULT_BUCKETS) + 1), 0.0)
+        duration.add_metric([name], _cumulative(hist), hist.sum_s)
+        retries.add_metric([name], view.retries.get(name, 0))
+    for (consumer, error_type), count in sorted(view.errors.items()):
+        errors.add_metric([consumer, error_type], count)
+    yield from (duration, errors, retries)
+
+
+def _cumulative(hist: HandlerHistogram) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(hist.buckets, hist.counts, strict=False):
+        running += count
+        out.append((_bound(bound), running))
+    running += sum(hist.counts[len(hist.buckets):])
+    out.append(("+Inf", running))
+    return out
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if math.isinf(value) else repr(float(value))
+
+
+def _topology(topology: Topology, content_hash: str, reloads: ReloadCounters) -> Iterator[Metric]:
+    total = CounterMetricFamily(
+        "runner_topology_reloads",
+        "Topology reload attempts by result (a file save that changes nothing is not counted).",
+        labels=["result"],
+    )
+    for result in RESULTS:
+        total.add_metric([result], reloads.counts.get(result, 0))
+    last = GaugeMetricFamily(
+        "runner_topology_last_reload_timestamp_seconds",
+        "Unix time of the last counted reload attempt (0 before the first).",
+    )
+    last.add_metric([], reloads.last_timestamp_s)
+    info = GaugeMetricFamily(
+        "runner_topology_info", "The running topology (always 1).", labels=["name", "hash"]
+    )
+    info.add_metric([topology.name or "", content_hash], 1)
+    build = GaugeMetricFamily(
+        "runner_build_info", "The running topology-runner version (always 1).", labels=["version"]
+    )
+    build.add_metric([__version__], 1)
+    yield from (total, last, info, build)
+
+
+def build_registry(source: MetricsSource, *, process: bool = True) -> CollectorRegistry:
+    """A registry for one daemon: the runner collector and the process collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunnerCollector(source))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def handler_view_from(stats: Any) -> HandlerView:
+    """Adapt the pipeline's `stats()` to a `HandlerView` (tolerant of its exact shape)."""
+    view = HandlerView()
+    if stats is None:
+        return view
+    durations = _first(stats, ("handler_durations", "durations", "handler_duration"))
+    if isinstance(durations, Mapping):
+        for name, hist in durations.items():
+            converted = _histogram(hist)
+            if converted is not None:
+                view.durations[str(name)] = converted
+    errors = _first(stats, ("handler_errors", "errors", "errors_by_type"))
+    if isinstance(errors, Mapping):
+        for key, value in errors.items():
+            if isinstance(key, tuple) and len(key) == 2:
+                view.errors[(str(key[0]), str(key[1]))] = int(value)
+            elif isinstance(value, Mapping):
+                for error_type, count in value.items():
+                    view.errors[(str(key), str(error_type))] = int(count)
+    retries = _first(stats, ("handler_retries", "retries", "retries_by_consumer"))
+    if isinstance(retries, Mapping):
+        view.retries = {str(k): int(v) for k, v in retries.items()}
+    return view
+
+
+def _first(obj: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        if isinstance(obj, Mapping) and name in obj:
+            return obj[name]
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    return None
+
+
+def _histogram(hist: Any) -> HandlerHistogram | None:
+    buckets = _first(hist, ("buckets", "bounds", "upper_bounds"))
+    counts = _first(hist, ("counts", "bucket_counts"))
+    total = _first(hist, ("sum", "sum_s", "total_s", "total"))
+    if buckets is None or counts is None:
+        return None
+    bounds = tuple(float(b) for b in buckets if not math.isinf(float(b)))
+    values = tuple(int(c) for c in counts)
+    if len(values) == len(bounds):
+        values = values + (0,)
+    return HandlerHistogram(bounds, values, float(total or 0.0))

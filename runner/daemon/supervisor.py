@@ -1,0 +1,449 @@
+"""The supervisor: builds, runs, reloads and drains one daemon on one asyncio loop.
+
+The loop owns the engine: HTTP handlers, the tick task, reloads and the
+pipeline all run on it, so the engine needs no locks. Life of a daemon:
+
+    open engine (recovering the data dir) -> pipeline.start -> HTTP listen
+    -> tick every ~50 ms, reload on file change / SIGHUP / admin call
+    -> SIGTERM or SIGINT: readyz 503, pipeline.drain(grace), HTTP closed,
+       engine.flush + close, exit 0 (a second signal exits at once).
+
+A reload is all-or-nothing: load -> validate -> check handlers -> diff
+(unsafe changes refuse the whole reload) -> engine.apply -> pipeline.apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from runner.clock import Clock, SystemClock
+from runner.daemon import codec
+from runner.daemon.http import build_app
+from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.reload import (
+    ReloadCounters,
+    ReloadResult,
+    changes_json,
+    problem_json,
+    problem_line,
+)
+from runner.daemon.status import TopologyState, status_json
+from runner.daemon.watch import TopologyWatcher
+from runner.engine import Engine, EngineStats, FsyncPolicy
+from runner.errors import EngineError, UnsafeChange
+from runner.topology.model import Topology
+from runner.topology.problems import Problem, Severity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything `runner run` was told."""
+
+    path: Path
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    token: str | None = None
+    max_message_bytes: int = 1024 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024
+    grace_s: float = 30.0
+    tick_s: float = 0.05
+    debounce_s: float = 0.1
+    watch: bool = True
+
+
+class Loaded(Protocol):
+    """A load result (runner.topology.load.LoadResult)."""
+
+    @property
+    def topology(self) -> Topology | None: ...
+
+    @property
+    def problems(self) -> Sequence[Problem]: ...
+
+    @property
+    def content_hash(self) -> str: ...
+
+
+class PipelineLike(Protocol):
+    async def start(self) -> None: ...
+
+    async def apply(self, new: Topology) -> None: ...
+
+    async def drain(self, grace_s: float) -> None: ...
+
+    def notify(self) -> None: ...
+
+    def stats(self) -> Any: ...
+
+
+@dataclass(slots=True)
+class Parts:
+    """The seams the supervisor is built from (real ones in `real_parts`)."""
+
+    load: Callable[[Path], Loaded]
+    check_handlers: Callable[[Topology], list[tuple[str, str, str]]]
+    diff: Callable[..., Any]
+    open_engine: Callable[[Topology, DaemonConfig, Clock], Engine]
+    make_pipeline: Callable[
+        [Engine, Topology, DaemonConfig, Clock, concurrent.futures.Executor], PipelineLike
+    ]
+    clock: Clock = field(default_factory=SystemClock)
+
+
+def real_parts() -> Parts:
+    """The composition root's parts: the real loader, diff, engine and pipeline."""
+    from runner.pipeline import Pipeline
+    from runner.pipeline.handler import check_handlers
+    from runner.topology.diff import diff
+    from runner.topology.load import load
+
+    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
+        return Engine.open(topology, config.data_dir, fsync=config.fsync, clock=clock)
+
+    def make_pipeline(
+        engine: Engine,
+        topology: Topology,
+        config: DaemonConfig,
+        clock: Clock,
+        executor: concurrent.futures.Executor,
+    ) -> PipelineLike:
+        pipeline: PipelineLike = Pipeline(
+            engine,
+            topology,
+            data_dir=config.data_dir,
+            clock=clock,
+            executor=executor,
+            instance_id=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        return pipeline
+
+    return Parts(
+        load=load,
+        check_handlers=check_handlers,
+        diff=diff,
+        open_engine=open_engine,
+        make_pipeline=make_pipeline,
+    )
+
+
+def handler_problems(topology: Topology, failures: list[tuple[str, str, str]]) -> list[Problem]:
+    """Handler import failures as problems at the handler's line."""
+    groups = topology.group_map()
+    out = []
+    for name, _ref, message in failures:
+        path = f"{'consumer_groups' if name in groups else 'consumers'}.{name}.handler"
+        pos = topology.position(path)
+        out.append(
+            Problem(pos.file, pos.line, pos.column, path, "handler-import", Severity.ERROR, message)
+        )
+    return out
+
+
+class Supervisor:
+    """One daemon: engine, pipeline, HTTP server, watcher, reloads, shutdown."""
+
+    def __init__(self, config: DaemonConfig, loaded: Loaded, parts: Parts) -> None:
+        if loaded.topology is None:
+            raise ValueError("the supervisor needs a valid topology")
+        self.config = config
+        self._parts = parts
+        self._topology: Topology = loaded.topology
+        self._hash = loaded.content_hash
+        self._generation = 1
+        self._last_error: str | None = None
+        self._last_result: str | None = None
+        self._reloads = ReloadCounters()
+        self._engine: Engine | None = None
+        self._pipeline: PipelineLike | None = None
+        self._accepting = False
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._registry = build_registry(self)
+        self._tick_failures = 0
+
+    # ------------------------------------------------------------ state for HTTP/metrics
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "the engine is not open"
+        return self._engine
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
+
+    @property
+    def content_hash(self) -> str:
+        return self._hash
+
+    @property
+    def reloads(self) -> ReloadCounters:
+        return self._reloads
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def notify(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.notify()
+
+    def engine_stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def handler_view(self) -> HandlerView:
+        if self._pipeline is None:
+            return HandlerView()
+        return handler_view_from(self._pipeline.stats())
+
+    def status(self) -> dict[str, Any]:
+        state = TopologyState(
+            self._topology, self._hash, self._generation, self._last_error, self._last_result
+        )
+        return status_json(self.engine, state, self.handler_view())
+
+    def render_metrics(self) -> bytes:
+        return render(self._registry)
+
+    # ------------------------------------------------------------ lifecycle
+    async def serve(self, *, ready: Callable[[str, int], None] | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or `stop()`); 0 after a clean stop."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        clock = self._parts.clock
+        workers = sum(c.concurrency for _, c in self._topology.consumers)
+        workers += sum(g.instances for _, g in self._topology.consumer_groups)
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(8, workers + 4), thread_name_prefix="handler"
+        )
+        log.info(
+            "opening engine", extra={"event": "engine_opening", "data_dir": str(config.data_dir)}
+        )
+        self._engine = self._parts.open_engine(self._topology, config, clock)
+        log.info("engine opened", extra={"event": "engine_opened", "fsync": config.fsync.value})
+        self._pipeline = self._parts.make_pipeline(
+            self._engine, self._topology, config, clock, executor
+        )
+        await self._pipeline.start()
+        log.info("pipeline started", extra={"event": "pipeline_started"})
+        app = build_app(
+            self,
+            token=config.token,
+            limits=codec.Limits(max_message_bytes=config.max_message_bytes),
+            max_request_bytes=config.max_request_bytes,
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+        port = _bound_port(runner, config.port)
+        self._accepting = True
+        log.info(
+            "listening on http://%s:%d",
+            config.host,
+            port,
+            extra={"event": "listening", "host": config.host, "port": port},
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        watcher: TopologyWatcher | None = None
+        if config.watch:
+            watcher = TopologyWatcher(
+                config.path, loop, self._on_files_changed, debounce_s=config.debounce_s
+            )
+            watcher.start()
+        ticker = asyncio.create_task(self._tick_forever())
+        if ready is not None:
+            ready(config.host, port)
+        try:
+            await self._stop.wait()
+        finally:
+            self._accepting = False
+            log.info("draining", extra={"event": "draining", "grace_s": config.grace_s})
+            if watcher is not None:
+                watcher.stop()
+            for sig in (signal.SIGHUP,):
+                loop.remove_signal_handler(sig)
+            await self._pipeline.drain(config.grace_s)
+            log.info("pipeline drained", extra={"event": "pipeline_drained"})
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            await runner.cleanup()
+            self._engine.flush()
+            self._engine.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped", extra={"event": "stopped"})
+        return 0
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._stop.set()
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stopping:
+            log.warning("second %s: exiting now", sig.name, extra={"event": "forced_exit"})
+            try:
+                if self._engine is not None:
+                    self._engine.flush()
+            finally:
+                os._exit(130)
+        log.info("%s received: stopping", sig.name, extra={"event": "signal", "signal": sig.name})
+        self.stop()
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP received: reloading", extra={"event": "signal", "signal": "SIGHUP"})
+        asyncio.ensure_future(self.reload("sighup"))
+
+    def _on_files_changed(self) -> None:
+        if not self._stopping:
+            asyncio.ensure_future(self.reload("watch"))
+
+    async def _tick_forever(self) -> None:
+        engine = self.engine
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            try:
+                engine.tick()
+            except Exception:
+                self._tick_failures += 1
+                if self._tick_failures in (1, 10) or self._tick_failures % 1000 == 0:
+                    log.exception("engine tick failed (%d times)", self._tick_failures)
+            self.notify()
+
+    # ------------------------------------------------------------ reload
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Load, validate, check, diff and apply the topology files (one at a time)."""
+        async with self._reload_lock:
+            result = await self._reload(trigger)
+        if result.result != "unchanged":
+            self._reloads.count(result.result, self._parts.clock.time())
+            self._last_result = result.result
+            self._last_error = result.error
+            level = logging.INFO if result.result == "applied" else logging.ERROR
+            log.log(
+                level,
+                "reload %s (%s)%s",
+                result.result,
+                trigger,
+                f": {result.error}" if result.error else "",
+                extra={
+                    "event": "reload",
+                    "result": result.result,
+                    "trigger": trigger,
+                    "generation": result.generation,
+                    "changes": len(result.changes),
+                },
+            )
+        return result
+
+    async def _reload(self, trigger: str) -> ReloadResult:
+        loop = asyncio.get_running_loop()
+        path = self.config.path
+        try:
+            loaded = await loop.run_in_executor(None, self._parts.load, path)
+        except Exception as exc:  # the loader should return problems; be safe anyway
+            log.exception("loading %s failed", path)
+            return ReloadResult("invalid", self._generation, error=f"{path}: {exc}")
+        if loaded.content_hash == self._hash and trigger == "watch":
+            return ReloadResult("unchanged", self._generation)
+        errors = [p for p in loaded.problems if p.is_error]
+        new = loaded.topology
+        if errors or new is None:
+            first = problem_line(errors[0]) if errors else f"{path}: the topology is invalid"
+            return ReloadResult(
+                "invalid",
+                self._generation,
+                error=f"invalid topology: {first}",
+                problems=[problem_json(p) for p in errors],
+            )
+        failures = await loop.run_in_executor(None, self._parts.check_handlers, new)
+        if failures:
+            problems = handler_problems(new, failures)
+            return ReloadResult(
+                "invalid",
+                self._generation,
+                error=f"handler import failed: {problem_line(problems[0])}",
+                problems=[problem_json(p) for p in problems],
+            )
+        plan = self._parts.diff(self._topology, new, is_empty=self._is_empty)
+        changes = changes_json(plan.changes)
+        unsafe = list(plan.unsafe)
+        if unsafe:
+            reasons = "; ".join(_describe(c) for c in unsafe)
+            return ReloadResult(
+                "refused",
+                self._generation,
+                changes=changes,
+                error=f"refused {len(unsafe)} unsafe change(s): {reasons}",
+            )
+        old = self._topology
+        try:
+            self.engine.apply(new)
+        except UnsafeChange as exc:
+            return ReloadResult(
+                "refused", self._generation, changes=changes, error=f"refused: {exc}"
+            )
+        except EngineError as exc:
+            return ReloadResult(
+                "refused", self._generation, changes=changes, error=f"engine refused: {exc}"
+            )
+        try:
+            assert self._pipeline is not None
+            await self._pipeline.apply(new)
+        except Exception as exc:
+            log.exception("pipeline.apply failed; restoring the previous topology")
+            try:
+                self.engine.apply(old, force=True)
+            except Exception:
+                log.exception("restoring the previous topology in the engine failed")
+            return ReloadResult(
+                "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
+            )
+        self._topology = new
+        if loaded.content_hash != self._hash:
+            self._hash = loaded.content_hash
+            self._generation += 1
+        return ReloadResult("applied", self._generation, changes=changes)
+
+    def _is_empty(self, kind: str, name: str) -> bool:
+        """Whether a queue or topic holds nothing (removing it is then safe)."""
+        engine = self.engine
+        try:
+            if kind.startswith("queue"):
+                info = engine.queue_info(name)
+                return info.ready + info.unacked + info.delayed == 0
+            return all(p.log_end_offset == p.log_start_offset for p in engine.partitions(name))
+        except EngineError:
+            return True
+
+
+def _describe(change: Any) -> str:
+    entity = getattr(change, "entity", "")
+    name = getattr(change, "name", "")
+    fld = getattr(change, "field", None)
+    reason = getattr(change, "reason", "") or "unsafe"
+    where = f"{entity} '{name}'" + (f" {fld}" if fld else "")
+    return f"{where}: {reason}"
+
+
+def _bound_port(runner: web.AppRunner, wanted: int) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return wanted
