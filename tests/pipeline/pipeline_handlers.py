@@ -1,0 +1,116 @@
+"""Real handlers used by the pipeline tests (referenced as `module:callable`).
+
+They record what they saw in module-level lists that each test resets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+SEEN: list[dict[str, Any]] = []
+ATTEMPTS: dict[str, int] = {}
+LOCK = threading.Lock()
+RELEASE = threading.Event()
+STARTED = threading.Event()
+NOT_CALLABLE = 5
+
+
+class ValidationError(ValueError):
+    """A user error type that lives in a user module."""
+
+
+class Holder:
+    @staticmethod
+    def method(msg: Any) -> None:
+        del msg
+
+
+def reset() -> None:
+    with LOCK:
+        SEEN.clear()
+        ATTEMPTS.clear()
+    RELEASE.clear()
+    STARTED.clear()
+
+
+def _note(msg: Any, **extra: Any) -> int:
+    ident = str(msg.body.get("id") if isinstance(msg.body, dict) else msg.message_id)
+    with LOCK:
+        ATTEMPTS[ident] = ATTEMPTS.get(ident, 0) + 1
+        entry = {
+            "id": ident, "body": msg.body, "attempt": ATTEMPTS[ident],
+            "redelivered": msg.redelivered, "delivery_count": msg.delivery_count,
+            "headers": dict(msg.headers), "t": time.monotonic(), **extra,
+        }
+        if hasattr(msg, "queue"):
+            entry.update(queue=msg.queue, routing_key=msg.routing_key, priority=msg.priority)
+        else:
+            entry.update(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key)
+        SEEN.append(entry)
+        return ATTEMPTS[ident]
+
+
+def ok(msg: Any) -> None:
+    _note(msg)
+
+
+async def async_ok(msg: Any) -> None:
+    await asyncio.sleep(0)
+    _note(msg)
+
+
+def with_ctx(msg: Any, ctx: Any) -> None:
+    _note(msg)
+    ctx.publish("out", "done", {"from": msg.body})
+
+
+async def async_with_ctx(msg: Any, ctx: Any) -> None:
+    _note(msg)
+    ctx.append("results", {"from": msg.body}, key="k")
+
+
+def slow_sync(msg: Any) -> None:
+    time.sleep(0.3)
+
+
+async def slow_async(msg: Any) -> None:
+    await asyncio.sleep(0.3)
+
+
+def raises_timeout(msg: Any) -> None:
+    raise TimeoutError("mine")
+
+
+def flaky(msg: Any, ctx: Any) -> None:
+    """Fails the first `body["fail"]` attempts of each id, then forwards and succeeds."""
+    attempt = _note(msg)
+    ctx.publish("out", "flaky", {"id": msg.body["id"], "attempt": attempt})
+    if attempt <= int(msg.body.get("fail", 0)):
+        raise RuntimeError(f"attempt {attempt} of {msg.body['id']} failed")
+
+
+def invalid(msg: Any) -> None:
+    _note(msg)
+    raise ValidationError("Invalid order_id format")
+
+
+def forward(msg: Any, ctx: Any) -> None:
+    _note(msg)
+    ctx.publish("out", "fwd", {"id": msg.body["id"]})
+    ctx.append("results", {"id": msg.body["id"]}, key=str(msg.body["id"]))
+
+
+def blocking(msg: Any) -> None:
+    """Waits until the test releases it (or 5 s)."""
+    _note(msg, phase="start")
+    STARTED.set()
+    RELEASE.wait(5)
+    _note(msg, phase="end")
+
+
+def sleepy(msg: Any) -> None:
+    time.sleep(float(msg.body.get("sleep", 0.2)))
+    _note(msg)
