@@ -1,0 +1,195 @@
+"""The offline topology commands: `validate`, `schema`, `plan` and `graph`.
+
+Each parses its arguments, loads topologies with `runner.topology.load`, and
+hands the result to a reporter (`cli/report.py`). Exit codes (INTERFACES.md):
+0 fine, 1 invalid / unsafe, 2 usage -- including a path that does not exist,
+and for `plan` an OLD or NEW topology that does not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.resources
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from runner.cli import report
+from runner.topology.graph import FORMATS, render
+from runner.topology.model import Topology
+from runner.topology.problems import Problem, Severity
+
+USAGE = 2
+
+
+def register(subparsers: Any) -> None:
+    """Add `validate`, `schema`, `plan` and `graph` to the `runner` parser."""
+    p = subparsers.add_parser(
+        "validate",
+        help="check topology files or directories",
+        description="Validate topologies; each PATH (a file or a directory) is one topology.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--format", choices=sorted(report.REPORTERS), default="text")
+    p.add_argument("--strict", action="store_true", help="warnings make the topology invalid")
+    p.add_argument(
+        "--check-handlers",
+        action="store_true",
+        help="import every handler (module:callable, the working directory on sys.path)",
+    )
+    p.set_defaults(func=validate_command)
+
+    p = subparsers.add_parser("schema", help="print the JSON Schema of topology files")
+    p.set_defaults(func=schema_command)
+
+    p = subparsers.add_parser(
+        "plan",
+        help="changes from topology OLD to NEW, each safe or unsafe",
+        description="Print the changes from OLD to NEW. Unsafe changes end with "
+        "'! UNSAFE: reason'; the exit code is 1 when there is one.",
+    )
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=plan_command)
+
+    p = subparsers.add_parser("graph", help="the topology as a Mermaid or Graphviz diagram")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--format", choices=FORMATS, default="mermaid")
+    p.set_defaults(func=graph_command)
+
+
+def _missing_paths(command: str, paths: list[str]) -> bool:
+    missing = [p for p in paths if not os.path.exists(p)]
+    for path in missing:
+        print(f"runner {command}: {path}: no such file or directory", file=sys.stderr)
+    return bool(missing)
+
+
+def _load(path: str) -> tuple[Topology | None, list[Problem]]:
+    from runner.topology.load import load
+
+    result = load(path)
+    return result.topology, list(result.problems)
+
+
+# ---------------------------------------------------------------- validate
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    paths: list[str] = args.paths
+    if _missing_paths("validate", paths):
+        return USAGE
+    problems: list[Problem] = []
+    for path in paths:
+        topology, found = _load(path)
+        if args.check_handlers and topology is not None:
+            found.extend(check_handlers(topology))
+            found.sort(key=Problem.sort_key)
+        problems.extend(found)
+    outcome = report.Outcome(tuple(problems), tuple(paths), strict=args.strict)
+    sys.stdout.write(report.REPORTERS[args.format](outcome))
+    return 0 if outcome.valid else 1
+
+
+def _handlers(topology: Topology) -> Iterator[tuple[str, str, str]]:
+    """(document path, owner words, handler reference) of every handler."""
+    for name, c in topology.consumers:
+        yield f"consumers.{name}.handler", f'consumer "{name}"', c.handler
+    for name, g in topology.consumer_groups:
+        if g.handler is not None:
+            yield f"consumer_groups.{name}.handler", f'consumer group "{name}"', g.handler
+
+
+def resolve_handler(reference: str) -> str | None:
+    """Why `module:callable` does not resolve to a callable, or None when it does."""
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        return "is not of the form module:callable"
+    try:
+        target: object = importlib.import_module(module_name)
+    except Exception as exc:  # any error while importing user code is the answer
+        return f"cannot be imported: {type(exc).__name__}: {exc}"
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            return f'cannot be imported: module "{module_name}" has no attribute "{attr}"'
+        target = getattr(target, part)
+    if not callable(target):
+        return f"is not callable (it is a {type(target).__name__})"
+    return None
+
+
+def check_handlers(topology: Topology) -> list[Problem]:
+    """An error at every handler reference that does not import to a callable."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    problems = []
+    for path, owner, reference in _handlers(topology):
+        why = resolve_handler(reference)
+        if why is not None:
+            pos = topology.position(path)
+            message = f'handler "{reference}" of {owner} {why}'
+            problems.append(
+                Problem(pos.file, pos.line, pos.column, path, "handler", Severity.ERROR, message)
+            )
+    return problems
+
+
+# ---------------------------------------------------------------- schema
+
+
+def schema_command(args: argparse.Namespace) -> int:
+    text = (
+        importlib.resources.files("runner.topology")
+        .joinpath("topology.schema.json")
+        .read_text(encoding="utf-8")
+    )
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- plan
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from runner.topology.diff import diff
+
+    if _missing_paths("plan", [args.old, args.new]):
+        return USAGE
+    loaded = []
+    broken = False
+    for path in (args.old, args.new):
+        topology, problems = _load(path)
+        errors = [p for p in problems if p.severity is Severity.ERROR]
+        if topology is None or errors:
+            broken = True
+            sys.stderr.write(report.problems_text(errors))
+            print(f"runner plan: {path} is not a valid topology", file=sys.stderr)
+        loaded.append(topology)
+    if broken:
+        return USAGE
+    old, new = loaded
+    assert old is not None and new is not None
+    plan = diff(old, new)
+    out = report.plan_json(plan) if args.format == "json" else report.plan_text(plan)
+    sys.stdout.write(out)
+    return 1 if plan.unsafe else 0
+
+
+# ---------------------------------------------------------------- graph
+
+
+def graph_command(args: argparse.Namespace) -> int:
+    if _missing_paths("graph", [args.path]):
+        return USAGE
+    topology, problems = _load(args.path)
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    if topology is None or errors:
+        sys.stderr.write(report.problems_text(errors))
+        return 1
+    sys.stdout.write(render(topology, args.format))
+    return 0
