@@ -87,7 +87,7 @@ def _print_problems(problems: object) -> None:
 def _token(args: argparse.Namespace) -> str | None:
     if args.token_file is not None:
         try:
-            token = args.token_file.read_text().strip()
+            token: str = Path(args.token_file).read_text().strip()
         except OSError as exc:
             raise SystemExit(f"runner run: cannot read --token-file: {exc}") from exc
         if not token:

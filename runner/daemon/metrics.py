@@ -11,9 +11,9 @@ known value.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -28,24 +28,24 @@ from prometheus_client.registry import Collector
 from runner import __version__
 from runner.daemon.reload import RESULTS, ReloadCounters
 from runner.engine import EngineStats, QueueStats, TopicPartition
+from runner.pipeline.stats import DURATION_BUCKETS, PipelineStats
 from runner.topology.model import Topology
 
 DEAD_LETTER_REASONS = ("handler_error", "rejected", "expired", "maxlen", "delivery_limit")
-DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerHistogram:
-    """Cumulative-free bucket counts: counts[i] observations <= buckets[i], then +Inf."""
+    """A handler duration histogram: (upper bound, cumulative count) pairs, sum, count."""
 
-    buckets: tuple[float, ...]
-    counts: tuple[int, ...]  # per bucket (not cumulative), len(buckets) + 1 with +Inf last
+    buckets: tuple[tuple[float, int], ...]
     sum_s: float
+    count: int
 
 
 @dataclass(slots=True)
 class HandlerView:
-    """What the collector needs from the pipeline's stats, whatever their shape."""
+    """What the collector and the status need from the pipeline's stats."""
 
     durations: dict[str, HandlerHistogram] = field(default_factory=dict)
     errors: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -229,7 +229,7 @@ def _handlers(topology: Topology, view: HandlerView) -> Iterator[Metric]:
     for name in handler_names(topology):
         hist = view.durations.get(name)
         if hist is None:
-            hist = HandlerHistogram(DEFAULT_BUCKETS, (0,) * (len(DEFAULT_BUCKETS) + 1), 0.0)
+            hist = HandlerHistogram(tuple((b, 0) for b in DURATION_BUCKETS), 0.0, 0)
         duration.add_metric([name], _cumulative(hist), hist.sum_s)
         retries.add_metric([name], view.retries.get(name, 0))
     for (consumer, error_type), count in sorted(view.errors.items()):
@@ -238,18 +238,13 @@ def _handlers(topology: Topology, view: HandlerView) -> Iterator[Metric]:
 
 
 def _cumulative(hist: HandlerHistogram) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip(hist.buckets, hist.counts, strict=False):
-        running += count
-        out.append((_bound(bound), running))
-    running += sum(hist.counts[len(hist.buckets):])
-    out.append(("+Inf", running))
+    out = [(_bound(bound), float(n)) for bound, n in hist.buckets if not math.isinf(bound)]
+    out.append(("+Inf", float(hist.count)))
     return out
 
 
 def _bound(value: float) -> str:
-    return "+Inf" if math.isinf(value) else repr(float(value))
+    return repr(float(value))
 
 
 def _topology(topology: Topology, content_hash: str, reloads: ReloadCounters) -> Iterator[Metric]:
@@ -289,48 +284,12 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def handler_view_from(stats: Any) -> HandlerView:
-    """Adapt the pipeline's `stats()` to a `HandlerView` (tolerant of its exact shape)."""
+def handler_view_from(stats: PipelineStats) -> HandlerView:
+    """The pipeline's `stats()` as a `HandlerView`."""
     view = HandlerView()
-    if stats is None:
-        return view
-    durations = _first(stats, ("handler_durations", "durations", "handler_duration"))
-    if isinstance(durations, Mapping):
-        for name, hist in durations.items():
-            converted = _histogram(hist)
-            if converted is not None:
-                view.durations[str(name)] = converted
-    errors = _first(stats, ("handler_errors", "errors", "errors_by_type"))
-    if isinstance(errors, Mapping):
-        for key, value in errors.items():
-            if isinstance(key, tuple) and len(key) == 2:
-                view.errors[(str(key[0]), str(key[1]))] = int(value)
-            elif isinstance(value, Mapping):
-                for error_type, count in value.items():
-                    view.errors[(str(key), str(error_type))] = int(count)
-    retries = _first(stats, ("handler_retries", "retries", "retries_by_consumer"))
-    if isinstance(retries, Mapping):
-        view.retries = {str(k): int(v) for k, v in retries.items()}
+    for name, c in stats.consumers.items():
+        view.durations[name] = HandlerHistogram(c.buckets, c.duration_sum, c.duration_count)
+        for error_type, count in c.errors.items():
+            view.errors[(name, error_type)] = count
+        view.retries[name] = c.retries
     return view
-
-
-def _first(obj: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        if isinstance(obj, Mapping) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def _histogram(hist: Any) -> HandlerHistogram | None:
-    buckets = _first(hist, ("buckets", "bounds", "upper_bounds"))
-    counts = _first(hist, ("counts", "bucket_counts"))
-    total = _first(hist, ("sum", "sum_s", "total_s", "total"))
-    if buckets is None or counts is None:
-        return None
-    bounds = tuple(float(b) for b in buckets if not math.isinf(float(b)))
-    values = tuple(int(c) for c in counts)
-    if len(values) == len(bounds):
-        values = values + (0,)
-    return HandlerHistogram(bounds, values, float(total or 0.0))

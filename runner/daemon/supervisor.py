@@ -42,6 +42,7 @@ from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher
 from runner.engine import Engine, EngineStats, FsyncPolicy
 from runner.errors import EngineError, UnsafeChange
+from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
 
@@ -88,7 +89,7 @@ class PipelineLike(Protocol):
 
     def notify(self) -> None: ...
 
-    def stats(self) -> Any: ...
+    def stats(self) -> PipelineStats: ...
 
 
 @dataclass(slots=True)
@@ -100,15 +101,16 @@ class Parts:
     diff: Callable[..., Any]
     open_engine: Callable[[Topology, DaemonConfig, Clock], Engine]
     make_pipeline: Callable[
-        [Engine, Topology, DaemonConfig, Clock, concurrent.futures.Executor], PipelineLike
+        [Engine, Topology, DaemonConfig, Clock, concurrent.futures.ThreadPoolExecutor],
+        PipelineLike,
     ]
     clock: Clock = field(default_factory=SystemClock)
 
 
 def real_parts() -> Parts:
     """The composition root's parts: the real loader, diff, engine and pipeline."""
-    from runner.pipeline import Pipeline
     from runner.pipeline.handler import check_handlers
+    from runner.pipeline.runtime import Pipeline
     from runner.topology.diff import diff
     from runner.topology.load import load
 
@@ -120,7 +122,7 @@ def real_parts() -> Parts:
         topology: Topology,
         config: DaemonConfig,
         clock: Clock,
-        executor: concurrent.futures.Executor,
+        executor: concurrent.futures.ThreadPoolExecutor,
     ) -> PipelineLike:
         pipeline: PipelineLike = Pipeline(
             engine,
@@ -129,6 +131,7 @@ def real_parts() -> Parts:
             clock=clock,
             executor=executor,
             instance_id=f"{socket.gethostname()}:{os.getpid()}",
+            fsync=config.fsync,
         )
         return pipeline
 

@@ -11,6 +11,7 @@ reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -95,10 +96,9 @@ class TopologyWatcher:
         return resolved == self._path
 
     def _post(self) -> None:
-        try:
+        # RuntimeError: the loop is closing; nothing is left to reload
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._debouncer.poke)
-        except RuntimeError:  # the loop is closing; nothing left to reload
-            pass
 
     def start(self) -> None:
         watched = self._path if self._path.is_dir() else self._path.parent
