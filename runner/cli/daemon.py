@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     parts = real_parts()
-    loaded = parts.load(args.path)
+    loaded = parts.load(str(args.path))
     errors = [p for p in loaded.problems if p.is_error]
     if errors or loaded.topology is None:
         _print_problems(errors)
@@ -159,7 +159,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"runner alerts: --lag-for: {exc}", file=sys.stderr)
         return 2
-    loaded = load(args.path)
+    loaded = load(str(args.path))
     errors = [p for p in loaded.problems if p.is_error]
     if errors or loaded.topology is None:
         _print_problems(errors)

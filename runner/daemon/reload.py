@@ -10,8 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from runner.topology.diff import Change, jsonable
 from runner.topology.problems import Problem
 
 RESULTS = ("applied", "invalid", "refused")
@@ -56,22 +55,19 @@ def problem_line(p: Problem) -> str:
     return f"{p.file}:{p.line}:{p.column}: {p.severity.value}: {p.message}{where}"
 
 
-def _plain(value: Any) -> Any:
-    try:
-        return orjson.loads(orjson.dumps(value))
-    except TypeError:
-        return str(value)
+def change_json(change: Change) -> dict[str, Any]:
+    """A diff Change as JSON."""
+    return {
+        "kind": change.kind,
+        "entity": change.entity,
+        "name": change.name,
+        "field": change.field,
+        "old": jsonable(change.old),
+        "new": jsonable(change.new),
+        "safe": change.safe,
+        "reason": change.reason,
+    }
 
 
-def change_json(change: Any) -> dict[str, Any]:
-    """A diff Change as JSON (its fields, values made printable)."""
-    out: dict[str, Any] = {}
-    for name in ("kind", "entity", "name", "field", "old", "new", "safe", "reason"):
-        if hasattr(change, name):
-            value = getattr(change, name)
-            out[name] = value.value if hasattr(value, "value") and name == "kind" else value
-    return {k: _plain(v) for k, v in out.items()}
-
-
-def changes_json(changes: Iterable[Any]) -> list[dict[str, Any]]:
+def changes_json(changes: Iterable[Change]) -> list[dict[str, Any]]:
     return [change_json(c) for c in changes]

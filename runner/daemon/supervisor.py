@@ -96,7 +96,7 @@ class PipelineLike(Protocol):
 class Parts:
     """The seams the supervisor is built from (real ones in `real_parts`)."""
 
-    load: Callable[[Path], Loaded]
+    load: Callable[[str], Loaded]
     check_handlers: Callable[[Topology], list[tuple[str, str, str]]]
     diff: Callable[..., Any]
     open_engine: Callable[[Topology, DaemonConfig, Clock], Engine]
@@ -359,7 +359,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         path = self.config.path
         try:
-            loaded = await loop.run_in_executor(None, self._parts.load, path)
+            loaded = await loop.run_in_executor(None, self._parts.load, str(path))
         except Exception as exc:  # the loader should return problems; be safe anyway
             log.exception("loading %s failed", path)
             return ReloadResult("invalid", self._generation, error=f"{path}: {exc}")
