@@ -1,0 +1,84 @@
+"""Crash tests: kill -9 a child appending with fsync=always, then check every ack survived."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.clock import ManualClock
+from runner.log.record import Fsync
+from runner.log.segment import SegmentedLog
+from tests.log.crash_writer import value_for
+
+WRITER = Path(__file__).with_name("crash_writer.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def crash_once(directory: Path, seed: int, rnd: random.Random) -> list[tuple[int, int, str]]:
+    """Run the writer until a random moment, kill -9 it, return its acks."""
+    child = subprocess.Popen(
+        [sys.executable, str(WRITER), str(directory), str(seed), str(rnd.choice([1, 4]))],
+        stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"ready\n"
+    time.sleep(rnd.uniform(0.0, 0.15))
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    acks = []
+    for line in child.stdout.read().decode().splitlines():
+        first, count, tag = line.split()
+        acks.append((int(first), int(count), tag))
+    child.stdout.close()
+    return acks
+
+
+def verify(directory: Path, acks: list[tuple[int, int, str]]) -> int:
+    log = SegmentedLog(directory, fsync=Fsync.NEVER, clock=ManualClock(),
+                       segment_bytes=32 * 1024, index_interval_bytes=512)
+    try:
+        records = []
+        offset = 0
+        while offset < log.end_offset:
+            got = log.read(offset, max_records=10_000, max_bytes=1 << 30)
+            records.extend(got)
+            offset = got[-1].offset + 1
+        assert [r.offset for r in records] == list(range(log.end_offset)), "offsets not contiguous"
+        for first, count, tag in acks:
+            for i in range(count):
+                rec = records[first + i]
+                assert rec.key == tag.encode() and rec.value == value_for(tag, i), (first, i)
+                assert rec.headers == (("i", b"%d" % i),)
+        return log.end_offset
+    finally:
+        log.close()
+
+
+def run_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    directory = tmp_path / "crash"
+    all_acks: list[tuple[int, int, str]] = []
+    acked_rounds = 0
+    for r in range(rounds):
+        acks = crash_once(directory, seed * 1000 + r, rnd)
+        acked_rounds += bool(acks)
+        all_acks.extend(acks)
+        end = verify(directory, all_acks)
+        assert end >= max((f + c for f, c, _ in all_acks), default=0)
+    assert acked_rounds >= rounds // 2  # the test did kill writers mid-stream
+
+
+def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
+    run_rounds(tmp_path, rounds=20, seed=1)
+
+
+@pytest.mark.torture
+def test_every_acknowledged_record_survives_many_kills(tmp_path: Path) -> None:
+    run_rounds(tmp_path, rounds=300, seed=2)
