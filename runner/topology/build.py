@@ -1,0 +1,410 @@
+"""Build: schema-valid plain data of one or more files -> a resolved `Topology`.
+
+Every default of TOPOLOGY.md is filled in here and every unit resolved
+(durations to float seconds, sizes to int bytes), so nothing downstream looks
+an option up by string. Files are merged in the order given; a name defined
+twice (in one file or across files; queues and topics share one namespace) is
+an error naming both places, as are reserved names (`__...` for the engine,
+`amq....` as in RabbitMQ).
+
+The merged `positions` map renumbers bindings: the second file's
+`bindings[0]` is `bindings[N]` when the first file had N, matching the index
+in `Topology.bindings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from runner.topology.model import (
+    Alert,
+    Assignment,
+    Binding,
+    Consumer,
+    ConsumerGroup,
+    DeadLetter,
+    Delivery,
+    DlqPolicy,
+    Exchange,
+    ExchangeType,
+    ExponentialBackoff,
+    HeadersMatch,
+    Idempotency,
+    OffsetReset,
+    Overflow,
+    Position,
+    Queue,
+    Retention,
+    Topic,
+    Topology,
+)
+from runner.topology.problems import Problem, Severity
+from runner.topology.source import SourceDocument
+from runner.topology.units import parse_duration, parse_size
+
+T = TypeVar("T")
+
+DEFAULT_RETENTION = "7d"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_TIMEOUT = "5m"
+DEFAULT_BACKOFF = ("1s", "5s", "30s")
+
+_KIND = {
+    "topics": "topic",
+    "exchanges": "exchange",
+    "queues": "queue",
+    "dlq_policies": "dlq_policy",
+    "consumer_groups": "consumer group",
+    "consumers": "consumer",
+}
+
+
+class _Invalid(Exception):
+    """A value the schema let through but that does not resolve (reported, not raised)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class _Builder:
+    def __init__(self, documents: Sequence[SourceDocument]) -> None:
+        self.documents = documents
+        self.problems: list[Problem] = []
+        self.positions: dict[str, Position] = {}
+        self.doc: SourceDocument = documents[0]
+        # namespace -> name -> (kind, position)
+        self.names: dict[str, dict[str, tuple[str, Position]]] = {}
+
+    # ------------------------------------------------------------ helpers
+
+    def pos(self, path: str) -> Position:
+        doc = self.doc
+        found = doc.key_positions.get(path) or doc.positions.get(path)
+        return found if found is not None else Position(doc.file, 1, 1)
+
+    def error(self, path: str, rule: str, message: str, pos: Position | None = None) -> None:
+        where = pos if pos is not None else self.pos(path)
+        self.problems.append(
+            Problem(where.file, where.line, where.column, path, rule, Severity.ERROR, message)
+        )
+
+    def value_pos(self, path: str) -> Position:
+        found = self.doc.positions.get(path)
+        return found if found is not None else self.pos(path)
+
+    def duration(self, path: str, value: Any, *, allow_forever: bool = False) -> float | None:
+        try:
+            return parse_duration(value, allow_forever=allow_forever)
+        except ValueError as exc:
+            raise _Invalid(path, f"{_field(path)}: {exc}") from None
+
+    def size(self, path: str, value: Any, *, allow_unlimited: bool = False) -> int | None:
+        try:
+            return parse_size(value, allow_unlimited=allow_unlimited)
+        except ValueError as exc:
+            raise _Invalid(path, f"{_field(path)}: {exc}") from None
+
+    def claim(self, namespace: str, kind: str, name: str, path: str) -> bool:
+        """Register a name; report reserved and duplicate names. False when refused."""
+        here = self.pos(path)
+        ok = True
+        if name.startswith("__"):
+            self.error(
+                path,
+                "reserved-name",
+                f'{kind} name "{name}" is reserved: names starting with "__" belong to the engine',
+            )
+            ok = False
+        elif name.startswith("amq.") and kind in ("exchange", "queue", "topic"):
+            self.error(
+                path,
+                "reserved-name",
+                f'{kind} name "{name}" is reserved: names starting '
+                'with "amq." are reserved as in RabbitMQ',
+            )
+            ok = False
+        taken = self.names.setdefault(namespace, {})
+        first = taken.get(name)
+        if first is not None:
+            other_kind, other_pos = first
+            if other_kind == kind:
+                message = f'{kind} "{name}" is defined twice: at {other_pos} and at {here}'
+            else:
+                message = (
+                    f'name "{name}" is used twice: by the {other_kind} at {other_pos} and by the '
+                    f"{kind} at {here} (queues and topics share one namespace)"
+                )
+            self.error(path, "duplicate-name", message)
+            return False
+        taken[name] = (kind, here)
+        return ok
+
+    def entities(
+        self, section: str, namespace: str, make: Callable[[str, str, dict[str, Any]], T]
+    ) -> list[tuple[str, T]]:
+        out: list[tuple[str, T]] = []
+        for doc in self.documents:
+            self.doc = doc
+            entries = doc.data.get(section) or {}
+            for name, spec in entries.items():
+                path = f"{section}.{name}"
+                if not self.claim(namespace, _KIND[section], name, path):
+                    continue
+                try:
+                    out.append((name, make(name, path, spec or {})))
+                except _Invalid as exc:
+                    self.error(exc.path, "invalid-value", exc.message, self.value_pos(exc.path))
+        out.sort(key=lambda pair: pair[0])
+        return out
+
+    # ------------------------------------------------------------ entities
+
+    def topic(self, name: str, path: str, spec: dict[str, Any]) -> Topic:
+        retention = spec.get("retention") or {}
+        policy = spec.get("cleanup_policy", "delete")
+        policies = {policy} if isinstance(policy, str) else set(policy)
+        return Topic(
+            name=name,
+            partitions=int(spec.get("partitions", 1)),
+            key=spec.get("key"),
+            retention=Retention(
+                time_s=self.duration(
+                    f"{path}.retention.time",
+                    retention.get("time", DEFAULT_RETENTION),
+                    allow_forever=True,
+                ),
+                bytes=self.size(
+                    f"{path}.retention.bytes",
+                    retention.get("bytes", "unlimited"),
+                    allow_unlimited=True,
+                ),
+            ),
+            compact="compact" in policies,
+            delete="delete" in policies,
+            segment_bytes=self._positive_size(
+                f"{path}.segment_bytes", spec.get("segment_bytes", DEFAULT_SEGMENT_BYTES)
+            ),
+            max_message_bytes=self._positive_size(
+                f"{path}.max_message_bytes",
+                spec.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            ),
+            pos=self.pos(path),
+        )
+
+    def _positive_size(self, path: str, value: Any) -> int:
+        size = self.size(path, value)
+        if size is None or size < 1:
+            raise _Invalid(path, f"{_field(path)} must be at least 1 byte; got {value!r}")
+        return size
+
+    def exchange(self, name: str, path: str, spec: dict[str, Any]) -> Exchange:
+        return Exchange(
+            name=name,
+            type=ExchangeType(spec["type"]),
+            durable=bool(spec.get("durable", True)),
+            internal=bool(spec.get("internal", False)),
+            alternate_exchange=spec.get("alternate_exchange"),
+            pos=self.pos(path),
+        )
+
+    def queue(self, name: str, path: str, spec: dict[str, Any]) -> Queue:
+        ttl = spec.get("message_ttl")
+        length_bytes = spec.get("max_length_bytes")
+        dead = spec.get("dead_letter")
+        return Queue(
+            name=name,
+            durable=bool(spec.get("durable", True)),
+            max_priority=_int_or_none(spec.get("max_priority")),
+            message_ttl_s=None if ttl is None else self.duration(f"{path}.message_ttl", ttl),
+            max_length=_int_or_none(spec.get("max_length")),
+            max_length_bytes=None
+            if length_bytes is None
+            else self.size(f"{path}.max_length_bytes", length_bytes),
+            overflow=Overflow(spec.get("overflow", Overflow.DROP_HEAD.value)),
+            delivery_limit=_int_or_none(spec.get("delivery_limit")),
+            single_active_consumer=bool(spec.get("single_active_consumer", False)),
+            dead_letter=None
+            if dead is None
+            else DeadLetter(exchange=dead["exchange"], routing_key=dead.get("routing_key")),
+            pos=self.pos(path),
+        )
+
+    def binding(self, path: str, spec: dict[str, Any]) -> Binding:
+        headers = spec.get("headers") or {}
+        return Binding(
+            exchange=spec["exchange"],
+            queue=spec.get("queue"),
+            to_exchange=spec.get("to_exchange"),
+            topic=spec.get("topic"),
+            routing_key=spec.get("routing_key", "") or "",
+            match=HeadersMatch(spec.get("match", HeadersMatch.ALL.value)),
+            headers=tuple(sorted((str(k), _header_text(v)) for k, v in headers.items())),
+            pos=self.value_pos(path),
+        )
+
+    def policy(self, name: str, path: str, spec: dict[str, Any]) -> DlqPolicy:
+        raw = spec.get("backoff", list(DEFAULT_BACKOFF))
+        backoff: tuple[float, ...] | ExponentialBackoff
+        if isinstance(raw, dict):
+            base = f"{path}.backoff"
+            backoff = ExponentialBackoff(
+                initial_s=self._seconds(f"{base}.initial", raw.get("initial", "1s")),
+                multiplier=float(raw.get("multiplier", 2.0)),
+                max_s=self._seconds(f"{base}.max", raw.get("max", "30s")),
+                jitter=float(raw.get("jitter", 0.0)),
+            )
+        else:
+            backoff = tuple(
+                self._seconds(f"{path}.backoff[{i}]", item) for i, item in enumerate(raw)
+            )
+        alert = spec.get("alert")
+        max_age = None if alert is None else alert.get("max_age")
+        return DlqPolicy(
+            name=name,
+            max_retries=int(spec.get("max_retries", 3)),
+            backoff=backoff,
+            dead_letter_queue=spec.get("dead_letter_queue"),
+            no_retry_on=tuple(spec.get("no_retry_on") or ()),
+            alert=None
+            if alert is None
+            else Alert(
+                max_depth=_int_or_none(alert.get("max_depth")),
+                max_age_s=None
+                if max_age is None
+                else self.duration(f"{path}.alert.max_age", max_age),
+            ),
+            pos=self.pos(path),
+        )
+
+    def _seconds(self, path: str, value: Any) -> float:
+        seconds = self.duration(path, value)
+        assert seconds is not None  # forever is not allowed here
+        return seconds
+
+    def group(self, name: str, path: str, spec: dict[str, Any]) -> ConsumerGroup:
+        topic = spec.get("topic")
+        topics = (topic,) if topic is not None else tuple(spec.get("topics") or ())
+        return ConsumerGroup(
+            name=name,
+            topics=topics,
+            handler=spec.get("handler"),
+            instances=int(spec.get("instances", 1)),
+            assignment=Assignment(spec.get("assignment", Assignment.RANGE.value)),
+            offset_reset=OffsetReset(spec.get("offset_reset", OffsetReset.EARLIEST.value)),
+            delivery=Delivery(spec.get("delivery", Delivery.AT_LEAST_ONCE.value)),
+            dlq_policy=spec.get("dlq_policy"),
+            timeout_s=self._seconds(f"{path}.timeout", spec.get("timeout", DEFAULT_TIMEOUT)),
+            pos=self.pos(path),
+        )
+
+    def consumer(self, name: str, path: str, spec: dict[str, Any]) -> Consumer:
+        concurrency = int(spec.get("concurrency", 1))
+        idem = spec.get("idempotency")
+        return Consumer(
+            name=name,
+            queue=spec["queue"],
+            handler=spec["handler"],
+            concurrency=concurrency,
+            prefetch=int(spec.get("prefetch", 10 * concurrency)),
+            delivery=Delivery(spec.get("delivery", Delivery.AT_LEAST_ONCE.value)),
+            timeout_s=self._seconds(f"{path}.timeout", spec.get("timeout", DEFAULT_TIMEOUT)),
+            dlq_policy=spec.get("dlq_policy"),
+            idempotency=None
+            if idem is None
+            else Idempotency(
+                key=idem.get("key", "message_id"),
+                window_s=self._seconds(f"{path}.idempotency.window", idem.get("window", "24h")),
+            ),
+            pos=self.pos(path),
+        )
+
+    # ------------------------------------------------------------ whole topology
+
+    def build(self) -> Topology | None:
+        name, name_pos = None, None
+        for doc in self.documents:
+            self.doc = doc
+            value = doc.data.get("name")
+            if value is None:
+                continue
+            here = self.value_pos("name")
+            if name is None:
+                name, name_pos = value, here
+            elif value != name:
+                self.error(
+                    "name",
+                    "name-mismatch",
+                    f'name "{value}" differs from name "{name}" at {name_pos}; '
+                    "the files of one topology share one name",
+                    here,
+                )
+        topics = self.entities("topics", "destinations", self.topic)
+        queues = self.entities("queues", "destinations", self.queue)
+        exchanges = self.entities("exchanges", "exchanges", self.exchange)
+        policies = self.entities("dlq_policies", "dlq_policies", self.policy)
+        groups = self.entities("consumer_groups", "consumer_groups", self.group)
+        consumers = self.entities("consumers", "consumers", self.consumer)
+        bindings: list[Binding] = []
+        for doc in self.documents:
+            self.doc = doc
+            offset = len(bindings)
+            for index, spec in enumerate(doc.data.get("bindings") or ()):
+                try:
+                    bindings.append(self.binding(f"bindings[{index}]", spec))
+                except _Invalid as exc:
+                    self.error(exc.path, "invalid-value", exc.message, self.value_pos(exc.path))
+            self._merge_positions(doc, offset)
+        if any(p.is_error for p in self.problems):
+            return None
+        return Topology(
+            version=1,
+            name=name,
+            topics=tuple(topics),
+            exchanges=tuple(exchanges),
+            queues=tuple(queues),
+            bindings=tuple(bindings),
+            dlq_policies=tuple(policies),
+            consumer_groups=tuple(groups),
+            consumers=tuple(consumers),
+            positions=MappingProxyType(self.positions),
+            files=tuple(doc.file for doc in self.documents),
+        )
+
+    def _merge_positions(self, doc: SourceDocument, binding_offset: int) -> None:
+        if binding_offset == 0:
+            self.positions.update(doc.positions)
+            return
+        for path, pos in doc.positions.items():
+            if path.startswith("bindings["):
+                end = path.index("]")
+                path = f"bindings[{int(path[9:end]) + binding_offset}{path[end:]}"
+            self.positions[path] = pos
+
+
+def build(documents: Sequence[SourceDocument]) -> tuple[Topology | None, list[Problem]]:
+    """Merge schema-valid documents into one Topology; None when any error was found."""
+    if not documents:
+        return None, []
+    builder = _Builder(documents)
+    topology = builder.build()
+    return topology, builder.problems
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _field(path: str) -> str:
+    parts = path.split(".")
+    return ".".join(parts[2:]) if len(parts) > 2 else path

@@ -1,0 +1,357 @@
+"""The JSON Schema check: a topology file's plain data against topology.schema.json.
+
+The validator is compiled once per process (`validator()` is cached). Each
+jsonschema error becomes a `Problem` at the offending node's position with a
+plain sentence instead of jsonschema's repr: unknown keys get a "did you mean"
+suggestion, bare numbers where a duration is expected get the unit form, and
+`anyOf` / `oneOf` failures report the one branch that fits the value's type,
+so a node is never reported twice.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from runner.topology.model import Position
+from runner.topology.problems import Problem, Severity
+from runner.topology.source import SourceDocument
+from runner.topology.units import DURATION_EXAMPLES, SIZE_UNITS_TEXT, suggest_duration
+
+_SECTIONS = ("topics", "exchanges", "queues", "dlq_policies", "consumer_groups", "consumers")
+_JSON_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "a number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "nothing",
+}
+
+
+def schema_text() -> str:
+    """The JSON Schema shipped with the package, as text."""
+    return (resources.files("runner.topology") / "topology.schema.json").read_text("utf-8")
+
+
+@lru_cache(maxsize=1)
+def schema() -> Mapping[str, Any]:
+    """The JSON Schema as data (parsed once)."""
+    loaded: dict[str, Any] = json.loads(schema_text())
+    return loaded
+
+
+@lru_cache(maxsize=1)
+def validator() -> Draft202012Validator:
+    """The compiled validator, built once per process."""
+    return Draft202012Validator(schema())
+
+
+def check(document: SourceDocument) -> list[Problem]:
+    """Every schema problem of one file, one per offending node, in document order."""
+    problems: dict[tuple[str, str], Problem] = {}
+    for error in validator().iter_errors(document.data):
+        for key, problem in _explain(error, document):
+            problems.setdefault(key, problem)
+    return list(problems.values())
+
+
+# ---------------------------------------------------------------- explaining errors
+
+
+_Found = Iterator[tuple[tuple[str, str], Problem]]
+
+
+def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
+    path = _path(error.absolute_path)
+    keyword = error.validator
+    instance = error.instance
+    where_schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
+    rule_value: Any = error.validator_value
+    if keyword in ("anyOf", "oneOf") and isinstance(rule_value, list):
+        branches: list[Any] = rule_value
+        exclusive = _exclusive_keys(branches)
+        if exclusive is not None:
+            yield (path, "value"), _exclusive(path, instance, exclusive, doc)
+            return
+        chosen = _branch_for(branches, instance)
+        if chosen is not None:
+            inner = [e for e in error.context or () if e.relative_schema_path[0] == chosen]
+            if inner:
+                yield from _explain(min(inner, key=_depth_first), doc)
+                return
+        yield (path, "value"), _at(doc, path, _describe_branches(path, error, instance))
+        return
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        properties = where_schema.get("properties", {})
+        known = sorted(properties)
+        where = path or "the top level"
+        for key in instance:
+            if key in properties:
+                continue
+            child = f"{path}.{key}" if path else key
+            message = f'unknown key "{key}" in {where}'
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            if close:
+                message += f'; did you mean "{close[0]}"?'
+            elif known:
+                message += "; known keys: " + ", ".join(known)
+            yield (child, "key"), _at(doc, child, message, rule="unknown-key", key=True)
+        return
+    if keyword == "required":
+        where = path or "the top level"
+        for key in rule_value:
+            if isinstance(instance, dict) and key in instance:
+                continue
+            message = f'missing required key "{key}" in {where}'
+            yield (f"{path}.{key}", "required"), _at(doc, path, message, rule="missing-key")
+        return
+    if keyword == "propertyNames":
+        yield (path, "name"), _at(doc, path, _bad_name(instance))
+        return
+    yield (path, "value"), _at(doc, path, _value_message(path, error))
+
+
+def _value_message(path: str, error: ValidationError) -> str:
+    keyword = error.validator
+    value = error.instance
+    label = _label(path)
+    title = error.schema.get("title") if isinstance(error.schema, dict) else None
+    rule_value: Any = error.validator_value
+    if title in ("duration", "duration-or-forever"):
+        forever = ' or "forever"' if title == "duration-or-forever" else ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (
+                f'{label} must be a duration with a unit, e.g. "24h"; got the bare number '
+                f'{_number(value)}; did you mean "{suggest_duration(value)}"?'
+            )
+        return (
+            f"{label} must be a duration such as {DURATION_EXAMPLES}{forever}; got {_show(value)}"
+        )
+    if title in ("size", "size-or-unlimited") and keyword in ("type", "pattern"):
+        unlimited = ' or "unlimited"' if title == "size-or-unlimited" else ""
+        return (
+            f"{label} must be a size: a number of bytes or a number with a unit "
+            f"({SIZE_UNITS_TEXT}){unlimited}; got {_show(value)}"
+        )
+    if title == "name" and keyword in ("pattern", "type"):
+        return f"{label}: {_bad_name(value)}"
+    if title == "handler" and keyword == "pattern":
+        return (
+            f"{label} must be a Python reference module:callable, "
+            f'e.g. "shop.orders:process"; got {_show(value)}'
+        )
+    if title == "exception-name" and keyword == "pattern":
+        return f"{label} must be an exception class name such as ValueError; got {_show(value)}"
+    if keyword == "type":
+        expected = rule_value
+        types = expected if isinstance(expected, list) else [expected]
+        if "integer" in types and isinstance(value, float):
+            return f"{label}: expected a whole number, got {_number(value)}"
+        wanted = " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in types if t != "null")
+        return f"{label}: expected {wanted}, got {_show(value)}"
+    if keyword == "enum":
+        options = ", ".join(str(v) for v in rule_value)
+        message = f"{label} must be one of {options}; got {_short(value)}"
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(v) for v in rule_value], n=1)
+            if close:
+                message += f'; did you mean "{close[0]}"?'
+        return message
+    if keyword == "const":
+        if path == "version":
+            return f"version must be 1 (the only version of this format); got {_show(value)}"
+        return f"{label} must be {json.dumps(rule_value)}; got {_show(value)}"
+    if keyword in ("minimum", "exclusiveMinimum"):
+        return f"{label} must be at least {_number(rule_value)}, got {_number(value)}"
+    if keyword in ("maximum", "exclusiveMaximum"):
+        return f"{label} must be at most {_number(rule_value)}, got {_number(value)}"
+    if keyword == "minItems":
+        return (
+            f"{label} must not be empty"
+            if rule_value == 1
+            else (f"{label} needs at least {rule_value} items")
+        )
+    if keyword == "uniqueItems":
+        return f"{label} lists the same value twice"
+    if keyword == "maxLength":
+        return f"{label} is longer than {rule_value} characters"
+    if keyword == "minLength":
+        return f"{label} must not be empty"
+    if keyword == "pattern":
+        return f"{label} has an invalid value {_show(value)}"
+    return f"{label}: {error.message}"  # pragma: no cover - every keyword we use is handled above
+
+
+def _exclusive_keys(branches: list[Any]) -> list[str] | None:
+    """The keys of a `oneOf: [{required: [a]}, {required: [b]}]` (exactly one of)."""
+    keys: list[str] = []
+    for branch in branches:
+        if not isinstance(branch, dict) or set(branch) != {"required"}:
+            return None
+        if len(branch["required"]) != 1:
+            return None
+        keys.append(branch["required"][0])
+    return keys
+
+
+def _exclusive(path: str, instance: Any, keys: list[str], doc: SourceDocument) -> Problem:
+    what = _entity(path)
+    options = _or_list(keys)
+    present = [k for k in keys if isinstance(instance, dict) and k in instance]
+    if not present:
+        return _at(doc, path, f"{what} needs one of {options}", rule="exactly-one")
+    listed = " and ".join(present)
+    return _at(doc, path, f"{what} has {listed}; give exactly one of {options}", rule="exactly-one")
+
+
+def _branch_for(branches: list[Any], instance: Any) -> int | None:
+    kind = _json_type(instance)
+    for index, branch in enumerate(branches):
+        wanted = branch.get("type") if isinstance(branch, dict) else None
+        types = wanted if isinstance(wanted, list) else [wanted]
+        if kind in types or (kind == "integer" and "number" in types):
+            return index
+    return None
+
+
+def _describe_branches(path: str, error: ValidationError, instance: Any) -> str:
+    title = error.schema.get("title") if isinstance(error.schema, dict) else None
+    label = _label(path)
+    if title == "cleanup-policy":
+        return f"{label} must be delete, compact or a list of them; got {_show(instance)}"
+    if title == "backoff":
+        return (
+            f"{label} must be a list of durations or a mapping "
+            f"{{initial, multiplier, max, jitter}}; got {_show(instance)}"
+        )
+    return f"{label} has an invalid value {_show(instance)}"  # pragma: no cover
+
+
+def _depth_first(error: ValidationError) -> int:
+    return -len(error.absolute_path)
+
+
+# ---------------------------------------------------------------- wording helpers
+
+
+def _at(
+    doc: SourceDocument, path: str, message: str, *, rule: str = "schema", key: bool = False
+) -> Problem:
+    pos = _position(doc, path, key=key)
+    return Problem(pos.file, pos.line, pos.column, path, rule, Severity.ERROR, message)
+
+
+def _position(doc: SourceDocument, path: str, *, key: bool) -> Position:
+    if key:
+        found = doc.key_positions.get(path)
+        if found is not None:
+            return found
+    while True:
+        found = doc.positions.get(path)
+        if found is not None:
+            return found
+        if not path:
+            return Position(doc.file, 1, 1)
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+
+
+def _path(parts: Iterable[str | int]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _label(path: str) -> str:
+    """The field's name inside its entity: `topics.x.retention.time` -> `retention.time`."""
+    for section in _SECTIONS:
+        if path.startswith(section + "."):
+            rest = path[len(section) + 1 :]
+            dot = rest.find(".")
+            return rest[dot + 1 :] if dot >= 0 else path
+    if path.startswith("bindings["):
+        end = path.find("]")
+        rest = path[end + 2 :]
+        return rest if rest else path
+    return path or "the file"
+
+
+def _entity(path: str) -> str:
+    if path.startswith("bindings["):
+        return f"binding {path}"
+    if path.startswith("consumer_groups."):
+        return f'consumer group "{path[len("consumer_groups.") :]}"'
+    return path
+
+
+def _bad_name(value: Any) -> str:
+    if not isinstance(value, str):
+        return f"a name must be a string, got {_show(value)}"
+    if not value:
+        return "a name must not be empty"
+    if len(value) > 249:
+        return f"name is {len(value)} characters long; the limit is 249"
+    return (
+        f"invalid name {_show(value)}: use only letters, digits, '.', '_' and '-' "
+        "(1 to 249 characters)"
+    )
+
+
+def _or_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...")
+    return _show(value)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {_number(value)}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f'the string "{shown}"'
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
