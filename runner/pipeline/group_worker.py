@@ -23,7 +23,7 @@ from typing import Any
 
 from runner.engine import Record, Step, TopicPartition
 from runner.errors import EngineError, OffsetOutOfRange
-from runner.pipeline.deadletter import build_death
+from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.message import Outputs, TopicMessage
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.worker import Worker, WorkerEnv
@@ -209,7 +209,7 @@ class GroupWorker(Worker):
                     raise
                 except EngineError as send_exc:
                     exc = send_exc
-                    self.counters.error(type(send_exc).__name__)
+                    self.counters.error(error_type(send_exc))
                 else:
                     self.counters.succeeded += 1
                     return True

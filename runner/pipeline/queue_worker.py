@@ -22,8 +22,8 @@ from typing import Any
 
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Step
 from runner.errors import EngineError, NotFound
-from runner.pipeline.deadletter import DEAD_LETTER_HEADER, build_death
-from runner.pipeline.message import QueueMessage
+from runner.pipeline.deadletter import DEAD_LETTER_HEADER, build_death, error_type
+from runner.pipeline.message import Outputs, QueueMessage
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.worker import Worker, WorkerEnv
 from runner.topology.model import Consumer, Delivery, Topology
@@ -130,26 +130,27 @@ class QueueWorker(Worker):
         exc, outputs = await self.run_handler(msg)
         if exc is None:
             try:
-                self._succeed(d, outputs)
+                self._succeed(d, outputs, key)
             except EngineError as send_exc:
                 exc = send_exc
-                self.counters.error(type(send_exc).__name__)
+                self.counters.error(error_type(send_exc))
             else:
                 self.counters.succeeded += 1
                 self.first_attempts.pop(self._identity(d), None)
-                self.remember(key)
                 return
         self._fail(d, msg, exc, consumer_id)
 
-    def _succeed(self, d: QueueDelivery, outputs: Any) -> None:
+    def _succeed(self, d: QueueDelivery, outputs: Outputs, key: str | None) -> None:
         engine = self.env.engine
         if self.delivery is Delivery.EXACTLY_ONCE:
             engine.commit_step(Step(
                 acks=[(self.queue, d.delivery_id)], publishes=outputs.grouped_publishes(),
                 appends=outputs.grouped_appends(),
             ))
+            self.remember(key)
             return
         self.send(outputs)
+        self.remember(key)
         if self.delivery is Delivery.AT_LEAST_ONCE:
             unknown = engine.ack(self.queue, [d.delivery_id])
             if unknown:
