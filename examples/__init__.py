@@ -1,0 +1,1 @@
+"""Example handler packages used by the topologies in `topologies/`."""

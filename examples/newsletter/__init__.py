@@ -1,0 +1,1 @@
+"""The newsletter example: the handler of the `email-senders` consumer."""

@@ -1,0 +1,1 @@
+"""The e-commerce example: handlers of the `order-events` consumer groups."""
