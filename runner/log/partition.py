@@ -1,0 +1,98 @@
+"""A topic partition: one SegmentedLog plus its topic's policies and counters.
+
+Retention (`delete` cleanup policy) removes whole closed segments, oldest
+first, never the active one, advancing the log start offset:
+
+* by time: a segment goes when its newest record is older than
+  `retention.time_s` (Kafka's `retention.ms` against the segment's largest
+  timestamp);
+* by bytes: the oldest segment goes while the partition stays at or above
+  `retention.bytes` without it (Kafka's `retention.bytes`, per partition).
+
+Retention and compaction of one partition never overlap (`maintenance` lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner.clock import Clock
+from runner.log.record import Fsync, Item, LogRecord
+from runner.log.segment import SegmentedLog
+from runner.topology.model import Topic
+
+
+class Partition:
+    """One partition of a topic."""
+
+    def __init__(
+        self, directory: Path, topic: Topic, number: int, *, fsync: Fsync, clock: Clock,
+        cache_bytes: int = 1024 * 1024, fsync_interval_ms: float = 5.0,
+    ) -> None:
+        self.topic = topic
+        self.number = number
+        self.directory = directory
+        self.log = SegmentedLog(directory, segment_bytes=topic.segment_bytes, fsync=fsync,
+                                clock=clock, cache_bytes=cache_bytes,
+                                fsync_interval_ms=fsync_interval_ms)
+        self.maintenance = threading.Lock()
+        self.records_appended = 0
+
+    def configure(self, topic: Topic) -> None:
+        """New policies for the same partition (retention, compaction, segment size)."""
+        self.topic = topic
+        self.log.segment_bytes = topic.segment_bytes
+
+    # counters for metrics
+    @property
+    def log_start_offset(self) -> int:
+        return self.log.start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.end_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return self.log.size_bytes
+
+    def append(self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1) -> int:
+        end = self.log.end_offset
+        first = self.log.append(items, producer_id=producer_id, sequence=sequence)
+        self.records_appended += self.log.end_offset - end
+        return first
+
+    def read(self, offset: int, *, max_records: int = 100, max_bytes: int = 1024 * 1024,
+             ) -> list[LogRecord]:
+        return self.log.read(offset, max_records=max_records, max_bytes=max_bytes)
+
+    def enforce_retention(self, now_ms: int) -> int:
+        """Delete the segments retention allows; returns how many went."""
+        if not self.topic.delete:
+            return 0
+        if not self.maintenance.acquire(blocking=False):
+            return 0  # compaction is running; next tick
+        try:
+            return self._retain(now_ms)
+        finally:
+            self.maintenance.release()
+
+    def _retain(self, now_ms: int) -> int:
+        retention = self.topic.retention
+        closed = self.log.closed_segments()
+        upto = None
+        size = self.log.size_bytes
+        for seg in closed:
+            too_old = (retention.time_s is not None
+                       and seg.max_timestamp < now_ms - retention.time_s * 1000)
+            too_big = retention.bytes is not None and size - seg.size >= retention.bytes
+            if not (too_old or too_big):
+                break
+            upto = seg.next_base
+            size -= seg.size
+        return self.log.delete_before(upto) if upto is not None else 0
+
+    def close(self) -> None:
+        self.log.close()

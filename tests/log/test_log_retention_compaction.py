@@ -1,0 +1,161 @@
+"""Retention by time and bytes, and compaction, driven by a manual clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.clock import ManualClock, now_ms
+from runner.log.compaction import Cleaner, compact
+from runner.log.partition import Partition
+from runner.log.record import Fsync, encode_batch
+from runner.log.segment import SegmentedLog
+from runner.topology.model import Retention, Topic
+
+DAY_MS = 86_400_000
+
+
+def make(tmp_path: Path, clock: ManualClock, **kw: object) -> Partition:
+    topic = Topic(name="t", segment_bytes=2_000, **kw)  # type: ignore[arg-type]
+    return Partition(tmp_path / "t-0", topic, 0, fsync=Fsync.NEVER, clock=clock)
+
+
+def fill(p: Partition, clock: ManualClock, n: int, step_s: float = 60.0) -> None:
+    for i in range(n):
+        p.append([(b"k%d" % (i % 7), b"v" * 100, (), now_ms(clock))])
+        clock.advance(step_s)
+
+
+def test_retention_by_time_drops_old_segments_only(tmp_path: Path) -> None:
+    clock = ManualClock()
+    p = make(tmp_path, clock, retention=Retention(time_s=3600.0, bytes=None))
+    fill(p, clock, 100)  # 100 minutes of records, ~15 per segment
+    segments = p.log.segment_count
+    assert p.enforce_retention(now_ms(clock)) > 0
+    assert p.log.segment_count < segments
+    first = p.read(p.log_start_offset, max_records=1)[0]
+    # the oldest kept segment holds records within the hour
+    assert p.log.closed_segments()[0].max_timestamp >= now_ms(clock) - 3600_000
+    assert first.offset == p.log_start_offset > 0
+    assert p.log_end_offset == 100
+    clock.advance(10 * 3600)
+    p.enforce_retention(now_ms(clock))
+    assert p.log.segment_count == 1  # never the active segment
+    assert p.log_end_offset == 100
+    p.close()
+
+
+def test_retention_by_bytes(tmp_path: Path) -> None:
+    clock = ManualClock()
+    p = make(tmp_path, clock, retention=Retention(time_s=None, bytes=5_000))
+    fill(p, clock, 100)
+    p.enforce_retention(now_ms(clock))
+    assert 5_000 - 2_000 <= p.size_bytes < 5_000 + 2_000
+    closed = p.log.closed_segments()
+    assert p.size_bytes - closed[0].size < 5_000
+    p.close()
+
+
+def test_no_retention_on_a_compact_only_topic(tmp_path: Path) -> None:
+    clock = ManualClock()
+    p = make(tmp_path, clock, compact=True, delete=False,
+             retention=Retention(time_s=1.0, bytes=None))
+    fill(p, clock, 50)
+    assert p.enforce_retention(now_ms(clock)) == 0
+    p.close()
+
+
+def latest_by_key(wal: SegmentedLog) -> dict[bytes | None, tuple[int, bytes | None]]:
+    out = {}
+    for r in wal.read(wal.start_offset, max_records=100_000):
+        out[r.key] = (r.offset, r.value)
+    return out
+
+
+def test_compaction_keeps_the_latest_per_key_and_offsets(tmp_path: Path) -> None:
+    clock = ManualClock()
+    wal = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=2_000)
+    for i in range(200):
+        wal.append([(b"k%d" % (i % 10), b"%d" % i + b"." * 100, (), now_ms(clock))])
+    expect = latest_by_key(wal)
+    before = wal.size_bytes
+    result = compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+    assert result.records_removed > 150
+    assert wal.size_bytes < before / 3
+    got = wal.read(0, max_records=1000)
+    assert latest_by_key(wal) == expect
+    offsets = [r.offset for r in got]
+    assert offsets == sorted(offsets) and offsets[-1] == 199
+    assert wal.end_offset == 200 and wal.start_offset == 0
+    wal.append([(b"new", b"x", (), 1)])
+    assert wal.read(200)[0].offset == 200
+    wal.close()
+    again = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=2_000)
+    assert latest_by_key(again) == {**expect, b"new": (200, b"x")}
+    assert again.end_offset == 201
+    again.close()
+
+
+def test_tombstones_go_after_the_delete_retention(tmp_path: Path) -> None:
+    clock = ManualClock()
+    wal = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
+    wal.append([(b"gone", b"v" * 50, (), now_ms(clock))])
+    wal.append([(b"gone", None, (), now_ms(clock))])
+    for i in range(40):
+        wal.append([(b"k%d" % i, b"v" * 50, (), now_ms(clock))])
+    compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+    recs = {r.key: r for r in wal.read(0, max_records=1000)}
+    assert recs[b"gone"].value is None and recs[b"gone"].offset == 1
+    clock.advance(86_401)
+    compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+    keys = [r.key for r in wal.read(0, max_records=1000)]
+    assert b"gone" not in keys and len(keys) == 40
+    wal.close()
+
+
+def test_compaction_in_the_background_while_appending(tmp_path: Path) -> None:
+    clock = ManualClock()
+    wal = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=3_000)
+    for i in range(300):
+        wal.append([(b"k%d" % (i % 5), b"%d" % i, (), i)])
+    cleaner = Cleaner()
+    try:
+        cleaner.submit(lambda: compact(wal, now_ms=10**12, delete_retention_ms=DAY_MS))
+        for i in range(300, 600):
+            wal.append([(b"k%d" % (i % 5), b"%d" % i, (), i)])
+        assert cleaner.idle()
+        assert cleaner.failures == 0 and cleaner.runs == 1
+    finally:
+        cleaner.close()
+    got = wal.read(0, max_records=10_000)
+    offsets = [r.offset for r in got]
+    assert offsets == sorted(set(offsets)) and offsets[-5:] == list(range(595, 600))
+    assert len(offsets) < 600 and wal.end_offset == 600
+    assert {r.key: r.value for r in got} == {b"k%d" % k: b"%d" % (595 + k) for k in range(5)}
+    wal.close()
+
+
+def test_crash_after_the_swap_commit_is_completed_at_open(tmp_path: Path) -> None:
+    clock = ManualClock()
+    d = tmp_path / "c"
+    wal = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
+    for i in range(60):
+        wal.append([(b"k%d" % (i % 3), b"v" * 40, (), i)])
+    expect = latest_by_key(wal)
+    wal.close()
+    # simulate: a .swap holding the compacted first two segments, old files still there
+    bases = sorted(int(p.stem) for p in d.glob("*.log"))
+    reader = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER)
+    recs = [r for r in reader.read(0, max_records=10**4) if bases[0] <= r.offset < bases[2]]
+    reader.close()
+    keep = {r.key: r for r in recs}
+    kept = sorted(keep.values(), key=lambda r: r.offset)
+    data, _ = encode_batch(kept[0].offset, [(r.key, r.value, r.headers, r.timestamp_ms)
+                                            for r in kept],
+                           offset_deltas=[r.offset - kept[0].offset for r in kept])
+    (d / f"{bases[0]:020d}.log.swap").write_bytes(data)
+    (d / f"{bases[1]:020d}.log.cleaned").write_bytes(b"junk")
+    again = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
+    assert latest_by_key(again) == expect
+    assert not list(d.glob("*.swap")) and not list(d.glob("*.cleaned"))
+    assert not (d / f"{bases[1]:020d}.log").exists()
+    again.close()
