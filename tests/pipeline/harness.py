@@ -1,0 +1,108 @@
+"""A real Engine on tmp_path and a real Pipeline on a fresh event loop, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.clock import SystemClock
+from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
+from runner.pipeline import Pipeline
+from runner.topology.model import (
+    Binding,
+    Consumer,
+    ConsumerGroup,
+    DlqPolicy,
+    Exchange,
+    ExchangeType,
+    Queue,
+    Topic,
+    Topology,
+)
+
+H = "tests.pipeline.pipeline_handlers"
+
+
+@dataclass(slots=True)
+class Running:
+    engine: Engine
+    pipeline: Pipeline
+
+
+def topology(
+    *, queues: tuple[Queue, ...] = (), topics: tuple[Topic, ...] = (),
+    exchanges: tuple[Exchange, ...] = (), bindings: tuple[Binding, ...] = (),
+    policies: tuple[DlqPolicy, ...] = (), consumers: tuple[Consumer, ...] = (),
+    groups: tuple[ConsumerGroup, ...] = (),
+) -> Topology:
+    """A topology with an `out` fanout exchange bound to an `outbox` queue, plus the rest."""
+    queues = (Queue("outbox"), *queues)
+    exchanges = (Exchange("out", ExchangeType.FANOUT), *exchanges)
+    bindings = (Binding("out", queue="outbox"), *bindings)
+    return Topology(
+        topics=tuple(sorted((t.name, t) for t in topics)),
+        exchanges=tuple(sorted((e.name, e) for e in exchanges)),
+        queues=tuple(sorted((q.name, q) for q in queues)),
+        bindings=bindings,
+        dlq_policies=tuple(sorted((p.name, p) for p in policies)),
+        consumer_groups=tuple(sorted((g.name, g) for g in groups)),
+        consumers=tuple(sorted((c.name, c) for c in consumers)),
+    )
+
+
+def msg(body: Any, **kw: Any) -> OutMessage:
+    return OutMessage(body=orjson.dumps(body), content_type="application/json", **kw)
+
+
+def rec(body: Any, key: str | None = None, **kw: Any) -> OutRecord:
+    return OutRecord(value=orjson.dumps(body), key=key.encode() if key else None, **kw)
+
+
+def bodies(engine: Engine, queue: str, n: int = 1000) -> list[Any]:
+    return [orjson.loads(d.body) for d in engine.peek(queue, n)]
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def _tick(engine: Engine) -> None:
+    while True:
+        engine.tick()
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(
+    topo: Topology, data_dir: Path, *, grace_s: float = 2.0, workers: int = 8,
+) -> AsyncIterator[Running]:
+    """Engine + Pipeline started; drained, flushed and closed on exit."""
+    clock = SystemClock()
+    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pipeline = Pipeline(engine, topo, data_dir=data_dir, clock=clock, executor=pool,
+                            instance_id="test", hostname="host", random_source=lambda: 0.5,
+                            fsync=FsyncPolicy.NEVER)
+        ticker = asyncio.create_task(_tick(engine))
+        await pipeline.start()
+        try:
+            yield Running(engine, pipeline)
+        finally:
+            await pipeline.drain(grace_s)
+            ticker.cancel()
+            with suppress(asyncio.CancelledError):
+                await ticker
+            engine.flush()
+            engine.close()

@@ -1,0 +1,146 @@
+"""Consumer groups on a real Engine: members, delivery modes, retry in place,
+dead-lettering a record and moving on, replay back to the failing group."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.engine import TopicPartition
+from runner.pipeline.deadletter import DEAD_LETTER_HEADER
+from runner.topology.model import ConsumerGroup, Delivery, DlqPolicy, Queue, Topic
+from tests.pipeline import pipeline_handlers as ph
+from tests.pipeline.harness import H, bodies, rec, running, topology, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    ph.reset()
+    yield
+    ph.RELEASE.set()
+
+
+def _committed(engine: object, group: str, topic: str, parts: int) -> list[int]:
+    return [engine.position(group, TopicPartition(topic, p))  # type: ignore[attr-defined]
+            for p in range(parts)]
+
+
+@pytest.mark.parametrize("delivery", list(Delivery))
+def test_members_share_partitions_and_commit_in_every_mode(
+    tmp_path: Path, delivery: Delivery,
+) -> None:
+    topo = topology(
+        topics=(Topic("events", partitions=3), Topic("results")),
+        groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward", instances=2,
+                              delivery=delivery),),
+    )
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [rec({"id": i}, key=f"k{i}") for i in range(12)])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 12)
+            ends = [p.log_end_offset for p in r.engine.partitions("events")]
+            await wait_until(lambda: _committed(r.engine, "g", "events", 3) == ends)
+            assert sorted(b["id"] for b in bodies(r.engine, "outbox")) == list(range(12))
+            recs, _ = r.engine.read("results", 0, 0)
+            assert sorted(x.key for x in recs) == sorted(str(i).encode() for i in range(12))
+            info = r.engine.group_info("g")
+            assert len(info.members) == 2
+            assert {p.member for p in info.partitions} == set(info.members)
+
+    asyncio.run(go())
+    assert sorted(int(e["id"]) for e in ph.SEEN) == list(range(12))
+    # per partition the records were handled in offset order
+    for part in range(3):
+        offsets = [e["offset"] for e in ph.SEEN if e["partition"] == part]
+        assert offsets == sorted(offsets)
+
+
+def test_a_failing_record_is_retried_in_place_then_dead_lettered_and_skipped(
+    tmp_path: Path,
+) -> None:
+    policy = DlqPolicy("p", max_retries=2, backoff=(0.1,), dead_letter_queue="dlq")
+    topo = topology(
+        queues=(Queue("dlq"),), topics=(Topic("events"),), policies=(policy,),
+        groups=(ConsumerGroup("g", ("events",), handler=f"{H}:flaky", dlq_policy="p"),),
+    )
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [
+                rec({"id": "bad", "fail": 99}, key="a", headers={"trace": "t1"}),
+                rec({"id": "good"}, key="b"),
+            ])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 1)
+            await wait_until(lambda: _committed(r.engine, "g", "events", 1) == [2])
+            dead = r.engine.peek("dlq", 10)
+            assert len(dead) == 1 and dead[0].body == b'{"id":"bad","fail":99}'
+            assert dead[0].headers["trace"] == "t1"
+            death = dict(dead[0].headers[DEAD_LETTER_HEADER])
+            assert death["error"]["type"] == "RuntimeError"
+            assert {k: death[k] for k in (
+                "reason", "retry_count", "original_topic", "original_partition",
+                "original_offset", "original_group", "consumer_id")} == {
+                "reason": "handler_error", "retry_count": 2, "original_topic": "events",
+                "original_partition": 0, "original_offset": 0, "original_group": "g",
+                "consumer_id": "g-1@host"}
+            assert bodies(r.engine, "outbox") == [{"id": "good", "attempt": 1}]
+
+    asyncio.run(go())
+    order = [(e["id"], e["delivery_count"]) for e in ph.SEEN]
+    assert order == [("bad", 1), ("bad", 2), ("bad", 3), ("good", 1)]
+    bad = [e["t"] for e in ph.SEEN if e["id"] == "bad"]
+    assert bad[1] - bad[0] >= 0.1 and bad[2] - bad[1] >= 0.1
+
+
+def test_replay_returns_a_dead_record_to_its_group_only(tmp_path: Path) -> None:
+    policy = DlqPolicy("p", max_retries=0, dead_letter_queue="dlq")
+    topo = topology(
+        queues=(Queue("dlq"),), topics=(Topic("events"),), policies=(policy,),
+        groups=(
+            ConsumerGroup("g", ("events",), handler=f"{H}:flaky", dlq_policy="p",
+                          delivery=Delivery.EXACTLY_ONCE),
+            ConsumerGroup("other", ("events",)),
+        ),
+    )
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [rec({"id": "x", "fail": 1}, key="k")])
+            r.pipeline.notify()
+            await wait_until(lambda: r.engine.queue_info("dlq").ready == 1)
+            assert r.engine.replay("dlq") == 1
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 1)
+            assert r.engine.queue_info("dlq").ready == 0
+            assert r.engine.partitions("events")[0].log_end_offset == 1
+            assert r.engine.group_info("other").partitions[0].lag == 1
+            assert bodies(r.engine, "outbox") == [{"id": "x", "attempt": 2}]
+
+    asyncio.run(go())
+    assert [(e["offset"], e["headers"].get("x-replay-count")) for e in ph.SEEN] == [
+        (0, None), (0, 1)]
+    assert DEAD_LETTER_HEADER not in ph.SEEN[1]["headers"]
+
+
+def test_an_exactly_once_group_restarts_where_it_left_off(tmp_path: Path) -> None:
+    topo = topology(
+        topics=(Topic("events", partitions=2), Topic("results")),
+        groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                              delivery=Delivery.EXACTLY_ONCE),),
+    )
+
+    async def phase(ids: range) -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [rec({"id": i}, key=str(i)) for i in ids])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == len(ids))
+
+    asyncio.run(phase(range(0, 5)))
+    asyncio.run(phase(range(5, 9)))
+    assert sorted(int(e["id"]) for e in ph.SEEN) == list(range(9))
