@@ -281,8 +281,7 @@ class Supervisor:
             log.info("draining", extra={"event": "draining", "grace_s": config.grace_s})
             if watcher is not None:
                 watcher.stop()
-            for sig in (signal.SIGHUP,):
-                loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(signal.SIGHUP)
             await self._pipeline.drain(config.grace_s)
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             ticker.cancel()
@@ -291,6 +290,8 @@ class Supervisor:
             self._engine.flush()
             self._engine.close()
             executor.shutdown(wait=False, cancel_futures=True)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             log.info("stopped", extra={"event": "stopped"})
         return 0
 
