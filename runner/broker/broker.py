@@ -1,0 +1,746 @@
+"""The broker: exchanges, queues and bindings of one data directory, driven in batches.
+
+Single owner, synchronous, batch in / batch out (see runner/engine.py). Every
+public operation ends in `_finish`: dead letters it caused are republished,
+then each queue it touched writes its journal in ONE append (group commit),
+dead-letter targets before their sources so a crash never loses a dead letter.
+
+Topics are not the broker's: `publish` returns the topic names a message
+reached and the caller appends the records; dead letters that reach a topic
+(through a dead-letter exchange, or `dead_letter(..., to_topic=...)`) are
+handed to `topic_sink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.broker.changes import describe_changes, exchange_unsafe, queue_unsafe
+from runner.broker.deadletter import (
+    DEATH_HEADER,
+    ReplayTarget,
+    build_death,
+    is_cycle,
+    replay_target,
+    replayed_headers,
+    with_death,
+)
+from runner.broker.journal import QueueLog, SpillLog
+from runner.broker.message import DELAYED, Delivery, Message, Publishable, QueuedMessage, tag_uid
+from runner.broker.queue import REASONS, MemoryBudget, MessageQueue
+from runner.broker.routing import Route, Router
+from runner.broker.steps import StepLog
+from runner.clock import Clock
+from runner.errors import Conflict, NotFound, Refused, UnsafeChange
+from runner.log.record import Fsync
+from runner.topology.model import Binding, Exchange, Queue
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+TopicSink = Callable[[str, Message], None]
+
+
+class PublishRefused(Refused):
+    """A batch publish stopped at message `accepted`; `routes` are those stored before it."""
+
+    def __init__(self, message: str, *, accepted: int, routed: tuple[str, ...],
+                 routes: list[Route]) -> None:
+        super().__init__(message, accepted=accepted, routed=routed)
+        self.routes = routes
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+    ready: int
+    unacked: int
+    delayed: int
+    oldest_ready_age_s: float
+
+
+@dataclass(slots=True)
+class QueueCounters:
+    ready: int = 0
+    unacked: int = 0
+    delayed: int = 0
+    published: int = 0
+    delivered: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    rejected_publishes: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    oldest_ready_age_s: float = 0.0
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    exchange_published: dict[str, int] = field(default_factory=dict)
+    exchange_unroutable: dict[str, int] = field(default_factory=dict)
+    queues: dict[str, QueueCounters] = field(default_factory=dict)
+    dead_letters_dropped: int = 0  # no dead-letter exchange, or nowhere to go
+    dead_letter_cycles: int = 0  # dropped to break a dead-letter cycle
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLetter:
+    """A replayed dead letter of a topic record: the caller hands it back to its group."""
+
+    target: ReplayTarget
+    message: Message
+    death: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    replayed: int  # dead letters put back into their queue
+    topic_letters: tuple[TopicLetter, ...] = ()
+
+
+class _LazySpill:
+    """A non-durable queue's spill log, created on first use."""
+
+    def __init__(self, directory: Path, clock: Clock, segment_bytes: int) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.segment_bytes = segment_bytes
+        self.log: SpillLog | None = None
+
+    def spill(self, msg: QueuedMessage, body: bytes) -> int:
+        if self.log is None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.log = SpillLog(self.directory, clock=self.clock, segment_bytes=self.segment_bytes)
+        return self.log.spill(msg, body)
+
+    def read_body(self, loc: int) -> bytes:
+        assert self.log is not None
+        return self.log.read_body(loc)
+
+    def size(self) -> int:
+        return self.log.log.size_bytes if self.log is not None else 0
+
+    def close(self, *, remove: bool = False) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if remove:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Broker:
+    """Exchanges, queues and bindings, durable in `data_dir`."""
+
+    def __init__(
+        self, data_dir: Path, *, fsync: Fsync | str = Fsync.ALWAYS, clock: Clock,
+        memory_budget_bytes: int = 256 * MiB, disk_budget_bytes: int | None = None,
+        segment_bytes: int = 16 * MiB, dedup_window_s: float = 3600.0,
+        topic_sink: TopicSink | None = None, compact_interval_s: float = 5.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.fsync = Fsync(fsync)
+        self.clock = clock
+        self.memory = MemoryBudget(memory_budget_bytes)
+        self.disk_budget_bytes = disk_budget_bytes
+        self.segment_bytes = segment_bytes
+        self.dedup_window_s = dedup_window_s
+        self.topic_sink = topic_sink
+        self.compact_interval_s = compact_interval_s
+        self.router = Router()
+        self.queues: dict[str, MessageQueue] = {}
+        self.journals: dict[str, QueueLog] = {}
+        self.spills: dict[str, _LazySpill] = {}
+        self.dead_letters_dropped = 0
+        self.dead_letter_cycles = 0
+        self._dirty: dict[str, MessageQueue] = {}
+        self._dl_targets: dict[str, MessageQueue] = {}
+        self._dedup: dict[tuple[str, str, str], tuple[float, Route]] = {}
+        self._last_compact = clock.monotonic()
+        (self.data_dir / "queues").mkdir(parents=True, exist_ok=True)
+        self._epoch = self._next_epoch()
+        self.steps = StepLog(self.data_dir / "steps", fsync=self.fsync, clock=clock)
+        self._steps_recovered = False
+
+    def _next_epoch(self) -> int:
+        """A counter bumped at each open: non-durable uids (and tags) never repeat."""
+        path = self.data_dir / "epoch"
+        try:
+            epoch = int(path.read_text().strip() or "0") + 1
+        except FileNotFoundError:
+            epoch = 1
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(f"{epoch}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return epoch
+
+    # ================================================================ topology
+    def declare(
+        self, exchanges: Iterable[Exchange] = (), queues: Iterable[Queue] = (),
+        bindings: Iterable[Binding] = (),
+    ) -> list[str]:
+        """Add (or update) entities, keeping everything else; UnsafeChange if inequivalent."""
+        ex = {e.name: e for e in self.router.exchanges()}
+        ex.update((e.name, e) for e in exchanges)
+        qs = {name: q.spec for name, q in self.queues.items()}
+        qs.update((q.name, q) for q in queues)
+        bs = list(self.router.bindings())
+        bs.extend(b for b in bindings if b not in bs)
+        return self.apply(ex.values(), qs.values(), bs)
+
+    def apply(
+        self, exchanges: Iterable[Exchange], queues: Iterable[Queue],
+        bindings: Iterable[Binding], *, force: bool = False,
+    ) -> list[str]:
+        """Make the broker hold exactly these entities; a line per change.
+
+        UnsafeChange (nothing applied) for a changed queue `max_priority` or
+        `durable`, a changed exchange `type` or `durable`, or removing a
+        queue that holds messages without `force`.
+        """
+        new_ex = {e.name: e for e in exchanges}
+        new_q = {q.name: q for q in queues}
+        new_b = list(dict.fromkeys(bindings))
+        problems: list[str] = []
+        for name, e in new_ex.items():
+            if self.router.has_exchange(name):
+                problems.extend(exchange_unsafe(self.router.exchange(name), e))
+        for name, q in new_q.items():
+            if name in self.queues:
+                problems.extend(queue_unsafe(self.queues[name].spec, q))
+        for name, mq in self.queues.items():
+            if name not in new_q and len(mq) and not force:
+                problems.append(f"queue '{name}' holds {len(mq)} messages: not removed")
+        if problems:
+            raise UnsafeChange("; ".join(problems))
+        lines: list[str] = []
+        old_b = self.router.bindings()
+        for b in old_b:
+            if b not in new_b:
+                self.router.unbind(b)
+                lines.append(f"- binding {b.exchange} -> {b.destination}")
+        for e in self.router.exchanges():
+            if e.name not in new_ex:
+                self.router.delete_exchange(e.name)
+                lines.append(f"- exchange {e.name}")
+        for name, e in new_ex.items():
+            if not self.router.has_exchange(name):
+                lines.append(f"+ exchange {name}")
+            elif self.router.exchange(name) != e:
+                lines.append(f"~ exchange {name}: "
+                             + ", ".join(describe_changes(self.router.exchange(name), e)))
+            self.router.declare_exchange(e)
+        for name in [n for n in self.queues if n not in new_q]:
+            self._delete_queue(name)
+            lines.append(f"- queue {name}")
+        for name, q in new_q.items():
+            if name not in self.queues:
+                self._create_queue(q)
+                lines.append(f"+ queue {name}")
+            elif self.queues[name].spec != q:
+                lines.append(f"~ queue {name}: "
+                             + ", ".join(describe_changes(self.queues[name].spec, q)))
+                self.queues[name].reconfigure(q)
+        for b in new_b:
+            if b not in old_b:
+                self.router.bind(b)
+                lines.append(f"+ binding {b.exchange} -> {b.destination}")
+        if not self._steps_recovered:
+            self._steps_recovered = True
+            self.steps.recover(self._apply_step)
+        return lines
+
+    def _create_queue(self, spec: Queue) -> None:
+        qdir = self.data_dir / "queues" / spec.name
+        if spec.durable:
+            journal = QueueLog(qdir, fsync=self.fsync, clock=self.clock,
+                               segment_bytes=self.segment_bytes)
+            mq = MessageQueue(spec, journal=journal, spill=journal, memory=self.memory)
+            ready, delayed = journal.recover(memory_left=self.memory.limit - self.memory.used)
+            mq.restore(ready)
+            for due, msg in delayed:
+                msg.state = DELAYED
+                mq.delayed.append((due, msg.uid, msg))
+                if isinstance(msg.body, bytes):
+                    self.memory.used += msg.size
+            mq.delayed.sort(key=lambda t: (t[0], t[1]))
+            self.journals[spec.name] = journal
+            self._seed_dedup(spec.name, ready)
+        else:
+            shutil.rmtree(qdir, ignore_errors=True)
+            spill = _LazySpill(self.data_dir / "spill" / spec.name, self.clock,
+                               self.segment_bytes)
+            spill.close(remove=True)
+            mq = MessageQueue(spec, uid_start=self._epoch << 36, spill=spill,
+                              memory=self.memory)
+            self.spills[spec.name] = spill
+        self.queues[spec.name] = mq
+
+    def _delete_queue(self, name: str) -> None:
+        mq = self.queues.pop(name)
+        mq.journal = None  # nothing to journal: the whole log goes
+        mq.purge_all()
+        self._dirty.pop(name, None)
+        journal = self.journals.pop(name, None)
+        if journal is not None:
+            journal.log.close()
+            shutil.rmtree(self.data_dir / "queues" / name, ignore_errors=True)
+        spill = self.spills.pop(name, None)
+        if spill is not None:
+            spill.close(remove=True)
+
+    def _seed_dedup(self, queue: str, msgs: Sequence[QueuedMessage]) -> None:
+        horizon = self.clock.time() - self.dedup_window_s
+        for msg in msgs:
+            mid = msg.message_id
+            if mid is None or DEATH_HEADER in msg.headers or msg.timestamp_ms / 1000 < horizon:
+                continue
+            key = ("x", msg.exchange, mid) if msg.exchange else ("q", queue, mid)
+            found = self._dedup.get(key)
+            queues = found[1].queues if found else ()
+            if queue not in queues:
+                queues = (*queues, queue)
+            self._dedup[key] = (msg.timestamp_ms / 1000, Route(queues, ()))
+
+    # ================================================================ producing
+    def publish(self, exchange: str, messages: Sequence[Publishable]) -> list[Route]:
+        """Route each message through `exchange`; per message where it went.
+
+        NotFound (unknown exchange), Forbidden (internal), PublishRefused at the
+        first message a destination refuses (earlier ones are stored)."""
+        self.router.check_publish(exchange)
+        return self._publish(exchange, None, messages)
+
+    def publish_to_queue(self, queue: str, messages: Sequence[Publishable]) -> list[Route]:
+        """AMQP's default exchange: straight into `queue` (routing key: the queue's name
+        unless the message has one)."""
+        self._queue(queue)
+        return self._publish("", queue, messages)
+
+    def _publish(
+        self, exchange: str, to_queue: str | None, messages: Sequence[Publishable],
+    ) -> list[Route]:
+        self._check_disk()
+        now = self.clock.time()
+        ts = int(now * 1000)
+        routes: list[Route] = []
+        direct = Route((to_queue,), ()) if to_queue is not None else None
+        kind, target = ("q", to_queue) if to_queue is not None else ("x", exchange)
+        queues = self.queues
+        dirty = self._dirty
+        route_fn = self.router.route
+        try:
+            for i, m in enumerate(messages):
+                mid = m.message_id
+                if mid is not None:
+                    hit = self._dedup_hit((kind, target, mid), now)
+                    if hit is not None:
+                        routes.append(hit)
+                        continue
+                rk = m.routing_key
+                if direct is not None:
+                    route = direct
+                    rk = rk or target
+                else:
+                    route = route_fn(exchange, rk, m.headers)
+                refused: Refused | None = None
+                stored: list[str] = []
+                for qname in route.queues:
+                    mq = queues.get(qname)
+                    if mq is None:
+                        continue
+                    dirty[qname] = mq
+                    try:
+                        mq.admit(m, exchange=exchange, routing_key=rk, now=now, ts_ms=ts)
+                    except Refused as exc:
+                        refused = exc
+                        continue
+                    stored.append(qname)
+                if refused is not None:
+                    raise PublishRefused(
+                        str(refused), accepted=i, routed=(*stored, *route.topics), routes=routes,
+                    )
+                routes.append(route)
+                if mid is not None:
+                    self._dedup[(kind, target, mid)] = (now, route)
+        finally:
+            self._finish()
+        return routes
+
+    def _dedup_hit(self, key: tuple[str, str, str], now: float) -> Route | None:
+        found = self._dedup.get(key)
+        if found is None:
+            return None
+        if found[0] + self.dedup_window_s <= now:
+            del self._dedup[key]
+            return None
+        return found[1]
+
+    def _check_disk(self) -> None:
+        budget = self.disk_budget_bytes
+        if budget is None:
+            return
+        used = self.disk_used_bytes()
+        if used >= budget:
+            raise Refused(
+                f"disk budget exhausted: queue logs use {used} bytes of {budget}; "
+                "publish refused until consumers catch up"
+            )
+
+    def disk_used_bytes(self) -> int:
+        return (sum(j.log.size_bytes for j in self.journals.values())
+                + sum(s.size() for s in self.spills.values()))
+
+    # ================================================================ consuming
+    def _queue(self, name: str) -> MessageQueue:
+        mq = self.queues.get(name)
+        if mq is None:
+            raise NotFound(f"queue '{name}' not found")
+        return mq
+
+    def pull(
+        self, queue: str, max_messages: int, *, consumer_id: str, lease_s: float | None = None,
+        prefetch: int | None = None,
+    ) -> list[Delivery]:
+        """Up to `max_messages` deliveries; with `lease_s` unacked ones come back
+        when the lease runs out; with `prefetch` at most that many unacked per consumer."""
+        mq = self._queue(queue)
+        deadline = None if lease_s is None else self.clock.monotonic() + lease_s
+        self._dirty[queue] = mq
+        try:
+            return mq.take(max_messages, consumer=consumer_id, now=self.clock.time(),
+                           lease_deadline=deadline, prefetch=prefetch)
+        finally:
+            self._finish()
+
+    def ack(self, queue: str, delivery_ids: Sequence[int]) -> list[int]:
+        """Settle; returns the ids that were unknown or expired."""
+        mq = self._queue(queue)
+        self._dirty[queue] = mq
+        try:
+            return mq.ack(delivery_ids)
+        finally:
+            self._finish()
+
+    def nack(self, queue: str, delivery_ids: Sequence[int], *, requeue: bool) -> list[int]:
+        """Back to their original place (redelivered) or dead-lettered `rejected`."""
+        mq = self._queue(queue)
+        self._dirty[queue] = mq
+        try:
+            return mq.nack(delivery_ids, requeue=requeue)
+        finally:
+            self._finish()
+
+    def retry_later(self, queue: str, delivery_id: int, delay_s: float) -> None:
+        """Settle now; ready again at the tail after `delay_s` (delivery count kept)."""
+        mq = self._queue(queue)
+        self._dirty[queue] = mq
+        try:
+            due = self.clock.time() + max(0.0, delay_s)
+            msg = mq.retry_later(delivery_id, due)
+            journal = mq.journal
+            if isinstance(journal, QueueLog):
+                old = msg.uid
+                body = mq.body_of(msg)
+                msg.uid = journal.reserve(msg, not_before=due, body=body)
+                journal.settle(old)
+                if not isinstance(msg.body, bytes):
+                    msg.body = msg.uid
+            else:
+                msg.uid = mq.next_uid
+                mq.next_uid += 1
+        finally:
+            self._finish()
+
+    def dead_letter(
+        self, queue: str, delivery_id: int, *, reason: str,
+        death: Mapping[str, Any] | None = None, to_queue: str | None = None,
+        to_topic: str | None = None,
+    ) -> Route:
+        """Settle and dead-letter one delivery: through the queue's dead-letter
+        exchange, or into `to_queue` / `to_topic` (handed to `topic_sink`)."""
+        mq = self._queue(queue)
+        if to_queue is not None:
+            self._queue(to_queue)
+        self._dirty[queue] = mq
+        try:
+            msg = mq.settle_one(delivery_id)
+            body = mq.body_of(msg)
+            mq.drop_dead(msg, reason)
+            return self._dead_letter(mq, msg, reason, body=body, given=death,
+                                     to_queue=to_queue, to_topic=to_topic)
+        finally:
+            self._finish()
+
+    def detach(self, queue: str, consumer_id: str) -> int:
+        """A consumer is gone: its unacked deliveries return; single-active fails over."""
+        mq = self._queue(queue)
+        self._dirty[queue] = mq
+        try:
+            return mq.detach(consumer_id)
+        finally:
+            self._finish()
+
+    def peek(self, queue: str, n: int) -> list[Delivery]:
+        """The next `n` ready messages, left in place (delivery_id 0)."""
+        return self._queue(queue).peek(n)
+
+    # ================================================================ dead letters
+    def _dead_letter(
+        self, mq: MessageQueue, msg: QueuedMessage, reason: str, *, body: bytes,
+        given: Mapping[str, Any] | None = None, to_queue: str | None = None,
+        to_topic: str | None = None,
+    ) -> Route:
+        death = build_death(msg, queue=mq.name, reason=reason, given=given)
+        headers = with_death(msg.headers, death)
+        rk = msg.routing_key
+        exchange = ""
+        if to_queue is not None:
+            route = Route((to_queue,), ())
+        elif to_topic is not None:
+            route = Route((), (to_topic,))
+        elif mq.spec.dead_letter is not None:
+            dlx = mq.spec.dead_letter
+            exchange = dlx.exchange
+            rk = dlx.routing_key or rk
+            if not self.router.has_exchange(exchange):
+                self.dead_letters_dropped += 1
+                log.warning("queue %s: dead-letter exchange %s is missing; message dropped",
+                            mq.name, exchange)
+                return Route((), ())
+            route = self.router.route(exchange, rk, headers)
+        else:
+            self.dead_letters_dropped += 1
+            return Route((), ())
+        letter = Message(body, rk, headers, msg.priority or None, None, msg.message_id,
+                         msg.content_type)
+        now = self.clock.time()
+        ts = int(now * 1000)
+        went: list[str] = []
+        for qname in route.queues:
+            target = self.queues.get(qname)
+            if target is None:
+                continue
+            if is_cycle(death, qname):
+                self.dead_letter_cycles += 1
+                log.info("dead-letter cycle: message from %s not returned to %s", mq.name, qname)
+                continue
+            try:
+                target.admit(letter, exchange=exchange, routing_key=rk, now=now, ts_ms=ts,
+                             headers=headers)
+            except Refused as exc:
+                self.dead_letters_dropped += 1
+                log.warning("dead letter from %s refused by %s: %s", mq.name, qname, exc)
+                continue
+            went.append(qname)
+            self._dirty[qname] = target
+            self._dl_targets[qname] = target
+        for topic in route.topics:
+            if self.topic_sink is None:
+                self.dead_letters_dropped += 1
+                log.warning("dead letter from %s to topic %s: no topic sink", mq.name, topic)
+                continue
+            self.topic_sink(topic, letter)
+        if not went and not route.topics:
+            self.dead_letters_dropped += 1
+        return Route(tuple(went), route.topics)
+
+    def _finish(self) -> None:
+        """Republish what the touched queues dead-lettered, then journal (one append each)."""
+        dirty = self._dirty
+        while True:
+            batch = [mq for mq in dirty.values() if mq.dead]
+            if not batch:
+                break
+            for mq in batch:
+                dead, mq.dead = mq.dead, []
+                for msg, reason in dead:
+                    body = mq.body_of(msg)
+                    self._dead_letter(mq, msg, reason, body=body)
+        for name, mq in self._dl_targets.items():
+            if mq.journal is not None and self.queues.get(name) is mq:
+                mq.journal.flush()
+        self._dl_targets.clear()
+        for mq in dirty.values():
+            if mq.journal is not None:
+                mq.journal.flush()
+        dirty.clear()
+
+    def replay(self, queue: str, max_messages: int | None = None) -> ReplayResult:
+        """Dead letters in `queue` back where they died: into their original queue
+        (no death header, `x-replay-count` + 1), or, for topic records, returned."""
+        mq = self._queue(queue)
+        self._dirty[queue] = mq
+        replayed = 0
+        letters: list[TopicLetter] = []
+        now = self.clock.time()
+        ts = int(now * 1000)
+        try:
+            for msg in list(mq.iter_ready()):
+                if max_messages is not None and replayed + len(letters) >= max_messages:
+                    break
+                target = replay_target(msg.headers)
+                if target is None:
+                    continue
+                body = mq.body_of(msg)
+                headers = replayed_headers(msg.headers)
+                again = Message(body, target.routing_key, headers, msg.priority or None, None,
+                                msg.message_id, msg.content_type)
+                if target.queue is None:
+                    death = msg.headers[DEATH_HEADER]
+                    letters.append(TopicLetter(target, again, death))
+                else:
+                    dest = self.queues.get(target.queue)
+                    if dest is None:
+                        continue
+                    try:
+                        dest.admit(again, exchange=target.exchange,
+                                   routing_key=target.routing_key, now=now, ts_ms=ts,
+                                   headers=headers)
+                    except Refused:
+                        break
+                    self._dirty[target.queue] = dest
+                    self._dl_targets[target.queue] = dest
+                    replayed += 1
+                mq.remove_ready(msg)
+        finally:
+            self._finish()
+        return ReplayResult(replayed, tuple(letters))
+
+    # ================================================================ steps
+    def commit_step(
+        self, *, acks: Sequence[tuple[str, int]] = (),
+        publishes: Sequence[tuple[str, Sequence[Publishable]]] = (),
+        queue_puts: Sequence[tuple[str, Sequence[Publishable]]] = (),
+    ) -> list[list[Route]]:
+        """Ack inputs and publish outputs as one durable unit.
+
+        The step is journaled first (with a message id for every output, so
+        re-applying it is deduplicated), then applied, then marked done; at
+        open, steps not marked done are applied again. Acks go by message, so
+        an ack re-applied after a restart (its delivery id stale) still
+        settles the message, and one already settled is a no-op. Returns the
+        routes of `publishes` then `queue_puts`, one list per entry.
+        """
+        for q, _ in acks:
+            self._queue(q)
+        for q, _ in queue_puts:
+            self._queue(q)
+        for ex, _ in publishes:
+            self.router.check_publish(ex)
+        step = self.steps.begin(acks, publishes, queue_puts)
+        routes = self._apply_step(step.acks, step.publishes, step.queue_puts)
+        self.steps.done(step.seq)
+        return routes
+
+    def _apply_step(
+        self, acks: Sequence[tuple[str, int]], publishes: Sequence[tuple[str, Sequence[Message]]],
+        queue_puts: Sequence[tuple[str, Sequence[Message]]],
+    ) -> list[list[Route]]:
+        out: list[list[Route]] = []
+        for ex, msgs in publishes:
+            out.append(self._publish(ex, None, msgs) if self.router.has_exchange(ex) else [])
+        for q, msgs in queue_puts:
+            out.append(self._publish("", q, msgs) if q in self.queues else [])
+        try:
+            for q, tag in acks:
+                mq = self.queues.get(q)
+                if mq is None:
+                    continue
+                self._dirty[q] = mq
+                if mq.ack([tag]):
+                    mq.ack_uids([tag_uid(tag)])
+        finally:
+            self._finish()
+        return out
+
+    # ================================================================ time
+    def tick(self) -> None:
+        """TTL expiry, lease expiry, retries coming due, compaction, interval fsync."""
+        now = self.clock.time()
+        mono = self.clock.monotonic()
+        try:
+            for name, mq in self.queues.items():
+                if mq.expiries and mq.expiries[0][0] <= now and mq.expire(now):
+                    self._dirty[name] = mq
+                if mq.leases and mq.leases[0][0] <= mono and mq.expire_leases(mono):
+                    self._dirty[name] = mq
+                if mq.delayed and mq.delayed[0][0] <= now:
+                    for msg in mq.due_retries(now):
+                        mq.requeue_delayed(msg)
+                if mq.dead:
+                    self._dirty[name] = mq
+        finally:
+            self._finish()
+        if self._dedup:
+            horizon = now - self.dedup_window_s
+            for key in [k for k, (t, _) in self._dedup.items() if t <= horizon]:
+                del self._dedup[key]
+        if mono - self._last_compact >= self.compact_interval_s:
+            self._last_compact = mono
+            self.compact()
+        if self.fsync is Fsync.INTERVAL:
+            for journal in self.journals.values():
+                journal.log.maybe_sync()
+
+    def compact(self, *, force: bool = False) -> None:
+        """Drop settled history from the queue logs (and spilled bodies no longer used)."""
+        for name, journal in self.journals.items():
+            mq = self.queues[name]
+            journal.compact({m.uid: m for m in mq.live()}, force=force)
+        for name, spill in self.spills.items():
+            if spill.log is not None:
+                locs = [m.body for m in self.queues[name].live() if isinstance(m.body, int)]
+                spill.log.trim(min(locs) if locs else None)
+        self.steps.trim()
+
+    # ================================================================ reading
+    def queue_info(self, queue: str) -> QueueInfo:
+        mq = self._queue(queue)
+        return QueueInfo(queue, mq.ready, len(mq.unacked), len(mq.delayed),
+                         mq.oldest_ready_age(self.clock.time()))
+
+    def stats(self) -> BrokerStats:
+        now = self.clock.time()
+        out = BrokerStats(dead_letters_dropped=self.dead_letters_dropped,
+                          dead_letter_cycles=self.dead_letter_cycles)
+        for name, (pub, unr) in self.router.counters().items():
+            out.exchange_published[name] = pub
+            out.exchange_unroutable[name] = unr
+        for name, mq in self.queues.items():
+            dead = dict.fromkeys(REASONS, 0)
+            dead.update(mq.dead_lettered)
+            out.queues[name] = QueueCounters(
+                mq.ready, len(mq.unacked), len(mq.delayed), mq.published, mq.delivered,
+                mq.acked, mq.redelivered, mq.rejected_publishes, dead,
+                mq.oldest_ready_age(now),
+            )
+        return out
+
+    # ================================================================ lifecycle
+    def flush(self) -> None:
+        """fsync everything written so far."""
+        for journal in self.journals.values():
+            journal.sync()
+
+    def close(self) -> None:
+        for journal in self.journals.values():
+            journal.close()
+        for spill in self.spills.values():
+            spill.close(remove=True)
+        self.steps.close()
+
+    def check_ids(self, queue: str, delivery_ids: Sequence[int]) -> None:
+        """Conflict listing the ids `queue` does not hold unacked (nothing settled)."""
+        mq = self._queue(queue)
+        unknown = tuple(i for i in delivery_ids if i not in mq.unacked)
+        if unknown:
+            raise Conflict(f"queue '{queue}': unknown or expired delivery ids {list(unknown)}",
+                           unknown=unknown)

@@ -1,0 +1,128 @@
+"""Dead-lettering: the `x-dead-letter` header, cycle breaking, and replay.
+
+A dead letter keeps its body and properties and gains one header,
+`x-dead-letter` (TOPOLOGY.md): the latest death's reason, error, retry count,
+first/last attempt (ISO 8601 UTC), where it came from and `death_count`.
+`death_queues` lists the queues it died from automatically (not `rejected`)
+since its last rejection: a dead letter that would return to one of them is
+a cycle and is dropped, as RabbitMQ does. Replay removes the header and
+counts `x-replay-count`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from runner.broker.message import QueuedMessage
+
+DEATH_HEADER = "x-dead-letter"
+REPLAY_HEADER = "x-replay-count"
+
+
+def iso_utc(seconds: float | None) -> str | None:
+    """Wall-clock seconds as ISO 8601 UTC (`2024-01-15T10:00:00Z`, ms when needed)."""
+    if seconds is None:
+        return None
+    dt = datetime.fromtimestamp(seconds, tz=UTC)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def previous_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    found = headers.get(DEATH_HEADER)
+    return found if isinstance(found, Mapping) else None
+
+
+def build_death(
+    msg: QueuedMessage, *, queue: str, reason: str, given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `x-dead-letter` header for `msg` dying in `queue` now.
+
+    A caller's ready-made `given` dict (a handler error with its stack trace)
+    wins field by field; the broker fills what it leaves out and always sets
+    `death_count` and `death_queues`.
+    """
+    prev = previous_death(msg.headers)
+    attempts = msg.attempts
+    death: dict[str, Any] = {
+        "reason": reason,
+        "error": None,
+        "retry_count": max(0, msg.delivery_count - 1),
+        "first_attempt": iso_utc(attempts[0]) if attempts else None,
+        "last_attempt": iso_utc(attempts[1]) if attempts else None,
+        "original_queue": queue,
+        "original_exchange": msg.exchange,
+        "original_routing_key": msg.routing_key,
+        "consumer_id": msg.owner,
+    }
+    if given:
+        death.update(given)
+    death["reason"] = death.get("reason") or reason
+    death["death_count"] = int(prev.get("death_count", 0)) + 1 if prev else 1
+    path: list[str] = []
+    if prev is not None and prev.get("reason") != "rejected":
+        path = [str(q) for q in prev.get("death_queues", ())]
+    if death["reason"] != "rejected":
+        path.append(queue)
+    death["death_queues"] = path
+    return death
+
+
+def with_death(headers: Mapping[str, Any], death: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(headers)
+    out[DEATH_HEADER] = dict(death)
+    return out
+
+
+def is_cycle(death: Mapping[str, Any], target_queue: str) -> bool:
+    """Would this dead letter return to a queue it died from with no rejection since?"""
+    return target_queue in death.get("death_queues", ())
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayTarget:
+    """Where a dead letter goes back to: a queue, or a topic partition offset (caller's)."""
+
+    queue: str | None
+    routing_key: str
+    exchange: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+def replay_target(headers: Mapping[str, Any]) -> ReplayTarget | None:
+    """Where the dead letter with these headers died; None if it is not a dead letter."""
+    death = previous_death(headers)
+    if death is None:
+        return None
+    if death.get("original_topic"):
+        part = death.get("original_partition")
+        off = death.get("original_offset")
+        return ReplayTarget(
+            None, str(death.get("original_routing_key") or ""), "",
+            str(death["original_topic"]), int(part) if part is not None else None,
+            int(off) if off is not None else None,
+        )
+    queue = death.get("original_queue")
+    if not queue:
+        return None
+    return ReplayTarget(
+        str(queue), str(death.get("original_routing_key") or queue),
+        str(death.get("original_exchange") or ""),
+    )
+
+
+def replayed_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers of a replayed message: no death header, `x-replay-count` + 1."""
+    out = {k: v for k, v in headers.items() if k != DEATH_HEADER}
+    try:
+        count = int(out.get(REPLAY_HEADER, 0))
+    except (TypeError, ValueError):
+        count = 0
+    out[REPLAY_HEADER] = count + 1
+    return out

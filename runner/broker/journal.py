@@ -1,0 +1,275 @@
+"""The queue journal: a durable queue as one SegmentedLog of publishes and settlements.
+
+One log per durable queue (`<data>/queues/<name>/`), three record kinds, told
+apart by the first byte of the key::
+
+    P  publish     key = b"P" + META + 4 strings + headers JSON, value = body,
+                   timestamp = the message's; its offset is the message's uid
+    S  settled     value = int64 uids (acked, dead-lettered, dropped, expired)
+    D  delivered   value = int64 pairs (uid, delivery count so far)
+
+META (`<HIdd`): priority, delivery count at publish, expires_at (wall
+seconds, NaN: none), not_before (wall seconds of a pending retry, 0: none).
+Strings (routing key, exchange, message id, content type) are a uint16
+length then UTF-8; 0xFFFF is None.
+
+Everything a queue operation writes goes out in ONE append at `flush` (group
+commit: a batch publish of N messages is one append and, with
+`fsync=always`, one fsync). Recovery replays the log: P adds, S removes, D
+sets the delivery count; what remains is the queue, in uid order, the
+delivered ones redelivered. Compaction keeps offsets (uids) stable: whole
+segments below the oldest live message are deleted, and closed segments that
+are mostly settled are rewritten with only their live publishes
+(`SegmentedLog.replace_segments`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from array import array
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.broker.message import EMPTY_HEADERS, QueuedMessage
+from runner.clock import Clock, now_ms
+from runner.log.record import Fsync, Item, LogRecord
+from runner.log.segment import SegmentedLog
+
+META = struct.Struct("<HIdd")
+LEN = struct.Struct("<H")
+NONE_LEN = 0xFFFF
+NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
+_READ_BATCH = 2000
+
+
+def _put_str(parts: list[bytes], s: str | None) -> None:
+    if s is None:
+        parts.append(LEN.pack(NONE_LEN))
+    else:
+        b = s.encode()
+        parts.append(LEN.pack(len(b)))
+        parts.append(b)
+
+
+def _get_str(buf: bytes, pos: int) -> tuple[str | None, int]:
+    (n,) = LEN.unpack_from(buf, pos)
+    pos += 2
+    if n == NONE_LEN:
+        return None, pos
+    return buf[pos:pos + n].decode(), pos + n
+
+
+def encode_meta(msg: QueuedMessage, not_before: float = 0.0) -> bytes:
+    parts = [b"P", META.pack(
+        msg.priority & 0xFFFF, msg.delivery_count,
+        math.nan if msg.expires_at is None else msg.expires_at, not_before,
+    )]
+    _put_str(parts, msg.routing_key)
+    _put_str(parts, msg.exchange)
+    props = msg.props
+    _put_str(parts, props[0] if props else None)
+    _put_str(parts, props[1] if props else None)
+    if msg.headers:
+        parts.append(json.dumps(msg.headers, separators=(",", ":"), default=str).encode())
+    return b"".join(parts)
+
+
+def decode_publish(rec: LogRecord, *, keep_body: bool) -> tuple[QueuedMessage, float]:
+    """A P record as a ready message, and its retry due time (0: none)."""
+    key = rec.key or b"P"
+    prio, count, expires, not_before = META.unpack_from(key, 1)
+    pos = 1 + META.size
+    rk, pos = _get_str(key, pos)
+    ex, pos = _get_str(key, pos)
+    mid, pos = _get_str(key, pos)
+    ctype, pos = _get_str(key, pos)
+    headers: Mapping[str, Any] = json.loads(key[pos:]) if pos < len(key) else EMPTY_HEADERS
+    body = rec.value or b""
+    msg = QueuedMessage(
+        rec.offset, body if keep_body else rec.offset, len(body), prio, rk or "", ex or "",
+        headers, (mid, ctype) if mid is not None or ctype is not None else None,
+        rec.timestamp_ms, None if math.isnan(expires) else expires, count,
+    )
+    return msg, not_before
+
+
+class QueueLog:
+    """The journal of one durable queue (implements queue.Journal and queue.Spill)."""
+
+    def __init__(
+        self, directory: Path, *, fsync: Fsync, clock: Clock, segment_bytes: int,
+    ) -> None:
+        self.clock = clock
+        self.log = SegmentedLog(directory, segment_bytes=segment_bytes, fsync=fsync,
+                                clock=clock)
+        self._pending: list[Item] = []
+        self._settled: array[int] = array("q")
+        self._delivered: array[int] = array("q")
+        self.compacted_size = 0
+
+    # ------------------------------------------------------------ writing
+    def reserve(
+        self, msg: QueuedMessage, not_before: float = 0.0, body: bytes | None = None,
+    ) -> int:
+        """Queue a P record for `msg`; returns its offset (the message's uid)."""
+        if body is None:
+            body = msg.body if isinstance(msg.body, bytes) else self.read_body(msg.body)
+        uid = self.log.end_offset + len(self._pending)
+        self._pending.append((encode_meta(msg, not_before), body, NO_HEADERS, msg.timestamp_ms))
+        return uid
+
+    def settle(self, uid: int) -> None:
+        self._settled.append(uid)
+
+    def delivered(self, msg: QueuedMessage) -> None:
+        self._delivered.append(msg.uid)
+        self._delivered.append(msg.delivery_count)
+
+    def flush(self) -> None:
+        """Write everything queued since the last flush as one append."""
+        items = self._pending
+        if not items and not self._settled and not self._delivered:
+            return
+        ts = now_ms(self.clock)
+        if self._settled:
+            items.append((b"S", self._settled.tobytes(), NO_HEADERS, ts))
+            self._settled = array("q")
+        if self._delivered:
+            items.append((b"D", self._delivered.tobytes(), NO_HEADERS, ts))
+            self._delivered = array("q")
+        self._pending = []
+        self.log.append(items)
+
+    # ------------------------------------------------------------ bodies
+    def spill(self, msg: QueuedMessage, body: bytes) -> int:
+        return msg.uid  # the P record holds the body already
+
+    def read_body(self, loc: int) -> bytes:
+        if loc >= self.log.end_offset:
+            self.flush()
+        recs = self.log.read(loc, max_records=1)
+        if not recs or recs[0].offset != loc:
+            raise LookupError(f"queue log {self.log.directory}: no record at offset {loc}")
+        return recs[0].value or b""
+
+    # ------------------------------------------------------------ recovery
+    def records(self) -> Iterator[LogRecord]:
+        off = self.log.start_offset
+        end = self.log.end_offset
+        while off < end:
+            recs = self.log.read(off, max_records=_READ_BATCH, max_bytes=8 << 20)
+            if not recs:
+                break
+            yield from recs
+            off = recs[-1].offset + 1
+
+    def recover(
+        self, *, memory_left: int,
+    ) -> tuple[list[QueuedMessage], list[tuple[float, QueuedMessage]]]:
+        """The live messages (ready, in uid order) and the pending retries (due, msg)."""
+        live: dict[int, tuple[QueuedMessage, float]] = {}
+        for rec in self.records():
+            kind = rec.key[:1] if rec.key else b""
+            if kind == b"P":
+                live[rec.offset] = decode_publish(rec, keep_body=True)
+            elif kind == b"S":
+                uids = array("q")
+                uids.frombytes(rec.value or b"")
+                for uid in uids:
+                    live.pop(uid, None)
+            elif kind == b"D":
+                pairs = array("q")
+                pairs.frombytes(rec.value or b"")
+                for i in range(0, len(pairs) - 1, 2):
+                    found = live.get(pairs[i])
+                    if found is not None:
+                        found[0].delivery_count = pairs[i + 1]
+        ready: list[QueuedMessage] = []
+        delayed: list[tuple[float, QueuedMessage]] = []
+        used = 0
+        for uid in sorted(live):
+            msg, not_before = live[uid]
+            if used + msg.size > memory_left:
+                msg.body = uid  # past the memory budget: read back from the log on delivery
+            else:
+                used += msg.size
+            if not_before:
+                delayed.append((not_before, msg))
+            else:
+                ready.append(msg)
+        self.compacted_size = self.log.size_bytes
+        return ready, delayed
+
+    # ------------------------------------------------------------ compaction
+    def compact(self, live: Mapping[int, QueuedMessage], *, force: bool = False) -> bool:
+        """Drop or rewrite closed segments that hold mostly settled records.
+
+        `live` maps uid -> message for every message the queue still owns.
+        Returns True when something was removed.
+        """
+        log = self.log
+        self.flush()
+        first_live = min(live) if live else log.end_offset
+        changed = log.delete_before(first_live) > 0
+        if not force and log.size_bytes < self.compacted_size + 2 * log.segment_bytes:
+            return changed
+        closed = log.closed_segments()
+        if closed:
+            bases = [s.base for s in closed]
+            log.replace_segments(bases, self._kept(bases, live))
+            changed = True
+        self.compacted_size = log.size_bytes
+        return changed
+
+    def _kept(
+        self, bases: list[int], live: Mapping[int, QueuedMessage],
+    ) -> Iterator[tuple[list[LogRecord], int, int]]:
+        for base in bases:
+            for _header, recs in self.log.scan_segment(base):
+                keep = []
+                for r in recs:
+                    if r.key and r.key[:1] == b"P":
+                        msg = live.get(r.offset)
+                        if msg is not None:
+                            # fold D records into the publish: the count survives them
+                            key = r.key[:1] + META.pack(
+                                *META.unpack_from(r.key, 1)[:1], msg.delivery_count,
+                                *META.unpack_from(r.key, 1)[2:]) + r.key[1 + META.size:]
+                            keep.append(LogRecord(r.offset, r.timestamp_ms, key, r.value,
+                                                  r.headers))
+                if keep:
+                    yield keep, -1, -1
+
+    def sync(self) -> None:
+        self.flush()
+        self.log.sync()
+
+    def close(self) -> None:
+        self.flush()
+        self.log.close()
+
+
+class SpillLog:
+    """Bodies of non-durable messages past the memory budget (no journal, no fsync)."""
+
+    def __init__(self, directory: Path, *, clock: Clock, segment_bytes: int) -> None:
+        self.log = SegmentedLog(directory, segment_bytes=segment_bytes, fsync=Fsync.NEVER,
+                                clock=clock)
+
+    def spill(self, msg: QueuedMessage, body: bytes) -> int:
+        return self.log.append([(None, body, NO_HEADERS, msg.timestamp_ms)])
+
+    def read_body(self, loc: int) -> bytes:
+        recs = self.log.read(loc, max_records=1)
+        if not recs or recs[0].offset != loc:
+            raise LookupError(f"spill log {self.log.directory}: no record at offset {loc}")
+        return recs[0].value or b""
+
+    def trim(self, first_live: int | None) -> None:
+        self.log.delete_before(self.log.end_offset if first_live is None else first_live)
+
+    def close(self) -> None:
+        self.log.close()

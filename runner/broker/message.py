@@ -1,0 +1,119 @@
+"""Messages of the broker: what publishers hand in, what queues hold, what consumers get.
+
+A queued message is a `__slots__` object (about 150 bytes beyond its body)
+because a queue may hold millions; deliveries are NamedTuples (cheap to build,
+immutable, and field-compatible with `runner.engine.QueueDelivery`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+READY = 0
+UNACKED = 1
+DELAYED = 2
+GONE = 3
+
+# bits of a delivery tag kept for the delivery count: tag = uid << 10 | count
+TAG_BITS = 10
+TAG_MASK = (1 << TAG_BITS) - 1
+
+EMPTY_HEADERS: Mapping[str, Any] = {}
+
+
+class Publishable(Protocol):
+    """Anything with the fields of an AMQP basic.publish (engine.OutMessage fits)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+    @property
+    def priority(self) -> int | None: ...
+    @property
+    def ttl_s(self) -> float | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def content_type(self) -> str | None: ...
+
+
+@dataclass(slots=True)
+class Message:
+    """A message to publish (the broker's own Publishable)."""
+
+    body: bytes
+    routing_key: str = ""
+    headers: dict[str, Any] = field(default_factory=dict)
+    priority: int | None = None
+    ttl_s: float | None = None
+    message_id: str | None = None
+    content_type: str | None = None
+
+
+class QueuedMessage:
+    """One message in one queue.
+
+    `uid` orders the queue and identifies the message (for a durable queue it
+    is the log offset of its first publish record); `body` is the bytes, or an
+    int location on disk when the body was spilled past the memory budget.
+    """
+
+    __slots__ = (
+        "uid", "body", "size", "priority", "routing_key", "exchange", "headers", "props",
+        "timestamp_ms", "expires_at", "delivery_count", "state", "owner", "attempts",
+    )
+
+    def __init__(
+        self, uid: int, body: bytes | int, size: int, priority: int, routing_key: str,
+        exchange: str, headers: Mapping[str, Any], props: tuple[str | None, str | None] | None,
+        timestamp_ms: int, expires_at: float | None, delivery_count: int = 0,
+    ) -> None:
+        self.uid = uid
+        self.body = body
+        self.size = size
+        self.priority = priority
+        self.routing_key = routing_key
+        self.exchange = exchange
+        self.headers = headers
+        self.props = props  # (message_id, content_type), None when both are
+        self.timestamp_ms = timestamp_ms
+        self.expires_at = expires_at  # wall-clock seconds
+        self.delivery_count = delivery_count
+        self.state = READY
+        self.owner: str | None = None  # consumer id while unacked
+        self.attempts: tuple[float, float] | None = None  # first / last delivery (wall)
+
+    @property
+    def message_id(self) -> str | None:
+        return self.props[0] if self.props else None
+
+    @property
+    def content_type(self) -> str | None:
+        return self.props[1] if self.props else None
+
+
+class Delivery(NamedTuple):
+    """A message handed to a consumer; settle it by `delivery_id`."""
+
+    queue: str
+    delivery_id: int
+    body: bytes
+    headers: Mapping[str, Any]
+    routing_key: str
+    exchange: str
+    priority: int
+    redelivered: bool
+    delivery_count: int
+    message_id: str | None
+    timestamp_ms: int
+    content_type: str | None
+
+
+def tag_uid(tag: int) -> int:
+    """The message uid inside a delivery tag."""
+    return tag >> TAG_BITS
