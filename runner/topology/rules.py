@@ -64,9 +64,11 @@ class Index:
         message: str,
         *,
         fallback: Position = NOWHERE,
+        entity: bool = False,
     ) -> Problem:
-        """A problem at `path`: its own position, else the entity's, else an ancestor's."""
-        pos = self.topology.positions.get(path)
+        """A problem at `path`: its value's position, else `fallback` (the entity's
+        name), else an ancestor's. `entity=True` prefers the entity's name."""
+        pos = None if entity else self.topology.positions.get(path)
         if pos is None:
             pos = fallback if fallback != NOWHERE else self.topology.position(path)
         return Problem(pos.file, pos.line, pos.column, path, rule, severity, message)
@@ -302,7 +304,10 @@ def unreachable_internal(idx: Index) -> Iterator[Problem]:
 def overflow_dlx(idx: Index) -> Iterator[Problem]:
     for name, q in idx.queues.items():
         if q.overflow is Overflow.REJECT_PUBLISH_DLX and q.dead_letter is None:
-            message = f'overflow "reject-publish-dlx" on queue "{name}" needs dead_letter'
+            message = (
+                f'overflow "reject-publish-dlx" on queue "{name}" needs a dead_letter exchange '
+                "to send refused messages to"
+            )
             yield idx.problem(
                 f"queues.{name}.overflow", "overflow-dlx", ERROR, message, fallback=q.pos
             )
@@ -614,7 +619,9 @@ def dropped_failures(idx: Index) -> Iterator[Problem]:
             f'failures of consumer "{name}" would be dropped: it has no dlq_policy and '
             f'queue "{c.queue}" has no dead_letter'
         )
-        yield idx.problem(f"consumers.{name}", "dropped-failures", WARNING, message, fallback=c.pos)
+        yield idx.problem(
+            f"consumers.{name}", "dropped-failures", WARNING, message, fallback=c.pos, entity=True
+        )
 
 
 def _readers(idx: Index) -> Iterator[tuple[str, str, str | None, Delivery, tuple[str, ...]]]:
