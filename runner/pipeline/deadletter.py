@@ -23,11 +23,13 @@ REPLAY_COUNT_HEADER = "x-replay-count"
 
 
 def iso_utc(ts: float | None) -> str | None:
-    """Seconds since the epoch as ISO 8601 UTC with a `Z` (None stays None)."""
+    """Seconds since the epoch as ISO 8601 UTC, `Z`, milliseconds when not whole."""
     if ts is None:
         return None
-    text = datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    if dt.microsecond // 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def error_type(exc: BaseException) -> str:

@@ -31,7 +31,6 @@ from runner.topology.model import Consumer, Delivery, Topology
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN_S = 30.0
-_ATTEMPTS_KEPT = 100_000
 
 
 class QueueWorker(Worker):
@@ -55,8 +54,6 @@ class QueueWorker(Worker):
         self.buffer: asyncio.Queue[QueueDelivery] = asyncio.Queue()
         self.outstanding = 0  # leased by us: buffered + in flight
         self.puller_id = f"{consumer.name}@{env.hostname}"
-        # message identity -> epoch seconds of its first failed attempt
-        self.first_attempts: dict[tuple[str, Any], float] = {}
 
     def start(self) -> None:
         self.tasks.append(asyncio.create_task(self._pull(), name=f"pull:{self.name}"))
@@ -113,9 +110,6 @@ class QueueWorker(Worker):
                 self.wake.set()
 
     # ---------------------------------------------------------------- one message
-    def _identity(self, d: QueueDelivery) -> tuple[str, Any]:
-        return (self.queue, d.message_id or d.delivery_id)
-
     async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
         engine = self.env.engine
         msg = QueueMessage.from_delivery(d)
@@ -136,7 +130,6 @@ class QueueWorker(Worker):
                 self.counters.error(error_type(send_exc))
             else:
                 self.counters.succeeded += 1
-                self.first_attempts.pop(self._identity(d), None)
                 return
         self._fail(d, msg, exc, consumer_id)
 
@@ -158,22 +151,22 @@ class QueueWorker(Worker):
                             self.name, d.delivery_id)
 
     def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
-        now = self.env.clock.time()
-        ident = self._identity(d)
-        first = self.first_attempts.setdefault(ident, now)
-        if len(self.first_attempts) > _ATTEMPTS_KEPT:
-            self.first_attempts.pop(next(iter(self.first_attempts)))
         failures = d.delivery_count if self.delivery is not Delivery.AT_MOST_ONCE else 1
         decision = self.retrier.decide(exc, failures)
         if decision.retry:
             self.counters.retries += 1
             self.env.engine.retry_later(self.queue, d.delivery_id, decision.delay_s)
             return
-        self.first_attempts.pop(ident, None)
+        now = self.env.clock.time()
         death = build_death(
-            msg, exc, retry_count=failures - 1, first_attempt=first, last_attempt=now,
+            msg, exc, retry_count=failures - 1, first_attempt=now, last_attempt=now,
             consumer_id=consumer_id,
         )
+        if self.delivery is not Delivery.AT_MOST_ONCE:
+            # the broker tracks each message's first and last delivery across
+            # retries and restarts, and counts its deaths: let it fill those
+            for name in ("first_attempt", "last_attempt", "death_count"):
+                del death[name]
         self._dead_letter(d, msg, death)
 
     def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any]) -> None:
