@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 from runner.topology.model import (
     Alert,
@@ -44,8 +44,6 @@ from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument
 from runner.topology.units import parse_duration, parse_size
 
-T = TypeVar("T")
-
 DEFAULT_RETENTION = "7d"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -62,15 +60,6 @@ _KIND = {
 }
 
 
-class _Invalid(Exception):
-    """A value the schema let through but that does not resolve (reported, not raised)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
-
-
 class _Builder:
     def __init__(self, documents: Sequence[SourceDocument]) -> None:
         self.documents = documents
@@ -79,6 +68,8 @@ class _Builder:
         self.doc: SourceDocument = documents[0]
         # namespace -> name -> (kind, position)
         self.names: dict[str, dict[str, tuple[str, Position]]] = {}
+        # section -> [(name, entity)] in document order
+        self.built: dict[str, list[tuple[str, Any]]] = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -98,16 +89,23 @@ class _Builder:
         return found if found is not None else self.pos(path)
 
     def duration(self, path: str, value: Any, *, allow_forever: bool = False) -> float | None:
+        """Seconds of a duration; reports an error (and gives 0) when it does not parse."""
         try:
             return parse_duration(value, allow_forever=allow_forever)
         except ValueError as exc:
-            raise _Invalid(path, f"{_field(path)}: {exc}") from None
+            self.invalid(path, f"{_field(path)}: {exc}")
+            return 0.0
 
     def size(self, path: str, value: Any, *, allow_unlimited: bool = False) -> int | None:
+        """Bytes of a size; reports an error (and gives 0) when it does not parse."""
         try:
             return parse_size(value, allow_unlimited=allow_unlimited)
         except ValueError as exc:
-            raise _Invalid(path, f"{_field(path)}: {exc}") from None
+            self.invalid(path, f"{_field(path)}: {exc}")
+            return 0
+
+    def invalid(self, path: str, message: str) -> None:
+        self.error(path, "invalid-value", message, self.value_pos(path))
 
     def claim(self, namespace: str, kind: str, name: str, path: str) -> bool:
         """Register a name; report reserved and duplicate names. False when refused."""
@@ -144,23 +142,15 @@ class _Builder:
         taken[name] = (kind, here)
         return ok
 
-    def entities(
-        self, section: str, namespace: str, make: Callable[[str, str, dict[str, Any]], T]
-    ) -> list[tuple[str, T]]:
-        out: list[tuple[str, T]] = []
-        for doc in self.documents:
-            self.doc = doc
-            entries = doc.data.get(section) or {}
-            for name, spec in entries.items():
-                path = f"{section}.{name}"
-                if not self.claim(namespace, _KIND[section], name, path):
-                    continue
-                try:
-                    out.append((name, make(name, path, spec or {})))
-                except _Invalid as exc:
-                    self.error(exc.path, "invalid-value", exc.message, self.value_pos(exc.path))
-        out.sort(key=lambda pair: pair[0])
-        return out
+    def entities(self, section: str, make: Callable[[str, str, dict[str, Any]], Any]) -> None:
+        """Build one section of the current document into `self.built[section]`."""
+        namespace = "destinations" if section in ("topics", "queues") else section
+        out = self.built.setdefault(section, [])
+        for name, spec in (self.doc.data.get(section) or {}).items():
+            path = f"{section}.{name}"
+            if not self.claim(namespace, _KIND[section], name, path):
+                continue
+            out.append((name, make(name, path, spec or {})))
 
     # ------------------------------------------------------------ entities
 
@@ -198,8 +188,11 @@ class _Builder:
 
     def _positive_size(self, path: str, value: Any) -> int:
         size = self.size(path, value)
+        if size == 0 and self.problems and self.problems[-1].path == path:
+            return 1  # already reported as unparsable
         if size is None or size < 1:
-            raise _Invalid(path, f"{_field(path)} must be at least 1 byte; got {value!r}")
+            self.invalid(path, f"{_field(path)} must be at least 1 byte; got {value!r}")
+            return 1
         return size
 
     def exchange(self, name: str, path: str, spec: dict[str, Any]) -> Exchange:
@@ -343,37 +336,43 @@ class _Builder:
                     "the files of one topology share one name",
                     here,
                 )
-        topics = self.entities("topics", "destinations", self.topic)
-        queues = self.entities("queues", "destinations", self.queue)
-        exchanges = self.entities("exchanges", "exchanges", self.exchange)
-        policies = self.entities("dlq_policies", "dlq_policies", self.policy)
-        groups = self.entities("consumer_groups", "consumer_groups", self.group)
-        consumers = self.entities("consumers", "consumers", self.consumer)
+        makers: dict[str, Callable[[str, str, dict[str, Any]], Any]] = {
+            "topics": self.topic,
+            "queues": self.queue,
+            "exchanges": self.exchange,
+            "dlq_policies": self.policy,
+            "consumer_groups": self.group,
+            "consumers": self.consumer,
+        }
         bindings: list[Binding] = []
         for doc in self.documents:
             self.doc = doc
             offset = len(bindings)
+            for section in doc.data:  # in the file's order, so "first" means first read
+                make = makers.get(section)
+                if make is not None:
+                    self.entities(section, make)
             for index, spec in enumerate(doc.data.get("bindings") or ()):
-                try:
-                    bindings.append(self.binding(f"bindings[{index}]", spec))
-                except _Invalid as exc:
-                    self.error(exc.path, "invalid-value", exc.message, self.value_pos(exc.path))
+                bindings.append(self.binding(f"bindings[{index}]", spec))
             self._merge_positions(doc, offset)
         if any(p.is_error for p in self.problems):
             return None
         return Topology(
             version=1,
             name=name,
-            topics=tuple(topics),
-            exchanges=tuple(exchanges),
-            queues=tuple(queues),
+            topics=self.sorted("topics"),
+            exchanges=self.sorted("exchanges"),
+            queues=self.sorted("queues"),
             bindings=tuple(bindings),
-            dlq_policies=tuple(policies),
-            consumer_groups=tuple(groups),
-            consumers=tuple(consumers),
+            dlq_policies=self.sorted("dlq_policies"),
+            consumer_groups=self.sorted("consumer_groups"),
+            consumers=self.sorted("consumers"),
             positions=MappingProxyType(self.positions),
             files=tuple(doc.file for doc in self.documents),
         )
+
+    def sorted(self, section: str) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted(self.built.get(section, ()), key=lambda pair: str(pair[0])))
 
     def _merge_positions(self, doc: SourceDocument, binding_offset: int) -> None:
         if binding_offset == 0:

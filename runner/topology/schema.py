@@ -22,10 +22,18 @@ from jsonschema.exceptions import ValidationError
 
 from runner.topology.model import Position
 from runner.topology.problems import Problem, Severity
-from runner.topology.source import SourceDocument
-from runner.topology.units import DURATION_EXAMPLES, SIZE_UNITS_TEXT, suggest_duration
+from runner.topology.source import SourceDocument, core_scalar
+from runner.topology.units import DURATION_EXAMPLES, suggest_duration
 
 _SECTIONS = ("topics", "exchanges", "queues", "dlq_policies", "consumer_groups", "consumers")
+_SECTION_KINDS = {
+    "topics": "topic",
+    "exchanges": "exchange",
+    "queues": "queue",
+    "dlq_policies": "dlq_policy",
+    "consumer_groups": "consumer group",
+    "consumers": "consumer",
+}
 _JSON_TYPES = {
     "object": "a mapping",
     "array": "a list",
@@ -85,8 +93,9 @@ def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
         chosen = _branch_for(branches, instance)
         if chosen is not None:
             inner = [e for e in error.context or () if e.relative_schema_path[0] == chosen]
+            for sub in inner:
+                yield from _explain(sub, doc)
             if inner:
-                yield from _explain(min(inner, key=_depth_first), doc)
                 return
         yield (path, "value"), _at(doc, path, _describe_branches(path, error, instance))
         return
@@ -114,8 +123,11 @@ def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
             message = f'missing required key "{key}" in {where}'
             yield (f"{path}.{key}", "required"), _at(doc, path, message, rule="missing-key")
         return
-    if keyword == "propertyNames":
-        yield (path, "name"), _at(doc, path, _bad_name(instance))
+    if "propertyNames" in error.relative_schema_path and isinstance(instance, str):
+        child = f"{path}.{instance}" if path else instance
+        kind = _SECTION_KINDS.get(path, "")
+        message = _bad_name(instance, kind)
+        yield (child, "name"), _at(doc, child, message, rule="invalid-name", key=True)
         return
     yield (path, "value"), _at(doc, path, _value_message(path, error))
 
@@ -139,8 +151,8 @@ def _value_message(path: str, error: ValidationError) -> str:
     if title in ("size", "size-or-unlimited") and keyword in ("type", "pattern"):
         unlimited = ' or "unlimited"' if title == "size-or-unlimited" else ""
         return (
-            f"{label} must be a size: a number of bytes or a number with a unit "
-            f"({SIZE_UNITS_TEXT}){unlimited}; got {_show(value)}"
+            f'{label} must be a size in bytes or with a unit, e.g. "64MiB" or "1GB" '
+            f"(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB){unlimited}; got {_show(value)}"
         )
     if title == "name" and keyword in ("pattern", "type"):
         return f"{label}: {_bad_name(value)}"
@@ -156,8 +168,11 @@ def _value_message(path: str, error: ValidationError) -> str:
         types = expected if isinstance(expected, list) else [expected]
         if "integer" in types and isinstance(value, float):
             return f"{label}: expected a whole number, got {_number(value)}"
-        wanted = " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in types if t != "null")
-        return f"{label}: expected {wanted}, got {_show(value)}"
+        names = [_JSON_TYPES.get(str(t), str(t)) for t in types if t != "null"]
+        if len(names) > 1:
+            names = ["a boolean" if n == "true or false" else n for n in names]
+        wanted = _or_list(names)
+        return f"{label}: expected {wanted}, got {_show(value)}{_type_hint(types, value)}"
     if keyword == "enum":
         options = ", ".join(str(v) for v in rule_value)
         message = f"{label} must be one of {options}; got {_short(value)}"
@@ -181,7 +196,8 @@ def _value_message(path: str, error: ValidationError) -> str:
             else (f"{label} needs at least {rule_value} items")
         )
     if keyword == "uniqueItems":
-        return f"{label} lists the same value twice"
+        twice = _first_repeat(value)
+        return f"{label} lists {_short(twice)} twice"
     if keyword == "maxLength":
         return f"{label} is longer than {rule_value} characters"
     if keyword == "minLength":
@@ -189,6 +205,28 @@ def _value_message(path: str, error: ValidationError) -> str:
     if keyword == "pattern":
         return f"{label} has an invalid value {_show(value)}"
     return f"{label}: {error.message}"  # pragma: no cover - every keyword we use is handled above
+
+
+def _type_hint(types: list[Any], value: Any) -> str:
+    """Why a value that looks right has the wrong type (YAML 1.2 typing, quotes)."""
+    if not isinstance(value, str):
+        return ""
+    if "boolean" in types and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+        return " (only true and false are booleans)"
+    if "boolean" in types and value in ("true", "false"):
+        return " (quoted values stay strings; remove the quotes)"
+    if ("integer" in types or "number" in types) and not isinstance(core_scalar(value), str):
+        return " (quoted values stay strings; remove the quotes)"
+    return ""
+
+
+def _first_repeat(values: Any) -> Any:
+    seen: list[Any] = []
+    for item in values if isinstance(values, list) else ():
+        if item in seen:
+            return item
+        seen.append(item)
+    return None  # pragma: no cover - uniqueItems only fails with a repeat
 
 
 def _exclusive_keys(branches: list[Any]) -> list[str] | None:
@@ -234,10 +272,6 @@ def _describe_branches(path: str, error: ValidationError, instance: Any) -> str:
             f"{{initial, multiplier, max, jitter}}; got {_show(instance)}"
         )
     return f"{label} has an invalid value {_show(instance)}"  # pragma: no cover
-
-
-def _depth_first(error: ValidationError) -> int:
-    return -len(error.absolute_path)
 
 
 # ---------------------------------------------------------------- wording helpers
@@ -297,21 +331,24 @@ def _entity(path: str) -> str:
     return path
 
 
-def _bad_name(value: Any) -> str:
+def _bad_name(value: Any, kind: str = "") -> str:
+    what = f"{kind} name" if kind else "name"
     if not isinstance(value, str):
-        return f"a name must be a string, got {_show(value)}"
+        return f"a {what} must be a string, got {_show(value)}"
     if not value:
-        return "a name must not be empty"
+        return f"a {what} must not be empty"
     if len(value) > 249:
-        return f"name is {len(value)} characters long; the limit is 249"
+        return f"{what} is {len(value)} characters long; the limit is 249"
     return (
-        f"invalid name {_show(value)}: use only letters, digits, '.', '_' and '-' "
+        f"invalid {what} {_short(value)}: use only letters, digits, '.', '_' and '-' "
         "(1 to 249 characters)"
     )
 
 
 def _or_list(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+    if len(items) <= 2:
+        return " or ".join(items)
+    return ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def _json_type(value: Any) -> str:
@@ -338,7 +375,7 @@ def _number(value: Any) -> str:
 
 def _short(value: Any) -> str:
     if isinstance(value, str):
-        return json.dumps(value if len(value) <= 60 else value[:57] + "...")
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
     return _show(value)
 
 

@@ -177,7 +177,7 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
             if loader.check_node():
                 second = loader.get_node()
                 mark = second.start_mark if second is not None else None
-                line = mark.line + 1 if mark is not None else 0
+                line = _document_start(text, mark.line) + 1 if mark is not None else 0
                 message = (
                     "file holds more than one YAML document (`---`); "
                     "a topology file holds exactly one"
@@ -393,6 +393,15 @@ def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
     return _problem(file, line, column, "", "yaml-syntax", message)
 
 
+def _document_start(text: str, node_line: int) -> int:
+    """The 0-based line of the `---` that opens the document holding `node_line`."""
+    lines = text.split("\n", node_line + 1)[: node_line + 1]
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("---"):
+            return index
+    return node_line
+
+
 def _tag_message(tag: str) -> str:
     return f"tag {_tag_name(tag)} is not allowed: tags are never executed or constructed"
 
@@ -403,8 +412,9 @@ def _tag_name(tag: str) -> str:
     return tag
 
 
-def _char_name(char: str) -> str:
-    return f"#x{ord(char):04x}" if char else "?"
+def _char_name(char: str | int) -> str:
+    code = char if isinstance(char, int) else ord(char[:1] or "?")
+    return f"#x{code:04x}"
 
 
 def _kind(value: Any) -> str:

@@ -62,7 +62,7 @@ def parse_duration(text: str, *, allow_forever: bool = False) -> float | None:
             return None
         raise ValueError('"forever" is not allowed here; give a duration such as "30s"')
     if not _DURATION.fullmatch(text):
-        raise ValueError(f"invalid duration {text!r}; use a number and a unit: {DURATION_EXAMPLES}")
+        raise ValueError(f'invalid duration "{text}"; use a number and a unit: {DURATION_EXAMPLES}')
     total = sum(
         (Fraction(num) * _DURATION_UNITS[unit] for num, unit in _DURATION_PART.findall(text)),
         Fraction(0),
@@ -93,11 +93,11 @@ def parse_size(value: int | str, *, allow_unlimited: bool = False) -> int | None
     match = _SIZE.fullmatch(value)
     if match is None:
         raise ValueError(
-            f"invalid size {value!r}; use bytes or a number with a unit: {SIZE_UNITS_TEXT}"
+            f'invalid size "{value}"; use bytes or a number with a unit: {SIZE_UNITS_TEXT}'
         )
     exact = Fraction(match.group(1)) * _SIZE_UNITS[match.group(2)]
     if exact.denominator != 1:
-        raise ValueError(f"size {value!r} is not a whole number of bytes ({float(exact)})")
+        raise ValueError(f'size "{value}" is not a whole number of bytes ({float(exact)})')
     return int(exact)
 
 
