@@ -57,10 +57,11 @@ class _Node:
 class TopicTrie:
     """Binding patterns of one topic exchange as a trie over words."""
 
-    __slots__ = ("_root",)
+    __slots__ = ("_root", "_order")
 
     def __init__(self) -> None:
         self._root = _Node()
+        self._order: dict[Dest, int] = {}
 
     def add(self, pattern: str, dest: Dest) -> None:
         node = self._root
@@ -76,6 +77,7 @@ class TopicTrie:
                 if nxt is None:
                     nxt = node.children[word] = _Node()
                 node = nxt
+        self._order.setdefault(dest, len(self._order))
         if dest not in node.dests:
             node.dests.append(dest)
 
@@ -83,7 +85,9 @@ class TopicTrie:
         """Destinations whose pattern matches `key`, each once, in binding order."""
         found: dict[Dest, None] = {}
         self._walk(self._root, topic_words(key), 0, found, set())
-        return list(found)
+        if len(found) < 2:
+            return list(found)
+        return sorted(found, key=self._order.__getitem__)
 
     def _walk(
         self, node: _Node, words: list[str], i: int, found: dict[Dest, None],
