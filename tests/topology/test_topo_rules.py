@@ -1,0 +1,684 @@
+"""Semantic rules: one test per rule through the real loader, plus the matchers and cycles."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runner.topology.load import load_text
+from runner.topology.model import (
+    Binding,
+    DeadLetter,
+    Exchange,
+    ExchangeType,
+    HeadersMatch,
+    Queue,
+    Topology,
+)
+from runner.topology.rules import (
+    RULES,
+    Index,
+    check,
+    find_cycles,
+    topic_matches,
+    topic_pattern_error,
+)
+
+FILE = "shop.yaml"
+
+
+def found(yaml_text: str) -> list[tuple[str, int, int, str, str, str, str]]:
+    """(file, line, column, path, rule, severity, message) of every problem."""
+    result = load_text(textwrap.dedent(yaml_text), filename=FILE)
+    return [
+        (p.file, p.line, p.column, p.path, p.rule, p.severity.value, p.message)
+        for p in result.problems
+    ]
+
+
+def topo(**kw: object) -> Topology:
+    data: dict[str, object] = {}
+    for key, values in kw.items():
+        if key == "bindings":
+            data[key] = tuple(values)  # type: ignore[call-overload]
+        else:
+            data[key] = tuple((v.name, v) for v in values)  # type: ignore[attr-defined]
+    return Topology(**data)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- one test per rule
+
+
+def test_rule_ids_are_unique_and_documented() -> None:
+    ids = [r.id for r in RULES]
+    assert len(ids) == len(set(ids)) == 12
+    import runner.topology.rules as module
+
+    for rule_id in ids:
+        assert rule_id in (module.__doc__ or "")
+
+
+def test_missing_binding_source_suggests_the_close_name() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          orders: {type: topic}
+        queues:
+          email_queue: {}
+        bindings:
+          - exchange: order
+            queue: email_queue
+        """) == [
+        (
+            FILE,
+            7,
+            15,
+            "bindings[0].exchange",
+            "missing-reference",
+            "error",
+            'binding source exchange "order" does not exist; did you mean "orders"?',
+        ),
+    ]
+
+
+def test_missing_destinations_of_every_kind() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          orders: {type: direct}
+        queues:
+          audit: {}
+        topics:
+          events: {}
+        bindings:
+          - {exchange: orders, queue: nothing-like-it}
+          - {exchange: orders, topic: audit}
+          - {exchange: orders, queue: events}
+          - {exchange: orders, to_exchange: order}
+        """) == [
+        (
+            FILE,
+            9,
+            31,
+            "bindings[0].queue",
+            "missing-reference",
+            "error",
+            'binding destination queue "nothing-like-it" does not exist',
+        ),
+        (
+            FILE,
+            10,
+            31,
+            "bindings[1].topic",
+            "missing-reference",
+            "error",
+            'binding destination topic "audit" does not exist; "audit" is a queue: '
+            'write "queue: audit"',
+        ),
+        (
+            FILE,
+            11,
+            31,
+            "bindings[2].queue",
+            "missing-reference",
+            "error",
+            'binding destination queue "events" does not exist; "events" is a topic: '
+            'write "topic: events"',
+        ),
+        (
+            FILE,
+            12,
+            37,
+            "bindings[3].to_exchange",
+            "missing-reference",
+            "error",
+            'binding destination exchange "order" does not exist; did you mean "orders"?',
+        ),
+    ]
+
+
+def test_missing_queue_side_references() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          dlx: {type: fanout}
+          main: {type: direct, alternate_exchange: dlq}
+        queues:
+          jobs:
+            dead_letter: {exchange: dlz}
+        """) == [
+        (
+            FILE,
+            4,
+            44,
+            "exchanges.main.alternate_exchange",
+            "missing-reference",
+            "error",
+            'alternate exchange "dlq" of exchange "main" does not exist; did you mean "dlx"?',
+        ),
+        (
+            FILE,
+            7,
+            29,
+            "queues.jobs.dead_letter.exchange",
+            "missing-reference",
+            "error",
+            'dead-letter exchange "dlz" of queue "jobs" does not exist; did you mean "dlx"?',
+        ),
+    ]
+
+
+def test_missing_consumer_side_references() -> None:
+    assert found("""\
+        version: 1
+        topics:
+          order-events: {partitions: 2}
+        queues:
+          jobs.dlq: {}
+        dlq_policies:
+          standard: {dead_letter_queue: jobs.dlk}
+        consumer_groups:
+          g: {topics: [order-events, order-event], handler: "m:f", dlq_policy: standart}
+        consumers:
+          c: {queue: job, handler: "m:f", dlq_policy: standard}
+        """) == [
+        (
+            FILE,
+            7,
+            33,
+            "dlq_policies.standard.dead_letter_queue",
+            "missing-reference",
+            "error",
+            'dead-letter queue "jobs.dlk" of dlq_policy "standard" is neither a queue nor a topic; '
+            'did you mean "jobs.dlq"?',
+        ),
+        (
+            FILE,
+            9,
+            30,
+            "consumer_groups.g.topics[1]",
+            "missing-reference",
+            "error",
+            'topic "order-event" of consumer group "g" does not exist; '
+            'did you mean "order-events"?',
+        ),
+        (
+            FILE,
+            9,
+            72,
+            "consumer_groups.g.dlq_policy",
+            "missing-reference",
+            "error",
+            'dlq_policy "standart" of consumer group "g" does not exist; did you mean "standard"?',
+        ),
+        (
+            FILE,
+            11,
+            14,
+            "consumers.c.queue",
+            "missing-reference",
+            "error",
+            'queue "job" of consumer "c" does not exist',
+        ),
+    ]
+
+
+def test_invalid_topic_pattern() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          orders: {type: topic}
+        topics:
+          t: {}
+        bindings:
+          - {exchange: orders, topic: t, routing_key: "orders.#x"}
+        """) == [
+        (
+            FILE,
+            7,
+            47,
+            "bindings[0].routing_key",
+            "topic-pattern",
+            "error",
+            'routing key "orders.#x" is not a valid topic pattern: '
+            'word "#x" mixes a wildcard with other characters',
+        ),
+    ]
+
+
+def test_headers_option_on_a_direct_exchange() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          docs: {type: direct}
+        topics:
+          t: {}
+        bindings:
+          - {exchange: docs, topic: t, headers: {a: b}}
+        """) == [
+        (
+            FILE,
+            7,
+            32,
+            "bindings[0].headers",
+            "headers-option",
+            "error",
+            '"headers" only applies to headers exchanges; exchange "docs" is of type direct',
+        ),
+    ]
+
+
+def test_reject_publish_dlx_without_dead_letter() -> None:
+    assert found("""\
+        version: 1
+        queues:
+          q:
+            overflow: reject-publish-dlx
+        """) == [
+        (
+            FILE,
+            4,
+            15,
+            "queues.q.overflow",
+            "overflow-dlx",
+            "error",
+            'overflow "reject-publish-dlx" on queue "q" needs a dead_letter exchange '
+            "to send refused messages to",
+        ),
+    ]
+
+
+def test_certain_dead_letter_cycle_is_an_error() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          dlx: {type: fanout}
+        queues:
+          a:
+            dead_letter: {exchange: dlx}
+        bindings:
+          - {exchange: dlx, queue: a}
+        """) == [
+        (
+            FILE,
+            6,
+            29,
+            "queues.a.dead_letter.exchange",
+            "dlx-cycle",
+            "error",
+            'dead-letter cycle: queue "a" -> exchange "dlx" -> queue "a"; messages would loop '
+            "forever (a message_ttl on a queue of the cycle makes it a deliberate delay loop)",
+        ),
+    ]
+
+
+def test_key_dependent_dead_letter_cycle_is_a_warning() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          main: {type: direct}
+        queues:
+          a:
+            dead_letter: {exchange: main}
+        bindings:
+          - {exchange: main, queue: a, routing_key: retry}
+        """) == [
+        (
+            FILE,
+            6,
+            29,
+            "queues.a.dead_letter.exchange",
+            "dlx-cycle",
+            "warning",
+            "possible dead-letter cycle, depending on the routing key: "
+            'queue "a" -> exchange "main" -> queue "a"',
+        ),
+    ]
+
+
+def test_dead_letter_cycle_through_a_ttl_queue_is_allowed() -> None:
+    assert (
+        found("""\
+        version: 1
+        exchanges:
+          dlx: {type: fanout}
+        queues:
+          a:
+            message_ttl: 10s
+            dead_letter: {exchange: dlx}
+        bindings:
+          - {exchange: dlx, queue: a}
+        """)
+        == []
+    )
+
+
+def test_routing_key_on_fanout_binding_is_ignored() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          news: {type: fanout}
+        topics:
+          t: {}
+        bindings:
+          - {exchange: news, topic: t, routing_key: sport}
+        """) == [
+        (
+            FILE,
+            7,
+            45,
+            "bindings[0].routing_key",
+            "ignored-routing-key",
+            "warning",
+            'routing key "sport" is ignored: exchange "news" is of type fanout',
+        ),
+    ]
+
+
+def test_max_priority_above_ten() -> None:
+    assert found("""\
+        version: 1
+        queues:
+          q: {max_priority: 11}
+        """) == [
+        (
+            FILE,
+            3,
+            21,
+            "queues.q.max_priority",
+            "priority-levels",
+            "warning",
+            'max_priority 11 on queue "q" is above 10; each level costs memory and few publishers '
+            "need more than 10",
+        ),
+    ]
+
+
+def test_more_instances_than_the_smallest_topic_has_partitions() -> None:
+    assert found("""\
+        version: 1
+        topics:
+          a: {partitions: 3}
+          b: {partitions: 1}
+        consumer_groups:
+          g: {topics: [a, b], instances: 2}
+          h: {topics: [a], instances: 3}
+        """) == [
+        (
+            FILE,
+            6,
+            34,
+            "consumer_groups.g.instances",
+            "idle-instances",
+            "warning",
+            'consumer group "g" has 2 instances but topic "b" has 1 partition; '
+            "1 instance would stay idle",
+        ),
+    ]
+
+
+def test_consumer_whose_failures_would_be_dropped() -> None:
+    assert found("""\
+        version: 1
+        queues:
+          q: {}
+        consumers:
+          worker:
+            queue: q
+            handler: "m:f"
+        """) == [
+        (
+            FILE,
+            5,
+            3,
+            "consumers.worker",
+            "dropped-failures",
+            "warning",
+            'failures of consumer "worker" would be dropped: it has no dlq_policy and queue "q" '
+            "has no dead_letter",
+        ),
+    ]
+
+
+def test_retries_under_at_most_once() -> None:
+    assert found("""\
+        version: 1
+        queues:
+          q: {}
+          q.dlq: {}
+        dlq_policies:
+          p: {max_retries: 2, dead_letter_queue: q.dlq}
+          none: {max_retries: 0, dead_letter_queue: q.dlq}
+        consumers:
+          c: {queue: q, handler: "m:f", delivery: at-most-once, dlq_policy: p}
+          d: {queue: q, handler: "m:f", delivery: at-most-once, dlq_policy: none}
+        """) == [
+        (
+            FILE,
+            9,
+            69,
+            "consumers.c.dlq_policy",
+            "at-most-once-retries",
+            "warning",
+            'dlq_policy "p" retries 2 times but consumer "c" is at-most-once: nothing is retried, '
+            "failures go straight to the DLQ",
+        ),
+    ]
+
+
+def test_dlq_that_feeds_the_consumer_back() -> None:
+    assert found("""\
+        version: 1
+        topics:
+          t: {}
+        dlq_policies:
+          p: {dead_letter_queue: t}
+        consumer_groups:
+          g: {topic: t, handler: "m:f", dlq_policy: p}
+        """) == [
+        (
+            FILE,
+            7,
+            45,
+            "consumer_groups.g.dlq_policy",
+            "dlq-loop",
+            "warning",
+            'dlq_policy "p" sends the failures of consumer group "g" back to "t", which it reads: '
+            "they would be handled again",
+        ),
+    ]
+
+
+def test_internal_exchange_nothing_publishes_to() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          hidden: {type: fanout, internal: true}
+          front: {type: fanout}
+          fed: {type: fanout, internal: true}
+        bindings:
+          - {exchange: front, to_exchange: fed}
+        """) == [
+        (
+            FILE,
+            3,
+            36,
+            "exchanges.hidden.internal",
+            "unreachable-internal",
+            "warning",
+            'internal exchange "hidden" receives nothing: no exchange binds to it and it is no '
+            "alternate or dead-letter exchange",
+        ),
+    ]
+
+
+def test_directory_topology_positions_point_into_the_right_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from runner.topology.load import load
+
+    root = Path(str(tmp_path))
+    (root / "a.yaml").write_text("version: 1\nexchanges:\n  orders: {type: direct}\n")
+    (root / "b.yaml").write_text(
+        "version: 1\nqueues:\n  q: {dead_letter: {exchange: dlx}}\n"
+        "bindings:\n  - {exchange: orders, queue: q}\n  - {exchange: ordres, queue: q}\n"
+    )
+    problems = load(str(root)).problems
+    assert [(p.file, p.line, p.column, p.path, p.message) for p in problems] == [
+        (
+            str(root / "b.yaml"),
+            3,
+            31,
+            "queues.q.dead_letter.exchange",
+            'dead-letter exchange "dlx" of queue "q" does not exist',
+        ),
+        (
+            str(root / "b.yaml"),
+            6,
+            16,
+            "bindings[1].exchange",
+            'binding source exchange "ordres" does not exist; did you mean "orders"?',
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- topic patterns
+
+
+def test_topic_pattern_errors() -> None:
+    assert topic_pattern_error("orders.#") is None
+    assert topic_pattern_error("*.created") is None
+    assert topic_pattern_error("#") is None
+    assert topic_pattern_error("") is None
+    assert topic_pattern_error("a.b*") == 'word "b*" mixes a wildcard with other characters'
+    assert topic_pattern_error(".a") == (
+        "it has an empty word (two dots in a row, or a dot at an end)"
+    )
+
+
+def test_topic_matching_examples() -> None:
+    assert topic_matches("orders.*", "orders.created")
+    assert not topic_matches("orders.*", "orders.created.eu")
+    assert topic_matches("orders.#", "orders")
+    assert topic_matches("orders.#", "orders.a.b")
+    assert topic_matches("#.eu", "orders.created.eu")
+    assert topic_matches("#", "")
+    assert not topic_matches("orders.#", "ordersx.a")  # word by word, never across dots
+    assert topic_matches("a.#.b", "a.b")
+    assert topic_matches("*", "")  # "" is one (empty) word, as in RabbitMQ
+    assert not topic_matches("*.*", "a")
+
+
+_words = st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=4)
+
+
+@given(_words, st.lists(st.sampled_from(["a", "b", "*", "#"]), min_size=1, max_size=4))
+def test_topic_matching_agrees_with_a_brute_force_reference(
+    key: list[str], pattern: list[str]
+) -> None:
+    def brute(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        head, rest = p[0], p[1:]
+        if head == "#":
+            return any(brute(rest, k[i:]) for i in range(len(k) + 1))
+        if not k:
+            return False
+        return (head == "*" or head == k[0]) and brute(rest, k[1:])
+
+    assert topic_matches(".".join(pattern), ".".join(key)) == brute(pattern, key)
+
+
+# ---------------------------------------------------------------- cycles
+
+
+def test_fixed_dead_letter_key_that_no_binding_matches_is_no_cycle() -> None:
+    t = topo(
+        exchanges=[Exchange("main", ExchangeType.DIRECT)],
+        queues=[Queue("a", dead_letter=DeadLetter("main", "parked")), Queue("p")],
+        bindings=[
+            Binding("main", queue="a", routing_key="work"),
+            Binding("main", queue="p", routing_key="parked"),
+        ],
+    )
+    assert find_cycles(Index(t)) == []
+
+
+def test_alternate_exchange_is_certain_when_no_binding_can_match() -> None:
+    t = topo(
+        exchanges=[
+            Exchange("main", ExchangeType.DIRECT, alternate_exchange="ae"),
+            Exchange("ae", ExchangeType.FANOUT),
+        ],
+        queues=[Queue("a", dead_letter=DeadLetter("main", "nothing"))],
+        bindings=[Binding("ae", queue="a")],
+    )
+    (cycle,) = find_cycles(Index(t))
+    assert cycle.certain
+    assert cycle.route == ('queue "a"', 'exchange "main"', 'exchange "ae"', 'queue "a"')
+
+
+def test_alternate_exchange_is_skipped_when_a_binding_surely_matches() -> None:
+    t = topo(
+        exchanges=[
+            Exchange("main", ExchangeType.DIRECT, alternate_exchange="ae"),
+            Exchange("ae", ExchangeType.FANOUT),
+        ],
+        queues=[Queue("a", dead_letter=DeadLetter("main", "k")), Queue("b")],
+        bindings=[Binding("ae", queue="a"), Binding("main", queue="b", routing_key="k")],
+    )
+    assert find_cycles(Index(t)) == []
+
+
+def test_headers_binding_makes_a_cycle_possible_only() -> None:
+    t = topo(
+        exchanges=[Exchange("h", ExchangeType.HEADERS)],
+        queues=[Queue("a", dead_letter=DeadLetter("h", "k"))],
+        bindings=[Binding("h", queue="a", match=HeadersMatch.ANY, headers=(("x", "1"),))],
+    )
+    (cycle,) = find_cycles(Index(t))
+    assert not cycle.certain
+
+
+def test_a_cycle_is_reported_once_not_once_per_queue() -> None:
+    t = topo(
+        exchanges=[Exchange("f", ExchangeType.FANOUT), Exchange("g", ExchangeType.FANOUT)],
+        queues=[Queue("b", dead_letter=DeadLetter("g")), Queue("a", dead_letter=DeadLetter("f"))],
+        bindings=[Binding("f", queue="b"), Binding("g", queue="a")],
+    )
+    problems = [p for p in check(t) if p.rule == "dlx-cycle"]
+    assert [(p.path, p.severity.value) for p in problems] == [
+        ("queues.a.dead_letter.exchange", "error")
+    ]
+
+
+def test_a_key_fixed_upstream_stays_fixed_downstream() -> None:
+    # a -> (key "retry") -> r ; r keeps the message's key, which is now "retry"
+    t = topo(
+        exchanges=[Exchange("d", ExchangeType.DIRECT)],
+        queues=[
+            Queue("a", dead_letter=DeadLetter("d", "retry")),
+            Queue("r", dead_letter=DeadLetter("d")),
+        ],
+        bindings=[
+            Binding("d", queue="r", routing_key="retry"),
+            Binding("d", queue="a", routing_key="retry"),
+        ],
+    )
+    (cycle,) = find_cycles(Index(t))
+    assert cycle.certain
+
+
+def test_cycle_detection_is_fast_on_a_long_chain() -> None:
+    n = 3000
+    exchanges = [Exchange(f"x{i}", ExchangeType.FANOUT) for i in range(n)]
+    queues = [Queue(f"q{i}", dead_letter=DeadLetter(f"x{i}")) for i in range(n)]
+    bindings = [Binding(f"x{i}", queue=f"q{(i + 1) % n}") for i in range(n)]
+    t = topo(exchanges=exchanges, queues=queues, bindings=bindings)
+    start = time.perf_counter()
+    (cycle,) = find_cycles(Index(t))
+    assert time.perf_counter() - start < 2.0
+    assert cycle.certain and len(cycle.route) == 2 * n + 1
