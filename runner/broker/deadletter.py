@@ -3,8 +3,8 @@
 A dead letter keeps its body and properties and gains one header,
 `x-dead-letter` (TOPOLOGY.md): the latest death's reason, error, retry count,
 first/last attempt (ISO 8601 UTC), where it came from and `death_count`.
-`death_queues` lists the queues it died from automatically (not `rejected`)
-since its last rejection: a dead letter that would return to one of them is
+`death_queues` lists the queues it died from automatically (not `rejected`
+or `handler_error`) since its last rejection: a dead letter that would return to one of them is
 a cycle and is dropped, as RabbitMQ does. Replay removes the header and
 counts `x-replay-count`.
 """
@@ -20,6 +20,8 @@ from runner.broker.message import QueuedMessage
 
 DEATH_HEADER = "x-dead-letter"
 REPLAY_HEADER = "x-replay-count"
+# deaths decided by a consumer: they end a dead-letter cycle watch (RabbitMQ: `rejected`)
+CONSUMER_REASONS = frozenset({"rejected", "handler_error"})
 
 
 def iso_utc(seconds: float | None) -> str | None:
@@ -63,10 +65,10 @@ def build_death(
         death.update(given)
     death["reason"] = death.get("reason") or reason
     death["death_count"] = int(prev.get("death_count", 0)) + 1 if prev else 1
-    path: list[str] = []
-    if prev is not None and prev.get("reason") != "rejected":
-        path = [str(q) for q in prev.get("death_queues", ())]
-    if death["reason"] != "rejected":
+    path: list[str] = []  # a rejection (a consumer's decision) resets the cycle watch
+    if death["reason"] not in CONSUMER_REASONS:
+        if prev is not None:
+            path = [str(q) for q in prev.get("death_queues", ())]
         path.append(queue)
     death["death_queues"] = path
     return death
