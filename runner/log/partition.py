@@ -17,11 +17,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from runner.clock import Clock
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
 from runner.topology.model import Topic
+
+
+class TopicPartition(NamedTuple):
+    """A partition of a topic (equal to `runner.engine.TopicPartition` as a tuple)."""
+
+    topic: str
+    partition: int
 
 
 class Partition:

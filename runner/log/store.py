@@ -1,0 +1,502 @@
+"""The store: every topic partition, consumer group and committed offset of a data dir.
+
+Layout under `data_dir`::
+
+    topics/<topic>-<p>/        one SegmentedLog per partition
+    __consumer_offsets/        committed offsets and reset positions (OffsetStore)
+    __log_steps/               the StepJournal behind `commit_step`
+
+Single owner: every method is called from one thread, except that the store
+itself runs a compaction thread (`Cleaner`) and, for `Fsync.INTERVAL`, a
+`Flusher`. `tick()` runs the time-driven work: retention, scheduling
+compaction, expiring silent group members.
+
+Growing a topic's partitions moves keys (`murmur2(key) % n` changes), as in
+Kafka; records already written stay where they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.clock import Clock, now_ms
+from runner.errors import InvalidRequest, NotFound, OffsetOutOfRange, TooLarge, UnsafeChange
+from runner.log.compaction import Cleaner, compact
+from runner.log.flusher import Flusher
+from runner.log.groups import Groups
+from runner.log.journal import StepJournal
+from runner.log.offsets import OffsetStore
+from runner.log.partition import Partition, TopicPartition
+from runner.log.partitioner import Partitioner, key_from_json
+from runner.log.record import Fsync, Item, LogRecord
+from runner.topology.model import ConsumerGroup, Topic
+
+log = logging.getLogger(__name__)
+
+STEP_PRODUCER = "__step__"
+STEP_STRIDE = 1 << 20  # sequences per step and partition in commit_step
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRecord:
+    """A record to append (the engine maps its OutRecord onto this)."""
+
+    value: bytes | None
+    key: bytes | None = None  # None: the topic's `key` field of a JSON value, else keyless
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+    timestamp_ms: int | None = None
+    producer_id: str | None = None
+    sequence: int | None = None
+    message_id: str | None = None  # dedup within the store's `dedup_window_s`
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionCounters:
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class _Topic:
+    config: Topic
+    partitions: list[Partition]
+    records_appended: int = 0
+    cleaned: dict[int, tuple[int, ...]] = field(default_factory=dict)  # partition -> bases
+    cleaned_at: dict[int, float] = field(default_factory=dict)
+
+
+def producer_number(producer_id: str) -> int:
+    """A stable non-negative int64 for a producer id string."""
+    digest = hashlib.blake2b(producer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def record_size(key: bytes | None, value: bytes | None,
+                headers: Sequence[tuple[str, bytes]]) -> int:
+    return (len(key or b"") + len(value or b"")
+            + sum(len(n.encode()) + len(v) for n, v in headers))
+
+
+class Store:
+    """The Kafka side of the engine for one data directory."""
+
+    def __init__(
+        self, data_dir: Path, *, fsync: Fsync = Fsync.ALWAYS, clock: Clock,
+        cache_bytes_per_partition: int = 1024 * 1024, delete_retention_s: float = 86_400.0,
+        session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
+        compaction_interval_s: float = 60.0, dedup_window_s: float | None = None,
+        background: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.fsync = Fsync(fsync)
+        self.clock = clock
+        self.cache_bytes = cache_bytes_per_partition
+        self.delete_retention_ms = int(delete_retention_s * 1000)
+        self.fsync_interval_ms = fsync_interval_ms
+        self.compaction_interval_s = compaction_interval_s
+        self.dedup_window_ms = None if dedup_window_s is None else int(dedup_window_s * 1000)
+        self._topics: dict[str, _Topic] = {}
+        self._partitioner = Partitioner()
+        self._dedup: dict[tuple[str, str], tuple[int, int, int]] = {}
+        (self.data_dir / "topics").mkdir(parents=True, exist_ok=True)
+        self.flusher = Flusher(fsync_interval_ms) if fsync is Fsync.INTERVAL else None
+        self.cleaner = Cleaner() if background else None
+        self.offsets = OffsetStore(self.data_dir / "__consumer_offsets", fsync=self.fsync,
+                                   clock=clock)
+        self.journal = StepJournal(self.data_dir / "__log_steps", fsync=self.fsync, clock=clock)
+        if self.flusher:
+            self.flusher.add(self.offsets)
+            self.flusher.add(self.journal)
+        self.groups = Groups(self.offsets, self, clock, session_timeout_s=session_timeout_s)
+        self._recovered = False
+
+    # ------------------------------------------------------------ PartitionView
+    def partition_count(self, topic: str) -> int:
+        t = self._topics.get(topic)
+        return len(t.partitions) if t else 0
+
+    def log_start(self, tp: TopicPartition) -> int:
+        return self.partition(tp.topic, tp.partition).log_start_offset
+
+    def log_end(self, tp: TopicPartition) -> int:
+        return self.partition(tp.topic, tp.partition).log_end_offset
+
+    def offset_for_timestamp(self, tp: TopicPartition, ts_ms: int) -> int:
+        return self.partition(tp.topic, tp.partition).log.offset_for_timestamp(ts_ms)
+
+    # ------------------------------------------------------------ topology
+    def apply(
+        self, topics: Mapping[str, Topic], groups: Mapping[str, ConsumerGroup] | None = None,
+    ) -> list[str]:
+        """Bring topics (and groups, when given) to `topics`; a line per change.
+        Raises UnsafeChange, applying nothing, for shrinking partitions, turning
+        compaction off, or removing a topic that holds records."""
+        problems = []
+        for name, new in topics.items():
+            old = self._topics.get(name)
+            if old is None:
+                continue
+            if new.partitions < len(old.partitions):
+                problems.append(f"topic {name}: partitions cannot shrink from "
+                                f"{len(old.partitions)} to {new.partitions}")
+            if old.config.compact and not new.compact:
+                problems.append(f"topic {name}: cleanup_policy cannot change from compact "
+                                f"to delete")
+        for name, old in self._topics.items():
+            if name not in topics and any(p.log_end_offset > p.log_start_offset
+                                          for p in old.partitions):
+                problems.append(f"topic {name} holds records and cannot be removed")
+        if problems:
+            raise UnsafeChange("; ".join(problems))
+        changes: list[str] = []
+        for name in [n for n in self._topics if n not in topics]:
+            self._drop_topic(name)
+            changes.append(f"removed topic {name}")
+        for name, new in topics.items():
+            old = self._topics.get(name)
+            if old is None:
+                self._topics[name] = _Topic(new, [self._open(new, p)
+                                                  for p in range(new.partitions)])
+                changes.append(f"added topic {name} ({new.partitions} partitions)")
+                continue
+            if new.partitions > len(old.partitions):
+                changes.append(f"topic {name}: partitions {len(old.partitions)} -> "
+                               f"{new.partitions} (keys may move to other partitions)")
+                old.partitions.extend(self._open(new, p)
+                                      for p in range(len(old.partitions), new.partitions))
+            if new != old.config:
+                changes.extend(self._describe(old.config, new))
+                for part in old.partitions:
+                    part.configure(new)
+                old.config = new
+        if groups is not None:
+            for name in [n for n in self.groups.names() if n not in groups]:
+                self.groups.remove(name)
+                changes.append(f"removed group {name}")
+            for name, cg in groups.items():
+                missing = [t for t in cg.topics if t not in self._topics]
+                if missing:
+                    raise NotFound(f"group {name!r} reads unknown topic {missing[0]!r}")
+                known = name in self.groups.names()
+                self.groups.declare(cg)
+                if not known:
+                    changes.append(f"added group {name}")
+        else:
+            for name in self.groups.names():
+                self.groups.refresh(name)
+        if not self._recovered:
+            self._recovered = True
+            self.recover_steps()
+        return changes
+
+    @staticmethod
+    def _describe(old: Topic, new: Topic) -> list[str]:
+        out = []
+        for attr in ("retention", "compact", "delete", "segment_bytes", "max_message_bytes",
+                     "key"):
+            if getattr(old, attr) != getattr(new, attr):
+                out.append(f"topic {new.name}: {attr} {getattr(old, attr)!r} -> "
+                           f"{getattr(new, attr)!r}")
+        return out
+
+    def _open(self, topic: Topic, number: int) -> Partition:
+        part = Partition(self.data_dir / "topics" / f"{topic.name}-{number}", topic, number,
+                         fsync=self.fsync, clock=self.clock, cache_bytes=self.cache_bytes,
+                         fsync_interval_ms=self.fsync_interval_ms)
+        if self.flusher:
+            self.flusher.add(part.log)
+        if self.dedup_window_ms is not None:
+            self._load_dedup(topic.name, part)
+        return part
+
+    def _drop_topic(self, name: str) -> None:
+        t = self._topics.pop(name)
+        for part in t.partitions:
+            if self.flusher:
+                self.flusher.remove(part.log)
+            with part.maintenance:
+                part.close()
+            shutil.rmtree(part.directory, ignore_errors=True)
+
+    def topic(self, name: str) -> Topic:
+        return self._topic(name).config
+
+    def topic_names(self) -> list[str]:
+        return sorted(self._topics)
+
+    def _topic(self, name: str) -> _Topic:
+        t = self._topics.get(name)
+        if t is None:
+            raise NotFound(f"unknown topic {name!r}")
+        return t
+
+    def partition(self, topic: str, number: int) -> Partition:
+        t = self._topic(topic)
+        if not 0 <= number < len(t.partitions):
+            raise NotFound(f"topic {topic!r} has no partition {number}")
+        return t.partitions[number]
+
+    # ------------------------------------------------------------ producing
+    def resolve(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, Item]]:
+        """Check records and choose their partitions, without writing: (partition, item).
+        Raises NotFound, InvalidRequest (keyless on a compacted topic), TooLarge."""
+        t = self._topic(topic)
+        cfg = t.config
+        now = now_ms(self.clock)
+        out: list[tuple[int, Item]] = []
+        for rec in records:
+            key = rec.key
+            if key is None and cfg.key:
+                key = key_from_json(rec.value, cfg.key)
+            if key is None and cfg.compact:
+                raise InvalidRequest(f"topic {topic!r} is compacted: every record needs a key")
+            size = record_size(key, rec.value, rec.headers)
+            if size > cfg.max_message_bytes:
+                raise TooLarge(f"record of {size} bytes is over the max_message_bytes "
+                               f"({cfg.max_message_bytes}) of topic {topic!r}")
+            if rec.partition is not None:
+                if not 0 <= rec.partition < len(t.partitions):
+                    raise NotFound(f"topic {topic!r} has no partition {rec.partition}")
+                p = rec.partition
+            else:
+                p = self._partitioner.partition(key, len(t.partitions))
+            headers = rec.headers
+            if rec.message_id is not None and self.dedup_window_ms is not None:
+                headers = (*headers, ("x-message-id", rec.message_id.encode()))
+            ts = now if rec.timestamp_ms is None else rec.timestamp_ms
+            out.append((p, (key, rec.value, headers, ts)))
+        return out
+
+    def append(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, int]]:
+        """Append records; (partition, offset) per record, in order. Records with a
+        producer id and sequence are stored once even when retried; with a
+        dedup window, so are records with a message id seen in the window."""
+        resolved = self.resolve(topic, records)
+        t = self._topics[topic]
+        result: list[tuple[int, int]] = [(-1, -1)] * len(records)
+        runs: dict[int, list[int]] = {}
+        skip = set()
+        if self.dedup_window_ms is not None:
+            for i, rec in enumerate(records):
+                seen = self._dedup.get((topic, rec.message_id or "")) if rec.message_id else None
+                if seen is not None and seen[2] >= now_ms(self.clock) - self.dedup_window_ms:
+                    result[i] = (seen[0], seen[1])
+                    skip.add(i)
+        for i, (p, _item) in enumerate(resolved):
+            if i not in skip:
+                runs.setdefault(p, []).append(i)
+        for p, idxs in runs.items():
+            part = t.partitions[p]
+            for run in _producer_runs(records, idxs):
+                rec0 = records[run[0]]
+                pid = producer_number(rec0.producer_id) if rec0.producer_id is not None else -1
+                seq = rec0.sequence if rec0.sequence is not None and pid >= 0 else -1
+                first = part.append([resolved[i][1] for i in run], producer_id=pid, sequence=seq)
+                for k, i in enumerate(run):
+                    result[i] = (p, first + k if first >= 0 else -1)
+            t.records_appended += len(idxs)
+        if self.dedup_window_ms is not None:
+            now = now_ms(self.clock)
+            for i, rec in enumerate(records):
+                if rec.message_id is not None and i not in skip:
+                    self._dedup[(topic, rec.message_id)] = (*result[i], now)
+        return result
+
+    def _load_dedup(self, topic: str, part: Partition) -> None:
+        assert self.dedup_window_ms is not None
+        since = now_ms(self.clock) - self.dedup_window_ms
+        offset = part.log.offset_for_timestamp(since)
+        while offset < part.log_end_offset:
+            recs = part.read(offset, max_records=5000, max_bytes=8 * 1024 * 1024)
+            for r in recs:
+                for name, value in r.headers:
+                    if name == "x-message-id":
+                        self._dedup[(topic, value.decode())] = (part.number, r.offset,
+                                                                r.timestamp_ms)
+            offset = recs[-1].offset + 1
+
+    # ------------------------------------------------------------ reading
+    def read(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 100,
+        max_bytes: int = 1024 * 1024,
+    ) -> list[LogRecord]:
+        """Records from `offset`; OffsetOutOfRange below the log start."""
+        part = self.partition(topic, partition)
+        try:
+            return part.read(offset, max_records=max_records, max_bytes=max_bytes)
+        except OffsetOutOfRange as exc:
+            raise OffsetOutOfRange(f"{topic}/{partition}: {exc}", log_start=exc.log_start,
+                                   log_end=exc.log_end) from None
+
+    def partitions(self, topic: str) -> list[PartitionCounters]:
+        return [PartitionCounters(p.number, p.log_start_offset, p.log_end_offset, p.size_bytes)
+                for p in self._topic(topic).partitions]
+
+    def records_appended(self) -> dict[str, int]:
+        """Per topic, records appended since the store opened (a plain counter)."""
+        return {name: t.records_appended for name, t in self._topics.items()}
+
+    # ------------------------------------------------------------ exactly-once
+    def commit_step(
+        self, commits: Mapping[tuple[str, TopicPartition], int],
+        appends: Sequence[tuple[str, Sequence[AppendRecord]]],
+    ) -> list[list[tuple[int, int]]]:
+        """Commit group offsets and append records as one durable unit: after a
+        crash either all of it is there or none (pending steps are replayed at
+        recovery; appends are idempotent through a step producer id and
+        sequence). Returns (partition, offset) per record per append."""
+        for (group, tp), off in commits.items():
+            self.groups.position(group, TopicPartition(*tp))  # NotFound early
+            if off < 0:
+                raise InvalidRequest(f"offset {off} for {tp[0]}/{tp[1]} is negative")
+        resolved = [(topic, self.resolve(topic, records)) for topic, records in appends]
+        payload = json.dumps({
+            "commits": [[g, tp[0], tp[1], off] for (g, tp), off in commits.items()],
+            "appends": [[topic, [[p, _b64(k), _b64(v), [[n, _b64(hv)] for n, hv in h], ts]
+                                 for p, (k, v, h, ts) in recs]]
+                        for topic, recs in resolved],
+        }).encode()
+        step = self.journal.write(payload)
+        out = self._apply_step(step, payload)
+        self.journal.mark_done(step)
+        return out
+
+    def _apply_step(self, step: int, payload: bytes) -> list[list[tuple[int, int]]]:
+        data = json.loads(payload)
+        pid = producer_number(STEP_PRODUCER)
+        out: list[list[tuple[int, int]]] = []
+        for topic, recs in data["appends"]:
+            t = self._topics.get(topic)
+            if t is None:
+                log.warning("step %d: topic %s is gone; its records are dropped", step, topic)
+                out.append([])
+                continue
+            by_part: dict[int, list[int]] = {}
+            for i, rec in enumerate(recs):
+                by_part.setdefault(rec[0], []).append(i)
+            res: list[tuple[int, int]] = [(-1, -1)] * len(recs)
+            for p, idxs in by_part.items():
+                if p >= len(t.partitions):
+                    continue
+                items: list[Item] = [
+                    (_unb64(recs[i][1]), _unb64(recs[i][2]),
+                     tuple((n, _unb64(hv) or b"") for n, hv in recs[i][3]), recs[i][4])
+                    for i in idxs]
+                first = t.partitions[p].append(items, producer_id=pid,
+                                               sequence=step * STEP_STRIDE)
+                t.records_appended += len(items)
+                for k, i in enumerate(idxs):
+                    res[i] = (p, first + k if first >= 0 else -1)
+            out.append(res)
+        commits = {(g, TopicPartition(topic, p)): off for g, topic, p, off in data["commits"]}
+        if commits:
+            self.offsets.commit(commits)
+        return out
+
+    def recover_steps(self) -> int:
+        """Re-apply steps written but not marked done; returns how many."""
+        pending = self.journal.pending()
+        for step, payload in pending:
+            log.info("replaying step %d", step)
+            self._apply_step(step, payload)
+            self.journal.mark_done(step)
+        return len(pending)
+
+    # ------------------------------------------------------------ time-driven work
+    def tick(self) -> None:
+        """Retention, compaction scheduling, member expiry (call every ~100 ms)."""
+        now = now_ms(self.clock)
+        mono = self.clock.monotonic()
+        for t in self._topics.values():
+            for part in t.partitions:
+                part.enforce_retention(now)
+                if t.config.compact:
+                    self._maybe_compact(t, part, mono)
+        self.groups.expire()
+        if self.fsync is Fsync.INTERVAL and self.flusher is None:
+            self.flush()
+
+    def _maybe_compact(self, t: _Topic, part: Partition, mono: float) -> None:
+        bases = tuple(s.base for s in part.log.closed_segments())
+        if not bases:
+            return
+        last = t.cleaned_at.get(part.number)
+        if t.cleaned.get(part.number) == bases and (
+                last is not None and mono - last < self.compaction_interval_s):
+            return
+        t.cleaned_at[part.number] = mono
+        job = self._compaction_job(part)
+        if self.cleaner is not None:
+            self.cleaner.submit(job)
+        else:
+            job()
+        t.cleaned[part.number] = tuple(s.base for s in part.log.closed_segments())
+
+    def _compaction_job(self, part: Partition) -> Callable[[], None]:
+        def job() -> None:
+            with part.maintenance:
+                if not part.log.closed_segments():
+                    return
+                compact(part.log, now_ms=now_ms(self.clock),
+                        delete_retention_ms=self.delete_retention_ms)
+        return job
+
+    def wait_for_compaction(self, timeout: float = 30.0) -> bool:
+        return self.cleaner.idle(timeout) if self.cleaner else True
+
+    def flush(self) -> None:
+        for t in self._topics.values():
+            for part in t.partitions:
+                part.log.sync()
+        self.offsets.sync()
+        self.journal.sync()
+
+    def close(self) -> None:
+        if self.flusher:
+            self.flusher.close()
+        if self.cleaner:
+            self.cleaner.close()
+        for t in self._topics.values():
+            for part in t.partitions:
+                part.close()
+        self.offsets.close()
+        self.journal.close()
+
+
+def _producer_runs(records: Sequence[AppendRecord], idxs: list[int]) -> list[list[int]]:
+    """Split a partition's records into runs that can share one batch: keyed by the
+    same producer with consecutive sequences, or all without a producer."""
+    runs: list[list[int]] = []
+    for i in idxs:
+        rec = records[i]
+        if runs:
+            prev = records[runs[-1][-1]]
+            if rec.producer_id is None and prev.producer_id is None and (
+                    rec.sequence is None):
+                runs[-1].append(i)
+                continue
+            if (rec.producer_id is not None and rec.producer_id == prev.producer_id
+                    and rec.sequence is not None and prev.sequence is not None
+                    and rec.sequence == prev.sequence + 1):
+                runs[-1].append(i)
+                continue
+        runs.append([i])
+    return runs
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)

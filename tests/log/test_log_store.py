@@ -1,0 +1,255 @@
+"""Store: topics and partitions on disk, partitioning, limits, changes, steps, dedup."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.clock import ManualClock, now_ms
+from runner.errors import InvalidRequest, NotFound, OffsetOutOfRange, TooLarge, UnsafeChange
+from runner.log.partition import TopicPartition
+from runner.log.partitioner import partition_for_key
+from runner.log.record import Fsync
+from runner.log.store import AppendRecord, Store
+from runner.topology.model import ConsumerGroup, Retention, Topic
+
+Opener = Callable[..., Store]
+
+
+@pytest.fixture
+def open_store(tmp_path: Path, clock: ManualClock) -> Iterator[Opener]:
+    opened: list[Store] = []
+
+    def factory(**kw: Any) -> Store:
+        kw.setdefault("fsync", Fsync.NEVER)
+        kw.setdefault("clock", clock)
+        store = Store(tmp_path / "data", **kw)
+        opened.append(store)
+        return store
+
+    yield factory
+    for s in opened:
+        s.close()
+
+
+def topics(*ts: Topic) -> dict[str, Topic]:
+    return {t.name: t for t in ts}
+
+
+def test_partitions_live_in_their_own_directories(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store()
+    assert store.apply(topics(Topic("orders", partitions=3))) == [
+        "added topic orders (3 partitions)"]
+    assert sorted(p.name for p in (tmp_path / "data" / "topics").iterdir()) == [
+        "orders-0", "orders-1", "orders-2"]
+
+
+def test_keyed_records_follow_murmur2_and_keyless_spread(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=4)))
+    got = store.append("t", [AppendRecord(b"v", key=b"foobar")] * 3)
+    p = partition_for_key(b"foobar", 4)
+    assert got == [(p, 0), (p, 1), (p, 2)]
+    spread = store.append("t", [AppendRecord(b"v")] * 8)
+    assert Counter(p for p, _ in spread) == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_key_from_json_payload_by_dotted_path(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=10, key="order.id")))
+    [(p, off)] = store.append("t", [AppendRecord(json.dumps({"order": {"id": 42}}).encode())])
+    assert p == partition_for_key(b"42", 10)
+    assert store.read("t", p, off)[0].key == b"42"
+
+
+def test_explicit_partition_and_unknown_names(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=2)))
+    assert store.append("t", [AppendRecord(b"v", partition=1)]) == [(1, 0)]
+    with pytest.raises(NotFound) as exc:
+        store.append("t", [AppendRecord(b"v", partition=2)])
+    assert str(exc.value) == "topic 't' has no partition 2"
+    with pytest.raises(NotFound) as exc:
+        store.append("nope", [AppendRecord(b"v")])
+    assert str(exc.value) == "unknown topic 'nope'"
+
+
+def test_record_over_max_message_bytes_is_refused(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", max_message_bytes=100)))
+    store.append("t", [AppendRecord(b"x" * 98, key=b"kk")])
+    with pytest.raises(TooLarge) as exc:
+        store.append("t", [AppendRecord(b"x" * 99, key=b"kk")])
+    assert str(exc.value) == "record of 101 bytes is over the max_message_bytes (100) of topic 't'"
+    assert store.partitions("t")[0].log_end_offset == 1
+
+
+def test_keyless_record_on_a_compacted_topic_is_refused(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("c", compact=True, delete=False)))
+    with pytest.raises(InvalidRequest) as exc:
+        store.append("c", [AppendRecord(b"k", key=b"a"), AppendRecord(b"v")])
+    assert str(exc.value) == "topic 'c' is compacted: every record needs a key"
+    assert store.partitions("c")[0].log_end_offset == 0  # nothing of the batch went in
+
+
+def test_offsets_never_repeat_across_restarts(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t")))
+    store.append("t", [AppendRecord(b"a"), AppendRecord(b"b")])
+    store.close()
+    again = open_store()
+    again.apply(topics(Topic("t")))
+    assert again.append("t", [AppendRecord(b"c")]) == [(0, 2)]
+    assert [r.value for r in again.read("t", 0, 0)] == [b"a", b"b", b"c"]
+
+
+def test_growing_partitions_and_refusing_unsafe_changes(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=2), Topic("c", compact=True), Topic("e")))
+    store.append("t", [AppendRecord(b"v")])
+    assert store.apply(topics(Topic("t", partitions=3), Topic("c", compact=True),
+                              Topic("e"))) == [
+        "topic t: partitions 2 -> 3 (keys may move to other partitions)"]
+    with pytest.raises(UnsafeChange) as exc:
+        store.apply(topics(Topic("t", partitions=1), Topic("c", compact=False)))
+    assert str(exc.value) == ("topic t: partitions cannot shrink from 3 to 1; topic c: "
+                              "cleanup_policy cannot change from compact to delete")
+    with pytest.raises(UnsafeChange, match="^topic t holds records and cannot be removed$"):
+        store.apply(topics(Topic("c", compact=True)))
+    assert store.topic_names() == ["c", "e", "t"]  # nothing applied
+    assert store.apply(topics(Topic("t", partitions=3), Topic("c", compact=True))) == [
+        "removed topic e"]
+
+
+def test_changing_retention_is_applied(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t")))
+    lines = store.apply(topics(Topic("t", retention=Retention(time_s=60.0, bytes=None))))
+    assert lines == ["topic t: retention Retention(time_s=604800.0, bytes=None) -> "
+                     "Retention(time_s=60.0, bytes=None)"]
+    assert store.partition("t", 0).topic.retention.time_s == 60.0
+
+
+def test_read_below_log_start_names_the_partition(open_store: Opener, clock: ManualClock) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", segment_bytes=500, retention=Retention(time_s=10.0))))
+    for _ in range(20):
+        store.append("t", [AppendRecord(b"x" * 100)])
+        clock.advance(1)
+    clock.advance(60)
+    store.tick()
+    start = store.partitions("t")[0].log_start_offset
+    assert start > 0
+    with pytest.raises(OffsetOutOfRange) as exc:
+        store.read("t", 0, 0)
+    assert str(exc.value) == (f"t/0: offset 0 is below the log start (log start {start}, "
+                              f"log end 20)")
+    assert (exc.value.log_start, exc.value.log_end) == (start, 20)
+
+
+def test_producer_retries_are_stored_once(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t")))
+    batch = [AppendRecord(b"%d" % i, producer_id="p1", sequence=i) for i in range(3)]
+    assert store.append("t", batch) == [(0, 0), (0, 1), (0, 2)]
+    assert store.append("t", batch) == [(0, 0), (0, 1), (0, 2)]
+    store.close()
+    again = open_store()
+    again.apply(topics(Topic("t")))
+    assert again.append("t", batch[1:]) == [(0, 1), (0, 2)]
+    assert again.append("t", [AppendRecord(b"3", producer_id="p1", sequence=3)]) == [(0, 3)]
+    assert [r.value for r in again.read("t", 0, 0)] == [b"0", b"1", b"2", b"3"]
+
+
+def test_message_id_dedup_window(open_store: Opener, clock: ManualClock) -> None:
+    store = open_store(dedup_window_s=60.0)
+    store.apply(topics(Topic("t")))
+    assert store.append("t", [AppendRecord(b"a", message_id="m1")]) == [(0, 0)]
+    assert store.append("t", [AppendRecord(b"a", message_id="m1"),
+                              AppendRecord(b"b", message_id="m2")]) == [(0, 0), (0, 1)]
+    store.close()
+    again = open_store(dedup_window_s=60.0)
+    again.apply(topics(Topic("t")))
+    assert again.append("t", [AppendRecord(b"a", message_id="m1")]) == [(0, 0)]
+    clock.advance(61)
+    assert again.append("t", [AppendRecord(b"a", message_id="m1")]) == [(0, 2)]
+
+
+def test_counters(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=2)))
+    store.append("t", [AppendRecord(b"v", partition=1)] * 3)
+    assert store.records_appended() == {"t": 3}
+    [p0, p1] = store.partitions("t")
+    assert (p1.log_start_offset, p1.log_end_offset) == (0, 3)
+    assert p1.size_bytes > 0 and p0.size_bytes == 0
+
+
+def test_compaction_runs_in_the_background_from_tick(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("c", compact=True, delete=False, segment_bytes=1_000)))
+    for i in range(200):
+        store.append("c", [AppendRecord(b"%d" % i, key=b"k%d" % (i % 4))])
+    before = store.partitions("c")[0].size_bytes
+    store.tick()
+    assert store.wait_for_compaction()
+    assert store.partitions("c")[0].size_bytes < before / 2
+    latest = {r.key: r.value for r in store.read("c", 0, 0, max_records=1000)}
+    assert latest == {b"k%d" % k: b"%d" % (196 + k) for k in range(4)}
+
+
+def test_commit_step_commits_and_appends(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("in"), Topic("out", partitions=2)),
+                {"g": ConsumerGroup("g", ("in",))})
+    store.append("in", [AppendRecord(b"x")] * 5)
+    res = store.commit_step({("g", TopicPartition("in", 0)): 5},
+                            [("out", [AppendRecord(b"y", partition=1)] * 2)])
+    assert res == [[(1, 0), (1, 1)]]
+    assert store.groups.position("g", TopicPartition("in", 0)) == 5
+    assert store.journal.pending() == []
+
+
+def test_a_step_cut_short_is_completed_once_at_restart(
+        open_store: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store()
+    store.apply(topics(Topic("in"), Topic("out")), {"g": ConsumerGroup("g", ("in",))})
+    store.append("in", [AppendRecord(b"x")] * 3)
+
+    def crash(*_a: object) -> None:
+        raise SystemExit("power cut")
+
+    monkeypatch.setattr(store.offsets, "commit", crash)
+    with pytest.raises(SystemExit):
+        store.commit_step({("g", TopicPartition("in", 0)): 3},
+                          [("out", [AppendRecord(b"a"), AppendRecord(b"b")])])
+    assert store.partitions("out")[0].log_end_offset == 2  # appended, not committed
+    monkeypatch.undo()
+    store.close()
+    again = open_store()
+    again.apply(topics(Topic("in"), Topic("out")), {"g": ConsumerGroup("g", ("in",))})
+    assert again.groups.position("g", TopicPartition("in", 0)) == 3
+    assert [r.value for r in again.read("out", 0, 0)] == [b"a", b"b"]  # not twice
+    assert again.journal.pending() == []
+    again.commit_step({}, [("out", [AppendRecord(b"c")])])
+    assert [r.value for r in again.read("out", 0, 0)] == [b"a", b"b", b"c"]
+
+
+def test_tick_expires_members(open_store: Opener, clock: ManualClock) -> None:
+    store = open_store(session_timeout_s=5.0)
+    store.apply(topics(Topic("t", partitions=2)), {"g": ConsumerGroup("g", ("t",))})
+    store.groups.join("g", "a")
+    store.groups.join("g", "b")
+    clock.advance(3)
+    store.groups.heartbeat("g", "a")
+    clock.advance(3)
+    store.tick()
+    assert store.groups.members("g") == ["a"]
+    assert store.groups.assignment("g", "a") == [TopicPartition("t", 0), TopicPartition("t", 1)]
+    assert now_ms(clock) > 0
