@@ -27,7 +27,7 @@ from runner.engine import (
     Record,
     TopicPartition,
 )
-from runner.errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, UnsafeChange
+from runner.errors import Forbidden, InvalidRequest, NotFound, Refused, UnsafeChange
 from runner.topology.model import Overflow, Topology
 
 

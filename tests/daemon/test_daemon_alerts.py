@@ -71,6 +71,8 @@ def test_an_invalid_topology_prints_file_line_col_and_exits_1(
     assert f"{path}:3:" in err and "max_lenght" in err
 
 
-def test_a_missing_path_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_path_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["alerts", str(tmp_path / "nope.yaml")]) == 2
     assert "no such file or directory" in capsys.readouterr().err

@@ -52,7 +52,8 @@ def test_a_batch_keeps_request_order() -> None:
         ([1], "the request body must be a JSON object, got an array"),
         ({"body": 1}, "missing field 'routing_key' (a string; \"\" is allowed)"),
         ({"routing_key": 5, "body": 1}, "'routing_key' must be a string, got a number"),
-        ({"routing_key": "k"}, "missing field 'body' (any JSON value) or 'body_b64' (base64 bytes)"),
+        ({"routing_key": "k"},
+         "missing field 'body' (any JSON value) or 'body_b64' (base64 bytes)"),
         ({"routing_key": "k", "body": 1, "body_b64": "AA=="},
          "give either 'body' or 'body_b64', not both"),
         ({"routing_key": "k", "body_b64": "%%%"}, "'body_b64' is not valid base64"),
@@ -102,7 +103,8 @@ def test_a_record_names_the_topic_limit_when_it_is_the_smaller_one() -> None:
 
 def test_records_keys_values_and_tombstones() -> None:
     recs, batch = codec.records(
-        {"records": [{"key": "k1", "value": {"a": 1}, "partition": 2}, {"key": "k1", "value": None}]},
+        {"records": [{"key": "k1", "value": {"a": 1}, "partition": 2},
+                     {"key": "k1", "value": None}]},
         limits=LIMITS, topic_limit=1000,
     )
     assert batch

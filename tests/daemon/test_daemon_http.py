@@ -169,7 +169,8 @@ def test_topic_append_read_and_group_offsets(tmp_path: Path) -> None:
          {"offsets": [{"topic": "events", "partition": 0}]}, 400,
          "offsets[0]: missing field 'offset' (an integer)"),
         ("GET", "/v1/nothing", None, 404, "no route GET /v1/nothing"),
-        ("DELETE", "/v1/status", None, 405, "DELETE is not allowed on /v1/status (allowed: GET, HEAD)"),
+        ("DELETE", "/v1/status", None, 405,
+         "DELETE is not allowed on /v1/status (allowed: GET, HEAD)"),
     ],
 )
 def test_bad_input_gets_a_4xx_with_a_sentence(

@@ -1,4 +1,4 @@
-"""/metrics in-process: every INTERFACES.md metric from the first scrape, true values after traffic."""
+"""/metrics in-process: every metric from the first scrape, true values after traffic."""
 
 from __future__ import annotations
 
