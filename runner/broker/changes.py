@@ -8,6 +8,7 @@ queue 'q': received 5 but current is 10".
 from __future__ import annotations
 
 from dataclasses import fields
+from enum import Enum
 
 from runner.topology.model import Exchange, Queue
 
@@ -47,6 +48,12 @@ def exchange_unsafe(old: Exchange, new: Exchange) -> list[str]:
     return out
 
 
+def _show(value: object) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    return repr(value)
+
+
 def describe_changes(old: object, new: object) -> list[str]:
     """`field old -> new` for each differing field of two dataclass values."""
     out = []
@@ -55,5 +62,5 @@ def describe_changes(old: object, new: object) -> list[str]:
             continue
         a, b = getattr(old, f.name), getattr(new, f.name)
         if a != b:
-            out.append(f"{f.name} {a!r} -> {b!r}")
+            out.append(f"{f.name} {_show(a)} -> {_show(b)}")
     return out

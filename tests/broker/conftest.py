@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,7 +36,5 @@ def make_broker(tmp_path: Path, clock: ManualClock) -> Iterator[MakeBroker]:
 
     yield make
     for b in opened:
-        try:
+        with contextlib.suppress(Exception):  # some tests close it themselves
             b.close()
-        except Exception:  # already closed by the test
-            pass

@@ -9,7 +9,6 @@ from runner.broker.routing import Route
 from runner.clock import ManualClock
 from runner.errors import NotFound
 from runner.topology.model import Binding, DeadLetter, Exchange, ExchangeType, Queue
-
 from tests.broker.conftest import MakeBroker
 
 FAN = ExchangeType.FANOUT

@@ -8,7 +8,6 @@ from runner.broker.message import Message
 from runner.clock import ManualClock
 from runner.errors import Conflict, NotFound, Refused
 from runner.topology.model import Binding, DeadLetter, Exchange, ExchangeType, Overflow, Queue
-
 from tests.broker.conftest import MakeBroker
 
 DLX = [Exchange("dlx", ExchangeType.FANOUT)]

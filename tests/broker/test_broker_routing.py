@@ -10,7 +10,6 @@ from runner.broker.message import Message
 from runner.broker.routing import Route, Router, TopicTrie
 from runner.errors import Forbidden, NotFound
 from runner.topology.model import Binding, Exchange, ExchangeType, HeadersMatch
-
 from tests.broker.conftest import MakeBroker
 
 T = ExchangeType
