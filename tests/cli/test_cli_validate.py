@@ -1,0 +1,241 @@
+"""`runner validate` through the real console script, in all three formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+RUNNER = str(Path(sys.executable).parent / "runner")
+
+VALID = """\
+version: 1
+exchanges:
+  dlx: {type: fanout}
+queues:
+  jobs:
+    dead_letter: {exchange: dlx}
+  jobs.dead: {}
+bindings:
+  - {exchange: dlx, queue: jobs.dead}
+consumers:
+  workers: {queue: jobs, handler: "tasks:run"}
+"""
+
+BROKEN = """\
+version: 1
+exchanges:
+  orders: {type: topic}
+queues:
+  email: {max_priority: 20}
+bindings:
+  - exchange: order
+    queue: email
+  - exchange: orders
+    queue: email
+    routing_key: "orders.#x"
+"""
+
+WARNS = """\
+version: 1
+queues:
+  q: {}
+consumers:
+  c: {queue: q, handler: "tasks:run"}
+"""
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RUNNER, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_valid_topology_exits_0_with_a_summary(tmp_path: Path) -> None:
+    write(tmp_path / "shop.yaml", VALID)
+    done = run(tmp_path, "validate", "shop.yaml")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "shop.yaml: valid\n", "")
+
+
+def test_text_format_lists_problems_then_a_summary(tmp_path: Path) -> None:
+    write(tmp_path / "shop.yaml", BROKEN)
+    done = run(tmp_path, "validate", "shop.yaml")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        'shop.yaml:5:25: warning: max_priority 20 on queue "email" is above 10; each level costs '
+        "memory and few publishers need more than 10 (at queues.email.max_priority)",
+        'shop.yaml:7:15: error: binding source exchange "order" does not exist; '
+        'did you mean "orders"? (at bindings[0].exchange)',
+        'shop.yaml:11:18: error: routing key "orders.#x" is not a valid topic pattern: '
+        'word "#x" mixes a wildcard with other characters (at bindings[1].routing_key)',
+        "2 errors, 1 warning in 1 topology",
+    ]
+
+
+def test_json_format_is_one_document(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", BROKEN)
+    write(tmp_path / "b.yaml", VALID)
+    done = run(tmp_path, "validate", "--format", "json", "a.yaml", "b.yaml")
+    assert done.returncode == 1
+    document = json.loads(done.stdout)
+    assert document["valid"] is False
+    assert document["problems"][1] == {
+        "file": "a.yaml",
+        "line": 7,
+        "column": 15,
+        "path": "bindings[0].exchange",
+        "severity": "error",
+        "message": 'binding source exchange "order" does not exist; did you mean "orders"?',
+        "rule": "missing-reference",
+    }
+    assert [p["severity"] for p in document["problems"]] == ["warning", "error", "error"]
+
+
+def test_json_format_of_valid_topologies(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", VALID)
+    done = run(tmp_path, "validate", "--format", "json", "a.yaml")
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == {"valid": True, "problems": []}
+
+
+def test_github_format_prints_annotations(tmp_path: Path) -> None:
+    write(tmp_path / "shop.yaml", BROKEN)
+    done = run(tmp_path, "validate", "--format", "github", "shop.yaml")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        '::warning file=shop.yaml,line=5,col=25::max_priority 20 on queue "email" is above 10; '
+        "each level costs memory and few publishers need more than 10",
+        '::error file=shop.yaml,line=7,col=15::binding source exchange "order" does not exist; '
+        'did you mean "orders"?',
+        '::error file=shop.yaml,line=11,col=18::routing key "orders.#x" is not a valid topic '
+        'pattern: word "#x" mixes a wildcard with other characters',
+    ]
+
+
+def test_github_format_escapes_properties_and_data(tmp_path: Path) -> None:
+    write(
+        tmp_path / "odd,name:1.yaml",
+        """\
+        version: 1
+        exchanges:
+          t: {type: topic}
+        topics:
+          x: {}
+        bindings:
+          - {exchange: t, topic: x, routing_key: "a.100%#"}
+        """,
+    )
+    done = run(tmp_path, "validate", "--format", "github", "odd,name:1.yaml")
+    assert done.returncode == 1
+    assert done.stdout == (
+        '::error file=odd%2Cname%3A1.yaml,line=7,col=42::routing key "a.100%25#" is not a '
+        'valid topic pattern: word "100%25#" mixes a wildcard with other characters\n'
+    )
+
+
+def test_warnings_pass_unless_strict(tmp_path: Path) -> None:
+    write(tmp_path / "w.yaml", WARNS)
+    done = run(tmp_path, "validate", "w.yaml")
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == [
+        'w.yaml:5:3: warning: failures of consumer "c" would be dropped: it has no dlq_policy and '
+        'queue "q" has no dead_letter (at consumers.c)',
+        "0 errors, 1 warning in 1 topology (valid)",
+    ]
+    strict = run(tmp_path, "validate", "--strict", "w.yaml")
+    assert strict.returncode == 1
+    assert strict.stdout.splitlines()[-1] == "0 errors, 1 warning in 1 topology"
+    as_json = run(tmp_path, "validate", "--strict", "--format", "json", "w.yaml")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["valid"] is False
+
+
+def test_each_argument_is_its_own_topology(tmp_path: Path) -> None:
+    # Together they would define "jobs" twice; apart, each is valid.
+    write(tmp_path / "one" / "a.yaml", VALID)
+    write(tmp_path / "two.yaml", VALID)
+    done = run(tmp_path, "validate", "one", "two.yaml")
+    assert (done.returncode, done.stdout) == (0, "2 topologies: valid\n")
+
+
+def test_a_directory_names_its_files_as_dir_slash_file(tmp_path: Path) -> None:
+    write(tmp_path / "topologies" / "a.yaml", VALID)
+    write(tmp_path / "topologies" / "b.yaml", "version: 1\nqueues:\n  other: {max_priority: 99}\n")
+    done = run(tmp_path, "validate", "topologies/")
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[0].startswith("topologies/b.yaml:3:")
+    assert done.stdout.splitlines()[-1] == "0 errors, 1 warning in 1 topology (valid)"
+
+
+def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", VALID)
+    done = run(tmp_path, "validate", "a.yaml", "nope.yaml")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == "runner validate: nope.yaml: no such file or directory\n"
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run(tmp_path, "validate").returncode == 2
+    write(tmp_path / "a.yaml", VALID)
+    bad_format = run(tmp_path, "validate", "--format", "xml", "a.yaml")
+    assert bad_format.returncode == 2
+    assert "invalid choice: 'xml'" in bad_format.stderr
+
+
+# ---------------------------------------------------------------- --check-handlers
+
+HANDLERS = """\
+version: 1
+topics:
+  t: {partitions: 2}
+queues:
+  q: {}
+  q.dead: {}
+dlq_policies:
+  p: {dead_letter_queue: q.dead}
+consumers:
+  good: {queue: q, handler: "app.jobs:run", dlq_policy: p}
+  nested: {queue: q, handler: "app.jobs:Worker.handle", dlq_policy: p}
+  no-module: {queue: q, handler: "app.missing:run", dlq_policy: p}
+  no-attr: {queue: q, handler: "app.jobs:walk", dlq_policy: p}
+consumer_groups:
+  not-callable: {topic: t, handler: "app.jobs:LIMIT", dlq_policy: p}
+  broken: {topic: t, handler: "app.broken:run", dlq_policy: p}
+  external: {topic: t}
+"""
+
+
+def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(
+        tmp_path / "app" / "jobs.py",
+        "LIMIT = 3\n\ndef run(msg):\n    pass\n\nclass Worker:\n"
+        "    @staticmethod\n    def handle(msg):\n        pass\n",
+    )
+    write(tmp_path / "app" / "broken.py", "import does_not_exist_anywhere\n")
+    write(tmp_path / "shop.yaml", HANDLERS)
+    plain = run(tmp_path, "validate", "shop.yaml")
+    assert (plain.returncode, plain.stdout) == (0, "shop.yaml: valid\n")
+    done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        'shop.yaml:12:34: error: handler "app.missing:run" of consumer "no-module" cannot be '
+        "imported: ModuleNotFoundError: No module named 'app.missing' "
+        "(at consumers.no-module.handler)",
+        'shop.yaml:13:32: error: handler "app.jobs:walk" of consumer "no-attr" cannot be '
+        'imported: module "app.jobs" has no attribute "walk" (at consumers.no-attr.handler)',
+        'shop.yaml:15:37: error: handler "app.jobs:LIMIT" of consumer group "not-callable" is not '
+        "callable (it is a int) (at consumer_groups.not-callable.handler)",
+        'shop.yaml:16:31: error: handler "app.broken:run" of consumer group "broken" cannot be '
+        "imported: ModuleNotFoundError: No module named 'does_not_exist_anywhere' "
+        "(at consumer_groups.broken.handler)",
+        "4 errors, 0 warnings in 1 topology",
+    ]
