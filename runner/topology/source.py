@@ -189,7 +189,7 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        return SourceResult(None, (_syntax_problem(file, exc),))
+        return SourceResult(None, (_syntax_problem(file, exc, text),))
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
@@ -380,17 +380,26 @@ def _problem(file: str, line: int, column: int, path: str, rule: str, message: s
     return Problem(file, line, column, path, rule, Severity.ERROR, message)
 
 
-def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
+def _syntax_problem(file: str, exc: yaml.MarkedYAMLError, text: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 0
     column = mark.column + 1 if mark is not None else 0
     problem = exc.problem or "invalid YAML"
+    if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+        problem = "a tab character; YAML is indented with spaces, never tabs"
     message = f"YAML syntax error: {problem}"
     if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
         message += f" ({exc.context} started at line {exc.context_mark.line + 1})"
     elif exc.context:
         message += f" ({exc.context})"
     return _problem(file, line, column, "", "yaml-syntax", message)
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.split("\n", line + 1)
+    if line >= len(lines):
+        return ""
+    return lines[line][column : column + 1]
 
 
 def _document_start(text: str, node_line: int) -> int:
