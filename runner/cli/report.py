@@ -19,6 +19,7 @@ from enum import Enum
 from runner.topology.diff import Change, Plan, field_unit, jsonable
 from runner.topology.diff import to_json as plan_to_json
 from runner.topology.problems import Problem, Severity
+from runner.topology.units import format_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,20 +122,11 @@ REPORTERS: dict[str, Callable[[Outcome], str]] = {"text": text, "json": to_json,
 
 _SIZE_UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 _SIZE_DECIMAL = (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000))
-_DURATION_UNITS = (("d", 86400_000), ("h", 3600_000), ("m", 60_000))
 
 
 def human_duration(seconds: float) -> str:
-    """`86400.0` -> `1d`, `5400` -> `1h30m`, `0.25` -> `250ms`."""
-    rest = round(seconds * 1000)
-    if rest == 0:
-        return "0s"
-    parts = []
-    for name, size in (*_DURATION_UNITS, ("s", 1000), ("ms", 1)):
-        count, rest = divmod(rest, size)
-        if count:
-            parts.append(f"{count}{name}")
-    return "".join(parts)
+    """`86400.0` -> `24h`, `5400` -> `1h30m`, `0.25` -> `250ms` (the loader's own unit form)."""
+    return format_duration(seconds)
 
 
 def human_size(size: int) -> str:
