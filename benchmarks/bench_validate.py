@@ -52,10 +52,7 @@ def generate(queues: int = 1000, bindings: int = 1000, topics: int = 200) -> tup
     for b in range(bindings):
         e = b % exchanges
         kind = ("topic", "direct", "fanout", "headers")[e % 4]
-        if b % 5 == 4:
-            dest = f"topic: events-{b % topics}"
-        else:
-            dest = f"queue: q.{b % queues}"
+        dest = f"topic: events-{b % topics}" if b % 5 == 4 else f"queue: q.{b % queues}"
         if kind == "topic":
             opts = f', routing_key: "orders.{b}.#"'
         elif kind == "direct":
