@@ -265,7 +265,7 @@ def _exclusive(path: str, instance: Any, keys: list[str], doc: SourceDocument) -
     present = [k for k in keys if isinstance(instance, dict) and k in instance]
     if not present:
         return _at(doc, path, f"{what} needs one of {options}", rule="exactly-one")
-    listed = " and ".join(present)
+    listed = _and_list(present)
     return _at(doc, path, f"{what} has {listed}; give exactly one of {options}", rule="exactly-one")
 
 
@@ -361,6 +361,12 @@ def _bad_name(value: Any, kind: str = "") -> str:
         f"invalid {what} {_short(value)}: use only letters, digits, '.', '_' and '-' "
         "(1 to 249 characters)"
     )
+
+
+def _and_list(items: list[str]) -> str:
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _or_list(items: list[str]) -> str:

@@ -56,7 +56,7 @@ def _load_case(kind: str, name: str) -> LoadResult:
 def _format(problem: Problem, case: str) -> str:
     where = f"{problem.line}:{problem.column}"
     if problem.file.startswith(case + "/"):
-        where = f"{problem.file[len(case) + 1:]}:{where}"
+        where = f"{problem.file[len(case) + 1 :]}:{where}"
     return f"{where} {problem.severity.value} {problem.message}"
 
 
