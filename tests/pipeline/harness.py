@@ -91,18 +91,20 @@ async def running(
     """Engine + Pipeline started; drained, flushed and closed on exit."""
     clock = SystemClock()
     engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pipeline = Pipeline(engine, topo, data_dir=data_dir, clock=clock, executor=pool,
-                            instance_id="test", hostname="host", random_source=lambda: 0.5,
-                            fsync=FsyncPolicy.NEVER)
-        ticker = asyncio.create_task(_tick(engine))
-        await pipeline.start()
-        try:
-            yield Running(engine, pipeline)
-        finally:
-            await pipeline.drain(grace_s)
-            ticker.cancel()
-            with suppress(asyncio.CancelledError):
-                await ticker
-            engine.flush()
-            engine.close()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pipeline = Pipeline(engine, topo, data_dir=data_dir, clock=clock, executor=pool,
+                                instance_id="test", hostname="host", random_source=lambda: 0.5,
+                                fsync=FsyncPolicy.NEVER)
+            ticker = asyncio.create_task(_tick(engine))
+            try:
+                await pipeline.start()
+                yield Running(engine, pipeline)
+            finally:
+                await pipeline.drain(grace_s)
+                ticker.cancel()
+                with suppress(asyncio.CancelledError):
+                    await ticker
+    finally:
+        engine.flush()
+        engine.close()
