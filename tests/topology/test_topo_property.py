@@ -1,0 +1,171 @@
+"""Property tests: the loader returns problems for any input and never raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner.topology.load import LoadResult, load_text
+from runner.topology.source import read_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = [
+    (ROOT / "topologies" / "order-events.yaml").read_text(),
+    (ROOT / "topologies" / "newsletter.yaml").read_text(),
+    (Path(__file__).parent / "cases" / "good" / "every-key.yaml").read_text(),
+]
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+ENV = {"PARTS": "3", "EMPTY": ""}
+
+# Words the loader knows, so random documents reach the schema, build and rules.
+KEYS = [
+    "version", "name", "topics", "exchanges", "queues", "bindings", "dlq_policies",
+    "consumer_groups", "consumers", "partitions", "key", "retention", "time", "bytes",
+    "cleanup_policy", "segment_bytes", "max_message_bytes", "type", "durable", "internal",
+    "alternate_exchange", "max_priority", "message_ttl", "max_length", "max_length_bytes",
+    "overflow", "delivery_limit", "dead_letter", "exchange", "routing_key", "queue",
+    "to_exchange", "topic", "match", "headers", "max_retries", "backoff", "initial",
+    "multiplier", "max", "jitter", "dead_letter_queue", "no_retry_on", "alert", "max_depth",
+    "max_age", "topics", "handler", "instances", "assignment", "offset_reset", "delivery",
+    "dlq_policy", "concurrency", "prefetch", "timeout", "idempotency", "window", "q", "x",
+    "orders", "__x", "amq.x",
+]  # fmt: skip
+WORDS = [
+    "1", "0", "-1", "10", "24h", "7d", "1GiB", "forever", "unlimited", "direct", "fanout",
+    "topic", "headers", "drop-head", "reject-publish-dlx", "compact", "delete", "all", "any",
+    "earliest", "at-most-once", "exactly-once", "a.b:c", "orders.#", "orders.#x", "q", "x",
+    "${PARTS}", "${NOPE}", "${EMPTY:-5}", "$${X}", "true", "yes", "~", "86400000", "1.5",
+]  # fmt: skip
+
+
+def _never_raises(result: LoadResult) -> None:
+    assert isinstance(result, LoadResult)
+    assert len(result.content_hash) == 64
+    if any(p.is_error for p in result.problems):
+        assert result.topology is None
+    for problem in result.problems:
+        assert problem.message and problem.line >= 0 and problem.column >= 0
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=False),
+    st.sampled_from(WORDS),
+    st.text(max_size=12),
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), children, max_size=5),
+    ),
+    max_leaves=40,
+)
+documents = st.dictionaries(st.sampled_from(KEYS), trees, max_size=8).map(
+    lambda d: {"version": 1, **d}
+)
+
+
+@SETTINGS
+@given(st.binary(max_size=2000))
+def test_random_bytes(raw: bytes) -> None:
+    result = read_bytes(raw, file="fuzz.yaml", env=ENV)
+    for problem in result.problems:
+        assert problem.message
+
+
+@SETTINGS
+@given(st.text(max_size=2000))
+def test_random_text(text: str) -> None:
+    _never_raises(load_text(text, filename="fuzz.yaml", env=ENV))
+
+
+@SETTINGS
+@given(trees)
+def test_random_yaml_trees(tree: Any) -> None:
+    text = yaml.safe_dump(tree, allow_unicode=True)
+    _never_raises(load_text(text, filename="fuzz.yaml", env=ENV))
+
+
+@SETTINGS
+@given(documents, st.booleans())
+def test_random_topology_shaped_documents(document: dict[str, Any], flow: bool) -> None:
+    text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True)
+    _never_raises(load_text(text, filename="fuzz.yaml", env=ENV))
+
+
+def _mutate(text: str, data: st.DataObject) -> str:
+    lines = text.split("\n")
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+        if not lines:
+            lines = [""]
+        index = data.draw(st.integers(min_value=0, max_value=len(lines) - 1))
+        action = data.draw(st.sampled_from(["drop", "dup", "char", "insert", "indent", "word"]))
+        line = lines[index]
+        if action == "drop":
+            del lines[index]
+        elif action == "dup":
+            lines.insert(index, line)
+        elif action == "char" and line:
+            at = data.draw(st.integers(min_value=0, max_value=len(line) - 1))
+            new = data.draw(st.sampled_from(list(":-[]{}&*!|>'\"#%@`, \t$")))
+            lines[index] = line[:at] + new + line[at + 1 :]
+        elif action == "insert":
+            at = data.draw(st.integers(min_value=0, max_value=len(line)))
+            lines[index] = line[:at] + data.draw(st.text(max_size=5)) + line[at:]
+        elif action == "indent":
+            lines[index] = " " * data.draw(st.integers(min_value=0, max_value=6)) + line.lstrip()
+        else:
+            if ":" in line:
+                head = line.split(":", 1)[0]
+                lines[index] = f"{head}: {data.draw(st.sampled_from(WORDS))}"
+    return "\n".join(lines)
+
+
+@SETTINGS
+@given(st.sampled_from(EXAMPLES), st.data())
+def test_mutated_examples(text: str, data: st.DataObject) -> None:
+    _never_raises(load_text(_mutate(text, data), filename="fuzz.yaml", env=ENV))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "partitions": st.integers(min_value=1, max_value=10000),
+                "key": st.sampled_from(["id", "order.id"]),
+                "retention": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "time": st.sampled_from(["forever", "1ms", "30s", "1h30m", "2w"]),
+                        "bytes": st.sampled_from(["unlimited", 0, 1048576, "1.5KB", "1TiB"]),
+                    },
+                ),
+                "cleanup_policy": st.sampled_from(["delete", "compact", ["compact", "delete"]]),
+                "segment_bytes": st.integers(min_value=1, max_value=2**40),
+            },
+        ),
+        max_size=6,
+    )
+)
+def test_valid_topics_always_build(topics: dict[str, Any]) -> None:
+    text = yaml.safe_dump({"version": 1, "topics": topics})
+    result = load_text(text, filename="topics.yaml", env={})
+    assert [p.message for p in result.problems] == []
+    assert result.topology is not None
+    assert sorted(result.topology.topic_map()) == sorted(topics)
+    for name, spec in topics.items():
+        assert result.topology.topic_map()[name].partitions == spec.get("partitions", 1)
