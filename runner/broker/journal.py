@@ -62,19 +62,28 @@ def _get_str(buf: bytes, pos: int) -> tuple[str | None, int]:
     return buf[pos:pos + n].decode(), pos + n
 
 
-def encode_meta(msg: QueuedMessage, not_before: float = 0.0) -> bytes:
-    parts = [b"P", META.pack(
-        msg.priority & 0xFFFF, msg.delivery_count,
-        math.nan if msg.expires_at is None else msg.expires_at, not_before,
-    )]
+def encode_strings(msg: QueuedMessage) -> bytes:
+    parts: list[bytes] = []
     _put_str(parts, msg.routing_key)
     _put_str(parts, msg.exchange)
     props = msg.props
     _put_str(parts, props[0] if props else None)
     _put_str(parts, props[1] if props else None)
-    if msg.headers:
-        parts.append(json.dumps(msg.headers, separators=(",", ":"), default=str).encode())
     return b"".join(parts)
+
+
+def encode_meta(
+    msg: QueuedMessage, not_before: float = 0.0, strings: bytes | None = None,
+) -> bytes:
+    head = b"P" + META.pack(
+        msg.priority & 0xFFFF, msg.delivery_count,
+        math.nan if msg.expires_at is None else msg.expires_at, not_before,
+    )
+    tail = strings if strings is not None else encode_strings(msg)
+    if msg.headers:
+        return head + tail + json.dumps(msg.headers, separators=(",", ":"),
+                                        default=str).encode()
+    return head + tail
 
 
 def decode_publish(rec: LogRecord, *, keep_body: bool) -> tuple[QueuedMessage, float]:
@@ -108,6 +117,7 @@ class QueueLog:
         self._pending: list[Item] = []
         self._settled: array[int] = array("q")
         self._delivered: array[int] = array("q")
+        self._strings: dict[tuple[str, str], bytes] = {}
         self.compacted_size = 0
 
     # ------------------------------------------------------------ writing
@@ -118,7 +128,16 @@ class QueueLog:
         if body is None:
             body = msg.body if isinstance(msg.body, bytes) else self.read_body(msg.body)
         uid = self.log.end_offset + len(self._pending)
-        self._pending.append((encode_meta(msg, not_before), body, NO_HEADERS, msg.timestamp_ms))
+        strings = None
+        if msg.props is None:  # no message id: the same few strings again and again
+            ck = (msg.routing_key, msg.exchange)
+            strings = self._strings.get(ck)
+            if strings is None:
+                if len(self._strings) > 1024:
+                    self._strings.clear()
+                strings = self._strings[ck] = encode_strings(msg)
+        self._pending.append((encode_meta(msg, not_before, strings), body, NO_HEADERS,
+                              msg.timestamp_ms))
         return uid
 
     def settle(self, uid: int) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from runner.broker.message import (
     DELAYED,
@@ -112,36 +112,62 @@ class MessageQueue:
     # ------------------------------------------------------------ publishing
     def admit(
         self, m: Publishable, *, exchange: str, routing_key: str, now: float, ts_ms: int,
-        headers: object = None, delivery_count: int = 0, first_uid: int | None = None,
+        headers: Mapping[str, Any] | None = None, delivery_count: int = 0,
     ) -> QueuedMessage:
         """Take one message, applying the length limits. Refused when full under
         `reject-publish` / `reject-publish-dlx` (the latter also puts it in `dead`)."""
         spec = self.spec
         body = m.body
         size = len(body)
-        limited = spec.max_length is not None or spec.max_length_bytes is not None
-        if limited and not self._make_room(size):
+        if (spec.max_length is not None or spec.max_length_bytes is not None) \
+                and not self._make_room(size):
             self.rejected_publishes += 1
             if spec.overflow is Overflow.REJECT_PUBLISH_DLX:
-                msg = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body)
-                msg.state = GONE  # never stored: nothing to forget
+                dead = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body)
+                dead.state = GONE  # never stored: nothing to forget
                 self.dead_lettered["maxlen"] += 1
-                self.dead.append((msg, "maxlen"))
+                self.dead.append((dead, "maxlen"))
             raise Refused(
                 f"queue '{self.name}' is full ({self._limit_text()}, "
                 f"overflow {spec.overflow.value}): publish refused"
             )
-        msg = self._build(m, exchange, routing_key, now, ts_ms, headers, delivery_count, body)
-        if first_uid is not None:
-            msg.uid = first_uid
-        self._store(msg, body)
+        # the hot path: _build, _store and _push_ready inlined
+        ttl = m.ttl_s
+        qttl = spec.message_ttl_s
+        if qttl is not None and (ttl is None or qttl < ttl):
+            ttl = qttl
+        mid = m.message_id
+        ctype = m.content_type
+        prio = m.priority or 0
+        msg = QueuedMessage(
+            -1, body, size, prio, routing_key, exchange,
+            headers if headers is not None else (m.headers or EMPTY_HEADERS),
+            (mid, ctype) if mid is not None or ctype is not None else None,
+            ts_ms, None if ttl is None else now + ttl, delivery_count,
+        )
+        journal = self.journal
+        if journal is not None:
+            msg.uid = journal.reserve(msg)
+        else:
+            msg.uid = self.next_uid
+            self.next_uid += 1
+        mem = self.memory
+        if mem.used + size > mem.limit and self.spill is not None:
+            msg.body = self.spill.spill(msg, body)
+        else:
+            mem.used += size
         self.published += 1
-        self._push_ready(msg)
+        top = self.max_level
+        self.levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
+        self.ready += 1
+        self.ready_bytes += size
+        if ttl is not None:
+            heapq.heappush(self.expiries, (now + ttl, msg.uid, msg))
         return msg
 
     def _build(
         self, m: Publishable, exchange: str, routing_key: str, now: float, ts_ms: int,
-        headers: object, delivery_count: int, body: bytes,
+        headers: Mapping[str, Any] | None, delivery_count: int, body: bytes,
     ) -> QueuedMessage:
         ttl = m.ttl_s
         qttl = self.spec.message_ttl_s
@@ -152,23 +178,11 @@ class MessageQueue:
         hdrs = headers if headers is not None else (m.headers or EMPTY_HEADERS)
         msg = QueuedMessage(
             -1, body, len(body), m.priority or 0, routing_key, exchange,
-            hdrs,  # type: ignore[arg-type]
+            hdrs,
             (mid, ctype) if mid is not None or ctype is not None else None,
             ts_ms, None if ttl is None else now + ttl, delivery_count,
         )
         return msg
-
-    def _store(self, msg: QueuedMessage, body: bytes) -> None:
-        if self.journal is not None:
-            msg.uid = self.journal.reserve(msg) if msg.uid < 0 else msg.uid
-        elif msg.uid < 0:
-            msg.uid = self.next_uid
-            self.next_uid += 1
-        mem = self.memory
-        if mem.used + msg.size > mem.limit and self.spill is not None:
-            msg.body = self.spill.spill(msg, body)
-        else:
-            mem.used += msg.size
 
     def _push_ready(self, msg: QueuedMessage) -> None:
         msg.state = READY
@@ -339,13 +353,25 @@ class MessageQueue:
         """Settle deliveries; returns the tags that were unknown (or expired)."""
         unknown: list[int] = []
         acked = 0
+        unacked = self.unacked
+        consumers = self.consumers
+        journal = self.journal
+        freed = 0
         for tag in tags:
-            msg = self._release(tag)
+            msg = unacked.pop(tag, None)
             if msg is None:
                 unknown.append(tag)
                 continue
             acked += 1
-            self._forget(msg)
+            owner = msg.owner
+            if owner is not None and consumers.get(owner, 0) > 0:
+                consumers[owner] -= 1
+            msg.state = GONE
+            if isinstance(msg.body, bytes):
+                freed += msg.size
+            if journal is not None:
+                journal.settle(msg.uid)
+        self.memory.used -= freed
         self.acked += acked
         return unknown
 

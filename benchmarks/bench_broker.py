@@ -1,0 +1,164 @@
+"""Benchmark: the broker's publish -> route -> priority queue -> pull -> ack path.
+
+200-byte messages through a topic exchange into a priority queue, consumed and
+acked in batches, in-process. Each figure is the median of several runs and is
+printed next to its floor measured in the same run:
+
+* durability off (non-durable queue)       vs  bare deque append + popleft of the same tuples
+* durable queue, fsync=always group commit vs  the same bytes appended to a SegmentedLog
+                                               (fsync=always, one append per batch)
+
+Then the memory a queued message costs beyond its body (tracemalloc).
+
+    .venv/bin/python benchmarks/bench_broker.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runner.broker.broker import Broker  # noqa: E402
+from runner.broker.message import Message  # noqa: E402
+from runner.clock import SystemClock  # noqa: E402
+from runner.log.record import Fsync  # noqa: E402
+from runner.log.segment import SegmentedLog  # noqa: E402
+from runner.topology.model import Binding, Exchange, ExchangeType, Queue  # noqa: E402
+
+BODY = 200
+KEY = "orders.eu.created"
+FLOOR_OFF = 300_000
+FLOOR_ALWAYS = 100_000
+
+
+def messages(batch: int) -> list[Message]:
+    return [Message(bytes([i % 251]) * BODY, KEY, priority=i % 10) for i in range(batch)]
+
+
+def open_broker(data: Path, fsync: str, durable: bool) -> Broker:
+    b = Broker(data, fsync=fsync, clock=SystemClock(), segment_bytes=64 << 20)
+    b.declare([Exchange("events", ExchangeType.TOPIC)],
+              [Queue("work", max_priority=10, durable=durable)],
+              [Binding("events", queue="work", routing_key="orders.*.created"),
+               Binding("events", queue="other", routing_key="billing.#")])
+    return b
+
+
+def run_broker(total: int, batch: int, fsync: str, durable: bool) -> float:
+    data = Path(tempfile.mkdtemp(prefix="bench-broker-"))
+    try:
+        b = open_broker(data, fsync, durable)
+        msgs = messages(batch)
+        rounds = total // batch
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            b.publish("events", msgs)
+            got = b.pull("work", batch, consumer_id="bench")
+            b.ack("work", [d.delivery_id for d in got])
+        elapsed = time.perf_counter() - t0
+        assert b.queue_info("work").ready == 0
+        b.close()
+        return rounds * batch / elapsed
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def run_deque(total: int, batch: int) -> float:
+    items = [(m.body, m.routing_key, m.priority) for m in messages(batch)]
+    dq: deque[tuple[bytes, str, int | None]] = deque()
+    rounds = total // batch
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for it in items:
+            dq.append(it)
+        for _ in range(batch):
+            dq.popleft()
+    return rounds * batch / (time.perf_counter() - t0)
+
+
+def run_log(total: int, batch: int) -> float:
+    data = Path(tempfile.mkdtemp(prefix="bench-log-"))
+    try:
+        log = SegmentedLog(data, segment_bytes=64 << 20, fsync=Fsync.ALWAYS,
+                           clock=SystemClock())
+        ts = int(time.time() * 1000)
+        items = [(None, m.body, (), ts) for m in messages(batch)]
+        rounds = total // batch
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            log.append(items)
+        elapsed = time.perf_counter() - t0
+        log.close()
+        return rounds * batch / elapsed
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def median_of(runs: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(runs))
+
+
+def memory_per_message(count: int, durable: bool) -> float:
+    """Bytes a queued message costs beyond its body (bodies allocated before measuring)."""
+    data = Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    try:
+        b = open_broker(data, "never", durable)
+        msgs = [Message(i.to_bytes(4, "little") * (BODY // 4), KEY, priority=i % 10)
+                for i in range(count)]
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(0, count, 1000):
+            b.publish("events", msgs[i:i + 1000])
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert b.queue_info("work").ready == count
+        b.close()
+        return (after - before) / count
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small run (< 20 s)")
+    args = ap.parse_args(argv)
+    total, batch, runs, mem_n = (
+        (60_000, 1000, 3, 20_000) if args.quick else (300_000, 2000, 5, 100_000))
+
+    off = median_of(runs, lambda: run_broker(total, batch, "never", durable=False))
+    dq = median_of(runs, lambda: run_deque(total, batch))
+    always = median_of(runs, lambda: run_broker(total // 2, batch, "always", durable=True))
+    flog = median_of(runs, lambda: run_log(total // 2, batch))
+    mem = memory_per_message(mem_n, durable=False)
+    mem_d = memory_per_message(mem_n, durable=True)
+
+    print(f"broker bench: {BODY}-byte messages, topic exchange -> priority queue -> pull -> ack, "
+          f"batches of {batch}, median of {runs}")
+    print(f"  durability off : {off:>11,.0f} msg/s   floor deque append+popleft {dq:>11,.0f}/s"
+          f"   ratio {off / dq:.3f}   target >= {FLOOR_OFF:,} "
+          f"{'ok' if off >= FLOOR_OFF else 'BELOW'}")
+    print(f"  fsync=always   : {always:>11,.0f} msg/s   floor SegmentedLog append   {flog:>11,.0f}/s"
+          f"   ratio {always / flog:.3f}   target >= {FLOOR_ALWAYS:,} "
+          f"{'ok' if always >= FLOOR_ALWAYS else 'BELOW'}")
+    print(f"  memory per queued message beyond its body: {mem:.0f} B in memory queue, "
+          f"{mem_d:.0f} B durable queue (target < 200 B)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
