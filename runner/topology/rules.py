@@ -12,6 +12,7 @@ Rules (error unless noted):
     overflow-dlx          `reject-publish-dlx` on a queue without `dead_letter`
     dlx-cycle             dead-letter cycles (error if certain, warning if key-dependent)
     ignored-routing-key   warning: a routing key on a fanout or headers binding
+    literal-wildcard      warning: `*` or `#` in a direct exchange's binding key
     priority-levels       warning: `max_priority` above 10
     idle-instances        warning: more group instances than partitions
     dropped-failures      warning: a consumer whose failures would be dropped
@@ -276,6 +277,21 @@ def ignored_routing_keys(idx: Index) -> Iterator[Problem]:
                 WARNING,
                 message,
                 fallback=b.pos,
+            )
+
+
+def literal_wildcards(idx: Index) -> Iterator[Problem]:
+    for i, b in enumerate(idx.topology.bindings):
+        ex = idx.exchanges.get(b.exchange)
+        if ex is None or ex.type is not ExchangeType.DIRECT:
+            continue
+        if "*" in b.routing_key or "#" in b.routing_key:
+            message = (
+                f'routing key "{b.routing_key}" on direct exchange "{b.exchange}" is matched '
+                "literally: wildcards only work on topic exchanges"
+            )
+            yield idx.problem(
+                f"bindings[{i}].routing_key", "literal-wildcard", WARNING, message, fallback=b.pos
             )
 
 
@@ -675,6 +691,7 @@ RULES: tuple[Rule, ...] = (
     Rule("overflow-dlx", overflow_dlx),
     Rule("dlx-cycle", dead_letter_cycles),
     Rule("ignored-routing-key", ignored_routing_keys),
+    Rule("literal-wildcard", literal_wildcards),
     Rule("priority-levels", priority_levels),
     Rule("idle-instances", idle_instances),
     Rule("dropped-failures", dropped_failures),

@@ -54,7 +54,7 @@ def topo(**kw: object) -> Topology:
 
 def test_rule_ids_are_unique_and_documented() -> None:
     ids = [r.id for r in RULES]
-    assert len(ids) == len(set(ids)) == 12
+    assert len(ids) == len(set(ids)) == 13
     import runner.topology.rules as module
 
     for rule_id in ids:
@@ -374,6 +374,30 @@ def test_routing_key_on_fanout_binding_is_ignored() -> None:
             "ignored-routing-key",
             "warning",
             'routing key "sport" is ignored: exchange "news" is of type fanout',
+        ),
+    ]
+
+
+def test_wildcards_on_a_direct_exchange_are_literal() -> None:
+    assert found("""\
+        version: 1
+        exchanges:
+          orders: {type: direct}
+        topics:
+          t: {}
+        bindings:
+          - {exchange: orders, topic: t, routing_key: "orders.#"}
+          - {exchange: orders, topic: t, routing_key: "orders.created"}
+        """) == [
+        (
+            FILE,
+            7,
+            47,
+            "bindings[0].routing_key",
+            "literal-wildcard",
+            "warning",
+            'routing key "orders.#" on direct exchange "orders" is matched literally: '
+            "wildcards only work on topic exchanges",
         ),
     ]
 
