@@ -689,12 +689,14 @@ class Broker:
         if self.fsync is Fsync.INTERVAL:
             for journal in self.journals.values():
                 journal.log.maybe_sync()
+            self.steps.log.maybe_sync()
 
     def compact(self, *, force: bool = False) -> None:
         """Drop settled history from the queue logs (and spilled bodies no longer used)."""
         for name, journal in self.journals.items():
             mq = self.queues[name]
-            journal.compact({m.uid: m for m in mq.live()}, force=force)
+            journal.compact(lambda mq=mq: {m.uid: m for m in mq.live()},  # type: ignore[misc]
+                            force=force)
         for name, spill in self.spills.items():
             if spill.log is not None:
                 locs = [m.body for m in self.queues[name].live() if isinstance(m.body, int)]
@@ -729,6 +731,7 @@ class Broker:
         """fsync everything written so far."""
         for journal in self.journals.values():
             journal.sync()
+        self.steps.log.sync()
 
     def close(self) -> None:
         for journal in self.journals.values():

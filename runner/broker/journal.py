@@ -29,7 +29,7 @@ import json
 import math
 import struct
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,22 +223,28 @@ class QueueLog:
         return ready, delayed
 
     # ------------------------------------------------------------ compaction
-    def compact(self, live: Mapping[int, QueuedMessage], *, force: bool = False) -> bool:
+    def compact(
+        self, live: Callable[[], Mapping[int, QueuedMessage]], *, force: bool = False,
+    ) -> bool:
         """Drop or rewrite closed segments that hold mostly settled records.
 
-        `live` maps uid -> message for every message the queue still owns.
-        Returns True when something was removed.
+        `live()` maps uid -> message for every message the queue still owns; it
+        is called only when the log grew by a segment since the last attempt
+        (it walks every message). Returns True when something was removed.
         """
         log = self.log
         self.flush()
-        first_live = min(live) if live else log.end_offset
+        if log.segment_count < 2:
+            return False
+        if not force and log.size_bytes < self.compacted_size + log.segment_bytes:
+            return False
+        owned = live()
+        first_live = min(owned) if owned else log.end_offset
         changed = log.delete_before(first_live) > 0
-        if not force and log.size_bytes < self.compacted_size + 2 * log.segment_bytes:
-            return changed
         closed = log.closed_segments()
-        if closed:
+        if closed and (force or sum(s.size for s in closed) > log.segment_bytes):
             bases = [s.base for s in closed]
-            log.replace_segments(bases, self._kept(bases, live))
+            log.replace_segments(bases, self._kept(bases, owned))
             changed = True
         self.compacted_size = log.size_bytes
         return changed
