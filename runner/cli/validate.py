@@ -110,7 +110,7 @@ def resolve_handler(reference: str) -> str | None:
         return "is not of the form module:callable"
     try:
         target: object = importlib.import_module(module_name)
-    except Exception as exc:  # any error while importing user code is the answer
+    except (Exception, SystemExit) as exc:  # whatever user code raises is the answer
         return f"cannot be imported: {type(exc).__name__}: {exc}"
     for part in attr.split("."):
         if not hasattr(target, part):

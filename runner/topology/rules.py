@@ -615,7 +615,8 @@ def idle_instances(idx: Index) -> Iterator[Problem]:
             message = (
                 f'consumer group "{name}" has {g.instances} instances but topic "{topic}" '
                 f"has {partitions} partition{'s' if partitions != 1 else ''}; "
-                f"{idle} instance{'s' if idle != 1 else ''} would stay idle"
+                f"{idle} instance{'s' if idle != 1 else ''} would "
+                + ("stay idle" if len(g.topics) == 1 else "get none of its partitions")
             )
             yield idx.problem(
                 f"consumer_groups.{name}.instances",

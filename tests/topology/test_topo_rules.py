@@ -430,6 +430,7 @@ def test_more_instances_than_the_smallest_topic_has_partitions() -> None:
         consumer_groups:
           g: {topics: [a, b], instances: 2}
           h: {topics: [a], instances: 3}
+          i: {topic: a, instances: 5}
         """) == [
         (
             FILE,
@@ -439,7 +440,17 @@ def test_more_instances_than_the_smallest_topic_has_partitions() -> None:
             "idle-instances",
             "warning",
             'consumer group "g" has 2 instances but topic "b" has 1 partition; '
-            "1 instance would stay idle",
+            "1 instance would get none of its partitions",
+        ),
+        (
+            FILE,
+            8,
+            28,
+            "consumer_groups.i.instances",
+            "idle-instances",
+            "warning",
+            'consumer group "i" has 5 instances but topic "a" has 3 partitions; '
+            "2 instances would stay idle",
         ),
     ]
 
