@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from importlib import resources
@@ -119,10 +120,11 @@ def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
         return
     if keyword == "additionalProperties" and isinstance(instance, dict):
         properties = where_schema.get("properties", {})
+        patterns = [re.compile(p) for p in where_schema.get("patternProperties", {})]
         known = sorted(properties)
         where = path or "the top level"
         for key in instance:
-            if key in properties:
+            if key in properties or any(p.search(key) for p in patterns):
                 continue
             child = f"{path}.{key}" if path else key
             message = f'unknown key "{key}" in {where}'

@@ -199,7 +199,7 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
         return SourceResult(None, (_problem(file, 0, 0, "", "yaml-syntax", f"YAML error: {exc}"),))
     converter = _Converter(file, os.environ if env is None else env)
     data = converter.convert(root, "", None, 0)
-    problems = tuple(converter.problems)
+    problems = tuple(sorted(converter.problems, key=Problem.sort_key))
     if not isinstance(data, dict) and not any(p.is_error for p in problems):
         start = root.start_mark
         message = (
@@ -278,21 +278,19 @@ class _Converter:
         first_line: dict[str, int] = {}
         prefix = f"{path}." if path else ""
         where = path or "the top level"
+        entries: list[tuple[Any, Any, Position, str]] = []
         for key_node, value_node in node.value:
             mark = key_node.start_mark
             key_pos = Position(self.file, mark.line + 1, mark.column + 1)
-            if not isinstance(key_node, yaml.ScalarNode):
-                shape = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-                message = f"a key in {where} must be a plain name, not a {shape}"
-                self._error(key_pos, path, "complex-key", message)
+            key = self._key(key_node, key_pos, path, where)
+            if key is None:
                 continue
-            if key_node.tag not in _IMPLICIT_TAGS and key_node.tag not in _HARMLESS_TAGS:
-                self._error(key_pos, path, "yaml-tag", _tag_message(key_node.tag))
+            if key == "<<" and key_node.tag == _PLAIN:
+                # merged first, so explicit keys (values and positions) win
+                self._merge(value_node, key_pos, path, depth, result)
                 continue
-            key = key_node.value
-            if "$" in key:
-                substituted = self._substitute(key, key_pos, path)
-                key = key if substituted is None else substituted
+            entries.append((key_node, value_node, key_pos, key))
+        for _key_node, value_node, key_pos, key in entries:
             child = prefix + key
             if key in first_line:
                 self._error(
@@ -307,6 +305,47 @@ class _Converter:
             self.key_positions[child] = key_pos
             result[key] = self.convert(value_node, child, key_pos, depth + 1)
         return result
+
+    def _key(self, key_node: Any, key_pos: Position, path: str, where: str) -> str | None:
+        if not isinstance(key_node, yaml.ScalarNode):
+            shape = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+            message = f"a key in {where} must be a plain name, not a {shape}"
+            self._error(key_pos, path, "complex-key", message)
+            return None
+        if key_node.tag not in _IMPLICIT_TAGS and key_node.tag not in _HARMLESS_TAGS:
+            self._error(key_pos, path, "yaml-tag", _tag_message(key_node.tag))
+            return None
+        key: str = key_node.value
+        if "$" in key:
+            substituted = self._substitute(key, key_pos, path)
+            key = key if substituted is None else substituted
+        return key
+
+    def _merge(
+        self, value_node: Any, key_pos: Position, path: str, depth: int, into: dict[str, Any]
+    ) -> None:
+        """Apply a `<<: *defaults` merge key: copy entries not set explicitly.
+
+        Merge keys are YAML 1.1, not 1.2, but common in configuration files; as
+        in YAML 1.1, explicit keys win and earlier merge sources win over later.
+        """
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                message = "a merge key (<<) takes a mapping or a list of mappings: <<: *defaults"
+                self._error(key_pos, path, "merge-key", message)
+                return
+            if id(source) in self._active:
+                message = "an alias refers to itself (recursive data)"
+                self._error(key_pos, path, "alias-recursive", message)
+                return
+            self._active.add(id(source))
+            try:
+                merged = self._mapping(source, path, depth)
+            finally:
+                self._active.discard(id(source))
+            for key, value in merged.items():
+                into.setdefault(key, value)  # an earlier source wins
 
     def _scalar(self, node: Any, path: str, pos: Position) -> Any:
         text: str = node.value

@@ -184,6 +184,41 @@ def test_a_few_aliases_are_fine() -> None:
     assert data == {"base": {"max_length": 10}, "q1": {"max_length": 10}, "q2": {"max_length": 10}}
 
 
+def test_merge_keys_copy_entries_that_are_not_set_explicitly() -> None:
+    text = (
+        "defaults: &d {max_length: 5, durable: false}\n"
+        "more: &m {durable: true, overflow: reject-publish, max_length: 9}\n"
+        "q: {durable: true, <<: *d}\n"
+        "r:\n  <<: [*d, *m]\n  delivery_limit: 2\n"
+    )
+    result = _read(text)
+    assert result.problems == ()
+    doc = result.document
+    assert doc is not None
+    assert doc.data["q"] == {"max_length": 5, "durable": True}
+    assert doc.data["r"] == {
+        "max_length": 5,
+        "durable": False,
+        "overflow": "reject-publish",
+        "delivery_limit": 2,
+    }
+    # explicit keys keep their own position; merged ones point at the anchor's entry
+    assert doc.positions["q.durable"] == Position("t.yaml", 3, 14)
+    assert doc.positions["q.max_length"] == Position("t.yaml", 1, 27)
+
+
+def test_a_merge_key_needs_mappings() -> None:
+    assert _one(_read("q: {<<: 5}\n")) == (
+        1,
+        5,
+        "a merge key (<<) takes a mapping or a list of mappings: <<: *defaults",
+    )
+
+
+def test_a_quoted_merge_key_is_an_ordinary_key() -> None:
+    assert _data("q: {'<<': 5}\n") == {"q": {"<<": 5}}
+
+
 def test_a_recursive_alias_is_an_error() -> None:
     # reported where the anchored node starts
     assert _one(_read("a: &x\n  b: *x\n")) == (1, 4, "an alias refers to itself (recursive data)")
