@@ -209,6 +209,7 @@ consumers:
 consumer_groups:
   not-callable: {topic: t, handler: "app.jobs:LIMIT", dlq_policy: p}
   broken: {topic: t, handler: "app.broken:run", dlq_policy: p}
+  exits: {topic: t, handler: "app.exits:run", dlq_policy: p}
   external: {topic: t}
 """
 
@@ -221,6 +222,7 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
         "    @staticmethod\n    def handle(msg):\n        pass\n",
     )
     write(tmp_path / "app" / "broken.py", "import does_not_exist_anywhere\n")
+    write(tmp_path / "app" / "exits.py", "raise SystemExit(3)\n")
     write(tmp_path / "shop.yaml", HANDLERS)
     plain = run(tmp_path, "validate", "shop.yaml")
     assert (plain.returncode, plain.stdout) == (0, "shop.yaml: valid\n")
@@ -237,5 +239,7 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
         'shop.yaml:16:31: error: handler "app.broken:run" of consumer group "broken" cannot be '
         "imported: ModuleNotFoundError: No module named 'does_not_exist_anywhere' "
         "(at consumer_groups.broken.handler)",
-        "4 errors, 0 warnings in 1 topology",
+        'shop.yaml:17:30: error: handler "app.exits:run" of consumer group "exits" cannot be '
+        "imported: SystemExit: 3 (at consumer_groups.exits.handler)",
+        "5 errors, 0 warnings in 1 topology",
     ]
