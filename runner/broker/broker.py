@@ -139,7 +139,8 @@ class Broker:
     def __init__(
         self, data_dir: Path, *, fsync: Fsync | str = Fsync.ALWAYS, clock: Clock,
         memory_budget_bytes: int = 256 * MiB, disk_budget_bytes: int | None = None,
-        segment_bytes: int = 16 * MiB, dedup_window_s: float = 3600.0,
+        segment_bytes: int = 16 * MiB, dedup_window_s: float = 600.0,
+        dedup_max_ids: int = 1_000_000,
         topic_sink: TopicSink | None = None, compact_interval_s: float = 5.0,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -149,6 +150,7 @@ class Broker:
         self.disk_budget_bytes = disk_budget_bytes
         self.segment_bytes = segment_bytes
         self.dedup_window_s = dedup_window_s
+        self.dedup_max_ids = dedup_max_ids
         self.topic_sink = topic_sink
         self.compact_interval_s = compact_interval_s
         self.router = Router()
@@ -369,10 +371,26 @@ class Broker:
                     )
                 routes.append(route)
                 if mid is not None:
-                    self._dedup[(kind, target, mid)] = (now, route)
+                    self._remember(kind, target, mid, now, route)
         finally:
             self._finish()
         return routes
+
+    def _remember(self, kind: str, target: str, mid: str, now: float, route: Route) -> None:
+        dedup = self._dedup
+        dedup[(kind, target, mid)] = (now, route)
+        if len(dedup) > self.dedup_max_ids:
+            del dedup[next(iter(dedup))]  # the oldest id goes first
+
+    def _prune_dedup(self, now: float) -> None:
+        """Forget ids older than the window (ids are kept in arrival order)."""
+        dedup = self._dedup
+        horizon = now - self.dedup_window_s
+        while dedup:
+            key = next(iter(dedup))
+            if dedup[key][0] > horizon:
+                break
+            del dedup[key]
 
     def _dedup_hit(self, key: tuple[str, str, str], now: float) -> Route | None:
         found = self._dedup.get(key)
@@ -679,10 +697,7 @@ class Broker:
                     self._dirty[name] = mq
         finally:
             self._finish()
-        if self._dedup:
-            horizon = now - self.dedup_window_s
-            for key in [k for k, (t, _) in self._dedup.items() if t <= horizon]:
-                del self._dedup[key]
+        self._prune_dedup(now)
         if mono - self._last_compact >= self.compact_interval_s:
             self._last_compact = mono
             self.compact()

@@ -331,7 +331,17 @@ class MessageQueue:
             ))
         self.delivered += len(out)
         self.consumers[consumer] = held + len(out)
+        if len(self.expiries) > 2 * self.ready + 1024:
+            self._prune()
         return out
+
+    def _prune(self) -> None:
+        """Drop heap entries of messages that left (they would pin their bodies)."""
+        self.expiries = [e for e in self.expiries if e[2].state == READY]
+        heapq.heapify(self.expiries)
+        unacked = self.unacked
+        self.leases = [e for e in self.leases if e[1] in unacked]
+        heapq.heapify(self.leases)
 
     def _read(self, loc: int) -> bytes:
         if self.spill is not None:
@@ -373,6 +383,8 @@ class MessageQueue:
                 journal.settle(msg.uid)
         self.memory.used -= freed
         self.acked += acked
+        if len(self.leases) > 2 * len(unacked) + 1024:
+            self._prune()
         return unknown
 
     def ack_uids(self, uids: Iterable[int]) -> int:
@@ -416,6 +428,8 @@ class MessageQueue:
         heapq.heappush(self.returned[self.level_of(msg.priority)], (msg.uid, msg))
         self.ready += 1
         self.ready_bytes += msg.size
+        if msg.expires_at is not None:  # its first entry may have been pruned
+            heapq.heappush(self.expiries, (msg.expires_at, msg.uid, msg))
 
     def settle_one(self, tag: int) -> QueuedMessage:
         """Remove one unacked delivery (for dead-lettering by the caller)."""
@@ -474,6 +488,11 @@ class MessageQueue:
                 self.ready_bytes -= msg.size
                 self._count_dead(msg, "expired")
                 n += 1
+        if n:
+            for lvl in range(self.max_level + 1):
+                dq = self.levels[lvl]
+                while dq and dq[0].state != READY:
+                    dq.popleft()  # let expired heads go now, not at the next delivery
         return n
 
     def due_retries(self, now: float) -> list[QueuedMessage]:

@@ -229,7 +229,7 @@ def test_tick_compacts_a_log_that_is_mostly_acked(make_broker: MakeBroker) -> No
     b = make_broker(*TOPO, segment_bytes=4096, compact_interval_s=0)
     journal = b.journals["dq"]
     stuck = None
-    for round_ in range(60):
+    for _ in range(60):
         b.publish("x", [Message(b"." * 300, "k") for _ in range(5)])
         ds = b.pull("dq", 5, consumer_id="c")
         if stuck is None:

@@ -315,3 +315,32 @@ def test_peek_leaves_messages_in_place(make_broker: MakeBroker) -> None:
     put(b, "q", (b"a", 1), (b"b", 3))
     assert bodies(b.peek("q", 10)) == [b"b", b"a"]
     assert b.queue_info("q").ready == 2
+
+
+def test_settled_messages_do_not_stay_pinned_by_ttl_or_lease_heaps(
+    make_broker: MakeBroker,
+) -> None:
+    b = make_broker(queues=[Queue("q", message_ttl_s=86400)])
+    for _ in range(5):
+        b.publish_to_queue("q", [Message(b"x" * 100) for _ in range(1000)])
+        ds = b.pull("q", 1000, consumer_id="c", lease_s=300)
+        b.ack("q", [d.delivery_id for d in ds])
+    mq = b.queues["q"]
+    assert len(mq.expiries) <= 1024 + 2 * mq.ready
+    assert len(mq.leases) <= 1024
+    assert b.memory.used == 0
+
+
+def test_requeued_message_is_still_swept_after_pruning(
+    make_broker: MakeBroker, clock: ManualClock,
+) -> None:
+    b = make_broker(queues=[Queue("q", message_ttl_s=10)])
+    b.publish_to_queue("q", [Message(b"keep")] + [Message(b"x") for _ in range(3000)])
+    first = b.pull("q", 1, consumer_id="c")
+    rest = b.pull("q", 3000, consumer_id="d")  # prunes the TTL heap
+    b.ack("q", [d.delivery_id for d in rest])
+    b.nack("q", [first[0].delivery_id], requeue=True)
+    clock.advance(11)
+    b.tick()
+    assert b.queue_info("q").ready == 0
+    assert b.stats().queues["q"].dead_lettered["expired"] == 1
