@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  durability off : {off:>11,.0f} msg/s   floor deque append+popleft {dq:>11,.0f}/s"
           f"   ratio {off / dq:.3f}   target >= {FLOOR_OFF:,} "
           f"{'ok' if off >= FLOOR_OFF else 'BELOW'}")
-    print(f"  fsync=always   : {always:>11,.0f} msg/s   floor SegmentedLog append   {flog:>11,.0f}/s"
+    print(f"  fsync=always   : {always:>11,.0f} msg/s   "
+          f"floor SegmentedLog append   {flog:>11,.0f}/s"
           f"   ratio {always / flog:.3f}   target >= {FLOOR_ALWAYS:,} "
           f"{'ok' if always >= FLOOR_ALWAYS else 'BELOW'}")
     print(f"  memory per queued message beyond its body: {mem:.0f} B in memory queue, "
