@@ -545,15 +545,15 @@ def _route(start: _State, comp: set[_State], edges: dict[_State, list[_Edge]]) -
                     parent[w] = (v, via)
                     nxt_frontier.append(w)
         frontier = nxt_frontier
-    parts: list[str] = [f'queue "{start[0]}"']
+    segments: list[list[str]] = []  # walked backwards from start, reversed at the end
     node = start
     while True:
         prev, via = parent[node]
-        parts[:0] = [f'queue "{prev[0]}"', *(f'exchange "{e}"' for e in via)]
+        segments.append([f'queue "{prev[0]}"', *(f'exchange "{e}"' for e in via)])
         node = prev
         if node == start:
             break
-    return tuple(parts)
+    return (*(word for seg in reversed(segments) for word in seg), f'queue "{start[0]}"')
 
 
 def find_cycles(idx: Index) -> list[Cycle]:

@@ -717,3 +717,54 @@ def test_cycle_detection_is_fast_on_a_long_chain() -> None:
     (cycle,) = find_cycles(Index(t))
     assert time.perf_counter() - start < 2.0
     assert cycle.certain and len(cycle.route) == 2 * n + 1
+
+
+# ---------------------------------------------------------------- property: any reference graph
+
+_names = st.sampled_from(["a", "b", "c", "d"])
+_types = st.sampled_from(list(ExchangeType))
+_keys = st.sampled_from(["", "k", "j", "#", "k.*", "*"])
+
+
+@st.composite
+def _topologies(draw: st.DrawFn) -> Topology:
+    exchanges = {
+        n: Exchange(n, draw(_types), alternate_exchange=draw(st.none() | _names))
+        for n in draw(st.sets(_names, max_size=4))
+    }
+    queues = {}
+    for n in draw(st.sets(_names.map(lambda s: "q" + s), max_size=4)):
+        dl = draw(st.none() | st.builds(DeadLetter, _names, st.none() | _keys))
+        ttl = draw(st.sampled_from([None, None, None, 5.0]))
+        queues[n] = Queue(n, dead_letter=dl, message_ttl_s=ttl)
+    bindings = []
+    for _ in range(draw(st.integers(0, 8))):
+        src = draw(_names)
+        key = draw(_keys)
+        if draw(st.booleans()):
+            bindings.append(Binding(src, queue="q" + draw(_names), routing_key=key))
+        else:
+            bindings.append(Binding(src, to_exchange=draw(_names), routing_key=key))
+    return topo(exchanges=exchanges.values(), queues=queues.values(), bindings=bindings)
+
+
+@given(_topologies())
+def test_any_reference_graph_is_checked_and_every_cycle_route_is_real(t: Topology) -> None:
+    check(t)  # never raises, whatever is missing
+    exchanges, queues = t.exchange_map(), t.queue_map()
+    edges: set[tuple[str, str]] = set()
+    for b in t.bindings:
+        target = f'queue "{b.queue}"' if b.queue else f'exchange "{b.to_exchange}"'
+        edges.add((f'exchange "{b.exchange}"', target))
+    for name, ex in exchanges.items():
+        if ex.alternate_exchange:
+            edges.add((f'exchange "{name}"', f'exchange "{ex.alternate_exchange}"'))
+    for name, q in queues.items():
+        if q.dead_letter:
+            edges.add((f'queue "{name}"', f'exchange "{q.dead_letter.exchange}"'))
+    for cycle in find_cycles(Index(t)):
+        route = cycle.route
+        assert route[0] == route[-1] == f'queue "{cycle.start}"'
+        assert all(step in edges for step in zip(route, route[1:], strict=False))
+        on_cycle = [queues[w[7:-1]] for w in route if w.startswith("queue ")]
+        assert all(q.message_ttl_s is None for q in on_cycle)
