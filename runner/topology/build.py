@@ -14,6 +14,7 @@ in `Topology.bindings`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -247,9 +248,9 @@ class _Builder:
             base = f"{path}.backoff"
             backoff = ExponentialBackoff(
                 initial_s=self._seconds(f"{base}.initial", raw.get("initial", "1s")),
-                multiplier=float(raw.get("multiplier", 2.0)),
+                multiplier=self._finite(f"{base}.multiplier", raw.get("multiplier", 2.0)),
                 max_s=self._seconds(f"{base}.max", raw.get("max", "30s")),
-                jitter=float(raw.get("jitter", 0.0)),
+                jitter=self._finite(f"{base}.jitter", raw.get("jitter", 0.0)),
             )
         else:
             backoff = tuple(
@@ -273,6 +274,13 @@ class _Builder:
             ),
             pos=self.pos(path),
         )
+
+    def _finite(self, path: str, value: Any) -> float:
+        number = float(value)
+        if not math.isfinite(number):  # .nan passes every range check of the schema
+            self.invalid(path, f"{_field(path)} must be a finite number; got {value}")
+            return 0.0
+        return number
 
     def _seconds(self, path: str, value: Any) -> float:
         seconds = self.duration(path, value)

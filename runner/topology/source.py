@@ -200,6 +200,9 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
     converter = _Converter(file, os.environ if env is None else env)
     data = converter.convert(root, "", None, 0)
     problems = tuple(sorted(converter.problems, key=Problem.sort_key))
+    if data is None and not problems:
+        message = "file is empty: a topology file needs at least `version: 1`"
+        return SourceResult(None, (_problem(file, 0, 0, "", "empty-file", message),))
     if not isinstance(data, dict) and not any(p.is_error for p in problems):
         start = root.start_mark
         message = (
