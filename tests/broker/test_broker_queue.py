@@ -344,3 +344,21 @@ def test_requeued_message_is_still_swept_after_pruning(
     b.tick()
     assert b.queue_info("q").ready == 0
     assert b.stats().queues["q"].dead_lettered["expired"] == 1
+
+
+def test_check_ids_lists_unknown_delivery_ids(make_broker: MakeBroker) -> None:
+    b = make_broker(queues=[Queue("q")])
+    put(b, "q", b"1")
+    d = b.pull("q", 1, consumer_id="c")[0]
+    b.check_ids("q", [d.delivery_id])  # known: no error
+    with pytest.raises(Conflict) as err:
+        b.check_ids("q", [d.delivery_id, 5, 6])
+    assert str(err.value) == "queue 'q': unknown or expired delivery ids [5, 6]"
+    assert err.value.unknown == (5, 6)
+
+
+def test_commit_step_to_unknown_queue_is_not_found(make_broker: MakeBroker) -> None:
+    b = make_broker(queues=[Queue("q")])
+    with pytest.raises(NotFound) as err:
+        b.commit_step(queue_puts=[("ghost", [Message(b"x")])])
+    assert str(err.value) == "queue 'ghost' not found"
