@@ -13,6 +13,7 @@ Rules (error unless noted):
     dlx-cycle             dead-letter cycles (error if certain, warning if key-dependent)
     ignored-routing-key   warning: a routing key on a fanout or headers binding
     literal-wildcard      warning: `*` or `#` in a direct exchange's binding key
+    keyless-compacted     warning: a binding into a compacted topic that has no `key`
     priority-levels       warning: `max_priority` above 10
     idle-instances        warning: more group instances than partitions
     dropped-failures      warning: a consumer whose failures would be dropped
@@ -293,6 +294,22 @@ def literal_wildcards(idx: Index) -> Iterator[Problem]:
             yield idx.problem(
                 f"bindings[{i}].routing_key", "literal-wildcard", WARNING, message, fallback=b.pos
             )
+
+
+def keyless_compacted(idx: Index) -> Iterator[Problem]:
+    # A message routed into a topic is keyed by the topic's `key` field, else keyless,
+    # and a compacted topic refuses keyless records.
+    for i, b in enumerate(idx.topology.bindings):
+        topic = idx.topics.get(b.topic) if b.topic is not None else None
+        if topic is None or not topic.compact or topic.key is not None:
+            continue
+        message = (
+            f'topic "{topic.name}" is compacted but has no key: messages routed from exchange '
+            f'"{b.exchange}" would be keyless and refused (set the topic\'s "key")'
+        )
+        yield idx.problem(
+            f"bindings[{i}].topic", "keyless-compacted", WARNING, message, fallback=b.pos
+        )
 
 
 def unreachable_internal(idx: Index) -> Iterator[Problem]:
@@ -693,6 +710,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dlx-cycle", dead_letter_cycles),
     Rule("ignored-routing-key", ignored_routing_keys),
     Rule("literal-wildcard", literal_wildcards),
+    Rule("keyless-compacted", keyless_compacted),
     Rule("priority-levels", priority_levels),
     Rule("idle-instances", idle_instances),
     Rule("dropped-failures", dropped_failures),

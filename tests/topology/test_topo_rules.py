@@ -54,7 +54,7 @@ def topo(**kw: object) -> Topology:
 
 def test_rule_ids_are_unique_and_documented() -> None:
     ids = [r.id for r in RULES]
-    assert len(ids) == len(set(ids)) == 13
+    assert len(ids) == len(set(ids)) == 14
     import runner.topology.rules as module
 
     for rule_id in ids:
@@ -398,6 +398,31 @@ def test_wildcards_on_a_direct_exchange_are_literal() -> None:
             "warning",
             'routing key "orders.#" on direct exchange "orders" is matched literally: '
             "wildcards only work on topic exchanges",
+        ),
+    ]
+
+
+def test_binding_into_a_compacted_topic_without_key() -> None:
+    assert found("""\
+        version: 1
+        topics:
+          t: {cleanup_policy: compact}
+          keyed: {cleanup_policy: compact, key: id}
+        exchanges:
+          x: {type: fanout}
+        bindings:
+          - {exchange: x, topic: t}
+          - {exchange: x, topic: keyed}
+        """) == [
+        (
+            FILE,
+            8,
+            26,
+            "bindings[0].topic",
+            "keyless-compacted",
+            "warning",
+            'topic "t" is compacted but has no key: messages routed from exchange "x" would be '
+            'keyless and refused (set the topic\'s "key")',
         ),
     ]
 
