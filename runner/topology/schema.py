@@ -175,7 +175,8 @@ def _value_message(path: str, error: ValidationError) -> str:
             f"(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB){unlimited}; got {_show(value)}"
         )
     if title == "name" and keyword in ("pattern", "type"):
-        return f"{label}: {_bad_name(value)}"
+        hint = _type_hint(["string"], value) if keyword == "type" else ""
+        return f"{label}: {_bad_name(value)}{hint}"
     if title == "handler" and keyword == "pattern":
         return (
             f"{label} must be a Python reference module:callable, "
@@ -229,6 +230,9 @@ def _value_message(path: str, error: ValidationError) -> str:
 
 def _type_hint(types: list[Any], value: Any) -> str:
     """Why a value that looks right has the wrong type (YAML 1.2 typing, quotes)."""
+    if types == ["string"] and isinstance(value, (bool, int, float)):
+        text = json.dumps(value)
+        return f" (quote it to make it a string: '{text}')"
     if not isinstance(value, str):
         return ""
     if "boolean" in types and value.lower() in ("yes", "no", "on", "off", "y", "n"):
