@@ -99,7 +99,13 @@ def _missing(
     fallback: Position,
     owner: str = "",
 ) -> Problem:
-    message = f'{what} "{name}"{owner} does not exist{suggest(name, pool)}'
+    if pool is idx.exchanges and (name in idx.queues or name in idx.topics):
+        # a classic RabbitMQ slip: naming the dead-letter queue where its exchange belongs
+        kind = "queue" if name in idx.queues else "topic"
+        hint = f'; "{name}" is a {kind}, not an exchange'
+    else:
+        hint = suggest(name, pool)
+    message = f'{what} "{name}"{owner} does not exist{hint}'
     return idx.problem(path, "missing-reference", ERROR, message, fallback=fallback)
 
 
