@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -169,3 +170,86 @@ def test_valid_topics_always_build(topics: dict[str, Any]) -> None:
     assert sorted(result.topology.topic_map()) == sorted(topics)
     for name, spec in topics.items():
         assert result.topology.topic_map()[name].partitions == spec.get("partitions", 1)
+
+
+durations = st.builds(
+    lambda n, unit: (f"{n}{unit}", n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]),
+    st.integers(min_value=0, max_value=10_000),
+    st.sampled_from(["ms", "s", "m", "h", "d"]),
+)
+sizes = st.builds(
+    lambda n, unit: (f"{n}{unit}", n * {"B": 1, "KB": 1000, "MiB": 1024**2, "GiB": 1024**3}[unit]),
+    st.integers(min_value=0, max_value=4096),
+    st.sampled_from(["B", "KB", "MiB", "GiB"]),
+) | st.integers(min_value=0, max_value=2**40).map(lambda n: (n, n))
+names = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True).filter(
+    lambda n: not n.startswith("amq.")
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        names,
+        st.tuples(
+            st.none() | st.integers(min_value=1, max_value=10),
+            st.none() | durations,
+            st.none() | sizes,
+            st.none() | st.integers(min_value=0, max_value=10**6),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(min_value=1, max_value=64),
+    durations,
+)
+def test_what_is_written_is_what_is_built(
+    queues: dict[str, tuple[Any, ...]], concurrency: int, timeout: tuple[str, float]
+) -> None:
+    spec: dict[str, Any] = {}
+    for name, (priority, ttl, length_bytes, length, durable) in queues.items():
+        entry: dict[str, Any] = {"durable": durable}
+        if priority is not None:
+            entry["max_priority"] = priority
+        if ttl is not None:
+            entry["message_ttl"] = ttl[0]
+        if length_bytes is not None:
+            entry["max_length_bytes"] = length_bytes[0]
+        if length is not None:
+            entry["max_length"] = length
+        spec[name] = entry
+    first = sorted(queues)[0]
+    document = {
+        "version": 1,
+        "queues": spec,
+        "dlq_policies": {"p": {"max_retries": 0}},
+        "consumers": {
+            "c": {
+                "queue": first,
+                "handler": "a.b:c",
+                "concurrency": concurrency,
+                "timeout": timeout[0],
+                "dlq_policy": "p",
+            }
+        },
+    }
+    result = load_text(yaml.safe_dump(document), filename="gen.yaml", env={})
+    assert [p.message for p in result.problems if p.is_error] == []
+    topo = result.topology
+    assert topo is not None
+    built = topo.queue_map()
+    for name, (priority, ttl, length_bytes, length, durable) in queues.items():
+        queue = built[name]
+        assert queue.durable is durable
+        assert queue.max_priority == priority
+        assert queue.message_ttl_s == (None if ttl is None else pytest.approx(ttl[1]))
+        assert queue.max_length_bytes == (None if length_bytes is None else length_bytes[1])
+        assert queue.max_length == length
+    consumer = topo.consumer_map()["c"]
+    assert (consumer.queue, consumer.concurrency, consumer.prefetch) == (
+        first,
+        concurrency,
+        10 * concurrency,
+    )
+    assert consumer.timeout_s == pytest.approx(timeout[1])
