@@ -412,6 +412,7 @@ class Engine:
         for name, mq in self.broker.queues.items():
             if name not in names and len(mq) and not force:
                 problems.append(f"queue '{name}' holds {len(mq)} messages: not removed")
+        problems.extend(self._topic_problems(new))
         if problems:
             raise UnsafeChange("; ".join(problems))
         lines = self.store.apply(new.topic_map(), new.group_map())
@@ -420,6 +421,27 @@ class Engine:
         self.topology = new
         self._topic_reach = _topic_reach(new)
         return lines
+
+    def _topic_problems(self, new: Topology) -> list[str]:
+        """What `Store.apply` would refuse (same sentences), checked up front so a
+        refused reload touches neither side."""
+        problems: list[str] = []
+        topics = new.topic_map()
+        for name in self.store.topic_names():
+            old = self.store.topic(name)
+            parts = self.store.partitions(name)
+            t = topics.get(name)
+            if t is None:
+                if any(p.log_end_offset > p.log_start_offset for p in parts):
+                    problems.append(f"topic {name} holds records and cannot be removed")
+                continue
+            if t.partitions < len(parts):
+                problems.append(f"topic {name}: partitions cannot shrink from "
+                                f"{len(parts)} to {t.partitions}")
+            if old.compact and not t.compact:
+                problems.append(f"topic {name}: cleanup_policy cannot change from compact "
+                                f"to delete")
+        return problems
 
     def tick(self) -> None:
         """Time-driven work; see the module docstring."""

@@ -1,0 +1,306 @@
+"""The Engine on real files: routing into queues and topics, errors, restart,
+apply, commit_step (and its recovery), topic dead letters and replay, stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.clock import ManualClock
+from runner.engine import (
+    Engine,
+    FsyncPolicy,
+    OutMessage,
+    OutRecord,
+    Record,
+    Step,
+    TopicPartition,
+)
+from runner.errors import (
+    Conflict,
+    EngineError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    OffsetOutOfRange,
+    TooLarge,
+    UnsafeChange,
+)
+from runner.topology.model import (
+    Binding,
+    ConsumerGroup,
+    Exchange,
+    ExchangeType,
+    Queue,
+    Retention,
+    Topic,
+    Topology,
+)
+
+DEATH = {"reason": "handler_error", "error": {"type": "KeyError", "message": "'x'"},
+         "retry_count": 1, "original_topic": "ev", "original_partition": 0,
+         "original_offset": 0, "consumer_id": "g-1@h", "death_count": 1}
+
+
+def _topo(**extra: Any) -> Topology:
+    base: dict[str, Any] = dict(
+        topics=(("audit", Topic("audit")), ("cmp", Topic("cmp", compact=True, delete=False)),
+                ("ev", Topic("ev", partitions=3, key="order_id"))),
+        exchanges=(("int", Exchange("int", ExchangeType.FANOUT, internal=True)),
+                   ("orders", Exchange("orders", ExchangeType.TOPIC))),
+        queues=(("dlq", Queue("dlq")), ("q", Queue("q")), ("q2", Queue("q2"))),
+        bindings=(Binding("orders", queue="q", routing_key="orders.#"),
+                  Binding("orders", topic="ev", routing_key="orders.*"),
+                  Binding("orders", topic="cmp", routing_key="c.*")),
+        consumer_groups=(("g", ConsumerGroup("g", ("ev",), handler="m:f")),
+                         ("other", ConsumerGroup("other", ("ev",)))),
+    )
+    base.update(extra)
+    return Topology(**base)
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Any:
+    e = Engine.open(_topo(), tmp_path, fsync=FsyncPolicy.NEVER)
+    yield e
+    e.close()
+
+
+def _all(engine: Engine, topic: str) -> list[Record]:
+    out: list[Record] = []
+    for p in engine.partitions(topic):
+        out.extend(engine.read(topic, p.partition, p.log_start_offset, max_records=10_000)[0])
+    return out
+
+
+def test_a_publish_reaches_queues_and_topics_once_per_message_id(engine: Engine) -> None:
+    m = OutMessage(b'{"order_id": 7}', routing_key="orders.new", headers={"h": 1},
+                   message_id="m1")
+    assert engine.publish("orders", [m]) == [["q", "ev"]]
+    assert engine.publish("orders", [m]) == [["q", "ev"]]  # a duplicate id: stored once
+    assert engine.publish("orders", [OutMessage(b"{}", routing_key="orders.a.b")]) == [["q"]]
+    assert engine.queue_info("q").ready == 2
+    (rec,) = _all(engine, "ev")
+    assert (rec.key, rec.value) == (b"7", b'{"order_id": 7}')
+    assert rec.partition == 0  # murmur2(b"7") % 3
+    assert rec.headers == {"h": 1, "x-routing-key": "orders.new", "x-exchange": "orders",
+                           "x-message-id": "m1"}
+    stats = engine.stats()
+    assert stats.exchange_published["orders"] == 2  # the duplicate was not published again
+    assert stats.queues["q"].published == 2
+    assert stats.partitions[TopicPartition("ev", 0)].log_end_offset == 1
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda e: e.publish("nope", [OutMessage(b"x")]), NotFound, "exchange 'nope' not found"),
+    (lambda e: e.publish("int", [OutMessage(b"x")]), Forbidden,
+     "exchange 'int' is internal: only other exchanges may publish to it"),
+    (lambda e: e.publish("orders", [OutMessage(b"{}", routing_key="c.x")]), InvalidRequest,
+     "topic 'cmp' is compacted: every record needs a key"),
+    (lambda e: e.append("nope", [OutRecord(b"x")]), NotFound, "unknown topic 'nope'"),
+    (lambda e: e.append("cmp", [OutRecord(b"x")]), InvalidRequest,
+     "topic 'cmp' is compacted: every record needs a key"),
+    (lambda e: e.append("ev", [OutRecord(b"x" * 2_000_000)]), TooLarge,
+     "record of 2000000 bytes is over the max_message_bytes (1048576) of topic 'ev'"),
+    (lambda e: e.read("ev", 9, 0), NotFound, "topic 'ev' has no partition 9"),
+    (lambda e: e.pull("nope", 1, lease_s=1, consumer_id="c"), NotFound,
+     "queue 'nope' not found"),
+    (lambda e: e.position("nog", TopicPartition("ev", 0)), NotFound,
+     "unknown consumer group 'nog'"),
+    (lambda e: e.commit_step(Step(acks=[("q", 999)])), Conflict,
+     "queue 'q': unknown or expired delivery ids [999]"),
+    (lambda e: e.commit_step(Step(commits=[("g", TopicPartition("ev", 0), -1)])),
+     InvalidRequest, "offset -1 for ev/0 is negative"),
+    (lambda e: e.commit_step(Step(appends=[("cmp", [OutRecord(b"v")])])), InvalidRequest,
+     "topic 'cmp' is compacted: every record needs a key"),
+    (lambda e: e.commit_step(Step(publishes=[("int", [OutMessage(b"v")])])), Forbidden,
+     "exchange 'int' is internal: only other exchanges may publish to it"),
+    (lambda e: e.dead_letter_record("g", Record("ev", 0, 0, 0, None, b"v", {}), DEATH),
+     InvalidRequest, "dead letter of group 'g' needs to_queue or to_topic"),
+])
+def test_errors_say_what_is_wrong_and_store_nothing(
+    engine: Engine, call: Callable[[Engine], object], error: type[EngineError], message: str,
+) -> None:
+    with pytest.raises(error) as info:
+        call(engine)
+    assert str(info.value) == message
+    assert engine.queue_info("q").ready == 0
+    assert all(p.log_end_offset == 0 for t in ("ev", "cmp", "audit")
+               for p in engine.partitions(t))
+    assert engine.journal.pending() == []
+
+
+def test_reading_below_the_log_start_is_out_of_range(tmp_path: Path) -> None:
+    topic = Topic("ev", retention=Retention(time_s=None, bytes=1), segment_bytes=200)
+    e = Engine.open(Topology(topics=(("ev", topic),)), tmp_path, fsync=FsyncPolicy.NEVER)
+    try:
+        for _ in range(6):  # one batch each: one segment each
+            e.append("ev", [OutRecord(b"x" * 150)])
+        e.tick()
+        start = e.partitions("ev")[0].log_start_offset
+        assert start > 0
+        with pytest.raises(OffsetOutOfRange):
+            e.read("ev", 0, 0)
+        assert e.read("ev", 0, start)[1] == start + 1
+    finally:
+        e.close()
+
+
+def test_a_restart_keeps_records_messages_offsets_and_unacked_come_back(tmp_path: Path) -> None:
+    e = Engine.open(_topo(), tmp_path)
+    e.append("ev", [OutRecord(b'{"order_id": %d}' % i) for i in range(10)])
+    e.publish_to_queue("q", [OutMessage(b"a"), OutMessage(b"b", priority=3)])
+    (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
+    e.commit("g", {TopicPartition("ev", 0): 1})
+    ends = [p.log_end_offset for p in e.partitions("ev")]
+    e.close()
+    again = Engine.open(_topo(), tmp_path)
+    try:
+        assert [p.log_end_offset for p in again.partitions("ev")] == ends
+        assert again.position("g", TopicPartition("ev", 0)) == 1
+        info = again.queue_info("q")
+        assert (info.ready, info.unacked) == (2, 0)
+        first = again.pull("q", 2, lease_s=60, consumer_id="c")
+        assert [(x.body, x.redelivered) for x in first] == [(d.body, True), (b"b", False)]
+    finally:
+        again.close()
+
+
+def test_apply_refuses_unsafe_changes_touching_nothing(engine: Engine) -> None:
+    engine.publish_to_queue("q2", [OutMessage(b"x")])
+    engine.append("audit", [OutRecord(b"x")])
+    topo = _topo()
+    unsafe = _topo(
+        topics=(*[(n, t) for n, t in topo.topics if n != "audit"],
+                ("new", Topic("new"))),
+        queues=(("dlq", Queue("dlq")), ("q", Queue("q", max_priority=5))),
+    )
+    with pytest.raises(UnsafeChange) as info:
+        engine.apply(unsafe)
+    assert str(info.value) == (
+        "inequivalent arg 'x-max-priority' for queue 'q': received 5 but current is none; "
+        "queue 'q2' holds 1 messages: not removed; "
+        "topic audit holds records and cannot be removed")
+    with pytest.raises(NotFound):
+        engine.partitions("new")
+    assert engine.topology == topo
+    safe = _topo(topics=(*topo.topics, ("new", Topic("new", partitions=2))))
+    lines = engine.apply(safe)
+    assert "added topic new (2 partitions)" in lines
+    assert len(engine.partitions("new")) == 2 and engine.topology == safe
+
+
+def test_commit_step_applies_every_part(engine: Engine) -> None:
+    engine.publish_to_queue("q", [OutMessage(b"in")])
+    engine.append("ev", [OutRecord(b'{"order_id": 1}')])
+    (d,) = engine.pull("q", 1, lease_s=60, consumer_id="c")
+    engine.commit_step(Step(
+        acks=[("q", d.delivery_id)],
+        commits=[("g", TopicPartition("ev", 0), 1)],
+        publishes=[("orders", [OutMessage(b'{"order_id": 2}', routing_key="orders.x")])],
+        queue_puts=[("q2", [OutMessage(b"put")])],
+        appends=[("audit", [OutRecord(b"rec", key=b"k")])],
+    ))
+    assert engine.queue_info("q").ready == 1  # the publish, routed back to q
+    assert engine.queue_info("q").unacked == 0
+    assert [x.body for x in engine.peek("q2", 5)] == [b"put"]
+    assert engine.position("g", TopicPartition("ev", 0)) == 1
+    assert sorted(r.value or b"" for r in _all(engine, "ev")) == [b'{"order_id": 1}',
+                                                           b'{"order_id": 2}']
+    assert [(r.key, r.value) for r in _all(engine, "audit")] == [(b"k", b"rec")]
+    assert engine.journal.pending() == []
+
+
+def test_a_step_journaled_but_not_applied_is_applied_once_at_open(tmp_path: Path) -> None:
+    e = Engine.open(_topo(), tmp_path)
+    e.publish_to_queue("q", [OutMessage(b"in")])
+    (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
+
+    def crash(sid: int, doc: Any) -> None:
+        raise OSError("simulated crash after the journal write")
+
+    e._apply_step = crash  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        e.commit_step(Step(acks=[("q", d.delivery_id)],
+                           queue_puts=[("q2", [OutMessage(b"out")])],
+                           appends=[("audit", [OutRecord(b"rec")])]))
+    e.close()
+    for _ in range(2):  # recovery applies it; a second open finds nothing pending
+        again = Engine.open(_topo(), tmp_path)
+        try:
+            assert (again.queue_info("q").ready, again.queue_info("q").unacked) == (0, 0)
+            assert [x.body for x in again.peek("q2", 5)] == [b"out"]
+            assert [r.value for r in _all(again, "audit")] == [b"rec"]
+        finally:
+            again.close()
+
+
+def test_dead_letter_records_into_a_queue_and_a_topic_then_replay_to_the_group(
+    engine: Engine,
+) -> None:
+    ((part, _),) = engine.append("ev", [OutRecord(b'{"order_id": 5}', headers={"t": "x"})])
+    (rec,), _ = engine.read("ev", part, 0)
+    engine.dead_letter_record("g", rec, DEATH, to_queue="dlq",
+                              with_step=Step(commits=[("g", TopicPartition("ev", part), 1)]))
+    engine.dead_letter_record("g", rec, DEATH, to_topic="audit")
+    assert engine.position("g", TopicPartition("ev", part)) == 1
+    (dead,) = engine.peek("dlq", 5)
+    assert dead.body == b'{"order_id": 5}'
+    assert dead.headers["x-original-key"] == "5"
+    assert dead.headers["x-dead-letter"]["original_group"] == "g"
+    (copy,) = _all(engine, "audit")
+    assert (copy.key, copy.headers["t"]) == (b"5", "x")
+    assert copy.headers["x-dead-letter"]["original_offset"] == 0
+
+    assert engine.replay("dlq") == 1
+    assert engine.queue_info("dlq").ready == 0
+    assert engine.partitions("ev")[part].log_end_offset == 1  # not appended again
+    rq = engine.replay_queue("g")
+    assert rq == "__replay.g" and engine.replay_queue("nope") is None
+    (d,) = engine.pull(rq, 5, lease_s=60, consumer_id="g-1")
+    again = engine.replayed_record(d)
+    assert (again.topic, again.partition, again.offset, again.key, again.value) == (
+        "ev", part, 0, b"5", b'{"order_id": 5}')
+    assert again.timestamp_ms == rec.timestamp_ms
+    assert again.headers["x-replay-count"] == 1 and "x-dead-letter" not in again.headers
+
+
+def test_a_topic_dead_letter_of_an_unknown_group_stays_in_its_queue(engine: Engine) -> None:
+    rec = Record("ev", 0, 3, 1, b"k", b"v", {})
+    engine.dead_letter_record("gone", rec, DEATH, to_queue="dlq")
+    assert engine.replay("dlq") == 0
+    (kept,) = engine.peek("dlq", 5)
+    assert kept.headers["x-dead-letter"]["original_group"] == "gone"
+
+
+def test_tick_brings_delayed_retries_back(tmp_path: Path) -> None:
+    clock = ManualClock()
+    e = Engine.open(_topo(), tmp_path, fsync=FsyncPolicy.INTERVAL, clock=clock)
+    try:
+        e.publish_to_queue("q", [OutMessage(b"x")])
+        (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
+        e.retry_later("q", d.delivery_id, 5.0)
+        e.tick()
+        assert (e.queue_info("q").ready, e.queue_info("q").delayed) == (0, 1)
+        clock.advance(5.0)
+        e.tick()
+        (again,) = e.pull("q", 1, lease_s=60, consumer_id="c")
+        assert (again.body, again.delivery_count) == (b"x", 2)
+    finally:
+        e.close()
+
+
+def test_group_info_and_members(engine: Engine) -> None:
+    engine.append("ev", [OutRecord(b'{"order_id": %d}' % i) for i in range(6)])
+    engine.join("g", "a")
+    engine.join("g", "b")
+    info = engine.group_info("g")
+    assert info.members == ("a", "b")
+    assert sorted(p.member or "" for p in info.partitions) == ["a", "a", "b"]
+    assert sum(p.lag for p in info.partitions) == 6
+    engine.leave("g", "b")
+    assert {tp.partition for tp in engine.assignment("g", "a")} == {0, 1, 2}
+    assert engine.stats().group_members == {"g": 1, "other": 0}
