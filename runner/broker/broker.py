@@ -250,10 +250,12 @@ class Broker:
                 lines.append(f"~ queue {name}: "
                              + ", ".join(describe_changes(self.queues[name].spec, q)))
                 self.queues[name].reconfigure(q)
+                self._dirty[name] = self.queues[name]
         for b in new_b:
             if b not in old_b:
                 self.router.bind(b)
                 lines.append(f"+ binding {b.exchange} -> {b.destination}")
+        self._finish()  # what a lower limit dropped is dead-lettered now
         if not self._steps_recovered:
             self._steps_recovered = True
             self.steps.recover(self._apply_step)
@@ -338,6 +340,8 @@ class Broker:
         queues = self.queues
         dirty = self._dirty
         route_fn = self.router.route
+        same_key: dict[str, Route] = {}
+        reused = reused_unroutable = 0
         try:
             for i, m in enumerate(messages):
                 mid = m.message_id
@@ -350,8 +354,17 @@ class Broker:
                 if direct is not None:
                     route = direct
                     rk = rk or target
-                else:
+                elif m.headers:
                     route = route_fn(exchange, rk, m.headers)
+                else:
+                    # without headers the route depends on the key only: reuse it in the batch
+                    found = same_key.get(rk)
+                    if found is None:
+                        found = same_key[rk] = route_fn(exchange, rk, None, count=False)
+                    route = found
+                    reused += 1
+                    if not route.queues and not route.topics:
+                        reused_unroutable += 1
                 refused: Refused | None = None
                 stored: list[str] = []
                 for qname in route.queues:
@@ -373,6 +386,8 @@ class Broker:
                 if mid is not None:
                     self._remember(kind, target, mid, now, route)
         finally:
+            if reused:
+                self.router.count(exchange, reused, reused_unroutable)
             self._finish()
         return routes
 

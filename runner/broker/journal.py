@@ -117,7 +117,7 @@ class QueueLog:
         self._pending: list[Item] = []
         self._settled: array[int] = array("q")
         self._delivered: array[int] = array("q")
-        self._strings: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[tuple[int, str, str], bytes] = {}
         self.compacted_size = 0
 
     # ------------------------------------------------------------ writing
@@ -127,17 +127,20 @@ class QueueLog:
         """Queue a P record for `msg`; returns its offset (the message's uid)."""
         if body is None:
             body = msg.body if isinstance(msg.body, bytes) else self.read_body(msg.body)
-        uid = self.log.end_offset + len(self._pending)
-        strings = None
-        if msg.props is None:  # no message id: the same few strings again and again
-            ck = (msg.routing_key, msg.exchange)
-            strings = self._strings.get(ck)
-            if strings is None:
-                if len(self._strings) > 1024:
-                    self._strings.clear()
-                strings = self._strings[ck] = encode_strings(msg)
-        self._pending.append((encode_meta(msg, not_before, strings), body, NO_HEADERS,
-                              msg.timestamp_ms))
+        pending = self._pending
+        uid = self.log.end_offset + len(pending)
+        if (msg.props is None and not msg.headers and msg.expires_at is None
+                and not msg.delivery_count and not not_before):
+            # the common message: its whole key repeats; cache it by (priority, key, exchange)
+            ck = (msg.priority, msg.routing_key, msg.exchange)
+            key = self._keys.get(ck)
+            if key is None:
+                if len(self._keys) > 4096:
+                    self._keys.clear()
+                key = self._keys[ck] = encode_meta(msg)
+        else:
+            key = encode_meta(msg, not_before)
+        pending.append((key, body, NO_HEADERS, msg.timestamp_ms))
         return uid
 
     def settle(self, uid: int) -> None:
@@ -146,6 +149,10 @@ class QueueLog:
     def delivered(self, msg: QueuedMessage) -> None:
         self._delivered.append(msg.uid)
         self._delivered.append(msg.delivery_count)
+
+    def delivered_many(self, pairs: list[int]) -> None:
+        """(uid, delivery count) pairs, flattened."""
+        self._delivered.extend(pairs)
 
     def flush(self) -> None:
         """Write everything queued since the last flush as one append."""

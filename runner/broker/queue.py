@@ -44,6 +44,7 @@ class Journal(Protocol):
     def reserve(self, msg: QueuedMessage) -> int: ...
     def settle(self, uid: int) -> None: ...
     def delivered(self, msg: QueuedMessage) -> None: ...
+    def delivered_many(self, pairs: list[int]) -> None: ...
     def flush(self) -> None: ...
     def read_body(self, loc: int) -> bytes: ...
 
@@ -101,8 +102,17 @@ class MessageQueue:
 
     # ------------------------------------------------------------ config
     def reconfigure(self, spec: Queue) -> None:
-        """Take live changes (TTL, limits, overflow, DLX, delivery limit, SAC)."""
+        """Take live changes (TTL, limits, overflow, DLX, delivery limit, SAC).
+
+        A lower limit under `drop-head` drops the excess at once (into `dead`);
+        a new TTL applies to messages published from now on."""
         self.spec = spec
+        if spec.overflow is Overflow.DROP_HEAD:
+            while self._over(0, 0):
+                victim = self._pop_lowest()
+                if victim is None:
+                    break
+                self._count_dead(victim, "maxlen")
 
     def level_of(self, priority: int) -> int:
         if priority <= 0:
@@ -288,47 +298,64 @@ class MessageQueue:
         lvl = self.max_level
         levels = self.levels
         returned = self.returned
-        while len(out) < n and self.ready:
+        heappop = heapq.heappop
+        new = tuple.__new__  # NamedTuple without its Python-level __new__
+        first = (now, now)  # one tuple shared by every first delivery of this batch
+        pairs: list[int] = []
+        ready = self.ready
+        rbytes = self.ready_bytes
+        redelivered_n = 0
+        bits = TAG_BITS
+        mask = TAG_MASK
+        while len(out) < n and ready:
             while lvl > 0 and not levels[lvl] and not returned[lvl]:
                 lvl -= 1
             ret = returned[lvl]
             if ret:
-                msg = heapq.heappop(ret)[1]
+                msg = heappop(ret)[1]
             elif levels[lvl]:
                 msg = levels[lvl].popleft()
             else:
                 break  # only GONE entries were left at level 0
             if msg.state != READY:
                 continue
-            self.ready -= 1
-            self.ready_bytes -= msg.size
+            ready -= 1
+            rbytes -= msg.size
             if msg.expires_at is not None and msg.expires_at <= now:
                 self._count_dead(msg, "expired")
                 continue
-            if limit is not None and msg.delivery_count >= limit:
+            count = msg.delivery_count
+            if limit is not None and count >= limit:
                 self._count_dead(msg, "delivery_limit")
                 continue
-            redelivered = msg.delivery_count > 0
-            count = msg.delivery_count = msg.delivery_count + 1
+            redelivered = count > 0
+            count += 1
+            msg.delivery_count = count
             msg.state = UNACKED
             msg.owner = consumer
             att = msg.attempts
-            msg.attempts = (now, now) if att is None else (att[0], now)
-            tag = (msg.uid << TAG_BITS) | (count & TAG_MASK)
+            msg.attempts = first if att is None else (att[0], now)
+            uid = msg.uid
+            tag = (uid << bits) | (count & mask)
             unacked[tag] = msg
             if redelivered:
-                self.redelivered += 1
+                redelivered_n += 1
             if lease_deadline is not None:
                 heapq.heappush(self.leases, (lease_deadline, tag))
-            if journal is not None:
-                journal.delivered(msg)
+            pairs.append(uid)
+            pairs.append(count)
             body = msg.body
             props = msg.props
-            out.append(Delivery(
+            out.append(new(Delivery, (
                 name, tag, body if isinstance(body, bytes) else self._read(body),
                 msg.headers, msg.routing_key, msg.exchange, msg.priority, redelivered, count,
                 props[0] if props else None, msg.timestamp_ms, props[1] if props else None,
-            ))
+            )))
+        self.ready = ready
+        self.ready_bytes = rbytes
+        self.redelivered += redelivered_n
+        if journal is not None and pairs:
+            journal.delivered_many(pairs)
         self.delivered += len(out)
         self.consumers[consumer] = held + len(out)
         if len(self.expiries) > 2 * self.ready + 1024:

@@ -275,6 +275,12 @@ class Router:
                 state.unroutable += 1
         return route
 
+    def count(self, exchange: str, published: int, unroutable: int) -> None:
+        """Add to an exchange's counters (for callers that reuse a route in a batch)."""
+        state = self._state(exchange)
+        state.published += published
+        state.unroutable += unroutable
+
     def _resolve(
         self, start: _ExchangeState, key: str, headers: Mapping[str, Any],
     ) -> tuple[Route, bool]:

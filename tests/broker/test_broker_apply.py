@@ -90,3 +90,14 @@ def test_live_changes_take_effect(make_broker: MakeBroker, clock: ManualClock) -
 def test_declare_is_idempotent(make_broker: MakeBroker) -> None:
     b = make_broker([X], [Queue("q")], [B])
     assert b.declare([X], [Queue("q")], [B]) == []
+
+
+def test_lower_max_length_drops_the_excess_at_once(make_broker: MakeBroker) -> None:
+    dlx = Exchange("dlx", ExchangeType.FANOUT)
+    b = make_broker([X, dlx], [Queue("q", dead_letter=DeadLetter("dlx")), Queue("dlq")],
+                    [B, Binding("dlx", queue="dlq")])
+    b.publish("x", [Message(b"%d" % i, "k") for i in range(5)])
+    b.apply([X, dlx], [Queue("q", max_length=2, dead_letter=DeadLetter("dlx")), Queue("dlq")],
+            [B, Binding("dlx", queue="dlq")])
+    assert [d.body for d in b.peek("q", 10)] == [b"3", b"4"]
+    assert [d.body for d in b.peek("dlq", 10)] == [b"0", b"1", b"2"]
