@@ -178,6 +178,8 @@ def rabbit_round(n: int) -> tuple[float, float]:
         state["sent"] = end
 
     def on_confirm(frame: Any) -> None:
+        if "t1" in state:
+            return
         method = frame.method
         tag = method.delivery_tag
         if method.NAME != "Basic.Ack":
@@ -189,7 +191,14 @@ def rabbit_round(n: int) -> tuple[float, float]:
         elif state["confirmed"] >= state["sent"]:
             send_batch(state["ch"])
 
-    conn = pika.SelectConnection(params, on_open_callback=on_open)
+    def on_failed(c: Any, exc: BaseException) -> None:
+        state["error"] = state["error"] or f"connection failed: {exc}"
+        c.ioloop.stop()
+
+    conn = pika.SelectConnection(
+        params, on_open_callback=on_open, on_open_error_callback=on_failed,
+        on_close_callback=lambda c, _exc: c.ioloop.stop(),
+    )
     conn.ioloop.start()
     if state["error"]:
         raise RuntimeError(state["error"])
