@@ -137,7 +137,7 @@ def encode_batch(
     `offset_deltas` keeps original offsets (compaction); default 0..n-1.
     """
     pack = RECORD.pack
-    parts: list[bytes] = [b""]
+    parts: list[bytes] = []
     append = parts.append
     max_ts = -(2**63)
     for i, (key, value, headers, ts) in enumerate(items):
@@ -158,13 +158,12 @@ def encode_batch(
     count = len(items)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
     first_ts = items[0][3]
-    body_len = sum(map(len, parts))
-    head = BATCH.pack(base_offset, BATCH.size - LENGTH_PREFIX + body_len, 0, MAGIC, 0,
-                      last_delta, count, first_ts, max_ts, producer_id, base_sequence)
-    parts[0] = head
-    data = b"".join(parts)
-    crc = zlib.crc32(memoryview(data)[16:], zlib.crc32(memoryview(data)[:12]))
-    return data[:12] + struct.pack("<I", crc) + data[16:], max_ts
+    body = b"".join(parts)
+    fields = (base_offset, BATCH.size - LENGTH_PREFIX + len(body))
+    rest = (MAGIC, 0, last_delta, count, first_ts, max_ts, producer_id, base_sequence)
+    head = BATCH.pack(*fields, 0, *rest)
+    crc = zlib.crc32(body, zlib.crc32(head[16:], zlib.crc32(head[:12])))
+    return BATCH.pack(*fields, crc, *rest) + body, max_ts
 
 
 def batch_crc_ok(buf: bytes, pos: int, header: BatchHeader) -> bool:
@@ -181,10 +180,12 @@ def decode_records(
     """Append the batch's records with offset >= min_offset to `out`, stopping at
     `max_records` in `out` or before a record that would pass `max_bytes` taken
     (never before the first record of `out`). Returns (bytes taken, stopped early)."""
-    unpack = RECORD.unpack_from
-    new = object.__new__
-    set_offset, set_ts, set_key, set_value, set_headers = _SLOT_SETTERS
     base = header.base_offset
+    room = max_records - len(out)
+    if (base >= min_offset and header.count <= room
+            and header.length + LENGTH_PREFIX - BATCH.size <= max_bytes):
+        return _decode_all(buf, pos, header, out), False
+    unpack = RECORD.unpack_from
     p = pos + BATCH.size
     taken = 0
     for _ in range(header.count):
@@ -196,35 +197,54 @@ def decode_records(
         if len(out) >= max_records or (out and taken + 4 + length > max_bytes):
             return taken, True
         q = p + 28
-        if kl >= 0:
-            key: bytes | None = buf[q:q + kl]
-            q += kl
-        else:
-            key = None
-        if vl >= 0:
-            value: bytes | None = buf[q:q + vl]
-            q += vl
-        else:
-            value = None
-        if nh:
-            hs: list[tuple[str, bytes]] = []
-            for _h in range(nh):
-                nl, hl = HEADER.unpack_from(buf, q)
-                q += 8
-                name = buf[q:q + nl].decode()
-                q += nl
-                hs.append((name, buf[q:q + hl]))
-                q += hl
-            headers: tuple[tuple[str, bytes], ...] = tuple(hs)
-        else:
-            headers = ()
-        rec = new(LogRecord)
-        set_offset(rec, base + delta)
-        set_ts(rec, ts)
-        set_key(rec, key)
-        set_value(rec, value)
-        set_headers(rec, headers)
-        out.append(rec)
+        key = buf[q:q + kl] if kl >= 0 else None
+        q += kl if kl > 0 else 0
+        value = buf[q:q + vl] if vl >= 0 else None
+        q += vl if vl > 0 else 0
+        out.append(LogRecord(base + delta, ts, key, value,
+                             _decode_headers(buf, q, nh) if nh else ()))
         taken += 4 + length
         p = nxt
     return taken, False
+
+
+def _decode_headers(buf: bytes, q: int, count: int) -> tuple[tuple[str, bytes], ...]:
+    hs: list[tuple[str, bytes]] = []
+    for _h in range(count):
+        nl, hl = HEADER.unpack_from(buf, q)
+        q += 8
+        name = buf[q:q + nl].decode()
+        q += nl
+        hs.append((name, buf[q:q + hl]))
+        q += hl
+    return tuple(hs)
+
+
+def _decode_all(buf: bytes, pos: int, header: BatchHeader, out: list[LogRecord]) -> int:
+    """The hot path: every record of the batch, no bounds to check."""
+    unpack = RECORD.unpack_from
+    new = object.__new__
+    set_offset, set_ts, set_key, set_value, set_headers = _SLOT_SETTERS
+    append = out.append
+    base = header.base_offset
+    p = start = pos + BATCH.size
+    for _ in range(header.count):
+        length, delta, ts, kl, vl, nh = unpack(buf, p)
+        q = p + 28
+        rec = new(LogRecord)
+        set_offset(rec, base + delta)
+        set_ts(rec, ts)
+        if kl >= 0:
+            set_key(rec, buf[q:q + kl])
+            q += kl
+        else:
+            set_key(rec, None)
+        if vl >= 0:
+            set_value(rec, buf[q:q + vl])
+            q += vl
+        else:
+            set_value(rec, None)
+        set_headers(rec, _decode_headers(buf, q, nh) if nh else ())
+        append(rec)
+        p += 4 + length
+    return p - start
