@@ -17,23 +17,29 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.broker.changes import describe_changes, exchange_unsafe, queue_unsafe
 from runner.broker.deadletter import (
     DEATH_HEADER,
-    ReplayTarget,
     build_death,
     is_cycle,
     replay_target,
     replayed_headers,
     with_death,
 )
-from runner.broker.journal import QueueLog, SpillLog
+from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import DELAYED, Delivery, Message, Publishable, QueuedMessage, tag_uid
 from runner.broker.queue import REASONS, MemoryBudget, MessageQueue
+from runner.broker.results import (
+    BrokerStats,
+    PublishRefused,
+    QueueCounters,
+    QueueInfo,
+    ReplayResult,
+    TopicLetter,
+)
 from runner.broker.routing import Route, Router
 from runner.broker.steps import StepLog
 from runner.clock import Clock
@@ -46,91 +52,8 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 TopicSink = Callable[[str, Message], None]
 
-
-class PublishRefused(Refused):
-    """A batch publish stopped at message `accepted`; `routes` are those stored before it."""
-
-    def __init__(self, message: str, *, accepted: int, routed: tuple[str, ...],
-                 routes: list[Route]) -> None:
-        super().__init__(message, accepted=accepted, routed=routed)
-        self.routes = routes
-
-
-@dataclass(frozen=True, slots=True)
-class QueueInfo:
-    name: str
-    ready: int
-    unacked: int
-    delayed: int
-    oldest_ready_age_s: float
-
-
-@dataclass(slots=True)
-class QueueCounters:
-    ready: int = 0
-    unacked: int = 0
-    delayed: int = 0
-    published: int = 0
-    delivered: int = 0
-    acked: int = 0
-    redelivered: int = 0
-    rejected_publishes: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=dict)
-    oldest_ready_age_s: float = 0.0
-
-
-@dataclass(slots=True)
-class BrokerStats:
-    exchange_published: dict[str, int] = field(default_factory=dict)
-    exchange_unroutable: dict[str, int] = field(default_factory=dict)
-    queues: dict[str, QueueCounters] = field(default_factory=dict)
-    dead_letters_dropped: int = 0  # no dead-letter exchange, or nowhere to go
-    dead_letter_cycles: int = 0  # dropped to break a dead-letter cycle
-
-
-@dataclass(frozen=True, slots=True)
-class TopicLetter:
-    """A replayed dead letter of a topic record: the caller hands it back to its group."""
-
-    target: ReplayTarget
-    message: Message
-    death: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    replayed: int  # dead letters put back into their queue
-    topic_letters: tuple[TopicLetter, ...] = ()
-
-
-class _LazySpill:
-    """A non-durable queue's spill log, created on first use."""
-
-    def __init__(self, directory: Path, clock: Clock, segment_bytes: int) -> None:
-        self.directory = directory
-        self.clock = clock
-        self.segment_bytes = segment_bytes
-        self.log: SpillLog | None = None
-
-    def spill(self, msg: QueuedMessage, body: bytes) -> int:
-        if self.log is None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.log = SpillLog(self.directory, clock=self.clock, segment_bytes=self.segment_bytes)
-        return self.log.spill(msg, body)
-
-    def read_body(self, loc: int) -> bytes:
-        assert self.log is not None
-        return self.log.read_body(loc)
-
-    def size(self) -> int:
-        return self.log.log.size_bytes if self.log is not None else 0
-
-    def close(self, *, remove: bool = False) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-        if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)
+__all__ = ["Broker", "BrokerStats", "PublishRefused", "QueueCounters", "QueueInfo",
+           "ReplayResult", "TopicLetter", "TopicSink"]
 
 
 class Broker:
@@ -156,7 +79,7 @@ class Broker:
         self.router = Router()
         self.queues: dict[str, MessageQueue] = {}
         self.journals: dict[str, QueueLog] = {}
-        self.spills: dict[str, _LazySpill] = {}
+        self.spills: dict[str, LazySpill] = {}
         self.dead_letters_dropped = 0
         self.dead_letter_cycles = 0
         self._dirty: dict[str, MessageQueue] = {}
@@ -279,7 +202,7 @@ class Broker:
             self._seed_dedup(spec.name, ready)
         else:
             shutil.rmtree(qdir, ignore_errors=True)
-            spill = _LazySpill(self.data_dir / "spill" / spec.name, self.clock,
+            spill = LazySpill(self.data_dir / "spill" / spec.name, self.clock,
                                self.segment_bytes)
             spill.close(remove=True)
             mq = MessageQueue(spec, uid_start=self._epoch << 36, spill=spill,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 from array import array
 from collections.abc import Callable, Iterator, Mapping
@@ -305,3 +306,33 @@ class SpillLog:
 
     def close(self) -> None:
         self.log.close()
+
+
+class LazySpill:
+    """A non-durable queue's spill log, created on first use."""
+
+    def __init__(self, directory: Path, clock: Clock, segment_bytes: int) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.segment_bytes = segment_bytes
+        self.log: SpillLog | None = None
+
+    def spill(self, msg: QueuedMessage, body: bytes) -> int:
+        if self.log is None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.log = SpillLog(self.directory, clock=self.clock, segment_bytes=self.segment_bytes)
+        return self.log.spill(msg, body)
+
+    def read_body(self, loc: int) -> bytes:
+        assert self.log is not None
+        return self.log.read_body(loc)
+
+    def size(self) -> int:
+        return self.log.log.size_bytes if self.log is not None else 0
+
+    def close(self, *, remove: bool = False) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if remove:
+            shutil.rmtree(self.directory, ignore_errors=True)

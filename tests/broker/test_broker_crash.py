@@ -81,5 +81,6 @@ def test_sigkill_never_loses_acknowledged_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.torture
+@pytest.mark.timeout(1800)
 def test_sigkill_torture(tmp_path: Path) -> None:
     crash_rounds(tmp_path, rounds=200, seed=int(time.time()))
