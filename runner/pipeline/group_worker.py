@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runner.engine import Record, Step, TopicPartition
-from runner.errors import EngineError, OffsetOutOfRange
+from runner.errors import EngineError, NotFound, OffsetOutOfRange
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.message import Outputs, TopicMessage
 from runner.pipeline.stats import HandlerCounters
@@ -53,30 +53,51 @@ class GroupWorker(Worker):
         )
         self.group = group
         self.replay_queue = env.engine.replay_queue(group.name)
+        self.members: set[str] = set()
 
     def start(self) -> None:
         for n in range(1, self.group.instances + 1):
             member = f"{self.name}-{n}@{self.env.hostname}"
             self.tasks.append(asyncio.create_task(self._member(member), name=f"member:{member}"))
+        self.tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat:{self.name}"))
 
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
+
+    # ---------------------------------------------------------------- membership
+    async def _heartbeats(self) -> None:
+        """Heartbeat every member, also while its handler runs (a long call must
+        not cost the member its partitions)."""
+        while not self.stopping:
+            for member in list(self.members):
+                self._beat(member)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    def _beat(self, member: str) -> None:
+        try:
+            self.env.engine.heartbeat(self.name, member)
+        except NotFound:
+            log.warning("group %s: member %s had expired; joining again", self.name, member)
+            self.env.engine.join(self.name, member)
+
+    def _assignment(self, member: str) -> list[TopicPartition]:
+        try:
+            return self.env.engine.assignment(self.name, member)
+        except NotFound:
+            self._beat(member)
+            return self.env.engine.assignment(self.name, member)
 
     # ---------------------------------------------------------------- member loop
     async def _member(self, member: str) -> None:
         engine = self.env.engine
         engine.join(self.name, member)
+        self.members.add(member)
         positions: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, int] = {}
-        last_beat = self.env.clock.monotonic()
         try:
             while not self.stopping:
-                now = self.env.clock.monotonic()
-                if now - last_beat >= HEARTBEAT_EVERY_S:
-                    engine.heartbeat(self.name, member)
-                    last_beat = now
                 busy = await self._replays(member)
-                assigned = engine.assignment(self.name, member)
+                assigned = self._assignment(member)
                 for tp in list(positions):
                     if tp not in assigned:
                         del positions[tp]
@@ -90,6 +111,7 @@ class GroupWorker(Worker):
                 if not busy:
                     await self.idle()
         finally:
+            self.members.discard(member)
             try:
                 self._flush(pending)
                 engine.leave(self.name, member)
@@ -118,7 +140,7 @@ class GroupWorker(Worker):
         for record in records:
             if self.stopping:
                 break
-            if tp not in engine.assignment(self.name, member):
+            if tp not in self._assignment(member):
                 positions.pop(tp, None)
                 break
             commit_step = self._commit_step(member, tp, record, pending)
@@ -142,7 +164,7 @@ class GroupWorker(Worker):
 
         def settle(step: Step) -> None:
             if self.delivery is Delivery.EXACTLY_ONCE:
-                if (tp not in engine.assignment(self.name, member)
+                if (tp not in self._assignment(member)
                         or engine.position(self.name, tp) != record.offset):
                     raise _Stale()
                 step.commits.append((self.name, tp, record.offset + 1))

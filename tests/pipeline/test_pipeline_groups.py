@@ -144,3 +144,23 @@ def test_an_exactly_once_group_restarts_where_it_left_off(tmp_path: Path) -> Non
     asyncio.run(phase(range(0, 5)))
     asyncio.run(phase(range(5, 9)))
     assert sorted(int(e["id"]) for e in ph.SEEN) == list(range(9))
+
+
+def test_an_expired_member_joins_again_and_goes_on(tmp_path: Path) -> None:
+    topo = topology(topics=(Topic("events"),),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:ok"),))
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [rec({"id": 1})])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 1)
+            r.engine.leave("g", "g-1@host")  # what a session timeout does
+            assert r.engine.group_info("g").members == ()
+            await wait_until(lambda: r.engine.group_info("g").members == ("g-1@host",))
+            r.engine.append("events", [rec({"id": 2})])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 2)
+
+    asyncio.run(go())
+    assert [e["id"] for e in ph.SEEN] == ["1", "2"]
