@@ -398,7 +398,9 @@ def _json_type(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit number"  # str() refuses very long ints
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return str(value)
 

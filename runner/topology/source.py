@@ -48,6 +48,7 @@ _INT16 = re.compile(r"0x[0-9a-fA-F]+")
 _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
 _INF = re.compile(r"[-+]?\.(?:inf|Inf|INF)")
 _NAN = re.compile(r"\.(?:nan|NaN|NAN)")
+_MAX_NUMBER_CHARS = 400
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -95,6 +96,10 @@ def core_scalar(text: str) -> Any:
         return False
     first = text[0]
     if not (first.isdigit() or first in "+-."):
+        return text
+    if len(text) > _MAX_NUMBER_CHARS:
+        # Absurdly long numbers stay strings: Python refuses to print such ints
+        # (sys.get_int_max_str_digits), which would break every error message.
         return text
     if _INT10.fullmatch(text):
         return int(text, 10)
@@ -188,6 +193,11 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
                 )
         finally:
             loader.dispose()
+    except UnicodeEncodeError as exc:  # lone surrogates: only text that did not come from a file
+        line = text.count("\n", 0, exc.start) + 1
+        column = exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1
+        message = f"text is not valid Unicode: lone surrogate {_char_name(text[exc.start])}"
+        return SourceResult(None, (_problem(file, line, column, "", "encoding", message),))
     except yaml.MarkedYAMLError as exc:
         return SourceResult(None, (_syntax_problem(file, exc, text),))
     except yaml.reader.ReaderError as exc:

@@ -80,6 +80,16 @@ def test_plain_scalars_are_typed_by_the_yaml_1_2_core_schema(text: str, value: A
     assert _data(f"v: {text}\n") == {"v": value}
 
 
+def test_absurdly_long_numbers_stay_strings() -> None:
+    # Python cannot print ints of more than 4300 digits; they must not reach messages
+    long = "1" + "0" * 5000
+    assert _data(f"a: {long}\nb: 0x{'f' * 100}\n") == {"a": long, "b": 16**100 - 1}
+    result = load_text(f"version: 1\ntopics: {{t: {{partitions: {long}}}}}\n", env={})
+    assert [p.message for p in result.problems] == [
+        'partitions: expected a number, got the string "' + long[:57] + '..."'
+    ]
+
+
 def test_infinity_and_nan_are_floats() -> None:
     data = _data("a: .inf\nb: -.Inf\nc: .nan\n")
     assert data["a"] == float("inf") and data["b"] == float("-inf")
@@ -292,6 +302,14 @@ def test_a_utf8_byte_order_mark_is_accepted() -> None:
     result = read_bytes("\ufeffversion: 1\n".encode(), file="t.yaml")
     assert result.problems == ()
     assert result.document is not None and result.document.data == {"version": 1}
+
+
+def test_lone_surrogates_in_text_are_refused() -> None:
+    assert _one(_read("version: 1\nname: a\ud800b\n")) == (
+        2,
+        8,
+        "text is not valid Unicode: lone surrogate #xd800",
+    )
 
 
 def test_control_characters_are_refused() -> None:
