@@ -167,7 +167,7 @@ def _accepting(host: Host) -> None:
 
 def _queue_exists(host: Host, name: str) -> None:
     if name not in host.topology.queue_map():
-        raise NotFound(f"no queue named '{name}'")
+        raise NotFound(f"queue '{name}' not found")
 
 
 # ------------------------------------------------------------------ publishing
@@ -201,7 +201,7 @@ async def append_topic(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     topic = host.topology.topic_map().get(name)
     if topic is None:
-        raise NotFound(f"no topic named '{name}'")
+        raise NotFound(f"topic '{name}' not found")
     body = await _json(request)
     recs, _ = codec.records(
         body, limits=request.app[LIMITS_KEY], topic_limit=topic.max_message_bytes
@@ -224,7 +224,7 @@ async def append_topic(request: web.Request) -> web.Response:
 def _partition(host: Host, topic: str, text: str) -> int:
     spec = host.topology.topic_map().get(topic)
     if spec is None:
-        raise NotFound(f"no topic named '{topic}'")
+        raise NotFound(f"topic '{topic}' not found")
     try:
         partition = int(text)
     except ValueError as exc:
@@ -330,7 +330,7 @@ async def replay(request: web.Request) -> web.Response:
 
 def _group_exists(host: Host, group: str) -> None:
     if group not in host.topology.group_map():
-        raise NotFound(f"no consumer group named '{group}'")
+        raise NotFound(f"consumer group '{group}' not found")
 
 
 def _group_tp(host: Host, group: str, obj: dict[str, Any], where: str = "") -> TopicPartition:

@@ -102,7 +102,7 @@ class FakeEngine:
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         spec = self.topology.exchange_map().get(exchange)
         if spec is None:
-            raise NotFound(f"no exchange named '{exchange}'")
+            raise NotFound(f"exchange '{exchange}' not found")
         if spec.internal:
             raise Forbidden(f"exchange '{exchange}' is internal")
         out: list[list[str]] = []
@@ -126,7 +126,7 @@ class FakeEngine:
 
     def publish_to_queue(self, queue: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         if queue not in self.ready:
-            raise NotFound(f"no queue named '{queue}'")
+            raise NotFound(f"queue '{queue}' not found")
         for i, m in enumerate(messages):
             try:
                 self._put(queue, _Msg(m, ""))
@@ -137,7 +137,7 @@ class FakeEngine:
     def append(self, topic: str, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
         spec = self.topology.topic_map().get(topic)
         if spec is None:
-            raise NotFound(f"no topic named '{topic}'")
+            raise NotFound(f"topic '{topic}' not found")
         out = []
         for r in records:
             if spec.compact and r.key is None:

@@ -213,12 +213,12 @@ def test_status_shows_topology_topics_queues_groups(daemon: Daemon) -> None:
         ("POST", "/v1/exchanges/hidden/messages", {"routing_key": "", "body": 1}, 403, None),
         ("POST", "/v1/exchanges/nope/messages", {"routing_key": "", "body": 1}, 404, None),
         ("POST", "/v1/queues/nope/messages", {"body": 1}, 404, None),
-        ("POST", "/v1/queues/nope/pull", {}, 404, "no queue named 'nope'"),
+        ("POST", "/v1/queues/nope/pull", {}, 404, "queue 'nope' not found"),
         ("GET", "/v1/topics/events/partitions/3/records?offset=0", None, 404,
          "topic 'events' has no partition 3 (it has 3: 0..2)"),
         ("POST", "/v1/topics/events/records", {"value": 1, "partition": 9}, 404,
          "topic 'events' has no partition 9 (it has 3: 0..2)"),
-        ("GET", "/v1/groups/nope", None, 404, "no consumer group named 'nope'"),
+        ("GET", "/v1/groups/nope", None, 404, "consumer group 'nope' not found"),
         ("GET", "/v1/no/such/route", None, 404, "no route GET /v1/no/such/route"),
         ("PUT", "/v1/queues/work/pull", None, 405, "PUT is not allowed on /v1/queues/work/pull "
          "(allowed: POST)"),
@@ -354,7 +354,7 @@ def test_cli_publish_consume_status_and_dlq(daemon: Daemon, tmp_path: Path) -> N
     # refusals exit 1 with the daemon's sentence
     done = daemon.cli("publish", "--queue", "nope", "1")
     assert done.returncode == 1
-    assert "no queue" in done.stderr and "(HTTP 404)" in done.stderr
+    assert done.stderr == "runner publish: queue 'nope' not found (HTTP 404)\n"
     done = daemon.cli("publish", "--queue", "cli-q", "not json")
     assert done.returncode == 2 and "BODY is not valid JSON" in done.stderr
     # dead letters: list, show, replay
