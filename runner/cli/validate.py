@@ -9,6 +9,7 @@ and for `plan` an OLD or NEW topology that does not load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.resources
 import os
@@ -129,7 +130,9 @@ def check_handlers(topology: Topology) -> list[Problem]:
     importlib.invalidate_caches()
     problems = []
     for path, owner, reference in _handlers(topology):
-        why = resolve_handler(reference)
+        # what handler modules print at import must not corrupt --format json output
+        with contextlib.redirect_stdout(sys.stderr):
+            why = resolve_handler(reference)
         if why is not None:
             pos = topology.position(path)
             message = f'handler "{reference}" of {owner} {why}'

@@ -218,7 +218,7 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
     write(tmp_path / "app" / "__init__.py", "")
     write(
         tmp_path / "app" / "jobs.py",
-        "LIMIT = 3\n\ndef run(msg):\n    pass\n\nclass Worker:\n"
+        "print('jobs imported')\nLIMIT = 3\n\ndef run(msg):\n    pass\n\nclass Worker:\n"
         "    @staticmethod\n    def handle(msg):\n        pass\n",
     )
     write(tmp_path / "app" / "broken.py", "import does_not_exist_anywhere\n")
@@ -228,6 +228,7 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
     assert (plain.returncode, plain.stdout) == (0, "shop.yaml: valid\n")
     done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
     assert done.returncode == 1
+    assert done.stderr == "jobs imported\n"  # import-time prints go to stderr
     assert done.stdout.splitlines() == [
         'shop.yaml:12:34: error: handler "app.missing:run" of consumer "no-module" cannot be '
         "imported: ModuleNotFoundError: No module named 'app.missing' "
@@ -243,3 +244,5 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
         "imported: SystemExit: 3 (at consumer_groups.exits.handler)",
         "5 errors, 0 warnings in 1 topology",
     ]
+    as_json = run(tmp_path, "validate", "--check-handlers", "--format", "json", "shop.yaml")
+    assert len(json.loads(as_json.stdout)["problems"]) == 5
