@@ -172,22 +172,10 @@ def _flow(data: object) -> str:
     return str(data)
 
 
-_ENTITY_WORDS = {
-    "topic": "topic",
-    "exchange": "exchange",
-    "queue": "queue",
-    "binding": "binding",
-    "dlq_policy": "dlq_policy",
-    "consumer_group": "consumer_group",
-    "consumer": "consumer",
-    "topology": "topology",
-}
-
-
 def change_line(c: Change) -> str:
     """`+ queue foo`, `- binding ...`, `~ queue q: message_ttl 24h -> 1h`, marked when unsafe."""
     sign = {"added": "+", "removed": "-", "changed": "~"}[c.kind]
-    head = f"{sign} {_ENTITY_WORDS[c.entity]}" + (f" {c.name}" if c.name else "")
+    head = f"{sign} {c.entity}" + (f" {c.name}" if c.name else "")
     if c.kind == "changed":
         head += f": {c.field} {human_value(c.field, c.old)} -> {human_value(c.field, c.new)}"
     if not c.safe:
