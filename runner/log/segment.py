@@ -353,33 +353,49 @@ class SegmentedLog:
             if producer_id >= 0 and sequence >= 0:
                 prod = self._producers.get(producer_id)
                 if prod is not None and sequence <= prod.last_seq:
+                    seen = prod.last_seq - sequence + 1
+                    if seen < len(items):  # a retry that carries new records too
+                        self._append_locked(items[seen:], producer_id, prod.last_seq + 1)
                     base = prod.offset_of(sequence)
             if base == -2:
-                base = self._end
-                data, max_ts = encode_batch(base, items, producer_id=producer_id,
-                                            base_sequence=sequence)
-                seg = self._segments[-1]
-                if seg.size and seg.size + len(data) > self.segment_bytes:
-                    seg = self._roll()
-                self._write(seg, data)
-                if seg.since_index >= self.index_interval_bytes or not seg.index.offsets:
-                    seg.index.add(base, seg.size)
-                    seg.since_index = 0
-                seg.since_index += len(data)
-                seg.tindex.add(max_ts, base)
-                if max_ts > seg.max_ts:
-                    seg.max_ts = max_ts
-                seg.size += len(data)
-                self._size += len(data)
-                self._written += len(data)
-                self._end = base + len(items)
-                seg.last_offset = self._end - 1
-                if producer_id >= 0 and sequence >= 0:
-                    self._producers.setdefault(producer_id, _Producer()).record(
-                        sequence, len(items), base)
+                base = self._append_locked(items, producer_id, sequence)
             target = self._written
         if self.fsync is Fsync.ALWAYS:
             self._wait_synced(target)
+        return base
+
+    def offsets_for(self, producer_id: int, sequence: int, count: int) -> list[int]:
+        """Offsets of a producer's records `sequence..sequence+count-1` (-1 when too
+        old to know); for answering retries record by record."""
+        prod = self._producers.get(producer_id)
+        if prod is None:
+            return [-1] * count
+        return [prod.offset_of(sequence + i) for i in range(count)]
+
+    def _append_locked(self, items: Sequence[Item], producer_id: int, sequence: int) -> int:
+        """Write one batch; the caller holds `_lock`."""
+        base = self._end
+        data, max_ts = encode_batch(base, items, producer_id=producer_id,
+                                    base_sequence=sequence)
+        seg = self._segments[-1]
+        if seg.size and seg.size + len(data) > self.segment_bytes:
+            seg = self._roll()
+        self._write(seg, data)
+        if seg.since_index >= self.index_interval_bytes or not seg.index.offsets:
+            seg.index.add(base, seg.size)
+            seg.since_index = 0
+        seg.since_index += len(data)
+        seg.tindex.add(max_ts, base)
+        if max_ts > seg.max_ts:
+            seg.max_ts = max_ts
+        seg.size += len(data)
+        self._size += len(data)
+        self._written += len(data)
+        self._end = base + len(items)
+        seg.last_offset = self._end - 1
+        if producer_id >= 0 and sequence >= 0:
+            self._producers.setdefault(producer_id, _Producer()).record(
+                sequence, len(items), base)
         return base
 
     def _write(self, seg: _Segment, data: bytes) -> None:

@@ -158,6 +158,10 @@ class Store:
                 problems.append(f"topic {name} holds records and cannot be removed")
         if problems:
             raise UnsafeChange("; ".join(problems))
+        for gname, cg in (groups or {}).items():
+            missing = [t for t in cg.topics if t not in topics]
+            if missing:
+                raise NotFound(f"group {gname!r} reads unknown topic {missing[0]!r}")
         changes: list[str] = []
         for name in [n for n in self._topics if n not in topics]:
             self._drop_topic(name)
@@ -184,9 +188,6 @@ class Store:
                 self.groups.remove(name)
                 changes.append(f"removed group {name}")
             for name, cg in groups.items():
-                missing = [t for t in cg.topics if t not in self._topics]
-                if missing:
-                    raise NotFound(f"group {name!r} reads unknown topic {missing[0]!r}")
                 known = name in self.groups.names()
                 self.groups.declare(cg)
                 if not known:
@@ -297,14 +298,19 @@ class Store:
                 runs.setdefault(p, []).append(i)
         for p, idxs in runs.items():
             part = t.partitions[p]
+            end = part.log_end_offset
             for run in _producer_runs(records, idxs):
                 rec0 = records[run[0]]
                 pid = producer_number(rec0.producer_id) if rec0.producer_id is not None else -1
                 seq = rec0.sequence if rec0.sequence is not None and pid >= 0 else -1
                 first = part.append([resolved[i][1] for i in run], producer_id=pid, sequence=seq)
-                for k, i in enumerate(run):
-                    result[i] = (p, first + k if first >= 0 else -1)
-            t.records_appended += len(idxs)
+                if seq >= 0:
+                    offsets = part.log.offsets_for(pid, seq, len(run))
+                else:
+                    offsets = [first + k for k in range(len(run))]
+                for i, off in zip(run, offsets, strict=True):
+                    result[i] = (p, off)
+            t.records_appended += part.log_end_offset - end
         if self.dedup_window_ms is not None:
             now = now_ms(self.clock)
             for i, rec in enumerate(records):
@@ -392,9 +398,10 @@ class Store:
                     (_unb64(recs[i][1]), _unb64(recs[i][2]),
                      tuple((n, _unb64(hv) or b"") for n, hv in recs[i][3]), recs[i][4])
                     for i in idxs]
+                part_end = t.partitions[p].log_end_offset
                 first = t.partitions[p].append(items, producer_id=pid,
                                                sequence=step * STEP_STRIDE)
-                t.records_appended += len(items)
+                t.records_appended += len(items) if first == part_end else 0
                 for k, i in enumerate(idxs):
                     res[i] = (p, first + k if first >= 0 else -1)
             out.append(res)

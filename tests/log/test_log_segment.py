@@ -319,3 +319,13 @@ def test_what_is_appended_reads_back_the_same(tmp_path: Path, batches: list[list
         assert [r.offset for r in got] == list(range(len(flat)))
     finally:
         log.close()
+
+
+def test_a_retry_with_new_records_writes_only_the_new_ones(open_log: Opener) -> None:
+    log = open_log()
+    assert log.append(items(3), producer_id=1, sequence=0) == 0
+    assert log.append(items(5), producer_id=1, sequence=0) == 0
+    assert log.end_offset == 5
+    assert log.offsets_for(1, 0, 5) == [0, 1, 2, 3, 4]
+    assert [r.key for r in log.read(0)] == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+    assert log.offsets_for(2, 0, 2) == [-1, -1]

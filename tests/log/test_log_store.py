@@ -253,3 +253,22 @@ def test_tick_expires_members(open_store: Opener, clock: ManualClock) -> None:
     assert store.groups.members("g") == ["a"]
     assert store.groups.assignment("g", "a") == [TopicPartition("t", 0), TopicPartition("t", 1)]
     assert now_ms(clock) > 0
+
+
+def test_a_retry_carrying_more_records_gets_their_offsets(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t")))
+    store.append("t", [AppendRecord(b"x")])
+    first = [AppendRecord(b"%d" % i, producer_id="p", sequence=i) for i in range(2)]
+    assert store.append("t", first) == [(0, 1), (0, 2)]
+    more = [AppendRecord(b"%d" % i, producer_id="p", sequence=i) for i in range(4)]
+    assert store.append("t", more) == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert store.records_appended() == {"t": 5}
+
+
+def test_group_on_an_unknown_topic_changes_nothing(open_store: Opener) -> None:
+    store = open_store()
+    with pytest.raises(NotFound) as exc:
+        store.apply(topics(Topic("t")), {"g": ConsumerGroup("g", ("nope",))})
+    assert str(exc.value) == "group 'g' reads unknown topic 'nope'"
+    assert store.topic_names() == []
