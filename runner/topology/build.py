@@ -282,6 +282,13 @@ class _Builder:
             return 0.0
         return number
 
+    def _timeout(self, path: str, spec: dict[str, Any]) -> float:
+        seconds = self._seconds(f"{path}.timeout", spec.get("timeout", DEFAULT_TIMEOUT))
+        if seconds <= 0 and "timeout" in spec:
+            message = f'timeout must be longer than 0s; got "{spec["timeout"]}"'
+            self.invalid(f"{path}.timeout", message)
+        return seconds
+
     def _seconds(self, path: str, value: Any) -> float:
         seconds = self.duration(path, value)
         assert seconds is not None  # forever is not allowed here
@@ -299,7 +306,7 @@ class _Builder:
             offset_reset=OffsetReset(spec.get("offset_reset", OffsetReset.EARLIEST.value)),
             delivery=Delivery(spec.get("delivery", Delivery.AT_LEAST_ONCE.value)),
             dlq_policy=spec.get("dlq_policy"),
-            timeout_s=self._seconds(f"{path}.timeout", spec.get("timeout", DEFAULT_TIMEOUT)),
+            timeout_s=self._timeout(path, spec),
             pos=self.pos(path),
         )
 
@@ -313,7 +320,7 @@ class _Builder:
             concurrency=concurrency,
             prefetch=int(spec.get("prefetch", 10 * concurrency)),
             delivery=Delivery(spec.get("delivery", Delivery.AT_LEAST_ONCE.value)),
-            timeout_s=self._seconds(f"{path}.timeout", spec.get("timeout", DEFAULT_TIMEOUT)),
+            timeout_s=self._timeout(path, spec),
             dlq_policy=spec.get("dlq_policy"),
             idempotency=None
             if idem is None
