@@ -123,20 +123,19 @@ class Handler:
     ) -> None:
         """Run once; raises what the handler raised, or HandlerTimeout."""
         args: tuple[Any, ...] = (message, ctx) if self.wants_context else (message,)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any]
-        if self.is_async:
-            future = asyncio.ensure_future(self.fn(*args))
-        else:
-            future = loop.run_in_executor(executor, functools.partial(self.fn, *args))
         try:
-            done, _ = await asyncio.wait({future}, timeout=timeout_s)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        if not done:
-            future.cancel()  # an executor thread cannot be stopped: it runs to its end
-            raise HandlerTimeout(f"handler {self.ref!r} did not finish within {timeout_s:g}s")
-        result = future.result()
-        if inspect.isawaitable(result):  # a sync callable that returned an awaitable
-            await asyncio.wait_for(result, timeout_s)
+            async with asyncio.timeout(timeout_s) as deadline:
+                if self.is_async:
+                    result = await self.fn(*args)
+                else:
+                    # an executor thread cannot be stopped: on timeout it runs to its end
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        executor, functools.partial(self.fn, *args))
+                if inspect.isawaitable(result):  # a sync callable that returned an awaitable
+                    await result
+        except TimeoutError:
+            if deadline.expired():
+                raise HandlerTimeout(
+                    f"handler {self.ref!r} did not finish within {timeout_s:g}s") from None
+            raise  # the handler's own TimeoutError is a plain failure

@@ -25,12 +25,14 @@ from runner.errors import EngineError, NotFound
 from runner.pipeline.deadletter import DEAD_LETTER_HEADER, build_death, error_type
 from runner.pipeline.message import Outputs, QueueMessage
 from runner.pipeline.stats import HandlerCounters
-from runner.pipeline.worker import Worker, WorkerEnv
+from runner.pipeline.worker import IDLE_WAIT_S, Worker, WorkerEnv
 from runner.topology.model import Consumer, Delivery, Topology
 
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN_S = 30.0
+ACK_BATCH = 64  # successful deliveries acked in one call...
+ACK_FLUSH_S = 0.005  # ...or after this long
 
 
 class QueueWorker(Worker):
@@ -54,6 +56,7 @@ class QueueWorker(Worker):
         self.buffer: asyncio.Queue[QueueDelivery] = asyncio.Queue()
         self.outstanding = 0  # leased by us: buffered + in flight
         self.puller_id = f"{consumer.name}@{env.hostname}"
+        self.pending_acks: list[int] = []
 
     def start(self) -> None:
         self.tasks.append(asyncio.create_task(self._pull(), name=f"pull:{self.name}"))
@@ -63,6 +66,7 @@ class QueueWorker(Worker):
 
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
+        self.flush_acks()
         # Buffered messages never reached a handler: give them back now.
         ids = []
         while not self.buffer.empty():
@@ -76,10 +80,12 @@ class QueueWorker(Worker):
 
     # ---------------------------------------------------------------- loops
     async def _pull(self) -> None:
+        refill = max(1, self.consumer.prefetch // 2)
         while not self.stopping:
+            self.flush_acks()
             room = self.consumer.prefetch - self.outstanding
             got: list[QueueDelivery] = []
-            if room > 0:
+            if room >= refill or (room > 0 and self.buffer.empty()):
                 try:
                     got = self.env.engine.pull(
                         self.queue, room, lease_s=self.lease_s, consumer_id=self.puller_id
@@ -94,7 +100,21 @@ class QueueWorker(Worker):
             if got:
                 await asyncio.sleep(0)
             else:
-                await self.idle()
+                await self.idle(ACK_FLUSH_S if self.pending_acks else IDLE_WAIT_S)
+
+    def flush_acks(self) -> None:
+        """Ack what succeeded since the last flush, in one engine call."""
+        if not self.pending_acks:
+            return
+        ids, self.pending_acks = self.pending_acks, []
+        try:
+            unknown = self.env.engine.ack(self.queue, ids)
+        except EngineError as exc:
+            log.error("consumer %s: ack of %d failed: %s", self.name, len(ids), exc)
+            return
+        if unknown:
+            log.warning("consumer %s: acks of %s came too late (lease expired)",
+                        self.name, unknown)
 
     async def _work(self, consumer_id: str) -> None:
         while not self.stopping:
@@ -107,9 +127,10 @@ class QueueWorker(Worker):
                           self.name, d.delivery_id, exc)
             finally:
                 self.outstanding -= 1
-                self.wake.set()
+                if (len(self.pending_acks) >= ACK_BATCH or self.buffer.empty()
+                        or self.outstanding <= self.consumer.prefetch // 2):
+                    self.wake.set()
 
-    # ---------------------------------------------------------------- one message
     async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
         engine = self.env.engine
         msg = QueueMessage.from_delivery(d)
@@ -145,10 +166,7 @@ class QueueWorker(Worker):
         self.send(outputs)
         self.remember(key)
         if self.delivery is Delivery.AT_LEAST_ONCE:
-            unknown = engine.ack(self.queue, [d.delivery_id])
-            if unknown:
-                log.warning("consumer %s: ack of %d came too late (lease expired)",
-                            self.name, d.delivery_id)
+            self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
 
     def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
         failures = d.delivery_count if self.delivery is not Delivery.AT_MOST_ONCE else 1

@@ -70,7 +70,7 @@ class Pipeline:
         self, engine: Engine, topology: Topology, *, data_dir: Path, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, instance_id: str,
         random_source: Callable[[], float] | None = None, hostname: str | None = None,
-        fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+        fsync: FsyncPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.topology = topology
@@ -78,7 +78,8 @@ class Pipeline:
         self._env = WorkerEnv(
             engine=engine, executor=executor, clock=clock, data_dir=data_dir,
             hostname=hostname or socket.gethostname(),
-            random=random_source or random.Random().random, fsync=fsync,
+            random=random_source or random.Random().random,
+            fsync=fsync if fsync is not None else FsyncPolicy(engine.fsync.value),
         )
         self._workers: dict[str, AnyWorker] = {}
         self._counters: dict[str, HandlerCounters] = {}
