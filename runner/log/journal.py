@@ -76,6 +76,11 @@ class StepJournal:
         if self._log.segment_count > 1:
             self._log.delete_before(oldest)
 
+    @property
+    def next_id(self) -> int:
+        """The step id the next `write` returns (ids only grow)."""
+        return self._log.end_offset
+
     def sync(self) -> None:
         self._log.sync()
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ class Store:
         cache_bytes_per_partition: int = 1024 * 1024, delete_retention_s: float = 86_400.0,
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
         compaction_interval_s: float = 60.0, dedup_window_s: float | None = None,
-        background: bool = True,
+        dedup_max_entries: int = 1_000_000, background: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.fsync = Fsync(fsync)
@@ -107,7 +108,9 @@ class Store:
         self.dedup_window_ms = None if dedup_window_s is None else int(dedup_window_s * 1000)
         self._topics: dict[str, _Topic] = {}
         self._partitioner = Partitioner()
-        self._dedup: dict[tuple[str, str], tuple[int, int, int]] = {}
+        # (topic, message id) -> (partition, offset, first seen ms); insertion order ~ time
+        self._dedup: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
+        self.dedup_max_entries = dedup_max_entries
         (self.data_dir / "topics").mkdir(parents=True, exist_ok=True)
         self.flusher = Flusher(fsync_interval_ms) if fsync is Fsync.INTERVAL else None
         self.cleaner = Cleaner() if background else None
@@ -316,12 +319,24 @@ class Store:
             for i, rec in enumerate(records):
                 if rec.message_id is not None and i not in skip:
                     self._dedup[(topic, rec.message_id)] = (*result[i], now)
+            self._prune_dedup(now)
         return result
 
-    def _load_dedup(self, topic: str, part: Partition) -> None:
+    def _prune_dedup(self, now: int) -> None:
+        """Forget message ids older than the window (and the oldest beyond the cap)."""
         assert self.dedup_window_ms is not None
-        since = now_ms(self.clock) - self.dedup_window_ms
-        offset = part.log.offset_for_timestamp(since)
+        horizon = now - self.dedup_window_ms
+        dedup = self._dedup
+        while dedup and (len(dedup) > self.dedup_max_entries
+                         or next(iter(dedup.values()))[2] < horizon):
+            dedup.popitem(last=False)
+
+    def _load_dedup(self, topic: str, part: Partition) -> None:
+        """Rebuild the message ids of the window from the records' `x-message-id`
+        headers (reads the partition's records of the last `dedup_window_s`)."""
+        assert self.dedup_window_ms is not None
+        now = now_ms(self.clock)
+        offset = part.log.offset_for_timestamp(now - self.dedup_window_ms)
         while offset < part.log_end_offset:
             recs = part.read(offset, max_records=5000, max_bytes=8 * 1024 * 1024)
             for r in recs:
@@ -330,6 +345,7 @@ class Store:
                         self._dedup[(topic, value.decode())] = (part.number, r.offset,
                                                                 r.timestamp_ms)
             offset = recs[-1].offset + 1
+        self._prune_dedup(now)
 
     # ------------------------------------------------------------ reading
     def read(
@@ -430,6 +446,8 @@ class Store:
                 if t.config.compact:
                     self._maybe_compact(t, part, mono)
         self.groups.expire()
+        if self.dedup_window_ms is not None:
+            self._prune_dedup(now)
         if self.fsync is Fsync.INTERVAL and self.flusher is None:
             self.flush()
 

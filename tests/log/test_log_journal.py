@@ -43,3 +43,12 @@ def test_done_steps_are_trimmed(tmp_path: Path) -> None:
     again = StepJournal(tmp_path / "j", clock=ManualClock())
     assert again.pending() == []
     again.close()
+
+
+def test_next_id_is_what_write_returns(tmp_path: Path) -> None:
+    j = StepJournal(tmp_path / "j", clock=ManualClock(), fsync=Fsync.NEVER)
+    expected = j.next_id
+    assert j.write(b"a") == expected
+    j.mark_done(expected)
+    assert j.write(b"b") == j.next_id - 1
+    j.close()

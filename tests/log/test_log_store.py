@@ -272,3 +272,15 @@ def test_group_on_an_unknown_topic_changes_nothing(open_store: Opener) -> None:
         store.apply(topics(Topic("t")), {"g": ConsumerGroup("g", ("nope",))})
     assert str(exc.value) == "group 'g' reads unknown topic 'nope'"
     assert store.topic_names() == []
+
+
+def test_dedup_memory_is_bounded(open_store: Opener, clock: ManualClock) -> None:
+    store = open_store(dedup_window_s=60.0, dedup_max_entries=2)
+    store.apply(topics(Topic("t")))
+    store.append("t", [AppendRecord(b"x", message_id=f"m{i}") for i in range(3)])
+    # m0 fell out of the capped window, m1 and m2 are still known
+    assert store.append("t", [AppendRecord(b"x", message_id="m2")]) == [(0, 2)]
+    assert store.append("t", [AppendRecord(b"x", message_id="m0")]) == [(0, 3)]
+    clock.advance(61)
+    store.tick()
+    assert store.append("t", [AppendRecord(b"x", message_id="m0")]) == [(0, 4)]
