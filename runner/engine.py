@@ -365,7 +365,11 @@ class Engine:
         self.sink_dropped = 0  # dead letters to a topic that refused them
         self._topic_reach: set[str] = set()
         self._closed = False
-        self.store = Store(data_dir, fsync=fsync, clock=clock, dedup_window_s=DEDUP_WINDOW_S)
+        try:
+            self.store = Store(data_dir, fsync=fsync, clock=clock,
+                               dedup_window_s=DEDUP_WINDOW_S)
+        except OSError as exc:
+            raise StorageError(f"cannot open the topics in {data_dir}: {exc}") from exc
         try:
             self.broker = Broker(
                 data_dir, fsync=fsync, clock=clock, memory_budget_bytes=memory_budget_bytes,
@@ -373,8 +377,10 @@ class Engine:
                 topic_sink=self._sink,
             )
             self.journal = StepJournal(data_dir / "engine_steps", fsync=fsync, clock=clock)
-        except BaseException:
+        except BaseException as exc:
             self.store.close()
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot open the queues in {data_dir}: {exc}") from exc
             raise
         try:
             self.apply(topology, force=True)

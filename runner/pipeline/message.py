@@ -85,8 +85,8 @@ class QueueMessage:
 class TopicMessage:
     """A record delivered from a topic partition to a consumer group.
 
-    `message_id` is the record's `message_id` header when it has one, else
-    `topic/partition/offset` (stable across redeliveries and replays)."""
+    `message_id` is the record's `x-message-id` (or `message_id`) header when
+    it has one, else `topic/partition/offset` (stable across retries and replays)."""
 
     body: Any
     payload: bytes | None
@@ -104,7 +104,7 @@ class TopicMessage:
     def from_record(
         cls, r: Record, *, delivery_count: int = 1, redelivered: bool = False
     ) -> TopicMessage:
-        mid = r.headers.get("message_id")
+        mid = r.headers.get("x-message-id", r.headers.get("message_id"))
         return cls(
             body=decode_body(r.value), payload=r.value, headers=dict(r.headers),
             message_id=str(mid) if mid is not None else f"{r.topic}/{r.partition}/{r.offset}",
