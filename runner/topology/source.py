@@ -207,7 +207,7 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
         return SourceResult(None, (_problem(file, line, column, "", "yaml-syntax", message),))
     except yaml.YAMLError as exc:  # pragma: no cover - libyaml reports every error marked
         return SourceResult(None, (_problem(file, 0, 0, "", "yaml-syntax", f"YAML error: {exc}"),))
-    converter = _Converter(file, os.environ if env is None else env)
+    converter = _Converter(file, os.environ if env is None else env, text)
     data = converter.convert(root, "", None, 0)
     problems = tuple(sorted(converter.problems, key=Problem.sort_key))
     if data is None and not problems:
@@ -229,9 +229,10 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
 class _Converter:
     """Turns a composed node graph into plain data, positions and problems."""
 
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(self, file: str, env: Mapping[str, str], text: str) -> None:
         self.file = file
         self.env = env
+        self.text = text
         self.positions: dict[str, Position] = {}
         self.key_positions: dict[str, Position] = {}
         self.problems: list[Problem] = []
@@ -330,7 +331,7 @@ class _Converter:
             return None
         key: str = key_node.value
         if "$" in key:
-            substituted = self._substitute(key, key_pos, path)
+            substituted = self._substitute(key, key_node, key_pos, path)
             key = key if substituted is None else substituted
         return key
 
@@ -364,14 +365,18 @@ class _Converter:
         text: str = node.value
         plain = node.tag == _PLAIN
         if "$" in text:
-            substituted = self._substitute(text, pos, path)
+            substituted = self._substitute(text, node, pos, path)
             if substituted is None:
                 return None
             text = substituted
         return core_scalar(text) if plain else text
 
-    def _substitute(self, text: str, pos: Position, path: str) -> str | None:
-        """Replace `${VAR}` / `${VAR:-default}`; None (after reporting) on an error."""
+    def _substitute(self, text: str, node: Any, pos: Position, path: str) -> str | None:
+        """Replace `${VAR}` / `${VAR:-default}`; None (after reporting) on an error.
+
+        Errors point at the reference itself when it can be found in the
+        source, else at the start of the scalar.
+        """
         out: list[str] = []
         index = 0
         failed = False
@@ -392,13 +397,13 @@ class _Converter:
             end = text.find("}", start + 2)
             if end < 0:
                 message = f'unclosed "${{" in "{text}"; write "$${{" for a literal "${{"'
-                self._error(pos, path, "env-syntax", message)
+                self._error(self._locate(node, text[start:], pos), path, "env-syntax", message)
                 return None
             inner = text[start + 2 : end]
             name, sep, default = inner.partition(":-")
             if not _VAR_NAME.fullmatch(name):
                 self._error(
-                    pos,
+                    self._locate(node, f"${{{inner}}}", pos),
                     path,
                     "env-syntax",
                     f'invalid variable reference "${{{inner}}}"; '
@@ -410,7 +415,7 @@ class _Converter:
                 value = default
             if value is None:
                 self._error(
-                    pos,
+                    self._locate(node, f"${{{inner}}}", pos),
                     path,
                     "env-unset",
                     f"environment variable {name} is not set "
@@ -421,6 +426,16 @@ class _Converter:
             out.append(value)
             index = end + 1
         return None if failed else "".join(out)
+
+    def _locate(self, node: Any, needle: str, fallback: Position) -> Position:
+        """Where `needle` first appears inside `node`'s source text."""
+        start, end = node.start_mark, node.end_mark
+        found = self.text.find(needle, start.index, max(end.index, start.index + len(needle)))
+        if found < 0:
+            return fallback  # e.g. written with escapes inside a double-quoted string
+        line = start.line + self.text.count("\n", start.index, found)
+        column = found - (self.text.rfind("\n", 0, found) + 1)
+        return Position(self.file, line + 1, column + 1)
 
     def _error(self, pos: Position, path: str, rule: str, message: str) -> None:
         self.problems.append(

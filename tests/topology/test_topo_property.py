@@ -202,7 +202,7 @@ names = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True).filter(
         max_size=5,
     ),
     st.integers(min_value=1, max_value=64),
-    durations,
+    durations.filter(lambda d: d[1] > 0),  # a zero timeout is an error
 )
 def test_what_is_written_is_what_is_built(
     queues: dict[str, tuple[Any, ...]], concurrency: int, timeout: tuple[str, float]

@@ -394,6 +394,16 @@ def test_an_unset_variable_is_an_error_at_its_line() -> None:
     assert result.problems[0].path == "b"
 
 
+def test_env_errors_point_at_the_reference_itself() -> None:
+    text = "a: x-${NOPE}\nb: >\n  folded\n  text ${SET} ${GONE}\nc: 'q ${1x}'\n"
+    result = _read(text, {"SET": "1"})
+    assert [(p.line, p.column, p.rule) for p in result.problems] == [
+        (1, 6, "env-unset"),
+        (4, 15, "env-unset"),
+        (5, 7, "env-syntax"),
+    ]
+
+
 def test_the_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNNER_SOURCE_TEST_PARTS", "3")
     result = read_text("a: ${RUNNER_SOURCE_TEST_PARTS}\n", file="t.yaml")
