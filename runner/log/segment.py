@@ -145,7 +145,7 @@ class SegmentedLog:
         self.clock = clock
         self.index_interval_bytes = index_interval_bytes
         self.fsync_interval_ms = fsync_interval_ms
-        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._cached = 0
         self._lock = threading.Lock()
@@ -518,7 +518,8 @@ class SegmentedLog:
             while i < len(self._segments) and len(out) < max_records and taken < max_bytes:
                 seg = self._segments[i]
                 pos = seg.index.lookup(offset)
-                for buf, bpos, header, fpos in self._cached_batches(seg, pos, max_bytes):
+                for buf, bpos, header, fpos in self._cached_batches(seg, pos, max_bytes,
+                                                                     max_records):
                     if header.last_offset < offset:
                         continue
                     if not batch_crc_ok(buf, bpos, header):
@@ -532,19 +533,25 @@ class SegmentedLog:
                 i += 1
             return out
 
-    def _cached_batches(self, seg: _Segment, pos: int, max_bytes: int
+    def _cached_batches(self, seg: _Segment, pos: int, max_bytes: int, max_records: int
                         ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
-        chunk = max(CHUNK, min(max_bytes, 4 * MiB))
+        # read about what the caller may take: small reads stay small
+        chunk = min(CHUNK, max(16 * 1024, min(max_bytes, max_records * 1024)))
         return _batches(seg.fd, pos, seg.size, seg.path, chunk=chunk, cache=self._cache_get)
 
     def _cache_get(self, fd: int, length: int, pos: int) -> bytes:
-        key = (fd, pos, length)
+        """Bytes at `pos` of an open segment, at least `length` of them when the file
+        has them. Segments only grow (or are replaced, which clears the cache), so a
+        longer cached read at the same position is still right."""
+        key = (fd, pos)
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is not None and len(hit) >= length:
             self._cache.move_to_end(key)
             return hit
         data = os.pread(fd, length, pos)
         if self._cache_bytes and len(data) <= self._cache_bytes // 4:
+            if hit is not None:
+                self._cached -= len(hit)
             self._cache[key] = data
             self._cached += len(data)
             while self._cached > self._cache_bytes:
