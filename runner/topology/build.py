@@ -62,6 +62,8 @@ _KIND = {
 
 
 class _Builder:
+    """Builds entities file by file, collecting names, positions and problems."""
+
     def __init__(self, documents: Sequence[SourceDocument]) -> None:
         self.documents = documents
         self.problems: list[Problem] = []
