@@ -171,13 +171,31 @@ def test_answers_give_json_bodies_back_as_json_and_raw_bytes_as_base64() -> None
     def delivery(body: bytes, ct: str | None) -> QueueDelivery:
         return QueueDelivery("q", 7, body, {"h": "v"}, "k", "x", 2, False, 1, "m1", 5, ct)
 
-    as_json = codec.delivery_json(delivery(b'{"a":1}', "application/json"))
+    as_json = orjson.loads(orjson.dumps(
+        codec.delivery_json(delivery(b'{"a":1}', "application/json"))))
     assert as_json["body"] == {"a": 1} and "body_b64" not in as_json
     assert as_json["delivery_id"] == 7 and as_json["delivery_count"] == 1
-    as_raw = codec.delivery_json(delivery(b"\x00{", None))
+    as_raw = orjson.loads(orjson.dumps(codec.delivery_json(delivery(b"\x00{", None))))
     assert as_raw["body_b64"] == base64.b64encode(b"\x00{").decode() and "body" not in as_raw
     rec = codec.record_json(Record("t", 0, 3, 99, b"k", b"[1]", {}))
     assert orjson.loads(orjson.dumps(rec)) == {
         "offset": 3, "key": "k", "value": [1], "headers": {}, "timestamp": 99, "partition": 0
     }
     assert codec.record_json(Record("t", 0, 4, 99, None, None, {}))["value"] is None
+
+
+def test_the_fast_path_and_the_full_validation_agree() -> None:
+    items = [
+        {"routing_key": "k", "body": {"a": 1}, "priority": 3, "headers": {"h": 1},
+         "message_id": "m"},
+        {"routing_key": "k", "body": None},
+    ]
+    for item in items:
+        fast = codec._fast_message(item, LIMITS, None)
+        assert fast is not None
+        full = codec.message(dict(item, ttl="1s"), index=None, limits=LIMITS, default_key=None)
+        full.ttl_s = None
+        assert fast == full
+    assert codec._fast_message({"routing_key": "k", "body": "x" * 200}, LIMITS, None) is None
+    assert codec._fast_message({"routing_key": "k", "body": 1, "priority": True}, LIMITS,
+                               None) is None
