@@ -195,6 +195,12 @@ class SegmentedLog:
         bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if p.stem.isdigit())
         for swap in sorted(self.directory.glob("*.log.swap")):
             bases = self._finish_swap(swap, bases)
+        for stray in self.directory.iterdir():  # left by a crash while deleting a segment
+            stem = stray.name.split(".")[0]
+            if stray.name.endswith(".tmp") or (
+                    stray.suffix in (".index", ".timeindex", ".snapshot") and stem.isdigit()
+                    and int(stem) not in bases):
+                stray.unlink()
         if not bases:
             bases = [0]
         for i, base in enumerate(bases):

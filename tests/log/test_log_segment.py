@@ -329,3 +329,18 @@ def test_a_retry_with_new_records_writes_only_the_new_ones(open_log: Opener) -> 
     assert log.offsets_for(1, 0, 5) == [0, 1, 2, 3, 4]
     assert [r.key for r in log.read(0)] == [b"k0", b"k1", b"k2", b"k3", b"k4"]
     assert log.offsets_for(2, 0, 2) == [-1, -1]
+
+
+def test_files_of_a_half_deleted_segment_are_cleaned_up(
+        open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    log.append(items(2))
+    log.close()
+    for name in ("00000000000000000077.index", "00000000000000000077.timeindex",
+                 "00000000000000000077.snapshot", "00000000000000000000.snapshot.tmp"):
+        (tmp_path / "log" / name).write_bytes(b"x")
+    again = open_log()
+    assert again.end_offset == 2
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == [
+        "00000000000000000000.index", "00000000000000000000.log",
+        "00000000000000000000.timeindex"]

@@ -284,3 +284,18 @@ def test_dedup_memory_is_bounded(open_store: Opener, clock: ManualClock) -> None
     clock.advance(61)
     store.tick()
     assert store.append("t", [AppendRecord(b"x", message_id="m0")]) == [(0, 4)]
+
+
+def test_compact_and_delete_does_both(open_store: Opener, clock: ManualClock) -> None:
+    store = open_store(background=False)
+    store.apply(topics(Topic("cd", compact=True, delete=True, segment_bytes=600,
+                             retention=Retention(time_s=3600.0))))
+    for i in range(60):
+        store.append("cd", [AppendRecord(b"v" * 50, key=b"k%d" % (i % 3))])
+        clock.advance(120)  # two hours of records
+    store.tick()
+    recs = store.read("cd", 0, store.partitions("cd")[0].log_start_offset, max_records=100)
+    assert store.partitions("cd")[0].log_start_offset > 0  # retention went first
+    assert len(recs) < 30  # what is left is compacted
+    assert {r.key for r in recs} == {b"k0", b"k1", b"k2"}
+    assert recs[-1].offset == 59
