@@ -247,8 +247,8 @@ class Consumer:
 # ---------------------------------------------------------------- topology
 
 
-def _frozen(d: Mapping[str, object] | None = None) -> Mapping[str, object]:
-    return MappingProxyType(dict(d or {}))
+def _no_positions() -> Mapping[str, Position]:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +267,7 @@ class Topology:
     consumers: tuple[tuple[str, Consumer], ...] = ()
     # document path ("queues.email_queue.dead_letter.exchange") -> position
     positions: Mapping[str, Position] = field(
-        default_factory=_frozen, compare=False, hash=False, repr=False
+        default_factory=_no_positions, compare=False, hash=False, repr=False
     )
     # the files this topology was read from, in merge order
     files: tuple[str, ...] = field(default=(), compare=False, hash=False)
