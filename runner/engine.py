@@ -805,18 +805,20 @@ class Engine:
 
     def _apply_step(self, sid: int, doc: Mapping[str, Any]) -> None:
         counters: dict[tuple[str, int], int] = {}
+        by_topic: dict[str, list[AppendRecord]] = {}
         for topic, p, key, value, headers, ts in doc["rec"]:
             k = counters.get((topic, p), 0)
             counters[(topic, p)] = k + 1
-            rec = AppendRecord(
+            by_topic.setdefault(topic, []).append(AppendRecord(
                 value=_unb64(value), key=_unb64(key),
                 headers=tuple((h, _unb64(v) or b"") for h, v in headers), partition=p,
                 timestamp_ms=ts, producer_id=STEP_PRODUCER, sequence=sid * STEP_STRIDE + k,
-            )
+            ))
+        for topic, recs in by_topic.items():
             try:
-                self.store.append(topic, [rec])
-            except NotFound as exc:
-                log.warning("step %d: record for %s/%d dropped: %s", sid, topic, p, exc)
+                self.store.append(topic, recs)
+            except NotFound as exc:  # the topic or partition went away before a replay
+                log.warning("step %d: records for %s dropped: %s", sid, topic, exc)
         acks = [(str(q), int(d)) for q, d in doc["acks"]]
         pubs = [(str(ex), [_dec_msg(m) for m in ms]) for ex, ms in doc["pub"]
                 if self.broker.router.has_exchange(ex)]

@@ -11,6 +11,7 @@ origin (`original_queue` / `original_exchange` / `original_routing_key`, or
 from __future__ import annotations
 
 import builtins
+import os
 import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -40,6 +41,24 @@ def error_type(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_RUNNER_FRAMES = (
+    f"{os.sep}runner{os.sep}pipeline{os.sep}", f"{os.sep}asyncio{os.sep}",
+    f"{os.sep}concurrent{os.sep}futures{os.sep}",
+)
+
+
+def stack_trace(exc: BaseException) -> str:
+    """The formatted traceback of `exc`, without the runner's own frames that
+    called the handler (they say nothing about the failure)."""
+    te = traceback.TracebackException.from_exception(exc)
+    frames = list(te.stack)
+    k = 0
+    while k < len(frames) - 1 and any(part in frames[k].filename for part in _RUNNER_FRAMES):
+        k += 1
+    te.stack = traceback.StackSummary.from_list(frames[k:])
+    return "".join(te.format())
+
+
 def previous_deaths(headers: Mapping[str, Any]) -> int:
     """How many times this message died before (from an old header or replays)."""
     old = headers.get(DEAD_LETTER_HEADER)
@@ -61,7 +80,7 @@ def build_death(
         "error": {
             "type": error_type(exc),
             "message": str(exc),
-            "stack_trace": "".join(traceback.format_exception(exc)),
+            "stack_trace": stack_trace(exc),
         },
         "retry_count": retry_count,
         "first_attempt": iso_utc(first_attempt),

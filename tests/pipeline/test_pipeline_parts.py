@@ -289,3 +289,4 @@ def test_idempotency_store_compacts(tmp_path: Path) -> None:
     reopened = IdempotencyStore(path, window_s=1, clock=clock, fsync=False)
     assert reopened.seen("k2999") and not reopened.seen("k0")
     reopened.close()
+
