@@ -284,12 +284,12 @@ class SegmentedLog:
                 seg.size = fpos
                 break
             assert header is not None
+            seg.max_ts = max(seg.max_ts, header.max_timestamp)
             if since >= self.index_interval_bytes:
                 seg.index.add(header.base_offset, fpos)
+                seg.tindex.add(seg.max_ts, header.base_offset)
                 since = 0
             since += header.size
-            seg.tindex.add(header.max_timestamp, header.base_offset)
-            seg.max_ts = max(seg.max_ts, header.max_timestamp)
             seg.last_offset = header.last_offset
             expect = header.last_offset + 1
             if header.producer_id >= 0 and not strict:
@@ -387,13 +387,13 @@ class SegmentedLog:
         if seg.size and seg.size + len(data) > self.segment_bytes:
             seg = self._roll()
         self._write(seg, data)
-        if seg.since_index >= self.index_interval_bytes or not seg.index.offsets:
-            seg.index.add(base, seg.size)
-            seg.since_index = 0
-        seg.since_index += len(data)
-        seg.tindex.add(max_ts, base)
         if max_ts > seg.max_ts:
             seg.max_ts = max_ts
+        if seg.since_index >= self.index_interval_bytes or not seg.index.offsets:
+            seg.index.add(base, seg.size)
+            seg.tindex.add(seg.max_ts, base)
+            seg.since_index = 0
+        seg.since_index += len(data)
         seg.size += len(data)
         self._size += len(data)
         self._written += len(data)
@@ -661,13 +661,13 @@ class SegmentedLog:
                 data, bmax = encode_batch(b0, items, offset_deltas=[r.offset - b0 for r in recs],
                                           producer_id=pid, base_sequence=seq)
                 os.write(fd, data)
+                max_ts = max(max_ts, bmax)
                 if since >= self.index_interval_bytes:
                     index.add(b0, size)
+                    tindex.add(max_ts, b0)
                     since = 0
                 since += len(data)
                 size += len(data)
-                tindex.add(bmax, b0)
-                max_ts = max(max_ts, bmax)
                 last = recs[-1].offset
             tindex.close_entry(max(max_ts, 0), max(last, first))
             os.fsync(fd)
