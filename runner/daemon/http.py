@@ -179,8 +179,10 @@ async def publish_exchange(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _json(request)
     msgs, batch = codec.messages(body, limits=request.app[LIMITS_KEY], default_key=None)
-    routed = host.engine.publish(name, msgs) if msgs else []
-    host.notify()
+    try:
+        routed = host.engine.publish(name, msgs) if msgs else []
+    finally:
+        host.notify()  # also after a 429: the items before the refusal are stored
     return answer({"routed": routed if batch else routed[0]}, 202)
 
 
@@ -190,8 +192,10 @@ async def publish_queue(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _json(request)
     msgs, batch = codec.messages(body, limits=request.app[LIMITS_KEY], default_key=name)
-    routed = host.engine.publish_to_queue(name, msgs) if msgs else []
-    host.notify()
+    try:
+        routed = host.engine.publish_to_queue(name, msgs) if msgs else []
+    finally:
+        host.notify()
     return answer({"routed": routed if batch else routed[0]}, 202)
 
 
@@ -213,8 +217,10 @@ async def append_topic(request: web.Request) -> web.Response:
                 f"{where}topic '{name}' has no partition {rec.partition} "
                 f"(it has {topic.partitions}: 0..{topic.partitions - 1})"
             )
-    offsets = host.engine.append(name, recs) if recs else []
-    host.notify()
+    try:
+        offsets = host.engine.append(name, recs) if recs else []
+    finally:
+        host.notify()
     return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
 
 

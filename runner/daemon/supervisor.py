@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -179,6 +179,7 @@ class Supervisor:
         self._reload_lock = asyncio.Lock()
         self._registry = build_registry(self)
         self._tick_failures = 0
+        self._tasks: set[asyncio.Future[ReloadResult]] = set()
 
     # ------------------------------------------------------------ state for HTTP/metrics
     @property
@@ -312,11 +313,22 @@ class Supervisor:
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP received: reloading", extra={"event": "signal", "signal": "SIGHUP"})
-        asyncio.ensure_future(self.reload("sighup"))
+        self._background(self.reload("sighup"))
 
     def _on_files_changed(self) -> None:
         if not self._stopping:
-            asyncio.ensure_future(self.reload("watch"))
+            self._background(self.reload("watch"))
+
+    def _background(self, reload: Coroutine[Any, Any, ReloadResult]) -> None:
+        """Run a reload as a task the supervisor keeps (and whose failure it logs)."""
+        task = asyncio.ensure_future(reload)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[ReloadResult]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reload failed unexpectedly", exc_info=task.exception())
 
     async def _tick_forever(self) -> None:
         engine = self.engine
