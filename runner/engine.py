@@ -516,10 +516,18 @@ class Engine:
         try:
             routes = self.broker.publish(exchange, messages)
         except PublishRefused as exc:
+            # what was stored before the refused message, and the refused message
+            # in the topics that `routed` says took it (a topic never refuses here)
             self._append_routed(exchange, messages, exc.routes)
+            topics = self._topic_map_names()
+            took = Route((), tuple(t for t in exc.routed if t in topics))
+            self._append_routed(exchange, [messages[exc.accepted]], [took])
             raise
         self._append_routed(exchange, messages, routes)
         return [r.destinations for r in routes]
+
+    def _topic_map_names(self) -> set[str]:
+        return set(self.store.topic_names())
 
     def publish_to_queue(self, queue: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         """AMQP's default exchange: straight into one queue."""

@@ -26,6 +26,7 @@ from runner.errors import (
     InvalidRequest,
     NotFound,
     OffsetOutOfRange,
+    Refused,
     TooLarge,
     UnsafeChange,
 )
@@ -34,6 +35,7 @@ from runner.topology.model import (
     ConsumerGroup,
     Exchange,
     ExchangeType,
+    Overflow,
     Queue,
     Retention,
     Topic,
@@ -304,3 +306,22 @@ def test_group_info_and_members(engine: Engine) -> None:
     engine.leave("g", "b")
     assert {tp.partition for tp in engine.assignment("g", "a")} == {0, 1, 2}
     assert engine.stats().group_members == {"g": 1, "other": 0}
+
+
+def test_a_refused_batch_keeps_what_was_stored_before_it_in_topics_too(tmp_path: Path) -> None:
+    topo = Topology(
+        topics=(("t", Topic("t")),),
+        exchanges=(("x", Exchange("x", ExchangeType.FANOUT)),),
+        queues=(("small", Queue("small", max_length=1, overflow=Overflow.REJECT_PUBLISH)),),
+        bindings=(Binding("x", queue="small"), Binding("x", topic="t")),
+    )
+    e = Engine.open(topo, tmp_path, fsync=FsyncPolicy.NEVER)
+    try:
+        with pytest.raises(Refused) as info:
+            e.publish("x", [OutMessage(b"1"), OutMessage(b"2"), OutMessage(b"3")])
+        assert info.value.accepted == 1
+        assert info.value.routed == ("t",)  # the topic took message 2, the queue did not
+        assert [r.value for r in _all(e, "t")] == [b"1", b"2"]
+        assert e.queue_info("small").ready == 1
+    finally:
+        e.close()
