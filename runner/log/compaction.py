@@ -65,7 +65,8 @@ def _groups(closed: list[SegmentInfo], limit: int) -> list[list[SegmentInfo]]:
     groups: list[list[SegmentInfo]] = []
     size = 0
     for seg in closed:
-        if groups and size + seg.size <= limit:
+        # offsets inside a segment are int32 deltas from its base (as in Kafka)
+        if groups and size + seg.size <= limit and seg.next_base - groups[-1][0].base < 2**31:
             groups[-1].append(seg)
             size += seg.size
         else:

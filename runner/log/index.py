@@ -34,8 +34,8 @@ class OffsetIndex:
     def __init__(self, path: Path, base: int) -> None:
         self.path = path
         self.base = base
-        self.offsets = array("q")
-        self.positions = array("q")
+        self.offsets = array("i")  # relative to base: 8 bytes of memory per entry
+        self.positions = array("I")
         self._file: BinaryIO | None = None
 
     def load(self, segment_size: int) -> bool:
@@ -49,10 +49,10 @@ class OffsetIndex:
         last_off, last_pos = -1, -1
         for rel, pos in OFFSET_ENTRY.iter_unpack(raw):
             if rel <= last_off or pos <= last_pos or pos >= segment_size:
-                self.offsets = array("q")
-                self.positions = array("q")
+                self.offsets = array("i")
+                self.positions = array("I")
                 return False
-            self.offsets.append(self.base + rel)
+            self.offsets.append(rel)
             self.positions.append(pos)
             last_off, last_pos = rel, pos
         return True
@@ -60,19 +60,19 @@ class OffsetIndex:
     def open_for_append(self, *, truncate: bool) -> None:
         self._file = open(self.path, "wb" if truncate else "ab")  # noqa: SIM115
         if truncate:
-            buf = b"".join(OFFSET_ENTRY.pack(o - self.base, p)
+            buf = b"".join(OFFSET_ENTRY.pack(o, p)
                            for o, p in zip(self.offsets, self.positions, strict=True))
             self._file.write(buf)
 
     def add(self, offset: int, position: int) -> None:
-        self.offsets.append(offset)
+        self.offsets.append(offset - self.base)
         self.positions.append(position)
         if self._file is not None:
             self._file.write(OFFSET_ENTRY.pack(offset - self.base, position))
 
     def lookup(self, offset: int) -> int:
         """File position to start scanning for `offset` (0 before the first entry)."""
-        i = bisect_right(self.offsets, offset)
+        i = bisect_right(self.offsets, offset - self.base)
         return self.positions[i - 1] if i else 0
 
     def truncate_after(self, size: int) -> None:
@@ -101,7 +101,7 @@ class TimeIndex:
         self.path = path
         self.base = base
         self.timestamps = array("q")
-        self.offsets = array("q")
+        self.offsets = array("i")  # relative to base
         self._file: BinaryIO | None = None
 
     def load(self) -> bool:
@@ -115,17 +115,17 @@ class TimeIndex:
         for ts, rel in TIME_ENTRY.iter_unpack(raw):
             if ts < last_ts or rel < last_off:
                 self.timestamps = array("q")
-                self.offsets = array("q")
+                self.offsets = array("i")
                 return False
             self.timestamps.append(ts)
-            self.offsets.append(self.base + rel)
+            self.offsets.append(rel)
             last_ts, last_off = ts, rel
         return True
 
     def open_for_append(self, *, truncate: bool) -> None:
         self._file = open(self.path, "wb" if truncate else "ab")  # noqa: SIM115
         if truncate:
-            buf = b"".join(TIME_ENTRY.pack(t, o - self.base)
+            buf = b"".join(TIME_ENTRY.pack(t, o)
                            for t, o in zip(self.timestamps, self.offsets, strict=True))
             self._file.write(buf)
 
@@ -137,7 +137,7 @@ class TimeIndex:
         if self.timestamps and timestamp <= self.timestamps[-1]:
             return
         self.timestamps.append(timestamp)
-        self.offsets.append(offset)
+        self.offsets.append(offset - self.base)
         if self._file is not None:
             self._file.write(TIME_ENTRY.pack(timestamp, offset - self.base))
 
@@ -146,14 +146,19 @@ class TimeIndex:
         if self.timestamps and timestamp < self.timestamps[-1]:
             timestamp = self.timestamps[-1]
         self.timestamps.append(timestamp)
-        self.offsets.append(offset)
+        self.offsets.append(offset - self.base)
         if self._file is not None:
             self._file.write(TIME_ENTRY.pack(timestamp, offset - self.base))
 
     def lookup(self, timestamp: int) -> int:
         """An offset at or before the first record with ts >= timestamp (base if unknown)."""
         i = bisect_right(self.timestamps, timestamp - 1)
-        return self.offsets[i - 1] if i else self.base
+        return self.base + self.offsets[i - 1] if i else self.base
+
+    @property
+    def last_offset(self) -> int:
+        """The offset of the last entry (base - 1 when empty)."""
+        return self.base + self.offsets[-1] if self.offsets else self.base - 1
 
     def flush(self, *, fsync: bool = False) -> None:
         if self._file is not None:

@@ -240,7 +240,7 @@ class SegmentedLog:
 
     def _open_closed(self, seg: _Segment, next_base: int) -> None:
         ok = seg.index.load(seg.size) and seg.tindex.load()
-        if ok and seg.tindex.offsets and seg.tindex.offsets[-1] >= next_base:
+        if ok and seg.tindex.last_offset >= next_base:
             ok = False
         if not ok:
             log.info("rebuilding indexes of %s", seg.path)
