@@ -502,6 +502,11 @@ def _state_graph(idx: Index) -> dict[_State, list[_Edge]]:
         if state[0] not in looping or dl is None:
             continue
         key = dl.routing_key if dl.routing_key is not None else state[1]
+        if state[1] is not None and dl.routing_key is None:
+            # Back in a queue with a known key: the message has returned, which is the
+            # cycle even if this key goes elsewhere now. (queue, None) covers every key,
+            # so an uncertain edge to it makes such returns possible cycles.
+            edges.append(((state[0], None), False, ()))
         for hop in router.reach(dl.exchange, key):
             if hop.queue in looping:
                 nxt = (hop.queue, key)
@@ -556,31 +561,45 @@ def _components(
     return found
 
 
-def _route(start: _State, comp: set[_State], edges: dict[_State, list[_Edge]]) -> tuple[str, ...]:
-    """A shortest cycle from `start` back to itself inside `comp`, as words."""
-    parent: dict[_State, tuple[_State, tuple[str, ...]]] = {}
+def _route(start: _State, edges: dict[_State, list[_Edge]]) -> tuple[str, ...] | None:
+    """A shortest way from `start` back into its queue (any key), as words; or None."""
+    parent: dict[_State, tuple[_State, tuple[str, ...]]] = {start: (start, ())}
     frontier = [start]
-    while frontier and start not in parent:
-        nxt_frontier: list[_State] = []
+    while frontier:
+        next_frontier: list[_State] = []
         for v in frontier:
             for w, _, via in edges.get(v, ()):
-                if w in comp and w not in parent:
+                if via and w[0] == start[0]:  # back, through at least one exchange
+                    return _words(start, parent, v, via)
+                if w not in parent:
                     parent[w] = (v, via)
-                    nxt_frontier.append(w)
-        frontier = nxt_frontier
-    segments: list[list[str]] = []  # walked backwards from start, reversed at the end
-    node = start
-    while True:
-        prev, via = parent[node]
-        segments.append([f'queue "{prev[0]}"', *(f'exchange "{e}"' for e in via)])
-        node = prev
-        if node == start:
-            break
+                    next_frontier.append(w)
+        frontier = next_frontier
+    return None
+
+
+def _words(
+    start: _State,
+    parent: dict[_State, tuple[_State, tuple[str, ...]]],
+    last: _State,
+    via: tuple[str, ...],
+) -> tuple[str, ...]:
+    segments = [[f'queue "{last[0]}"', *(f'exchange "{e}"' for e in via)]]
+    node = last
+    while node != start:
+        node, hop = parent[node]
+        if hop:  # an edge without exchanges only forgets the key: same queue, no hop
+            segments.append([f'queue "{node[0]}"', *(f'exchange "{e}"' for e in hop)])
     return (*(word for seg in reversed(segments) for word in seg), f'queue "{start[0]}"')
 
 
 def find_cycles(idx: Index) -> list[Cycle]:
-    """Every dead-letter cycle of the topology, each once."""
+    """Every dead-letter cycle of the topology, each once.
+
+    Certain: some queue q of a cycle of sure hops gets every message it dead-letters
+    back through sure hops, whatever the message's own key (searched from (q, None)).
+    The rest of the cycles (possibly depending on the key) are warnings.
+    """
     graph = _state_graph(idx)
     sure: dict[_State, list[_Edge]] = {s: [e for e in es if e[1]] for s, es in graph.items()}
     cycles: list[Cycle] = []
@@ -595,12 +614,15 @@ def find_cycles(idx: Index) -> list[Cycle]:
             names = frozenset(s[0] for s in comp)
             if names in seen or (not certain and names & in_error):
                 continue
-            seen.add(names)
-            if certain:
-                in_error |= names
-            start = min(comp, key=_state_key)
-            route = _route(start, comp, edges)
-            cycles.append(Cycle(start[0], route, certain))
+            for queue in sorted(names) if certain else [min(comp, key=_state_key)[0]]:
+                start = (queue, None) if certain else min(comp, key=_state_key)
+                route = _route(start, edges)
+                if route is not None:
+                    seen.add(names)
+                    if certain:
+                        in_error |= names
+                    cycles.append(Cycle(queue, route, certain))
+                    break
     return cycles
 
 

@@ -732,6 +732,23 @@ def test_a_key_fixed_upstream_stays_fixed_downstream() -> None:
     assert cycle.certain
 
 
+def test_a_message_coming_back_once_with_another_key_is_a_possible_cycle() -> None:
+    # q (any key) -> d "k" -> r ; r fixes "y" -> fanout f -> q ; from q, "y" goes nowhere
+    t = topo(
+        exchanges=[Exchange("d", ExchangeType.DIRECT), Exchange("f", ExchangeType.FANOUT)],
+        queues=[
+            Queue("q", dead_letter=DeadLetter("d")),
+            Queue("r", dead_letter=DeadLetter("f", "y")),
+        ],
+        bindings=[Binding("d", queue="r", routing_key="k"), Binding("f", queue="q")],
+    )
+    (cycle,) = find_cycles(Index(t))
+    assert not cycle.certain
+    assert cycle.route == (
+        'queue "q"', 'exchange "d"', 'queue "r"', 'exchange "f"', 'queue "q"'
+    )
+
+
 def test_cycle_detection_is_fast_on_a_long_chain() -> None:
     n = 3000
     exchanges = [Exchange(f"x{i}", ExchangeType.FANOUT) for i in range(n)]
@@ -793,3 +810,87 @@ def test_any_reference_graph_is_checked_and_every_cycle_route_is_real(t: Topolog
         assert all(step in edges for step in zip(route, route[1:], strict=False))
         on_cycle = [queues[w[7:-1]] for w in route if w.startswith("queue ")]
         assert all(q.message_ttl_s is None for q in on_cycle)
+
+
+# ---------------------------------------------------------------- property: against a simulation
+
+_SAMPLE_KEYS = ("", "k", "j", "k.x", "zzz")
+_SAMPLE_HEADERS: tuple[dict[str, str], ...] = ({}, {"x": "1"})
+
+
+def _concrete_route(t: Topology, exchange: str, key: str, headers: dict[str, str]) -> set[str]:
+    """Queues a message with `key` and `headers` reaches from `exchange` (AMQP semantics)."""
+    exchanges = t.exchange_map()
+    reached: set[str] = set()
+    seen: set[str] = set()
+
+    def matches(kind: ExchangeType, b: Binding) -> bool:
+        if kind is ExchangeType.FANOUT:
+            return True
+        if kind is ExchangeType.DIRECT:
+            return b.routing_key == key
+        if kind is ExchangeType.TOPIC:
+            return topic_matches(b.routing_key, key)
+        pairs = [(k, v) for k, v in b.headers if not k.startswith("x-")]
+        hits = [headers.get(k) == v for k, v in pairs]
+        return all(hits) if b.match is HeadersMatch.ALL else any(hits)
+
+    def visit(name: str) -> None:
+        ex = exchanges.get(name)
+        if ex is None or name in seen:
+            return
+        seen.add(name)
+        matched = False
+        for b in t.bindings:
+            if b.exchange == name and matches(ex.type, b):
+                matched = True
+                if b.queue is not None:
+                    reached.add(b.queue)
+                elif b.to_exchange is not None:
+                    visit(b.to_exchange)
+        if not matched and ex.alternate_exchange is not None:
+            visit(ex.alternate_exchange)
+
+    visit(exchange)
+    return reached
+
+
+def _returns(t: Topology, start: str, key: str, headers: dict[str, str]) -> bool:
+    """Whether a message dead-lettered from `start` can come back to `start`
+    (through queues without a message_ttl), simulated with concrete keys."""
+    queues = t.queue_map()
+    todo, seen = [(start, key)], set()
+    while todo:
+        name, k = todo.pop()
+        q = queues[name]
+        if q.dead_letter is None or q.message_ttl_s is not None or (name, k) in seen:
+            continue
+        seen.add((name, k))
+        k = q.dead_letter.routing_key if q.dead_letter.routing_key is not None else k
+        for nxt in _concrete_route(t, q.dead_letter.exchange, k, headers):
+            if nxt == start:
+                return True
+            if nxt in queues:
+                todo.append((nxt, k))
+    return False
+
+
+@given(_topologies())
+def test_cycles_agree_with_a_concrete_simulation(t: Topology) -> None:
+    cycles = find_cycles(Index(t))
+    for name, q in t.queues:
+        if q.message_ttl_s is None and any(
+            _returns(t, name, k, h) for k in _SAMPLE_KEYS for h in _SAMPLE_HEADERS
+        ):
+            assert cycles, f"queue {name} can loop but no cycle was reported"
+    queues = t.queue_map()
+    for cycle in (c for c in cycles if c.certain):
+        hops = [w[7:-1] for w in cycle.route if w.startswith("queue ")]
+        for k in _SAMPLE_KEYS:
+            for h in _SAMPLE_HEADERS:
+                key = k
+                for here, there in zip(hops, hops[1:], strict=False):
+                    dl = queues[here].dead_letter
+                    assert dl is not None
+                    key = dl.routing_key if dl.routing_key is not None else key
+                    assert there in _concrete_route(t, dl.exchange, key, h), (cycle, k, h)
