@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
+MAX_SEGMENT_BYTES = 2**31  # index positions are uint32; Kafka caps segments at 2 GiB too
 PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries with their offsets
 
 
@@ -384,7 +385,7 @@ class SegmentedLog:
         data, max_ts = encode_batch(base, items, producer_id=producer_id,
                                     base_sequence=sequence)
         seg = self._segments[-1]
-        if seg.size and seg.size + len(data) > self.segment_bytes:
+        if seg.size and seg.size + len(data) > min(self.segment_bytes, MAX_SEGMENT_BYTES):
             seg = self._roll()
         self._write(seg, data)
         if max_ts > seg.max_ts:
