@@ -193,7 +193,7 @@ _MISSING = object()
 
 def _fast_message(item: Any, limits: Limits, default_key: str | None) -> OutMessage | None:
     """The common well-formed message without building error prefixes; None: validate fully."""
-    if type(item) is not dict or not item.keys() <= _FAST_KEYS:
+    if type(item) is not dict or not _FAST_KEYS.issuperset(item):
         return None
     key = item.get("routing_key", default_key)
     body = item.get("body", _MISSING)
@@ -416,18 +416,21 @@ def _looks_json(data: bytes | None) -> bool:
 
 
 def delivery_json(d: QueueDelivery) -> dict[str, Any]:
+    body = d.body
     out: dict[str, Any] = {"delivery_id": d.delivery_id}
-    out.update(_payload_out(d.body, d.content_type == JSON_CONTENT_TYPE, "body"))
-    out.update(
-        headers=dict(d.headers),
-        priority=d.priority,
-        redelivered=d.redelivered,
-        delivery_count=d.delivery_count,
-        routing_key=d.routing_key,
-        exchange=d.exchange,
-        message_id=d.message_id,
-        timestamp=d.timestamp_ms,
-    )
+    if d.content_type == JSON_CONTENT_TYPE:
+        # stored as JSON text by this codec or the pipeline: embedded without re-parsing
+        out["body"] = orjson.Fragment(body)
+    else:
+        out["body_b64"] = base64.b64encode(body).decode()
+    out["headers"] = d.headers if type(d.headers) is dict else dict(d.headers)
+    out["priority"] = d.priority
+    out["redelivered"] = d.redelivered
+    out["delivery_count"] = d.delivery_count
+    out["routing_key"] = d.routing_key
+    out["exchange"] = d.exchange
+    out["message_id"] = d.message_id
+    out["timestamp"] = d.timestamp_ms
     return out
 
 
