@@ -744,9 +744,22 @@ def test_a_message_coming_back_once_with_another_key_is_a_possible_cycle() -> No
     )
     (cycle,) = find_cycles(Index(t))
     assert not cycle.certain
-    assert cycle.route == (
-        'queue "q"', 'exchange "d"', 'queue "r"', 'exchange "f"', 'queue "q"'
+    assert cycle.route == ('queue "q"', 'exchange "d"', 'queue "r"', 'exchange "f"', 'queue "q"')
+
+
+def test_a_loop_only_for_keys_fixed_elsewhere_is_a_warning() -> None:
+    # qb dead-letters with key "" into qa; qa (own key) loops only for the key "".
+    t = topo(
+        exchanges=[Exchange("a", ExchangeType.DIRECT)],
+        queues=[
+            Queue("qb", dead_letter=DeadLetter("a", "")),
+            Queue("qa", dead_letter=DeadLetter("a")),
+        ],
+        bindings=[Binding("a", queue="qa", routing_key="")],
     )
+    (cycle,) = find_cycles(Index(t))
+    assert (cycle.start, cycle.certain) == ("qa", False)
+    assert cycle.route == ('queue "qa"', 'exchange "a"', 'queue "qa"')
 
 
 def test_cycle_detection_is_fast_on_a_long_chain() -> None:
