@@ -333,10 +333,12 @@ class Store:
 
     def _load_dedup(self, topic: str, part: Partition) -> None:
         """Rebuild the message ids of the window from the records' `x-message-id`
-        headers (reads the partition's records of the last `dedup_window_s`)."""
+        headers (reads the partition's records of the last `dedup_window_s`, at
+        most `dedup_max_entries` of them)."""
         assert self.dedup_window_ms is not None
         now = now_ms(self.clock)
-        offset = part.log.offset_for_timestamp(now - self.dedup_window_ms)
+        offset = max(part.log.offset_for_timestamp(now - self.dedup_window_ms),
+                     part.log_end_offset - self.dedup_max_entries, part.log_start_offset)
         while offset < part.log_end_offset:
             recs = part.read(offset, max_records=5000, max_bytes=8 * 1024 * 1024)
             for r in recs:
