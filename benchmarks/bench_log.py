@@ -26,6 +26,7 @@ import threading
 import time
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -121,9 +122,8 @@ def memory_of_reads(directory: Path, n: int, batch: int) -> tuple[int, int]:
     return peak, cache
 
 
-def median_of(repeats: int, fn: object, *args: object) -> float:
-    assert callable(fn)
-    return statistics.median(fn(*args) for _ in range(repeats))
+def median_of(repeats: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(repeats))
 
 
 def main() -> int:
