@@ -121,17 +121,17 @@ class Handler:
         self, message: Message, ctx: Context, *, timeout_s: float,
         executor: concurrent.futures.Executor,
     ) -> None:
-        """Run once; raises what the handler raised, or HandlerTimeout."""
+        """Run once; raises what the handler raised, or HandlerTimeout.
+
+        The timeout counts from the moment the handler starts: a sync call
+        waiting for a free pool thread is not charged for the wait."""
         args: tuple[Any, ...] = (message, ctx) if self.wants_context else (message,)
+        work: asyncio.Future[Any] | None = None
+        if not self.is_async:
+            work = await self._start_in_pool(args, executor)
         try:
             async with asyncio.timeout(timeout_s) as deadline:
-                if self.is_async:
-                    result = await self.fn(*args)
-                else:
-                    # an executor thread cannot be stopped: on timeout it runs to its end
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(
-                        executor, functools.partial(self.fn, *args))
+                result = await (work if work is not None else self.fn(*args))
                 if inspect.isawaitable(result):  # a sync callable that returned an awaitable
                     await result
         except TimeoutError:
@@ -139,3 +139,27 @@ class Handler:
                 raise HandlerTimeout(
                     f"handler {self.ref!r} did not finish within {timeout_s:g}s") from None
             raise  # the handler's own TimeoutError is a plain failure
+
+    async def _start_in_pool(
+        self, args: tuple[Any, ...], executor: concurrent.futures.Executor,
+    ) -> asyncio.Future[Any]:
+        """Submit a sync call and wait until a pool thread has started it."""
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def begin() -> None:
+            if not started.done():
+                started.set_result(None)
+
+        def run() -> Any:
+            loop.call_soon_threadsafe(begin)
+            return self.fn(*args)
+
+        # an executor thread cannot be stopped: on timeout it runs to its end
+        work = loop.run_in_executor(executor, run)
+        try:
+            await asyncio.wait({started, work}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()  # not started yet: it never will be
+            raise
+        return work

@@ -290,3 +290,22 @@ def test_idempotency_store_compacts(tmp_path: Path) -> None:
     assert reopened.seen("k2999") and not reopened.seen("k0")
     reopened.close()
 
+
+
+def test_a_call_waiting_for_a_pool_thread_is_not_charged_for_the_wait() -> None:
+    msg = QueueMessage.from_delivery(_delivery())
+    ph.reset()
+
+    async def go() -> float:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with pytest.raises(HandlerTimeout):  # overruns and keeps the only thread ~0.3 s
+                await Handler.load(f"{H}:slow_sync").call(msg, Context("c", msg),
+                                                          timeout_s=0.05, executor=pool)
+            t0 = time.monotonic()
+            await Handler.load(f"{H}:ok").call(msg, Context("c", msg), timeout_s=0.1,
+                                               executor=pool)
+            return time.monotonic() - t0
+
+    waited = asyncio.run(go())
+    assert waited > 0.15  # it queued behind the overrunning call, then ran and succeeded
+    assert [e["id"] for e in ph.SEEN] == ["m-1"]
