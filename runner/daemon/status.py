@@ -23,6 +23,14 @@ class TopologyState:
     last_reload_result: str | None
 
 
+def dead_letter_queues(topology: Topology) -> set[str]:
+    """Queues that receive dead letters: policy DLQs and queues bound to a queue's DLX."""
+    out = {p.dead_letter_queue for _, p in topology.dlq_policies if p.dead_letter_queue}
+    dlx = {q.dead_letter.exchange for _, q in topology.queues if q.dead_letter is not None}
+    out |= {b.queue for b in topology.bindings if b.exchange in dlx and b.queue is not None}
+    return out
+
+
 def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict[str, Any]:
     topology = state.topology
     topics = []
@@ -38,7 +46,7 @@ def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict
         ]
         topics.append({"name": name, "partitions": parts, "cleanup_policy": topic.cleanup_policy})
     queues = []
-    dlqs = {p.dead_letter_queue for _, p in topology.dlq_policies if p.dead_letter_queue}
+    dlqs = dead_letter_queues(topology)
     for name, _ in topology.queues:
         info = engine.queue_info(name)
         queues.append(

@@ -194,6 +194,7 @@ def test_status_shows_topology_topics_queues_groups(daemon: Daemon) -> None:
     events = [t for t in status["topics"] if t["name"] == "events"][0]
     assert [p["partition"] for p in events["partitions"]] == [0, 1, 2]
     assert {"ready", "unacked"} <= set(status["queues"][0])
+    assert {q["name"] for q in status["queues"] if q["dead_letter_queue"]} == {"fragile.dlq"}
     assert [g["name"] for g in status["groups"]] == ["external"]
 
 
