@@ -16,19 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from runner.broker.changes import describe_changes, exchange_unsafe, queue_unsafe
 from runner.broker.deadletter import (
     DEATH_HEADER,
-    build_death,
-    is_cycle,
-    replay_target,
-    replayed_headers,
-    with_death,
 )
+from runner.broker.dlx import DeadLetterPublisher, TopicSink
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import DELAYED, Delivery, Message, Publishable, QueuedMessage, tag_uid
 from runner.broker.queue import REASONS, MemoryBudget, MessageQueue
@@ -50,7 +46,6 @@ from runner.topology.model import Binding, Exchange, Queue
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-TopicSink = Callable[[str, Message], None]
 
 __all__ = ["Broker", "BrokerStats", "PublishRefused", "QueueCounters", "QueueInfo",
            "ReplayResult", "TopicLetter", "TopicSink"]
@@ -74,16 +69,14 @@ class Broker:
         self.segment_bytes = segment_bytes
         self.dedup_window_s = dedup_window_s
         self.dedup_max_ids = dedup_max_ids
-        self.topic_sink = topic_sink
         self.compact_interval_s = compact_interval_s
         self.router = Router()
         self.queues: dict[str, MessageQueue] = {}
+        self.dlx = DeadLetterPublisher(self.router, self.queues, clock=clock,
+                                       topic_sink=topic_sink)
         self.journals: dict[str, QueueLog] = {}
         self.spills: dict[str, LazySpill] = {}
-        self.dead_letters_dropped = 0
-        self.dead_letter_cycles = 0
         self._dirty: dict[str, MessageQueue] = {}
-        self._dl_targets: dict[str, MessageQueue] = {}
         self._dedup: dict[tuple[str, str, str], tuple[float, Route]] = {}
         self._last_compact = clock.monotonic()
         (self.data_dir / "queues").mkdir(parents=True, exist_ok=True)
@@ -430,8 +423,8 @@ class Broker:
             msg = mq.settle_one(delivery_id)
             body = mq.body_of(msg)
             mq.drop_dead(msg, reason)
-            return self._dead_letter(mq, msg, reason, body=body, given=death,
-                                     to_queue=to_queue, to_topic=to_topic)
+            return self.dlx.send(mq, msg, reason, body=body, given=death, to_queue=to_queue,
+                                 to_topic=to_topic)
         finally:
             self._finish()
 
@@ -449,68 +442,11 @@ class Broker:
         return self._queue(queue).peek(n)
 
     # ================================================================ dead letters
-    def _dead_letter(
-        self, mq: MessageQueue, msg: QueuedMessage, reason: str, *, body: bytes,
-        given: Mapping[str, Any] | None = None, to_queue: str | None = None,
-        to_topic: str | None = None,
-    ) -> Route:
-        death = build_death(msg, queue=mq.name, reason=reason, given=given)
-        headers = with_death(msg.headers, death)
-        rk = msg.routing_key
-        exchange = ""
-        if to_queue is not None:
-            route = Route((to_queue,), ())
-        elif to_topic is not None:
-            route = Route((), (to_topic,))
-        elif mq.spec.dead_letter is not None:
-            dlx = mq.spec.dead_letter
-            exchange = dlx.exchange
-            rk = dlx.routing_key or rk
-            if not self.router.has_exchange(exchange):
-                self.dead_letters_dropped += 1
-                log.warning("queue %s: dead-letter exchange %s is missing; message dropped",
-                            mq.name, exchange)
-                return Route((), ())
-            route = self.router.route(exchange, rk, headers)
-        else:
-            self.dead_letters_dropped += 1
-            return Route((), ())
-        letter = Message(body, rk, headers, msg.priority or None, None, msg.message_id,
-                         msg.content_type)
-        now = self.clock.time()
-        ts = int(now * 1000)
-        went: list[str] = []
-        for qname in route.queues:
-            target = self.queues.get(qname)
-            if target is None:
-                continue
-            if is_cycle(death, qname):
-                self.dead_letter_cycles += 1
-                log.info("dead-letter cycle: message from %s not returned to %s", mq.name, qname)
-                continue
-            try:
-                target.admit(letter, exchange=exchange, routing_key=rk, now=now, ts_ms=ts,
-                             headers=headers)
-            except Refused as exc:
-                self.dead_letters_dropped += 1
-                log.warning("dead letter from %s refused by %s: %s", mq.name, qname, exc)
-                continue
-            went.append(qname)
-            self._dirty[qname] = target
-            self._dl_targets[qname] = target
-        for topic in route.topics:
-            if self.topic_sink is None:
-                self.dead_letters_dropped += 1
-                log.warning("dead letter from %s to topic %s: no topic sink", mq.name, topic)
-                continue
-            self.topic_sink(topic, letter)
-        if not went and not route.topics:
-            self.dead_letters_dropped += 1
-        return Route(tuple(went), route.topics)
-
     def _finish(self) -> None:
-        """Republish what the touched queues dead-lettered, then journal (one append each)."""
+        """Republish what the touched queues dead-lettered, then journal (one append each):
+        dead-letter targets first, so a crash in between never loses a dead letter."""
         dirty = self._dirty
+        dlx = self.dlx
         while True:
             batch = [mq for mq in dirty.values() if mq.dead]
             if not batch:
@@ -518,12 +454,12 @@ class Broker:
             for mq in batch:
                 dead, mq.dead = mq.dead, []
                 for msg, reason in dead:
-                    body = mq.body_of(msg)
-                    self._dead_letter(mq, msg, reason, body=body)
-        for name, mq in self._dl_targets.items():
+                    dlx.send(mq, msg, reason, body=mq.body_of(msg))
+            dirty.update(dlx.touched)
+        for name, mq in dlx.take_touched().items():
+            dirty[name] = mq
             if mq.journal is not None and self.queues.get(name) is mq:
                 mq.journal.flush()
-        self._dl_targets.clear()
         for mq in dirty.values():
             if mq.journal is not None:
                 mq.journal.flush()
@@ -534,41 +470,10 @@ class Broker:
         (no death header, `x-replay-count` + 1), or, for topic records, returned."""
         mq = self._queue(queue)
         self._dirty[queue] = mq
-        replayed = 0
-        letters: list[TopicLetter] = []
-        now = self.clock.time()
-        ts = int(now * 1000)
         try:
-            for msg in list(mq.iter_ready()):
-                if max_messages is not None and replayed + len(letters) >= max_messages:
-                    break
-                target = replay_target(msg.headers)
-                if target is None:
-                    continue
-                body = mq.body_of(msg)
-                headers = replayed_headers(msg.headers)
-                again = Message(body, target.routing_key, headers, msg.priority or None, None,
-                                msg.message_id, msg.content_type)
-                if target.queue is None:
-                    death = msg.headers[DEATH_HEADER]
-                    letters.append(TopicLetter(target, again, death))
-                else:
-                    dest = self.queues.get(target.queue)
-                    if dest is None:
-                        continue
-                    try:
-                        dest.admit(again, exchange=target.exchange,
-                                   routing_key=target.routing_key, now=now, ts_ms=ts,
-                                   headers=headers)
-                    except Refused:
-                        break
-                    self._dirty[target.queue] = dest
-                    self._dl_targets[target.queue] = dest
-                    replayed += 1
-                mq.remove_ready(msg)
+            return self.dlx.replay(mq, max_messages)
         finally:
             self._finish()
-        return ReplayResult(replayed, tuple(letters))
 
     # ================================================================ steps
     def commit_step(
@@ -664,8 +569,8 @@ class Broker:
 
     def stats(self) -> BrokerStats:
         now = self.clock.time()
-        out = BrokerStats(dead_letters_dropped=self.dead_letters_dropped,
-                          dead_letter_cycles=self.dead_letter_cycles)
+        out = BrokerStats(dead_letters_dropped=self.dlx.dropped,
+                          dead_letter_cycles=self.dlx.cycles)
         for name, (pub, unr) in self.router.counters().items():
             out.exchange_published[name] = pub
             out.exchange_unroutable[name] = unr

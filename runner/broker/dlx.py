@@ -1,0 +1,142 @@
+"""Dead-letter delivery: republishing a dead message, and replaying it back.
+
+`DeadLetterPublisher` owns no queues: it routes through the broker's router,
+admits into the broker's queues, hands topic destinations to the topic sink,
+and reports the queues it wrote to so the broker journals them (targets
+before sources: a crash never loses a dead letter, at worst duplicates it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from runner.broker.deadletter import (
+    DEATH_HEADER,
+    build_death,
+    is_cycle,
+    replay_target,
+    replayed_headers,
+    with_death,
+)
+from runner.broker.message import Message, QueuedMessage
+from runner.broker.queue import MessageQueue
+from runner.broker.results import ReplayResult, TopicLetter
+from runner.broker.routing import Route, Router
+from runner.clock import Clock
+from runner.errors import Refused
+
+log = logging.getLogger(__name__)
+
+TopicSink = Callable[[str, Message], None]
+
+
+class DeadLetterPublisher:
+    """Republishes dead letters through dead-letter exchanges, queues or topics."""
+
+    def __init__(
+        self, router: Router, queues: Mapping[str, MessageQueue], *, clock: Clock,
+        topic_sink: TopicSink | None,
+    ) -> None:
+        self.router = router
+        self.queues = queues
+        self.clock = clock
+        self.topic_sink = topic_sink
+        self.touched: dict[str, MessageQueue] = {}  # queues written to since the last take
+        self.dropped = 0  # dead letters that reached no destination at all
+        self.cycles = 0  # destinations skipped to break a dead-letter cycle
+
+    def take_touched(self) -> dict[str, MessageQueue]:
+        touched, self.touched = self.touched, {}
+        return touched
+
+    def send(
+        self, source: MessageQueue, msg: QueuedMessage, reason: str, *, body: bytes,
+        given: Mapping[str, Any] | None = None, to_queue: str | None = None,
+        to_topic: str | None = None,
+    ) -> Route:
+        """Dead-letter `msg` (already out of `source`); returns where it went."""
+        death = build_death(msg, queue=source.name, reason=reason, given=given)
+        headers = with_death(msg.headers, death)
+        rk = msg.routing_key
+        exchange = ""
+        if to_queue is not None:
+            route = Route((to_queue,), ())
+        elif to_topic is not None:
+            route = Route((), (to_topic,))
+        elif source.spec.dead_letter is not None:
+            exchange = source.spec.dead_letter.exchange
+            rk = source.spec.dead_letter.routing_key or rk
+            if not self.router.has_exchange(exchange):
+                log.warning("queue %s: dead-letter exchange %s is missing; message dropped",
+                            source.name, exchange)
+                route = Route((), ())
+            else:
+                route = self.router.route(exchange, rk, headers)
+        else:
+            route = Route((), ())
+        letter = Message(body, rk, headers, msg.priority or None, None, msg.message_id,
+                         msg.content_type)
+        now = self.clock.time()
+        ts = int(now * 1000)
+        went: list[str] = []
+        for qname in route.queues:
+            target = self.queues.get(qname)
+            if target is None:
+                continue
+            if is_cycle(death, qname):
+                self.cycles += 1
+                log.info("dead-letter cycle: message from %s not returned to %s",
+                         source.name, qname)
+                continue
+            try:
+                target.admit(letter, exchange=exchange, routing_key=rk, now=now, ts_ms=ts,
+                             headers=headers)
+            except Refused as exc:
+                log.warning("dead letter from %s refused by %s: %s", source.name, qname, exc)
+                continue
+            went.append(qname)
+            self.touched[qname] = target
+        topics: list[str] = []
+        for topic in route.topics:
+            if self.topic_sink is None:
+                log.warning("dead letter from %s to topic %s: no topic sink", source.name, topic)
+                continue
+            self.topic_sink(topic, letter)
+            topics.append(topic)
+        if not went and not topics:
+            self.dropped += 1
+        return Route(tuple(went), tuple(topics))
+
+    def replay(self, source: MessageQueue, max_messages: int | None) -> ReplayResult:
+        """Dead letters in `source` back where they died: into their original queue
+        (no death header, `x-replay-count` + 1), or, for topic records, returned."""
+        replayed = 0
+        letters: list[TopicLetter] = []
+        now = self.clock.time()
+        ts = int(now * 1000)
+        for msg in list(source.iter_ready()):
+            if max_messages is not None and replayed + len(letters) >= max_messages:
+                break
+            target = replay_target(msg.headers)
+            if target is None:
+                continue
+            headers = replayed_headers(msg.headers)
+            again = Message(source.body_of(msg), target.routing_key, headers,
+                            msg.priority or None, None, msg.message_id, msg.content_type)
+            if target.queue is None:
+                letters.append(TopicLetter(target, again, msg.headers[DEATH_HEADER]))
+            else:
+                dest = self.queues.get(target.queue)
+                if dest is None:
+                    continue
+                try:
+                    dest.admit(again, exchange=target.exchange, routing_key=target.routing_key,
+                               now=now, ts_ms=ts, headers=headers)
+                except Refused:
+                    break  # the original queue is full: the rest waits for the next replay
+                self.touched[target.queue] = dest
+                replayed += 1
+            source.remove_ready(msg)
+        return ReplayResult(replayed, tuple(letters))
