@@ -257,7 +257,7 @@ def test_status_lists_every_entity(tmp_path: Path) -> None:
         assert status == 200
         assert body["topology"]["name"] == "api" and body["topology"]["generation"] == 1
         assert len(body["topology"]["hash"]) >= 16
-    assert {q["name"] for q in body["queues"] if q["dead_letter_queue"]} == set()
+        assert {q["name"] for q in body["queues"] if q["dead_letter_queue"]} == set()
         assert [t["name"] for t in body["topics"]] == ["compacted", "events", "tiny"]
         work = [q for q in body["queues"] if q["name"] == "work"][0]
         assert (work["ready"], work["unacked"]) == (1, 0)
