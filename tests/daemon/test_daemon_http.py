@@ -264,3 +264,20 @@ def test_status_lists_every_entity(tmp_path: Path) -> None:
         assert [g["name"] for g in body["groups"]] == ["external"]
 
     scenario_test(tmp_path, scenario)
+
+
+def test_an_unexpected_failure_is_a_logged_500_json(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(c: Client) -> None:
+        def broken(queue: str, n: int) -> list[object]:
+            raise RuntimeError("disk on fire")
+
+        c.engine.peek = broken  # type: ignore[method-assign,assignment]
+        status, body, _ = await c.call("GET", "/v1/queues/work/peek")
+        assert (status, body) == (500, {"error": "internal error; the daemon log has the details"})
+
+    with caplog.at_level(logging.ERROR):
+        scenario_test(tmp_path, scenario)
+    assert "unexpected error serving GET /v1/queues/work/peek" in caplog.text
+    assert "disk on fire" in caplog.text
