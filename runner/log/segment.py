@@ -184,6 +184,12 @@ class SegmentedLog:
         return self._size
 
     @property
+    def high_watermark(self) -> int:
+        """End of what readers see: with `Fsync.ALWAYS` only synced records (as
+        Kafka's high watermark), so nothing read can vanish in a power cut."""
+        return self._durable_end if self.fsync is Fsync.ALWAYS else self._end
+
+    @property
     def segment_count(self) -> int:
         return len(self._segments)
 
@@ -217,6 +223,7 @@ class SegmentedLog:
         last = self._segments[-1]
         self._end = max(last.last_offset + 1, last.base)
         self._written = self._synced = 0
+        self._durable_end = self._end
 
     def _finish_swap(self, swap: Path, bases: list[int]) -> list[int]:
         """A compaction crashed after committing its `.swap`: complete it."""
@@ -430,6 +437,7 @@ class SegmentedLog:
         old.tindex.close()
         with self._cond:
             self._synced = self._written
+            self._durable_end = self._end
         seg = _Segment(self.directory, self._end)
         self._write_producers(seg)
         seg.index.open_for_append(truncate=True)
@@ -466,6 +474,7 @@ class SegmentedLog:
         self._lock.acquire()
         try:
             written = self._written
+            end = self._end
             seg = self._segments[-1]
             seg.index.flush()
             seg.tindex.flush()
@@ -481,6 +490,7 @@ class SegmentedLog:
             self._sync_lock.release()
         with self._cond:
             self._synced = max(self._synced, written)
+            self._durable_end = max(self._durable_end, end)
         self._last_sync = self.clock.monotonic()
 
     def sync(self) -> None:
@@ -536,9 +546,14 @@ class SegmentedLog:
                                                   max_records, max_bytes - taken)
                     taken += got
                     if stopped or len(out) >= max_records or taken >= max_bytes:
-                        return out
+                        return self._visible(out)
                 i += 1
-            return out
+            return self._visible(out)
+
+    def _visible(self, out: list[LogRecord]) -> list[LogRecord]:
+        if out and self.fsync is Fsync.ALWAYS and out[-1].offset >= self._durable_end:
+            return [r for r in out if r.offset < self._durable_end]
+        return out
 
     def _cached_batches(self, seg: _Segment, pos: int, max_bytes: int, max_records: int
                         ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:

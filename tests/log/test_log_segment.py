@@ -344,3 +344,30 @@ def test_files_of_a_half_deleted_segment_are_cleaned_up(
     assert sorted(p.name for p in (tmp_path / "log").iterdir()) == [
         "00000000000000000000.index", "00000000000000000000.log",
         "00000000000000000000.timeindex"]
+
+
+def test_readers_see_only_synced_records_under_fsync_always(
+        open_log: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(fsync=Fsync.ALWAYS)
+    log.append(items(2))
+    assert log.high_watermark == log.end_offset == 2
+    release = threading.Event()
+    real = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    writer = threading.Thread(target=log.append, args=(items(3, start=2),))
+    writer.start()
+    deadline = 0
+    while log.end_offset != 5 and deadline < 1000:
+        threading.Event().wait(0.005)
+        deadline += 1
+    assert log.end_offset == 5 and log.high_watermark == 2
+    assert [r.offset for r in log.read(0)] == [0, 1]  # written, not yet durable
+    release.set()
+    writer.join()
+    assert log.high_watermark == 5
+    assert [r.offset for r in log.read(0)] == [0, 1, 2, 3, 4]
