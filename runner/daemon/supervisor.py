@@ -373,7 +373,11 @@ class Supervisor:
         path = self.config.path
         try:
             loaded = await loop.run_in_executor(None, self._parts.load, str(path))
-        except Exception as exc:  # the loader should return problems; be safe anyway
+        except FileNotFoundError:
+            return ReloadResult(
+                "invalid", self._generation, error=f"{path}: the topology path does not exist"
+            )
+        except Exception as exc:  # the loader returns problems as data; be safe anyway
             log.exception("loading %s failed", path)
             return ReloadResult("invalid", self._generation, error=f"{path}: {exc}")
         if loaded.content_hash == self._hash and trigger == "watch":

@@ -176,3 +176,21 @@ def test_a_watched_directory_reloads_on_added_changed_and_deleted_files(tmp_path
         )
 
     run_daemon(tmp_path, "", scenario, path=topo, watch=True)
+
+
+def test_a_deleted_topology_file_is_an_invalid_reload_and_a_new_save_applies(
+    tmp_path: Path,
+) -> None:
+    topo = tmp_path / "topology.yaml"
+
+    async def scenario(c: Client) -> None:
+        topo.unlink()
+        await wait_until(lambda: counted(c)["invalid"] == 1)
+        assert c.supervisor.status()["topology"]["last_reload_error"] == (
+            f"{topo}: the topology path does not exist"
+        )
+        topo.write_text(WITH_JOBS)
+        await wait_until(lambda: "jobs" in c.supervisor.topology.queue_map())
+
+    topo.write_text(BASE)
+    run_daemon(tmp_path, "", scenario, path=topo, watch=True)
