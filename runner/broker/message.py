@@ -1,6 +1,6 @@
 """Messages of the broker: what publishers hand in, what queues hold, what consumers get.
 
-A queued message is a `__slots__` object (about 150 bytes beyond its body)
+A queued message is a `__slots__` object (about 140 bytes beyond its body)
 because a queue may hold millions; deliveries are NamedTuples (cheap to build,
 immutable, and field-compatible with `runner.engine.QueueDelivery`).
 """
@@ -65,7 +65,7 @@ class QueuedMessage:
 
     __slots__ = (
         "uid", "body", "size", "priority", "routing_key", "exchange", "headers", "props",
-        "timestamp_ms", "expires_at", "delivery_count", "state", "owner", "attempts",
+        "timestamp_ms", "expires_at", "delivery_count", "state", "attempts",
     )
 
     def __init__(
@@ -85,8 +85,13 @@ class QueuedMessage:
         self.expires_at = expires_at  # wall-clock seconds
         self.delivery_count = delivery_count
         self.state = READY
-        self.owner: str | None = None  # consumer id while unacked
-        self.attempts: tuple[float, float] | None = None  # first / last delivery (wall)
+        # first / last delivery (wall seconds) and the consumer of the last one
+        self.attempts: tuple[float, float, str] | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """The consumer of the latest delivery (while unacked: the one holding it)."""
+        return self.attempts[2] if self.attempts else None
 
     @property
     def message_id(self) -> str | None:

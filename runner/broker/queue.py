@@ -300,7 +300,7 @@ class MessageQueue:
         returned = self.returned
         heappop = heapq.heappop
         new = tuple.__new__  # NamedTuple without its Python-level __new__
-        first = (now, now)  # one tuple shared by every first delivery of this batch
+        first = (now, now, consumer)  # one tuple shared by every first delivery of the batch
         pairs: list[int] = []
         ready = self.ready
         rbytes = self.ready_bytes
@@ -332,9 +332,8 @@ class MessageQueue:
             count += 1
             msg.delivery_count = count
             msg.state = UNACKED
-            msg.owner = consumer
             att = msg.attempts
-            msg.attempts = first if att is None else (att[0], now)
+            msg.attempts = first if att is None else (att[0], now, consumer)
             uid = msg.uid
             tag = (uid << bits) | (count & mask)
             unacked[tag] = msg
@@ -447,7 +446,6 @@ class MessageQueue:
 
     def _requeue(self, msg: QueuedMessage) -> None:
         limit = self.spec.delivery_limit
-        msg.owner = None
         if limit is not None and msg.delivery_count >= limit:
             self._count_dead(msg, "delivery_limit")
             return
@@ -471,7 +469,6 @@ class MessageQueue:
         """The delivery waits until wall time `due`, then is ready again at the tail."""
         msg = self.settle_one(tag)
         msg.state = DELAYED
-        msg.owner = None
         heapq.heappush(self.delayed, (due, msg.uid, msg))
         return msg
 
