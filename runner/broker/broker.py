@@ -496,10 +496,15 @@ class Broker:
             self._queue(q)
         for ex, _ in publishes:
             self.router.check_publish(ex)
+        if publishes or queue_puts:
+            self._check_disk()  # refuse before journaling: a refused step is no step
         step = self.steps.begin(acks, publishes, queue_puts)
-        routes = self._apply_step(step.acks, step.publishes, step.queue_puts)
-        self.steps.done(step.seq)
-        return routes
+        try:
+            return self._apply_step(step.acks, step.publishes, step.queue_puts)
+        finally:
+            # also when a queue refused part of it (reject-publish): what was stored
+            # stays, like a refused batch publish, and is not applied again at open
+            self.steps.done(step.seq)
 
     def _apply_step(
         self, acks: Sequence[tuple[str, int]], publishes: Sequence[tuple[str, Sequence[Message]]],

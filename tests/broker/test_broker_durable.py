@@ -253,3 +253,18 @@ def test_spilled_bodies_of_memory_queues_are_trimmed(make_broker: MakeBroker) ->
     before = spill.log.size_bytes
     b.compact()
     assert spill.log.size_bytes < before
+
+
+def test_refused_step_is_not_applied_again_at_open(make_broker: MakeBroker) -> None:
+    from runner.topology.model import Overflow
+    topo = ([], [Queue("in"), Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)], [])
+    b = make_broker(*topo)
+    b.publish_to_queue("full", [Message(b"occupant")])
+    b.publish_to_queue("in", [Message(b"in")])
+    d = b.pull("in", 1, consumer_id="c")[0]
+    with pytest.raises(Refused):
+        b.commit_step(acks=[("in", d.delivery_id)], queue_puts=[("full", [Message(b"out")])])
+    b.close()
+    b = make_broker(*topo)
+    assert [m.body for m in b.peek("full", 5)] == [b"occupant"]
+    assert [m.body for m in b.peek("in", 5)] == [b"in"]  # not acked: the step failed first
