@@ -131,6 +131,13 @@ class MessageQueue:
         size = len(body)
         if (spec.max_length is not None or spec.max_length_bytes is not None) \
                 and not self._make_room(size):
+            if spec.overflow is Overflow.DROP_HEAD:
+                gone = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body)
+                gone.state = GONE  # dropped on arrival, as RabbitMQ does with max-length 0
+                self.published += 1
+                self.dead_lettered["maxlen"] += 1
+                self.dead.append((gone, "maxlen"))
+                return gone
             self.rejected_publishes += 1
             if spec.overflow is Overflow.REJECT_PUBLISH_DLX:
                 dead = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body)
@@ -226,7 +233,7 @@ class MessageQueue:
         while self._over(1, size):
             victim = self._pop_lowest()
             if victim is None:
-                return True  # a single message larger than the byte limit is kept
+                return False  # the new message alone is over the limit: it goes itself
             self._count_dead(victim, "maxlen")
         return True
 

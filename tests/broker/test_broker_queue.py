@@ -362,3 +362,21 @@ def test_commit_step_to_unknown_queue_is_not_found(make_broker: MakeBroker) -> N
     with pytest.raises(NotFound) as err:
         b.commit_step(queue_puts=[("ghost", [Message(b"x")])])
     assert str(err.value) == "queue 'ghost' not found"
+
+
+def test_drop_head_with_no_room_at_all_drops_the_new_message(make_broker: MakeBroker) -> None:
+    b = make_broker(DLX, [Queue("q", max_length=0, dead_letter=DeadLetter("dlx")),
+                          Queue("dlq")], DLQ_BINDING)
+    b.publish_to_queue("q", [Message(b"x")])
+    assert b.queue_info("q").ready == 0
+    assert b.peek("dlq", 1)[0].headers["x-dead-letter"]["reason"] == "maxlen"
+
+
+def test_message_larger_than_the_byte_limit_is_dropped(make_broker: MakeBroker) -> None:
+    # as RabbitMQ: drop from the head until it fits, the new message last
+    b = make_broker(queues=[Queue("q", max_length_bytes=4)])
+    put(b, "q", b"ok", b"far too big")
+    assert b.peek("q", 5) == []
+    assert b.stats().queues["q"].dead_lettered["maxlen"] == 2
+    put(b, "q", b"fits")
+    assert bodies(b.peek("q", 5)) == [b"fits"]
