@@ -200,7 +200,7 @@ class SegmentedLog:
         for tmp in self.directory.glob("*.deleted"):
             tmp.unlink()
         bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if p.stem.isdigit())
-        for swap in sorted(self.directory.glob("*.log.swap")):
+        for swap in sorted(self.directory.glob("*.swap")):
             bases = self._finish_swap(swap, bases)
         for stray in self.directory.iterdir():  # left by a crash while deleting a segment
             stem = stray.name.split(".")[0]
@@ -226,16 +226,11 @@ class SegmentedLog:
         self._durable_end = self._end
 
     def _finish_swap(self, swap: Path, bases: list[int]) -> list[int]:
-        """A compaction crashed after committing its `.swap`: complete it."""
-        base = int(swap.name.split(".")[0])
-        fd = os.open(swap, os.O_RDONLY)
-        try:
-            last = base - 1
-            for _buf, _bpos, header, _pos in _batches(fd, 0, os.fstat(fd).st_size, swap):
-                last = header.last_offset
-        finally:
-            os.close(fd)
-        for old in [b for b in bases if base < b <= last]:
+        """A compaction crashed after committing its swap file
+        `<base>.<next_base>.swap`: it replaces every segment in [base, next_base)."""
+        base_text, upto_text = swap.name.split(".")[:2]
+        base, upto = int(base_text), int(upto_text)
+        for old in [b for b in bases if base < b < upto]:
             for suffix in (".log", ".index", ".timeindex", ".snapshot"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.directory / f"{segment_name(old)}{suffix}").unlink()
@@ -658,8 +653,9 @@ class SegmentedLog:
         ((records, producer_id, base_sequence), offsets kept), atomically via rename.
 
         Crash safety: the new file is written and synced as `<base>.log.cleaned`,
-        renamed to `.swap` (the commit point), then the old files go and the swap
-        becomes `<base>.log`; recovery deletes `.cleaned` and completes a `.swap`.
+        renamed to `<base>.<next base>.swap` (the commit point: the name says which
+        segments it replaces), then the old files go and the swap becomes
+        `<base>.log`; recovery deletes `.cleaned` files and completes a `.swap`.
         """
         first = bases[0]
         name = segment_name(first)
@@ -695,7 +691,8 @@ class SegmentedLog:
             if [s.base for s in old] != list(bases) or idx + len(bases) >= len(self._segments):
                 cleaned.unlink()
                 raise StorageError(f"segments {list(bases)} changed during compaction")
-            swap = self.directory / f"{name}.log.swap"
+            upto = self._bases[idx + len(bases)]
+            swap = self.directory / f"{name}.{segment_name(upto)}.swap"
             os.replace(cleaned, swap)
             _fsync_dir(self.directory)
             for seg in old:

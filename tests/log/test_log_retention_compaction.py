@@ -142,20 +142,22 @@ def test_crash_after_the_swap_commit_is_completed_at_open(tmp_path: Path) -> Non
         wal.append([(b"k%d" % (i % 3), b"v" * 40, (), i)])
     expect = latest_by_key(wal)
     wal.close()
-    # simulate: a .swap holding the compacted first two segments, old files still there
+    # simulate: the swap of the first three segments committed, old files still there;
+    # what it kept all comes from the first segment (the next two lost every record)
     bases = sorted(int(p.stem) for p in d.glob("*.log"))
     reader = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER)
-    recs = [r for r in reader.read(0, max_records=10**4) if bases[0] <= r.offset < bases[2]]
+    kept = [r for r in reader.read(0, max_records=10**4) if r.offset < bases[1]][-3:]
     reader.close()
-    keep = {r.key: r for r in recs}
-    kept = sorted(keep.values(), key=lambda r: r.offset)
     data, _ = encode_batch(kept[0].offset, [(r.key, r.value, r.headers, r.timestamp_ms)
                                             for r in kept],
                            offset_deltas=[r.offset - kept[0].offset for r in kept])
-    (d / f"{bases[0]:020d}.log.swap").write_bytes(data)
-    (d / f"{bases[1]:020d}.log.cleaned").write_bytes(b"junk")
+    (d / f"{bases[0]:020d}.{bases[3]:020d}.swap").write_bytes(data)
+    (d / f"{bases[3]:020d}.log.cleaned").write_bytes(b"junk")
     again = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
     assert latest_by_key(again) == expect
     assert not list(d.glob("*.swap")) and not list(d.glob("*.cleaned"))
     assert not (d / f"{bases[1]:020d}.log").exists()
+    assert not (d / f"{bases[2]:020d}.log").exists()
+    assert [r.offset for r in again.read(0, max_records=3)] == [r.offset for r in kept]
+    assert again.read(0, max_records=4)[3].offset == bases[3]
     again.close()
