@@ -381,8 +381,10 @@ class Store:
         sequence). Returns (partition, offset) per record per append."""
         for (group, tp), off in commits.items():
             self.groups.position(group, TopicPartition(*tp))  # NotFound early
-            if off < 0:
-                raise InvalidRequest(f"offset {off} for {tp[0]}/{tp[1]} is negative")
+            end = self.log_end(TopicPartition(*tp))
+            if not 0 <= off <= end:
+                raise InvalidRequest(
+                    f"offset {off} for {tp[0]}/{tp[1]} is outside 0..{end}")
         resolved = [(topic, self.resolve(topic, records)) for topic, records in appends]
         payload = json.dumps({
             "commits": [[g, tp[0], tp[1], off] for (g, tp), off in commits.items()],

@@ -299,3 +299,17 @@ def test_compact_and_delete_does_both(open_store: Opener, clock: ManualClock) ->
     assert len(recs) < 30  # what is left is compacted
     assert {r.key for r in recs} == {b"k0", b"k1", b"k2"}
     assert recs[-1].offset == 59
+
+
+def test_commit_step_refuses_bad_input_before_writing(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("in"), Topic("out")), {"g": ConsumerGroup("g", ("in",))})
+    with pytest.raises(InvalidRequest) as exc:
+        store.commit_step({("g", TopicPartition("in", 0)): 4},
+                          [("out", [AppendRecord(b"a")])])
+    assert str(exc.value) == "offset 4 for in/0 is outside 0..0"
+    with pytest.raises(NotFound) as exc2:
+        store.commit_step({}, [("nope", [AppendRecord(b"a")])])
+    assert str(exc2.value) == "unknown topic 'nope'"
+    assert store.partitions("out")[0].log_end_offset == 0
+    assert store.journal.pending() == []
