@@ -14,6 +14,7 @@ from typing import Any
 
 from runner.broker.deadletter import (
     DEATH_HEADER,
+    ReplayTarget,
     build_death,
     is_cycle,
     replay_target,
@@ -116,12 +117,14 @@ class DeadLetterPublisher:
         letters: list[TopicLetter] = []
         now = self.clock.time()
         ts = int(now * 1000)
-        for msg in list(source.iter_ready()):
-            if max_messages is not None and replayed + len(letters) >= max_messages:
+        todo: list[tuple[QueuedMessage, ReplayTarget]] = []
+        for msg in source.iter_ready():  # collected first: a letter may go back to `source`
+            if max_messages is not None and len(todo) >= max_messages:
                 break
             target = replay_target(msg.headers)
-            if target is None:
-                continue
+            if target is not None:
+                todo.append((msg, target))
+        for msg, target in todo:
             headers = replayed_headers(msg.headers)
             again = Message(source.body_of(msg), target.routing_key, headers,
                             msg.priority or None, None, msg.message_id, msg.content_type)

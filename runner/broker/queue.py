@@ -550,12 +550,14 @@ class MessageQueue:
 
     # ------------------------------------------------------------ reading
     def iter_ready(self) -> Iterator[QueuedMessage]:
-        """Ready messages in delivery order (highest level first, then uid)."""
+        """Ready messages in delivery order (highest level first, then uid).
+
+        Lazy: do not add to this queue while iterating."""
         for lvl in range(self.max_level, -1, -1):
             for _, msg in sorted(self.returned[lvl], key=lambda p: p[0]):
                 if msg.state == READY:
                     yield msg
-            for msg in list(self.levels[lvl]):
+            for msg in self.levels[lvl]:  # no copy: callers must not change this queue
                 if msg.state == READY:
                     yield msg
 

@@ -184,3 +184,13 @@ def test_replay_hands_topic_dead_letters_back(make_broker: MakeBroker) -> None:
     assert letter.message.headers == {"a": 1, "x-replay-count": 1}
     assert letter.death["original_offset"] == 42
     assert b.queue_info("dlq").ready == 0
+
+
+def test_replay_into_the_same_queue(make_broker: MakeBroker) -> None:
+    b = make_broker(queues=[Queue("q")])
+    death = {"reason": "rejected", "original_queue": "q", "original_routing_key": "k"}
+    b.publish_to_queue("q", [Message(b"x", headers={"x-dead-letter": death}), Message(b"y")])
+    assert b.replay("q").replayed == 1
+    got = b.peek("q", 5)
+    assert [(d.body, "x-dead-letter" in d.headers) for d in got] == [(b"y", False),
+                                                                     (b"x", False)]
