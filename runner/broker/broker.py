@@ -298,6 +298,8 @@ class Broker:
                     raise PublishRefused(
                         str(refused), accepted=i, routed=(*stored, *route.topics), routes=routes,
                     )
+                if len(stored) != len(route.queues):  # a binding to a queue that is gone
+                    route = Route(tuple(stored), route.topics)
                 routes.append(route)
                 if mid is not None:
                     self._remember(kind, target, mid, now, route)

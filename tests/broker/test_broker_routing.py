@@ -191,3 +191,10 @@ def test_publish_counts_per_exchange(make_broker: MakeBroker) -> None:
     st_ = b.stats()
     assert st_.exchange_published["d"] == 2
     assert st_.exchange_unroutable["d"] == 1
+
+
+def test_route_names_only_queues_that_exist(make_broker: MakeBroker) -> None:
+    from runner.topology.model import Queue
+    b = make_broker([Exchange("f", T.FANOUT)], [Queue("q")],
+                    [Binding("f", queue="q"), Binding("f", queue="missing")])
+    assert b.publish("f", [Message(b"x")]) == [Route(("q",), ())]
