@@ -69,8 +69,9 @@ class Groups:
         state = self._groups.get(config.name)
         if state is None:
             state = self._groups[config.name] = GroupState(config)
-        else:
+        elif state.config != config:
             state.config = config
+            state.layout = {}  # an assignor or topic change: rebalance now
         self.refresh(config.name)
 
     def remove(self, name: str) -> None:

@@ -171,3 +171,14 @@ def test_offsets_log_is_compacted(open_store: Opener, tmp_path: Path) -> None:
     again = open_store()
     assert again.groups.committed("g", TP0) == 2999 % 10
     assert again.offsets.size_bytes < 60_000
+
+
+def test_changing_the_assignor_rebalances(open_store: Opener) -> None:
+    store = open_store()
+    store.groups.join("g", "a")
+    store.groups.join("g", "b")
+    assert store.groups.assignment("g", "a") == [TopicPartition("t", 0), TopicPartition("t", 1)]
+    store.apply({"t": Topic("t", partitions=4)},
+                {"g": ConsumerGroup("g", ("t",), assignment=Assignment.ROUNDROBIN)})
+    assert store.groups.assignment("g", "a") == [TopicPartition("t", 0), TopicPartition("t", 2)]
+    assert store.groups.members("g") == ["a", "b"]
