@@ -182,3 +182,18 @@ def test_changing_the_assignor_rebalances(open_store: Opener) -> None:
                 {"g": ConsumerGroup("g", ("t",), assignment=Assignment.ROUNDROBIN)})
     assert store.groups.assignment("g", "a") == [TopicPartition("t", 0), TopicPartition("t", 2)]
     assert store.groups.members("g") == ["a", "b"]
+
+
+def test_bad_membership_requests(open_store: Opener) -> None:
+    store = open_store()
+    with pytest.raises(InvalidRequest) as exc:
+        store.groups.join("g", "")
+    assert str(exc.value) == "member id must not be empty"
+    with pytest.raises(NotFound) as exc2:
+        store.groups.join("nope", "a")
+    assert str(exc2.value) == "unknown consumer group 'nope'"
+    with pytest.raises(NotFound) as exc3:
+        store.groups.position("g", TopicPartition("other", 0))
+    assert str(exc3.value) == "group 'g' does not read topic 'other'"
+    store.groups.leave("g", "never-joined")  # leaving twice is harmless
+    assert store.groups.members("g") == []

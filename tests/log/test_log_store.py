@@ -313,3 +313,14 @@ def test_commit_step_refuses_bad_input_before_writing(open_store: Opener) -> Non
     assert str(exc2.value) == "unknown topic 'nope'"
     assert store.partitions("out")[0].log_end_offset == 0
     assert store.journal.pending() == []
+
+
+def test_reading_an_unknown_partition(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=2)))
+    with pytest.raises(NotFound) as exc:
+        store.read("t", 5, 0)
+    assert str(exc.value) == "topic 't' has no partition 5"
+    with pytest.raises(OffsetOutOfRange) as exc2:
+        store.read("t", 0, 1)
+    assert str(exc2.value) == "t/0: offset 1 is above the log end (log start 0, log end 0)"
