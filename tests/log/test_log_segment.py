@@ -371,3 +371,28 @@ def test_readers_see_only_synced_records_under_fsync_always(
     writer.join()
     assert log.high_watermark == 5
     assert [r.offset for r in log.read(0)] == [0, 1, 2, 3, 4]
+
+
+def test_group_commit_shares_fsyncs(open_log: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(fsync=Fsync.ALWAYS)
+    calls = []
+    real = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        calls.append(fd)
+        threading.Event().wait(0.002)  # a disk that takes 2 ms per flush
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+
+    def work() -> None:
+        for _ in range(10):
+            log.append(items(2))
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert log.end_offset == 320 and log.unsynced_bytes == 0
+    assert len(calls) <= 160 / 2  # many appends per fsync
