@@ -725,7 +725,7 @@ class SegmentedLog:
             self._closed = True
         if self.fsync is not Fsync.NEVER or self._written != self._synced:
             self.sync()
-        with self._lock:
+        with self._lock, self._sync_lock:
             for seg in self._segments:
                 seg.close()
 
