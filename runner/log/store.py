@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +74,7 @@ class _Topic:
     records_appended: int = 0
     cleaned: dict[int, tuple[int, ...]] = field(default_factory=dict)  # partition -> bases
     cleaned_at: dict[int, float] = field(default_factory=dict)
+    compacting: set[int] = field(default_factory=set)  # partitions queued or running
 
 
 def producer_number(producer_id: str) -> int:
@@ -95,7 +96,7 @@ class Store:
         self, data_dir: Path, *, fsync: Fsync = Fsync.ALWAYS, clock: Clock,
         cache_bytes_per_partition: int = 1024 * 1024, delete_retention_s: float = 86_400.0,
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
-        compaction_interval_s: float = 60.0, dedup_window_s: float | None = None,
+        compaction_interval_s: float = 600.0, dedup_window_s: float | None = None,
         dedup_max_entries: int = 1_000_000, background: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -456,29 +457,35 @@ class Store:
             self.flush()
 
     def _maybe_compact(self, t: _Topic, part: Partition, mono: float) -> None:
+        """Queue a compaction when closed segments changed since the last one, or
+        `compaction_interval_s` passed (tombstones may have expired); never two
+        at once for one partition."""
+        key = part.number
+        if key in t.compacting:
+            return
         bases = tuple(s.base for s in part.log.closed_segments())
         if not bases:
             return
-        last = t.cleaned_at.get(part.number)
-        if t.cleaned.get(part.number) == bases and (
+        last = t.cleaned_at.get(key)
+        if t.cleaned.get(key) == bases and (
                 last is not None and mono - last < self.compaction_interval_s):
             return
-        t.cleaned_at[part.number] = mono
-        job = self._compaction_job(part)
+        t.compacting.add(key)
+        t.cleaned_at[key] = mono
+
+        def job() -> None:
+            try:
+                with part.maintenance:
+                    compact(part.log, now_ms=now_ms(self.clock),
+                            delete_retention_ms=self.delete_retention_ms)
+                    t.cleaned[key] = tuple(s.base for s in part.log.closed_segments())
+            finally:
+                t.compacting.discard(key)
+
         if self.cleaner is not None:
             self.cleaner.submit(job)
         else:
             job()
-        t.cleaned[part.number] = tuple(s.base for s in part.log.closed_segments())
-
-    def _compaction_job(self, part: Partition) -> Callable[[], None]:
-        def job() -> None:
-            with part.maintenance:
-                if not part.log.closed_segments():
-                    return
-                compact(part.log, now_ms=now_ms(self.clock),
-                        delete_retention_ms=self.delete_retention_ms)
-        return job
 
     def wait_for_compaction(self, timeout: float = 30.0) -> bool:
         return self.cleaner.idle(timeout) if self.cleaner else True

@@ -324,3 +324,20 @@ def test_reading_an_unknown_partition(open_store: Opener) -> None:
     with pytest.raises(OffsetOutOfRange) as exc2:
         store.read("t", 0, 1)
     assert str(exc2.value) == "t/0: offset 1 is above the log end (log start 0, log end 0)"
+
+
+def test_compaction_is_not_queued_again_while_nothing_changed(
+        open_store: Opener, clock: ManualClock) -> None:
+    store = open_store(compaction_interval_s=600.0)
+    store.apply(topics(Topic("c", compact=True, delete=False, segment_bytes=1_000)))
+    for i in range(100):
+        store.append("c", [AppendRecord(b"%d" % i, key=b"k%d" % (i % 4))])
+    assert store.cleaner is not None
+    for _ in range(5):
+        store.tick()
+        assert store.wait_for_compaction()
+    assert store.cleaner.runs == 1
+    clock.advance(601)
+    store.tick()
+    assert store.wait_for_compaction()
+    assert store.cleaner.runs == 2  # the periodic pass (tombstones may have expired)
