@@ -251,10 +251,10 @@ class SegmentedLog:
             seg.tindex = TimeIndex(seg.tindex.path, seg.base)
             self._scan(seg, strict=True)
             seg.tindex.close_entry(max(seg.max_ts, 0), max(seg.last_offset, seg.base))
-            seg.index.open_for_append(truncate=True)
-            seg.tindex.open_for_append(truncate=True)
-            seg.index.close()
-            seg.tindex.close()
+            for ix in (seg.index, seg.tindex):
+                ix.open_for_append(truncate=True)
+                ix.flush(fsync=True)  # a closed segment's indexes are trusted at open
+                ix.close()
         else:
             seg.max_ts = seg.tindex.max_timestamp
             seg.last_offset = next_base - 1
@@ -708,10 +708,10 @@ class SegmentedLog:
             seg = _Segment(self.directory, first)
             seg.index, seg.tindex = index, tindex
             index.path, tindex.path = seg.files()[1], seg.files()[2]
-            index.open_for_append(truncate=True)
-            tindex.open_for_append(truncate=True)
-            index.close()
-            tindex.close()
+            for ix in (index, tindex):
+                ix.open_for_append(truncate=True)
+                ix.flush(fsync=True)  # a closed segment's indexes are trusted at open
+                ix.close()
             seg.max_ts, seg.last_offset = max_ts, self._bases[idx + len(bases)] - 1
             self._segments[idx:idx + len(bases)] = [seg]
             self._bases[idx:idx + len(bases)] = [first]
