@@ -148,7 +148,7 @@ def rate(n: int, make: Callable[[], Callable[[Path], None]], repeats: int) -> fl
         finally:
             shutil.rmtree(data, ignore_errors=True)
         rates.append(n / fn.elapsed)  # type: ignore[attr-defined]
-    return statistics.median(rates)
+    return float(statistics.median(rates))
 
 
 def main(argv: list[str] | None = None) -> int:
