@@ -198,15 +198,21 @@ class QueueLog:
     ) -> tuple[list[QueuedMessage], list[tuple[float, QueuedMessage]]]:
         """The live messages (ready, in uid order) and the pending retries (due, msg)."""
         live: dict[int, tuple[QueuedMessage, float]] = {}
+        used = 0  # bodies kept in memory while replaying, never past `memory_left`
         for rec in self.records():
             kind = rec.key[:1] if rec.key else b""
             if kind == b"P":
-                live[rec.offset] = decode_publish(rec, keep_body=True)
+                size = len(rec.value or b"")
+                keep = used + size <= memory_left
+                used += size if keep else 0
+                live[rec.offset] = decode_publish(rec, keep_body=keep)
             elif kind == b"S":
                 uids = array("q")
                 uids.frombytes(rec.value or b"")
                 for uid in uids:
-                    live.pop(uid, None)
+                    gone = live.pop(uid, None)
+                    if gone is not None and isinstance(gone[0].body, bytes):
+                        used -= gone[0].size
             elif kind == b"D":
                 pairs = array("q")
                 pairs.frombytes(rec.value or b"")
@@ -216,13 +222,8 @@ class QueueLog:
                         found[0].delivery_count = pairs[i + 1]
         ready: list[QueuedMessage] = []
         delayed: list[tuple[float, QueuedMessage]] = []
-        used = 0
         for uid in sorted(live):
             msg, not_before = live[uid]
-            if used + msg.size > memory_left:
-                msg.body = uid  # past the memory budget: read back from the log on delivery
-            else:
-                used += msg.size
             if not_before:
                 delayed.append((not_before, msg))
             else:
