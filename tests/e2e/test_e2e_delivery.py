@@ -227,3 +227,30 @@ def test_exactly_once_survives_kill_9_without_loss_or_duplicates(daemon: Daemon)
     assert sorted(outputs) == list(range(n))  # each input once: nothing lost, no duplicate
     records = _records(daemon, "out-topic")
     assert sorted(records) == list(range(n))
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(600)
+def test_exactly_once_survives_repeated_kill_9(daemon: Daemon) -> None:
+    n = 2000
+    daemon.ok("POST", "/v1/queues/eo-in/messages",
+              {"messages": [{"body": {"id": i}} for i in range(n)]}, 202)
+    daemon.ok("POST", "/v1/topics/in-topic/records",
+              {"records": [{"value": {"id": i}, "partition": i % 2} for i in range(n)]}, 202)
+    kills = 0
+    for round_ in range(8):
+        target = n * (round_ + 1) // 10
+        wait_for(lambda t=target: depth(daemon, "eo-out") >= t, timeout_s=60, every_s=0.01)
+        if depth(daemon, "eo-out") >= n:
+            break
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=30)
+        kills += 1
+        daemon.start()
+    assert kills >= 3
+    wait_for(lambda: depth(daemon, "eo-out") == n and depth(daemon, "eo-in") == 0, timeout_s=120)
+    wait_for(lambda: len(_records(daemon, "out-topic")) >= n, timeout_s=120)
+    time.sleep(0.3)
+    assert sorted(_pull_all(daemon, "eo-out")) == list(range(n))
+    assert sorted(_records(daemon, "out-topic")) == list(range(n))
