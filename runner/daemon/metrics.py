@@ -144,10 +144,16 @@ def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         for topic_name in group.topics:
             topic = topics.get(topic_name)
             for p in range(topic.partitions if topic else 0):
-                key = (name, TopicPartition(topic_name, p))
+                tp = TopicPartition(topic_name, p)
+                key = (name, tp)
                 labels = [name, topic_name, str(p)]
-                committed.add_metric(labels, stats.group_committed.get(key, 0))
-                lag.add_metric(labels, stats.group_lag.get(key, 0))
+                behind = stats.group_lag.get(key, 0)
+                position = stats.group_committed.get(key)
+                if position is None:  # never committed: the reset position (log end - lag)
+                    info = stats.partitions.get(tp)
+                    position = max(0, (info.log_end_offset if info else 0) - behind)
+                committed.add_metric(labels, position)
+                lag.add_metric(labels, behind)
         members.add_metric([name], stats.group_members.get(name, 0))
     yield from (committed, lag, members)
 

@@ -322,6 +322,12 @@ def test_metrics_are_true_after_known_traffic_and_pass_promtool(daemon: Daemon) 
     assert v("runner_queue_dead_lettered_total", queue="metered-q", reason="expired") == 0
     assert v("runner_topology_reloads_total", result="refused") == 0
     assert v("runner_build_info", version=__import__("runner").__version__) == 1
+    for part in daemon.ok("GET", "/v1/groups/external")["partitions"]:
+        labels = {"group": "external", "topic": part["topic"], "partition": str(part["partition"])}
+        expected = part["committed"] if part["committed"] is not None else part["position"]
+        assert v("runner_consumer_group_committed_offset", **labels) == expected
+        assert v("runner_consumer_group_lag", **labels) == part["lag"]
+    assert v("runner_consumer_group_lag", group="external", topic="events", partition="0") >= 5
     result = check_metrics(text)
     assert result.returncode == 0, result.stdout + result.stderr
 
