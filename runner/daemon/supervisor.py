@@ -240,11 +240,6 @@ class Supervisor:
         )
         self._engine = self._parts.open_engine(self._topology, config, clock)
         log.info("engine opened", extra={"event": "engine_opened", "fsync": config.fsync.value})
-        self._pipeline = self._parts.make_pipeline(
-            self._engine, self._topology, config, clock, executor
-        )
-        await self._pipeline.start()
-        log.info("pipeline started", extra={"event": "pipeline_started"})
         app = build_app(
             self,
             token=config.token,
@@ -252,10 +247,22 @@ class Supervisor:
             max_request_bytes=config.max_request_bytes,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-        await site.start()
-        port = _bound_port(runner, config.port)
+        try:
+            # bind first (not ready yet): a taken port fails before any handler runs
+            await runner.setup()
+            site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+            await site.start()
+            port = _bound_port(runner, config.port)
+            self._pipeline = self._parts.make_pipeline(
+                self._engine, self._topology, config, clock, executor
+            )
+            await self._pipeline.start()
+        except BaseException:
+            await runner.cleanup()
+            self._engine.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        log.info("pipeline started", extra={"event": "pipeline_started"})
         self._accepting = True
         log.info(
             "listening on http://%s:%d",

@@ -149,3 +149,18 @@ def test_messages_survive_a_clean_restart(start_daemon: Callable[..., Daemon]) -
     assert [m["body"] for m in msgs] == list(range(10))
     got = d.ok("GET", "/v1/topics/log/partitions/0/records?offset=0")
     assert [r["value"] for r in got["records"]] == list(range(10))
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "t.yaml").write_text("version: 1\nqueues:\n  q: {}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(tmp_path, "run", "t.yaml", "--listen", f"127.0.0.1:{port}",
+                       "--data-dir", "data")
+    assert done.returncode == 1
+    assert "runner run: " in done.stderr and "address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
