@@ -147,6 +147,9 @@ class GroupWorker(Worker):
             try:
                 done = await self._handle(record, member, commit_step)
             except _Stale:
+                log.info("group %s: %s[%d]@%d was committed elsewhere meanwhile (rebalance); "
+                         "its outputs are discarded", self.name, tp.topic, tp.partition,
+                         record.offset)
                 positions.pop(tp, None)
                 break
             if not done:

@@ -114,3 +114,13 @@ def blocking(msg: Any) -> None:
 def sleepy(msg: Any) -> None:
     time.sleep(float(msg.body.get("sleep", 0.2)))
     _note(msg)
+
+
+def blocking_forward(msg: Any, ctx: Any) -> None:
+    """The first call waits for the test's release; every call forwards its id."""
+    _note(msg, phase="start")
+    if not STARTED.is_set():
+        STARTED.set()
+        RELEASE.wait(5)
+    _note(msg, phase="end")
+    ctx.publish("out", "fwd", {"id": msg.body["id"]})

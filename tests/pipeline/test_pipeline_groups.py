@@ -164,3 +164,50 @@ def test_an_expired_member_joins_again_and_goes_on(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert [e["id"] for e in ph.SEEN] == ["1", "2"]
+
+
+def test_exactly_once_never_commits_a_record_someone_else_committed(tmp_path: Path) -> None:
+    """The fence: the group's position moved past the record while its handler
+    ran (another member took the partition), so the outputs are discarded."""
+    topo = topology(topics=(Topic("events"),),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:blocking_forward",
+                                          delivery=Delivery.EXACTLY_ONCE),))
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [rec({"id": "a"}), rec({"id": "b"})])
+            r.pipeline.notify()
+            await wait_until(ph.STARTED.is_set)
+            r.engine.commit("g", {TopicPartition("events", 0): 1})  # "a" done elsewhere
+            ph.RELEASE.set()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 1)
+            assert bodies(r.engine, "outbox") == [{"id": "b"}]
+            assert _committed(r.engine, "g", "events", 1) == [2]
+
+    asyncio.run(go())
+    assert [(e["id"], e.get("phase")) for e in ph.SEEN] == [
+        ("a", "start"), ("a", "end"), ("b", "start"), ("b", "end")]
+
+
+def test_apply_restarts_a_changed_group_and_stops_a_removed_one(tmp_path: Path) -> None:
+    old = topology(topics=(Topic("events", partitions=2), Topic("other")),
+                   groups=(ConsumerGroup("g", ("events",), handler=f"{H}:ok"),
+                           ConsumerGroup("h", ("other",), handler=f"{H}:ok")))
+    new = topology(topics=(Topic("events", partitions=2), Topic("other")),
+                   groups=(ConsumerGroup("g", ("events",), handler=f"{H}:ok", instances=2),))
+
+    async def go() -> None:
+        async with running(old, tmp_path) as r:
+            r.engine.append("events", [rec({"id": i}, key=str(i)) for i in range(10)])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 10)
+            r.engine.apply(new)
+            await r.pipeline.apply(new)
+            assert set(r.pipeline.stats().consumers) == {"g"}
+            await wait_until(lambda: len(r.engine.group_info("g").members) == 2)
+            r.engine.append("events", [rec({"id": i}, key=str(i)) for i in range(10, 20)])
+            r.pipeline.notify()
+            await wait_until(lambda: r.pipeline.stats().consumers["g"].succeeded == 20)
+
+    asyncio.run(go())
+    assert sorted(int(e["id"]) for e in ph.SEEN) == list(range(20))
