@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -152,8 +153,6 @@ def test_messages_survive_a_clean_restart(start_daemon: Callable[..., Daemon]) -
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
-    import socket
-
     (tmp_path / "t.yaml").write_text("version: 1\nqueues:\n  q: {}\n")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
