@@ -365,6 +365,7 @@ class Engine:
         self.sink_dropped = 0  # dead letters to a topic that refused them
         self._topic_reach: set[str] = set()
         self._closed = False
+        self._half_applied = False
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
                                dedup_window_s=DEDUP_WINDOW_S)
@@ -451,6 +452,11 @@ class Engine:
 
     def tick(self) -> None:
         """Time-driven work; see the module docstring."""
+        if self._half_applied:
+            try:
+                self._recover_steps()
+            except Exception as exc:
+                log.error("engine steps still not applied: %s", exc)
         self.store.tick()
         self.broker.tick()
         if self.fsync is Fsync.INTERVAL:
@@ -757,6 +763,8 @@ class Engine:
            message, so a stale delivery id still settles), then the offsets.
         4. It is marked done. At open, steps not marked done are applied again.
         """
+        if self._half_applied:
+            self._recover_steps()
         for queue, did in step.acks:
             self.broker.check_ids(queue, [did])
         for group, tp, off in step.commits:
@@ -804,7 +812,15 @@ class Engine:
         written = self.journal.write(orjson.dumps(doc, default=str))
         if written != sid:
             raise StorageError(f"engine step journal out of order ({written} != {sid})")
-        self._apply_step(sid, doc)
+        try:
+            self._apply_step(sid, doc)
+        except Exception as exc:
+            # durable but half applied: re-applied (idempotently) by the next
+            # commit_step or tick, or at the next open
+            self._half_applied = True
+            log.error("engine step %d is journaled but not fully applied: %s", sid, exc)
+            raise StorageError(f"step {sid} is stored but not fully applied yet: {exc}; "
+                               "it is completed automatically") from exc
         self.journal.mark_done(sid)
 
     def journal_next_id(self) -> int:
@@ -845,10 +861,12 @@ class Engine:
                 log.warning("step %d: commit of group %s dropped: %s", sid, g, exc)
 
     def _recover_steps(self) -> None:
+        """Apply again every journaled step not marked done (oldest first)."""
         for sid, payload in self.journal.pending():
             log.info("re-applying engine step %d", sid)
             self._apply_step(sid, orjson.loads(payload))
             self.journal.mark_done(sid)
+        self._half_applied = False
 
     # -------------------------------------------------------------- metrics
     def stats(self) -> EngineStats:

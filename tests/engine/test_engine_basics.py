@@ -27,6 +27,7 @@ from runner.errors import (
     NotFound,
     OffsetOutOfRange,
     Refused,
+    StorageError,
     TooLarge,
     UnsafeChange,
 )
@@ -225,10 +226,13 @@ def test_a_step_journaled_but_not_applied_is_applied_once_at_open(tmp_path: Path
         raise OSError("simulated crash after the journal write")
 
     e._apply_step = crash  # type: ignore[method-assign]
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError) as info:
         e.commit_step(Step(acks=[("q", d.delivery_id)],
                            queue_puts=[("q2", [OutMessage(b"out")])],
                            appends=[("audit", [OutRecord(b"rec")])]))
+    assert str(info.value) == (
+        "step 0 is stored but not fully applied yet: simulated crash after the journal write; "
+        "it is completed automatically")
     e.close()
     for _ in range(2):  # recovery applies it; a second open finds nothing pending
         again = Engine.open(_topo(), tmp_path)
@@ -325,3 +329,23 @@ def test_a_refused_batch_keeps_what_was_stored_before_it_in_topics_too(tmp_path:
         assert e.queue_info("small").ready == 1
     finally:
         e.close()
+
+
+def test_a_half_applied_step_is_completed_by_the_next_tick(engine: Engine) -> None:
+    real = engine._apply_step
+    calls: list[int] = []
+
+    def flaky(sid: int, doc: Any) -> None:
+        calls.append(sid)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        real(sid, doc)
+
+    engine._apply_step = flaky  # type: ignore[method-assign]
+    with pytest.raises(StorageError):
+        engine.commit_step(Step(queue_puts=[("q2", [OutMessage(b"out")])]))
+    assert engine.journal.pending() != []
+    engine.tick()
+    assert engine.journal.pending() == []
+    assert [x.body for x in engine.peek("q2", 5)] == [b"out"]
+    assert len(calls) == 2 and calls[0] == calls[1]
