@@ -30,18 +30,19 @@ AnyWorker = QueueWorker | GroupWorker
 
 
 def _consumer_spec(topology: Topology, name: str) -> object:
-    """Everything a queue consumer's behaviour depends on (a change restarts it)."""
+    """What a queue consumer's behaviour depends on (a change restarts it)."""
     c = topology.consumer_map()[name]
     policy = topology.policy_map().get(c.dlq_policy) if c.dlq_policy else None
-    return (c, policy, topology.queue_map().get(c.queue))
+    queue = topology.queue_map().get(c.queue)
+    dlq = policy.dead_letter_queue if policy else None
+    return (c, policy, queue.dead_letter if queue else None, dlq in topology.topic_map())
 
 
 def _group_spec(topology: Topology, name: str) -> object:
     g = topology.group_map()[name]
     policy = topology.policy_map().get(g.dlq_policy) if g.dlq_policy else None
-    topics = tuple(topology.topic_map().get(t) for t in g.topics)
     dlq = policy.dead_letter_queue if policy else None
-    return (g, policy, topics, dlq in topology.topic_map())
+    return (g, policy, dlq in topology.topic_map())
 
 
 def _specs(topology: Topology) -> dict[str, object]:
@@ -98,6 +99,8 @@ class Pipeline:
         """Start every consumer and handled group (handlers are imported first: a
         reference that does not resolve raises HandlerImportError, nothing started)."""
         specs = _specs(self.topology)
+        for key in specs:
+            _handler_ref(self.topology, key)
         built = {key: self._build(self.topology, key) for key in specs}
         for key, worker in built.items():
             worker.start()
@@ -122,6 +125,8 @@ class Pipeline:
             log.info("pipeline: stopped %s", key)
         for key in removed:
             self._counters.pop(key.partition(":")[2], None)
+        for kept in self._workers.values():
+            kept.topology = new  # unchanged behaviour; names resolve in the new topology
         for key in changed + added:
             worker = self._build(new, key)
             worker.start()
