@@ -349,3 +349,18 @@ def test_a_half_applied_step_is_completed_by_the_next_tick(engine: Engine) -> No
     assert engine.journal.pending() == []
     assert [x.body for x in engine.peek("q2", 5)] == [b"out"]
     assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_offsets_for_time_and_seek(engine: Engine) -> None:
+    engine.append("audit", [OutRecord(b"a", timestamp_ms=1000), OutRecord(b"b", timestamp_ms=2000),
+                            OutRecord(b"c", timestamp_ms=3000)])
+    assert engine.offset_for_time("audit", 0, 1500) == 1
+    assert engine.offset_for_time("audit", 0, 9999) == 3
+    engine.apply(_topo(consumer_groups=(("g", ConsumerGroup("g", ("audit",))),)))
+    tp = TopicPartition("audit", 0)
+    assert engine.seek("g", tp, timestamp_ms=2500) == 2
+    assert engine.position("g", tp) == 2
+    assert engine.seek("g", tp, offset=99) == 3  # clamped to the log end
+    with pytest.raises(InvalidRequest) as info:
+        engine.seek("g", tp)
+    assert str(info.value) == "seek needs exactly one of offset or timestamp"
