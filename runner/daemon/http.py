@@ -480,3 +480,25 @@ def build_app(
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     return app
+
+
+class HttpServer:
+    """The aiohttp runner and site for one app: bind, report the port, close."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (0: any free port); the bound port. OSError when taken."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        for addr in self._runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                return int(addr[1])
+        return port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

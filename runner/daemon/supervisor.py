@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from runner.clock import Clock, SystemClock
 from runner.daemon import codec
-from runner.daemon.http import build_app
+from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
 from runner.daemon.reload import (
     ReloadCounters,
@@ -246,19 +244,16 @@ class Supervisor:
             limits=codec.Limits(max_message_bytes=config.max_message_bytes),
             max_request_bytes=config.max_request_bytes,
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        server = HttpServer(app)
         try:
             # bind first (not ready yet): a taken port fails before any handler runs
-            await runner.setup()
-            site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-            await site.start()
-            port = _bound_port(runner, config.port)
+            port = await server.start(config.host, config.port)
             self._pipeline = self._parts.make_pipeline(
                 self._engine, self._topology, config, clock, executor
             )
             await self._pipeline.start()
         except BaseException:
-            await runner.cleanup()
+            await server.stop()
             self._engine.close()
             executor.shutdown(wait=False, cancel_futures=True)
             raise
@@ -294,7 +289,7 @@ class Supervisor:
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-            await runner.cleanup()
+            await server.stop()
             self._engine.flush()
             self._engine.close()
             executor.shutdown(wait=False, cancel_futures=True)
@@ -467,10 +462,3 @@ def _describe(change: Any) -> str:
     reason = getattr(change, "reason", "") or "unsafe"
     where = f"{entity} '{name}'" + (f" {fld}" if fld else "")
     return f"{where}: {reason}"
-
-
-def _bound_port(runner: web.AppRunner, wanted: int) -> int:
-    for addr in runner.addresses:
-        if isinstance(addr, tuple) and len(addr) >= 2:
-            return int(addr[1])
-    return wanted
