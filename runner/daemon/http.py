@@ -427,6 +427,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def admin_reload(request: web.Request) -> web.Response:
+    _accepting(_host(request))
     result = await _host(request).reload("admin")
     if result.result == "invalid":
         return answer({"error": result.error, "problems": result.problems}, 422)

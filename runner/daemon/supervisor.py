@@ -284,7 +284,6 @@ class Supervisor:
             log.info("draining", extra={"event": "draining", "grace_s": config.grace_s})
             if watcher is not None:
                 watcher.stop()
-            loop.remove_signal_handler(signal.SIGHUP)
             await self._pipeline.drain(config.grace_s)
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             ticker.cancel()
@@ -293,7 +292,7 @@ class Supervisor:
             self._engine.flush()
             self._engine.close()
             executor.shutdown(wait=False, cancel_futures=True)
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped", extra={"event": "stopped"})
         return 0
@@ -314,6 +313,8 @@ class Supervisor:
         self.stop()
 
     def _on_sighup(self) -> None:
+        if self._stopping:
+            return
         log.info("SIGHUP received: reloading", extra={"event": "signal", "signal": "SIGHUP"})
         self._background(self.reload("sighup"))
 
