@@ -39,7 +39,7 @@ from runner.daemon.reload import (
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher
 from runner.engine import Engine, EngineStats, FsyncPolicy
-from runner.errors import EngineError, UnsafeChange
+from runner.errors import EngineError, RunnerError, UnsafeChange
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
@@ -426,11 +426,16 @@ class Supervisor:
             return ReloadResult(
                 "refused", self._generation, changes=changes, error=f"engine refused: {exc}"
             )
+        self._topology = new  # the HTTP API sees what the engine now has
         try:
             assert self._pipeline is not None
             await self._pipeline.apply(new)
         except Exception as exc:
-            log.exception("pipeline.apply failed; restoring the previous topology")
+            if isinstance(exc, RunnerError):
+                log.error("pipeline refused the new topology (%s); restoring the previous", exc)
+            else:
+                log.exception("pipeline.apply failed; restoring the previous topology")
+            self._topology = old
             try:
                 self.engine.apply(old, force=True)
             except Exception:
@@ -438,7 +443,6 @@ class Supervisor:
             return ReloadResult(
                 "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
             )
-        self._topology = new
         if loaded.content_hash != self._hash:
             self._hash = loaded.content_hash
             self._generation += 1

@@ -6,8 +6,10 @@ import asyncio
 import os
 from pathlib import Path
 
+from runner.errors import HandlerImportError
 from runner.pipeline.handler import check_handlers
-from tests.daemon.harness import Client, fake_parts, run_daemon
+from runner.topology.model import Topology
+from tests.daemon.harness import Client, FakePipeline, fake_parts, run_daemon
 
 BASE = """\
 version: 1
@@ -194,3 +196,27 @@ def test_a_deleted_topology_file_is_an_invalid_reload_and_a_new_save_applies(
 
     topo.write_text(BASE)
     run_daemon(tmp_path, "", scenario, path=topo, watch=True)
+
+
+def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path: Path) -> None:
+    topo = tmp_path / "topology.yaml"
+    parts = fake_parts()
+
+    class Refusing(FakePipeline):
+        async def apply(self, new: Topology) -> None:
+            raise HandlerImportError("consumer 'x': handler 'gone:fn': cannot import module")
+
+    parts.make_pipeline = lambda engine, topology, config, clock, executor: Refusing(topology)
+
+    async def scenario(c: Client) -> None:
+        topo.write_text(WITH_JOBS)
+        status, body, _ = await c.call("POST", "/v1/admin/reload")
+        assert (status, body["error"]) == (
+            422, "pipeline refused: consumer 'x': handler 'gone:fn': cannot import module"
+        )
+        assert c.supervisor.topology.queue_map().keys() == {"work"}
+        assert c.engine.topology.queue_map().keys() == {"work"}
+        assert counted(c) == {"applied": 0, "invalid": 1, "refused": 0}
+
+    topo.write_text(BASE)
+    run_daemon(tmp_path, "", scenario, path=topo, parts=parts)
