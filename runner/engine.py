@@ -42,6 +42,7 @@ from runner.errors import (
     EngineError,
     InvalidRequest,
     NotFound,
+    Refused,
     StorageError,
     UnsafeChange,
 )
@@ -775,6 +776,14 @@ class Engine:
             self.broker.router.check_publish(exchange)
         for queue, _ in step.queue_puts:
             self.broker.queue_info(queue)
+        if not step.commits and not step.appends and not any(
+                self.broker.router.route(ex, m.routing_key, m.headers, count=False).topics
+                for ex, msgs in step.publishes if ex in self._topic_reach for m in msgs):
+            # queues only: the broker's own step journal makes this one durable
+            # unit (it names outputs by its step and acks by message): one journal less
+            self.broker.commit_step(acks=step.acks, publishes=step.publishes,
+                                    queue_puts=step.queue_puts)
+            return
         sid = self.journal_next_id()
         n = 0
         publishes: list[tuple[str, list[OutMessage]]] = []
@@ -813,7 +822,7 @@ class Engine:
         if written != sid:
             raise StorageError(f"engine step journal out of order ({written} != {sid})")
         try:
-            self._apply_step(sid, doc)
+            refused = self._apply_step(sid, doc)
         except Exception as exc:
             # durable but half applied: re-applied (idempotently) by the next
             # commit_step or tick, or at the next open
@@ -822,12 +831,17 @@ class Engine:
             raise StorageError(f"step {sid} is stored but not fully applied yet: {exc}; "
                                "it is completed automatically") from exc
         self.journal.mark_done(sid)
+        if refused is not None:
+            raise refused
 
     def journal_next_id(self) -> int:
         """The id the next journal record gets (its offset in the journal log)."""
         return int(self.journal._log.end_offset)  # noqa: SLF001 - see report: StepJournal.next_id
 
-    def _apply_step(self, sid: int, doc: Mapping[str, Any]) -> None:
+    def _apply_step(self, sid: int, doc: Mapping[str, Any]) -> Refused | None:
+        """Apply a journaled step (idempotent). A queue refusing an output
+        (`reject-publish`) ends the step like a refused batch: what was stored
+        stays, the input is not settled, and the Refused is returned."""
         counters: dict[tuple[str, int], int] = {}
         by_topic: dict[str, list[AppendRecord]] = {}
         for topic, p, key, value, headers, ts in doc["rec"]:
@@ -850,7 +864,11 @@ class Engine:
                 if q in self.broker.queues]
         acks = [(q, d) for q, d in acks if q in self.broker.queues]
         if acks or pubs or puts:
-            self.broker.commit_step(acks=acks, publishes=pubs, queue_puts=puts)
+            try:
+                self.broker.commit_step(acks=acks, publishes=pubs, queue_puts=puts)
+            except Refused as exc:
+                log.warning("step %d: an output was refused: %s", sid, exc)
+                return exc
         commits: dict[str, dict[LogTopicPartition, int]] = {}
         for g, topic, p, off in doc["commits"]:
             commits.setdefault(g, {})[LogTopicPartition(topic, p)] = off
@@ -859,6 +877,7 @@ class Engine:
                 self.store.groups.commit(g, offsets)
             except EngineError as exc:
                 log.warning("step %d: commit of group %s dropped: %s", sid, g, exc)
+        return None
 
     def _recover_steps(self) -> None:
         """Apply again every journaled step not marked done (oldest first)."""

@@ -4,7 +4,8 @@
 
 Consumes queue `in` and topic `src` (group `g`); each input becomes one step:
 ack / commit + a publish through the fanout `fan` (-> queue `outq` and topic
-`out`) + an append to topic `audit`. Prints `ready` once open, `done` at the end.
+`out`) + an append to topic `audit`; odd queue inputs only put a copy into
+`outq` (a queues-only step). Prints `ready` once open, `done` at the end.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ def crash_topology() -> Topology:
     )
 
 
+def queues_only(body: bytes) -> bool:
+    """Odd queue inputs take the queues-only path (the broker's own step)."""
+    return body.startswith(b"q-") and int(body[2:]) % 2 == 1
+
+
 def outputs(body: bytes) -> Step:
+    if queues_only(body):
+        return Step(queue_puts=[("outq", [OutMessage(body=body)])])
     return Step(publishes=[("fan", [OutMessage(body=body, routing_key="r")])],
                 appends=[("audit", [OutRecord(value=body, key=body)])])
 

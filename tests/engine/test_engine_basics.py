@@ -343,11 +343,13 @@ def test_a_half_applied_step_is_completed_by_the_next_tick(engine: Engine) -> No
 
     engine._apply_step = flaky  # type: ignore[method-assign]
     with pytest.raises(StorageError):
-        engine.commit_step(Step(queue_puts=[("q2", [OutMessage(b"out")])]))
+        engine.commit_step(Step(queue_puts=[("q2", [OutMessage(b"out")])],
+                                appends=[("audit", [OutRecord(b"rec")])]))
     assert engine.journal.pending() != []
     engine.tick()
     assert engine.journal.pending() == []
     assert [x.body for x in engine.peek("q2", 5)] == [b"out"]
+    assert [r.value for r in _all(engine, "audit")] == [b"rec"]
     assert len(calls) == 2 and calls[0] == calls[1]
 
 
@@ -364,3 +366,14 @@ def test_offsets_for_time_and_seek(engine: Engine) -> None:
     with pytest.raises(InvalidRequest) as info:
         engine.seek("g", tp)
     assert str(info.value) == "seek needs exactly one of offset or timestamp"
+
+
+def test_a_queues_only_step_is_the_broker_s_own_step(engine: Engine) -> None:
+    engine.publish_to_queue("q", [OutMessage(b"in")])
+    (d,) = engine.pull("q", 1, lease_s=60, consumer_id="c")
+    engine.commit_step(Step(acks=[("q", d.delivery_id)],
+                            queue_puts=[("q2", [OutMessage(b"a"), OutMessage(b"b")])]))
+    engine.commit_step(Step(queue_puts=[("q2", [OutMessage(b"c")])]))
+    assert [x.body for x in engine.peek("q2", 5)] == [b"a", b"b", b"c"]
+    assert engine.queue_info("q").unacked == 0
+    assert engine.journal._log.end_offset == 0  # noqa: SLF001 - the engine journal unused

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
-from tests.engine.engine_crash_child import crash_topology
+from tests.engine.engine_crash_child import crash_topology, queues_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def _verify(data_dir: Path, expected: set[bytes]) -> None:
                 records, _ = engine.read(topic, p.partition, 0, max_records=100_000,
                                          max_bytes=1 << 30)
                 got.update(r.value or b"" for r in records)
-            assert set(got) == expected, topic
+            assert set(got) == {b for b in expected if not queues_only(b)}, topic
             assert max(got.values()) == 1, (topic, got.most_common(3))
     finally:
         engine.close()
