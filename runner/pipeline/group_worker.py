@@ -107,22 +107,28 @@ class GroupWorker(Worker):
                     if tp not in positions:
                         positions[tp] = engine.position(self.name, tp)
                     busy |= await self._partition(member, tp, positions, pending)
-                    self._flush(pending)
+                    self._flush(member, pending)
                 if not busy:
                     await self.idle()
         finally:
             self.members.discard(member)
             try:
-                self._flush(pending)
+                self._flush(member, pending)
                 engine.leave(self.name, member)
             except EngineError as exc:
                 log.warning("group %s: member %s could not leave cleanly: %s",
                             self.name, member, exc)
 
-    def _flush(self, pending: dict[TopicPartition, int]) -> None:
-        if pending:
-            self.env.engine.commit(self.name, dict(pending))
-            pending.clear()
+    def _flush(self, member: str, pending: dict[TopicPartition, int]) -> None:
+        """Commit what the member finished, for partitions it still owns (a new
+        owner's commits must never be moved back)."""
+        if not pending:
+            return
+        owned = set(self._assignment(member))
+        offsets = {tp: off for tp, off in pending.items() if tp in owned}
+        pending.clear()
+        if offsets:
+            self.env.engine.commit(self.name, offsets)
 
     async def _partition(
         self, member: str, tp: TopicPartition, positions: dict[TopicPartition, int],
