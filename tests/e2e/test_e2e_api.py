@@ -253,7 +253,7 @@ def test_oversized_payloads_suggest_a_reference(daemon: Daemon) -> None:
 
 
 def test_a_request_body_over_the_server_limit_is_413_json(daemon: Daemon) -> None:
-    big = b'{"messages": [' + b",".join([b'{"body": "' + b"z" * 1000 + b'"}'] * 3000) + b"]}"
+    big = b'{"messages": [' + b",".join([b'{"body": "' + b"z" * 1000 + b'"}'] * 2100) + b"]}"
     status, text = error_of(daemon, "POST", "/v1/queues/work/messages", raw=big)
     assert status == 413
     assert text.startswith("the request body is over the limit of 2097152 bytes")
