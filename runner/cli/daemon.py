@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -99,6 +100,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from runner.daemon import logs
+    from runner.daemon.reload import problem_line
     from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
     from runner.engine import FsyncPolicy
 
@@ -118,6 +120,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_problems(errors)
         print(f"runner run: {args.path} is invalid ({len(errors)} error(s))", file=sys.stderr)
         return 1
+    for problem in loaded.problems:
+        if not problem.is_error:
+            logging.getLogger("runner.daemon").warning(
+                "%s", problem_line(problem), extra={"event": "topology_warning"}
+            )
     failures = parts.check_handlers(loaded.topology)
     if failures:
         _print_problems(handler_problems(loaded.topology, failures))

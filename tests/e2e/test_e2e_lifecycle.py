@@ -163,3 +163,8 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "runner run: " in done.stderr and "address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_validation_warnings_are_logged_at_start(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon("version: 1\nqueues:\n  q: {max_priority: 50}\n")
+    assert "topology.yaml:3:" in d.log() and "warning:" in d.log()
