@@ -103,3 +103,18 @@ def test_status_tables() -> None:
     ]
     assert "q      5      1        0        2.5s" in text
     assert "g      t       1        7    (external)" in text
+
+
+def test_the_token_comes_from_the_file_else_from_runner_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from runner.cli.daemon import _token
+
+    monkeypatch.setenv("RUNNER_TOKEN", " from-env \n")
+    assert _token(argparse.Namespace(token_file=None)) == "from-env"
+    (tmp_path / "tok").write_text("from-file\n")
+    assert _token(argparse.Namespace(token_file=tmp_path / "tok")) == "from-file"
+    monkeypatch.delenv("RUNNER_TOKEN")
+    assert _token(argparse.Namespace(token_file=None)) is None
