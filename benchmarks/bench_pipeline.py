@@ -6,6 +6,8 @@ in the same run:
 * `commit_step` (ack one queue message + publish one output to a queue +
   append one record, as one journaled step)   vs  the same three operations
   done separately (at-least-once), and vs a bare StepJournal write.
+* a queues-only step (ack + one output into a queue: the broker's own step)
+  vs  publish + ack.
 * the Pipeline running a no-op async handler over N queued messages
   (at-least-once, concurrency 1, prefetch 100)  vs  a bare engine loop that
   pulls 100 and acks them (no handler, no asyncio).
@@ -72,6 +74,23 @@ def steps(n: int, fsync: FsyncPolicy) -> Callable[[Path], None]:
             e.commit_step(Step(acks=[("in", d.delivery_id)],
                                queue_puts=[("out", [OutMessage(d.body)])],
                                appends=[("audit", [OutRecord(d.body)])]))
+        run.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
+        e.close()
+    return run
+
+
+def queue_steps(n: int, fsync: FsyncPolicy, *, step: bool) -> Callable[[Path], None]:
+    """Ack one message + put one copy into another queue: as a step, or as two ops."""
+    def run(data: Path) -> None:
+        e = seeded(data, n, fsync)
+        t0 = time.perf_counter()
+        for d in e.pull("in", n, lease_s=600, consumer_id="b"):
+            if step:
+                e.commit_step(Step(acks=[("in", d.delivery_id)],
+                                   queue_puts=[("out", [OutMessage(d.body)])]))
+            else:
+                e.publish_to_queue("out", [OutMessage(d.body)])
+                e.ack("in", [d.delivery_id])
         run.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
         e.close()
     return run
@@ -169,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         ("exactly-once step, fsync=always", n_sync,
          lambda: steps(n_sync, FsyncPolicy.ALWAYS), lambda: separate(n_sync, FsyncPolicy.ALWAYS),
          "3 separate ops"),
+        ("queues-only step, fsync=always", n_sync,
+         lambda: queue_steps(n_sync, FsyncPolicy.ALWAYS, step=True),
+         lambda: queue_steps(n_sync, FsyncPolicy.ALWAYS, step=False), "publish + ack"),
         ("pipeline no-op async handler", n_loop,
          lambda: pipeline_loop(n_loop), lambda: bare_loop(n_loop), "bare pull+ack loop"),
     ]
