@@ -377,3 +377,11 @@ def test_a_queues_only_step_is_the_broker_s_own_step(engine: Engine) -> None:
     assert [x.body for x in engine.peek("q2", 5)] == [b"a", b"b", b"c"]
     assert engine.queue_info("q").unacked == 0
     assert engine.journal._log.end_offset == 0  # noqa: SLF001 - the engine journal unused
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError) as info:
+        Engine.open(_topo(), blocker / "data")
+    assert str(info.value) == f"cannot create data dir {blocker / 'data'}: Not a directory"
