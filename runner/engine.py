@@ -836,7 +836,7 @@ class Engine:
 
     def journal_next_id(self) -> int:
         """The id the next journal record gets (its offset in the journal log)."""
-        return int(self.journal._log.end_offset)  # noqa: SLF001 - see report: StepJournal.next_id
+        return self.journal.next_id
 
     def _apply_step(self, sid: int, doc: Mapping[str, Any]) -> Refused | None:
         """Apply a journaled step (idempotent). A queue refusing an output
