@@ -20,9 +20,13 @@ Durability (`Fsync`):
 
 Recovery at open: closed segments trust their index files (rebuilt by a strict
 scan when missing or inconsistent); the last segment is scanned batch by batch,
-its CRCs checked, and truncated at the first torn or corrupt batch. A corrupt
-batch followed by a valid one is not a torn write: `CorruptSegment` names the
-file and position. Reads check CRCs too.
+its CRCs checked. At the first bad batch (CRC mismatch, implausible header or
+length) the rest of the file is searched byte by byte for an intact batch
+(magic byte, plausible header, matching CRC; a Kafka-style resync). If one
+follows, the bad batch is corruption in the middle: `CorruptSegment` names the
+file and byte position and nothing is truncated. Only when nothing intact
+follows is it a torn tail (a write cut short by a crash) and the file is
+truncated there. Reads check CRCs too.
 
 Memory: per segment the sparse indexes (about 16 bytes per `index_interval_bytes`
 of data) plus a bounded LRU of raw read chunks (`cache_bytes`); record bodies
@@ -50,6 +54,8 @@ from runner.errors import CorruptSegment, OffsetOutOfRange, StorageError
 from runner.log.index import OffsetIndex, TimeIndex
 from runner.log.record import (
     BATCH,
+    LENGTH_PREFIX,
+    MAGIC,
     BatchHeader,
     Fsync,
     Item,
@@ -65,6 +71,10 @@ MiB = 1024 * 1024
 CHUNK = 256 * 1024
 MAX_SEGMENT_BYTES = 2**31  # index positions are uint32; Kafka caps segments at 2 GiB too
 PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries with their offsets
+
+
+MAGIC_AT = 16  # header position of the magic byte (then attributes, always 0)
+MAGIC_MARK = bytes((MAGIC, 0))
 
 
 def segment_name(base: int) -> str:
@@ -260,13 +270,11 @@ class SegmentedLog:
             seg.last_offset = next_base - 1
 
     def _recover_tail(self, seg: _Segment) -> None:
-        hint = OffsetIndex(seg.index.path, seg.base)
-        hint.load(seg.size)
-        self._scan(seg, strict=False, hint=hint)
+        self._scan(seg, strict=False)
         seg.index.open_for_append(truncate=True)
         seg.tindex.open_for_append(truncate=True)
 
-    def _scan(self, seg: _Segment, *, strict: bool, hint: OffsetIndex | None = None) -> None:
+    def _scan(self, seg: _Segment, *, strict: bool) -> None:
         """Rebuild `seg`'s indexes and producer state; truncate (tail) or raise (strict)."""
         pos = 0
         expect = seg.base
@@ -276,7 +284,7 @@ class SegmentedLog:
                    or header.last_offset_delta < header.count - 1
                    or not batch_crc_ok(buf, bpos, header))
             if bad:
-                if strict or self._valid_after(seg, fpos, header, hint):
+                if strict or self._valid_after(seg, fpos, expect):
                     raise CorruptSegment(
                         f"corrupt batch in {seg.path} at byte {fpos}",
                         path=str(seg.path), position=fpos)
@@ -305,25 +313,12 @@ class SegmentedLog:
             raise CorruptSegment(f"corrupt batch in {seg.path} at byte {pos}",
                                  path=str(seg.path), position=pos)
 
-    def _valid_after(self, seg: _Segment, fpos: int, header: BatchHeader | None,
-                     hint: OffsetIndex | None) -> bool:
-        """Is there an intact batch after the bad one at `fpos` (so: not a torn tail)?"""
-        candidates: list[int] = []
-        if header is not None and header.length > 0:
-            candidates.append(fpos + header.size)
-        if hint is not None:
-            candidates.extend(p for p in hint.positions if p > fpos)
-        for cand in candidates:
-            if cand + BATCH.size > seg.size:
-                continue
-            head = os.pread(seg.fd, BATCH.size, cand)
-            h = BatchHeader(head, 0)
-            if h.length <= 0 or cand + h.size > seg.size or h.count < 1:
-                continue
-            buf = os.pread(seg.fd, h.size, cand)
-            if batch_crc_ok(buf, 0, h):
-                return True
-        return False
+    def _valid_after(self, seg: _Segment, fpos: int, min_offset: int) -> bool:
+        """Is there an intact batch anywhere after the bad one at `fpos` (so the bad
+        one is corruption in the middle, not a torn tail)? A byte-wise resync, as
+        Kafka's: every position holding the magic and attribute bytes where a
+        plausible header sits is checked, the CRC deciding."""
+        return _find_batch(seg.fd, fpos + 1, seg.size, min_offset) is not None
 
     def _load_producers(self, seg: _Segment) -> None:
         path = seg.path.with_suffix(".snapshot")
@@ -736,6 +731,34 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _find_batch(fd: int, start: int, end: int, min_offset: int) -> int | None:
+    """File position of the first intact batch (plausible header, magic, CRC) at
+    or after `start`, scanning byte by byte in chunks; None when there is none."""
+    step = 1 << 20
+    pos = start
+    while pos + BATCH.size <= end:
+        buf = os.pread(fd, min(step + BATCH.size, end - pos), pos)
+        i = buf.find(MAGIC_MARK, MAGIC_AT)
+        while i >= 0:
+            q = i - MAGIC_AT
+            if q >= step or q + BATCH.size > len(buf):
+                break
+            h = BatchHeader(buf, q)
+            fq = pos + q
+            if (h.count >= 1 and h.last_offset_delta >= h.count - 1
+                    and h.base_offset >= min_offset and h.length >= BATCH.size - LENGTH_PREFIX
+                    and fq + h.size <= end):
+                if q + h.size <= len(buf):
+                    ok = batch_crc_ok(buf, q, h)
+                else:
+                    ok = batch_crc_ok(os.pread(fd, h.size, fq), 0, h)
+                if ok:
+                    return fq
+            i = buf.find(MAGIC_MARK, i + 1)
+        pos += step
+    return None
 
 
 def _batches(

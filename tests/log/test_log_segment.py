@@ -396,3 +396,76 @@ def test_group_commit_shares_fsyncs(open_log: Opener, monkeypatch: pytest.Monkey
         th.join()
     assert log.end_offset == 320 and log.unsynced_bytes == 0
     assert len(calls) <= 160 / 2  # many appends per fsync
+
+
+# ---------------------------------------------------------------- torn tail vs bit flip
+# The header fields of `BATCH` as (name, first byte, size); see runner/log/record.py.
+HEADER_FIELDS = [("base_offset", 0, 8), ("batch_length", 8, 4), ("crc", 12, 4),
+                 ("magic", 16, 1), ("attributes", 17, 1), ("last_offset_delta", 18, 4),
+                 ("count", 22, 4), ("first_timestamp", 26, 8), ("max_timestamp", 34, 8),
+                 ("producer_id", 42, 8), ("base_sequence", 50, 8)]
+
+
+def _ten_single_batches(open_log: Opener, tmp_path: Path) -> tuple[Path, list[int]]:
+    """Ten one-record batches with default settings (index interval 4096: one entry)."""
+    log = open_log(fsync=Fsync.ALWAYS)
+    positions = []
+    for i in range(10):
+        positions.append(log.size_bytes)
+        log.append(items(1, start=i))
+    log.close()
+    return _segment_files(tmp_path)[-1], positions
+
+
+def test_flipped_length_bit_with_default_settings_is_corruption_not_a_torn_tail(
+        open_log: Opener, tmp_path: Path) -> None:
+    path, _positions = _ten_single_batches(open_log, tmp_path)
+    size = path.stat().st_size
+    data = bytearray(path.read_bytes())
+    data[9] ^= 1 << 6  # the reviewer's repro: bit 6 of the first batch's length
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSegment) as exc:
+        open_log(fsync=Fsync.ALWAYS)
+    assert str(exc.value) == f"corrupt batch in {path} at byte 0"
+    assert (exc.value.path, exc.value.position) == (str(path), 0)
+    assert path.stat().st_size == size  # nothing truncated
+
+
+@pytest.mark.parametrize("which", [0, 4])
+@pytest.mark.parametrize(("field", "start", "width"), HEADER_FIELDS,
+                         ids=[f[0] for f in HEADER_FIELDS])
+def test_bit_flips_in_every_header_field_are_reported(
+        open_log: Opener, tmp_path: Path, which: int, field: str, start: int,
+        width: int) -> None:
+    path, positions = _ten_single_batches(open_log, tmp_path)
+    size = path.stat().st_size
+    for bit in (0, 8 * width - 2):  # a low bit and a high one of the field
+        data = bytearray(path.read_bytes())
+        data[positions[which] + start + bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(data))
+        with pytest.raises(CorruptSegment) as exc:
+            open_log(fsync=Fsync.ALWAYS)
+        assert (exc.value.path, exc.value.position) == (str(path), positions[which]), field
+        assert path.stat().st_size == size
+        data[positions[which] + start + bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(data))
+    assert open_log(fsync=Fsync.ALWAYS).end_offset == 10
+
+
+def test_zero_filled_tail_is_a_torn_tail(open_log: Opener, tmp_path: Path) -> None:
+    path, _positions = _ten_single_batches(open_log, tmp_path)
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(bytes(4096))  # the file grew but the data never reached the disk
+    again = open_log(fsync=Fsync.ALWAYS)
+    assert again.end_offset == 10 and path.stat().st_size == size
+
+
+def test_last_batch_cut_short_with_default_settings_is_truncated(
+        open_log: Opener, tmp_path: Path) -> None:
+    path, positions = _ten_single_batches(open_log, tmp_path)
+    os.truncate(path, positions[9] + 30)
+    again = open_log(fsync=Fsync.ALWAYS)
+    assert again.end_offset == 9 and path.stat().st_size == positions[9]
+    assert [r.value for r in again.read(0, max_records=20)] == [
+        bytes([i]) * 100 for i in range(9)]
