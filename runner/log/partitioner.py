@@ -3,7 +3,9 @@
 Keyed records go to `(murmur2(key) & 0x7fffffff) % partitions`, the Java
 client's `Utils.toPositive(Utils.murmur2(key)) % numPartitions`, so a key
 lands on the same partition index as on a Kafka cluster. Keyless records are
-spread round robin (each call to `for_batch` starts where the last one ended).
+spread round robin (each call to `for_batch` starts where the last one ended);
+one `Partitioner` per topic (the `Store` keeps one each), so appends to other
+topics in between do not skew a topic's spreading.
 
 `key_from_json` takes the topic's `key` field (a dotted path) from a JSON
 payload: a string is its UTF-8 bytes, anything else its compact JSON text.
@@ -70,7 +72,7 @@ def key_from_json(payload: bytes | None, path: str) -> bytes | None:
 
 
 class Partitioner:
-    """Chooses partitions: murmur2 for keys, round robin for keyless records."""
+    """Chooses partitions of one topic: murmur2 for keys, round robin for keyless records."""
 
     __slots__ = ("_next",)
 

@@ -108,7 +108,7 @@ class Store:
         self.compaction_interval_s = compaction_interval_s
         self.dedup_window_ms = None if dedup_window_s is None else int(dedup_window_s * 1000)
         self._topics: dict[str, _Topic] = {}
-        self._partitioner = Partitioner()
+        self._partitioners: dict[str, Partitioner] = {}  # per topic: keyless spreading
         # (topic, message id) -> (partition, offset, first seen ms); insertion order ~ time
         self._dedup: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self.dedup_max_entries = dedup_max_entries
@@ -226,6 +226,7 @@ class Store:
 
     def _drop_topic(self, name: str) -> None:
         t = self._topics.pop(name)
+        self._partitioners.pop(name, None)
         for part in t.partitions:
             if self.flusher:
                 self.flusher.remove(part.log)
@@ -274,13 +275,19 @@ class Store:
                     raise NotFound(f"topic {topic!r} has no partition {rec.partition}")
                 p = rec.partition
             else:
-                p = self._partitioner.partition(key, len(t.partitions))
+                p = self._partitioner(topic).partition(key, len(t.partitions))
             headers = rec.headers
             if rec.message_id is not None and self.dedup_window_ms is not None:
                 headers = (*headers, ("x-message-id", rec.message_id.encode()))
             ts = now if rec.timestamp_ms is None else rec.timestamp_ms
             out.append((p, (key, rec.value, headers, ts)))
         return out
+
+    def _partitioner(self, topic: str) -> Partitioner:
+        part = self._partitioners.get(topic)
+        if part is None:
+            part = self._partitioners[topic] = Partitioner()
+        return part
 
     def append(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, int]]:
         """Append records; (partition, offset) per record, in order. Records with a

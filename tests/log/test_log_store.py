@@ -341,3 +341,14 @@ def test_compaction_is_not_queued_again_while_nothing_changed(
     store.tick()
     assert store.wait_for_compaction()
     assert store.cleaner.runs == 2  # the periodic pass (tombstones may have expired)
+
+
+def test_keyless_records_spread_per_topic_when_topics_alternate(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("a", partitions=2), Topic("b", partitions=2)))
+    got: dict[str, Counter[int]] = {"a": Counter(), "b": Counter()}
+    for _ in range(10):
+        for name in ("a", "b"):
+            ((p, _off),) = store.append(name, [AppendRecord(b"x")])
+            got[name][p] += 1
+    assert got == {"a": Counter({0: 5, 1: 5}), "b": Counter({0: 5, 1: 5})}
