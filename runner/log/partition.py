@@ -66,9 +66,11 @@ class Partition:
     def size_bytes(self) -> int:
         return self.log.size_bytes
 
-    def append(self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1) -> int:
+    def append(self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1,
+               allow_gap: bool = False) -> int:
         end = self.log.end_offset
-        first = self.log.append(items, producer_id=producer_id, sequence=sequence)
+        first = self.log.append(items, producer_id=producer_id, sequence=sequence,
+                                allow_gap=allow_gap)
         self.records_appended += self.log.end_offset - end
         return first
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.clock import Clock
-from runner.errors import CorruptSegment, OffsetOutOfRange, StorageError
+from runner.errors import CorruptSegment, InvalidRequest, OffsetOutOfRange, StorageError
 from runner.log.index import OffsetIndex, TimeIndex
 from runner.log.record import (
     BATCH,
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
 MAX_SEGMENT_BYTES = 2**31  # index positions are uint32; Kafka caps segments at 2 GiB too
-PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries with their offsets
+PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries (Kafka: 5)
 
 
 MAGIC_AT = 16  # header position of the magic byte (then attributes, always 0)
@@ -129,10 +129,12 @@ class _Producer:
         self.batches.append((base_seq, count, base_offset))
         self.last_seq = max(self.last_seq, base_seq + count - 1)
 
-    def offset_of(self, seq: int) -> int:
-        for base_seq, count, base_offset in self.batches:
-            if base_seq <= seq < base_seq + count:
-                return base_offset + seq - base_seq
+    def retry_of(self, base_seq: int, count: int) -> int:
+        """The first offset of a remembered batch with exactly this first sequence
+        and count (a retry), else -1."""
+        for seq, n, base_offset in self.batches:
+            if seq == base_seq and n == count:
+                return base_offset
         return -1
 
 
@@ -341,40 +343,56 @@ class SegmentedLog:
     # ------------------------------------------------------------ appending
     def append(
         self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1,
+        allow_gap: bool = False,
     ) -> int:
         """Append one batch; returns the offset of its first record.
 
-        With `producer_id >= 0` and `sequence >= 0` (sequence of the first
-        item, one per item after it) a batch already stored is not stored
-        again: its original first offset is returned (-1 when too old to know).
+        With `producer_id >= 0` and `sequence >= 0` (sequence of the first item,
+        one per item after it) the batch is checked as Kafka's idempotent producer
+        does (see `check_sequence`): an exact retry of a remembered batch is not
+        stored again and gets its original first offset.
         """
         if not items:
             raise ValueError("append needs at least one record")
         with self._lock:
             if self._closed:
                 raise StorageError(f"log {self.directory} is closed")
-            base = -2
+            base = -1
             if producer_id >= 0 and sequence >= 0:
-                prod = self._producers.get(producer_id)
-                if prod is not None and sequence <= prod.last_seq:
-                    seen = prod.last_seq - sequence + 1
-                    if seen < len(items):  # a retry that carries new records too
-                        self._append_locked(items[seen:], producer_id, prod.last_seq + 1)
-                    base = prod.offset_of(sequence)
-            if base == -2:
+                base = self._check_sequence(producer_id, sequence, len(items), allow_gap)
+            if base < 0:
                 base = self._append_locked(items, producer_id, sequence)
             target = self._written
         if self.fsync is Fsync.ALWAYS:
             self._wait_synced(target)
         return base
 
-    def offsets_for(self, producer_id: int, sequence: int, count: int) -> list[int]:
-        """Offsets of a producer's records `sequence..sequence+count-1` (-1 when too
-        old to know); for answering retries record by record."""
+    def check_sequence(self, producer_id: int, sequence: int, count: int, *,
+                       allow_gap: bool = False) -> int:
+        """What `append` would do with a producer's batch of `count` records
+        starting at `sequence`: the original first offset of an exact retry (same
+        first sequence and count as one of the producer's last 8 batches), -1 to
+        append it (an unknown producer, or `sequence` = last + 1; with `allow_gap`
+        any higher sequence), else InvalidRequest: "out of order sequence S:
+        expected N (...)" (a lower sequence that is no exact retry of a remembered
+        batch, or a gap)."""
+        with self._lock:
+            return self._check_sequence(producer_id, sequence, count, allow_gap)
+
+    def _check_sequence(self, producer_id: int, sequence: int, count: int,
+                        allow_gap: bool) -> int:
         prod = self._producers.get(producer_id)
         if prod is None:
-            return [-1] * count
-        return [prod.offset_of(sequence + i) for i in range(count)]
+            return -1
+        base = prod.retry_of(sequence, count)
+        if base >= 0:
+            return base
+        expected = prod.last_seq + 1
+        if sequence == expected or (allow_gap and sequence > expected):
+            return -1
+        why = ("a retry must resend the same batch" if sequence < expected
+               else "sequences must not skip")
+        raise InvalidRequest(f"out of order sequence {sequence}: expected {expected} ({why})")
 
     def _append_locked(self, items: Sequence[Item], producer_id: int, sequence: int) -> int:
         """Write one batch; the caller holds `_lock`."""

@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,9 @@ from runner.topology.model import ConsumerGroup, Topic
 log = logging.getLogger(__name__)
 
 STEP_PRODUCER = "__step__"
+# runner.engine's step producer: its sequences are step * 2^20 + n, so they jump
+# forward between steps (see `Store(gapped_producers=...)`)
+ENGINE_STEP_PRODUCER = "__engine_step__"
 STEP_STRIDE = 1 << 20  # sequences per step and partition in commit_step
 
 
@@ -98,6 +101,7 @@ class Store:
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
         compaction_interval_s: float = 600.0, dedup_window_s: float | None = None,
         dedup_max_entries: int = 1_000_000, background: bool = True,
+        gapped_producers: Collection[str] = (ENGINE_STEP_PRODUCER,),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.fsync = Fsync(fsync)
@@ -112,6 +116,7 @@ class Store:
         # (topic, message id) -> (partition, offset, first seen ms); insertion order ~ time
         self._dedup: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self.dedup_max_entries = dedup_max_entries
+        self.gapped_producers = frozenset(gapped_producers)
         (self.data_dir / "topics").mkdir(parents=True, exist_ok=True)
         self.flusher = Flusher(fsync_interval_ms) if fsync is Fsync.INTERVAL else None
         self.cleaner = Cleaner() if background else None
@@ -290,9 +295,16 @@ class Store:
         return part
 
     def append(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, int]]:
-        """Append records; (partition, offset) per record, in order. Records with a
-        producer id and sequence are stored once even when retried; with a
-        dedup window, so are records with a message id seen in the window."""
+        """Append records; (partition, offset) per record, in order.
+
+        Records with a producer id and sequence follow Kafka's idempotent producer,
+        per producer and partition: an exact retry of one of its last 8 batches
+        (same records, so the same first sequence and count per partition) is not
+        stored again and gets the original offsets; otherwise the sequence must be
+        the last one + 1 (producers in `gapped_producers` may jump forward), else
+        InvalidRequest "producer 'p' on t/0: out of order sequence S: expected N
+        (...)", raised before anything of the call is written. With a dedup
+        window, records with a message id seen in the window are stored once too."""
         resolved = self.resolve(topic, records)
         t = self._topics[topic]
         result: list[tuple[int, int]] = [(-1, -1)] * len(records)
@@ -307,20 +319,29 @@ class Store:
         for i, (p, _item) in enumerate(resolved):
             if i not in skip:
                 runs.setdefault(p, []).append(i)
+        plan: list[tuple[int, list[int], int, int]] = []  # partition, run, producer, seq
+        seen_producers: set[tuple[int, int]] = set()
         for p, idxs in runs.items():
-            part = t.partitions[p]
-            end = part.log_end_offset
             for run in _producer_runs(records, idxs):
                 rec0 = records[run[0]]
                 pid = producer_number(rec0.producer_id) if rec0.producer_id is not None else -1
                 seq = rec0.sequence if rec0.sequence is not None and pid >= 0 else -1
-                first = part.append([resolved[i][1] for i in run], producer_id=pid, sequence=seq)
-                if seq >= 0:
-                    offsets = part.log.offsets_for(pid, seq, len(run))
-                else:
-                    offsets = [first + k for k in range(len(run))]
-                for i, off in zip(run, offsets, strict=True):
-                    result[i] = (p, off)
+                if seq >= 0 and (p, pid) not in seen_producers:
+                    # refuse an out-of-order batch before anything of the call is written
+                    seen_producers.add((p, pid))
+                    self._check_sequence(topic, p, rec0, pid, seq, len(run))
+                plan.append((p, run, pid, seq))
+        for p, run, pid, seq in plan:
+            part = t.partitions[p]
+            end = part.log_end_offset
+            gap = pid >= 0 and records[run[0]].producer_id in self.gapped_producers
+            try:
+                first = part.append([resolved[i][1] for i in run], producer_id=pid,
+                                    sequence=seq, allow_gap=gap)
+            except InvalidRequest as exc:
+                raise self._sequence_error(topic, p, records[run[0]], exc) from None
+            for k, i in enumerate(run):
+                result[i] = (p, first + k)
             t.records_appended += part.log_end_offset - end
         if self.dedup_window_ms is not None:
             now = now_ms(self.clock)
@@ -329,6 +350,20 @@ class Store:
                     self._dedup[(topic, rec.message_id)] = (*result[i], now)
             self._prune_dedup(now)
         return result
+
+    def _check_sequence(self, topic: str, p: int, rec: AppendRecord, pid: int, seq: int,
+                        count: int) -> None:
+        gap = rec.producer_id in self.gapped_producers
+        try:
+            self._topics[topic].partitions[p].log.check_sequence(pid, seq, count,
+                                                                 allow_gap=gap)
+        except InvalidRequest as exc:
+            raise self._sequence_error(topic, p, rec, exc) from None
+
+    @staticmethod
+    def _sequence_error(topic: str, p: int, rec: AppendRecord,
+                        exc: InvalidRequest) -> InvalidRequest:
+        return InvalidRequest(f"producer {rec.producer_id!r} on {topic}/{p}: {exc}")
 
     def _prune_dedup(self, now: int) -> None:
         """Forget message ids older than the window (and the oldest beyond the cap)."""
@@ -428,7 +463,7 @@ class Store:
                     for i in idxs]
                 part_end = t.partitions[p].log_end_offset
                 first = t.partitions[p].append(items, producer_id=pid,
-                                               sequence=step * STEP_STRIDE)
+                                               sequence=step * STEP_STRIDE, allow_gap=True)
                 t.records_appended += len(items) if first == part_end else 0
                 for k, i in enumerate(idxs):
                     res[i] = (p, first + k if first >= 0 else -1)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner.clock import ManualClock
-from runner.errors import CorruptSegment, OffsetOutOfRange
+from runner.errors import CorruptSegment, InvalidRequest, OffsetOutOfRange
 from runner.log.record import BATCH, Fsync, LogRecord
 from runner.log.segment import SegmentedLog
 
@@ -321,14 +321,39 @@ def test_what_is_appended_reads_back_the_same(tmp_path: Path, batches: list[list
         log.close()
 
 
-def test_a_retry_with_new_records_writes_only_the_new_ones(open_log: Opener) -> None:
+def test_a_retry_with_new_records_is_out_of_order(open_log: Opener) -> None:
     log = open_log()
     assert log.append(items(3), producer_id=1, sequence=0) == 0
-    assert log.append(items(5), producer_id=1, sequence=0) == 0
-    assert log.end_offset == 5
-    assert log.offsets_for(1, 0, 5) == [0, 1, 2, 3, 4]
-    assert [r.key for r in log.read(0)] == [b"k0", b"k1", b"k2", b"k3", b"k4"]
-    assert log.offsets_for(2, 0, 2) == [-1, -1]
+    with pytest.raises(InvalidRequest) as exc:
+        log.append(items(5), producer_id=1, sequence=0)
+    assert str(exc.value) == ("out of order sequence 0: expected 3 "
+                              "(a retry must resend the same batch)")
+    assert log.end_offset == 3
+    assert log.append(items(2, start=3), producer_id=1, sequence=3) == 3
+
+
+def test_producer_sequence_reuse_gaps_and_old_retries_are_refused(open_log: Opener) -> None:
+    log = open_log()
+    for i in range(10):  # ten batches of two: only the last 8 are remembered
+        assert log.append(items(2, start=2 * i), producer_id=5, sequence=2 * i) == 2 * i
+    assert log.append(items(2, start=18), producer_id=5, sequence=18) == 18  # exact retry
+    assert log.append(items(2, start=4), producer_id=5, sequence=4) == 4  # still remembered
+    with pytest.raises(InvalidRequest, match=r"^out of order sequence 0: expected 20 "
+                       r"\(a retry must resend the same batch\)$"):
+        log.append(items(2), producer_id=5, sequence=0)  # too old to know: not -1
+    with pytest.raises(InvalidRequest, match=r"^out of order sequence 0: expected 20 "):
+        log.append(items(3), producer_id=5, sequence=0)  # a restarted producer
+    with pytest.raises(InvalidRequest, match=r"^out of order sequence 22: expected 20 "
+                       r"\(sequences must not skip\)$"):
+        log.append(items(1), producer_id=5, sequence=22)
+    assert log.end_offset == 20
+    assert log.append(items(1), producer_id=5, sequence=22, allow_gap=True) == 20
+    assert log.append(items(1), producer_id=5, sequence=23) == 21
+    log.close()
+    again = open_log()
+    assert again.append(items(1), producer_id=5, sequence=23) == 21  # after a restart too
+    with pytest.raises(InvalidRequest, match="expected 24"):
+        again.append(items(1), producer_id=5, sequence=0)
 
 
 def test_files_of_a_half_deleted_segment_are_cleaned_up(

@@ -162,7 +162,11 @@ def test_producer_retries_are_stored_once(open_store: Opener) -> None:
     store.close()
     again = open_store()
     again.apply(topics(Topic("t")))
-    assert again.append("t", batch[1:]) == [(0, 1), (0, 2)]
+    assert again.append("t", batch) == [(0, 0), (0, 1), (0, 2)]
+    with pytest.raises(InvalidRequest) as exc:
+        again.append("t", batch[1:])  # not the batch that was sent: no exact retry
+    assert str(exc.value) == ("producer 'p1' on t/0: out of order sequence 1: expected 3 "
+                              "(a retry must resend the same batch)")
     assert again.append("t", [AppendRecord(b"3", producer_id="p1", sequence=3)]) == [(0, 3)]
     assert [r.value for r in again.read("t", 0, 0)] == [b"0", b"1", b"2", b"3"]
 
@@ -255,15 +259,37 @@ def test_tick_expires_members(open_store: Opener, clock: ManualClock) -> None:
     assert now_ms(clock) > 0
 
 
-def test_a_retry_carrying_more_records_gets_their_offsets(open_store: Opener) -> None:
+def test_out_of_order_sequences_write_nothing_of_the_call(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=2)))
+    store.append("t", [AppendRecord(b"x", partition=1, producer_id="p", sequence=0)])
+    first = [AppendRecord(b"%d" % i, producer_id="p", sequence=i, partition=0)
+             for i in range(2)]
+    assert store.append("t", first) == [(0, 0), (0, 1)]
+    more = [AppendRecord(b"%d" % i, producer_id="p", sequence=i, partition=0)
+            for i in range(4)]
+    gap = [AppendRecord(b"y", producer_id="p", sequence=3, partition=1)]
+    with pytest.raises(InvalidRequest) as exc:
+        store.append("t", [AppendRecord(b"ok", partition=1), *more])
+    assert str(exc.value) == ("producer 'p' on t/0: out of order sequence 0: expected 2 "
+                              "(a retry must resend the same batch)")
+    with pytest.raises(InvalidRequest, match=r"^producer 'p' on t/1: out of order sequence 3: "
+                       r"expected 1 \(sequences must not skip\)$"):
+        store.append("t", gap)
+    assert [p.log_end_offset for p in store.partitions("t")] == [2, 1]
+    assert store.records_appended() == {"t": 3}
+
+
+def test_the_engine_step_producer_may_jump_forward(open_store: Opener) -> None:
     store = open_store()
     store.apply(topics(Topic("t")))
-    store.append("t", [AppendRecord(b"x")])
-    first = [AppendRecord(b"%d" % i, producer_id="p", sequence=i) for i in range(2)]
-    assert store.append("t", first) == [(0, 1), (0, 2)]
-    more = [AppendRecord(b"%d" % i, producer_id="p", sequence=i) for i in range(4)]
-    assert store.append("t", more) == [(0, 1), (0, 2), (0, 3), (0, 4)]
-    assert store.records_appended() == {"t": 5}
+    stride = 1 << 20
+    for step in (3, 7):
+        recs = [AppendRecord(b"%d" % k, producer_id="__engine_step__", sequence=step * stride + k)
+                for k in range(2)]
+        first = store.append("t", recs)
+        assert store.append("t", recs) == first  # a replayed step
+    assert store.partitions("t")[0].log_end_offset == 4
 
 
 def test_group_on_an_unknown_topic_changes_nothing(open_store: Opener) -> None:
