@@ -5,7 +5,10 @@ first, never the active one, advancing the log start offset:
 
 * by time: a segment goes when its newest record is older than
   `retention.time_s` (Kafka's `retention.ms` against the segment's largest
-  timestamp);
+  timestamp). So that an idle partition's data ages out too, the active
+  segment is rolled (closed) when its newest record is past retention or its
+  first record is older than min(retention, 7 days) (Kafka's `segment.ms`);
+  when everything expired the log start reaches the log end;
 * by bytes: the oldest segment goes while the partition stays at or above
   `retention.bytes` without it (Kafka's `retention.bytes`, per partition).
 
@@ -23,6 +26,8 @@ from runner.clock import Clock
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
 from runner.topology.model import Topic
+
+ROLL_MS = 7 * 86_400_000  # the longest an active segment stays open under time retention
 
 
 class TopicPartition(NamedTuple):
@@ -91,6 +96,15 @@ class Partition:
 
     def _retain(self, now_ms: int) -> int:
         retention = self.topic.retention
+        if retention.time_s is not None:
+            # an idle partition's active segment must age out too: roll it when its
+            # newest record is past retention or its first one older than the roll
+            # interval (min(retention, 7 days), Kafka's segment.ms), then it can go
+            span = self.log.active_timestamps()
+            limit_ms = retention.time_s * 1000
+            roll_ms = min(limit_ms, ROLL_MS)
+            if span is not None and (span[1] < now_ms - limit_ms or span[0] < now_ms - roll_ms):
+                self.log.roll()
         closed = self.log.closed_segments()
         upto = None
         size = self.log.size_bytes

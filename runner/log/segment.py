@@ -94,7 +94,7 @@ class SegmentInfo:
 
 class _Segment:
     __slots__ = ("base", "path", "fd", "size", "index", "tindex", "last_offset", "max_ts",
-                 "since_index")
+                 "first_ts", "since_index")
 
     def __init__(self, directory: Path, base: int) -> None:
         name = segment_name(base)
@@ -106,6 +106,7 @@ class _Segment:
         self.tindex = TimeIndex(directory / f"{name}.timeindex", base)
         self.last_offset = base - 1
         self.max_ts = -1
+        self.first_ts = -1  # first batch's first timestamp (known for the active segment)
         self.since_index = 0
 
     def files(self) -> list[Path]:
@@ -297,6 +298,8 @@ class SegmentedLog:
                 seg.size = fpos
                 break
             assert header is not None
+            if fpos == 0:
+                seg.first_ts = header.first_timestamp
             seg.max_ts = max(seg.max_ts, header.max_timestamp)
             if since >= self.index_interval_bytes:
                 seg.index.add(header.base_offset, fpos)
@@ -403,6 +406,8 @@ class SegmentedLog:
         if seg.size and seg.size + len(data) > min(self.segment_bytes, MAX_SEGMENT_BYTES):
             seg = self._roll()
         self._write(seg, data)
+        if not seg.size:
+            seg.first_ts = items[0][3]
         if max_ts > seg.max_ts:
             seg.max_ts = max_ts
         if seg.since_index >= self.index_interval_bytes or not seg.index.offsets:
@@ -454,6 +459,13 @@ class SegmentedLog:
         self._segments.append(seg)
         self._bases.append(seg.base)
         return seg
+
+    def active_timestamps(self) -> tuple[int, int] | None:
+        """(first timestamp, newest timestamp) of the active segment's records;
+        None when it is empty (for time-based rolling, Kafka's `segment.ms`)."""
+        with self._lock:
+            seg = self._segments[-1]
+            return (seg.first_ts, seg.max_ts) if seg.size else None
 
     def roll(self) -> None:
         """Start a new segment now (the current one becomes closed, e.g. for compaction)."""

@@ -161,3 +161,32 @@ def test_crash_after_the_swap_commit_is_completed_at_open(tmp_path: Path) -> Non
     assert [r.offset for r in again.read(0, max_records=3)] == [r.offset for r in kept]
     assert again.read(0, max_records=4)[3].offset == bases[3]
     again.close()
+
+
+def test_an_idle_partition_ages_out_completely(tmp_path: Path) -> None:
+    clock = ManualClock()
+    p = make(tmp_path, clock, retention=Retention(time_s=3600.0, bytes=None))
+    fill(p, clock, 5)  # five records, all in the active segment
+    assert p.log.segment_count == 1
+    assert p.enforce_retention(now_ms(clock)) == 0  # still within the hour
+    assert p.log_start_offset == 0
+    clock.advance(2 * 3600)  # no new records: the active segment alone holds old data
+    assert p.enforce_retention(now_ms(clock)) == 1
+    assert (p.log_start_offset, p.log_end_offset, p.size_bytes) == (5, 5, 0)
+    assert p.read(5) == []
+    p.append([(b"k", b"new", (), now_ms(clock))])
+    assert [r.offset for r in p.read(5)] == [5]
+    p.close()
+
+
+def test_the_active_segment_rolls_when_its_first_record_is_older_than_seven_days(
+        tmp_path: Path) -> None:
+    clock = ManualClock()
+    p = make(tmp_path, clock, retention=Retention(time_s=30 * 86_400.0, bytes=None))
+    fill(p, clock, 3, step_s=4 * 86_400.0)  # days 0, 4, 8: first record is 12 days old
+    assert p.enforce_retention(now_ms(clock)) == 0  # rolled, but within retention
+    assert p.log.segment_count == 2 and p.log.closed_segments()[0].next_base == 3
+    clock.advance(31 * 86_400.0)
+    assert p.enforce_retention(now_ms(clock)) == 1
+    assert p.log_start_offset == 3
+    p.close()
