@@ -46,6 +46,7 @@ from runner.topology.model import Binding, Exchange, Queue
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+MARKS_DELAY_S = 1.0  # fsync=always: delivery marks alone are written by `tick` after this
 
 __all__ = ["Broker", "BrokerStats", "PublishRefused", "QueueCounters", "QueueInfo",
            "ReplayResult", "TopicLetter", "TopicSink"]
@@ -256,31 +257,69 @@ class Broker:
         queues = self.queues
         dirty = self._dirty
         route_fn = self.router.route
-        same_key: dict[str, Route] = {}
+        same_key: dict[str, tuple[Route, bool]] = {}
+        direct_fast = direct is not None and self._fast_route(direct)
         reused = reused_unroutable = 0
+        # a run of messages without id or headers, one key, into queues without length
+        # limits: admitted together (`MessageQueue.admit_many`)
+        run: list[Publishable] = []
+        run_key = ""
+        run_route = direct
         try:
             for i, m in enumerate(messages):
                 mid = m.message_id
-                if mid is not None:
-                    hit = self._dedup_hit((kind, target, mid), now)
-                    if hit is not None:
-                        routes.append(hit)
+                if mid is None and not m.headers:
+                    rk = m.routing_key
+                    if direct is not None:
+                        route = direct
+                        rk = rk or target
+                        fast = direct_fast
+                    else:
+                        # without headers the route depends on the key only: reuse it
+                        hit_rk = same_key.get(rk)
+                        if hit_rk is None:
+                            r = route_fn(exchange, rk, None, count=False)
+                            hit_rk = same_key[rk] = (r, self._fast_route(r))
+                        route, fast = hit_rk
+                        reused += 1
+                        if not route.queues and not route.topics:
+                            reused_unroutable += 1
+                    if fast:
+                        if run and (rk != run_key or route is not run_route):
+                            self._admit_run(run, run_key, run_route, exchange, now, ts)
+                            run = []
+                        run_key = rk
+                        run_route = route
+                        run.append(m)
+                        routes.append(route)
                         continue
-                rk = m.routing_key
-                if direct is not None:
-                    route = direct
-                    rk = rk or target
-                elif m.headers:
-                    route = route_fn(exchange, rk, m.headers)
                 else:
-                    # without headers the route depends on the key only: reuse it in the batch
-                    found = same_key.get(rk)
-                    if found is None:
-                        found = same_key[rk] = route_fn(exchange, rk, None, count=False)
-                    route = found
-                    reused += 1
-                    if not route.queues and not route.topics:
-                        reused_unroutable += 1
+                    if mid is not None:
+                        hit = self._dedup_hit((kind, target, mid), now)
+                        if hit is not None:
+                            if run:
+                                self._admit_run(run, run_key, run_route, exchange, now, ts)
+                                run = []
+                            routes.append(hit)
+                            continue
+                    rk = m.routing_key
+                    if direct is not None:
+                        route = direct
+                        rk = rk or target
+                    elif m.headers:
+                        route = route_fn(exchange, rk, m.headers)
+                    else:
+                        found = same_key.get(rk)
+                        if found is None:
+                            found = same_key[rk] = (route_fn(exchange, rk, None, count=False),
+                                                    False)
+                        route = found[0]
+                        reused += 1
+                        if not route.queues and not route.topics:
+                            reused_unroutable += 1
+                if run:
+                    self._admit_run(run, run_key, run_route, exchange, now, ts)
+                    run = []
                 refused: Refused | None = None
                 stored: list[str] = []
                 for qname in route.queues:
@@ -303,11 +342,28 @@ class Broker:
                 routes.append(route)
                 if mid is not None:
                     self._remember(kind, target, mid, now, route)
+            if run:
+                self._admit_run(run, run_key, run_route, exchange, now, ts)
         finally:
             if reused:
                 self.router.count(exchange, reused, reused_unroutable)
             self._finish()
         return routes
+
+    def _fast_route(self, route: Route) -> bool:
+        """Every queue of `route` exists and has no length limit (runs may be admitted)."""
+        queues = self.queues
+        return all(q in queues and queues[q].unlimited for q in route.queues)
+
+    def _admit_run(
+        self, run: list[Publishable], rk: str, route: Route | None, exchange: str, now: float,
+        ts: int,
+    ) -> None:
+        assert route is not None
+        for qname in route.queues:
+            mq = self.queues[qname]
+            self._dirty[qname] = mq
+            mq.admit_many(run, rk, exchange=exchange, now=now, ts_ms=ts)
 
     def _remember(self, kind: str, target: str, mid: str, now: float, route: Route) -> None:
         dedup = self._dedup
@@ -551,6 +607,11 @@ class Broker:
         if mono - self._last_compact >= self.compact_interval_s:
             self._last_compact = mono
             self.compact()
+        # delivery marks wait for the next append; a quiet queue writes them here (with
+        # fsync=always at most one extra fsync a second per queue)
+        marks_age = MARKS_DELAY_S if self.fsync is Fsync.ALWAYS else 0.0
+        for journal in self.journals.values():
+            journal.flush_marks(older_than_s=marks_age)
         if self.fsync is Fsync.INTERVAL:
             for journal in self.journals.values():
                 journal.log.maybe_sync()

@@ -15,8 +15,13 @@ length then UTF-8; 0xFFFF is None.
 
 Everything a queue operation writes goes out in ONE append at `flush` (group
 commit: a batch publish of N messages is one append and, with
-`fsync=always`, one fsync). Recovery replays the log: P adds, S removes, D
-sets the delivery count; what remains is the queue, in uid order, the
+`fsync=always`, one fsync). Delivery marks are the exception: a pull writes
+nothing by itself; its D record rides on the queue's next append (a publish
+or a settlement, e.g. the ack of that pull), or `Broker.tick` writes it after
+`MARKS_DELAY_S` (at once when fsync is not `always`), or `close`/`sync` do.
+A crash before that loses only the `redelivered` hint (and delivery count) of
+those deliveries, never a message, as RabbitMQ allows. Recovery replays the
+log: P adds, S removes, D sets the delivery count; what remains is the queue, in uid order, the
 delivered ones redelivered. Compaction keeps offsets (uids) stable: whole
 segments below the oldest live message are deleted, and closed segments that
 are mostly settled are rewritten with only their live publishes
@@ -44,6 +49,8 @@ LEN = struct.Struct("<H")
 NONE_LEN = 0xFFFF
 NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
 _READ_BATCH = 2000
+_MARKS_MAX = 1 << 17  # int64s of delivery marks held back at most (64k pairs, 1 MiB)
+_NO_ID = LEN.pack(NONE_LEN)
 
 
 def _put_str(parts: list[bytes], s: str | None) -> None:
@@ -87,6 +94,19 @@ def encode_meta(
     return head + tail
 
 
+def _key_parts(msg: QueuedMessage) -> tuple[bytes, bytes, bytes]:
+    """A header-less P key without a message id, and its parts before and after the id."""
+    head = b"P" + META.pack(msg.priority & 0xFFFF, 0, math.nan, 0.0)
+    parts: list[bytes] = []
+    _put_str(parts, msg.routing_key)
+    _put_str(parts, msg.exchange)
+    before = head + b"".join(parts)
+    parts = []
+    _put_str(parts, msg.content_type)
+    after = b"".join(parts)
+    return before + _NO_ID + after, before, after
+
+
 def decode_publish(rec: LogRecord, *, keep_body: bool) -> tuple[QueuedMessage, float]:
     """A P record as a ready message, and its retry due time (0: none)."""
     key = rec.key or b"P"
@@ -118,7 +138,8 @@ class QueueLog:
         self._pending: list[Item] = []
         self._settled: array[int] = array("q")
         self._delivered: array[int] = array("q")
-        self._keys: dict[tuple[int, str, str], bytes] = {}
+        self._keys: dict[tuple[int, str, str, str | None], tuple[bytes, bytes, bytes]] = {}
+        self._marks_since = 0.0
         self.compacted_size = 0
 
     # ------------------------------------------------------------ writing
@@ -130,15 +151,24 @@ class QueueLog:
             body = msg.body if isinstance(msg.body, bytes) else self.read_body(msg.body)
         pending = self._pending
         uid = self.log.end_offset + len(pending)
-        if (msg.props is None and not msg.headers and msg.expires_at is None
-                and not msg.delivery_count and not not_before):
-            # the common message: its whole key repeats; cache it by (priority, key, exchange)
-            ck = (msg.priority, msg.routing_key, msg.exchange)
-            key = self._keys.get(ck)
-            if key is None:
-                if len(self._keys) > 4096:
-                    self._keys.clear()
-                key = self._keys[ck] = encode_meta(msg)
+        if (not msg.headers and msg.expires_at is None and not msg.delivery_count
+                and not not_before):
+            # the common message: its key but the message id repeats; cache the rest
+            props = msg.props
+            ck = (msg.priority, msg.routing_key, msg.exchange,
+                  props[1] if props is not None else None)
+            keys = self._keys
+            parts = keys.get(ck)
+            if parts is None:
+                if len(keys) > 4096:
+                    keys.clear()
+                parts = keys[ck] = _key_parts(msg)
+            mid = props[0] if props is not None else None
+            if mid is None:
+                key = parts[0]
+            else:
+                b = mid.encode()
+                key = b"".join((parts[1], LEN.pack(len(b)), b, parts[2]))
         else:
             key = encode_meta(msg, not_before)
         pending.append((key, body, NO_HEADERS, msg.timestamp_ms))
@@ -147,18 +177,34 @@ class QueueLog:
     def settle(self, uid: int) -> None:
         self._settled.append(uid)
 
+    def settle_many(self, uids: list[int]) -> None:
+        self._settled.extend(uids)
+
     def delivered(self, msg: QueuedMessage) -> None:
-        self._delivered.append(msg.uid)
-        self._delivered.append(msg.delivery_count)
+        self.delivered_many([msg.uid, msg.delivery_count])
 
     def delivered_many(self, pairs: list[int]) -> None:
-        """(uid, delivery count) pairs, flattened."""
+        """(uid, delivery count) pairs, flattened. They are not written on their own:
+        they ride on the next append (a publish or a settlement), or go at `tick`."""
+        if not self._delivered:
+            self._marks_since = self.clock.monotonic()
         self._delivered.extend(pairs)
 
-    def flush(self) -> None:
-        """Write everything queued since the last flush as one append."""
+    @property
+    def marks_pending(self) -> int:
+        """Delivery marks (pairs) waiting for the next append."""
+        return len(self._delivered) // 2
+
+    def flush(self, *, marks: bool = False) -> None:
+        """Write everything queued since the last flush as one append.
+
+        Delivery marks alone are kept back (a lost mark only loses the
+        `redelivered` hint, never a message) unless `marks` is true or many
+        are waiting."""
         items = self._pending
-        if not items and not self._settled and not self._delivered:
+        marks_only = not items and not self._settled
+        if marks_only and (
+                not self._delivered or (not marks and len(self._delivered) < _MARKS_MAX)):
             return
         ts = now_ms(self.clock)
         if self._settled:
@@ -169,6 +215,12 @@ class QueueLog:
             self._delivered = array("q")
         self._pending = []
         self.log.append(items)
+
+    def flush_marks(self, *, older_than_s: float) -> None:
+        """Write delivery marks waiting longer than `older_than_s` (0: any)."""
+        if self._delivered and (
+                self.clock.monotonic() - self._marks_since >= older_than_s):
+            self.flush(marks=True)
 
     # ------------------------------------------------------------ bodies
     def spill(self, msg: QueuedMessage, body: bytes) -> int:
@@ -242,7 +294,7 @@ class QueueLog:
         (it walks every message). Returns True when something was removed.
         """
         log = self.log
-        self.flush()
+        self.flush(marks=True)
         if log.segment_count < 2:
             return False
         if not force and log.size_bytes < self.compacted_size + log.segment_bytes:
@@ -278,11 +330,11 @@ class QueueLog:
                     yield keep, -1, -1
 
     def sync(self) -> None:
-        self.flush()
+        self.flush(marks=True)
         self.log.sync()
 
     def close(self) -> None:
-        self.flush()
+        self.flush(marks=True)
         self.log.close()
 
 

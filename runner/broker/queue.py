@@ -43,6 +43,7 @@ class Journal(Protocol):
 
     def reserve(self, msg: QueuedMessage) -> int: ...
     def settle(self, uid: int) -> None: ...
+    def settle_many(self, uids: list[int]) -> None: ...
     def delivered(self, msg: QueuedMessage) -> None: ...
     def delivered_many(self, pairs: list[int]) -> None: ...
     def flush(self) -> None: ...
@@ -86,7 +87,10 @@ class MessageQueue:
         self.ready = 0
         self.ready_bytes = 0
         self.unacked: dict[int, QueuedMessage] = {}
-        self.leases: list[tuple[float, int]] = []  # (monotonic deadline, tag)
+        # one entry per pull: (monotonic deadline, sequence, the tags it delivered)
+        self.leases: list[tuple[float, int, list[int]]] = []
+        self.lease_tags = 0  # tags held in `leases` (some may be settled already)
+        self._lease_seq = 0
         self.delayed: list[tuple[float, int, QueuedMessage]] = []  # (wall due, uid, msg)
         self.expiries: list[tuple[float, int, QueuedMessage]] = []  # (wall, uid, msg)
         self.consumers: dict[str, int] = {}  # consumer id -> unacked count
@@ -181,6 +185,56 @@ class MessageQueue:
         if ttl is not None:
             heapq.heappush(self.expiries, (now + ttl, msg.uid, msg))
         return msg
+
+    @property
+    def unlimited(self) -> bool:
+        """No length limit: `admit` never refuses or drops (`admit_many` may be used)."""
+        return self.spec.max_length is None and self.spec.max_length_bytes is None
+
+    def admit_many(
+        self, msgs: Sequence[Publishable], routing_key: str, *, exchange: str, now: float,
+        ts_ms: int,
+    ) -> None:
+        """`admit` for a run of messages without headers or message ids, under one
+        routing key, into a queue without length limits (`unlimited`)."""
+        qttl = self.spec.message_ttl_s
+        journal = self.journal
+        reserve = journal.reserve if journal is not None else None
+        mem = self.memory
+        spill = self.spill
+        top = self.max_level
+        levels = self.levels
+        expiries = self.expiries
+        new = QueuedMessage
+        empty = EMPTY_HEADERS
+        nbytes = 0
+        for m in msgs:
+            body = m.body
+            size = len(body)
+            ttl = m.ttl_s
+            if qttl is not None and (ttl is None or qttl < ttl):
+                ttl = qttl
+            ctype = m.content_type
+            prio = m.priority or 0
+            msg = new(-1, body, size, prio, routing_key, exchange, empty,
+                      None if ctype is None else (None, ctype), ts_ms,
+                      None if ttl is None else now + ttl, 0)
+            if reserve is not None:
+                msg.uid = reserve(msg)
+            else:
+                msg.uid = self.next_uid
+                self.next_uid += 1
+            if mem.used + size > mem.limit and spill is not None:
+                msg.body = spill.spill(msg, body)
+            else:
+                mem.used += size
+            levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
+            nbytes += size
+            if ttl is not None:
+                heapq.heappush(expiries, (now + ttl, msg.uid, msg))
+        self.published += len(msgs)
+        self.ready += len(msgs)
+        self.ready_bytes += nbytes
 
     def _build(
         self, m: Publishable, exchange: str, routing_key: str, now: float, ts_ms: int,
@@ -309,12 +363,17 @@ class MessageQueue:
         new = tuple.__new__  # NamedTuple without its Python-level __new__
         first = (now, now, consumer)  # one tuple shared by every first delivery of the batch
         pairs: list[int] = []
+        tags: list[int] = []
+        put = out.append
+        put_tag = tags.append
+        put_pair = pairs.append
         ready = self.ready
         rbytes = self.ready_bytes
         redelivered_n = 0
         bits = TAG_BITS
         mask = TAG_MASK
-        while len(out) < n and ready:
+        want = n
+        while want and ready:
             while lvl > 0 and not levels[lvl] and not returned[lvl]:
                 lvl -= 1
             ret = returned[lvl]
@@ -328,38 +387,51 @@ class MessageQueue:
                 continue
             ready -= 1
             rbytes -= msg.size
-            if msg.expires_at is not None and msg.expires_at <= now:
+            exp = msg.expires_at
+            if exp is not None and exp <= now:
                 self._count_dead(msg, "expired")
                 continue
             count = msg.delivery_count
             if limit is not None and count >= limit:
                 self._count_dead(msg, "delivery_limit")
                 continue
-            redelivered = count > 0
+            if count:
+                redelivered_n += 1
+                att = msg.attempts
+                msg.attempts = first if att is None else (att[0], now, consumer)
+            else:
+                msg.attempts = first
             count += 1
             msg.delivery_count = count
             msg.state = UNACKED
-            att = msg.attempts
-            msg.attempts = first if att is None else (att[0], now, consumer)
             uid = msg.uid
             tag = (uid << bits) | (count & mask)
             unacked[tag] = msg
-            if redelivered:
-                redelivered_n += 1
-            if lease_deadline is not None:
-                heapq.heappush(self.leases, (lease_deadline, tag))
-            pairs.append(uid)
-            pairs.append(count)
+            put_tag(tag)
+            put_pair(uid)
+            put_pair(count)
             body = msg.body
             props = msg.props
-            out.append(new(Delivery, (
-                name, tag, body if isinstance(body, bytes) else self._read(body),
-                msg.headers, msg.routing_key, msg.exchange, msg.priority, redelivered, count,
-                props[0] if props else None, msg.timestamp_ms, props[1] if props else None,
-            )))
+            if props is None:
+                put(new(Delivery, (
+                    name, tag, body if isinstance(body, bytes) else self._read(body),
+                    msg.headers, msg.routing_key, msg.exchange, msg.priority, count > 1,
+                    count, None, msg.timestamp_ms, None,
+                )))
+            else:
+                put(new(Delivery, (
+                    name, tag, body if isinstance(body, bytes) else self._read(body),
+                    msg.headers, msg.routing_key, msg.exchange, msg.priority, count > 1,
+                    count, props[0], msg.timestamp_ms, props[1],
+                )))
+            want -= 1
         self.ready = ready
         self.ready_bytes = rbytes
         self.redelivered += redelivered_n
+        if lease_deadline is not None and tags:
+            self._lease_seq += 1
+            heapq.heappush(self.leases, (lease_deadline, self._lease_seq, tags))
+            self.lease_tags += len(tags)
         if journal is not None and pairs:
             journal.delivered_many(pairs)
         self.delivered += len(out)
@@ -372,9 +444,21 @@ class MessageQueue:
         """Drop heap entries of messages that left (they would pin their bodies)."""
         self.expiries = [e for e in self.expiries if e[2].state == READY]
         heapq.heapify(self.expiries)
+        self._prune_leases()
+
+    def _prune_leases(self) -> None:
+        """Drop settled tags from the lease heap (they would pin memory until the deadline)."""
         unacked = self.unacked
-        self.leases = [e for e in self.leases if e[1] in unacked]
-        heapq.heapify(self.leases)
+        kept: list[tuple[float, int, list[int]]] = []
+        n = 0
+        for deadline, seq, tags in self.leases:
+            live = [t for t in tags if t in unacked]
+            if live:
+                kept.append((deadline, seq, live))
+                n += len(live)
+        heapq.heapify(kept)
+        self.leases = kept
+        self.lease_tags = n
 
     def _read(self, loc: int) -> bytes:
         if self.spill is not None:
@@ -395,29 +479,43 @@ class MessageQueue:
     def ack(self, tags: Iterable[int]) -> list[int]:
         """Settle deliveries; returns the tags that were unknown (or expired)."""
         unknown: list[int] = []
-        acked = 0
         unacked = self.unacked
-        consumers = self.consumers
-        journal = self.journal
+        pop = unacked.pop
+        uids: list[int] = []
+        owners: dict[str, int] = {}
+        last: str | None = None
+        run = 0  # acks of `last` not yet counted in `owners` (batches share one owner)
         freed = 0
         for tag in tags:
-            msg = unacked.pop(tag, None)
+            msg = pop(tag, None)
             if msg is None:
                 unknown.append(tag)
                 continue
-            acked += 1
-            owner = msg.owner
-            if owner is not None and consumers.get(owner, 0) > 0:
-                consumers[owner] -= 1
             msg.state = GONE
+            uids.append(msg.uid)
             if isinstance(msg.body, bytes):
                 freed += msg.size
-            if journal is not None:
-                journal.settle(msg.uid)
+            att = msg.attempts
+            owner = att[2] if att is not None else None
+            if owner is not last:
+                if last is not None:
+                    owners[last] = owners.get(last, 0) + run
+                last = owner
+                run = 0
+            run += 1
+        if last is not None:
+            owners[last] = owners.get(last, 0) + run
+        consumers = self.consumers
+        for owner, n in owners.items():
+            held = consumers.get(owner, 0)
+            if held > 0:
+                consumers[owner] = held - n if held > n else 0
+        if uids and self.journal is not None:
+            self.journal.settle_many(uids)
         self.memory.used -= freed
-        self.acked += acked
-        if len(self.leases) > 2 * len(unacked) + 1024:
-            self._prune()
+        self.acked += len(uids)
+        if self.lease_tags > 2 * len(unacked) + 1024:
+            self._prune_leases()
         return unknown
 
     def ack_uids(self, uids: Iterable[int]) -> int:
@@ -497,15 +595,17 @@ class MessageQueue:
         leases = self.leases
         back: list[QueuedMessage] = []
         while leases and leases[0][0] <= mono:
-            tag = heapq.heappop(leases)[1]
-            msg = self._release(tag)
-            if msg is not None:
-                owner = msg.owner
-                self._requeue(msg)
-                back.append(msg)
-                if owner is not None and owner == self.active:
-                    self.active = None  # the active consumer is gone: fail over
-                    self.consumers.pop(owner, None)
+            tags = heapq.heappop(leases)[2]
+            self.lease_tags -= len(tags)
+            for tag in tags:
+                msg = self._release(tag)
+                if msg is not None:
+                    owner = msg.owner
+                    self._requeue(msg)
+                    back.append(msg)
+                    if owner is not None and owner == self.active:
+                        self.active = None  # the active consumer is gone: fail over
+                        self.consumers.pop(owner, None)
         return back
 
     def expire(self, now: float) -> int:

@@ -110,8 +110,52 @@ def test_batch_publish_is_one_append(make_broker: MakeBroker) -> None:
     journal.log.append = counting  # type: ignore[method-assign]
     b.publish("x", [Message(b"m", "k") for _ in range(100)])
     ds = b.pull("dq", 100, consumer_id="c")
+    assert calls == [100]  # the delivery marks wait for the next append
     b.ack("dq", [d.delivery_id for d in ds])
-    assert calls == [100, 1, 1]
+    assert calls == [100, 2]  # the settlements and the delivery marks: one append
+
+
+def test_delivery_marks_ride_on_the_next_append(make_broker: MakeBroker) -> None:
+    b = make_broker(*TOPO)
+    b.publish("x", [Message(bytes([i]), "k") for i in range(4)])
+    b.pull("dq", 2, consumer_id="c")
+    journal = b.journals["dq"]
+    end = journal.log.end_offset
+    assert journal.marks_pending == 2
+    b.publish("x", [Message(b"late", "k")])  # one P record, then the D record with it
+    assert (journal.log.end_offset, journal.marks_pending) == (end + 2, 0)
+    b = reopen(b, make_broker)
+    got = b.pull("dq", 10, consumer_id="c")
+    assert [(d.redelivered, d.delivery_count) for d in got] == [
+        (True, 2), (True, 2), (False, 1), (False, 1), (False, 1)]
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval"])
+def test_tick_writes_waiting_delivery_marks(
+    make_broker: MakeBroker, clock: ManualClock, fsync: str,
+) -> None:
+    b = make_broker(*TOPO, fsync=fsync)
+    b.publish("x", [Message(b"a", "k")])
+    b.pull("dq", 1, consumer_id="c")
+    journal = b.journals["dq"]
+    if fsync == "always":  # written alone only once they waited a second (one fsync)
+        b.tick()
+        assert journal.marks_pending == 1
+        clock.advance(1.0)
+    b.tick()
+    assert journal.marks_pending == 0
+    assert journal.log.unsynced_bytes == 0 or fsync == "interval"
+
+
+def test_many_waiting_delivery_marks_are_written(make_broker: MakeBroker) -> None:
+    b = make_broker(*TOPO)
+    b.publish("x", [Message(b"m", "k") for _ in range(70_000)])
+    journal = b.journals["dq"]
+    for _ in range(13):
+        b.pull("dq", 5000, consumer_id="c")
+    assert journal.marks_pending == 65_000  # 1 MiB of marks at most is held back
+    b.pull("dq", 5000, consumer_id="c")
+    assert journal.marks_pending == 0
 
 
 def test_compaction_drops_settled_history_and_keeps_the_rest(
