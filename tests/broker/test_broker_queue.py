@@ -328,7 +328,27 @@ def test_settled_messages_do_not_stay_pinned_by_ttl_or_lease_heaps(
     mq = b.queues["q"]
     assert len(mq.expiries) <= 1024 + 2 * mq.ready
     assert len(mq.leases) <= 1024
+    assert mq.lease_tags <= 1024  # one entry per pull; settled tags are pruned
     assert b.memory.used == 0
+
+
+def test_a_lease_covers_a_whole_pull_and_pruning_keeps_the_unacked(
+    make_broker: MakeBroker, clock: ManualClock,
+) -> None:
+    b = make_broker(queues=[Queue("q")])
+    put(b, "q", *[b"%d" % i for i in range(3000)])
+    first = b.pull("q", 3, consumer_id="c", lease_s=30)
+    b.ack("q", [first[1].delivery_id])
+    for _ in range(2):  # enough settled tags to prune the lease heap
+        ds = b.pull("q", 1000, consumer_id="c", lease_s=60)
+        b.ack("q", [d.delivery_id for d in ds])
+    mq = b.queues["q"]
+    assert mq.lease_tags == 2  # pruned: only the two unacked of the first pull remain
+    clock.advance(31)
+    b.tick()
+    again = b.pull("q", 2, consumer_id="c", lease_s=30)
+    assert bodies(again) == [b"0", b"2"]
+    assert [d.delivery_count for d in again] == [2, 2]
 
 
 def test_requeued_message_is_still_swept_after_pruning(

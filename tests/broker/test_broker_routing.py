@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runner.broker.broker import PublishRefused
 from runner.broker.message import Message
 from runner.broker.routing import Route, Router, TopicTrie
 from runner.errors import Forbidden, NotFound
@@ -198,3 +199,55 @@ def test_route_names_only_queues_that_exist(make_broker: MakeBroker) -> None:
     b = make_broker([Exchange("f", T.FANOUT)], [Queue("q")],
                     [Binding("f", queue="q"), Binding("f", queue="missing")])
     assert b.publish("f", [Message(b"x")]) == [Route(("q",), ())]
+
+
+def test_a_mixed_batch_keeps_its_order_routes_and_properties_across_a_restart(
+    make_broker: MakeBroker,
+) -> None:
+    from runner.topology.model import Queue
+    topo = ([Exchange("t", T.TOPIC)], [Queue("a", max_priority=3), Queue("b")],
+            [Binding("t", queue="a", routing_key="k.#"),
+             Binding("t", queue="b", routing_key="k.b")])
+    b = make_broker(*topo)
+    batch = [
+        Message(b"1", "k.a"), Message(b"2", "k.a", message_id="m2"),
+        Message(b"3", "k.a", headers={"h": "v"}), Message(b"4", "k.b", priority=2),
+        Message(b"5", "k.a"), Message(b"6", "none"),
+        Message(b"7", "k.a", content_type="text/plain"), Message(b"8", "k.a", ttl_s=50),
+        Message(b"9", "k.b", message_id="m9", content_type="application/json"),
+        Message(b"10", "k.a", message_id="m10", content_type="application/json"),
+    ]
+    a, ab, none = Route(("a",), ()), Route(("a", "b"), ()), Route((), ())
+    assert b.publish("t", batch) == [a, a, a, ab, a, none, a, a, ab, a]
+    st_ = b.stats()
+    assert (st_.exchange_published["t"], st_.exchange_unroutable["t"]) == (10, 1)
+    for _ in range(2):
+        got = b.peek("a", 20)
+        assert [(d.body, d.priority, d.routing_key, d.message_id, d.content_type)
+                for d in got] == [
+            (b"4", 2, "k.b", None, None), (b"1", 0, "k.a", None, None),
+            (b"2", 0, "k.a", "m2", None), (b"3", 0, "k.a", None, None),
+            (b"5", 0, "k.a", None, None), (b"7", 0, "k.a", None, "text/plain"),
+            (b"8", 0, "k.a", None, None), (b"9", 0, "k.b", "m9", "application/json"),
+            (b"10", 0, "k.a", "m10", "application/json"),
+        ]
+        assert got[3].headers == {"h": "v"}
+        assert [d.body for d in b.peek("b", 5)] == [b"4", b"9"]
+        b.close()
+        b = make_broker(*topo)  # the journal's cached keys decode to the same messages
+
+
+def test_a_refusal_after_a_run_keeps_the_run(make_broker: MakeBroker) -> None:
+    from runner.topology.model import Overflow, Queue
+    b = make_broker([Exchange("t", T.TOPIC)],
+                    [Queue("ok"), Queue("full", max_length=0,
+                                        overflow=Overflow.REJECT_PUBLISH)],
+                    [Binding("t", queue="ok", routing_key="ok"),
+                     Binding("t", queue="full", routing_key="full")])
+    batch = [Message(b"1", "ok"), Message(b"2", "ok"), Message(b"3", "full"),
+             Message(b"4", "ok")]
+    with pytest.raises(PublishRefused) as err:
+        b.publish("t", batch)
+    assert (err.value.accepted, err.value.routed) == (2, ())
+    assert err.value.routes == [Route(("ok",), ()), Route(("ok",), ())]
+    assert [d.body for d in b.peek("ok", 5)] == [b"1", b"2"]
