@@ -83,6 +83,11 @@ class Partition:
              ) -> list[LogRecord]:
         return self.log.read(offset, max_records=max_records, max_bytes=max_bytes)
 
+    def read_from(self, offset: int, *, max_records: int = 100, max_bytes: int = 1024 * 1024,
+                  ) -> tuple[list[LogRecord], int]:
+        """Records from `offset` and the offset to read next (see SegmentedLog.read_from)."""
+        return self.log.read_from(offset, max_records=max_records, max_bytes=max_bytes)
+
     def enforce_retention(self, now_ms: int) -> int:
         """Delete the segments retention allows; returns how many went."""
         if not self.topic.delete:

@@ -547,33 +547,51 @@ class SegmentedLog:
     ) -> list[LogRecord]:
         """Records with offset >= `offset`, at most `max_records` and about `max_bytes`
         of record data (always at least one record when any exists)."""
+        return self.read_from(offset, max_records=max_records, max_bytes=max_bytes)[0]
+
+    def read_from(
+        self, offset: int, *, max_records: int = 100, max_bytes: int = MiB,
+    ) -> tuple[list[LogRecord], int]:
+        """`read`, plus the offset to read next: after the last record returned, or,
+        when the read reached the end of the log, the end of what readers see
+        (`high_watermark`), so offsets that compaction removed (even at the very
+        end) are passed over instead of being asked for again and again."""
         with self._lock:
             self._check_range(offset)
-            out: list[LogRecord] = []
-            taken = 0
-            i = bisect_right(self._bases, offset) - 1
-            while i < len(self._segments) and len(out) < max_records and taken < max_bytes:
-                seg = self._segments[i]
-                pos = seg.index.lookup(offset)
-                for buf, bpos, header, fpos in self._cached_batches(seg, pos, max_bytes,
-                                                                     max_records):
-                    if header.last_offset < offset:
-                        continue
-                    if not batch_crc_ok(buf, bpos, header):
-                        raise CorruptSegment(f"corrupt batch in {seg.path} at byte {fpos}",
-                                             path=str(seg.path), position=fpos)
-                    got, stopped = decode_records(buf, bpos, header, out, offset,
-                                                  max_records, max_bytes - taken)
-                    taken += got
-                    if stopped or len(out) >= max_records or taken >= max_bytes:
-                        return self._visible(out)
-                i += 1
-            return self._visible(out)
+            out, complete = self._read_locked(offset, max_records, max_bytes)
+            visible = self.high_watermark
+            if out and out[-1].offset >= visible:
+                out = [r for r in out if r.offset < visible]
+                complete = True
+            if complete:
+                return out, max(offset, visible)
+            return out, out[-1].offset + 1 if out else offset
 
-    def _visible(self, out: list[LogRecord]) -> list[LogRecord]:
-        if out and self.fsync is Fsync.ALWAYS and out[-1].offset >= self._durable_end:
-            return [r for r in out if r.offset < self._durable_end]
-        return out
+    def _read_locked(self, offset: int, max_records: int, max_bytes: int,
+                     ) -> tuple[list[LogRecord], bool]:
+        """(records, whether the scan reached the end of the log)."""
+        out: list[LogRecord] = []
+        taken = 0
+        i = bisect_right(self._bases, offset) - 1
+        while i < len(self._segments):
+            if len(out) >= max_records or taken >= max_bytes:
+                return out, False
+            seg = self._segments[i]
+            pos = seg.index.lookup(offset)
+            for buf, bpos, header, fpos in self._cached_batches(seg, pos, max_bytes,
+                                                                 max_records):
+                if header.last_offset < offset:
+                    continue
+                if not batch_crc_ok(buf, bpos, header):
+                    raise CorruptSegment(f"corrupt batch in {seg.path} at byte {fpos}",
+                                         path=str(seg.path), position=fpos)
+                got, stopped = decode_records(buf, bpos, header, out, offset,
+                                              max_records, max_bytes - taken)
+                taken += got
+                if stopped or len(out) >= max_records or taken >= max_bytes:
+                    return out, False
+            i += 1
+        return out, True
 
     def _cached_batches(self, seg: _Segment, pos: int, max_bytes: int, max_records: int
                         ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:

@@ -398,9 +398,20 @@ class Store:
         max_bytes: int = 1024 * 1024,
     ) -> list[LogRecord]:
         """Records from `offset`; OffsetOutOfRange below the log start."""
+        return self.read_from(topic, partition, offset, max_records=max_records,
+                              max_bytes=max_bytes)[0]
+
+    def read_from(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 100,
+        max_bytes: int = 1024 * 1024,
+    ) -> tuple[list[LogRecord], int]:
+        """Records from `offset` and the offset to read next: after the last record
+        returned, or the visible log end when the read reached it (so offsets
+        compaction removed at the end are passed over, not read forever).
+        OffsetOutOfRange below the log start or above the log end."""
         part = self.partition(topic, partition)
         try:
-            return part.read(offset, max_records=max_records, max_bytes=max_bytes)
+            return part.read_from(offset, max_records=max_records, max_bytes=max_bytes)
         except OffsetOutOfRange as exc:
             raise OffsetOutOfRange(f"{topic}/{partition}: {exc}", log_start=exc.log_start,
                                    log_end=exc.log_end) from None

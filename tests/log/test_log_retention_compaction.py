@@ -190,3 +190,25 @@ def test_the_active_segment_rolls_when_its_first_record_is_older_than_seven_days
     assert p.enforce_retention(now_ms(clock)) == 1
     assert p.log_start_offset == 3
     p.close()
+
+
+def test_a_fully_compacted_tail_is_passed_over_by_read_from(tmp_path: Path) -> None:
+    clock = ManualClock()
+    wal = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
+    wal.append([(b"keep", b"v", (), now_ms(clock))])
+    wal.append([(b"gone", b"v" * 50, (), now_ms(clock))])
+    wal.append([(b"gone", None, (), now_ms(clock))])
+    wal.roll()
+    for _ in range(2):  # the tombstone goes a delete retention after its first cleaning
+        compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+        clock.advance(DAY_MS / 1000 + 1)
+    assert [r.offset for r in wal.read(0)] == [0]
+    assert (wal.start_offset, wal.end_offset) == (0, 3)
+    assert wal.read(1) == []
+    assert wal.read_from(0) == ([wal.read(0)[0]], 3)  # the scan reached the end: skip to it
+    assert wal.read_from(1) == ([], 3)
+    assert wal.read_from(3) == ([], 3)
+    assert wal.read_from(0, max_records=1)[1] == 1  # stopped by the limit: after the record
+    wal.append([(b"new", b"x", (), now_ms(clock))])
+    assert [r.offset for r in wal.read_from(1)[0]] == [3]
+    wal.close()

@@ -378,3 +378,16 @@ def test_keyless_records_spread_per_topic_when_topics_alternate(open_store: Open
             ((p, _off),) = store.append(name, [AppendRecord(b"x")])
             got[name][p] += 1
     assert got == {"a": Counter({0: 5, 1: 5}), "b": Counter({0: 5, 1: 5})}
+
+
+def test_store_read_from_gives_the_next_offset(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=1)))
+    store.append("t", [AppendRecord(b"%d" % i) for i in range(5)])
+    recs, nxt = store.read_from("t", 0, 1, max_records=2)
+    assert [r.offset for r in recs] == [1, 2] and nxt == 3
+    assert store.read_from("t", 0, 3) == (store.read("t", 0, 3), 5)
+    assert store.read_from("t", 0, 5) == ([], 5)
+    with pytest.raises(OffsetOutOfRange) as exc:
+        store.read_from("t", 0, 6)
+    assert str(exc.value) == "t/0: offset 6 is above the log end (log start 0, log end 5)"
