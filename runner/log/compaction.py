@@ -5,8 +5,11 @@
 1. Map every key to its latest offset, reading closed segments and the active
    one (so a key rewritten in the active segment is dropped from closed ones).
 2. Rewrite closed segments, grouped so a group's input fits `segment_bytes`,
-   keeping a record when it is the latest for its key; a tombstone (null
-   value) is kept until it is `delete_retention_ms` old, then removed too.
+   keeping a record when it is the latest for its key. A tombstone (null
+   value) stays for `delete_retention_ms` after the cleaning that first kept
+   it, whatever its own timestamp (Kafka's delete horizon): that cleaning
+   writes now + delete retention into the batch header (`DELETE_HORIZON`), a
+   later cleaning at or after that time removes it.
    Keyless records (possible only if the topic became compacted later) stay.
    Offsets are kept (batches carry offset deltas); the active segment is never
    touched, so appends go on during compaction.
@@ -26,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from runner.log.record import LogRecord
-from runner.log.segment import SegmentedLog, SegmentInfo
+from runner.log.segment import CleanedBatch, SegmentedLog, SegmentInfo
 
 log = logging.getLogger(__name__)
 
@@ -82,36 +85,52 @@ def compact(wal: SegmentedLog, *, now_ms: int, delete_retention_ms: int) -> Comp
     if not closed:
         return CompactionResult(1, 1, 0, before, before)
     latest = _latest_offsets(wal, closed)
-    horizon = now_ms - delete_retention_ms
+    new_horizon = now_ms + delete_retention_ms  # for tombstones cleaned for the first time
 
-    def keep(rec: LogRecord) -> bool:
+    def keep(rec: LogRecord, horizon: int | None) -> bool:
         if rec.key is None:
             return True
         if latest.get(rec.key) != rec.offset:
             return False
-        return rec.value is not None or rec.timestamp_ms >= horizon
+        return rec.value is not None or horizon is None or now_ms < horizon
 
     removed = 0
     for group in _groups(closed, wal.segment_bytes):
         total = kept = 0
+        first_cleaning = False
         for seg in group:
-            for _header, recs in wal.scan_segment(seg.base):
+            for header, recs in wal.scan_segment(seg.base):
                 total += len(recs)
-                kept += sum(1 for r in recs if keep(r))
-        if kept == total and len(group) == 1:
+                horizon = header.delete_horizon
+                kept += sum(1 for r in recs if keep(r, horizon))
+                first_cleaning = first_cleaning or (horizon is None and any(
+                    r.value is None and keep(r, None) for r in recs))
+        if kept == total and len(group) == 1 and not first_cleaning:
             continue
         removed += total - kept
 
-        def batches(group: list[SegmentInfo] = group) -> Iterator[tuple[list[LogRecord], int, int]]:
+        def batches(group: list[SegmentInfo] = group) -> Iterator[CleanedBatch]:
+            # a batch's tombstones share one delete horizon: a batch ends where it changes
             out: list[LogRecord] = []
+            out_horizon = -1
             for seg in group:
-                for _header, recs in wal.scan_segment(seg.base):
-                    out.extend(r for r in recs if keep(r))
-                    if len(out) >= BATCH_RECORDS:
-                        yield out, -1, -1
-                        out = []
+                for header, recs in wal.scan_segment(seg.base):
+                    horizon = header.delete_horizon
+                    for r in recs:
+                        if not keep(r, horizon):
+                            continue
+                        if r.value is None and r.key is not None:
+                            h = new_horizon if horizon is None else horizon
+                            if out_horizon >= 0 and h != out_horizon and out:
+                                yield out, -1, -1, out_horizon
+                                out = []
+                            out_horizon = h
+                        out.append(r)
+                        if len(out) >= BATCH_RECORDS:
+                            yield out, -1, -1, out_horizon
+                            out, out_horizon = [], -1
             if out:
-                yield out, -1, -1
+                yield out, -1, -1, out_horizon
 
         wal.replace_segments([s.base for s in group], batches())
     after = wal.size_bytes

@@ -9,13 +9,20 @@ Batch header (`BATCH`, 58 bytes)::
     8       4     batch_length       int32   bytes after this field (header rest + records)
     12      4     crc                uint32  zlib.crc32 over bytes [0, 12) then [16, end)
     16      1     magic              uint8   format version, always 1
-    17      1     attributes         uint8   reserved, 0
+    17      1     attributes         uint8   bit 0 (`DELETE_HORIZON`): first_timestamp holds the
+                                             delete horizon (set by compaction), else 0
     18      4     last_offset_delta  int32   offset of the last record - base_offset
     22      4     count              int32   number of records in the batch (>= 1)
-    26      8     first_timestamp    int64   timestamp (ms) of the first record
+    26      8     first_timestamp    int64   timestamp (ms) of the first record; with the
+                                             DELETE_HORIZON bit: the time (ms) from which
+                                             compaction may drop the batch's tombstones
     34      8     max_timestamp      int64   largest record timestamp (ms) in the batch
     42      8     producer_id        int64   idempotent producer id, -1 for none
     50      8     base_sequence      int64   sequence of the first record, -1 for none
+
+As in Kafka, the delete horizon is written when a cleaning first keeps a
+tombstone (cleaning time + delete retention), so a tombstone stays for the
+delete retention after it was first cleaned, whatever its own timestamp.
 
 The CRC covers base offset and length too, so a flipped bit anywhere in a
 batch is caught. `count` and `last_offset_delta` differ only after
@@ -45,6 +52,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 MAGIC = 1
+DELETE_HORIZON = 0x01  # attributes bit: first_timestamp is the tombstones' delete horizon
 BATCH = struct.Struct("<qiIBBiiqqqq")
 RECORD = struct.Struct("<iiqiii")
 HEADER = struct.Struct("<ii")
@@ -84,7 +92,7 @@ class BatchHeader:
     """The decoded fixed part of a batch (a plain class: it lives on the scan path)."""
 
     __slots__ = (
-        "base_offset", "length", "crc", "last_offset_delta", "count",
+        "base_offset", "length", "crc", "attributes", "last_offset_delta", "count",
         "first_timestamp", "max_timestamp", "producer_id", "base_sequence",
     )
 
@@ -92,6 +100,7 @@ class BatchHeader:
         self.base_offset: int
         self.length: int
         self.crc: int
+        self.attributes: int
         self.last_offset_delta: int
         self.count: int
         self.first_timestamp: int
@@ -99,7 +108,8 @@ class BatchHeader:
         self.producer_id: int
         self.base_sequence: int
         (
-            self.base_offset, self.length, self.crc, _magic, _attrs, self.last_offset_delta,
+            self.base_offset, self.length, self.crc, _magic, self.attributes,
+            self.last_offset_delta,
             self.count, self.first_timestamp, self.max_timestamp, self.producer_id,
             self.base_sequence,
         ) = BATCH.unpack_from(buf, pos)
@@ -112,6 +122,11 @@ class BatchHeader:
     @property
     def last_offset(self) -> int:
         return self.base_offset + self.last_offset_delta
+
+    @property
+    def delete_horizon(self) -> int | None:
+        """When compaction may drop this batch's tombstones (None: never cleaned)."""
+        return self.first_timestamp if self.attributes & DELETE_HORIZON else None
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
@@ -131,10 +146,12 @@ def encode_batch(
     offset_deltas: Sequence[int] | None = None,
     producer_id: int = -1,
     base_sequence: int = -1,
+    delete_horizon: int | None = None,
 ) -> tuple[bytes, int]:
     """One CRC'd batch for `items`; returns (bytes, max_timestamp).
 
     `offset_deltas` keeps original offsets (compaction); default 0..n-1.
+    `delete_horizon` (compaction) goes to first_timestamp with the DELETE_HORIZON bit.
     """
     pack = RECORD.pack
     parts: list[bytes] = []
@@ -157,10 +174,12 @@ def encode_batch(
             append(hb)
     count = len(items)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
-    first_ts = items[0][3]
+    first_ts = items[0][3] if delete_horizon is None else delete_horizon
+    attributes = 0 if delete_horizon is None else DELETE_HORIZON
     body = b"".join(parts)
     fields = (base_offset, BATCH.size - LENGTH_PREFIX + len(body))
-    rest = (MAGIC, 0, last_delta, count, first_ts, max_ts, producer_id, base_sequence)
+    rest = (MAGIC, attributes, last_delta, count, first_ts, max_ts, producer_id,
+            base_sequence)
     head = BATCH.pack(*fields, 0, *rest)
     crc = zlib.crc32(body, zlib.crc32(head[16:], zlib.crc32(head[:12])))
     return BATCH.pack(*fields, crc, *rest) + body, max_ts

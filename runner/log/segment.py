@@ -77,6 +77,10 @@ MAGIC_AT = 16  # header position of the magic byte (then attributes, always 0)
 MAGIC_MARK = bytes((MAGIC, 0))
 
 
+CleanedBatch = tuple[list[LogRecord], int, int] | tuple[list[LogRecord], int, int, int]
+"""A batch for `replace_segments`: (records, producer id, base sequence[, delete horizon])."""
+
+
 def segment_name(base: int) -> str:
     return f"{base:020d}"
 
@@ -690,10 +694,11 @@ class SegmentedLog:
             os.close(fd)
 
     def replace_segments(
-        self, bases: Sequence[int], batches: Iterator[tuple[list[LogRecord], int, int]],
+        self, bases: Sequence[int], batches: Iterator[CleanedBatch],
     ) -> None:
         """Replace consecutive closed segments `bases` by one segment holding `batches`
-        ((records, producer_id, base_sequence), offsets kept), atomically via rename.
+        ((records, producer_id, base_sequence) or (records, producer_id,
+        base_sequence, delete_horizon ms or -1), offsets kept), atomically via rename.
 
         Crash safety: the new file is written and synced as `<base>.log.cleaned`,
         renamed to `<base>.<next base>.swap` (the commit point: the name says which
@@ -708,13 +713,16 @@ class SegmentedLog:
         tindex = TimeIndex(self.directory / f"{name}.timeindex.cleaned", first)
         size, since, max_ts, last = 0, self.index_interval_bytes, -1, first - 1
         try:
-            for recs, pid, seq in batches:
+            for batch in batches:
+                recs, pid, seq = batch[0], batch[1], batch[2]
+                horizon = batch[3] if len(batch) > 3 else -1
                 if not recs:
                     continue
                 b0 = recs[0].offset
                 items = [(r.key, r.value, r.headers, r.timestamp_ms) for r in recs]
                 data, bmax = encode_batch(b0, items, offset_deltas=[r.offset - b0 for r in recs],
-                                          producer_id=pid, base_sequence=seq)
+                                          producer_id=pid, base_sequence=seq,
+                                          delete_horizon=horizon if horizon >= 0 else None)
                 os.write(fd, data)
                 max_ts = max(max_ts, bmax)
                 if since >= self.index_interval_bytes:

@@ -212,3 +212,26 @@ def test_a_fully_compacted_tail_is_passed_over_by_read_from(tmp_path: Path) -> N
     wal.append([(b"new", b"x", (), now_ms(clock))])
     assert [r.offset for r in wal.read_from(1)[0]] == [3]
     wal.close()
+
+
+def test_a_tombstone_with_an_old_timestamp_stays_a_delete_retention_after_cleaning(
+        tmp_path: Path) -> None:
+    clock = ManualClock()
+    clock.advance(10 * 86_400)
+    old = now_ms(clock) - 5 * DAY_MS  # the producer's clock, five days behind
+    wal = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
+    wal.append([(b"gone", b"v" * 50, (), old)])
+    wal.append([(b"gone", None, (), old)])
+    wal.append([(b"other", b"v", (), now_ms(clock))])
+    wal.roll()
+    compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+    assert [(r.offset, r.value) for r in wal.read(0)] == [(1, None), (2, b"v")]
+    wal.close()
+    wal = SegmentedLog(tmp_path / "c", clock=clock, fsync=Fsync.NEVER, segment_bytes=1_000)
+    clock.advance(DAY_MS / 1000 - 1)  # the horizon survives a restart
+    compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+    assert [r.offset for r in wal.read(0)] == [1, 2]
+    clock.advance(1)
+    compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
+    assert [r.offset for r in wal.read(0)] == [2]
+    wal.close()
