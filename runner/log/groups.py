@@ -8,7 +8,9 @@ partition belongs to exactly one member at a time.
 
 Positions: the committed offset, else the reset position fixed (and persisted)
 when the group first saw the partition: the log start for `earliest` (read
-live, so retention moves it), the log end at that time for `latest`.
+live, so retention moves it), the log end at that time for `latest`. A position
+that fell below the log start is reset by `offset_reset` (Kafka's
+auto.offset.reset for an out-of-range offset): the log start or the log end.
 Lag = log end - position.
 """
 
@@ -188,12 +190,20 @@ class Groups:
         return self.offsets.committed.get((name, tp))
 
     def position(self, name: str, tp: TopicPartition) -> int:
-        """The committed offset, else the reset position (never below the log start)."""
+        """The committed offset, else the reset position. A position below the log
+        start (retention or compaction removed it) is out of range and reset by the
+        group's `offset_reset`, as in Kafka: `earliest` -> the log start, `latest`
+        -> the log end."""
         self._check(name, tp)
         pos = self.offsets.committed.get((name, tp))
         if pos is None:
             pos = self.offsets.resets.get((name, tp), -1)
-        return max(pos, self.view.log_start(tp))
+        start = self.view.log_start(tp)
+        if pos >= start:
+            return pos
+        if pos >= 0 and self._get(name).config.offset_reset is OffsetReset.LATEST:
+            return self.view.log_end(tp)
+        return start
 
     def lag(self, name: str, tp: TopicPartition) -> int:
         return max(0, self.view.log_end(tp) - self.position(name, tp))

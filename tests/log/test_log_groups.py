@@ -13,7 +13,7 @@ from runner.errors import InvalidRequest, NotFound
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync
 from runner.log.store import AppendRecord, Store
-from runner.topology.model import Assignment, ConsumerGroup, OffsetReset, Topic
+from runner.topology.model import Assignment, ConsumerGroup, OffsetReset, Retention, Topic
 
 Opener = Callable[..., Store]
 TP0 = TopicPartition("t", 0)
@@ -197,3 +197,23 @@ def test_bad_membership_requests(open_store: Opener) -> None:
     assert str(exc3.value) == "group 'g' does not read topic 'other'"
     store.groups.leave("g", "never-joined")  # leaving twice is harmless
     assert store.groups.members("g") == []
+
+
+def test_a_committed_offset_below_the_log_start_is_reset_by_the_policy(
+        open_store: Opener, clock: ManualClock) -> None:
+    store = open_store({})
+    short = Topic("t", partitions=4, retention=Retention(time_s=60.0, bytes=None))
+    store.apply({"t": short},
+                {"late": ConsumerGroup("late", ("t",), offset_reset=OffsetReset.LATEST),
+                 "early": ConsumerGroup("early", ("t",))})
+    store.append("t", [AppendRecord(b"v", partition=0)] * 5)
+    store.groups.commit("late", {TP0: 2})
+    store.groups.commit("early", {TP0: 2})
+    clock.advance(120)
+    store.tick()  # retention: offsets 0..4 are gone
+    store.append("t", [AppendRecord(b"v", partition=0)] * 3)
+    assert (store.log_start(TP0), store.log_end(TP0)) == (5, 8)
+    assert store.groups.position("late", TP0) == 8
+    assert store.groups.lag("late", TP0) == 0
+    assert store.groups.position("early", TP0) == 5
+    assert store.groups.lag("early", TP0) == 3
