@@ -17,12 +17,12 @@ Lag = log end - position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from runner.clock import Clock
-from runner.errors import InvalidRequest, NotFound
+from runner.errors import Conflict, InvalidRequest, NotFound
 from runner.log.assignors import assign_range, assign_roundrobin, assign_sticky
 from runner.log.offsets import OffsetStore
 from runner.log.partition import TopicPartition
@@ -208,8 +208,35 @@ class Groups:
     def lag(self, name: str, tp: TopicPartition) -> int:
         return max(0, self.view.log_end(tp) - self.position(name, tp))
 
-    def commit(self, name: str, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit next-offsets-to-read; refuses offsets outside [0, log end]."""
+    def check_member(self, name: str, tps: Iterable[TopicPartition], *,
+                     member_id: str | None = None, generation: int | None = None) -> None:
+        """Fencing: Conflict unless `member_id` is in the group, `generation` is the
+        current one and every partition in `tps` is assigned to `member_id` (each
+        check only when its argument is given)."""
+        state = self._get(name)
+        current = state.generation
+        if member_id is not None and member_id not in state.members:
+            raise Conflict(f"group {name!r} rebalanced: member {member_id!r} is not in the "
+                           f"group any more (current generation is {current})")
+        if generation is not None and generation != current:
+            raise Conflict(f"group {name!r} rebalanced: generation {generation} is stale, "
+                           f"current is {current}")
+        if member_id is not None:
+            mine = state.assignment.get(member_id, [])
+            for tp in tps:
+                if TopicPartition(*tp) not in mine:
+                    owner = self.owner(name, TopicPartition(*tp))
+                    raise Conflict(f"group {name!r} rebalanced: {tp[0]}/{tp[1]} is assigned "
+                                   f"to {owner!r}, not {member_id!r} (generation {current})")
+
+    def commit(self, name: str, offsets: Mapping[TopicPartition, int], *,
+               member_id: str | None = None, generation: int | None = None) -> None:
+        """Commit next-offsets-to-read; refuses offsets outside [0, log end].
+        With `member_id` and/or `generation` (a member of the group committing) a
+        zombie is fenced off: Conflict "group 'g' rebalanced: generation 3 is
+        stale, current is 4" (see `check_member`); without them anyone may commit."""
+        if member_id is not None or generation is not None:
+            self.check_member(name, offsets, member_id=member_id, generation=generation)
         for tp, off in offsets.items():
             self._check(name, tp)
             end = self.view.log_end(tp)

@@ -427,12 +427,22 @@ class Store:
     # ------------------------------------------------------------ exactly-once
     def commit_step(
         self, commits: Mapping[tuple[str, TopicPartition], int],
-        appends: Sequence[tuple[str, Sequence[AppendRecord]]],
+        appends: Sequence[tuple[str, Sequence[AppendRecord]]], *,
+        member_id: str | None = None, generation: int | None = None,
     ) -> list[list[tuple[int, int]]]:
         """Commit group offsets and append records as one durable unit: after a
         crash either all of it is there or none (pending steps are replayed at
         recovery; appends are idempotent through a step producer id and
-        sequence). Returns (partition, offset) per record per append."""
+        sequence). Returns (partition, offset) per record per append.
+        `member_id` / `generation`: fence every commit as `Groups.commit` does
+        (Conflict before anything is written)."""
+        if member_id is not None or generation is not None:
+            by_group: dict[str, list[TopicPartition]] = {}
+            for group, tp in commits:
+                by_group.setdefault(group, []).append(TopicPartition(*tp))
+            for group, tps in by_group.items():
+                self.groups.check_member(group, tps, member_id=member_id,
+                                         generation=generation)
         for (group, tp), off in commits.items():
             self.groups.position(group, TopicPartition(*tp))  # NotFound early
             end = self.log_end(TopicPartition(*tp))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from runner.clock import ManualClock, now_ms
-from runner.errors import InvalidRequest, NotFound
+from runner.errors import Conflict, InvalidRequest, NotFound
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync
 from runner.log.store import AppendRecord, Store
@@ -217,3 +217,32 @@ def test_a_committed_offset_below_the_log_start_is_reset_by_the_policy(
     assert store.groups.lag("late", TP0) == 0
     assert store.groups.position("early", TP0) == 5
     assert store.groups.lag("early", TP0) == 3
+
+
+def test_a_zombie_members_commit_is_fenced(open_store: Opener, clock: ManualClock) -> None:
+    store = open_store()
+    gen_a = store.groups.join("g", "a")
+    mine = store.groups.assignment("g", "a")
+    store.groups.commit("g", {TP0: 0}, member_id="a", generation=gen_a)  # fine
+    gen_b = store.groups.join("g", "b")  # rebalance: a is now at a stale generation
+    with pytest.raises(Conflict) as exc:
+        store.groups.commit("g", {mine[0]: 0}, member_id="a", generation=gen_a)
+    assert str(exc.value) == (f"group 'g' rebalanced: generation {gen_a} is stale, "
+                              f"current is {gen_b}")
+    taken = next(tp for tp in mine if store.groups.owner("g", tp) == "b")
+    with pytest.raises(Conflict) as exc:
+        store.groups.commit("g", {taken: 0}, member_id="a", generation=gen_b)
+    assert str(exc.value) == (f"group 'g' rebalanced: t/{taken.partition} is assigned "
+                              f"to 'b', not 'a' (generation {gen_b})")
+    clock.advance(11)
+    store.groups.heartbeat("g", "b")
+    store.tick()  # a's session expired
+    with pytest.raises(Conflict) as exc:
+        store.groups.commit("g", {TP0: 0}, member_id="a")
+    assert str(exc.value) == ("group 'g' rebalanced: member 'a' is not in the group any "
+                              f"more (current generation is {gen_b + 1})")
+    with pytest.raises(Conflict, match=f"^group 'g' rebalanced: generation {gen_b} is stale"):
+        store.commit_step({("g", TP0): 5}, [], member_id="b", generation=gen_b)
+    assert store.groups.committed("g", TP0) == 0
+    store.commit_step({("g", TP0): 0}, [], member_id="b", generation=gen_b + 1)
+    store.groups.commit("g", {TP0: 0})  # no member given: an external commit, as before
