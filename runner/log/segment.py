@@ -29,8 +29,9 @@ follows is it a torn tail (a write cut short by a crash) and the file is
 truncated there. Reads check CRCs too.
 
 Memory: per segment the sparse indexes (about 16 bytes per `index_interval_bytes`
-of data) plus a bounded LRU of raw read chunks (`cache_bytes`); record bodies
-are never held beyond that.
+of data) plus a bounded LRU of raw read chunks (`cache_bytes`, or a
+`ReadCache` shared with other logs and bounded as a whole); record bodies are
+never held beyond that.
 
 Thread safety: `append` may be called from many threads. Other methods assume
 one owner, except that a compaction thread may call `replace_segments`.
@@ -44,13 +45,14 @@ import logging
 import os
 import threading
 from bisect import bisect_right
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.clock import Clock
 from runner.errors import CorruptSegment, InvalidRequest, OffsetOutOfRange, StorageError
+from runner.log.cache import ReadCache
 from runner.log.index import OffsetIndex, TimeIndex
 from runner.log.record import (
     BATCH,
@@ -156,6 +158,7 @@ class SegmentedLog:
         index_interval_bytes: int = 4096,
         cache_bytes: int = 4 * MiB,
         fsync_interval_ms: float = 5.0,
+        cache: ReadCache | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
@@ -163,9 +166,8 @@ class SegmentedLog:
         self.clock = clock
         self.index_interval_bytes = index_interval_bytes
         self.fsync_interval_ms = fsync_interval_ms
-        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._cache_bytes = cache_bytes
-        self._cached = 0
+        self._cache = ReadCache(cache_bytes) if cache is None else cache
+        self._cache_owner = self._cache.owner()
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -601,36 +603,32 @@ class SegmentedLog:
                         ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
         # read about what the caller may take: small reads stay small
         chunk = min(CHUNK, max(16 * 1024, min(max_bytes, max_records * 1024)))
-        return _batches(seg.fd, pos, seg.size, seg.path, chunk=chunk, cache=self._cache_get)
+        base = seg.base
 
-    def _cache_get(self, fd: int, length: int, pos: int) -> bytes:
-        """Bytes at `pos` of an open segment, at least `length` of them when the file
-        has them. Segments only grow (or are replaced, which clears the cache), so a
-        longer cached read at the same position is still right."""
-        key = (fd, pos)
-        hit = self._cache.get(key)
+        def read(fd: int, length: int, at: int) -> bytes:
+            return self._cache_get(base, fd, length, at)
+
+        return _batches(seg.fd, pos, seg.size, seg.path, chunk=chunk, cache=read)
+
+    def _cache_get(self, base: int, fd: int, length: int, pos: int) -> bytes:
+        """Bytes at `pos` of segment `base`, at least `length` of them when the file
+        has them. Segments only grow (or are replaced or deleted, which drops this
+        log's entries), so a longer cached read at the same position is still right."""
+        hit = self._cache.get(self._cache_owner, base, pos)
         if hit is not None and len(hit) >= length:
-            self._cache.move_to_end(key)
             return hit
         data = os.pread(fd, length, pos)
-        if self._cache_bytes and len(data) <= self._cache_bytes // 4:
-            if hit is not None:
-                self._cached -= len(hit)
-            self._cache[key] = data
-            self._cached += len(data)
-            while self._cached > self._cache_bytes:
-                _k, old = self._cache.popitem(last=False)
-                self._cached -= len(old)
+        self._cache.put(self._cache_owner, base, pos, data)
         return data
 
     def _drop_cache(self) -> None:
-        self._cache.clear()
-        self._cached = 0
+        self._cache.drop(self._cache_owner)
 
     @property
     def cache_size(self) -> int:
-        """Bytes currently held by the read cache (at most `cache_bytes`)."""
-        return self._cached
+        """Bytes this log holds in the read cache (the cache's capacity bounds
+        them, shared with other logs when the cache is shared)."""
+        return self._cache.held(self._cache_owner)
 
     def offset_for_timestamp(self, ts_ms: int) -> int:
         """The first offset whose record timestamp is >= ts_ms (end_offset if none)."""
@@ -779,6 +777,7 @@ class SegmentedLog:
         with self._lock, self._sync_lock:
             for seg in self._segments:
                 seg.close()
+        self._drop_cache()
 
 
 def _fsync_dir(directory: Path) -> None:

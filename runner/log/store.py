@@ -29,6 +29,7 @@ from pathlib import Path
 
 from runner.clock import Clock, now_ms
 from runner.errors import InvalidRequest, NotFound, OffsetOutOfRange, TooLarge, UnsafeChange
+from runner.log.cache import ReadCache
 from runner.log.compaction import Cleaner, compact
 from runner.log.flusher import Flusher
 from runner.log.groups import Groups
@@ -97,7 +98,7 @@ class Store:
 
     def __init__(
         self, data_dir: Path, *, fsync: Fsync = Fsync.ALWAYS, clock: Clock,
-        cache_bytes_per_partition: int = 1024 * 1024, delete_retention_s: float = 86_400.0,
+        cache_bytes_total: int = 64 * 1024 * 1024, delete_retention_s: float = 86_400.0,
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
         compaction_interval_s: float = 600.0, dedup_window_s: float | None = None,
         dedup_max_entries: int = 1_000_000, background: bool = True,
@@ -106,7 +107,7 @@ class Store:
         self.data_dir = Path(data_dir)
         self.fsync = Fsync(fsync)
         self.clock = clock
-        self.cache_bytes = cache_bytes_per_partition
+        self.read_cache = ReadCache(cache_bytes_total)  # shared by every partition
         self.delete_retention_ms = int(delete_retention_s * 1000)
         self.fsync_interval_ms = fsync_interval_ms
         self.compaction_interval_s = compaction_interval_s
@@ -221,7 +222,7 @@ class Store:
 
     def _open(self, topic: Topic, number: int) -> Partition:
         part = Partition(self.data_dir / "topics" / f"{topic.name}-{number}", topic, number,
-                         fsync=self.fsync, clock=self.clock, cache_bytes=self.cache_bytes,
+                         fsync=self.fsync, clock=self.clock, cache=self.read_cache,
                          fsync_interval_ms=self.fsync_interval_ms)
         if self.flusher:
             self.flusher.add(part.log)

@@ -494,3 +494,17 @@ def test_last_batch_cut_short_with_default_settings_is_truncated(
     assert again.end_offset == 9 and path.stat().st_size == positions[9]
     assert [r.value for r in again.read(0, max_records=20)] == [
         bytes([i]) * 100 for i in range(9)]
+
+
+def test_the_read_cache_stays_within_its_bound(open_log: Opener) -> None:
+    log = open_log(segment_bytes=100_000, cache_bytes=128 * 1024)
+    for i in range(100):
+        log.append(items(20, start=i * 20, size=500))  # about 1 MB in 11 segments
+    offset = 0
+    while offset < log.end_offset:
+        recs = log.read(offset, max_records=20)
+        offset = recs[-1].offset + 1
+        assert 0 < log.cache_size <= 128 * 1024
+    assert offset == 2000
+    log.delete_before(log.end_offset)
+    assert log.cache_size == 0

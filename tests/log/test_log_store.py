@@ -391,3 +391,18 @@ def test_store_read_from_gives_the_next_offset(open_store: Opener) -> None:
     with pytest.raises(OffsetOutOfRange) as exc:
         store.read_from("t", 0, 6)
     assert str(exc.value) == "t/0: offset 6 is above the log end (log start 0, log end 5)"
+
+
+def test_one_read_cache_bound_for_all_partitions(open_store: Opener) -> None:
+    store = open_store(cache_bytes_total=256 * 1024)
+    store.apply(topics(Topic("t", partitions=8)))
+    for p in range(8):
+        store.append("t", [AppendRecord(b"v" * 1000, partition=p) for _ in range(200)])
+    for p in range(8):
+        offset = 0
+        while offset < 200:
+            recs, offset = store.read_from("t", p, offset, max_records=40)
+            assert recs and store.read_cache.size <= 256 * 1024
+    held = [store.partition("t", p).log.cache_size for p in range(8)]
+    assert held[-1] > 0 and sum(held) == store.read_cache.size <= 256 * 1024
+    assert held[0] == 0  # the least recently read partition was evicted for the others
