@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_log.py [--quick]
 
-Two cases with 200-byte records, each measured next to its floor in the same
+Cases with 200-byte records, each measured next to its floor in the same
 run (median of >= 3 repeats), printed as records/s and as a ratio:
 
 * fsync=never: batched append of N records, then read them all back.
@@ -11,6 +11,9 @@ run (median of >= 3 repeats), printed as records/s and as a ratio:
 * fsync=always: 16 threads appending batches concurrently (group commit), then
   reading back. Floor: one thread writing the same framed batches and calling
   fdatasync once per 16 batches (what a perfect group commit would do).
+* the Store path the engine uses, fsync=never: `Store.append` of batches of 500
+  AppendRecords (keyed over 4 partitions, keyless over 4, keyless to 1), then
+  `Store.read_from` of every partition; ratio to the fsync=never floor.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runner.clock import SystemClock  # noqa: E402
 from runner.log.record import Fsync  # noqa: E402
 from runner.log.segment import SegmentedLog  # noqa: E402
+from runner.log.store import AppendRecord, Store  # noqa: E402
+from runner.topology.model import Topic  # noqa: E402
 
 VALUE = b"x" * 200
 FRAME = struct.Struct("<iI")
@@ -103,6 +108,31 @@ def engine_always(directory: Path, n: int, batch: int, threads: int) -> float:
     return total / dt
 
 
+def store_never(directory: Path, n: int, batch: int, partitions: int, keyed: bool) -> float:
+    """records/s of Store.append + Store.read_from (the engine's path), fsync=never."""
+    store = Store(directory, fsync=Fsync.NEVER, clock=SystemClock(), background=False)
+    store.apply({"t": Topic("t", partitions=partitions)})
+    records = [AppendRecord(VALUE, key=b"key-%d" % (i % 1000) if keyed else None)
+               for i in range(batch)]
+    t0 = time.perf_counter()
+    for _ in range(n // batch):
+        store.append("t", records)
+    got = 0
+    for p in range(partitions):
+        offset = 0
+        while True:
+            recs, offset = store.read_from("t", p, offset, max_records=5000,
+                                           max_bytes=4 * 1024 * 1024)
+            if not recs:
+                break
+            got += len(recs)
+    dt = time.perf_counter() - t0
+    store.close()
+    total = n // batch * batch
+    assert got == total, (got, total)
+    return total / dt
+
+
 def memory_of_reads(directory: Path, n: int, batch: int) -> tuple[int, int]:
     """Peak traced memory of appending and reading n records, and the cache size."""
     tracemalloc.start()
@@ -156,6 +186,14 @@ def main() -> int:
               f"{e_always:>10,.0f} rec/s   floor (fsync per {threads} batches) "
               f"{f_always:>10,.0f} rec/s   ratio {e_always / f_always:.2f}   "
               f"(target >= 200,000: {'ok' if e_always >= 200_000 else 'MISSED'})")
+        for label, parts, keyed in (("keyed, 4 partitions", 4, True),
+                                    ("keyless, 4 partitions", 4, False),
+                                    ("keyless, 1 partition", 1, False)):
+            e_store = median_of(repeats, lambda p=parts, k=keyed: store_never(
+                fresh(), n, batch, p, k))
+            print(f"Store.append+read_from, {label:<22}: {e_store:>10,.0f} rec/s   "
+                  f"ratio to floor {e_store / f_never:.2f}   "
+                  f"(target >= 500,000: {'ok' if e_store >= 500_000 else 'MISSED'})")
         peak, cache = memory_of_reads(fresh(), n // 2, batch)
         data_mb = n // 2 * 228 / 1e6
         print(f"memory: peak traced {peak / 1e6:.1f} MB while writing and reading "
