@@ -22,7 +22,9 @@ built in parallel; implementation fills in the bodies, signatures stay):
 from __future__ import annotations
 
 import base64
+import fcntl
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -328,6 +330,7 @@ class Engine:
     """
 
     topology: Topology
+    _lock_fd: int
 
     @classmethod
     def open(
@@ -348,8 +351,15 @@ class Engine:
         except OSError as exc:
             raise StorageError(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
         policy = Fsync(FsyncPolicy(fsync).value)
+        lock = _lock_data_dir(data_dir)
         engine = cls.__new__(cls)
-        engine._setup(topology, data_dir, policy, clock, memory_budget_bytes, disk_budget_bytes)
+        engine._lock_fd = lock
+        try:
+            engine._setup(topology, data_dir, policy, clock, memory_budget_bytes,
+                          disk_budget_bytes)
+        except BaseException:
+            os.close(lock)
+            raise
         return engine
 
     def __init__(self) -> None:  # pragma: no cover - use Engine.open
@@ -473,7 +483,10 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        self._close_parts()
+        try:
+            self._close_parts()
+        finally:
+            os.close(self._lock_fd)  # releases the data dir lock
 
     def _close_parts(self) -> None:
         for part in (self.journal, self.broker, self.store):
@@ -916,6 +929,32 @@ class Engine:
                 oldest_ready_age_s=q.oldest_ready_age_s,
             )
         return out
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take the exclusive lock of `data_dir` (`<data_dir>/.lock`, holding our pid)
+    for the engine's life; StorageError naming the holder's pid when taken.
+    The OS drops the lock when the process dies, even by SIGKILL."""
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise StorageError(f"data directory {data_dir} is in use by another runner "
+                           f"(pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _log_tp(tp: tuple[str, int]) -> LogTopicPartition:
