@@ -8,6 +8,9 @@ printed next to its floor measured in the same run:
 * durable queue, fsync=always group commit vs  the same bytes appended to a SegmentedLog
                                                (fsync=always, one append per batch)
 
+then, for a durable queue with fsync=always and interval, publishing alone and
+pulling (with a lease, as the HTTP API does) + acking alone.
+
 Then the memory a queued message costs beyond its body (tracemalloc).
 
     .venv/bin/python benchmarks/bench_broker.py [--quick]
@@ -72,6 +75,29 @@ def run_broker(total: int, batch: int, fsync: str, durable: bool) -> float:
         assert b.queue_info("work").ready == 0
         b.close()
         return rounds * batch / elapsed
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def run_consume(total: int, batch: int, fsync: str) -> tuple[float, float]:
+    """Durable queue, the HTTP API's calls: publish everything, then pull (with a lease)
+    and ack batch by batch. Returns (publish rate, pull+ack rate)."""
+    data = Path(tempfile.mkdtemp(prefix="bench-consume-"))
+    try:
+        b = open_broker(data, fsync, durable=True)
+        msgs = messages(batch)
+        rounds = total // batch
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            b.publish("events", msgs)
+        t1 = time.perf_counter()
+        for _ in range(rounds):
+            got = b.pull("work", batch, consumer_id="bench", lease_s=60.0)
+            b.ack("work", [d.delivery_id for d in got])
+        t2 = time.perf_counter()
+        assert b.queue_info("work").ready == 0
+        b.close()
+        return rounds * batch / (t1 - t0), rounds * batch / (t2 - t1)
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -145,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     always = median_of(runs, lambda: run_broker(total // 2, batch, "always", durable=True))
     flog = median_of(runs, lambda: run_log(total // 2, batch))
     never = median_of(runs, lambda: run_broker(total // 2, batch, "never", durable=True))
+    split = {f: [run_consume(total // 2, batch, f) for _ in range(runs)]
+             for f in ("always", "interval")}
     mem = memory_per_message(mem_n, durable=False)
     mem_d = memory_per_message(mem_n, durable=True)
 
@@ -158,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
           f"   ratio {always / flog:.3f}   target >= {FLOOR_ALWAYS:,} "
           f"{'ok' if always >= FLOOR_ALWAYS else 'BELOW'}")
     print(f"  durable, fsync=never (for reference): {never:,.0f} msg/s")
+    for f, got in split.items():
+        print(f"  durable, fsync={f:<8}: publish {statistics.median(p for p, _ in got):>11,.0f}"
+              f" msg/s, then pull (with a lease) + ack "
+              f"{statistics.median(c for _, c in got):>11,.0f} msg/s")
     print(f"  memory per queued message beyond its body: {mem:.0f} B in memory queue, "
           f"{mem_d:.0f} B durable queue (target < 200 B)")
     return 0

@@ -40,6 +40,7 @@ from runner.broker.routing import Route, Router
 from runner.broker.steps import StepLog
 from runner.clock import Clock
 from runner.errors import Conflict, NotFound, Refused, UnsafeChange
+from runner.log.flusher import Flusher
 from runner.log.record import Fsync
 from runner.topology.model import Binding, Exchange, Queue
 
@@ -84,6 +85,11 @@ class Broker:
         self._epoch = self._next_epoch()
         self.steps = StepLog(self.data_dir / "steps", fsync=self.fsync, clock=clock)
         self._steps_recovered = False
+        # fsync=interval: a background thread syncs, so the caller's thread (the daemon's
+        # event loop) never waits for the disk
+        self.flusher = Flusher() if self.fsync is Fsync.INTERVAL else None
+        if self.flusher is not None:
+            self.flusher.add(self.steps.log)
 
     def _next_epoch(self) -> int:
         """A counter bumped at each open: non-durable uids (and tags) never repeat."""
@@ -193,6 +199,8 @@ class Broker:
                     self.memory.used += msg.size
             mq.delayed.sort(key=lambda t: (t[0], t[1]))
             self.journals[spec.name] = journal
+            if self.flusher is not None:
+                self.flusher.add(journal.log)
             self._seed_dedup(spec.name, ready)
         else:
             shutil.rmtree(qdir, ignore_errors=True)
@@ -211,6 +219,8 @@ class Broker:
         self._dirty.pop(name, None)
         journal = self.journals.pop(name, None)
         if journal is not None:
+            if self.flusher is not None:
+                self.flusher.remove(journal.log)
             journal.log.close()
             shutil.rmtree(self.data_dir / "queues" / name, ignore_errors=True)
         spill = self.spills.pop(name, None)
@@ -612,7 +622,7 @@ class Broker:
         marks_age = MARKS_DELAY_S if self.fsync is Fsync.ALWAYS else 0.0
         for journal in self.journals.values():
             journal.flush_marks(older_than_s=marks_age)
-        if self.fsync is Fsync.INTERVAL:
+        if self.fsync is Fsync.INTERVAL and self.flusher is None:
             for journal in self.journals.values():
                 journal.log.maybe_sync()
             self.steps.log.maybe_sync()
@@ -660,6 +670,9 @@ class Broker:
         self.steps.log.sync()
 
     def close(self) -> None:
+        if self.flusher is not None:
+            self.flusher.close()
+            self.flusher = None
         for journal in self.journals.values():
             journal.close()
         for spill in self.spills.values():
