@@ -72,18 +72,31 @@ def key_from_json(payload: bytes | None, path: str) -> bytes | None:
 
 
 class Partitioner:
-    """Chooses partitions of one topic: murmur2 for keys, round robin for keyless records."""
+    """Chooses partitions of one topic: murmur2 for keys, round robin for keyless
+    records. Keeps the positive murmur2 of recent keys (up to `HASH_CACHE`, then
+    starts over) so repeated keys are hashed once."""
 
-    __slots__ = ("_next",)
+    __slots__ = ("next", "hashes")
+    HASH_CACHE = 1 << 16
 
     def __init__(self) -> None:
-        self._next = 0
+        self.next = 0  # the round robin's next partition (modulo the count)
+        self.hashes: dict[bytes, int] = {}
+
+    def hash(self, key: bytes) -> int:
+        """`murmur2(key) & 0x7fffffff`, remembered."""
+        h = self.hashes.get(key)
+        if h is None:
+            if len(self.hashes) >= self.HASH_CACHE:
+                self.hashes.clear()
+            h = self.hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return h
 
     def partition(self, key: bytes | None, partitions: int) -> int:
         if key is not None:
-            return partition_for_key(key, partitions)
-        p = self._next % partitions
-        self._next = p + 1
+            return self.hash(key) % partitions
+        p = self.next % partitions
+        self.next = p + 1
         return p
 
     def for_batch(self, keys: Sequence[bytes | None], partitions: int) -> list[int]:

@@ -50,6 +50,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from operator import itemgetter
 
 MAGIC = 1
 DELETE_HORIZON = 0x01  # attributes bit: first_timestamp is the tombstones' delete horizon
@@ -61,6 +62,8 @@ LENGTH_PREFIX = 12  # base_offset + batch_length: the part before the length's r
 
 Item = tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]], int]
 """What an appender gives: (key, value, headers, timestamp_ms)."""
+
+_TIMESTAMP = itemgetter(3)
 
 
 class Fsync(str, Enum):  # noqa: UP042 - same shape as engine.FsyncPolicy
@@ -156,22 +159,34 @@ def encode_batch(
     pack = RECORD.pack
     parts: list[bytes] = []
     append = parts.append
-    max_ts = -(2**63)
-    for i, (key, value, headers, ts) in enumerate(items):
-        kl = -1 if key is None else len(key)
-        vl = -1 if value is None else len(value)
-        hb = encode_headers(headers) if headers else b""
-        if ts > max_ts:
-            max_ts = ts
-        delta = i if offset_deltas is None else offset_deltas[i]
-        append(pack(24 + (kl if kl > 0 else 0) + (vl if vl > 0 else 0) + len(hb),
-                    delta, ts, kl, vl, len(headers)))
-        if kl > 0:
-            append(key)  # type: ignore[arg-type]
-        if vl > 0:
-            append(value)  # type: ignore[arg-type]
+    deltas = range(len(items)) if offset_deltas is None else offset_deltas
+    for delta, (key, value, headers, ts) in zip(deltas, items, strict=True):
+        if headers:
+            hb = encode_headers(headers)
+            nh = len(headers)
+        else:
+            hb = b""
+            nh = 0
+        if key is None:
+            if value is None:
+                append(pack(24 + len(hb), delta, ts, -1, -1, nh))
+            else:
+                vl = len(value)
+                append(pack(24 + vl + len(hb), delta, ts, -1, vl, nh))
+                append(value)
+        else:
+            kl = len(key)
+            if value is None:
+                append(pack(24 + kl + len(hb), delta, ts, kl, -1, nh))
+                append(key)
+            else:
+                vl = len(value)
+                append(pack(24 + kl + vl + len(hb), delta, ts, kl, vl, nh))
+                append(key)
+                append(value)
         if hb:
             append(hb)
+    max_ts: int = max(map(_TIMESTAMP, items))
     count = len(items)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
     first_ts = items[0][3] if delete_horizon is None else delete_horizon

@@ -262,32 +262,63 @@ class Store:
     def resolve(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, Item]]:
         """Check records and choose their partitions, without writing: (partition, item).
         Raises NotFound, InvalidRequest (keyless on a compacted topic), TooLarge."""
+        parts, items = self._resolve(topic, records)
+        return list(zip(parts, items, strict=True))
+
+    def _resolve(self, topic: str, records: Sequence[AppendRecord],
+                 ) -> tuple[list[int], list[Item]]:
+        """`resolve` as two lists (the hot path: no per-record method calls for the
+        common case)."""
         t = self._topic(topic)
         cfg = t.config
         now = now_ms(self.clock)
-        out: list[tuple[int, Item]] = []
+        n = len(t.partitions)
+        limit = cfg.max_message_bytes
+        json_key = cfg.key
+        compact = cfg.compact
+        with_ids = self.dedup_window_ms is not None
+        partitioner = self._partitioner(topic)
+        hashes = partitioner.hashes
+        rr = partitioner.next
+        parts: list[int] = []
+        items: list[Item] = []
+        add_part = parts.append
+        add_item = items.append
         for rec in records:
             key = rec.key
-            if key is None and cfg.key:
-                key = key_from_json(rec.value, cfg.key)
-            if key is None and cfg.compact:
-                raise InvalidRequest(f"topic {topic!r} is compacted: every record needs a key")
-            size = record_size(key, rec.value, rec.headers)
-            if size > cfg.max_message_bytes:
-                raise TooLarge(f"record of {size} bytes is over the max_message_bytes "
-                               f"({cfg.max_message_bytes}) of topic {topic!r}")
-            if rec.partition is not None:
-                if not 0 <= rec.partition < len(t.partitions):
-                    raise NotFound(f"topic {topic!r} has no partition {rec.partition}")
-                p = rec.partition
-            else:
-                p = self._partitioner(topic).partition(key, len(t.partitions))
+            value = rec.value
             headers = rec.headers
-            if rec.message_id is not None and self.dedup_window_ms is not None:
+            if key is None and json_key:
+                key = key_from_json(value, json_key)
+            size = 0 if value is None else len(value)
+            if key is not None:
+                size += len(key)
+            elif compact:
+                raise InvalidRequest(f"topic {topic!r} is compacted: every record needs a key")
+            if headers:
+                size += sum(len(h.encode()) + len(v) for h, v in headers)
+            if size > limit:
+                raise TooLarge(f"record of {size} bytes is over the max_message_bytes "
+                               f"({limit}) of topic {topic!r}")
+            p = rec.partition
+            if p is not None:
+                if not 0 <= p < n:
+                    raise NotFound(f"topic {topic!r} has no partition {p}")
+            elif key is None:
+                p = rr % n
+                rr = p + 1
+            else:
+                h = hashes.get(key)
+                if h is None:
+                    h = partitioner.hash(key)
+                p = h % n
+            if with_ids and rec.message_id is not None:
                 headers = (*headers, ("x-message-id", rec.message_id.encode()))
-            ts = now if rec.timestamp_ms is None else rec.timestamp_ms
-            out.append((p, (key, rec.value, headers, ts)))
-        return out
+            ts = rec.timestamp_ms
+            add_part(p)
+            add_item((key, value, headers, now if ts is None else ts))
+        partitioner.next = rr
+        return parts, items
 
     def _partitioner(self, topic: str) -> Partitioner:
         part = self._partitioners.get(topic)
@@ -306,8 +337,11 @@ class Store:
         InvalidRequest "producer 'p' on t/0: out of order sequence S: expected N
         (...)", raised before anything of the call is written. With a dedup
         window, records with a message id seen in the window are stored once too."""
-        resolved = self.resolve(topic, records)
+        parts, items = self._resolve(topic, records)
         t = self._topics[topic]
+        if self.dedup_window_ms is None and all(r.producer_id is None for r in records):
+            return self._append_plain(t, parts, items)
+        resolved = list(zip(parts, items, strict=True))
         result: list[tuple[int, int]] = [(-1, -1)] * len(records)
         runs: dict[int, list[int]] = {}
         skip = set()
@@ -350,6 +384,31 @@ class Store:
                 if rec.message_id is not None and i not in skip:
                     self._dedup[(topic, rec.message_id)] = (*result[i], now)
             self._prune_dedup(now)
+        return result
+
+    @staticmethod
+    def _append_plain(t: _Topic, parts: list[int], items: list[Item]) -> list[tuple[int, int]]:
+        """Records without producer ids or message ids: one batch per partition."""
+        n = len(t.partitions)
+        if n == 1 or all(p == parts[0] for p in parts):
+            p = parts[0] if parts else 0
+            if not items:
+                return []
+            part = t.partitions[p]
+            first = part.append(items)
+            t.records_appended += len(items)
+            return [(p, off) for off in range(first, first + len(items))]
+        idx: list[list[int]] = [[] for _ in range(n)]
+        for i, p in enumerate(parts):
+            idx[p].append(i)
+        result: list[tuple[int, int]] = [(-1, -1)] * len(items)
+        for p, run in enumerate(idx):
+            if not run:
+                continue
+            first = t.partitions[p].append([items[i] for i in run])
+            for off, i in enumerate(run, first):
+                result[i] = (p, off)
+        t.records_appended += len(items)
         return result
 
     def _check_sequence(self, topic: str, p: int, rec: AppendRecord, pid: int, seq: int,
