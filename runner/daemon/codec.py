@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,14 +64,37 @@ def parse_duration(text: object, field: str, prefix: str = "") -> float:
     return total
 
 
+MAX_DEPTH = 254  # the deepest JSON orjson writes back (and so the daemon can store)
+MAX_ITEMS = 10_000  # messages or records in one request
+
+
 def decode_json(raw: bytes) -> Any:
-    """The JSON value of a request body."""
+    """The JSON value of a request body; BadInput when it nests deeper than MAX_DEPTH."""
     if not raw.strip():
         raise BadInput("the request body is empty; send a JSON object")
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadInput(f"the request body is not valid JSON: {exc}") from exc
+    # fewer opening brackets than the limit cannot nest deeper than it (cheap, C speed)
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise BadInput(
+                f"the request body nests JSON deeper than {MAX_DEPTH} levels; "
+                "flatten the payload or send it as 'body_b64'/'value_b64' bytes"
+            ) from exc
+    return value
+
+
+def check_count(items: list[Any], noun: str) -> None:
+    """TooLarge when a batch holds more than MAX_ITEMS items."""
+    if len(items) > MAX_ITEMS:
+        raise TooLarge(
+            f"the batch holds {len(items)} {noun}, over the limit of {MAX_ITEMS} a request; "
+            "split it into smaller batches"
+        )
 
 
 def require_object(value: Any, what: str = "the request body") -> dict[str, Any]:
@@ -116,6 +140,11 @@ def _check_keys(item: Mapping[str, Any], allowed: frozenset[str], prefix: str) -
         raise BadInput(
             f"{prefix}unknown field '{unknown[0]}' (known fields: {', '.join(sorted(allowed))})"
         )
+
+
+def check_fields(obj: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    """BadInput naming the first field of `obj` that is not in `allowed`."""
+    _check_keys(obj, allowed, "")
 
 
 def _payload(
@@ -262,6 +291,7 @@ def messages(
         if len(obj) > 1:
             other = sorted(k for k in obj if k != "messages")[0]
             raise BadInput(f"a batch holds only 'messages'; unexpected field '{other}'")
+        check_count(items, "messages")
         out = [
             message(item, index=i, limits=limits, default_key=default_key)
             for i, item in enumerate(items)
@@ -323,6 +353,7 @@ def records(body: Any, *, limits: Limits, topic_limit: int) -> tuple[list[OutRec
         if len(obj) > 1:
             other = sorted(k for k in obj if k != "records")[0]
             raise BadInput(f"a batch holds only 'records'; unexpected field '{other}'")
+        check_count(items, "records")
         out = [
             record(item, index=i, limits=limits, topic_limit=topic_limit)
             for i, item in enumerate(items)
@@ -361,16 +392,35 @@ def bool_field(obj: Mapping[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
-def delivery_ids(obj: Mapping[str, Any]) -> list[int]:
+MAX_ID = 2**63 - 1
+
+
+def delivery_ids(obj: Mapping[str, Any], raw: bytes | None = None) -> list[int]:
+    """The `delivery_ids` array; `raw` (the request body) names huge integers exactly."""
     ids = obj.get("delivery_ids")
     if ids is None:
         raise BadInput("missing field 'delivery_ids' (an array of integers)")
     if not isinstance(ids, list):
         raise BadInput(f"'delivery_ids' must be an array of integers, got {_kind(ids)}")
     for i, value in enumerate(ids):
+        if isinstance(value, float) and value.is_integer() and raw is not None:
+            value = _exact_id(raw, i, value)  # orjson reads integers over 64 bits as floats
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadInput(f"'delivery_ids[{i}]' must be an integer, got {_show(value)}")
+        if not 0 <= value <= MAX_ID:
+            raise BadInput(
+                f"'delivery_ids[{i}]' must be an integer between 0 and {MAX_ID}, got {value}"
+            )
     return list(ids)
+
+
+def _exact_id(raw: bytes, index: int, fallback: float) -> object:
+    """The integer as written in the request (only on the error path)."""
+    try:
+        exact = json.loads(raw).get("delivery_ids")[index]
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return fallback
+    return exact if isinstance(exact, int) else fallback
 
 
 def query_int(

@@ -40,6 +40,7 @@ MAX_PULL = 1000
 MAX_PEEK = 1000
 MAX_READ = 10_000
 RETRY_AFTER_S = 1
+PULL_FIELDS = frozenset({"max", "lease", "consumer_id"})
 
 
 class Host(Protocol):
@@ -68,6 +69,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HOST_KEY = web.AppKey("host", Host)
 LIMITS_KEY = web.AppKey("limits", codec.Limits)
 MAX_REQUEST_KEY = web.AppKey("max_request_bytes", int)
+ABANDONED = web.RequestKey("runner.body_abandoned", bool)
 
 
 def answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -108,41 +110,53 @@ def _engine_error(exc: EngineError) -> web.Response:
 def make_error_middleware() -> Any:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except EngineError as exc:
-            return _engine_error(exc)
-        except web.HTTPRequestEntityTooLarge:
-            limit = request.app[MAX_REQUEST_KEY]
-            return error(
-                413,
-                f"the request body is over the limit of {limit} bytes; send smaller "
-                "batches, or store large payloads elsewhere and send a reference",
-            )
-        except web.HTTPMethodNotAllowed as exc:
-            allowed = ", ".join(sorted(exc.allowed_methods))
-            return error(
-                405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
-            )
-        except web.HTTPNotFound:
-            return error(404, f"no route {request.method} {request.path}")
-        except web.HTTPException as exc:
-            return error(exc.status, exc.reason)
-        except Exception:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            return error(500, "internal error; the daemon log has the details")
+        limit = request.app[MAX_REQUEST_KEY]
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            # answer at once, before any body arrives (it may never come); aiohttp
+            # then drains what the client still sends for a bounded lingering time
+            response: web.StreamResponse = _too_large(limit)
+            response.force_close()
+        else:
+            response = await _answer(request, handler, limit)
+        if request.get(ABANDONED):
+            response.force_close()
+        return response
 
     return errors
 
 
+async def _answer(request: web.Request, handler: Handler, limit: int) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        return _engine_error(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(limit)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error(
+            405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+        )
+    except web.HTTPNotFound:
+        return error(404, f"no route {request.method} {request.path}")
+    except web.HTTPException as exc:
+        return error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error(500, "internal error; the daemon log has the details")
+
+
 def make_auth_middleware(token: str | None) -> Any:
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if expected is not None and request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            # the scheme is case-insensitive (RFC 7235); the token is compared exactly
+            scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+            ok = scheme.lower() == "bearer"
+            if not hmac.compare_digest(given.strip().encode(), expected) or not ok:
                 return error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
         return await handler(request)
 
@@ -153,11 +167,46 @@ def _host(request: web.Request) -> Host:
     return request.app[HOST_KEY]
 
 
-async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    raw = await request.read()
+def _too_large(limit: int) -> web.Response:
+    return error(
+        413,
+        f"the request body is over the limit of {limit} bytes; send smaller "
+        "batches, or store large payloads elsewhere and send a reference",
+    )
+
+
+def _abandon_body(request: web.Request) -> None:
+    """Do not read the rest of a body that failed to decode (aiohttp would drain it
+    after the answer and log the payload's error); close the connection after the answer."""
+    request.content.feed_eof()
+    request[ABANDONED] = True
+
+
+async def _read(request: web.Request) -> bytes:
+    """The request body; 400 when it cannot be read (a bad Content-Encoding...)."""
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:
+        _abandon_body(request)
+        encoding = request.headers.get("Content-Encoding")
+        how = f" with Content-Encoding {encoding!r}" if encoding else ""
+        raise codec.BadInput(
+            f"the request body could not be read{how}: {exc}; send plain, "
+            "gzip- or deflate-encoded JSON that matches its Content-Encoding"
+        ) from exc
+
+
+async def _json_raw(
+    request: web.Request, *, empty_ok: bool = False
+) -> tuple[dict[str, Any], bytes]:
+    raw = await _read(request)
     if empty_ok and not raw.strip():
-        return {}
-    return codec.require_object(codec.decode_json(raw))
+        return {}, raw
+    return codec.require_object(codec.decode_json(raw)), raw
+
+
+async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    return (await _json_raw(request, empty_ok=empty_ok))[0]
 
 
 def _accepting(host: Host) -> None:
@@ -207,12 +256,16 @@ async def append_topic(request: web.Request) -> web.Response:
     if topic is None:
         raise NotFound(f"topic '{name}' not found")
     body = await _json(request)
-    recs, _ = codec.records(
+    recs, batch = codec.records(
         body, limits=request.app[LIMITS_KEY], topic_limit=topic.max_message_bytes
     )
     for i, rec in enumerate(recs):
+        where = f"record {i}: " if batch else ""
+        if topic.compact and rec.key is None:
+            raise codec.BadInput(
+                f"{where}topic '{name}' is compacted: every record needs a 'key' or 'key_b64'"
+            )
         if rec.partition is not None and rec.partition >= topic.partitions:
-            where = f"record {i}: " if len(recs) > 1 else ""
             raise NotFound(
                 f"{where}topic '{name}' has no partition {rec.partition} "
                 f"(it has {topic.partitions}: 0..{topic.partitions - 1})"
@@ -243,12 +296,25 @@ def _partition(host: Host, topic: str, text: str) -> int:
     return partition
 
 
+def _not_above_end(host: Host, topic: str, partition: int, offset: int, verb: str) -> None:
+    """416 for an offset above the log end (the log end itself is fine: nothing yet)."""
+    info = next(p for p in host.engine.partitions(topic) if p.partition == partition)
+    if offset > info.log_end_offset:
+        raise OffsetOutOfRange(
+            f"offset {offset} is above the log end offset {info.log_end_offset} of topic "
+            f"'{topic}' partition {partition}; {verb} at most {info.log_end_offset}",
+            log_start=info.log_start_offset,
+            log_end=info.log_end_offset,
+        )
+
+
 async def read_records(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     partition = _partition(host, name, request.match_info["p"])
     offset = codec.query_int(request.query, "offset", default=None)
     limit = codec.query_int(request.query, "limit", default=100, low=1, high=MAX_READ)
+    _not_above_end(host, name, partition, offset, "read from")
     recs, next_offset = host.engine.read(
         name, partition, offset, max_records=limit, max_bytes=64 * 1024 * 1024
     )
@@ -262,6 +328,7 @@ async def pull(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     body = await _json(request, empty_ok=True)
+    codec.check_fields(body, PULL_FIELDS)
     n = codec.int_field(body, "max", default=1, low=1, high=MAX_PULL)
     lease = codec.parse_duration(body.get("lease", "30s"), "lease")
     if lease <= 0:
@@ -292,7 +359,8 @@ def _settled(host: Host, name: str, ids: list[int], unknown: list[int], verb: st
 async def ack(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
-    ids = codec.delivery_ids(await _json(request))
+    body, raw = await _json_raw(request)
+    ids = codec.delivery_ids(body, raw)
     _queue_exists(host, name)
     unknown = host.engine.ack(name, ids) if ids else []
     return _settled(host, name, ids, unknown, "acked")
@@ -301,8 +369,8 @@ async def ack(request: web.Request) -> web.Response:
 async def nack(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
-    body = await _json(request)
-    ids = codec.delivery_ids(body)
+    body, raw = await _json_raw(request)
+    ids = codec.delivery_ids(body, raw)
     requeue = codec.bool_field(body, "requeue", default=True)
     _queue_exists(host, name)
     unknown = host.engine.nack(name, ids, requeue=requeue) if ids else []
@@ -359,7 +427,9 @@ async def seek(request: web.Request) -> web.Response:
     if has_offset == has_time:
         raise codec.BadInput("give exactly one of 'offset' or 'timestamp' (milliseconds)")
     if has_offset:
-        pos = host.engine.seek(group, tp, offset=codec.int_field(body, "offset"))
+        offset = codec.int_field(body, "offset")
+        _not_above_end(host, tp.topic, tp.partition, offset, "seek to")
+        pos = host.engine.seek(group, tp, offset=offset)
     else:
         pos = host.engine.seek(group, tp, timestamp_ms=codec.int_field(body, "timestamp"))
     host.notify()

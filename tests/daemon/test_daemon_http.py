@@ -149,7 +149,7 @@ def test_topic_append_read_and_group_offsets(tmp_path: Path) -> None:
         ("POST", "/v1/topics/events/records", {"value": 1, "partition": 2}, 404,
          "topic 'events' has no partition 2 (it has 2: 0..1)"),
         ("POST", "/v1/topics/compacted/records", {"value": 1}, 400,
-         "topic 'compacted' is compacted: a record needs a key"),
+         "topic 'compacted' is compacted: every record needs a 'key' or 'key_b64'"),
         ("GET", "/v1/topics/events/partitions/7/records?offset=0", None, 404,
          "topic 'events' has no partition 7 (it has 2: 0..1)"),
         ("GET", "/v1/topics/events/partitions/x/records?offset=0", None, 400,
