@@ -28,6 +28,25 @@ def _size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def _budget(text: str) -> int | None:
+    """A budget size for argparse (`runner.topology.units.parse_size`); None: unlimited."""
+    from runner.topology.units import parse_size
+
+    try:
+        return parse_size(text.strip(), allow_unlimited=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _memory_budget(text: str) -> int:
+    value = _budget(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            '"unlimited" is not allowed for the memory budget; give a size such as "256MiB"'
+        )
+    return value
+
+
 def _duration(text: str) -> float:
     pos, total = 0, 0.0
     for match in _DURATION.finditer(text):
@@ -63,6 +82,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--max-request-bytes", type=_size, default=64 * 1024 * 1024,
         help="largest HTTP request body (default 64MiB)",
+    )
+    run.add_argument(
+        "--memory-budget", type=_memory_budget, default=256 * 1024 * 1024,
+        help="memory for queue messages before they spill to disk (default 256MiB)",
+    )
+    run.add_argument(
+        "--disk-budget", type=_budget, default=None,
+        help="disk for queue logs; publishes get 429 once it is used (default unlimited)",
     )
     run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
@@ -142,6 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         grace_s=args.grace,
         watch=not args.no_watch,
+        memory_budget_bytes=args.memory_budget,
+        disk_budget_bytes=args.disk_budget,
     )
     try:
         supervisor = Supervisor(config, loaded, parts)

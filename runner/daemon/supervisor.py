@@ -63,6 +63,8 @@ class DaemonConfig:
     tick_s: float = 0.05
     debounce_s: float = 0.1
     watch: bool = True
+    memory_budget_bytes: int = 256 * 1024 * 1024
+    disk_budget_bytes: int | None = None  # None: unlimited
 
 
 class Loaded(Protocol):
@@ -113,7 +115,11 @@ def real_parts() -> Parts:
     from runner.topology.load import load
 
     def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
-        return Engine.open(topology, config.data_dir, fsync=config.fsync, clock=clock)
+        return Engine.open(
+            topology, config.data_dir, fsync=config.fsync, clock=clock,
+            memory_budget_bytes=config.memory_budget_bytes,
+            disk_budget_bytes=config.disk_budget_bytes,
+        )
 
     def make_pipeline(
         engine: Engine,
@@ -237,7 +243,15 @@ class Supervisor:
             "opening engine", extra={"event": "engine_opening", "data_dir": str(config.data_dir)}
         )
         self._engine = self._parts.open_engine(self._topology, config, clock)
-        log.info("engine opened", extra={"event": "engine_opened", "fsync": config.fsync.value})
+        log.info(
+            "engine opened",
+            extra={
+                "event": "engine_opened",
+                "fsync": config.fsync.value,
+                "memory_budget_bytes": config.memory_budget_bytes,
+                "disk_budget_bytes": config.disk_budget_bytes or "unlimited",
+            },
+        )
         app = build_app(
             self,
             token=config.token,
