@@ -41,6 +41,7 @@ from runner.broker.message import Message
 from runner.broker.routing import Route
 from runner.clock import Clock, SystemClock
 from runner.errors import (
+    Conflict,
     EngineError,
     InvalidRequest,
     NotFound,
@@ -377,6 +378,7 @@ class Engine:
         self._topic_reach: set[str] = set()
         self._closed = False
         self._half_applied = False
+        self._seek_versions: dict[str, int] = {}
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
                                dedup_window_s=DEDUP_WINDOW_S)
@@ -596,15 +598,44 @@ class Engine:
         """The committed offset, else the group's reset position."""
         return self.store.groups.position(group, _log_tp(tp))
 
-    def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
-        self.store.groups.commit(group, {_log_tp(tp): off for tp, off in offsets.items()})
+    def commit(
+        self, group: str, offsets: Mapping[TopicPartition, int], *,
+        member_id: str | None = None, generation: int | None = None,
+        external: bool | None = None,
+    ) -> None:
+        """Commit next offsets to read.
+
+        `member_id` / `generation`: a member of the group committing (the
+        pipeline); a zombie is fenced off with Conflict "group 'g' rebalanced:
+        ...". `external` (default: no `member_id` given) is a commit from
+        outside, e.g. HTTP: refused with Conflict for a group this runner runs
+        with a handler (its members own the offsets; seek it instead)."""
+        if external is None:
+            external = member_id is None
+        if external:
+            g = self.topology.group_map().get(group)
+            if g is not None and g.handler is not None:
+                raise Conflict(f"group {group} is run by this daemon's handler; use "
+                               f"POST /v1/groups/{group}/offsets to seek it")
+        self.store.groups.commit(group, {_log_tp(tp): off for tp, off in offsets.items()},
+                                 member_id=member_id, generation=generation)
 
     def seek(
         self, group: str, tp: TopicPartition, *, offset: int | None = None,
         timestamp_ms: int | None = None,
     ) -> int:
-        return self.store.groups.seek(group, _log_tp(tp), offset=offset,
-                                      timestamp_ms=timestamp_ms)
+        """Move the group's position (a commit); bumps `seek_version(group)` so the
+        group's running members re-read their positions and do not commit
+        records they read before the seek."""
+        pos = self.store.groups.seek(group, _log_tp(tp), offset=offset,
+                                     timestamp_ms=timestamp_ms)
+        self._seek_versions[group] = self._seek_versions.get(group, 0) + 1
+        return pos
+
+    def seek_version(self, group: str) -> int:
+        """How many seeks `group` has had since the engine opened (members compare it
+        on every poll: a change means their positions are stale)."""
+        return self._seek_versions.get(group, 0)
 
     def group_info(self, group: str) -> GroupInfo:
         groups = self.store.groups

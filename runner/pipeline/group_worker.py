@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runner.engine import Record, Step, TopicPartition
-from runner.errors import EngineError, NotFound, OffsetOutOfRange
+from runner.errors import Conflict, EngineError, NotFound, OffsetOutOfRange
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.message import Outputs, TopicMessage
 from runner.pipeline.stats import HandlerCounters
@@ -94,6 +94,7 @@ class GroupWorker(Worker):
         self.members.add(member)
         positions: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, int] = {}
+        version = engine.seek_version(self.name)
         try:
             while not self.stopping:
                 busy = await self._replays(member)
@@ -104,74 +105,104 @@ class GroupWorker(Worker):
                 for tp in assigned:
                     if self.stopping:
                         break
+                    if engine.seek_version(self.name) != version:
+                        # sought from outside: what was read before is stale
+                        version = engine.seek_version(self.name)
+                        positions.clear()
+                        pending.clear()
+                        log.info("group %s: member %s re-reads its positions after a seek",
+                                 self.name, member)
                     if tp not in positions:
                         positions[tp] = engine.position(self.name, tp)
-                    busy |= await self._partition(member, tp, positions, pending)
-                    self._flush(member, pending)
+                    busy |= await self._partition(member, tp, positions, pending, version)
+                    self._flush(member, pending, version)
                 if not busy:
                     await self.idle()
         finally:
             self.members.discard(member)
             try:
-                self._flush(member, pending)
+                self._flush(member, pending, version)
                 engine.leave(self.name, member)
             except EngineError as exc:
                 log.warning("group %s: member %s could not leave cleanly: %s",
                             self.name, member, exc)
 
-    def _flush(self, member: str, pending: dict[TopicPartition, int]) -> None:
+    def _sought(self, version: int) -> bool:
+        """True when the group was sought since `version` (a read before is stale)."""
+        return self.env.engine.seek_version(self.name) != version
+
+    def _flush(self, member: str, pending: dict[TopicPartition, int], version: int) -> None:
         """Commit what the member finished, for partitions it still owns (a new
-        owner's commits must never be moved back)."""
+        owner's commits must never be moved back), unless the group was sought
+        meanwhile (a seek is never overwritten by records read before it)."""
         if not pending:
+            return
+        if self._sought(version):
+            pending.clear()
             return
         owned = set(self._assignment(member))
         offsets = {tp: off for tp, off in pending.items() if tp in owned}
         pending.clear()
         if offsets:
-            self.env.engine.commit(self.name, offsets)
+            try:
+                self.env.engine.commit(self.name, offsets, member_id=member)
+            except Conflict as exc:
+                log.info("group %s: commit of %s dropped: %s", self.name, member, exc)
 
     async def _partition(
         self, member: str, tp: TopicPartition, positions: dict[TopicPartition, int],
-        pending: dict[TopicPartition, int],
+        pending: dict[TopicPartition, int], version: int,
     ) -> bool:
         engine = self.env.engine
         try:
-            records, _next = engine.read(tp.topic, tp.partition, positions[tp],
-                                         max_records=READ_BATCH)
+            records, next_offset = engine.read(tp.topic, tp.partition, positions[tp],
+                                               max_records=READ_BATCH)
         except OffsetOutOfRange as exc:
             log.warning("group %s: %s[%d] offset %d is gone, skipping to %d", self.name,
                         tp.topic, tp.partition, positions[tp], exc.log_start)
             positions[tp] = exc.log_start
             return True
+        if not records:
+            # compaction may have removed offsets at the tail: read on from there
+            moved = next_offset != positions[tp]
+            positions[tp] = next_offset
+            return moved
         for record in records:
-            if self.stopping:
+            if self.stopping or self._sought(version):
                 break
             if tp not in self._assignment(member):
                 positions.pop(tp, None)
                 break
-            commit_step = self._commit_step(member, tp, record, pending)
+            commit_step = self._commit_step(member, tp, record, version)
             try:
                 done = await self._handle(record, member, commit_step)
             except _Stale:
-                log.info("group %s: %s[%d]@%d was committed elsewhere meanwhile (rebalance); "
+                log.info("group %s: %s[%d]@%d was committed or sought elsewhere meanwhile; "
                          "its outputs are discarded", self.name, tp.topic, tp.partition,
                          record.offset)
                 positions.pop(tp, None)
                 break
             if not done:
                 break
+            if self._sought(version):
+                break
             positions[tp] = record.offset + 1
             if self.delivery is Delivery.AT_LEAST_ONCE:
                 pending[tp] = record.offset + 1
-        return bool(records)
+        else:
+            if positions.get(tp) == records[-1].offset + 1:
+                positions[tp] = next_offset
+        return True
 
     def _commit_step(
-        self, member: str, tp: TopicPartition, record: Record, pending: dict[TopicPartition, int],
+        self, member: str, tp: TopicPartition, record: Record, version: int,
     ) -> Callable[[Step], None]:
         """How a record from the partition is settled, given the rest of its step."""
         engine = self.env.engine
 
         def settle(step: Step) -> None:
+            if self._sought(version):
+                raise _Stale()
             if self.delivery is Delivery.EXACTLY_ONCE:
                 if (tp not in self._assignment(member)
                         or engine.position(self.name, tp) != record.offset):
@@ -180,7 +211,10 @@ class GroupWorker(Worker):
                 engine.commit_step(step)
                 return
             if self.delivery is Delivery.AT_MOST_ONCE:
-                engine.commit(self.name, {tp: record.offset + 1})
+                try:
+                    engine.commit(self.name, {tp: record.offset + 1}, member_id=member)
+                except Conflict:
+                    raise _Stale() from None
             if step.publishes or step.appends or step.queue_puts:
                 engine.commit_step(step)
 

@@ -157,7 +157,7 @@ def test_a_restart_keeps_records_messages_offsets_and_unacked_come_back(tmp_path
     e.append("ev", [OutRecord(b'{"order_id": %d}' % i) for i in range(10)])
     e.publish_to_queue("q", [OutMessage(b"a"), OutMessage(b"b", priority=3)])
     (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
-    e.commit("g", {TopicPartition("ev", 0): 1})
+    e.commit("g", {TopicPartition("ev", 0): 1}, external=False)
     ends = [p.log_end_offset for p in e.partitions("ev")]
     e.close()
     again = Engine.open(_topo(), tmp_path)
