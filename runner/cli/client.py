@@ -84,8 +84,22 @@ def _run(func: Any) -> Any:
         except Usage as exc:
             print(f"runner {args.command}: {exc}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            return _reader_left()
 
     return wrapped
+
+
+def _reader_left() -> int:
+    """The reader of stdout went away (`runner status | head`): stop quietly.
+
+    Later writes (the interpreter's final flush) go to /dev/null, so no
+    traceback; the exit code is the shell's for a SIGPIPE death, 128 + 13."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141
 
 
 # ------------------------------------------------------------------ publish

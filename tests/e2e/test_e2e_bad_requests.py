@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Daemon, make_daemon
+from tests.e2e.conftest import RUNNER, Daemon, make_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -215,3 +216,20 @@ def test_a_batch_over_10000_items_is_413(daemon: Daemon) -> None:
         assert error_of(daemon, "POST", path, raw=raw) == (
             413, f"the batch holds 10001 {noun}, over the limit of 10000 a request; "
                  "split it into smaller batches")
+
+
+@pytest.mark.parametrize("args", [
+    ["status"],
+    ["dlq", "list"],
+    ["consume", "--topic", "events", "--partition", "1", "--offset", "0"],
+])
+def test_a_client_whose_reader_left_exits_quietly(daemon: Daemon, args: list[str]) -> None:
+    daemon.ok("POST", "/v1/topics/events/records", {"value": 1, "partition": 1}, 202)
+    env = dict(daemon.env, RUNNER_TOKEN=TOKEN)
+    with subprocess.Popen([str(RUNNER), *args, "--url", daemon.url], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # like `| head` that already left: every write is EPIPE
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141
+    assert err == ""
