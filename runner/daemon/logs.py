@@ -19,8 +19,13 @@ _STANDARD = frozenset(
 )
 
 
+DEFAULT_EVENT = "log"  # lines logged without an event name (by other modules)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    """The structured fields of a line; `event` first, always present."""
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    return {"event": fields.pop("event", DEFAULT_EVENT), **fields}
 
 
 class JsonFormatter(logging.Formatter):

@@ -272,6 +272,8 @@ class Supervisor:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         log.info("pipeline started", extra={"event": "pipeline_started"})
+        for kind, name, spec in _workers(self._topology):
+            _log_worker("started", kind, name, spec)
         self._accepting = True
         log.info(
             "listening on http://%s:%d",
@@ -457,6 +459,7 @@ class Supervisor:
             return ReloadResult(
                 "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
             )
+        _log_worker_changes(old, new)
         if loaded.content_hash != self._hash:
             self._hash = loaded.content_hash
             self._generation += 1
@@ -472,6 +475,39 @@ class Supervisor:
             return all(p.log_end_offset == p.log_start_offset for p in engine.partitions(name))
         except EngineError:
             return True
+
+
+def _workers(topology: Topology) -> list[tuple[str, str, Any]]:
+    """(kind, name, spec) of every consumer and handler-driven consumer group."""
+    out: list[tuple[str, str, Any]] = [("consumer", n, c) for n, c in topology.consumers]
+    out += [("group", n, g) for n, g in topology.consumer_groups if g.handler is not None]
+    return out
+
+
+def _log_worker(what: str, kind: str, name: str, spec: Any) -> None:
+    """One lifecycle line for a consumer or group: event=consumer_started, group_stopped..."""
+    fields: dict[str, Any] = {"event": f"{kind}_{what}", kind: name}
+    if kind == "consumer":
+        fields.update(queue=spec.queue, handler=spec.handler, concurrency=spec.concurrency)
+    else:
+        fields.update(
+            topics=",".join(spec.topics), handler=spec.handler, instances=spec.instances
+        )
+    log.info("%s %s %s", kind, name, what, extra=fields)
+
+
+def _log_worker_changes(old: Topology, new: Topology) -> None:
+    """Lifecycle lines after a reload: started, stopped or restarted (changed) workers."""
+    before = {(k, n): spec for k, n, spec in _workers(old)}
+    after = {(k, n): spec for k, n, spec in _workers(new)}
+    for (kind, name), spec in before.items():
+        if (kind, name) not in after:
+            _log_worker("stopped", kind, name, spec)
+    for (kind, name), spec in after.items():
+        if (kind, name) not in before:
+            _log_worker("started", kind, name, spec)
+        elif before[(kind, name)] != spec:
+            _log_worker("restarted", kind, name, spec)
 
 
 def _describe(change: Any) -> str:

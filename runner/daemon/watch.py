@@ -107,7 +107,10 @@ class TopologyWatcher:
         observer.schedule(_Events(self._relevant, self._post), str(watched), recursive=False)
         observer.start()
         self._observer = observer
-        log.info("watching %s for topology changes", watched)
+        log.info(
+            "watching %s for topology changes", watched,
+            extra={"event": "watching", "path": str(watched)},
+        )
 
     def stop(self) -> None:
         self._debouncer.cancel()

@@ -1,0 +1,88 @@
+"""Lifecycle log lines of the real daemon: every line names its event, in JSON and text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Daemon, wait_for
+
+pytestmark = pytest.mark.e2e
+
+HANDLERS = '''\
+def noop(msg):
+    return None
+'''
+
+BEFORE = """\
+version: 1
+name: e2e-logs
+topics:
+  t: {partitions: 2}
+queues:
+  a: {}
+  b: {}
+consumers:
+  ca: {queue: a, handler: "logs_mod:noop", concurrency: 1}
+  gone: {queue: b, handler: "logs_mod:noop"}
+consumer_groups:
+  g: {topic: t, handler: "logs_mod:noop", instances: 1}
+"""
+
+AFTER = """\
+version: 1
+name: e2e-logs
+topics:
+  t: {partitions: 2}
+queues:
+  a: {}
+  b: {}
+consumers:
+  ca: {queue: a, handler: "logs_mod:noop", concurrency: 2}
+  cb: {queue: b, handler: "logs_mod:noop"}
+consumer_groups:
+  g: {topic: t, handler: "logs_mod:noop", instances: 1}
+"""
+
+
+def json_lines(d: Daemon) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in d.log().splitlines() if line.strip()]
+
+
+def test_json_lines_name_every_worker_started_stopped_and_restarted(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    d = start_daemon(BEFORE, modules={"logs_mod": HANDLERS}, args=["--log-format", "json"])
+    lines = json_lines(d)
+    assert all("event" in line for line in lines), [x for x in lines if "event" not in x]
+    started = {(x["event"], x.get("consumer") or x.get("group")) for x in lines}
+    assert {("consumer_started", "ca"), ("consumer_started", "gone"),
+            ("group_started", "g"), ("watching", None)} <= started
+    ca = next(x for x in lines if x.get("consumer") == "ca")
+    assert (ca["message"], ca["queue"], ca["handler"], ca["concurrency"]) == (
+        "consumer ca started", "a", "logs_mod:noop", 1)
+    d.topology.write_text(AFTER)
+    assert d.post("/v1/admin/reload").status == 200
+    lines = wait_for(lambda: [x for x in json_lines(d) if x["event"] == "reload"] and
+                     json_lines(d))
+    assert all("event" in line for line in lines), [x for x in lines if "event" not in x]
+    after = [(x["event"], x.get("consumer") or x.get("group"), x["message"])
+             for x in lines if x["event"].startswith(("consumer_", "group_"))][3:]
+    assert sorted(after) == [
+        ("consumer_restarted", "ca", "consumer ca restarted"),
+        ("consumer_started", "cb", "consumer cb started"),
+        ("consumer_stopped", "gone", "consumer gone stopped"),
+    ]
+
+
+def test_text_lines_carry_an_event_too(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(BEFORE, modules={"logs_mod": HANDLERS})
+    d.topology.write_text(AFTER)
+    assert d.post("/v1/admin/reload").status == 200
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    assert lines and all(" event=" in line for line in lines), lines
+    assert any("consumer cb started event=consumer_started consumer=cb queue=b" in line
+               for line in lines), lines
