@@ -67,3 +67,20 @@ def test_bad_budgets_are_usage_errors(tmp_path: Path, args: list[str], message: 
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_second_daemon_on_the_same_data_dir_exits_1_naming_the_first(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    first = start_daemon(TOPOLOGY)
+    assert first.proc is not None
+    done = run_cli(first.workdir, "run", str(first.topology), "--data-dir", str(first.data_dir),
+                   "--listen", "127.0.0.1:0", "--no-watch")
+    assert done.returncode == 1
+    assert (f"runner run: data directory {first.data_dir} is in use by another runner "
+            f"(pid {first.proc.pid})\n") in done.stderr
+    assert "Traceback" not in done.stderr
+    assert first.get("/readyz").status == 200  # the first one is untouched
+    first.stop()
+    first.start()  # the lock went with the first daemon: the data dir opens again
+    first.stop()
