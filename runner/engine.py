@@ -231,9 +231,11 @@ ORIGINAL_TIMESTAMP_HEADER = "x-original-timestamp"
 RECORD_TOPIC_HEADER = "x-record-topic"
 RECORD_PARTITION_HEADER = "x-record-partition"
 RECORD_OFFSET_HEADER = "x-record-offset"
+NULL_VALUE_HEADER = "x-null-value"  # a dead-lettered tombstone (null value) in a queue
+JSON_CONTENT_TYPE = "application/json"
 _RECORD_HEADERS = (
     RECORD_TOPIC_HEADER, RECORD_PARTITION_HEADER, RECORD_OFFSET_HEADER, ORIGINAL_KEY_HEADER,
-    ORIGINAL_KEY_B64_HEADER, ORIGINAL_TIMESTAMP_HEADER,
+    ORIGINAL_KEY_B64_HEADER, ORIGINAL_TIMESTAMP_HEADER, NULL_VALUE_HEADER,
 )
 
 
@@ -264,6 +266,17 @@ def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
             except UnicodeDecodeError:
                 out[name] = raw
     return out
+
+
+def _content_type(value: bytes | None) -> str | None:
+    """`application/json` when `value` is JSON text, else None (bytes)."""
+    if not value:
+        return None
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return JSON_CONTENT_TYPE
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -738,16 +751,23 @@ class Engine:
                else _unb64(str(key_b64)) if key_b64 is not None else None)
         ts = h.pop(ORIGINAL_TIMESTAMP_HEADER, None)
         ts_ms = int(ts) if isinstance(ts, int) else delivery.timestamp_ms
-        return Record(topic, partition, offset, ts_ms, key, delivery.body, h)
+        value = None if h.pop(NULL_VALUE_HEADER, None) is True else delivery.body
+        return Record(topic, partition, offset, ts_ms, key, value, h)
 
     def dead_letter_step(
         self, group: str, record: Record, death: Mapping[str, Any], *,
         to_queue: str | None = None, to_topic: str | None = None,
     ) -> Step:
         """The Step that dead-letters a topic record (add the input's commit or
-        ack to it, then `commit_step`). Into a queue the record becomes a
-        message: value as body, key in `x-original-key` (or `-b64`), timestamp in
-        `x-original-timestamp`; into a topic it keeps key and headers."""
+        ack to it, then `commit_step`). Into a topic the record keeps value
+        (a tombstone stays one), key and headers. Into a queue it becomes a
+        message: the value as body with content type `application/json` when
+        it is JSON, a null value as an empty body with `x-null-value: true`,
+        the key in `x-original-key` (or `-b64`), the timestamp in
+        `x-original-timestamp`; its message id is the record's own
+        (`x-message-id`), else `<topic>/<partition>/<offset>`, with `~<n>` added
+        from the second death on (`death_count` n) so the dedup window never
+        swallows a later death of the same record."""
         death = dict(death)
         death.setdefault("original_group", group)
         headers = dict(record.headers)
@@ -765,10 +785,17 @@ class Engine:
             except UnicodeDecodeError:
                 headers[ORIGINAL_KEY_B64_HEADER] = _b64(record.key)
         headers[ORIGINAL_TIMESTAMP_HEADER] = record.timestamp_ms
-        mid = headers.get(MESSAGE_ID_HEADER)
+        if record.value is None:
+            headers[NULL_VALUE_HEADER] = True
+        own = headers.get(MESSAGE_ID_HEADER)
+        mid = (str(own) if own is not None
+               else f"{record.topic}/{record.partition}/{record.offset}")
+        deaths = death.get("death_count", 1)
+        if isinstance(deaths, int) and deaths > 1:
+            mid = f"{mid}~{deaths}"
         step.queue_puts.append((to_queue, [OutMessage(
             body=record.value or b"", routing_key=record.topic, headers=headers,
-            message_id=f"{mid}" if mid is not None else None)]))
+            message_id=mid, content_type=_content_type(record.value))]))
         return step
 
     def dead_letter_record(
