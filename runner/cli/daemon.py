@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from runner.daemon.alerts import render_yaml, rules
+    from runner.daemon.alerts import notes, render_yaml, rules
     from runner.topology.load import load
 
     if not args.path.exists():
@@ -202,8 +202,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         print(f"runner alerts: {args.path} is invalid ({len(errors)} error(s))", file=sys.stderr)
         return 1
     topology = loaded.topology
-    sys.stdout.write(
-        render_yaml(topology, rules(topology, lag_threshold=args.lag_threshold,
-                                    lag_for=args.lag_for))
-    )
+    rule_list = rules(topology, lag_threshold=args.lag_threshold, lag_for=args.lag_for)
+    sys.stdout.write(render_yaml(topology, rule_list, notes(topology)))
     return 0

@@ -2,7 +2,9 @@
 
 Per DLQ policy with an `alert`: dead-letter queue depth over `max_depth`
 (`runner_queue_messages_ready`) and oldest dead letter older than `max_age`
-(`runner_queue_oldest_message_age_seconds`). Per consumer group: lag over a
+(`runner_queue_oldest_message_age_seconds`); for a dead_letter_queue that is a
+topic, the depth is the records it keeps (log end minus log start, summed over
+partitions) and the age rule is left out with a comment saying so. Per consumer group: lag over a
 threshold. Always: failed topology reloads. The output is YAML written by hand
 (double-quoted scalars are JSON strings, which YAML reads the same), so this
 module needs no YAML library.
@@ -11,6 +13,7 @@ module needs no YAML library.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runner.topology.model import Topology
@@ -48,31 +51,68 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _topic_depth(topic: str) -> str:
+    """Records a topic holds: the sum over partitions of log end minus log start."""
+    sel = f'{{topic="{_label(topic)}"}}'
+    return (
+        f"(sum(runner_topic_partition_log_end_offset{sel}) "
+        f"- sum(runner_topic_partition_log_start_offset{sel}))"
+    )
+
+
+def notes(topology: Topology) -> list[str]:
+    """What the rules cannot cover, written as comments at the top of the file."""
+    out = []
+    topics = topology.topic_map()
+    for name, policy in topology.dlq_policies:
+        alert, dlq = policy.alert, policy.dead_letter_queue
+        if alert is not None and dlq in topics and alert.max_age_s is not None:
+            out.append(
+                f"DLQ policy {name}: no max_age rule: its dead_letter_queue {dlq} is a topic, "
+                "and topics export no oldest-record age (only the depth rule is written)"
+            )
+    return out
+
+
 def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10m") -> list[Rule]:
     """Every alerting rule for `topology`."""
     out: list[Rule] = []
+    topics = topology.topic_map()
     for name, policy in topology.dlq_policies:
         alert = policy.alert
         dlq = policy.dead_letter_queue
         if alert is None or dlq is None:
             continue
         queue = _label(dlq)
+        is_topic = dlq in topics
         if alert.max_depth is not None:
+            if is_topic:
+                expr = f"{_topic_depth(dlq)} > {alert.max_depth}"
+                summary = f"Dead-letter topic {dlq} holds more than {alert.max_depth} records"
+                description = (
+                    f"DLQ policy {name}: {{{{ $value }}}} dead letters are kept in topic {dlq} "
+                    "(records between its log start and log end; retention removes old ones). "
+                    f"Read them with `runner consume --topic {dlq}`."
+                )
+            else:
+                expr = f'runner_queue_messages_ready{{queue="{queue}"}} > {alert.max_depth}'
+                summary = f"Dead-letter queue {dlq} holds more than {alert.max_depth} messages"
+                description = (
+                    f"DLQ policy {name}: {{{{ $value }}}} dead letters wait in {dlq}. "
+                    f"Inspect them with `runner dlq show {dlq}` and replay with "
+                    f"`runner dlq replay {dlq}`."
+                )
             out.append(
                 Rule(
                     alert=f"DlqDepth{_camel(name)}",
-                    expr=f'runner_queue_messages_ready{{queue="{queue}"}} > {alert.max_depth}',
+                    expr=expr,
                     for_="1m",
                     severity="warning",
-                    summary=f"Dead-letter queue {dlq} holds more than {alert.max_depth} messages",
-                    description=(
-                        f"DLQ policy {name}: {{{{ $value }}}} dead letters wait in {dlq}. "
-                        f"Inspect them with `runner dlq show {dlq}` and replay with "
-                        f"`runner dlq replay {dlq}`."
-                    ),
+                    summary=summary,
+                    description=description,
                 )
             )
-        if alert.max_age_s is not None:
+        if alert.max_age_s is not None and not is_topic:
             age = _duration(alert.max_age_s)
             out.append(
                 Rule(
@@ -120,10 +160,13 @@ def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10
     return out
 
 
-def render_yaml(topology: Topology, rule_list: list[Rule]) -> str:
-    """A Prometheus rule file holding one group."""
+def render_yaml(
+    topology: Topology, rule_list: list[Rule], comments: Sequence[str] = ()
+) -> str:
+    """A Prometheus rule file holding one group (`comments` first, as YAML comments)."""
     group = f"runner-{topology.name}" if topology.name else "runner"
-    lines = ["groups:", f"  - name: {json.dumps(group)}", "    rules:"]
+    lines = [f"# {line}" for line in comments]
+    lines += ["groups:", f"  - name: {json.dumps(group)}", "    rules:"]
     for r in rule_list:
         lines += [
             f"      - alert: {r.alert}",

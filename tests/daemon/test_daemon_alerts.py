@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.cli import main
-from tests.daemon.promtool import check_rules
+from tests.daemon.promtool import check_rules, promtool
 
 TOPOLOGY = """\
 version: 1
@@ -76,3 +76,67 @@ def test_a_missing_path_is_a_usage_error(
 ) -> None:
     assert main(["alerts", str(tmp_path / "nope.yaml")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+TOPIC_DLQ = """\
+version: 1
+name: shop
+topics:
+  orders: {partitions: 2}
+  orders.dead: {partitions: 2}
+dlq_policies:
+  to-topic:
+    dead_letter_queue: orders.dead
+    alert: {max_depth: 5, max_age: 1h}
+consumer_groups:
+  billing: {topic: orders, handler: "billing:handle", dlq_policy: to-topic}
+"""
+
+FIRES = """\
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="0"}'
+        values: '4x10'
+      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="1"}'
+        values: '1x5 9x5'
+      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="0"}'
+        values: '0x10'
+      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="1"}'
+        values: '0x10'
+    alert_rule_test:
+      - {eval_time: 3m, alertname: DlqDepthToTopic, exp_alerts: []}
+      - eval_time: 9m
+        alertname: DlqDepthToTopic
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: "Dead-letter topic orders.dead holds more than 5 records"
+              description: "DLQ policy to-topic: 13 dead letters are kept in topic orders.dead \
+(records between its log start and log end; retention removes old ones). \
+Read them with `runner consume --topic orders.dead`."
+"""
+
+
+def test_a_topic_dlq_alerts_on_the_records_it_keeps_and_fires_in_promtool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_text(TOPIC_DLQ)
+    assert main(["alerts", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "# DLQ policy to-topic: no max_age rule: its dead_letter_queue orders.dead is a topic, "
+        "and topics export no oldest-record age (only the depth rule is written)\n")
+    assert "runner_queue_" not in out  # no queue series: they would never exist
+    assert ('expr: "(sum(runner_topic_partition_log_end_offset{topic=\\"orders.dead\\"}) - '
+            'sum(runner_topic_partition_log_start_offset{topic=\\"orders.dead\\"})) > 5"') in out
+    (tmp_path / "rules.yml").write_text(out)
+    checked = check_rules(tmp_path / "rules.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 3 rules found" in checked.stdout
+    (tmp_path / "test.yml").write_text(FIRES)
+    tested = promtool("test", "rules", str(tmp_path / "test.yml"))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
