@@ -233,3 +233,13 @@ def test_a_client_whose_reader_left_exits_quietly(daemon: Daemon, args: list[str
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "PUT"])
+def test_a_method_a_route_does_not_take_is_405_naming_the_allowed(
+    daemon: Daemon, method: str
+) -> None:
+    assert error_of(daemon, method, "/v1/status") == (
+        405, f"{method} is not allowed on /v1/status (allowed: GET, HEAD)")
+    assert error_of(daemon, method, "/v1/queues/q/pull") == (
+        405, f"{method} is not allowed on /v1/queues/q/pull (allowed: POST)")
