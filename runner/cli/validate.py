@@ -70,10 +70,16 @@ def _missing_paths(command: str, paths: list[str]) -> bool:
 
 
 def _load(path: str) -> tuple[Topology | None, list[Problem]]:
+    topology, _, problems = _load_partial(path)
+    return topology, problems
+
+
+def _load_partial(path: str) -> tuple[Topology | None, Topology | None, list[Problem]]:
+    """(the topology or None when invalid, the topology of its valid parts, problems)."""
     from runner.topology.load import load
 
     result = load(path)
-    return result.topology, list(result.problems)
+    return result.topology, result.partial, list(result.problems)
 
 
 # ---------------------------------------------------------------- validate
@@ -85,9 +91,10 @@ def validate_command(args: argparse.Namespace) -> int:
         return USAGE
     problems: list[Problem] = []
     for path in paths:
-        topology, found = _load(path)
-        if args.check_handlers and topology is not None:
-            found.extend(check_handlers(topology))
+        _, readable, found = _load_partial(path)
+        if args.check_handlers and readable is not None:
+            # also when the topology has errors: the handlers that could be read
+            found.extend(check_handlers(readable))
             found.sort(key=Problem.sort_key)
         problems.extend(found)
     outcome = report.Outcome(tuple(problems), tuple(paths), strict=args.strict)
@@ -98,7 +105,8 @@ def validate_command(args: argparse.Namespace) -> int:
 def _handlers(topology: Topology) -> Iterator[tuple[str, str, str]]:
     """(document path, owner words, handler reference) of every handler."""
     for name, c in topology.consumers:
-        yield f"consumers.{name}.handler", f'consumer "{name}"', c.handler
+        if c.handler:  # empty only in a partial topology, where it was invalid
+            yield f"consumers.{name}.handler", f'consumer "{name}"', c.handler
     for name, g in topology.consumer_groups:
         if g.handler is not None:
             yield f"consumer_groups.{name}.handler", f'consumer group "{name}"', g.handler

@@ -10,6 +10,12 @@ an error naming both places, as are reserved names (`__...` for the engine,
 The merged `positions` map renumbers bindings: the second file's
 `bindings[0]` is `bindings[N]` when the first file had N, matching the index
 in `Topology.bindings`.
+
+`build_partial` builds from files that had errors (each with its `Damage`):
+whole invalid sections and entities are left out (their names are remembered
+as `unbuilt`), the other damaged entities are built without their invalid
+fields, and an unreadable binding becomes a placeholder so indexes still
+match the files. It returns `Gaps` saying what the rules must not trust.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from runner.topology.model import (
     Topic,
     Topology,
 )
+from runner.topology.partial import NO_GAPS, WHOLE, Damage, Gaps, locate
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument
 from runner.topology.units import parse_duration, parse_size
@@ -64,8 +71,17 @@ _KIND = {
 class _Builder:
     """Builds entities file by file, collecting names, positions and problems."""
 
-    def __init__(self, documents: Sequence[SourceDocument]) -> None:
+    def __init__(
+        self, documents: Sequence[SourceDocument], damages: Sequence[Damage] | None = None
+    ) -> None:
         self.documents = documents
+        self.damages = list(damages) if damages is not None else [Damage() for _ in documents]
+        self.damage = self.damages[0]
+        # what the partial topology lacks (see runner.topology.partial)
+        self.unbuilt: dict[str, set[str]] = {}
+        self.unknown: set[str] = set()
+        self.tainted: set[str] = set()
+        self.invalid_paths: set[str] = set()
         self.problems: list[Problem] = []
         self.positions: dict[str, Position] = {}
         self.doc: SourceDocument = documents[0]
@@ -109,19 +125,23 @@ class _Builder:
 
     def invalid(self, path: str, message: str) -> None:
         self.error(path, "invalid-value", message, self.value_pos(path))
+        self.invalid_paths.add(path)
+        found = locate(path, self.doc.data)
+        if found is not None:
+            self.tainted.add(found[0])
 
     def claim(self, namespace: str, kind: str, name: str, path: str) -> bool:
         """Register a name; report reserved and duplicate names. False when refused."""
         here = self.pos(path)
         ok = True
-        if name.startswith("__"):
+        if _reserved(name, kind) and name.startswith("__"):
             self.error(
                 path,
                 "reserved-name",
                 f'{kind} name "{name}" is reserved: names starting with "__" belong to the engine',
             )
             ok = False
-        elif name.startswith("amq.") and kind in ("exchange", "queue", "topic"):
+        elif _reserved(name, kind):
             self.error(
                 path,
                 "reserved-name",
@@ -149,11 +169,47 @@ class _Builder:
         """Build one section of the current document into `self.built[section]`."""
         namespace = "destinations" if section in ("topics", "queues") else section
         out = self.built.setdefault(section, [])
-        for name, spec in (self.doc.data.get(section) or {}).items():
+        specs = self.doc.data.get(section)
+        if section in self.damage.sections or not isinstance(specs, dict):
+            if specs is not None:
+                self.unknown.add(section)
+            return
+        for name, spec in specs.items():
             path = f"{section}.{name}"
-            if not self.claim(namespace, _KIND[section], name, path):
+            bad = self.damage.fields(path)
+            if bad is not None and WHOLE in bad:
+                self.unbuilt.setdefault(section, set()).add(name)
                 continue
-            out.append((name, make(name, path, spec or {})))
+            if not self.claim(namespace, _KIND[section], name, path):
+                if _reserved(name, _KIND[section]):
+                    self.unbuilt.setdefault(section, set()).add(name)
+                continue
+            if bad is None:
+                out.append((name, make(name, path, spec or {})))
+                continue
+            self.tainted.add(path)
+            entity = self.lenient(make, name, path, spec, bad)
+            if entity is None:
+                self.unbuilt.setdefault(section, set()).add(name)
+            else:
+                out.append((name, entity))
+
+    def lenient(
+        self,
+        make: Callable[[str, str, dict[str, Any]], Any],
+        name: str,
+        path: str,
+        spec: Any,
+        bad: set[str],
+    ) -> Any:
+        """An entity built without its invalid fields; None when it cannot be built."""
+        if spec is not None and not isinstance(spec, dict):
+            return None
+        usable = {k: v for k, v in (spec or {}).items() if k not in bad}
+        try:
+            return make(name, path, usable)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # e.g. a required key is what was invalid
 
     # ------------------------------------------------------------ entities
 
@@ -233,7 +289,7 @@ class _Builder:
     def binding(self, path: str, spec: dict[str, Any]) -> Binding:
         headers = spec.get("headers") or {}
         return Binding(
-            exchange=spec["exchange"],
+            exchange=spec.get("exchange", ""),
             queue=spec.get("queue"),
             to_exchange=spec.get("to_exchange"),
             topic=spec.get("topic"),
@@ -317,8 +373,8 @@ class _Builder:
         idem = spec.get("idempotency")
         return Consumer(
             name=name,
-            queue=spec["queue"],
-            handler=spec["handler"],
+            queue=spec.get("queue", ""),  # missing only in a partial build
+            handler=spec.get("handler", ""),
             concurrency=concurrency,
             prefetch=int(spec.get("prefetch", 10 * concurrency)),
             delivery=Delivery(spec.get("delivery", Delivery.AT_LEAST_ONCE.value)),
@@ -335,12 +391,12 @@ class _Builder:
 
     # ------------------------------------------------------------ whole topology
 
-    def build(self) -> Topology | None:
+    def build(self, *, partial: bool = False) -> Topology | None:
         name, name_pos = None, None
-        for doc in self.documents:
+        for doc, damage in zip(self.documents, self.damages, strict=True):
             self.doc = doc
             value = doc.data.get("name")
-            if value is None:
+            if value is None or "name" in damage.top:
                 continue
             here = self.value_pos("name")
             if name is None:
@@ -362,17 +418,17 @@ class _Builder:
             "consumers": self.consumer,
         }
         bindings: list[Binding] = []
-        for doc in self.documents:
-            self.doc = doc
+        for doc, damage in zip(self.documents, self.damages, strict=True):
+            self.doc, self.damage = doc, damage
             offset = len(bindings)
             for section in doc.data:  # in the file's order, so "first" means first read
                 make = makers.get(section)
                 if make is not None:
                     self.entities(section, make)
-            for index, spec in enumerate(doc.data.get("bindings") or ()):
-                bindings.append(self.binding(f"bindings[{index}]", spec))
+            self.bindings(bindings)
             self._merge_positions(doc, offset)
-        if any(p.is_error for p in self.problems):
+            self.invalid_paths.update(_renumber(path, offset) for path in damage.paths)
+        if not partial and any(p.is_error for p in self.problems):
             return None
         return Topology(
             version=1,
@@ -388,6 +444,35 @@ class _Builder:
             files=tuple(doc.file for doc in self.documents),
         )
 
+    def bindings(self, out: list[Binding]) -> None:
+        """Add the current document's bindings; a damaged one is built without its
+        invalid fields (an unreadable one becomes a placeholder, keeping indexes)."""
+        specs = self.doc.data.get("bindings")
+        if "bindings" in self.damage.sections or not isinstance(specs, list):
+            if specs is not None:
+                self.unknown.add("bindings")
+            return
+        offset = len(out)
+        for index, spec in enumerate(specs):
+            path = f"bindings[{index}]"
+            bad = self.damage.fields(path)
+            if bad is None:
+                out.append(self.binding(path, spec))
+                continue
+            self.tainted.add(f"bindings[{offset + index}]")
+            if WHOLE in bad or not isinstance(spec, dict):
+                out.append(Binding(exchange="", pos=self.value_pos(path)))
+            else:
+                out.append(self.binding(path, {k: v for k, v in spec.items() if k not in bad}))
+
+    def gaps(self) -> Gaps:
+        return Gaps(
+            unbuilt=MappingProxyType({k: frozenset(v) for k, v in self.unbuilt.items()}),
+            unknown=frozenset(self.unknown),
+            tainted=frozenset(self.tainted),
+            invalid=frozenset(self.invalid_paths),
+        )
+
     def sorted(self, section: str) -> tuple[tuple[str, Any], ...]:
         return tuple(sorted(self.built.get(section, ()), key=lambda pair: str(pair[0])))
 
@@ -396,10 +481,7 @@ class _Builder:
             self.positions.update(doc.positions)
             return
         for path, pos in doc.positions.items():
-            if path.startswith("bindings["):
-                end = path.index("]")
-                path = f"bindings[{int(path[9:end]) + binding_offset}{path[end:]}"
-            self.positions[path] = pos
+            self.positions[_renumber(path, binding_offset)] = pos
 
 
 def build(documents: Sequence[SourceDocument]) -> tuple[Topology | None, list[Problem]]:
@@ -409,6 +491,36 @@ def build(documents: Sequence[SourceDocument]) -> tuple[Topology | None, list[Pr
     builder = _Builder(documents)
     topology = builder.build()
     return topology, builder.problems
+
+
+def build_partial(
+    documents: Sequence[SourceDocument], damages: Sequence[Damage]
+) -> tuple[Topology | None, list[Problem], Gaps]:
+    """Merge documents that may have had errors into the topology of their valid parts.
+
+    `damages[i]` names the invalid parts of `documents[i]`. The topology is
+    only for the rules and handler checks (it is never run); `Gaps` says what
+    it lacks. None (and no gaps) when there are no documents.
+    """
+    if not documents:
+        return None, [], NO_GAPS
+    builder = _Builder(documents, damages)
+    topology = builder.build(partial=True)
+    return topology, builder.problems, builder.gaps()
+
+
+def _renumber(path: str, binding_offset: int) -> str:
+    """A file's `bindings[i]...` path as `bindings[i + offset]...` in the merged topology."""
+    if binding_offset == 0 or not path.startswith("bindings["):
+        return path
+    end = path.index("]")
+    return f"bindings[{int(path[9:end]) + binding_offset}{path[end:]}"
+
+
+def _reserved(name: str, kind: str) -> bool:
+    return name.startswith("__") or (
+        name.startswith("amq.") and kind in ("exchange", "queue", "topic")
+    )
 
 
 def _int_or_none(value: Any) -> int | None:

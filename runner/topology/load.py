@@ -1,7 +1,13 @@
 """Load: the facade that turns a topology path into a `Topology` and its problems.
 
     read files -> YAML with positions -> ${VAR} substitution -> JSON Schema
-    -> build the model -> semantic rules (only when nothing failed before)
+    -> build the model -> semantic rules
+
+Every problem is reported in one run: a file with errors still takes part
+(see `runner.topology.partial`): the topology is built from its valid parts
+and the rules run on that, skipping what merely follows from an error already
+reported. `LoadResult.topology` is None when any error exists; the partial
+topology is `LoadResult.partial` (e.g. to check the readable handlers).
 
 A path is one file or a directory: every `*.yaml` / `*.yml` in it (not
 recursive, sorted by name; names starting with `.` or `#` or ending in `~` are
@@ -12,19 +18,23 @@ only a path that does not exist raises (`FileNotFoundError`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.topology import build as build_mod
 from runner.topology import rules, schema
 from runner.topology.model import Topology
+from runner.topology.partial import SECTIONS, Damage, covered
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument, SourceResult, read_file, read_text
 
 _SUFFIXES = (".yaml", ".yml")
+# source problems after which a file's data cannot be trusted anywhere
+_FATAL_SOURCE_RULES = frozenset({"alias-limit", "nesting-depth", "top-level-type"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +44,8 @@ class LoadResult:
     topology: Topology | None
     problems: tuple[Problem, ...]
     content_hash: str
+    # the topology of the valid parts, also when there are errors (never to be run)
+    partial: Topology | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -104,14 +116,29 @@ def _finish(
 ) -> LoadResult:
     problems: list[Problem] = []
     documents: list[SourceDocument] = []
+    damages: list[Damage] = []
+    unreadable = False
     for result in results:
         problems.extend(result.problems)
-        if result.document is None or not result.ok:
+        doc = result.document
+        if (
+            doc is None
+            or not isinstance(doc.data, dict)
+            or any(p.rule in _FATAL_SOURCE_RULES for p in result.problems)
+        ):
+            unreadable = True
             continue
-        found = schema.check(result.document)
-        problems.extend(found)
-        if not found:
-            documents.append(result.document)
+        # A value the source part refused is None in the data: schema problems
+        # about it would only repeat that. ("" is the file itself: a dropped key.)
+        refused = {p.path for p in result.problems if p.is_error and p.path}
+        bad = set(refused)
+        for subject, problem in schema.check_subjects(doc):
+            if covered(subject, refused):
+                continue
+            problems.append(problem)
+            bad.add(subject)
+        documents.append(doc)
+        damages.append(Damage.of(bad, doc.data))
     if not files:
         problems.append(
             Problem(
@@ -124,16 +151,17 @@ def _finish(
                 "no topology files (*.yaml, *.yml) in this directory",
             )
         )
-    topology: Topology | None = None
-    if not any(p.is_error for p in problems):
-        topology, found_in_build = build_mod.build(documents)
-        problems.extend(found_in_build)
-        if topology is not None:
-            problems.extend(rules.check(topology))
+    topology, found_in_build, gaps = build_mod.build_partial(documents, damages)
+    problems.extend(found_in_build)
+    if topology is not None:
+        if unreadable:  # what an unreadable file defines is unknown: any name may exist
+            gaps = dataclasses.replace(gaps, unknown=frozenset((*SECTIONS, "bindings")))
+        problems.extend(rules.check(topology, gaps=gaps))
+    partial = topology
     if any(p.is_error for p in problems):
         topology = None
     problems.sort(key=Problem.sort_key)
-    return LoadResult(topology, tuple(problems), content_hash)
+    return LoadResult(topology, tuple(problems), content_hash, partial)
 
 
 def _file_digest(file: str) -> bytes:

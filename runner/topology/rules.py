@@ -20,12 +20,20 @@ Rules (error unless noted):
     at-most-once-retries  warning: a dlq_policy with retries under at-most-once
     dlq-loop              warning: a dlq_policy whose DLQ is what the consumer reads
     unreachable-internal  warning: an internal exchange nothing can publish to
+
+On a partial topology (files with errors, see `runner.topology.partial`)
+`check` is given the topology's `Gaps`: a reference to a name that is defined
+but was not built is no problem, nothing at or inside an invalid value is
+reported, an entity built from partly invalid data only gets its missing
+references reported, rules that look at another entity skip tainted ones, and
+the rules that need the whole topology (dead-letter cycles, unreachable
+internal exchanges) wait until it is complete.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from runner.topology.model import (
@@ -39,6 +47,7 @@ from runner.topology.model import (
     Position,
     Topology,
 )
+from runner.topology.partial import NO_GAPS, Gaps, locate
 from runner.topology.problems import Problem, Severity
 
 ERROR = Severity.ERROR
@@ -49,14 +58,23 @@ MAX_SENSIBLE_PRIORITY = 10
 class Index:
     """Name lookups of one topology, built once and shared by every rule."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, gaps: Gaps = NO_GAPS) -> None:
         self.topology = topology
+        self.gaps = gaps
         self.topics = topology.topic_map()
         self.exchanges = topology.exchange_map()
         self.queues = topology.queue_map()
         self.policies = topology.policy_map()
         self.groups = topology.group_map()
         self.consumers = topology.consumer_map()
+        self.sections: dict[str, Mapping[str, object]] = {
+            "topics": self.topics,
+            "exchanges": self.exchanges,
+            "queues": self.queues,
+            "dlq_policies": self.policies,
+            "consumer_groups": self.groups,
+            "consumers": self.consumers,
+        }
 
     def problem(
         self,
@@ -75,6 +93,19 @@ class Index:
             pos = fallback if fallback != NOWHERE else self.topology.position(path)
         return Problem(pos.file, pos.line, pos.column, path, rule, severity, message)
 
+    def sound(self, section: str, name: str | None) -> bool:
+        """Whether an entity was built from valid data only (None: no entity)."""
+        return name is None or self.gaps.sound(f"{section}.{name}")
+
+    def entity(self, path: str) -> str | None:
+        """The entity path (`queues.a.b`, `bindings[3]`) of a document path."""
+        found = locate(path, self.sections)
+        return None if found is None else found[0]
+
+    def may_exist(self, section: str, name: str) -> bool:
+        """Whether `name` is defined in `section`, built or not."""
+        return name in self.sections[section] or self.gaps.may_exist(section, name)
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -90,23 +121,38 @@ def suggest(name: str, candidates: Iterable[str]) -> str:
     return f'; did you mean "{close[0]}"?' if close else ""
 
 
-def _missing(
+_KIND_OF = {
+    "topics": "topic",
+    "exchanges": "exchange",
+    "queues": "queue",
+    "dlq_policies": "dlq_policy",
+}
+# a name of another kind where an exchange belongs: a classic RabbitMQ slip is
+# naming the dead-letter queue where its exchange belongs
+_NOT_AN_EXCHANGE = (("queues", ", not an exchange"), ("topics", ", not an exchange"))
+_Wrong = tuple[tuple[str, str], ...]  # (section, advice) when the name is found there
+
+
+def _reference(
     idx: Index,
     path: str,
     what: str,
-    name: str,
-    pool: Iterable[str],
+    name: str | None,
+    section: str,
     fallback: Position,
     owner: str = "",
-) -> Problem:
-    if pool is idx.exchanges and (name in idx.queues or name in idx.topics):
-        # a classic RabbitMQ slip: naming the dead-letter queue where its exchange belongs
-        kind = "queue" if name in idx.queues else "topic"
-        hint = f'; "{name}" is a {kind}, not an exchange'
-    else:
-        hint = suggest(name, pool)
+    wrong: _Wrong = (),
+) -> Iterator[Problem]:
+    """A missing-reference problem unless `name` is defined in `section`."""
+    if not name or idx.may_exist(section, name):
+        return
+    hint = suggest(name, [*idx.sections[section], *idx.gaps.unbuilt.get(section, ())])
+    for other, advice in wrong:
+        if name in idx.sections[other]:
+            hint = f'; "{name}" is a {_KIND_OF[other]}' + advice.format(name=name)
+            break
     message = f'{what} "{name}"{owner} does not exist{hint}'
-    return idx.problem(path, "missing-reference", ERROR, message, fallback=fallback)
+    yield idx.problem(path, "missing-reference", ERROR, message, fallback=fallback)
 
 
 def _group_topic_paths(idx: Index, name: str, group: ConsumerGroup) -> list[str]:
@@ -121,96 +167,70 @@ def _group_topic_paths(idx: Index, name: str, group: ConsumerGroup) -> list[str]
 
 
 def missing_references(idx: Index) -> Iterator[Problem]:
-    destinations = {**idx.queues, **idx.topics}
     for i, b in enumerate(idx.topology.bindings):
-        at = f"bindings[{i}]"
-        if b.exchange not in idx.exchanges:
-            yield _missing(
-                idx, f"{at}.exchange", "binding source exchange", b.exchange, idx.exchanges, b.pos
-            )
-        if b.queue is not None and b.queue not in idx.queues:
-            what = "binding destination queue"
-            if b.queue in idx.topics:
-                yield idx.problem(
-                    f"{at}.queue",
-                    "missing-reference",
-                    ERROR,
-                    f'{what} "{b.queue}" does not exist; "{b.queue}" is a topic: '
-                    f'write "topic: {b.queue}"',
-                    fallback=b.pos,
-                )
-            else:
-                yield _missing(idx, f"{at}.queue", what, b.queue, idx.queues, b.pos)
-        if b.topic is not None and b.topic not in idx.topics:
-            what = "binding destination topic"
-            if b.topic in idx.queues:
-                yield idx.problem(
-                    f"{at}.topic",
-                    "missing-reference",
-                    ERROR,
-                    f'{what} "{b.topic}" does not exist; "{b.topic}" is a queue: '
-                    f'write "queue: {b.topic}"',
-                    fallback=b.pos,
-                )
-            else:
-                yield _missing(idx, f"{at}.topic", what, b.topic, idx.topics, b.pos)
-        if b.to_exchange is not None and b.to_exchange not in idx.exchanges:
-            yield _missing(
-                idx,
-                f"{at}.to_exchange",
-                "binding destination exchange",
-                b.to_exchange,
-                idx.exchanges,
-                b.pos,
-            )
+        refs: tuple[tuple[str, str, str | None, str, _Wrong], ...] = (
+            ("exchange", "binding source exchange", b.exchange, "exchanges", _NOT_AN_EXCHANGE),
+            ("queue", "binding destination queue", b.queue, "queues",
+             (("topics", ': write "topic: {name}"'),)),
+            ("topic", "binding destination topic", b.topic, "topics",
+             (("queues", ': write "queue: {name}"'),)),
+            ("to_exchange", "binding destination exchange", b.to_exchange, "exchanges",
+             _NOT_AN_EXCHANGE),
+        )  # fmt: skip
+        for key, what, name, section, wrong in refs:
+            path = f"bindings[{i}].{key}"
+            yield from _reference(idx, path, what, name, section, b.pos, "", wrong)
     for name, ex in idx.exchanges.items():
-        ae = ex.alternate_exchange
-        if ae is not None and ae not in idx.exchanges:
-            path = f"exchanges.{name}.alternate_exchange"
-            owner = f' of exchange "{name}"'
-            yield _missing(idx, path, "alternate exchange", ae, idx.exchanges, ex.pos, owner)
+        yield from _reference(
+            idx,
+            f"exchanges.{name}.alternate_exchange",
+            "alternate exchange",
+            ex.alternate_exchange,
+            "exchanges",
+            ex.pos,
+            f' of exchange "{name}"',
+            _NOT_AN_EXCHANGE,
+        )
     for name, q in idx.queues.items():
-        if q.dead_letter is not None and q.dead_letter.exchange not in idx.exchanges:
-            path = f"queues.{name}.dead_letter.exchange"
-            dlx, owner = q.dead_letter.exchange, f' of queue "{name}"'
-            yield _missing(idx, path, "dead-letter exchange", dlx, idx.exchanges, q.pos, owner)
+        yield from _reference(
+            idx,
+            f"queues.{name}.dead_letter.exchange",
+            "dead-letter exchange",
+            q.dead_letter.exchange if q.dead_letter else None,
+            "exchanges",
+            q.pos,
+            f' of queue "{name}"',
+            _NOT_AN_EXCHANGE,
+        )
     for name, p in idx.policies.items():
         dlq = p.dead_letter_queue
-        if dlq is not None and dlq not in destinations:
+        if dlq and not idx.may_exist("queues", dlq) and not idx.may_exist("topics", dlq):
             path = f"dlq_policies.{name}.dead_letter_queue"
             message = (
                 f'dead-letter queue "{dlq}" of dlq_policy "{name}" is neither a queue '
-                f"nor a topic{suggest(dlq, destinations)}"
+                f"nor a topic{suggest(dlq, [*idx.queues, *idx.topics])}"
             )
             yield idx.problem(path, "missing-reference", ERROR, message, fallback=p.pos)
     for name, g in idx.groups.items():
+        owner = f' of consumer group "{name}"'
         for path, topic in zip(_group_topic_paths(idx, name, g), g.topics, strict=True):
-            if topic not in idx.topics:
-                owner = f' of consumer group "{name}"'
-                yield _missing(idx, path, "topic", topic, idx.topics, g.pos, owner)
-        if g.dlq_policy is not None and g.dlq_policy not in idx.policies:
-            path = f"consumer_groups.{name}.dlq_policy"
-            owner = f' of consumer group "{name}"'
-            yield _missing(idx, path, "dlq_policy", g.dlq_policy, idx.policies, g.pos, owner)
+            yield from _reference(idx, path, "topic", topic, "topics", g.pos, owner)
+        path = f"consumer_groups.{name}.dlq_policy"
+        yield from _reference(idx, path, "dlq_policy", g.dlq_policy, "dlq_policies", g.pos, owner)
     for name, c in idx.consumers.items():
-        if c.queue not in idx.queues:
-            owner = f' of consumer "{name}"'
-            if c.queue in idx.topics:
-                yield idx.problem(
-                    f"consumers.{name}.queue",
-                    "missing-reference",
-                    ERROR,
-                    f'queue "{c.queue}"{owner} does not exist; "{c.queue}" is a topic: '
-                    "read it with a consumer group",
-                    fallback=c.pos,
-                )
-            else:
-                path = f"consumers.{name}.queue"
-                yield _missing(idx, path, "queue", c.queue, idx.queues, c.pos, owner)
-        if c.dlq_policy is not None and c.dlq_policy not in idx.policies:
-            path = f"consumers.{name}.dlq_policy"
-            owner = f' of consumer "{name}"'
-            yield _missing(idx, path, "dlq_policy", c.dlq_policy, idx.policies, c.pos, owner)
+        owner = f' of consumer "{name}"'
+        yield from _reference(
+            idx,
+            f"consumers.{name}.queue",
+            "queue",
+            c.queue,
+            "queues",
+            c.pos,
+            owner,
+            (("topics", ": read it with a consumer group"),),
+        )
+        path = f"consumers.{name}.dlq_policy"
+        yield from _reference(idx, path, "dlq_policy", c.dlq_policy, "dlq_policies", c.pos, owner)
 
 
 # ---------------------------------------------------------------- bindings
@@ -309,6 +329,8 @@ def keyless_compacted(idx: Index) -> Iterator[Problem]:
         topic = idx.topics.get(b.topic) if b.topic is not None else None
         if topic is None or not topic.compact or topic.key is not None:
             continue
+        if not idx.sound("topics", topic.name):
+            continue
         message = (
             f'topic "{topic.name}" is compacted but has no key: messages routed from exchange '
             f'"{b.exchange}" would be keyless and refused (set the topic\'s "key")'
@@ -319,6 +341,8 @@ def keyless_compacted(idx: Index) -> Iterator[Problem]:
 
 
 def unreachable_internal(idx: Index) -> Iterator[Problem]:
+    if not idx.gaps.complete:
+        return  # what feeds an exchange may be among the parts not built
     fed: set[str] = {b.to_exchange for b in idx.topology.bindings if b.to_exchange}
     fed.update(e.alternate_exchange for e in idx.exchanges.values() if e.alternate_exchange)
     fed.update(q.dead_letter.exchange for q in idx.queues.values() if q.dead_letter)
@@ -631,6 +655,8 @@ def _state_key(s: _State) -> tuple[str, str]:
 
 
 def dead_letter_cycles(idx: Index) -> Iterator[Problem]:
+    if not idx.gaps.complete:
+        return  # a route may run through the parts not built
     for cycle in find_cycles(idx):
         path = f"queues.{cycle.start}.dead_letter.exchange"
         fallback = idx.queues[cycle.start].pos
@@ -651,7 +677,11 @@ def dead_letter_cycles(idx: Index) -> Iterator[Problem]:
 
 def idle_instances(idx: Index) -> Iterator[Problem]:
     for name, g in idx.groups.items():
-        known = [(idx.topics[t].partitions, t) for t in g.topics if t in idx.topics]
+        known = [
+            (idx.topics[t].partitions, t)
+            for t in g.topics
+            if t in idx.topics and idx.sound("topics", t)
+        ]
         if not known:
             continue
         partitions, topic = min(known)
@@ -676,6 +706,8 @@ def dropped_failures(idx: Index) -> Iterator[Problem]:
     for name, c in idx.consumers.items():
         q = idx.queues.get(c.queue)
         if q is None or c.dlq_policy is not None or q.dead_letter is not None:
+            continue
+        if not idx.sound("queues", c.queue):
             continue
         message = (
             f'failures of consumer "{name}" would be dropped: it has no dlq_policy and '
@@ -702,6 +734,8 @@ def at_most_once_retries(idx: Index) -> Iterator[Problem]:
         policy = idx.policies.get(policy_name) if policy_name else None
         if policy is None or delivery is not Delivery.AT_MOST_ONCE or policy.max_retries == 0:
             continue
+        if not idx.sound("dlq_policies", policy_name):
+            continue
         message = (
             f'dlq_policy "{policy_name}" retries {policy.max_retries} times but '
             f'{_KIND_WORD[kind]} "{name}" is at-most-once: nothing is retried, failures go '
@@ -720,6 +754,8 @@ def dlq_loops(idx: Index) -> Iterator[Problem]:
     for kind, name, policy_name, _, sources in _readers(idx):
         policy = idx.policies.get(policy_name) if policy_name else None
         if policy is None or policy.dead_letter_queue not in sources:
+            continue
+        if not idx.sound("dlq_policies", policy_name):
             continue
         message = (
             f'dlq_policy "{policy_name}" sends the failures of {_KIND_WORD[kind]} "{name}" '
@@ -748,12 +784,30 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def check(topology: Topology, *, rules: Iterable[Rule] = RULES) -> list[Problem]:
-    """Every semantic problem of `topology` (references, cycles, warnings...), sorted."""
-    idx = Index(topology)
+def check(
+    topology: Topology, *, rules: Iterable[Rule] = RULES, gaps: Gaps = NO_GAPS
+) -> list[Problem]:
+    """Every semantic problem of `topology` (references, cycles, warnings...), sorted.
+
+    `gaps`: what a partial topology lacks; problems that merely follow from an
+    error already reported are left out.
+    """
+    idx = Index(topology, gaps)
     found = [p for rule in rules for p in rule.run(idx)]
+    if not gaps.complete or gaps.invalid:
+        found = [p for p in found if _news(idx, p)]
     found.sort(key=Problem.sort_key)
     return found
+
+
+def _news(idx: Index, problem: Problem) -> bool:
+    """Whether a problem is news, not a consequence of an error already reported."""
+    if idx.gaps.covers(problem.path):
+        return False
+    if problem.rule == "missing-reference":
+        return True
+    entity = idx.entity(problem.path)
+    return entity is None or idx.gaps.sound(entity)
 
 
 __all__ = ["RULES", "Index", "Rule", "check", "suggest", "topic_pattern_error"]

@@ -84,11 +84,20 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
 
 def check(document: SourceDocument) -> list[Problem]:
     """Every schema problem of one file, one per offending node, in document order."""
+    return [problem for _, problem in check_subjects(document)]
+
+
+def check_subjects(document: SourceDocument) -> list[tuple[str, Problem]]:
+    """Every schema problem with the document path it makes invalid.
+
+    That path is the problem's own path, except for a missing required key,
+    where it is the key's path (`consumers.c.queue`): the entity stays usable.
+    """
     problems: dict[tuple[str, str], Problem] = {}
     for error in validator().iter_errors(document.data):
         for key, problem in _explain(error, document):
             problems.setdefault(key, problem)
-    return list(problems.values())
+    return [(subject, problem) for (subject, _), problem in problems.items()]
 
 
 # ---------------------------------------------------------------- explaining errors
@@ -141,7 +150,8 @@ def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
             if isinstance(instance, dict) and key in instance:
                 continue
             message = f'missing required key "{key}" in {where}'
-            yield (f"{path}.{key}", "required"), _at(doc, path, message, rule="missing-key")
+            subject = f"{path}.{key}" if path else key
+            yield (subject, "required"), _at(doc, path, message, rule="missing-key")
         return
     if "propertyNames" in error.relative_schema_path and isinstance(instance, str):
         child = f"{path}.{instance}" if path else instance

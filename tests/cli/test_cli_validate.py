@@ -246,3 +246,37 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
     ]
     as_json = run(tmp_path, "validate", "--check-handlers", "--format", "json", "shop.yaml")
     assert len(json.loads(as_json.stdout)["problems"]) == 5
+
+
+def test_check_handlers_runs_beside_other_errors(tmp_path: Path) -> None:
+    # Schema and reference errors do not hide the handlers that could be read.
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "jobs.py", "def run(msg):\n    pass\n")
+    write(
+        tmp_path / "shop.yaml",
+        """\
+        version: 1
+        queues:
+          q: {}
+          q.dead: {}
+        dlq_policies:
+          p: {dead_letter_queue: q.dead}
+        consumers:
+          slow: {queue: q, handler: "app.jobs:gone", dlq_policy: p, prefetch: 0}
+          typo: {queue: qq, handler: "app.jobs:run", dlq_policy: p}
+          unreadable: {queue: q, handler: "not a reference", dlq_policy: p}
+        """,
+    )
+    done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        'shop.yaml:8:29: error: handler "app.jobs:gone" of consumer "slow" cannot be imported: '
+        'module "app.jobs" has no attribute "gone" (at consumers.slow.handler)',
+        "shop.yaml:8:71: error: prefetch must be at least 1, got 0 (at consumers.slow.prefetch)",
+        'shop.yaml:9:17: error: queue "qq" of consumer "typo" does not exist; did you mean "q"? '
+        "(at consumers.typo.queue)",
+        "shop.yaml:10:35: error: handler must be a Python reference module:callable, e.g. "
+        '"shop.orders:process"; got the string "not a reference" '
+        "(at consumers.unreadable.handler)",
+        "4 errors, 0 warnings in 1 topology",
+    ]

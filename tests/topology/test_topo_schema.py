@@ -174,7 +174,18 @@ def test_unknown_keys_are_reported_at_the_key() -> None:
     ]
 
 
-def test_schema_errors_stop_before_build_and_rules() -> None:
-    # the missing dead-letter exchange would be a rule problem; the schema error wins alone
-    text = "version: 1\nqueues:\n  q: {max_length: -5, dead_letter: {exchange: nowhere}}\n"
-    assert [m[3] for m in _messages(text)] == ["max_length must be at least 0, got -5"]
+def test_schema_errors_do_not_hide_build_and_rule_problems() -> None:
+    # every tier in one run; the topology stays None, the partial one is kept
+    text = (
+        "version: 1\nqueues:\n  q: {max_length: -5, dead_letter: {exchange: nowhere}}\n"
+        "  __q: {}\n"
+    )
+    assert [m[3] for m in _messages(text)] == [
+        "max_length must be at least 0, got -5",
+        'dead-letter exchange "nowhere" of queue "q" does not exist',
+        'queue name "__q" is reserved: names starting with "__" belong to the engine',
+    ]
+    result = load_text(text)
+    assert result.topology is None
+    assert result.partial is not None
+    assert [name for name, _ in result.partial.queues] == ["q"]
