@@ -76,8 +76,9 @@ def decode_json(raw: bytes) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadInput(f"the request body is not valid JSON: {exc}") from exc
-    # fewer opening brackets than the limit cannot nest deeper than it (cheap, C speed)
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+    # nesting deeper than the limit needs more than 2 * MAX_DEPTH bracket bytes; writing
+    # the value back is the check (orjson.dumps stops past MAX_DEPTH; ~20x cheaper than loads)
+    if len(raw) > 2 * MAX_DEPTH:
         try:
             orjson.dumps(value)
         except orjson.JSONEncodeError as exc:

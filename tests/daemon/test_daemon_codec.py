@@ -199,3 +199,14 @@ def test_the_fast_path_and_the_full_validation_agree() -> None:
     assert codec._fast_message({"routing_key": "k", "body": "x" * 200}, LIMITS, None) is None
     assert codec._fast_message({"routing_key": "k", "body": 1, "priority": True}, LIMITS,
                                None) is None
+
+
+def test_nesting_is_limited_to_what_can_be_written_back() -> None:
+    deepest = b"[" * codec.MAX_DEPTH + b"]" * codec.MAX_DEPTH
+    assert orjson.dumps(codec.decode_json(b'{"b": 1, "x": ' + deepest[2:-2] + b"}"))
+    for raw in (b"[" * 255 + b"]" * 255, b'{"messages": [{"body": ' + deepest + b"}]}"):
+        with pytest.raises(codec.BadInput) as err:
+            codec.decode_json(raw)
+        assert str(err.value) == (
+            "the request body nests JSON deeper than 254 levels; flatten the payload or "
+            "send it as 'body_b64'/'value_b64' bytes")
