@@ -579,13 +579,15 @@ class Engine:
         self, topic: str, partition: int, offset: int, *, max_records: int = 100,
         max_bytes: int = 1024 * 1024,
     ) -> tuple[list[Record], int]:
-        """Records from `offset` on, and the next offset to read.
+        """Records from `offset` on, and the next offset to read: after the last
+        record returned, or past offsets compaction removed up to the log end
+        (a reader at a compacted tail moves on instead of reading it forever).
         OffsetOutOfRange below the log start offset."""
-        recs = self.store.read(topic, partition, offset, max_records=max_records,
-                               max_bytes=max_bytes)
+        recs, next_offset = self.store.read_from(topic, partition, offset,
+                                                 max_records=max_records, max_bytes=max_bytes)
         out = [Record(topic, partition, r.offset, r.timestamp_ms, r.key, r.value,
                       decode_headers(r.headers)) for r in recs]
-        return out, (out[-1].offset + 1 if out else offset)
+        return out, next_offset
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         return self.store.offset_for_timestamp(LogTopicPartition(topic, partition), timestamp_ms)
@@ -968,6 +970,10 @@ class Engine:
                 self.store.append(topic, recs)
             except NotFound as exc:  # the topic or partition went away before a replay
                 log.warning("step %d: records for %s dropped: %s", sid, topic, exc)
+            except InvalidRequest as exc:
+                # the step producer's sequences only grow and steps apply in order:
+                # a lower sequence that is no remembered retry was stored long ago
+                log.warning("step %d: records for %s already stored: %s", sid, topic, exc)
         acks = [(str(q), int(d)) for q, d in doc["acks"]]
         pubs = [(str(ex), [_dec_msg(m) for m in ms]) for ex, ms in doc["pub"]
                 if self.broker.router.has_exchange(ex)]
