@@ -16,7 +16,7 @@ Rules (error unless noted):
     keyless-compacted     warning: a binding into a compacted topic that has no `key`
     priority-levels       warning: `max_priority` above 10
     idle-instances        warning: more group instances than partitions
-    dropped-failures      warning: a consumer whose failures would be dropped
+    dropped-failures      warning: a consumer or group whose failures would be dropped
     at-most-once-retries  warning: a dlq_policy with retries under at-most-once
     dlq-loop              warning: a dlq_policy whose DLQ is what the consumer reads
     unreachable-internal  warning: an internal exchange nothing can publish to
@@ -715,6 +715,21 @@ def dropped_failures(idx: Index) -> Iterator[Problem]:
         )
         yield idx.problem(
             f"consumers.{name}", "dropped-failures", WARNING, message, fallback=c.pos, entity=True
+        )
+    for name, g in idx.groups.items():
+        if g.handler is None or g.dlq_policy is not None:
+            continue  # an external group (HTTP consumers) handles its own failures
+        message = (
+            f'failures of consumer group "{name}" would be dropped: it has no dlq_policy '
+            "(a group has no dead_letter exchange to fall back on)"
+        )
+        yield idx.problem(
+            f"consumer_groups.{name}",
+            "dropped-failures",
+            WARNING,
+            message,
+            fallback=g.pos,
+            entity=True,
         )
 
 

@@ -503,6 +503,28 @@ def test_consumer_whose_failures_would_be_dropped() -> None:
     ]
 
 
+def test_group_whose_failures_would_be_dropped() -> None:
+    assert found("""\
+        version: 1
+        topics:
+          t: {}
+        consumer_groups:
+          readers: {topic: t, handler: "m:f"}
+          external: {topic: t}
+        """) == [
+        (
+            FILE,
+            5,
+            3,
+            "consumer_groups.readers",
+            "dropped-failures",
+            "warning",
+            'failures of consumer group "readers" would be dropped: it has no dlq_policy '
+            "(a group has no dead_letter exchange to fall back on)",
+        ),
+    ]
+
+
 def test_retries_under_at_most_once() -> None:
     assert found("""\
         version: 1
