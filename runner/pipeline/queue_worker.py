@@ -171,14 +171,19 @@ class QueueWorker(Worker):
     def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
         failures = d.delivery_count if self.delivery is not Delivery.AT_MOST_ONCE else 1
         decision = self.retrier.decide(exc, failures)
-        if decision.retry:
+        reason = "handler_error"
+        if decision.retry and self._at_delivery_limit(d):
+            # the broker would dead-letter it at the next pull without the error:
+            # the pipeline does it now, with the error, to the policy's target
+            reason = "delivery_limit"
+        elif decision.retry:
             self.counters.retries += 1
             self.env.engine.retry_later(self.queue, d.delivery_id, decision.delay_s)
             return
         now = self.env.clock.time()
         death = build_death(
             msg, exc, retry_count=failures - 1, first_attempt=now, last_attempt=now,
-            consumer_id=consumer_id,
+            consumer_id=consumer_id, reason=reason,
         )
         if self.delivery is not Delivery.AT_MOST_ONCE:
             # the broker tracks each message's first and last delivery across
@@ -186,6 +191,14 @@ class QueueWorker(Worker):
             for name in ("first_attempt", "last_attempt", "death_count"):
                 del death[name]
         self._dead_letter(d, msg, death)
+
+    def _at_delivery_limit(self, d: QueueDelivery) -> bool:
+        """True when the queue's `delivery_limit` allows no further delivery of `d`."""
+        if self.delivery is Delivery.AT_MOST_ONCE:
+            return False
+        queue = self.topology.queue_map().get(self.queue)
+        limit = queue.delivery_limit if queue is not None else None
+        return limit is not None and d.delivery_count >= limit
 
     def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any]) -> None:
         engine = self.env.engine
@@ -202,8 +215,8 @@ class QueueWorker(Worker):
             return
         self.counters.dead_lettered += 1
         if self.delivery is not Delivery.AT_MOST_ONCE:
-            engine.dead_letter(self.queue, d.delivery_id, reason="handler_error", death=death,
-                               to_queue=to_queue, to_topic=to_topic)
+            engine.dead_letter(self.queue, d.delivery_id, reason=str(death["reason"]),
+                               death=death, to_queue=to_queue, to_topic=to_topic)
             return
         # at-most-once: already acked; dead-letter a copy of the message
         headers = dict(d.headers)
