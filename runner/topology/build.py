@@ -57,6 +57,7 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT = "5m"
 DEFAULT_BACKOFF = ("1s", "5s", "30s")
+MAX_ROUTING_KEY_BYTES = 255  # AMQP's shortstr
 
 _KIND = {
     "topics": "topic",
@@ -82,6 +83,7 @@ class _Builder:
         self.unknown: set[str] = set()
         self.tainted: set[str] = set()
         self.invalid_paths: set[str] = set()
+        self.offset = 0  # of the current document's bindings in the merged topology
         self.problems: list[Problem] = []
         self.positions: dict[str, Position] = {}
         self.doc: SourceDocument = documents[0]
@@ -125,10 +127,21 @@ class _Builder:
 
     def invalid(self, path: str, message: str) -> None:
         self.error(path, "invalid-value", message, self.value_pos(path))
-        self.invalid_paths.add(path)
+        self.invalid_paths.add(_renumber(path, self.offset))
         found = locate(path, self.doc.data)
         if found is not None:
-            self.tainted.add(found[0])
+            self.tainted.add(_renumber(found[0], self.offset))
+
+    def routing_key(self, path: str, key: str | None, label: str) -> str | None:
+        """A routing key, reported when longer than AMQP allows (255 bytes in UTF-8)."""
+        size = len(key.encode("utf-8", "surrogatepass")) if key is not None else 0
+        if size > MAX_ROUTING_KEY_BYTES:
+            self.invalid(
+                path,
+                f"{label} is {size} bytes long (UTF-8); AMQP allows at most "
+                f"{MAX_ROUTING_KEY_BYTES} bytes",
+            )
+        return key
 
     def claim(self, namespace: str, kind: str, name: str, path: str) -> bool:
         """Register a name; report reserved and duplicate names. False when refused."""
@@ -282,7 +295,14 @@ class _Builder:
             single_active_consumer=bool(spec.get("single_active_consumer", False)),
             dead_letter=None
             if dead is None
-            else DeadLetter(exchange=dead["exchange"], routing_key=dead.get("routing_key")),
+            else DeadLetter(
+                exchange=dead["exchange"],
+                routing_key=self.routing_key(
+                    f"{path}.dead_letter.routing_key",
+                    dead.get("routing_key"),
+                    "dead_letter.routing_key",
+                ),
+            ),
             pos=self.pos(path),
         )
 
@@ -293,7 +313,10 @@ class _Builder:
             queue=spec.get("queue"),
             to_exchange=spec.get("to_exchange"),
             topic=spec.get("topic"),
-            routing_key=spec.get("routing_key", "") or "",
+            routing_key=self.routing_key(
+                f"{path}.routing_key", spec.get("routing_key", "") or "", "routing_key"
+            )
+            or "",
             match=HeadersMatch(spec.get("match", HeadersMatch.ALL.value)),
             headers=tuple(sorted((str(k), _header_text(v)) for k, v in headers.items())),
             pos=self.value_pos(path),
@@ -420,7 +443,7 @@ class _Builder:
         bindings: list[Binding] = []
         for doc, damage in zip(self.documents, self.damages, strict=True):
             self.doc, self.damage = doc, damage
-            offset = len(bindings)
+            offset = self.offset = len(bindings)
             for section in doc.data:  # in the file's order, so "first" means first read
                 make = makers.get(section)
                 if make is not None:

@@ -220,6 +220,8 @@ def _value_message(path: str, error: ValidationError) -> str:
         return f"{label} must be at least {_number(rule_value)}, got {_number(value)}"
     if keyword in ("maximum", "exclusiveMaximum"):
         return f"{label} must be at most {_number(rule_value)}, got {_number(value)}"
+    if keyword == "minItems" and path.endswith(".backoff"):
+        return "backoff needs at least one delay (write [0s] to retry at once)"
     if keyword == "minItems":
         return (
             f"{label} must not be empty"

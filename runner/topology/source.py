@@ -394,7 +394,7 @@ class _Converter:
                 index = start + 1
                 continue
             out.append(text[index:start])
-            end = text.find("}", start + 2)
+            end = _closing_brace(text, start + 2)
             if end < 0:
                 message = f'unclosed "${{" in "{text}"; write "$${{" for a literal "${{"'
                 self._error(self._locate(node, text[start:], pos), path, "env-syntax", message)
@@ -412,7 +412,7 @@ class _Converter:
                 return None
             value = self.env.get(name)
             if sep and not value:
-                value = default
+                value = default.replace("$${", "${")  # escapes work inside a default too
             if value is None:
                 self._error(
                     self._locate(node, f"${{{inner}}}", pos),
@@ -441,6 +441,24 @@ class _Converter:
         self.problems.append(
             Problem(pos.file, pos.line, pos.column, path, rule, Severity.ERROR, message)
         )
+
+
+def _closing_brace(text: str, index: int) -> int:
+    """The `}` closing a `${...}` whose content starts at `index` (-1: none).
+
+    A `$${...}` inside (an escaped literal in a default) is passed over whole.
+    """
+    while index < len(text):
+        if text.startswith("$${", index):
+            inner = text.find("}", index + 3)
+            if inner < 0:
+                return -1
+            index = inner + 1
+        elif text[index] == "}":
+            return index
+        else:
+            index += 1
+    return -1
 
 
 def _problem(file: str, line: int, column: int, path: str, rule: str, message: str) -> Problem:

@@ -165,7 +165,8 @@ def test_group_and_consumer_defaults() -> None:
     text = (
         "version: 1\ntopics: {t: {}, u: {}}\nqueues: {q: {}}\n"
         "dlq_policies: {p: {}}\n"
-        "consumer_groups:\n  g: {topic: t}\n  h: {topics: [t, u], handler: a.b:c, timeout: 10s, dlq_policy: p}\n"
+        "consumer_groups:\n  g: {topic: t}\n"
+        "  h: {topics: [t, u], handler: a.b:c, timeout: 10s, dlq_policy: p}\n"
         "consumers:\n  c: {queue: q, handler: a.b:c, concurrency: 4, dlq_policy: p}\n"
         "  d: {queue: q, handler: a.b:d, prefetch: 7, idempotency: {}, dlq_policy: p}\n"
     )

@@ -379,6 +379,11 @@ def test_double_dollar_is_a_literal() -> None:
     }
 
 
+def test_double_dollar_is_a_literal_inside_a_default_too() -> None:
+    text = "a: ${U:-d$${e}}\nb: ${U:-$${x}}-${U:-y}\nc: ${SET:-d$${e}}\n"
+    assert _data(text, {"SET": "v"}) == {"a": "d${e}", "b": "${x}-y", "c": "v"}
+
+
 def test_env_vars_work_in_keys() -> None:
     assert _data("queues:\n  ${P}-jobs: {}\n", {"P": "eu"}) == {"queues": {"eu-jobs": {}}}
 
