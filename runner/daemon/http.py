@@ -19,7 +19,7 @@ from aiohttp import web
 
 from runner.daemon import codec
 from runner.daemon.reload import ReloadResult
-from runner.engine import Engine, TopicPartition
+from runner.engine import Engine, OutRecord, TopicPartition, encode_headers
 from runner.errors import (
     Conflict,
     EngineError,
@@ -32,6 +32,7 @@ from runner.errors import (
     TooLarge,
     UnsafeChange,
 )
+from runner.log.partitioner import key_from_json
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -261,10 +262,13 @@ async def append_topic(request: web.Request) -> web.Response:
     )
     for i, rec in enumerate(recs):
         where = f"record {i}: " if batch else ""
-        if topic.compact and rec.key is None:
+        if topic.compact and rec.key is None and _no_derived_key(topic.key, rec.value):
+            field = f" (or a value with the field '{topic.key}')" if topic.key else ""
             raise codec.BadInput(
-                f"{where}topic '{name}' is compacted: every record needs a 'key' or 'key_b64'"
+                f"{where}topic '{name}' is compacted: every record needs a 'key' or "
+                f"'key_b64'{field}"
             )
+        _check_record_size(rec, topic.max_message_bytes, where)
         if rec.partition is not None and rec.partition >= topic.partitions:
             raise NotFound(
                 f"{where}topic '{name}' has no partition {rec.partition} "
@@ -275,6 +279,27 @@ async def append_topic(request: web.Request) -> web.Response:
     finally:
         host.notify()
     return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
+
+
+def _check_record_size(rec: OutRecord, limit: int, where: str) -> None:
+    """TooLarge when key + value + headers pass the topic's max_message_bytes
+    (the codec checked the value alone; this names the record's index too)."""
+    if not rec.key and not rec.headers:
+        return
+    size = len(rec.value or b"") + len(rec.key or b"")
+    if rec.headers:
+        size += sum(len(h.encode()) + len(v) for h, v in encode_headers(rec.headers))
+    if size > limit:
+        raise TooLarge(
+            f"{where}the record is {size} bytes with its key and headers, over the "
+            f"topic's max_message_bytes of {limit} bytes; store the payload elsewhere "
+            "(a file or object store) and send a reference to it instead"
+        )
+
+
+def _no_derived_key(path: str | None, value: bytes | None) -> bool:
+    """Whether a keyless record gets no key from its value (the topic's `key` path)."""
+    return path is None or key_from_json(value, path) is None
 
 
 # ------------------------------------------------------------------ topics

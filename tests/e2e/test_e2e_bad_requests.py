@@ -25,6 +25,8 @@ name: e2e-bad
 topics:
   events: {partitions: 2}
   compacted: {cleanup_policy: compact}
+  keyed: {cleanup_policy: compact, key: order.id}
+  small: {max_message_bytes: 100B}
 exchanges:
   x: {type: fanout}
 queues:
@@ -205,6 +207,15 @@ def test_a_keyless_record_in_a_batch_on_a_compacted_topic_names_its_index(
         400, "record 1: topic 'compacted' is compacted: every record needs a 'key' or 'key_b64'")
     assert error_of(daemon, "POST", "/v1/topics/compacted/records", {"value": 2}) == (
         400, "topic 'compacted' is compacted: every record needs a 'key' or 'key_b64'")
+    # a topic with a `key` path takes the key from the value
+    batch = {"records": [{"value": {"order": {"id": "7"}}}, {"value": {"order": {}}}]}
+    assert error_of(daemon, "POST", "/v1/topics/keyed/records", batch) == (
+        400, "record 1: topic 'keyed' is compacted: every record needs a 'key' or 'key_b64' "
+             "(or a value with the field 'order.id')")
+    got = daemon.ok("POST", "/v1/topics/keyed/records", {"records": batch["records"][:1]}, 202)
+    assert got["offsets"] == [{"partition": 0, "offset": 0}]
+    read = daemon.ok("GET", "/v1/topics/keyed/partitions/0/records?offset=0")
+    assert read["records"][0]["key"] == "7"
 
 
 def test_a_batch_over_10000_items_is_413(daemon: Daemon) -> None:
@@ -243,3 +254,18 @@ def test_a_method_a_route_does_not_take_is_405_naming_the_allowed(
         405, f"{method} is not allowed on /v1/status (allowed: GET, HEAD)")
     assert error_of(daemon, method, "/v1/queues/q/pull") == (
         405, f"{method} is not allowed on /v1/queues/q/pull (allowed: POST)")
+
+
+def test_a_record_over_the_topic_limit_with_its_key_and_headers_names_its_index(
+    daemon: Daemon
+) -> None:
+    # 105 bytes: key 50 + value 42 (the JSON text "v...v") + header "h" 1 + its JSON text 12
+    batch = {"records": [{"value": "v"}, {"key": "k" * 50, "value": "v" * 40,
+                                          "headers": {"h": "x" * 10}}]}
+    assert error_of(daemon, "POST", "/v1/topics/small/records", batch) == (
+        413, "record 1: the record is 105 bytes with its key and headers, over the topic's "
+             "max_message_bytes of 100 bytes; store the payload elsewhere (a file or object "
+             "store) and send a reference to it instead")
+    status = daemon.ok("GET", "/v1/status")["topics"]
+    small = next(t for t in status if t["name"] == "small")
+    assert small["partitions"][0]["log_end_offset"] == 0  # nothing of the batch was stored
