@@ -12,9 +12,10 @@ import argparse
 import contextlib
 import importlib
 import importlib.resources
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from runner.cli import report
@@ -127,7 +128,34 @@ def resolve_handler(reference: str) -> str | None:
         target = getattr(target, part)
     if not callable(target):
         return f"is not callable (it is a {type(target).__name__})"
-    return None
+    return _signature_problem(target)
+
+
+def _signature_problem(target: Callable[..., object]) -> str | None:
+    """Why a callable cannot be called as `(msg)` or `(msg, ctx)`, or None.
+
+    Callables without a signature (some builtins) are accepted.
+    """
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(required) > 2:
+        why = f"takes {len(required)} required parameters"
+    elif not positional and not varargs:
+        why = "takes no positional parameter"
+    elif keyword_only:
+        names = ", ".join(keyword_only)
+        plural = "s" if len(keyword_only) > 1 else ""
+        why = f"has the required keyword-only parameter{plural} {names}"
+    else:
+        return None
+    return f"{why}; it must take (msg) or (msg, ctx)"
 
 
 def check_handlers(topology: Topology) -> list[Problem]:

@@ -280,3 +280,58 @@ def test_check_handlers_runs_beside_other_errors(tmp_path: Path) -> None:
         "(at consumers.unreadable.handler)",
         "4 errors, 0 warnings in 1 topology",
     ]
+
+
+SIGNATURES = """\
+version: 1
+queues:
+  q: {}
+  q.dead: {}
+dlq_policies:
+  p: {dead_letter_queue: q.dead}
+consumers:
+  one: {queue: q, handler: "app.sigs:one", dlq_policy: p}
+  two: {queue: q, handler: "app.sigs:two", dlq_policy: p}
+  defaults: {queue: q, handler: "app.sigs:defaults", dlq_policy: p}
+  star: {queue: q, handler: "app.sigs:star", dlq_policy: p}
+  method: {queue: q, handler: "app.sigs:Handler.handle", dlq_policy: p}
+  instance: {queue: q, handler: "app.sigs:instance", dlq_policy: p}
+  builtin: {queue: q, handler: "builtins:print", dlq_policy: p}
+  three: {queue: q, handler: "app.sigs:three", dlq_policy: p}
+  none: {queue: q, handler: "app.sigs:none", dlq_policy: p}
+  keyword: {queue: q, handler: "app.sigs:keyword", dlq_policy: p}
+"""
+
+SIGNATURE_MODULE = """\
+def one(msg): pass
+def two(msg, ctx): pass
+def defaults(msg, ctx=None, extra=1): pass
+def star(*args): pass
+class Handler:
+    @classmethod
+    def handle(cls, msg, ctx): pass
+class Callable:
+    def __call__(self, msg): pass
+instance = Callable()
+def three(msg, ctx, extra): pass
+def none(): pass
+def keyword(msg, *, retries, limit): pass
+"""
+
+
+def test_check_handlers_verifies_the_handler_takes_msg_or_msg_and_ctx(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "sigs.py", SIGNATURE_MODULE)
+    write(tmp_path / "shop.yaml", SIGNATURES)
+    done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        'shop.yaml:15:30: error: handler "app.sigs:three" of consumer "three" takes 3 required '
+        "parameters; it must take (msg) or (msg, ctx) (at consumers.three.handler)",
+        'shop.yaml:16:29: error: handler "app.sigs:none" of consumer "none" takes no positional '
+        "parameter; it must take (msg) or (msg, ctx) (at consumers.none.handler)",
+        'shop.yaml:17:32: error: handler "app.sigs:keyword" of consumer "keyword" has the required '
+        "keyword-only parameters retries, limit; it must take (msg) or (msg, ctx) "
+        "(at consumers.keyword.handler)",
+        "3 errors, 0 warnings in 1 topology",
+    ]
