@@ -156,6 +156,33 @@ class Worker:
     def notify(self) -> None:
         self.wake.set()
 
+    async def _overran_grace(self, grace_s: float) -> None:
+        """Handler calls still running when the grace ran out: logged
+        (`event=drain_timeout`). An async call is cancelled (its message stays
+        unsettled and comes back). A sync call cannot be stopped and the process
+        cannot exit before its thread ends anyway, so it is waited for (at most
+        its `timeout`) and settled like any other call: no duplicate later."""
+        running = self.busy
+        sync = not self.handler.is_async
+        log.warning(
+            "consumer %s: %d handler call(s) still running after the %gs grace; %s",
+            self.name, running, grace_s,
+            f"waiting up to {self.timeout_s:g}s to settle them (sync handlers cannot be "
+            "stopped)" if sync else "cancelled: their messages come back later",
+            extra={"event": "drain_timeout", "consumer": self.name, "in_flight": running,
+                   "abandoned": 0 if sync else running},
+        )
+        if not sync:
+            return
+        loop = asyncio.get_running_loop()
+        late = loop.time() + self.timeout_s + 1.0
+        while self.busy and loop.time() < late:
+            await asyncio.sleep(0.01)
+        log.info("consumer %s: %d of %d late handler call(s) settled after the grace",
+                 self.name, running - self.busy, running,
+                 extra={"event": "drain_late_settled", "consumer": self.name,
+                        "settled": running - self.busy, "abandoned": self.busy})
+
     async def stop_tasks(self, grace_s: float) -> None:
         """Stop taking work, let handler calls in flight finish up to `grace_s`, then cancel."""
         self.stopping = True
@@ -164,6 +191,8 @@ class Worker:
         deadline = loop.time() + grace_s
         while self.busy and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self.busy:
+            await self._overran_grace(grace_s)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -124,3 +124,14 @@ def blocking_forward(msg: Any, ctx: Any) -> None:
         RELEASE.wait(5)
     _note(msg, phase="end")
     ctx.publish("out", "fwd", {"id": msg.body["id"]})
+
+
+async def async_blocking(msg: Any) -> None:
+    """Like `blocking`, on the loop: waits until the test releases it (or 5 s)."""
+    _note(msg, phase="start")
+    STARTED.set()
+    for _ in range(500):
+        if RELEASE.is_set():
+            break
+        await asyncio.sleep(0.01)
+    _note(msg, phase="end")

@@ -46,8 +46,11 @@ def test_drain_lets_a_call_in_flight_finish_within_grace_and_settles_it(tmp_path
     assert [(e["id"], e["phase"]) for e in ph.SEEN] == [("0", "start"), ("0", "end")]
 
 
-def test_drain_leaves_an_unfinished_call_unacked_and_it_comes_back(tmp_path: Path) -> None:
-    topo = topology(queues=(Queue("work"),), consumers=(Consumer("c", "work", f"{H}:blocking"),))
+def test_drain_leaves_an_unfinished_async_call_unacked_and_it_comes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    topo = topology(queues=(Queue("work"),),
+                    consumers=(Consumer("c", "work", f"{H}:async_blocking"),))
 
     async def first() -> None:
         async with running(topo, tmp_path, grace_s=0.05) as r:
@@ -58,7 +61,11 @@ def test_drain_leaves_an_unfinished_call_unacked_and_it_comes_back(tmp_path: Pat
             info = r.engine.queue_info("work")
             assert (info.ready, info.unacked) == (0, 1)
             assert r.pipeline.stats().consumers["c"].succeeded == 0
-            ph.RELEASE.set()  # the abandoned thread ends; its outcome is ignored
+            (late,) = [x for x in caplog.records if getattr(x, "event", "") == "drain_timeout"]
+            assert late.getMessage() == ("consumer c: 1 handler call(s) still running after "
+                                         "the 0.05s grace; cancelled: their messages come "
+                                         "back later")
+            assert (late.consumer, late.abandoned) == ("c", 1)  # type: ignore[attr-defined]
 
     async def second() -> None:
         ph.RELEASE.set()
@@ -71,6 +78,40 @@ def test_drain_leaves_an_unfinished_call_unacked_and_it_comes_back(tmp_path: Pat
     asyncio.run(second())
     starts = [e for e in ph.SEEN if e["phase"] == "start"]
     assert [(e["id"], e["redelivered"]) for e in starts] == [("a", False), ("a", True)]
+
+
+def test_a_sync_call_over_the_grace_is_logged_then_settled_not_redelivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    topo = topology(queues=(Queue("work"),),
+                    consumers=(Consumer("c", "work", f"{H}:blocking", timeout_s=5.0),))
+
+    async def first() -> None:
+        async with running(topo, tmp_path, grace_s=0.05) as r:
+            r.engine.publish_to_queue("work", [msg({"id": "a"})])
+            r.pipeline.notify()
+            await wait_until(ph.STARTED.is_set)
+            asyncio.get_running_loop().call_later(0.4, ph.RELEASE.set)
+            t0 = time.monotonic()
+            await r.pipeline.drain(0.05)
+            assert 0.3 < time.monotonic() - t0 < 3.0
+            info = r.engine.queue_info("work")
+            assert (info.ready, info.unacked) == (0, 0)  # settled after the grace
+            assert r.pipeline.stats().consumers["c"].succeeded == 1
+
+    async def second() -> None:
+        async with running(topo, tmp_path) as r:
+            await asyncio.sleep(0.3)
+            assert r.engine.queue_info("work").ready == 0
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert [e["phase"] for e in ph.SEEN] == ["start", "end"]  # never run twice
+    (late,) = [x for x in caplog.records if getattr(x, "event", "") == "drain_timeout"]
+    assert late.getMessage() == ("consumer c: 1 handler call(s) still running after the 0.05s "
+                                 "grace; waiting up to 5s to settle them (sync handlers cannot "
+                                 "be stopped)")
+    assert (late.consumer, late.in_flight) == ("c", 1)  # type: ignore[attr-defined]
 
 
 def test_apply_adds_removes_and_restarts_consumers_without_losing_messages(
