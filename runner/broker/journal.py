@@ -174,6 +174,30 @@ class QueueLog:
         pending.append((key, body, NO_HEADERS, msg.timestamp_ms))
         return uid
 
+    def reserve_run(self, msgs: list[QueuedMessage]) -> None:
+        """`reserve` for messages without headers, message id or delivery count whose
+        bodies are bytes (`MessageQueue.admit_many`); sets each message's uid."""
+        pending = self._pending
+        put = pending.append
+        uid = self.log.end_offset + len(pending)
+        keys = self._keys
+        for msg in msgs:
+            msg.uid = uid
+            uid += 1
+            props = msg.props
+            if msg.expires_at is not None:
+                key = encode_meta(msg)
+            else:
+                ck = (msg.priority, msg.routing_key, msg.exchange,
+                      props[1] if props is not None else None)
+                parts = keys.get(ck)
+                if parts is None:
+                    if len(keys) > 4096:
+                        keys.clear()
+                    parts = keys[ck] = _key_parts(msg)
+                key = parts[0]
+            put((key, msg.body, NO_HEADERS, msg.timestamp_ms))  # type: ignore[arg-type]
+
     def settle(self, uid: int) -> None:
         self._settled.append(uid)
 

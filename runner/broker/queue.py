@@ -42,6 +42,7 @@ class Journal(Protocol):
     """What a queue tells its storage (see runner.broker.journal)."""
 
     def reserve(self, msg: QueuedMessage) -> int: ...
+    def reserve_run(self, msgs: list[QueuedMessage]) -> None: ...
     def settle(self, uid: int) -> None: ...
     def settle_many(self, uids: list[int]) -> None: ...
     def delivered(self, msg: QueuedMessage) -> None: ...
@@ -198,40 +199,45 @@ class MessageQueue:
         """`admit` for a run of messages without headers or message ids, under one
         routing key, into a queue without length limits (`unlimited`)."""
         qttl = self.spec.message_ttl_s
-        journal = self.journal
-        reserve = journal.reserve if journal is not None else None
+        new = QueuedMessage
+        empty = EMPTY_HEADERS
+        built: list[QueuedMessage] = []
+        put = built.append
+        nbytes = 0
+        for m in msgs:
+            body = m.body
+            size = len(body)
+            nbytes += size
+            ttl = m.ttl_s
+            if qttl is not None and (ttl is None or qttl < ttl):
+                ttl = qttl
+            ctype = m.content_type
+            put(new(-1, body, size, m.priority or 0, routing_key, exchange, empty,
+                    None if ctype is None else (None, ctype), ts_ms,
+                    None if ttl is None else now + ttl, 0))
+        if self.journal is not None:
+            self.journal.reserve_run(built)
+        else:
+            uid = self.next_uid
+            for msg in built:
+                msg.uid = uid
+                uid += 1
+            self.next_uid = uid
         mem = self.memory
         spill = self.spill
         top = self.max_level
         levels = self.levels
         expiries = self.expiries
-        new = QueuedMessage
-        empty = EMPTY_HEADERS
-        nbytes = 0
-        for m in msgs:
-            body = m.body
-            size = len(body)
-            ttl = m.ttl_s
-            if qttl is not None and (ttl is None or qttl < ttl):
-                ttl = qttl
-            ctype = m.content_type
-            prio = m.priority or 0
-            msg = new(-1, body, size, prio, routing_key, exchange, empty,
-                      None if ctype is None else (None, ctype), ts_ms,
-                      None if ttl is None else now + ttl, 0)
-            if reserve is not None:
-                msg.uid = reserve(msg)
-            else:
-                msg.uid = self.next_uid
-                self.next_uid += 1
+        for msg in built:
+            size = msg.size
             if mem.used + size > mem.limit and spill is not None:
-                msg.body = spill.spill(msg, body)
+                msg.body = spill.spill(msg, msg.body)  # type: ignore[arg-type]
             else:
                 mem.used += size
+            prio = msg.priority
             levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
-            nbytes += size
-            if ttl is not None:
-                heapq.heappush(expiries, (now + ttl, msg.uid, msg))
+            if msg.expires_at is not None:
+                heapq.heappush(expiries, (msg.expires_at, msg.uid, msg))
         self.published += len(msgs)
         self.ready += len(msgs)
         self.ready_bytes += nbytes
