@@ -65,7 +65,39 @@ def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
             f"{who}handler {ref!r}: {attr_path!r} is a {type(obj).__name__}, not a callable"
         )
     fn: HandlerFn = obj
+    problem = _signature_problem(fn)
+    if problem is not None:
+        whose = f" for consumer {consumer!r}" if consumer else ""
+        raise HandlerImportError(
+            f"handler {ref!r}{whose} {problem}; it must take (msg) or (msg, ctx)"
+        )
     return fn
+
+
+def _signature_problem(fn: HandlerFn) -> str | None:
+    """Why `fn` cannot be called as fn(msg) nor fn(msg, ctx); None when it can
+    (or when it has no inspectable signature, e.g. some builtins)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    required = 0
+    positional = 0
+    star = False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            star = True
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+            if p.default is p.empty:
+                required += 1
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return f"takes a required keyword-only parameter {p.name!r}"
+    if required > 2:
+        return f"takes {required} required parameters"
+    if positional == 0 and not star:
+        return "takes no parameters"
+    return None
 
 
 def check_handlers(topology: Topology) -> list[tuple[str, str, str]]:

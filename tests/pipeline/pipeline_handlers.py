@@ -135,3 +135,31 @@ async def async_blocking(msg: Any) -> None:
             break
         await asyncio.sleep(0.01)
     _note(msg, phase="end")
+
+
+def bad_sig(a: Any, b: Any, c: Any) -> None:
+    """Three required parameters: not a handler."""
+
+
+def no_params() -> None:
+    """No parameter at all: not a handler."""
+
+
+def kw_needed(msg: Any, *, tenant: str) -> None:
+    """A required keyword-only parameter: not a handler."""
+
+
+def optional_extras(msg: Any, ctx: Any = None, extra: Any = None) -> None:
+    """(msg) or (msg, ctx) both work: a handler."""
+
+
+def star_args(*args: Any) -> None:
+    """Anything positional: a handler."""
+
+
+class CallableHandler:
+    def __call__(self, msg: Any) -> None:
+        del msg
+
+
+INSTANCE = CallableHandler()
