@@ -37,6 +37,7 @@ from runner.broker.broker import Broker, PublishRefused
 from runner.broker.changes import exchange_unsafe, queue_unsafe
 from runner.broker.deadletter import DEATH_HEADER as DEAD_LETTER_HEADER
 from runner.broker.deadletter import REPLAY_HEADER as REPLAY_COUNT_HEADER
+from runner.broker.deadletter import replay_target
 from runner.broker.message import Message
 from runner.broker.routing import Route
 from runner.clock import Clock, SystemClock
@@ -157,6 +158,16 @@ class GroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What `Engine.replay_detail` did: how many dead letters went back, how many
+    stayed, and why (reason sentence -> count)."""
+
+    replayed: int
+    skipped: int
+    reasons: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueInfo:
     name: str
     ready: int
@@ -216,6 +227,8 @@ class EngineStats:
 
 # ------------------------------------------------------------------ engine internals
 
+REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
+REPLAY_QUEUE_FULL = "original queue is full (the rest waits for the next replay)"
 REPLAY_PREFIX = "__replay."  # + group: the replay queue of a consumer group
 STEP_PRODUCER = "__engine_step__"  # producer id of records appended by commit_step
 STEP_STRIDE = 1 << 20  # sequence numbers per step and partition
@@ -703,38 +716,72 @@ class Engine:
         return [QueueDelivery(*d) for d in self.broker.peek(queue, n)]
 
     def replay(self, queue: str, max_messages: int | None = None) -> int:
+        """Dead letters in `queue` back to where they died; how many went back
+        (`replay_detail` also says what was skipped and why)."""
+        return self.replay_detail(queue, max_messages).replayed
+
+    def replay_detail(self, queue: str, max_messages: int | None = None) -> ReplayOutcome:
         """Dead letters in `queue` back to where they died (see TOPOLOGY.md).
 
         A queue message goes back into its original queue. A topic record
         goes to the replay queue of the group that failed it
         (`__replay.<group>`, read by the group's workers before its
-        partitions), never to the topic again. A topic dead letter whose group
-        is gone stays in `queue`."""
+        partitions), never to the topic again. What cannot go back stays in
+        `queue` and is counted in `skipped`, by reason: a message that is no
+        dead letter, an original queue or group that no longer exists, an
+        original queue that is full (the rest waits for the next replay)."""
+        info = self.broker.queue_info(queue)
+        reasons: dict[str, int] = {}
+
+        def skip(reason: str, n: int = 1) -> None:
+            reasons[reason] = reasons.get(reason, 0) + n
+
+        targets = 0
+        gone_queues = 0
+        look = info.ready if max_messages is None else min(info.ready, max_messages + 1000)
+        for d in self.broker.peek(queue, look) if look else ():
+            target = replay_target(QueueDelivery(*d).headers)
+            if target is None:
+                skip(REPLAY_NOT_A_DEAD_LETTER)
+                continue
+            if max_messages is not None and targets >= max_messages:
+                break
+            targets += 1
+            if target.queue is not None and target.queue not in self.broker.queues:
+                skip(f"original queue '{target.queue}' no longer exists")
+                gone_queues += 1
         result = self.broker.replay(queue, max_messages)
         placed = 0
+        kept = 0
         for letter in result.topic_letters:
             group = letter.death.get("original_group")
-            target = replay_queue_name(str(group)) if group else None
+            target_q = replay_queue_name(str(group)) if group else None
             msg = letter.message
-            if target is not None and target in self.broker.queues:
+            if target_q is not None and target_q in self.broker.queues:
                 headers = dict(msg.headers)
                 headers[RECORD_TOPIC_HEADER] = letter.target.topic
                 headers[RECORD_PARTITION_HEADER] = letter.target.partition
                 headers[RECORD_OFFSET_HEADER] = letter.target.offset
-                self.broker.publish_to_queue(target, [Message(
+                self.broker.publish_to_queue(target_q, [Message(
                     msg.body, msg.routing_key, headers, msg.priority, None, None,
                     msg.content_type)])
                 placed += 1
                 continue
             log.warning("replay from %s: no group %r to return a %s record to; kept",
                         queue, group, letter.target.topic)
+            skip(f"consumer group '{group}' no longer exists" if group
+                 else "a topic record without its consumer group")
+            kept += 1
             headers = dict(msg.headers)
             headers.pop(REPLAY_COUNT_HEADER, None)
             headers[DEAD_LETTER_HEADER] = dict(letter.death)
             self.broker.publish_to_queue(queue, [Message(
                 msg.body, msg.routing_key, headers, msg.priority, None, None,
                 msg.content_type)])
-        return result.replayed + placed
+        left = targets - result.replayed - placed - kept - gone_queues
+        if left > 0:
+            skip(REPLAY_QUEUE_FULL, left)
+        return ReplayOutcome(result.replayed + placed, sum(reasons.values()), reasons)
 
     def replay_queue(self, group: str) -> str | None:
         """The replay queue of `group` (None when the group has none)."""
