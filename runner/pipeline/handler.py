@@ -1,5 +1,8 @@
 """Handlers: resolving `module:callable` references and calling them with a timeout.
 
+Resolving re-imports a handler module whose source file changed (mtime) since
+it was imported, so a reload picks up edited handler code.
+
 A sync handler runs in the daemon's thread pool, an `async def` handler on the
 loop. Both are bounded by the consumer's `timeout` (asyncio.wait_for). A sync
 handler that overruns counts as failed at once, but Python cannot kill its
@@ -14,10 +17,12 @@ import concurrent.futures
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from runner.errors import HandlerImportError
@@ -25,6 +30,9 @@ from runner.pipeline.message import Context, Message
 from runner.topology.model import Topology
 
 HandlerFn = Callable[..., Any]
+SOURCE_MTIME_ATTR = "__runner_source_mtime__"  # set on handler modules: reload detection
+
+log = logging.getLogger(__name__)
 
 
 class HandlerTimeout(TimeoutError):
@@ -37,6 +45,36 @@ def _ensure_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
+def _source_mtime(module: ModuleType) -> int | None:
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _import_fresh(name: str) -> ModuleType:
+    """Import `name`; a module imported before whose source file changed since
+    (mtime) is re-imported (importlib.reload), so a reload sees new code."""
+    module = sys.modules.get(name)
+    if module is None:
+        module = importlib.import_module(name)
+        setattr(module, SOURCE_MTIME_ATTR, _source_mtime(module))
+        return module
+    now = _source_mtime(module)
+    seen = getattr(module, SOURCE_MTIME_ATTR, None)
+    if seen is None:  # imported by someone else first: from now on it is watched
+        setattr(module, SOURCE_MTIME_ATTR, now)
+    elif now is not None and now != seen:
+        log.info("handler module %s changed on disk: re-importing it", name)
+        importlib.invalidate_caches()
+        module = importlib.reload(module)
+        setattr(module, SOURCE_MTIME_ATTR, now)
+    return module
+
+
 def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
     """Import `package.module:callable` (the callable may be a dotted attribute path)."""
     who = f"consumer {consumer!r}: " if consumer else ""
@@ -47,7 +85,7 @@ def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
         )
     _ensure_cwd_on_path()
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_fresh(module_name)
     except Exception as exc:  # any import-time failure of user code
         raise HandlerImportError(
             f"{who}handler {ref!r}: cannot import module {module_name!r}: "

@@ -115,6 +115,8 @@ class Pipeline:
         does not resolve raises HandlerImportError and the old workers keep running."""
         new_specs = _specs(new)
         changed = [k for k in new_specs if k in self._specs and self._specs[k] != new_specs[k]]
+        changed += [k for k in new_specs if k in self._specs and k not in changed
+                    and self._code_changed(new, k)]
         added = [k for k in new_specs if k not in self._specs]
         removed = [k for k in self._specs if k not in new_specs]
         for key in changed + added:
@@ -134,6 +136,17 @@ class Pipeline:
             log.info("pipeline: started %s", key)
         self.topology = new
         self._specs = new_specs
+
+    def _code_changed(self, topology: Topology, key: str) -> bool:
+        """True when the handler of `key` resolves to another callable now (its
+        module's source changed and was re-imported): the worker restarts."""
+        worker = self._workers.get(key)
+        if worker is None:
+            return False
+        kind, _, name = key.partition(":")
+        ref = (topology.consumer_map()[name].handler if kind == "consumer"
+               else topology.group_map()[name].handler or "")
+        return bool(resolve(ref, consumer=name) != worker.handler.fn)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking work; in-flight handler calls get up to `grace_s` to finish
