@@ -340,6 +340,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     body = {} if args.max is None else {"max": args.max}
     answer = client.call("POST", f"/v1/queues/{_quote(args.queue)}/replay", body)
     print(f"replayed {answer['replayed']} message(s) from {args.queue}")
+    skipped = answer.get("skipped", 0)
+    if skipped:
+        print(f"kept {skipped} message(s) in {args.queue}:")
+        for reason, count in sorted(answer.get("skipped_reasons", {}).items()):
+            print(f"  {count}: {reason}")
     return 0
 
 

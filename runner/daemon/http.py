@@ -419,9 +419,15 @@ async def replay(request: web.Request) -> web.Response:
     if n is not None:
         n = codec.int_field(body, "max", low=1)
     _queue_exists(host, name)
-    count = host.engine.replay(name, n)
+    outcome = host.engine.replay_detail(name, n)
     host.notify()
-    return answer({"replayed": count})
+    return answer(
+        {
+            "replayed": outcome.replayed,
+            "skipped": outcome.skipped,
+            "skipped_reasons": dict(outcome.reasons),
+        }
+    )
 
 
 # ------------------------------------------------------------------ groups

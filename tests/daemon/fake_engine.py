@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.engine import (
+    REPLAY_NOT_A_DEAD_LETTER,
     EngineStats,
     GroupInfo,
     GroupPartition,
@@ -25,6 +26,7 @@ from runner.engine import (
     QueueInfo,
     QueueStats,
     Record,
+    ReplayOutcome,
     TopicPartition,
 )
 from runner.errors import Forbidden, InvalidRequest, NotFound, Refused, UnsafeChange
@@ -221,14 +223,23 @@ class FakeEngine:
         return [self._delivery(queue, 0, m) for m in list(self.ready[queue])[:n]]
 
     def replay(self, queue: str, max_messages: int | None = None) -> int:
+        return self.replay_detail(queue, max_messages).replayed
+
+    def replay_detail(self, queue: str, max_messages: int | None = None) -> ReplayOutcome:
         n = len(self.ready[queue]) if max_messages is None else max_messages
         moved = 0
+        kept: list[Any] = []
         while self.ready[queue] and moved < n:
             msg = self.ready[queue].popleft()
-            death: Any = msg.out.headers.get("x-dead-letter", {})
+            death: Any = msg.out.headers.get("x-dead-letter")
+            if not death:
+                kept.append(msg)
+                continue
             self.ready[death["original_queue"]].append(msg)
             moved += 1
-        return moved
+        self.ready[queue].extendleft(reversed(kept))
+        reasons = {REPLAY_NOT_A_DEAD_LETTER: len(kept)} if kept else {}
+        return ReplayOutcome(moved, len(kept), reasons)
 
     def queue_info(self, queue: str) -> QueueInfo:
         return QueueInfo(queue, len(self.ready[queue]), len(self.leased[queue]), 0, 0.0)

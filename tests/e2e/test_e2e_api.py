@@ -156,11 +156,22 @@ def test_dead_letters_peek_and_replay(daemon: Daemon) -> None:
     assert death["reason"] == "rejected" and death["original_queue"] == "fragile"
     # peek leaves it in place
     assert len(daemon.ok("GET", "/v1/queues/fragile.dlq/peek")["messages"]) == 1
-    assert daemon.ok("POST", "/v1/queues/fragile.dlq/replay", {}) == {"replayed": 1}
+    # a message published straight into the DLQ is no dead letter: it stays, counted
+    daemon.ok("POST", "/v1/queues/fragile.dlq/messages", {"body": "plain"}, 202)
+    not_dead = "not a dead letter (no x-dead-letter header naming where it died)"
+    assert daemon.ok("POST", "/v1/queues/fragile.dlq/replay", {}) == {
+        "replayed": 1, "skipped": 1, "skipped_reasons": {not_dead: 1}}
     back = daemon.ok("POST", "/v1/queues/fragile/pull", {})["messages"][0]
     assert back["body"] == {"bad": True} and "x-dead-letter" not in back["headers"]
     assert back["headers"]["x-replay-count"] == 1
     daemon.ok("POST", "/v1/queues/fragile/ack", {"delivery_ids": [back["delivery_id"]]})
+    done = daemon.cli("dlq", "replay", "fragile.dlq")
+    assert (done.returncode, done.stdout) == (
+        0, f"replayed 0 message(s) from fragile.dlq\nkept 1 message(s) in fragile.dlq:\n"
+           f"  1: {not_dead}\n")
+    kept = daemon.ok("POST", "/v1/queues/fragile.dlq/pull", {})["messages"]
+    assert [m["body"] for m in kept] == ["plain"]
+    daemon.ok("POST", "/v1/queues/fragile.dlq/ack", {"delivery_ids": [kept[0]["delivery_id"]]})
     assert daemon.ok("GET", "/v1/queues/fragile.dlq/peek")["messages"] == []
 
 
