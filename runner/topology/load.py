@@ -33,6 +33,9 @@ from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument, SourceResult, read_file, read_text
 
 _SUFFIXES = (".yaml", ".yml")
+# Entities of one topology (all files): validating costs ~50-100 us each, so
+# this bounds a validation to a few seconds. Far above any real topology.
+MAX_ENTITIES = 20_000
 # source problems after which a file's data cannot be trusted anywhere
 _FATAL_SOURCE_RULES = frozenset({"alias-limit", "nesting-depth", "top-level-type"})
 
@@ -115,8 +118,7 @@ def _finish(
     path: str, files: list[str], results: Iterable[SourceResult], content_hash: str
 ) -> LoadResult:
     problems: list[Problem] = []
-    documents: list[SourceDocument] = []
-    damages: list[Damage] = []
+    readable: list[SourceResult] = []
     unreadable = False
     for result in results:
         problems.extend(result.problems)
@@ -127,7 +129,23 @@ def _finish(
             or any(p.rule in _FATAL_SOURCE_RULES for p in result.problems)
         ):
             unreadable = True
-            continue
+        else:
+            readable.append(result)
+    count = sum(_entity_count(r.document) for r in readable if r.document is not None)
+    if count > MAX_ENTITIES:
+        message = (
+            f"topology is too large to validate: {count:,} entities (topics, exchanges, "
+            f"queues, bindings, dlq_policies, consumer groups and consumers); "
+            f"the limit is {MAX_ENTITIES:,}"
+        )
+        problems.append(Problem(path, 0, 0, "", "too-many-entities", Severity.ERROR, message))
+        problems.sort(key=Problem.sort_key)
+        return LoadResult(None, tuple(problems), content_hash)
+    documents: list[SourceDocument] = []
+    damages: list[Damage] = []
+    for result in readable:
+        doc = result.document
+        assert doc is not None
         # A value the source part refused is None in the data: schema problems
         # about it would only repeat that. ("" is the file itself: a dropped key.)
         refused = {p.path for p in result.problems if p.is_error and p.path}
@@ -162,6 +180,12 @@ def _finish(
         topology = None
     problems.sort(key=Problem.sort_key)
     return LoadResult(topology, tuple(problems), content_hash, partial)
+
+
+def _entity_count(doc: SourceDocument) -> int:
+    named = sum(len(v) for k, v in doc.data.items() if k in SECTIONS and isinstance(v, dict))
+    bindings = doc.data.get("bindings")
+    return named + (len(bindings) if isinstance(bindings, list) else 0)
 
 
 def _file_digest(file: str) -> bytes:

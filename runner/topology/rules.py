@@ -32,7 +32,6 @@ internal exchanges) wait until it is complete.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -49,6 +48,7 @@ from runner.topology.model import (
 )
 from runner.topology.partial import NO_GAPS, Gaps, locate
 from runner.topology.problems import Problem, Severity
+from runner.topology.suggest import Suggester
 
 ERROR = Severity.ERROR
 WARNING = Severity.WARNING
@@ -61,6 +61,7 @@ class Index:
     def __init__(self, topology: Topology, gaps: Gaps = NO_GAPS) -> None:
         self.topology = topology
         self.gaps = gaps
+        self.suggest = Suggester()
         self.topics = topology.topic_map()
         self.exchanges = topology.exchange_map()
         self.queues = topology.queue_map()
@@ -115,12 +116,6 @@ class Rule:
     run: Callable[[Index], Iterable[Problem]]
 
 
-def suggest(name: str, candidates: Iterable[str]) -> str:
-    """`; did you mean "x"?` for the closest candidate, or nothing."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f'; did you mean "{close[0]}"?' if close else ""
-
-
 _KIND_OF = {
     "topics": "topic",
     "exchanges": "exchange",
@@ -146,7 +141,7 @@ def _reference(
     """A missing-reference problem unless `name` is defined in `section`."""
     if not name or idx.may_exist(section, name):
         return
-    hint = suggest(name, [*idx.sections[section], *idx.gaps.unbuilt.get(section, ())])
+    hint = idx.suggest(name, [*idx.sections[section], *idx.gaps.unbuilt.get(section, ())])
     for other, advice in wrong:
         if name in idx.sections[other]:
             hint = f'; "{name}" is a {_KIND_OF[other]}' + advice.format(name=name)
@@ -208,7 +203,7 @@ def missing_references(idx: Index) -> Iterator[Problem]:
             path = f"dlq_policies.{name}.dead_letter_queue"
             message = (
                 f'dead-letter queue "{dlq}" of dlq_policy "{name}" is neither a queue '
-                f"nor a topic{suggest(dlq, [*idx.queues, *idx.topics])}"
+                f"nor a topic{idx.suggest(dlq, [*idx.queues, *idx.topics])}"
             )
             yield idx.problem(path, "missing-reference", ERROR, message, fallback=p.pos)
     for name, g in idx.groups.items():
@@ -825,4 +820,4 @@ def _news(idx: Index, problem: Problem) -> bool:
     return entity is None or idx.gaps.sound(entity)
 
 
-__all__ = ["RULES", "Index", "Rule", "check", "suggest", "topic_pattern_error"]
+__all__ = ["RULES", "Index", "Rule", "check", "topic_pattern_error"]

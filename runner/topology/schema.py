@@ -10,7 +10,6 @@ so a node is never reported twice.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 from runner.topology.model import Position
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument, core_scalar
+from runner.topology.suggest import did_you_mean
 from runner.topology.units import DURATION_EXAMPLES, suggest_duration
 
 _SECTIONS = ("topics", "exchanges", "queues", "dlq_policies", "consumer_groups", "consumers")
@@ -136,12 +136,10 @@ def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
             if key in properties or any(p.search(key) for p in patterns):
                 continue
             child = f"{path}.{key}" if path else key
-            message = f'unknown key "{key}" in {where}'
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            if close:
-                message += f'; did you mean "{close[0]}"?'
-            elif known:
-                message += "; known keys: " + ", ".join(known)
+            hint = did_you_mean(key, known)
+            if not hint and known:
+                hint = "; known keys: " + ", ".join(known)
+            message = f'unknown key "{key}" in {where}{hint}'
             yield (child, "key"), _at(doc, child, message, rule="unknown-key", key=True)
         return
     if keyword == "required":
@@ -208,9 +206,7 @@ def _value_message(path: str, error: ValidationError) -> str:
         options = ", ".join(str(v) for v in rule_value)
         message = f"{label} must be one of {options}; got {_short(value)}"
         if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(v) for v in rule_value], n=1)
-            if close:
-                message += f'; did you mean "{close[0]}"?'
+            message += did_you_mean(value, [str(v) for v in rule_value])
         return message
     if keyword == "const":
         if path == "version":

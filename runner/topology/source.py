@@ -28,7 +28,10 @@ import yaml
 from runner.topology.model import Position
 from runner.topology.problems import Problem, Severity
 
-MAX_FILE_BYTES = 10 * 1024 * 1024
+# Bounds that keep the worst case of one validation to a few seconds: YAML
+# nodes are what parsing and the schema check cost (tens of microseconds each).
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_NODES = 100_000  # values, keys, lists and mappings of one file, aliases not expanded
 MAX_ALIAS_EXPANSION = 100_000  # nodes converted again because an alias points at them
 MAX_DEPTH = 64
 
@@ -173,6 +176,14 @@ def read_text(text: str, *, file: str, env: Mapping[str, str] | None = None) -> 
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
+        nodes = _count_nodes(text, MAX_NODES)
+        if nodes > MAX_NODES:
+            message = (
+                f"file is too large to validate: more than {MAX_NODES:,} YAML nodes "
+                "(keys, values, lists and mappings); the limit is "
+                f"{MAX_NODES:,} nodes a file"
+            )
+            return SourceResult(None, (_problem(file, 0, 0, "", "too-many-nodes", message),))
         loader = _SafeNodeLoader(text)
         try:
             if not loader.check_node():
@@ -441,6 +452,27 @@ class _Converter:
         self.problems.append(
             Problem(pos.file, pos.line, pos.column, path, rule, Severity.ERROR, message)
         )
+
+
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
+
+
+def _count_nodes(text: str, limit: int) -> int:
+    """The number of nodes in `text`, counting no further than `limit + 1`.
+
+    Parsing events is much cheaper than composing and converting nodes, so a
+    file too large to validate quickly is refused before that work starts.
+    Raises what the parser raises (syntax errors), like composing would.
+    """
+    parser = _Loader(text)
+    count = 0
+    try:
+        while count <= limit and parser.check_event():
+            if isinstance(parser.get_event(), _NODE_EVENTS):
+                count += 1
+    finally:
+        parser.dispose()
+    return count
 
 
 def _closing_brace(text: str, index: int) -> int:

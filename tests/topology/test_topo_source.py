@@ -14,6 +14,7 @@ from runner.topology.model import Position
 from runner.topology.problems import Problem
 from runner.topology.source import (
     MAX_FILE_BYTES,
+    MAX_NODES,
     SourceDocument,
     SourceResult,
     core_scalar,
@@ -330,7 +331,7 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it(tmp_path: Path
     assert _one(result) == (
         0,
         0,
-        "file is too large: 10.0 MiB (10485761 bytes); the limit is 10.0 MiB",
+        "file is too large: 4.0 MiB (4194305 bytes); the limit is 4.0 MiB",
     )
     loaded = load(str(big))
     assert [p.message for p in loaded.problems] == [result.problems[0].message]
@@ -344,6 +345,26 @@ def test_a_file_just_under_the_limit_is_read(tmp_path: Path) -> None:
     result, raw = read_file(str(path))
     assert raw is not None and len(raw) == MAX_FILE_BYTES
     assert result.problems == ()
+
+
+def test_a_file_with_too_many_nodes_is_refused_before_it_is_composed(tmp_path: Path) -> None:
+    # the top mapping, version, 1, queues, the list and its items: one node over the limit
+    items = MAX_NODES - 4
+    path = tmp_path / "wide.yaml"
+    path.write_text("version: 1\nqueues: [" + "1," * (items - 1) + "1]\n")
+    result = load(str(path))
+    assert [(p.file, p.line, p.column, p.rule, p.message) for p in result.problems] == [
+        (
+            str(path),
+            0,
+            0,
+            "too-many-nodes",
+            "file is too large to validate: more than 100,000 YAML nodes (keys, values, "
+            "lists and mappings); the limit is 100,000 nodes a file",
+        )
+    ]
+    at_the_limit = "version: 1\nqueues: [" + "1," * (items - 2) + "1]\n"
+    assert [p.rule for p in load_text(at_the_limit).problems] == ["schema"]
 
 
 # ---------------------------------------------------------------- environment
