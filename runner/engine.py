@@ -405,6 +405,7 @@ class Engine:
         self._closed = False
         self._half_applied = False
         self._seek_versions: dict[str, int] = {}
+        self._rejecting: set[str] = set()  # queues that refuse publishes when full
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
                                dedup_window_s=DEDUP_WINDOW_S)
@@ -466,6 +467,11 @@ class Engine:
                                    force=force)
         self.topology = new
         self._topic_reach = _topic_reach(new)
+        self._rejecting = {
+            name for name, mq in self.broker.queues.items()
+            if mq.spec.overflow is not Overflow.DROP_HEAD
+            and (mq.spec.max_length is not None or mq.spec.max_length_bytes is not None)
+        }
         return lines
 
     def _topic_problems(self, new: Topology) -> list[str]:
@@ -960,11 +966,15 @@ class Engine:
         `reject-publish-dlx` has no room for the step's messages to it: a step
         is all or nothing, never half stored then refused. (A drop-head queue
         always takes them.)"""
+        rejecting = self._rejecting
+        if not rejecting:
+            return
         want: dict[str, tuple[int, int]] = {}
 
         def add(queue: str, m: OutMessage) -> None:
-            n, size = want.get(queue, (0, 0))
-            want[queue] = (n + 1, size + len(m.body))
+            if queue in rejecting:
+                n, size = want.get(queue, (0, 0))
+                want[queue] = (n + 1, size + len(m.body))
 
         for exchange, msgs in step.publishes:
             for m in msgs:
