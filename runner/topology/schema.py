@@ -69,8 +69,23 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(_inline(whole, whole.get("$defs", {})))
 
 
+_PLACEHOLDER = {"$ref": "#/$defs/env_placeholder"}
+
+
 def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    """The schema with local `$ref`s inlined and the placeholder branches removed.
+
+    Numeric, boolean, duration and size fields are `anyOf: [the field, a
+    ${VAR} placeholder]` in the shipped schema, for editors, which see the
+    file before substitution. The loader validates after substitution, where
+    a `${...}` string is only ever a literal (`$${P}`) and must stay an error.
+    """
     if isinstance(node, dict):
+        branches = node.get("anyOf")
+        if isinstance(branches, list) and len(branches) == 2 and branches[1] == _PLACEHOLDER:
+            plain = dict(branches[0])
+            plain.update((k, v) for k, v in node.items() if k != "anyOf")
+            node = plain
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/$defs/"):
             merged = dict(_inline(defs[ref[len("#/$defs/") :]], defs))

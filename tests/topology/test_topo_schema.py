@@ -177,8 +177,7 @@ def test_unknown_keys_are_reported_at_the_key() -> None:
 def test_schema_errors_do_not_hide_build_and_rule_problems() -> None:
     # every tier in one run; the topology stays None, the partial one is kept
     text = (
-        "version: 1\nqueues:\n  q: {max_length: -5, dead_letter: {exchange: nowhere}}\n"
-        "  __q: {}\n"
+        "version: 1\nqueues:\n  q: {max_length: -5, dead_letter: {exchange: nowhere}}\n  __q: {}\n"
     )
     assert [m[3] for m in _messages(text)] == [
         "max_length must be at least 0, got -5",
@@ -189,3 +188,35 @@ def test_schema_errors_do_not_hide_build_and_rule_problems() -> None:
     assert result.topology is None
     assert result.partial is not None
     assert [name for name, _ in result.partial.queues] == ["q"]
+
+
+EDITOR_VIEW = {
+    "version": 1,
+    "topics": {"t": {"partitions": "${P:-6}", "retention": {"time": "${R:-7d}"}}},
+    "queues": {"q": {"durable": "${D}", "max_length_bytes": "${B:-1GiB}"}},
+    "dlq_policies": {"p": {"backoff": {"multiplier": "${M:-2}"}}},
+}
+
+
+def test_editors_accept_placeholders_in_number_bool_duration_and_size_fields() -> None:
+    # an editor validates the file as written, before substitution
+    editor = Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    assert list(editor.iter_errors(EDITOR_VIEW)) == []
+    wrong = {"version": 1, "topics": {"t": {"partitions": "ten"}}, "queues": {"q": {}}}
+    wrong["queues"] = {"q": {"max_priority": "${1P}"}}
+    assert len(list(editor.iter_errors(wrong))) == 2
+
+
+def test_the_loader_still_refuses_a_literal_placeholder_after_substitution() -> None:
+    text = (
+        "version: 1\ntopics:\n  t:\n    partitions: $${P}\n"
+        "queues:\n  q:\n    durable: ${D:-true}\n    message_ttl: ${T:-1h}\n"
+    )
+    assert _messages(text) == [
+        (4, 17, "topics.t.partitions", 'partitions: expected a number, got the string "${P}"'),
+    ]
+    loaded = load_text(text.replace("$${P}", "${P:-6}"), env={})
+    assert loaded.topology is not None
+    assert loaded.topology.topic_map()["t"].partitions == 6
+    queue = loaded.topology.queue_map()["q"]
+    assert (queue.durable, queue.message_ttl_s) == (True, 3600.0)
