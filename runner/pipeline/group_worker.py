@@ -175,7 +175,8 @@ class GroupWorker(Worker):
                 break
             commit_step = self._commit_step(member, tp, record, version)
             try:
-                done = await self._handle(record, member, commit_step)
+                done = await self._handle(record, member, commit_step,
+                                          stale=lambda: self._sought(version))
             except _Stale:
                 log.info("group %s: %s[%d]@%d was committed or sought elsewhere meanwhile; "
                          "its outputs are discarded", self.name, tp.topic, tp.partition,
@@ -254,7 +255,7 @@ class GroupWorker(Worker):
     # ---------------------------------------------------------------- one record
     async def _handle(
         self, record: Record, member: str, settle: Callable[[Step], None], *,
-        delivery_count: int = 1,
+        delivery_count: int = 1, stale: Callable[[], bool] | None = None,
     ) -> bool:
         """Run, retry in place, dead-letter; True when the record is settled."""
         if self.delivery is Delivery.AT_MOST_ONCE:
@@ -284,6 +285,8 @@ class GroupWorker(Worker):
                 self.counters.retries += 1
                 if not await self.pause(decision.delay_s):
                     return False
+                if stale is not None and stale():
+                    raise _Stale()  # sought meanwhile: this record is not the next one
                 continue
             now = self.env.clock.time()
             death = build_death(

@@ -11,7 +11,7 @@ import pytest
 
 from runner.engine import TopicPartition
 from runner.errors import Conflict
-from runner.topology.model import ConsumerGroup, Delivery, Topic
+from runner.topology.model import ConsumerGroup, Delivery, DlqPolicy, Queue, Topic
 from tests.pipeline import pipeline_handlers as ph
 from tests.pipeline.harness import H, rec, running, topology, wait_until
 
@@ -89,5 +89,27 @@ def test_an_outside_commit_to_a_handled_group_is_refused(tmp_path: Path) -> None
                                       "POST /v1/groups/g/offsets to seek it")
             r.engine.commit("ext", {TP: 1})  # a group without a handler: anyone commits
             assert r.engine.position("ext", TP) == 1
+
+    asyncio.run(go())
+
+
+def test_a_seek_ends_the_retries_of_a_record_it_skipped(tmp_path: Path) -> None:
+    policy = DlqPolicy("p", max_retries=100, backoff=(0.05,), dead_letter_queue="dlq")
+    topo = topology(queues=(Queue("dlq"),), topics=(Topic("events"),), policies=(policy,),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:flaky",
+                                          dlq_policy="p"),))
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.engine.append("events", [rec({"id": "bad", "fail": 999}), rec({"id": "good"})])
+            r.pipeline.notify()
+            await wait_until(lambda: ph.ATTEMPTS.get("bad", 0) >= 2)
+            r.engine.seek("g", TP, offset=1)
+            await wait_until(lambda: ph.ATTEMPTS.get("good", 0) == 1)
+            await wait_until(lambda: r.engine.position("g", TP) == 2)
+            tries = ph.ATTEMPTS["bad"]
+            await asyncio.sleep(0.3)
+            assert ph.ATTEMPTS["bad"] == tries  # no longer retried
+            assert r.engine.queue_info("dlq").ready == 0  # and not dead-lettered
 
     asyncio.run(go())
