@@ -105,7 +105,7 @@ def test_a_seek_ends_the_retries_of_a_record_it_skipped(tmp_path: Path) -> None:
             r.pipeline.notify()
             await wait_until(lambda: ph.ATTEMPTS.get("bad", 0) >= 2)
             r.engine.seek("g", TP, offset=1)
-            await wait_until(lambda: ph.ATTEMPTS.get("good", 0) == 1)
+            await wait_until(lambda: ph.ATTEMPTS.get("good", 0) == 1, timeout=2.0)
             await wait_until(lambda: r.engine.position("g", TP) == 2)
             tries = ph.ATTEMPTS["bad"]
             await asyncio.sleep(0.3)
