@@ -47,7 +47,7 @@ from runner.topology.model import (
     Topic,
     Topology,
 )
-from runner.topology.partial import NO_GAPS, WHOLE, Damage, Gaps, locate
+from runner.topology.partial import KINDS, NO_GAPS, WHOLE, Damage, Gaps, locate
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument
 from runner.topology.units import parse_duration, parse_size
@@ -58,15 +58,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT = "5m"
 DEFAULT_BACKOFF = ("1s", "5s", "30s")
 MAX_ROUTING_KEY_BYTES = 255  # AMQP's shortstr
-
-_KIND = {
-    "topics": "topic",
-    "exchanges": "exchange",
-    "queues": "queue",
-    "dlq_policies": "dlq_policy",
-    "consumer_groups": "consumer group",
-    "consumers": "consumer",
-}
 
 
 class _Builder:
@@ -193,8 +184,8 @@ class _Builder:
             if bad is not None and WHOLE in bad:
                 self.unbuilt.setdefault(section, set()).add(name)
                 continue
-            if not self.claim(namespace, _KIND[section], name, path):
-                if _reserved(name, _KIND[section]):
+            if not self.claim(namespace, KINDS[section], name, path):
+                if _reserved(name, KINDS[section]):
                     self.unbuilt.setdefault(section, set()).add(name)
                 continue
             if bad is None:

@@ -25,6 +25,14 @@ from types import MappingProxyType
 from typing import Any
 
 SECTIONS = ("topics", "exchanges", "queues", "dlq_policies", "consumer_groups", "consumers")
+KINDS = {  # section -> what one entity of it is called in messages
+    "topics": "topic",
+    "exchanges": "exchange",
+    "queues": "queue",
+    "dlq_policies": "dlq_policy",
+    "consumer_groups": "consumer group",
+    "consumers": "consumer",
+}
 WHOLE = ""  # the field name that stands for the entity itself
 
 

@@ -35,18 +35,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from runner.topology.cycles import Cycle, find_cycles, topic_matches
 from runner.topology.model import (
     NOWHERE,
     Binding,
     ConsumerGroup,
     Delivery,
+    DlqPolicy,
+    Exchange,
     ExchangeType,
     HeadersMatch,
     Overflow,
     Position,
     Topology,
 )
-from runner.topology.partial import NO_GAPS, Gaps, locate
+from runner.topology.partial import KINDS, NO_GAPS, Gaps, locate
 from runner.topology.problems import Problem, Severity
 from runner.topology.suggest import Suggester
 
@@ -116,12 +119,6 @@ class Rule:
     run: Callable[[Index], Iterable[Problem]]
 
 
-_KIND_OF = {
-    "topics": "topic",
-    "exchanges": "exchange",
-    "queues": "queue",
-    "dlq_policies": "dlq_policy",
-}
 # a name of another kind where an exchange belongs: a classic RabbitMQ slip is
 # naming the dead-letter queue where its exchange belongs
 _NOT_AN_EXCHANGE = (("queues", ", not an exchange"), ("topics", ", not an exchange"))
@@ -144,7 +141,7 @@ def _reference(
     hint = idx.suggest(name, [*idx.sections[section], *idx.gaps.unbuilt.get(section, ())])
     for other, advice in wrong:
         if name in idx.sections[other]:
-            hint = f'; "{name}" is a {_KIND_OF[other]}' + advice.format(name=name)
+            hint = f'; "{name}" is a {KINDS[other]}' + advice.format(name=name)
             break
     message = f'{what} "{name}"{owner} does not exist{hint}'
     yield idx.problem(path, "missing-reference", ERROR, message, fallback=fallback)
@@ -247,73 +244,60 @@ def topic_pattern_error(pattern: str) -> str | None:
     return None
 
 
-def topic_patterns(idx: Index) -> Iterator[Problem]:
+_ALL_TYPES = frozenset(ExchangeType)
+_NON_HEADERS = _ALL_TYPES - {ExchangeType.HEADERS}
+
+
+def _bindings_of(
+    idx: Index, types: frozenset[ExchangeType]
+) -> Iterator[tuple[str, Binding, Exchange]]:
+    """(path, binding, source exchange) of each binding whose exchange has one of `types`."""
     for i, b in enumerate(idx.topology.bindings):
         ex = idx.exchanges.get(b.exchange)
-        if ex is None or ex.type is not ExchangeType.TOPIC:
-            continue
+        if ex is not None and ex.type in types:
+            yield f"bindings[{i}]", b, ex
+
+
+def topic_patterns(idx: Index) -> Iterator[Problem]:
+    for at, b, _ in _bindings_of(idx, frozenset({ExchangeType.TOPIC})):
         why = topic_pattern_error(b.routing_key)
         if why is not None:
             message = f'routing key "{b.routing_key}" is not a valid topic pattern: {why}'
-            yield idx.problem(
-                f"bindings[{i}].routing_key", "topic-pattern", ERROR, message, fallback=b.pos
-            )
-
-
-def _explicit(idx: Index, path: str) -> bool:
-    return path in idx.topology.positions
+            yield idx.problem(f"{at}.routing_key", "topic-pattern", ERROR, message, fallback=b.pos)
 
 
 def headers_options(idx: Index) -> Iterator[Problem]:
-    for i, b in enumerate(idx.topology.bindings):
-        ex = idx.exchanges.get(b.exchange)
-        if ex is None or ex.type is ExchangeType.HEADERS:
-            continue
-        for key, used in (
-            ("headers", bool(b.headers) or _explicit(idx, f"bindings[{i}].headers")),
-            ("match", b.match is not HeadersMatch.ALL or _explicit(idx, f"bindings[{i}].match")),
-        ):
-            if used:
+    for at, b, ex in _bindings_of(idx, _NON_HEADERS):
+        for key, used in (("headers", bool(b.headers)), ("match", b.match is not HeadersMatch.ALL)):
+            if used or f"{at}.{key}" in idx.topology.positions:  # set, even to the default
                 message = (
                     f'"{key}" only applies to headers exchanges; exchange "{b.exchange}" '
                     f"is of type {ex.type.value}"
                 )
-                yield idx.problem(
-                    f"bindings[{i}].{key}", "headers-option", ERROR, message, fallback=b.pos
-                )
+                yield idx.problem(f"{at}.{key}", "headers-option", ERROR, message, fallback=b.pos)
 
 
 def ignored_routing_keys(idx: Index) -> Iterator[Problem]:
-    for i, b in enumerate(idx.topology.bindings):
-        ex = idx.exchanges.get(b.exchange)
-        if ex is None or b.routing_key == "":
-            continue
-        if ex.type in (ExchangeType.FANOUT, ExchangeType.HEADERS):
+    for at, b, ex in _bindings_of(idx, frozenset({ExchangeType.FANOUT, ExchangeType.HEADERS})):
+        if b.routing_key != "":
             message = (
                 f'routing key "{b.routing_key}" is ignored: exchange "{b.exchange}" '
                 f"is of type {ex.type.value}"
             )
             yield idx.problem(
-                f"bindings[{i}].routing_key",
-                "ignored-routing-key",
-                WARNING,
-                message,
-                fallback=b.pos,
+                f"{at}.routing_key", "ignored-routing-key", WARNING, message, fallback=b.pos
             )
 
 
 def literal_wildcards(idx: Index) -> Iterator[Problem]:
-    for i, b in enumerate(idx.topology.bindings):
-        ex = idx.exchanges.get(b.exchange)
-        if ex is None or ex.type is not ExchangeType.DIRECT:
-            continue
+    for at, b, _ in _bindings_of(idx, frozenset({ExchangeType.DIRECT})):
         if "*" in b.routing_key or "#" in b.routing_key:
             message = (
                 f'routing key "{b.routing_key}" on direct exchange "{b.exchange}" is matched '
                 "literally: wildcards only work on topic exchanges"
             )
             yield idx.problem(
-                f"bindings[{i}].routing_key", "literal-wildcard", WARNING, message, fallback=b.pos
+                f"{at}.routing_key", "literal-wildcard", WARNING, message, fallback=b.pos
             )
 
 
@@ -382,271 +366,6 @@ def priority_levels(idx: Index) -> Iterator[Problem]:
             yield idx.problem(
                 f"queues.{name}.max_priority", "priority-levels", WARNING, message, fallback=q.pos
             )
-
-
-# ---------------------------------------------------------------- dead-letter cycles
-#
-# TOPOLOGY.md: follow each queue's dead_letter.exchange through the bindings its
-# key can match (a fixed dead_letter.routing_key, else the message's own key,
-# unknown here), through exchange-to-exchange bindings and alternate exchanges.
-# The search runs over (queue, key) states -- the key a dead letter carries is
-# either fixed by some queue upstream or unknown -- so it stays linear in the
-# number of states times bindings, with one exchange walk memoised per
-# (exchange, key). Queues with a message_ttl are left out: a cycle through one is
-# a deliberate delay loop. Cycles made of certain hops only are errors; the rest
-# depend on the key and are warnings.
-
-NO = 0
-MAYBE = 1
-SURE = 2
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """AMQP topic matching, word by word: `*` one word, `#` zero or more."""
-    words = key.split(".")
-    states = {0}
-    for w in pattern.split("."):
-        if w == "#":
-            states = set(range(min(states), len(words) + 1)) if states else set()
-        elif w == "*":
-            states = {i + 1 for i in states if i < len(words)}
-        else:
-            states = {i + 1 for i in states if i < len(words) and words[i] == w}
-        if not states:
-            return False
-    return len(words) in states
-
-
-def _match(kind: ExchangeType, b: Binding, key: str | None) -> int:
-    """Whether a dead letter with `key` (None: unknown) takes binding `b`."""
-    if kind is ExchangeType.FANOUT:
-        return SURE
-    if kind is ExchangeType.HEADERS:
-        if b.headers:
-            return MAYBE
-        return SURE if b.match is HeadersMatch.ALL else NO
-    if key is None:
-        if kind is ExchangeType.TOPIC and all(w == "#" for w in b.routing_key.split(".")):
-            return SURE
-        return MAYBE
-    if kind is ExchangeType.DIRECT:
-        return SURE if b.routing_key == key else NO
-    return SURE if topic_matches(b.routing_key, key) else NO
-
-
-@dataclass(frozen=True, slots=True)
-class Hop:
-    """A queue a dead letter reaches from an exchange: surely or maybe, and via what."""
-
-    queue: str
-    certain: bool
-    via: tuple[str, ...]  # exchanges passed, the dead-letter exchange first
-
-
-@dataclass(frozen=True, slots=True)
-class Cycle:
-    """A dead-letter cycle, reported at `start`'s dead_letter.exchange."""
-
-    start: str
-    route: tuple[str, ...]  # 'queue "a"', 'exchange "dlx"', ..., 'queue "a"'
-    certain: bool
-
-
-class _Router:
-    """Where a dead letter can go from an exchange; memoised per (exchange, key)."""
-
-    def __init__(self, idx: Index) -> None:
-        self.exchanges = idx.exchanges
-        self.out: dict[str, list[Binding]] = {}
-        for b in idx.topology.bindings:
-            self.out.setdefault(b.exchange, []).append(b)
-        self.memo: dict[tuple[str, str | None], list[Hop]] = {}
-
-    def reach(self, exchange: str, key: str | None) -> list[Hop]:
-        found = self.memo.get((exchange, key))
-        if found is None:
-            found = self.memo[(exchange, key)] = self._walk(exchange, key)
-        return found
-
-    def _walk(self, exchange: str, key: str | None) -> list[Hop]:
-        hops: dict[str, Hop] = {}
-        for sure_only in (True, False):  # sure hops first, so they win
-            need = SURE if sure_only else MAYBE
-            seen = {exchange}
-            stack: list[tuple[str, tuple[str, ...]]] = [(exchange, (exchange,))]
-            while stack:
-                name, via = stack.pop()
-                ex = self.exchanges.get(name)
-                if ex is None:
-                    continue
-                best = NO
-                nexts: list[str] = []
-                for b in self.out.get(name, ()):
-                    m = _match(ex.type, b, key)
-                    best = max(best, m)
-                    if m < need:
-                        continue
-                    if b.queue is not None and b.queue not in hops:
-                        hops[b.queue] = Hop(b.queue, sure_only, via)
-                    elif b.to_exchange is not None:
-                        nexts.append(b.to_exchange)
-                # the alternate exchange gets what no binding matched
-                ae_match = {SURE: NO, MAYBE: MAYBE, NO: SURE}[best]
-                if ex.alternate_exchange is not None and ae_match >= need:
-                    nexts.append(ex.alternate_exchange)
-                for nxt in nexts:
-                    if nxt not in seen:
-                        seen.add(nxt)
-                        stack.append((nxt, (*via, nxt)))
-        return list(hops.values())
-
-
-_State = tuple[str, str | None]  # (queue, key its dead letters carry in; None: unknown)
-_Edge = tuple[_State, bool, tuple[str, ...]]
-
-
-def _state_graph(idx: Index) -> dict[_State, list[_Edge]]:
-    router = _Router(idx)
-    queues = idx.queues
-    looping = {n for n, q in queues.items() if q.dead_letter and q.message_ttl_s is None}
-    graph: dict[_State, list[_Edge]] = {}
-    stack: list[_State] = [(n, None) for n in sorted(looping)]
-    while stack:
-        state = stack.pop()
-        if state in graph:
-            continue
-        edges: list[_Edge] = []
-        graph[state] = edges
-        dl = queues[state[0]].dead_letter
-        if state[0] not in looping or dl is None:
-            continue
-        key = dl.routing_key if dl.routing_key is not None else state[1]
-        if state[1] is not None and dl.routing_key is None:
-            # Back in a queue with a known key: the message has returned, which is the
-            # cycle even if this key goes elsewhere now. (queue, None) covers every key,
-            # so an uncertain edge to it makes such returns possible cycles.
-            edges.append(((state[0], None), False, ()))
-        for hop in router.reach(dl.exchange, key):
-            if hop.queue in looping:
-                nxt = (hop.queue, key)
-                edges.append((nxt, hop.certain, hop.via))
-                if nxt not in graph:
-                    stack.append(nxt)
-    return graph
-
-
-def _components(
-    nodes: Iterable[_State], succ: Callable[[_State], list[_State]]
-) -> list[set[_State]]:
-    """Strongly connected components (Tarjan, iterative) that contain a cycle."""
-    index: dict[_State, int] = {}
-    low: dict[_State, int] = {}
-    on_stack: set[_State] = set()
-    stack: list[_State] = []
-    found: list[set[_State]] = []
-    for root in nodes:
-        if root in index:
-            continue
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        work = [(root, iter(succ(root)))]
-        while work:
-            v, it = work[-1]
-            for w in it:
-                if w not in index:
-                    index[w] = low[w] = len(index)
-                    stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(succ(w))))
-                    break
-                if w in on_stack:
-                    low[v] = min(low[v], index[w])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[v])
-                if low[v] == index[v]:
-                    comp: set[_State] = set()
-                    while True:
-                        w = stack.pop()
-                        on_stack.discard(w)
-                        comp.add(w)
-                        if w == v:
-                            break
-                    if len(comp) > 1 or v in succ(v):
-                        found.append(comp)
-    return found
-
-
-def _route(start: _State, edges: dict[_State, list[_Edge]]) -> tuple[str, ...] | None:
-    """A shortest way from `start` back into its queue (any key), as words; or None."""
-    parent: dict[_State, tuple[_State, tuple[str, ...]]] = {start: (start, ())}
-    frontier = [start]
-    while frontier:
-        next_frontier: list[_State] = []
-        for v in frontier:
-            for w, _, via in edges.get(v, ()):
-                if via and w[0] == start[0]:  # back, through at least one exchange
-                    return _words(start, parent, v, via)
-                if w not in parent:
-                    parent[w] = (v, via)
-                    next_frontier.append(w)
-        frontier = next_frontier
-    return None
-
-
-def _words(
-    start: _State,
-    parent: dict[_State, tuple[_State, tuple[str, ...]]],
-    last: _State,
-    via: tuple[str, ...],
-) -> tuple[str, ...]:
-    segments = [[f'queue "{last[0]}"', *(f'exchange "{e}"' for e in via)]]
-    node = last
-    while node != start:
-        node, hop = parent[node]
-        if hop:  # an edge without exchanges only forgets the key: same queue, no hop
-            segments.append([f'queue "{node[0]}"', *(f'exchange "{e}"' for e in hop)])
-    return (*(word for seg in reversed(segments) for word in seg), f'queue "{start[0]}"')
-
-
-def find_cycles(idx: Index) -> list[Cycle]:
-    """Every dead-letter cycle of the topology, each once.
-
-    Certain: some queue q of a cycle of sure hops gets every message it dead-letters
-    back through sure hops, whatever the message's own key (searched from (q, None)).
-    The rest of the cycles (possibly depending on the key) are warnings.
-    """
-    graph = _state_graph(idx)
-    sure: dict[_State, list[_Edge]] = {s: [e for e in es if e[1]] for s, es in graph.items()}
-    cycles: list[Cycle] = []
-    in_error: set[str] = set()
-    seen: set[frozenset[str]] = set()
-    for certain, edges in ((True, sure), (False, graph)):
-
-        def succ(s: _State, edges: dict[_State, list[_Edge]] = edges) -> list[_State]:
-            return [e[0] for e in edges.get(s, ())]
-
-        for comp in _components(sorted(graph, key=_state_key), succ):
-            names = frozenset(s[0] for s in comp)
-            if names in seen or (not certain and names & in_error):
-                continue
-            for queue in sorted(names) if certain else [min(comp, key=_state_key)[0]]:
-                start = (queue, None) if certain else min(comp, key=_state_key)
-                route = _route(start, edges)
-                if route is not None:
-                    seen.add(names)
-                    if certain:
-                        in_error |= names
-                    cycles.append(Cycle(queue, route, certain))
-                    break
-    return cycles
-
-
-def _state_key(s: _State) -> tuple[str, str]:
-    return (s[0], "" if s[1] is None else "\x00" + s[1])
 
 
 def dead_letter_cycles(idx: Index) -> Iterator[Problem]:
@@ -728,52 +447,52 @@ def dropped_failures(idx: Index) -> Iterator[Problem]:
         )
 
 
-def _readers(idx: Index) -> Iterator[tuple[str, str, str | None, Delivery, tuple[str, ...]]]:
-    """(kind, name, dlq_policy, delivery, what it reads) for every consumer and group."""
-    for name, c in idx.consumers.items():
-        yield "consumers", name, c.dlq_policy, c.delivery, (c.queue,)
-    for name, g in idx.groups.items():
-        yield "consumer_groups", name, g.dlq_policy, g.delivery, g.topics
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """A consumer or group with a (sound) dlq_policy: where problems about it go."""
+
+    path: str  # of its dlq_policy reference
+    words: str  # 'consumer "c"'
+    policy: DlqPolicy
+    delivery: Delivery
+    sources: tuple[str, ...]  # what it reads
 
 
-_KIND_WORD = {"consumers": "consumer", "consumer_groups": "consumer group"}
+def _readers(idx: Index) -> Iterator[_Reader]:
+    readers: list[tuple[str, str, str | None, Delivery, tuple[str, ...]]] = [
+        ("consumers", name, c.dlq_policy, c.delivery, (c.queue,))
+        for name, c in idx.consumers.items()
+    ]
+    readers += [
+        ("consumer_groups", name, g.dlq_policy, g.delivery, g.topics)
+        for name, g in idx.groups.items()
+    ]
+    for kind, name, policy_name, delivery, sources in readers:
+        policy = idx.policies.get(policy_name) if policy_name else None
+        if policy is not None and idx.sound("dlq_policies", policy_name):
+            words = f'{KINDS[kind]} "{name}"'
+            yield _Reader(f"{kind}.{name}.dlq_policy", words, policy, delivery, sources)
 
 
 def at_most_once_retries(idx: Index) -> Iterator[Problem]:
-    for kind, name, policy_name, delivery, _ in _readers(idx):
-        policy = idx.policies.get(policy_name) if policy_name else None
-        if policy is None or delivery is not Delivery.AT_MOST_ONCE or policy.max_retries == 0:
-            continue
-        if not idx.sound("dlq_policies", policy_name):
-            continue
-        message = (
-            f'dlq_policy "{policy_name}" retries {policy.max_retries} times but '
-            f'{_KIND_WORD[kind]} "{name}" is at-most-once: nothing is retried, failures go '
-            "straight to the DLQ"
-        )
-        yield idx.problem(
-            f"{kind}.{name}.dlq_policy",
-            "at-most-once-retries",
-            WARNING,
-            message,
-            fallback=policy.pos,
-        )
+    for r in _readers(idx):
+        if r.delivery is Delivery.AT_MOST_ONCE and r.policy.max_retries > 0:
+            message = (
+                f'dlq_policy "{r.policy.name}" retries {r.policy.max_retries} times but '
+                f"{r.words} is at-most-once: nothing is retried, failures go straight to the DLQ"
+            )
+            rule = "at-most-once-retries"
+            yield idx.problem(r.path, rule, WARNING, message, fallback=r.policy.pos)
 
 
 def dlq_loops(idx: Index) -> Iterator[Problem]:
-    for kind, name, policy_name, _, sources in _readers(idx):
-        policy = idx.policies.get(policy_name) if policy_name else None
-        if policy is None or policy.dead_letter_queue not in sources:
-            continue
-        if not idx.sound("dlq_policies", policy_name):
-            continue
-        message = (
-            f'dlq_policy "{policy_name}" sends the failures of {_KIND_WORD[kind]} "{name}" '
-            f'back to "{policy.dead_letter_queue}", which it reads: they would be handled again'
-        )
-        yield idx.problem(
-            f"{kind}.{name}.dlq_policy", "dlq-loop", WARNING, message, fallback=policy.pos
-        )
+    for r in _readers(idx):
+        if r.policy.dead_letter_queue in r.sources:
+            message = (
+                f'dlq_policy "{r.policy.name}" sends the failures of {r.words} back to '
+                f'"{r.policy.dead_letter_queue}", which it reads: they would be handled again'
+            )
+            yield idx.problem(r.path, "dlq-loop", WARNING, message, fallback=r.policy.pos)
 
 
 RULES: tuple[Rule, ...] = (
@@ -820,4 +539,13 @@ def _news(idx: Index, problem: Problem) -> bool:
     return entity is None or idx.gaps.sound(entity)
 
 
-__all__ = ["RULES", "Index", "Rule", "check", "topic_pattern_error"]
+__all__ = [
+    "RULES",
+    "Cycle",
+    "Index",
+    "Rule",
+    "check",
+    "find_cycles",
+    "topic_matches",
+    "topic_pattern_error",
+]

@@ -21,20 +21,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from runner.topology.model import Position
+from runner.topology.partial import KINDS, SECTIONS
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument, core_scalar
 from runner.topology.suggest import did_you_mean
 from runner.topology.units import DURATION_EXAMPLES, suggest_duration
 
-_SECTIONS = ("topics", "exchanges", "queues", "dlq_policies", "consumer_groups", "consumers")
-_SECTION_KINDS = {
-    "topics": "topic",
-    "exchanges": "exchange",
-    "queues": "queue",
-    "dlq_policies": "dlq_policy",
-    "consumer_groups": "consumer group",
-    "consumers": "consumer",
-}
 _JSON_TYPES = {
     "object": "a mapping",
     "array": "a list",
@@ -168,7 +160,7 @@ def _explain(error: ValidationError, doc: SourceDocument) -> _Found:
         return
     if "propertyNames" in error.relative_schema_path and isinstance(instance, str):
         child = f"{path}.{instance}" if path else instance
-        kind = _SECTION_KINDS.get(path, "")
+        kind = KINDS.get(path, "")
         message = _bad_name(instance, kind)
         yield (child, "name"), _at(doc, child, message, rule="invalid-name", key=True)
         return
@@ -358,7 +350,7 @@ def _path(parts: Iterable[str | int]) -> str:
 
 def _label(path: str) -> str:
     """The field's name inside its entity: `topics.x.retention.time` -> `retention.time`."""
-    for section in _SECTIONS:
+    for section in SECTIONS:
         if path.startswith(section + "."):
             rest = path[len(section) + 1 :]
             dot = rest.find(".")
