@@ -80,6 +80,8 @@ class Broker:
         self.spills: dict[str, LazySpill] = {}
         self._dirty: dict[str, MessageQueue] = {}
         self._dedup: dict[tuple[str, str, str], tuple[float, Route]] = {}
+        # queues with a length limit that refuse when full (see `check_publish`)
+        self._rejecting: frozenset[str] = frozenset()
         self._last_compact = clock.monotonic()
         (self.data_dir / "queues").mkdir(parents=True, exist_ok=True)
         self._epoch = self._next_epoch()
@@ -178,6 +180,8 @@ class Broker:
             if b not in old_b:
                 self.router.bind(b)
                 lines.append(f"+ binding {b.exchange} -> {b.destination}")
+        self._rejecting = frozenset(
+            name for name, mq in self.queues.items() if mq.refuses_when_full)
         self._finish()  # what a lower limit dropped is dead-lettered now
         if not self._steps_recovered:
             self._steps_recovered = True
@@ -562,10 +566,8 @@ class Broker:
             self._queue(q)
         for q, _ in queue_puts:
             self._queue(q)
-        for ex, _ in publishes:
-            self.router.check_publish(ex)
-        if publishes or queue_puts:
-            self._check_disk()  # refuse before journaling: a refused step is no step
+        # refuse before journaling: a refused step is no step (all or nothing)
+        self.check_publish(publishes, queue_puts)
         step = self.steps.begin(acks, publishes, queue_puts)
         try:
             return self._apply_step(step.acks, step.publishes, step.queue_puts)
@@ -573,6 +575,74 @@ class Broker:
             # also when a queue refused part of it (reject-publish): what was stored
             # stays, like a refused batch publish, and is not applied again at open
             self.steps.done(step.seq)
+
+    def check_publish(
+        self, publishes: Sequence[tuple[str, Sequence[Publishable]]],
+        queue_puts: Sequence[tuple[str, Sequence[Publishable]]] = (),
+    ) -> None:
+        """Dry run of storing ALL of these messages: nothing is written or counted.
+
+        Refused (naming the queue) when a `reject-publish` / `reject-publish-dlx`
+        queue would refuse one of them: the messages and bytes each queue would
+        get are added up over every publish and put (a queue reached by several
+        routes counts each; an id the dedup window would drop counts nothing)
+        and compared with `max_length` / `max_length_bytes`. Refused when the
+        disk budget is exhausted. NotFound / Forbidden for an unknown queue or
+        exchange, or an internal exchange. Drop-head queues never refuse.
+        """
+        for ex, _ in publishes:
+            self.router.check_publish(ex)
+        for q, _ in queue_puts:
+            self._queue(q)
+        if not publishes and not queue_puts:
+            return
+        self._check_disk()
+        rejecting = self._rejecting
+        if not rejecting:
+            return
+        now = self.clock.time()
+        want: dict[str, list[int]] = {}
+        seen: set[tuple[str, str, str]] = set()
+
+        def new_id(kind: str, target: str, mid: str | None) -> bool:
+            if mid is None:
+                return True
+            key = (kind, target, mid)
+            if key in seen or self._dedup_hit(key, now) is not None:
+                return False
+            seen.add(key)
+            return True
+
+        def add(queue: str, m: Publishable) -> None:
+            got = want.get(queue)
+            if got is None:
+                got = want[queue] = [0, 0]
+            got[0] += 1
+            got[1] += len(m.body)
+
+        route = self.router.route
+        for ex, msgs in publishes:
+            for m in msgs:
+                if not new_id("x", ex, m.message_id):
+                    continue
+                for queue in route(ex, m.routing_key, m.headers or None, count=False).queues:
+                    if queue in rejecting:
+                        add(queue, m)
+        for queue, msgs in queue_puts:
+            if queue not in rejecting:
+                continue
+            for m in msgs:
+                if new_id("q", queue, m.message_id):
+                    add(queue, m)
+        for queue, (n, size) in want.items():
+            mq = self.queues[queue]
+            if mq.would_refuse(n, size):
+                spec = mq.spec
+                raise Refused(
+                    f"queue '{queue}' has no room for this step's {n} message(s) "
+                    f"({mq.limit_text()}, overflow {spec.overflow.value}): "
+                    "step refused, nothing stored"
+                )
 
     def _apply_step(
         self, acks: Sequence[tuple[str, int]], publishes: Sequence[tuple[str, Sequence[Message]]],

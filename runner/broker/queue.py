@@ -269,6 +269,19 @@ class MessageQueue:
         if msg.expires_at is not None:
             heapq.heappush(self.expiries, (msg.expires_at, msg.uid, msg))
 
+    @property
+    def refuses_when_full(self) -> bool:
+        """A length limit with `reject-publish` or `reject-publish-dlx` overflow."""
+        return not self.unlimited and self.spec.overflow is not Overflow.DROP_HEAD
+
+    def would_refuse(self, extra_msgs: int, extra_bytes: int) -> bool:
+        """Would this queue refuse some of `extra_msgs` more messages of `extra_bytes`
+        in all (published one after the other, nothing consumed in between)?"""
+        return self.refuses_when_full and self._over(extra_msgs, extra_bytes)
+
+    def limit_text(self) -> str:
+        return self._limit_text()
+
     def _limit_text(self) -> str:
         parts = []
         if self.spec.max_length is not None:
