@@ -3,10 +3,11 @@
 A dead letter keeps its body and properties and gains one header,
 `x-dead-letter` (TOPOLOGY.md): the latest death's reason, error, retry count,
 first/last attempt (ISO 8601 UTC), where it came from and `death_count`.
-`death_queues` lists the queues it died from automatically (not `rejected`
-or `handler_error`) since its last rejection: a dead letter that would return to one of them is
-a cycle and is dropped, as RabbitMQ does. Replay removes the header and
-counts `x-replay-count`.
+The cycle watch is kept out of that header (in the queued message's `props`,
+see `death_path`): the queues it died from automatically (not `rejected` or
+`handler_error`) since its last rejection; a dead letter that would return to
+one of them is a cycle and is dropped, as RabbitMQ does. Replay removes the
+header and counts `x-replay-count`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def build_death(
 
     A caller's ready-made `given` dict (a handler error with its stack trace)
     wins field by field; the broker fills what it leaves out and always sets
-    `death_count` and `death_queues`.
+    `death_count`.
     """
     prev = previous_death(msg.headers)
     attempts = msg.attempts
@@ -65,13 +66,18 @@ def build_death(
         death.update(given)
     death["reason"] = death.get("reason") or reason
     death["death_count"] = int(prev.get("death_count", 0)) + 1 if prev else 1
-    path: list[str] = []  # a rejection (a consumer's decision) resets the cycle watch
-    if death["reason"] not in CONSUMER_REASONS:
-        if prev is not None:
-            path = [str(q) for q in prev.get("death_queues", ())]
-        path.append(queue)
-    death["death_queues"] = path
+    death.pop("death_queues", None)  # where older versions kept the cycle watch
     return death
+
+
+def death_path(msg: QueuedMessage, *, queue: str, reason: str) -> tuple[str, ...]:
+    """The cycle watch of `msg` dying in `queue` for `reason` (its final reason):
+    the queues it died from automatically since its last rejection (a consumer's
+    decision resets it)."""
+    if reason in CONSUMER_REASONS:
+        return ()
+    path = msg.death_queues
+    return path if queue in path else (*path, queue)
 
 
 def with_death(headers: Mapping[str, Any], death: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,9 +86,9 @@ def with_death(headers: Mapping[str, Any], death: Mapping[str, Any]) -> dict[str
     return out
 
 
-def is_cycle(death: Mapping[str, Any], target_queue: str) -> bool:
+def is_cycle(path: tuple[str, ...], target_queue: str) -> bool:
     """Would this dead letter return to a queue it died from with no rejection since?"""
-    return target_queue in death.get("death_queues", ())
+    return target_queue in path
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from runner.broker.deadletter import (
     DEATH_HEADER,
     ReplayTarget,
     build_death,
+    death_path,
     is_cycle,
     replay_target,
     replayed_headers,
@@ -59,6 +60,7 @@ class DeadLetterPublisher:
     ) -> Route:
         """Dead-letter `msg` (already out of `source`); returns where it went."""
         death = build_death(msg, queue=source.name, reason=reason, given=given)
+        path = death_path(msg, queue=source.name, reason=str(death["reason"]))
         headers = with_death(msg.headers, death)
         rk = msg.routing_key
         exchange = ""
@@ -86,14 +88,14 @@ class DeadLetterPublisher:
             target = self.queues.get(qname)
             if target is None:
                 continue
-            if is_cycle(death, qname):
+            if is_cycle(path, qname):
                 self.cycles += 1
                 log.info("dead-letter cycle: message from %s not returned to %s",
                          source.name, qname)
                 continue
             try:
                 target.admit(letter, exchange=exchange, routing_key=rk, now=now, ts_ms=ts,
-                             headers=headers)
+                             headers=headers, death_queues=path)
             except Refused as exc:
                 log.warning("dead letter from %s refused by %s: %s", source.name, qname, exc)
                 continue

@@ -3,7 +3,8 @@
 One log per durable queue (`<data>/queues/<name>/`), three record kinds, told
 apart by the first byte of the key::
 
-    P  publish     key = b"P" + META + 4 strings + headers JSON, value = body,
+    P  publish     key = b"P" + META + 4 strings + headers JSON (plus a dead
+                   letter's cycle watch under `x-runner-death-queues`), value = body,
                    timestamp = the message's; its offset is the message's uid
     S  settled     value = int64 uids (acked, dead-lettered, dropped, expired)
     D  delivered   value = int64 pairs (uid, delivery count so far)
@@ -51,6 +52,9 @@ NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
 _READ_BATCH = 2000
 _MARKS_MAX = 1 << 17  # int64s of delivery marks held back at most (64k pairs, 1 MiB)
 _NO_ID = LEN.pack(NONE_LEN)
+# a dead letter's cycle watch (`QueuedMessage.death_queues`) rides in the journal's
+# headers JSON under this key and is taken out again on reading: never a user header
+PATH_KEY = "x-runner-death-queues"
 
 
 def _put_str(parts: list[bytes], s: str | None) -> None:
@@ -88,8 +92,12 @@ def encode_meta(
         math.nan if msg.expires_at is None else msg.expires_at, not_before,
     )
     tail = strings if strings is not None else encode_strings(msg)
-    if msg.headers:
-        return head + tail + json.dumps(msg.headers, separators=(",", ":"),
+    headers = msg.headers
+    props = msg.props
+    if props is not None and len(props) == 3:  # a dead letter's cycle watch
+        headers = {**headers, PATH_KEY: list(props[2])}
+    if headers:
+        return head + tail + json.dumps(headers, separators=(",", ":"),
                                         default=str).encode()
     return head + tail
 
@@ -117,12 +125,18 @@ def decode_publish(rec: LogRecord, *, keep_body: bool) -> tuple[QueuedMessage, f
     mid, pos = _get_str(key, pos)
     ctype, pos = _get_str(key, pos)
     headers: Mapping[str, Any] = json.loads(key[pos:]) if pos < len(key) else EMPTY_HEADERS
+    path: tuple[str, ...] = ()
+    if PATH_KEY in headers:
+        headers = dict(headers)
+        path = tuple(headers.pop(PATH_KEY))
     body = rec.value or b""
     msg = QueuedMessage(
         rec.offset, body if keep_body else rec.offset, len(body), prio, rk or "", ex or "",
         headers, (mid, ctype) if mid is not None or ctype is not None else None,
         rec.timestamp_ms, None if math.isnan(expires) else expires, count,
     )
+    if path:
+        msg.props = (mid, ctype, path)
     return msg, not_before
 
 

@@ -22,6 +22,11 @@ TAG_MASK = (1 << TAG_BITS) - 1
 
 EMPTY_HEADERS: Mapping[str, Any] = {}
 
+# a queued message's (message_id, content_type[, death_queues]); None when all are absent.
+# `death_queues` (dead letters only) is the broker's dead-letter cycle watch: the queues
+# the message died from automatically since its last rejection. It is never a header.
+Props = tuple[str | None, str | None] | tuple[str | None, str | None, tuple[str, ...]]
+
 
 class Publishable(Protocol):
     """Anything with the fields of an AMQP basic.publish (engine.OutMessage fits)."""
@@ -70,7 +75,7 @@ class QueuedMessage:
 
     def __init__(
         self, uid: int, body: bytes | int, size: int, priority: int, routing_key: str,
-        exchange: str, headers: Mapping[str, Any], props: tuple[str | None, str | None] | None,
+        exchange: str, headers: Mapping[str, Any], props: Props | None,
         timestamp_ms: int, expires_at: float | None, delivery_count: int = 0,
     ) -> None:
         self.uid = uid
@@ -80,7 +85,7 @@ class QueuedMessage:
         self.routing_key = routing_key
         self.exchange = exchange
         self.headers = headers
-        self.props = props  # (message_id, content_type), None when both are
+        self.props = props  # (message_id, content_type[, death_queues]) or None
         self.timestamp_ms = timestamp_ms
         self.expires_at = expires_at  # wall-clock seconds
         self.delivery_count = delivery_count
@@ -100,6 +105,12 @@ class QueuedMessage:
     @property
     def content_type(self) -> str | None:
         return self.props[1] if self.props else None
+
+    @property
+    def death_queues(self) -> tuple[str, ...]:
+        """Queues this dead letter died from automatically since its last rejection."""
+        props = self.props
+        return props[2] if props is not None and len(props) == 3 else ()
 
 
 class Delivery(NamedTuple):

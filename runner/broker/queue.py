@@ -128,9 +128,11 @@ class MessageQueue:
     def admit(
         self, m: Publishable, *, exchange: str, routing_key: str, now: float, ts_ms: int,
         headers: Mapping[str, Any] | None = None, delivery_count: int = 0,
+        death_queues: tuple[str, ...] = (),
     ) -> QueuedMessage:
         """Take one message, applying the length limits. Refused when full under
-        `reject-publish` / `reject-publish-dlx` (the latter also puts it in `dead`)."""
+        `reject-publish` / `reject-publish-dlx` (the latter also puts it in `dead`).
+        `death_queues`: a dead letter's cycle watch (kept in `props`, never a header)."""
         spec = self.spec
         body = m.body
         size = len(body)
@@ -167,6 +169,8 @@ class MessageQueue:
             (mid, ctype) if mid is not None or ctype is not None else None,
             ts_ms, None if ttl is None else now + ttl, delivery_count,
         )
+        if death_queues:
+            msg.props = (mid, ctype, death_queues)
         journal = self.journal
         if journal is not None:
             msg.uid = journal.reserve(msg)

@@ -38,7 +38,7 @@ def test_death_header_fields(make_broker: MakeBroker, clock: ManualClock) -> Non
         "first_attempt": "2023-11-14T22:13:20Z", "last_attempt": "2023-11-14T22:13:50Z",
         "original_queue": "work", "original_exchange": "orders",
         "original_routing_key": "orders.created", "consumer_id": "worker-3@host",
-        "death_count": 1, "death_queues": [],
+        "death_count": 1,
     }
 
 
@@ -194,3 +194,76 @@ def test_replay_into_the_same_queue(make_broker: MakeBroker) -> None:
     got = b.peek("q", 5)
     assert [(d.body, "x-dead-letter" in d.headers) for d in got] == [(b"y", False),
                                                                      (b"x", False)]
+
+
+TOPOLOGY_FIELDS = {"reason", "error", "retry_count", "first_attempt", "last_attempt",
+                   "original_queue", "original_exchange", "original_routing_key",
+                   "consumer_id", "death_count"}
+
+
+def _cycle_topology() -> tuple[list[Exchange], list[Queue], list[Binding]]:
+    return ([Exchange("to_b", FAN), Exchange("to_a", FAN)],
+            [Queue("a", message_ttl_s=1, dead_letter=DeadLetter("to_b")),
+             Queue("b", message_ttl_s=1, dead_letter=DeadLetter("to_a")), Queue("c")],
+            [Binding("to_b", queue="b"), Binding("to_a", queue="a")])
+
+
+def test_cycle_watch_is_not_visible_in_headers(make_broker: MakeBroker, clock: ManualClock) -> None:
+    b = make_broker(*_cycle_topology())
+    b.publish_to_queue("a", [Message(b"x", headers={"h": "v"})])
+    clock.advance(2)
+    b.tick()  # a -> b: the message carries a cycle watch [a] internally
+    peeked = b.peek("b", 1)[0]
+    assert set(peeked.headers) == {"h", "x-dead-letter"}
+    assert set(peeked.headers["x-dead-letter"]) == TOPOLOGY_FIELDS
+    pulled = b.pull("b", 1, consumer_id="c")[0]
+    assert pulled.headers == peeked.headers
+    b.nack("b", [pulled.delivery_id], requeue=True)
+    b.close()
+    b = make_broker(*_cycle_topology())  # the same after a restart
+    assert b.peek("b", 1)[0].headers == peeked.headers
+    assert b.pull("b", 1, consumer_id="c")[0].headers == peeked.headers
+
+
+def test_cycle_watch_survives_a_restart(make_broker: MakeBroker, clock: ManualClock) -> None:
+    b = make_broker(*_cycle_topology())
+    b.publish_to_queue("a", [Message(b"x")])
+    clock.advance(2)
+    b.tick()  # a -> b
+    b.close()
+    b = make_broker(*_cycle_topology())
+    clock.advance(2)
+    b.tick()  # b -> a would return it to a, where it died: dropped
+    assert b.queue_info("a").ready == 0 and b.queue_info("b").ready == 0
+    assert b.stats().dead_letter_cycles == 1
+
+
+def test_a_callers_death_queues_field_does_not_reach_the_header(make_broker: MakeBroker) -> None:
+    b = make_broker(*_cycle_topology())
+    b.publish_to_queue("c", [Message(b"x")])
+    d = b.pull("c", 1, consumer_id="c")[0]
+    b.dead_letter("c", d.delivery_id, reason="handler_error", to_queue="a",
+                  death={"error": {"type": "E", "message": "m"}, "death_queues": ["a"]})
+    letter = b.peek("a", 1)[0]  # no cycle: a caller's decision, whatever it says
+    assert set(letter.headers["x-dead-letter"]) == TOPOLOGY_FIELDS
+
+
+def test_replay_clears_the_cycle_watch(make_broker: MakeBroker, clock: ManualClock) -> None:
+    b = make_broker(
+        [Exchange("dlx", FAN)],
+        [Queue("w", message_ttl_s=1, dead_letter=DeadLetter("dlx"),
+               max_length=5), Queue("dlq", dead_letter=DeadLetter("dlx"), message_ttl_s=1)],
+        [Binding("dlx", queue="dlq")])
+    b.publish_to_queue("w", [Message(b"x")])
+    clock.advance(2)
+    b.tick()  # w expired -> dlq (watch [w])
+    assert b.replay("dlq").replayed == 1
+    replayed = b.peek("w", 1)[0]
+    assert set(replayed.headers) == {"x-replay-count"}
+    clock.advance(2)
+    b.tick()  # w -> dlq again: a fresh watch [w], not [w, ...]; dlq -> dlq is a cycle
+    assert b.queue_info("dlq").ready == 1
+    clock.advance(2)
+    b.tick()
+    assert b.queue_info("dlq").ready == 0
+    assert b.stats().dead_letter_cycles == 1
