@@ -54,7 +54,7 @@ from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
 from runner.log.record import Fsync
 from runner.log.store import AppendRecord, Store
-from runner.topology.model import Overflow, Queue, Topology
+from runner.topology.model import Queue, Topology
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +405,6 @@ class Engine:
         self._closed = False
         self._half_applied = False
         self._seek_versions: dict[str, int] = {}
-        self._rejecting: set[str] = set()  # queues that refuse publishes when full
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
                                dedup_window_s=DEDUP_WINDOW_S)
@@ -467,11 +466,6 @@ class Engine:
                                    force=force)
         self.topology = new
         self._topic_reach = _topic_reach(new)
-        self._rejecting = {
-            name for name, mq in self.broker.queues.items()
-            if mq.spec.overflow is not Overflow.DROP_HEAD
-            and (mq.spec.max_length is not None or mq.spec.max_length_bytes is not None)
-        }
         return lines
 
     def _topic_problems(self, new: Topology) -> list[str]:
@@ -898,11 +892,10 @@ class Engine:
             self.store.groups.position(group, _log_tp(tp))
             if off < 0:
                 raise InvalidRequest(f"offset {off} for {tp.topic}/{tp.partition} is negative")
-        for exchange, _msgs in step.publishes:
-            self.broker.router.check_publish(exchange)
-        for queue, _ in step.queue_puts:
-            self.broker.queue_info(queue)
-        self._check_room(step)
+        # unknown / internal exchanges and queues, and outputs a full
+        # `reject-publish` queue would refuse: Refused before anything is written
+        # (a step is all or nothing), as is an exhausted disk budget
+        self.broker.check_publish(step.publishes, step.queue_puts)
         if not step.commits and not step.appends and not any(
                 self.broker.router.route(ex, m.routing_key, m.headers, count=False).topics
                 for ex, msgs in step.publishes if ex in self._topic_reach for m in msgs):
@@ -960,49 +953,6 @@ class Engine:
         self.journal.mark_done(sid)
         if refused is not None:
             raise refused
-
-    def _check_room(self, step: Step) -> None:
-        """Refused (nothing written) when a queue under `reject-publish` or
-        `reject-publish-dlx` has no room for the step's messages to it: a step
-        is all or nothing, never half stored then refused. (A drop-head queue
-        always takes them.)"""
-        rejecting = self._rejecting
-        if not rejecting:
-            return
-        want: dict[str, tuple[int, int]] = {}
-
-        def add(queue: str, m: OutMessage) -> None:
-            if queue in rejecting:
-                n, size = want.get(queue, (0, 0))
-                want[queue] = (n + 1, size + len(m.body))
-
-        for exchange, msgs in step.publishes:
-            for m in msgs:
-                route = self.broker.router.route(exchange, m.routing_key, m.headers, count=False)
-                for queue in route.queues:
-                    add(queue, m)
-        for queue, msgs in step.queue_puts:
-            for m in msgs:
-                add(queue, m)
-        for queue, (n, size) in want.items():
-            mq = self.broker.queues.get(queue)
-            if mq is None:
-                continue
-            spec = mq.spec
-            if spec.overflow is Overflow.DROP_HEAD:
-                continue
-            limits: list[str] = []
-            full = False
-            if spec.max_length is not None:
-                limits.append(f"max_length {spec.max_length}")
-                full |= mq.ready + n > spec.max_length
-            if spec.max_length_bytes is not None:
-                limits.append(f"max_length_bytes {spec.max_length_bytes}")
-                full |= mq.ready_bytes + size > spec.max_length_bytes
-            if full:
-                raise Refused(f"queue '{queue}' has no room for this step's {n} message(s) "
-                              f"({', '.join(limits)}, overflow {spec.overflow.value}): "
-                              "step refused, nothing stored")
 
     def journal_next_id(self) -> int:
         """The id the next journal record gets (its offset in the journal log)."""

@@ -113,7 +113,6 @@ def test_retries_follow_the_schedule_then_dead_letter_with_the_enriched_header(
     assert first.endswith("Z") and last.endswith("Z")
     span = datetime.fromisoformat(last) - datetime.fromisoformat(first)
     assert 0.3 <= span.total_seconds() < 2.0  # first delivery .. third delivery
-    assert isinstance(death.pop("death_queues"), list)  # the broker's cycle bookkeeping
     assert death == {
         "reason": "handler_error", "retry_count": 2, "original_queue": "work",
         "original_exchange": "", "original_routing_key": "rk", "consumer_id": "c-1@host",
