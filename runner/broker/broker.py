@@ -25,6 +25,7 @@ from runner.broker.deadletter import (
     DEATH_HEADER,
 )
 from runner.broker.dlx import DeadLetterPublisher, TopicSink
+from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import DELAYED, Delivery, Message, Publishable, QueuedMessage, tag_uid
 from runner.broker.queue import REASONS, MemoryBudget, MessageQueue
@@ -39,7 +40,7 @@ from runner.broker.results import (
 from runner.broker.routing import Route, Router
 from runner.broker.steps import StepLog
 from runner.clock import Clock
-from runner.errors import Conflict, NotFound, Refused, UnsafeChange
+from runner.errors import Conflict, InvalidRequest, NotFound, Refused, UnsafeChange
 from runner.log.flusher import Flusher
 from runner.log.record import Fsync
 from runner.topology.model import Binding, Exchange, Queue
@@ -51,6 +52,16 @@ MARKS_DELAY_S = 1.0  # fsync=always: delivery marks alone are written by `tick` 
 
 __all__ = ["Broker", "BrokerStats", "PublishRefused", "QueueCounters", "QueueInfo",
            "ReplayResult", "TopicLetter", "TopicSink"]
+
+
+def _check_batch_headers(messages: Sequence[Publishable]) -> None:
+    """InvalidRequest naming the message and header that could not be stored exactly."""
+    for i, m in enumerate(messages):
+        if m.headers:
+            try:
+                check_headers(m.headers)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"message {i}: {exc}") from None
 
 
 class Broker:
@@ -263,6 +274,10 @@ class Broker:
         self, exchange: str, to_queue: str | None, messages: Sequence[Publishable],
     ) -> list[Route]:
         self._check_disk()
+        for m in messages:
+            if m.headers:  # a batch with headers: all of them checked before any is stored
+                _check_batch_headers(messages)
+                break
         now = self.clock.time()
         ts = int(now * 1000)
         routes: list[Route] = []
@@ -490,6 +505,8 @@ class Broker:
         mq = self._queue(queue)
         if to_queue is not None:
             self._queue(to_queue)
+        if death:
+            check_headers({DEATH_HEADER: death})
         self._dirty[queue] = mq
         try:
             msg = mq.settle_one(delivery_id)
@@ -588,12 +605,16 @@ class Broker:
         routes counts each; an id the dedup window would drop counts nothing)
         and compared with `max_length` / `max_length_bytes`. Refused when the
         disk budget is exhausted. NotFound / Forbidden for an unknown queue or
-        exchange, or an internal exchange. Drop-head queues never refuse.
+        exchange, or an internal exchange; InvalidRequest for a header value
+        that cannot be stored (`headers.check_headers`). Drop-head queues
+        never refuse.
         """
-        for ex, _ in publishes:
+        for ex, msgs in publishes:
             self.router.check_publish(ex)
-        for q, _ in queue_puts:
+            _check_batch_headers(msgs)
+        for q, msgs in queue_puts:
             self._queue(q)
+            _check_batch_headers(msgs)
         if not publishes and not queue_puts:
             return
         self._check_disk()

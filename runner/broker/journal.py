@@ -3,8 +3,9 @@
 One log per durable queue (`<data>/queues/<name>/`), three record kinds, told
 apart by the first byte of the key::
 
-    P  publish     key = b"P" + META + 4 strings + headers JSON (plus a dead
-                   letter's cycle watch under `x-runner-death-queues`), value = body,
+    P  publish     key = b"P" + META + 4 strings + headers (tagged JSON of
+                   `runner.broker.headers`, a dead letter's cycle watch as its
+                   extra), value = body,
                    timestamp = the message's; its offset is the message's uid
     S  settled     value = int64 uids (acked, dead-lettered, dropped, expired)
     D  delivered   value = int64 pairs (uid, delivery count so far)
@@ -31,7 +32,6 @@ are mostly settled are rewritten with only their live publishes
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import struct
@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from runner.broker.headers import decode_headers, encode_headers
 from runner.broker.message import EMPTY_HEADERS, QueuedMessage
 from runner.clock import Clock, now_ms
 from runner.log.record import Fsync, Item, LogRecord
@@ -52,9 +53,6 @@ NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
 _READ_BATCH = 2000
 _MARKS_MAX = 1 << 17  # int64s of delivery marks held back at most (64k pairs, 1 MiB)
 _NO_ID = LEN.pack(NONE_LEN)
-# a dead letter's cycle watch (`QueuedMessage.death_queues`) rides in the journal's
-# headers JSON under this key and is taken out again on reading: never a user header
-PATH_KEY = "x-runner-death-queues"
 
 
 def _put_str(parts: list[bytes], s: str | None) -> None:
@@ -94,11 +92,9 @@ def encode_meta(
     tail = strings if strings is not None else encode_strings(msg)
     headers = msg.headers
     props = msg.props
-    if props is not None and len(props) == 3:  # a dead letter's cycle watch
-        headers = {**headers, PATH_KEY: list(props[2])}
-    if headers:
-        return head + tail + json.dumps(headers, separators=(",", ":"),
-                                        default=str).encode()
+    path = list(props[2]) if props is not None and len(props) == 3 else None
+    if headers or path:
+        return head + tail + encode_headers(headers, path)
     return head + tail
 
 
@@ -124,11 +120,12 @@ def decode_publish(rec: LogRecord, *, keep_body: bool) -> tuple[QueuedMessage, f
     ex, pos = _get_str(key, pos)
     mid, pos = _get_str(key, pos)
     ctype, pos = _get_str(key, pos)
-    headers: Mapping[str, Any] = json.loads(key[pos:]) if pos < len(key) else EMPTY_HEADERS
+    headers: Mapping[str, Any] = EMPTY_HEADERS
     path: tuple[str, ...] = ()
-    if PATH_KEY in headers:
-        headers = dict(headers)
-        path = tuple(headers.pop(PATH_KEY))
+    if pos < len(key):
+        headers, extra = decode_headers(key[pos:])
+        if extra:
+            path = tuple(extra)
     body = rec.value or b""
     msg = QueuedMessage(
         rec.offset, body if keep_body else rec.offset, len(body), prio, rk or "", ex or "",

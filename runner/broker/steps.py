@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.broker.headers import decode_value, encode_value
 from runner.broker.message import Message, Publishable
 from runner.clock import Clock, now_ms
 from runner.log.record import Fsync
@@ -35,13 +36,14 @@ class Step:
 
 
 def _enc(m: Message) -> dict[str, Any]:
-    return {"b": base64.b64encode(m.body).decode(), "k": m.routing_key, "h": m.headers,
-            "p": m.priority, "t": m.ttl_s, "i": m.message_id, "c": m.content_type}
+    return {"b": base64.b64encode(m.body).decode(), "k": m.routing_key,
+            "h": encode_value(m.headers), "p": m.priority, "t": m.ttl_s, "i": m.message_id,
+            "c": m.content_type}
 
 
 def _dec(d: dict[str, Any]) -> Message:
-    return Message(base64.b64decode(d["b"]), d["k"], dict(d["h"]), d["p"], d["t"], d["i"],
-                   d["c"])
+    return Message(base64.b64decode(d["b"]), d["k"], decode_value(d["h"]), d["p"], d["t"],
+                   d["i"], d["c"])
 
 
 def _own(seq: int, n: int, msgs: Sequence[Publishable], start: int) -> list[Message]:
@@ -79,7 +81,7 @@ class StepLog:
         doc = {"a": [[q, t] for q, t in acks],
                "x": [[ex, [_enc(m) for m in ms]] for ex, ms in pubs],
                "q": [[q, [_enc(m) for m in ms]] for q, ms in puts]}
-        data = json.dumps(doc, separators=(",", ":"), default=str).encode()
+        data = json.dumps(doc, separators=(",", ":")).encode()
         got = self.log.append([(b"T", data, (), now_ms(self.clock))])
         self.open_steps += 1
         return Step(got, list(acks), pubs, puts)
