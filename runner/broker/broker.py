@@ -260,7 +260,9 @@ class Broker:
         """Route each message through `exchange`; per message where it went.
 
         NotFound (unknown exchange), Forbidden (internal), PublishRefused at the
-        first message a destination refuses (earlier ones are stored)."""
+        first message a destination refuses (earlier ones are stored). A message
+        whose id was published here within the dedup window is not stored again:
+        its route has `duplicate=True` (and the first publish's destinations)."""
         self.router.check_publish(exchange)
         return self._publish(exchange, None, messages)
 
@@ -329,7 +331,7 @@ class Broker:
                             if run:
                                 self._admit_run(run, run_key, run_route, exchange, now, ts)
                                 run = []
-                            routes.append(hit)
+                            routes.append(hit._replace(duplicate=True))  # stored nothing
                             continue
                     rk = m.routing_key
                     if direct is not None:

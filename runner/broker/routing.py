@@ -23,10 +23,21 @@ _CACHE_LIMIT = 65536
 
 
 class Route(NamedTuple):
-    """Where one message went: queue names and topic names, in binding order."""
+    """Where one message went: queue names and topic names, in binding order.
+
+    `duplicate`: the message id was published (to the same exchange or queue)
+    within the dedup window, so this publish stored nothing; `queues` and
+    `topics` are then where that first publish went (the idempotent answer:
+    after a restart its queues only) and `stored` is empty."""
 
     queues: tuple[str, ...]
     topics: tuple[str, ...]
+    duplicate: bool = False
+
+    @property
+    def stored(self) -> list[str]:
+        """The destinations this publish itself wrote to (none for a duplicate)."""
+        return [] if self.duplicate else [*self.queues, *self.topics]
 
     @property
     def destinations(self) -> list[str]:

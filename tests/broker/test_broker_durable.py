@@ -8,6 +8,7 @@ import pytest
 
 from runner.broker.broker import Broker
 from runner.broker.message import Message
+from runner.broker.routing import Route
 from runner.clock import ManualClock
 from runner.errors import Refused
 from runner.topology.model import Binding, DeadLetter, Exchange, ExchangeType, Queue
@@ -216,7 +217,11 @@ def test_message_id_dedup_within_window(make_broker: MakeBroker, clock: ManualCl
     b = make_broker(*TOPO, dedup_window_s=60)
     first = b.publish("x", [Message(b"a", "k", message_id="m1")])
     again = b.publish("x", [Message(b"a", "k", message_id="m1")])
-    assert first == again
+    assert first == [Route(("dq", "mem"), (), duplicate=False)]
+    assert first[0].stored == ["dq", "mem"]
+    # stored nothing: said so, with where the first one went (the idempotent answer)
+    assert again == [Route(("dq", "mem"), (), duplicate=True)]
+    assert again[0].stored == []
     assert b.queue_info("dq").ready == 1
     b.publish_to_queue("dq", [Message(b"a", message_id="m1")])  # another target: not a dup
     assert b.queue_info("dq").ready == 2
@@ -229,7 +234,31 @@ def test_dedup_survives_restart(make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     b.publish("x", [Message(b"a", "k", message_id="m1")])
     b = reopen(b, make_broker)
-    b.publish("x", [Message(b"a", "k", message_id="m1")])
+    (again,) = b.publish("x", [Message(b"a", "k", message_id="m1")])
+    # the first publish's queues as the logs know them: "mem" was not durable
+    assert (again.duplicate, again.stored, again.queues) == (True, [], ("dq",))
+    assert b.queue_info("dq").ready == 1
+
+
+def test_duplicate_in_a_batch_to_a_queue_is_marked_and_stores_nothing(make_broker: MakeBroker) -> None:
+    b = make_broker(*TOPO)
+    b.publish_to_queue("dq", [Message(b"first", message_id="m1")])
+    routes = b.publish_to_queue("dq", [Message(b"new"), Message(b"again", message_id="m1"),
+                                       Message(b"other", message_id="m2")])
+    assert routes == [Route(("dq",), ()), Route(("dq",), (), duplicate=True),
+                      Route(("dq",), ())]
+    assert [r.duplicate for r in routes] == [False, True, False]
+    assert [r.stored for r in routes] == [["dq"], [], ["dq"]]
+    assert [m.body for m in b.peek("dq", 10)] == [b"first", b"new", b"other"]
+    assert b.stats().queues["dq"].published == 3
+
+
+def test_reapplied_step_outputs_are_reported_as_duplicates(make_broker: MakeBroker) -> None:
+    b = make_broker(*TOPO)
+    out = [Message(b"out", "k", message_id="o1")]
+    assert b.commit_step(publishes=[("x", out)]) == [[Route(("dq", "mem"), ())]]
+    ((again,),) = b.commit_step(publishes=[("x", out)])
+    assert (again.duplicate, again.stored) == (True, [])
     assert b.queue_info("dq").ready == 1
 
 
@@ -301,7 +330,8 @@ def test_spilled_bodies_of_memory_queues_are_trimmed(make_broker: MakeBroker) ->
 
 def test_refused_step_is_not_applied_again_at_open(make_broker: MakeBroker) -> None:
     from runner.topology.model import Overflow
-    topo = ([], [Queue("in"), Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)], [])
+    topo: tuple[list[Exchange], list[Queue], list[Binding]] = (
+        [], [Queue("in"), Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)], [])
     b = make_broker(*topo)
     b.publish_to_queue("full", [Message(b"occupant")])
     b.publish_to_queue("in", [Message(b"in")])
