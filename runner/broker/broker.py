@@ -54,9 +54,11 @@ __all__ = ["Broker", "BrokerStats", "PublishRefused", "QueueCounters", "QueueInf
            "ReplayResult", "TopicLetter", "TopicSink"]
 
 
-def _check_batch_headers(messages: Sequence[Publishable]) -> None:
-    """InvalidRequest naming the message and header that could not be stored exactly."""
-    for i, m in enumerate(messages):
+def _check_batch_headers(messages: Sequence[Publishable], start: int = 0) -> None:
+    """InvalidRequest naming the message and header that could not be stored exactly
+    (messages from `start` on)."""
+    for i in range(start, len(messages)):
+        m = messages[i]
         if m.headers:
             try:
                 check_headers(m.headers)
@@ -276,10 +278,6 @@ class Broker:
         self, exchange: str, to_queue: str | None, messages: Sequence[Publishable],
     ) -> list[Route]:
         self._check_disk()
-        for m in messages:
-            if m.headers:  # a batch with headers: all of them checked before any is stored
-                _check_batch_headers(messages)
-                break
         now = self.clock.time()
         ts = int(now * 1000)
         routes: list[Route] = []
@@ -296,6 +294,10 @@ class Broker:
         run: list[Publishable] = []
         run_key = ""
         run_route = direct
+        # headers are checked (`_check_batch_headers`) before the first message of the
+        # batch is stored, from the first one that is not in the pending run on: a bad
+        # header refuses the whole batch, and a batch that is one run costs no pass
+        unchecked = True
         try:
             for i, m in enumerate(messages):
                 mid = m.message_id
@@ -317,6 +319,9 @@ class Broker:
                             reused_unroutable += 1
                     if fast:
                         if run and (rk != run_key or route is not run_route):
+                            if unchecked:
+                                unchecked = False
+                                _check_batch_headers(messages, i)
                             self._admit_run(run, run_key, run_route, exchange, now, ts)
                             run = []
                         run_key = rk
@@ -325,6 +330,9 @@ class Broker:
                         routes.append(route)
                         continue
                 else:
+                    if unchecked:
+                        unchecked = False
+                        _check_batch_headers(messages, i)
                     if mid is not None:
                         hit = self._dedup_hit((kind, target, mid), now)
                         if hit is not None:

@@ -240,7 +240,9 @@ def test_dedup_survives_restart(make_broker: MakeBroker) -> None:
     assert b.queue_info("dq").ready == 1
 
 
-def test_duplicate_in_a_batch_to_a_queue_is_marked_and_stores_nothing(make_broker: MakeBroker) -> None:
+def test_duplicate_in_a_batch_to_a_queue_is_marked_and_stores_nothing(
+    make_broker: MakeBroker,
+) -> None:
     b = make_broker(*TOPO)
     b.publish_to_queue("dq", [Message(b"first", message_id="m1")])
     routes = b.publish_to_queue("dq", [Message(b"new"), Message(b"again", message_id="m1"),

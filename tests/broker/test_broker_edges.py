@@ -70,7 +70,7 @@ def test_requeued_high_priority_goes_before_waiting_low_priority(make_broker: Ma
 
 def test_spilled_durable_message_retried_and_recovered(make_broker: MakeBroker,
                                                         clock: ManualClock) -> None:
-    topo = ([], [Queue("q")], [])
+    topo: tuple[list[Exchange], list[Queue], list[Binding]] = ([], [Queue("q")], [])
     b = make_broker(*topo, memory_budget_bytes=0)
     b.publish_to_queue("q", [Message(b"big" * 100), Message(b"next")])
     d = b.pull("q", 1, consumer_id="c")[0]
@@ -102,7 +102,8 @@ def test_interval_fsync_syncs_in_the_background(
 
 
 def test_non_durable_delivery_ids_do_not_repeat_after_restart(make_broker: MakeBroker) -> None:
-    topo = ([], [Queue("m", durable=False)], [])
+    topo: tuple[list[Exchange], list[Queue], list[Binding]] = (
+        [], [Queue("m", durable=False)], [])
     b = make_broker(*topo)
     b.publish_to_queue("m", [Message(b"a")])
     first = b.pull("m", 1, consumer_id="c")[0].delivery_id

@@ -11,6 +11,7 @@ import pytest
 
 from runner.broker.headers import decode_headers, encode_headers
 from runner.broker.message import Message
+from runner.broker.routing import Route
 from runner.clock import ManualClock
 from runner.errors import InvalidRequest
 from runner.topology.model import Binding, DeadLetter, Exchange, ExchangeType, Queue
@@ -133,3 +134,16 @@ def test_caller_death_dict_that_cannot_be_stored_is_refused(
         "header 'x-dead-letter': a value of type ManualClock cannot be stored "
         "(allowed: str, int, float, bool, None, bytes, list, tuple or dict)")
     assert b.queue_info("dq").unacked == 1  # nothing settled
+
+
+def test_bad_header_after_runs_of_other_keys_still_stores_nothing(make_broker: MakeBroker) -> None:
+    b = make_broker(*TOPO)
+    msgs = [Message(b"a", "k1"), Message(b"b", "k2"), Message(b"c", "k2"),
+            Message(b"d", "k3", headers={"h": frozenset({1})})]
+    with pytest.raises(InvalidRequest) as exc:
+        b.publish("dlx", msgs)
+    assert str(exc.value) == (
+        "message 3: header 'h': a value of type frozenset cannot be stored "
+        "(allowed: str, int, float, bool, None, bytes, list, tuple or dict)")
+    assert b.queue_info("dlq").ready == 0
+    assert b.publish("dlx", msgs[:3]) == [Route(("dlq",), ())] * 3  # the good ones pass
