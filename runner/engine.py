@@ -40,6 +40,7 @@ from runner.broker.deadletter import REPLAY_HEADER as REPLAY_COUNT_HEADER
 from runner.broker.deadletter import replay_target
 from runner.broker.message import Message
 from runner.broker.routing import Route
+from runner.broker.headers import decode_value, encode_value
 from runner.clock import Clock, SystemClock
 from runner.errors import (
     Conflict,
@@ -301,12 +302,12 @@ def _unb64(text: str | None) -> bytes | None:
 
 
 def _enc_msg(m: OutMessage) -> dict[str, Any]:
-    return {"b": _b64(m.body), "k": m.routing_key, "h": m.headers, "p": m.priority,
+    return {"b": _b64(m.body), "k": m.routing_key, "h": encode_value(m.headers), "p": m.priority,
             "t": m.ttl_s, "i": m.message_id, "c": m.content_type}
 
 
 def _dec_msg(d: Mapping[str, Any]) -> OutMessage:
-    return OutMessage(body=_unb64(d["b"]) or b"", routing_key=d["k"], headers=dict(d["h"]),
+    return OutMessage(body=_unb64(d["b"]) or b"", routing_key=d["k"], headers=decode_value(d["h"]),
                       priority=d["p"], ttl_s=d["t"], message_id=d["i"], content_type=d["c"])
 
 

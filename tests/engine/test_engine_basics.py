@@ -385,3 +385,26 @@ def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) ->
     with pytest.raises(StorageError) as info:
         Engine.open(_topo(), blocker / "data")
     assert str(info.value) == f"cannot create data dir {blocker / 'data'}: Not a directory"
+
+
+def test_a_recovered_step_keeps_bytes_and_tuple_headers_of_its_outputs(tmp_path: Path) -> None:
+    e = Engine.open(_topo(), tmp_path)
+    e.publish_to_queue("q", [OutMessage(b"in")])
+    (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
+
+    def crash(sid: int, doc: Any) -> None:
+        raise OSError("simulated crash after the journal write")
+
+    e._apply_step = crash  # type: ignore[method-assign]
+    headers = {"bin": b"\x00\x01", "pair": (1, 2), "text": "t"}
+    with pytest.raises(StorageError):
+        e.commit_step(Step(acks=[("q", d.delivery_id)],
+                           queue_puts=[("q2", [OutMessage(b"out", headers=headers)])],
+                           appends=[("audit", [OutRecord(b"rec")])]))
+    e.close()
+    again = Engine.open(_topo(), tmp_path)
+    try:
+        (out,) = again.peek("q2", 5)
+        assert {k: out.headers[k] for k in headers} == headers
+    finally:
+        again.close()
