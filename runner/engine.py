@@ -38,9 +38,9 @@ from runner.broker.changes import exchange_unsafe, queue_unsafe
 from runner.broker.deadletter import DEATH_HEADER as DEAD_LETTER_HEADER
 from runner.broker.deadletter import REPLAY_HEADER as REPLAY_COUNT_HEADER
 from runner.broker.deadletter import replay_target
+from runner.broker.headers import decode_value, encode_value
 from runner.broker.message import Message
 from runner.broker.routing import Route
-from runner.broker.headers import decode_value, encode_value
 from runner.clock import Clock, SystemClock
 from runner.errors import (
     Conflict,
