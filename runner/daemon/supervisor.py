@@ -40,6 +40,7 @@ from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher
 from runner.engine import Engine, EngineStats, FsyncPolicy
 from runner.errors import EngineError, RunnerError, UnsafeChange
+from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
@@ -83,7 +84,7 @@ class Loaded(Protocol):
 class PipelineLike(Protocol):
     async def start(self) -> None: ...
 
-    async def apply(self, new: Topology) -> None: ...
+    async def apply(self, new: Topology) -> WorkerChanges: ...
 
     async def drain(self, grace_s: float) -> None: ...
 
@@ -445,7 +446,7 @@ class Supervisor:
         self._topology = new  # the HTTP API sees what the engine now has
         try:
             assert self._pipeline is not None
-            await self._pipeline.apply(new)
+            changes_done = await self._pipeline.apply(new)
         except Exception as exc:
             if isinstance(exc, RunnerError):
                 log.error("pipeline refused the new topology (%s); restoring the previous", exc)
@@ -459,7 +460,7 @@ class Supervisor:
             return ReloadResult(
                 "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
             )
-        _log_worker_changes(old, new)
+        _log_worker_changes(old, new, changes_done)
         if loaded.content_hash != self._hash:
             self._hash = loaded.content_hash
             self._generation += 1
@@ -496,18 +497,17 @@ def _log_worker(what: str, kind: str, name: str, spec: Any) -> None:
     log.info("%s %s %s", kind, name, what, extra=fields)
 
 
-def _log_worker_changes(old: Topology, new: Topology) -> None:
-    """Lifecycle lines after a reload: started, stopped or restarted (changed) workers."""
-    before = {(k, n): spec for k, n, spec in _workers(old)}
-    after = {(k, n): spec for k, n, spec in _workers(new)}
-    for (kind, name), spec in before.items():
-        if (kind, name) not in after:
-            _log_worker("stopped", kind, name, spec)
-    for (kind, name), spec in after.items():
-        if (kind, name) not in before:
-            _log_worker("started", kind, name, spec)
-        elif before[(kind, name)] != spec:
-            _log_worker("restarted", kind, name, spec)
+def _log_worker_changes(old: Topology, new: Topology, done: WorkerChanges) -> None:
+    """Lifecycle lines after a reload: the workers the pipeline started, stopped
+    or restarted (one line each; the pipeline itself logs none)."""
+    before = {f"{k}:{n}": (k, n, spec) for k, n, spec in _workers(old)}
+    after = {f"{k}:{n}": (k, n, spec) for k, n, spec in _workers(new)}
+    for what, keys, side in (
+        ("stopped", done.stopped, before), ("started", done.started, after),
+        ("restarted", done.restarted, after),
+    ):
+        for key in keys:
+            _log_worker(what, *side[key])
 
 
 def _describe(change: Any) -> str:

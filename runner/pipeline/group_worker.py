@@ -77,7 +77,9 @@ class GroupWorker(Worker):
         try:
             self.env.engine.heartbeat(self.name, member)
         except NotFound:
-            log.warning("group %s: member %s had expired; joining again", self.name, member)
+            log.warning("group %s: member %s had expired; joining again", self.name, member,
+                        extra={"event": "group_member_rejoined", "group": self.name,
+                               "member": member})
             self.env.engine.join(self.name, member)
 
     def _assignment(self, member: str) -> list[TopicPartition]:

@@ -68,7 +68,8 @@ def _import_fresh(name: str) -> ModuleType:
     if seen is None:  # imported by someone else first: from now on it is watched
         setattr(module, SOURCE_MTIME_ATTR, now)
     elif now is not None and now != seen:
-        log.info("handler module %s changed on disk: re-importing it", name)
+        log.info("handler module %s changed on disk: re-importing it", name,
+                 extra={"event": "handler_reimported", "handler_module": name})
         importlib.invalidate_caches()
         module = importlib.reload(module)
         setattr(module, SOURCE_MTIME_ATTR, now)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import random
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.clock import Clock
@@ -23,8 +23,6 @@ from runner.pipeline.queue_worker import QueueWorker
 from runner.pipeline.stats import HandlerCounters, PipelineStats
 from runner.pipeline.worker import WorkerEnv
 from runner.topology.model import Topology
-
-log = logging.getLogger(__name__)
 
 AnyWorker = QueueWorker | GroupWorker
 
@@ -53,6 +51,30 @@ def _specs(topology: Topology) -> dict[str, object]:
         if g.handler is not None:
             specs[f"group:{name}"] = _group_spec(topology, name)
     return specs
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerChanges:
+    """What `Pipeline.apply` did, as worker keys (`consumer:NAME`, `group:NAME`).
+
+    The daemon logs its consumer_/group_ started, stopped and restarted lines
+    from this, so a restart the pipeline does for its own reasons (a dead-letter
+    policy or a handler's source changed) is logged too, and only once."""
+
+    started: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+
+
+def plan(old: Topology, new: Topology) -> WorkerChanges:
+    """The workers a reload from `old` to `new` starts, stops and restarts
+    (by behaviour spec; `Pipeline.apply` also restarts on handler code changes)."""
+    before, after = _specs(old), _specs(new)
+    return WorkerChanges(
+        started=tuple(k for k in after if k not in before),
+        stopped=tuple(k for k in before if k not in after),
+        restarted=tuple(k for k in after if k in before and before[k] != after[k]),
+    )
 
 
 def _handler_ref(topology: Topology, key: str) -> None:
@@ -108,7 +130,7 @@ class Pipeline:
         self._specs = specs
         self._started = True
 
-    async def apply(self, new: Topology) -> None:
+    async def apply(self, new: Topology) -> WorkerChanges:
         """Start added consumers, drain removed ones, restart changed ones.
 
         New handlers are imported before anything stops, so a reference that
@@ -124,7 +146,6 @@ class Pipeline:
         for key in removed + changed:
             old = self._workers.pop(key)
             await old.drain(old.timeout_s)
-            log.info("pipeline: stopped %s", key)
         for key in removed:
             self._counters.pop(key.partition(":")[2], None)
         for kept in self._workers.values():
@@ -133,9 +154,9 @@ class Pipeline:
             worker = self._build(new, key)
             worker.start()
             self._workers[key] = worker
-            log.info("pipeline: started %s", key)
         self.topology = new
         self._specs = new_specs
+        return WorkerChanges(started=tuple(added), stopped=tuple(removed), restarted=tuple(changed))
 
     def _code_changed(self, topology: Topology, key: str) -> bool:
         """True when the handler of `key` resolves to another callable now (its

@@ -19,6 +19,7 @@ import aiohttp
 from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike, Supervisor
 from runner.engine import Engine
+from runner.pipeline.runtime import WorkerChanges, plan
 from runner.pipeline.stats import PipelineStats
 from runner.topology.diff import diff
 from runner.topology.load import load
@@ -37,9 +38,11 @@ class FakePipeline:
     async def start(self) -> None:
         pass
 
-    async def apply(self, new: Topology) -> None:
+    async def apply(self, new: Topology) -> WorkerChanges:
         self.applied.append(new)
+        changes = plan(self.topology, new)
         self.topology = new
+        return changes
 
     async def drain(self, grace_s: float) -> None:
         self.drained = grace_s

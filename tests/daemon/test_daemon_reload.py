@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runner.errors import HandlerImportError
 from runner.pipeline.handler import check_handlers
+from runner.pipeline.runtime import WorkerChanges
 from runner.topology.model import Topology
 from tests.daemon.harness import Client, FakePipeline, fake_parts, run_daemon
 
@@ -203,7 +204,7 @@ def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path
     parts = fake_parts()
 
     class Refusing(FakePipeline):
-        async def apply(self, new: Topology) -> None:
+        async def apply(self, new: Topology) -> WorkerChanges:
             raise HandlerImportError("consumer 'x': handler 'gone:fn': cannot import module")
 
     parts.make_pipeline = lambda engine, topology, config, clock, executor: Refusing(topology)

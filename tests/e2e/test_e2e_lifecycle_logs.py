@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -86,3 +87,44 @@ def test_text_lines_carry_an_event_too(start_daemon: Callable[..., Daemon]) -> N
     assert lines and all(" event=" in line for line in lines), lines
     assert any("consumer cb started event=consumer_started consumer=cb queue=b" in line
                for line in lines), lines
+
+
+def lifecycle(lines: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(event, consumer or group, message) of every consumer_/group_ line, in order."""
+    return [(x["event"], x.get("consumer") or x.get("group"), x["message"])
+            for x in lines if x["event"].startswith(("consumer_", "group_"))]
+
+
+def test_a_handler_code_change_logs_each_restart_once_and_no_unnamed_line(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    d = start_daemon(BEFORE, modules={"logs_mod": HANDLERS}, args=["--log-format", "json"])
+    source = d.workdir / "logs_mod.py"
+    source.write_text(HANDLERS + "\n\ndef other(msg):\n    return None\n")
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    assert d.post("/v1/admin/reload").status == 200
+    lines = wait_for(lambda: [x for x in json_lines(d) if x["event"] == "reload"] and
+                     json_lines(d))
+    assert [x for x in lines if x["event"] == "log" or x["message"].startswith("pipeline:")] == []
+    assert [(x["handler_module"], x["message"]) for x in lines
+                                                 if x["event"] == "handler_reimported"] == [
+        ("logs_mod", "handler module logs_mod changed on disk: re-importing it")]
+    assert lifecycle(lines)[3:] == [
+        ("consumer_restarted", "ca", "consumer ca restarted"),
+        ("consumer_restarted", "gone", "consumer gone restarted"),
+        ("group_restarted", "g", "group g restarted"),
+    ]
+
+
+def test_a_reload_logs_each_worker_change_exactly_once(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    d = start_daemon(BEFORE, modules={"logs_mod": HANDLERS}, args=["--log-format", "json"])
+    d.topology.write_text(AFTER)
+    assert d.post("/v1/admin/reload").status == 200
+    lines = wait_for(lambda: [x for x in json_lines(d) if x["event"] == "reload"] and
+                     json_lines(d))
+    assert [x for x in lines if x["event"] == "log"] == []
+    after = lifecycle(lines)[3:]
+    assert len(after) == len(set(after)) == 3, after
