@@ -225,7 +225,7 @@ def test_a_step_journaled_but_not_applied_is_applied_once_at_open(tmp_path: Path
     def crash(sid: int, doc: Any) -> None:
         raise OSError("simulated crash after the journal write")
 
-    e._apply_step = crash  # type: ignore[method-assign]
+    e.steps.apply = crash  # type: ignore[method-assign]
     with pytest.raises(StorageError) as info:
         e.commit_step(Step(acks=[("q", d.delivery_id)],
                            queue_puts=[("q2", [OutMessage(b"out")])],
@@ -332,7 +332,7 @@ def test_a_refused_batch_keeps_what_was_stored_before_it_in_topics_too(tmp_path:
 
 
 def test_a_half_applied_step_is_completed_by_the_next_tick(engine: Engine) -> None:
-    real = engine._apply_step
+    real = engine.steps.apply
     calls: list[int] = []
 
     def flaky(sid: int, doc: Any) -> None:
@@ -341,7 +341,7 @@ def test_a_half_applied_step_is_completed_by_the_next_tick(engine: Engine) -> No
             raise OSError("disk hiccup")
         real(sid, doc)
 
-    engine._apply_step = flaky  # type: ignore[method-assign]
+    engine.steps.apply = flaky  # type: ignore[method-assign]
     with pytest.raises(StorageError):
         engine.commit_step(Step(queue_puts=[("q2", [OutMessage(b"out")])],
                                 appends=[("audit", [OutRecord(b"rec")])]))
@@ -395,7 +395,7 @@ def test_a_recovered_step_keeps_bytes_and_tuple_headers_of_its_outputs(tmp_path:
     def crash(sid: int, doc: Any) -> None:
         raise OSError("simulated crash after the journal write")
 
-    e._apply_step = crash  # type: ignore[method-assign]
+    e.steps.apply = crash  # type: ignore[method-assign]
     headers = {"bin": b"\x00\x01", "pair": (1, 2), "text": "t"}
     with pytest.raises(StorageError):
         e.commit_step(Step(acks=[("q", d.delivery_id)],

@@ -1,0 +1,498 @@
+"""The Engine facade: one object that opens `log/` and `broker/` for a Topology.
+
+The contract and its values are described in `runner.engine`; the parts live
+beside this module: `steps` (exactly-once steps), `deadletters` (topic dead
+letters and replay), `changes` (reload checks), `records` (record encoding),
+`datadir` (the data directory lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from runner.broker.broker import Broker, PublishRefused
+from runner.broker.changes import exchange_unsafe, queue_unsafe
+from runner.broker.message import Message
+from runner.broker.routing import Route
+from runner.clock import Clock, SystemClock
+from runner.engine.changes import broker_queues, topic_problems, topic_reach
+from runner.engine.datadir import lock_data_dir
+from runner.engine.deadletters import dead_letter_step, replay, replay_queue_name, replayed_record
+from runner.engine.records import decode_headers, record_of_message, to_append
+from runner.engine.steps import StepLog
+from runner.engine.values import (
+    EngineStats,
+    FsyncPolicy,
+    GroupInfo,
+    GroupPartition,
+    OutMessage,
+    OutRecord,
+    PartitionInfo,
+    QueueDelivery,
+    QueueInfo,
+    Record,
+    ReplayOutcome,
+    Step,
+    TopicPartition,
+)
+from runner.errors import Conflict, EngineError, StorageError, UnsafeChange
+from runner.log.journal import StepJournal
+from runner.log.partition import TopicPartition as LogTopicPartition
+from runner.log.record import Fsync
+from runner.log.store import Store
+from runner.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+DEDUP_WINDOW_S = 3600.0
+
+
+class Engine:
+    """The embedded engine for one Topology in one data directory.
+
+    Storage under `data_dir`: `topics/`, `__consumer_offsets/`, `__log_steps/`
+    (runner.log.Store), `queues/`, `steps/`, `spill/`, `epoch` (runner.broker.Broker)
+    and `engine_steps/` (the journal of cross-system steps, see `commit_step`).
+    """
+
+    topology: Topology
+    _lock_fd: int
+
+    @classmethod
+    def open(
+        cls,
+        topology: Topology,
+        data_dir: Path,
+        *,
+        fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+        clock: Clock | None = None,
+        memory_budget_bytes: int = 256 * 1024 * 1024,
+        disk_budget_bytes: int | None = None,
+    ) -> Engine:
+        """Open (recovering) the data dir and declare everything in `topology`."""
+        clock = clock or SystemClock()
+        data_dir = Path(data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
+        policy = Fsync(FsyncPolicy(fsync).value)
+        lock = lock_data_dir(data_dir)
+        engine = cls.__new__(cls)
+        engine._lock_fd = lock
+        try:
+            engine._setup(topology, data_dir, policy, clock, memory_budget_bytes,
+                          disk_budget_bytes)
+        except BaseException:
+            os.close(lock)
+            raise
+        return engine
+
+    def __init__(self) -> None:  # pragma: no cover - use Engine.open
+        raise TypeError("use Engine.open(topology, data_dir, ...)")
+
+    def _setup(
+        self, topology: Topology, data_dir: Path, fsync: Fsync, clock: Clock,
+        memory_budget_bytes: int, disk_budget_bytes: int | None,
+    ) -> None:
+        self.clock = clock
+        self.data_dir = data_dir
+        self.fsync = fsync
+        self.topology = Topology()
+        self.sink_dropped = 0  # dead letters to a topic that refused them
+        self._topic_reach: set[str] = set()
+        self._closed = False
+        self._seek_versions: dict[str, int] = {}
+        try:
+            self.store = Store(data_dir, fsync=fsync, clock=clock,
+                               dedup_window_s=DEDUP_WINDOW_S)
+        except OSError as exc:
+            raise StorageError(f"cannot open the topics in {data_dir}: {exc}") from exc
+        try:
+            self.broker = Broker(
+                data_dir, fsync=fsync, clock=clock, memory_budget_bytes=memory_budget_bytes,
+                disk_budget_bytes=disk_budget_bytes, dedup_window_s=DEDUP_WINDOW_S,
+                topic_sink=self._sink,
+            )
+            self.journal = StepJournal(data_dir / "engine_steps", fsync=fsync, clock=clock)
+            self.steps = StepLog(self.journal, self.store, self.broker)
+        except BaseException as exc:
+            self.store.close()
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot open the queues in {data_dir}: {exc}") from exc
+            raise
+        try:
+            self.apply(topology, force=True)
+            self.steps.recover()
+        except BaseException:
+            self._close_parts()
+            raise
+
+    # -------------------------------------------------------------- lifecycle
+    def apply(self, new: Topology, *, force: bool = False) -> list[str]:
+        """Apply a new topology as one step; returns a line per applied change.
+        Raises UnsafeChange (nothing applied) for what TOPOLOGY.md calls unsafe."""
+        queues = broker_queues(self.broker, new)
+        problems: list[str] = []
+        router = self.broker.router
+        for _, ex in new.exchanges:
+            if router.has_exchange(ex.name):
+                problems.extend(exchange_unsafe(router.exchange(ex.name), ex))
+        names = {q.name for q in queues}
+        for q in queues:
+            mq = self.broker.queues.get(q.name)
+            if mq is not None:
+                problems.extend(queue_unsafe(mq.spec, q))
+        for name, mq in self.broker.queues.items():
+            if name not in names and len(mq) and not force:
+                problems.append(f"queue '{name}' holds {len(mq)} messages: not removed")
+        problems.extend(topic_problems(self.store, new))
+        if problems:
+            raise UnsafeChange("; ".join(problems))
+        lines = self.store.apply(new.topic_map(), new.group_map())
+        lines += self.broker.apply([e for _, e in new.exchanges], queues, new.bindings,
+                                   force=force)
+        self.topology = new
+        self._topic_reach = topic_reach(new)
+        return lines
+
+    def tick(self) -> None:
+        """Time-driven work; see the module docstring."""
+        if self.steps.half_applied:
+            try:
+                self.steps.recover()
+            except Exception as exc:
+                log.error("engine steps still not applied: %s", exc)
+        self.store.tick()
+        self.broker.tick()
+        if self.fsync is Fsync.INTERVAL:
+            self.journal.maybe_sync()
+
+    def flush(self) -> None:
+        """fsync everything written so far (used at shutdown and by `interval`)."""
+        self.store.flush()
+        self.broker.flush()
+        self.journal.sync()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._close_parts()
+        finally:
+            os.close(self._lock_fd)  # releases the data dir lock
+
+    def _close_parts(self) -> None:
+        for part in (self.journal, self.broker, self.store):
+            try:
+                part.close()
+            except Exception:  # close the others anyway
+                log.exception("closing %s failed", type(part).__name__)
+
+    # -------------------------------------------------------------- producing
+    def _sink(self, topic: str, message: Message) -> None:
+        """Dead letters reaching a topic (a DLX bound to a topic, or to_topic)."""
+        rec = record_of_message(
+            OutMessage(message.body, message.routing_key, dict(message.headers),
+                       message_id=message.message_id), "")
+        try:
+            self.store.append(topic, [rec])
+        except EngineError as exc:
+            self.sink_dropped += 1
+            log.warning("dead letter to topic %s dropped: %s", topic, exc)
+
+    def _check_topic_routes(self, exchange: str, messages: Sequence[OutMessage]) -> None:
+        if exchange not in self._topic_reach:
+            return
+        for m in messages:
+            route = self.broker.router.route(exchange, m.routing_key, m.headers, count=False)
+            for topic in route.topics:
+                self.store.resolve(topic, [record_of_message(m, exchange)])
+
+    def _append_routed(self, exchange: str, messages: Sequence[OutMessage],
+                       routes: Sequence[Route]) -> None:
+        for m, route in zip(messages, routes, strict=False):
+            for topic in route.topics:
+                self.store.append(topic, [record_of_message(m, exchange)])
+
+    def publish(self, exchange: str, messages: Sequence[OutMessage]) -> list[list[str]]:
+        """Route through an exchange; per message the queue/topic names it reached.
+        Forbidden for internal exchanges, NotFound for unknown ones, Refused
+        (accepted=i, routed=...) at the first message some destination refuses.
+
+        A message reaching a topic becomes a record: value = body, key = the
+        topic's `key` field of a JSON body when the topic has one (else
+        keyless), headers = the message headers plus `x-routing-key` and
+        `x-exchange` (and `x-message-id` when it has one: within the dedup
+        window a message id is stored once per topic)."""
+        self.broker.router.check_publish(exchange)
+        self._check_topic_routes(exchange, messages)
+        try:
+            routes = self.broker.publish(exchange, messages)
+        except PublishRefused as exc:
+            # what was stored before the refused message, and the refused message
+            # in the topics that `routed` says took it (a topic never refuses here)
+            self._append_routed(exchange, messages, exc.routes)
+            topics = self._topic_map_names()
+            took = Route((), tuple(t for t in exc.routed if t in topics))
+            self._append_routed(exchange, [messages[exc.accepted]], [took])
+            raise
+        self._append_routed(exchange, messages, routes)
+        return [r.destinations for r in routes]
+
+    def _topic_map_names(self) -> set[str]:
+        return set(self.store.topic_names())
+
+    def publish_to_queue(self, queue: str, messages: Sequence[OutMessage]) -> list[list[str]]:
+        """AMQP's default exchange: straight into one queue."""
+        return [r.destinations for r in self.broker.publish_to_queue(queue, messages)]
+
+    def append(self, topic: str, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
+        """Append records; returns (partition, offset) per record.
+        InvalidRequest for a keyless record on a compacted topic, TooLarge over
+        max_message_bytes, NotFound for an unknown topic or partition."""
+        return self.store.append(topic, [to_append(r) for r in records])
+
+    # -------------------------------------------------------------- topics
+    def read(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 100,
+        max_bytes: int = 1024 * 1024,
+    ) -> tuple[list[Record], int]:
+        """Records from `offset` on, and the next offset to read: after the last
+        record returned, or past offsets compaction removed up to the log end
+        (a reader at a compacted tail moves on instead of reading it forever).
+        OffsetOutOfRange below the log start offset."""
+        recs, next_offset = self.store.read_from(topic, partition, offset,
+                                                 max_records=max_records, max_bytes=max_bytes)
+        out = [Record(topic, partition, r.offset, r.timestamp_ms, r.key, r.value,
+                      decode_headers(r.headers)) for r in recs]
+        return out, next_offset
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        return self.store.offset_for_timestamp(LogTopicPartition(topic, partition), timestamp_ms)
+
+    def partitions(self, topic: str) -> list[PartitionInfo]:
+        return [PartitionInfo(p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes)
+                for p in self.store.partitions(topic)]
+
+    # -------------------------------------------------------------- groups
+    def join(self, group: str, member_id: str) -> None:
+        self.store.groups.join(group, member_id)
+
+    def leave(self, group: str, member_id: str) -> None:
+        self.store.groups.leave(group, member_id)
+
+    def heartbeat(self, group: str, member_id: str) -> None:
+        self.store.groups.heartbeat(group, member_id)
+
+    def assignment(self, group: str, member_id: str) -> list[TopicPartition]:
+        return [TopicPartition(*tp) for tp in self.store.groups.assignment(group, member_id)]
+
+    def position(self, group: str, tp: TopicPartition) -> int:
+        """The committed offset, else the group's reset position."""
+        return self.store.groups.position(group, log_tp(tp))
+
+    def commit(
+        self, group: str, offsets: Mapping[TopicPartition, int], *,
+        member_id: str | None = None, generation: int | None = None,
+        external: bool | None = None,
+    ) -> None:
+        """Commit next offsets to read.
+
+        `member_id` / `generation`: a member of the group committing (the
+        pipeline); a zombie is fenced off with Conflict "group 'g' rebalanced:
+        ...". `external` (default: no `member_id` given) is a commit from
+        outside, e.g. HTTP: refused with Conflict for a group this runner runs
+        with a handler (its members own the offsets; seek it instead)."""
+        if external is None:
+            external = member_id is None
+        if external:
+            g = self.topology.group_map().get(group)
+            if g is not None and g.handler is not None:
+                raise Conflict(f"group {group} is run by this daemon's handler; use "
+                               f"POST /v1/groups/{group}/offsets to seek it")
+        self.store.groups.commit(group, {log_tp(tp): off for tp, off in offsets.items()},
+                                 member_id=member_id, generation=generation)
+
+    def seek(
+        self, group: str, tp: TopicPartition, *, offset: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        """Move the group's position (a commit); bumps `seek_version(group)` so the
+        group's running members re-read their positions and do not commit
+        records they read before the seek."""
+        pos = self.store.groups.seek(group, log_tp(tp), offset=offset,
+                                     timestamp_ms=timestamp_ms)
+        self._seek_versions[group] = self._seek_versions.get(group, 0) + 1
+        return pos
+
+    def seek_version(self, group: str) -> int:
+        """How many seeks `group` has had since the engine opened (members compare it
+        on every poll: a change means their positions are stale)."""
+        return self._seek_versions.get(group, 0)
+
+    def group_info(self, group: str) -> GroupInfo:
+        groups = self.store.groups
+        config = groups.config(group)
+        parts: list[GroupPartition] = []
+        for topic in config.topics:
+            for p in range(self.store.partition_count(topic)):
+                tp = log_tp(TopicPartition(topic, p))
+                pos = groups.position(group, tp)
+                end = self.store.log_end(tp)
+                parts.append(GroupPartition(topic, p, groups.committed(group, tp), pos, end,
+                                            max(0, end - pos), groups.owner(group, tp)))
+        return GroupInfo(group, tuple(groups.members(group)), tuple(parts))
+
+    # -------------------------------------------------------------- queues
+    def pull(
+        self, queue: str, max_messages: int, *, lease_s: float, consumer_id: str,
+    ) -> list[QueueDelivery]:
+        """Deliver up to `max_messages` ready messages under a lease; an expired
+        lease redelivers. Expired (TTL) messages are dead-lettered, not delivered."""
+        got = self.broker.pull(queue, max_messages, consumer_id=consumer_id, lease_s=lease_s)
+        return [QueueDelivery(*d) for d in got]
+
+    def ack(self, queue: str, delivery_ids: Sequence[int]) -> list[int]:
+        """Ack; returns the ids that were unknown or expired (the known ones settle)."""
+        return self.broker.ack(queue, delivery_ids)
+
+    def nack(self, queue: str, delivery_ids: Sequence[int], *, requeue: bool) -> list[int]:
+        """Requeue in place (redelivered) or dead-letter with reason `rejected`."""
+        return self.broker.nack(queue, delivery_ids, requeue=requeue)
+
+    def retry_later(self, queue: str, delivery_id: int, delay_s: float) -> None:
+        """Settle now and make the message ready again after `delay_s` without
+        blocking the messages behind it (delivery_count kept)."""
+        self.broker.retry_later(queue, delivery_id, delay_s)
+
+    def dead_letter(
+        self, queue: str, delivery_id: int, *, reason: str, death: Mapping[str, Any],
+        to_queue: str | None = None, to_topic: str | None = None,
+    ) -> None:
+        """Settle and dead-letter with the `x-dead-letter` header `death`, through
+        the queue's dead_letter exchange, or into `to_queue` / `to_topic` (a
+        DLQ policy's dead_letter_queue)."""
+        if to_topic is not None:
+            self.store.topic(to_topic)  # NotFound before the message is settled
+        self.broker.dead_letter(queue, delivery_id, reason=reason, death=death,
+                                to_queue=to_queue, to_topic=to_topic)
+
+    def peek(self, queue: str, n: int) -> list[QueueDelivery]:
+        return [QueueDelivery(*d) for d in self.broker.peek(queue, n)]
+
+    def replay(self, queue: str, max_messages: int | None = None) -> int:
+        """Dead letters in `queue` back to where they died; how many went back
+        (`replay_detail` also says what was skipped and why)."""
+        return self.replay_detail(queue, max_messages).replayed
+
+    def replay_detail(self, queue: str, max_messages: int | None = None) -> ReplayOutcome:
+        """Dead letters in `queue` back to where they died (see TOPOLOGY.md).
+
+        A queue message goes back into its original queue. A topic record
+        goes to the replay queue of the group that failed it
+        (`__replay.<group>`, read by the group's workers before its
+        partitions), never to the topic again. What cannot go back stays in
+        `queue` and is counted in `skipped`, by reason: a message that is no
+        dead letter, an original queue or group that no longer exists, an
+        original queue that is full (the rest waits for the next replay)."""
+        return replay(self.broker, queue, max_messages)
+
+    def replayed_record(self, delivery: QueueDelivery) -> Record:
+        """The topic record carried by a delivery from a replay queue."""
+        return replayed_record(delivery)
+
+    def replay_queue(self, group: str) -> str | None:
+        """The replay queue of `group` (None when the group has none)."""
+        name = replay_queue_name(group)
+        return name if name in self.broker.queues else None
+
+    def dead_letter_step(
+        self, group: str, record: Record, death: Mapping[str, Any], *,
+        to_queue: str | None = None, to_topic: str | None = None,
+    ) -> Step:
+        """The Step that dead-letters a topic record (add the input's commit or
+        ack to it, then `commit_step`). Into a topic the record keeps value
+        (a tombstone stays one), key and headers. Into a queue it becomes a
+        message: the value as body with content type `application/json` when
+        it is JSON, a null value as an empty body with `x-null-value: true`,
+        the key in `x-original-key` (or `-b64`), the timestamp in
+        `x-original-timestamp`; its message id is the record's own
+        (`x-message-id`), else `<topic>/<partition>/<offset>`, with `~<n>` added
+        from the second death on (`death_count` n) so the dedup window never
+        swallows a later death of the same record."""
+        return dead_letter_step(group, record, death, to_queue=to_queue,
+                                to_topic=to_topic)
+
+    def dead_letter_record(
+        self, group: str, record: Record, death: Mapping[str, Any], *,
+        to_queue: str | None = None, to_topic: str | None = None,
+        with_step: Step | None = None,
+    ) -> None:
+        """Dead-letter a topic record that `group` failed (durably; together with
+        `with_step`, e.g. the commit past it, as one step)."""
+        step = self.dead_letter_step(group, record, death, to_queue=to_queue, to_topic=to_topic)
+        if with_step is not None:
+            step.extend(with_step)
+        self.commit_step(step)
+
+    def queue_info(self, queue: str) -> QueueInfo:
+        return self.broker.queue_info(queue)
+
+    # -------------------------------------------------------------- exactly-once
+    def commit_step(self, step: Step) -> None:
+        """Apply `step` as one durable unit (see `Step`).
+
+        1. Everything is checked first (unknown names, stale delivery ids:
+           Conflict, records a topic would refuse); nothing is written on error.
+        2. The whole step is written to the engine's journal as one record
+           (fsynced per the policy). Outputs get message ids `__e<step>-<n>`
+           when they have none; records (appended, or routed to a topic by a
+           publish) get their partition fixed and the idempotent producer
+           `__engine_step__` with sequence `step * 2^20 + n` per partition.
+        3. It is applied: topic records (a re-append is dropped by the
+           producer sequence), the broker's acks + publishes as one broker step
+           (re-published ids are dropped by its dedup window; acks go by
+           message, so a stale delivery id still settles), then the offsets.
+        4. It is marked done. At open, steps not marked done are applied again.
+        """
+        self.steps.commit(step, topic_reach=self._topic_reach)
+
+    def journal_next_id(self) -> int:
+        """The id the next journal record gets (its offset in the journal log)."""
+        return self.journal.next_id
+
+    # -------------------------------------------------------------- metrics
+    def stats(self) -> EngineStats:
+        out = EngineStats()
+        out.topic_records = self.store.records_appended()
+        for topic in self.store.topic_names():
+            for pc in self.store.partitions(topic):
+                out.partitions[TopicPartition(topic, pc.partition)] = PartitionInfo(
+                    pc.partition, pc.log_start_offset, pc.log_end_offset, pc.size_bytes)
+        groups = self.store.groups
+        for group in groups.names():
+            out.group_members[group] = len(groups.members(group))
+            for topic in groups.config(group).topics:
+                for p in range(self.store.partition_count(topic)):
+                    tp = TopicPartition(topic, p)
+                    committed = groups.committed(group, log_tp(tp))
+                    if committed is not None:
+                        out.group_committed[(group, tp)] = committed
+                    out.group_lag[(group, tp)] = groups.lag(group, log_tp(tp))
+        b = self.broker.stats()
+        out.exchange_published = b.exchange_published
+        out.exchange_unroutable = b.exchange_unroutable
+        for name, q in b.queues.items():
+            out.queues[name] = replace(q, dead_lettered=dict(q.dead_lettered))
+        return out
+
+
+def log_tp(tp: tuple[str, int]) -> LogTopicPartition:
+    return LogTopicPartition(tp[0], tp[1])

@@ -1,0 +1,89 @@
+"""Record encoding: headers on disk, and messages or OutRecords as records to append.
+
+Also the header names the engine adds to records (a message routed to a
+topic) and to dead-lettered or replayed records.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from runner.engine.values import OutMessage, OutRecord
+from runner.log.store import AppendRecord
+
+ROUTING_KEY_HEADER = "x-routing-key"
+EXCHANGE_HEADER = "x-exchange"
+MESSAGE_ID_HEADER = "x-message-id"
+ORIGINAL_KEY_HEADER = "x-original-key"
+ORIGINAL_KEY_B64_HEADER = "x-original-key-b64"
+ORIGINAL_TIMESTAMP_HEADER = "x-original-timestamp"
+RECORD_TOPIC_HEADER = "x-record-topic"
+RECORD_PARTITION_HEADER = "x-record-partition"
+RECORD_OFFSET_HEADER = "x-record-offset"
+NULL_VALUE_HEADER = "x-null-value"  # a dead-lettered tombstone (null value) in a queue
+JSON_CONTENT_TYPE = "application/json"
+
+
+def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
+    """Record headers on disk: bytes as they are, anything else as JSON text."""
+    out: list[tuple[str, bytes]] = []
+    for name, value in headers.items():
+        if isinstance(value, bytes | bytearray | memoryview):
+            out.append((name, bytes(value)))
+        else:
+            out.append((name, orjson.dumps(value, default=str)))
+    return tuple(out)
+
+
+def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    """Back from disk: JSON values, else UTF-8 text, else bytes."""
+    out: dict[str, Any] = {}
+    for name, raw in headers:
+        try:
+            out[name] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                out[name] = raw.decode()
+            except UnicodeDecodeError:
+                out[name] = raw
+    return out
+
+
+def content_type(value: bytes | None) -> str | None:
+    """`application/json` when `value` is JSON text, else None (bytes)."""
+    if not value:
+        return None
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return JSON_CONTENT_TYPE
+
+
+def b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def record_of_message(m: OutMessage, exchange: str) -> AppendRecord:
+    """A message routed to a topic: its body as value, keyed by the topic's `key`
+    field when the topic has one (else keyless); routing facts go in headers."""
+    headers = dict(m.headers)
+    headers[ROUTING_KEY_HEADER] = m.routing_key
+    headers[EXCHANGE_HEADER] = exchange
+    return AppendRecord(value=m.body, key=None, headers=encode_headers(headers),
+                        message_id=m.message_id)
+
+
+def to_append(r: OutRecord) -> AppendRecord:
+    return AppendRecord(
+        value=r.value, key=r.key, headers=encode_headers(r.headers), partition=r.partition,
+        timestamp_ms=r.timestamp_ms, producer_id=r.producer_id, sequence=r.sequence,
+    )

@@ -1,0 +1,173 @@
+"""The engine's contract values: what callers hand in, what they get back, the counters.
+
+Where the broker already has a value with the same fields (a message to
+publish, a queue's info and counters) the engine re-exports it rather than
+defining a twin; the rest are the engine's own frozen values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple
+
+from runner.broker.message import Message as OutMessage
+from runner.broker.results import QueueCounters as QueueStats
+from runner.broker.results import QueueInfo
+
+__all__ = [
+    "EngineStats", "FsyncPolicy", "GroupInfo", "GroupPartition", "OutMessage", "OutRecord",
+    "PartitionInfo", "QueueDelivery", "QueueInfo", "QueueStats", "Record", "ReplayOutcome",
+    "Step", "TopicPartition",
+]
+
+
+class FsyncPolicy(str, Enum):  # noqa: UP042 - contract type, str() kept as is
+    ALWAYS = "always"
+    INTERVAL = "interval"
+    NEVER = "never"
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+# ------------------------------------------------------------------ inputs
+# OutMessage (a message to publish through an exchange or straight into a
+# queue) is the broker's Message: body, routing_key, headers, priority, ttl_s
+# (AMQP `expiration`), message_id (dedup within the engine's window when set),
+# content_type ("application/json" when the body is JSON text).
+
+
+@dataclass(slots=True)
+class OutRecord:
+    """A record to append to a topic."""
+
+    value: bytes | None  # None: a tombstone
+    key: bytes | None = None  # None: the topic's `key` field from a JSON value, else keyless
+    headers: dict[str, Any] = field(default_factory=dict)
+    partition: int | None = None  # explicit partition, else partitioner
+    timestamp_ms: int | None = None  # default: now
+    producer_id: str | None = None  # idempotent producer: (producer_id, sequence)
+    sequence: int | None = None
+
+
+# ------------------------------------------------------------------ outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDelivery:
+    """A message handed to a consumer; settle it with ack / nack / retry / dead_letter."""
+
+    queue: str
+    delivery_id: int  # unique per queue for the life of the data dir
+    body: bytes
+    headers: Mapping[str, Any]
+    routing_key: str
+    exchange: str  # "" when published straight to the queue
+    priority: int
+    redelivered: bool
+    delivery_count: int  # 1 on first delivery
+    message_id: str | None
+    timestamp_ms: int
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartition:
+    topic: str
+    partition: int
+    committed: int | None  # None: never committed
+    position: int  # committed, else the reset position
+    log_end_offset: int
+    lag: int
+    member: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    name: str
+    members: tuple[str, ...]
+    partitions: tuple[GroupPartition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What `Engine.replay_detail` did: how many dead letters went back, how many
+    stayed, and why (reason sentence -> count)."""
+
+    replayed: int
+    skipped: int
+    reasons: Mapping[str, int]
+
+
+# QueueInfo (name, ready, unacked, delayed: waiting for a retry delay,
+# oldest_ready_age_s: 0 when empty) is the broker's own.
+
+
+# ------------------------------------------------------------------ atomic step
+
+
+@dataclass(slots=True)
+class Step:
+    """One durable unit for exactly-once: all of it happens or none of it.
+
+    `acks`: queue deliveries to ack; `commits`: group offsets to commit (next
+    offset to read); `publishes`: (exchange, messages) to route; `queue_puts`:
+    (queue, messages) straight into queues; `appends`: (topic, records).
+    """
+
+    acks: list[tuple[str, int]] = field(default_factory=list)
+    commits: list[tuple[str, TopicPartition, int]] = field(default_factory=list)
+    publishes: list[tuple[str, list[OutMessage]]] = field(default_factory=list)
+    queue_puts: list[tuple[str, list[OutMessage]]] = field(default_factory=list)
+    appends: list[tuple[str, list[OutRecord]]] = field(default_factory=list)
+
+    def extend(self, other: Step) -> None:
+        """Add everything `other` does to this step."""
+        self.acks.extend(other.acks)
+        self.commits.extend(other.commits)
+        self.publishes.extend(other.publishes)
+        self.queue_puts.extend(other.queue_puts)
+        self.appends.extend(other.appends)
+
+
+# ------------------------------------------------------------------ counters
+# QueueStats (per queue: ready, unacked, delayed, published, delivered, acked,
+# redelivered, rejected_publishes, dead_lettered by reason, oldest_ready_age_s)
+# is the broker's QueueCounters.
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot for the metrics collector (cheap: copies of plain ints)."""
+
+    topic_records: dict[str, int] = field(default_factory=dict)
+    partitions: dict[TopicPartition, PartitionInfo] = field(default_factory=dict)
+    group_committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
+    group_lag: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
+    group_members: dict[str, int] = field(default_factory=dict)
+    exchange_published: dict[str, int] = field(default_factory=dict)
+    exchange_unroutable: dict[str, int] = field(default_factory=dict)
+    queues: dict[str, QueueStats] = field(default_factory=dict)
