@@ -64,6 +64,7 @@ def parse_duration(text: object, field: str, prefix: str = "") -> float:
     return total
 
 
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 MAX_DEPTH = 254  # the deepest JSON orjson writes back (and so the daemon can store)
 MAX_ITEMS = 10_000  # messages or records in one request
 
@@ -86,6 +87,10 @@ def decode_json(raw: bytes) -> Any:
                 f"the request body nests JSON deeper than {MAX_DEPTH} levels; "
                 "flatten the payload or send it as 'body_b64'/'value_b64' bytes"
             ) from exc
+    if _LONG_NUMBER.search(raw):
+        # orjson reads integers past 64 bits as floats; the stdlib keeps them exact, so
+        # an error can name the value as written (only bodies holding 19+ digit runs)
+        value = json.loads(raw)
     return value
 
 
@@ -181,18 +186,24 @@ def _headers(item: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return headers
 
 
+MAX_INT = 2**63 - 1  # the largest integer the engine stores (ids, offsets, timestamps)
+
+
+def check_int(value: object, where: str, *, low: int = 0, high: int = MAX_INT) -> int:
+    """The one integer check of the API: `value` as an int in [low, high], else BadInput
+    naming the field (`where`), the allowed range and the value as written."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"{where} must be an integer between {low} and {high}, got {_show(value)}")
+    if not low <= value <= high:
+        raise BadInput(f"{where} must be an integer between {low} and {high}, got {value}")
+    return value
+
+
 def _optional_int(
-    item: Mapping[str, Any], name: str, prefix: str, *, low: int, high: int | None = None
+    item: Mapping[str, Any], name: str, prefix: str, *, low: int, high: int = MAX_INT
 ) -> int | None:
     value = item.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInput(f"{prefix}'{name}' must be an integer, got {_kind(value)}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadInput(f"{prefix}'{name}' must be {bound}, got {value}")
-    return value
+    return None if value is None else check_int(value, f"{prefix}'{name}'", low=low, high=high)
 
 
 def _optional_str(item: Mapping[str, Any], name: str, prefix: str) -> str | None:
@@ -365,16 +376,14 @@ def records(body: Any, *, limits: Limits, topic_limit: int) -> tuple[list[OutRec
 
 def int_field(
     obj: Mapping[str, Any], name: str, *, default: int | None = None, low: int = 0,
-    high: int | None = None,
+    high: int = MAX_INT,
 ) -> int:
     """A required (or defaulted) integer field of a JSON object."""
     if name not in obj or obj[name] is None:
         if default is None:
             raise BadInput(f"missing field '{name}' (an integer)")
         return default
-    value = _optional_int(obj, name, "", low=low, high=high)
-    assert value is not None
-    return value
+    return check_int(obj[name], f"'{name}'", low=low, high=high)
 
 
 def str_field(obj: Mapping[str, Any], name: str) -> str:
@@ -393,40 +402,19 @@ def bool_field(obj: Mapping[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
-MAX_ID = 2**63 - 1
-
-
-def delivery_ids(obj: Mapping[str, Any], raw: bytes | None = None) -> list[int]:
-    """The `delivery_ids` array; `raw` (the request body) names huge integers exactly."""
+def delivery_ids(obj: Mapping[str, Any]) -> list[int]:
+    """The `delivery_ids` array (integers between 0 and MAX_INT)."""
     ids = obj.get("delivery_ids")
     if ids is None:
         raise BadInput("missing field 'delivery_ids' (an array of integers)")
     if not isinstance(ids, list):
         raise BadInput(f"'delivery_ids' must be an array of integers, got {_kind(ids)}")
-    for i, value in enumerate(ids):
-        if isinstance(value, float) and value.is_integer() and raw is not None:
-            value = _exact_id(raw, i, value)  # orjson reads integers over 64 bits as floats
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadInput(f"'delivery_ids[{i}]' must be an integer, got {_show(value)}")
-        if not 0 <= value <= MAX_ID:
-            raise BadInput(
-                f"'delivery_ids[{i}]' must be an integer between 0 and {MAX_ID}, got {value}"
-            )
-    return list(ids)
-
-
-def _exact_id(raw: bytes, index: int, fallback: float) -> object:
-    """The integer as written in the request (only on the error path)."""
-    try:
-        exact = json.loads(raw).get("delivery_ids")[index]
-    except (ValueError, AttributeError, TypeError, IndexError):
-        return fallback
-    return exact if isinstance(exact, int) else fallback
+    return [check_int(value, f"'delivery_ids[{i}]'") for i, value in enumerate(ids)]
 
 
 def query_int(
     query: Mapping[str, str], name: str, *, default: int | None, low: int = 0,
-    high: int | None = None,
+    high: int = MAX_INT,
 ) -> int:
     """An integer query parameter."""
     text = query.get(name)
@@ -434,14 +422,11 @@ def query_int(
         if default is None:
             raise BadInput(f"query parameter '{name}' is required (an integer)")
         return default
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise BadInput(f"query parameter '{name}' must be an integer, got {text!r}") from exc
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadInput(f"query parameter '{name}' must be {bound}, got {value}")
-    return value
+    value: object = int(text) if _DECIMAL.fullmatch(text) else text
+    return check_int(value, f"query parameter '{name}'", low=low, high=high)
+
+
+_DECIMAL = re.compile(r"-?[0-9]+")
 
 
 # ------------------------------------------------------------------ answers

@@ -197,17 +197,11 @@ async def _read(request: web.Request) -> bytes:
         ) from exc
 
 
-async def _json_raw(
-    request: web.Request, *, empty_ok: bool = False
-) -> tuple[dict[str, Any], bytes]:
+async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
     raw = await _read(request)
     if empty_ok and not raw.strip():
-        return {}, raw
-    return codec.require_object(codec.decode_json(raw)), raw
-
-
-async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    return (await _json_raw(request, empty_ok=empty_ok))[0]
+        return {}
+    return codec.require_object(codec.decode_json(raw))
 
 
 def _accepting(host: Host) -> None:
@@ -384,8 +378,8 @@ def _settled(host: Host, name: str, ids: list[int], unknown: list[int], verb: st
 async def ack(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
-    body, raw = await _json_raw(request)
-    ids = codec.delivery_ids(body, raw)
+    body = await _json(request)
+    ids = codec.delivery_ids(body)
     _queue_exists(host, name)
     unknown = host.engine.ack(name, ids) if ids else []
     return _settled(host, name, ids, unknown, "acked")
@@ -394,8 +388,8 @@ async def ack(request: web.Request) -> web.Response:
 async def nack(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
-    body, raw = await _json_raw(request)
-    ids = codec.delivery_ids(body, raw)
+    body = await _json(request)
+    ids = codec.delivery_ids(body)
     requeue = codec.bool_field(body, "requeue", default=True)
     _queue_exists(host, name)
     unknown = host.engine.nack(name, ids, requeue=requeue) if ids else []

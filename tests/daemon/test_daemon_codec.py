@@ -12,6 +12,8 @@ from runner.daemon.codec import BadInput, Limits
 from runner.engine import QueueDelivery, Record
 from runner.errors import TooLarge
 
+MAX = 2**63 - 1
+
 LIMITS = Limits(max_message_bytes=100)
 
 
@@ -58,9 +60,9 @@ def test_a_batch_keeps_request_order() -> None:
          "give either 'body' or 'body_b64', not both"),
         ({"routing_key": "k", "body_b64": "%%%"}, "'body_b64' is not valid base64"),
         ({"routing_key": "k", "body": 1, "priority": "high"},
-         "'priority' must be an integer, got a string"),
+         "'priority' must be an integer between 0 and 255, got \"high\""),
         ({"routing_key": "k", "body": 1, "priority": 256},
-         "'priority' must be between 0 and 255, got 256"),
+         "'priority' must be an integer between 0 and 255, got 256"),
         ({"routing_key": "k", "body": 1, "ttl": 30},
          "'ttl' must be a duration string like \"30s\", got 30"),
         ({"routing_key": "k", "body": 1, "ttl": "30 seconds"},
@@ -117,8 +119,10 @@ def test_records_keys_values_and_tombstones() -> None:
     [
         ({"key": 1, "value": 1}, "'key' must be a string, got a number"),
         ({"key": "k"}, "missing field 'value' (any JSON value) or 'value_b64' (base64 bytes)"),
-        ({"value": 1, "partition": -1}, "'partition' must be at least 0, got -1"),
-        ({"value": 1, "partition": True}, "'partition' must be an integer, got a boolean"),
+        ({"value": 1, "partition": -1},
+         f"'partition' must be an integer between 0 and {MAX}, got -1"),
+        ({"value": 1, "partition": True},
+         f"'partition' must be an integer between 0 and {MAX}, got true"),
         ({"records": [{"value": 1}, 7]}, "record 1 must be a JSON object, got a number"),
     ],
 )
@@ -151,7 +155,7 @@ def test_durations() -> None:
 def test_delivery_ids_must_be_integers() -> None:
     with pytest.raises(BadInput) as err:
         codec.delivery_ids({"delivery_ids": [1, "2"]})
-    assert str(err.value) == "'delivery_ids[1]' must be an integer, got \"2\""
+    assert str(err.value) == f"'delivery_ids[1]' must be an integer between 0 and {MAX}, got \"2\""
     with pytest.raises(BadInput) as err:
         codec.delivery_ids({})
     assert str(err.value) == "missing field 'delivery_ids' (an array of integers)"
@@ -161,7 +165,8 @@ def test_query_integers() -> None:
     assert codec.query_int({"n": "5"}, "n", default=10, low=1, high=1000) == 5
     with pytest.raises(BadInput) as err:
         codec.query_int({"n": "many"}, "n", default=10)
-    assert str(err.value) == "query parameter 'n' must be an integer, got 'many'"
+    assert str(err.value) == (
+        f"query parameter 'n' must be an integer between 0 and {MAX}, got \"many\"")
     with pytest.raises(BadInput) as err:
         codec.query_int({}, "offset", default=None)
     assert str(err.value) == "query parameter 'offset' is required (an integer)"

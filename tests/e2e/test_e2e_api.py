@@ -218,7 +218,7 @@ def test_status_shows_topology_topics_queues_groups(daemon: Daemon) -> None:
         ("POST", "/v1/exchanges/orders/messages", {"routing_key": 1, "body": 1}, 400,
          "'routing_key' must be a string, got a number"),
         ("POST", "/v1/queues/work/pull", {"max": 0}, 400,
-         "'max' must be between 1 and 1000, got 0"),
+         "'max' must be an integer between 1 and 1000, got 0"),
         ("POST", "/v1/queues/work/ack", {}, 400,
          "missing field 'delivery_ids' (an array of integers)"),
         ("POST", "/v1/topics/compacted/records", {"value": 1}, 400, None),

@@ -196,7 +196,59 @@ def test_delivery_ids_beyond_64_bits_are_named_as_integers(
     raw = b'{"delivery_ids": [1, ' + literal.encode() + b"]}"
     for verb in ("ack", "nack"):
         assert error_of(daemon, "POST", f"/v1/queues/q/{verb}", raw=raw) == (
-            400, f"'delivery_ids[1]' must be an integer between 0 and {2**63 - 1}, got {shown}")
+            400, f"'delivery_ids[1]' must be an integer between 0 and {MAX}, got {shown}")
+
+
+MAX = 2**63 - 1
+BIG = "100000000000000000000000000000"  # past 64 bits: orjson alone reads it as a float
+
+
+@pytest.mark.parametrize("literal", [BIG, str(MAX + 1)])
+@pytest.mark.parametrize("method,path,template,sentence", [
+    ("POST", "/v1/queues/q/pull", '{"max": %s}', "'max' must be an integer between 1 and 1000"),
+    ("POST", "/v1/queues/q/replay", '{"max": %s}',
+     f"'max' must be an integer between 1 and {MAX}"),
+    ("GET", "/v1/queues/q/peek?n=%s", None,
+     "query parameter 'n' must be an integer between 1 and 1000"),
+    ("GET", "/v1/topics/events/partitions/0/records?offset=%s", None,
+     f"query parameter 'offset' must be an integer between 0 and {MAX}"),
+    ("GET", "/v1/topics/events/partitions/0/records?offset=0&limit=%s", None,
+     "query parameter 'limit' must be an integer between 1 and 10000"),
+    ("POST", "/v1/topics/events/records", '{"value": 1, "partition": %s}',
+     f"'partition' must be an integer between 0 and {MAX}"),
+    ("POST", "/v1/topics/events/records",
+     '{"records": [{"value": 1}, {"value": 1, "partition": %s}]}',
+     f"record 1: 'partition' must be an integer between 0 and {MAX}"),
+    ("POST", "/v1/exchanges/x/messages", '{"routing_key": "", "body": 1, "priority": %s}',
+     "'priority' must be an integer between 0 and 255"),
+    ("POST", "/v1/queues/q/messages", '{"messages": [{"body": 1, "priority": %s}]}',
+     "message 0: 'priority' must be an integer between 0 and 255"),
+    ("POST", "/v1/groups/external/offsets", '{"topic": "events", "partition": %s, "offset": 0}',
+     f"'partition' must be an integer between 0 and {MAX}"),
+    ("POST", "/v1/groups/external/offsets", '{"topic": "events", "partition": 0, "offset": %s}',
+     f"'offset' must be an integer between 0 and {MAX}"),
+    ("POST", "/v1/groups/external/offsets", '{"topic": "events", "partition": 0, "timestamp": %s}',
+     f"'timestamp' must be an integer between 0 and {MAX}"),
+    ("POST", "/v1/groups/external/commit",
+     '{"offsets": [{"topic": "events", "partition": 0, "offset": %s}]}',
+     f"offsets[0]: 'offset' must be an integer between 0 and {MAX}"),
+])
+def test_every_integer_field_past_its_range_names_field_range_and_value_as_written(
+    daemon: Daemon, method: str, path: str, template: str | None, sentence: str, literal: str
+) -> None:
+    if template is None:
+        got = error_of(daemon, method, path.replace("%s", literal))
+    else:
+        got = error_of(daemon, method, path, raw=template.replace("%s", literal).encode())
+    assert got == (400, f"{sentence}, got {literal}")
+
+
+@pytest.mark.parametrize("literal", ["1.5", "1e3", '"7"', "true"])
+def test_a_non_integer_is_named_as_written(daemon: Daemon, literal: str) -> None:
+    raw = f'{{"max": {literal}}}'.encode()
+    shown = "1000.0" if literal == "1e3" else literal
+    assert error_of(daemon, "POST", "/v1/queues/q/pull", raw=raw) == (
+        400, f"'max' must be an integer between 1 and 1000, got {shown}")
 
 
 def test_a_keyless_record_in_a_batch_on_a_compacted_topic_names_its_index(
