@@ -78,12 +78,9 @@ def _run(func: Any) -> Any:
         try:
             code: int = func(args)
             return code
-        except Refusal as exc:
+        except (Refusal, Usage) as exc:
             print(f"runner {args.command}: {exc}", file=sys.stderr)
-            return 1
-        except Usage as exc:
-            print(f"runner {args.command}: {exc}", file=sys.stderr)
-            return 2
+            return 1 if isinstance(exc, Refusal) else 2  # refused: 1, usage error: 2
         except BrokenPipeError:
             return _reader_left()
 

@@ -175,10 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         supervisor = Supervisor(config, loaded, parts)
         return asyncio.run(supervisor.serve())
-    except RunnerError as exc:
-        print(f"runner run: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1
 

@@ -13,9 +13,9 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -63,6 +63,8 @@ def parse_duration(text: object, field: str, prefix: str = "") -> float:
         )
     return total
 
+
+T = TypeVar("T")
 
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 MAX_DEPTH = 254  # the deepest JSON orjson writes back (and so the daemon can store)
@@ -291,25 +293,31 @@ def message(
     )
 
 
+def _batch(body: Any, noun: str, parse: Callable[[Any, int | None], T]) -> tuple[list[T], bool]:
+    """The items of a request that is one item or `{"<noun>s": [...]}`, and whether it
+    was a batch; `parse(item, index)` checks one (index None for a single item)."""
+    obj = require_object(body)
+    plural = f"{noun}s"
+    if plural not in obj:
+        return [parse(obj, None)], False
+    items = obj[plural]
+    if not isinstance(items, list):
+        raise BadInput(f"'{plural}' must be an array of {plural}, got {_kind(items)}")
+    if len(obj) > 1:
+        other = sorted(k for k in obj if k != plural)[0]
+        raise BadInput(f"a batch holds only '{plural}'; unexpected field '{other}'")
+    check_count(items, plural)
+    return [parse(item, i) for i, item in enumerate(items)], True
+
+
 def messages(
     body: Any, *, limits: Limits, default_key: str | None
 ) -> tuple[list[OutMessage], bool]:
     """The messages of a publish request and whether it was a batch."""
-    obj = require_object(body)
-    if "messages" in obj:
-        items = obj["messages"]
-        if not isinstance(items, list):
-            raise BadInput(f"'messages' must be an array of messages, got {_kind(items)}")
-        if len(obj) > 1:
-            other = sorted(k for k in obj if k != "messages")[0]
-            raise BadInput(f"a batch holds only 'messages'; unexpected field '{other}'")
-        check_count(items, "messages")
-        out = [
-            message(item, index=i, limits=limits, default_key=default_key)
-            for i, item in enumerate(items)
-        ]
-        return out, True
-    return [message(obj, index=None, limits=limits, default_key=default_key)], False
+    return _batch(
+        body, "message",
+        lambda item, i: message(item, index=i, limits=limits, default_key=default_key),
+    )
 
 
 _RECORD_KEYS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition"})
@@ -357,21 +365,10 @@ def record(
 
 def records(body: Any, *, limits: Limits, topic_limit: int) -> tuple[list[OutRecord], bool]:
     """The records of an append request and whether it was a batch."""
-    obj = require_object(body)
-    if "records" in obj:
-        items = obj["records"]
-        if not isinstance(items, list):
-            raise BadInput(f"'records' must be an array of records, got {_kind(items)}")
-        if len(obj) > 1:
-            other = sorted(k for k in obj if k != "records")[0]
-            raise BadInput(f"a batch holds only 'records'; unexpected field '{other}'")
-        check_count(items, "records")
-        out = [
-            record(item, index=i, limits=limits, topic_limit=topic_limit)
-            for i, item in enumerate(items)
-        ]
-        return out, True
-    return [record(obj, index=None, limits=limits, topic_limit=topic_limit)], False
+    return _batch(
+        body, "record",
+        lambda item, i: record(item, index=i, limits=limits, topic_limit=topic_limit),
+    )
 
 
 def int_field(

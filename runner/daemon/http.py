@@ -217,30 +217,30 @@ def _queue_exists(host: Host, name: str) -> None:
 # ------------------------------------------------------------------ publishing
 
 
-async def publish_exchange(request: web.Request) -> web.Response:
+async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
+    """Publish to the exchange (or straight to the queue) named in the path; a
+    queue's name is the default routing key."""
     host = _host(request)
     _accepting(host)
     name = request.match_info["name"]
     body = await _json(request)
-    msgs, batch = codec.messages(body, limits=request.app[LIMITS_KEY], default_key=None)
+    msgs, batch = codec.messages(
+        body, limits=request.app[LIMITS_KEY], default_key=name if to_queue else None
+    )
+    publish = host.engine.publish_to_queue if to_queue else host.engine.publish
     try:
-        routed = host.engine.publish(name, msgs) if msgs else []
+        routed = publish(name, msgs) if msgs else []
     finally:
         host.notify()  # also after a 429: the items before the refusal are stored
     return answer({"routed": routed if batch else routed[0]}, 202)
 
 
+async def publish_exchange(request: web.Request) -> web.Response:
+    return await _publish(request, to_queue=False)
+
+
 async def publish_queue(request: web.Request) -> web.Response:
-    host = _host(request)
-    _accepting(host)
-    name = request.match_info["name"]
-    body = await _json(request)
-    msgs, batch = codec.messages(body, limits=request.app[LIMITS_KEY], default_key=name)
-    try:
-        routed = host.engine.publish_to_queue(name, msgs) if msgs else []
-    finally:
-        host.notify()
-    return answer({"routed": routed if batch else routed[0]}, 202)
+    return await _publish(request, to_queue=True)
 
 
 async def append_topic(request: web.Request) -> web.Response:

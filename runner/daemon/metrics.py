@@ -69,6 +69,14 @@ class MetricsSource(Protocol):
     def handler_view(self) -> HandlerView: ...
 
 
+def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
 def handler_names(topology: Topology) -> list[str]:
     """Every consumer and handler-driven consumer group (the `consumer` label)."""
     names = [name for name, _ in topology.consumers]
@@ -95,24 +103,17 @@ class RunnerCollector(Collector):
 
 
 def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
-    end = GaugeMetricFamily(
+    tp = ("topic", "partition")
+    end = _gauge(
         "runner_topic_partition_log_end_offset",
-        "The next offset to be written in a topic partition.",
-        labels=["topic", "partition"],
+        "The next offset to be written in a topic partition.", *tp,
     )
-    start = GaugeMetricFamily(
+    start = _gauge(
         "runner_topic_partition_log_start_offset",
-        "The first offset still stored in a topic partition (after retention).",
-        labels=["topic", "partition"],
+        "The first offset still stored in a topic partition (after retention).", *tp,
     )
-    size = GaugeMetricFamily(
-        "runner_topic_partition_size_bytes",
-        "Bytes on disk of a topic partition.",
-        labels=["topic", "partition"],
-    )
-    total = CounterMetricFamily(
-        "runner_topic_records", "Records appended to a topic.", labels=["topic"]
-    )
+    size = _gauge("runner_topic_partition_size_bytes", "Bytes on disk of a topic partition.", *tp)
+    total = _counter("runner_topic_records", "Records appended to a topic.", "topic")
     for name, topic in topology.topics:
         for p in range(topic.partitions):
             info = stats.partitions.get(TopicPartition(name, p))
@@ -125,20 +126,17 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
 
 
 def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
-    committed = GaugeMetricFamily(
+    gtp = ("group", "topic", "partition")
+    committed = _gauge(
         "runner_consumer_group_committed_offset",
         "The committed offset (next to read) of a consumer group in a partition; "
-        "the reset position until the group commits.",
-        labels=["group", "topic", "partition"],
+        "the reset position until the group commits.", *gtp,
     )
-    lag = GaugeMetricFamily(
+    lag = _gauge(
         "runner_consumer_group_lag",
-        "Records of a partition not yet processed by a consumer group.",
-        labels=["group", "topic", "partition"],
+        "Records of a partition not yet processed by a consumer group.", *gtp,
     )
-    members = GaugeMetricFamily(
-        "runner_consumer_group_members", "Live members of a consumer group.", labels=["group"]
-    )
+    members = _gauge("runner_consumer_group_members", "Live members of a consumer group.", "group")
     topics = topology.topic_map()
     for name, group in topology.consumer_groups:
         for topic_name in group.topics:
@@ -159,13 +157,12 @@ def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
 
 
 def _exchanges(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
-    published = CounterMetricFamily(
-        "runner_exchange_published", "Messages published to an exchange.", labels=["exchange"]
+    published = _counter(
+        "runner_exchange_published", "Messages published to an exchange.", "exchange"
     )
-    unroutable = CounterMetricFamily(
+    unroutable = _counter(
         "runner_exchange_unroutable",
-        "Messages published to an exchange that reached no destination at all.",
-        labels=["exchange"],
+        "Messages published to an exchange that reached no destination at all.", "exchange",
     )
     for name, _ in topology.exchanges:
         published.add_metric([name], stats.exchange_published.get(name, 0))
@@ -175,10 +172,10 @@ def _exchanges(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
 
 def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
     def gauge(name: str, doc: str) -> GaugeMetricFamily:
-        return GaugeMetricFamily(name, doc, labels=["queue"])
+        return _gauge(name, doc, "queue")
 
     def counter(name: str, doc: str) -> CounterMetricFamily:
-        return CounterMetricFamily(name, doc, labels=["queue"])
+        return _counter(name, doc, "queue")
 
     ready = gauge("runner_queue_messages_ready", "Messages ready for delivery in a queue.")
     unacked = gauge(
@@ -196,10 +193,9 @@ def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "runner_queue_rejected_publishes",
         "Publishes a queue refused by its overflow policy.",
     )
-    dead = CounterMetricFamily(
-        "runner_queue_dead_lettered",
-        "Messages dead-lettered from a queue, by reason.",
-        labels=["queue", "reason"],
+    dead = _counter(
+        "runner_queue_dead_lettered", "Messages dead-lettered from a queue, by reason.",
+        "queue", "reason",
     )
     for name, _ in topology.queues:
         q = stats.queues.get(name) or QueueStats()
@@ -224,13 +220,11 @@ def _handlers(topology: Topology, view: HandlerView) -> Iterator[Metric]:
         "Time a handler took per message (successes and failures).",
         labels=["consumer"],
     )
-    errors = CounterMetricFamily(
-        "runner_handler_errors",
-        "Handler failures by exception type.",
-        labels=["consumer", "error_type"],
+    errors = _counter(
+        "runner_handler_errors", "Handler failures by exception type.", "consumer", "error_type"
     )
-    retries = CounterMetricFamily(
-        "runner_handler_retries", "Retries scheduled after handler failures.", labels=["consumer"]
+    retries = _counter(
+        "runner_handler_retries", "Retries scheduled after handler failures.", "consumer"
     )
     for name in handler_names(topology):
         hist = view.durations.get(name)
@@ -254,24 +248,22 @@ def _bound(value: float) -> str:
 
 
 def _topology(topology: Topology, content_hash: str, reloads: ReloadCounters) -> Iterator[Metric]:
-    total = CounterMetricFamily(
+    total = _counter(
         "runner_topology_reloads",
         "Topology reload attempts by result (a file save that changes nothing is not counted).",
-        labels=["result"],
+        "result",
     )
     for result in RESULTS:
         total.add_metric([result], reloads.counts.get(result, 0))
-    last = GaugeMetricFamily(
+    last = _gauge(
         "runner_topology_last_reload_timestamp_seconds",
         "Unix time of the last counted reload attempt (0 before the first).",
     )
     last.add_metric([], reloads.last_timestamp_s)
-    info = GaugeMetricFamily(
-        "runner_topology_info", "The running topology (always 1).", labels=["name", "hash"]
-    )
+    info = _gauge("runner_topology_info", "The running topology (always 1).", "name", "hash")
     info.add_metric([topology.name or "", content_hash], 1)
-    build = GaugeMetricFamily(
-        "runner_build_info", "The running topology-runner version (always 1).", labels=["version"]
+    build = _gauge(
+        "runner_build_info", "The running topology-runner version (always 1).", "version"
     )
     build.add_metric([__version__], 1)
     yield from (total, last, info, build)

@@ -7,7 +7,7 @@ and counts; `ReloadCounters` holds the `runner_topology_reloads_total` values.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from runner.topology.diff import Change, jsonable
@@ -38,16 +38,17 @@ class ReloadCounters:
             self.last_timestamp_s = now_s
 
 
+# the key order of `runner validate --format json`
+_PROBLEM_FIELDS = ("file", "line", "column", "path", "severity", "message", "rule")
+
+
+def _as_json(value: object, names: Iterable[str]) -> dict[str, Any]:
+    """The named attributes of a model value as plain JSON data."""
+    return {name: jsonable(getattr(value, name)) for name in names}
+
+
 def problem_json(p: Problem) -> dict[str, Any]:
-    return {
-        "file": p.file,
-        "line": p.line,
-        "column": p.column,
-        "path": p.path,
-        "severity": p.severity.value,
-        "message": p.message,
-        "rule": p.rule,
-    }
+    return _as_json(p, _PROBLEM_FIELDS)
 
 
 def problem_line(p: Problem) -> str:
@@ -56,17 +57,8 @@ def problem_line(p: Problem) -> str:
 
 
 def change_json(change: Change) -> dict[str, Any]:
-    """A diff Change as JSON."""
-    return {
-        "kind": change.kind,
-        "entity": change.entity,
-        "name": change.name,
-        "field": change.field,
-        "old": jsonable(change.old),
-        "new": jsonable(change.new),
-        "safe": change.safe,
-        "reason": change.reason,
-    }
+    """A diff Change as JSON (every field, in declaration order)."""
+    return _as_json(change, (f.name for f in fields(change)))
 
 
 def changes_json(changes: Iterable[Change]) -> list[dict[str, Any]]:
