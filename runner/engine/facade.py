@@ -356,8 +356,8 @@ class Engine:
     ) -> list[QueueDelivery]:
         """Deliver up to `max_messages` ready messages under a lease; an expired
         lease redelivers. Expired (TTL) messages are dead-lettered, not delivered."""
-        got = self.broker.pull(queue, max_messages, consumer_id=consumer_id, lease_s=lease_s)
-        return [QueueDelivery(*d) for d in got]
+        # the broker's deliveries are QueueDelivery already: no copy per message
+        return self.broker.pull(queue, max_messages, consumer_id=consumer_id, lease_s=lease_s)
 
     def ack(self, queue: str, delivery_ids: Sequence[int]) -> list[int]:
         """Ack; returns the ids that were unknown or expired (the known ones settle)."""
@@ -385,7 +385,7 @@ class Engine:
                                 to_queue=to_queue, to_topic=to_topic)
 
     def peek(self, queue: str, n: int) -> list[QueueDelivery]:
-        return [QueueDelivery(*d) for d in self.broker.peek(queue, n)]
+        return self.broker.peek(queue, n)
 
     def replay(self, queue: str, max_messages: int | None = None) -> int:
         """Dead letters in `queue` back to where they died; how many went back

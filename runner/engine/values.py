@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
+from runner.broker.message import Delivery as QueueDelivery
 from runner.broker.message import Message as OutMessage
 from runner.broker.results import QueueCounters as QueueStats
 from runner.broker.results import QueueInfo
@@ -68,22 +69,12 @@ class Record:
     headers: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class QueueDelivery:
-    """A message handed to a consumer; settle it with ack / nack / retry / dead_letter."""
-
-    queue: str
-    delivery_id: int  # unique per queue for the life of the data dir
-    body: bytes
-    headers: Mapping[str, Any]
-    routing_key: str
-    exchange: str  # "" when published straight to the queue
-    priority: int
-    redelivered: bool
-    delivery_count: int  # 1 on first delivery
-    message_id: str | None
-    timestamp_ms: int
-    content_type: str | None
+# QueueDelivery (a message handed to a consumer; settle it with ack / nack /
+# retry / dead_letter) is the broker's Delivery NamedTuple, returned by `pull`
+# as the broker built it: queue, delivery_id (unique per queue for the life of
+# the data dir), body, headers, routing_key, exchange ("" when published
+# straight to the queue), priority, redelivered, delivery_count (1 on first
+# delivery), message_id, timestamp_ms, content_type.
 
 
 @dataclass(frozen=True, slots=True)

@@ -408,3 +408,19 @@ def test_a_recovered_step_keeps_bytes_and_tuple_headers_of_its_outputs(tmp_path:
         assert {k: out.headers[k] for k in headers} == headers
     finally:
         again.close()
+
+
+def test_a_pulled_delivery_has_every_field_by_name_and_cannot_be_changed(engine: Engine) -> None:
+    engine.publish_to_queue("q", [OutMessage(b'{"a": 1}', "rk", {"h": b"\x00"}, priority=None,
+                                             message_id="m-1", content_type="application/json")])
+    (d,) = engine.pull("q", 10, lease_s=30, consumer_id="c")
+    assert (d.queue, d.body, dict(d.headers), d.routing_key, d.exchange, d.priority) == (
+        "q", b'{"a": 1}', {"h": b"\x00"}, "rk", "", 0)
+    assert (d.redelivered, d.delivery_count, d.message_id, d.content_type) == (
+        False, 1, "m-1", "application/json")
+    with pytest.raises(AttributeError):
+        d.delivery_id = 99  # type: ignore[misc]
+    assert engine.nack("q", [d.delivery_id], requeue=True) == []
+    (peeked,) = engine.peek("q", 1)
+    assert (peeked.body, peeked.message_id) == (b'{"a": 1}', "m-1")
+    assert engine.ack("q", [d.delivery_id]) == [d.delivery_id]  # settled by the nack
