@@ -2,8 +2,9 @@
 
 Modules: `values` (the contract's values), `facade` (`Engine`), `steps`
 (exactly-once steps and their journal), `deadletters` (topic dead letters and
-replay), `changes` (reload checks), `records` (record encoding), `datadir`
-(the data directory lock). Everything public is re-exported here.
+replay), `changes` (reload checks), `records` (record encoding), `snapshots`
+(group info and metrics counters), `datadir` (the data directory lock).
+Everything public is re-exported here.
 
 CONTRACT (written first so that the daemon, the pipeline and the engine can be
 built in parallel; implementation fills in the bodies, signatures stay):

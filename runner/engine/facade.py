@@ -3,7 +3,7 @@
 The contract and its values are described in `runner.engine`; the parts live
 beside this module: `steps` (exactly-once steps), `deadletters` (topic dead
 letters and replay), `changes` (reload checks), `records` (record encoding),
-`datadir` (the data directory lock).
+`snapshots` (group info, metrics counters), `datadir` (the data directory lock).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ from runner.engine.changes import broker_queues, topic_problems, topic_reach
 from runner.engine.datadir import lock_data_dir
 from runner.engine.deadletters import dead_letter_step, replay, replay_queue_name, replayed_record
 from runner.engine.records import decode_headers, record_of_message, to_append
+from runner.engine.snapshots import engine_stats, group_info
 from runner.engine.steps import StepLog
 from runner.engine.values import (
     EngineStats,
     FsyncPolicy,
     GroupInfo,
-    GroupPartition,
     OutMessage,
     OutRecord,
     PartitionInfo,
@@ -338,17 +337,7 @@ class Engine:
         return self._seek_versions.get(group, 0)
 
     def group_info(self, group: str) -> GroupInfo:
-        groups = self.store.groups
-        config = groups.config(group)
-        parts: list[GroupPartition] = []
-        for topic in config.topics:
-            for p in range(self.store.partition_count(topic)):
-                tp = log_tp(TopicPartition(topic, p))
-                pos = groups.position(group, tp)
-                end = self.store.log_end(tp)
-                parts.append(GroupPartition(topic, p, groups.committed(group, tp), pos, end,
-                                            max(0, end - pos), groups.owner(group, tp)))
-        return GroupInfo(group, tuple(groups.members(group)), tuple(parts))
+        return group_info(self.store, group)
 
     # -------------------------------------------------------------- queues
     def pull(
@@ -470,28 +459,8 @@ class Engine:
 
     # -------------------------------------------------------------- metrics
     def stats(self) -> EngineStats:
-        out = EngineStats()
-        out.topic_records = self.store.records_appended()
-        for topic in self.store.topic_names():
-            for pc in self.store.partitions(topic):
-                out.partitions[TopicPartition(topic, pc.partition)] = PartitionInfo(
-                    pc.partition, pc.log_start_offset, pc.log_end_offset, pc.size_bytes)
-        groups = self.store.groups
-        for group in groups.names():
-            out.group_members[group] = len(groups.members(group))
-            for topic in groups.config(group).topics:
-                for p in range(self.store.partition_count(topic)):
-                    tp = TopicPartition(topic, p)
-                    committed = groups.committed(group, log_tp(tp))
-                    if committed is not None:
-                        out.group_committed[(group, tp)] = committed
-                    out.group_lag[(group, tp)] = groups.lag(group, log_tp(tp))
-        b = self.broker.stats()
-        out.exchange_published = b.exchange_published
-        out.exchange_unroutable = b.exchange_unroutable
-        for name, q in b.queues.items():
-            out.queues[name] = replace(q, dead_lettered=dict(q.dead_lettered))
-        return out
+        """A snapshot for the metrics collector."""
+        return engine_stats(self.store, self.broker)
 
 
 def log_tp(tp: tuple[str, int]) -> LogTopicPartition:

@@ -217,23 +217,32 @@ def test_commit_step_applies_every_part(engine: Engine) -> None:
     assert engine.journal.pending() == []
 
 
+def _journal_then_crash(data_dir: Path, headers: dict[str, Any]) -> StorageError:
+    """Open an engine, ack a delivery with outputs in one step that is journaled
+    but crashes before it is applied, close; the error commit_step raised."""
+    e = Engine.open(_topo(), data_dir)
+    try:
+        e.publish_to_queue("q", [OutMessage(b"in")])
+        (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
+
+        def crash(sid: int, doc: Any) -> None:
+            raise OSError("simulated crash after the journal write")
+
+        e.steps.apply = crash  # type: ignore[method-assign]
+        with pytest.raises(StorageError) as info:
+            e.commit_step(Step(acks=[("q", d.delivery_id)],
+                               queue_puts=[("q2", [OutMessage(b"out", headers=headers)])],
+                               appends=[("audit", [OutRecord(b"rec")])]))
+        return info.value
+    finally:
+        e.close()
+
+
 def test_a_step_journaled_but_not_applied_is_applied_once_at_open(tmp_path: Path) -> None:
-    e = Engine.open(_topo(), tmp_path)
-    e.publish_to_queue("q", [OutMessage(b"in")])
-    (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
-
-    def crash(sid: int, doc: Any) -> None:
-        raise OSError("simulated crash after the journal write")
-
-    e.steps.apply = crash  # type: ignore[method-assign]
-    with pytest.raises(StorageError) as info:
-        e.commit_step(Step(acks=[("q", d.delivery_id)],
-                           queue_puts=[("q2", [OutMessage(b"out")])],
-                           appends=[("audit", [OutRecord(b"rec")])]))
-    assert str(info.value) == (
+    error = _journal_then_crash(tmp_path, {})
+    assert str(error) == (
         "step 0 is stored but not fully applied yet: simulated crash after the journal write; "
         "it is completed automatically")
-    e.close()
     for _ in range(2):  # recovery applies it; a second open finds nothing pending
         again = Engine.open(_topo(), tmp_path)
         try:
@@ -388,20 +397,8 @@ def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) ->
 
 
 def test_a_recovered_step_keeps_bytes_and_tuple_headers_of_its_outputs(tmp_path: Path) -> None:
-    e = Engine.open(_topo(), tmp_path)
-    e.publish_to_queue("q", [OutMessage(b"in")])
-    (d,) = e.pull("q", 1, lease_s=60, consumer_id="c")
-
-    def crash(sid: int, doc: Any) -> None:
-        raise OSError("simulated crash after the journal write")
-
-    e.steps.apply = crash  # type: ignore[method-assign]
     headers = {"bin": b"\x00\x01", "pair": (1, 2), "text": "t"}
-    with pytest.raises(StorageError):
-        e.commit_step(Step(acks=[("q", d.delivery_id)],
-                           queue_puts=[("q2", [OutMessage(b"out", headers=headers)])],
-                           appends=[("audit", [OutRecord(b"rec")])]))
-    e.close()
+    _journal_then_crash(tmp_path, headers)
     again = Engine.open(_topo(), tmp_path)
     try:
         (out,) = again.peek("q2", 5)
