@@ -218,6 +218,27 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             daemon.stop()
 
 
+def module_daemon(workdir: Path, topology: str, **kw: Any) -> Iterator[Daemon]:
+    """One daemon shared by a test module (yield from it in a module-scoped fixture);
+    it must stop without a traceback or an unexpected error in its log."""
+    d = make_daemon(workdir, topology, **kw)
+    d.start()
+    yield d
+    d.stop()
+    assert "Traceback" not in d.log() and "unexpected error" not in d.log()
+
+
+def error_of(
+    d: Daemon, method: str, path: str, body: object = None, **kw: Any
+) -> tuple[int, str]:
+    """(status, sentence) of a refused request: a 4xx or 5xx JSON `{"error": ...}`."""
+    answer = d.request(method, path, body, **kw)
+    assert answer.status >= 400, (answer.status, answer.body)
+    assert answer.headers.get("Content-Type", "").startswith("application/json"), answer
+    assert set(answer.body) >= {"error"}
+    return answer.status, answer.body["error"]
+
+
 def wait_for(check: Callable[[], Any], timeout_s: float = 15.0, every_s: float = 0.05) -> Any:
     """Poll `check` until it returns something truthy; fail with its last value."""
     deadline = time.monotonic() + timeout_s

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.promtool import check_metrics
-from tests.e2e.conftest import Daemon, make_daemon, wait_for
+from tests.e2e.conftest import Daemon, error_of, module_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -58,21 +58,8 @@ consumer_groups:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = make_daemon(tmp_path_factory.mktemp("api"), TOPOLOGY, token=TOKEN,
-                    args=["--max-request-bytes", "2MiB"])
-    d.start()
-    yield d
-    d.stop()
-
-
-def error_of(
-    d: Daemon, method: str, path: str, body: object = None, **kw: object
-) -> tuple[int, str]:
-    answer = d.request(method, path, body, **kw)  # type: ignore[arg-type]
-    assert answer.status >= 400, (answer.status, answer.body)
-    assert answer.headers.get("Content-Type", "").startswith("application/json")
-    assert set(answer.body) >= {"error"}
-    return answer.status, answer.body["error"]
+    yield from module_daemon(tmp_path_factory.mktemp("api"), TOPOLOGY, token=TOKEN,
+                             args=["--max-request-bytes", "2MiB"])
 
 
 # ------------------------------------------------------------------ publishing and reading

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import RUNNER, Daemon, make_daemon
+from tests.e2e.conftest import RUNNER, Daemon, error_of, module_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -41,20 +41,8 @@ consumer_groups:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = make_daemon(tmp_path_factory.mktemp("bad"), TOPOLOGY, token=TOKEN,
-                    args=["--max-request-bytes", "256KiB"])
-    d.start()
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log() and "unexpected error" not in d.log()
-
-
-def error_of(d: Daemon, method: str, path: str, body: object = None, **kw: object) -> tuple[
-    int, str
-]:
-    got = d.request(method, path, body, **kw)  # type: ignore[arg-type]
-    assert got.headers.get("Content-Type", "").startswith("application/json"), got
-    return got.status, got.body["error"]
+    yield from module_daemon(tmp_path_factory.mktemp("bad"), TOPOLOGY, token=TOKEN,
+                             args=["--max-request-bytes", "256KiB"])
 
 
 def nested(depth: int) -> str:

@@ -207,12 +207,17 @@ def _records(d: Daemon, topic: str) -> list[object]:
     return [r["value"]["id"] for r in got["records"]]
 
 
+def _feed_exactly_once(d: Daemon, n: int) -> None:
+    """Ids 0..n-1 into the exactly-once queue and (over both partitions) its topic."""
+    d.ok("POST", "/v1/queues/eo-in/messages",
+         {"messages": [{"body": {"id": i}} for i in range(n)]}, 202)
+    d.ok("POST", "/v1/topics/in-topic/records",
+         {"records": [{"value": {"id": i}, "partition": i % 2} for i in range(n)]}, 202)
+
+
 def test_exactly_once_survives_kill_9_without_loss_or_duplicates(daemon: Daemon) -> None:
     n = 400
-    daemon.ok("POST", "/v1/queues/eo-in/messages",
-              {"messages": [{"body": {"id": i}} for i in range(n)]}, 202)
-    daemon.ok("POST", "/v1/topics/in-topic/records",
-              {"records": [{"value": {"id": i}, "partition": i % 2} for i in range(n)]}, 202)
+    _feed_exactly_once(daemon, n)
     wait_for(lambda: depth(daemon, "eo-out") > n // 5, every_s=0.01)
     before_kill = depth(daemon, "eo-out")
     assert daemon.proc is not None
@@ -233,10 +238,7 @@ def test_exactly_once_survives_kill_9_without_loss_or_duplicates(daemon: Daemon)
 @pytest.mark.timeout(600)
 def test_exactly_once_survives_repeated_kill_9(daemon: Daemon) -> None:
     n = 2000
-    daemon.ok("POST", "/v1/queues/eo-in/messages",
-              {"messages": [{"body": {"id": i}} for i in range(n)]}, 202)
-    daemon.ok("POST", "/v1/topics/in-topic/records",
-              {"records": [{"value": {"id": i}, "partition": i % 2} for i in range(n)]}, 202)
+    _feed_exactly_once(daemon, n)
     kills = 0
     for round_ in range(8):
         target = n * (round_ + 1) // 10

@@ -36,6 +36,16 @@ class Running:
     engine: Engine
     pipeline: Pipeline
 
+    def publish(self, queue: str, *payloads: Any) -> None:
+        """Put JSON messages straight into `queue` and wake the workers."""
+        self.engine.publish_to_queue(queue, [msg(p) for p in payloads])
+        self.pipeline.notify()
+
+    def append(self, topic: str, *payloads: Any) -> None:
+        """Append JSON records to `topic` and wake the workers."""
+        self.engine.append(topic, [rec(p) for p in payloads])
+        self.pipeline.notify()
+
 
 def topology(
     *, queues: tuple[Queue, ...] = (), topics: tuple[Topic, ...] = (),

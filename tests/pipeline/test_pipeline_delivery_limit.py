@@ -5,7 +5,6 @@ handler's error, to the policy's dead_letter_queue (else the queue's DLX)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,7 @@ from runner.topology.model import (
     Queue,
 )
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, msg, running, topology, wait_until
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    ph.reset()
-    yield
-    ph.RELEASE.set()
+from tests.pipeline.harness import H, running, topology, wait_until
 
 
 def _topo(*, policy: bool) -> Any:
@@ -52,8 +44,7 @@ def test_the_last_allowed_delivery_dies_with_the_handler_error(
 
     async def go() -> dict[str, Any]:
         async with running(_topo(policy=policy), tmp_path) as r:
-            r.engine.publish_to_queue("work", [msg({"id": "x"})])
-            r.pipeline.notify()
+            r.publish("work", {"id": "x"})
             await wait_until(lambda: r.engine.queue_info(target).ready == 1)
             await asyncio.sleep(0.2)
             assert r.engine.queue_info(other).ready == 0

@@ -4,7 +4,6 @@ dead-lettering a record and moving on, replay back to the failing group."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from runner.pipeline.deadletter import DEAD_LETTER_HEADER
 from runner.topology.model import ConsumerGroup, Delivery, DlqPolicy, Queue, Topic
 from tests.pipeline import pipeline_handlers as ph
 from tests.pipeline.harness import H, bodies, rec, running, topology, wait_until
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    ph.reset()
-    yield
-    ph.RELEASE.set()
 
 
 def _committed(engine: object, group: str, topic: str, parts: int) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from runner.pipeline.handler import check_handlers, resolve
 from runner.topology.model import Consumer, Queue, Topology
-from tests.pipeline.harness import msg, running, topology, wait_until
+from tests.pipeline.harness import running, topology, wait_until
 
 V1 = '''
 def handle(msg):
@@ -72,13 +72,11 @@ def test_apply_restarts_a_consumer_whose_handler_code_changed(
 
     async def go() -> None:
         async with running(topo, tmp_path / "data") as r:
-            r.engine.publish_to_queue("work", [msg({"n": 1})])
-            r.pipeline.notify()
+            r.publish("work", {"n": 1})
             await wait_until(lambda: lines() == ["v1"])
             _edit(src, out)
             await r.pipeline.apply(topo)
-            r.engine.publish_to_queue("work", [msg({"n": 2})])
-            r.pipeline.notify()
+            r.publish("work", {"n": 2})
             await wait_until(lambda: lines() == ["v1", "v2"])
 
     asyncio.run(go())

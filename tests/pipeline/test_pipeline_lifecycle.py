@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,17 @@ from runner.errors import HandlerImportError
 from runner.pipeline.stats import DURATION_BUCKETS
 from runner.topology.model import Consumer, ConsumerGroup, Queue, Topic
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, msg, running, topology, wait_until
+from tests.pipeline.harness import H, Running, msg, running, topology, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    ph.reset()
-    yield
-    ph.RELEASE.set()
+async def drain_during_a_call(r: Running, *, release_after_s: float, grace_s: float) -> float:
+    """Once a handler call has started, drain with `grace_s` while the call is let go
+    after `release_after_s`; how long the drain took (seconds)."""
+    await wait_until(ph.STARTED.is_set)
+    asyncio.get_running_loop().call_later(release_after_s, ph.RELEASE.set)
+    t0 = time.monotonic()
+    await r.pipeline.drain(grace_s)
+    return time.monotonic() - t0
 
 
 def test_drain_lets_a_call_in_flight_finish_within_grace_and_settles_it(tmp_path: Path) -> None:
@@ -30,13 +32,8 @@ def test_drain_lets_a_call_in_flight_finish_within_grace_and_settles_it(tmp_path
 
     async def go() -> None:
         async with running(topo, tmp_path, grace_s=0.01) as r:
-            r.engine.publish_to_queue("work", [msg({"id": i}) for i in range(3)])
-            r.pipeline.notify()
-            await wait_until(ph.STARTED.is_set)
-            asyncio.get_running_loop().call_later(0.1, ph.RELEASE.set)
-            t0 = time.monotonic()
-            await r.pipeline.drain(2.0)
-            assert 0.05 < time.monotonic() - t0 < 1.5
+            r.publish("work", *({"id": i} for i in range(3)))
+            assert 0.05 < await drain_during_a_call(r, release_after_s=0.1, grace_s=2.0) < 1.5
             info = r.engine.queue_info("work")
             # the call in flight finished and was acked; the 2 prefetched went back
             assert (info.ready, info.unacked) == (2, 0)
@@ -54,8 +51,7 @@ def test_drain_leaves_an_unfinished_async_call_unacked_and_it_comes_back(
 
     async def first() -> None:
         async with running(topo, tmp_path, grace_s=0.05) as r:
-            r.engine.publish_to_queue("work", [msg({"id": "a"})])
-            r.pipeline.notify()
+            r.publish("work", {"id": "a"})
             await wait_until(ph.STARTED.is_set)
             await r.pipeline.drain(0.05)
             info = r.engine.queue_info("work")
@@ -88,13 +84,8 @@ def test_a_sync_call_over_the_grace_is_logged_then_settled_not_redelivered(
 
     async def first() -> None:
         async with running(topo, tmp_path, grace_s=0.05) as r:
-            r.engine.publish_to_queue("work", [msg({"id": "a"})])
-            r.pipeline.notify()
-            await wait_until(ph.STARTED.is_set)
-            asyncio.get_running_loop().call_later(0.4, ph.RELEASE.set)
-            t0 = time.monotonic()
-            await r.pipeline.drain(0.05)
-            assert 0.3 < time.monotonic() - t0 < 3.0
+            r.publish("work", {"id": "a"})
+            assert 0.3 < await drain_during_a_call(r, release_after_s=0.4, grace_s=0.05) < 3.0
             info = r.engine.queue_info("work")
             assert (info.ready, info.unacked) == (0, 0)  # settled after the grace
             assert r.pipeline.stats().consumers["c"].succeeded == 1
@@ -126,16 +117,14 @@ def test_apply_adds_removes_and_restarts_consumers_without_losing_messages(
     async def go() -> None:
         async with running(old, tmp_path) as r:
             r.engine.publish_to_queue("a", [msg({"id": f"a{i}"}) for i in range(20)])
-            r.engine.publish_to_queue("b", [msg({"id": "b0"})])
-            r.pipeline.notify()
+            r.publish("b", {"id": "b0"})
             await wait_until(lambda: r.pipeline.stats().consumers["cb"].succeeded == 1)
             r.engine.apply(new)
             await r.pipeline.apply(new)
             assert set(r.pipeline.stats().consumers) == {"ca", "cc"}
             r.engine.publish_to_queue("a", [msg({"id": f"a{i}"}) for i in range(20, 30)])
             r.engine.publish_to_queue("b", [msg({"id": "b1"})])
-            r.engine.publish_to_queue("c", [msg({"id": "c0"})])
-            r.pipeline.notify()
+            r.publish("c", {"id": "c0"})
             await wait_until(lambda: r.pipeline.stats().consumers["ca"].succeeded == 30)
             await wait_until(lambda: r.pipeline.stats().consumers["cc"].succeeded == 1)
             assert r.engine.queue_info("b").ready == 1  # nobody consumes b any more
@@ -158,8 +147,7 @@ def test_apply_refuses_a_handler_that_does_not_import_and_keeps_running(
                 await r.pipeline.apply(bad)
             assert str(info.value) == (
                 f"consumer 'ca': handler '{H}:missing': module '{H}' has no attribute 'missing'")
-            r.engine.publish_to_queue("a", [msg({"id": 1})])
-            r.pipeline.notify()
+            r.publish("a", {"id": 1})
             await wait_until(lambda: r.pipeline.stats().consumers["ca"].succeeded == 1)
 
     asyncio.run(go())

@@ -4,7 +4,6 @@ no_retry_on, dead letters, timeouts, idempotency across a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,6 @@ from tests.pipeline import pipeline_handlers as ph
 from tests.pipeline.harness import H, bodies, msg, running, topology, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    ph.reset()
-    yield
-    ph.RELEASE.set()
-
-
 def _work(*consumers: Consumer, policies: tuple[DlqPolicy, ...] = (),
           queue: Queue | None = None, extra_queues: tuple[Queue, ...] = (),
           **kw: Any) -> Any:
@@ -53,8 +45,7 @@ def test_every_delivery_mode_runs_the_handler_and_applies_outputs(
 
     async def go() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.publish_to_queue("work", [msg({"id": i}) for i in range(5)])
-            r.pipeline.notify()
+            r.publish("work", *({"id": i} for i in range(5)))
             await wait_until(lambda: r.pipeline.stats().consumers["c"].succeeded == 5)
             info = r.engine.queue_info("work")
             assert (info.ready, info.unacked) == (0, 0)
@@ -128,8 +119,7 @@ def test_no_retry_on_goes_straight_to_the_dead_letter_topic(tmp_path: Path) -> N
 
     async def go() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.publish_to_queue("work", [msg({"id": 1})])
-            r.pipeline.notify()
+            r.publish("work", {"id": 1})
             await wait_until(lambda: r.engine.partitions("dead-topic")[0].log_end_offset == 1)
             recs, _ = r.engine.read("dead-topic", 0, 0)
             death = recs[0].headers[DEAD_LETTER_HEADER]
@@ -149,8 +139,7 @@ def test_at_most_once_never_retries_and_dead_letters_a_copy(tmp_path: Path) -> N
 
     async def go() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.publish_to_queue("work", [msg({"id": "x", "fail": 1})])
-            r.pipeline.notify()
+            r.publish("work", {"id": "x", "fail": 1})
             await wait_until(lambda: r.engine.queue_info("dlq").ready == 1)
             dead = r.engine.peek("dlq", 1)[0]
             assert dead.headers[DEAD_LETTER_HEADER]["retry_count"] == 0
@@ -175,8 +164,7 @@ def test_without_policy_dead_letters_through_the_queue_dlx_or_drops(tmp_path: Pa
     async def go() -> None:
         async with running(topo, tmp_path) as r:
             r.engine.publish_to_queue("work", [msg({"id": 1})])
-            r.engine.publish_to_queue("plain", [msg({"id": 2})])
-            r.pipeline.notify()
+            r.publish("plain", {"id": 2})
             await wait_until(lambda: r.engine.queue_info("parked").ready == 1)
             await wait_until(lambda: r.pipeline.stats().consumers["d"].dropped == 1)
             parked = r.engine.peek("parked", 1)[0]
@@ -194,8 +182,7 @@ def test_a_handler_over_its_timeout_has_failed(tmp_path: Path) -> None:
 
     async def go() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.publish_to_queue("work", [msg({"id": 1, "sleep": 0.4})])
-            r.pipeline.notify()
+            r.publish("work", {"id": 1, "sleep": 0.4})
             await wait_until(lambda: r.engine.queue_info("dlq").ready == 1)
             death = r.engine.peek("dlq", 1)[0].headers[DEAD_LETTER_HEADER]
             assert death["error"]["type"] == "runner.pipeline.handler.HandlerTimeout"
@@ -214,8 +201,7 @@ def test_idempotency_window_skips_repeats_across_a_restart(tmp_path: Path) -> No
 
     async def first() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.publish_to_queue("work", [msg({"id": "a", "order": {"id": 7}})])
-            r.pipeline.notify()
+            r.publish("work", {"id": "a", "order": {"id": 7}})
             await wait_until(lambda: r.pipeline.stats().consumers["c"].succeeded == 1)
 
     async def second() -> None:

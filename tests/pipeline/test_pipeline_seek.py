@@ -4,7 +4,6 @@ read before the seek are never committed over it, and outside commits are refuse
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from tests.pipeline import pipeline_handlers as ph
 from tests.pipeline.harness import H, rec, running, topology, wait_until
 
 TP = TopicPartition("events", 0)
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    ph.reset()
-    yield
-    ph.RELEASE.set()
 
 
 def _offsets() -> list[int]:
@@ -37,8 +29,7 @@ def test_a_seek_replays_a_running_group(tmp_path: Path, delivery: Delivery) -> N
 
     async def go() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.append("events", [rec({"id": i}) for i in range(4)])
-            r.pipeline.notify()
+            r.append("events", *({"id": i} for i in range(4)))
             await wait_until(lambda: r.engine.position("g", TP) == 4)
             await wait_until(lambda: len(ph.SEEN) == 4)
             assert r.engine.seek("g", TP, offset=0) == 0
@@ -61,8 +52,7 @@ def test_a_record_in_flight_is_not_committed_over_a_seek(
 
     async def go() -> None:
         async with running(topo, tmp_path) as r:
-            r.engine.append("events", [rec({"id": i}) for i in range(3)])
-            r.pipeline.notify()
+            r.append("events", *({"id": i} for i in range(3)))
             await wait_until(ph.STARTED.is_set)
             r.engine.seek("g", TP, offset=2)  # skip record 1 while record 0 runs
             ph.RELEASE.set()
