@@ -66,7 +66,8 @@ def parse_duration(text: object, field: str, prefix: str = "") -> float:
 
 T = TypeVar("T")
 
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # "0" or " "
+_DIGIT_RUN = b"0" * 19  # i64 and u64 bounds are 19-20 digits: a longer integer may be a float
 MAX_DEPTH = 254  # the deepest JSON orjson writes back (and so the daemon can store)
 MAX_ITEMS = 10_000  # messages or records in one request
 
@@ -89,9 +90,10 @@ def decode_json(raw: bytes) -> Any:
                 f"the request body nests JSON deeper than {MAX_DEPTH} levels; "
                 "flatten the payload or send it as 'body_b64'/'value_b64' bytes"
             ) from exc
-    if _LONG_NUMBER.search(raw):
+    if _DIGIT_RUN in raw.translate(_DIGITS_ONLY):
         # orjson reads integers past 64 bits as floats; the stdlib keeps them exact, so
-        # an error can name the value as written (only bodies holding 19+ digit runs)
+        # an error can name the value as written (only bodies holding 19+ digit runs;
+        # translate + `in` looks for them ~10x faster than a regex)
         value = json.loads(raw)
     return value
 

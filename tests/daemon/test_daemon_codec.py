@@ -215,3 +215,12 @@ def test_nesting_is_limited_to_what_can_be_written_back() -> None:
         assert str(err.value) == (
             "the request body nests JSON deeper than 254 levels; flatten the payload or "
             "send it as 'body_b64'/'value_b64' bytes")
+
+
+def test_integers_past_64_bits_decode_exactly_and_others_as_usual() -> None:
+    raw = b'{"a": 100000000000000000001, "b": -9223372036854775809, "c": 1.5, "d": "12345"}'
+    assert codec.decode_json(raw) == {
+        "a": 100000000000000000001, "b": -9223372036854775809, "c": 1.5, "d": "12345"}
+    with pytest.raises(BadInput) as err:
+        codec.int_field(codec.decode_json(b'{"max": 99999999999999999999}'), "max", high=1000)
+    assert str(err.value) == "'max' must be an integer between 0 and 1000, got 99999999999999999999"
