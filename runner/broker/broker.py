@@ -1,6 +1,6 @@
 """The broker: exchanges, queues and bindings of one data directory, driven in batches.
 
-Single owner, synchronous, batch in / batch out (see runner/engine.py). Every
+Single owner, synchronous, batch in / batch out (see runner/engine/). Every
 public operation ends in `_finish`: dead letters it caused are republished,
 then each queue it touched writes its journal in ONE append (group commit),
 dead-letter targets before their sources so a crash never loses a dead letter.

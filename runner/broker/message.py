@@ -2,7 +2,7 @@
 
 A queued message is a `__slots__` object (about 140 bytes beyond its body)
 because a queue may hold millions; deliveries are NamedTuples (cheap to build,
-immutable, and field-compatible with `runner.engine.QueueDelivery`).
+immutable; the engine re-exports `Delivery` as `runner.engine.QueueDelivery`).
 """
 
 from __future__ import annotations
