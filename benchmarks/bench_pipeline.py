@@ -43,14 +43,21 @@ from runner.topology.model import Consumer, Queue, Topic, Topology  # noqa: E402
 
 BODY = b"x" * 200
 HANDLER = "benchmarks.bench_pipeline:noop"
+SYNC_HANDLER = "benchmarks.bench_pipeline:noop_sync"
 
 
 async def noop(msg: object) -> None:
     """The benchmarked handler: does nothing."""
 
 
-def topology(with_consumer: bool) -> Topology:
-    consumers = (("c", Consumer("c", "in", HANDLER, prefetch=100)),) if with_consumer else ()
+def noop_sync(msg: object) -> None:
+    """The benchmarked sync handler (runs in the thread pool): does nothing."""
+
+
+def topology(with_consumer: bool, *, sync: bool = False) -> Topology:
+    consumer = (Consumer("c", "in", SYNC_HANDLER, concurrency=4, prefetch=40) if sync
+                else Consumer("c", "in", HANDLER, prefetch=100))
+    consumers = (("c", consumer),) if with_consumer else ()
     return Topology(topics=(("audit", Topic("audit")),),
                     queues=(("in", Queue("in")), ("out", Queue("out"))), consumers=consumers)
 
@@ -59,8 +66,10 @@ def fresh() -> Path:
     return Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
 
 
-def seeded(data: Path, n: int, fsync: FsyncPolicy, consumer: bool = False) -> Engine:
-    e = Engine.open(topology(consumer), data, fsync=fsync)
+def seeded(
+    data: Path, n: int, fsync: FsyncPolicy, consumer: bool = False, sync: bool = False,
+) -> Engine:
+    e = Engine.open(topology(consumer, sync=sync), data, fsync=fsync)
     for i in range(0, n, 1000):
         e.publish_to_queue("in", [OutMessage(BODY) for _ in range(min(1000, n - i))])
     return e
@@ -121,12 +130,15 @@ def journal_only(n: int, fsync: FsyncPolicy) -> Callable[[Path], None]:
     return run
 
 
-def pipeline_loop(n: int) -> Callable[[Path], None]:
+def pipeline_loop(n: int, *, sync: bool = False) -> Callable[[Path], None]:
+    """The Pipeline draining `n` queued messages: the no-op async handler
+    (concurrency 1, prefetch 100) or the no-op sync one (concurrency 4,
+    prefetch 40, in a pool of 4 threads)."""
     def run(data: Path) -> None:
-        e = seeded(data, n, FsyncPolicy.NEVER, consumer=True)
+        e = seeded(data, n, FsyncPolicy.NEVER, consumer=True, sync=sync)
 
         async def go() -> float:
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            with concurrent.futures.ThreadPoolExecutor(4 if sync else 2) as pool:
                 p = Pipeline(e, e.topology, data_dir=data, clock=SystemClock(), executor=pool,
                              instance_id="bench")
                 t0 = time.perf_counter()
@@ -193,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
          lambda: queue_steps(n_sync, FsyncPolicy.ALWAYS, step=False), "publish + ack"),
         ("pipeline no-op async handler", n_loop,
          lambda: pipeline_loop(n_loop), lambda: bare_loop(n_loop), "bare pull+ack loop"),
+        ("pipeline no-op sync handler (c=4)", n_loop,
+         lambda: pipeline_loop(n_loop, sync=True), lambda: pipeline_loop(n_loop),
+         "no-op async handler"),
+        ("pipeline no-op sync handler (c=4)", n_loop,
+         lambda: pipeline_loop(n_loop, sync=True), lambda: bare_loop(n_loop),
+         "bare pull+ack loop"),
     ]
     print(f"{'measured':36} {'ops/s':>10}   {'floor':22} {'ops/s':>10}  ratio")
     for label, count, make, make_floor, floor_label in rows:

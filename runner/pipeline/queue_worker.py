@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN_S = 30.0
 ACK_BATCH = 64  # successful deliveries acked in one call...
 ACK_FLUSH_S = 0.005  # ...or after this long
+SYNC_BATCH_MAX = 64  # deliveries one pool thread takes at once for a sync handler
 
 
 class QueueWorker(Worker):
@@ -60,9 +61,11 @@ class QueueWorker(Worker):
 
     def start(self) -> None:
         self.tasks.append(asyncio.create_task(self._pull(), name=f"pull:{self.name}"))
+        batched = not self.handler.is_async
         for n in range(1, self.consumer.concurrency + 1):
             cid = f"{self.name}-{n}@{self.env.hostname}"
-            self.tasks.append(asyncio.create_task(self._work(cid), name=f"work:{cid}"))
+            work = self._work_batches(cid) if batched else self._work(cid)
+            self.tasks.append(asyncio.create_task(work, name=f"work:{cid}"))
 
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
@@ -122,27 +125,113 @@ class QueueWorker(Worker):
             try:
                 await self._process(d, consumer_id)
             except EngineError as exc:
-                # left unsettled: the lease runs out and the message comes back
-                log.error("consumer %s: settling delivery %d failed: %s",
-                          self.name, d.delivery_id, exc)
+                self._settle_failed(d, exc)
             finally:
-                self.outstanding -= 1
-                if (len(self.pending_acks) >= ACK_BATCH or self.buffer.empty()
-                        or self.outstanding <= self.consumer.prefetch // 2):
-                    self.wake.set()
+                self._finished()
+
+    def _settle_failed(self, d: QueueDelivery, exc: EngineError) -> None:
+        # left unsettled: the lease runs out and the message comes back
+        log.error("consumer %s: settling delivery %d failed: %s",
+                  self.name, d.delivery_id, exc)
+
+    def _finished(self) -> None:
+        """One leased delivery is settled (or given up on): wake the puller when due."""
+        self.outstanding -= 1
+        if (len(self.pending_acks) >= ACK_BATCH or self.buffer.empty()
+                or self.outstanding <= self.consumer.prefetch // 2):
+            self.wake.set()
 
     async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
+        prepared = self._prepare(d)
+        if prepared is None:
+            return
+        msg, key = prepared
+        exc, outputs = await self.run_handler(msg)
+        self._settle(d, msg, key, exc, outputs, consumer_id)
+
+    def _batch_cap(self) -> int:
+        """How many buffered deliveries one sync batch may take: a fair share of the
+        buffer; one at a time when that could change what the handler sees (an
+        at-most-once ack happens before the call; duplicates are told apart by
+        what the calls before them remembered)."""
+        if self.delivery is Delivery.AT_MOST_ONCE or self.idempotency is not None:
+            return 1
+        share = math.ceil((self.buffer.qsize() + 1) / max(1, self.consumer.concurrency))
+        return max(1, min(SYNC_BATCH_MAX, share))
+
+    async def _work_batches(self, consumer_id: str) -> None:
+        """A worker of a sync handler: runs of buffered deliveries, each run in one
+        pool thread (SyncBatch); settled on the loop in order, as `_work` would."""
+        carried: list[tuple[QueueDelivery, QueueMessage, str | None]] = []
+        while not self.stopping:
+            items = carried
+            if not items:
+                first = await self.buffer.get()
+                taken = [first]
+                cap = self._batch_cap()
+                while len(taken) < cap and not self.buffer.empty():
+                    taken.append(self.buffer.get_nowait())
+                items = self._prepare_all(taken)
+                if not items:
+                    continue
+            carried = []
+            try:
+                outcomes = await self.run_sync_batch([msg for _, msg, _ in items])
+            except asyncio.CancelledError:
+                for d, _, _ in items:  # unsettled: drain gives the unstarted back
+                    self.buffer.put_nowait(d)
+                raise
+            for (d, msg, key), (exc, outputs) in zip(items, outcomes, strict=False):
+                try:
+                    self._settle(d, msg, key, exc, outputs, consumer_id)
+                except EngineError as err:
+                    self._settle_failed(d, err)
+                finally:
+                    self._finished()
+            rest = items[len(outcomes):]
+            if self.stopping:
+                for d, _, _ in rest:  # never started: drain gives them back
+                    self.buffer.put_nowait(d)
+            else:
+                carried = rest  # after a timeout: first thing in the next batch
+
+    def _prepare_all(
+        self, taken: list[QueueDelivery],
+    ) -> list[tuple[QueueDelivery, QueueMessage, str | None]]:
+        items = []
+        for d in taken:
+            try:
+                prepared = self._prepare(d)
+            except EngineError as exc:
+                self._settle_failed(d, exc)
+                self._finished()
+                continue
+            if prepared is None:
+                self._finished()
+                continue
+            items.append((d, prepared[0], prepared[1]))
+        return items
+
+    def _prepare(self, d: QueueDelivery) -> tuple[QueueMessage, str | None] | None:
+        """Before the call: (message, idempotency key), or None when `d` is a
+        duplicate (settled here). At-most-once acks here, before the call."""
         engine = self.env.engine
         msg = QueueMessage.from_delivery(d)
         key = self.idem_key(msg)
         if self.delivery is Delivery.AT_MOST_ONCE:
             engine.ack(self.queue, [d.delivery_id])
             if self.is_duplicate(key):
-                return
+                return None
         elif self.is_duplicate(key):
             engine.ack(self.queue, [d.delivery_id])
-            return
-        exc, outputs = await self.run_handler(msg)
+            return None
+        return msg, key
+
+    def _settle(
+        self, d: QueueDelivery, msg: QueueMessage, key: str | None, exc: Exception | None,
+        outputs: Outputs, consumer_id: str,
+    ) -> None:
+        """After the call: apply its outputs and ack, or retry / dead-letter it."""
         if exc is None:
             try:
                 self._succeed(d, outputs, key)

@@ -12,19 +12,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.clock import Clock
 from runner.engine import Engine, FsyncPolicy
 from runner.pipeline.deadletter import error_type
-from runner.pipeline.handler import Handler
+from runner.pipeline.handler import Handler, HandlerTimeout
 from runner.pipeline.idempotency import IdempotencyStore, key_of
 from runner.pipeline.message import Context, Message, Outputs
 from runner.pipeline.retry import Retrier
 from runner.pipeline.stats import HandlerCounters
+from runner.pipeline.sync_batch import SyncBatch
 from runner.topology.model import Delivery, DlqPolicy, Idempotency, Topology
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,77 @@ class Worker:
             self.busy -= 1
         self.counters.observe(self.env.clock.monotonic() - start)
         return None, ctx.close()
+
+    async def run_sync_batch(
+        self, messages: list[Message],
+    ) -> list[tuple[Exception | None, Outputs]]:
+        """Calls of the sync handler over `messages`, back to back in one pool thread:
+        an outcome (as from run_handler) for each of the first k; the rest were not
+        started (a call timed out, or the worker is stopping) and are the caller's."""
+        calls = [(m, Context(self.name, m)) for m in messages]
+        batch = SyncBatch(self.handler, calls, clock=self.env.clock,
+                          stopping=lambda: self.stopping)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.env.executor, batch.run)
+        timed_out: float | None = None  # clock seconds the overrunning call ran
+        self.busy += 1
+        try:
+            wait_s = self.timeout_s
+            while True:
+                done, _ = await asyncio.wait((work,), timeout=wait_s)
+                if done:
+                    work.result()  # re-raises what escaped the batch (not an Exception)
+                    break
+                overran, wait_s = batch.overran(self.timeout_s)
+                if overran:
+                    timed_out = wait_s
+                    break
+        except asyncio.CancelledError:
+            work.cancel()  # not started yet: it never will be
+            batch.abandon()
+            for _, ctx in calls:
+                ctx.close()
+            raise
+        finally:
+            self.busy -= 1
+        results: list[tuple[Exception | None, Outputs]] = []
+        for (_, ctx), outcome in zip(calls, list(batch.outcomes), strict=False):
+            exc = outcome.error
+            if exc is None and inspect.isawaitable(outcome.result):
+                exc = await self._await_result(outcome.result, outcome.elapsed_s)
+            results.append(self._outcome(ctx, exc, outcome.elapsed_s))
+        if timed_out is not None:
+            _, ctx = calls[len(results)]
+            exc = HandlerTimeout(
+                f"handler {self.handler.ref!r} did not finish within {self.timeout_s:g}s")
+            results.append(self._outcome(ctx, exc, timed_out))
+        return results
+
+    async def _await_result(self, result: Any, elapsed_s: float) -> Exception | None:
+        """A sync callable returned an awaitable: await it for what is left of the timeout."""
+        try:
+            async with asyncio.timeout(max(0.0, self.timeout_s - elapsed_s)) as deadline:
+                await result
+        except TimeoutError as exc:
+            if deadline.expired():
+                return HandlerTimeout(
+                    f"handler {self.handler.ref!r} did not finish within {self.timeout_s:g}s")
+            return exc
+        except Exception as exc:  # the handler failed: any exception is a failure
+            return exc
+        return None
+
+    def _outcome(
+        self, ctx: Context, exc: Exception | None, elapsed_s: float,
+    ) -> tuple[Exception | None, Outputs]:
+        """Count one finished call; its staged outputs only when it succeeded."""
+        outputs = ctx.close()
+        self.counters.observe(elapsed_s)
+        if exc is None:
+            return None, outputs
+        self.counters.error(error_type(exc))
+        log.info("consumer %s: handler failed: %s: %s", self.name, error_type(exc), exc)
+        return exc, Outputs()
 
     def send(self, outputs: Outputs) -> None:
         """Publish staged outputs straight away (at-most-once / at-least-once)."""
