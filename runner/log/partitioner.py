@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from struct import unpack_from
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -22,26 +23,29 @@ _SEED = 0x9747B28C
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`) as a signed int32."""
+    """Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`) as a signed int32.
+
+    The 4-byte words come from one `struct.unpack_from`; per word, masks are left
+    out where only the low 32 bits of the result count (XOR and the next multiply
+    keep the low bits of their inputs' low bits)."""
     length = len(data)
     h = (_SEED ^ length) & _MASK
-    n4 = length & ~3
-    for i in range(0, n4, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
+    n4 = length >> 2
+    if n4:
+        m = _M
+        mask = _MASK
+        for k in unpack_from(f"<{n4}I", data):
+            k = (k * m) & mask
+            h = ((h * m) ^ (k ^ (k >> 24)) * m) & mask
     rest = length & 3
-    if rest == 3:
-        h ^= data[n4 + 2] << 16
-    if rest >= 2:
-        h ^= data[n4 + 1] << 8
-    if rest >= 1:
-        h ^= data[n4]
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
+    if rest:
+        tail = n4 << 2
+        if rest == 3:
+            h ^= data[tail + 2] << 16
+        if rest >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
     h ^= h >> 15
     return h - (1 << 32) if h & 0x80000000 else h
 

@@ -85,10 +85,20 @@ class LogRecord:
     headers: tuple[tuple[str, bytes], ...]
 
 
-# The read hot path fills LogRecord's slots directly: the frozen dataclass
-# __init__ (object.__setattr__ per field) costs about twice as much per record.
-_SLOT_SETTERS = tuple(vars(LogRecord)[name].__set__
-                      for name in ("offset", "timestamp_ms", "key", "value", "headers"))
+class _RecordShell:
+    """LogRecord's slot layout without the frozen `__setattr__`: the read hot path
+    fills one with plain attribute stores, then turns it into a LogRecord by
+    assigning `__class__` (allowed: same slots, same base). About 25% cheaper per
+    record than calling each slot descriptor's `__set__`, and twice as cheap as the
+    frozen dataclass `__init__` (object.__setattr__ per field)."""
+
+    __slots__ = ("offset", "timestamp_ms", "key", "value", "headers")
+
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
 
 
 class BatchHeader:
@@ -161,31 +171,34 @@ def encode_batch(
     append = parts.append
     deltas = range(len(items)) if offset_deltas is None else offset_deltas
     for delta, (key, value, headers, ts) in zip(deltas, items, strict=True):
+        # the common shapes first: one test picks the branch, no header bytes to add
         if headers:
             hb = encode_headers(headers)
-            nh = len(headers)
-        else:
-            hb = b""
-            nh = 0
-        if key is None:
-            if value is None:
-                append(pack(24 + len(hb), delta, ts, -1, -1, nh))
-            else:
-                vl = len(value)
-                append(pack(24 + vl + len(hb), delta, ts, -1, vl, nh))
-                append(value)
-        else:
-            kl = len(key)
-            if value is None:
-                append(pack(24 + kl + len(hb), delta, ts, kl, -1, nh))
+            kl = -1 if key is None else len(key)
+            vl = -1 if value is None else len(value)
+            append(pack(24 + max(kl, 0) + max(vl, 0) + len(hb), delta, ts, kl, vl,
+                        len(headers)))
+            if key is not None:
                 append(key)
-            else:
-                vl = len(value)
-                append(pack(24 + kl + vl + len(hb), delta, ts, kl, vl, nh))
-                append(key)
+            if value is not None:
                 append(value)
-        if hb:
             append(hb)
+        elif key is not None and value is not None:
+            kl = len(key)
+            vl = len(value)
+            append(pack(24 + kl + vl, delta, ts, kl, vl, 0))
+            append(key)
+            append(value)
+        elif value is not None:  # keyless
+            vl = len(value)
+            append(pack(24 + vl, delta, ts, -1, vl, 0))
+            append(value)
+        elif key is not None:  # tombstone
+            kl = len(key)
+            append(pack(24 + kl, delta, ts, kl, -1, 0))
+            append(key)
+        else:
+            append(pack(24, delta, ts, -1, -1, 0))
     max_ts: int = max(map(_TIMESTAMP, items))
     count = len(items)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
@@ -257,28 +270,29 @@ def _decode_headers(buf: bytes, q: int, count: int) -> tuple[tuple[str, bytes], 
 def _decode_all(buf: bytes, pos: int, header: BatchHeader, out: list[LogRecord]) -> int:
     """The hot path: every record of the batch, no bounds to check."""
     unpack = RECORD.unpack_from
-    new = object.__new__
-    set_offset, set_ts, set_key, set_value, set_headers = _SLOT_SETTERS
+    shell = _RecordShell
+    record = LogRecord
     append = out.append
     base = header.base_offset
     p = start = pos + BATCH.size
     for _ in range(header.count):
         length, delta, ts, kl, vl, nh = unpack(buf, p)
         q = p + 28
-        rec = new(LogRecord)
-        set_offset(rec, base + delta)
-        set_ts(rec, ts)
+        rec = shell()
+        rec.offset = base + delta
+        rec.timestamp_ms = ts
         if kl >= 0:
-            set_key(rec, buf[q:q + kl])
+            rec.key = buf[q:q + kl]
             q += kl
         else:
-            set_key(rec, None)
+            rec.key = None
         if vl >= 0:
-            set_value(rec, buf[q:q + vl])
+            rec.value = buf[q:q + vl]
             q += vl
         else:
-            set_value(rec, None)
-        set_headers(rec, _decode_headers(buf, q, nh) if nh else ())
-        append(rec)
+            rec.value = None
+        rec.headers = _decode_headers(buf, q, nh) if nh else ()
+        rec.__class__ = record  # type: ignore[assignment]
+        append(rec)  # type: ignore[arg-type]
         p += 4 + length
     return p - start

@@ -23,8 +23,9 @@ import json
 import logging
 import shutil
 from collections import OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 from runner.clock import Clock, now_ms
@@ -398,18 +399,19 @@ class Store:
             first = part.append(items)
             t.records_appended += len(items)
             return [(p, off) for off in range(first, first + len(items))]
-        idx: list[list[int]] = [[] for _ in range(n)]
-        for i, p in enumerate(parts):
-            idx[p].append(i)
-        result: list[tuple[int, int]] = [(-1, -1)] * len(items)
-        for p, run in enumerate(idx):
-            if not run:
-                continue
-            first = t.partitions[p].append([items[i] for i in run])
-            for off, i in enumerate(run, first):
-                result[i] = (p, off)
+        groups: list[list[Item]] = [[] for _ in range(n)]
+        adds = [g.append for g in groups]
+        for p, item in zip(parts, items, strict=True):
+            adds[p](item)
+        # per partition, its (partition, offset) pairs in append order; the records
+        # take them in their order, so the i-th record of partition p gets p's i-th
+        taken: list[Iterator[tuple[int, int]]] = [iter(())] * n
+        for p, group in enumerate(groups):
+            if group:
+                first = t.partitions[p].append(group)
+                taken[p] = zip(repeat(p), range(first, first + len(group)))
         t.records_appended += len(items)
-        return result
+        return [next(taken[p]) for p in parts]
 
     def _check_sequence(self, topic: str, p: int, rec: AppendRecord, pid: int, seq: int,
                         count: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -33,6 +34,22 @@ def test_append_returns_first_offset_and_reads_back(open_log: Opener) -> None:
     assert got[1] == LogRecord(1, 1001, b"k1", b"\x01" * 100, ())
     assert got[3] == LogRecord(3, 7, None, None, (("h", b"\x00v"), ("é", b"")))
     assert log.end_offset == 4 and log.start_offset == 0
+
+
+def test_records_read_whole_batches_are_frozen_log_records(open_log: Opener) -> None:
+    # the whole-batch read path builds records without the dataclass __init__
+    log = open_log()
+    log.append([(b"k", b"v", [], 5), (None, b"w", [("h", b"1")], 6), (b"t", None, [], 7),
+                (None, None, [], 8)])
+    got = log.read(0, max_records=10)
+    assert got == [LogRecord(0, 5, b"k", b"v", ()), LogRecord(1, 6, None, b"w", (("h", b"1"),)),
+                   LogRecord(2, 7, b"t", None, ()), LogRecord(3, 8, None, None, ())]
+    assert all(type(r) is LogRecord for r in got)
+    assert hash(got[0]) == hash(LogRecord(0, 5, b"k", b"v", ()))
+    assert repr(got[2]) == "LogRecord(offset=2, timestamp_ms=7, key=b't', value=None, headers=())"
+    assert dataclasses.replace(got[0], value=b"z") == LogRecord(0, 5, b"k", b"z", ())
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'value'"):
+        got[0].value = b"z"  # type: ignore[misc]
 
 
 def test_empty_key_and_value_differ_from_null(open_log: Opener) -> None:
