@@ -116,6 +116,28 @@ def sleepy(msg: Any) -> None:
     _note(msg)
 
 
+def sleepy_forward(msg: Any, ctx: Any) -> None:
+    """Sleeps `body["sleep"]` (default 0), then forwards its id and notes the call."""
+    time.sleep(float(msg.body.get("sleep", 0)))
+    ctx.publish("out", "fwd", {"id": msg.body["id"]})
+    _note(msg)
+
+
+class ReturnsCoroutine:
+    """A sync callable (not `async def`) whose call returns a coroutine: the
+    worker awaits it on the loop, within what is left of the timeout."""
+
+    def __call__(self, msg: Any) -> Any:
+        return self._later(msg)
+
+    async def _later(self, msg: Any) -> None:
+        await asyncio.sleep(float(msg.body.get("sleep", 0)))
+        _note(msg)
+
+
+returns_coroutine = ReturnsCoroutine()
+
+
 def blocking_forward(msg: Any, ctx: Any) -> None:
     """The first call waits for the test's release; every call forwards its id."""
     _note(msg, phase="start")
