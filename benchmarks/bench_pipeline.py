@@ -11,6 +11,9 @@ in the same run:
 * the Pipeline running a no-op async handler over N queued messages
   (at-least-once, concurrency 1, prefetch 100)  vs  a bare engine loop that
   pulls 100 and acks them (no handler, no asyncio).
+* the Pipeline running a no-op sync handler (thread pool of 4, concurrency 4,
+  prefetch 40) over N queued messages  vs  the async handler, and vs the bare
+  pull+ack loop.
 
 Both with fsync=never (CPU cost) and the step also with fsync=always.
 

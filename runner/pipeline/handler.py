@@ -4,7 +4,8 @@ Resolving re-imports a handler module whose source file changed (mtime) since
 it was imported, so a reload picks up edited handler code.
 
 A sync handler runs in the daemon's thread pool, an `async def` handler on the
-loop. Both are bounded by the consumer's `timeout` (asyncio.wait_for). A sync
+loop. Both are bounded by the consumer's `timeout`. (`Handler.call` does one
+call; the pipeline's workers run sync calls in batches, see sync_batch.py.) A sync
 handler that overruns counts as failed at once, but Python cannot kill its
 thread: it keeps running in the pool until it returns on its own, and whatever
 it stages after that is refused (its context is closed).

@@ -82,6 +82,8 @@ class Worker:
     # ---------------------------------------------------------------- calls
     async def run_handler(self, message: Message) -> tuple[Exception | None, Outputs]:
         """One call: (None, staged outputs) on success, (exception, nothing) on failure."""
+        if not self.handler.is_async:  # a batch of one: one future, no per-call scopes
+            return (await self.run_sync_batch([message], stoppable=False))[0]
         ctx = Context(self.name, message)
         start = self.env.clock.monotonic()
         self.busy += 1
@@ -104,14 +106,15 @@ class Worker:
         return None, ctx.close()
 
     async def run_sync_batch(
-        self, messages: list[Message],
+        self, messages: list[Message], *, stoppable: bool = True,
     ) -> list[tuple[Exception | None, Outputs]]:
         """Calls of the sync handler over `messages`, back to back in one pool thread:
         an outcome (as from run_handler) for each of the first k; the rest were not
-        started (a call timed out, or the worker is stopping) and are the caller's."""
+        started (a call timed out, or the worker is stopping and `stoppable`) and
+        are the caller's."""
         calls = [(m, Context(self.name, m)) for m in messages]
         batch = SyncBatch(self.handler, calls, clock=self.env.clock,
-                          stopping=lambda: self.stopping)
+                          stopping=(lambda: self.stopping) if stoppable else (lambda: False))
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self.env.executor, batch.run)
         timed_out: float | None = None  # clock seconds the overrunning call ran
