@@ -277,7 +277,8 @@ class Engine:
         return self.store.offset_for_timestamp(LogTopicPartition(topic, partition), timestamp_ms)
 
     def partitions(self, topic: str) -> list[PartitionInfo]:
-        return [PartitionInfo(p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes)
+        return [PartitionInfo(p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes,
+                              p.oldest_timestamp_ms)
                 for p in self.store.partitions(topic)]
 
     # -------------------------------------------------------------- groups

@@ -37,7 +37,8 @@ def engine_stats(store: Store, broker: Broker) -> EngineStats:
     for topic in store.topic_names():
         for pc in store.partitions(topic):
             out.partitions[TopicPartition(topic, pc.partition)] = PartitionInfo(
-                pc.partition, pc.log_start_offset, pc.log_end_offset, pc.size_bytes)
+                pc.partition, pc.log_start_offset, pc.log_end_offset, pc.size_bytes,
+                pc.oldest_timestamp_ms)
     groups = store.groups
     for group in groups.names():
         out.group_members[group] = len(groups.members(group))

@@ -83,6 +83,8 @@ class PartitionInfo:
     log_start_offset: int
     log_end_offset: int
     size_bytes: int
+    # timestamp (ms) of the first record at the log start; None when the partition is empty
+    oldest_timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,11 @@ class Partition:
     def size_bytes(self) -> int:
         return self.log.size_bytes
 
+    @property
+    def oldest_timestamp_ms(self) -> int | None:
+        """Timestamp of the first record at the log start; None when empty."""
+        return self.log.first_timestamp()
+
     def append(self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1,
                allow_gap: bool = False) -> int:
         end = self.log.end_offset

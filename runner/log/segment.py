@@ -58,6 +58,7 @@ from runner.log.record import (
     BATCH,
     LENGTH_PREFIX,
     MAGIC,
+    RECORD,
     BatchHeader,
     Fsync,
     Item,
@@ -100,7 +101,7 @@ class SegmentInfo:
 
 class _Segment:
     __slots__ = ("base", "path", "fd", "size", "index", "tindex", "last_offset", "max_ts",
-                 "first_ts", "since_index")
+                 "first_ts", "since_index", "head_ts")
 
     def __init__(self, directory: Path, base: int) -> None:
         name = segment_name(base)
@@ -114,6 +115,7 @@ class _Segment:
         self.max_ts = -1
         self.first_ts = -1  # first batch's first timestamp (known for the active segment)
         self.since_index = 0
+        self.head_ts: int | None = None  # first record's timestamp, read once on demand
 
     def files(self) -> list[Path]:
         stem = self.path.with_suffix("")
@@ -473,6 +475,20 @@ class SegmentedLog:
             seg = self._segments[-1]
             return (seg.first_ts, seg.max_ts) if seg.size else None
 
+    def first_timestamp(self) -> int | None:
+        """The timestamp (ms) of the first record at the log start; None when the log
+        holds no record. Costs one small read of a segment's first batch header and
+        first record header (no record bodies), once per segment: the value is kept
+        until retention or compaction replaces that segment."""
+        with self._lock:
+            for seg in self._segments:
+                if not seg.size:
+                    continue  # the empty active segment, or a segment compaction emptied
+                if seg.head_ts is None:
+                    seg.head_ts = _head_timestamp(seg)
+                return seg.head_ts
+            return None
+
     def roll(self) -> None:
         """Start a new segment now (the current one becomes closed, e.g. for compaction)."""
         with self._lock:
@@ -786,6 +802,18 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _head_timestamp(seg: _Segment) -> int:
+    """The first record's own timestamp in `seg` (not the batch's first_timestamp,
+    which holds the delete horizon in a batch compaction rewrote)."""
+    need = BATCH.size + RECORD.size
+    buf = os.pread(seg.fd, need, 0)
+    if len(buf) < need:
+        raise CorruptSegment(f"truncated batch in {seg.path} at byte 0",
+                             path=str(seg.path), position=0)
+    ts: int = RECORD.unpack_from(buf, BATCH.size)[2]
+    return ts
 
 
 def _find_batch(fd: int, start: int, end: int, min_offset: int) -> int | None:

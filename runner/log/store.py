@@ -70,6 +70,7 @@ class PartitionCounters:
     log_start_offset: int
     log_end_offset: int
     size_bytes: int
+    oldest_timestamp_ms: int | None = None  # first record at the log start; None: empty
 
 
 @dataclass(slots=True)
@@ -479,7 +480,8 @@ class Store:
                                    log_end=exc.log_end) from None
 
     def partitions(self, topic: str) -> list[PartitionCounters]:
-        return [PartitionCounters(p.number, p.log_start_offset, p.log_end_offset, p.size_bytes)
+        return [PartitionCounters(p.number, p.log_start_offset, p.log_end_offset, p.size_bytes,
+                                  p.oldest_timestamp_ms)
                 for p in self._topic(topic).partitions]
 
     def records_appended(self) -> dict[str, int]:

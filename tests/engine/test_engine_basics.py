@@ -421,3 +421,25 @@ def test_a_pulled_delivery_has_every_field_by_name_and_cannot_be_changed(engine:
     (peeked,) = engine.peek("q", 1)
     assert (peeked.body, peeked.message_id) == (b'{"a": 1}', "m-1")
     assert engine.ack("q", [d.delivery_id]) == [d.delivery_id]  # settled by the nack
+
+
+def test_partitions_and_stats_carry_the_first_records_timestamp(tmp_path: Path) -> None:
+    topic = Topic("ev", partitions=2, retention=Retention(time_s=None, bytes=1),
+                  segment_bytes=200)
+    e = Engine.open(Topology(topics=(("ev", topic),)), tmp_path, fsync=FsyncPolicy.NEVER)
+    try:
+        assert [p.oldest_timestamp_ms for p in e.partitions("ev")] == [None, None]
+        for i in range(6):  # one batch each: one segment each
+            e.append("ev", [OutRecord(b"x" * 150, partition=0, timestamp_ms=1_000 + i)])
+        e.append("ev", [OutRecord(b"y", partition=1, timestamp_ms=7_000)])
+        assert [p.oldest_timestamp_ms for p in e.partitions("ev")] == [1_000, 7_000]
+        e.tick()  # retention by bytes drops the oldest segments of partition 0
+        p0 = e.partitions("ev")[0]
+        assert p0.log_start_offset > 0
+        (head,), _ = e.read("ev", 0, p0.log_start_offset, max_records=1)
+        assert p0.oldest_timestamp_ms == head.timestamp_ms == 1_000 + p0.log_start_offset
+        stats = e.stats()
+        assert stats.partitions[TopicPartition("ev", 0)].oldest_timestamp_ms == head.timestamp_ms
+        assert stats.partitions[TopicPartition("ev", 1)].oldest_timestamp_ms == 7_000
+    finally:
+        e.close()
