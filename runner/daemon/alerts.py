@@ -4,8 +4,10 @@ Per DLQ policy with an `alert`: dead-letter queue depth over `max_depth`
 (`runner_queue_messages_ready`) and oldest dead letter older than `max_age`
 (`runner_queue_oldest_message_age_seconds`); for a dead_letter_queue that is a
 topic, the depth is the records it keeps (log end minus log start, summed over
-partitions) and the age rule is left out with a comment saying so. Per consumer group: lag over a
-threshold. Always: failed topology reloads. The output is YAML written by hand
+partitions) and the age is now minus the oldest first-record timestamp of its
+partitions (`runner_topic_partition_oldest_record_timestamp_seconds`, 0 for an
+empty partition, so those are filtered out), guarded by depth > 0. Per consumer
+group: lag over a threshold. Always: failed topology reloads. The output is YAML written by hand
 (double-quoted scalars are JSON strings, which YAML reads the same), so this
 module needs no YAML library.
 """
@@ -60,18 +62,18 @@ def _topic_depth(topic: str) -> str:
     )
 
 
+def _topic_age(topic: str) -> str:
+    """Seconds since the oldest record a topic still keeps was written: its
+    partitions' first-record timestamps, empty partitions (exported as 0) left out."""
+    sel = f'{{topic="{_label(topic)}"}}'
+    return f"(time() - min(runner_topic_partition_oldest_record_timestamp_seconds{sel} > 0))"
+
+
 def notes(topology: Topology) -> list[str]:
-    """What the rules cannot cover, written as comments at the top of the file."""
-    out = []
-    topics = topology.topic_map()
-    for name, policy in topology.dlq_policies:
-        alert, dlq = policy.alert, policy.dead_letter_queue
-        if alert is not None and dlq in topics and alert.max_age_s is not None:
-            out.append(
-                f"DLQ policy {name}: no max_age rule: its dead_letter_queue {dlq} is a topic, "
-                "and topics export no oldest-record age (only the depth rule is written)"
-            )
-    return out
+    """What the rules cannot cover, written as comments at the top of the file (today
+    nothing: a topic DLQ's age comes from its partitions' oldest record timestamps)."""
+    del topology
+    return []
 
 
 def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10m") -> list[Rule]:
@@ -112,22 +114,33 @@ def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10
                     description=description,
                 )
             )
-        if alert.max_age_s is not None and not is_topic:
+        if alert.max_age_s is not None:
             age = _duration(alert.max_age_s)
+            if is_topic:
+                expr = (f"{_topic_age(dlq)} > {alert.max_age_s:g} "
+                        f"and {_topic_depth(dlq)} > 0")
+                summary = f"The oldest dead letter kept in topic {dlq} is older than {age}"
+                description = (
+                    f"DLQ policy {name}: the oldest record at the log start of {dlq} is "
+                    "{{ $value | humanizeDuration }} old. "
+                    f"Read them with `runner consume --topic {dlq}`."
+                )
+            else:
+                expr = (f'runner_queue_oldest_message_age_seconds{{queue="{queue}"}} '
+                        f"> {alert.max_age_s:g}")
+                summary = f"The oldest dead letter in {dlq} is older than {age}"
+                description = (
+                    f"DLQ policy {name}: the oldest message in {dlq} is "
+                    "{{ $value | humanizeDuration }} old."
+                )
             out.append(
                 Rule(
                     alert=f"DlqAge{_camel(name)}",
-                    expr=(
-                        f'runner_queue_oldest_message_age_seconds{{queue="{queue}"}} '
-                        f"> {alert.max_age_s:g}"
-                    ),
+                    expr=expr,
                     for_="1m",
                     severity="warning",
-                    summary=f"The oldest dead letter in {dlq} is older than {age}",
-                    description=(
-                        f"DLQ policy {name}: the oldest message in {dlq} is "
-                        "{{ $value | humanizeDuration }} old."
-                    ),
+                    summary=summary,
+                    description=description,
                 )
             )
     for name, _group in topology.consumer_groups:

@@ -113,6 +113,11 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "The first offset still stored in a topic partition (after retention).", *tp,
     )
     size = _gauge("runner_topic_partition_size_bytes", "Bytes on disk of a topic partition.", *tp)
+    oldest = _gauge(
+        "runner_topic_partition_oldest_record_timestamp_seconds",
+        "Timestamp (seconds since the epoch) of the first record at the log start of a "
+        "topic partition; 0 when the partition holds no record.", *tp,
+    )
     total = _counter("runner_topic_records", "Records appended to a topic.", "topic")
     for name, topic in topology.topics:
         for p in range(topic.partitions):
@@ -121,8 +126,10 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
             end.add_metric(labels, info.log_end_offset if info else 0)
             start.add_metric(labels, info.log_start_offset if info else 0)
             size.add_metric(labels, info.size_bytes if info else 0)
+            first_ms = info.oldest_timestamp_ms if info else None
+            oldest.add_metric(labels, first_ms / 1000 if first_ms is not None else 0)
         total.add_metric([name], stats.topic_records.get(name, 0))
-    yield from (end, start, size, total)
+    yield from (end, start, size, oldest, total)
 
 
 def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:

@@ -127,16 +127,70 @@ def test_a_topic_dlq_alerts_on_the_records_it_keeps_and_fires_in_promtool(
     path.write_text(TOPIC_DLQ)
     assert main(["alerts", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(
-        "# DLQ policy to-topic: no max_age rule: its dead_letter_queue orders.dead is a topic, "
-        "and topics export no oldest-record age (only the depth rule is written)\n")
+    assert out.startswith("groups:\n")  # nothing left uncovered: no comment
     assert "runner_queue_" not in out  # no queue series: they would never exist
     assert ('expr: "(sum(runner_topic_partition_log_end_offset{topic=\\"orders.dead\\"}) - '
             'sum(runner_topic_partition_log_start_offset{topic=\\"orders.dead\\"})) > 5"') in out
     (tmp_path / "rules.yml").write_text(out)
     checked = check_rules(tmp_path / "rules.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 3 rules found" in checked.stdout
+    assert "SUCCESS: 4 rules found" in checked.stdout
     (tmp_path / "test.yml").write_text(FIRES)
+    tested = promtool("test", "rules", str(tmp_path / "test.yml"))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+AGE_FIRES = """\
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="0"}'
+        values: '4x140'
+      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="0"}'
+        values: '0x119 4x20'
+      - series: 'runner_topic_partition_oldest_record_timestamp_seconds{topic="orders.dead",\
+partition="0"}'
+        values: '3000x119 0x20'
+      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="1"}'
+        values: '0x140'
+      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="1"}'
+        values: '0x140'
+      - series: 'runner_topic_partition_oldest_record_timestamp_seconds{topic="orders.dead",\
+partition="1"}'
+        values: '0x140'
+    alert_rule_test:
+      # at 90m the oldest record is 6000 s old (1h40m) by the empty partition's 0, but only
+      # 2400 s old by the real one: no alert
+      - {eval_time: 90m, alertname: DlqAgeToTopic, exp_alerts: []}
+      - eval_time: 115m
+        alertname: DlqAgeToTopic
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: "The oldest dead letter kept in topic orders.dead is older than 1h"
+              description: "DLQ policy to-topic: the oldest record at the log start of \
+orders.dead is 1h 5m 0s old. Read them with `runner consume --topic orders.dead`."
+      # retention emptied the topic: no record, no age
+      - {eval_time: 130m, alertname: DlqAgeToTopic, exp_alerts: []}
+"""
+
+
+def test_a_topic_dlq_alerts_on_the_age_of_its_oldest_record_in_promtool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_text(TOPIC_DLQ)
+    assert main(["alerts", str(path)]) == 0
+    out = capsys.readouterr().out
+    sel = '{topic=\\"orders.dead\\"}'
+    assert (f'expr: "(time() - min(runner_topic_partition_oldest_record_timestamp_seconds{sel} '
+            f'> 0)) > 3600 and (sum(runner_topic_partition_log_end_offset{sel}) - '
+            f'sum(runner_topic_partition_log_start_offset{sel})) > 0"') in out
+    (tmp_path / "rules.yml").write_text(out)
+    checked = check_rules(tmp_path / "rules.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (tmp_path / "test.yml").write_text(AGE_FIRES)
     tested = promtool("test", "rules", str(tmp_path / "test.yml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr

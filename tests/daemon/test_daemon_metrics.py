@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from runner.clock import Clock, ManualClock
+from runner.daemon.supervisor import DaemonConfig
+from runner.engine import Engine, FsyncPolicy
 from runner.pipeline.stats import HandlerCounters, PipelineStats
-from tests.daemon.harness import Client, run_daemon
+from runner.topology.model import Topology
+from tests.daemon.harness import Client, fake_parts, run_daemon
 from tests.daemon.promtool import check_metrics
 
 TOPOLOGY = """\
@@ -35,6 +40,7 @@ EXPECTED = {
     "runner_topic_partition_log_end_offset": {"topic", "partition"},
     "runner_topic_partition_log_start_offset": {"topic", "partition"},
     "runner_topic_partition_size_bytes": {"topic", "partition"},
+    "runner_topic_partition_oldest_record_timestamp_seconds": {"topic", "partition"},
     "runner_topic_records": {"topic"},
     "runner_consumer_group_committed_offset": {"group", "topic", "partition"},
     "runner_consumer_group_lag": {"group", "topic", "partition"},
@@ -86,6 +92,8 @@ def test_every_metric_exists_from_the_first_scrape_with_help_and_labels(tmp_path
         assert value(text, "runner_queue_messages_ready", queue="orders.dlq") == 0
         assert value(text, "runner_topic_partition_log_end_offset", topic="events",
                      partition="1") == 0
+        assert value(text, "runner_topic_partition_oldest_record_timestamp_seconds",
+                     topic="events", partition="1") == 0  # empty: 0
         assert value(text, "runner_consumer_group_lag", group="handled", topic="events",
                      partition="0") == 0
         for reason in ("handler_error", "rejected", "expired", "maxlen", "delivery_limit"):
@@ -156,3 +164,33 @@ def test_values_follow_traffic(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
     run_daemon(tmp_path, TOPOLOGY, scenario)
+
+
+def test_the_oldest_record_timestamp_is_the_first_records_on_a_real_engine(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(1_700_000_000.25)
+
+    def open_engine(topology: Topology, config: DaemonConfig, _clock: Clock) -> Engine:
+        return Engine.open(topology, config.data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
+
+    parts = replace(fake_parts(), open_engine=open_engine, clock=clock)
+    oldest = "runner_topic_partition_oldest_record_timestamp_seconds"
+
+    async def scenario(c: Client) -> None:
+        _, text, _ = await c.call("GET", "/metrics")
+        assert value(text, oldest, topic="events", partition="1") == 0
+        await c.call("POST", "/v1/topics/events/records",
+                     {"records": [{"value": i, "partition": 1} for i in range(3)]})
+        clock.advance(90.5)
+        await c.call("POST", "/v1/topics/events/records", {"value": 9, "partition": 1})
+        await c.call("POST", "/v1/topics/events/records", {"value": 8, "partition": 0})
+        _, text, _ = await c.call("GET", "/metrics")
+        assert value(text, oldest, topic="events", partition="1") == 1_700_000_000.25
+        assert value(text, oldest, topic="events", partition="0") == 1_700_000_090.75
+        _, read, _ = await c.call("GET", "/v1/topics/events/partitions/1/records?offset=0")
+        assert read["records"][0]["timestamp"] == 1_700_000_000_250  # the same record, in ms
+        result = check_metrics(text)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=parts)
