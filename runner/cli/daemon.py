@@ -181,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from runner.daemon.alerts import notes, render_yaml, rules
+    from runner.daemon.alerts import render_yaml, rules
     from runner.topology.load import load
 
     if not args.path.exists():
@@ -200,5 +200,5 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return 1
     topology = loaded.topology
     rule_list = rules(topology, lag_threshold=args.lag_threshold, lag_for=args.lag_for)
-    sys.stdout.write(render_yaml(topology, rule_list, notes(topology)))
+    sys.stdout.write(render_yaml(topology, rule_list))
     return 0

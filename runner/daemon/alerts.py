@@ -69,13 +69,6 @@ def _topic_age(topic: str) -> str:
     return f"(time() - min(runner_topic_partition_oldest_record_timestamp_seconds{sel} > 0))"
 
 
-def notes(topology: Topology) -> list[str]:
-    """What the rules cannot cover, written as comments at the top of the file (today
-    nothing: a topic DLQ's age comes from its partitions' oldest record timestamps)."""
-    del topology
-    return []
-
-
 def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10m") -> list[Rule]:
     """Every alerting rule for `topology`."""
     out: list[Rule] = []
