@@ -19,6 +19,7 @@ import os
 import struct
 from array import array
 from bisect import bisect_right
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,49 +27,93 @@ OFFSET_ENTRY = struct.Struct("<iI")
 TIME_ENTRY = struct.Struct("<qi")
 
 
-class OffsetIndex:
-    """Offset -> position of the batch at or before it."""
+class _IndexFile:
+    """What both indexes share: an append-only file of fixed-size entries, mirrored
+    in memory as two `array` columns (`_columns`)."""
 
-    __slots__ = ("base", "offsets", "positions", "_file", "path")
+    __slots__ = ("base", "_file", "path")
+
+    ENTRY: struct.Struct
 
     def __init__(self, path: Path, base: int) -> None:
         self.path = path
         self.base = base
-        self.offsets = array("i")  # relative to base: 8 bytes of memory per entry
-        self.positions = array("I")
         self._file: BinaryIO | None = None
 
-    def load(self, segment_size: int) -> bool:
-        """Read the file; False (and empty) when missing or inconsistent."""
+    def _columns(self) -> tuple[array[int], array[int]]:
+        raise NotImplementedError
+
+    def _load(self, consistent: Callable[[int, int, int, int], bool], *, start: tuple[int, int],
+              allow_empty: bool) -> bool:
+        """Read the file; False (and empty) when missing or when an entry does not
+        follow its predecessor (`consistent(last_a, last_b, a, b)`)."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return False
-        if len(raw) % OFFSET_ENTRY.size:
+        if len(raw) % self.ENTRY.size or not (raw or allow_empty):
             return False
-        last_off, last_pos = -1, -1
-        for rel, pos in OFFSET_ENTRY.iter_unpack(raw):
-            if rel <= last_off or pos <= last_pos or pos >= segment_size:
-                self.offsets = array("i")
-                self.positions = array("I")
+        first, second = self._columns()
+        last_a, last_b = start
+        for a, b in self.ENTRY.iter_unpack(raw):
+            if not consistent(last_a, last_b, a, b):
+                del first[:]
+                del second[:]
                 return False
-            self.offsets.append(rel)
-            self.positions.append(pos)
-            last_off, last_pos = rel, pos
+            first.append(a)
+            second.append(b)
+            last_a, last_b = a, b
         return True
 
     def open_for_append(self, *, truncate: bool) -> None:
         self._file = open(self.path, "wb" if truncate else "ab")  # noqa: SIM115
         if truncate:
-            buf = b"".join(OFFSET_ENTRY.pack(o, p)
-                           for o, p in zip(self.offsets, self.positions, strict=True))
-            self._file.write(buf)
+            pack = self.ENTRY.pack
+            self._file.write(b"".join(pack(a, b) for a, b in zip(*self._columns(), strict=True)))
+
+    def _append(self, a: int, b: int) -> None:
+        first, second = self._columns()
+        first.append(a)
+        second.append(b)
+        if self._file is not None:
+            self._file.write(self.ENTRY.pack(a, b))
+
+    def flush(self, *, fsync: bool = False) -> None:
+        if self._file is not None:
+            self._file.flush()
+            if fsync:
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class OffsetIndex(_IndexFile):
+    """Offset -> position of the batch at or before it."""
+
+    __slots__ = ("offsets", "positions")
+
+    ENTRY = OFFSET_ENTRY
+
+    def __init__(self, path: Path, base: int) -> None:
+        super().__init__(path, base)
+        self.offsets = array("i")  # relative to base: 8 bytes of memory per entry
+        self.positions = array("I")
+
+    def _columns(self) -> tuple[array[int], array[int]]:
+        return self.offsets, self.positions
+
+    def load(self, segment_size: int) -> bool:
+        """Read the file; False (and empty) when missing or inconsistent."""
+        return self._load(
+            lambda last_off, last_pos, rel, pos: (
+                rel > last_off and pos > last_pos and pos < segment_size),
+            start=(-1, -1), allow_empty=True)
 
     def add(self, offset: int, position: int) -> None:
-        self.offsets.append(offset - self.base)
-        self.positions.append(position)
-        if self._file is not None:
-            self._file.write(OFFSET_ENTRY.pack(offset - self.base, position))
+        self._append(offset - self.base, position)
 
     def lookup(self, offset: int) -> int:
         """File position to start scanning for `offset` (0 before the first entry)."""
@@ -80,54 +125,26 @@ class OffsetIndex:
             self.positions.pop()
             self.offsets.pop()
 
-    def flush(self, *, fsync: bool = False) -> None:
-        if self._file is not None:
-            self._file.flush()
-            if fsync:
-                os.fsync(self._file.fileno())
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-class TimeIndex:
+class TimeIndex(_IndexFile):
     """Timestamp -> offset from which to scan."""
 
-    __slots__ = ("base", "timestamps", "offsets", "_file", "path")
+    __slots__ = ("timestamps", "offsets")
+
+    ENTRY = TIME_ENTRY
 
     def __init__(self, path: Path, base: int) -> None:
-        self.path = path
-        self.base = base
+        super().__init__(path, base)
         self.timestamps = array("q")
         self.offsets = array("i")  # relative to base
-        self._file: BinaryIO | None = None
+
+    def _columns(self) -> tuple[array[int], array[int]]:
+        return self.timestamps, self.offsets
 
     def load(self) -> bool:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return False
-        if len(raw) % TIME_ENTRY.size or not raw:
-            return False
-        last_ts, last_off = -(2**63), -1
-        for ts, rel in TIME_ENTRY.iter_unpack(raw):
-            if ts < last_ts or rel < last_off:
-                self.timestamps = array("q")
-                self.offsets = array("i")
-                return False
-            self.timestamps.append(ts)
-            self.offsets.append(rel)
-            last_ts, last_off = ts, rel
-        return True
-
-    def open_for_append(self, *, truncate: bool) -> None:
-        self._file = open(self.path, "wb" if truncate else "ab")  # noqa: SIM115
-        if truncate:
-            buf = b"".join(TIME_ENTRY.pack(t, o)
-                           for t, o in zip(self.timestamps, self.offsets, strict=True))
-            self._file.write(buf)
+        return self._load(
+            lambda last_ts, last_off, ts, rel: ts >= last_ts and rel >= last_off,
+            start=(-(2**63), -1), allow_empty=False)
 
     @property
     def max_timestamp(self) -> int:
@@ -136,19 +153,13 @@ class TimeIndex:
     def add(self, timestamp: int, offset: int) -> None:
         if self.timestamps and timestamp <= self.timestamps[-1]:
             return
-        self.timestamps.append(timestamp)
-        self.offsets.append(offset - self.base)
-        if self._file is not None:
-            self._file.write(TIME_ENTRY.pack(timestamp, offset - self.base))
+        self._append(timestamp, offset - self.base)
 
     def close_entry(self, timestamp: int, offset: int) -> None:
         """The closing entry at roll: always written so `load` sees the final max."""
         if self.timestamps and timestamp < self.timestamps[-1]:
             timestamp = self.timestamps[-1]
-        self.timestamps.append(timestamp)
-        self.offsets.append(offset - self.base)
-        if self._file is not None:
-            self._file.write(TIME_ENTRY.pack(timestamp, offset - self.base))
+        self._append(timestamp, offset - self.base)
 
     def lookup(self, timestamp: int) -> int:
         """An offset at or before the first record with ts >= timestamp (base if unknown)."""
@@ -159,14 +170,3 @@ class TimeIndex:
     def last_offset(self) -> int:
         """The offset of the last entry (base - 1 when empty)."""
         return self.base + self.offsets[-1] if self.offsets else self.base - 1
-
-    def flush(self, *, fsync: bool = False) -> None:
-        if self._file is not None:
-            self._file.flush()
-            if fsync:
-                os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
