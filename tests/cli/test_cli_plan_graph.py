@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-RUNNER = str(Path(sys.executable).parent / "runner")
+from tests.cli.console import run, write
 
 OLD = """\
 version: 1
@@ -69,18 +66,6 @@ bindings:
   - {exchange: orders, queue: email_queue, routing_key: "orders.#"}
   - {exchange: dlx, queue: dead}
 """
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [RUNNER, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 # ---------------------------------------------------------------- schema

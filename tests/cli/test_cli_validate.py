@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
-RUNNER = str(Path(sys.executable).parent / "runner")
+from tests.cli.console import run, write
 
 VALID = """\
 version: 1
@@ -45,18 +42,6 @@ queues:
 consumers:
   c: {queue: q, handler: "tasks:run"}
 """
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [RUNNER, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def test_a_valid_topology_exits_0_with_a_summary(tmp_path: Path) -> None:
