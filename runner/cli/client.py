@@ -334,15 +334,38 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for msg in answer["messages"]:
             print(render_dead_letter(msg))
         return 0
-    body = {} if args.max is None else {"max": args.max}
-    answer = client.call("POST", f"/v1/queues/{_quote(args.queue)}/replay", body)
-    print(f"replayed {answer['replayed']} message(s) from {args.queue}")
-    skipped = answer.get("skipped", 0)
+    replayed, skipped, reasons = _replay_pages(client, args.queue, args.max)
+    print(f"replayed {replayed} message(s) from {args.queue}")
     if skipped:
         print(f"kept {skipped} message(s) in {args.queue}:")
-        for reason, count in sorted(answer.get("skipped_reasons", {}).items()):
+        for reason, count in sorted(reasons.items()):
             print(f"  {count}: {reason}")
     return 0
+
+
+REPLAY_PAGE = 10_000  # the daemon's limit per replay request
+
+
+def _replay_pages(
+    client: Client, queue: str, most: int | None
+) -> tuple[int, int, dict[str, int]]:
+    """Replay in pages of at most REPLAY_PAGE until `most` are replayed, the queue
+    is empty, a page moves nothing, or as many as the queue first held have moved
+    (dead letters that return to this queue are not replayed twice). The skipped
+    counts are the last page's: they describe what stays in the queue."""
+    replayed, skipped, reasons = 0, 0, {}
+    depth: int | None = None
+    while most is None or replayed < most:
+        page = REPLAY_PAGE if most is None else min(REPLAY_PAGE, most - replayed)
+        answer = client.call("POST", f"/v1/queues/{_quote(queue)}/replay", {"max": page})
+        moved, remaining = answer["replayed"], answer.get("remaining", 0)
+        if depth is None:
+            depth = moved + remaining
+        replayed += moved
+        skipped, reasons = answer.get("skipped", 0), answer.get("skipped_reasons", {})
+        if moved == 0 or remaining == 0 or replayed >= depth:
+            break
+    return replayed, skipped, reasons
 
 
 # ------------------------------------------------------------------ registration

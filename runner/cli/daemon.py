@@ -17,8 +17,6 @@ _SIZE_UNITS = {
     None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
 }
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _size(text: str) -> int:
@@ -48,15 +46,17 @@ def _memory_budget(text: str) -> int:
 
 
 def _duration(text: str) -> float:
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
+    """A duration option (`runner.topology.units.parse_duration`, at most 100 years)."""
+    from runner.topology.units import DURATION_RE, parse_duration
+
+    if not DURATION_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s or 500ms)")
-    return total
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    assert seconds is not None
+    return seconds
 
 
 def _listen(text: str) -> tuple[str, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ from typing import Any, TypeVar
 
 import orjson
 
+from runner import jsontext
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Record
 from runner.errors import InvalidRequest, TooLarge
+from runner.topology import units
 
 JSON_CONTENT_TYPE = "application/json"
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 _LARGE_HINT = (
     "store the payload elsewhere (a file or object store) and send a reference to it instead"
@@ -44,30 +43,27 @@ class Limits:
 
 
 def parse_duration(text: object, field: str, prefix: str = "") -> float:
-    """Seconds in a duration string like `250ms`, `30s`, `1h30m`."""
+    """Seconds in a request's duration string like `250ms`, `30s`, `1h30m` (the
+    topology's grammar, `runner.topology.units`), at most MAX_REQUEST_DURATION_S."""
     if not isinstance(text, str) or not text:
         raise BadInput(
             f"{prefix}'{field}' must be a duration string like \"30s\", got {_show(text)}"
         )
-    pos = 0
-    total = 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text):
+    if text == "forever" or not units.DURATION_RE.fullmatch(text):
         raise BadInput(
             f"{prefix}'{field}' must be a duration string like \"30s\" or \"250ms\", "
             f"got {_show(text)}"
         )
-    return total
+    try:
+        seconds = units.parse_duration(text, max_s=units.MAX_REQUEST_DURATION_S)
+    except ValueError as exc:
+        raise BadInput(f"{prefix}'{field}': {exc}") from exc
+    assert seconds is not None
+    return seconds
 
 
 T = TypeVar("T")
 
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # "0" or " "
-_DIGIT_RUN = b"0" * 19  # i64 and u64 bounds are 19-20 digits: a longer integer may be a float
 MAX_DEPTH = 254  # the deepest JSON orjson writes back (and so the daemon can store)
 MAX_ITEMS = 10_000  # messages or records in one request
 
@@ -77,29 +73,25 @@ def decode_json(raw: bytes) -> Any:
     if not raw.strip():
         raise BadInput("the request body is empty; send a JSON object")
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        value = jsontext.loads(raw)
+    except ValueError as exc:
         raise BadInput(f"the request body is not valid JSON: {exc}") from exc
     # nesting deeper than the limit needs more than 2 * MAX_DEPTH bracket bytes; writing
     # the value back is the check (orjson.dumps stops past MAX_DEPTH; ~20x cheaper than loads)
     if len(raw) > 2 * MAX_DEPTH:
         try:
-            orjson.dumps(value)
+            jsontext.dumps(value)
         except orjson.JSONEncodeError as exc:
             raise BadInput(
                 f"the request body nests JSON deeper than {MAX_DEPTH} levels; "
                 "flatten the payload or send it as 'body_b64'/'value_b64' bytes"
             ) from exc
-    if _DIGIT_RUN in raw.translate(_DIGITS_ONLY):
-        # orjson reads integers past 64 bits as floats; the stdlib keeps them exact, so
-        # an error can name the value as written (only bodies holding 19+ digit runs;
-        # translate + `in` looks for them ~10x faster than a regex)
-        value = json.loads(raw)
     return value
 
 
 def check_count(items: list[Any], noun: str) -> None:
-    """TooLarge when a batch holds more than MAX_ITEMS items."""
+    """TooLarge when a batch holds more than MAX_ITEMS items (every array of a request:
+    messages, records, delivery ids, offsets)."""
     if len(items) > MAX_ITEMS:
         raise TooLarge(
             f"the batch holds {len(items)} {noun}, over the limit of {MAX_ITEMS} a request; "
@@ -114,13 +106,13 @@ def require_object(value: Any, what: str = "the request body") -> dict[str, Any]
 
 
 def _show(value: object) -> str:
-    text = orjson.dumps(value).decode() if _jsonable(value) else repr(value)
+    text = jsontext.dumps(value).decode() if _jsonable(value) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _jsonable(value: object) -> bool:
     try:
-        orjson.dumps(value)
+        jsontext.dumps(value)
     except TypeError:
         return False
     return True
@@ -178,7 +170,7 @@ def _payload(
     value = item[name]
     if value is None and null_is_none:
         return None, None
-    return orjson.dumps(value), JSON_CONTENT_TYPE
+    return jsontext.dumps(value), JSON_CONTENT_TYPE
 
 
 def _headers(item: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -253,7 +245,7 @@ def _fast_message(item: Any, limits: Limits, default_key: str | None) -> OutMess
         or not (message_id is None or type(message_id) is str)
     ):
         return None
-    data = orjson.dumps(body)
+    data = jsontext.dumps(body)
     if len(data) > limits.max_message_bytes:
         return None
     return OutMessage(
@@ -408,6 +400,7 @@ def delivery_ids(obj: Mapping[str, Any]) -> list[int]:
         raise BadInput("missing field 'delivery_ids' (an array of integers)")
     if not isinstance(ids, list):
         raise BadInput(f"'delivery_ids' must be an array of integers, got {_kind(ids)}")
+    check_count(ids, "delivery_ids")
     return [check_int(value, f"'delivery_ids[{i}]'") for i, value in enumerate(ids)]
 
 

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import orjson
 from aiohttp import web
 
+from runner import jsontext
 from runner.daemon import codec
 from runner.daemon.reload import ReloadResult
 from runner.engine import Engine, OutRecord, TopicPartition, encode_headers
@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 MAX_PULL = 1000
 MAX_PEEK = 1000
 MAX_READ = 10_000
+MAX_REPLAY = codec.MAX_ITEMS  # dead letters one replay request moves (page with more calls)
+LISTED_IDS = 20  # unknown delivery ids named in a 409's sentence (all are in `unknown`)
 RETRY_AFTER_S = 1
 PULL_FIELDS = frozenset({"max", "lease", "consumer_id"})
+REPLAY_FIELDS = frozenset({"max"})
 
 
 class Host(Protocol):
@@ -75,7 +78,7 @@ ABANDONED = web.RequestKey("runner.body_abandoned", bool)
 
 def answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+        body=jsontext.dumps(data), status=status, content_type="application/json", headers=headers
     )
 
 
@@ -184,9 +187,18 @@ def _abandon_body(request: web.Request) -> None:
 
 
 async def _read(request: web.Request) -> bytes:
-    """The request body; 400 when it cannot be read (a bad Content-Encoding...)."""
+    """The request body; 400 when it cannot be read (a bad Content-Encoding...), 413
+    as soon as it (decompressed) passes --max-request-bytes: read in the stream's
+    small pieces, so a compressed bomb never holds more than the limit in memory."""
+    limit = request.app[MAX_REQUEST_KEY]
+    body = bytearray()
     try:
-        return await request.read()
+        while chunk := await request.content.readany():
+            body += chunk
+            if len(body) > limit:
+                _abandon_body(request)
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        return bytes(body)
     except web.RequestPayloadError as exc:
         _abandon_body(request)
         encoding = request.headers.get("Content-Encoding")
@@ -364,7 +376,9 @@ def _settled(host: Host, name: str, ids: list[int], unknown: list[int], verb: st
     done = len(ids) - len(unknown)
     host.notify()
     if unknown:
-        listed = ", ".join(str(i) for i in unknown)
+        listed = ", ".join(str(i) for i in unknown[:LISTED_IDS])
+        if len(unknown) > LISTED_IDS:
+            listed += f" and {len(unknown) - LISTED_IDS} more (all in 'unknown')"
         return error(
             409,
             f"{len(unknown)} delivery id(s) of queue '{name}' are unknown or their lease "
@@ -409,9 +423,8 @@ async def replay(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     body = await _json(request, empty_ok=True)
-    n = body.get("max")
-    if n is not None:
-        n = codec.int_field(body, "max", low=1)
+    codec.check_fields(body, REPLAY_FIELDS)
+    n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
     _queue_exists(host, name)
     outcome = host.engine.replay_detail(name, n)
     host.notify()
@@ -420,6 +433,7 @@ async def replay(request: web.Request) -> web.Response:
             "replayed": outcome.replayed,
             "skipped": outcome.skipped,
             "skipped_reasons": dict(outcome.reasons),
+            "remaining": host.engine.queue_info(name).ready,
         }
     )
 
@@ -473,6 +487,7 @@ async def commit(request: web.Request) -> web.Response:
             if items is None
             else "'offsets' must be an array of {\"topic\", \"partition\", \"offset\"}"
         )
+    codec.check_count(items, "offsets")
     offsets: dict[TopicPartition, int] = {}
     for i, item in enumerate(items):
         obj = codec.require_object(item, f"offsets[{i}]")

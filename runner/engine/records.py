@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from runner import jsontext
 from runner.engine.values import OutMessage, OutRecord
 from runner.log.store import AppendRecord
 
@@ -35,7 +36,7 @@ def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
         if isinstance(value, bytes | bytearray | memoryview):
             out.append((name, bytes(value)))
         else:
-            out.append((name, orjson.dumps(value, default=str)))
+            out.append((name, jsontext.dumps(value, default=str)))
     return tuple(out)
 
 
@@ -44,8 +45,8 @@ def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in headers:
         try:
-            out[name] = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            out[name] = jsontext.loads(raw)
+        except ValueError:
             try:
                 out[name] = raw.decode()
             except UnicodeDecodeError:

@@ -23,8 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
+from runner import jsontext
 from runner.broker.broker import Broker
 from runner.broker.headers import decode_value, encode_value
 from runner.engine.records import b64, record_of_message, to_append, unb64
@@ -74,7 +73,7 @@ class StepLog:
             return
         sid = self.journal.next_id
         doc = self._document(sid, step)
-        written = self.journal.write(orjson.dumps(doc, default=str))
+        written = self.journal.write(jsontext.dumps(doc, default=str))
         if written != sid:
             raise StorageError(f"engine step journal out of order ({written} != {sid})")
         try:
@@ -175,7 +174,7 @@ class StepLog:
         """Apply again every journaled step not marked done (oldest first)."""
         for sid, payload in self.journal.pending():
             log.info("re-applying engine step %d", sid)
-            self.apply(sid, orjson.loads(payload))
+            self.apply(sid, jsontext.loads(payload))
             self.journal.mark_done(sid)
         self.half_applied = False
 

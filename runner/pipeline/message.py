@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
-
+from runner import jsontext
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Record
 
 JSON_CONTENT_TYPE = "application/json"
@@ -27,8 +26,8 @@ def decode_body(payload: bytes | None) -> Any:
     if payload is None:
         return None
     try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
+        return jsontext.loads(payload)
+    except ValueError:
         return payload
 
 
@@ -37,7 +36,7 @@ def encode_body(body: Any) -> tuple[bytes, str | None]:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), None
     try:
-        return orjson.dumps(body), JSON_CONTENT_TYPE
+        return jsontext.dumps(body), JSON_CONTENT_TYPE
     except TypeError as exc:
         raise TypeError(f"cannot encode {type(body).__name__} as JSON: {exc}") from exc
 
@@ -50,7 +49,7 @@ def encode_key(key: Any) -> bytes | None:
         return key.encode()
     if isinstance(key, bytes | bytearray | memoryview):
         return bytes(key)
-    return orjson.dumps(key)
+    return jsontext.dumps(key)
 
 
 @dataclass(frozen=True, slots=True)

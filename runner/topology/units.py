@@ -39,6 +39,7 @@ _SIZE_UNITS: dict[str, int] = {
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d|w))+")
+DURATION_RE = _DURATION  # fullmatch: a duration without "forever"
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 
 DURATION_PATTERN = "^" + _DURATION.pattern + "$"
@@ -47,8 +48,15 @@ DURATION_EXAMPLES = '"250ms", "30s", "5m", "24h", "7d", "2w" or "1h30m"'
 SIZE_UNITS_TEXT = "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
 
 
-def parse_duration(text: str, *, allow_forever: bool = False) -> float | None:
-    """Seconds in a duration string; None for `forever` when `allow_forever`.
+MAX_DURATION_S = 36500 * 86400  # a topology's durations: at most 100 years ("forever" aside)
+MAX_REQUEST_DURATION_S = 365 * 86400  # an HTTP request's `lease` and `ttl`: at most 1 year
+
+
+def parse_duration(
+    text: str, *, allow_forever: bool = False, max_s: float = MAX_DURATION_S
+) -> float | None:
+    """Seconds in a duration string; None for `forever` when `allow_forever`;
+    ValueError past `max_s` (a 400-digit number is not "forever").
 
     >>> parse_duration("1h30m")
     5400.0
@@ -67,7 +75,15 @@ def parse_duration(text: str, *, allow_forever: bool = False) -> float | None:
         (Fraction(num) * _DURATION_UNITS[unit] for num, unit in _DURATION_PART.findall(text)),
         Fraction(0),
     )
+    if total > max_s:
+        raise ValueError(
+            f'duration "{_clip(text)}" is longer than the limit of {format_duration(max_s)}'
+        )
     return float(total)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_size(value: int | str, *, allow_unlimited: bool = False) -> int | None:

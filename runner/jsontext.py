@@ -1,0 +1,78 @@
+"""JSON text that keeps every integer exact: the one reader and writer of user JSON.
+
+orjson (fast) reads integers past 64 bits as floats and refuses to write them;
+JSON itself has no such limit, and a producer's `123456789012345678901234567890`
+must come back as written, never as `1.2345678901234568e+29`, a 500 or a queue
+that can no longer be read. So:
+
+* `loads` reads with orjson, and re-reads with the standard library (exact
+  integers) only text holding a run of 19 or more digits (the bounds of 64-bit
+  integers have 19-20 digits); non-finite numbers (`1e400`, `NaN`,
+  `Infinity`) are refused in both paths, as orjson refuses them;
+* `dumps` writes with orjson and, only when an integer is past its range
+  (-2^63 .. 2^64-1), writes those integers as pre-rendered fragments.
+
+The decision (docs/daemon.md "Numbers"): integers of any size are stored and
+returned exactly, in bodies, values and headers alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # "0" or " "
+_DIGIT_RUN = b"0" * 19
+_LOW, _HIGH = -(2**63), 2**64 - 1  # what orjson writes as integers
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is infinity when parsed as double")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def loads(raw: bytes | str) -> Any:
+    """The JSON value of `raw` with integers exact; ValueError (orjson.JSONDecodeError
+    or json.JSONDecodeError, both ValueErrors) when it is not JSON."""
+    value = orjson.loads(raw)
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _DIGIT_RUN in data.translate(_DIGITS_ONLY):
+        # translate + `in` finds the digit runs ~10x faster than a regex
+        value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+    return value
+
+
+def dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact JSON bytes of `value`; integers of any size written exactly."""
+    try:
+        return orjson.dumps(value, default=default)
+    except orjson.JSONEncodeError as exc:
+        if "Integer exceeds" not in str(exc):
+            raise
+    return orjson.dumps(_wide(value, 0), default=default)
+
+
+MAX_DEPTH = 254  # orjson's own limit when writing
+
+
+def _wide(value: Any, depth: int) -> Any:
+    """`value` with every integer orjson cannot write replaced by its exact text."""
+    if type(value) is int:
+        return value if _LOW <= value <= _HIGH else orjson.Fragment(str(value).encode())
+    if depth > MAX_DEPTH and isinstance(value, dict | list | tuple):
+        raise orjson.JSONEncodeError(f"Recursion limit reached (deeper than {MAX_DEPTH})")
+    if isinstance(value, dict):
+        return {k: _wide(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide(v, depth + 1) for v in value]
+    return value
