@@ -83,13 +83,13 @@ def d(daemon: Daemon) -> Daemon:
 
 def test_bodies_past_64_bits_come_back_exactly_on_every_route(d: Daemon) -> None:
     body = f'{{"n": {HUGER}, "m": [-{HUGER}, 1.5, 18446744073709551615]}}'
-    raw = ('{"body": %s}' % body).encode()
+    raw = f'{{"body": {body}}}'.encode()
     assert d.post("/v1/queues/pq/messages", raw=raw).status == 202
-    raw = ('{"routing_key": "", "body": %s, "headers": {"h": %d}}' % (body, HUGE)).encode()
+    raw = f'{{"routing_key": "", "body": {body}, "headers": {{"h": {HUGE}}}}}'.encode()
     assert d.post("/v1/exchanges/x/messages", raw=raw).status == 202
-    raw = ('{"routing_key": "k", "body": %s, "headers": {"h": %d}}' % (body, HUGE)).encode()
+    raw = f'{{"routing_key": "k", "body": {body}, "headers": {{"h": {HUGE}}}}}'.encode()
     assert d.post("/v1/exchanges/tx/messages", raw=raw).status == 202
-    raw = ('{"records": [{"value": %s, "headers": {"h": %d}}]}' % (body, HUGE)).encode()
+    raw = f'{{"records": [{{"value": {body}, "headers": {{"h": {HUGE}}}}}]}}'.encode()
     assert d.post("/v1/topics/events/records", raw=raw).status == 202
     expected = json.loads(body)
     assert drain(d, "pq")[0]["body"] == expected
