@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "runner.cli.validate",  # validate, schema, plan, graph
     "runner.cli.daemon",  # run, alerts
     "runner.cli.client",  # publish, consume, status, dlq
+    "runner.cli.lists",  # queues, exchanges, bindings, topics, groups
     "runner.cli.bench",  # bench
 )
 

@@ -1,7 +1,8 @@
 """Client commands over HTTP: `publish`, `consume`, `status`, `dlq list|show|replay`.
 
-They talk to a running daemon (`--url`, default http://127.0.0.1:8080; bearer
-token from `--token` or RUNNER_TOKEN) with the standard library's urllib.
+They talk to a running daemon (`--url`, else RUNNER_URL, default
+http://127.0.0.1:8080; bearer token from `--token` or RUNNER_TOKEN) with the
+standard library's urllib.
 Exit 0 when the daemon accepted, 1 when it refused (its error is printed),
 2 on usage errors.
 """
@@ -64,16 +65,31 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, args.token or os.environ.get("RUNNER_TOKEN"))
+def daemon_url(given: str | None) -> str:
+    """The daemon's base URL: `--url`, else $RUNNER_URL, else the default; a URL
+    without a scheme (`localhost:8090`) is taken as http://."""
+    url = (given or os.environ.get("RUNNER_URL") or DEFAULT_URL).strip()
+    if "://" not in url:
+        url = "http://" + url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise Usage(f"--url must be an http:// or https:// URL, got {url!r}")
+    return url
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"daemon URL (default {DEFAULT_URL})")
+def client_for(args: argparse.Namespace) -> Client:
+    return Client(daemon_url(args.url), args.token or os.environ.get("RUNNER_TOKEN"))
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", help=f"daemon URL (default: $RUNNER_URL, else {DEFAULT_URL}; "
+        "http:// may be left out)"
+    )
     parser.add_argument("--token", help="bearer token (default: $RUNNER_TOKEN)")
 
 
-def _run(func: Any) -> Any:
+def run_client(func: Any) -> Any:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             code: int = func(args)
@@ -137,7 +153,7 @@ def _headers(items: list[str] | None) -> dict[str, str]:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     targets = [t for t in (args.exchange, args.queue, args.topic) if t is not None]
     if len(targets) != 1:
         raise Usage("give exactly one of --exchange, --queue or --topic")
@@ -180,7 +196,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     if (args.queue is None) == (args.topic is None):
         raise Usage("give exactly one of --queue or --topic")
     if args.topic is not None:
@@ -209,7 +225,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ status
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def render_table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [headers] + [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -230,32 +246,33 @@ def render_status(status: dict[str, Any]) -> str:
             [t["name"], p["partition"], p["log_start_offset"], p["log_end_offset"], p["size_bytes"]]
             for t in status["topics"] for p in t["partitions"]
         ]
-        out += ["", "TOPICS", _table(["topic", "partition", "start", "end", "bytes"], rows)]
+        out += ["", "TOPICS", render_table(["topic", "partition", "start", "end", "bytes"], rows)]
     if status["queues"]:
         rows = [
             [q["name"], q["ready"], q["unacked"], q["delayed"], f"{q['oldest_ready_age_s']:.1f}s"]
             for q in status["queues"]
         ]
-        out += ["", "QUEUES", _table(["queue", "ready", "unacked", "delayed", "oldest"], rows)]
+        headers = ["queue", "ready", "unacked", "delayed", "oldest"]
+        out += ["", "QUEUES", render_table(headers, rows)]
     if status["groups"]:
         rows = [
             [g["name"], ",".join(g["topics"]), len(g["members"]), g["lag"],
              g["handler"] or "(external)"]
             for g in status["groups"]
         ]
-        out += ["", "GROUPS", _table(["group", "topics", "members", "lag", "handler"], rows)]
+        out += ["", "GROUPS", render_table(["group", "topics", "members", "lag", "handler"], rows)]
     if status["consumers"]:
         rows = [
             [c["name"], c["queue"], c["concurrency"], c["delivery"], c["errors"], c["retries"]]
             for c in status["consumers"]
         ]
-        out += ["", "CONSUMERS", _table(
+        out += ["", "CONSUMERS", render_table(
             ["consumer", "queue", "concurrency", "delivery", "errors", "retries"], rows)]
     return "\n".join(out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).call("GET", "/v1/status")
+    status = client_for(args).call("GET", "/v1/status")
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
@@ -311,7 +328,7 @@ def render_dead_letter(msg: dict[str, Any]) -> str:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_for(args)
     if args.dlq_command == "list":
         status = client.call("GET", "/v1/status")
         rows = []
@@ -323,7 +340,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             if dead:
                 rows.append([q["name"], q["ready"], f"{q['oldest_ready_age_s']:.1f}s"])
         if rows:
-            print(_table(["queue", "depth", "oldest"], rows))
+            print(render_table(["queue", "depth", "oldest"], rows))
         else:
             print("no dead-letter queue holds messages")
         return 0
@@ -373,7 +390,7 @@ def _replay_pages(
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pub = sub.add_parser("publish", help="publish a message or append a record")
-    _common(pub)
+    common_options(pub)
     pub.add_argument("--exchange", help="publish through this exchange")
     pub.add_argument("--queue", help="publish straight into this queue")
     pub.add_argument("--topic", help="append to this topic")
@@ -385,10 +402,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pub.add_argument("--message-id")
     pub.add_argument("--header", action="append", metavar="NAME=VALUE")
     pub.add_argument("body", metavar="BODY", help="JSON, @FILE or - (stdin)")
-    pub.set_defaults(func=_run(cmd_publish))
+    pub.set_defaults(func=run_client(cmd_publish))
 
     con = sub.add_parser("consume", help="pull messages from a queue or read a topic")
-    _common(con)
+    common_options(con)
     con.add_argument("--queue")
     con.add_argument("--topic")
     con.add_argument("--partition", type=int)
@@ -396,24 +413,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     con.add_argument("--max", type=int, default=1, help="messages / records (default 1)")
     con.add_argument("--lease", default="30s", help="lease of pulled messages (default 30s)")
     con.add_argument("--ack", action="store_true", help="ack what was pulled")
-    con.set_defaults(func=_run(cmd_consume))
+    con.set_defaults(func=run_client(cmd_consume))
 
     st = sub.add_parser("status", help="topics, queues, groups and consumers of a daemon")
-    _common(st)
+    common_options(st)
     st.add_argument("--json", action="store_true", help="print the raw status document")
-    st.set_defaults(func=_run(cmd_status))
+    st.set_defaults(func=run_client(cmd_status))
 
     dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="list|show|replay", required=True)
     lst = dlq_sub.add_parser("list", help="dead-letter queues with their depth and age")
-    _common(lst)
+    common_options(lst)
     show = dlq_sub.add_parser("show", help="dead letters of a queue, with why they died")
-    _common(show)
+    common_options(show)
     show.add_argument("queue")
     show.add_argument("-n", type=int, default=10, help="how many (default 10)")
     rep = dlq_sub.add_parser("replay", help="dead letters back to where they died")
-    _common(rep)
+    common_options(rep)
     rep.add_argument("queue")
     rep.add_argument("--max", type=int)
     for p in (lst, show, rep):
-        p.set_defaults(func=_run(cmd_dlq))
+        p.set_defaults(func=run_client(cmd_dlq))

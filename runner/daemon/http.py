@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from runner import jsontext
-from runner.daemon import codec
+from runner.daemon import codec, lists
 from runner.daemon.reload import ReloadResult
 from runner.engine import Engine, OutRecord, TopicPartition, encode_headers
 from runner.errors import (
@@ -529,6 +529,37 @@ async def get_group(request: web.Request) -> web.Response:
     return answer(group_json(host.engine, group))
 
 
+# ------------------------------------------------------------------ lists, index
+
+
+async def index(request: web.Request) -> web.Response:
+    return answer(lists.index_json())
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    host = _host(request)
+    return answer(lists.queues_json(host.engine, host.topology))
+
+
+async def list_exchanges(request: web.Request) -> web.Response:
+    host = _host(request)
+    return answer(lists.exchanges_json(host.engine, host.topology))
+
+
+async def list_bindings(request: web.Request) -> web.Response:
+    return answer(lists.bindings_json(_host(request).topology))
+
+
+async def list_topics(request: web.Request) -> web.Response:
+    host = _host(request)
+    return answer(lists.topics_json(host.engine, host.topology))
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    host = _host(request)
+    return answer(lists.groups_json(host.engine, host.topology))
+
+
 # ------------------------------------------------------------------ admin, health
 
 
@@ -573,6 +604,12 @@ def build_app(
     app[LIMITS_KEY] = limits
     app[MAX_REQUEST_KEY] = max_request_bytes
     r = app.router
+    r.add_get("/", index)
+    r.add_get("/v1/queues", list_queues)
+    r.add_get("/v1/exchanges", list_exchanges)
+    r.add_get("/v1/bindings", list_bindings)
+    r.add_get("/v1/topics", list_topics)
+    r.add_get("/v1/groups", list_groups)
     r.add_post("/v1/exchanges/{name}/messages", publish_exchange)
     r.add_post("/v1/queues/{name}/messages", publish_queue)
     r.add_post("/v1/topics/{name}/records", append_topic)
