@@ -24,7 +24,7 @@ from runner.broker.changes import describe_changes, exchange_unsafe, queue_unsaf
 from runner.broker.deadletter import (
     DEATH_HEADER,
 )
-from runner.broker.dlx import DeadLetterPublisher, TopicSink
+from runner.broker.dlx import Cascade, DeadLetterPublisher, TopicSink
 from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import DELAYED, Delivery, Message, Publishable, QueuedMessage, tag_uid
@@ -361,17 +361,21 @@ class Broker:
                     run = []
                 refused: Refused | None = None
                 stored: list[str] = []
+                cascade: Cascade | None = None  # the dead letters this message causes
                 for qname in route.queues:
                     mq = queues.get(qname)
                     if mq is None:
                         continue
                     dirty[qname] = mq
+                    start = len(mq.dead)
                     try:
                         mq.admit(m, exchange=exchange, routing_key=rk, now=now, ts_ms=ts)
                     except Refused as exc:
                         refused = exc
-                        continue
-                    stored.append(qname)
+                    else:
+                        stored.append(qname)
+                    if len(mq.dead) > start:
+                        cascade = self.dlx.adopt(mq, start, cascade)
                 if refused is not None:
                     raise PublishRefused(
                         str(refused), accepted=i, routed=(*stored, *route.topics), routes=routes,
@@ -563,6 +567,7 @@ class Broker:
             if mq.journal is not None:
                 mq.journal.flush()
         dirty.clear()
+        dlx.end_operation()
 
     def replay(self, queue: str, max_messages: int | None = None) -> ReplayResult:
         """Dead letters in `queue` back where they died: into their original queue
@@ -749,7 +754,8 @@ class Broker:
     def stats(self) -> BrokerStats:
         now = self.clock.time()
         out = BrokerStats(dead_letters_dropped=self.dlx.dropped,
-                          dead_letter_cycles=self.dlx.cycles)
+                          dead_letter_cycles=self.dlx.cycles,
+                          dead_letter_loops=self.dlx.loops)
         for name, (pub, unr) in self.router.counters().items():
             out.exchange_published[name] = pub
             out.exchange_unroutable[name] = unr
@@ -759,7 +765,7 @@ class Broker:
             out.queues[name] = QueueCounters(
                 mq.ready, len(mq.unacked), len(mq.delayed), mq.published, mq.delivered,
                 mq.acked, mq.redelivered, mq.rejected_publishes, dead,
-                mq.oldest_ready_age(now),
+                mq.oldest_ready_age(now), mq.dead_letter_loops,
             )
         return out
 

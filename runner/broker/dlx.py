@@ -33,6 +33,21 @@ log = logging.getLogger(__name__)
 
 TopicSink = Callable[[str, Message], None]
 
+# at most this many dead-letter hops (republishes of a dead letter) follow from one
+# publish or one other death: the guard behind cycle detection (TOPOLOGY.md 1.1)
+MAX_HOPS = 1000
+
+
+class Cascade:
+    """The dead-letter hops one publish (or one death) caused so far: shared by every
+    dead letter that followed from it within one broker operation."""
+
+    __slots__ = ("hops", "tripped")
+
+    def __init__(self) -> None:
+        self.hops = 0
+        self.tripped = False
+
 
 class DeadLetterPublisher:
     """Republishes dead letters through dead-letter exchanges, queues or topics."""
@@ -48,17 +63,55 @@ class DeadLetterPublisher:
         self.touched: dict[str, MessageQueue] = {}  # queues written to since the last take
         self.dropped = 0  # dead letters that reached no destination at all
         self.cycles = 0  # destinations skipped to break a dead-letter cycle
+        self.loops = 0  # dead letters dropped by the hop guard
+        # the cascade each pending dead letter belongs to (cleared by `end_operation`)
+        self.cascades: dict[QueuedMessage, Cascade] = {}
 
     def take_touched(self) -> dict[str, MessageQueue]:
         touched, self.touched = self.touched, {}
         return touched
+
+    def adopt(self, queue: MessageQueue, start: int, cascade: Cascade | None) -> Cascade:
+        """The dead letters `queue` gained from `start` on follow from `cascade` (a new
+        one when None); returns it."""
+        if cascade is None:
+            cascade = Cascade()
+        cascades = self.cascades
+        for msg, _ in queue.dead[start:]:
+            cascades[msg] = cascade
+        return cascade
+
+    def end_operation(self) -> None:
+        """Every dead letter of the operation was sent: forget the cascades."""
+        self.cascades.clear()
+
+    def _loop(self, source: MessageQueue, msg: QueuedMessage, cascade: Cascade) -> Route:
+        """The hop guard: drop `msg`, count it, and say so once per cascade."""
+        self.loops += 1
+        source.dead_letter_loops += 1
+        if not cascade.tripped:
+            cascade.tripped = True
+            log.warning(
+                "dead-letter loop: a message from queue %s (id %s) was dropped after %d "
+                "dead-letter hops caused by one publish; further letters of that publish are "
+                "dropped too (runner_queue_dead_letter_loops_total)",
+                source.name, msg.message_id, MAX_HOPS)
+        return Route((), ())
 
     def send(
         self, source: MessageQueue, msg: QueuedMessage, reason: str, *, body: bytes,
         given: Mapping[str, Any] | None = None, to_queue: str | None = None,
         to_topic: str | None = None,
     ) -> Route:
-        """Dead-letter `msg` (already out of `source`); returns where it went."""
+        """Dead-letter `msg` (already out of `source`); returns where it went.
+
+        One hop of the cascade `msg` belongs to (a new one if none): past `MAX_HOPS`
+        it is dropped instead. Dead letters the targets produce on admitting it (dropped
+        on arrival, refused, heads dropped for room) join the same cascade."""
+        cascade = self.cascades.pop(msg, None) or Cascade()
+        if cascade.hops >= MAX_HOPS:
+            return self._loop(source, msg, cascade)
+        cascade.hops += 1
         death = build_death(msg, queue=source.name, reason=reason, given=given)
         path = death_path(msg, queue=source.name, reason=str(death["reason"]))
         headers = with_death(msg.headers, death)
@@ -93,14 +146,17 @@ class DeadLetterPublisher:
                 log.info("dead-letter cycle: message from %s not returned to %s",
                          source.name, qname)
                 continue
+            start = len(target.dead)
+            self.touched[qname] = target  # also when refused: it may dead-letter it
             try:
                 target.admit(letter, exchange=exchange, routing_key=rk, now=now, ts_ms=ts,
                              headers=headers, death_queues=path)
             except Refused as exc:
                 log.warning("dead letter from %s refused by %s: %s", source.name, qname, exc)
-                continue
-            went.append(qname)
-            self.touched[qname] = target
+            else:
+                went.append(qname)
+            if len(target.dead) > start:
+                self.adopt(target, start, cascade)
         topics: list[str] = []
         for topic in route.topics:
             if self.topic_sink is None:

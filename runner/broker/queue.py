@@ -104,6 +104,7 @@ class MessageQueue:
         self.redelivered = 0
         self.rejected_publishes = 0
         self.dead_lettered = dict.fromkeys(REASONS, 0)
+        self.dead_letter_loops = 0  # dead letters from here dropped by the hop guard
 
     # ------------------------------------------------------------ config
     def reconfigure(self, spec: Queue) -> None:
@@ -112,12 +113,17 @@ class MessageQueue:
         A lower limit under `drop-head` drops the excess at once (into `dead`);
         a new TTL applies to messages published from now on."""
         self.spec = spec
-        if spec.overflow is Overflow.DROP_HEAD:
-            while self._over(0, 0):
-                victim = self._pop_lowest()
-                if victim is None:
-                    break
-                self._count_dead(victim, "maxlen")
+        self._trim()
+
+    def _trim(self) -> None:
+        """Under `drop-head`, drop (dead-letter `maxlen`) heads while over a length limit."""
+        if self.spec.overflow is not Overflow.DROP_HEAD or self.unlimited:
+            return
+        while self._over(0, 0):
+            victim = self._pop_lowest()
+            if victim is None:
+                break
+            self._count_dead(victim, "maxlen")
 
     def level_of(self, priority: int) -> int:
         if priority <= 0:
@@ -138,8 +144,11 @@ class MessageQueue:
         size = len(body)
         if (spec.max_length is not None or spec.max_length_bytes is not None) \
                 and not self._make_room(size):
+            # what dies on arrival keeps its dead-letter path (`death_queues`): a cycle
+            # through queues that drop or refuse is detected like any other
             if spec.overflow is Overflow.DROP_HEAD:
-                gone = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body)
+                gone = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body,
+                                   death_queues)
                 gone.state = GONE  # dropped on arrival, as RabbitMQ does with max-length 0
                 self.published += 1
                 self.dead_lettered["maxlen"] += 1
@@ -147,7 +156,8 @@ class MessageQueue:
                 return gone
             self.rejected_publishes += 1
             if spec.overflow is Overflow.REJECT_PUBLISH_DLX:
-                dead = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body)
+                dead = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body,
+                                   death_queues)
                 dead.state = GONE  # never stored: nothing to forget
                 self.dead_lettered["maxlen"] += 1
                 self.dead.append((dead, "maxlen"))
@@ -249,6 +259,7 @@ class MessageQueue:
     def _build(
         self, m: Publishable, exchange: str, routing_key: str, now: float, ts_ms: int,
         headers: Mapping[str, Any] | None, delivery_count: int, body: bytes,
+        death_queues: tuple[str, ...] = (),
     ) -> QueuedMessage:
         ttl = m.ttl_s
         qttl = self.spec.message_ttl_s
@@ -263,6 +274,8 @@ class MessageQueue:
             (mid, ctype) if mid is not None or ctype is not None else None,
             ts_ms, None if ttl is None else now + ttl, delivery_count,
         )
+        if death_queues:
+            msg.props = (mid, ctype, death_queues)
         return msg
 
     def _push_ready(self, msg: QueuedMessage) -> None:
@@ -583,6 +596,9 @@ class MessageQueue:
         self.ready_bytes += msg.size
         if msg.expires_at is not None:  # its first entry may have been pruned
             heapq.heappush(self.expiries, (msg.expires_at, msg.uid, msg))
+        # back at its place (the head when it was the oldest), it counts against the
+        # length limit at once: a drop-head queue now over it drops its head (RabbitMQ)
+        self._trim()
 
     def settle_one(self, tag: int) -> QueuedMessage:
         """Remove one unacked delivery (for dead-lettering by the caller)."""
@@ -657,8 +673,10 @@ class MessageQueue:
         return out
 
     def requeue_delayed(self, msg: QueuedMessage) -> None:
-        """A retry comes due: ready again at the tail (its uid was renewed at retry time)."""
+        """A retry comes due: ready again at the tail (its uid was renewed at retry time);
+        a drop-head queue then over its length limit drops its head, as for a publish."""
         self._push_ready(msg)
+        self._trim()
 
     def remove_ready(self, msg: QueuedMessage) -> None:
         """Take a ready message out of the queue for good (replay moved it elsewhere)."""

@@ -42,6 +42,7 @@ class QueueCounters:
     rejected_publishes: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
     oldest_ready_age_s: float = 0.0
+    dead_letter_loops: int = 0  # dead letters dropped by the hop guard (dlx.MAX_HOPS)
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class BrokerStats:
     queues: dict[str, QueueCounters] = field(default_factory=dict)
     dead_letters_dropped: int = 0  # no dead-letter exchange, or nowhere to go
     dead_letter_cycles: int = 0  # dropped to break a dead-letter cycle
+    dead_letter_loops: int = 0  # dropped by the hop guard (also per queue in `queues`)
 
 
 @dataclass(frozen=True, slots=True)

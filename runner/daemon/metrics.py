@@ -204,6 +204,11 @@ def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "runner_queue_dead_lettered", "Messages dead-lettered from a queue, by reason.",
         "queue", "reason",
     )
+    loops = counter(
+        "runner_queue_dead_letter_loops",
+        "Dead letters from a queue dropped because one publish caused more than 1,000 "
+        "dead-letter hops.",
+    )
     for name, _ in topology.queues:
         q = stats.queues.get(name) or QueueStats()
         ready.add_metric([name], q.ready)
@@ -218,7 +223,9 @@ def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         reasons.update(q.dead_lettered)
         for reason, count in sorted(reasons.items()):
             dead.add_metric([name, reason], count)
-    yield from (ready, unacked, age, published, delivered, acked, redelivered, rejected, dead)
+        loops.add_metric([name], q.dead_letter_loops)
+    yield from (ready, unacked, age, published, delivered, acked, redelivered, rejected, dead,
+                loops)
 
 
 def _handlers(topology: Topology, view: HandlerView) -> Iterator[Metric]:

@@ -8,7 +8,10 @@ either fixed by some queue upstream or unknown -- so it stays linear in the
 number of states times bindings, with one exchange walk memoised per
 (exchange, key). Queues with a message_ttl are left out: a cycle through one is
 a deliberate delay loop. Cycles made of certain hops only are errors; the rest
-depend on the key and are warnings (the `dlx-cycle` rule in rules.py).
+depend on the key and are warnings (the `dlx-cycle` rule in rules.py). A TTL
+queue that drops or refuses on arrival (`drops_on_arrival`) delays nothing it
+passes on that way: cycles that only such queues close are warnings
+(`find_arrival_cycles`); at run time the broker drops what comes back.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from runner.topology.model import Binding, Exchange, ExchangeType, HeadersMatch, Queue, Topology
+from runner.topology.model import (
+    Binding,
+    Exchange,
+    ExchangeType,
+    HeadersMatch,
+    Overflow,
+    Queue,
+    Topology,
+)
 
 
 class Routes(Protocol):
@@ -142,10 +153,28 @@ _State = tuple[str, str | None]  # (queue, key its dead letters carry in; None: 
 _Edge = tuple[_State, bool, tuple[str, ...]]
 
 
-def _state_graph(idx: Routes) -> dict[_State, list[_Edge]]:
+def drops_on_arrival(q: Queue) -> str | None:
+    """Why `q` may dead-letter a message the moment it arrives (None: it never does):
+    a zero length limit, or a full `reject-publish-dlx` queue refusing it."""
+    if q.max_length == 0:
+        return "max_length 0"
+    if q.max_length_bytes == 0:
+        return "max_length_bytes 0"
+    if q.overflow is Overflow.REJECT_PUBLISH_DLX and (
+            q.max_length is not None or q.max_length_bytes is not None):
+        return "overflow reject-publish-dlx when full"
+    return None
+
+
+def _state_graph(
+    idx: Routes, *, arrival: bool = False,
+) -> dict[_State, list[_Edge]]:
+    """The (queue, key) graph over queues whose dead letters can come back without a
+    delay: no message_ttl (with `arrival`, also TTL queues that drop on arrival)."""
     router = _Router(idx)
     queues = idx.queues
-    looping = {n for n, q in queues.items() if q.dead_letter and q.message_ttl_s is None}
+    looping = {n for n, q in queues.items() if q.dead_letter and (
+        q.message_ttl_s is None or (arrival and drops_on_arrival(q) is not None))}
     graph: dict[_State, list[_Edge]] = {}
     stack: list[_State] = [(n, None) for n in sorted(looping)]
     while stack:
@@ -256,7 +285,38 @@ def find_cycles(idx: Routes) -> list[Cycle]:
     back through sure hops, whatever the message's own key (searched from (q, None)).
     The rest of the cycles (possibly depending on the key) are warnings.
     """
-    graph = _state_graph(idx)
+    return _cycles(_state_graph(idx))
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalCycle:
+    """A cycle through a message_ttl queue that passes dead letters on at once because
+    it drops or refuses them on arrival (`why`: queue -> reason), so its TTL delays
+    nothing: the broker's cycle detection drops what comes back."""
+
+    cycle: Cycle
+    why: tuple[tuple[str, str], ...]
+
+
+def find_arrival_cycles(idx: Routes) -> list[ArrivalCycle]:
+    """Dead-letter cycles that only a drop (or refusal) on arrival can close: each goes
+    through some message_ttl queue that drops on arrival, and is not a cycle without
+    those queues (`find_cycles` reports those)."""
+    ttl_drops = {n: why for n, q in idx.queues.items()
+                 if q.dead_letter and q.message_ttl_s is not None
+                 and (why := drops_on_arrival(q)) is not None}
+    if not ttl_drops:
+        return []
+    out: list[ArrivalCycle] = []
+    for cycle in _cycles(_state_graph(idx, arrival=True)):
+        why = tuple((n, w) for n, w in sorted(ttl_drops.items())
+                    if f'queue "{n}"' in cycle.route)
+        if why:
+            out.append(ArrivalCycle(cycle, why))
+    return out
+
+
+def _cycles(graph: dict[_State, list[_Edge]]) -> list[Cycle]:
     sure: dict[_State, list[_Edge]] = {s: [e for e in es if e[1]] for s, es in graph.items()}
     cycles: list[Cycle] = []
     in_error: set[str] = set()

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from runner.topology.cycles import Cycle, find_cycles, topic_matches
+from runner.topology.cycles import Cycle, find_arrival_cycles, find_cycles, topic_matches
 from runner.topology.model import (
     NOWHERE,
     Binding,
@@ -384,6 +384,18 @@ def dead_letter_cycles(idx: Index) -> Iterator[Problem]:
         else:
             message = f"possible dead-letter cycle, depending on the routing key: {route}"
             yield idx.problem(path, "dlx-cycle", WARNING, message, fallback=fallback)
+    for found in find_arrival_cycles(idx):
+        cycle = found.cycle
+        route = " -> ".join(cycle.route)
+        why = ", ".join(f'queue "{name}" ({reason})' for name, reason in found.why)
+        message = (
+            f"dead-letter cycle closed by queues that drop or refuse on arrival: {route}; "
+            f"{why} {'pass' if len(found.why) > 1 else 'passes'} dead letters on at once, "
+            "not after a message_ttl: a message "
+            "that comes back to a queue it died in is dropped"
+        )
+        yield idx.problem(f"queues.{cycle.start}.dead_letter.exchange", "dlx-cycle", WARNING,
+                          message, fallback=idx.queues[cycle.start].pos)
 
 
 # ---------------------------------------------------------------- consumers

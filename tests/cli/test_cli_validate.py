@@ -320,3 +320,27 @@ def test_check_handlers_verifies_the_handler_takes_msg_or_msg_and_ctx(tmp_path: 
         "(at consumers.keyword.handler)",
         "3 errors, 0 warnings in 1 topology",
     ]
+
+
+DROP_CYCLE = """\
+version: 1
+exchanges: {x1: {type: fanout}, x2: {type: fanout}}
+queues:
+  q1: {max_length: 0, message_ttl: 60s, dead_letter: {exchange: x2}}
+  q2: {max_length: 0, dead_letter: {exchange: x1}}
+bindings: [{exchange: x1, queue: q1}, {exchange: x2, queue: q2}]
+"""
+
+
+def test_a_cycle_only_a_drop_on_arrival_closes_warns_naming_the_queues(tmp_path: Path) -> None:
+    write(tmp_path / "loop.yaml", DROP_CYCLE)
+    done = run(tmp_path, "validate", "loop.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(
+        "loop.yaml:4:65: warning: dead-letter cycle closed by queues that drop or refuse on "
+        'arrival: queue "q1" -> exchange "x2" -> queue "q2" -> exchange "x1" -> queue "q1"; '
+        'queue "q1" (max_length 0) passes dead letters on at once')
+    assert lines[-1] == "0 errors, 1 warning in 1 topology (valid)"
+    strict = run(tmp_path, "validate", "loop.yaml", "--strict")
+    assert strict.returncode == 1

@@ -56,6 +56,7 @@ EXPECTED = {
     "runner_queue_dead_lettered": {"queue", "reason"},
     "runner_queue_rejected_publishes": {"queue"},
     "runner_queue_oldest_message_age_seconds": {"queue"},
+    "runner_queue_dead_letter_loops": {"queue"},
     "runner_handler_duration_seconds": {"consumer"},
     "runner_handler_retries": {"consumer"},
     "runner_topology_reloads": {"result"},

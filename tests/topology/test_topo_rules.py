@@ -356,6 +356,60 @@ def test_dead_letter_cycle_through_a_ttl_queue_is_allowed() -> None:
     )
 
 
+def test_cycle_closed_by_a_drop_on_arrival_ttl_queue_is_a_warning() -> None:
+    # issue 8 item 1: q1's TTL delays nothing, it drops everything on arrival
+    assert found("""\
+        version: 1
+        exchanges: {x1: {type: fanout}, x2: {type: fanout}}
+        queues:
+          q1: {max_length: 0, message_ttl: 60s, dead_letter: {exchange: x2}}
+          q2: {max_length: 0, dead_letter: {exchange: x1}}
+        bindings: [{exchange: x1, queue: q1}, {exchange: x2, queue: q2}]
+        """) == [
+        (
+            FILE,
+            4,
+            65,
+            "queues.q1.dead_letter.exchange",
+            "dlx-cycle",
+            "warning",
+            'dead-letter cycle closed by queues that drop or refuse on arrival: queue "q1" '
+            '-> exchange "x2" -> queue "q2" -> exchange "x1" -> queue "q1"; queue "q1" '
+            "(max_length 0) passes dead letters on at once, not after a message_ttl: a "
+            "message that comes back to a queue it died in is dropped",
+        ),
+    ]
+
+
+def test_cycle_closed_by_full_reject_publish_dlx_ttl_queues_is_a_warning() -> None:
+    problems = found("""\
+        version: 1
+        exchanges: {x1: {type: fanout}, x2: {type: fanout}}
+        queues:
+          q1: {max_length: 1, overflow: reject-publish-dlx, message_ttl: 60s,
+               dead_letter: {exchange: x2}}
+          q2: {max_length: 5, overflow: reject-publish-dlx, message_ttl: 1s,
+               dead_letter: {exchange: x1}}
+        bindings: [{exchange: x1, queue: q1}, {exchange: x2, queue: q2}]
+        """)
+    assert [(p[3], p[4], p[5]) for p in problems] == [
+        ("queues.q1.dead_letter.exchange", "dlx-cycle", "warning")]
+    assert ('queue "q1" (overflow reject-publish-dlx when full), queue "q2" (overflow '
+            "reject-publish-dlx when full) pass dead letters on at once") in problems[0][6]
+
+
+def test_ttl_cycle_whose_queues_keep_what_arrives_is_still_allowed() -> None:
+    # a drop-head TTL queue with room keeps what arrives: a real delay loop
+    assert found("""\
+        version: 1
+        exchanges: {x1: {type: fanout}, x2: {type: fanout}}
+        queues:
+          q1: {max_length: 10, message_ttl: 60s, dead_letter: {exchange: x2}}
+          q2: {max_length: 0, dead_letter: {exchange: x1}}
+        bindings: [{exchange: x1, queue: q1}, {exchange: x2, queue: q2}]
+        """) == []
+
+
 def test_routing_key_on_fanout_binding_is_ignored() -> None:
     assert found("""\
         version: 1
