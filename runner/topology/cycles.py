@@ -309,10 +309,10 @@ def find_arrival_cycles(idx: Routes) -> list[ArrivalCycle]:
         return []
     out: list[ArrivalCycle] = []
     for cycle in _cycles(_state_graph(idx, arrival=True)):
-        why = tuple((n, w) for n, w in sorted(ttl_drops.items())
-                    if f'queue "{n}"' in cycle.route)
-        if why:
-            out.append(ArrivalCycle(cycle, why))
+        reasons = tuple((n, w) for n, w in sorted(ttl_drops.items())
+                        if f'queue "{n}"' in cycle.route)
+        if reasons:
+            out.append(ArrivalCycle(cycle, reasons))
     return out
 
 
