@@ -91,6 +91,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--disk-budget", type=_budget, default=None,
         help="disk for queue logs; publishes get 429 once it is used (default unlimited)",
     )
+    run.add_argument(
+        "--kafka-listen", type=_listen, default=None, metavar="HOST:PORT",
+        help="also serve the topics over the Kafka protocol (off by default; try "
+             "127.0.0.1:9092)",
+    )
     run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     run.set_defaults(func=cmd_run)
@@ -171,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         memory_budget_bytes=args.memory_budget,
         disk_budget_bytes=args.disk_budget,
+        kafka_listen=args.kafka_listen,
     )
     try:
         supervisor = Supervisor(config, loaded, parts)

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runner.clock import Clock, SystemClock
 from runner.daemon import codec
@@ -44,6 +44,9 @@ from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
+
+if TYPE_CHECKING:
+    from runner.daemon.kafka.server import KafkaListener
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class DaemonConfig:
     watch: bool = True
     memory_budget_bytes: int = 256 * 1024 * 1024
     disk_budget_bytes: int | None = None  # None: unlimited
+    kafka_listen: tuple[str, int] | None = None  # None: no Kafka listener
 
 
 class Loaded(Protocol):
@@ -185,6 +189,7 @@ class Supervisor:
         self._registry = build_registry(self)
         self._tick_failures = 0
         self._tasks: set[asyncio.Future[ReloadResult]] = set()
+        self._kafka_wake: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ state for HTTP/metrics
     @property
@@ -211,6 +216,8 @@ class Supervisor:
     def notify(self) -> None:
         if self._pipeline is not None:
             self._pipeline.notify()
+        if self._kafka_wake is not None:
+            self._kafka_wake()
 
     def engine_stats(self) -> EngineStats:
         return self.engine.stats()
@@ -260,14 +267,19 @@ class Supervisor:
             max_request_bytes=config.max_request_bytes,
         )
         server = HttpServer(app)
+        kafka: KafkaListener | None = None
         try:
             # bind first (not ready yet): a taken port fails before any handler runs
             port = await server.start(config.host, config.port)
+            if config.kafka_listen is not None:
+                kafka = await self._start_kafka(config.kafka_listen)
             self._pipeline = self._parts.make_pipeline(
                 self._engine, self._topology, config, clock, executor
             )
             await self._pipeline.start()
         except BaseException:
+            if kafka is not None:
+                await kafka.stop()
             await server.stop()
             self._engine.close()
             executor.shutdown(wait=False, cancel_futures=True)
@@ -305,6 +317,8 @@ class Supervisor:
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+            if kafka is not None:
+                await kafka.stop()
             await server.stop()
             self._engine.flush()
             self._engine.close()
@@ -313,6 +327,19 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             log.info("stopped", extra={"event": "stopped"})
         return 0
+
+    async def _start_kafka(self, listen: tuple[str, int]) -> KafkaListener:
+        from runner.daemon.kafka import build_listener
+
+        listener, signal_ = build_listener(
+            lambda: self.engine, notify=self.notify, clock=self._parts.clock,
+            token=self.config.token, max_request_bytes=self.config.max_request_bytes,
+        )
+        port = await listener.start(*listen)
+        self._kafka_wake = signal_.wake
+        log.info("listening on kafka://%s:%d", listen[0], port,
+                 extra={"event": "kafka_listening", "host": listen[0], "port": port})
+        return listener
 
     def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,122 @@
+"""The engine as the Kafka listener sees it: the one module that calls into the engine.
+
+Everything the listener does to topics, records and group offsets goes
+through `EnginePort`, so that retargeting the listener onto another engine
+contract means changing this module alone. It reads and appends records at
+the store's level (`engine.store`) because Kafka records carry raw header
+bytes and may repeat a header name; the facade's records decode headers into
+a dict.
+
+Like every caller of the engine it runs on the daemon's asyncio loop (the
+engine's single owner), and its appends are as durable on return as the
+`--fsync` policy promises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from runner.engine import Engine, TopicPartition
+from runner.log.store import AppendRecord
+from runner.topology.model import ConsumerGroup
+
+KAFKA_PRODUCER_PREFIX = "kafka-producer-"
+
+
+# a stored record: (offset, timestamp_ms, key, value, headers) -- a plain tuple,
+# the shape `batches.encode_batch` takes (one per record of a fetch: kept cheap)
+StoredRecord = tuple[int, int, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Offsets:
+    log_start: int
+    log_end: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+
+class EnginePort:
+    """Topics, records and group offsets of the running engine."""
+
+    def __init__(self, engine: Callable[[], Engine], notify: Callable[[], None]) -> None:
+        self._engine = engine
+        self._notify = notify
+
+    # ------------------------------------------------------------ topics
+    def topics(self) -> dict[str, int]:
+        """Every declared topic and its partition count."""
+        store = self._engine().store
+        return {name: store.partition_count(name) for name in store.topic_names()}
+
+    def partition_count(self, topic: str) -> int:
+        """0 for an unknown topic."""
+        return self._engine().store.partition_count(topic)
+
+    def offsets(self, topic: str, partition: int) -> Offsets:
+        """NotFound for an unknown topic or partition."""
+        part = self._engine().store.partition(topic, partition)
+        return Offsets(part.log_start_offset, part.log_end_offset)
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        """The first offset with a timestamp >= `timestamp_ms` (the log end if none)."""
+        return self._engine().offset_for_time(topic, partition, timestamp_ms)
+
+    # ------------------------------------------------------------ records
+    def append(
+        self, topic: str, partition: int, records: Sequence[NewRecord], *,
+        producer_id: int = -1, base_sequence: int = -1,
+    ) -> int:
+        """Append to one partition; the offset of the first record. An idempotent
+        producer's exact retry gets the original offsets (nothing is stored
+        again); a sequence out of order raises InvalidRequest "... out of order
+        sequence ...". Other errors as `Engine.append`."""
+        producer = f"{KAFKA_PRODUCER_PREFIX}{producer_id}" if producer_id >= 0 else None
+        seq = base_sequence if producer is not None and base_sequence >= 0 else None
+        out = [AppendRecord(value=r.value, key=r.key, headers=r.headers, partition=partition,
+                            timestamp_ms=r.timestamp_ms, producer_id=producer,
+                            sequence=None if seq is None else seq + i)
+               for i, r in enumerate(records)]
+        placed = self._engine().store.append(topic, out)
+        self._notify()
+        return placed[0][1] if placed else -1
+
+    def read(self, topic: str, partition: int, offset: int, *, max_bytes: int,
+             max_records: int = 10_000) -> list[StoredRecord]:
+        """Records from `offset`; OffsetOutOfRange outside the log."""
+        recs, _ = self._engine().store.read_from(topic, partition, offset,
+                                                 max_records=max_records, max_bytes=max_bytes)
+        return [(r.offset, r.timestamp_ms, r.key, r.value, r.headers) for r in recs]
+
+    # ------------------------------------------------------------ groups
+    def group(self, name: str) -> ConsumerGroup | None:
+        """The declared group `name`, or None."""
+        return self._engine().topology.group_map().get(name)
+
+    def groups(self) -> Mapping[str, ConsumerGroup]:
+        return self._engine().topology.group_map()
+
+    def position(self, group: str, topic: str, partition: int) -> int:
+        """The group's committed offset, else its reset position (`offset_reset`)."""
+        return self._engine().position(group, TopicPartition(topic, partition))
+
+    def committed(self, group: str, topic: str, partition: int) -> int | None:
+        info = self._engine().group_info(group)
+        for p in info.partitions:
+            if p.topic == topic and p.partition == partition:
+                return p.committed
+        return None
+
+    def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit next offsets to read (durable per the fsync policy)."""
+        self._engine().commit(
+            group, {TopicPartition(t, p): off for (t, p), off in offsets.items()},
+            external=True)
+        self._notify()

@@ -1,0 +1,161 @@
+"""Kafka listener fixtures: a REAL daemon (`runner run --kafka-listen 127.0.0.1:0`)
+and real Kafka clients (kafka-python, confluent-kafka, aiokafka, kcat).
+
+`KafkaDaemon` is the e2e `Daemon` plus the Kafka port read from its log line
+`listening on kafka://HOST:PORT` (a restart binds a new ephemeral port).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Daemon, make_daemon, wait_for
+
+_KAFKA = re.compile(r"listening on kafka://[^:\s]+:(\d+)")
+
+TOPOLOGY = """\
+version: 1
+name: kafka-test
+topics:
+  orders:
+    partitions: 3
+  events:
+    partitions: 1
+  ledger:
+    partitions: 2
+    cleanup_policy: compact
+consumer_groups:
+  billing:
+    topics: [orders]
+  audit:
+    topics: [events]
+    offset_reset: latest
+"""
+
+
+class KafkaDaemon(Daemon):
+    kafka_port: int = 0
+
+    def start(self, *, expect_ready: bool = True, timeout_s: float = 30.0) -> None:
+        super().start(expect_ready=expect_ready, timeout_s=timeout_s)
+        if expect_ready:
+            match = wait_for(lambda: _KAFKA.findall(self.log()), timeout_s)
+            self.kafka_port = int(match[-1])
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+
+def make_kafka_daemon(workdir: Path, topology: str = TOPOLOGY, *,
+                      args: list[str] | None = None, **kw: Any) -> KafkaDaemon:
+    base = make_daemon(workdir, topology, args=["--kafka-listen", "127.0.0.1:0",
+                                                *(args or [])], **kw)
+    d = KafkaDaemon(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    return d
+
+
+@pytest.fixture(scope="module")
+def kd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaDaemon]:
+    """One Kafka-listening daemon shared by a test module."""
+    d = make_kafka_daemon(tmp_path_factory.mktemp("kafka"))
+    d.start()
+    yield d
+    d.stop()
+    assert "Traceback" not in d.log()
+
+
+@pytest.fixture
+def start_kafka_daemon(tmp_path: Path) -> Iterator[Callable[..., KafkaDaemon]]:
+    started: list[KafkaDaemon] = []
+
+    def start(topology: str = TOPOLOGY, **kw: Any) -> KafkaDaemon:
+        d = make_kafka_daemon(tmp_path / f"k{len(started)}", topology, **kw)
+        started.append(d)
+        d.start()
+        return d
+
+    yield start
+    for d in started:
+        if d.running:
+            d.stop()
+
+
+def kcat_path() -> str | None:
+    return shutil.which("kcat")
+
+
+# ---------------------------------------------------------------- raw frames
+class RawClient:
+    """A bare socket speaking frames, for inputs no real client would send."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(struct.pack(">i", len(payload)) + payload)
+
+    def receive(self) -> bytes | None:
+        """One response frame's payload, or None when the listener closed."""
+        head = self._exactly(4)
+        if head is None:
+            return None
+        (size,) = struct.unpack(">i", head)
+        return self._exactly(size)
+
+    def _exactly(self, n: int) -> bytes | None:
+        buf = b""
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request(api_key: int, version: int, body: Any, correlation: int = 7,
+            client_id: str = "raw") -> bytes:
+    """A request payload (header + body) encoded with kio, as a client would."""
+    import io
+
+    from kio.serial import entity_writer
+
+    out = io.BytesIO()
+    out.write(struct.pack(">hhi", api_key, version, correlation))
+    raw = client_id.encode()
+    out.write(struct.pack(">h", len(raw)) + raw)
+    if type(body).__flexible__:
+        out.write(b"\0")
+    entity_writer(type(body))(out, body)
+    return out.getvalue()
+
+
+def response(payload: bytes, cls: type, *, flexible_header: bool) -> Any:
+    from kio.serial import entity_reader
+
+    pos = 4 + (1 if flexible_header else 0)
+    value, _ = entity_reader(cls)(payload, pos)
+    return value
+
+
+def until(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
+    return wait_for(check, timeout_s)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
