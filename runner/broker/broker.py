@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from runner.broker.routing import Route, Router
 from runner.broker.steps import StepLog
 from runner.clock import Clock
 from runner.errors import Conflict, InvalidRequest, NotFound, Refused, UnsafeChange
+from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.record import Fsync
 from runner.topology.model import Binding, Exchange, Queue
@@ -202,7 +202,7 @@ class Broker:
         return lines
 
     def _create_queue(self, spec: Queue) -> None:
-        qdir = self.data_dir / "queues" / spec.name
+        qdir = entity_path(self.data_dir / "queues", spec.name)
         if spec.durable:
             journal = QueueLog(qdir, fsync=self.fsync, clock=self.clock,
                                segment_bytes=self.segment_bytes)
@@ -220,9 +220,9 @@ class Broker:
                 self.flusher.add(journal.log)
             self._seed_dedup(spec.name, ready)
         else:
-            shutil.rmtree(qdir, ignore_errors=True)
-            spill = LazySpill(self.data_dir / "spill" / spec.name, self.clock,
-                               self.segment_bytes)
+            remove_tree(qdir, root=self.data_dir)
+            spill = LazySpill(entity_path(self.data_dir / "spill", spec.name), self.clock,
+                              self.segment_bytes, root=self.data_dir)
             spill.close(remove=True)
             mq = MessageQueue(spec, uid_start=self._epoch << 36, spill=spill,
                               memory=self.memory)
@@ -239,7 +239,7 @@ class Broker:
             if self.flusher is not None:
                 self.flusher.remove(journal.log)
             journal.log.close()
-            shutil.rmtree(self.data_dir / "queues" / name, ignore_errors=True)
+            remove_tree(journal.log.directory, root=self.data_dir)
         spill = self.spills.pop(name, None)
         if spill is not None:
             spill.close(remove=True)

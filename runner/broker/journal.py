@@ -33,7 +33,6 @@ are mostly settled are rewritten with only their live publishes
 from __future__ import annotations
 
 import math
-import shutil
 import struct
 from array import array
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +42,7 @@ from typing import Any
 from runner.broker.headers import decode_headers, encode_headers
 from runner.broker.message import EMPTY_HEADERS, QueuedMessage
 from runner.clock import Clock, now_ms
+from runner.log.datapath import remove_tree
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
 
@@ -399,15 +399,16 @@ class SpillLog:
 class LazySpill:
     """A non-durable queue's spill log, created on first use."""
 
-    def __init__(self, directory: Path, clock: Clock, segment_bytes: int) -> None:
+    def __init__(self, directory: Path, clock: Clock, segment_bytes: int, *, root: Path) -> None:
         self.directory = directory
+        self.root = root  # the data directory: deletes stay inside it
         self.clock = clock
         self.segment_bytes = segment_bytes
         self.log: SpillLog | None = None
 
     def spill(self, msg: QueuedMessage, body: bytes) -> int:
         if self.log is None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            remove_tree(self.directory, root=self.root)
             self.log = SpillLog(self.directory, clock=self.clock, segment_bytes=self.segment_bytes)
         return self.log.spill(msg, body)
 
@@ -423,4 +424,4 @@ class LazySpill:
             self.log.close()
             self.log = None
         if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            remove_tree(self.directory, root=self.root)

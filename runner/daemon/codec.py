@@ -242,7 +242,7 @@ def _fast_message(item: Any, limits: Limits, default_key: str | None) -> OutMess
         or body is _MISSING
         or not (priority is None or (type(priority) is int and 0 <= priority <= 255))
         or not (headers is None or type(headers) is dict)
-        or not (message_id is None or type(message_id) is str)
+        or not (message_id is None or (type(message_id) is str and message_id[:2] != "__"))
     ):
         return None
     data = jsontext.dumps(body)
@@ -282,9 +282,21 @@ def message(
         headers=_headers(obj, prefix),
         priority=_optional_int(obj, "priority", prefix, low=0, high=255),
         ttl_s=None if ttl is None else parse_duration(ttl, "ttl", prefix),
-        message_id=_optional_str(obj, "message_id", prefix),
+        message_id=_message_id(obj, prefix),
         content_type=content_type,
     )
+
+
+def _message_id(obj: Mapping[str, Any], prefix: str) -> str | None:
+    """The message id; ids starting with `__` belong to the engine (the ids it gives a
+    step's outputs), so a producer's id can never be taken for one of them."""
+    mid = _optional_str(obj, "message_id", prefix)
+    if mid is not None and mid.startswith("__"):
+        raise BadInput(
+            f"{prefix}'message_id' {_show(mid)} starts with \"__\", which is reserved for "
+            "the engine's own ids; choose another id"
+        )
+    return mid
 
 
 def _batch(body: Any, noun: str, parse: Callable[[Any, int | None], T]) -> tuple[list[T], bool]:

@@ -2,7 +2,7 @@
 
 Layout under `data_dir`::
 
-    topics/<topic>-<p>/        one SegmentedLog per partition
+    topics/<topic>-<p>/        one SegmentedLog per partition (<topic>: datapath.dir_name)
     __consumer_offsets/        committed offsets and reset positions (OffsetStore)
     __log_steps/               the StepJournal behind `commit_step`
 
@@ -21,7 +21,6 @@ import base64
 import hashlib
 import json
 import logging
-import shutil
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from runner.clock import Clock, now_ms
 from runner.errors import InvalidRequest, NotFound, OffsetOutOfRange, TooLarge, UnsafeChange
 from runner.log.cache import ReadCache
 from runner.log.compaction import Cleaner, compact
+from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.groups import Groups
 from runner.log.journal import StepJournal
@@ -223,7 +223,8 @@ class Store:
         return out
 
     def _open(self, topic: Topic, number: int) -> Partition:
-        part = Partition(self.data_dir / "topics" / f"{topic.name}-{number}", topic, number,
+        directory = entity_path(self.data_dir / "topics", topic.name, f"-{number}")
+        part = Partition(directory, topic, number,
                          fsync=self.fsync, clock=self.clock, cache=self.read_cache,
                          fsync_interval_ms=self.fsync_interval_ms)
         if self.flusher:
@@ -240,7 +241,7 @@ class Store:
                 self.flusher.remove(part.log)
             with part.maintenance:
                 part.close()
-            shutil.rmtree(part.directory, ignore_errors=True)
+            remove_tree(part.directory, root=self.data_dir)
 
     def topic(self, name: str) -> Topic:
         return self._topic(name).config

@@ -21,6 +21,7 @@ from typing import Any
 
 from runner.clock import Clock
 from runner.engine import Engine, FsyncPolicy
+from runner.log.datapath import entity_path
 from runner.pipeline.deadletter import error_type
 from runner.pipeline.handler import Handler, HandlerTimeout
 from runner.pipeline.idempotency import IdempotencyStore, key_of
@@ -70,7 +71,8 @@ class Worker:
         self.idem_store: IdempotencyStore | None = None
         if idempotency is not None:
             self.idem_store = IdempotencyStore(
-                env.data_dir / "idempotency" / f"{name}.keys", window_s=idempotency.window_s,
+                entity_path(env.data_dir / "idempotency", name, ".keys"),
+                window_s=idempotency.window_s,
                 clock=env.clock, fsync=env.fsync is FsyncPolicy.ALWAYS,
             )
         self.counters = counters

@@ -83,10 +83,23 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
             merged = dict(_inline(defs[ref[len("#/$defs/") :]], defs))
             merged.update({k: _inline(v, defs) for k, v in node.items() if k != "$ref"})
             return merged
-        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+        return {
+            k: _end_of_input(v) if k == "pattern" and isinstance(v, str) else _inline(v, defs)
+            for k, v in node.items()
+            if k != "$defs"
+        }
     if isinstance(node, list):
         return [_inline(item, defs) for item in node]
     return node
+
+
+def _end_of_input(pattern: str) -> str:
+    """A schema pattern with JSON Schema's (ECMA-262) meaning of a final `$`, the end of
+    the input, in Python's `re` (where `$` also matches before a final newline, so
+    `"orders\\n"` would pass `^[a-z]+$`): the final `$` becomes `\\Z`."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        return pattern[:-1] + "\\Z"
+    return pattern
 
 
 def check(document: SourceDocument) -> list[Problem]:
@@ -378,6 +391,10 @@ def _bad_name(value: Any, kind: str = "") -> str:
         return f"a {what} must not be empty"
     if len(value) > 249:
         return f"{what} is {len(value)} characters long; the limit is 249"
+    if value in (".", ".."):
+        return f'{what} "{value}" is not allowed: "." and ".." name directories (as in Kafka)'
+    if value.endswith("\n"):
+        return f"{what} {_short(value)} ends with a line break; names are one line"
     return (
         f"invalid {what} {_short(value)}: use only letters, digits, '.', '_' and '-' "
         "(1 to 249 characters)"

@@ -262,3 +262,20 @@ def test_a_small_gzip_body_still_works(d: Daemon) -> None:
     got = d.post("/v1/queues/pq/messages", raw=data, headers={"Content-Encoding": "gzip"})
     assert got.status == 202, got.body
     assert [m["body"] for m in drain(d, "pq")] == [{"zipped": True}]
+
+
+# ------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("body,prefix", [
+    ({"body": 1, "message_id": "__e1-0"}, ""),
+    ({"messages": [{"body": 1}, {"body": 1, "message_id": "__x"}]}, "message 1: "),
+])
+def test_a_message_id_starting_with_two_underscores_is_reserved(
+    d: Daemon, body: object, prefix: str
+) -> None:
+    status, message = error_of(d, "POST", "/v1/queues/pq/messages", body)
+    assert status == 400
+    assert message.startswith(f"{prefix}'message_id' \"__")
+    assert message.endswith('starts with "__", which is reserved for the engine\'s own ids; '
+                            "choose another id")
