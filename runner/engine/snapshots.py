@@ -26,7 +26,7 @@ def group_info(store: Store, group: str) -> GroupInfo:
             pos = groups.position(group, tp)
             end = store.log_end(tp)
             parts.append(GroupPartition(topic, p, groups.committed(group, tp), pos, end,
-                                        max(0, end - pos), groups.owner(group, tp)))
+                                        groups.lag(group, tp), groups.owner(group, tp)))
     return GroupInfo(group, tuple(groups.members(group)), tuple(parts))
 
 

@@ -11,7 +11,8 @@ when the group first saw the partition: the log start for `earliest` (read
 live, so retention moves it), the log end at that time for `latest`. A position
 that fell below the log start is reset by `offset_reset` (Kafka's
 auto.offset.reset for an out-of-range offset): the log start or the log end.
-Lag = log end - position.
+Lag = log end - committed offset (also when that is below the log start), else
+log end - the reset position.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ class PartitionView(Protocol):
     def log_end(self, tp: TopicPartition) -> int: ...
 
     def offset_for_timestamp(self, tp: TopicPartition, ts_ms: int) -> int: ...
+
+
+def out_of_range_reset(reset: OffsetReset, log_start: int, log_end: int) -> int:
+    """Where a position that is no longer in the log goes (Kafka's auto.offset.reset):
+    `earliest` -> the log start, `latest` -> the log end. One rule for the committed
+    position (`Groups.position`) and a running member's own (the group worker)."""
+    return log_end if reset is OffsetReset.LATEST else log_start
 
 
 @dataclass(slots=True)
@@ -201,12 +209,20 @@ class Groups:
         start = self.view.log_start(tp)
         if pos >= start:
             return pos
-        if pos >= 0 and self._get(name).config.offset_reset is OffsetReset.LATEST:
-            return self.view.log_end(tp)
-        return start
+        if pos < 0:
+            return start  # `earliest` before the first commit: the live log start
+        return out_of_range_reset(self._get(name).config.offset_reset, start,
+                                  self.view.log_end(tp))
 
     def lag(self, name: str, tp: TopicPartition) -> int:
-        return max(0, self.view.log_end(tp) - self.position(name, tp))
+        """Log end - committed offset wherever the group committed, also below the log
+        start (as kafka-consumer-groups and kafka_exporter report it: the records the
+        group never consumed, retention-deleted ones included); before the first
+        commit, log end - the reset position."""
+        self._check(name, tp)
+        committed = self.offsets.committed.get((name, tp))
+        pos = committed if committed is not None else self.position(name, tp)
+        return max(0, self.view.log_end(tp) - pos)
 
     def check_member(self, name: str, tps: Iterable[TopicPartition], *,
                      member_id: str | None = None, generation: int | None = None) -> None:

@@ -721,6 +721,11 @@ class SegmentedLog:
         """
         first = bases[0]
         name = segment_name(first)
+        with self._lock:
+            # a segment emptied by cleaning keeps the age of what it replaced (Kafka:
+            # the cleaned segment keeps the last one's modification time), so time
+            # retention, not compaction, decides when it goes
+            old_ts = max((s.max_ts for s in self._segments if s.base in bases), default=-1)
         cleaned = self.directory / f"{name}.log.cleaned"
         fd = os.open(cleaned, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         index = OffsetIndex(self.directory / f"{name}.index.cleaned", first)
@@ -746,6 +751,8 @@ class SegmentedLog:
                 since += len(data)
                 size += len(data)
                 last = recs[-1].offset
+            if max_ts < 0:
+                max_ts = old_ts
             tindex.close_entry(max(max_ts, 0), max(last, first))
             os.fsync(fd)
         finally:

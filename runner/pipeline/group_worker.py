@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.engine import Record, Step, TopicPartition
 from runner.errors import Conflict, EngineError, NotFound, OffsetOutOfRange
+from runner.log.groups import out_of_range_reset
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.message import Outputs, TopicMessage
 from runner.pipeline.stats import HandlerCounters
@@ -160,9 +161,13 @@ class GroupWorker(Worker):
             records, next_offset = engine.read(tp.topic, tp.partition, positions[tp],
                                                max_records=READ_BATCH)
         except OffsetOutOfRange as exc:
-            log.warning("group %s: %s[%d] offset %d is gone, skipping to %d", self.name,
-                        tp.topic, tp.partition, positions[tp], exc.log_start)
-            positions[tp] = exc.log_start
+            # retention removed the position: reset by the group's offset_reset, as
+            # for a committed offset (earliest -> log start, latest -> log end)
+            to = out_of_range_reset(self.group.offset_reset, exc.log_start, exc.log_end)
+            log.warning("group %s: %s[%d] offset %d is gone, skipping to %d (offset_reset "
+                        "%s)", self.name, tp.topic, tp.partition, positions[tp], to,
+                        self.group.offset_reset.value)
+            positions[tp] = to
             return True
         if not records:
             # compaction may have removed offsets at the tail: read on from there

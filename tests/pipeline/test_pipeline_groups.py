@@ -10,7 +10,15 @@ import pytest
 
 from runner.engine import TopicPartition
 from runner.pipeline.deadletter import DEAD_LETTER_HEADER
-from runner.topology.model import ConsumerGroup, Delivery, DlqPolicy, Queue, Topic
+from runner.topology.model import (
+    ConsumerGroup,
+    Delivery,
+    DlqPolicy,
+    OffsetReset,
+    Queue,
+    Retention,
+    Topic,
+)
 from tests.pipeline import pipeline_handlers as ph
 from tests.pipeline.harness import H, bodies, rec, running, topology, wait_until
 
@@ -203,3 +211,37 @@ def test_apply_restarts_a_changed_group_and_stops_a_removed_one(tmp_path: Path) 
 
     asyncio.run(go())
     assert sorted(int(e["id"]) for e in ph.SEEN) == list(range(20))
+
+
+@pytest.mark.parametrize("reset", [OffsetReset.LATEST, OffsetReset.EARLIEST])
+def test_a_running_members_position_removed_by_retention_is_reset_by_offset_reset(
+    tmp_path: Path, reset: OffsetReset, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # issue 8 item 5: while the member handles offset 0, retention removes 1..~45;
+    # `latest` goes on at the log end (as Kafka does), `earliest` at the log start
+    topic = Topic("events", segment_bytes=300, retention=Retention(time_s=None, bytes=1))
+    topo = topology(topics=(topic,), groups=(
+        ConsumerGroup("g", ("events",), handler=f"{H}:blocking", offset_reset=reset),))
+
+    async def go() -> tuple[int, int]:
+        async with running(topo, tmp_path) as r:
+            r.append("events", {"id": 0})
+            await wait_until(ph.STARTED.is_set)
+            for i in range(1, 51):  # one batch each: segments roll between batches
+                r.engine.append("events", [rec({"id": i})])
+            await wait_until(lambda: r.engine.partitions("events")[0].log_start_offset > 1)
+            start = r.engine.partitions("events")[0].log_start_offset
+            ph.RELEASE.set()
+            await wait_until(lambda: "offset 1 is gone" in caplog.text)
+            r.append("events", {"id": 99})
+            await wait_until(lambda: any(e["id"] == "99" for e in ph.SEEN))
+            return start, 51
+
+    start, end = asyncio.run(go())
+    assert f"offset 1 is gone, skipping to {51 if reset is OffsetReset.LATEST else start} " \
+        f"(offset_reset {reset.value})" in caplog.text
+    handled = [int(e["id"]) for e in ph.SEEN if e.get("phase") == "end"]
+    if reset is OffsetReset.LATEST:
+        assert handled == [0, 99]
+    else:
+        assert handled == [0, *range(start, end), 99]
