@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from runner.clock import ManualClock, now_ms
-from runner.errors import Conflict, InvalidRequest, NotFound
 from runner.engine.snapshots import group_info
+from runner.errors import Conflict, InvalidRequest, NotFound
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync
 from runner.log.store import AppendRecord, Store

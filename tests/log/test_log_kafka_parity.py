@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.clock import ManualClock, now_ms
+from runner.clock import ManualClock
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync
 from runner.log.store import AppendRecord, Store
