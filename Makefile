@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	@./tools/ensure-promtool
 	$(BIN)/python -m pytest -q -m "not torture"
 
 torture: $(STAMP)
