@@ -310,7 +310,9 @@ def reload_latency(d: Daemon, rounds: int) -> list[float]:
 def rabbit_available() -> str | None:
     try:
         import pika
-
+    except ModuleNotFoundError:
+        return "pika is not installed: pip install -e '.[bench]' (make install does)"
+    try:
         pika.BlockingConnection(pika.ConnectionParameters(
             "127.0.0.1", 5672, credentials=pika.PlainCredentials("guest", "guest"),
             connection_attempts=1, socket_timeout=3)).close()

@@ -1,7 +1,10 @@
 """`runner bench`: every benchmarks/bench_*.py, side by side with its floor.
 
 Each script runs in its own subprocess with the current interpreter, from the
-repository root, `--quick` unless `--full`; its output is passed through.
+repository root, `--quick` unless `--full`; its output is passed through. The
+benchmarks are not in the package: they run from a source checkout (the
+working directory or one of its parents, or the checkout of an editable
+install), and an installed wheel says so.
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ def _repo_root() -> Path:
 def cmd_bench(args: argparse.Namespace) -> int:
     root = _repo_root()
     scripts = sorted((root / "benchmarks").glob("bench_*.py"))
+    if not scripts:
+        print(
+            f"runner bench: the benchmarks run from a source checkout of topology-runner "
+            f"(benchmarks/bench_*.py beside pyproject.toml), and there is none in {root} "
+            "or its parents; clone the repository and run `make bench` there",
+            file=sys.stderr,
+        )
+        return 1
     if args.only:
         scripts = [s for s in scripts if any(o in s.stem for o in args.only)]
     if not scripts:
-        print(f"runner bench: no benchmarks/bench_*.py under {root}", file=sys.stderr)
+        names = ", ".join(s.stem for s in sorted((root / "benchmarks").glob("bench_*.py")))
+        print(f"runner bench: no benchmarks/bench_*.py under {root} matches --only "
+              f"{' '.join(args.only)} (there are: {names})", file=sys.stderr)
         return 1
     failed = []
     for script in scripts:

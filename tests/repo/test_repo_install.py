@@ -1,0 +1,50 @@
+"""What an installed wheel holds and says: runtime dependencies, `runner bench` outside a
+checkout, the README's install lines."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pika_is_an_extra_and_no_runtime_code_imports_it() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("pika") for dep in project["dependencies"])
+    assert any(dep.startswith("pika") for dep in project["optional-dependencies"]["bench"])
+    for path in (REPO / "runner").rglob("*.py"):
+        text = path.read_text()
+        assert "import pika" not in text and "from pika" not in text, path
+    assert "'.[test,lint,bench]'" in (REPO / "Makefile").read_text()
+
+
+def test_runner_bench_from_an_installed_package_says_it_needs_a_checkout(
+    tmp_path: Path,
+) -> None:
+    # the package as a wheel installs it: `runner/` alone in site-packages, no benchmarks
+    site = tmp_path / "site-packages"
+    shutil.copytree(REPO / "runner", site / "runner",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    code = (f"import sys; sys.path.insert(0, {str(site)!r}); "
+            "from runner.cli import main; sys.exit(main(['bench']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "runner bench: the benchmarks run from a source checkout of topology-runner "
+        f"(benchmarks/bench_*.py beside pyproject.toml), and there is none in {elsewhere} "
+        "or its parents; clone the repository and run `make bench` there\n"
+    )
+
+
+def test_readme_installs_from_the_repository_not_an_index() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "pip install topology-runner" not in readme
+    assert "- run: pip install ./topology-runner" in readme
+    assert "pip wheel --no-deps -w dist ." in readme
