@@ -6,7 +6,9 @@ Each handler gets one record whose `body` is the order as JSON, e.g.
      "items": [{"sku": "BOOK-1", "qty": 2, "price": 12.5}], "status": "created"}
 
 Raising is failure: `ValueError` for an order that can never succeed (the
-topology lists it in `no_retry_on`, so it goes straight to the DLQ).
+topology lists it in `no_retry_on`, so it goes straight to the DLQ). `process`
+chains the next stages: it asks for a payment through the `payments` exchange
+and writes the order to the `audit-log` topic, both only when it succeeds.
 """
 
 from __future__ import annotations
@@ -45,15 +47,15 @@ def order_total(order: dict[str, Any]) -> float:
     return round(total, 2)
 
 
-def process(msg: Any) -> dict[str, Any]:
-    """Validate the order and compute its total (the fulfilment step)."""
+def process(msg: Any, ctx: Any) -> None:
+    """Validate the order, ask for its payment and write it to the audit log."""
     order = _order(msg)
     if not order.get("items"):
-        raise ValueError(f"order {order['order_id']} has no items")
+        raise ValueError(f"order {order['order_id']} has no items")  # no retry: ValueError
     total = order_total(order)
-    count = len(order["items"])
-    log.info("processed order %s: %d items, total %.2f", order["order_id"], count, total)
-    return {"order_id": order["order_id"], "total": total}
+    ctx.publish("payments", "payment.requested", {"order_id": order["order_id"], "amount": total})
+    ctx.append("audit-log", {"order_id": order["order_id"], "total": total})
+    log.info("processed order %s: total %.2f", order["order_id"], total)
 
 
 def analytics(msg: Any) -> dict[str, Any]:

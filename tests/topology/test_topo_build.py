@@ -6,6 +6,7 @@ import importlib
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import Mock
 
 import pytest
 
@@ -344,7 +345,8 @@ def test_order_events_example() -> None:
     assert sorted(groups) == ["analytics-pipeline", "fraud-detection", "order-processing"]
     assert groups["order-processing"].handler == "examples.shop.orders:process"
     assert topo.exchange_map()["orders"].type is ExchangeType.TOPIC
-    assert [(b.exchange, b.topic) for b in topo.bindings] == [("orders", "order-events")]
+    assert [(b.exchange, b.destination) for b in topo.bindings] == [
+        ("orders", "order-events"), ("payments", "payments.requested")]
     policy = topo.policy_map()["orders-standard"]
     assert policy.dead_letter_queue in topo.queue_map()
 
@@ -390,13 +392,17 @@ def test_example_handlers_import_and_behave() -> None:
     }
     msg = SimpleNamespace(body=order)
     process = _handler("examples.shop.orders:process")
-    assert process(msg) == {"order_id": "ORD-1042", "total": 30.0}  # type: ignore[operator]
+    ctx = Mock()
+    assert process(msg, ctx) is None  # type: ignore[operator]
+    ctx.publish.assert_called_once_with(
+        "payments", "payment.requested", {"order_id": "ORD-1042", "amount": 30.0})
+    ctx.append.assert_called_once_with("audit-log", {"order_id": "ORD-1042", "total": 30.0})
     fraud = _handler("examples.shop.orders:fraud")
     assert fraud(msg) is False  # type: ignore[operator]
     big = SimpleNamespace(body={**order, "items": [{"qty": 1, "price": 9000}]})
     assert fraud(big) is True  # type: ignore[operator]
     with pytest.raises(ValueError, match="Invalid order_id format: 'order-7'"):
-        process(SimpleNamespace(body={**order, "order_id": "order-7"}))  # type: ignore[operator]
+        process(SimpleNamespace(body={**order, "order_id": "order-7"}), ctx)  # type: ignore[operator]
     send = _handler("examples.newsletter.email:send")
     assert send(SimpleNamespace(body={"to": "ann@example.com"}, priority=1)) == "ann@example.com"  # type: ignore[operator]
     with pytest.raises(ValueError, match="invalid email address: 'not-an-address'"):
