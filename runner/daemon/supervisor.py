@@ -190,6 +190,7 @@ class Supervisor:
         self._tick_failures = 0
         self._tasks: set[asyncio.Future[ReloadResult]] = set()
         self._kafka_wake: Callable[[], None] | None = None
+        self._kafka: KafkaListener | None = None
 
     # ------------------------------------------------------------ state for HTTP/metrics
     @property
@@ -220,7 +221,12 @@ class Supervisor:
             self._kafka_wake()
 
     def engine_stats(self) -> EngineStats:
-        return self.engine.stats()
+        stats = self.engine.stats()
+        if self._kafka is not None:  # Kafka clients are members of their groups too
+            for group, n in self._kafka.member_counts().items():
+                if group in stats.group_members:
+                    stats.group_members[group] += n
+        return stats
 
     def handler_view(self) -> HandlerView:
         if self._pipeline is None:
@@ -337,6 +343,7 @@ class Supervisor:
         )
         port = await listener.start(*listen)
         self._kafka_wake = signal_.wake
+        self._kafka = listener
         log.info("listening on kafka://%s:%d", listen[0], port,
                  extra={"event": "kafka_listening", "host": listen[0], "port": port})
         return listener

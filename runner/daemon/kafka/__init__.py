@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from runner.clock import Clock
+from runner.daemon.kafka.coordinator import Coordinator
 from runner.daemon.kafka.port import EnginePort
 from runner.daemon.kafka.server import KafkaListener
 from runner.daemon.kafka.session import AppendSignal, Broker
@@ -32,6 +33,6 @@ def build_listener(
     """A listener on the running engine, and the signal to wake its fetches
     (call `wake()` whenever records may have been appended)."""
     signal = AppendSignal()
-    broker = Broker(EnginePort(engine, notify), clock, signal, coordinator=None, token=token,
-                    max_request_bytes=max_request_bytes)
+    broker = Broker(EnginePort(engine, notify), clock, signal, coordinator=Coordinator(clock),
+                    token=token, max_request_bytes=max_request_bytes)
     return KafkaListener(broker), signal

@@ -107,12 +107,9 @@ class EnginePort:
         """The group's committed offset, else its reset position (`offset_reset`)."""
         return self._engine().position(group, TopicPartition(topic, partition))
 
-    def committed(self, group: str, topic: str, partition: int) -> int | None:
-        info = self._engine().group_info(group)
-        for p in info.partitions:
-            if p.topic == topic and p.partition == partition:
-                return p.committed
-        return None
+    def group_members(self, group: str) -> list[str]:
+        """The members the engine knows (a handler group's workers)."""
+        return list(self._engine().group_info(group).members)
 
     def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
         """Commit next offsets to read (durable per the fsync policy)."""

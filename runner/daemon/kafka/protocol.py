@@ -43,7 +43,15 @@ SUPPORTED: Mapping[int, tuple[str, int, int]] = {
     1: ("Fetch", 4, 12),
     2: ("ListOffsets", 1, 8),
     3: ("Metadata", 0, 12),
+    8: ("OffsetCommit", 2, 8),
+    9: ("OffsetFetch", 1, 7),
     10: ("FindCoordinator", 0, 4),
+    11: ("JoinGroup", 0, 9),
+    12: ("Heartbeat", 0, 4),
+    13: ("LeaveGroup", 0, 5),
+    14: ("SyncGroup", 0, 5),
+    15: ("DescribeGroups", 0, 5),
+    16: ("ListGroups", 0, 4),
     17: ("SaslHandshake", 0, 1),
     18: ("ApiVersions", 0, 3),
     22: ("InitProducerId", 0, 4),
@@ -152,7 +160,7 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for name, kind, nested, nullable, has_default in _fields(cls):
         if name in values:
-            kwargs[name] = _convert(values[name], kind, nested)
+            kwargs[name] = _convert(values[name], kind, nested, nullable)
         elif has_default:
             continue
         elif nullable:
@@ -164,9 +172,9 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def _convert(value: Any, kind: str | None, nested: type | None) -> Any:
+def _convert(value: Any, kind: str | None, nested: type | None, nullable: bool) -> Any:
     if value is None:
-        return None
+        return None if nullable else _zero(kind)
     if nested is not None:
         if isinstance(value, Mapping):
             return build(nested, value)

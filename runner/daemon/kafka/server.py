@@ -20,7 +20,7 @@ import logging
 import struct
 from collections.abc import Mapping
 
-from runner.daemon.kafka import cluster_api, records_api, sasl_api
+from runner.daemon.kafka import cluster_api, groups_api, records_api, sasl_api
 from runner.daemon.kafka.protocol import (
     API_VERSIONS,
     SUPPORTED,
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _SIZE = struct.Struct(">i")
 SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
+CHECK_EVERY_S = 0.1  # group member expiry and rebalance timeouts
 _OPEN_BEFORE_AUTH = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
 
 HANDLERS: Mapping[int, Handler] = {
@@ -49,7 +50,15 @@ HANDLERS: Mapping[int, Handler] = {
     1: records_api.fetch_api,
     2: records_api.list_offsets_api,
     3: cluster_api.metadata_api,
+    8: groups_api.offset_commit_api,
+    9: groups_api.offset_fetch_api,
     10: cluster_api.find_coordinator_api,
+    11: groups_api.join_group_api,
+    12: groups_api.heartbeat_api,
+    13: groups_api.leave_group_api,
+    14: groups_api.sync_group_api,
+    15: groups_api.describe_groups_api,
+    16: groups_api.list_groups_api,
     17: sasl_api.handshake_api,
     18: cluster_api.api_versions_api,
     22: cluster_api.init_producer_id_api,
@@ -69,14 +78,32 @@ class KafkaListener:
         self.broker = broker
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._checker: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Bind and listen; the bound port (useful with port 0)."""
         self._server = await asyncio.start_server(self._accept, host, port,
                                                   limit=1024 * 1024)
+        self._checker = asyncio.create_task(self._check_groups())
         return int(self._server.sockets[0].getsockname()[1])
 
+    def member_counts(self) -> dict[str, int]:
+        """Per group, how many Kafka clients are its members now."""
+        return self.broker.coordinator.member_counts()
+
+    async def _check_groups(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            try:
+                self.broker.coordinator.check()
+            except Exception:
+                log.exception("kafka: checking group members failed")
+
     async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            await asyncio.gather(self._checker, return_exceptions=True)
+            self._checker = None
         if self._server is not None:
             self._server.close()
             for task in list(self._connections):
@@ -147,6 +174,7 @@ class KafkaListener:
             request = decode_request(data, frame)
         except ProtocolError as exc:
             raise Closing(str(exc)) from None
+        session.extra["client_id"] = request.client_id or ""
         handler = HANDLERS[frame.api_key]
         try:
             values = await handler(session, request.body, frame.api_version)

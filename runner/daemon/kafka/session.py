@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.clock import Clock
+from runner.daemon.kafka.coordinator import Coordinator
 from runner.daemon.kafka.port import EnginePort
 
 NODE_ID = 0
@@ -45,7 +46,7 @@ class Broker:
     port: EnginePort
     clock: Clock
     appended: AppendSignal
-    coordinator: Any  # runner.daemon.kafka.coordinator.Coordinator (set by the listener)
+    coordinator: Coordinator
     token: str | None = None
     max_request_bytes: int = 64 * 1024 * 1024
     next_producer_id: int = 0
