@@ -104,6 +104,8 @@ def escape_property(text: str) -> str:
 
 
 def github(outcome: Outcome) -> str:
+    """One annotation a problem; under `--strict` a warning fails the job, so it is
+    an `::error` too (its message says it is a warning made an error)."""
     lines = []
     for p in outcome.problems:
         props = [f"file={escape_property(p.file)}"]
@@ -111,7 +113,10 @@ def github(outcome: Outcome) -> str:
             props.append(f"line={p.line}")
             if p.column > 0:
                 props.append(f"col={p.column}")
-        lines.append(f"::{p.severity.value} {','.join(props)}::{escape_data(p.message)}")
+        level, message = p.severity.value, p.message
+        if outcome.strict and p.severity is Severity.WARNING:
+            level, message = "error", f"{message} (a warning; an error under --strict)"
+        lines.append(f"::{level} {','.join(props)}::{escape_data(message)}")
     return "".join(line + "\n" for line in lines)
 
 

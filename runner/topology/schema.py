@@ -61,22 +61,27 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(_inline(whole, whole.get("$defs", {})))
 
 
-_PLACEHOLDER = {"$ref": "#/$defs/env_placeholder"}
+# `if` a value is (a name: holds) a `${...}` string `then` a placeholder `else` the field
+_PLACEHOLDER_IFS = (
+    {"type": "string", "pattern": "^\\$\\{"},
+    {"type": "string", "pattern": "\\$\\{"},
+)
 
 
 def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
     """The schema with local `$ref`s inlined and the placeholder branches removed.
 
-    Numeric, boolean, duration and size fields are `anyOf: [the field, a
-    ${VAR} placeholder]` in the shipped schema, for editors, which see the
-    file before substitution. The loader validates after substitution, where
-    a `${...}` string is only ever a literal (`$${P}`) and must stay an error.
+    Numeric, boolean, duration and size fields, and names, are `if: a ${...}
+    string, then: a placeholder, else: the field` in the shipped schema, for
+    editors, which see the file before substitution (an `if` rather than an
+    `anyOf`, so that a wrong value gets the field's own message there). The
+    loader validates after substitution, where a `${...}` string is only ever
+    a literal (`$${P}`) and must stay an error: only the `else` is kept.
     """
     if isinstance(node, dict):
-        branches = node.get("anyOf")
-        if isinstance(branches, list) and len(branches) == 2 and branches[1] == _PLACEHOLDER:
-            plain = dict(branches[0])
-            plain.update((k, v) for k, v in node.items() if k != "anyOf")
+        if node.get("if") in _PLACEHOLDER_IFS and "else" in node:
+            plain = {k: v for k, v in node.items() if k not in ("if", "then", "else")}
+            plain.update(node["else"])
             node = plain
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/$defs/"):

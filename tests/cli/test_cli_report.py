@@ -51,3 +51,14 @@ def test_human_units_for_plan_values() -> None:
     assert human_value("durable", False) == "false"
     assert human_value("cleanup_policy", ("compact", "delete")) == "[compact, delete]"
     assert human_value("multiplier", 2.0) == "2"
+
+
+def test_github_under_strict_reports_warnings_as_errors() -> None:
+    warning = Problem("a.yaml", 2, 1, "queues.q", "r", Severity.WARNING, "unused queue")
+    assert github(Outcome((warning,), ("a.yaml",))) == (
+        "::warning file=a.yaml,line=2,col=1::unused queue\n"
+    )
+    assert github(Outcome((warning, problem()), ("a.yaml",), strict=True)) == (
+        "::error file=a.yaml,line=2,col=1::unused queue (a warning; an error under --strict)\n"
+        "::error file=a.yaml,line=3,col=5::bad%0Athing 100%25\n"
+    )
