@@ -26,7 +26,15 @@ from runner.broker.deadletter import (
 from runner.broker.dlx import Cascade, DeadLetterPublisher, TopicSink
 from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
-from runner.broker.message import DELAYED, Delivery, Message, Publishable, QueuedMessage, tag_uid
+from runner.broker.message import (
+    DELAYED,
+    READY,
+    Delivery,
+    Message,
+    Publishable,
+    QueuedMessage,
+    tag_uid,
+)
 from runner.broker.queue import REASONS, MemoryBudget, MessageQueue
 from runner.broker.results import (
     BrokerStats,
@@ -732,6 +740,17 @@ class Broker:
             for journal in self.journals.values():
                 journal.log.maybe_sync()
             self.steps.log.maybe_sync()
+
+    def next_due(self) -> float | None:
+        """The earliest wall-clock time at which `tick` may have queue work: a TTL
+        expiry or a delayed retry coming due (None when nothing waits on time).
+        Scans every waiting entry (stale ones, whose message is gone, are skipped):
+        meant for simulations, not for the daemon's tick loop."""
+        due = [t for mq in self.queues.values() for t, _, msg in mq.expiries
+               if msg.state == READY]
+        due += [t for mq in self.queues.values() for t, _, msg in mq.delayed
+                if msg.state == DELAYED]
+        return min(due) if due else None
 
     def compact(self, *, force: bool = False) -> None:
         """Drop settled history from the queue logs (and spilled bodies no longer used)."""

@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "runner.cli.client",  # publish, consume, status, dlq
     "runner.cli.lists",  # queues, exchanges, bindings, topics, groups
     "runner.cli.bench",  # bench
+    "runner.cli.topotest",  # test
 )
 
 

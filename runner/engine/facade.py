@@ -172,6 +172,12 @@ class Engine:
         if self.fsync is Fsync.INTERVAL:
             self.journal.maybe_sync()
 
+    def next_due(self) -> float | None:
+        """The earliest clock time (`clock.time()`) at which `tick` has time-driven
+        queue work (TTL expiry, a retry coming due); None when nothing waits. A
+        simulation on a manual clock advances straight to it."""
+        return self.broker.next_due()
+
     def flush(self) -> None:
         """fsync everything written so far (used at shutdown and by `interval`)."""
         self.store.flush()

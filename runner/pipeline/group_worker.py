@@ -25,6 +25,7 @@ from runner.engine import Record, Step, TopicPartition
 from runner.errors import Conflict, EngineError, NotFound, OffsetOutOfRange
 from runner.log.groups import out_of_range_reset
 from runner.pipeline.deadletter import build_death, error_type
+from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, TopicMessage
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.worker import Worker, WorkerEnv
@@ -45,12 +46,13 @@ class GroupWorker(Worker):
 
     def __init__(
         self, env: WorkerEnv, topology: Topology, group: ConsumerGroup, counters: HandlerCounters,
+        *, handler: Handler | None = None,
     ) -> None:
         assert group.handler is not None
         super().__init__(
             env, topology, name=group.name, handler_ref=group.handler, delivery=group.delivery,
             timeout_s=group.timeout_s, policy_name=group.dlq_policy, idempotency=None,
-            counters=counters,
+            counters=counters, handler=handler,
         )
         self.group = group
         self.replay_queue = env.engine.replay_queue(group.name)

@@ -23,6 +23,7 @@ from typing import Any
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Step
 from runner.errors import EngineError, NotFound
 from runner.pipeline.deadletter import DEAD_LETTER_HEADER, build_death, error_type
+from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, QueueMessage
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.worker import IDLE_WAIT_S, Worker, WorkerEnv
@@ -41,12 +42,13 @@ class QueueWorker(Worker):
 
     def __init__(
         self, env: WorkerEnv, topology: Topology, consumer: Consumer, counters: HandlerCounters,
+        *, handler: Handler | None = None,
     ) -> None:
         super().__init__(
             env, topology, name=consumer.name, handler_ref=consumer.handler,
             delivery=consumer.delivery, timeout_s=consumer.timeout_s,
             policy_name=consumer.dlq_policy, idempotency=consumer.idempotency,
-            counters=counters,
+            counters=counters, handler=handler,
         )
         self.consumer = consumer
         self.queue = consumer.queue

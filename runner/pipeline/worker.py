@@ -56,11 +56,13 @@ class Worker:
         self, env: WorkerEnv, topology: Topology, *, name: str, handler_ref: str,
         delivery: Delivery, timeout_s: float, policy_name: str | None,
         idempotency: Idempotency | None, counters: HandlerCounters,
+        handler: Handler | None = None,
     ) -> None:
         self.env = env
         self.topology = topology
         self.name = name
-        self.handler = Handler.load(handler_ref, consumer=name)
+        # `handler`: already resolved (a simulation's stand-in), else imported from the ref
+        self.handler = handler or Handler.load(handler_ref, consumer=name)
         self.delivery = delivery
         self.timeout_s = timeout_s
         self.policy: DlqPolicy | None = (
