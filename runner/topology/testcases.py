@@ -118,6 +118,13 @@ def _path(parts: Iterable[str | int]) -> str:
     return out
 
 
+def _choice(error: Any) -> bool:
+    """A `oneOf` of `required` branches only: "exactly one of these keys"."""
+    branches = error.schema.get("oneOf") if error.validator == "oneOf" else None
+    return (isinstance(branches, list) and isinstance(error.instance, dict)
+            and all(set(b) == {"required"} for b in branches))
+
+
 def _schema_problems(
     file: str, data: Any, positions: Mapping[str, Position], keys: Mapping[str, Position],
 ) -> list[Problem]:
@@ -125,7 +132,7 @@ def _schema_problems(
     for error in _validator().iter_errors(data):
         # a oneOf/anyOf failure: report the most specific reason underneath
         best = error
-        while best.context:
+        while best.context and not _choice(best):
             best = min(best.context, key=lambda e: (-len(e.absolute_path), str(e.message)))
         path = _path(best.absolute_path)
         if best.validator == "additionalProperties" and isinstance(best.instance, dict):
@@ -139,7 +146,7 @@ def _schema_problems(
                 problems.setdefault(key_path, Problem(file, pos.line, pos.column, key_path,
                                                       "test-schema", Severity.ERROR, message))
             continue
-        if best.validator == "oneOf" and isinstance(best.instance, dict):
+        if _choice(best):
             one_of = [k for b in best.schema.get("oneOf", ()) for k in b.get("required", ())]
             given = [k for k in one_of if k in best.instance]
             message = (f"give exactly one of {', '.join(one_of)}" if not given

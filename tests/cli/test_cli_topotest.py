@@ -264,3 +264,23 @@ def test_the_test_file_schema_is_shipped_byte_identical() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     shop = yaml.safe_load((REPO / "topologies" / "tests" / "shop_test.yaml").read_text())
     jsonschema.Draft202012Validator(schema).validate(shop)
+
+
+def test_a_case_needs_exactly_one_input(tmp_path: Path) -> None:
+    _project(tmp_path, """\
+        version: 1
+        tests:
+          - name: both
+            publish: {queue: work}
+            append: {topic: t}
+            expect: {}
+          - name: none
+            expect: {}
+        """)
+    result = run(tmp_path, "test", "shop_test.yaml", "--format", "json")
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert [(p["line"], p["message"]) for p in problems] == [
+        (3, "tests[0]: give only one of publish, append"),
+        (7, "tests[1]: give exactly one of publish, append"),
+    ]
