@@ -96,6 +96,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also serve the topics over the Kafka protocol (off by default; try "
              "127.0.0.1:9092)",
     )
+    run.add_argument(
+        "--kafka-advertise", type=_listen, default=None, metavar="HOST:PORT",
+        help="the address Kafka clients are told to connect to (default: the address "
+             "each client reached)",
+    )
     run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     run.set_defaults(func=cmd_run)
@@ -177,6 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_budget_bytes=args.memory_budget,
         disk_budget_bytes=args.disk_budget,
         kafka_listen=args.kafka_listen,
+        kafka_advertise=args.kafka_advertise,
     )
     try:
         supervisor = Supervisor(config, loaded, parts)

@@ -70,6 +70,7 @@ class DaemonConfig:
     memory_budget_bytes: int = 256 * 1024 * 1024
     disk_budget_bytes: int | None = None  # None: unlimited
     kafka_listen: tuple[str, int] | None = None  # None: no Kafka listener
+    kafka_advertise: tuple[str, int] | None = None  # None: the address each client reached
 
 
 class Loaded(Protocol):
@@ -340,6 +341,7 @@ class Supervisor:
         listener, signal_ = build_listener(
             lambda: self.engine, notify=self.notify, clock=self._parts.clock,
             token=self.config.token, max_request_bytes=self.config.max_request_bytes,
+            advertise=self.config.kafka_advertise,
         )
         port = await listener.start(*listen)
         self._kafka_wake = signal_.wake

@@ -1,11 +1,13 @@
 """ApiVersions, Metadata, FindCoordinator, InitProducerId: the one-node cluster.
 
 The runner is a cluster of one node (id 0) that leads every partition of
-every declared topic; topics are never auto-created. Metadata advertises the
-address the client's connection reached, so a listener on 0.0.0.0 hands each
-client an address it can reach. FindCoordinator names the same node for
-declared consumer groups; an undeclared group is refused with
-GROUP_AUTHORIZATION_FAILED and a message saying why.
+every declared topic; topics are never auto-created. Metadata advertises
+`--kafka-advertise` when given (a proxy, NAT or container address: Kafka's
+advertised.listeners), else the address the client's connection reached, so a
+listener on 0.0.0.0 hands each client an address it can reach.
+FindCoordinator names the same node for declared consumer groups; an
+undeclared group is refused with GROUP_AUTHORIZATION_FAILED and a message
+saying why.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ async def api_versions_api(session: Session, body: Any, version: int) -> dict[st
 
 
 def _node(session: Session) -> dict[str, Any]:
-    return {"node_id": NODE_ID, "host": session.host, "port": session.port, "rack": None}
+    host, port = session.broker.advertise or (session.host, session.port)
+    return {"node_id": NODE_ID, "host": host, "port": port, "rack": None}
 
 
 async def metadata_api(session: Session, body: Any, version: int) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class Broker:
     coordinator: Coordinator
     token: str | None = None
     max_request_bytes: int = 64 * 1024 * 1024
+    advertise: tuple[str, int] | None = None  # None: the address each connection reached
     next_producer_id: int = 0
 
 

@@ -7,6 +7,7 @@ and real Kafka clients (kafka-python, confluent-kafka, aiokafka, kcat).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -159,3 +160,94 @@ def until(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class DroppingProxy:
+    """A TCP proxy in front of the listener that loses the first `drops` Produce
+    answers (closing the client's connection after the daemon stored the records),
+    the way a network failure makes a producer retry. Start the daemon with
+    `--kafka-advertise 127.0.0.1:{proxy.port}` so clients stay behind it."""
+
+    def __init__(self, drops: int) -> None:
+        import threading
+
+        self.drops = drops
+        self.dropped = 0
+        self.upstream = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._lock = threading.Lock()
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            kinds: dict[int, int] = {}
+            threading.Thread(target=self._pump_requests, args=(client, upstream, kinds),
+                             daemon=True).start()
+            threading.Thread(target=self._pump_answers, args=(upstream, client, kinds),
+                             daemon=True).start()
+
+    @staticmethod
+    def _frame(sock: socket.socket) -> bytes | None:
+        head = b""
+        while len(head) < 4:
+            chunk = sock.recv(4 - len(head))
+            if not chunk:
+                return None
+            head += chunk
+        (size,) = struct.unpack(">i", head)
+        body = b""
+        while len(body) < size:
+            chunk = sock.recv(size - len(body))
+            if not chunk:
+                return None
+            body += chunk
+        return head + body
+
+    def _pump_requests(self, src: socket.socket, dst: socket.socket,
+                       kinds: dict[int, int]) -> None:
+        try:
+            while (frame := self._frame(src)) is not None:
+                api_key, _, correlation = struct.unpack_from(">hhi", frame, 4)
+                kinds[correlation] = api_key
+                dst.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    def _pump_answers(self, src: socket.socket, dst: socket.socket,
+                      kinds: dict[int, int]) -> None:
+        try:
+            while (frame := self._frame(src)) is not None:
+                (correlation,) = struct.unpack_from(">i", frame, 4)
+                with self._lock:
+                    drop = kinds.get(correlation) == 0 and self.dropped < self.drops
+                    if drop:
+                        self.dropped += 1
+                if drop:
+                    break
+                dst.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._server.close()
