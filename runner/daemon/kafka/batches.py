@@ -30,6 +30,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import crc32c
 
@@ -54,8 +55,7 @@ class UnsupportedBatch(ValueError):
     transactional or control batches)."""
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
+class KafkaRecord(NamedTuple):
     offset_delta: int
     timestamp_ms: int
     key: bytes | None
@@ -129,19 +129,38 @@ def _decode(data: bytes, pos: int, stop: int, limit: int) -> Batch:
 
 
 def _records(buf: bytes, count: int, base_ts: int) -> list[KafkaRecord]:
+    """The records of a batch body. Varints of one byte (most lengths and deltas)
+    are read inline; longer ones through `_varint`."""
     out: list[KafkaRecord] = []
     add = out.append
+    new = KafkaRecord
     pos = 0
     n = len(buf)
     for _ in range(count):
-        length, pos = _varint(buf, pos)
+        b = buf[pos]
+        if b < 0x80:
+            length, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            length, pos = _varint(buf, pos)
         start = pos
         if length < 6 or start + length > n:
             raise InvalidBatch(f"record length {length} does not fit its batch")
         pos += 1  # record attributes: unused
-        ts_delta, pos = _varint(buf, pos)
-        offset_delta, pos = _varint(buf, pos)
-        klen, pos = _varint(buf, pos)
+        b = buf[pos]
+        if b < 0x80:
+            ts_delta, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            ts_delta, pos = _varint(buf, pos)
+        b = buf[pos]
+        if b < 0x80:
+            offset_delta, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            offset_delta, pos = _varint(buf, pos)
+        b = buf[pos]
+        if b < 0x80:
+            klen, pos = (b >> 1) ^ -(b & 1), pos + 1
+        else:
+            klen, pos = _varint(buf, pos)
         if klen < 0:
             key = None
         else:
@@ -153,28 +172,35 @@ def _records(buf: bytes, count: int, base_ts: int) -> list[KafkaRecord]:
         else:
             value = buf[pos:pos + vlen]
             pos += vlen
-        nh, pos = _varint(buf, pos)
-        headers: tuple[tuple[str, bytes], ...] = ()
-        if nh:
-            hs = []
-            for _h in range(nh):
-                hlen, pos = _varint(buf, pos)
-                if hlen < 0:
-                    raise InvalidBatch("a record header has a null name")
-                name = buf[pos:pos + hlen].decode()
-                pos += hlen
-                hvlen, pos = _varint(buf, pos)
-                hv = b"" if hvlen < 0 else buf[pos:pos + hvlen]
-                pos += max(hvlen, 0)
-                hs.append((name, hv))
-            headers = tuple(hs)
+        b = buf[pos]
+        if b == 0:
+            pos += 1
+            headers: tuple[tuple[str, bytes], ...] = ()
+        else:
+            nh, pos = _varint(buf, pos)
+            headers, pos = _headers(buf, pos, nh)
         if pos != start + length:
             raise InvalidBatch(f"record length {length} does not match its fields "
                                f"({pos - start} bytes)")
-        add(KafkaRecord(offset_delta, base_ts + ts_delta, key, value, headers))
+        add(new(offset_delta, base_ts + ts_delta, key, value, headers))
     if pos != n:
         raise InvalidBatch(f"{n - pos} bytes follow the last of {count} records")
     return out
+
+
+def _headers(buf: bytes, pos: int, count: int) -> tuple[tuple[tuple[str, bytes], ...], int]:
+    hs = []
+    for _ in range(count):
+        hlen, pos = _varint(buf, pos)
+        if hlen < 0:
+            raise InvalidBatch("a record header has a null name")
+        name = buf[pos:pos + hlen].decode()
+        pos += hlen
+        hvlen, pos = _varint(buf, pos)
+        hv = b"" if hvlen < 0 else buf[pos:pos + hvlen]
+        pos += max(hvlen, 0)
+        hs.append((name, hv))
+    return tuple(hs), pos
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -195,12 +221,18 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     return (result >> 1) ^ -(result & 1), pos + 1
 
 
-def _put_varint(out: bytearray, value: int) -> None:
+def _varint_bytes(value: int) -> bytes:
     z = (value << 1) ^ (value >> 63)
+    out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
+    return bytes(out)
+
+
+_SMALL = 1 << 13  # varints of -8192..8191 come from a table
+_VARINTS = tuple(_varint_bytes(v) for v in range(-_SMALL, _SMALL))
 
 
 def encode_batch(
@@ -208,40 +240,51 @@ def encode_batch(
                             Sequence[tuple[str, bytes]]]],
 ) -> bytes:
     """One uncompressed batch of (offset, timestamp_ms, key, value, headers) in
-    offset order (gaps allowed: compaction removes records, not offsets)."""
+    offset order (gaps allowed: compaction removes records, not offsets). The
+    body is a list of pieces joined once: each value is copied a single time."""
     base = records[0][0]
     base_ts = records[0][1]
     max_ts = base_ts
-    body = bytearray()
-    rec = bytearray()
-    put = _put_varint
+    table = _VARINTS
+    small = _SMALL
+    slow = _varint_bytes
+    parts: list[bytes] = []
+    add = parts.append
     for offset, ts, key, value, headers in records:
-        rec.clear()
-        rec.append(0)
-        put(rec, ts - base_ts)
-        put(rec, offset - base)
+        d = ts - base_ts
+        tsb = table[d + small] if -small <= d < small else slow(d)
+        o = offset - base
+        ob = table[o + small] if o < small else slow(o)
         if key is None:
-            rec.append(1)  # zig-zag -1
+            kb, key = b"\x01", b""
         else:
-            put(rec, len(key))
-            rec += key
+            k = len(key)
+            kb = table[k + small] if k < small else slow(k)
         if value is None:
-            rec.append(1)
+            vb, value = b"\x01", b""
         else:
-            put(rec, len(value))
-            rec += value
-        put(rec, len(headers))
-        for name, hv in headers:
-            raw = name.encode()
-            put(rec, len(raw))
-            rec += raw
-            put(rec, len(hv))
-            rec += hv
-        put(body, len(rec))
-        body += rec
+            v = len(value)
+            vb = table[v + small] if v < small else slow(v)
+        hb = _encode_headers(headers) if headers else b"\0"
+        size = 1 + len(tsb) + len(ob) + len(kb) + len(key) + len(vb) + len(value) + len(hb)
+        add(table[size + small] if size < small else slow(size))
+        add(b"\0" + tsb + ob + kb)
+        add(key)
+        add(vb)
+        add(value)
+        add(hb)
         if ts > max_ts:
             max_ts = ts
+    body = b"".join(parts)
     tail = _TAIL.pack(0, records[-1][0] - base, base_ts, max_ts, -1, -1, -1, len(records))
     crc = crc32c.crc32c(tail + body)
     head = _LEN_MAGIC.pack(base, HEADER_SIZE - 12 + len(body), -1, 2) + _CRC.pack(crc)
-    return head + tail + bytes(body)
+    return head + tail + body
+
+
+def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
+    out = [_varint_bytes(len(headers))]
+    for name, hv in headers:
+        raw = name.encode()
+        out += (_varint_bytes(len(raw)), raw, _varint_bytes(len(hv)), hv)
+    return b"".join(out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from runner.engine import Engine, TopicPartition
 from runner.log.store import AppendRecord
@@ -35,12 +36,20 @@ class Offsets:
     log_end: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewRecord:
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    timestamp_ms: int
+class NewRecord(Protocol):
+    """A record to append (`batches.KafkaRecord` is one)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...]: ...
+
+    @property
+    def timestamp_ms(self) -> int: ...
 
 
 class EnginePort:

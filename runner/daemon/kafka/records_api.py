@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 from runner.daemon.kafka.batches import InvalidBatch, UnsupportedBatch, decode_batches, encode_batch
-from runner.daemon.kafka.port import NewRecord
 from runner.daemon.kafka.protocol import ErrorCode
 from runner.daemon.kafka.session import Session, millis
 from runner.errors import (
@@ -89,8 +88,7 @@ def _produce_partition(session: Session, topic: str, partition: int,
     first = -1
     try:
         for batch in batches:
-            recs = [NewRecord(r.key, r.value, r.headers, r.timestamp_ms)
-                    for r in batch.records]
+            recs = batch.records
             if not recs:
                 continue
             offset = port.append(topic, partition, recs, producer_id=batch.producer_id,

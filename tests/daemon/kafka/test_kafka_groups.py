@@ -84,6 +84,8 @@ def test_three_consumers_share_partitions_and_rebalance_when_one_leaves(
           == [0, 1, 2] and all(len(m.assigned) == 1 for m in members), 30)
     until(lambda: _lag(d, "billing") == 0)
     assert 'runner_consumer_group_members{group="billing"} 3.0' in d.metrics()
+    status = {g["name"]: g for g in d.ok("GET", "/v1/status")["groups"]}
+    assert status["billing"]["lag"] == 0
     members[2].leave()
     _produce(d, "orders", 60, "b")
     until(lambda: sorted(members[0].assigned + members[1].assigned) == [0, 1, 2]
