@@ -67,6 +67,8 @@ class Host(Protocol):
 
     def render_metrics(self) -> bytes: ...
 
+    def group_members(self, group: str, engine_members: list[str]) -> list[str]: ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -526,7 +528,9 @@ async def get_group(request: web.Request) -> web.Response:
     host = _host(request)
     group = request.match_info["group"]
     _group_exists(host, group)
-    return answer(group_json(host.engine, group))
+    body = group_json(host.engine, group)
+    body["members"] = host.group_members(group, body["members"])  # Kafka clients too
+    return answer(body)
 
 
 # ------------------------------------------------------------------ lists, index

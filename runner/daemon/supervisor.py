@@ -238,7 +238,16 @@ class Supervisor:
         state = TopologyState(
             self._topology, self._hash, self._generation, self._last_error, self._last_result
         )
-        return status_json(self.engine, state, self.handler_view())
+        out = status_json(self.engine, state, self.handler_view())
+        for group in out["groups"]:
+            group["members"] = self.group_members(group["name"], group["members"])
+        return out
+
+    def group_members(self, group: str, engine_members: list[str]) -> list[str]:
+        """A group's members: the engine's (handler workers), then Kafka clients'."""
+        if self._kafka is None:
+            return engine_members
+        return [*engine_members, *self._kafka.members(group)]
 
     def render_metrics(self) -> bytes:
         return render(self._registry)

@@ -87,6 +87,10 @@ class KafkaListener:
         self._checker = asyncio.create_task(self._check_groups())
         return int(self._server.sockets[0].getsockname()[1])
 
+    def members(self, group: str) -> list[str]:
+        """The member ids of the Kafka clients in `group` now."""
+        return [m.member_id for m in self.broker.coordinator.members(group)]
+
     def member_counts(self) -> dict[str, int]:
         """Per group, how many Kafka clients are its members now."""
         return self.broker.coordinator.member_counts()

@@ -86,6 +86,10 @@ def test_three_consumers_share_partitions_and_rebalance_when_one_leaves(
     assert 'runner_consumer_group_members{group="billing"} 3.0' in d.metrics()
     status = {g["name"]: g for g in d.ok("GET", "/v1/status")["groups"]}
     assert status["billing"]["lag"] == 0
+    kafka_members = sorted(status["billing"]["members"])
+    assert len(kafka_members) == 3
+    assert all(m.startswith("kafka-python") for m in kafka_members)  # client id - n - ms
+    assert sorted(d.ok("GET", "/v1/groups/billing")["members"]) == kafka_members
     members[2].leave()
     _produce(d, "orders", 60, "b")
     until(lambda: sorted(members[0].assigned + members[1].assigned) == [0, 1, 2]

@@ -51,3 +51,15 @@ def test_kcat_produces_and_consumes_with_keys_and_headers(kd: KafkaDaemon, kcat:
                 "-f", "%k|%s|%h\n")
     mine = [line for line in out.splitlines() if line.startswith(tag)]
     assert mine == [f"{tag}-{i}|value {i}|via=kcat" for i in range(5)]
+
+
+def test_kcat_consumes_as_a_group_member_and_commits(
+        start_kafka_daemon: object, kcat: str) -> None:
+    d = start_kafka_daemon()  # type: ignore[operator]
+    lines = "".join(f"g-{i}\n" for i in range(9))
+    _kcat(kcat, "-b", d.bootstrap, "-P", "-t", "orders", stdin=lines)
+    out = _kcat(kcat, "-b", d.bootstrap, "-G", "billing", "-e", "-f", "%s\n", "orders")
+    assert sorted(out.split()) == sorted(f"g-{i}" for i in range(9))
+    group = d.ok("GET", "/v1/groups/billing")
+    assert group["lag"] == 0
+    assert sum(p["committed"] or 0 for p in group["partitions"]) == 9
