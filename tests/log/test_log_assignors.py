@@ -60,21 +60,54 @@ def test_every_partition_exactly_once_and_balanced(members: list[str],
     assert max(counts) - min(counts) <= 1
 
 
+def check_balanced_per_topic(assignment: dict[str, list[TopicPartition]],
+                             layout: dict[str, int]) -> None:
+    counts = [len(v) for v in assignment.values()]
+    assert max(counts) - min(counts) <= 1
+    for t in layout:
+        per = [sum(1 for tp in v if tp.topic == t) for v in assignment.values()]
+        assert max(per) - min(per) <= 1, (t, per)
+
+
+def test_sticky_balances_per_topic_when_a_member_joins() -> None:
+    # issue 8 item 6: a keeps 6 + 6, not all of t1 (Kafka's StickyAssignor)
+    alone = assign_sticky(["a"], {"t1": 12, "t2": 12}, {})
+    got = assign_sticky(["a", "b"], {"t1": 12, "t2": 12}, alone)
+    for member in ("a", "b"):
+        assert [sum(1 for tp in got[member] if tp.topic == t) for t in ("t1", "t2")] == [6, 6]
+    assert set(got["a"]) <= set(alone["a"])
+
+
+def test_fresh_sticky_is_balanced_per_topic() -> None:
+    got = assign_sticky([f"m{i}" for i in range(5)], {"x": 7, "y": 4, "z": 13}, {})
+    check_balanced_per_topic(got, {"x": 7, "y": 4, "z": 13})
+
+
+@settings(max_examples=300, deadline=None)
+@given(members=members_st, layout=layout_st)
+def test_sticky_is_balanced_per_topic(members: list[str], layout: dict[str, int]) -> None:
+    check_balanced_per_topic(assign_sticky(members, layout, {}), layout)
+
+
 @settings(max_examples=200, deadline=None)
 @given(members=members_st, layout=layout_st, newcomer=st.text("xyz", min_size=1, max_size=2),
        data=st.data())
 def test_sticky_keeps_partitions_when_members_come_and_go(
         members: list[str], layout: dict[str, int], newcomer: str, data: st.DataObject) -> None:
     before = assign_sticky(members, layout, {})
-    # someone joins: everybody keeps a subset of what they had, balance holds
+    check_balanced_per_topic(before, layout)
+    # someone joins: balance holds per topic and overall, and on every topic each
+    # member keeps what it had up to its new share there (balance comes first: a
+    # member may trade a partition of one topic for one of another, as in Kafka)
     after = assign_sticky([*members, newcomer], layout, before)
     check_exactly_once(after, layout)
-    counts = [len(v) for v in after.values()]
-    assert max(counts) - min(counts) <= 1
+    check_balanced_per_topic(after, layout)
     for m in members:
         if m != newcomer:
-            assert set(after[m]) <= set(before[m]) or len(before[m]) <= min(counts)
-            assert len(set(after[m]) & set(before[m])) == min(len(before[m]), len(after[m]))
+            for t in layout:
+                had = {tp for tp in before[m] if tp.topic == t}
+                has = {tp for tp in after[m] if tp.topic == t}
+                assert len(had & has) == min(len(had), len(has)), (m, t)
     # someone leaves: the others keep everything they had
     if len(members) > 1:
         gone = data.draw(st.sampled_from(members))
