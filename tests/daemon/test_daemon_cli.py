@@ -42,7 +42,7 @@ def test_bench_says_when_nothing_matches(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["bench", "--only", "no-such-bench-xyz"]) == 1
     err = capsys.readouterr().err
     assert "no benchmarks/bench_*.py under" in err and "matches --only no-such-bench-xyz" in err
-    assert "(there are: bench_broker," in err
+    assert "(there are: bench_assignors, bench_broker," in err
 
 
 def test_a_client_command_that_cannot_reach_the_daemon_exits_1(
