@@ -46,6 +46,18 @@ class Route(NamedTuple):
 
 NOWHERE = Route((), ())
 
+
+class Hop(NamedTuple):
+    """One exchange a message passed (`Router.explain`): reached by the publish, by
+    an exchange-to-exchange binding, or as the alternate of `parent`; and the
+    destinations its own bindings matched."""
+
+    exchange: str
+    type: str
+    via: str  # "publish" | "binding" | "alternate"
+    parent: str | None
+    matched: tuple[tuple[str, str], ...]  # (kind, name), kind queue | exchange | topic
+
 # A binding destination: ("queue" | "exchange" | "topic", name).
 Dest = tuple[str, str]
 
@@ -292,26 +304,40 @@ class Router:
         state.published += published
         state.unroutable += unroutable
 
+    def explain(
+        self, exchange: str, routing_key: str, headers: Mapping[str, Any] | None = None,
+    ) -> tuple[Route, list[Hop]]:
+        """Where a message published to `exchange` goes, and every exchange it passed
+        (never cached, never counted): for `runner route`."""
+        hops: list[Hop] = []
+        route, _ = self._resolve(self._state(exchange), routing_key, headers or {}, hops)
+        return route, hops
+
     def _resolve(
         self, start: _ExchangeState, key: str, headers: Mapping[str, Any],
+        hops: list[Hop] | None = None,
     ) -> tuple[Route, bool]:
         queues: dict[str, None] = {}
         topics: dict[str, None] = {}
         visited: set[str] = set()
         uses_headers = False
-        pending: list[_ExchangeState] = [start]
+        # (exchange, how it was reached, from which exchange)
+        pending: list[tuple[_ExchangeState, str, str | None]] = [(start, "publish", None)]
         while pending:
-            state = pending.pop(0)
+            state, via, parent = pending.pop(0)
             if state.spec.name in visited:
                 continue
             visited.add(state.spec.name)
             if state.spec.type is ExchangeType.HEADERS:
                 uses_headers = True
             matched = state.match(key, headers)
+            if hops is not None:
+                hops.append(Hop(state.spec.name, state.spec.type.value, via, parent,
+                                tuple(matched)))
             if not matched and state.spec.alternate_exchange:
                 alt = self._exchanges.get(state.spec.alternate_exchange)
                 if alt is not None:
-                    pending.append(alt)
+                    pending.append((alt, "alternate", state.spec.name))
                 continue
             for kind, name in matched:
                 if kind == "queue":
@@ -321,7 +347,7 @@ class Router:
                 else:
                     nxt = self._exchanges.get(name)
                     if nxt is not None:
-                        pending.append(nxt)
+                        pending.append((nxt, "binding", state.spec.name))
         return Route(tuple(queues), tuple(topics)), uses_headers
 
 

@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "runner.cli.lists",  # queues, exchanges, bindings, topics, groups
     "runner.cli.bench",  # bench
     "runner.cli.topotest",  # test
+    "runner.cli.route",  # route
 )
 
 
