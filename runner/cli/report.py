@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from runner.topology import recipes
 from runner.topology.diff import Change, Plan, field_unit, jsonable
 from runner.topology.diff import to_json as plan_to_json
+from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
 from runner.topology.units import format_duration
 
@@ -188,10 +190,42 @@ def change_line(c: Change) -> str:
     return f"{head}  ({c.reason})" if c.reason else head
 
 
-def plan_text(plan: Plan) -> str:
+def _recipe_lines(c: Change, old: Topology | None, new: Topology | None) -> list[str]:
+    if old is None or new is None:
+        return []
+    found = recipes.recipe(c, old, new)
+    if found is None:
+        return []
+    what = (f"{found.entity} {found.name} becomes {found.new_name}" if found.new_name
+            else f"{found.entity} {found.name} goes")
+    lines = [f"    safe migration ({what}), one reload per step:"]
+    for i, step in enumerate(found.steps, 1):
+        mark = "" if step.safety == recipes.SAFE else f"  [{step.safety}]"
+        lines.append(f"    {i}. {step.title}{mark}")
+        lines.extend("       " + ln for ln in recipes.step_text(step))
+        if step.note:
+            lines.append(f"       note: {step.note}")
+        if step.wait:
+            lines.append(f"       then wait until {step.wait}")
+    return lines
+
+
+def plan_text(plan: Plan, old: Topology | None = None, new: Topology | None = None) -> str:
+    """The plan, a line per change; with `old` and `new`, each unsafe change is
+    followed by its migration recipe (runner.topology.recipes)."""
     if plan.empty:
         return "no changes\n"
-    lines = [change_line(c) for c in plan.changes]
+    lines = []
+    shown: set[tuple[str, str]] = set()
+    for c in plan.changes:
+        lines.append(change_line(c))
+        if c.safe or old is None:
+            continue
+        if (c.entity, c.name) in shown:
+            lines.append(f"    (the migration above for {c.entity} {c.name} covers this change)")
+            continue
+        shown.add((c.entity, c.name))
+        lines.extend(_recipe_lines(c, old, new))
     counts: dict[str, int] = {"added": 0, "changed": 0, "removed": 0}
     for c in plan.changes:
         counts[c.kind] += 1
@@ -203,8 +237,18 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_json(plan: Plan) -> str:
-    return json.dumps(plan_to_json(plan), indent=2) + "\n"
+def plan_json(plan: Plan, old: Topology | None = None, new: Topology | None = None) -> str:
+    """The plan as JSON; every change also has `safety` ("safe" | "unsafe") and
+    `recipe` (the migration of an unsafe change, else null) when `old` and `new` are given."""
+    document = plan_to_json(plan)
+    if old is not None and new is not None:
+        changes = document["changes"]
+        assert isinstance(changes, list)
+        for c, entry in zip(plan.changes, changes, strict=True):
+            found = recipes.recipe(c, old, new)
+            entry["safety"] = "safe" if c.safe else "unsafe"
+            entry["recipe"] = None if found is None else recipes.to_json(found)
+    return json.dumps(document, indent=2) + "\n"
 
 
 def problems_text(problems: Sequence[Problem]) -> str:

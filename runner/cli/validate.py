@@ -214,7 +214,8 @@ def plan_command(args: argparse.Namespace) -> int:
     old, new = loaded
     assert old is not None and new is not None
     plan = diff(old, new)
-    out = report.plan_json(plan) if args.format == "json" else report.plan_text(plan)
+    out = (report.plan_json(plan, old, new) if args.format == "json"
+           else report.plan_text(plan, old, new))
     sys.stdout.write(out)
     return 1 if plan.unsafe else 0
 

@@ -106,7 +106,8 @@ def test_plan_marks_unsafe_changes_and_exits_1(tmp_path: Path) -> None:
     write(tmp_path / "new.yaml", UNSAFE_NEW)
     done = run(tmp_path, "plan", "old.yaml", "new.yaml")
     assert done.returncode == 1, done.stderr
-    assert done.stdout.splitlines() == [
+    # each unsafe change is followed by its indented migration recipe (test_cli_plan_recipes)
+    assert [ln for ln in done.stdout.splitlines() if not ln.startswith("    ")] == [
         "~ topic events: partitions 4 -> 2  ! UNSAFE: fewer partitions (4 -> 2): "
         "a topic can only grow",
         "~ topic events: cleanup_policy [compact] -> [delete]  ! UNSAFE: cleanup_policy from "
@@ -125,7 +126,9 @@ def test_plan_json(tmp_path: Path) -> None:
     assert done.returncode == 1
     data = json.loads(done.stdout)
     assert data["safe"] is False
-    assert data["changes"][0] == {
+    first = dict(data["changes"][0])
+    assert first.pop("recipe")["new_name"] == "events.v2"  # see test_cli_plan_recipes
+    assert first == {
         "kind": "changed",
         "entity": "topic",
         "name": "events",
@@ -133,6 +136,7 @@ def test_plan_json(tmp_path: Path) -> None:
         "old": 4,
         "new": 2,
         "safe": False,
+        "safety": "unsafe",
         "reason": "fewer partitions (4 -> 2): a topic can only grow",
     }
     removed = data["changes"][3]
