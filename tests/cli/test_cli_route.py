@@ -204,3 +204,23 @@ def test_refusals_and_usage(tmp_path: Path) -> None:
     both = run(tmp_path, "route", "t.yaml", "--exchange", "docs", "--topic", "events")
     assert both.returncode == 2
     assert "not allowed with argument" in both.stderr
+
+
+def test_delivery_limit_ends_the_retries_early(tmp_path: Path) -> None:
+    write(tmp_path / "dl.yaml", """\
+        version: 1
+        exchanges: {x: {type: fanout}, dlx: {type: fanout}}
+        queues:
+          q: {delivery_limit: 2, dead_letter: {exchange: dlx}}
+          dead: {}
+        bindings: [{exchange: x, queue: q}, {exchange: dlx, queue: dead}]
+        consumers: {c: {queue: q, handler: "a:b"}}
+        """)
+    result = run(tmp_path, "route", "dl.yaml", "--exchange", "x", "--fail", "5",
+                 "--format", "json")
+    assert result.returncode == 0, result.stderr
+    timeline = json.loads(result.stdout)["destinations"][0]["handlers"][0]["timeline"]
+    assert [e.get("retry_in") for e in timeline["events"]] == [1.0, None]
+    assert timeline["events"][-1]["gave_up"] == "delivery_limit reached (2 deliveries)"
+    (dead,) = timeline["dead_letters"]
+    assert (dead["name"], dead["header"]["reason"]) == ("dead", "delivery_limit")

@@ -284,3 +284,36 @@ def test_a_case_needs_exactly_one_input(tmp_path: Path) -> None:
         (3, "tests[0]: give only one of publish, append"),
         (7, "tests[1]: give exactly one of publish, append"),
     ]
+
+
+def test_undeclared_exchange_fails_for_exactly_once_consumers_and_groups(tmp_path: Path) -> None:
+    write(tmp_path / "shop.yaml", """\
+        version: 1
+        topics: {t: {partitions: 3}}
+        queues: {q: {}, dlq: {}}
+        dlq_policies: {p: {max_retries: 1, backoff: [2s], dead_letter_queue: dlq}}
+        consumers:
+          eo: {queue: q, handler: "fwd_handlers:fwd", delivery: exactly-once, dlq_policy: p}
+        consumer_groups:
+          g: {topic: t, handler: "fwd_handlers:fwd", dlq_policy: p}
+        """)
+    write(tmp_path / "fwd_handlers.py", """\
+        def fwd(msg, ctx):
+            ctx.publish("payments", "payment.requested", {"a": 1})
+        """)
+    write(tmp_path / "shop_test.yaml", """\
+        version: 1
+        tests:
+          - name: queue, exactly-once
+            publish: {queue: q, body: 1}
+            expect: {calls: {eo: 2}, queues: {dlq: 1}}
+          - name: group
+            append: {topic: t, key: k, value: 1}
+            expect: {calls: {g: 2}, queues: {dlq: 1}}
+        """)
+    result = run(tmp_path, "test", "shop_test.yaml")
+    assert result.returncode == 1
+    out = result.stdout
+    assert "- eo: the engine refused the handler's outputs: exchange 'payments' not found" in out
+    assert "- g: the engine refused the handler's outputs: exchange 'payments' not found" in out
+    assert out.splitlines()[-1].strip("= ").startswith("2 failed in ")
