@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -552,6 +552,19 @@ class Broker:
         """The next `n` ready messages, left in place (delivery_id 0)."""
         return self._queue(queue).peek(n)
 
+    def peek_ids(self, queue: str, n: int) -> list[tuple[int, Delivery]]:
+        """The next `n` ready messages with their uids, left in place."""
+        return self._queue(queue).peek_ids(n)
+
+    def purge(self, queue: str, uids: Collection[int] | None = None) -> int:
+        """Delete the ready messages of `queue` (all, or those with these uids); how many."""
+        mq = self._queue(queue)
+        self._dirty[queue] = mq
+        try:
+            return mq.purge_ready(uids)
+        finally:
+            self._finish()
+
     # ================================================================ dead letters
     def _finish(self) -> None:
         """Republish what the touched queues dead-lettered, then journal (one append each):
@@ -577,13 +590,17 @@ class Broker:
         dirty.clear()
         dlx.end_operation()
 
-    def replay(self, queue: str, max_messages: int | None = None) -> ReplayResult:
+    def replay(
+        self, queue: str, max_messages: int | None = None, *,
+        only: Collection[int] | None = None,
+    ) -> ReplayResult:
         """Dead letters in `queue` back where they died: into their original queue
-        (no death header, `x-replay-count` + 1), or, for topic records, returned."""
+        (no death header, `x-replay-count` + 1), or, for topic records, returned.
+        `only`: just the messages with these uids (`peek_ids`)."""
         mq = self._queue(queue)
         self._dirty[queue] = mq
         try:
-            return self.dlx.replay(mq, max_messages)
+            return self.dlx.replay(mq, max_messages, only)
         finally:
             self._finish()
 

@@ -9,7 +9,7 @@ before sources: a crash never loses a dead letter, at worst duplicates it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from runner.broker.deadletter import (
@@ -168,7 +168,10 @@ class DeadLetterPublisher:
             self.dropped += 1
         return Route(tuple(went), tuple(topics))
 
-    def replay(self, source: MessageQueue, max_messages: int | None) -> ReplayResult:
+    def replay(
+        self, source: MessageQueue, max_messages: int | None,
+        only: Collection[int] | None = None,
+    ) -> ReplayResult:
         """Dead letters in `source` back where they died: into their original queue
         (no death header, `x-replay-count` + 1), or, for topic records, returned."""
         replayed = 0
@@ -179,6 +182,8 @@ class DeadLetterPublisher:
         for msg in source.iter_ready():  # collected first: a letter may go back to `source`
             if max_messages is not None and len(todo) >= max_messages:
                 break
+            if only is not None and msg.uid not in only:
+                continue
             target = replay_target(msg.headers)
             if target is not None:
                 todo.append((msg, target))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from runner.broker.message import (
@@ -711,6 +711,24 @@ class MessageQueue:
             if len(out) >= n:
                 break
         return out
+
+    def peek_ids(self, n: int) -> list[tuple[int, Delivery]]:
+        """Like `peek`, each with the message's uid (its identity for `purge_ready`
+        and a selective replay)."""
+        out: list[tuple[int, Delivery]] = []
+        for msg in self.iter_ready():
+            if len(out) >= n:
+                break
+            out.append((msg.uid, self.as_delivery(msg, 0)))
+        return out
+
+    def purge_ready(self, uids: Collection[int] | None = None) -> int:
+        """Drop ready messages for good (all, or those whose uid is in `uids`);
+        delivered and delayed ones stay, as with RabbitMQ's purge."""
+        todo = [m for m in self.iter_ready() if uids is None or m.uid in uids]
+        for msg in todo:
+            self.remove_ready(msg)
+        return len(todo)
 
     def as_delivery(self, msg: QueuedMessage, tag: int) -> Delivery:
         return Delivery(

@@ -103,6 +103,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    run.add_argument(
+        "--console", choices=("read-write", "read-only", "off"), default="read-write",
+        help="the web console at / and /ui/: read-write (default), read-only, or off",
+    )
     run.set_defaults(func=cmd_run)
 
     alerts = sub.add_parser("alerts", help="Prometheus alerting rules for a topology")
@@ -137,6 +141,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from runner.daemon import logs
+    from runner.daemon.console import ConsoleMode
     from runner.daemon.reload import problem_line
     from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
     from runner.engine import FsyncPolicy
@@ -183,6 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         disk_budget_bytes=args.disk_budget,
         kafka_listen=args.kafka_listen,
         kafka_advertise=args.kafka_advertise,
+        console=ConsoleMode(args.console),
     )
     try:
         supervisor = Supervisor(config, loaded, parts)

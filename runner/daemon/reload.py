@@ -27,6 +27,15 @@ class ReloadResult:
     problems: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadEntry:
+    """One counted reload attempt as the console lists it: when, why, what came of it."""
+
+    at_s: float
+    trigger: str
+    outcome: ReloadResult
+
+
 @dataclass(slots=True)
 class ReloadCounters:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))

@@ -31,6 +31,15 @@ def dead_letter_queues(topology: Topology) -> set[str]:
     return out
 
 
+def dead_letter_topics(topology: Topology) -> set[str]:
+    """Topics that receive dead letters: dlq_policies whose dead_letter_queue is a topic."""
+    topics = topology.topic_map()
+    return {
+        p.dead_letter_queue for _, p in topology.dlq_policies
+        if p.dead_letter_queue and p.dead_letter_queue in topics
+    }
+
+
 def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict[str, Any]:
     topology = state.topology
     topics = []

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runner.clock import Clock, SystemClock
 from runner.daemon import codec
+from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
 from runner.daemon.reload import (
     ReloadCounters,
+    ReloadEntry,
     ReloadResult,
     changes_json,
     problem_json,
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
     from runner.daemon.kafka.server import KafkaListener
 
 log = logging.getLogger(__name__)
+
+RELOAD_LOG_SIZE = 20  # reload attempts the console lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,7 @@ class DaemonConfig:
     disk_budget_bytes: int | None = None  # None: unlimited
     kafka_listen: tuple[str, int] | None = None  # None: no Kafka listener
     kafka_advertise: tuple[str, int] | None = None  # None: the address each client reached
+    console: ConsoleMode = ConsoleMode.READ_WRITE
 
 
 class Loaded(Protocol):
@@ -181,6 +187,8 @@ class Supervisor:
         self._last_error: str | None = None
         self._last_result: str | None = None
         self._reloads = ReloadCounters()
+        self._reload_log: deque[ReloadEntry] = deque(maxlen=RELOAD_LOG_SIZE)
+        self._started_s = parts.clock.time()
         self._engine: Engine | None = None
         self._pipeline: PipelineLike | None = None
         self._accepting = False
@@ -214,6 +222,19 @@ class Supervisor:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def started_s(self) -> float:
+        """When the daemon started (seconds since the epoch, the injected clock)."""
+        return self._started_s
+
+    def reload_log(self) -> list[ReloadEntry]:
+        """The last counted reload attempts, newest last."""
+        return list(self._reload_log)
 
     def notify(self) -> None:
         if self._pipeline is not None:
@@ -282,6 +303,7 @@ class Supervisor:
             limits=codec.Limits(max_message_bytes=config.max_message_bytes),
             max_request_bytes=config.max_request_bytes,
         )
+        install_console(app, self, token=config.token, mode=config.console, clock=clock)
         server = HttpServer(app)
         kafka: KafkaListener | None = None
         try:
@@ -413,7 +435,9 @@ class Supervisor:
         async with self._reload_lock:
             result = await self._reload(trigger)
         if result.result != "unchanged":
-            self._reloads.count(result.result, self._parts.clock.time())
+            now = self._parts.clock.time()
+            self._reloads.count(result.result, now)
+            self._reload_log.append(ReloadEntry(now, trigger, result))
             self._last_result = result.result
             self._last_error = result.error
             level = logging.INFO if result.result == "applied" else logging.ERROR

@@ -10,7 +10,7 @@ the replay queue of the group that failed them (`__replay.<group>`), where
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from runner.broker.broker import Broker
@@ -109,7 +109,10 @@ def replayed_record(delivery: QueueDelivery) -> Record:
     return Record(topic, partition, offset, ts_ms, key, value, h)
 
 
-def replay(broker: Broker, queue: str, max_messages: int | None = None) -> ReplayOutcome:
+def replay(
+    broker: Broker, queue: str, max_messages: int | None = None, *,
+    only: Collection[int] | None = None,
+) -> ReplayOutcome:
     """Dead letters in `queue` back to where they died (see `Engine.replay_detail`)."""
     info = broker.queue_info(queue)
     reasons: dict[str, int] = {}
@@ -119,8 +122,11 @@ def replay(broker: Broker, queue: str, max_messages: int | None = None) -> Repla
 
     targets = 0
     gone_queues = 0
-    look = info.ready if max_messages is None else min(info.ready, max_messages + 1000)
-    for d in broker.peek(queue, look) if look else ():
+    look = info.ready if max_messages is None or only is not None else min(
+        info.ready, max_messages + 1000)
+    for uid, d in broker.peek_ids(queue, look) if look else ():
+        if only is not None and uid not in only:
+            continue
         target = replay_target(d.headers)
         if target is None:
             skip(REPLAY_NOT_A_DEAD_LETTER)
@@ -131,7 +137,7 @@ def replay(broker: Broker, queue: str, max_messages: int | None = None) -> Repla
         if target.queue is not None and target.queue not in broker.queues:
             skip(f"original queue '{target.queue}' no longer exists")
             gone_queues += 1
-    result = broker.replay(queue, max_messages)
+    result = broker.replay(queue, max_messages, only=only)
     placed = 0
     kept = 0
     for letter in result.topic_letters:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -388,7 +388,20 @@ class Engine:
         (`replay_detail` also says what was skipped and why)."""
         return self.replay_detail(queue, max_messages).replayed
 
-    def replay_detail(self, queue: str, max_messages: int | None = None) -> ReplayOutcome:
+    def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
+        """Like `peek`, each message with its id in the queue (for `purge` and a
+        replay of a selection)."""
+        return self.broker.peek_ids(queue, n)
+
+    def purge(self, queue: str, ids: Collection[int] | None = None) -> int:
+        """Delete the ready messages of `queue` for good (all, or those with these
+        ids from `peek_ids`); delivered ones stay. How many were deleted."""
+        return self.broker.purge(queue, ids)
+
+    def replay_detail(
+        self, queue: str, max_messages: int | None = None, *,
+        only: Collection[int] | None = None,
+    ) -> ReplayOutcome:
         """Dead letters in `queue` back to where they died (see TOPOLOGY.md).
 
         A queue message goes back into its original queue. A topic record
@@ -397,8 +410,9 @@ class Engine:
         partitions), never to the topic again. What cannot go back stays in
         `queue` and is counted in `skipped`, by reason: a message that is no
         dead letter, an original queue or group that no longer exists, an
-        original queue that is full (the rest waits for the next replay)."""
-        return replay(self.broker, queue, max_messages)
+        original queue that is full (the rest waits for the next replay).
+        `only`: replay just the messages with these ids (`peek_ids`)."""
+        return replay(self.broker, queue, max_messages, only=only)
 
     def replayed_record(self, delivery: QueueDelivery) -> Record:
         """The topic record carried by a delivery from a replay queue."""

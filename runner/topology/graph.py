@@ -27,6 +27,7 @@ class Node:
     id: str
     kind: NodeKind
     label: str
+    name: str = ""  # the entity's declared name (the label adds details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def diagram(topology: Topology) -> Diagram:
             node_id = f"{base}_{n}"
         taken.add(node_id)
         ids[(kind, name)] = node_id
-        nodes.append(Node(node_id, kind, label))
+        nodes.append(Node(node_id, kind, label, name))
 
     exchanges = topology.exchange_map()
     queues = topology.queue_map()

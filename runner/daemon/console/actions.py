@@ -1,0 +1,137 @@
+"""What the console changes: replay and purge dead letters, reset a group's offsets.
+
+Every change is the engine's own operation (`replay_detail`, `purge`, `seek`);
+this module only reads the console's request, checks it, and says what it did.
+An offset reset is planned first (`plan_reset`): the same plan is what the dry
+run shows and what the apply step carries out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runner.daemon import codec
+from runner.engine import Engine, TopicPartition
+from runner.errors import NotFound
+from runner.topology.model import Topology
+
+RESET_TARGETS = ("earliest", "latest", "offset", "timestamp")
+SELECTION_FIELDS = frozenset({"ids", "all", "confirm"})
+RESET_FIELDS = frozenset({"topic", "partition", "to", "offset", "timestamp", "dry_run"})
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which messages of a queue an action touches: `ids`, or all when None."""
+
+    ids: frozenset[int] | None
+
+
+def selection(body: dict[str, Any]) -> Selection:
+    """`{"ids": [...]}` or `{"all": true}`, exactly one."""
+    ids = body.get("ids")
+    every = codec.bool_field(body, "all", default=False)
+    if (ids is None) == (not every):
+        raise codec.BadInput("give either 'ids' (a list of dead-letter ids) or 'all': true")
+    if ids is None:
+        return Selection(None)
+    if not isinstance(ids, list) or not ids:
+        raise codec.BadInput("'ids' must be a non-empty list of dead-letter ids")
+    return Selection(frozenset(codec.check_int(v, f"ids[{i}]") for i, v in enumerate(ids)))
+
+
+def _queue(topology: Topology, name: str) -> None:
+    if name not in topology.queue_map():
+        raise NotFound(f"queue '{name}' not found")
+
+
+def replay(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    codec.check_fields(body, SELECTION_FIELDS)
+    chosen = selection(body)
+    _queue(topology, name)
+    outcome = engine.replay_detail(name, None, only=chosen.ids)
+    return {"replayed": outcome.replayed, "skipped": outcome.skipped,
+            "skipped_reasons": dict(outcome.reasons)}
+
+
+def purge(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    codec.check_fields(body, SELECTION_FIELDS)
+    chosen = selection(body)
+    _queue(topology, name)
+    if body.get("confirm") != name:
+        raise codec.BadInput(
+            f"purging deletes messages for good: confirm with \"confirm\": \"{name}\""
+        )
+    return {"purged": engine.purge(name, chosen.ids)}
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRow:
+    topic: str
+    partition: int
+    current: int
+    target: int
+    log_start_offset: int
+    log_end_offset: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "partition": self.partition, "current": self.current,
+            "target": self.target, "log_start_offset": self.log_start_offset,
+            "log_end_offset": self.log_end_offset,
+            "lag_before": max(0, self.log_end_offset - self.current),
+            "lag_after": max(0, self.log_end_offset - self.target),
+        }
+
+
+def plan_reset(
+    engine: Engine, topology: Topology, group: str, body: dict[str, Any]
+) -> list[ResetRow]:
+    """Where each partition of `group` (or of one topic / partition) would move."""
+    codec.check_fields(body, RESET_FIELDS)
+    spec = topology.group_map().get(group)
+    if spec is None:
+        raise NotFound(f"consumer group '{group}' not found")
+    topic = body.get("topic")
+    if topic is not None and topic not in spec.topics:
+        raise NotFound(f"consumer group '{group}' does not read topic {topic!r}")
+    partition = None
+    if body.get("partition") is not None:
+        partition = codec.int_field(body, "partition")
+    to = body.get("to")
+    if to not in RESET_TARGETS:
+        raise codec.BadInput(f"'to' must be one of {', '.join(RESET_TARGETS)}, got {to!r}")
+    offset = codec.int_field(body, "offset") if to == "offset" else None
+    stamp = codec.int_field(body, "timestamp") if to == "timestamp" else None
+    rows = []
+    for p in engine.group_info(group).partitions:
+        if (topic is not None and p.topic != topic) or (
+            partition is not None and p.partition != partition
+        ):
+            continue
+        info = next(i for i in engine.partitions(p.topic) if i.partition == p.partition)
+        start, end = info.log_start_offset, info.log_end_offset
+        if to == "earliest":
+            target = start
+        elif to == "latest":
+            target = end
+        elif offset is not None:
+            target = min(max(offset, start), end)  # Kafka's tool clamps into the log
+        else:
+            assert stamp is not None
+            target = engine.offset_for_time(p.topic, p.partition, stamp)
+        rows.append(ResetRow(p.topic, p.partition, p.position, target, start, end))
+    if not rows:
+        where = f"topic {topic!r} " if topic else ""
+        raise NotFound(f"consumer group '{group}' has no {where}partition {partition}")
+    return rows
+
+
+def reset(engine: Engine, topology: Topology, group: str, body: dict[str, Any]) -> dict[str, Any]:
+    dry_run = codec.bool_field(body, "dry_run", default=True)
+    rows = plan_reset(engine, topology, group, body)
+    if not dry_run:
+        for row in rows:
+            engine.seek(group, TopicPartition(row.topic, row.partition), offset=row.target)
+    return {"group": group, "dry_run": dry_run, "partitions": [r.as_json() for r in rows]}

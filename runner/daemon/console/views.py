@@ -1,0 +1,243 @@
+"""What the console's pages show, as JSON: overview, flow graph, queues, topics,
+groups and dead letters (read-only; changes are in `actions`).
+
+Each function reads the engine and the running topology once and returns plain
+data; live numbers come separately from the feed (`live`), so a page renders
+from one answer and is then kept current by the event stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from runner.daemon import codec
+from runner.daemon.console.live import FeedSource
+from runner.daemon.reload import ReloadEntry
+from runner.daemon.status import dead_letter_queues, dead_letter_topics
+from runner.engine import DEAD_LETTER_HEADER, Engine
+from runner.errors import NotFound
+from runner.topology.graph import binding_label, diagram
+from runner.topology.model import Topology
+from runner.topology.units import format_duration
+
+MAX_PEEK = 1000
+MAX_BROWSE = 1000
+
+
+class ViewSource(FeedSource, Protocol):
+    """What the pages read from the daemon (the feed's source plus its history)."""
+
+    @property
+    def started_s(self) -> float: ...
+
+    def reload_log(self) -> list[ReloadEntry]: ...
+
+
+def _duration(seconds: float | None) -> str | None:
+    return None if seconds is None else format_duration(seconds)
+
+
+def overview(src: ViewSource, now_s: float) -> dict[str, Any]:
+    topology = src.topology
+    reloads = []
+    for entry in reversed(src.reload_log()):
+        out = entry.outcome
+        reloads.append({
+            "at": entry.at_s, "trigger": entry.trigger, "result": out.result,
+            "generation": out.generation, "error": out.error, "changes": out.changes,
+            "problems": out.problems,
+        })
+    return {
+        "name": topology.name,
+        "hash": src.content_hash,
+        "generation": src.generation,
+        "files": list(topology.files),
+        "started": src.started_s,
+        "uptime_s": max(0.0, now_s - src.started_s),
+        "healthy": src.accepting,
+        "counts": {
+            "exchanges": len(topology.exchanges), "queues": len(topology.queues),
+            "bindings": len(topology.bindings), "topics": len(topology.topics),
+            "groups": len(topology.consumer_groups), "consumers": len(topology.consumers),
+            "dlq_policies": len(topology.dlq_policies),
+        },
+        "reloads": reloads,
+    }
+
+
+def flow(topology: Topology) -> dict[str, Any]:
+    """The declared flow as nodes and edges (`runner graph`'s diagram) plus which
+    nodes receive dead letters."""
+    d = diagram(topology)
+    dead = dead_letter_queues(topology) | dead_letter_topics(topology)
+    return {
+        "nodes": [
+            {"id": n.id, "kind": n.kind, "name": n.name, "label": n.label,
+             "dlq": n.kind in ("queue", "topic") and n.name in dead}
+            for n in d.nodes
+        ],
+        "edges": [
+            {"source": e.source, "target": e.target, "label": e.label, "dashed": e.dashed}
+            for e in d.edges
+        ],
+    }
+
+
+def queues(topology: Topology) -> list[dict[str, Any]]:
+    """Every queue's declaration; the live numbers come from the feed."""
+    dlqs = dead_letter_queues(topology)
+    readers: dict[str, list[str]] = {}
+    for name, c in topology.consumers:
+        readers.setdefault(c.queue, []).append(name)
+    policies = topology.policy_map()
+    out = []
+    for name, q in topology.queues:
+        dlq = None
+        if q.dead_letter is not None:
+            dlq = f"exchange {q.dead_letter.exchange}"
+        for consumer in readers.get(name, ()):
+            spec = topology.consumer_map()[consumer]
+            policy = policies.get(spec.dlq_policy) if spec.dlq_policy else None
+            if policy is not None and policy.dead_letter_queue:
+                dlq = policy.dead_letter_queue
+        out.append({
+            "name": name, "consumers": readers.get(name, []), "dead_letter_to": dlq,
+            "is_dlq": name in dlqs, "max_priority": q.max_priority,
+            "max_length": q.max_length, "ttl": _duration(q.message_ttl_s),
+            "overflow": q.overflow.value, "delivery_limit": q.delivery_limit,
+        })
+    return out
+
+
+def peek(engine: Engine, topology: Topology, queue: str, n: int) -> list[dict[str, Any]]:
+    if queue not in topology.queue_map():
+        raise NotFound(f"queue '{queue}' not found")
+    return [codec.delivery_json(d) for d in engine.peek(queue, n)]
+
+
+def topics(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
+    readers: dict[str, list[str]] = {}
+    for name, g in topology.consumer_groups:
+        for t in g.topics:
+            readers.setdefault(t, []).append(name)
+    dlt = dead_letter_topics(topology)
+    out = []
+    for name, spec in topology.topics:
+        out.append({
+            "name": name, "partitions": spec.partitions, "key": spec.key,
+            "retention": _duration(spec.retention.time_s),
+            "retention_bytes": spec.retention.bytes,
+            "cleanup_policy": ",".join(
+                p for p, on in (("delete", spec.delete), ("compact", spec.compact)) if on
+            ),
+            "groups": readers.get(name, []), "is_dlq": name in dlt,
+            "partition_info": [
+                {"partition": p.partition, "log_start_offset": p.log_start_offset,
+                 "log_end_offset": p.log_end_offset, "size_bytes": p.size_bytes,
+                 "oldest_timestamp": p.oldest_timestamp_ms}
+                for p in engine.partitions(name)
+            ],
+        })
+    return out
+
+
+def groups(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
+    out = []
+    for name, g in topology.consumer_groups:
+        info = engine.group_info(name)
+        out.append({
+            "name": name, "topics": list(g.topics), "handler": g.handler,
+            "instances": g.instances, "delivery": g.delivery.value,
+            "offset_reset": g.offset_reset.value, "dlq_policy": g.dlq_policy,
+            "members": list(info.members),
+            "partitions": [
+                {"topic": p.topic, "partition": p.partition, "committed": p.committed,
+                 "position": p.position, "log_end_offset": p.log_end_offset, "lag": p.lag,
+                 "member": p.member}
+                for p in info.partitions
+            ],
+        })
+    return out
+
+
+def dead_letter_summary(engine: Engine, topology: Topology, now_s: float) -> list[dict[str, Any]]:
+    """Every dead-letter queue and topic with its depth and the age of its oldest letter."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(dead_letter_queues(topology)):
+        info = engine.queue_info(name)
+        out.append({"name": name, "kind": "queue", "depth": info.ready,
+                    "age_s": round(info.oldest_ready_age_s, 3)})
+    for name in sorted(dead_letter_topics(topology)):
+        parts = engine.partitions(name)
+        oldest = [p.oldest_timestamp_ms for p in parts if p.oldest_timestamp_ms is not None
+                  and p.log_end_offset > p.log_start_offset]
+        out.append({
+            "name": name, "kind": "topic",
+            "depth": sum(p.log_end_offset - p.log_start_offset for p in parts),
+            "age_s": round(max(0.0, now_s - min(oldest) / 1000), 3) if oldest else 0.0,
+        })
+    return out
+
+
+def dead_letters(engine: Engine, topology: Topology, name: str, n: int) -> dict[str, Any]:
+    """The first `n` dead letters of a DLQ (queue: ready messages in delivery order,
+    each with `id` for replay or purge; topic: records per partition from the start)."""
+    if name in topology.queue_map():
+        letters = []
+        for uid, d in engine.peek_ids(name, n):
+            item = codec.delivery_json(d)
+            item["id"] = uid
+            item["death"] = d.headers.get(DEAD_LETTER_HEADER)
+            letters.append(item)
+        return {"name": name, "kind": "queue", "letters": letters}
+    if name in topology.topic_map():
+        letters = []
+        for p in engine.partitions(name):
+            if len(letters) >= n or p.log_end_offset == p.log_start_offset:
+                continue
+            recs, _ = engine.read(name, p.partition, p.log_start_offset,
+                                  max_records=n - len(letters), max_bytes=16 * 1024 * 1024)
+            for r in recs:
+                item = codec.record_json(r)
+                item["partition"] = r.partition
+                item["death"] = r.headers.get(DEAD_LETTER_HEADER)
+                letters.append(item)
+        return {"name": name, "kind": "topic", "letters": letters}
+    raise NotFound(f"no queue or topic named '{name}'")
+
+
+def browse(
+    engine: Engine, topology: Topology, topic: str, query: Mapping[str, str]
+) -> dict[str, Any]:
+    """Records of one partition from `offset`, or from the first record at or after
+    `timestamp` (ms); at most `limit`."""
+    spec = topology.topic_map().get(topic)
+    if spec is None:
+        raise NotFound(f"topic '{topic}' not found")
+    partition = codec.query_int(query, "partition", default=0, high=spec.partitions - 1)
+    limit = codec.query_int(query, "limit", default=50, low=1, high=MAX_BROWSE)
+    info = next(p for p in engine.partitions(topic) if p.partition == partition)
+    if query.get("timestamp") is not None:
+        offset = engine.offset_for_time(topic, partition, codec.query_int(
+            query, "timestamp", default=None))
+    else:
+        offset = codec.query_int(query, "offset", default=info.log_start_offset)
+    offset = min(max(offset, info.log_start_offset), info.log_end_offset)
+    recs, next_offset = engine.read(topic, partition, offset, max_records=limit,
+                                    max_bytes=16 * 1024 * 1024)
+    return {
+        "topic": topic, "partition": partition, "offset": offset, "next_offset": next_offset,
+        "log_start_offset": info.log_start_offset, "log_end_offset": info.log_end_offset,
+        "records": [codec.record_json(r) for r in recs],
+    }
+
+
+def binding_rows(topology: Topology) -> list[dict[str, Any]]:
+    exchanges = topology.exchange_map()
+    return [
+        {"exchange": b.exchange, "to": b.destination, "kind": b.destination_kind,
+         "match": binding_label(b, exchanges[b.exchange].type if b.exchange in exchanges
+                                else None)}
+        for b in topology.bindings
+    ]

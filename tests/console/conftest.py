@@ -1,0 +1,208 @@
+"""Console fixtures: the real daemon (tests/e2e) and a headless Chromium driven by Selenium.
+
+The browser is Debian's `chromium` with its `chromium-driver`, never a
+downloaded one. Without them the browser tests skip with one line saying
+what to install; with `CI` set they fail instead. Screenshots go to
+`artifacts/console/` (or `$RUNNER_ARTIFACTS/console/`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, Daemon, start_daemon, wait_for  # noqa: F401
+
+ARTIFACTS = Path(os.environ.get("RUNNER_ARTIFACTS", REPO / "artifacts")) / "console"
+INSTALL_HINT = "apt-get install chromium chromium-driver"
+
+
+def _missing(what: str) -> None:
+    message = f"browser tests need {what} ({INSTALL_HINT}; pip install selenium)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole run (each test opens its own pages)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("the selenium package")
+    binary = _find("chromium", "chromium-browser", "google-chrome")
+    driver_path = _find("chromedriver")
+    if binary is None or driver_path is None:
+        _missing("chromium and chromedriver")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,800", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The browser pointed at one daemon's console."""
+
+    def __init__(self, driver: Any, daemon: Daemon) -> None:
+        self.driver = driver
+        self.daemon = daemon
+
+    def open(self, hash_: str = "overview", *, fresh: bool = True) -> None:
+        url = f"{self.daemon.url}/ui/#/{hash_}"
+        if fresh:
+            self.driver.get("about:blank")
+            self.driver.get(url)
+        else:
+            self.driver.execute_script("location.hash = arguments[0]", f"#/{hash_}")
+        self.wait_route(hash_.split("?")[0])
+
+    def wait_route(self, route: str, timeout_s: float = 10.0) -> None:
+        """Until the page for `route` (e.g. `queues/shipping`) is rendered."""
+        self.wait(lambda: self.js("return document.body.dataset.route") == route, timeout_s)
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.driver.execute_script(script, *args)
+
+    def css(self, selector: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
+
+    def one(self, selector: str, timeout_s: float = 10.0) -> Any:
+        return self.wait(lambda: (self.css(selector) or [None])[0], timeout_s)
+
+    def text(self, selector: str = "main") -> str:
+        return str(self.one(selector).text)
+
+    def wait(self, check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = check()
+            except Exception as exc:  # a stale element while the page re-renders
+                last = exc
+            if last and not isinstance(last, Exception):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"browser condition not met within {timeout_s}s (last: {last!r})\n"
+                             f"{self.console_errors()}")
+
+    def console_errors(self) -> list[str]:
+        """(Reading the browser log empties it.)"""
+        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    def confirm(self) -> None:
+        self.one("#confirm[open]")
+        self.one("#confirm-ok").click()
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+@pytest.fixture
+def page_for(browser: Any) -> Iterator[Callable[[Daemon], Page]]:
+    made: list[Page] = []
+
+    def make(daemon: Daemon) -> Page:
+        browser.get("about:blank")
+        browser.delete_all_cookies()
+        browser.get_log("browser")  # drop what earlier tests' pages logged
+        p = Page(browser, daemon)
+        made.append(p)
+        return p
+
+    yield make
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+              and "favicon" not in e["message"] and " 401 " not in e["message"]]
+    browser.get("about:blank")  # closes the event stream before the daemon stops
+    assert made and not errors, errors
+
+
+def save_measure(name: str, data: dict[str, Any]) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+class Session:
+    """A console session over plain HTTP (cookie + CSRF token), for API tests."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.cookies: dict[str, str] = {}
+        self.csrf: str | None = None
+
+    def call(self, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.daemon.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.cookies:
+            req.add_header("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, raw, hdrs = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as exc:
+            status, raw, hdrs = exc.code, exc.read(), exc.headers
+        for value in hdrs.get_all("Set-Cookie") or []:
+            name, _, rest = value.partition("=")
+            self.cookies[name] = rest.split(";")[0]
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw
+        return status, parsed, dict(hdrs)
+
+    def open(self) -> dict[str, Any]:
+        status, body, _ = self.call("GET", "/ui/api/session")
+        assert status == 200, body
+        self.csrf = body["csrf"]
+        return dict(body)
+
+    def login(self, token: str) -> tuple[int, Any]:
+        status, body, _ = self.call("POST", "/ui/api/login", {"token": token})
+        if status == 200:
+            self.csrf = body["csrf"]
+        return status, body
+
+    def get(self, path: str) -> tuple[int, Any]:
+        status, body, _ = self.call("GET", "/ui/api/" + path)
+        return status, body
+
+    def post(self, path: str, body: Any, *, csrf: bool = True) -> tuple[int, Any]:
+        headers = {"X-CSRF-Token": self.csrf or ""} if csrf else {}
+        status, answer, _ = self.call("POST", "/ui/api/" + path, body, headers)
+        return status, answer

@@ -1,0 +1,271 @@
+"""The console in a real browser (headless Chromium via Selenium) over a real daemon:
+the flow graph, live depth, a dead letter from stack trace to replay, an offset reset
+with its dry run, the token gate, escaping, read-only, and a screenshot of each page."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.console.conftest import Page, save_measure
+from tests.console.topology import ENTITIES, start
+from tests.e2e.conftest import Daemon, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+PageFor = Callable[[Daemon], Page]
+
+
+def test_flow_graph_renders_every_declared_entity_and_filters(start_daemon, page_for) -> None:
+    d = start(start_daemon)
+    page = page_for(d)
+    page.open("flow")
+    nodes = page.wait(lambda: page.css("svg.flow g.node"))
+    shown: dict[str, set[str]] = {}
+    for node in nodes:
+        shown.setdefault(node.get_attribute("data-kind"), set()).add(
+            node.get_attribute("data-name"))
+    assert shown == ENTITIES
+    dlqs = {n.get_attribute("data-name") for n in page.css("svg.flow g.node.dlq")}
+    assert dlqs == {"payments.dlq", "audit.dlq"}
+    assert len(page.css("svg.flow path.edge")) >= 8
+    # live numbers on the nodes
+    page.wait(lambda: "ready" in page.text("g.node[data-name='shipping'] .node-metric"))
+    page.screenshot("flow")
+    # filter by name: matches highlighted, unrelated nodes dimmed
+    box = page.one("input.filter")
+    box.send_keys("payments")
+    page.wait(lambda: len(page.css("g.node.match")) == 3)
+    matched = {n.get_attribute("data-name") for n in page.css("g.node.match")}
+    assert matched == {"payments", "payments-q", "payments.dlq"}
+    assert "reporting" in {n.get_attribute("data-name") for n in page.css("g.node.dim")}
+    # zoom changes the stage's scale; a click opens the entity's page
+    before = page.js("return document.querySelector('svg.flow > g').getAttribute('transform')")
+    page.css(".toolbar button[title='zoom in']")[0].click()
+    after = page.js("return document.querySelector('svg.flow > g').getAttribute('transform')")
+    assert before != after
+    page.js("document.querySelector(\"g.node[data-name='shipping']\")"
+            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+    page.wait_route("queues/shipping")
+    assert page.text("h1") == "Queue shipping"
+
+
+def test_a_published_message_shows_in_the_queue_depth_live(start_daemon, page_for) -> None:
+    d = start(start_daemon)
+    page = page_for(d)
+    page.open("queues")
+    row = "#queues-table tr[data-name='shipping']"
+    page.wait(lambda: page.text(f"{row} td:nth-child(2)") == "0")
+    page.js("window.__sameDocument = true")
+    for i in range(3):
+        d.ok("POST", "/v1/exchanges/orders/messages",
+             {"routing_key": "orders.paid", "body": {"order_id": f"o{i}"}}, status=202)
+    page.wait(lambda: page.text(f"{row} td:nth-child(2)") == "3", timeout_s=6)
+    assert page.js("return window.__sameDocument") is True  # no reload: the event stream
+    page.screenshot("queues")
+    page.open("queues/shipping", fresh=False)
+    page.wait(lambda: len(page.css("article.message")) == 3)
+    page.screenshot("queue")
+    assert d.ok("GET", "/v1/queues/shipping/peek?n=10")["messages"].__len__() == 3
+
+
+def test_dead_letter_shows_its_stack_trace_and_replays_from_the_console(
+    start_daemon, page_for
+) -> None:
+    d = start(start_daemon)
+    (d.workdir / "gateway-down").write_text("")
+    d.ok("POST", "/v1/exchanges/payments/messages",
+         {"routing_key": "pay", "body": {"order": "o-17", "amount": 12}}, status=202)
+    page = page_for(d)
+    page.open("dlq")
+    page.wait(lambda: page.text("#dlq-table tr[data-name='payments.dlq'] td:nth-child(3)") == "1")
+    page.screenshot("dead-letters")
+    page.one("#dlq-table a[href='#/dlq/payments.dlq']").click()
+    page.wait_route("dlq/payments.dlq")
+    letter = page.one("article.letter")
+    assert page.text("article.letter .reason") == "handler_error"
+    assert page.text("article.letter .error-line") == (
+        "console_handlers.GatewayDown: payment gateway down for {'order': 'o-17', 'amount': 12}")
+    stack = page.text("article.letter pre.stack")
+    assert "Traceback (most recent call last)" in stack
+    assert "in charge" in stack and "console_handlers.py" in stack
+    assert "queue payments-q via exchange payments key pay" in letter.text
+    page.screenshot("dead-letter")
+    (d.workdir / "gateway-down").unlink()  # the gateway is back: the replay succeeds
+    page.one("article.letter button.replay-one").click()
+    page.wait(lambda: "Replayed 1 dead letter(s)." in page.text(".status"))
+    page.wait(lambda: not page.css("article.letter"))
+    wait_for(lambda: d.ok("GET", "/v1/queues/payments.dlq/peek")["messages"] == [])
+    acked = wait_for(lambda: _metric(d, 'runner_queue_acked_total{queue="payments-q"}') == 1.0)
+    assert acked
+
+
+def _metric(d: Daemon, series: str) -> float | None:
+    for line in d.metrics().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_offsets_reset_shows_a_dry_run_before_applying(start_daemon, page_for) -> None:
+    d = start(start_daemon)
+    for i in range(6):
+        d.ok("POST", "/v1/topics/order-events/records",
+             {"value": {"order_id": f"o{i}"}, "partition": i % 3}, status=202)
+    d.ok("POST", "/v1/groups/reporting/commit", {"offsets": [
+        {"topic": "order-events", "partition": p, "offset": 2} for p in range(3)]})
+    page = page_for(d)
+    page.open("topics")
+    page.screenshot("topics")
+    page.open("topics/order-events", fresh=False)
+    page.wait(lambda: "o0" in page.text("main"))
+    page.screenshot("topic")
+    page.open("groups/reporting", fresh=False)
+    assert [r.text.split()[4] for r in page.css("#group-table tbody tr")] == ["0", "0", "0"]
+    page.one("#reset-to option[value='earliest']").click()
+    assert page.one("#reset-apply").get_attribute("disabled") is not None
+    page.one("#reset-dry").click()
+    page.wait(lambda: "Dry run: nothing changed yet" in page.text("#reset-preview"))
+    rows = [r.text.split() for r in page.css("#reset-preview tbody tr")]
+    assert rows == [["order-events", str(p), "2", "0", "0", "2"] for p in range(3)]
+    assert d.ok("GET", "/v1/groups/reporting")["lag"] == 0  # the dry run changed nothing
+    page.screenshot("group")
+    page.one("#reset-apply").click()
+    page.confirm()
+    page.wait(lambda: "Offsets reset." in page.text("#reset-preview"))
+    assert d.ok("GET", "/v1/groups/reporting")["lag"] == 6
+    page.wait(lambda: [r.text.split()[4] for r in page.css("#group-table tbody tr")]
+              == ["2", "2", "2"])
+
+
+def test_token_gate_login_form_and_the_token_never_in_a_url(start_daemon, page_for) -> None:
+    d = start(start_daemon, token="console-token-123")
+    page = page_for(d)
+    page.driver.get("about:blank")
+    page.driver.get(d.url + "/ui/")
+    page.one("#login:not([hidden])")
+    assert page.one("#main").is_displayed() is False
+    page.screenshot("login")
+    page.one("#token").send_keys("not-it")
+    page.one("#login-form button").click()
+    page.wait(lambda: page.text("#login-error") == "wrong token")
+    page.one("#token").send_keys("console-token-123")
+    page.one("#login-form button").click()
+    page.wait_route("overview")
+    assert page.text("h1") == "Topology console-shop"
+    urls = page.js("return performance.getEntriesByType('resource').map(e => e.name)")
+    urls.append(page.driver.current_url)
+    assert urls and not [u for u in urls if "console-token-123" in u]
+    cookies = page.driver.get_cookies()  # (earlier tests' daemons left theirs on this host)
+    mine = [(c["httpOnly"], c.get("sameSite")) for c in cookies
+            if c["name"] == f"runner_console_{d.port}"]
+    assert mine == [(True, "Strict")]
+    assert "console-token-123" not in json.dumps(cookies)
+    assert all(c["httpOnly"] for c in cookies)
+    assert page.js("return document.cookie") == ""  # invisible to script
+
+
+def test_bodies_and_headers_are_rendered_as_text(start_daemon, page_for) -> None:
+    d = start(start_daemon)
+    evil = "<script>alert(1)</script><img src=x onerror=\"window.__xss=1\">"
+    d.ok("POST", "/v1/queues/shipping/messages",
+         {"body": evil, "headers": {"x-evil": "<b onmouseover=alert(2)>hi</b>"},
+          "routing_key": "<i>key</i>"}, status=202)
+    (d.workdir / "gateway-down").write_text("")
+    d.ok("POST", "/v1/exchanges/payments/messages",
+         {"routing_key": "pay", "body": evil}, status=202)
+    page = page_for(d)
+    page.open("queues/shipping")
+    page.wait(lambda: page.css("article.message"))
+    assert json.loads(page.text("article.message pre.body")) == evil
+    assert '"x-evil": "<b onmouseover=alert(2)>hi</b>"' in page.text("article.message pre.headers")
+    assert "<i>key</i>" in page.text("article.message header")
+    page.open("dlq/payments.dlq", fresh=False)
+    page.wait(lambda: page.css("article.letter"))
+    assert "<script>alert(1)</script>" in page.text("article.letter .error-line")
+    assert page.js("return window.__xss") is None
+    assert page.css("main script, main img, main [onerror], main [onmouseover]") == []
+    page.screenshot("escaped")
+
+
+def test_read_only_console_hides_every_change(start_daemon, page_for) -> None:
+    d = start(start_daemon, args=["--console", "read-only"])
+    (d.workdir / "gateway-down").write_text("")
+    d.ok("POST", "/v1/exchanges/payments/messages",
+         {"routing_key": "pay", "body": 1}, status=202)
+    page = page_for(d)
+    page.open("dlq/payments.dlq")
+    page.wait(lambda: page.css("article.letter"))
+    assert page.one("#mode").is_displayed()
+    assert page.css("button.replay-one, #replay-all, #purge-all, input.pick") == []
+    page.open("groups/reporting", fresh=False)
+    assert page.css("#reset-dry") == []
+
+
+def test_overview_shows_reloads_and_rates(start_daemon, page_for) -> None:
+    d = start(start_daemon)
+    d.topology.write_text(d.topology.read_text().replace(
+        "  shipping: {max_priority: 5}", "  shipping: {max_priority: 9}"))
+    refused = d.post("/v1/admin/reload")
+    assert refused.status == 409
+    for i in range(20):
+        d.ok("POST", "/v1/exchanges/orders/messages",
+             {"routing_key": "orders.paid", "body": i}, status=202)
+    page = page_for(d)
+    page.open("overview")
+    page.wait(lambda: page.text(".card .pill") == "healthy")
+    page.wait(lambda: page.css("tr.reload.refused"))
+    reload_text = page.text("tr.reload.refused")
+    assert "refused" in reload_text and "shipping" in reload_text
+    page.wait(lambda: "max" in page.text(".chart .chart-now"))
+    page.screenshot("overview")
+
+
+@pytest.mark.slow
+def test_first_render_of_500_entities_is_under_a_second(start_daemon, page_for) -> None:
+    d = start_daemon(big_topology(500), modules={"big_handlers": "def h(msg):\n    pass\n"})
+    page = page_for(d)
+    timings: dict[str, Any] = {}
+    for name in ("flow", "overview", "queues"):
+        runs = []
+        for _ in range(3):
+            page.open(name)
+            page.wait(lambda: page.js("return document.body.dataset.firstRenderMs"))
+            runs.append(int(page.js("return document.body.dataset.firstRenderMs")))
+        timings[name] = {"runs_ms": runs, "median_ms": sorted(runs)[1]}
+    page.open("flow")
+    nodes = len(page.css("svg.flow g.node"))
+    assert nodes == 500
+    weight = sum(len(d.get(f"/ui/static/{f}").raw) for f in
+                 ("app.js", "pages.js", "graph.js", "console.css")) + len(d.get("/ui/").raw)
+    timings["page_weight_bytes"] = weight
+    save_measure("first-render-500", timings)
+    page.screenshot("flow-500")
+    for name, t in timings.items():
+        if isinstance(t, dict):
+            assert t["median_ms"] < 1000, (name, timings)
+    assert weight < 150_000, weight
+
+
+def big_topology(n: int) -> str:
+    """A topology of `n` entities: exchanges, queues, topics, groups and consumers."""
+    lines = ["version: 1", "name: big", "exchanges:"]
+    k = n // 5
+    lines += [f"  ex{i}: {{type: direct}}" for i in range(k)]
+    lines.append("queues:")
+    lines += [f"  q{i}: {{}}" for i in range(k)]
+    lines.append("topics:")
+    lines += [f"  t{i}: {{partitions: 2}}" for i in range(k)]
+    lines.append("bindings:")
+    lines += [f"  - {{exchange: ex{i}, queue: q{i}, routing_key: k{i}}}" for i in range(k)]
+    lines.append("consumer_groups:")
+    lines += [f"  g{i}: {{topic: t{i}}}" for i in range(k)]
+    lines.append("dlq_policies:")
+    lines.append("  p: {max_retries: 1, dead_letter_queue: q0}")
+    lines.append("consumers:")
+    lines += [f"  c{i}: {{queue: q{i}, handler: \"big_handlers:h\"}}" for i in range(n - 4 * k)]
+    return "\n".join(lines) + "\n"
+
