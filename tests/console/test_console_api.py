@@ -11,10 +11,16 @@ import urllib.request
 import pytest
 
 from tests.console.conftest import Session
-from tests.console.topology import start
+from tests.console.topology import shared, start
 from tests.e2e.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One daemon for the tests that read, or change what no other test here reads."""
+    yield from shared(tmp_path_factory)
 
 
 def _fail_payments(d: Daemon, n: int) -> None:
@@ -26,8 +32,8 @@ def _fail_payments(d: Daemon, n: int) -> None:
              if len(d.ok("GET", "/v1/queues/payments.dlq/peek?n=100")["messages"]) == n else None)
 
 
-def test_root_serves_the_page_to_browsers_and_an_index_to_others(start_daemon) -> None:
-    d = start(start_daemon)
+def test_root_serves_the_page_to_browsers_and_an_index_to_others(daemon) -> None:
+    d = daemon
     html = d.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
     assert html.status == 200 and html.headers["Content-Type"].startswith("text/html")
     assert b'<script type="module" src="/ui/static/app.js">' in html.raw
@@ -42,8 +48,8 @@ def test_root_serves_the_page_to_browsers_and_an_index_to_others(start_daemon) -
     assert missing.status == 404
 
 
-def test_without_a_token_a_session_opens_and_changes_need_its_csrf_token(start_daemon) -> None:
-    d = start(start_daemon)
+def test_without_a_token_a_session_opens_and_changes_need_its_csrf_token(daemon) -> None:
+    d = daemon
     s = Session(d)
     assert s.get("overview")[0] == 401
     info = s.open()
@@ -81,11 +87,7 @@ def test_with_a_token_the_console_needs_a_login_and_never_takes_a_bearer(start_d
     # the bearer API is unchanged: the session cookie does not open /v1/
     status, _, _ = Session(d).call("GET", "/v1/status")
     assert status == 401
-
-
-def test_login_cookie_is_http_only_and_same_site_strict(start_daemon) -> None:
-    d = start(start_daemon, token="tok")
-    req = urllib.request.Request(d.url + "/ui/api/login", data=b'{"token": "tok"}',
+    req = urllib.request.Request(d.url + "/ui/api/login", data=b'{"token": "s3cret-token"}',
                                  method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         cookie = resp.headers["Set-Cookie"]
@@ -109,8 +111,8 @@ def test_console_off_serves_nothing(start_daemon) -> None:
     assert d.get("/ui/api/session").status == 404
 
 
-def test_peek_leaves_messages_in_place(start_daemon) -> None:
-    d = start(start_daemon)
+def test_peek_leaves_messages_in_place(daemon) -> None:
+    d = daemon
     for i in range(3):
         d.ok("POST", "/v1/queues/shipping/messages",
              {"body": {"i": i}, "priority": i, "headers": {"h": str(i)}}, status=202)
@@ -174,23 +176,23 @@ def _depth(d: Daemon, queue: str) -> int:
     ({"ids": ["x"]}, "ids[0] must be an integer between 0 and 9223372036854775807, got \"x\""),
     ({"all": True, "max": 3}, "unknown field 'max' (known fields: all, confirm, ids)"),
 ])
-def test_bad_replay_requests_name_the_problem(start_daemon, body, error) -> None:
-    d = start(start_daemon)
+def test_bad_replay_requests_name_the_problem(daemon, body, error) -> None:
+    d = daemon
     s = Session(d)
     s.open()
     assert s.post("dlq/payments.dlq/replay", body) == (400, {"error": error})
 
 
-def test_replay_and_purge_of_unknown_queue_are_404(start_daemon) -> None:
-    d = start(start_daemon)
+def test_replay_and_purge_of_unknown_queue_are_404(daemon) -> None:
+    d = daemon
     s = Session(d)
     s.open()
     assert s.post("dlq/nope/replay", {"all": True}) == (404, {"error": "queue 'nope' not found"})
     assert s.get("dlq/nope") == (404, {"error": "no queue or topic named 'nope'"})
 
 
-def test_offset_reset_dry_run_changes_nothing_then_applies(start_daemon) -> None:
-    d = start(start_daemon)
+def test_offset_reset_dry_run_changes_nothing_then_applies(daemon) -> None:
+    d = daemon
     for i in range(9):
         d.ok("POST", "/v1/topics/order-events/records",
              {"value": {"order_id": f"o{i}"}, "partition": i % 3}, status=202)
@@ -221,18 +223,18 @@ def test_offset_reset_dry_run_changes_nothing_then_applies(start_daemon) -> None
     ({"to": "earliest", "partition": 7}, 404, "consumer group 'reporting' has no partition 7"),
     ({"to": "earliest", "dry_run": "no"}, 400, "'dry_run' must be true or false, got \"no\""),
 ])
-def test_bad_offset_resets_name_the_problem(start_daemon, body, status, error) -> None:
-    d = start(start_daemon)
+def test_bad_offset_resets_name_the_problem(daemon, body, status, error) -> None:
+    d = daemon
     s = Session(d)
     s.open()
     assert s.post("groups/reporting/reset", body) == (status, {"error": error})
 
 
-def test_event_stream_sends_snapshots_of_the_engine_counters(start_daemon) -> None:
-    d = start(start_daemon)
+def test_event_stream_sends_snapshots_of_the_engine_counters(daemon) -> None:
+    d = daemon
     s = Session(d)
     s.open()
-    d.ok("POST", "/v1/queues/shipping/messages", {"body": "x"}, status=202)
+    d.ok("POST", "/v1/queues/audit.dlq/messages", {"body": "x"}, status=202)
     req = urllib.request.Request(d.url + "/ui/api/events", headers={
         "Cookie": "; ".join(f"{k}={v}" for k, v in s.cookies.items())})
     snaps = []
@@ -240,7 +242,7 @@ def test_event_stream_sends_snapshots_of_the_engine_counters(start_daemon) -> No
         assert resp.headers["Content-Type"] == "text/event-stream"
         assert resp.readline() == b"retry: 2000\n"
         # the first snapshot may be up to one interval old; the next ones follow each second
-        while not snaps or snaps[-1]["q"]["shipping"]["ready"] != 1:
+        while not snaps or snaps[-1]["q"]["audit.dlq"]["ready"] != 1:
             assert resp.readline() == b"event: snapshot\n"
             snaps.append(json.loads(resp.readline().removeprefix(b"data: ")))
             assert resp.readline() == b"\n"

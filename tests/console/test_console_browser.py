@@ -11,16 +11,22 @@ from typing import Any
 import pytest
 
 from tests.console.conftest import Page, save_measure
-from tests.console.topology import ENTITIES, start
+from tests.console.topology import ENTITIES, shared, start
 from tests.e2e.conftest import Daemon, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One daemon for the tests whose changes do not meet (each its own queue or group)."""
+    yield from shared(tmp_path_factory)
+
 PageFor = Callable[[Daemon], Page]
 
 
-def test_flow_graph_renders_every_declared_entity_and_filters(start_daemon, page_for) -> None:
-    d = start(start_daemon)
+def test_flow_graph_renders_every_declared_entity_and_filters(daemon, page_for) -> None:
+    d = daemon
     page = page_for(d)
     page.open("flow")
     nodes = page.wait(lambda: page.css("svg.flow g.node"))
@@ -53,8 +59,8 @@ def test_flow_graph_renders_every_declared_entity_and_filters(start_daemon, page
     assert page.text("h1") == "Queue shipping"
 
 
-def test_a_published_message_shows_in_the_queue_depth_live(start_daemon, page_for) -> None:
-    d = start(start_daemon)
+def test_a_published_message_shows_in_the_queue_depth_live(daemon, page_for) -> None:
+    d = daemon
     page = page_for(d)
     page.open("queues")
     row = "#queues-table tr[data-name='shipping']"
@@ -110,13 +116,15 @@ def _metric(d: Daemon, series: str) -> float | None:
     return None
 
 
-def test_offsets_reset_shows_a_dry_run_before_applying(start_daemon, page_for) -> None:
-    d = start(start_daemon)
+def test_offsets_reset_shows_a_dry_run_before_applying(daemon, page_for) -> None:
+    d = daemon
     for i in range(6):
         d.ok("POST", "/v1/topics/order-events/records",
              {"value": {"order_id": f"o{i}"}, "partition": i % 3}, status=202)
+    ends = {p["partition"]: p["log_end_offset"]
+            for p in d.ok("GET", "/v1/groups/reporting")["partitions"]}
     d.ok("POST", "/v1/groups/reporting/commit", {"offsets": [
-        {"topic": "order-events", "partition": p, "offset": 2} for p in range(3)]})
+        {"topic": "order-events", "partition": p, "offset": end} for p, end in ends.items()]})
     page = page_for(d)
     page.open("topics")
     page.screenshot("topics")
@@ -130,15 +138,16 @@ def test_offsets_reset_shows_a_dry_run_before_applying(start_daemon, page_for) -
     page.one("#reset-dry").click()
     page.wait(lambda: "Dry run: nothing changed yet" in page.text("#reset-preview"))
     rows = [r.text.split() for r in page.css("#reset-preview tbody tr")]
-    assert rows == [["order-events", str(p), "2", "0", "0", "2"] for p in range(3)]
+    assert rows == [["order-events", str(p), str(end), "0", "0", str(end)]
+                    for p, end in sorted(ends.items())]
     assert d.ok("GET", "/v1/groups/reporting")["lag"] == 0  # the dry run changed nothing
     page.screenshot("group")
     page.one("#reset-apply").click()
     page.confirm()
     page.wait(lambda: "Offsets reset." in page.text("#reset-preview"))
-    assert d.ok("GET", "/v1/groups/reporting")["lag"] == 6
+    assert d.ok("GET", "/v1/groups/reporting")["lag"] == sum(ends.values())
     page.wait(lambda: [r.text.split()[4] for r in page.css("#group-table tbody tr")]
-              == ["2", "2", "2"])
+              == [str(end) for _, end in sorted(ends.items())])
 
 
 def test_token_gate_login_form_and_the_token_never_in_a_url(start_daemon, page_for) -> None:
@@ -168,17 +177,21 @@ def test_token_gate_login_form_and_the_token_never_in_a_url(start_daemon, page_f
     assert page.js("return document.cookie") == ""  # invisible to script
 
 
-def test_bodies_and_headers_are_rendered_as_text(start_daemon, page_for) -> None:
-    d = start(start_daemon)
+def test_bodies_and_headers_are_rendered_as_text(daemon, page_for) -> None:
+    d = daemon
     evil = "<script>alert(1)</script><img src=x onerror=\"window.__xss=1\">"
-    d.ok("POST", "/v1/queues/shipping/messages",
+    d.ok("POST", "/v1/queues/audit.dlq/messages",
          {"body": evil, "headers": {"x-evil": "<b onmouseover=alert(2)>hi</b>"},
           "routing_key": "<i>key</i>"}, status=202)
     (d.workdir / "gateway-down").write_text("")
-    d.ok("POST", "/v1/exchanges/payments/messages",
-         {"routing_key": "pay", "body": evil}, status=202)
+    try:
+        d.ok("POST", "/v1/exchanges/payments/messages",
+             {"routing_key": "pay", "body": evil}, status=202)
+        wait_for(lambda: d.ok("GET", "/v1/queues/payments.dlq/peek")["messages"])
+    finally:
+        (d.workdir / "gateway-down").unlink()
     page = page_for(d)
-    page.open("queues/shipping")
+    page.open("queues/audit.dlq")
     page.wait(lambda: page.css("article.message"))
     assert json.loads(page.text("article.message pre.body")) == evil
     assert '"x-evil": "<b onmouseover=alert(2)>hi</b>"' in page.text("article.message pre.headers")
@@ -205,15 +218,15 @@ def test_read_only_console_hides_every_change(start_daemon, page_for) -> None:
     assert page.css("#reset-dry") == []
 
 
-def test_overview_shows_reloads_and_rates(start_daemon, page_for) -> None:
-    d = start(start_daemon)
+def test_overview_shows_reloads_and_rates(daemon, page_for) -> None:
+    d = daemon
     d.topology.write_text(d.topology.read_text().replace(
         "  shipping: {max_priority: 5}", "  shipping: {max_priority: 9}"))
     refused = d.post("/v1/admin/reload")
     assert refused.status == 409
     for i in range(20):
         d.ok("POST", "/v1/exchanges/orders/messages",
-             {"routing_key": "orders.paid", "body": i}, status=202)
+             {"routing_key": "orders.created", "body": {"order_id": f"r{i}"}}, status=202)
     page = page_for(d)
     page.open("overview")
     page.wait(lambda: page.text(".card .pill") == "healthy")

@@ -63,3 +63,11 @@ ENTITIES = {
 
 def start(start_daemon, **kw):  # type: ignore[no-untyped-def]
     return start_daemon(TOPOLOGY, modules={"console_handlers": HANDLERS}, **kw)
+
+
+def shared(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One daemon for a test module (yield from it in a module-scoped fixture)."""
+    from tests.e2e.conftest import module_daemon
+
+    yield from module_daemon(tmp_path_factory.mktemp("console"), TOPOLOGY,
+                             modules={"console_handlers": HANDLERS})
