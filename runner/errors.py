@@ -13,6 +13,7 @@
     |   +-- OffsetOutOfRange     reading below the log start offset                       (404/416)
     |   +-- StorageError         I/O or corruption; `retriable` tells whether to try again
     |       +-- CorruptSegment   a bad batch in the middle of a log (path and file offset)
+    |       +-- LogFailed        a log whose fsync failed: refuses all until reopened (503)
     +-- HandlerImportError       a handler reference that does not resolve
 
 Foreign exceptions (yaml, jsonschema, OSError, aiohttp, pika) are translated
@@ -99,6 +100,18 @@ class CorruptSegment(StorageError):
         super().__init__(message)
         self.path = path
         self.position = position
+
+
+class LogFailed(StorageError):
+    """A log whose fsync failed. The kernel may have dropped the unsynced pages, so
+    nothing written since the last good fsync is trusted: the log refuses every
+    write and read until it is reopened, which recovers from what is on disk."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class HandlerImportError(RunnerError):

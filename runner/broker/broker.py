@@ -14,7 +14,6 @@ handed to `topic_sink`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from runner.broker.deadletter import (
     DEATH_HEADER,
 )
 from runner.broker.dlx import Cascade, DeadLetterPublisher, TopicSink
+from runner.broker.epoch import next_epoch
 from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import (
@@ -47,7 +47,15 @@ from runner.broker.results import (
 from runner.broker.routing import Route, Router
 from runner.broker.steps import StepLog
 from runner.clock import Clock
-from runner.errors import Conflict, InvalidRequest, NotFound, Refused, UnsafeChange
+from runner.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    StorageError,
+    UnsafeChange,
+)
+from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.record import Fsync
@@ -83,8 +91,10 @@ class Broker:
         segment_bytes: int = 16 * MiB, dedup_window_s: float = 600.0,
         dedup_max_ids: int = 1_000_000,
         topic_sink: TopicSink | None = None, compact_interval_s: float = 5.0,
+        fs: FileSystem = LOCAL,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.fs = fs
         self.fsync = Fsync(fsync)
         self.clock = clock
         self.memory = MemoryBudget(memory_budget_bytes)
@@ -104,30 +114,15 @@ class Broker:
         # queues with a length limit that refuse when full (see `check_publish`)
         self._rejecting: frozenset[str] = frozenset()
         self._last_compact = clock.monotonic()
-        (self.data_dir / "queues").mkdir(parents=True, exist_ok=True)
-        self._epoch = self._next_epoch()
-        self.steps = StepLog(self.data_dir / "steps", fsync=self.fsync, clock=clock)
+        make_dirs(fs, self.data_dir / "queues")
+        self._epoch = next_epoch(fs, self.data_dir / "epoch")
+        self.steps = StepLog(self.data_dir / "steps", fsync=self.fsync, clock=clock, fs=fs)
         self._steps_recovered = False
         # fsync=interval: a background thread syncs, so the caller's thread (the daemon's
         # event loop) never waits for the disk
         self.flusher = Flusher() if self.fsync is Fsync.INTERVAL else None
         if self.flusher is not None:
             self.flusher.add(self.steps.log)
-
-    def _next_epoch(self) -> int:
-        """A counter bumped at each open: non-durable uids (and tags) never repeat."""
-        path = self.data_dir / "epoch"
-        try:
-            epoch = int(path.read_text().strip() or "0") + 1
-        except FileNotFoundError:
-            epoch = 1
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(f"{epoch}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return epoch
 
     # ================================================================ topology
     def declare(
@@ -210,32 +205,52 @@ class Broker:
         return lines
 
     def _create_queue(self, spec: Queue) -> None:
-        qdir = entity_path(self.data_dir / "queues", spec.name)
+        qdir = entity_path(self.data_dir / "queues", spec.name, fs=self.fs)
         if spec.durable:
             journal = QueueLog(qdir, fsync=self.fsync, clock=self.clock,
-                               segment_bytes=self.segment_bytes)
-            mq = MessageQueue(spec, journal=journal, spill=journal, memory=self.memory)
-            ready, delayed = journal.recover(memory_left=self.memory.limit - self.memory.used)
-            mq.restore(ready)
-            for due, msg in delayed:
-                msg.state = DELAYED
-                mq.delayed.append((due, msg.uid, msg))
-                if isinstance(msg.body, bytes):
-                    self.memory.used += msg.size
-            mq.delayed.sort(key=lambda t: (t[0], t[1]))
+                               segment_bytes=self.segment_bytes, fs=self.fs)
+            mq = self._restore_queue(spec, journal)
             self.journals[spec.name] = journal
             if self.flusher is not None:
                 self.flusher.add(journal.log)
-            self._seed_dedup(spec.name, ready)
         else:
-            remove_tree(qdir, root=self.data_dir)
-            spill = LazySpill(entity_path(self.data_dir / "spill", spec.name), self.clock,
-                              self.segment_bytes, root=self.data_dir)
+            remove_tree(qdir, root=self.data_dir, fs=self.fs)
+            spill = LazySpill(entity_path(self.data_dir / "spill", spec.name, fs=self.fs),
+                              self.clock, self.segment_bytes, root=self.data_dir, fs=self.fs)
             spill.close(remove=True)
             mq = MessageQueue(spec, uid_start=self._epoch << 36, spill=spill,
                               memory=self.memory)
             self.spills[spec.name] = spill
         self.queues[spec.name] = mq
+
+    def _restore_queue(self, spec: Queue, journal: QueueLog) -> MessageQueue:
+        """A durable queue as its journal has it on disk."""
+        mq = MessageQueue(spec, journal=journal, spill=journal, memory=self.memory)
+        ready, delayed = journal.recover(memory_left=self.memory.limit - self.memory.used)
+        mq.restore(ready)
+        for due, msg in delayed:
+            msg.state = DELAYED
+            mq.delayed.append((due, msg.uid, msg))
+            if isinstance(msg.body, bytes):
+                self.memory.used += msg.size
+        mq.delayed.sort(key=lambda t: (t[0], t[1]))
+        self._seed_dedup(spec.name, ready)
+        return mq
+
+    def _reload_queue(self, name: str) -> None:
+        """After a refused journal write (e.g. a full disk): the queue again as it is
+        on disk, so nothing the refused operation did stays in memory (its uids are
+        not reused for other messages). Unsettled deliveries become redeliveries, as
+        after a restart. A log whose fsync failed cannot be read: it stays refused
+        until the restart (see `_queue`)."""
+        journal = self.journals[name]
+        journal.discard()
+        if journal.log.failed is not None:
+            return
+        old = self.queues[name]
+        old.journal = None
+        old.purge_all()
+        self.queues[name] = self._restore_queue(old.spec, journal)
 
     def _delete_queue(self, name: str) -> None:
         mq = self.queues.pop(name)
@@ -247,7 +262,7 @@ class Broker:
             if self.flusher is not None:
                 self.flusher.remove(journal.log)
             journal.log.close()
-            remove_tree(journal.log.directory, root=self.data_dir)
+            remove_tree(journal.log.directory, root=self.data_dir, fs=self.fs)
         spill = self.spills.pop(name, None)
         if spill is not None:
             spill.close(remove=True)
@@ -306,6 +321,7 @@ class Broker:
         # batch is stored, from the first one that is not in the pending run on: a bad
         # header refuses the whole batch, and a batch that is one run costs no pass
         unchecked = True
+        remembered: list[tuple[str, str, str]] = []
         try:
             for i, m in enumerate(messages):
                 mid = m.message_id
@@ -393,12 +409,18 @@ class Broker:
                 routes.append(route)
                 if mid is not None:
                     self._remember(kind, target, mid, now, route)
+                    remembered.append((kind, target, mid))
             if run:
                 self._admit_run(run, run_key, run_route, exchange, now, ts)
         finally:
             if reused:
                 self.router.count(exchange, reused, reused_unroutable)
-            self._finish()
+            try:
+                self._finish()
+            except StorageError:
+                for key in remembered:  # not stored: a retry must not count as a duplicate
+                    self._dedup.pop(key, None)
+                raise
         return routes
 
     def _fast_route(self, route: Route) -> bool:
@@ -461,6 +483,9 @@ class Broker:
         mq = self.queues.get(name)
         if mq is None:
             raise NotFound(f"queue '{name}' not found")
+        journal = self.journals.get(name)
+        if journal is not None and journal.log.failed is not None:
+            raise journal.log.failed
         return mq
 
     def pull(
@@ -580,15 +605,29 @@ class Broker:
                 for msg, reason in dead:
                     dlx.send(mq, msg, reason, body=mq.body_of(msg))
             dirty.update(dlx.touched)
+        order: dict[str, MessageQueue] = {}
         for name, mq in dlx.take_touched().items():
             dirty[name] = mq
-            if mq.journal is not None and self.queues.get(name) is mq:
-                mq.journal.flush()
-        for mq in dirty.values():
-            if mq.journal is not None:
-                mq.journal.flush()
+            if self.queues.get(name) is mq:
+                order[name] = mq
+        for name, mq in dirty.items():
+            order.setdefault(name, mq)
         dirty.clear()
-        dlx.end_operation()
+        failed: list[tuple[str, StorageError]] = []
+        try:
+            for name, mq in order.items():
+                if mq.journal is not None:
+                    try:
+                        mq.journal.flush()
+                    except StorageError as exc:
+                        failed.append((name, exc))
+        finally:
+            dlx.end_operation()
+        if failed:
+            for name, _exc in failed:
+                if name in self.journals:
+                    self._reload_queue(name)
+            raise failed[0][1]
 
     def replay(
         self, queue: str, max_messages: int | None = None, *,

@@ -42,6 +42,7 @@ from typing import Any
 from runner.broker.headers import decode_headers, encode_headers
 from runner.broker.message import EMPTY_HEADERS, QueuedMessage
 from runner.clock import Clock, now_ms
+from runner.fs import LOCAL, FileSystem
 from runner.log.datapath import remove_tree
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
@@ -142,10 +143,11 @@ class QueueLog:
 
     def __init__(
         self, directory: Path, *, fsync: Fsync, clock: Clock, segment_bytes: int,
+        fs: FileSystem = LOCAL,
     ) -> None:
         self.clock = clock
         self.log = SegmentedLog(directory, segment_bytes=segment_bytes, fsync=fsync,
-                                clock=clock)
+                                clock=clock, fs=fs)
         self._pending: list[Item] = []
         self._settled: array[int] = array("q")
         self._delivered: array[int] = array("q")
@@ -250,6 +252,13 @@ class QueueLog:
             self._delivered = array("q")
         self._pending = []
         self.log.append(items)
+
+    def discard(self) -> None:
+        """Forget everything queued since the last flush (a refused write: the queue
+        is reloaded from the log)."""
+        self._pending = []
+        self._settled = array("q")
+        self._delivered = array("q")
 
     def flush_marks(self, *, older_than_s: float) -> None:
         """Write delivery marks waiting longer than `older_than_s` (0: any)."""
@@ -376,9 +385,10 @@ class QueueLog:
 class SpillLog:
     """Bodies of non-durable messages past the memory budget (no journal, no fsync)."""
 
-    def __init__(self, directory: Path, *, clock: Clock, segment_bytes: int) -> None:
+    def __init__(self, directory: Path, *, clock: Clock, segment_bytes: int,
+                 fs: FileSystem = LOCAL) -> None:
         self.log = SegmentedLog(directory, segment_bytes=segment_bytes, fsync=Fsync.NEVER,
-                                clock=clock)
+                                clock=clock, fs=fs)
 
     def spill(self, msg: QueuedMessage, body: bytes) -> int:
         return self.log.append([(None, body, NO_HEADERS, msg.timestamp_ms)])
@@ -399,17 +409,20 @@ class SpillLog:
 class LazySpill:
     """A non-durable queue's spill log, created on first use."""
 
-    def __init__(self, directory: Path, clock: Clock, segment_bytes: int, *, root: Path) -> None:
+    def __init__(self, directory: Path, clock: Clock, segment_bytes: int, *, root: Path,
+                 fs: FileSystem = LOCAL) -> None:
         self.directory = directory
         self.root = root  # the data directory: deletes stay inside it
+        self.fs = fs
         self.clock = clock
         self.segment_bytes = segment_bytes
         self.log: SpillLog | None = None
 
     def spill(self, msg: QueuedMessage, body: bytes) -> int:
         if self.log is None:
-            remove_tree(self.directory, root=self.root)
-            self.log = SpillLog(self.directory, clock=self.clock, segment_bytes=self.segment_bytes)
+            remove_tree(self.directory, root=self.root, fs=self.fs)
+            self.log = SpillLog(self.directory, clock=self.clock, segment_bytes=self.segment_bytes,
+                                fs=self.fs)
         return self.log.spill(msg, body)
 
     def read_body(self, loc: int) -> bytes:
@@ -424,4 +437,4 @@ class LazySpill:
             self.log.close()
             self.log = None
         if remove:
-            remove_tree(self.directory, root=self.root)
+            remove_tree(self.directory, root=self.root, fs=self.fs)

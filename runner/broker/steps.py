@@ -21,6 +21,7 @@ from typing import Any
 from runner.broker.headers import decode_value, encode_value
 from runner.broker.message import Message, Publishable
 from runner.clock import Clock, now_ms
+from runner.fs import LOCAL, FileSystem
 from runner.log.record import Fsync
 from runner.log.segment import SegmentedLog
 
@@ -58,9 +59,11 @@ def _own(seq: int, n: int, msgs: Sequence[Publishable], start: int) -> list[Mess
 class StepLog:
     """Journal of broker steps (see module docstring)."""
 
-    def __init__(self, directory: Path, *, fsync: Fsync, clock: Clock) -> None:
+    def __init__(self, directory: Path, *, fsync: Fsync, clock: Clock,
+                 fs: FileSystem = LOCAL) -> None:
         self.clock = clock
-        self.log = SegmentedLog(directory, segment_bytes=4 << 20, fsync=fsync, clock=clock)
+        self.log = SegmentedLog(directory, segment_bytes=4 << 20, fsync=fsync, clock=clock,
+                                fs=fs)
         self.open_steps = 0
 
     def begin(

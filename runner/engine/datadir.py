@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
 from pathlib import Path
 
 from runner.errors import StorageError
+from runner.fs import FileSystem, create, write_all
 
 LOCK_FILE = ".lock"
+PID_WIDTH = 32  # the pid is written padded in place: no new block (a full disk)
+
+log = logging.getLogger(__name__)
 
 
-def lock_data_dir(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path, fs: FileSystem) -> int:
     """Take the exclusive lock of `data_dir` (`<data_dir>/.lock`, holding our pid)
     for the engine's life; StorageError naming the holder's pid when taken.
     The OS drops the lock when the process dies, even by SIGKILL."""
     path = data_dir / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = create(fs, path)
     except OSError as exc:
         raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fs.lock(fd)
     except OSError:
         try:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = fs.pread(fd, PID_WIDTH, 0).decode(errors="replace").strip() or "unknown"
         finally:
-            os.close(fd)
+            fs.close(fd)
         raise StorageError(f"data directory {data_dir} is in use by another runner "
                            f"(pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        write_all(fs, fd, f"{os.getpid()}\n".ljust(PID_WIDTH).encode(), 0)
+    except OSError as exc:  # informative only: a full disk must not stop a start
+        log.warning("cannot write the pid into %s: %s", path, exc.strerror or exc)
     return fd

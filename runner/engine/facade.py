@@ -9,7 +9,6 @@ letters and replay), `changes` (reload checks), `records` (record encoding),
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from runner.engine.values import (
     TopicPartition,
 )
 from runner.errors import Conflict, EngineError, StorageError, UnsafeChange
+from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
 from runner.log.record import Fsync
@@ -60,6 +60,7 @@ class Engine:
     """
 
     topology: Topology
+    fs: FileSystem
     _lock_fd: int
 
     @classmethod
@@ -72,23 +73,27 @@ class Engine:
         clock: Clock | None = None,
         memory_budget_bytes: int = 256 * 1024 * 1024,
         disk_budget_bytes: int | None = None,
+        fs: FileSystem = LOCAL,
     ) -> Engine:
-        """Open (recovering) the data dir and declare everything in `topology`."""
+        """Open (recovering) the data dir and declare everything in `topology`.
+        `fs`: the file system every file call goes through (tests pass a
+        simulated disk)."""
         clock = clock or SystemClock()
         data_dir = Path(data_dir)
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(fs, data_dir)
         except OSError as exc:
             raise StorageError(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
         policy = Fsync(FsyncPolicy(fsync).value)
-        lock = lock_data_dir(data_dir)
+        lock = lock_data_dir(data_dir, fs)
         engine = cls.__new__(cls)
         engine._lock_fd = lock
+        engine.fs = fs
         try:
             engine._setup(topology, data_dir, policy, clock, memory_budget_bytes,
                           disk_budget_bytes)
         except BaseException:
-            os.close(lock)
+            fs.close(lock)
             raise
         return engine
 
@@ -109,16 +114,17 @@ class Engine:
         self._seek_versions: dict[str, int] = {}
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
-                               dedup_window_s=DEDUP_WINDOW_S)
+                               dedup_window_s=DEDUP_WINDOW_S, fs=self.fs)
         except OSError as exc:
             raise StorageError(f"cannot open the topics in {data_dir}: {exc}") from exc
         try:
             self.broker = Broker(
                 data_dir, fsync=fsync, clock=clock, memory_budget_bytes=memory_budget_bytes,
                 disk_budget_bytes=disk_budget_bytes, dedup_window_s=DEDUP_WINDOW_S,
-                topic_sink=self._sink,
+                topic_sink=self._sink, fs=self.fs,
             )
-            self.journal = StepJournal(data_dir / "engine_steps", fsync=fsync, clock=clock)
+            self.journal = StepJournal(data_dir / "engine_steps", fsync=fsync, clock=clock,
+                                       fs=self.fs)
             self.steps = StepLog(self.journal, self.store, self.broker)
         except BaseException as exc:
             self.store.close()
@@ -191,7 +197,7 @@ class Engine:
         try:
             self._close_parts()
         finally:
-            os.close(self._lock_fd)  # releases the data dir lock
+            self.fs.close(self._lock_fd)  # releases the data dir lock
 
     def _close_parts(self) -> None:
         for part in (self.journal, self.broker, self.store):

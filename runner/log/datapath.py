@@ -19,18 +19,21 @@ name into a file name, and it is:
 
 `remove_tree` is the one recursive delete of the storage layers: it refuses
 (StorageError) any target that is not strictly inside the data directory,
-after resolving symlinks and `..`.
+after resolving symlinks and `..`. Both go through the file-system seam
+(`runner.fs`): the move and the delete are durable in their directory on return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 
+from runner import fs as files
 from runner.errors import StorageError
+from runner.fs import LOCAL, FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def dir_name(name: str) -> str:
     return encoded
 
 
-def entity_path(parent: Path, name: str, suffix: str = "") -> Path:
+def entity_path(parent: Path, name: str, suffix: str = "", *, fs: FileSystem = LOCAL) -> Path:
     """`parent / (dir_name(name) + suffix)`; a legacy file or directory named
     `name + suffix` (as written before names were encoded) is renamed to it first."""
     path = parent / f"{dir_name(name)}{suffix}"
@@ -65,9 +68,8 @@ def entity_path(parent: Path, name: str, suffix: str = "") -> Path:
         return path
     legacy = parent / legacy_name
     try:
-        if legacy.exists() and not path.exists():
-            os.rename(legacy, path)
-            _fsync_dir(parent)
+        if fs.exists(legacy) and not fs.exists(path):
+            files.rename(fs, legacy, path)
             log.info("moved %s to %s (entity names are encoded now)", legacy, path)
     except OSError as exc:
         raise StorageError(f"cannot move {legacy} to {path}: {exc.strerror}") from exc
@@ -81,18 +83,12 @@ def inside(path: Path, root: Path) -> bool:
     return target != base and base in target.parents
 
 
-def remove_tree(path: Path, *, root: Path) -> None:
-    """Delete the directory tree `path` (missing is fine); StorageError, deleting
-    nothing, when `path` is not strictly inside the data directory `root`."""
+def remove_tree(path: Path, *, root: Path, fs: FileSystem = LOCAL) -> None:
+    """Delete the directory tree `path` (missing is fine), durably
+    (`runner.fs.remove_tree`); StorageError, deleting nothing, when `path` is not
+    strictly inside the data directory `root`."""
     if not inside(path, root):
         raise StorageError(
             f"refusing to delete {path}: it is not inside the data directory {root}")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # as before: a failed delete is not an error
+        files.remove_tree(fs, path)

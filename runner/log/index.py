@@ -10,18 +10,21 @@ Both are append-only files next to the segment, mirrored in memory as
     never decrease; a closing entry is written when the segment rolls.
 
 The files are a cache: they are never fsynced with the data and are rebuilt
-from the segment when missing, short, or inconsistent.
+from the segment when missing, short, or inconsistent. A closed segment's
+indexes are synced when it closes (and compaction's before its swap), because
+recovery trusts them then. File calls go through `runner.fs`.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+
+from runner.fs import LOCAL, FileSystem, create, read_bytes, write_all
 
 OFFSET_ENTRY = struct.Struct("<iI")
 TIME_ENTRY = struct.Struct("<qi")
@@ -31,14 +34,17 @@ class _IndexFile:
     """What both indexes share: an append-only file of fixed-size entries, mirrored
     in memory as two `array` columns (`_columns`)."""
 
-    __slots__ = ("base", "_file", "path")
+    __slots__ = ("base", "_fd", "path", "fs", "_pending", "_end")
 
     ENTRY: struct.Struct
 
-    def __init__(self, path: Path, base: int) -> None:
+    def __init__(self, path: Path, base: int, fs: FileSystem = LOCAL) -> None:
         self.path = path
         self.base = base
-        self._file: BinaryIO | None = None
+        self.fs = fs
+        self._fd: int | None = None
+        self._pending: list[bytes] = []  # entries not yet written to the file
+        self._end = 0  # file size
 
     def _columns(self) -> tuple[array[int], array[int]]:
         raise NotImplementedError
@@ -48,7 +54,7 @@ class _IndexFile:
         """Read the file; False (and empty) when missing or when an entry does not
         follow its predecessor (`consistent(last_a, last_b, a, b)`)."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_bytes(self.fs, self.path)
         except FileNotFoundError:
             return False
         if len(raw) % self.ENTRY.size or not (raw or allow_empty):
@@ -66,28 +72,44 @@ class _IndexFile:
         return True
 
     def open_for_append(self, *, truncate: bool) -> None:
-        self._file = open(self.path, "wb" if truncate else "ab")  # noqa: SIM115
+        """Open the file for `flush`; with `truncate` it is rewritten from memory."""
+        self._fd = create(self.fs, self.path, truncate=truncate)
         if truncate:
+            self._end = 0
             pack = self.ENTRY.pack
-            self._file.write(b"".join(pack(a, b) for a, b in zip(*self._columns(), strict=True)))
+            self._pending = [pack(a, b) for a, b in zip(*self._columns(), strict=True)]
+        else:
+            self._end = self.fs.size(self._fd)
 
     def _append(self, a: int, b: int) -> None:
         first, second = self._columns()
         first.append(a)
         second.append(b)
-        if self._file is not None:
-            self._file.write(self.ENTRY.pack(a, b))
+        if self._fd is not None:
+            self._pending.append(self.ENTRY.pack(a, b))
 
     def flush(self, *, fsync: bool = False) -> None:
-        if self._file is not None:
-            self._file.flush()
-            if fsync:
-                os.fsync(self._file.fileno())
+        """Write the entries added since the last flush (and sync them)."""
+        if self._fd is None:
+            return
+        if self._pending:
+            data = b"".join(self._pending)
+            try:
+                write_all(self.fs, self._fd, data, self._end)
+            except OSError:
+                with contextlib.suppress(OSError):  # no part-written entry stays
+                    self.fs.truncate(self._fd, self._end)
+                raise
+            self._pending = []
+            self._end += len(data)
+        if fsync:
+            self.fs.sync(self._fd)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            self._pending = []
+            self.fs.close(fd)
 
 
 class OffsetIndex(_IndexFile):
@@ -97,8 +119,8 @@ class OffsetIndex(_IndexFile):
 
     ENTRY = OFFSET_ENTRY
 
-    def __init__(self, path: Path, base: int) -> None:
-        super().__init__(path, base)
+    def __init__(self, path: Path, base: int, fs: FileSystem = LOCAL) -> None:
+        super().__init__(path, base, fs)
         self.offsets = array("i")  # relative to base: 8 bytes of memory per entry
         self.positions = array("I")
 
@@ -133,8 +155,8 @@ class TimeIndex(_IndexFile):
 
     ENTRY = TIME_ENTRY
 
-    def __init__(self, path: Path, base: int) -> None:
-        super().__init__(path, base)
+    def __init__(self, path: Path, base: int, fs: FileSystem = LOCAL) -> None:
+        super().__init__(path, base, fs)
         self.timestamps = array("q")
         self.offsets = array("i")  # relative to base
 

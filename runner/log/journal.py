@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 
 from runner.clock import Clock, SystemClock, now_ms
+from runner.fs import LOCAL, FileSystem
 from runner.log.record import Fsync
 from runner.log.segment import SegmentedLog
 
@@ -32,12 +33,12 @@ class StepJournal:
 
     def __init__(
         self, directory: Path, *, fsync: Fsync = Fsync.ALWAYS, clock: Clock | None = None,
-        segment_bytes: int = 4 * 1024 * 1024,
+        segment_bytes: int = 4 * 1024 * 1024, fs: FileSystem = LOCAL,
     ) -> None:
         self.clock = clock or SystemClock()
         self.fsync = Fsync(fsync)
         self._log = SegmentedLog(directory, fsync=Fsync.NEVER, clock=self.clock,
-                                 segment_bytes=segment_bytes)
+                                 segment_bytes=segment_bytes, fs=fs)
         self._pending: dict[int, bytes] = {}
         offset = self._log.start_offset
         while offset < self._log.end_offset:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from runner.clock import Clock, now_ms
+from runner.fs import LOCAL, FileSystem
 from runner.log.compaction import compact
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync, Item
@@ -38,11 +39,12 @@ class OffsetStore:
 
     def __init__(
         self, directory: Path, *, fsync: Fsync, clock: Clock, compact_after: int = 10_000,
-        segment_bytes: int = 4 * 1024 * 1024,
+        segment_bytes: int = 4 * 1024 * 1024, fs: FileSystem = LOCAL,
     ) -> None:
         self.clock = clock
         self.compact_after = compact_after
-        self._log = SegmentedLog(directory, fsync=fsync, clock=clock, segment_bytes=segment_bytes)
+        self._log = SegmentedLog(directory, fsync=fsync, clock=clock, segment_bytes=segment_bytes,
+                                 fs=fs)
         self.committed: dict[GroupTP, int] = {}
         self.resets: dict[GroupTP, int] = {}
         self._since_compaction = 0

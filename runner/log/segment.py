@@ -18,15 +18,31 @@ Durability (`Fsync`):
   `fsync_interval_ms` has passed since the last sync.
 * NEVER: left to the OS; `sync()` and `close()` still sync.
 
+Torn tails: the kernel writes dirty pages back in any order, so after a power
+cut the bytes written after the last fsync may survive in any mix (a lost page
+before one that reached the disk). Bytes that an fsync covered survive whole.
+To tell the two apart, the log records how far its active segment is synced
+(`synced.checkpoint`: segment base, synced length, CRC): rewritten in place
+after every fsync without an fsync of its own (the kernel writes it back within
+seconds; a stale value only understates), and synced at `close`.
+
 Recovery at open: closed segments trust their index files (rebuilt by a strict
-scan when missing or inconsistent); the last segment is scanned batch by batch,
-its CRCs checked. At the first bad batch (CRC mismatch, implausible header or
-length) the rest of the file is searched byte by byte for an intact batch
-(magic byte, plausible header, matching CRC; a Kafka-style resync). If one
-follows, the bad batch is corruption in the middle: `CorruptSegment` names the
-file and byte position and nothing is truncated. Only when nothing intact
-follows is it a torn tail (a write cut short by a crash) and the file is
-truncated there. Reads check CRCs too.
+scan when missing or inconsistent; any bad batch in a closed segment, which
+was synced when it closed, is corruption); the last segment is scanned batch
+by batch, its CRCs checked. At the first bad batch (CRC mismatch, implausible
+header or length):
+
+* at or past the checkpoint's synced length: a torn tail of writes after the
+  last fsync, truncated there (as Kafka truncates after its recovery point);
+  intact batches after it go too: none was acknowledged under `Fsync.ALWAYS`
+  (the fsync acknowledging one would have covered the bad one);
+* before it, with an intact batch (magic byte, plausible header, matching
+  CRC; a byte-wise Kafka-style resync) somewhere after: corruption inside
+  synced data. `CorruptSegment` names the file and byte position and nothing
+  is truncated. With nothing intact after it, it is still taken as a torn
+  tail (a file cut short).
+
+Reads check CRCs too.
 
 Memory: per segment the sparse indexes (about 16 bytes per `index_interval_bytes`
 of data) plus a bounded LRU of raw read chunks (`cache_bytes`, or a
@@ -35,6 +51,15 @@ never held beyond that.
 
 Thread safety: `append` may be called from many threads. Other methods assume
 one owner, except that a compaction thread may call `replace_segments`.
+
+Files: every call goes through `runner.fs` (a `FileSystem`, the real one by
+default). A created, renamed or deleted file is durable in its directory
+before the call that made it returns (`runner.fs.create`, `rename`, `remove`).
+
+A failed fsync is fatal for the log (PostgreSQL's "fsyncgate": the kernel may
+have dropped the unsynced pages, so a later successful fsync proves nothing):
+from then on every append, sync and read raises `StorageError` until the log
+is closed and opened again, which recovers from what is on disk.
 """
 
 from __future__ import annotations
@@ -42,16 +67,34 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
+import struct
 import threading
+import zlib
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.clock import Clock
-from runner.errors import CorruptSegment, InvalidRequest, OffsetOutOfRange, StorageError
+from runner.errors import (
+    CorruptSegment,
+    InvalidRequest,
+    LogFailed,
+    OffsetOutOfRange,
+    StorageError,
+)
+from runner.fs import (
+    LOCAL,
+    FileSystem,
+    create,
+    make_dirs,
+    read_bytes,
+    remove,
+    rename,
+    write_all,
+    write_atomic,
+)
 from runner.log.cache import ReadCache
 from runner.log.index import OffsetIndex, TimeIndex
 from runner.log.record import (
@@ -73,12 +116,16 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
 MAX_SEGMENT_BYTES = 2**31  # index positions are uint32; Kafka caps segments at 2 GiB too
+CHECKPOINT = "synced.checkpoint"
+_CKPT = struct.Struct("<qqI4x")  # active segment base, synced length, crc32 of the 16 bytes
 PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries (Kafka: 5)
 
 
 MAGIC_AT = 16  # header position of the magic byte (then attributes, always 0)
 MAGIC_MARK = bytes((MAGIC, 0))
 
+
+Read = Callable[[int, int, int], bytes]  # (fd, length, position) -> bytes, as os.pread
 
 CleanedBatch = tuple[list[LogRecord], int, int] | tuple[list[LogRecord], int, int, int]
 """A batch for `replace_segments`: (records, producer id, base sequence[, delete horizon])."""
@@ -101,16 +148,17 @@ class SegmentInfo:
 
 class _Segment:
     __slots__ = ("base", "path", "fd", "size", "index", "tindex", "last_offset", "max_ts",
-                 "first_ts", "since_index", "head_ts")
+                 "first_ts", "since_index", "head_ts", "fs")
 
-    def __init__(self, directory: Path, base: int) -> None:
+    def __init__(self, directory: Path, base: int, fs: FileSystem) -> None:
         name = segment_name(base)
         self.base = base
+        self.fs = fs
         self.path = directory / f"{name}.log"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.size = os.fstat(self.fd).st_size
-        self.index = OffsetIndex(directory / f"{name}.index", base)
-        self.tindex = TimeIndex(directory / f"{name}.timeindex", base)
+        self.fd = create(fs, self.path)
+        self.size = fs.size(self.fd)
+        self.index = OffsetIndex(directory / f"{name}.index", base, fs)
+        self.tindex = TimeIndex(directory / f"{name}.timeindex", base, fs)
         self.last_offset = base - 1
         self.max_ts = -1
         self.first_ts = -1  # first batch's first timestamp (known for the active segment)
@@ -124,7 +172,7 @@ class _Segment:
     def close(self) -> None:
         self.index.close()
         self.tindex.close()
-        os.close(self.fd)
+        self.fs.close(self.fd)
 
 
 class _Producer:
@@ -161,8 +209,11 @@ class SegmentedLog:
         cache_bytes: int = 4 * MiB,
         fsync_interval_ms: float = 5.0,
         cache: ReadCache | None = None,
+        fs: FileSystem = LOCAL,
     ) -> None:
         self.directory = Path(directory)
+        self.fs = fs
+        self._failed: LogFailed | None = None
         self.segment_bytes = segment_bytes
         self.fsync = Fsync(fsync)
         self.clock = clock
@@ -183,12 +234,17 @@ class SegmentedLog:
         self._end = 0
         self._size = 0
         self._closed = False
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._ckpt_fd: int | None = None
+        self._ckpt_lock = threading.Lock()
+        self._recovery_point = 0  # synced length of the last segment per the checkpoint
+        make_dirs(fs, self.directory)
         try:
             self._recover()
         except BaseException:
             for seg in self._segments:
                 seg.close()
+            if self._ckpt_fd is not None:
+                fs.close(self._ckpt_fd)
             raise
 
     # ------------------------------------------------------------ properties
@@ -216,23 +272,24 @@ class SegmentedLog:
 
     # ------------------------------------------------------------ recovery
     def _recover(self) -> None:
-        for tmp in self.directory.glob("*.cleaned"):
-            tmp.unlink()
-        for tmp in self.directory.glob("*.deleted"):
-            tmp.unlink()
-        bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if p.stem.isdigit())
-        for swap in sorted(self.directory.glob("*.swap")):
-            bases = self._finish_swap(swap, bases)
-        for stray in self.directory.iterdir():  # left by a crash while deleting a segment
-            stem = stray.name.split(".")[0]
-            if stray.name.endswith(".tmp") or (
-                    stray.suffix in (".index", ".timeindex", ".snapshot") and stem.isdigit()
+        names = self.fs.listdir(self.directory)
+        bases = sorted(int(n[:-4]) for n in names if n.endswith(".log") and n[:-4].isdigit())
+        for swap in sorted(n for n in names if n.endswith(".swap")):
+            bases = self._finish_swap(self.directory / swap, bases)
+        names = self.fs.listdir(self.directory)
+        strays = []
+        for name in names:  # left by a crash while compacting or deleting a segment
+            stem = name.split(".")[0]
+            if name.endswith((".tmp", ".cleaned", ".deleted")) or (
+                    name.endswith((".index", ".timeindex", ".snapshot")) and stem.isdigit()
                     and int(stem) not in bases):
-                stray.unlink()
+                strays.append(self.directory / name)
+        remove(self.fs, strays)
         if not bases:
             bases = [0]
+        self._read_checkpoint(bases[-1])
         for i, base in enumerate(bases):
-            seg = _Segment(self.directory, base)
+            seg = _Segment(self.directory, base, self.fs)
             self._segments.append(seg)
             self._bases.append(base)
             if i < len(bases) - 1:
@@ -245,21 +302,55 @@ class SegmentedLog:
         self._end = max(last.last_offset + 1, last.base)
         self._written = self._synced = 0
         self._durable_end = self._end
+        try:
+            self._ckpt_fd = create(self.fs, self.directory / CHECKPOINT)
+        except OSError as exc:  # a full disk: recovery only knows less next time
+            log.warning("cannot create %s: %s", self.directory / CHECKPOINT,
+                        exc.strerror or exc)
+        self._checkpoint(last.base, last.size)
+
+    def _read_checkpoint(self, last_base: int) -> None:
+        try:
+            raw = read_bytes(self.fs, self.directory / CHECKPOINT)
+        except FileNotFoundError:
+            return
+        if len(raw) >= _CKPT.size:
+            base, length, crc = _CKPT.unpack_from(raw)
+            if crc == zlib.crc32(raw[:16]) and base == last_base:
+                self._recovery_point = length
+
+    def _checkpoint(self, base: int, length: int) -> None:
+        """Record that segment `base` is synced up to `length` (no fsync: see
+        "Torn tails" in the module docstring)."""
+        if self._ckpt_fd is None:
+            return
+        head = struct.pack("<qq", base, length)
+        data = _CKPT.pack(base, length, zlib.crc32(head))
+        with self._ckpt_lock, contextlib.suppress(OSError):
+            self.fs.pwrite(self._ckpt_fd, data, 0)
 
     def _finish_swap(self, swap: Path, bases: list[int]) -> list[int]:
         """A compaction crashed after committing its swap file
-        `<base>.<next_base>.swap`: it replaces every segment in [base, next_base)."""
+        `<base>.<next_base>.swap`: it replaces every segment in [base, next_base).
+        Its indexes, synced before the swap was committed, are `.index.cleaned`
+        and `.timeindex.cleaned` until renamed into place (else rebuilt)."""
         base_text, upto_text = swap.name.split(".")[:2]
         base, upto = int(base_text), int(upto_text)
+        gone = []
         for old in [b for b in bases if base < b < upto]:
-            for suffix in (".log", ".index", ".timeindex", ".snapshot"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.directory / f"{segment_name(old)}{suffix}").unlink()
+            gone += [self.directory / f"{segment_name(old)}{suffix}"
+                     for suffix in (".log", ".index", ".timeindex", ".snapshot")]
             bases.remove(old)
+        name = segment_name(base)
         for suffix in (".index", ".timeindex"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / f"{segment_name(base)}{suffix}").unlink()
-        os.replace(swap, self.directory / f"{segment_name(base)}.log")
+            cleaned = self.directory / f"{name}{suffix}.cleaned"
+            if self.fs.exists(cleaned):
+                self.fs.rename(cleaned, self.directory / f"{name}{suffix}")
+            else:
+                gone.append(self.directory / f"{name}{suffix}")
+        remove(self.fs, gone)
+        self.fs.rename(swap, self.directory / f"{name}.log")
+        self.fs.sync_dir(self.directory)
         return sorted(set(bases) | {base})
 
     def _open_closed(self, seg: _Segment, next_base: int) -> None:
@@ -268,8 +359,8 @@ class SegmentedLog:
             ok = False
         if not ok:
             log.info("rebuilding indexes of %s", seg.path)
-            seg.index = OffsetIndex(seg.index.path, seg.base)
-            seg.tindex = TimeIndex(seg.tindex.path, seg.base)
+            seg.index = OffsetIndex(seg.index.path, seg.base, self.fs)
+            seg.tindex = TimeIndex(seg.tindex.path, seg.base, self.fs)
             self._scan(seg, strict=True)
             seg.tindex.close_entry(max(seg.max_ts, 0), max(seg.last_offset, seg.base))
             for ix in (seg.index, seg.tindex):
@@ -282,6 +373,10 @@ class SegmentedLog:
 
     def _recover_tail(self, seg: _Segment) -> None:
         self._scan(seg, strict=False)
+        try:  # what recovery accepted is durable before anyone reads it (a kill -9
+            self.fs.sync(seg.fd)  # leaves unsynced bytes in the page cache)
+        except OSError as exc:
+            raise StorageError(f"cannot fsync {seg.path}: {exc.strerror or exc}") from exc
         seg.index.open_for_append(truncate=True)
         seg.tindex.open_for_append(truncate=True)
 
@@ -290,19 +385,21 @@ class SegmentedLog:
         pos = 0
         expect = seg.base
         since = self.index_interval_bytes
-        for buf, bpos, header, fpos in _batches(seg.fd, 0, seg.size, seg.path, tolerant=True):
+        for buf, bpos, header, fpos in _batches(seg.fd, 0, seg.size, seg.path, self.fs.pread,
+                                                tolerant=True):
             bad = (header is None or header.base_offset < expect or header.count < 1
                    or header.last_offset_delta < header.count - 1
                    or not batch_crc_ok(buf, bpos, header))
             if bad:
-                if strict or self._valid_after(seg, fpos, expect):
+                if strict or (fpos < self._recovery_point
+                              and self._valid_after(seg, fpos, expect)):
                     raise CorruptSegment(
                         f"corrupt batch in {seg.path} at byte {fpos}",
                         path=str(seg.path), position=fpos)
-                log.warning("truncating torn tail of %s at byte %d (was %d bytes)",
-                            seg.path, fpos, seg.size)
-                os.ftruncate(seg.fd, fpos)
-                os.fsync(seg.fd)
+                log.warning("truncating torn tail of %s at byte %d (was %d bytes): written "
+                            "after the last fsync", seg.path, fpos, seg.size)
+                self.fs.truncate(seg.fd, fpos)
+                self.fs.sync(seg.fd)
                 seg.size = fpos
                 break
             assert header is not None
@@ -331,12 +428,12 @@ class SegmentedLog:
         one is corruption in the middle, not a torn tail)? A byte-wise resync, as
         Kafka's: every position holding the magic and attribute bytes where a
         plausible header sits is checked, the CRC deciding."""
-        return _find_batch(seg.fd, fpos + 1, seg.size, min_offset) is not None
+        return _find_batch(self.fs.pread, seg.fd, fpos + 1, seg.size, min_offset) is not None
 
     def _load_producers(self, seg: _Segment) -> None:
         path = seg.path.with_suffix(".snapshot")
         try:
-            state = json.loads(path.read_text())
+            state = json.loads(read_bytes(self.fs, path))
         except (FileNotFoundError, ValueError):
             return
         for pid, batches in state.items():
@@ -344,12 +441,9 @@ class SegmentedLog:
             for base_seq, count, base_offset in batches:
                 prod.record(base_seq, count, base_offset)
 
-    def _write_producers(self, seg: _Segment) -> None:
+    def _write_producers(self, path: Path) -> None:
         state = {str(pid): list(p.batches) for pid, p in self._producers.items()}
-        path = seg.path.with_suffix(".snapshot")
-        tmp = path.with_suffix(".snapshot.tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        write_atomic(self.fs, path, json.dumps(state).encode())
 
     # ------------------------------------------------------------ appending
     def append(
@@ -368,6 +462,8 @@ class SegmentedLog:
         with self._lock:
             if self._closed:
                 raise StorageError(f"log {self.directory} is closed")
+            if self._failed is not None:
+                raise self._failed
             base = -1
             if producer_id >= 0 and sequence >= 0:
                 base = self._check_sequence(producer_id, sequence, len(items), allow_gap)
@@ -434,36 +530,61 @@ class SegmentedLog:
         return base
 
     def _write(self, seg: _Segment, data: bytes) -> None:
+        pwrite = self.fs.pwrite
         try:
             view = memoryview(data)
             while view:
-                n = os.pwrite(seg.fd, view, seg.size + len(data) - len(view))
+                n = pwrite(seg.fd, view, seg.size + len(data) - len(view))
+                if n <= 0:
+                    raise OSError(28, "No space left on device")
                 view = view[n:]
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.ftruncate(seg.fd, seg.size)
+                self.fs.truncate(seg.fd, seg.size)
             err = StorageError(f"cannot write to {seg.path}: {exc.strerror}")
             err.retriable = True
             raise err from exc
 
     def _roll(self) -> _Segment:
-        """Close the active segment (synced, with final index entries) and start a new one."""
+        """Close the active segment (synced, with final index entries) and start a new
+        one. On failure (e.g. a full disk) the active segment stays active, a
+        half-made new one is closed and removed, and StorageError (retriable)
+        names the file that could not be written."""
         old = self._segments[-1]
         with self._sync_lock:
-            os.fsync(old.fd)
-        old.tindex.close_entry(max(old.max_ts, 0), max(old.last_offset, old.base))
-        old.index.flush(fsync=True)
-        old.tindex.flush(fsync=True)
-        old.index.close()
-        old.tindex.close()
+            self._fsync(old.fd, old.path)
         with self._cond:
             self._synced = self._written
             self._durable_end = self._end
-        seg = _Segment(self.directory, self._end)
-        self._write_producers(seg)
-        seg.index.open_for_append(truncate=True)
-        seg.tindex.open_for_append(truncate=True)
-        _fsync_dir(self.directory)
+        old.tindex.close_entry(max(old.max_ts, 0), max(old.last_offset, old.base))
+        path = old.index.path
+        seg: _Segment | None = None
+        try:
+            old.index.flush(fsync=True)
+            path = old.tindex.path
+            old.tindex.flush(fsync=True)
+            # the snapshot first: a segment file never exists without its snapshot
+            path = self.directory / f"{segment_name(self._end)}.snapshot"
+            self._write_producers(path)
+            path = path.with_suffix(".log")
+            seg = _Segment(self.directory, self._end, self.fs)
+            path = seg.index.path
+            seg.index.open_for_append(truncate=True)
+            path = seg.tindex.path
+            seg.tindex.open_for_append(truncate=True)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                if seg is not None:
+                    seg.close()
+                remove(self.fs, [self.directory / f"{segment_name(self._end)}{suffix}"
+                                 for suffix in (".log", ".index", ".timeindex", ".snapshot",
+                                                ".snapshot.tmp")])
+            err = StorageError(f"cannot start a new segment: cannot write {path}: "
+                               f"{exc.strerror or exc}")
+            err.retriable = True
+            raise err from exc
+        old.index.close()
+        old.tindex.close()
         self._segments.append(seg)
         self._bases.append(seg.base)
         return seg
@@ -499,6 +620,8 @@ class SegmentedLog:
     def _wait_synced(self, target: int) -> None:
         with self._cond:
             while self._synced < target:
+                if self._failed is not None:
+                    raise self._failed
                 if not self._syncing:
                     self._syncing = True
                     break
@@ -518,26 +641,49 @@ class SegmentedLog:
             written = self._written
             end = self._end
             seg = self._segments[-1]
-            seg.index.flush()
-            seg.tindex.flush()
+            size = seg.size
+            with contextlib.suppress(OSError):  # a cache: rebuilt at recovery when short
+                seg.index.flush()
+                seg.tindex.flush()
             self._sync_lock.acquire()
         finally:
             self._lock.release()
         try:
-            os.fdatasync(seg.fd)
-        except OSError as exc:
-            err = StorageError(f"cannot fsync {seg.path}: {exc.strerror}")
-            raise err from exc
+            self._fsync(seg.fd, seg.path)
         finally:
             self._sync_lock.release()
         with self._cond:
             self._synced = max(self._synced, written)
             self._durable_end = max(self._durable_end, end)
+        self._checkpoint(seg.base, size)
         self._last_sync = self.clock.monotonic()
+
+    def _fsync(self, fd: int, path: Path) -> None:
+        """fdatasync `fd`; on failure the log fails for good (see the module docstring)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self.fs.sync(fd)
+        except OSError as exc:
+            self._failed = LogFailed(
+                f"fsync of {path} failed ({exc.strerror or exc}): the log refuses writes "
+                f"and reads until the runner is restarted and recovers it from disk",
+                path=str(path))
+            log.error("%s", self._failed)
+            with self._cond:
+                self._cond.notify_all()
+            raise self._failed from exc
+
+    @property
+    def failed(self) -> LogFailed | None:
+        """Why the log refuses everything (a failed fsync), or None."""
+        return self._failed
 
     def sync(self) -> None:
         """fsync everything written so far."""
         with self._cond:
+            if self._failed is not None:
+                raise self._failed
             if self._synced >= self._written:
                 return
         self._wait_synced(self._written)
@@ -557,6 +703,8 @@ class SegmentedLog:
 
     # ------------------------------------------------------------ reading
     def _check_range(self, offset: int) -> None:
+        if self._failed is not None:
+            raise self._failed
         if offset < self.start_offset or offset > self._end:
             where = "below the log start" if offset < self.start_offset else "above the log end"
             raise OffsetOutOfRange(
@@ -624,7 +772,7 @@ class SegmentedLog:
         def read(fd: int, length: int, at: int) -> bytes:
             return self._cache_get(base, fd, length, at)
 
-        return _batches(seg.fd, pos, seg.size, seg.path, chunk=chunk, cache=read)
+        return _batches(seg.fd, pos, seg.size, seg.path, read, chunk=chunk)
 
     def _cache_get(self, base: int, fd: int, length: int, pos: int) -> bytes:
         """Bytes at `pos` of segment `base`, at least `length` of them when the file
@@ -633,7 +781,7 @@ class SegmentedLog:
         hit = self._cache.get(self._cache_owner, base, pos)
         if hit is not None and len(hit) >= length:
             return hit
-        data = os.pread(fd, length, pos)
+        data = self.fs.pread(fd, length, pos)
         self._cache.put(self._cache_owner, base, pos, data)
         return data
 
@@ -653,7 +801,8 @@ class SegmentedLog:
                 if seg.max_ts < ts_ms:
                     continue
                 pos = seg.index.lookup(seg.tindex.lookup(ts_ms))
-                for buf, bpos, header, _fpos in _batches(seg.fd, pos, seg.size, seg.path):
+                for buf, bpos, header, _fpos in _batches(seg.fd, pos, seg.size, seg.path,
+                                                         self.fs.pread):
                     if header.max_timestamp < ts_ms:
                         continue
                     recs: list[LogRecord] = []
@@ -681,9 +830,7 @@ class SegmentedLog:
         with self._sync_lock:
             seg.close()
         self._size -= seg.size
-        for path in seg.files():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        remove(self.fs, seg.files())
 
     def closed_segments(self) -> list[SegmentInfo]:
         with self._lock:
@@ -694,10 +841,10 @@ class SegmentedLog:
         """Every batch of closed segment `base` with its records (for the cleaner)."""
         with self._lock:
             seg = self._segments[self._bases.index(base)]
-            fd = os.dup(seg.fd)
+            fd = self.fs.open(seg.path)  # its own descriptor: the owner may close seg's
             size = seg.size
         try:
-            for buf, bpos, header, fpos in _batches(fd, 0, size, seg.path):
+            for buf, bpos, header, fpos in _batches(fd, 0, size, seg.path, self.fs.pread):
                 if not batch_crc_ok(buf, bpos, header):
                     raise CorruptSegment(f"corrupt batch in {seg.path} at byte {fpos}",
                                          path=str(seg.path), position=fpos)
@@ -705,7 +852,7 @@ class SegmentedLog:
                 decode_records(buf, bpos, header, recs, 0, header.count)
                 yield header, recs
         finally:
-            os.close(fd)
+            self.fs.close(fd)
 
     def replace_segments(
         self, bases: Sequence[int], batches: Iterator[CleanedBatch],
@@ -727,9 +874,9 @@ class SegmentedLog:
             # retention, not compaction, decides when it goes
             old_ts = max((s.max_ts for s in self._segments if s.base in bases), default=-1)
         cleaned = self.directory / f"{name}.log.cleaned"
-        fd = os.open(cleaned, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        index = OffsetIndex(self.directory / f"{name}.index.cleaned", first)
-        tindex = TimeIndex(self.directory / f"{name}.timeindex.cleaned", first)
+        fd = create(self.fs, cleaned, truncate=True)
+        index = OffsetIndex(self.directory / f"{name}.index.cleaned", first, self.fs)
+        tindex = TimeIndex(self.directory / f"{name}.timeindex.cleaned", first, self.fs)
         size, since, max_ts, last = 0, self.index_interval_bytes, -1, first - 1
         try:
             for batch in batches:
@@ -742,7 +889,7 @@ class SegmentedLog:
                 data, bmax = encode_batch(b0, items, offset_deltas=[r.offset - b0 for r in recs],
                                           producer_id=pid, base_sequence=seq,
                                           delete_horizon=horizon if horizon >= 0 else None)
-                os.write(fd, data)
+                write_all(self.fs, fd, data, size)
                 max_ts = max(max_ts, bmax)
                 if since >= self.index_interval_bytes:
                     index.add(b0, size)
@@ -754,37 +901,44 @@ class SegmentedLog:
             if max_ts < 0:
                 max_ts = old_ts
             tindex.close_entry(max(max_ts, 0), max(last, first))
-            os.fsync(fd)
+            self.fs.sync(fd)
+            for ix in (index, tindex):  # synced before the commit: recovery trusts them
+                ix.open_for_append(truncate=True)
+                ix.flush(fsync=True)
+                ix.close()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove(self.fs, [cleaned, index.path, tindex.path])
+            raise
         finally:
-            os.close(fd)
+            self.fs.close(fd)
         with self._lock:
             idx = self._bases.index(first)
             old = self._segments[idx:idx + len(bases)]
             if [s.base for s in old] != list(bases) or idx + len(bases) >= len(self._segments):
-                cleaned.unlink()
+                remove(self.fs, [cleaned, index.path, tindex.path])
                 raise StorageError(f"segments {list(bases)} changed during compaction")
             upto = self._bases[idx + len(bases)]
             swap = self.directory / f"{name}.{segment_name(upto)}.swap"
-            os.replace(cleaned, swap)
-            _fsync_dir(self.directory)
+            rename(self.fs, cleaned, swap)  # the commit point
+            gone = []
             for seg in old:
                 with self._sync_lock:
                     seg.close()
                 self._size -= seg.size
-                for path in seg.files():
-                    if path.suffix != ".snapshot" or seg.base != first:
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
-            os.replace(swap, self.directory / f"{name}.log")
-            _fsync_dir(self.directory)
-            seg = _Segment(self.directory, first)
+                gone += [p for p in seg.files() if p.suffix != ".snapshot" or seg.base != first]
+            for p in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.unlink(p)
+            final = [self.directory / f"{name}{suffix}" for suffix in (".index", ".timeindex")]
+            self.fs.rename(index.path, final[0])
+            self.fs.rename(tindex.path, final[1])
+            self.fs.rename(swap, self.directory / f"{name}.log")
+            self.fs.sync_dir(self.directory)
+            seg = _Segment(self.directory, first, self.fs)
+            index.path, tindex.path = final
             seg.index, seg.tindex = index, tindex
-            index.path, tindex.path = seg.files()[1], seg.files()[2]
-            for ix in (index, tindex):
-                ix.open_for_append(truncate=True)
-                ix.flush(fsync=True)  # a closed segment's indexes are trusted at open
-                ix.close()
-            seg.max_ts, seg.last_offset = max_ts, self._bases[idx + len(bases)] - 1
+            seg.max_ts, seg.last_offset = max_ts, upto - 1
             self._segments[idx:idx + len(bases)] = [seg]
             self._bases[idx:idx + len(bases)] = [first]
             self._size += seg.size
@@ -795,27 +949,29 @@ class SegmentedLog:
             if self._closed:
                 return
             self._closed = True
-        if self.fsync is not Fsync.NEVER or self._written != self._synced:
-            self.sync()
-        with self._lock, self._sync_lock:
-            for seg in self._segments:
-                seg.close()
-        self._drop_cache()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            if self.fsync is not Fsync.NEVER or self._written != self._synced:
+                self.sync()
+            if self._failed is None and self._ckpt_fd is not None:
+                last = self._segments[-1]
+                self._checkpoint(last.base, last.size)
+                with contextlib.suppress(OSError):
+                    self.fs.sync(self._ckpt_fd)
+        finally:
+            with self._lock, self._sync_lock:
+                for seg in self._segments:
+                    seg.close()
+                if self._ckpt_fd is not None:
+                    self.fs.close(self._ckpt_fd)
+                    self._ckpt_fd = None
+            self._drop_cache()
 
 
 def _head_timestamp(seg: _Segment) -> int:
     """The first record's own timestamp in `seg` (not the batch's first_timestamp,
     which holds the delete horizon in a batch compaction rewrote)."""
     need = BATCH.size + RECORD.size
-    buf = os.pread(seg.fd, need, 0)
+    buf = seg.fs.pread(seg.fd, need, 0)
     if len(buf) < need:
         raise CorruptSegment(f"truncated batch in {seg.path} at byte 0",
                              path=str(seg.path), position=0)
@@ -823,13 +979,13 @@ def _head_timestamp(seg: _Segment) -> int:
     return ts
 
 
-def _find_batch(fd: int, start: int, end: int, min_offset: int) -> int | None:
+def _find_batch(read: Read, fd: int, start: int, end: int, min_offset: int) -> int | None:
     """File position of the first intact batch (plausible header, magic, CRC) at
     or after `start`, scanning byte by byte in chunks; None when there is none."""
     step = 1 << 20
     pos = start
     while pos + BATCH.size <= end:
-        buf = os.pread(fd, min(step + BATCH.size, end - pos), pos)
+        buf = read(fd, min(step + BATCH.size, end - pos), pos)
         i = buf.find(MAGIC_MARK, MAGIC_AT)
         while i >= 0:
             q = i - MAGIC_AT
@@ -843,7 +999,7 @@ def _find_batch(fd: int, start: int, end: int, min_offset: int) -> int | None:
                 if q + h.size <= len(buf):
                     ok = batch_crc_ok(buf, q, h)
                 else:
-                    ok = batch_crc_ok(os.pread(fd, h.size, fq), 0, h)
+                    ok = batch_crc_ok(read(fd, h.size, fq), 0, h)
                 if ok:
                     return fq
             i = buf.find(MAGIC_MARK, i + 1)
@@ -852,14 +1008,13 @@ def _find_batch(fd: int, start: int, end: int, min_offset: int) -> int | None:
 
 
 def _batches(
-    fd: int, pos: int, end: int, path: Path, *, chunk: int = CHUNK, tolerant: bool = False,
-    cache: object = None,
+    fd: int, pos: int, end: int, path: Path, read: Read, *, chunk: int = CHUNK,
+    tolerant: bool = False,
 ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
     """Walk batches from file position `pos` to `end`: (buffer, position in buffer,
     header, file position). Reads in chunks; a batch is never split across buffers.
     `tolerant`: yield a None header (typed loosely) for a short or insane header
     instead of raising, so recovery can decide between truncating and raising."""
-    read = cache if callable(cache) else os.pread
     buf = b""
     bstart = pos  # file position of buf[0]
     while pos < end:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from runner.clock import Clock, now_ms
 from runner.errors import InvalidRequest, NotFound, OffsetOutOfRange, TooLarge, UnsafeChange
+from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.cache import ReadCache
 from runner.log.compaction import Cleaner, compact
 from runner.log.datapath import entity_path, remove_tree
@@ -104,9 +105,10 @@ class Store:
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
         compaction_interval_s: float = 600.0, dedup_window_s: float | None = None,
         dedup_max_entries: int = 1_000_000, background: bool = True,
-        gapped_producers: Collection[str] = (ENGINE_STEP_PRODUCER,),
+        gapped_producers: Collection[str] = (ENGINE_STEP_PRODUCER,), fs: FileSystem = LOCAL,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.fs = fs
         self.fsync = Fsync(fsync)
         self.clock = clock
         self.read_cache = ReadCache(cache_bytes_total)  # shared by every partition
@@ -120,12 +122,13 @@ class Store:
         self._dedup: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self.dedup_max_entries = dedup_max_entries
         self.gapped_producers = frozenset(gapped_producers)
-        (self.data_dir / "topics").mkdir(parents=True, exist_ok=True)
+        make_dirs(fs, self.data_dir / "topics")
         self.flusher = Flusher(fsync_interval_ms) if fsync is Fsync.INTERVAL else None
         self.cleaner = Cleaner() if background else None
         self.offsets = OffsetStore(self.data_dir / "__consumer_offsets", fsync=self.fsync,
-                                   clock=clock)
-        self.journal = StepJournal(self.data_dir / "__log_steps", fsync=self.fsync, clock=clock)
+                                   clock=clock, fs=fs)
+        self.journal = StepJournal(self.data_dir / "__log_steps", fsync=self.fsync, clock=clock,
+                                   fs=fs)
         if self.flusher:
             self.flusher.add(self.offsets)
             self.flusher.add(self.journal)
@@ -223,10 +226,10 @@ class Store:
         return out
 
     def _open(self, topic: Topic, number: int) -> Partition:
-        directory = entity_path(self.data_dir / "topics", topic.name, f"-{number}")
+        directory = entity_path(self.data_dir / "topics", topic.name, f"-{number}", fs=self.fs)
         part = Partition(directory, topic, number,
                          fsync=self.fsync, clock=self.clock, cache=self.read_cache,
-                         fsync_interval_ms=self.fsync_interval_ms)
+                         fsync_interval_ms=self.fsync_interval_ms, fs=self.fs)
         if self.flusher:
             self.flusher.add(part.log)
         if self.dedup_window_ms is not None:
@@ -241,7 +244,7 @@ class Store:
                 self.flusher.remove(part.log)
             with part.maintenance:
                 part.close()
-            remove_tree(part.directory, root=self.data_dir)
+            remove_tree(part.directory, root=self.data_dir, fs=self.fs)
 
     def topic(self, name: str) -> Topic:
         return self._topic(name).config

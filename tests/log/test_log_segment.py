@@ -385,7 +385,7 @@ def test_files_of_a_half_deleted_segment_are_cleaned_up(
     assert again.end_offset == 2
     assert sorted(p.name for p in (tmp_path / "log").iterdir()) == [
         "00000000000000000000.index", "00000000000000000000.log",
-        "00000000000000000000.timeindex"]
+        "00000000000000000000.timeindex", "synced.checkpoint"]
 
 
 def test_readers_see_only_synced_records_under_fsync_always(
