@@ -50,6 +50,7 @@ from runner.clock import Clock
 from runner.errors import (
     Conflict,
     InvalidRequest,
+    LogFailed,
     NotFound,
     Refused,
     StorageError,
@@ -826,6 +827,11 @@ class Broker:
         return QueueInfo(queue, mq.ready, len(mq.unacked), len(mq.delayed),
                          mq.oldest_ready_age(self.clock.time()))
 
+    def failed_logs(self) -> list[LogFailed]:
+        """Queue and step logs refusing everything after a failed fsync (until restart)."""
+        logs = [j.log for j in self.journals.values()] + [self.steps.log]
+        return [wal.failed for wal in logs if wal.failed is not None]
+
     def stats(self) -> BrokerStats:
         now = self.clock.time()
         out = BrokerStats(dead_letters_dropped=self.dlx.dropped,
@@ -846,10 +852,13 @@ class Broker:
 
     # ================================================================ lifecycle
     def flush(self) -> None:
-        """fsync everything written so far."""
+        """fsync everything written so far (logs failed by an fsync are skipped: they
+        are reported by `failed_logs` and recovered at the next start)."""
         for journal in self.journals.values():
-            journal.sync()
-        self.steps.log.sync()
+            if journal.log.failed is None:
+                journal.sync()
+        if self.steps.log.failed is None:
+            self.steps.log.sync()
 
     def close(self) -> None:
         if self.flusher is not None:

@@ -378,8 +378,11 @@ class QueueLog:
         self.log.sync()
 
     def close(self) -> None:
-        self.flush(marks=True)
-        self.log.close()
+        try:
+            if self.log.failed is None:
+                self.flush(marks=True)
+        finally:
+            self.log.close()
 
 
 class SpillLog:

@@ -591,9 +591,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if _host(request).accepting:
-        return answer({"status": "ready"})
-    return answer({"status": "shutting down"}, 503)
+    host = _host(request)
+    if not host.accepting:
+        return answer({"status": "shutting down"}, 503)
+    failed = host.engine.failed_logs()
+    if failed:  # an fsync failed: those logs refuse I/O until a restart recovers them
+        return answer({"status": "storage failed", "failed_logs": failed}, 503)
+    return answer({"status": "ready"})
 
 
 def build_app(

@@ -100,6 +100,16 @@ class RunnerCollector(Collector):
         yield from _queues(topology, stats)
         yield from _handlers(topology, src.handler_view())
         yield from _topology(topology, src.content_hash, src.reloads)
+        yield from _storage(stats)
+
+
+def _storage(stats: EngineStats) -> Iterator[Metric]:
+    failed = _gauge(
+        "runner_storage_failed_logs",
+        "Logs refusing all reads and writes after a failed fsync (restart to recover).",
+    )
+    failed.add_metric([], len(stats.failed_logs))
+    yield failed
 
 
 def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:

@@ -188,7 +188,8 @@ class Engine:
         """fsync everything written so far (used at shutdown and by `interval`)."""
         self.store.flush()
         self.broker.flush()
-        self.journal.sync()
+        if self.journal.failed is None:
+            self.journal.sync()
 
     def close(self) -> None:
         if self._closed:
@@ -487,7 +488,17 @@ class Engine:
     # -------------------------------------------------------------- metrics
     def stats(self) -> EngineStats:
         """A snapshot for the metrics collector."""
-        return engine_stats(self.store, self.broker)
+        out = engine_stats(self.store, self.broker)
+        out.failed_logs = self.failed_logs()
+        return out
+
+    def failed_logs(self) -> dict[str, str]:
+        """Logs whose fsync failed, path -> error: each refuses every read and write
+        until the runner restarts and recovers it from disk (`LogFailed`, 503)."""
+        failed = [*self.store.failed_logs(), *self.broker.failed_logs()]
+        if self.journal.failed is not None:
+            failed.append(self.journal.failed)
+        return {f.path: str(f) for f in failed}
 
 
 def log_tp(tp: tuple[str, int]) -> LogTopicPartition:

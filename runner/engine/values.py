@@ -164,3 +164,5 @@ class EngineStats:
     exchange_published: dict[str, int] = field(default_factory=dict)
     exchange_unroutable: dict[str, int] = field(default_factory=dict)
     queues: dict[str, QueueStats] = field(default_factory=dict)
+    # logs refusing all I/O after a failed fsync: path -> why (see Engine.failed_logs)
+    failed_logs: dict[str, str] = field(default_factory=dict)

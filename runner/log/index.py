@@ -105,6 +105,11 @@ class _IndexFile:
         if fsync:
             self.fs.sync(self._fd)
 
+    @property
+    def fd(self) -> int | None:
+        """The open descriptor (None unless opened for append)."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None

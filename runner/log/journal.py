@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 
 from runner.clock import Clock, SystemClock, now_ms
+from runner.errors import LogFailed
 from runner.fs import LOCAL, FileSystem
 from runner.log.record import Fsync
 from runner.log.segment import SegmentedLog
@@ -91,6 +92,11 @@ class StepJournal:
     @property
     def size_bytes(self) -> int:
         return self._log.size_bytes
+
+    @property
+    def failed(self) -> LogFailed | None:
+        """Why the journal refuses everything (a failed fsync), or None."""
+        return self._log.failed
 
     def close(self) -> None:
         self._log.close()

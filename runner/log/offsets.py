@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from runner.clock import Clock, now_ms
+from runner.errors import LogFailed
 from runner.fs import LOCAL, FileSystem
 from runner.log.compaction import compact
 from runner.log.partition import TopicPartition
@@ -110,6 +111,11 @@ class OffsetStore:
     @property
     def size_bytes(self) -> int:
         return self._log.size_bytes
+
+    @property
+    def failed(self) -> LogFailed | None:
+        """Why the store refuses everything (a failed fsync), or None."""
+        return self._log.failed
 
     def sync(self) -> None:
         self._log.sync()

@@ -560,9 +560,11 @@ class SegmentedLog:
         path = old.index.path
         seg: _Segment | None = None
         try:
-            old.index.flush(fsync=True)
-            path = old.tindex.path
-            old.tindex.flush(fsync=True)
+            for ix in (old.index, old.tindex):  # trusted at open once closed: synced
+                path = ix.path
+                ix.flush()
+                if ix.fd is not None:
+                    self._fsync(ix.fd, ix.path)  # a failure fails the log
             # the snapshot first: a segment file never exists without its snapshot
             path = self.directory / f"{segment_name(self._end)}.snapshot"
             self._write_producers(path)
@@ -950,7 +952,8 @@ class SegmentedLog:
                 return
             self._closed = True
         try:
-            if self.fsync is not Fsync.NEVER or self._written != self._synced:
+            if self._failed is None and (
+                    self.fsync is not Fsync.NEVER or self._written != self._synced):
                 self.sync()
             if self._failed is None and self._ckpt_fd is not None:
                 last = self._segments[-1]

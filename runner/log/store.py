@@ -28,7 +28,14 @@ from itertools import repeat
 from pathlib import Path
 
 from runner.clock import Clock, now_ms
-from runner.errors import InvalidRequest, NotFound, OffsetOutOfRange, TooLarge, UnsafeChange
+from runner.errors import (
+    InvalidRequest,
+    LogFailed,
+    NotFound,
+    OffsetOutOfRange,
+    TooLarge,
+    UnsafeChange,
+)
 from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.cache import ReadCache
 from runner.log.compaction import Cleaner, compact
@@ -488,6 +495,13 @@ class Store:
                                   p.oldest_timestamp_ms)
                 for p in self._topic(topic).partitions]
 
+    def failed_logs(self) -> list[LogFailed]:
+        """Logs refusing every read and write after a failed fsync (until restart)."""
+        out = [f for f in (self.offsets.failed, self.journal.failed) if f is not None]
+        for t in self._topics.values():
+            out.extend(p.log.failed for p in t.partitions if p.log.failed is not None)
+        return out
+
     def records_appended(self) -> dict[str, int]:
         """Per topic, records appended since the store opened (a plain counter)."""
         return {name: t.records_appended for name, t in self._topics.items()}
@@ -622,11 +636,15 @@ class Store:
         return self.cleaner.idle(timeout) if self.cleaner else True
 
     def flush(self) -> None:
+        """fsync every log (except ones failed by an fsync: see `failed_logs`)."""
         for t in self._topics.values():
             for part in t.partitions:
-                part.log.sync()
-        self.offsets.sync()
-        self.journal.sync()
+                if part.log.failed is None:
+                    part.log.sync()
+        if self.offsets.failed is None:
+            self.offsets.sync()
+        if self.journal.failed is None:
+            self.journal.sync()
 
     def close(self) -> None:
         if self.flusher:

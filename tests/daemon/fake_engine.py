@@ -244,6 +244,9 @@ class FakeEngine:
     def queue_info(self, queue: str) -> QueueInfo:
         return QueueInfo(queue, len(self.ready[queue]), len(self.leased[queue]), 0, 0.0)
 
+    def failed_logs(self) -> dict[str, str]:
+        return {}
+
     def stats(self) -> EngineStats:
         stats = EngineStats()
         for name, q in self.qstats.items():

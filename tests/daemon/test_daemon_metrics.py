@@ -63,6 +63,7 @@ EXPECTED = {
     "runner_topology_last_reload_timestamp_seconds": set(),
     "runner_topology_info": {"name", "hash"},
     "runner_build_info": {"version"},
+    "runner_storage_failed_logs": set(),
 }
 
 

@@ -221,3 +221,35 @@ def test_corruption_inside_synced_data_still_refuses_to_start() -> None:
     with pytest.raises(CorruptSegment) as info:
         StepJournal(J, fsync=Fsync.ALWAYS, clock=ManualClock(), fs=disk)
     assert str(info.value).startswith(f"corrupt batch in {path} at byte ")
+
+
+# ---------------------------------------------------------------- a failed fsync
+def _fsync_failure_run(fail_at: int) -> tuple[int, bool]:
+    """Appends (rolls included) with the `fail_at`th fsync failing; the appender keeps
+    trying, as a client retrying its 503s would. Returns (syncs done, whether the
+    failure happened)."""
+    disk = SimDisk()
+    acked = Acked()
+    log = _open(disk)
+    disk.fail_sync_at = disk.syncs + fail_at  # the fsyncs of appends and rolls
+    failed_at = None
+    for i in range(60):
+        batch = [(b"k", f"v{i}-".encode() * 40, (), i)]
+        before = len(acked.records)
+        _append_into(log, batch, acked)
+        if log.failed is not None:
+            failed_at = i if failed_at is None else failed_at
+            assert len(acked.records) == before  # refused from the failure on
+            with pytest.raises(StorageError):  # and read-your-write too
+                log.read(log.start_offset)
+    log.close()
+    _verify(disk.crash(), acked, f"fsync failure at {fail_at}")
+    return disk.syncs - (disk.fail_sync_at - fail_at), failed_at is not None
+
+
+def test_nothing_is_acknowledged_after_a_failed_fsync_that_recovery_does_not_find() -> None:
+    total, _ = _fsync_failure_run(10**9)
+    runs = range(1, total + 1, max(1, total // 40))
+    failed = sum(_fsync_failure_run(fail_at)[1] for fail_at in runs)
+    # a data or index fsync fails the log; a failed snapshot fsync only refuses its roll
+    assert failed >= 0.7 * len(runs)

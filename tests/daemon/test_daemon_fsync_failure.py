@@ -1,0 +1,91 @@
+"""A failed fsync under the real daemon: the real Supervisor and HTTP server over a
+real Engine on a simulated disk (`tests.faultfs.SimDisk`) whose next fsync fails.
+The publish is refused (503), the log refuses everything after it, /readyz and
+`runner_storage_failed_logs` report it, a log line names the file, other logs
+go on, and after a restart recovery has every acknowledged message."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from pathlib import Path
+
+import pytest
+
+from runner.clock import Clock, ManualClock
+from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike
+from runner.engine import Engine, FsyncPolicy
+from runner.pipeline.runtime import plan
+from runner.topology.diff import diff
+from runner.topology.load import load
+from runner.topology.model import Topology
+from tests.daemon.harness import Client, FakePipeline, run_daemon
+from tests.faultfs import SimDisk
+
+TOPOLOGY = """\
+version: 1
+name: failing
+queues:
+  a: {}
+  b: {}
+"""
+
+
+def _parts(disk: SimDisk, opened: list[Engine]) -> Parts:
+    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
+        engine = Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
+                             fs=disk)
+        opened.append(engine)
+        return engine
+
+    def make_pipeline(
+        engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
+        executor: concurrent.futures.ThreadPoolExecutor,
+    ) -> PipelineLike:
+        assert plan is not None
+        return FakePipeline(topology)
+
+    return Parts(load=load, check_handlers=lambda t: [], diff=diff, open_engine=open_engine,
+                 make_pipeline=make_pipeline, clock=ManualClock())
+
+
+def test_a_failed_fsync_is_refused_reported_and_recovered(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    disk = SimDisk()
+    opened: list[Engine] = []
+    data = tmp_path / "data"
+    qlog = f"{data}/queues/a/00000000000000000000.log"
+
+    async def scenario(c: Client) -> None:
+        assert (await c.call("POST", "/v1/queues/a/messages", {"body": "kept"}))[0] == 202
+        disk.fail_sync_at = disk.syncs + 1
+        status, body, headers = await c.call("POST", "/v1/queues/a/messages", {"body": "lost"})
+        assert status == 503 and headers["Retry-After"]
+        assert body["error"] == (
+            f"storage error: fsync of {qlog} failed (Input/output error (simulated fsync "
+            f"failure)): the log refuses writes and reads until the runner is restarted "
+            f"and recovers it from disk")
+        for method, path, payload in (("POST", "/v1/queues/a/messages", {"body": "later"}),
+                                      ("POST", "/v1/queues/a/pull", {"max": 5})):
+            status, again, _ = await c.call(method, path, payload)
+            assert (status, again) == (503, body), path
+        status, ready, _ = await c.call("GET", "/readyz")
+        assert (status, ready["status"]) == (503, "storage failed")
+        assert list(ready["failed_logs"]) == [qlog]
+        _, metrics, _ = await c.call("GET", "/metrics")
+        assert "runner_storage_failed_logs 1.0" in metrics
+        assert (await c.call("POST", "/v1/queues/b/messages", {"body": "other"}))[0] == 202
+
+    with caplog.at_level(logging.ERROR, logger="runner.log.segment"):
+        run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk, opened))
+    assert any(r.getMessage().startswith(f"fsync of {qlog} failed") for r in caplog.records)
+    assert disk.sync_failures == 1
+
+    topology = opened[0].topology
+    after = Engine.open(topology, data, fsync=FsyncPolicy.ALWAYS, fs=disk.crash())
+    try:
+        assert after.failed_logs() == {}
+        assert [d.body for d in after.peek("a", 10)][:1] == [b'"kept"']
+        assert [d.body for d in after.peek("b", 10)] == [b'"other"']
+    finally:
+        after.close()
