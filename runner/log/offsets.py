@@ -15,17 +15,20 @@ written since the last compaction exceed `compact_after` and twice the live keys
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from runner.clock import Clock, now_ms
-from runner.errors import LogFailed
+from runner.errors import LogFailed, StorageError
 from runner.fs import LOCAL, FileSystem
 from runner.log.compaction import compact
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync, Item
 from runner.log.segment import SegmentedLog
+
+log = logging.getLogger(__name__)
 
 _OFFSET = struct.Struct("<q")
 GroupTP = tuple[str, TopicPartition]
@@ -65,7 +68,10 @@ class OffsetStore:
                 else:
                     table[gtp] = _OFFSET.unpack(rec.value)[0]
         if count > 2 * (len(self.committed) + len(self.resets)) + 100:
-            self.compact()
+            try:
+                self.compact()
+            except StorageError as exc:  # e.g. a full disk: a start goes on uncompacted
+                log.warning("not compacting %s at open: %s", directory, exc)
 
     def _append(self, items: list[Item]) -> None:
         if items:
