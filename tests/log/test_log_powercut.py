@@ -25,7 +25,7 @@ from runner.log.segment import SegmentedLog
 from tests.faultfs import PowerCut, SimDisk
 
 D = Path("/data/log")
-MAKE_TEST_CUTS = 60  # evenly spread over the workload's changing calls; `torture`: all
+MAKE_TEST_CUTS = 150  # evenly spread over the workload's changing calls; `torture`: all
 
 
 @dataclass
