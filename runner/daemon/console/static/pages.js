@@ -51,9 +51,10 @@ function chart(title, points, index, color) {
 }
 
 function changeText(c) {
-  const what = [c.entity, c.name, c.field].filter(Boolean).join(" ");
-  const how = c.safe === false || c.unsafe ? "unsafe" : "safe";
-  return `${how}: ${what}${c.reason ? " — " + c.reason : ""}`;
+  const what = [c.kind, c.entity, c.name, c.field].filter(Boolean).join(" ");
+  const how = c.safe === false ? "unsafe" : "safe";
+  const values = c.field ? `: ${JSON.stringify(c.old)} → ${JSON.stringify(c.new)}` : "";
+  return `${how}: ${what}${values}${c.reason ? " — " + c.reason : ""}`;
 }
 
 async function overview() {
