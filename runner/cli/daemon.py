@@ -59,6 +59,19 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _timeout(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a timeout must be longer than 0s, got {text!r}")
+    return seconds
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -101,6 +114,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the address Kafka clients are told to connect to (default: the address "
              "each client reached)",
     )
+    run.add_argument(
+        "--header-timeout", type=_timeout, default=10.0,
+        help="a request header must arrive within this time of its first byte, else 408 (10s)",
+    )
+    run.add_argument(
+        "--body-timeout", type=_timeout, default=30.0,
+        help="longest pause while a request body arrives, else 408 (30s)",
+    )
+    run.add_argument(
+        "--idle-timeout", type=_timeout, default=60.0,
+        help="close a connection with no request for this long (60s)",
+    )
+    run.add_argument(
+        "--max-connections", type=_positive, default=1024,
+        help="HTTP connections served at once; one more is answered 503 (1024)",
+    )
     run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     run.add_argument(
@@ -141,6 +170,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from runner.daemon import logs
+    from runner.daemon.connections import ConnectionLimits
     from runner.daemon.console import ConsoleMode
     from runner.daemon.reload import problem_line
     from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
@@ -189,6 +219,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         kafka_listen=args.kafka_listen,
         kafka_advertise=args.kafka_advertise,
         console=ConsoleMode(args.console),
+        connections=ConnectionLimits(
+            header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+            idle_timeout_s=args.idle_timeout, max_connections=args.max_connections,
+        ),
     )
     try:
         supervisor = Supervisor(config, loaded, parts)

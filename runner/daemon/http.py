@@ -9,6 +9,8 @@ page.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from runner import jsontext
 from runner.daemon import codec, lists
+from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.reload import ReloadResult
 from runner.engine import Engine, OutRecord, TopicPartition, encode_headers
 from runner.errors import (
@@ -75,6 +78,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HOST_KEY = web.AppKey("host", Host)
 LIMITS_KEY = web.AppKey("limits", codec.Limits)
 MAX_REQUEST_KEY = web.AppKey("max_request_bytes", int)
+CONNECTION_LIMITS_KEY = web.AppKey("connection_limits", ConnectionLimits)
 ABANDONED = web.RequestKey("runner.body_abandoned", bool)
 
 
@@ -193,9 +197,10 @@ async def _read(request: web.Request) -> bytes:
     as soon as it (decompressed) passes --max-request-bytes: read in the stream's
     small pieces, so a compressed bomb never holds more than the limit in memory."""
     limit = request.app[MAX_REQUEST_KEY]
+    stall = request.app[CONNECTION_LIMITS_KEY].body_timeout_s
     body = bytearray()
     try:
-        while chunk := await request.content.readany():
+        while chunk := await _piece(request, stall):
             body += chunk
             if len(body) > limit:
                 _abandon_body(request)
@@ -209,6 +214,19 @@ async def _read(request: web.Request) -> bytes:
             f"the request body could not be read{how}: {exc}; send plain, "
             "gzip- or deflate-encoded JSON that matches its Content-Encoding"
         ) from exc
+
+
+async def _piece(request: web.Request, stall_s: float) -> bytes:
+    """The next piece of the body; 408 when nothing arrives for `stall_s` seconds."""
+    try:
+        async with asyncio.timeout(stall_s):
+            return await request.content.readany()
+    except TimeoutError:
+        _abandon_body(request)
+        raise web.HTTPRequestTimeout(
+            reason=f"the request body stalled: nothing arrived for {stall_s:g}s "
+            "(--body-timeout); send the whole body without pauses"
+        ) from None
 
 
 async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
@@ -601,7 +619,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(
-    host: Host, *, token: str | None, limits: codec.Limits, max_request_bytes: int
+    host: Host, *, token: str | None, limits: codec.Limits, max_request_bytes: int,
+    connection_limits: ConnectionLimits | None = None,
 ) -> web.Application:
     """The aiohttp application serving `host`."""
     app = web.Application(
@@ -611,6 +630,7 @@ def build_app(
     app[HOST_KEY] = host
     app[LIMITS_KEY] = limits
     app[MAX_REQUEST_KEY] = max_request_bytes
+    app[CONNECTION_LIMITS_KEY] = connection_limits or ConnectionLimits()
     r = app.router
     r.add_get("/", index)
     r.add_get("/v1/queues", list_queues)
@@ -639,22 +659,24 @@ def build_app(
 
 
 class HttpServer:
-    """The aiohttp runner and site for one app: bind, report the port, close."""
+    """The aiohttp runner and site for one app: bind, report the port, close.
+    Connections are guarded (`runner.daemon.connections`): read timeouts, idle
+    timeout, a connection cap fitted to the process file limit."""
 
     def __init__(self, app: web.Application) -> None:
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
+        self._limits = app.get(CONNECTION_LIMITS_KEY) or ConnectionLimits()
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: any free port); the bound port. OSError when taken."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        cap = fit_file_limit(self._limits.max_connections)
+        limits = dataclasses.replace(self._limits, max_connections=cap)
+        site = CappedSite(self._runner, host, port, limits=limits)
         await site.start()
-        for addr in self._runner.addresses:
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                return int(addr[1])
-        return port
+        return site.port
 
     async def stop(self) -> None:
         await self._runner.cleanup()

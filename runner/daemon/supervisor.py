@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runner.clock import Clock, SystemClock
 from runner.daemon import codec
+from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
@@ -77,6 +78,7 @@ class DaemonConfig:
     kafka_listen: tuple[str, int] | None = None  # None: no Kafka listener
     kafka_advertise: tuple[str, int] | None = None  # None: the address each client reached
     console: ConsoleMode = ConsoleMode.READ_WRITE
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class Loaded(Protocol):
@@ -302,6 +304,7 @@ class Supervisor:
             token=config.token,
             limits=codec.Limits(max_message_bytes=config.max_message_bytes),
             max_request_bytes=config.max_request_bytes,
+            connection_limits=config.connections,
         )
         install_console(app, self, token=config.token, mode=config.console, clock=clock)
         server = HttpServer(app)

@@ -1,0 +1,237 @@
+"""HTTP connections: read timeouts, the idle timeout, the connection cap, JSON parse errors.
+
+aiohttp's protocol handler, made safe against slow and greedy clients:
+
+* a request's header must arrive within `header_timeout_s` of its first byte,
+  else the client gets a 408 JSON answer and the connection is closed (a
+  partial header no longer holds a connection for ever);
+* a connection with no request in flight is closed after `idle_timeout_s`
+  (aiohttp's keep-alive timer, also armed when the connection opens);
+* the body is read with `body_timeout_s` between two pieces (see
+  `runner.daemon.http._read`: a 408 JSON answer);
+* at most `max_connections` connections are served at once: one more is
+  answered 503 JSON with `Retry-After` and closed at once, before its request
+  is parsed, so a flood of idle sockets cannot lock everyone out (the process
+  file limit is raised to fit the cap, see `fit_file_limit`);
+* what the HTTP parser refuses (a malformed request line, a `Content-Encoding`
+  it cannot decode such as `br`) is answered with our JSON `{"error"}`, not
+  aiohttp's plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+log = logging.getLogger(__name__)
+
+FILE_RESERVE = 256  # descriptors kept for the engine's logs, the watcher, the Kafka port
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The HTTP listener's limits (flags of `runner run`)."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 1024
+
+
+def _raw_answer(status: int, reason: str, message: str, extra: str = "") -> bytes:
+    body = orjson.dumps({"error": message})
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's RequestHandler with a header timeout and JSON parser errors."""
+
+    def __init__(
+        self, manager: web.Server, *, limits: ConnectionLimits,
+        released: Callable[[], None], **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, keepalive_timeout=limits.idle_timeout_s, **kwargs)
+        self._limits = limits
+        self._released: Callable[[], None] | None = released
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._partial = False  # bytes of a request header have arrived, not all of it
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        busy = self._request_in_progress or bool(self._messages)
+        super().data_received(data)
+        if self._request_count != before:  # a whole header arrived
+            self._partial = False
+            self._cancel_header_timer()
+        elif not busy and data and not self._partial:
+            self._partial = True
+            self._header_timer = self._loop.call_later(
+                self._limits.header_timeout_s, self._header_expired
+            )
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        idle = self._current_request is None and not self._messages
+        if not self._partial or not idle or self.transport is None:
+            self._partial = False
+            return
+        limit = self._limits.header_timeout_s
+        self.transport.write(_raw_answer(
+            408, "Request Timeout",
+            f"the request header did not arrive within {limit:g}s (--header-timeout)",
+        ))
+        self.force_close()
+
+    def _process_keepalive(self) -> None:
+        if self._partial:  # a header is arriving: the header timer decides
+            return
+        super()._process_keepalive()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        if self._released is not None:
+            self._released()
+            self._released = None
+        super().connection_lost(exc)
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        text = str(getattr(exc, "message", None) or message or "the request could not be read")
+        if "content-encoding" in text.lower():
+            named = re.search(r"\((\w+)\)", text)  # "...: brotli (br). Please install..."
+            what = f"Content-Encoding {named.group(1)!r}" if named else "its Content-Encoding"
+            sentence = (
+                f"the request body could not be read: {what} is not supported; send plain, "
+                "gzip- or deflate-encoded JSON that matches its Content-Encoding"
+            )
+        elif status >= 500:
+            log.error("error reading a request: %s", text, exc_info=exc)
+            sentence = "internal error; the daemon log has the details"
+        else:
+            sentence = f"the request could not be parsed: {text}"
+        response = web.Response(
+            body=orjson.dumps({"error": sentence}), status=status,
+            content_type="application/json",
+        )
+        response.force_close()
+        return response
+
+
+class Busy(asyncio.Protocol):
+    """One connection over the cap: a 503 JSON answer, our side shut, closed when the
+    client closes or after BUSY_LINGER_S (reading what it sent, so that closing does
+    not reset the connection before the client has read the answer)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(_raw_answer(
+            503, "Service Unavailable",
+            f"the daemon serves at most {self._limit} connections at once "
+            "(--max-connections); retry later",
+            "Retry-After: 1\r\n",
+        ))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(BUSY_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # read and dropped
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+BUSY_LINGER_S = 1.0
+
+
+class CappedSite(web.TCPSite):
+    """A TCP site whose connections are GuardedHandlers, at most `max_connections`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
+                 limits: ConnectionLimits) -> None:
+        super().__init__(runner, host, port, reuse_address=True)
+        self._limits = limits
+        # counted when the protocol is made, not when aiohttp registers the connection:
+        # a burst of accepts makes every protocol before any connection_made runs
+        self.open = 0
+
+    def _release(self) -> None:
+        self.open -= 1
+
+    def _protocol(self) -> asyncio.Protocol:
+        server = self._runner.server
+        assert server is not None
+        if self.open >= self._limits.max_connections:
+            return Busy(self._limits.max_connections)
+        self.open += 1
+        kwargs = dict(server._kwargs)
+        kwargs.pop("keepalive_timeout", None)
+        return GuardedHandler(
+            server, limits=self._limits, released=self._release, loop=server._loop, **kwargs
+        )
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self._host, self._port, backlog=self._backlog,
+            reuse_address=True,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+def fit_file_limit(max_connections: int) -> int:
+    """The connection cap the process file limit allows: the soft RLIMIT_NOFILE is
+    raised (up to the hard limit) to `max_connections` + FILE_RESERVE; when even the
+    hard limit is lower, the cap is lowered to fit and a warning says so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FILE_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return max_connections
+    fitted = max(1, soft - FILE_RESERVE)
+    log.warning(
+        "--max-connections %d does not fit the open-file limit %d (%d kept for the "
+        "engine): serving at most %d connections",
+        max_connections, soft, FILE_RESERVE, fitted,
+        extra={"event": "connection_limit", "max_connections": fitted},
+    )
+    return fitted
