@@ -75,7 +75,8 @@ def test_two_groups_sharing_a_dlq_policy_each_dead_letter_every_record(daemon: D
 
 
 def test_two_at_most_once_consumers_of_one_message_each_dead_letter_it(daemon: Daemon) -> None:
-    daemon.ok("POST", "/v1/exchanges/fan/messages", {"routing_key": "", "body": "m", "message_id": "same-id"}, 202)
+    daemon.ok("POST", "/v1/exchanges/fan/messages",
+              {"routing_key": "", "body": "m", "message_id": "same-id"}, 202)
     wait_for(lambda: _ready(daemon, "shared.dlq") >= 2)
     origins = sorted(m["headers"]["x-dead-letter"]["original_queue"]  # type: ignore[index]
                      for m in _dead(daemon))

@@ -10,8 +10,8 @@ from runner.clock import ManualClock
 from runner.engine import Engine, FsyncPolicy, OutMessage
 from runner.pipeline.deadletter import build_death
 from runner.pipeline.message import QueueMessage
-from runner.topology.model import DeadLetter, Exchange, ExchangeType, Queue, Topology
 from runner.topology.model import Binding as Bind
+from runner.topology.model import DeadLetter, Exchange, ExchangeType, Queue, Topology
 
 # a wall-clock time with a sub-millisecond part: both sides print it the same way
 NOW = 1_705_312_800.0004
