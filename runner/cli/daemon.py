@@ -107,6 +107,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--console", choices=("read-write", "read-only", "off"), default="read-write",
         help="the web console at / and /ui/: read-write (default), read-only, or off",
     )
+    run.add_argument(
+        "--allow-unsafe", action="store_true",
+        help="start although the topology's plan against the one recorded in the data dir "
+        "has unsafe changes (or names another topology)",
+    )
     run.set_defaults(func=cmd_run)
 
     alerts = sub.add_parser("alerts", help="Prometheus alerting rules for a topology")
@@ -140,8 +145,10 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from runner.cli.report import plan_text
     from runner.daemon import logs
     from runner.daemon.console import ConsoleMode
+    from runner.daemon.recorded import StartRefused
     from runner.daemon.reload import problem_line
     from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
     from runner.engine import FsyncPolicy
@@ -189,10 +196,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         kafka_listen=args.kafka_listen,
         kafka_advertise=args.kafka_advertise,
         console=ConsoleMode(args.console),
+        allow_unsafe=args.allow_unsafe,
     )
     try:
         supervisor = Supervisor(config, loaded, parts)
         return asyncio.run(supervisor.serve())
+    except StartRefused as exc:
+        if exc.plan is not None:
+            sys.stderr.write(plan_text(exc.plan))
+        print(f"runner run: {exc}", file=sys.stderr)
+        return 1
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1

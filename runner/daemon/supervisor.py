@@ -31,6 +31,7 @@ from runner.daemon import codec
 from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.recorded import holds_nothing, open_checked, write_record
 from runner.daemon.reload import (
     ReloadCounters,
     ReloadEntry,
@@ -42,7 +43,7 @@ from runner.daemon.reload import (
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher
 from runner.engine import Engine, EngineStats, FsyncPolicy
-from runner.errors import EngineError, RunnerError, UnsafeChange
+from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
@@ -77,6 +78,7 @@ class DaemonConfig:
     kafka_listen: tuple[str, int] | None = None  # None: no Kafka listener
     kafka_advertise: tuple[str, int] | None = None  # None: the address each client reached
     console: ConsoleMode = ConsoleMode.READ_WRITE
+    allow_unsafe: bool = False  # start although the plan against the data dir is unsafe
 
 
 class Loaded(Protocol):
@@ -287,7 +289,11 @@ class Supervisor:
         log.info(
             "opening engine", extra={"event": "engine_opening", "data_dir": str(config.data_dir)}
         )
-        self._engine = self._parts.open_engine(self._topology, config, clock)
+        self._engine = open_checked(
+            self._topology, config.data_dir, allow_unsafe=config.allow_unsafe,
+            open_engine=lambda t: self._parts.open_engine(t, config, clock),
+            diff=self._parts.diff,
+        )
         log.info(
             "engine opened",
             extra={
@@ -315,6 +321,7 @@ class Supervisor:
                 self._engine, self._topology, config, clock, executor
             )
             await self._pipeline.start()
+            write_record(config.data_dir, self._topology, self._hash)
         except BaseException:
             if kafka is not None:
                 await kafka.stop()
@@ -533,18 +540,16 @@ class Supervisor:
         if loaded.content_hash != self._hash:
             self._hash = loaded.content_hash
             self._generation += 1
+        try:
+            write_record(self.config.data_dir, new, self._hash)
+        except StorageError as exc:
+            log.error("%s; the next start plans against the previous record", exc,
+                      extra={"event": "record_failed"})
         return ReloadResult("applied", self._generation, changes=changes)
 
     def _is_empty(self, kind: str, name: str) -> bool:
         """Whether a queue or topic holds nothing (removing it is then safe)."""
-        engine = self.engine
-        try:
-            if kind.startswith("queue"):
-                info = engine.queue_info(name)
-                return info.ready + info.unacked + info.delayed == 0
-            return all(p.log_end_offset == p.log_start_offset for p in engine.partitions(name))
-        except EngineError:
-            return True
+        return holds_nothing(self.engine, kind, name)
 
 
 def _workers(topology: Topology) -> list[tuple[str, str, Any]]:
