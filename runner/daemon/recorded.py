@@ -82,6 +82,7 @@ def write_record(data_dir: Path, topology: Topology, content_hash: str) -> None:
     path = data_dir / RECORD_FILE
     tmp = data_dir / (RECORD_FILE + ".tmp")
     try:
+        data_dir.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
             fh.flush()
