@@ -150,8 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.daemon.console import ConsoleMode
     from runner.daemon.recorded import StartRefused
     from runner.daemon.reload import problem_line
-    from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
+    from runner.daemon.supervisor import DaemonConfig, Supervisor, real_parts
     from runner.engine import FsyncPolicy
+    from runner.pipeline.handler import handler_problems
 
     logs.configure(args.log_format)
     if not args.path.exists():

@@ -44,10 +44,11 @@ from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher
 from runner.engine import Engine, EngineStats, FsyncPolicy
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
+from runner.pipeline.handler import handler_problems
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
-from runner.topology.problems import Problem, Severity
+from runner.topology.problems import Problem
 
 if TYPE_CHECKING:
     from runner.daemon.kafka.server import KafkaListener
@@ -160,19 +161,6 @@ def real_parts() -> Parts:
         open_engine=open_engine,
         make_pipeline=make_pipeline,
     )
-
-
-def handler_problems(topology: Topology, failures: list[tuple[str, str, str]]) -> list[Problem]:
-    """Handler import failures as problems at the handler's line."""
-    groups = topology.group_map()
-    out = []
-    for name, _ref, message in failures:
-        path = f"{'consumer_groups' if name in groups else 'consumers'}.{name}.handler"
-        pos = topology.position(path)
-        out.append(
-            Problem(pos.file, pos.line, pos.column, path, "handler-import", Severity.ERROR, message)
-        )
-    return out
 
 
 class Supervisor:
