@@ -1,7 +1,7 @@
 """The topology a data directory was last run with, and the check at start.
 
 The daemon records the topology it applied in `<data dir>/topology.json`
-(written to a temporary file, fsynced, renamed, directory fsynced) at start
+(`runner.fs.write_atomic`: a temporary file, synced, renamed, directory synced) at start
 and after every applied reload. At the next start the new topology is
 planned against the recorded one exactly as a reload would be: an unsafe
 change refuses the start (`StartRefused`, carrying the plan) unless
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner import fs
 from runner.engine import Engine
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.topology.diff import Plan
@@ -80,19 +80,10 @@ def write_record(data_dir: Path, topology: Topology, content_hash: str) -> None:
     doc: dict[str, Any] = {"format": FORMAT, "name": topology.name, "hash": content_hash,
                            "topology": to_document(topology)}
     path = data_dir / RECORD_FILE
-    tmp = data_dir / (RECORD_FILE + ".tmp")
+    data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fs.make_dirs(fs.LOCAL, data_dir)
+        fs.write_atomic(fs.LOCAL, path, data)
     except OSError as exc:
         raise StorageError(f"cannot record the topology in {path}: {exc.strerror}") from exc
 
