@@ -2,7 +2,10 @@
 
 A dead letter keeps its body and properties and gains one header,
 `x-dead-letter` (TOPOLOGY.md): the latest death's reason, error, retry count,
-first/last attempt (ISO 8601 UTC), where it came from and `death_count`.
+first/last attempt (ISO 8601 UTC, `iso_utc`), where it came from and
+`death_count` (`deaths_before` + 1, replays included). This module is the one
+home of that header: the pipeline's handler-failure header is built with its
+helpers.
 The cycle watch is kept out of that header (in the queued message's `props`,
 see `death_path`): the queues it died from automatically (not `rejected` or
 `handler_error`) since its last rejection; a dead letter that would return to
@@ -26,18 +29,37 @@ CONSUMER_REASONS = frozenset({"rejected", "handler_error"})
 
 
 def iso_utc(seconds: float | None) -> str | None:
-    """Wall-clock seconds as ISO 8601 UTC (`2024-01-15T10:00:00Z`, ms when needed)."""
+    """Wall-clock seconds as ISO 8601 UTC: `2024-01-15T10:00:00Z`, with
+    milliseconds (`...:00.250Z`) when they are not zero (sub-millisecond parts
+    are cut). The one format of every time in an `x-dead-letter` header."""
     if seconds is None:
         return None
     dt = datetime.fromtimestamp(seconds, tz=UTC)
-    if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    ms = dt.microsecond // 1000
+    if ms:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def previous_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
     found = headers.get(DEATH_HEADER)
     return found if isinstance(found, Mapping) else None
+
+
+def deaths_before(headers: Mapping[str, Any]) -> int:
+    """How many times a message with these headers died before: its header's
+    `death_count`, else how often it was replayed (`x-replay-count`: a replay
+    removes the header and follows a death). Every `death_count` is this + 1."""
+    prev = previous_death(headers)
+    if prev is not None:
+        count = prev.get("death_count", 1)
+        return count if _is_count(count) else 1
+    replays = headers.get(REPLAY_HEADER, 0)
+    return replays if _is_count(replays) else 0
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def build_death(
@@ -49,7 +71,6 @@ def build_death(
     wins field by field; the broker fills what it leaves out and always sets
     `death_count`.
     """
-    prev = previous_death(msg.headers)
     attempts = msg.attempts
     death: dict[str, Any] = {
         "reason": reason,
@@ -65,7 +86,7 @@ def build_death(
     if given:
         death.update(given)
     death["reason"] = death.get("reason") or reason
-    death["death_count"] = int(prev.get("death_count", 0)) + 1 if prev else 1
+    death["death_count"] = deaths_before(msg.headers) + 1
     death.pop("death_queues", None)  # where older versions kept the cycle watch
     return death
 
@@ -84,6 +105,23 @@ def with_death(headers: Mapping[str, Any], death: Mapping[str, Any]) -> dict[str
     out = dict(headers)
     out[DEATH_HEADER] = dict(death)
     return out
+
+
+def dead_letter_id(owner: str, base: str | None, death_count: object) -> str | None:
+    """The message id of the dead letter that consumer or group `owner` writes for
+    the message or record `base` (None: a message without an id has none):
+    `<owner>:<base>`, with `~<n>` from the second death on (`death_count` n).
+
+    Another consumer or group failing the same message or record, and a later
+    death of it, get their own id, so the publish dedup window never swallows
+    their dead letter; the same failure applied again (a step re-applied after
+    a crash) keeps its id and is still stored once."""
+    if base is None:
+        return None
+    mid = f"{owner}:{base}"
+    if isinstance(death_count, int) and not isinstance(death_count, bool) and death_count > 1:
+        mid = f"{mid}~{death_count}"
+    return mid
 
 
 def is_cycle(path: tuple[str, ...], target_queue: str) -> bool:

@@ -116,6 +116,16 @@ def decode_headers(data: bytes | str) -> tuple[dict[str, Any], Any]:
     return headers, extra
 
 
+def tag_value(value: Any) -> Any:
+    """One header value in the tagged JSON-able form (bytes, tuples, odd dicts tagged)."""
+    return _enc(value)
+
+
+def untag_value(value: Any) -> Any:
+    """What `tag_value` gave, back as the value."""
+    return _dec(value)
+
+
 def encode_value(headers: Mapping[str, Any]) -> Any:
     """Headers as a JSON-able value (to embed in a larger JSON document)."""
     return _enc(headers)

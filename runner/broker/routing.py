@@ -2,13 +2,15 @@
 
 `direct` matches the key exactly, `fanout` ignores it, `topic` matches
 dot-separated words through a trie (`*` one word, `#` zero or more; matched
-word by word, never across dots), `headers` compares the binding's headers
-with the message's as strings (`all` / `any`; binding headers starting with
-`x-` are ignored). Exchange-to-exchange bindings are followed once per
-exchange (a loop stops), a queue reached twice gets one copy, and an
-exchange whose own bindings match nothing hands the message to its
-`alternate_exchange`. Results of key-only routes are cached per
-(exchange, routing key); every binding or exchange change clears the cache.
+word by word, never across dots: a fast path of the reference
+`runner.topology.matching.topic_matches`, kept equal to it by a property
+test), `headers` compares the binding's headers with the message's as
+strings (`all` / `any`; binding headers starting with `x-` are ignored).
+Exchange-to-exchange bindings are followed once per exchange (a loop stops),
+a queue reached twice gets one copy, and an exchange whose own bindings
+match nothing hands the message to its `alternate_exchange`. Results of
+key-only routes are cached per (exchange, routing key); every binding or
+exchange change clears the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from runner.errors import Forbidden, NotFound
+from runner.topology.matching import topic_words
 from runner.topology.model import Binding, Exchange, ExchangeType, HeadersMatch
 
 _CACHE_LIMIT = 65536
@@ -60,11 +63,6 @@ class Hop(NamedTuple):
 
 # A binding destination: ("queue" | "exchange" | "topic", name).
 Dest = tuple[str, str]
-
-
-def topic_words(key: str) -> list[str]:
-    """A routing key or binding pattern as words (the empty key has none)."""
-    return key.split(".") if key else []
 
 
 class _Node:

@@ -136,6 +136,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--console", choices=("read-write", "read-only", "off"), default="read-write",
         help="the web console at / and /ui/: read-write (default), read-only, or off",
     )
+    run.add_argument(
+        "--allow-unsafe", action="store_true",
+        help="start although the topology's plan against the one recorded in the data dir "
+        "has unsafe changes (or names another topology)",
+    )
     run.set_defaults(func=cmd_run)
 
     alerts = sub.add_parser("alerts", help="Prometheus alerting rules for a topology")
@@ -169,12 +174,15 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from runner.cli.report import plan_text
     from runner.daemon import logs
     from runner.daemon.connections import ConnectionLimits
     from runner.daemon.console import ConsoleMode
+    from runner.daemon.recorded import StartRefused
     from runner.daemon.reload import problem_line
-    from runner.daemon.supervisor import DaemonConfig, Supervisor, handler_problems, real_parts
+    from runner.daemon.supervisor import DaemonConfig, Supervisor, real_parts
     from runner.engine import FsyncPolicy
+    from runner.pipeline.handler import handler_problems
 
     logs.configure(args.log_format)
     if not args.path.exists():
@@ -223,10 +231,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
             idle_timeout_s=args.idle_timeout, max_connections=args.max_connections,
         ),
+        allow_unsafe=args.allow_unsafe,
     )
     try:
         supervisor = Supervisor(config, loaded, parts)
         return asyncio.run(supervisor.serve())
+    except StartRefused as exc:
+        if exc.plan is not None:
+            sys.stderr.write(plan_text(exc.plan))
+        print(f"runner run: {exc}", file=sys.stderr)
+        return 1
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1

@@ -12,10 +12,8 @@ import argparse
 import contextlib
 import importlib
 import importlib.resources
-import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from runner.cli import report
@@ -103,79 +101,17 @@ def validate_command(args: argparse.Namespace) -> int:
     return 0 if outcome.valid else 1
 
 
-def _handlers(topology: Topology) -> Iterator[tuple[str, str, str]]:
-    """(document path, owner words, handler reference) of every handler."""
-    for name, c in topology.consumers:
-        if c.handler:  # empty only in a partial topology, where it was invalid
-            yield f"consumers.{name}.handler", f'consumer "{name}"', c.handler
-    for name, g in topology.consumer_groups:
-        if g.handler is not None:
-            yield f"consumer_groups.{name}.handler", f'consumer group "{name}"', g.handler
-
-
-def resolve_handler(reference: str) -> str | None:
-    """Why `module:callable` does not resolve to a callable, or None when it does."""
-    module_name, sep, attr = reference.partition(":")
-    if not sep or not module_name or not attr:
-        return "is not of the form module:callable"
-    try:
-        target: object = importlib.import_module(module_name)
-    except (Exception, SystemExit) as exc:  # whatever user code raises is the answer
-        return f"cannot be imported: {type(exc).__name__}: {exc}"
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            return f'cannot be imported: module "{module_name}" has no attribute "{attr}"'
-        target = getattr(target, part)
-    if not callable(target):
-        return f"is not callable (it is a {type(target).__name__})"
-    return _signature_problem(target)
-
-
-def _signature_problem(target: Callable[..., object]) -> str | None:
-    """Why a callable cannot be called as `(msg)` or `(msg, ctx)`, or None.
-
-    Callables without a signature (some builtins) are accepted.
-    """
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return None
-    params = list(sig.parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
-    if len(required) > 2:
-        why = f"takes {len(required)} required parameters"
-    elif not positional and not varargs:
-        why = "takes no positional parameter"
-    elif keyword_only:
-        names = ", ".join(keyword_only)
-        plural = "s" if len(keyword_only) > 1 else ""
-        why = f"has the required keyword-only parameter{plural} {names}"
-    else:
-        return None
-    return f"{why}; it must take (msg) or (msg, ctx)"
-
-
 def check_handlers(topology: Topology) -> list[Problem]:
-    """An error at every handler reference that does not import to a callable."""
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    """An error at every handler reference that does not resolve: the daemon's
+    own check (`runner.pipeline.handler`: one rule, one message, rule `handler`)."""
+    from runner.pipeline.handler import check_handlers as failures_of
+    from runner.pipeline.handler import handler_problems
+
     importlib.invalidate_caches()
-    problems = []
-    for path, owner, reference in _handlers(topology):
-        # what handler modules print at import must not corrupt --format json output
-        with contextlib.redirect_stdout(sys.stderr):
-            why = resolve_handler(reference)
-        if why is not None:
-            pos = topology.position(path)
-            message = f'handler "{reference}" of {owner} {why}'
-            problems.append(
-                Problem(pos.file, pos.line, pos.column, path, "handler", Severity.ERROR, message)
-            )
-    return problems
+    # what handler modules print at import must not corrupt --format json output
+    with contextlib.redirect_stdout(sys.stderr):
+        failures = failures_of(topology)
+    return handler_problems(topology, failures)
 
 
 # ---------------------------------------------------------------- schema

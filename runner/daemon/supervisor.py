@@ -32,6 +32,7 @@ from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.recorded import holds_nothing, open_checked, write_record
 from runner.daemon.reload import (
     ReloadCounters,
     ReloadEntry,
@@ -43,11 +44,12 @@ from runner.daemon.reload import (
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher
 from runner.engine import Engine, EngineStats, FsyncPolicy
-from runner.errors import EngineError, RunnerError, UnsafeChange
+from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
+from runner.pipeline.handler import handler_problems
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
-from runner.topology.problems import Problem, Severity
+from runner.topology.problems import Problem
 
 if TYPE_CHECKING:
     from runner.daemon.kafka.server import KafkaListener
@@ -79,6 +81,7 @@ class DaemonConfig:
     kafka_advertise: tuple[str, int] | None = None  # None: the address each client reached
     console: ConsoleMode = ConsoleMode.READ_WRITE
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    allow_unsafe: bool = False  # start although the plan against the data dir is unsafe
 
 
 class Loaded(Protocol):
@@ -160,19 +163,6 @@ def real_parts() -> Parts:
         open_engine=open_engine,
         make_pipeline=make_pipeline,
     )
-
-
-def handler_problems(topology: Topology, failures: list[tuple[str, str, str]]) -> list[Problem]:
-    """Handler import failures as problems at the handler's line."""
-    groups = topology.group_map()
-    out = []
-    for name, _ref, message in failures:
-        path = f"{'consumer_groups' if name in groups else 'consumers'}.{name}.handler"
-        pos = topology.position(path)
-        out.append(
-            Problem(pos.file, pos.line, pos.column, path, "handler-import", Severity.ERROR, message)
-        )
-    return out
 
 
 class Supervisor:
@@ -289,7 +279,11 @@ class Supervisor:
         log.info(
             "opening engine", extra={"event": "engine_opening", "data_dir": str(config.data_dir)}
         )
-        self._engine = self._parts.open_engine(self._topology, config, clock)
+        self._engine = open_checked(
+            self._topology, config.data_dir, allow_unsafe=config.allow_unsafe,
+            open_engine=lambda t: self._parts.open_engine(t, config, clock),
+            diff=self._parts.diff,
+        )
         log.info(
             "engine opened",
             extra={
@@ -318,6 +312,7 @@ class Supervisor:
                 self._engine, self._topology, config, clock, executor
             )
             await self._pipeline.start()
+            write_record(config.data_dir, self._topology, self._hash)
         except BaseException:
             if kafka is not None:
                 await kafka.stop()
@@ -536,18 +531,16 @@ class Supervisor:
         if loaded.content_hash != self._hash:
             self._hash = loaded.content_hash
             self._generation += 1
+        try:
+            write_record(self.config.data_dir, new, self._hash)
+        except StorageError as exc:
+            log.error("%s; the next start plans against the previous record", exc,
+                      extra={"event": "record_failed"})
         return ReloadResult("applied", self._generation, changes=changes)
 
     def _is_empty(self, kind: str, name: str) -> bool:
         """Whether a queue or topic holds nothing (removing it is then safe)."""
-        engine = self.engine
-        try:
-            if kind.startswith("queue"):
-                info = engine.queue_info(name)
-                return info.ready + info.unacked + info.delayed == 0
-            return all(p.log_end_offset == p.log_start_offset for p in engine.partitions(name))
-        except EngineError:
-            return True
+        return holds_nothing(self.engine, kind, name)
 
 
 def _workers(topology: Topology) -> list[tuple[str, str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 from runner.broker.broker import Broker
 from runner.broker.deadletter import DEATH_HEADER as DEAD_LETTER_HEADER
 from runner.broker.deadletter import REPLAY_HEADER as REPLAY_COUNT_HEADER
-from runner.broker.deadletter import replay_target
+from runner.broker.deadletter import dead_letter_id, deaths_before, iso_utc, replay_target
 from runner.broker.message import Message
 from runner.engine.records import (
     MESSAGE_ID_HEADER,
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEAD_LETTER_HEADER", "REPLAY_COUNT_HEADER", "REPLAY_NOT_A_DEAD_LETTER", "REPLAY_PREFIX",
-    "REPLAY_QUEUE_FULL", "dead_letter_step", "replay", "replay_queue_name", "replayed_record",
+    "REPLAY_QUEUE_FULL", "dead_letter_id", "dead_letter_step", "deaths_before", "iso_utc",
+    "replay", "replay_queue_name", "replayed_record",
 ]
 
 REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
@@ -82,11 +83,8 @@ def dead_letter_step(
     if record.value is None:
         headers[NULL_VALUE_HEADER] = True
     own = headers.get(MESSAGE_ID_HEADER)
-    mid = (str(own) if own is not None
-           else f"{record.topic}/{record.partition}/{record.offset}")
-    deaths = death.get("death_count", 1)
-    if isinstance(deaths, int) and deaths > 1:
-        mid = f"{mid}~{deaths}"
+    base = str(own) if own is not None else f"{record.topic}/{record.partition}/{record.offset}"
+    mid = dead_letter_id(group, base, death.get("death_count", 1))
     step.queue_puts.append((to_queue, [OutMessage(
         body=record.value or b"", routing_key=record.topic, headers=headers,
         message_id=mid, content_type=content_type(record.value))]))

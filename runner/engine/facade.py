@@ -440,10 +440,11 @@ class Engine:
         message: the value as body with content type `application/json` when
         it is JSON, a null value as an empty body with `x-null-value: true`,
         the key in `x-original-key` (or `-b64`), the timestamp in
-        `x-original-timestamp`; its message id is the record's own
-        (`x-message-id`), else `<topic>/<partition>/<offset>`, with `~<n>` added
-        from the second death on (`death_count` n) so the dedup window never
-        swallows a later death of the same record."""
+        `x-original-timestamp`; its message id is `<group>:` and the record's
+        own (`x-message-id`), else `<group>:<topic>/<partition>/<offset>`, with
+        `~<n>` added from the second death on (`death_count` n) so the dedup
+        window never swallows another group's or a later death of the same
+        record (`dead_letter_id`)."""
         return dead_letter_step(group, record, death, to_queue=to_queue,
                                 to_topic=to_topic)
 

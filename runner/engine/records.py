@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from runner import jsontext
+from runner.broker.headers import tag_value, untag_value
 from runner.engine.values import OutMessage, OutRecord
 from runner.log.store import AppendRecord
 
@@ -30,22 +31,39 @@ JSON_CONTENT_TYPE = "application/json"
 
 
 def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
-    """Record headers on disk: bytes as they are, anything else as JSON text."""
+    """Record headers on disk, each value read back exactly by `decode_headers`.
+
+    Values are JSON text in the queues' tagged form (`runner.broker.headers`,
+    the one header codec: bytes as `{"$b64": ...}`, tuples and odd dicts
+    tagged). Bytes that no reader could take for text or JSON (not UTF-8)
+    stay raw, as Kafka clients write and expect them."""
     out: list[tuple[str, bytes]] = []
     for name, value in headers.items():
         if isinstance(value, bytes | bytearray | memoryview):
-            out.append((name, bytes(value)))
-        else:
-            out.append((name, jsontext.dumps(value, default=str)))
+            raw = bytes(value)
+            if not _reads_as_text(raw):
+                out.append((name, raw))
+                continue
+            value = raw
+        out.append((name, jsontext.dumps(tag_value(value), default=str)))
     return tuple(out)
 
 
+def _reads_as_text(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
-    """Back from disk: JSON values, else UTF-8 text, else bytes."""
+    """Back from disk: tagged JSON values, else UTF-8 text (a raw header a Kafka
+    client wrote), else bytes."""
     out: dict[str, Any] = {}
     for name, raw in headers:
         try:
-            out[name] = jsontext.loads(raw)
+            out[name] = untag_value(jsontext.loads(raw))
         except ValueError:
             try:
                 out[name] = raw.decode()

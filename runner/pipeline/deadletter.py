@@ -5,7 +5,9 @@ stack_trace}, retry_count, first_attempt, last_attempt (ISO 8601 UTC), the
 origin (`original_queue` / `original_exchange` / `original_routing_key`, or
 `original_topic` / `original_partition` / `original_offset` plus
 `original_group` so a replay goes back to the group that failed it),
-`consumer_id` and `death_count`.
+`consumer_id` and `death_count`. Times and `death_count` follow the broker's
+rules (`runner.broker.deadletter`, the header's one home): the same message
+gets the same header fields whichever side writes its death.
 """
 
 from __future__ import annotations
@@ -13,24 +15,21 @@ from __future__ import annotations
 import builtins
 import os
 import traceback
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
+from runner.engine.deadletters import (
+    DEAD_LETTER_HEADER,
+    REPLAY_COUNT_HEADER,
+    dead_letter_id,
+    deaths_before,
+    iso_utc,
+)
 from runner.pipeline.message import Message, QueueMessage
 
-DEAD_LETTER_HEADER = "x-dead-letter"
-REPLAY_COUNT_HEADER = "x-replay-count"
-
-
-def iso_utc(ts: float | None) -> str | None:
-    """Seconds since the epoch as ISO 8601 UTC, `Z`, milliseconds when not whole."""
-    if ts is None:
-        return None
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    if dt.microsecond // 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = [
+    "DEAD_LETTER_HEADER", "REPLAY_COUNT_HEADER", "build_death", "dead_letter_id",
+    "error_type", "iso_utc", "stack_trace",
+]
 
 
 def error_type(exc: BaseException) -> str:
@@ -57,16 +56,6 @@ def stack_trace(exc: BaseException) -> str:
         k += 1
     te.stack = traceback.StackSummary.from_list(frames[k:])
     return "".join(te.format())
-
-
-def previous_deaths(headers: Mapping[str, Any]) -> int:
-    """How many times this message died before (from an old header or replays)."""
-    old = headers.get(DEAD_LETTER_HEADER)
-    if isinstance(old, Mapping):
-        count = old.get("death_count", 1)
-        return int(count) if isinstance(count, int) else 1
-    replays = headers.get(REPLAY_COUNT_HEADER, 0)
-    return int(replays) if isinstance(replays, int) else 0
 
 
 def build_death(
@@ -97,5 +86,5 @@ def build_death(
         if group is not None:
             death["original_group"] = group
     death["consumer_id"] = consumer_id
-    death["death_count"] = previous_deaths(message.headers) + 1
+    death["death_count"] = deaths_before(message.headers) + 1
     return death

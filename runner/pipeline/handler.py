@@ -29,6 +29,7 @@ from typing import Any
 from runner.errors import HandlerImportError
 from runner.pipeline.message import Context, Message
 from runner.topology.model import Topology
+from runner.topology.problems import Problem, Severity
 
 HandlerFn = Callable[..., Any]
 SOURCE_MTIME_ATTR = "__runner_source_mtime__"  # set on handler modules: reload detection
@@ -88,7 +89,7 @@ def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
     _ensure_cwd_on_path()
     try:
         obj: Any = _import_fresh(module_name)
-    except Exception as exc:  # any import-time failure of user code
+    except (Exception, SystemExit) as exc:  # any import-time failure of user code
         raise HandlerImportError(
             f"{who}handler {ref!r}: cannot import module {module_name!r}: "
             f"{type(exc).__name__}: {exc}"
@@ -105,44 +106,58 @@ def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
             f"{who}handler {ref!r}: {attr_path!r} is a {type(obj).__name__}, not a callable"
         )
     fn: HandlerFn = obj
-    problem = _signature_problem(fn)
+    problem = signature_problem(fn)
     if problem is not None:
-        whose = f" for consumer {consumer!r}" if consumer else ""
-        raise HandlerImportError(
-            f"handler {ref!r}{whose} {problem}; it must take (msg) or (msg, ctx)"
-        )
+        raise HandlerImportError(f"{who}handler {ref!r} {problem}; {SIGNATURE_HINT}")
     return fn
 
 
-def _signature_problem(fn: HandlerFn) -> str | None:
+SIGNATURE_HINT = "it must take (msg) or (msg, ctx)"
+
+
+def signature_problem(fn: HandlerFn) -> str | None:
     """Why `fn` cannot be called as fn(msg) nor fn(msg, ctx); None when it can
-    (or when it has no inspectable signature, e.g. some builtins)."""
+    (or when it has no inspectable signature, e.g. some builtins). The one
+    check: `runner validate --check-handlers`, start and reload all use it."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    required = 0
-    positional = 0
-    star = False
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_POSITIONAL:
-            star = True
-        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            positional += 1
-            if p.default is p.empty:
-                required += 1
-        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
-            return f"takes a required keyword-only parameter {p.name!r}"
-    if required > 2:
-        return f"takes {required} required parameters"
-    if positional == 0 and not star:
-        return "takes no parameters"
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    star = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(required) > 2:
+        return f"takes {len(required)} required parameters"
+    if not positional and not star:
+        return "takes no positional parameter"
+    if keyword_only:
+        plural = "s" if len(keyword_only) > 1 else ""
+        return f"has the required keyword-only parameter{plural} {', '.join(keyword_only)}"
     return None
+
+
+HANDLER_RULE = "handler"  # the rule id of a handler that does not resolve
+
+
+def handler_problems(topology: Topology, failures: list[tuple[str, str, str]]) -> list[Problem]:
+    """`check_handlers` failures as problems at the handler's line (rule `handler`)."""
+    groups = topology.group_map()
+    out = []
+    for name, _ref, message in failures:
+        path = f"{'consumer_groups' if name in groups else 'consumers'}.{name}.handler"
+        pos = topology.position(path)
+        out.append(Problem(pos.file, pos.line, pos.column, path, HANDLER_RULE, Severity.ERROR,
+                           message))
+    return out
 
 
 def check_handlers(topology: Topology) -> list[tuple[str, str, str]]:
     """Import every handler of `topology`; (consumer or group, ref, error) for each failure."""
-    refs: list[tuple[str, str]] = [(c.name, c.handler) for _, c in topology.consumers]
+    # an empty reference only comes from a partial topology, where it is already an error
+    refs: list[tuple[str, str]] = [(c.name, c.handler) for _, c in topology.consumers
+                                   if c.handler]
     refs += [(g.name, g.handler) for _, g in topology.consumer_groups if g.handler]
     failures: list[tuple[str, str, str]] = []
     for name, ref in refs:

@@ -22,7 +22,12 @@ from typing import Any
 
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Step
 from runner.errors import EngineError, NotFound
-from runner.pipeline.deadletter import DEAD_LETTER_HEADER, build_death, error_type
+from runner.pipeline.deadletter import (
+    DEAD_LETTER_HEADER,
+    build_death,
+    dead_letter_id,
+    error_type,
+)
 from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, QueueMessage
 from runner.pipeline.stats import HandlerCounters
@@ -312,8 +317,10 @@ class QueueWorker(Worker):
         # at-most-once: already acked; dead-letter a copy of the message
         headers = dict(d.headers)
         headers[DEAD_LETTER_HEADER] = death
+        # its own id: another consumer's dead letter of the same message is not a duplicate
+        mid = dead_letter_id(self.name, d.message_id, death.get("death_count"))
         copy = OutMessage(body=d.body, routing_key=d.routing_key, headers=headers,
-                          priority=d.priority or None, message_id=d.message_id,
+                          priority=d.priority or None, message_id=mid,
                           content_type=d.content_type)
         if to_queue is not None:
             engine.publish_to_queue(to_queue, [copy])

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from runner.topology.matching import matches_every_key, topic_matches
 from runner.topology.model import (
     Binding,
     Exchange,
@@ -49,22 +50,6 @@ MAYBE = 1
 SURE = 2
 
 
-def topic_matches(pattern: str, key: str) -> bool:
-    """AMQP topic matching, word by word: `*` one word, `#` zero or more."""
-    words = key.split(".")
-    states = {0}
-    for w in pattern.split("."):
-        if w == "#":
-            states = set(range(min(states), len(words) + 1)) if states else set()
-        elif w == "*":
-            states = {i + 1 for i in states if i < len(words)}
-        else:
-            states = {i + 1 for i in states if i < len(words) and words[i] == w}
-        if not states:
-            return False
-    return len(words) in states
-
-
 def _match(kind: ExchangeType, b: Binding, key: str | None) -> int:
     """Whether a dead letter with `key` (None: unknown) takes binding `b`."""
     if kind is ExchangeType.FANOUT:
@@ -74,7 +59,7 @@ def _match(kind: ExchangeType, b: Binding, key: str | None) -> int:
             return MAYBE
         return SURE if b.match is HeadersMatch.ALL else NO
     if key is None:
-        if kind is ExchangeType.TOPIC and all(w == "#" for w in b.routing_key.split(".")):
+        if kind is ExchangeType.TOPIC and matches_every_key(b.routing_key):
             return SURE
         return MAYBE
     if kind is ExchangeType.DIRECT:

@@ -35,7 +35,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from runner.topology.cycles import Cycle, find_arrival_cycles, find_cycles, topic_matches
+from runner.topology.cycles import Cycle, find_arrival_cycles, find_cycles
+from runner.topology.matching import topic_matches
 from runner.topology.model import (
     NOWHERE,
     Binding,

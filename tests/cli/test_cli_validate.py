@@ -215,18 +215,18 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == "jobs imported\n"  # import-time prints go to stderr
     assert done.stdout.splitlines() == [
-        'shop.yaml:12:34: error: handler "app.missing:run" of consumer "no-module" cannot be '
-        "imported: ModuleNotFoundError: No module named 'app.missing' "
+        "shop.yaml:12:34: error: consumer 'no-module': handler 'app.missing:run': cannot import "
+        "module 'app.missing': ModuleNotFoundError: No module named 'app.missing' "
         "(at consumers.no-module.handler)",
-        'shop.yaml:13:32: error: handler "app.jobs:walk" of consumer "no-attr" cannot be '
-        'imported: module "app.jobs" has no attribute "walk" (at consumers.no-attr.handler)',
-        'shop.yaml:15:37: error: handler "app.jobs:LIMIT" of consumer group "not-callable" is not '
-        "callable (it is a int) (at consumer_groups.not-callable.handler)",
-        'shop.yaml:16:31: error: handler "app.broken:run" of consumer group "broken" cannot be '
-        "imported: ModuleNotFoundError: No module named 'does_not_exist_anywhere' "
+        "shop.yaml:13:32: error: consumer 'no-attr': handler 'app.jobs:walk': module 'app.jobs' "
+        "has no attribute 'walk' (at consumers.no-attr.handler)",
+        "shop.yaml:15:37: error: consumer 'not-callable': handler 'app.jobs:LIMIT': 'LIMIT' is a "
+        "int, not a callable (at consumer_groups.not-callable.handler)",
+        "shop.yaml:16:31: error: consumer 'broken': handler 'app.broken:run': cannot import "
+        "module 'app.broken': ModuleNotFoundError: No module named 'does_not_exist_anywhere' "
         "(at consumer_groups.broken.handler)",
-        'shop.yaml:17:30: error: handler "app.exits:run" of consumer group "exits" cannot be '
-        "imported: SystemExit: 3 (at consumer_groups.exits.handler)",
+        "shop.yaml:17:30: error: consumer 'exits': handler 'app.exits:run': cannot import module "
+        "'app.exits': SystemExit: 3 (at consumer_groups.exits.handler)",
         "5 errors, 0 warnings in 1 topology",
     ]
     as_json = run(tmp_path, "validate", "--check-handlers", "--format", "json", "shop.yaml")
@@ -255,8 +255,8 @@ def test_check_handlers_runs_beside_other_errors(tmp_path: Path) -> None:
     done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
-        'shop.yaml:8:29: error: handler "app.jobs:gone" of consumer "slow" cannot be imported: '
-        'module "app.jobs" has no attribute "gone" (at consumers.slow.handler)',
+        "shop.yaml:8:29: error: consumer 'slow': handler 'app.jobs:gone': module 'app.jobs' has "
+        "no attribute 'gone' (at consumers.slow.handler)",
         "shop.yaml:8:71: error: prefetch must be at least 1, got 0 (at consumers.slow.prefetch)",
         'shop.yaml:9:17: error: queue "qq" of consumer "typo" does not exist; did you mean "q"? '
         "(at consumers.typo.queue)",
@@ -311,11 +311,11 @@ def test_check_handlers_verifies_the_handler_takes_msg_or_msg_and_ctx(tmp_path: 
     done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
-        'shop.yaml:15:30: error: handler "app.sigs:three" of consumer "three" takes 3 required '
+        "shop.yaml:15:30: error: consumer 'three': handler 'app.sigs:three' takes 3 required "
         "parameters; it must take (msg) or (msg, ctx) (at consumers.three.handler)",
-        'shop.yaml:16:29: error: handler "app.sigs:none" of consumer "none" takes no positional '
+        "shop.yaml:16:29: error: consumer 'none': handler 'app.sigs:none' takes no positional "
         "parameter; it must take (msg) or (msg, ctx) (at consumers.none.handler)",
-        'shop.yaml:17:32: error: handler "app.sigs:keyword" of consumer "keyword" has the required '
+        "shop.yaml:17:32: error: consumer 'keyword': handler 'app.sigs:keyword' has the required "
         "keyword-only parameters retries, limit; it must take (msg) or (msg, ctx) "
         "(at consumers.keyword.handler)",
         "3 errors, 0 warnings in 1 topology",
@@ -344,3 +344,23 @@ def test_a_cycle_only_a_drop_on_arrival_closes_warns_naming_the_queues(tmp_path:
     assert lines[-1] == "0 errors, 1 warning in 1 topology (valid)"
     strict = run(tmp_path, "validate", "loop.yaml", "--strict")
     assert strict.returncode == 1
+
+
+def test_validate_and_the_daemon_refuse_a_bad_handler_with_one_message_and_rule(
+    tmp_path: Path,
+) -> None:
+    # one check (runner.pipeline.handler): validate --check-handlers and `runner run`
+    # print the same line for the same handler, with the same rule id
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "sigs.py", SIGNATURE_MODULE)
+    write(tmp_path / "shop.yaml", SIGNATURES)
+    checked = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
+    started = run(tmp_path, "run", "shop.yaml", "--data-dir", str(tmp_path / "data"),
+                  "--listen", "127.0.0.1:0")
+    assert started.returncode == checked.returncode == 1
+    wanted = [line for line in checked.stdout.splitlines() if ": error: " in line]
+    assert len(wanted) == 3
+    assert sorted(line for line in started.stderr.splitlines() if ": error: " in line) == sorted(
+        wanted)
+    as_json = run(tmp_path, "validate", "--check-handlers", "--format", "json", "shop.yaml")
+    assert {p["rule"] for p in json.loads(as_json.stdout)["problems"]} == {"handler"}

@@ -8,7 +8,6 @@ real aiohttp server. The end-to-end tests run the real engine.
 from __future__ import annotations
 
 import itertools
-import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,13 +29,8 @@ from runner.engine import (
     TopicPartition,
 )
 from runner.errors import Forbidden, InvalidRequest, NotFound, Refused, UnsafeChange
+from runner.topology.matching import topic_matches
 from runner.topology.model import Overflow, Topology
-
-
-def _matches(pattern: str, key: str) -> bool:
-    table = {"*": r"[^.]+", "#": r".*"}
-    rx = r"\.".join(table.get(w, re.escape(w)) for w in pattern.split("."))
-    return re.fullmatch(rx, key) is not None
 
 
 @dataclass
@@ -111,7 +105,7 @@ class FakeEngine:
         for i, m in enumerate(messages):
             routed: list[str] = []
             for b in self.topology.bindings:
-                if b.exchange == exchange and _matches(b.routing_key, m.routing_key):
+                if b.exchange == exchange and topic_matches(b.routing_key, m.routing_key):
                     if b.queue:
                         try:
                             self._put(b.queue, _Msg(m, exchange))

@@ -50,11 +50,11 @@ def test_into_a_queue_json_nulls_bytes_and_ids_survive(
     _kill_all(engine, exactly_once=exactly_once, to_queue="dlq")
     js, tomb, raw = engine.peek("dlq", 10)
     assert (js.body, js.content_type, js.message_id) == (
-        b'{"order_id": 1}', "application/json", "ev/0/0")
+        b'{"order_id": 1}', "application/json", "g:ev/0/0")
     assert "x-null-value" not in js.headers
-    assert (tomb.body, tomb.content_type, tomb.message_id) == (b"", None, "ev/0/1")
+    assert (tomb.body, tomb.content_type, tomb.message_id) == (b"", None, "g:ev/0/1")
     assert tomb.headers["x-null-value"] is True
-    assert (raw.body, raw.content_type, raw.message_id) == (b"\x00\xffraw", None, "m-3")
+    assert (raw.body, raw.content_type, raw.message_id) == (b"\x00\xffraw", None, "g:m-3")
     # replayed back to the group, the tombstone is a null value again
     assert engine.replay("dlq") == 3
     rq = engine.replay_queue("g")
@@ -70,7 +70,7 @@ def test_a_second_death_of_the_same_record_is_not_swallowed_by_dedup(engine: Eng
     (r,), _ = engine.read("ev", 0, 0)
     engine.dead_letter_record("g", r, DEATH, to_queue="dlq")
     engine.dead_letter_record("g", r, dict(DEATH, death_count=2), to_queue="dlq")
-    assert [d.message_id for d in engine.peek("dlq", 10)] == ["ev/0/0", "ev/0/0~2"]
+    assert [d.message_id for d in engine.peek("dlq", 10)] == ["g:ev/0/0", "g:ev/0/0~2"]
 
 
 def test_into_a_topic_a_record_stays_a_record(engine: Engine) -> None:

@@ -15,13 +15,13 @@ TAIL = "; it must take (msg) or (msg, ctx)"
 
 @pytest.mark.parametrize(("name", "problem"), [
     ("bad_sig", "takes 3 required parameters"),
-    ("no_params", "takes no parameters"),
-    ("kw_needed", "takes a required keyword-only parameter 'tenant'"),
+    ("no_params", "takes no positional parameter"),
+    ("kw_needed", "has the required keyword-only parameter tenant"),
 ])
 def test_a_wrong_signature_is_refused_when_resolved(name: str, problem: str) -> None:
     with pytest.raises(HandlerImportError) as info:
         resolve(f"{H}:{name}", consumer="c")
-    assert str(info.value) == f"handler '{H}:{name}' for consumer 'c' {problem}{TAIL}"
+    assert str(info.value) == f"consumer 'c': handler '{H}:{name}' {problem}{TAIL}"
 
 
 @pytest.mark.parametrize("name", ["ok", "with_ctx", "async_with_ctx", "optional_extras",
@@ -40,6 +40,6 @@ def test_check_handlers_reports_a_wrong_signature() -> None:
         consumer_groups=(("g", ConsumerGroup("g", ("t",), handler=f"{H}:ok")),),
     )
     assert check_handlers(topo) == [
-        ("c", f"{H}:bad_sig", f"handler '{H}:bad_sig' for consumer 'c' takes 3 required "
+        ("c", f"{H}:bad_sig", f"consumer 'c': handler '{H}:bad_sig' takes 3 required "
                               f"parameters{TAIL}"),
     ]

@@ -704,7 +704,7 @@ def test_topic_matching_examples() -> None:
     assert topic_matches("#", "")
     assert not topic_matches("orders.#", "ordersx.a")  # word by word, never across dots
     assert topic_matches("a.#.b", "a.b")
-    assert topic_matches("*", "")  # "" is one (empty) word, as in RabbitMQ
+    assert not topic_matches("*", "")  # "" has no words, as in RabbitMQ (test_topo_matching)
     assert not topic_matches("*.*", "a")
 
 
