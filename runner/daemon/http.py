@@ -35,7 +35,7 @@ from runner.errors import (
 )
 from runner.log.partitioner import key_from_json
 from runner.topology.model import Topology
-from runner.topology.suggest import did_you_mean
+from runner.topology.suggest import closest, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +149,36 @@ async def _answer(request: web.Request, handler: Handler, limit: int) -> web.Str
             405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
         )
     except web.HTTPNotFound:
-        routes = {r.canonical for r in request.app.router.resources()}
-        hint = did_you_mean(request.path, routes)
+        routes = [r.canonical for r in request.app.router.resources()]
+        hint = _route_hint(request.path, routes)
         return error(404, f"no route {request.method} {request.path}{hint}")
     except web.HTTPException as exc:
         return error(exc.status, exc.reason)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error(500, "internal error; the daemon log has the details")
+
+
+def _route_hint(path: str, routes: list[str]) -> str:
+    """`; did you mean "/v1/queues"?` for a path one misspelt segment away from a route
+    (the other segments equal, or filling a `{parameter}`)."""
+    parts = path.strip("/").split("/")
+    near: dict[int, dict[str, str]] = {}  # index of the misspelt segment -> route's -> path
+    for route in routes:
+        want = route.strip("/").split("/")
+        if len(want) != len(parts):
+            continue
+        differ = [i for i, (a, b) in enumerate(zip(parts, want, strict=True))
+                  if a != b and not b.startswith("{")]
+        if len(differ) == 1:
+            i = differ[0]
+            fixed = "/" + "/".join([*parts[:i], want[i], *parts[i + 1:]])
+            near.setdefault(i, {}).setdefault(want[i], fixed)
+    for i, options in sorted(near.items()):
+        found = closest(parts[i], list(options))
+        if found is not None:
+            return f'; did you mean "{options[found]}"?'
+    return ""
 
 
 _UNKNOWN = re.compile(r"(exchange|queue|topic|consumer group) '(.*)' not found", re.S)
