@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from runner import __version__
 
@@ -17,7 +18,8 @@ from runner import __version__
 _COMMAND_MODULES = (
     "runner.cli.validate",  # validate, schema, plan, graph
     "runner.cli.daemon",  # run, alerts
-    "runner.cli.client",  # publish, consume, status, dlq
+    "runner.cli.client",  # publish, status, dlq
+    "runner.cli.consume",  # consume
     "runner.cli.lists",  # queues, exchanges, bindings, topics, groups
     "runner.cli.bench",  # bench
     "runner.cli.topotest",  # test
@@ -25,10 +27,19 @@ _COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """Never reads an abbreviation as a longer option (`--to` is not `--token`); the
+    subcommand parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="runner",
         description="Declarative pipeline runner for Kafka-style topics and "
         "RabbitMQ-style exchanges and queues.",

@@ -1,4 +1,5 @@
-"""Client commands over HTTP: `publish`, `consume`, `status`, `dlq list|show|replay`.
+"""Client commands over HTTP: `publish`, `status`, `dlq list|show|replay`, and the
+plumbing the other client commands share (`consume`, the lists, `groups`).
 
 They talk to a running daemon (`--url`, else RUNNER_URL, default
 http://127.0.0.1:8080; bearer token from `--token` or RUNNER_TOKEN) with the
@@ -61,7 +62,7 @@ class Client:
             raise Refusal(f"cannot reach the daemon at {self.url}: {reason}") from exc
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
@@ -81,12 +82,16 @@ def client_for(args: argparse.Namespace) -> Client:
     return Client(daemon_url(args.url), args.token or os.environ.get("RUNNER_TOKEN"))
 
 
-def common_options(parser: argparse.ArgumentParser) -> None:
+def common_options(parser: argparse.ArgumentParser, *, keep_outer: bool = False) -> None:
+    """`--url` and `--token`; `keep_outer` for a subcommand whose parent has them too
+    (a value given before the subcommand is kept)."""
+    default = argparse.SUPPRESS if keep_outer else None
     parser.add_argument(
-        "--url", help=f"daemon URL (default: $RUNNER_URL, else {DEFAULT_URL}; "
-        "http:// may be left out)"
+        "--url", default=default, help=f"daemon URL (default: $RUNNER_URL, else "
+        f"{DEFAULT_URL}; http:// may be left out)"
     )
-    parser.add_argument("--token", help="bearer token (default: $RUNNER_TOKEN)")
+    parser.add_argument("--token", default=default,
+                        help="bearer token (default: $RUNNER_TOKEN)")
 
 
 def run_client(func: Any) -> Any:
@@ -166,7 +171,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             record["key"] = args.key
         if args.partition is not None:
             record["partition"] = args.partition
-        answer = client.call("POST", f"/v1/topics/{_quote(args.topic)}/records", record)
+        answer = client.call("POST", f"/v1/topics/{quote_name(args.topic)}/records", record)
         for item in answer["offsets"]:
             print(f"{args.topic} partition {item['partition']} offset {item['offset']}")
         return 0
@@ -181,44 +186,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if args.routing_key is None:
             raise Usage("--exchange needs --routing-key (use \"\" for none)")
         msg["routing_key"] = args.routing_key
-        path = f"/v1/exchanges/{_quote(args.exchange)}/messages"
+        path = f"/v1/exchanges/{quote_name(args.exchange)}/messages"
     else:
         if args.routing_key is not None:
             msg["routing_key"] = args.routing_key
-        path = f"/v1/queues/{_quote(args.queue)}/messages"
+        path = f"/v1/queues/{quote_name(args.queue)}/messages"
     answer = client.call("POST", path, msg)
     routed = answer["routed"]
     print("routed to: " + (", ".join(routed) if routed else "(nowhere: unroutable)"))
-    return 0
-
-
-# ------------------------------------------------------------------ consume
-
-
-def cmd_consume(args: argparse.Namespace) -> int:
-    client = client_for(args)
-    if (args.queue is None) == (args.topic is None):
-        raise Usage("give exactly one of --queue or --topic")
-    if args.topic is not None:
-        if args.partition is None or args.offset is None:
-            raise Usage("--topic needs --partition and --offset")
-        query = urllib.parse.urlencode({"offset": args.offset, "limit": args.max})
-        path = f"/v1/topics/{_quote(args.topic)}/partitions/{args.partition}/records?{query}"
-        answer = client.call("GET", path)
-        for rec in answer["records"]:
-            print(json.dumps(rec, sort_keys=True))
-        print(f"next offset: {answer['next_offset']}", file=sys.stderr)
-        return 0
-    path = f"/v1/queues/{_quote(args.queue)}"
-    answer = client.call("POST", f"{path}/pull", {"max": args.max, "lease": args.lease})
-    messages = answer["messages"]
-    for msg in messages:
-        print(json.dumps(msg, sort_keys=True))
-    if args.ack and messages:
-        client.call("POST", f"{path}/ack", {"delivery_ids": [m["delivery_id"] for m in messages]})
-        print(f"acked {len(messages)} message(s)", file=sys.stderr)
-    elif not messages:
-        print(f"queue {args.queue} has no ready message", file=sys.stderr)
     return 0
 
 
@@ -335,7 +310,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for q in status["queues"]:
             dead = q.get("dead_letter_queue", False)
             if not dead and q["ready"] > 0:
-                peek = client.call("GET", f"/v1/queues/{_quote(q['name'])}/peek?n=1")
+                peek = client.call("GET", f"/v1/queues/{quote_name(q['name'])}/peek?n=1")
                 dead = any("x-dead-letter" in (m.get("headers") or {}) for m in peek["messages"])
             if dead:
                 rows.append([q["name"], q["ready"], f"{q['oldest_ready_age_s']:.1f}s"])
@@ -345,14 +320,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print("no dead-letter queue holds messages")
         return 0
     if args.dlq_command == "show":
-        answer = client.call("GET", f"/v1/queues/{_quote(args.queue)}/peek?n={args.n}")
+        answer = client.call("GET", f"/v1/queues/{quote_name(args.queue)}/peek?n={args.n}")
         if not answer["messages"]:
             print(f"queue {args.queue} is empty")
         for msg in answer["messages"]:
             print(render_dead_letter(msg))
         return 0
-    replayed, skipped, reasons = _replay_pages(client, args.queue, args.max)
-    print(f"replayed {replayed} message(s) from {args.queue}")
+    if args.dlq_command == "purge":
+        answer = client.call("DELETE", f"/v1/queues/{quote_name(args.queue)}/messages")
+        print(f"purged {answer['purged']} message(s) from {args.queue}")
+        return 0
+    replayed, skipped, reasons = _replay_pages(client, args.queue, args.max, args.to)
+    where = f" into {args.to}" if args.to else ""
+    print(f"replayed {replayed} message(s) from {args.queue}{where}")
     if skipped:
         print(f"kept {skipped} message(s) in {args.queue}:")
         for reason, count in sorted(reasons.items()):
@@ -364,7 +344,7 @@ REPLAY_PAGE = 10_000  # the daemon's limit per replay request
 
 
 def _replay_pages(
-    client: Client, queue: str, most: int | None
+    client: Client, queue: str, most: int | None, to: str | None = None
 ) -> tuple[int, int, dict[str, int]]:
     """Replay in pages of at most REPLAY_PAGE until `most` are replayed, the queue
     is empty, a page moves nothing, or as many as the queue first held have moved
@@ -374,11 +354,15 @@ def _replay_pages(
     depth: int | None = None
     while most is None or replayed < most:
         page = REPLAY_PAGE if most is None else min(REPLAY_PAGE, most - replayed)
-        answer = client.call("POST", f"/v1/queues/{_quote(queue)}/replay", {"max": page})
+        body: dict[str, Any] = {"max": page} if to is None else {"max": page, "to": to}
+        answer = client.call("POST", f"/v1/queues/{quote_name(queue)}/replay", body)
         moved, remaining = answer["replayed"], answer.get("remaining", 0)
         if depth is None:
             depth = moved + remaining
         replayed += moved
+        if replayed < depth and moved and remaining and (most is None or replayed < most):
+            goal = depth if most is None else min(depth, most)
+            print(f"replayed {replayed} of {goal}...", file=sys.stderr, flush=True)
         skipped, reasons = answer.get("skipped", 0), answer.get("skipped_reasons", {})
         if moved == 0 or remaining == 0 or replayed >= depth:
             break
@@ -404,24 +388,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pub.add_argument("body", metavar="BODY", help="JSON, @FILE or - (stdin)")
     pub.set_defaults(func=run_client(cmd_publish))
 
-    con = sub.add_parser("consume", help="pull messages from a queue or read a topic")
-    common_options(con)
-    con.add_argument("--queue")
-    con.add_argument("--topic")
-    con.add_argument("--partition", type=int)
-    con.add_argument("--offset", type=int)
-    con.add_argument("--max", type=int, default=1, help="messages / records (default 1)")
-    con.add_argument("--lease", default="30s", help="lease of pulled messages (default 30s)")
-    con.add_argument("--ack", action="store_true", help="ack what was pulled")
-    con.set_defaults(func=run_client(cmd_consume))
-
     st = sub.add_parser("status", help="topics, queues, groups and consumers of a daemon")
     common_options(st)
     st.add_argument("--json", action="store_true", help="print the raw status document")
     st.set_defaults(func=run_client(cmd_status))
 
-    dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="list|show|replay", required=True)
+    dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay, purge")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="list|show|replay|purge",
+                                 required=True)
     lst = dlq_sub.add_parser("list", help="dead-letter queues with their depth and age")
     common_options(lst)
     show = dlq_sub.add_parser("show", help="dead letters of a queue, with why they died")
@@ -431,6 +405,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep = dlq_sub.add_parser("replay", help="dead letters back to where they died")
     common_options(rep)
     rep.add_argument("queue")
-    rep.add_argument("--max", type=int)
-    for p in (lst, show, rep):
+    rep.add_argument("--max", type=int, help="at most N dead letters (default: all)")
+    rep.add_argument("--to", metavar="DEST",
+                     help="into queue or topic DEST instead of where they died")
+    pur = dlq_sub.add_parser("purge", help="remove every ready message of a queue")
+    common_options(pur)
+    pur.add_argument("queue")
+    for p in (lst, show, rep, pur):
         p.set_defaults(func=run_client(cmd_dlq))

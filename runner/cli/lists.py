@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runner.cli.client import Client, client_for, common_options, render_table, run_client
+from runner.cli.groups import add_group_tools
 
 Row = list[Any]
 
@@ -127,8 +128,8 @@ def add_format(parser: argparse.ArgumentParser) -> None:
                         help="table (default) or the daemon's JSON document")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Add the five list commands; returns the `groups` parser (for its subcommands)."""
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the five list commands, and `groups describe|reset`."""
     parsers = {}
     for kind, (help_text, _) in KINDS.items():
         p = sub.add_parser(kind, help=f"list {help_text}", allow_abbrev=False)
@@ -136,4 +137,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
         add_format(p)
         p.set_defaults(func=run_client(cmd_list), kind=kind)
         parsers[kind] = p
-    return parsers["groups"]
+    add_group_tools(parsers["groups"])

@@ -13,13 +13,14 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from runner import jsontext
-from runner.daemon import codec, lists
+from runner.daemon import codec, dlq, groups, lists
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.reload import ReloadResult
 from runner.engine import Engine, OutRecord, TopicPartition, encode_headers
@@ -37,6 +38,7 @@ from runner.errors import (
 )
 from runner.log.partitioner import key_from_json
 from runner.topology.model import Topology
+from runner.topology.suggest import closest, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ MAX_REPLAY = codec.MAX_ITEMS  # dead letters one replay request moves (page with
 LISTED_IDS = 20  # unknown delivery ids named in a 409's sentence (all are in `unknown`)
 RETRY_AFTER_S = 1
 PULL_FIELDS = frozenset({"max", "lease", "consumer_id"})
-REPLAY_FIELDS = frozenset({"max"})
+REPLAY_FIELDS = frozenset({"max", "to"})
 
 
 class Host(Protocol):
@@ -139,6 +141,8 @@ def make_error_middleware() -> Any:
 async def _answer(request: web.Request, handler: Handler, limit: int) -> web.StreamResponse:
     try:
         return await handler(request)
+    except NotFound as exc:
+        return _engine_error(_suggested(request, exc))
     except EngineError as exc:
         return _engine_error(exc)
     except web.HTTPRequestEntityTooLarge:
@@ -149,12 +153,55 @@ async def _answer(request: web.Request, handler: Handler, limit: int) -> web.Str
             405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
         )
     except web.HTTPNotFound:
-        return error(404, f"no route {request.method} {request.path}")
+        routes = [r.canonical for r in request.app.router.resources()]
+        hint = _route_hint(request.path, routes)
+        return error(404, f"no route {request.method} {request.path}{hint}")
     except web.HTTPException as exc:
         return error(exc.status, exc.reason)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error(500, "internal error; the daemon log has the details")
+
+
+def _route_hint(path: str, routes: list[str]) -> str:
+    """`; did you mean "/v1/queues"?` for a path one misspelt segment away from a route
+    (the other segments equal, or filling a `{parameter}`)."""
+    parts = path.strip("/").split("/")
+    near: dict[int, dict[str, str]] = {}  # index of the misspelt segment -> route's -> path
+    for route in routes:
+        want = route.strip("/").split("/")
+        if len(want) != len(parts):
+            continue
+        differ = [i for i, (a, b) in enumerate(zip(parts, want, strict=True))
+                  if a != b and not b.startswith("{")]
+        if len(differ) == 1:
+            i = differ[0]
+            fixed = "/" + "/".join([*parts[:i], want[i], *parts[i + 1:]])
+            near.setdefault(i, {}).setdefault(want[i], fixed)
+    for i, options in sorted(near.items()):
+        found = closest(parts[i], list(options))
+        if found is not None:
+            return f'; did you mean "{options[found]}"?'
+    return ""
+
+
+_UNKNOWN = re.compile(r"(exchange|queue|topic|consumer group) '(.*)' not found", re.S)
+
+
+def _suggested(request: web.Request, exc: NotFound) -> NotFound:
+    """`queue 'ordres' not found; did you mean "orders"?`: the closest declared name of
+    that kind, as `runner validate` suggests (the engine's sentences get it here too)."""
+    match = _UNKNOWN.fullmatch(str(exc))
+    if match is None:
+        return exc
+    kind, name = match.groups()
+    topology = request.app[HOST_KEY].topology
+    names = {
+        "exchange": topology.exchanges, "queue": topology.queues, "topic": topology.topics,
+        "consumer group": topology.consumer_groups,
+    }[kind]
+    hint = did_you_mean(name, [n for n, _ in names])
+    return NotFound(f"{exc}{hint}") if hint else exc
 
 
 def make_auth_middleware(token: str | None) -> Any:
@@ -439,6 +486,15 @@ async def peek(request: web.Request) -> web.Response:
     return answer({"messages": [codec.delivery_json(d) for d in got]})
 
 
+async def purge(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    _queue_exists(host, name)
+    purged = dlq.purge(host.engine, name)
+    host.notify()
+    return answer({"purged": purged})
+
+
 async def replay(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
@@ -446,6 +502,12 @@ async def replay(request: web.Request) -> web.Response:
     codec.check_fields(body, REPLAY_FIELDS)
     n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
     _queue_exists(host, name)
+    if body.get("to") is not None:
+        dest = codec.str_field(body, "to")
+        moved = dlq.replay_to(host.engine, host.topology, name, dest, n)
+        host.notify()
+        return answer({"replayed": moved, "skipped": 0, "skipped_reasons": {},
+                       "remaining": host.engine.queue_info(name).ready, "to": dest})
     outcome = host.engine.replay_detail(name, n)
     host.notify()
     return answer(
@@ -542,6 +604,17 @@ def group_json(engine: Engine, group: str) -> dict[str, Any]:
     }
 
 
+async def reset_group(request: web.Request) -> web.Response:
+    host = _host(request)
+    group = request.match_info["group"]
+    body = await _json(request)
+    _group_exists(host, group)
+    done = groups.reset(host.engine, host.topology.group_map()[group], body)
+    if not done["dry_run"]:
+        host.notify()
+    return answer(done)
+
+
 async def get_group(request: web.Request) -> web.Response:
     host = _host(request)
     group = request.match_info["group"]
@@ -575,6 +648,14 @@ async def list_bindings(request: web.Request) -> web.Response:
 async def list_topics(request: web.Request) -> web.Response:
     host = _host(request)
     return answer(lists.topics_json(host.engine, host.topology))
+
+
+async def get_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    if name not in host.topology.topic_map():
+        raise NotFound(f"topic '{name}' not found")
+    return answer(lists.topic_json(host.engine, host.topology, name))
 
 
 async def list_groups(request: web.Request) -> web.Response:
@@ -637,9 +718,11 @@ def build_app(
     r.add_get("/v1/exchanges", list_exchanges)
     r.add_get("/v1/bindings", list_bindings)
     r.add_get("/v1/topics", list_topics)
+    r.add_get("/v1/topics/{name}", get_topic)
     r.add_get("/v1/groups", list_groups)
     r.add_post("/v1/exchanges/{name}/messages", publish_exchange)
     r.add_post("/v1/queues/{name}/messages", publish_queue)
+    r.add_delete("/v1/queues/{name}/messages", purge)
     r.add_post("/v1/topics/{name}/records", append_topic)
     r.add_get("/v1/topics/{name}/partitions/{p}/records", read_records)
     r.add_post("/v1/queues/{name}/pull", pull)
@@ -649,6 +732,7 @@ def build_app(
     r.add_post("/v1/queues/{name}/replay", replay)
     r.add_post("/v1/groups/{group}/offsets", seek)
     r.add_post("/v1/groups/{group}/commit", commit)
+    r.add_post("/v1/groups/{group}/reset", reset_group)
     r.add_get("/v1/groups/{group}", get_group)
     r.add_get("/v1/status", status)
     r.add_post("/v1/admin/reload", admin_reload)

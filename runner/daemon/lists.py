@@ -144,29 +144,26 @@ def bindings_json(topology: Topology) -> dict[str, Any]:
     return {"bindings": [binding_json(b) for b in topology.bindings]}
 
 
+def topic_json(engine: Engine, topology: Topology, name: str) -> dict[str, Any]:
+    """One topic of the `topics` list (`GET /v1/topics/{name}`)."""
+    topic = topology.topic_map()[name]
+    parts = engine.partitions(name)
+    return {
+        "name": name,
+        "partitions": topic.partitions,
+        "records": sum(p.log_end_offset - p.log_start_offset for p in parts),
+        "size_bytes": sum(p.size_bytes for p in parts),
+        "cleanup_policy": list(topic.cleanup_policy),
+        "retention_s": topic.retention.time_s,
+        "retention_bytes": topic.retention.bytes,
+        "key": topic.key,
+        "groups": [g for g, spec in topology.consumer_groups if name in spec.topics],
+        "partition_offsets": [partition_json(p) for p in parts],
+    }
+
+
 def topics_json(engine: Engine, topology: Topology) -> dict[str, Any]:
-    readers: dict[str, list[str]] = {}
-    for gname, group in topology.consumer_groups:
-        for t in group.topics:
-            readers.setdefault(t, []).append(gname)
-    out = []
-    for name, topic in topology.topics:
-        parts = engine.partitions(name)
-        out.append(
-            {
-                "name": name,
-                "partitions": topic.partitions,
-                "records": sum(p.log_end_offset - p.log_start_offset for p in parts),
-                "size_bytes": sum(p.size_bytes for p in parts),
-                "cleanup_policy": list(topic.cleanup_policy),
-                "retention_s": topic.retention.time_s,
-                "retention_bytes": topic.retention.bytes,
-                "key": topic.key,
-                "groups": readers.get(name, []),
-                "partition_offsets": [partition_json(p) for p in parts],
-            }
-        )
-    return {"topics": out}
+    return {"topics": [topic_json(engine, topology, name) for name, _ in topology.topics]}
 
 
 def groups_json(engine: Engine, topology: Topology) -> dict[str, Any]:

@@ -285,6 +285,7 @@ class GroupWorker(Worker):
                 except EngineError as send_exc:
                     exc = send_exc
                     self.counters.error(error_type(send_exc))
+                    self.failures.report("outputs", send_exc, msg)
                 else:
                     self.counters.succeeded += 1
                     return True

@@ -245,6 +245,7 @@ class QueueWorker(Worker):
             except EngineError as send_exc:
                 exc = send_exc
                 self.counters.error(error_type(send_exc))
+                self.failures.report("outputs", send_exc, msg)
             else:
                 self.counters.succeeded += 1
                 return

@@ -23,6 +23,7 @@ from runner.clock import Clock
 from runner.engine import Engine, FsyncPolicy
 from runner.log.datapath import entity_path
 from runner.pipeline.deadletter import error_type
+from runner.pipeline.failures import FailureLog
 from runner.pipeline.handler import Handler, HandlerTimeout
 from runner.pipeline.idempotency import IdempotencyStore, key_of
 from runner.pipeline.message import Context, Message, Outputs
@@ -78,6 +79,7 @@ class Worker:
                 clock=env.clock, fsync=env.fsync is FsyncPolicy.ALWAYS,
             )
         self.counters = counters
+        self.failures = FailureLog(name, env.clock)
         self.stopping = False
         self.wake = asyncio.Event()
         self.busy = 0  # handler calls in flight
@@ -102,7 +104,7 @@ class Worker:
             ctx.close()
             self.counters.observe(self.env.clock.monotonic() - start)
             self.counters.error(error_type(exc))
-            log.info("consumer %s: handler failed: %s: %s", self.name, error_type(exc), exc)
+            self.failures.report("handler", exc, message)
             return exc, Outputs()
         finally:
             self.busy -= 1
@@ -178,7 +180,7 @@ class Worker:
         if exc is None:
             return None, outputs
         self.counters.error(error_type(exc))
-        log.info("consumer %s: handler failed: %s: %s", self.name, error_type(exc), exc)
+        self.failures.report("handler", exc, ctx.message)
         return exc, Outputs()
 
     def send(self, outputs: Outputs) -> None:
