@@ -84,7 +84,7 @@ def test_keyless_records_left_on_a_topic_that_became_compacted_are_cleaned(
     store = store_with(tmp_path, clock, plain)
     for i in range(6):
         store.append("t", [AppendRecord(b"keyless-%d" % i, partition=0)])
-        store.append("t", [keyed("k%d" % (i % 2))])
+        store.append("t", [keyed(f"k{i % 2}")])
     store.apply({"t": Topic("t", segment_bytes=300, compact=True)}, {})
     store.partition("t", 0).log.roll()
     store.tick()
@@ -115,7 +115,7 @@ def test_each_topic_keeps_tombstones_for_its_delete_retention(
     store.append("t", [keyed("gone")])
     store.append("t", [keyed("gone", None)])
     for i in range(8):
-        store.append("t", [keyed("k%d" % i)])
+        store.append("t", [keyed(f"k{i}")])
     store.tick()  # first cleaning: the tombstone stays for 60 s
     keys = [r.key for r in store.read_from("t", 0, 0, max_records=100)[0]]
     assert b"gone" in keys
