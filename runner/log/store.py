@@ -46,7 +46,7 @@ from runner.log.journal import StepJournal
 from runner.log.offsets import OffsetStore
 from runner.log.partition import Partition, TopicPartition
 from runner.log.partitioner import Partitioner, key_from_json
-from runner.log.record import Fsync, Item, LogRecord
+from runner.log.record import Fsync, Item, LogRecord, check_timestamp_ms
 from runner.topology.model import ConsumerGroup, Topic
 
 log = logging.getLogger(__name__)
@@ -327,6 +327,8 @@ class Store:
             if with_ids and rec.message_id is not None:
                 headers = (*headers, ("x-message-id", rec.message_id.encode()))
             ts = rec.timestamp_ms
+            if ts is not None:
+                check_timestamp_ms(ts, f"record {len(parts)}: timestamp")
             add_part(p)
             add_item((key, value, headers, now if ts is None else ts))
         partitioner.next = rr
