@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 
 from runner import jsontext
-from runner.engine import OutMessage, OutRecord, QueueDelivery, Record
+from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
 from runner.errors import InvalidRequest, TooLarge
 from runner.topology import units
 
@@ -326,7 +326,8 @@ def messages(
     )
 
 
-_RECORD_KEYS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition"})
+_RECORD_KEYS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition",
+                          "timestamp"})
 
 
 def record(
@@ -366,6 +367,8 @@ def record(
         key=key,
         headers=_headers(obj, prefix),
         partition=_optional_int(obj, "partition", prefix, low=0),
+        timestamp_ms=None if obj.get("timestamp") is None else check_timestamp_ms(
+            obj["timestamp"], f"{prefix}'timestamp'"),
     )
 
 

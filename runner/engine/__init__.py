@@ -69,8 +69,11 @@ from runner.engine.values import (
     Step,
     TopicPartition,
 )
+from runner.log.record import MAX_TIMESTAMP_MS, check_timestamp_ms
 
 __all__ = [
+    "MAX_TIMESTAMP_MS",
+    "check_timestamp_ms",
     "DEAD_LETTER_HEADER",
     "DEDUP_WINDOW_S",
     "EXCHANGE_HEADER",

@@ -10,7 +10,8 @@
    it, whatever its own timestamp (Kafka's delete horizon): that cleaning
    writes now + delete retention into the batch header (`DELETE_HORIZON`), a
    later cleaning at or after that time removes it.
-   Keyless records (possible only if the topic became compacted later) stay.
+   Keyless records (possible only if the topic became compacted later) are
+   removed, as Kafka's cleaner does.
    Offsets are kept (batches carry offset deltas); the active segment is never
    touched, so appends go on during compaction.
 3. Each group is swapped in atomically (`SegmentedLog.replace_segments`).
@@ -89,7 +90,7 @@ def compact(wal: SegmentedLog, *, now_ms: int, delete_retention_ms: int) -> Comp
 
     def keep(rec: LogRecord, horizon: int | None) -> bool:
         if rec.key is None:
-            return True
+            return False  # left from before the topic became compacted (as Kafka's cleaner)
         if latest.get(rec.key) != rec.offset:
             return False
         return rec.value is not None or horizon is None or now_ms < horizon

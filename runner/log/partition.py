@@ -10,7 +10,9 @@ first, never the active one, advancing the log start offset:
   first record is older than min(retention, 7 days) (Kafka's `segment.ms`);
   when everything expired the log start reaches the log end;
 * by bytes: the oldest segment goes while the partition stays at or above
-  `retention.bytes` without it (Kafka's `retention.bytes`, per partition).
+  `retention.bytes` without it (Kafka's `retention.bytes`, per partition);
+  `retention.bytes: 0` keeps nothing: the active segment is rolled and deleted
+  like the others.
 
 Retention and compaction of one partition never overlap (`maintenance` lock).
 """
@@ -118,6 +120,8 @@ class Partition:
             roll_ms = min(limit_ms, ROLL_MS)
             if span is not None and (span[1] < now_ms - limit_ms or span[0] < now_ms - roll_ms):
                 self.log.roll()
+        if retention.bytes == 0:
+            self.log.roll()  # keep nothing: the active segment goes like the others
         closed = self.log.closed_segments()
         upto = None
         size = self.log.size_bytes

@@ -46,7 +46,7 @@ from runner.log.journal import StepJournal
 from runner.log.offsets import OffsetStore
 from runner.log.partition import Partition, TopicPartition
 from runner.log.partitioner import Partitioner, key_from_json
-from runner.log.record import Fsync, Item, LogRecord
+from runner.log.record import Fsync, Item, LogRecord, check_timestamp_ms
 from runner.topology.model import ConsumerGroup, Topic
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Store:
 
     def __init__(
         self, data_dir: Path, *, fsync: Fsync = Fsync.ALWAYS, clock: Clock,
-        cache_bytes_total: int = 64 * 1024 * 1024, delete_retention_s: float = 86_400.0,
+        cache_bytes_total: int = 64 * 1024 * 1024,
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
         compaction_interval_s: float = 600.0, dedup_window_s: float | None = None,
         dedup_max_entries: int = 1_000_000, background: bool = True,
@@ -119,7 +119,6 @@ class Store:
         self.fsync = Fsync(fsync)
         self.clock = clock
         self.read_cache = ReadCache(cache_bytes_total)  # shared by every partition
-        self.delete_retention_ms = int(delete_retention_s * 1000)
         self.fsync_interval_ms = fsync_interval_ms
         self.compaction_interval_s = compaction_interval_s
         self.dedup_window_ms = None if dedup_window_s is None else int(dedup_window_s * 1000)
@@ -226,7 +225,7 @@ class Store:
     def _describe(old: Topic, new: Topic) -> list[str]:
         out = []
         for attr in ("retention", "compact", "delete", "segment_bytes", "max_message_bytes",
-                     "key"):
+                     "key", "delete_retention_s"):
             if getattr(old, attr) != getattr(new, attr):
                 out.append(f"topic {new.name}: {attr} {getattr(old, attr)!r} -> "
                            f"{getattr(new, attr)!r}")
@@ -328,6 +327,8 @@ class Store:
             if with_ids and rec.message_id is not None:
                 headers = (*headers, ("x-message-id", rec.message_id.encode()))
             ts = rec.timestamp_ms
+            if ts is not None:
+                check_timestamp_ms(ts, f"record {len(parts)}: timestamp")
             add_part(p)
             add_item((key, value, headers, now if ts is None else ts))
         partitioner.next = rr
@@ -622,7 +623,7 @@ class Store:
             try:
                 with part.maintenance:
                     compact(part.log, now_ms=now_ms(self.clock),
-                            delete_retention_ms=self.delete_retention_ms)
+                            delete_retention_ms=int(t.config.delete_retention_s * 1000))
                     t.cleaned[key] = tuple(s.base for s in part.log.closed_segments())
             finally:
                 t.compacting.discard(key)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from runner import jsontext
-from runner.engine import OutMessage, OutRecord, QueueDelivery, Record
+from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -179,10 +179,15 @@ class Context:
 
     def append(
         self, topic: str, value: Any, key: Any = None, headers: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
     ) -> None:
-        """Stage an append to `topic`; `value=None` is a tombstone."""
+        """Stage an append to `topic`; `value=None` is a tombstone. `timestamp`: the
+        record's time in epoch milliseconds (default: the append time); a bad one
+        raises InvalidRequest here."""
+        ts = None if timestamp is None else check_timestamp_ms(timestamp)
         payload = None if value is None else encode_body(value)[0]
-        rec = OutRecord(value=payload, key=encode_key(key), headers=dict(headers or {}))
+        rec = OutRecord(value=payload, key=encode_key(key), headers=dict(headers or {}),
+                        timestamp_ms=ts)
         with self._lock:
             self._check_open()
             self._outputs.appends.append((topic, rec))

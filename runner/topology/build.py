@@ -55,6 +55,7 @@ from runner.topology.units import parse_duration, parse_size
 DEFAULT_RETENTION = "7d"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_DELETE_RETENTION = "24h"  # Kafka's delete.retention.ms
 DEFAULT_TIMEOUT = "5m"
 DEFAULT_BACKOFF = ("1s", "5s", "30s")
 MAX_ROUTING_KEY_BYTES = 255  # AMQP's shortstr
@@ -246,6 +247,9 @@ class _Builder:
                 f"{path}.max_message_bytes",
                 spec.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
             ),
+            delete_retention_s=self.duration(
+                f"{path}.delete_retention", spec.get("delete_retention", DEFAULT_DELETE_RETENTION)
+            ) or 0.0,
             pos=self.pos(path),
         )
 

@@ -45,6 +45,7 @@ _UNITS: dict[str, str] = {
     "retention.bytes": "size",
     "segment_bytes": "size",
     "max_message_bytes": "size",
+    "delete_retention": "duration",
     "message_ttl": "duration",
     "max_length_bytes": "size",
     "timeout": "duration",

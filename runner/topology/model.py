@@ -93,6 +93,7 @@ class Topic:
     delete: bool = True  # cleanup_policy contains "delete"
     segment_bytes: int = 64 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024
+    delete_retention_s: float = 86_400.0  # tombstones stay this long after compaction
     pos: Position = field(default=NOWHERE, compare=False, hash=False)
 
     @property

@@ -75,3 +75,53 @@ def test_an_emptied_segment_keeps_its_age_for_time_retention(
     again.tick()
     assert again.log_start(TP0) > 0
     again.close()
+
+
+def test_keyless_records_left_on_a_topic_that_became_compacted_are_cleaned(
+    tmp_path: Path, clock: ManualClock,
+) -> None:
+    plain = Topic("t", segment_bytes=300)
+    store = store_with(tmp_path, clock, plain)
+    for i in range(6):
+        store.append("t", [AppendRecord(b"keyless-%d" % i, partition=0)])
+        store.append("t", [keyed(f"k{i % 2}")])
+    store.apply({"t": Topic("t", segment_bytes=300, compact=True)}, {})
+    store.partition("t", 0).log.roll()
+    store.tick()
+    recs, _ = store.read_from("t", 0, 0, max_records=100)
+    assert [(r.offset, r.key) for r in recs] == [(9, b"k0"), (11, b"k1")]
+    assert store.log_start(TP0) == 0
+    store.close()
+
+
+def test_retention_bytes_0_keeps_nothing(tmp_path: Path, clock: ManualClock) -> None:
+    store = store_with(tmp_path, clock, Topic("t", retention=Retention(time_s=None, bytes=0)))
+    store.append("t", [AppendRecord(b"v", partition=0)] * 3)
+    store.tick()
+    assert (store.log_start(TP0), store.log_end(TP0)) == (3, 3)
+    assert store.partition("t", 0).size_bytes == 0
+    store.append("t", [AppendRecord(b"w", partition=0)])
+    assert store.read_from("t", 0, 3)[0][0].value == b"w"
+    store.tick()
+    assert (store.log_start(TP0), store.log_end(TP0)) == (4, 4)
+    store.close()
+
+
+def test_each_topic_keeps_tombstones_for_its_delete_retention(
+    tmp_path: Path, clock: ManualClock,
+) -> None:
+    topic = Topic("t", compact=True, delete=False, segment_bytes=300, delete_retention_s=60.0)
+    store = store_with(tmp_path, clock, topic)
+    store.append("t", [keyed("gone")])
+    store.append("t", [keyed("gone", None)])
+    for i in range(8):
+        store.append("t", [keyed(f"k{i}")])
+    store.tick()  # first cleaning: the tombstone stays for 60 s
+    keys = [r.key for r in store.read_from("t", 0, 0, max_records=100)[0]]
+    assert b"gone" in keys
+    clock.advance(61)
+    store.compaction_interval_s = 0
+    store.tick()
+    keys = [r.key for r in store.read_from("t", 0, 0, max_records=100)[0]]
+    assert b"gone" not in keys and len(keys) == 8
+    store.close()

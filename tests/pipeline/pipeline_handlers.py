@@ -103,6 +103,12 @@ def forward(msg: Any, ctx: Any) -> None:
     ctx.append("results", {"id": msg.body["id"]}, key=str(msg.body["id"]))
 
 
+def stamped(msg: Any, ctx: Any) -> None:
+    """Appends to `results` with the timestamp the message names (a bad one raises)."""
+    _note(msg)
+    ctx.append("results", {"id": msg.body["id"]}, timestamp=msg.body["ts"])
+
+
 def blocking(msg: Any) -> None:
     """Waits until the test releases it (or 5 s)."""
     _note(msg, phase="start")

@@ -245,3 +245,27 @@ def test_a_running_members_position_removed_by_retention_is_reset_by_offset_rese
         assert handled == [0, 99]
     else:
         assert handled == [0, *range(start, end), 99]
+
+
+def test_ctx_append_sets_the_record_timestamp_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    policy = DlqPolicy("p", max_retries=0, dead_letter_queue="dlq")
+    topo = topology(
+        queues=(Queue("dlq"),), topics=(Topic("events"), Topic("results")), policies=(policy,),
+        groups=(ConsumerGroup("g", ("events",), handler=f"{H}:stamped", dlq_policy="p"),),
+    )
+
+    async def go() -> None:
+        async with running(topo, tmp_path) as r:
+            r.append("events", {"id": 1, "ts": 1_700_000_000_000}, {"id": 2, "ts": -5})
+            await wait_until(lambda: len(r.engine.peek("dlq", 10)) == 1)
+            recs, _ = r.engine.read("results", 0, 0)
+            assert [(x.timestamp_ms, x.value) for x in recs] == [
+                (1_700_000_000_000, b'{"id":1}')]
+            assert r.engine.offset_for_time("results", 0, 1_600_000_000_000) == 0
+            death = r.engine.peek("dlq", 1)[0].headers[DEAD_LETTER_HEADER]
+            assert death["error"]["type"] == "runner.errors.InvalidRequest"
+            assert death["error"]["message"] == (
+                "timestamp must be epoch milliseconds, an integer between 0 and "
+                "253402300799999 (9999-12-31T23:59:59.999Z), got -5")
+
+    asyncio.run(go())

@@ -56,6 +56,14 @@ def test_topic_defaults() -> None:
         assert t.cleanup_policy == ("delete",)
         assert t.segment_bytes == 64 * MiB
         assert t.max_message_bytes == 1 * MiB
+        assert t.delete_retention_s == 86400.0
+
+
+def test_topic_delete_retention_and_keep_nothing() -> None:
+    topics = _ok("version: 1\ntopics:\n  u: {cleanup_policy: compact, delete_retention: 90m,"
+                 " retention: {bytes: 0}}\n").topic_map()
+    assert topics["u"].delete_retention_s == 5400.0
+    assert topics["u"].retention.bytes == 0
 
 
 def test_topic_units_and_cleanup_policies() -> None:

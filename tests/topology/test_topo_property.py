@@ -31,6 +31,7 @@ KEYS = [
     "version", "name", "topics", "exchanges", "queues", "bindings", "dlq_policies",
     "consumer_groups", "consumers", "partitions", "key", "retention", "time", "bytes",
     "cleanup_policy", "segment_bytes", "max_message_bytes", "type", "durable", "internal",
+    "delete_retention",
     "alternate_exchange", "max_priority", "message_ttl", "max_length", "max_length_bytes",
     "overflow", "delivery_limit", "dead_letter", "exchange", "routing_key", "queue",
     "to_exchange", "topic", "match", "headers", "max_retries", "backoff", "initial",

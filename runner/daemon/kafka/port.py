@@ -90,7 +90,9 @@ class EnginePort:
         producer = f"{KAFKA_PRODUCER_PREFIX}{producer_id}" if producer_id >= 0 else None
         seq = base_sequence if producer is not None and base_sequence >= 0 else None
         out = [AppendRecord(value=r.value, key=r.key, headers=r.headers, partition=partition,
-                            timestamp_ms=r.timestamp_ms, producer_id=producer,
+                            # Kafka's "no timestamp" (-1): the append time
+                            timestamp_ms=r.timestamp_ms if r.timestamp_ms >= 0 else None,
+                            producer_id=producer,
                             sequence=None if seq is None else seq + i)
                for i, r in enumerate(records)]
         placed = self._engine().store.append(topic, out)
