@@ -78,24 +78,29 @@ def test_three_consumers_share_partitions_and_rebalance_when_one_leaves(
     _produce(d, "orders", 90, "a")
     seen: dict[str, list[int]] = {}
     members = [Member(d, "billing", seen, i) for i in range(3)]
-    for m in members:
-        m.start()
-    until(lambda: len(seen) == 90 and sorted(sum((m.assigned for m in members), []))
-          == [0, 1, 2] and all(len(m.assigned) == 1 for m in members), 30)
-    until(lambda: _lag(d, "billing") == 0)
-    assert 'runner_consumer_group_members{group="billing"} 3.0' in d.metrics()
-    status = {g["name"]: g for g in d.ok("GET", "/v1/status")["groups"]}
-    assert status["billing"]["lag"] == 0
-    kafka_members = sorted(status["billing"]["members"])
-    assert len(kafka_members) == 3
-    assert all(m.startswith("kafka-python") for m in kafka_members)  # client id - n - ms
-    assert sorted(d.ok("GET", "/v1/groups/billing")["members"]) == kafka_members
-    members[2].leave()
-    _produce(d, "orders", 60, "b")
-    until(lambda: sorted(members[0].assigned + members[1].assigned) == [0, 1, 2]
-          and len(seen) == 150, 30)
-    for m in members[:2]:
-        m.leave()
+    try:
+        for m in members:
+            m.start()
+        until(lambda: len(seen) == 90 and sorted(sum((m.assigned for m in members), []))
+              == [0, 1, 2] and all(len(m.assigned) == 1 for m in members), 60)
+        until(lambda: _lag(d, "billing") == 0)
+        assert 'runner_consumer_group_members{group="billing"} 3.0' in d.metrics()
+        status = {g["name"]: g for g in d.ok("GET", "/v1/status")["groups"]}
+        assert status["billing"]["lag"] == 0
+        kafka_members = sorted(status["billing"]["members"])
+        assert len(kafka_members) == 3
+        assert all(m.startswith("kafka-python") for m in kafka_members)  # client id - n - ms
+        assert sorted(d.ok("GET", "/v1/groups/billing")["members"]) == kafka_members
+        members[2].leave()
+        _produce(d, "orders", 60, "b")
+        until(lambda: sorted(members[0].assigned + members[1].assigned) == [0, 1, 2]
+              and len(seen) == 150, 30)
+        for m in members[:2]:
+            m.leave()
+    finally:
+        for m in members:  # a failed wait must not leave clients polling a stopped daemon
+            if m.is_alive():
+                m.leave()
     assert [m.error for m in members] == [None, None, None]
     assert {v: owners for v, owners in seen.items() if len(owners) > 1} == {}
     until(lambda: _lag(d, "billing") == 0)
