@@ -65,6 +65,44 @@ def make_kafka_daemon(workdir: Path, topology: str = TOPOLOGY, *,
     return d
 
 
+@pytest.fixture(autouse=True)
+def close_kafka_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every kafka-python client a test opened, even when the test failed
+    before its own close(), then collect what they left behind.
+
+    A client left open keeps reconnecting to a stopped daemon from its own thread;
+    its sockets are later garbage-collected inside an unrelated test, whose
+    `ResourceWarning` then fails that test (warnings are errors here)."""
+    import gc
+    import warnings
+
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient
+
+    opened: list[Any] = []
+    for cls in (KafkaConsumer, KafkaProducer, KafkaAdminClient):
+        original = cls.__init__
+
+        def tracked(self: Any, *args: Any, __original: Any = original, **kw: Any) -> None:
+            opened.append(self)
+            __original(self, *args, **kw)
+
+        monkeypatch.setattr(cls, "__init__", tracked)
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for client in opened:
+            with contextlib.suppress(Exception):
+                if isinstance(client, KafkaConsumer):
+                    client.close(autocommit=False)
+                elif isinstance(client, KafkaProducer):
+                    client.close(timeout=1)
+                else:
+                    client.close()
+        opened.clear()
+        gc.collect()
+
+
 @pytest.fixture(scope="module")
 def kd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaDaemon]:
     """One Kafka-listening daemon shared by a test module."""

@@ -217,20 +217,23 @@ def test_admin_client_lists_and_describes_groups(
     seen: dict[str, list[int]] = {}
     m = Member(d, "billing", seen, 0)
     m.start()
-    until(lambda: m.assigned == [0, 1, 2], 30)
-    admin = KafkaAdminClient(bootstrap_servers=d.bootstrap)
     try:
-        listed = {g["group_id"]: g for g in admin.list_groups()}
-        assert {"billing", "audit", "ledger-writer"} <= set(listed)
-        stable = {g["group_id"] for g in admin.list_groups(states_filter=["Stable"])}
-        assert "billing" in stable and "audit" not in stable
-        desc = admin.describe_groups(["billing"])["billing"]
-        assert desc["group_state"] == "Stable" and desc["protocol_data"] == "range"
-        assert len(desc["members"]) == 1
-        offsets = admin.list_group_offsets({"billing": None})
+        until(lambda: m.error is not None or m.assigned == [0, 1, 2], 60)
+        assert m.error is None, repr(m.error)
+        admin = KafkaAdminClient(bootstrap_servers=d.bootstrap)
+        try:
+            listed = {g["group_id"]: g for g in admin.list_groups()}
+            assert {"billing", "audit", "ledger-writer"} <= set(listed)
+            stable = {g["group_id"] for g in admin.list_groups(states_filter=["Stable"])}
+            assert "billing" in stable and "audit" not in stable
+            desc = admin.describe_groups(["billing"])["billing"]
+            assert desc["group_state"] == "Stable" and desc["protocol_data"] == "range"
+            assert len(desc["members"]) == 1
+            offsets = admin.list_group_offsets({"billing": None})
+        finally:
+            admin.close()
     finally:
         m.leave()
-    admin.close()
     assert m.error is None
     assert offsets, offsets
 
