@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--fsync", choices=("always", "interval", "never"), default="always")
     run.add_argument("--token-file", type=Path, help="bearer token for /v1/ (or RUNNER_TOKEN)")
+    run.add_argument(
+        "--metrics-token-file", type=Path, metavar="FILE",
+        help="bearer token /metrics then needs (default: /metrics is open; the API token "
+        "is accepted too)",
+    )
     run.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument(
         "--max-message-bytes", type=_size, default=1024 * 1024, help="default 1MiB"
@@ -127,11 +133,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="close a connection with no request for this long (60s)",
     )
     run.add_argument(
+        "--write-timeout", type=_timeout, default=30.0,
+        help="close a connection whose client reads nothing of its answer for this long (30s)",
+    )
+    run.add_argument(
         "--max-connections", type=_positive, default=1024,
         help="HTTP connections served at once; one more is answered 503 (1024)",
     )
     run.add_argument("--grace", type=_duration, default=30.0, help="drain time on stop (30s)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    run.add_argument(
+        "--no-follow-symlinks", action="store_true",
+        help="refuse topology files that are symbolic links (at start and reload)",
+    )
     run.add_argument(
         "--console", choices=("read-write", "read-only", "off"), default="read-write",
         help="the web console at / and /ui/: read-write (default), read-only, or off",
@@ -160,17 +174,45 @@ def _print_problems(problems: object) -> None:
         print(problem_line(p), file=sys.stderr)
 
 
+def _token_file(path: Path, flag: str) -> str:
+    """The token in a token file; SystemExit when it cannot be read or is blank. A file
+    other users may read or change is used, with a warning (it is as good as public)."""
+    try:
+        token = path.read_text().strip()
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"runner run: cannot read {flag}: {exc}") from exc
+    if not token:
+        raise SystemExit(f"runner run: {flag} {path} is empty")
+    if mode & 0o077:
+        logging.getLogger("runner.daemon").warning(
+            "%s %s can be read or changed by other users (mode %04o); anyone who can read "
+            "it has the token: chmod 600 %s", flag, path, mode, path,
+            extra={"event": "token_file_mode", "path": str(path), "mode": f"{mode:04o}"},
+        )
+    return token
+
+
 def _token(args: argparse.Namespace) -> str | None:
+    """The API token: --token-file, else RUNNER_TOKEN (unset: no authentication; set
+    but blank is refused, as an empty token file is: it would silently turn auth off)."""
     if args.token_file is not None:
-        try:
-            token: str = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise SystemExit(f"runner run: cannot read --token-file: {exc}") from exc
-        if not token:
-            raise SystemExit(f"runner run: --token-file {args.token_file} is empty")
-        return token
-    env = os.environ.get("RUNNER_TOKEN", "").strip()
-    return env or None
+        return _token_file(Path(args.token_file), "--token-file")
+    env = os.environ.get("RUNNER_TOKEN")
+    if env is None:
+        return None
+    if not env.strip():
+        raise SystemExit(
+            "runner run: RUNNER_TOKEN is set but blank; set it to the token, or unset it "
+            "to run without authentication"
+        )
+    return env.strip()
+
+
+def _metrics_token(args: argparse.Namespace) -> str | None:
+    """The token /metrics needs (--metrics-token-file); None: /metrics is open."""
+    path = getattr(args, "metrics_token_file", None)
+    return None if path is None else _token_file(Path(path), "--metrics-token-file")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -190,10 +232,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         token = _token(args)
+        metrics_token = _metrics_token(args)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2
-    parts = real_parts()
+    parts = real_parts(follow_symlinks=not args.no_follow_symlinks)
     loaded = parts.load(str(args.path))
     errors = [p for p in loaded.problems if p.is_error]
     if errors or loaded.topology is None:
@@ -218,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=port,
         fsync=FsyncPolicy(args.fsync),
         token=token,
+        metrics_token=metrics_token,
         max_message_bytes=args.max_message_bytes,
         max_request_bytes=args.max_request_bytes,
         grace_s=args.grace,
@@ -230,6 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         connections=ConnectionLimits(
             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
             idle_timeout_s=args.idle_timeout, max_connections=args.max_connections,
+            write_timeout_s=args.write_timeout,
         ),
         allow_unsafe=args.allow_unsafe,
     )

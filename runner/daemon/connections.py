@@ -9,6 +9,12 @@ aiohttp's protocol handler, made safe against slow and greedy clients:
   (aiohttp's keep-alive timer, also armed when the connection opens);
 * the body is read with `body_timeout_s` between two pieces (see
   `runner.daemon.http._read`: a 408 JSON answer);
+* an answer the client does not read is given up after `write_timeout_s`: when
+  the transport paused writing (the socket's buffers are full) and its buffer
+  then does not shrink for that long, the connection is aborted, so a client
+  that sends requests and never reads cannot pin their answers (and a
+  connection) in the daemon's memory; a slow reader that keeps reading is not
+  cut off (the timer restarts whenever some of the answer left);
 * at most `max_connections` connections are served at once: one more is
   answered 503 JSON with `Retry-After` and closed at once, before its request
   is parsed, so a flood of idle sockets cannot lock everyone out (the process
@@ -46,6 +52,7 @@ class ConnectionLimits:
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     max_connections: int = 1024
+    write_timeout_s: float = 30.0
 
 
 def _raw_answer(status: int, reason: str, message: str, extra: str = "") -> bytes:
@@ -68,6 +75,8 @@ class GuardedHandler(RequestHandler):
         self._limits = limits
         self._released: Callable[[], None] | None = released
         self._header_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes buffered when the write timer was armed
         self._partial = False  # bytes of a request header have arrived, not all of it
 
     def data_received(self, data: bytes) -> None:
@@ -101,6 +110,42 @@ class GuardedHandler(RequestHandler):
         ))
         self.force_close()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._arm_write_timer()
+
+    def _arm_write_timer(self) -> None:
+        transport = self.transport
+        self._unsent = transport.get_write_buffer_size() if transport is not None else 0
+        self._write_timer = self._loop.call_later(
+            self._limits.write_timeout_s, self._write_expired
+        )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write_timer()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        if self.transport is None or not self.writing_paused:
+            return
+        if self.transport.get_write_buffer_size() < self._unsent:  # progress: wait on
+            self._arm_write_timer()
+            return
+        peer = self.transport.get_extra_info("peername")
+        log.warning(
+            "a client read nothing of its answer for %gs (--write-timeout): connection "
+            "from %s closed", self._limits.write_timeout_s, _peer_text(peer),
+            extra={"event": "write_timeout", "peer": _peer_text(peer)},
+        )
+        self.transport.abort()
+
     def _process_keepalive(self) -> None:
         if self._partial:  # a header is arriving: the header timer decides
             return
@@ -108,10 +153,23 @@ class GuardedHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
+        self._cancel_write_timer()
         if self._released is not None:
             self._released()
             self._released = None
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # a body the route did not read (refused before reading it: 401, 404...) is
+        # drained by aiohttp after the answer; one that fails to decode there is the
+        # client's mistake, already answered, and the connection is closed
+        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
+            log.info(
+                "a request body the daemon did not need could not be decoded: %s; "
+                "connection closed", kw["exc_info"], extra={"event": "bad_request_body"},
+            )
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
@@ -136,6 +194,12 @@ class GuardedHandler(RequestHandler):
         )
         response.force_close()
         return response
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "an unknown peer"
 
 
 class Busy(asyncio.Protocol):

@@ -204,20 +204,35 @@ def _suggested(request: web.Request, exc: NotFound) -> NotFound:
     return NotFound(f"{exc}{hint}") if hint else exc
 
 
-def make_auth_middleware(token: str | None) -> Any:
+def make_auth_middleware(token: str | None, metrics_token: str | None = None) -> Any:
+    """Bearer tokens: `token` guards /v1/; `metrics_token` (or `token`) guards /metrics
+    when given. /healthz and /readyz stay open (probes carry no secrets)."""
     expected = token.encode() if token else None
+    for_metrics = [t.encode() for t in (metrics_token, token) if t] if metrics_token else []
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.path.startswith("/v1/"):
-            # the scheme is case-insensitive (RFC 7235); the token is compared exactly
-            scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-            ok = scheme.lower() == "bearer"
-            if not hmac.compare_digest(given.strip().encode(), expected) or not ok:
+        path = request.path
+        if expected is not None and path.startswith("/v1/"):
+            if not _bearer_ok(request, [expected]):
                 return error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+        elif for_metrics and path == "/metrics" and not _bearer_ok(request, for_metrics):
+            return error(
+                401, "missing or wrong bearer token for /metrics (Authorization: Bearer "
+                "TOKEN, the token of --metrics-token-file)",
+            )
         return await handler(request)
 
     return auth
+
+
+def _bearer_ok(request: web.Request, tokens: list[bytes]) -> bool:
+    """Whether the request's `Authorization: Bearer` token is one of `tokens` (the scheme
+    is case-insensitive, RFC 7235; every token compared in constant time)."""
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    raw = given.strip().encode()
+    matches = [hmac.compare_digest(raw, t) for t in tokens]
+    return scheme.lower() == "bearer" and any(matches)
 
 
 def _host(request: web.Request) -> Host:
@@ -281,6 +296,12 @@ async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, An
     if empty_ok and not raw.strip():
         return {}
     return codec.require_object(codec.decode_json(raw))
+
+
+async def read_json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    """A request's JSON object body, read as every route reads it (bounded as it
+    decompresses, timed, 400/413/408 as JSON): for routes outside this module."""
+    return await _json(request, empty_ok=empty_ok)
 
 
 def _accepting(host: Host) -> None:
@@ -701,11 +722,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 def build_app(
     host: Host, *, token: str | None, limits: codec.Limits, max_request_bytes: int,
-    connection_limits: ConnectionLimits | None = None,
+    connection_limits: ConnectionLimits | None = None, metrics_token: str | None = None,
 ) -> web.Application:
     """The aiohttp application serving `host`."""
     app = web.Application(
-        middlewares=[make_error_middleware(), make_auth_middleware(token)],
+        middlewares=[make_error_middleware(), make_auth_middleware(token, metrics_token)],
         client_max_size=max_request_bytes,
     )
     app[HOST_KEY] = host

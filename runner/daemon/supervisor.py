@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import signal
@@ -69,6 +70,7 @@ class DaemonConfig:
     port: int = 8080
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS
     token: str | None = None
+    metrics_token: str | None = None  # None: /metrics is open
     max_message_bytes: int = 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     grace_s: float = 30.0
@@ -124,8 +126,9 @@ class Parts:
     clock: Clock = field(default_factory=SystemClock)
 
 
-def real_parts() -> Parts:
-    """The composition root's parts: the real loader, diff, engine and pipeline."""
+def real_parts(*, follow_symlinks: bool = True) -> Parts:
+    """The composition root's parts: the real loader (refusing topology files that are
+    symbolic links unless `follow_symlinks`), diff, engine and pipeline."""
     from runner.pipeline.handler import check_handlers
     from runner.pipeline.runtime import Pipeline
     from runner.topology.diff import diff
@@ -157,7 +160,7 @@ def real_parts() -> Parts:
         return pipeline
 
     return Parts(
-        load=load,
+        load=functools.partial(load, follow_symlinks=follow_symlinks),
         check_handlers=check_handlers,
         diff=diff,
         open_engine=open_engine,
@@ -296,6 +299,7 @@ class Supervisor:
         app = build_app(
             self,
             token=config.token,
+            metrics_token=config.metrics_token,
             limits=codec.Limits(max_message_bytes=config.max_message_bytes),
             max_request_bytes=config.max_request_bytes,
             connection_limits=config.connections,

@@ -11,7 +11,10 @@ topology is `LoadResult.partial` (e.g. to check the readable handlers).
 
 A path is one file or a directory: every `*.yaml` / `*.yml` in it (not
 recursive, sorted by name; names starting with `.` or `#` or ending in `~` are
-editor files and skipped), merged into one topology. Problems name files as
+editor files and skipped, and so are directories), merged into one topology.
+Only regular files are read (`runner.topology.source.read_file`): a FIFO, socket
+or device among them is a problem, never a reader blocked for good; with
+`follow_symlinks=False` so is a symbolic link. Problems name files as
 the path was given (`dir/file.yaml` inside a directory). Problems are data:
 only a path that does not exist raises (`FileNotFoundError`).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +79,7 @@ def topology_files(path: str) -> list[str]:
             if name.endswith(_SUFFIXES)
             and not name.startswith((".", "#"))
             and not name.endswith("~")
-            and os.path.isfile(os.path.join(path, name))
+            and not os.path.isdir(os.path.join(path, name))
         )
         return [os.path.join(path, name) for name in names]
     if not os.path.exists(path):
@@ -83,14 +87,17 @@ def topology_files(path: str) -> list[str]:
     return [path]
 
 
-def load(path: str, *, env: Mapping[str, str] | None = None) -> LoadResult:
-    """Load the topology at `path` (a file or a directory of files)."""
+def load(
+    path: str, *, env: Mapping[str, str] | None = None, follow_symlinks: bool = True
+) -> LoadResult:
+    """Load the topology at `path` (a file or a directory of files); with
+    `follow_symlinks=False` a topology file that is a symbolic link is refused."""
     files = topology_files(path)
     digest = hashlib.sha256()
     results: list[SourceResult] = []
     for file in files:
         try:
-            result, raw = read_file(file, env=env)
+            result, raw = read_file(file, env=env, follow_symlinks=follow_symlinks)
         except OSError as exc:
             message = f"cannot read the file: {exc.strerror or exc}"
             result = SourceResult(
@@ -191,11 +198,17 @@ def _entity_count(doc: SourceDocument) -> int:
 def _file_digest(file: str) -> bytes:
     inner = hashlib.sha256()
     try:
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            while chunk := os.read(fd, 1 << 20):
                 inner.update(chunk)
     except OSError:
         return b""
+    finally:
+        os.close(fd)
     return inner.digest()
 
 

@@ -17,8 +17,10 @@ Problems are collected as data; nothing here raises for bad input.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,24 +122,75 @@ def core_scalar(text: str) -> Any:
 
 
 def read_file(
-    path: str, *, file: str | None = None, env: Mapping[str, str] | None = None
+    path: str, *, file: str | None = None, env: Mapping[str, str] | None = None,
+    follow_symlinks: bool = True,
 ) -> tuple[SourceResult, bytes | None]:
     """Read and parse one file; also return its bytes (None when not read: too large).
 
-    `file` is the name used in problems (default: `path`). Raises OSError when
-    the file cannot be opened.
+    Only a regular file is read: it is opened without blocking (`O_NONBLOCK`, so a
+    FIFO put in its place cannot hang the reader) and checked with `fstat` on the
+    open descriptor; anything else (FIFO, socket, device, directory) is a
+    `not-a-regular-file` problem. With `follow_symlinks=False` a symbolic link is a
+    `symlink` problem instead of being followed. `file` is the name used in problems
+    (default: `path`). Raises OSError when the file cannot be opened.
     """
     name = path if file is None else file
-    size = os.stat(path).st_size
-    if size > MAX_FILE_BYTES:
-        message = (
-            f"file is too large: {_human(size)} ({size} bytes); "
-            f"the limit is {_human(MAX_FILE_BYTES)}"
-        )
-        return SourceResult(None, (_problem(name, 0, 0, "", "file-too-large", message),)), None
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_FILE_BYTES + 1)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks and os.path.islink(path):
+            message = (
+                f"the file is a symbolic link (to {os.readlink(path)!r}) and symbolic links "
+                "are not followed (--no-follow-symlinks); put the file itself here"
+            )
+            return SourceResult(None, (_problem(name, 0, 0, "", "symlink", message),)), b""
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            message = (
+                f"not a regular file but {_file_kind(info.st_mode)}; a topology is read "
+                "from regular files only"
+            )
+            problem = _problem(name, 0, 0, "", "not-a-regular-file", message)
+            return SourceResult(None, (problem,)), b""
+        size = info.st_size
+        if size > MAX_FILE_BYTES:
+            message = (
+                f"file is too large: {_human(size)} ({size} bytes); "
+                f"the limit is {_human(MAX_FILE_BYTES)}"
+            )
+            return SourceResult(None, (_problem(name, 0, 0, "", "file-too-large", message),)), None
+        raw = _read_fd(fd, MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
     return read_bytes(raw, file=name, env=env), raw
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes of an open regular file."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _file_kind(mode: int) -> str:
+    """`a FIFO`, `a directory`... for a file that is not regular."""
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((text for test, text in kinds if test(mode)), "a special file")
 
 
 def read_bytes(raw: bytes, *, file: str, env: Mapping[str, str] | None = None) -> SourceResult:

@@ -196,6 +196,7 @@ def make_daemon(
     extra = list(args or [])
     if token is not None:
         (workdir / "token").write_text(token + "\n")
+        (workdir / "token").chmod(0o600)  # a group/other-readable token file is warned about
         extra += ["--token-file", str(workdir / "token")]
     return Daemon(topology=path, data_dir=workdir / "data", workdir=workdir, args=extra,
                   env=env, token=token)

@@ -1,6 +1,7 @@
 """Slow and greedy clients against the real daemon (issue 17): header and body read
-timeouts (408), the idle timeout, the connection cap (503) under a low file limit,
-and what the HTTP parser refuses answered as JSON.
+timeouts (408), the idle timeout, the write timeout (a client that never reads its
+answer), the connection cap (503) under a low file limit, and what the HTTP parser
+refuses answered as JSON.
 
 Timeouts are lowered by flags so each case takes about a second.
 """
@@ -26,10 +27,11 @@ version: 1
 name: e2e-connections
 queues:
   q: {}
+  big: {}
 """
 
 FAST = ["--header-timeout", "1s", "--body-timeout", "1s", "--idle-timeout", "2s",
-        "--max-connections", "8"]
+        "--write-timeout", "1s", "--max-connections", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,66 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(daemon: Daemon) -> 
         started = time.monotonic()
         assert sock.recv(65536) == b""  # closed by the daemon, not by us
         assert 1.5 < time.monotonic() - started < 5
+
+
+def test_a_client_that_never_reads_its_answer_is_cut_off_after_the_write_timeout(
+    daemon: Daemon,
+) -> None:
+    """A 12 MB answer (more than the kernel's socket buffers hold) to a client that
+    sends its request and never reads: the daemon gives the answer up after the write
+    timeout instead of holding it (and the connection) for ever."""
+    piece = "x" * 100_000
+    daemon.ok("POST", "/v1/queues/big/messages", {"messages": [{"body": piece}] * 120}, 202)
+    size = len(daemon.get("/v1/queues/big/peek?n=1000").raw)
+    assert size > 12_000_000
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", daemon.port))
+        sock.sendall(b"GET /v1/queues/big/peek?n=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        conftest.wait_for(lambda: "--write-timeout" in daemon.log(), timeout_s=10)
+        assert 0.8 < time.monotonic() - started < 6
+        assert healthy(daemon)  # others are served meanwhile and after
+        got, reset = 0, False
+        try:
+            while chunk := sock.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            reset = True
+        assert got < size, "the whole answer arrived: nothing was given up"
+    finally:
+        sock.close()
+    assert reset or got < size
+    line = next(x for x in daemon.log().splitlines() if "--write-timeout" in x)
+    assert "a client read nothing of its answer for 1s (--write-timeout): connection " \
+           "from 127.0.0.1:" in line
+    assert daemon.ok("DELETE", "/v1/queues/big/messages") == {"purged": 120}
+
+
+def test_a_slow_reader_that_keeps_reading_gets_its_whole_answer(daemon: Daemon) -> None:
+    piece = "y" * 100_000
+    daemon.ok("POST", "/v1/queues/big/messages", {"messages": [{"body": piece}] * 60}, 202)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", daemon.port))
+        sock.sendall(b"GET /v1/queues/big/peek?n=1000 HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = bytearray()
+        started = time.monotonic()
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+            time.sleep(0.002)  # slow, but never paused for a whole second
+    finally:
+        sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(json.loads(body)["messages"]) == 60
+    assert time.monotonic() - started < 30
+    assert daemon.ok("DELETE", "/v1/queues/big/messages") == {"purged": 60}
 
 
 def test_connections_over_the_cap_get_503_and_the_daemon_recovers(daemon: Daemon) -> None:

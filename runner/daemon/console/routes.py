@@ -41,7 +41,7 @@ from runner.daemon.console.session import (
     cookie_name,
     set_cookie,
 )
-from runner.daemon.http import answer, error
+from runner.daemon.http import answer, error, read_json
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Console:
             check_origin(request)
         except Denied as exc:
             return _secure(error(exc.status, str(exc)))
-        body = codec.require_object(codec.decode_json(await request.read()))
+        body = await read_json(request)
         given = body.get("token")
         if not isinstance(given, str) or not given:
             return _secure(error(400, "missing field 'token' (the daemon's token)"))
@@ -296,8 +296,7 @@ class Console:
 
     # ------------------------------------------------------------ changes
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        return codec.require_object(codec.decode_json(raw)) if raw.strip() else {}
+        return await read_json(request, empty_ok=True)
 
     async def replay(self, request: web.Request) -> web.StreamResponse:
         host = self.host
