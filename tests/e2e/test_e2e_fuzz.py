@@ -116,7 +116,9 @@ headers = st.fixed_dictionaries({}, optional={
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     yield from module_daemon(tmp_path_factory.mktemp("fuzz"), TOPOLOGY, token=TOKEN,
-                             args=["--max-request-bytes", "64KiB", "--no-watch"])
+                             # not about durability: no fsync stalls under a loaded machine
+                             args=["--max-request-bytes", "64KiB", "--no-watch",
+                                   "--fsync", "never"])
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,7 @@ def session(daemon: Daemon) -> dict[str, str]:
 
 def send(d: Daemon, method: str, path: str, body: bytes | None,
          extra: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
     try:
         conn.request(method, path, body, extra)
         resp = conn.getresponse()
