@@ -7,15 +7,22 @@ defining a twin; the rest are the engine's own frozen values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from runner.broker.message import Delivery as QueueDelivery
 from runner.broker.message import Message as OutMessage
 from runner.broker.results import QueueCounters as QueueStats
 from runner.broker.results import QueueInfo
+from runner.engine.contract import (
+    GroupInfo,
+    GroupPartition,
+    PartitionInfo,
+    Record,
+    ReplayOutcome,
+    TopicPartition,
+)
 
 __all__ = [
     "EngineStats", "FsyncPolicy", "GroupInfo", "GroupPartition", "OutMessage", "OutRecord",
@@ -29,10 +36,6 @@ class FsyncPolicy(str, Enum):  # noqa: UP042 - contract type, str() kept as is
     INTERVAL = "interval"
     NEVER = "never"
 
-
-class TopicPartition(NamedTuple):
-    topic: str
-    partition: int
 
 
 # ------------------------------------------------------------------ inputs
@@ -58,16 +61,6 @@ class OutRecord:
 # ------------------------------------------------------------------ outputs
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Mapping[str, Any]
-
 
 # QueueDelivery (a message handed to a consumer; settle it with ack / nack /
 # retry / dead_letter) is the broker's Delivery NamedTuple, returned by `pull`
@@ -77,42 +70,8 @@ class Record:
 # delivery), message_id, timestamp_ms, content_type.
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionInfo:
-    partition: int
-    log_start_offset: int
-    log_end_offset: int
-    size_bytes: int
-    # timestamp (ms) of the first record at the log start; None when the partition is empty
-    oldest_timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GroupPartition:
-    topic: str
-    partition: int
-    committed: int | None  # None: never committed
-    position: int  # committed, else the reset position
-    log_end_offset: int
-    lag: int
-    member: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class GroupInfo:
-    name: str
-    members: tuple[str, ...]
-    partitions: tuple[GroupPartition, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayOutcome:
-    """What `Engine.replay_detail` did: how many dead letters went back, how many
-    stayed, and why (reason sentence -> count)."""
-
-    replayed: int
-    skipped: int
-    reasons: Mapping[str, int]
 
 
 # QueueInfo (name, ready, unacked, delayed: waiting for a retry delay,

@@ -1,0 +1,628 @@
+"""The engine contract: what every backend serves to the pipeline and the daemon.
+
+The pipeline, the daemon and the listeners talk to a backend only through the
+Protocols and values of this module. The embedded engine implements it
+(`runner.engine.embedded`), a RabbitMQ cluster implements it
+(`runner.backends`). Nothing here names a broker or log type.
+
+    Backend
+     |- Producer        publish (exchange), put (queue), append (topic): batches
+     |- QueueConsumer   fetch up to N under a lease; settle a list of Outcomes
+     |- TopicReader     read a partition from an offset; partitions; offset for time
+     |- Coordinator     groups for members outside the process (Kafka/HTTP clients)
+     |- Admin           apply a topology, info, stats, dead-letter tools
+     |- Steps           exactly-once: one Step = acks + commits + outputs, atomically
+     |- open_member()   -> GroupMember: one in-process member of one group
+     |- subscribe()     events instead of polling
+     |- durable()       await a write's Ticket
+     '- capabilities    what this backend can do at all
+
+Threading: a backend has one owner thread (the daemon's asyncio loop, or a
+test). Every synchronous method is called on it and must not block for long:
+the embedded engine does the work in place, a remote backend queues the work
+to its I/O thread and answers from local state (prefetch buffers, cached
+assignments, counters refreshed in the background) -- the librdkafka model.
+What has to wait for something is `async`: durability and events.
+
+Durability: a write (publish, put, append, settle, commit, commit_step,
+GroupMember.commit) returns once the backend has taken it, with a `Ticket`.
+`await backend.durable(ticket)` returns when it is as durable as the backend
+promises (embedded: fsynced per the --fsync mode, `always` = on disk; RabbitMQ:
+publisher confirm / the ack's completion). It raises the `runner.errors` error
+that made the write fail durably (StorageError / LogFailed). Tickets are ordered
+per backend: a later ticket being durable implies every earlier one is.
+Callers that answer a client or ack an input after a write must await the
+ticket first. `Ticket.DONE` is already durable.
+
+Events: `subscribe(events, callback)` calls `callback(event)` on the owner
+thread when something a consumer waits for may have happened. Events are
+hints: they may be spurious, they are never missed (after the callback, a
+fetch/read/assignment sees the new state), and they are edge-triggered
+(subscribe first, then fetch, then wait). Callbacks must be cheap and must not
+call the backend (set an asyncio.Event; `Waiter` does exactly that). Timed
+work (a retry coming due, a lease or TTL expiring, a member's session timing
+out) happens in `tick()`, which the owner runs at `next_due()`; whenever a
+write makes `next_due()` earlier the backend fires `Event(EventKind.TIMERS)`.
+While nothing happens, an owner that waits on events and next_due makes no
+backend calls and wakes up not at all.
+
+Errors are the `runner.errors` tree: NotFound, InvalidRequest, Forbidden,
+Conflict (fenced / stale), TooLarge, Refused (queue full: `accepted`, `routed`),
+UnsafeChange, OffsetOutOfRange, StorageError, LogFailed. A backend translates
+its foreign errors at its boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+
+from runner.topology.model import Topology
+
+__all__ = [
+    "Ack", "Admin", "Appended", "Backend", "Capability", "Coordinator", "DeadLetter",
+    "EMPTY_HEADERS", "Event", "EventKind", "GroupInfo", "GroupMember", "GroupPartition",
+    "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer", "Published",
+    "QueueConsumer", "QueueDelivery", "QueueInfo", "Read", "Record", "ReplayOutcome",
+    "Requeue", "Retry", "Settled", "Step", "Steps", "Subscription", "Ticket",
+    "TopicPartition", "TopicReader", "Waiter",
+]
+
+EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
+
+
+# ====================================================================== capabilities
+
+
+class Capability(str, Enum):  # noqa: UP042 - str() is the name in messages
+    """What a backend can do at all; `runner validate --backend` refuses a
+    topology that needs one its backend lacks."""
+
+    EXACTLY_ONCE = "exactly-once"  # Steps.commit_step: acks + commits + outputs atomically
+    COMPACTION = "compaction"  # compacted topics
+    PRIORITIES = "priorities"  # queue `max_priority` / message priority
+    DELAYED_RETRY = "delayed-retry"  # Retry(delay_s) without blocking the queue
+    MESSAGE_TTL = "message-ttl"  # per-message and per-queue TTL
+    DELIVERY_LIMIT = "delivery-limit"  # queue delivery_limit
+    SEEK = "seek"  # move a group's offsets (Admin.seek)
+    OFFSET_FOR_TIME = "offset-for-time"  # TopicReader.offset_for_time
+    HEADERS_EXCHANGE = "headers-exchange"
+    TOPIC_DEAD_LETTERS = "topic-dead-letters"  # dead letters into a topic
+    IDEMPOTENT_PRODUCER = "idempotent-producer"  # OutRecord.producer_id / sequence
+
+
+# ====================================================================== values
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A write's place in the backend's durability order; opaque to callers.
+
+    `seq` is only meaningful to the backend that issued it (embedded: the
+    write's position in its flush order; RabbitMQ: a confirm sequence)."""
+
+    seq: int
+
+    DONE: ClassVar[Ticket]  # a ticket that is durable already (set below)
+
+    def max(self, other: Ticket) -> Ticket:
+        """The later of two tickets of the same backend (awaiting it covers both)."""
+        return self if self.seq >= other.seq else other
+
+
+Ticket.DONE = Ticket(0)
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """A message to publish through an exchange or put straight into a queue.
+
+    `ttl_s`: AMQP `expiration`; `message_id`: within the backend's dedup
+    window a message id is stored once per destination; `content_type`:
+    "application/json" when the body is JSON text."""
+
+    body: bytes
+    routing_key: str = ""
+    headers: Mapping[str, Any] = field(default_factory=lambda: EMPTY_HEADERS)
+    priority: int | None = None
+    ttl_s: float | None = None
+    message_id: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to append to a topic."""
+
+    value: bytes | None  # None: a tombstone
+    key: bytes | None = None  # None: the topic's `key` field of a JSON value, else keyless
+    headers: Mapping[str, Any] = field(default_factory=lambda: EMPTY_HEADERS)
+    partition: int | None = None  # explicit partition, else the partitioner
+    timestamp_ms: int | None = None  # default: now
+    producer_id: str | None = None  # idempotent producer (IDEMPOTENT_PRODUCER)
+    sequence: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record read from a topic partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, Any]
+
+
+class QueueDelivery(NamedTuple):
+    """A queue message handed to a consumer; settle it by `delivery_id`.
+
+    `delivery_id` is unique per queue for the life of the backend's data;
+    `exchange` is "" when the message was put straight into the queue;
+    `delivery_count` is 1 on the first delivery."""
+
+    queue: str
+    delivery_id: int
+    body: bytes
+    headers: Mapping[str, Any]
+    routing_key: str
+    exchange: str
+    priority: int
+    redelivered: bool
+    delivery_count: int
+    message_id: str | None
+    timestamp_ms: int
+    content_type: str | None
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Done with it: the message leaves the queue."""
+
+    delivery_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Settle now; the message is ready again after `delay_s` (delivery_count kept),
+    without blocking the messages behind it (DELAYED_RETRY; 0 = at once)."""
+
+    delivery_id: int
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Give it back unprocessed (a stopping consumer): ready again in place,
+    `redelivered` set."""
+
+    delivery_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Settle and dead-letter it: with the `x-dead-letter` header `death` (see
+    docs/handlers.md) through the queue's dead_letter exchange, or into
+    `to_queue` / `to_topic` (a DLQ policy's dead_letter_queue). No `death`:
+    a plain reject (reason `rejected`)."""
+
+    delivery_id: int
+    reason: str = "rejected"
+    death: Mapping[str, Any] | None = None
+    to_queue: str | None = None
+    to_topic: str | None = None
+
+
+Outcome = Ack | Retry | Requeue | DeadLetter
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Per message, the queue and topic names it reached (empty: unroutable)."""
+
+    routes: tuple[tuple[str, ...], ...]
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Per record, its (partition, offset)."""
+
+    positions: tuple[tuple[int, int], ...]
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """`unknown`: delivery ids that were not (or no longer) held -- an expired
+    lease, another consumer's id, settled twice. The others took effect."""
+
+    unknown: tuple[int, ...]
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Records from one partition and the offset to read next: past the last
+    record returned, or past offsets compaction removed up to the log end."""
+
+    records: tuple[Record, ...]
+    next_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    size_bytes: int
+    oldest_timestamp_ms: int | None = None  # None: the partition is empty
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartition:
+    topic: str
+    partition: int
+    committed: int | None  # None: never committed
+    position: int  # committed, else the reset position
+    log_end_offset: int
+    lag: int
+    member: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    name: str
+    members: tuple[str, ...]
+    partitions: tuple[GroupPartition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+    ready: int
+    unacked: int
+    delayed: int  # waiting for a retry delay
+    oldest_ready_age_s: float  # 0 when empty
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """How many dead letters went back, how many stayed, and why (reason -> count)."""
+
+    replayed: int
+    skipped: int
+    reasons: Mapping[str, int]
+
+
+# ---------------------------------------------------------------- exactly-once
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One atomic unit (EXACTLY_ONCE): all of it happens, durably, or none of it.
+
+    `acks`: (queue, delivery_id) to ack; `commits`: (group, partition, next
+    offset) to commit -- fenced by `fence`; `publishes`: (exchange, messages);
+    `puts`: (queue, messages) straight into queues; `appends`: (topic, records).
+    `fence`: (group, member_id, generation) the commits belong to: the step is
+    refused with Conflict, nothing applied, when that member no longer owns a
+    committed partition or the group was sought since `generation`.
+    """
+
+    acks: tuple[tuple[str, int], ...] = ()
+    commits: tuple[tuple[str, TopicPartition, int], ...] = ()
+    publishes: tuple[tuple[str, tuple[OutMessage, ...]], ...] = ()
+    puts: tuple[tuple[str, tuple[OutMessage, ...]], ...] = ()
+    appends: tuple[tuple[str, tuple[OutRecord, ...]], ...] = ()
+    fence: tuple[str, str, int] | None = None
+
+    def __add__(self, other: Step) -> Step:
+        """Both steps as one (the fence of whichever has one)."""
+        return Step(
+            self.acks + other.acks, self.commits + other.commits,
+            self.publishes + other.publishes, self.puts + other.puts,
+            self.appends + other.appends, self.fence or other.fence,
+        )
+
+    @property
+    def writes(self) -> bool:
+        """True when the step produces anything (publishes, puts or appends)."""
+        return bool(self.publishes or self.puts or self.appends)
+
+
+# ====================================================================== events
+
+
+class EventKind(str, Enum):  # noqa: UP042 - str() is the name in logs
+    QUEUE_READY = "queue-ready"  # name: queue -- a message may be deliverable
+    RECORDS_APPENDED = "records-appended"  # name: topic
+    ASSIGNMENT_CHANGED = "assignment-changed"  # name: group (any member's)
+    SEEK = "seek"  # name: group -- offsets moved from outside; positions are stale
+    TIMERS = "timers"  # name: "" -- next_due() moved earlier
+
+
+class Event(NamedTuple):
+    kind: EventKind
+    name: str = ""
+
+
+class Subscription(Protocol):
+    def close(self) -> None:
+        """Stop calling back (idempotent)."""
+        ...
+
+
+class Waiter:
+    """An asyncio wake-up fed by backend events: subscribe, then check, then wait.
+
+        waiter = Waiter(backend, [Event(EventKind.QUEUE_READY, "orders")])
+        while running:
+            got = backend.fetch(...)
+            if not got:
+                await waiter.wait()
+    """
+
+    __slots__ = ("_flag", "_sub", "fired")
+
+    def __init__(self, backend: Backend, events: Iterable[Event]) -> None:
+        self._flag = asyncio.Event()
+        self.fired = 0  # how many callbacks arrived (tests count wake-ups)
+        self._sub = backend.subscribe(events, self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        self.fired += 1
+        self._flag.set()
+
+    def set(self) -> None:
+        """Wake the waiter from the owner's side (stop, reload)."""
+        self._flag.set()
+
+    async def wait(self, timeout_s: float | None = None) -> bool:
+        """Until an event (True) or `timeout_s` (False); clears the flag."""
+        try:
+            if timeout_s is None:
+                await self._flag.wait()
+            else:
+                async with asyncio.timeout(timeout_s):
+                    await self._flag.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._flag.clear()
+        return True
+
+    def close(self) -> None:
+        self._sub.close()
+
+
+# ====================================================================== protocols
+
+
+class Producer(Protocol):
+    def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
+        """Route through an exchange. Forbidden for an internal exchange,
+        NotFound for an unknown one, Refused(accepted=i, routed=...) at the
+        first message a destination refuses (the ones before it are taken).
+        A message reaching a topic becomes a record (see docs/engine.md)."""
+        ...
+
+    def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
+        """Straight into one queue (AMQP's default exchange)."""
+        ...
+
+    def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        """InvalidRequest for a keyless record on a compacted topic, TooLarge
+        over the topic's max message size; nothing is appended on error."""
+        ...
+
+
+class QueueConsumer(Protocol):
+    def fetch(
+        self, queue: str, max_messages: int, *, lease_s: float, consumer_id: str,
+    ) -> list[QueueDelivery]:
+        """Up to `max_messages` ready messages, without waiting (wait for
+        QUEUE_READY). Each is leased to `consumer_id` for `lease_s`: unsettled
+        by then, it is delivered again. Expired (TTL) ones are dead-lettered."""
+        ...
+
+    def settle(self, queue: str, outcomes: Sequence[Outcome]) -> Settled:
+        """Apply the outcomes in order; unknown ids are returned, not raised.
+        NotFound for a DeadLetter's unknown to_queue / to_topic (nothing settled)."""
+        ...
+
+
+class TopicReader(Protocol):
+    def read(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 500,
+        max_bytes: int | None = None,
+    ) -> Read:
+        """OffsetOutOfRange below the log start (`log_start`, `log_end`)."""
+        ...
+
+    def partitions(self, topic: str) -> list[PartitionInfo]: ...
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        """The first offset with a timestamp >= `timestamp_ms` (log end if none)."""
+        ...
+
+
+class GroupMember(Protocol):
+    """One in-process member of one consumer group, from `Backend.open_member`.
+
+    It owns its membership: it joined when opened, keeps its session alive
+    (heartbeats, if the backend needs them, are its own business -- the
+    pipeline never sends any) and leaves on `close`. Its assignment and
+    generation are local state: reading them costs no backend call. When they
+    change, or the group is sought, ASSIGNMENT_CHANGED / SEEK fire for the group.
+    """
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def member_id(self) -> str: ...
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every rebalance and every seek of the group: a step fenced
+        with an older one is refused."""
+        ...
+
+    def assignment(self) -> tuple[TopicPartition, ...]: ...
+
+    def position(self, tp: TopicPartition) -> int:
+        """The committed offset, else the group's reset position."""
+        ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> Ticket:
+        """Commit next offsets to read, fenced: Conflict when a partition is no
+        longer this member's or the generation moved (nothing committed)."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group (its partitions go to the other members)."""
+        ...
+
+
+class Coordinator(Protocol):
+    """Groups for members outside the process (Kafka and HTTP clients)."""
+
+    def join(self, group: str, member_id: str) -> None: ...
+
+    def heartbeat(self, group: str, member_id: str) -> None:
+        """NotFound when the member's session expired (join again)."""
+        ...
+
+    def leave(self, group: str, member_id: str) -> None: ...
+
+    def assignment(self, group: str, member_id: str) -> list[TopicPartition]: ...
+
+    def position(self, group: str, tp: TopicPartition) -> int: ...
+
+    def commit(
+        self, group: str, offsets: Mapping[TopicPartition, int], *,
+        member_id: str | None = None, generation: int | None = None,
+    ) -> Ticket:
+        """Without `member_id`: a commit from outside, refused with Conflict for
+        a group this runner runs with a handler (seek it instead)."""
+        ...
+
+
+class Admin(Protocol):
+    @property
+    def topology(self) -> Topology:
+        """The topology applied last."""
+        ...
+
+    def apply(self, topology: Topology, *, force: bool = False) -> list[str]:
+        """Apply a topology as one step; a line per change. UnsafeChange
+        (nothing applied) for what TOPOLOGY.md calls unsafe, unless `force`."""
+        ...
+
+    def queue_info(self, queue: str) -> QueueInfo: ...
+
+    def group_info(self, group: str) -> GroupInfo: ...
+
+    def seek(
+        self, group: str, tp: TopicPartition, *, offset: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        """Move a group's position; fires SEEK and bumps its members' generation."""
+        ...
+
+    def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
+        """The first `n` ready messages with their ids, not delivered."""
+        ...
+
+    def purge(self, queue: str, ids: Collection[int] | None = None) -> int: ...
+
+    def replay(
+        self, queue: str, max_messages: int | None = None, *,
+        only: Collection[int] | None = None,
+    ) -> ReplayOutcome:
+        """Dead letters in `queue` back to where they died (TOPOLOGY.md)."""
+        ...
+
+    def replay_queue(self, group: str) -> str | None:
+        """The queue of dead letters replayed back to `group` (None: none)."""
+        ...
+
+    def replayed_record(self, delivery: QueueDelivery) -> Record:
+        """The topic record a delivery from a replay queue carries."""
+        ...
+
+    def stats(self) -> Any:
+        """A snapshot of plain counters for the metrics collector
+        (runner.engine.EngineStats shape)."""
+        ...
+
+
+class Steps(Protocol):
+    def commit_step(self, step: Step) -> Ticket:
+        """Apply `step` atomically (see Step); checked first, nothing applied on
+        error. NotImplementedError without EXACTLY_ONCE."""
+        ...
+
+    def dead_letter_step(
+        self, group: str, record: Record, death: Mapping[str, Any], *,
+        to_queue: str | None = None, to_topic: str | None = None,
+    ) -> Step:
+        """The Step that dead-letters a topic record failed by `group` (add the
+        commit past it, then commit_step)."""
+        ...
+
+
+@runtime_checkable
+class Backend(Producer, QueueConsumer, TopicReader, Coordinator, Admin, Steps, Protocol):
+    """Everything the pipeline and the daemon use."""
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    def open_member(self, group: str, member_id: str) -> GroupMember:
+        """Join `group` as `member_id` (see GroupMember)."""
+        ...
+
+    def subscribe(
+        self, events: Iterable[Event], callback: Callable[[Event], None],
+    ) -> Subscription: ...
+
+    async def durable(self, ticket: Ticket) -> None:
+        """Return when `ticket`'s write is durable (see the module docstring)."""
+        ...
+
+    def next_due(self) -> float | None:
+        """Clock time (`clock.time()`) of the next timed work; None: none."""
+        ...
+
+    def tick(self) -> None:
+        """Do the timed work that is due (fires the events it causes)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release everything (idempotent)."""
+        ...
+
+
+def settled_ids(outcomes: Iterable[Outcome]) -> list[int]:
+    """The delivery ids of some outcomes (in order)."""
+    return [o.delivery_id for o in outcomes]
+

@@ -1,0 +1,447 @@
+"""The embedded engine behind the contract: `EmbeddedBackend` wraps one `Engine`.
+
+`open_embedded(...)` is the factory the daemon and tests call; what they get
+back is a `runner.engine.contract.Backend`. The adapter turns the engine's
+answers into the contract's values, fires the contract's events after the
+calls that cause them, and owns the in-process group members.
+
+Durability: every write returns a `Ticket`. Until the engine's flusher hands
+out real tickets, a write returns when it is as durable as the --fsync mode
+promises, so its ticket is `Ticket.DONE`; `durable` still raises LogFailed when
+a log failed since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.broker.message import Message
+from runner.clock import Clock
+from runner.engine.contract import (
+    Ack,
+    Appended,
+    Capability,
+    DeadLetter,
+    Event,
+    EventKind,
+    GroupInfo,
+    Outcome,
+    OutMessage,
+    OutRecord,
+    PartitionInfo,
+    Published,
+    QueueDelivery,
+    QueueInfo,
+    Read,
+    Record,
+    ReplayOutcome,
+    Requeue,
+    Retry,
+    Settled,
+    Step,
+    Ticket,
+    TopicPartition,
+)
+from runner.engine.facade import Engine
+from runner.engine.values import EngineStats, FsyncPolicy
+from runner.engine.values import OutRecord as EngineRecord
+from runner.engine.values import Step as EngineStep
+from runner.errors import Conflict, LogFailed, NotFound
+from runner.fs import LOCAL, FileSystem
+from runner.log.partition import TopicPartition as LogTopicPartition
+from runner.topology.model import Topology
+
+CAPABILITIES = frozenset(Capability)  # the embedded engine does everything
+
+Callback = Callable[[Event], None]
+
+
+def open_embedded(
+    topology: Topology, data_dir: Path, *, fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+    clock: Clock | None = None, memory_budget_bytes: int = 256 * 1024 * 1024,
+    disk_budget_bytes: int | None = None, fs: FileSystem = LOCAL,
+) -> EmbeddedBackend:
+    """Open (recovering) `data_dir` for `topology`: the embedded engine as a Backend."""
+    engine = Engine.open(topology, data_dir, fsync=fsync, clock=clock,
+                         memory_budget_bytes=memory_budget_bytes,
+                         disk_budget_bytes=disk_budget_bytes, fs=fs)
+    return EmbeddedBackend(engine)
+
+
+class _Subscription:
+    __slots__ = ("_hub", "_events", "_callback", "closed")
+
+    def __init__(self, hub: _Hub, events: tuple[Event, ...], callback: Callback) -> None:
+        self._hub = hub
+        self._events = events
+        self._callback = callback
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._hub.remove(self._events, self._callback)
+
+
+class _Hub:
+    """Who waits for which event."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[Event, list[Callback]] = defaultdict(list)
+
+    def add(self, events: tuple[Event, ...], callback: Callback) -> _Subscription:
+        for ev in events:
+            self.callbacks[ev].append(callback)
+        return _Subscription(self, events, callback)
+
+    def remove(self, events: tuple[Event, ...], callback: Callback) -> None:
+        for ev in events:
+            cbs = self.callbacks.get(ev)
+            if cbs is None:
+                continue
+            with contextlib.suppress(ValueError):
+                cbs.remove(callback)
+            if not cbs:
+                del self.callbacks[ev]
+
+    def fire(self, event: Event) -> None:
+        cbs = self.callbacks.get(event)
+        if cbs:
+            for cb in list(cbs):
+                cb(event)
+
+
+def _message(m: OutMessage) -> Message:
+    return Message(m.body, m.routing_key, dict(m.headers), m.priority, m.ttl_s, m.message_id,
+                   m.content_type)
+
+
+def _record(r: OutRecord) -> EngineRecord:
+    return EngineRecord(r.value, r.key, dict(r.headers), r.partition, r.timestamp_ms,
+                        r.producer_id, r.sequence)
+
+
+class EmbeddedMember:
+    """An in-process member of one group on the embedded engine."""
+
+    def __init__(self, backend: EmbeddedBackend, group: str, member_id: str) -> None:
+        self._backend = backend
+        self._group = group
+        self._member_id = member_id
+        self.closed = False
+        backend.engine.join(group, member_id)
+        backend._members[(group, member_id)] = self
+        backend._after_rebalance(group)
+
+    @property
+    def group(self) -> str:
+        return self._group
+
+    @property
+    def member_id(self) -> str:
+        return self._member_id
+
+    @property
+    def generation(self) -> int:
+        return self._backend._generation(self._group)
+
+    def assignment(self) -> tuple[TopicPartition, ...]:
+        engine = self._backend.engine
+        try:
+            return tuple(engine.assignment(self._group, self._member_id))
+        except NotFound:  # expired (should not happen to a local member): join again
+            engine.join(self._group, self._member_id)
+            self._backend._after_rebalance(self._group)
+            return tuple(engine.assignment(self._group, self._member_id))
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._backend.engine.position(self._group, tp)
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> Ticket:
+        self._backend.engine.commit(self._group, offsets, member_id=self._member_id)
+        return Ticket.DONE
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._backend._members.pop((self._group, self._member_id), None)
+        self._backend.engine.leave(self._group, self._member_id)
+        self._backend._after_rebalance(self._group)
+
+
+class EmbeddedBackend:
+    """The embedded engine served through `runner.engine.contract.Backend`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._hub = _Hub()
+        self._members: dict[tuple[str, str], EmbeddedMember] = {}
+        self._generations: dict[str, int] = {}
+
+    # ------------------------------------------------------------- basics
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return CAPABILITIES
+
+    @property
+    def topology(self) -> Topology:
+        return self.engine.topology
+
+    def subscribe(self, events: Iterable[Event], callback: Callback) -> _Subscription:
+        return self._hub.add(tuple(events), callback)
+
+    async def durable(self, ticket: Ticket) -> None:
+        failed = self.engine.failed_logs()
+        if failed and ticket.seq:
+            path, why = next(iter(failed.items()))
+            raise LogFailed(why, path=path)
+
+    def next_due(self) -> float | None:
+        return self.engine.next_due()
+
+    def tick(self) -> None:
+        self.engine.tick()
+        self._fire_ready(self._watched_queues())
+        for group in {g for g, _ in self._members}:
+            self._after_rebalance(group)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # ------------------------------------------------------------- events
+    def _watched_queues(self) -> list[str]:
+        return [ev.name for ev in self._hub.callbacks if ev.kind is EventKind.QUEUE_READY]
+
+    def _fire_ready(self, queues: Iterable[str]) -> None:
+        for q in queues:
+            self._hub.fire(Event(EventKind.QUEUE_READY, q))
+
+    def _fire_routes(self, routes: Iterable[Iterable[str]]) -> None:
+        topics = self.engine.topology.topic_map()
+        seen: set[str] = set()
+        for names in routes:
+            seen.update(names)
+        for name in seen:
+            kind = EventKind.RECORDS_APPENDED if name in topics else EventKind.QUEUE_READY
+            self._hub.fire(Event(kind, name))
+
+    def _generation(self, group: str) -> int:
+        try:
+            rebalances = self.engine.store.groups.generation(group)
+        except NotFound:
+            return 0
+        return rebalances + self.engine.seek_version(group)
+
+    def _after_rebalance(self, group: str) -> None:
+        gen = self._generation(group)
+        if self._generations.get(group) != gen:
+            self._generations[group] = gen
+            self._hub.fire(Event(EventKind.ASSIGNMENT_CHANGED, group))
+
+    # ------------------------------------------------------------- Producer
+    def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
+        routes = self.engine.publish(exchange, [_message(m) for m in messages])
+        self._fire_routes(routes)
+        return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
+
+    def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
+        routes = self.engine.publish_to_queue(queue, [_message(m) for m in messages])
+        self._fire_ready([queue])
+        return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
+
+    def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        positions = self.engine.append(topic, [_record(r) for r in records])
+        self._hub.fire(Event(EventKind.RECORDS_APPENDED, topic))
+        return Appended(tuple(positions), Ticket.DONE)
+
+    # ------------------------------------------------------------- QueueConsumer
+    def fetch(
+        self, queue: str, max_messages: int, *, lease_s: float, consumer_id: str,
+    ) -> list[QueueDelivery]:
+        got = self.engine.pull(queue, max_messages, lease_s=lease_s, consumer_id=consumer_id)
+        return [tuple.__new__(QueueDelivery, d) for d in got]
+
+    def settle(self, queue: str, outcomes: Sequence[Outcome]) -> Settled:
+        engine = self.engine
+        unknown: list[int] = []
+        acks: list[int] = []
+        ready = False
+        for o in outcomes:
+            if isinstance(o, Ack):
+                acks.append(o.delivery_id)
+                continue
+            if acks:
+                unknown += engine.ack(queue, acks)
+                acks = []
+            if isinstance(o, Requeue):
+                unknown += engine.nack(queue, [o.delivery_id], requeue=True)
+                ready = True
+            elif isinstance(o, Retry):
+                try:
+                    engine.retry_later(queue, o.delivery_id, o.delay_s)
+                except (NotFound, Conflict):
+                    unknown.append(o.delivery_id)
+                self._hub.fire(Event(EventKind.TIMERS))
+                ready = ready or o.delay_s <= 0
+            elif isinstance(o, DeadLetter):
+                if o.death is None:
+                    unknown += engine.nack(queue, [o.delivery_id], requeue=False)
+                else:
+                    engine.dead_letter(queue, o.delivery_id, reason=o.reason, death=o.death,
+                                       to_queue=o.to_queue, to_topic=o.to_topic)
+                self._fire_ready(q for q in self._watched_queues() if q != queue)
+                for topic in ([o.to_topic] if o.to_topic else []):
+                    self._hub.fire(Event(EventKind.RECORDS_APPENDED, topic))
+        if acks:
+            unknown += engine.ack(queue, acks)
+        if ready:
+            self._fire_ready([queue])
+        return Settled(tuple(unknown), Ticket.DONE)
+
+    # ------------------------------------------------------------- TopicReader
+    def read(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 500,
+        max_bytes: int | None = None,
+    ) -> Read:
+        if max_bytes is None:
+            records, next_offset = self.engine.read(topic, partition, offset,
+                                                    max_records=max_records)
+        else:
+            records, next_offset = self.engine.read(topic, partition, offset,
+                                                    max_records=max_records,
+                                                    max_bytes=max_bytes)
+        return Read(tuple(records), next_offset)
+
+    def partitions(self, topic: str) -> list[PartitionInfo]:
+        return self.engine.partitions(topic)
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        return self.engine.offset_for_time(topic, partition, timestamp_ms)
+
+    # ------------------------------------------------------------- groups
+    def open_member(self, group: str, member_id: str) -> EmbeddedMember:
+        return EmbeddedMember(self, group, member_id)
+
+    def join(self, group: str, member_id: str) -> None:
+        self.engine.join(group, member_id)
+        self._after_rebalance(group)
+
+    def heartbeat(self, group: str, member_id: str) -> None:
+        self.engine.heartbeat(group, member_id)
+
+    def leave(self, group: str, member_id: str) -> None:
+        self.engine.leave(group, member_id)
+        self._after_rebalance(group)
+
+    def assignment(self, group: str, member_id: str) -> list[TopicPartition]:
+        return self.engine.assignment(group, member_id)
+
+    def position(self, group: str, tp: TopicPartition) -> int:
+        return self.engine.position(group, tp)
+
+    def commit(
+        self, group: str, offsets: Mapping[TopicPartition, int], *,
+        member_id: str | None = None, generation: int | None = None,
+    ) -> Ticket:
+        self.engine.commit(group, offsets, member_id=member_id, generation=generation)
+        return Ticket.DONE
+
+    # ------------------------------------------------------------- Admin
+    def apply(self, topology: Topology, *, force: bool = False) -> list[str]:
+        lines = self.engine.apply(topology, force=force)
+        for group in topology.group_map():
+            self._after_rebalance(group)
+        self._fire_ready(self._watched_queues())
+        return lines
+
+    def queue_info(self, queue: str) -> QueueInfo:
+        i = self.engine.queue_info(queue)
+        return QueueInfo(i.name, i.ready, i.unacked, i.delayed, i.oldest_ready_age_s)
+
+    def group_info(self, group: str) -> GroupInfo:
+        return self.engine.group_info(group)
+
+    def seek(
+        self, group: str, tp: TopicPartition, *, offset: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        pos = self.engine.seek(group, tp, offset=offset, timestamp_ms=timestamp_ms)
+        self._hub.fire(Event(EventKind.SEEK, group))
+        self._after_rebalance(group)
+        return pos
+
+    def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
+        return [(i, tuple.__new__(QueueDelivery, d)) for i, d in self.engine.peek_ids(queue, n)]
+
+    def purge(self, queue: str, ids: Collection[int] | None = None) -> int:
+        return self.engine.purge(queue, ids)
+
+    def replay(
+        self, queue: str, max_messages: int | None = None, *,
+        only: Collection[int] | None = None,
+    ) -> ReplayOutcome:
+        out = self.engine.replay_detail(queue, max_messages, only=only)
+        self._fire_ready(self._watched_queues())
+        return out
+
+    def replay_queue(self, group: str) -> str | None:
+        return self.engine.replay_queue(group)
+
+    def replayed_record(self, delivery: QueueDelivery) -> Record:
+        return self.engine.replayed_record(delivery)  # type: ignore[arg-type]
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # ------------------------------------------------------------- Steps
+    def commit_step(self, step: Step) -> Ticket:
+        if step.fence is not None:
+            group, member_id, generation = step.fence
+            if self._generation(group) != generation:
+                raise Conflict(f"group {group!r} rebalanced or was sought: generation "
+                               f"{generation} is stale, current is {self._generation(group)}")
+            self.engine.store.groups.check_member(
+                group, [LogTopicPartition(*tp) for g, tp, _ in step.commits if g == group],
+                member_id=member_id)
+        self.engine.commit_step(EngineStep(
+            acks=list(step.acks),
+            commits=list(step.commits),
+            publishes=[(ex, [_message(m) for m in ms]) for ex, ms in step.publishes],
+            queue_puts=[(q, [_message(m) for m in ms]) for q, ms in step.puts],
+            appends=[(t, [_record(r) for r in rs]) for t, rs in step.appends],
+        ))
+        self._fire_ready(self._watched_queues())
+        for topic, _ in step.appends:
+            self._hub.fire(Event(EventKind.RECORDS_APPENDED, topic))
+        for ev in list(self._hub.callbacks):
+            if ev.kind is EventKind.RECORDS_APPENDED and step.publishes:
+                self._hub.fire(ev)
+        return Ticket.DONE
+
+    def dead_letter_step(
+        self, group: str, record: Record, death: Mapping[str, Any], *,
+        to_queue: str | None = None, to_topic: str | None = None,
+    ) -> Step:
+        s = self.engine.dead_letter_step(group, record, death, to_queue=to_queue,
+                                         to_topic=to_topic)
+        return Step(
+            acks=tuple(s.acks), commits=tuple(s.commits),
+            publishes=tuple((ex, tuple(_out_message(m) for m in ms)) for ex, ms in s.publishes),
+            puts=tuple((q, tuple(_out_message(m) for m in ms)) for q, ms in s.queue_puts),
+            appends=tuple((t, tuple(_out_record(r) for r in rs)) for t, rs in s.appends),
+        )
+
+
+def _out_message(m: Message) -> OutMessage:
+    return OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s, m.message_id,
+                      m.content_type)
+
+
+def _out_record(r: EngineRecord) -> OutRecord:
+    return OutRecord(r.value, r.key, r.headers, r.partition, r.timestamp_ms, r.producer_id,
+                     r.sequence)
