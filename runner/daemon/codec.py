@@ -5,6 +5,12 @@ Every function here is pure and raises `BadInput` (HTTP 400) or `TooLarge`
 has to guess what went wrong. `body`/`value` carry any JSON value (stored as
 compact JSON text, content type `application/json`); `body_b64`/`value_b64`
 carry raw bytes.
+
+Header values are JSON in the headers' tagged form (`runner.broker.headers`,
+the one header codec): a value is any JSON value, except that a one-key
+object with a `$` key is a tag: `{"$b64": "..."}` bytes, `{"$tuple": [...]}` a
+tuple, `{"$dict": [[k, v], ...]}` a dict with odd keys. Answers write header
+values the same way, so what a request sends comes back as sent.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from runner import jsontext
+from runner.broker.headers import tag_value, untag_value
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
 from runner.errors import InvalidRequest, TooLarge
 from runner.topology import units
@@ -179,7 +186,33 @@ def _headers(item: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         return {}
     if not isinstance(headers, dict):
         raise BadInput(f"{prefix}'headers' must be a JSON object, got {_kind(headers)}")
-    return headers
+    if _untagged(headers):
+        return headers
+    out = {}
+    for name, value in headers.items():
+        try:
+            out[name] = untag_value(value)
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise BadInput(
+                f"{prefix}header '{name}': a malformed tag ({exc}); tags are "
+                '{"$b64": "<base64>"}, {"$tuple": [...]}, {"$dict": [[key, value], ...]}'
+            ) from exc
+    return out
+
+
+def _untagged(headers: Mapping[str, Any]) -> bool:
+    """No value of `headers` is an object or array (so none holds a tag)."""
+    return all(type(v) is not dict and type(v) is not list for v in headers.values())
+
+
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
+def headers_json(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Header values in the tagged JSON form (bytes as `{"$b64": ...}`, ...)."""
+    if all(type(v) in _PLAIN_TYPES for v in headers.values()):
+        return headers if type(headers) is dict else dict(headers)
+    return {name: tag_value(value) for name, value in headers.items()}
 
 
 MAX_INT = 2**63 - 1  # the largest integer the engine stores (ids, offsets, timestamps)
@@ -241,7 +274,7 @@ def _fast_message(item: Any, limits: Limits, default_key: str | None) -> OutMess
         type(key) is not str
         or body is _MISSING
         or not (priority is None or (type(priority) is int and 0 <= priority <= 255))
-        or not (headers is None or type(headers) is dict)
+        or not (headers is None or (type(headers) is dict and _untagged(headers)))
         or not (message_id is None or (type(message_id) is str and message_id[:2] != "__"))
     ):
         return None
@@ -466,7 +499,7 @@ def delivery_json(d: QueueDelivery) -> dict[str, Any]:
         out["body"] = orjson.Fragment(body)
     else:
         out["body_b64"] = base64.b64encode(body).decode()
-    out["headers"] = d.headers if type(d.headers) is dict else dict(d.headers)
+    out["headers"] = headers_json(d.headers)
     out["priority"] = d.priority
     out["redelivered"] = d.redelivered
     out["delivery_count"] = d.delivery_count
@@ -488,5 +521,6 @@ def record_json(r: Record) -> dict[str, Any]:
             out["key"] = None
             out["key_b64"] = base64.b64encode(r.key).decode()
     out.update(_payload_out(r.value, _looks_json(r.value), "value"))  # parsed once to decide
-    out.update(headers=dict(r.headers), timestamp=r.timestamp_ms, partition=r.partition)
+    out.update(headers=headers_json(r.headers), timestamp=r.timestamp_ms,
+               partition=r.partition)
     return out

@@ -51,6 +51,8 @@ from runner.engine.records import (
     ROUTING_KEY_HEADER,
     decode_headers,
     encode_headers,
+    kafka_headers,
+    raw_headers,
 )
 from runner.engine.steps import STEP_PRODUCER, STEP_STRIDE
 from runner.engine.values import (
@@ -111,5 +113,7 @@ __all__ = [
     "TopicPartition",
     "decode_headers",
     "encode_headers",
+    "kafka_headers",
+    "raw_headers",
     "replay_queue_name",
 ]

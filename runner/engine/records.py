@@ -30,46 +30,101 @@ NULL_VALUE_HEADER = "x-null-value"  # a dead-lettered tombstone (null value) in 
 JSON_CONTENT_TYPE = "application/json"
 
 
+HEADER_TYPES = "x-runner-header-types"
+"""The record header that says how to read the headers before it (see `encode_headers`)."""
+
+_TEXT, _BYTES, _JSON = "s", "b", "j"
+
+
 def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
     """Record headers on disk, each value read back exactly by `decode_headers`.
 
-    Values are JSON text in the queues' tagged form (`runner.broker.headers`,
-    the one header codec: bytes as `{"$b64": ...}`, tuples and odd dicts
-    tagged). Bytes that no reader could take for text or JSON (not UTF-8)
-    stay raw, as Kafka clients write and expect them."""
+    A Kafka header value is bytes, and Kafka clients read what is stored, so:
+    a str is stored raw as its UTF-8 bytes (a Kafka consumer sees `abc`, not
+    `"abc"`), bytes raw, and any other value (int, float, bool, None, list,
+    tuple, dict) as JSON text in the queues' tagged form (`runner.broker.headers`,
+    the one header codec: `3`, `true`, `{"a":1}`; bytes inside as `{"$b64": ...}`).
+    How to read each value back is kept in one last header, `HEADER_TYPES`: one
+    letter per header before it (`s` text, `b` bytes, `j` JSON), e.g. `sjb`. The
+    Kafka listener never shows that header to Kafka clients, and gives records
+    that Kafka clients produce an empty one (every value raw)."""
+    if not headers:
+        return ()
     out: list[tuple[str, bytes]] = []
+    kinds: list[str] = []
     for name, value in headers.items():
-        if isinstance(value, bytes | bytearray | memoryview):
-            raw = bytes(value)
-            if not _reads_as_text(raw):
-                out.append((name, raw))
+        if type(value) is str:
+            try:
+                out.append((name, value.encode()))
+                kinds.append(_TEXT)
                 continue
-            value = raw
+            except UnicodeEncodeError:  # a lone surrogate: only JSON can carry it
+                pass
+        elif isinstance(value, bytes | bytearray | memoryview):
+            out.append((name, bytes(value)))
+            kinds.append(_BYTES)
+            continue
         out.append((name, jsontext.dumps(tag_value(value), default=str)))
+        kinds.append(_JSON)
+    out.append((HEADER_TYPES, "".join(kinds).encode()))
     return tuple(out)
 
 
-def _reads_as_text(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
+def raw_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
+    """Headers a Kafka client produced, as stored: every value raw (an empty
+    `HEADER_TYPES` after them)."""
+    return (*headers, (HEADER_TYPES, b"")) if headers else ()
+
+
+def kafka_headers(headers: Sequence[tuple[str, bytes]]) -> Sequence[tuple[str, bytes]]:
+    """Stored headers as Kafka clients see them: without `HEADER_TYPES`."""
+    for i in range(len(headers) - 1, -1, -1):
+        if headers[i][0] == HEADER_TYPES:
+            return (*headers[:i], *headers[i + 1:])
+    return headers
 
 
 def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
-    """Back from disk: tagged JSON values, else UTF-8 text (a raw header a Kafka
-    client wrote), else bytes."""
+    """Back from disk (a repeated name: the last value). With `HEADER_TYPES`, each
+    header before it as its letter says and the rest (added by the store after
+    it, e.g. `x-message-id`) raw: UTF-8 text, else bytes. Records written before
+    `HEADER_TYPES` existed hold JSON values: tagged JSON, else text, else bytes."""
+    mark = -1
+    for i in range(len(headers) - 1, -1, -1):
+        if headers[i][0] == HEADER_TYPES:
+            mark = i
+            break
     out: dict[str, Any] = {}
-    for name, raw in headers:
-        try:
-            out[name] = untag_value(jsontext.loads(raw))
-        except ValueError:
+    if mark < 0:
+        for name, raw in headers:
             try:
-                out[name] = raw.decode()
-            except UnicodeDecodeError:
-                out[name] = raw
+                out[name] = untag_value(jsontext.loads(raw))
+            except ValueError:
+                out[name] = _raw(raw)
+        return out
+    kinds = headers[mark][1]
+    for i, (name, raw) in enumerate(headers):
+        kind = kinds[i:i + 1] if i < mark else b""
+        if i == mark:
+            continue
+        if kind == b"j":
+            try:
+                out[name] = untag_value(jsontext.loads(raw))
+                continue
+            except ValueError:
+                pass
+        elif kind == b"b":
+            out[name] = bytes(raw)
+            continue
+        out[name] = _raw(raw)
     return out
+
+
+def _raw(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return bytes(raw)
 
 
 def content_type(value: bytes | None) -> str | None:

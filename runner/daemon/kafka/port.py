@@ -5,7 +5,9 @@ through `EnginePort`, so that retargeting the listener onto another engine
 contract means changing this module alone. It reads and appends records at
 the store's level (`engine.store`) because Kafka records carry raw header
 bytes and may repeat a header name; the facade's records decode headers into
-a dict.
+a dict. Stored headers carry one header saying how to read them
+(`runner.engine.records.HEADER_TYPES`): added to what Kafka clients produce
+(every value raw), removed from what they fetch.
 
 Like every caller of the engine it runs on the daemon's asyncio loop (the
 engine's single owner), and its appends are as durable on return as the
@@ -18,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from runner.engine import Engine, TopicPartition
+from runner.engine import Engine, TopicPartition, kafka_headers, raw_headers
 from runner.log.store import AppendRecord
 from runner.topology.model import ConsumerGroup
 
@@ -89,7 +91,8 @@ class EnginePort:
         sequence ...". Other errors as `Engine.append`."""
         producer = f"{KAFKA_PRODUCER_PREFIX}{producer_id}" if producer_id >= 0 else None
         seq = base_sequence if producer is not None and base_sequence >= 0 else None
-        out = [AppendRecord(value=r.value, key=r.key, headers=r.headers, partition=partition,
+        out = [AppendRecord(value=r.value, key=r.key, headers=raw_headers(r.headers),
+                            partition=partition,
                             # Kafka's "no timestamp" (-1): the append time
                             timestamp_ms=r.timestamp_ms if r.timestamp_ms >= 0 else None,
                             producer_id=producer,
@@ -104,7 +107,8 @@ class EnginePort:
         """Records from `offset`; OffsetOutOfRange outside the log."""
         recs, _ = self._engine().store.read_from(topic, partition, offset,
                                                  max_records=max_records, max_bytes=max_bytes)
-        return [(r.offset, r.timestamp_ms, r.key, r.value, r.headers) for r in recs]
+        return [(r.offset, r.timestamp_ms, r.key, r.value,
+                 kafka_headers(r.headers) if r.headers else ()) for r in recs]
 
     # ------------------------------------------------------------ groups
     def group(self, name: str) -> ConsumerGroup | None:

@@ -128,8 +128,90 @@ def test_kafka_and_http_producers_agree_on_partitions_and_read_each_other(
                              f"?offset={first['offset']}&limit=1")["records"][0]
     assert batch[0].key == keys[0].encode()
     assert batch[0].timestamp == http_read["timestamp"]
-    # an HTTP header value is stored as JSON text (docs/kafka.md): "http" with its quotes
-    assert dict(batch[0].headers)["via"] == b'"http"'
+    # a string header is stored raw (docs/kafka.md): `http`, not `"http"`
+    assert batch[0].headers == [("via", b"http")]
+
+
+# what an HTTP producer sends -> the bytes a Kafka consumer sees
+HTTP_HEADERS: dict = {
+    "text": "abc", "digits": "123", "quoted": '"abc"', "json-text": '{"a": 1}', "empty": "",
+    "int": 3, "float": 1.5, "true": True, "null": None, "obj": {"a": [1, "x"]},
+    "bin": {"$b64": base64.b64encode(b"\x00\xff").decode()},
+    "utf8-bytes": {"$b64": base64.b64encode(b"abc").decode()},
+}
+KAFKA_SEES = [
+    ("text", b"abc"), ("digits", b"123"), ("quoted", b'"abc"'), ("json-text", b'{"a": 1}'),
+    ("empty", b""), ("int", b"3"), ("float", b"1.5"), ("true", b"true"), ("null", b"null"),
+    ("obj", b'{"a":[1,"x"]}'), ("bin", b"\x00\xff"), ("utf8-bytes", b"abc"),
+]
+
+
+def _kafka_python_at(kd: KafkaDaemon, topic: str, partition: int, offset: int) -> list:
+    c = KafkaConsumer(bootstrap_servers=kd.bootstrap, group_id=None)
+    try:
+        tp = TopicPartition(topic, partition)
+        c.assign([tp])
+        c.seek(tp, offset)
+        return c.poll(timeout_ms=10_000, max_records=1)[tp][0].headers
+    finally:
+        c.close()
+
+
+def _confluent_at(kd: KafkaDaemon, topic: str, partition: int, offset: int) -> list:
+    c = Consumer({"bootstrap.servers": kd.bootstrap, "group.id": "billing",
+                  "enable.auto.commit": False})
+    try:
+        c.assign([CTopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for m in c.consume(1, timeout=1):
+                assert m.error() is None, m.error()
+                return m.headers() or []
+        raise AssertionError("confluent-kafka read nothing")
+    finally:
+        c.close()
+
+
+def test_http_header_values_reach_kafka_consumers_raw_and_read_back_over_http_as_sent(
+        kd: KafkaDaemon) -> None:
+    answer = kd.ok("POST", "/v1/topics/events/records",
+                   {"value": "x", "headers": HTTP_HEADERS}, status=202)
+    at = answer["offsets"][0]
+    where = ("events", at["partition"], at["offset"])
+    assert _kafka_python_at(kd, *where) == KAFKA_SEES
+    assert _confluent_at(kd, *where) == KAFKA_SEES
+    read = kd.ok("GET", f"/v1/topics/events/partitions/{at['partition']}/records"
+                        f"?offset={at['offset']}&limit=1")["records"][0]
+    assert read["headers"] == HTTP_HEADERS
+
+
+def test_kafka_header_bytes_read_over_http_as_text_or_b64_and_go_back_unchanged(
+        kd: KafkaDaemon) -> None:
+    sent = [("text", b"abc"), ("digits", b"123"), ("quoted", b'"abc"'),
+            ("json", b'{"a":1}'), ("bin", b"\x00\xff"), ("tag-like", b'{"$b64":"YWJj"}'),
+            ("x-runner-header-types", b"jj")]  # a client's header of our name stays its own
+    p = KafkaProducer(bootstrap_servers=kd.bootstrap, acks="all")
+    try:
+        md = p.send("events", value=b"v", headers=sent).get(timeout=15)
+    finally:
+        p.close()
+    assert _kafka_python_at(kd, "events", md.partition, md.offset) == sent
+    read = kd.ok("GET", f"/v1/topics/events/partitions/{md.partition}/records"
+                        f"?offset={md.offset}&limit=1")["records"][0]
+    assert read["headers"] == {
+        "text": "abc", "digits": "123", "quoted": '"abc"', "json": '{"a":1}',
+        "bin": {"$b64": "AP8="}, "tag-like": '{"$b64":"YWJj"}', "x-runner-header-types": "jj"}
+    # what HTTP read, sent back over HTTP, reaches Kafka consumers as the same bytes
+    again = kd.ok("POST", "/v1/topics/events/records",
+                  {"value": "v", "headers": read["headers"]}, status=202)["offsets"][0]
+    assert _kafka_python_at(kd, "events", again["partition"], again["offset"]) == sent
+    assert _confluent_at(kd, "events", again["partition"], again["offset"]) == sent
+
+
+def test_a_malformed_header_tag_over_http_is_a_400_naming_the_header(kd: KafkaDaemon) -> None:
+    answer = kd.post("/v1/topics/events/records", {"value": "x", "headers": {"h": {"$tuple": 5}}})
+    assert answer.status == 400
+    assert answer.body["error"].startswith("header 'h': a malformed tag (")
 
 
 def test_fetch_long_polls_and_wakes_on_an_http_append(kd: KafkaDaemon) -> None:
