@@ -486,6 +486,12 @@ class SegmentedLog:
         with self._lock:
             return self._check_sequence(producer_id, sequence, count, allow_gap)
 
+    def last_sequence(self, producer_id: int) -> int:
+        """The last sequence `producer_id` appended here, -1 for an unknown producer."""
+        with self._lock:
+            prod = self._producers.get(producer_id)
+            return -1 if prod is None else prod.last_seq
+
     def _check_sequence(self, producer_id: int, sequence: int, count: int,
                         allow_gap: bool) -> int:
         prod = self._producers.get(producer_id)

@@ -340,14 +340,22 @@ class Store:
             part = self._partitioners[topic] = Partitioner()
         return part
 
-    def append(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, int]]:
+    def producer_sequence(self, topic: str, partition: int, producer_id: str) -> int:
+        """The last sequence `producer_id` appended to the partition, -1 when unknown.
+        NotFound for an unknown topic or partition."""
+        log = self.partition(topic, partition).log
+        return log.last_sequence(producer_number(producer_id))
+
+    def append(self, topic: str, records: Sequence[AppendRecord], *,
+               allow_gap: bool = False) -> list[tuple[int, int]]:
         """Append records; (partition, offset) per record, in order.
 
         Records with a producer id and sequence follow Kafka's idempotent producer,
         per producer and partition: an exact retry of one of its last 8 batches
         (same records, so the same first sequence and count per partition) is not
         stored again and gets the original offsets; otherwise the sequence must be
-        the last one + 1 (producers in `gapped_producers` may jump forward), else
+        the last one + 1 (producers in `gapped_producers`, and every producer with
+        `allow_gap`, may jump forward), else
         InvalidRequest "producer 'p' on t/0: out of order sequence S: expected N
         (...)", raised before anything of the call is written. With a dedup
         window, records with a message id seen in the window are stored once too."""
@@ -378,12 +386,13 @@ class Store:
                 if seq >= 0 and (p, pid) not in seen_producers:
                     # refuse an out-of-order batch before anything of the call is written
                     seen_producers.add((p, pid))
-                    self._check_sequence(topic, p, rec0, pid, seq, len(run))
+                    self._check_sequence(topic, p, rec0, pid, seq, len(run), allow_gap)
                 plan.append((p, run, pid, seq))
         for p, run, pid, seq in plan:
             part = t.partitions[p]
             end = part.log_end_offset
-            gap = pid >= 0 and records[run[0]].producer_id in self.gapped_producers
+            gap = pid >= 0 and (allow_gap
+                                or records[run[0]].producer_id in self.gapped_producers)
             try:
                 first = part.append([resolved[i][1] for i in run], producer_id=pid,
                                     sequence=seq, allow_gap=gap)
@@ -427,8 +436,8 @@ class Store:
         return [next(taken[p]) for p in parts]
 
     def _check_sequence(self, topic: str, p: int, rec: AppendRecord, pid: int, seq: int,
-                        count: int) -> None:
-        gap = rec.producer_id in self.gapped_producers
+                        count: int, allow_gap: bool) -> None:
+        gap = allow_gap or rec.producer_id in self.gapped_producers
         try:
             self._topics[topic].partitions[p].log.check_sequence(pid, seq, count,
                                                                  allow_gap=gap)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from runner.daemon.kafka.port import MAX_EPOCH
 from runner.daemon.kafka.protocol import ErrorCode, api_versions, topic_id
 from runner.daemon.kafka.session import CLUSTER_ID, NODE_ID, Session
 
@@ -94,13 +95,28 @@ def _coordinator_entry(session: Session, key: str, key_type: int) -> dict[str, A
 
 
 async def init_producer_id_api(session: Session, body: Any, version: int) -> dict[str, Any]:
-    """A new producer id for an idempotent producer (no transactions: a
-    transactional id is refused). Ids are unique across restarts: the clock's
-    milliseconds shifted left, plus a counter."""
+    """A producer id and epoch for an idempotent producer (no transactions: a
+    transactional id is refused). A new producer gets a new id, epoch 0; ids are
+    unique across restarts: the clock's milliseconds shifted left, plus a counter.
+
+    A producer that sends its id and epoch (v3+, KIP-360: it recovers from an
+    error) gets the same id with the next epoch when that epoch is the newest
+    this listener knows for the id, so the batches its old epoch still has in
+    flight are refused (INVALID_PRODUCER_EPOCH) instead of stored after newer
+    ones. Otherwise (a stale epoch, an id not seen since the start, the last
+    epoch) it gets a new id, epoch 0, as Kafka gives every idempotent producer."""
     if body.transactional_id:
         return {"error_code": ErrorCode.transactional_id_authorization_failed,
                 "producer_id": -1, "producer_epoch": -1}
     broker = session.broker
+    pid = int(getattr(body, "producer_id", -1))
+    epoch = int(getattr(body, "producer_epoch", -1))
+    if pid >= 0 and 0 <= epoch < MAX_EPOCH and broker.producer_epochs.get(pid) == epoch:
+        broker.note_epoch(pid, epoch + 1)
+        log.info("kafka: producer %d bumps its epoch to %d", pid, epoch + 1,
+                 extra={"event": "kafka_producer_epoch", "peer": session.peer})
+        return {"error_code": 0, "producer_id": pid, "producer_epoch": epoch + 1}
     base = int(broker.clock.time() * 1000) << 12
     broker.next_producer_id = max(broker.next_producer_id + 1, base)
+    broker.note_epoch(broker.next_producer_id, 0)
     return {"error_code": 0, "producer_id": broker.next_producer_id, "producer_epoch": 0}

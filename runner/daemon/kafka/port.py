@@ -21,10 +21,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runner.engine import Engine, TopicPartition, kafka_headers, raw_headers
+from runner.errors import InvalidRequest
 from runner.log.store import AppendRecord
 from runner.topology.model import ConsumerGroup
 
 KAFKA_PRODUCER_PREFIX = "kafka-producer-"
+EPOCH_SHIFT = 32  # the engine's sequence of a Kafka batch: epoch << 32 | Kafka sequence
+MAX_EPOCH = 2**15 - 1  # Kafka's producer epoch is an int16
+
+
+class ProducerFenced(InvalidRequest):
+    """A batch from an older epoch of an idempotent producer (INVALID_PRODUCER_EPOCH)."""
 
 
 # a stored record: (offset, timestamp_ms, key, value, headers) -- a plain tuple,
@@ -83,14 +90,27 @@ class EnginePort:
     # ------------------------------------------------------------ records
     def append(
         self, topic: str, partition: int, records: Sequence[NewRecord], *,
-        producer_id: int = -1, base_sequence: int = -1,
+        producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1,
     ) -> int:
-        """Append to one partition; the offset of the first record. An idempotent
-        producer's exact retry gets the original offsets (nothing is stored
-        again); a sequence out of order raises InvalidRequest "... out of order
-        sequence ...". Other errors as `Engine.append`."""
+        """Append to one partition; the offset of the first record.
+
+        An idempotent producer's batch (id, epoch, base sequence) is checked as
+        Kafka's broker checks it, per producer and partition: an epoch older than
+        the newest one seen raises `ProducerFenced`; a newer epoch must start at
+        sequence 0 (its sequences start afresh); within an epoch an exact retry
+        gets the original offsets (nothing is stored again) and a sequence out of
+        order raises InvalidRequest "... out of order sequence ...". The engine
+        keeps the epoch in the high 32 bits of the sequence it stores, so the
+        newest epoch is known again after a restart. Other errors as
+        `Engine.append`."""
         producer = f"{KAFKA_PRODUCER_PREFIX}{producer_id}" if producer_id >= 0 else None
         seq = base_sequence if producer is not None and base_sequence >= 0 else None
+        store = self._engine().store
+        new_epoch = False
+        if producer is not None and seq is not None:
+            new_epoch = self._check_epoch(store.producer_sequence(topic, partition, producer),
+                                          topic, partition, producer_id, producer_epoch, seq)
+            seq |= producer_epoch << EPOCH_SHIFT
         out = [AppendRecord(value=r.value, key=r.key, headers=raw_headers(r.headers),
                             partition=partition,
                             # Kafka's "no timestamp" (-1): the append time
@@ -98,9 +118,31 @@ class EnginePort:
                             producer_id=producer,
                             sequence=None if seq is None else seq + i)
                for i, r in enumerate(records)]
-        placed = self._engine().store.append(topic, out)
+        placed = store.append(topic, out, allow_gap=new_epoch)
         self._notify()
         return placed[0][1] if placed else -1
+
+    @staticmethod
+    def _check_epoch(last: int, topic: str, partition: int, producer_id: int, epoch: int,
+                     sequence: int) -> bool:
+        """Whether the batch starts a new epoch; ProducerFenced or InvalidRequest
+        when it may not be appended (see `append`)."""
+        where = f"producer {producer_id} on {topic}/{partition}"
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise ProducerFenced(f"{where}: epoch {epoch} is not a producer epoch "
+                                 f"(0 to {MAX_EPOCH})")
+        if last < 0:
+            return False
+        newest = last >> EPOCH_SHIFT
+        if epoch < newest:
+            raise ProducerFenced(
+                f"{where}: epoch {epoch} is older than the producer's epoch {newest} "
+                "(fenced: a newer instance of this producer has written)")
+        if epoch > newest and sequence != 0:
+            raise InvalidRequest(
+                f"{where}: out of order sequence {sequence}: a new epoch ({epoch}, "
+                f"after {newest}) starts at sequence 0")
+        return epoch > newest
 
     def read(self, topic: str, partition: int, offset: int, *, max_bytes: int,
              max_records: int = 10_000) -> list[StoredRecord]:

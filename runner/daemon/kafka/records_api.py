@@ -5,7 +5,9 @@ and appended in order; the answer comes once the append returned, which under
 `--fsync always` means fsynced (acks=1 and acks=all alike: one node is every
 replica). acks=0 gets no answer, as in Kafka. An idempotent producer's batch
 (producer id and base sequence) goes through the engine's sequence checks:
-an exact retry gets its original offsets and is not stored twice.
+an exact retry gets its original offsets and is not stored twice, and a batch
+from an older producer epoch is refused with INVALID_PRODUCER_EPOCH (as Kafka
+2.7+ answers a fenced producer's produce).
 
 Fetch: from each partition's fetch offset up to its `partition_max_bytes`
 (at least one record, as Kafka does, so a large record never stalls a
@@ -21,6 +23,7 @@ import logging
 from typing import Any
 
 from runner.daemon.kafka.batches import InvalidBatch, UnsupportedBatch, decode_batches, encode_batch
+from runner.daemon.kafka.port import ProducerFenced
 from runner.daemon.kafka.protocol import ErrorCode
 from runner.daemon.kafka.session import Session, millis
 from runner.errors import (
@@ -47,6 +50,8 @@ def engine_error_code(exc: EngineError) -> int:
         return ErrorCode.offset_out_of_range
     if isinstance(exc, StorageError):
         return ErrorCode.kafka_storage_error
+    if isinstance(exc, ProducerFenced):
+        return ErrorCode.invalid_producer_epoch
     if isinstance(exc, InvalidRequest):
         if "out of order sequence" in str(exc):
             return ErrorCode.out_of_order_sequence_number
@@ -92,7 +97,10 @@ def _produce_partition(session: Session, topic: str, partition: int,
             if not recs:
                 continue
             offset = port.append(topic, partition, recs, producer_id=batch.producer_id,
+                                 producer_epoch=batch.producer_epoch,
                                  base_sequence=batch.base_sequence)
+            if batch.producer_id >= 0:
+                session.broker.note_epoch(batch.producer_id, batch.producer_epoch)
             if first < 0:
                 first = offset
         out["log_start_offset"] = port.offsets(topic, partition).log_start

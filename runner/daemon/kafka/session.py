@@ -21,6 +21,7 @@ from runner.daemon.kafka.port import EnginePort
 
 NODE_ID = 0
 CLUSTER_ID = "topology-runner"
+MAX_PRODUCERS = 100_000  # producer ids whose newest epoch the listener remembers
 
 
 class AppendSignal:
@@ -51,6 +52,17 @@ class Broker:
     max_request_bytes: int = 64 * 1024 * 1024
     advertise: tuple[str, int] | None = None  # None: the address each connection reached
     next_producer_id: int = 0
+    # the newest epoch of each producer id given out or produced with since the
+    # start (InitProducerId bumps only these); the oldest forgotten past the cap
+    producer_epochs: dict[int, int] = field(default_factory=dict)
+
+    def note_epoch(self, producer_id: int, epoch: int) -> None:
+        epochs = self.producer_epochs
+        if epochs.get(producer_id, -1) < epoch:
+            epochs.pop(producer_id, None)
+            epochs[producer_id] = epoch
+            if len(epochs) > MAX_PRODUCERS:
+                del epochs[next(iter(epochs))]
 
 
 @dataclass(slots=True)
