@@ -156,6 +156,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
             executor=executor,
             instance_id=f"{socket.gethostname()}:{os.getpid()}",
             fsync=config.fsync,
+            fs=engine.fs,
         )
         return pipeline
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.clock import Clock
 from runner.engine import Engine, FsyncPolicy
+from runner.fs import LOCAL, FileSystem
 from runner.pipeline.group_worker import GroupWorker
 from runner.pipeline.handler import resolve
 from runner.pipeline.queue_worker import QueueWorker
@@ -93,7 +94,7 @@ class Pipeline:
         self, engine: Engine, topology: Topology, *, data_dir: Path, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, instance_id: str,
         random_source: Callable[[], float] | None = None, hostname: str | None = None,
-        fsync: FsyncPolicy | None = None,
+        fsync: FsyncPolicy | None = None, fs: FileSystem = LOCAL,
     ) -> None:
         self.engine = engine
         self.topology = topology
@@ -102,7 +103,7 @@ class Pipeline:
             engine=engine, executor=executor, clock=clock, data_dir=data_dir,
             hostname=hostname or socket.gethostname(),
             random=random_source or random.Random().random,
-            fsync=fsync if fsync is not None else FsyncPolicy(engine.fsync.value),
+            fsync=fsync if fsync is not None else FsyncPolicy(engine.fsync.value), fs=fs,
         )
         self._workers: dict[str, AnyWorker] = {}
         self._counters: dict[str, HandlerCounters] = {}

@@ -21,6 +21,7 @@ from typing import Any
 
 from runner.clock import Clock
 from runner.engine import Engine, FsyncPolicy
+from runner.fs import LOCAL, FileSystem
 from runner.log.datapath import entity_path
 from runner.pipeline.deadletter import error_type
 from runner.pipeline.failures import FailureLog
@@ -48,6 +49,7 @@ class WorkerEnv:
     hostname: str
     random: Callable[[], float]
     fsync: FsyncPolicy
+    fs: FileSystem = LOCAL  # the file-system seam the idempotency stores write through
 
 
 class Worker:
@@ -76,7 +78,7 @@ class Worker:
             self.idem_store = IdempotencyStore(
                 entity_path(env.data_dir / "idempotency", name, ".keys"),
                 window_s=idempotency.window_s,
-                clock=env.clock, fsync=env.fsync is FsyncPolicy.ALWAYS,
+                clock=env.clock, fsync=env.fsync is FsyncPolicy.ALWAYS, fs=env.fs,
             )
         self.counters = counters
         self.failures = FailureLog(name, env.clock)
