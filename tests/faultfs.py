@@ -354,6 +354,23 @@ class SimDisk:
             out.root = survive_dir(self.root)
             return out
 
+    def unsynced(self) -> list[str]:
+        """Files with bytes and directories with entries a power cut would lose now."""
+        out: list[str] = []
+
+        def walk(d: _Dir, prefix: str) -> None:
+            if d.log:
+                out.append(prefix or "/")
+            for name, node in sorted(d.entries.items()):
+                if isinstance(node, _Dir):
+                    walk(node, f"{prefix}/{name}")
+                elif bytes(node.data) != node.durable:
+                    out.append(f"{prefix}/{name}")
+
+        with self._lock:
+            walk(self.root, "")
+        return out
+
     def tree(self, path: Path | str = "/") -> dict[str, int]:
         """Every file under `path` with its size (for test messages)."""
         out: dict[str, int] = {}

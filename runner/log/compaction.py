@@ -3,7 +3,10 @@
 `compact(log, now_ms=..., delete_retention_ms=...)`:
 
 1. Map every key to its latest offset, reading closed segments and the active
-   one (so a key rewritten in the active segment is dropped from closed ones).
+   one (so a key rewritten in the active segment is dropped from closed ones),
+   up to the log's durable end only: a record is never dropped for a newer one
+   that a power cut could still take (with `--fsync interval|never` the active
+   segment's tail is not synced yet), or the key would be lost with both.
 2. Rewrite closed segments, grouped so a group's input fits `segment_bytes`,
    keeping a record when it is the latest for its key. A tombstone (null
    value) stays for `delete_retention_ms` after the cleaning that first kept
@@ -54,12 +57,13 @@ def _latest_offsets(wal: SegmentedLog, closed: list[SegmentInfo]) -> dict[bytes,
                 if rec.key is not None:
                     latest[rec.key] = rec.offset
     offset = closed[-1].next_base if closed else wal.start_offset
-    while offset < wal.end_offset:
+    durable = wal.durable_end
+    while offset < durable:
         recs = wal.read(offset, max_records=5000, max_bytes=8 * 1024 * 1024)
         if not recs:
             break
         for rec in recs:
-            if rec.key is not None:
+            if rec.key is not None and rec.offset < durable:
                 latest[rec.key] = rec.offset
         offset = recs[-1].offset + 1
     return latest

@@ -261,6 +261,11 @@ class SegmentedLog:
         return self._size
 
     @property
+    def durable_end(self) -> int:
+        """End of the records a power cut would keep (synced), whatever the policy."""
+        return self._durable_end
+
+    @property
     def high_watermark(self) -> int:
         """End of what readers see: with `Fsync.ALWAYS` only synced records (as
         Kafka's high watermark), so nothing read can vanish in a power cut."""
