@@ -23,7 +23,7 @@ from runner import jsontext
 from runner.daemon import codec, dlq, groups, lists
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.reload import ReloadResult
-from runner.engine import Engine, OutRecord, TopicPartition, encode_headers
+from runner.engine import HEADER_TYPES, Engine, OutRecord, TopicPartition, encode_headers
 from runner.errors import (
     Conflict,
     EngineError,
@@ -382,7 +382,8 @@ def _check_record_size(rec: OutRecord, limit: int, where: str) -> None:
         return
     size = len(rec.value or b"") + len(rec.key or b"")
     if rec.headers:
-        size += sum(len(h.encode()) + len(v) for h, v in encode_headers(rec.headers))
+        size += sum(len(h.encode()) + len(v) for h, v in encode_headers(rec.headers)
+                    if h != HEADER_TYPES)  # the user's headers, as stored
     if size > limit:
         raise TooLarge(
             f"{where}the record is {size} bytes with its key and headers, over the "

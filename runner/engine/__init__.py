@@ -39,6 +39,7 @@ from runner.engine.deadletters import (
 from runner.engine.facade import DEDUP_WINDOW_S, Engine
 from runner.engine.records import (
     EXCHANGE_HEADER,
+    HEADER_TYPES,
     JSON_CONTENT_TYPE,
     MESSAGE_ID_HEADER,
     NULL_VALUE_HEADER,
@@ -113,6 +114,7 @@ __all__ = [
     "TopicPartition",
     "decode_headers",
     "encode_headers",
+    "HEADER_TYPES",
     "kafka_headers",
     "raw_headers",
     "replay_queue_name",

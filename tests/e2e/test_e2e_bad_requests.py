@@ -299,11 +299,11 @@ def test_a_method_a_route_does_not_take_is_405_naming_the_allowed(
 def test_a_record_over_the_topic_limit_with_its_key_and_headers_names_its_index(
     daemon: Daemon
 ) -> None:
-    # 105 bytes: key 50 + value 42 (the JSON text "v...v") + header "h" 1 + its JSON text 12
+    # 103 bytes: key 50 + value 42 (the JSON text "v...v") + header "h" 1 + its raw text 10
     batch = {"records": [{"value": "v"}, {"key": "k" * 50, "value": "v" * 40,
                                           "headers": {"h": "x" * 10}}]}
     assert error_of(daemon, "POST", "/v1/topics/small/records", batch) == (
-        413, "record 1: the record is 105 bytes with its key and headers, over the topic's "
+        413, "record 1: the record is 103 bytes with its key and headers, over the topic's "
              "max_message_bytes of 100 bytes; store the payload elsewhere (a file or object "
              "store) and send a reference to it instead")
     status = daemon.ok("GET", "/v1/status")["topics"]
