@@ -21,7 +21,7 @@ from runner.topology.diff import Change, Plan, field_unit, jsonable
 from runner.topology.diff import to_json as plan_to_json
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
-from runner.topology.units import format_duration
+from runner.topology.units import format_duration, format_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ def human_value(field: str | None, value: object) -> str:
     if value is None:
         if field == "retention.time":
             return "forever"
-        return "unlimited" if unit == "size" else "none"
+        return "unlimited" if unit in ("size", "rate") else "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if unit == "duration" and isinstance(value, int | float):
@@ -160,6 +160,8 @@ def human_value(field: str | None, value: object) -> str:
         return "[" + ", ".join(human_duration(float(v)) for v in value) + "]"
     if unit == "size" and isinstance(value, int):
         return human_size(value)
+    if unit == "rate" and isinstance(value, int | float):
+        return format_rate(float(value))
     if isinstance(value, Enum):
         return str(value.value)
     if isinstance(value, float):

@@ -50,7 +50,7 @@ from runner.topology.model import (
 from runner.topology.partial import KINDS, NO_GAPS, WHOLE, Damage, Gaps, locate
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument
-from runner.topology.units import parse_duration, parse_size
+from runner.topology.units import parse_duration, parse_rate, parse_size
 
 DEFAULT_RETENTION = "7d"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -116,6 +116,17 @@ class _Builder:
         except ValueError as exc:
             self.invalid(path, f"{_field(path)}: {exc}")
             return 0
+
+    def rate(self, path: str, spec: dict[str, Any], key: str) -> float | None:
+        """Per-second rate of `spec[key]` (None when absent); reports an error when it does not parse."""
+        value = spec.get(key)
+        if value is None:
+            return None
+        try:
+            return parse_rate(value)
+        except ValueError as exc:
+            self.invalid(f"{path}.{key}", f"{key}: {exc}")
+            return None
 
     def invalid(self, path: str, message: str) -> None:
         self.error(path, "invalid-value", message, self.value_pos(path))
@@ -250,6 +261,7 @@ class _Builder:
             delete_retention_s=self.duration(
                 f"{path}.delete_retention", spec.get("delete_retention", DEFAULT_DELETE_RETENTION)
             ) or 0.0,
+            publish_rate=self.rate(path, spec, "publish_rate"),
             pos=self.pos(path),
         )
 
@@ -269,6 +281,7 @@ class _Builder:
             durable=bool(spec.get("durable", True)),
             internal=bool(spec.get("internal", False)),
             alternate_exchange=spec.get("alternate_exchange"),
+            publish_rate=self.rate(path, spec, "publish_rate"),
             pos=self.pos(path),
         )
 
@@ -298,6 +311,7 @@ class _Builder:
                     "dead_letter.routing_key",
                 ),
             ),
+            publish_rate=self.rate(path, spec, "publish_rate"),
             pos=self.pos(path),
         )
 
@@ -383,6 +397,8 @@ class _Builder:
             delivery=Delivery(spec.get("delivery", Delivery.AT_LEAST_ONCE.value)),
             dlq_policy=spec.get("dlq_policy"),
             timeout_s=self._timeout(path, spec),
+            rate_limit=self.rate(path, spec, "rate_limit"),
+            max_lag=_int_or_none(spec.get("max_lag")),
             pos=self.pos(path),
         )
 
@@ -404,6 +420,7 @@ class _Builder:
                 key=idem.get("key", "message_id"),
                 window_s=self._seconds(f"{path}.idempotency.window", idem.get("window", "24h")),
             ),
+            rate_limit=self.rate(path, spec, "rate_limit"),
             pos=self.pos(path),
         )
 

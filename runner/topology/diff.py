@@ -54,11 +54,14 @@ _UNITS: dict[str, str] = {
     "backoff": "duration",
     "backoff.initial": "duration",
     "backoff.max": "duration",
+    "publish_rate": "rate",
+    "rate_limit": "rate",
 }
 
 
 def field_unit(field: str) -> str | None:
-    """ "duration" or "size" when `field` holds seconds or bytes, else None."""
+    """ "duration", "size" or "rate" when `field` holds seconds, bytes or a per-second
+    rate, else None."""
     return _UNITS.get(field)
 
 

@@ -94,6 +94,7 @@ class Topic:
     segment_bytes: int = 64 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024
     delete_retention_s: float = 86_400.0  # tombstones stay this long after compaction
+    publish_rate: float | None = None  # per producer, per second; None: unlimited
     pos: Position = field(default=NOWHERE, compare=False, hash=False)
 
     @property
@@ -111,6 +112,7 @@ class Exchange:
     durable: bool = True
     internal: bool = False
     alternate_exchange: str | None = None
+    publish_rate: float | None = None  # per producer, per second; None: unlimited
     pos: Position = field(default=NOWHERE, compare=False, hash=False)
 
 
@@ -135,6 +137,7 @@ class Queue:
     delivery_limit: int | None = None
     single_active_consumer: bool = False
     dead_letter: DeadLetter | None = None
+    publish_rate: float | None = None  # per producer, per second; None: unlimited
     pos: Position = field(default=NOWHERE, compare=False, hash=False)
 
 
@@ -228,6 +231,8 @@ class ConsumerGroup:
     delivery: Delivery = Delivery.AT_LEAST_ONCE
     dlq_policy: str | None = None
     timeout_s: float = 300.0
+    rate_limit: float | None = None  # handled messages per second, all instances; None: unlimited
+    max_lag: int | None = None  # publishing to its topics is refused past this lag; None: off
     pos: Position = field(default=NOWHERE, compare=False, hash=False)
 
 
@@ -242,6 +247,7 @@ class Consumer:
     timeout_s: float = 300.0
     dlq_policy: str | None = None
     idempotency: Idempotency | None = None
+    rate_limit: float | None = None  # handled messages per second, all instances; None: unlimited
     pos: Position = field(default=NOWHERE, compare=False, hash=False)
 
 

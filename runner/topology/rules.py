@@ -17,6 +17,7 @@ Rules (error unless noted):
     priority-levels       warning: `max_priority` above 10
     idle-instances        warning: more group instances than partitions
     dropped-failures      warning: a consumer or group whose failures would be dropped
+    ignored-rate-limit    warning: a rate_limit on a group without a handler
     at-most-once-retries  warning: a dlq_policy with retries under at-most-once
     dlq-loop              warning: a dlq_policy whose DLQ is what the consumer reads
     unreachable-internal  warning: an internal exchange nothing can publish to
@@ -429,6 +430,20 @@ def idle_instances(idx: Index) -> Iterator[Problem]:
             )
 
 
+def ignored_rate_limits(idx: Index) -> Iterator[Problem]:
+    """`rate_limit` paces the handlers this daemon runs; an external group has none."""
+    for name, g in idx.groups.items():
+        if g.rate_limit is not None and g.handler is None:
+            yield idx.problem(
+                f"consumer_groups.{name}.rate_limit",
+                "ignored-rate-limit",
+                WARNING,
+                f'consumer group "{name}" has no handler, so its rate_limit limits nothing '
+                "(it paces the handlers this daemon runs; limit external consumers on their side)",
+                fallback=g.pos,
+            )
+
+
 def dropped_failures(idx: Index) -> Iterator[Problem]:
     for name, c in idx.consumers.items():
         q = idx.queues.get(c.queue)
@@ -520,6 +535,7 @@ RULES: tuple[Rule, ...] = (
     Rule("priority-levels", priority_levels),
     Rule("idle-instances", idle_instances),
     Rule("dropped-failures", dropped_failures),
+    Rule("ignored-rate-limit", ignored_rate_limits),
     Rule("at-most-once-retries", at_most_once_retries),
     Rule("dlq-loop", dlq_loops),
     Rule("unreachable-internal", unreachable_internal),

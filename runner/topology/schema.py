@@ -25,7 +25,7 @@ from runner.topology.partial import KINDS, SECTIONS
 from runner.topology.problems import Problem, Severity
 from runner.topology.source import SourceDocument, core_scalar
 from runner.topology.suggest import did_you_mean
-from runner.topology.units import DURATION_EXAMPLES, suggest_duration
+from runner.topology.units import DURATION_EXAMPLES, RATE_EXAMPLES, suggest_duration
 
 _JSON_TYPES = {
     "object": "a mapping",
@@ -207,6 +207,11 @@ def _value_message(path: str, error: ValidationError) -> str:
             f'{label} must be a size in bytes or with a unit, e.g. "64MiB" or "1GB" '
             f"(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB){unlimited}; got {_show(value)}"
         )
+    if title == "rate" and keyword in ("type", "pattern"):
+        hint = ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            hint = f'; did you mean "{_number(value)}/s"?'
+        return f"{label} must be a rate such as {RATE_EXAMPLES}; got {_show(value)}{hint}"
     if title == "name" and keyword in ("pattern", "type"):
         hint = _type_hint(["string"], value) if keyword == "type" else ""
         return f"{label}: {_bad_name(value)}{hint}"

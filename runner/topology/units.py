@@ -48,6 +48,12 @@ DURATION_EXAMPLES = '"250ms", "30s", "5m", "24h", "7d", "2w" or "1h30m"'
 SIZE_UNITS_TEXT = "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
 
 
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
+_RATE_UNITS: dict[str, int] = {"s": 1, "m": 60, "h": 3600}
+RATE_EXAMPLES = '"200/s", "1000/m" or "0.5/s"'
+MAX_RATE = 1e9  # per second; beyond it a limit limits nothing
+
+
 MAX_DURATION_S = 36500 * 86400  # a topology's durations: at most 100 years ("forever" aside)
 MAX_REQUEST_DURATION_S = 365 * 86400  # an HTTP request's `lease` and `ttl`: at most 1 year
 
@@ -115,6 +121,39 @@ def parse_size(value: int | str, *, allow_unlimited: bool = False) -> int | None
     if exact.denominator != 1:
         raise ValueError(f'size "{value}" is not a whole number of bytes ({float(exact)})')
     return int(exact)
+
+
+def parse_rate(text: object) -> float:
+    """Events per second in a rate string `N/s`, `N/m` or `N/h`; ValueError for
+    anything else, for 0 and for more than a billion a second.
+
+    >>> parse_rate("200/s")
+    200.0
+    >>> parse_rate("30/m")
+    0.5
+    """
+    match = _RATE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"invalid rate {text!r}; use a number, a slash and s, m or h: {RATE_EXAMPLES}")
+    per_second = float(Fraction(match.group(1)) / _RATE_UNITS[match.group(2)])
+    if per_second <= 0:
+        raise ValueError(f'rate "{text}" must be more than 0')
+    if per_second > MAX_RATE:
+        raise ValueError(f'rate "{_clip(text)}" is more than the limit of 1000000000/s')
+    return per_second
+
+
+def format_rate(per_second: float) -> str:
+    """The unit form of a rate: whole numbers per second, else per minute or hour.
+
+    >>> format_rate(200.0), format_rate(0.5), format_rate(1 / 3600)
+    ('200/s', '30/m', '1/h')
+    """
+    for unit, factor in (("s", 1), ("m", 60), ("h", 3600)):
+        count = per_second * factor
+        if abs(count - round(count)) < 1e-9 * max(1.0, count):
+            return f"{round(count)}/{unit}"
+    return f"{per_second:g}/s"
 
 
 def format_duration(seconds: float) -> str:

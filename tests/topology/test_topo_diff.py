@@ -301,4 +301,5 @@ def test_to_json_is_plain_json_with_every_change_field() -> None:
         "durable": True,
         "internal": False,
         "alternate_exchange": None,
+        "publish_rate": None,
     }

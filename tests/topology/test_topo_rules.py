@@ -54,7 +54,7 @@ def topo(**kw: object) -> Topology:
 
 def test_rule_ids_are_unique_and_documented() -> None:
     ids = [r.id for r in RULES]
-    assert len(ids) == len(set(ids)) == 14
+    assert len(ids) == len(set(ids)) == 15
     import runner.topology.rules as module
 
     for rule_id in ids:

@@ -168,7 +168,7 @@ def test_unknown_keys_are_reported_at_the_key() -> None:
             22,
             "queues.q.ttl",
             'unknown key "ttl" in queues.q; known keys: dead_letter, delivery_limit, durable, '
-            "max_length, max_length_bytes, max_priority, message_ttl, overflow, "
+            "max_length, max_length_bytes, max_priority, message_ttl, overflow, publish_rate, "
             "single_active_consumer",
         )
     ]
