@@ -21,7 +21,9 @@ from aiohttp import web
 
 from runner import jsontext
 from runner.daemon import codec, dlq, groups, lists
+from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
+from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
 from runner.daemon.reload import ReloadResult
 from runner.engine import HEADER_TYPES, Engine, OutRecord, TopicPartition, encode_headers
 from runner.errors import (
@@ -82,6 +84,7 @@ LIMITS_KEY = web.AppKey("limits", codec.Limits)
 MAX_REQUEST_KEY = web.AppKey("max_request_bytes", int)
 CONNECTION_LIMITS_KEY = web.AppKey("connection_limits", ConnectionLimits)
 ABANDONED = web.RequestKey("runner.body_abandoned", bool)
+LIMITER_KEY = web.AppKey("publish_limiter", PublishLimiter)
 
 
 def answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -96,6 +99,9 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 def _engine_error(exc: EngineError) -> web.Response:
+    if isinstance(exc, Throttled):
+        return answer({"error": str(exc), "accepted": 0, "routed": []}, 429,
+                      {"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, Refused):
         return error(429, str(exc), accepted=exc.accepted, routed=list(exc.routed))
     if isinstance(exc, Conflict):
@@ -327,12 +333,24 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
     msgs, batch = codec.messages(
         body, limits=request.app[LIMITS_KEY], default_key=name if to_queue else None
     )
+    _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
     publish = host.engine.publish_to_queue if to_queue else host.engine.publish
     try:
         routed = publish(name, msgs) if msgs else []
     finally:
         host.notify()  # also after a 429: the items before the refusal are stored
     return answer({"routed": routed if batch else routed[0]}, 202)
+
+
+def _limit(request: web.Request, kind: str, name: str, count: int) -> None:
+    """Throttled (429) when this producer passes the destination's publish_rate."""
+    limiter = request.app.get(LIMITER_KEY)
+    if limiter is None:
+        return
+    rate = limiter.rate_of(_host(request).topology, kind, name)
+    if rate is not None:
+        producer = producer_of(request.headers.get("Authorization"), request.remote)
+        limiter.admit(kind, name, rate, producer, count)
 
 
 async def publish_exchange(request: web.Request) -> web.Response:
@@ -368,6 +386,9 @@ async def append_topic(request: web.Request) -> web.Response:
                 f"{where}topic '{name}' has no partition {rec.partition} "
                 f"(it has {topic.partitions}: 0..{topic.partitions - 1})"
             )
+    _limit(request, "topic", name, len(recs))
+    if recs:
+        check_lag(host.engine, host.topology, name)
     try:
         offsets = host.engine.append(name, recs) if recs else []
     finally:
@@ -724,6 +745,7 @@ async def readyz(request: web.Request) -> web.Response:
 def build_app(
     host: Host, *, token: str | None, limits: codec.Limits, max_request_bytes: int,
     connection_limits: ConnectionLimits | None = None, metrics_token: str | None = None,
+    limiter: PublishLimiter | None = None,
 ) -> web.Application:
     """The aiohttp application serving `host`."""
     app = web.Application(
@@ -734,6 +756,8 @@ def build_app(
     app[LIMITS_KEY] = limits
     app[MAX_REQUEST_KEY] = max_request_bytes
     app[CONNECTION_LIMITS_KEY] = connection_limits or ConnectionLimits()
+    if limiter is not None:
+        app[LIMITER_KEY] = limiter
     r = app.router
     r.add_get("/", index)
     r.add_get("/v1/queues", list_queues)

@@ -33,6 +33,7 @@ from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.recorded import holds_nothing, open_checked, write_record
 from runner.daemon.reload import (
     ReloadCounters,
@@ -192,6 +193,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._registry = build_registry(self)
+        self._limiter = PublishLimiter(parts.clock)
+        self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
         self._tick_failures = 0
         self._tasks: set[asyncio.Future[ReloadResult]] = set()
         self._kafka_wake: Callable[[], None] | None = None
@@ -304,6 +307,7 @@ class Supervisor:
             limits=codec.Limits(max_message_bytes=config.max_message_bytes),
             max_request_bytes=config.max_request_bytes,
             connection_limits=config.connections,
+            limiter=self._limiter,
         )
         install_console(app, self, token=config.token, mode=config.console, clock=clock)
         server = HttpServer(app)

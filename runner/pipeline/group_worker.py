@@ -52,7 +52,7 @@ class GroupWorker(Worker):
         super().__init__(
             env, topology, name=group.name, handler_ref=group.handler, delivery=group.delivery,
             timeout_s=group.timeout_s, policy_name=group.dlq_policy, idempotency=None,
-            counters=counters, handler=handler,
+            counters=counters, handler=handler, rate_limit=group.rate_limit,
         )
         self.group = group
         self.replay_queue = env.engine.replay_queue(group.name)

@@ -53,7 +53,7 @@ class QueueWorker(Worker):
             env, topology, name=consumer.name, handler_ref=consumer.handler,
             delivery=consumer.delivery, timeout_s=consumer.timeout_s,
             policy_name=consumer.dlq_policy, idempotency=consumer.idempotency,
-            counters=counters, handler=handler,
+            counters=counters, handler=handler, rate_limit=consumer.rate_limit,
         )
         self.consumer = consumer
         self.queue = consumer.queue

@@ -28,6 +28,7 @@ from runner.pipeline.failures import FailureLog
 from runner.pipeline.handler import Handler, HandlerTimeout
 from runner.pipeline.idempotency import IdempotencyStore, key_of
 from runner.pipeline.message import Context, Message, Outputs
+from runner.pipeline.pacing import Pacer
 from runner.pipeline.retry import Retrier
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.sync_batch import SyncBatch
@@ -59,7 +60,7 @@ class Worker:
         self, env: WorkerEnv, topology: Topology, *, name: str, handler_ref: str,
         delivery: Delivery, timeout_s: float, policy_name: str | None,
         idempotency: Idempotency | None, counters: HandlerCounters,
-        handler: Handler | None = None,
+        handler: Handler | None = None, rate_limit: float | None = None,
     ) -> None:
         self.env = env
         self.topology = topology
@@ -86,12 +87,18 @@ class Worker:
         self.wake = asyncio.Event()
         self.busy = 0  # handler calls in flight
         self.tasks: list[asyncio.Task[None]] = []
+        # `rate_limit`: one bucket for every instance of this consumer or group
+        self.pacer: Pacer | None = None
+        if rate_limit is not None:
+            self.pacer = Pacer(rate_limit, now=env.clock.monotonic, sleep=self.pause)
 
     # ---------------------------------------------------------------- calls
     async def run_handler(self, message: Message) -> tuple[Exception | None, Outputs]:
         """One call: (None, staged outputs) on success, (exception, nothing) on failure."""
         if not self.handler.is_async:  # a batch of one: one future, no per-call scopes
             return (await self.run_sync_batch([message], stoppable=False))[0]
+        if self.pacer is not None:
+            await self.pacer.admit()  # stopping meanwhile: this one call still runs
         ctx = Context(self.name, message)
         start = self.env.clock.monotonic()
         self.busy += 1
@@ -120,6 +127,8 @@ class Worker:
         an outcome (as from run_handler) for each of the first k; the rest were not
         started (a call timed out, or the worker is stopping and `stoppable`) and
         are the caller's."""
+        if self.pacer is not None and not await self.pacer.admit(len(messages)) and stoppable:
+            return []  # stopped while paced: none started
         calls = [(m, Context(self.name, m)) for m in messages]
         batch = SyncBatch(self.handler, calls, clock=self.env.clock,
                           stopping=(lambda: self.stopping) if stoppable else (lambda: False))

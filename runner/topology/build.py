@@ -118,7 +118,7 @@ class _Builder:
             return 0
 
     def rate(self, path: str, spec: dict[str, Any], key: str) -> float | None:
-        """Per-second rate of `spec[key]` (None when absent); reports an error when it does not parse."""
+        """Per-second rate of `spec[key]` (None when absent); an error when it does not parse."""
         value = spec.get(key)
         if value is None:
             return None

@@ -134,12 +134,14 @@ def parse_rate(text: object) -> float:
     """
     match = _RATE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"invalid rate {text!r}; use a number, a slash and s, m or h: {RATE_EXAMPLES}")
+        raise ValueError(
+            f"invalid rate {text!r}; use a number, a slash and s, m or h: {RATE_EXAMPLES}"
+        )
     per_second = float(Fraction(match.group(1)) / _RATE_UNITS[match.group(2)])
     if per_second <= 0:
         raise ValueError(f'rate "{text}" must be more than 0')
     if per_second > MAX_RATE:
-        raise ValueError(f'rate "{_clip(text)}" is more than the limit of 1000000000/s')
+        raise ValueError(f'rate "{_clip(str(text))}" is more than the limit of 1000000000/s')
     return per_second
 
 
