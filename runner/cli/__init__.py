@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "runner.cli.bench",  # bench
     "runner.cli.topotest",  # test
     "runner.cli.route",  # route
+    "runner.cli.completion",  # completion
 )
 
 

@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import stat
 import sys
 from pathlib import Path
 
+from runner.cli import pythonpath
 from runner.errors import RunnerError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
@@ -71,6 +73,28 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
     return int(text)
+
+
+def _count(text: str) -> int:
+    """A whole number of records, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    """A share between 0 and 1 (exclusive of 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (try 0.05)") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, got {text}")
+    return value
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -155,15 +179,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="start although the topology's plan against the one recorded in the data dir "
         "has unsafe changes (or names another topology)",
     )
+    pythonpath.add_option(run)
     run.set_defaults(func=cmd_run)
 
     alerts = sub.add_parser("alerts", help="Prometheus alerting rules for a topology")
     alerts.add_argument("path", type=Path, help="topology file or directory")
     alerts.add_argument(
-        "--lag-threshold", type=int, default=10_000,
+        "--lag-threshold", type=_count, default=10_000,
         help="alert when a group lags by more records than this (default 10000)",
     )
     alerts.add_argument("--lag-for", default="10m", help="for how long (default 10m)")
+    alerts.add_argument(
+        "--error-ratio", type=_ratio, default=0.05,
+        help="alert when a handler fails more than this share of its messages over 5 "
+        "minutes (default 0.05)",
+    )
     alerts.set_defaults(func=cmd_alerts)
 
 
@@ -236,6 +266,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2
+    refused = pythonpath.apply(args, "run")
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return 2
     parts = real_parts(follow_symlinks=not args.no_follow_symlinks)
     loaded = parts.load(str(args.path))
     errors = [p for p in loaded.problems if p.is_error]
@@ -254,6 +288,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("runner run: handlers could not be imported", file=sys.stderr)
         return 1
     host, port = args.listen
+    # before the data dir is touched: a taken port is a clear error, not a half-made dir
+    for option, address in (("--listen", args.listen), ("--kafka-listen", args.kafka_listen)):
+        busy = _port_taken(*address) if address is not None else None
+        if busy is not None:
+            print(f"runner run: cannot listen on {address[0]}:{address[1]}: {busy}; is another "
+                  f"daemon running there? Choose another address with {option} HOST:PORT",
+                  file=sys.stderr)
+            return 1
     config = DaemonConfig(
         path=args.path,
         data_dir=args.data_dir,
@@ -291,8 +333,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (None when it can): bound and closed again
+    at once, with SO_REUSEADDR as the HTTP server binds (port 0 is always free)."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"unknown host ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return None
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from runner.daemon.alerts import render_yaml, rules
+    from runner.daemon.alerts import Limits, render_yaml, rules
     from runner.topology.load import load
 
     if not args.path.exists():
@@ -310,6 +372,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         print(f"runner alerts: {args.path} is invalid ({len(errors)} error(s))", file=sys.stderr)
         return 1
     topology = loaded.topology
-    rule_list = rules(topology, lag_threshold=args.lag_threshold, lag_for=args.lag_for)
+    limits = Limits(
+        lag_threshold=args.lag_threshold, lag_for=args.lag_for, error_ratio=args.error_ratio
+    )
+    rule_list = rules(topology, limits)
     sys.stdout.write(render_yaml(topology, rule_list))
     return 0

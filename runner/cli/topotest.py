@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from runner.cli import report
+from runner.cli import pythonpath, report
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
 
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="a *_test.yaml file, or a directory searched for them")
     p.add_argument("--format", choices=FORMATS, default="text")
+    pythonpath.add_option(p)
     p.set_defaults(func=test_command)
 
 
@@ -107,6 +108,10 @@ def test_command(args: argparse.Namespace) -> int:
     for path in missing:
         print(f"runner test: {path}: no such file or directory", file=sys.stderr)
     if missing:
+        return USAGE
+    refused = pythonpath.apply(args, "test")
+    if refused is not None:
+        print(refused, file=sys.stderr)
         return USAGE
     if not discover(paths):
         print(f"runner test: no *_test.yaml file under {' '.join(paths)}", file=sys.stderr)

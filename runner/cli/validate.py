@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from runner.cli import report
+from runner.cli import pythonpath, report
 from runner.topology.graph import FORMATS, render
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="import every handler (module:callable, the working directory on sys.path)",
     )
+    pythonpath.add_option(p)
     p.set_defaults(func=validate_command)
 
     p = subparsers.add_parser("schema", help="print the JSON Schema of topology files")
@@ -87,6 +88,10 @@ def _load_partial(path: str) -> tuple[Topology | None, Topology | None, list[Pro
 def validate_command(args: argparse.Namespace) -> int:
     paths: list[str] = args.paths
     if _missing_paths("validate", paths):
+        return USAGE
+    refused = pythonpath.apply(args, "validate")
+    if refused is not None:
+        print(refused, file=sys.stderr)
         return USAGE
     problems: list[Problem] = []
     for path in paths:

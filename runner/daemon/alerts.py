@@ -1,5 +1,12 @@
 """Alerting rules: Prometheus rules derived from a topology's DLQ policies and groups.
 
+Every rule is scoped to the daemons that run this topology: its expression
+keeps the `job` and `instance` labels (aggregations are `sum by (job,
+instance)`) and ends in `and on (job, instance) runner_topology_info{name=...}`,
+so one rule file per topology can be loaded beside others, and an alert names
+the daemon it is about. Alert names start with the topology's name in
+CamelCase (`ShopDlqDepthStandard`), unique across topologies.
+
 Per DLQ policy with an `alert`: dead-letter queue depth over `max_depth`
 (`runner_queue_messages_ready`) and oldest dead letter older than `max_age`
 (`runner_queue_oldest_message_age_seconds`); for a dead_letter_queue that is a
@@ -7,9 +14,11 @@ topic, the depth is the records it keeps (log end minus log start, summed over
 partitions) and the age is now minus the oldest first-record timestamp of its
 partitions (`runner_topic_partition_oldest_record_timestamp_seconds`, 0 for an
 empty partition, so those are filtered out), guarded by depth > 0. Per consumer
-group: lag over a threshold. Always: failed topology reloads. The output is YAML written by hand
-(double-quoted scalars are JSON strings, which YAML reads the same), so this
-module needs no YAML library.
+group: lag over a threshold. Always: the daemon down (`up == 0` for an instance
+that served this topology in the last hour), the handler error ratio, and the
+last reload failed (cleared by the next applied reload). The output is YAML
+written by hand (double-quoted scalars are JSON strings, which YAML reads the
+same), so this module needs no YAML library.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from dataclasses import dataclass
 
 from runner.topology.model import Topology
 
+BY = "by (job, instance)"  # every aggregation keeps the daemon's identity
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -29,6 +40,16 @@ class Rule:
     severity: str
     summary: str
     description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The thresholds `runner alerts` takes as flags."""
+
+    lag_threshold: int = 10_000
+    lag_for: str = "10m"
+    error_ratio: float = 0.05
+    error_for: str = "5m"
 
 
 def _duration(seconds: float) -> str:
@@ -57,8 +78,8 @@ def _topic_depth(topic: str) -> str:
     """Records a topic holds: the sum over partitions of log end minus log start."""
     sel = f'{{topic="{_label(topic)}"}}'
     return (
-        f"(sum(runner_topic_partition_log_end_offset{sel}) "
-        f"- sum(runner_topic_partition_log_start_offset{sel}))"
+        f"(sum {BY} (runner_topic_partition_log_end_offset{sel}) "
+        f"- sum {BY} (runner_topic_partition_log_start_offset{sel}))"
     )
 
 
@@ -66,12 +87,26 @@ def _topic_age(topic: str) -> str:
     """Seconds since the oldest record a topic still keeps was written: its
     partitions' first-record timestamps, empty partitions (exported as 0) left out."""
     sel = f'{{topic="{_label(topic)}"}}'
-    return f"(time() - min(runner_topic_partition_oldest_record_timestamp_seconds{sel} > 0))"
+    return (f"(time() - min {BY} "
+            f"(runner_topic_partition_oldest_record_timestamp_seconds{sel} > 0))")
 
 
-def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10m") -> list[Rule]:
+def scope(topology: Topology) -> str:
+    """The suffix that keeps a rule to the daemons running `topology`."""
+    return f'and on (job, instance) runner_topology_info{{name="{_label(topology.name or "")}"}}'
+
+
+def _handlers(topology: Topology) -> list[str]:
+    names = [name for name, _ in topology.consumers]
+    names += [name for name, g in topology.consumer_groups if g.handler]
+    return sorted(set(names))
+
+
+def rules(topology: Topology, limits: Limits = Limits()) -> list[Rule]:
     """Every alerting rule for `topology`."""
     out: list[Rule] = []
+    prefix = _camel(topology.name or "") or "Runner"
+    only = scope(topology)
     topics = topology.topic_map()
     for name, policy in topology.dlq_policies:
         alert = policy.alert
@@ -97,16 +132,8 @@ def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10
                     f"Inspect them with `runner dlq show {dlq}` and replay with "
                     f"`runner dlq replay {dlq}`."
                 )
-            out.append(
-                Rule(
-                    alert=f"DlqDepth{_camel(name)}",
-                    expr=expr,
-                    for_="1m",
-                    severity="warning",
-                    summary=summary,
-                    description=description,
-                )
-            )
+            out.append(Rule(f"{prefix}DlqDepth{_camel(name)}", f"({expr}) {only}", "1m",
+                            "warning", summary, description))
         if alert.max_age_s is not None:
             age = _duration(alert.max_age_s)
             if is_topic:
@@ -126,40 +153,72 @@ def rules(topology: Topology, *, lag_threshold: int = 10_000, lag_for: str = "10
                     f"DLQ policy {name}: the oldest message in {dlq} is "
                     "{{ $value | humanizeDuration }} old."
                 )
-            out.append(
-                Rule(
-                    alert=f"DlqAge{_camel(name)}",
-                    expr=expr,
-                    for_="1m",
-                    severity="warning",
-                    summary=summary,
-                    description=description,
-                )
-            )
+            out.append(Rule(f"{prefix}DlqAge{_camel(name)}", f"({expr}) {only}", "1m",
+                            "warning", summary, description))
     for name, _group in topology.consumer_groups:
         out.append(
             Rule(
-                alert=f"ConsumerGroupLag{_camel(name)}",
+                alert=f"{prefix}ConsumerGroupLag{_camel(name)}",
                 expr=(
-                    f'sum(runner_consumer_group_lag{{group="{_label(name)}"}}) '
-                    f"> {lag_threshold}"
+                    f'(sum {BY} (runner_consumer_group_lag{{group="{_label(name)}"}}) '
+                    f"> {limits.lag_threshold}) {only}"
                 ),
-                for_=lag_for,
+                for_=limits.lag_for,
                 severity="warning",
-                summary=f"Consumer group {name} is more than {lag_threshold} records behind",
-                description=f"Consumer group {name} lags by {{{{ $value }}}} records.",
+                summary=(f"Consumer group {name} is more than {limits.lag_threshold} "
+                         "records behind"),
+                description=(f"Consumer group {name} lags by {{{{ $value }}}} records on "
+                             "{{ $labels.instance }}. See `runner groups describe "
+                             f"{name}`."),
+            )
+        )
+    if _handlers(topology):
+        ratio = f"{limits.error_ratio:g}"
+        out.append(
+            Rule(
+                alert=f"{prefix}HandlerErrorRatio",
+                expr=(
+                    f"(sum by (job, instance, consumer) "
+                    f"(rate(runner_handler_errors_total[5m])) / sum by (job, instance, consumer) "
+                    f"(rate(runner_handler_duration_seconds_count[5m])) > {ratio}) {only}"
+                ),
+                for_=limits.error_for,
+                severity="warning",
+                summary=(f"Handler {{{{ $labels.consumer }}}} fails more than "
+                         f"{limits.error_ratio:.0%} of its messages"),
+                description=(
+                    "{{ $value | humanizePercentage }} of the messages handled by "
+                    "{{ $labels.consumer }} on {{ $labels.instance }} failed over 5 minutes. "
+                    "The daemon's log has one line per failure with its error."
+                ),
             )
         )
     out.append(
         Rule(
-            alert="TopologyReloadFailed",
-            expr='increase(runner_topology_reloads_total{result!="applied"}[10m]) > 0',
+            alert=f"{prefix}TopologyReloadFailed",
+            expr=f"(runner_topology_last_reload_successful == 0) {only}",
             for_="0m",
             severity="warning",
-            summary="A topology reload was refused or invalid",
+            summary="The last topology reload was refused or invalid",
             description=(
-                "The running topology was kept; `runner status` shows the last reload error "
-                "with its file and line."
+                "{{ $labels.instance }} kept the running topology; `runner status` shows the "
+                "last reload error with its file and line. Saving a fixed (or the running) "
+                "topology clears this."
+            ),
+        )
+    )
+    out.append(
+        Rule(
+            alert=f"{prefix}Down",
+            expr=(f"up == 0 and on (job, instance) "
+                  f"last_over_time(runner_topology_info{{name=\"{_label(topology.name or '')}\"}}"
+                  "[1h])"),
+            for_="1m",
+            severity="critical",
+            summary=f"A runner daemon of topology {topology.name or '(unnamed)'} is down",
+            description=(
+                "Prometheus cannot scrape {{ $labels.instance }} (job {{ $labels.job }}), "
+                f"which served topology {topology.name or '(unnamed)'} within the last hour."
             ),
         )
     )

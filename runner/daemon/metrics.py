@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from runner import __version__
 from runner.daemon.reload import RESULTS, ReloadCounters
-from runner.engine import EngineStats, QueueStats, TopicPartition
+from runner.engine import EngineStats, QueueStats, TopicPartition, replay_queue_name
 from runner.pipeline.stats import DURATION_BUCKETS, PipelineStats
 from runner.topology.model import Topology
 
@@ -50,6 +50,8 @@ class HandlerView:
     durations: dict[str, HandlerHistogram] = field(default_factory=dict)
     errors: dict[tuple[str, str], int] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    retry_waiting: dict[str, int] = field(default_factory=dict)
 
 
 class MetricsSource(Protocol):
@@ -84,6 +86,14 @@ def handler_names(topology: Topology) -> list[str]:
     return sorted(set(names))
 
 
+def queue_names(topology: Topology) -> list[str]:
+    """The declared queues, then the internal replay queue of every consumer group
+    (`__replay.<group>`: its dead letters replayed, read before its partitions)."""
+    names = [name for name, _ in topology.queues]
+    names += [replay_queue_name(name) for name, _ in topology.consumer_groups]
+    return names
+
+
 class RunnerCollector(Collector):
     """Reads engine, pipeline and reload state when Prometheus scrapes."""
 
@@ -95,10 +105,11 @@ class RunnerCollector(Collector):
         topology = src.topology
         stats = src.engine_stats()
         yield from _topics(topology, stats)
-        yield from _groups(topology, stats)
+        view = src.handler_view()
+        yield from _groups(topology, stats, view)
         yield from _exchanges(topology, stats)
         yield from _queues(topology, stats)
-        yield from _handlers(topology, src.handler_view())
+        yield from _handlers(topology, view)
         yield from _topology(topology, src.content_hash, src.reloads)
         yield from _storage(stats)
 
@@ -142,7 +153,7 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
     yield from (end, start, size, oldest, total)
 
 
-def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+def _groups(topology: Topology, stats: EngineStats, view: HandlerView) -> Iterator[Metric]:
     gtp = ("group", "topic", "partition")
     committed = _gauge(
         "runner_consumer_group_committed_offset",
@@ -154,6 +165,15 @@ def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "Records of a partition not yet processed by a consumer group.", *gtp,
     )
     members = _gauge("runner_consumer_group_members", "Live members of a consumer group.", "group")
+    dead = _counter(
+        "runner_consumer_group_dead_lettered",
+        "Records a consumer group's handler gave up on and dead-lettered.", "group",
+    )
+    waiting = _gauge(
+        "runner_consumer_group_retry_waiting",
+        "Records a consumer group holds back until their retry is due (each pauses its "
+        "partition).", "group",
+    )
     topics = topology.topic_map()
     for name, group in topology.consumer_groups:
         for topic_name in group.topics:
@@ -170,7 +190,9 @@ def _groups(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
                 committed.add_metric(labels, position)
                 lag.add_metric(labels, behind)
         members.add_metric([name], stats.group_members.get(name, 0))
-    yield from (committed, lag, members)
+        dead.add_metric([name], view.dead_lettered.get(name, 0))
+        waiting.add_metric([name], view.retry_waiting.get(name, 0))
+    yield from (committed, lag, members, dead, waiting)
 
 
 def _exchanges(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
@@ -198,6 +220,10 @@ def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
     unacked = gauge(
         "runner_queue_messages_unacked", "Messages delivered from a queue and not yet settled."
     )
+    retry_waiting = gauge(
+        "runner_queue_messages_retry_waiting",
+        "Messages of a queue waiting for their retry to come due (not ready yet).",
+    )
     age = gauge(
         "runner_queue_oldest_message_age_seconds",
         "Age of the oldest ready message of a queue (0 when empty).",
@@ -219,9 +245,10 @@ def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "Dead letters from a queue dropped because one publish caused more than 1,000 "
         "dead-letter hops.",
     )
-    for name, _ in topology.queues:
+    for name in queue_names(topology):
         q = stats.queues.get(name) or QueueStats()
         ready.add_metric([name], q.ready)
+        retry_waiting.add_metric([name], q.delayed)
         unacked.add_metric([name], q.unacked)
         age.add_metric([name], q.oldest_ready_age_s)
         published.add_metric([name], q.published)
@@ -234,8 +261,8 @@ def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         for reason, count in sorted(reasons.items()):
             dead.add_metric([name, reason], count)
         loops.add_metric([name], q.dead_letter_loops)
-    yield from (ready, unacked, age, published, delivered, acked, redelivered, rejected, dead,
-                loops)
+    yield from (ready, unacked, retry_waiting, age, published, delivered, acked, redelivered,
+                rejected, dead, loops)
 
 
 def _handlers(topology: Topology, view: HandlerView) -> Iterator[Metric]:
@@ -279,6 +306,12 @@ def _topology(topology: Topology, content_hash: str, reloads: ReloadCounters) ->
     )
     for result in RESULTS:
         total.add_metric([result], reloads.counts.get(result, 0))
+    ok = _gauge(
+        "runner_topology_last_reload_successful",
+        "1 unless the last reload attempt was refused or invalid (0 until a reload is "
+        "applied or the files are saved back to the running topology).",
+    )
+    ok.add_metric([], 0 if reloads.failed else 1)
     last = _gauge(
         "runner_topology_last_reload_timestamp_seconds",
         "Unix time of the last counted reload attempt (0 before the first).",
@@ -290,7 +323,7 @@ def _topology(topology: Topology, content_hash: str, reloads: ReloadCounters) ->
         "runner_build_info", "The running topology-runner version (always 1).", "version"
     )
     build.add_metric([__version__], 1)
-    yield from (total, last, info, build)
+    yield from (total, ok, last, info, build)
 
 
 def build_registry(source: MetricsSource, *, process: bool = True) -> CollectorRegistry:
@@ -314,4 +347,6 @@ def handler_view_from(stats: PipelineStats) -> HandlerView:
         for error_type, count in c.errors.items():
             view.errors[(name, error_type)] = count
         view.retries[name] = c.retries
+        view.dead_lettered[name] = c.dead_lettered
+        view.retry_waiting[name] = c.retry_waiting
     return view

@@ -40,11 +40,13 @@ class ReloadEntry:
 class ReloadCounters:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))
     last_timestamp_s: float = 0.0
+    failed: bool = False  # the last attempt was refused or invalid (and not fixed since)
 
     def count(self, result: str, now_s: float) -> None:
         if result in self.counts:
             self.counts[result] += 1
             self.last_timestamp_s = now_s
+            self.failed = result != "applied"
 
 
 # the key order of `runner validate --format json`

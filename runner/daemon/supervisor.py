@@ -44,7 +44,7 @@ from runner.daemon.reload import (
     problem_line,
 )
 from runner.daemon.status import TopologyState, status_json
-from runner.daemon.watch import TopologyWatcher
+from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, EngineStats, FsyncPolicy
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline.handler import handler_problems
@@ -180,6 +180,11 @@ class Supervisor:
         self._parts = parts
         self._topology: Topology = loaded.topology
         self._hash = loaded.content_hash
+        # what the files held at the last attempt: (topology hash, handler sources);
+        # a watch event that finds the same is no reload
+        self._handler_files = handler_files(_handler_refs(loaded.topology))
+        self._seen = (self._hash, sources_digest(self._handler_files))
+        self._watcher: TopologyWatcher | None = None
         self._generation = 1
         self._last_error: str | None = None
         self._last_result: str | None = None
@@ -347,7 +352,9 @@ class Supervisor:
             watcher = TopologyWatcher(
                 config.path, loop, self._on_files_changed, debounce_s=config.debounce_s
             )
+            watcher.watch_files(self._handler_files)
             watcher.start()
+            self._watcher = watcher
         ticker = asyncio.create_task(self._tick_forever())
         if ready is not None:
             ready(config.host, port)
@@ -476,8 +483,11 @@ class Supervisor:
         except Exception as exc:  # the loader returns problems as data; be safe anyway
             log.exception("loading %s failed", path)
             return ReloadResult("invalid", self._generation, error=f"{path}: {exc}")
-        if loaded.content_hash == self._hash and trigger == "watch":
+        # the handler modules the running topology uses (what the watcher watches)
+        seen = (loaded.content_hash, sources_digest(self._handler_files))
+        if seen == self._seen and trigger == "watch":
             return ReloadResult("unchanged", self._generation)
+        self._seen = seen  # a fix saved after a failed attempt is an attempt again
         errors = [p for p in loaded.problems if p.is_error]
         new = loaded.topology
         if errors or new is None:
@@ -537,6 +547,10 @@ class Supervisor:
                 "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
             )
         _log_worker_changes(old, new, changes_done)
+        self._handler_files = handler_files(_handler_refs(new))
+        self._seen = (loaded.content_hash, sources_digest(self._handler_files))
+        if self._watcher is not None:
+            self._watcher.watch_files(self._handler_files)
         if loaded.content_hash != self._hash:
             self._hash = loaded.content_hash
             self._generation += 1
@@ -550,6 +564,15 @@ class Supervisor:
     def _is_empty(self, kind: str, name: str) -> bool:
         """Whether a queue or topic holds nothing (removing it is then safe)."""
         return holds_nothing(self.engine, kind, name)
+
+
+def _handler_refs(topology: Topology | None) -> list[str]:
+    """The handler references (`module:callable`) of every consumer and group."""
+    if topology is None:
+        return []
+    refs = [c.handler for _, c in topology.consumers if c.handler]
+    refs += [g.handler for _, g in topology.consumer_groups if g.handler]
+    return refs
 
 
 def _workers(topology: Topology) -> list[tuple[str, str, Any]]:

@@ -1,7 +1,9 @@
 """The topology watcher: file events on the topology path, debounced, posted to the loop.
 
 A watchdog observer thread watches the topology file's directory (or the
-topology directory, not recursively). Its thread never touches daemon state:
+topology directory, not recursively), and the files of the handler modules
+(`watch_files`, updated after each applied reload: an edited handler reloads
+like an edited topology). Its thread never touches daemon state:
 each relevant event only posts `Debouncer.poke` to the event loop with
 `call_soon_threadsafe`. The debouncer fires once the files have been quiet
 for `delay_s`, so an editor's save burst (write temp, rename, chmod) is one
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -57,6 +61,30 @@ def is_topology_file(path: str) -> bool:
     return name.endswith((".yaml", ".yml"))
 
 
+def handler_files(refs: Iterable[str]) -> frozenset[Path]:
+    """The source files of the (imported) modules of handler references
+    `module:callable`; modules not imported or without a file are left out."""
+    out: set[Path] = set()
+    for ref in refs:
+        module = sys.modules.get(ref.partition(":")[0])
+        path = getattr(module, "__file__", None)
+        if path:
+            out.add(Path(path).resolve())
+    return frozenset(out)
+
+
+def sources_digest(paths: Iterable[Path]) -> str:
+    """A hash over the files' names and contents (a missing file hashes as absent)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(os.fsencode(path) + b"\0")
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            digest.update(b"absent")
+    return digest.hexdigest()
+
+
 class _Events(FileSystemEventHandler):
     def __init__(self, relevant: Callable[[str], bool], post: Callable[[], None]) -> None:
         self._relevant = relevant
@@ -88,9 +116,14 @@ class TopologyWatcher:
         self._loop = loop
         self._debouncer = Debouncer(loop, debounce_s, on_change)
         self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._events = _Events(self._relevant, self._post)
+        self._dirs: set[Path] = set()
+        self._files: frozenset[Path] = frozenset()
 
     def _relevant(self, path: str) -> bool:
         resolved = Path(path).resolve()
+        if resolved in self._files:
+            return True
         if self._path.is_dir():
             return resolved.parent == self._path and is_topology_file(path)
         return resolved == self._path
@@ -104,13 +137,31 @@ class TopologyWatcher:
         watched = self._path if self._path.is_dir() else self._path.parent
         observer = Observer()
         observer.daemon = True
-        observer.schedule(_Events(self._relevant, self._post), str(watched), recursive=False)
+        observer.schedule(self._events, str(watched), recursive=False)
+        self._dirs.add(watched)
         observer.start()
         self._observer = observer
         log.info(
             "watching %s for topology changes", watched,
             extra={"event": "watching", "path": str(watched)},
         )
+        self.watch_files(self._files)
+
+    def watch_files(self, files: frozenset[Path]) -> None:
+        """Also reload when one of `files` (handler modules' sources) changes."""
+        self._files = files
+        observer = self._observer
+        if observer is None:
+            return
+        for directory in sorted({f.parent for f in files} - self._dirs):
+            try:
+                observer.schedule(self._events, str(directory), recursive=False)
+            except OSError as exc:  # gone, or out of inotify watches: reload still works
+                log.warning("cannot watch %s for handler changes: %s", directory, exc)
+                continue
+            self._dirs.add(directory)
+            log.info("watching %s for handler changes", directory,
+                     extra={"event": "watching", "path": str(directory)})
 
     def stop(self) -> None:
         self._debouncer.cancel()

@@ -293,7 +293,12 @@ class GroupWorker(Worker):
             decision = self.retrier.decide(exc, failures)
             if decision.retry:
                 self.counters.retries += 1
-                if not await self.pause(decision.delay_s):
+                self.counters.retry_waiting += 1
+                try:
+                    resumed = await self.pause(decision.delay_s)
+                finally:
+                    self.counters.retry_waiting -= 1
+                if not resumed:
                     return False
                 if stale is not None and stale():
                     raise _Stale()  # sought meanwhile: this record is not the next one

@@ -90,9 +90,16 @@ def resolve(ref: str, *, consumer: str | None = None) -> HandlerFn:
     try:
         obj: Any = _import_fresh(module_name)
     except (Exception, SystemExit) as exc:  # any import-time failure of user code
+        where = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):  # the module itself is not found (not one it imports): say where we looked
+            searched = [p or "." for p in sys.path if os.path.exists(p or ".")]
+            where = (f" (searched sys.path: {', '.join(searched)}; "
+                     "run from the directory that holds it or pass --pythonpath DIR)")
         raise HandlerImportError(
             f"{who}handler {ref!r}: cannot import module {module_name!r}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}{where}"
         ) from exc
     for part in attr_path.split("."):
         try:

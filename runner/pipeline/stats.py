@@ -31,6 +31,7 @@ class ConsumerStats:
     dead_lettered: int
     dropped: int  # failures with nowhere to dead-letter (logged)
     skipped: int  # duplicates skipped by the idempotency window
+    retry_waiting: int = 0  # records a group holds back until their retry is due
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class HandlerCounters:
 
     __slots__ = (
         "_bins", "duration_sum", "duration_count", "errors", "retries", "succeeded",
-        "dead_lettered", "dropped", "skipped",
+        "dead_lettered", "dropped", "skipped", "retry_waiting",
     )
 
     def __init__(self) -> None:
@@ -58,6 +59,7 @@ class HandlerCounters:
         self.dead_lettered = 0
         self.dropped = 0
         self.skipped = 0
+        self.retry_waiting = 0
 
     def observe(self, seconds: float) -> None:
         i = bisect.bisect_left(DURATION_BUCKETS, seconds)
@@ -79,5 +81,5 @@ class HandlerCounters:
             buckets=tuple(cumulative), duration_sum=self.duration_sum,
             duration_count=self.duration_count, errors=dict(self.errors), retries=self.retries,
             succeeded=self.succeeded, dead_lettered=self.dead_lettered, dropped=self.dropped,
-            skipped=self.skipped,
+            skipped=self.skipped, retry_waiting=self.retry_waiting,
         )

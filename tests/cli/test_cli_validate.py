@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.cli.console import run, write
@@ -214,7 +215,9 @@ def test_check_handlers_imports_every_handler(tmp_path: Path) -> None:
     done = run(tmp_path, "validate", "--check-handlers", "shop.yaml")
     assert done.returncode == 1
     assert done.stderr == "jobs imported\n"  # import-time prints go to stderr
-    assert done.stdout.splitlines() == [
+    searched = re.compile(r" \(searched sys\.path: [^)]*\)")
+    assert f"(searched sys.path: {tmp_path}, " in done.stdout
+    assert [searched.sub("", line) for line in done.stdout.splitlines()] == [
         "shop.yaml:12:34: error: consumer 'no-module': handler 'app.missing:run': cannot import "
         "module 'app.missing': ModuleNotFoundError: No module named 'app.missing' "
         "(at consumers.no-module.handler)",
