@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 from runner.cli import pythonpath, report
-from runner.topology.graph import FORMATS, render
+from runner.topology.graph import FORMATS, diagram, dot_of, mermaid_of
+from runner.topology.graph_view import CLUSTER_BY, UnknownEntity, View, build
 from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
 
@@ -56,9 +57,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=plan_command)
 
-    p = subparsers.add_parser("graph", help="the topology as a Mermaid or Graphviz diagram")
+    p = subparsers.add_parser(
+        "graph", help="the topology as a Mermaid or Graphviz diagram",
+        description="Draw the topology. Dead-letter edges of several queues into one "
+        "exchange (and dlq_policy edges into one queue) meet in a junction first.",
+    )
     p.add_argument("path", metavar="PATH")
     p.add_argument("--format", choices=FORMATS, default="mermaid")
+    p.add_argument("--only", metavar="NAME",
+                   help="draw only what feeds NAME and where its messages go")
+    p.add_argument("--cluster", choices=CLUSTER_BY, default="none",
+                   help="boxes per kind, or per name prefix (up to the first . - _)")
+    p.add_argument("--legend", action="store_true", help="add a legend of shapes and edges")
+    p.add_argument("--no-merge", action="store_true",
+                   help="draw every dead-letter edge on its own (no junctions)")
     p.set_defaults(func=graph_command)
 
 
@@ -172,5 +184,14 @@ def graph_command(args: argparse.Namespace) -> int:
     if topology is None or errors:
         sys.stderr.write(report.problems_text(errors))
         return 1
-    sys.stdout.write(render(topology, args.format))
+    view = View(only=args.only, merge=not args.no_merge, cluster=args.cluster)
+    try:
+        drawn = build(diagram(topology), view)
+    except UnknownEntity as exc:
+        print(f"runner graph: --only {args.only}: {exc}", file=sys.stderr)
+        return USAGE
+    if args.format == "dot":
+        sys.stdout.write(dot_of(drawn, title=topology.name or "topology", legend=args.legend))
+    else:
+        sys.stdout.write(mermaid_of(drawn, legend=args.legend))
     return 0

@@ -7,6 +7,10 @@ dashed edges are the fallbacks (alternate exchange, dead-letter exchange,
 a dlq_policy's dead-letter queue). Node ids are derived from the kind and the
 name with every character outside `[A-Za-z0-9_]` replaced, plus a counter on a
 clash, so names with dots and dashes are safe in both languages.
+
+What `runner graph` draws of a large topology (one entity's neighbourhood,
+fallback edges merged into junctions, clusters) is chosen in `graph_view`;
+the renderers here draw any `Diagram`, with its clusters and a legend.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Literal
 
 from runner.topology.model import Binding, ExchangeType, Topology
 
-NodeKind = Literal["exchange", "queue", "topic", "consumer", "group"]
+NodeKind = Literal["exchange", "queue", "topic", "consumer", "group", "junction"]
 Format = Literal["mermaid", "dot"]
 FORMATS: tuple[Format, ...] = ("mermaid", "dot")
 
@@ -39,12 +43,23 @@ class Edge:
 
 
 @dataclass(frozen=True, slots=True)
+class Cluster:
+    """Nodes drawn in one box (a Mermaid subgraph, a DOT `cluster_` subgraph)."""
+
+    id: str
+    label: str
+    node_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Diagram:
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
+    clusters: tuple[Cluster, ...] = ()
 
 
-_PREFIX = {"exchange": "ex", "queue": "q", "topic": "t", "consumer": "c", "group": "g"}
+_PREFIX = {"exchange": "ex", "queue": "q", "topic": "t", "consumer": "c", "group": "g",
+           "junction": "j"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -135,8 +150,17 @@ _MERMAID_SHAPES = {
     "queue": ('[("', '")]'),
     "topic": ('[["', '"]]'),
     "consumer": ('(["', '"])'),
-    "group": ('(["', '"])'),
+    "group": ('[/"', '"/]'),  # a parallelogram: not a consumer's stadium (dot: doubleoctagon)
+    "junction": ('(("', '"))'),
 }
+
+# one example node per kind, and what the two kinds of edges mean
+LEGEND_KINDS: tuple[tuple[NodeKind, str], ...] = (
+    ("exchange", "exchange"), ("queue", "queue"), ("topic", "topic"),
+    ("consumer", "consumer"), ("group", "consumer group"),
+)
+LEGEND_SOLID = "messages"
+LEGEND_DASHED = "fallback: alternate, dead letter, dlq"
 
 
 def _mermaid_text(text: str) -> str:
@@ -144,17 +168,42 @@ def _mermaid_text(text: str) -> str:
     return text.replace("#", "#35;").replace('"', "#quot;")
 
 
+def _mermaid_node(n: Node, indent: str) -> str:
+    left, right = _MERMAID_SHAPES[n.kind]
+    return f"{indent}{n.id}{left}{_mermaid_text(n.label)}{right}"
+
+
 def mermaid(topology: Topology) -> str:
     """A Mermaid flowchart (left to right) of `topology`."""
-    d = diagram(topology)
+    return mermaid_of(diagram(topology))
+
+
+def mermaid_of(d: Diagram, *, legend: bool = False) -> str:
+    """A Mermaid flowchart of a diagram: clusters as subgraphs, then the edges."""
     lines = ["flowchart LR"]
+    boxed = {node_id for c in d.clusters for node_id in c.node_ids}
+    by_id = {n.id: n for n in d.nodes}
     for n in d.nodes:
-        left, right = _MERMAID_SHAPES[n.kind]
-        lines.append(f"    {n.id}{left}{_mermaid_text(n.label)}{right}")
+        if n.id not in boxed:
+            lines.append(_mermaid_node(n, "    "))
+    for c in d.clusters:
+        lines.append(f'    subgraph {c.id} ["{_mermaid_text(c.label)}"]')
+        lines += [_mermaid_node(by_id[i], "        ") for i in c.node_ids]
+        lines.append("    end")
+    junctions = {n.id for n in d.nodes if n.kind == "junction"}
     for e in d.edges:
         arrow = "-.->" if e.dashed else "-->"
-        label = f'|"{_mermaid_text(e.label)}"|' if e.label else ""
+        # a junction shows its label itself (Mermaid has no point shape)
+        text = "" if e.source in junctions else e.label
+        label = f'|"{_mermaid_text(text)}"|' if text else ""
         lines.append(f"    {e.source} {arrow}{label} {e.target}")
+    if legend:
+        lines.append('    subgraph legend ["legend"]')
+        for kind, text in LEGEND_KINDS:
+            lines.append(_mermaid_node(Node(f"legend_{kind}", kind, text), "        "))
+        lines.append(f'        legend_exchange -->|"{LEGEND_SOLID}"| legend_queue')
+        lines.append(f'        legend_consumer -.->|"{LEGEND_DASHED}"| legend_group')
+        lines.append("    end")
     return "\n".join(lines) + "\n"
 
 
@@ -166,6 +215,7 @@ _DOT_SHAPES = {
     "topic": "box3d",
     "consumer": "ellipse",
     "group": "doubleoctagon",
+    "junction": "point",
 }
 
 
@@ -173,21 +223,45 @@ def _dot_text(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _dot_edge(e: Edge, indent: str) -> str:
+    attrs = []
+    if e.label:
+        attrs.append(f"label={_dot_text(e.label)}")
+    if e.dashed:
+        attrs.append("style=dashed")
+    suffix = f" [{', '.join(attrs)}]" if attrs else ""
+    return f"{indent}{e.source} -> {e.target}{suffix};"
+
+
 def dot(topology: Topology) -> str:
     """A Graphviz DOT digraph (left to right) of `topology`."""
-    d = diagram(topology)
-    title = topology.name or "topology"
+    return dot_of(diagram(topology), title=topology.name or "topology")
+
+
+def dot_of(d: Diagram, *, title: str = "topology", legend: bool = False) -> str:
+    """A Graphviz DOT digraph of a diagram: clusters as `cluster_` subgraphs."""
     lines = [f"digraph {_dot_text(title)} {{", "    rankdir=LR;"]
     for n in d.nodes:
-        lines.append(f"    {n.id} [label={_dot_text(n.label)}, shape={_DOT_SHAPES[n.kind]}];")
+        label = "" if n.kind == "junction" else f"label={_dot_text(n.label)}, "
+        lines.append(f"    {n.id} [{label}shape={_DOT_SHAPES[n.kind]}];")
+    for c in d.clusters:
+        lines.append(f"    subgraph cluster_{c.id} {{")
+        lines.append(f"        label={_dot_text(c.label)}; style=rounded;")
+        lines.append(f"        {'; '.join(c.node_ids)};")
+        lines.append("    }")
     for e in d.edges:
-        attrs = []
-        if e.label:
-            attrs.append(f"label={_dot_text(e.label)}")
-        if e.dashed:
-            attrs.append("style=dashed")
-        suffix = f" [{', '.join(attrs)}]" if attrs else ""
-        lines.append(f"    {e.source} -> {e.target}{suffix};")
+        lines.append(_dot_edge(e, "    "))
+    if legend:
+        lines.append("    subgraph cluster_legend {")
+        lines.append('        label="legend"; style=rounded;')
+        for kind, text in LEGEND_KINDS:
+            lines.append(f"        legend_{kind} [label={_dot_text(text)}, "
+                         f"shape={_DOT_SHAPES[kind]}];")
+        lines.append(_dot_edge(Edge("legend_exchange", "legend_queue", LEGEND_SOLID),
+                               "        "))
+        lines.append(_dot_edge(Edge("legend_consumer", "legend_group", LEGEND_DASHED, True),
+                               "        "))
+        lines.append("    }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

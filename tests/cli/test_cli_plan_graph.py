@@ -181,11 +181,16 @@ def test_graph_mermaid_by_default_and_dot_on_request(tmp_path: Path) -> None:
     lines = mermaid.stdout.splitlines()
     assert lines[0] == "flowchart LR"
     assert '    ex_orders -->|"orders.#35;"| q_email_queue' in lines
-    assert '    q_email_queue -.->|"dead letter"| ex_dlx' in lines
+    # both queues dead-letter into dlx: their edges meet in one junction first
+    assert '    q_email_queue -.-> j_ex_dlx' in lines
+    assert '    j_ex_dlx(("dead letter"))' in lines
+    unmerged = run(tmp_path, "graph", "--no-merge", "old.yaml").stdout.splitlines()
+    assert '    q_email_queue -.->|"dead letter"| ex_dlx' in unmerged
     dot = run(tmp_path, "graph", "--format", "dot", "old.yaml")
     assert dot.returncode == 0
     assert dot.stdout.startswith('digraph "topology" {\n    rankdir=LR;\n')
-    assert '    q_old_jobs -> ex_dlx [label="dead letter", style=dashed];' in dot.stdout
+    assert '    q_old_jobs -> j_ex_dlx [style=dashed];' in dot.stdout
+    assert '    j_ex_dlx -> ex_dlx [label="dead letter", style=dashed];' in dot.stdout
 
 
 def test_graph_of_an_invalid_topology_exits_1_with_problems(tmp_path: Path) -> None:

@@ -64,8 +64,8 @@ def test_mermaid_draws_every_entity_and_edge() -> None:
             q_lost[("lost")]
             q_pdf_jobs[("pdf-jobs")]
             t_order_events[["order-events (3 partitions)"]]
-            g_order_processing(["order-processing x3"])
-            g_reporting(["reporting (external)"])
+            g_order_processing[/"order-processing x3"/]
+            g_reporting[/"reporting (external)"/]
             c_email_senders(["email-senders x4"])
             c_pdf(["pdf"])
             ex_orders -->|"orders.#35;"| q_email_queue
