@@ -5,7 +5,8 @@
 Consumes queue `in` and topic `src` (group `g`); each input becomes one step:
 ack / commit + a publish through the fanout `fan` (-> queue `outq` and topic
 `out`) + an append to topic `audit`; odd queue inputs only put a copy into
-`outq` (a queues-only step). Prints `ready` once open, `done` at the end.
+`outq` (a queues-only step). Prints `ready` once open, `step` after each
+committed step (so the test can kill it mid-work), `done` at the end.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main(data_dir: Path) -> int:
             step = outputs(d.body)
             step.acks.append(("in", d.delivery_id))
             engine.commit_step(step)
+            print("step", flush=True)
             did = True
         for tp in engine.assignment("g", "member"):
             records, _ = engine.read(tp.topic, tp.partition, engine.position("g", tp),
@@ -67,6 +69,7 @@ def main(data_dir: Path) -> int:
                 step = outputs(r.value or b"")
                 step.commits.append(("g", tp, r.offset + 1))
                 engine.commit_step(step)
+                print("step", flush=True)
                 did = True
         if not did:
             engine.close()

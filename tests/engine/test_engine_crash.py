@@ -37,17 +37,26 @@ def _child(data_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-def _round(data_dir: Path, rng: random.Random, max_delay: float) -> bool:
-    """Start a child, kill -9 it at a random moment; True when it finished first."""
+def _round(data_dir: Path, rng: random.Random, max_steps: int) -> bool:
+    """Start a child, kill -9 it at a random moment of its work; True when it finished first.
+
+    The moment is counted in committed steps (the child reports each), plus a random
+    fraction of one step, so a loaded machine cannot make the child finish before
+    the kill and the rounds always interrupt real work.
+    """
     proc = _child(data_dir)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line == "ready\n", proc.stderr.read() if proc.stderr else line
-    time.sleep(rng.uniform(0.0, max_delay))
+    for _ in range(rng.randint(0, max_steps)):
+        line = proc.stdout.readline()
+        if line != "step\n":
+            break
+    time.sleep(rng.uniform(0.0, 0.01))
     os.kill(proc.pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=30)
     if proc.returncode == 0:
-        assert out == "done\n"
+        assert out.endswith("done\n")
         return True
     assert proc.returncode == -signal.SIGKILL, err
     return False
@@ -80,7 +89,7 @@ def _torture(tmp_path: Path, *, rounds: int, n: int, seed: int) -> None:
     expected = _seed(tmp_path, n)
     kills = 0
     for _ in range(rounds):
-        if _round(tmp_path, rng, 0.25):
+        if _round(tmp_path, rng, max_steps=max(1, 2 * n // rounds)):
             break
         kills += 1
     proc = _child(tmp_path)  # finish the work without interruption
