@@ -51,6 +51,10 @@ CASES = {
                          "partitions: 4, cleanup_policy: compact", "topic", "events"),
     "compact to delete": ("partitions: 8, cleanup_policy: compact", "partitions: 8",
                           "topic", "events"),
+    "queue durable": ("email: {max_priority: 10", "email: {durable: false, max_priority: 10",
+                      "queue", "email"),
+    "exchange durable": ("orders: {type: topic}", "orders: {type: topic, durable: false}",
+                         "exchange", "orders"),
 }
 
 

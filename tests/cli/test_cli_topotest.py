@@ -317,3 +317,24 @@ def test_undeclared_exchange_fails_for_exactly_once_consumers_and_groups(tmp_pat
     assert "- eo: the engine refused the handler's outputs: exchange 'payments' not found" in out
     assert "- g: the engine refused the handler's outputs: exchange 'payments' not found" in out
     assert out.splitlines()[-1].strip("= ").startswith("2 failed in ")
+
+
+def test_every_shipped_topology_file_and_handler_is_exercised_by_the_shipped_tests() -> None:
+    """Each file in topologies/ (the order-events stream, the newsletter) is part of the
+    topology the shipped tests load, and every handler it declares is called by a case."""
+    import yaml
+
+    from runner.topology.load import load
+
+    called: set[str] = set()
+    for test_file in sorted((REPO / "topologies").rglob("*_test.yaml")):
+        doc = yaml.safe_load(test_file.read_text())
+        for case in doc["tests"]:
+            called |= {name for name, n in case["expect"].get("calls", {}).items() if n}
+    for shipped in sorted((REPO / "topologies").glob("*.yaml")):
+        topo = load(str(shipped), env={}).topology
+        assert topo is not None, shipped
+        handled = {n for n, c in topo.consumers} | {
+            n for n, g in topo.consumer_groups if g.handler}
+        assert handled, shipped
+        assert handled <= called, f"{shipped.name}: no case calls {sorted(handled - called)}"
