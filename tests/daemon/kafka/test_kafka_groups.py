@@ -40,9 +40,15 @@ class Member(threading.Thread):
     def __init__(self, d: KafkaDaemon, group: str, seen: dict[str, list[int]], n: int,
                  **kw: Any) -> None:
         super().__init__(daemon=True)
-        self.consumer = KafkaConsumer("orders", bootstrap_servers=d.bootstrap, group_id=group,
+        self.consumer = KafkaConsumer(bootstrap_servers=d.bootstrap, group_id=group,
                                       session_timeout_ms=6000, heartbeat_interval_ms=500,
                                       enable_auto_commit=False, max_poll_records=20, **kw)
+        # Learn the topic's partitions before joining: kafka-python 3.0.12, joining first,
+        # assigns nothing, rejoins when the metadata arrives and, now and then, stalls after
+        # that second JoinGroup without ever sending its SyncGroup or a heartbeat (the daemon
+        # log shows generation 2 formed, then the member timing out).
+        assert self.consumer.partitions_for_topic("orders")
+        self.consumer.subscribe(["orders"])
         self.seen, self.n = seen, n
         self.stop_now = False
         self.assigned: list[int] = []
