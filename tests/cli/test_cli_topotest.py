@@ -338,3 +338,31 @@ def test_every_shipped_topology_file_and_handler_is_exercised_by_the_shipped_tes
             n for n, g in topo.consumer_groups if g.handler}
         assert handled, shipped
         assert handled <= called, f"{shipped.name}: no case calls {sorted(handled - called)}"
+
+
+def test_pythonpath_imports_handlers_from_another_directory(tmp_path: Path) -> None:
+    write(tmp_path / "proj" / "t.yaml", """\
+        version: 1
+        queues: {q: {}}
+        consumers: {c: {queue: q, handler: "far_handlers:h"}}
+        """)
+    write(tmp_path / "proj" / "t_test.yaml", """\
+        version: 1
+        tests:
+          - name: handled
+            publish: {queue: q, body: 1}
+            expect: {calls: {c: 1}}
+        """)
+    write(tmp_path / "code" / "far_handlers.py", "def h(msg, ctx):\n    pass\n")
+    missing = run(tmp_path, "test", "proj/t_test.yaml")
+    assert missing.returncode == 1
+    assert ("error: consumer 'c': handler 'far_handlers:h': cannot import module "
+            "'far_handlers': ModuleNotFoundError: No module named 'far_handlers' (searched "
+            f"sys.path: {tmp_path}, ") in missing.stdout
+    assert "; run from the directory that holds it or pass --pythonpath DIR)" in missing.stdout
+    found = run(tmp_path, "test", "proj/t_test.yaml", "--pythonpath", "code")
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert found.stdout.startswith("proj/t_test.yaml::handled PASSED\n")
+    nowhere = run(tmp_path, "test", "proj/t_test.yaml", "--pythonpath", "nowhere")
+    assert (nowhere.returncode, nowhere.stdout, nowhere.stderr) == (
+        2, "", "runner test: --pythonpath nowhere: no such directory\n")

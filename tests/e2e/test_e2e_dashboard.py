@@ -156,3 +156,23 @@ def test_every_metric_and_label_the_dashboard_selects_is_in_a_real_scrape(
         assert not missing, f"{name} has no label {missing} in the scrape"
     # the daemon's own families the dashboard shows, not a token few
     assert len({n for n in used if n.startswith("runner_")}) >= 25
+
+
+def test_every_metric_a_real_daemon_exports_is_documented_by_its_full_name(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """docs/daemon.md's metric list names each runner_ family in full (a search for
+    runner_queue_messages_retry_waiting finds it), and names nothing the daemon lacks."""
+    d = start_daemon(TOPOLOGY, modules={"dash_handlers": HANDLERS})
+    families = {f.name for f in text_string_to_metric_families(d.metrics())
+                if f.name.startswith("runner_")}
+    docs = (REPO / "docs" / "daemon.md").read_text()
+    section = docs.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(runner_[a-z0-9_]+)", section))
+    # a counter's family is named without its _total suffix in the exposition parser
+    documented = {n.removesuffix("_total") for n in named}
+    assert sorted(families - documented) == [], " ".join(sorted(families - documented))
+    assert sorted(documented - families) == [], " ".join(sorted(documented - families))
+    assert {"runner_queue_messages_retry_waiting", "runner_consumer_group_retry_waiting",
+            "runner_consumer_group_dead_lettered", "runner_topology_last_reload_successful",
+            } <= families

@@ -81,3 +81,25 @@ def test_the_checker_finds_what_is_broken(tmp_path: Path) -> None:
                    "```\n[in a block](y.md)\n```\nsee TOPOLOGY.md\n")
     assert links(doc) == ["a.md#the-x-header", "c.md"]
     assert BARE_MD.findall(LINK.sub("", prose(doc.read_text()))) == ["TOPOLOGY.md"]
+
+
+def test_every_command_and_option_of_the_cli_is_in_docs() -> None:
+    """docs/ (not only the README) names every `runner COMMAND` and each shell of
+    `runner completion`; docs/testing.md every option of `runner test` and `runner route`."""
+    import argparse
+
+    from runner.cli import build_parser
+
+    docs = "\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"runner {name}" for name in sub.choices if f"runner {name}" not in docs]
+    testing = (REPO / "docs" / "testing.md").read_text()
+    for command in ("test", "route"):  # their page, docs/testing.md, has every option
+        for action in sub.choices[command]._actions:
+            missing += [f"{command} {o}" for o in action.option_strings
+                        if o.startswith("--") and o != "--help" and o not in testing]
+    for shell in ("bash", "zsh", "fish"):
+        if f"runner completion {shell}" not in docs:
+            missing.append(f"runner completion {shell}")
+    assert missing == [], missing
