@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -166,6 +167,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.topic is not None:
         if args.routing_key is not None or args.priority is not None:
             raise Usage("--routing-key and --priority are for exchanges and queues, not topics")
+        if args.wait is not None:
+            raise Usage("--wait is for exchanges and queues, not topics")
         record: dict[str, Any] = {**_payload(args.body, "value"), "headers": headers}
         if args.key is not None:
             record["key"] = args.key
@@ -178,7 +181,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.key is not None or args.partition is not None:
         raise Usage("--key and --partition are for topics")
     msg: dict[str, Any] = {**_payload(args.body, "body"), "headers": headers}
-    for name in ("priority", "ttl", "message_id"):
+    for name in ("priority", "ttl", "message_id", "reply_to", "correlation_id"):
         value = getattr(args, name)
         if value is not None:
             msg[name] = value
@@ -191,10 +194,39 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if args.routing_key is not None:
             msg["routing_key"] = args.routing_key
         path = f"/v1/queues/{quote_name(args.queue)}/messages"
+    if args.wait is not None:
+        return _request(client, path, msg, args.wait)
     answer = client.call("POST", path, msg)
     routed = answer["routed"]
     print("routed to: " + (", ".join(routed) if routed else "(nowhere: unroutable)"))
     return 0
+
+
+def _request(client: Client, path: str, msg: dict[str, Any], wait: str) -> int:
+    """`--wait`: publish as a request and print its reply's body (JSON on one line, or
+    the raw bytes); the daemon's 504 (no reply in time) or 502 (error reply) is a refusal."""
+    if "reply_to" in msg:
+        raise Usage("--wait gets a private reply address; leave out --reply-to")
+    seconds = _seconds(wait)
+    client.timeout_s = max(client.timeout_s, seconds + 10.0)
+    answer = client.call("POST", f"{path}?wait={urllib.parse.quote(wait)}", msg)
+    if "body_b64" in answer:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(base64.b64decode(answer["body_b64"]))
+        sys.stdout.buffer.flush()
+    else:
+        print(json.dumps(answer.get("body"), ensure_ascii=False))
+    return 0
+
+
+def _seconds(text: str) -> float:
+    """Roughly how long a `--wait` is (the daemon checks it exactly): for the client's
+    own timeout, which must outlast the wait."""
+    total = 0.0
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for number, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text):
+        total += float(number) * units[unit]
+    return total
 
 
 # ------------------------------------------------------------------ status
@@ -385,6 +417,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pub.add_argument("--ttl", help="per-message TTL, e.g. 30s")
     pub.add_argument("--message-id")
     pub.add_argument("--header", action="append", metavar="NAME=VALUE")
+    pub.add_argument("--reply-to", metavar="ADDRESS",
+                     help="ask for a reply: a queue, or EXCHANGE/ROUTING_KEY")
+    pub.add_argument("--correlation-id", metavar="ID", help="echoed on the reply")
+    pub.add_argument("--wait", metavar="DURATION",
+                     help="request-reply: wait up to DURATION (e.g. 5s) for the handler's "
+                     "reply and print it (exit 1 when none comes or it is an error)")
     pub.add_argument("body", metavar="BODY", help="JSON, @FILE or - (stdin)")
     pub.set_defaults(func=run_client(cmd_publish))
 

@@ -28,6 +28,8 @@ from runner import jsontext
 from runner.broker.headers import tag_value, untag_value
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
 from runner.errors import InvalidRequest, TooLarge
+from runner.pipeline import replies
+from runner.pipeline.replies import CORRELATION_HEADER, REPLY_TO_HEADER
 from runner.topology import units
 
 JSON_CONTENT_TYPE = "application/json"
@@ -253,7 +255,8 @@ def _check_size(size: int, limit: int, prefix: str, where: str) -> None:
 
 
 _MESSAGE_KEYS = frozenset(
-    {"routing_key", "body", "body_b64", "headers", "priority", "ttl", "message_id"}
+    {"routing_key", "body", "body_b64", "headers", "priority", "ttl", "message_id", "reply_to",
+     "correlation_id"}
 )
 
 
@@ -312,12 +315,24 @@ def message(
     return OutMessage(
         body=body,
         routing_key=key,
-        headers=_headers(obj, prefix),
+        headers=_reply_headers(obj, _headers(obj, prefix), prefix),
         priority=_optional_int(obj, "priority", prefix, low=0, high=255),
         ttl_s=None if ttl is None else parse_duration(ttl, "ttl", prefix),
         message_id=_message_id(obj, prefix),
         content_type=content_type,
     )
+
+
+def _reply_headers(obj: Mapping[str, Any], headers: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`reply_to` and `correlation_id` (request-reply) ride in the message's headers."""
+    try:
+        if obj.get("reply_to") is not None:
+            headers[REPLY_TO_HEADER] = replies.check_address(obj["reply_to"])
+        if obj.get("correlation_id") is not None:
+            headers[CORRELATION_HEADER] = replies.check_correlation_id(obj["correlation_id"])
+    except ValueError as exc:
+        raise BadInput(f"{prefix}{exc}") from None
+    return headers
 
 
 def _message_id(obj: Mapping[str, Any], prefix: str) -> str | None:
@@ -360,7 +375,7 @@ def messages(
 
 
 _RECORD_KEYS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition",
-                          "timestamp"})
+                          "timestamp", "reply_to", "correlation_id"})
 
 
 def record(
@@ -398,7 +413,7 @@ def record(
     return OutRecord(
         value=value,
         key=key,
-        headers=_headers(obj, prefix),
+        headers=_reply_headers(obj, _headers(obj, prefix), prefix),
         partition=_optional_int(obj, "partition", prefix, low=0),
         timestamp_ms=None if obj.get("timestamp") is None else check_timestamp_ms(
             obj["timestamp"], f"{prefix}'timestamp'"),
@@ -491,6 +506,13 @@ def _looks_json(data: bytes | None) -> bool:
     return True
 
 
+def reply_json(body: bytes, content_type: str | None, headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A reply as a `?wait=` publish answers it: `body` (JSON) or `body_b64`, `headers`."""
+    out = _payload_out(body, content_type == JSON_CONTENT_TYPE, "body")
+    out["headers"] = headers_json(headers)
+    return out
+
+
 def delivery_json(d: QueueDelivery) -> dict[str, Any]:
     body = d.body
     out: dict[str, Any] = {"delivery_id": d.delivery_id}
@@ -507,6 +529,11 @@ def delivery_json(d: QueueDelivery) -> dict[str, Any]:
     out["exchange"] = d.exchange
     out["message_id"] = d.message_id
     out["timestamp"] = d.timestamp_ms
+    headers = d.headers
+    if REPLY_TO_HEADER in headers:  # a request: where its reply goes
+        out["reply_to"] = headers[REPLY_TO_HEADER]
+    if CORRELATION_HEADER in headers:
+        out["correlation_id"] = headers[CORRELATION_HEADER]
     return out
 
 

@@ -25,7 +25,14 @@ from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
 from runner.daemon.reload import ReloadResult
-from runner.engine import HEADER_TYPES, Engine, OutRecord, TopicPartition, encode_headers
+from runner.engine import (
+    HEADER_TYPES,
+    Engine,
+    OutMessage,
+    OutRecord,
+    TopicPartition,
+    encode_headers,
+)
 from runner.errors import (
     Conflict,
     EngineError,
@@ -39,6 +46,15 @@ from runner.errors import (
     UnsafeChange,
 )
 from runner.log.partitioner import key_from_json
+from runner.pipeline.replies import (
+    CORRELATION_HEADER,
+    REPLY_TO_HEADER,
+    Replies,
+    ReplyTimeout,
+    ShuttingDown,
+    error_of,
+    is_private,
+)
 from runner.topology.model import Topology
 from runner.topology.suggest import closest, did_you_mean
 
@@ -75,6 +91,9 @@ class Host(Protocol):
     def render_metrics(self) -> bytes: ...
 
     def group_members(self, group: str, engine_members: list[str]) -> list[str]: ...
+
+    @property
+    def replies(self) -> Replies: ...
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -329,17 +348,99 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
     host = _host(request)
     _accepting(host)
     name = request.match_info["name"]
+    wait_s = _wait(request)
     body = await _json(request)
     msgs, batch = codec.messages(
         body, limits=request.app[LIMITS_KEY], default_key=name if to_queue else None
     )
+    if to_queue and is_private(name):
+        return _reply_over_http(host, name, msgs, batch)
     _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
     publish = host.engine.publish_to_queue if to_queue else host.engine.publish
+    if wait_s is not None:
+        if batch:
+            raise codec.BadInput("'wait' takes one message, not a batch: send each request "
+                                 "on its own")
+        return await _request_reply(host, name, msgs[0], publish, wait_s)
     try:
         routed = publish(name, msgs) if msgs else []
     finally:
         host.notify()  # also after a 429: the items before the refusal are stored
     return answer({"routed": routed if batch else routed[0]}, 202)
+
+
+MAX_WAIT_S = 300.0  # a request-reply's wait: at most 5 minutes (the default handler timeout)
+
+
+def _wait(request: web.Request) -> float | None:
+    """The `?wait=DURATION` of a request-reply publish, None without one."""
+    text = request.query.get("wait")
+    if text is None:
+        return None
+    try:
+        seconds = codec.parse_duration(text, "wait")
+    except codec.BadInput:
+        raise codec.BadInput(f"query parameter 'wait' must be a duration like \"5s\" or "
+                             f"\"250ms\", got {text!r}") from None
+    if not 0 < seconds <= MAX_WAIT_S:
+        raise codec.BadInput(f"query parameter 'wait' must be more than 0s and at most "
+                             f"{MAX_WAIT_S:g}s (5m), got {text!r}")
+    return seconds
+
+
+async def _request_reply(
+    host: Host, name: str, msg: OutMessage, publish: Callable[[str, list[OutMessage]], Any],
+    wait_s: float,
+) -> web.Response:
+    """Publish `msg` with a private reply address and answer with its reply: 200 the
+    reply, 502 an error reply (the handler failed for good), 504 none within `wait_s`,
+    404 when the message was routed nowhere (no reply can come)."""
+    if REPLY_TO_HEADER in msg.headers:
+        raise codec.BadInput("a request with 'wait' gets a private reply address; leave out "
+                             "'reply_to' (or publish without 'wait')")
+    replies = host.replies
+    waiting = replies.open(msg.headers.get(CORRELATION_HEADER))
+    msg.headers[REPLY_TO_HEADER] = waiting.address
+    msg.headers[CORRELATION_HEADER] = waiting.correlation_id
+    cid = waiting.correlation_id
+    try:
+        try:
+            routed = publish(name, [msg])[0]
+        finally:
+            host.notify()
+        if not routed:
+            return error(404, f"the request was routed nowhere (no binding of '{name}' "
+                         "matched its routing key), so no reply can come", routed=[],
+                         correlation_id=cid)
+        try:
+            reply = await replies.wait(waiting, wait_s)
+        except ReplyTimeout:
+            return error(504, f"no reply within {wait_s:g}s; the request stays published and "
+                         "a later reply is dropped", routed=routed, correlation_id=cid)
+        except ShuttingDown:
+            return error(503, "the daemon stopped before the reply came", routed=routed,
+                         correlation_id=cid)
+    finally:
+        replies.close(waiting)
+    if reply.is_error:
+        error_type, message = error_of(reply.body)
+        return error(502, f"the handler failed for good: {error_type}: {message}",
+                     reply_error={"type": error_type, "message": message},
+                     routed=routed, correlation_id=cid)
+    out: dict[str, Any] = {"correlation_id": cid, "routed": routed}
+    out.update(codec.reply_json(reply.body, reply.content_type, reply.headers))
+    return answer(out, 200)
+
+
+def _reply_over_http(host: Host, address: str, msgs: list[OutMessage], batch: bool) -> web.Response:
+    """A consumer outside the daemon replies to a waiting request: a publish to its
+    private reply address (a message's `reply_to`) hands the reply over in memory."""
+    if batch or len(msgs) != 1:
+        raise codec.BadInput("a reply is one message, not a batch")
+    if not host.replies.deliver(address, msgs[0]):
+        raise NotFound(f"no request waits for reply address '{address}' (it was answered, "
+                       "timed out, or the daemon restarted since)")
+    return answer({"routed": [address]}, 202)
 
 
 def _limit(request: web.Request, kind: str, name: str, count: int) -> None:

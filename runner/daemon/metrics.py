@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from runner import __version__
 from runner.daemon.reload import RESULTS, ReloadCounters
 from runner.engine import EngineStats, QueueStats, TopicPartition, replay_queue_name
+from runner.pipeline.replies import Replies
 from runner.pipeline.stats import DURATION_BUCKETS, PipelineStats
 from runner.topology.model import Topology
 
@@ -324,6 +325,29 @@ def _topology(topology: Topology, content_hash: str, reloads: ReloadCounters) ->
     )
     build.add_metric([__version__], 1)
     yield from (total, ok, last, info, build)
+
+
+class RepliesCollector(Collector):
+    """Request-reply: `runner_requests_waiting` (HTTP `?wait=` publishes and
+    `ctx.request` calls waiting for a reply now) and `runner_replies_total{result}`
+    (`delivered` to a waiting request, `dropped`: nobody waited for it any more,
+    `timed_out`: a request that got none in time)."""
+
+    def __init__(self, replies: Replies) -> None:
+        self._replies = replies
+
+    def collect(self) -> Iterator[Metric]:
+        replies = self._replies
+        waiting = _gauge("runner_requests_waiting",
+                         "Requests waiting for a reply in this daemon (no queue nor thread each).")
+        waiting.add_metric([], len(replies))
+        yield waiting
+        total = _counter("runner_replies", "Replies to private reply addresses, by what became "
+                         "of them; timed_out counts requests that got none in time.", "result")
+        for result, count in (("delivered", replies.delivered), ("dropped", replies.dropped),
+                              ("timed_out", replies.timed_out)):
+            total.add_metric([result], count)
+        yield total
 
 
 def build_registry(source: MetricsSource, *, process: bool = True) -> CollectorRegistry:

@@ -32,7 +32,13 @@ from runner.daemon import codec
 from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, build_app
-from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.metrics import (
+    HandlerView,
+    RepliesCollector,
+    build_registry,
+    handler_view_from,
+    render,
+)
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.recorded import holds_nothing, open_checked, write_record
 from runner.daemon.reload import (
@@ -48,6 +54,7 @@ from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, EngineStats, FsyncPolicy
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline.handler import handler_problems
+from runner.pipeline.replies import Replies, ShuttingDown
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.model import Topology
@@ -121,7 +128,7 @@ class Parts:
     diff: Callable[..., Any]
     open_engine: Callable[[Topology, DaemonConfig, Clock], Engine]
     make_pipeline: Callable[
-        [Engine, Topology, DaemonConfig, Clock, concurrent.futures.ThreadPoolExecutor],
+        [Engine, Topology, DaemonConfig, Clock, concurrent.futures.ThreadPoolExecutor, Replies],
         PipelineLike,
     ]
     clock: Clock = field(default_factory=SystemClock)
@@ -148,6 +155,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
         config: DaemonConfig,
         clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor,
+        replies: Replies,
     ) -> PipelineLike:
         pipeline: PipelineLike = Pipeline(
             engine,
@@ -158,6 +166,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
             instance_id=f"{socket.gethostname()}:{os.getpid()}",
             fsync=config.fsync,
             fs=engine.fs,
+            replies=replies,
         )
         return pipeline
 
@@ -204,6 +213,8 @@ class Supervisor:
         self._tasks: set[asyncio.Future[ReloadResult]] = set()
         self._kafka_wake: Callable[[], None] | None = None
         self._kafka: KafkaListener | None = None
+        self._replies = Replies()  # requests waiting for a reply (HTTP ?wait=, ctx.request)
+        self._registry.register(RepliesCollector(self._replies))
 
     # ------------------------------------------------------------ state for HTTP/metrics
     @property
@@ -218,6 +229,10 @@ class Supervisor:
     @property
     def content_hash(self) -> str:
         return self._hash
+
+    @property
+    def replies(self) -> Replies:
+        return self._replies
 
     @property
     def reloads(self) -> ReloadCounters:
@@ -323,7 +338,7 @@ class Supervisor:
             if config.kafka_listen is not None:
                 kafka = await self._start_kafka(config.kafka_listen)
             self._pipeline = self._parts.make_pipeline(
-                self._engine, self._topology, config, clock, executor
+                self._engine, self._topology, config, clock, executor, self._replies
             )
             await self._pipeline.start()
             write_record(config.data_dir, self._topology, self._hash)
@@ -367,6 +382,7 @@ class Supervisor:
                 watcher.stop()
             await self._pipeline.drain(config.grace_s)
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
+            self._replies.fail_all(ShuttingDown("the daemon stopped before the reply came"))
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             if kafka is not None:

@@ -309,16 +309,18 @@ class GroupWorker(Worker):
                 consumer_id=member, group=self.name,
             )
             self._dead_letter(record, death, settle)
+            self.send_error_reply(msg, exc)
             return True
 
     def _succeed(self, outputs: Outputs, settle: Callable[[Step], None]) -> None:
-        step = Step(publishes=outputs.grouped_publishes(), appends=outputs.grouped_appends())
         if self.delivery is Delivery.EXACTLY_ONCE:
-            settle(step)
+            settle(self.step_of(outputs))
+            self.hand_over(outputs)
             return
         self.send(outputs)
         if self.delivery is Delivery.AT_LEAST_ONCE:
             settle(Step())
+        self.hand_over(outputs)
 
     def _dead_letter(
         self, record: Record, death: dict[str, Any], settle: Callable[[Step], None],

@@ -214,8 +214,8 @@ class Handler:
     async def call(
         self, message: Message, ctx: Context, *, timeout_s: float,
         executor: concurrent.futures.Executor,
-    ) -> None:
-        """Run once; raises what the handler raised, or HandlerTimeout.
+    ) -> Any:
+        """Run once; what the handler returned, or raises what it raised, or HandlerTimeout.
 
         The timeout counts from the moment the handler starts: a sync call
         waiting for a free pool thread is not charged for the wait."""
@@ -227,7 +227,8 @@ class Handler:
             async with asyncio.timeout(timeout_s) as deadline:
                 result = await (work if work is not None else self.fn(*args))
                 if inspect.isawaitable(result):  # a sync callable that returned an awaitable
-                    await result
+                    result = await result
+                return result
         except TimeoutError:
             if deadline.expired():
                 raise HandlerTimeout(

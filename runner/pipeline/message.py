@@ -8,13 +8,23 @@ outputs only when the handler returns normally (see docs/handlers.md).
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from runner import jsontext
 from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
+from runner.pipeline.replies import (
+    CORRELATION_HEADER,
+    REPLY_TO_HEADER,
+    check_address,
+    check_correlation_id,
+    destination,
+    is_private,
+    reply_message,
+)
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -79,6 +89,16 @@ class QueueMessage:
             delivery_id=d.delivery_id,
         )
 
+    @property
+    def reply_to(self) -> str | None:
+        """Where the handler's return value goes (the `x-reply-to` header), or None."""
+        return _text(self.headers.get(REPLY_TO_HEADER))
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The `x-correlation-id` header, echoed on the reply."""
+        return _text(self.headers.get(CORRELATION_HEADER))
+
 
 @dataclass(frozen=True, slots=True)
 class TopicMessage:
@@ -111,8 +131,27 @@ class TopicMessage:
             partition=r.partition, offset=r.offset, key=r.key, timestamp=r.timestamp_ms,
         )
 
+    @property
+    def reply_to(self) -> str | None:
+        """Where the handler's return value goes (the `x-reply-to` header), or None."""
+        return _text(self.headers.get(REPLY_TO_HEADER))
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The `x-correlation-id` header, echoed on the reply."""
+        return _text(self.headers.get(CORRELATION_HEADER))
+
 
 Message = QueueMessage | TopicMessage
+
+
+def _text(value: Any) -> str | None:
+    """A header as text (a Kafka client may have sent it as bytes)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
 
 
 class ContextClosed(RuntimeError):
@@ -121,16 +160,36 @@ class ContextClosed(RuntimeError):
 
 @dataclass(slots=True)
 class Outputs:
-    """What a handler staged: publishes through exchanges and topic appends, in order."""
+    """What a handler staged: publishes through exchanges and topic appends, in order;
+    and its reply: `puts` (straight into a queue) or `replies` (to a request waiting
+    in this daemon, handed over in memory once the rest is settled)."""
 
     publishes: list[tuple[str, OutMessage]] = field(default_factory=list)
     appends: list[tuple[str, OutRecord]] = field(default_factory=list)
+    puts: list[tuple[str, OutMessage]] = field(default_factory=list)
+    replies: list[tuple[str, OutMessage]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.publishes or self.appends)
+        return bool(self.publishes or self.appends or self.puts or self.replies)
 
     def grouped_publishes(self) -> list[tuple[str, list[OutMessage]]]:
         return _group(self.publishes)
+
+    def grouped_puts(self) -> list[tuple[str, list[OutMessage]]]:
+        return _group(self.puts)
+
+    def add_reply(self, address: str, message: OutMessage) -> None:
+        """Stage a reply to `address` (see runner.pipeline.replies for the forms)."""
+        if is_private(address):
+            self.replies.append((address, message))
+            return
+        name, key = destination(address)
+        if key is None:
+            message.routing_key = name
+            self.puts.append((name, message))
+        else:
+            message.routing_key = key
+            self.publishes.append((name, message))
 
     def grouped_appends(self) -> list[tuple[str, list[OutRecord]]]:
         return _group(self.appends)
@@ -147,6 +206,15 @@ def _group(items: list[tuple[str, T]]) -> list[tuple[str, list[T]]]:
     return out
 
 
+class Requester(Protocol):
+    """Sends a request now and waits for its reply (the pipeline's, for `ctx.request`)."""
+
+    def __call__(
+        self, exchange: str, routing_key: str, body: Any, *, headers: Mapping[str, Any] | None,
+        timeout_s: float,
+    ) -> Awaitable[Any]: ...
+
+
 class Context:
     """The second handler parameter: stage onward publishes and appends.
 
@@ -154,24 +222,72 @@ class Context:
     returns normally; after a failure or timeout the staged outputs are
     discarded and further calls raise `ContextClosed`."""
 
-    __slots__ = ("consumer", "message", "_outputs", "_lock", "_closed")
+    __slots__ = ("consumer", "message", "_outputs", "_lock", "_closed", "_requester")
 
-    def __init__(self, consumer: str, message: Message) -> None:
+    def __init__(self, consumer: str, message: Message, requester: Requester | None = None) -> None:
         self.consumer = consumer
         self.message = message
         self._outputs = Outputs()
         self._lock = threading.Lock()
         self._closed = False
+        self._requester = requester
+
+    def request(
+        self, exchange: str, routing_key: str, body: Any, timeout: float = 30.0,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Awaitable[Any]:
+        """Publish `body` through `exchange` NOW (not staged) with a private reply
+        address and wait up to `timeout` seconds for the reply: `await` it for the
+        reply's body (JSON value or bytes). Raises ReplyError (the other handler
+        failed for good), ReplyTimeout, NoRoute (no binding matched).
+
+        For `async def` handlers only: the reply is awaited on the daemon's loop,
+        and a sync handler would hold a pool thread for the whole wait (the
+        handlers that must answer may need those very threads)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "ctx.request is for async handlers (async def): a sync handler runs in a "
+                "pool thread, and waiting there for a reply would hold the thread (and "
+                "could starve the handlers that answer); publish with ctx.publish and a "
+                "reply_to instead, or make the handler async") from None
+        if self._requester is None:
+            raise RuntimeError("ctx.request is not available outside a running pipeline")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be more than 0 seconds, got {timeout!r}")
+        with self._lock:
+            self._check_open()
+        return self._requester(exchange, routing_key, body, headers=headers, timeout_s=timeout)
+
+    def stage_reply(self, value: Any) -> None:
+        """The handler returned `value`: stage it as the reply when the message asked
+        for one (TypeError when JSON cannot encode it)."""
+        address = self.message.reply_to
+        if address is None:
+            return
+        body, ctype = encode_body(value)
+        reply = reply_message(body, ctype, self.message.correlation_id)
+        with self._lock:
+            self._outputs.add_reply(address, reply)
 
     def publish(
         self, exchange: str, routing_key: str, body: Any, headers: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        priority: int | None = None, *, reply_to: str | None = None,
+        correlation_id: str | None = None,
     ) -> None:
-        """Stage a publish through `exchange` (bytes as they are, else JSON)."""
+        """Stage a publish through `exchange` (bytes as they are, else JSON). With
+        `reply_to` (a queue or `exchange/routing_key`) the handler that takes the
+        message sends its return value there, with `correlation_id`."""
         payload, ctype = encode_body(body)
+        out = dict(headers or {})
+        if reply_to is not None:
+            out[REPLY_TO_HEADER] = check_address(reply_to)
+        if correlation_id is not None:
+            out[CORRELATION_HEADER] = check_correlation_id(correlation_id)
         msg = OutMessage(
-            body=payload, routing_key=routing_key, headers=dict(headers or {}),
-            priority=priority, content_type=ctype,
+            body=payload, routing_key=routing_key, headers=out, priority=priority,
+            content_type=ctype,
         )
         with self._lock:
             self._check_open()

@@ -20,7 +20,7 @@ import logging
 import math
 from typing import Any
 
-from runner.engine import OutMessage, OutRecord, QueueDelivery, Step
+from runner.engine import OutMessage, OutRecord, QueueDelivery
 from runner.errors import EngineError, NotFound
 from runner.pipeline.deadletter import (
     DEAD_LETTER_HEADER,
@@ -254,16 +254,17 @@ class QueueWorker(Worker):
     def _succeed(self, d: QueueDelivery, outputs: Outputs, key: str | None) -> None:
         engine = self.env.engine
         if self.delivery is Delivery.EXACTLY_ONCE:
-            engine.commit_step(Step(
-                acks=[(self.queue, d.delivery_id)], publishes=outputs.grouped_publishes(),
-                appends=outputs.grouped_appends(),
-            ))
+            step = self.step_of(outputs)
+            step.acks.append((self.queue, d.delivery_id))
+            engine.commit_step(step)
             self.remember(key)
+            self.hand_over(outputs)
             return
         self.send(outputs)
         self.remember(key)
         if self.delivery is Delivery.AT_LEAST_ONCE:
             self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
+        self.hand_over(outputs)
 
     def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
         failures = d.delivery_count if self.delivery is not Delivery.AT_MOST_ONCE else 1
@@ -288,6 +289,7 @@ class QueueWorker(Worker):
             for name in ("first_attempt", "last_attempt", "death_count"):
                 del death[name]
         self._dead_letter(d, msg, death)
+        self.send_error_reply(msg, exc)
 
     def _at_delivery_limit(self, d: QueueDelivery) -> bool:
         """True when the queue's `delivery_limit` allows no further delivery of `d`."""

@@ -11,16 +11,26 @@ import asyncio
 import concurrent.futures
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.clock import Clock
-from runner.engine import Engine, FsyncPolicy
+from runner.engine import Engine, FsyncPolicy, OutMessage
 from runner.fs import LOCAL, FileSystem
 from runner.pipeline.group_worker import GroupWorker
 from runner.pipeline.handler import resolve
+from runner.pipeline.message import decode_body, encode_body
 from runner.pipeline.queue_worker import QueueWorker
+from runner.pipeline.replies import (
+    CORRELATION_HEADER,
+    REPLY_TO_HEADER,
+    NoRoute,
+    Replies,
+    ReplyError,
+    error_of,
+)
 from runner.pipeline.stats import HandlerCounters, PipelineStats
 from runner.pipeline.worker import WorkerEnv
 from runner.topology.model import Topology
@@ -94,16 +104,18 @@ class Pipeline:
         self, engine: Engine, topology: Topology, *, data_dir: Path, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, instance_id: str,
         random_source: Callable[[], float] | None = None, hostname: str | None = None,
-        fsync: FsyncPolicy | None = None, fs: FileSystem = LOCAL,
+        fsync: FsyncPolicy | None = None, fs: FileSystem = LOCAL, replies: Replies | None = None,
     ) -> None:
         self.engine = engine
         self.topology = topology
         self.instance_id = instance_id
+        self.replies = replies if replies is not None else Replies()
         self._env = WorkerEnv(
             engine=engine, executor=executor, clock=clock, data_dir=data_dir,
             hostname=hostname or socket.gethostname(),
             random=random_source or random.Random().random,
             fsync=fsync if fsync is not None else FsyncPolicy(engine.fsync.value), fs=fs,
+            replies=self.replies, requester=self.request,
         )
         self._workers: dict[str, AnyWorker] = {}
         self._counters: dict[str, HandlerCounters] = {}
@@ -177,6 +189,31 @@ class Pipeline:
         self._workers.clear()
         await asyncio.gather(*(w.drain(grace_s) for w in workers))
         self._started = False
+
+    async def request(
+        self, exchange: str, routing_key: str, body: Any, *,
+        headers: Mapping[str, Any] | None = None, timeout_s: float,
+    ) -> Any:
+        """`ctx.request`: publish now with a private reply address, wait for the reply;
+        its body (JSON value or bytes), or ReplyError / ReplyTimeout / NoRoute."""
+        payload, ctype = encode_body(body)
+        waiting = self.replies.open()
+        out = dict(headers or {})
+        out[REPLY_TO_HEADER] = waiting.address
+        out[CORRELATION_HEADER] = waiting.correlation_id
+        try:
+            routed = self.engine.publish(exchange, [OutMessage(
+                body=payload, routing_key=routing_key, headers=out, content_type=ctype)])[0]
+            if not routed:
+                raise NoRoute(f"the request to exchange {exchange!r} with routing key "
+                              f"{routing_key!r} was routed nowhere: no reply can come")
+            self.notify()
+            reply = await self.replies.wait(waiting, timeout_s)
+        finally:
+            self.replies.close(waiting)
+        if reply.is_error:
+            raise ReplyError(*error_of(reply.body))
+        return decode_body(reply.body)
 
     def notify(self) -> None:
         """Something was published: wake idle workers now (call on the loop thread)."""

@@ -15,20 +15,23 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import jsontext
 from runner.clock import Clock
-from runner.engine import Engine, FsyncPolicy
+from runner.engine import Engine, FsyncPolicy, Step
+from runner.errors import EngineError
 from runner.fs import LOCAL, FileSystem
 from runner.log.datapath import entity_path
 from runner.pipeline.deadletter import error_type
 from runner.pipeline.failures import FailureLog
 from runner.pipeline.handler import Handler, HandlerTimeout
 from runner.pipeline.idempotency import IdempotencyStore, key_of
-from runner.pipeline.message import Context, Message, Outputs
+from runner.pipeline.message import JSON_CONTENT_TYPE, Context, Message, Outputs, Requester
 from runner.pipeline.pacing import Pacer
+from runner.pipeline.replies import Replies, reply_message
 from runner.pipeline.retry import Retrier
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.sync_batch import SyncBatch
@@ -51,6 +54,8 @@ class WorkerEnv:
     random: Callable[[], float]
     fsync: FsyncPolicy
     fs: FileSystem = LOCAL  # the file-system seam the idempotency stores write through
+    replies: Replies = field(default_factory=Replies)  # requests waiting in this daemon
+    requester: Requester | None = None  # sends ctx.request's requests
 
 
 class Worker:
@@ -99,26 +104,21 @@ class Worker:
             return (await self.run_sync_batch([message], stoppable=False))[0]
         if self.pacer is not None:
             await self.pacer.admit()  # stopping meanwhile: this one call still runs
-        ctx = Context(self.name, message)
+        ctx = Context(self.name, message, self.env.requester)
         start = self.env.clock.monotonic()
         self.busy += 1
         try:
-            await self.handler.call(
+            result = await self.handler.call(
                 message, ctx, timeout_s=self.timeout_s, executor=self.env.executor
             )
         except asyncio.CancelledError:
             ctx.close()
             raise
         except Exception as exc:  # the handler failed: any exception is a failure
-            ctx.close()
-            self.counters.observe(self.env.clock.monotonic() - start)
-            self.counters.error(error_type(exc))
-            self.failures.report("handler", exc, message)
-            return exc, Outputs()
+            return self._outcome(ctx, exc, self.env.clock.monotonic() - start)
         finally:
             self.busy -= 1
-        self.counters.observe(self.env.clock.monotonic() - start)
-        return None, ctx.close()
+        return self._outcome(ctx, None, self.env.clock.monotonic() - start, result)
 
     async def run_sync_batch(
         self, messages: list[Message], *, stoppable: bool = True,
@@ -129,7 +129,7 @@ class Worker:
         are the caller's."""
         if self.pacer is not None and not await self.pacer.admit(len(messages)) and stoppable:
             return []  # stopped while paced: none started
-        calls = [(m, Context(self.name, m)) for m in messages]
+        calls = [(m, Context(self.name, m, self.env.requester)) for m in messages]
         batch = SyncBatch(self.handler, calls, clock=self.env.clock,
                           stopping=(lambda: self.stopping) if stoppable else (lambda: False))
         loop = asyncio.get_running_loop()
@@ -157,10 +157,10 @@ class Worker:
             self.busy -= 1
         results: list[tuple[Exception | None, Outputs]] = []
         for (_, ctx), outcome in zip(calls, list(batch.outcomes), strict=False):
-            exc = outcome.error
-            if exc is None and inspect.isawaitable(outcome.result):
-                exc = await self._await_result(outcome.result, outcome.elapsed_s)
-            results.append(self._outcome(ctx, exc, outcome.elapsed_s))
+            exc, value = outcome.error, outcome.result
+            if exc is None and inspect.isawaitable(value):
+                exc, value = await self._await_result(value, outcome.elapsed_s)
+            results.append(self._outcome(ctx, exc, outcome.elapsed_s, value))
         if timed_out is not None:
             _, ctx = calls[len(results)]
             exc = HandlerTimeout(
@@ -168,24 +168,33 @@ class Worker:
             results.append(self._outcome(ctx, exc, timed_out))
         return results
 
-    async def _await_result(self, result: Any, elapsed_s: float) -> Exception | None:
-        """A sync callable returned an awaitable: await it for what is left of the timeout."""
+    async def _await_result(
+        self, result: Any, elapsed_s: float,
+    ) -> tuple[Exception | None, Any]:
+        """A sync callable returned an awaitable: await it for what is left of the
+        timeout; (error, None) or (None, its value)."""
         try:
             async with asyncio.timeout(max(0.0, self.timeout_s - elapsed_s)) as deadline:
-                await result
+                return None, await result
         except TimeoutError as exc:
             if deadline.expired():
                 return HandlerTimeout(
-                    f"handler {self.handler.ref!r} did not finish within {self.timeout_s:g}s")
-            return exc
+                    f"handler {self.handler.ref!r} did not finish within {self.timeout_s:g}s"
+                ), None
+            return exc, None
         except Exception as exc:  # the handler failed: any exception is a failure
-            return exc
-        return None
+            return exc, None
 
     def _outcome(
-        self, ctx: Context, exc: Exception | None, elapsed_s: float,
+        self, ctx: Context, exc: Exception | None, elapsed_s: float, result: Any = None,
     ) -> tuple[Exception | None, Outputs]:
-        """Count one finished call; its staged outputs only when it succeeded."""
+        """Count one finished call; its staged outputs (and its reply, when the
+        message asked for one) only when it succeeded."""
+        if exc is None:
+            try:
+                ctx.stage_reply(result)
+            except TypeError as bad:  # a return value JSON cannot encode fails the call
+                exc = bad
         outputs = ctx.close()
         self.counters.observe(elapsed_s)
         if exc is None:
@@ -196,10 +205,42 @@ class Worker:
 
     def send(self, outputs: Outputs) -> None:
         """Publish staged outputs straight away (at-most-once / at-least-once)."""
+        engine = self.env.engine
         for exchange, msgs in outputs.grouped_publishes():
-            self.env.engine.publish(exchange, msgs)
+            engine.publish(exchange, msgs)
+        for queue, msgs in outputs.grouped_puts():
+            engine.publish_to_queue(queue, msgs)
         for topic, recs in outputs.grouped_appends():
-            self.env.engine.append(topic, recs)
+            engine.append(topic, recs)
+
+    def step_of(self, outputs: Outputs) -> Step:
+        """The staged outputs as (the output half of) an exactly-once step."""
+        return Step(publishes=outputs.grouped_publishes(), queue_puts=outputs.grouped_puts(),
+                    appends=outputs.grouped_appends())
+
+    def hand_over(self, outputs: Outputs) -> None:
+        """After the call is settled: replies to requests waiting in this daemon."""
+        for address, reply in outputs.replies:
+            self.env.replies.deliver(address, reply)
+
+    def send_error_reply(self, message: Message, exc: BaseException) -> None:
+        """The message's handler failed for good: tell the requester (when it asked for
+        a reply) with `{"error": {"type", "message"}}` and `x-reply-error: true`. Best
+        effort beside the dead letter: a reply that cannot be sent is logged."""
+        address = message.reply_to
+        if address is None:
+            return
+        body = jsontext.dumps({"error": {"type": error_type(exc), "message": str(exc)}})
+        outputs = Outputs()
+        outputs.add_reply(address, reply_message(body, JSON_CONTENT_TYPE,
+                                                 message.correlation_id, error=True))
+        try:
+            self.send(outputs)
+        except EngineError as send_exc:
+            log.warning("consumer %s: the error reply to %s could not be sent: %s",
+                        self.name, address, send_exc)
+            return
+        self.hand_over(outputs)
 
     # ---------------------------------------------------------------- idempotency
     def idem_key(self, message: Message) -> str | None:

@@ -19,6 +19,7 @@ import aiohttp
 from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike, Supervisor
 from runner.engine import Engine
+from runner.pipeline.replies import Replies
 from runner.pipeline.runtime import WorkerChanges, plan
 from runner.pipeline.stats import PipelineStats
 from runner.topology.diff import diff
@@ -101,7 +102,7 @@ def fake_parts(failures: list[tuple[str, str, str]] | None = None) -> Parts:
 
     def make_pipeline(
         engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
-        executor: concurrent.futures.ThreadPoolExecutor,
+        executor: concurrent.futures.ThreadPoolExecutor, replies: Replies,
     ) -> PipelineLike:
         return FakePipeline(topology)
 

@@ -70,8 +70,8 @@ def test_a_batch_keeps_request_order() -> None:
         ({"routing_key": "k", "body": 1, "headers": []},
          "'headers' must be a JSON object, got an array"),
         ({"routing_key": "k", "body": 1, "bdy": 2},
-         "unknown field 'bdy' (known fields: body, body_b64, headers, message_id, priority, "
-         "routing_key, ttl)"),
+         "unknown field 'bdy' (known fields: body, body_b64, correlation_id, headers, "
+         "message_id, priority, reply_to, routing_key, ttl)"),
         ({"messages": {}}, "'messages' must be an array of messages, got an object"),
         ({"messages": [{"routing_key": "k", "body": 1}, {"body": 1}]},
          "message 1: missing field 'routing_key' (a string; \"\" is allowed)"),

@@ -207,7 +207,8 @@ def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path
         async def apply(self, new: Topology) -> WorkerChanges:
             raise HandlerImportError("consumer 'x': handler 'gone:fn': cannot import module")
 
-    parts.make_pipeline = lambda engine, topology, config, clock, executor: Refusing(topology)
+    parts.make_pipeline = (
+        lambda engine, topology, config, clock, executor, replies: Refusing(topology))
 
     async def scenario(c: Client) -> None:
         topo.write_text(WITH_JOBS)

@@ -191,3 +191,43 @@ class CallableHandler:
 
 
 INSTANCE = CallableHandler()
+
+
+# ---------------------------------------------------------------- request-reply
+def double(msg: Any) -> Any:
+    """A sync replier: the reply is the return value."""
+    if msg.body.get("fail"):
+        raise ValidationError(f"cannot double {msg.body['n']}")
+    return {"doubled": msg.body["n"] * 2}
+
+
+async def async_double(msg: Any) -> Any:
+    return {"doubled": msg.body["n"] * 2}
+
+
+def raw_reply(msg: Any) -> bytes:
+    del msg
+    return b"\x00raw"
+
+
+def unencodable_reply(msg: Any) -> Any:
+    del msg
+    return {1, 2}
+
+
+async def asks_double(msg: Any, ctx: Any) -> None:
+    """Calls another handler through ctx.request and appends what came back."""
+    try:
+        got = await ctx.request("rpc", "double", {"n": msg.body["n"], "fail": msg.body.get("fail")},
+                                timeout=msg.body.get("timeout", 5.0))
+    except Exception as exc:  # recorded for the test
+        got = {"raised": type(exc).__name__, "text": str(exc)}
+    ctx.publish("out", "", {"asked": msg.body["n"], "got": got})
+
+
+def sync_asks(msg: Any, ctx: Any) -> None:
+    with LOCK:
+        try:
+            ctx.request("rpc", "double", {"n": 1})
+        except RuntimeError as exc:
+            SEEN.append({"raised": str(exc)})
