@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import orjson
 import pytest
@@ -61,3 +62,18 @@ def test_a_default_still_applies_on_the_wide_path() -> None:
             return "odd"
 
     assert jsontext.dumps([2**70, Odd()], default=str) == f'[{2**70},"odd"]'.encode()
+
+
+def test_small_results_hold_no_more_memory_than_their_text() -> None:
+    # orjson's bytes kept the 4 KiB buffer they were written into: a queue of tiny
+    # JSON bodies cost ~4.4 KB a message of RSS (issue 17 item 3)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [jsontext.dumps([i, "x"]) for i in range(2000)]
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_item < 200, per_item
+    big = jsontext.dumps("x" * (2 << 20))  # past 1 MiB: not copied, still right
+    assert big == b'"' + b"x" * (2 << 20) + b'"'

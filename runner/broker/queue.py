@@ -218,6 +218,9 @@ class MessageQueue:
         built: list[QueuedMessage] = []
         put = built.append
         nbytes = 0
+        # one (None, content type) tuple for the run, not one per message (56 B each)
+        last_ctype: str | None = None
+        props: tuple[None, str] | None = None
         for m in msgs:
             body = m.body
             size = len(body)
@@ -226,9 +229,11 @@ class MessageQueue:
             if qttl is not None and (ttl is None or qttl < ttl):
                 ttl = qttl
             ctype = m.content_type
+            if ctype != last_ctype:
+                last_ctype = ctype
+                props = None if ctype is None else (None, ctype)
             put(new(-1, body, size, m.priority or 0, routing_key, exchange, empty,
-                    None if ctype is None else (None, ctype), ts_ms,
-                    None if ttl is None else now + ttl, 0))
+                    props, ts_ms, None if ttl is None else now + ttl, 0))
         if self.journal is not None:
             self.journal.reserve_run(built)
         else:
