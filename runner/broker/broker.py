@@ -28,6 +28,7 @@ from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import (
     DELAYED,
+    MESSAGE_OVERHEAD,
     READY,
     Delivery,
     Message,
@@ -232,8 +233,7 @@ class Broker:
         for due, msg in delayed:
             msg.state = DELAYED
             mq.delayed.append((due, msg.uid, msg))
-            if isinstance(msg.body, bytes):
-                self.memory.used += msg.size
+            self.memory.take(msg)
         mq.delayed.sort(key=lambda t: (t[0], t[1]))
         self._seed_dedup(spec.name, ready)
         return mq
@@ -302,6 +302,7 @@ class Broker:
         self, exchange: str, to_queue: str | None, messages: Sequence[Publishable],
     ) -> list[Route]:
         self._check_disk()
+        self._check_memory()
         now = self.clock.time()
         ts = int(now * 1000)
         routes: list[Route] = []
@@ -463,6 +464,18 @@ class Broker:
             del self._dedup[key]
             return None
         return found[1]
+
+    def _check_memory(self) -> None:
+        """Refused once the queued messages' overhead alone fills the memory budget
+        (bodies past it spill to disk, the per-message overhead cannot)."""
+        mem = self.memory
+        if mem.full:
+            raise Refused(
+                f"memory budget exhausted: {mem.count} queued messages hold "
+                f"{mem.count * MESSAGE_OVERHEAD} bytes of {mem.limit} besides their bodies "
+                f"({MESSAGE_OVERHEAD} bytes a message); publish refused until consumers "
+                "catch up"
+            )
 
     def _check_disk(self) -> None:
         budget = self.disk_budget_bytes

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.broker.headers import decode_headers, encode_headers
-from runner.broker.message import EMPTY_HEADERS, QueuedMessage
+from runner.broker.message import EMPTY_HEADERS, MESSAGE_OVERHEAD, QueuedMessage
 from runner.clock import Clock, now_ms
 from runner.fs import LOCAL, FileSystem
 from runner.log.datapath import remove_tree
@@ -299,16 +299,17 @@ class QueueLog:
             kind = rec.key[:1] if rec.key else b""
             if kind == b"P":
                 size = len(rec.value or b"")
-                keep = used + size <= memory_left
-                used += size if keep else 0
+                keep = used + MESSAGE_OVERHEAD + size <= memory_left
+                used += MESSAGE_OVERHEAD + (size if keep else 0)
                 live[rec.offset] = decode_publish(rec, keep_body=keep)
             elif kind == b"S":
                 uids = array("q")
                 uids.frombytes(rec.value or b"")
                 for uid in uids:
                     gone = live.pop(uid, None)
-                    if gone is not None and isinstance(gone[0].body, bytes):
-                        used -= gone[0].size
+                    if gone is not None:
+                        used -= MESSAGE_OVERHEAD + (
+                            gone[0].size if isinstance(gone[0].body, bytes) else 0)
             elif kind == b"D":
                 pairs = array("q")
                 pairs.frombytes(rec.value or b"")

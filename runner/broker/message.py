@@ -22,6 +22,13 @@ TAG_MASK = (1 << TAG_BITS) - 1
 
 EMPTY_HEADERS: Mapping[str, Any] = {}
 
+# What a queued message costs in memory besides its body: its QueuedMessage, its
+# routing key and props, its deque and journal slots. Measured through the daemon:
+# ~230 B for a headerless message, ~580 B with two small headers; the budget counts
+# 512 B (issue 17 item 3: counting bodies alone let 400,000 tiny messages take
+# 1.76 GB under a 16 MiB budget).
+MESSAGE_OVERHEAD = 512
+
 # a queued message's (message_id, content_type[, death_queues]); None when all are absent.
 # `death_queues` (dead letters only) is the broker's dead-letter cycle watch: the queues
 # the message died from automatically since its last rejection. It is never a header.

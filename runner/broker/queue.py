@@ -24,6 +24,7 @@ from runner.broker.message import (
     DELAYED,
     EMPTY_HEADERS,
     GONE,
+    MESSAGE_OVERHEAD,
     READY,
     TAG_BITS,
     TAG_MASK,
@@ -59,13 +60,36 @@ class Spill(Protocol):
 
 
 class MemoryBudget:
-    """Bytes of message bodies held in memory by all queues of a broker."""
+    """Memory held by the queued messages of all queues of a broker: MESSAGE_OVERHEAD
+    a message plus the bodies kept in memory (`used`), and how many messages (`count`).
 
-    __slots__ = ("limit", "used")
+    A body that would pass `limit` is spilled to disk; the overhead stays in memory,
+    so once `count * MESSAGE_OVERHEAD` alone reaches `limit` publishes are refused
+    (`full`)."""
+
+    __slots__ = ("limit", "used", "count")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        """The messages' overhead alone fills the budget: no more messages fit. A
+        budget of 0 (the broker's tests) spills every body and never fills; the daemon
+        refuses budgets under 1 MiB."""
+        return self.count * MESSAGE_OVERHEAD >= self.limit > 0
+
+    def take(self, msg: QueuedMessage) -> None:
+        """Count a message just stored (its body counts when it is in memory)."""
+        self.count += 1
+        self.used += MESSAGE_OVERHEAD + (msg.size if isinstance(msg.body, bytes) else 0)
+
+    def release(self, msg: QueuedMessage) -> None:
+        """A counted message leaves memory."""
+        self.count -= 1
+        self.used -= MESSAGE_OVERHEAD + (msg.size if isinstance(msg.body, bytes) else 0)
 
 
 class MessageQueue:
@@ -188,10 +212,12 @@ class MessageQueue:
             msg.uid = self.next_uid
             self.next_uid += 1
         mem = self.memory
-        if mem.used + size > mem.limit and self.spill is not None:
+        mem.count += 1
+        if mem.used + MESSAGE_OVERHEAD + size > mem.limit and self.spill is not None:
             msg.body = self.spill.spill(msg, body)
+            mem.used += MESSAGE_OVERHEAD
         else:
-            mem.used += size
+            mem.used += MESSAGE_OVERHEAD + size
         self.published += 1
         top = self.max_level
         self.levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
@@ -247,10 +273,12 @@ class MessageQueue:
         top = self.max_level
         levels = self.levels
         expiries = self.expiries
+        mem.count += len(built)
         for msg in built:
-            size = msg.size
+            size = MESSAGE_OVERHEAD + msg.size
             if mem.used + size > mem.limit and spill is not None:
                 msg.body = spill.spill(msg, msg.body)  # type: ignore[arg-type]
+                mem.used += MESSAGE_OVERHEAD
             else:
                 mem.used += size
             prio = msg.priority
@@ -369,8 +397,7 @@ class MessageQueue:
 
     def _forget(self, msg: QueuedMessage) -> None:
         msg.state = GONE
-        if isinstance(msg.body, bytes):
-            self.memory.used -= msg.size
+        self.memory.release(msg)
         if self.journal is not None:
             self.journal.settle(msg.uid)
 
@@ -534,6 +561,7 @@ class MessageQueue:
                 continue
             msg.state = GONE
             uids.append(msg.uid)
+            freed += MESSAGE_OVERHEAD
             if isinstance(msg.body, bytes):
                 freed += msg.size
             att = msg.attempts
@@ -554,6 +582,7 @@ class MessageQueue:
         if uids and self.journal is not None:
             self.journal.settle_many(uids)
         self.memory.used -= freed
+        self.memory.count -= len(uids)
         self.acked += len(uids)
         if self.lease_tags > 2 * len(unacked) + 1024:
             self._prune_leases()
@@ -789,6 +818,5 @@ class MessageQueue:
     def restore(self, msgs: Sequence[QueuedMessage]) -> None:
         """Put recovered messages back as ready (in uid order; delivered ones redelivered)."""
         for msg in sorted(msgs, key=lambda m: m.uid):
-            if isinstance(msg.body, bytes):
-                self.memory.used += msg.size
+            self.memory.take(msg)
             self._push_ready(msg)

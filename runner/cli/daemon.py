@@ -45,6 +45,10 @@ def _memory_budget(text: str) -> int:
         raise argparse.ArgumentTypeError(
             '"unlimited" is not allowed for the memory budget; give a size such as "256MiB"'
         )
+    if value < 1024 * 1024:
+        raise argparse.ArgumentTypeError(
+            f"the memory budget must be at least 1MiB, got {value} bytes"
+        )
     return value
 
 

@@ -180,26 +180,52 @@ def test_compaction_drops_settled_history_and_keeps_the_rest(
 
 
 def test_memory_budget_spills_bodies_to_disk(make_broker: MakeBroker) -> None:
-    b = make_broker(*TOPO, memory_budget_bytes=1000)
+    # 60 copies of 512 B overhead + 100 B body each: the first 24 keep their bodies
+    b = make_broker(*TOPO, memory_budget_bytes=15_000)
     msgs = [Message(bytes([i]) * 100, "k") for i in range(30)]
     b.publish("x", msgs)
-    assert b.memory.used <= 1000
+    held = [m for q in ("dq", "mem") for m in b.queues[q].live()]
+    in_memory = sum(m.size for m in held if isinstance(m.body, bytes))
+    assert b.memory.count == 60 and b.memory.used == 60 * 512 + in_memory
+    assert in_memory == 24 * 100  # bodies spill once body + overhead would pass it
     assert any(isinstance(m.body, int) for m in b.queues["dq"].live())
     assert any(isinstance(m.body, int) for m in b.queues["mem"].live())
     for q in ("dq", "mem"):
         got = b.pull(q, 100, consumer_id="c")
         assert [d.body for d in got] == [m.body for m in msgs]
         b.ack(q, [d.delivery_id for d in got])
-    assert b.memory.used == 0
+    assert b.memory.used == 0 and b.memory.count == 0
 
 
 def test_memory_budget_applies_at_recovery(make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     b.publish("x", [Message(bytes([i]) * 100, "k") for i in range(30)])
-    b = reopen(b, make_broker, memory_budget_bytes=500)
-    assert b.memory.used <= 500
+    b = reopen(b, make_broker, memory_budget_bytes=16_000)
+    held = b.queues["dq"].live()
+    kept = [m for m in held if isinstance(m.body, bytes)]
+    assert b.memory.count == 30 and b.memory.used == 30 * 512 + 100 * len(kept)
+    assert len(kept) == 26  # body + overhead of those replayed so far within 16,000
     got = b.pull("dq", 100, consumer_id="c")
     assert [d.body for d in got] == [bytes([i]) * 100 for i in range(30)]
+
+
+def test_the_memory_budget_counts_512_bytes_a_message_and_refuses_when_they_fill_it(
+    make_broker: MakeBroker,
+) -> None:
+    b = make_broker(queues=[Queue("q")], memory_budget_bytes=10 * 512)
+    b.publish_to_queue("q", [Message(b"") for _ in range(10)])
+    assert (b.memory.used, b.memory.count) == (10 * 512, 10)
+    with pytest.raises(Refused) as exc:
+        b.publish_to_queue("q", [Message(b"")])
+    assert str(exc.value) == (
+        "memory budget exhausted: 10 queued messages hold 5120 bytes of 5120 besides "
+        "their bodies (512 bytes a message); publish refused until consumers catch up")
+    got = b.pull("q", 1, consumer_id="c")
+    b.ack("q", [d.delivery_id for d in got])
+    assert (b.memory.used, b.memory.count) == (9 * 512, 9)
+    b.publish_to_queue("q", [Message(b"again")])  # room again after an ack
+    b.purge("q")
+    assert (b.memory.used, b.memory.count) == (0, 0)
 
 
 def test_disk_budget_refuses_publishes(make_broker: MakeBroker) -> None:

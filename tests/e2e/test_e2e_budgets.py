@@ -60,6 +60,8 @@ def test_an_exhausted_disk_budget_refuses_publishes_with_429(
     (["--memory-budget", "unlimited"],
      "argument --memory-budget: \"unlimited\" is not allowed for the memory budget; "
      "give a size such as \"256MiB\""),
+    (["--memory-budget", "64KiB"],
+     "argument --memory-budget: the memory budget must be at least 1MiB, got 65536 bytes"),
 ])
 def test_bad_budgets_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "t.yaml").write_text(TOPOLOGY)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, error_of
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +61,25 @@ def test_a_tiny_queued_message_costs_well_under_1_5_kb_of_rss(
 def ready(d: Daemon, queue: str) -> int:
     listed = d.ok("GET", "/v1/queues")["queues"]
     return int(next(q["ready"] for q in listed if q["name"] == queue))
+
+
+def test_the_memory_budget_counts_each_message_and_refuses_tiny_ones_past_it(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    # 1 MiB holds 2,048 messages at 512 B each however small their bodies (counting
+    # bodies alone let 400,000 tiny messages take 1.76 GB under a 16 MiB budget)
+    d = start_daemon(TOPOLOGY, args=["--memory-budget", "1MiB", "--fsync", "never"])
+    for _ in range(2):
+        publish_tiny(d, "q", 1000, batch=1000)
+    publish_tiny(d, "q", 48, batch=48)  # exactly 2,048 held: the budget is full
+    status, sentence = error_of(d, "POST", "/v1/queues/q/messages",
+                                {"messages": [{"body": 1}]})
+    assert status == 429
+    assert sentence == (
+        "memory budget exhausted: 2048 queued messages hold 1048576 bytes of 1048576 "
+        "besides their bodies (512 bytes a message); publish refused until consumers "
+        "catch up")
+    pulled = d.ok("POST", "/v1/queues/q/pull", {"max": 10})["messages"]
+    d.ok("POST", "/v1/queues/q/ack", {"delivery_ids": [m["delivery_id"] for m in pulled]})
+    publish_tiny(d, "q", 10, batch=10)  # acked messages made room again
+    assert ready(d, "q") == 2048
