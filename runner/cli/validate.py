@@ -40,6 +40,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="import every handler (module:callable, the working directory on sys.path)",
     )
+    p.add_argument(
+        "--backend", metavar="URL",
+        help="also refuse what this backend cannot express (amqp://user:pass@host[:port]/vhost; "
+        "the broker is not contacted)",
+    )
     pythonpath.add_option(p)
     p.set_defaults(func=validate_command)
 
@@ -105,9 +110,22 @@ def validate_command(args: argparse.Namespace) -> int:
     if refused is not None:
         print(refused, file=sys.stderr)
         return USAGE
+    if args.backend is not None:
+        from runner.backends.rabbitmq.url import BadURL, parse
+
+        try:
+            parse(args.backend)
+        except BadURL as exc:
+            print(f"runner validate: --backend {exc}", file=sys.stderr)
+            return USAGE
     problems: list[Problem] = []
     for path in paths:
         _, readable, found = _load_partial(path)
+        if args.backend is not None and readable is not None:
+            from runner.backends.rabbitmq.mapping import problems as backend_problems
+
+            found.extend(backend_problems(readable))
+            found.sort(key=Problem.sort_key)
         if args.check_handlers and readable is not None:
             # also when the topology has errors: the handlers that could be read
             found.extend(check_handlers(readable))

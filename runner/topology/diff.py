@@ -160,7 +160,8 @@ def _classify(entity: EntityKind, field: str, old: object, new: object) -> tuple
 # ---------------------------------------------------------------- entities
 
 
-def _binding_name(b: Binding) -> str:
+def binding_name(b: Binding) -> str:
+    """A binding's name in plans: `EX -> queue Q key "K"` (a binding is its whole value)."""
     kind = {"queue": "queue", "exchange": "exchange", "topic": "topic"}[b.destination_kind]
     text = f"{b.exchange} -> {kind} {b.destination}"
     if b.routing_key:
@@ -215,10 +216,10 @@ def diff(old: Topology, new: Topology, *, is_empty: IsEmpty | None = None) -> Pl
                     safe, reason = _classify(entity, field, a, b)
                     changes.append(Change("changed", entity, name, field, a, b, safe, reason))
     before_b, after_b = Counter(old.bindings), Counter(new.bindings)
-    for b in sorted((before_b - after_b).elements(), key=_binding_name):
-        changes.append(Change("removed", "binding", _binding_name(b), None, b, None, True, None))
-    for b in sorted((after_b - before_b).elements(), key=_binding_name):
-        changes.append(Change("added", "binding", _binding_name(b), None, None, b, True, None))
+    for b in sorted((before_b - after_b).elements(), key=binding_name):
+        changes.append(Change("removed", "binding", binding_name(b), None, b, None, True, None))
+    for b in sorted((after_b - before_b).elements(), key=binding_name):
+        changes.append(Change("added", "binding", binding_name(b), None, None, b, True, None))
     return Plan(tuple(changes))
 
 
