@@ -131,6 +131,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="largest HTTP request body (default 64MiB)",
     )
     run.add_argument(
+        "--max-fanout", type=_positive, default=100_000, metavar="N",
+        help="message copies one publish request may create (messages x the queues and "
+        "topics each reaches; default 100000; more is a 413)",
+    )
+    run.add_argument(
         "--memory-budget", type=_memory_budget, default=256 * 1024 * 1024,
         help="memory for queue messages before they spill to disk (default 256MiB)",
     )
@@ -310,6 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics_token=metrics_token,
         max_message_bytes=args.max_message_bytes,
         max_request_bytes=args.max_request_bytes,
+        max_fanout=args.max_fanout,
         grace_s=args.grace,
         watch=not args.no_watch,
         memory_budget_bytes=args.memory_budget,

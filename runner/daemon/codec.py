@@ -49,6 +49,7 @@ class Limits:
     """Size limits applied before anything is stored."""
 
     max_message_bytes: int = 1024 * 1024
+    max_fanout: int = 100_000  # message copies one publish request may create
 
 
 def parse_duration(text: object, field: str, prefix: str = "") -> float:

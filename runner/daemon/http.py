@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from runner import jsontext
-from runner.daemon import codec, dlq, groups, lists
+from runner.daemon import codec, dlq, fanout, groups, lists
 from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
@@ -357,13 +357,16 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
         return _reply_over_http(host, name, msgs, batch)
     _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
     publish = host.engine.publish_to_queue if to_queue else host.engine.publish
+    counts = fanout.copies(host.engine, None if to_queue else name, msgs)
+    fanout.check(counts, request.app[LIMITS_KEY].max_fanout,
+                 f"queue '{name}'" if to_queue else f"exchange '{name}'")
     if wait_s is not None:
         if batch:
             raise codec.BadInput("'wait' takes one message, not a batch: send each request "
                                  "on its own")
         return await _request_reply(host, name, msgs[0], publish, wait_s)
     try:
-        routed = publish(name, msgs) if msgs else []
+        routed = await fanout.publish(publish, name, msgs, counts)
     finally:
         host.notify()  # also after a 429: the items before the refusal are stored
     return answer({"routed": routed if batch else routed[0]}, 202)

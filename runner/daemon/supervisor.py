@@ -81,6 +81,7 @@ class DaemonConfig:
     metrics_token: str | None = None  # None: /metrics is open
     max_message_bytes: int = 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
+    max_fanout: int = 100_000
     grace_s: float = 30.0
     tick_s: float = 0.05
     debounce_s: float = 0.1
@@ -324,7 +325,8 @@ class Supervisor:
             self,
             token=config.token,
             metrics_token=config.metrics_token,
-            limits=codec.Limits(max_message_bytes=config.max_message_bytes),
+            limits=codec.Limits(max_message_bytes=config.max_message_bytes,
+                                max_fanout=config.max_fanout),
             max_request_bytes=config.max_request_bytes,
             connection_limits=config.connections,
             limiter=self._limiter,

@@ -261,6 +261,26 @@ class Engine:
     def _topic_map_names(self) -> set[str]:
         return set(self.store.topic_names())
 
+    def fanout(self, exchange: str, messages: Sequence[OutMessage]) -> list[int]:
+        """How many copies (queues and topics reached) publishing each message through
+        `exchange` would store, without storing anything (a duplicate message id is
+        counted too). NotFound / Forbidden as `publish`."""
+        router = self.broker.router
+        router.check_publish(exchange)
+        by_key: dict[str, int] = {}  # without headers the route depends on the key only
+        out: list[int] = []
+        for m in messages:
+            if m.headers:
+                r = router.route(exchange, m.routing_key, m.headers, count=False)
+                out.append(len(r.queues) + len(r.topics))
+                continue
+            n = by_key.get(m.routing_key)
+            if n is None:
+                r = router.route(exchange, m.routing_key, None, count=False)
+                n = by_key[m.routing_key] = len(r.queues) + len(r.topics)
+            out.append(n)
+        return out
+
     def publish_to_queue(self, queue: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         """AMQP's default exchange: straight into one queue."""
         return [r.destinations for r in self.broker.publish_to_queue(queue, messages)]

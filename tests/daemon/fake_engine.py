@@ -120,6 +120,16 @@ class FakeEngine:
             out.append(routed)
         return out
 
+    def fanout(self, exchange: str, messages: Sequence[OutMessage]) -> list[int]:
+        spec = self.topology.exchange_map().get(exchange)
+        if spec is None:
+            raise NotFound(f"exchange '{exchange}' not found")
+        if spec.internal:
+            raise Forbidden(f"exchange '{exchange}' is internal")
+        return [sum(1 for b in self.topology.bindings
+                    if b.exchange == exchange and topic_matches(b.routing_key, m.routing_key))
+                for m in messages]
+
     def publish_to_queue(self, queue: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         if queue not in self.ready:
             raise NotFound(f"queue '{queue}' not found")
