@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "runner.cli.topotest",  # test
     "runner.cli.route",  # route
     "runner.cli.completion",  # completion
+    "runner.cli.backend",  # apply
 )
 
 

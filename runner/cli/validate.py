@@ -58,8 +58,13 @@ def register(subparsers: Any) -> None:
         "'! UNSAFE: reason'; the exit code is 1 when there is one.",
     )
     p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
+    p.add_argument("new", metavar="NEW", nargs="?")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--against", metavar="URL",
+        help="plan PATH against a live RabbitMQ vhost (amqp://user:pass@host[:port]/vhost, "
+        "read through its management API) instead of OLD NEW",
+    )
     p.set_defaults(func=plan_command)
 
     p = subparsers.add_parser(
@@ -168,6 +173,11 @@ def schema_command(args: argparse.Namespace) -> int:
 def plan_command(args: argparse.Namespace) -> int:
     from runner.topology.diff import diff
 
+    if args.against is not None:
+        return _plan_against(args)
+    if args.new is None:
+        print("runner plan: give OLD NEW, or PATH --against amqp://...", file=sys.stderr)
+        return USAGE
     if _missing_paths("plan", [args.old, args.new]):
         return USAGE
     loaded = []
@@ -189,6 +199,46 @@ def plan_command(args: argparse.Namespace) -> int:
            else report.plan_text(plan, old, new))
     sys.stdout.write(out)
     return 1 if plan.unsafe else 0
+
+
+def _plan_against(args: argparse.Namespace) -> int:
+    from runner.backends.rabbitmq import live
+    from runner.backends.rabbitmq.plan import plan
+    from runner.backends.rabbitmq.url import BadURL, parse
+
+    if args.new is not None:
+        print("runner plan: --against takes one PATH (the topology), not OLD NEW",
+              file=sys.stderr)
+        return USAGE
+    try:
+        target = parse(args.against)
+    except BadURL as exc:
+        print(f"runner plan: --against {exc}", file=sys.stderr)
+        return USAGE
+    topology = load_valid("plan", args.old)
+    if topology is None:
+        return USAGE
+    try:
+        found = plan(live.read(target), topology)
+    except live.Unreachable as exc:
+        print(f"runner plan: {exc}", file=sys.stderr)
+        return USAGE
+    out = report.plan_json(found) if args.format == "json" else report.plan_text(found)
+    sys.stdout.write(out)
+    return 1 if found.unsafe else 0
+
+
+def load_valid(command: str, path: str) -> Topology | None:
+    """The topology at `path`, or None after printing why it is not valid."""
+    if _missing_paths(command, [path]):
+        return None
+    topology, problems = _load(path)
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    if topology is None or errors:
+        sys.stderr.write(report.problems_text(errors))
+        print(f"runner {command}: {path} is not a valid topology", file=sys.stderr)
+        return None
+    return topology
 
 
 # ---------------------------------------------------------------- graph

@@ -1,0 +1,183 @@
+"""Apply: declare a topology's definitions on a vhost with pika, idempotently.
+
+`apply(target, topology, prune=False)`:
+
+1. reads the live vhost (management API) and plans against it
+   (`rabbitmq.plan`); what the backend cannot express, and every unsafe
+   change it would make (a changed queue argument, exchange type, queue type;
+   with `prune`, removing a queue that holds messages), refuses the apply;
+2. asks the broker itself about every existing queue and exchange whose
+   definition differs: a declare with the new arguments, which RabbitMQ
+   refuses without changing anything (PRECONDITION_FAILED); its reason is
+   reported with the entity;
+3. only when nothing was refused: declares exchanges, then queues, then
+   bindings (a declare of what exists is a no-op), and with `prune` deletes
+   the bindings, queues and exchanges the topology no longer declares.
+
+It returns a line per definition added or removed ("no changes" when none):
+a second apply of the same topology reports nothing. `Refused` carries the
+lines that say why, and nothing was declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from runner.backends.rabbitmq import live as live_api
+from runner.backends.rabbitmq.mapping import (
+    BindingDef,
+    Definitions,
+    ExchangeDef,
+    QueueDef,
+    definitions,
+)
+from runner.backends.rabbitmq.plan import plan
+from runner.backends.rabbitmq.url import Target
+from runner.topology.diff import Change
+from runner.topology.model import Topology
+
+
+class Refused(RuntimeError):
+    """The apply was refused, nothing declared: the plan's unsafe `changes` and the
+    broker's own refusals (`reasons`, a line each, naming the entity)."""
+
+    def __init__(self, changes: list[Change], reasons: list[str]) -> None:
+        super().__init__("; ".join([str(c) for c in changes] + reasons))
+        self.changes = changes
+        self.reasons = reasons
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    lines: tuple[str, ...]  # a line per definition added or removed
+
+
+def connect(target: Target) -> pika.BlockingConnection:
+    params = pika.ConnectionParameters(
+        host=target.host, port=target.port, virtual_host=target.vhost,
+        credentials=pika.PlainCredentials(target.user, target.password),
+        connection_attempts=1, blocked_connection_timeout=30,
+    )
+    try:
+        return pika.BlockingConnection(params)
+    except pika.exceptions.AMQPError as exc:
+        raise live_api.Unreachable(f"{target}: cannot connect ({exc!r})") from exc
+
+
+def _table(args: Iterable[tuple[str, object]]) -> dict[str, Any]:
+    return dict(args)
+
+
+def _declare_exchange(ch: Any, e: ExchangeDef) -> None:
+    ch.exchange_declare(e.name, e.type, durable=e.durable, internal=e.internal,
+                        arguments=_table(e.arguments))
+
+
+def _declare_queue(ch: Any, q: QueueDef) -> None:
+    ch.queue_declare(q.name, durable=q.durable, arguments=_table(q.arguments))
+
+
+def _bind(ch: Any, b: BindingDef) -> None:
+    if b.destination_type == "exchange":
+        ch.exchange_bind(b.destination, b.source, b.routing_key, arguments=_table(b.arguments))
+    else:
+        ch.queue_bind(b.destination, b.source, b.routing_key, arguments=_table(b.arguments))
+
+
+def _unbind(ch: Any, b: BindingDef) -> None:
+    if b.destination_type == "exchange":
+        ch.exchange_unbind(b.destination, b.source, b.routing_key, arguments=_table(b.arguments))
+    else:
+        ch.queue_unbind(b.destination, b.source, b.routing_key, arguments=_table(b.arguments))
+
+
+def _binding_text(b: BindingDef) -> str:
+    text = f"{b.source} -> {b.destination_type} {b.destination}"
+    if b.routing_key:
+        text += f' key "{b.routing_key}"'
+    if b.arguments:
+        text += " " + ", ".join(f"{k}={v}" for k, v in b.arguments)
+    return text
+
+
+def _broker_refusals(conn: pika.BlockingConnection, have: Definitions,
+                     want: Definitions) -> list[str]:
+    """Declare every existing entity whose definition differs; the broker's refusals."""
+    reasons = []
+    had_e, had_q = have.exchange_map(), have.queue_map()
+    trials: list[tuple[str, str, Any]] = [
+        ("exchange", e.name, lambda ch, e=e: _declare_exchange(ch, e))
+        for e in want.exchanges if e.name in had_e and had_e[e.name] != e
+    ] + [
+        ("queue", q.name, lambda ch, q=q: _declare_queue(ch, q))
+        for q in want.queues if q.name in had_q and had_q[q.name] != q
+    ]
+    for kind, name, declare in trials:
+        ch = conn.channel()
+        try:
+            declare(ch)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            reasons.append(f"{kind} {name!r}: the broker refused it: "
+                           f"{exc.reply_code} {exc.reply_text}")
+            continue
+        ch.close()
+    return reasons
+
+
+def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied:
+    """Declare `topology` on `target` (see the module docstring); Refused, or Unreachable."""
+    live = live_api.read(target)
+    have, want = live.definitions, definitions(topology)
+    unsafe = [
+        c for c in plan(live, topology).changes
+        if not c.safe and (prune or c.kind != "removed")
+    ]
+    conn = connect(target)
+    try:
+        reasons = _broker_refusals(conn, have, want)
+        if unsafe or reasons:
+            raise Refused(unsafe, reasons)
+        lines: list[str] = []
+        ch = conn.channel()
+        had_e, had_q, had_b = have.exchange_map(), have.queue_map(), set(have.bindings)
+        for e in want.exchanges:
+            _declare_exchange(ch, e)
+            if e.name not in had_e:
+                lines.append(f"+ exchange {e.name} ({e.type})")
+        for q in want.queues:
+            _declare_queue(ch, q)
+            if q.name not in had_q:
+                lines.append(f"+ queue {q.name} ({q.type})")
+        for b in want.bindings:
+            _bind(ch, b)
+            if b not in had_b:
+                lines.append(f"+ binding {_binding_text(b)}")
+        if prune:
+            wanted_b = set(want.bindings)
+            for b in have.bindings:
+                if b not in wanted_b:
+                    _unbind(ch, b)
+                    lines.append(f"- binding {_binding_text(b)}")
+            wanted_q, wanted_e = want.queue_map(), want.exchange_map()
+            for q in have.queues:
+                if q.name not in wanted_q:
+                    ch.queue_delete(q.name)
+                    lines.append(f"- queue {q.name}")
+            for e in have.exchanges:
+                if e.name not in wanted_e:
+                    ch.exchange_delete(e.name)
+                    lines.append(f"- exchange {e.name}")
+        ch.close()
+        return Applied(tuple(lines))
+    except pika.exceptions.AMQPError as exc:
+        if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+            raise Refused([], [f"the broker refused: {exc.reply_code} {exc.reply_text}"]) from exc
+        raise live_api.Unreachable(f"{target}: {exc!r}") from exc
+    finally:
+        if conn.is_open:
+            conn.close()
