@@ -212,9 +212,13 @@ def _recipe_lines(c: Change, old: Topology | None, new: Topology | None) -> list
     return lines
 
 
-def plan_text(plan: Plan, old: Topology | None = None, new: Topology | None = None) -> str:
+def plan_text(
+    plan: Plan, old: Topology | None = None, new: Topology | None = None, *,
+    refuser: str = "a reload",
+) -> str:
     """The plan, a line per change; with `old` and `new`, each unsafe change is
-    followed by its migration recipe (runner.topology.recipes)."""
+    followed by its migration recipe (runner.topology.recipes). `refuser` names
+    what an unsafe plan refuses in the summary line."""
     if plan.empty:
         return "no changes\n"
     lines = []
@@ -234,7 +238,7 @@ def plan_text(plan: Plan, old: Topology | None = None, new: Topology | None = No
     unsafe = len(plan.unsafe)
     lines.append(
         f"{counts['added']} to add, {counts['changed']} to change, {counts['removed']} to remove; "
-        + (f"{unsafe} unsafe: a reload would be refused" if unsafe else "all safe")
+        + (f"{unsafe} unsafe: {refuser} would be refused" if unsafe else "all safe")
     )
     return "\n".join(lines) + "\n"
 

@@ -223,7 +223,8 @@ def _plan_against(args: argparse.Namespace) -> int:
     except live.Unreachable as exc:
         print(f"runner plan: {exc}", file=sys.stderr)
         return USAGE
-    out = report.plan_json(found) if args.format == "json" else report.plan_text(found)
+    out = (report.plan_json(found) if args.format == "json"
+           else report.plan_text(found, refuser="runner apply"))
     sys.stdout.write(out)
     return 1 if found.unsafe else 0
 

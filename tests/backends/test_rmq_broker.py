@@ -189,6 +189,8 @@ def test_plan_against_an_empty_vhost_then_an_unsafe_change_is_refused_with_the_b
         "queue's arguments in place (message_ttl): delete and declare it again (its messages "
         "are lost) or declare a new one"
     )
+    assert done.stdout.splitlines()[-1] == (
+        "0 to add, 1 to change, 0 to remove; 1 unsafe: runner apply would be refused")
     done = run(tmp_path, "apply", "t.yaml", "--backend", url(vhost))
     assert done.returncode == 1
     assert (
@@ -212,6 +214,20 @@ def test_prune_deletes_only_when_asked(tmp_path: Path, vhost: Target) -> None:
     assert out == "- binding unrouted -> queue lost\n- queue lost\n"
     assert "lost" not in {q["name"] for q in api(vhost, "/api/queues/{v}")}
     assert applied(tmp_path, vhost, smaller, "--prune") == "no changes\n"
+
+
+def test_prune_refuses_a_queue_that_holds_messages(
+    tmp_path: Path, vhost: Target, channel: Any,
+) -> None:
+    applied(tmp_path, vhost)
+    channel.basic_publish("", "lost", b"still here")
+    smaller = TOPOLOGY.replace("  lost: {}\n", "").replace(
+        "  - {exchange: unrouted, queue: lost}\n", "")
+    write(tmp_path / "t.yaml", smaller)
+    done = run(tmp_path, "apply", "t.yaml", "--backend", url(vhost), "--prune")
+    assert done.returncode == 1
+    assert "  - queue lost  ! UNSAFE: the queue holds messages" in done.stderr.splitlines()
+    assert channel.queue_declare("lost", passive=True).method.message_count == 1
 
 
 def test_compaction_is_reported_by_plan_and_refused_by_apply(

@@ -129,16 +129,34 @@ def _broker_refusals(conn: pika.BlockingConnection, have: Definitions,
     return reasons
 
 
+def _counted(conn: pika.BlockingConnection, live: live_api.Live,
+             names: Iterable[str]) -> live_api.Live:
+    """`live` with the broker's exact message counts of `names` (the management API's
+    counts are sampled every few seconds: a queue just published to may show 0)."""
+    messages = dict(live.messages)
+    for name in names:
+        ch = conn.channel()
+        try:
+            messages[name] = ch.queue_declare(name, passive=True).method.message_count
+            ch.close()
+        except pika.exceptions.ChannelClosedByBroker:
+            messages.pop(name, None)  # gone meanwhile
+    return live_api.Live(live.definitions, messages)
+
+
 def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied:
     """Declare `topology` on `target` (see the module docstring); Refused, or Unreachable."""
     live = live_api.read(target)
     have, want = live.definitions, definitions(topology)
-    unsafe = [
-        c for c in plan(live, topology).changes
-        if not c.safe and (prune or c.kind != "removed")
-    ]
     conn = connect(target)
     try:
+        if prune:
+            wanted = want.queue_map()
+            live = _counted(conn, live, [q.name for q in have.queues if q.name not in wanted])
+        unsafe = [
+            c for c in plan(live, topology).changes
+            if not c.safe and (prune or c.kind != "removed")
+        ]
         reasons = _broker_refusals(conn, have, want)
         if unsafe or reasons:
             raise Refused(unsafe, reasons)
