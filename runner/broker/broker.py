@@ -595,12 +595,15 @@ class Broker:
         """The next `n` ready messages with their uids, left in place."""
         return self._queue(queue).peek_ids(n)
 
-    def purge(self, queue: str, uids: Collection[int] | None = None) -> int:
-        """Delete the ready messages of `queue` (all, or those with these uids); how many."""
+    def purge(
+        self, queue: str, uids: Collection[int] | None = None, *, limit: int | None = None,
+    ) -> int:
+        """Delete the ready messages of `queue` (all, or those with these uids; at most
+        `limit` a call); how many."""
         mq = self._queue(queue)
         self._dirty[queue] = mq
         try:
-            return mq.purge_ready(uids)
+            return mq.purge_ready(uids, limit)
         finally:
             self._finish()
 

@@ -756,12 +756,23 @@ class MessageQueue:
             out.append((msg.uid, self.as_delivery(msg, 0)))
         return out
 
-    def purge_ready(self, uids: Collection[int] | None = None) -> int:
-        """Drop ready messages for good (all, or those whose uid is in `uids`);
-        delivered and delayed ones stay, as with RabbitMQ's purge."""
-        todo = [m for m in self.iter_ready() if uids is None or m.uid in uids]
+    def purge_ready(
+        self, uids: Collection[int] | None = None, limit: int | None = None,
+    ) -> int:
+        """Drop ready messages for good (all, or those whose uid is in `uids`; at most
+        `limit`, the first in delivery order); delivered and delayed ones stay, as with
+        RabbitMQ's purge."""
+        todo: list[QueuedMessage] = []
+        for m in self.iter_ready():
+            if limit is not None and len(todo) >= limit:
+                break
+            if uids is None or m.uid in uids:
+                todo.append(m)
         for msg in todo:
             self.remove_ready(msg)
+        for dq in self.levels:
+            while dq and dq[0].state != READY:
+                dq.popleft()  # a paged purge must not rescan what it removed
         return len(todo)
 
     def as_delivery(self, msg: QueuedMessage, tag: int) -> Delivery:

@@ -26,7 +26,15 @@ import orjson
 
 from runner import jsontext
 from runner.broker.headers import tag_value, untag_value
-from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
+from runner.engine import (
+    HEADER_TYPES,
+    OutMessage,
+    OutRecord,
+    QueueDelivery,
+    Record,
+    check_timestamp_ms,
+    encode_headers,
+)
 from runner.errors import InvalidRequest, TooLarge
 from runner.pipeline import replies
 from runner.pipeline.replies import CORRELATION_HEADER, REPLY_TO_HEADER
@@ -247,6 +255,45 @@ def _optional_str(item: Mapping[str, Any], name: str, prefix: str) -> str | None
     return value
 
 
+def headers_bytes(headers: Mapping[str, Any]) -> int:
+    """What a message's or record's headers count toward the size limits: each name's
+    UTF-8 bytes plus its value as a record stores it (text raw, other values as JSON)."""
+    if not headers:
+        return 0
+    return sum(len(h.encode()) + len(v) for h, v in encode_headers(headers)
+               if h != HEADER_TYPES)  # the user's headers, not the types header
+
+
+def _check_message_size(body: bytes, headers: Mapping[str, Any], limit: int,
+                        prefix: str) -> None:
+    """TooLarge when the body, or the body with its headers, passes --max-message-bytes."""
+    _check_size(len(body), limit, prefix, "(--max-message-bytes)")
+    size = len(body) + headers_bytes(headers)
+    if size > limit:
+        raise TooLarge(
+            f"{prefix}the message is {size} bytes with its headers, over the limit of "
+            f"{limit} bytes (--max-message-bytes); {_LARGE_HINT}"
+        )
+
+
+def check_record_size(rec: OutRecord, limits: Limits, topic_limit: int, where: str) -> None:
+    """TooLarge when key + value + headers pass the smaller of --max-message-bytes and
+    the topic's max_message_bytes (`record` checked the value alone)."""
+    if not rec.key and not rec.headers:
+        return
+    size = len(rec.value or b"") + len(rec.key or b"") + headers_bytes(rec.headers)
+    if size <= min(limits.max_message_bytes, topic_limit):
+        return
+    if topic_limit < limits.max_message_bytes:
+        over = f"the topic's max_message_bytes of {topic_limit} bytes"
+    else:
+        over = f"the limit of {limits.max_message_bytes} bytes (--max-message-bytes)"
+    raise TooLarge(
+        f"{where}the record is {size} bytes with its key and headers, over {over}; "
+        f"{_LARGE_HINT}"
+    )
+
+
 def _check_size(size: int, limit: int, prefix: str, where: str) -> None:
     if size > limit:
         raise TooLarge(
@@ -283,8 +330,8 @@ def _fast_message(item: Any, limits: Limits, default_key: str | None) -> OutMess
     ):
         return None
     data = jsontext.dumps(body)
-    if len(data) > limits.max_message_bytes:
-        return None
+    if len(data) + (headers_bytes(headers) if headers else 0) > limits.max_message_bytes:
+        return None  # the full path names what is too large
     return OutMessage(
         body=data, routing_key=key, headers=headers if headers is not None else {},
         priority=priority, message_id=message_id, content_type=JSON_CONTENT_TYPE,
@@ -311,12 +358,13 @@ def message(
         key = default_key
     body, content_type = _payload(obj, "body", prefix, null_is_none=False)
     assert body is not None
-    _check_size(len(body), limits.max_message_bytes, prefix, "(--max-message-bytes)")
+    headers = _reply_headers(obj, _headers(obj, prefix), prefix)
+    _check_message_size(body, headers, limits.max_message_bytes, prefix)
     ttl = obj.get("ttl")
     return OutMessage(
         body=body,
         routing_key=key,
-        headers=_reply_headers(obj, _headers(obj, prefix), prefix),
+        headers=headers,
         priority=_optional_int(obj, "priority", prefix, low=0, high=255),
         ttl_s=None if ttl is None else parse_duration(ttl, "ttl", prefix),
         message_id=_message_id(obj, prefix),

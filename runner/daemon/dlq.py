@@ -10,6 +10,7 @@ operations: a purge acks what it pulls; a move is one exactly-once step
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from runner.engine import (
@@ -30,8 +31,10 @@ LEASE_S = 60.0
 TOOL_CONSUMER = "runner-dlq-tool"
 
 
-def purge(engine: Engine, queue: str) -> int:
-    """Remove the ready messages of `queue`; how many went."""
+async def purge(engine: Engine, queue: str) -> int:
+    """Remove the ready messages of `queue`; how many went. A page of PAGE messages
+    an engine call, the event loop serving other requests between pages (a purge
+    of millions held the loop for its whole duration)."""
     total = 0
     while True:
         got = engine.pull(queue, PAGE, lease_s=LEASE_S, consumer_id=TOOL_CONSUMER)
@@ -39,6 +42,7 @@ def purge(engine: Engine, queue: str) -> int:
             return total
         engine.ack(queue, [d.delivery_id for d in got])
         total += len(got)
+        await asyncio.sleep(0)
 
 
 def _headers(d: QueueDelivery) -> dict[str, Any]:

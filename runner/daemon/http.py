@@ -26,12 +26,9 @@ from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_lim
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
 from runner.daemon.reload import ReloadResult
 from runner.engine import (
-    HEADER_TYPES,
     Engine,
     OutMessage,
-    OutRecord,
     TopicPartition,
-    encode_headers,
 )
 from runner.errors import (
     Conflict,
@@ -484,7 +481,7 @@ async def append_topic(request: web.Request) -> web.Response:
                 f"{where}topic '{name}' is compacted: every record needs a 'key' or "
                 f"'key_b64'{field}"
             )
-        _check_record_size(rec, topic.max_message_bytes, where)
+        codec.check_record_size(rec, request.app[LIMITS_KEY], topic.max_message_bytes, where)
         if rec.partition is not None and rec.partition >= topic.partitions:
             raise NotFound(
                 f"{where}topic '{name}' has no partition {rec.partition} "
@@ -498,23 +495,6 @@ async def append_topic(request: web.Request) -> web.Response:
     finally:
         host.notify()
     return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
-
-
-def _check_record_size(rec: OutRecord, limit: int, where: str) -> None:
-    """TooLarge when key + value + headers pass the topic's max_message_bytes
-    (the codec checked the value alone; this names the record's index too)."""
-    if not rec.key and not rec.headers:
-        return
-    size = len(rec.value or b"") + len(rec.key or b"")
-    if rec.headers:
-        size += sum(len(h.encode()) + len(v) for h, v in encode_headers(rec.headers)
-                    if h != HEADER_TYPES)  # the user's headers, as stored
-    if size > limit:
-        raise TooLarge(
-            f"{where}the record is {size} bytes with its key and headers, over the "
-            f"topic's max_message_bytes of {limit} bytes; store the payload elsewhere "
-            "(a file or object store) and send a reference to it instead"
-        )
 
 
 def _no_derived_key(path: str | None, value: bytes | None) -> bool:
@@ -637,7 +617,7 @@ async def purge(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     _queue_exists(host, name)
-    purged = dlq.purge(host.engine, name)
+    purged = await dlq.purge(host.engine, name)
     host.notify()
     return answer({"purged": purged})
 

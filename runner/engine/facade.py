@@ -420,10 +420,13 @@ class Engine:
         replay of a selection)."""
         return self.broker.peek_ids(queue, n)
 
-    def purge(self, queue: str, ids: Collection[int] | None = None) -> int:
+    def purge(
+        self, queue: str, ids: Collection[int] | None = None, *, limit: int | None = None,
+    ) -> int:
         """Delete the ready messages of `queue` for good (all, or those with these
-        ids from `peek_ids`); delivered ones stay. How many were deleted."""
-        return self.broker.purge(queue, ids)
+        ids from `peek_ids`; at most `limit` a call, the first in delivery order);
+        delivered ones stay. How many were deleted."""
+        return self.broker.purge(queue, ids, limit=limit)
 
     def replay_detail(
         self, queue: str, max_messages: int | None = None, *,

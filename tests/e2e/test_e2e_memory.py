@@ -120,16 +120,13 @@ def test_a_request_fanning_out_past_max_fanout_is_413_and_stores_nothing(
     assert ready(d, "q199") == 500
 
 
-def test_healthz_answers_while_a_large_allowed_fanout_is_stored(
-    start_daemon: Callable[..., Daemon]
-) -> None:
-    d = start_daemon(WIDE, args=["--fsync", "never", "--max-fanout", "300000"])
+def healthz_during(d: Daemon, work: Callable[[], Answer]) -> tuple[Answer, float, list[float]]:
+    """Run `work` while a thread polls /healthz: its answer, how long it took, and
+    how long each /healthz meanwhile took."""
     latencies: list[float] = []
-    publishing = threading.Event()
     done = threading.Event()
 
     def poll() -> None:
-        publishing.wait()
         while not done.is_set():
             started = time.monotonic()
             assert d.get("/healthz").status == 200
@@ -138,13 +135,21 @@ def test_healthz_answers_while_a_large_allowed_fanout_is_stored(
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        publishing.set()
         started = time.monotonic()
-        got = publish_wide(d, 1500)  # 300,000 copies, in slices of 10,000
+        got = work()
         took = time.monotonic() - started
     finally:
         done.set()
         poller.join()
+    return got, took, latencies
+
+
+def test_healthz_answers_while_a_large_allowed_fanout_is_stored(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    d = start_daemon(WIDE, args=["--fsync", "never", "--max-fanout", "300000"])
+    # 300,000 copies, in slices of 10,000
+    got, took, latencies = healthz_during(d, lambda: publish_wide(d, 1500))
     assert got.status == 202, got.body
     assert ready(d, "q199") == 1500
     # stored in one step, the loop was blocked all along: the /healthz sent meanwhile
@@ -166,3 +171,16 @@ def test_a_refusal_in_a_later_slice_counts_accepted_from_the_first_message(
     assert got.body["error"].startswith("memory budget exhausted: 10000 queued messages")
     assert ready(d, "q0") == 50
 
+
+
+def test_healthz_answers_while_a_huge_queue_is_purged(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    d = start_daemon(TOPOLOGY, args=["--fsync", "never"])
+    publish_tiny(d, "q", 300_000, batch=10_000)
+    got, took, latencies = healthz_during(d, lambda: d.request("DELETE", "/v1/queues/q/messages"))
+    assert got.status == 200 and got.body == {"purged": 300_000}, got.body
+    assert ready(d, "q") == 0
+    # one step held the loop for the whole purge; pages of 10,000 hold it one page each
+    assert len(latencies) >= 3, (latencies, took)
+    assert max(latencies) < min(1.0, took / 3), (latencies, took)

@@ -8,6 +8,7 @@ run shows and what the apply step carries out.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,12 @@ def replay(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) 
             "skipped_reasons": dict(outcome.reasons)}
 
 
-def purge(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -> dict[str, Any]:
+PURGE_PAGE = 10_000  # messages a purge step; the loop serves others between steps
+
+
+async def purge(
+    engine: Engine, topology: Topology, name: str, body: dict[str, Any],
+) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
     chosen = selection(body)
     _queue(topology, name)
@@ -63,7 +69,11 @@ def purge(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -
         raise codec.BadInput(
             f"purging deletes messages for good: confirm with \"confirm\": \"{name}\""
         )
-    return {"purged": engine.purge(name, chosen.ids)}
+    total = 0
+    while done := engine.purge(name, chosen.ids, limit=PURGE_PAGE):
+        total += done
+        await asyncio.sleep(0)
+    return {"purged": total}
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,7 +306,8 @@ class Console:
     async def purge(self, request: web.Request) -> web.StreamResponse:
         host = self.host
         body = await self._body(request)
-        return answer(actions.purge(host.engine, host.topology, request.match_info["name"], body))
+        return answer(await actions.purge(host.engine, host.topology,
+                                          request.match_info["name"], body))
 
     async def reset(self, request: web.Request) -> web.StreamResponse:
         host = self.host
