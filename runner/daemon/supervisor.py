@@ -348,7 +348,10 @@ class Supervisor:
             if kafka is not None:
                 await kafka.stop()
             await server.stop()
-            self._engine.close()
+            try:
+                self._engine.close()
+            except StorageError as exc:  # the start failure is the one to report
+                log.error("%s", exc, extra={"event": "close_failed"})
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         log.info("pipeline started", extra={"event": "pipeline_started"})
@@ -390,11 +393,23 @@ class Supervisor:
             if kafka is not None:
                 await kafka.stop()
             await server.stop()
-            self._engine.flush()
-            self._engine.close()
+            failure: StorageError | None = None
+            try:
+                self._engine.flush()
+            except StorageError as exc:
+                failure = exc
+            try:  # closes (and releases the lock) even after a failed flush
+                self._engine.close()
+            except StorageError as exc:
+                failure = failure or exc
             executor.shutdown(wait=False, cancel_futures=True)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if failure is not None:
+                # not a clean stop: unsynced data may be lost; `runner run` exits 1
+                log.error("stopped, but the last fsync failed: %s", failure,
+                          extra={"event": "stopped_unsynced"})
+                raise failure
             log.info("stopped", extra={"event": "stopped"})
         return 0
 

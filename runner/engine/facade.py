@@ -192,20 +192,32 @@ class Engine:
             self.journal.sync()
 
     def close(self) -> None:
+        """Sync and close every part, then release the data dir lock. A part that
+        fails to close (its last fsync failed) does not stop the others; afterwards
+        StorageError names every failure: what was written since the last fsync of
+        that part may not be on disk, and the caller must not report a clean stop."""
         if self._closed:
             return
         self._closed = True
         try:
-            self._close_parts()
+            failures = self._close_parts()
         finally:
             self.fs.close(self._lock_fd)  # releases the data dir lock
+        if failures:
+            raise StorageError(
+                "closing the engine failed: " + "; ".join(failures)
+                + " (what was written since the last successful fsync may be lost)")
 
-    def _close_parts(self) -> None:
+    def _close_parts(self) -> list[str]:
+        failures: list[str] = []
         for part in (self.journal, self.broker, self.store):
             try:
                 part.close()
-            except Exception:  # close the others anyway
+            except Exception as exc:  # close the others anyway
                 log.exception("closing %s failed", type(part).__name__)
+                failures.append(str(exc) if isinstance(exc, StorageError)
+                                else f"{type(part).__name__}: {type(exc).__name__}: {exc}")
+        return failures
 
     # -------------------------------------------------------------- producing
     def _sink(self, topic: str, message: Message) -> None:

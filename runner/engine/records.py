@@ -33,21 +33,25 @@ JSON_CONTENT_TYPE = "application/json"
 HEADER_TYPES = "x-runner-header-types"
 """The record header that says how to read the headers before it (see `encode_headers`)."""
 
-_TEXT, _BYTES, _JSON = "s", "b", "j"
+_TEXT, _BYTES, _JSON, _RAW, _NULL = "s", "b", "j", "r", "n"
+
+HeaderValue = bytes | None  # a Kafka header value: bytes, or null
 
 
 def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
     """Record headers on disk, each value read back exactly by `decode_headers`.
 
-    A Kafka header value is bytes, and Kafka clients read what is stored, so:
-    a str is stored raw as its UTF-8 bytes (a Kafka consumer sees `abc`, not
-    `"abc"`), bytes raw, and any other value (int, float, bool, None, list,
-    tuple, dict) as JSON text in the queues' tagged form (`runner.broker.headers`,
-    the one header codec: `3`, `true`, `{"a":1}`; bytes inside as `{"$b64": ...}`).
-    How to read each value back is kept in one last header, `HEADER_TYPES`: one
-    letter per header before it (`s` text, `b` bytes, `j` JSON), e.g. `sjb`. The
+    A Kafka header value is bytes or null, and Kafka clients read what is
+    stored, so: a str is stored raw as its UTF-8 bytes (a Kafka consumer sees
+    `abc`, not `"abc"`), bytes raw, None as a null value, and any other value
+    (int, float, bool, list, tuple, dict) as JSON text in the queues' tagged
+    form (`runner.broker.headers`, the one header codec: `3`, `true`,
+    `{"a":1}`; bytes inside as `{"$b64": ...}`). How to read each value back is
+    kept in one last header, `HEADER_TYPES`: one letter per header before it
+    (`s` text, `b` bytes, `j` JSON, `n` null, stored empty), e.g. `sjb`. The
     Kafka listener never shows that header to Kafka clients, and gives records
-    that Kafka clients produce an empty one (every value raw)."""
+    that Kafka clients produce an empty one (every value raw), or, when one of
+    their values is null, `r` (raw) and `n` letters."""
     if not headers:
         return ()
     out: list[tuple[str, bytes]] = []
@@ -64,23 +68,39 @@ def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
             out.append((name, bytes(value)))
             kinds.append(_BYTES)
             continue
+        elif value is None:  # a Kafka null header value
+            out.append((name, b""))
+            kinds.append(_NULL)
+            continue
         out.append((name, jsontext.dumps(tag_value(value), default=str)))
         kinds.append(_JSON)
     out.append((HEADER_TYPES, "".join(kinds).encode()))
     return tuple(out)
 
 
-def raw_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
+def raw_headers(headers: Sequence[tuple[str, HeaderValue]]) -> tuple[tuple[str, bytes], ...]:
     """Headers a Kafka client produced, as stored: every value raw (an empty
-    `HEADER_TYPES` after them)."""
-    return (*headers, (HEADER_TYPES, b"")) if headers else ()
+    `HEADER_TYPES` after them); when a value is null, stored empty with the letter
+    `n` (the others `r`, raw) so that it reads back as null."""
+    if not headers:
+        return ()
+    if all(v is not None for _, v in headers):
+        return (*headers, (HEADER_TYPES, b""))  # type: ignore[arg-type]
+    kinds = "".join(_NULL if v is None else _RAW for _, v in headers)
+    return (*((n, b"" if v is None else v) for n, v in headers),
+            (HEADER_TYPES, kinds.encode()))
 
 
-def kafka_headers(headers: Sequence[tuple[str, bytes]]) -> Sequence[tuple[str, bytes]]:
-    """Stored headers as Kafka clients see them: without `HEADER_TYPES`."""
+def kafka_headers(headers: Sequence[tuple[str, bytes]]) -> Sequence[tuple[str, HeaderValue]]:
+    """Stored headers as Kafka clients see them: without `HEADER_TYPES`, a value
+    stored as null (`n`) null again."""
     for i in range(len(headers) - 1, -1, -1):
         if headers[i][0] == HEADER_TYPES:
-            return (*headers[:i], *headers[i + 1:])
+            kinds = headers[i][1]
+            if b"n" not in kinds:
+                return (*headers[:i], *headers[i + 1:])
+            return (*((name, None if kinds[j:j + 1] == b"n" else v)
+                      for j, (name, v) in enumerate(headers[:i])), *headers[i + 1:])
     return headers
 
 
@@ -115,6 +135,9 @@ def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
                 pass
         elif kind == b"b":
             out[name] = bytes(raw)
+            continue
+        elif kind == b"n":
+            out[name] = None
             continue
         out[name] = _raw(raw)
     return out

@@ -90,3 +90,102 @@ def test_a_failed_fsync_is_refused_reported_and_recovered(
         assert [d.body for d in after.peek("b", 10)] == [b'"other"']
     finally:
         after.close()
+
+
+class _FailingFileDisk(SimDisk):
+    """A simulated disk whose syncs of one file fail once `armed` (every other file
+    syncs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[int, str] = {}
+        self.armed: str | None = None
+
+    def open(self, path: Path, *, create: bool = False, truncate: bool = False) -> int:
+        fd = super().open(path, create=create, truncate=truncate)
+        self.paths[fd] = str(path)
+        return fd
+
+    def sync(self, fd: int) -> None:
+        if self.armed is not None and self.paths.get(fd) == self.armed:
+            self.fail_sync_at = self.syncs + 1
+        super().sync(fd)
+
+
+def test_a_failed_fsync_at_stop_is_not_a_clean_stop(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Under --fsync never the last fsync is the one at stop: when it fails, the
+    daemon stops (the data dir lock released) but says so and serve() raises, so
+    `runner run` exits 1 instead of 0 ("runner run: closing the engine failed...")."""
+    import asyncio
+
+    import aiohttp
+
+    from runner.daemon.supervisor import Supervisor
+    from runner.errors import StorageError
+    from tests.daemon.harness import Client
+
+    disk = _FailingFileDisk()
+    data = tmp_path / "data"
+    qlog = f"{data}/queues/a/00000000000000000000.log"
+    topo_path = tmp_path / "topology.yaml"
+    topo_path.write_text(TOPOLOGY)
+    loaded = load(str(topo_path))
+
+    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
+        return Engine.open(topology, config.data_dir, fsync=FsyncPolicy.NEVER, clock=clock,
+                           fs=disk)
+
+    parts = Parts(load=load, check_handlers=lambda t: [], diff=diff, open_engine=open_engine,
+                  make_pipeline=lambda *a: FakePipeline(a[1]), clock=ManualClock())
+    supervisor = Supervisor(DaemonConfig(path=topo_path, data_dir=data, port=0, grace_s=1.0,
+                                         watch=False), loaded, parts)
+
+    async def main() -> None:
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        serving = asyncio.create_task(
+            supervisor.serve(ready=lambda host, port: started.set_result(port)))
+        port = await asyncio.wait_for(started, 10)
+        async with aiohttp.ClientSession() as session:
+            c = Client(session, f"http://127.0.0.1:{port}", supervisor, None)
+            assert (await c.call("POST", "/v1/queues/a/messages", {"body": "unsynced"}))[0] == 202
+        disk.armed = qlog
+        supervisor.stop()
+        with pytest.raises(StorageError) as raised:
+            await asyncio.wait_for(serving, 10)
+        assert str(raised.value).startswith(f"fsync of {qlog} failed (Input/output error "
+                                            "(simulated fsync failure))")
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert disk.sync_failures == 1
+    stopped = [r.getMessage() for r in caplog.records
+               if getattr(r, "event", None) == "stopped_unsynced"]
+    assert len(stopped) == 1 and stopped[0].startswith(
+        f"stopped, but the last fsync failed: fsync of {qlog} failed")
+    assert not any(getattr(r, "event", None) == "stopped" for r in caplog.records)
+    disk.armed = None
+    again = Engine.open(loaded.topology, data, fsync=FsyncPolicy.NEVER, fs=disk)  # unlocked
+    again.close()
+
+
+def test_engine_close_names_every_part_whose_last_fsync_failed(tmp_path: Path) -> None:
+    from runner.engine import OutMessage
+    from runner.errors import StorageError
+
+    disk = _FailingFileDisk()
+    topo_path = tmp_path / "topology.yaml"
+    topo_path.write_text(TOPOLOGY)
+    topology = load(str(topo_path)).topology
+    assert topology is not None
+    data = tmp_path / "data"
+    engine = Engine.open(topology, data, fsync=FsyncPolicy.NEVER, fs=disk)
+    engine.publish_to_queue("a", [OutMessage(b"x", "", {})])
+    disk.armed = f"{data}/queues/a/00000000000000000000.log"
+    with pytest.raises(StorageError) as raised:
+        engine.close()
+    message = str(raised.value)
+    assert message.startswith(f"closing the engine failed: fsync of {disk.armed} failed")
+    assert message.endswith("(what was written since the last successful fsync may be lost)")
+    disk.armed = None
+    Engine.open(topology, data, fsync=FsyncPolicy.NEVER, fs=disk).close()  # lock released

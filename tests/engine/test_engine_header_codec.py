@@ -31,3 +31,25 @@ def test_topic_records_and_queue_messages_round_trip_headers_alike(tmp_path: Pat
     assert queued == HEADERS
     assert recorded == HEADERS
     assert type(recorded["bin"]) is bytes and type(recorded["tuple"]) is tuple
+
+
+def test_null_kafka_header_values_are_stored_and_read_back_as_null() -> None:
+    from runner.engine import (
+        HEADER_TYPES,
+        decode_headers,
+        encode_headers,
+        kafka_headers,
+        raw_headers,
+    )
+
+    produced = [("a", None), ("b", b"\xff"), ("c", b"")]
+    stored = raw_headers(produced)
+    assert stored == (("a", b""), ("b", b"\xff"), ("c", b""), (HEADER_TYPES, b"nrr"))
+    assert list(kafka_headers(stored)) == produced
+    assert decode_headers(stored) == {"a": None, "b": b"\xff", "c": ""}  # msg.headers
+    # without a null the stored form is as before (an empty HEADER_TYPES)
+    assert raw_headers([("b", b"x")]) == (("b", b"x"), (HEADER_TYPES, b""))
+    # None from HTTP or a handler is a null value for Kafka consumers too
+    mine = encode_headers({"n": None, "s": "x"})
+    assert list(kafka_headers(mine)) == [("n", None), ("s", b"x")]
+    assert decode_headers(mine) == {"n": None, "s": "x"}

@@ -60,7 +60,7 @@ class KafkaRecord(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]  # a value None: a null header value
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ def _records(buf: bytes, count: int, base_ts: int) -> list[KafkaRecord]:
         b = buf[pos]
         if b == 0:
             pos += 1
-            headers: tuple[tuple[str, bytes], ...] = ()
+            headers: tuple[tuple[str, bytes | None], ...] = ()
         else:
             nh, pos = _varint(buf, pos)
             headers, pos = _headers(buf, pos, nh)
@@ -188,8 +188,9 @@ def _records(buf: bytes, count: int, base_ts: int) -> list[KafkaRecord]:
     return out
 
 
-def _headers(buf: bytes, pos: int, count: int) -> tuple[tuple[tuple[str, bytes], ...], int]:
-    hs = []
+def _headers(buf: bytes, pos: int,
+             count: int) -> tuple[tuple[tuple[str, bytes | None], ...], int]:
+    hs: list[tuple[str, bytes | None]] = []
     for _ in range(count):
         hlen, pos = _varint(buf, pos)
         if hlen < 0:
@@ -197,7 +198,7 @@ def _headers(buf: bytes, pos: int, count: int) -> tuple[tuple[tuple[str, bytes],
         name = buf[pos:pos + hlen].decode()
         pos += hlen
         hvlen, pos = _varint(buf, pos)
-        hv = b"" if hvlen < 0 else buf[pos:pos + hvlen]
+        hv = None if hvlen < 0 else buf[pos:pos + hvlen]
         pos += max(hvlen, 0)
         hs.append((name, hv))
     return tuple(hs), pos
@@ -237,7 +238,7 @@ _VARINTS = tuple(_varint_bytes(v) for v in range(-_SMALL, _SMALL))
 
 def encode_batch(
     records: Sequence[tuple[int, int, bytes | None, bytes | None,
-                            Sequence[tuple[str, bytes]]]],
+                            Sequence[tuple[str, bytes | None]]]],
 ) -> bytes:
     """One uncompressed batch of (offset, timestamp_ms, key, value, headers) in
     offset order (gaps allowed: compaction removes records, not offsets). The
@@ -282,9 +283,12 @@ def encode_batch(
     return head + tail + body
 
 
-def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
+def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
     out = [_varint_bytes(len(headers))]
     for name, hv in headers:
         raw = name.encode()
-        out += (_varint_bytes(len(raw)), raw, _varint_bytes(len(hv)), hv)
+        if hv is None:  # a null value: length -1
+            out += (_varint_bytes(len(raw)), raw, b"\x01")
+        else:
+            out += (_varint_bytes(len(raw)), raw, _varint_bytes(len(hv)), hv)
     return b"".join(out)

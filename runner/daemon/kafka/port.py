@@ -36,7 +36,7 @@ class ProducerFenced(InvalidRequest):
 
 # a stored record: (offset, timestamp_ms, key, value, headers) -- a plain tuple,
 # the shape `batches.encode_batch` takes (one per record of a fetch: kept cheap)
-StoredRecord = tuple[int, int, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+StoredRecord = tuple[int, int, bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class NewRecord(Protocol):
     def value(self) -> bytes | None: ...
 
     @property
-    def headers(self) -> tuple[tuple[str, bytes], ...]: ...
+    def headers(self) -> tuple[tuple[str, bytes | None], ...]: ...
 
     @property
     def timestamp_ms(self) -> int: ...
