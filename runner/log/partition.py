@@ -82,10 +82,10 @@ class Partition:
         return self.log.first_timestamp()
 
     def append(self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1,
-               allow_gap: bool = False) -> int:
+               allow_gap: bool = False, restart: bool = False) -> int:
         end = self.log.end_offset
         first = self.log.append(items, producer_id=producer_id, sequence=sequence,
-                                allow_gap=allow_gap)
+                                allow_gap=allow_gap, restart=restart)
         self.records_appended += self.log.end_offset - end
         return first
 

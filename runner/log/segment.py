@@ -183,8 +183,10 @@ class _Producer:
         self.batches: deque[tuple[int, int, int]] = deque(maxlen=PRODUCER_HISTORY)
 
     def record(self, base_seq: int, count: int, base_offset: int) -> None:
+        """A batch appended (called in log order): its last sequence is the
+        producer's last, also when it restarted lower (Kafka wraps at 2^31 - 1)."""
         self.batches.append((base_seq, count, base_offset))
-        self.last_seq = max(self.last_seq, base_seq + count - 1)
+        self.last_seq = base_seq + count - 1
 
     def retry_of(self, base_seq: int, count: int) -> int:
         """The first offset of a remembered batch with exactly this first sequence
@@ -453,7 +455,7 @@ class SegmentedLog:
     # ------------------------------------------------------------ appending
     def append(
         self, items: Sequence[Item], *, producer_id: int = -1, sequence: int = -1,
-        allow_gap: bool = False,
+        allow_gap: bool = False, restart: bool = False,
     ) -> int:
         """Append one batch; returns the offset of its first record.
 
@@ -471,7 +473,8 @@ class SegmentedLog:
                 raise self._failed
             base = -1
             if producer_id >= 0 and sequence >= 0:
-                base = self._check_sequence(producer_id, sequence, len(items), allow_gap)
+                base = self._check_sequence(producer_id, sequence, len(items), allow_gap,
+                                            restart)
             if base < 0:
                 base = self._append_locked(items, producer_id, sequence)
             target = self._written
@@ -480,16 +483,17 @@ class SegmentedLog:
         return base
 
     def check_sequence(self, producer_id: int, sequence: int, count: int, *,
-                       allow_gap: bool = False) -> int:
+                       allow_gap: bool = False, restart: bool = False) -> int:
         """What `append` would do with a producer's batch of `count` records
         starting at `sequence`: the original first offset of an exact retry (same
         first sequence and count as one of the producer's last 8 batches), -1 to
         append it (an unknown producer, or `sequence` = last + 1; with `allow_gap`
         any higher sequence), else InvalidRequest: "out of order sequence S:
         expected N (...)" (a lower sequence that is no exact retry of a remembered
-        batch, or a gap)."""
+        batch, or a gap). With `restart` (the caller checked that the producer's
+        sequence wrapped around) any sequence that is no retry is appended."""
         with self._lock:
-            return self._check_sequence(producer_id, sequence, count, allow_gap)
+            return self._check_sequence(producer_id, sequence, count, allow_gap, restart)
 
     def last_sequence(self, producer_id: int) -> int:
         """The last sequence `producer_id` appended here, -1 for an unknown producer."""
@@ -498,7 +502,7 @@ class SegmentedLog:
             return -1 if prod is None else prod.last_seq
 
     def _check_sequence(self, producer_id: int, sequence: int, count: int,
-                        allow_gap: bool) -> int:
+                        allow_gap: bool, restart: bool = False) -> int:
         prod = self._producers.get(producer_id)
         if prod is None:
             return -1
@@ -506,7 +510,7 @@ class SegmentedLog:
         if base >= 0:
             return base
         expected = prod.last_seq + 1
-        if sequence == expected or (allow_gap and sequence > expected):
+        if sequence == expected or (allow_gap and sequence > expected) or restart:
             return -1
         why = ("a retry must resend the same batch" if sequence < expected
                else "sequences must not skip")

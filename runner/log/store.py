@@ -347,7 +347,7 @@ class Store:
         return log.last_sequence(producer_number(producer_id))
 
     def append(self, topic: str, records: Sequence[AppendRecord], *,
-               allow_gap: bool = False) -> list[tuple[int, int]]:
+               allow_gap: bool = False, restart: bool = False) -> list[tuple[int, int]]:
         """Append records; (partition, offset) per record, in order.
 
         Records with a producer id and sequence follow Kafka's idempotent producer,
@@ -358,7 +358,10 @@ class Store:
         `allow_gap`, may jump forward), else
         InvalidRequest "producer 'p' on t/0: out of order sequence S: expected N
         (...)", raised before anything of the call is written. With a dedup
-        window, records with a message id seen in the window are stored once too."""
+        window, records with a message id seen in the window are stored once too.
+        `restart`: the caller (the Kafka listener, at a producer's sequence
+        wrap-around) checked that each producer's first run continues its sequence,
+        which may be lower than the last: it is appended (unless an exact retry)."""
         parts, items = self._resolve(topic, records)
         t = self._topics[topic]
         if self.dedup_window_ms is None and all(r.producer_id is None for r in records):
@@ -376,26 +379,29 @@ class Store:
         for i, (p, _item) in enumerate(resolved):
             if i not in skip:
                 runs.setdefault(p, []).append(i)
-        plan: list[tuple[int, list[int], int, int]] = []  # partition, run, producer, seq
+        # partition, run, producer, seq, restart (the producer's first run only)
+        plan: list[tuple[int, list[int], int, int, bool]] = []
         seen_producers: set[tuple[int, int]] = set()
         for p, idxs in runs.items():
             for run in _producer_runs(records, idxs):
                 rec0 = records[run[0]]
                 pid = producer_number(rec0.producer_id) if rec0.producer_id is not None else -1
                 seq = rec0.sequence if rec0.sequence is not None and pid >= 0 else -1
-                if seq >= 0 and (p, pid) not in seen_producers:
+                first_run = seq >= 0 and (p, pid) not in seen_producers
+                if first_run:
                     # refuse an out-of-order batch before anything of the call is written
                     seen_producers.add((p, pid))
-                    self._check_sequence(topic, p, rec0, pid, seq, len(run), allow_gap)
-                plan.append((p, run, pid, seq))
-        for p, run, pid, seq in plan:
+                    self._check_sequence(topic, p, rec0, pid, seq, len(run), allow_gap,
+                                         restart)
+                plan.append((p, run, pid, seq, restart and first_run))
+        for p, run, pid, seq, again in plan:
             part = t.partitions[p]
             end = part.log_end_offset
             gap = pid >= 0 and (allow_gap
                                 or records[run[0]].producer_id in self.gapped_producers)
             try:
                 first = part.append([resolved[i][1] for i in run], producer_id=pid,
-                                    sequence=seq, allow_gap=gap)
+                                    sequence=seq, allow_gap=gap, restart=again)
             except InvalidRequest as exc:
                 raise self._sequence_error(topic, p, records[run[0]], exc) from None
             for k, i in enumerate(run):
@@ -436,11 +442,12 @@ class Store:
         return [next(taken[p]) for p in parts]
 
     def _check_sequence(self, topic: str, p: int, rec: AppendRecord, pid: int, seq: int,
-                        count: int, allow_gap: bool) -> None:
+                        count: int, allow_gap: bool, restart: bool = False) -> None:
         gap = allow_gap or rec.producer_id in self.gapped_producers
         try:
             self._topics[topic].partitions[p].log.check_sequence(pid, seq, count,
-                                                                 allow_gap=gap)
+                                                                 allow_gap=gap,
+                                                                 restart=restart)
         except InvalidRequest as exc:
             raise self._sequence_error(topic, p, rec, exc) from None
 

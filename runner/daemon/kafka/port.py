@@ -28,6 +28,7 @@ from runner.topology.model import ConsumerGroup
 KAFKA_PRODUCER_PREFIX = "kafka-producer-"
 EPOCH_SHIFT = 32  # the engine's sequence of a Kafka batch: epoch << 32 | Kafka sequence
 MAX_EPOCH = 2**15 - 1  # Kafka's producer epoch is an int16
+WRAP = 2**31  # Kafka's sequences wrap from 2^31 - 1 to 0
 
 
 class ProducerFenced(InvalidRequest):
@@ -106,10 +107,17 @@ class EnginePort:
         producer = f"{KAFKA_PRODUCER_PREFIX}{producer_id}" if producer_id >= 0 else None
         seq = base_sequence if producer is not None and base_sequence >= 0 else None
         store = self._engine().store
-        new_epoch = False
+        new_epoch = wrapped = False
         if producer is not None and seq is not None:
-            new_epoch = self._check_epoch(store.producer_sequence(topic, partition, producer),
-                                          topic, partition, producer_id, producer_epoch, seq)
+            last = store.producer_sequence(topic, partition, producer)
+            new_epoch = self._check_epoch(last, topic, partition, producer_id, producer_epoch,
+                                          seq)
+            # the engine counts a batch's sequences on from its first (a batch may run
+            # past 2^31 - 1); the batch after one that ran to or past it starts at the
+            # wrapped value, which continues the producer's sequence
+            low = last & (2**EPOCH_SHIFT - 1)
+            wrapped = (not new_epoch and last >= 0 and last >> EPOCH_SHIFT == producer_epoch
+                       and low >= WRAP - 1 and seq == low + 1 - WRAP)
             seq |= producer_epoch << EPOCH_SHIFT
         out = [AppendRecord(value=r.value, key=r.key, headers=raw_headers(r.headers),
                             partition=partition,
@@ -118,7 +126,7 @@ class EnginePort:
                             producer_id=producer,
                             sequence=None if seq is None else seq + i)
                for i, r in enumerate(records)]
-        placed = store.append(topic, out, allow_gap=new_epoch)
+        placed = store.append(topic, out, allow_gap=new_epoch, restart=wrapped)
         self._notify()
         return placed[0][1] if placed else -1
 

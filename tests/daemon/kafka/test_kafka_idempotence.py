@@ -208,3 +208,41 @@ def test_a_kafka_python_producer_fenced_by_a_newer_epoch_fails_that_send_and_rec
     values = _values(d, "events", 1)
     assert values[:4] == [b"a1", b"a2", b"a3", b"new"]
     assert b"fenced" not in values and b"after" in values
+
+
+def test_a_producer_sequence_wraps_from_int32_max_to_0_as_in_kafka(
+        start_kafka_daemon: Callable[..., KafkaDaemon]) -> None:
+    """Kafka's sequences wrap at 2^31 - 1 to 0 (within a batch, or between batches):
+    the batch after the wrap continues the sequence, retries on both sides of the
+    wrap are not stored twice, a gap after the wrap is refused, and the wrapped
+    state survives a restart."""
+    top = 2**31 - 1
+    d = start_kafka_daemon()
+    raw = RawClient(d.kafka_port)
+    try:
+        pid = 5151
+        first = _send(raw, _idempotent_batch(pid, top - 1, [b"a", b"b", b"c"]))  # top-1, top, 0
+        assert first[0] == 0
+        nxt = _send(raw, _idempotent_batch(pid, 1, [b"d"]))  # continues after the wrap
+        assert nxt[:2] == (0, first[1] + 3)
+        assert _send(raw, _idempotent_batch(pid, top - 1, [b"a", b"b", b"c"]))[:2] == \
+            (0, first[1])  # a retry of the batch across the wrap
+        assert _send(raw, _idempotent_batch(pid, 1, [b"d"]))[:2] == (0, first[1] + 3)
+        gap = _send(raw, _idempotent_batch(pid, 5, [b"z"]))
+        assert gap[0] == ErrorCode.out_of_order_sequence_number
+        assert "out of order sequence 5: expected 2" in (gap[2] or "")
+        # a batch ending exactly at 2^31 - 1, then 0
+        other = pid + 1
+        assert _send(raw, _idempotent_batch(other, top - 1, [b"e", b"f"]))[0] == 0
+        assert _send(raw, _idempotent_batch(other, 0, [b"g"]))[0] == 0
+        stale = _send(raw, _idempotent_batch(other, top, [b"h"]))  # no wrap back
+        assert stale[0] == ErrorCode.out_of_order_sequence_number
+        raw.close()
+        d.stop()
+        d.start()  # the wrapped sequences are known again from the log
+        raw = RawClient(d.kafka_port)
+        assert _send(raw, _idempotent_batch(pid, 2, [b"i"]))[:2] == (0, first[1] + 7)
+        assert _send(raw, _idempotent_batch(other, 1, [b"j"]))[0] == 0
+    finally:
+        raw.close()
+    assert _values(d, "events", 1) == [b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"i", b"j"]
