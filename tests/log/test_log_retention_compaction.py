@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from runner.clock import ManualClock, now_ms
 from runner.log.compaction import Cleaner, compact
@@ -235,3 +238,29 @@ def test_a_tombstone_with_an_old_timestamp_stays_a_delete_retention_after_cleani
     compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS)
     assert [r.offset for r in wal.read(0)] == [2]
     wal.close()
+
+
+def test_compacted_segments_get_their_indexes_in_place_and_no_open_rebuilds_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 9 item 5: the cleaned segment's `.index.cleaned` / `.timeindex.cleaned`
+    are renamed into place as part of the swap; a reopen trusts them (no rebuild)."""
+    clock = ManualClock()
+    d = tmp_path / "c"
+    wal = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER, segment_bytes=2_000)
+    for i in range(200):
+        wal.append([(b"k%d" % (i % 10), b"%d" % i + b"." * 100, (), now_ms(clock))])
+    expect = latest_by_key(wal)
+    assert compact(wal, now_ms=now_ms(clock), delete_retention_ms=DAY_MS).records_removed > 150
+    wal.close()
+    assert sorted(p.name for p in d.glob("*.cleaned")) == []
+    bases = sorted(p.stem for p in d.glob("*.log"))
+    assert sorted(p.stem for p in d.glob("*.index")) == bases
+    assert sorted(p.stem for p in d.glob("*.timeindex")) == bases
+    with caplog.at_level(logging.INFO, logger="runner.log.segment"):
+        again = SegmentedLog(d, clock=clock, fsync=Fsync.NEVER, segment_bytes=2_000)
+    try:
+        assert [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("rebuilding indexes")] == []
+        assert latest_by_key(again) == expect
+    finally:
+        again.close()
