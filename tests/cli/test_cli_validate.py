@@ -141,6 +141,15 @@ def test_warnings_pass_unless_strict(tmp_path: Path) -> None:
     assert strict.stdout.splitlines()[-1] == "0 errors, 1 warning in 1 topology"
     as_json = run(tmp_path, "validate", "--strict", "--format", "json", "w.yaml")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["valid"] is False
+    # the CI job is red because of the warning, so the annotation says error (issue 12 item 16)
+    plain = run(tmp_path, "validate", "--format", "github", "w.yaml")
+    assert (plain.returncode, plain.stdout.splitlines()[0][:30]) == (
+        0, "::warning file=w.yaml,line=5,c")
+    as_github = run(tmp_path, "validate", "--strict", "--format", "github", "w.yaml")
+    assert as_github.returncode == 1
+    assert as_github.stdout.splitlines()[0].startswith(
+        "::error file=w.yaml,line=5,col=3::failures of consumer \"c\" would be dropped")
+    assert as_github.stdout.splitlines()[0].endswith("(a warning; an error under --strict)")
 
 
 def test_each_argument_is_its_own_topology(tmp_path: Path) -> None:
