@@ -169,3 +169,35 @@ def test_removing_a_queue_that_may_hold_messages_gets_a_drain_recipe(tmp_path: P
     assert steps[0]["remove_bindings"] == [{"exchange": "audit", "queue": "trail"}]
     assert steps[0]["wait"].startswith("queue trail is empty")
     assert steps[1]["safety"] == "safe once empty"
+
+
+def test_removing_a_topic_applied_step_by_step(tmp_path: Path) -> None:
+    old_text = """\
+        version: 1
+        topics: {events: {partitions: 2}, kept: {}}
+        exchanges: {orders: {type: topic}}
+        bindings:
+          - {exchange: orders, topic: events, routing_key: "orders.#"}
+          - {exchange: orders, topic: kept, routing_key: "#"}
+        """
+    write(tmp_path / "old.yaml", old_text)
+    write(tmp_path / "new.yaml", old_text.replace("events: {partitions: 2}, ", "").replace(
+        '          - {exchange: orders, topic: events, routing_key: "orders.#"}\n', ""))
+    planned = run(tmp_path, "plan", "old.yaml", "new.yaml", "--format", "json")
+    assert planned.returncode == 1
+    (unsafe,) = [c for c in json.loads(planned.stdout)["changes"] if c["safety"] == "unsafe"]
+    steps = unsafe["recipe"]["steps"]
+    assert [s["title"] for s in steps] == ["stop writing to events", "remove events"]
+    doc = yaml.safe_load((tmp_path / "old.yaml").read_text())
+    first = write(tmp_path / "step1.yaml", yaml.safe_dump(_apply(doc, steps[0])))
+    result = run(tmp_path, "plan", "old.yaml", "step1.yaml")
+    assert result.returncode == 0, result.stdout  # only the binding goes: safe
+    second = write(tmp_path / "step2.yaml", yaml.safe_dump(_apply(_apply(doc, steps[0]),
+                                                                  steps[1])))
+    result = run(tmp_path, "plan", "step1.yaml", "step2.yaml")
+    assert result.returncode == 1  # refused while it holds records
+    assert result.stdout.splitlines()[0].startswith("- topic events  ! UNSAFE")
+    a, b = load(str(first)).topology, load(str(second)).topology
+    assert a is not None and b is not None
+    assert not diff(a, b, is_empty=lambda kind, n: (kind, n) == ("topic", "events")).unsafe
+    assert run(tmp_path, "plan", "step2.yaml", "new.yaml").stdout == "no changes\n"
