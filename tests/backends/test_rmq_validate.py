@@ -58,3 +58,31 @@ def test_a_bad_backend_url_is_a_usage_error(tmp_path: Path) -> None:
         "runner validate: --backend 'rabbit://localhost': the backend must be an amqp:// URL "
         "(amqp://user:pass@host[:port]/vhost)\n"
     )
+
+
+def test_plan_and_apply_usage_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    write(tmp_path / "t.yaml", MAPPABLE)
+    write(tmp_path / "bad.yaml", "version: 1\nqueues: {q: {max_priority: 999}}\n")
+    cases = [
+        (("plan", "t.yaml"), "runner plan: give OLD NEW, or PATH --against amqp://...\n"),
+        (("plan", "t.yaml", "t.yaml", "--against", "amqp://localhost"),
+         "runner plan: --against takes one PATH (the topology), not OLD NEW\n"),
+        (("plan", "t.yaml", "--against", "amqp://h:0x/"),
+         "runner plan: --against 'amqp://h:0x/': the port is not a number from 1 to 65535\n"),
+        (("plan", "missing.yaml", "--against", "amqp://localhost"),
+         "runner plan: missing.yaml: no such file or directory\n"),
+        (("apply", "t.yaml", "--backend", "http://localhost"),
+         "runner apply: --backend 'http://localhost': the backend must be an amqp:// URL "
+         "(amqp://user:pass@host[:port]/vhost)\n"),
+    ]
+    for argv, stderr in cases:
+        done = run(tmp_path, *argv)
+        assert (done.returncode, done.stderr) == (2, stderr), argv
+    done = run(tmp_path, "apply", "t.yaml", "--backend", "amqp://nohost.invalid/")
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "runner apply: the management API at http://nohost.invalid:15672 does not answer (")
+    assert done.stderr.endswith("); is the rabbitmq_management plugin enabled?\n")
+    done = run(tmp_path, "apply", "bad.yaml", "--backend", "amqp://localhost")
+    assert done.returncode == 2
+    assert done.stderr.endswith("runner apply: bad.yaml is not a valid topology\n")
