@@ -157,14 +157,14 @@ def test_priorities_dead_letters_and_a_delay_queue_round_trip(
     for p in (1, 9, 5):
         ch.basic_publish("", "prio", str(p).encode(), pika.BasicProperties(priority=p))
     time.sleep(0.2)
-    assert [get(ch, "prio", 2) for _ in range(3)] == [b"9", b"5", b"1"]
+    assert [get(ch, "prio", 10) for _ in range(3)] == [b"9", b"5", b"1"]
     # message_ttl 300ms, then dead-lettered through dlx with key "dead"
     ch.basic_publish("", "everything", b"expires")
-    assert get(ch, "dead", 5) == b"expires"
+    assert get(ch, "dead", 20) == b"expires"
     # the 200ms delay queue dead-letters back to the queue named by the routing key
     start = time.monotonic()
     ch.basic_publish("__runner.delay.200ms", "plain", b"later")
-    deadline = start + 10
+    deadline = start + 20
     while True:
         _, props, body = ch.basic_get("plain", auto_ack=True)
         if body is not None or time.monotonic() > deadline:
