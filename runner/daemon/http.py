@@ -25,6 +25,7 @@ from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
 from runner.daemon.reload import ReloadResult
+from runner.daemon.traced import SPANS_KEY, Traced
 from runner.engine import (
     Engine,
     OutMessage,
@@ -43,6 +44,7 @@ from runner.errors import (
     UnsafeChange,
 )
 from runner.log.partitioner import key_from_json
+from runner.pipeline.otel import Spans
 from runner.pipeline.replies import (
     CORRELATION_HEADER,
     REPLY_TO_HEADER,
@@ -357,15 +359,16 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
     counts = fanout.copies(host.engine, None if to_queue else name, msgs)
     fanout.check(counts, request.app[LIMITS_KEY].max_fanout,
                  f"queue '{name}'" if to_queue else f"exchange '{name}'")
-    if wait_s is not None:
-        if batch:
-            raise codec.BadInput("'wait' takes one message, not a batch: send each request "
-                                 "on its own")
-        return await _request_reply(host, name, msgs[0], publish, wait_s)
-    try:
-        routed = await fanout.publish(publish, name, msgs, counts)
-    finally:
-        host.notify()  # also after a 429: the items before the refusal are stored
+    if wait_s is not None and batch:
+        raise codec.BadInput("'wait' takes one message, not a batch: send each request "
+                             "on its own")
+    with Traced(request, "queue" if to_queue else "exchange", name, msgs) as traced:
+        if wait_s is not None:
+            return await _request_reply(host, name, msgs[0], traced.wrap(publish), wait_s)
+        try:
+            routed = await fanout.publish(traced.wrap(publish), name, msgs, counts)
+        finally:
+            host.notify()  # also after a 429: the items before the refusal are stored
     return answer({"routed": routed if batch else routed[0]}, 202)
 
 
@@ -490,10 +493,11 @@ async def append_topic(request: web.Request) -> web.Response:
     _limit(request, "topic", name, len(recs))
     if recs:
         check_lag(host.engine, host.topology, name)
-    try:
-        offsets = host.engine.append(name, recs) if recs else []
-    finally:
-        host.notify()
+    with Traced(request, "topic", name, recs) as traced:
+        try:
+            offsets = traced.wrap(host.engine.append)(name, recs) if recs else []
+        finally:
+            host.notify()
     return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
 
 
@@ -829,7 +833,7 @@ async def readyz(request: web.Request) -> web.Response:
 def build_app(
     host: Host, *, token: str | None, limits: codec.Limits, max_request_bytes: int,
     connection_limits: ConnectionLimits | None = None, metrics_token: str | None = None,
-    limiter: PublishLimiter | None = None,
+    limiter: PublishLimiter | None = None, spans: Spans | None = None,
 ) -> web.Application:
     """The aiohttp application serving `host`."""
     app = web.Application(
@@ -842,6 +846,8 @@ def build_app(
     app[CONNECTION_LIMITS_KEY] = connection_limits or ConnectionLimits()
     if limiter is not None:
         app[LIMITER_KEY] = limiter
+    if spans is not None:
+        app[SPANS_KEY] = spans
     r = app.router
     r.add_get("/", index)
     r.add_get("/v1/queues", list_queues)

@@ -53,6 +53,7 @@ from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, EngineStats, FsyncPolicy
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
+from runner.pipeline import otel
 from runner.pipeline.handler import handler_problems
 from runner.pipeline.replies import Replies, ShuttingDown
 from runner.pipeline.runtime import WorkerChanges
@@ -168,6 +169,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
             fsync=config.fsync,
             fs=engine.fs,
             replies=replies,
+            spans=otel.from_environment(),
         )
         return pipeline
 
@@ -330,6 +332,7 @@ class Supervisor:
             max_request_bytes=config.max_request_bytes,
             connection_limits=config.connections,
             limiter=self._limiter,
+            spans=otel.from_environment(),
         )
         install_console(app, self, token=config.token, mode=config.console, clock=clock)
         server = HttpServer(app)
@@ -388,6 +391,7 @@ class Supervisor:
             await self._pipeline.drain(config.grace_s)
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             self._replies.fail_all(ShuttingDown("the daemon stopped before the reply came"))
+            otel.flush()
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             if kafka is not None:

@@ -288,9 +288,11 @@ class GroupWorker(Worker):
                     self.failures.report("outputs", send_exc, msg)
                 else:
                     self.counters.succeeded += 1
+                    self.traced_settle(outputs, "commit")
                     return True
             failures += 1
             decision = self.retrier.decide(exc, failures)
+            self.traced_settle(outputs, "retry" if decision.retry else "dead_letter", exc)
             if decision.retry:
                 self.counters.retries += 1
                 self.counters.retry_waiting += 1

@@ -25,6 +25,7 @@ from runner.pipeline.replies import (
     is_private,
     reply_message,
 )
+from runner.pipeline.tracing import TRACEPARENT, TraceContext, of_headers
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -99,6 +100,11 @@ class QueueMessage:
         """The `x-correlation-id` header, echoed on the reply."""
         return _text(self.headers.get(CORRELATION_HEADER))
 
+    @property
+    def trace(self) -> TraceContext | None:
+        """The W3C trace context of its `traceparent` / `tracestate` headers, or None."""
+        return of_headers(self.headers)
+
 
 @dataclass(frozen=True, slots=True)
 class TopicMessage:
@@ -141,6 +147,11 @@ class TopicMessage:
         """The `x-correlation-id` header, echoed on the reply."""
         return _text(self.headers.get(CORRELATION_HEADER))
 
+    @property
+    def trace(self) -> TraceContext | None:
+        """The W3C trace context of its `traceparent` / `tracestate` headers, or None."""
+        return of_headers(self.headers)
+
 
 Message = QueueMessage | TopicMessage
 
@@ -168,6 +179,7 @@ class Outputs:
     appends: list[tuple[str, OutRecord]] = field(default_factory=list)
     puts: list[tuple[str, OutMessage]] = field(default_factory=list)
     replies: list[tuple[str, OutMessage]] = field(default_factory=list)
+    call: Any = None  # the call's open spans (runner.pipeline.otel), when tracing
 
     def __bool__(self) -> bool:
         return bool(self.publishes or self.appends or self.puts or self.replies)
@@ -222,15 +234,28 @@ class Context:
     returns normally; after a failure or timeout the staged outputs are
     discarded and further calls raise `ContextClosed`."""
 
-    __slots__ = ("consumer", "message", "_outputs", "_lock", "_closed", "_requester")
+    __slots__ = ("consumer", "message", "_outputs", "_lock", "_closed", "_requester", "trace",
+                 "call")
 
-    def __init__(self, consumer: str, message: Message, requester: Requester | None = None) -> None:
+    def __init__(
+        self, consumer: str, message: Message, requester: Requester | None = None,
+        trace: TraceContext | None = None,
+    ) -> None:
         self.consumer = consumer
         self.message = message
         self._outputs = Outputs()
         self._lock = threading.Lock()
         self._closed = False
         self._requester = requester
+        # where what the handler sends sits in the trace: the message's trace id,
+        # the handler's span as parent (None: the message carried no trace)
+        self.trace = trace
+        self.call: Any = None
+
+    def _traced(self, headers: dict[str, Any]) -> dict[str, Any]:
+        if self.trace is not None and TRACEPARENT not in headers:
+            self.trace.write(headers)
+        return headers
 
     def request(
         self, exchange: str, routing_key: str, body: Any, timeout: float = 30.0,
@@ -258,7 +283,8 @@ class Context:
             raise ValueError(f"timeout must be more than 0 seconds, got {timeout!r}")
         with self._lock:
             self._check_open()
-        return self._requester(exchange, routing_key, body, headers=headers, timeout_s=timeout)
+        out = self._traced(dict(headers or {}))
+        return self._requester(exchange, routing_key, body, headers=out, timeout_s=timeout)
 
     def stage_reply(self, value: Any) -> None:
         """The handler returned `value`: stage it as the reply when the message asked
@@ -268,6 +294,7 @@ class Context:
             return
         body, ctype = encode_body(value)
         reply = reply_message(body, ctype, self.message.correlation_id)
+        self._traced(reply.headers)
         with self._lock:
             self._outputs.add_reply(address, reply)
 
@@ -280,7 +307,7 @@ class Context:
         `reply_to` (a queue or `exchange/routing_key`) the handler that takes the
         message sends its return value there, with `correlation_id`."""
         payload, ctype = encode_body(body)
-        out = dict(headers or {})
+        out = self._traced(dict(headers or {}))
         if reply_to is not None:
             out[REPLY_TO_HEADER] = check_address(reply_to)
         if correlation_id is not None:
@@ -302,8 +329,8 @@ class Context:
         raises InvalidRequest here."""
         ts = None if timestamp is None else check_timestamp_ms(timestamp)
         payload = None if value is None else encode_body(value)[0]
-        rec = OutRecord(value=payload, key=encode_key(key), headers=dict(headers or {}),
-                        timestamp_ms=ts)
+        rec = OutRecord(value=payload, key=encode_key(key),
+                        headers=self._traced(dict(headers or {})), timestamp_ms=ts)
         with self._lock:
             self._check_open()
             self._outputs.appends.append((topic, rec))

@@ -248,8 +248,10 @@ class QueueWorker(Worker):
                 self.failures.report("outputs", send_exc, msg)
             else:
                 self.counters.succeeded += 1
+                self.traced_settle(outputs, "ack")
                 return
         self._fail(d, msg, exc, consumer_id)
+        self.traced_settle(outputs, "failed", exc)
 
     def _succeed(self, d: QueueDelivery, outputs: Outputs, key: str | None) -> None:
         engine = self.env.engine

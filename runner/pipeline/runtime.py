@@ -22,6 +22,7 @@ from runner.fs import LOCAL, FileSystem
 from runner.pipeline.group_worker import GroupWorker
 from runner.pipeline.handler import resolve
 from runner.pipeline.message import decode_body, encode_body
+from runner.pipeline.otel import Spans
 from runner.pipeline.queue_worker import QueueWorker
 from runner.pipeline.replies import (
     CORRELATION_HEADER,
@@ -105,6 +106,7 @@ class Pipeline:
         executor: concurrent.futures.ThreadPoolExecutor, instance_id: str,
         random_source: Callable[[], float] | None = None, hostname: str | None = None,
         fsync: FsyncPolicy | None = None, fs: FileSystem = LOCAL, replies: Replies | None = None,
+        spans: Spans | None = None,
     ) -> None:
         self.engine = engine
         self.topology = topology
@@ -115,7 +117,7 @@ class Pipeline:
             hostname=hostname or socket.gethostname(),
             random=random_source or random.Random().random,
             fsync=fsync if fsync is not None else FsyncPolicy(engine.fsync.value), fs=fs,
-            replies=self.replies, requester=self.request,
+            replies=self.replies, requester=self.request, spans=spans,
         )
         self._workers: dict[str, AnyWorker] = {}
         self._counters: dict[str, HandlerCounters] = {}

@@ -30,9 +30,11 @@ from runner.pipeline.failures import FailureLog
 from runner.pipeline.handler import Handler, HandlerTimeout
 from runner.pipeline.idempotency import IdempotencyStore, key_of
 from runner.pipeline.message import JSON_CONTENT_TYPE, Context, Message, Outputs, Requester
+from runner.pipeline.otel import Spans
 from runner.pipeline.pacing import Pacer
 from runner.pipeline.replies import Replies, reply_message
 from runner.pipeline.retry import Retrier
+from runner.pipeline.spans import CallSpans
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.sync_batch import SyncBatch
 from runner.topology.model import Delivery, DlqPolicy, Idempotency, Topology
@@ -55,6 +57,7 @@ class WorkerEnv:
     fsync: FsyncPolicy
     fs: FileSystem = LOCAL  # the file-system seam the idempotency stores write through
     replies: Replies = field(default_factory=Replies)  # requests waiting in this daemon
+    spans: Spans | None = None  # OpenTelemetry spans (the otel extra), else None
     requester: Requester | None = None  # sends ctx.request's requests
 
 
@@ -104,7 +107,7 @@ class Worker:
             return (await self.run_sync_batch([message], stoppable=False))[0]
         if self.pacer is not None:
             await self.pacer.admit()  # stopping meanwhile: this one call still runs
-        ctx = Context(self.name, message, self.env.requester)
+        ctx = self._context(message)
         start = self.env.clock.monotonic()
         self.busy += 1
         try:
@@ -129,7 +132,7 @@ class Worker:
         are the caller's."""
         if self.pacer is not None and not await self.pacer.admit(len(messages)) and stoppable:
             return []  # stopped while paced: none started
-        calls = [(m, Context(self.name, m, self.env.requester)) for m in messages]
+        calls = [(m, self._context(m)) for m in messages]
         batch = SyncBatch(self.handler, calls, clock=self.env.clock,
                           stopping=(lambda: self.stopping) if stoppable else (lambda: False))
         loop = asyncio.get_running_loop()
@@ -197,11 +200,33 @@ class Worker:
                 exc = bad
         outputs = ctx.close()
         self.counters.observe(elapsed_s)
+        if ctx.call is not None:
+            ctx.call.handled(exc)
         if exc is None:
+            outputs.call = ctx.call
             return None, outputs
         self.counters.error(error_type(exc))
         self.failures.report("handler", exc, ctx.message)
-        return exc, Outputs()
+        return exc, Outputs(call=ctx.call)
+
+    def _context(self, message: Message) -> Context:
+        """A call's context; with tracing, its deliver and handle spans are started."""
+        incoming = message.trace
+        spans = self.env.spans
+        if spans is None:
+            return Context(self.name, message, self.env.requester,
+                           incoming.child() if incoming is not None else None)
+        call = CallSpans(spans, self.name, message, incoming)
+        ctx = Context(self.name, message, self.env.requester, call.outgoing)
+        ctx.call = call
+        return ctx
+
+    def traced_settle(self, outputs: Outputs, how: str, error: BaseException | None = None,
+                      ) -> None:
+        """The call's message was settled (`ack`, `retry`, `dead_letter`, `drop`): its
+        settle span, then the end of its deliver span (with tracing only)."""
+        if outputs.call is not None:
+            outputs.call.settled(how, error)
 
     def send(self, outputs: Outputs) -> None:
         """Publish staged outputs straight away (at-most-once / at-least-once)."""
@@ -232,8 +257,11 @@ class Worker:
             return
         body = jsontext.dumps({"error": {"type": error_type(exc), "message": str(exc)}})
         outputs = Outputs()
-        outputs.add_reply(address, reply_message(body, JSON_CONTENT_TYPE,
-                                                 message.correlation_id, error=True))
+        reply = reply_message(body, JSON_CONTENT_TYPE, message.correlation_id, error=True)
+        trace = message.trace
+        if trace is not None:
+            trace.child().write(reply.headers)
+        outputs.add_reply(address, reply)
         try:
             self.send(outputs)
         except EngineError as send_exc:
