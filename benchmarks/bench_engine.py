@@ -1,0 +1,316 @@
+"""Benchmark of the engine's durable write path (issue 10), side by side in one run.
+
+Run: .venv/bin/python benchmarks/bench_engine.py [--quick]
+
+1. Single messages under `--fsync always`: 16 HTTP clients (threads, keep-alive),
+   each POSTing one 200-byte message per request to a durable queue of the real
+   daemon, against 16 pika publishers (threads, one connection each) publishing
+   persistent messages one at a time with publisher confirms to a durable
+   RabbitMQ queue (127.0.0.1:5672 guest/guest). Each side runs for the same
+   wall time; msgs/s acknowledged.
+2. Exactly-once vs at-least-once through the daemon (`--fsync always`): a
+   backlog in a durable queue drained by an `async def` handler that publishes
+   each message onward to a second durable queue, concurrency 32; msgs/s from
+   the first publish until the onward queue holds them all.
+3. In process, `fsync=always`: exactly-once steps (pull one message, ack it and
+   publish one onward as one `commit_step`) per second, and the fsyncs each
+   step costs (counted through the `runner.fs` seam).
+
+Every number is the median of the repeats (3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RUNNER = ROOT / ".venv" / "bin" / "runner"
+CLIENTS = 16
+BODY = "x" * 186  # {"b": BODY} is 200 bytes of JSON
+PAYLOAD = b'{"b":"' + BODY.encode() + b'"}'
+
+SINGLE_TOPOLOGY = """\
+version: 1
+name: bench-engine
+queues:
+  single-q: {durable: true}
+"""
+
+DRAIN_TOPOLOGY = """\
+version: 1
+name: bench-drain
+exchanges:
+  onward: {type: direct}
+queues:
+  in-q: {durable: true}
+  out-q: {durable: true}
+bindings:
+  - {exchange: onward, queue: out-q, routing_key: out}
+consumers:
+  forward: {queue: in-q, handler: "bench_engine_handler:forward", concurrency: 32,
+            delivery: DELIVERY}
+"""
+
+HANDLER = '''\
+async def forward(msg, ctx):
+    ctx.publish("onward", "out", msg.body)
+'''
+
+
+class Daemon:
+    """`runner run --fsync always` in a tmp dir."""
+
+    def __init__(self, workdir: Path, topology: str) -> None:
+        self.workdir = workdir
+        (workdir / "topology.yaml").write_text(topology)
+        (workdir / "bench_engine_handler.py").write_text(HANDLER)
+        self.log = workdir / "daemon.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(RUNNER), "run", "topology.yaml", "--data-dir", "data", "--fsync",
+                 "always", "--listen", "127.0.0.1:0"],
+                cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on http://[^:]+:(\d+)", self.log.read_text())
+            if match:
+                self.port = int(match.group(1))
+                break
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        else:
+            raise SystemExit("daemon did not start")
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def call(conn: http.client.HTTPConnection, method: str, path: str,
+         body: bytes | None = None) -> Any:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status >= 300:
+        raise RuntimeError(f"{method} {path}: {resp.status} {data[:200]!r}")
+    return orjson.loads(data) if data else None
+
+
+def timed_clients(seconds: float, work: Any) -> float:
+    """Run `work(stop_event) -> count` in CLIENTS threads; total count / seconds."""
+    stop = threading.Event()
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            counts.append(work(stop))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(CLIENTS)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"a client failed: {errors[0]!r}")
+    return sum(counts) / elapsed
+
+
+def http_single(d: Daemon, seconds: float) -> float:
+    body = orjson.dumps({"messages": [{"body": {"b": BODY}}]})
+
+    def work(stop: threading.Event) -> int:
+        conn = d.connect()
+        n = 0
+        while not stop.is_set():
+            call(conn, "POST", "/v1/queues/single-q/messages", body)
+            n += 1
+        conn.close()
+        return n
+
+    return timed_clients(seconds, work)
+
+
+def rabbit_single(seconds: float) -> float:
+    import pika
+
+    params = pika.ConnectionParameters("127.0.0.1", 5672, credentials=pika.PlainCredentials(
+        "guest", "guest"))
+    setup = pika.BlockingConnection(params)
+    ch = setup.channel()
+    ch.queue_delete("bench-engine-single")
+    ch.queue_declare("bench-engine-single", durable=True)
+    props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+    def work(stop: threading.Event) -> int:
+        conn = pika.BlockingConnection(params)
+        c = conn.channel()
+        c.confirm_delivery()
+        n = 0
+        while not stop.is_set():
+            c.basic_publish("", "bench-engine-single", PAYLOAD, props, mandatory=True)
+            n += 1
+        conn.close()
+        return n
+
+    try:
+        return timed_clients(seconds, work)
+    finally:
+        ch.queue_delete("bench-engine-single")
+        setup.close()
+
+
+def drain(delivery: str, n: int) -> float:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    d = Daemon(workdir, DRAIN_TOPOLOGY.replace("DELIVERY", delivery))
+    try:
+        conn = d.connect()
+        batches = [orjson.dumps({"messages": [{"body": {"b": BODY, "i": i}}
+                                              for i in range(s, min(n, s + 500))]})
+                   for s in range(0, n, 500)]
+        t0 = time.perf_counter()
+        for b in batches:
+            call(conn, "POST", "/v1/queues/in-q/messages", b)
+        deadline = time.monotonic() + 300
+        while True:
+            queues = {q["name"]: q for q in call(conn, "GET", "/v1/queues")["queues"]}
+            if queues["out-q"]["ready"] >= n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{delivery}: not drained in 300 s: {queues}")
+            time.sleep(0.01)
+        rate = n / (time.perf_counter() - t0)
+        conn.close()
+        return rate
+    finally:
+        d.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def in_process_steps(n: int) -> tuple[float, float]:
+    """(steps/s, fsyncs per step) of queue -> queue exactly-once steps, fsync=always."""
+    from runner.engine import Engine, FsyncPolicy, OutMessage, Step
+    from runner.fs import LOCAL, FileSystem
+    from runner.topology.model import Binding, Exchange, ExchangeType, Queue, Topology
+
+    class Counting:
+        """The real file system, counting fsyncs."""
+
+        def __init__(self, inner: FileSystem) -> None:
+            self.inner = inner
+            self.syncs = 0
+
+        def sync(self, fd: int) -> None:
+            self.syncs += 1
+            self.inner.sync(fd)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    topo = Topology(
+        exchanges=(("onward", Exchange("onward", ExchangeType.DIRECT)),),
+        queues=(("in", Queue("in")), ("out", Queue("out"))),
+        bindings=(Binding("onward", queue="out", routing_key="out"),),
+    )
+    data = Path(tempfile.mkdtemp(prefix="bench-engine-steps-"))
+    fs = Counting(LOCAL)
+    try:
+        engine = Engine.open(topo, data, fsync=FsyncPolicy.ALWAYS, fs=fs)  # type: ignore[arg-type]
+        engine.publish_to_queue("in", [OutMessage(body=PAYLOAD) for _ in range(n)])
+        fs.syncs = 0
+        t0 = time.perf_counter()
+        for _ in range(n):
+            (d,) = engine.pull("in", 1, lease_s=60.0, consumer_id="c")
+            engine.commit_step(Step(acks=[("in", d.delivery_id)],
+                                    publishes=[("onward", [OutMessage(body=d.body,
+                                                                      routing_key="out")])]))
+        rate = n / (time.perf_counter() - t0)
+        per_step = fs.syncs / n
+        engine.close()
+        return rate, per_step
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def rabbit_available() -> str | None:
+    try:
+        import pika
+    except ModuleNotFoundError:
+        return "pika is not installed: pip install -e '.[bench]' (make install does)"
+    try:
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", 5672, credentials=pika.PlainCredentials("guest", "guest"),
+            connection_attempts=1, socket_timeout=3)).close()
+    except Exception as exc:  # any connection failure means: no floor to compare with
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
+    args = parser.parse_args()
+    repeats = 3
+    seconds = 2.0 if args.quick else 5.0
+    n_drain = 1500 if args.quick else 5000
+    n_steps = 300 if args.quick else 2000
+    missing = rabbit_available()
+    if missing:
+        print(f"RabbitMQ at 127.0.0.1:5672 is not reachable ({missing}); start it to compare.")
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    d = Daemon(workdir, SINGLE_TOPOLOGY)
+    try:
+        ours = [http_single(d, seconds) for _ in range(repeats)]
+    finally:
+        d.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    theirs = [rabbit_single(seconds) for _ in range(repeats)]
+    eo = [drain("exactly-once", n_drain) for _ in range(repeats)]
+    alo = [drain("at-least-once", n_drain) for _ in range(repeats)]
+    steps = [in_process_steps(n_steps) for _ in range(repeats)]
+    mine, rabbit = statistics.median(ours), statistics.median(theirs)
+    e, a = statistics.median(eo), statistics.median(alo)
+    srate = statistics.median(s for s, _ in steps)
+    syncs = statistics.median(f for _, f in steps)
+    print(f"median of {repeats}; --fsync always; 200-byte messages")
+    print(f"{'':52}{'msgs/s':>10}{'vs':>12}{'ratio':>8}")
+    print(f"{'16 HTTP clients, 1 msg/request (runner)':52}{mine:10,.0f}"
+          f"{rabbit:12,.0f}{mine / rabbit:7.2f}x  (vs 16 pika publishers, confirms)")
+    print(f"{'exactly-once drain, async handler, concurrency 32':52}{e:10,.0f}"
+          f"{a:12,.0f}{e / a:7.2f}x  (vs at-least-once)")
+    print(f"{'in-process exactly-once steps/s (queue -> queue)':52}{srate:10,.0f}"
+          f"{'':12}{'':8}  ({syncs:.2f} fsyncs per step)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
