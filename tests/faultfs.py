@@ -54,14 +54,19 @@ class _File:
 class _Dir:
     entries: dict[str, _File | _Dir] = field(default_factory=dict)
     durable: dict[str, _File | _Dir] = field(default_factory=dict)
-    log: list[tuple[str, _File | _Dir | None]] = field(default_factory=list)
+    # unsynced changes, each a group of entry changes that reach the disk together
+    log: list[tuple[tuple[str, _File | _Dir | None], ...]] = field(default_factory=list)
 
-    def put(self, name: str, node: _File | _Dir | None) -> None:
-        if node is None:
-            self.entries.pop(name, None)
-        else:
-            self.entries[name] = node
-        self.log.append((name, node))
+    def put(self, name: str, node: _File | _Dir | None, *more: tuple[str, _File | _Dir | None]
+            ) -> None:
+        """Change entries; `more` changes go with the first as one (a rename in one
+        directory is atomic, as POSIX promises: never both names gone)."""
+        for n, v in ((name, node), *more):
+            if v is None:
+                self.entries.pop(n, None)
+            else:
+                self.entries[n] = v
+        self.log.append(((name, node), *more))
 
 
 class SimDisk:
@@ -283,8 +288,11 @@ class SimDisk:
             if node is None:
                 raise FileNotFoundError(errno.ENOENT, "no such file", str(src))
             self._change()
-            sd.put(sname, None)
-            dd.put(dname, node)
+            if sd is dd:
+                sd.put(sname, None, (dname, node))
+            else:
+                sd.put(sname, None)
+                dd.put(dname, node)
 
     def unlink(self, path: Path) -> None:
         with self._lock:
@@ -339,11 +347,12 @@ class SimDisk:
             def survive_dir(d: _Dir) -> _Dir:
                 entries = dict(d.durable)
                 if torn and d.log:
-                    for name, node in d.log[:rng.randrange(len(d.log) + 1)]:
-                        if node is None:
-                            entries.pop(name, None)
-                        else:
-                            entries[name] = node
+                    for group in d.log[:rng.randrange(len(d.log) + 1)]:
+                        for name, node in group:
+                            if node is None:
+                                entries.pop(name, None)
+                            else:
+                                entries[name] = node
                 new = _Dir()
                 for name, node in entries.items():
                     new.entries[name] = (survive_dir(node) if isinstance(node, _Dir)

@@ -31,7 +31,6 @@ from runner.broker.message import (
     MESSAGE_OVERHEAD,
     READY,
     Delivery,
-    Message,
     Publishable,
     QueuedMessage,
     tag_uid,
@@ -46,7 +45,6 @@ from runner.broker.results import (
     TopicLetter,
 )
 from runner.broker.routing import Route, Router
-from runner.broker.steps import StepLog
 from runner.clock import Clock
 from runner.errors import (
     Conflict,
@@ -58,6 +56,7 @@ from runner.errors import (
     UnsafeChange,
 )
 from runner.fs import LOCAL, FileSystem, make_dirs
+from runner.log.commits import GroupCommit
 from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.record import Fsync
@@ -93,7 +92,7 @@ class Broker:
         segment_bytes: int = 16 * MiB, dedup_window_s: float = 600.0,
         dedup_max_ids: int = 1_000_000,
         topic_sink: TopicSink | None = None, compact_interval_s: float = 5.0,
-        fs: FileSystem = LOCAL,
+        fs: FileSystem = LOCAL, group: GroupCommit | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.fs = fs
@@ -118,13 +117,10 @@ class Broker:
         self._last_compact = clock.monotonic()
         make_dirs(fs, self.data_dir / "queues")
         self._epoch = next_epoch(fs, self.data_dir / "epoch")
-        self.steps = StepLog(self.data_dir / "steps", fsync=self.fsync, clock=clock, fs=fs)
-        self._steps_recovered = False
+        self.group = group  # fsync=always: the data dir's group commit (runner.log.commits)
         # fsync=interval: a background thread syncs, so the caller's thread (the daemon's
         # event loop) never waits for the disk
         self.flusher = Flusher() if self.fsync is Fsync.INTERVAL else None
-        if self.flusher is not None:
-            self.flusher.add(self.steps.log)
 
     # ================================================================ topology
     def declare(
@@ -201,16 +197,13 @@ class Broker:
         self._rejecting = frozenset(
             name for name, mq in self.queues.items() if mq.refuses_when_full)
         self._finish()  # what a lower limit dropped is dead-lettered now
-        if not self._steps_recovered:
-            self._steps_recovered = True
-            self.steps.recover(self._apply_step)
         return lines
 
     def _create_queue(self, spec: Queue) -> None:
         qdir = entity_path(self.data_dir / "queues", spec.name, fs=self.fs)
         if spec.durable:
             journal = QueueLog(qdir, fsync=self.fsync, clock=self.clock,
-                               segment_bytes=self.segment_bytes, fs=self.fs)
+                               segment_bytes=self.segment_bytes, fs=self.fs, group=self.group)
             mq = self._restore_queue(spec, journal)
             self.journals[spec.name] = journal
             if self.flusher is not None:
@@ -661,34 +654,6 @@ class Broker:
             self._finish()
 
     # ================================================================ steps
-    def commit_step(
-        self, *, acks: Sequence[tuple[str, int]] = (),
-        publishes: Sequence[tuple[str, Sequence[Publishable]]] = (),
-        queue_puts: Sequence[tuple[str, Sequence[Publishable]]] = (),
-    ) -> list[list[Route]]:
-        """Ack inputs and publish outputs as one durable unit.
-
-        The step is journaled first (with a message id for every output, so
-        re-applying it is deduplicated), then applied, then marked done; at
-        open, steps not marked done are applied again. Acks go by message, so
-        an ack re-applied after a restart (its delivery id stale) still
-        settles the message, and one already settled is a no-op. Returns the
-        routes of `publishes` then `queue_puts`, one list per entry.
-        """
-        for q, _ in acks:
-            self._queue(q)
-        for q, _ in queue_puts:
-            self._queue(q)
-        # refuse before journaling: a refused step is no step (all or nothing)
-        self.check_publish(publishes, queue_puts)
-        step = self.steps.begin(acks, publishes, queue_puts)
-        try:
-            return self._apply_step(step.acks, step.publishes, step.queue_puts)
-        finally:
-            # also when a queue refused part of it (reject-publish): what was stored
-            # stays, like a refused batch publish, and is not applied again at open
-            self.steps.done(step.seq)
-
     def check_publish(
         self, publishes: Sequence[tuple[str, Sequence[Publishable]]],
         queue_puts: Sequence[tuple[str, Sequence[Publishable]]] = (),
@@ -761,10 +726,22 @@ class Broker:
                     "step refused, nothing stored"
                 )
 
-    def _apply_step(
-        self, acks: Sequence[tuple[str, int]], publishes: Sequence[tuple[str, Sequence[Message]]],
-        queue_puts: Sequence[tuple[str, Sequence[Message]]],
+    def apply_step(
+        self, *, acks: Sequence[tuple[str, int]] = (),
+        publishes: Sequence[tuple[str, Sequence[Publishable]]] = (),
+        queue_puts: Sequence[tuple[str, Sequence[Publishable]]] = (),
     ) -> list[list[Route]]:
+        """Publish outputs and ack inputs: the broker's part of an exactly-once step.
+
+        Idempotent, so the engine's step journal (`runner.engine.steps`) can apply
+        a journaled step again after a crash: outputs carry message ids (the
+        dedup window drops one already stored), acks go by message (the uid in
+        the delivery id), so an ack re-applied after a restart still settles its
+        message and one already settled is a no-op. Unknown exchanges and queues
+        (gone since the step was journaled) are skipped. No journal of its own:
+        atomicity is the caller's. Call `check_publish` first to refuse a step
+        a full `reject-publish` queue would refuse. Returns the routes of
+        `publishes` then `queue_puts`, one list per entry."""
         out: list[list[Route]] = []
         for ex, msgs in publishes:
             out.append(self._publish(ex, None, msgs) if self.router.has_exchange(ex) else [])
@@ -812,7 +789,6 @@ class Broker:
         if self.fsync is Fsync.INTERVAL and self.flusher is None:
             for journal in self.journals.values():
                 journal.log.maybe_sync()
-            self.steps.log.maybe_sync()
 
     def next_due(self) -> float | None:
         """The earliest wall-clock time at which `tick` may have queue work: a TTL
@@ -835,7 +811,6 @@ class Broker:
             if spill.log is not None:
                 locs = [m.body for m in self.queues[name].live() if isinstance(m.body, int)]
                 spill.log.trim(min(locs) if locs else None)
-        self.steps.trim()
 
     # ================================================================ reading
     def queue_info(self, queue: str) -> QueueInfo:
@@ -845,7 +820,7 @@ class Broker:
 
     def failed_logs(self) -> list[LogFailed]:
         """Queue and step logs refusing everything after a failed fsync (until restart)."""
-        logs = [j.log for j in self.journals.values()] + [self.steps.log]
+        logs = [j.log for j in self.journals.values()]
         return [wal.failed for wal in logs if wal.failed is not None]
 
     def stats(self) -> BrokerStats:
@@ -873,8 +848,6 @@ class Broker:
         for journal in self.journals.values():
             if journal.log.failed is None:
                 journal.sync()
-        if self.steps.log.failed is None:
-            self.steps.log.sync()
 
     def close(self) -> None:
         if self.flusher is not None:
@@ -884,7 +857,6 @@ class Broker:
             journal.close()
         for spill in self.spills.values():
             spill.close(remove=True)
-        self.steps.close()
 
     def check_ids(self, queue: str, delivery_ids: Sequence[int]) -> None:
         """Conflict listing the ids `queue` does not hold unacked (nothing settled)."""

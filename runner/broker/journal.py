@@ -43,6 +43,7 @@ from runner.broker.headers import decode_headers, encode_headers
 from runner.broker.message import EMPTY_HEADERS, MESSAGE_OVERHEAD, QueuedMessage
 from runner.clock import Clock, now_ms
 from runner.fs import LOCAL, FileSystem
+from runner.log.commits import GroupCommit
 from runner.log.datapath import remove_tree
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
@@ -143,11 +144,11 @@ class QueueLog:
 
     def __init__(
         self, directory: Path, *, fsync: Fsync, clock: Clock, segment_bytes: int,
-        fs: FileSystem = LOCAL,
+        fs: FileSystem = LOCAL, group: GroupCommit | None = None,
     ) -> None:
         self.clock = clock
         self.log = SegmentedLog(directory, segment_bytes=segment_bytes, fsync=fsync,
-                                clock=clock, fs=fs)
+                                clock=clock, fs=fs, group=group)
         self._pending: list[Item] = []
         self._settled: array[int] = array("q")
         self._delivered: array[int] = array("q")

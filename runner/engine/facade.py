@@ -23,7 +23,7 @@ from runner.engine.datadir import lock_data_dir
 from runner.engine.deadletters import dead_letter_step, replay, replay_queue_name, replayed_record
 from runner.engine.records import decode_headers, record_of_message, to_append
 from runner.engine.snapshots import engine_stats, group_info
-from runner.engine.steps import StepLog
+from runner.engine.steps import STEP_PRODUCER, StepLog, replay_legacy
 from runner.engine.values import (
     EngineStats,
     FsyncPolicy,
@@ -40,6 +40,7 @@ from runner.engine.values import (
 )
 from runner.errors import Conflict, EngineError, StorageError, UnsafeChange
 from runner.fs import LOCAL, FileSystem, make_dirs
+from runner.log.commits import GroupCommit
 from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
 from runner.log.record import Fsync
@@ -54,9 +55,10 @@ DEDUP_WINDOW_S = 3600.0
 class Engine:
     """The embedded engine for one Topology in one data directory.
 
-    Storage under `data_dir`: `topics/`, `__consumer_offsets/`, `__log_steps/`
-    (runner.log.Store), `queues/`, `steps/`, `spill/`, `epoch` (runner.broker.Broker)
-    and `engine_steps/` (the journal of cross-system steps, see `commit_step`).
+    Storage under `data_dir`: `topics/`, `__consumer_offsets/` (runner.log.Store),
+    `queues/`, `spill/`, `epoch` (runner.broker.Broker) and `engine_steps/` (the
+    only step journal, see `commit_step`). One `GroupCommit` batches the fsyncs
+    of every log in it.
     """
 
     topology: Topology
@@ -112,20 +114,22 @@ class Engine:
         self._topic_reach: set[str] = set()
         self._closed = False
         self._seek_versions: dict[str, int] = {}
+        self.commits = GroupCommit()  # every log of the data dir syncs through it
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
-                               dedup_window_s=DEDUP_WINDOW_S, fs=self.fs)
+                               dedup_window_s=DEDUP_WINDOW_S, fs=self.fs,
+                               gapped_producers=(STEP_PRODUCER,), group=self.commits)
         except OSError as exc:
             raise StorageError(f"cannot open the topics in {data_dir}: {exc}") from exc
         try:
             self.broker = Broker(
                 data_dir, fsync=fsync, clock=clock, memory_budget_bytes=memory_budget_bytes,
                 disk_budget_bytes=disk_budget_bytes, dedup_window_s=DEDUP_WINDOW_S,
-                topic_sink=self._sink, fs=self.fs,
+                topic_sink=self._sink, fs=self.fs, group=self.commits,
             )
             self.journal = StepJournal(data_dir / "engine_steps", fsync=fsync, clock=clock,
                                        fs=self.fs)
-            self.steps = StepLog(self.journal, self.store, self.broker)
+            self.steps = StepLog(self.journal, self.store, self.broker, self.commits)
         except BaseException as exc:
             self.store.close()
             if isinstance(exc, OSError):
@@ -133,6 +137,7 @@ class Engine:
             raise
         try:
             self.apply(topology, force=True)
+            replay_legacy(data_dir / "steps", self.broker, root=data_dir, clock=clock, fs=self.fs)
             self.steps.recover()
         except BaseException:
             self._close_parts()
@@ -504,18 +509,20 @@ class Engine:
 
         1. Everything is checked first (unknown names, stale delivery ids:
            Conflict, records a topic would refuse); nothing is written on error.
-        2. The whole step is written to the engine's journal as one record
-           (fsynced per the policy). Outputs get message ids `__e<step>-<n>`
+        2. The whole step is written to the engine's journal (the only one) as
+           one record (fsynced per the policy). Outputs get message ids `__e<step>-<n>`
            when they have none; records (appended, or routed to a topic by a
            publish) get their partition fixed and the idempotent producer
            `__engine_step__` with sequence `step * 2^20 + n` per partition.
         3. It is applied: topic records (a re-append is dropped by the
-           producer sequence), the broker's acks + publishes as one broker step
-           (re-published ids are dropped by its dedup window; acks go by
-           message, so a stale delivery id still settles), then the offsets.
-        4. It is marked done. At open, steps not marked done are applied again.
+           producer sequence), the broker's idempotent `apply_step` (acks +
+           publishes; re-published ids are dropped by its dedup window; acks go
+           by message, so a stale delivery id still settles), then the offsets;
+           every log it touched is fsynced once, at the end (group commit).
+        4. It is marked done (not synced on its own). At open, steps not marked
+           done are applied again.
         """
-        self.steps.commit(step, topic_reach=self._topic_reach)
+        self.steps.commit(step)
 
     def journal_next_id(self) -> int:
         """The id the next journal record gets (its offset in the journal log)."""

@@ -1,56 +1,78 @@
-"""The engine's step journal: exactly-once steps across topics, queues and offsets.
+"""The step journal: exactly-once steps across topics, queues and offsets.
 
-A step (`Step`) that touches topics or offsets is written whole to the
-journal under `engine_steps/` as one JSON record before any of it is applied,
-then applied, then marked done; steps not marked done are applied again
-(idempotently) by the next step, a tick, or at open. The record:
+The engine owns the only step journal (`engine_steps/`, a `StepJournal`).
+A step (`Step`) is written whole to it as one JSON record and fsynced, then
+applied part by part (topic appends, the broker's idempotent `apply_step`,
+group offset commits) with every log it touched synced ONCE at the end (the
+data dir's group commit, `runner.log.commits`), then marked done (not synced
+on its own: a lost done mark only re-applies the step). Steps not marked
+done are applied again (idempotently) by the next step, a tick, or at open.
+An exactly-once step thus costs one fsync for the journal plus one per log it
+touched (a queue -> queue step: 3; it was 4, with a journal of the broker's
+inside the engine's, and up to 6 with topics).
+
+The record:
 
     {"acks": [[queue, delivery_id]...],
      "commits": [[group, topic, partition, next_offset]...],
      "pub": [[exchange, [message...]]...], "put": [[queue, [message...]]...],
      "rec": [[topic, partition, key_b64, value_b64, [[header, value_b64]...], ts_ms]...]}
 
-with a message as {"b": body_b64, "k": routing_key, "h": headers (the broker's
-tagged encoding), "p": priority, "t": ttl_s, "i": message_id, "c": content_type}.
-Outputs without a message id get `__e<step>-<n>`; records get their partition
-fixed at write time and the producer `__engine_step__` with sequence
-`step * 2^20 + n` per partition, so a re-applied append is dropped.
+with a message in the one message codec (`encode_message`): {"b": body_b64,
+"k": routing_key, "h": headers (the broker's tagged encoding), "p": priority,
+"t": ttl_s, "i": message_id, "c": content_type}. Outputs without a message id
+get `__e<step>-<n>`; records get their partition fixed at write time and the
+producer `__engine_step__` with sequence `step * 2^20 + n` per partition, so a
+re-applied append is dropped.
+
+A data directory written before this journal may hold the broker's old
+queue-only journal (`steps/`, records `T` = the same message codec under keys
+"a", "x", "q", `C` = done): its pending steps are applied once at open and the
+directory is removed (`replay_legacy`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from runner import jsontext
 from runner.broker.broker import Broker
 from runner.broker.headers import decode_value, encode_value
+from runner.clock import Clock
 from runner.engine.records import b64, record_of_message, to_append, unb64
 from runner.engine.values import OutMessage, Step
 from runner.errors import EngineError, InvalidRequest, NotFound, Refused, StorageError
+from runner.fs import FileSystem
+from runner.log.commits import GroupCommit
+from runner.log.datapath import remove_tree
 from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
+from runner.log.record import Fsync
+from runner.log.segment import SegmentedLog
 from runner.log.store import AppendRecord, Store
 
 log = logging.getLogger(__name__)
 
-STEP_PRODUCER = "__engine_step__"  # producer id of records appended by commit_step
+STEP_PRODUCER = "__engine_step__"  # producer id of records appended by steps (gapped)
 STEP_STRIDE = 1 << 20  # sequence numbers per step and partition
 
 
 class StepLog:
     """Commits `Step`s as durable units over a Store and a Broker (see the module)."""
 
-    def __init__(self, journal: StepJournal, store: Store, broker: Broker) -> None:
+    def __init__(self, journal: StepJournal, store: Store, broker: Broker,
+                 group: GroupCommit) -> None:
         self.journal = journal
         self.store = store
         self.broker = broker
+        self.group = group
         self.half_applied = False  # a journaled step failed to apply: recover first
 
-    def commit(self, step: Step, *, topic_reach: set[str]) -> None:
-        """Apply `step` as one durable unit; `topic_reach`: the exchanges from
-        which a topic can be reached (see `Engine.commit_step`)."""
+    def commit(self, step: Step) -> None:
+        """Apply `step` as one durable unit (see the module)."""
         if self.half_applied:
             self.recover()
         for queue, did in step.acks:
@@ -63,14 +85,6 @@ class StepLog:
         # `reject-publish` queue would refuse: Refused before anything is written
         # (a step is all or nothing), as is an exhausted disk budget
         self.broker.check_publish(step.publishes, step.queue_puts)
-        if not step.commits and not step.appends and not any(
-                self.broker.router.route(ex, m.routing_key, m.headers, count=False).topics
-                for ex, msgs in step.publishes if ex in topic_reach for m in msgs):
-            # queues only: the broker's own step journal makes this one durable
-            # unit (it names outputs by its step and acks by message): one journal less
-            self.broker.commit_step(acks=step.acks, publishes=step.publishes,
-                                    queue_puts=step.queue_puts)
-            return
         sid = self.journal.next_id
         doc = self._document(sid, step)
         written = self.journal.write(jsontext.dumps(doc, default=str))
@@ -120,15 +134,20 @@ class StepLog:
         return {
             "acks": [[q, d] for q, d in step.acks],
             "commits": [[g, tp.topic, tp.partition, off] for g, tp, off in step.commits],
-            "pub": [[ex, [_enc_msg(m) for m in ms]] for ex, ms in publishes],
-            "put": [[q, [_enc_msg(m) for m in ms]] for q, ms in puts],
+            "pub": [[ex, [encode_message(m) for m in ms]] for ex, ms in publishes],
+            "put": [[q, [encode_message(m) for m in ms]] for q, ms in puts],
             "rec": resolved,
         }
 
     def apply(self, sid: int, doc: Mapping[str, Any]) -> Refused | None:
-        """Apply a journaled step (idempotent). A queue refusing an output
-        (`reject-publish`) ends the step like a refused batch: what was stored
-        stays, the input is not settled, and the Refused is returned."""
+        """Apply a journaled step (idempotent); every log it touched is synced once,
+        on return. A queue refusing an output (`reject-publish`) ends the step
+        like a refused batch: what was stored stays, the input is not settled,
+        and the Refused is returned."""
+        with self.group.deferred():
+            return self._apply(sid, doc)
+
+    def _apply(self, sid: int, doc: Mapping[str, Any]) -> Refused | None:
         counters: dict[tuple[str, int], int] = {}
         by_topic: dict[str, list[AppendRecord]] = {}
         for topic, p, key, value, headers, ts in doc["rec"]:
@@ -149,14 +168,14 @@ class StepLog:
                 # a lower sequence that is no remembered retry was stored long ago
                 log.warning("step %d: records for %s already stored: %s", sid, topic, exc)
         acks = [(str(q), int(d)) for q, d in doc["acks"]]
-        pubs = [(str(ex), [_dec_msg(m) for m in ms]) for ex, ms in doc["pub"]
+        pubs = [(str(ex), [decode_message(m) for m in ms]) for ex, ms in doc["pub"]
                 if self.broker.router.has_exchange(ex)]
-        puts = [(str(q), [_dec_msg(m) for m in ms]) for q, ms in doc["put"]
+        puts = [(str(q), [decode_message(m) for m in ms]) for q, ms in doc["put"]
                 if q in self.broker.queues]
         acks = [(q, d) for q, d in acks if q in self.broker.queues]
         if acks or pubs or puts:
             try:
-                self.broker.commit_step(acks=acks, publishes=pubs, queue_puts=puts)
+                self.broker.apply_step(acks=acks, publishes=pubs, queue_puts=puts)
             except Refused as exc:
                 log.warning("step %d: an output was refused: %s", sid, exc)
                 return exc
@@ -179,12 +198,14 @@ class StepLog:
         self.half_applied = False
 
 
-def _enc_msg(m: OutMessage) -> dict[str, Any]:
+def encode_message(m: OutMessage) -> dict[str, Any]:
+    """A message in the journal (the engine's one message codec; see the module)."""
     return {"b": b64(m.body), "k": m.routing_key, "h": encode_value(m.headers), "p": m.priority,
             "t": m.ttl_s, "i": m.message_id, "c": m.content_type}
 
 
-def _dec_msg(d: Mapping[str, Any]) -> OutMessage:
+def decode_message(d: Mapping[str, Any]) -> OutMessage:
+    """The message `encode_message` wrote."""
     return OutMessage(body=unb64(d["b"]) or b"", routing_key=d["k"], headers=decode_value(d["h"]),
                       priority=d["p"], ttl_s=d["t"], message_id=d["i"], content_type=d["c"])
 
@@ -195,3 +216,40 @@ def _with_id(m: OutMessage, mid: str) -> OutMessage:
     return OutMessage(body=m.body, routing_key=m.routing_key, headers=m.headers,
                       priority=m.priority, ttl_s=m.ttl_s, message_id=mid,
                       content_type=m.content_type)
+
+
+def replay_legacy(directory: Path, broker: Broker, *, root: Path, clock: Clock,
+                  fs: FileSystem) -> int:
+    """Apply the pending steps of the broker's old queue-only journal (`steps/`,
+    written before the engine owned the only journal), then remove it; returns
+    how many were applied. Re-applying is idempotent (ids, acks by message)."""
+    if not fs.is_dir(directory):
+        return 0
+    wal = SegmentedLog(directory, fsync=Fsync.NEVER, clock=clock, fs=fs)
+    try:
+        pending: dict[int, bytes] = {}
+        off = wal.start_offset
+        while off < wal.end_offset:
+            recs = wal.read(off, max_records=1000)
+            if not recs:
+                break
+            for r in recs:
+                if r.key == b"T":
+                    pending[r.offset] = r.value or b"{}"
+                elif r.key == b"C":
+                    pending.pop(int(r.value or b"-1"), None)
+            off = recs[-1].offset + 1
+    finally:
+        wal.close()
+    for seq, data in sorted(pending.items()):
+        doc = jsontext.loads(data)
+        log.info("re-applying the old broker step %d", seq)
+        broker.apply_step(
+            acks=[(str(q), int(t)) for q, t in doc["a"] if q in broker.queues],
+            publishes=[(str(ex), [decode_message(m) for m in ms]) for ex, ms in doc["x"]
+                       if broker.router.has_exchange(ex)],
+            queue_puts=[(str(q), [decode_message(m) for m in ms]) for q, ms in doc["q"]
+                        if q in broker.queues])
+    broker.flush()
+    remove_tree(directory, root=root, fs=fs)
+    return len(pending)

@@ -6,7 +6,7 @@ Public API (see docs/log.md):
   `runner.broker`);
 * `Store`, `AppendRecord`, `PartitionCounters`, `TopicPartition` - topics,
   partitions, groups and exactly-once steps of one data directory;
-* `StepJournal` - the durable write-ahead step journal;
+* `StepJournal` - the durable write-ahead step journal (the engine's `engine_steps/`);
 * `murmur2`, `partition_for_key` - Kafka's default partitioner;
 * `assign_range`, `assign_roundrobin`, `assign_sticky` - group assignors.
 """

@@ -23,6 +23,7 @@ from pathlib import Path
 from runner.clock import Clock, now_ms
 from runner.errors import LogFailed, StorageError
 from runner.fs import LOCAL, FileSystem
+from runner.log.commits import GroupCommit
 from runner.log.compaction import compact
 from runner.log.partition import TopicPartition
 from runner.log.record import Fsync, Item
@@ -44,11 +45,12 @@ class OffsetStore:
     def __init__(
         self, directory: Path, *, fsync: Fsync, clock: Clock, compact_after: int = 10_000,
         segment_bytes: int = 4 * 1024 * 1024, fs: FileSystem = LOCAL,
+        group: GroupCommit | None = None,
     ) -> None:
         self.clock = clock
         self.compact_after = compact_after
         self._log = SegmentedLog(directory, fsync=fsync, clock=clock, segment_bytes=segment_bytes,
-                                 fs=fs)
+                                 fs=fs, group=group)
         self.committed: dict[GroupTP, int] = {}
         self.resets: dict[GroupTP, int] = {}
         self._since_compaction = 0
@@ -60,8 +62,8 @@ class OffsetStore:
                 offset = rec.offset + 1
                 if rec.key is None:
                     continue
-                group, topic, partition = json.loads(rec.key[1:])
-                gtp = (group, TopicPartition(topic, partition))
+                name, topic, partition = json.loads(rec.key[1:])
+                gtp = (name, TopicPartition(topic, partition))
                 table = self.committed if rec.key[:1] == b"o" else self.resets
                 if rec.value is None:
                     table.pop(gtp, None)

@@ -27,6 +27,7 @@ from typing import NamedTuple
 from runner.clock import Clock
 from runner.fs import LOCAL, FileSystem
 from runner.log.cache import ReadCache
+from runner.log.commits import GroupCommit
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
 from runner.topology.model import Topic
@@ -48,13 +49,15 @@ class Partition:
         self, directory: Path, topic: Topic, number: int, *, fsync: Fsync, clock: Clock,
         cache_bytes: int = 1024 * 1024, fsync_interval_ms: float = 5.0,
         cache: ReadCache | None = None, fs: FileSystem = LOCAL,
+        group: GroupCommit | None = None,
     ) -> None:
         self.topic = topic
         self.number = number
         self.directory = directory
         self.log = SegmentedLog(directory, segment_bytes=topic.segment_bytes, fsync=fsync,
                                 clock=clock, cache_bytes=cache_bytes,
-                                fsync_interval_ms=fsync_interval_ms, cache=cache, fs=fs)
+                                fsync_interval_ms=fsync_interval_ms, cache=cache, fs=fs,
+                                group=group)
         self.maintenance = threading.Lock()
         self.records_appended = 0
 

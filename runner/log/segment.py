@@ -12,7 +12,8 @@ Durability (`Fsync`):
 * ALWAYS: `append` returns after an fdatasync that covers its bytes. Appenders
   write under a lock, then wait for one fsync: the first waiter becomes the
   leader, syncs everything written so far, and wakes every follower whose bytes
-  it covered (group commit).
+  it covered (group commit). Inside `group.deferred()` (`runner.log.commits`)
+  `append` returns once written and the block's end syncs each log once.
 * INTERVAL: nothing is synced by `append`; the owner calls `maybe_sync()` (or
   runs a `runner.log.flusher.Flusher` thread, as `Store` does), which syncs when
   `fsync_interval_ms` has passed since the last sync.
@@ -96,6 +97,7 @@ from runner.fs import (
     write_atomic,
 )
 from runner.log.cache import ReadCache
+from runner.log.commits import GroupCommit
 from runner.log.index import OffsetIndex, TimeIndex
 from runner.log.record import (
     BATCH,
@@ -212,9 +214,11 @@ class SegmentedLog:
         fsync_interval_ms: float = 5.0,
         cache: ReadCache | None = None,
         fs: FileSystem = LOCAL,
+        group: GroupCommit | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.fs = fs
+        self.group = group  # ALWAYS: inside `group.deferred()` appends do not wait
         self._failed: LogFailed | None = None
         self.segment_bytes = segment_bytes
         self.fsync = Fsync(fsync)
@@ -479,7 +483,11 @@ class SegmentedLog:
                 base = self._append_locked(items, producer_id, sequence)
             target = self._written
         if self.fsync is Fsync.ALWAYS:
-            self._wait_synced(target)
+            group = self.group
+            if group is not None and group.deferring():
+                group.add(self, target)  # synced once at the end of the block
+            else:
+                self._wait_synced(target)
         return base
 
     def check_sequence(self, producer_id: int, sequence: int, count: int, *,
@@ -704,6 +712,15 @@ class SegmentedLog:
             if self._synced >= self._written:
                 return
         self._wait_synced(self._written)
+
+    def sync_to(self, target: int) -> None:
+        """fsync at least the first `target` bytes written (see `runner.log.commits`)."""
+        with self._cond:
+            if self._failed is not None:
+                raise self._failed
+            if self._synced >= target:
+                return
+        self._wait_synced(target)
 
     def maybe_sync(self) -> bool:
         """INTERVAL policy: sync when `fsync_interval_ms` has passed; True if it synced."""

@@ -4,7 +4,6 @@ Layout under `data_dir`::
 
     topics/<topic>-<p>/        one SegmentedLog per partition (<topic>: datapath.dir_name)
     __consumer_offsets/        committed offsets and reset positions (OffsetStore)
-    __log_steps/               the StepJournal behind `commit_step`
 
 Single owner: every method is called from one thread, except that the store
 itself runs a compaction thread (`Cleaner`) and, for `Fsync.INTERVAL`, a
@@ -17,9 +16,7 @@ Kafka; records already written stay where they are.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -38,11 +35,11 @@ from runner.errors import (
 )
 from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.cache import ReadCache
+from runner.log.commits import GroupCommit
 from runner.log.compaction import Cleaner, compact
 from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.groups import Groups
-from runner.log.journal import StepJournal
 from runner.log.offsets import OffsetStore
 from runner.log.partition import Partition, TopicPartition
 from runner.log.partitioner import Partitioner, key_from_json
@@ -50,12 +47,6 @@ from runner.log.record import Fsync, Item, LogRecord, check_timestamp_ms
 from runner.topology.model import ConsumerGroup, Topic
 
 log = logging.getLogger(__name__)
-
-STEP_PRODUCER = "__step__"
-# runner.engine's step producer: its sequences are step * 2^20 + n, so they jump
-# forward between steps (see `Store(gapped_producers=...)`)
-ENGINE_STEP_PRODUCER = "__engine_step__"
-STEP_STRIDE = 1 << 20  # sequences per step and partition in commit_step
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +103,8 @@ class Store:
         session_timeout_s: float = 10.0, fsync_interval_ms: float = 5.0,
         compaction_interval_s: float = 600.0, dedup_window_s: float | None = None,
         dedup_max_entries: int = 1_000_000, background: bool = True,
-        gapped_producers: Collection[str] = (ENGINE_STEP_PRODUCER,), fs: FileSystem = LOCAL,
+        gapped_producers: Collection[str] = (), fs: FileSystem = LOCAL,
+        group: GroupCommit | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.fs = fs
@@ -127,19 +119,17 @@ class Store:
         # (topic, message id) -> (partition, offset, first seen ms); insertion order ~ time
         self._dedup: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self.dedup_max_entries = dedup_max_entries
+        # producers whose sequences may jump forward (the engine's exactly-once steps)
         self.gapped_producers = frozenset(gapped_producers)
+        self.group = group
         make_dirs(fs, self.data_dir / "topics")
         self.flusher = Flusher(fsync_interval_ms) if fsync is Fsync.INTERVAL else None
         self.cleaner = Cleaner() if background else None
         self.offsets = OffsetStore(self.data_dir / "__consumer_offsets", fsync=self.fsync,
-                                   clock=clock, fs=fs)
-        self.journal = StepJournal(self.data_dir / "__log_steps", fsync=self.fsync, clock=clock,
-                                   fs=fs)
+                                   clock=clock, fs=fs, group=group)
         if self.flusher:
             self.flusher.add(self.offsets)
-            self.flusher.add(self.journal)
         self.groups = Groups(self.offsets, self, clock, session_timeout_s=session_timeout_s)
-        self._recovered = False
 
     # ------------------------------------------------------------ PartitionView
     def partition_count(self, topic: str) -> int:
@@ -216,9 +206,6 @@ class Store:
         else:
             for name in self.groups.names():
                 self.groups.refresh(name)
-        if not self._recovered:
-            self._recovered = True
-            self.recover_steps()
         return changes
 
     @staticmethod
@@ -235,7 +222,8 @@ class Store:
         directory = entity_path(self.data_dir / "topics", topic.name, f"-{number}", fs=self.fs)
         part = Partition(directory, topic, number,
                          fsync=self.fsync, clock=self.clock, cache=self.read_cache,
-                         fsync_interval_ms=self.fsync_interval_ms, fs=self.fs)
+                         fsync_interval_ms=self.fsync_interval_ms, fs=self.fs,
+                         group=self.group)
         if self.flusher:
             self.flusher.add(part.log)
         if self.dedup_window_ms is not None:
@@ -514,7 +502,7 @@ class Store:
 
     def failed_logs(self) -> list[LogFailed]:
         """Logs refusing every read and write after a failed fsync (until restart)."""
-        out = [f for f in (self.offsets.failed, self.journal.failed) if f is not None]
+        out = [self.offsets.failed] if self.offsets.failed is not None else []
         for t in self._topics.values():
             out.extend(p.log.failed for p in t.partitions if p.log.failed is not None)
         return out
@@ -522,85 +510,6 @@ class Store:
     def records_appended(self) -> dict[str, int]:
         """Per topic, records appended since the store opened (a plain counter)."""
         return {name: t.records_appended for name, t in self._topics.items()}
-
-    # ------------------------------------------------------------ exactly-once
-    def commit_step(
-        self, commits: Mapping[tuple[str, TopicPartition], int],
-        appends: Sequence[tuple[str, Sequence[AppendRecord]]], *,
-        member_id: str | None = None, generation: int | None = None,
-    ) -> list[list[tuple[int, int]]]:
-        """Commit group offsets and append records as one durable unit: after a
-        crash either all of it is there or none (pending steps are replayed at
-        recovery; appends are idempotent through a step producer id and
-        sequence). Returns (partition, offset) per record per append.
-        `member_id` / `generation`: fence every commit as `Groups.commit` does
-        (Conflict before anything is written)."""
-        if member_id is not None or generation is not None:
-            by_group: dict[str, list[TopicPartition]] = {}
-            for group, tp in commits:
-                by_group.setdefault(group, []).append(TopicPartition(*tp))
-            for group, tps in by_group.items():
-                self.groups.check_member(group, tps, member_id=member_id,
-                                         generation=generation)
-        for (group, tp), off in commits.items():
-            self.groups.position(group, TopicPartition(*tp))  # NotFound early
-            end = self.log_end(TopicPartition(*tp))
-            if not 0 <= off <= end:
-                raise InvalidRequest(
-                    f"offset {off} for {tp[0]}/{tp[1]} is outside 0..{end}")
-        resolved = [(topic, self.resolve(topic, records)) for topic, records in appends]
-        payload = json.dumps({
-            "commits": [[g, tp[0], tp[1], off] for (g, tp), off in commits.items()],
-            "appends": [[topic, [[p, _b64(k), _b64(v), [[n, _b64(hv)] for n, hv in h], ts]
-                                 for p, (k, v, h, ts) in recs]]
-                        for topic, recs in resolved],
-        }).encode()
-        step = self.journal.write(payload)
-        out = self._apply_step(step, payload)
-        self.journal.mark_done(step)
-        return out
-
-    def _apply_step(self, step: int, payload: bytes) -> list[list[tuple[int, int]]]:
-        data = json.loads(payload)
-        pid = producer_number(STEP_PRODUCER)
-        out: list[list[tuple[int, int]]] = []
-        for topic, recs in data["appends"]:
-            t = self._topics.get(topic)
-            if t is None:
-                log.warning("step %d: topic %s is gone; its records are dropped", step, topic)
-                out.append([])
-                continue
-            by_part: dict[int, list[int]] = {}
-            for i, rec in enumerate(recs):
-                by_part.setdefault(rec[0], []).append(i)
-            res: list[tuple[int, int]] = [(-1, -1)] * len(recs)
-            for p, idxs in by_part.items():
-                if p >= len(t.partitions):
-                    continue
-                items: list[Item] = [
-                    (_unb64(recs[i][1]), _unb64(recs[i][2]),
-                     tuple((n, _unb64(hv) or b"") for n, hv in recs[i][3]), recs[i][4])
-                    for i in idxs]
-                part_end = t.partitions[p].log_end_offset
-                first = t.partitions[p].append(items, producer_id=pid,
-                                               sequence=step * STEP_STRIDE, allow_gap=True)
-                t.records_appended += len(items) if first == part_end else 0
-                for k, i in enumerate(idxs):
-                    res[i] = (p, first + k if first >= 0 else -1)
-            out.append(res)
-        commits = {(g, TopicPartition(topic, p)): off for g, topic, p, off in data["commits"]}
-        if commits:
-            self.offsets.commit(commits)
-        return out
-
-    def recover_steps(self) -> int:
-        """Re-apply steps written but not marked done; returns how many."""
-        pending = self.journal.pending()
-        for step, payload in pending:
-            log.info("replaying step %d", step)
-            self._apply_step(step, payload)
-            self.journal.mark_done(step)
-        return len(pending)
 
     # ------------------------------------------------------------ time-driven work
     def tick(self) -> None:
@@ -660,8 +569,6 @@ class Store:
                     part.log.sync()
         if self.offsets.failed is None:
             self.offsets.sync()
-        if self.journal.failed is None:
-            self.journal.sync()
 
     def close(self) -> None:
         if self.flusher:
@@ -672,7 +579,6 @@ class Store:
             for part in t.partitions:
                 part.close()
         self.offsets.close()
-        self.journal.close()
 
 
 def _producer_runs(records: Sequence[AppendRecord], idxs: list[int]) -> list[list[int]]:
@@ -694,11 +600,3 @@ def _producer_runs(records: Sequence[AppendRecord], idxs: list[int]) -> list[lis
                 continue
         runs.append([i])
     return runs
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode()
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return None if text is None else base64.b64decode(text)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from runner.broker.broker import Broker
@@ -284,46 +282,46 @@ def test_duplicate_in_a_batch_to_a_queue_is_marked_and_stores_nothing(
 def test_reapplied_step_outputs_are_reported_as_duplicates(make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     out = [Message(b"out", "k", message_id="o1")]
-    assert b.commit_step(publishes=[("x", out)]) == [[Route(("dq", "mem"), ())]]
-    ((again,),) = b.commit_step(publishes=[("x", out)])
+    assert b.apply_step(publishes=[("x", out)]) == [[Route(("dq", "mem"), ())]]
+    ((again,),) = b.apply_step(publishes=[("x", out)])
     assert (again.duplicate, again.stored) == (True, [])
     assert b.queue_info("dq").ready == 1
 
 
-def test_commit_step_acks_and_publishes(make_broker: MakeBroker) -> None:
+def test_apply_step_acks_and_publishes(make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     b.publish_to_queue("dq", [Message(b"in")])
     d = b.pull("dq", 1, consumer_id="c")[0]
-    routes = b.commit_step(acks=[("dq", d.delivery_id)],
-                           publishes=[("x", [Message(b"out", "k")])])
+    routes = b.apply_step(acks=[("dq", d.delivery_id)],
+                          publishes=[("x", [Message(b"out", "k", message_id="s1-0")])])
     assert [r.queues for r in routes[0]] == [("dq", "mem")]
     got = b.pull("dq", 5, consumer_id="c")
-    assert [m.body for m in got] == [b"out"]
-    assert got[0].message_id is not None  # made up for dedup
+    assert [(m.body, m.message_id) for m in got] == [(b"out", "s1-0")]
 
 
-def test_pending_step_is_reapplied_once_at_open(make_broker: MakeBroker) -> None:
+def test_a_step_applied_again_after_a_restart_changes_nothing(make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     b.publish_to_queue("dq", [Message(b"in")])
     d = b.pull("dq", 1, consumer_id="c")[0]
-    # crash after the step was journaled and applied but before its done mark
-    b.steps.done = lambda seq: None  # type: ignore[method-assign]
-    b.commit_step(acks=[("dq", d.delivery_id)], publishes=[("x", [Message(b"out", "k")])])
+    step = {"acks": [("dq", d.delivery_id)],
+            "publishes": [("x", [Message(b"out", "k", message_id="s1-0")])]}
+    b.apply_step(**step)  # type: ignore[arg-type]
     b = reopen(b, make_broker)
-    got = b.pull("dq", 5, consumer_id="c")
-    assert [m.body for m in got] == [b"out"]
+    # the delivery id is stale now: the ack goes by message; the output is a duplicate
+    ((route,),) = b.apply_step(**step)  # type: ignore[arg-type]
+    assert route.duplicate
+    assert [m.body for m in b.peek("dq", 5)] == [b"out"]
 
 
-def test_step_journaled_but_not_applied_is_applied_at_open(
-    make_broker: MakeBroker, tmp_path: Path,
-) -> None:
+def test_a_step_applied_again_after_a_restart_settles_its_input(
+        make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     b.publish_to_queue("dq", [Message(b"in")])
     d = b.pull("dq", 1, consumer_id="c")[0]
-    b.steps.begin([("dq", d.delivery_id)], [("x", [Message(b"out", "k")])], [])
-    b = reopen(b, make_broker)  # the old delivery id is stale now: ack goes by message
-    got = b.pull("dq", 5, consumer_id="c")
-    assert [m.body for m in got] == [b"out"]
+    b = reopen(b, make_broker)  # the step was journaled, not applied, before the crash
+    b.apply_step(acks=[("dq", d.delivery_id)],
+                 publishes=[("x", [Message(b"out", "k", message_id="s1-0")])])
+    assert [m.body for m in b.pull("dq", 5, consumer_id="c")] == [b"out"]
 
 
 def test_tick_compacts_a_log_that_is_mostly_acked(make_broker: MakeBroker) -> None:
@@ -356,17 +354,16 @@ def test_spilled_bodies_of_memory_queues_are_trimmed(make_broker: MakeBroker) ->
     assert spill.log.size_bytes < before
 
 
-def test_refused_step_is_not_applied_again_at_open(make_broker: MakeBroker) -> None:
+def test_a_step_a_full_queue_would_refuse_is_refused_by_check_publish(
+        make_broker: MakeBroker) -> None:
     from runner.topology.model import Overflow
     topo: tuple[list[Exchange], list[Queue], list[Binding]] = (
         [], [Queue("in"), Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)], [])
     b = make_broker(*topo)
     b.publish_to_queue("full", [Message(b"occupant")])
-    b.publish_to_queue("in", [Message(b"in")])
-    d = b.pull("in", 1, consumer_id="c")[0]
-    with pytest.raises(Refused):
-        b.commit_step(acks=[("in", d.delivery_id)], queue_puts=[("full", [Message(b"out")])])
-    b.close()
-    b = make_broker(*topo)
+    with pytest.raises(Refused) as info:
+        b.check_publish([], [("full", [Message(b"out")])])
+    assert str(info.value) == ("queue 'full' has no room for this step's 1 message(s) "
+                               "(max_length 1, overflow reject-publish): step refused, "
+                               "nothing stored")
     assert [m.body for m in b.peek("full", 5)] == [b"occupant"]
-    assert [m.body for m in b.peek("in", 5)] == [b"in"]  # not acked: the step failed first

@@ -377,10 +377,10 @@ def test_check_ids_lists_unknown_delivery_ids(make_broker: MakeBroker) -> None:
     assert err.value.unknown == (5, 6)
 
 
-def test_commit_step_to_unknown_queue_is_not_found(make_broker: MakeBroker) -> None:
+def test_a_step_to_an_unknown_queue_is_not_found(make_broker: MakeBroker) -> None:
     b = make_broker(queues=[Queue("q")])
     with pytest.raises(NotFound) as err:
-        b.commit_step(queue_puts=[("ghost", [Message(b"x")])])
+        b.check_publish([], [("ghost", [Message(b"x")])])
     assert str(err.value) == "queue 'ghost' not found"
 
 

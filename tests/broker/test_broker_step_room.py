@@ -1,4 +1,5 @@
-"""Atomic steps and overflow refusal: `Broker.check_publish` and `commit_step` all or nothing."""
+"""Overflow refusal of a step's outputs: `Broker.check_publish` (all or nothing), then
+`apply_step`."""
 
 from __future__ import annotations
 
@@ -27,9 +28,8 @@ def test_step_whose_second_publish_overflows_stores_nothing_and_acks_nothing(
     b.publish_to_queue("in", [Message(b"input")])
     d = b.pull("in", 1, consumer_id="c")[0]
     with pytest.raises(Refused) as exc:
-        b.commit_step(acks=[("in", d.delivery_id)],
-                      publishes=[("x", [Message(b"one", "k")]),
-                                 ("x", [Message(b"two", "k"), Message(b"three", "k")])])
+        b.check_publish([("x", [Message(b"one", "k")]),
+                         ("x", [Message(b"two", "k"), Message(b"three", "k")])])
     assert str(exc.value) == (
         "queue 'out' has no room for this step's 3 message(s) "
         "(max_length 2, overflow reject-publish): step refused, nothing stored")
@@ -43,8 +43,9 @@ def test_step_that_fits_is_stored_whole(make_broker: MakeBroker) -> None:
     b = make_broker(*TOPO)
     b.publish_to_queue("in", [Message(b"input")])
     d = b.pull("in", 1, consumer_id="c")[0]
-    b.commit_step(acks=[("in", d.delivery_id)],
-                  publishes=[("x", [Message(b"one", "k")]), ("x", [Message(b"two", "k")])])
+    pubs = [("x", [Message(b"one", "k")]), ("x", [Message(b"two", "k")])]
+    b.check_publish(pubs)
+    b.apply_step(acks=[("in", d.delivery_id)], publishes=pubs)
     assert [m.body for m in b.peek("out", 5)] == [b"one", b"two"]
     assert b.queue_info("in").unacked == 0
 
@@ -95,7 +96,7 @@ def test_disk_budget_exhausted_refuses_the_step(make_broker: MakeBroker) -> None
     b.journals["in"].log.append([(b"x", b"y" * 100, (), 0)])  # the logs are over budget
     used = b.disk_used_bytes()
     with pytest.raises(Refused) as exc:
-        b.commit_step(queue_puts=[("in", [Message(b"z")])])
+        b.check_publish([], [("in", [Message(b"z")])])
     assert str(exc.value) == (
         f"disk budget exhausted: queue logs use {used} bytes of 1; "
         "publish refused until consumers catch up")

@@ -377,7 +377,7 @@ def test_offsets_for_time_and_seek(engine: Engine) -> None:
     assert str(info.value) == "seek needs exactly one of offset or timestamp"
 
 
-def test_a_queues_only_step_is_the_broker_s_own_step(engine: Engine) -> None:
+def test_a_queues_only_step_goes_through_the_one_engine_journal(engine: Engine) -> None:
     engine.publish_to_queue("q", [OutMessage(b"in")])
     (d,) = engine.pull("q", 1, lease_s=60, consumer_id="c")
     engine.commit_step(Step(acks=[("q", d.delivery_id)],
@@ -385,7 +385,11 @@ def test_a_queues_only_step_is_the_broker_s_own_step(engine: Engine) -> None:
     engine.commit_step(Step(queue_puts=[("q2", [OutMessage(b"c")])]))
     assert [x.body for x in engine.peek("q2", 5)] == [b"a", b"b", b"c"]
     assert engine.queue_info("q").unacked == 0
-    assert engine.journal._log.end_offset == 0  # noqa: SLF001 - the engine journal unused
+    # two steps and their done marks, in the engine's journal; no other journal
+    assert engine.journal._log.end_offset == 4  # noqa: SLF001
+    assert engine.journal.pending() == []
+    assert not (engine.data_dir / "steps").exists()
+    assert not (engine.data_dir / "__log_steps").exists()
 
 
 def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:

@@ -110,39 +110,3 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
 @pytest.mark.timeout(1800)
 def test_every_acknowledged_record_survives_many_kills(tmp_path: Path) -> None:
     run_rounds(tmp_path, rounds=300, seed=2)
-
-
-STEP_WRITER = Path(__file__).with_name("step_writer.py")
-
-
-def test_commit_step_is_all_or_nothing_across_kill_9(tmp_path: Path) -> None:
-    from runner.log.store import Store
-    from tests.log.step_writer import GROUPS, TOPICS, TP
-
-    rnd = random.Random(3)
-    data = tmp_path / "data"
-    acked: list[int] = []
-    for _ in range(8):
-        child = subprocess.Popen([sys.executable, str(STEP_WRITER), str(data)],
-                                 stdout=subprocess.PIPE, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert child.stdout is not None
-        try:
-            assert child.stdout.readline() == b"ready\n"
-            time.sleep(rnd.uniform(0.05, 0.3))
-        finally:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-        acked.extend(int(x) for x in child.stdout.read().split())
-        child.stdout.close()
-        store = Store(data, fsync=Fsync.NEVER, clock=ManualClock())
-        try:
-            store.apply(TOPICS, GROUPS)  # replays a pending step, if any
-            committed = store.groups.position("g", TP)
-            assert committed >= (max(acked) + 1 if acked else 0)
-            for p in (0, 1):
-                values = [int(r.value or b"") for r in store.read("out", p, 0, max_records=10**6)]
-                assert values == list(range(committed)), "each step's output exactly once"
-        finally:
-            store.close()
-    assert len(acked) > 8

@@ -247,7 +247,7 @@ def test_a_zombie_members_commit_is_fenced(open_store: Opener, clock: ManualCloc
     assert str(exc.value) == ("group 'g' rebalanced: member 'a' is not in the group any "
                               f"more (current generation is {gen_b + 1})")
     with pytest.raises(Conflict, match=f"^group 'g' rebalanced: generation {gen_b} is stale"):
-        store.commit_step({("g", TP0): 5}, [], member_id="b", generation=gen_b)
+        store.groups.commit("g", {TP0: 5}, member_id="b", generation=gen_b)
     assert store.groups.committed("g", TP0) == 0
-    store.commit_step({("g", TP0): 0}, [], member_id="b", generation=gen_b + 1)
+    store.groups.commit("g", {TP0: 0}, member_id="b", generation=gen_b + 1)
     store.groups.commit("g", {TP0: 0})  # no member given: an external commit, as before

@@ -208,43 +208,6 @@ def test_compaction_runs_in_the_background_from_tick(open_store: Opener) -> None
     assert latest == {b"k%d" % k: b"%d" % (196 + k) for k in range(4)}
 
 
-def test_commit_step_commits_and_appends(open_store: Opener) -> None:
-    store = open_store()
-    store.apply(topics(Topic("in"), Topic("out", partitions=2)),
-                {"g": ConsumerGroup("g", ("in",))})
-    store.append("in", [AppendRecord(b"x")] * 5)
-    res = store.commit_step({("g", TopicPartition("in", 0)): 5},
-                            [("out", [AppendRecord(b"y", partition=1)] * 2)])
-    assert res == [[(1, 0), (1, 1)]]
-    assert store.groups.position("g", TopicPartition("in", 0)) == 5
-    assert store.journal.pending() == []
-
-
-def test_a_step_cut_short_is_completed_once_at_restart(
-        open_store: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = open_store()
-    store.apply(topics(Topic("in"), Topic("out")), {"g": ConsumerGroup("g", ("in",))})
-    store.append("in", [AppendRecord(b"x")] * 3)
-
-    def crash(*_a: object) -> None:
-        raise SystemExit("power cut")
-
-    monkeypatch.setattr(store.offsets, "commit", crash)
-    with pytest.raises(SystemExit):
-        store.commit_step({("g", TopicPartition("in", 0)): 3},
-                          [("out", [AppendRecord(b"a"), AppendRecord(b"b")])])
-    assert store.partitions("out")[0].log_end_offset == 2  # appended, not committed
-    monkeypatch.undo()
-    store.close()
-    again = open_store()
-    again.apply(topics(Topic("in"), Topic("out")), {"g": ConsumerGroup("g", ("in",))})
-    assert again.groups.position("g", TopicPartition("in", 0)) == 3
-    assert [r.value for r in again.read("out", 0, 0)] == [b"a", b"b"]  # not twice
-    assert again.journal.pending() == []
-    again.commit_step({}, [("out", [AppendRecord(b"c")])])
-    assert [r.value for r in again.read("out", 0, 0)] == [b"a", b"b", b"c"]
-
-
 def test_tick_expires_members(open_store: Opener, clock: ManualClock) -> None:
     store = open_store(session_timeout_s=5.0)
     store.apply(topics(Topic("t", partitions=2)), {"g": ConsumerGroup("g", ("t",))})
@@ -280,8 +243,8 @@ def test_out_of_order_sequences_write_nothing_of_the_call(open_store: Opener) ->
     assert store.records_appended() == {"t": 3}
 
 
-def test_the_engine_step_producer_may_jump_forward(open_store: Opener) -> None:
-    store = open_store()
+def test_a_gapped_producer_may_jump_forward(open_store: Opener) -> None:
+    store = open_store(gapped_producers=("__engine_step__",))
     store.apply(topics(Topic("t")))
     stride = 1 << 20
     for step in (3, 7):
@@ -325,20 +288,6 @@ def test_compact_and_delete_does_both(open_store: Opener, clock: ManualClock) ->
     assert len(recs) < 30  # what is left is compacted
     assert {r.key for r in recs} == {b"k0", b"k1", b"k2"}
     assert recs[-1].offset == 59
-
-
-def test_commit_step_refuses_bad_input_before_writing(open_store: Opener) -> None:
-    store = open_store()
-    store.apply(topics(Topic("in"), Topic("out")), {"g": ConsumerGroup("g", ("in",))})
-    with pytest.raises(InvalidRequest) as exc:
-        store.commit_step({("g", TopicPartition("in", 0)): 4},
-                          [("out", [AppendRecord(b"a")])])
-    assert str(exc.value) == "offset 4 for in/0 is outside 0..0"
-    with pytest.raises(NotFound) as exc2:
-        store.commit_step({}, [("nope", [AppendRecord(b"a")])])
-    assert str(exc2.value) == "unknown topic 'nope'"
-    assert store.partitions("out")[0].log_end_offset == 0
-    assert store.journal.pending() == []
 
 
 def test_reading_an_unknown_partition(open_store: Opener) -> None:
