@@ -844,9 +844,9 @@ def test_cycle_detection_is_fast_on_a_long_chain() -> None:
     queues = [Queue(f"q{i}", dead_letter=DeadLetter(f"x{i}")) for i in range(n)]
     bindings = [Binding(f"x{i}", queue=f"q{(i + 1) % n}") for i in range(n)]
     t = topo(exchanges=exchanges, queues=queues, bindings=bindings)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a loaded machine stretches wall time
     (cycle,) = find_cycles(Index(t))
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert cycle.certain and len(cycle.route) == 2 * n + 1
 
 
