@@ -158,6 +158,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a request header must arrive within this time of its first byte, else 408 (10s)",
     )
     run.add_argument(
+        "--load-timeout", type=_timeout, default=30.0,
+        help="a reload gives up reading the topology files after this long, keeping the "
+        "running topology (30s)",
+    )
+    run.add_argument(
         "--body-timeout", type=_timeout, default=30.0,
         help="longest pause while a request body arrives, else 408 (30s)",
     )
@@ -316,6 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         max_request_bytes=args.max_request_bytes,
         max_fanout=args.max_fanout,
+        load_timeout_s=args.load_timeout,
         grace_s=args.grace,
         watch=not args.no_watch,
         memory_budget_bytes=args.memory_budget,

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class DaemonConfig:
     max_message_bytes: int = 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     max_fanout: int = 100_000
+    load_timeout_s: float = 30.0  # a reload's read of the topology files
     grace_s: float = 30.0
     tick_s: float = 0.05
     debounce_s: float = 0.1
@@ -209,6 +211,7 @@ class Supervisor:
         self._stopping = False
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._loading: asyncio.Future[Any] | None = None  # a read that may still hang
         self._registry = build_registry(self)
         self._limiter = PublishLimiter(parts.clock)
         self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
@@ -508,11 +511,54 @@ class Supervisor:
             )
         return result
 
+    def _load_in_thread(self, path: str) -> asyncio.Future[Any]:
+        """`parts.load(path)` in a daemon thread of its own: a read that hangs (a dead
+        NFS server) can be given up without blocking shutdown, as an executor's
+        worker would (asyncio.run waits for the default executor's threads)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+        def run() -> None:
+            try:
+                value = self._parts.load(path)
+            except BaseException as exc:  # handed to the loop, raised by the await there
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, value, None)
+
+        # a result nobody awaits any more (given up) must not be logged as never retrieved
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        threading.Thread(target=run, name="topology-load", daemon=True).start()
+        return fut
+
     async def _reload(self, trigger: str) -> ReloadResult:
         loop = asyncio.get_running_loop()
         path = self.config.path
+        limit = self.config.load_timeout_s
+        if self._loading is not None and not self._loading.done():
+            return ReloadResult(
+                "invalid", self._generation,
+                error=f"{path}: the previous read of the topology has not finished "
+                "(a hung file system?); the running topology stays",
+            )
+        self._loading = self._load_in_thread(str(path))
         try:
-            loaded = await loop.run_in_executor(None, self._parts.load, str(path))
+            loaded = await asyncio.wait_for(asyncio.shield(self._loading), limit)
+        except TimeoutError:
+            log.error("reading %s did not finish within %gs", path, limit)
+            return ReloadResult(
+                "invalid", self._generation,
+                error=f"{path}: reading the topology did not finish within {limit:g}s "
+                "(--load-timeout; a hung file system?); the running topology stays",
+            )
         except FileNotFoundError:
             return ReloadResult(
                 "invalid", self._generation, error=f"{path}: the topology path does not exist"

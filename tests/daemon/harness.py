@@ -127,6 +127,7 @@ def run_daemon(
     watch: bool = False,
     parts: Parts | None = None,
     path: Path | None = None,
+    load_timeout_s: float = 30.0,
 ) -> Supervisor:
     topo = path or tmp_path / "topology.yaml"
     if path is None:
@@ -136,7 +137,7 @@ def run_daemon(
     config = DaemonConfig(
         path=topo, data_dir=tmp_path / "data", port=0, token=token,
         max_message_bytes=max_message_bytes, max_request_bytes=max_request_bytes,
-        watch=watch, grace_s=1.0, debounce_s=0.1,
+        watch=watch, grace_s=1.0, debounce_s=0.1, load_timeout_s=load_timeout_s,
     )
     supervisor = Supervisor(config, loaded, parts or fake_parts())
 

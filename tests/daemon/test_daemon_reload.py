@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 from runner.errors import HandlerImportError
 from runner.pipeline.handler import check_handlers
 from runner.pipeline.runtime import WorkerChanges
+from runner.topology.load import load
 from runner.topology.model import Topology
 from tests.daemon.harness import Client, FakePipeline, fake_parts, run_daemon
 
@@ -222,3 +226,43 @@ def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path
 
     topo.write_text(BASE)
     run_daemon(tmp_path, "", scenario, path=topo, parts=parts)
+
+
+def test_a_reload_whose_read_hangs_gives_up_after_the_load_timeout(tmp_path: Path) -> None:
+    # a topology file on a dead NFS server: the read never returns; the reload lock
+    # was held for good and every later reload (admin, SIGHUP, watch) waited forever
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(BASE)
+    gate = threading.Event()
+    hang = [True]
+
+    def load_hanging(path: str) -> Any:
+        if hang[0]:
+            gate.wait(10)
+        return load(path)
+
+    parts = dataclasses.replace(fake_parts(), load=load_hanging)
+
+    async def scenario(c: Client) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, body, _ = await c.call("POST", "/v1/admin/reload")
+        assert loop.time() - started < 5
+        assert (status, body["error"]) == (422, (
+            f"{topo}: reading the topology did not finish within 0.3s (--load-timeout; a "
+            "hung file system?); the running topology stays"))
+        status, body, _ = await c.call("POST", "/v1/admin/reload")
+        assert (status, body["error"]) == (422, (
+            f"{topo}: the previous read of the topology has not finished (a hung file "
+            "system?); the running topology stays"))
+        assert (await c.call("GET", "/healthz"))[0] == 200
+        hang[0] = False
+        gate.set()  # the file system answers again
+        await wait_until(lambda: c.supervisor._loading is not None
+                         and c.supervisor._loading.done())
+        topo.write_text(WITH_JOBS)
+        status, body, _ = await c.call("POST", "/v1/admin/reload")
+        assert status == 200, body
+        assert "jobs" in c.engine.topology.queue_map()
+
+    run_daemon(tmp_path, "", scenario, path=topo, parts=parts, load_timeout_s=0.3)

@@ -7,6 +7,8 @@ RSS is read from /proc/<pid>/status of the daemon process; bounds are generous
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import threading
 import time
@@ -184,3 +186,30 @@ def test_healthz_answers_while_a_huge_queue_is_purged(
     # one step held the loop for the whole purge; pages of 10,000 hold it one page each
     assert len(latencies) >= 3, (latencies, took)
     assert max(latencies) < min(1.0, took / 3), (latencies, took)
+
+
+TOPICS = """\
+version: 1
+name: e2e-read
+topics:
+  big: {partitions: 1}
+"""
+
+
+def test_a_read_of_records_answers_at_most_8_mib_of_stored_bytes(
+    start_daemon: Callable[..., Daemon]
+) -> None:
+    # 120 records of 100 KB: 12 MB stored; one read answered all of them (64 MiB cap)
+    d = start_daemon(TOPICS, args=["--fsync", "never"])
+    value = base64.b64encode(os.urandom(100_000)).decode()
+    for _ in range(12):
+        d.ok("POST", "/v1/topics/big/records",
+             {"records": [{"value_b64": value}] * 10}, status=202)
+    got = d.get("/v1/topics/big/partitions/0/records?offset=0&limit=10000")
+    assert got.status == 200
+    records = got.body["records"]
+    assert len(records) == 83  # 83 * 100,000 bytes <= 8 MiB < 84 * 100,000
+    assert got.body["next_offset"] == 83
+    assert len(got.raw) < 12 * 1024 * 1024
+    rest = d.get("/v1/topics/big/partitions/0/records?offset=83&limit=10000").body
+    assert len(rest["records"]) == 37 and rest["next_offset"] == 120
