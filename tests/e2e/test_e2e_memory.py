@@ -155,10 +155,10 @@ def test_healthz_answers_while_a_large_allowed_fanout_is_stored(
     assert got.status == 202, got.body
     assert ready(d, "q199") == 1500
     # stored in one step, the loop was blocked all along: the /healthz sent meanwhile
-    # waited about as long as the whole request (0.6 s of 0.7 s measured); in slices
-    # it waits one slice at most (~0.06 s)
+    # waited about as long as the whole request (0.45 s of 0.47 s measured); in slices
+    # it waits one slice at most (~0.06 s idle, 0.3 s seen on a loaded machine)
     assert len(latencies) >= 3, (latencies, took)
-    assert max(latencies) < min(1.0, took / 3), (latencies, took)
+    assert max(latencies) < took / 2, (latencies, took)  # one step: ~took
 
 
 def test_a_refusal_in_a_later_slice_counts_accepted_from_the_first_message(
@@ -185,7 +185,7 @@ def test_healthz_answers_while_a_huge_queue_is_purged(
     assert ready(d, "q") == 0
     # one step held the loop for the whole purge; pages of 10,000 hold it one page each
     assert len(latencies) >= 3, (latencies, took)
-    assert max(latencies) < min(1.0, took / 3), (latencies, took)
+    assert max(latencies) < took / 2, (latencies, took)  # one step: ~took
 
 
 TOPICS = """\
