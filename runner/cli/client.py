@@ -334,6 +334,16 @@ def render_dead_letter(msg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _topic_names(client: Client) -> dict[str, bool]:
+    """The daemon's topics: name -> is a dead-letter topic."""
+    return {t["name"]: bool(t.get("dead_letter_topic")) for t in
+            client.call("GET", "/v1/topics")["topics"]}
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.1f}s"
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     client = client_for(args)
     if args.dlq_command == "list":
@@ -345,12 +355,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 peek = client.call("GET", f"/v1/queues/{quote_name(q['name'])}/peek?n=1")
                 dead = any("x-dead-letter" in (m.get("headers") or {}) for m in peek["messages"])
             if dead:
-                rows.append([q["name"], q["ready"], f"{q['oldest_ready_age_s']:.1f}s"])
+                rows.append([q["name"], "queue", q["ready"], _age(q["oldest_ready_age_s"])])
+        for name, dead in sorted(_topic_names(client).items()):
+            if dead:
+                t = client.call("GET", f"/v1/topics/{quote_name(name)}/dead-letters?n=1")
+                rows.append([name, "topic", t["depth"], _age(t["age_s"])])
         if rows:
-            print(render_table(["queue", "depth", "oldest"], rows))
+            print(render_table(["name", "kind", "depth", "oldest"], rows))
         else:
-            print("no dead-letter queue holds messages")
+            print("no dead-letter queue or topic is declared or holds messages")
         return 0
+    topics = _topic_names(client)
+    if args.queue in topics:
+        return _dlq_topic(client, args)
     if args.dlq_command == "show":
         answer = client.call("GET", f"/v1/queues/{quote_name(args.queue)}/peek?n={args.n}")
         if not answer["messages"]:
@@ -363,12 +380,52 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         print(f"purged {answer['purged']} message(s) from {args.queue}")
         return 0
     replayed, skipped, reasons = _replay_pages(client, args.queue, args.max, args.to)
+    _print_replay(args, replayed, skipped, reasons)
+    return 0
+
+
+def _print_replay(args: argparse.Namespace, replayed: int, skipped: int,
+                  reasons: dict[str, int]) -> None:
     where = f" into {args.to}" if args.to else ""
     print(f"replayed {replayed} message(s) from {args.queue}{where}")
     if skipped:
         print(f"kept {skipped} message(s) in {args.queue}:")
         for reason, count in sorted(reasons.items()):
             print(f"  {count}: {reason}")
+
+
+def _dlq_topic(client: Client, args: argparse.Namespace) -> int:
+    """`dlq show|replay|purge` on a dead-letter topic: its pending records (from
+    each partition's replay position); replay and purge advance that position."""
+    path = f"/v1/topics/{quote_name(args.queue)}"
+    if args.dlq_command == "show":
+        answer = client.call("GET", f"{path}/dead-letters?n={args.n}")
+        if not answer["records"]:
+            print(f"topic {args.queue} has no pending dead letters")
+        for rec in answer["records"]:
+            item = dict(rec)
+            item["message_id"] = f"{args.queue}/{rec['partition']}@{rec['offset']}"
+            if "value" in rec:
+                item["body"] = rec["value"]
+            elif "value_b64" in rec:
+                item["body_b64"] = rec["value_b64"]
+            print(render_dead_letter(item))
+        return 0
+    if args.dlq_command == "purge":
+        answer = client.call("DELETE", f"{path}/dead-letters")
+        print(f"purged {answer['purged']} record(s) from {args.queue} (the replay position "
+              "moved past them; the log keeps them until retention)")
+        return 0
+    replayed, skipped, reasons = 0, 0, {}
+    while args.max is None or replayed < args.max:
+        page = REPLAY_PAGE if args.max is None else min(REPLAY_PAGE, args.max - replayed)
+        body: dict[str, Any] = {"max": page} if args.to is None else {"max": page, "to": args.to}
+        answer = client.call("POST", f"{path}/replay", body)
+        replayed += answer["replayed"]
+        skipped, reasons = answer.get("skipped", 0), answer.get("skipped_reasons", {})
+        if answer["replayed"] == 0 or answer.get("remaining", 0) <= skipped:
+            break
+    _print_replay(args, replayed, skipped, reasons)
     return 0
 
 
@@ -434,9 +491,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay, purge")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="list|show|replay|purge",
                                  required=True)
-    lst = dlq_sub.add_parser("list", help="dead-letter queues with their depth and age")
+    lst = dlq_sub.add_parser("list", help="dead-letter queues and topics with their depth and age")
     common_options(lst)
-    show = dlq_sub.add_parser("show", help="dead letters of a queue, with why they died")
+    show = dlq_sub.add_parser("show", help="dead letters of a queue or topic, with why they died")
     common_options(show)
     show.add_argument("queue")
     show.add_argument("-n", type=int, default=10, help="how many (default 10)")
@@ -446,7 +503,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.add_argument("--max", type=int, help="at most N dead letters (default: all)")
     rep.add_argument("--to", metavar="DEST",
                      help="into queue or topic DEST instead of where they died")
-    pur = dlq_sub.add_parser("purge", help="remove every ready message of a queue")
+    pur = dlq_sub.add_parser("purge", help="remove every ready message of a queue (a topic: "
+                             "move its replay position to the log end)")
     common_options(pur)
     pur.add_argument("queue")
     for p in (lst, show, rep, pur):

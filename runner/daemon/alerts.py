@@ -10,8 +10,9 @@ CamelCase (`ShopDlqDepthStandard`), unique across topologies.
 Per DLQ policy with an `alert`: dead-letter queue depth over `max_depth`
 (`runner_queue_messages_ready`) and oldest dead letter older than `max_age`
 (`runner_queue_oldest_message_age_seconds`); for a dead_letter_queue that is a
-topic, the depth is the records it keeps (log end minus log start, summed over
-partitions) and the age is now minus the oldest first-record timestamp of its
+topic, the depth is its dead letters not yet replayed or purged
+(`runner_dead_letter_topic_pending`, summed over partitions; `runner dlq replay`
+and `runner dlq purge` clear it) and the age is now minus the oldest first-record timestamp of its
 partitions (`runner_topic_partition_oldest_record_timestamp_seconds`, 0 for an
 empty partition, so those are filtered out), guarded by depth > 0. Per consumer
 group: lag over a threshold. Always: the daemon down (`up == 0` for an instance
@@ -75,12 +76,9 @@ def _label(value: str) -> str:
 
 
 def _topic_depth(topic: str) -> str:
-    """Records a topic holds: the sum over partitions of log end minus log start."""
+    """Dead letters a DLQ topic holds that were neither replayed nor purged."""
     sel = f'{{topic="{_label(topic)}"}}'
-    return (
-        f"(sum {BY} (runner_topic_partition_log_end_offset{sel}) "
-        f"- sum {BY} (runner_topic_partition_log_start_offset{sel}))"
-    )
+    return f"sum {BY} (runner_dead_letter_topic_pending{sel})"
 
 
 def _topic_age(topic: str) -> str:
@@ -120,9 +118,10 @@ def rules(topology: Topology, limits: Limits = Limits()) -> list[Rule]:
                 expr = f"{_topic_depth(dlq)} > {alert.max_depth}"
                 summary = f"Dead-letter topic {dlq} holds more than {alert.max_depth} records"
                 description = (
-                    f"DLQ policy {name}: {{{{ $value }}}} dead letters are kept in topic {dlq} "
-                    "(records between its log start and log end; retention removes old ones). "
-                    f"Read them with `runner consume --topic {dlq}`."
+                    f"DLQ policy {name}: {{{{ $value }}}} dead letters wait in topic {dlq} "
+                    "(not yet replayed or purged). "
+                    f"Inspect them with `runner dlq show {dlq}` and replay with "
+                    f"`runner dlq replay {dlq}`."
                 )
             else:
                 expr = f'runner_queue_messages_ready{{queue="{queue}"}} > {alert.max_depth}'
@@ -143,7 +142,7 @@ def rules(topology: Topology, limits: Limits = Limits()) -> list[Rule]:
                 description = (
                     f"DLQ policy {name}: the oldest record at the log start of {dlq} is "
                     "{{ $value | humanizeDuration }} old. "
-                    f"Read them with `runner consume --topic {dlq}`."
+                    f"Inspect them with `runner dlq show {dlq}`."
                 )
             else:
                 expr = (f'runner_queue_oldest_message_age_seconds{{queue="{queue}"}} '

@@ -13,18 +13,33 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from runner.broker.deadletter import replay_target, replayed_headers
 from runner.engine import (
     DEAD_LETTER_HEADER,
+    EXCHANGE_HEADER,
+    NULL_VALUE_HEADER,
+    ORIGINAL_KEY_B64_HEADER,
     ORIGINAL_KEY_HEADER,
+    ORIGINAL_TIMESTAMP_HEADER,
+    RECORD_OFFSET_HEADER,
+    RECORD_PARTITION_HEADER,
+    RECORD_TOPIC_HEADER,
     REPLAY_COUNT_HEADER,
+    ROUTING_KEY_HEADER,
     Engine,
+    EngineStats,
     OutMessage,
     OutRecord,
     QueueDelivery,
+    Record,
     Step,
+    TopicPartition,
+    dlq_position_group,
 )
+from runner.engine.records import b64, content_type
 from runner.errors import InvalidRequest, NotFound
 from runner.topology.model import Topology
+from runner.topology.suggest import did_you_mean
 
 PAGE = 10_000  # messages taken per engine call
 LEASE_S = 60.0
@@ -85,3 +100,184 @@ def replay_to(engine: Engine, topology: Topology, source: str, dest: str, n: int
         engine.nack(source, [d.delivery_id for d in got], requeue=True)  # all stay
         raise
     return len(got)
+
+
+# ------------------------------------------------------------------ topic DLQs
+# A dead-letter topic is a log: its records are never deleted by the tools. Each
+# partition has a durable replay position (the committed offsets of the hidden
+# group `__dlq.<topic>`): records below it were replayed or purged, the rest are
+# pending. Replay and purge advance it in the same engine step as the puts, so a
+# crash never replays a record twice or loses one.
+
+NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
+REPLAY_MESSAGE_ID = "__dlq-replay:{topic}/{partition}/{offset}"
+
+
+def pending_in_stats(stats: EngineStats, topic: str, partitions: int) -> list[int]:
+    """Pending dead letters per partition of dead-letter topic `topic` from an
+    engine stats snapshot (no read: for metrics and the console's live feed)."""
+    out = []
+    for p in range(partitions):
+        tp = TopicPartition(topic, p)
+        info = stats.partitions.get(tp)
+        kept = info.log_end_offset - info.log_start_offset if info else 0
+        lag = stats.group_lag.get((dlq_position_group(topic), tp), kept)
+        out.append(max(0, min(lag, kept)))
+    return out
+
+
+def topic_positions(engine: Engine, topic: str) -> list[dict[str, Any]]:
+    """Per partition of dead-letter topic `topic`: log start/end, replay position,
+    pending records and the timestamp (ms) of the oldest pending one (None: none)."""
+    group = dlq_position_group(topic)
+    out = []
+    for p in engine.partitions(topic):
+        pos = max(engine.position(group, TopicPartition(topic, p.partition)),
+                  p.log_start_offset)
+        oldest = None
+        if pos < p.log_end_offset:
+            recs, _ = engine.read(topic, p.partition, pos, max_records=1, max_bytes=1 << 20)
+            oldest = recs[0].timestamp_ms if recs else None
+        out.append({"partition": p.partition, "log_start_offset": p.log_start_offset,
+                    "log_end_offset": p.log_end_offset, "position": pos,
+                    "pending": max(0, p.log_end_offset - pos), "oldest_timestamp_ms": oldest})
+    return out
+
+
+def topic_summary(engine: Engine, topic: str, now_ms: int) -> dict[str, Any]:
+    """`{"name", "kind": "topic", "depth", "age_s", "partitions"}` of a dead-letter topic:
+    depth = pending records, age = of the oldest pending one (0 when none)."""
+    parts = topic_positions(engine, topic)
+    oldest = [p["oldest_timestamp_ms"] for p in parts if p["oldest_timestamp_ms"] is not None]
+    return {"name": topic, "kind": "topic", "depth": sum(p["pending"] for p in parts),
+            "age_s": round(max(0.0, (now_ms - min(oldest)) / 1000), 3) if oldest else 0.0,
+            "partitions": parts}
+
+
+def topic_letters(engine: Engine, topic: str, n: int) -> list[Record]:
+    """Up to `n` pending dead letters of topic `topic`, partition by partition."""
+    got: list[Record] = []
+    for p in topic_positions(engine, topic):
+        if len(got) >= n or not p["pending"]:
+            continue
+        recs, _ = engine.read(topic, p["partition"], p["position"],
+                              max_records=n - len(got), max_bytes=64 * 1024 * 1024)
+        got.extend(recs)
+    return got
+
+
+def purge_topic(engine: Engine, topic: str) -> int:
+    """Advance every partition's replay position to the log end; how many records
+    it passed (they stay in the log until retention removes them)."""
+    group = dlq_position_group(topic)
+    step = Step()
+    total = 0
+    for p in topic_positions(engine, topic):
+        if p["pending"]:
+            step.commits.append((group, TopicPartition(topic, p["partition"]),
+                                 p["log_end_offset"]))
+            total += p["pending"]
+    if step.commits:
+        engine.commit_step(step)
+    return total
+
+
+def _queue_message(r: Record, routing_key: str, headers: dict[str, Any]) -> OutMessage:
+    for name in (ROUTING_KEY_HEADER, EXCHANGE_HEADER):
+        headers.pop(name, None)
+    return OutMessage(
+        body=r.value or b"", routing_key=routing_key, headers=headers,
+        message_id=REPLAY_MESSAGE_ID.format(topic=r.topic, partition=r.partition,
+                                            offset=r.offset),
+        content_type=content_type(r.value))
+
+
+def _to_origin(engine: Engine, topology: Topology, r: Record,
+               step: Step) -> str | None:
+    """Add to `step` what puts record `r` back where it died; the reason it cannot
+    go back, else None."""
+    target = replay_target(r.headers)
+    if target is None:
+        return NOT_A_DEAD_LETTER
+    if target.queue is not None:
+        if target.queue not in topology.queue_map():
+            return f"original queue '{target.queue}' no longer exists"
+        step.queue_puts.append((target.queue, [_queue_message(
+            r, target.routing_key, replayed_headers(r.headers))]))
+        return None
+    death = r.headers.get(DEAD_LETTER_HEADER) or {}
+    group = death.get("original_group") if isinstance(death, dict) else None
+    if not group:
+        return "a topic record without its consumer group"
+    replay_q = engine.replay_queue(str(group))
+    if replay_q is None:
+        return f"consumer group '{group}' no longer exists"
+    headers = replayed_headers(r.headers)
+    if r.key is not None:
+        try:
+            headers[ORIGINAL_KEY_HEADER] = r.key.decode()
+        except UnicodeDecodeError:
+            headers[ORIGINAL_KEY_B64_HEADER] = b64(r.key)
+    if r.value is None:
+        headers[NULL_VALUE_HEADER] = True
+    headers[ORIGINAL_TIMESTAMP_HEADER] = r.timestamp_ms
+    headers[RECORD_TOPIC_HEADER] = target.topic
+    headers[RECORD_PARTITION_HEADER] = target.partition
+    headers[RECORD_OFFSET_HEADER] = target.offset
+    step.queue_puts.append((replay_q, [_queue_message(r, r.topic, headers)]))
+    return None
+
+
+def _to_dest(topology: Topology, r: Record, dest: str, step: Step) -> None:
+    headers = replayed_headers(r.headers)
+    if dest in topology.queue_map():
+        step.queue_puts.append((dest, [_queue_message(r, r.topic, headers)]))
+    else:
+        step.appends.append((dest, [OutRecord(value=r.value, key=r.key, headers=headers)]))
+
+
+def replay_topic(engine: Engine, topology: Topology, topic: str, n: int,
+                 to: str | None = None) -> dict[str, Any]:
+    """Replay up to `n` pending dead letters of topic `topic` back to where they
+    died (or into queue or topic `to`) and advance the replay positions past them,
+    as one engine step. A record that cannot go back stops its partition there
+    (the position cannot skip it): it is counted in `skipped` by reason and waits
+    for `--to` or a purge."""
+    if to is not None:
+        if to not in topology.queue_map() and to not in topology.topic_map():
+            raise NotFound(f"queue or topic '{to}' not found"
+                           + did_you_mean(to, [*topology.queue_map(), *topology.topic_map()]))
+        if to == topic:
+            raise InvalidRequest(f"'to' names the topic being replayed ('{topic}'); give "
+                                 "another queue or topic")
+    group = dlq_position_group(topic)
+    step = Step()
+    replayed = 0
+    reasons: dict[str, int] = {}
+    for p in topic_positions(engine, topic):
+        if replayed >= n or not p["pending"]:
+            continue
+        recs, _ = engine.read(topic, p["partition"], p["position"],
+                              max_records=n - replayed, max_bytes=64 * 1024 * 1024)
+        position = p["position"]
+        for r in recs:
+            if to is not None:
+                _to_dest(topology, r, to, step)
+            else:
+                reason = _to_origin(engine, topology, r, step)
+                if reason is not None:
+                    left = p["log_end_offset"] - r.offset
+                    reasons[reason] = reasons.get(reason, 0) + left
+                    break
+            replayed += 1
+            position = r.offset + 1
+        if position != p["position"]:
+            step.commits.append((group, TopicPartition(topic, p["partition"]), position))
+    if step.commits:
+        engine.commit_step(step)
+    remaining = sum(p["pending"] for p in topic_positions(engine, topic))
+    out: dict[str, Any] = {"replayed": replayed, "skipped": sum(reasons.values()),
+                           "skipped_reasons": reasons, "remaining": remaining}
+    if to is not None:
+        out["to"] = to
+    return out

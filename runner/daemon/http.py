@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from runner import jsontext
+from runner.clock import now_ms
 from runner.daemon import codec, dlq, fanout, groups, lists
 from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
@@ -30,6 +31,7 @@ from runner.engine import (
     Engine,
     OutMessage,
     TopicPartition,
+    dead_letter_topics,
 )
 from runner.errors import (
     Conflict,
@@ -654,6 +656,52 @@ async def replay(request: web.Request) -> web.Response:
     )
 
 
+# ------------------------------------------------------------------ dead-letter topics
+
+
+def _dlq_topic(host: Host, name: str) -> None:
+    """404 for an unknown topic (with the closest name), 400 for a topic no
+    dlq_policy dead-letters into."""
+    if name not in host.topology.topic_map():
+        raise NotFound(f"topic '{name}' not found")
+    if name not in dead_letter_topics(host.topology):
+        raise codec.BadInput(
+            f"topic '{name}' is not a dead-letter topic (no dlq_policy has it as "
+            "dead_letter_queue)")
+
+
+async def topic_dead_letters(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    n = codec.query_int(request.query, "n", default=10, low=1, high=MAX_PEEK)
+    _dlq_topic(host, name)
+    summary = dlq.topic_summary(host.engine, name, now_ms(host.engine.clock))
+    summary["records"] = [codec.record_json(r) for r in dlq.topic_letters(host.engine, name, n)]
+    return answer(summary)
+
+
+async def purge_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    _dlq_topic(host, name)
+    purged = dlq.purge_topic(host.engine, name)
+    host.notify()
+    return answer({"purged": purged})
+
+
+async def replay_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    body = await _json(request, empty_ok=True)
+    codec.check_fields(body, REPLAY_FIELDS)
+    n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
+    to = codec.str_field(body, "to") if body.get("to") is not None else None
+    _dlq_topic(host, name)
+    out = dlq.replay_topic(host.engine, host.topology, name, n, to)
+    host.notify()
+    return answer(out)
+
+
 # ------------------------------------------------------------------ groups
 
 
@@ -869,6 +917,9 @@ def build_app(
     r.add_post("/v1/queues/{name}/nack", nack)
     r.add_get("/v1/queues/{name}/peek", peek)
     r.add_post("/v1/queues/{name}/replay", replay)
+    r.add_get("/v1/topics/{name}/dead-letters", topic_dead_letters)
+    r.add_delete("/v1/topics/{name}/dead-letters", purge_topic)
+    r.add_post("/v1/topics/{name}/replay", replay_topic)
     r.add_post("/v1/groups/{group}/offsets", seek)
     r.add_post("/v1/groups/{group}/commit", commit)
     r.add_post("/v1/groups/{group}/reset", reset_group)

@@ -12,7 +12,7 @@ from typing import Any
 
 from runner import __version__
 from runner.daemon.status import dead_letter_queues
-from runner.engine import Engine, PartitionInfo
+from runner.engine import Engine, PartitionInfo, dead_letter_topics
 from runner.errors import EngineError
 from runner.topology.model import Binding, Topology
 
@@ -158,6 +158,7 @@ def topic_json(engine: Engine, topology: Topology, name: str) -> dict[str, Any]:
         "retention_bytes": topic.retention.bytes,
         "key": topic.key,
         "groups": [g for g, spec in topology.consumer_groups if name in spec.topics],
+        "dead_letter_topic": name in dead_letter_topics(topology),
         "partition_offsets": [partition_json(p) for p in parts],
     }
 

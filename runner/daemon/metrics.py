@@ -26,8 +26,15 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from runner import __version__
+from runner.daemon.dlq import pending_in_stats
 from runner.daemon.reload import RESULTS, ReloadCounters
-from runner.engine import EngineStats, QueueStats, TopicPartition, replay_queue_name
+from runner.engine import (
+    EngineStats,
+    QueueStats,
+    TopicPartition,
+    dead_letter_topics,
+    replay_queue_name,
+)
 from runner.pipeline.replies import Replies
 from runner.pipeline.stats import DURATION_BUCKETS, PipelineStats
 from runner.topology.model import Topology
@@ -141,7 +148,16 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "topic partition; 0 when the partition holds no record.", *tp,
     )
     total = _counter("runner_topic_records", "Records appended to a topic.", "topic")
+    pending = _gauge(
+        "runner_dead_letter_topic_pending",
+        "Dead letters in a partition of a dead-letter topic not yet replayed or purged "
+        "(log end minus the replay position; records removed by retention not counted).", *tp,
+    )
+    dlq_topics = dead_letter_topics(topology)
     for name, topic in topology.topics:
+        if name in dlq_topics:
+            for p, n in enumerate(pending_in_stats(stats, name, topic.partitions)):
+                pending.add_metric([name, str(p)], n)
         for p in range(topic.partitions):
             info = stats.partitions.get(TopicPartition(name, p))
             labels = [name, str(p)]
@@ -151,7 +167,7 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
             first_ms = info.oldest_timestamp_ms if info else None
             oldest.add_metric(labels, first_ms / 1000 if first_ms is not None else 0)
         total.add_metric([name], stats.topic_records.get(name, 0))
-    yield from (end, start, size, oldest, total)
+    yield from (end, start, size, oldest, total, pending)
 
 
 def _groups(topology: Topology, stats: EngineStats, view: HandlerView) -> Iterator[Metric]:

@@ -28,16 +28,7 @@ def dead_letter_queues(topology: Topology) -> set[str]:
     out = {p.dead_letter_queue for _, p in topology.dlq_policies if p.dead_letter_queue}
     dlx = {q.dead_letter.exchange for _, q in topology.queues if q.dead_letter is not None}
     out |= {b.queue for b in topology.bindings if b.exchange in dlx and b.queue is not None}
-    return out
-
-
-def dead_letter_topics(topology: Topology) -> set[str]:
-    """Topics that receive dead letters: dlq_policies whose dead_letter_queue is a topic."""
-    topics = topology.topic_map()
-    return {
-        p.dead_letter_queue for _, p in topology.dlq_policies
-        if p.dead_letter_queue and p.dead_letter_queue in topics
-    }
+    return out & set(topology.queue_map())  # a policy's DLQ may be a topic
 
 
 def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict[str, Any]:

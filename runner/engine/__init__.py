@@ -30,10 +30,13 @@ from __future__ import annotations
 from runner.engine.datadir import LOCK_FILE
 from runner.engine.deadletters import (
     DEAD_LETTER_HEADER,
+    DLQ_POSITION_PREFIX,
     REPLAY_COUNT_HEADER,
     REPLAY_NOT_A_DEAD_LETTER,
     REPLAY_PREFIX,
     REPLAY_QUEUE_FULL,
+    dead_letter_topics,
+    dlq_position_group,
     replay_queue_name,
 )
 from runner.engine.facade import DEDUP_WINDOW_S, Engine
@@ -118,4 +121,7 @@ __all__ = [
     "kafka_headers",
     "raw_headers",
     "replay_queue_name",
+    "dead_letter_topics",
+    "dlq_position_group",
+    "DLQ_POSITION_PREFIX",
 ]

@@ -40,13 +40,15 @@ from runner.engine.values import (
     Step,
 )
 from runner.errors import InvalidRequest
+from runner.topology.model import ConsumerGroup, Topology
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEAD_LETTER_HEADER", "REPLAY_COUNT_HEADER", "REPLAY_NOT_A_DEAD_LETTER", "REPLAY_PREFIX",
     "REPLAY_QUEUE_FULL", "dead_letter_id", "dead_letter_step", "deaths_before", "iso_utc",
-    "replay", "replay_queue_name", "replayed_record",
+    "replay", "replay_queue_name", "replayed_record", "DLQ_POSITION_PREFIX",
+    "dead_letter_topics", "dlq_position_group", "dlq_position_groups",
 ]
 
 REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
@@ -54,8 +56,34 @@ REPLAY_QUEUE_FULL = "original queue is full (the rest waits for the next replay)
 REPLAY_PREFIX = "__replay."  # + group: the replay queue of a consumer group
 
 
+DLQ_POSITION_PREFIX = "__dlq."  # + topic: the hidden group holding a DLQ topic's replay position
+
+
 def replay_queue_name(group: str) -> str:
     return f"{REPLAY_PREFIX}{group}"
+
+
+def dead_letter_topics(topology: Topology) -> set[str]:
+    """Topics that receive dead letters: dlq_policies whose dead_letter_queue is a topic."""
+    topics = topology.topic_map()
+    return {
+        p.dead_letter_queue for _, p in topology.dlq_policies
+        if p.dead_letter_queue and p.dead_letter_queue in topics
+    }
+
+
+def dlq_position_group(topic: str) -> str:
+    """The hidden consumer group whose committed offsets are the replay position of
+    dead-letter topic `topic` (one per partition): records below it were replayed
+    or purged, records from it on are pending."""
+    return f"{DLQ_POSITION_PREFIX}{topic}"
+
+
+def dlq_position_groups(topology: Topology) -> dict[str, ConsumerGroup]:
+    """The hidden position groups of every dead-letter topic of `topology` (no
+    handler, reset `earliest`: a fresh DLQ topic has everything pending)."""
+    return {dlq_position_group(t): ConsumerGroup(dlq_position_group(t), (t,))
+            for t in sorted(dead_letter_topics(topology))}
 
 
 def dead_letter_step(

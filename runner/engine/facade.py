@@ -20,7 +20,13 @@ from runner.broker.routing import Route
 from runner.clock import Clock, SystemClock
 from runner.engine.changes import broker_queues, topic_problems, topic_reach
 from runner.engine.datadir import lock_data_dir
-from runner.engine.deadletters import dead_letter_step, replay, replay_queue_name, replayed_record
+from runner.engine.deadletters import (
+    dead_letter_step,
+    dlq_position_groups,
+    replay,
+    replay_queue_name,
+    replayed_record,
+)
 from runner.engine.records import decode_headers, record_of_message, to_append
 from runner.engine.snapshots import engine_stats, group_info
 from runner.engine.steps import STEP_PRODUCER, StepLog, replay_legacy
@@ -164,7 +170,11 @@ class Engine:
         problems.extend(topic_problems(self.store, new))
         if problems:
             raise UnsafeChange("; ".join(problems))
-        lines = self.store.apply(new.topic_map(), new.group_map())
+        groups = dict(new.group_map())
+        hidden = dlq_position_groups(new)
+        groups.update(hidden)
+        lines = [line for line in self.store.apply(new.topic_map(), groups)
+                 if not any(line.endswith(f" group {g}") for g in hidden)]
         lines += self.broker.apply([e for _, e in new.exchanges], queues, new.bindings,
                                    force=force)
         self.topology = new

@@ -256,3 +256,37 @@ def test_event_stream_sends_snapshots_of_the_engine_counters(daemon) -> None:
         raise AssertionError("the stream answered without a session")
     except urllib.error.HTTPError as exc:
         assert exc.code == 401
+
+
+def test_a_dead_letter_topic_replays_and_purges_all_at_once(start_daemon) -> None:
+    from tests.e2e.test_e2e_topic_dlq import HANDLERS, TOPOLOGY
+
+    d = start_daemon(TOPOLOGY, modules={"dlq_handlers": HANDLERS})
+    (d.workdir / "fail").write_text("")
+    d.ok("POST", "/v1/topics/t/records", {"records": [{"value": "r0"}, {"value": "r1"}]}, 202)
+    wait_for(lambda: d.ok("GET", "/v1/topics/t.dlq/dead-letters")["depth"] == 2)
+    s = Session(d)
+    s.open()
+    status, body = s.get("dlq")
+    assert status == 200
+    row = next(r for r in body["dead_letter_queues"] if r["name"] == "t.dlq")
+    assert row["kind"] == "topic" and row["depth"] == 2 and row["age_s"] >= 0
+    status, body = s.get("dlq/t.dlq")
+    assert status == 200 and [m["value"] for m in body["letters"]] == ["r0", "r1"]
+    assert body["letters"][0]["death"]["original_group"] == "g"
+    assert s.post("dlq/t.dlq/replay", {"ids": [0]}) == (400, {"error": (
+        "'t.dlq' is a dead-letter topic: its letters are replayed or purged in order, all at "
+        "once; give 'all': true")})
+    assert s.post("dlq/t/replay", {"all": True}) == (400, {"error": (
+        "topic 't' is not a dead-letter topic (no dlq_policy has it as dead_letter_queue)")})
+    assert s.post("dlq/t.dlq/purge", {"all": True}) == (400, {"error": (
+        'purging deletes messages for good: confirm with "confirm": "t.dlq"')})
+    assert s.post("dlq/t.dlq/replay", {"all": True, "max": 1})[0] == 400
+    (d.workdir / "fail").unlink()  # else the replayed records die again, as they should
+    assert s.post("dlq/t.dlq/replay", {"all": True}) == (
+        200, {"replayed": 2, "skipped": 0, "skipped_reasons": {}})
+    assert s.get("dlq/t.dlq")[1]["letters"] == []
+    wait_for(lambda: (d.workdir / "done.txt").exists()
+             and sorted((d.workdir / "done.txt").read_text().split()) == ["r0", "r1"])
+    assert s.post("dlq/t.dlq/purge", {"all": True, "confirm": "t.dlq"}) == (
+        200, {"purged": 0})

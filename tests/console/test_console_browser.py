@@ -284,3 +284,47 @@ def big_topology(n: int) -> str:
     lines += [f"  c{i}: {{queue: q{i}, handler: \"big_handlers:h\"}}" for i in range(n - 4 * k)]
     return "\n".join(lines) + "\n"
 
+
+
+def test_a_dead_letter_topic_lists_depth_and_age_replays_and_purges(
+    start_daemon, page_for
+) -> None:
+    from tests.e2e.test_e2e_topic_dlq import HANDLERS, TOPOLOGY
+
+    d = start_daemon(TOPOLOGY, modules={"dlq_handlers": HANDLERS})
+    (d.workdir / "fail").write_text("")
+    d.ok("POST", "/v1/topics/t/records", {"records": [{"value": "r0"}, {"value": "r1"}]}, 202)
+    wait_for(lambda: d.ok("GET", "/v1/topics/t.dlq/dead-letters")["depth"] == 2)
+    page = page_for(d)
+    page.open("dlq")
+    row = "#dlq-table tr[data-name='t.dlq']"
+    page.wait(lambda: page.text(f"{row} td:nth-child(2)") == "topic")
+    assert page.text(f"{row} td:nth-child(3)") == "2"
+    assert page.text(f"{row} td:nth-child(4)") not in ("", "–")
+    page.screenshot("dead-letter-topic")
+    page.one(f"{row} a").click()
+    page.wait_route("dlq/t.dlq")
+    page.wait(lambda: len(page.css("article.letter")) == 2)
+    assert "topic t partition 0 offset 0 (group g)" in page.text("article.letter")
+    assert "ValueError" in page.text("article.letter .error-line")
+    assert page.css("input.pick, button.replay-one") == []  # a log replays in order
+    (d.workdir / "fail").unlink()
+    page.one("#replay-all").click()
+    page.wait(lambda: "Replayed 2 dead letter(s)." in page.text(".status"))
+    page.wait(lambda: not page.css("article.letter"))
+    wait_for(lambda: sorted((d.workdir / "done.txt").read_text().split()) == ["r0", "r1"]
+             if (d.workdir / "done.txt").exists() else False)
+    # live: a new dead letter raises the depth on the list without a reload
+    (d.workdir / "fail").write_text("")
+    page.open("dlq", fresh=False)
+    page.wait(lambda: page.text(f"{row} td:nth-child(3)") == "0")
+    d.ok("POST", "/v1/topics/t/records", {"records": [{"value": "r2"}]}, 202)
+    page.wait(lambda: page.text(f"{row} td:nth-child(3)") == "1")
+    page.one(f"{row} a").click()
+    page.wait(lambda: len(page.css("article.letter")) == 1)
+    page.one("#purge-all").click()
+    page.confirm()
+    page.wait(lambda: "Purged 1 dead letter(s)." in page.text(".status"))
+    assert d.ok("GET", "/v1/topics/t.dlq/dead-letters")["depth"] == 0
+    assert d.ok("GET", "/v1/topics/t.dlq")["records"] == 3  # the log keeps them
+    assert page.console_errors() == []

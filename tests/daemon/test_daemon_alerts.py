@@ -109,28 +109,19 @@ evaluation_interval: 1m
 tests:
   - interval: 1m
     input_series:
-      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="0",\
+      - series: 'runner_dead_letter_topic_pending{topic="orders.dead",partition="0",\
 job="runner",instance="a:1"}'
-        values: '4x10'
-      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="1",\
+        values: '4x10 0x5'
+      - series: 'runner_dead_letter_topic_pending{topic="orders.dead",partition="1",\
 job="runner",instance="a:1"}'
-        values: '1x5 9x5'
-      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="0",\
-job="runner",instance="a:1"}'
-        values: '0x10'
-      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="1",\
-job="runner",instance="a:1"}'
-        values: '0x10'
+        values: '1x5 9x5 0x5'
       - series: 'runner_topology_info{name="shop",hash="h",job="runner",instance="a:1"}'
-        values: '1x10'
+        values: '1x15'
       - series: 'runner_topology_info{name="other",hash="h",job="runner",instance="b:1"}'
-        values: '1x10'
-      - series: 'runner_topic_partition_log_end_offset{topic="orders.dead",partition="0",\
+        values: '1x15'
+      - series: 'runner_dead_letter_topic_pending{topic="orders.dead",partition="0",\
 job="runner",instance="b:1"}'
-        values: '100x10'
-      - series: 'runner_topic_partition_log_start_offset{topic="orders.dead",partition="0",\
-job="runner",instance="b:1"}'
-        values: '0x10'
+        values: '100x15'
     alert_rule_test:
       - {eval_time: 3m, alertname: ShopDlqDepthToTopic, exp_alerts: []}
       - eval_time: 9m
@@ -139,9 +130,11 @@ job="runner",instance="b:1"}'
           - exp_labels: {severity: warning, job: runner, instance: "a:1"}
             exp_annotations:
               summary: "Dead-letter topic orders.dead holds more than 5 records"
-              description: "DLQ policy to-topic: 13 dead letters are kept in topic orders.dead \
-(records between its log start and log end; retention removes old ones). \
-Read them with `runner consume --topic orders.dead`."
+              description: "DLQ policy to-topic: 13 dead letters wait in topic orders.dead \
+(not yet replayed or purged). Inspect them with `runner dlq show orders.dead` and replay \
+with `runner dlq replay orders.dead`."
+      # `runner dlq replay` (or purge) moved the replay position to the log end: cleared
+      - {eval_time: 14m, alertname: ShopDlqDepthToTopic, exp_alerts: []}
 """
 
 
@@ -154,9 +147,8 @@ def test_a_topic_dlq_alerts_on_the_records_it_keeps_and_fires_in_promtool(
     out = capsys.readouterr().out
     assert out.startswith("groups:\n")  # nothing left uncovered: no comment
     assert "runner_queue_" not in out  # no queue series: they would never exist
-    assert ('expr: "((sum by (job, instance) (runner_topic_partition_log_end_offset{topic='
-            '\\"orders.dead\\"}) - sum by (job, instance) (runner_topic_partition_log_start_'
-            'offset{topic=\\"orders.dead\\"})) > 5)' + ONLY + '"') in out
+    assert ('expr: "(sum by (job, instance) (runner_dead_letter_topic_pending{topic='
+            '\\"orders.dead\\"}) > 5)' + ONLY + '"') in out
     (tmp_path / "rules.yml").write_text(out)
     checked = check_rules(tmp_path / "rules.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -190,6 +182,12 @@ job="j",instance="a:1"}'
       - series: 'runner_topic_partition_oldest_record_timestamp_seconds{topic="orders.dead",\
 partition="1",job="j",instance="a:1"}'
         values: '0x140'
+      - series: 'runner_dead_letter_topic_pending{topic="orders.dead",partition="0",\
+job="j",instance="a:1"}'
+        values: '4x119 0x20'
+      - series: 'runner_dead_letter_topic_pending{topic="orders.dead",partition="1",\
+job="j",instance="a:1"}'
+        values: '0x140'
       - series: 'runner_topology_info{name="shop",hash="h",job="j",instance="a:1"}'
         values: '1x140'
     alert_rule_test:
@@ -203,7 +201,7 @@ partition="1",job="j",instance="a:1"}'
             exp_annotations:
               summary: "The oldest dead letter kept in topic orders.dead is older than 1h"
               description: "DLQ policy to-topic: the oldest record at the log start of \
-orders.dead is 1h 5m 0s old. Read them with `runner consume --topic orders.dead`."
+orders.dead is 1h 5m 0s old. Inspect them with `runner dlq show orders.dead`."
       # retention emptied the topic: no record, no age
       - {eval_time: 130m, alertname: ShopDlqAgeToTopic, exp_alerts: []}
 """
@@ -219,8 +217,8 @@ def test_a_topic_dlq_alerts_on_the_age_of_its_oldest_record_in_promtool(
     sel = '{topic=\\"orders.dead\\"}'
     by = "by (job, instance)"
     assert (f'expr: "((time() - min {by} (runner_topic_partition_oldest_record_timestamp_'
-            f'seconds{sel} > 0)) > 3600 and (sum {by} (runner_topic_partition_log_end_offset'
-            f'{sel}) - sum {by} (runner_topic_partition_log_start_offset{sel})) > 0)'
+            f'seconds{sel} > 0)) > 3600 and sum {by} (runner_dead_letter_topic_pending'
+            f'{sel}) > 0)'
             + ONLY + '"') in out
     (tmp_path / "rules.yml").write_text(out)
     checked = check_rules(tmp_path / "rules.yml")

@@ -12,8 +12,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from runner.daemon import codec
-from runner.engine import Engine, TopicPartition
+from runner.daemon import codec, dlq
+from runner.engine import Engine, TopicPartition, dead_letter_topics
 from runner.errors import NotFound
 from runner.topology.model import Topology
 
@@ -47,9 +47,32 @@ def _queue(topology: Topology, name: str) -> None:
         raise NotFound(f"queue '{name}' not found")
 
 
+def _topic_all(topology: Topology, name: str, chosen: Selection) -> bool:
+    """True for a dead-letter topic (its letters go all at once, in order: its
+    replay position cannot skip one); 400 for a topic that is no DLQ or a
+    selection of ids on one."""
+    if name not in topology.topic_map() or name in topology.queue_map():
+        return False
+    if name not in dead_letter_topics(topology):
+        raise codec.BadInput(f"topic '{name}' is not a dead-letter topic (no dlq_policy has "
+                             "it as dead_letter_queue)")
+    if chosen.ids is not None:
+        raise codec.BadInput(f"'{name}' is a dead-letter topic: its letters are replayed or "
+                             "purged in order, all at once; give 'all': true")
+    return True
+
+
 def replay(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
     chosen = selection(body)
+    if _topic_all(topology, name, chosen):
+        replayed = 0
+        while True:  # every pending letter, a page at a time
+            out = dlq.replay_topic(engine, topology, name, dlq.PAGE)
+            replayed += out["replayed"]
+            if not out["replayed"] or out["remaining"] <= out["skipped"]:
+                return {"replayed": replayed, "skipped": out["skipped"],
+                        "skipped_reasons": out["skipped_reasons"]}
     _queue(topology, name)
     outcome = engine.replay_detail(name, None, only=chosen.ids)
     return {"replayed": outcome.replayed, "skipped": outcome.skipped,
@@ -64,11 +87,15 @@ async def purge(
 ) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
     chosen = selection(body)
-    _queue(topology, name)
+    topic = _topic_all(topology, name, chosen)
+    if not topic:
+        _queue(topology, name)
     if body.get("confirm") != name:
         raise codec.BadInput(
             f"purging deletes messages for good: confirm with \"confirm\": \"{name}\""
         )
+    if topic:
+        return {"purged": dlq.purge_topic(engine, name)}
     total = 0
     while done := engine.purge(name, chosen.ids, limit=PURGE_PAGE):
         total += done

@@ -12,7 +12,8 @@ Snapshot shape (short keys: it is sent every second):
     {"t": seconds, "health": {...}, "totals": {"in", "out", "dead"},
      "q": {queue: {"ready", "unacked", "delayed", "age", "in", "out", "dead"}},
      "x": {exchange: {"published", "unroutable", "rate"}},
-     "t_": {topic: {"records", "rate", "size", "p": [[start, end, size], ...]}},
+     "t_": {topic: {"records", "rate", "size", "p": [[start, end, size], ...],
+            "pending" (dead-letter topics only)}},
      "g": {group: {"lag", "members", "rate"}},
      "c": {consumer: {"handled", "errors", "retries", "rate"}}}
 
@@ -34,9 +35,10 @@ from typing import Any, Protocol
 import orjson
 
 from runner.clock import Clock
+from runner.daemon.dlq import pending_in_stats
 from runner.daemon.metrics import HandlerView
-from runner.daemon.status import dead_letter_queues, dead_letter_topics
-from runner.engine import Engine, EngineStats, TopicPartition
+from runner.daemon.status import dead_letter_queues
+from runner.engine import Engine, EngineStats, TopicPartition, dead_letter_topics
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -251,6 +253,7 @@ def _snapshot(
         for name, _ in topology.exchanges
     }
     topics: dict[str, Any] = {}
+    dlt = dead_letter_topics(topology)
     for name, topic in topology.topics:
         parts = []
         size = 0
@@ -265,6 +268,8 @@ def _snapshot(
             "records": sum(end - start for start, end, _ in parts),
             "rate": rate(lambda c: c.topic, name), "size": size, "p": parts,
         }
+        if name in dlt:  # dead letters not yet replayed or purged
+            topics[name]["pending"] = sum(pending_in_stats(stats, name, topic.partitions))
     lag: dict[str, int] = {}
     for (group, _tp), behind in stats.group_lag.items():
         lag[group] = lag.get(group, 0) + behind
@@ -288,7 +293,6 @@ def _snapshot(
                            | {n for n, g in topology.consumer_groups if g.handler})
     }
     dlq = dead_letter_queues(topology)
-    dlt = dead_letter_topics(topology)
     totals = {
         "in": round(sum(q["in"] for n, q in queues.items() if n not in dlq)
                     + sum(t["rate"] for n, t in topics.items() if n not in dlt), 2),

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from runner.daemon import codec
+from runner.daemon import codec, dlq
 from runner.daemon.console.live import FeedSource
 from runner.daemon.reload import ReloadEntry
-from runner.daemon.status import dead_letter_queues, dead_letter_topics
-from runner.engine import DEAD_LETTER_HEADER, Engine
+from runner.daemon.status import dead_letter_queues
+from runner.engine import DEAD_LETTER_HEADER, Engine, dead_letter_topics
 from runner.errors import NotFound
 from runner.topology.graph import binding_label, diagram
 from runner.topology.model import Topology
@@ -169,20 +169,16 @@ def dead_letter_summary(engine: Engine, topology: Topology, now_s: float) -> lis
         out.append({"name": name, "kind": "queue", "depth": info.ready,
                     "age_s": round(info.oldest_ready_age_s, 3)})
     for name in sorted(dead_letter_topics(topology)):
-        parts = engine.partitions(name)
-        oldest = [p.oldest_timestamp_ms for p in parts if p.oldest_timestamp_ms is not None
-                  and p.log_end_offset > p.log_start_offset]
-        out.append({
-            "name": name, "kind": "topic",
-            "depth": sum(p.log_end_offset - p.log_start_offset for p in parts),
-            "age_s": round(max(0.0, now_s - min(oldest) / 1000), 3) if oldest else 0.0,
-        })
+        summary = dlq.topic_summary(engine, name, int(now_s * 1000))
+        summary.pop("partitions")
+        out.append(summary)
     return out
 
 
 def dead_letters(engine: Engine, topology: Topology, name: str, n: int) -> dict[str, Any]:
     """The first `n` dead letters of a DLQ (queue: ready messages in delivery order,
-    each with `id` for replay or purge; topic: records per partition from the start)."""
+    each with `id` for replay or purge; topic: the pending records, partition by
+    partition from its replay position)."""
     if name in topology.queue_map():
         letters = []
         for uid, d in engine.peek_ids(name, n):
@@ -193,16 +189,10 @@ def dead_letters(engine: Engine, topology: Topology, name: str, n: int) -> dict[
         return {"name": name, "kind": "queue", "letters": letters}
     if name in topology.topic_map():
         letters = []
-        for p in engine.partitions(name):
-            if len(letters) >= n or p.log_end_offset == p.log_start_offset:
-                continue
-            recs, _ = engine.read(name, p.partition, p.log_start_offset,
-                                  max_records=n - len(letters), max_bytes=16 * 1024 * 1024)
-            for r in recs:
-                item = codec.record_json(r)
-                item["partition"] = r.partition
-                item["death"] = r.headers.get(DEAD_LETTER_HEADER)
-                letters.append(item)
+        for r in dlq.topic_letters(engine, name, n):
+            item = codec.record_json(r)
+            item["death"] = r.headers.get(DEAD_LETTER_HEADER)
+            letters.append(item)
         return {"name": name, "kind": "topic", "letters": letters}
     raise NotFound(f"no queue or topic named '{name}'")
 

@@ -406,7 +406,10 @@ async function dlq(name) {
   const stop = onSnapshot((snap) => {
     for (const [n, c] of cells) {
       if (c.kind === "queue" && snap.q[n]) { setText(c.depth, fmtNum(snap.q[n].ready)); setText(c.age, fmtAge(snap.q[n].age)); }
-      if (c.kind === "topic" && snap.t_[n]) setText(c.depth, fmtNum(snap.t_[n].records));
+      if (c.kind === "topic" && snap.t_[n] && snap.t_[n].pending !== undefined) {
+        setText(c.depth, fmtNum(snap.t_[n].pending));
+        if (!snap.t_[n].pending) setText(c.age, fmtAge(0));
+      }
     }
   });
   return { el, stop, title: "Dead letters" };
@@ -458,13 +461,17 @@ async function dlqDetail(name) {
     data = await api(`dlq/${encodeURIComponent(name)}?n=200`);
     fill(toolbar, 
       h("span", {}, `${data.letters.length} dead letter(s) shown`),
+      !ro && !isQueue() ? [
+        h("button", { id: "replay-all", onclick: () => act("replay", { all: true }) }, "Replay all"),
+        h("button", { id: "purge-all", class: "danger", onclick: () => act("purge", { all: true }, `Mark ALL pending dead letters of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge all"),
+      ] : null,
       !ro && isQueue() ? [
         h("button", { id: "replay-selected", onclick: () => selected.size && act("replay", { ids: [...selected] }) }, "Replay selected"),
         h("button", { id: "replay-all", onclick: () => act("replay", { all: true }) }, "Replay all"),
         h("button", { id: "purge-selected", class: "danger", onclick: () => selected.size && act("purge", { ids: [...selected] }, `Delete ${selected.size} selected dead letter(s) of ${name} for good?`) }, "Purge selected"),
         h("button", { id: "purge-all", class: "danger", onclick: () => act("purge", { all: true }, `Delete ALL dead letters of ${name} for good? This cannot be undone.`) }, "Purge all"),
       ] : null,
-      !isQueue() ? h("span", { class: "muted" }, " (records of a dead-letter topic: replay them with `runner dlq replay`)") : null);
+      !isQueue() ? h("span", { class: "muted" }, " (pending records of a dead-letter topic, from each partition's replay position: replayed or purged in order, all at once)") : null);
     fill(list, ...(data.letters.length ? data.letters.map((m, i) => {
       const id = m.id;
       const box = !ro && isQueue() ? h("input", { type: "checkbox", class: "pick", checked: selected.has(id),
@@ -483,7 +490,7 @@ async function dlqDetail(name) {
   const el = page(`Dead letters in ${name}`, status, toolbar, list);
   let last = null;
   const stop = onSnapshot((snap) => {
-    const depth = isQueue() ? snap.q[name] && snap.q[name].ready : snap.t_[name] && snap.t_[name].records;
+    const depth = isQueue() ? snap.q[name] && snap.q[name].ready : snap.t_[name] && snap.t_[name].pending;
     if (last !== null && depth !== last) load().catch(() => null);
     last = depth;
   });
