@@ -26,11 +26,23 @@ def _round(
         [sys.executable, "-m", "tests.broker.crash_child", str(data), str(start)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        bufsize=0,  # unbuffered: what readline has not returned is left for communicate
     )
-    time.sleep(rng.uniform(0.3, 0.9))
+    # Kill after a random amount of the child's work (counted in the lines it printed),
+    # then a random fraction of one more batch: a wall-clock delay alone let a loaded
+    # machine kill the child before it had published much ("hardly published (14)").
+    assert child.stdout is not None
+    seen: list[bytes] = []
+    for _ in range(rng.randint(20, 120)):
+        line = child.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+    time.sleep(rng.uniform(0.0, 0.02))
     child.send_signal(signal.SIGKILL)
-    out, err = child.communicate(timeout=30)
+    rest, err = child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL, err.decode()
+    out = b"".join(seen) + rest
     published: list[int] = []
     acked: set[int] = set()
     delivered: set[int] = set()

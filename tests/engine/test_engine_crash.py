@@ -30,10 +30,11 @@ def _seed(data_dir: Path, n: int) -> set[bytes]:
     return set(qs) | set(ts)
 
 
-def _child(data_dir: Path) -> subprocess.Popen[str]:
+def _child(data_dir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.engine.engine_crash_child", str(data_dir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        bufsize=0,  # unbuffered: what readline has not returned is left for communicate
     )
 
 
@@ -47,18 +48,19 @@ def _round(data_dir: Path, rng: random.Random, max_steps: int) -> bool:
     proc = _child(data_dir)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line == "ready\n", proc.stderr.read() if proc.stderr else line
+    assert line == b"ready\n", proc.stderr.read() if proc.stderr else line
+    last = b""
     for _ in range(rng.randint(0, max_steps)):
-        line = proc.stdout.readline()
-        if line != "step\n":
+        last = proc.stdout.readline()
+        if last != b"step\n":
             break
     time.sleep(rng.uniform(0.0, 0.01))
     os.kill(proc.pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=30)
     if proc.returncode == 0:
-        assert out.endswith("done\n")
+        assert (last + out).endswith(b"done\n")
         return True
-    assert proc.returncode == -signal.SIGKILL, err
+    assert proc.returncode == -signal.SIGKILL, err.decode()
     return False
 
 
@@ -94,8 +96,8 @@ def _torture(tmp_path: Path, *, rounds: int, n: int, seed: int) -> None:
         kills += 1
     proc = _child(tmp_path)  # finish the work without interruption
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert out.endswith("done\n")
+    assert proc.returncode == 0, err.decode()
+    assert out.endswith(b"done\n")
     assert kills >= min(rounds, 3)
     _verify(tmp_path, expected)
 
