@@ -22,25 +22,9 @@ def broker_queues(broker: Broker, new: Topology) -> list[Queue]:
 
 
 def topic_problems(store: Store, new: Topology) -> list[str]:
-    """What `Store.apply` would refuse (same sentences), checked up front so a
-    refused reload touches neither side."""
-    problems: list[str] = []
-    topics = new.topic_map()
-    for name in store.topic_names():
-        old = store.topic(name)
-        parts = store.partitions(name)
-        t = topics.get(name)
-        if t is None:
-            if any(p.log_end_offset > p.log_start_offset for p in parts):
-                problems.append(f"topic {name} holds records and cannot be removed")
-            continue
-        if t.partitions < len(parts):
-            problems.append(f"topic {name}: partitions cannot shrink from "
-                            f"{len(parts)} to {t.partitions}")
-        if old.compact and not t.compact:
-            problems.append(f"topic {name}: cleanup_policy cannot change from compact "
-                            f"to delete")
-    return problems
+    """What `Store.apply` would refuse (its own sentences, `Store.unsafe_changes`),
+    checked up front so a refused reload touches neither side."""
+    return store.unsafe_changes(new.topic_map())
 
 
 def topic_reach(topology: Topology) -> set[str]:

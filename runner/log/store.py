@@ -146,12 +146,11 @@ class Store:
         return self.partition(tp.topic, tp.partition).log.offset_for_timestamp(ts_ms)
 
     # ------------------------------------------------------------ topology
-    def apply(
-        self, topics: Mapping[str, Topic], groups: Mapping[str, ConsumerGroup] | None = None,
-    ) -> list[str]:
-        """Bring topics (and groups, when given) to `topics`; a line per change.
-        Raises UnsafeChange, applying nothing, for shrinking partitions, turning
-        compaction off, or removing a topic that holds records."""
+    def unsafe_changes(self, topics: Mapping[str, Topic]) -> list[str]:
+        """What `apply(topics)` refuses, one sentence each (the one home of these
+        sentences: the engine checks a reload with it before touching anything):
+        shrinking partitions, turning compaction off, removing a topic that holds
+        records."""
         problems = []
         for name, new in topics.items():
             old = self._topics.get(name)
@@ -167,6 +166,15 @@ class Store:
             if name not in topics and any(p.log_end_offset > p.log_start_offset
                                           for p in old.partitions):
                 problems.append(f"topic {name} holds records and cannot be removed")
+        return problems
+
+    def apply(
+        self, topics: Mapping[str, Topic], groups: Mapping[str, ConsumerGroup] | None = None,
+    ) -> list[str]:
+        """Bring topics (and groups, when given) to `topics`; a line per change.
+        Raises UnsafeChange, applying nothing, for shrinking partitions, turning
+        compaction off, or removing a topic that holds records."""
+        problems = self.unsafe_changes(topics)
         if problems:
             raise UnsafeChange("; ".join(problems))
         for gname, cg in (groups or {}).items():
