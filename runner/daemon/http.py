@@ -31,6 +31,7 @@ from runner.engine import (
     Engine,
     OutMessage,
     TopicPartition,
+    contract,
     dead_letter_topics,
 )
 from runner.errors import (
@@ -445,7 +446,10 @@ def _reply_over_http(host: Host, address: str, msgs: list[OutMessage], batch: bo
     private reply address (a message's `reply_to`) hands the reply over in memory."""
     if batch or len(msgs) != 1:
         raise codec.BadInput("a reply is one message, not a batch")
-    if not host.replies.deliver(address, msgs[0]):
+    m = msgs[0]
+    reply = contract.OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
+                                m.message_id, m.content_type)
+    if not host.replies.deliver(address, reply):
         raise NotFound(f"no request waits for reply address '{address}' (it was answered, "
                        "timed out, or the daemon restarted since)")
     return answer({"routed": [address]}, 202)

@@ -4,7 +4,9 @@ The loop owns the engine: HTTP handlers, the tick task, reloads and the
 pipeline all run on it, so the engine needs no locks. Life of a daemon:
 
     open engine (recovering the data dir) -> pipeline.start -> HTTP listen
-    -> tick every ~50 ms, reload on file change / SIGHUP / admin call
+    -> tick when the engine's next timer is due (`engine.timer_due()`, woken
+       early by its TIMERS event; never while nothing waits on time),
+       reload on file change / SIGHUP / admin call
     -> SIGTERM or SIGINT: readyz 503, pipeline.drain(grace), HTTP closed,
        engine.flush + close, exit 0 (a second signal exits at once).
 
@@ -53,6 +55,8 @@ from runner.daemon.reload import (
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, EngineStats, FsyncPolicy
+from runner.engine.embedded import EmbeddedBackend
+from runner.engine.events import TIMERS
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline import otel
 from runner.pipeline.handler import handler_problems
@@ -162,7 +166,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
         replies: Replies,
     ) -> PipelineLike:
         pipeline: PipelineLike = Pipeline(
-            engine,
+            EmbeddedBackend(engine),
             topology,
             data_dir=config.data_dir,
             clock=clock,
@@ -472,16 +476,35 @@ class Supervisor:
             log.error("reload failed unexpectedly", exc_info=task.exception())
 
     async def _tick_forever(self) -> None:
+        """Tick the engine when its next timer is due, on the injected clock; a
+        TIMERS event (a write made a timer due earlier) wakes it to look again.
+        While nothing waits on time this task sleeps and costs nothing."""
         engine = self.engine
-        while True:
-            await asyncio.sleep(self.config.tick_s)
-            try:
-                engine.tick()
-            except Exception:
-                self._tick_failures += 1
-                if self._tick_failures in (1, 10) or self._tick_failures % 1000 == 0:
-                    log.exception("engine tick failed (%d times)", self._tick_failures)
-            self.notify()
+        clock = self._parts.clock
+        loop = asyncio.get_running_loop()
+        timers = asyncio.Event()
+        sub = engine.events.add([TIMERS], lambda _event: timers.set())
+        last = loop.time() - self.config.tick_s
+        try:
+            while True:
+                timers.clear()  # before reading the due time: a later TIMERS is seen
+                due = engine.timer_due()
+                left = None if due is None else due - clock.time()
+                if left is None or left > 0:
+                    await _first(timers.wait(), None if left is None else clock.sleep(left))
+                    if timers.is_set():
+                        continue  # something changed: read the due time again
+                # at most one tick per tick_s: work a tick leaves due never spins
+                await asyncio.sleep(max(0.0, last + self.config.tick_s - loop.time()))
+                last = loop.time()
+                try:
+                    engine.tick()
+                except Exception:
+                    self._tick_failures += 1
+                    if self._tick_failures in (1, 10) or self._tick_failures % 1000 == 0:
+                        log.exception("engine tick failed (%d times)", self._tick_failures)
+        finally:
+            sub.close()
 
     # ------------------------------------------------------------ reload
     async def reload(self, trigger: str) -> ReloadResult:
@@ -647,6 +670,16 @@ class Supervisor:
     def _is_empty(self, kind: str, name: str) -> bool:
         """Whether a queue or topic holds nothing (removing it is then safe)."""
         return holds_nothing(self.engine, kind, name)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any] | None) -> None:
+    """Until the first of `waits` (None: not waited on) returns; the rest are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits if w is not None]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _handler_refs(topology: Topology | None) -> list[str]:

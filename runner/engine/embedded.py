@@ -2,8 +2,10 @@
 
 `open_embedded(...)` is the factory the daemon and tests call; what they get
 back is a `runner.engine.contract.Backend`. The adapter turns the engine's
-answers into the contract's values, fires the contract's events after the
-calls that cause them, and owns the in-process group members.
+answers into the contract's values and owns the in-process group members; the
+engine itself fires the contract's events (runner.engine.events), so writes
+that reach it some other way (the HTTP API, the Kafka listener) wake
+subscribers too.
 
 Durability: every write returns a `Ticket`. Until the engine's flusher hands
 out real tickets, a write returns when it is as durable as the --fsync mode
@@ -13,8 +15,6 @@ a log failed since.
 
 from __future__ import annotations
 
-import contextlib
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from runner.engine.contract import (
     Capability,
     DeadLetter,
     Event,
-    EventKind,
     GroupInfo,
     Outcome,
     OutMessage,
@@ -46,6 +45,7 @@ from runner.engine.contract import (
     Ticket,
     TopicPartition,
 )
+from runner.engine.events import Subscription
 from runner.engine.facade import Engine
 from runner.engine.values import EngineStats, FsyncPolicy
 from runner.engine.values import OutRecord as EngineRecord
@@ -72,49 +72,6 @@ def open_embedded(
     return EmbeddedBackend(engine)
 
 
-class _Subscription:
-    __slots__ = ("_hub", "_events", "_callback", "closed")
-
-    def __init__(self, hub: _Hub, events: tuple[Event, ...], callback: Callback) -> None:
-        self._hub = hub
-        self._events = events
-        self._callback = callback
-        self.closed = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._hub.remove(self._events, self._callback)
-
-
-class _Hub:
-    """Who waits for which event."""
-
-    def __init__(self) -> None:
-        self.callbacks: dict[Event, list[Callback]] = defaultdict(list)
-
-    def add(self, events: tuple[Event, ...], callback: Callback) -> _Subscription:
-        for ev in events:
-            self.callbacks[ev].append(callback)
-        return _Subscription(self, events, callback)
-
-    def remove(self, events: tuple[Event, ...], callback: Callback) -> None:
-        for ev in events:
-            cbs = self.callbacks.get(ev)
-            if cbs is None:
-                continue
-            with contextlib.suppress(ValueError):
-                cbs.remove(callback)
-            if not cbs:
-                del self.callbacks[ev]
-
-    def fire(self, event: Event) -> None:
-        cbs = self.callbacks.get(event)
-        if cbs:
-            for cb in list(cbs):
-                cb(event)
-
-
 def _message(m: OutMessage) -> Message:
     return Message(m.body, m.routing_key, dict(m.headers), m.priority, m.ttl_s, m.message_id,
                    m.content_type)
@@ -133,9 +90,8 @@ class EmbeddedMember:
         self._group = group
         self._member_id = member_id
         self.closed = False
-        backend.engine.join(group, member_id)
+        backend.engine.join(group, member_id, local=True)  # fires ASSIGNMENT_CHANGED
         backend._members[(group, member_id)] = self
-        backend._after_rebalance(group)
 
     @property
     def group(self) -> str:
@@ -154,8 +110,7 @@ class EmbeddedMember:
         try:
             return tuple(engine.assignment(self._group, self._member_id))
         except NotFound:  # expired (should not happen to a local member): join again
-            engine.join(self._group, self._member_id)
-            self._backend._after_rebalance(self._group)
+            engine.join(self._group, self._member_id, local=True)
             return tuple(engine.assignment(self._group, self._member_id))
 
     def position(self, tp: TopicPartition) -> int:
@@ -171,7 +126,6 @@ class EmbeddedMember:
         self.closed = True
         self._backend._members.pop((self._group, self._member_id), None)
         self._backend.engine.leave(self._group, self._member_id)
-        self._backend._after_rebalance(self._group)
 
 
 class EmbeddedBackend:
@@ -179,9 +133,7 @@ class EmbeddedBackend:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._hub = _Hub()
         self._members: dict[tuple[str, str], EmbeddedMember] = {}
-        self._generations: dict[str, int] = {}
 
     # ------------------------------------------------------------- basics
     @property
@@ -192,8 +144,8 @@ class EmbeddedBackend:
     def topology(self) -> Topology:
         return self.engine.topology
 
-    def subscribe(self, events: Iterable[Event], callback: Callback) -> _Subscription:
-        return self._hub.add(tuple(events), callback)
+    def subscribe(self, events: Iterable[Event], callback: Callback) -> Subscription:
+        return self.engine.events.add(events, callback)
 
     async def durable(self, ticket: Ticket) -> None:
         failed = self.engine.failed_logs()
@@ -202,33 +154,13 @@ class EmbeddedBackend:
             raise LogFailed(why, path=path)
 
     def next_due(self) -> float | None:
-        return self.engine.next_due()
+        return self.engine.timer_due()
 
     def tick(self) -> None:
-        self.engine.tick()
-        self._fire_ready(self._watched_queues())
-        for group in {g for g, _ in self._members}:
-            self._after_rebalance(group)
+        self.engine.tick()  # fires what came due
 
     def close(self) -> None:
         self.engine.close()
-
-    # ------------------------------------------------------------- events
-    def _watched_queues(self) -> list[str]:
-        return [ev.name for ev in self._hub.callbacks if ev.kind is EventKind.QUEUE_READY]
-
-    def _fire_ready(self, queues: Iterable[str]) -> None:
-        for q in queues:
-            self._hub.fire(Event(EventKind.QUEUE_READY, q))
-
-    def _fire_routes(self, routes: Iterable[Iterable[str]]) -> None:
-        topics = self.engine.topology.topic_map()
-        seen: set[str] = set()
-        for names in routes:
-            seen.update(names)
-        for name in seen:
-            kind = EventKind.RECORDS_APPENDED if name in topics else EventKind.QUEUE_READY
-            self._hub.fire(Event(kind, name))
 
     def _generation(self, group: str) -> int:
         try:
@@ -237,26 +169,17 @@ class EmbeddedBackend:
             return 0
         return rebalances + self.engine.seek_version(group)
 
-    def _after_rebalance(self, group: str) -> None:
-        gen = self._generation(group)
-        if self._generations.get(group) != gen:
-            self._generations[group] = gen
-            self._hub.fire(Event(EventKind.ASSIGNMENT_CHANGED, group))
-
     # ------------------------------------------------------------- Producer
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
         routes = self.engine.publish(exchange, [_message(m) for m in messages])
-        self._fire_routes(routes)
         return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
         routes = self.engine.publish_to_queue(queue, [_message(m) for m in messages])
-        self._fire_ready([queue])
         return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
 
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
         positions = self.engine.append(topic, [_record(r) for r in records])
-        self._hub.fire(Event(EventKind.RECORDS_APPENDED, topic))
         return Appended(tuple(positions), Ticket.DONE)
 
     # ------------------------------------------------------------- QueueConsumer
@@ -270,7 +193,6 @@ class EmbeddedBackend:
         engine = self.engine
         unknown: list[int] = []
         acks: list[int] = []
-        ready = False
         for o in outcomes:
             if isinstance(o, Ack):
                 acks.append(o.delivery_id)
@@ -280,27 +202,19 @@ class EmbeddedBackend:
                 acks = []
             if isinstance(o, Requeue):
                 unknown += engine.nack(queue, [o.delivery_id], requeue=True)
-                ready = True
             elif isinstance(o, Retry):
                 try:
                     engine.retry_later(queue, o.delivery_id, o.delay_s)
                 except (NotFound, Conflict):
                     unknown.append(o.delivery_id)
-                self._hub.fire(Event(EventKind.TIMERS))
-                ready = ready or o.delay_s <= 0
             elif isinstance(o, DeadLetter):
                 if o.death is None:
                     unknown += engine.nack(queue, [o.delivery_id], requeue=False)
                 else:
                     engine.dead_letter(queue, o.delivery_id, reason=o.reason, death=o.death,
                                        to_queue=o.to_queue, to_topic=o.to_topic)
-                self._fire_ready(q for q in self._watched_queues() if q != queue)
-                for topic in ([o.to_topic] if o.to_topic else []):
-                    self._hub.fire(Event(EventKind.RECORDS_APPENDED, topic))
         if acks:
             unknown += engine.ack(queue, acks)
-        if ready:
-            self._fire_ready([queue])
         return Settled(tuple(unknown), Ticket.DONE)
 
     # ------------------------------------------------------------- TopicReader
@@ -329,14 +243,12 @@ class EmbeddedBackend:
 
     def join(self, group: str, member_id: str) -> None:
         self.engine.join(group, member_id)
-        self._after_rebalance(group)
 
     def heartbeat(self, group: str, member_id: str) -> None:
         self.engine.heartbeat(group, member_id)
 
     def leave(self, group: str, member_id: str) -> None:
         self.engine.leave(group, member_id)
-        self._after_rebalance(group)
 
     def assignment(self, group: str, member_id: str) -> list[TopicPartition]:
         return self.engine.assignment(group, member_id)
@@ -353,11 +265,7 @@ class EmbeddedBackend:
 
     # ------------------------------------------------------------- Admin
     def apply(self, topology: Topology, *, force: bool = False) -> list[str]:
-        lines = self.engine.apply(topology, force=force)
-        for group in topology.group_map():
-            self._after_rebalance(group)
-        self._fire_ready(self._watched_queues())
-        return lines
+        return self.engine.apply(topology, force=force)
 
     def queue_info(self, queue: str) -> QueueInfo:
         i = self.engine.queue_info(queue)
@@ -370,10 +278,7 @@ class EmbeddedBackend:
         self, group: str, tp: TopicPartition, *, offset: int | None = None,
         timestamp_ms: int | None = None,
     ) -> int:
-        pos = self.engine.seek(group, tp, offset=offset, timestamp_ms=timestamp_ms)
-        self._hub.fire(Event(EventKind.SEEK, group))
-        self._after_rebalance(group)
-        return pos
+        return self.engine.seek(group, tp, offset=offset, timestamp_ms=timestamp_ms)
 
     def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
         return [(i, tuple.__new__(QueueDelivery, d)) for i, d in self.engine.peek_ids(queue, n)]
@@ -385,9 +290,7 @@ class EmbeddedBackend:
         self, queue: str, max_messages: int | None = None, *,
         only: Collection[int] | None = None,
     ) -> ReplayOutcome:
-        out = self.engine.replay_detail(queue, max_messages, only=only)
-        self._fire_ready(self._watched_queues())
-        return out
+        return self.engine.replay_detail(queue, max_messages, only=only)
 
     def replay_queue(self, group: str) -> str | None:
         return self.engine.replay_queue(group)
@@ -415,12 +318,6 @@ class EmbeddedBackend:
             queue_puts=[(q, [_message(m) for m in ms]) for q, ms in step.puts],
             appends=[(t, [_record(r) for r in rs]) for t, rs in step.appends],
         ))
-        self._fire_ready(self._watched_queues())
-        for topic, _ in step.appends:
-            self._hub.fire(Event(EventKind.RECORDS_APPENDED, topic))
-        for ev in list(self._hub.callbacks):
-            if ev.kind is EventKind.RECORDS_APPENDED and step.publishes:
-                self._hub.fire(ev)
         return Ticket.DONE
 
     def dead_letter_step(

@@ -19,6 +19,7 @@ from runner.broker.message import Message
 from runner.broker.routing import Route
 from runner.clock import Clock, SystemClock
 from runner.engine.changes import broker_queues, topic_problems, topic_reach
+from runner.engine.contract import Event, EventKind
 from runner.engine.datadir import lock_data_dir
 from runner.engine.deadletters import (
     dead_letter_step,
@@ -27,6 +28,7 @@ from runner.engine.deadletters import (
     replay_queue_name,
     replayed_record,
 )
+from runner.engine.events import TIMERS, Hub
 from runner.engine.records import decode_headers, record_of_message, to_append
 from runner.engine.snapshots import engine_stats, group_info
 from runner.engine.steps import STEP_PRODUCER, StepLog, replay_legacy
@@ -56,6 +58,16 @@ from runner.topology.model import Topology
 log = logging.getLogger(__name__)
 
 DEDUP_WINDOW_S = 3600.0
+# timers (next_due): after a write, the housekeeping in `tick` (delivery marks,
+# interval fsync, queue compaction, retention by size) runs every BUSY_TICK_S
+# until SETTLE_S passed without one; an idle engine holding records checks
+# time retention every HOUSEKEEPING_S; nothing else wakes an idle engine
+BUSY_TICK_S = 0.05
+SETTLE_S = 6.0
+HOUSEKEEPING_S = 30.0
+
+QUEUE_READY = EventKind.QUEUE_READY
+APPENDED = EventKind.RECORDS_APPENDED
 
 
 class Engine:
@@ -121,12 +133,16 @@ class Engine:
         self._closed = False
         self._seek_versions: dict[str, int] = {}
         self.commits = GroupCommit()  # every log of the data dir syncs through it
+        self.events = Hub()  # see runner.engine.events
+        self.calls = 0  # calls of `tick` and `next_due` (the idle-cost tests read it)
+        self._last_write = self._last_tick = clock.time()
         try:
             self.store = Store(data_dir, fsync=fsync, clock=clock,
                                dedup_window_s=DEDUP_WINDOW_S, fs=self.fs,
                                gapped_producers=(STEP_PRODUCER,), group=self.commits)
         except OSError as exc:
             raise StorageError(f"cannot open the topics in {data_dir}: {exc}") from exc
+        self.store.groups.on_rebalance = self._rebalanced
         try:
             self.broker = Broker(
                 data_dir, fsync=fsync, clock=clock, memory_budget_bytes=memory_budget_bytes,
@@ -148,6 +164,7 @@ class Engine:
         except BaseException:
             self._close_parts()
             raise
+        self._last_write = self.clock.time() - SETTLE_S  # opened: nothing to keep up yet
 
     # -------------------------------------------------------------- lifecycle
     def apply(self, new: Topology, *, force: bool = False) -> list[str]:
@@ -179,10 +196,14 @@ class Engine:
                                    force=force)
         self.topology = new
         self._topic_reach = topic_reach(new)
+        self._wrote(QUEUE_READY, APPENDED)  # new names, new routes: everyone looks again
         return lines
 
     def tick(self) -> None:
-        """Time-driven work; see the module docstring."""
+        """Time-driven work; see the module docstring. Fires QUEUE_READY for every
+        watched queue (leases, TTLs and retries that came due)."""
+        self.calls += 1
+        self._last_tick = self.clock.time()
         if self.steps.half_applied:
             try:
                 self.steps.recover()
@@ -192,12 +213,49 @@ class Engine:
         self.broker.tick()
         if self.fsync is Fsync.INTERVAL:
             self.journal.maybe_sync()
+        self.events.fire_all(QUEUE_READY)
 
     def next_due(self) -> float | None:
         """The earliest clock time (`clock.time()`) at which `tick` has time-driven
         queue work (TTL expiry, a retry coming due); None when nothing waits. A
         simulation on a manual clock advances straight to it."""
         return self.broker.next_due()
+
+    def timer_due(self) -> float | None:
+        """When the owner should call `tick` next (`clock.time()`), None: not
+        until something happens (TIMERS fires when a call moves it earlier).
+
+        Queue TTLs and delayed retries, leases running out, external group
+        members' sessions, steps to recover; housekeeping every BUSY_TICK_S
+        for SETTLE_S after the last write; HOUSEKEEPING_S while topics hold
+        records (time retention). An idle engine with empty topics: None."""
+        self.calls += 1
+        now = self.clock.time()
+        mono = self.clock.monotonic()
+        due = [t for t in (self.broker.next_due(),) if t is not None]
+        leases = [mq.leases[0][0] for mq in self.broker.queues.values() if mq.leases]
+        expiry = self.store.groups.next_expiry()
+        due += [now + (t - mono) for t in (*leases, *([expiry] if expiry else []))]
+        if self.steps.half_applied:
+            due.append(now)
+        if now - self._last_write < SETTLE_S:
+            due.append(self._last_tick + BUSY_TICK_S)
+        elif any(p.log_end_offset > p.log_start_offset
+                 for t in self.store.topic_names() for p in self.store.partitions(t)):
+            due.append(self._last_tick + HOUSEKEEPING_S)
+        return min(due) if due else None
+
+    def _wrote(self, *kinds: EventKind) -> None:
+        """After a write: its timers start (TIMERS when they were asleep) and every
+        watched event of `kinds` fires."""
+        if self.clock.time() - self._last_write >= SETTLE_S:
+            self.events.fire(TIMERS)  # the owner's timer slept until the next due
+        self._last_write = self.clock.time()
+        for kind in kinds:
+            self.events.fire_all(kind)
+
+    def _rebalanced(self, group: str) -> None:
+        self.events.fire(Event(EventKind.ASSIGNMENT_CHANGED, group))
 
     def flush(self) -> None:
         """fsync everything written so far (used at shutdown and by `interval`)."""
@@ -281,9 +339,13 @@ class Engine:
             topics = self._topic_map_names()
             took = Route((), tuple(t for t in exc.routed if t in topics))
             self._append_routed(exchange, [messages[exc.accepted]], [took])
+            self._wrote(QUEUE_READY, APPENDED)
             raise
         self._append_routed(exchange, messages, routes)
-        return [r.destinations for r in routes]
+        out = [r.destinations for r in routes]
+        self._wrote()
+        self.events.fire_routes(out, self.store.topic_names())
+        return out
 
     def _topic_map_names(self) -> set[str]:
         return set(self.store.topic_names())
@@ -310,13 +372,19 @@ class Engine:
 
     def publish_to_queue(self, queue: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         """AMQP's default exchange: straight into one queue."""
-        return [r.destinations for r in self.broker.publish_to_queue(queue, messages)]
+        out = [r.destinations for r in self.broker.publish_to_queue(queue, messages)]
+        self._wrote()
+        self.events.fire(Event(QUEUE_READY, queue))
+        return out
 
     def append(self, topic: str, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
         """Append records; returns (partition, offset) per record.
         InvalidRequest for a keyless record on a compacted topic, TooLarge over
         max_message_bytes, NotFound for an unknown topic or partition."""
-        return self.store.append(topic, [to_append(r) for r in records])
+        out = self.store.append(topic, [to_append(r) for r in records])
+        self._wrote()
+        self.events.fire(Event(APPENDED, topic))
+        return out
 
     # -------------------------------------------------------------- topics
     def read(
@@ -342,8 +410,11 @@ class Engine:
                 for p in self.store.partitions(topic)]
 
     # -------------------------------------------------------------- groups
-    def join(self, group: str, member_id: str) -> None:
+    def join(self, group: str, member_id: str, *, local: bool = False) -> None:
+        """`local`: an in-process member (its session never times out)."""
         self.store.groups.join(group, member_id)
+        if local:
+            self.store.groups.local.add((group, member_id))
 
     def leave(self, group: str, member_id: str) -> None:
         self.store.groups.leave(group, member_id)
@@ -379,6 +450,7 @@ class Engine:
                                f"POST /v1/groups/{group}/offsets to seek it")
         self.store.groups.commit(group, {log_tp(tp): off for tp, off in offsets.items()},
                                  member_id=member_id, generation=generation)
+        self._wrote()
 
     def seek(
         self, group: str, tp: TopicPartition, *, offset: int | None = None,
@@ -390,6 +462,8 @@ class Engine:
         pos = self.store.groups.seek(group, log_tp(tp), offset=offset,
                                      timestamp_ms=timestamp_ms)
         self._seek_versions[group] = self._seek_versions.get(group, 0) + 1
+        self._wrote()
+        self.events.fire(Event(EventKind.SEEK, group))
         return pos
 
     def seek_version(self, group: str) -> int:
@@ -407,20 +481,31 @@ class Engine:
         """Deliver up to `max_messages` ready messages under a lease; an expired
         lease redelivers. Expired (TTL) messages are dead-lettered, not delivered."""
         # the broker's deliveries are QueueDelivery already: no copy per message
-        return self.broker.pull(queue, max_messages, consumer_id=consumer_id, lease_s=lease_s)
+        got = self.broker.pull(queue, max_messages, consumer_id=consumer_id, lease_s=lease_s)
+        if got:
+            self._wrote()  # delivery marks and leases: timers
+        return got
 
     def ack(self, queue: str, delivery_ids: Sequence[int]) -> list[int]:
         """Ack; returns the ids that were unknown or expired (the known ones settle)."""
-        return self.broker.ack(queue, delivery_ids)
+        out = self.broker.ack(queue, delivery_ids)
+        self._wrote()
+        return out
 
     def nack(self, queue: str, delivery_ids: Sequence[int], *, requeue: bool) -> list[int]:
         """Requeue in place (redelivered) or dead-letter with reason `rejected`."""
-        return self.broker.nack(queue, delivery_ids, requeue=requeue)
+        out = self.broker.nack(queue, delivery_ids, requeue=requeue)
+        self._wrote(QUEUE_READY)  # back in place, or dead-lettered somewhere
+        return out
 
     def retry_later(self, queue: str, delivery_id: int, delay_s: float) -> None:
         """Settle now and make the message ready again after `delay_s` without
         blocking the messages behind it (delivery_count kept)."""
         self.broker.retry_later(queue, delivery_id, delay_s)
+        self._wrote()
+        self.events.fire(TIMERS)  # due earlier, maybe
+        if delay_s <= 0:
+            self.events.fire(Event(QUEUE_READY, queue))
 
     def dead_letter(
         self, queue: str, delivery_id: int, *, reason: str, death: Mapping[str, Any],
@@ -433,6 +518,7 @@ class Engine:
             self.store.topic(to_topic)  # NotFound before the message is settled
         self.broker.dead_letter(queue, delivery_id, reason=reason, death=death,
                                 to_queue=to_queue, to_topic=to_topic)
+        self._wrote(QUEUE_READY, APPENDED)
 
     def peek(self, queue: str, n: int) -> list[QueueDelivery]:
         return self.broker.peek(queue, n)
@@ -453,7 +539,9 @@ class Engine:
         """Delete the ready messages of `queue` for good (all, or those with these
         ids from `peek_ids`; at most `limit` a call, the first in delivery order);
         delivered ones stay. How many were deleted."""
-        return self.broker.purge(queue, ids, limit=limit)
+        out = self.broker.purge(queue, ids, limit=limit)
+        self._wrote()
+        return out
 
     def replay_detail(
         self, queue: str, max_messages: int | None = None, *,
@@ -469,7 +557,9 @@ class Engine:
         dead letter, an original queue or group that no longer exists, an
         original queue that is full (the rest waits for the next replay).
         `only`: replay just the messages with these ids (`peek_ids`)."""
-        return replay(self.broker, queue, max_messages, only=only)
+        out = replay(self.broker, queue, max_messages, only=only)
+        self._wrote(QUEUE_READY)
+        return out
 
     def replayed_record(self, delivery: QueueDelivery) -> Record:
         """The topic record carried by a delivery from a replay queue."""
@@ -533,6 +623,7 @@ class Engine:
            done are applied again.
         """
         self.steps.commit(step)
+        self._wrote(QUEUE_READY, APPENDED)
 
     def journal_next_id(self) -> int:
         """The id the next journal record gets (its offset in the journal log)."""

@@ -18,7 +18,7 @@ log end - the reset position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -72,6 +72,11 @@ class Groups:
         self.clock = clock
         self.session_timeout_s = session_timeout_s
         self._groups: dict[str, GroupState] = {}
+        # (group, member) of in-process members: their process keeps their session,
+        # so they never time out (and cost no timer)
+        self.local: set[tuple[str, str]] = set()
+        # called with the group's name after each rebalance (the engine's events)
+        self.on_rebalance: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------ declaring
     def declare(self, config: ConsumerGroup) -> None:
@@ -129,6 +134,7 @@ class Groups:
         return state.generation
 
     def leave(self, name: str, member: str) -> None:
+        self.local.discard((name, member))
         state = self._get(name)
         if state.members.pop(member, None) is not None:
             self._rebalance(state)
@@ -145,7 +151,7 @@ class Groups:
         gone: list[tuple[str, str]] = []
         for name, state in self._groups.items():
             dead = [m for m, seen in state.members.items()
-                    if now - seen > self.session_timeout_s]
+                    if now - seen > self.session_timeout_s and (name, m) not in self.local]
             for m in dead:
                 del state.members[m]
                 gone.append((name, m))
@@ -153,6 +159,13 @@ class Groups:
             if dead:
                 self._rebalance(state)
         return gone
+
+    def next_expiry(self) -> float | None:
+        """The monotonic time at which the first member not heard from since
+        would time out (None: no member that can time out)."""
+        seen = [t for name, state in self._groups.items() for m, t in state.members.items()
+                if (name, m) not in self.local]
+        return min(seen) + self.session_timeout_s if seen else None
 
     def members(self, name: str) -> list[str]:
         return sorted(self._get(name).members)
@@ -184,6 +197,8 @@ class Groups:
             new = assign_sticky(members, layout, state.assignment)
         state.assignment = new
         state.generation += 1
+        if self.on_rebalance is not None:
+            self.on_rebalance(state.config.name)
 
     # ------------------------------------------------------------ positions
     def _check(self, name: str, tp: TopicPartition) -> None:

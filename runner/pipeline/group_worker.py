@@ -1,15 +1,20 @@
 """A consumer group run by this daemon: `instances` members reading their partitions.
 
-Each member joins the group, heartbeats, and reads the partitions assigned to
-it in order. Before its partitions it reads the group's replay queue
-(dead letters replayed back to this group, see docs/handlers.md). A failing
+Each member is a `GroupMember` opened on the backend: it owns the membership
+(join, session, leave), its assignment and generation, and its fenced
+commits; the worker never heartbeats or polls the assignment. A member task
+reads the partitions assigned to it in order and, when none has more, awaits
+its events: records appended to its topics, an assignment change or a seek
+of its group, dead letters replayed back to it. Before its partitions it
+reads the group's replay queue (dead letters replayed back to this group, see
+docs/handlers.md). A failing
 record is retried in place after the policy's delay — the partition waits
 for it, as in Kafka — and after the last retry it is dead-lettered and the
 member moves on (commits past it).
 
 Offsets: at-most-once commits before the handler runs; at-least-once commits
 after success (batched per read); exactly-once commits each record in one
-`engine.commit_step` with its outputs, fenced: the step is only taken while
+`backend.commit_step` with its outputs, fenced: the step is only taken while
 the partition is still assigned to this member and the group's committed
 position is still that record, so a rebalance can never commit a record twice.
 """
@@ -21,8 +26,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from runner.engine import Record, Step, TopicPartition
-from runner.errors import Conflict, EngineError, NotFound, OffsetOutOfRange
+from runner.engine.contract import (
+    Ack,
+    Event,
+    EventKind,
+    GroupMember,
+    Record,
+    Requeue,
+    Step,
+    TopicPartition,
+    Waiter,
+)
+from runner.errors import Conflict, EngineError, OffsetOutOfRange
 from runner.log.groups import out_of_range_reset
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.handler import Handler
@@ -34,7 +49,6 @@ from runner.topology.model import ConsumerGroup, Delivery, Topology
 log = logging.getLogger(__name__)
 
 READ_BATCH = 100
-HEARTBEAT_EVERY_S = 1.0
 
 
 class _Stale(Exception):
@@ -55,88 +69,77 @@ class GroupWorker(Worker):
             counters=counters, handler=handler, rate_limit=group.rate_limit,
         )
         self.group = group
-        self.replay_queue = env.engine.replay_queue(group.name)
-        self.members: set[str] = set()
+        self.replay_queue = env.backend.replay_queue(group.name)
+        self.seeks = 0  # SEEK events of the group seen: a member's reads before one are stale
+        self._seek_sub = env.backend.subscribe([Event(EventKind.SEEK, group.name)],
+                                               self._on_seek)
+
+    def _on_seek(self, event: Event) -> None:
+        self.seeks += 1
+
+    def events(self) -> list[Event]:
+        """What a member waits for when it has nothing to read."""
+        evs = [Event(EventKind.RECORDS_APPENDED, t) for t in self.group.topics]
+        evs += [Event(EventKind.ASSIGNMENT_CHANGED, self.name), Event(EventKind.SEEK, self.name)]
+        if self.replay_queue is not None:
+            evs.append(Event(EventKind.QUEUE_READY, self.replay_queue))
+        return evs
 
     def start(self) -> None:
         for n in range(1, self.group.instances + 1):
-            member = f"{self.name}-{n}@{self.env.hostname}"
-            self.tasks.append(asyncio.create_task(self._member(member), name=f"member:{member}"))
-        self.tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat:{self.name}"))
+            member_id = f"{self.name}-{n}@{self.env.hostname}"
+            waiter = self.waiter(self.events())  # before the first read: no event is missed
+            self.tasks.append(asyncio.create_task(self._member(member_id, waiter),
+                                                  name=f"member:{member_id}"))
 
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
-
-    # ---------------------------------------------------------------- membership
-    async def _heartbeats(self) -> None:
-        """Heartbeat every member, also while its handler runs (a long call must
-        not cost the member its partitions)."""
-        while not self.stopping:
-            for member in list(self.members):
-                self._beat(member)
-            await asyncio.sleep(HEARTBEAT_EVERY_S)
-
-    def _beat(self, member: str) -> None:
-        try:
-            self.env.engine.heartbeat(self.name, member)
-        except NotFound:
-            log.warning("group %s: member %s had expired; joining again", self.name, member,
-                        extra={"event": "group_member_rejoined", "group": self.name,
-                               "member": member})
-            self.env.engine.join(self.name, member)
-
-    def _assignment(self, member: str) -> list[TopicPartition]:
-        try:
-            return self.env.engine.assignment(self.name, member)
-        except NotFound:
-            self._beat(member)
-            return self.env.engine.assignment(self.name, member)
+        self._seek_sub.close()
 
     # ---------------------------------------------------------------- member loop
-    async def _member(self, member: str) -> None:
-        engine = self.env.engine
-        engine.join(self.name, member)
-        self.members.add(member)
+    async def _member(self, member_id: str, waiter: Waiter) -> None:
+        member = self.env.backend.open_member(self.name, member_id)
         positions: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, int] = {}
-        version = engine.seek_version(self.name)
+        version = self.seeks
         try:
             while not self.stopping:
                 busy = await self._replays(member)
-                assigned = self._assignment(member)
+                assigned = member.assignment()
                 for tp in list(positions):
                     if tp not in assigned:
                         del positions[tp]
                 for tp in assigned:
                     if self.stopping:
                         break
-                    if engine.seek_version(self.name) != version:
+                    if self.seeks != version:
                         # sought from outside: what was read before is stale
-                        version = engine.seek_version(self.name)
+                        version = self.seeks
                         positions.clear()
                         pending.clear()
                         log.info("group %s: member %s re-reads its positions after a seek",
-                                 self.name, member)
+                                 self.name, member_id)
                     if tp not in positions:
-                        positions[tp] = engine.position(self.name, tp)
+                        positions[tp] = member.position(tp)
                     busy |= await self._partition(member, tp, positions, pending, version)
                     self._flush(member, pending, version)
                 if not busy:
-                    await self.idle()
+                    await waiter.wait()
         finally:
-            self.members.discard(member)
             try:
                 self._flush(member, pending, version)
-                engine.leave(self.name, member)
+                member.close()
             except EngineError as exc:
                 log.warning("group %s: member %s could not leave cleanly: %s",
-                            self.name, member, exc)
+                            self.name, member_id, exc)
 
     def _sought(self, version: int) -> bool:
         """True when the group was sought since `version` (a read before is stale)."""
-        return self.env.engine.seek_version(self.name) != version
+        return self.seeks != version
 
-    def _flush(self, member: str, pending: dict[TopicPartition, int], version: int) -> None:
+    def _flush(
+        self, member: GroupMember, pending: dict[TopicPartition, int], version: int,
+    ) -> None:
         """Commit what the member finished, for partitions it still owns (a new
         owner's commits must never be moved back), unless the group was sought
         meanwhile (a seek is never overwritten by records read before it)."""
@@ -145,23 +148,22 @@ class GroupWorker(Worker):
         if self._sought(version):
             pending.clear()
             return
-        owned = set(self._assignment(member))
+        owned = set(member.assignment())
         offsets = {tp: off for tp, off in pending.items() if tp in owned}
         pending.clear()
         if offsets:
             try:
-                self.env.engine.commit(self.name, offsets, member_id=member)
+                member.commit(offsets)
             except Conflict as exc:
                 log.info("group %s: commit of %s dropped: %s", self.name, member, exc)
 
     async def _partition(
-        self, member: str, tp: TopicPartition, positions: dict[TopicPartition, int],
+        self, member: GroupMember, tp: TopicPartition, positions: dict[TopicPartition, int],
         pending: dict[TopicPartition, int], version: int,
     ) -> bool:
-        engine = self.env.engine
         try:
-            records, next_offset = engine.read(tp.topic, tp.partition, positions[tp],
-                                               max_records=READ_BATCH)
+            got = self.env.backend.read(tp.topic, tp.partition, positions[tp],
+                                        max_records=READ_BATCH)
         except OffsetOutOfRange as exc:
             # retention removed the position: reset by the group's offset_reset, as
             # for a committed offset (earliest -> log start, latest -> log end)
@@ -171,6 +173,7 @@ class GroupWorker(Worker):
                         self.group.offset_reset.value)
             positions[tp] = to
             return True
+        records, next_offset = got.records, got.next_offset
         if not records:
             # compaction may have removed offsets at the tail: read on from there
             moved = next_offset != positions[tp]
@@ -179,12 +182,12 @@ class GroupWorker(Worker):
         for record in records:
             if self.stopping or self._sought(version):
                 break
-            if tp not in self._assignment(member):
+            if tp not in member.assignment():
                 positions.pop(tp, None)
                 break
             commit_step = self._commit_step(member, tp, record, version)
             try:
-                done = await self._handle(record, member, commit_step,
+                done = await self._handle(record, member.member_id, commit_step,
                                           stale=lambda: self._sought(version))
             except _Stale:
                 log.info("group %s: %s[%d]@%d was committed or sought elsewhere meanwhile; "
@@ -205,60 +208,59 @@ class GroupWorker(Worker):
         return True
 
     def _commit_step(
-        self, member: str, tp: TopicPartition, record: Record, version: int,
+        self, member: GroupMember, tp: TopicPartition, record: Record, version: int,
     ) -> Callable[[Step], None]:
         """How a record from the partition is settled, given the rest of its step."""
-        engine = self.env.engine
+        backend = self.env.backend
 
         def settle(step: Step) -> None:
             if self._sought(version):
                 raise _Stale()
             if self.delivery is Delivery.EXACTLY_ONCE:
-                if (tp not in self._assignment(member)
-                        or engine.position(self.name, tp) != record.offset):
+                if tp not in member.assignment() or member.position(tp) != record.offset:
                     raise _Stale()
-                step.commits.append((self.name, tp, record.offset + 1))
-                engine.commit_step(step)
+                backend.commit_step(step + Step(commits=((self.name, tp, record.offset + 1),)))
                 return
             if self.delivery is Delivery.AT_MOST_ONCE:
                 try:
-                    engine.commit(self.name, {tp: record.offset + 1}, member_id=member)
+                    member.commit({tp: record.offset + 1})
                 except Conflict:
                     raise _Stale() from None
-            if step.publishes or step.appends or step.queue_puts:
-                engine.commit_step(step)
+            if step.writes:
+                backend.commit_step(step)
 
         return settle
 
-    async def _replays(self, member: str) -> bool:
+    async def _replays(self, member: GroupMember) -> bool:
         """Process what was replayed back to this group; True when there was any."""
         if self.replay_queue is None:
             return False
-        engine = self.env.engine
+        backend = self.env.backend
         try:
-            deliveries = engine.pull(self.replay_queue, READ_BATCH,
-                                     lease_s=self.timeout_s * 2 + 30.0, consumer_id=member)
+            deliveries = backend.fetch(self.replay_queue, READ_BATCH,
+                                       lease_s=self.timeout_s * 2 + 30.0,
+                                       consumer_id=member.member_id)
         except EngineError as exc:
             log.warning("group %s: replay queue: %s", self.name, exc)
             return False
         for i, d in enumerate(deliveries):
             if self.stopping:
-                engine.nack(self.replay_queue, [x.delivery_id for x in deliveries[i:]],
-                            requeue=True)
+                backend.settle(self.replay_queue,
+                               [Requeue(x.delivery_id) for x in deliveries[i:]])
                 break
-            record = engine.replayed_record(d)
+            record = backend.replayed_record(d)
             queue = self.replay_queue
 
             def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> None:
                 if self.delivery is Delivery.AT_MOST_ONCE:
-                    engine.ack(queue, [did])
-                    if step.publishes or step.appends or step.queue_puts:
-                        engine.commit_step(step)
+                    backend.settle(queue, [Ack(did)])
+                    if step.writes:
+                        backend.commit_step(step)
                     return
-                step.acks.append((queue, did))
-                engine.commit_step(step)
+                backend.commit_step(step + Step(acks=((queue, did),)))
 
-            await self._handle(record, member, settle, delivery_count=d.delivery_count)
+            await self._handle(record, member.member_id, settle,
+                               delivery_count=d.delivery_count)
         return bool(deliveries)
 
     # ---------------------------------------------------------------- one record
@@ -336,11 +338,11 @@ class GroupWorker(Worker):
                         death["error"]["type"])
         else:
             self.counters.dead_lettered += 1
-            step = self.env.engine.dead_letter_step(
+            step = self.env.backend.dead_letter_step(
                 self.name, record, death, to_queue=to_queue, to_topic=to_topic
             )
         if self.delivery is Delivery.AT_MOST_ONCE:
-            if step.queue_puts or step.appends:
-                self.env.engine.commit_step(step)
+            if step.writes:
+                self.env.backend.commit_step(step)
             return
         settle(step)

@@ -9,13 +9,15 @@ outputs only when the handler returns normally (see docs/handlers.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from runner import jsontext
-from runner.engine import OutMessage, OutRecord, QueueDelivery, Record, check_timestamp_ms
+from runner.engine import check_timestamp_ms
+from runner.engine.contract import OutMessage, OutRecord, QueueDelivery, Record
 from runner.pipeline.replies import (
     CORRELATION_HEADER,
     REPLY_TO_HEADER,
@@ -197,11 +199,9 @@ class Outputs:
             return
         name, key = destination(address)
         if key is None:
-            message.routing_key = name
-            self.puts.append((name, message))
+            self.puts.append((name, dataclasses.replace(message, routing_key=name)))
         else:
-            message.routing_key = key
-            self.publishes.append((name, message))
+            self.publishes.append((name, dataclasses.replace(message, routing_key=key)))
 
     def grouped_appends(self) -> list[tuple[str, list[OutRecord]]]:
         return _group(self.appends)
@@ -294,7 +294,7 @@ class Context:
             return
         body, ctype = encode_body(value)
         reply = reply_message(body, ctype, self.message.correlation_id)
-        self._traced(reply.headers)
+        reply = dataclasses.replace(reply, headers=self._traced(dict(reply.headers)))
         with self._lock:
             self._outputs.add_reply(address, reply)
 

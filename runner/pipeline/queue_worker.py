@@ -6,10 +6,12 @@ Each message is settled by its delivery mode:
 * at-most-once: acked before the handler runs; a failure is dead-lettered
   straight away by publishing a copy (there is nothing left to settle).
 * at-least-once: staged outputs are published, then the message is acked.
-* exactly-once: outputs + ack are one `engine.commit_step`.
+* exactly-once: outputs + ack are one `backend.commit_step`.
 
-A failure is retried with `engine.retry_later(delay)` (the queue keeps
-flowing), then dead-lettered to the policy's dead_letter_queue, else through
+The puller fetches when there is room and otherwise awaits the queue's
+QUEUE_READY event (or a handler finishing); it never polls. A failure is
+retried by settling it `Retry(delay)` (the queue keeps flowing; the backend's
+timer makes it ready again), then dead-lettered to the policy's dead_letter_queue, else through
 the queue's `dead_letter` exchange, else dropped (logged and counted).
 """
 
@@ -20,7 +22,19 @@ import logging
 import math
 from typing import Any
 
-from runner.engine import OutMessage, OutRecord, QueueDelivery
+from runner.engine.contract import (
+    Ack,
+    DeadLetter,
+    Event,
+    EventKind,
+    OutMessage,
+    OutRecord,
+    QueueDelivery,
+    Requeue,
+    Retry,
+    Step,
+    Waiter,
+)
 from runner.errors import EngineError, NotFound
 from runner.pipeline.deadletter import (
     DEAD_LETTER_HEADER,
@@ -31,7 +45,7 @@ from runner.pipeline.deadletter import (
 from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, QueueMessage
 from runner.pipeline.stats import HandlerCounters
-from runner.pipeline.worker import IDLE_WAIT_S, Worker, WorkerEnv
+from runner.pipeline.worker import Worker, WorkerEnv
 from runner.topology.model import Consumer, Delivery, Topology
 
 log = logging.getLogger(__name__)
@@ -65,8 +79,10 @@ class QueueWorker(Worker):
         self.outstanding = 0  # leased by us: buffered + in flight
         self.puller_id = f"{consumer.name}@{env.hostname}"
         self.pending_acks: list[int] = []
+        self.ready: Waiter | None = None  # the puller's wake-up
 
     def start(self) -> None:
+        self.ready = self.waiter([Event(EventKind.QUEUE_READY, self.queue)])
         self.tasks.append(asyncio.create_task(self._pull(), name=f"pull:{self.name}"))
         batched = not self.handler.is_async
         for n in range(1, self.consumer.concurrency + 1):
@@ -83,7 +99,7 @@ class QueueWorker(Worker):
             ids.append(self.buffer.get_nowait().delivery_id)
         if ids:
             try:
-                self.env.engine.nack(self.queue, ids, requeue=True)
+                self.env.backend.settle(self.queue, [Requeue(i) for i in ids])
             except EngineError as exc:
                 log.warning("consumer %s: could not requeue %d buffered: %s",
                             self.name, len(ids), exc)
@@ -91,13 +107,15 @@ class QueueWorker(Worker):
     # ---------------------------------------------------------------- loops
     async def _pull(self) -> None:
         refill = max(1, self.consumer.prefetch // 2)
+        ready = self.ready
+        assert ready is not None
         while not self.stopping:
             self.flush_acks()
             room = self.consumer.prefetch - self.outstanding
             got: list[QueueDelivery] = []
             if room >= refill or (room > 0 and self.buffer.empty()):
                 try:
-                    got = self.env.engine.pull(
+                    got = self.env.backend.fetch(
                         self.queue, room, lease_s=self.lease_s, consumer_id=self.puller_id
                     )
                 except NotFound:
@@ -109,8 +127,8 @@ class QueueWorker(Worker):
                 self.buffer.put_nowait(d)
             if got:
                 await asyncio.sleep(0)
-            else:
-                await self.idle(ACK_FLUSH_S if self.pending_acks else IDLE_WAIT_S)
+            else:  # until the queue may have more, a handler finished, or acks are due
+                await ready.wait(ACK_FLUSH_S if self.pending_acks else None)
 
     def flush_acks(self) -> None:
         """Ack what succeeded since the last flush, in one engine call."""
@@ -118,7 +136,7 @@ class QueueWorker(Worker):
             return
         ids, self.pending_acks = self.pending_acks, []
         try:
-            unknown = self.env.engine.ack(self.queue, ids)
+            unknown = self.env.backend.settle(self.queue, [Ack(i) for i in ids]).unknown
         except EngineError as exc:
             log.error("consumer %s: ack of %d failed: %s", self.name, len(ids), exc)
             return
@@ -145,8 +163,8 @@ class QueueWorker(Worker):
         """One leased delivery is settled (or given up on): wake the puller when due."""
         self.outstanding -= 1
         if (len(self.pending_acks) >= ACK_BATCH or self.buffer.empty()
-                or self.outstanding <= self.consumer.prefetch // 2):
-            self.wake.set()
+                or self.outstanding <= self.consumer.prefetch // 2) and self.ready is not None:
+            self.ready.set()
 
     async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
         prepared = self._prepare(d)
@@ -222,15 +240,15 @@ class QueueWorker(Worker):
     def _prepare(self, d: QueueDelivery) -> tuple[QueueMessage, str | None] | None:
         """Before the call: (message, idempotency key), or None when `d` is a
         duplicate (settled here). At-most-once acks here, before the call."""
-        engine = self.env.engine
+        backend = self.env.backend
         msg = QueueMessage.from_delivery(d)
         key = self.idem_key(msg)
         if self.delivery is Delivery.AT_MOST_ONCE:
-            engine.ack(self.queue, [d.delivery_id])
+            backend.settle(self.queue, [Ack(d.delivery_id)])
             if self.is_duplicate(key):
                 return None
         elif self.is_duplicate(key):
-            engine.ack(self.queue, [d.delivery_id])
+            backend.settle(self.queue, [Ack(d.delivery_id)])
             return None
         return msg, key
 
@@ -254,11 +272,9 @@ class QueueWorker(Worker):
         self.traced_settle(outputs, "failed", exc)
 
     def _succeed(self, d: QueueDelivery, outputs: Outputs, key: str | None) -> None:
-        engine = self.env.engine
         if self.delivery is Delivery.EXACTLY_ONCE:
-            step = self.step_of(outputs)
-            step.acks.append((self.queue, d.delivery_id))
-            engine.commit_step(step)
+            self.env.backend.commit_step(
+                self.step_of(outputs) + Step(acks=((self.queue, d.delivery_id),)))
             self.remember(key)
             self.hand_over(outputs)
             return
@@ -278,7 +294,7 @@ class QueueWorker(Worker):
             reason = "delivery_limit"
         elif decision.retry:
             self.counters.retries += 1
-            self.env.engine.retry_later(self.queue, d.delivery_id, decision.delay_s)
+            self.env.backend.settle(self.queue, [Retry(d.delivery_id, decision.delay_s)])
             return
         now = self.env.clock.time()
         death = build_death(
@@ -302,7 +318,7 @@ class QueueWorker(Worker):
         return limit is not None and d.delivery_count >= limit
 
     def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any]) -> None:
-        engine = self.env.engine
+        backend = self.env.backend
         to_queue, to_topic = self.dlq_target()
         queue = self.topology.queue_map().get(self.queue)
         dlx = queue.dead_letter if queue is not None else None
@@ -312,25 +328,29 @@ class QueueWorker(Worker):
                         "dead_letter on queue %r)", self.name, d.message_id or d.delivery_id,
                         death["error"]["type"], self.queue)
             if self.delivery is not Delivery.AT_MOST_ONCE:
-                engine.ack(self.queue, [d.delivery_id])
+                backend.settle(self.queue, [Ack(d.delivery_id)])
             return
         self.counters.dead_lettered += 1
         if self.delivery is not Delivery.AT_MOST_ONCE:
-            engine.dead_letter(self.queue, d.delivery_id, reason=str(death["reason"]),
-                               death=death, to_queue=to_queue, to_topic=to_topic)
+            backend.settle(self.queue, [DeadLetter(
+                d.delivery_id, reason=str(death["reason"]), death=death, to_queue=to_queue,
+                to_topic=to_topic)])
             return
         # at-most-once: already acked; dead-letter a copy of the message
         headers = dict(d.headers)
         headers[DEAD_LETTER_HEADER] = death
         # its own id: another consumer's dead letter of the same message is not a duplicate
         mid = dead_letter_id(self.name, d.message_id, death.get("death_count"))
-        copy = OutMessage(body=d.body, routing_key=d.routing_key, headers=headers,
+        key = d.routing_key
+        if (to_queue is None and to_topic is None and dlx is not None
+                and dlx.routing_key is not None):
+            key = dlx.routing_key
+        copy = OutMessage(body=d.body, routing_key=key, headers=headers,
                           priority=d.priority or None, message_id=mid,
                           content_type=d.content_type)
         if to_queue is not None:
-            engine.publish_to_queue(to_queue, [copy])
+            backend.put(to_queue, [copy])
         elif to_topic is not None:
-            engine.append(to_topic, [OutRecord(value=d.body, headers=headers)])
+            backend.append(to_topic, [OutRecord(value=d.body, headers=headers)])
         elif dlx is not None:
-            copy.routing_key = dlx.routing_key if dlx.routing_key is not None else d.routing_key
-            engine.publish(dlx.exchange, [copy])
+            backend.publish(dlx.exchange, [copy])

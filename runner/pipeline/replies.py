@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import jsontext
-from runner.engine import OutMessage
+from runner.engine.contract import OutMessage
 
 log = logging.getLogger(__name__)
 

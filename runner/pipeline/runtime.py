@@ -1,7 +1,8 @@
 """The Pipeline: every consumer and handled group of a topology, run on one loop.
 
-The daemon builds one `Pipeline` per engine, `start()`s it on its running
-loop, calls `notify()` after publishes, `apply()` after `engine.apply()` on a
+The daemon builds one `Pipeline` per backend (`runner.engine.contract`),
+`start()`s it on its running loop (workers then wait on the backend's events),
+may call `notify()` to wake every worker, `apply()` after `engine.apply()` on a
 reload, `drain()` at shutdown, and reads `stats()` at scrape time.
 """
 
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.clock import Clock
-from runner.engine import Engine, FsyncPolicy, OutMessage
+from runner.engine.contract import Backend, OutMessage
+from runner.engine.values import FsyncPolicy
 from runner.fs import LOCAL, FileSystem
 from runner.pipeline.group_worker import GroupWorker
 from runner.pipeline.handler import resolve
@@ -99,24 +101,23 @@ def _handler_ref(topology: Topology, key: str) -> None:
 
 
 class Pipeline:
-    """Runs the handlers of a topology against an Engine."""
+    """Runs the handlers of a topology against a Backend."""
 
     def __init__(
-        self, engine: Engine, topology: Topology, *, data_dir: Path, clock: Clock,
+        self, backend: Backend, topology: Topology, *, data_dir: Path, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, instance_id: str,
         random_source: Callable[[], float] | None = None, hostname: str | None = None,
-        fsync: FsyncPolicy | None = None, fs: FileSystem = LOCAL, replies: Replies | None = None,
-        spans: Spans | None = None,
+        fsync: FsyncPolicy = FsyncPolicy.ALWAYS, fs: FileSystem = LOCAL,
+        replies: Replies | None = None, spans: Spans | None = None,
     ) -> None:
-        self.engine = engine
+        self.backend = backend
         self.topology = topology
         self.instance_id = instance_id
         self.replies = replies if replies is not None else Replies()
         self._env = WorkerEnv(
-            engine=engine, executor=executor, clock=clock, data_dir=data_dir,
+            backend=backend, executor=executor, clock=clock, data_dir=data_dir,
             hostname=hostname or socket.gethostname(),
-            random=random_source or random.Random().random,
-            fsync=fsync if fsync is not None else FsyncPolicy(engine.fsync.value), fs=fs,
+            random=random_source or random.Random().random, fsync=fsync, fs=fs,
             replies=self.replies, requester=self.request, spans=spans,
         )
         self._workers: dict[str, AnyWorker] = {}
@@ -204,8 +205,9 @@ class Pipeline:
         out[REPLY_TO_HEADER] = waiting.address
         out[CORRELATION_HEADER] = waiting.correlation_id
         try:
-            routed = self.engine.publish(exchange, [OutMessage(
-                body=payload, routing_key=routing_key, headers=out, content_type=ctype)])[0]
+            routed = self.backend.publish(exchange, [OutMessage(
+                body=payload, routing_key=routing_key, headers=out,
+                content_type=ctype)]).routes[0]
             if not routed:
                 raise NoRoute(f"the request to exchange {exchange!r} with routing key "
                               f"{routing_key!r} was routed nowhere: no reply can come")
@@ -217,8 +219,13 @@ class Pipeline:
             raise ReplyError(*error_of(reply.body))
         return decode_body(reply.body)
 
+    def wakeups(self) -> int:
+        """Backend events that reached the workers so far (the idle-cost tests)."""
+        return sum(w.wakeups for w in self._workers.values())
+
     def notify(self) -> None:
-        """Something was published: wake idle workers now (call on the loop thread)."""
+        """Wake every idle worker now (call on the loop thread); the backend's
+        events do this for every write it sees."""
         for worker in self._workers.values():
             worker.notify()
 

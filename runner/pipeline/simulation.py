@@ -35,6 +35,9 @@ from typing import Any
 
 from runner.clock import ManualClock
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord, QueueDelivery, Record
+from runner.engine.contract import GroupMember
+from runner.engine.contract import QueueDelivery as Delivered
+from runner.engine.embedded import EmbeddedBackend
 from runner.errors import EngineError
 from runner.pipeline.deadletter import error_type
 from runner.pipeline.group_worker import GroupWorker
@@ -181,16 +184,15 @@ class _RecordingRetrier(Retrier):
 class _SimQueueWorker(QueueWorker):
     sim: Simulation
 
-    def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any]) -> None:
+    def _dead_letter(self, d: Delivered, msg: QueueMessage, death: dict[str, Any]) -> None:
         if death.get("reason") == "delivery_limit":
             self.sim._gave_up(self.name, f"delivery_limit reached ({d.delivery_count} "
                                          "deliveries)")
         super()._dead_letter(d, msg, death)
 
     async def step(self) -> bool:
-        engine = self.env.engine
-        got = engine.pull(self.queue, PULL_BATCH, lease_s=self.lease_s,
-                          consumer_id=self.puller_id)
+        got = self.env.backend.fetch(self.queue, PULL_BATCH, lease_s=self.lease_s,
+                                     consumer_id=self.puller_id)
         for d in got:
             self.outstanding += 1
             try:
@@ -205,7 +207,7 @@ class _SimQueueWorker(QueueWorker):
 
 class _SimGroupWorker(GroupWorker):
     sim: Simulation
-    member: str
+    member: GroupMember
     positions: dict[Any, int]
     pending: dict[Any, int]
 
@@ -215,13 +217,11 @@ class _SimGroupWorker(GroupWorker):
         return True
 
     async def step(self) -> bool:
-        engine = self.env.engine
-        self._beat(self.member)
         busy = await self._replays(self.member)
-        version = engine.seek_version(self.name)
-        for tp in self._assignment(self.member):
+        version = self.seeks
+        for tp in self.member.assignment():
             if tp not in self.positions:
-                self.positions[tp] = engine.position(self.name, tp)
+                self.positions[tp] = self.member.position(tp)
             busy |= await self._partition(self.member, tp, self.positions, self.pending,
                                           version)
             self._flush(self.member, self.pending, version)
@@ -272,7 +272,8 @@ class Simulation:
         try:
             self._engine = Engine.open(topology, self._dir / "data", fsync=FsyncPolicy.NEVER,
                                        clock=self.clock)
-            env = WorkerEnv(engine=self._engine, executor=self._executor, clock=self.clock,
+            env = WorkerEnv(backend=EmbeddedBackend(self._engine), executor=self._executor,
+                            clock=self.clock,
                             data_dir=self._dir / "data", hostname=HOST, random=lambda: 0.5,
                             fsync=FsyncPolicy.NEVER)
             self._build(env, stands or {}, default)
@@ -319,10 +320,9 @@ class Simulation:
             gw = _SimGroupWorker(env, self.topology, g, HandlerCounters(),
                                  handler=self._stand(name, g.handler, stands, default))
             gw.sim = self
-            gw.member = f"{name}-1@{HOST}"
+            gw.member = env.backend.open_member(name, f"{name}-1@{HOST}")
             gw.positions = {}
             gw.pending = {}
-            self.engine.join(name, gw.member)
             self._record_fates(gw)
             self._group_workers.append(gw)
 
@@ -421,8 +421,6 @@ class Simulation:
         """Move the clock on and let the engine do what came due."""
         if seconds > 0:
             self.clock.advance(seconds)
-        for gw in self._group_workers:  # a simulated member never misses its session
-            gw._beat(gw.member)
         self.engine.tick()
 
     # ------------------------------------------------------------ input

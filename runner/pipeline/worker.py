@@ -1,17 +1,23 @@
 """A worker: one consumer's (or group's) handler calls, outcomes and shared plumbing.
 
 `Worker` holds what queue consumers and consumer groups share: the resolved
-handler, the retry policy, the idempotency window, counters, the wake-up
-event and the stop flag. `QueueWorker` (queue_worker.py) and `GroupWorker`
+handler, the retry policy, the idempotency window, counters, the wake-ups
+and the stop flag. `QueueWorker` (queue_worker.py) and `GroupWorker`
 (group_worker.py) add how messages arrive and how they are settled. Every
-engine call happens on the loop thread; only sync handlers leave it.
+backend call happens on the loop thread; only sync handlers leave it.
+
+Workers talk to the backend only through `runner.engine.contract`. They
+never poll: an idle task awaits a `Waiter` fed by the backend's events
+(queue-ready, records-appended, assignment-changed, seek) and by `notify`;
+a retry in place and a rate limit's pause sleep on the injected `Clock`
+(`clock.sleep`), so a test drives them with a `ManualClock`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
@@ -21,7 +27,8 @@ from typing import Any
 
 from runner import jsontext
 from runner.clock import Clock
-from runner.engine import Engine, FsyncPolicy, Step
+from runner.engine.contract import Backend, Event, Step, Waiter
+from runner.engine.values import FsyncPolicy
 from runner.errors import EngineError
 from runner.fs import LOCAL, FileSystem
 from runner.log.datapath import entity_path
@@ -41,14 +48,13 @@ from runner.topology.model import Delivery, DlqPolicy, Idempotency, Topology
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT_S = 0.1  # an idle worker polls at least this often, and at once on notify()
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerEnv:
     """What every worker of one Pipeline shares."""
 
-    engine: Engine
+    backend: Backend
     executor: concurrent.futures.ThreadPoolExecutor
     clock: Clock
     data_dir: Path
@@ -92,7 +98,8 @@ class Worker:
         self.counters = counters
         self.failures = FailureLog(name, env.clock)
         self.stopping = False
-        self.wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self.waiters: list[Waiter] = []  # one per task that waits for events
         self.busy = 0  # handler calls in flight
         self.tasks: list[asyncio.Task[None]] = []
         # `rate_limit`: one bucket for every instance of this consumer or group
@@ -230,18 +237,21 @@ class Worker:
 
     def send(self, outputs: Outputs) -> None:
         """Publish staged outputs straight away (at-most-once / at-least-once)."""
-        engine = self.env.engine
+        backend = self.env.backend
         for exchange, msgs in outputs.grouped_publishes():
-            engine.publish(exchange, msgs)
+            backend.publish(exchange, msgs)
         for queue, msgs in outputs.grouped_puts():
-            engine.publish_to_queue(queue, msgs)
+            backend.put(queue, msgs)
         for topic, recs in outputs.grouped_appends():
-            engine.append(topic, recs)
+            backend.append(topic, recs)
 
     def step_of(self, outputs: Outputs) -> Step:
         """The staged outputs as (the output half of) an exactly-once step."""
-        return Step(publishes=outputs.grouped_publishes(), queue_puts=outputs.grouped_puts(),
-                    appends=outputs.grouped_appends())
+        return Step(
+            publishes=tuple((ex, tuple(ms)) for ex, ms in outputs.grouped_publishes()),
+            puts=tuple((q, tuple(ms)) for q, ms in outputs.grouped_puts()),
+            appends=tuple((t, tuple(rs)) for t, rs in outputs.grouped_appends()),
+        )
 
     def hand_over(self, outputs: Outputs) -> None:
         """After the call is settled: replies to requests waiting in this daemon."""
@@ -260,7 +270,9 @@ class Worker:
         reply = reply_message(body, JSON_CONTENT_TYPE, message.correlation_id, error=True)
         trace = message.trace
         if trace is not None:
-            trace.child().write(reply.headers)
+            headers = dict(reply.headers)
+            trace.child().write(headers)
+            reply = dataclasses.replace(reply, headers=headers)
         outputs.add_reply(address, reply)
         try:
             self.send(outputs)
@@ -298,26 +310,34 @@ class Worker:
         return target, None
 
     # ---------------------------------------------------------------- waiting
-    async def idle(self, seconds: float = IDLE_WAIT_S) -> None:
-        """Wait for notify() or `seconds`, whichever comes first."""
-        self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+    def waiter(self, events: list[Event]) -> Waiter:
+        """A wake-up for one task: the backend's `events`, `notify` and stop."""
+        waiter = Waiter(self.env.backend, events)
+        self.waiters.append(waiter)
+        return waiter
+
+    @property
+    def wakeups(self) -> int:
+        """Events that reached this worker's waiters (the idle-cost tests count them)."""
+        return sum(w.fired for w in self.waiters)
 
     async def pause(self, seconds: float) -> bool:
-        """Sleep `seconds` unless stopped first; False when stopped."""
-        # a real wait (loop time): the partition is blocked on this record meanwhile
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not self.stopping:
-            left = deadline - loop.time()
-            if left <= 0:
-                return True
-            await asyncio.sleep(min(left, IDLE_WAIT_S))
-        return False
+        """Sleep `seconds` on the clock unless stopped first; False when stopped."""
+        if self.stopping:
+            return False
+        sleep = asyncio.ensure_future(self.env.clock.sleep(seconds))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait((sleep, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            stopped.cancel()
+        return not self.stopping
 
     def notify(self) -> None:
-        self.wake.set()
+        """Wake every waiting task (something may have changed)."""
+        for waiter in self.waiters:
+            waiter.set()
 
     async def _overran_grace(self, grace_s: float) -> None:
         """Handler calls still running when the grace ran out: logged
@@ -349,7 +369,8 @@ class Worker:
     async def stop_tasks(self, grace_s: float) -> None:
         """Stop taking work, let handler calls in flight finish up to `grace_s`, then cancel."""
         self.stopping = True
-        self.wake.set()
+        self._stopped.set()
+        self.notify()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while self.busy and loop.time() < deadline:
@@ -366,5 +387,8 @@ class Worker:
             except Exception:
                 log.exception("consumer %s: worker task failed", self.name)
         self.tasks.clear()
+        for waiter in self.waiters:
+            waiter.close()
+        self.waiters.clear()
         if self.idem_store is not None:
             self.idem_store.close()

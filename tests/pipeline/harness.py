@@ -15,6 +15,7 @@ import orjson
 
 from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
+from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline import Pipeline
 from runner.topology.model import (
     Binding,
@@ -103,9 +104,9 @@ async def running(
     engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pipeline = Pipeline(engine, topo, data_dir=data_dir, clock=clock, executor=pool,
-                                instance_id="test", hostname="host", random_source=lambda: 0.5,
-                                fsync=FsyncPolicy.NEVER)
+            pipeline = Pipeline(EmbeddedBackend(engine), topo, data_dir=data_dir, clock=clock,
+                                executor=pool, instance_id="test", hostname="host",
+                                random_source=lambda: 0.5, fsync=FsyncPolicy.NEVER)
             ticker = asyncio.create_task(_tick(engine))
             try:
                 await pipeline.start()

@@ -18,6 +18,7 @@ from typing import Any
 
 from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy
+from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline import Pipeline
 from runner.topology.model import (
     Binding,
@@ -57,8 +58,8 @@ async def run(data_dir: Path) -> None:
     clock = SystemClock()
     engine = Engine.open(crash_topology(), data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        pipeline = Pipeline(engine, engine.topology, data_dir=data_dir, clock=clock,
-                            executor=pool, instance_id="child")
+        pipeline = Pipeline(EmbeddedBackend(engine), engine.topology, data_dir=data_dir,
+                            clock=clock, executor=pool, instance_id="child")
         await pipeline.start()
         print("ready", flush=True)
         while True:
