@@ -32,13 +32,14 @@ from typing import Any
 
 from runner import jsontext
 from runner.engine.contract import OutMessage
+from runner.topology.build import REPLY_ADDRESS_PREFIX
 
 log = logging.getLogger(__name__)
 
 REPLY_TO_HEADER = "x-reply-to"
 CORRELATION_HEADER = "x-correlation-id"
 REPLY_ERROR_HEADER = "x-reply-error"
-PRIVATE_PREFIX = "runner.reply-to."
+PRIVATE_PREFIX = REPLY_ADDRESS_PREFIX  # reserved by validation
 MAX_ADDRESS_CHARS = 512  # an exchange name (249) + "/" + a routing key (255) fits
 MAX_CORRELATION_CHARS = 255  # as AMQP's shortstr
 

@@ -157,6 +157,14 @@ class _Builder:
                 f'{kind} name "{name}" is reserved: names starting with "__" belong to the engine',
             )
             ok = False
+        elif _reserved(name, kind) and name.startswith(REPLY_ADDRESS_PREFIX):
+            self.error(
+                path,
+                "reserved-name",
+                f'{kind} name "{name}" is reserved: names starting with '
+                f'"{REPLY_ADDRESS_PREFIX}" are the private reply addresses of request-reply',
+            )
+            ok = False
         elif _reserved(name, kind):
             self.error(
                 path,
@@ -552,9 +560,13 @@ def _renumber(path: str, binding_offset: int) -> str:
     return f"bindings[{int(path[9:end]) + binding_offset}{path[end:]}"
 
 
+REPLY_ADDRESS_PREFIX = "runner.reply-to."
+"""The private reply addresses of request-reply (`?wait=`, `ctx.request`): never declared."""
+
+
 def _reserved(name: str, kind: str) -> bool:
     return name.startswith("__") or (
-        name.startswith("amq.") and kind in ("exchange", "queue", "topic")
+        name.startswith(("amq.", REPLY_ADDRESS_PREFIX)) and kind in ("exchange", "queue", "topic")
     )
 
 

@@ -249,6 +249,21 @@ def test_reserved_and_duplicate_names() -> None:
     ]
 
 
+def test_reply_address_names_are_reserved() -> None:
+    text = ("version: 1\nqueues:\n  runner.reply-to.x: {}\n"
+            "exchanges:\n  runner.reply-to.y: {type: direct}\n")
+    result = load_text(text, filename="t.yaml", env={})
+    assert result.topology is None
+    assert [(p.line, p.column, p.rule, p.message) for p in result.problems] == [
+        (3, 3, "reserved-name",
+         'queue name "runner.reply-to.x" is reserved: names starting with "runner.reply-to." '
+         "are the private reply addresses of request-reply"),
+        (5, 3, "reserved-name",
+         'exchange name "runner.reply-to.y" is reserved: names starting with "runner.reply-to." '
+         "are the private reply addresses of request-reply"),
+    ]
+
+
 def test_names_in_different_namespaces_may_repeat() -> None:
     topo = _ok(
         "version: 1\nexchanges: {orders: {type: topic}}\nqueues: {orders: {}, dead: {}}\n"
