@@ -10,10 +10,17 @@ import re
 import socket
 import stat
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.cli import pythonpath
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    from runner.daemon.supervisor import Loaded, Parts
+
+    Failures = list[tuple[str, str, str]]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {
@@ -159,8 +166,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument(
         "--load-timeout", type=_timeout, default=30.0,
-        help="a reload gives up reading the topology files after this long, keeping the "
-        "running topology (30s)",
+        help="start-up gives up (exit 1) when reading the topology and importing its "
+        "handlers takes longer; a reload gives up reading the topology files after this "
+        "long, keeping the running topology (30s)",
     )
     run.add_argument(
         "--body-timeout", type=_timeout, default=30.0,
@@ -285,7 +293,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(refused, file=sys.stderr)
         return 2
     parts = real_parts(follow_symlinks=not args.no_follow_symlinks)
-    loaded = parts.load(str(args.path))
+    first = _first_load(parts, args.path, args.load_timeout)
+    if isinstance(first, str):
+        print(first, file=sys.stderr)
+        return 1
+    loaded, failures = first
     errors = [p for p in loaded.problems if p.is_error]
     if errors or loaded.topology is None:
         _print_problems(errors)
@@ -296,7 +308,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             logging.getLogger("runner.daemon").warning(
                 "%s", problem_line(problem), extra={"event": "topology_warning"}
             )
-    failures = parts.check_handlers(loaded.topology)
     if failures:
         _print_problems(handler_problems(loaded.topology, failures))
         print("runner run: handlers could not be imported", file=sys.stderr)
@@ -347,6 +358,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1
+
+
+def _first_load(parts: Parts, path: Path, limit_s: float) -> tuple[Loaded, Failures] | str:
+    """The topology at start-up and its handler imports' failures, within `limit_s`
+    (--load-timeout, as a reload's read); past it, the sentence to exit with.
+
+    Both run in a daemon thread of their own: a read on a hung file system or a
+    handler module that blocks at import cannot be interrupted, and such a thread
+    must not hold up the exit (issue 17: the first load had no timeout)."""
+    result: list[tuple[Loaded, Failures]] = []
+    error: list[BaseException] = []
+    stage = ["reading the topology files"]
+
+    def run() -> None:
+        try:
+            loaded = parts.load(str(path))
+            failures: Failures = []
+            if loaded.topology is not None and not any(p.is_error for p in loaded.problems):
+                stage[0] = "importing the handler modules"
+                failures = parts.check_handlers(loaded.topology)
+            result.append((loaded, failures))
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="topology-first-load", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        return (
+            f"runner run: loading {path} did not finish within {limit_s:g}s "
+            f"(--load-timeout): {stage[0]} hangs (a hung file system, or a handler module "
+            "that blocks at import?); not started"
+        )
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def _port_taken(host: str, port: int) -> str | None:
