@@ -4,8 +4,8 @@ A dead letter keeps its body and properties and gains one header,
 `x-dead-letter` (TOPOLOGY.md): the latest death's reason, error, retry count,
 first/last attempt (ISO 8601 UTC, `iso_utc`), where it came from and
 `death_count` (`deaths_before` + 1, replays included). This module is the one
-home of that header: the pipeline's handler-failure header is built with its
-helpers.
+home of that header: `death_header` builds every one, the broker's deaths here
+and the pipeline's handler failures (through `runner.engine.deadletters`).
 The cycle watch is kept out of that header (in the queued message's `props`,
 see `death_path`): the queues it died from automatically (not `rejected` or
 `handler_error`) since its last rejection; a dead letter that would return to
@@ -62,31 +62,69 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def queue_origin(queue: str, exchange: str, routing_key: str) -> dict[str, Any]:
+    """The origin fields of a queue message's death."""
+    return {"original_queue": queue, "original_exchange": exchange,
+            "original_routing_key": routing_key}
+
+
+def topic_origin(
+    topic: str, partition: int, offset: int, group: str | None = None,
+) -> dict[str, Any]:
+    """The origin fields of a topic record's death (`original_group`: the group that
+    failed it, where a replay returns it)."""
+    out: dict[str, Any] = {"original_topic": topic, "original_partition": partition,
+                           "original_offset": offset}
+    if group is not None:
+        out["original_group"] = group
+    return out
+
+
+def death_header(
+    *, reason: str, headers: Mapping[str, Any], origin: Mapping[str, Any],
+    error: Mapping[str, Any] | None = None, retry_count: int = 0,
+    first_attempt: float | None = None, last_attempt: float | None = None,
+    consumer_id: str | None = None,
+) -> dict[str, Any]:
+    """The `x-dead-letter` header of a message (with these `headers`) dying now: the
+    one builder of it, used by the broker (TTL, overflow, rejection, delivery
+    limit) and by the pipeline (a handler failure), so both write the same
+    fields in the same order, times in `iso_utc`, `death_count` from
+    `deaths_before`. `origin` is `queue_origin(...)` or `topic_origin(...)`."""
+    return {
+        "reason": reason,
+        "error": dict(error) if error is not None else None,
+        "retry_count": max(0, retry_count),
+        "first_attempt": iso_utc(first_attempt),
+        "last_attempt": iso_utc(last_attempt),
+        **origin,
+        "consumer_id": consumer_id,
+        "death_count": deaths_before(headers) + 1,
+    }
+
+
 def build_death(
     msg: QueuedMessage, *, queue: str, reason: str, given: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `x-dead-letter` header for `msg` dying in `queue` now.
+    """The `x-dead-letter` header for `msg` dying in `queue` now (`death_header`).
 
-    A caller's ready-made `given` dict (a handler error with its stack trace)
-    wins field by field; the broker fills what it leaves out and always sets
-    `death_count`.
+    A caller's ready-made `given` header (a handler error with its stack trace,
+    from `death_header` too) wins field by field; the broker fills what it leaves
+    out and always sets `death_count`.
     """
     attempts = msg.attempts
-    death: dict[str, Any] = {
-        "reason": reason,
-        "error": None,
-        "retry_count": max(0, msg.delivery_count - 1),
-        "first_attempt": iso_utc(attempts[0]) if attempts else None,
-        "last_attempt": iso_utc(attempts[1]) if attempts else None,
-        "original_queue": queue,
-        "original_exchange": msg.exchange,
-        "original_routing_key": msg.routing_key,
-        "consumer_id": msg.owner,
-    }
+    death = death_header(
+        reason=reason, headers=msg.headers,
+        origin=queue_origin(queue, msg.exchange, msg.routing_key),
+        retry_count=msg.delivery_count - 1,
+        first_attempt=attempts[0] if attempts else None,
+        last_attempt=attempts[1] if attempts else None, consumer_id=msg.owner,
+    )
+    count = death["death_count"]
     if given:
         death.update(given)
     death["reason"] = death.get("reason") or reason
-    death["death_count"] = deaths_before(msg.headers) + 1
+    death["death_count"] = count
     death.pop("death_queues", None)  # where older versions kept the cycle watch
     return death
 

@@ -16,7 +16,15 @@ from typing import Any
 from runner.broker.broker import Broker
 from runner.broker.deadletter import DEATH_HEADER as DEAD_LETTER_HEADER
 from runner.broker.deadletter import REPLAY_HEADER as REPLAY_COUNT_HEADER
-from runner.broker.deadletter import dead_letter_id, deaths_before, iso_utc, replay_target
+from runner.broker.deadletter import (
+    dead_letter_id,
+    death_header,
+    deaths_before,
+    iso_utc,
+    queue_origin,
+    replay_target,
+    topic_origin,
+)
 from runner.broker.message import Message
 from runner.engine.records import (
     MESSAGE_ID_HEADER,
@@ -48,7 +56,8 @@ __all__ = [
     "DEAD_LETTER_HEADER", "REPLAY_COUNT_HEADER", "REPLAY_NOT_A_DEAD_LETTER", "REPLAY_PREFIX",
     "REPLAY_QUEUE_FULL", "dead_letter_id", "dead_letter_step", "deaths_before", "iso_utc",
     "replay", "replay_queue_name", "replayed_record", "DLQ_POSITION_PREFIX",
-    "dead_letter_topics", "dlq_position_group", "dlq_position_groups",
+    "dead_letter_topics", "dlq_position_group", "dlq_position_groups", "death_header",
+    "queue_origin", "topic_origin",
 ]
 
 REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"

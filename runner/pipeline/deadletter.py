@@ -5,9 +5,10 @@ stack_trace}, retry_count, first_attempt, last_attempt (ISO 8601 UTC), the
 origin (`original_queue` / `original_exchange` / `original_routing_key`, or
 `original_topic` / `original_partition` / `original_offset` plus
 `original_group` so a replay goes back to the group that failed it),
-`consumer_id` and `death_count`. Times and `death_count` follow the broker's
-rules (`runner.broker.deadletter`, the header's one home): the same message
-gets the same header fields whichever side writes its death.
+`consumer_id` and `death_count`. The header itself is built by
+`death_header` (`runner.broker.deadletter`, its one home, through
+`runner.engine.deadletters`): the same message gets the same header fields
+whichever side writes its death; this module adds only the error.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from runner.engine.deadletters import (
     DEAD_LETTER_HEADER,
     REPLAY_COUNT_HEADER,
     dead_letter_id,
-    deaths_before,
+    death_header,
     iso_utc,
+    queue_origin,
+    topic_origin,
 )
 from runner.pipeline.message import Message, QueueMessage
 
@@ -64,27 +67,13 @@ def build_death(
     reason: str = "handler_error",
 ) -> dict[str, Any]:
     """The `x-dead-letter` value for `message` that failed with `exc`."""
-    death: dict[str, Any] = {
-        "reason": reason,
-        "error": {
-            "type": error_type(exc),
-            "message": str(exc),
-            "stack_trace": stack_trace(exc),
-        },
-        "retry_count": retry_count,
-        "first_attempt": iso_utc(first_attempt),
-        "last_attempt": iso_utc(last_attempt),
-    }
     if isinstance(message, QueueMessage):
-        death["original_queue"] = message.queue
-        death["original_exchange"] = message.exchange
-        death["original_routing_key"] = message.routing_key
+        origin = queue_origin(message.queue, message.exchange, message.routing_key)
     else:
-        death["original_topic"] = message.topic
-        death["original_partition"] = message.partition
-        death["original_offset"] = message.offset
-        if group is not None:
-            death["original_group"] = group
-    death["consumer_id"] = consumer_id
-    death["death_count"] = deaths_before(message.headers) + 1
-    return death
+        origin = topic_origin(message.topic, message.partition, message.offset, group)
+    return death_header(
+        reason=reason, headers=message.headers, origin=origin,
+        error={"type": error_type(exc), "message": str(exc), "stack_trace": stack_trace(exc)},
+        retry_count=retry_count, first_attempt=first_attempt, last_attempt=last_attempt,
+        consumer_id=consumer_id,
+    )
