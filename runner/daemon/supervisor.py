@@ -430,6 +430,7 @@ class Supervisor:
         listener, signal_ = build_listener(
             lambda: self.engine, notify=self.notify, clock=self._parts.clock,
             token=self.config.token, max_request_bytes=self.config.max_request_bytes,
+            max_message_bytes=self.config.max_message_bytes,
             advertise=self.config.kafka_advertise,
         )
         port = await listener.start(*listen)

@@ -29,10 +29,12 @@ __all__ = ["AppendSignal", "KafkaListener", "build_listener"]
 def build_listener(
     engine: Callable[[], Engine], *, notify: Callable[[], None], clock: Clock,
     token: str | None, max_request_bytes: int, advertise: tuple[str, int] | None = None,
+    max_message_bytes: int = 1024 * 1024,
 ) -> tuple[KafkaListener, AppendSignal]:
     """A listener on the running engine, and the signal to wake its fetches
     (call `wake()` whenever records may have been appended)."""
     signal = AppendSignal()
     broker = Broker(EnginePort(engine, notify), clock, signal, coordinator=Coordinator(clock),
-                    token=token, max_request_bytes=max_request_bytes, advertise=advertise)
+                    token=token, max_request_bytes=max_request_bytes,
+                    max_message_bytes=max_message_bytes, advertise=advertise)
     return KafkaListener(broker), signal

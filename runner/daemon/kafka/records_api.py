@@ -7,7 +7,10 @@ replica). acks=0 gets no answer, as in Kafka. An idempotent producer's batch
 (producer id and base sequence) goes through the engine's sequence checks:
 an exact retry gets its original offsets and is not stored twice, and a batch
 from an older producer epoch is refused with INVALID_PRODUCER_EPOCH (as Kafka
-2.7+ answers a fenced producer's produce).
+2.7+ answers a fenced producer's produce). A record whose key, value and
+headers pass `--max-message-bytes` refuses the partition's batches with
+MESSAGE_TOO_LARGE, nothing of them stored, as the HTTP API answers 413 (the
+topic's own `max_message_bytes` is checked by the log, with the same code).
 
 Fetch: from each partition's fetch offset up to its `partition_max_bytes`
 (at least one record, as Kafka does, so a large record never stalls a
@@ -20,9 +23,16 @@ send full fetches).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from runner.daemon.kafka.batches import InvalidBatch, UnsupportedBatch, decode_batches, encode_batch
+from runner.daemon.kafka.batches import (
+    Batch,
+    InvalidBatch,
+    UnsupportedBatch,
+    decode_batches,
+    encode_batch,
+)
 from runner.daemon.kafka.port import ProducerFenced
 from runner.daemon.kafka.protocol import ErrorCode
 from runner.daemon.kafka.session import Session, millis
@@ -90,6 +100,9 @@ def _produce_partition(session: Session, topic: str, partition: int,
     if not batches:
         return _refuse(session, out, ErrorCode.corrupt_message, topic, partition,
                        "no record batch in the request")
+    too_large = _over_message_limit(batches, session.broker.max_message_bytes)
+    if too_large is not None:
+        return _refuse(session, out, ErrorCode.message_too_large, topic, partition, too_large)
     first = -1
     try:
         for batch in batches:
@@ -108,6 +121,23 @@ def _produce_partition(session: Session, topic: str, partition: int,
         return _refuse(session, out, engine_error_code(exc), topic, partition, str(exc))
     out["base_offset"] = first
     return out
+
+
+def _over_message_limit(batches: Sequence[Batch], limit: int) -> str | None:
+    """Why a record of these batches is over --max-message-bytes (its key, value and
+    headers, as the HTTP API counts a record; the topic's own max_message_bytes is
+    the log's to check), or None. Kafka refuses the whole batch: MESSAGE_TOO_LARGE."""
+    n = 0
+    for batch in batches:
+        for rec in batch.records:
+            size = len(rec.value or b"") + len(rec.key or b"")
+            for name, value in rec.headers:
+                size += len(name.encode()) + len(value or b"")
+            if size > limit:
+                return (f"record {n}: the record is {size} bytes with its key and headers, "
+                        f"over the limit of {limit} bytes (--max-message-bytes)")
+            n += 1
+    return None
 
 
 def _refuse(session: Session, out: dict[str, Any], code: int, topic: str, partition: int,

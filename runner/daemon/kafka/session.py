@@ -50,6 +50,7 @@ class Broker:
     coordinator: Coordinator
     token: str | None = None
     max_request_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 1024 * 1024  # --max-message-bytes: a record, as over HTTP
     advertise: tuple[str, int] | None = None  # None: the address each connection reached
     next_producer_id: int = 0
     # the newest epoch of each producer id given out or produced with since the
