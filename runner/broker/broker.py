@@ -18,7 +18,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.broker.changes import describe_changes, exchange_unsafe, queue_unsafe
+from runner.broker.changes import (
+    describe_changes,
+    exchange_unsafe,
+    held_queue_removal,
+    queue_unsafe,
+)
 from runner.broker.deadletter import (
     DEATH_HEADER,
 )
@@ -158,7 +163,7 @@ class Broker:
                 problems.extend(queue_unsafe(self.queues[name].spec, q))
         for name, mq in self.queues.items():
             if name not in new_q and len(mq) and not force:
-                problems.append(f"queue '{name}' holds {len(mq)} messages: not removed")
+                problems.append(held_queue_removal(name))
         if problems:
             raise UnsafeChange("; ".join(problems))
         lines: list[str] = []

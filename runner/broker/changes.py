@@ -1,8 +1,8 @@
-"""Topology changes for the broker: what differs, what is unsafe, how it is said.
+"""Topology changes for the broker: what differs and what is unsafe.
 
-Unsafe changes are refused the way RabbitMQ refuses an inequivalent
-re-declaration (PRECONDITION_FAILED): "inequivalent arg 'x-max-priority' for
-queue 'q': received 5 but current is 10".
+Which exchange and queue changes are unsafe, and the sentence each is refused
+with, is the plan's rule (`runner.topology.diff`, its one home): a reload the
+broker refuses says exactly what `runner plan` says about the same change.
 """
 
 from __future__ import annotations
@@ -10,42 +10,24 @@ from __future__ import annotations
 from dataclasses import fields
 from enum import Enum
 
+from runner.topology.diff import entity_changes, removal, unsafe_sentence
 from runner.topology.model import Exchange, Queue
 
 
-def arg_text(value: object) -> str:
-    """A value as RabbitMQ's precondition message prints it."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f"'{getattr(value, 'value', value)}'"
-    return str(value)
-
-
-def inequivalent(kind: str, name: str, arg: str, received: object, current: object) -> str:
-    return (f"inequivalent arg '{arg}' for {kind} '{name}': "
-            f"received {arg_text(received)} but current is {arg_text(current)}")
-
-
 def queue_unsafe(old: Queue, new: Queue) -> list[str]:
-    out = []
-    if old.max_priority != new.max_priority:
-        out.append(inequivalent("queue", old.name, "x-max-priority",
-                                new.max_priority, old.max_priority))
-    if old.durable != new.durable:
-        out.append(inequivalent("queue", old.name, "durable", new.durable, old.durable))
-    return out
+    """Why changing queue `old` to `new` is refused (the plan's sentences), or []."""
+    return [unsafe_sentence(c) for c in entity_changes("queue", old.name, old, new) if not c.safe]
 
 
 def exchange_unsafe(old: Exchange, new: Exchange) -> list[str]:
-    out = []
-    if old.type is not new.type:
-        out.append(inequivalent("exchange", old.name, "type", new.type.value, old.type.value))
-    if old.durable != new.durable:
-        out.append(inequivalent("exchange", old.name, "durable", new.durable, old.durable))
-    return out
+    """Why changing exchange `old` to `new` is refused (the plan's sentences), or []."""
+    return [unsafe_sentence(c)
+            for c in entity_changes("exchange", old.name, old, new) if not c.safe]
+
+
+def held_queue_removal(name: str) -> str:
+    """Why removing queue `name`, which holds messages, is refused."""
+    return unsafe_sentence(removal("queue", name, empty=False))
 
 
 def _show(value: object) -> str:

@@ -63,6 +63,7 @@ from runner.pipeline.handler import handler_problems
 from runner.pipeline.replies import Replies, ShuttingDown
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
+from runner.topology.diff import unsafe_sentence
 from runner.topology.model import Topology
 from runner.topology.problems import Problem
 
@@ -618,7 +619,7 @@ class Supervisor:
         changes = changes_json(plan.changes)
         unsafe = list(plan.unsafe)
         if unsafe:
-            reasons = "; ".join(_describe(c) for c in unsafe)
+            reasons = "; ".join(unsafe_sentence(c) for c in unsafe)
             return ReloadResult(
                 "refused",
                 self._generation,
@@ -722,12 +723,3 @@ def _log_worker_changes(old: Topology, new: Topology, done: WorkerChanges) -> No
     ):
         for key in keys:
             _log_worker(what, *side[key])
-
-
-def _describe(change: Any) -> str:
-    entity = getattr(change, "entity", "")
-    name = getattr(change, "name", "")
-    fld = getattr(change, "field", None)
-    reason = getattr(change, "reason", "") or "unsafe"
-    where = f"{entity} '{name}'" + (f" {fld}" if fld else "")
-    return f"{where}: {reason}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.broker.broker import Broker, PublishRefused
-from runner.broker.changes import exchange_unsafe, queue_unsafe
+from runner.broker.changes import exchange_unsafe, held_queue_removal, queue_unsafe
 from runner.broker.message import Message
 from runner.broker.routing import Route
 from runner.clock import Clock, SystemClock
@@ -183,7 +183,7 @@ class Engine:
                 problems.extend(queue_unsafe(mq.spec, q))
         for name, mq in self.broker.queues.items():
             if name not in names and len(mq) and not force:
-                problems.append(f"queue '{name}' holds {len(mq)} messages: not removed")
+                problems.append(held_queue_removal(name))
         problems.extend(topic_problems(self.store, new))
         if problems:
             raise UnsafeChange("; ".join(problems))

@@ -44,6 +44,7 @@ from runner.log.offsets import OffsetStore
 from runner.log.partition import Partition, TopicPartition
 from runner.log.partitioner import Partitioner, key_from_json
 from runner.log.record import Fsync, Item, LogRecord, check_timestamp_ms
+from runner.topology.diff import field_change, removal, unsafe_sentence
 from runner.topology.model import ConsumerGroup, Topic
 
 log = logging.getLogger(__name__)
@@ -147,25 +148,26 @@ class Store:
 
     # ------------------------------------------------------------ topology
     def unsafe_changes(self, topics: Mapping[str, Topic]) -> list[str]:
-        """What `apply(topics)` refuses, one sentence each (the one home of these
-        sentences: the engine checks a reload with it before touching anything):
-        shrinking partitions, turning compaction off, removing a topic that holds
-        records."""
+        """What `apply(topics)` refuses, one sentence each, as `runner plan` says it
+        (`runner.topology.diff`, the rule's one home; the engine checks a reload
+        with it before touching anything): shrinking partitions, turning
+        compaction off, removing a topic that holds records."""
         problems = []
         for name, new in topics.items():
             old = self._topics.get(name)
             if old is None:
                 continue
-            if new.partitions < len(old.partitions):
-                problems.append(f"topic {name}: partitions cannot shrink from "
-                                f"{len(old.partitions)} to {new.partitions}")
-            if old.config.compact and not new.compact:
-                problems.append(f"topic {name}: cleanup_policy cannot change from compact "
-                                f"to delete")
+            for change in (
+                field_change("topic", name, "partitions", len(old.partitions), new.partitions),
+                field_change("topic", name, "cleanup_policy", old.config.cleanup_policy,
+                             new.cleanup_policy),
+            ):
+                if not change.safe:
+                    problems.append(unsafe_sentence(change))
         for name, old in self._topics.items():
             if name not in topics and any(p.log_end_offset > p.log_start_offset
                                           for p in old.partitions):
-                problems.append(f"topic {name} holds records and cannot be removed")
+                problems.append(unsafe_sentence(removal("topic", name, empty=False)))
         return problems
 
     def apply(

@@ -15,6 +15,11 @@ Everything else is safe; growing partitions is safe with the note that keys
 may move to another partition. Bindings have no name: a binding is its whole
 value, so a changed binding is one removal plus one addition.
 
+This module is the one home of these rules and their sentences: the engine
+refuses a reload with `unsafe_sentence(change)` of the same `Change` that
+`runner plan` prints (the broker through `entity_changes` and `removal`, the
+topic store through `field_change` and `removal`).
+
 Field names are the YAML keys (`message_ttl`, `retention.time`), values are the
 model's resolved values (seconds, bytes); `field_unit()` tells a reporter which
 fields are durations or sizes.
@@ -137,7 +142,8 @@ def _field_changes(
             yield key, old_value, new_value
 
 
-def _classify(entity: EntityKind, field: str, old: object, new: object) -> tuple[bool, str | None]:
+def classify(entity: EntityKind, field: str, old: object, new: object) -> tuple[bool, str | None]:
+    """(safe, reason) of changing `field` of a `entity` from `old` to `new`."""
     if entity == "topic" and field == "partitions":
         assert isinstance(old, int) and isinstance(new, int)
         if new < old:
@@ -155,6 +161,26 @@ def _classify(entity: EntityKind, field: str, old: object, new: object) -> tuple
     if entity == "queue" and field in ("max_priority", "durable"):
         return False, f"a queue's {field} cannot change; declare a new queue"
     return True, None
+
+
+def field_change(entity: EntityKind, name: str, field: str, old: object, new: object) -> Change:
+    """The classified change of one field of entity `name`."""
+    safe, reason = classify(entity, field, old, new)
+    return Change("changed", entity, name, field, old, new, safe, reason)
+
+
+def entity_changes(entity: EntityKind, name: str, old: object, new: object) -> list[Change]:
+    """The classified field changes from `old` to `new`, two values of entity `name`."""
+    return [field_change(entity, name, f, a, b)
+            for f, a, b in _field_changes(entity, name, old, new)]
+
+
+def unsafe_sentence(change: Change) -> str:
+    """The sentence an unsafe `change` is refused with, naming what it changes:
+    `queue 'q' max_priority: a queue's max_priority cannot change; declare a new
+    queue`. Plans, the daemon's reload refusal and the engine say it this way."""
+    where = f"{change.entity} '{change.name}'" + (f" {change.field}" if change.field else "")
+    return f"{where}: {change.reason or 'unsafe'}"
 
 
 # ---------------------------------------------------------------- entities
@@ -180,6 +206,13 @@ _ENTITIES: tuple[tuple[EntityKind, str], ...] = (
     ("consumer_group", "consumer_groups"),
     ("consumer", "consumers"),
 )
+
+
+def removal(entity: EntityKind, name: str, *, empty: bool | None) -> Change:
+    """The classified removal of entity `name`; `empty`: whether the queue or topic
+    holds nothing (None: unknown)."""
+    safe, reason = _removal(entity, name, None if empty is None else (lambda _e, _n: empty))
+    return Change("removed", entity, name, None, None, None, safe, reason)
 
 
 def _removal(entity: EntityKind, name: str, is_empty: IsEmpty | None) -> tuple[bool, str | None]:
@@ -213,7 +246,7 @@ def diff(old: Topology, new: Topology, *, is_empty: IsEmpty | None = None) -> Pl
                 changes.append(Change("added", entity, name, None, None, now, True, None))
             elif was != now:
                 for field, a, b in _field_changes(entity, name, was, now):
-                    safe, reason = _classify(entity, field, a, b)
+                    safe, reason = classify(entity, field, a, b)
                     changes.append(Change("changed", entity, name, field, a, b, safe, reason))
     before_b, after_b = Counter(old.bindings), Counter(new.bindings)
     for b in sorted((before_b - after_b).elements(), key=binding_name):

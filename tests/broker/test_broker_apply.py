@@ -32,7 +32,7 @@ def test_removing_a_queue_with_messages_needs_force(make_broker: MakeBroker) -> 
     b.publish("x", [Message(b"1", "k"), Message(b"2", "k")])
     with pytest.raises(UnsafeChange) as err:
         b.apply([X], [], [])
-    assert str(err.value) == "queue 'q' holds 2 messages: not removed"
+    assert str(err.value) == "queue 'q': the queue holds messages"
     assert b.queue_info("q").ready == 2  # nothing applied
     assert b.apply([X], [], [], force=True) == ["- binding x -> q", "- queue q"]
     assert not (b.data_dir / "queues" / "q").exists()
@@ -40,11 +40,11 @@ def test_removing_a_queue_with_messages_needs_force(make_broker: MakeBroker) -> 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
     (Queue("q", max_priority=10), Queue("q", max_priority=5),
-     "inequivalent arg 'x-max-priority' for queue 'q': received 5 but current is 10"),
+     "queue 'q' max_priority: a queue's max_priority cannot change; declare a new queue"),
     (Queue("q"), Queue("q", max_priority=5),
-     "inequivalent arg 'x-max-priority' for queue 'q': received 5 but current is none"),
+     "queue 'q' max_priority: a queue's max_priority cannot change; declare a new queue"),
     (Queue("q"), Queue("q", durable=False),
-     "inequivalent arg 'durable' for queue 'q': received false but current is true"),
+     "queue 'q' durable: a queue's durable cannot change; declare a new queue"),
 ])
 def test_unsafe_queue_changes_are_refused(
     make_broker: MakeBroker, old: Queue, new: Queue, message: str,
@@ -62,8 +62,8 @@ def test_unsafe_exchange_changes_are_refused(make_broker: MakeBroker) -> None:
         b.apply([Exchange("x", ExchangeType.FANOUT, durable=False), Exchange("new", X.type)],
                 [Queue("q")], [B])
     assert str(err.value) == (
-        "inequivalent arg 'type' for exchange 'x': received 'fanout' but current is 'direct'; "
-        "inequivalent arg 'durable' for exchange 'x': received false but current is true")
+        "exchange 'x' type: an exchange's type cannot change; declare a new exchange; "
+        "exchange 'x' durable: an exchange's durable cannot change; declare a new exchange")
     assert not b.router.has_exchange("new")
 
 

@@ -184,9 +184,9 @@ def test_apply_refuses_unsafe_changes_touching_nothing(engine: Engine) -> None:
     with pytest.raises(UnsafeChange) as info:
         engine.apply(unsafe)
     assert str(info.value) == (
-        "inequivalent arg 'x-max-priority' for queue 'q': received 5 but current is none; "
-        "queue 'q2' holds 1 messages: not removed; "
-        "topic audit holds records and cannot be removed")
+        "queue 'q' max_priority: a queue's max_priority cannot change; declare a new queue; "
+        "queue 'q2': the queue holds messages; "
+        "topic 'audit': the topic holds records")
     with pytest.raises(NotFound):
         engine.partitions("new")
     assert engine.topology == topo
