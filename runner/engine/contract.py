@@ -93,6 +93,7 @@ class Capability(str, Enum):  # noqa: UP042 - str() is the name in messages
     HEADERS_EXCHANGE = "headers-exchange"
     TOPIC_DEAD_LETTERS = "topic-dead-letters"  # dead letters into a topic
     IDEMPOTENT_PRODUCER = "idempotent-producer"  # OutRecord.producer_id / sequence
+    TOPICS = "topics"  # topics, consumer groups: append, TopicReader, open_member, Coordinator
 
 
 # ====================================================================== values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -24,6 +25,7 @@ from runner.engine.contract import (
     Waiter,
 )
 from runner.errors import Conflict, Forbidden, NotFound
+from tests.contract.conftest import eventually, take
 
 
 def test_a_backend_is_a_backend(backend: Backend) -> None:
@@ -32,23 +34,48 @@ def test_a_backend_is_a_backend(backend: Backend) -> None:
     assert all(isinstance(c, Capability) for c in backend.capabilities)
 
 
-def test_publish_routes_to_queues_and_topics_and_fetch_settles(backend: Backend) -> None:
+def test_publish_routes_to_queues_and_fetch_settles(backend: Backend) -> None:
+    pub = backend.publish("orders", [OutMessage(b"1", "orders.a.b"), OutMessage(b"2", "x"),
+                                     OutMessage(b"3", "orders.c.d")])
+    assert [sorted(r) for r in pub.routes] == [["q"], [], ["q"]]
+    asyncio.run(backend.durable(pub.ticket))
+    got = take(backend, "q", 2)
+    assert [(d.body, d.routing_key, d.exchange, d.delivery_count, d.redelivered)
+            for d in got] == [(b"1", "orders.a.b", "orders", 1, False),
+                              (b"3", "orders.c.d", "orders", 1, False)]
+    settled = backend.settle("q", [Ack(got[0].delivery_id), Ack(got[1].delivery_id),
+                                   Ack(123456789)])
+    assert settled.unknown == (123456789,)
+    asyncio.run(backend.durable(settled.ticket))
+    again = backend.settle("q", [Ack(got[0].delivery_id)])  # settled twice
+    assert again.unknown == (got[0].delivery_id,)
+    assert backend.fetch("q", 10, lease_s=30, consumer_id="c1") == []
+    info = eventually(lambda: backend.queue_info("q"), lambda i: (i.ready, i.unacked) == (0, 0))
+    assert (info.name, info.ready, info.unacked) == ("q", 0, 0)
+
+
+@pytest.mark.needs(Capability.TOPICS)
+def test_publish_routes_to_topics_too(backend: Backend) -> None:
     pub = backend.publish("orders", [OutMessage(b'{"n":1}', "orders.new"),
                                      OutMessage(b"2", "orders.a.b"), OutMessage(b"3", "x")])
     assert [sorted(r) for r in pub.routes] == [["ev", "q"], ["q"], []]
     asyncio.run(backend.durable(pub.ticket))
-    got = backend.fetch("q", 10, lease_s=30, consumer_id="c1")
-    assert [(d.body, d.routing_key, d.delivery_count) for d in got] == [
-        (b'{"n":1}', "orders.new", 1), (b"2", "orders.a.b", 1)]
-    settled = backend.settle("q", [Ack(got[0].delivery_id), Ack(got[1].delivery_id),
-                                   Ack(123456789)])
-    assert settled.unknown == (123456789,)
-    assert backend.fetch("q", 10, lease_s=30, consumer_id="c1") == []
-    info = backend.queue_info("q")
-    assert (info.ready, info.unacked) == (0, 0)
     read = backend.read("ev", 0, 0) if backend.read("ev", 0, 0).records else backend.read(
         "ev", 1, 0)
     assert [r.value for r in read.records] == [b'{"n":1}']
+
+
+def test_put_keeps_the_message_properties(backend: Backend) -> None:
+    pub = backend.put("q", [OutMessage(b'{"a":1}', "ignored", headers={"h": "v", "n": 3},
+                                       priority=None, message_id="m-1",
+                                       content_type="application/json")])
+    assert pub.routes == (("q",),)
+    asyncio.run(backend.durable(pub.ticket))
+    (d,) = take(backend, "q", 1)
+    assert (d.queue, d.body, d.exchange, d.message_id, d.content_type) == (
+        "q", b'{"a":1}', "", "m-1", "application/json")
+    assert dict(d.headers) == {"h": "v", "n": 3}
+    assert d.timestamp_ms > 0
 
 
 def test_unknown_and_internal_names_are_errors(backend: Backend) -> None:
@@ -57,58 +84,105 @@ def test_unknown_and_internal_names_are_errors(backend: Backend) -> None:
     with pytest.raises(NotFound):
         backend.put("nope", [OutMessage(b"x")])
     with pytest.raises(NotFound):
-        backend.append("nope", [OutRecord(b"x")])
+        backend.fetch("nope", 1, lease_s=30, consumer_id="c1")
+    with pytest.raises(NotFound):
+        backend.queue_info("nope")
     with pytest.raises(Forbidden):
         backend.publish("int", [OutMessage(b"x")])
 
 
-def test_retry_after_a_delay_comes_back_at_next_due(backend: Backend, clock: ManualClock) -> None:
-    backend.put("q", [OutMessage(b"a")])
-    (d,) = backend.fetch("q", 1, lease_s=30, consumer_id="c1")
-    backend.settle("q", [Retry(d.delivery_id, 5.0)])
+@pytest.mark.needs(Capability.TOPICS)
+def test_append_to_an_unknown_topic_is_not_found(backend: Backend) -> None:
+    with pytest.raises(NotFound):
+        backend.append("nope", [OutRecord(b"x")])
+
+
+@pytest.mark.needs(Capability.DELAYED_RETRY)
+def test_retry_after_a_delay_comes_back(backend: Backend, clock: ManualClock) -> None:
+    """Embedded: at next_due on the injected clock, by tick(). A backend whose
+    next_due is None keeps its own time (RabbitMQ: a delay queue): real time."""
+    backend.put("q", [OutMessage(b"a", headers={"k": 1})])
+    (d,) = take(backend, "q", 1)
+    settled = backend.settle("q", [Retry(d.delivery_id, 0.5)])
+    asyncio.run(backend.durable(settled.ticket))
     assert backend.fetch("q", 1, lease_s=30, consumer_id="c1") == []
     due = backend.next_due()
-    assert due is not None and due == pytest.approx(clock.time() + 5.0)
-    clock.advance(5.0)
-    backend.tick()
-    (again,) = backend.fetch("q", 1, lease_s=30, consumer_id="c1")
+    if due is not None:
+        assert due == pytest.approx(clock.time() + 0.5)
+        clock.advance(0.5)
+        backend.tick()
+    started = time.monotonic()
+    (again,) = take(backend, "q", 1)
+    if due is None:
+        assert time.monotonic() - started >= 0.2  # it waited on the broker's side
     assert (again.body, again.delivery_count, again.redelivered) == (b"a", 2, True)
+    assert (again.exchange, again.routing_key) == (d.exchange, d.routing_key)
+    assert dict(again.headers) == {"k": 1}  # the backend's own headers are taken off
+    backend.settle("q", [Retry(again.delivery_id, 0.0)])
+    if due is not None:
+        backend.tick()
+    (third,) = take(backend, "q", 1)
+    assert (third.body, third.delivery_count) == (b"a", 3)
 
 
 def test_requeue_and_dead_letter_outcomes(backend: Backend) -> None:
-    backend.put("q", [OutMessage(b"a"), OutMessage(b"b")])
-    a, b = backend.fetch("q", 2, lease_s=30, consumer_id="c1")
+    backend.put("q", [OutMessage(b"a"), OutMessage(b"b", message_id="mb")])
+    a, b = take(backend, "q", 2)
     death = {"reason": "handler_error", "error": {"type": "KeyError", "message": "'x'"},
-             "retry_count": 0, "original_queue": "q", "consumer_id": "c1", "death_count": 1}
+             "retry_count": 0, "original_queue": "q", "consumer_id": "c1"}
     backend.settle("q", [Requeue(a.delivery_id),
                          DeadLetter(b.delivery_id, reason="handler_error", death=death,
                                     to_queue="dlq")])
-    (again,) = backend.fetch("q", 5, lease_s=30, consumer_id="c1")
+    (again,) = take(backend, "q", 1)
     assert (again.body, again.redelivered) == (b"a", True)
-    (dead,) = backend.fetch("dlq", 5, lease_s=30, consumer_id="c1")
+    (dead,) = take(backend, "dlq", 1)
     assert dead.body == b"b"
-    assert dead.headers["x-dead-letter"]["error"]["type"] == "KeyError"
+    header = dead.headers["x-dead-letter"]
+    assert header["error"] == {"type": "KeyError", "message": "'x'"}
+    assert {k: header[k] for k in ("reason", "retry_count", "original_queue", "original_exchange",
+                                   "original_routing_key", "consumer_id", "death_count")} == {
+        "reason": "handler_error", "retry_count": 0, "original_queue": "q",
+        "original_exchange": "", "original_routing_key": "q", "consumer_id": "c1",
+        "death_count": 1}
+    assert isinstance(header["first_attempt"], str) and header["first_attempt"].endswith("Z")
+    with pytest.raises(NotFound):
+        backend.settle("q", [DeadLetter(again.delivery_id, death=death, to_queue="nope")])
+    assert backend.settle("q", [Ack(again.delivery_id)]).unknown == ()
 
 
 def test_events_fire_on_writes_and_a_waiter_wakes(backend: Backend) -> None:
-    seen: list[Event] = []
-    sub = backend.subscribe([Event(EventKind.QUEUE_READY, "q"),
-                             Event(EventKind.RECORDS_APPENDED, "ev")], seen.append)
-    try:
-        backend.publish("orders", [OutMessage(b'{"n":1}', "orders.new")])
-        assert set(seen) == {Event(EventKind.QUEUE_READY, "q"),
-                             Event(EventKind.RECORDS_APPENDED, "ev")}
-        seen.clear()
-        backend.publish("orders", [OutMessage(b"x", "other")])  # unroutable: nothing to say
-        assert seen == []
-    finally:
-        sub.close()
-    backend.put("q", [OutMessage(b"after")])
-    assert seen == []  # closed
+    topics = Capability.TOPICS in backend.capabilities
+    wanted = {Event(EventKind.QUEUE_READY, "q")} | (
+        {Event(EventKind.RECORDS_APPENDED, "ev")} if topics else set())
+
+    async def publish_and_see() -> tuple[set[Event], list[Event]]:
+        seen: list[Event] = []
+        sub = backend.subscribe(wanted, seen.append)
+        try:
+            backend.fetch("q", 1, lease_s=30, consumer_id="c1")  # subscribe, check, wait
+            pub = backend.publish("orders", [OutMessage(b'{"n":1}', "orders.new")])
+            await backend.durable(pub.ticket)
+            for _ in range(300):
+                if set(seen) >= wanted:
+                    break
+                await asyncio.sleep(0.01)
+            first = set(seen)
+            seen.clear()
+            pub = backend.publish("orders", [OutMessage(b"x", "other")])  # unroutable
+            await backend.durable(pub.ticket)
+            await asyncio.sleep(0.2)
+            return first, list(seen)
+        finally:
+            sub.close()
+
+    first, after_unroutable = asyncio.run(publish_and_see())
+    assert first == wanted
+    assert after_unroutable == []
 
     async def wait_for_put() -> bool:
         waiter = Waiter(backend, [Event(EventKind.QUEUE_READY, "dlq")])
         try:
+            backend.fetch("dlq", 1, lease_s=30, consumer_id="c1")
             asyncio.get_running_loop().call_later(0.01, backend.put, "dlq", [OutMessage(b"x")])
             return await waiter.wait(timeout_s=5.0)
         finally:
@@ -117,6 +191,7 @@ def test_events_fire_on_writes_and_a_waiter_wakes(backend: Backend) -> None:
     assert asyncio.run(wait_for_put()) is True
 
 
+@pytest.mark.needs(Capability.TOPICS)
 def test_a_group_member_owns_its_partitions_and_is_fenced_after_a_rebalance(
     backend: Backend,
 ) -> None:
@@ -145,6 +220,7 @@ def test_a_group_member_owns_its_partitions_and_is_fenced_after_a_rebalance(
         sub.close()
 
 
+@pytest.mark.needs(Capability.TOPICS, Capability.SEEK)
 def test_a_seek_fires_and_moves_the_generation(backend: Backend) -> None:
     backend.append("ev", [OutRecord(b"1", partition=0), OutRecord(b"2", partition=0)])
     m = backend.open_member("g", "m1")
@@ -161,6 +237,7 @@ def test_a_seek_fires_and_moves_the_generation(backend: Backend) -> None:
         m.close()
 
 
+@pytest.mark.needs(Capability.TOPICS, Capability.EXACTLY_ONCE)
 def test_commit_step_is_all_or_nothing(backend: Backend) -> None:
     backend.put("q", [OutMessage(b"in")])
     (d,) = backend.fetch("q", 1, lease_s=30, consumer_id="c1")

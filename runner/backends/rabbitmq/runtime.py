@@ -1,0 +1,929 @@
+"""The engine contract over a real RabbitMQ: `RabbitBackend`, the second Backend.
+
+The librdkafka model (runner/engine/contract.py, "Threading"): the owner thread
+(the daemon's loop, a test) never talks to the broker. Every write is queued,
+with its `Ticket`, to one I/O thread that owns one pika `BlockingConnection`
+and runs the writes in order; deliveries arrive on that thread into per-queue
+buffers that `fetch` drains. Only the I/O thread touches pika.
+
+    owner thread                           I/O thread (pika)
+    publish/put -> Ticket(seq), queued --> basic_publish on the confirm channel,
+                                           done when the broker confirms
+    settle      -> Ticket(seq), queued --> basic_ack / nack / reject on the
+                                           delivery's channel (after every
+                                           earlier publish was confirmed:
+                                           writes run in order)
+    fetch       <- local buffer       <--- basic_consume, basic_qos(prefetch)
+    subscribe   <- QUEUE_READY        <--- fired on the subscriber's loop
+    durable(t)  awaits "every write up to t is done" (confirmed / sent)
+
+Retries go through the per-delay queues of the mapping (`__runner.delay.<ms>ms`:
+TTL, then dead-lettered back through the default exchange into the queue);
+the copy carries `x-runner-*` headers (the delivery count so far, the first
+attempt, the original exchange and routing key) that are taken off again when
+it is delivered. A dead letter with a `death` gets the same `x-dead-letter`
+header as on the embedded engine (built by `runner.broker.deadletter`).
+
+Connection loss: the I/O thread reconnects with backoff (0.1 s doubling to
+5 s), declares the topology again, reopens its consumers and resumes its
+queue of writes where it stopped (a batch resumes after its last confirmed
+message, so a publish is never lost; one in flight may be sent twice).
+Deliveries of the lost connection are back in their queue on the broker: the
+ones still buffered are dropped, settling the ones already fetched answers
+them `unknown` (and their ticket raises StorageError), and they are delivered
+again -- a duplicate, which at-least-once allows.
+
+Not served (capabilities): exactly-once steps, compaction, idempotent
+producers, and -- not built yet -- topics and consumer groups (streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import decimal
+import functools
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.data
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from runner.backends.rabbitmq import apply as apply_mod
+from runner.backends.rabbitmq import live
+from runner.backends.rabbitmq.mapping import (
+    CAPABILITIES as MAPPING_CAPABILITIES,
+)
+from runner.backends.rabbitmq.mapping import (
+    DELAY_PREFIX,
+    ExchangeDef,
+    QueueDef,
+    arguments,
+    definitions,
+    delay_ms,
+    delay_name,
+)
+from runner.backends.rabbitmq.url import Target
+from runner.broker.deadletter import build_death, with_death
+from runner.broker.message import QueuedMessage
+from runner.broker.routing import Router, declare_all
+from runner.clock import Clock, SystemClock
+from runner.engine.contract import (
+    Ack,
+    Appended,
+    Capability,
+    DeadLetter,
+    Event,
+    EventKind,
+    GroupInfo,
+    GroupMember,
+    Outcome,
+    OutMessage,
+    OutRecord,
+    PartitionInfo,
+    Published,
+    QueueDelivery,
+    QueueInfo,
+    Read,
+    Record,
+    ReplayOutcome,
+    Requeue,
+    Retry,
+    Settled,
+    Step,
+    Ticket,
+    TopicPartition,
+)
+from runner.errors import EngineError, InvalidRequest, NotFound, StorageError, UnsafeChange
+from runner.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+# What this runtime serves: the mapping's capabilities, less topics (not built yet).
+CAPABILITIES = MAPPING_CAPABILITIES - {Capability.TOPICS}
+
+DEFAULT_PREFETCH = 100  # a queue fetched without a consumer of the topology
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+# headers of a retried copy, taken off at delivery
+COUNT_HEADER = "x-runner-delivery-count"  # deliveries before this copy
+FIRST_HEADER = "x-runner-first-attempt"  # wall milliseconds of the first delivery
+EXCHANGE_HEADER = "x-runner-exchange"
+KEY_HEADER = "x-runner-routing-key"
+RUNNER_HEADERS = (COUNT_HEADER, FIRST_HEADER, EXCHANGE_HEADER, KEY_HEADER)
+
+Callback = Callable[[Event], None]
+
+
+def _not_served(what: str) -> NotImplementedError:
+    return NotImplementedError(f"the RabbitMQ backend does not serve {what} yet")
+
+
+# ====================================================================== values
+
+
+@dataclass(slots=True)
+class _Held:
+    """A delivery the owner may settle: where it came from on the broker."""
+
+    gen: int  # the connection it arrived on
+    queue: str
+    tag: int  # its delivery tag on that connection's channel of `queue`
+    delivery: QueueDelivery
+    raw_headers: dict[str, Any]  # as delivered (runner headers included)
+    received_s: float
+    consumer_id: str = ""
+
+
+@dataclass(slots=True)
+class _Publish:
+    """One message to send through the confirm channel."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+
+
+@dataclass(slots=True)
+class _Command:
+    """A queued write: publishes, or settlements (each a list of actions)."""
+
+    seq: int
+    publishes: list[_Publish] = field(default_factory=list)
+    settles: list[tuple[Outcome, _Held]] = field(default_factory=list)
+    next_index: int = 0  # publishes confirmed so far (a resumed batch starts here)
+
+
+class _Sub:
+    __slots__ = ("callback", "events", "loop", "owner", "closed")
+
+    def __init__(self, owner: RabbitBackend, events: frozenset[Event], callback: Callback,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        self.owner = owner
+        self.events = events
+        self.callback = callback
+        self.loop = loop
+        self.closed = False
+
+    def fire(self, event: Event) -> None:
+        if self.closed:
+            return
+        if self.loop is None:
+            self.callback(event)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._call, event)
+        except RuntimeError:  # the subscriber's loop is closed
+            self.closed = True
+
+    def _call(self, event: Event) -> None:
+        if not self.closed:
+            self.callback(event)
+
+    def close(self) -> None:
+        self.closed = True
+        self.owner._unsubscribe(self)
+
+
+def _encoded(value: Any) -> Any:
+    """A header value as pika can send it: floats as Decimal (AMQP tables have no
+    float in pika), mappings and lists inside out."""
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
+    if isinstance(value, Mapping):
+        return {str(k): _encoded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encoded(v) for v in value]
+    return value
+
+
+def _decoded(value: Any) -> Any:
+    """A delivered header value as the runner wrote it (Decimal back to float)."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
+def encode_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """`headers` for an AMQP table; InvalidRequest naming the header pika cannot send."""
+    out = _encoded(headers)
+    try:
+        pika.data.encode_table([], out)
+    except pika.exceptions.UnsupportedAMQPFieldException as exc:
+        raise InvalidRequest(f"a header value RabbitMQ cannot carry: {exc}") from exc
+    assert isinstance(out, dict)
+    return out
+
+
+def _properties(m: OutMessage, now_s: float) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        headers=encode_headers(m.headers) if m.headers else None,
+        priority=m.priority,
+        expiration=None if m.ttl_s is None else str(max(0, round(m.ttl_s * 1000))),
+        message_id=m.message_id,
+        content_type=m.content_type,
+        delivery_mode=2,
+        timestamp=int(now_s),
+    )
+
+
+def router_of(topology: Topology) -> Router:
+    router = Router()
+    declare_all(router, [e for _, e in topology.exchanges], topology.bindings)
+    return router
+
+
+# ====================================================================== the backend
+
+
+class RabbitBackend:
+    """`runner.engine.contract.Backend` over one RabbitMQ vhost (see the module doc)."""
+
+    def __init__(
+        self, target: Target, topology: Topology, *, clock: Clock | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.target = target
+        self._topology = topology
+        self._router = router_of(topology)
+        self._clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._commands: deque[_Command] = deque()
+        self._seq = 0  # the last ticket handed out
+        self._done_upto = 0  # every write up to here is done (I/O thread writes)
+        self._failures: dict[int, EngineError] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._buffers: dict[str, deque[int]] = {}
+        self._held: dict[int, _Held] = {}
+        self._ids = itertools.count(1)
+        self._consumed: set[str] = set()  # queues the owner wants deliveries of
+        self._subs: list[_Sub] = []
+        self._closed = False
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._connect_error: str | None = None
+        self.connections = 0  # how many times the I/O thread connected (tests)
+        # I/O thread state
+        self._conn: pika.BlockingConnection | None = None
+        self._gen = 0
+        self._pub: BlockingChannel | None = None
+        self._channels: dict[str, BlockingChannel] = {}
+        self._declared_delays: set[int] = set()
+        self._ready_queues: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name=f"rabbitmq:{target}", daemon=True)
+        self._thread.start()
+        if not self._connected.wait(connect_timeout_s):
+            self.close()
+            raise StorageError(f"cannot connect to {target}: {self._connect_error or 'timed out'}")
+
+    # ================================================================ basics
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return CAPABILITIES
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
+
+    def subscribe(self, events: Iterable[Event], callback: Callback) -> _Sub:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # no loop: called on the I/O thread (tests without asyncio)
+        wanted = frozenset(events)
+        sub = _Sub(self, wanted, callback, loop)
+        with self._lock:
+            self._subs.append(sub)
+        for e in wanted:
+            if e.kind is EventKind.QUEUE_READY and e.name in self._topology.queue_map():
+                self._consume(e.name)
+        return sub
+
+    def _unsubscribe(self, sub: _Sub) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    async def durable(self, ticket: Ticket) -> None:
+        if ticket.seq == 0:
+            return
+        fut: asyncio.Future[None] | None = None
+        with self._lock:
+            if ticket.seq > self._done_upto:
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append((ticket.seq, fut))
+        if fut is not None:
+            await fut
+        failed = self._failures.get(ticket.seq)
+        if failed is not None:
+            raise failed
+
+    def next_due(self) -> float | None:
+        return None  # the broker keeps its own time (TTLs, delays)
+
+    def tick(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    # ================================================================ Producer
+    def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
+        self._router.check_publish(exchange)
+        now = self._clock.time()
+        routes: list[tuple[str, ...]] = []
+        publishes = []
+        for m in messages:
+            route = self._router.route(exchange, m.routing_key, m.headers, count=False)
+            routes.append(tuple(route.destinations))
+            publishes.append(_Publish(exchange, m.routing_key, m.body, _properties(m, now)))
+        return Published(tuple(routes), self._submit(_Command(0, publishes=publishes)))
+
+    def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
+        self._known_queue(queue)
+        now = self._clock.time()
+        publishes = [_Publish("", queue, m.body, _properties(m, now)) for m in messages]
+        return Published(tuple((queue,) for _ in messages),
+                         self._submit(_Command(0, publishes=publishes)))
+
+    def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        raise _not_served("topics")
+
+    # ================================================================ QueueConsumer
+    def fetch(
+        self, queue: str, max_messages: int, *, lease_s: float, consumer_id: str,
+    ) -> list[QueueDelivery]:
+        """Buffered deliveries; RabbitMQ has no leases: an unsettled delivery stays
+        this connection's until settled or the connection closes (`lease_s` unused)."""
+        self._known_queue(queue)
+        self._consume(queue)
+        out: list[QueueDelivery] = []
+        with self._lock:
+            buf = self._buffers.get(queue)
+            while buf and len(out) < max_messages:
+                h = self._held.get(buf.popleft())
+                if h is None:
+                    continue
+                h.consumer_id = consumer_id
+                out.append(h.delivery)
+        return out
+
+    def settle(self, queue: str, outcomes: Sequence[Outcome]) -> Settled:
+        queues = self._topology.queue_map()
+        for o in outcomes:
+            if isinstance(o, DeadLetter):
+                if o.to_queue is not None and o.to_queue not in queues:
+                    raise NotFound(f"queue '{o.to_queue}' not found")
+                if o.to_topic is not None:
+                    raise _not_served("dead letters into topics")
+        unknown: list[int] = []
+        actions: list[tuple[Outcome, _Held]] = []
+        with self._lock:
+            for o in outcomes:
+                h = self._held.get(o.delivery_id)
+                if h is None or h.queue != queue:
+                    unknown.append(o.delivery_id)
+                    continue
+                del self._held[o.delivery_id]
+                actions.append((o, h))
+        ticket = self._submit(_Command(0, settles=actions)) if actions else Ticket.DONE
+        return Settled(tuple(unknown), ticket)
+
+    # ================================================================ TopicReader / groups
+    def read(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 500,
+        max_bytes: int | None = None,
+    ) -> Read:
+        raise _not_served("topics")
+
+    def partitions(self, topic: str) -> list[PartitionInfo]:
+        raise _not_served("topics")
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        raise _not_served("topics")
+
+    def open_member(self, group: str, member_id: str) -> GroupMember:
+        raise _not_served("consumer groups")
+
+    def join(self, group: str, member_id: str) -> None:
+        raise _not_served("consumer groups")
+
+    def heartbeat(self, group: str, member_id: str) -> None:
+        raise _not_served("consumer groups")
+
+    def leave(self, group: str, member_id: str) -> None:
+        raise _not_served("consumer groups")
+
+    def assignment(self, group: str, member_id: str) -> list[TopicPartition]:
+        raise _not_served("consumer groups")
+
+    def position(self, group: str, tp: TopicPartition) -> int:
+        raise _not_served("consumer groups")
+
+    def commit(
+        self, group: str, offsets: Mapping[TopicPartition, int], *,
+        member_id: str | None = None, generation: int | None = None,
+    ) -> Ticket:
+        raise _not_served("consumer groups")
+
+    # ================================================================ Admin
+    def apply(self, topology: Topology, *, force: bool = False) -> list[str]:
+        """Declare `topology` (runner.backends.rabbitmq.apply; blocks for the
+        management API and a pika connection). `force` cannot make RabbitMQ change
+        a queue's arguments: an unsafe change is refused all the same."""
+        try:
+            applied = apply_mod.apply(self.target, topology)
+        except apply_mod.Refused as exc:
+            raise UnsafeChange(str(exc)) from exc
+        except live.Unreachable as exc:
+            raise StorageError(str(exc)) from exc
+        self._topology = topology
+        self._router = router_of(topology)
+        return list(applied.lines)
+
+    def queue_info(self, queue: str) -> QueueInfo:
+        """The broker's counts (management API; its statistics lag by up to 5 s)."""
+        self._known_queue(queue)
+        return self.queue_infos([queue])[queue]
+
+    def queue_infos(self, names: Collection[str] | None = None) -> dict[str, QueueInfo]:
+        """Every queue's counts in one management API call (delay queues left out)."""
+        vhost = live.vhost_path(self.target.vhost)
+        try:
+            rows = live.request(self.target, "GET", f"/api/queues/{vhost}?columns=name,"
+                                "messages_ready,messages_unacknowledged")
+        except live.Unreachable as exc:
+            raise StorageError(str(exc)) from exc
+        out = {}
+        for row in rows:
+            name = str(row["name"])
+            if name.startswith(DELAY_PREFIX) or (names is not None and name not in names):
+                continue
+            out[name] = QueueInfo(name, int(row.get("messages_ready") or 0),
+                                  int(row.get("messages_unacknowledged") or 0), 0, 0.0)
+        for name in names or ():
+            if name not in out:
+                raise NotFound(f"queue '{name}' not found on {self.target}")
+        return out
+
+    def group_info(self, group: str) -> GroupInfo:
+        raise _not_served("consumer groups")
+
+    def seek(
+        self, group: str, tp: TopicPartition, *, offset: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        raise _not_served("consumer groups")
+
+    def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
+        raise _not_served("peeking at queued messages")
+
+    def purge(self, queue: str, ids: Collection[int] | None = None) -> int:
+        raise _not_served("purge")
+
+    def replay(
+        self, queue: str, max_messages: int | None = None, *,
+        only: Collection[int] | None = None,
+    ) -> ReplayOutcome:
+        raise _not_served("replay")
+
+    def replay_queue(self, group: str) -> str | None:
+        return None
+
+    def replayed_record(self, delivery: QueueDelivery) -> Record:
+        raise _not_served("topics")
+
+    def stats(self) -> Any:
+        raise _not_served("engine statistics")
+
+    # ================================================================ Steps
+    def commit_step(self, step: Step) -> Ticket:
+        raise NotImplementedError("the RabbitMQ backend has no exactly-once steps "
+                                  "(capability exactly-once)")
+
+    def dead_letter_step(
+        self, group: str, record: Record, death: Mapping[str, Any], *,
+        to_queue: str | None = None, to_topic: str | None = None,
+    ) -> Step:
+        raise _not_served("topics")
+
+    # ================================================================ owner side helpers
+    def _known_queue(self, queue: str) -> None:
+        if queue not in self._topology.queue_map():
+            raise NotFound(f"queue '{queue}' not found")
+
+    def _consume(self, queue: str) -> None:
+        with self._lock:
+            if queue in self._consumed:
+                return
+            self._consumed.add(queue)
+        self._wake()
+
+    def _submit(self, command: _Command) -> Ticket:
+        if self._closed:
+            raise StorageError(f"the RabbitMQ backend for {self.target} is closed")
+        with self._lock:
+            self._seq += 1
+            command.seq = self._seq
+            self._commands.append(command)
+        self._wake()
+        return Ticket(command.seq)
+
+    def _wake(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        # closing or reconnecting: the I/O thread drains after it connects
+        with contextlib.suppress(Exception):
+            conn.add_callback_threadsafe(lambda: None)
+
+    def _resolve_waiters(self) -> None:
+        """On a waiter's loop: finish the futures whose ticket is done."""
+        with self._lock:
+            done = self._done_upto
+            due = [(s, f) for s, f in self._waiters if s <= done]
+            self._waiters = [(s, f) for s, f in self._waiters if s > done]
+        for _, fut in due:
+            if not fut.done():
+                fut.set_result(None)
+
+    def prefetch_of(self, queue: str) -> int:
+        counts = [c.prefetch for _, c in self._topology.consumers if c.queue == queue]
+        return max(counts) if counts else DEFAULT_PREFETCH
+
+    # ================================================================ I/O thread
+    def _run(self) -> None:
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                self._connect()
+                delay = RECONNECT_FIRST_S
+                self._connected.set()
+                while True:
+                    self._drain()
+                    if self._stop.is_set():
+                        break
+                    conn = self._conn
+                    assert conn is not None
+                    conn.process_data_events(time_limit=1.0)
+                    self._fire_ready()
+                self._disconnect()
+                return
+            except (pika.exceptions.AMQPError, OSError, AssertionError) as exc:
+                self._connect_error = repr(exc)
+                log.warning("RabbitMQ %s: connection lost (%r); reconnecting in %.1f s",
+                            self.target, exc, delay)
+                self._lost()
+                if self._stop.wait(delay):
+                    self._fail_pending("the backend was closed before the write reached "
+                                       "the broker")
+                    return
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _connect(self) -> None:
+        t = self.target
+        params = pika.ConnectionParameters(
+            host=t.host, port=t.port, virtual_host=t.vhost,
+            credentials=pika.PlainCredentials(t.user, t.password),
+            connection_attempts=1, heartbeat=10, blocked_connection_timeout=60,
+            socket_timeout=5,
+        )
+        conn = pika.BlockingConnection(params)
+        self._gen += 1
+        self.connections += 1
+        self._channels = {}
+        self._declared_delays = set()
+        self._conn = conn
+        self._redeclare(conn)
+        self._pub = conn.channel()
+        self._pub.confirm_delivery()
+        log.info("RabbitMQ %s: connected (connection %d)", t, self._gen)
+
+    def _redeclare(self, conn: pika.BlockingConnection) -> None:
+        """Declare the topology again (idempotent); a refusal is logged, not fatal."""
+        defs = definitions(self._topology)
+        ch = conn.channel()
+        trials: list[tuple[str, str, Callable[[BlockingChannel], None]]] = []
+        for e in defs.exchanges:
+            trials.append(("exchange", e.name, functools.partial(apply_mod._declare_exchange, e=e)))
+        for q in defs.queues:
+            trials.append(("queue", q.name, functools.partial(apply_mod._declare_queue, q=q)))
+        for b in defs.bindings:
+            trials.append(("binding", b.source, functools.partial(apply_mod._bind, b=b)))
+        for kind, name, declare in trials:
+            try:
+                declare(ch)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                log.error("RabbitMQ %s: %s %r refused at redeclare: %s %s", self.target,
+                          kind, name, exc.reply_code, exc.reply_text)
+                ch = conn.channel()
+        if ch.is_open:
+            ch.close()
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.is_open:
+            with contextlib.suppress(Exception):  # closing anyway
+                conn.close()
+
+    def _lost(self) -> None:
+        """The connection is gone: its deliveries are back on the broker."""
+        self._disconnect()
+        gen = self._gen
+        with self._lock:
+            for buf in self._buffers.values():
+                buf.clear()
+            stale = [i for i, h in self._held.items() if h.gen == gen]
+            for i in stale:
+                del self._held[i]
+        self._channels = {}
+        self._pub = None
+
+    def _fail_pending(self, why: str) -> None:
+        with self._lock:
+            left = list(self._commands)
+            self._commands.clear()
+        for cmd in left:
+            self._complete(cmd, StorageError(why))
+
+    def _drain(self) -> None:
+        """Open consumers the owner asked for, then run the queued writes in order."""
+        with self._lock:
+            want = [q for q in self._consumed if q not in self._channels]
+        for queue in want:
+            self._open_consumer(queue)
+        while True:
+            with self._lock:
+                if not self._commands:
+                    return
+                cmd = self._commands[0]
+            try:
+                error = self._execute(cmd)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                # a consumer channel refused a settlement: its deliveries went back to
+                # the queue; start over on a new connection (nothing else is lost)
+                with self._lock:
+                    self._commands.popleft()
+                self._complete(cmd, StorageError(
+                    f"the broker closed a channel of {self.target}: {exc.reply_code} "
+                    f"{exc.reply_text}; its deliveries are delivered again"))
+                raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
+            # a lost connection raises out of here: the command stays first and is
+            # resumed after the reconnect
+            with self._lock:
+                self._commands.popleft()
+            self._complete(cmd, error)
+
+    def _complete(self, cmd: _Command, error: EngineError | None) -> None:
+        loops: set[asyncio.AbstractEventLoop] = set()
+        with self._lock:
+            if error is not None:
+                self._failures[cmd.seq] = error
+            self._done_upto = max(self._done_upto, cmd.seq)
+            for seq, fut in self._waiters:
+                if seq <= self._done_upto and not fut.done():
+                    loops.add(fut.get_loop())
+        for loop in loops:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._resolve_waiters)
+
+    def _open_consumer(self, queue: str) -> None:
+        assert self._conn is not None
+        ch = self._conn.channel()
+        ch.basic_qos(prefetch_count=self.prefetch_of(queue))
+        gen = self._gen
+
+        def on_message(channel: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
+            self._delivered(gen, queue, method, props, body)
+
+        ch.basic_consume(queue, on_message, auto_ack=False)
+        self._channels[queue] = ch
+
+    def _delivered(self, gen: int, queue: str, method: Any, props: Any, body: bytes) -> None:
+        now = self._clock.time()
+        raw = dict(props.headers or {})
+        headers = {k: _decoded(v) for k, v in raw.items()}
+        before = headers.pop(COUNT_HEADER, None)
+        headers.pop(FIRST_HEADER, None)
+        exchange = headers.pop(EXCHANGE_HEADER, None)
+        key = headers.pop(KEY_HEADER, None)
+        retried = before is not None
+        if retried:
+            _drop_delay_deaths(headers)
+        redeliveries = headers.get("x-delivery-count")  # quorum queues count them
+        again = redeliveries if isinstance(redeliveries, int) else 1 if method.redelivered else 0
+        count = (int(before) if isinstance(before, int) else 0) + again + 1
+        delivery_id = next(self._ids)
+        d = QueueDelivery(
+            queue=queue, delivery_id=delivery_id, body=body, headers=headers,
+            routing_key=str(key) if key is not None else method.routing_key,
+            exchange=str(exchange) if exchange is not None else method.exchange,
+            priority=props.priority or 0, redelivered=bool(method.redelivered or retried),
+            delivery_count=count, message_id=props.message_id,
+            timestamp_ms=(props.timestamp * 1000) if props.timestamp else int(now * 1000),
+            content_type=props.content_type,
+        )
+        with self._lock:
+            self._held[delivery_id] = _Held(gen, queue, method.delivery_tag, d, raw, now)
+            self._buffers.setdefault(queue, deque()).append(delivery_id)
+        self._ready_queues.add(queue)
+
+    def _fire_ready(self) -> None:
+        if not self._ready_queues:
+            return
+        events = [Event(EventKind.QUEUE_READY, q) for q in self._ready_queues]
+        self._ready_queues = set()
+        with self._lock:
+            subs = list(self._subs)
+        for e in events:
+            for s in subs:
+                if e in s.events:
+                    s.fire(e)
+
+    # ---------------------------------------------------------------- writes
+    def _execute(self, cmd: _Command) -> EngineError | None:
+        """Run one write on the broker; the error that failed it durably, if any."""
+        if cmd.publishes:
+            return self._publish_all(cmd)
+        error: EngineError | None = None
+        for outcome, held in cmd.settles:
+            if held.gen != self._gen:
+                error = StorageError(
+                    f"the connection to {self.target} was lost before delivery "
+                    f"{held.delivery.delivery_id} of queue '{held.queue}' was settled; "
+                    "the broker delivers it again")
+                continue
+            error = self._settle_one(outcome, held) or error
+        return error
+
+    def _publish_all(self, cmd: _Command) -> EngineError | None:
+        pub = self._pub
+        assert pub is not None
+        while cmd.next_index < len(cmd.publishes):
+            p = cmd.publishes[cmd.next_index]
+            try:
+                pub.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
+            except pika.exceptions.ProtocolSyntaxError as exc:  # a header pika cannot send
+                cmd.next_index += 1
+                return InvalidRequest(f"a message to exchange '{p.exchange}' cannot be sent: "
+                                      f"{exc}")
+            except pika.exceptions.NackError:
+                cmd.next_index += 1
+                return StorageError(f"the broker refused a message to exchange "
+                                    f"'{p.exchange}' key '{p.routing_key}' (nack: a full "
+                                    "queue with overflow reject-publish?)")
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert self._conn is not None
+                self._pub = self._conn.channel()
+                self._pub.confirm_delivery()
+                cmd.next_index += 1
+                return StorageError(f"the broker refused a publish to exchange "
+                                    f"'{p.exchange}': {exc.reply_code} {exc.reply_text}")
+            cmd.next_index += 1
+        return None
+
+    def _settle_one(self, outcome: Outcome, held: _Held) -> EngineError | None:
+        ch = self._channels.get(held.queue)
+        if ch is None:
+            return StorageError(f"no channel for queue '{held.queue}'")
+        tag = held.tag
+        if isinstance(outcome, Ack):
+            ch.basic_ack(tag)
+            return None
+        if isinstance(outcome, Requeue):
+            ch.basic_nack(tag, requeue=True)
+            return None
+        if isinstance(outcome, Retry):
+            error = self._send_copy(self._retry_copy(outcome, held))
+        else:
+            if outcome.death is None:
+                ch.basic_reject(tag, requeue=False)
+                return None
+            copy = self._dead_letter_copy(outcome, held)
+            if copy is None:  # nowhere to go: dropped, as the embedded engine does
+                ch.basic_ack(tag)
+                return None
+            error = self._send_copy(copy)
+        if error is not None:  # the copy is not on the broker: keep the original
+            ch.basic_nack(tag, requeue=True)
+            return error
+        ch.basic_ack(tag)
+        return None
+
+    def _send_copy(self, p: _Publish) -> EngineError | None:
+        cmd = _Command(0, publishes=[p])
+        return self._publish_all(cmd)
+
+    def _retry_copy(self, outcome: Retry, held: _Held) -> _Publish:
+        d = held.delivery
+        headers = dict(d.headers)
+        headers[COUNT_HEADER] = d.delivery_count
+        first = held.raw_headers.get(FIRST_HEADER)
+        headers[FIRST_HEADER] = first if isinstance(first, int) else int(held.received_s * 1000)
+        headers[EXCHANGE_HEADER] = d.exchange
+        headers[KEY_HEADER] = d.routing_key
+        headers.pop("x-delivery-count", None)
+        props = pika.BasicProperties(
+            headers=_encoded(headers), priority=d.priority or None, message_id=d.message_id,
+            content_type=d.content_type, delivery_mode=2,
+            timestamp=d.timestamp_ms // 1000,
+        )
+        if outcome.delay_s <= 0:
+            return _Publish("", held.queue, d.body, props)
+        self._declare_delay(outcome.delay_s)
+        return _Publish(delay_name(outcome.delay_s), held.queue, d.body, props)
+
+    def _declare_delay(self, delay_s: float) -> None:
+        """The delay exchange and queue of `delay_s` (declared by apply for the
+        topology's policies; declared here too for a delay no policy names)."""
+        ms = delay_ms(delay_s)
+        if ms in self._declared_delays:
+            return
+        assert self._conn is not None
+        name = delay_name(delay_s)
+        ch = self._conn.channel()
+        apply_mod._declare_exchange(ch, ExchangeDef(name, "fanout"))
+        apply_mod._declare_queue(ch, QueueDef(name, True, arguments(**{
+            "x-queue-type": "classic", "x-message-ttl": ms, "x-dead-letter-exchange": "",
+        })))
+        ch.queue_bind(name, name, "")
+        ch.close()
+        self._declared_delays.add(ms)
+
+    def _dead_letter_copy(self, outcome: DeadLetter, held: _Held) -> _Publish | None:
+        d = held.delivery
+        first = held.raw_headers.get(FIRST_HEADER)
+        msg = QueuedMessage(
+            0, d.body, len(d.body), d.priority, d.routing_key, d.exchange, d.headers,
+            (d.message_id, d.content_type), d.timestamp_ms, None, d.delivery_count,
+        )
+        msg.attempts = (first / 1000 if isinstance(first, int) else held.received_s,
+                        held.received_s, held.consumer_id)
+        death = build_death(msg, queue=held.queue, reason=outcome.reason, given=outcome.death)
+        headers = with_death(d.headers, death)
+        headers.pop("x-delivery-count", None)
+        props = pika.BasicProperties(
+            headers=_encoded(headers), priority=d.priority or None, message_id=d.message_id,
+            content_type=d.content_type, delivery_mode=2, timestamp=d.timestamp_ms // 1000,
+        )
+        if outcome.to_queue is not None:
+            return _Publish("", outcome.to_queue, d.body, props)
+        queue = self._topology.queue_map().get(held.queue)
+        dlx = queue.dead_letter if queue is not None else None
+        if dlx is None:
+            return None
+        key = dlx.routing_key if dlx.routing_key is not None else d.routing_key
+        return _Publish(dlx.exchange, key, d.body, props)
+
+
+def _drop_delay_deaths(headers: dict[str, Any]) -> None:
+    """Take the delay queues' own deaths out of RabbitMQ's `x-death` (a retried copy
+    died there on purpose)."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list):
+        kept = [x for x in deaths
+                if not (isinstance(x, Mapping) and str(x.get("queue", "")).startswith(
+                    DELAY_PREFIX))]
+        if kept:
+            headers["x-death"] = kept
+        else:
+            headers.pop("x-death", None)
+    first = headers.get("x-first-death-queue")
+    if isinstance(first, str) and first.startswith(DELAY_PREFIX):
+        for name in ("x-first-death-queue", "x-first-death-reason", "x-first-death-exchange"):
+            headers.pop(name, None)
+
+
+def open_rabbitmq(
+    topology: Topology, target: Target, *, clock: Clock | None = None,
+    declare: bool = True,
+) -> RabbitBackend:
+    """Declare `topology` on `target` (refusing unsafe changes: UnsafeChange), then
+    connect: the RabbitMQ backend. StorageError when the broker cannot be reached."""
+    if declare:
+        try:
+            apply_mod.apply(target, topology)
+        except apply_mod.Refused as exc:
+            raise UnsafeChange(str(exc)) from exc
+        except live.Unreachable as exc:
+            raise StorageError(str(exc)) from exc
+    return RabbitBackend(target, topology, clock=clock)

@@ -1,0 +1,87 @@
+"""The RabbitMQ runtime (runner.backends.rabbitmq.runtime) on the real broker, beyond
+the contract suite: capabilities, header values, a lost connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from runner.backends.rabbitmq import live, runtime
+from runner.backends.rabbitmq.url import Target
+from runner.engine.contract import Ack, Capability, OutMessage
+from runner.errors import InvalidRequest
+from runner.topology.model import Queue, Topology
+from tests.contract.conftest import take
+from tests.rmq import fresh_vhost
+
+TOPOLOGY = Topology(queues=(("q", Queue("q")),))
+
+
+@pytest.fixture
+def backend() -> Iterator[runtime.RabbitBackend]:
+    with fresh_vhost() as target:
+        b = runtime.open_rabbitmq(TOPOLOGY, target)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_capabilities_are_the_mapping_less_what_is_not_built() -> None:
+    assert runtime.CAPABILITIES == frozenset(Capability) - {
+        Capability.EXACTLY_ONCE, Capability.COMPACTION, Capability.IDEMPOTENT_PRODUCER,
+        Capability.TOPICS}
+
+
+def test_header_values_round_trip_and_bad_ones_are_refused(
+    backend: runtime.RabbitBackend,
+) -> None:
+    headers = {"f": 1.5, "n": 2, "s": "x", "b": True, "l": [1, "a"], "d": {"x": 0.25},
+               "none": None}
+    asyncio.run(backend.durable(backend.put("q", [OutMessage(b"1", headers=headers)]).ticket))
+    (d,) = take(backend, "q", 1)
+    assert dict(d.headers) == headers
+    with pytest.raises(InvalidRequest, match="a header value RabbitMQ cannot carry"):
+        backend.put("q", [OutMessage(b"2", headers={"bad": object()})])
+
+
+def _kill_connections(target: Target) -> int:
+    """Close the vhost's connections from the broker's side (the management API lists
+    a new connection after a moment: wait for it)."""
+    admin = Target(target.host)
+    path = f"/api/vhosts/{quote(target.vhost, safe='')}/connections"
+    deadline = time.monotonic() + 15
+    while not (conns := live.request(admin, "GET", path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for c in conns:
+        live.request(admin, "DELETE", f"/api/connections/{quote(c['name'], safe='')}")
+    return len(conns)
+
+
+def test_a_lost_connection_reconnects_and_loses_nothing_acknowledged(
+    backend: runtime.RabbitBackend,
+) -> None:
+    t = backend.put("q", [OutMessage(str(i).encode()) for i in range(3)]).ticket
+    asyncio.run(backend.durable(t))
+    got = take(backend, "q", 3)
+    assert [d.body for d in got] == [b"0", b"1", b"2"]
+    asyncio.run(backend.durable(backend.settle("q", [Ack(got[0].delivery_id)]).ticket))
+    assert _kill_connections(backend.target) >= 1
+    deadline = time.monotonic() + 20
+    while backend.connections < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.connections == 2
+    # the old connection's deliveries went back to the queue: settling them says unknown
+    assert backend.settle("q", [Ack(got[1].delivery_id)]).unknown == (got[1].delivery_id,)
+    put = backend.put("q", [OutMessage(b"3")])
+    asyncio.run(backend.durable(put.ticket))
+    again = take(backend, "q", 3)
+    assert sorted(d.body for d in again) == [b"1", b"2", b"3"]
+    assert [d.redelivered for d in again if d.body != b"3"] == [True, True]
+    ticket = backend.settle("q", [Ack(d.delivery_id) for d in again]).ticket
+    asyncio.run(backend.durable(ticket))
+    assert take(backend, "q", 1, timeout_s=0.5) == []
