@@ -387,6 +387,7 @@ class Supervisor:
             watcher.start()
             self._watcher = watcher
         ticker = asyncio.create_task(self._tick_forever())
+        ticker.add_done_callback(self._ticker_done)
         if ready is not None:
             ready(config.host, port)
         try:
@@ -402,6 +403,7 @@ class Supervisor:
             otel.flush()
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+            died = None if ticker.cancelled() else ticker.exception()
             if kafka is not None:
                 await kafka.stop()
             await server.stop()
@@ -422,6 +424,11 @@ class Supervisor:
                 log.error("stopped, but the last fsync failed: %s", failure,
                           extra={"event": "stopped_unsynced"})
                 raise failure
+            if died is not None:  # stopped by _ticker_done: not a clean stop either
+                raise EngineError(
+                    f"the engine's timer task failed ({type(died).__name__}: {died}); "
+                    "the daemon stopped"
+                ) from died
             log.info("stopped", extra={"event": "stopped"})
         return 0
 
@@ -476,6 +483,16 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("reload failed unexpectedly", exc_info=task.exception())
+
+    def _ticker_done(self, task: asyncio.Task[None]) -> None:
+        """The timer task only ends by cancellation; if anything else ends it, leases,
+        retries and TTLs would silently never come due again: stop the daemon
+        (`serve` raises the failure, `runner run` exits 1)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical("the engine's timer task failed; stopping", exc_info=task.exception(),
+                     extra={"event": "ticker_failed"})
+        self.stop()
 
     async def _tick_forever(self) -> None:
         """Tick the engine when its next timer is due, on the injected clock; a

@@ -1,14 +1,22 @@
-"""An in-process daemon: the real Supervisor, HTTP server, loader and diff over FakeEngine.
+"""An in-process daemon: the real Supervisor, HTTP server, loader, diff and embedded
+engine (on the test's temp dir), with a stand-in pipeline that runs no handlers.
 
 `run_daemon(tmp_path, yaml, scenario)` starts `Supervisor.serve()` on a fresh
 loop on a free port, runs `async scenario(client)` against it over real HTTP,
 then stops the supervisor and checks that `serve()` returned 0.
+
+Background failures fail the test instead of being logged and forgotten: an
+exception that escapes a task or callback on the loop (asyncio only logs it),
+the supervisor's timer task dying (`serve()` then raises), and an exception the
+supervisor logs with its traceback (a background reload, a failed engine tick),
+unless the test passes `logged_failures=True`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +27,14 @@ import aiohttp
 from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike, Supervisor
 from runner.engine import Engine
+from runner.engine.contract import Backend
+from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline.replies import Replies
 from runner.pipeline.runtime import WorkerChanges, plan
 from runner.pipeline.stats import PipelineStats
 from runner.topology.diff import diff
 from runner.topology.load import load
 from runner.topology.model import Topology
-from tests.daemon.fake_engine import FakeEngine
 
 
 @dataclass
@@ -84,10 +93,14 @@ class Client:
             return resp.status, parsed, dict(resp.headers)
 
     @property
-    def engine(self) -> FakeEngine:
-        engine = self.supervisor.engine
-        assert isinstance(engine, FakeEngine)
-        return engine
+    def backend(self) -> Backend:
+        """The daemon's engine through the contract (what tests should look at)."""
+        return EmbeddedBackend(self.supervisor.engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The daemon's engine itself (to break one of its methods on purpose)."""
+        return self.supervisor.engine
 
     @property
     def pipeline(self) -> FakePipeline:
@@ -96,9 +109,12 @@ class Client:
         return pipeline
 
 
-def fake_parts(failures: list[tuple[str, str, str]] | None = None) -> Parts:
+def embedded_parts(failures: list[tuple[str, str, str]] | None = None) -> Parts:
+    """The real loader, diff and embedded engine; handler checks answer `failures`;
+    the pipeline is a FakePipeline; the clock a ManualClock."""
+
     def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
-        return FakeEngine(topology)  # type: ignore[return-value]
+        return Engine.open(topology, config.data_dir, fsync=config.fsync, clock=clock)
 
     def make_pipeline(
         engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
@@ -128,6 +144,7 @@ def run_daemon(
     parts: Parts | None = None,
     path: Path | None = None,
     load_timeout_s: float = 30.0,
+    logged_failures: bool = False,
 ) -> Supervisor:
     topo = path or tmp_path / "topology.yaml"
     if path is None:
@@ -139,9 +156,12 @@ def run_daemon(
         max_message_bytes=max_message_bytes, max_request_bytes=max_request_bytes,
         watch=watch, grace_s=1.0, debounce_s=0.1, load_timeout_s=load_timeout_s,
     )
-    supervisor = Supervisor(config, loaded, parts or fake_parts())
+    supervisor = Supervisor(config, loaded, parts or embedded_parts())
+
+    escaped: list[dict[str, Any]] = []
 
     async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         serving = asyncio.create_task(
             supervisor.serve(ready=lambda host, port: started.set_result(port))
@@ -154,5 +174,26 @@ def run_daemon(
             supervisor.stop()
             assert await asyncio.wait_for(serving, 10) == 0
 
-    asyncio.run(main())
+    caught = _Caught()
+    supervisor_log = logging.getLogger("runner.daemon.supervisor")
+    supervisor_log.addHandler(caught)
+    try:
+        asyncio.run(main())
+    finally:
+        supervisor_log.removeHandler(caught)
+    if not logged_failures:
+        assert not caught.records, [r.getMessage() for r in caught.records]
+    assert not escaped, [f"{c.get('message')}: {c.get('exception')!r}" for c in escaped]
     return supervisor
+
+
+class _Caught(logging.Handler):
+    """Records logged with an exception's traceback (log.exception, exc_info=)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is not None:
+            self.records.append(record)

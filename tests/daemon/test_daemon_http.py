@@ -1,4 +1,4 @@
-"""The HTTP API in-process: real aiohttp server, real supervisor, FakeEngine underneath.
+"""The HTTP API in-process: real aiohttp server, real supervisor, the embedded engine underneath.
 
 Statuses and the exact sentences a caller sees; the end-to-end suite repeats
 the important ones against the real daemon and engine.
@@ -133,7 +133,7 @@ def test_topic_append_read_and_group_offsets(tmp_path: Path) -> None:
         ("POST", "/v1/exchanges/nope/messages", {"routing_key": "", "body": 1}, 404,
          "exchange 'nope' not found"),
         ("POST", "/v1/exchanges/hidden/messages", {"routing_key": "", "body": 1}, 403,
-         "exchange 'hidden' is internal"),
+         "exchange 'hidden' is internal: only other exchanges may publish to it"),
         ("POST", "/v1/queues/nope/pull", {}, 404, "queue 'nope' not found"),
         ("POST", "/v1/queues/work/pull", {"max": 1001}, 400,
          "'max' must be an integer between 1 and 1000, got 1001"),
@@ -217,7 +217,7 @@ def test_too_large_messages_records_and_requests_are_413(tmp_path: Path) -> None
         )
         assert status == 413
         assert body["error"].startswith("the request body is over the limit of 65536 bytes")
-        assert len(c.engine.ready["work"]) == 0  # nothing of a refused batch is stored
+        assert c.backend.queue_info("work").ready == 0  # nothing of a refused batch is stored
 
     scenario_test(tmp_path, scenario)
 
@@ -230,8 +230,9 @@ def test_overflow_refusal_is_429_with_accepted_and_retry_after(tmp_path: Path) -
         )
         assert status == 429
         assert headers["Retry-After"] == "1"
-        assert body == {"error": "queue 'full' is full (max_length 1)", "accepted": 1,
-                        "routed": ["work"]}
+        # the second message reached work and events before full refused it
+        assert body == {"error": "queue 'full' is full (max_length 1, overflow reject-publish): "
+                                 "publish refused", "accepted": 1, "routed": ["work", "events"]}
 
     scenario_test(tmp_path, scenario)
 

@@ -12,7 +12,7 @@ from runner.daemon.supervisor import DaemonConfig
 from runner.engine import Engine, FsyncPolicy
 from runner.pipeline.stats import HandlerCounters, PipelineStats
 from runner.topology.model import Topology
-from tests.daemon.harness import Client, fake_parts, run_daemon
+from tests.daemon.harness import Client, embedded_parts, run_daemon
 from tests.daemon.promtool import check_metrics
 
 TOPOLOGY = """\
@@ -176,7 +176,7 @@ def test_the_oldest_record_timestamp_is_the_first_records_on_a_real_engine(
     def open_engine(topology: Topology, config: DaemonConfig, _clock: Clock) -> Engine:
         return Engine.open(topology, config.data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
 
-    parts = replace(fake_parts(), open_engine=open_engine, clock=clock)
+    parts = replace(embedded_parts(), open_engine=open_engine, clock=clock)
     oldest = "runner_topic_partition_oldest_record_timestamp_seconds"
 
     async def scenario(c: Client) -> None:

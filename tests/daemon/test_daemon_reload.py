@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from runner.errors import HandlerImportError
+import pytest
+
+from runner.clock import Clock
+from runner.daemon.supervisor import DaemonConfig, Supervisor
+from runner.engine import Engine
+from runner.errors import EngineError, HandlerImportError
 from runner.pipeline.handler import check_handlers
 from runner.pipeline.runtime import WorkerChanges
 from runner.topology.load import load
 from runner.topology.model import Topology
-from tests.daemon.harness import Client, FakePipeline, fake_parts, run_daemon
+from tests.daemon.harness import Client, FakePipeline, embedded_parts, run_daemon
 
 BASE = """\
 version: 1
@@ -52,7 +58,7 @@ def test_admin_reload_applies_a_safe_change(tmp_path: Path) -> None:
         assert [(ch["kind"], ch["entity"], ch["name"], ch["safe"]) for ch in body["changes"]] == [
             ("added", "queue", "jobs", True)
         ]
-        assert "jobs" in c.engine.topology.queue_map()
+        assert "jobs" in c.backend.topology.queue_map()
         assert "jobs" in c.pipeline.applied[-1].queue_map()
         status, body, _ = await c.call("POST", "/v1/queues/jobs/messages", {"body": 1})
         assert status == 202
@@ -101,7 +107,7 @@ def test_unsafe_changes_are_refused_whole_with_409(tmp_path: Path) -> None:
         )
         kinds = {(ch["kind"], ch["name"], ch["safe"]) for ch in body["changes"]}
         assert kinds == {("removed", "work", False), ("added", "other", True)}
-        assert "other" not in c.engine.topology.queue_map()
+        assert "other" not in c.backend.topology.queue_map()
         # once drained, removing it is safe
         _, pulled, _ = await c.call("POST", "/v1/queues/work/pull", {})
         await c.call("POST", "/v1/queues/work/ack",
@@ -116,7 +122,7 @@ def test_unsafe_changes_are_refused_whole_with_409(tmp_path: Path) -> None:
 
 def test_a_handler_that_does_not_import_makes_the_reload_invalid(tmp_path: Path) -> None:
     topo = tmp_path / "topology.yaml"
-    parts = fake_parts()
+    parts = embedded_parts()
     parts.check_handlers = check_handlers
 
     async def scenario(c: Client) -> None:
@@ -205,7 +211,7 @@ def test_a_deleted_topology_file_is_an_invalid_reload_and_a_new_save_applies(
 
 def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path: Path) -> None:
     topo = tmp_path / "topology.yaml"
-    parts = fake_parts()
+    parts = embedded_parts()
 
     class Refusing(FakePipeline):
         async def apply(self, new: Topology) -> WorkerChanges:
@@ -221,7 +227,7 @@ def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path
             422, "pipeline refused: consumer 'x': handler 'gone:fn': cannot import module"
         )
         assert c.supervisor.topology.queue_map().keys() == {"work"}
-        assert c.engine.topology.queue_map().keys() == {"work"}
+        assert c.backend.topology.queue_map().keys() == {"work"}
         assert counted(c) == {"applied": 0, "invalid": 1, "refused": 0}
 
     topo.write_text(BASE)
@@ -241,7 +247,7 @@ def test_a_reload_whose_read_hangs_gives_up_after_the_load_timeout(tmp_path: Pat
             gate.wait(10)
         return load(path)
 
-    parts = dataclasses.replace(fake_parts(), load=load_hanging)
+    parts = dataclasses.replace(embedded_parts(), load=load_hanging)
 
     async def scenario(c: Client) -> None:
         loop = asyncio.get_running_loop()
@@ -263,6 +269,41 @@ def test_a_reload_whose_read_hangs_gives_up_after_the_load_timeout(tmp_path: Pat
         topo.write_text(WITH_JOBS)
         status, body, _ = await c.call("POST", "/v1/admin/reload")
         assert status == 200, body
-        assert "jobs" in c.engine.topology.queue_map()
+        assert "jobs" in c.backend.topology.queue_map()
 
     run_daemon(tmp_path, "", scenario, path=topo, parts=parts, load_timeout_s=0.3)
+
+
+def test_a_dead_timer_task_stops_the_daemon_and_fails_serve(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without ticks leases, retries and TTLs never come due: the daemon must not run
+    on quietly (this is how the old test fake failed every test, unseen)."""
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(BASE)
+    parts = embedded_parts()
+    open_real = parts.open_engine
+
+    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
+        engine = open_real(topology, config, clock)
+
+        def broken() -> float | None:
+            raise RuntimeError("no timers here")
+
+        engine.timer_due = broken  # type: ignore[method-assign]
+        return engine
+
+    parts.open_engine = open_engine
+    config = DaemonConfig(path=topo, data_dir=tmp_path / "data", port=0, watch=False,
+                          grace_s=1.0)
+    supervisor = Supervisor(config, load(str(topo)), parts)
+
+    async def main() -> None:
+        await asyncio.wait_for(supervisor.serve(), 10)  # stops by itself
+
+    with caplog.at_level(logging.ERROR), pytest.raises(EngineError) as failed:
+        asyncio.run(main())
+    assert str(failed.value) == (
+        "the engine's timer task failed (RuntimeError: no timers here); the daemon stopped"
+    )
+    assert "the engine's timer task failed; stopping" in caplog.text

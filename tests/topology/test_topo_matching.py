@@ -1,13 +1,16 @@
 """One topic matcher (issue 8, one owner per rule).
 
 `runner.topology.matching.topic_matches` is the reference; the broker's trie
-is a fast path that must agree with it, and the validator's cycle check and
-the daemon tests' fake engine call it. The table below is what RabbitMQ 3.10
-routed (a topic exchange, one queue bound per pattern, every key published
-once; probed on 127.0.0.1:5672 with pika while writing this test).
+is a fast path that must agree with it (a property test below, and the real
+embedded engine's routes), and the validator's cycle check calls it. The
+table below is what RabbitMQ 3.10 routed (a topic exchange, one queue bound
+per pattern, every key published once; probed on 127.0.0.1:5672 with pika
+while writing this test).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,11 +85,12 @@ def test_the_trie_agrees_with_the_reference(patterns: list[str], keys: list[str]
         assert trie.match(key) == want, (patterns, key)
 
 
-def test_the_validator_and_the_test_fake_use_the_reference() -> None:
-    from runner.engine import OutMessage
+def test_the_validator_and_the_engine_agree_with_the_reference(tmp_path: Path) -> None:
+    from runner.engine.contract import OutMessage
+    from runner.engine.embedded import open_embedded
+    from runner.engine.values import FsyncPolicy
     from runner.topology import cycles, rules
     from runner.topology.model import Binding, Exchange, ExchangeType, Queue, Topology
-    from tests.daemon.fake_engine import FakeEngine
 
     assert cycles.topic_matches is rules.topic_matches is topic_matches
     t = Topology(exchanges=(("x", Exchange("x", ExchangeType.TOPIC)),),
@@ -94,7 +98,14 @@ def test_the_validator_and_the_test_fake_use_the_reference() -> None:
                  bindings=(Binding("x", queue="sub", routing_key="a.#"),
                            Binding("x", queue="any1", routing_key="*"),
                            Binding("x", queue="all", routing_key="#")))
-    fake = FakeEngine(t)
-    routed = fake.publish("x", [OutMessage(b"1", routing_key="a"),
-                                OutMessage(b"2", routing_key="")])
-    assert routed == [["sub", "any1", "all"], ["all"]]
+    backend = open_embedded(t, tmp_path, fsync=FsyncPolicy.NEVER)
+    try:
+        keys = ["a", "", "a.b", "b"]
+        published = backend.publish("x", [OutMessage(b"1", routing_key=k) for k in keys])
+    finally:
+        backend.close()
+    for key, routes in zip(keys, published.routes, strict=True):
+        want = {b.destination for b in t.bindings if topic_matches(b.routing_key, key)}
+        assert set(routes) == want, key
+    assert [set(r) for r in published.routes] == [
+        {"sub", "any1", "all"}, {"all"}, {"sub", "all"}, {"any1", "all"}]
