@@ -51,6 +51,7 @@ from runner.broker.results import (
 )
 from runner.broker.routing import Route, Router
 from runner.clock import Clock
+from runner.datapath import entity_path, remove_tree
 from runner.errors import (
     Conflict,
     InvalidRequest,
@@ -62,7 +63,6 @@ from runner.errors import (
 )
 from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.commits import GroupCommit
-from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.record import Fsync
 from runner.topology.model import Binding, Exchange, Queue

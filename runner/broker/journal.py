@@ -42,9 +42,9 @@ from typing import Any
 from runner.broker.headers import decode_headers, encode_headers
 from runner.broker.message import EMPTY_HEADERS, MESSAGE_OVERHEAD, QueuedMessage
 from runner.clock import Clock, now_ms
+from runner.datapath import remove_tree
 from runner.fs import LOCAL, FileSystem
 from runner.log.commits import GroupCommit
-from runner.log.datapath import remove_tree
 from runner.log.record import Fsync, Item, LogRecord
 from runner.log.segment import SegmentedLog
 

@@ -16,6 +16,7 @@ Protocols and values of this module. The embedded engine implements it
      |- subscribe()     events instead of polling
      |- durable()       await a write's Ticket
      '- capabilities    what this backend can do at all
+    RouteExplainer      (optional) how a message would be routed, hop by hop
 
 Threading: a backend has one owner thread (the daemon's asyncio loop, or a
 test). Every synchronous method is called on it and must not block for long:
@@ -68,8 +69,8 @@ __all__ = [
     "EMPTY_HEADERS", "Event", "EventKind", "GroupInfo", "GroupMember", "GroupPartition",
     "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer", "Published",
     "QueueConsumer", "QueueDelivery", "QueueInfo", "Read", "Record", "ReplayOutcome",
-    "Requeue", "Retry", "Settled", "Step", "Steps", "Subscription", "Ticket",
-    "TopicPartition", "TopicReader", "Waiter",
+    "Requeue", "Retry", "RouteExplainer", "RouteHop", "Settled", "Step", "Steps",
+    "Subscription", "Ticket", "TopicPartition", "TopicReader", "Waiter",
 ]
 
 EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
@@ -185,6 +186,18 @@ class QueueDelivery(NamedTuple):
     message_id: str | None
     timestamp_ms: int
     content_type: str | None
+
+
+class RouteHop(NamedTuple):
+    """One exchange a message passes (`RouteExplainer.explain`): reached by the
+    publish, by an exchange-to-exchange binding, or as the alternate exchange of
+    `parent`; and the destinations its own bindings matched, in binding order."""
+
+    exchange: str
+    type: str  # the exchange type: direct | fanout | topic | headers
+    via: str  # "publish" | "binding" | "alternate"
+    parent: str | None  # the exchange it was reached from (None: the publish)
+    matched: tuple[tuple[str, str], ...]  # (kind, name), kind queue | exchange | topic
 
 
 # ---------------------------------------------------------------- outcomes
@@ -588,6 +601,19 @@ class Steps(Protocol):
     ) -> Step:
         """The Step that dead-letters a topic record failed by `group` (add the
         commit past it, then commit_step)."""
+        ...
+
+
+class RouteExplainer(Protocol):
+    """Optional, beside Backend: a backend whose routing rules can be shown (the
+    embedded engine) explains a publish without making it; `runner route` runs on one."""
+
+    def explain(
+        self, exchange: str, routing_key: str, headers: Mapping[str, Any] | None = None,
+    ) -> tuple[RouteHop, ...]:
+        """Every exchange a message published to `exchange` would pass, in order,
+        and what each matched; nothing is published or counted. NotFound for an
+        unknown exchange and Forbidden for an internal one, as `Producer.publish`."""
         ...
 
 

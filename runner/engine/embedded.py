@@ -40,6 +40,7 @@ from runner.engine.contract import (
     ReplayOutcome,
     Requeue,
     Retry,
+    RouteHop,
     Settled,
     Step,
     Ticket,
@@ -181,6 +182,15 @@ class EmbeddedBackend:
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
         positions = self.engine.append(topic, [_record(r) for r in records])
         return Appended(tuple(positions), Ticket.DONE)
+
+    # ------------------------------------------------------------- RouteExplainer
+    def explain(
+        self, exchange: str, routing_key: str, headers: Mapping[str, Any] | None = None,
+    ) -> tuple[RouteHop, ...]:
+        router = self.engine.broker.router
+        router.check_publish(exchange)
+        _, hops = router.explain(exchange, routing_key, headers or {})
+        return tuple(RouteHop(*hop) for hop in hops)
 
     # ------------------------------------------------------------- QueueConsumer
     def fetch(

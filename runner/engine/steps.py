@@ -42,12 +42,12 @@ from runner import jsontext
 from runner.broker.broker import Broker
 from runner.broker.headers import decode_value, encode_value
 from runner.clock import Clock
+from runner.datapath import remove_tree
 from runner.engine.records import b64, record_of_message, to_append, unb64
 from runner.engine.values import OutMessage, Step
 from runner.errors import EngineError, InvalidRequest, NotFound, Refused, StorageError
 from runner.fs import FileSystem
 from runner.log.commits import GroupCommit
-from runner.log.datapath import remove_tree
 from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
 from runner.log.record import Fsync

@@ -44,13 +44,6 @@ class PartitionView(Protocol):
     def offset_for_timestamp(self, tp: TopicPartition, ts_ms: int) -> int: ...
 
 
-def out_of_range_reset(reset: OffsetReset, log_start: int, log_end: int) -> int:
-    """Where a position that is no longer in the log goes (Kafka's auto.offset.reset):
-    `earliest` -> the log start, `latest` -> the log end. One rule for the committed
-    position (`Groups.position`) and a running member's own (the group worker)."""
-    return log_end if reset is OffsetReset.LATEST else log_start
-
-
 @dataclass(slots=True)
 class GroupState:
     config: ConsumerGroup
@@ -226,8 +219,7 @@ class Groups:
             return pos
         if pos < 0:
             return start  # `earliest` before the first commit: the live log start
-        return out_of_range_reset(self._get(name).config.offset_reset, start,
-                                  self.view.log_end(tp))
+        return self._get(name).config.offset_reset.out_of_range(start, self.view.log_end(tp))
 
     def lag(self, name: str, tp: TopicPartition) -> int:
         """Log end - committed offset wherever the group committed, also below the log

@@ -25,6 +25,7 @@ from itertools import repeat
 from pathlib import Path
 
 from runner.clock import Clock, now_ms
+from runner.datapath import entity_path, remove_tree
 from runner.errors import (
     InvalidRequest,
     LogFailed,
@@ -37,7 +38,6 @@ from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.cache import ReadCache
 from runner.log.commits import GroupCommit
 from runner.log.compaction import Cleaner, compact
-from runner.log.datapath import entity_path, remove_tree
 from runner.log.flusher import Flusher
 from runner.log.groups import Groups
 from runner.log.offsets import OffsetStore

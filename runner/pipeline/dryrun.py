@@ -3,7 +3,7 @@
 `dry_run(topology, exchange=..., routing_key=..., headers=...)` (or
 `topic=..., key=...`) answers with plain JSON-able data, built from the
 engine's own code only: the exchanges the message passes come from the
-broker's router (`Router.explain`), where it lands (queues, topic
+engine's router (`RouteExplainer.explain`), where it lands (queues, topic
 partitions by the murmur2 partitioner) from publishing it on a `Simulation`,
 and, with `fail=N`, each handling consumer's or group's timeline from a
 simulation where that handler fails N times: each failure, the retry delay
@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.broker.routing import Router, declare_all
 from runner.engine import DEAD_LETTER_HEADER, OutMessage, OutRecord
 from runner.pipeline.message import encode_body
 from runner.pipeline.simulation import Landing, Simulation, Stand
@@ -160,23 +159,19 @@ def dry_run(
     spec = {"exchange": exchange, "routing_key": routing_key, "headers": dict(headers or {}),
             "topic": topic, "key": key, "body": body}
     path: list[dict[str, Any]] = []
-    if exchange is not None:
-        router = Router()
-        declare_all(router, [e for _, e in topology.exchanges], topology.bindings)
-        router.check_publish(exchange)
-        _, hops = router.explain(exchange, routing_key, headers or {})
-        bindings = topology.bindings
-        for hop in hops:
-            path.append({
-                "exchange": hop.exchange, "type": hop.type, "via": hop.via,
-                "from": hop.parent,
-                "matched": [{"kind": kind, "name": name, "bindings": [
-                    b.routing_key for b in bindings
-                    if b.exchange == hop.exchange and b.destination_kind == kind
-                    and b.destination == name]} for kind, name in hop.matched],
-            })
     sim = Simulation(topology, default=lambda _: Stand(real=False), start_time=start_time)
     try:
+        if exchange is not None:
+            bindings = topology.bindings
+            for hop in sim.backend.explain(exchange, routing_key, headers or {}):
+                path.append({
+                    "exchange": hop.exchange, "type": hop.type, "via": hop.via,
+                    "from": hop.parent,
+                    "matched": [{"kind": kind, "name": name, "bindings": [
+                        b.routing_key for b in bindings
+                        if b.exchange == hop.exchange and b.destination_kind == kind
+                        and b.destination == name]} for kind, name in hop.matched],
+                })
         landing = _send(sim, spec)
         sim.run(horizon_s=HORIZON_S)
         settled = _dead_letters(sim)

@@ -38,7 +38,6 @@ from runner.engine.contract import (
     Waiter,
 )
 from runner.errors import Conflict, EngineError, OffsetOutOfRange
-from runner.log.groups import out_of_range_reset
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, TopicMessage
@@ -167,7 +166,7 @@ class GroupWorker(Worker):
         except OffsetOutOfRange as exc:
             # retention removed the position: reset by the group's offset_reset, as
             # for a committed offset (earliest -> log start, latest -> log end)
-            to = out_of_range_reset(self.group.offset_reset, exc.log_start, exc.log_end)
+            to = self.group.offset_reset.out_of_range(exc.log_start, exc.log_end)
             log.warning("group %s: %s[%d] offset %d is gone, skipping to %d (offset_reset "
                         "%s)", self.name, tp.topic, tp.partition, positions[tp], to,
                         self.group.offset_reset.value)

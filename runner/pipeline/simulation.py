@@ -293,6 +293,11 @@ class Simulation:
         assert self._engine is not None
         return self._engine
 
+    @property
+    def backend(self) -> EmbeddedBackend:
+        """The simulation's engine through the contract (a RouteExplainer too)."""
+        return EmbeddedBackend(self.engine)
+
     def _stand(
         self, name: str, ref: str, stands: Mapping[str, Stand],
         default: Callable[[str], Stand] | None,

@@ -27,11 +27,11 @@ from typing import Any
 
 from runner import jsontext
 from runner.clock import Clock
+from runner.datapath import entity_path
 from runner.engine.contract import Backend, Event, Step, Waiter
 from runner.engine.values import FsyncPolicy
 from runner.errors import EngineError
 from runner.fs import LOCAL, FileSystem
-from runner.log.datapath import entity_path
 from runner.pipeline.deadletter import error_type
 from runner.pipeline.failures import FailureLog
 from runner.pipeline.handler import Handler, HandlerTimeout

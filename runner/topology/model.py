@@ -66,6 +66,13 @@ class OffsetReset(str, Enum):
     EARLIEST = "earliest"
     LATEST = "latest"
 
+    def out_of_range(self, log_start: int, log_end: int) -> int:
+        """Where a position that is no longer in the log goes (Kafka's
+        auto.offset.reset): `earliest` -> the log start, `latest` -> the log end.
+        One rule for the committed position (`runner.log.groups.Groups.position`)
+        and a running member's own (the pipeline's group worker), on any backend."""
+        return log_end if self is OffsetReset.LATEST else log_start
+
 
 class HeadersMatch(str, Enum):
     ALL = "all"

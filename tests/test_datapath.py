@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from runner.datapath import MAX_NAME_BYTES, dir_name, entity_path, remove_tree
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
 from runner.errors import StorageError
-from runner.log.datapath import MAX_NAME_BYTES, dir_name, entity_path, remove_tree
 from runner.topology.model import Queue, Topic, Topology
 
 names = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=300)

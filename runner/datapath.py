@@ -1,5 +1,8 @@
 """Entity names as file names, and deletes that never leave the data directory.
 
+A base module beside `runner.fs` (no layer of its own): the storage layers
+(log, broker, engine) and the pipeline's idempotency files all name files with it.
+
 A topic, queue or consumer name is user input: it must never be used as a path
 component as it stands. `dir_name` is the one function that turns an entity
 name into a file name, and it is:
