@@ -18,7 +18,7 @@ from runner.cli import pythonpath
 from runner.errors import RunnerError
 
 if TYPE_CHECKING:
-    from runner.daemon.supervisor import Loaded, Parts
+    from runner.daemon.supervisor import DaemonConfig, Loaded, Parts
 
     Failures = list[tuple[str, str, str]]
 
@@ -201,6 +201,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="start although the topology's plan against the one recorded in the data dir "
         "has unsafe changes (or names another topology)",
     )
+    run.add_argument(
+        "--backend", metavar="URL", default=None,
+        help="run the handlers over a RabbitMQ vhost (amqp://user:pass@host[:port]/vhost) "
+        "instead of the embedded engine; several daemons may share it (docs/rabbitmq.md)",
+    )
     pythonpath.add_option(run)
     run.set_defaults(func=cmd_run)
 
@@ -347,6 +352,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
         allow_unsafe=args.allow_unsafe,
     )
+    if args.backend is not None:
+        return _run_remote(args.backend, config, loaded)
     try:
         supervisor = Supervisor(config, loaded, parts)
         return asyncio.run(supervisor.serve())
@@ -355,6 +362,36 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stderr.write(plan_text(exc.plan))
         print(f"runner run: {exc}", file=sys.stderr)
         return 1
+    except (RunnerError, OSError) as exc:
+        print(f"runner run: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_remote(url: str, config: DaemonConfig, loaded: Loaded) -> int:
+    """`runner run --backend amqp://...`: the pipeline over RabbitMQ (runner.daemon.remote)."""
+    from runner.backends.rabbitmq.mapping import problems as backend_problems
+    from runner.backends.rabbitmq.url import BadURL, parse
+    from runner.daemon.remote import RemoteDaemon, refusal
+
+    try:
+        target = parse(url)
+    except BadURL as exc:
+        print(f"runner run: --backend {exc}", file=sys.stderr)
+        return 2
+    topology = loaded.topology
+    assert topology is not None
+    errors = [p for p in backend_problems(topology) if p.is_error]
+    if errors:
+        _print_problems(errors)
+        print(f"runner run: {config.path} cannot run on the RabbitMQ backend "
+              f"({len(errors)} error(s))", file=sys.stderr)
+        return 1
+    refused = refusal(topology)
+    if refused is not None:
+        print(f"runner run: {refused}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(RemoteDaemon(config, topology, loaded.content_hash, target).serve())
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1

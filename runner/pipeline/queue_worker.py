@@ -33,6 +33,7 @@ from runner.engine.contract import (
     Requeue,
     Retry,
     Step,
+    Ticket,
     Waiter,
 )
 from runner.errors import EngineError, NotFound
@@ -79,6 +80,9 @@ class QueueWorker(Worker):
         self.outstanding = 0  # leased by us: buffered + in flight
         self.puller_id = f"{consumer.name}@{env.hostname}"
         self.pending_acks: list[int] = []
+        # at-most-once: the ack's ticket, awaited before the handler runs (a remote
+        # backend sends the ack later; a lost one would run the handler twice)
+        self.acked_before: dict[int, Ticket] = {}
         self.ready: Waiter | None = None  # the puller's wake-up
 
     def start(self) -> None:
@@ -168,11 +172,25 @@ class QueueWorker(Worker):
 
     async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
         prepared = self._prepare(d)
-        if prepared is None:
+        if prepared is None or not await self._acked(d):
             return
         msg, key = prepared
         exc, outputs = await self.run_handler(msg)
         self._settle(d, msg, key, exc, outputs, consumer_id)
+
+    async def _acked(self, d: QueueDelivery) -> bool:
+        """At-most-once: True once the ack taken before the call is durable; False
+        (the handler must not run: the backend delivers it again) when it failed."""
+        ticket = self.acked_before.pop(d.delivery_id, None)
+        if ticket is None:
+            return True
+        try:
+            await self.env.backend.durable(ticket)
+        except EngineError as exc:
+            log.warning("consumer %s: the ack of delivery %d before the call failed (%s); "
+                        "not calling the handler", self.name, d.delivery_id, exc)
+            return False
+        return True
 
     def _batch_cap(self) -> int:
         """How many buffered deliveries one sync batch may take: a fair share of the
@@ -196,7 +214,12 @@ class QueueWorker(Worker):
                 cap = self._batch_cap()
                 while len(taken) < cap and not self.buffer.empty():
                     taken.append(self.buffer.get_nowait())
-                items = self._prepare_all(taken)
+                items = []
+                for item in self._prepare_all(taken):
+                    if await self._acked(item[0]):
+                        items.append(item)
+                    else:
+                        self._finished()
                 if not items:
                     continue
             carried = []
@@ -244,9 +267,11 @@ class QueueWorker(Worker):
         msg = QueueMessage.from_delivery(d)
         key = self.idem_key(msg)
         if self.delivery is Delivery.AT_MOST_ONCE:
-            backend.settle(self.queue, [Ack(d.delivery_id)])
+            ticket = backend.settle(self.queue, [Ack(d.delivery_id)]).ticket
             if self.is_duplicate(key):
                 return None
+            if ticket != Ticket.DONE:
+                self.acked_before[d.delivery_id] = ticket
         elif self.is_duplicate(key):
             backend.settle(self.queue, [Ack(d.delivery_id)])
             return None

@@ -101,6 +101,7 @@ from runner.engine.contract import (
     Ticket,
     TopicPartition,
 )
+from runner.engine.values import EngineStats, QueueStats
 from runner.errors import EngineError, InvalidRequest, NotFound, StorageError, UnsafeChange
 from runner.topology.model import Topology
 
@@ -512,8 +513,37 @@ class RabbitBackend:
     def replayed_record(self, delivery: QueueDelivery) -> Record:
         raise _not_served("topics")
 
-    def stats(self) -> Any:
-        raise _not_served("engine statistics")
+    def stats(self) -> EngineStats:
+        """The queues' counts and counters as the broker reports them (one management
+        API call; blocking: run it off the owner's loop). Topics, groups and
+        exchanges have no counts here."""
+        vhost = live.vhost_path(self.target.vhost)
+        try:
+            rows = live.request(self.target, "GET", f"/api/queues/{vhost}?columns=name,"
+                                "messages_ready,messages_unacknowledged,message_stats")
+        except live.Unreachable as exc:
+            raise StorageError(str(exc)) from exc
+        stats = EngineStats()
+        for row in rows:
+            name = str(row["name"])
+            if name.startswith(DELAY_PREFIX):
+                continue
+            ms = row.get("message_stats") or {}
+            stats.queues[name] = QueueStats(
+                ready=int(row.get("messages_ready") or 0),
+                unacked=int(row.get("messages_unacknowledged") or 0),
+                published=int(ms.get("publish") or 0),
+                delivered=int(ms.get("deliver_get") or 0),
+                acked=int(ms.get("ack") or 0),
+                redelivered=int(ms.get("redeliver") or 0),
+            )
+        return stats
+
+    @property
+    def connected(self) -> bool:
+        """True while the I/O thread holds an open connection."""
+        conn = self._conn
+        return conn is not None and conn.is_open
 
     # ================================================================ Steps
     def commit_step(self, step: Step) -> Ticket:

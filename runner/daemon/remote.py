@@ -1,0 +1,286 @@
+"""`runner run PATH --backend amqp://...`: the pipeline over a RabbitMQ vhost.
+
+The same handlers (runner.pipeline, written against the engine contract) run
+over `runner.backends.rabbitmq.runtime.RabbitBackend` instead of the embedded
+engine. Several daemons on one vhost share its queues (competing consumers).
+
+The HTTP API here serves what goes through the contract on this backend:
+
+    POST /v1/exchanges/{name}/messages   publish (answered 202 once confirmed)
+    POST /v1/queues/{name}/messages      put straight into a queue
+    GET  /healthz, /readyz               readyz 503 while the broker is unreachable
+    GET  /metrics                        queue depths and counters from the broker,
+                                         handler and topology metrics from the pipeline
+
+Every other route of the embedded daemon (`runner.daemon.http.build_app`)
+answers 501 naming the route and the backend; so does `?wait=` (request-reply)
+and a publish to a private reply address. The topology is not reloaded
+(restart the daemons to change it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+
+from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
+from runner.backends.rabbitmq.url import Target
+from runner.clock import Clock, SystemClock
+from runner.daemon import codec, fanout
+from runner.daemon.http import (
+    CONNECTION_LIMITS_KEY,
+    HOST_KEY,
+    MAX_REQUEST_KEY,
+    Host,
+    HttpServer,
+    answer,
+    build_app,
+    error,
+    make_auth_middleware,
+    make_error_middleware,
+    read_json,
+)
+from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.reload import ReloadCounters
+from runner.daemon.supervisor import DaemonConfig
+from runner.engine import EngineStats, contract
+from runner.errors import NotFound, StorageError
+from runner.pipeline import otel
+from runner.pipeline.replies import Replies, ShuttingDown, is_private
+from runner.pipeline.runtime import Pipeline
+from runner.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+# the routes this daemon serves itself (method, path); the rest of build_app's are 501
+SERVED = frozenset({
+    ("POST", "/v1/exchanges/{name}/messages"),
+    ("POST", "/v1/queues/{name}/messages"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+})
+
+
+def embedded_routes() -> list[tuple[str, str]]:
+    """Every (method, path) of the embedded daemon's HTTP API."""
+    app = build_app(None, token=None, limits=codec.Limits(),  # type: ignore[arg-type]
+                    max_request_bytes=1)
+    out = []
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS"):
+            continue
+        out.append((route.method, route.resource.canonical if route.resource else ""))
+    return out
+
+
+def not_served(method: str, path: str, target: Target) -> str:
+    return (f"{method} {path} is not served over the RabbitMQ backend ({target}) yet; "
+            "docs/rabbitmq.md lists what is")
+
+
+class RemoteDaemon:
+    """One `runner run --backend amqp://...` process: backend, pipeline, HTTP."""
+
+    def __init__(self, config: DaemonConfig, topology: Topology, content_hash: str,
+                 target: Target, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.target = target
+        self._topology = topology
+        self._hash = content_hash
+        self._clock = clock or SystemClock()
+        self._backend: RabbitBackend | None = None
+        self._pipeline: Pipeline | None = None
+        self._accepting = False
+        self._stop = asyncio.Event()
+        self._replies = Replies()
+        self._reloads = ReloadCounters()
+        self._stats = EngineStats()
+        self._registry = build_registry(self)
+
+    # ------------------------------------------------------------ MetricsSource
+    @property
+    def topology(self) -> Topology:
+        return self._topology
+
+    @property
+    def content_hash(self) -> str:
+        return self._hash
+
+    @property
+    def reloads(self) -> ReloadCounters:
+        return self._reloads
+
+    def engine_stats(self) -> EngineStats:
+        return self._stats
+
+    def handler_view(self) -> HandlerView:
+        if self._pipeline is None:
+            return HandlerView()
+        return handler_view_from(self._pipeline.stats())
+
+    @property
+    def backend(self) -> RabbitBackend:
+        assert self._backend is not None, "the backend is not open"
+        return self._backend
+
+    # ------------------------------------------------------------ HTTP
+    def build_app(self) -> web.Application:
+        config = self.config
+        app = web.Application(
+            middlewares=[make_error_middleware(),
+                         make_auth_middleware(config.token, config.metrics_token)],
+            client_max_size=config.max_request_bytes,
+        )
+        app[MAX_REQUEST_KEY] = config.max_request_bytes
+        # the error middleware's "did you mean" reads only the host's topology
+        app[HOST_KEY] = cast(Host, self)
+        app[CONNECTION_LIMITS_KEY] = config.connections
+        limits = codec.Limits(max_message_bytes=config.max_message_bytes,
+                              max_fanout=config.max_fanout)
+        r = app.router
+
+        async def publish_exchange(request: web.Request) -> web.Response:
+            return await self._publish(request, limits, to_queue=False)
+
+        async def publish_queue(request: web.Request) -> web.Response:
+            return await self._publish(request, limits, to_queue=True)
+
+        r.add_post("/v1/exchanges/{name}/messages", publish_exchange)
+        r.add_post("/v1/queues/{name}/messages", publish_queue)
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+        r.add_get("/metrics", self._metrics)
+        for method, path in embedded_routes():
+            if (method, path) not in SERVED:
+                r.add_route(method, path, self._not_served_handler(method, path))
+        return app
+
+    def _not_served_handler(
+        self, method: str, path: str,
+    ) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            return error(501, not_served(method, path, self.target))
+
+        return handler
+
+    async def _publish(self, request: web.Request, limits: codec.Limits, *,
+                       to_queue: bool) -> web.Response:
+        if not self._accepting:
+            raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")
+        name = request.match_info["name"]
+        kind = "queues" if to_queue else "exchanges"
+        path = f"/v1/{kind}/{{name}}/messages"
+        if request.query.get("wait") is not None:
+            return error(501, not_served("POST", f"{path}?wait=", self.target))
+        if to_queue and is_private(name):
+            return error(501, not_served("POST", f"{path} to a reply address", self.target))
+        body = await read_json(request)
+        msgs, batch = codec.messages(body, limits=limits,
+                                     default_key=name if to_queue else None)
+        backend = self.backend
+        if to_queue and name not in self._topology.queue_map():
+            raise NotFound(f"queue '{name}' not found")
+        fanout.check([1] * len(msgs), limits.max_fanout,
+                     f"queue '{name}'" if to_queue else f"exchange '{name}'")
+        out = [contract.OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
+                                   m.message_id, m.content_type) for m in msgs]
+        published = backend.put(name, out) if to_queue else backend.publish(name, out)
+        await backend.durable(published.ticket)  # confirmed by the broker before 202
+        routed = [list(r) for r in published.routes]
+        return answer({"routed": routed if batch else routed[0]}, 202)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return answer({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self._accepting:
+            return answer({"status": "shutting down"}, 503)
+        if not self.backend.connected:
+            return answer({"status": "broker unreachable", "backend": str(self.target)}, 503)
+        return answer({"status": "ready", "backend": str(self.target)})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        try:
+            self._stats = await loop.run_in_executor(None, self.backend.stats)
+        except StorageError as exc:  # the last counts stay; the handler metrics still help
+            log.warning("metrics: the broker's counts are unavailable: %s", exc)
+        text = render(self._registry)
+        return web.Response(body=text, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    # ------------------------------------------------------------ life
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self, *, ready: Callable[[str, int], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        logging.getLogger("pika").setLevel(logging.WARNING)  # a line per channel otherwise
+        log.info("connecting to %s", self.target,
+                 extra={"event": "backend_opening", "backend": str(self.target)})
+        self._backend = await loop.run_in_executor(
+            None, lambda: open_rabbitmq(self._topology, self.target, clock=self._clock))
+        log.info("connected to %s", self.target,
+                 extra={"event": "backend_opened", "backend": str(self.target)})
+        workers = sum(c.concurrency for _, c in self._topology.consumers)
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(8, workers + 4), thread_name_prefix="handler")
+        config.data_dir.mkdir(parents=True, exist_ok=True)  # idempotency keys live here
+        server = HttpServer(self.build_app())
+        try:
+            port = await server.start(config.host, config.port)
+            self._pipeline = Pipeline(
+                self._backend, self._topology, data_dir=config.data_dir, clock=self._clock,
+                executor=executor, instance_id=f"{socket.gethostname()}:{os.getpid()}",
+                fsync=config.fsync, replies=self._replies, spans=otel.from_environment(),
+            )
+            await self._pipeline.start()
+        except BaseException:
+            await server.stop()
+            await loop.run_in_executor(None, self._backend.close)
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        log.info("pipeline started", extra={"event": "pipeline_started"})
+        self._accepting = True
+        log.info("listening on http://%s:%d", config.host, port,
+                 extra={"event": "listening", "host": config.host, "port": port})
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        if ready is not None:
+            ready(config.host, port)
+        try:
+            await self._stop.wait()
+        finally:
+            self._accepting = False
+            log.info("draining", extra={"event": "draining", "grace_s": config.grace_s})
+            await self._pipeline.drain(config.grace_s)
+            log.info("pipeline drained", extra={"event": "pipeline_drained"})
+            self._replies.fail_all(ShuttingDown("the daemon stopped before the reply came"))
+            otel.flush()
+            await server.stop()
+            # the last acks and requeues reach the broker before the connection closes
+            await loop.run_in_executor(None, self._backend.close)
+            executor.shutdown(wait=False, cancel_futures=True)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("stopped", extra={"event": "stopped"})
+        return 0
+
+
+def refusal(topology: Topology) -> str | None:
+    """Why this topology cannot run over the RabbitMQ runtime (None: it can)."""
+    if topology.topics or topology.consumer_groups:
+        what = ", ".join([f"topic {n!r}" for n, _ in topology.topics]
+                         + [f"consumer group {n!r}" for n, _ in topology.consumer_groups])
+        return (f"the RabbitMQ backend does not serve topics and consumer groups yet "
+                f"({what}); run them on the embedded engine")
+    return None

@@ -1,0 +1,300 @@
+"""`runner run PATH --backend amqp://...`: real daemon processes over the real RabbitMQ,
+each test in a vhost of its own: handlers, retries with real delays, dead letters with
+the x-dead-letter header, two daemons sharing a queue, a daemon killed mid-work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from runner.backends.rabbitmq.url import Target
+from runner.daemon.remote import SERVED, embedded_routes
+from tests.e2e.conftest import RUNNER, Daemon, make_daemon, wait_for
+from tests.rmq import fresh_vhost, url
+
+HANDLERS = '''\
+import json
+import os
+import time
+
+
+def _log(name, **fields):
+    with open(name, "a") as fh:
+        fh.write(json.dumps(fields) + "\\n")
+
+
+def amo(msg):
+    _log("amo.log", body=msg.body, count=msg.delivery_count)
+    if msg.body == "fail":
+        raise RuntimeError("at-most-once failure")
+
+
+def alo(msg):
+    _log("alo.log", body=msg.body, count=msg.delivery_count, redelivered=msg.redelivered,
+         t=time.time())
+    if msg.body == "flaky" and msg.delivery_count == 1:
+        raise ConnectionError("first attempt fails")
+
+
+class OrderError(ValueError):
+    pass
+
+
+def always_fail(msg):
+    _log("fail.log", body=msg.body, count=msg.delivery_count, t=time.time())
+    raise OrderError(f"Invalid order {msg.body['id']}")
+
+
+def work(msg):
+    time.sleep(float(os.environ.get("WORK_S", "0.02")))
+    _log(os.environ.get("WORK_LOG", "work.log"), body=msg.body, pid=os.getpid())
+'''
+
+TOPOLOGY = """\
+version: 1
+name: rmq-daemon
+exchanges:
+  orders: {type: topic}
+queues:
+  amo: {}
+  alo: {}
+  retry-q: {}
+  retry.dlq: {}
+  work: {}
+bindings:
+  - {exchange: orders, queue: work, routing_key: "work.#"}
+dlq_policies:
+  fast:
+    max_retries: 2
+    backoff: [100ms, 200ms]
+    dead_letter_queue: retry.dlq
+consumers:
+  amo-c: {queue: amo, handler: "handlers_rmq:amo", delivery: at-most-once, dlq_policy: fast}
+  alo-c: {queue: alo, handler: "handlers_rmq:alo", delivery: at-least-once, dlq_policy: fast}
+  retry-c: {queue: retry-q, handler: "handlers_rmq:always_fail", dlq_policy: fast}
+  work-c: {queue: work, handler: "handlers_rmq:work", prefetch: 4, concurrency: 1}
+"""
+
+
+@pytest.fixture
+def vhost() -> Iterator[Target]:
+    with fresh_vhost() as target:
+        yield target
+
+
+class Daemons:
+    def __init__(self, tmp_path: Any, target: Target) -> None:
+        self.tmp_path = tmp_path
+        self.target = target
+        self.started: list[Daemon] = []
+
+    def start(self, *, env: dict[str, str] | None = None, topology: str = TOPOLOGY) -> Daemon:
+        d = make_daemon(self.tmp_path / f"d{len(self.started)}", topology,
+                        modules={"handlers_rmq": HANDLERS},
+                        args=["--backend", url(self.target), "--no-watch"])
+        d.env.update(env or {})
+        self.started.append(d)
+        d.start()
+        return d
+
+
+@pytest.fixture
+def daemons(tmp_path: Any, vhost: Target) -> Iterator[Daemons]:
+    ds = Daemons(tmp_path, vhost)
+    yield ds
+    for d in ds.started:
+        if d.running:
+            d.stop()
+
+
+def lines(d: Daemon, name: str) -> list[dict[str, Any]]:
+    path = d.workdir / name
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def get_all(target: Target, queue: str) -> list[tuple[Any, bytes]]:
+    """Take every message out of `queue` (basic_get, acked): (properties, body)."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=target.host, port=target.port, virtual_host=target.vhost))
+    try:
+        ch = conn.channel()
+        out = []
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+    finally:
+        conn.close()
+
+
+def depth(target: Target, queue: str) -> int:
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=target.host, port=target.port, virtual_host=target.vhost))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def metric(d: Daemon, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(d.metrics()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+def test_handlers_retry_with_real_delays_and_dead_letter_with_the_header(
+    daemons: Daemons,
+) -> None:
+    d = daemons.start()
+    target = daemons.target
+    assert d.ok("POST", "/v1/queues/retry-q/messages",
+                {"body": {"id": 42}, "message_id": "o-42"}, 202) == {"routed": ["retry-q"]}
+    d.ok("POST", "/v1/queues/amo/messages",
+         {"messages": [{"body": "a"}, {"body": "fail"}, {"body": "b"}]}, 202)
+    d.ok("POST", "/v1/queues/alo/messages", {"messages": [{"body": "flaky"},
+                                                          {"body": "fine"}]}, 202)
+    wait_for(lambda: len(lines(d, "fail.log")) == 3 and len(lines(d, "alo.log")) == 3
+             and len(lines(d, "amo.log")) == 3, timeout_s=30)
+    letters: list[tuple[Any, bytes]] = []
+
+    def two_letters() -> bool:
+        letters.extend(get_all(target, "retry.dlq"))
+        return len(letters) >= 2
+
+    wait_for(two_letters, timeout_s=30)
+    calls = lines(d, "fail.log")
+    assert [c["count"] for c in calls] == [1, 2, 3]
+    gaps = [float(calls[i + 1]["t"]) - float(calls[i]["t"]) for i in range(2)]
+    assert gaps[0] >= 0.09 and gaps[1] >= 0.19, gaps  # the delay queues' real TTLs
+    by_body = {body: props for props, body in letters}
+    assert set(by_body) == {b'{"id":42}', b'"fail"'}  # JSON bodies as published
+    props = by_body[b'{"id":42}']
+    death = props.headers["x-dead-letter"]
+    assert props.message_id == "o-42"
+    assert death["reason"] == "handler_error"
+    assert death["error"]["type"] == "handlers_rmq.OrderError"
+    assert death["error"]["message"] == "Invalid order 42"
+    assert "always_fail" in death["error"]["stack_trace"]
+    assert death["retry_count"] == 2
+    assert (death["original_queue"], death["original_exchange"],
+            death["original_routing_key"]) == ("retry-q", "", "retry-q")
+    assert death["death_count"] == 1
+    assert death["consumer_id"].startswith("retry-c-1@")
+    assert death["first_attempt"].endswith("Z") and death["last_attempt"].endswith("Z")
+    assert death["first_attempt"] < death["last_attempt"]
+    assert not any(k.startswith("x-runner-") for k in props.headers)
+    amo_death = by_body[b'"fail"'].headers["x-dead-letter"]
+    assert (amo_death["reason"], amo_death["retry_count"], amo_death["error"]["type"]) == (
+        "handler_error", 0, "RuntimeError")
+    assert sorted(str(c["body"]) for c in lines(d, "amo.log")) == ["a", "b", "fail"]
+    flaky = [c for c in lines(d, "alo.log") if c["body"] == "flaky"]
+    assert [(c["count"], c["redelivered"]) for c in flaky] == [(1, False), (2, True)]
+    assert float(flaky[1]["t"]) - float(flaky[0]["t"]) >= 0.09
+    assert metric(d, "runner_handler_retries_total", consumer="retry-c") == 2
+    assert metric(d, "runner_handler_errors_total", consumer="retry-c",
+                  error_type="handlers_rmq.OrderError") == 3
+    # the broker's statistics lag by up to 5 s
+    wait_for(lambda: metric(d, "runner_queue_published_total", queue="retry-q") == 1,
+             timeout_s=20, every_s=0.5)
+    assert metric(d, "runner_queue_messages_ready", queue="alo") == 0
+
+
+def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons) -> None:
+    d = daemons.start()
+    answer = d.post("/v1/exchanges/orders/messages",
+                    {"messages": [{"routing_key": "work.1", "body": 1},
+                                  {"routing_key": "other", "body": 2}]})
+    assert (answer.status, answer.body) == (202, {"routed": [["work"], []]})
+    wait_for(lambda: len(lines(d, "work.log")) == 1)
+    answer = d.post("/v1/exchanges/nope/messages", {"routing_key": "k", "body": 1})
+    assert (answer.status, answer.body["error"]) == (404, "exchange 'nope' not found")
+    answer = d.post("/v1/queues/nope/messages", {"body": 1})
+    assert (answer.status, answer.body["error"]) == (404, "queue 'nope' not found")
+    backend = f"amqp://guest@127.0.0.1:5672/{daemons.target.vhost}"
+    answer = d.get("/v1/status")
+    assert (answer.status, answer.body["error"]) == (
+        501, f"GET /v1/status is not served over the RabbitMQ backend ({backend}) yet; "
+        "docs/rabbitmq.md lists what is")
+    answer = d.post("/v1/queues/work/messages?wait=1s", {"body": 1})
+    assert (answer.status, answer.body["error"]) == (
+        501, f"POST /v1/queues/{{name}}/messages?wait= is not served over the RabbitMQ "
+        f"backend ({backend}) yet; docs/rabbitmq.md lists what is")
+    assert d.get("/readyz").body == {"status": "ready", "backend": backend}
+    assert d.get("/healthz").status == 200
+    for method, path in embedded_routes():  # every route answers: served, or 501
+        if (method, path) in SERVED:
+            continue
+        concrete = path.replace("{name}", "work").replace("{group}", "g").replace("{p}", "0")
+        assert d.request(method, concrete, {} if method == "POST" else None).status == 501, (
+            method, path)
+
+
+def test_two_daemons_share_a_queue(daemons: Daemons) -> None:
+    env = {"WORK_S": "0.05"}
+    a = daemons.start(env=env)
+    b = daemons.start(env=env)
+    n = 40
+    a.ok("POST", "/v1/queues/work/messages", {"messages": [{"body": i} for i in range(n)]}, 202)
+
+    def handled() -> list[dict[str, Any]]:
+        return lines(a, "work.log") + lines(b, "work.log")
+
+    wait_for(lambda: len(handled()) >= n, timeout_s=30)
+    time.sleep(0.3)
+    done = handled()
+    assert sorted(int(x["body"]) for x in done) == list(range(n))  # each once
+    assert lines(a, "work.log") and lines(b, "work.log")  # both took a share
+    assert {x["pid"] for x in lines(a, "work.log")} != {x["pid"] for x in lines(b, "work.log")}
+
+
+def test_a_daemon_killed_mid_work_loses_nothing_acknowledged(daemons: Daemons) -> None:
+    env = {"WORK_S": "0.1"}
+    first = daemons.start(env=env)
+    n = 30
+    first.ok("POST", "/v1/queues/work/messages",
+             {"messages": [{"body": i} for i in range(n)]}, 202)
+    wait_for(lambda: len(lines(first, "work.log")) >= 5, timeout_s=30)
+    first.kill()  # SIGKILL: prefetched and in-flight deliveries were never acked
+    before = {int(x["body"]) for x in lines(first, "work.log")}
+    assert len(before) < n
+    second = daemons.start(env=env)
+    wait_for(lambda: {int(x["body"]) for x in lines(second, "work.log")} | before
+             >= set(range(n)), timeout_s=60)
+    wait_for(lambda: depth(daemons.target, "work") == 0, timeout_s=20)
+    after = [int(x["body"]) for x in lines(second, "work.log")]
+    # what the killed daemon finished may be redone (its ack may not have been sent);
+    # what it never got to is done by the survivor; nothing is missing
+    assert set(after) | before == set(range(n))
+    assert len(after) == len(set(after))
+
+
+def test_run_backend_usage_errors(tmp_path: Any) -> None:
+    (tmp_path / "t.yaml").write_text(TOPOLOGY)
+    (tmp_path / "handlers_rmq.py").write_text(HANDLERS)
+
+    def run(*args: str, topology: str = "t.yaml") -> tuple[int, str]:
+        done = subprocess.run([str(RUNNER), "run", topology, "--listen", "127.0.0.1:0",
+                               *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, check=False)
+        return done.returncode, done.stderr.strip().splitlines()[-1]
+
+    assert run("--backend", "http://x") == (
+        2, "runner run: --backend 'http://x': the backend must be an amqp:// URL "
+        "(amqp://user:pass@host[:port]/vhost)")
+    (tmp_path / "topics.yaml").write_text(
+        "version: 1\nname: t\ntopics:\n  ev: {partitions: 1}\n")
+    assert run("--backend", "amqp://guest:guest@127.0.0.1/x", topology="topics.yaml") == (
+        1, "runner run: the RabbitMQ backend does not serve topics and consumer groups yet "
+        "(topic 'ev'); run them on the embedded engine")
