@@ -612,6 +612,9 @@ class Broker:
         dirty = self._dirty
         dlx = self.dlx
         while True:
+            # queues a replay wrote to are dlx.touched: a drop-head queue there
+            # dead-lettered its head for room, and that letter goes now, not later
+            dirty.update(dlx.touched)
             batch = [mq for mq in dirty.values() if mq.dead]
             if not batch:
                 break

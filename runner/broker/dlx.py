@@ -179,6 +179,8 @@ class DeadLetterPublisher:
         now = self.clock.time()
         ts = int(now * 1000)
         todo: list[tuple[QueuedMessage, ReplayTarget]] = []
+        full: dict[str, str] = {}  # queue -> why it refused: later letters wait too (order)
+        refused: dict[str, int] = {}
         for msg in source.iter_ready():  # collected first: a letter may go back to `source`
             if max_messages is not None and len(todo) >= max_messages:
                 break
@@ -197,12 +199,21 @@ class DeadLetterPublisher:
                 dest = self.queues.get(target.queue)
                 if dest is None:
                     continue
-                try:
-                    dest.admit(again, exchange=target.exchange, routing_key=target.routing_key,
-                               now=now, ts_ms=ts, headers=headers)
-                except Refused:
-                    break  # the original queue is full: the rest waits for the next replay
+                # checked before admitting: a refused replay must not be dead-lettered
+                # (reject-publish-dlx) or dropped on arrival, it stays where it is
+                why = full.get(target.queue) or dest.refusal(len(again.body))
+                if why is None:
+                    try:
+                        dest.admit(again, exchange=target.exchange,
+                                   routing_key=target.routing_key, now=now, ts_ms=ts,
+                                   headers=headers)
+                    except Refused as exc:
+                        why = str(exc)
+                if why is not None:
+                    full[target.queue] = why
+                    refused[why] = refused.get(why, 0) + 1
+                    continue
                 self.touched[target.queue] = dest
                 replayed += 1
             source.remove_ready(msg)
-        return ReplayResult(replayed, tuple(letters))
+        return ReplayResult(replayed, tuple(letters), refused)

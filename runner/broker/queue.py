@@ -332,6 +332,21 @@ class MessageQueue:
     def limit_text(self) -> str:
         return self._limit_text()
 
+    def refusal(self, size: int) -> str | None:
+        """Why one more message of `size` bytes would not be kept, without trying:
+        a full `reject-publish` / `reject-publish-dlx` queue, or a message over the
+        limits on its own (`drop-head` would drop it on arrival); None when it
+        would be stored (a full `drop-head` queue drops its head for it)."""
+        if not self._over(1, size):
+            return None
+        spec = self.spec
+        if spec.overflow is Overflow.DROP_HEAD:
+            alone = (spec.max_length == 0 or (spec.max_length_bytes is not None
+                                              and size > spec.max_length_bytes))
+            if not alone:
+                return None
+        return f"queue '{self.name}' is full ({self._limit_text()}, overflow {spec.overflow.value})"
+
     def _limit_text(self) -> str:
         parts = []
         if self.spec.max_length is not None:

@@ -68,3 +68,5 @@ class TopicLetter:
 class ReplayResult:
     replayed: int  # dead letters put back into their queue
     topic_letters: tuple[TopicLetter, ...] = ()
+    # dead letters left in place because their queue would not keep them: why -> count
+    refused: Mapping[str, int] = field(default_factory=dict)

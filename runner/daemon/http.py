@@ -655,6 +655,7 @@ async def replay(request: web.Request) -> web.Response:
             "replayed": outcome.replayed,
             "skipped": outcome.skipped,
             "skipped_reasons": dict(outcome.reasons),
+            "refused": outcome.refused,
             "remaining": host.engine.queue_info(name).ready,
         }
     )

@@ -324,6 +324,7 @@ class ReplayOutcome:
     replayed: int
     skipped: int
     reasons: Mapping[str, int]
+    refused: int = 0  # of `skipped`: left in place because their full queue refused them
 
 
 # ---------------------------------------------------------------- exactly-once

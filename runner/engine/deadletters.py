@@ -61,7 +61,10 @@ __all__ = [
 ]
 
 REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
-REPLAY_QUEUE_FULL = "original queue is full (the rest waits for the next replay)"
+# + "queue 'q' is full (max_length 2, overflow reject-publish)": a dead letter its
+# queue would not keep stays in the dead-letter queue (neither refused-and-dead-
+# lettered nor dropped), and so do the later ones for that queue (their order)
+REPLAY_QUEUE_FULL = "original {why}: kept in the dead-letter queue for a later replay"
 REPLAY_PREFIX = "__replay."  # + group: the replay queue of a consumer group
 
 
@@ -200,7 +203,7 @@ def replay(
         broker.publish_to_queue(queue, [Message(
             msg.body, msg.routing_key, headers, msg.priority, None, None,
             msg.content_type)])
-    left = targets - result.replayed - placed - kept - gone_queues
-    if left > 0:
-        skip(REPLAY_QUEUE_FULL, left)
-    return ReplayOutcome(result.replayed + placed, sum(reasons.values()), reasons)
+    for why, n in result.refused.items():
+        skip(REPLAY_QUEUE_FULL.format(why=why), n)
+    return ReplayOutcome(result.replayed + placed, sum(reasons.values()), reasons,
+                         sum(result.refused.values()))

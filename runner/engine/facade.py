@@ -555,7 +555,8 @@ class Engine:
         partitions), never to the topic again. What cannot go back stays in
         `queue` and is counted in `skipped`, by reason: a message that is no
         dead letter, an original queue or group that no longer exists, an
-        original queue that is full (the rest waits for the next replay).
+        original queue that is full (`refused`: it and the later dead letters for
+        that queue stay, neither dead-lettered again nor dropped).
         `only`: replay just the messages with these ids (`peek_ids`)."""
         out = replay(self.broker, queue, max_messages, only=only)
         self._wrote(QUEUE_READY)

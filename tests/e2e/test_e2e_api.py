@@ -147,7 +147,8 @@ def test_dead_letters_peek_and_replay(daemon: Daemon) -> None:
     daemon.ok("POST", "/v1/queues/fragile.dlq/messages", {"body": "plain"}, 202)
     not_dead = "not a dead letter (no x-dead-letter header naming where it died)"
     assert daemon.ok("POST", "/v1/queues/fragile.dlq/replay", {}) == {
-        "replayed": 1, "skipped": 1, "skipped_reasons": {not_dead: 1}, "remaining": 1}
+        "replayed": 1, "skipped": 1, "skipped_reasons": {not_dead: 1}, "refused": 0,
+        "remaining": 1}
     back = daemon.ok("POST", "/v1/queues/fragile/pull", {})["messages"][0]
     assert back["body"] == {"bad": True} and "x-dead-letter" not in back["headers"]
     assert back["headers"]["x-replay-count"] == 1

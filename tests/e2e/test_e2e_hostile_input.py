@@ -193,9 +193,9 @@ def test_replay_is_capped_at_10000_a_request_and_says_what_remains(d: Daemon) ->
     d.ok("POST", "/v1/queues/dead/messages", {"messages": [dead_letter(i) for i in range(5)]},
          202)
     assert d.ok("POST", "/v1/queues/dead/replay", {"max": 2}) == {
-        "replayed": 2, "skipped": 0, "skipped_reasons": {}, "remaining": 3}
+        "replayed": 2, "skipped": 0, "skipped_reasons": {}, "refused": 0, "remaining": 3}
     assert d.ok("POST", "/v1/queues/dead/replay", {}) == {
-        "replayed": 3, "skipped": 0, "skipped_reasons": {}, "remaining": 0}
+        "replayed": 3, "skipped": 0, "skipped_reasons": {}, "refused": 0, "remaining": 0}
     assert [m["body"] for m in drain(d, "target")] == [0, 1, 2, 3, 4]
 
 

@@ -44,15 +44,16 @@ def test_replay_detail_counts_what_stayed_by_reason(tmp_path: Path) -> None:
         ])
         e.apply(_topo(with_old=False), force=True)  # queue `old` and group `oldg` go
         out = e.replay_detail("dlq")
-        # the full queue stops the replay: `e`, after `d`, waits for the next one
-        assert out == ReplayOutcome(1, 5, {
+        # the full queue keeps only its own letter (`d`) back: `e` goes to `work`
+        assert out == ReplayOutcome(2, 4, {
             "consumer group 'oldg' no longer exists": 1,
             "original queue 'old' no longer exists": 1,
             "not a dead letter (no x-dead-letter header naming where it died)": 1,
-            "original queue is full (the rest waits for the next replay)": 2,
-        })
-        assert [m.body for m in e.peek("work", 5)] == [b"a"]
-        assert e.queue_info("dlq").ready == 5
+            "original queue 'full' is full (max_length 1, overflow reject-publish): kept in "
+            "the dead-letter queue for a later replay": 1,
+        }, 1)
+        assert [m.body for m in e.peek("work", 5)] == [b"a", b"e"]
+        assert e.queue_info("dlq").ready == 4
         assert e.replay("dlq") == 0  # the old name still answers the count
     finally:
         e.close()
