@@ -8,8 +8,10 @@ letters and replay), `changes` (reload checks), `records` (record encoding),
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,9 @@ from runner.engine.values import (
     Step,
     TopicPartition,
 )
-from runner.errors import Conflict, EngineError, StorageError, UnsafeChange
+from runner.errors import Conflict, EngineError, LogFailed, StorageError, UnsafeChange
 from runner.fs import LOCAL, FileSystem, make_dirs
-from runner.log.commits import GroupCommit
+from runner.log.commits import GroupCommit, TicketBox
 from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
 from runner.log.record import Fsync
@@ -133,6 +135,10 @@ class Engine:
         self._closed = False
         self._seek_versions: dict[str, int] = {}
         self.commits = GroupCommit()  # every log of the data dir syncs through it
+        # topics appended in ticketed blocks whose records readers do not see until
+        # synced (the high watermark), -> the ticket after which APPENDED fires again
+        self._block_topics: list[str] | None = None
+        self._hidden: dict[str, int] = {}
         self.events = Hub()  # see runner.engine.events
         self.calls = 0  # calls of `tick` and `next_due` (the idle-cost tests read it)
         self._last_write = self._last_tick = clock.time()
@@ -211,6 +217,7 @@ class Engine:
                 log.error("engine steps still not applied: %s", exc)
         self.store.tick()
         self.broker.tick()
+        self._reveal()
         if self.fsync is Fsync.INTERVAL:
             self.journal.maybe_sync()
         self.events.fire_all(QUEUE_READY)
@@ -273,6 +280,7 @@ class Engine:
             return
         self._closed = True
         try:
+            self.commits.close()  # the flusher's last rounds, then it stops
             failures = self._close_parts()
         finally:
             self.fs.close(self._lock_fd)  # releases the data dir lock
@@ -317,6 +325,7 @@ class Engine:
         for m, route in zip(messages, routes, strict=False):
             for topic in route.topics:
                 self.store.append(topic, [record_of_message(m, exchange)])
+                self._appended_in_block(topic)
 
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> list[list[str]]:
         """Route through an exchange; per message the queue/topic names it reached.
@@ -382,9 +391,62 @@ class Engine:
         InvalidRequest for a keyless record on a compacted topic, TooLarge over
         max_message_bytes, NotFound for an unknown topic or partition."""
         out = self.store.append(topic, [to_append(r) for r in records])
+        self._appended_in_block(topic)
         self._wrote()
         self.events.fire(Event(APPENDED, topic))
         return out
+
+    # -------------------------------------------------------------- durability
+    @contextlib.contextmanager
+    def ticketed(self) -> Iterator[TicketBox]:
+        """Writes inside return once written, without their fsync; at the end
+        `box.seq` is the ticket to `await durable(...)` before answering (see
+        `runner.log.commits`). Call it around synchronous engine calls only,
+        never around an `await`. Without `--fsync always` the ticket is 0."""
+        if self.commits.deferring():
+            with self.commits.ticketed() as box:
+                yield box
+            return
+        self._block_topics = []
+        box = TicketBox()
+        try:
+            with self.commits.ticketed() as box:
+                yield box
+        finally:
+            topics, self._block_topics = self._block_topics, None
+            if box.seq and topics and self.fsync is Fsync.ALWAYS:
+                for topic in topics:
+                    self._hidden[topic] = max(self._hidden.get(topic, 0), box.seq)
+
+    async def durable(self, seq: int) -> None:
+        """Return when ticket `seq` (a `ticketed()` block's) is synced; raise the
+        LogFailed / StorageError that failed its round."""
+        if not seq:
+            return
+        try:
+            await asyncio.wrap_future(self.commits.when_durable(seq))
+        except LogFailed as exc:
+            raise LogFailed(str(exc), path=exc.path) from exc
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"fsync failed: {exc}") from exc
+        finally:
+            self._reveal()
+
+    def _appended_in_block(self, topic: str) -> None:
+        if self._block_topics is not None:
+            self._block_topics.append(topic)
+
+    def _reveal(self) -> None:
+        """Records of ticketed appends became readable (synced): wake their readers."""
+        if not self._hidden:
+            return
+        done = self.commits.done
+        for topic, seq in list(self._hidden.items()):
+            if seq <= done:
+                del self._hidden[topic]
+                self.events.fire(Event(APPENDED, topic))
 
     # -------------------------------------------------------------- topics
     def read(

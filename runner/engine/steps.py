@@ -87,6 +87,9 @@ class StepLog:
         self.broker.check_publish(step.publishes, step.queue_puts)
         sid = self.journal.next_id
         doc = self._document(sid, step)
+        # an input pulled before its publish was synced is durable before the
+        # step that settles it (runner.log.commits "Ordering")
+        self.group.flush_pending()
         written = self.journal.write(jsontext.dumps(doc, default=str))
         if written != sid:
             raise StorageError(f"engine step journal out of order ({written} != {sid})")

@@ -1,24 +1,50 @@
 """Group commit: the fsyncs of one data directory, batched so each dirty log syncs once.
 
 Under `Fsync.ALWAYS` a `SegmentedLog.append` returns after an fsync that
-covers its bytes. Inside `GroupCommit.deferred()` (on the thread that opened
-it) it returns once its bytes are written instead, and the log is noted as
-dirty; when the outermost `deferred()` block ends, every dirty log is synced
-ONCE, in the order it was first written, before the block's caller goes on.
-So an operation that writes several records to one log (an exactly-once step
-whose outputs and acks land in the same queue, a dead letter and its source)
-pays one fsync for that log, and the order of the syncs is the order of the
-writes (a dead-letter target is synced before its source, as without the
-block).
+covers its bytes. Two blocks change that, on the thread that opened them:
 
-Nothing becomes visible as durable earlier than without the block: topic
-reads stop at the synced end (`SegmentedLog.high_watermark`), and the block's
-caller answers only after it ended.
+* `GroupCommit.deferred()`: `append` returns once its bytes are written, and
+  the log is noted as dirty; when the outermost block ends, every dirty log is
+  synced ONCE, in the order it was first written, before the block's caller
+  goes on. So an operation that writes several records to one log (an
+  exactly-once step whose outputs and acks land in the same queue, a dead
+  letter and its source) pays one fsync for that log, and the order of the
+  syncs is the order of the writes (a dead-letter target is synced before its
+  source, as without the block).
+
+* `GroupCommit.ticketed()` (the daemon's event loop): the block returns
+  without any fsync and hands out a ticket (`box.seq`); the data dir's
+  flusher thread syncs each log dirtied since its last round ONCE and then
+  resolves every ticket of the round (`when_durable(seq)`, a
+  concurrent.futures.Future: the loop awaits it without blocking). A failed
+  fsync fails that round's tickets only (with the log's LogFailed; the log
+  refuses everything from then on, as without the block); later rounds of
+  other logs succeed. Tickets are ordered: the round that resolves ticket N
+  has synced everything written by tickets < N.
+
+  Only a block that wrote ONE log is left to the flusher: its writes depend on
+  nothing else that is unsynced. A block that wrote several logs (a fanout,
+  a dead letter and its source) may need them synced in its write order, so
+  it syncs them itself at its end, as `deferred()` does.
+
+Ordering with everything else: a write that syncs now (an append outside any
+block, the end of a `deferred()` block) first syncs everything the flusher
+has pending (`flush_pending`), in write order. So durability follows the write
+order of the data dir as without tickets: nothing written later (e.g. an
+exactly-once step's journal record, or a message a consumer pulled before its
+publish was synced) becomes durable before what it may depend on.
+
+Nothing becomes visible as durable earlier than without the blocks: topic
+reads stop at the synced end (`SegmentedLog.high_watermark`), and a caller
+answers only after its block ended (`deferred`) or its ticket resolved
+(`ticketed`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import heapq
 import logging
 import threading
 from collections.abc import Iterator
@@ -33,16 +59,40 @@ class Dirty(Protocol):
     def sync_to(self, target: int) -> None: ...
 
 
+class TicketBox:
+    """What a `ticketed()` block hands out: `seq` is set when the block ends
+    (0 = nothing to wait for)."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+
 class GroupCommit:
     """Batches the fsyncs of the logs of one data directory (see the module)."""
 
     def __init__(self) -> None:
         self._owner: int | None = None
+        self._ticketing = False  # the owner's block is a ticketed() one
         self._dirty: dict[Dirty, int] = {}  # log -> bytes written to sync, in write order
         self.rounds = 0  # deferred blocks ended (for tests and stats)
+        # ticketed writes, handed to the flusher thread
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: dict[Dirty, int] = {}  # not yet taken by a round, in write order
+        self._running: dict[Dirty, int] = {}  # the round being synced
+        self._issued = 0  # last ticket handed out
+        self._done = 0  # every ticket <= this is resolved
+        self._failed: list[tuple[int, int, BaseException]] = []  # (after, upto, error)
+        self._waiters: list[tuple[int, int, concurrent.futures.Future[None]]] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.flush_rounds = 0  # flusher rounds run (for tests and stats)
+        self.flushed_tickets = 0  # tickets those rounds resolved
 
+    # ------------------------------------------------------------ blocks
     def deferring(self) -> bool:
-        """True on the thread inside a `deferred()` block."""
+        """True on the thread inside a `deferred()` or `ticketed()` block."""
         return self._owner is not None and self._owner == threading.get_ident()
 
     def add(self, wal: Dirty, target: int) -> None:
@@ -58,23 +108,181 @@ class GroupCommit:
         if self.deferring():
             yield
             return
-        if self._owner is not None:
-            raise RuntimeError("GroupCommit.deferred is used by another thread")
-        self._owner = threading.get_ident()
+        self._enter(ticketing=False)
         failed = True
         try:
             yield
             failed = False
         finally:
-            self._owner = None
-            dirty, self._dirty = self._dirty, {}
-            self.rounds += 1
-            try:
-                for wal, target in dirty.items():
+            dirty = self._leave()
+            self._sync_all(dirty, failed)
+
+    @contextlib.contextmanager
+    def ticketed(self) -> Iterator[TicketBox]:
+        """Writes inside return without their fsync; at the end the block gets a
+        ticket (`box.seq`) that `when_durable` resolves once the flusher synced
+        them (see the module). Inside a `deferred()` block it joins that block
+        (the box stays 0: the outer block's end syncs)."""
+        box = TicketBox()
+        if self.deferring():
+            yield box
+            return
+        self._enter(ticketing=True)
+        failed = True
+        try:
+            yield box
+            failed = False
+        finally:
+            dirty = self._leave()
+            if len(dirty) > 1:
+                self._sync_all(dirty, failed)  # write order matters: sync now
+                box.seq = self._current()
+            elif dirty:
+                box.seq = self._hand_over(dirty)
+            else:
+                box.seq = self._current()  # an answer may rest on pending writes
+
+    def _enter(self, *, ticketing: bool) -> None:
+        if self._owner is not None:
+            raise RuntimeError("GroupCommit.deferred is used by another thread")
+        self._owner = threading.get_ident()
+        self._ticketing = ticketing
+
+    def _leave(self) -> dict[Dirty, int]:
+        self._owner = None
+        self._ticketing = False
+        dirty, self._dirty = self._dirty, {}
+        self.rounds += 1
+        return dirty
+
+    def _sync_all(self, dirty: dict[Dirty, int], failed: bool) -> None:
+        if not dirty:
+            return
+        try:
+            self.flush_pending()
+            for wal, target in dirty.items():
+                wal.sync_to(target)
+        except Exception:
+            if not failed:
+                raise
+            # the block's own error is the one to report; the log is failed
+            # (and says so on its next use)
+            log.exception("fsync after a failed operation failed too")
+
+    # ------------------------------------------------------------ the flusher
+    def _current(self) -> int:
+        with self._cond:
+            return self._issued if self._issued > self._done else 0
+
+    def _hand_over(self, dirty: dict[Dirty, int]) -> int:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the data directory's group commit is closed")
+            for wal, target in dirty.items():
+                if self._pending.get(wal, -1) < target:
+                    self._pending[wal] = target
+            self._issued += 1
+            seq = self._issued
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="group-commit",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            return seq
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # closed and nothing left
+                batch, self._pending = self._pending, {}
+                self._running = batch
+                after, upto = self._done, self._issued
+            error: BaseException | None = None
+            for wal, target in batch.items():
+                try:
                     wal.sync_to(target)
+                except Exception as exc:  # the log is failed and says so
+                    if error is None:
+                        error = exc
+            self._resolve(after, upto, error)
+
+    def _resolve(self, after: int, upto: int, error: BaseException | None) -> None:
+        ready: list[concurrent.futures.Future[None]] = []
+        with self._cond:
+            self._running = {}
+            self._done = upto
+            if error is not None:
+                self._failed.append((after, upto, error))
+                del self._failed[:-64]  # old failures: waiters registered long ago
+            while self._waiters and self._waiters[0][0] <= upto:
+                ready.append(heapq.heappop(self._waiters)[2])
+            self.flush_rounds += 1
+            self.flushed_tickets += upto - after
+            self._cond.notify_all()
+        for fut in ready:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(None)
+
+    def _error_of(self, seq: int) -> BaseException | None:
+        for after, upto, error in self._failed:
+            if after < seq <= upto:
+                return error
+        return None
+
+    @property
+    def done(self) -> int:
+        """Every ticket up to this one is resolved."""
+        return self._done
+
+    def when_durable(self, seq: int) -> concurrent.futures.Future[None]:
+        """A future resolved when ticket `seq`'s writes are synced (or failed with
+        the round's error)."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._cond:
+            if seq > self._done:
+                heapq.heappush(self._waiters, (seq, id(fut), fut))
+                return fut
+            error = self._error_of(seq)
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def flush_pending(self) -> None:
+        """Sync everything the flusher has not synced yet, in write order, on the
+        calling thread (see "Ordering" in the module). A failing log is left to
+        its tickets and its next use."""
+        with self._cond:
+            if not self._pending and not self._running:
+                return
+            todo = dict(self._running)
+            for wal, target in self._pending.items():
+                if todo.get(wal, -1) < target:
+                    todo[wal] = target
+        for wal, target in todo.items():
+            try:
+                wal.sync_to(target)
             except Exception:
-                if not failed:
-                    raise
-                # the block's own error is the one to report; the log is failed
-                # (and says so on its next use)
-                log.exception("fsync after a failed operation failed too")
+                log.debug("pending fsync failed", exc_info=True)
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until every ticket handed out is resolved (tests, close)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= self._issued, timeout_s)
+
+    def close(self) -> None:
+        """Let the flusher finish its pending rounds and stop."""
+        with self._cond:
+            self._closed = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()

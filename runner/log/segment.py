@@ -13,7 +13,10 @@ Durability (`Fsync`):
   write under a lock, then wait for one fsync: the first waiter becomes the
   leader, syncs everything written so far, and wakes every follower whose bytes
   it covered (group commit). Inside `group.deferred()` (`runner.log.commits`)
-  `append` returns once written and the block's end syncs each log once.
+  `append` returns once written and the block's end syncs each log once;
+  inside `group.ticketed()` the data dir's flusher thread syncs it later and
+  resolves the block's ticket. Outside both, what the flusher has pending is
+  synced first (durability in write order).
 * INTERVAL: nothing is synced by `append`; the owner calls `maybe_sync()` (or
   runs a `runner.log.flusher.Flusher` thread, as `Store` does), which syncs when
   `fsync_interval_ms` has passed since the last sync.
@@ -484,9 +487,12 @@ class SegmentedLog:
             target = self._written
         if self.fsync is Fsync.ALWAYS:
             group = self.group
-            if group is not None and group.deferring():
+            if group is None:
+                self._wait_synced(target)
+            elif group.deferring():
                 group.add(self, target)  # synced once at the end of the block
             else:
+                group.flush_pending()  # what was written before first (write order)
                 self._wait_synced(target)
         return base
 
