@@ -6,9 +6,11 @@ FAILS when `CI` is set. `RUNNER_TEST_VHOST_PREFIX` names the vhosts (default
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import pytest
 
@@ -47,3 +49,16 @@ def fresh_vhost() -> Iterator[Target]:
 
 def url(target: Target) -> str:
     return f"amqp://guest:guest@{target.host}:{target.port}/{target.vhost}"
+
+
+def kill_connections(target: Target) -> int:
+    """Close the vhost's connections from the broker's side (the management API lists
+    a new connection after a moment: wait for it)."""
+    admin = Target(target.host)
+    path = f"/api/vhosts/{quote(target.vhost, safe='')}/connections"
+    deadline = time.monotonic() + 15
+    while not (conns := live.request(admin, "GET", path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for c in conns:
+        live.request(admin, "DELETE", f"/api/connections/{quote(c['name'], safe='')}")
+    return len(conns)

@@ -83,6 +83,8 @@ class QueueWorker(Worker):
         # at-most-once: the ack's ticket, awaited before the handler runs (a remote
         # backend sends the ack later; a lost one would run the handler twice)
         self.acked_before: dict[int, Ticket] = {}
+        # at-least-once: the outputs' ticket, awaited before the input is acked
+        self.unconfirmed: dict[int, Ticket] = {}
         self.ready: Waiter | None = None  # the puller's wake-up
 
     def start(self) -> None:
@@ -177,6 +179,26 @@ class QueueWorker(Worker):
         msg, key = prepared
         exc, outputs = await self.run_handler(msg)
         self._settle(d, msg, key, exc, outputs, consumer_id)
+        await self._ack_when_confirmed(d, msg, consumer_id)
+
+    async def _ack_when_confirmed(self, d: QueueDelivery, msg: QueueMessage,
+                                  consumer_id: str) -> None:
+        """At-least-once over a backend whose writes complete later: ack the input once
+        its outputs are durable; when they failed, the call failed (retried or
+        dead-lettered: its outputs may then be sent twice, never lost)."""
+        ticket = self.unconfirmed.pop(d.delivery_id, None)
+        if ticket is None:
+            return
+        try:
+            await self.env.backend.durable(ticket)
+        except EngineError as exc:
+            self.counters.error(error_type(exc))
+            self.failures.report("outputs", exc, msg)
+            self._fail(d, msg, exc, consumer_id)
+            return
+        self.pending_acks.append(d.delivery_id)
+        if self.ready is not None:
+            self.ready.set()  # the puller flushes acks
 
     async def _acked(self, d: QueueDelivery) -> bool:
         """At-most-once: True once the ack taken before the call is durable; False
@@ -236,6 +258,11 @@ class QueueWorker(Worker):
                     self._settle_failed(d, err)
                 finally:
                     self._finished()
+            for d, msg, _ in items[:len(outcomes)]:
+                try:
+                    await self._ack_when_confirmed(d, msg, consumer_id)
+                except EngineError as err:
+                    self._settle_failed(d, err)
             rest = items[len(outcomes):]
             if self.stopping:
                 for d, _, _ in rest:  # never started: drain gives them back
@@ -303,10 +330,13 @@ class QueueWorker(Worker):
             self.remember(key)
             self.hand_over(outputs)
             return
-        self.send(outputs)
+        ticket = self.send(outputs)
         self.remember(key)
         if self.delivery is Delivery.AT_LEAST_ONCE:
-            self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
+            if ticket == Ticket.DONE:
+                self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
+            else:  # a remote backend: acked once the outputs are confirmed
+                self.unconfirmed[d.delivery_id] = ticket
         self.hand_over(outputs)
 
     def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from runner import jsontext
 from runner.clock import Clock
 from runner.datapath import entity_path
-from runner.engine.contract import Backend, Event, Step, Waiter
+from runner.engine.contract import Backend, Event, Step, Ticket, Waiter
 from runner.engine.values import FsyncPolicy
 from runner.errors import EngineError
 from runner.fs import LOCAL, FileSystem
@@ -235,15 +235,18 @@ class Worker:
         if outputs.call is not None:
             outputs.call.settled(how, error)
 
-    def send(self, outputs: Outputs) -> None:
-        """Publish staged outputs straight away (at-most-once / at-least-once)."""
+    def send(self, outputs: Outputs) -> Ticket:
+        """Publish staged outputs straight away (at-most-once / at-least-once); the
+        ticket that covers them all (await it before acking the input)."""
         backend = self.env.backend
+        ticket = Ticket.DONE
         for exchange, msgs in outputs.grouped_publishes():
-            backend.publish(exchange, msgs)
+            ticket = ticket.max(backend.publish(exchange, msgs).ticket)
         for queue, msgs in outputs.grouped_puts():
-            backend.put(queue, msgs)
+            ticket = ticket.max(backend.put(queue, msgs).ticket)
         for topic, recs in outputs.grouped_appends():
-            backend.append(topic, recs)
+            ticket = ticket.max(backend.append(topic, recs).ticket)
+        return ticket
 
     def step_of(self, outputs: Outputs) -> Step:
         """The staged outputs as (the output half of) an exactly-once step."""

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runner.backends.rabbitmq.url import Target
 from runner.daemon.remote import SERVED, embedded_routes
 from tests.e2e.conftest import RUNNER, Daemon, make_daemon, wait_for
-from tests.rmq import fresh_vhost, url
+from tests.rmq import fresh_vhost, kill_connections, url
 
 HANDLERS = '''\
 import json
@@ -52,6 +52,11 @@ def always_fail(msg):
     raise OrderError(f"Invalid order {msg.body['id']}")
 
 
+def forward(msg, ctx):
+    _log("forward.log", body=msg.body, count=msg.delivery_count)
+    ctx.publish("to-full", "", msg.body)
+
+
 def work(msg):
     time.sleep(float(os.environ.get("WORK_S", "0.02")))
     _log(os.environ.get("WORK_LOG", "work.log"), body=msg.body, pid=os.getpid())
@@ -62,7 +67,10 @@ version: 1
 name: rmq-daemon
 exchanges:
   orders: {type: topic}
+  to-full: {type: fanout}
 queues:
+  full: {max_length: 1, overflow: reject-publish}
+  fwd: {}
   amo: {}
   alo: {}
   retry-q: {}
@@ -70,6 +78,7 @@ queues:
   work: {}
 bindings:
   - {exchange: orders, queue: work, routing_key: "work.#"}
+  - {exchange: to-full, queue: full}
 dlq_policies:
   fast:
     max_retries: 2
@@ -79,6 +88,7 @@ consumers:
   amo-c: {queue: amo, handler: "handlers_rmq:amo", delivery: at-most-once, dlq_policy: fast}
   alo-c: {queue: alo, handler: "handlers_rmq:alo", delivery: at-least-once, dlq_policy: fast}
   retry-c: {queue: retry-q, handler: "handlers_rmq:always_fail", dlq_policy: fast}
+  fwd-c: {queue: fwd, handler: "handlers_rmq:forward", dlq_policy: fast}
   work-c: {queue: work, handler: "handlers_rmq:work", prefetch: 4, concurrency: 1}
 """
 
@@ -209,6 +219,45 @@ def test_handlers_retry_with_real_delays_and_dead_letter_with_the_header(
     wait_for(lambda: metric(d, "runner_queue_published_total", queue="retry-q") == 1,
              timeout_s=20, every_s=0.5)
     assert metric(d, "runner_queue_messages_ready", queue="alo") == 0
+
+
+def test_an_output_the_broker_refuses_fails_the_call_instead_of_acking_it(
+    daemons: Daemons,
+) -> None:
+    """At-least-once: the input is acked only once its outputs are confirmed; a nack
+    (a full reject-publish queue) fails the call: retried, then dead-lettered."""
+    d = daemons.start()
+    d.ok("POST", "/v1/queues/full/messages", {"body": "filler"}, 202)
+    d.ok("POST", "/v1/queues/fwd/messages", {"body": "m"}, 202)
+    letters: list[tuple[Any, bytes]] = []
+
+    def dead() -> bool:
+        letters.extend(get_all(daemons.target, "retry.dlq"))
+        return bool(letters)
+
+    wait_for(dead, timeout_s=30)
+    assert [c["count"] for c in lines(d, "forward.log")] == [1, 2, 3]
+    ((props, body),) = letters
+    death = props.headers["x-dead-letter"]
+    assert (body, death["reason"], death["retry_count"], death["original_queue"]) == (
+        b'"m"', "handler_error", 2, "fwd")
+    assert death["error"]["type"] == "runner.errors.StorageError"
+    assert "nack" in death["error"]["message"]
+    assert depth(daemons.target, "full") == 1
+
+
+def test_a_lost_connection_is_reconnected_and_the_daemon_goes_on(daemons: Daemons) -> None:
+    d = daemons.start()
+    d.ok("POST", "/v1/queues/work/messages", {"messages": [{"body": i} for i in range(3)]}, 202)
+    wait_for(lambda: len(lines(d, "work.log")) == 3)
+    assert kill_connections(daemons.target) >= 1  # closed from the broker's side
+    wait_for(lambda: "connection lost" in d.log())
+    wait_for(lambda: d.get("/readyz").status == 200)
+    d.ok("POST", "/v1/queues/work/messages",
+         {"messages": [{"body": i} for i in range(3, 6)]}, 202)
+    wait_for(lambda: len(lines(d, "work.log")) >= 6)
+    assert sorted({int(x["body"]) for x in lines(d, "work.log")}) == list(range(6))
+    wait_for(lambda: depth(daemons.target, "work") == 0)
 
 
 def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons) -> None:

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import pytest
 
-from runner.backends.rabbitmq import live, runtime
-from runner.backends.rabbitmq.url import Target
+from runner.backends.rabbitmq import runtime
 from runner.engine.contract import Ack, Capability, OutMessage
 from runner.errors import InvalidRequest
 from runner.topology.model import Queue, Topology
 from tests.contract.conftest import take
-from tests.rmq import fresh_vhost
+from tests.rmq import fresh_vhost, kill_connections
 
 TOPOLOGY = Topology(queues=(("q", Queue("q")),))
 
@@ -49,19 +47,6 @@ def test_header_values_round_trip_and_bad_ones_are_refused(
         backend.put("q", [OutMessage(b"2", headers={"bad": object()})])
 
 
-def _kill_connections(target: Target) -> int:
-    """Close the vhost's connections from the broker's side (the management API lists
-    a new connection after a moment: wait for it)."""
-    admin = Target(target.host)
-    path = f"/api/vhosts/{quote(target.vhost, safe='')}/connections"
-    deadline = time.monotonic() + 15
-    while not (conns := live.request(admin, "GET", path)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for c in conns:
-        live.request(admin, "DELETE", f"/api/connections/{quote(c['name'], safe='')}")
-    return len(conns)
-
-
 def test_a_lost_connection_reconnects_and_loses_nothing_acknowledged(
     backend: runtime.RabbitBackend,
 ) -> None:
@@ -70,7 +55,7 @@ def test_a_lost_connection_reconnects_and_loses_nothing_acknowledged(
     got = take(backend, "q", 3)
     assert [d.body for d in got] == [b"0", b"1", b"2"]
     asyncio.run(backend.durable(backend.settle("q", [Ack(got[0].delivery_id)]).ticket))
-    assert _kill_connections(backend.target) >= 1
+    assert kill_connections(backend.target) >= 1
     deadline = time.monotonic() + 20
     while backend.connections < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
