@@ -12,9 +12,11 @@ Per DLQ policy with an `alert`: dead-letter queue depth over `max_depth`
 (`runner_queue_oldest_message_age_seconds`); for a dead_letter_queue that is a
 topic, the depth is its dead letters not yet replayed or purged
 (`runner_dead_letter_topic_pending`, summed over partitions; `runner dlq replay`
-and `runner dlq purge` clear it) and the age is now minus the oldest first-record timestamp of its
-partitions (`runner_topic_partition_oldest_record_timestamp_seconds`, 0 for an
-empty partition, so those are filtered out), guarded by depth > 0. Per consumer
+and `runner dlq purge` clear it) and the age is now minus the timestamp of its
+oldest pending dead letter over the partitions
+(`runner_dead_letter_topic_oldest_pending_timestamp_seconds`, 0 for a
+partition with none pending, so those are filtered out): records already
+replayed or purged never make it fire, however long the log keeps them. Per consumer
 group: lag over a threshold. Always: the daemon down (`up == 0` for an instance
 that served this topology in the last hour), the handler error ratio, and the
 last reload failed (cleared by the next applied reload). The output is YAML
@@ -82,11 +84,11 @@ def _topic_depth(topic: str) -> str:
 
 
 def _topic_age(topic: str) -> str:
-    """Seconds since the oldest record a topic still keeps was written: its
-    partitions' first-record timestamps, empty partitions (exported as 0) left out."""
+    """Seconds since the oldest dead letter of a DLQ topic that was neither replayed
+    nor purged was written (partitions with none pending, exported as 0, left out)."""
     sel = f'{{topic="{_label(topic)}"}}'
     return (f"(time() - min {BY} "
-            f"(runner_topic_partition_oldest_record_timestamp_seconds{sel} > 0))")
+            f"(runner_dead_letter_topic_oldest_pending_timestamp_seconds{sel} > 0))")
 
 
 def scope(topology: Topology) -> str:
@@ -136,12 +138,12 @@ def rules(topology: Topology, limits: Limits = Limits()) -> list[Rule]:
         if alert.max_age_s is not None:
             age = _duration(alert.max_age_s)
             if is_topic:
-                expr = (f"{_topic_age(dlq)} > {alert.max_age_s:g} "
-                        f"and {_topic_depth(dlq)} > 0")
-                summary = f"The oldest dead letter kept in topic {dlq} is older than {age}"
+                expr = f"{_topic_age(dlq)} > {alert.max_age_s:g}"
+                summary = (f"The oldest pending dead letter in topic {dlq} is older "
+                           f"than {age}")
                 description = (
-                    f"DLQ policy {name}: the oldest record at the log start of {dlq} is "
-                    "{{ $value | humanizeDuration }} old. "
+                    f"DLQ policy {name}: the oldest dead letter in {dlq} not yet replayed "
+                    "or purged is {{ $value | humanizeDuration }} old. "
                     f"Inspect them with `runner dlq show {dlq}`."
                 )
             else:

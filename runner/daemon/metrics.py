@@ -153,11 +153,20 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "Dead letters in a partition of a dead-letter topic not yet replayed or purged "
         "(log end minus the replay position; records removed by retention not counted).", *tp,
     )
+    pending_oldest = _gauge(
+        "runner_dead_letter_topic_oldest_pending_timestamp_seconds",
+        "Timestamp (seconds since the epoch) of the oldest dead letter in a partition of a "
+        "dead-letter topic not yet replayed or purged (the record at its replay position); "
+        "0 when none is pending.", *tp,
+    )
     dlq_topics = dead_letter_topics(topology)
     for name, topic in topology.topics:
         if name in dlq_topics:
             for p, n in enumerate(pending_in_stats(stats, name, topic.partitions)):
                 pending.add_metric([name, str(p)], n)
+                first_ms = stats.dlq_oldest_pending_ms.get(TopicPartition(name, p))
+                pending_oldest.add_metric([name, str(p)],
+                                          first_ms / 1000 if first_ms is not None else 0)
         for p in range(topic.partitions):
             info = stats.partitions.get(TopicPartition(name, p))
             labels = [name, str(p)]
@@ -167,7 +176,7 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
             first_ms = info.oldest_timestamp_ms if info else None
             oldest.add_metric(labels, first_ms / 1000 if first_ms is not None else 0)
         total.add_metric([name], stats.topic_records.get(name, 0))
-    yield from (end, start, size, oldest, total, pending)
+    yield from (end, start, size, oldest, total, pending, pending_oldest)
 
 
 def _groups(topology: Topology, stats: EngineStats, view: HandlerView) -> Iterator[Metric]:

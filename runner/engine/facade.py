@@ -25,6 +25,8 @@ from runner.engine.contract import Event, EventKind
 from runner.engine.datadir import lock_data_dir
 from runner.engine.deadletters import (
     dead_letter_step,
+    dead_letter_topics,
+    dlq_position_group,
     dlq_position_groups,
     replay,
     replay_queue_name,
@@ -132,6 +134,8 @@ class Engine:
         self.topology = Topology()
         self.sink_dropped = 0  # dead letters to a topic that refused them
         self._topic_reach: set[str] = set()
+        # (dead-letter topic, partition, offset) -> timestamp ms (see `stats`)
+        self._dlq_ts: dict[tuple[str, int, int], int] = {}
         self._closed = False
         self._seek_versions: dict[str, int] = {}
         self.commits = GroupCommit()  # every log of the data dir syncs through it
@@ -697,6 +701,39 @@ class Engine:
         """A snapshot for the metrics collector."""
         out = engine_stats(self.store, self.broker)
         out.failed_logs = self.failed_logs()
+        out.dlq_oldest_pending_ms = self._dlq_oldest_pending(out)
+        return out
+
+    def _dlq_oldest_pending(self, stats: EngineStats) -> dict[TopicPartition, int]:
+        """Per partition of each dead-letter topic with pending dead letters (not yet
+        replayed or purged: from the replay position on), the timestamp of the
+        first one. One read per partition whose position moved since the last
+        call (a record's timestamp never changes: remembered by offset)."""
+        seen = self._dlq_ts
+        out: dict[TopicPartition, int] = {}
+        keep: dict[tuple[str, int, int], int] = {}
+        for topic in sorted(dead_letter_topics(self.topology)):
+            group = dlq_position_group(topic)
+            for tp, info in stats.partitions.items():
+                if tp.topic != topic:
+                    continue
+                try:
+                    pos = max(self.position(group, tp), info.log_start_offset)
+                except EngineError:
+                    continue  # not applied yet
+                if pos >= info.log_end_offset:
+                    continue
+                key = (topic, tp.partition, pos)
+                ts = seen.get(key)
+                if ts is None:
+                    recs, _ = self.read(topic, tp.partition, pos, max_records=1,
+                                        max_bytes=1 << 20)
+                    if not recs:
+                        continue
+                    ts = recs[0].timestamp_ms
+                keep[key] = ts
+                out[tp] = ts
+        self._dlq_ts = keep
         return out
 
     def failed_logs(self) -> dict[str, str]:

@@ -125,3 +125,6 @@ class EngineStats:
     queues: dict[str, QueueStats] = field(default_factory=dict)
     # logs refusing all I/O after a failed fsync: path -> why (see Engine.failed_logs)
     failed_logs: dict[str, str] = field(default_factory=dict)
+    # per partition of a dead-letter topic with pending dead letters (from its replay
+    # position on, `__dlq.<topic>`): the first one's timestamp (ms)
+    dlq_oldest_pending_ms: dict[TopicPartition, int] = field(default_factory=dict)
