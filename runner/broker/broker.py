@@ -33,7 +33,6 @@ from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import (
     DELAYED,
-    MESSAGE_OVERHEAD,
     READY,
     Delivery,
     Publishable,
@@ -65,6 +64,7 @@ from runner.fs import LOCAL, FileSystem, make_dirs
 from runner.log.commits import GroupCommit
 from runner.log.flusher import Flusher
 from runner.log.record import Fsync
+from runner.log.store import id_memory
 from runner.topology.model import Binding, Exchange, Queue
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class Broker:
             queues = found[1].queues if found else ()
             if queue not in queues:
                 queues = (*queues, queue)
-            self._dedup[key] = (msg.timestamp_ms / 1000, Route(queues, ()))
+            self._set_id(key, (msg.timestamp_ms / 1000, Route(queues, ())))
 
     # ================================================================ producing
     def publish(self, exchange: str, messages: Sequence[Publishable]) -> list[Route]:
@@ -419,7 +419,7 @@ class Broker:
                 self._finish()
             except StorageError:
                 for key in remembered:  # not stored: a retry must not count as a duplicate
-                    self._dedup.pop(key, None)
+                    self._drop_id(key)
                 raise
         return routes
 
@@ -439,10 +439,21 @@ class Broker:
             mq.admit_many(run, rk, exchange=exchange, now=now, ts_ms=ts)
 
     def _remember(self, kind: str, target: str, mid: str, now: float, route: Route) -> None:
+        self._set_id((kind, target, mid), (now, route))
+        if len(self._dedup) > self.dedup_max_ids:
+            self._drop_id(next(iter(self._dedup)))  # the oldest id goes first
+
+    def _set_id(self, key: tuple[str, str, str], value: tuple[float, Route]) -> None:
+        """Remember a message id; a new one counts against the memory budget."""
         dedup = self._dedup
-        dedup[(kind, target, mid)] = (now, route)
-        if len(dedup) > self.dedup_max_ids:
-            del dedup[next(iter(dedup))]  # the oldest id goes first
+        if key not in dedup:
+            self.memory.hold(id_memory(key[2]), 1)
+        dedup[key] = value
+
+    def _drop_id(self, key: tuple[str, str, str]) -> None:
+        """Forget a message id (if remembered), giving its memory back."""
+        if self._dedup.pop(key, None) is not None:
+            self.memory.hold(-id_memory(key[2]), -1)
 
     def _prune_dedup(self, now: float) -> None:
         """Forget ids older than the window (ids are kept in arrival order)."""
@@ -452,28 +463,22 @@ class Broker:
             key = next(iter(dedup))
             if dedup[key][0] > horizon:
                 break
-            del dedup[key]
+            self._drop_id(key)
 
     def _dedup_hit(self, key: tuple[str, str, str], now: float) -> Route | None:
         found = self._dedup.get(key)
         if found is None:
             return None
         if found[0] + self.dedup_window_s <= now:
-            del self._dedup[key]
+            self._drop_id(key)
             return None
         return found[1]
 
     def _check_memory(self) -> None:
-        """Refused once the queued messages' overhead alone fills the memory budget
-        (bodies past it spill to disk, the per-message overhead cannot)."""
-        mem = self.memory
-        if mem.full:
-            raise Refused(
-                f"memory budget exhausted: {mem.count} queued messages hold "
-                f"{mem.count * MESSAGE_OVERHEAD} bytes of {mem.limit} besides their bodies "
-                f"({MESSAGE_OVERHEAD} bytes a message); publish refused until consumers "
-                "catch up"
-            )
+        """Refused once what cannot spill (the queued messages' overhead and headers,
+        the remembered message ids) fills the memory budget."""
+        if self.memory.full:
+            raise Refused(self.memory.exhausted())
 
     def _check_disk(self) -> None:
         budget = self.disk_budget_bytes

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from runner.broker.headers import decode_headers, encode_headers
-from runner.broker.message import EMPTY_HEADERS, MESSAGE_OVERHEAD, QueuedMessage
+from runner.broker.message import (
+    EMPTY_HEADERS,
+    MESSAGE_OVERHEAD,
+    QueuedMessage,
+    headers_memory,
+)
 from runner.clock import Clock, now_ms
 from runner.datapath import remove_tree
 from runner.fs import LOCAL, FileSystem
@@ -301,15 +306,16 @@ class QueueLog:
             if kind == b"P":
                 size = len(rec.value or b"")
                 keep = used + MESSAGE_OVERHEAD + size <= memory_left
-                used += MESSAGE_OVERHEAD + (size if keep else 0)
-                live[rec.offset] = decode_publish(rec, keep_body=keep)
+                entry = live[rec.offset] = decode_publish(rec, keep_body=keep)
+                used += MESSAGE_OVERHEAD + (size if keep else 0) + headers_memory(
+                    entry[0].headers)
             elif kind == b"S":
                 uids = array("q")
                 uids.frombytes(rec.value or b"")
                 for uid in uids:
                     gone = live.pop(uid, None)
                     if gone is not None:
-                        used -= MESSAGE_OVERHEAD + (
+                        used -= MESSAGE_OVERHEAD + headers_memory(gone[0].headers) + (
                             gone[0].size if isinstance(gone[0].body, bytes) else 0)
             elif kind == b"D":
                 pairs = array("q")

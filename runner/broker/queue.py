@@ -32,6 +32,7 @@ from runner.broker.message import (
     Delivery,
     Publishable,
     QueuedMessage,
+    headers_memory,
 )
 from runner.errors import Conflict, Refused
 from runner.topology.model import Overflow, Queue
@@ -61,35 +62,74 @@ class Spill(Protocol):
 
 class MemoryBudget:
     """Memory held by the queued messages of all queues of a broker: MESSAGE_OVERHEAD
-    a message plus the bodies kept in memory (`used`), and how many messages (`count`).
+    a message, their headers (`headers_memory`) and the bodies kept in memory
+    (`used`), how many messages (`count`), and what stays in memory whatever is
+    spilled (`fixed`: the overheads, the headers, and what others `hold`, such as
+    the broker's remembered message ids).
 
-    A body that would pass `limit` is spilled to disk; the overhead stays in memory,
-    so once `count * MESSAGE_OVERHEAD` alone reaches `limit` publishes are refused
-    (`full`)."""
+    A body that would pass `limit` is spilled to disk; what `fixed` counts cannot
+    be, so once it alone reaches `limit` publishes are refused (`full`)."""
 
-    __slots__ = ("limit", "used", "count")
+    __slots__ = ("limit", "used", "count", "headers", "held", "ids")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.count = 0
+        self.headers = 0  # headers_memory of the counted messages
+        self.held = 0  # bytes others hold against the budget (`hold`)
+        self.ids = 0  # the message ids remembered for deduplication `held` counts
+
+    @property
+    def fixed(self) -> int:
+        """Bytes that stay in memory however many bodies are spilled."""
+        return self.count * MESSAGE_OVERHEAD + self.headers + self.held
 
     @property
     def full(self) -> bool:
-        """The messages' overhead alone fills the budget: no more messages fit. A
+        """The memory that cannot spill fills the budget: no more messages fit. A
         budget of 0 (the broker's tests) spills every body and never fills; the daemon
         refuses budgets under 1 MiB."""
-        return self.count * MESSAGE_OVERHEAD >= self.limit > 0
+        return self.fixed >= self.limit > 0
+
+    def hold(self, nbytes: int, ids: int = 0) -> None:
+        """Count (or, negative, give back) memory kept outside the queues: `ids`
+        remembered message ids (`message.id_memory` each) of `nbytes` in all."""
+        self.held += nbytes
+        self.used += nbytes
+        self.ids += ids
+
+    def exhausted(self) -> str:
+        """The sentence of a refusal while `full`."""
+        head = (f"memory budget exhausted: {self.count} queued messages hold "
+                f"{self.count * MESSAGE_OVERHEAD}")
+        if not self.headers and not self.held:
+            return (f"{head} bytes of {self.limit} besides their bodies ({MESSAGE_OVERHEAD} "
+                    "bytes a message); publish refused until consumers catch up")
+        parts = [f"{head} bytes ({MESSAGE_OVERHEAD} bytes a message)"]
+        if self.headers:
+            parts.append(f"their headers {self.headers} bytes")
+        if self.held:
+            parts.append(f"{self.ids} message ids remembered for deduplication "
+                         f"{self.held} bytes")
+        until = "consumers catch up" + (
+            " or remembered message ids leave the dedup window" if self.held else "")
+        return (f"{', '.join(parts)}: {self.fixed} bytes of {self.limit} besides the "
+                f"bodies; publish refused until {until}")
 
     def take(self, msg: QueuedMessage) -> None:
         """Count a message just stored (its body counts when it is in memory)."""
+        h = headers_memory(msg.headers)
         self.count += 1
-        self.used += MESSAGE_OVERHEAD + (msg.size if isinstance(msg.body, bytes) else 0)
+        self.headers += h
+        self.used += MESSAGE_OVERHEAD + h + (msg.size if isinstance(msg.body, bytes) else 0)
 
     def release(self, msg: QueuedMessage) -> None:
         """A counted message leaves memory."""
+        h = headers_memory(msg.headers)
         self.count -= 1
-        self.used -= MESSAGE_OVERHEAD + (msg.size if isinstance(msg.body, bytes) else 0)
+        self.headers -= h
+        self.used -= MESSAGE_OVERHEAD + h + (msg.size if isinstance(msg.body, bytes) else 0)
 
 
 class MessageQueue:
@@ -213,11 +253,16 @@ class MessageQueue:
             self.next_uid += 1
         mem = self.memory
         mem.count += 1
-        if mem.used + MESSAGE_OVERHEAD + size > mem.limit and self.spill is not None:
+        fixed = MESSAGE_OVERHEAD
+        if msg.headers:
+            h = headers_memory(msg.headers)
+            mem.headers += h
+            fixed += h
+        if mem.used + fixed + size > mem.limit and self.spill is not None:
             msg.body = self.spill.spill(msg, body)
-            mem.used += MESSAGE_OVERHEAD
+            mem.used += fixed
         else:
-            mem.used += MESSAGE_OVERHEAD + size
+            mem.used += fixed + size
         self.published += 1
         top = self.max_level
         self.levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
@@ -568,7 +613,7 @@ class MessageQueue:
         owners: dict[str, int] = {}
         last: str | None = None
         run = 0  # acks of `last` not yet counted in `owners` (batches share one owner)
-        freed = 0
+        freed = freed_headers = 0
         for tag in tags:
             msg = pop(tag, None)
             if msg is None:
@@ -577,6 +622,10 @@ class MessageQueue:
             msg.state = GONE
             uids.append(msg.uid)
             freed += MESSAGE_OVERHEAD
+            if msg.headers:
+                h = headers_memory(msg.headers)
+                freed += h
+                freed_headers += h
             if isinstance(msg.body, bytes):
                 freed += msg.size
             att = msg.attempts
@@ -598,6 +647,7 @@ class MessageQueue:
             self.journal.settle_many(uids)
         self.memory.used -= freed
         self.memory.count -= len(uids)
+        self.memory.headers -= freed_headers
         self.acked += len(uids)
         if self.lease_tags > 2 * len(unacked) + 1024:
             self._prune_leases()

@@ -159,6 +159,7 @@ class Engine:
                 disk_budget_bytes=disk_budget_bytes, dedup_window_s=DEDUP_WINDOW_S,
                 topic_sink=self._sink, fs=self.fs, group=self.commits,
             )
+            self.store.count_ids_in(self.broker.memory)  # one budget for every message id
             self.journal = StepJournal(data_dir / "engine_steps", fsync=fsync, clock=clock,
                                        fs=self.fs)
             self.steps = StepLog(self.journal, self.store, self.broker, self.commits)

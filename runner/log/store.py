@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
+from typing import Protocol
 
 from runner.clock import Clock, now_ms
 from runner.datapath import entity_path, remove_tree
@@ -48,6 +49,26 @@ from runner.topology.diff import field_change, removal, unsafe_sentence
 from runner.topology.model import ConsumerGroup, Topic
 
 log = logging.getLogger(__name__)
+
+
+class IdMemory(Protocol):
+    """Where remembered message ids are counted (the broker's MemoryBudget is one)."""
+
+    def hold(self, nbytes: int, ids: int = 0) -> None: ...
+
+
+# What one message id remembered for deduplication costs (issue 17: a flood of
+# distinct ids took ~550 B each, up to 1,000,000 of them, outside the memory
+# budget): its dict entry, key and value, plus the id's text. Measured with
+# tracemalloc: ~240 B for an 18-character id sent to a queue; counted on the high
+# side (a route of its own per message through an exchange, a topic's entry).
+ID_MEMORY = 384
+
+
+def id_memory(message_id: str) -> int:
+    """What a memory budget counts for one remembered message id (the broker's
+    ids of queues and exchanges, the store's of topics)."""
+    return ID_MEMORY + (len(message_id) if message_id.isascii() else 4 * len(message_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +141,7 @@ class Store:
         # (topic, message id) -> (partition, offset, first seen ms); insertion order ~ time
         self._dedup: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self.dedup_max_entries = dedup_max_entries
+        self.dedup_memory: IdMemory | None = None  # see `count_ids_in`
         # producers whose sequences may jump forward (the engine's exactly-once steps)
         self.gapped_producers = frozenset(gapped_producers)
         self.group = group
@@ -409,7 +431,7 @@ class Store:
             now = now_ms(self.clock)
             for i, rec in enumerate(records):
                 if rec.message_id is not None and i not in skip:
-                    self._dedup[(topic, rec.message_id)] = (*result[i], now)
+                    self._set_id((topic, rec.message_id), (*result[i], now))
             self._prune_dedup(now)
         return result
 
@@ -459,9 +481,24 @@ class Store:
         assert self.dedup_window_ms is not None
         horizon = now - self.dedup_window_ms
         dedup = self._dedup
+        memory = self.dedup_memory
         while dedup and (len(dedup) > self.dedup_max_entries
                          or next(iter(dedup.values()))[2] < horizon):
-            dedup.popitem(last=False)
+            key, _ = dedup.popitem(last=False)
+            if memory is not None:
+                memory.hold(-id_memory(key[1]), -1)
+
+    def count_ids_in(self, memory: IdMemory) -> None:
+        """Count the remembered message ids (those of now and from now on) in
+        `memory`: the engine's memory budget, shared with the queues."""
+        self.dedup_memory = memory
+        memory.hold(sum(id_memory(key[1]) for key in self._dedup), len(self._dedup))
+
+    def _set_id(self, key: tuple[str, str], value: tuple[int, int, int]) -> None:
+        dedup = self._dedup
+        if key not in dedup and self.dedup_memory is not None:
+            self.dedup_memory.hold(id_memory(key[1]), 1)
+        dedup[key] = value
 
     def _load_dedup(self, topic: str, part: Partition) -> None:
         """Rebuild the message ids of the window from the records' `x-message-id`
@@ -476,8 +513,8 @@ class Store:
             for r in recs:
                 for name, value in r.headers:
                     if name == "x-message-id":
-                        self._dedup[(topic, value.decode())] = (part.number, r.offset,
-                                                                r.timestamp_ms)
+                        self._set_id((topic, value.decode()),
+                                     (part.number, r.offset, r.timestamp_ms))
             offset = recs[-1].offset + 1
         self._prune_dedup(now)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import RUNNER, Daemon, wait_for
+from tests.e2e.conftest import RUNNER, Daemon, error_of, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +61,54 @@ def test_a_handler_module_that_imports_within_the_load_timeout_starts(
     )
     assert d.post("/v1/queues/q/messages", {"body": 7}).status == 202
     wait_for(lambda: (d.workdir / "seen").exists() and (d.workdir / "seen").read_text(), 20)
+
+
+# ---------------------------------------------------------------- memory budget
+
+QUEUE = "version: 1\nname: e2e-budget\nqueues:\n  q: {durable: false}\n"
+
+
+def test_headers_count_in_the_memory_budget(start_daemon: Callable[..., Daemon]) -> None:
+    """A message with a 1,000-character header holds 512 + 1,211 bytes the budget counts
+    (before: 512, so 1 MiB let ~2,000 such messages in, their headers uncounted)."""
+    d = start_daemon(QUEUE, args=["--memory-budget", "1MiB", "--fsync", "never"])
+    batch = {"messages": [{"body": 1, "headers": {"h": "x" * 1000}} for _ in range(100)]}
+    for _ in range(7):  # 600 x 1,723 B = 1,033,800 is under 1 MiB: the 7th is taken
+        got = d.post("/v1/queues/q/messages", batch)
+        assert got.status == 202, got.body
+    status, sentence = error_of(d, "POST", "/v1/queues/q/messages", batch)
+    assert status == 429
+    # a header costs its dict (64), its entry (48), its name (49 + 1), its value (49 + 1000)
+    assert sentence == (
+        "memory budget exhausted: 700 queued messages hold 358400 bytes (512 bytes a "
+        "message), their headers 847700 bytes: 1206100 bytes of 1048576 besides the "
+        "bodies; publish refused until consumers catch up")
+    pulled = d.ok("POST", "/v1/queues/q/pull", {"max": 1000})["messages"]
+    d.ok("POST", "/v1/queues/q/ack", {"delivery_ids": [m["delivery_id"] for m in pulled]})
+    assert d.post("/v1/queues/q/messages", batch).status == 202  # acks gave it back
+
+
+def test_remembered_message_ids_count_in_the_memory_budget(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """Each distinct message id is remembered for the dedup window (384 B + its text
+    counted) after its message is gone: a flood of ids fills the budget and is refused
+    with 429 (before: up to 1,000,000 ids, ~550 MB, outside the budget)."""
+    d = start_daemon(QUEUE, args=["--memory-budget", "1MiB", "--fsync", "never"])
+    n = 0
+    for _ in range(6):  # 500 ids of 9 characters: 196,500 B a batch, 6 fill 1 MiB
+        batch = [{"body": 1, "message_id": f"id-{n + i:06d}"} for i in range(500)]
+        n += 500
+        assert d.post("/v1/queues/q/messages", {"messages": batch}).status == 202
+        pulled = d.ok("POST", "/v1/queues/q/pull", {"max": 1000})["messages"]
+        assert len(pulled) == 500
+        d.ok("POST", "/v1/queues/q/ack",
+             {"delivery_ids": [m["delivery_id"] for m in pulled]})
+    status, sentence = error_of(d, "POST", "/v1/queues/q/messages",
+                                {"messages": [{"body": 1, "message_id": "one-more"}]})
+    assert status == 429
+    assert sentence == (
+        "memory budget exhausted: 0 queued messages hold 0 bytes (512 bytes a message), "
+        "3000 message ids remembered for deduplication 1179000 bytes: 1179000 bytes of "
+        "1048576 besides the bodies; publish refused until consumers catch up or "
+        "remembered message ids leave the dedup window")
