@@ -8,6 +8,7 @@
     |   +-- Forbidden            publish to an internal exchange                          (403)
     |   +-- Conflict             unknown or expired delivery ids, state conflicts        (409)
     |   +-- TooLarge             record / message over its size limit                     (413)
+    |   |   +-- FanoutTooLarge   a handler call's outputs over --max-fanout message copies
     |   +-- Refused              overflow `reject-publish`, disk budget exhausted         (429)
     |   +-- UnsafeChange         a topology change the engine will not apply (PRECONDITION_FAILED)
     |   +-- OffsetOutOfRange     reading below the log start offset                       (404/416)
@@ -63,6 +64,11 @@ class Conflict(EngineError):
 
 class TooLarge(EngineError):
     """A record or message is over its size limit."""
+
+
+class FanoutTooLarge(TooLarge):
+    """What one handler call publishes would create more message copies (messages x
+    the queues and topics each reaches) than the daemon's --max-fanout."""
 
 
 class Refused(EngineError):

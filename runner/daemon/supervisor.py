@@ -167,7 +167,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
         replies: Replies,
     ) -> PipelineLike:
         pipeline: PipelineLike = Pipeline(
-            EmbeddedBackend(engine),
+            EmbeddedBackend(engine, max_fanout=config.max_fanout),
             topology,
             data_dir=config.data_dir,
             clock=clock,

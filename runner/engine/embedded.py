@@ -51,7 +51,7 @@ from runner.engine.facade import Engine
 from runner.engine.values import EngineStats, FsyncPolicy
 from runner.engine.values import OutRecord as EngineRecord
 from runner.engine.values import Step as EngineStep
-from runner.errors import Conflict, LogFailed, NotFound
+from runner.errors import Conflict, FanoutTooLarge, LogFailed, NotFound
 from runner.fs import LOCAL, FileSystem
 from runner.log.partition import TopicPartition as LogTopicPartition
 from runner.topology.model import Topology
@@ -132,8 +132,10 @@ class EmbeddedMember:
 class EmbeddedBackend:
     """The embedded engine served through `runner.engine.contract.Backend`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, max_fanout: int | None = None) -> None:
         self.engine = engine
+        # message copies one write may create (the daemon's --max-fanout; None: any)
+        self.max_fanout = max_fanout
         self._members: dict[tuple[str, str], EmbeddedMember] = {}
 
     # ------------------------------------------------------------- basics
@@ -172,16 +174,55 @@ class EmbeddedBackend:
 
     # ------------------------------------------------------------- Producer
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
+        self._check_fanout(((exchange, messages),), 0)
         routes = self.engine.publish(exchange, [_message(m) for m in messages])
         return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
+        self._check_fanout((), len(messages))
         routes = self.engine.publish_to_queue(queue, [_message(m) for m in messages])
         return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
 
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        self._check_fanout((), len(records))
         positions = self.engine.append(topic, [_record(r) for r in records])
         return Appended(tuple(positions), Ticket.DONE)
+
+    def _check_fanout(
+        self, publishes: Iterable[tuple[str, Sequence[OutMessage]]], direct: int,
+    ) -> None:
+        """FanoutTooLarge, nothing stored, when a write of handler outputs would create
+        more than `max_fanout` message copies: `direct` (puts and appends, one copy
+        each) plus each published message once per queue and topic it reaches (issue
+        17: a handler's publishes were not capped, so one call could make millions of
+        copies in one step). Cheap when no publish can reach past the cap: a message
+        reaches at most every queue and topic."""
+        limit = self.max_fanout
+        if limit is None:
+            return
+        engine = self.engine
+        widest = len(engine.broker.queues) + len(engine.store.topic_names())
+        publishes = list(publishes)
+        if direct + sum(len(ms) for _, ms in publishes) * widest <= limit:
+            return
+        total = direct
+        most: tuple[int, str, int, int] | None = None  # copies, exchange, messages, widest
+        for exchange, msgs in publishes:
+            counts = engine.fanout(exchange, [_message(m) for m in msgs])
+            n = sum(counts)
+            total += n
+            if most is None or n > most[0]:
+                most = (n, exchange, len(msgs), max(counts, default=0))
+        if total <= limit:
+            return
+        where = "" if most is None else (
+            f" ({most[2]} messages through exchange '{most[1]}', up to {most[3]} "
+            "destinations each)")
+        raise FanoutTooLarge(
+            f"the handler's outputs would create {total} message copies{where}, over the "
+            f"limit of {limit} a handler call (--max-fanout); nothing of them was stored: "
+            "publish fewer messages a call"
+        )
 
     # ------------------------------------------------------------- RouteExplainer
     def explain(
@@ -321,6 +362,8 @@ class EmbeddedBackend:
             self.engine.store.groups.check_member(
                 group, [LogTopicPartition(*tp) for g, tp, _ in step.commits if g == group],
                 member_id=member_id)
+        self._check_fanout(step.publishes, sum(len(ms) for _, ms in step.puts)
+                           + sum(len(rs) for _, rs in step.appends))
         self.engine.commit_step(EngineStep(
             acks=list(step.acks),
             commits=list(step.commits),

@@ -112,3 +112,62 @@ def test_remembered_message_ids_count_in_the_memory_budget(
         "3000 message ids remembered for deduplication 1179000 bytes: 1179000 bytes of "
         "1048576 besides the bodies; publish refused until consumers catch up or "
         "remembered message ids leave the dedup window")
+
+
+# ---------------------------------------------------------------- handler fanout
+
+FANOUT = "\n".join([
+    "version: 1",
+    "name: e2e-handler-fanout",
+    "exchanges:",
+    "  wide: {type: fanout}",
+    "queues:",
+    "  alo-in: {}",
+    "  eo-in: {}",
+    "  dead: {}",
+    *(f"  w{i}: {{}}" for i in range(20)),
+    "bindings:",
+    *(f"  - {{exchange: wide, queue: w{i}}}" for i in range(20)),
+    "dlq_policies:",
+    "  once: {max_retries: 1, backoff: [50ms], dead_letter_queue: dead}",
+    "consumers:",
+    "  alo: {queue: alo-in, handler: 'spray:spray', delivery: at-least-once, "
+    "dlq_policy: once}",
+    "  eo: {queue: eo-in, handler: 'spray:spray', delivery: exactly-once, dlq_policy: once}",
+    "",
+])
+SPRAY = '''\
+def spray(msg, ctx):
+    for i in range(msg.body["n"]):
+        ctx.publish("wide", "", {"i": i})
+'''
+
+
+def _depth(d: Daemon, queue: str) -> int:
+    return int(next(q["ready"] for q in d.ok("GET", "/v1/queues")["queues"]
+                    if q["name"] == queue))
+
+
+@pytest.mark.parametrize("queue", ["alo-in", "eo-in"])
+def test_a_handler_whose_publishes_pass_max_fanout_fails_its_delivery(
+    start_daemon: Callable[..., Daemon], queue: str,
+) -> None:
+    """10 messages through a 20-queue fanout exchange are 200 copies, over
+    --max-fanout 100: the delivery fails (retried, then dead-lettered with the error),
+    nothing is stored; 5 messages (100 copies) pass. Before, handler publishes were
+    not capped: all 200 copies were stored."""
+    d = start_daemon(FANOUT, modules={"spray": SPRAY}, args=["--max-fanout", "100"])
+    d.ok("POST", f"/v1/queues/{queue}/messages", {"body": {"n": 10}}, 202)
+    wait_for(lambda: _depth(d, "dead") == 1, 20)
+    dead = d.ok("GET", "/v1/queues/dead/peek")["messages"][0]
+    error = dead["headers"]["x-dead-letter"]["error"]
+    assert error["type"] == "runner.errors.FanoutTooLarge"
+    assert error["message"] == (
+        "the handler's outputs would create 200 message copies (10 messages through "
+        "exchange 'wide', up to 20 destinations each), over the limit of 100 a handler "
+        "call (--max-fanout); nothing of them was stored: publish fewer messages a call")
+    assert dead["headers"]["x-dead-letter"]["retry_count"] == 1
+    assert _depth(d, "w0") == 0  # nothing of either attempt was stored
+    d.ok("POST", f"/v1/queues/{queue}/messages", {"body": {"n": 5}}, 202)
+    wait_for(lambda: _depth(d, "w19") == 5, 20)
+    assert _depth(d, "dead") == 1
