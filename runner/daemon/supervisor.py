@@ -553,10 +553,14 @@ class Supervisor:
             )
         return result
 
-    def _load_in_thread(self, path: str) -> asyncio.Future[Any]:
-        """`parts.load(path)` in a daemon thread of its own: a read that hangs (a dead
-        NFS server) can be given up without blocking shutdown, as an executor's
-        worker would (asyncio.run waits for the default executor's threads)."""
+    def _load_in_thread(
+        self, path: str, load: Callable[[str], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """`parts.load(path)` (or `load(path)`) in a daemon thread of its own: a read
+        that hangs (a dead NFS server), or a handler module that blocks at import,
+        can be given up without blocking shutdown, as an executor's worker would
+        (asyncio.run waits for the default executor's threads)."""
+        work = load or self._parts.load
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
 
@@ -570,7 +574,7 @@ class Supervisor:
 
         def run() -> None:
             try:
-                value = self._parts.load(path)
+                value = work(path)
             except BaseException as exc:  # handed to the loop, raised by the await there
                 loop.call_soon_threadsafe(settle, None, exc)
             else:
@@ -582,7 +586,6 @@ class Supervisor:
         return fut
 
     async def _reload(self, trigger: str) -> ReloadResult:
-        loop = asyncio.get_running_loop()
         path = self.config.path
         limit = self.config.load_timeout_s
         if self._loading is not None and not self._loading.done():
@@ -623,7 +626,21 @@ class Supervisor:
                 error=f"invalid topology: {first}",
                 problems=[problem_json(p) for p in errors],
             )
-        failures = await loop.run_in_executor(None, self._parts.check_handlers, new)
+        # a handler module that blocks at import must not hold the reload lock for
+        # good either: the imports run in a thread of their own under the same limit
+        topology = new
+        self._loading = self._load_in_thread(
+            str(path), lambda _: self._parts.check_handlers(topology))
+        try:
+            failures = await asyncio.wait_for(asyncio.shield(self._loading), limit)
+        except TimeoutError:
+            log.error("importing the handlers of %s did not finish within %gs", path, limit)
+            return ReloadResult(
+                "invalid", self._generation,
+                error=f"{path}: importing the handler modules did not finish within "
+                f"{limit:g}s (--load-timeout; a handler module that blocks at import?); "
+                "the running topology stays",
+            )
         if failures:
             problems = handler_problems(new, failures)
             return ReloadResult(

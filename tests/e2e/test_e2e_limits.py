@@ -63,6 +63,34 @@ def test_a_handler_module_that_imports_within_the_load_timeout_starts(
     wait_for(lambda: (d.workdir / "seen").exists() and (d.workdir / "seen").read_text(), 20)
 
 
+def test_a_reload_whose_handler_module_blocks_at_import_gives_up_after_the_load_timeout(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """The reload's handler imports are bounded like its read (before: the reload, and
+    the reload lock, waited for the import for good)."""
+    base = "version: 1\nname: e2e-reload-import\nqueues:\n  q: {}\n  r: {}\n"
+    d = start_daemon(base, modules={"sleepy": "import time\ntime.sleep(600)\n\n"
+                                              "def handle(msg):\n    pass\n"},
+                     args=["--load-timeout", "1s", "--no-watch"])
+    d.topology.write_text(base + "consumers:\n  c: {queue: q, handler: 'sleepy:handle'}\n")
+    started = time.monotonic()
+    got = d.post("/v1/admin/reload")
+    assert got.status == 422, got.body
+    assert time.monotonic() - started < 15
+    assert got.body["error"] == (
+        f"{d.topology}: importing the handler modules did not finish within 1s "
+        "(--load-timeout; a handler module that blocks at import?); the running "
+        "topology stays")
+    again = d.post("/v1/admin/reload")  # the import still hangs: answered at once
+    assert again.status == 422
+    assert again.body["error"] == (
+        f"{d.topology}: the previous read of the topology has not finished (a hung file "
+        "system?); the running topology stays")
+    assert d.get("/healthz").status == 200
+    assert d.post("/v1/queues/r/messages", {"body": 1}).status == 202  # still serving
+    d.stop()  # one SIGTERM: the hung import is in a daemon thread
+
+
 # ---------------------------------------------------------------- memory budget
 
 QUEUE = "version: 1\nname: e2e-budget\nqueues:\n  q: {durable: false}\n"
