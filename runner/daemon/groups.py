@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from runner.daemon import codec
-from runner.engine import Engine, TopicPartition
+from runner.engine.contract import Backend, TopicPartition
 from runner.errors import NotFound
 from runner.topology.model import ConsumerGroup
 
@@ -22,7 +22,7 @@ RESET_TARGETS = ("earliest", "latest", "offset", "timestamp", "shift")
 _NEEDS = {"offset": "offset", "timestamp": "timestamp", "shift": "by"}
 
 
-def reset(engine: Engine, group: ConsumerGroup, body: dict[str, Any]) -> dict[str, Any]:
+def reset(backend: Backend, group: ConsumerGroup, body: dict[str, Any]) -> dict[str, Any]:
     """Plan (and unless `dry_run` apply) a reset of `group`; the answer document."""
     codec.check_fields(body, RESET_FIELDS)
     to = codec.str_field(body, "to")
@@ -43,10 +43,10 @@ def reset(engine: Engine, group: ConsumerGroup, body: dict[str, Any]) -> dict[st
             raise NotFound(f"consumer group '{group.name}' does not read topic '{topic}' "
                            f"(it reads {', '.join(topics)})")
         topics = [topic]
-    info = {(p.topic, p.partition): p for p in engine.group_info(group.name).partitions}
+    info = {(p.topic, p.partition): p for p in backend.group_info(group.name).partitions}
     out = []
     for topic in topics:
-        for part in engine.partitions(topic):
+        for part in backend.partitions(topic):
             old = info[(topic, part.partition)].position
             start, end = part.log_start_offset, part.log_end_offset
             if to == "earliest":
@@ -58,7 +58,7 @@ def reset(engine: Engine, group: ConsumerGroup, body: dict[str, Any]) -> dict[st
             elif to == "shift":
                 wanted = old + value
             else:
-                wanted = engine.offset_for_time(topic, part.partition, value)
+                wanted = backend.offset_for_time(topic, part.partition, value)
             new = min(max(wanted, start), end)
             row: dict[str, Any] = {
                 "topic": topic, "partition": part.partition, "old": old, "new": new,
@@ -70,6 +70,6 @@ def reset(engine: Engine, group: ConsumerGroup, body: dict[str, Any]) -> dict[st
             out.append(row)
     if not dry_run:
         for row in out:
-            engine.seek(group.name, TopicPartition(row["topic"], row["partition"]),
+            backend.seek(group.name, TopicPartition(row["topic"], row["partition"]),
                         offset=row["new"])
     return {"group": group.name, "dry_run": dry_run, "partitions": out}

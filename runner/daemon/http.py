@@ -32,8 +32,8 @@ from runner.engine import (
     OutMessage,
     TopicPartition,
     contract,
-    dead_letter_topics,
 )
+from runner.engine.contract import Backend
 from runner.errors import (
     Conflict,
     EngineError,
@@ -80,6 +80,11 @@ class Host(Protocol):
 
     @property
     def engine(self) -> Engine: ...
+
+    @property
+    def backend(self) -> Backend:
+        """The engine through the contract (handlers moved off `Engine` use it)."""
+        ...
 
     @property
     def topology(self) -> Topology: ...
@@ -669,7 +674,7 @@ def _dlq_topic(host: Host, name: str) -> None:
     dlq_policy dead-letters into."""
     if name not in host.topology.topic_map():
         raise NotFound(f"topic '{name}' not found")
-    if name not in dead_letter_topics(host.topology):
+    if name not in host.topology.dead_letter_topics():
         raise codec.BadInput(
             f"topic '{name}' is not a dead-letter topic (no dlq_policy has it as "
             "dead_letter_queue)")
@@ -770,8 +775,8 @@ async def commit(request: web.Request) -> web.Response:
     return answer({"committed": len(offsets)})
 
 
-def group_json(engine: Engine, group: str) -> dict[str, Any]:
-    info = engine.group_info(group)
+def group_json(backend: Backend, group: str) -> dict[str, Any]:
+    info = backend.group_info(group)
     return {
         "group": info.name,
         "members": list(info.members),
@@ -796,7 +801,7 @@ async def reset_group(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     body = await _json(request)
     _group_exists(host, group)
-    done = groups.reset(host.engine, host.topology.group_map()[group], body)
+    done = groups.reset(host.backend, host.topology.group_map()[group], body)
     if not done["dry_run"]:
         host.notify()
     return answer(done)
@@ -806,7 +811,7 @@ async def get_group(request: web.Request) -> web.Response:
     host = _host(request)
     group = request.match_info["group"]
     _group_exists(host, group)
-    body = group_json(host.engine, group)
+    body = group_json(host.backend, group)
     body["members"] = host.group_members(group, body["members"])  # Kafka clients too
     return answer(body)
 
@@ -820,12 +825,12 @@ async def index(request: web.Request) -> web.Response:
 
 async def list_queues(request: web.Request) -> web.Response:
     host = _host(request)
-    return answer(lists.queues_json(host.engine, host.topology))
+    return answer(lists.queues_json(host.backend, host.topology))
 
 
 async def list_exchanges(request: web.Request) -> web.Response:
     host = _host(request)
-    return answer(lists.exchanges_json(host.engine, host.topology))
+    return answer(lists.exchanges_json(host.backend, host.topology))
 
 
 async def list_bindings(request: web.Request) -> web.Response:
@@ -834,7 +839,7 @@ async def list_bindings(request: web.Request) -> web.Response:
 
 async def list_topics(request: web.Request) -> web.Response:
     host = _host(request)
-    return answer(lists.topics_json(host.engine, host.topology))
+    return answer(lists.topics_json(host.backend, host.topology))
 
 
 async def get_topic(request: web.Request) -> web.Response:
@@ -842,12 +847,12 @@ async def get_topic(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in host.topology.topic_map():
         raise NotFound(f"topic '{name}' not found")
-    return answer(lists.topic_json(host.engine, host.topology, name))
+    return answer(lists.topic_json(host.backend, host.topology, name))
 
 
 async def list_groups(request: web.Request) -> web.Response:
     host = _host(request)
-    return answer(lists.groups_json(host.engine, host.topology))
+    return answer(lists.groups_json(host.backend, host.topology))
 
 
 # ------------------------------------------------------------------ admin, health

@@ -12,7 +12,7 @@ from typing import Any
 
 from runner import __version__
 from runner.daemon.status import dead_letter_queues
-from runner.engine import Engine, PartitionInfo, dead_letter_topics
+from runner.engine.contract import Backend, PartitionInfo
 from runner.errors import EngineError
 from runner.topology.model import Binding, Topology
 
@@ -50,7 +50,7 @@ def partition_json(p: PartitionInfo) -> dict[str, Any]:
     }
 
 
-def queues_json(engine: Engine, topology: Topology) -> dict[str, Any]:
+def queues_json(backend: Backend, topology: Topology) -> dict[str, Any]:
     """Declared queues (and the internal replay queues of groups), with their counts."""
     dlqs = dead_letter_queues(topology)
     readers: dict[str, list[str]] = {}
@@ -58,7 +58,7 @@ def queues_json(engine: Engine, topology: Topology) -> dict[str, Any]:
         readers.setdefault(consumer.queue, []).append(cname)
     out = []
     for name, q in topology.queues:
-        info = engine.queue_info(name)
+        info = backend.queue_info(name)
         out.append(
             {
                 "name": name,
@@ -80,10 +80,10 @@ def queues_json(engine: Engine, topology: Topology) -> dict[str, Any]:
             }
         )
     for group, _ in topology.consumer_groups:
-        replay = engine.replay_queue(group)
+        replay = backend.replay_queue(group)
         if replay is None:
             continue
-        info = engine.queue_info(replay)
+        info = backend.queue_info(replay)
         out.append(
             {
                 "name": replay,
@@ -107,8 +107,8 @@ def queues_json(engine: Engine, topology: Topology) -> dict[str, Any]:
     return {"queues": sorted(out, key=lambda q: q["name"])}
 
 
-def exchanges_json(engine: Engine, topology: Topology) -> dict[str, Any]:
-    stats = engine.stats()
+def exchanges_json(backend: Backend, topology: Topology) -> dict[str, Any]:
+    stats = backend.stats()
     bound: dict[str, int] = {}
     for b in topology.bindings:
         bound[b.exchange] = bound.get(b.exchange, 0) + 1
@@ -144,10 +144,10 @@ def bindings_json(topology: Topology) -> dict[str, Any]:
     return {"bindings": [binding_json(b) for b in topology.bindings]}
 
 
-def topic_json(engine: Engine, topology: Topology, name: str) -> dict[str, Any]:
+def topic_json(backend: Backend, topology: Topology, name: str) -> dict[str, Any]:
     """One topic of the `topics` list (`GET /v1/topics/{name}`)."""
     topic = topology.topic_map()[name]
-    parts = engine.partitions(name)
+    parts = backend.partitions(name)
     return {
         "name": name,
         "partitions": topic.partitions,
@@ -158,20 +158,20 @@ def topic_json(engine: Engine, topology: Topology, name: str) -> dict[str, Any]:
         "retention_bytes": topic.retention.bytes,
         "key": topic.key,
         "groups": [g for g, spec in topology.consumer_groups if name in spec.topics],
-        "dead_letter_topic": name in dead_letter_topics(topology),
+        "dead_letter_topic": name in topology.dead_letter_topics(),
         "partition_offsets": [partition_json(p) for p in parts],
     }
 
 
-def topics_json(engine: Engine, topology: Topology) -> dict[str, Any]:
-    return {"topics": [topic_json(engine, topology, name) for name, _ in topology.topics]}
+def topics_json(backend: Backend, topology: Topology) -> dict[str, Any]:
+    return {"topics": [topic_json(backend, topology, name) for name, _ in topology.topics]}
 
 
-def groups_json(engine: Engine, topology: Topology) -> dict[str, Any]:
+def groups_json(backend: Backend, topology: Topology) -> dict[str, Any]:
     out = []
     for name, group in topology.consumer_groups:
         try:
-            info = engine.group_info(name)
+            info = backend.group_info(name)
         except EngineError:  # a group the engine does not know yet (mid-reload)
             continue
         out.append(

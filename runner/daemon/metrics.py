@@ -32,7 +32,6 @@ from runner.engine import (
     EngineStats,
     QueueStats,
     TopicPartition,
-    dead_letter_topics,
     replay_queue_name,
 )
 from runner.pipeline.replies import Replies
@@ -159,7 +158,7 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
         "dead-letter topic not yet replayed or purged (the record at its replay position); "
         "0 when none is pending.", *tp,
     )
-    dlq_topics = dead_letter_topics(topology)
+    dlq_topics = topology.dead_letter_topics()
     for name, topic in topology.topics:
         if name in dlq_topics:
             for p, n in enumerate(pending_in_stats(stats, name, topic.partitions)):

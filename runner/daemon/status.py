@@ -7,7 +7,7 @@ from typing import Any
 
 from runner import __version__
 from runner.daemon.metrics import HandlerView
-from runner.engine import Engine
+from runner.engine.contract import Backend
 from runner.errors import EngineError
 from runner.topology.model import Topology
 
@@ -31,7 +31,7 @@ def dead_letter_queues(topology: Topology) -> set[str]:
     return out & set(topology.queue_map())  # a policy's DLQ may be a topic
 
 
-def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict[str, Any]:
+def status_json(backend: Backend, state: TopologyState, view: HandlerView) -> dict[str, Any]:
     topology = state.topology
     topics = []
     for name, topic in topology.topics:
@@ -42,13 +42,13 @@ def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict
                 "log_end_offset": p.log_end_offset,
                 "size_bytes": p.size_bytes,
             }
-            for p in engine.partitions(name)
+            for p in backend.partitions(name)
         ]
         topics.append({"name": name, "partitions": parts, "cleanup_policy": topic.cleanup_policy})
     queues = []
     dlqs = dead_letter_queues(topology)
     for name, _ in topology.queues:
-        info = engine.queue_info(name)
+        info = backend.queue_info(name)
         queues.append(
             {
                 "name": name,
@@ -62,7 +62,7 @@ def status_json(engine: Engine, state: TopologyState, view: HandlerView) -> dict
     groups = []
     for name, group in topology.consumer_groups:
         try:
-            info_g = engine.group_info(name)
+            info_g = backend.group_info(name)
         except EngineError:
             continue
         groups.append(

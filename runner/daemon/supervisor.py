@@ -55,6 +55,7 @@ from runner.daemon.reload import (
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, EngineStats, FsyncPolicy
+from runner.engine.contract import Backend
 from runner.engine.embedded import EmbeddedBackend
 from runner.engine.events import TIMERS
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
@@ -211,6 +212,7 @@ class Supervisor:
         self._reload_log: deque[ReloadEntry] = deque(maxlen=RELOAD_LOG_SIZE)
         self._started_s = parts.clock.time()
         self._engine: Engine | None = None
+        self._backend: Backend | None = None  # the engine through the contract
         self._pipeline: PipelineLike | None = None
         self._accepting = False
         self._stopping = False
@@ -232,6 +234,12 @@ class Supervisor:
     def engine(self) -> Engine:
         assert self._engine is not None, "the engine is not open"
         return self._engine
+
+    @property
+    def backend(self) -> Backend:
+        """The engine through the contract: what daemon modules moved off `Engine` use."""
+        assert self._backend is not None, "the engine is not open"
+        return self._backend
 
     @property
     def topology(self) -> Topology:
@@ -289,7 +297,7 @@ class Supervisor:
         state = TopologyState(
             self._topology, self._hash, self._generation, self._last_error, self._last_result
         )
-        out = status_json(self.engine, state, self.handler_view())
+        out = status_json(self.backend, state, self.handler_view())
         for group in out["groups"]:
             group["members"] = self.group_members(group["name"], group["members"])
         return out
@@ -322,6 +330,7 @@ class Supervisor:
             open_engine=lambda t: self._parts.open_engine(t, config, clock),
             diff=self._parts.diff,
         )
+        self._backend = EmbeddedBackend(self._engine)
         log.info(
             "engine opened",
             extra={

@@ -35,7 +35,6 @@ from runner.engine.deadletters import (
     REPLAY_NOT_A_DEAD_LETTER,
     REPLAY_PREFIX,
     REPLAY_QUEUE_FULL,
-    dead_letter_topics,
     dlq_position_group,
     replay_queue_name,
 )
@@ -121,7 +120,6 @@ __all__ = [
     "kafka_headers",
     "raw_headers",
     "replay_queue_name",
-    "dead_letter_topics",
     "dlq_position_group",
     "DLQ_POSITION_PREFIX",
 ]

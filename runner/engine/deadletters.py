@@ -56,7 +56,7 @@ __all__ = [
     "DEAD_LETTER_HEADER", "REPLAY_COUNT_HEADER", "REPLAY_NOT_A_DEAD_LETTER", "REPLAY_PREFIX",
     "REPLAY_QUEUE_FULL", "dead_letter_id", "dead_letter_step", "deaths_before", "iso_utc",
     "replay", "replay_queue_name", "replayed_record", "DLQ_POSITION_PREFIX",
-    "dead_letter_topics", "dlq_position_group", "dlq_position_groups", "death_header",
+    "dlq_position_group", "dlq_position_groups", "death_header",
     "queue_origin", "topic_origin",
 ]
 
@@ -75,15 +75,6 @@ def replay_queue_name(group: str) -> str:
     return f"{REPLAY_PREFIX}{group}"
 
 
-def dead_letter_topics(topology: Topology) -> set[str]:
-    """Topics that receive dead letters: dlq_policies whose dead_letter_queue is a topic."""
-    topics = topology.topic_map()
-    return {
-        p.dead_letter_queue for _, p in topology.dlq_policies
-        if p.dead_letter_queue and p.dead_letter_queue in topics
-    }
-
-
 def dlq_position_group(topic: str) -> str:
     """The hidden consumer group whose committed offsets are the replay position of
     dead-letter topic `topic` (one per partition): records below it were replayed
@@ -95,7 +86,7 @@ def dlq_position_groups(topology: Topology) -> dict[str, ConsumerGroup]:
     """The hidden position groups of every dead-letter topic of `topology` (no
     handler, reset `earliest`: a fresh DLQ topic has everything pending)."""
     return {dlq_position_group(t): ConsumerGroup(dlq_position_group(t), (t,))
-            for t in sorted(dead_letter_topics(topology))}
+            for t in sorted(topology.dead_letter_topics())}
 
 
 def dead_letter_step(

@@ -25,7 +25,6 @@ from runner.engine.contract import Event, EventKind
 from runner.engine.datadir import lock_data_dir
 from runner.engine.deadletters import (
     dead_letter_step,
-    dead_letter_topics,
     dlq_position_group,
     dlq_position_groups,
     replay,
@@ -713,7 +712,7 @@ class Engine:
         seen = self._dlq_ts
         out: dict[TopicPartition, int] = {}
         keep: dict[tuple[str, int, int], int] = {}
-        for topic in sorted(dead_letter_topics(self.topology)):
+        for topic in sorted(self.topology.dead_letter_topics()):
             group = dlq_position_group(topic)
             for tp, info in stats.partitions.items():
                 if tp.topic != topic:

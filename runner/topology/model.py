@@ -304,6 +304,14 @@ class Topology:
     def consumer_map(self) -> dict[str, Consumer]:
         return dict(self.consumers)
 
+    def dead_letter_topics(self) -> set[str]:
+        """Topics that receive dead letters: dlq_policies whose dead_letter_queue is a topic."""
+        topics = self.topic_map()
+        return {
+            p.dead_letter_queue for _, p in self.dlq_policies
+            if p.dead_letter_queue and p.dead_letter_queue in topics
+        }
+
     def position(self, path: str) -> Position:
         """The position of a document path, or of its nearest ancestor."""
         while path:

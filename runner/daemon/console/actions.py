@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.daemon import codec, dlq
-from runner.engine import Engine, TopicPartition, dead_letter_topics
+from runner.engine import Engine, TopicPartition
 from runner.errors import NotFound
 from runner.topology.model import Topology
 
@@ -53,7 +53,7 @@ def _topic_all(topology: Topology, name: str, chosen: Selection) -> bool:
     selection of ids on one."""
     if name not in topology.topic_map() or name in topology.queue_map():
         return False
-    if name not in dead_letter_topics(topology):
+    if name not in topology.dead_letter_topics():
         raise codec.BadInput(f"topic '{name}' is not a dead-letter topic (no dlq_policy has "
                              "it as dead_letter_queue)")
     if chosen.ids is not None:

@@ -38,7 +38,7 @@ from runner.clock import Clock
 from runner.daemon.dlq import pending_in_stats
 from runner.daemon.metrics import HandlerView
 from runner.daemon.status import dead_letter_queues
-from runner.engine import Engine, EngineStats, TopicPartition, dead_letter_topics
+from runner.engine import Engine, EngineStats, TopicPartition
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def _snapshot(
         for name, _ in topology.exchanges
     }
     topics: dict[str, Any] = {}
-    dlt = dead_letter_topics(topology)
+    dlt = topology.dead_letter_topics()
     for name, topic in topology.topics:
         parts = []
         size = 0

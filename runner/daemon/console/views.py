@@ -15,7 +15,7 @@ from runner.daemon import codec, dlq
 from runner.daemon.console.live import FeedSource
 from runner.daemon.reload import ReloadEntry
 from runner.daemon.status import dead_letter_queues
-from runner.engine import DEAD_LETTER_HEADER, Engine, dead_letter_topics
+from runner.engine import DEAD_LETTER_HEADER, Engine
 from runner.errors import NotFound
 from runner.topology.graph import binding_label, diagram
 from runner.topology.model import Topology
@@ -70,7 +70,7 @@ def flow(topology: Topology) -> dict[str, Any]:
     """The declared flow as nodes and edges (`runner graph`'s diagram) plus which
     nodes receive dead letters."""
     d = diagram(topology)
-    dead = dead_letter_queues(topology) | dead_letter_topics(topology)
+    dead = dead_letter_queues(topology) | topology.dead_letter_topics()
     return {
         "nodes": [
             {"id": n.id, "kind": n.kind, "name": n.name, "label": n.label,
@@ -121,7 +121,7 @@ def topics(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
     for name, g in topology.consumer_groups:
         for t in g.topics:
             readers.setdefault(t, []).append(name)
-    dlt = dead_letter_topics(topology)
+    dlt = topology.dead_letter_topics()
     out = []
     for name, spec in topology.topics:
         out.append({
@@ -168,7 +168,7 @@ def dead_letter_summary(engine: Engine, topology: Topology, now_s: float) -> lis
         info = engine.queue_info(name)
         out.append({"name": name, "kind": "queue", "depth": info.ready,
                     "age_s": round(info.oldest_ready_age_s, 3)})
-    for name in sorted(dead_letter_topics(topology)):
+    for name in sorted(topology.dead_letter_topics()):
         summary = dlq.topic_summary(engine, name, int(now_s * 1000))
         summary.pop("partitions")
         out.append(summary)
