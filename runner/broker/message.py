@@ -41,7 +41,17 @@ def headers_memory(headers: Mapping[str, Any]) -> int:
     them beside MESSAGE_OVERHEAD. Headers stay in memory when a body is spilled."""
     if not headers:
         return 0
-    return _value_memory(headers)
+    # the usual flat headers inline (~2x faster than recursing for every name and value)
+    n = _DICT
+    for k, v in headers.items():
+        n += _ENTRY + (_STR + (len(k) if k.isascii() else 4 * len(k)) if type(k) is str
+                       else _value_memory(k))
+        kind = type(v)
+        if kind is str:
+            n += _STR + (len(v) if v.isascii() else 4 * len(v))
+        elif kind is not bool and v is not None:
+            n += _value_memory(v)
+    return n
 
 
 def _value_memory(value: Any) -> int:

@@ -5,8 +5,10 @@ when it is kept and given back when it goes (ack, purge, expiry, a restart)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from runner.broker.message import MESSAGE_OVERHEAD, Message, headers_memory
+from runner.broker.message import MESSAGE_OVERHEAD, Message, _value_memory, headers_memory
 from runner.clock import ManualClock
 from runner.errors import Refused
 from runner.log.store import id_memory
@@ -101,3 +103,16 @@ def test_the_oldest_id_past_the_cap_gives_its_memory_back(make_broker: MakeBroke
     b.publish_to_queue("q", [Message(b"", message_id=f"m{i}") for i in range(8)])
     assert (b.memory.ids, b.memory.held) == (5, 5 * id_memory("m0"))
 
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.text(), _JSON, max_size=6))
+def test_the_flat_fast_path_agrees_with_the_recursive_estimate(headers: dict[str, object],
+                                                               ) -> None:
+    assert headers_memory(headers) == (_value_memory(headers) if headers else 0)
