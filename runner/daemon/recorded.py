@@ -18,10 +18,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner import fs
-from runner.engine import Engine
+from runner.engine.contract import Backend
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.topology.diff import Plan
 from runner.topology.model import Topology
@@ -109,37 +109,40 @@ def check_plan(plan: Plan, data_dir: Path) -> None:
         )
 
 
-def holds_nothing(engine: Engine, kind: str, name: str) -> bool:
+def holds_nothing(backend: Backend, kind: str, name: str) -> bool:
     """Whether a queue or topic holds nothing (removing it is then safe)."""
     try:
         if kind.startswith("queue"):
-            info = engine.queue_info(name)
+            info = backend.queue_info(name)
             return info.ready + info.unacked + info.delayed == 0
-        return all(p.log_end_offset == p.log_start_offset for p in engine.partitions(name))
+        return all(p.log_end_offset == p.log_start_offset for p in backend.partitions(name))
     except EngineError:
         return True
 
 
+B = TypeVar("B", bound=Backend)
+
+
 def open_checked(
     new: Topology, data_dir: Path, *, allow_unsafe: bool,
-    open_engine: Callable[[Topology], Engine], diff: Callable[..., Plan],
-) -> Engine:
-    """Open the engine on `data_dir` for `new`, planned against the recorded topology
+    open_backend: Callable[[Topology], B], diff: Callable[..., Plan],
+) -> B:
+    """Open the backend on `data_dir` for `new`, planned against the recorded topology
     (see the module text); StartRefused, with nothing changed, when it may not."""
     recorded = read_record(data_dir)
     if recorded is None:
-        return open_engine(new)
+        return open_backend(new)
     if recorded.name != new.name:
         if not allow_unsafe:
             check_name(recorded, new, data_dir)
         log.warning("taking over data directory %s of topology %s for %s (--allow-unsafe)",
                     data_dir, shown_name(recorded.name), shown_name(new.name),
                     extra={"event": "data_dir_taken_over"})
-    engine = open_engine(recorded.topology)
+    backend = open_backend(recorded.topology)
     plan: Plan | None = None
     try:
         plan = diff(recorded.topology, new,
-                    is_empty=lambda kind, name: holds_nothing(engine, kind, name))
+                    is_empty=lambda kind, name: holds_nothing(backend, kind, name))
         if plan.unsafe:
             if not allow_unsafe:
                 check_plan(plan, data_dir)
@@ -149,13 +152,13 @@ def open_checked(
         if not plan.empty:
             log.info("%d change(s) since the topology recorded in %s", len(plan.changes),
                      data_dir, extra={"event": "start_plan", "changes": len(plan.changes)})
-        engine.apply(new, force=allow_unsafe)
+        backend.apply(new, force=allow_unsafe)
     except UnsafeChange as exc:
-        engine.close()
+        backend.close()
         if not allow_unsafe:
             raise StartRefused(f"refused to start: {exc}", plan) from exc
-        return open_engine(new)  # what the engine refuses to change in place
+        return open_backend(new)  # what the engine refuses to change in place
     except BaseException:
-        engine.close()
+        backend.close()
         raise
-    return engine
+    return backend

@@ -212,7 +212,7 @@ class Supervisor:
         self._reload_log: deque[ReloadEntry] = deque(maxlen=RELOAD_LOG_SIZE)
         self._started_s = parts.clock.time()
         self._engine: Engine | None = None
-        self._backend: Backend | None = None  # the engine through the contract
+        self._backend: EmbeddedBackend | None = None  # the engine through the contract
         self._pipeline: PipelineLike | None = None
         self._accepting = False
         self._stopping = False
@@ -325,12 +325,12 @@ class Supervisor:
         log.info(
             "opening engine", extra={"event": "engine_opening", "data_dir": str(config.data_dir)}
         )
-        self._engine = open_checked(
+        self._backend = open_checked(
             self._topology, config.data_dir, allow_unsafe=config.allow_unsafe,
-            open_engine=lambda t: self._parts.open_engine(t, config, clock),
+            open_backend=lambda t: EmbeddedBackend(self._parts.open_engine(t, config, clock)),
             diff=self._parts.diff,
         )
-        self._backend = EmbeddedBackend(self._engine)
+        self._engine = self._backend.engine
         log.info(
             "engine opened",
             extra={
@@ -714,7 +714,7 @@ class Supervisor:
 
     def _is_empty(self, kind: str, name: str) -> bool:
         """Whether a queue or topic holds nothing (removing it is then safe)."""
-        return holds_nothing(self.engine, kind, name)
+        return holds_nothing(self.backend, kind, name)
 
 
 async def _first(*waits: Coroutine[Any, Any, Any] | None) -> None:
