@@ -7,11 +7,12 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import pika
 import pytest
 
 from runner.backends.rabbitmq import runtime
 from runner.engine.contract import Ack, Capability, OutMessage
-from runner.errors import InvalidRequest
+from runner.errors import InvalidRequest, UnsafeChange
 from runner.topology.model import Queue, Topology
 from tests.contract.conftest import take
 from tests.rmq import fresh_vhost, kill_connections
@@ -70,3 +71,27 @@ def test_a_lost_connection_reconnects_and_loses_nothing_acknowledged(
     ticket = backend.settle("q", [Ack(d.delivery_id) for d in again]).ticket
     asyncio.run(backend.durable(ticket))
     assert take(backend, "q", 1, timeout_s=0.5) == []
+
+
+def test_a_queue_declared_without_a_type_is_the_classic_queue_of_the_topology() -> None:
+    with fresh_vhost() as target:
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            target.host, target.port, virtual_host=target.vhost))
+        conn.channel().queue_declare("q", durable=True)  # no x-queue-type: classic
+        conn.close()
+        runtime.open_rabbitmq(TOPOLOGY, target).close()
+
+
+def test_an_unsafe_change_refuses_to_open_naming_it() -> None:
+    with fresh_vhost() as target:
+        runtime.open_rabbitmq(TOPOLOGY, target).close()
+        ttl = Topology(queues=(("q", Queue("q", message_ttl_s=1.0)),))
+        with pytest.raises(UnsafeChange) as exc:
+            runtime.open_rabbitmq(ttl, target)
+        assert str(exc.value) == (
+            f"the topology cannot be declared on {target}: changed queue 'q' message_ttl: "
+            "RabbitMQ cannot change a queue's arguments in place (message_ttl): delete and "
+            "declare it again (its messages are lost) or declare a new one; queue 'q': the "
+            "broker refused it: 406 PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' "
+            f"for queue 'q' in vhost '{target.vhost}': received the value '1000' of type "
+            "'signedint' but current is none")

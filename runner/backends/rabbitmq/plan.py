@@ -22,7 +22,7 @@ own limits applied on top:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from runner.backends.rabbitmq.live import Live
 from runner.backends.rabbitmq.mapping import (
@@ -174,11 +174,20 @@ def _hidden_arguments(live: Definitions, want: Definitions, plan: Plan) -> Itera
         w = wanted.get(q.name)
         if w is None or q.name in changed or _stream_of(q.name, q) is not None:
             continue
-        if dict(q.arguments) != dict(w.arguments):
+        if _typed(q.arguments) != _typed(w.arguments):
             yield Change("changed", "queue", q.name, "arguments", dict(q.arguments),
                          dict(w.arguments), False,
                          IN_PLACE.format(what="a queue's arguments",
                                          detail="arguments the topology does not declare"))
+
+
+def _typed(args: Iterable[tuple[str, object]]) -> dict[str, object]:
+    """Queue arguments with RabbitMQ's default type spelled out: a queue declared
+    without `x-queue-type` is a classic queue (the broker takes a declare with
+    `x-queue-type: classic` as equivalent)."""
+    out = dict(args)
+    out.setdefault("x-queue-type", "classic")
+    return out
 
 
 def plan(live: Live, topology: Topology) -> Plan:

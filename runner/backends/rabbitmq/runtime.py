@@ -454,7 +454,7 @@ class RabbitBackend:
         try:
             applied = apply_mod.apply(self.target, topology)
         except apply_mod.Refused as exc:
-            raise UnsafeChange(str(exc)) from exc
+            raise UnsafeChange(refused_text(self.target, exc)) from exc
         except live.Unreachable as exc:
             raise StorageError(str(exc)) from exc
         self._topology = topology
@@ -943,6 +943,16 @@ def _drop_delay_deaths(headers: dict[str, Any]) -> None:
             headers.pop(name, None)
 
 
+def refused_text(target: Target, exc: apply_mod.Refused) -> str:
+    """A refused apply as one message: each unsafe change and broker refusal, named."""
+    parts = []
+    for c in exc.changes:
+        where = f"{c.entity} '{c.name}'" + (f" {c.field}" if c.field else "")
+        parts.append(f"{c.kind} {where}: {c.reason}")
+    parts.extend(exc.reasons)
+    return f"the topology cannot be declared on {target}: " + "; ".join(parts)
+
+
 def open_rabbitmq(
     topology: Topology, target: Target, *, clock: Clock | None = None,
     declare: bool = True,
@@ -953,7 +963,7 @@ def open_rabbitmq(
         try:
             apply_mod.apply(target, topology)
         except apply_mod.Refused as exc:
-            raise UnsafeChange(str(exc)) from exc
+            raise UnsafeChange(refused_text(target, exc)) from exc
         except live.Unreachable as exc:
             raise StorageError(str(exc)) from exc
     return RabbitBackend(target, topology, clock=clock)
