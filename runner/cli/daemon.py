@@ -378,6 +378,10 @@ def _run_remote(url: str, config: DaemonConfig, loaded: Loaded) -> int:
     except BadURL as exc:
         print(f"runner run: --backend {exc}", file=sys.stderr)
         return 2
+    if config.kafka_listen is not None:
+        print("runner run: --kafka-listen serves the embedded engine's topics; it cannot be "
+              "used with --backend", file=sys.stderr)
+        return 2
     topology = loaded.topology
     assert topology is not None
     errors = [p for p in backend_problems(topology) if p.is_error]

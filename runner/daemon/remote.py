@@ -221,6 +221,10 @@ class RemoteDaemon:
     def stop(self) -> None:
         self._stop.set()
 
+    def _on_sighup(self) -> None:
+        log.warning("SIGHUP: reloading the topology is not served over the RabbitMQ backend "
+                    "yet; restart the daemons to change it", extra={"event": "reload_refused"})
+
     async def serve(self, *, ready: Callable[[str, int], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
         config = self.config
@@ -255,6 +259,7 @@ class RemoteDaemon:
                  extra={"event": "listening", "host": config.host, "port": port})
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if ready is not None:
             ready(config.host, port)
         try:
@@ -270,7 +275,7 @@ class RemoteDaemon:
             # the last acks and requeues reach the broker before the connection closes
             await loop.run_in_executor(None, self._backend.close)
             executor.shutdown(wait=False, cancel_futures=True)
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped", extra={"event": "stopped"})
         return 0

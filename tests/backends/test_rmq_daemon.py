@@ -5,6 +5,7 @@ the x-dead-letter header, two daemons sharing a queue, a daemon killed mid-work.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -248,6 +249,8 @@ def test_an_output_the_broker_refuses_fails_the_call_instead_of_acking_it(
 
 def test_a_lost_connection_is_reconnected_and_the_daemon_goes_on(daemons: Daemons) -> None:
     d = daemons.start()
+    d.signal(signal.SIGHUP)  # no reload here: logged, the daemon goes on
+    wait_for(lambda: "reloading the topology is not served over the RabbitMQ backend" in d.log())
     d.ok("POST", "/v1/queues/work/messages", {"messages": [{"body": i} for i in range(3)]}, 202)
     wait_for(lambda: len(lines(d, "work.log")) == 3)
     assert kill_connections(daemons.target) >= 1  # closed from the broker's side
@@ -342,6 +345,13 @@ def test_run_backend_usage_errors(tmp_path: Any) -> None:
     assert run("--backend", "http://x") == (
         2, "runner run: --backend 'http://x': the backend must be an amqp:// URL "
         "(amqp://user:pass@host[:port]/vhost)")
+    assert run("--backend", "amqp://guest:guest@127.0.0.1/x", "--kafka-listen",
+               "127.0.0.1:0") == (
+        2, "runner run: --kafka-listen serves the embedded engine's topics; it cannot be "
+        "used with --backend")
+    assert run("--backend", "amqp://guest:guest@127.0.0.1:1/x?management_port=1") == (
+        1, "runner run: the management API at http://127.0.0.1:1 does not answer (<urlopen "
+        "error [Errno 111] Connection refused>); is the rabbitmq_management plugin enabled?")
     (tmp_path / "topics.yaml").write_text(
         "version: 1\nname: t\ntopics:\n  ev: {partitions: 1}\n")
     assert run("--backend", "amqp://guest:guest@127.0.0.1/x", topology="topics.yaml") == (
