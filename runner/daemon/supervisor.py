@@ -4,14 +4,14 @@ The loop owns the engine: HTTP handlers, the tick task, reloads and the
 pipeline all run on it, so the engine needs no locks. Life of a daemon:
 
     open engine (recovering the data dir) -> pipeline.start -> HTTP listen
-    -> tick when the engine's next timer is due (`engine.timer_due()`, woken
+    -> tick when the engine's next timer is due (`backend.next_due()`, woken
        early by its TIMERS event; never while nothing waits on time),
        reload on file change / SIGHUP / admin call
     -> SIGTERM or SIGINT: readyz 503, pipeline.drain(grace), HTTP closed,
        engine.flush + close, exit 0 (a second signal exits at once).
 
 A reload is all-or-nothing: load -> validate -> check handlers -> diff
-(unsafe changes refuse the whole reload) -> engine.apply -> pipeline.apply.
+(unsafe changes refuse the whole reload) -> backend.apply -> pipeline.apply.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ from runner.daemon.reload import (
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, EngineStats, FsyncPolicy
-from runner.engine.contract import Backend
+from runner.engine.contract import Backend, Event, EventKind
 from runner.engine.embedded import EmbeddedBackend
-from runner.engine.events import TIMERS
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline import otel
 from runner.pipeline.handler import handler_problems
@@ -281,7 +280,7 @@ class Supervisor:
             self._kafka_wake()
 
     def engine_stats(self) -> EngineStats:
-        stats = self.engine.stats()
+        stats: EngineStats = self.backend.stats()
         if self._kafka is not None:  # Kafka clients are members of their groups too
             for group, n in self._kafka.member_counts().items():
                 if group in stats.group_members:
@@ -327,7 +326,8 @@ class Supervisor:
         )
         self._backend = open_checked(
             self._topology, config.data_dir, allow_unsafe=config.allow_unsafe,
-            open_backend=lambda t: EmbeddedBackend(self._parts.open_engine(t, config, clock)),
+            open_backend=lambda t: EmbeddedBackend(self._parts.open_engine(t, config, clock),
+                                                   max_fanout=config.max_fanout),
             diff=self._parts.diff,
         )
         self._engine = self._backend.engine
@@ -507,16 +507,16 @@ class Supervisor:
         """Tick the engine when its next timer is due, on the injected clock; a
         TIMERS event (a write made a timer due earlier) wakes it to look again.
         While nothing waits on time this task sleeps and costs nothing."""
-        engine = self.engine
+        backend = self.backend
         clock = self._parts.clock
         loop = asyncio.get_running_loop()
         timers = asyncio.Event()
-        sub = engine.events.add([TIMERS], lambda _event: timers.set())
+        sub = backend.subscribe([Event(EventKind.TIMERS)], lambda _event: timers.set())
         last = loop.time() - self.config.tick_s
         try:
             while True:
                 timers.clear()  # before reading the due time: a later TIMERS is seen
-                due = engine.timer_due()
+                due = backend.next_due()
                 left = None if due is None else due - clock.time()
                 if left is None or left > 0:
                     await _first(timers.wait(), None if left is None else clock.sleep(left))
@@ -526,7 +526,7 @@ class Supervisor:
                 await asyncio.sleep(max(0.0, last + self.config.tick_s - loop.time()))
                 last = loop.time()
                 try:
-                    engine.tick()
+                    backend.tick()
                 except Exception:
                     self._tick_failures += 1
                     if self._tick_failures in (1, 10) or self._tick_failures % 1000 == 0:
@@ -671,7 +671,7 @@ class Supervisor:
             )
         old = self._topology
         try:
-            self.engine.apply(new)
+            self.backend.apply(new)
         except UnsafeChange as exc:
             return ReloadResult(
                 "refused", self._generation, changes=changes, error=f"refused: {exc}"
@@ -691,7 +691,7 @@ class Supervisor:
                 log.exception("pipeline.apply failed; restoring the previous topology")
             self._topology = old
             try:
-                self.engine.apply(old, force=True)
+                self.backend.apply(old, force=True)
             except Exception:
                 log.exception("restoring the previous topology in the engine failed")
             return ReloadResult(
