@@ -33,6 +33,7 @@ from runner.engine import (
     QueueDelivery,
     Record,
     check_timestamp_ms,
+    contract,
     encode_headers,
 )
 from runner.errors import InvalidRequest, TooLarge
@@ -562,7 +563,8 @@ def reply_json(body: bytes, content_type: str | None, headers: Mapping[str, Any]
     return out
 
 
-def delivery_json(d: QueueDelivery) -> dict[str, Any]:
+def delivery_json(d: QueueDelivery | contract.QueueDelivery) -> dict[str, Any]:
+    """A delivery as the HTTP API shows it (the engine's, or the contract's: same fields)."""
     body = d.body
     out: dict[str, Any] = {"delivery_id": d.delivery_id}
     if d.content_type == JSON_CONTENT_TYPE:

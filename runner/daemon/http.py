@@ -541,7 +541,7 @@ def _partition(host: Host, topic: str, text: str) -> int:
 
 def _not_above_end(host: Host, topic: str, partition: int, offset: int, verb: str) -> None:
     """416 for an offset above the log end (the log end itself is fine: nothing yet)."""
-    info = next(p for p in host.engine.partitions(topic) if p.partition == partition)
+    info = next(p for p in host.backend.partitions(topic) if p.partition == partition)
     if offset > info.log_end_offset:
         raise OffsetOutOfRange(
             f"offset {offset} is above the log end offset {info.log_end_offset} of topic "
@@ -558,10 +558,9 @@ async def read_records(request: web.Request) -> web.Response:
     offset = codec.query_int(request.query, "offset", default=None)
     limit = codec.query_int(request.query, "limit", default=100, low=1, high=MAX_READ)
     _not_above_end(host, name, partition, offset, "read from")
-    recs, next_offset = host.engine.read(
-        name, partition, offset, max_records=limit, max_bytes=READ_BYTES
-    )
-    return answer({"records": [codec.record_json(r) for r in recs], "next_offset": next_offset})
+    got = host.backend.read(name, partition, offset, max_records=limit, max_bytes=READ_BYTES)
+    return answer({"records": [codec.record_json(r) for r in got.records],
+                   "next_offset": got.next_offset})
 
 
 # ------------------------------------------------------------------ queues
@@ -627,8 +626,8 @@ async def peek(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     n = codec.query_int(request.query, "n", default=10, low=1, high=MAX_PEEK)
     _queue_exists(host, name)
-    got = host.engine.peek(name, n)
-    return answer({"messages": [codec.delivery_json(d) for d in got]})
+    got = host.backend.peek_ids(name, n)
+    return answer({"messages": [codec.delivery_json(d) for _, d in got]})
 
 
 async def purge(request: web.Request) -> web.Response:
@@ -742,9 +741,9 @@ async def seek(request: web.Request) -> web.Response:
     if has_offset:
         offset = codec.int_field(body, "offset")
         _not_above_end(host, tp.topic, tp.partition, offset, "seek to")
-        pos = host.engine.seek(group, tp, offset=offset)
+        pos = host.backend.seek(group, tp, offset=offset)
     else:
-        pos = host.engine.seek(group, tp, timestamp_ms=codec.int_field(body, "timestamp"))
+        pos = host.backend.seek(group, tp, timestamp_ms=codec.int_field(body, "timestamp"))
     host.notify()
     return answer({"topic": tp.topic, "partition": tp.partition, "offset": pos})
 

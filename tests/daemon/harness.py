@@ -28,7 +28,6 @@ from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike, Supervisor
 from runner.engine import Engine
 from runner.engine.contract import Backend
-from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline.replies import Replies
 from runner.pipeline.runtime import WorkerChanges, plan
 from runner.pipeline.stats import PipelineStats
@@ -95,7 +94,7 @@ class Client:
     @property
     def backend(self) -> Backend:
         """The daemon's engine through the contract (what tests should look at)."""
-        return EmbeddedBackend(self.supervisor.engine)
+        return self.supervisor.backend
 
     @property
     def engine(self) -> Engine:
