@@ -32,8 +32,10 @@ MESSAGE_OVERHEAD = 512
 # What a queued message's headers cost besides MESSAGE_OVERHEAD (issue 17: header
 # bytes were not counted, so a flood of messages with big headers passed the budget).
 # An estimate of CPython's objects, on the high side: measured with tracemalloc, two
-# small headers take ~280 B (this says ~350), ten ~910 B, a 1,000-character one ~1,250 B.
-_STR, _BYTES, _NUMBER, _LIST, _ITEM, _DICT, _ENTRY = 49, 33, 32, 56, 8, 64, 48
+# small headers take ~280 B (this says ~420), ten ~910 B (~1,450: orjson shares the
+# names' objects), a 1,000-character one ~1,250 B (1,307). A dict takes at least
+# 184 B (its first 5 entries), an entry 24 B beside its name and value objects.
+_STR, _BYTES, _NUMBER, _LIST, _ITEM, _DICT, _ENTRY = 49, 33, 32, 56, 8, 184, 24
 
 
 def headers_memory(headers: Mapping[str, Any]) -> int:
