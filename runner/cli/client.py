@@ -368,6 +368,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     topics = _topic_names(client)
     if args.queue in topics:
         return _dlq_topic(client, args)
+    if getattr(args, "record", None):
+        raise Usage(f"--record names dead letters of a dead-letter topic; {args.queue} is no "
+                    "topic")
     if args.dlq_command == "show":
         answer = client.call("GET", f"/v1/queues/{quote_name(args.queue)}/peek?n={args.n}")
         if not answer["messages"]:
@@ -411,6 +414,8 @@ def _dlq_topic(client: Client, args: argparse.Namespace) -> int:
                 item["body_b64"] = rec["value_b64"]
             print(render_dead_letter(item))
         return 0
+    if args.record:
+        return _dlq_topic_records(client, args, path)
     if args.dlq_command == "purge":
         answer = client.call("DELETE", f"{path}/dead-letters")
         print(f"purged {answer['purged']} record(s) from {args.queue} (the replay position "
@@ -430,6 +435,34 @@ def _dlq_topic(client: Client, args: argparse.Namespace) -> int:
 
 
 REPLAY_PAGE = 10_000  # the daemon's limit per replay request
+
+
+def _dlq_topic_records(client: Client, args: argparse.Namespace, path: str) -> int:
+    """`dlq replay|purge TOPIC --record P:O...`: just these dead letters."""
+    records = [{"partition": p, "offset": o} for p, o in args.record]
+    if args.dlq_command == "purge":
+        answer = client.call("POST", f"{path}/dead-letters/purge", {"records": records})
+        print(f"purged {answer['purged']} record(s) from {args.queue} (marked handled; the "
+              "log keeps them until retention)")
+        return 0
+    if args.max is not None:
+        raise Usage("give --record or --max, not both")
+    body: dict[str, Any] = {"records": records}
+    if args.to is not None:
+        body["to"] = args.to
+    answer = client.call("POST", f"{path}/replay", body)
+    _print_replay(args, answer["replayed"], answer.get("skipped", 0),
+                  answer.get("skipped_reasons", {}))
+    return 0
+
+
+def record_ref(text: str) -> tuple[int, int]:
+    """`--record P:O` -> (partition, offset)."""
+    head, _, tail = text.partition(":")
+    if not (head.isdigit() and tail.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"expected PARTITION:OFFSET (e.g. 0:42), got {text!r}")
+    return int(head), int(tail)
 
 
 def _replay_pages(
@@ -503,9 +536,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.add_argument("--max", type=int, help="at most N dead letters (default: all)")
     rep.add_argument("--to", metavar="DEST",
                      help="into queue or topic DEST instead of where they died")
+    rep.add_argument("--record", metavar="P:O", type=record_ref, action="append",
+                     help="a dead-letter topic: just the record at partition P offset O "
+                     "(repeatable)")
     pur = dlq_sub.add_parser("purge", help="remove every ready message of a queue (a topic: "
                              "move its replay position to the log end)")
     common_options(pur)
     pur.add_argument("queue")
+    pur.add_argument("--record", metavar="P:O", type=record_ref, action="append",
+                     help="a dead-letter topic: just the record at partition P offset O "
+                     "(repeatable)")
     for p in (lst, show, rep, pur):
         p.set_defaults(func=run_client(cmd_dlq))

@@ -35,6 +35,7 @@ from runner.engine import (
     Step,
     TopicPartition,
     dlq_position_group,
+    dlq_settled_queue,
 )
 from runner.engine.records import b64, content_type
 from runner.errors import InvalidRequest, NotFound
@@ -107,7 +108,10 @@ def replay_to(engine: Engine, topology: Topology, source: str, dest: str, n: int
 # partition has a durable replay position (the committed offsets of the hidden
 # group `__dlq.<topic>`): records below it were replayed or purged, the rest are
 # pending. Replay and purge advance it in the same engine step as the puts, so a
-# crash never replays a record twice or loses one.
+# crash never replays a record twice or loses one. A record replayed or purged on
+# its own above the position (`dlq_records`) leaves a marker in the hidden queue
+# `__dlq.<topic>` (same step): pending is what is neither below the position nor
+# marked, and the position skips marked records when it reaches them.
 
 NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
 REPLAY_MESSAGE_ID = "__dlq-replay:{topic}/{partition}/{offset}"
@@ -122,7 +126,7 @@ def pending_in_stats(stats: EngineStats, topic: str, partitions: int) -> list[in
         info = stats.partitions.get(tp)
         kept = info.log_end_offset - info.log_start_offset if info else 0
         lag = stats.group_lag.get((dlq_position_group(topic), tp), kept)
-        out.append(max(0, min(lag, kept)))
+        out.append(max(0, min(lag, kept) - stats.dlq_settled.get(tp, 0)))
     return out
 
 
@@ -130,17 +134,22 @@ def topic_positions(engine: Engine, topic: str) -> list[dict[str, Any]]:
     """Per partition of dead-letter topic `topic`: log start/end, replay position,
     pending records and the timestamp (ms) of the oldest pending one (None: none)."""
     group = dlq_position_group(topic)
+    settled = engine.dlq_settled(topic)
     out = []
     for p in engine.partitions(topic):
         pos = max(engine.position(group, TopicPartition(topic, p.partition)),
                   p.log_start_offset)
+        skip = {o for o in settled.get(p.partition, ()) if o >= pos}
         oldest = None
         if pos < p.log_end_offset:
-            recs, _ = engine.read(topic, p.partition, pos, max_records=1, max_bytes=1 << 20)
-            oldest = recs[0].timestamp_ms if recs else None
+            recs, _ = engine.read(topic, p.partition, pos, max_records=len(skip) + 1,
+                                  max_bytes=1 << 20)
+            first = next((r for r in recs if r.offset not in skip), None)
+            oldest = first.timestamp_ms if first else None
         out.append({"partition": p.partition, "log_start_offset": p.log_start_offset,
                     "log_end_offset": p.log_end_offset, "position": pos,
-                    "pending": max(0, p.log_end_offset - pos), "oldest_timestamp_ms": oldest})
+                    "pending": max(0, p.log_end_offset - pos - len(skip)),
+                    "settled": sorted(skip), "oldest_timestamp_ms": oldest})
     return out
 
 
@@ -160,9 +169,10 @@ def topic_letters(engine: Engine, topic: str, n: int) -> list[Record]:
     for p in topic_positions(engine, topic):
         if len(got) >= n or not p["pending"]:
             continue
+        skip = set(p["settled"])
         recs, _ = engine.read(topic, p["partition"], p["position"],
-                              max_records=n - len(got), max_bytes=64 * 1024 * 1024)
-        got.extend(recs)
+                              max_records=n - len(got) + len(skip), max_bytes=64 * 1024 * 1024)
+        got.extend([r for r in recs if r.offset not in skip][:n - len(got)])
     return got
 
 
@@ -179,7 +189,20 @@ def purge_topic(engine: Engine, topic: str) -> int:
             total += p["pending"]
     if step.commits:
         engine.commit_step(step)
+    forget_settled(engine, topic)
     return total
+
+
+def forget_settled(engine: Engine, topic: str) -> None:
+    """Drop the markers of `topic` once the replay position passed every one of them
+    (they are ignored below it; this keeps the hidden queue from growing)."""
+    queue = dlq_settled_queue(topic)
+    try:
+        if not engine.queue_info(queue).ready or engine.dlq_settled(topic):
+            return
+    except NotFound:
+        return
+    engine.purge(queue)
 
 
 def _queue_message(r: Record, routing_key: str, headers: dict[str, Any]) -> OutMessage:
@@ -192,7 +215,7 @@ def _queue_message(r: Record, routing_key: str, headers: dict[str, Any]) -> OutM
         content_type=content_type(r.value))
 
 
-def _to_origin(engine: Engine, topology: Topology, r: Record,
+def to_origin(engine: Engine, topology: Topology, r: Record,
                step: Step) -> str | None:
     """Add to `step` what puts record `r` back where it died; the reason it cannot
     go back, else None."""
@@ -228,7 +251,7 @@ def _to_origin(engine: Engine, topology: Topology, r: Record,
     return None
 
 
-def _to_dest(topology: Topology, r: Record, dest: str, step: Step) -> None:
+def to_dest(topology: Topology, r: Record, dest: str, step: Step) -> None:
     headers = replayed_headers(r.headers)
     if dest in topology.queue_map():
         step.queue_puts.append((dest, [_queue_message(r, r.topic, headers)]))
@@ -257,24 +280,33 @@ def replay_topic(engine: Engine, topology: Topology, topic: str, n: int,
     for p in topic_positions(engine, topic):
         if replayed >= n or not p["pending"]:
             continue
+        skip = set(p["settled"])
         recs, _ = engine.read(topic, p["partition"], p["position"],
-                              max_records=n - replayed, max_bytes=64 * 1024 * 1024)
+                              max_records=n - replayed + len(skip), max_bytes=64 * 1024 * 1024)
         position = p["position"]
         for r in recs:
+            if r.offset in skip:  # replayed or purged on its own already
+                position = r.offset + 1
+                continue
+            if replayed >= n:
+                break
             if to is not None:
-                _to_dest(topology, r, to, step)
+                to_dest(topology, r, to, step)
             else:
-                reason = _to_origin(engine, topology, r, step)
+                reason = to_origin(engine, topology, r, step)
                 if reason is not None:
                     left = p["log_end_offset"] - r.offset
                     reasons[reason] = reasons.get(reason, 0) + left
                     break
             replayed += 1
             position = r.offset + 1
+        while position in skip:
+            position += 1
         if position != p["position"]:
             step.commits.append((group, TopicPartition(topic, p["partition"]), position))
     if step.commits:
         engine.commit_step(step)
+    forget_settled(engine, topic)
     remaining = sum(p["pending"] for p in topic_positions(engine, topic))
     out: dict[str, Any] = {"replayed": replayed, "skipped": sum(reasons.values()),
                            "skipped_reasons": reasons, "remaining": remaining}

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from runner import jsontext
 from runner.clock import now_ms
-from runner.daemon import codec, dlq, fanout, groups, lists
+from runner.daemon import codec, dlq, dlq_records, fanout, groups, lists
 from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
@@ -73,6 +73,8 @@ LISTED_IDS = 20  # unknown delivery ids named in a 409's sentence (all are in `u
 RETRY_AFTER_S = 1
 PULL_FIELDS = frozenset({"max", "lease", "consumer_id"})
 REPLAY_FIELDS = frozenset({"max", "to"})
+TOPIC_REPLAY_FIELDS = frozenset({"max", "to", "records"})
+TOPIC_PURGE_FIELDS = frozenset({"records"})
 
 
 class Host(Protocol):
@@ -698,13 +700,35 @@ async def purge_topic(request: web.Request) -> web.Response:
     return answer({"purged": purged})
 
 
+async def purge_topic_records(request: web.Request) -> web.Response:
+    """`POST /v1/topics/{name}/dead-letters/purge {"records": [...]}`: these only."""
+    host = _host(request)
+    name = request.match_info["name"]
+    body = await _json(request)
+    codec.check_fields(body, TOPIC_PURGE_FIELDS)
+    _dlq_topic(host, name)
+    chosen = dlq_records.chosen_records(body, host.topology, name)
+    out = dlq_records.purge_records(host.engine, name, chosen)
+    host.notify()
+    return answer(out)
+
+
 async def replay_topic(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     body = await _json(request, empty_ok=True)
-    codec.check_fields(body, REPLAY_FIELDS)
-    n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
+    codec.check_fields(body, TOPIC_REPLAY_FIELDS)
     to = codec.str_field(body, "to") if body.get("to") is not None else None
+    if body.get("records") is not None:
+        if body.get("max") is not None:
+            raise codec.BadInput("give 'records' (these dead letters) or 'max' (the first N), "
+                                 "not both")
+        _dlq_topic(host, name)
+        chosen = dlq_records.chosen_records(body, host.topology, name)
+        out = dlq_records.replay_records(host.engine, host.topology, name, chosen, to)
+        host.notify()
+        return answer(out)
+    n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
     _dlq_topic(host, name)
     out = dlq.replay_topic(host.engine, host.topology, name, n, to)
     host.notify()
@@ -928,6 +952,7 @@ def build_app(
     r.add_post("/v1/queues/{name}/replay", replay)
     r.add_get("/v1/topics/{name}/dead-letters", topic_dead_letters)
     r.add_delete("/v1/topics/{name}/dead-letters", purge_topic)
+    r.add_post("/v1/topics/{name}/dead-letters/purge", purge_topic_records)
     r.add_post("/v1/topics/{name}/replay", replay_topic)
     r.add_post("/v1/groups/{group}/offsets", seek)
     r.add_post("/v1/groups/{group}/commit", commit)

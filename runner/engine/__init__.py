@@ -36,7 +36,9 @@ from runner.engine.deadletters import (
     REPLAY_PREFIX,
     REPLAY_QUEUE_FULL,
     dlq_position_group,
+    dlq_settled_queue,
     replay_queue_name,
+    settled_marker,
 )
 from runner.engine.facade import DEDUP_WINDOW_S, Engine
 from runner.engine.records import (
@@ -121,5 +123,7 @@ __all__ = [
     "raw_headers",
     "replay_queue_name",
     "dlq_position_group",
+    "dlq_settled_queue",
+    "settled_marker",
     "DLQ_POSITION_PREFIX",
 ]

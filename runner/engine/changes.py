@@ -4,18 +4,26 @@ which queues the broker keeps, and which exchanges can reach a topic."""
 from __future__ import annotations
 
 from runner.broker.broker import Broker
-from runner.engine.deadletters import REPLAY_PREFIX, replay_queue_name
+from runner.engine.deadletters import (
+    DLQ_POSITION_PREFIX,
+    REPLAY_PREFIX,
+    dlq_settled_queue,
+    replay_queue_name,
+)
 from runner.log.store import Store
 from runner.topology.model import Queue, Topology
 
 
 def broker_queues(broker: Broker, new: Topology) -> list[Queue]:
-    """The topology's queues plus one replay queue per consumer group (and
-    the non-empty replay queues of removed groups, kept until drained)."""
+    """The topology's queues plus one replay queue per consumer group and one
+    queue of settled markers per dead-letter topic (and the non-empty ones of
+    removed groups and topics, kept until drained)."""
     queues = [q for _, q in new.queues]
     wanted = {replay_queue_name(g) for g, _ in new.consumer_groups}
+    wanted.update(dlq_settled_queue(t) for t in new.dead_letter_topics())
     for name, mq in broker.queues.items():
-        if name.startswith(REPLAY_PREFIX) and name not in wanted and len(mq):
+        if (name.startswith((REPLAY_PREFIX, DLQ_POSITION_PREFIX)) and name not in wanted
+                and len(mq)):
             wanted.add(name)
     queues.extend(Queue(name) for name in sorted(wanted))
     return queues

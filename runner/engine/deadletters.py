@@ -57,7 +57,7 @@ __all__ = [
     "REPLAY_QUEUE_FULL", "dead_letter_id", "dead_letter_step", "deaths_before", "iso_utc",
     "replay", "replay_queue_name", "replayed_record", "DLQ_POSITION_PREFIX",
     "dlq_position_group", "dlq_position_groups", "death_header",
-    "queue_origin", "topic_origin",
+    "queue_origin", "topic_origin", "dlq_settled_queue", "settled_marker", "marker_of",
 ]
 
 REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
@@ -69,6 +69,28 @@ REPLAY_PREFIX = "__replay."  # + group: the replay queue of a consumer group
 
 
 DLQ_POSITION_PREFIX = "__dlq."  # + topic: the hidden group holding a DLQ topic's replay position
+
+
+def dlq_settled_queue(topic: str) -> str:
+    """The hidden queue of dead-letter topic `topic` holding one marker message per
+    dead letter replayed or purged on its own above the replay position (the
+    position cannot skip a record; these are the ones it will skip when it gets
+    there). Written in the same engine step as the replay itself."""
+    return f"{DLQ_POSITION_PREFIX}{topic}"
+
+
+def settled_marker(partition: int, offset: int) -> OutMessage:
+    """The marker of dead letter `partition`/`offset` (see `dlq_settled_queue`)."""
+    return OutMessage(body=b"", routing_key=f"{partition}:{offset}",
+                      message_id=f"{partition}:{offset}")
+
+
+def marker_of(routing_key: str) -> tuple[int, int] | None:
+    """(partition, offset) of a marker's routing key; None if it is none."""
+    head, _, tail = routing_key.partition(":")
+    if not (head.isdigit() and tail.isdigit()):
+        return None
+    return int(head), int(tail)
 
 
 def replay_queue_name(group: str) -> str:

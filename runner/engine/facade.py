@@ -27,6 +27,8 @@ from runner.engine.deadletters import (
     dead_letter_step,
     dlq_position_group,
     dlq_position_groups,
+    dlq_settled_queue,
+    marker_of,
     replay,
     replay_queue_name,
     replayed_record,
@@ -704,6 +706,30 @@ class Engine:
         out.dlq_oldest_pending_ms = self._dlq_oldest_pending(out)
         return out
 
+    def dlq_settled(self, topic: str) -> dict[int, set[int]]:
+        """Per partition of dead-letter topic `topic`, the offsets at or above its
+        replay position that were replayed or purged on their own (markers in
+        `dlq_settled_queue(topic)`; older markers are obsolete)."""
+        queue = dlq_settled_queue(topic)
+        if queue not in self.broker.queues:
+            return {}
+        group = dlq_position_group(topic)
+        out: dict[int, set[int]] = {}
+        positions: dict[int, int] = {}
+        for d in self.broker.peek(queue, self.broker.queue_info(queue).ready):
+            found = marker_of(d.routing_key)
+            if found is None:
+                continue
+            p, off = found
+            if p not in positions:
+                try:
+                    positions[p] = self.position(group, TopicPartition(topic, p))
+                except EngineError:
+                    positions[p] = off + 1  # the partition is gone: nothing to skip
+            if off >= positions[p]:
+                out.setdefault(p, set()).add(off)
+        return out
+
     def _dlq_oldest_pending(self, stats: EngineStats) -> dict[TopicPartition, int]:
         """Per partition of each dead-letter topic with pending dead letters (not yet
         replayed or purged: from the replay position on), the timestamp of the
@@ -714,6 +740,7 @@ class Engine:
         keep: dict[tuple[str, int, int], int] = {}
         for topic in sorted(self.topology.dead_letter_topics()):
             group = dlq_position_group(topic)
+            settled = self.dlq_settled(topic)
             for tp, info in stats.partitions.items():
                 if tp.topic != topic:
                     continue
@@ -721,6 +748,10 @@ class Engine:
                     pos = max(self.position(group, tp), info.log_start_offset)
                 except EngineError:
                     continue  # not applied yet
+                skip = settled.get(tp.partition, set())
+                stats.dlq_settled[tp] = sum(1 for o in skip if o >= pos)
+                while pos in skip:
+                    pos += 1
                 if pos >= info.log_end_offset:
                     continue
                 key = (topic, tp.partition, pos)

@@ -128,3 +128,6 @@ class EngineStats:
     # per partition of a dead-letter topic with pending dead letters (from its replay
     # position on, `__dlq.<topic>`): the first one's timestamp (ms)
     dlq_oldest_pending_ms: dict[TopicPartition, int] = field(default_factory=dict)
+    # per partition of a dead-letter topic: dead letters from the replay position on
+    # that were replayed or purged on their own (not pending although above it)
+    dlq_settled: dict[TopicPartition, int] = field(default_factory=dict)
