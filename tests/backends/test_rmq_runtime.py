@@ -95,3 +95,25 @@ def test_an_unsafe_change_refuses_to_open_naming_it() -> None:
             "broker refused it: 406 PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' "
             f"for queue 'q' in vhost '{target.vhost}': received the value '1000' of type "
             "'signedint' but current is none")
+
+
+def test_a_consumer_channel_the_broker_closes_is_opened_again(
+    backend: runtime.RabbitBackend,
+) -> None:
+    """The broker closes a channel (here: an ack of a delivery tag it never gave,
+    PRECONDITION_FAILED; in production: consumer_timeout): its deliveries go back to
+    the queue, the backend consumes again and settling the old ones says unknown."""
+    asyncio.run(backend.durable(backend.put("q", [OutMessage(b"a"), OutMessage(b"b")]).ticket))
+    a, b = take(backend, "q", 2)
+    with backend._lock:
+        backend._held[a.delivery_id].tag = 999  # a tag this channel never delivered
+    asyncio.run(backend.durable(backend.settle("q", [Ack(a.delivery_id)]).ticket))
+    again = take(backend, "q", 2)
+    assert sorted(d.body for d in again) == [b"a", b"b"]
+    assert all(d.redelivered for d in again)
+    # the closed channel's deliveries were forgotten before the new channel consumed
+    assert backend.settle("q", [Ack(b.delivery_id)]).unknown == (b.delivery_id,)
+    t = backend.settle("q", [Ack(d.delivery_id) for d in again]).ticket
+    asyncio.run(backend.durable(t))
+    assert take(backend, "q", 1, timeout_s=0.5) == []
+    assert backend.connections == 1  # the connection itself was kept

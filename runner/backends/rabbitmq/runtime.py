@@ -113,6 +113,7 @@ CAPABILITIES = MAPPING_CAPABILITIES - {Capability.TOPICS}
 DEFAULT_PREFETCH = 100  # a queue fetched without a consumer of the topology
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
+DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
 
 # headers of a retried copy, taken off at delivery
 COUNT_HEADER = "x-runner-delivery-count"  # deliveries before this copy
@@ -141,6 +142,7 @@ class _Held:
     delivery: QueueDelivery
     raw_headers: dict[str, Any]  # as delivered (runner headers included)
     received_s: float
+    channel: Any = None  # the BlockingChannel it came on (its tag means nothing elsewhere)
     consumer_id: str = ""
 
 
@@ -609,12 +611,13 @@ class RabbitBackend:
                 delay = RECONNECT_FIRST_S
                 self._connected.set()
                 while True:
-                    self._drain()
-                    if self._stop.is_set():
+                    more = self._drain()
+                    if self._stop.is_set() and not more:
                         break
                     conn = self._conn
                     assert conn is not None
-                    conn.process_data_events(time_limit=1.0)
+                    # deliveries and heartbeats between rounds of writes
+                    conn.process_data_events(time_limit=0 if more else 1.0)
                     self._fire_ready()
                 self._disconnect()
                 return
@@ -695,33 +698,57 @@ class RabbitBackend:
         for cmd in left:
             self._complete(cmd, StorageError(why))
 
-    def _drain(self) -> None:
-        """Open consumers the owner asked for, then run the queued writes in order."""
+    def _drain(self) -> bool:
+        """Open consumers the owner asked for, then run the queued writes in order, at
+        most DRAIN_ROUND of them; True when more are waiting."""
+        self._drop_closed_channels()
         with self._lock:
             want = [q for q in self._consumed if q not in self._channels]
         for queue in want:
             self._open_consumer(queue)
-        while True:
+        for _ in range(DRAIN_ROUND):
             with self._lock:
                 if not self._commands:
-                    return
+                    return False
                 cmd = self._commands[0]
             try:
                 error = self._execute(cmd)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                # a consumer channel refused a settlement: its deliveries went back to
-                # the queue; start over on a new connection (nothing else is lost)
+            except (pika.exceptions.ChannelClosedByBroker,
+                    pika.exceptions.ChannelWrongStateError) as exc:
+                # a consumer channel refused a settlement or was closed: its deliveries
+                # went back to the queue; it is opened again (nothing else is lost)
                 with self._lock:
                     self._commands.popleft()
                 self._complete(cmd, StorageError(
-                    f"the broker closed a channel of {self.target}: {exc.reply_code} "
-                    f"{exc.reply_text}; its deliveries are delivered again"))
-                raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
+                    f"a channel of {self.target} was closed ({exc!r}); its deliveries "
+                    "are delivered again"))
+                self._drop_closed_channels()
+                continue
             # a lost connection raises out of here: the command stays first and is
             # resumed after the reconnect
             with self._lock:
                 self._commands.popleft()
             self._complete(cmd, error)
+        with self._lock:
+            return bool(self._commands)
+
+    def _drop_closed_channels(self) -> None:
+        """A consumer channel the broker closed (consumer_timeout, a refused ack):
+        its deliveries are back in the queue; forget them and consume again."""
+        closed = [q for q, ch in self._channels.items() if not ch.is_open]
+        if not closed:
+            return
+        for queue in closed:
+            ch = self._channels.pop(queue)
+            log.warning("RabbitMQ %s: the channel consuming '%s' was closed; consuming again",
+                        self.target, queue)
+            with self._lock:
+                stale = [i for i, h in self._held.items() if h.channel is ch]
+                for i in stale:
+                    del self._held[i]
+                buf = self._buffers.get(queue)
+                if buf:
+                    self._buffers[queue] = deque(i for i in buf if i in self._held)
 
     def _complete(self, cmd: _Command, error: EngineError | None) -> None:
         loops: set[asyncio.AbstractEventLoop] = set()
@@ -773,7 +800,8 @@ class RabbitBackend:
             content_type=props.content_type,
         )
         with self._lock:
-            self._held[delivery_id] = _Held(gen, queue, method.delivery_tag, d, raw, now)
+            self._held[delivery_id] = _Held(gen, queue, method.delivery_tag, d, raw, now,
+                                            self._channels.get(queue))
             self._buffers.setdefault(queue, deque()).append(delivery_id)
         self._ready_queues.add(queue)
 
@@ -833,8 +861,10 @@ class RabbitBackend:
 
     def _settle_one(self, outcome: Outcome, held: _Held) -> EngineError | None:
         ch = self._channels.get(held.queue)
-        if ch is None:
-            return StorageError(f"no channel for queue '{held.queue}'")
+        if ch is None or held.channel is not ch or not ch.is_open:
+            return StorageError(
+                f"the channel delivery {held.delivery.delivery_id} of queue '{held.queue}' "
+                "came on was closed before it was settled; the broker delivers it again")
         tag = held.tag
         if isinstance(outcome, Ack):
             ch.basic_ack(tag)
