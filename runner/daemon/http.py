@@ -15,7 +15,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -351,6 +351,45 @@ def _queue_exists(host: Host, name: str) -> None:
         raise NotFound(f"queue '{name}' not found")
 
 
+# ------------------------------------------------------------------ durability
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Durable:
+    """A request's engine writes, each run inside `Engine.ticketed()` (written,
+    not yet fsynced, the event loop never waits for a disk), and the ticket
+    covering them all: the handler answers only after `await wait()`, which
+    returns once the data dir's flusher synced them (`--fsync always`; at once
+    otherwise) and raises the 503 storage error of a failed fsync."""
+
+    __slots__ = ("engine", "seq")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seq = 0
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            ticketed = self.engine.ticketed()
+            box = ticketed.__enter__()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                ticketed.__exit__(type(exc), exc, exc.__traceback__)
+                self.seq = max(self.seq, box.seq)
+                raise
+            ticketed.__exit__(None, None, None)
+            self.seq = max(self.seq, box.seq)
+            return result
+
+        return call
+
+    async def wait(self) -> None:
+        await self.engine.durable(self.seq)
+
+
 # ------------------------------------------------------------------ publishing
 
 
@@ -368,7 +407,8 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
     if to_queue and is_private(name):
         return _reply_over_http(host, name, msgs, batch)
     _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
-    publish = host.engine.publish_to_queue if to_queue else host.engine.publish
+    durable = _Durable(host.engine)
+    publish = durable.wrap(host.engine.publish_to_queue if to_queue else host.engine.publish)
     counts = fanout.copies(host.engine, None if to_queue else name, msgs)
     fanout.check(counts, request.app[LIMITS_KEY].max_fanout,
                  f"queue '{name}'" if to_queue else f"exchange '{name}'")
@@ -377,11 +417,16 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
                              "on its own")
     with Traced(request, "queue" if to_queue else "exchange", name, msgs) as traced:
         if wait_s is not None:
-            return await _request_reply(host, name, msgs[0], traced.wrap(publish), wait_s)
+            return await _request_reply(host, name, msgs[0], traced.wrap(publish), wait_s,
+                                        durable)
         try:
             routed = await fanout.publish(traced.wrap(publish), name, msgs, counts)
+        except Refused:
+            await durable.wait()  # the items before the refusal are stored: durably
+            raise
         finally:
             host.notify()  # also after a 429: the items before the refusal are stored
+        await durable.wait()
     return answer({"routed": routed if batch else routed[0]}, 202)
 
 
@@ -406,7 +451,7 @@ def _wait(request: web.Request) -> float | None:
 
 async def _request_reply(
     host: Host, name: str, msg: OutMessage, publish: Callable[[str, list[OutMessage]], Any],
-    wait_s: float,
+    wait_s: float, durable: _Durable,
 ) -> web.Response:
     """Publish `msg` with a private reply address and answer with its reply: 200 the
     reply, 502 an error reply (the handler failed for good), 504 none within `wait_s`,
@@ -424,6 +469,7 @@ async def _request_reply(
             routed = publish(name, [msg])[0]
         finally:
             host.notify()
+        await durable.wait()
         if not routed:
             return error(404, f"the request was routed nowhere (no binding of '{name}' "
                          "matched its routing key), so no reply can come", routed=[],
@@ -509,11 +555,13 @@ async def append_topic(request: web.Request) -> web.Response:
     _limit(request, "topic", name, len(recs))
     if recs:
         check_lag(host.engine, host.topology, name)
+    durable = _Durable(host.engine)
     with Traced(request, "topic", name, recs) as traced:
         try:
-            offsets = traced.wrap(host.engine.append)(name, recs) if recs else []
+            offsets = traced.wrap(durable.wrap(host.engine.append))(name, recs) if recs else []
         finally:
             host.notify()
+        await durable.wait()
     return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
 
 
@@ -608,7 +656,9 @@ async def ack(request: web.Request) -> web.Response:
     body = await _json(request)
     ids = codec.delivery_ids(body)
     _queue_exists(host, name)
-    unknown = host.engine.ack(name, ids) if ids else []
+    durable = _Durable(host.engine)
+    unknown = durable.wrap(host.engine.ack)(name, ids) if ids else []
+    await durable.wait()
     return _settled(host, name, ids, unknown, "acked")
 
 
@@ -619,7 +669,9 @@ async def nack(request: web.Request) -> web.Response:
     ids = codec.delivery_ids(body)
     requeue = codec.bool_field(body, "requeue", default=True)
     _queue_exists(host, name)
-    unknown = host.engine.nack(name, ids, requeue=requeue) if ids else []
+    durable = _Durable(host.engine)
+    unknown = durable.wrap(host.engine.nack)(name, ids, requeue=requeue) if ids else []
+    await durable.wait()
     return _settled(host, name, ids, unknown, "nacked")
 
 
@@ -794,7 +846,9 @@ async def commit(request: web.Request) -> web.Response:
         except codec.BadInput as exc:
             raise codec.BadInput(f"offsets[{i}]: {exc}") from exc
     if offsets:
-        host.engine.commit(group, offsets)
+        durable = _Durable(host.engine)
+        durable.wrap(host.engine.commit)(group, offsets)
+        await durable.wait()
     return answer({"committed": len(offsets)})
 
 

@@ -1,0 +1,219 @@
+"""Group commit off the event loop over real HTTP (issue 10 item 3): the real
+Supervisor and HTTP server over a real Engine on a simulated disk
+(`tests.faultfs.SimDisk`) under `--fsync always`. Concurrent publishes are
+written while an fsync runs and share the next one; none is answered before
+its bytes are on the (simulated) disk; a failed fsync answers that round's
+requests 503 and later requests to other queues go on."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from pathlib import Path
+
+from runner.clock import Clock, ManualClock
+from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike
+from runner.engine import Engine, FsyncPolicy
+from runner.pipeline.replies import Replies
+from runner.topology.diff import diff
+from runner.topology.load import load
+from runner.topology.model import Topology
+from tests.daemon.harness import Client, FakePipeline, run_daemon
+from tests.faultfs import SimDisk
+
+TOPOLOGY = """\
+version: 1
+name: grouped
+queues:
+  gate: {}
+  a: {}
+  b: {}
+topics:
+  t: {}
+consumer_groups:
+  g: {topics: [t]}
+"""
+
+
+class HeldDisk(SimDisk):
+    """A simulated disk that counts syncs per file, holds the syncs of files under
+    `hold` until `release` is set, and fails the next sync of a file under `fail`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[int, str] = {}
+        self.synced: list[str] = []
+        self.hold: str | None = None
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        self.fail: str | None = None
+
+    def open(self, path: Path, *, create: bool = False, truncate: bool = False) -> int:
+        fd = super().open(path, create=create, truncate=truncate)
+        self.paths[fd] = str(path)
+        return fd
+
+    def sync(self, fd: int) -> None:
+        path = self.paths.get(fd, "?")
+        if self.hold is not None and f"/{self.hold}/" in path:
+            self.holding.set()
+            self.release.wait(20)
+        if self.fail is not None and f"/{self.fail}/" in path:
+            self.fail = None
+            self.fail_sync_at = self.syncs + 1
+        super().sync(fd)
+        self.synced.append(path)
+
+    def count(self, directory: str) -> int:
+        return sum(1 for p in self.synced if f"/{directory}/" in p)
+
+    def durable(self, path: Path) -> bytes:
+        """The bytes of `path` a power cut now would keep."""
+        node = self._node(path)
+        return bytes(getattr(node, "durable", b""))
+
+
+def _parts(disk: HeldDisk) -> Parts:
+    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
+        return Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
+                           fs=disk)
+
+    def make_pipeline(
+        engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
+        executor: concurrent.futures.ThreadPoolExecutor, replies: Replies,
+    ) -> PipelineLike:
+        return FakePipeline(topology)
+
+    return Parts(load=load, check_handlers=lambda t: [], diff=diff, open_engine=open_engine,
+                 make_pipeline=make_pipeline, clock=ManualClock())
+
+
+async def _held_round(c: Client, disk: HeldDisk) -> asyncio.Task[tuple[int, object, object]]:
+    """A publish to queue `gate` whose fsync is held (in the flusher thread)."""
+    disk.hold = "gate"
+    task = asyncio.create_task(c.call("POST", "/v1/queues/gate/messages", {"body": "g"}))
+    for _ in range(2000):
+        if disk.holding.is_set():
+            return task
+        await asyncio.sleep(0.005)
+    raise AssertionError("the gate's fsync was not reached")
+
+
+async def _until(predicate: object, what: str) -> None:
+    assert callable(predicate)
+    for _ in range(2000):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(what)
+
+
+def test_concurrent_publishes_share_fsyncs_and_are_answered_only_once_durable(
+        tmp_path: Path) -> None:
+    disk = HeldDisk()
+    data = tmp_path / "data"
+    alog = data / "queues" / "a" / "00000000000000000000.log"
+    tlog = data / "topics" / "t-0" / "00000000000000000000.log"
+    n = 40
+
+    async def scenario(c: Client) -> None:
+        gate = await _held_round(c, disk)
+        early: list[str] = []
+
+        async def publish(i: int) -> int:
+            body = f"m-{i:03d}"
+            status, _, _ = await c.call("POST", "/v1/queues/a/messages", {"body": body})
+            if f'"{body}"'.encode() not in disk.durable(alog):
+                early.append(body)  # answered before its bytes were synced
+            return status
+
+        async def append(i: int) -> int:
+            value = f"r-{i:03d}"
+            status, _, _ = await c.call("POST", "/v1/topics/t/records", {"value": value})
+            if f'"{value}"'.encode() not in disk.durable(tlog):
+                early.append(value)
+            return status
+
+        before = disk.count("a"), disk.count("t-0")
+        tasks = [asyncio.create_task(publish(i)) for i in range(n)]
+        tasks += [asyncio.create_task(append(i)) for i in range(n // 4)]
+        # every request is written (the loop never waited for the held fsync) ...
+        engine = c.engine
+        await _until(lambda: engine.queue_info("a").ready == n, "publishes not written")
+        await _until(lambda: engine.partitions("t")[0].log_end_offset == n // 4,
+                     "appends not written")
+        await asyncio.sleep(0.05)
+        # ... and none is answered: their fsync waits behind the held one
+        assert not any(t.done() for t in tasks)
+        assert not gate.done()
+        # not readable yet either: a topic's readers see synced records only
+        assert engine.read("t", 0, 0)[0] == []
+        disk.release.set()
+        statuses = await asyncio.gather(*tasks)
+        assert statuses == [202] * len(tasks)
+        assert (await gate)[0] == 202
+        assert early == []
+        # 40 publishes, 10 appends: one shared fsync per log (the held round had none)
+        assert (disk.count("a"), disk.count("t-0")) == (before[0] + 1, before[1] + 1)
+        assert len(engine.read("t", 0, 0, max_records=100)[0]) == n // 4
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+
+
+def test_a_failed_fsync_answers_that_rounds_requests_503_and_later_rounds_go_on(
+        tmp_path: Path) -> None:
+    disk = HeldDisk()
+    data = tmp_path / "data"
+    alog = f"{data}/queues/a/00000000000000000000.log"
+
+    async def scenario(c: Client) -> None:
+        gate = await _held_round(c, disk)
+        engine = c.engine
+        tasks = [asyncio.create_task(c.call("POST", f"/v1/queues/{q}/messages",
+                                            {"body": f"{q}-{i}"}))
+                 for i in range(5) for q in ("a", "b")]
+        await _until(lambda: engine.queue_info("a").ready == 5
+                     and engine.queue_info("b").ready == 5, "publishes not written")
+        disk.fail = "a"
+        disk.release.set()
+        assert (await gate)[0] == 202  # its round was synced before
+        answers = await asyncio.gather(*tasks)
+        want = (f"storage error: fsync of {alog} failed (Input/output error (simulated fsync "
+                "failure)): the log refuses writes and reads until the runner is restarted "
+                "and recovers it from disk")
+        # one round held every one of them: all answered 503 with a's error
+        assert [(s, b["error"]) for s, b, _ in answers] == [(503, want)] * 10  # type: ignore[index]
+        assert all(h["Retry-After"] for _, _, h in answers)  # type: ignore[index]
+        # a later round of another log succeeds; the failed log refuses as without tickets
+        assert (await c.call("POST", "/v1/queues/b/messages", {"body": "later"}))[0] == 202
+        status, body, _ = await c.call("POST", "/v1/queues/a/messages", {"body": "x"})
+        assert (status, body["error"]) == (503, want)
+        assert (await c.call("POST", "/v1/topics/t/records", {"value": "v"}))[0] == 202
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+    assert disk.sync_failures == 1
+
+
+def test_ack_and_commit_answer_after_their_fsync(tmp_path: Path) -> None:
+    disk = HeldDisk()
+
+    async def scenario(c: Client) -> None:
+        assert (await c.call("POST", "/v1/queues/a/messages", {"body": "x"}))[0] == 202
+        assert (await c.call("POST", "/v1/topics/t/records", {"value": "v"}))[0] == 202
+        status, pulled, _ = await c.call("POST", "/v1/queues/a/pull", {"max": 1})
+        assert status == 200
+        ids = [m["delivery_id"] for m in pulled["messages"]]
+        gate = await _held_round(c, disk)
+        ack = asyncio.create_task(c.call("POST", "/v1/queues/a/ack", {"delivery_ids": ids}))
+        commit = asyncio.create_task(c.call("POST", "/v1/groups/g/commit", {
+            "offsets": [{"topic": "t", "partition": 0, "offset": 1}]}))
+        await asyncio.sleep(0.2)
+        assert not ack.done() and not commit.done()
+        disk.release.set()
+        assert (await ack)[:2] == (200, {"acked": 1})
+        status, body, _ = await commit
+        assert (status, body) == (200, {"committed": 1}), body
+        assert (await gate)[0] == 202
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
