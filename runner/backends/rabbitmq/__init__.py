@@ -6,6 +6,7 @@
     reverse.py     Definitions -> the Topology they express (for `plan --against`)
     plan.py        the plan against a live broker, with RabbitMQ's own limits marked
     apply.py       declare idempotently with pika, refuse unsafe changes, prune
+    runtime.py     the engine contract over pika (RabbitBackend): runner run --backend
 
 docs/rabbitmq.md has the mapping table.
 """
