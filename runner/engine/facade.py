@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -144,6 +145,9 @@ class Engine:
         # synced (the high watermark), -> the ticket after which APPENDED fires again
         self._block_topics: list[str] | None = None
         self._hidden: dict[str, int] = {}
+        # `durable` waiters on the owner's event loop, woken once per flusher round
+        self._loop_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._hooked: asyncio.AbstractEventLoop | None = None
         self.events = Hub()  # see runner.engine.events
         self.calls = 0  # calls of `tick` and `next_due` (the idle-cost tests read it)
         self._last_write = self._last_tick = clock.time()
@@ -430,7 +434,23 @@ class Engine:
         if not seq:
             return
         try:
-            await asyncio.wrap_future(self.commits.when_durable(seq))
+            if seq > self.commits.done:
+                loop = asyncio.get_running_loop()
+                if self._hooked is not loop:
+                    self._hooked = loop
+
+                    def hook() -> None:
+                        loop.call_soon_threadsafe(self._round_done)
+
+                    self.commits.on_round = hook
+                fut: asyncio.Future[None] = loop.create_future()
+                heapq.heappush(self._loop_waiters, (seq, id(fut), fut))
+                if seq <= self.commits.done:  # its round ended before the hook was set
+                    self._round_done()
+                await fut
+            error = self.commits.error_of(seq)
+            if error is not None:
+                raise error
         except LogFailed as exc:
             raise LogFailed(str(exc), path=exc.path) from exc
         except EngineError:
@@ -439,6 +459,16 @@ class Engine:
             raise StorageError(f"fsync failed: {exc}") from exc
         finally:
             self._reveal()
+
+    def _round_done(self) -> None:
+        """On the loop, after a flusher round: wake the `durable` waiters it resolved."""
+        done = self.commits.done
+        waiters = self._loop_waiters
+        while waiters and waiters[0][0] <= done:
+            fut = heapq.heappop(waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
+        self._reveal()
 
     def _appended_in_block(self, topic: str) -> None:
         if self._block_topics is not None:

@@ -47,7 +47,7 @@ import contextlib
 import heapq
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.flush_rounds = 0  # flusher rounds run (for tests and stats)
+        # called on the flusher thread after each round (an event loop's
+        # call_soon_threadsafe: one wake-up per round, not one per waiter)
+        self.on_round: Callable[[], None] | None = None
         self.flushed_tickets = 0  # tickets those rounds resolved
 
     # ------------------------------------------------------------ blocks
@@ -229,11 +232,19 @@ class GroupCommit:
                 fut.set_exception(error)
             else:
                 fut.set_result(None)
+        hook = self.on_round
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # e.g. the loop closed
+                log.debug("group commit round hook failed", exc_info=True)
 
-    def _error_of(self, seq: int) -> BaseException | None:
-        for after, upto, error in self._failed:
-            if after < seq <= upto:
-                return error
+    def error_of(self, seq: int) -> BaseException | None:
+        """The error of the failed round that held resolved ticket `seq`, else None."""
+        with self._cond:
+            for after, upto, error in self._failed:
+                if after < seq <= upto:
+                    return error
         return None
 
     @property
@@ -249,7 +260,7 @@ class GroupCommit:
             if seq > self._done:
                 heapq.heappush(self._waiters, (seq, id(fut), fut))
                 return fut
-            error = self._error_of(seq)
+        error = self.error_of(seq)
         if error is not None:
             fut.set_exception(error)
         else:
