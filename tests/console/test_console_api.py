@@ -174,7 +174,7 @@ def _depth(d: Daemon, queue: str) -> int:
     ({"ids": [1], "all": True}, "give either 'ids' (a list of dead-letter ids) or 'all': true"),
     ({"ids": []}, "'ids' must be a non-empty list of dead-letter ids"),
     ({"ids": ["x"]}, "ids[0] must be an integer between 0 and 9223372036854775807, got \"x\""),
-    ({"all": True, "max": 3}, "unknown field 'max' (known fields: all, confirm, ids)"),
+    ({"all": True, "max": 3}, "unknown field 'max' (known fields: all, confirm, ids, records)"),
 ])
 def test_bad_replay_requests_name_the_problem(daemon, body, error) -> None:
     d = daemon
@@ -258,7 +258,7 @@ def test_event_stream_sends_snapshots_of_the_engine_counters(daemon) -> None:
         assert exc.code == 401
 
 
-def test_a_dead_letter_topic_replays_and_purges_all_at_once(start_daemon) -> None:
+def test_a_dead_letter_topic_replays_and_purges_all_or_by_record(start_daemon) -> None:
     from tests.e2e.test_e2e_topic_dlq import HANDLERS, TOPOLOGY
 
     d = start_daemon(TOPOLOGY, modules={"dlq_handlers": HANDLERS})
@@ -275,8 +275,21 @@ def test_a_dead_letter_topic_replays_and_purges_all_at_once(start_daemon) -> Non
     assert status == 200 and [m["value"] for m in body["letters"]] == ["r0", "r1"]
     assert body["letters"][0]["death"]["original_group"] == "g"
     assert s.post("dlq/t.dlq/replay", {"ids": [0]}) == (400, {"error": (
-        "'t.dlq' is a dead-letter topic: its letters are replayed or purged in order, all at "
-        "once; give 'all': true")})
+        "'t.dlq' is a dead-letter topic: choose its letters with 'records' (partition and "
+        "offset) or 'all': true")})
+    assert s.post("dlq/t.dlq/replay", {"all": True, "records": [
+        {"partition": 0, "offset": 0}]}) == (400, {"error": (
+            "give either 'records' (partition and offset of each) or 'all': true")})
+    assert s.post("dlq/qa/replay", {"records": [{"partition": 0, "offset": 0}]}) == (
+        400, {"error": "'records' chooses dead letters of a dead-letter topic; give 'ids' "
+              "for queue 'qa'"})
+    assert s.post("dlq/t.dlq/purge", {"records": [{"partition": 0, "offset": 0}]}) == (
+        400, {"error": 'purging deletes messages for good: confirm with "confirm": "t.dlq"'})
+    first = {"partition": body["letters"][0]["partition"], "offset": body["letters"][0]["offset"]}
+    assert s.post("dlq/t.dlq/purge", {"records": [first], "confirm": "t.dlq"}) == (
+        200, {"purged": 1})
+    assert s.post("dlq/t.dlq/purge", {"records": [first], "confirm": "t.dlq"})[0] == 409
+    assert [m["value"] for m in s.get("dlq/t.dlq")[1]["letters"]] == ["r1"]
     assert s.post("dlq/t/replay", {"all": True}) == (400, {"error": (
         "topic 't' is not a dead-letter topic (no dlq_policy has it as dead_letter_queue)")})
     assert s.post("dlq/t.dlq/purge", {"all": True}) == (400, {"error": (
@@ -284,9 +297,9 @@ def test_a_dead_letter_topic_replays_and_purges_all_at_once(start_daemon) -> Non
     assert s.post("dlq/t.dlq/replay", {"all": True, "max": 1})[0] == 400
     (d.workdir / "fail").unlink()  # else the replayed records die again, as they should
     assert s.post("dlq/t.dlq/replay", {"all": True}) == (
-        200, {"replayed": 2, "skipped": 0, "skipped_reasons": {}})
+        200, {"replayed": 1, "skipped": 0, "skipped_reasons": {}})
     assert s.get("dlq/t.dlq")[1]["letters"] == []
     wait_for(lambda: (d.workdir / "done.txt").exists()
-             and sorted((d.workdir / "done.txt").read_text().split()) == ["r0", "r1"])
+             and sorted((d.workdir / "done.txt").read_text().split()) == ["r1"])
     assert s.post("dlq/t.dlq/purge", {"all": True, "confirm": "t.dlq"}) == (
         200, {"purged": 0})

@@ -12,13 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from runner.daemon import codec, dlq
+from runner.daemon import codec, dlq, dlq_records
 from runner.engine import Engine, TopicPartition
 from runner.errors import NotFound
 from runner.topology.model import Topology
 
 RESET_TARGETS = ("earliest", "latest", "offset", "timestamp")
-SELECTION_FIELDS = frozenset({"ids", "all", "confirm"})
+SELECTION_FIELDS = frozenset({"ids", "records", "all", "confirm"})
 RESET_FIELDS = frozenset({"topic", "partition", "to", "offset", "timestamp", "dry_run"})
 
 
@@ -47,25 +47,42 @@ def _queue(topology: Topology, name: str) -> None:
         raise NotFound(f"queue '{name}' not found")
 
 
-def _topic_all(topology: Topology, name: str, chosen: Selection) -> bool:
-    """True for a dead-letter topic (its letters go all at once, in order: its
-    replay position cannot skip one); 400 for a topic that is no DLQ or a
-    selection of ids on one."""
+def _topic(topology: Topology, name: str, body: dict[str, Any]) -> bool:
+    """True for a dead-letter topic: its letters are chosen by `records` (partition
+    and offset, `dlq_records`) or `all`; 400 for a topic that is no DLQ, `ids` on
+    one, or `records` on a queue."""
     if name not in topology.topic_map() or name in topology.queue_map():
+        if body.get("records") is not None:
+            raise codec.BadInput(f"'records' chooses dead letters of a dead-letter topic; "
+                                 f"give 'ids' for queue '{name}'")
         return False
     if name not in topology.dead_letter_topics():
         raise codec.BadInput(f"topic '{name}' is not a dead-letter topic (no dlq_policy has "
                              "it as dead_letter_queue)")
-    if chosen.ids is not None:
-        raise codec.BadInput(f"'{name}' is a dead-letter topic: its letters are replayed or "
-                             "purged in order, all at once; give 'all': true")
+    if body.get("ids") is not None:
+        raise codec.BadInput(f"'{name}' is a dead-letter topic: choose its letters with "
+                             "'records' (partition and offset) or 'all': true")
     return True
+
+
+def _topic_records(body: dict[str, Any], topology: Topology, name: str) -> dlq_records.Chosen:
+    """The `records` of a topic selection (exclusive with `all`)."""
+    if codec.bool_field(body, "all", default=False):
+        raise codec.BadInput("give either 'records' (partition and offset of each) or "
+                             "'all': true")
+    return dlq_records.chosen_records(body, topology, name)
 
 
 def replay(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
+    topic = _topic(topology, name, body)
+    if topic and body.get("records") is not None:
+        out = dlq_records.replay_records(engine, topology, name,
+                                         _topic_records(body, topology, name))
+        return {"replayed": out["replayed"], "skipped": out["skipped"],
+                "skipped_reasons": out["skipped_reasons"]}
     chosen = selection(body)
-    if _topic_all(topology, name, chosen):
+    if topic:
         replayed = 0
         while True:  # every pending letter, a page at a time
             out = dlq.replay_topic(engine, topology, name, dlq.PAGE)
@@ -86,14 +103,18 @@ async def purge(
     engine: Engine, topology: Topology, name: str, body: dict[str, Any],
 ) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
-    chosen = selection(body)
-    topic = _topic_all(topology, name, chosen)
+    topic = _topic(topology, name, body)
+    records = (_topic_records(body, topology, name)
+               if topic and body.get("records") is not None else None)
+    chosen = selection(body) if records is None else Selection(None)
     if not topic:
         _queue(topology, name)
     if body.get("confirm") != name:
         raise codec.BadInput(
             f"purging deletes messages for good: confirm with \"confirm\": \"{name}\""
         )
+    if records is not None:
+        return {"purged": dlq_records.purge_records(engine, name, records)["purged"]}
     if topic:
         return {"purged": dlq.purge_topic(engine, name)}
     total = 0

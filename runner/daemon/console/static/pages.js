@@ -441,6 +441,12 @@ async function dlqDetail(name) {
   let data = null;
   const ro = readOnly();
   const isQueue = () => data && data.kind === "queue";
+  // a queue's letters are chosen by id, a topic's by partition and offset ("p:o")
+  const keyOf = (m) => isQueue() ? m.id : `${m.partition}:${m.offset}`;
+  const choose = (keys) => isQueue() ? { ids: keys } : { records: keys.map((k) => {
+    const [p, o] = String(k).split(":").map(Number);
+    return { partition: p, offset: o };
+  }) };
   const act = async (what, body, text) => {
     try {
       if (what === "purge") {
@@ -461,24 +467,24 @@ async function dlqDetail(name) {
     data = await api(`dlq/${encodeURIComponent(name)}?n=200`);
     fill(toolbar, 
       h("span", {}, `${data.letters.length} dead letter(s) shown`),
-      !ro && !isQueue() ? [
+      !ro ? [
+        h("button", { id: "replay-selected", onclick: () => selected.size && act("replay", choose([...selected])) }, "Replay selected"),
         h("button", { id: "replay-all", onclick: () => act("replay", { all: true }) }, "Replay all"),
-        h("button", { id: "purge-all", class: "danger", onclick: () => act("purge", { all: true }, `Mark ALL pending dead letters of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge all"),
+        h("button", { id: "purge-selected", class: "danger", onclick: () => selected.size && act("purge", choose([...selected]), isQueue()
+          ? `Delete ${selected.size} selected dead letter(s) of ${name} for good?`
+          : `Mark ${selected.size} selected dead letter(s) of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge selected"),
+        h("button", { id: "purge-all", class: "danger", onclick: () => act("purge", { all: true }, isQueue()
+          ? `Delete ALL dead letters of ${name} for good? This cannot be undone.`
+          : `Mark ALL pending dead letters of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge all"),
       ] : null,
-      !ro && isQueue() ? [
-        h("button", { id: "replay-selected", onclick: () => selected.size && act("replay", { ids: [...selected] }) }, "Replay selected"),
-        h("button", { id: "replay-all", onclick: () => act("replay", { all: true }) }, "Replay all"),
-        h("button", { id: "purge-selected", class: "danger", onclick: () => selected.size && act("purge", { ids: [...selected] }, `Delete ${selected.size} selected dead letter(s) of ${name} for good?`) }, "Purge selected"),
-        h("button", { id: "purge-all", class: "danger", onclick: () => act("purge", { all: true }, `Delete ALL dead letters of ${name} for good? This cannot be undone.`) }, "Purge all"),
-      ] : null,
-      !isQueue() ? h("span", { class: "muted" }, " (pending records of a dead-letter topic, from each partition's replay position: replayed or purged in order, all at once)") : null);
+      !isQueue() ? h("span", { class: "muted" }, " (pending records of a dead-letter topic; the log keeps them after a replay or purge)") : null);
     fill(list, ...(data.letters.length ? data.letters.map((m, i) => {
-      const id = m.id;
-      const box = !ro && isQueue() ? h("input", { type: "checkbox", class: "pick", checked: selected.has(id),
+      const id = keyOf(m);
+      const box = !ro ? h("input", { type: "checkbox", class: "pick", checked: selected.has(id),
         onchange: (ev) => { if (ev.target.checked) selected.add(id); else selected.delete(id); } }) : null;
       return h("article", { class: "letter", dataset: { id: String(id ?? i) } },
         h("header", {}, box, h("b", {}, isQueue() ? `#${i + 1}` : `p${m.partition}@${m.offset}`),
-          !ro && isQueue() ? h("button", { class: "replay-one", onclick: () => act("replay", { ids: [id] }) }, "Replay") : null),
+          !ro ? h("button", { class: "replay-one", onclick: () => act("replay", choose([id])) }, "Replay") : null),
         deathView(m.death),
         h("details", {}, h("summary", {}, "message"),
           h("div", { class: "cols" },
