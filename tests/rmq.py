@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -62,3 +63,28 @@ def kill_connections(target: Target) -> int:
     for c in conns:
         live.request(admin, "DELETE", f"/api/connections/{quote(c['name'], safe='')}")
     return len(conns)
+
+
+def read_stream(target: Target, stream: str, n: int, *,
+                timeout_s: float = 15.0) -> list[tuple[Any, bytes]]:
+    """The first `n` messages of a stream (fewer after `timeout_s`): (properties, body)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        target.host, target.port, virtual_host=target.vhost))
+    got: list[tuple[Any, bytes]] = []
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=100)
+
+        def on(channel: Any, method: Any, props: Any, body: bytes) -> None:
+            got.append((props, body))
+            channel.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(stream, on, arguments={"x-stream-offset": "first"})
+        deadline = time.monotonic() + timeout_s
+        while len(got) < n and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        return got[:n] if len(got) >= n else got
+    finally:
+        conn.close()

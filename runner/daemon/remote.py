@@ -282,10 +282,16 @@ class RemoteDaemon:
 
 
 def refusal(topology: Topology) -> str | None:
-    """Why this topology cannot run over the RabbitMQ runtime (None: it can)."""
-    if topology.topics or topology.consumer_groups:
-        what = ", ".join([f"topic {n!r}" for n, _ in topology.topics]
-                         + [f"consumer group {n!r}" for n, _ in topology.consumer_groups])
-        return (f"the RabbitMQ backend does not serve topics and consumer groups yet "
-                f"({what}); run them on the embedded engine")
+    """Why this topology cannot run over the RabbitMQ runtime (None: it can). Topics
+    are written (handlers' appends, bindings) but not read: no consumer groups, no
+    dead letters into topics."""
+    if topology.consumer_groups:
+        what = ", ".join(f"consumer group {n!r}" for n, _ in topology.consumer_groups)
+        return (f"the RabbitMQ backend does not serve consumer groups yet ({what}); run "
+                "them on the embedded engine")
+    topics = topology.topic_map()
+    for name, policy in topology.dlq_policies:
+        if policy.dead_letter_queue in topics:
+            return (f"dlq_policy {name!r}: the RabbitMQ backend does not serve dead letters "
+                    f"into a topic ({policy.dead_letter_queue!r}) yet")
     return None

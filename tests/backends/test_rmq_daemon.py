@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runner.backends.rabbitmq.url import Target
 from runner.daemon.remote import SERVED, embedded_routes
+from runner.log.partitioner import partition_for_key
 from tests.e2e.conftest import RUNNER, Daemon, make_daemon, wait_for
-from tests.rmq import fresh_vhost, kill_connections, url
+from tests.rmq import fresh_vhost, kill_connections, read_stream, url
 
 HANDLERS = '''\
 import json
@@ -58,6 +59,10 @@ def forward(msg, ctx):
     ctx.publish("to-full", "", msg.body)
 
 
+def emit(msg, ctx):
+    ctx.append("events", {"id": msg.body, "n": 1})
+
+
 def work(msg):
     time.sleep(float(os.environ.get("WORK_S", "0.02")))
     _log(os.environ.get("WORK_LOG", "work.log"), body=msg.body, pid=os.getpid())
@@ -66,10 +71,14 @@ def work(msg):
 TOPOLOGY = """\
 version: 1
 name: rmq-daemon
+topics:
+  events: {partitions: 2, key: id}
+  audit: {partitions: 1}
 exchanges:
   orders: {type: topic}
   to-full: {type: fanout}
 queues:
+  emit: {}
   full: {max_length: 1, overflow: reject-publish}
   fwd: {}
   amo: {}
@@ -80,6 +89,7 @@ queues:
 bindings:
   - {exchange: orders, queue: work, routing_key: "work.#"}
   - {exchange: to-full, queue: full}
+  - {exchange: orders, topic: audit, routing_key: "work.#"}
 dlq_policies:
   fast:
     max_retries: 2
@@ -90,6 +100,7 @@ consumers:
   alo-c: {queue: alo, handler: "handlers_rmq:alo", delivery: at-least-once, dlq_policy: fast}
   retry-c: {queue: retry-q, handler: "handlers_rmq:always_fail", dlq_policy: fast}
   fwd-c: {queue: fwd, handler: "handlers_rmq:forward", dlq_policy: fast}
+  emit-c: {queue: emit, handler: "handlers_rmq:emit"}
   work-c: {queue: work, handler: "handlers_rmq:work", prefetch: 4, concurrency: 1}
 """
 
@@ -268,8 +279,10 @@ def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons)
     answer = d.post("/v1/exchanges/orders/messages",
                     {"messages": [{"routing_key": "work.1", "body": 1},
                                   {"routing_key": "other", "body": 2}]})
-    assert (answer.status, answer.body) == (202, {"routed": [["work"], []]})
+    assert (answer.status, answer.body) == (202, {"routed": [["work", "audit"], []]})
     wait_for(lambda: len(lines(d, "work.log")) == 1)
+    ((_, audit),) = read_stream(daemons.target, "audit.0", 1)  # the topic's one stream
+    assert audit == b"1"
     answer = d.post("/v1/exchanges/nope/messages", {"routing_key": "k", "body": 1})
     assert (answer.status, answer.body["error"]) == (404, "exchange 'nope' not found")
     answer = d.post("/v1/queues/nope/messages", {"body": 1})
@@ -291,6 +304,21 @@ def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons)
         concrete = path.replace("{name}", "work").replace("{group}", "g").replace("{p}", "0")
         assert d.request(method, concrete, {} if method == "POST" else None).status == 501, (
             method, path)
+
+
+def test_handlers_append_to_topics_as_streams(daemons: Daemons) -> None:
+    d = daemons.start()
+    ids = [f"o{i}" for i in range(10)]
+    d.ok("POST", "/v1/queues/emit/messages", {"messages": [{"body": i} for i in ids]}, 202)
+    by_partition = {}
+    for p in range(2):
+        mine = [i for i in ids if partition_for_key(i.encode(), 2) == p]
+        got = read_stream(daemons.target, f"events.{p}", len(mine))
+        by_partition[p] = sorted(json.loads(body)["id"] for _, body in got)
+        assert by_partition[p] == sorted(mine)  # murmur2 of the topic's key field
+        assert {bytes(props.headers["x-runner-key"]) for props, _ in got} == {
+            i.encode() for i in mine}
+    wait_for(lambda: depth(daemons.target, "emit") == 0)
 
 
 def test_two_daemons_share_a_queue(daemons: Daemons) -> None:
@@ -352,8 +380,9 @@ def test_run_backend_usage_errors(tmp_path: Any) -> None:
     assert run("--backend", "amqp://guest:guest@127.0.0.1:1/x?management_port=1") == (
         1, "runner run: the management API at http://127.0.0.1:1 does not answer (<urlopen "
         "error [Errno 111] Connection refused>); is the rabbitmq_management plugin enabled?")
-    (tmp_path / "topics.yaml").write_text(
-        "version: 1\nname: t\ntopics:\n  ev: {partitions: 1}\n")
-    assert run("--backend", "amqp://guest:guest@127.0.0.1/x", topology="topics.yaml") == (
-        1, "runner run: the RabbitMQ backend does not serve topics and consumer groups yet "
-        "(topic 'ev'); run them on the embedded engine")
+    (tmp_path / "groups.yaml").write_text(
+        "version: 1\nname: t\ntopics:\n  ev: {partitions: 1}\n"
+        "consumer_groups:\n  g: {topic: ev}\n")
+    assert run("--backend", "amqp://guest:guest@127.0.0.1/x", topology="groups.yaml") == (
+        1, "runner run: the RabbitMQ backend does not serve consumer groups yet (consumer "
+        "group 'g'); run them on the embedded engine")

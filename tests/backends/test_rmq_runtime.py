@@ -11,11 +11,12 @@ import pika
 import pytest
 
 from runner.backends.rabbitmq import runtime
-from runner.engine.contract import Ack, Capability, OutMessage
-from runner.errors import InvalidRequest, UnsafeChange
-from runner.topology.model import Queue, Topology
+from runner.engine.contract import Ack, Capability, OutMessage, OutRecord
+from runner.errors import InvalidRequest, NotFound, UnsafeChange
+from runner.log.partitioner import partition_for_key
+from runner.topology.model import Queue, Topic, Topology
 from tests.contract.conftest import take
-from tests.rmq import fresh_vhost, kill_connections
+from tests.rmq import fresh_vhost, kill_connections, read_stream
 
 TOPOLOGY = Topology(queues=(("q", Queue("q")),))
 
@@ -117,3 +118,39 @@ def test_a_consumer_channel_the_broker_closes_is_opened_again(
     asyncio.run(backend.durable(t))
     assert take(backend, "q", 1, timeout_s=0.5) == []
     assert backend.connections == 1  # the connection itself was kept
+
+
+def test_append_writes_each_record_into_the_stream_of_its_partition() -> None:
+    topology = Topology(topics=(("ev", Topic("ev", partitions=3, key="id")),))
+    with fresh_vhost() as target:
+        backend = runtime.open_rabbitmq(topology, target)
+        try:
+            keys = [f"k{i}".encode() for i in range(12)]
+            got = backend.append("ev", [OutRecord(b"v" + k, key=k, headers={"h": 1})
+                                        for k in keys])
+            json_keyed = backend.append("ev", [OutRecord(b'{"id":"k3"}')])
+            tomb = backend.append("ev", [OutRecord(None, key=b"k0", partition=2)])
+            asyncio.run(backend.durable(tomb.ticket))
+            want = [partition_for_key(k, 3) for k in keys]
+            assert got.positions == tuple((p, -1) for p in want)
+            assert json_keyed.positions == ((partition_for_key(b"k3", 3), -1),)
+            assert tomb.positions == ((2, -1),)
+            streams = {}
+            for p in range(3):
+                mine = [k for k, q in zip(keys, want, strict=True) if q == p]
+                extra = (1 if p == partition_for_key(b"k3", 3) else 0) + (1 if p == 2 else 0)
+                read = streams[p] = read_stream(target, f"ev.{p}", len(mine) + extra)
+                assert len(read) == len(mine) + extra
+                assert [b for _, b in read][:len(mine)] == [b"v" + k for k in mine]
+                assert [bytes(pr.headers["x-runner-key"]) for pr, _ in read][:len(mine)] == mine
+                assert all(pr.headers["h"] == 1 for pr, _ in read[:len(mine)])
+            (last,) = [pr for pr, body in streams[2] if body == b""]
+            headers = dict(last.headers)
+            headers.pop("x-stream-offset")  # the broker's
+            assert headers == {"x-runner-key": b"k0", "x-runner-null": True}
+            with pytest.raises(NotFound, match="topic 'nope' not found"):
+                backend.append("nope", [OutRecord(b"x")])
+            with pytest.raises(NotFound, match="topic 'ev' has no partition 3"):
+                backend.append("ev", [OutRecord(b"x", partition=3)])
+        finally:
+            backend.close()

@@ -33,8 +33,10 @@ ones still buffered are dropped, settling the ones already fetched answers
 them `unknown` (and their ticket raises StorageError), and they are delivered
 again -- a duplicate, which at-least-once allows.
 
-Not served (capabilities): exactly-once steps, compaction, idempotent
-producers, and -- not built yet -- topics and consumer groups (streams).
+Topics: `append` writes each record into the stream of its partition (the
+mapping's `T.p`, murmur2 of the key as Kafka). Not served (capabilities):
+exactly-once steps, compaction, idempotent producers, and -- not built yet --
+reading topics and consumer groups.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from runner.backends.rabbitmq.mapping import (
     definitions,
     delay_ms,
     delay_name,
+    stream_name,
 )
 from runner.backends.rabbitmq.url import Target
 from runner.broker.deadletter import build_death, with_death
@@ -102,7 +105,15 @@ from runner.engine.contract import (
     TopicPartition,
 )
 from runner.engine.values import EngineStats, QueueStats
-from runner.errors import EngineError, InvalidRequest, NotFound, StorageError, UnsafeChange
+from runner.errors import (
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    StorageError,
+    TooLarge,
+    UnsafeChange,
+)
+from runner.log.partitioner import Partitioner, key_from_json
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -121,6 +132,9 @@ FIRST_HEADER = "x-runner-first-attempt"  # wall milliseconds of the first delive
 EXCHANGE_HEADER = "x-runner-exchange"
 KEY_HEADER = "x-runner-routing-key"
 RUNNER_HEADERS = (COUNT_HEADER, FIRST_HEADER, EXCHANGE_HEADER, KEY_HEADER)
+# a topic record in its stream
+RECORD_KEY_HEADER = "x-runner-key"  # the record's key (bytes)
+RECORD_NULL_HEADER = "x-runner-null"  # a tombstone (no value)
 
 Callback = Callable[[Event], None]
 
@@ -272,6 +286,7 @@ class RabbitBackend:
         self._buffers: dict[str, deque[int]] = {}
         self._held: dict[int, _Held] = {}
         self._ids = itertools.count(1)
+        self._partitioners: dict[str, Partitioner] = {}
         self._consumed: set[str] = set()  # queues the owner wants deliveries of
         self._subs: list[_Sub] = []
         self._closed = False
@@ -369,7 +384,44 @@ class RabbitBackend:
                          self._submit(_Command(0, publishes=publishes)))
 
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
-        raise _not_served("topics")
+        """Each record into the stream of its partition (`T.p`): the explicit one, else
+        murmur2 of its key (or of the topic's `key` field of a JSON value), else round
+        robin. The key travels in `x-runner-key`, a tombstone as `x-runner-null`. A
+        stream's offset is only known once read: positions carry offset -1."""
+        spec = self._topology.topic_map().get(topic)
+        if spec is None:
+            raise NotFound(f"topic '{topic}' not found")
+        partitioner = self._partitioners.setdefault(topic, Partitioner())
+        now = self._clock.time()
+        positions: list[tuple[int, int]] = []
+        publishes = []
+        for r in records:
+            size = len(r.value or b"") + len(r.key or b"")
+            if size > spec.max_message_bytes:
+                raise TooLarge(f"a record of {size} bytes is over the max_message_bytes "
+                               f"{spec.max_message_bytes} of topic '{topic}'")
+            key = r.key
+            if key is None and spec.key is not None:
+                key = key_from_json(r.value, spec.key)
+            if r.partition is not None:
+                if not 0 <= r.partition < spec.partitions:
+                    raise NotFound(f"topic '{topic}' has no partition {r.partition}")
+                p = r.partition
+            else:
+                p = partitioner.partition(key, spec.partitions)
+            headers = encode_headers(r.headers) if r.headers else {}
+            if key is not None:
+                headers[RECORD_KEY_HEADER] = key
+            if r.value is None:
+                headers[RECORD_NULL_HEADER] = True
+            stamp = r.timestamp_ms if r.timestamp_ms is not None else int(now * 1000)
+            publishes.append(_Publish("", stream_name(topic, p), r.value or b"",
+                                      pika.BasicProperties(headers=headers or None,
+                                                           delivery_mode=2,
+                                                           timestamp=stamp // 1000)))
+            positions.append((p, -1))
+        ticket = self._submit(_Command(0, publishes=publishes))
+        return Appended(tuple(positions), ticket)
 
     # ================================================================ QueueConsumer
     def fetch(
