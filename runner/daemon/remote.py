@@ -8,6 +8,8 @@ The HTTP API here serves what goes through the contract on this backend:
 
     POST /v1/exchanges/{name}/messages   publish (answered 202 once confirmed)
     POST /v1/queues/{name}/messages      put straight into a queue
+    GET  /v1/queues, /v1/exchanges,      as on the embedded engine; queue counts from the
+         /v1/bindings                    broker, no exchange counters
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
     GET  /metrics                        queue depths and counters from the broker,
                                          handler and topology metrics from the pipeline
@@ -34,7 +36,7 @@ from aiohttp import web
 from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
 from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
-from runner.daemon import codec, fanout
+from runner.daemon import codec, fanout, lists
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
     HOST_KEY,
@@ -64,6 +66,9 @@ log = logging.getLogger(__name__)
 SERVED = frozenset({
     ("POST", "/v1/exchanges/{name}/messages"),
     ("POST", "/v1/queues/{name}/messages"),
+    ("GET", "/v1/queues"),
+    ("GET", "/v1/exchanges"),
+    ("GET", "/v1/bindings"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -156,6 +161,9 @@ class RemoteDaemon:
 
         r.add_post("/v1/exchanges/{name}/messages", publish_exchange)
         r.add_post("/v1/queues/{name}/messages", publish_queue)
+        r.add_get("/v1/queues", self._list_queues)
+        r.add_get("/v1/exchanges", self._list_exchanges)
+        r.add_get("/v1/bindings", self._list_bindings)
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         r.add_get("/metrics", self._metrics)
@@ -197,6 +205,23 @@ class RemoteDaemon:
         await backend.durable(published.ticket)  # confirmed by the broker before 202
         routed = [list(r) for r in published.routes]
         return answer({"routed": routed if batch else routed[0]}, 202)
+
+    async def _list_queues(self, request: web.Request) -> web.Response:
+        """The embedded daemon's list, counts from the broker (management API, off the
+        loop: its statistics lag by up to 5 s)."""
+        loop = asyncio.get_running_loop()
+        backend, topology = self.backend, self._topology
+        return answer(await loop.run_in_executor(
+            None, lambda: lists.queues_json(backend, topology)))
+
+    async def _list_exchanges(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        backend, topology = self.backend, self._topology
+        return answer(await loop.run_in_executor(
+            None, lambda: lists.exchanges_json(backend, topology)))
+
+    async def _list_bindings(self, request: web.Request) -> web.Response:
+        return answer(lists.bindings_json(self._topology))
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return answer({"status": "ok"})

@@ -297,6 +297,18 @@ def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons)
         501, f"POST /v1/queues/{{name}}/messages?wait= is not served over the RabbitMQ "
         f"backend ({backend}) yet; docs/rabbitmq.md lists what is")
     assert d.get("/readyz").body == {"status": "ready", "backend": backend}
+    queues = d.ok("GET", "/v1/queues")["queues"]
+    assert [q["name"] for q in queues] == sorted(
+        ["alo", "amo", "emit", "full", "fwd", "retry-q", "retry.dlq", "work"])
+    work = next(q for q in queues if q["name"] == "work")
+    assert (work["consumers"], work["ready"], work["durable"]) == (["work-c"], 0, True)
+    exchanges = d.ok("GET", "/v1/exchanges")["exchanges"]
+    assert [(e["name"], e["type"], e["bindings"]) for e in exchanges] == [
+        ("orders", "topic", 2), ("to-full", "fanout", 1)]
+    assert [(b["exchange"], b["destination"]) for b in d.ok("GET", "/v1/bindings")[
+        "bindings"]] == [("orders", "work"), ("to-full", "full"), ("orders", "audit")]
+    listed = d.cli("queues")
+    assert listed.returncode == 0 and "retry.dlq" in listed.stdout, listed
     assert d.get("/healthz").status == 200
     for method, path in embedded_routes():  # every route answers: served, or 501
         if (method, path) in SERVED:

@@ -48,6 +48,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ CAPABILITIES = MAPPING_CAPABILITIES - {Capability.TOPICS}
 DEFAULT_PREFETCH = 100  # a queue fetched without a consumer of the topology
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
+INFO_FRESH_S = 1.0  # queue_info answers from a queue_infos this young
 DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
 
 # headers of a retried copy, taken off at delivery
@@ -287,6 +289,7 @@ class RabbitBackend:
         self._held: dict[int, _Held] = {}
         self._ids = itertools.count(1)
         self._partitioners: dict[str, Partitioner] = {}
+        self._infos: tuple[float, dict[str, QueueInfo]] | None = None  # (when, counts)
         self._consumed: set[str] = set()  # queues the owner wants deliveries of
         self._subs: list[_Sub] = []
         self._closed = False
@@ -516,8 +519,15 @@ class RabbitBackend:
         return list(applied.lines)
 
     def queue_info(self, queue: str) -> QueueInfo:
-        """The broker's counts (management API; its statistics lag by up to 5 s)."""
+        """The broker's counts (management API; its statistics lag by up to 5 s).
+        Answered from the last `queue_infos` of every queue when it is under
+        INFO_FRESH_S old (a list of N queues costs one call, not N)."""
         self._known_queue(queue)
+        cached = self._infos
+        if cached is not None and time.monotonic() - cached[0] < INFO_FRESH_S:
+            info = cached[1].get(queue)
+            if info is not None:
+                return info
         return self.queue_infos([queue])[queue]
 
     def queue_infos(self, names: Collection[str] | None = None) -> dict[str, QueueInfo]:
@@ -528,13 +538,14 @@ class RabbitBackend:
                                 "messages_ready,messages_unacknowledged")
         except live.Unreachable as exc:
             raise StorageError(str(exc)) from exc
-        out = {}
+        every = {}
         for row in rows:
             name = str(row["name"])
-            if name.startswith(DELAY_PREFIX) or (names is not None and name not in names):
-                continue
-            out[name] = QueueInfo(name, int(row.get("messages_ready") or 0),
-                                  int(row.get("messages_unacknowledged") or 0), 0, 0.0)
+            if not name.startswith(DELAY_PREFIX):
+                every[name] = QueueInfo(name, int(row.get("messages_ready") or 0),
+                                        int(row.get("messages_unacknowledged") or 0), 0, 0.0)
+        self._infos = (time.monotonic(), every)
+        out = every if names is None else {n: every[n] for n in names if n in every}
         for name in names or ():
             if name not in out:
                 raise NotFound(f"queue '{name}' not found on {self.target}")
