@@ -11,6 +11,7 @@ operations: a purge acks what it pulls; a move is one exactly-once step
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from runner.broker.deadletter import replay_target, replayed_headers
@@ -115,6 +116,11 @@ def replay_to(engine: Engine, topology: Topology, source: str, dest: str, n: int
 
 NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
 REPLAY_MESSAGE_ID = "__dlq-replay:{topic}/{partition}/{offset}"
+
+
+def death(headers: Mapping[str, Any]) -> Any:
+    """The `x-dead-letter` header of a dead letter (None: not one)."""
+    return headers.get(DEAD_LETTER_HEADER)
 
 
 def pending_in_stats(stats: EngineStats, topic: str, partitions: int) -> list[int]:

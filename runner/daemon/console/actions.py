@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.daemon import codec, dlq, dlq_records
-from runner.engine import Engine, TopicPartition
+from runner.engine import Engine
+from runner.engine.contract import Backend, TopicPartition
 from runner.errors import NotFound
 from runner.topology.model import Topology
 
@@ -144,7 +145,7 @@ class ResetRow:
 
 
 def plan_reset(
-    engine: Engine, topology: Topology, group: str, body: dict[str, Any]
+    backend: Backend, topology: Topology, group: str, body: dict[str, Any]
 ) -> list[ResetRow]:
     """Where each partition of `group` (or of one topic / partition) would move."""
     codec.check_fields(body, RESET_FIELDS)
@@ -163,12 +164,12 @@ def plan_reset(
     offset = codec.int_field(body, "offset") if to == "offset" else None
     stamp = codec.int_field(body, "timestamp") if to == "timestamp" else None
     rows = []
-    for p in engine.group_info(group).partitions:
+    for p in backend.group_info(group).partitions:
         if (topic is not None and p.topic != topic) or (
             partition is not None and p.partition != partition
         ):
             continue
-        info = next(i for i in engine.partitions(p.topic) if i.partition == p.partition)
+        info = next(i for i in backend.partitions(p.topic) if i.partition == p.partition)
         start, end = info.log_start_offset, info.log_end_offset
         if to == "earliest":
             target = start
@@ -178,7 +179,7 @@ def plan_reset(
             target = min(max(offset, start), end)  # Kafka's tool clamps into the log
         else:
             assert stamp is not None
-            target = engine.offset_for_time(p.topic, p.partition, stamp)
+            target = backend.offset_for_time(p.topic, p.partition, stamp)
         rows.append(ResetRow(p.topic, p.partition, p.position, target, start, end))
     if not rows:
         where = f"topic {topic!r} " if topic else ""
@@ -186,10 +187,12 @@ def plan_reset(
     return rows
 
 
-def reset(engine: Engine, topology: Topology, group: str, body: dict[str, Any]) -> dict[str, Any]:
+def reset(
+    backend: Backend, topology: Topology, group: str, body: dict[str, Any],
+) -> dict[str, Any]:
     dry_run = codec.bool_field(body, "dry_run", default=True)
-    rows = plan_reset(engine, topology, group, body)
+    rows = plan_reset(backend, topology, group, body)
     if not dry_run:
         for row in rows:
-            engine.seek(group, TopicPartition(row.topic, row.partition), offset=row.target)
+            backend.seek(group, TopicPartition(row.topic, row.partition), offset=row.target)
     return {"group": group, "dry_run": dry_run, "partitions": [r.as_json() for r in rows]}

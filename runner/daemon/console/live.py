@@ -39,6 +39,7 @@ from runner.daemon.dlq import pending_in_stats
 from runner.daemon.metrics import HandlerView
 from runner.daemon.status import dead_letter_queues
 from runner.engine import Engine, EngineStats, TopicPartition
+from runner.engine.contract import Backend
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class FeedSource(Protocol):
 
     @property
     def engine(self) -> Engine: ...
+
+    @property
+    def backend(self) -> Backend:
+        """The engine through the contract (what the pages and actions read)."""
+        ...
 
     @property
     def topology(self) -> Topology: ...

@@ -270,28 +270,28 @@ class Console:
     async def queue_messages(self, request: web.Request) -> web.StreamResponse:
         n = codec.query_int(request.query, "n", default=20, low=1, high=views.MAX_PEEK)
         name = request.match_info["name"]
-        return answer({"messages": views.peek(self.host.engine, self.host.topology, name, n)})
+        return answer({"messages": views.peek(self.host.backend, self.host.topology, name, n)})
 
     async def topics(self, request: web.Request) -> web.StreamResponse:
         host = self.host
-        return answer({"topics": views.topics(host.engine, host.topology),
+        return answer({"topics": views.topics(host.backend, host.topology),
                        "snapshot": self.feed.snapshot()})
 
     async def records(self, request: web.Request) -> web.StreamResponse:
-        return answer(views.browse(self.host.engine, self.host.topology,
+        return answer(views.browse(self.host.backend, self.host.topology,
                                    request.match_info["name"], request.query))
 
     async def groups(self, request: web.Request) -> web.StreamResponse:
-        return answer({"groups": views.groups(self.host.engine, self.host.topology)})
+        return answer({"groups": views.groups(self.host.backend, self.host.topology)})
 
     async def dlq(self, request: web.Request) -> web.StreamResponse:
         host = self.host
         return answer({"dead_letter_queues": views.dead_letter_summary(
-            host.engine, host.topology, self.clock.time())})
+            host, host.topology, self.clock.time())})
 
     async def dlq_letters(self, request: web.Request) -> web.StreamResponse:
         n = codec.query_int(request.query, "n", default=100, low=1, high=views.MAX_PEEK)
-        return answer(views.dead_letters(self.host.engine, self.host.topology,
+        return answer(views.dead_letters(self.host, self.host.topology,
                                          request.match_info["name"], n))
 
     # ------------------------------------------------------------ changes
@@ -312,7 +312,7 @@ class Console:
     async def reset(self, request: web.Request) -> web.StreamResponse:
         host = self.host
         body = await self._body(request)
-        return answer(actions.reset(host.engine, host.topology, request.match_info["name"], body))
+        return answer(actions.reset(host.backend, host.topology, request.match_info["name"], body))
 
 
 def _no_store(response: web.StreamResponse) -> web.StreamResponse:

@@ -1,7 +1,7 @@
 """What the console's pages show, as JSON: overview, flow graph, queues, topics,
 groups and dead letters (read-only; changes are in `actions`).
 
-Each function reads the engine and the running topology once and returns plain
+Each function reads the backend and the running topology once and returns plain
 data; live numbers come separately from the feed (`live`), so a page renders
 from one answer and is then kept current by the event stream.
 """
@@ -15,7 +15,7 @@ from runner.daemon import codec, dlq
 from runner.daemon.console.live import FeedSource
 from runner.daemon.reload import ReloadEntry
 from runner.daemon.status import dead_letter_queues
-from runner.engine import DEAD_LETTER_HEADER, Engine
+from runner.engine.contract import Backend
 from runner.errors import NotFound
 from runner.topology.graph import binding_label, diagram
 from runner.topology.model import Topology
@@ -110,13 +110,13 @@ def queues(topology: Topology) -> list[dict[str, Any]]:
     return out
 
 
-def peek(engine: Engine, topology: Topology, queue: str, n: int) -> list[dict[str, Any]]:
+def peek(backend: Backend, topology: Topology, queue: str, n: int) -> list[dict[str, Any]]:
     if queue not in topology.queue_map():
         raise NotFound(f"queue '{queue}' not found")
-    return [codec.delivery_json(d) for d in engine.peek(queue, n)]
+    return [codec.delivery_json(d) for _, d in backend.peek_ids(queue, n)]
 
 
-def topics(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
+def topics(backend: Backend, topology: Topology) -> list[dict[str, Any]]:
     readers: dict[str, list[str]] = {}
     for name, g in topology.consumer_groups:
         for t in g.topics:
@@ -136,16 +136,16 @@ def topics(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
                 {"partition": p.partition, "log_start_offset": p.log_start_offset,
                  "log_end_offset": p.log_end_offset, "size_bytes": p.size_bytes,
                  "oldest_timestamp": p.oldest_timestamp_ms}
-                for p in engine.partitions(name)
+                for p in backend.partitions(name)
             ],
         })
     return out
 
 
-def groups(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
+def groups(backend: Backend, topology: Topology) -> list[dict[str, Any]]:
     out = []
     for name, g in topology.consumer_groups:
-        info = engine.group_info(name)
+        info = backend.group_info(name)
         out.append({
             "name": name, "topics": list(g.topics), "handler": g.handler,
             "instances": g.instances, "delivery": g.delivery.value,
@@ -161,44 +161,46 @@ def groups(engine: Engine, topology: Topology) -> list[dict[str, Any]]:
     return out
 
 
-def dead_letter_summary(engine: Engine, topology: Topology, now_s: float) -> list[dict[str, Any]]:
-    """Every dead-letter queue and topic with its depth and the age of its oldest letter."""
+def dead_letter_summary(src: FeedSource, topology: Topology, now_s: float) -> list[dict[str, Any]]:
+    """Every dead-letter queue and topic with its depth and the age of its oldest letter.
+    (A dead-letter topic's pending letters are still read with the raw engine:
+    `dlq` needs its settled markers, which the contract does not serve yet.)"""
     out: list[dict[str, Any]] = []
     for name in sorted(dead_letter_queues(topology)):
-        info = engine.queue_info(name)
+        info = src.backend.queue_info(name)
         out.append({"name": name, "kind": "queue", "depth": info.ready,
                     "age_s": round(info.oldest_ready_age_s, 3)})
     for name in sorted(topology.dead_letter_topics()):
-        summary = dlq.topic_summary(engine, name, int(now_s * 1000))
+        summary = dlq.topic_summary(src.engine, name, int(now_s * 1000))
         summary.pop("partitions")
         out.append(summary)
     return out
 
 
-def dead_letters(engine: Engine, topology: Topology, name: str, n: int) -> dict[str, Any]:
+def dead_letters(src: FeedSource, topology: Topology, name: str, n: int) -> dict[str, Any]:
     """The first `n` dead letters of a DLQ (queue: ready messages in delivery order,
     each with `id` for replay or purge; topic: the pending records, partition by
     partition from its replay position)."""
     if name in topology.queue_map():
         letters = []
-        for uid, d in engine.peek_ids(name, n):
+        for uid, d in src.backend.peek_ids(name, n):
             item = codec.delivery_json(d)
             item["id"] = uid
-            item["death"] = d.headers.get(DEAD_LETTER_HEADER)
+            item["death"] = dlq.death(d.headers)
             letters.append(item)
         return {"name": name, "kind": "queue", "letters": letters}
     if name in topology.topic_map():
         letters = []
-        for r in dlq.topic_letters(engine, name, n):
+        for r in dlq.topic_letters(src.engine, name, n):
             item = codec.record_json(r)
-            item["death"] = r.headers.get(DEAD_LETTER_HEADER)
+            item["death"] = dlq.death(r.headers)
             letters.append(item)
         return {"name": name, "kind": "topic", "letters": letters}
     raise NotFound(f"no queue or topic named '{name}'")
 
 
 def browse(
-    engine: Engine, topology: Topology, topic: str, query: Mapping[str, str]
+    backend: Backend, topology: Topology, topic: str, query: Mapping[str, str]
 ) -> dict[str, Any]:
     """Records of one partition from `offset`, or from the first record at or after
     `timestamp` (ms); at most `limit`."""
@@ -207,19 +209,18 @@ def browse(
         raise NotFound(f"topic '{topic}' not found")
     partition = codec.query_int(query, "partition", default=0, high=spec.partitions - 1)
     limit = codec.query_int(query, "limit", default=50, low=1, high=MAX_BROWSE)
-    info = next(p for p in engine.partitions(topic) if p.partition == partition)
+    info = next(p for p in backend.partitions(topic) if p.partition == partition)
     if query.get("timestamp") is not None:
-        offset = engine.offset_for_time(topic, partition, codec.query_int(
+        offset = backend.offset_for_time(topic, partition, codec.query_int(
             query, "timestamp", default=None))
     else:
         offset = codec.query_int(query, "offset", default=info.log_start_offset)
     offset = min(max(offset, info.log_start_offset), info.log_end_offset)
-    recs, next_offset = engine.read(topic, partition, offset, max_records=limit,
-                                    max_bytes=16 * 1024 * 1024)
+    got = backend.read(topic, partition, offset, max_records=limit, max_bytes=16 * 1024 * 1024)
     return {
-        "topic": topic, "partition": partition, "offset": offset, "next_offset": next_offset,
+        "topic": topic, "partition": partition, "offset": offset, "next_offset": got.next_offset,
         "log_start_offset": info.log_start_offset, "log_end_offset": info.log_end_offset,
-        "records": [codec.record_json(r) for r in recs],
+        "records": [codec.record_json(r) for r in got.records],
     }
 
 
