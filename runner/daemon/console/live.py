@@ -1,6 +1,6 @@
 """The console's live feed: one sampler of the engine's own counters, many listeners.
 
-Once a second (`interval_s`) the feed reads `engine.stats()` and the
+Once a second (`interval_s`) the feed reads `backend.stats()` and the
 pipeline's handler counts -- the same plain ints the metrics collector reads
 at scrape time -- turns counter deltas into rates, keeps the last ten minutes
 of the overview's three rates, and hands one encoded snapshot to every open
@@ -132,7 +132,7 @@ class LiveFeed:
     def sample(self) -> None:
         src = self._source
         topology = src.topology
-        stats = src.engine.stats()
+        stats: EngineStats = src.backend.stats()
         now = self._clock.time()
         current = _count(topology, stats, src.handler_view(), now)
         last = self._last
