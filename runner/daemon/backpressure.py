@@ -10,7 +10,7 @@ its partitions (`log end - committed`, as `runner groups describe` shows it).
 
 from __future__ import annotations
 
-from runner.engine import Engine
+from runner.engine.contract import Backend
 from runner.errors import Refused
 from runner.topology.model import Topology
 
@@ -19,13 +19,13 @@ class Lagging(Refused):
     """An append refused because a group with `max_lag` lags too much (HTTP 429)."""
 
 
-def check_lag(engine: Engine, topology: Topology, topic: str) -> None:
+def check_lag(backend: Backend, topology: Topology, topic: str) -> None:
     """Raise Lagging when a consumer group of `topic` with `max_lag` lags more
-    than that on it; nothing is asked of the engine when no group sets one."""
+    than that on it; nothing is asked of the backend when no group sets one."""
     for name, group in topology.consumer_groups:
         if group.max_lag is None or topic not in group.topics:
             continue
-        info = engine.group_info(name)
+        info = backend.group_info(name)
         lag = sum(p.lag for p in info.partitions if p.topic == topic)
         if lag > group.max_lag:
             raise Lagging(

@@ -554,7 +554,7 @@ async def append_topic(request: web.Request) -> web.Response:
             )
     _limit(request, "topic", name, len(recs))
     if recs:
-        check_lag(host.engine, host.topology, name)
+        check_lag(host.backend, host.topology, name)
     durable = _Durable(host.engine)
     with Traced(request, "topic", name, recs) as traced:
         try:
