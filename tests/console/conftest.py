@@ -1,9 +1,12 @@
-"""Console fixtures: the real daemon (tests/e2e) and a headless Chromium driven by Selenium.
+"""Console fixtures: the real daemon (tests/e2e) and a headless browser, Chromium and Firefox.
 
-The browser is Debian's `chromium` with its `chromium-driver`, never a
-downloaded one. Without them the browser tests skip with one line saying
-what to install; with `CI` set they fail instead. Screenshots go to
-`artifacts/console/` (or `$RUNNER_ARTIFACTS/console/`).
+Every browser test runs once in each (the `browser` fixture is parametrised):
+Debian's `chromium` driven by Selenium through its `chromium-driver`, and
+Debian's `firefox-esr` driven over WebDriver BiDi by `tests/console/firefox.py`
+(no geckodriver: Debian has none, and nothing is downloaded). Without a browser
+its tests skip with one line saying what to install; with `CI` set they fail
+instead. Screenshots go to `artifacts/console/` (or `$RUNNER_ARTIFACTS/console/`),
+Firefox's to its `firefox/` folder.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ import pytest
 from tests.e2e.conftest import REPO, Daemon, start_daemon, wait_for  # noqa: F401
 
 ARTIFACTS = Path(os.environ.get("RUNNER_ARTIFACTS", REPO / "artifacts")) / "console"
-INSTALL_HINT = "apt-get install chromium chromium-driver"
+INSTALL_HINT = {
+    "chromium": "apt-get install chromium chromium-driver; pip install selenium",
+    "firefox": "apt-get install firefox-esr; pip install selenium websocket-client",
+}
+BROWSERS = ("chromium", "firefox")
 
 
-def _missing(what: str) -> None:
-    message = f"browser tests need {what} ({INSTALL_HINT}; pip install selenium)"
+def _missing(browser: str, what: str) -> None:
+    message = f"{browser} browser tests need {what} ({INSTALL_HINT[browser]})"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -41,18 +48,26 @@ def _find(*names: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole run (each test opens its own pages)."""
+@pytest.fixture(scope="session", params=BROWSERS)
+def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One headless browser of each kind for the whole run (each test opens its own pages)."""
+    driver = _chromium() if request.param == "chromium" else _firefox()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _chromium() -> Any:
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        _missing("the selenium package")
+        _missing("chromium", "the selenium package")
     binary = _find("chromium", "chromium-browser", "google-chrome")
     driver_path = _find("chromedriver")
     if binary is None or driver_path is None:
-        _missing("chromium and chromedriver")
+        _missing("chromium", "chromium and chromedriver")
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -62,10 +77,21 @@ def browser() -> Iterator[Any]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+def _firefox() -> Any:
     try:
-        yield driver
-    finally:
-        driver.quit()
+        import selenium  # noqa: F401  (its exceptions are the tests' exceptions)
+        import websocket  # noqa: F401  (websocket-client)
+    except ImportError:
+        _missing("firefox", "the selenium and websocket-client packages")
+    binary = _find("firefox-esr", "firefox")
+    if binary is None:
+        _missing("firefox", "firefox-esr")
+    from tests.console.firefox import FirefoxDriver
+
+    return FirefoxDriver(binary)
 
 
 class Page:
@@ -125,8 +151,9 @@ class Page:
         self.one("#confirm-ok").click()
 
     def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / f"{name}.png"
+        folder = ARTIFACTS / "firefox" if self.driver.name == "firefox" else ARTIFACTS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
         self.driver.save_screenshot(str(path))
         return path
 
@@ -150,9 +177,10 @@ def page_for(browser: Any) -> Iterator[Callable[[Daemon], Page]]:
     assert made and not errors, errors
 
 
-def save_measure(name: str, data: dict[str, Any]) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+def save_measure(name: str, data: dict[str, Any], browser: str = "chrome") -> None:
+    folder = ARTIFACTS / "firefox" if browser == "firefox" else ARTIFACTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
 class Session:

@@ -1,6 +1,7 @@
-"""The console in a real browser (headless Chromium via Selenium) over a real daemon:
-the flow graph, live depth, a dead letter from stack trace to replay, an offset reset
-with its dry run, the token gate, escaping, read-only, and a screenshot of each page."""
+"""The console in real browsers (headless Chromium via Selenium, Firefox via WebDriver
+BiDi; each test runs in both) over a real daemon: the flow graph, live depth, a dead
+letter from stack trace to replay, an offset reset with its dry run, the token gate,
+escaping, read-only, and a screenshot of each page."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """One daemon for the tests whose changes do not meet (each its own queue or group)."""
+def daemon(tmp_path_factory, browser):  # type: ignore[no-untyped-def]
+    """One daemon for the tests whose changes do not meet (each its own queue or group),
+    and one for each browser (so each sees the same start)."""
     yield from shared(tmp_path_factory)
 
 PageFor = Callable[[Daemon], Page]
@@ -58,6 +60,30 @@ def test_flow_graph_renders_every_declared_entity_and_filters(daemon, page_for) 
             ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
     page.wait_route("queues/shipping")
     assert page.text("h1") == "Queue shipping"
+
+
+def test_the_browser_log_reports_errors_so_a_clean_log_means_something(
+    daemon, page_for
+) -> None:
+    """Every page_for test ends by asserting an empty error log; in each browser the log
+    must catch a console.error, an uncaught exception and a failed request."""
+    page = page_for(daemon)
+    page.open("overview")
+    page.wait(lambda: page.text(".card .pill") == "healthy")
+    assert page.console_errors() == []
+    page.js("console.error('probe: console.error')")
+    page.js("setTimeout(() => { throw new Error('probe: uncaught'); }, 0)")
+    page.js("fetch('/ui/api/probe-no-such-call')")
+    seen: list[str] = []
+
+    def all_three() -> bool:
+        seen.extend(page.console_errors())
+        text = "\n".join(seen)
+        return all(probe in text for probe in (
+            "probe: console.error", "probe: uncaught", "/ui/api/probe-no-such-call"))
+
+    page.wait(all_three)
+    assert any(" 404 " in line for line in seen if "probe-no-such-call" in line), seen
 
 
 def test_a_published_message_shows_in_the_queue_depth_live(daemon, page_for) -> None:
@@ -258,7 +284,7 @@ def test_first_render_of_500_entities_is_under_a_second(start_daemon, page_for) 
     weight = sum(len(d.get(f"/ui/static/{f}").raw) for f in
                  ("app.js", "pages.js", "graph.js", "console.css")) + len(d.get("/ui/").raw)
     timings["page_weight_bytes"] = weight
-    save_measure("first-render-500", timings)
+    save_measure("first-render-500", timings, page.driver.name)
     page.screenshot("flow-500")
     for name, t in timings.items():
         if isinstance(t, dict):
