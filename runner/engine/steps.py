@@ -11,19 +11,28 @@ An exactly-once step thus costs one fsync for the journal plus one per log it
 touched (a queue -> queue step: 3; it was 4, with a journal of the broker's
 inside the engine's, and up to 6 with topics).
 
-The record:
+Order under `--fsync interval`: a step is synced as under `always` (the
+journal record before it is applied, every log it touched at the end of the
+block, the done mark after that), and in addition the journal record is
+fsynced only after every log the step writes to or acks in is synced up to
+what was written before it (topic partitions of its records, queues of its
+acks, puts and routed publishes, the offsets log when it commits). Each of
+the three orders closes a power cut the cut-point tests found
+(tests/engine/test_engine_step_fsync_order.py):
 
-    {"acks": [[queue, delivery_id]...],
-     "commits": [[group, topic, partition, next_offset]...],
-     "pub": [[exchange, [message...]]...], "put": [[queue, [message...]]...],
-     "rec": [[topic, partition, key_b64, value_b64, [[header, value_b64]...], ts_ms]...]}
+* the logs before the record: else the record survives an earlier unsynced
+  append to the same partition that is lost, and the replayed step lands on
+  the hole (its record at the lost record's offset);
+* the record before the outputs: the background flusher may sync an output
+  any moment after it is written, and a cut could keep it without the record
+  or the input's ack (half a step);
+* the outputs before the done mark: a done mark kept (a torn page, or synced
+  with a later step's record) without the outputs it vouches for is half a
+  step never replayed.
 
-with a message in the one message codec (`encode_message`): {"b": body_b64,
-"k": routing_key, "h": headers (the broker's tagged encoding), "p": priority,
-"t": ttl_s, "i": message_id, "c": content_type}. Outputs without a message id
-get `__e<step>-<n>`; records get their partition fixed at write time and the
-producer `__engine_step__` with sequence `step * 2^20 + n` per partition, so a
-re-applied append is dropped.
+So under `interval` a step costs what it costs under `always`, plus an fsync
+of each touched log holding plain (non-step) writes not yet synced; `never`
+syncs none of this (the OS writes back when it likes).
 
 A data directory written before this journal may hold the broker's old
 queue-only journal (`steps/`, records `T` = the same message codec under keys
@@ -34,7 +43,7 @@ directory is removed (`replay_legacy`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +95,13 @@ class StepLog:
         # (a step is all or nothing), as is an exhausted disk budget
         self.broker.check_publish(step.publishes, step.queue_puts)
         sid = self.journal.next_id
-        doc = self._document(sid, step)
+        before: dict[int, Callable[[], None]] = {}
+        doc = self._document(sid, step, before)
+        if self.journal.fsync is Fsync.INTERVAL:
+            # the journal record is fsynced only after every log the step writes
+            # to or acks in (see the module); under ALWAYS they are synced
+            for sync in before.values():
+                sync()
         # an input pulled before its publish was synced is durable before the
         # step that settles it (runner.log.commits "Ordering")
         self.group.flush_pending()
@@ -106,8 +121,21 @@ class StepLog:
         if refused is not None:
             raise refused
 
-    def _document(self, sid: int, step: Step) -> dict[str, Any]:
-        """The journal record of step `sid`: outputs named, records resolved."""
+    def _document(self, sid: int, step: Step,
+                  before: dict[int, Callable[[], None]] | None = None) -> dict[str, Any]:
+        """The journal record of step `sid`: outputs named, records resolved.
+        Fills `before` with the syncs of the logs the step writes to or acks in."""
+        if before is None:
+            before = {}
+        queues = self.broker.journals
+
+        def queue(name: str) -> None:
+            j = queues.get(name)
+            if j is not None:
+                before.setdefault(id(j.log), j.log.sync)
+
+        for q, _did in step.acks:
+            queue(q)
         n = 0
         publishes: list[tuple[str, list[OutMessage]]] = []
         records: list[tuple[str, AppendRecord]] = []
@@ -119,21 +147,28 @@ class StepLog:
                 owned.append(m)
                 route = self.broker.router.route(exchange, m.routing_key, m.headers, count=False)
                 records.extend((t, record_of_message(m, exchange)) for t in route.topics)
+                for q in route.queues:
+                    queue(q)
             publishes.append((exchange, owned))
         puts: list[tuple[str, list[OutMessage]]] = []
-        for queue, msgs in step.queue_puts:
+        for name, msgs in step.queue_puts:
+            queue(name)
             owned = []
             for m in msgs:
                 owned.append(_with_id(m, f"__e{sid}-{n}"))
                 n += 1
-            puts.append((queue, owned))
+            puts.append((name, owned))
         for topic, recs in step.appends:
             records.extend((topic, to_append(r)) for r in recs)
         resolved: list[list[Any]] = []
         for topic, rec in records:
             ((p, (key, value, headers, ts)),) = self.store.resolve(topic, [rec])
+            wal = self.store.partition(topic, p).log
+            before.setdefault(id(wal), wal.sync)
             resolved.append([topic, p, b64(key), b64(value),
                              [[h, b64(v)] for h, v in headers], ts])
+        if step.commits:
+            before.setdefault(id(self.store.offsets), self.store.offsets.sync)
         return {
             "acks": [[q, d] for q, d in step.acks],
             "commits": [[g, tp.topic, tp.partition, off] for g, tp, off in step.commits],

@@ -98,6 +98,11 @@ class GroupCommit:
         """True on the thread inside a `deferred()` or `ticketed()` block."""
         return self._owner is not None and self._owner == threading.get_ident()
 
+    def in_deferred(self) -> bool:
+        """True on the thread inside a `deferred()` block (not a `ticketed()` one):
+        its end syncs every log written in it, whatever their fsync policy."""
+        return self.deferring() and not self._ticketing
+
     def add(self, wal: Dirty, target: int) -> None:
         """`wal` wrote up to `target` bytes that the end of the block must sync."""
         if self._dirty.get(wal, -1) < target:

@@ -8,8 +8,9 @@ marked done, oldest first, and the caller re-applies them idempotently.
 On disk it is a `SegmentedLog` (one storage engine): a step is a record with
 key `b"s"` and the payload as value; its step id is the record's offset. A
 done mark is a record with key `b"d"` and the step ids as value (8-byte
-little-endian each). Done marks are not synced on their own: losing one only
-replays a step, which the caller must tolerate anyway. Segments wholly below
+little-endian each). A step is synced when written (policies ALWAYS and
+INTERVAL; NEVER leaves it to the OS); done marks are not synced on their own:
+losing one only replays a step, which the caller must tolerate anyway. Segments wholly below
 the oldest pending step are deleted.
 """
 
@@ -52,13 +53,14 @@ class StepJournal:
                 offset = rec.offset + 1
 
     def write(self, payload: bytes) -> int:
-        """Write a step; durable (per the fsync policy) on return. Returns its step id."""
+        """Write a step; durable on return unless the policy is NEVER (INTERVAL too:
+        the caller applies the step next, and a background flusher may make its
+        effects durable any moment, so the record must be on disk first: a
+        write-ahead log). Returns its step id."""
         sid = self._log.append([(_STEP, payload, (), now_ms(self.clock))])
         self._pending[sid] = payload
-        if self.fsync is Fsync.ALWAYS:
+        if self.fsync is not Fsync.NEVER:
             self._log.sync()
-        elif self.fsync is Fsync.INTERVAL:
-            self._log.maybe_sync()
         return sid
 
     def mark_done(self, step_id: int, *more: int) -> None:

@@ -19,7 +19,9 @@ Durability (`Fsync`):
   synced first (durability in write order).
 * INTERVAL: nothing is synced by `append`; the owner calls `maybe_sync()` (or
   runs a `runner.log.flusher.Flusher` thread, as `Store` does), which syncs when
-  `fsync_interval_ms` has passed since the last sync.
+  `fsync_interval_ms` has passed since the last sync. Except inside
+  `group.deferred()` (an exactly-once step): the block's end syncs each log
+  written, as under ALWAYS.
 * NEVER: left to the OS; `sync()` and `close()` still sync.
 
 Torn tails: the kernel writes dirty pages back in any order, so after a power
@@ -485,8 +487,8 @@ class SegmentedLog:
             if base < 0:
                 base = self._append_locked(items, producer_id, sequence)
             target = self._written
+        group = self.group
         if self.fsync is Fsync.ALWAYS:
-            group = self.group
             if group is None:
                 self._wait_synced(target)
             elif group.deferring():
@@ -494,6 +496,8 @@ class SegmentedLog:
             else:
                 group.flush_pending()  # what was written before first (write order)
                 self._wait_synced(target)
+        elif self.fsync is Fsync.INTERVAL and group is not None and group.in_deferred():
+            group.add(self, target)  # an exactly-once step: synced at the block's end
         return base
 
     def check_sequence(self, producer_id: int, sequence: int, count: int, *,
