@@ -19,22 +19,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from tests.e2e.conftest import REPO, Daemon, start_daemon, wait_for  # noqa: F401
 
 ARTIFACTS = Path(os.environ.get("RUNNER_ARTIFACTS", REPO / "artifacts")) / "console"
-INSTALL_HINT = {
-    "chromium": "apt-get install chromium chromium-driver; pip install selenium",
-    "firefox": "apt-get install firefox-esr; pip install selenium websocket-client",
-}
 BROWSERS = ("chromium", "firefox")
 
 
-def _missing(browser: str, what: str) -> None:
-    message = f"{browser} browser tests need {what} ({INSTALL_HINT[browser]})"
+def _missing(browser: str, what: str, hint: str) -> NoReturn:
+    message = f"{browser} browser tests need {what} ({hint})"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -63,11 +59,12 @@ def _chromium() -> Any:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        _missing("chromium", "the selenium package")
+        _missing("chromium", "the selenium package", "pip install selenium")
     binary = _find("chromium", "chromium-browser", "google-chrome")
     driver_path = _find("chromedriver")
     if binary is None or driver_path is None:
-        _missing("chromium", "chromium and chromedriver")
+        _missing("chromium", "chromium and chromedriver",
+                 "apt-get install chromium chromium-driver")
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -85,10 +82,11 @@ def _firefox() -> Any:
         import selenium  # noqa: F401  (its exceptions are the tests' exceptions)
         import websocket  # noqa: F401  (websocket-client)
     except ImportError:
-        _missing("firefox", "the selenium and websocket-client packages")
+        _missing("firefox", "the selenium and websocket-client packages",
+                 "pip install selenium websocket-client")
     binary = _find("firefox-esr", "firefox")
     if binary is None:
-        _missing("firefox", "firefox-esr")
+        _missing("firefox", "firefox-esr", "apt-get install firefox-esr")
     from tests.console.firefox import FirefoxDriver
 
     return FirefoxDriver(binary)
@@ -145,6 +143,30 @@ class Page:
     def console_errors(self) -> list[str]:
         """(Reading the browser log empties it.)"""
         return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    def wheel(self, element: Any, delta_y: int) -> None:
+        """A real wheel turn over `element`'s centre (negative: away from the user)."""
+        if self.driver.name == "firefox":
+            element.wheel(delta_y)
+            return
+        from selenium.webdriver import ActionChains
+        from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+        ActionChains(self.driver).scroll_from_origin(
+            ScrollOrigin.from_element(element), 0, delta_y).perform()
+
+    def drag(self, element: Any, x: int, y: int, dx: int, dy: int) -> None:
+        """A real mouse drag: press at (x, y) from `element`'s centre, move by (dx, dy)."""
+        if self.driver.name == "firefox":
+            element.drag(x, y, dx, dy)
+            return
+        from selenium.webdriver import ActionChains
+
+        chain = ActionChains(self.driver).move_to_element_with_offset(element, x, y)
+        chain.click_and_hold()
+        for _ in range(4):
+            chain.move_by_offset(dx // 4, dy // 4)
+        chain.release().perform()
 
     def confirm(self) -> None:
         self.one("#confirm[open]")

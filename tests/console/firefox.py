@@ -116,6 +116,30 @@ class FirefoxElement:
                 {"type": "pointerUp", "button": 0},
             ]}])
 
+    def _origin(self) -> dict[str, Any]:
+        return {"type": "element", "element": {"sharedId": self.shared_id}}
+
+    def wheel(self, delta_y: int) -> None:
+        """One wheel turn over the element's centre (negative: away from the user)."""
+        self.driver.perform([{"type": "wheel", "id": "wheel", "actions": [
+            {"type": "scroll", "x": 0, "y": 0, "deltaX": 0, "deltaY": delta_y,
+             "origin": self._origin()}]}])
+
+    def drag(self, x: int, y: int, dx: int, dy: int, steps: int = 4) -> None:
+        """Press at (x, y) from the element's centre, move by (dx, dy) in steps, release."""
+        moves: list[dict[str, Any]] = []
+        done_x = done_y = 0
+        for i in range(1, steps + 1):
+            to_x, to_y = dx * i // steps, dy * i // steps
+            moves.append({"type": "pointerMove", "x": to_x - done_x, "y": to_y - done_y,
+                          "duration": 20, "origin": "pointer"})
+            done_x, done_y = to_x, to_y
+        self.driver.perform([{
+            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [{"type": "pointerMove", "x": x, "y": y, "origin": self._origin()},
+                        {"type": "pointerDown", "button": 0}, *moves,
+                        {"type": "pointerUp", "button": 0}]}])
+
     def send_keys(self, text: str) -> None:
         self._call("el.focus();")
         keys: list[dict[str, Any]] = []

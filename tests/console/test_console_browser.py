@@ -6,6 +6,7 @@ escaping, read-only, and a screenshot of each page."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,41 @@ def test_flow_graph_renders_every_declared_entity_and_filters(daemon, page_for) 
             ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
     page.wait_route("queues/shipping")
     assert page.text("h1") == "Queue shipping"
+
+
+def test_flow_graph_zooms_with_the_wheel_and_pans_with_a_drag(daemon, page_for) -> None:
+    """Real input (not dispatched events): wheel zoom and drag pan, in each browser."""
+    page = page_for(daemon)
+    page.open("flow")
+    svg = page.one("svg.flow")
+    page.wait(lambda: page.css("svg.flow g.node"))
+
+    def view() -> tuple[float, float, float]:
+        t = page.js("return document.querySelector('svg.flow > g').getAttribute('transform')")
+        m = re.fullmatch(r"translate\(([-\d.e]+),([-\d.e]+)\) scale\(([-\d.e]+)\)", t)
+        assert m, t
+        return float(m[1]), float(m[2]), float(m[3])
+
+    x0, y0, k0 = view()
+    # an empty spot of the stage, below the nodes (a press on a node does not pan)
+    spot = (0, 150)
+    assert page.js("const r = arguments[0].getBoundingClientRect();"
+                   "const e = document.elementFromPoint(r.left + r.width / 2 + arguments[1],"
+                   " r.top + r.height / 2 + arguments[2]);"
+                   "return e === arguments[0] || !e.closest('.node');", svg, *spot)
+    page.wheel(svg, -120)
+    page.wait(lambda: view()[2] > k0)
+    x1, y1, k1 = view()
+    assert k1 == pytest.approx(k0 * 1.15, rel=1e-3)  # one notch, whatever the wheel's unit
+    page.wheel(svg, 120)
+    page.wait(lambda: view()[2] < k1)
+    x2, y2, k2 = view()
+    assert k2 == pytest.approx(k0, rel=1e-3)
+    page.drag(svg, *spot, 80, -40)
+    page.wait(lambda: view()[:2] != (x2, y2))
+    x3, y3, k3 = view()
+    assert (round(x3 - x2), round(y3 - y2), k3) == (80, -40, k2)
+    assert "dragging" not in (svg.get_attribute("class") or "")
 
 
 def test_the_browser_log_reports_errors_so_a_clean_log_means_something(
