@@ -7,10 +7,14 @@ engine itself fires the contract's events (runner.engine.events), so writes
 that reach it some other way (the HTTP API, the Kafka listener) wake
 subscribers too.
 
-Durability: every write returns a `Ticket`. Until the engine's flusher hands
-out real tickets, a write returns when it is as durable as the --fsync mode
-promises, so its ticket is `Ticket.DONE`; `durable` still raises LogFailed when
-a log failed since.
+Durability: every write returns a `Ticket`. Producer writes (publish, put,
+append) run in `Engine.ticketed()` blocks: under `--fsync always` they return
+once written, with a real ticket the data dir's flusher resolves
+(`runner.log.commits`), and `durable` awaits it without blocking the loop.
+Settlements, commits and steps still return once synced (`Ticket.DONE`): their
+fsync first syncs whatever the flusher has pending, so an ack or a commit never
+becomes durable before outputs written ahead of it. `durable(Ticket.DONE)` still
+raises LogFailed when a log failed since.
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ class EmbeddedBackend:
         return self.engine.events.add(events, callback)
 
     async def durable(self, ticket: Ticket) -> None:
+        if ticket.seq:
+            await self.engine.durable(ticket.seq)
         failed = self.engine.failed_logs()
         if failed and ticket.seq:
             path, why = next(iter(failed.items()))
@@ -175,18 +181,21 @@ class EmbeddedBackend:
     # ------------------------------------------------------------- Producer
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
         self._check_fanout(((exchange, messages),), 0)
-        routes = self.engine.publish(exchange, [_message(m) for m in messages])
-        return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
+        with self.engine.ticketed() as box:
+            routes = self.engine.publish(exchange, [_message(m) for m in messages])
+        return Published(tuple(tuple(r) for r in routes), Ticket(box.seq))
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
         self._check_fanout((), len(messages))
-        routes = self.engine.publish_to_queue(queue, [_message(m) for m in messages])
-        return Published(tuple(tuple(r) for r in routes), Ticket.DONE)
+        with self.engine.ticketed() as box:
+            routes = self.engine.publish_to_queue(queue, [_message(m) for m in messages])
+        return Published(tuple(tuple(r) for r in routes), Ticket(box.seq))
 
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
         self._check_fanout((), len(records))
-        positions = self.engine.append(topic, [_record(r) for r in records])
-        return Appended(tuple(positions), Ticket.DONE)
+        with self.engine.ticketed() as box:
+            positions = self.engine.append(topic, [_record(r) for r in records])
+        return Appended(tuple(positions), Ticket(box.seq))
 
     def _check_fanout(
         self, publishes: Iterable[tuple[str, Sequence[OutMessage]]], direct: int,

@@ -280,7 +280,7 @@ class GroupWorker(Worker):
             exc, outputs = await self.run_handler(msg)
             if exc is None:
                 try:
-                    self._succeed(outputs, settle)
+                    await self._succeed(outputs, settle)
                 except _Stale:
                     raise
                 except EngineError as send_exc:
@@ -315,13 +315,16 @@ class GroupWorker(Worker):
             self.send_error_reply(msg, exc)
             return True
 
-    def _succeed(self, outputs: Outputs, settle: Callable[[Step], None]) -> None:
+    async def _succeed(self, outputs: Outputs, settle: Callable[[Step], None]) -> None:
         if self.delivery is Delivery.EXACTLY_ONCE:
             settle(self.step_of(outputs))
             self.hand_over(outputs)
             return
-        self.send(outputs)
+        ticket = self.send(outputs)
         if self.delivery is Delivery.AT_LEAST_ONCE:
+            # the outputs are durable before the record counts as done (its offset
+            # is committed later, by `_flush`) and before replies are handed over
+            await self.env.backend.durable(ticket)
             settle(Step())
         self.hand_over(outputs)
 

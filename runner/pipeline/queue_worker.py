@@ -83,8 +83,9 @@ class QueueWorker(Worker):
         # at-most-once: the ack's ticket, awaited before the handler runs (a remote
         # backend sends the ack later; a lost one would run the handler twice)
         self.acked_before: dict[int, Ticket] = {}
-        # at-least-once: the outputs' ticket, awaited before the input is acked
-        self.unconfirmed: dict[int, Ticket] = {}
+        # at-least-once: the outputs' ticket, awaited before the input is acked, its
+        # key remembered and its replies handed over
+        self.unconfirmed: dict[int, tuple[Ticket, Outputs, str | None]] = {}
         self.ready: Waiter | None = None  # the puller's wake-up
 
     def start(self) -> None:
@@ -186,9 +187,10 @@ class QueueWorker(Worker):
         """At-least-once over a backend whose writes complete later: ack the input once
         its outputs are durable; when they failed, the call failed (retried or
         dead-lettered: its outputs may then be sent twice, never lost)."""
-        ticket = self.unconfirmed.pop(d.delivery_id, None)
-        if ticket is None:
+        unconfirmed = self.unconfirmed.pop(d.delivery_id, None)
+        if unconfirmed is None:
             return
+        ticket, outputs, key = unconfirmed
         try:
             await self.env.backend.durable(ticket)
         except EngineError as exc:
@@ -196,6 +198,8 @@ class QueueWorker(Worker):
             self.failures.report("outputs", exc, msg)
             self._fail(d, msg, exc, consumer_id)
             return
+        self.remember(key)  # never before the outputs are durable (a redelivery
+        self.hand_over(outputs)  # would be skipped as a duplicate with them lost)
         self.pending_acks.append(d.delivery_id)
         if self.ready is not None:
             self.ready.set()  # the puller flushes acks
@@ -331,12 +335,13 @@ class QueueWorker(Worker):
             self.hand_over(outputs)
             return
         ticket = self.send(outputs)
+        if self.delivery is Delivery.AT_LEAST_ONCE and ticket != Ticket.DONE:
+            # acked (key remembered, replies handed over) once the outputs are durable
+            self.unconfirmed[d.delivery_id] = (ticket, outputs, key)
+            return
         self.remember(key)
         if self.delivery is Delivery.AT_LEAST_ONCE:
-            if ticket == Ticket.DONE:
-                self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
-            else:  # a remote backend: acked once the outputs are confirmed
-                self.unconfirmed[d.delivery_id] = ticket
+            self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
         self.hand_over(outputs)
 
     def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
