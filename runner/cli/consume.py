@@ -60,6 +60,10 @@ def consume_topic(client: Client, args: argparse.Namespace) -> int:
             raise Usage(f"topic {args.topic} has no partition {args.partition} "
                         f"(it has {topic['partitions']}: 0..{topic['partitions'] - 1})")
     positions = _start_offsets(client, args, partitions)
+    if args.follow:  # says when it listens, like kcat: what is appended from now on is printed
+        start = " ".join(f"{p}:{off}" for p, off in sorted(positions.items()))
+        print(f"following {args.topic} from (partition:offset) {start}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
     left = args.max
     printed = 0
     base = f"/v1/topics/{quote_name(args.topic)}/partitions"

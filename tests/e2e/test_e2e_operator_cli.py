@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -196,16 +194,14 @@ def test_consume_follow_waits_for_new_records(d: Daemon) -> None:
         [str(RUNNER), "consume", "--topic", "live", "--follow", "--max", "3", "--url", d.url],
         env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def feed() -> None:
-        time.sleep(1.0)
-        for i in range(3):
-            d.ok("POST", "/v1/topics/live/records", {"value": i, "partition": i % 2}, 202)
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    assert proc.stderr is not None
+    # it says when it listens; what is appended from then on is printed
+    first = proc.stderr.readline()
+    assert first == "following live from (partition:offset) 0:0 1:0; Ctrl-C stops\n", first
+    for i in range(3):
+        d.ok("POST", "/v1/topics/live/records", {"value": i, "partition": i % 2}, 202)
     out, err = proc.communicate(timeout=60)
-    feeder.join()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, first + err
     assert sorted(json.loads(line)["value"] for line in out.splitlines()) == [0, 1, 2]
 
 
