@@ -168,6 +168,35 @@ class Page:
             chain.move_by_offset(dx // 4, dy // 4)
         chain.release().perform()
 
+    def misaligned_tables(self) -> list[str]:
+        """Every table in the page whose body rows do not sit in the header's columns
+        (another cell count, a cell not starting where its column's header starts, or
+        aligned otherwise than its header: numbers right, both)."""
+        return list(self.js("""
+            const bad = [];
+            document.querySelectorAll('main table').forEach((t, ti) => {
+              const name = t.id || `table ${ti}`;
+              const heads = t.querySelectorAll(':scope > thead > tr > th');
+              if (t.querySelector('tbody tbody')) bad.push(`${name}: a tbody inside a tbody`);
+              t.querySelectorAll('tbody tr').forEach((tr, ri) => {
+                if (tr.cells.length !== heads.length) {
+                  bad.push(`${name} row ${ri}: ${tr.cells.length} cells, ${heads.length} headers`);
+                  return;
+                }
+                Array.from(tr.cells).forEach((td, ci) => {
+                  const a = td.getBoundingClientRect().left;
+                  const b = heads[ci].getBoundingClientRect().left;
+                  const at = `${name} row ${ri} cell ${ci}`;
+                  if (Math.abs(a - b) > 1) bad.push(`${at}: x ${a}, not ${b}`);
+                  const align = getComputedStyle(td).textAlign;
+                  if (align !== getComputedStyle(heads[ci]).textAlign) {
+                    bad.push(`${at}: aligned ${align}, its header not`);
+                  }
+                });
+              });
+            });
+            return bad;"""))
+
     def confirm(self) -> None:
         self.one("#confirm[open]")
         self.one("#confirm-ok").click()

@@ -134,6 +134,7 @@ def test_a_published_message_shows_in_the_queue_depth_live(daemon, page_for) -> 
              {"routing_key": "orders.paid", "body": {"order_id": f"o{i}"}}, status=202)
     page.wait(lambda: page.text(f"{row} td:nth-child(2)") == "3", timeout_s=6)
     assert page.js("return window.__sameDocument") is True  # no reload: the event stream
+    assert page.misaligned_tables() == []
     page.screenshot("queues")
     page.open("queues/shipping", fresh=False)
     page.wait(lambda: len(page.css("article.message")) == 3)
@@ -151,6 +152,7 @@ def test_dead_letter_shows_its_stack_trace_and_replays_from_the_console(
     page = page_for(d)
     page.open("dlq")
     page.wait(lambda: page.text("#dlq-table tr[data-name='payments.dlq'] td:nth-child(3)") == "1")
+    assert page.misaligned_tables() == []
     page.screenshot("dead-letters")
     page.one("#dlq-table a[href='#/dlq/payments.dlq']").click()
     page.wait_route("dlq/payments.dlq")
@@ -190,12 +192,15 @@ def test_offsets_reset_shows_a_dry_run_before_applying(daemon, page_for) -> None
         {"topic": "order-events", "partition": p, "offset": end} for p, end in ends.items()]})
     page = page_for(d)
     page.open("topics")
+    assert page.misaligned_tables() == []
     page.screenshot("topics")
     page.open("topics/order-events", fresh=False)
     page.wait(lambda: "o0" in page.text("main"))
+    assert page.misaligned_tables() == []
     page.screenshot("topic")
     page.open("groups/reporting", fresh=False)
     assert [r.text.split()[4] for r in page.css("#group-table tbody tr")] == ["0", "0", "0"]
+    assert page.misaligned_tables() == []
     page.one("#reset-to option[value='earliest']").click()
     assert page.one("#reset-apply").get_attribute("disabled") is not None
     page.one("#reset-dry").click()
@@ -204,6 +209,7 @@ def test_offsets_reset_shows_a_dry_run_before_applying(daemon, page_for) -> None
     assert rows == [["order-events", str(p), str(end), "0", "0", str(end)]
                     for p, end in sorted(ends.items())]
     assert d.ok("GET", "/v1/groups/reporting")["lag"] == 0  # the dry run changed nothing
+    assert page.misaligned_tables() == []
     page.screenshot("group")
     page.one("#reset-apply").click()
     page.confirm()
@@ -299,6 +305,7 @@ def test_overview_shows_reloads_and_rates(daemon, page_for) -> None:
         d.ok("POST", "/v1/exchanges/orders/messages",
              {"routing_key": "orders.created", "body": {"order_id": f"r{i}"}}, status=202)
     page.wait(lambda: "(max 0/s)" not in page.text(".chart .chart-now"), timeout_s=6)
+    assert page.misaligned_tables() == []
     page.screenshot("overview")
 
 

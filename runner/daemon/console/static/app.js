@@ -105,10 +105,15 @@ export function route(...parts) {
   return "#/" + parts.map(encodeURIComponent).join("/");
 }
 
+// `rows`: the rows, or a <tbody> the caller keeps to refill (used as it is: a tbody
+// inside a tbody is no table section, and the rows lose their columns). A column
+// whose first cell is a number (td.num) gets its header aligned with it.
 export function table(headers, rows, attrs) {
-  return h("table", attrs || {},
-    h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))),
-    h("tbody", {}, rows));
+  const body = rows instanceof HTMLTableSectionElement ? rows : h("tbody", {}, rows);
+  const first = body.rows[0];
+  const heads = headers.map((t, i) => h("th",
+    first && first.cells[i] && first.cells[i].classList.contains("num") ? { class: "num" } : {}, t));
+  return h("table", attrs || {}, h("thead", {}, h("tr", {}, heads)), body);
 }
 
 // the body of a message or record as text: JSON pretty-printed, bytes as UTF-8
