@@ -8,7 +8,7 @@ The HTTP API here serves what goes through the contract on this backend:
 
     POST /v1/exchanges/{name}/messages   publish (answered 202 once confirmed)
     POST /v1/queues/{name}/messages      put straight into a queue
-    GET  /v1/queues, /v1/exchanges,      as on the embedded engine; queue counts from the
+    GET  /, /v1/queues, /v1/exchanges,   as on the embedded engine; queue counts from the
          /v1/bindings                    broker, no exchange counters
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
     GET  /metrics                        queue depths and counters from the broker,
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 # the routes this daemon serves itself (method, path); the rest of build_app's are 501
 SERVED = frozenset({
+    ("GET", "/"),
     ("POST", "/v1/exchanges/{name}/messages"),
     ("POST", "/v1/queues/{name}/messages"),
     ("GET", "/v1/queues"),
@@ -161,6 +162,7 @@ class RemoteDaemon:
 
         r.add_post("/v1/exchanges/{name}/messages", publish_exchange)
         r.add_post("/v1/queues/{name}/messages", publish_queue)
+        r.add_get("/", self._index)
         r.add_get("/v1/queues", self._list_queues)
         r.add_get("/v1/exchanges", self._list_exchanges)
         r.add_get("/v1/bindings", self._list_bindings)
@@ -205,6 +207,9 @@ class RemoteDaemon:
         await backend.durable(published.ticket)  # confirmed by the broker before 202
         routed = [list(r) for r in published.routes]
         return answer({"routed": routed if batch else routed[0]}, 202)
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return answer(lists.index_json())
 
     async def _list_queues(self, request: web.Request) -> web.Response:
         """The embedded daemon's list, counts from the broker (management API, off the

@@ -310,6 +310,7 @@ def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons)
     listed = d.cli("queues")
     assert listed.returncode == 0 and "retry.dlq" in listed.stdout, listed
     assert d.get("/healthz").status == 200
+    assert d.ok("GET", "/")["service"] == "topology-runner"
     for method, path in embedded_routes():  # every route answers: served, or 501
         if (method, path) in SERVED:
             continue
