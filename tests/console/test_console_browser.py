@@ -98,6 +98,37 @@ def test_flow_graph_zooms_with_the_wheel_and_pans_with_a_drag(daemon, page_for) 
     assert "dragging" not in (svg.get_attribute("class") or "")
 
 
+def test_flow_graph_by_keyboard_filter_enter_fits_matches_and_enter_opens_a_node(
+    daemon, page_for
+) -> None:
+    """Real key presses in each browser: Enter in the filter zooms to the matches; the
+    nodes take the focus (tabindex 0), and Enter on one opens its page."""
+    from selenium.webdriver.common.keys import Keys
+
+    page = page_for(daemon)
+    page.open("flow")
+    page.wait(lambda: page.css("svg.flow g.node"))
+    stage = "return document.querySelector('svg.flow > g').getAttribute('transform')"
+    before = page.js(stage)
+    page.one("input.filter").send_keys("audit" + Keys.ENTER)
+    page.wait(lambda: page.js(stage) != before)
+    # the matches (audit, audit.dlq, auditor) fill the view: all inside the stage's box
+    inside = page.js("""
+        const box = document.querySelector('svg.flow').getBoundingClientRect();
+        return Array.from(document.querySelectorAll('g.node.match')).map((n) => {
+          const r = n.getBoundingClientRect();
+          return r.left >= box.left - 1 && r.right <= box.right + 1
+            && r.top >= box.top - 1 && r.bottom <= box.bottom + 1; });""")
+    assert inside and all(inside), inside
+    node = page.one("g.node[data-name='shipping']")
+    assert node.get_attribute("tabindex") == "0"
+    page.js("arguments[0].focus()", node)
+    assert page.js("return document.activeElement.dataset.name") == "shipping"
+    node.send_keys(Keys.ENTER)
+    page.wait_route("queues/shipping")
+    assert page.text("h1") == "Queue shipping"
+
+
 def test_the_browser_log_reports_errors_so_a_clean_log_means_something(
     daemon, page_for
 ) -> None:
