@@ -129,6 +129,20 @@ def test_flow_graph_by_keyboard_filter_enter_fits_matches_and_enter_opens_a_node
     assert page.text("h1") == "Queue shipping"
 
 
+def test_an_element_that_left_the_page_is_stale_in_each_browser(daemon, page_for) -> None:
+    """_click's retry (and Page.wait's) rely on a re-rendered element raising
+    StaleElementReferenceException, in Selenium's Chromium and in the BiDi driver."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    page = page_for(daemon)
+    page.open("queues")
+    row = page.one("#queues-table tr[data-name='shipping']")
+    assert "shipping" in row.text
+    page.js("arguments[0].remove()", row)
+    with pytest.raises(StaleElementReferenceException):
+        _ = row.text
+
+
 def test_the_browser_log_reports_errors_so_a_clean_log_means_something(
     daemon, page_for
 ) -> None:
