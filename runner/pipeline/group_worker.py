@@ -41,6 +41,7 @@ from runner.errors import Conflict, EngineError, OffsetOutOfRange
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, TopicMessage
+from runner.pipeline.spans import dead_letter_event, retry_event
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.worker import Worker, WorkerEnv
 from runner.topology.model import ConsumerGroup, Delivery, Topology
@@ -293,7 +294,16 @@ class GroupWorker(Worker):
                     return True
             failures += 1
             decision = self.retrier.decide(exc, failures)
-            self.traced_settle(outputs, "retry" if decision.retry else "dead_letter", exc)
+            if decision.retry:
+                self.traced_settle(outputs, "retry", exc,
+                                   retry_event(msg.delivery_count, decision.delay_s))
+            else:
+                to_queue, to_topic = self.dlq_target()
+                target = (f"queue {to_queue}" if to_queue is not None else
+                          f"topic {to_topic}" if to_topic is not None else None)
+                self.traced_settle(outputs, "dead_letter" if target else "drop", exc,
+                                   dead_letter_event(msg.delivery_count, "handler_error",
+                                                     decision.reason, target))
             if decision.retry:
                 self.counters.retries += 1
                 self.counters.retry_waiting += 1

@@ -1,4 +1,5 @@
-"""OpenTelemetry spans (the optional `otel` extra): publish, route, deliver, handle, settle.
+"""OpenTelemetry spans (the optional `otel` extra): publish, route, deliver, handle, settle,
+request (with retry, dead_letter and reply events).
 
 The only module that imports opentelemetry. `from_environment()` returns
 `Spans` when the extra is installed and tracing is configured, else None, and
@@ -34,7 +35,7 @@ from runner.pipeline.tracing import TraceContext
 log = logging.getLogger(__name__)
 
 SYSTEM = "topology-runner"
-KINDS = ("producer", "consumer", "internal")
+KINDS = ("producer", "consumer", "internal", "client")
 
 
 class Spans:
@@ -46,7 +47,7 @@ class Spans:
         self._tracer = tracer
         self._trace = trace
         self._kinds = {"producer": trace.SpanKind.PRODUCER, "consumer": trace.SpanKind.CONSUMER,
-                       "internal": trace.SpanKind.INTERNAL}
+                       "internal": trace.SpanKind.INTERNAL, "client": trace.SpanKind.CLIENT}
 
     def start(
         self, name: str, *, kind: str, parent: TraceContext | Any | None,
@@ -63,6 +64,11 @@ class Spans:
         attrs = {"messaging.system": SYSTEM, **attributes}
         return self._tracer.start_span(name, context=context, kind=self._kinds[kind],
                                        attributes=attrs, links=links)
+
+    @staticmethod
+    def event(span: Any, name: str, attributes: Mapping[str, Any]) -> None:
+        """A span event (a retry, a dead letter, a reply) on a started span."""
+        span.add_event(name, attributes=dict(attributes))
 
     def end(self, span: Any, error: BaseException | None = None) -> None:
         if error is not None:

@@ -45,6 +45,7 @@ from runner.pipeline.deadletter import (
 )
 from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, QueueMessage
+from runner.pipeline.spans import dead_letter_event, retry_event
 from runner.pipeline.stats import HandlerCounters
 from runner.pipeline.worker import Worker, WorkerEnv
 from runner.topology.model import Consumer, Delivery, Topology
@@ -324,8 +325,8 @@ class QueueWorker(Worker):
                 self.counters.succeeded += 1
                 self.traced_settle(outputs, "ack")
                 return
-        self._fail(d, msg, exc, consumer_id)
-        self.traced_settle(outputs, "failed", exc)
+        how, event = self._fail(d, msg, exc, consumer_id)
+        self.traced_settle(outputs, how, exc, event)
 
     def _succeed(self, d: QueueDelivery, outputs: Outputs, key: str | None) -> None:
         if self.delivery is Delivery.EXACTLY_ONCE:
@@ -344,7 +345,10 @@ class QueueWorker(Worker):
             self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
         self.hand_over(outputs)
 
-    def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str) -> None:
+    def _fail(self, d: QueueDelivery, msg: QueueMessage, exc: Exception, consumer_id: str,
+              ) -> tuple[str, dict[str, Any]]:
+        """Retry or dead-letter a failed call: ("retry" | "dead_letter", the attributes
+        of its span event: attempt, delay or reason)."""
         failures = d.delivery_count if self.delivery is not Delivery.AT_MOST_ONCE else 1
         decision = self.retrier.decide(exc, failures)
         reason = "handler_error"
@@ -355,7 +359,7 @@ class QueueWorker(Worker):
         elif decision.retry:
             self.counters.retries += 1
             self.env.backend.settle(self.queue, [Retry(d.delivery_id, decision.delay_s)])
-            return
+            return "retry", retry_event(failures, decision.delay_s)
         now = self.env.clock.time()
         death = build_death(
             msg, exc, retry_count=failures - 1, first_attempt=now, last_attempt=now,
@@ -366,8 +370,10 @@ class QueueWorker(Worker):
             # retries and restarts, and counts its deaths: let it fill those
             for name in ("first_attempt", "last_attempt", "death_count"):
                 del death[name]
-        self._dead_letter(d, msg, death)
+        target = self._dead_letter(d, msg, death)
         self.send_error_reply(msg, exc)
+        event = dead_letter_event(failures, reason, decision.reason, target)
+        return ("dead_letter" if target is not None else "drop"), event
 
     def _at_delivery_limit(self, d: QueueDelivery) -> bool:
         """True when the queue's `delivery_limit` allows no further delivery of `d`."""
@@ -377,7 +383,9 @@ class QueueWorker(Worker):
         limit = queue.delivery_limit if queue is not None else None
         return limit is not None and d.delivery_count >= limit
 
-    def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any]) -> None:
+    def _dead_letter(self, d: QueueDelivery, msg: QueueMessage, death: dict[str, Any],
+                     ) -> str | None:
+        """Dead-letter `d`; where to (`queue Q`, `topic T`, `exchange X`), None: dropped."""
         backend = self.env.backend
         to_queue, to_topic = self.dlq_target()
         queue = self.topology.queue_map().get(self.queue)
@@ -389,13 +397,16 @@ class QueueWorker(Worker):
                         death["error"]["type"], self.queue)
             if self.delivery is not Delivery.AT_MOST_ONCE:
                 backend.settle(self.queue, [Ack(d.delivery_id)])
-            return
+            return None
         self.counters.dead_lettered += 1
+        target = (f"queue {to_queue}" if to_queue is not None else
+                  f"topic {to_topic}" if to_topic is not None else
+                  f"exchange {dlx.exchange}" if dlx is not None else "")
         if self.delivery is not Delivery.AT_MOST_ONCE:
             backend.settle(self.queue, [DeadLetter(
                 d.delivery_id, reason=str(death["reason"]), death=death, to_queue=to_queue,
                 to_topic=to_topic)])
-            return
+            return target
         # at-most-once: already acked; dead-letter a copy of the message
         headers = dict(d.headers)
         headers[DEAD_LETTER_HEADER] = death
@@ -414,3 +425,4 @@ class QueueWorker(Worker):
             backend.append(to_topic, [OutRecord(value=d.body, headers=headers)])
         elif dlx is not None:
             backend.publish(dlx.exchange, [copy])
+        return target

@@ -34,6 +34,7 @@ from runner.pipeline.replies import (
     ReplyError,
     error_of,
 )
+from runner.pipeline.spans import request_span
 from runner.pipeline.stats import HandlerCounters, PipelineStats
 from runner.pipeline.worker import WorkerEnv
 from runner.topology.model import Topology
@@ -204,6 +205,12 @@ class Pipeline:
         out = dict(headers or {})
         out[REPLY_TO_HEADER] = waiting.address
         out[CORRELATION_HEADER] = waiting.correlation_id
+        spans = self._env.spans
+        span = None
+        if spans is not None:
+            span = request_span(spans, exchange, routing_key, out, waiting.correlation_id,
+                                timeout_s)
+        error: Exception | None = None
         try:
             routed = self.backend.publish(exchange, [OutMessage(
                 body=payload, routing_key=routing_key, headers=out,
@@ -213,11 +220,19 @@ class Pipeline:
                               f"{routing_key!r} was routed nowhere: no reply can come")
             self.notify()
             reply = await self.replies.wait(waiting, timeout_s)
+            if spans is not None:
+                spans.event(span, "reply", {"messaging.runner.reply.error": reply.is_error,
+                                            "messaging.message.body.size": len(reply.body)})
+            if reply.is_error:
+                raise ReplyError(*error_of(reply.body))
+            return decode_body(reply.body)
+        except Exception as exc:
+            error = exc
+            raise
         finally:
             self.replies.close(waiting)
-        if reply.is_error:
-            raise ReplyError(*error_of(reply.body))
-        return decode_body(reply.body)
+            if spans is not None:
+                spans.end(span, error)
 
     def wakeups(self) -> int:
         """Backend events that reached the workers so far (the idle-cost tests)."""

@@ -20,7 +20,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,11 +229,12 @@ class Worker:
         return ctx
 
     def traced_settle(self, outputs: Outputs, how: str, error: BaseException | None = None,
-                      ) -> None:
+                      event: Mapping[str, Any] | None = None) -> None:
         """The call's message was settled (`ack`, `retry`, `dead_letter`, `drop`): its
-        settle span, then the end of its deliver span (with tracing only)."""
+        settle span (with `event` as a span event named `how`), then the end of its
+        deliver span (with tracing only)."""
         if outputs.call is not None:
-            outputs.call.settled(how, error)
+            outputs.call.settled(how, error, event)
 
     def send(self, outputs: Outputs) -> Ticket:
         """Publish staged outputs straight away (at-most-once / at-least-once); the
