@@ -42,6 +42,13 @@ def test_flow_graph_renders_every_declared_entity_and_filters(daemon, page_for) 
     dlqs = {n.get_attribute("data-name") for n in page.css("svg.flow g.node.dlq")}
     assert dlqs == {"payments.dlq", "audit.dlq"}
     assert len(page.css("svg.flow path.edge")) >= 8
+    labels = page.js("""return Array.from(document.querySelectorAll('text.edge-label'), (t) => {
+        const r = t.getBoundingClientRect();
+        return [t.textContent, r.left, r.top, r.right, r.bottom]; });""")
+    assert sorted(t for t, *_ in labels) == ["orders.#", "orders.paid", "pay"]
+    overlapping = [(a[0], b[0]) for i, a in enumerate(labels) for b in labels[i + 1:]
+                   if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]]
+    assert overlapping == [], labels
     # live numbers on the nodes
     page.wait(lambda: "ready" in page.text("g.node[data-name='shipping'] .node-metric"))
     page.screenshot("flow")

@@ -134,6 +134,20 @@ export class FlowGraph {
       }
       this.edgeEls.push({ e, path, label });
     }
+    // one node's labels keep a line apart (edges to close targets leave at close angles)
+    const bySource = new Map();
+    for (const { e, label } of this.edgeEls) {
+      if (!label) continue;
+      if (!bySource.has(e.source)) bySource.set(e.source, []);
+      bySource.get(e.source).push(label);
+    }
+    for (const labels of bySource.values()) {
+      labels.sort((p, q) => Number(p.getAttribute("y")) - Number(q.getAttribute("y")));
+      for (let i = 1; i < labels.length; i++) {
+        const prev = Number(labels[i - 1].getAttribute("y"));
+        if (Number(labels[i].getAttribute("y")) < prev + 17) labels[i].setAttribute("y", String(prev + 17));
+      }
+    }
     const defs = svg("defs", {}, svg("marker", {
       id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5", markerWidth: "7", markerHeight: "7",
       orient: "auto-start-reverse",
