@@ -8,6 +8,8 @@ The HTTP API here serves what goes through the contract on this backend:
 
     POST /v1/exchanges/{name}/messages   publish (answered 202 once confirmed)
     POST /v1/queues/{name}/messages      put straight into a queue
+    POST /v1/queues/{name}/pull|ack|nack as on the embedded engine (leases kept by the
+                                         runtime; a first pull waits up to 1 s)
     GET  /, /v1/queues, /v1/exchanges,   as on the embedded engine; queue counts from the
          /v1/bindings                    broker, no exchange counters
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
@@ -40,7 +42,10 @@ from runner.daemon import codec, fanout, lists
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
     HOST_KEY,
+    LISTED_IDS,
+    MAX_PULL,
     MAX_REQUEST_KEY,
+    PULL_FIELDS,
     Host,
     HttpServer,
     answer,
@@ -62,12 +67,17 @@ from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
+PULL_WAIT_S = 1.0  # a pull that finds nothing buffered waits this long for deliveries
+
 # the routes this daemon serves itself (method, path); the rest of build_app's are 501
 SERVED = frozenset({
     ("GET", "/"),
     ("POST", "/v1/exchanges/{name}/messages"),
     ("POST", "/v1/queues/{name}/messages"),
     ("GET", "/v1/queues"),
+    ("POST", "/v1/queues/{name}/pull"),
+    ("POST", "/v1/queues/{name}/ack"),
+    ("POST", "/v1/queues/{name}/nack"),
     ("GET", "/v1/exchanges"),
     ("GET", "/v1/bindings"),
     ("GET", "/healthz"),
@@ -164,6 +174,9 @@ class RemoteDaemon:
         r.add_post("/v1/queues/{name}/messages", publish_queue)
         r.add_get("/", self._index)
         r.add_get("/v1/queues", self._list_queues)
+        r.add_post("/v1/queues/{name}/pull", self._pull)
+        r.add_post("/v1/queues/{name}/ack", self._ack)
+        r.add_post("/v1/queues/{name}/nack", self._nack)
         r.add_get("/v1/exchanges", self._list_exchanges)
         r.add_get("/v1/bindings", self._list_bindings)
         r.add_get("/healthz", self._healthz)
@@ -207,6 +220,61 @@ class RemoteDaemon:
         await backend.durable(published.ticket)  # confirmed by the broker before 202
         routed = [list(r) for r in published.routes]
         return answer({"routed": routed if batch else routed[0]}, 202)
+
+    async def _pull(self, request: web.Request) -> web.Response:
+        """As on the embedded engine; the first pull of a queue starts consuming it, so
+        it waits up to PULL_WAIT_S for deliveries when none are buffered."""
+        name = request.match_info["name"]
+        body = await read_json(request, empty_ok=True)
+        codec.check_fields(body, PULL_FIELDS)
+        n = codec.int_field(body, "max", default=1, low=1, high=MAX_PULL)
+        lease = codec.parse_duration(body.get("lease", "30s"), "lease")
+        if lease <= 0:
+            raise codec.BadInput("'lease' must be longer than 0s")
+        consumer = body.get("consumer_id", "http")
+        if not isinstance(consumer, str):
+            raise codec.BadInput("'consumer_id' must be a string")
+        backend = self.backend
+        waiter = contract.Waiter(backend, [contract.Event(contract.EventKind.QUEUE_READY, name)])
+        try:
+            got = backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
+            if not got and await waiter.wait(PULL_WAIT_S):
+                got = backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
+        finally:
+            waiter.close()
+        return answer({"messages": [codec.delivery_json(d) for d in got]})
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        return await self._settle(request, "acked")
+
+    async def _nack(self, request: web.Request) -> web.Response:
+        return await self._settle(request, "nacked")
+
+    async def _settle(self, request: web.Request, verb: str) -> web.Response:
+        name = request.match_info["name"]
+        body = await read_json(request)
+        ids = codec.delivery_ids(body)
+        outcomes: list[contract.Outcome]
+        if verb == "acked":
+            outcomes = [contract.Ack(i) for i in ids]
+        elif codec.bool_field(body, "requeue", default=True):
+            outcomes = [contract.Requeue(i) for i in ids]
+        else:  # a plain reject: the queue's own dead-lettering (x-death)
+            outcomes = [contract.DeadLetter(i) for i in ids]
+        if name not in self._topology.queue_map():
+            raise NotFound(f"queue '{name}' not found")
+        settled = self.backend.settle(name, outcomes)
+        await self.backend.durable(settled.ticket)
+        unknown = list(settled.unknown)
+        done = len(ids) - len(unknown)
+        if unknown:
+            listed = ", ".join(str(i) for i in unknown[:LISTED_IDS])
+            if len(unknown) > LISTED_IDS:
+                listed += f" and {len(unknown) - LISTED_IDS} more (all in 'unknown')"
+            return error(409, f"{len(unknown)} delivery id(s) of queue '{name}' are unknown "
+                         f"or their lease expired: {listed}; the other {done} were {verb}",
+                         unknown=unknown, **{verb: done})
+        return answer({verb: done})
 
     async def _index(self, request: web.Request) -> web.Response:
         return answer(lists.index_json())

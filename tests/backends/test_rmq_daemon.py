@@ -274,6 +274,33 @@ def test_a_lost_connection_is_reconnected_and_the_daemon_goes_on(daemons: Daemon
     wait_for(lambda: depth(daemons.target, "work") == 0)
 
 
+def test_http_consumers_pull_ack_and_nack_with_leases(daemons: Daemons) -> None:
+    d = daemons.start()
+    d.ok("POST", "/v1/queues/retry.dlq/messages",
+         {"messages": [{"body": "p1"}, {"body": "p2"}]}, 202)
+    got = d.ok("POST", "/v1/queues/retry.dlq/pull", {"max": 2, "lease": "10s"})["messages"]
+    assert [m["body"] for m in got] == ["p1", "p2"]
+    one, two = (m["delivery_id"] for m in got)
+    assert d.ok("POST", "/v1/queues/retry.dlq/ack", {"delivery_ids": [one]}) == {"acked": 1}
+    assert d.ok("POST", "/v1/queues/retry.dlq/nack", {"delivery_ids": [two]}) == {"nacked": 1}
+    answer = d.post("/v1/queues/retry.dlq/ack", {"delivery_ids": [one]})
+    assert (answer.status, answer.body) == (409, {
+        "error": f"1 delivery id(s) of queue 'retry.dlq' are unknown or their lease expired: "
+                 f"{one}; the other 0 were acked", "unknown": [one], "acked": 0})
+    (again,) = d.ok("POST", "/v1/queues/retry.dlq/pull", {"lease": "500ms"})["messages"]
+    assert (again["body"], again["redelivered"]) == ("p2", True)
+    time.sleep(1.0)  # the lease runs out: the runtime gives it back
+    (third,) = wait_for(lambda: d.ok("POST", "/v1/queues/retry.dlq/pull", {})["messages"])
+    assert third["body"] == "p2" and third["delivery_id"] != again["delivery_id"]
+    assert d.post("/v1/queues/retry.dlq/ack",
+                  {"delivery_ids": [again["delivery_id"]]}).status == 409  # expired
+    assert d.ok("POST", "/v1/queues/retry.dlq/ack",
+                {"delivery_ids": [third["delivery_id"]]}) == {"acked": 1}
+    assert d.ok("POST", "/v1/queues/retry.dlq/pull", {})["messages"] == []
+    answer = d.post("/v1/queues/nope/ack", {"delivery_ids": [1]})
+    assert (answer.status, answer.body["error"]) == (404, "queue 'nope' not found")
+
+
 def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons) -> None:
     d = daemons.start()
     answer = d.post("/v1/exchanges/orders/messages",

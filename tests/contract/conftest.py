@@ -109,7 +109,7 @@ def backend(
 
 
 def take(backend: Backend, queue: str, n: int, *, timeout_s: float = 15.0,
-         consumer_id: str = "c1") -> list[QueueDelivery]:
+         consumer_id: str = "c1", lease_s: float = 30.0) -> list[QueueDelivery]:
     """Fetch until `n` deliveries arrived (waiting on QUEUE_READY) or `timeout_s`."""
 
     async def go() -> list[QueueDelivery]:
@@ -118,7 +118,8 @@ def take(backend: Backend, queue: str, n: int, *, timeout_s: float = 15.0,
         deadline = time.monotonic() + timeout_s
         try:
             while True:
-                got += backend.fetch(queue, n - len(got), lease_s=30, consumer_id=consumer_id)
+                got += backend.fetch(queue, n - len(got), lease_s=lease_s,
+                                     consumer_id=consumer_id)
                 left = deadline - time.monotonic()
                 if len(got) >= n or left <= 0:
                     return got

@@ -125,6 +125,22 @@ def test_retry_after_a_delay_comes_back(backend: Backend, clock: ManualClock) ->
     assert (third.body, third.delivery_count) == (b"a", 3)
 
 
+def test_a_lease_that_runs_out_delivers_again(backend: Backend, clock: ManualClock) -> None:
+    """Embedded: on the injected clock, by tick(). A backend whose next_due is None
+    keeps its own time (RabbitMQ: its I/O thread gives the delivery back)."""
+    backend.put("q", [OutMessage(b"a")])
+    (d,) = take(backend, "q", 1, lease_s=0.5)
+    due = backend.next_due()
+    if due is not None:
+        assert due <= clock.time() + 0.5
+        clock.advance(0.5)
+        backend.tick()
+    (again,) = take(backend, "q", 1)
+    assert (again.body, again.redelivered) == (b"a", True)
+    assert backend.settle("q", [Ack(d.delivery_id)]).unknown == (d.delivery_id,)
+    assert backend.settle("q", [Ack(again.delivery_id)]).unknown == ()
+
+
 def test_requeue_and_dead_letter_outcomes(backend: Backend) -> None:
     backend.put("q", [OutMessage(b"a"), OutMessage(b"b", message_id="mb")])
     a, b = take(backend, "q", 2)

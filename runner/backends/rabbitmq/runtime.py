@@ -160,6 +160,7 @@ class _Held:
     received_s: float
     channel: Any = None  # the BlockingChannel it came on (its tag means nothing elsewhere)
     consumer_id: str = ""
+    lease_until: float | None = None  # clock time; None while only buffered
 
 
 @dataclass(slots=True)
@@ -430,11 +431,13 @@ class RabbitBackend:
     def fetch(
         self, queue: str, max_messages: int, *, lease_s: float, consumer_id: str,
     ) -> list[QueueDelivery]:
-        """Buffered deliveries; RabbitMQ has no leases: an unsettled delivery stays
-        this connection's until settled or the connection closes (`lease_s` unused)."""
+        """Buffered deliveries, each leased for `lease_s`: unsettled by then, the I/O
+        thread gives it back to the broker (basic.nack requeue) and it is delivered
+        again (to any consumer); settling it afterwards answers `unknown`."""
         self._known_queue(queue)
         self._consume(queue)
         out: list[QueueDelivery] = []
+        until = self._clock.time() + lease_s
         with self._lock:
             buf = self._buffers.get(queue)
             while buf and len(out) < max_messages:
@@ -442,7 +445,10 @@ class RabbitBackend:
                 if h is None:
                     continue
                 h.consumer_id = consumer_id
+                h.lease_until = until
                 out.append(h.delivery)
+        if out:
+            self._wake()  # the I/O thread looks at leases between rounds
         return out
 
     def settle(self, queue: str, outcomes: Sequence[Outcome]) -> Settled:
@@ -679,8 +685,10 @@ class RabbitBackend:
                         break
                     conn = self._conn
                     assert conn is not None
-                    # deliveries and heartbeats between rounds of writes
-                    conn.process_data_events(time_limit=0 if more else 1.0)
+                    # deliveries and heartbeats between rounds of writes; a lease
+                    # running out before the next second wakes it in time
+                    conn.process_data_events(time_limit=0 if more else self._idle_wait())
+                    self._expire_leases()
                     self._fire_ready()
                 self._disconnect()
                 return
@@ -794,6 +802,31 @@ class RabbitBackend:
             self._complete(cmd, error)
         with self._lock:
             return bool(self._commands)
+
+    def _idle_wait(self) -> float:
+        """How long the I/O thread may wait for the broker: 1 s, or until the next
+        lease runs out."""
+        with self._lock:
+            leases = [h.lease_until for h in self._held.values() if h.lease_until is not None]
+        if not leases:
+            return 1.0
+        return min(1.0, max(0.0, min(leases) - self._clock.time()))
+
+    def _expire_leases(self) -> None:
+        """Give back every fetched delivery whose lease ran out (basic.nack requeue)."""
+        now = self._clock.time()
+        with self._lock:
+            expired = [(i, h) for i, h in self._held.items()
+                       if h.lease_until is not None and h.lease_until <= now]
+            for i, _ in expired:
+                del self._held[i]
+        for _, h in expired:
+            ch = self._channels.get(h.queue)
+            if ch is not None and h.channel is ch and ch.is_open:
+                ch.basic_nack(h.tag, requeue=True)
+        if expired:
+            log.info("RabbitMQ %s: %d lease(s) ran out; delivered again", self.target,
+                     len(expired))
 
     def _drop_closed_channels(self) -> None:
         """A consumer channel the broker closed (consumer_timeout, a refused ack):
