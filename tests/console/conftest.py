@@ -126,6 +126,13 @@ class Page:
     def text(self, selector: str = "main") -> str:
         return str(self.one(selector).text)
 
+    def rows(self, selector: str) -> list[list[str]]:
+        """The cells' words of every row matching `selector`, read in one script: the live
+        feed redraws tables, so reading row by row could mix two renders (or go stale)."""
+        texts = self.js("return Array.from(document.querySelectorAll(arguments[0]))"
+                        ".map(r => r.innerText)", selector)
+        return [str(t).split() for t in texts]
+
     def wait(self, check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout_s
         last: Any = None

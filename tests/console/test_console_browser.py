@@ -251,13 +251,13 @@ def test_offsets_reset_shows_a_dry_run_before_applying(daemon, page_for) -> None
     assert page.misaligned_tables() == []
     page.screenshot("topic")
     page.open("groups/reporting", fresh=False)
-    assert [r.text.split()[4] for r in page.css("#group-table tbody tr")] == ["0", "0", "0"]
+    page.wait(lambda: [r[4] for r in page.rows("#group-table tbody tr")] == ["0", "0", "0"])
     assert page.misaligned_tables() == []
     page.one("#reset-to option[value='earliest']").click()
     assert page.one("#reset-apply").get_attribute("disabled") is not None
     page.one("#reset-dry").click()
     page.wait(lambda: "Dry run: nothing changed yet" in page.text("#reset-preview"))
-    rows = [r.text.split() for r in page.css("#reset-preview tbody tr")]
+    rows = page.rows("#reset-preview tbody tr")
     assert rows == [["order-events", str(p), str(end), "0", "0", str(end)]
                     for p, end in sorted(ends.items())]
     assert d.ok("GET", "/v1/groups/reporting")["lag"] == 0  # the dry run changed nothing
@@ -267,7 +267,7 @@ def test_offsets_reset_shows_a_dry_run_before_applying(daemon, page_for) -> None
     page.confirm()
     page.wait(lambda: "Offsets reset." in page.text("#reset-preview"))
     assert d.ok("GET", "/v1/groups/reporting")["lag"] == sum(ends.values())
-    page.wait(lambda: [r.text.split()[4] for r in page.css("#group-table tbody tr")]
+    page.wait(lambda: [r[4] for r in page.rows("#group-table tbody tr")]
               == [str(end) for _, end in sorted(ends.items())])
 
 
