@@ -8,6 +8,7 @@ The HTTP API here serves what goes through the contract on this backend:
 
     POST /v1/exchanges/{name}/messages   publish (answered 202 once confirmed)
     POST /v1/queues/{name}/messages      put straight into a queue
+    DELETE /v1/queues/{name}/messages    purge the ready messages
     POST /v1/queues/{name}/pull|ack|nack as on the embedded engine (leases kept by the
                                          runtime; a first pull waits up to 1 s)
     GET  /, /v1/queues, /v1/exchanges,   as on the embedded engine; queue counts from the
@@ -75,6 +76,7 @@ SERVED = frozenset({
     ("POST", "/v1/exchanges/{name}/messages"),
     ("POST", "/v1/queues/{name}/messages"),
     ("GET", "/v1/queues"),
+    ("DELETE", "/v1/queues/{name}/messages"),
     ("POST", "/v1/queues/{name}/pull"),
     ("POST", "/v1/queues/{name}/ack"),
     ("POST", "/v1/queues/{name}/nack"),
@@ -174,6 +176,7 @@ class RemoteDaemon:
         r.add_post("/v1/queues/{name}/messages", publish_queue)
         r.add_get("/", self._index)
         r.add_get("/v1/queues", self._list_queues)
+        r.add_delete("/v1/queues/{name}/messages", self._purge)
         r.add_post("/v1/queues/{name}/pull", self._pull)
         r.add_post("/v1/queues/{name}/ack", self._ack)
         r.add_post("/v1/queues/{name}/nack", self._nack)
@@ -243,6 +246,14 @@ class RemoteDaemon:
         finally:
             waiter.close()
         return answer({"messages": [codec.delivery_json(d) for d in got]})
+
+    async def _purge(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._topology.queue_map():
+            raise NotFound(f"queue '{name}' not found")
+        backend = self.backend
+        loop = asyncio.get_running_loop()
+        return answer({"purged": await loop.run_in_executor(None, backend.purge, name)})
 
     async def _ack(self, request: web.Request) -> web.Response:
         return await self._settle(request, "acked")

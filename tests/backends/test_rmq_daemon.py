@@ -81,6 +81,7 @@ queues:
   emit: {}
   full: {max_length: 1, overflow: reject-publish}
   fwd: {}
+  parked: {}
   amo: {}
   alo: {}
   retry-q: {}
@@ -299,6 +300,14 @@ def test_http_consumers_pull_ack_and_nack_with_leases(daemons: Daemons) -> None:
     assert d.ok("POST", "/v1/queues/retry.dlq/pull", {})["messages"] == []
     answer = d.post("/v1/queues/nope/ack", {"delivery_ids": [1]})
     assert (answer.status, answer.body["error"]) == (404, "queue 'nope' not found")
+    # a queue nobody consumes (pulling retry.dlq made this daemon consume it: what it
+    # buffers is not ready on the broker and is not purged)
+    d.ok("POST", "/v1/queues/parked/messages",
+         {"messages": [{"body": i} for i in range(5)]}, 202)
+    assert d.ok("DELETE", "/v1/queues/parked/messages") == {"purged": 5}
+    assert depth(daemons.target, "parked") == 0
+    answer = d.request("DELETE", "/v1/queues/nope/messages")
+    assert (answer.status, answer.body["error"]) == (404, "queue 'nope' not found")
 
 
 def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons) -> None:
@@ -326,7 +335,7 @@ def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons)
     assert d.get("/readyz").body == {"status": "ready", "backend": backend}
     queues = d.ok("GET", "/v1/queues")["queues"]
     assert [q["name"] for q in queues] == sorted(
-        ["alo", "amo", "emit", "full", "fwd", "retry-q", "retry.dlq", "work"])
+        ["alo", "amo", "emit", "full", "fwd", "parked", "retry-q", "retry.dlq", "work"])
     work = next(q for q in queues if q["name"] == "work")
     assert (work["consumers"], work["ready"], work["durable"]) == (["work-c"], 0, True)
     exchanges = d.ok("GET", "/v1/exchanges")["exchanges"]
