@@ -316,3 +316,20 @@ def test_resolved_tickets_survive_a_power_cut_at_sampled_cut_points() -> None:
 def test_resolved_tickets_survive_a_power_cut_at_many_cut_points() -> None:
     for cut in _cuts(500):
         _run(cut)
+
+
+def test_the_backend_fails_only_tickets_of_the_failed_round(
+        gated: tuple[Engine, GatedFs]) -> None:
+    from runner.engine.contract import OutMessage as Out
+    from runner.engine.embedded import EmbeddedBackend
+
+    engine, fs = gated
+    backend = EmbeddedBackend(engine)
+    fs.fail = "q"
+    bad = backend.put("q", [Out(b"a")]).ticket
+    with pytest.raises(LogFailed, match=r"fsync of .*/q/"):
+        asyncio.run(backend.durable(bad))
+    assert engine.failed_logs()
+    good = backend.put("q2", [Out(b"b")]).ticket
+    assert good.seq > bad.seq
+    asyncio.run(backend.durable(good))  # another log's later round: durable
