@@ -467,7 +467,8 @@ class Engine:
         while waiters and waiters[0][0] <= done:
             fut = heapq.heappop(waiters)[2]
             if not fut.done():
-                fut.set_result(None)
+                with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                    fut.set_result(None)
         self._reveal()
 
     def _appended_in_block(self, topic: str) -> None:
