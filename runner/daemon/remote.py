@@ -8,6 +8,10 @@ The HTTP API here serves what goes through the contract on this backend:
 
     POST /v1/exchanges/{name}/messages   publish (answered 202 once confirmed)
     POST /v1/queues/{name}/messages      put straight into a queue
+    ... ?wait=5s (both)                  request-reply: 200 the reply, 502 an error reply,
+                                         504 none in time (runner.daemon.remote_replies)
+    POST /v1/queues/runner.reply-to.../messages
+                                         a reply to a waiting request (of any daemon)
     DELETE /v1/queues/{name}/messages    purge the ready messages
     POST /v1/queues/{name}/pull|ack|nack as on the embedded engine (leases kept by the
                                          runtime; a first pull waits up to 1 s)
@@ -18,8 +22,7 @@ The HTTP API here serves what goes through the contract on this backend:
                                          handler and topology metrics from the pipeline
 
 Every other route of the embedded daemon (`runner.daemon.http.build_app`)
-answers 501 naming the route and the backend; so does `?wait=` (request-reply)
-and a publish to a private reply address. The topology is not reloaded
+answers 501 naming the route and the backend. The topology is not reloaded
 (restart the daemons to change it).
 """
 
@@ -49,6 +52,9 @@ from runner.daemon.http import (
     PULL_FIELDS,
     Host,
     HttpServer,
+    _reply_over_http,
+    _request_reply,
+    _wait,
     answer,
     build_app,
     error,
@@ -58,8 +64,10 @@ from runner.daemon.http import (
 )
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
 from runner.daemon.reload import ReloadCounters
+from runner.daemon.remote_replies import BrokerReplies
 from runner.daemon.supervisor import DaemonConfig
 from runner.engine import EngineStats, contract
+from runner.engine import OutMessage as Message
 from runner.errors import NotFound, StorageError
 from runner.pipeline import otel
 from runner.pipeline.replies import Replies, ShuttingDown, is_private
@@ -119,7 +127,7 @@ class RemoteDaemon:
         self._pipeline: Pipeline | None = None
         self._accepting = False
         self._stop = asyncio.Event()
-        self._replies = Replies()
+        self._replies = BrokerReplies(target)
         self._reloads = ReloadCounters()
         self._stats = EngineStats()
         self._registry = build_registry(self)
@@ -144,6 +152,13 @@ class RemoteDaemon:
         if self._pipeline is None:
             return HandlerView()
         return handler_view_from(self._pipeline.stats())
+
+    @property
+    def replies(self) -> Replies:
+        return self._replies
+
+    def notify(self) -> None:
+        """The broker's deliveries wake the workers; nothing to do after a publish."""
 
     @property
     def backend(self) -> RabbitBackend:
@@ -203,15 +218,12 @@ class RemoteDaemon:
         if not self._accepting:
             raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")
         name = request.match_info["name"]
-        kind = "queues" if to_queue else "exchanges"
-        path = f"/v1/{kind}/{{name}}/messages"
-        if request.query.get("wait") is not None:
-            return error(501, not_served("POST", f"{path}?wait=", self.target))
-        if to_queue and is_private(name):
-            return error(501, not_served("POST", f"{path} to a reply address", self.target))
+        wait_s = _wait(request)
         body = await read_json(request)
         msgs, batch = codec.messages(body, limits=limits,
                                      default_key=name if to_queue else None)
+        if to_queue and is_private(name):  # a reply, to this daemon or through the broker
+            return _reply_over_http(cast(Host, self), name, msgs, batch)
         backend = self.backend
         if to_queue and name not in self._topology.queue_map():
             raise NotFound(f"queue '{name}' not found")
@@ -219,6 +231,13 @@ class RemoteDaemon:
                      f"queue '{name}'" if to_queue else f"exchange '{name}'")
         out = [contract.OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
                                    m.message_id, m.content_type) for m in msgs]
+        if wait_s is not None:
+            if batch:
+                raise codec.BadInput("'wait' takes one message, not a batch: send each "
+                                     "request on its own")
+            confirmed = _Confirmed(backend, to_queue)
+            return await _request_reply(cast(Host, self), name, msgs[0], confirmed.publish,
+                                        wait_s, confirmed)  # type: ignore[arg-type]
         published = backend.put(name, out) if to_queue else backend.publish(name, out)
         await backend.durable(published.ticket)  # confirmed by the broker before 202
         routed = [list(r) for r in published.routes]
@@ -356,6 +375,7 @@ class RemoteDaemon:
                 executor=executor, instance_id=f"{socket.gethostname()}:{os.getpid()}",
                 fsync=config.fsync, replies=self._replies, spans=otel.from_environment(),
             )
+            await self._replies.start()
             await self._pipeline.start()
         except BaseException:
             await server.stop()
@@ -379,6 +399,7 @@ class RemoteDaemon:
             await self._pipeline.drain(config.grace_s)
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             self._replies.fail_all(ShuttingDown("the daemon stopped before the reply came"))
+            await loop.run_in_executor(None, self._replies.stop)
             otel.flush()
             await server.stop()
             # the last acks and requeues reach the broker before the connection closes
@@ -388,6 +409,28 @@ class RemoteDaemon:
                 loop.remove_signal_handler(sig)
             log.info("stopped", extra={"event": "stopped"})
         return 0
+
+
+class _Confirmed:
+    """A request-reply's publish and its `wait()` for the broker's confirm (the
+    `_Durable` of runner.daemon.http, over this backend's tickets)."""
+
+    def __init__(self, backend: RabbitBackend, to_queue: bool) -> None:
+        self.backend = backend
+        self.to_queue = to_queue
+        self.ticket: contract.Ticket | None = None
+
+    def publish(self, name: str, msgs: list[Message]) -> list[list[str]]:
+        b = self.backend
+        out = [contract.OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
+                                   m.message_id, m.content_type) for m in msgs]
+        published = b.put(name, out) if self.to_queue else b.publish(name, out)
+        self.ticket = published.ticket
+        return [list(r) for r in published.routes]
+
+    async def wait(self) -> None:
+        if self.ticket is not None:
+            await self.backend.durable(self.ticket)
 
 
 def refusal(topology: Topology) -> str | None:

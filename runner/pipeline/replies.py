@@ -157,6 +157,11 @@ class Replies:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    @property
+    def prefix(self) -> str:
+        """Every private address of this daemon starts with it (`runner.reply-to.<hex>.`)."""
+        return self._prefix
+
     def open(self, correlation_id: str | None = None) -> Waiting:
         """A new waiting request (call `close` when done waiting, in a `finally`)."""
         address = f"{self._prefix}{next(self._numbers)}"

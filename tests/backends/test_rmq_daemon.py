@@ -328,10 +328,6 @@ def test_publish_through_an_exchange_and_the_routes_not_served(daemons: Daemons)
     assert (answer.status, answer.body["error"]) == (
         501, f"GET /v1/status is not served over the RabbitMQ backend ({backend}) yet; "
         "docs/rabbitmq.md lists what is")
-    answer = d.post("/v1/queues/work/messages?wait=1s", {"body": 1})
-    assert (answer.status, answer.body["error"]) == (
-        501, f"POST /v1/queues/{{name}}/messages?wait= is not served over the RabbitMQ "
-        f"backend ({backend}) yet; docs/rabbitmq.md lists what is")
     assert d.get("/readyz").body == {"status": "ready", "backend": backend}
     queues = d.ok("GET", "/v1/queues")["queues"]
     assert [q["name"] for q in queues] == sorted(
