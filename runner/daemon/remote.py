@@ -46,12 +46,14 @@ from runner.daemon import codec, fanout, lists
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
     HOST_KEY,
+    LIMITER_KEY,
     LISTED_IDS,
     MAX_PULL,
     MAX_REQUEST_KEY,
     PULL_FIELDS,
     Host,
     HttpServer,
+    _limit,
     _reply_over_http,
     _request_reply,
     _wait,
@@ -63,6 +65,7 @@ from runner.daemon.http import (
     read_json,
 )
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.reload import ReloadCounters
 from runner.daemon.remote_replies import BrokerReplies
 from runner.daemon.supervisor import DaemonConfig
@@ -131,6 +134,8 @@ class RemoteDaemon:
         self._reloads = ReloadCounters()
         self._stats = EngineStats()
         self._registry = build_registry(self)
+        self._limiter = PublishLimiter(self._clock)  # publish_rate, per daemon
+        self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
 
     # ------------------------------------------------------------ MetricsSource
     @property
@@ -177,6 +182,7 @@ class RemoteDaemon:
         # the error middleware's "did you mean" reads only the host's topology
         app[HOST_KEY] = cast(Host, self)
         app[CONNECTION_LIMITS_KEY] = config.connections
+        app[LIMITER_KEY] = self._limiter
         limits = codec.Limits(max_message_bytes=config.max_message_bytes,
                               max_fanout=config.max_fanout)
         r = app.router
@@ -224,6 +230,7 @@ class RemoteDaemon:
                                      default_key=name if to_queue else None)
         if to_queue and is_private(name):  # a reply, to this daemon or through the broker
             return _reply_over_http(cast(Host, self), name, msgs, batch)
+        _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
         backend = self.backend
         if to_queue and name not in self._topology.queue_map():
             raise NotFound(f"queue '{name}' not found")

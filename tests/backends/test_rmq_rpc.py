@@ -126,6 +126,9 @@ def test_wait_answers_the_reply_an_error_reply_or_504(start: Any) -> None:
     answer = d.post("/v1/exchanges/rpc/messages?wait=5s",
                     {"routing_key": "price.get", "body": 1, "reply_to": "parked"})
     assert answer.status == 400 and "leave out 'reply_to'" in answer.body["error"]
+    printed = d.cli("publish", "--exchange", "rpc", "--routing-key", "price.get",
+                    "--wait", "5s", '"cli"')
+    assert (printed.returncode, printed.stdout) == (0, '{"sku": "cli", "price": 7}\n'), printed
     # the late reply to the timed-out request is dropped, the daemon goes on
     answer = d.post("/v1/exchanges/rpc/messages?wait=5s",
                     {"routing_key": "price.get", "body": "after"})
