@@ -511,38 +511,24 @@ class Broker:
     ) -> list[Delivery]:
         """Up to `max_messages` deliveries; with `lease_s` unacked ones come back
         when the lease runs out; with `prefetch` at most that many unacked per consumer."""
-        mq = self._queue(queue)
         deadline = None if lease_s is None else self.clock.monotonic() + lease_s
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             return mq.take(max_messages, consumer=consumer_id, now=self.clock.time(),
                            lease_deadline=deadline, prefetch=prefetch)
-        finally:
-            self._finish()
 
     def ack(self, queue: str, delivery_ids: Sequence[int]) -> list[int]:
         """Settle; returns the ids that were unknown or expired."""
-        mq = self._queue(queue)
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             return mq.ack(delivery_ids)
-        finally:
-            self._finish()
 
     def nack(self, queue: str, delivery_ids: Sequence[int], *, requeue: bool) -> list[int]:
         """Back to their original place (redelivered) or dead-lettered `rejected`."""
-        mq = self._queue(queue)
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             return mq.nack(delivery_ids, requeue=requeue)
-        finally:
-            self._finish()
 
     def retry_later(self, queue: str, delivery_id: int, delay_s: float) -> None:
         """Settle now; ready again at the tail after `delay_s` (delivery count kept)."""
-        mq = self._queue(queue)
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             due = self.clock.time() + max(0.0, delay_s)
             msg = mq.retry_later(delivery_id, due)
             journal = mq.journal
@@ -556,8 +542,6 @@ class Broker:
             else:
                 msg.uid = mq.next_uid
                 mq.next_uid += 1
-        finally:
-            self._finish()
 
     def dead_letter(
         self, queue: str, delivery_id: int, *, reason: str,
@@ -566,29 +550,22 @@ class Broker:
     ) -> Route:
         """Settle and dead-letter one delivery: through the queue's dead-letter
         exchange, or into `to_queue` / `to_topic` (handed to `topic_sink`)."""
-        mq = self._queue(queue)
+        self._queue(queue)  # an unknown source is named before an unknown target
         if to_queue is not None:
             self._queue(to_queue)
         if death:
             check_headers({DEATH_HEADER: death})
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             msg = mq.settle_one(delivery_id)
             body = mq.body_of(msg)
             mq.drop_dead(msg, reason)
             return self.dlx.send(mq, msg, reason, body=body, given=death, to_queue=to_queue,
                                  to_topic=to_topic)
-        finally:
-            self._finish()
 
     def detach(self, queue: str, consumer_id: str) -> int:
         """A consumer is gone: its unacked deliveries return; single-active fails over."""
-        mq = self._queue(queue)
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             return mq.detach(consumer_id)
-        finally:
-            self._finish()
 
     def peek(self, queue: str, n: int) -> list[Delivery]:
         """The next `n` ready messages, left in place (delivery_id 0)."""
@@ -603,12 +580,17 @@ class Broker:
     ) -> int:
         """Delete the ready messages of `queue` (all, or those with these uids; at most
         `limit` a call); how many."""
+        with self._touching(queue) as mq:
+            return mq.purge_ready(uids, limit)
+
+    def _touching(self, queue: str) -> _Touching:
+        """`with self._touching(name) as mq:` -- the one way an operation on one queue
+        runs: the queue (NotFound before anything changes) is marked dirty, and on the
+        way out, also when the body raises, `_finish` dead-letters what it dropped and
+        journals it."""
         mq = self._queue(queue)
         self._dirty[queue] = mq
-        try:
-            return mq.purge_ready(uids, limit)
-        finally:
-            self._finish()
+        return _Touching(self, mq)
 
     # ================================================================ dead letters
     def _finish(self) -> None:
@@ -659,12 +641,8 @@ class Broker:
         """Dead letters in `queue` back where they died: into their original queue
         (no death header, `x-replay-count` + 1), or, for topic records, returned.
         `only`: just the messages with these uids (`peek_ids`)."""
-        mq = self._queue(queue)
-        self._dirty[queue] = mq
-        try:
+        with self._touching(queue) as mq:
             return self.dlx.replay(mq, max_messages, only)
-        finally:
-            self._finish()
 
     # ================================================================ steps
     def check_publish(
@@ -878,3 +856,19 @@ class Broker:
         if unknown:
             raise Conflict(f"queue '{queue}': unknown or expired delivery ids {list(unknown)}",
                            unknown=unknown)
+
+
+class _Touching:
+    """The context of `Broker._touching` (a class: it is on the pull/ack hot path)."""
+
+    __slots__ = ("_broker", "_mq")
+
+    def __init__(self, broker: Broker, mq: MessageQueue) -> None:
+        self._broker = broker
+        self._mq = mq
+
+    def __enter__(self) -> MessageQueue:
+        return self._mq
+
+    def __exit__(self, *exc: object) -> None:
+        self._broker._finish()  # never swallows the body's exception
