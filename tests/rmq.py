@@ -32,10 +32,11 @@ def need_broker(why: str) -> None:
 
 
 @contextmanager
-def fresh_vhost() -> Iterator[Target]:
-    """A new vhost on the local broker (guest may do everything in it), deleted after."""
+def fresh_vhost(prefix: str | None = None) -> Iterator[Target]:
+    """A new vhost on the local broker (guest may do everything in it), deleted after;
+    its name starts with `prefix` (default: RUNNER_TEST_VHOST_PREFIX)."""
     admin = Target(HOST)
-    name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
+    name = f"{PREFIX if prefix is None else prefix}{uuid.uuid4().hex[:12]}"
     try:
         live.request(admin, "PUT", f"/api/vhosts/{name}", {})
     except live.Unreachable as exc:

@@ -147,10 +147,36 @@ def test_append_writes_each_record_into_the_stream_of_its_partition() -> None:
             (last,) = [pr for pr, body in streams[2] if body == b""]
             headers = dict(last.headers)
             headers.pop("x-stream-offset")  # the broker's
+            stamp = headers.pop("x-runner-timestamp-ms")
+            assert isinstance(stamp, int) and abs(stamp - time.time() * 1000) < 60_000
             assert headers == {"x-runner-key": b"k0", "x-runner-null": True}
             with pytest.raises(NotFound, match="topic 'nope' not found"):
                 backend.append("nope", [OutRecord(b"x")])
             with pytest.raises(NotFound, match="topic 'ev' has no partition 3"):
                 backend.append("ev", [OutRecord(b"x", partition=3)])
+        finally:
+            backend.close()
+
+
+def test_stream_headers_3_10_cannot_keep_travel_as_json_or_are_refused() -> None:
+    """3.10.8 crashes the publishing channel on a decimal (a float) header of a stream
+    message and drops table and array values: they travel as JSON instead."""
+    topology = Topology(topics=(("ev", Topic("ev", partitions=1)),))
+    with fresh_vhost("rmqstreams-") as target:
+        backend = runtime.open_rabbitmq(topology, target)
+        try:
+            with pytest.raises(InvalidRequest, match=(
+                    "^a header value a RabbitMQ stream cannot carry: Object of type bytes is "
+                    "not JSON serializable$")):
+                backend.append("ev", [OutRecord(b"x", headers={"l": [b"raw"]})])
+            got = backend.append("ev", [OutRecord(b"v", headers={"f": 1.5, "m": {"k": [1]},
+                                                                 "s": "t", "b": b"y"})])
+            asyncio.run(backend.durable(got.ticket))
+            (r,) = backend.read("ev", 0, 0).records
+            assert (r.offset, r.value, dict(r.headers)) == (
+                0, b"v", {"f": 1.5, "m": {"k": [1]}, "s": "t", "b": b"y"})
+            ((props, _),) = read_stream(target, "ev.0", 1)
+            assert props.headers["x-runner-json-headers"] == '{"f":1.5,"m":{"k":[1]}}'
+            assert backend.connections == 1  # the broker never closed it
         finally:
             backend.close()

@@ -34,9 +34,11 @@ them `unknown` (and their ticket raises StorageError), and they are delivered
 again -- a duplicate, which at-least-once allows.
 
 Topics: `append` writes each record into the stream of its partition (the
-mapping's `T.p`, murmur2 of the key as Kafka). Not served (capabilities):
-exactly-once steps, compaction, idempotent producers, and -- not built yet --
-reading topics and consumer groups.
+mapping's `T.p`, murmur2 of the key as Kafka); `read`, `partitions` and
+`offset_for_time` read the streams back (runner.backends.rabbitmq.streams,
+on connections of their own). Not served (capabilities): exactly-once steps,
+compaction, idempotent producers, and -- not built yet -- consumer groups
+(so no `topics`, which promises them too).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from runner.backends.rabbitmq import apply as apply_mod
-from runner.backends.rabbitmq import live
+from runner.backends.rabbitmq import live, streams
 from runner.backends.rabbitmq.mapping import (
     CAPABILITIES as MAPPING_CAPABILITIES,
 )
@@ -119,7 +121,8 @@ from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
-# What this runtime serves: the mapping's capabilities, less topics (not built yet).
+# What this runtime serves: the mapping's capabilities, less topics (appending and
+# reading are built, consumer groups are not).
 CAPABILITIES = MAPPING_CAPABILITIES - {Capability.TOPICS}
 
 DEFAULT_PREFETCH = 100  # a queue fetched without a consumer of the topology
@@ -134,9 +137,10 @@ FIRST_HEADER = "x-runner-first-attempt"  # wall milliseconds of the first delive
 EXCHANGE_HEADER = "x-runner-exchange"
 KEY_HEADER = "x-runner-routing-key"
 RUNNER_HEADERS = (COUNT_HEADER, FIRST_HEADER, EXCHANGE_HEADER, KEY_HEADER)
-# a topic record in its stream
-RECORD_KEY_HEADER = "x-runner-key"  # the record's key (bytes)
-RECORD_NULL_HEADER = "x-runner-null"  # a tombstone (no value)
+# a topic record in its stream (read back by runner.backends.rabbitmq.streams)
+RECORD_KEY_HEADER = streams.KEY_HEADER  # the record's key (bytes)
+RECORD_NULL_HEADER = streams.NULL_HEADER  # a tombstone (no value)
+RECORD_TIMESTAMP_HEADER = streams.TIMESTAMP_HEADER  # its milliseconds
 
 Callback = Callable[[Event], None]
 
@@ -290,6 +294,8 @@ class RabbitBackend:
         self._held: dict[int, _Held] = {}
         self._ids = itertools.count(1)
         self._partitioners: dict[str, Partitioner] = {}
+        self._reader = streams.StreamReader(functools.partial(apply_mod.connect, target),
+                                            str(target))
         self._infos: tuple[float, dict[str, QueueInfo]] | None = None  # (when, counts)
         self._consumed: set[str] = set()  # queues the owner wants deliveries of
         self._subs: list[_Sub] = []
@@ -390,8 +396,10 @@ class RabbitBackend:
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
         """Each record into the stream of its partition (`T.p`): the explicit one, else
         murmur2 of its key (or of the topic's `key` field of a JSON value), else round
-        robin. The key travels in `x-runner-key`, a tombstone as `x-runner-null`. A
-        stream's offset is only known once read: positions carry offset -1."""
+        robin. The key travels in `x-runner-key`, a tombstone as `x-runner-null`, the
+        timestamp in `x-runner-timestamp-ms`. Positions carry offset -1: a publisher
+        confirm does not say where the stream put the message, and learning it
+        would cost a read of the stream's tail per append (docs/rabbitmq.md)."""
         spec = self._topology.topic_map().get(topic)
         if spec is None:
             raise NotFound(f"topic '{topic}' not found")
@@ -413,12 +421,13 @@ class RabbitBackend:
                 p = r.partition
             else:
                 p = partitioner.partition(key, spec.partitions)
-            headers = encode_headers(r.headers) if r.headers else {}
+            headers = streams.stream_headers(r.headers, encode_headers) if r.headers else {}
             if key is not None:
                 headers[RECORD_KEY_HEADER] = key
             if r.value is None:
                 headers[RECORD_NULL_HEADER] = True
             stamp = r.timestamp_ms if r.timestamp_ms is not None else int(now * 1000)
+            headers[RECORD_TIMESTAMP_HEADER] = stamp
             publishes.append(_Publish("", stream_name(topic, p), r.value or b"",
                                       pika.BasicProperties(headers=headers or None,
                                                            delivery_mode=2,
@@ -477,13 +486,34 @@ class RabbitBackend:
         self, topic: str, partition: int, offset: int, *, max_records: int = 500,
         max_bytes: int | None = None,
     ) -> Read:
-        raise _not_served("topics")
+        """Records of the partition's stream from `offset` (their stream offsets), on
+        a connection of its own: blocking for at least streams.QUIET_S, run it off
+        the owner's loop. OffsetOutOfRange below the log start or above the end."""
+        stream = self._stream(topic, partition)
+        return self._reader.read(topic, stream, partition, offset, max_records, max_bytes,
+                                 _decoded)
 
     def partitions(self, topic: str) -> list[PartitionInfo]:
-        raise _not_served("topics")
+        """Log start and end of each partition's stream (blocking, as `read`);
+        size_bytes is 0: 3.10 does not report a stream's size."""
+        spec = self._topology.topic_map().get(topic)
+        if spec is None:
+            raise NotFound(f"unknown topic '{topic}'")
+        return [self._reader.partition(stream_name(topic, p), p)
+                for p in range(spec.partitions)]
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
-        raise _not_served("topics")
+        """The first offset with a timestamp >= `timestamp_ms`, else the log end
+        (blocking, as `read`; streams.offset_for_time says where the scan starts)."""
+        return self._reader.offset_for_time(self._stream(topic, partition), timestamp_ms)
+
+    def _stream(self, topic: str, partition: int) -> str:
+        spec = self._topology.topic_map().get(topic)
+        if spec is None:
+            raise NotFound(f"unknown topic '{topic}'")  # the embedded engine's sentence
+        if not 0 <= partition < spec.partitions:
+            raise NotFound(f"topic '{topic}' has no partition {partition}")
+        return stream_name(topic, partition)
 
     def open_member(self, group: str, member_id: str) -> GroupMember:
         raise _not_served("consumer groups")
