@@ -14,7 +14,7 @@ from runner.backends.rabbitmq import runtime
 from runner.engine.contract import Ack, Capability, OutMessage, OutRecord
 from runner.errors import InvalidRequest, NotFound, UnsafeChange
 from runner.log.partitioner import partition_for_key
-from runner.topology.model import Queue, Topic, Topology
+from runner.topology.model import Binding, Exchange, ExchangeType, Queue, Topic, Topology
 from tests.contract.conftest import take
 from tests.rmq import fresh_vhost, kill_connections, read_stream
 
@@ -178,5 +178,33 @@ def test_stream_headers_3_10_cannot_keep_travel_as_json_or_are_refused() -> None
             ((props, _),) = read_stream(target, "ev.0", 1)
             assert props.headers["x-runner-json-headers"] == '{"f":1.5,"m":{"k":[1]}}'
             assert backend.connections == 1  # the broker never closed it
+        finally:
+            backend.close()
+
+
+def test_a_publish_reaching_a_stream_keeps_headers_a_stream_cannot() -> None:
+    """The same headers through an exchange bound to a queue and a one-partition topic:
+    before, the float crashed the broker's channel and the runtime sent it again and
+    again (durable never returned)."""
+    topology = Topology(
+        topics=(("ev", Topic("ev", partitions=1)),), queues=(("q", Queue("q")),),
+        exchanges=(("x", Exchange("x", ExchangeType.FANOUT)),),
+        bindings=(Binding("x", queue="q"), Binding("x", topic="ev")))
+    headers = {"f": 1.5, "m": {"k": [1]}, "s": "t"}
+    with fresh_vhost("rmqstreams-") as target:
+        backend = runtime.open_rabbitmq(topology, target)
+        try:
+            pub = backend.publish("x", [OutMessage(b"v", headers=headers)])
+            assert [sorted(r) for r in pub.routes] == [["ev", "q"]]
+
+            async def durable() -> None:
+                await asyncio.wait_for(backend.durable(pub.ticket), 10)
+
+            asyncio.run(durable())
+            (r,) = backend.read("ev", 0, 0).records
+            assert dict(r.headers) == headers
+            (d,) = take(backend, "q", 1)
+            assert dict(d.headers) == headers
+            assert backend.connections == 1
         finally:
             backend.close()

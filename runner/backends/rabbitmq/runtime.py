@@ -380,10 +380,15 @@ class RabbitBackend:
         now = self._clock.time()
         routes: list[tuple[str, ...]] = []
         publishes = []
+        topics = set(self._topology.topic_map())
         for m in messages:
             route = self._router.route(exchange, m.routing_key, m.headers, count=False)
             routes.append(tuple(route.destinations))
-            publishes.append(_Publish(exchange, m.routing_key, m.body, _properties(m, now)))
+            props = _properties(m, now)
+            if m.headers and topics.intersection(route.destinations):
+                # a stream is among the destinations: headers as a stream keeps them
+                props.headers = streams.stream_headers(m.headers, encode_headers)
+            publishes.append(_Publish(exchange, m.routing_key, m.body, props))
         return Published(tuple(routes), self._submit(_Command(0, publishes=publishes)))
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
@@ -921,6 +926,7 @@ class RabbitBackend:
         now = self._clock.time()
         raw = dict(props.headers or {})
         headers = {k: _decoded(v) for k, v in raw.items()}
+        streams.unpack_json_headers(headers)  # a copy of a message that also went to a stream
         before = headers.pop(COUNT_HEADER, None)
         headers.pop(FIRST_HEADER, None)
         exchange = headers.pop(EXCHANGE_HEADER, None)

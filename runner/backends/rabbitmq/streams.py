@@ -70,15 +70,21 @@ def stream_headers(headers: Mapping[str, Any],
     return out
 
 
-def record_of(topic: str, partition: int, e: Entry, decode: Decode) -> Record:
-    """The Record a stream entry written by `RabbitBackend.append` stands for."""
-    raw: Mapping[str, Any] = e.props.headers or {}
-    headers = {k: decode(v) for k, v in raw.items() if k not in OWN_HEADERS}
-    packed = raw.get(JSON_HEADER)
+def unpack_json_headers(headers: dict[str, Any]) -> None:
+    """`x-runner-json-headers` (`stream_headers`) back into `headers`, in place."""
+    packed = headers.pop(JSON_HEADER, None)
     if isinstance(packed, bytes):
         packed = packed.decode()
     if isinstance(packed, str):
         headers.update(json.loads(packed))
+
+
+def record_of(topic: str, partition: int, e: Entry, decode: Decode) -> Record:
+    """The Record a stream entry written by `RabbitBackend.append` stands for."""
+    raw: Mapping[str, Any] = e.props.headers or {}
+    headers = {k: decode(v) for k, v in raw.items()
+               if k not in OWN_HEADERS or k == JSON_HEADER}
+    unpack_json_headers(headers)
     key = raw.get(KEY_HEADER)
     if isinstance(key, str):
         key = key.encode()
