@@ -32,8 +32,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from runner.log.logsegment import SegmentInfo
 from runner.log.record import LogRecord
-from runner.log.segment import CleanedBatch, SegmentedLog, SegmentInfo
+from runner.log.segment import CleanedBatch, SegmentedLog
 
 log = logging.getLogger(__name__)
 

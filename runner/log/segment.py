@@ -66,20 +66,22 @@ A failed fsync is fatal for the log (PostgreSQL's "fsyncgate": the kernel may
 have dropped the unsynced pages, so a later successful fsync proves nothing):
 from then on every append, sync and read raises `StorageError` until the log
 is closed and opened again, which recovers from what is on disk.
+
+Parts, as Kafka splits its log layer: `runner.log.logsegment` (one segment's
+files and the batch walk), `runner.log.producers` (idempotent producers' state
+and its snapshots), and this module (the log: appends, syncs, reads, recovery,
+retention and the cleaner's segment swap).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import struct
 import threading
 import zlib
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from runner.clock import Clock
@@ -99,16 +101,21 @@ from runner.fs import (
     remove,
     rename,
     write_all,
-    write_atomic,
 )
 from runner.log.cache import ReadCache
 from runner.log.commits import GroupCommit
 from runner.log.index import OffsetIndex, TimeIndex
+from runner.log.logsegment import (
+    CHUNK,
+    Segment,
+    SegmentInfo,
+    find_batch,
+    head_timestamp,
+    segment_name,
+    walk_batches,
+)
+from runner.log.producers import ProducerState, load_producers, write_producers
 from runner.log.record import (
-    BATCH,
-    LENGTH_PREFIX,
-    MAGIC,
-    RECORD,
     BatchHeader,
     Fsync,
     Item,
@@ -121,87 +128,13 @@ from runner.log.record import (
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-CHUNK = 256 * 1024
 MAX_SEGMENT_BYTES = 2**31  # index positions are uint32; Kafka caps segments at 2 GiB too
 CHECKPOINT = "synced.checkpoint"
 _CKPT = struct.Struct("<qqI4x")  # active segment base, synced length, crc32 of the 16 bytes
-PRODUCER_HISTORY = 8  # batches remembered per producer to answer retries (Kafka: 5)
 
-
-MAGIC_AT = 16  # header position of the magic byte (then attributes, always 0)
-MAGIC_MARK = bytes((MAGIC, 0))
-
-
-Read = Callable[[int, int, int], bytes]  # (fd, length, position) -> bytes, as os.pread
 
 CleanedBatch = tuple[list[LogRecord], int, int] | tuple[list[LogRecord], int, int, int]
 """A batch for `replace_segments`: (records, producer id, base sequence[, delete horizon])."""
-
-
-def segment_name(base: int) -> str:
-    return f"{base:020d}"
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentInfo:
-    """A closed segment as the cleaner sees it."""
-
-    base: int
-    next_base: int
-    size: int
-    max_timestamp: int
-    path: Path
-
-
-class _Segment:
-    __slots__ = ("base", "path", "fd", "size", "index", "tindex", "last_offset", "max_ts",
-                 "first_ts", "since_index", "head_ts", "fs")
-
-    def __init__(self, directory: Path, base: int, fs: FileSystem) -> None:
-        name = segment_name(base)
-        self.base = base
-        self.fs = fs
-        self.path = directory / f"{name}.log"
-        self.fd = create(fs, self.path)
-        self.size = fs.size(self.fd)
-        self.index = OffsetIndex(directory / f"{name}.index", base, fs)
-        self.tindex = TimeIndex(directory / f"{name}.timeindex", base, fs)
-        self.last_offset = base - 1
-        self.max_ts = -1
-        self.first_ts = -1  # first batch's first timestamp (known for the active segment)
-        self.since_index = 0
-        self.head_ts: int | None = None  # first record's timestamp, read once on demand
-
-    def files(self) -> list[Path]:
-        stem = self.path.with_suffix("")
-        return [self.path, self.index.path, self.tindex.path, stem.with_suffix(".snapshot")]
-
-    def close(self) -> None:
-        self.index.close()
-        self.tindex.close()
-        self.fs.close(self.fd)
-
-
-class _Producer:
-    __slots__ = ("last_seq", "batches")
-
-    def __init__(self) -> None:
-        self.last_seq = -1
-        self.batches: deque[tuple[int, int, int]] = deque(maxlen=PRODUCER_HISTORY)
-
-    def record(self, base_seq: int, count: int, base_offset: int) -> None:
-        """A batch appended (called in log order): its last sequence is the
-        producer's last, also when it restarted lower (Kafka wraps at 2^31 - 1)."""
-        self.batches.append((base_seq, count, base_offset))
-        self.last_seq = base_seq + count - 1
-
-    def retry_of(self, base_seq: int, count: int) -> int:
-        """The first offset of a remembered batch with exactly this first sequence
-        and count (a retry), else -1."""
-        for seq, n, base_offset in self.batches:
-            if seq == base_seq and n == count:
-                return base_offset
-        return -1
 
 
 class SegmentedLog:
@@ -239,9 +172,9 @@ class SegmentedLog:
         self._written = 0
         self._synced = 0
         self._last_sync = clock.monotonic()
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._bases: list[int] = []
-        self._producers: dict[int, _Producer] = {}
+        self._producers: dict[int, ProducerState] = {}
         self._end = 0
         self._size = 0
         self._closed = False
@@ -305,7 +238,7 @@ class SegmentedLog:
             bases = [0]
         self._read_checkpoint(bases[-1])
         for i, base in enumerate(bases):
-            seg = _Segment(self.directory, base, self.fs)
+            seg = Segment(self.directory, base, self.fs)
             self._segments.append(seg)
             self._bases.append(base)
             if i < len(bases) - 1:
@@ -369,7 +302,7 @@ class SegmentedLog:
         self.fs.sync_dir(self.directory)
         return sorted(set(bases) | {base})
 
-    def _open_closed(self, seg: _Segment, next_base: int) -> None:
+    def _open_closed(self, seg: Segment, next_base: int) -> None:
         ok = seg.index.load(seg.size) and seg.tindex.load()
         if ok and seg.tindex.last_offset >= next_base:
             ok = False
@@ -387,7 +320,7 @@ class SegmentedLog:
             seg.max_ts = seg.tindex.max_timestamp
             seg.last_offset = next_base - 1
 
-    def _recover_tail(self, seg: _Segment) -> None:
+    def _recover_tail(self, seg: Segment) -> None:
         self._scan(seg, strict=False)
         try:  # what recovery accepted is durable before anyone reads it (a kill -9
             self.fs.sync(seg.fd)  # leaves unsynced bytes in the page cache)
@@ -396,12 +329,12 @@ class SegmentedLog:
         seg.index.open_for_append(truncate=True)
         seg.tindex.open_for_append(truncate=True)
 
-    def _scan(self, seg: _Segment, *, strict: bool) -> None:
+    def _scan(self, seg: Segment, *, strict: bool) -> None:
         """Rebuild `seg`'s indexes and producer state; truncate (tail) or raise (strict)."""
         pos = 0
         expect = seg.base
         since = self.index_interval_bytes
-        for buf, bpos, header, fpos in _batches(seg.fd, 0, seg.size, seg.path, self.fs.pread,
+        for buf, bpos, header, fpos in walk_batches(seg.fd, 0, seg.size, seg.path, self.fs.pread,
                                                 tolerant=True):
             bad = (header is None or header.base_offset < expect or header.count < 1
                    or header.last_offset_delta < header.count - 1
@@ -430,7 +363,7 @@ class SegmentedLog:
             seg.last_offset = header.last_offset
             expect = header.last_offset + 1
             if header.producer_id >= 0 and not strict:
-                prod = self._producers.setdefault(header.producer_id, _Producer())
+                prod = self._producers.setdefault(header.producer_id, ProducerState())
                 prod.record(header.base_sequence, header.last_offset_delta + 1,
                             header.base_offset)
             pos = fpos + header.size
@@ -439,27 +372,18 @@ class SegmentedLog:
             raise CorruptSegment(f"corrupt batch in {seg.path} at byte {pos}",
                                  path=str(seg.path), position=pos)
 
-    def _valid_after(self, seg: _Segment, fpos: int, min_offset: int) -> bool:
+    def _valid_after(self, seg: Segment, fpos: int, min_offset: int) -> bool:
         """Is there an intact batch anywhere after the bad one at `fpos` (so the bad
         one is corruption in the middle, not a torn tail)? A byte-wise resync, as
         Kafka's: every position holding the magic and attribute bytes where a
         plausible header sits is checked, the CRC deciding."""
-        return _find_batch(self.fs.pread, seg.fd, fpos + 1, seg.size, min_offset) is not None
+        return find_batch(self.fs.pread, seg.fd, fpos + 1, seg.size, min_offset) is not None
 
-    def _load_producers(self, seg: _Segment) -> None:
-        path = seg.path.with_suffix(".snapshot")
-        try:
-            state = json.loads(read_bytes(self.fs, path))
-        except (FileNotFoundError, ValueError):
-            return
-        for pid, batches in state.items():
-            prod = self._producers.setdefault(int(pid), _Producer())
-            for base_seq, count, base_offset in batches:
-                prod.record(base_seq, count, base_offset)
+    def _load_producers(self, seg: Segment) -> None:
+        load_producers(self.fs, seg.path.with_suffix(".snapshot"), self._producers)
 
     def _write_producers(self, path: Path) -> None:
-        state = {str(pid): list(p.batches) for pid, p in self._producers.items()}
-        write_atomic(self.fs, path, json.dumps(state).encode())
+        write_producers(self.fs, path, self._producers)
 
     # ------------------------------------------------------------ appending
     def append(
@@ -558,11 +482,11 @@ class SegmentedLog:
         self._end = base + len(items)
         seg.last_offset = self._end - 1
         if producer_id >= 0 and sequence >= 0:
-            self._producers.setdefault(producer_id, _Producer()).record(
+            self._producers.setdefault(producer_id, ProducerState()).record(
                 sequence, len(items), base)
         return base
 
-    def _write(self, seg: _Segment, data: bytes) -> None:
+    def _write(self, seg: Segment, data: bytes) -> None:
         pwrite = self.fs.pwrite
         try:
             view = memoryview(data)
@@ -578,7 +502,7 @@ class SegmentedLog:
             err.retriable = True
             raise err from exc
 
-    def _roll(self) -> _Segment:
+    def _roll(self) -> Segment:
         """Close the active segment (synced, with final index entries) and start a new
         one. On failure (e.g. a full disk) the active segment stays active, a
         half-made new one is closed and removed, and StorageError (retriable)
@@ -591,7 +515,7 @@ class SegmentedLog:
             self._durable_end = self._end
         old.tindex.close_entry(max(old.max_ts, 0), max(old.last_offset, old.base))
         path = old.index.path
-        seg: _Segment | None = None
+        seg: Segment | None = None
         try:
             for ix in (old.index, old.tindex):  # trusted at open once closed: synced
                 path = ix.path
@@ -602,7 +526,7 @@ class SegmentedLog:
             path = self.directory / f"{segment_name(self._end)}.snapshot"
             self._write_producers(path)
             path = path.with_suffix(".log")
-            seg = _Segment(self.directory, self._end, self.fs)
+            seg = Segment(self.directory, self._end, self.fs)
             path = seg.index.path
             seg.index.open_for_append(truncate=True)
             path = seg.tindex.path
@@ -641,7 +565,7 @@ class SegmentedLog:
                 if not seg.size:
                     continue  # the empty active segment, or a segment compaction emptied
                 if seg.head_ts is None:
-                    seg.head_ts = _head_timestamp(seg)
+                    seg.head_ts = head_timestamp(seg)
                 return seg.head_ts
             return None
 
@@ -807,7 +731,7 @@ class SegmentedLog:
             i += 1
         return out, True
 
-    def _cached_batches(self, seg: _Segment, pos: int, max_bytes: int, max_records: int
+    def _cached_batches(self, seg: Segment, pos: int, max_bytes: int, max_records: int
                         ) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
         # read about what the caller may take: small reads stay small
         chunk = min(CHUNK, max(16 * 1024, min(max_bytes, max_records * 1024)))
@@ -816,7 +740,7 @@ class SegmentedLog:
         def read(fd: int, length: int, at: int) -> bytes:
             return self._cache_get(base, fd, length, at)
 
-        return _batches(seg.fd, pos, seg.size, seg.path, read, chunk=chunk)
+        return walk_batches(seg.fd, pos, seg.size, seg.path, read, chunk=chunk)
 
     def _cache_get(self, base: int, fd: int, length: int, pos: int) -> bytes:
         """Bytes at `pos` of segment `base`, at least `length` of them when the file
@@ -845,7 +769,7 @@ class SegmentedLog:
                 if seg.max_ts < ts_ms:
                     continue
                 pos = seg.index.lookup(seg.tindex.lookup(ts_ms))
-                for buf, bpos, header, _fpos in _batches(seg.fd, pos, seg.size, seg.path,
+                for buf, bpos, header, _fpos in walk_batches(seg.fd, pos, seg.size, seg.path,
                                                          self.fs.pread):
                     if header.max_timestamp < ts_ms:
                         continue
@@ -870,7 +794,7 @@ class SegmentedLog:
                 self._drop_cache()
             return dropped
 
-    def _delete_segment(self, seg: _Segment) -> None:
+    def _delete_segment(self, seg: Segment) -> None:
         with self._sync_lock:
             seg.close()
         self._size -= seg.size
@@ -888,7 +812,7 @@ class SegmentedLog:
             fd = self.fs.open(seg.path)  # its own descriptor: the owner may close seg's
             size = seg.size
         try:
-            for buf, bpos, header, fpos in _batches(fd, 0, size, seg.path, self.fs.pread):
+            for buf, bpos, header, fpos in walk_batches(fd, 0, size, seg.path, self.fs.pread):
                 if not batch_crc_ok(buf, bpos, header):
                     raise CorruptSegment(f"corrupt batch in {seg.path} at byte {fpos}",
                                          path=str(seg.path), position=fpos)
@@ -979,7 +903,7 @@ class SegmentedLog:
             self.fs.rename(tindex.path, final[1])
             self.fs.rename(swap, self.directory / f"{name}.log")
             self.fs.sync_dir(self.directory)
-            seg = _Segment(self.directory, first, self.fs)
+            seg = Segment(self.directory, first, self.fs)
             index.path, tindex.path = final
             seg.index, seg.tindex = index, tindex
             seg.max_ts, seg.last_offset = max_ts, upto - 1
@@ -1012,77 +936,3 @@ class SegmentedLog:
             self._drop_cache()
 
 
-def _head_timestamp(seg: _Segment) -> int:
-    """The first record's own timestamp in `seg` (not the batch's first_timestamp,
-    which holds the delete horizon in a batch compaction rewrote)."""
-    need = BATCH.size + RECORD.size
-    buf = seg.fs.pread(seg.fd, need, 0)
-    if len(buf) < need:
-        raise CorruptSegment(f"truncated batch in {seg.path} at byte 0",
-                             path=str(seg.path), position=0)
-    ts: int = RECORD.unpack_from(buf, BATCH.size)[2]
-    return ts
-
-
-def _find_batch(read: Read, fd: int, start: int, end: int, min_offset: int) -> int | None:
-    """File position of the first intact batch (plausible header, magic, CRC) at
-    or after `start`, scanning byte by byte in chunks; None when there is none."""
-    step = 1 << 20
-    pos = start
-    while pos + BATCH.size <= end:
-        buf = read(fd, min(step + BATCH.size, end - pos), pos)
-        i = buf.find(MAGIC_MARK, MAGIC_AT)
-        while i >= 0:
-            q = i - MAGIC_AT
-            if q >= step or q + BATCH.size > len(buf):
-                break
-            h = BatchHeader(buf, q)
-            fq = pos + q
-            if (h.count >= 1 and h.last_offset_delta >= h.count - 1
-                    and h.base_offset >= min_offset and h.length >= BATCH.size - LENGTH_PREFIX
-                    and fq + h.size <= end):
-                if q + h.size <= len(buf):
-                    ok = batch_crc_ok(buf, q, h)
-                else:
-                    ok = batch_crc_ok(read(fd, h.size, fq), 0, h)
-                if ok:
-                    return fq
-            i = buf.find(MAGIC_MARK, i + 1)
-        pos += step
-    return None
-
-
-def _batches(
-    fd: int, pos: int, end: int, path: Path, read: Read, *, chunk: int = CHUNK,
-    tolerant: bool = False,
-) -> Iterator[tuple[bytes, int, BatchHeader, int]]:
-    """Walk batches from file position `pos` to `end`: (buffer, position in buffer,
-    header, file position). Reads in chunks; a batch is never split across buffers.
-    `tolerant`: yield a None header (typed loosely) for a short or insane header
-    instead of raising, so recovery can decide between truncating and raising."""
-    buf = b""
-    bstart = pos  # file position of buf[0]
-    while pos < end:
-        bpos = pos - bstart
-        if bpos + BATCH.size > len(buf):
-            if pos + BATCH.size > end:
-                if tolerant:
-                    yield buf, 0, None, pos  # type: ignore[misc]
-                    return
-                raise CorruptSegment(f"truncated batch in {path} at byte {pos}",
-                                     path=str(path), position=pos)
-            buf = read(fd, min(chunk, end - pos), pos)
-            bstart, bpos = pos, 0
-        header = BatchHeader(buf, bpos)
-        size = header.size
-        if header.length < BATCH.size - 12 or pos + size > end:
-            if tolerant:
-                yield buf, bpos, None, pos  # type: ignore[misc]
-                return
-            raise CorruptSegment(f"corrupt batch in {path} at byte {pos}",
-                                 path=str(path), position=pos)
-        if bpos + size > len(buf):
-            buf = read(fd, max(size, min(chunk, end - pos)), pos)
-            bstart, bpos = pos, 0
-        yield buf, bpos, header, pos
-        pos += size
