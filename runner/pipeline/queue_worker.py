@@ -88,6 +88,8 @@ class QueueWorker(Worker):
         # key remembered and its replies handed over
         self.unconfirmed: dict[int, tuple[Ticket, Outputs, str | None]] = {}
         self.ready: Waiter | None = None  # the puller's wake-up
+        # exactly-once, async handlers: steps committed together (_commit_together)
+        self.steps_waiting: list[tuple[Step, asyncio.Future[None]]] = []
 
     def start(self) -> None:
         self.ready = self.waiter([Event(EventKind.QUEUE_READY, self.queue)])
@@ -180,8 +182,66 @@ class QueueWorker(Worker):
             return
         msg, key = prepared
         exc, outputs = await self.run_handler(msg)
+        if exc is None and self.delivery is Delivery.EXACTLY_ONCE:
+            exc = await self._commit_together(d, msg, outputs)
+            if exc is None:
+                self.remember(key)
+                self.hand_over(outputs)
+                self.counters.succeeded += 1
+                self.traced_settle(outputs, "ack")
+                return
         self._settle(d, msg, key, exc, outputs, consumer_id)
         await self._ack_when_confirmed(d, msg, consumer_id)
+
+    async def _commit_together(
+        self, d: QueueDelivery, msg: QueueMessage, outputs: Outputs,
+    ) -> EngineError | None:
+        """Exactly-once, async handlers: commit this call's step (outputs + ack) together
+        with the steps of the other workers that finished meanwhile -- one step journal
+        write and its fsyncs for all of them (group commit of steps, as a Kafka
+        transaction holds many records). None once committed; else the error that
+        refused it (the call then fails: retried or dead-lettered)."""
+        step = self.step_of(outputs) + Step(acks=((self.queue, d.delivery_id),))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.steps_waiting.append((step, future))
+        if len(self.steps_waiting) == 1:  # the first one schedules the commit
+            asyncio.get_running_loop().call_soon(self._commit_waiting_steps)
+        try:
+            await asyncio.shield(future)
+        except EngineError as exc:
+            self.counters.error(error_type(exc))
+            self.failures.report("outputs", exc, msg)
+            return exc
+        return None
+
+    def _commit_waiting_steps(self) -> None:
+        """One merged step for every waiting call; when the backend refuses the merged
+        step (a full reject-publish queue, the fanout cap, ...), nothing of it was
+        applied, and each call's step is committed alone so only the refused ones fail."""
+        batch, self.steps_waiting = self.steps_waiting, []
+        backend = self.env.backend
+        if len(batch) > 1:
+            merged = Step()
+            for step, _ in batch:
+                merged = merged + step
+            try:
+                backend.commit_step(merged)
+            except EngineError:
+                pass  # one by one below
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+                return
+        for step, future in batch:
+            try:
+                backend.commit_step(step)
+            except EngineError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)
 
     async def _ack_when_confirmed(self, d: QueueDelivery, msg: QueueMessage,
                                   consumer_id: str) -> None:

@@ -231,3 +231,14 @@ def sync_asks(msg: Any, ctx: Any) -> None:
             ctx.request("rpc", "double", {"n": 1})
         except RuntimeError as exc:
             SEEN.append({"raised": str(exc)})
+
+
+GATE: asyncio.Event | None = None  # set by a test inside its running loop
+
+
+async def gated_forward(msg: Any, ctx: Any) -> None:
+    """Waits for GATE, then publishes one message to the `out` (or body["to"]) exchange."""
+    _note(msg)
+    assert GATE is not None
+    await GATE.wait()
+    ctx.publish(msg.body.get("to", "out"), "fwd", {"id": msg.body["id"]})

@@ -1,0 +1,137 @@
+"""Exactly-once queue consumers with async handlers commit the steps of calls that
+finish together as one step (one journal write and its fsyncs for all); a merged
+step the engine refuses is committed call by call, so only the refused calls fail."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+from runner.clock import SystemClock
+from runner.engine import Engine, FsyncPolicy
+from runner.engine.contract import Step, Ticket
+from runner.engine.embedded import EmbeddedBackend
+from runner.pipeline import Pipeline
+from runner.topology.model import (
+    Binding,
+    Consumer,
+    Delivery,
+    DlqPolicy,
+    Exchange,
+    ExchangeType,
+    Overflow,
+    Queue,
+    Topology,
+)
+from tests.pipeline import pipeline_handlers as ph
+from tests.pipeline.harness import H, bodies, msg, topology, wait_until
+
+
+class CountingBackend(EmbeddedBackend):
+    """The embedded backend, remembering every step it was asked to commit and how it went."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.steps: list[tuple[Step, str]] = []
+
+    def commit_step(self, step: Step) -> Ticket:
+        try:
+            ticket = super().commit_step(step)
+        except Exception as exc:
+            self.steps.append((step, type(exc).__name__))
+            raise
+        self.steps.append((step, "ok"))
+        return ticket
+
+
+@asynccontextmanager
+async def _running(topo: Topology, data_dir: Path) -> AsyncIterator[tuple[Engine, CountingBackend]]:
+    clock = SystemClock()
+    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock)
+    backend = CountingBackend(engine)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            pipeline = Pipeline(backend, topo, data_dir=data_dir, clock=clock, executor=pool,
+                                instance_id="test", hostname="host",
+                                random_source=lambda: 0.5, fsync=FsyncPolicy.ALWAYS)
+
+            async def tick() -> None:
+                while True:
+                    engine.tick()
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            try:
+                await pipeline.start()
+                yield engine, backend
+            finally:
+                assert ph.GATE is not None
+                ph.GATE.set()
+                await pipeline.drain(2.0)
+                ticker.cancel()
+                with suppress(asyncio.CancelledError):
+                    await ticker
+    finally:
+        engine.close()
+
+
+def _consumer(**kw: object) -> Consumer:
+    return Consumer("c", "work", f"{H}:gated_forward", concurrency=8, prefetch=8,
+                    delivery=Delivery.EXACTLY_ONCE, **kw)  # type: ignore[arg-type]
+
+
+def test_calls_that_finish_together_commit_one_step(tmp_path: Path) -> None:
+    ph.reset()
+    topo = topology(queues=(Queue("work"),), consumers=(_consumer(),))
+
+    async def go() -> None:
+        ph.GATE = asyncio.Event()
+        async with _running(topo, tmp_path) as (engine, backend):
+            engine.publish_to_queue("work", [msg({"id": i}) for i in range(8)])
+            await wait_until(lambda: len(ph.SEEN) == 8)  # all 8 calls wait at the gate
+            ph.GATE.set()
+            await wait_until(lambda: engine.queue_info("work").unacked == 0)
+            assert sorted(b["id"] for b in bodies(engine, "outbox")) == list(range(8))
+            assert engine.queue_info("work").ready == 0
+            # before: 8 steps of one ack each; now the calls woken together share one
+            acks = [len(step.acks) for step, how in backend.steps if how == "ok"]
+            assert sum(acks) == 8 and len(acks) <= 2 and max(acks) >= 4, backend.steps
+
+    asyncio.run(go())
+
+
+def test_a_refused_merged_step_is_committed_call_by_call(tmp_path: Path) -> None:
+    ph.reset()
+    topo = topology(
+        queues=(Queue("work"), Queue("work.dlq"),
+                Queue("full", max_length=3, overflow=Overflow.REJECT_PUBLISH)),
+        exchanges=(Exchange("tofull", ExchangeType.FANOUT),),
+        bindings=(Binding("tofull", queue="full"),),
+        policies=(DlqPolicy("none", max_retries=0, dead_letter_queue="work.dlq"),),
+        consumers=(_consumer(dlq_policy="none"),),
+    )
+
+    async def go() -> None:
+        ph.GATE = asyncio.Event()
+        async with _running(topo, tmp_path) as (engine, backend):
+            engine.publish_to_queue("work", [msg({"id": i, "to": "tofull"}) for i in range(8)])
+            await wait_until(lambda: len(ph.SEEN) == 8)
+            ph.GATE.set()
+            await wait_until(lambda: engine.queue_info("work").unacked == 0
+                             and engine.queue_info("work.dlq").ready == 5)
+            # the merged step of 8 publishes was refused as a whole (nothing of it
+            # applied), then each call's own step: 3 fit, 5 are refused and dead-lettered
+            outcomes = [(len(step.acks), how) for step, how in backend.steps]
+            assert outcomes[0] == (8, "Refused"), outcomes
+            assert sorted(outcomes[1:]) == [(1, "Refused")] * 5 + [(1, "ok")] * 3
+            assert len(bodies(engine, "full")) == 3
+            letters = engine.peek("work.dlq", 10)
+            assert len(letters) == 5
+            assert all("full" in str(d.headers["x-dead-letter"]["error"]["message"])
+                       for d in letters)
+            assert engine.queue_info("work").ready == 0
+
+    asyncio.run(go())
