@@ -156,8 +156,11 @@ class StreamReader:
         got = [] if offset < 0 else self.scan(stream, offset, enough,
                                               prefetch=min(PREFETCH, max_records + 100))
         if offset < 0 or (got and got[0].offset > offset):
+            # below the log start, or in a gap: offsets are not contiguous (3.10.8
+            # starts each segment with a tracking chunk that takes an offset)
             start, end, _ = self.bounds(stream)
-            raise out_of_range(topic, partition, offset, start, end)
+            if offset < start:
+                raise out_of_range(topic, partition, offset, start, end)
         mine = [e for e in got if e.offset >= offset][:max_records]
         if not mine:
             start, end, _ = self.bounds(stream)
