@@ -185,10 +185,7 @@ class QueueWorker(Worker):
         if exc is None and self.delivery is Delivery.EXACTLY_ONCE:
             exc = await self._commit_together(d, msg, outputs)
             if exc is None:
-                self.remember(key)
-                self.hand_over(outputs)
-                self.counters.succeeded += 1
-                self.traced_settle(outputs, "ack")
+                self._committed(key, outputs)
                 return
         self._settle(d, msg, key, exc, outputs, consumer_id)
         await self._ack_when_confirmed(d, msg, consumer_id)
@@ -215,33 +212,41 @@ class QueueWorker(Worker):
         return None
 
     def _commit_waiting_steps(self) -> None:
-        """One merged step for every waiting call; when the backend refuses the merged
-        step (a full reject-publish queue, the fanout cap, ...), nothing of it was
-        applied, and each call's step is committed alone so only the refused ones fail."""
         batch, self.steps_waiting = self.steps_waiting, []
+        results = self._commit_steps([step for step, _ in batch])
+        for (_, future), error in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    def _commit_steps(self, steps: list[Step]) -> list[EngineError | None]:
+        """Commit `steps` as one merged step; when the backend refuses the merged step
+        (a full reject-publish queue, the fanout cap, ...) nothing of it was applied,
+        and each step is committed alone so only the refused ones fail. Per step: None
+        once committed, else the error that refused it."""
         backend = self.env.backend
-        if len(batch) > 1:
+        if len(steps) > 1:
             merged = Step()
-            for step, _ in batch:
+            for step in steps:
                 merged = merged + step
             try:
                 backend.commit_step(merged)
             except EngineError:
                 pass  # one by one below
             else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-                return
-        for step, future in batch:
+                return [None] * len(steps)
+        results: list[EngineError | None] = []
+        for step in steps:
             try:
                 backend.commit_step(step)
             except EngineError as exc:
-                if not future.done():
-                    future.set_exception(exc)
+                results.append(exc)
             else:
-                if not future.done():
-                    future.set_result(None)
+                results.append(None)
+        return results
 
     async def _ack_when_confirmed(self, d: QueueDelivery, msg: QueueMessage,
                                   consumer_id: str) -> None:
@@ -316,8 +321,16 @@ class QueueWorker(Worker):
                 for d, _, _ in items:  # unsettled: drain gives the unstarted back
                     self.buffer.put_nowait(d)
                 raise
+            committed = self._commit_successes(items, outcomes)
             for (d, msg, key), (exc, outputs) in zip(items, outcomes, strict=False):
                 try:
+                    if d.delivery_id in committed:
+                        exc = committed[d.delivery_id]
+                        if exc is None:
+                            self._committed(key, outputs)
+                            continue
+                        self.counters.error(error_type(exc))
+                        self.failures.report("outputs", exc, msg)
                     self._settle(d, msg, key, exc, outputs, consumer_id)
                 except EngineError as err:
                     self._settle_failed(d, err)
@@ -334,6 +347,28 @@ class QueueWorker(Worker):
                     self.buffer.put_nowait(d)
             else:
                 carried = rest  # after a timeout: first thing in the next batch
+
+    def _commit_successes(
+        self, items: list[tuple[QueueDelivery, QueueMessage, str | None]],
+        outcomes: list[tuple[Exception | None, Outputs]],
+    ) -> dict[int, EngineError | None]:
+        """Exactly-once, a sync batch: the steps of its successful calls committed
+        together (`_commit_steps`); by delivery id, None or the refusing error."""
+        if self.delivery is not Delivery.EXACTLY_ONCE:
+            return {}
+        ok = [(d, outputs) for (d, _, _), (exc, outputs) in zip(items, outcomes, strict=False)
+              if exc is None]
+        steps = [self.step_of(outputs) + Step(acks=((self.queue, d.delivery_id),))
+                 for d, outputs in ok]
+        return {d.delivery_id: error
+                for (d, _), error in zip(ok, self._commit_steps(steps), strict=True)}
+
+    def _committed(self, key: str | None, outputs: Outputs) -> None:
+        """An exactly-once call's step is committed: what follows it."""
+        self.remember(key)
+        self.hand_over(outputs)
+        self.counters.succeeded += 1
+        self.traced_settle(outputs, "ack")
 
     def _prepare_all(
         self, taken: list[QueueDelivery],

@@ -135,3 +135,23 @@ def test_a_refused_merged_step_is_committed_call_by_call(tmp_path: Path) -> None
             assert engine.queue_info("work").ready == 0
 
     asyncio.run(go())
+
+
+def test_a_sync_handlers_batch_commits_one_step(tmp_path: Path) -> None:
+    ph.reset()
+    topo = topology(queues=(Queue("work"),), consumers=(
+        Consumer("c", "work", f"{H}:with_ctx", concurrency=1, prefetch=16,
+                 delivery=Delivery.EXACTLY_ONCE),))
+
+    async def go() -> None:
+        ph.GATE = asyncio.Event()
+        async with _running(topo, tmp_path) as (engine, backend):
+            engine.publish_to_queue("work", [msg({"id": i}) for i in range(16)])
+            await wait_until(lambda: engine.queue_info("work").ready == 0
+                             and engine.queue_info("work").unacked == 0)
+            assert sorted(b["from"]["id"] for b in bodies(engine, "outbox")) == list(range(16))
+            # one pool thread ran the buffered calls as one batch: their steps are one
+            acks = [len(step.acks) for step, how in backend.steps if how == "ok"]
+            assert sum(acks) == 16 and max(acks) >= 8, backend.steps
+
+    asyncio.run(go())
