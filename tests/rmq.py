@@ -89,3 +89,31 @@ def read_stream(target: Target, stream: str, n: int, *,
         return got[:n] if len(got) >= n else got
     finally:
         conn.close()
+
+
+def restart_broker(down_s: float = 1.0) -> None:
+    """`rabbitmqctl stop_app`, `down_s` seconds with the broker down, `start_app`; returns
+    once AMQP and the management API answer again. Durable queues and persistent
+    messages survive it; every client connection is closed."""
+    import subprocess
+
+    def ctl(*args: str) -> None:
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}"
+
+    ctl("stop_app")
+    try:
+        time.sleep(down_s)
+    finally:
+        ctl("start_app")
+        ctl("await_startup")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            live.request(Target(HOST), "GET", "/api/overview")
+            return
+        except live.Unreachable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -363,7 +363,10 @@ class RemoteDaemon:
     async def serve(self, *, ready: Callable[[str, int], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
         config = self.config
-        logging.getLogger("pika").setLevel(logging.WARNING)  # a line per channel otherwise
+        # pika logs a line per channel, and each failed connection attempt at ERROR with a
+        # traceback several times over while a broker restarts; the I/O threads say it
+        # once, plainly ("connection lost (...); reconnecting in N s")
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
         log.info("connecting to %s", self.target,
                  extra={"event": "backend_opening", "backend": str(self.target)})
         self._backend = await loop.run_in_executor(
