@@ -255,9 +255,28 @@ def test_an_output_the_broker_refuses_fails_the_call_instead_of_acking_it(
     death = props.headers["x-dead-letter"]
     assert (body, death["reason"], death["retry_count"], death["original_queue"]) == (
         b'"m"', "handler_error", 2, "fwd")
-    assert death["error"]["type"] == "runner.errors.StorageError"
-    assert "nack" in death["error"]["message"]
+    assert death["error"]["type"] == "runner.errors.Refused"  # as on the embedded engine
+    assert death["error"]["message"] == (
+        "the broker refused a message to exchange 'to-full' key '' (nack: a queue it routes "
+        "to is full with overflow reject-publish); the 0 message(s) before it were stored, "
+        "it and the rest were not")
     assert depth(daemons.target, "full") == 1
+
+
+def test_a_full_reject_publish_queue_answers_429_like_the_embedded_engine(
+    daemons: Daemons,
+) -> None:
+    d = daemons.start()
+    answer = d.post("/v1/queues/full/messages", {"messages": [{"body": i} for i in range(3)]})
+    assert answer.status == 429, answer.body
+    assert answer.body == {
+        "error": "the broker refused a message to queue 'full' (nack: a queue it routes to "
+                 "is full with overflow reject-publish); the 1 message(s) before it were "
+                 "stored, it and the rest were not",
+        "accepted": 1, "routed": []}
+    assert answer.headers["Retry-After"]
+    assert [body for _, body in get_all(daemons.target, "full")] == [b"0"]  # nothing else
+    d.ok("POST", "/v1/queues/full/messages", {"body": "room again"}, 202)
 
 
 def test_a_lost_connection_is_reconnected_and_the_daemon_goes_on(daemons: Daemons) -> None:

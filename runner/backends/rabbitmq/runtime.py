@@ -112,6 +112,7 @@ from runner.errors import (
     EngineError,
     InvalidRequest,
     NotFound,
+    Refused,
     StorageError,
     TooLarge,
     UnsafeChange,
@@ -993,10 +994,16 @@ class RabbitBackend:
                 return InvalidRequest(f"a message to exchange '{p.exchange}' cannot be sent: "
                                       f"{exc}")
             except pika.exceptions.NackError:
+                # as the embedded engine's full reject-publish queue: Refused (HTTP 429),
+                # with how many of the batch the broker took before it
+                accepted = cmd.next_index
                 cmd.next_index += 1
-                return StorageError(f"the broker refused a message to exchange "
-                                    f"'{p.exchange}' key '{p.routing_key}' (nack: a full "
-                                    "queue with overflow reject-publish?)")
+                where = (f"queue '{p.routing_key}'" if p.exchange == "" else
+                         f"exchange '{p.exchange}' key '{p.routing_key}'")
+                return Refused(f"the broker refused a message to {where} (nack: a queue it "
+                               "routes to is full with overflow reject-publish); the "
+                               f"{accepted} message(s) before it were stored, it and the "
+                               "rest were not", accepted=accepted)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 assert self._conn is not None
                 self._pub = self._conn.channel()
