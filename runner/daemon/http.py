@@ -14,7 +14,7 @@ import dataclasses
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
@@ -601,16 +601,21 @@ def _not_above_end(host: Host, topic: str, partition: int, offset: int, verb: st
         )
 
 
-async def read_records(request: web.Request) -> web.Response:
-    host = _host(request)
-    name = request.match_info["name"]
-    partition = _partition(host, name, request.match_info["p"])
-    offset = codec.query_int(request.query, "offset", default=None)
-    limit = codec.query_int(request.query, "limit", default=100, low=1, high=MAX_READ)
+def records_json(host: Host, name: str, partition_text: str,
+                 query: Mapping[str, str]) -> dict[str, Any]:
+    """`GET /v1/topics/{name}/partitions/{p}/records?offset=&limit=` (any backend)."""
+    partition = _partition(host, name, partition_text)
+    offset = codec.query_int(query, "offset", default=None)
+    limit = codec.query_int(query, "limit", default=100, low=1, high=MAX_READ)
     _not_above_end(host, name, partition, offset, "read from")
     got = host.backend.read(name, partition, offset, max_records=limit, max_bytes=READ_BYTES)
-    return answer({"records": [codec.record_json(r) for r in got.records],
-                   "next_offset": got.next_offset})
+    return {"records": [codec.record_json(r) for r in got.records],
+            "next_offset": got.next_offset}
+
+
+async def read_records(request: web.Request) -> web.Response:
+    return answer(records_json(_host(request), request.match_info["name"],
+                               request.match_info["p"], request.query))
 
 
 # ------------------------------------------------------------------ queues

@@ -63,6 +63,7 @@ from runner.daemon.http import (
     make_auth_middleware,
     make_error_middleware,
     read_json,
+    records_json,
 )
 from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
@@ -92,6 +93,9 @@ SERVED = frozenset({
     ("POST", "/v1/queues/{name}/ack"),
     ("POST", "/v1/queues/{name}/nack"),
     ("GET", "/v1/exchanges"),
+    ("GET", "/v1/topics"),
+    ("GET", "/v1/topics/{name}"),
+    ("GET", "/v1/topics/{name}/partitions/{p}/records"),
     ("GET", "/v1/bindings"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -202,6 +206,9 @@ class RemoteDaemon:
         r.add_post("/v1/queues/{name}/ack", self._ack)
         r.add_post("/v1/queues/{name}/nack", self._nack)
         r.add_get("/v1/exchanges", self._list_exchanges)
+        r.add_get("/v1/topics", self._list_topics)
+        r.add_get("/v1/topics/{name}", self._get_topic)
+        r.add_get("/v1/topics/{name}/partitions/{p}/records", self._read_records)
         r.add_get("/v1/bindings", self._list_bindings)
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
@@ -323,6 +330,29 @@ class RemoteDaemon:
         backend, topology = self.backend, self._topology
         return answer(await loop.run_in_executor(
             None, lambda: lists.queues_json(backend, topology)))
+
+    async def _list_topics(self, request: web.Request) -> web.Response:
+        """Topics as streams: offsets from the streams themselves, off the loop (each
+        partition is read on a connection of its own)."""
+        loop = asyncio.get_running_loop()
+        backend, topology = self.backend, self._topology
+        return answer(await loop.run_in_executor(
+            None, lambda: lists.topics_json(backend, topology)))
+
+    async def _get_topic(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._topology.topic_map():
+            raise NotFound(f"topic '{name}' not found")
+        loop = asyncio.get_running_loop()
+        backend, topology = self.backend, self._topology
+        return answer(await loop.run_in_executor(
+            None, lambda: lists.topic_json(backend, topology, name)))
+
+    async def _read_records(self, request: web.Request) -> web.Response:
+        name, part, query = request.match_info["name"], request.match_info["p"], request.query
+        loop = asyncio.get_running_loop()
+        return answer(await loop.run_in_executor(
+            None, lambda: records_json(cast(Host, self), name, part, query)))
 
     async def _list_exchanges(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()

@@ -384,6 +384,28 @@ def test_handlers_append_to_topics_as_streams(daemons: Daemons) -> None:
         assert {bytes(props.headers["x-runner-key"]) for props, _ in got} == {
             i.encode() for i in mine}
     wait_for(lambda: depth(daemons.target, "emit") == 0)
+    # the same records through the HTTP API, read back from the streams
+    for p in range(2):
+        start = d.ok("GET", "/v1/topics/events")["partition_offsets"][p]["log_start_offset"]
+        got = d.ok("GET", f"/v1/topics/events/partitions/{p}/records?offset={start}&limit=100")
+        assert sorted(r["value"]["id"] for r in got["records"]) == by_partition[p]
+        assert {r["key"] for r in got["records"]} == set(by_partition[p])
+        assert got["next_offset"] == got["records"][-1]["offset"] + 1
+    topics = d.ok("GET", "/v1/topics")["topics"]
+    assert [(t["name"], t["partitions"]) for t in topics] == [("audit", 1), ("events", 2)]
+    answer = d.get("/v1/topics/nope")
+    assert (answer.status, answer.body["error"]) == (404, "topic 'nope' not found")
+    answer = d.get("/v1/topics/events/partitions/2/records?offset=0")
+    assert (answer.status, answer.body["error"]) == (
+        404, "topic 'events' has no partition 2 (it has 2: 0..1)")
+    answer = d.get("/v1/topics/events/partitions/x/records?offset=0")
+    assert (answer.status, answer.body["error"]) == (
+        400, "the partition must be an integer, got 'x'")
+    end = d.ok("GET", "/v1/topics/events")["partition_offsets"][0]["log_end_offset"]
+    answer = d.get(f"/v1/topics/events/partitions/0/records?offset={end + 5}")
+    assert (answer.status, answer.body["error"]) == (
+        416, f"offset {end + 5} is above the log end offset {end} of topic 'events' "
+        f"partition 0; read from at most {end}")
 
 
 def test_two_daemons_share_a_queue(daemons: Daemons) -> None:
