@@ -265,6 +265,19 @@ def to_dest(topology: Topology, r: Record, dest: str, step: Step) -> None:
         step.appends.append((dest, [OutRecord(value=r.value, key=r.key, headers=headers)]))
 
 
+def check_replay_target(topology: Topology, topic: str, to: str | None) -> None:
+    """`to` of a topic replay (all or chosen records): a declared queue or topic, not the
+    dead-letter topic itself."""
+    if to is None:
+        return
+    if to not in topology.queue_map() and to not in topology.topic_map():
+        raise NotFound(f"queue or topic '{to}' not found"
+                       + did_you_mean(to, [*topology.queue_map(), *topology.topic_map()]))
+    if to == topic:
+        raise InvalidRequest(f"'to' names the topic being replayed ('{topic}'); give "
+                             "another queue or topic")
+
+
 def replay_topic(engine: Engine, topology: Topology, topic: str, n: int,
                  to: str | None = None) -> dict[str, Any]:
     """Replay up to `n` pending dead letters of topic `topic` back to where they
@@ -272,13 +285,7 @@ def replay_topic(engine: Engine, topology: Topology, topic: str, n: int,
     as one engine step. A record that cannot go back stops its partition there
     (the position cannot skip it): it is counted in `skipped` by reason and waits
     for `--to` or a purge."""
-    if to is not None:
-        if to not in topology.queue_map() and to not in topology.topic_map():
-            raise NotFound(f"queue or topic '{to}' not found"
-                           + did_you_mean(to, [*topology.queue_map(), *topology.topic_map()]))
-        if to == topic:
-            raise InvalidRequest(f"'to' names the topic being replayed ('{topic}'); give "
-                                 "another queue or topic")
+    check_replay_target(topology, topic, to)
     group = dlq_position_group(topic)
     step = Step()
     replayed = 0

@@ -16,12 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from runner.daemon import codec
-from runner.daemon.dlq import forget_settled, to_dest, to_origin, topic_positions
+from runner.daemon.dlq import (
+    check_replay_target,
+    forget_settled,
+    to_dest,
+    to_origin,
+    topic_positions,
+)
 from runner.engine import Engine, Step, TopicPartition, dlq_position_group, dlq_settled_queue
 from runner.engine import settled_marker as marker
-from runner.errors import Conflict, InvalidRequest, NotFound
+from runner.errors import Conflict, NotFound
 from runner.topology.model import Topology
-from runner.topology.suggest import did_you_mean
 
 MAX_RECORDS = 1000  # records named in one request
 RECORD_FIELDS = frozenset({"partition", "offset"})
@@ -102,13 +107,7 @@ def _settle(engine: Engine, topic: str, parts: dict[int, dict[str, Any]],
 def replay_records(engine: Engine, topology: Topology, topic: str, chosen: Chosen,
                    to: str | None = None) -> dict[str, Any]:
     """Replay the chosen dead letters back to where they died (or into `to`)."""
-    if to is not None:
-        if to not in topology.queue_map() and to not in topology.topic_map():
-            raise NotFound(f"queue or topic '{to}' not found"
-                           + did_you_mean(to, [*topology.queue_map(), *topology.topic_map()]))
-        if to == topic:
-            raise InvalidRequest(f"'to' names the topic being replayed ('{topic}'); give "
-                                 "another queue or topic")
+    check_replay_target(topology, topic, to)
     parts = _check(engine, topic, chosen)
     step = Step()
     done: Chosen = []

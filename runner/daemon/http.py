@@ -621,10 +621,8 @@ async def read_records(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ queues
 
 
-async def pull(request: web.Request) -> web.Response:
-    host = _host(request)
-    name = request.match_info["name"]
-    body = await _json(request, empty_ok=True)
+def pull_args(body: dict[str, Any]) -> tuple[int, float, str]:
+    """A pull's body (any backend): (max, lease in seconds, consumer_id)."""
     codec.check_fields(body, PULL_FIELDS)
     n = codec.int_field(body, "max", default=1, low=1, high=MAX_PULL)
     lease = codec.parse_duration(body.get("lease", "30s"), "lease")
@@ -633,6 +631,13 @@ async def pull(request: web.Request) -> web.Response:
     consumer = body.get("consumer_id", "http")
     if not isinstance(consumer, str):
         raise codec.BadInput("'consumer_id' must be a string")
+    return n, lease, consumer
+
+
+async def pull(request: web.Request) -> web.Response:
+    host = _host(request)
+    name = request.match_info["name"]
+    n, lease, consumer = pull_args(await _json(request, empty_ok=True))
     _queue_exists(host, name)
     got = host.engine.pull(name, n, lease_s=lease, consumer_id=consumer)
     return answer({"messages": [codec.delivery_json(d) for d in got]})

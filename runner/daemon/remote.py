@@ -48,9 +48,7 @@ from runner.daemon.http import (
     HOST_KEY,
     LIMITER_KEY,
     LISTED_IDS,
-    MAX_PULL,
     MAX_REQUEST_KEY,
-    PULL_FIELDS,
     Host,
     HttpServer,
     _limit,
@@ -62,6 +60,7 @@ from runner.daemon.http import (
     error,
     make_auth_middleware,
     make_error_middleware,
+    pull_args,
     read_json,
     records_json,
 )
@@ -261,15 +260,7 @@ class RemoteDaemon:
         """As on the embedded engine; the first pull of a queue starts consuming it, so
         it waits up to PULL_WAIT_S for deliveries when none are buffered."""
         name = request.match_info["name"]
-        body = await read_json(request, empty_ok=True)
-        codec.check_fields(body, PULL_FIELDS)
-        n = codec.int_field(body, "max", default=1, low=1, high=MAX_PULL)
-        lease = codec.parse_duration(body.get("lease", "30s"), "lease")
-        if lease <= 0:
-            raise codec.BadInput("'lease' must be longer than 0s")
-        consumer = body.get("consumer_id", "http")
-        if not isinstance(consumer, str):
-            raise codec.BadInput("'consumer_id' must be a string")
+        n, lease, consumer = pull_args(await read_json(request, empty_ok=True))
         backend = self.backend
         waiter = contract.Waiter(backend, [contract.Event(contract.EventKind.QUEUE_READY, name)])
         try:

@@ -1,46 +1,19 @@
-"""The real local RabbitMQ: a fresh vhost per test, created and deleted through the
-management API. Without a reachable broker the tests skip locally with one line
-and FAIL when `CI` is set."""
+"""The real local RabbitMQ: a fresh vhost per test (`tests.rmq.fresh_vhost`, created
+and deleted through the management API). Without a reachable broker the tests skip
+locally with one line and FAIL when `CI` is set."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from runner.backends.rabbitmq import live
 from runner.backends.rabbitmq.url import Target
-
-HOST = os.environ.get("RUNNER_TEST_RABBITMQ_HOST", "127.0.0.1")
-
-
-def _need_broker(why: str) -> None:
-    message = (f"RabbitMQ with its management plugin is not reachable at {HOST}:5672/15672 "
-               f"({why}); start it and run `rabbitmq-plugins enable rabbitmq_management "
-               "rabbitmq_stream`")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+from tests.rmq import fresh_vhost
 
 
 @pytest.fixture
 def vhost() -> Iterator[Target]:
     """A new vhost on the local broker (guest may do everything in it), deleted after."""
-    admin = Target(HOST)
-    name = f"runner-test-{uuid.uuid4().hex[:12]}"
-    try:
-        live.request(admin, "PUT", f"/api/vhosts/{name}", {})
-    except live.Unreachable as exc:
-        _need_broker(str(exc))
-    try:
-        live.request(admin, "PUT", f"/api/permissions/{name}/guest",
-                     {"configure": ".*", "write": ".*", "read": ".*"})
-        yield Target(HOST, vhost=name)
-    finally:
-        live.request(admin, "DELETE", f"/api/vhosts/{name}")
-
-
-def url(target: Target) -> str:
-    return f"amqp://guest:guest@{target.host}:{target.port}/{target.vhost}"
+    with fresh_vhost() as target:
+        yield target

@@ -14,8 +14,8 @@ import pytest
 
 from runner.backends.rabbitmq import live
 from runner.backends.rabbitmq.url import Target
-from tests.backends.conftest import url
 from tests.cli.console import run, write
+from tests.rmq import url
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -20,7 +20,7 @@ from runner.backends.rabbitmq.url import Target
 from runner.daemon.remote import SERVED, embedded_routes
 from runner.log.partitioner import partition_for_key
 from tests.e2e.conftest import RUNNER, Daemon, make_daemon, wait_for
-from tests.rmq import fresh_vhost, kill_connections, read_stream, restart_broker, url
+from tests.rmq import kill_connections, read_stream, restart_broker, url
 
 HANDLERS = '''\
 import json
@@ -105,12 +105,6 @@ consumers:
   emit-c: {queue: emit, handler: "handlers_rmq:emit"}
   work-c: {queue: work, handler: "handlers_rmq:work", prefetch: 4, concurrency: 1}
 """
-
-
-@pytest.fixture
-def vhost() -> Iterator[Target]:
-    with fresh_vhost() as target:
-        yield target
 
 
 class Daemons:

@@ -16,7 +16,7 @@ import pytest
 
 from runner.backends.rabbitmq.url import Target
 from tests.e2e.conftest import Daemon, make_daemon, wait_for
-from tests.rmq import fresh_vhost, url
+from tests.rmq import url
 
 HANDLERS = '''\
 import json
@@ -61,12 +61,6 @@ consumers:
             concurrency: 8}
   quote-c: {queue: quote, handler: "handlers_rpc:quote", prefetch: 20, concurrency: 20}
 """
-
-
-@pytest.fixture
-def vhost() -> Iterator[Target]:
-    with fresh_vhost() as target:
-        yield target
 
 
 @pytest.fixture

@@ -572,14 +572,17 @@ class RabbitBackend:
                 return info
         return self.queue_infos([queue])[queue]
 
-    def queue_infos(self, names: Collection[str] | None = None) -> dict[str, QueueInfo]:
-        """Every queue's counts in one management API call (delay queues left out)."""
+    def _queue_rows(self, columns: str) -> Any:
+        """The vhost's queues as the management API lists them (these columns)."""
         vhost = live.vhost_path(self.target.vhost)
         try:
-            rows = live.request(self.target, "GET", f"/api/queues/{vhost}?columns=name,"
-                                "messages_ready,messages_unacknowledged")
+            return live.request(self.target, "GET", f"/api/queues/{vhost}?columns={columns}")
         except live.Unreachable as exc:
             raise StorageError(str(exc)) from exc
+
+    def queue_infos(self, names: Collection[str] | None = None) -> dict[str, QueueInfo]:
+        """Every queue's counts in one management API call (delay queues left out)."""
+        rows = self._queue_rows("name,messages_ready,messages_unacknowledged")
         every = {}
         for row in rows:
             name = str(row["name"])
@@ -640,12 +643,7 @@ class RabbitBackend:
         """The queues' counts and counters as the broker reports them (one management
         API call; blocking: run it off the owner's loop). Topics, groups and
         exchanges have no counts here."""
-        vhost = live.vhost_path(self.target.vhost)
-        try:
-            rows = live.request(self.target, "GET", f"/api/queues/{vhost}?columns=name,"
-                                "messages_ready,messages_unacknowledged,message_stats")
-        except live.Unreachable as exc:
-            raise StorageError(str(exc)) from exc
+        rows = self._queue_rows("name,messages_ready,messages_unacknowledged,message_stats")
         stats = EngineStats()
         for row in rows:
             name = str(row["name"])
