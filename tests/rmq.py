@@ -66,6 +66,34 @@ def kill_connections(target: Target) -> int:
     return len(conns)
 
 
+def close_connection(target: Target, connection_name: str) -> None:
+    """Close the vhost's connection named `connection_name` (its client property
+    `connection_name`) from the broker's side, once the management API lists it."""
+    admin = Target(target.host)
+    path = f"/api/vhosts/{quote(target.vhost, safe='')}/connections"
+    deadline = time.monotonic() + 15
+    while True:
+        named = [c["name"] for c in live.request(admin, "GET", path)
+                 if (c.get("client_properties") or {}).get("connection_name") == connection_name]
+        if named:
+            break
+        assert time.monotonic() < deadline, f"no connection named {connection_name!r}"
+        time.sleep(0.1)
+    for name in named:
+        live.request(admin, "DELETE", f"/api/connections/{quote(name, safe='')}")
+
+
+def max_connections(target: Target, value: int | None) -> None:
+    """Set (None: remove) the vhost's `max-connections` limit: 0 refuses every new
+    connection to it, the broker itself and the other vhosts untouched."""
+    admin = Target(target.host)
+    path = f"/api/vhost-limits/{quote(target.vhost, safe='')}/max-connections"
+    if value is None:
+        live.request(admin, "DELETE", path)
+    else:
+        live.request(admin, "PUT", path, {"value": value})
+
+
 def read_stream(target: Target, stream: str, n: int, *,
                 timeout_s: float = 15.0) -> list[tuple[Any, bytes]]:
     """The first `n` messages of a stream (fewer after `timeout_s`): (properties, body)."""

@@ -52,6 +52,7 @@ from runner.pipeline.replies import (
     CORRELATION_HEADER,
     REPLY_TO_HEADER,
     Replies,
+    ReplyLost,
     ReplyTimeout,
     ShuttingDown,
     error_of,
@@ -479,9 +480,8 @@ async def _request_reply(
         except ReplyTimeout:
             return error(504, f"no reply within {wait_s:g}s; the request stays published and "
                          "a later reply is dropped", routed=routed, correlation_id=cid)
-        except ShuttingDown:
-            return error(503, "the daemon stopped before the reply came", routed=routed,
-                         correlation_id=cid)
+        except (ShuttingDown, ReplyLost) as exc:
+            return error(503, str(exc), routed=routed, correlation_id=cid)
     finally:
         replies.close(waiting)
     if reply.is_error:

@@ -64,11 +64,18 @@ from runner.daemon.http import (
     read_json,
     records_json,
 )
-from runner.daemon.metrics import HandlerView, build_registry, handler_view_from, render
+from runner.daemon.metrics import (
+    HandlerView,
+    RepliesCollector,
+    build_registry,
+    handler_view_from,
+    render,
+)
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.reload import ReloadCounters
-from runner.daemon.remote_replies import BrokerReplies
+from runner.daemon.remote_replies import BrokerReplies, ForwardedCollector
 from runner.daemon.supervisor import DaemonConfig
+from runner.daemon.traced import SPANS_KEY, Traced
 from runner.engine import EngineStats, contract
 from runner.engine import OutMessage as Message
 from runner.errors import NotFound, StorageError
@@ -139,6 +146,9 @@ class RemoteDaemon:
         self._registry = build_registry(self)
         self._limiter = PublishLimiter(self._clock)  # publish_rate, per daemon
         self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
+        self._registry.register(RepliesCollector(self._replies))
+        self._registry.register(ForwardedCollector(self._replies))
+        self._spans: otel.Spans | None = None  # read from the environment in serve()
 
     # ------------------------------------------------------------ MetricsSource
     @property
@@ -186,6 +196,8 @@ class RemoteDaemon:
         app[HOST_KEY] = cast(Host, self)
         app[CONNECTION_LIMITS_KEY] = config.connections
         app[LIMITER_KEY] = self._limiter
+        if self._spans is not None:
+            app[SPANS_KEY] = self._spans
         limits = codec.Limits(max_message_bytes=config.max_message_bytes,
                               max_fanout=config.max_fanout)
         r = app.router
@@ -235,6 +247,8 @@ class RemoteDaemon:
         msgs, batch = codec.messages(body, limits=limits,
                                      default_key=name if to_queue else None)
         if to_queue and is_private(name):  # a reply, to this daemon or through the broker
+            if (why := self._replies.refusal(name)) is not None:
+                return error(503, why)
             return _reply_over_http(cast(Host, self), name, msgs, batch)
         _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
         backend = self.backend
@@ -242,18 +256,17 @@ class RemoteDaemon:
             raise NotFound(f"queue '{name}' not found")
         fanout.check([1] * len(msgs), limits.max_fanout,
                      f"queue '{name}'" if to_queue else f"exchange '{name}'")
-        out = [contract.OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
-                                   m.message_id, m.content_type) for m in msgs]
-        if wait_s is not None:
-            if batch:
-                raise codec.BadInput("'wait' takes one message, not a batch: send each "
-                                     "request on its own")
-            confirmed = _Confirmed(backend, to_queue)
-            return await _request_reply(cast(Host, self), name, msgs[0], confirmed.publish,
-                                        wait_s, confirmed)  # type: ignore[arg-type]
-        published = backend.put(name, out) if to_queue else backend.publish(name, out)
-        await backend.durable(published.ticket)  # confirmed by the broker before 202
-        routed = [list(r) for r in published.routes]
+        if wait_s is not None and batch:
+            raise codec.BadInput("'wait' takes one message, not a batch: send each request "
+                                 "on its own")
+        confirmed = _Confirmed(backend, to_queue)
+        with Traced(request, "queue" if to_queue else "exchange", name, msgs) as traced:
+            if wait_s is not None:
+                return await _request_reply(cast(Host, self), name, msgs[0],
+                                            traced.wrap(confirmed.publish), wait_s,
+                                            confirmed)  # type: ignore[arg-type]
+            routed = traced.wrap(confirmed.publish)(name, msgs)
+            await confirmed.wait()  # confirmed by the broker before 202
         return answer({"routed": routed if batch else routed[0]}, 202)
 
     async def _pull(self, request: web.Request) -> web.Response:
@@ -398,13 +411,14 @@ class RemoteDaemon:
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, workers + 4), thread_name_prefix="handler")
         config.data_dir.mkdir(parents=True, exist_ok=True)  # idempotency keys live here
+        self._spans = otel.from_environment()
         server = HttpServer(self.build_app())
         try:
             port = await server.start(config.host, config.port)
             self._pipeline = Pipeline(
                 self._backend, self._topology, data_dir=config.data_dir, clock=self._clock,
                 executor=executor, instance_id=f"{socket.gethostname()}:{os.getpid()}",
-                fsync=config.fsync, replies=self._replies, spans=otel.from_environment(),
+                fsync=config.fsync, replies=self._replies, spans=self._spans,
             )
             await self._replies.start()
             await self._pipeline.start()

@@ -61,6 +61,11 @@ class ShuttingDown(RuntimeError):
     """The daemon stopped while the request waited."""
 
 
+class ReplyLost(RuntimeError):
+    """The reply can no longer come: the way replies reach this daemon was lost
+    meanwhile (over RabbitMQ, its reply queue; runner.daemon.remote_replies)."""
+
+
 class NoRoute(LookupError):
     """A request went nowhere (no binding matched): no reply can ever come."""
 
