@@ -12,6 +12,11 @@ and one connection each), in round trips per second.
   `POST /v1/exchanges/rpc/messages?wait=10s` over a keep-alive connection
   (http.client), routed to a non-durable queue whose `async def` handler
   returns the reply, which the daemon hands to the waiting request in memory.
+* runner over RabbitMQ: the same daemon and handler with `--backend
+  amqp://.../<vhost>` (a vhost of its own, created and deleted by the bench):
+  the request is published to the broker (confirmed), consumed by the daemon's
+  pipeline, and the reply handed to the waiting request in memory (one daemon,
+  so no reply crosses the broker).
 * RabbitMQ (127.0.0.1:5672 guest/guest, pika): the request is published
   (non-persistent) to a non-durable queue with `reply_to =
   amq.rabbitmq.reply-to` and a correlation id, and the client consumes its
@@ -72,16 +77,17 @@ RABBIT_QUEUE = "bench-rpc-q"
 
 
 class Daemon:
-    """`runner run` in a tmp dir."""
+    """`runner run` in a tmp dir (`args` added: `--backend URL`)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, args: tuple[str, ...] = ()) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "topology.yaml").write_text(TOPOLOGY)
         (workdir / "bench_rpc_handler.py").write_text(HANDLER)
         self.log = workdir / "daemon.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [str(RUNNER), "run", "topology.yaml", "--data-dir", "data", "--fsync", "never",
-                 "--listen", "127.0.0.1:0", "--no-watch"],
+                 "--listen", "127.0.0.1:0", "--no-watch", *args],
                 cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
@@ -212,6 +218,17 @@ def round_trips(make_client: Callable[[], Callable[[], None]], clients: int, n: 
     return each * clients / elapsed
 
 
+VHOST_PREFIX = os.environ.get("RUNNER_BENCH_VHOST_PREFIX", "bench-rpc-")
+
+
+def management(method: str, path: str, body: Any = None) -> None:
+    """One call of the broker's management API (127.0.0.1:15672, guest)."""
+    from runner.backends.rabbitmq import live
+    from runner.backends.rabbitmq.url import Target
+
+    live.request(Target("127.0.0.1"), method, path, body)
+
+
 def rabbit_available() -> str | None:
     try:
         import pika
@@ -238,33 +255,49 @@ def main() -> int:
         print(f"RabbitMQ at 127.0.0.1:5672 is not reachable ({missing}); start it to compare.")
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
-    daemon = Daemon(workdir)
+    vhost = f"{VHOST_PREFIX}{uuid.uuid4().hex[:8]}"
+    management("PUT", f"/api/vhosts/{vhost}", {})
+    management("PUT", f"/api/permissions/{vhost}/guest",
+               {"configure": ".*", "write": ".*", "read": ".*"})
+    daemon = Daemon(workdir / "embedded")
+    remote = Daemon(workdir / "rabbitmq",
+                    ("--backend", f"amqp://guest:guest@127.0.0.1:5672/{vhost}"))
     ready = multiprocessing.Event()
     responder = multiprocessing.Process(target=rabbit_responder, args=(ready,), daemon=True)
     responder.start()
     try:
         if not ready.wait(30):
             raise SystemExit("the RabbitMQ responder did not start")
-        rows = []
+        rows: list[tuple[str, float, float, float]] = []
         for label, clients, n in (("1 in flight", 1, sequential),
                                   (f"{CLIENTS} in flight", CLIENTS, concurrent)):
-            ours = statistics.median(round_trips(lambda: runner_client(daemon.port), clients, n)
-                                     for _ in range(repeats))
-            theirs = statistics.median(round_trips(rabbit_client, clients, n)
-                                       for _ in range(repeats))
-            rows.append((label, ours, theirs))
+            runs: dict[str, list[float]] = {"embedded": [], "backend": [], "pika": []}
+            for _ in range(repeats):  # alternately, so drift in the machine's load hits all
+                runs["embedded"].append(
+                    round_trips(lambda: runner_client(daemon.port), clients, n))
+                runs["backend"].append(
+                    round_trips(lambda: runner_client(remote.port), clients, n))
+                runs["pika"].append(round_trips(rabbit_client, clients, n))
+            rows.append((label, statistics.median(runs["embedded"]),
+                         statistics.median(runs["backend"]), statistics.median(runs["pika"])))
         print(f"request-reply round trips/s (~60 B JSON request and reply, Python responder "
-              f"on both sides); median of {repeats}")
-        print(f"{'':16}{'runner HTTP ?wait=':>20}{'RabbitMQ direct reply-to':>26}{'ratio':>8}")
-        for label, ours, theirs in rows:
-            print(f"{label:16}{ours:20,.0f}{theirs:26,.0f}{ours / theirs:7.2f}x")
+              f"on all sides); median of {repeats}, sides alternating")
+        print(f"{'':16}{'runner ?wait=':>15}{'runner ?wait=':>15}{'RabbitMQ':>13}"
+              f"{'embedded':>10}{'backend':>10}")
+        print(f"{'':16}{'embedded':>15}{'--backend amqp':>15}{'direct r-t':>13}"
+              f"{'/pika':>10}{'/pika':>10}")
+        for label, ours, backend, theirs in rows:
+            print(f"{label:16}{ours:15,.0f}{backend:15,.0f}{theirs:13,.0f}"
+                  f"{ours / theirs:9.2f}x{backend / theirs:9.2f}x")
     finally:
         daemon.stop()
+        remote.stop()
         if responder.pid is not None:
             os.kill(responder.pid, signal.SIGINT)
         responder.join(10)
         shutil.rmtree(workdir, ignore_errors=True)
         _delete_rabbit_queue()
+        management("DELETE", f"/api/vhosts/{vhost}")
     return 0
 
 

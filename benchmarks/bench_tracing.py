@@ -19,14 +19,23 @@ exporter adds the network instead of the file). Each round:
   publish until `out-q` holds them all (each message makes deliver, handle
   and settle spans when on).
 
-Printed: the median of each side over the rounds and the ratio on/off.
+A fourth mode, when opentelemetry-exporter-otlp-proto-http is installed (the
+`bench` extra has it): `otlp`, the SDK with the OTLP/HTTP exporter
+(`OTEL_TRACES_EXPORTER=otlp`, protobuf) sending to a local sink this bench
+starts in a process of its own (it decodes each export request, counts its
+spans and answers 200, as a collector would).
+
+Printed: the median of each side over the rounds and the ratio to off.
 Needs the otel extra (`pip install -e '.[otel]'`; `make install` has it).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
+import http.server
+import multiprocessing
 import os
 import re
 import shutil
@@ -72,6 +81,50 @@ async def forward(msg, ctx):
 ON = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "bench-tracing"}
 MODES = {"off": {"OTEL_SDK_DISABLED": "true"}, "on": ON,
          "unsampled": {**ON, "OTEL_TRACES_SAMPLER": "always_off"}}
+
+
+def otlp_available() -> bool:
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def otlp_sink(port: Any, spans: Any) -> None:
+    """In its own process: an OTLP/HTTP trace receiver on 127.0.0.1 (port written to
+    `port`) that decodes each request and adds its spans to `spans`."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    empty = ExportTraceServiceResponse().SerializeToString()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.headers.get("Content-Encoding") == "gzip":
+                data = gzip.decompress(data)
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(data)
+            n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            with spans.get_lock():
+                spans.value += n
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(empty)))
+            self.end_headers()
+            self.wfile.write(empty)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    port.value = server.server_address[1]
+    server.serve_forever()
 
 
 class Daemon:
@@ -203,12 +256,39 @@ def main() -> int:
         print("bench_tracing: needs the otel extra: pip install -e '.[otel]'", file=sys.stderr)
         return 1
     seconds, rounds, backlog = (2.0, 3, 3000) if args.quick else (6.0, 5, 20000)
-    got: dict[str, list[tuple[float, float, float, int]]] = {m: [] for m in MODES}
-    for _ in range(rounds):  # alternately, so drift in the machine's load hits all
-        for mode, env in MODES.items():
-            got[mode].append(one_round(env, seconds, backlog))
+    modes = dict(MODES)
+    sink: multiprocessing.Process | None = None
+    exported: Any = None
+    if otlp_available():
+        port, exported = multiprocessing.Value("i", 0), multiprocessing.Value("q", 0)
+        sink = multiprocessing.Process(target=otlp_sink, args=(port, exported), daemon=True)
+        sink.start()
+        deadline = time.monotonic() + 30
+        while not port.value and time.monotonic() < deadline:
+            time.sleep(0.05)
+        modes["otlp"] = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SERVICE_NAME": "bench-tracing",
+                         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                             f"http://127.0.0.1:{port.value}/v1/traces"}
+    else:
+        print("bench_tracing: opentelemetry-exporter-otlp-proto-http is not installed "
+              "(pip install -e '.[bench]'): the otlp mode is left out", file=sys.stderr)
+    got: dict[str, list[tuple[float, float, float, int]]] = {m: [] for m in modes}
+    try:
+        for _ in range(rounds):  # alternately, so drift in the machine's load hits all
+            for mode, env in modes.items():
+                before = exported.value if exported is not None else 0
+                result = one_round(env, seconds, backlog)
+                if mode == "otlp":  # the daemon flushed at its stop: all are in
+                    result = (*result[:3], exported.value - before)
+                got[mode].append(result)
+    finally:
+        if sink is not None:
+            sink.terminate()
+            sink.join(10)
     spans = {m: [r[3] for r in v] for m, v in got.items()}
-    if any(spans["off"]) or any(spans["unsampled"]) or not all(spans["on"]):
+    if (any(spans["off"]) or any(spans["unsampled"]) or not all(spans["on"])
+            or not all(spans.get("otlp", [1]))):
         print(f"bench_tracing: spans logged {spans}: tracing was not what it should be",
               file=sys.stderr)
         return 1
@@ -217,12 +297,17 @@ def main() -> int:
     print("on = SDK + batch processor + console exporter to a file "
           f"({statistics.median(spans['on']):.0f} spans a round); unsampled = the same "
           "with OTEL_TRACES_SAMPLER=always_off (spans made, not recorded)")
-    print(f"{'':34}{'off':>8}{'on':>8}{'unsampled':>10}{'on/off':>8}{'uns/off':>8}")
+    if "otlp" in modes:
+        print("otlp = SDK + batch processor + OTLP/HTTP protobuf exporter to a local sink "
+              f"process ({statistics.median(spans['otlp']):.0f} spans received a round)")
+    shown = [m for m in ("off", "on", "otlp", "unsampled") if m in modes]
+    print(f"{'':34}" + "".join(f"{m:>10}" for m in shown)
+          + "".join(f"{m[:4] + '/off':>10}" for m in shown[1:]))
     for i, label in enumerate(("HTTP publishes/s (1 a request)", "  through the handler, msgs/s",
                                "backlog through the handler/s")):
         med = {m: statistics.median(r[i] for r in v) for m, v in got.items()}
-        print(f"{label:34}{med['off']:>8.0f}{med['on']:>8.0f}{med['unsampled']:>10.0f}"
-              f"{med['on'] / med['off']:>8.2f}{med['unsampled'] / med['off']:>8.2f}")
+        print(f"{label:34}" + "".join(f"{med[m]:>10.0f}" for m in shown)
+              + "".join(f"{med[m] / med['off']:>10.2f}" for m in shown[1:]))
     return 0
 
 
