@@ -26,7 +26,11 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class Refusal(Exception):
-    """The daemon answered with an error (or could not be reached)."""
+    """The daemon answered with an error (or could not be reached: `status` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Usage(Exception):
@@ -57,7 +61,7 @@ class Client:
                 message = json.loads(raw).get("error", raw.decode(errors="replace"))
             except (ValueError, AttributeError):
                 message = raw.decode(errors="replace") or exc.reason
-            raise Refusal(f"{message} (HTTP {exc.code})") from exc
+            raise Refusal(f"{message} (HTTP {exc.code})", exc.code) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Refusal(f"cannot reach the daemon at {self.url}: {reason}") from exc
@@ -344,6 +348,19 @@ def _age(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
+def _holds_dead_letters(client: Client, queue: str) -> bool:
+    """Whether the first ready message of `queue` has an `x-dead-letter` header; False
+    when the daemon will not peek at it (409: a RabbitMQ quorum queue, where a peek
+    would count as a delivery)."""
+    try:
+        peek = client.call("GET", f"/v1/queues/{quote_name(queue)}/peek?n=1")
+    except Refusal as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return any("x-dead-letter" in (m.get("headers") or {}) for m in peek["messages"])
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     client = client_for(args)
     if args.dlq_command == "list":
@@ -352,8 +369,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for q in status["queues"]:
             dead = q.get("dead_letter_queue", False)
             if not dead and q["ready"] > 0:
-                peek = client.call("GET", f"/v1/queues/{quote_name(q['name'])}/peek?n=1")
-                dead = any("x-dead-letter" in (m.get("headers") or {}) for m in peek["messages"])
+                dead = _holds_dead_letters(client, q["name"])
             if dead:
                 rows.append([q["name"], "queue", q["ready"], _age(q["oldest_ready_age_s"])])
         for name, dead in sorted(_topic_names(client).items()):

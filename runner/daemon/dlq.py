@@ -70,14 +70,21 @@ def _headers(d: QueueDelivery) -> dict[str, Any]:
     return headers
 
 
-def replay_to(engine: Engine, topology: Topology, source: str, dest: str, n: int) -> int:
-    """Move up to `n` ready messages of queue `source` into queue or topic `dest`."""
+def check_replay_to(topology: Topology, source: str, dest: str) -> bool:
+    """`to` of a queue replay (any backend): a declared queue (True) or topic (False),
+    not the queue being replayed."""
     is_queue = dest in topology.queue_map()
     if not is_queue and dest not in topology.topic_map():
         raise NotFound(f"queue '{dest}' not found")
     if dest == source:
         raise InvalidRequest(f"'to' names the queue being replayed ('{source}'); give "
                              "another queue or a topic")
+    return is_queue
+
+
+def replay_to(engine: Engine, topology: Topology, source: str, dest: str, n: int) -> int:
+    """Move up to `n` ready messages of queue `source` into queue or topic `dest`."""
+    is_queue = check_replay_to(topology, source, dest)
     got = engine.pull(source, n, lease_s=LEASE_S, consumer_id=TOOL_CONSUMER)
     if not got:
         return 0

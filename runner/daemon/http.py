@@ -14,7 +14,7 @@ import dataclasses
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
@@ -30,6 +30,7 @@ from runner.daemon.traced import SPANS_KEY, Traced
 from runner.engine import (
     Engine,
     OutMessage,
+    OutRecord,
     TopicPartition,
     contract,
 )
@@ -527,7 +528,9 @@ async def publish_queue(request: web.Request) -> web.Response:
     return await _publish(request, to_queue=True)
 
 
-async def append_topic(request: web.Request) -> web.Response:
+async def append_args(request: web.Request) -> tuple[str, list[OutRecord]]:
+    """`POST /v1/topics/{name}/records` up to the append (any backend): the topic and
+    its checked records; 404 unknown topic or partition, 400, 413, 429 publish_rate."""
     host = _host(request)
     _accepting(host)
     name = request.match_info["name"]
@@ -553,6 +556,19 @@ async def append_topic(request: web.Request) -> web.Response:
                 f"(it has {topic.partitions}: 0..{topic.partitions - 1})"
             )
     _limit(request, "topic", name, len(recs))
+    return name, recs
+
+
+def offsets_json(positions: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """An append's answer: per record its partition and offset (null when the backend
+    cannot say: RabbitMQ's confirms carry no stream offset, it reports -1)."""
+    return {"offsets": [{"partition": p, "offset": o if o >= 0 else None}
+                        for p, o in positions]}
+
+
+async def append_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    name, recs = await append_args(request)
     if recs:
         check_lag(host.backend, host.topology, name)
     durable = _Durable(host.engine)
@@ -562,7 +578,7 @@ async def append_topic(request: web.Request) -> web.Response:
         finally:
             host.notify()
         await durable.wait()
-    return answer({"offsets": [{"partition": p, "offset": o} for p, o in offsets]}, 202)
+    return answer(offsets_json(offsets), 202)
 
 
 def _no_derived_key(path: str | None, value: bytes | None) -> bool:
@@ -685,13 +701,16 @@ async def nack(request: web.Request) -> web.Response:
     return _settled(host, name, ids, unknown, "nacked")
 
 
-async def peek(request: web.Request) -> web.Response:
-    host = _host(request)
-    name = request.match_info["name"]
-    n = codec.query_int(request.query, "n", default=10, low=1, high=MAX_PEEK)
+def peek_json(host: Host, name: str, query: Mapping[str, str]) -> dict[str, Any]:
+    """`GET /v1/queues/{name}/peek?n=N` (any backend)."""
+    n = codec.query_int(query, "n", default=10, low=1, high=MAX_PEEK)
     _queue_exists(host, name)
     got = host.backend.peek_ids(name, n)
-    return answer({"messages": [codec.delivery_json(d) for _, d in got]})
+    return {"messages": [codec.delivery_json(d) for _, d in got]}
+
+
+async def peek(request: web.Request) -> web.Response:
+    return answer(peek_json(_host(request), request.match_info["name"], request.query))
 
 
 async def purge(request: web.Request) -> web.Response:
@@ -703,30 +722,38 @@ async def purge(request: web.Request) -> web.Response:
     return answer({"purged": purged})
 
 
+def replay_args(body: dict[str, Any]) -> tuple[int, str | None]:
+    """A queue replay's body (any backend): (max, to)."""
+    codec.check_fields(body, REPLAY_FIELDS)
+    n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
+    return n, codec.str_field(body, "to") if body.get("to") is not None else None
+
+
+def replayed_json(outcome: contract.ReplayOutcome, remaining: int) -> dict[str, Any]:
+    """A queue replay's answer (any backend)."""
+    return {"replayed": outcome.replayed, "skipped": outcome.skipped,
+            "skipped_reasons": dict(outcome.reasons), "refused": outcome.refused,
+            "remaining": remaining}
+
+
+def moved_json(moved: int, remaining: int, dest: str) -> dict[str, Any]:
+    """The answer of a queue replay into `to` (any backend)."""
+    return {"replayed": moved, "skipped": 0, "skipped_reasons": {}, "remaining": remaining,
+            "to": dest}
+
+
 async def replay(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
-    body = await _json(request, empty_ok=True)
-    codec.check_fields(body, REPLAY_FIELDS)
-    n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
+    n, dest = replay_args(await _json(request, empty_ok=True))
     _queue_exists(host, name)
-    if body.get("to") is not None:
-        dest = codec.str_field(body, "to")
+    if dest is not None:
         moved = dlq.replay_to(host.engine, host.topology, name, dest, n)
         host.notify()
-        return answer({"replayed": moved, "skipped": 0, "skipped_reasons": {},
-                       "remaining": host.engine.queue_info(name).ready, "to": dest})
+        return answer(moved_json(moved, host.engine.queue_info(name).ready, dest))
     outcome = host.engine.replay_detail(name, n)
     host.notify()
-    return answer(
-        {
-            "replayed": outcome.replayed,
-            "skipped": outcome.skipped,
-            "skipped_reasons": dict(outcome.reasons),
-            "refused": outcome.refused,
-            "remaining": host.engine.queue_info(name).ready,
-        }
-    )
+    return answer(replayed_json(outcome, host.engine.queue_info(name).ready))
 
 
 # ------------------------------------------------------------------ dead-letter topics

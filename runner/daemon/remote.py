@@ -15,6 +15,11 @@ The HTTP API here serves what goes through the contract on this backend:
     DELETE /v1/queues/{name}/messages    purge the ready messages
     POST /v1/queues/{name}/pull|ack|nack as on the embedded engine (leases kept by the
                                          runtime; a first pull waits up to 1 s)
+    POST /v1/topics/{name}/records       append (the embedded checks; 202 once confirmed,
+                                         offsets null: a confirm carries none)
+    GET  /v1/queues/{name}/peek          basic.get and give back (moves.py); 409 quorum
+    POST /v1/queues/{name}/replay        dead letters back (or into `to`), at least once
+    GET  /v1/status                      the embedded document from the broker's view
     GET  /, /v1/queues, /v1/exchanges,   as on the embedded engine; queue counts from the
          /v1/bindings                    broker, no exchange counters
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
@@ -42,11 +47,13 @@ from aiohttp import web
 from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
 from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
-from runner.daemon import codec, fanout, lists
+from runner.daemon import codec, dlq, fanout, lists
+from runner.daemon.backpressure import check_lag
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
     HOST_KEY,
     LIMITER_KEY,
+    LIMITS_KEY,
     LISTED_IDS,
     MAX_REQUEST_KEY,
     Host,
@@ -56,13 +63,19 @@ from runner.daemon.http import (
     _request_reply,
     _wait,
     answer,
+    append_args,
     build_app,
     error,
     make_auth_middleware,
     make_error_middleware,
+    moved_json,
+    offsets_json,
+    peek_json,
     pull_args,
     read_json,
     records_json,
+    replay_args,
+    replayed_json,
 )
 from runner.daemon.metrics import (
     HandlerView,
@@ -74,9 +87,10 @@ from runner.daemon.metrics import (
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.reload import ReloadCounters
 from runner.daemon.remote_replies import BrokerReplies, ForwardedCollector
+from runner.daemon.status import TopologyState, status_json
 from runner.daemon.supervisor import DaemonConfig
 from runner.daemon.traced import SPANS_KEY, Traced
-from runner.engine import EngineStats, contract
+from runner.engine import EngineStats, OutRecord, contract
 from runner.engine import OutMessage as Message
 from runner.errors import NotFound, StorageError
 from runner.pipeline import otel
@@ -106,6 +120,10 @@ SERVED = frozenset({
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/v1/topics/{name}/records"),
+    ("GET", "/v1/queues/{name}/peek"),
+    ("POST", "/v1/queues/{name}/replay"),
+    ("GET", "/v1/status"),
 })
 
 
@@ -179,6 +197,10 @@ class RemoteDaemon:
         """The broker's deliveries wake the workers; nothing to do after a publish."""
 
     @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
     def backend(self) -> RabbitBackend:
         assert self._backend is not None, "the backend is not open"
         return self._backend
@@ -200,6 +222,7 @@ class RemoteDaemon:
             app[SPANS_KEY] = self._spans
         limits = codec.Limits(max_message_bytes=config.max_message_bytes,
                               max_fanout=config.max_fanout)
+        app[LIMITS_KEY] = limits
         r = app.router
 
         async def publish_exchange(request: web.Request) -> web.Response:
@@ -224,6 +247,10 @@ class RemoteDaemon:
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         r.add_get("/metrics", self._metrics)
+        r.add_post("/v1/topics/{name}/records", self._append)
+        r.add_get("/v1/queues/{name}/peek", self._peek)
+        r.add_post("/v1/queues/{name}/replay", self._replay)
+        r.add_get("/v1/status", self._status)
         for method, path in embedded_routes():
             if (method, path) not in SERVED:
                 r.add_route(method, path, self._not_served_handler(method, path))
@@ -323,6 +350,66 @@ class RemoteDaemon:
                          f"or their lease expired: {listed}; the other {done} were {verb}",
                          unknown=unknown, **{verb: done})
         return answer({verb: done})
+
+    async def _append(self, request: web.Request) -> web.Response:
+        """As on the embedded daemon (the same checks and errors), answered once the
+        broker confirmed every record; `offset` is null: a confirm does not say where
+        the stream put the record (docs/rabbitmq.md)."""
+        name, recs = await append_args(request)
+        if not recs:
+            return answer(offsets_json([]), 202)
+        backend, topology = self.backend, self._topology
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: check_lag(backend, topology, name))
+
+        def append(topic: str, records: list[OutRecord]) -> contract.Appended:
+            return backend.append(topic, [contract.OutRecord(r.value, r.key, r.headers,
+                                                             r.partition, r.timestamp_ms)
+                                          for r in records])
+
+        with Traced(request, "topic", name, recs) as traced:  # as the embedded daemon
+            appended = traced.wrap(append)(name, recs)
+            await backend.durable(appended.ticket)
+        return answer(offsets_json(appended.positions), 202)
+
+    async def _peek(self, request: web.Request) -> web.Response:
+        """basic.get then give back (runner.backends.rabbitmq.moves), off the loop."""
+        name, query = request.match_info["name"], request.query
+        loop = asyncio.get_running_loop()
+        return answer(await loop.run_in_executor(
+            None, lambda: peek_json(cast(Host, self), name, query)))
+
+    async def _replay(self, request: web.Request) -> web.Response:
+        """Dead letters back where they died, or into `to`: at least once, off the loop;
+        `remaining` is the broker's exact count of ready messages afterwards."""
+        name = request.match_info["name"]
+        n, dest = replay_args(await read_json(request, empty_ok=True))
+        if name not in self._topology.queue_map():
+            raise NotFound(f"queue '{name}' not found")
+        backend = self.backend
+
+        def run() -> dict[str, Any]:
+            if dest is not None:
+                moved = backend.move(name, dest, n)
+                return moved_json(moved, backend.ready(name), dest)
+            return replayed_json(backend.replay(name, n), backend.ready(name))
+
+        if dest is not None:
+            dlq.check_replay_to(self._topology, name, dest)
+        loop = asyncio.get_running_loop()
+        return answer(await loop.run_in_executor(None, run))
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """The embedded daemon's document from the broker's view (queue counts from the
+        management API, topic offsets from the streams: off the loop), the pipeline's
+        consumers, and `backend`."""
+        state = TopologyState(self._topology, self._hash, 1, None, None)
+        view = self.handler_view()
+        backend = self.backend
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(None, lambda: status_json(backend, state, view))
+        out["backend"] = str(self.target)
+        return answer(out)
 
     async def _index(self, request: web.Request) -> web.Response:
         return answer(lists.index_json())

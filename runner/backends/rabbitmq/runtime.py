@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import decimal
 import functools
 import itertools
@@ -62,7 +63,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from runner.backends.rabbitmq import apply as apply_mod
-from runner.backends.rabbitmq import live, streams
+from runner.backends.rabbitmq import live, moves, streams
 from runner.backends.rabbitmq.mapping import (
     CAPABILITIES as MAPPING_CAPABILITIES,
 )
@@ -77,7 +78,7 @@ from runner.backends.rabbitmq.mapping import (
     stream_name,
 )
 from runner.backends.rabbitmq.url import Target
-from runner.broker.deadletter import build_death, with_death
+from runner.broker.deadletter import build_death, replayed_headers, with_death
 from runner.broker.message import QueuedMessage
 from runner.broker.routing import Router, declare_all
 from runner.clock import Clock, SystemClock
@@ -107,6 +108,7 @@ from runner.engine.contract import (
     Ticket,
     TopicPartition,
 )
+from runner.engine.records import ORIGINAL_KEY_HEADER
 from runner.engine.values import EngineStats, QueueStats
 from runner.errors import (
     EngineError,
@@ -232,9 +234,14 @@ def _encoded(value: Any) -> Any:
 
 
 def _decoded(value: Any) -> Any:
-    """A delivered header value as the runner wrote it (Decimal back to float)."""
+    """A delivered header value as the runner wrote it (Decimal back to float); an
+    AMQP timestamp (RabbitMQ's `x-death` times) as milliseconds since the epoch, as
+    every time of the HTTP API."""
     if isinstance(value, decimal.Decimal):
         return float(value)
+    if isinstance(value, datetime.datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+        return round(aware.timestamp() * 1000)
     if isinstance(value, dict):
         return {k: _decoded(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -406,13 +413,25 @@ class RabbitBackend:
         timestamp in `x-runner-timestamp-ms`. Positions carry offset -1: a publisher
         confirm does not say where the stream put the message, and learning it
         would cost a read of the stream's tail per append (docs/rabbitmq.md)."""
+        positions: list[tuple[int, int]] = []
+        publishes = []
+        for p, publish in self._record_publishes(topic, records):
+            publishes.append(publish)
+            positions.append((p, -1))
+        ticket = self._submit(_Command(0, publishes=publishes))
+        return Appended(tuple(positions), ticket)
+
+    def _record_publishes(
+        self, topic: str, records: Sequence[OutRecord],
+    ) -> list[tuple[int, _Publish]]:
+        """Each record as the publish into the stream of its partition (see `append`):
+        (partition, publish). NotFound, TooLarge before anything is built."""
         spec = self._topology.topic_map().get(topic)
         if spec is None:
             raise NotFound(f"topic '{topic}' not found")
         partitioner = self._partitioners.setdefault(topic, Partitioner())
         now = self._clock.time()
-        positions: list[tuple[int, int]] = []
-        publishes = []
+        out: list[tuple[int, _Publish]] = []
         for r in records:
             size = len(r.value or b"") + len(r.key or b"")
             if size > spec.max_message_bytes:
@@ -434,13 +453,11 @@ class RabbitBackend:
                 headers[RECORD_NULL_HEADER] = True
             stamp = r.timestamp_ms if r.timestamp_ms is not None else int(now * 1000)
             headers[RECORD_TIMESTAMP_HEADER] = stamp
-            publishes.append(_Publish("", stream_name(topic, p), r.value or b"",
-                                      pika.BasicProperties(headers=headers or None,
-                                                           delivery_mode=2,
-                                                           timestamp=stamp // 1000)))
-            positions.append((p, -1))
-        ticket = self._submit(_Command(0, publishes=publishes))
-        return Appended(tuple(positions), ticket)
+            out.append((p, _Publish("", stream_name(topic, p), r.value or b"",
+                                    pika.BasicProperties(headers=headers or None,
+                                                         delivery_mode=2,
+                                                         timestamp=stamp // 1000))))
+        return out
 
     # ================================================================ QueueConsumer
     def fetch(
@@ -606,7 +623,25 @@ class RabbitBackend:
         raise _not_served("consumer groups")
 
     def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
-        raise _not_served("peeking at queued messages")
+        """The first `n` ready messages (basic.get, then all given back: blocking, run
+        it off the owner's loop; runner.backends.rabbitmq.moves), each with its
+        position from 1 as its id and delivery id 0 (as the embedded engine's
+        peek). Conflict for a queue with a delivery_limit (quorum: a give-back
+        counts as a delivery)."""
+        self._known_queue(queue)
+        moves.refuse_quorum_peek(self._topology, queue)
+        return moves.peek(self._connect_tool, queue, n, self._decode_tool)
+
+    def ready(self, queue: str) -> int:
+        """The ready messages of `queue` right now (a passive declare; blocking)."""
+        self._known_queue(queue)
+        return moves.ready(self._connect_tool, queue)
+
+    def _connect_tool(self) -> pika.BlockingConnection:
+        return apply_mod.connect(self.target)
+
+    def _decode_tool(self, queue: str, method: Any, props: Any, body: bytes) -> QueueDelivery:
+        return decode_delivery(queue, 0, method, props, body, self._clock.time())[0]
 
     def purge(self, queue: str, ids: Collection[int] | None = None) -> int:
         """Every ready message of `queue` (queue.purge on a connection of its own:
@@ -631,7 +666,36 @@ class RabbitBackend:
         self, queue: str, max_messages: int | None = None, *,
         only: Collection[int] | None = None,
     ) -> ReplayOutcome:
-        raise _not_served("replay")
+        """Dead letters of `queue` back into the queue they died in, at least once
+        (runner.backends.rabbitmq.moves: each copy confirmed before its original is
+        acked); blocking, run it off the owner's loop. `only` (chosen messages) is
+        not served: RabbitMQ has no message ids to choose by."""
+        self._known_queue(queue)
+        if only is not None:
+            raise _not_served("replaying chosen messages")
+        n = max_messages if max_messages is not None else 2**31
+        return moves.replay(self._connect_tool, self._topology, queue, n, self._decode_tool,
+                            _copy_properties)
+
+    def move(self, source: str, dest: str, n: int) -> int:
+        """Up to `n` ready messages of queue `source` into queue or topic `dest`, without
+        their `x-dead-letter` header and with `x-replay-count` + 1 (a `replay` with
+        `to`); each copy confirmed before its original is acked. Blocking."""
+        self._known_queue(source)
+        topics = self._topology.topic_map()
+
+        def place(d: QueueDelivery) -> list[moves.Publish]:
+            headers = replayed_headers(d.headers)
+            headers.pop("x-delivery-count", None)
+            if dest not in topics:
+                return [_Publish("", dest, d.body, _copy_properties(d, headers, "",
+                                                                     d.routing_key))]
+            key = headers.pop(ORIGINAL_KEY_HEADER, None)
+            record = OutRecord(value=d.body, key=None if key is None else str(key).encode(),
+                               headers=headers)
+            return [p for _, p in self._record_publishes(dest, [record])]
+
+        return moves.move(self._connect_tool, source, n, self._decode_tool, place)
 
     def replay_queue(self, group: str) -> str | None:
         return None
@@ -923,29 +987,8 @@ class RabbitBackend:
 
     def _delivered(self, gen: int, queue: str, method: Any, props: Any, body: bytes) -> None:
         now = self._clock.time()
-        raw = dict(props.headers or {})
-        headers = {k: _decoded(v) for k, v in raw.items()}
-        streams.unpack_json_headers(headers)  # a copy of a message that also went to a stream
-        before = headers.pop(COUNT_HEADER, None)
-        headers.pop(FIRST_HEADER, None)
-        exchange = headers.pop(EXCHANGE_HEADER, None)
-        key = headers.pop(KEY_HEADER, None)
-        retried = before is not None
-        if retried:
-            _drop_delay_deaths(headers)
-        redeliveries = headers.get("x-delivery-count")  # quorum queues count them
-        again = redeliveries if isinstance(redeliveries, int) else 1 if method.redelivered else 0
-        count = (int(before) if isinstance(before, int) else 0) + again + 1
         delivery_id = next(self._ids)
-        d = QueueDelivery(
-            queue=queue, delivery_id=delivery_id, body=body, headers=headers,
-            routing_key=str(key) if key is not None else method.routing_key,
-            exchange=str(exchange) if exchange is not None else method.exchange,
-            priority=props.priority or 0, redelivered=bool(method.redelivered or retried),
-            delivery_count=count, message_id=props.message_id,
-            timestamp_ms=(props.timestamp * 1000) if props.timestamp else int(now * 1000),
-            content_type=props.content_type,
-        )
+        d, raw = decode_delivery(queue, delivery_id, method, props, body, now)
         with self._lock:
             self._held[delivery_id] = _Held(gen, queue, method.delivery_tag, d, raw, now,
                                             self._channels.get(queue))
@@ -1106,6 +1149,48 @@ class RabbitBackend:
             return None
         key = dlx.routing_key if dlx.routing_key is not None else d.routing_key
         return _Publish(dlx.exchange, key, d.body, props)
+
+
+def _copy_properties(d: QueueDelivery, headers: dict[str, Any], exchange: str,
+                     routing_key: str) -> pika.BasicProperties:
+    """The properties of a copy of `d` put straight into a queue: delivered, it shows
+    `exchange` and `routing_key` (the runner's headers, taken off at delivery)."""
+    out = dict(headers)
+    out[EXCHANGE_HEADER] = exchange
+    out[KEY_HEADER] = routing_key
+    return pika.BasicProperties(
+        headers=encode_headers(out), priority=d.priority or None, message_id=d.message_id,
+        content_type=d.content_type, delivery_mode=2, timestamp=d.timestamp_ms // 1000)
+
+
+def decode_delivery(queue: str, delivery_id: int, method: Any, props: Any, body: bytes,
+                    now: float) -> tuple[QueueDelivery, dict[str, Any]]:
+    """A broker delivery as the contract's QueueDelivery (the runner's retry headers
+    taken off, the original exchange and routing key put back, `delivery_count`
+    counted) and its headers as delivered."""
+    raw = dict(props.headers or {})
+    headers = {k: _decoded(v) for k, v in raw.items()}
+    streams.unpack_json_headers(headers)  # a copy of a message that also went to a stream
+    before = headers.pop(COUNT_HEADER, None)
+    headers.pop(FIRST_HEADER, None)
+    exchange = headers.pop(EXCHANGE_HEADER, None)
+    key = headers.pop(KEY_HEADER, None)
+    retried = before is not None
+    if retried:
+        _drop_delay_deaths(headers)
+    redeliveries = headers.get("x-delivery-count")  # quorum queues count them
+    again = redeliveries if isinstance(redeliveries, int) else 1 if method.redelivered else 0
+    count = (int(before) if isinstance(before, int) else 0) + again + 1
+    d = QueueDelivery(
+        queue=queue, delivery_id=delivery_id, body=body, headers=headers,
+        routing_key=str(key) if key is not None else method.routing_key,
+        exchange=str(exchange) if exchange is not None else method.exchange,
+        priority=props.priority or 0, redelivered=bool(method.redelivered or retried),
+        delivery_count=count, message_id=props.message_id,
+        timestamp_ms=(props.timestamp * 1000) if props.timestamp else int(now * 1000),
+        content_type=props.content_type,
+    )
+    return d, raw
 
 
 def _drop_delay_deaths(headers: dict[str, Any]) -> None:
