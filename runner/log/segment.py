@@ -69,17 +69,16 @@ is closed and opened again, which recovers from what is on disk.
 
 Parts, as Kafka splits its log layer: `runner.log.logsegment` (one segment's
 files and the batch walk), `runner.log.producers` (idempotent producers' state
-and its snapshots), and this module (the log: appends, syncs, reads, recovery,
-retention and the cleaner's segment swap).
+and its snapshots), `runner.log.recovery` (the LogLoader: opening a directory,
+the rules above, and the synced-length checkpoint's format), and this module
+(the log: appends, syncs, reads, retention and the cleaner's segment swap).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import threading
-import zlib
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,7 +96,6 @@ from runner.fs import (
     FileSystem,
     create,
     make_dirs,
-    read_bytes,
     remove,
     rename,
     write_all,
@@ -109,12 +107,11 @@ from runner.log.logsegment import (
     CHUNK,
     Segment,
     SegmentInfo,
-    find_batch,
     head_timestamp,
     segment_name,
     walk_batches,
 )
-from runner.log.producers import ProducerState, load_producers, write_producers
+from runner.log.producers import ProducerState, write_producers
 from runner.log.record import (
     BatchHeader,
     Fsync,
@@ -124,13 +121,12 @@ from runner.log.record import (
     decode_records,
     encode_batch,
 )
+from runner.log.recovery import CHECKPOINT, LogLoader, encode_checkpoint
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MAX_SEGMENT_BYTES = 2**31  # index positions are uint32; Kafka caps segments at 2 GiB too
-CHECKPOINT = "synced.checkpoint"
-_CKPT = struct.Struct("<qqI4x")  # active segment base, synced length, crc32 of the 16 bytes
 
 
 CleanedBatch = tuple[list[LogRecord], int, int] | tuple[list[LogRecord], int, int, int]
@@ -180,7 +176,6 @@ class SegmentedLog:
         self._closed = False
         self._ckpt_fd: int | None = None
         self._ckpt_lock = threading.Lock()
-        self._recovery_point = 0  # synced length of the last segment per the checkpoint
         make_dirs(fs, self.directory)
         try:
             self._recover()
@@ -221,34 +216,10 @@ class SegmentedLog:
 
     # ------------------------------------------------------------ recovery
     def _recover(self) -> None:
-        names = self.fs.listdir(self.directory)
-        bases = sorted(int(n[:-4]) for n in names if n.endswith(".log") and n[:-4].isdigit())
-        for swap in sorted(n for n in names if n.endswith(".swap")):
-            bases = self._finish_swap(self.directory / swap, bases)
-        names = self.fs.listdir(self.directory)
-        strays = []
-        for name in names:  # left by a crash while compacting or deleting a segment
-            stem = name.split(".")[0]
-            if name.endswith((".tmp", ".cleaned", ".deleted")) or (
-                    name.endswith((".index", ".timeindex", ".snapshot")) and stem.isdigit()
-                    and int(stem) not in bases):
-                strays.append(self.directory / name)
-        remove(self.fs, strays)
-        if not bases:
-            bases = [0]
-        self._read_checkpoint(bases[-1])
-        for i, base in enumerate(bases):
-            seg = Segment(self.directory, base, self.fs)
-            self._segments.append(seg)
-            self._bases.append(base)
-            if i < len(bases) - 1:
-                self._open_closed(seg, bases[i + 1])
-            else:
-                self._load_producers(seg)
-                self._recover_tail(seg)
-            self._size += seg.size
+        loaded = LogLoader(self.directory, self.fs, self.index_interval_bytes).load()
+        self._segments, self._bases = loaded.segments, loaded.bases
+        self._producers, self._end, self._size = loaded.producers, loaded.end, loaded.size
         last = self._segments[-1]
-        self._end = max(last.last_offset + 1, last.base)
         self._written = self._synced = 0
         self._durable_end = self._end
         try:
@@ -258,132 +229,14 @@ class SegmentedLog:
                         exc.strerror or exc)
         self._checkpoint(last.base, last.size)
 
-    def _read_checkpoint(self, last_base: int) -> None:
-        try:
-            raw = read_bytes(self.fs, self.directory / CHECKPOINT)
-        except FileNotFoundError:
-            return
-        if len(raw) >= _CKPT.size:
-            base, length, crc = _CKPT.unpack_from(raw)
-            if crc == zlib.crc32(raw[:16]) and base == last_base:
-                self._recovery_point = length
-
     def _checkpoint(self, base: int, length: int) -> None:
         """Record that segment `base` is synced up to `length` (no fsync: see
         "Torn tails" in the module docstring)."""
         if self._ckpt_fd is None:
             return
-        head = struct.pack("<qq", base, length)
-        data = _CKPT.pack(base, length, zlib.crc32(head))
+        data = encode_checkpoint(base, length)
         with self._ckpt_lock, contextlib.suppress(OSError):
             self.fs.pwrite(self._ckpt_fd, data, 0)
-
-    def _finish_swap(self, swap: Path, bases: list[int]) -> list[int]:
-        """A compaction crashed after committing its swap file
-        `<base>.<next_base>.swap`: it replaces every segment in [base, next_base).
-        Its indexes, synced before the swap was committed, are `.index.cleaned`
-        and `.timeindex.cleaned` until renamed into place (else rebuilt)."""
-        base_text, upto_text = swap.name.split(".")[:2]
-        base, upto = int(base_text), int(upto_text)
-        gone = []
-        for old in [b for b in bases if base < b < upto]:
-            gone += [self.directory / f"{segment_name(old)}{suffix}"
-                     for suffix in (".log", ".index", ".timeindex", ".snapshot")]
-            bases.remove(old)
-        name = segment_name(base)
-        for suffix in (".index", ".timeindex"):
-            cleaned = self.directory / f"{name}{suffix}.cleaned"
-            if self.fs.exists(cleaned):
-                self.fs.rename(cleaned, self.directory / f"{name}{suffix}")
-            else:
-                gone.append(self.directory / f"{name}{suffix}")
-        remove(self.fs, gone)
-        self.fs.rename(swap, self.directory / f"{name}.log")
-        self.fs.sync_dir(self.directory)
-        return sorted(set(bases) | {base})
-
-    def _open_closed(self, seg: Segment, next_base: int) -> None:
-        ok = seg.index.load(seg.size) and seg.tindex.load()
-        if ok and seg.tindex.last_offset >= next_base:
-            ok = False
-        if not ok:
-            log.info("rebuilding indexes of %s", seg.path)
-            seg.index = OffsetIndex(seg.index.path, seg.base, self.fs)
-            seg.tindex = TimeIndex(seg.tindex.path, seg.base, self.fs)
-            self._scan(seg, strict=True)
-            seg.tindex.close_entry(max(seg.max_ts, 0), max(seg.last_offset, seg.base))
-            for ix in (seg.index, seg.tindex):
-                ix.open_for_append(truncate=True)
-                ix.flush(fsync=True)  # a closed segment's indexes are trusted at open
-                ix.close()
-        else:
-            seg.max_ts = seg.tindex.max_timestamp
-            seg.last_offset = next_base - 1
-
-    def _recover_tail(self, seg: Segment) -> None:
-        self._scan(seg, strict=False)
-        try:  # what recovery accepted is durable before anyone reads it (a kill -9
-            self.fs.sync(seg.fd)  # leaves unsynced bytes in the page cache)
-        except OSError as exc:
-            raise StorageError(f"cannot fsync {seg.path}: {exc.strerror or exc}") from exc
-        seg.index.open_for_append(truncate=True)
-        seg.tindex.open_for_append(truncate=True)
-
-    def _scan(self, seg: Segment, *, strict: bool) -> None:
-        """Rebuild `seg`'s indexes and producer state; truncate (tail) or raise (strict)."""
-        pos = 0
-        expect = seg.base
-        since = self.index_interval_bytes
-        for buf, bpos, header, fpos in walk_batches(seg.fd, 0, seg.size, seg.path, self.fs.pread,
-                                                tolerant=True):
-            bad = (header is None or header.base_offset < expect or header.count < 1
-                   or header.last_offset_delta < header.count - 1
-                   or not batch_crc_ok(buf, bpos, header))
-            if bad:
-                if strict or (fpos < self._recovery_point
-                              and self._valid_after(seg, fpos, expect)):
-                    raise CorruptSegment(
-                        f"corrupt batch in {seg.path} at byte {fpos}",
-                        path=str(seg.path), position=fpos)
-                log.warning("truncating torn tail of %s at byte %d (was %d bytes): written "
-                            "after the last fsync", seg.path, fpos, seg.size)
-                self.fs.truncate(seg.fd, fpos)
-                self.fs.sync(seg.fd)
-                seg.size = fpos
-                break
-            assert header is not None
-            if fpos == 0:
-                seg.first_ts = header.first_timestamp
-            seg.max_ts = max(seg.max_ts, header.max_timestamp)
-            if since >= self.index_interval_bytes:
-                seg.index.add(header.base_offset, fpos)
-                seg.tindex.add(seg.max_ts, header.base_offset)
-                since = 0
-            since += header.size
-            seg.last_offset = header.last_offset
-            expect = header.last_offset + 1
-            if header.producer_id >= 0 and not strict:
-                prod = self._producers.setdefault(header.producer_id, ProducerState())
-                prod.record(header.base_sequence, header.last_offset_delta + 1,
-                            header.base_offset)
-            pos = fpos + header.size
-        seg.since_index = since
-        if strict and pos != seg.size:
-            raise CorruptSegment(f"corrupt batch in {seg.path} at byte {pos}",
-                                 path=str(seg.path), position=pos)
-
-    def _valid_after(self, seg: Segment, fpos: int, min_offset: int) -> bool:
-        """Is there an intact batch anywhere after the bad one at `fpos` (so the bad
-        one is corruption in the middle, not a torn tail)? A byte-wise resync, as
-        Kafka's: every position holding the magic and attribute bytes where a
-        plausible header sits is checked, the CRC deciding."""
-        return find_batch(self.fs.pread, seg.fd, fpos + 1, seg.size, min_offset) is not None
-
-    def _load_producers(self, seg: Segment) -> None:
-        load_producers(self.fs, seg.path.with_suffix(".snapshot"), self._producers)
-
-    def _write_producers(self, path: Path) -> None:
-        write_producers(self.fs, path, self._producers)
 
     # ------------------------------------------------------------ appending
     def append(
@@ -524,7 +377,7 @@ class SegmentedLog:
                     self._fsync(ix.fd, ix.path)  # a failure fails the log
             # the snapshot first: a segment file never exists without its snapshot
             path = self.directory / f"{segment_name(self._end)}.snapshot"
-            self._write_producers(path)
+            write_producers(self.fs, path, self._producers)
             path = path.with_suffix(".log")
             seg = Segment(self.directory, self._end, self.fs)
             path = seg.index.path
