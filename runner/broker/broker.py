@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from runner.broker.admission import Budgets, MemoryBudget
 from runner.broker.changes import (
     describe_changes,
     exchange_unsafe,
@@ -39,7 +40,7 @@ from runner.broker.message import (
     QueuedMessage,
     tag_uid,
 )
-from runner.broker.queue import REASONS, MemoryBudget, MessageQueue
+from runner.broker.queue import REASONS, MessageQueue
 from runner.broker.results import (
     BrokerStats,
     PublishRefused,
@@ -104,7 +105,8 @@ class Broker:
         self.fsync = Fsync(fsync)
         self.clock = clock
         self.memory = MemoryBudget(memory_budget_bytes)
-        self.disk_budget_bytes = disk_budget_bytes
+        # admission's broker-wide checks (runner.broker.admission)
+        self.budgets = Budgets(self.memory, disk_budget_bytes, self.disk_used_bytes)
         self.segment_bytes = segment_bytes
         self.dedup_window_s = dedup_window_s
         self.dedup_max_ids = dedup_max_ids
@@ -299,8 +301,7 @@ class Broker:
     def _publish(
         self, exchange: str, to_queue: str | None, messages: Sequence[Publishable],
     ) -> list[Route]:
-        self._check_disk()
-        self._check_memory()
+        self.budgets.check_publish()
         now = self.clock.time()
         ts = int(now * 1000)
         routes: list[Route] = []
@@ -473,23 +474,6 @@ class Broker:
             self._drop_id(key)
             return None
         return found[1]
-
-    def _check_memory(self) -> None:
-        """Refused once what cannot spill (the queued messages' overhead and headers,
-        the remembered message ids) fills the memory budget."""
-        if self.memory.full:
-            raise Refused(self.memory.exhausted())
-
-    def _check_disk(self) -> None:
-        budget = self.disk_budget_bytes
-        if budget is None:
-            return
-        used = self.disk_used_bytes()
-        if used >= budget:
-            raise Refused(
-                f"disk budget exhausted: queue logs use {used} bytes of {budget}; "
-                "publish refused until consumers catch up"
-            )
 
     def disk_used_bytes(self) -> int:
         return (sum(j.log.size_bytes for j in self.journals.values())
@@ -669,7 +653,7 @@ class Broker:
             _check_batch_headers(msgs)
         if not publishes and not queue_puts:
             return
-        self._check_disk()
+        self.budgets.check_disk()
         rejecting = self._rejecting
         if not rejecting:
             return

@@ -20,6 +20,16 @@ from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from runner.broker.admission import (
+    MemoryBudget,
+    Room,
+    full_sentence,
+    over,
+    room,
+)
+from runner.broker.admission import limit_text as limits_text
+from runner.broker.admission import refuses_when_full as rejects_when_full
+from runner.broker.admission import unlimited as no_length_limit
 from runner.broker.message import (
     DELAYED,
     EMPTY_HEADERS,
@@ -58,78 +68,6 @@ class Spill(Protocol):
 
     def spill(self, msg: QueuedMessage, body: bytes) -> int: ...
     def read_body(self, loc: int) -> bytes: ...
-
-
-class MemoryBudget:
-    """Memory held by the queued messages of all queues of a broker: MESSAGE_OVERHEAD
-    a message, their headers (`headers_memory`) and the bodies kept in memory
-    (`used`), how many messages (`count`), and what stays in memory whatever is
-    spilled (`fixed`: the overheads, the headers, and what others `hold`, such as
-    the broker's remembered message ids).
-
-    A body that would pass `limit` is spilled to disk; what `fixed` counts cannot
-    be, so once it alone reaches `limit` publishes are refused (`full`)."""
-
-    __slots__ = ("limit", "used", "count", "headers", "held", "ids")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.count = 0
-        self.headers = 0  # headers_memory of the counted messages
-        self.held = 0  # bytes others hold against the budget (`hold`)
-        self.ids = 0  # the message ids remembered for deduplication `held` counts
-
-    @property
-    def fixed(self) -> int:
-        """Bytes that stay in memory however many bodies are spilled."""
-        return self.count * MESSAGE_OVERHEAD + self.headers + self.held
-
-    @property
-    def full(self) -> bool:
-        """The memory that cannot spill fills the budget: no more messages fit. A
-        budget of 0 (the broker's tests) spills every body and never fills; the daemon
-        refuses budgets under 1 MiB."""
-        return self.fixed >= self.limit > 0
-
-    def hold(self, nbytes: int, ids: int = 0) -> None:
-        """Count (or, negative, give back) memory kept outside the queues: `ids`
-        remembered message ids (`message.id_memory` each) of `nbytes` in all."""
-        self.held += nbytes
-        self.used += nbytes
-        self.ids += ids
-
-    def exhausted(self) -> str:
-        """The sentence of a refusal while `full`."""
-        head = (f"memory budget exhausted: {self.count} queued messages hold "
-                f"{self.count * MESSAGE_OVERHEAD}")
-        if not self.headers and not self.held:
-            return (f"{head} bytes of {self.limit} besides their bodies ({MESSAGE_OVERHEAD} "
-                    "bytes a message); publish refused until consumers catch up")
-        parts = [f"{head} bytes ({MESSAGE_OVERHEAD} bytes a message)"]
-        if self.headers:
-            parts.append(f"their headers {self.headers} bytes")
-        if self.held:
-            parts.append(f"{self.ids} message ids remembered for deduplication "
-                         f"{self.held} bytes")
-        until = "consumers catch up" + (
-            " or remembered message ids leave the dedup window" if self.held else "")
-        return (f"{', '.join(parts)}: {self.fixed} bytes of {self.limit} besides the "
-                f"bodies; publish refused until {until}")
-
-    def take(self, msg: QueuedMessage) -> None:
-        """Count a message just stored (its body counts when it is in memory)."""
-        h = headers_memory(msg.headers)
-        self.count += 1
-        self.headers += h
-        self.used += MESSAGE_OVERHEAD + h + (msg.size if isinstance(msg.body, bytes) else 0)
-
-    def release(self, msg: QueuedMessage) -> None:
-        """A counted message leaves memory."""
-        h = headers_memory(msg.headers)
-        self.count -= 1
-        self.headers -= h
-        self.used -= MESSAGE_OVERHEAD + h + (msg.size if isinstance(msg.body, bytes) else 0)
 
 
 class MessageQueue:
@@ -181,9 +119,10 @@ class MessageQueue:
 
     def _trim(self) -> None:
         """Under `drop-head`, drop (dead-letter `maxlen`) heads while over a length limit."""
-        if self.spec.overflow is not Overflow.DROP_HEAD or self.unlimited:
+        spec = self.spec
+        if spec.overflow is not Overflow.DROP_HEAD or no_length_limit(spec):
             return
-        while self._over(0, 0):
+        while over(spec, self.ready, self.ready_bytes, 0, 0):
             victim = self._pop_lowest()
             if victim is None:
                 break
@@ -200,17 +139,19 @@ class MessageQueue:
         headers: Mapping[str, Any] | None = None, delivery_count: int = 0,
         death_queues: tuple[str, ...] = (),
     ) -> QueuedMessage:
-        """Take one message, applying the length limits. Refused when full under
-        `reject-publish` / `reject-publish-dlx` (the latter also puts it in `dead`).
-        `death_queues`: a dead letter's cycle watch (kept in `props`, never a header)."""
+        """Take one message, applying the length limits (`admission.room`). Refused
+        when full under `reject-publish` / `reject-publish-dlx` (the latter also puts
+        it in `dead`). `death_queues`: a dead letter's cycle watch (kept in `props`,
+        never a header)."""
         spec = self.spec
         body = m.body
         size = len(body)
-        if (spec.max_length is not None or spec.max_length_bytes is not None) \
-                and not self._make_room(size):
+        verdict = Room.FITS if no_length_limit(spec) else room(
+            spec, self.ready, self.ready_bytes, 1, size)
+        if verdict is not Room.FITS and (verdict is Room.REFUSE or not self._make_room(size)):
             # what dies on arrival keeps its dead-letter path (`death_queues`): a cycle
             # through queues that drop or refuse is detected like any other
-            if spec.overflow is Overflow.DROP_HEAD:
+            if verdict is not Room.REFUSE:
                 gone = self._build(m, exchange, routing_key, now, ts_ms, headers, 0, body,
                                    death_queues)
                 gone.state = GONE  # dropped on arrival, as RabbitMQ does with max-length 0
@@ -225,10 +166,7 @@ class MessageQueue:
                 dead.state = GONE  # never stored: nothing to forget
                 self.dead_lettered["maxlen"] += 1
                 self.dead.append((dead, "maxlen"))
-            raise Refused(
-                f"queue '{self.name}' is full ({self._limit_text()}, "
-                f"overflow {spec.overflow.value}): publish refused"
-            )
+            raise Refused(f"{full_sentence(spec)}: publish refused")
         # the hot path: _build, _store and _push_ready inlined
         ttl = m.ttl_s
         qttl = spec.message_ttl_s
@@ -251,18 +189,11 @@ class MessageQueue:
         else:
             msg.uid = self.next_uid
             self.next_uid += 1
-        mem = self.memory
-        mem.count += 1
-        fixed = MESSAGE_OVERHEAD
-        if msg.headers:
-            h = headers_memory(msg.headers)
-            mem.headers += h
-            fixed += h
-        if mem.used + fixed + size > mem.limit and self.spill is not None:
-            msg.body = self.spill.spill(msg, body)
-            mem.used += fixed
-        else:
-            mem.used += fixed + size
+        spill = self.spill
+        if not self.memory.admit(headers_memory(msg.headers) if msg.headers else 0, size,
+                                 spill is not None):
+            assert spill is not None
+            msg.body = spill.spill(msg, body)
         self.published += 1
         top = self.max_level
         self.levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
@@ -275,7 +206,7 @@ class MessageQueue:
     @property
     def unlimited(self) -> bool:
         """No length limit: `admit` never refuses or drops (`admit_many` may be used)."""
-        return self.spec.max_length is None and self.spec.max_length_bytes is None
+        return no_length_limit(self.spec)
 
     def admit_many(
         self, msgs: Sequence[Publishable], routing_key: str, *, exchange: str, now: float,
@@ -318,14 +249,11 @@ class MessageQueue:
         top = self.max_level
         levels = self.levels
         expiries = self.expiries
-        mem.count += len(built)
+        can_spill = spill is not None
         for msg in built:
-            size = MESSAGE_OVERHEAD + msg.size
-            if mem.used + size > mem.limit and spill is not None:
+            if not mem.admit(0, msg.size, can_spill):
+                assert spill is not None
                 msg.body = spill.spill(msg, msg.body)  # type: ignore[arg-type]
-                mem.used += MESSAGE_OVERHEAD
-            else:
-                mem.used += size
             prio = msg.priority
             levels[0 if prio <= 0 else (prio if prio < top else top)].append(msg)
             if msg.expires_at is not None:
@@ -367,53 +295,32 @@ class MessageQueue:
     @property
     def refuses_when_full(self) -> bool:
         """A length limit with `reject-publish` or `reject-publish-dlx` overflow."""
-        return not self.unlimited and self.spec.overflow is not Overflow.DROP_HEAD
+        return rejects_when_full(self.spec)
 
     def would_refuse(self, extra_msgs: int, extra_bytes: int) -> bool:
         """Would this queue refuse some of `extra_msgs` more messages of `extra_bytes`
         in all (published one after the other, nothing consumed in between)?"""
-        return self.refuses_when_full and self._over(extra_msgs, extra_bytes)
+        return room(self.spec, self.ready, self.ready_bytes, extra_msgs,
+                    extra_bytes) is Room.REFUSE
 
     def limit_text(self) -> str:
-        return self._limit_text()
+        return limits_text(self.spec)
 
     def refusal(self, size: int) -> str | None:
         """Why one more message of `size` bytes would not be kept, without trying:
         a full `reject-publish` / `reject-publish-dlx` queue, or a message over the
         limits on its own (`drop-head` would drop it on arrival); None when it
         would be stored (a full `drop-head` queue drops its head for it)."""
-        if not self._over(1, size):
+        verdict = room(self.spec, self.ready, self.ready_bytes, 1, size)
+        if verdict is Room.FITS or verdict is Room.DROP_HEAD:
             return None
-        spec = self.spec
-        if spec.overflow is Overflow.DROP_HEAD:
-            alone = (spec.max_length == 0 or (spec.max_length_bytes is not None
-                                              and size > spec.max_length_bytes))
-            if not alone:
-                return None
-        return f"queue '{self.name}' is full ({self._limit_text()}, overflow {spec.overflow.value})"
-
-    def _limit_text(self) -> str:
-        parts = []
-        if self.spec.max_length is not None:
-            parts.append(f"max_length {self.spec.max_length}")
-        if self.spec.max_length_bytes is not None:
-            parts.append(f"max_length_bytes {self.spec.max_length_bytes}")
-        return ", ".join(parts)
-
-    def _over(self, extra_msgs: int, extra_bytes: int) -> bool:
-        spec = self.spec
-        if spec.max_length is not None and self.ready + extra_msgs > spec.max_length:
-            return True
-        return (spec.max_length_bytes is not None
-                and self.ready_bytes + extra_bytes > spec.max_length_bytes)
+        return full_sentence(self.spec)
 
     def _make_room(self, size: int) -> bool:
-        """Room for one more message of `size` bytes: drop-head makes it, else False."""
-        if not self._over(1, size):
-            return True
-        if self.spec.overflow is not Overflow.DROP_HEAD:
-            return False
-        while self._over(1, size):
+        """Drop heads (`drop-head`, dead-lettered `maxlen`) until one more message of
+        `size` bytes fits; False when it cannot fit even alone (every head is gone)."""
+        spec = self.spec
+        while over(spec, self.ready, self.ready_bytes, 1, size):
             victim = self._pop_lowest()
             if victim is None:
                 return False  # the new message alone is over the limit: it goes itself
