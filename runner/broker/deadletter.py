@@ -16,14 +16,26 @@ header and counts `x-replay-count`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from runner.broker.message import QueuedMessage
+from runner.deadletter_headers import (
+    DEATH_HEADER,
+    REPLAY_HEADER,
+    ReplayTarget,
+    previous_death,
+    replay_target,
+    replayed_headers,
+)
 
-DEATH_HEADER = "x-dead-letter"
-REPLAY_HEADER = "x-replay-count"
+__all__ = [
+    "CONSUMER_REASONS", "DEATH_HEADER", "REPLAY_HEADER", "ReplayTarget", "build_death",
+    "dead_letter_id", "death_header", "death_path", "deaths_before", "is_cycle", "iso_utc",
+    "previous_death", "queue_origin", "replay_target", "replayed_headers", "topic_origin",
+    "with_death",
+]
+
 # deaths decided by a consumer: they end a dead-letter cycle watch (RabbitMQ: `rejected`)
 CONSUMER_REASONS = frozenset({"rejected", "handler_error"})
 
@@ -39,11 +51,6 @@ def iso_utc(seconds: float | None) -> str | None:
     if ms:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def previous_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    found = headers.get(DEATH_HEADER)
-    return found if isinstance(found, Mapping) else None
 
 
 def deaths_before(headers: Mapping[str, Any]) -> int:
@@ -165,48 +172,3 @@ def dead_letter_id(owner: str, base: str | None, death_count: object) -> str | N
 def is_cycle(path: tuple[str, ...], target_queue: str) -> bool:
     """Would this dead letter return to a queue it died from with no rejection since?"""
     return target_queue in path
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayTarget:
-    """Where a dead letter goes back to: a queue, or a topic partition offset (caller's)."""
-
-    queue: str | None
-    routing_key: str
-    exchange: str
-    topic: str | None = None
-    partition: int | None = None
-    offset: int | None = None
-
-
-def replay_target(headers: Mapping[str, Any]) -> ReplayTarget | None:
-    """Where the dead letter with these headers died; None if it is not a dead letter."""
-    death = previous_death(headers)
-    if death is None:
-        return None
-    if death.get("original_topic"):
-        part = death.get("original_partition")
-        off = death.get("original_offset")
-        return ReplayTarget(
-            None, str(death.get("original_routing_key") or ""), "",
-            str(death["original_topic"]), int(part) if part is not None else None,
-            int(off) if off is not None else None,
-        )
-    queue = death.get("original_queue")
-    if not queue:
-        return None
-    return ReplayTarget(
-        str(queue), str(death.get("original_routing_key") or queue),
-        str(death.get("original_exchange") or ""),
-    )
-
-
-def replayed_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The headers of a replayed message: no death header, `x-replay-count` + 1."""
-    out = {k: v for k, v in headers.items() if k != DEATH_HEADER}
-    try:
-        count = int(out.get(REPLAY_HEADER, 0))
-    except (TypeError, ValueError):
-        count = 0
-    out[REPLAY_HEADER] = count + 1
-    return out

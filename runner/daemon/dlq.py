@@ -1,335 +1,73 @@
-"""DLQ tools over HTTP beyond the replay to the origin: purge, and replay to another place.
+"""The DLQ tools for callers still holding the raw `Engine` (the HTTP API's
+handlers in `runner.daemon.http`, which has not moved onto the contract yet).
 
-`purge` takes every ready message out of a queue (its unacked ones stay with
-their consumers, as in RabbitMQ); `replay_to` moves up to `n` messages from a
-dead-letter queue into another queue or topic, without their `x-dead-letter`
-header and with `x-replay-count` + 1. Both go through the engine's durable
-operations: a purge acks what it pulls; a move is one exactly-once step
-(the acks and the puts together), so a crash never loses or doubles a message.
+The tools themselves are on the engine contract in `runner.daemon.dlq_ops`
+(the console calls them there with its backend); each function here wraps the
+engine as the contract's `EmbeddedBackend` and runs them, with the same
+answers, errors and durability. Delete this module once `http` passes its
+backend.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
 from typing import Any
 
-from runner.broker.deadletter import replay_target, replayed_headers
-from runner.engine import (
-    DEAD_LETTER_HEADER,
-    EXCHANGE_HEADER,
-    NULL_VALUE_HEADER,
-    ORIGINAL_KEY_B64_HEADER,
-    ORIGINAL_KEY_HEADER,
-    ORIGINAL_TIMESTAMP_HEADER,
-    RECORD_OFFSET_HEADER,
-    RECORD_PARTITION_HEADER,
-    RECORD_TOPIC_HEADER,
-    REPLAY_COUNT_HEADER,
-    ROUTING_KEY_HEADER,
-    Engine,
-    EngineStats,
-    OutMessage,
-    OutRecord,
-    QueueDelivery,
-    Record,
-    Step,
-    TopicPartition,
-    dlq_position_group,
-    dlq_settled_queue,
+from runner.daemon import dlq_ops
+from runner.daemon.dlq_ops import (
+    LEASE_S,
+    NOT_A_DEAD_LETTER,
+    PAGE,
+    REPLAY_MESSAGE_ID,
+    TOOL_CONSUMER,
+    check_replay_target,
+    check_replay_to,
+    death,
 )
-from runner.engine.records import b64, content_type
-from runner.errors import InvalidRequest, NotFound
+from runner.engine import Engine, Record
+from runner.engine.embedded import EmbeddedBackend
 from runner.topology.model import Topology
-from runner.topology.suggest import did_you_mean
 
-PAGE = 10_000  # messages taken per engine call
-LEASE_S = 60.0
-TOOL_CONSUMER = "runner-dlq-tool"
+__all__ = [
+    "LEASE_S", "NOT_A_DEAD_LETTER", "PAGE", "REPLAY_MESSAGE_ID", "TOOL_CONSUMER",
+    "check_replay_target", "check_replay_to", "death", "forget_settled", "purge",
+    "purge_topic", "replay_to", "replay_topic", "topic_letters", "topic_positions",
+    "topic_summary",
+]
+
+
+def backend_of(engine: Engine) -> EmbeddedBackend:
+    """The engine through the contract (no fanout cap: the tools' steps never had one)."""
+    return EmbeddedBackend(engine)
 
 
 async def purge(engine: Engine, queue: str) -> int:
-    """Remove the ready messages of `queue`; how many went. A page of PAGE messages
-    an engine call, the event loop serving other requests between pages (a purge
-    of millions held the loop for its whole duration)."""
-    total = 0
-    while True:
-        got = engine.pull(queue, PAGE, lease_s=LEASE_S, consumer_id=TOOL_CONSUMER)
-        if not got:
-            return total
-        engine.ack(queue, [d.delivery_id for d in got])
-        total += len(got)
-        await asyncio.sleep(0)
-
-
-def _headers(d: QueueDelivery) -> dict[str, Any]:
-    headers = dict(d.headers)
-    headers.pop(DEAD_LETTER_HEADER, None)
-    count = headers.get(REPLAY_COUNT_HEADER, 0)
-    headers[REPLAY_COUNT_HEADER] = (count if isinstance(count, int) else 0) + 1
-    return headers
-
-
-def check_replay_to(topology: Topology, source: str, dest: str) -> bool:
-    """`to` of a queue replay (any backend): a declared queue (True) or topic (False),
-    not the queue being replayed."""
-    is_queue = dest in topology.queue_map()
-    if not is_queue and dest not in topology.topic_map():
-        raise NotFound(f"queue '{dest}' not found")
-    if dest == source:
-        raise InvalidRequest(f"'to' names the queue being replayed ('{source}'); give "
-                             "another queue or a topic")
-    return is_queue
+    return await dlq_ops.purge(backend_of(engine), queue)
 
 
 def replay_to(engine: Engine, topology: Topology, source: str, dest: str, n: int) -> int:
-    """Move up to `n` ready messages of queue `source` into queue or topic `dest`."""
-    is_queue = check_replay_to(topology, source, dest)
-    got = engine.pull(source, n, lease_s=LEASE_S, consumer_id=TOOL_CONSUMER)
-    if not got:
-        return 0
-    step = Step(acks=[(source, d.delivery_id) for d in got])
-    if is_queue:
-        step.queue_puts.append((dest, [
-            OutMessage(body=d.body, routing_key=d.routing_key, headers=_headers(d),
-                       priority=d.priority, content_type=d.content_type)
-            for d in got
-        ]))
-    else:
-        records = []
-        for d in got:
-            headers = _headers(d)
-            key = headers.pop(ORIGINAL_KEY_HEADER, None)
-            records.append(OutRecord(value=d.body, key=None if key is None else str(key).encode(),
-                                     headers=headers))
-        step.appends.append((dest, records))
-    try:
-        engine.commit_step(step)
-    except Exception:
-        engine.nack(source, [d.delivery_id for d in got], requeue=True)  # all stay
-        raise
-    return len(got)
-
-
-# ------------------------------------------------------------------ topic DLQs
-# A dead-letter topic is a log: its records are never deleted by the tools. Each
-# partition has a durable replay position (the committed offsets of the hidden
-# group `__dlq.<topic>`): records below it were replayed or purged, the rest are
-# pending. Replay and purge advance it in the same engine step as the puts, so a
-# crash never replays a record twice or loses one. A record replayed or purged on
-# its own above the position (`dlq_records`) leaves a marker in the hidden queue
-# `__dlq.<topic>` (same step): pending is what is neither below the position nor
-# marked, and the position skips marked records when it reaches them.
-
-NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming where it died)"
-REPLAY_MESSAGE_ID = "__dlq-replay:{topic}/{partition}/{offset}"
-
-
-def death(headers: Mapping[str, Any]) -> Any:
-    """The `x-dead-letter` header of a dead letter (None: not one)."""
-    return headers.get(DEAD_LETTER_HEADER)
-
-
-def pending_in_stats(stats: EngineStats, topic: str, partitions: int) -> list[int]:
-    """Pending dead letters per partition of dead-letter topic `topic` from an
-    engine stats snapshot (no read: for metrics and the console's live feed)."""
-    out = []
-    for p in range(partitions):
-        tp = TopicPartition(topic, p)
-        info = stats.partitions.get(tp)
-        kept = info.log_end_offset - info.log_start_offset if info else 0
-        lag = stats.group_lag.get((dlq_position_group(topic), tp), kept)
-        out.append(max(0, min(lag, kept) - stats.dlq_settled.get(tp, 0)))
-    return out
+    return dlq_ops.replay_to(backend_of(engine), topology, source, dest, n)
 
 
 def topic_positions(engine: Engine, topic: str) -> list[dict[str, Any]]:
-    """Per partition of dead-letter topic `topic`: log start/end, replay position,
-    pending records and the timestamp (ms) of the oldest pending one (None: none)."""
-    group = dlq_position_group(topic)
-    settled = engine.dlq_settled(topic)
-    out = []
-    for p in engine.partitions(topic):
-        pos = max(engine.position(group, TopicPartition(topic, p.partition)),
-                  p.log_start_offset)
-        skip = {o for o in settled.get(p.partition, ()) if o >= pos}
-        oldest = None
-        if pos < p.log_end_offset:
-            recs, _ = engine.read(topic, p.partition, pos, max_records=len(skip) + 1,
-                                  max_bytes=1 << 20)
-            first = next((r for r in recs if r.offset not in skip), None)
-            oldest = first.timestamp_ms if first else None
-        out.append({"partition": p.partition, "log_start_offset": p.log_start_offset,
-                    "log_end_offset": p.log_end_offset, "position": pos,
-                    "pending": max(0, p.log_end_offset - pos - len(skip)),
-                    "settled": sorted(skip), "oldest_timestamp_ms": oldest})
-    return out
+    return dlq_ops.topic_positions(backend_of(engine), topic)
 
 
 def topic_summary(engine: Engine, topic: str, now_ms: int) -> dict[str, Any]:
-    """`{"name", "kind": "topic", "depth", "age_s", "partitions"}` of a dead-letter topic:
-    depth = pending records, age = of the oldest pending one (0 when none)."""
-    parts = topic_positions(engine, topic)
-    oldest = [p["oldest_timestamp_ms"] for p in parts if p["oldest_timestamp_ms"] is not None]
-    return {"name": topic, "kind": "topic", "depth": sum(p["pending"] for p in parts),
-            "age_s": round(max(0.0, (now_ms - min(oldest)) / 1000), 3) if oldest else 0.0,
-            "partitions": parts}
+    return dlq_ops.topic_summary(backend_of(engine), topic, now_ms)
 
 
 def topic_letters(engine: Engine, topic: str, n: int) -> list[Record]:
-    """Up to `n` pending dead letters of topic `topic`, partition by partition."""
-    got: list[Record] = []
-    for p in topic_positions(engine, topic):
-        if len(got) >= n or not p["pending"]:
-            continue
-        skip = set(p["settled"])
-        recs, _ = engine.read(topic, p["partition"], p["position"],
-                              max_records=n - len(got) + len(skip), max_bytes=64 * 1024 * 1024)
-        got.extend([r for r in recs if r.offset not in skip][:n - len(got)])
-    return got
+    return dlq_ops.topic_letters(backend_of(engine), topic, n)
 
 
 def purge_topic(engine: Engine, topic: str) -> int:
-    """Advance every partition's replay position to the log end; how many records
-    it passed (they stay in the log until retention removes them)."""
-    group = dlq_position_group(topic)
-    step = Step()
-    total = 0
-    for p in topic_positions(engine, topic):
-        if p["pending"]:
-            step.commits.append((group, TopicPartition(topic, p["partition"]),
-                                 p["log_end_offset"]))
-            total += p["pending"]
-    if step.commits:
-        engine.commit_step(step)
-    forget_settled(engine, topic)
-    return total
+    return dlq_ops.purge_topic(backend_of(engine), topic)
 
 
 def forget_settled(engine: Engine, topic: str) -> None:
-    """Drop the markers of `topic` once the replay position passed every one of them
-    (they are ignored below it; this keeps the hidden queue from growing)."""
-    queue = dlq_settled_queue(topic)
-    try:
-        if not engine.queue_info(queue).ready or engine.dlq_settled(topic):
-            return
-    except NotFound:
-        return
-    engine.purge(queue)
-
-
-def _queue_message(r: Record, routing_key: str, headers: dict[str, Any]) -> OutMessage:
-    for name in (ROUTING_KEY_HEADER, EXCHANGE_HEADER):
-        headers.pop(name, None)
-    return OutMessage(
-        body=r.value or b"", routing_key=routing_key, headers=headers,
-        message_id=REPLAY_MESSAGE_ID.format(topic=r.topic, partition=r.partition,
-                                            offset=r.offset),
-        content_type=content_type(r.value))
-
-
-def to_origin(engine: Engine, topology: Topology, r: Record,
-               step: Step) -> str | None:
-    """Add to `step` what puts record `r` back where it died; the reason it cannot
-    go back, else None."""
-    target = replay_target(r.headers)
-    if target is None:
-        return NOT_A_DEAD_LETTER
-    if target.queue is not None:
-        if target.queue not in topology.queue_map():
-            return f"original queue '{target.queue}' no longer exists"
-        step.queue_puts.append((target.queue, [_queue_message(
-            r, target.routing_key, replayed_headers(r.headers))]))
-        return None
-    death = r.headers.get(DEAD_LETTER_HEADER) or {}
-    group = death.get("original_group") if isinstance(death, dict) else None
-    if not group:
-        return "a topic record without its consumer group"
-    replay_q = engine.replay_queue(str(group))
-    if replay_q is None:
-        return f"consumer group '{group}' no longer exists"
-    headers = replayed_headers(r.headers)
-    if r.key is not None:
-        try:
-            headers[ORIGINAL_KEY_HEADER] = r.key.decode()
-        except UnicodeDecodeError:
-            headers[ORIGINAL_KEY_B64_HEADER] = b64(r.key)
-    if r.value is None:
-        headers[NULL_VALUE_HEADER] = True
-    headers[ORIGINAL_TIMESTAMP_HEADER] = r.timestamp_ms
-    headers[RECORD_TOPIC_HEADER] = target.topic
-    headers[RECORD_PARTITION_HEADER] = target.partition
-    headers[RECORD_OFFSET_HEADER] = target.offset
-    step.queue_puts.append((replay_q, [_queue_message(r, r.topic, headers)]))
-    return None
-
-
-def to_dest(topology: Topology, r: Record, dest: str, step: Step) -> None:
-    headers = replayed_headers(r.headers)
-    if dest in topology.queue_map():
-        step.queue_puts.append((dest, [_queue_message(r, r.topic, headers)]))
-    else:
-        step.appends.append((dest, [OutRecord(value=r.value, key=r.key, headers=headers)]))
-
-
-def check_replay_target(topology: Topology, topic: str, to: str | None) -> None:
-    """`to` of a topic replay (all or chosen records): a declared queue or topic, not the
-    dead-letter topic itself."""
-    if to is None:
-        return
-    if to not in topology.queue_map() and to not in topology.topic_map():
-        raise NotFound(f"queue or topic '{to}' not found"
-                       + did_you_mean(to, [*topology.queue_map(), *topology.topic_map()]))
-    if to == topic:
-        raise InvalidRequest(f"'to' names the topic being replayed ('{topic}'); give "
-                             "another queue or topic")
+    dlq_ops.forget_settled(backend_of(engine), topic)
 
 
 def replay_topic(engine: Engine, topology: Topology, topic: str, n: int,
                  to: str | None = None) -> dict[str, Any]:
-    """Replay up to `n` pending dead letters of topic `topic` back to where they
-    died (or into queue or topic `to`) and advance the replay positions past them,
-    as one engine step. A record that cannot go back stops its partition there
-    (the position cannot skip it): it is counted in `skipped` by reason and waits
-    for `--to` or a purge."""
-    check_replay_target(topology, topic, to)
-    group = dlq_position_group(topic)
-    step = Step()
-    replayed = 0
-    reasons: dict[str, int] = {}
-    for p in topic_positions(engine, topic):
-        if replayed >= n or not p["pending"]:
-            continue
-        skip = set(p["settled"])
-        recs, _ = engine.read(topic, p["partition"], p["position"],
-                              max_records=n - replayed + len(skip), max_bytes=64 * 1024 * 1024)
-        position = p["position"]
-        for r in recs:
-            if r.offset in skip:  # replayed or purged on its own already
-                position = r.offset + 1
-                continue
-            if replayed >= n:
-                break
-            if to is not None:
-                to_dest(topology, r, to, step)
-            else:
-                reason = to_origin(engine, topology, r, step)
-                if reason is not None:
-                    left = p["log_end_offset"] - r.offset
-                    reasons[reason] = reasons.get(reason, 0) + left
-                    break
-            replayed += 1
-            position = r.offset + 1
-        while position in skip:
-            position += 1
-        if position != p["position"]:
-            step.commits.append((group, TopicPartition(topic, p["partition"]), position))
-    if step.commits:
-        engine.commit_step(step)
-    forget_settled(engine, topic)
-    remaining = sum(p["pending"] for p in topic_positions(engine, topic))
-    out: dict[str, Any] = {"replayed": replayed, "skipped": sum(reasons.values()),
-                           "skipped_reasons": reasons, "remaining": remaining}
-    if to is not None:
-        out["to"] = to
-    return out
+    return dlq_ops.replay_topic(backend_of(engine), topology, topic, n, to)

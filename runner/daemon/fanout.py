@@ -19,21 +19,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, TypeVar
 
-from runner.engine import Engine, OutMessage
 from runner.errors import Refused, TooLarge
 
 SLICE_COPIES = 10_000  # ~20-60 ms of work on the loop (measured: 10,000 copies)
 
-Publish = Callable[[str, Sequence[OutMessage]], list[list[str]]]
+M = TypeVar("M")
+M_contra = TypeVar("M_contra", contravariant=True)
+
+Publish = Callable[[str, Sequence[M]], list[list[str]]]
 
 
-def copies(engine: Engine, exchange: str | None, msgs: Sequence[OutMessage]) -> list[int]:
+class Counter(Protocol[M_contra]):
+    """What counts copies: a backend's `fanout` (`runner.engine.contract.FanoutCounter`
+    for contract messages; the embedded engine's own for its messages)."""
+
+    def fanout(self, exchange: str, messages: Sequence[M_contra]) -> list[int]: ...
+
+
+def copies(counter: Counter[M], exchange: str | None, msgs: Sequence[M]) -> list[int]:
     """Copies each message creates: 1 each straight into a queue (`exchange` None),
     else the queues and topics the exchange routes it to."""
     if exchange is None:
         return [1] * len(msgs)
-    return engine.fanout(exchange, msgs)
+    return counter.fanout(exchange, msgs)
 
 
 def check(counts: Sequence[int], limit: int, where: str) -> None:
@@ -64,7 +74,7 @@ def slices(counts: Sequence[int], size: int = SLICE_COPIES) -> Iterator[tuple[in
 
 
 async def publish(
-    publish_fn: Publish, name: str, msgs: Sequence[OutMessage], counts: Sequence[int],
+    publish_fn: Publish[M], name: str, msgs: Sequence[M], counts: Sequence[int],
 ) -> list[list[str]]:
     """Store `msgs` slice by slice, yielding to the loop between slices."""
     routed: list[list[str]] = []

@@ -26,10 +26,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from runner import __version__
-from runner.daemon.dlq import pending_in_stats
+from runner.daemon.dlq_pending import pending_in_stats
 from runner.daemon.reload import RESULTS, ReloadCounters
-from runner.engine import (
-    EngineStats,
+from runner.engine.contract import (
+    BackendStats,
     QueueStats,
     TopicPartition,
     replay_queue_name,
@@ -73,7 +73,7 @@ class MetricsSource(Protocol):
     @property
     def reloads(self) -> ReloadCounters: ...
 
-    def engine_stats(self) -> EngineStats: ...
+    def engine_stats(self) -> BackendStats: ...
 
     def handler_view(self) -> HandlerView: ...
 
@@ -121,7 +121,7 @@ class RunnerCollector(Collector):
         yield from _storage(stats)
 
 
-def _storage(stats: EngineStats) -> Iterator[Metric]:
+def _storage(stats: BackendStats) -> Iterator[Metric]:
     failed = _gauge(
         "runner_storage_failed_logs",
         "Logs refusing all reads and writes after a failed fsync (restart to recover).",
@@ -130,7 +130,7 @@ def _storage(stats: EngineStats) -> Iterator[Metric]:
     yield failed
 
 
-def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+def _topics(topology: Topology, stats: BackendStats) -> Iterator[Metric]:
     tp = ("topic", "partition")
     end = _gauge(
         "runner_topic_partition_log_end_offset",
@@ -178,7 +178,7 @@ def _topics(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
     yield from (end, start, size, oldest, total, pending, pending_oldest)
 
 
-def _groups(topology: Topology, stats: EngineStats, view: HandlerView) -> Iterator[Metric]:
+def _groups(topology: Topology, stats: BackendStats, view: HandlerView) -> Iterator[Metric]:
     gtp = ("group", "topic", "partition")
     committed = _gauge(
         "runner_consumer_group_committed_offset",
@@ -220,7 +220,7 @@ def _groups(topology: Topology, stats: EngineStats, view: HandlerView) -> Iterat
     yield from (committed, lag, members, dead, waiting)
 
 
-def _exchanges(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+def _exchanges(topology: Topology, stats: BackendStats) -> Iterator[Metric]:
     published = _counter(
         "runner_exchange_published", "Messages published to an exchange.", "exchange"
     )
@@ -234,7 +234,7 @@ def _exchanges(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
     yield from (published, unroutable)
 
 
-def _queues(topology: Topology, stats: EngineStats) -> Iterator[Metric]:
+def _queues(topology: Topology, stats: BackendStats) -> Iterator[Metric]:
     def gauge(name: str, doc: str) -> GaugeMetricFamily:
         return _gauge(name, doc, "queue")
 

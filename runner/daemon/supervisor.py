@@ -34,6 +34,7 @@ from runner.clock import Clock, SystemClock
 from runner.daemon import codec
 from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
+from runner.daemon.dlq_ops import DlqBackend
 from runner.daemon.http import HttpServer, build_app
 from runner.daemon.metrics import (
     HandlerView,
@@ -54,8 +55,8 @@ from runner.daemon.reload import (
 )
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
-from runner.engine import Engine, EngineStats, FsyncPolicy
-from runner.engine.contract import Backend, Event, EventKind
+from runner.engine import Engine, FsyncPolicy
+from runner.engine.contract import BackendStats, Event, EventKind
 from runner.engine.embedded import EmbeddedBackend
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline import otel
@@ -234,8 +235,13 @@ class Supervisor:
         assert self._engine is not None, "the engine is not open"
         return self._engine
 
+    def _served(self) -> EmbeddedBackend:
+        """The open backend with its optional parts (Flushable, WireTopics)."""
+        assert self._backend is not None, "the engine is not open"
+        return self._backend
+
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> DlqBackend:
         """The engine through the contract: what daemon modules moved off `Engine` use."""
         assert self._backend is not None, "the engine is not open"
         return self._backend
@@ -279,8 +285,8 @@ class Supervisor:
         if self._kafka_wake is not None:
             self._kafka_wake()
 
-    def engine_stats(self) -> EngineStats:
-        stats: EngineStats = self.backend.stats()
+    def engine_stats(self) -> BackendStats:
+        stats = self.backend.stats()
         if self._kafka is not None:  # Kafka clients are members of their groups too
             for group, n in self._kafka.member_counts().items():
                 if group in stats.group_members:
@@ -369,7 +375,7 @@ class Supervisor:
                 await kafka.stop()
             await server.stop()
             try:
-                self._engine.close()
+                self._backend.close()
             except StorageError as exc:  # the start failure is the one to report
                 log.error("%s", exc, extra={"event": "close_failed"})
             executor.shutdown(wait=False, cancel_futures=True)
@@ -418,11 +424,11 @@ class Supervisor:
             await server.stop()
             failure: StorageError | None = None
             try:
-                self._engine.flush()
+                self._backend.flush()
             except StorageError as exc:
                 failure = exc
             try:  # closes (and releases the lock) even after a failed flush
-                self._engine.close()
+                self._backend.close()
             except StorageError as exc:
                 failure = failure or exc
             executor.shutdown(wait=False, cancel_futures=True)
@@ -445,7 +451,7 @@ class Supervisor:
         from runner.daemon.kafka import build_listener
 
         listener, signal_ = build_listener(
-            lambda: self.engine, notify=self.notify, clock=self._parts.clock,
+            self._served, notify=self.notify, clock=self._parts.clock,
             token=self.config.token, max_request_bytes=self.config.max_request_bytes,
             max_message_bytes=self.config.max_message_bytes,
             advertise=self.config.kafka_advertise,
@@ -465,8 +471,8 @@ class Supervisor:
         if self._stopping:
             log.warning("second %s: exiting now", sig.name, extra={"event": "forced_exit"})
             try:
-                if self._engine is not None:
-                    self._engine.flush()
+                if self._backend is not None:
+                    self._backend.flush()
             finally:
                 os._exit(130)
         log.info("%s received: stopping", sig.name, extra={"event": "signal", "signal": sig.name})

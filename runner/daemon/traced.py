@@ -13,17 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from runner.engine import OutMessage, OutRecord
 from runner.pipeline.otel import Spans
 from runner.pipeline.tracing import TRACEPARENT, TRACESTATE, TraceContext, of_headers, parse
 
 SPANS_KEY = web.AppKey("spans", Spans)
 
 R = TypeVar("R")
+
+
+class Carrier(Protocol):
+    """A message or record being stored: its headers take the trace context
+    (the HTTP codec's messages and records are built for this one request)."""
+
+    @property
+    def headers(self) -> dict[str, Any]: ...
 
 
 class Traced:
@@ -33,7 +40,7 @@ class Traced:
 
     def __init__(
         self, request: web.Request, kind: str, name: str,
-        items: Sequence[OutMessage | OutRecord],
+        items: Sequence[Carrier],
     ) -> None:
         self._spans = request.app.get(SPANS_KEY)
         self._publish: Any = None

@@ -65,12 +65,15 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 from runner.topology.model import Topology
 
 __all__ = [
-    "Ack", "Admin", "Appended", "Backend", "Capability", "Coordinator", "DeadLetter",
-    "EMPTY_HEADERS", "Event", "EventKind", "GroupInfo", "GroupMember", "GroupPartition",
+    "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
+    "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
+    "FanoutCounter", "Flushable", "GroupInfo", "GroupMember", "GroupPartition",
     "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer", "Published",
-    "QueueConsumer", "QueueDelivery", "QueueInfo", "Read", "Record", "ReplayOutcome",
-    "Requeue", "Retry", "RouteExplainer", "RouteHop", "Settled", "Step", "Steps",
-    "Subscription", "Ticket", "TopicPartition", "TopicReader", "Waiter",
+    "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read", "Record",
+    "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
+    "Settled", "Step", "Steps", "Subscription", "Ticket", "TopicPartition", "TopicReader",
+    "Waiter", "WireRecord", "WireStored", "WireTopics", "dlq_position_group",
+    "dlq_settled_queue", "marker_of", "replay_queue_name", "settled_marker",
 ]
 
 EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
@@ -325,6 +328,88 @@ class ReplayOutcome:
     skipped: int
     reasons: Mapping[str, int]
     refused: int = 0  # of `skipped`: left in place because their full queue refused them
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """One queue's counts and counters in a `BackendStats` snapshot."""
+
+    ready: int = 0
+    unacked: int = 0
+    delayed: int = 0
+    published: int = 0
+    delivered: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    rejected_publishes: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)  # reason -> count
+    oldest_ready_age_s: float = 0.0
+    dead_letter_loops: int = 0  # dead letters dropped by the hop guard
+
+
+@dataclass(slots=True)
+class BackendStats:
+    """A snapshot for the metrics collector and the console (`Admin.stats`): copies
+    of plain counters; what a backend cannot count stays empty."""
+
+    topic_records: dict[str, int] = field(default_factory=dict)
+    partitions: dict[TopicPartition, PartitionInfo] = field(default_factory=dict)
+    group_committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
+    group_lag: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
+    group_members: dict[str, int] = field(default_factory=dict)
+    exchange_published: dict[str, int] = field(default_factory=dict)
+    exchange_unroutable: dict[str, int] = field(default_factory=dict)
+    queues: dict[str, QueueStats] = field(default_factory=dict)
+    # logs refusing all I/O after a failed fsync: path -> why
+    failed_logs: dict[str, str] = field(default_factory=dict)
+    # per partition of a dead-letter topic with pending dead letters (from its replay
+    # position on, `dlq_position_group(topic)`): the first one's timestamp (ms)
+    dlq_oldest_pending_ms: dict[TopicPartition, int] = field(default_factory=dict)
+    # per partition of a dead-letter topic: dead letters from the replay position on
+    # that were replayed or purged on their own (not pending although above it)
+    dlq_settled: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- reserved names
+# Entities a backend creates for itself beside the topology's (user names
+# starting with `__` are refused, so these never collide).
+
+REPLAY_PREFIX = "__replay."  # + group: the replay queue of a consumer group
+DLQ_POSITION_PREFIX = "__dlq."  # + topic: a dead-letter topic's hidden position group / queue
+
+
+def replay_queue_name(group: str) -> str:
+    """The queue of dead letters replayed back to consumer group `group`."""
+    return f"{REPLAY_PREFIX}{group}"
+
+
+def dlq_position_group(topic: str) -> str:
+    """The hidden consumer group whose committed offsets are the replay position of
+    dead-letter topic `topic` (one per partition): records below it were replayed
+    or purged, records from it on are pending."""
+    return f"{DLQ_POSITION_PREFIX}{topic}"
+
+
+def dlq_settled_queue(topic: str) -> str:
+    """The hidden queue of dead-letter topic `topic` holding one marker message per
+    dead letter replayed or purged on its own above the replay position (the
+    position cannot skip a record; these are the ones it will skip when it gets
+    there). Written in the same step as the replay itself."""
+    return f"{DLQ_POSITION_PREFIX}{topic}"
+
+
+def settled_marker(partition: int, offset: int) -> OutMessage:
+    """The marker of dead letter `partition`/`offset` (see `dlq_settled_queue`)."""
+    return OutMessage(body=b"", routing_key=f"{partition}:{offset}",
+                      message_id=f"{partition}:{offset}")
+
+
+def marker_of(routing_key: str) -> tuple[int, int] | None:
+    """(partition, offset) of a marker's routing key; None if it is none."""
+    head, _, tail = routing_key.partition(":")
+    if not (head.isdigit() and tail.isdigit()):
+        return None
+    return int(head), int(tail)
 
 
 # ---------------------------------------------------------------- exactly-once
@@ -584,9 +669,8 @@ class Admin(Protocol):
         """The topic record a delivery from a replay queue carries."""
         ...
 
-    def stats(self) -> Any:
-        """A snapshot of plain counters for the metrics collector
-        (runner.engine.EngineStats shape)."""
+    def stats(self) -> BackendStats:
+        """A snapshot of plain counters for the metrics collector and the console."""
         ...
 
 
@@ -603,6 +687,92 @@ class Steps(Protocol):
         """The Step that dead-letters a topic record failed by `group` (add the
         commit past it, then commit_step)."""
         ...
+
+
+class WireRecord(NamedTuple):
+    """A record as the Kafka wire protocol carries it (`WireTopics`): header names
+    may repeat and every value is raw bytes or null."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    timestamp_ms: int | None  # None: the append time
+
+
+# a stored record read back for the Kafka wire: (offset, timestamp_ms, key, value,
+# headers) -- a plain tuple, one per record of a fetch, kept cheap
+WireStored = tuple[int, int, bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]
+
+
+class WireTopics(Protocol):
+    """Optional, beside Backend: topics as a Kafka listener serves them -- records
+    with raw headers as Kafka clients produced them (read back byte for byte),
+    and Kafka's idempotent producer checks per producer and partition. Appends
+    are durable on return (as the backend's fsync policy promises)."""
+
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic and its partition count."""
+        ...
+
+    def log_offsets(self, topic: str, partition: int) -> tuple[int, int]:
+        """(log start, log end); NotFound for an unknown topic or partition."""
+        ...
+
+    def producer_sequence(self, topic: str, partition: int, producer_id: str) -> int:
+        """The last sequence `producer_id` appended to the partition (-1: unknown)."""
+        ...
+
+    def append_wire(
+        self, topic: str, partition: int, records: Sequence[WireRecord], *,
+        producer_id: str | None = None, base_sequence: int | None = None,
+        allow_gap: bool = False, restart: bool = False,
+    ) -> int:
+        """Append to one partition; the first record's offset (-1 for none).
+        With `producer_id` and `base_sequence` (one sequence per record on from
+        it): an exact retry of a recent batch gets its original offset, nothing
+        stored again; a sequence out of order is InvalidRequest, unless
+        `allow_gap` (any higher one) or `restart` (the sequence wrapped)."""
+        ...
+
+    def read_wire(
+        self, topic: str, partition: int, offset: int, *, max_records: int, max_bytes: int,
+    ) -> list[WireStored]:
+        """Records from `offset` with their headers as produced; OffsetOutOfRange
+        outside the log."""
+        ...
+
+
+class DeadLetterTopics(Protocol):
+    """Optional, beside Backend: what the DLQ tools (`runner.daemon.dlq_ops`) need
+    beyond it -- a dead-letter topic's records settled on their own, and purges
+    in pages."""
+
+    def dlq_settled(self, topic: str) -> dict[int, set[int]]:
+        """Per partition of dead-letter topic `topic`, the offsets at or above its
+        replay position (`dlq_position_group`) that were replayed or purged on
+        their own (markers in `dlq_settled_queue(topic)`; older ones are obsolete)."""
+        ...
+
+    def purge_page(self, queue: str, ids: Collection[int] | None, limit: int) -> int:
+        """`Admin.purge` of at most `limit` messages, the first in delivery order
+        (a page: the loop serves other requests between pages); how many went."""
+        ...
+
+
+class Flushable(Protocol):
+    """Optional, beside Backend: make everything taken so far durable now (a
+    stopping daemon, before `close`); StorageError / LogFailed when it cannot."""
+
+    def flush(self) -> None: ...
+
+
+class FanoutCounter(Protocol):
+    """Optional, beside Backend: how many copies (queues and topics reached) each
+    message published through `exchange` would make, storing nothing (the
+    daemon's --max-fanout check of a publish request). NotFound / Forbidden as
+    `Producer.publish`."""
+
+    def fanout(self, exchange: str, messages: Sequence[OutMessage]) -> list[int]: ...
 
 
 class RouteExplainer(Protocol):

@@ -26,6 +26,14 @@ from runner.broker.deadletter import (
     topic_origin,
 )
 from runner.broker.message import Message
+from runner.engine.contract import (
+    DLQ_POSITION_PREFIX,
+    REPLAY_PREFIX,
+    dlq_position_group,
+    dlq_settled_queue,
+    marker_of,
+    replay_queue_name,
+)
 from runner.engine.records import (
     MESSAGE_ID_HEADER,
     NULL_VALUE_HEADER,
@@ -65,43 +73,12 @@ REPLAY_NOT_A_DEAD_LETTER = "not a dead letter (no x-dead-letter header naming wh
 # queue would not keep stays in the dead-letter queue (neither refused-and-dead-
 # lettered nor dropped), and so do the later ones for that queue (their order)
 REPLAY_QUEUE_FULL = "original {why}: kept in the dead-letter queue for a later replay"
-REPLAY_PREFIX = "__replay."  # + group: the replay queue of a consumer group
-
-
-DLQ_POSITION_PREFIX = "__dlq."  # + topic: the hidden group holding a DLQ topic's replay position
-
-
-def dlq_settled_queue(topic: str) -> str:
-    """The hidden queue of dead-letter topic `topic` holding one marker message per
-    dead letter replayed or purged on its own above the replay position (the
-    position cannot skip a record; these are the ones it will skip when it gets
-    there). Written in the same engine step as the replay itself."""
-    return f"{DLQ_POSITION_PREFIX}{topic}"
 
 
 def settled_marker(partition: int, offset: int) -> OutMessage:
     """The marker of dead letter `partition`/`offset` (see `dlq_settled_queue`)."""
     return OutMessage(body=b"", routing_key=f"{partition}:{offset}",
                       message_id=f"{partition}:{offset}")
-
-
-def marker_of(routing_key: str) -> tuple[int, int] | None:
-    """(partition, offset) of a marker's routing key; None if it is none."""
-    head, _, tail = routing_key.partition(":")
-    if not (head.isdigit() and tail.isdigit()):
-        return None
-    return int(head), int(tail)
-
-
-def replay_queue_name(group: str) -> str:
-    return f"{REPLAY_PREFIX}{group}"
-
-
-def dlq_position_group(topic: str) -> str:
-    """The hidden consumer group whose committed offsets are the replay position of
-    dead-letter topic `topic` (one per partition): records below it were replayed
-    or purged, records from it on are pending."""
-    return f"{DLQ_POSITION_PREFIX}{topic}"
 
 
 def dlq_position_groups(topology: Topology) -> dict[str, ConsumerGroup]:

@@ -49,15 +49,19 @@ from runner.engine.contract import (
     Step,
     Ticket,
     TopicPartition,
+    WireRecord,
+    WireStored,
 )
 from runner.engine.events import Subscription
 from runner.engine.facade import Engine
+from runner.engine.records import kafka_headers, raw_headers
 from runner.engine.values import EngineStats, FsyncPolicy
 from runner.engine.values import OutRecord as EngineRecord
 from runner.engine.values import Step as EngineStep
 from runner.errors import Conflict, FanoutTooLarge, NotFound
 from runner.fs import LOCAL, FileSystem
 from runner.log.partition import TopicPartition as LogTopicPartition
+from runner.log.store import AppendRecord
 from runner.topology.model import Topology
 
 CAPABILITIES = frozenset(Capability)  # the embedded engine does everything
@@ -229,6 +233,56 @@ class EmbeddedBackend:
             f"limit of {limit} a handler call (--max-fanout); nothing of them was stored: "
             "publish fewer messages a call"
         )
+
+    # ------------------------------------------------------------- DeadLetterTopics
+    def dlq_settled(self, topic: str) -> dict[int, set[int]]:
+        return self.engine.dlq_settled(topic)
+
+    def purge_page(self, queue: str, ids: Collection[int] | None, limit: int) -> int:
+        return self.engine.purge(queue, ids, limit=limit)
+
+    # ------------------------------------------------------------- Flushable
+    def flush(self) -> None:
+        self.engine.flush()
+
+    # ------------------------------------------------------------- WireTopics
+    def topic_partitions(self) -> dict[str, int]:
+        store = self.engine.store
+        return {name: store.partition_count(name) for name in store.topic_names()}
+
+    def log_offsets(self, topic: str, partition: int) -> tuple[int, int]:
+        part = self.engine.store.partition(topic, partition)
+        return part.log_start_offset, part.log_end_offset
+
+    def producer_sequence(self, topic: str, partition: int, producer_id: str) -> int:
+        return self.engine.store.producer_sequence(topic, partition, producer_id)
+
+    def append_wire(
+        self, topic: str, partition: int, records: Sequence[WireRecord], *,
+        producer_id: str | None = None, base_sequence: int | None = None,
+        allow_gap: bool = False, restart: bool = False,
+    ) -> int:
+        # stored headers say how to read them back (records.HEADER_TYPES): every
+        # value raw, a null one marked
+        out = [AppendRecord(value=r.value, key=r.key, headers=raw_headers(r.headers),
+                            partition=partition, timestamp_ms=r.timestamp_ms,
+                            producer_id=producer_id,
+                            sequence=None if base_sequence is None else base_sequence + i)
+               for i, r in enumerate(records)]
+        placed = self.engine.store.append(topic, out, allow_gap=allow_gap, restart=restart)
+        return placed[0][1] if placed else -1
+
+    def read_wire(
+        self, topic: str, partition: int, offset: int, *, max_records: int, max_bytes: int,
+    ) -> list[WireStored]:
+        recs, _ = self.engine.store.read_from(topic, partition, offset,
+                                              max_records=max_records, max_bytes=max_bytes)
+        return [(r.offset, r.timestamp_ms, r.key, r.value,
+                 kafka_headers(r.headers) if r.headers else ()) for r in recs]
+
+    # ------------------------------------------------------------- FanoutCounter
+    def fanout(self, exchange: str, messages: Sequence[OutMessage]) -> list[int]:
+        return self.engine.fanout(exchange, [_message(m) for m in messages])
 
     # ------------------------------------------------------------- RouteExplainer
     def explain(

@@ -10,25 +10,33 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from runner import jsontext
 from runner.broker.headers import tag_value, untag_value
+from runner.deadletter_headers import (
+    EXCHANGE_HEADER,
+    JSON_CONTENT_TYPE,
+    MESSAGE_ID_HEADER,
+    NULL_VALUE_HEADER,
+    ORIGINAL_KEY_B64_HEADER,
+    ORIGINAL_KEY_HEADER,
+    ORIGINAL_TIMESTAMP_HEADER,
+    RECORD_OFFSET_HEADER,
+    RECORD_PARTITION_HEADER,
+    RECORD_TOPIC_HEADER,
+    ROUTING_KEY_HEADER,
+    b64,
+    content_type,
+)
 from runner.engine.values import OutMessage, OutRecord
 from runner.log.store import AppendRecord
 
-ROUTING_KEY_HEADER = "x-routing-key"
-EXCHANGE_HEADER = "x-exchange"
-MESSAGE_ID_HEADER = "x-message-id"
-ORIGINAL_KEY_HEADER = "x-original-key"
-ORIGINAL_KEY_B64_HEADER = "x-original-key-b64"
-ORIGINAL_TIMESTAMP_HEADER = "x-original-timestamp"
-RECORD_TOPIC_HEADER = "x-record-topic"
-RECORD_PARTITION_HEADER = "x-record-partition"
-RECORD_OFFSET_HEADER = "x-record-offset"
-NULL_VALUE_HEADER = "x-null-value"  # a dead-lettered tombstone (null value) in a queue
-JSON_CONTENT_TYPE = "application/json"
-
+__all__ = [
+    "EXCHANGE_HEADER", "HEADER_TYPES", "HeaderValue", "JSON_CONTENT_TYPE", "MESSAGE_ID_HEADER",
+    "NULL_VALUE_HEADER", "ORIGINAL_KEY_B64_HEADER", "ORIGINAL_KEY_HEADER",
+    "ORIGINAL_TIMESTAMP_HEADER", "RECORD_OFFSET_HEADER", "RECORD_PARTITION_HEADER",
+    "RECORD_TOPIC_HEADER", "ROUTING_KEY_HEADER", "b64", "content_type", "decode_headers",
+    "encode_headers", "kafka_headers", "raw_headers", "record_of_message", "to_append", "unb64",
+]
 
 HEADER_TYPES = "x-runner-header-types"
 """The record header that says how to read the headers before it (see `encode_headers`)."""
@@ -148,21 +156,6 @@ def _raw(raw: bytes) -> str | bytes:
         return raw.decode()
     except UnicodeDecodeError:
         return bytes(raw)
-
-
-def content_type(value: bytes | None) -> str | None:
-    """`application/json` when `value` is JSON text, else None (bytes)."""
-    if not value:
-        return None
-    try:
-        orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    return JSON_CONTENT_TYPE
-
-
-def b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode()
 
 
 def unb64(text: str | None) -> bytes | None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from runner.broker.broker import Broker
 from runner.engine.values import (
     EngineStats,
     GroupInfo,
     GroupPartition,
     PartitionInfo,
+    QueueStats,
     TopicPartition,
 )
 from runner.log.partition import TopicPartition as LogTopicPartition
@@ -54,5 +53,8 @@ def engine_stats(store: Store, broker: Broker) -> EngineStats:
     out.exchange_published = b.exchange_published
     out.exchange_unroutable = b.exchange_unroutable
     for name, q in b.queues.items():
-        out.queues[name] = replace(q, dead_lettered=dict(q.dead_lettered))
+        out.queues[name] = QueueStats(
+            q.ready, q.unacked, q.delayed, q.published, q.delivered, q.acked, q.redelivered,
+            q.rejected_publishes, dict(q.dead_lettered), q.oldest_ready_age_s,
+            q.dead_letter_loops)
     return out

@@ -13,12 +13,13 @@ from typing import Any
 
 from runner.broker.message import Delivery as QueueDelivery
 from runner.broker.message import Message as OutMessage
-from runner.broker.results import QueueCounters as QueueStats
 from runner.broker.results import QueueInfo
+from runner.engine.contract import BackendStats as EngineStats
 from runner.engine.contract import (
     GroupInfo,
     GroupPartition,
     PartitionInfo,
+    QueueStats,
     Record,
     ReplayOutcome,
     TopicPartition,
@@ -106,28 +107,6 @@ class Step:
 
 
 # ------------------------------------------------------------------ counters
-# QueueStats (per queue: ready, unacked, delayed, published, delivered, acked,
-# redelivered, rejected_publishes, dead_lettered by reason, oldest_ready_age_s)
-# is the broker's QueueCounters.
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """A snapshot for the metrics collector (cheap: copies of plain ints)."""
-
-    topic_records: dict[str, int] = field(default_factory=dict)
-    partitions: dict[TopicPartition, PartitionInfo] = field(default_factory=dict)
-    group_committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
-    group_lag: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
-    group_members: dict[str, int] = field(default_factory=dict)
-    exchange_published: dict[str, int] = field(default_factory=dict)
-    exchange_unroutable: dict[str, int] = field(default_factory=dict)
-    queues: dict[str, QueueStats] = field(default_factory=dict)
-    # logs refusing all I/O after a failed fsync: path -> why (see Engine.failed_logs)
-    failed_logs: dict[str, str] = field(default_factory=dict)
-    # per partition of a dead-letter topic with pending dead letters (from its replay
-    # position on, `__dlq.<topic>`): the first one's timestamp (ms)
-    dlq_oldest_pending_ms: dict[TopicPartition, int] = field(default_factory=dict)
-    # per partition of a dead-letter topic: dead letters from the replay position on
-    # that were replayed or purged on their own (not pending although above it)
-    dlq_settled: dict[TopicPartition, int] = field(default_factory=dict)
+# EngineStats is the contract's BackendStats, QueueStats the contract's: the
+# engine's snapshot (runner.engine.snapshots) copies the broker's QueueCounters
+# into them.

@@ -1,6 +1,7 @@
 """What the console changes: replay and purge dead letters, reset a group's offsets.
 
-Every change is the engine's own operation (`replay_detail`, `purge`, `seek`);
+Every change is the backend's own operation through the engine contract
+(`replay`, `purge_page`, `seek`, and the DLQ tools of `runner.daemon.dlq_ops`);
 this module only reads the console's request, checks it, and says what it did.
 An offset reset is planned first (`plan_reset`): the same plan is what the dry
 run shows and what the apply step carries out.
@@ -12,8 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from runner.daemon import codec, dlq, dlq_records
-from runner.engine import Engine
+from runner.daemon import codec, dlq_ops, dlq_records
+from runner.daemon.dlq_ops import DlqBackend
 from runner.engine.contract import Backend, TopicPartition
 from runner.errors import NotFound
 from runner.topology.model import Topology
@@ -74,25 +75,27 @@ def _topic_records(body: dict[str, Any], topology: Topology, name: str) -> dlq_r
     return dlq_records.chosen_records(body, topology, name)
 
 
-def replay(engine: Engine, topology: Topology, name: str, body: dict[str, Any]) -> dict[str, Any]:
+def replay(
+    backend: DlqBackend, topology: Topology, name: str, body: dict[str, Any],
+) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
     topic = _topic(topology, name, body)
     if topic and body.get("records") is not None:
-        out = dlq_records.replay_records(engine, topology, name,
-                                         _topic_records(body, topology, name))
+        out = dlq_ops.replay_records(backend, topology, name,
+                                     _topic_records(body, topology, name))
         return {"replayed": out["replayed"], "skipped": out["skipped"],
                 "skipped_reasons": out["skipped_reasons"]}
     chosen = selection(body)
     if topic:
         replayed = 0
         while True:  # every pending letter, a page at a time
-            out = dlq.replay_topic(engine, topology, name, dlq.PAGE)
+            out = dlq_ops.replay_topic(backend, topology, name, dlq_ops.PAGE)
             replayed += out["replayed"]
             if not out["replayed"] or out["remaining"] <= out["skipped"]:
                 return {"replayed": replayed, "skipped": out["skipped"],
                         "skipped_reasons": out["skipped_reasons"]}
     _queue(topology, name)
-    outcome = engine.replay_detail(name, None, only=chosen.ids)
+    outcome = backend.replay(name, None, only=chosen.ids)
     return {"replayed": outcome.replayed, "skipped": outcome.skipped,
             "skipped_reasons": dict(outcome.reasons)}
 
@@ -101,7 +104,7 @@ PURGE_PAGE = 10_000  # messages a purge step; the loop serves others between ste
 
 
 async def purge(
-    engine: Engine, topology: Topology, name: str, body: dict[str, Any],
+    backend: DlqBackend, topology: Topology, name: str, body: dict[str, Any],
 ) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
     topic = _topic(topology, name, body)
@@ -115,11 +118,11 @@ async def purge(
             f"purging deletes messages for good: confirm with \"confirm\": \"{name}\""
         )
     if records is not None:
-        return {"purged": dlq_records.purge_records(engine, name, records)["purged"]}
+        return {"purged": dlq_ops.purge_records(backend, name, records)["purged"]}
     if topic:
-        return {"purged": dlq.purge_topic(engine, name)}
+        return {"purged": dlq_ops.purge_topic(backend, name)}
     total = 0
-    while done := engine.purge(name, chosen.ids, limit=PURGE_PAGE):
+    while done := backend.purge_page(name, chosen.ids, PURGE_PAGE):
         total += done
         await asyncio.sleep(0)
     return {"purged": total}

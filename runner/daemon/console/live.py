@@ -35,11 +35,11 @@ from typing import Any, Protocol
 import orjson
 
 from runner.clock import Clock
-from runner.daemon.dlq import pending_in_stats
+from runner.daemon.dlq_ops import DlqBackend
+from runner.daemon.dlq_pending import pending_in_stats
 from runner.daemon.metrics import HandlerView
 from runner.daemon.status import dead_letter_queues
-from runner.engine import Engine, EngineStats, TopicPartition
-from runner.engine.contract import Backend
+from runner.engine.contract import BackendStats, TopicPartition
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,7 @@ class FeedSource(Protocol):
     """What the feed reads from the daemon."""
 
     @property
-    def engine(self) -> Engine: ...
-
-    @property
-    def backend(self) -> Backend:
+    def backend(self) -> DlqBackend:
         """The engine through the contract (what the pages and actions read)."""
         ...
 
@@ -132,7 +129,7 @@ class LiveFeed:
     def sample(self) -> None:
         src = self._source
         topology = src.topology
-        stats: EngineStats = src.backend.stats()
+        stats: BackendStats = src.backend.stats()
         now = self._clock.time()
         current = _count(topology, stats, src.handler_view(), now)
         last = self._last
@@ -211,7 +208,7 @@ def _offer(queue: asyncio.Queue[bytes | None], item: bytes | None, *, force: boo
     return True
 
 
-def _count(topology: Topology, stats: EngineStats, view: HandlerView, now: float) -> _Counters:
+def _count(topology: Topology, stats: BackendStats, view: HandlerView, now: float) -> _Counters:
     c = _Counters(now)
     for name, _ in topology.queues:
         q = stats.queues.get(name)
@@ -232,7 +229,7 @@ def _count(topology: Topology, stats: EngineStats, view: HandlerView, now: float
 
 
 def _snapshot(
-    topology: Topology, stats: EngineStats, view: HandlerView, now: _Counters,
+    topology: Topology, stats: BackendStats, view: HandlerView, now: _Counters,
     last: _Counters | None, dt: float,
 ) -> dict[str, Any]:
     def rate(pick: Callable[[_Counters], dict[str, int]], name: str) -> float:

@@ -301,12 +301,12 @@ class Console:
     async def replay(self, request: web.Request) -> web.StreamResponse:
         host = self.host
         body = await self._body(request)
-        return answer(actions.replay(host.engine, host.topology, request.match_info["name"], body))
+        return answer(actions.replay(host.backend, host.topology, request.match_info["name"], body))
 
     async def purge(self, request: web.Request) -> web.StreamResponse:
         host = self.host
         body = await self._body(request)
-        return answer(await actions.purge(host.engine, host.topology,
+        return answer(await actions.purge(host.backend, host.topology,
                                           request.match_info["name"], body))
 
     async def reset(self, request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from runner.daemon import codec, dlq
+from runner.daemon import codec, dlq_ops
 from runner.daemon.console.live import FeedSource
 from runner.daemon.reload import ReloadEntry
 from runner.daemon.status import dead_letter_queues
@@ -163,15 +163,15 @@ def groups(backend: Backend, topology: Topology) -> list[dict[str, Any]]:
 
 def dead_letter_summary(src: FeedSource, topology: Topology, now_s: float) -> list[dict[str, Any]]:
     """Every dead-letter queue and topic with its depth and the age of its oldest letter.
-    (A dead-letter topic's pending letters are still read with the raw engine:
-    `dlq` needs its settled markers, which the contract does not serve yet.)"""
+    (A dead-letter topic's pending letters through `dlq_ops`, on the contract's
+    optional DeadLetterTopics.)"""
     out: list[dict[str, Any]] = []
     for name in sorted(dead_letter_queues(topology)):
         info = src.backend.queue_info(name)
         out.append({"name": name, "kind": "queue", "depth": info.ready,
                     "age_s": round(info.oldest_ready_age_s, 3)})
     for name in sorted(topology.dead_letter_topics()):
-        summary = dlq.topic_summary(src.engine, name, int(now_s * 1000))
+        summary = dlq_ops.topic_summary(src.backend, name, int(now_s * 1000))
         summary.pop("partitions")
         out.append(summary)
     return out
@@ -186,14 +186,14 @@ def dead_letters(src: FeedSource, topology: Topology, name: str, n: int) -> dict
         for uid, d in src.backend.peek_ids(name, n):
             item = codec.delivery_json(d)
             item["id"] = uid
-            item["death"] = dlq.death(d.headers)
+            item["death"] = dlq_ops.death(d.headers)
             letters.append(item)
         return {"name": name, "kind": "queue", "letters": letters}
     if name in topology.topic_map():
         letters = []
-        for r in dlq.topic_letters(src.engine, name, n):
+        for r in dlq_ops.topic_letters(src.backend, name, n):
             item = codec.record_json(r)
-            item["death"] = dlq.death(r.headers)
+            item["death"] = dlq_ops.death(r.headers)
             letters.append(item)
         return {"name": name, "kind": "topic", "letters": letters}
     raise NotFound(f"no queue or topic named '{name}'")

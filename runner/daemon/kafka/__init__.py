@@ -18,23 +18,22 @@ from collections.abc import Callable
 
 from runner.clock import Clock
 from runner.daemon.kafka.coordinator import Coordinator
-from runner.daemon.kafka.port import EnginePort
+from runner.daemon.kafka.port import EnginePort, KafkaBackend
 from runner.daemon.kafka.server import KafkaListener
 from runner.daemon.kafka.session import AppendSignal, Broker
-from runner.engine import Engine
 
 __all__ = ["AppendSignal", "KafkaListener", "build_listener"]
 
 
 def build_listener(
-    engine: Callable[[], Engine], *, notify: Callable[[], None], clock: Clock,
+    backend: Callable[[], KafkaBackend], *, notify: Callable[[], None], clock: Clock,
     token: str | None, max_request_bytes: int, advertise: tuple[str, int] | None = None,
     max_message_bytes: int = 1024 * 1024,
 ) -> tuple[KafkaListener, AppendSignal]:
-    """A listener on the running engine, and the signal to wake its fetches
+    """A listener on the running backend, and the signal to wake its fetches
     (call `wake()` whenever records may have been appended)."""
     signal = AppendSignal()
-    broker = Broker(EnginePort(engine, notify), clock, signal, coordinator=Coordinator(clock),
+    broker = Broker(EnginePort(backend, notify), clock, signal, coordinator=Coordinator(clock),
                     token=token, max_request_bytes=max_request_bytes,
                     max_message_bytes=max_message_bytes, advertise=advertise)
     return KafkaListener(broker), signal

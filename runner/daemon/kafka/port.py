@@ -1,16 +1,16 @@
-"""The engine as the Kafka listener sees it: the one module that calls into the engine.
+"""The backend as the Kafka listener sees it: the one module that calls into it.
 
 Everything the listener does to topics, records and group offsets goes
-through `EnginePort`, so that retargeting the listener onto another engine
-contract means changing this module alone. It reads and appends records at
-the store's level (`engine.store`) because Kafka records carry raw header
-bytes and may repeat a header name; the facade's records decode headers into
-a dict. Stored headers carry one header saying how to read them
-(`runner.engine.records.HEADER_TYPES`): added to what Kafka clients produce
-(every value raw), removed from what they fetch.
+through `EnginePort`, on the engine contract (`runner.engine.contract`): a
+`Backend` that also serves `WireTopics`, since Kafka records carry raw header
+bytes and may repeat a header name (the contract's records decode headers
+into a mapping). How a backend stores such headers is its own business (the
+embedded engine's: `runner.engine.records.HEADER_TYPES`). The listener's
+external group commits are the contract's `Coordinator.commit` without a
+member (refused for a group this runner runs with a handler).
 
-Like every caller of the engine it runs on the daemon's asyncio loop (the
-engine's single owner), and its appends are as durable on return as the
+Like every caller of the backend it runs on the daemon's asyncio loop (the
+backend's single owner), and its appends are as durable on return as the
 `--fsync` policy promises.
 """
 
@@ -20,9 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from runner.engine import Engine, TopicPartition, kafka_headers, raw_headers
+from runner.engine.contract import Backend, TopicPartition, WireRecord, WireStored, WireTopics
 from runner.errors import InvalidRequest
-from runner.log.store import AppendRecord
 from runner.topology.model import ConsumerGroup
 
 KAFKA_PRODUCER_PREFIX = "kafka-producer-"
@@ -37,7 +36,11 @@ class ProducerFenced(InvalidRequest):
 
 # a stored record: (offset, timestamp_ms, key, value, headers) -- a plain tuple,
 # the shape `batches.encode_batch` takes (one per record of a fetch: kept cheap)
-StoredRecord = tuple[int, int, bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]
+StoredRecord = WireStored
+
+
+class KafkaBackend(Backend, WireTopics, Protocol):
+    """What the listener needs: a contract Backend that serves `WireTopics` too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,28 +68,26 @@ class NewRecord(Protocol):
 class EnginePort:
     """Topics, records and group offsets of the running engine."""
 
-    def __init__(self, engine: Callable[[], Engine], notify: Callable[[], None]) -> None:
-        self._engine = engine
+    def __init__(self, backend: Callable[[], KafkaBackend], notify: Callable[[], None]) -> None:
+        self._backend = backend
         self._notify = notify
 
     # ------------------------------------------------------------ topics
     def topics(self) -> dict[str, int]:
         """Every declared topic and its partition count."""
-        store = self._engine().store
-        return {name: store.partition_count(name) for name in store.topic_names()}
+        return self._backend().topic_partitions()
 
     def partition_count(self, topic: str) -> int:
         """0 for an unknown topic."""
-        return self._engine().store.partition_count(topic)
+        return self._backend().topic_partitions().get(topic, 0)
 
     def offsets(self, topic: str, partition: int) -> Offsets:
         """NotFound for an unknown topic or partition."""
-        part = self._engine().store.partition(topic, partition)
-        return Offsets(part.log_start_offset, part.log_end_offset)
+        return Offsets(*self._backend().log_offsets(topic, partition))
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         """The first offset with a timestamp >= `timestamp_ms` (the log end if none)."""
-        return self._engine().offset_for_time(topic, partition, timestamp_ms)
+        return self._backend().offset_for_time(topic, partition, timestamp_ms)
 
     # ------------------------------------------------------------ records
     def append(
@@ -103,13 +104,13 @@ class EnginePort:
         order raises InvalidRequest "... out of order sequence ...". The engine
         keeps the epoch in the high 32 bits of the sequence it stores, so the
         newest epoch is known again after a restart. Other errors as
-        `Engine.append`."""
+        `Producer.append`."""
         producer = f"{KAFKA_PRODUCER_PREFIX}{producer_id}" if producer_id >= 0 else None
         seq = base_sequence if producer is not None and base_sequence >= 0 else None
-        store = self._engine().store
+        backend = self._backend()
         new_epoch = wrapped = False
         if producer is not None and seq is not None:
-            last = store.producer_sequence(topic, partition, producer)
+            last = backend.producer_sequence(topic, partition, producer)
             new_epoch = self._check_epoch(last, topic, partition, producer_id, producer_epoch,
                                           seq)
             # the engine counts a batch's sequences on from its first (a batch may run
@@ -119,16 +120,14 @@ class EnginePort:
             wrapped = (not new_epoch and last >= 0 and last >> EPOCH_SHIFT == producer_epoch
                        and low >= WRAP - 1 and seq == low + 1 - WRAP)
             seq |= producer_epoch << EPOCH_SHIFT
-        out = [AppendRecord(value=r.value, key=r.key, headers=raw_headers(r.headers),
-                            partition=partition,
-                            # Kafka's "no timestamp" (-1): the append time
-                            timestamp_ms=r.timestamp_ms if r.timestamp_ms >= 0 else None,
-                            producer_id=producer,
-                            sequence=None if seq is None else seq + i)
-               for i, r in enumerate(records)]
-        placed = store.append(topic, out, allow_gap=new_epoch, restart=wrapped)
+        out = [WireRecord(r.key, r.value, r.headers,
+                          # Kafka's "no timestamp" (-1): the append time
+                          r.timestamp_ms if r.timestamp_ms >= 0 else None)
+               for r in records]
+        first = backend.append_wire(topic, partition, out, producer_id=producer,
+                                    base_sequence=seq, allow_gap=new_epoch, restart=wrapped)
         self._notify()
-        return placed[0][1] if placed else -1
+        return first
 
     @staticmethod
     def _check_epoch(last: int, topic: str, partition: int, producer_id: int, epoch: int,
@@ -155,30 +154,28 @@ class EnginePort:
     def read(self, topic: str, partition: int, offset: int, *, max_bytes: int,
              max_records: int = 10_000) -> list[StoredRecord]:
         """Records from `offset`; OffsetOutOfRange outside the log."""
-        recs, _ = self._engine().store.read_from(topic, partition, offset,
-                                                 max_records=max_records, max_bytes=max_bytes)
-        return [(r.offset, r.timestamp_ms, r.key, r.value,
-                 kafka_headers(r.headers) if r.headers else ()) for r in recs]
+        return self._backend().read_wire(topic, partition, offset, max_records=max_records,
+                                         max_bytes=max_bytes)
 
     # ------------------------------------------------------------ groups
     def group(self, name: str) -> ConsumerGroup | None:
         """The declared group `name`, or None."""
-        return self._engine().topology.group_map().get(name)
+        return self._backend().topology.group_map().get(name)
 
     def groups(self) -> Mapping[str, ConsumerGroup]:
-        return self._engine().topology.group_map()
+        return self._backend().topology.group_map()
 
     def position(self, group: str, topic: str, partition: int) -> int:
         """The group's committed offset, else its reset position (`offset_reset`)."""
-        return self._engine().position(group, TopicPartition(topic, partition))
+        return self._backend().position(group, TopicPartition(topic, partition))
 
     def group_members(self, group: str) -> list[str]:
-        """The members the engine knows (a handler group's workers)."""
-        return list(self._engine().group_info(group).members)
+        """The members the backend knows (a handler group's workers)."""
+        return list(self._backend().group_info(group).members)
 
     def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Commit next offsets to read (durable per the fsync policy)."""
-        self._engine().commit(
-            group, {TopicPartition(t, p): off for (t, p), off in offsets.items()},
-            external=True)
+        """Commit next offsets to read (durable per the fsync policy): a commit from
+        outside (no member), refused with Conflict for a handler's group."""
+        self._backend().commit(
+            group, {TopicPartition(t, p): off for (t, p), off in offsets.items()})
         self._notify()
