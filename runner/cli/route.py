@@ -3,7 +3,7 @@
     runner route PATH (--exchange EX --key RK [--header K=V]... | --topic T --key K)
                  [--body JSON] [--fail N] [--format text|json]
 
-The answer comes from runner.pipeline.dryrun (the engine's own routing,
+The answer comes from runner.simulate.dryrun (the engine's own routing,
 partitioner, retry policy and dead-letter code on a throw-away simulation).
 Exit 0 when the message lands somewhere, 1 when it lands nowhere or the
 exchange refuses it (internal), 2 usage: bad arguments, a topology that does
@@ -59,7 +59,7 @@ def _usage(message: str) -> int:
 
 def route_command(args: argparse.Namespace) -> int:
     from runner.errors import Forbidden, NotFound
-    from runner.pipeline.dryrun import dry_run
+    from runner.simulate.dryrun import dry_run
     from runner.topology.load import load
     from runner.topology.suggest import did_you_mean
 

@@ -1,7 +1,7 @@
 """`runner test`: run topology tests (`*_test.yaml`) and report like pytest.
 
 Each PATH is a test file or a directory searched for `*_test.yaml`. Every
-case runs on a fresh simulation of its topology (runner.pipeline.testrun).
+case runs on a fresh simulation of its topology (runner.simulate.testrun).
 Formats: `text` (a line per case, the failures, a summary), `json`, `github`
 (workflow annotations). Exit 0 when every case passed, 1 when one failed or
 could not run (also an invalid test file or topology), 2 for usage: a path
@@ -26,7 +26,7 @@ from runner.topology.model import Topology
 from runner.topology.problems import Problem, Severity
 
 if TYPE_CHECKING:
-    from runner.pipeline.testrun import CaseResult
+    from runner.simulate.testrun import CaseResult
 
 USAGE = 2
 FORMATS = ("text", "json", "github")
@@ -70,7 +70,7 @@ def _load_topology(path: str, cache: dict[str, tuple[Topology | None, list[Probl
 
 def collect(paths: Sequence[str]) -> Run:
     """Run every case of every test file under `paths`."""
-    from runner.pipeline.testrun import run_case
+    from runner.simulate.testrun import run_case
     from runner.topology.testcases import discover, load_tests
 
     started = time.perf_counter()

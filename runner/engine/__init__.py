@@ -76,7 +76,7 @@ from runner.engine.values import (
     Step,
     TopicPartition,
 )
-from runner.log.record import MAX_TIMESTAMP_MS, check_timestamp_ms
+from runner.timestamps import MAX_TIMESTAMP_MS, check_timestamp_ms
 
 __all__ = [
     "MAX_TIMESTAMP_MS",

@@ -67,7 +67,7 @@ from runner.topology.model import Topology
 __all__ = [
     "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
     "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
-    "FanoutCounter", "Flushable", "GroupInfo", "GroupMember", "GroupPartition",
+    "FanoutCounter", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember", "GroupPartition",
     "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer", "Published",
     "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read", "Record",
     "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
@@ -98,6 +98,17 @@ class Capability(str, Enum):  # noqa: UP042 - str() is the name in messages
     TOPIC_DEAD_LETTERS = "topic-dead-letters"  # dead letters into a topic
     IDEMPOTENT_PRODUCER = "idempotent-producer"  # OutRecord.producer_id / sequence
     TOPICS = "topics"  # topics, consumer groups: append, TopicReader, open_member, Coordinator
+
+
+class FsyncPolicy(str, Enum):  # noqa: UP042 - str() is the name in messages
+    """When a write is durable on the embedded engine (`--fsync`; docs/engine.md):
+    `always` before it is acknowledged, `interval` within a few milliseconds,
+    `never` when the OS decides. The pipeline's own files (idempotency keys)
+    follow it too."""
+
+    ALWAYS = "always"
+    INTERVAL = "interval"
+    NEVER = "never"
 
 
 # ====================================================================== values

@@ -8,7 +8,6 @@ defining a twin; the rest are the engine's own frozen values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from runner.broker.message import Delivery as QueueDelivery
@@ -16,6 +15,7 @@ from runner.broker.message import Message as OutMessage
 from runner.broker.results import QueueInfo
 from runner.engine.contract import BackendStats as EngineStats
 from runner.engine.contract import (
+    FsyncPolicy,
     GroupInfo,
     GroupPartition,
     PartitionInfo,
@@ -31,11 +31,6 @@ __all__ = [
     "Step", "TopicPartition",
 ]
 
-
-class FsyncPolicy(str, Enum):  # noqa: UP042 - contract type, str() kept as is
-    ALWAYS = "always"
-    INTERVAL = "interval"
-    NEVER = "never"
 
 
 

@@ -52,8 +52,6 @@ from dataclasses import dataclass
 from enum import Enum
 from operator import itemgetter
 
-from runner.errors import InvalidRequest
-
 MAGIC = 1
 DELETE_HORIZON = 0x01  # attributes bit: first_timestamp is the tombstones' delete horizon
 BATCH = struct.Struct("<qiIBBiiqqqq")
@@ -66,21 +64,6 @@ Item = tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]], int]
 """What an appender gives: (key, value, headers, timestamp_ms)."""
 
 _TIMESTAMP = itemgetter(3)
-
-MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-
-
-def check_timestamp_ms(value: object, where: str = "timestamp") -> int:
-    """A record timestamp set by a producer: epoch milliseconds, an integer from 0 to
-    MAX_TIMESTAMP_MS; InvalidRequest naming `where` and the value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or not (
-            0 <= value <= MAX_TIMESTAMP_MS):
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise InvalidRequest(
-            f"{where} must be epoch milliseconds, an integer between 0 and "
-            f"{MAX_TIMESTAMP_MS} (9999-12-31T23:59:59.999Z), got {shown}")
-    return value
-
 
 class Fsync(str, Enum):  # noqa: UP042 - same shape as engine.FsyncPolicy
     """When appended bytes reach the disk (the engine maps its FsyncPolicy onto it by value)."""

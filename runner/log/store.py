@@ -44,7 +44,8 @@ from runner.log.groups import Groups
 from runner.log.offsets import OffsetStore
 from runner.log.partition import Partition, TopicPartition
 from runner.log.partitioner import Partitioner, key_from_json
-from runner.log.record import Fsync, Item, LogRecord, check_timestamp_ms
+from runner.log.record import Fsync, Item, LogRecord
+from runner.timestamps import check_timestamp_ms
 from runner.topology.diff import field_change, removal, unsafe_sentence
 from runner.topology.model import ConsumerGroup, Topic
 

@@ -6,9 +6,9 @@ origin (`original_queue` / `original_exchange` / `original_routing_key`, or
 `original_topic` / `original_partition` / `original_offset` plus
 `original_group` so a replay goes back to the group that failed it),
 `consumer_id` and `death_count`. The header itself is built by
-`death_header` (`runner.broker.deadletter`, its one home, through
-`runner.engine.deadletters`): the same message gets the same header fields
-whichever side writes its death; this module adds only the error.
+`death_header` (`runner.deadletter_headers`, its one home, a base module the
+broker uses too): the same message gets the same header fields whichever side
+writes its death; this module adds only the error.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import os
 import traceback
 from typing import Any
 
-from runner.engine.deadletters import (
-    DEAD_LETTER_HEADER,
-    REPLAY_COUNT_HEADER,
+from runner.deadletter_headers import DEATH_HEADER as DEAD_LETTER_HEADER
+from runner.deadletter_headers import REPLAY_HEADER as REPLAY_COUNT_HEADER
+from runner.deadletter_headers import (
     dead_letter_id,
     death_header,
     iso_utc,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from runner import jsontext
-from runner.engine import check_timestamp_ms
 from runner.engine.contract import OutMessage, OutRecord, QueueDelivery, Record
 from runner.pipeline.replies import (
     CORRELATION_HEADER,
@@ -28,6 +27,7 @@ from runner.pipeline.replies import (
     reply_message,
 )
 from runner.pipeline.tracing import TRACEPARENT, TraceContext, of_headers
+from runner.timestamps import check_timestamp_ms
 
 JSON_CONTENT_TYPE = "application/json"
 

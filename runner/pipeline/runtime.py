@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.clock import Clock
-from runner.engine.contract import Backend, OutMessage
-from runner.engine.values import FsyncPolicy
+from runner.engine.contract import Backend, FsyncPolicy, OutMessage
 from runner.fs import LOCAL, FileSystem
 from runner.pipeline.group_worker import GroupWorker
 from runner.pipeline.handler import resolve

@@ -28,8 +28,7 @@ from typing import Any
 from runner import jsontext
 from runner.clock import Clock
 from runner.datapath import entity_path
-from runner.engine.contract import Backend, Event, Step, Ticket, Waiter
-from runner.engine.values import FsyncPolicy
+from runner.engine.contract import Backend, Event, FsyncPolicy, Step, Ticket, Waiter
 from runner.errors import EngineError
 from runner.fs import LOCAL, FileSystem
 from runner.pipeline.deadletter import error_type

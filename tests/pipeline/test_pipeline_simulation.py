@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runner.engine import OutMessage, OutRecord
-from runner.pipeline.simulation import Simulation, Stand
+from runner.simulate.simulation import Simulation, Stand
 from runner.topology.load import load_text
 
 TOPOLOGY = """\

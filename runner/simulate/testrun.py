@@ -20,7 +20,7 @@ from typing import Any
 from runner.engine import DEAD_LETTER_HEADER, OutMessage, OutRecord, QueueDelivery, Record
 from runner.errors import EngineError, HandlerImportError
 from runner.pipeline.message import encode_body, encode_key
-from runner.pipeline.simulation import Landing, Simulation, Stand, body_value
+from runner.simulate.simulation import Landing, Simulation, Stand, body_value
 from runner.topology.model import Topology
 from runner.topology.testcases import TestCase
 from runner.topology.units import format_duration, parse_duration

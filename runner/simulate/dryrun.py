@@ -19,7 +19,7 @@ from typing import Any
 
 from runner.engine import DEAD_LETTER_HEADER, OutMessage, OutRecord
 from runner.pipeline.message import encode_body
-from runner.pipeline.simulation import Landing, Simulation, Stand
+from runner.simulate.simulation import Landing, Simulation, Stand
 from runner.topology.model import DEFAULT_DLQ_POLICY, DlqPolicy, ExponentialBackoff, Topology
 from runner.topology.units import format_duration
 
