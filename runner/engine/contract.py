@@ -67,7 +67,8 @@ from runner.topology.model import Topology
 __all__ = [
     "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
     "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
-    "FanoutCounter", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember", "GroupPartition",
+    "FanoutCounter", "Fence", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember",
+    "GroupPartition",
     "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer", "Published",
     "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read", "Record",
     "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
@@ -426,16 +427,30 @@ def marker_of(routing_key: str) -> tuple[int, int] | None:
 # ---------------------------------------------------------------- exactly-once
 
 
+class Fence(NamedTuple):
+    """A group member's claim on some commits of a step: the step is refused with
+    Conflict, nothing applied, when `member_id` no longer owns one of
+    `partitions` in `group`, or the group was rebalanced or sought since
+    `generation` (`GroupMember.generation`)."""
+
+    group: str
+    member_id: str
+    generation: int
+    partitions: tuple[TopicPartition, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One atomic unit (EXACTLY_ONCE): all of it happens, durably, or none of it.
 
     `acks`: (queue, delivery_id) to ack; `commits`: (group, partition, next
-    offset) to commit -- fenced by `fence`; `publishes`: (exchange, messages);
-    `puts`: (queue, messages) straight into queues; `appends`: (topic, records).
-    `fence`: (group, member_id, generation) the commits belong to: the step is
-    refused with Conflict, nothing applied, when that member no longer owns a
-    committed partition or the group was sought since `generation`.
+    offset) to commit -- fenced by `fence` / `fences`; `publishes`: (exchange,
+    messages); `puts`: (queue, messages) straight into queues; `appends`:
+    (topic, records). `fence`: (group, member_id, generation) every commit of
+    that group belongs to (a `Fence` over those partitions). `fences`: each
+    one's own partitions -- what steps of several members merged into one
+    carry (`+` keeps every part's fence). Every fence is checked before
+    anything is applied.
     """
 
     acks: tuple[tuple[str, int], ...] = ()
@@ -444,14 +459,23 @@ class Step:
     puts: tuple[tuple[str, tuple[OutMessage, ...]], ...] = ()
     appends: tuple[tuple[str, tuple[OutRecord, ...]], ...] = ()
     fence: tuple[str, str, int] | None = None
+    fences: tuple[Fence, ...] = ()
 
     def __add__(self, other: Step) -> Step:
-        """Both steps as one (the fence of whichever has one)."""
+        """Both steps as one; each keeps its own fences (`all_fences`)."""
         return Step(
             self.acks + other.acks, self.commits + other.commits,
             self.publishes + other.publishes, self.puts + other.puts,
-            self.appends + other.appends, self.fence or other.fence,
+            self.appends + other.appends, None, self.all_fences() + other.all_fences(),
         )
+
+    def all_fences(self) -> tuple[Fence, ...]:
+        """`fences`, and `fence` as a Fence over this step's commits of its group."""
+        if self.fence is None:
+            return self.fences
+        group, member_id, generation = self.fence
+        mine = tuple(tp for g, tp, _ in self.commits if g == group)
+        return (Fence(group, member_id, generation, mine), *self.fences)
 
     @property
     def writes(self) -> bool:

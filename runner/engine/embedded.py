@@ -414,14 +414,12 @@ class EmbeddedBackend:
 
     # ------------------------------------------------------------- Steps
     def commit_step(self, step: Step) -> Ticket:
-        if step.fence is not None:
-            group, member_id, generation = step.fence
+        for group, member_id, generation, partitions in step.all_fences():
             if self._generation(group) != generation:
                 raise Conflict(f"group {group!r} rebalanced or was sought: generation "
                                f"{generation} is stale, current is {self._generation(group)}")
             self.engine.store.groups.check_member(
-                group, [LogTopicPartition(*tp) for g, tp, _ in step.commits if g == group],
-                member_id=member_id)
+                group, [LogTopicPartition(*tp) for tp in partitions], member_id=member_id)
         self._check_fanout(step.publishes, sum(len(ms) for _, ms in step.puts)
                            + sum(len(rs) for _, rs in step.appends))
         self.engine.commit_step(EngineStep(

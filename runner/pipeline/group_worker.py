@@ -13,23 +13,32 @@ for it, as in Kafka — and after the last retry it is dead-lettered and the
 member moves on (commits past it).
 
 Offsets: at-most-once commits before the handler runs; at-least-once commits
-after success (batched per read); exactly-once commits each record in one
-`backend.commit_step` with its outputs, fenced: the step is only taken while
-the partition is still assigned to this member and the group's committed
-position is still that record, so a rebalance can never commit a record twice.
+after success (batched per read); exactly-once commits each record in one step
+with its outputs, fenced: the step is only taken while the partition is still
+assigned to this member and the group's committed position is still that
+record (checked when it is committed), and it carries the member's `Fence`
+(member, generation, partition), so a rebalance can never commit a record
+twice. The steps of records whose members finished in the same turn of the
+event loop are committed as one merged step (`Worker.commit_steps`: one
+journal record and one fsync of each touched log for all of them; each part
+keeps its own fence); when the merged step is refused, each is committed
+alone, and only the refused ones fail (a fenced one is stale: its outputs are
+discarded and its member reads its position again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from runner.engine.contract import (
     Ack,
     Event,
     EventKind,
+    Fence,
     GroupMember,
     Record,
     Requeue,
@@ -55,6 +64,25 @@ class _Stale(Exception):
     """The member no longer owns the record it processed (rebalanced away)."""
 
 
+Settle = Callable[[Step], Awaitable[None]]  # how a record is settled, given the rest of its step
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """An exactly-once record step waiting for the next merged commit."""
+
+    step: Step
+    stale: Callable[[], bool]  # checked when committed: True -> _Stale, nothing committed
+    future: asyncio.Future[None]
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark an outcome as seen: a member cancelled while waiting leaves no
+    'exception was never retrieved' behind."""
+    if not future.cancelled():
+        future.exception()
+
+
 class GroupWorker(Worker):
     """Runs one `consumer_groups:` entry that has a handler."""
 
@@ -71,6 +99,7 @@ class GroupWorker(Worker):
         self.group = group
         self.replay_queue = env.backend.replay_queue(group.name)
         self.seeks = 0  # SEEK events of the group seen: a member's reads before one are stale
+        self._steps_waiting: list[_Waiting] = []  # exactly-once steps of this turn
         self._seek_sub = env.backend.subscribe([Event(EventKind.SEEK, group.name)],
                                                self._on_seek)
 
@@ -209,17 +238,24 @@ class GroupWorker(Worker):
 
     def _commit_step(
         self, member: GroupMember, tp: TopicPartition, record: Record, version: int,
-    ) -> Callable[[Step], None]:
+    ) -> Settle:
         """How a record from the partition is settled, given the rest of its step."""
         backend = self.env.backend
 
-        def settle(step: Step) -> None:
+        def stale() -> bool:
+            return (self._sought(version) or tp not in member.assignment()
+                    or member.position(tp) != record.offset)
+
+        async def settle(step: Step) -> None:
             if self._sought(version):
                 raise _Stale()
             if self.delivery is Delivery.EXACTLY_ONCE:
-                if tp not in member.assignment() or member.position(tp) != record.offset:
+                if stale():
                     raise _Stale()
-                backend.commit_step(step + Step(commits=((self.name, tp, record.offset + 1),)))
+                fence = Fence(self.name, member.member_id, member.generation, (tp,))
+                await self._commit_together(
+                    step + Step(commits=((self.name, tp, record.offset + 1),), fences=(fence,)),
+                    stale)
                 return
             if self.delivery is Delivery.AT_MOST_ONCE:
                 try:
@@ -230,6 +266,38 @@ class GroupWorker(Worker):
                 backend.commit_step(step)
 
         return settle
+
+    async def _commit_together(self, step: Step, stale: Callable[[], bool]) -> None:
+        """Commit `step` with the steps of the other members that finished in this turn
+        of the loop (one merged step); _Stale when it is stale by then (or its fence
+        is refused), the refusing EngineError when the backend refuses it alone."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)
+        self._steps_waiting.append(_Waiting(step, stale, future))
+        if len(self._steps_waiting) == 1:  # the first one schedules the commit
+            asyncio.get_running_loop().call_soon(self._commit_waiting_steps)
+        await asyncio.shield(future)
+
+    def _commit_waiting_steps(self) -> None:
+        batch, self._steps_waiting = self._steps_waiting, []
+        live: list[_Waiting] = []
+        for w in batch:
+            if w.future.done():
+                continue
+            if w.stale():  # rebalanced or sought since the handler ran: commit nothing
+                w.future.set_exception(_Stale())
+                continue
+            live.append(w)
+        results = self.commit_steps([w.step for w in live])
+        for w, error in zip(live, results, strict=True):
+            if w.future.done():
+                continue
+            if error is None:
+                w.future.set_result(None)
+            elif isinstance(error, Conflict):  # its member's fence: no longer its record
+                w.future.set_exception(_Stale())
+            else:
+                w.future.set_exception(error)
 
     async def _replays(self, member: GroupMember) -> bool:
         """Process what was replayed back to this group; True when there was any."""
@@ -251,7 +319,7 @@ class GroupWorker(Worker):
             record = backend.replayed_record(d)
             queue = self.replay_queue
 
-            def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> None:
+            async def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> None:
                 if self.delivery is Delivery.AT_MOST_ONCE:
                     backend.settle(queue, [Ack(did)])
                     if step.writes:
@@ -265,12 +333,12 @@ class GroupWorker(Worker):
 
     # ---------------------------------------------------------------- one record
     async def _handle(
-        self, record: Record, member: str, settle: Callable[[Step], None], *,
+        self, record: Record, member: str, settle: Settle, *,
         delivery_count: int = 1, stale: Callable[[], bool] | None = None,
     ) -> bool:
         """Run, retry in place, dead-letter; True when the record is settled."""
         if self.delivery is Delivery.AT_MOST_ONCE:
-            settle(Step())
+            await settle(Step())
         first = self.env.clock.time()
         failures = 0
         while True:
@@ -321,13 +389,13 @@ class GroupWorker(Worker):
                 msg, exc, retry_count=failures - 1, first_attempt=first, last_attempt=now,
                 consumer_id=member, group=self.name,
             )
-            self._dead_letter(record, death, settle)
+            await self._dead_letter(record, death, settle)
             self.send_error_reply(msg, exc)
             return True
 
-    async def _succeed(self, outputs: Outputs, settle: Callable[[Step], None]) -> None:
+    async def _succeed(self, outputs: Outputs, settle: Settle) -> None:
         if self.delivery is Delivery.EXACTLY_ONCE:
-            settle(self.step_of(outputs))
+            await settle(self.step_of(outputs))
             self.hand_over(outputs)
             return
         ticket = self.send(outputs)
@@ -335,11 +403,11 @@ class GroupWorker(Worker):
             # the outputs are durable before the record counts as done (its offset
             # is committed later, by `_flush`) and before replies are handed over
             await self.env.backend.durable(ticket)
-            settle(Step())
+            await settle(Step())
         self.hand_over(outputs)
 
-    def _dead_letter(
-        self, record: Record, death: dict[str, Any], settle: Callable[[Step], None],
+    async def _dead_letter(
+        self, record: Record, death: dict[str, Any], settle: Settle,
     ) -> None:
         to_queue, to_topic = self.dlq_target()
         step = Step()
@@ -357,4 +425,4 @@ class GroupWorker(Worker):
             if step.writes:
                 self.env.backend.commit_step(step)
             return
-        settle(step)
+        await settle(step)

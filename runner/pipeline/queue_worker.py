@@ -213,7 +213,7 @@ class QueueWorker(Worker):
 
     def _commit_waiting_steps(self) -> None:
         batch, self.steps_waiting = self.steps_waiting, []
-        results = self._commit_steps([step for step, _ in batch])
+        results = self.commit_steps([step for step, _ in batch])
         for (_, future), error in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -221,32 +221,6 @@ class QueueWorker(Worker):
                 future.set_result(None)
             else:
                 future.set_exception(error)
-
-    def _commit_steps(self, steps: list[Step]) -> list[EngineError | None]:
-        """Commit `steps` as one merged step; when the backend refuses the merged step
-        (a full reject-publish queue, the fanout cap, ...) nothing of it was applied,
-        and each step is committed alone so only the refused ones fail. Per step: None
-        once committed, else the error that refused it."""
-        backend = self.env.backend
-        if len(steps) > 1:
-            merged = Step()
-            for step in steps:
-                merged = merged + step
-            try:
-                backend.commit_step(merged)
-            except EngineError:
-                pass  # one by one below
-            else:
-                return [None] * len(steps)
-        results: list[EngineError | None] = []
-        for step in steps:
-            try:
-                backend.commit_step(step)
-            except EngineError as exc:
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
 
     async def _ack_when_confirmed(self, d: QueueDelivery, msg: QueueMessage,
                                   consumer_id: str) -> None:
@@ -353,7 +327,7 @@ class QueueWorker(Worker):
         outcomes: list[tuple[Exception | None, Outputs]],
     ) -> dict[int, EngineError | None]:
         """Exactly-once, a sync batch: the steps of its successful calls committed
-        together (`_commit_steps`); by delivery id, None or the refusing error."""
+        together (`commit_steps`); by delivery id, None or the refusing error."""
         if self.delivery is not Delivery.EXACTLY_ONCE:
             return {}
         ok = [(d, outputs) for (d, _, _), (exc, outputs) in zip(items, outcomes, strict=False)
@@ -361,7 +335,7 @@ class QueueWorker(Worker):
         steps = [self.step_of(outputs) + Step(acks=((self.queue, d.delivery_id),))
                  for d, outputs in ok]
         return {d.delivery_id: error
-                for (d, _), error in zip(ok, self._commit_steps(steps), strict=True)}
+                for (d, _), error in zip(ok, self.commit_steps(steps), strict=True)}
 
     def _committed(self, key: str | None, outputs: Outputs) -> None:
         """An exactly-once call's step is committed: what follows it."""

@@ -15,6 +15,7 @@ from runner.engine.contract import (
     DeadLetter,
     Event,
     EventKind,
+    Fence,
     OutMessage,
     OutRecord,
     Requeue,
@@ -274,6 +275,43 @@ def test_commit_step_is_all_or_nothing(backend: Backend) -> None:
         assert backend.queue_info("dlq").ready == 0
     finally:
         m.close()
+
+
+@pytest.mark.needs(Capability.TOPICS, Capability.EXACTLY_ONCE)
+def test_merged_steps_keep_each_members_fence(backend: Backend) -> None:
+    """Steps of two members merged with `+` carry both fences: the merged step is
+    refused whole when one member's fence is stale (nothing applied), and each
+    part alone is taken or refused on its own fence."""
+    m1 = backend.open_member("g", "m1")
+    m2 = backend.open_member("g", "m2")
+    try:
+        p1, p2 = m1.assignment()[0], m2.assignment()[0]
+        backend.append("ev", [OutRecord(b"a", partition=p.partition) for p in (p1, p2)])
+        gen = m1.generation
+        assert m2.generation == gen
+        one = Step(commits=(("g", p1, 1),), puts=(("dlq", (OutMessage(b"1"),)),),
+                   fences=(Fence("g", "m1", gen, (p1,)),))
+        # m2 claims a partition that is m1's: its fence is refused
+        two = Step(commits=(("g", p2, 1),), puts=(("dlq", (OutMessage(b"2"),)),),
+                   fences=(Fence("g", "m2", gen, (p1,)),))
+        merged = one + two
+        assert merged.all_fences() == (Fence("g", "m1", gen, (p1,)), Fence("g", "m2", gen, (p1,)))
+        with pytest.raises(Conflict):
+            backend.commit_step(merged)
+        assert backend.queue_info("dlq").ready == 0 and m1.position(p1) == 0
+        asyncio.run(backend.durable(backend.commit_step(one)))
+        with pytest.raises(Conflict):
+            backend.commit_step(two)
+        assert m1.position(p1) == 1 and m2.position(p2) == 0
+        assert [x.body for x in backend.fetch("dlq", 5, lease_s=30, consumer_id="c")] == [b"1"]
+        # a single `fence` covers the commits of its group in its own step only
+        three = Step(commits=(("g", p2, 1),), fence=("g", "m2", gen))
+        assert (Step() + three).all_fences() == (Fence("g", "m2", gen, (p2,)),)
+        asyncio.run(backend.durable(backend.commit_step(Step() + three)))
+        assert m2.position(p2) == 1
+    finally:
+        m2.close()
+        m1.close()
 
 
 def test_the_done_ticket_is_durable_at_once(backend: Backend) -> None:
