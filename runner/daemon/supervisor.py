@@ -137,8 +137,11 @@ class Parts:
     check_handlers: Callable[[Topology], list[tuple[str, str, str]]]
     diff: Callable[..., Any]
     open_engine: Callable[[Topology, DaemonConfig, Clock], Engine]
+    # the pipeline runs on the daemon's one backend (the supervisor's, also the HTTP
+    # API's and the console's): one set of group members, one fanout cap
     make_pipeline: Callable[
-        [Engine, Topology, DaemonConfig, Clock, concurrent.futures.ThreadPoolExecutor, Replies],
+        [EmbeddedBackend, Topology, DaemonConfig, Clock, concurrent.futures.ThreadPoolExecutor,
+         Replies],
         PipelineLike,
     ]
     clock: Clock = field(default_factory=SystemClock)
@@ -160,7 +163,7 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
         )
 
     def make_pipeline(
-        engine: Engine,
+        backend: EmbeddedBackend,
         topology: Topology,
         config: DaemonConfig,
         clock: Clock,
@@ -168,14 +171,14 @@ def real_parts(*, follow_symlinks: bool = True) -> Parts:
         replies: Replies,
     ) -> PipelineLike:
         pipeline: PipelineLike = Pipeline(
-            EmbeddedBackend(engine, max_fanout=config.max_fanout),
+            backend,
             topology,
             data_dir=config.data_dir,
             clock=clock,
             executor=executor,
             instance_id=f"{socket.gethostname()}:{os.getpid()}",
             fsync=config.fsync,
-            fs=engine.fs,
+            fs=backend.engine.fs,
             replies=replies,
             spans=otel.from_environment(),
         )
@@ -366,7 +369,7 @@ class Supervisor:
             if config.kafka_listen is not None:
                 kafka = await self._start_kafka(config.kafka_listen)
             self._pipeline = self._parts.make_pipeline(
-                self._engine, self._topology, config, clock, executor, self._replies
+                self._backend, self._topology, config, clock, executor, self._replies
             )
             await self._pipeline.start()
             write_record(config.data_dir, self._topology, self._hash)

@@ -28,6 +28,7 @@ from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike, Supervisor
 from runner.engine import Engine
 from runner.engine.contract import Backend
+from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline.replies import Replies
 from runner.pipeline.runtime import WorkerChanges, plan
 from runner.pipeline.stats import PipelineStats
@@ -116,7 +117,7 @@ def embedded_parts(failures: list[tuple[str, str, str]] | None = None) -> Parts:
         return Engine.open(topology, config.data_dir, fsync=config.fsync, clock=clock)
 
     def make_pipeline(
-        engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
+        backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, replies: Replies,
     ) -> PipelineLike:
         return FakePipeline(topology)

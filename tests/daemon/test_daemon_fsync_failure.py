@@ -15,6 +15,7 @@ import pytest
 from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike
 from runner.engine import Engine, FsyncPolicy
+from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline.replies import Replies
 from runner.pipeline.runtime import plan
 from runner.topology.diff import diff
@@ -40,7 +41,7 @@ def _parts(disk: SimDisk, opened: list[Engine]) -> Parts:
         return engine
 
     def make_pipeline(
-        engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
+        backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, replies: Replies,
     ) -> PipelineLike:
         assert plan is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike
 from runner.engine import Engine, FsyncPolicy
+from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline.replies import Replies
 from runner.topology.diff import diff
 from runner.topology.load import load
@@ -80,7 +81,7 @@ def _parts(disk: HeldDisk) -> Parts:
                            fs=disk)
 
     def make_pipeline(
-        engine: Engine, topology: Topology, config: DaemonConfig, clock: Clock,
+        backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,
         executor: concurrent.futures.ThreadPoolExecutor, replies: Replies,
     ) -> PipelineLike:
         return FakePipeline(topology)

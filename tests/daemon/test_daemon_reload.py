@@ -218,7 +218,7 @@ def test_a_pipeline_that_refuses_the_new_topology_rolls_the_engine_back(tmp_path
             raise HandlerImportError("consumer 'x': handler 'gone:fn': cannot import module")
 
     parts.make_pipeline = (
-        lambda engine, topology, config, clock, executor, replies: Refusing(topology))
+        lambda backend, topology, config, clock, executor, replies: Refusing(topology))
 
     async def scenario(c: Client) -> None:
         topo.write_text(WITH_JOBS)
