@@ -637,6 +637,17 @@ class GroupMember(Protocol):
         ...
 
 
+@runtime_checkable
+class MemberReader(Protocol):
+    """Optional, beside GroupMember: a member that consumes its own partitions as they
+    are assigned (a remote backend prefetching them; RabbitMQ) reads them itself,
+    without waiting, instead of `TopicReader.read` (which a remote backend serves by
+    a blocking call). Nothing buffered yet: no records, `next_offset` = `offset`;
+    RECORDS_APPENDED fires when more arrive."""
+
+    def read(self, tp: TopicPartition, offset: int, *, max_records: int = 500) -> Read: ...
+
+
 class Coordinator(Protocol):
     """Groups for members outside the process (Kafka and HTTP clients)."""
 

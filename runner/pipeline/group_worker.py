@@ -40,6 +40,7 @@ from runner.engine.contract import (
     EventKind,
     Fence,
     GroupMember,
+    MemberReader,
     Record,
     Requeue,
     Step,
@@ -191,8 +192,11 @@ class GroupWorker(Worker):
         pending: dict[TopicPartition, int], version: int,
     ) -> bool:
         try:
-            got = self.env.backend.read(tp.topic, tp.partition, positions[tp],
-                                        max_records=READ_BATCH)
+            if isinstance(member, MemberReader):  # it consumes its partitions itself
+                got = member.read(tp, positions[tp], max_records=READ_BATCH)
+            else:
+                got = self.env.backend.read(tp.topic, tp.partition, positions[tp],
+                                            max_records=READ_BATCH)
         except OffsetOutOfRange as exc:
             # retention removed the position: reset by the group's offset_reset, as
             # for a committed offset (earliest -> log start, latest -> log end)

@@ -43,12 +43,14 @@ T = TypeVar("T")
 def contract_topology(capabilities: frozenset[Capability] = frozenset(Capability)) -> Topology:
     topics = Capability.TOPICS in capabilities
     return Topology(
-        topics=(("ev", Topic("ev", partitions=2)),) if topics else (),
+        # `feed` is bound to an exchange: one partition (RabbitMQ binds an exchange to a
+        # topic's stream only when it has one); `ev` is the group's, two partitions
+        topics=(("ev", Topic("ev", partitions=2)), ("feed", Topic("feed"))) if topics else (),
         exchanges=(("int", Exchange("int", ExchangeType.FANOUT, internal=True)),
                    ("orders", Exchange("orders", ExchangeType.TOPIC))),
         queues=(("dlq", Queue("dlq")), ("q", Queue("q"))),
         bindings=(Binding("orders", queue="q", routing_key="orders.#"),
-                  *([Binding("orders", topic="ev", routing_key="orders.*")] if topics else [])),
+                  *([Binding("orders", topic="feed", routing_key="orders.*")] if topics else [])),
         consumer_groups=(("g", ConsumerGroup("g", ("ev",))),) if topics else (),
     )
 

@@ -51,7 +51,9 @@ CAPABILITIES = frozenset(Capability) - {
     Capability.IDEMPOTENT_PRODUCER,
 }
 
+RUNNER_PREFIX = "__runner."  # the runner's own queues and exchanges (validation reserves "__")
 DELAY_PREFIX = "__runner.delay."
+GROUP_PREFIX = "__runner.group."  # consumer groups: members, owners, committed offsets
 
 Arguments = tuple[tuple[str, object], ...]  # sorted (name, value)
 
@@ -128,6 +130,21 @@ def stream_name(topic: str, partition: int) -> str:
 def delay_name(delay_s: float) -> str:
     """The delay exchange and queue of one retry delay."""
     return f"{DELAY_PREFIX}{delay_ms(delay_s)}ms"
+
+
+def member_queue(group: str, token: str) -> str:
+    """A member's presence: exclusive to its connection (runner.backends.rabbitmq.groups)."""
+    return f"{GROUP_PREFIX}{group}.member.{token}"
+
+
+def owner_queue(group: str, topic: str, partition: int) -> str:
+    """The ownership token of one partition of a group: exclusive to its owner's connection."""
+    return f"{GROUP_PREFIX}{group}.owner.{stream_name(topic, partition)}"
+
+
+def offset_queue(group: str, topic: str, partition: int) -> str:
+    """The committed offset of one partition of a group: a durable queue of one message."""
+    return f"{GROUP_PREFIX}{group}.offset.{stream_name(topic, partition)}"
 
 
 def delay_ms(delay_s: float) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 
 from runner.backends.rabbitmq.live import Live
 from runner.backends.rabbitmq.mapping import (
-    DELAY_PREFIX,
+    RUNNER_PREFIX,
     Definitions,
     QueueDef,
     definitions,
@@ -92,7 +92,7 @@ def express(live: Definitions, like: Topology) -> Topology:
     """The topology the live definitions express (see the module docstring)."""
     exchanges = {}
     for e in live.exchanges:
-        if e.name.startswith(DELAY_PREFIX) or e.type not in {t.value for t in ExchangeType}:
+        if e.name.startswith(RUNNER_PREFIX) or e.type not in {t.value for t in ExchangeType}:
             continue
         alternate = dict(e.arguments).get("alternate-exchange")
         exchanges[e.name] = Exchange(
@@ -103,7 +103,7 @@ def express(live: Definitions, like: Topology) -> Topology:
     queues: dict[str, Queue] = {}
     topics: dict[str, Topic] = {}
     for q in live.queues:
-        if q.name.startswith(DELAY_PREFIX):
+        if q.name.startswith(RUNNER_PREFIX):
             continue
         stream = _stream_of(q.name, q)
         if stream is None:
@@ -123,7 +123,7 @@ def express(live: Definitions, like: Topology) -> Topology:
         )
     bindings = []
     for b in live.bindings:
-        if b.source.startswith(DELAY_PREFIX):
+        if b.source.startswith(RUNNER_PREFIX):
             continue
         args = dict(b.arguments)
         match = HeadersMatch(str(args.pop("x-match", "all")))

@@ -36,9 +36,12 @@ again -- a duplicate, which at-least-once allows.
 Topics: `append` writes each record into the stream of its partition (the
 mapping's `T.p`, murmur2 of the key as Kafka); `read`, `partitions` and
 `offset_for_time` read the streams back (runner.backends.rabbitmq.streams,
-on connections of their own). Not served (capabilities): exactly-once steps,
-compaction, idempotent producers, and -- not built yet -- consumer groups
-(so no `topics`, which promises them too).
+on connections of their own). Consumer groups: `open_member` is a
+`runner.backends.rabbitmq.groups.RabbitMember` (a connection of its own, one
+owner per partition by exclusive queues, committed offsets in a queue of one
+message, written here as confirmed publishes). Not served (capabilities):
+exactly-once steps, compaction, idempotent producers; groups of members
+outside the process (the Coordinator: HTTP and Kafka consumers).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,18 +67,22 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from runner.backends.rabbitmq import apply as apply_mod
+from runner.backends.rabbitmq import groups as groups_mod
 from runner.backends.rabbitmq import live, moves, streams
 from runner.backends.rabbitmq.mapping import (
     CAPABILITIES as MAPPING_CAPABILITIES,
 )
 from runner.backends.rabbitmq.mapping import (
     DELAY_PREFIX,
+    RUNNER_PREFIX,
     ExchangeDef,
     QueueDef,
     arguments,
     definitions,
     delay_ms,
     delay_name,
+    member_queue,
+    owner_queue,
     stream_name,
 )
 from runner.backends.rabbitmq.url import Target
@@ -91,6 +99,7 @@ from runner.engine.contract import (
     EventKind,
     GroupInfo,
     GroupMember,
+    GroupPartition,
     Outcome,
     OutMessage,
     OutRecord,
@@ -108,9 +117,11 @@ from runner.engine.contract import (
     Ticket,
     TopicPartition,
 )
+from runner.engine.deadletters import dead_letter_step as engine_dead_letter_step
 from runner.engine.records import ORIGINAL_KEY_HEADER
 from runner.engine.values import EngineStats, QueueStats
 from runner.errors import (
+    Conflict,
     EngineError,
     InvalidRequest,
     NotFound,
@@ -124,9 +135,9 @@ from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
-# What this runtime serves: the mapping's capabilities, less topics (appending and
-# reading are built, consumer groups are not).
-CAPABILITIES = MAPPING_CAPABILITIES - {Capability.TOPICS}
+# What this runtime serves: the mapping's capabilities (topics with consumer groups
+# run by the daemon's handlers; runner.backends.rabbitmq.groups).
+CAPABILITIES = MAPPING_CAPABILITIES
 
 DEFAULT_PREFETCH = 100  # a queue fetched without a consumer of the topology
 RECONNECT_FIRST_S = 0.1
@@ -188,6 +199,7 @@ class _Command:
     publishes: list[_Publish] = field(default_factory=list)
     settles: list[tuple[Outcome, _Held]] = field(default_factory=list)
     next_index: int = 0  # publishes confirmed so far (a resumed batch starts here)
+    topics: frozenset[str] = frozenset()  # topics it writes to: RECORDS_APPENDED when done
 
 
 class _Sub:
@@ -307,6 +319,8 @@ class RabbitBackend:
         self._infos: tuple[float, dict[str, QueueInfo]] | None = None  # (when, counts)
         self._consumed: set[str] = set()  # queues the owner wants deliveries of
         self._subs: list[_Sub] = []
+        self._token = uuid.uuid4().hex  # tells this backend's own seeks from others'
+        self._members: list[groups_mod.RabbitMember] = []
         self._closed = False
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -376,6 +390,8 @@ class RabbitBackend:
     def close(self) -> None:
         if self._closed:
             return
+        for m in list(self._members):
+            m.close()
         self._closed = True
         self._stop.set()
         self._wake()
@@ -397,7 +413,9 @@ class RabbitBackend:
                 # a stream is among the destinations: headers as a stream keeps them
                 props.headers = streams.stream_headers(m.headers, encode_headers)
             publishes.append(_Publish(exchange, m.routing_key, m.body, props))
-        return Published(tuple(routes), self._submit(_Command(0, publishes=publishes)))
+        reached = topics.intersection(d for r in routes for d in r)
+        return Published(tuple(routes), self._submit(
+            _Command(0, publishes=publishes, topics=frozenset(reached))))
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
         self._known_queue(queue)
@@ -418,7 +436,7 @@ class RabbitBackend:
         for p, publish in self._record_publishes(topic, records):
             publishes.append(publish)
             positions.append((p, -1))
-        ticket = self._submit(_Command(0, publishes=publishes))
+        ticket = self._submit(_Command(0, publishes=publishes, topics=frozenset([topic])))
         return Appended(tuple(positions), ticket)
 
     def _record_publishes(
@@ -539,28 +557,80 @@ class RabbitBackend:
         return stream_name(topic, partition)
 
     def open_member(self, group: str, member_id: str) -> GroupMember:
-        raise _not_served("consumer groups")
+        """Join `group` as `member_id`: a member with a connection and thread of its own
+        (runner.backends.rabbitmq.groups); its partitions are claimed in the background
+        (ASSIGNMENT_CHANGED fires), so the assignment starts empty."""
+        spec = self._group(group)
+        member = groups_mod.RabbitMember(
+            self.target, self._topology, spec, member_id, fire=self._fire_event,
+            write_commit=self._write_commit, decode=_decoded,
+            bounds=self._bounds, origin=self._token, on_close=self._left)
+        self._members.append(member)
+        return member
+
+    def _left(self, member: groups_mod.RabbitMember) -> None:
+        if member in self._members:
+            self._members.remove(member)
+
+    def _group(self, group: str) -> Any:
+        spec = self._topology.group_map().get(group)
+        if spec is None:
+            raise NotFound(f"consumer group '{group}' not found")
+        return spec
+
+    def _fire_event(self, event: Event) -> None:
+        with self._lock:
+            subs = [s for s in self._subs if event in s.events]
+        for s in subs:
+            s.fire(event)
+
+    def _write_commit(self, queue: str, body: bytes) -> Ticket:
+        """A commit: one persistent message into the partition's offset queue, confirmed."""
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+        return self._submit(_Command(0, publishes=[_Publish("", queue, body, props)]))
+
+    def _outside(self) -> NotImplementedError:
+        return _not_served("consumer groups of consumers outside the daemon (HTTP and "
+                           "Kafka clients)")
 
     def join(self, group: str, member_id: str) -> None:
-        raise _not_served("consumer groups")
+        raise self._outside()
 
     def heartbeat(self, group: str, member_id: str) -> None:
-        raise _not_served("consumer groups")
+        raise self._outside()
 
     def leave(self, group: str, member_id: str) -> None:
-        raise _not_served("consumer groups")
+        raise self._outside()
 
     def assignment(self, group: str, member_id: str) -> list[TopicPartition]:
-        raise _not_served("consumer groups")
+        raise self._outside()
 
     def position(self, group: str, tp: TopicPartition) -> int:
-        raise _not_served("consumer groups")
+        """The committed offset, else the group's reset position (blocking: a
+        connection to read the offset queue, and the stream's bounds for a reset)."""
+        spec = self._group(group)
+        self._stream(tp.topic, tp.partition)
+        return groups_mod.committed_or_reset(self.target, spec, tp, self._bounds)
+
+    def _bounds(self, stream: str) -> tuple[int, int]:
+        start, end, _ = self._reader.bounds(stream)
+        return start, end
 
     def commit(
         self, group: str, offsets: Mapping[TopicPartition, int], *,
         member_id: str | None = None, generation: int | None = None,
     ) -> Ticket:
-        raise _not_served("consumer groups")
+        """A commit of one of this backend's members (fenced by its ownership), else
+        refused: the groups here are run by handlers (seek them instead)."""
+        spec = self._group(group)
+        for m in self._members:
+            if m.group == group and m.member_id == member_id:
+                if generation is not None and generation != m.generation:
+                    raise Conflict(f"group {group!r} rebalanced: generation {generation} is "
+                                   f"stale, current is {m.generation}")
+                return m.commit(offsets)
+        raise Conflict(f"group {spec.name!r} is run by handlers over the RabbitMQ backend: "
+                       "seek it instead of committing from outside")
 
     # ================================================================ Admin
     def apply(self, topology: Topology, *, force: bool = False) -> list[str]:
@@ -603,7 +673,7 @@ class RabbitBackend:
         every = {}
         for row in rows:
             name = str(row["name"])
-            if not name.startswith(DELAY_PREFIX):
+            if not name.startswith(RUNNER_PREFIX):
                 every[name] = QueueInfo(name, int(row.get("messages_ready") or 0),
                                         int(row.get("messages_unacknowledged") or 0), 0, 0.0)
         self._infos = (time.monotonic(), every)
@@ -614,13 +684,50 @@ class RabbitBackend:
         return out
 
     def group_info(self, group: str) -> GroupInfo:
-        raise _not_served("consumer groups")
+        """Members, owners and committed offsets from the broker (the group's queues:
+        one management API call, one connection for the offsets) and each partition's
+        log end from its stream (blocking: 0.2-0.5 s a partition; run it off the loop)."""
+        spec = self._group(group)
+        rows = groups_mod.group_queues(self.target, group)
+        args = {str(r.get("name")): (r.get("arguments") or {}) for r in rows}
+        presence = member_queue(group, "")
+        members = sorted({str(a.get(groups_mod.MEMBER_ARG, "")) for n, a in args.items()
+                          if n.startswith(presence)})
+        tps = groups_mod.group_partitions(self._topology, spec)
+        committed = groups_mod.committed(self.target, group, tps)
+        parts = []
+        for tp in tps:
+            start, end, _ = self._reader.bounds(stream_name(tp.topic, tp.partition))
+            done = committed[tp]
+            position = done if done is not None else spec.offset_reset.out_of_range(start, end)
+            owner = args.get(owner_queue(group, tp.topic, tp.partition))
+            parts.append(GroupPartition(
+                tp.topic, tp.partition, done, position, end, max(0, end - position),
+                None if owner is None else str(owner.get(groups_mod.MEMBER_ARG, "")) or None))
+        return GroupInfo(group, tuple(members), tuple(parts))
 
     def seek(
         self, group: str, tp: TopicPartition, *, offset: int | None = None,
         timestamp_ms: int | None = None,
     ) -> int:
-        raise _not_served("consumer groups")
+        """Commit `offset` (or the first offset at `timestamp_ms`) for the group and tell
+        its members on every daemon (their presence queues): the owner reads the
+        partition again from there. Blocking (a connection of its own). SEEK fires here;
+        the members' generation moves."""
+        self._group(group)
+        self._stream(tp.topic, tp.partition)
+        if offset is None:
+            if timestamp_ms is None:
+                raise InvalidRequest("a seek needs an offset or a timestamp")
+            offset = self.offset_for_time(tp.topic, tp.partition, timestamp_ms)
+        if offset < 0:
+            raise InvalidRequest(f"offset {offset} is negative")
+        groups_mod.write_offset(self.target, group, tp, offset, "seek", origin=self._token)
+        for m in self._members:
+            if m.group == group:
+                m.apply_seek(tp, offset)
+        self._fire_event(Event(EventKind.SEEK, group))
+        return offset
 
     def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
         """The first `n` ready messages (basic.get, then all given back: blocking, run
@@ -711,7 +818,7 @@ class RabbitBackend:
         stats = EngineStats()
         for row in rows:
             name = str(row["name"])
-            if name.startswith(DELAY_PREFIX):
+            if name.startswith(RUNNER_PREFIX):
                 continue
             ms = row.get("message_stats") or {}
             stats.queues[name] = QueueStats(
@@ -732,14 +839,34 @@ class RabbitBackend:
 
     # ================================================================ Steps
     def commit_step(self, step: Step) -> Ticket:
-        raise NotImplementedError("the RabbitMQ backend has no exactly-once steps "
-                                  "(capability exactly-once)")
+        """Only a step of writes (a topic record's dead letter, outputs): published in
+        order, not atomically. A step with acks, commits or a fence needs exactly-once:
+        NotImplementedError."""
+        if step.acks or step.commits or step.fence is not None:
+            raise NotImplementedError("the RabbitMQ backend has no exactly-once steps "
+                                      "(capability exactly-once)")
+        ticket = Ticket.DONE
+        for exchange, messages in step.publishes:
+            ticket = ticket.max(self.publish(exchange, messages).ticket)
+        for queue, messages in step.puts:
+            ticket = ticket.max(self.put(queue, messages).ticket)
+        for topic, records in step.appends:
+            ticket = ticket.max(self.append(topic, records).ticket)
+        return ticket
 
     def dead_letter_step(
         self, group: str, record: Record, death: Mapping[str, Any], *,
         to_queue: str | None = None, to_topic: str | None = None,
     ) -> Step:
-        raise _not_served("topics")
+        """The embedded engine's dead letter of a topic record (the same message: body,
+        headers, message id) as a step of writes; into a topic is not served."""
+        if to_topic is not None:
+            raise _not_served("dead letters into topics")
+        s = engine_dead_letter_step(group, record, death, to_queue=to_queue)
+        return Step(puts=tuple(
+            (q, tuple(OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
+                                 m.message_id, m.content_type) for m in ms))
+            for q, ms in s.queue_puts))
 
     # ================================================================ owner side helpers
     def _known_queue(self, queue: str) -> None:
@@ -972,6 +1099,9 @@ class RabbitBackend:
         for loop in loops:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._resolve_waiters)
+        if error is None:
+            for topic in cmd.topics:  # a hint for this process (others see their streams)
+                self._fire_event(Event(EventKind.RECORDS_APPENDED, topic))
 
     def _open_consumer(self, queue: str) -> None:
         assert self._conn is not None
