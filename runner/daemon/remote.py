@@ -22,6 +22,8 @@ The HTTP API here serves what goes through the contract on this backend:
     GET  /v1/status                      the embedded document from the broker's view
     GET  /, /v1/queues, /v1/exchanges,   as on the embedded engine; queue counts from the
          /v1/bindings                    broker, no exchange counters
+    GET  /v1/groups, /v1/groups/{group} members, owners and committed offsets from the
+                                         broker (runner.backends.rabbitmq.groups)
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
     GET  /metrics                        queue depths and counters from the broker,
                                          handler and topology metrics from the pipeline
@@ -66,6 +68,7 @@ from runner.daemon.http import (
     append_args,
     build_app,
     error,
+    group_json,
     make_auth_middleware,
     make_error_middleware,
     moved_json,
@@ -117,6 +120,8 @@ SERVED = frozenset({
     ("GET", "/v1/topics/{name}"),
     ("GET", "/v1/topics/{name}/partitions/{p}/records"),
     ("GET", "/v1/bindings"),
+    ("GET", "/v1/groups"),
+    ("GET", "/v1/groups/{group}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -244,6 +249,8 @@ class RemoteDaemon:
         r.add_get("/v1/topics/{name}", self._get_topic)
         r.add_get("/v1/topics/{name}/partitions/{p}/records", self._read_records)
         r.add_get("/v1/bindings", self._list_bindings)
+        r.add_get("/v1/groups", self._list_groups)
+        r.add_get("/v1/groups/{group}", self._get_group)
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         r.add_get("/metrics", self._metrics)
@@ -451,6 +458,22 @@ class RemoteDaemon:
         return answer(await loop.run_in_executor(
             None, lambda: lists.exchanges_json(backend, topology)))
 
+    async def _list_groups(self, request: web.Request) -> web.Response:
+        """Members, owners and offsets from the broker (off the loop: each partition's
+        log end costs a read of its stream)."""
+        loop = asyncio.get_running_loop()
+        backend, topology = self.backend, self._topology
+        return answer(await loop.run_in_executor(
+            None, lambda: lists.groups_json(backend, topology)))
+
+    async def _get_group(self, request: web.Request) -> web.Response:
+        group = request.match_info["group"]
+        if group not in self._topology.group_map():
+            raise NotFound(f"consumer group '{group}' not found")
+        loop = asyncio.get_running_loop()
+        backend = self.backend
+        return answer(await loop.run_in_executor(None, lambda: group_json(backend, group)))
+
     async def _list_bindings(self, request: web.Request) -> web.Response:
         return answer(lists.bindings_json(self._topology))
 
@@ -505,6 +528,8 @@ class RemoteDaemon:
             self._pipeline = Pipeline(
                 self._backend, self._topology, data_dir=config.data_dir, clock=self._clock,
                 executor=executor, instance_id=f"{socket.gethostname()}:{os.getpid()}",
+                # several daemons of one host share a vhost: member ids must differ
+                hostname=f"{socket.gethostname()}:{os.getpid()}",
                 fsync=config.fsync, replies=self._replies, spans=self._spans,
             )
             await self._replies.start()
@@ -566,13 +591,15 @@ class _Confirmed:
 
 
 def refusal(topology: Topology) -> str | None:
-    """Why this topology cannot run over the RabbitMQ runtime (None: it can). Topics
-    are written (handlers' appends, bindings) but not read: no consumer groups, no
-    dead letters into topics."""
-    if topology.consumer_groups:
-        what = ", ".join(f"consumer group {n!r}" for n, _ in topology.consumer_groups)
-        return (f"the RabbitMQ backend does not serve consumer groups yet ({what}); run "
-                "them on the embedded engine")
+    """Why this topology cannot run over the RabbitMQ runtime (None: it can): a
+    consumer group without a handler (its members would be HTTP or Kafka clients),
+    dead letters into a topic."""
+    outside = [n for n, g in topology.consumer_groups if g.handler is None]
+    if outside:
+        what = ", ".join(f"consumer group {n!r}" for n in outside)
+        return (f"the RabbitMQ backend runs consumer groups with a handler only ({what} has "
+                "none: its members would be HTTP or Kafka clients); run it on the embedded "
+                "engine")
     topics = topology.topic_map()
     for name, policy in topology.dlq_policies:
         if policy.dead_letter_queue in topics:

@@ -502,5 +502,6 @@ def test_run_backend_usage_errors(tmp_path: Any) -> None:
         "version: 1\nname: t\ntopics:\n  ev: {partitions: 1}\n"
         "consumer_groups:\n  g: {topic: ev}\n")
     assert run("--backend", "amqp://guest:guest@127.0.0.1/x", topology="groups.yaml") == (
-        1, "runner run: the RabbitMQ backend does not serve consumer groups yet (consumer "
-        "group 'g'); run them on the embedded engine")
+        1, "runner run: the RabbitMQ backend runs consumer groups with a handler only "
+        "(consumer group 'g' has none: its members would be HTTP or Kafka clients); run it "
+        "on the embedded engine")
