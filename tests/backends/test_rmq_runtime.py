@@ -32,8 +32,7 @@ def backend() -> Iterator[runtime.RabbitBackend]:
 
 
 def test_capabilities_are_the_mapping_less_what_is_not_built() -> None:
-    missing = {Capability.EXACTLY_ONCE, Capability.COMPACTION, Capability.IDEMPOTENT_PRODUCER,
-               Capability.TOPICS}
+    missing = {Capability.EXACTLY_ONCE, Capability.COMPACTION, Capability.IDEMPOTENT_PRODUCER}
     assert set(runtime.CAPABILITIES) == set(Capability) - missing
 
 

@@ -12,7 +12,9 @@
    reported with the entity;
 3. only when nothing was refused: declares exchanges, then queues, then
    bindings (a declare of what exists is a no-op), and with `prune` deletes
-   the bindings, queues and exchanges the topology no longer declares.
+   the bindings, queues and exchanges the topology no longer declares
+   (the committed offsets of its consumer groups, `__runner.group.<g>.`, are
+   kept while it has group g; a removed group's go with it).
 
 It returns a line per definition added or removed ("no changes" when none):
 a second apply of the same topology reports nothing. `Refused` carries the
@@ -30,6 +32,7 @@ import pika.exceptions
 
 from runner.backends.rabbitmq import live as live_api
 from runner.backends.rabbitmq.mapping import (
+    GROUP_PREFIX,
     BindingDef,
     Definitions,
     ExchangeDef,
@@ -182,8 +185,10 @@ def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied
                     _unbind(ch, b)
                     lines.append(f"- binding {_binding_text(b)}")
             wanted_q, wanted_e = want.queue_map(), want.exchange_map()
+            kept = tuple(f"{GROUP_PREFIX}{g}." for g, _ in topology.consumer_groups)
             for q in have.queues:
-                if q.name not in wanted_q:
+                # the committed offsets of a group the topology still has are kept
+                if q.name not in wanted_q and not q.name.startswith(kept or ("\0",)):
                     ch.queue_delete(q.name)
                     lines.append(f"- queue {q.name}")
             for e in have.exchanges:
