@@ -842,7 +842,7 @@ class RabbitBackend:
         """Only a step of writes (a topic record's dead letter, outputs): published in
         order, not atomically. A step with acks, commits or a fence needs exactly-once:
         NotImplementedError."""
-        if step.acks or step.commits or step.fence is not None:
+        if step.acks or step.commits or step.fence is not None or step.fences:
             raise NotImplementedError("the RabbitMQ backend has no exactly-once steps "
                                       "(capability exactly-once)")
         ticket = Ticket.DONE
