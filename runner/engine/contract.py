@@ -68,13 +68,12 @@ __all__ = [
     "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
     "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
     "FanoutCounter", "Fence", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember",
-    "GroupPartition",
-    "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer", "Published",
-    "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read", "Record",
-    "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
-    "Settled", "Step", "Steps", "Subscription", "Ticket", "TopicPartition", "TopicReader",
-    "Waiter", "WireRecord", "WireStored", "WireTopics", "dlq_position_group",
-    "dlq_settled_queue", "marker_of", "replay_queue_name", "settled_marker",
+    "GroupPartition", "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer",
+    "Published", "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read", "Record",
+    "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop", "Settled",
+    "Step", "Steps", "StorageHealth", "Subscription", "Ticket", "TopicPartition", "TopicReader",
+    "Waiter", "WireRecord", "WireStored", "WireTopics", "dlq_position_group", "dlq_settled_queue",
+    "marker_of", "replay_queue_name", "settled_marker",
 ]
 
 EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
@@ -802,6 +801,15 @@ class DeadLetterTopics(Protocol):
     def purge_page(self, queue: str, ids: Collection[int] | None, limit: int) -> int:
         """`Admin.purge` of at most `limit` messages, the first in delivery order
         (a page: the loop serves other requests between pages); how many went."""
+        ...
+
+
+class StorageHealth(Protocol):
+    """Optional, beside Backend: the daemon's readiness probe (`/readyz`) asks it."""
+
+    def failed_logs(self) -> dict[str, str]:
+        """Logs refusing all reads and writes after a failed fsync, path -> why
+        (LogFailed until a restart recovers them); empty when all is well."""
         ...
 
 

@@ -241,6 +241,10 @@ class EmbeddedBackend:
     def purge_page(self, queue: str, ids: Collection[int] | None, limit: int) -> int:
         return self.engine.purge(queue, ids, limit=limit)
 
+    # ------------------------------------------------------------- StorageHealth
+    def failed_logs(self) -> dict[str, str]:
+        return self.engine.failed_logs()
+
     # ------------------------------------------------------------- Flushable
     def flush(self) -> None:
         self.engine.flush()

@@ -74,6 +74,10 @@ def test_a_failed_fsync_is_refused_reported_and_recovered(
         status, ready, _ = await c.call("GET", "/readyz")
         assert (status, ready["status"]) == (503, "storage failed")
         assert list(ready["failed_logs"]) == [qlog]
+        # the contract's StorageHealth says the same (what /readyz will ask once it moves)
+        health = c.backend
+        assert isinstance(health, EmbeddedBackend)
+        assert health.failed_logs() == ready["failed_logs"]
         _, metrics, _ = await c.call("GET", "/metrics")
         assert "runner_storage_failed_logs 1.0" in metrics
         assert (await c.call("POST", "/v1/queues/b/messages", {"body": "other"}))[0] == 202
