@@ -846,6 +846,13 @@ async def seek(request: web.Request) -> web.Response:
     host = _host(request)
     group = request.match_info["group"]
     body = await _json(request)
+    done = seek_json(host, group, body)
+    host.notify()
+    return answer(done)
+
+
+def seek_json(host: Host, group: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/groups/{group}/offsets` (any backend; blocking over RabbitMQ)."""
     _group_exists(host, group)
     tp = _group_tp(host, group, body)
     has_offset, has_time = body.get("offset") is not None, body.get("timestamp") is not None
@@ -857,8 +864,7 @@ async def seek(request: web.Request) -> web.Response:
         pos = host.backend.seek(group, tp, offset=offset)
     else:
         pos = host.backend.seek(group, tp, timestamp_ms=codec.int_field(body, "timestamp"))
-    host.notify()
-    return answer({"topic": tp.topic, "partition": tp.partition, "offset": pos})
+    return {"topic": tp.topic, "partition": tp.partition, "offset": pos}
 
 
 async def commit(request: web.Request) -> web.Response:

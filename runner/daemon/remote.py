@@ -24,6 +24,7 @@ The HTTP API here serves what goes through the contract on this backend:
          /v1/bindings                    broker, no exchange counters
     GET  /v1/groups, /v1/groups/{group} members, owners and committed offsets from the
                                          broker (runner.backends.rabbitmq.groups)
+    POST /v1/groups/{group}/offsets      seek: committed, the owner (any daemon) told
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
     GET  /metrics                        queue depths and counters from the broker,
                                          handler and topology metrics from the pipeline
@@ -79,6 +80,7 @@ from runner.daemon.http import (
     records_json,
     replay_args,
     replayed_json,
+    seek_json,
 )
 from runner.daemon.metrics import (
     HandlerView,
@@ -122,6 +124,7 @@ SERVED = frozenset({
     ("GET", "/v1/bindings"),
     ("GET", "/v1/groups"),
     ("GET", "/v1/groups/{group}"),
+    ("POST", "/v1/groups/{group}/offsets"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -251,6 +254,7 @@ class RemoteDaemon:
         r.add_get("/v1/bindings", self._list_bindings)
         r.add_get("/v1/groups", self._list_groups)
         r.add_get("/v1/groups/{group}", self._get_group)
+        r.add_post("/v1/groups/{group}/offsets", self._seek)
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         r.add_get("/metrics", self._metrics)
@@ -473,6 +477,15 @@ class RemoteDaemon:
         loop = asyncio.get_running_loop()
         backend = self.backend
         return answer(await loop.run_in_executor(None, lambda: group_json(backend, group)))
+
+    async def _seek(self, request: web.Request) -> web.Response:
+        """As on the embedded daemon (one code path, off the loop): the offset is
+        committed on the broker and the partition's owner, on any daemon, reads it
+        again from there."""
+        group, body = request.match_info["group"], await read_json(request)
+        loop = asyncio.get_running_loop()
+        return answer(await loop.run_in_executor(
+            None, lambda: seek_json(cast(Host, self), group, body)))
 
     async def _list_bindings(self, request: web.Request) -> web.Response:
         return answer(lists.bindings_json(self._topology))

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pika
 import pytest
 
 from runner.backends.rabbitmq.runtime import RabbitBackend
@@ -28,6 +29,8 @@ import time
 
 def handle(msg):
     time.sleep(float(os.environ.get("WORK_S", "0.01")))
+    if msg.body.get("fail"):
+        raise ValueError(f"record {msg.body['n']} fails")
     with open("handled.log", "a") as fh:
         fh.write(json.dumps({"n": msg.body["n"], "p": msg.partition, "offset": msg.offset,
                              "t": time.time()}) + "\\n")
@@ -38,8 +41,12 @@ version: 1
 name: rmq-groups
 topics:
   ev: {partitions: 4}
+queues:
+  parked: {}
+dlq_policies:
+  fast: {max_retries: 1, backoff: [100ms], dead_letter_queue: parked}
 consumer_groups:
-  g: {topic: ev, handler: "handlers_g:handle", delivery: at-least-once}
+  g: {topic: ev, handler: "handlers_g:handle", delivery: at-least-once, dlq_policy: fast}
 """
 
 PARTITIONS = 4
@@ -62,12 +69,13 @@ class Group:
         d.start()
         return d
 
-    def append(self, n: int) -> set[int]:
-        """`n` more records, spread over the partitions round robin: their numbers."""
+    def append(self, n: int, *, fail: int | None = None) -> set[int]:
+        """`n` more records, spread over the partitions round robin: their numbers
+        (record number `fail` makes the handler fail)."""
         numbers = list(range(self.sent, self.sent + n))
         self.sent += n
         got = self._backend.append("ev", [
-            OutRecord(json.dumps({"n": i}).encode(), partition=i % PARTITIONS)
+            OutRecord(json.dumps({"n": i, "fail": i == fail}).encode(), partition=i % PARTITIONS)
             for i in numbers])
         asyncio.run(self._backend.durable(got.ticket))
         return set(numbers)
@@ -171,3 +179,58 @@ def test_a_restarted_daemon_resumes_from_the_committed_offsets(group: Group) -> 
     time.sleep(1.0)
     assert numbers(b) == second  # nothing committed before the restart is handled again
     assert sorted(x["n"] for x in handled(a)) == sorted(first)
+
+
+def test_a_seek_over_http_makes_the_owner_read_again_and_bad_seeks_are_refused(
+    group: Group,
+) -> None:
+    a = group.start()
+    first = group.append(8)
+    wait_for(lambda: numbers(a) >= first, timeout_s=60)
+    wait_for(lambda: all(p["lag"] == 0 for p in a.ok("GET", "/v1/groups/g")["partitions"]),
+             timeout_s=20)
+    assert a.ok("POST", "/v1/groups/g/offsets", {"topic": "ev", "partition": 0,
+                                                 "offset": 0}) == {
+        "topic": "ev", "partition": 0, "offset": 0}
+    # partition 0 holds records 0 and 4: handled again, nothing else is
+    wait_for(lambda: sorted(x["n"] for x in handled(a)).count(4) == 2, timeout_s=30)
+    time.sleep(1.0)
+    again = sorted(x["n"] for x in handled(a))
+    assert again == sorted([*first, 0, 4])
+    bad = a.post("/v1/groups/g/offsets", {"topic": "ev", "partition": 0})
+    assert (bad.status, bad.body["error"]) == (
+        400, "give exactly one of 'offset' or 'timestamp' (milliseconds)")
+    high = a.post("/v1/groups/g/offsets", {"topic": "ev", "partition": 0, "offset": 99})
+    assert high.status == 416
+    assert high.body["error"].startswith(
+        "offset 99 is above the log end offset 2 of topic 'ev' partition 0; seek to at most 2")
+    nope = a.post("/v1/groups/nope/offsets", {"topic": "ev", "partition": 0, "offset": 0})
+    assert (nope.status, nope.body["error"]) == (404, "consumer group 'nope' not found")
+
+
+def test_a_failing_record_is_dead_lettered_into_a_queue_and_the_group_moves_on(
+    group: Group,
+) -> None:
+    a = group.start()
+    sent = group.append(8, fail=5)
+    wait_for(lambda: numbers(a) >= sent - {5}, timeout_s=60)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        group.target.host, group.target.port, virtual_host=group.target.vhost))
+    try:
+        ch = conn.channel()
+        got = None
+        deadline = time.monotonic() + 20
+        while got is None and time.monotonic() < deadline:
+            method, props, body = ch.basic_get("parked", auto_ack=True)
+            if method is not None:
+                got = (props, body)
+            else:
+                time.sleep(0.1)
+    finally:
+        conn.close()
+    assert got is not None
+    props, body = got
+    assert json.loads(body) == {"n": 5, "fail": True}
+    death = props.headers["x-dead-letter"]
+    assert (death["original_group"], death["retry_count"], death["error"]["type"]) == (
+        "g", 1, "ValueError")
