@@ -325,6 +325,9 @@ class RabbitMember:
         ))
         self._conn = conn
         self._ctl = conn.channel()
+        # a token per connection: the last connection's presence queue may outlive it
+        # for a while (a silent network loss: until the broker misses its heartbeats)
+        self.token = uuid.uuid4().hex
         presence = member_queue(self.group, self.token)
         self._ctl.queue_declare(presence, exclusive=True, arguments={MEMBER_ARG: self._member_id})
         # seeks of the group made by other daemons arrive in the presence queue
@@ -494,6 +497,11 @@ class RabbitMember:
     def _service(self) -> None:
         """Re-attach where the owner asked, ack what it took (stream flow control)."""
         with self._lock:
+            for p in self._parts.values():
+                if p.reattach is None and p.channel is not None and not p.channel.is_open:
+                    # the broker closed the stream consumer's channel: consume again
+                    # from what the owner has not taken yet
+                    p.reattach = p.low
             work = [(tp, p) for tp, p in self._parts.items()
                     if p.reattach is not None or p.taken_tag > p.acked_tag]
         for tp, part in work:
