@@ -171,6 +171,7 @@ class RabbitMember:
         self.token = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _Part] = {}
+        self._last: dict[TopicPartition, int] = {}  # positions of partitions owned before
         self._generation = 0
         self._stop = threading.Event()
         self._closed = False
@@ -204,13 +205,20 @@ class RabbitMember:
         return tp in self._parts
 
     def position(self, tp: TopicPartition) -> int:
-        """The committed offset (or the reset position) of an owned partition; of
-        another one, read from the broker (blocking)."""
+        """The committed offset (or the reset position) of an owned partition; of one
+        it owned before, the last it knew (no broker call: the worker asks on its
+        loop); of another one, read from the broker (blocking)."""
         with self._lock:
             part = self._parts.get(tp)
             if part is not None:
                 return part.position
+            if tp in self._last:
+                return self._last[tp]
         return committed_or_reset(self._target, self._group, tp, self._bounds)
+
+    def _forget(self, tp: TopicPartition, part: _Part) -> None:
+        """Under the lock: `tp` is no longer owned; keep its last position."""
+        self._last[tp] = part.position
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> Ticket:
         with self._lock:
@@ -241,6 +249,8 @@ class RabbitMember:
         changed = False
         with self._lock:
             if self._parts:
+                for tp, part in self._parts.items():
+                    self._forget(tp, part)
                 self._parts.clear()
                 self._generation += 1
                 changed = True
@@ -373,6 +383,8 @@ class RabbitMember:
         self._ctl = None
         with self._lock:
             had = bool(self._parts)
+            for tp, part in self._parts.items():
+                self._forget(tp, part)
             self._parts.clear()
             if had:
                 self._generation += 1
@@ -446,6 +458,8 @@ class RabbitMember:
     def _release(self, tp: TopicPartition) -> None:
         with self._lock:
             part = self._parts.pop(tp, None)
+            if part is not None:
+                self._forget(tp, part)
             self._generation += 1
         if part is not None and part.channel is not None:
             close_stream_channel(part.channel)
