@@ -23,9 +23,7 @@ import logging
 import os
 import signal
 import socket
-import threading
-from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,9 +48,9 @@ from runner.daemon.reload import (
     ReloadEntry,
     ReloadResult,
     changes_json,
-    problem_json,
-    problem_line,
 )
+from runner.daemon.reloading import Loaded as Loaded
+from runner.daemon.reloading import Reloads
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, FsyncPolicy
@@ -60,21 +58,16 @@ from runner.engine.contract import BackendStats, Event, EventKind
 from runner.engine.embedded import EmbeddedBackend
 from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
 from runner.pipeline import otel
-from runner.pipeline.handler import handler_problems
 from runner.pipeline.replies import Replies, ShuttingDown
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
 from runner.topology.diff import unsafe_sentence
 from runner.topology.model import Topology
-from runner.topology.problems import Problem
 
 if TYPE_CHECKING:
     from runner.daemon.kafka.server import KafkaListener
 
 log = logging.getLogger(__name__)
-
-RELOAD_LOG_SIZE = 20  # reload attempts the console lists
-
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
@@ -102,19 +95,6 @@ class DaemonConfig:
     console: ConsoleMode = ConsoleMode.READ_WRITE
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     allow_unsafe: bool = False  # start although the plan against the data dir is unsafe
-
-
-class Loaded(Protocol):
-    """A load result (runner.topology.load.LoadResult)."""
-
-    @property
-    def topology(self) -> Topology | None: ...
-
-    @property
-    def problems(self) -> Sequence[Problem]: ...
-
-    @property
-    def content_hash(self) -> str: ...
 
 
 class PipelineLike(Protocol):
@@ -203,16 +183,14 @@ class Supervisor:
         self._parts = parts
         self._topology: Topology = loaded.topology
         self._hash = loaded.content_hash
-        # what the files held at the last attempt: (topology hash, handler sources);
-        # a watch event that finds the same is no reload
         self._handler_files = handler_files(_handler_refs(loaded.topology))
-        self._seen = (self._hash, sources_digest(self._handler_files))
+        self._reloading = Reloads(
+            config.path, load_timeout_s=config.load_timeout_s, load=parts.load,
+            check_handlers=parts.check_handlers, clock=parts.clock,
+            seen=(self._hash, sources_digest(self._handler_files)),
+        )
         self._watcher: TopologyWatcher | None = None
         self._generation = 1
-        self._last_error: str | None = None
-        self._last_result: str | None = None
-        self._reloads = ReloadCounters()
-        self._reload_log: deque[ReloadEntry] = deque(maxlen=RELOAD_LOG_SIZE)
         self._started_s = parts.clock.time()
         self._engine: Engine | None = None
         self._backend: EmbeddedBackend | None = None  # the engine through the contract
@@ -220,8 +198,6 @@ class Supervisor:
         self._accepting = False
         self._stopping = False
         self._stop = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
-        self._loading: asyncio.Future[Any] | None = None  # a read that may still hang
         self._registry = build_registry(self)
         self._limiter = PublishLimiter(parts.clock)
         self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
@@ -263,7 +239,7 @@ class Supervisor:
 
     @property
     def reloads(self) -> ReloadCounters:
-        return self._reloads
+        return self._reloading.counters
 
     @property
     def accepting(self) -> bool:
@@ -280,7 +256,7 @@ class Supervisor:
 
     def reload_log(self) -> list[ReloadEntry]:
         """The last counted reload attempts, newest last."""
-        return list(self._reload_log)
+        return list(self._reloading.entries)
 
     def notify(self) -> None:
         if self._pipeline is not None:
@@ -303,7 +279,8 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         state = TopologyState(
-            self._topology, self._hash, self._generation, self._last_error, self._last_result
+            self._topology, self._hash, self._generation, self._reloading.last_error,
+            self._reloading.last_result,
         )
         out = status_json(self.backend, state, self.handler_view())
         for group in out["groups"]:
@@ -546,127 +523,13 @@ class Supervisor:
     # ------------------------------------------------------------ reload
     async def reload(self, trigger: str) -> ReloadResult:
         """Load, validate, check, diff and apply the topology files (one at a time)."""
-        async with self._reload_lock:
-            result = await self._reload(trigger)
-        if result.result != "unchanged":
-            now = self._parts.clock.time()
-            self._reloads.count(result.result, now)
-            self._reload_log.append(ReloadEntry(now, trigger, result))
-            self._last_result = result.result
-            self._last_error = result.error
-            level = logging.INFO if result.result == "applied" else logging.ERROR
-            log.log(
-                level,
-                "reload %s (%s)%s",
-                result.result,
-                trigger,
-                f": {result.error}" if result.error else "",
-                extra={
-                    "event": "reload",
-                    "result": result.result,
-                    "trigger": trigger,
-                    "generation": result.generation,
-                    "changes": len(result.changes),
-                },
-            )
-        return result
-
-    def _load_in_thread(
-        self, path: str, load: Callable[[str], Any] | None = None,
-    ) -> asyncio.Future[Any]:
-        """`parts.load(path)` (or `load(path)`) in a daemon thread of its own: a read
-        that hangs (a dead NFS server), or a handler module that blocks at import,
-        can be given up without blocking shutdown, as an executor's worker would
-        (asyncio.run waits for the default executor's threads)."""
-        work = load or self._parts.load
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-
-        def settle(value: Any, exc: BaseException | None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(value)
-
-        def run() -> None:
-            try:
-                value = work(path)
-            except BaseException as exc:  # handed to the loop, raised by the await there
-                loop.call_soon_threadsafe(settle, None, exc)
-            else:
-                loop.call_soon_threadsafe(settle, value, None)
-
-        # a result nobody awaits any more (given up) must not be logged as never retrieved
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        threading.Thread(target=run, name="topology-load", daemon=True).start()
-        return fut
+        return await self._reloading.run(trigger, self._reload)
 
     async def _reload(self, trigger: str) -> ReloadResult:
-        path = self.config.path
-        limit = self.config.load_timeout_s
-        if self._loading is not None and not self._loading.done():
-            return ReloadResult(
-                "invalid", self._generation,
-                error=f"{path}: the previous read of the topology has not finished "
-                "(a hung file system?); the running topology stays",
-            )
-        self._loading = self._load_in_thread(str(path))
-        try:
-            loaded = await asyncio.wait_for(asyncio.shield(self._loading), limit)
-        except TimeoutError:
-            log.error("reading %s did not finish within %gs", path, limit)
-            return ReloadResult(
-                "invalid", self._generation,
-                error=f"{path}: reading the topology did not finish within {limit:g}s "
-                "(--load-timeout; a hung file system?); the running topology stays",
-            )
-        except FileNotFoundError:
-            return ReloadResult(
-                "invalid", self._generation, error=f"{path}: the topology path does not exist"
-            )
-        except Exception as exc:  # the loader returns problems as data; be safe anyway
-            log.exception("loading %s failed", path)
-            return ReloadResult("invalid", self._generation, error=f"{path}: {exc}")
-        # the handler modules the running topology uses (what the watcher watches)
-        seen = (loaded.content_hash, sources_digest(self._handler_files))
-        if seen == self._seen and trigger == "watch":
-            return ReloadResult("unchanged", self._generation)
-        self._seen = seen  # a fix saved after a failed attempt is an attempt again
-        errors = [p for p in loaded.problems if p.is_error]
-        new = loaded.topology
-        if errors or new is None:
-            first = problem_line(errors[0]) if errors else f"{path}: the topology is invalid"
-            return ReloadResult(
-                "invalid",
-                self._generation,
-                error=f"invalid topology: {first}",
-                problems=[problem_json(p) for p in errors],
-            )
-        # a handler module that blocks at import must not hold the reload lock for
-        # good either: the imports run in a thread of their own under the same limit
-        topology = new
-        self._loading = self._load_in_thread(
-            str(path), lambda _: self._parts.check_handlers(topology))
-        try:
-            failures = await asyncio.wait_for(asyncio.shield(self._loading), limit)
-        except TimeoutError:
-            log.error("importing the handlers of %s did not finish within %gs", path, limit)
-            return ReloadResult(
-                "invalid", self._generation,
-                error=f"{path}: importing the handler modules did not finish within "
-                f"{limit:g}s (--load-timeout; a handler module that blocks at import?); "
-                "the running topology stays",
-            )
-        if failures:
-            problems = handler_problems(new, failures)
-            return ReloadResult(
-                "invalid",
-                self._generation,
-                error=f"handler import failed: {problem_line(problems[0])}",
-                problems=[problem_json(p) for p in problems],
-            )
+        read = await self._reloading.read(trigger, self._generation, self._handler_files)
+        if isinstance(read, ReloadResult):
+            return read
+        loaded, new = read.loaded, read.topology
         plan = self._parts.diff(self._topology, new, is_empty=self._is_empty)
         changes = changes_json(plan.changes)
         unsafe = list(plan.unsafe)
@@ -708,7 +571,7 @@ class Supervisor:
             )
         _log_worker_changes(old, new, changes_done)
         self._handler_files = handler_files(_handler_refs(new))
-        self._seen = (loaded.content_hash, sources_digest(self._handler_files))
+        self._reloading.seen = (loaded.content_hash, sources_digest(self._handler_files))
         if self._watcher is not None:
             self._watcher.watch_files(self._handler_files)
         if loaded.content_hash != self._hash:

@@ -264,8 +264,8 @@ def test_a_reload_whose_read_hangs_gives_up_after_the_load_timeout(tmp_path: Pat
         assert (await c.call("GET", "/healthz"))[0] == 200
         hang[0] = False
         gate.set()  # the file system answers again
-        await wait_until(lambda: c.supervisor._loading is not None
-                         and c.supervisor._loading.done())
+        await wait_until(lambda: c.supervisor._reloading.loading is not None
+                         and c.supervisor._reloading.loading.done())
         topo.write_text(WITH_JOBS)
         status, body, _ = await c.call("POST", "/v1/admin/reload")
         assert status == 200, body
