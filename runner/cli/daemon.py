@@ -11,6 +11,7 @@ import socket
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -353,7 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_unsafe=args.allow_unsafe,
     )
     if args.backend is not None:
-        return _run_remote(args.backend, config, loaded)
+        return _run_remote(args.backend, config, loaded, parts.load)
     try:
         supervisor = Supervisor(config, loaded, parts)
         return asyncio.run(supervisor.serve())
@@ -367,7 +368,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run_remote(url: str, config: DaemonConfig, loaded: Loaded) -> int:
+def _run_remote(url: str, config: DaemonConfig, loaded: Loaded,
+                load: Callable[[str], Loaded]) -> int:
     """`runner run --backend amqp://...`: the pipeline over RabbitMQ (runner.daemon.remote)."""
     from runner.backends.rabbitmq.mapping import problems as backend_problems
     from runner.backends.rabbitmq.url import BadURL, parse
@@ -395,7 +397,8 @@ def _run_remote(url: str, config: DaemonConfig, loaded: Loaded) -> int:
         print(f"runner run: {refused}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(RemoteDaemon(config, topology, loaded.content_hash, target).serve())
+        return asyncio.run(RemoteDaemon(config, topology, loaded.content_hash, target,
+                                        load=load).serve())
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,6 +80,7 @@ class Reloads:
         self.last_result: str | None = None
         self._lock = asyncio.Lock()
         self.loading: asyncio.Future[Any] | None = None  # a read that may still hang
+        self._tasks: set[asyncio.Future[ReloadResult]] = set()
 
     async def run(
         self, trigger: str, attempt: Callable[[str], Awaitable[ReloadResult]],
@@ -109,6 +110,17 @@ class Reloads:
                 },
             )
         return result
+
+    def background(self, reload: Coroutine[Any, Any, ReloadResult]) -> None:
+        """Run a reload (SIGHUP, a file event) as a task kept here, its failure logged."""
+        task = asyncio.ensure_future(reload)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[ReloadResult]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reload failed unexpectedly", exc_info=task.exception())
 
     def _in_thread(self, path: str, work: Callable[[str], Any]) -> asyncio.Future[Any]:
         """`work(path)` in a daemon thread of its own: a read that hangs (a dead NFS

@@ -29,9 +29,12 @@ The HTTP API here serves what goes through the contract on this backend:
     GET  /metrics                        queue depths and counters from the broker,
                                          handler and topology metrics from the pipeline
 
+    POST /v1/admin/reload (and SIGHUP,   validate, plan against the live broker, declare
+         file events)                    what is new, start/stop handlers; refuse what
+                                         RabbitMQ cannot change in place
+
 Every other route of the embedded daemon (`runner.daemon.http.build_app`)
-answers 501 naming the route and the backend. The topology is not reloaded
-(restart the daemons to change it).
+answers 501 naming the route and the backend.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from runner.backends.rabbitmq.live import Unreachable
+from runner.backends.rabbitmq.live import read as read_live
+from runner.backends.rabbitmq.plan import reload_plan
 from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
 from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
@@ -65,6 +71,7 @@ from runner.daemon.http import (
     _reply_over_http,
     _request_reply,
     _wait,
+    admin_reload,
     answer,
     append_args,
     build_app,
@@ -90,17 +97,23 @@ from runner.daemon.metrics import (
     render,
 )
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
-from runner.daemon.reload import ReloadCounters
+from runner.daemon.recorded import holds_nothing
+from runner.daemon.reload import ReloadCounters, ReloadResult, changes_json
+from runner.daemon.reloading import Loaded, Reloads
 from runner.daemon.remote_replies import BrokerReplies, ForwardedCollector
 from runner.daemon.status import TopologyState, status_json
-from runner.daemon.supervisor import DaemonConfig
+from runner.daemon.supervisor import DaemonConfig, handler_refs, log_worker_changes
 from runner.daemon.traced import SPANS_KEY, Traced
+from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import EngineStats, OutRecord, contract
 from runner.engine import OutMessage as Message
-from runner.errors import NotFound, StorageError
+from runner.errors import EngineError, NotFound, RunnerError, StorageError, UnsafeChange
 from runner.pipeline import otel
+from runner.pipeline.handler import check_handlers
 from runner.pipeline.replies import Replies, ShuttingDown, is_private
 from runner.pipeline.runtime import Pipeline
+from runner.topology.diff import Plan, unsafe_sentence
+from runner.topology.load import load as load_topology
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -132,6 +145,7 @@ SERVED = frozenset({
     ("GET", "/v1/queues/{name}/peek"),
     ("POST", "/v1/queues/{name}/replay"),
     ("GET", "/v1/status"),
+    ("POST", "/v1/admin/reload"),
 })
 
 
@@ -156,7 +170,8 @@ class RemoteDaemon:
     """One `runner run --backend amqp://...` process: backend, pipeline, HTTP."""
 
     def __init__(self, config: DaemonConfig, topology: Topology, content_hash: str,
-                 target: Target, *, clock: Clock | None = None) -> None:
+                 target: Target, *, clock: Clock | None = None,
+                 load: Callable[[str], Loaded] | None = None) -> None:
         self.config = config
         self.target = target
         self._topology = topology
@@ -167,7 +182,14 @@ class RemoteDaemon:
         self._accepting = False
         self._stop = asyncio.Event()
         self._replies = BrokerReplies(target)
-        self._reloads = ReloadCounters()
+        self._generation = 1
+        self._handler_files = handler_files(handler_refs(topology))
+        self._reloading = Reloads(
+            config.path, load_timeout_s=config.load_timeout_s,
+            load=load or load_topology, check_handlers=check_handlers, clock=self._clock,
+            seen=(content_hash, sources_digest(self._handler_files)),
+        )
+        self._watcher: TopologyWatcher | None = None
         self._stats = EngineStats()
         self._registry = build_registry(self)
         self._limiter = PublishLimiter(self._clock)  # publish_rate, per daemon
@@ -187,7 +209,11 @@ class RemoteDaemon:
 
     @property
     def reloads(self) -> ReloadCounters:
-        return self._reloads
+        return self._reloading.counters
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     def engine_stats(self) -> EngineStats:
         return self._stats
@@ -262,6 +288,7 @@ class RemoteDaemon:
         r.add_get("/v1/queues/{name}/peek", self._peek)
         r.add_post("/v1/queues/{name}/replay", self._replay)
         r.add_get("/v1/status", self._status)
+        r.add_post("/v1/admin/reload", admin_reload)
         for method, path in embedded_routes():
             if (method, path) not in SERVED:
                 r.add_route(method, path, self._not_served_handler(method, path))
@@ -414,7 +441,8 @@ class RemoteDaemon:
         """The embedded daemon's document from the broker's view (queue counts from the
         management API, topic offsets from the streams: off the loop), the pipeline's
         consumers, and `backend`."""
-        state = TopologyState(self._topology, self._hash, 1, None, None)
+        state = TopologyState(self._topology, self._hash, self._generation,
+                              self._reloading.last_error, self._reloading.last_result)
         view = self.handler_view()
         backend = self.backend
         loop = asyncio.get_running_loop()
@@ -514,8 +542,83 @@ class RemoteDaemon:
         self._stop.set()
 
     def _on_sighup(self) -> None:
-        log.warning("SIGHUP: reloading the topology is not served over the RabbitMQ backend "
-                    "yet; restart the daemons to change it", extra={"event": "reload_refused"})
+        if not self._accepting:
+            return
+        log.info("SIGHUP received: reloading", extra={"event": "signal", "signal": "SIGHUP"})
+        self._reloading.background(self.reload("sighup"))
+
+    def _on_files_changed(self) -> None:
+        if self._accepting:
+            self._reloading.background(self.reload("watch"))
+
+    # ------------------------------------------------------------ reload
+    async def reload(self, trigger: str) -> ReloadResult:
+        """As the embedded daemon (runner.daemon.reloading), planned against the live
+        broker: additions declared, dropped bindings unbound, handlers started and
+        stopped; what RabbitMQ cannot change in place refused, the old topology
+        still serving."""
+        return await self._reloading.run(trigger, self._reload)
+
+    async def _reload(self, trigger: str) -> ReloadResult:
+        generation = self._generation
+        read = await self._reloading.read(trigger, generation, self._handler_files)
+        if isinstance(read, ReloadResult):
+            return read
+        loaded, new = read.loaded, read.topology
+        why = refusal(new)
+        if why is not None:
+            return ReloadResult("refused", generation, error=f"refused: {why}")
+        backend, old = self.backend, self._topology
+        loop = asyncio.get_running_loop()
+
+        def planned() -> Plan:
+            return reload_plan(read_live(self.target), old, new,
+                               lambda kind, name: holds_nothing(backend, kind, name))
+
+        try:
+            plan = await loop.run_in_executor(None, planned)
+        except Unreachable as exc:
+            return ReloadResult("refused", generation, error=f"engine refused: {exc}")
+        changes = changes_json(plan.changes)
+        unsafe = list(plan.unsafe)
+        if unsafe:
+            reasons = "; ".join(unsafe_sentence(c) for c in unsafe)
+            return ReloadResult("refused", generation, changes=changes,
+                                error=f"refused {len(unsafe)} unsafe change(s): {reasons}")
+        try:
+            await loop.run_in_executor(None, backend.apply, new)
+        except UnsafeChange as exc:
+            return ReloadResult("refused", generation, changes=changes, error=f"refused: {exc}")
+        except EngineError as exc:
+            return ReloadResult("refused", generation, changes=changes,
+                                error=f"engine refused: {exc}")
+        self._topology = new  # the HTTP API sees what the broker now has
+        assert self._pipeline is not None
+        try:
+            done = await self._pipeline.apply(new)
+        except Exception as exc:
+            if isinstance(exc, RunnerError):
+                log.error("pipeline refused the new topology (%s); restoring the previous", exc)
+            else:
+                log.exception("pipeline.apply failed; restoring the previous topology")
+            self._topology = old
+            try:
+                await loop.run_in_executor(None, backend.apply, old)
+            except Exception:
+                log.exception("restoring the previous topology on the broker failed")
+            return ReloadResult("invalid", generation, changes=changes,
+                                error=f"pipeline refused: {exc}")
+        read_now = {c.queue for _, c in new.consumers}
+        backend.stop_consuming([c.queue for _, c in old.consumers if c.queue not in read_now])
+        log_worker_changes(old, new, done)
+        self._handler_files = handler_files(handler_refs(new))
+        self._reloading.seen = (loaded.content_hash, sources_digest(self._handler_files))
+        if self._watcher is not None:
+            self._watcher.watch_files(self._handler_files)
+        if loaded.content_hash != self._hash:
+            self._hash = loaded.content_hash
+            self._generation += 1
+        return ReloadResult("applied", self._generation, changes=changes)
 
     async def serve(self, *, ready: Callable[[str, int], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
@@ -559,6 +662,11 @@ class RemoteDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if config.watch:
+            self._watcher = TopologyWatcher(config.path, loop, self._on_files_changed,
+                                            debounce_s=config.debounce_s)
+            self._watcher.watch_files(self._handler_files)
+            self._watcher.start()
         if ready is not None:
             ready(config.host, port)
         try:
@@ -566,6 +674,8 @@ class RemoteDaemon:
         finally:
             self._accepting = False
             log.info("draining", extra={"event": "draining", "grace_s": config.grace_s})
+            if self._watcher is not None:
+                self._watcher.stop()
             await self._pipeline.drain(config.grace_s)
             log.info("pipeline drained", extra={"event": "pipeline_drained"})
             self._replies.fail_all(ShuttingDown("the daemon stopped before the reply came"))

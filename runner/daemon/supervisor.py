@@ -183,7 +183,7 @@ class Supervisor:
         self._parts = parts
         self._topology: Topology = loaded.topology
         self._hash = loaded.content_hash
-        self._handler_files = handler_files(_handler_refs(loaded.topology))
+        self._handler_files = handler_files(handler_refs(loaded.topology))
         self._reloading = Reloads(
             config.path, load_timeout_s=config.load_timeout_s, load=parts.load,
             check_handlers=parts.check_handlers, clock=parts.clock,
@@ -202,7 +202,6 @@ class Supervisor:
         self._limiter = PublishLimiter(parts.clock)
         self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
         self._tick_failures = 0
-        self._tasks: set[asyncio.Future[ReloadResult]] = set()
         self._kafka_wake: Callable[[], None] | None = None
         self._kafka: KafkaListener | None = None
         self._replies = Replies()  # requests waiting for a reply (HTTP ?wait=, ctx.request)
@@ -462,22 +461,11 @@ class Supervisor:
         if self._stopping:
             return
         log.info("SIGHUP received: reloading", extra={"event": "signal", "signal": "SIGHUP"})
-        self._background(self.reload("sighup"))
+        self._reloading.background(self.reload("sighup"))
 
     def _on_files_changed(self) -> None:
         if not self._stopping:
-            self._background(self.reload("watch"))
-
-    def _background(self, reload: Coroutine[Any, Any, ReloadResult]) -> None:
-        """Run a reload as a task the supervisor keeps (and whose failure it logs)."""
-        task = asyncio.ensure_future(reload)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Future[ReloadResult]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("reload failed unexpectedly", exc_info=task.exception())
+            self._reloading.background(self.reload("watch"))
 
     def _ticker_done(self, task: asyncio.Task[None]) -> None:
         """The timer task only ends by cancellation; if anything else ends it, leases,
@@ -569,8 +557,8 @@ class Supervisor:
             return ReloadResult(
                 "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
             )
-        _log_worker_changes(old, new, changes_done)
-        self._handler_files = handler_files(_handler_refs(new))
+        log_worker_changes(old, new, changes_done)
+        self._handler_files = handler_files(handler_refs(new))
         self._reloading.seen = (loaded.content_hash, sources_digest(self._handler_files))
         if self._watcher is not None:
             self._watcher.watch_files(self._handler_files)
@@ -599,7 +587,7 @@ async def _first(*waits: Coroutine[Any, Any, Any] | None) -> None:
             task.cancel()
 
 
-def _handler_refs(topology: Topology | None) -> list[str]:
+def handler_refs(topology: Topology | None) -> list[str]:
     """The handler references (`module:callable`) of every consumer and group."""
     if topology is None:
         return []
@@ -627,7 +615,7 @@ def _log_worker(what: str, kind: str, name: str, spec: Any) -> None:
     log.info("%s %s %s", kind, name, what, extra=fields)
 
 
-def _log_worker_changes(old: Topology, new: Topology, done: WorkerChanges) -> None:
+def log_worker_changes(old: Topology, new: Topology, done: WorkerChanges) -> None:
     """Lifecycle lines after a reload: the workers the pipeline started, stopped
     or restarted (one line each; the pipeline itself logs none)."""
     before = {f"{k}:{n}": (k, n, spec) for k, n, spec in _workers(old)}

@@ -7,6 +7,7 @@ daemon of the same topology)."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.rmq import url
 
 HANDLERS = '''\
 import json
+import signal
 
 
 def fail_once(msg):
@@ -31,6 +33,11 @@ def fail_once(msg):
                              "routing_key": msg.routing_key,
                              "replays": msg.headers["x-replay-count"],
                              "dead": "x-dead-letter" in msg.headers}) + "\\n")
+
+
+def record(msg):
+    with open("extra.log", "a") as fh:
+        fh.write(json.dumps({"body": msg.body, "routing_key": msg.routing_key}) + "\\n")
 '''
 
 TOPOLOGY = """\
@@ -293,3 +300,107 @@ def test_status_from_the_brokers_view(pair: Pair) -> None:
     shown = d.cli("status")
     assert shown.returncode == 0, shown.stderr
     assert "parked" in shown.stdout and "work-c" in shown.stdout
+
+
+RELOADED = (TOPOLOGY
+            .replace("  - {exchange: orders, queue: work, routing_key: w}\n",
+                     "  - {exchange: orders, queue: extra, routing_key: x}\n")
+            .replace("  work-c: {queue: work, handler: \"h:fail_once\", dlq_policy: quick}\n",
+                     "  extra-c: {queue: extra, handler: \"h:record\"}\n")
+            .replace("  counted: {delivery_limit: 3}\n",
+                     "  counted: {delivery_limit: 3}\n  extra: {}\n"))
+
+
+def reload(d: Daemon, text: str) -> Any:
+    d.topology.write_text(text)
+    return d.post("/v1/admin/reload")
+
+
+def test_reload_declares_additions_moves_handlers_and_unbinds(pair: Pair) -> None:
+    d = pair.remote
+    answer = reload(d, RELOADED)
+    assert answer.status == 200, answer.body
+    assert answer.body["generation"] == 2
+    assert {(c["kind"], c["entity"], c["name"]) for c in answer.body["changes"]} == {
+        ("added", "queue", "extra"), ("added", "consumer", "extra-c"),
+        ("removed", "consumer", "work-c"), ("added", "binding", 'orders -> queue extra key "x"'),
+        ("removed", "binding", 'orders -> queue work key "w"')}
+    # the new queue is on the broker, bound, and its new consumer handles it
+    routed = d.ok("POST", "/v1/exchanges/orders/messages",
+                  {"messages": [{"routing_key": "x", "body": 1},
+                                {"routing_key": "w", "body": 2}]}, 202)
+    assert routed == {"routed": [["extra"], []]}
+    wait_for(lambda: lines(d, "extra.log") == [{"body": 1, "routing_key": "x"}])
+    # work lost its binding on the broker (nothing arrives) and its consumer: a put
+    # stays ready (no daemon prefetches it)
+    d.ok("POST", "/v1/queues/work/messages", {"messages": [{"body": i} for i in range(3)]},
+         202)
+    wait_for(lambda: depth(pair.target, "work") == 3)
+    assert depth(pair.target, "dead") == 0
+    status = d.ok("GET", "/v1/status")
+    assert (status["topology"]["generation"], status["topology"]["last_reload_result"],
+            status["topology"]["last_reload_error"]) == (2, "applied", None)
+    assert [c["name"] for c in status["consumers"]] == ["extra-c"]
+    assert "extra" in {q["name"] for q in d.ok("GET", "/v1/queues")["queues"]}
+    assert 'runner_topology_reloads_total{result="applied"} 1.0' in d.metrics()
+    # the same file again: applied, no changes, the same generation
+    assert d.ok("POST", "/v1/admin/reload") == {"generation": 2, "changes": []}
+
+
+def test_reload_refuses_what_rabbitmq_cannot_change_and_keeps_serving(pair: Pair) -> None:
+    d = pair.remote
+    ttl = TOPOLOGY.replace("  parked: {}\n", "  parked: {message_ttl: 5s}\n")
+    answer = reload(d, ttl)
+    assert answer.status == 409, answer.body
+    assert answer.body["error"] == (
+        "refused 1 unsafe change(s): queue 'parked' message_ttl: RabbitMQ cannot change a "
+        "queue's arguments in place (message_ttl): delete and declare it again (its messages "
+        "are lost) or declare a new one")
+    assert [(c["entity"], c["name"], c["field"], c["safe"]) for c in answer.body["changes"]] == [
+        ("queue", "parked", "message_ttl", False)]
+    # the embedded engine can change a TTL: it applies it
+    assert reload(pair.embedded, ttl).status == 200
+    # a change neither may make: the same refusal, word for word
+    fewer = TOPOLOGY.replace("events: {partitions: 3,", "events: {partitions: 2,")
+    refused = [reload(x, fewer) for x in (d, pair.embedded)]
+    assert [r.status for r in refused] == [409, 409]
+    assert refused[0].body["error"] == refused[1].body["error"], refused
+    assert refused[0].body["error"].startswith("refused 1 unsafe change(s): topic 'events' "
+                                               "partitions: ")
+    # invalid: 422 as on the embedded daemon (the file's path aside)
+    broken = TOPOLOGY.replace("  parked: {}\n", "  parked: {max_length: -1}\n")
+    invalid = [reload(x, broken) for x in (d, pair.embedded)]
+    assert [r.status for r in invalid] == [422, 422]
+    assert invalid[0].body["error"].replace(str(d.topology), "T") == invalid[1].body[
+        "error"].replace(str(pair.embedded.topology), "T")
+    assert invalid[0].body["error"].startswith(f"invalid topology: {d.topology}:")
+    missing = TOPOLOGY.replace('handler: "h:fail_once"', 'handler: "h:nope"')
+    answer = reload(d, missing)
+    assert (answer.status, answer.body["error"].split(": ")[0]) == (
+        422, "handler import failed"), answer.body
+    # the old topology keeps serving; nothing was declared
+    assert d.ok("POST", "/v1/queues/parked/messages", {"body": 1}, 202) == {
+        "routed": ["parked"]}
+    status = d.ok("GET", "/v1/status")["topology"]
+    assert (status["generation"], status["last_reload_result"]) == (1, "invalid")
+    metrics = d.metrics()
+    assert 'runner_topology_reloads_total{result="refused"} 2.0' in metrics
+    assert 'runner_topology_reloads_total{result="invalid"} 2.0' in metrics
+
+
+def test_sighup_and_file_events_reload_the_remote_daemon(tmp_path: Any, vhost: Target) -> None:
+    d = make_daemon(tmp_path / "watched", TOPOLOGY, modules={"h": HANDLERS},
+                    args=["--backend", url(vhost)])
+    d.start()
+    try:
+        d.topology.write_text(RELOADED)  # the watcher sees it
+        wait_for(lambda: d.ok("GET", "/v1/status")["topology"]["generation"] == 2,
+                 timeout_s=20, every_s=0.2)
+        d.topology.write_text(RELOADED.replace("  extra: {}\n", "  extra: {}\n  more: {}\n"))
+        d.signal(signal.SIGHUP)  # and SIGHUP (the watcher may be first: either applies it)
+        wait_for(lambda: d.ok("GET", "/v1/status")["topology"]["generation"] == 3,
+                 timeout_s=20, every_s=0.2)
+        assert depth(vhost, "more") == 0  # declared on the broker
+        assert "reload applied" in d.log()
+    finally:
+        d.stop()

@@ -147,6 +147,22 @@ def _counted(conn: pika.BlockingConnection, live: live_api.Live,
     return live_api.Live(live.definitions, messages)
 
 
+def unbind(target: Target, bindings: Iterable[BindingDef]) -> list[str]:
+    """Remove these bindings (a reload dropped them; unbinding what is not bound is
+    a no-op); a line per binding."""
+    conn = connect(target)
+    try:
+        ch = conn.channel()
+        lines = []
+        for b in bindings:
+            _unbind(ch, b)
+            lines.append(f"- binding {_binding_text(b)}")
+        return lines
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied:
     """Declare `topology` on `target` (see the module docstring); Refused, or Unreachable."""
     live = live_api.read(target)

@@ -22,7 +22,7 @@ own limits applied on top:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from runner.backends.rabbitmq.live import Live
 from runner.backends.rabbitmq.mapping import (
@@ -212,6 +212,26 @@ def plan(live: Live, topology: Topology) -> Plan:
                 _value(topology, u.entity, u.name, u.field), False, reason,
             ))
     return Plan(tuple(changes))
+
+
+def reload_plan(live: Live, old: Topology, new: Topology,
+                is_empty: Callable[[str, str], bool]) -> Plan:
+    """A running daemon's reload from `old` to `new` on a live vhost: the changes of
+    the topology as the embedded daemon plans them (`diff(old, new)`, removals safe
+    when `is_empty`), each made unsafe where RabbitMQ cannot make it (the plan
+    against the live broker, its reason), and the live plan's other unsafe changes
+    (what `new` cannot be declared over, or cannot express). The live plan's
+    removals are not made by a reload (`runner apply --prune` makes them)."""
+    base = diff(old, new, is_empty=is_empty)
+    broker = {(c.entity, c.name, c.field): c for c in plan(live, new).changes
+              if not c.safe and c.kind != "removed"}
+    out = []
+    for c in base.changes:
+        hit = broker.pop((c.entity, c.name, c.field), None)
+        out.append(c if hit is None or not c.safe else
+                   dataclasses.replace(c, safe=False, reason=hit.reason))
+    out.extend(broker.values())
+    return Plan(tuple(out))
 
 
 _ATTRS = {"topic": "topics", "exchange": "exchanges", "queue": "queues",

@@ -637,15 +637,29 @@ class RabbitBackend:
         """Declare `topology` (runner.backends.rabbitmq.apply; blocks for the
         management API and a pika connection). `force` cannot make RabbitMQ change
         a queue's arguments: an unsafe change is refused all the same."""
+        previous = self._topology
+        wanted = set(definitions(topology).bindings)
+        gone = [b for b in definitions(previous).bindings if b not in wanted]
         try:
             applied = apply_mod.apply(self.target, topology)
+            unbound = apply_mod.unbind(self.target, gone) if gone else []
         except apply_mod.Refused as exc:
             raise UnsafeChange(refused_text(self.target, exc)) from exc
         except live.Unreachable as exc:
             raise StorageError(str(exc)) from exc
+        except pika.exceptions.AMQPError as exc:
+            raise StorageError(f"{self.target}: declaring the topology failed: {exc!r}") from exc
         self._topology = topology
         self._router = router_of(topology)
-        return list(applied.lines)
+        return [*applied.lines, *unbound]
+
+    def stop_consuming(self, queues: Collection[str]) -> None:
+        """Close the consumers of `queues` (a reload removed what read them): their
+        prefetched deliveries go back to the broker; settling one fetched before
+        answers `unknown`. A later fetch or subscription consumes again."""
+        with self._lock:
+            self._consumed.difference_update(queues)
+        self._wake()
 
     def queue_info(self, queue: str) -> QueueInfo:
         """The broker's counts (management API; its statistics lag by up to 5 s).
@@ -1016,6 +1030,13 @@ class RabbitBackend:
         self._drop_closed_channels()
         with self._lock:
             want = [q for q in self._consumed if q not in self._channels]
+            unwanted = [q for q in self._channels if q not in self._consumed]
+        for queue in unwanted:  # stop_consuming: close it, its deliveries go back
+            ch = self._channels[queue]
+            if ch.is_open:
+                ch.close()
+            self._forget_channel(queue)
+            log.info("RabbitMQ %s: stopped consuming '%s'", self.target, queue)
         for queue in want:
             self._open_consumer(queue)
         for _ in range(DRAIN_ROUND):
@@ -1076,16 +1097,21 @@ class RabbitBackend:
         if not closed:
             return
         for queue in closed:
-            ch = self._channels.pop(queue)
             log.warning("RabbitMQ %s: the channel consuming '%s' was closed; consuming again",
                         self.target, queue)
-            with self._lock:
-                stale = [i for i, h in self._held.items() if h.channel is ch]
-                for i in stale:
-                    del self._held[i]
-                buf = self._buffers.get(queue)
-                if buf:
-                    self._buffers[queue] = deque(i for i in buf if i in self._held)
+            self._forget_channel(queue)
+
+    def _forget_channel(self, queue: str) -> None:
+        """The consumer channel of `queue` is closed: its deliveries are back in the
+        queue; forget the ones held here."""
+        ch = self._channels.pop(queue)
+        with self._lock:
+            stale = [i for i, h in self._held.items() if h.channel is ch]
+            for i in stale:
+                del self._held[i]
+            buf = self._buffers.get(queue)
+            if buf:
+                self._buffers[queue] = deque(i for i in buf if i in self._held)
 
     def _complete(self, cmd: _Command, error: EngineError | None) -> None:
         loops: set[asyncio.AbstractEventLoop] = set()
