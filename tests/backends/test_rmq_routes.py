@@ -228,6 +228,17 @@ def test_replay_moves_dead_letters_back_at_least_once_with_the_cli(pair: Pair) -
     assert (json.loads(body), props.headers["x-replay-count"]) == ("plain", 1)
     assert d.ok("POST", "/v1/queues/dead/replay", {}) == {
         "replayed": 0, "skipped": 0, "skipped_reasons": {}, "refused": 0, "remaining": 0}
+    # dead letters that died in the queue being replayed go back once, not round again
+    death = {"original_queue": "parked", "original_exchange": "",
+             "original_routing_key": "parked", "reason": "rejected"}
+    d.ok("POST", "/v1/queues/parked/messages",
+         {"messages": [{"body": i, "headers": {"x-dead-letter": death}} for i in range(3)]},
+         202)
+    assert d.ok("POST", "/v1/queues/parked/replay") == {
+        "replayed": 3, "skipped": 0, "skipped_reasons": {}, "refused": 0, "remaining": 3}
+    again = d.ok("GET", "/v1/queues/parked/peek")["messages"]
+    assert [(m["body"], m["headers"]) for m in again] == [
+        (i, {"x-replay-count": 1}) for i in range(3)]
 
 
 def test_replay_of_rabbitmq_dead_letters_keeps_what_a_full_queue_refuses(pair: Pair) -> None:

@@ -154,16 +154,45 @@ def replay(connect: Connect, topology: Topology, queue: str, n: int, decode: Dec
     queues = topology.queue_map()
     replayed = refused = 0
     held: list[int] = []
+    # dead letters of `queue` that died in `queue` itself: sent back after the scan, so
+    # that it never meets their copies (as the embedded engine collects first)
+    later: list[tuple[int, QueueDelivery, ReplayTarget]] = []
 
     def keep(tag: int, reason: str) -> None:
         held.append(tag)
         reasons[reason] = reasons.get(reason, 0) + 1
 
+    def send(tag: int, d: QueueDelivery, target: ReplayTarget) -> int:
+        """The copy into its queue, confirmed, then the dead letter acked: 1; 0 when
+        the dead letter stays (kept, with the reason)."""
+        nonlocal refused
+        assert target.queue is not None
+        if target.queue in full:
+            keep(tag, REPLAY_QUEUE_FULL.format(why=full[target.queue]))
+            refused += 1
+            return 0
+        headers = replayed_headers(d.headers)
+        for name in BROKER_DEATH_HEADERS:
+            headers.pop(name, None)
+        copy = copy_properties(d, headers, target.exchange, target.routing_key)
+        try:
+            ch.basic_publish("", target.queue, d.body, copy, mandatory=True)
+        except pika.exceptions.NackError:
+            full[target.queue] = full_text(topology, target.queue)
+            keep(tag, REPLAY_QUEUE_FULL.format(why=full[target.queue]))
+            refused += 1
+            return 0
+        except pika.exceptions.UnroutableError:
+            keep(tag, f"original queue '{target.queue}' no longer exists")
+            return 0
+        ch.basic_ack(tag)  # after the broker confirmed the copy
+        return 1
+
     with _channel(connect, f"replaying queue '{queue}'") as ch:
         ch.confirm_delivery()
         try:
-            for _ in range(min(_ready(ch, queue), n + LOOK_AHEAD)):
-                if replayed >= n:
+            for _ in range(n + LOOK_AHEAD):
+                if replayed + len(later) >= n:
                     break
                 method, props, body = ch.basic_get(queue, auto_ack=False)
                 if method is None:
@@ -181,26 +210,12 @@ def replay(connect: Connect, topology: Topology, queue: str, n: int, decode: Dec
                 if target.queue not in queues:
                     keep(tag, f"original queue '{target.queue}' no longer exists")
                     continue
-                if target.queue in full:
-                    keep(tag, REPLAY_QUEUE_FULL.format(why=full[target.queue]))
-                    refused += 1
+                if target.queue == queue:
+                    later.append((tag, d, target))
                     continue
-                headers = replayed_headers(d.headers)
-                for name in BROKER_DEATH_HEADERS:
-                    headers.pop(name, None)
-                copy = copy_properties(d, headers, target.exchange, target.routing_key)
-                try:
-                    ch.basic_publish("", target.queue, d.body, copy, mandatory=True)
-                except pika.exceptions.NackError:
-                    full[target.queue] = full_text(topology, target.queue)
-                    keep(tag, REPLAY_QUEUE_FULL.format(why=full[target.queue]))
-                    refused += 1
-                    continue
-                except pika.exceptions.UnroutableError:
-                    keep(tag, f"original queue '{target.queue}' no longer exists")
-                    continue
-                ch.basic_ack(tag)  # after the broker confirmed the copy
-                replayed += 1
+                replayed += send(tag, d, target)
+            for tag, d, target in later:
+                replayed += send(tag, d, target)
         finally:
             if ch.is_open:
                 for tag in held:
@@ -216,7 +231,7 @@ def move(connect: Connect, source: str, n: int, decode: Decode,
     moved = 0
     with _channel(connect, f"moving messages of queue '{source}'") as ch:
         ch.confirm_delivery()
-        for _ in range(min(_ready(ch, source), n)):
+        for _ in range(n):
             method, props, body = ch.basic_get(source, auto_ack=False)
             if method is None:
                 break
