@@ -151,3 +151,16 @@ def test_a_topic_records_dead_letter_is_a_step_of_writes(backend: runtime.Rabbit
     assert d.headers["x-original-key"] == "k"
     with pytest.raises(NotImplementedError, match="exactly-once"):
         backend.commit_step(Step(commits=(("g", TP0, 1),)))
+
+
+def test_a_reload_that_adds_partitions_gets_them_claimed(backend: runtime.RabbitBackend) -> None:
+    m = backend.open_member("g", "m1")
+    try:
+        eventually(m.assignment, lambda a: set(a) == {TP0, TP1})
+        grown = Topology(topics=(("ev", Topic("ev", partitions=3)),), queues=TOPOLOGY.queues,
+                         consumer_groups=TOPOLOGY.consumer_groups)
+        assert backend.apply(grown) == ["+ queue ev.2 (stream)"]
+        tp2 = TopicPartition("ev", 2)
+        assert tp2 in eventually(m.assignment, lambda a: tp2 in a)
+    finally:
+        m.close()

@@ -201,6 +201,16 @@ class RabbitMember:
         with self._lock:
             return tuple(tp for tp in self._partitions if tp in self._parts)
 
+    def retopology(self, topology: Topology) -> None:
+        """A reload applied `topology`: the group's partitions as it has them (a topic
+        grown by a reload has more; the next rebalance claims them)."""
+        spec = topology.group_map().get(self.group)
+        if spec is None:
+            return  # the group is gone: its worker closes this member
+        with self._lock:
+            self._group = spec
+            self._partitions = group_partitions(topology, spec)
+
     def owns(self, tp: TopicPartition) -> bool:
         return tp in self._parts
 

@@ -651,6 +651,8 @@ class RabbitBackend:
             raise StorageError(f"{self.target}: declaring the topology failed: {exc!r}") from exc
         self._topology = topology
         self._router = router_of(topology)
+        for m in list(self._members):
+            m.retopology(topology)
         return [*applied.lines, *unbound]
 
     def stop_consuming(self, queues: Collection[str]) -> None:
