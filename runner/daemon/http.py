@@ -348,7 +348,7 @@ def _accepting(host: Host) -> None:
         raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")
 
 
-def _queue_exists(host: Host, name: str) -> None:
+def queue_exists(host: Host, name: str) -> None:
     if name not in host.topology.queue_map():
         raise NotFound(f"queue '{name}' not found")
 
@@ -654,12 +654,14 @@ async def pull(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     n, lease, consumer = pull_args(await _json(request, empty_ok=True))
-    _queue_exists(host, name)
+    queue_exists(host, name)
     got = host.engine.pull(name, n, lease_s=lease, consumer_id=consumer)
     return answer({"messages": [codec.delivery_json(d) for d in got]})
 
 
-def _settled(host: Host, name: str, ids: list[int], unknown: list[int], verb: str) -> web.Response:
+def settled_answer(host: Host, name: str, ids: list[int], unknown: list[int],
+                   verb: str) -> web.Response:
+    """An ack's or nack's answer (any backend): 200, or 409 naming the unknown ids."""
     done = len(ids) - len(unknown)
     host.notify()
     if unknown:
@@ -681,11 +683,11 @@ async def ack(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _json(request)
     ids = codec.delivery_ids(body)
-    _queue_exists(host, name)
+    queue_exists(host, name)
     durable = _Durable(host.engine)
     unknown = durable.wrap(host.engine.ack)(name, ids) if ids else []
     await durable.wait()
-    return _settled(host, name, ids, unknown, "acked")
+    return settled_answer(host, name, ids, unknown, "acked")
 
 
 async def nack(request: web.Request) -> web.Response:
@@ -694,17 +696,17 @@ async def nack(request: web.Request) -> web.Response:
     body = await _json(request)
     ids = codec.delivery_ids(body)
     requeue = codec.bool_field(body, "requeue", default=True)
-    _queue_exists(host, name)
+    queue_exists(host, name)
     durable = _Durable(host.engine)
     unknown = durable.wrap(host.engine.nack)(name, ids, requeue=requeue) if ids else []
     await durable.wait()
-    return _settled(host, name, ids, unknown, "nacked")
+    return settled_answer(host, name, ids, unknown, "nacked")
 
 
 def peek_json(host: Host, name: str, query: Mapping[str, str]) -> dict[str, Any]:
     """`GET /v1/queues/{name}/peek?n=N` (any backend)."""
     n = codec.query_int(query, "n", default=10, low=1, high=MAX_PEEK)
-    _queue_exists(host, name)
+    queue_exists(host, name)
     got = host.backend.peek_ids(name, n)
     return {"messages": [codec.delivery_json(d) for _, d in got]}
 
@@ -716,7 +718,7 @@ async def peek(request: web.Request) -> web.Response:
 async def purge(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
-    _queue_exists(host, name)
+    queue_exists(host, name)
     purged = await dlq.purge(host.engine, name)
     host.notify()
     return answer({"purged": purged})
@@ -746,7 +748,7 @@ async def replay(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     n, dest = replay_args(await _json(request, empty_ok=True))
-    _queue_exists(host, name)
+    queue_exists(host, name)
     if dest is not None:
         moved = dlq.replay_to(host.engine, host.topology, name, dest, n)
         host.notify()

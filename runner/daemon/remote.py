@@ -63,7 +63,6 @@ from runner.daemon.http import (
     HOST_KEY,
     LIMITER_KEY,
     LIMITS_KEY,
-    LISTED_IDS,
     MAX_REQUEST_KEY,
     Host,
     HttpServer,
@@ -83,11 +82,13 @@ from runner.daemon.http import (
     offsets_json,
     peek_json,
     pull_args,
+    queue_exists,
     read_json,
     records_json,
     replay_args,
     replayed_json,
     seek_json,
+    settled_answer,
 )
 from runner.daemon.metrics import (
     HandlerView,
@@ -317,8 +318,8 @@ class RemoteDaemon:
             return _reply_over_http(cast(Host, self), name, msgs, batch)
         _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
         backend = self.backend
-        if to_queue and name not in self._topology.queue_map():
-            raise NotFound(f"queue '{name}' not found")
+        if to_queue:
+            queue_exists(cast(Host, self), name)
         fanout.check([1] * len(msgs), limits.max_fanout,
                      f"queue '{name}'" if to_queue else f"exchange '{name}'")
         if wait_s is not None and batch:
@@ -351,8 +352,7 @@ class RemoteDaemon:
 
     async def _purge(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self._topology.queue_map():
-            raise NotFound(f"queue '{name}' not found")
+        queue_exists(cast(Host, self), name)
         backend = self.backend
         loop = asyncio.get_running_loop()
         return answer({"purged": await loop.run_in_executor(None, backend.purge, name)})
@@ -374,20 +374,10 @@ class RemoteDaemon:
             outcomes = [contract.Requeue(i) for i in ids]
         else:  # a plain reject: the queue's own dead-lettering (x-death)
             outcomes = [contract.DeadLetter(i) for i in ids]
-        if name not in self._topology.queue_map():
-            raise NotFound(f"queue '{name}' not found")
+        queue_exists(cast(Host, self), name)
         settled = self.backend.settle(name, outcomes)
         await self.backend.durable(settled.ticket)
-        unknown = list(settled.unknown)
-        done = len(ids) - len(unknown)
-        if unknown:
-            listed = ", ".join(str(i) for i in unknown[:LISTED_IDS])
-            if len(unknown) > LISTED_IDS:
-                listed += f" and {len(unknown) - LISTED_IDS} more (all in 'unknown')"
-            return error(409, f"{len(unknown)} delivery id(s) of queue '{name}' are unknown "
-                         f"or their lease expired: {listed}; the other {done} were {verb}",
-                         unknown=unknown, **{verb: done})
-        return answer({verb: done})
+        return settled_answer(cast(Host, self), name, ids, list(settled.unknown), verb)
 
     async def _append(self, request: web.Request) -> web.Response:
         """As on the embedded daemon (the same checks and errors), answered once the
@@ -422,8 +412,7 @@ class RemoteDaemon:
         `remaining` is the broker's exact count of ready messages afterwards."""
         name = request.match_info["name"]
         n, dest = replay_args(await read_json(request, empty_ok=True))
-        if name not in self._topology.queue_map():
-            raise NotFound(f"queue '{name}' not found")
+        queue_exists(cast(Host, self), name)
         backend = self.backend
 
         def run() -> dict[str, Any]:
