@@ -311,6 +311,13 @@ def test_status_from_the_brokers_view(pair: Pair) -> None:
     shown = d.cli("status")
     assert shown.returncode == 0, shown.stderr
     assert "parked" in shown.stdout and "work-c" in shown.stdout
+    # `runner dlq list` peeks at non-empty queues: a quorum queue's 409 is passed over
+    d.ok("POST", "/v1/queues/counted/messages", {"body": 1}, 202)
+    wait_for(lambda: {q["name"]: q for q in d.ok("GET", "/v1/status")["queues"]}[
+        "counted"]["ready"] == 1, timeout_s=20, every_s=0.5)
+    listed = d.cli("dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "counted" not in listed.stdout and "parked" not in listed.stdout, listed.stdout
 
 
 RELOADED = (TOPOLOGY
