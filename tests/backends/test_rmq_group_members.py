@@ -164,3 +164,19 @@ def test_a_reload_that_adds_partitions_gets_them_claimed(backend: runtime.Rabbit
         assert tp2 in eventually(m.assignment, lambda a: tp2 in a)
     finally:
         m.close()
+
+
+def test_a_leaving_member_holds_its_partitions_until_its_last_commit_is_written(
+    backend: runtime.RabbitBackend,
+) -> None:
+    m1 = backend.open_member("g", "m1")
+    eventually(m1.assignment, lambda a: set(a) == {TP0, TP1})
+    ticket = m1.commit({TP0: 5, TP1: 7})
+    m1.close()  # not awaited: close waits for it
+    assert backend._written(ticket)
+    m2 = backend.open_member("g", "m2")
+    try:
+        eventually(m2.assignment, lambda a: set(a) == {TP0, TP1})
+        assert (m2.position(TP0), m2.position(TP1)) == (5, 7)
+    finally:
+        m2.close()

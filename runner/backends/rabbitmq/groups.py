@@ -80,6 +80,7 @@ ORPHAN_S = 2.0  # a partition free this long is claimed by whoever sees it
 HEARTBEAT_S = 5  # AMQP heartbeat of a member's connection
 PREFETCH = streams.PREFETCH  # stream deliveries in flight per owned partition
 MEMBER_ARG = "x-runner-member"
+LEAVE_WAIT_S = 5.0  # a leaving member waits this long for its last commit
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
 
@@ -157,8 +158,11 @@ class RabbitMember:
         fire: Fire, write_commit: CommitWrite, decode: Decode,
         bounds: Callable[[str], tuple[int, int]], origin: str,
         on_close: Callable[[RabbitMember], None] | None = None,
+        written: Callable[[Ticket], bool] | None = None,
     ) -> None:
         self._on_close = on_close
+        self._written = written  # has the backend finished this write (a commit)?
+        self._last_commit = Ticket.DONE
         self._target = target
         self._origin = origin  # the backend's token: its own seeks are applied in place
         self._group = group
@@ -244,6 +248,7 @@ class RabbitMember:
             ticket = ticket.max(self._write_commit(
                 offset_queue(self.group, tp.topic, tp.partition),
                 offset_body(offset, self._member_id)))
+        self._last_commit = ticket.max(self._last_commit)
         return ticket
 
     def close(self) -> None:
@@ -323,6 +328,7 @@ class RabbitMember:
                     assert conn is not None
                     conn.process_data_events(time_limit=max(0.0, min(0.2, due - now)))
                     self._fire_appended()
+                self._await_commits()
                 self._disconnect()
             except (pika.exceptions.AMQPError, OSError, AssertionError) as exc:
                 log.warning("group %s: member %s lost its connection to %s (%r); "
@@ -380,6 +386,16 @@ class RabbitMember:
                 part.reattach = offset
             self._generation += 1
         self._wake()
+
+    def _await_commits(self) -> None:
+        """Leaving: hold the partitions until the last commit is on the broker (up to
+        LEAVE_WAIT_S), so the next owner starts from it rather than from the one
+        before (which would handle the records between them again)."""
+        if self._written is None:
+            return
+        deadline = time.monotonic() + LEAVE_WAIT_S
+        while not self._written(self._last_commit) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -563,7 +563,7 @@ class RabbitBackend:
         spec = self._group(group)
         member = groups_mod.RabbitMember(
             self.target, self._topology, spec, member_id, fire=self._fire_event,
-            write_commit=self._write_commit, decode=_decoded,
+            write_commit=self._write_commit, decode=_decoded, written=self._written,
             bounds=self._bounds, origin=self._token, on_close=self._left)
         self._members.append(member)
         return member
@@ -583,6 +583,11 @@ class RabbitBackend:
             subs = [s for s in self._subs if event in s.events]
         for s in subs:
             s.fire(event)
+
+    def _written(self, ticket: Ticket) -> bool:
+        """True once every write up to `ticket` is done (any thread)."""
+        with self._lock:
+            return ticket.seq <= self._done_upto
 
     def _write_commit(self, queue: str, body: bytes) -> Ticket:
         """A commit: one persistent message into the partition's offset queue, confirmed."""
