@@ -60,8 +60,8 @@ class Group:
         self.sent = 0
         self._backend = RabbitBackend(target, Topology(topics=(("ev", Topic("ev", PARTITIONS)),)))
 
-    def start(self, *, env: dict[str, str] | None = None) -> Daemon:
-        d = make_daemon(self.tmp_path / f"d{len(self.started)}", TOPOLOGY,
+    def start(self, *, env: dict[str, str] | None = None, topology: str = TOPOLOGY) -> Daemon:
+        d = make_daemon(self.tmp_path / f"d{len(self.started)}", topology,
                         modules={"handlers_g": HANDLERS},
                         args=["--backend", url(self.target), "--no-watch"])
         d.env.update(env or {})
@@ -234,3 +234,13 @@ def test_a_failing_record_is_dead_lettered_into_a_queue_and_the_group_moves_on(
     death = props.headers["x-dead-letter"]
     assert (death["original_group"], death["retry_count"], death["error"]["type"]) == (
         "g", 1, "ValueError")
+
+
+def test_an_at_most_once_group_commits_before_the_handler_runs(group: Group) -> None:
+    a = group.start(topology=TOPOLOGY.replace("at-least-once", "at-most-once"))
+    sent = group.append(12)
+    wait_for(lambda: numbers(a) >= sent, timeout_s=60)
+    info = a.ok("GET", "/v1/groups/g")
+    assert {p["partition"]: p["committed"] for p in info["partitions"]} == {
+        0: 3, 1: 3, 2: 3, 3: 3}
+    assert sorted(x["n"] for x in handled(a)) == sorted(sent)
