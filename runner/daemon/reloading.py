@@ -23,17 +23,64 @@ from runner.daemon.reload import (
     ReloadCounters,
     ReloadEntry,
     ReloadResult,
+    changes_json,
     problem_json,
     problem_line,
 )
 from runner.daemon.watch import sources_digest
+from runner.errors import EngineError, RunnerError, UnsafeChange
 from runner.pipeline.handler import handler_problems
+from runner.pipeline.runtime import WorkerChanges
+from runner.topology.diff import Plan, unsafe_sentence
 from runner.topology.model import Topology
 from runner.topology.problems import Problem
 
 log = logging.getLogger(__name__)
 
 RELOAD_LOG_SIZE = 20  # reload attempts the console lists
+
+
+async def switch_topology(
+    plan: Plan, generation: int, old: Topology, new: Topology, *,
+    apply: Callable[[Topology, bool], Awaitable[None]],
+    start: Callable[[Topology], Awaitable[WorkerChanges]],
+    show: Callable[[Topology], None],
+    where: str,
+) -> ReloadResult | WorkerChanges:
+    """One reload's change, for both daemons: refuse the plan's unsafe changes;
+    `apply(new, False)` to the backend (its refusal answered as such); `show(new)` to
+    the HTTP API; `start(new)` the pipeline on it, and if the pipeline refuses, show
+    and `apply(old, True)` the old topology again (`where`: "in the engine", "on the
+    broker", for the log line of a failed restore). The workers' changes when
+    applied, else the result to answer."""
+    changes = changes_json(plan.changes)
+    unsafe = list(plan.unsafe)
+    if unsafe:
+        reasons = "; ".join(unsafe_sentence(c) for c in unsafe)
+        return ReloadResult("refused", generation, changes=changes,
+                            error=f"refused {len(unsafe)} unsafe change(s): {reasons}")
+    try:
+        await apply(new, False)
+    except UnsafeChange as exc:
+        return ReloadResult("refused", generation, changes=changes, error=f"refused: {exc}")
+    except EngineError as exc:
+        return ReloadResult("refused", generation, changes=changes,
+                            error=f"engine refused: {exc}")
+    show(new)
+    try:
+        return await start(new)
+    except Exception as exc:
+        if isinstance(exc, RunnerError):
+            log.error("pipeline refused the new topology (%s); restoring the previous", exc)
+        else:
+            log.exception("pipeline.apply failed; restoring the previous topology")
+        show(old)
+        try:
+            await apply(old, True)
+        except Exception:
+            log.exception("restoring the previous topology %s failed", where)
+        return ReloadResult("invalid", generation, changes=changes,
+                            error=f"pipeline refused: {exc}")
 
 
 class Loaded(Protocol):

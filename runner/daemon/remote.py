@@ -100,7 +100,7 @@ from runner.daemon.metrics import (
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.recorded import holds_nothing
 from runner.daemon.reload import ReloadCounters, ReloadResult, changes_json
-from runner.daemon.reloading import Loaded, Reloads
+from runner.daemon.reloading import Loaded, Reloads, switch_topology
 from runner.daemon.remote_replies import BrokerReplies, ForwardedCollector
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.supervisor import DaemonConfig, handler_refs, log_worker_changes
@@ -108,12 +108,12 @@ from runner.daemon.traced import SPANS_KEY, Traced
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import EngineStats, OutRecord, contract
 from runner.engine import OutMessage as Message
-from runner.errors import EngineError, NotFound, RunnerError, StorageError, UnsafeChange
+from runner.errors import NotFound, StorageError
 from runner.pipeline import otel
 from runner.pipeline.handler import check_handlers
 from runner.pipeline.replies import Replies, ShuttingDown, is_private
 from runner.pipeline.runtime import Pipeline
-from runner.topology.diff import Plan, unsafe_sentence
+from runner.topology.diff import Plan
 from runner.topology.load import load as load_topology
 from runner.topology.model import Topology
 
@@ -568,35 +568,20 @@ class RemoteDaemon:
             plan = await loop.run_in_executor(None, planned)
         except Unreachable as exc:
             return ReloadResult("refused", generation, error=f"engine refused: {exc}")
-        changes = changes_json(plan.changes)
-        unsafe = list(plan.unsafe)
-        if unsafe:
-            reasons = "; ".join(unsafe_sentence(c) for c in unsafe)
-            return ReloadResult("refused", generation, changes=changes,
-                                error=f"refused {len(unsafe)} unsafe change(s): {reasons}")
-        try:
-            await loop.run_in_executor(None, backend.apply, new)
-        except UnsafeChange as exc:
-            return ReloadResult("refused", generation, changes=changes, error=f"refused: {exc}")
-        except EngineError as exc:
-            return ReloadResult("refused", generation, changes=changes,
-                                error=f"engine refused: {exc}")
-        self._topology = new  # the HTTP API sees what the broker now has
         assert self._pipeline is not None
-        try:
-            done = await self._pipeline.apply(new)
-        except Exception as exc:
-            if isinstance(exc, RunnerError):
-                log.error("pipeline refused the new topology (%s); restoring the previous", exc)
-            else:
-                log.exception("pipeline.apply failed; restoring the previous topology")
-            self._topology = old
-            try:
-                await loop.run_in_executor(None, backend.apply, old)
-            except Exception:
-                log.exception("restoring the previous topology on the broker failed")
-            return ReloadResult("invalid", generation, changes=changes,
-                                error=f"pipeline refused: {exc}")
+
+        async def apply(topology: Topology, restore: bool) -> None:
+            await loop.run_in_executor(None, backend.apply, topology)
+
+        def show(topology: Topology) -> None:
+            self._topology = topology  # the HTTP API sees what the broker now has
+
+        done = await switch_topology(
+            plan, generation, old, new, apply=apply, start=self._pipeline.apply, show=show,
+            where="on the broker")
+        if isinstance(done, ReloadResult):
+            return done
+        changes = changes_json(plan.changes)
         read_now = {c.queue for _, c in new.consumers}
         backend.stop_consuming([c.queue for _, c in old.consumers if c.queue not in read_now])
         log_worker_changes(old, new, done)

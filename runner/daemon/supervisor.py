@@ -50,18 +50,17 @@ from runner.daemon.reload import (
     changes_json,
 )
 from runner.daemon.reloading import Loaded as Loaded
-from runner.daemon.reloading import Reloads
+from runner.daemon.reloading import Reloads, switch_topology
 from runner.daemon.status import TopologyState, status_json
 from runner.daemon.watch import TopologyWatcher, handler_files, sources_digest
 from runner.engine import Engine, FsyncPolicy
 from runner.engine.contract import BackendStats, Event, EventKind
 from runner.engine.embedded import EmbeddedBackend
-from runner.errors import EngineError, RunnerError, StorageError, UnsafeChange
+from runner.errors import EngineError, StorageError
 from runner.pipeline import otel
 from runner.pipeline.replies import Replies, ShuttingDown
 from runner.pipeline.runtime import WorkerChanges
 from runner.pipeline.stats import PipelineStats
-from runner.topology.diff import unsafe_sentence
 from runner.topology.model import Topology
 
 if TYPE_CHECKING:
@@ -519,44 +518,21 @@ class Supervisor:
             return read
         loaded, new = read.loaded, read.topology
         plan = self._parts.diff(self._topology, new, is_empty=self._is_empty)
-        changes = changes_json(plan.changes)
-        unsafe = list(plan.unsafe)
-        if unsafe:
-            reasons = "; ".join(unsafe_sentence(c) for c in unsafe)
-            return ReloadResult(
-                "refused",
-                self._generation,
-                changes=changes,
-                error=f"refused {len(unsafe)} unsafe change(s): {reasons}",
-            )
         old = self._topology
-        try:
-            self.backend.apply(new)
-        except UnsafeChange as exc:
-            return ReloadResult(
-                "refused", self._generation, changes=changes, error=f"refused: {exc}"
-            )
-        except EngineError as exc:
-            return ReloadResult(
-                "refused", self._generation, changes=changes, error=f"engine refused: {exc}"
-            )
-        self._topology = new  # the HTTP API sees what the engine now has
-        try:
-            assert self._pipeline is not None
-            changes_done = await self._pipeline.apply(new)
-        except Exception as exc:
-            if isinstance(exc, RunnerError):
-                log.error("pipeline refused the new topology (%s); restoring the previous", exc)
-            else:
-                log.exception("pipeline.apply failed; restoring the previous topology")
-            self._topology = old
-            try:
-                self.backend.apply(old, force=True)
-            except Exception:
-                log.exception("restoring the previous topology in the engine failed")
-            return ReloadResult(
-                "invalid", self._generation, changes=changes, error=f"pipeline refused: {exc}"
-            )
+        assert self._pipeline is not None
+
+        async def apply(topology: Topology, restore: bool) -> None:
+            self.backend.apply(topology, force=restore)
+
+        def show(topology: Topology) -> None:
+            self._topology = topology  # the HTTP API sees what the engine now has
+
+        changes_done = await switch_topology(
+            plan, self._generation, old, new, apply=apply, start=self._pipeline.apply,
+            show=show, where="in the engine")
+        if isinstance(changes_done, ReloadResult):
+            return changes_done
+        changes = changes_json(plan.changes)
         log_worker_changes(old, new, changes_done)
         self._handler_files = handler_files(handler_refs(new))
         self._reloading.seen = (loaded.content_hash, sources_digest(self._handler_files))
