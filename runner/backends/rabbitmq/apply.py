@@ -41,6 +41,7 @@ from runner.backends.rabbitmq.mapping import (
 )
 from runner.backends.rabbitmq.plan import plan
 from runner.backends.rabbitmq.url import Target
+from runner.engine.contract import dlq_position_group
 from runner.topology.diff import Change
 from runner.topology.model import Topology
 
@@ -201,9 +202,12 @@ def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied
                     _unbind(ch, b)
                     lines.append(f"- binding {_binding_text(b)}")
             wanted_q, wanted_e = want.queue_map(), want.exchange_map()
-            kept = tuple(f"{GROUP_PREFIX}{g}." for g, _ in topology.consumer_groups)
+            groups = [g for g, _ in topology.consumer_groups]
+            groups += [dlq_position_group(t) for t in topology.dead_letter_topics()]
+            kept = tuple(f"{GROUP_PREFIX}{g}." for g in groups)
             for q in have.queues:
-                # the committed offsets of a group the topology still has are kept
+                # the committed offsets (and replay queue) of a group the topology still
+                # has are kept, and a dead-letter topic's replay positions and markers
                 if q.name not in wanted_q and not q.name.startswith(kept or ("\0",)):
                     ch.queue_delete(q.name)
                     lines.append(f"- queue {q.name}")

@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from runner.engine.contract import Capability
+from runner.engine.contract import Capability, dlq_position_group
 from runner.topology.diff import binding_name
 from runner.topology.model import (
     DEFAULT_DLQ_POLICY,
@@ -145,6 +145,29 @@ def owner_queue(group: str, topic: str, partition: int) -> str:
 def offset_queue(group: str, topic: str, partition: int) -> str:
     """The committed offset of one partition of a group: a durable queue of one message."""
     return f"{GROUP_PREFIX}{group}.offset.{stream_name(topic, partition)}"
+
+
+def replay_queue(group: str) -> str:
+    """The dead letters replayed back to consumer group `group` (the embedded engine's
+    `__replay.<group>`): a durable classic queue its members consume before their
+    partitions."""
+    return f"{GROUP_PREFIX}{group}.replay"
+
+
+def settled_queue(topic: str) -> str:
+    """The settle markers of dead-letter topic `topic` (the embedded engine's hidden
+    queue `__dlq.<topic>`): one message per dead letter replayed or purged on its own
+    above the replay position, its message id `partition:offset`."""
+    return f"{GROUP_PREFIX}{dlq_position_group(topic)}.settled"
+
+
+def hidden_queues(topology: Topology) -> list[QueueDef]:
+    """The runner's own durable queues beside `definitions` (declared by the runtime,
+    not by `runner apply`): each group's replay queue, each dead-letter topic's markers."""
+    classic = arguments(**{"x-queue-type": "classic"})
+    names = [replay_queue(g) for g, _ in topology.consumer_groups]
+    names += [settled_queue(t) for t in sorted(topology.dead_letter_topics())]
+    return [QueueDef(n, True, classic) for n in names]
 
 
 def delay_ms(delay_s: float) -> int:

@@ -81,10 +81,13 @@ from runner.backends.rabbitmq.mapping import (
     definitions,
     delay_ms,
     delay_name,
+    hidden_queues,
     member_queue,
     owner_queue,
+    settled_queue,
     stream_name,
 )
+from runner.backends.rabbitmq.mapping import replay_queue as replay_queue_of
 from runner.backends.rabbitmq.url import Target
 from runner.broker.deadletter import build_death, replayed_headers, with_death
 from runner.broker.message import QueuedMessage
@@ -116,9 +119,16 @@ from runner.engine.contract import (
     Step,
     Ticket,
     TopicPartition,
+    dlq_position_group,
+    dlq_settled_queue,
+    marker_of,
 )
 from runner.engine.deadletters import dead_letter_step as engine_dead_letter_step
+from runner.engine.deadletters import dlq_position_groups
+from runner.engine.deadletters import replayed_record as engine_replayed_record
+from runner.engine.records import EXCHANGE_HEADER as RECORD_EXCHANGE_HEADER
 from runner.engine.records import ORIGINAL_KEY_HEADER
+from runner.engine.records import ROUTING_KEY_HEADER as RECORD_ROUTING_KEY_HEADER
 from runner.engine.values import EngineStats, QueueStats
 from runner.errors import (
     Conflict,
@@ -143,6 +153,7 @@ DEFAULT_PREFETCH = 100  # a queue fetched without a consumer of the topology
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
 INFO_FRESH_S = 1.0  # queue_info answers from a queue_infos this young
+WRITTEN_WAIT_S = 30.0  # a blocking commit_step waits this long for its writes' confirms
 DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
 
 # headers of a retried copy, taken off at delivery
@@ -314,6 +325,7 @@ class RabbitBackend:
         self._held: dict[int, _Held] = {}
         self._ids = itertools.count(1)
         self._partitioners: dict[str, Partitioner] = {}
+        self._io_partitioners: dict[str, Partitioner] = {}  # the I/O thread's (dead letters)
         self._reader = streams.StreamReader(functools.partial(apply_mod.connect, target),
                                             str(target))
         self._infos: tuple[float, dict[str, QueueInfo]] | None = None  # (when, counts)
@@ -358,7 +370,8 @@ class RabbitBackend:
         with self._lock:
             self._subs.append(sub)
         for e in wanted:
-            if e.kind is EventKind.QUEUE_READY and e.name in self._topology.queue_map():
+            if e.kind is EventKind.QUEUE_READY and (e.name in self._topology.queue_map()
+                                                    or e.name in self._replay_queues()):
                 self._consume(e.name)
         return sub
 
@@ -420,7 +433,8 @@ class RabbitBackend:
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published:
         self._known_queue(queue)
         now = self._clock.time()
-        publishes = [_Publish("", queue, m.body, _properties(m, now)) for m in messages]
+        real = self._broker_queue(queue)
+        publishes = [_Publish("", real, m.body, _properties(m, now)) for m in messages]
         return Published(tuple((queue,) for _ in messages),
                          self._submit(_Command(0, publishes=publishes)))
 
@@ -441,13 +455,16 @@ class RabbitBackend:
 
     def _record_publishes(
         self, topic: str, records: Sequence[OutRecord],
+        partitioners: dict[str, Partitioner] | None = None,
     ) -> list[tuple[int, _Publish]]:
         """Each record as the publish into the stream of its partition (see `append`):
-        (partition, publish). NotFound, TooLarge before anything is built."""
+        (partition, publish). NotFound, TooLarge before anything is built. The I/O
+        thread passes partitioners of its own (round robin state is per thread)."""
         spec = self._topology.topic_map().get(topic)
         if spec is None:
             raise NotFound(f"topic '{topic}' not found")
-        partitioner = self._partitioners.setdefault(topic, Partitioner())
+        own = self._partitioners if partitioners is None else partitioners
+        partitioner = own.setdefault(topic, Partitioner())
         now = self._clock.time()
         out: list[tuple[int, _Publish]] = []
         for r in records:
@@ -507,8 +524,8 @@ class RabbitBackend:
             if isinstance(o, DeadLetter):
                 if o.to_queue is not None and o.to_queue not in queues:
                     raise NotFound(f"queue '{o.to_queue}' not found")
-                if o.to_topic is not None:
-                    raise _not_served("dead letters into topics")
+                if o.to_topic is not None and o.to_topic not in self._topology.topic_map():
+                    raise NotFound(f"topic '{o.to_topic}' not found")
         unknown: list[int] = []
         actions: list[tuple[Outcome, _Held]] = []
         with self._lock:
@@ -612,10 +629,16 @@ class RabbitBackend:
 
     def position(self, group: str, tp: TopicPartition) -> int:
         """The committed offset, else the group's reset position (blocking: a
-        connection to read the offset queue, and the stream's bounds for a reset)."""
-        spec = self._group(group)
+        connection to read the offset queue, and the stream's bounds for a reset).
+        Also the replay position of a dead-letter topic (its hidden group
+        `dlq_position_group(topic)`, reset earliest)."""
+        spec = self._position_groups().get(group) or self._group(group)
         self._stream(tp.topic, tp.partition)
         return groups_mod.committed_or_reset(self.target, spec, tp, self._bounds)
+
+    def _position_groups(self) -> dict[str, Any]:
+        """The hidden groups whose offsets are the dead-letter topics' replay positions."""
+        return dict(dlq_position_groups(self._topology))
 
     def _bounds(self, stream: str) -> tuple[int, int]:
         start, end, _ = self._reader.bounds(stream)
@@ -654,11 +677,31 @@ class RabbitBackend:
             raise StorageError(str(exc)) from exc
         except pika.exceptions.AMQPError as exc:
             raise StorageError(f"{self.target}: declaring the topology failed: {exc!r}") from exc
+        self._declare_hidden(topology)
         self._topology = topology
         self._router = router_of(topology)
         for m in list(self._members):
             m.retopology(topology)
         return [*applied.lines, *unbound]
+
+    def _declare_hidden(self, topology: Topology) -> None:
+        """The replay queues and settle-marker queues of `topology` (mapping.hidden_queues),
+        on a connection of its own (blocking; the I/O thread declares them again at
+        each connect)."""
+        try:
+            conn = apply_mod.connect(self.target)
+        except live.Unreachable as exc:
+            raise StorageError(str(exc)) from exc
+        try:
+            ch = conn.channel()
+            for q in hidden_queues(topology):
+                apply_mod._declare_queue(ch, q)
+        except pika.exceptions.AMQPError as exc:
+            raise StorageError(f"{self.target}: declaring the runner's queues failed: "
+                               f"{exc!r}") from exc
+        finally:
+            if conn.is_open:
+                conn.close()
 
     def stop_consuming(self, queues: Collection[str]) -> None:
         """Close the consumers of `queues` (a reload removed what read them): their
@@ -673,6 +716,8 @@ class RabbitBackend:
         Answered from the last `queue_infos` of every queue when it is under
         INFO_FRESH_S old (a list of N queues costs one call, not N)."""
         self._known_queue(queue)
+        if queue not in self._topology.queue_map():  # a hidden queue: exact, off the cache
+            return QueueInfo(queue, self.ready(queue), 0, 0, 0.0)
         cached = self._infos
         if cached is not None and time.monotonic() - cached[0] < INFO_FRESH_S:
             info = cached[1].get(queue)
@@ -763,7 +808,7 @@ class RabbitBackend:
     def ready(self, queue: str) -> int:
         """The ready messages of `queue` right now (a passive declare; blocking)."""
         self._known_queue(queue)
-        return moves.ready(self._connect_tool, queue)
+        return moves.ready(self._connect_tool, self._broker_queue(queue))
 
     def _connect_tool(self) -> pika.BlockingConnection:
         return apply_mod.connect(self.target)
@@ -783,7 +828,8 @@ class RabbitBackend:
         except live.Unreachable as exc:
             raise StorageError(str(exc)) from exc
         try:
-            return int(conn.channel().queue_purge(queue).method.message_count)
+            return int(conn.channel().queue_purge(self._broker_queue(queue))
+                       .method.message_count)
         except pika.exceptions.AMQPError as exc:
             raise StorageError(f"{self.target}: purge of queue '{queue}' failed: {exc!r}") from exc
         finally:
@@ -826,10 +872,47 @@ class RabbitBackend:
         return moves.move(self._connect_tool, source, n, self._decode_tool, place)
 
     def replay_queue(self, group: str) -> str | None:
-        return None
+        """The durable queue `__runner.group.<group>.replay` (mapping.replay_queue): the
+        group's members, on every daemon, consume it before their partitions."""
+        if group not in self._topology.group_map():
+            return None
+        return replay_queue_of(group)
 
     def replayed_record(self, delivery: QueueDelivery) -> Record:
-        raise _not_served("topics")
+        return engine_replayed_record(delivery)  # type: ignore[arg-type]  # same fields
+
+    # ================================================================ DeadLetterTopics
+    def dlq_settled(self, topic: str) -> dict[int, set[int]]:
+        """The markers of dead-letter topic `topic` at or above its replay positions:
+        every message of its marker queue, peeked (basic.get, all given back; blocking).
+        A marker's message id is `partition:offset`."""
+        queue = settled_queue(topic)
+        group = dlq_position_group(topic)
+        try:
+            peeked = moves.peek(self._connect_tool, queue, 2**31, self._decode_tool)
+        except StorageError:
+            if topic not in self._topology.dead_letter_topics():
+                return {}
+            raise
+        out: dict[int, set[int]] = {}
+        positions: dict[int, int] = {}
+        for _, d in peeked:
+            found = marker_of(d.message_id or "")
+            if found is None:
+                continue
+            p, off = found
+            if p not in positions:
+                try:
+                    positions[p] = self.position(group, TopicPartition(topic, p))
+                except NotFound:
+                    positions[p] = off + 1  # the partition is gone: nothing to skip
+            if off >= positions[p]:
+                out.setdefault(p, set()).add(off)
+        return out
+
+    def purge_page(self, queue: str, ids: Collection[int] | None, limit: int) -> int:
+        """`purge`: RabbitMQ purges a whole queue in one operation (no pages)."""
+        return self.purge(queue, ids)
 
     def stats(self) -> EngineStats:
         """The queues' counts and counters as the broker reports them (one management
@@ -860,12 +943,22 @@ class RabbitBackend:
 
     # ================================================================ Steps
     def commit_step(self, step: Step) -> Ticket:
-        """Only a step of writes (a topic record's dead letter, outputs): published in
-        order, not atomically. A step with acks, commits or a fence needs exactly-once:
-        NotImplementedError."""
-        if step.acks or step.commits or step.fence is not None or step.fences:
+        """A step in order, not atomically (no `exactly-once`): its writes (outputs, a
+        topic record's dead letter, replayed dead letters), then its commits, then its
+        acks -- each after the writes before it were confirmed. Commits are served for
+        the dead-letter topics' replay positions only (the DLQ tools): they wait for
+        the writes' confirms and are written on a connection of their own (blocking:
+        run such a step off the owner's loop). Other commits or a fence need
+        exactly-once: NotImplementedError."""
+        hidden = self._position_groups()
+        if (step.fence is not None or step.fences
+                or any(g not in hidden for g, _, _ in step.commits)):
             raise NotImplementedError("the RabbitMQ backend has no exactly-once steps "
                                       "(capability exactly-once)")
+        for _g, tp, _ in step.commits:
+            self._stream(tp.topic, tp.partition)
+        for queue, _ in step.acks:
+            self._known_queue(queue)
         ticket = Ticket.DONE
         for exchange, messages in step.publishes:
             ticket = ticket.max(self.publish(exchange, messages).ticket)
@@ -873,16 +966,44 @@ class RabbitBackend:
             ticket = ticket.max(self.put(queue, messages).ticket)
         for topic, records in step.appends:
             ticket = ticket.max(self.append(topic, records).ticket)
+        if step.commits:
+            self._wait_written(ticket)
+            for g, tp, offset in step.commits:
+                groups_mod.write_offset(self.target, g, tp, offset, "dlq-tool",
+                                        origin=self._token)
+        for queue, delivery_id in step.acks:
+            ticket = ticket.max(self.settle(queue, [Ack(delivery_id)]).ticket)
         return ticket
+
+    def _wait_written(self, ticket: Ticket) -> None:
+        """Block until every write up to `ticket` is done; raise the error that failed
+        it (StorageError after WRITTEN_WAIT_S). Not on the I/O thread."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("the I/O thread cannot wait for its own writes")
+        until = time.monotonic() + WRITTEN_WAIT_S
+        while not self._written(ticket):
+            if time.monotonic() > until:
+                raise StorageError(f"{self.target}: writes not confirmed within "
+                                   f"{WRITTEN_WAIT_S:.0f}s")
+            time.sleep(0.005)
+        failed = self._failures.get(ticket.seq)
+        if failed is not None:
+            raise failed
 
     def dead_letter_step(
         self, group: str, record: Record, death: Mapping[str, Any], *,
         to_queue: str | None = None, to_topic: str | None = None,
     ) -> Step:
         """The embedded engine's dead letter of a topic record (the same message: body,
-        headers, message id) as a step of writes; into a topic is not served."""
+        headers, message id; into a topic the same record: value, key, headers) as a
+        step of writes."""
         if to_topic is not None:
-            raise _not_served("dead letters into topics")
+            if to_topic not in self._topology.topic_map():
+                raise NotFound(f"topic '{to_topic}' not found")
+            s = engine_dead_letter_step(group, record, death, to_topic=to_topic)
+            return Step(appends=tuple(
+                (t, tuple(OutRecord(value=r.value, key=r.key, headers=r.headers)
+                          for r in rs)) for t, rs in s.appends))
         s = engine_dead_letter_step(group, record, death, to_queue=to_queue)
         return Step(puts=tuple(
             (q, tuple(OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
@@ -891,8 +1012,21 @@ class RabbitBackend:
 
     # ================================================================ owner side helpers
     def _known_queue(self, queue: str) -> None:
-        if queue not in self._topology.queue_map():
+        if (queue not in self._topology.queue_map() and queue not in self._replay_queues()
+                and queue not in self._settled_queues()):
             raise NotFound(f"queue '{queue}' not found")
+
+    def _replay_queues(self) -> set[str]:
+        return {replay_queue_of(g) for g, _ in self._topology.consumer_groups}
+
+    def _settled_queues(self) -> dict[str, str]:
+        """The contract's marker queue of each dead-letter topic -> its broker queue."""
+        return {dlq_settled_queue(t): settled_queue(t)
+                for t in self._topology.dead_letter_topics()}
+
+    def _broker_queue(self, queue: str) -> str:
+        """The broker's name of a queue the contract names (a marker queue differs)."""
+        return self._settled_queues().get(queue, queue)
 
     def _consume(self, queue: str) -> None:
         with self._lock:
@@ -991,7 +1125,7 @@ class RabbitBackend:
         trials: list[tuple[str, str, Callable[[BlockingChannel], None]]] = []
         for e in defs.exchanges:
             trials.append(("exchange", e.name, functools.partial(apply_mod._declare_exchange, e=e)))
-        for q in defs.queues:
+        for q in [*defs.queues, *hidden_queues(self._topology)]:
             trials.append(("queue", q.name, functools.partial(apply_mod._declare_queue, q=q)))
         for b in defs.bindings:
             trials.append(("binding", b.source, functools.partial(apply_mod._bind, b=b)))
@@ -1237,7 +1371,11 @@ class RabbitBackend:
             if outcome.death is None:
                 ch.basic_reject(tag, requeue=False)
                 return None
-            copy = self._dead_letter_copy(outcome, held)
+            try:
+                copy = self._dead_letter_copy(outcome, held)
+            except EngineError as exc:  # a record its topic refuses (TooLarge)
+                log.warning("dead letter to topic %s dropped: %s", outcome.to_topic, exc)
+                copy = None  # dropped, as the embedded engine's sink does
             if copy is None:  # nowhere to go: dropped, as the embedded engine does
                 ch.basic_ack(tag)
                 return None
@@ -1306,6 +1444,15 @@ class RabbitBackend:
         )
         if outcome.to_queue is not None:
             return _Publish("", outcome.to_queue, d.body, props)
+        if outcome.to_topic is not None:
+            # as the embedded engine's record of a message routed to a topic: the body
+            # as value, the routing facts in headers; partitioned as `append` does
+            headers[RECORD_ROUTING_KEY_HEADER] = d.routing_key
+            headers[RECORD_EXCHANGE_HEADER] = ""
+            record = OutRecord(value=d.body, headers=headers)
+            ((_, publish),) = self._record_publishes(outcome.to_topic, [record],
+                                                     self._io_partitioners)
+            return publish
         queue = self._topology.queue_map().get(held.queue)
         dlx = queue.dead_letter if queue is not None else None
         if dlx is None:
