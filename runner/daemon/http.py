@@ -21,7 +21,7 @@ from aiohttp import web
 
 from runner import jsontext
 from runner.clock import now_ms
-from runner.daemon import codec, dlq, dlq_records, fanout, groups, lists
+from runner.daemon import codec, dlq, dlq_ops, dlq_records, fanout, groups, lists
 from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
@@ -761,67 +761,95 @@ async def replay(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ dead-letter topics
 
 
-def _dlq_topic(host: Host, name: str) -> None:
+def dlq_topic_check(topology: Topology, name: str) -> None:
     """404 for an unknown topic (with the closest name), 400 for a topic no
     dlq_policy dead-letters into."""
-    if name not in host.topology.topic_map():
+    if name not in topology.topic_map():
         raise NotFound(f"topic '{name}' not found")
-    if name not in host.topology.dead_letter_topics():
+    if name not in topology.dead_letter_topics():
         raise codec.BadInput(
             f"topic '{name}' is not a dead-letter topic (no dlq_policy has it as "
             "dead_letter_queue)")
 
 
-async def topic_dead_letters(request: web.Request) -> web.Response:
-    host = _host(request)
-    name = request.match_info["name"]
-    n = codec.query_int(request.query, "n", default=10, low=1, high=MAX_PEEK)
-    _dlq_topic(host, name)
-    summary = dlq.topic_summary(host.engine, name, now_ms(host.engine.clock))
-    summary["records"] = [codec.record_json(r) for r in dlq.topic_letters(host.engine, name, n)]
-    return answer(summary)
+# The four routes of a dead-letter topic, for any backend serving `dlq_ops.DlqBackend`
+# (the embedded daemon passes its engine as one; the RabbitMQ daemon its runtime, off
+# its loop): parsing, checks and answers in one place.
 
 
-async def purge_topic(request: web.Request) -> web.Response:
-    host = _host(request)
-    name = request.match_info["name"]
-    _dlq_topic(host, name)
-    purged = dlq.purge_topic(host.engine, name)
-    host.notify()
-    return answer({"purged": purged})
+def topic_dead_letters_json(topology: Topology, backend: dlq_ops.DlqBackend, name: str,
+                            query: Mapping[str, str], now: int) -> dict[str, Any]:
+    """`GET /v1/topics/{name}/dead-letters?n=`: the summary and the first n pending."""
+    n = codec.query_int(query, "n", default=10, low=1, high=MAX_PEEK)
+    dlq_topic_check(topology, name)
+    summary = dlq_ops.topic_summary(backend, name, now)
+    summary["records"] = [codec.record_json(r) for r in dlq_ops.topic_letters(backend, name, n)]
+    return summary
 
 
-async def purge_topic_records(request: web.Request) -> web.Response:
+def purge_topic_json(topology: Topology, backend: dlq_ops.DlqBackend,
+                     name: str) -> dict[str, Any]:
+    """`DELETE /v1/topics/{name}/dead-letters`: every pending dead letter."""
+    dlq_topic_check(topology, name)
+    return {"purged": dlq_ops.purge_topic(backend, name)}
+
+
+def purge_topic_records_json(topology: Topology, backend: dlq_ops.DlqBackend, name: str,
+                             body: dict[str, Any]) -> dict[str, Any]:
     """`POST /v1/topics/{name}/dead-letters/purge {"records": [...]}`: these only."""
-    host = _host(request)
-    name = request.match_info["name"]
-    body = await _json(request)
     codec.check_fields(body, TOPIC_PURGE_FIELDS)
-    _dlq_topic(host, name)
-    chosen = dlq_records.chosen_records(body, host.topology, name)
-    out = dlq_records.purge_records(host.engine, name, chosen)
-    host.notify()
-    return answer(out)
+    dlq_topic_check(topology, name)
+    chosen = dlq_records.chosen_records(body, topology, name)
+    return dlq_ops.purge_records(backend, name, chosen)
 
 
-async def replay_topic(request: web.Request) -> web.Response:
-    host = _host(request)
-    name = request.match_info["name"]
-    body = await _json(request, empty_ok=True)
+def replay_topic_json(topology: Topology, backend: dlq_ops.DlqBackend, name: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/topics/{name}/replay {"max"|"records", "to"}`."""
     codec.check_fields(body, TOPIC_REPLAY_FIELDS)
     to = codec.str_field(body, "to") if body.get("to") is not None else None
     if body.get("records") is not None:
         if body.get("max") is not None:
             raise codec.BadInput("give 'records' (these dead letters) or 'max' (the first N), "
                                  "not both")
-        _dlq_topic(host, name)
-        chosen = dlq_records.chosen_records(body, host.topology, name)
-        out = dlq_records.replay_records(host.engine, host.topology, name, chosen, to)
-        host.notify()
-        return answer(out)
+        dlq_topic_check(topology, name)
+        chosen = dlq_records.chosen_records(body, topology, name)
+        return dlq_ops.replay_records(backend, topology, name, chosen, to)
     n = codec.int_field(body, "max", default=MAX_REPLAY, low=1, high=MAX_REPLAY)
-    _dlq_topic(host, name)
-    out = dlq.replay_topic(host.engine, host.topology, name, n, to)
+    dlq_topic_check(topology, name)
+    return dlq_ops.replay_topic(backend, topology, name, n, to)
+
+
+async def topic_dead_letters(request: web.Request) -> web.Response:
+    host = _host(request)
+    return answer(topic_dead_letters_json(
+        host.topology, dlq.backend_of(host.engine), request.match_info["name"],
+        request.query, now_ms(host.engine.clock)))
+
+
+async def purge_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    out = purge_topic_json(host.topology, dlq.backend_of(host.engine),
+                           request.match_info["name"])
+    host.notify()
+    return answer(out)
+
+
+async def purge_topic_records(request: web.Request) -> web.Response:
+    """`POST /v1/topics/{name}/dead-letters/purge {"records": [...]}`: these only."""
+    host = _host(request)
+    body = await _json(request)
+    out = purge_topic_records_json(host.topology, dlq.backend_of(host.engine),
+                                   request.match_info["name"], body)
+    host.notify()
+    return answer(out)
+
+
+async def replay_topic(request: web.Request) -> web.Response:
+    host = _host(request)
+    body = await _json(request, empty_ok=True)
+    out = replay_topic_json(host.topology, dlq.backend_of(host.engine),
+                            request.match_info["name"], body)
     host.notify()
     return answer(out)
 
