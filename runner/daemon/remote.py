@@ -19,6 +19,8 @@ The HTTP API here serves what goes through the contract on this backend:
                                          offsets null: a confirm carries none)
     GET  /v1/queues/{name}/peek          basic.get and give back (moves.py); 409 quorum
     POST /v1/queues/{name}/replay        dead letters back (or into `to`), at least once
+    GET|DELETE /v1/topics/{name}/dead-letters, POST .../dead-letters/purge,
+    POST /v1/topics/{name}/replay        a dead-letter topic's tools (runner.daemon.remote_dlq)
     GET  /v1/status                      the embedded document from the broker's view
     GET  /, /v1/queues, /v1/exchanges,   as on the embedded engine; queue counts from the
          /v1/bindings                    broker, no exchange counters
@@ -56,7 +58,7 @@ from runner.backends.rabbitmq.plan import reload_plan
 from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
 from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
-from runner.daemon import codec, dlq, fanout, lists
+from runner.daemon import codec, dlq, fanout, lists, remote_dlq
 from runner.daemon.backpressure import check_lag
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
@@ -147,7 +149,7 @@ SERVED = frozenset({
     ("POST", "/v1/queues/{name}/replay"),
     ("GET", "/v1/status"),
     ("POST", "/v1/admin/reload"),
-})
+}) | remote_dlq.ROUTES
 
 
 def embedded_routes() -> list[tuple[str, str]]:
@@ -290,6 +292,7 @@ class RemoteDaemon:
         r.add_post("/v1/queues/{name}/replay", self._replay)
         r.add_get("/v1/status", self._status)
         r.add_post("/v1/admin/reload", admin_reload)
+        remote_dlq.add_routes(r, lambda: self._topology, lambda: self.backend, self._clock)
         for method, path in embedded_routes():
             if (method, path) not in SERVED:
                 r.add_route(method, path, self._not_served_handler(method, path))
@@ -689,17 +692,11 @@ class _Confirmed:
 
 def refusal(topology: Topology) -> str | None:
     """Why this topology cannot run over the RabbitMQ runtime (None: it can): a
-    consumer group without a handler (its members would be HTTP or Kafka clients),
-    dead letters into a topic."""
+    consumer group without a handler (its members would be HTTP or Kafka clients)."""
     outside = [n for n, g in topology.consumer_groups if g.handler is None]
     if outside:
         what = ", ".join(f"consumer group {n!r}" for n in outside)
         return (f"the RabbitMQ backend runs consumer groups with a handler only ({what} has "
                 "none: its members would be HTTP or Kafka clients); run it on the embedded "
                 "engine")
-    topics = topology.topic_map()
-    for name, policy in topology.dlq_policies:
-        if policy.dead_letter_queue in topics:
-            return (f"dlq_policy {name!r}: the RabbitMQ backend does not serve dead letters "
-                    f"into a topic ({policy.dead_letter_queue!r}) yet")
     return None
