@@ -115,12 +115,15 @@ def test_failed_records_and_messages_land_in_the_topic_with_the_header_and_go_ba
     for death in deaths:
         assert death["error"]["type"] == "ValueError", death
         assert death["error"]["message"].startswith("cannot take "), death
+        assert (death["reason"], death["retry_count"], death["death_count"]) == (
+            "handler_error", 0, 1), death
     from_group = [x for x in deaths if x.get("original_group") == "g"]
     assert len(from_group) == 3
-    assert sorted(x["origin"]["offset"] for x in from_group) == [0, 1, 2]
-    assert {x["origin"]["topic"] for x in from_group} == {"t"}
+    assert sorted(x["original_offset"] for x in from_group) == [0, 1, 2]
+    assert {(x["original_topic"], x["original_partition"]) for x in from_group} == {("t", 0)}
     from_queue = [x for x in deaths if x.get("original_group") is None]
-    assert [x["origin"]["queue"] for x in from_queue] == ["qa", "qa"]
+    assert [(x["original_queue"], x["consumer_id"] is not None) for x in from_queue] == [
+        ("qa", True), ("qa", True)]
     assert sorted(r["value"] for r in letters["records"]) == ["m0", "m1", "r0", "r1", "r2"]
     # on the broker: the records are in the dead-letter topic's two partition streams
     assert _stream_count(vhost, "t.dlq.0") + _stream_count(vhost, "t.dlq.1") == 5
