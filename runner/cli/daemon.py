@@ -373,7 +373,7 @@ def _run_remote(url: str, config: DaemonConfig, loaded: Loaded,
     """`runner run --backend amqp://...`: the pipeline over RabbitMQ (runner.daemon.remote)."""
     from runner.backends.rabbitmq.mapping import problems as backend_problems
     from runner.backends.rabbitmq.url import BadURL, parse
-    from runner.daemon.remote import RemoteDaemon, refusal
+    from runner.daemon.remote import RemoteDaemon
 
     try:
         target = parse(url)
@@ -391,10 +391,6 @@ def _run_remote(url: str, config: DaemonConfig, loaded: Loaded,
         _print_problems(errors)
         print(f"runner run: {config.path} cannot run on the RabbitMQ backend "
               f"({len(errors)} error(s))", file=sys.stderr)
-        return 1
-    refused = refusal(topology)
-    if refused is not None:
-        print(f"runner run: {refused}", file=sys.stderr)
         return 1
     try:
         return asyncio.run(RemoteDaemon(config, topology, loaded.content_hash, target,

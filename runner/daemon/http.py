@@ -900,7 +900,16 @@ def seek_json(host: Host, group: str, body: dict[str, Any]) -> dict[str, Any]:
 async def commit(request: web.Request) -> web.Response:
     host = _host(request)
     group = request.match_info["group"]
-    body = await _json(request)
+    offsets = commit_args(host, group, await _json(request))
+    if offsets:
+        durable = _Durable(host.engine)
+        durable.wrap(host.engine.commit)(group, offsets)
+        await durable.wait()
+    return answer({"committed": len(offsets)})
+
+
+def commit_args(host: Host, group: str, body: dict[str, Any]) -> dict[TopicPartition, int]:
+    """`POST /v1/groups/{group}/commit`'s body checked (any backend): the offsets."""
     _group_exists(host, group)
     items = body.get("offsets")
     if not isinstance(items, list):
@@ -918,11 +927,7 @@ async def commit(request: web.Request) -> web.Response:
             offsets[tp] = codec.int_field(obj, "offset")
         except codec.BadInput as exc:
             raise codec.BadInput(f"offsets[{i}]: {exc}") from exc
-    if offsets:
-        durable = _Durable(host.engine)
-        durable.wrap(host.engine.commit)(group, offsets)
-        await durable.wait()
-    return answer({"committed": len(offsets)})
+    return offsets
 
 
 def group_json(backend: Backend, group: str) -> dict[str, Any]:
@@ -948,13 +953,16 @@ def group_json(backend: Backend, group: str) -> dict[str, Any]:
 
 async def reset_group(request: web.Request) -> web.Response:
     host = _host(request)
-    group = request.match_info["group"]
-    body = await _json(request)
-    _group_exists(host, group)
-    done = groups.reset(host.backend, host.topology.group_map()[group], body)
+    done = reset_json(host, request.match_info["group"], await _json(request))
     if not done["dry_run"]:
         host.notify()
     return answer(done)
+
+
+def reset_json(host: Host, group: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/groups/{group}/reset` (any backend; blocking over RabbitMQ)."""
+    _group_exists(host, group)
+    return groups.reset(host.backend, host.topology.group_map()[group], body)
 
 
 async def get_group(request: web.Request) -> web.Response:

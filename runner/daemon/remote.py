@@ -27,6 +27,8 @@ The HTTP API here serves what goes through the contract on this backend:
     GET  /v1/groups, /v1/groups/{group} members, owners and committed offsets from the
                                          broker (runner.backends.rabbitmq.groups)
     POST /v1/groups/{group}/offsets      seek: committed, the owner (any daemon) told
+    POST /v1/groups/{group}/commit       an HTTP client's commit (a group without a handler)
+    POST /v1/groups/{group}/reset        as on the embedded engine: seeks, clamped, dry_run
     GET  /healthz, /readyz               readyz 503 while the broker is unreachable
     GET  /metrics                        queue depths and counters from the broker,
                                          handler and topology metrics from the pipeline
@@ -76,6 +78,7 @@ from runner.daemon.http import (
     answer,
     append_args,
     build_app,
+    commit_args,
     error,
     group_json,
     make_auth_middleware,
@@ -89,6 +92,7 @@ from runner.daemon.http import (
     records_json,
     replay_args,
     replayed_json,
+    reset_json,
     seek_json,
     settled_answer,
 )
@@ -141,6 +145,8 @@ SERVED = frozenset({
     ("GET", "/v1/groups"),
     ("GET", "/v1/groups/{group}"),
     ("POST", "/v1/groups/{group}/offsets"),
+    ("POST", "/v1/groups/{group}/commit"),
+    ("POST", "/v1/groups/{group}/reset"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -284,6 +290,8 @@ class RemoteDaemon:
         r.add_get("/v1/groups", self._list_groups)
         r.add_get("/v1/groups/{group}", self._get_group)
         r.add_post("/v1/groups/{group}/offsets", self._seek)
+        r.add_post("/v1/groups/{group}/commit", self._commit)
+        r.add_post("/v1/groups/{group}/reset", self._reset)
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         r.add_get("/metrics", self._metrics)
@@ -507,6 +515,31 @@ class RemoteDaemon:
         return answer(await loop.run_in_executor(
             None, lambda: seek_json(cast(Host, self), group, body)))
 
+    async def _commit(self, request: web.Request) -> web.Response:
+        """As on the embedded daemon (one parser, `http.commit_args`), off the loop: each
+        offset checked against its stream and written into its partition's offset
+        queue, confirmed before the answer (a group without a handler: HTTP clients)."""
+        group, body = request.match_info["group"], await read_json(request)
+        backend = self.backend
+
+        def run() -> int:
+            offsets = commit_args(cast(Host, self), group, body)
+            if offsets:
+                backend.commit(group, offsets)
+            return len(offsets)
+
+        loop = asyncio.get_running_loop()
+        return answer({"committed": await loop.run_in_executor(None, run)})
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        """As on the embedded daemon (one code path, `runner.daemon.groups.reset`), off
+        the loop: each partition's bounds read from its stream, the new positions
+        written as seeks (the owners, on any daemon, read again from there)."""
+        group, body = request.match_info["group"], await read_json(request)
+        loop = asyncio.get_running_loop()
+        return answer(await loop.run_in_executor(
+            None, lambda: reset_json(cast(Host, self), group, body)))
+
     async def _list_bindings(self, request: web.Request) -> web.Response:
         return answer(lists.bindings_json(self._topology))
 
@@ -557,9 +590,6 @@ class RemoteDaemon:
         if isinstance(read, ReloadResult):
             return read
         loaded, new = read.loaded, read.topology
-        why = refusal(new)
-        if why is not None:
-            return ReloadResult("refused", generation, error=f"refused: {why}")
         backend, old = self.backend, self._topology
         loop = asyncio.get_running_loop()
 
@@ -688,15 +718,3 @@ class _Confirmed:
     async def wait(self) -> None:
         if self.ticket is not None:
             await self.backend.durable(self.ticket)
-
-
-def refusal(topology: Topology) -> str | None:
-    """Why this topology cannot run over the RabbitMQ runtime (None: it can): a
-    consumer group without a handler (its members would be HTTP or Kafka clients)."""
-    outside = [n for n, g in topology.consumer_groups if g.handler is None]
-    if outside:
-        what = ", ".join(f"consumer group {n!r}" for n in outside)
-        return (f"the RabbitMQ backend runs consumer groups with a handler only ({what} has "
-                "none: its members would be HTTP or Kafka clients); run it on the embedded "
-                "engine")
-    return None

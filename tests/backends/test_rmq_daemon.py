@@ -500,10 +500,3 @@ def test_run_backend_usage_errors(tmp_path: Any) -> None:
     assert run("--backend", "amqp://guest:guest@127.0.0.1:1/x?management_port=1") == (
         1, "runner run: the management API at http://127.0.0.1:1 does not answer (<urlopen "
         "error [Errno 111] Connection refused>); is the rabbitmq_management plugin enabled?")
-    (tmp_path / "groups.yaml").write_text(
-        "version: 1\nname: t\ntopics:\n  ev: {partitions: 1}\n"
-        "consumer_groups:\n  g: {topic: ev}\n")
-    assert run("--backend", "amqp://guest:guest@127.0.0.1/x", topology="groups.yaml") == (
-        1, "runner run: the RabbitMQ backend runs consumer groups with a handler only "
-        "(consumer group 'g' has none: its members would be HTTP or Kafka clients); run it "
-        "on the embedded engine")

@@ -622,29 +622,34 @@ def committed_or_reset(target: Target, group: ConsumerGroup, tp: TopicPartition,
     return got if got is not None else reset_position(group, tp, bounds)
 
 
-def write_offset(target: Target, group: str, tp: TopicPartition, offset: int,
-                 member: str, *, origin: str) -> None:
-    """Commit `offset` from outside a member (a seek), published with a confirm, then
-    tell every member of the group (its presence queue) so the owner reads from it."""
+def write_offsets(target: Target, group: str, offsets: Mapping[TopicPartition, int],
+                  member: str, *, origin: str) -> None:
+    """Commit `offsets` from outside a member (a seek, a reset, a commit over HTTP), each
+    published with a confirm into its partition's offset queue, then tell every member of
+    the group (its presence queue) so the owners read from there. One connection."""
     from runner.backends.rabbitmq import apply as apply_mod
 
+    if not offsets:
+        return
     try:
         conn = apply_mod.connect(target)
     except live.Unreachable as exc:
         raise StorageError(str(exc)) from exc
     try:
         ch = conn.channel()
-        name = offset_queue(group, tp.topic, tp.partition)
-        ch.queue_declare(name, durable=True, arguments=OFFSET_ARGUMENTS)
         ch.confirm_delivery()
-        ch.basic_publish("", name, offset_body(offset, member),
-                         pika.BasicProperties(delivery_mode=2), mandatory=True)
-        notice = json.dumps({"origin": origin, "topic": tp.topic, "partition": tp.partition,
-                             "offset": offset}).encode()
+        for tp, offset in offsets.items():
+            name = offset_queue(group, tp.topic, tp.partition)
+            ch.queue_declare(name, durable=True, arguments=OFFSET_ARGUMENTS)
+            ch.basic_publish("", name, offset_body(offset, member),
+                             pika.BasicProperties(delivery_mode=2), mandatory=True)
         prefix = member_queue(group, "")
-        for row in group_queues(target, group):
-            name = str(row.get("name"))
-            if name.startswith(prefix):
+        presences = [str(r.get("name")) for r in group_queues(target, group)
+                     if str(r.get("name")).startswith(prefix)]
+        for tp, offset in offsets.items():
+            notice = json.dumps({"origin": origin, "topic": tp.topic,
+                                 "partition": tp.partition, "offset": offset}).encode()
+            for name in presences:
                 # a member gone meanwhile: unroutable, dropped (its partitions' new
                 # owners read the committed offset)
                 ch.basic_publish("", name, notice)

@@ -612,8 +612,9 @@ class RabbitBackend:
         return self._submit(_Command(0, publishes=[_Publish("", queue, body, props)]))
 
     def _outside(self) -> NotImplementedError:
-        return _not_served("consumer groups of consumers outside the daemon (HTTP and "
-                           "Kafka clients)")
+        return _not_served("members joining a consumer group from outside the daemon "
+                           "(Kafka clients); HTTP clients read a group's partitions and "
+                           "commit its offsets (POST /v1/groups/{group}/commit)")
 
     def join(self, group: str, member_id: str) -> None:
         raise self._outside()
@@ -648,17 +649,35 @@ class RabbitBackend:
         self, group: str, offsets: Mapping[TopicPartition, int], *,
         member_id: str | None = None, generation: int | None = None,
     ) -> Ticket:
-        """A commit of one of this backend's members (fenced by its ownership), else
-        refused: the groups here are run by handlers (seek them instead)."""
+        """A commit of one of this backend's members (fenced by its ownership), else a
+        commit from outside (HTTP clients of a group without a handler): each offset
+        checked against its stream's bounds as on the embedded engine (0..log end),
+        written into its offset queue and confirmed before this returns (blocking: a
+        stream read a partition and a connection; run it off the loop). Conflict for
+        a group run by handlers (seek it instead), as on the embedded engine."""
         spec = self._group(group)
-        for m in self._members:
-            if m.group == group and m.member_id == member_id:
-                if generation is not None and generation != m.generation:
-                    raise Conflict(f"group {group!r} rebalanced: generation {generation} is "
-                                   f"stale, current is {m.generation}")
-                return m.commit(offsets)
-        raise Conflict(f"group {spec.name!r} is run by handlers over the RabbitMQ backend: "
-                       "seek it instead of committing from outside")
+        if member_id is not None or generation is not None:
+            for m in self._members:
+                if m.group == group and m.member_id == member_id:
+                    if generation is not None and generation != m.generation:
+                        raise Conflict(f"group {group!r} rebalanced: generation {generation} "
+                                       f"is stale, current is {m.generation}")
+                    return m.commit(offsets)
+            raise Conflict(f"group {group!r} rebalanced: member {member_id!r} is not in the "
+                           "group any more")
+        if spec.handler is not None:
+            raise Conflict(f"group {group} is run by this daemon's handler; use "
+                           f"POST /v1/groups/{group}/offsets to seek it")
+        for tp, off in offsets.items():
+            stream = self._stream(tp.topic, tp.partition)
+            if tp.topic not in spec.topics:
+                raise NotFound(f"group {group!r} does not read topic {tp.topic!r}")
+            end = self._bounds(stream)[1]
+            if not 0 <= off <= end:
+                raise InvalidRequest(
+                    f"offset {off} for {tp.topic}/{tp.partition} is outside 0..{end}")
+        self._write_offsets(group, offsets, "commit")
+        return Ticket.DONE
 
     # ================================================================ Admin
     def apply(self, topology: Topology, *, force: bool = False) -> list[str]:
@@ -788,12 +807,20 @@ class RabbitBackend:
             offset = self.offset_for_time(tp.topic, tp.partition, timestamp_ms)
         if offset < 0:
             raise InvalidRequest(f"offset {offset} is negative")
-        groups_mod.write_offset(self.target, group, tp, offset, "seek", origin=self._token)
-        for m in self._members:
-            if m.group == group:
-                m.apply_seek(tp, offset)
+        self._write_offsets(group, {tp: offset}, "seek")
         self._fire_event(Event(EventKind.SEEK, group))
         return offset
+
+    def _write_offsets(self, group: str, offsets: Mapping[TopicPartition, int],
+                       why: str) -> None:
+        """Commit from outside a member (confirmed; blocking) and tell the group's members
+        on every daemon: this daemon's at once, the others through their presence
+        queues. The owner of a partition reads it again from its new offset."""
+        groups_mod.write_offsets(self.target, group, offsets, why, origin=self._token)
+        for m in self._members:
+            if m.group == group:
+                for tp, offset in offsets.items():
+                    m.apply_seek(tp, offset)
 
     def peek_ids(self, queue: str, n: int) -> list[tuple[int, QueueDelivery]]:
         """The first `n` ready messages (basic.get, then all given back: blocking, run
