@@ -622,6 +622,12 @@ def committed_or_reset(target: Target, group: ConsumerGroup, tp: TopicPartition,
     return got if got is not None else reset_position(group, tp, bounds)
 
 
+def write_offset(target: Target, group: str, tp: TopicPartition, offset: int,
+                 member: str, *, origin: str) -> None:
+    """`write_offsets` of one partition."""
+    write_offsets(target, group, {tp: offset}, member, origin=origin)
+
+
 def write_offsets(target: Target, group: str, offsets: Mapping[TopicPartition, int],
                   member: str, *, origin: str) -> None:
     """Commit `offsets` from outside a member (a seek, a reset, a commit over HTTP), each
