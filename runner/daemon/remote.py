@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
@@ -126,6 +127,12 @@ from runner.topology.model import Topology
 log = logging.getLogger(__name__)
 
 PULL_WAIT_S = 1.0  # a pull that finds nothing buffered waits this long for deliveries
+# /metrics: the topic and group series cost a read of every partition's stream; they
+# are read off the loop at most once in STREAM_SERIES_S (a scrape finding them older
+# starts a refresh and answers with the last ones), the first scrape waits for them
+# up to STREAM_SERIES_FIRST_S
+STREAM_SERIES_S = 5.0
+STREAM_SERIES_FIRST_S = 10.0
 
 # the routes this daemon serves itself (method, path); the rest of build_app's are 501
 SERVED = frozenset({
@@ -200,6 +207,9 @@ class RemoteDaemon:
         )
         self._watcher: TopologyWatcher | None = None
         self._stats = EngineStats()
+        self._series: EngineStats | None = None  # RabbitBackend.stream_stats, cached
+        self._series_at = 0.0
+        self._series_task: asyncio.Task[None] | None = None
         self._registry = build_registry(self)
         self._limiter = PublishLimiter(self._clock)  # publish_rate, per daemon
         self._registry.register(ThrottleCollector(self._limiter, lambda: self._topology))
@@ -559,8 +569,37 @@ class RemoteDaemon:
             self._stats = await loop.run_in_executor(None, self.backend.stats)
         except StorageError as exc:  # the last counts stay; the handler metrics still help
             log.warning("metrics: the broker's counts are unavailable: %s", exc)
+        series = await self._stream_series()
+        if series is not None:
+            self._stats.partitions = series.partitions
+            self._stats.group_committed = series.group_committed
+            self._stats.group_lag = series.group_lag
+            self._stats.group_members = series.group_members
         text = render(self._registry)
         return web.Response(body=text, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _stream_series(self) -> EngineStats | None:
+        """The topic and group series (`stream_stats`), at most STREAM_SERIES_S old
+        plus one refresh: a stale cache starts a refresh off the loop and is answered
+        as it is; only the first scrape waits (up to STREAM_SERIES_FIRST_S)."""
+        stale = self._clock.monotonic() - self._series_at >= STREAM_SERIES_S
+        if (self._series is None or stale) and self._series_task is None:
+            self._series_task = asyncio.get_running_loop().create_task(self._refresh_series())
+        task = self._series_task
+        if self._series is None and task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), STREAM_SERIES_FIRST_S)
+        return self._series
+
+    async def _refresh_series(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._series = await loop.run_in_executor(None, self.backend.stream_stats)
+        except StorageError as exc:  # the last series stay; tried again after the pause
+            log.warning("metrics: the streams' offsets are unavailable: %s", exc)
+        finally:
+            self._series_at = self._clock.monotonic()
+            self._series_task = None
 
     # ------------------------------------------------------------ life
     def stop(self) -> None:

@@ -6,6 +6,7 @@ records; every answer and every refusal (status and sentence) must be the same."
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.rmq import url
 
 HANDLERS = '''\
 import json
+import time
 
 
 def record(msg):
@@ -232,3 +234,47 @@ def test_reset_refusals_are_the_embedded_daemons(pair: Pair) -> None:
     assert pair.same_error("POST", "/v1/groups/ext/reset", raw=b"[1]")[0] == 400
     for d in pair.both:  # nothing moved
         assert committed(d) == {("ev", 0): None, ("ev", 1): None, ("side", 0): None}
+
+
+SERIES = ("runner_consumer_group_committed_offset", "runner_consumer_group_lag",
+          "runner_consumer_group_members", "runner_topic_partition_log_end_offset",
+          "runner_topic_partition_log_start_offset")
+
+
+def series(d: Daemon) -> dict[str, float]:
+    """The group and topic offset series of a scrape: {'name{labels}': value}."""
+    out = {}
+    for line in d.metrics().splitlines():
+        if line.startswith(SERIES):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_have_the_embedded_daemons_group_series(pair: Pair) -> None:
+    pair.same("POST", "/v1/groups/ext/commit", {"offsets": [
+        {"topic": "ev", "partition": 1, "offset": 2}]})
+    for d in pair.both:  # hg handled its record and committed past it
+        wait_for(lambda d=d: committed(d, "hg") == {("side", 0): 1}, timeout_s=30)
+    want = series(pair.embedded)
+    assert want['runner_consumer_group_lag{group="ext",partition="1",topic="ev"}'] == 3
+    assert want['runner_consumer_group_committed_offset{group="ext",partition="1",'
+                'topic="ev"}'] == 2
+    assert want['runner_consumer_group_committed_offset{group="ext",partition="0",'
+                'topic="ev"}'] == 0  # never committed: the reset position (earliest)
+    assert want['runner_consumer_group_lag{group="ext",partition="0",topic="ev"}'] == 3
+    assert want['runner_consumer_group_members{group="hg"}'] == 1
+    assert want['runner_consumer_group_members{group="ext"}'] == 0
+    assert want['runner_topic_partition_log_end_offset{partition="1",topic="ev"}'] == 5
+    assert len(want) == 2 * 3 + 2 * 1 + 2 + 2 * 3  # ext: 3 partitions, hg: 1; 3 partitions
+    # the remote daemon's series are cached for up to 5 s (and a refresh)
+    wait_for(lambda: series(pair.remote) == want, timeout_s=30)
+    # a commit shows up within the cache's age
+    pair.same("POST", "/v1/groups/ext/commit", {"offsets": [
+        {"topic": "ev", "partition": 1, "offset": 5}]})
+    wanted = 'runner_consumer_group_lag{group="ext",partition="1",topic="ev"}'
+    assert series(pair.embedded)[wanted] == 0
+    started = time.monotonic()
+    wait_for(lambda: series(pair.remote)[wanted] == 0, timeout_s=30)
+    assert time.monotonic() - started < 15
+    assert series(pair.remote) == series(pair.embedded)

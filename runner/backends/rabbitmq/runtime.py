@@ -962,6 +962,44 @@ class RabbitBackend:
             )
         return stats
 
+    def stream_stats(self) -> EngineStats:
+        """What `stats` leaves out because it costs stream reads: every topic
+        partition's bounds (`partitions`; size 0) and each consumer group's committed
+        offsets, lag (log end - position, the committed offset else `offset_reset`'s)
+        and live members (presence queues, all daemons); the lag of the dead-letter
+        topics' hidden position groups too (their pending dead letters). Blocking: a read of each
+        partition's stream (0.2-0.5 s each), one management API call, one connection
+        per group for its offsets; the daemon runs it off its loop and caches it."""
+        topology = self._topology
+        stats = EngineStats()
+        for name, topic in topology.topics:
+            for p in range(topic.partitions):
+                stats.partitions[TopicPartition(name, p)] = self._reader.partition(
+                    stream_name(name, p), p)
+        hidden = self._position_groups()  # dead-letter topics' replay positions: lag only
+        every = [*topology.consumer_groups, *hidden.items()]
+        if not every:
+            return stats
+        rows = {str(r.get("name", "")): r for r in self._queue_rows("name,arguments") or ()}
+        for group, spec in every:
+            if group not in hidden:
+                presence = member_queue(group, "")
+                stats.group_members[group] = len({
+                    str((r.get("arguments") or {}).get(groups_mod.MEMBER_ARG, n))
+                    for n, r in rows.items() if n.startswith(presence)})
+            tps = groups_mod.group_partitions(topology, spec)
+            done = groups_mod.committed(self.target, group, tps)
+            for tp in tps:
+                info = stats.partitions[tp]
+                start, end = info.log_start_offset, info.log_end_offset
+                committed = done[tp]
+                if committed is not None:
+                    stats.group_committed[(group, tp)] = committed
+                position = (committed if committed is not None
+                            else spec.offset_reset.out_of_range(start, end))
+                stats.group_lag[(group, tp)] = max(0, end - position)
+        return stats
+
     @property
     def connected(self) -> bool:
         """True while the I/O thread holds an open connection."""
