@@ -343,6 +343,10 @@ class RabbitBackend:
         self._gen = 0
         self._pub: BlockingChannel | None = None
         self._channels: dict[str, BlockingChannel] = {}
+        # the consumer on each channel of `_channels`: its tag and its basic.qos prefetch
+        self._consumer_tags: dict[str, str] = {}
+        self._prefetches: dict[str, int] = {}
+        self._qos_topology: Topology | None = None  # the topology those prefetches follow
         self._declared_delays: set[int] = set()
         self._ready_queues: set[str] = set()
         self._thread = threading.Thread(target=self._run, name=f"rabbitmq:{target}", daemon=True)
@@ -701,6 +705,7 @@ class RabbitBackend:
         self._router = router_of(topology)
         for m in list(self._members):
             m.retopology(topology)
+        self._wake()  # the I/O thread gives the consumers a changed prefetch
         return [*applied.lines, *unbound]
 
     def _declare_hidden(self, topology: Topology) -> None:
@@ -1245,6 +1250,12 @@ class RabbitBackend:
             log.info("RabbitMQ %s: stopped consuming '%s'", self.target, queue)
         for queue in want:
             self._open_consumer(queue)
+        if self._qos_topology is not self._topology:  # a reload: a prefetch may change
+            self._qos_topology = self._topology
+            for queue, ch in list(self._channels.items()):
+                prefetch = self.prefetch_of(queue)
+                if ch.is_open and self._prefetches.get(queue) != prefetch:
+                    self._change_prefetch(queue, ch, prefetch)
         for _ in range(DRAIN_ROUND):
             with self._lock:
                 if not self._commands:
@@ -1338,14 +1349,35 @@ class RabbitBackend:
     def _open_consumer(self, queue: str) -> None:
         assert self._conn is not None
         ch = self._conn.channel()
-        ch.basic_qos(prefetch_count=self.prefetch_of(queue))
+        self._channels[queue] = ch
+        self._start_consumer(queue, ch, self.prefetch_of(queue))
+
+    def _start_consumer(self, queue: str, ch: BlockingChannel, prefetch: int) -> None:
+        """basic.qos then basic.consume of `queue` on `ch` (the qos counts for the
+        consumers started after it)."""
+        ch.basic_qos(prefetch_count=prefetch)
         gen = self._gen
 
         def on_message(channel: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
             self._delivered(gen, queue, method, props, body)
 
-        ch.basic_consume(queue, on_message, auto_ack=False)
-        self._channels[queue] = ch
+        self._consumer_tags[queue] = ch.basic_consume(queue, on_message, auto_ack=False)
+        self._prefetches[queue] = prefetch
+
+    def _change_prefetch(self, queue: str, ch: BlockingChannel, prefetch: int) -> None:
+        """A reload changed the prefetch of `queue`'s consumers. A consumer keeps the
+        basic.qos it started under, so a new consumer starts on the same channel under
+        the new one, then the old one is cancelled: what it delivered and the owner
+        holds stays unacked on the channel and is settled as before (delivery tags
+        are the channel's); what pika received but had not handed over yet goes back
+        to the queue (pika's basic_cancel rejects it, requeued)."""
+        old = self._consumer_tags.get(queue)
+        before = self._prefetches.get(queue)
+        self._start_consumer(queue, ch, prefetch)
+        if old is not None:
+            ch.basic_cancel(old)
+        log.info("RabbitMQ %s: prefetch of '%s' changed from %s to %d", self.target, queue,
+                 before, prefetch)
 
     def _delivered(self, gen: int, queue: str, method: Any, props: Any, body: bytes) -> None:
         now = self._clock.time()
