@@ -38,15 +38,21 @@ topics:
   t: {partitions: 1}
   t.dlq: {partitions: 2}
   archive: {partitions: 1}
+  u: {partitions: 1}
 queues:
   qa: {}
   parking: {}
+  gq.dlq: {}
 dlq_policies:
   to-topic:
     max_retries: 0
     dead_letter_queue: t.dlq
+  to-queue:
+    max_retries: 0
+    dead_letter_queue: gq.dlq
 consumer_groups:
   g: {topic: t, handler: "dlq_handlers:work", dlq_policy: to-topic}
+  h: {topic: u, handler: "dlq_handlers:work", dlq_policy: to-queue}
 consumers:
   ca: {queue: qa, handler: "dlq_handlers:work", dlq_policy: to-topic}
 """
@@ -238,3 +244,23 @@ def test_bad_input_is_refused_with_the_embedded_daemons_sentences(daemon: Daemon
         400, error_of(daemon, "POST", "/v1/queues/qa/replay", raw=b"{nope")[1])
     done = daemon.cli("dlq", "show", "t")
     assert done.returncode == 1 and not_dlq in done.stderr, done.stderr
+
+
+def test_a_groups_dead_letter_in_a_queue_replays_back_to_the_group(daemon: Daemon) -> None:
+    daemon.ok("POST", "/v1/topics/u/records", {"records": [{"value": "u0"}]}, 202)
+
+    def parked() -> list[Any]:
+        got: list[Any] = daemon.ok("GET", "/v1/queues/gq.dlq/peek?n=5")["messages"]
+        return got
+
+    (letter,) = wait_for(parked, timeout_s=30)
+    death = letter["headers"]["x-dead-letter"]
+    assert (death["original_topic"], death["original_offset"], death["original_group"]) == (
+        "u", 0, "h")
+    (daemon.workdir / "fail").unlink()
+    answer = daemon.ok("POST", "/v1/queues/gq.dlq/replay", {})
+    assert (answer["replayed"], answer["skipped"], answer["remaining"]) == (1, 0, 0), answer
+    assert wait_for(lambda: _done(daemon) == ["u0"], timeout_s=30)
+    internal = [q for q in daemon.ok("GET", "/v1/queues")["queues"] if q["internal"]]
+    assert sorted(q["name"] for q in internal) == [
+        "__runner.group.g.replay", "__runner.group.h.replay"]

@@ -28,7 +28,14 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from runner.backends.rabbitmq import live
+from runner.backends.rabbitmq.mapping import replay_queue
 from runner.broker.deadletter import ReplayTarget, replay_target, replayed_headers
+from runner.deadletter_headers import (
+    DEATH_HEADER,
+    RECORD_OFFSET_HEADER,
+    RECORD_PARTITION_HEADER,
+    RECORD_TOPIC_HEADER,
+)
 from runner.engine.contract import QueueDelivery, ReplayOutcome
 from runner.engine.deadletters import REPLAY_NOT_A_DEAD_LETTER, REPLAY_QUEUE_FULL
 from runner.errors import Conflict, Refused, StorageError
@@ -188,6 +195,31 @@ def replay(connect: Connect, topology: Topology, queue: str, n: int, decode: Dec
         ch.basic_ack(tag)  # after the broker confirmed the copy
         return 1
 
+    def to_group(tag: int, d: QueueDelivery, target: ReplayTarget) -> int:
+        """A group's record into the group's replay queue (the embedded engine's
+        `__replay.<group>`), with where it was read; confirmed, then acked: 1; 0 when
+        it stays (the embedded engine's reasons)."""
+        death = d.headers.get(DEATH_HEADER)
+        group = death.get("original_group") if isinstance(death, Mapping) else None
+        if not group:
+            keep(tag, "a topic record without its consumer group")
+            return 0
+        if str(group) not in topology.group_map():
+            keep(tag, f"consumer group '{group}' no longer exists")
+            return 0
+        headers = replayed_headers(d.headers)
+        headers[RECORD_TOPIC_HEADER] = target.topic
+        headers[RECORD_PARTITION_HEADER] = target.partition
+        headers[RECORD_OFFSET_HEADER] = target.offset
+        copy = copy_properties(d, headers, "", d.routing_key)
+        try:
+            ch.basic_publish("", replay_queue(str(group)), d.body, copy, mandatory=True)
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
+            keep(tag, f"consumer group '{group}' no longer exists")
+            return 0
+        ch.basic_ack(tag)  # after the broker confirmed the copy
+        return 1
+
     with _channel(connect, f"replaying queue '{queue}'") as ch:
         ch.confirm_delivery()
         try:
@@ -204,8 +236,7 @@ def replay(connect: Connect, topology: Topology, queue: str, n: int, decode: Dec
                     keep(tag, REPLAY_NOT_A_DEAD_LETTER)
                     continue
                 if target.queue is None:
-                    keep(tag, f"a record of topic '{target.topic}': the RabbitMQ backend "
-                              "does not replay records to consumer groups yet")
+                    replayed += to_group(tag, d, target)
                     continue
                 if target.queue not in queues:
                     keep(tag, f"original queue '{target.queue}' no longer exists")
