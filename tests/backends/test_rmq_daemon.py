@@ -304,8 +304,10 @@ def test_http_consumers_pull_ack_and_nack_with_leases(daemons: Daemons) -> None:
                  f"{one}; the other 0 were acked", "unknown": [one], "acked": 0})
     (again,) = d.ok("POST", "/v1/queues/retry.dlq/pull", {"lease": "500ms"})["messages"]
     assert (again["body"], again["redelivered"]) == ("p2", True)
-    time.sleep(1.0)  # the lease runs out: the runtime gives it back
+    # nothing to pull until the 500 ms lease runs out and the runtime gives p2 back
+    leased_at = time.monotonic()
     (third,) = wait_for(lambda: d.ok("POST", "/v1/queues/retry.dlq/pull", {})["messages"])
+    assert time.monotonic() - leased_at >= 0.3  # not before its lease ran out
     assert third["body"] == "p2" and third["delivery_id"] != again["delivery_id"]
     assert d.post("/v1/queues/retry.dlq/ack",
                   {"delivery_ids": [again["delivery_id"]]}).status == 409  # expired
