@@ -55,7 +55,7 @@ def raw(msg):
     return b"\\x00\\xffraw"
 
 async def slow(msg):
-    await asyncio.sleep(2)
+    await asyncio.sleep(1)  # five times the longest wait below (200 ms)
     return "late"
 """
 
