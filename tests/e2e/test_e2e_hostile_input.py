@@ -220,14 +220,26 @@ def test_the_cli_replays_more_than_one_page(d: Daemon) -> None:
 
 
 def bomb(expanded: int) -> bytes:
+    """A valid zlib stream of `{"body": "000..."}` with `expanded` zeros (a multiple of
+    1 MiB). Each MiB is compressed once: after a full flush the compressor starts afresh,
+    so every MiB compresses to the same bytes, which are repeated; the stream ends with a
+    raw final block for the tail and the Adler-32 of everything (1 GiB: 0.3 s, not 3 s)."""
+    head, tail, zeros = b'{"body": "', b'"}', b"0" * (1 << 20)
     c = zlib.compressobj(9)
-    zeros = b"0" * (1 << 20)
-    parts = [c.compress(b'{"body": "')]
+    start = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    chunk = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    end = zlib.compressobj(9, zlib.DEFLATED, -15)
+    last = end.compress(tail) + end.flush()
+    check = zlib.adler32(head)
     for _ in range(expanded >> 20):
-        parts.append(c.compress(zeros))
-    parts.append(c.compress(b'"}'))
-    parts.append(c.flush())
-    return b"".join(parts)
+        check = zlib.adler32(zeros, check)
+    check = zlib.adler32(tail, check)
+    return start + chunk * (expanded >> 20) + last + check.to_bytes(4, "big")
+
+
+def test_the_bomb_is_a_valid_zlib_stream_of_its_size() -> None:
+    data = bomb(3 << 20)
+    assert zlib.decompress(data) == b'{"body": "' + b"0" * (3 << 20) + b'"}'
 
 
 def peak_rss_kb(pid: int) -> int:
