@@ -86,3 +86,23 @@ def _wide(value: Any, depth: int) -> Any:
     if isinstance(value, list | tuple):
         return [_wide(v, depth + 1) for v in value]
     return value
+
+
+def key_from_json(payload: bytes | None, path: str) -> bytes | None:
+    """The record key at dotted `path` of a JSON object payload; None when the
+    payload is not JSON, not an object, or has no such field (or it is null)."""
+    if not payload:
+        return None
+    try:
+        node: object = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if node is None:
+        return None
+    if isinstance(node, str):
+        return node.encode()
+    return json.dumps(node, separators=(",", ":"), ensure_ascii=False).encode()

@@ -20,17 +20,16 @@ from the user's headers.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from runner.errors import InvalidRequest
+from runner.header_values import ALLOWED, tag_value, untag_value
 
 _PLAIN = (str, int, float, bool, type(None))
 _SCALARS = frozenset((*_PLAIN, bytes))
 _EXTRA = "$x"
-ALLOWED = "str, int, float, bool, None, bytes, list, tuple or dict"
 
 
 def check_headers(headers: Mapping[str, Any]) -> None:
@@ -67,42 +66,9 @@ def _unstorable(value: Any) -> str | None:
     return type(value).__name__
 
 
-def _enc(value: Any) -> Any:
-    if isinstance(value, str | bool | int | float) or value is None:
-        return value
-    if isinstance(value, bytes):
-        return {"$b64": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, list):
-        return [_enc(v) for v in value]
-    if isinstance(value, tuple):
-        return {"$tuple": [_enc(v) for v in value]}
-    if isinstance(value, Mapping):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
-            return {k: _enc(v) for k, v in value.items()}
-        return {"$dict": [[_enc(k), _enc(v)] for k, v in value.items()]}
-    raise InvalidRequest(f"a header value of type {type(value).__name__} cannot be stored "
-                         f"(allowed: {ALLOWED})")
-
-
-def _dec(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_dec(v) for v in value]
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((k, v),) = value.items()
-            if k == "$b64":
-                return base64.b64decode(v)
-            if k == "$tuple":
-                return tuple(_dec(x) for x in v)
-            if k == "$dict":
-                return {_dec(a): _dec(b) for a, b in v}
-        return {k: _dec(v) for k, v in value.items()}
-    return value
-
-
 def encode_headers(headers: Mapping[str, Any], extra: Any = None) -> bytes:
     """Headers (and an optional `extra`) as tagged JSON bytes."""
-    doc = _enc(headers)
+    doc = tag_value(headers)
     if extra is not None:
         doc = {**doc, _EXTRA: extra}
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -112,26 +78,16 @@ def decode_headers(data: bytes | str) -> tuple[dict[str, Any], Any]:
     """What `encode_headers` wrote: the headers, and the extra (None without one)."""
     doc = json.loads(data)
     extra = doc.pop(_EXTRA, None)
-    headers = _dec(doc)
+    headers = untag_value(doc)
     return headers, extra
-
-
-def tag_value(value: Any) -> Any:
-    """One header value in the tagged JSON-able form (bytes, tuples, odd dicts tagged)."""
-    return _enc(value)
-
-
-def untag_value(value: Any) -> Any:
-    """What `tag_value` gave, back as the value."""
-    return _dec(value)
 
 
 def encode_value(headers: Mapping[str, Any]) -> Any:
     """Headers as a JSON-able value (to embed in a larger JSON document)."""
-    return _enc(headers)
+    return tag_value(headers)
 
 
 def decode_value(value: Any) -> dict[str, Any]:
     """What `encode_value` gave, back as headers."""
-    out = _dec(value)
+    out = untag_value(value)
     return out if isinstance(out, dict) else {}

@@ -7,11 +7,10 @@ topic) and to dead-lettered or replayed records.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from runner import jsontext
-from runner.broker.headers import tag_value, untag_value
 from runner.deadletter_headers import (
     EXCHANGE_HEADER,
     JSON_CONTENT_TYPE,
@@ -28,6 +27,7 @@ from runner.deadletter_headers import (
     content_type,
 )
 from runner.engine.values import OutMessage, OutRecord
+from runner.header_values import HEADER_TYPES, encode_headers, untag_value
 from runner.log.store import AppendRecord
 
 __all__ = [
@@ -38,52 +38,9 @@ __all__ = [
     "encode_headers", "kafka_headers", "raw_headers", "record_of_message", "to_append", "unb64",
 ]
 
-HEADER_TYPES = "x-runner-header-types"
-"""The record header that says how to read the headers before it (see `encode_headers`)."""
-
-_TEXT, _BYTES, _JSON, _RAW, _NULL = "s", "b", "j", "r", "n"
+_RAW, _NULL = "r", "n"
 
 HeaderValue = bytes | None  # a Kafka header value: bytes, or null
-
-
-def encode_headers(headers: Mapping[str, Any]) -> tuple[tuple[str, bytes], ...]:
-    """Record headers on disk, each value read back exactly by `decode_headers`.
-
-    A Kafka header value is bytes or null, and Kafka clients read what is
-    stored, so: a str is stored raw as its UTF-8 bytes (a Kafka consumer sees
-    `abc`, not `"abc"`), bytes raw, None as a null value, and any other value
-    (int, float, bool, list, tuple, dict) as JSON text in the queues' tagged
-    form (`runner.broker.headers`, the one header codec: `3`, `true`,
-    `{"a":1}`; bytes inside as `{"$b64": ...}`). How to read each value back is
-    kept in one last header, `HEADER_TYPES`: one letter per header before it
-    (`s` text, `b` bytes, `j` JSON, `n` null, stored empty), e.g. `sjb`. The
-    Kafka listener never shows that header to Kafka clients, and gives records
-    that Kafka clients produce an empty one (every value raw), or, when one of
-    their values is null, `r` (raw) and `n` letters."""
-    if not headers:
-        return ()
-    out: list[tuple[str, bytes]] = []
-    kinds: list[str] = []
-    for name, value in headers.items():
-        if type(value) is str:
-            try:
-                out.append((name, value.encode()))
-                kinds.append(_TEXT)
-                continue
-            except UnicodeEncodeError:  # a lone surrogate: only JSON can carry it
-                pass
-        elif isinstance(value, bytes | bytearray | memoryview):
-            out.append((name, bytes(value)))
-            kinds.append(_BYTES)
-            continue
-        elif value is None:  # a Kafka null header value
-            out.append((name, b""))
-            kinds.append(_NULL)
-            continue
-        out.append((name, jsontext.dumps(tag_value(value), default=str)))
-        kinds.append(_JSON)
-    out.append((HEADER_TYPES, "".join(kinds).encode()))
-    return tuple(out)
 
 
 def raw_headers(headers: Sequence[tuple[str, HeaderValue]]) -> tuple[tuple[str, bytes], ...]:

@@ -7,15 +7,19 @@ spread round robin (each call to `for_batch` starts where the last one ended);
 one `Partitioner` per topic (the `Store` keeps one each), so appends to other
 topics in between do not skew a topic's spreading.
 
-`key_from_json` takes the topic's `key` field (a dotted path) from a JSON
-payload: a string is its UTF-8 bytes, anything else its compact JSON text.
+`key_from_json` (in `runner.jsontext`, shared with the HTTP codec) takes the
+topic's `key` field (a dotted path) from a JSON payload: a string is its UTF-8
+bytes, anything else its compact JSON text.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from struct import unpack_from
+
+from runner.jsontext import key_from_json
+
+__all__ = ["Partitioner", "key_from_json", "murmur2", "partition_for_key"]
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -53,26 +57,6 @@ def murmur2(data: bytes) -> int:
 def partition_for_key(key: bytes, partitions: int) -> int:
     """Kafka's default partition of a keyed record."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def key_from_json(payload: bytes | None, path: str) -> bytes | None:
-    """The record key at dotted `path` of a JSON object payload; None when the
-    payload is not JSON, not an object, or has no such field (or it is null)."""
-    if not payload:
-        return None
-    try:
-        node: object = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if node is None:
-        return None
-    if isinstance(node, str):
-        return node.encode()
-    return json.dumps(node, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class Partitioner:
