@@ -1,4 +1,9 @@
-"""The HTTP codec: JSON request bodies to engine inputs, engine outputs to JSON.
+"""The HTTP codec: JSON request bodies to the contract's values, its answers to JSON.
+
+Inputs and outputs are `runner.engine.contract` values (OutMessage, OutRecord,
+QueueDelivery, Record), whatever the backend. The messages and records built
+here carry a dict of their own as `headers` (a fresh one per item): the HTTP
+layer writes the request's trace context into it (`runner.daemon.traced`).
 
 Every function here is pure and raises `BadInput` (HTTP 400) or `TooLarge`
 (HTTP 413) with a sentence naming the offending field, so the HTTP layer never
@@ -6,7 +11,7 @@ has to guess what went wrong. `body`/`value` carry any JSON value (stored as
 compact JSON text, content type `application/json`); `body_b64`/`value_b64`
 carry raw bytes.
 
-Header values are JSON in the headers' tagged form (`runner.broker.headers`,
+Header values are JSON in the headers' tagged form (`runner.header_values`,
 the one header codec): a value is any JSON value, except that a one-key
 object with a `$` key is a tag: `{"$b64": "..."}` bytes, `{"$tuple": [...]}` a
 tuple, `{"$dict": [[k, v], ...]}` a dict with odd keys. Answers write header
@@ -25,20 +30,12 @@ from typing import Any, TypeVar
 import orjson
 
 from runner import jsontext
-from runner.broker.headers import tag_value, untag_value
-from runner.engine import (
-    HEADER_TYPES,
-    OutMessage,
-    OutRecord,
-    QueueDelivery,
-    Record,
-    check_timestamp_ms,
-    contract,
-    encode_headers,
-)
+from runner.engine.contract import OutMessage, OutRecord, QueueDelivery, Record
 from runner.errors import InvalidRequest, TooLarge
+from runner.header_values import HEADER_TYPES, encode_headers, tag_value, untag_value
 from runner.pipeline import replies
 from runner.pipeline.replies import CORRELATION_HEADER, REPLY_TO_HEADER
+from runner.timestamps import check_timestamp_ms
 from runner.topology import units
 
 JSON_CONTENT_TYPE = "application/json"
@@ -563,8 +560,8 @@ def reply_json(body: bytes, content_type: str | None, headers: Mapping[str, Any]
     return out
 
 
-def delivery_json(d: QueueDelivery | contract.QueueDelivery) -> dict[str, Any]:
-    """A delivery as the HTTP API shows it (the engine's, or the contract's: same fields)."""
+def delivery_json(d: QueueDelivery) -> dict[str, Any]:
+    """A delivery as the HTTP API shows it."""
     body = d.body
     out: dict[str, Any] = {"delivery_id": d.delivery_id}
     if d.content_type == JSON_CONTENT_TYPE:

@@ -1,5 +1,6 @@
-"""The DLQ tools on the engine contract: what `runner.daemon.dlq` and
-`runner.daemon.dlq_records` do, for any backend that serves `DlqBackend`.
+"""The DLQ tools on the engine contract, for any backend that serves `DlqBackend`:
+what the HTTP API's DLQ routes, the console and `runner dlq` run (the selection of
+dead letters by record is parsed in `runner.daemon.dlq_records`).
 
 Queue DLQs: `purge` takes every ready message out of a queue (its unacked ones
 stay with their consumers, as in RabbitMQ); `replay_to` moves up to `n`
@@ -52,6 +53,7 @@ from runner.engine.contract import (
     Record,
     Requeue,
     Step,
+    Ticket,
     TopicPartition,
     dlq_position_group,
     dlq_settled_queue,
@@ -101,11 +103,13 @@ async def purge(backend: Backend, queue: str) -> int:
     a backend call, the event loop serving other requests between pages (a purge
     of millions held the loop for its whole duration)."""
     total = 0
+    ticket = Ticket.DONE
     while True:
         got = backend.fetch(queue, PAGE, lease_s=LEASE_S, consumer_id=TOOL_CONSUMER)
         if not got:
+            await backend.durable(ticket)  # answered once the acks are durable
             return total
-        backend.settle(queue, [Ack(d.delivery_id) for d in got])
+        ticket = ticket.max(backend.settle(queue, [Ack(d.delivery_id) for d in got]).ticket)
         total += len(got)
         await asyncio.sleep(0)
 

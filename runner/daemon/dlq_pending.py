@@ -2,7 +2,7 @@
 
 A dead-letter topic's pending letters are those from its replay position
 (`dlq_position_group(topic)`'s committed offsets) on, less those replayed or
-purged on their own above it (see runner.daemon.dlq). Metrics and the
+purged on their own above it (see runner.daemon.dlq_ops). Metrics and the
 console's live feed count them from `Admin.stats()` alone.
 """
 

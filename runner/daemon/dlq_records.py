@@ -11,23 +11,19 @@ is counted in `skipped` by reason. Unknown offsets answer 404 and records
 already replayed or purged 409, before anything changes.
 
 The selection is parsed here; the replay and purge are on the engine contract
-in `runner.daemon.dlq_ops` (this module's two functions wrap a raw engine for
-`runner.daemon.http`).
+in `runner.daemon.dlq_ops` (`replay_records`, `purge_records`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from runner.daemon import codec, dlq_ops
-from runner.daemon.dlq import backend_of
+from runner.daemon import codec
 from runner.daemon.dlq_ops import Chosen
-from runner.engine import Engine
 from runner.errors import NotFound
 from runner.topology.model import Topology
 
-__all__ = ["MAX_RECORDS", "RECORD_FIELDS", "Chosen", "chosen_records", "purge_records",
-           "replay_records"]
+__all__ = ["MAX_RECORDS", "RECORD_FIELDS", "Chosen", "chosen_records"]
 
 MAX_RECORDS = 1000  # records named in one request
 RECORD_FIELDS = frozenset({"partition", "offset"})
@@ -63,14 +59,3 @@ def chosen_records(body: dict[str, Any], topology: Topology, topic: str) -> Chos
             raise codec.BadInput(f"'{where}' names partition {p} offset {off} twice")
         out.append((p, off))
     return out
-
-
-def replay_records(engine: Engine, topology: Topology, topic: str, chosen: Chosen,
-                   to: str | None = None) -> dict[str, Any]:
-    """`dlq_ops.replay_records` for callers holding the raw engine (runner.daemon.http)."""
-    return dlq_ops.replay_records(backend_of(engine), topology, topic, chosen, to)
-
-
-def purge_records(engine: Engine, topic: str, chosen: Chosen) -> dict[str, Any]:
-    """`dlq_ops.purge_records` for callers holding the raw engine (runner.daemon.http)."""
-    return dlq_ops.purge_records(backend_of(engine), topic, chosen)

@@ -1,7 +1,10 @@
-"""The HTTP API of `runner run`: aiohttp routes over the engine owned by the loop.
+"""The HTTP API of `runner run`: aiohttp routes over the backend owned by the loop.
 
-Every route of INTERFACES.md. The engine is plain synchronous code owned by the
-event loop, so a handler calls it directly (no locks, no threads). Errors of
+Every route of INTERFACES.md. Handlers reach the backend only through the
+engine contract (`runner.engine.contract`: the Backend and the optional parts
+the embedded engine adds, `Served`); its synchronous methods are owned by the
+event loop, so a handler calls them directly (no locks, no threads), and
+awaits the ticket of its writes before it answers. Errors of
 the `runner.errors` tree become JSON answers with their status; anything else
 is a bug: logged with its traceback and answered as a 500 JSON, never an HTML
 page.
@@ -15,26 +18,33 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from runner import jsontext
-from runner.clock import now_ms
-from runner.daemon import codec, dlq, dlq_ops, dlq_records, fanout, groups, lists
+from runner.clock import Clock, now_ms
+from runner.daemon import codec, dlq_ops, dlq_records, fanout, groups, lists
 from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
+from runner.daemon.dlq_ops import DlqBackend
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
 from runner.daemon.reload import ReloadResult
 from runner.daemon.traced import SPANS_KEY, Traced
-from runner.engine import (
-    Engine,
+from runner.engine.contract import (
+    Ack,
+    Backend,
+    DeadLetter,
+    FanoutCounter,
+    Outcome,
     OutMessage,
     OutRecord,
+    ReplayOutcome,
+    Requeue,
+    StorageHealth,
+    Ticket,
     TopicPartition,
-    contract,
 )
-from runner.engine.contract import Backend
 from runner.errors import (
     Conflict,
     EngineError,
@@ -47,7 +57,7 @@ from runner.errors import (
     TooLarge,
     UnsafeChange,
 )
-from runner.log.partitioner import key_from_json
+from runner.jsontext import key_from_json
 from runner.pipeline.otel import Spans
 from runner.pipeline.replies import (
     CORRELATION_HEADER,
@@ -79,15 +89,22 @@ TOPIC_REPLAY_FIELDS = frozenset({"max", "to", "records"})
 TOPIC_PURGE_FIELDS = frozenset({"records"})
 
 
+class Served(DlqBackend, StorageHealth, FanoutCounter, Protocol):
+    """The backend the HTTP API serves: the contract's Backend with the optional parts
+    its routes use -- dead-letter topics (the DLQ tools), storage health (`/readyz`)
+    and the fanout count of a publish (`--max-fanout`). The embedded engine's
+    `EmbeddedBackend` is one."""
+
+
 class Host(Protocol):
     """What the HTTP layer needs from the supervisor."""
 
     @property
-    def engine(self) -> Engine: ...
+    def backend(self) -> Served: ...
 
     @property
-    def backend(self) -> Backend:
-        """The engine through the contract (handlers moved off `Engine` use it)."""
+    def clock(self) -> Clock:
+        """The injected clock (the backend's): the age of dead letters."""
         ...
 
     @property
@@ -355,41 +372,55 @@ def queue_exists(host: Host, name: str) -> None:
 
 # ------------------------------------------------------------------ durability
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
+class _Writes:
+    """A request's writes through the contract and the ticket covering them all:
+    the handler answers only after `await wait()`, which returns once they are
+    durable (embedded, `--fsync always`: once the data dir's flusher synced them,
+    the event loop never waiting for a disk; at once otherwise) and raises the
+    503 storage error of a failed fsync. A publish refused part-way (Refused)
+    returns no ticket: what it took is covered by `Backend.taken()`."""
 
-class _Durable:
-    """A request's engine writes, each run inside `Engine.ticketed()` (written,
-    not yet fsynced, the event loop never waits for a disk), and the ticket
-    covering them all: the handler answers only after `await wait()`, which
-    returns once the data dir's flusher synced them (`--fsync always`; at once
-    otherwise) and raises the 503 storage error of a failed fsync."""
+    __slots__ = ("backend", "ticket")
 
-    __slots__ = ("engine", "seq")
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.ticket = Ticket.DONE
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.seq = 0
+    def publish(self, exchange: str, msgs: Sequence[OutMessage]) -> list[list[str]]:
+        try:
+            published = self.backend.publish(exchange, msgs)
+        except Refused:
+            self.ticket = self.ticket.max(self.backend.taken())
+            raise
+        self.ticket = self.ticket.max(published.ticket)
+        return [list(r) for r in published.routes]
 
-    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            ticketed = self.engine.ticketed()
-            box = ticketed.__enter__()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                ticketed.__exit__(type(exc), exc, exc.__traceback__)
-                self.seq = max(self.seq, box.seq)
-                raise
-            ticketed.__exit__(None, None, None)
-            self.seq = max(self.seq, box.seq)
-            return result
+    def put(self, queue: str, msgs: Sequence[OutMessage]) -> list[list[str]]:
+        try:
+            published = self.backend.put(queue, msgs)
+        except Refused:
+            self.ticket = self.ticket.max(self.backend.taken())
+            raise
+        self.ticket = self.ticket.max(published.ticket)
+        return [list(r) for r in published.routes]
 
-        return call
+    def append(self, topic: str, recs: Sequence[OutRecord]) -> list[tuple[int, int]]:
+        appended = self.backend.append(topic, recs)
+        self.ticket = self.ticket.max(appended.ticket)
+        return list(appended.positions)
+
+    def settle(self, queue: str, outcomes: Sequence[Outcome]) -> list[int]:
+        """The outcomes applied; the unknown delivery ids."""
+        settled = self.backend.settle(queue, outcomes)
+        self.ticket = self.ticket.max(settled.ticket)
+        return list(settled.unknown)
+
+    def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        self.ticket = self.ticket.max(self.backend.commit(group, offsets))
 
     async def wait(self) -> None:
-        await self.engine.durable(self.seq)
+        await self.backend.durable(self.ticket)
 
 
 # ------------------------------------------------------------------ publishing
@@ -409,9 +440,9 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
     if to_queue and is_private(name):
         return _reply_over_http(host, name, msgs, batch)
     _limit(request, "queue" if to_queue else "exchange", name, len(msgs))
-    durable = _Durable(host.engine)
-    publish = durable.wrap(host.engine.publish_to_queue if to_queue else host.engine.publish)
-    counts = fanout.copies(host.engine, None if to_queue else name, msgs)
+    durable = _Writes(host.backend)
+    publish = durable.put if to_queue else durable.publish
+    counts = fanout.copies(host.backend, None if to_queue else name, msgs)
     fanout.check(counts, request.app[LIMITS_KEY].max_fanout,
                  f"queue '{name}'" if to_queue else f"exchange '{name}'")
     if wait_s is not None and batch:
@@ -453,7 +484,7 @@ def _wait(request: web.Request) -> float | None:
 
 async def _request_reply(
     host: Host, name: str, msg: OutMessage, publish: Callable[[str, list[OutMessage]], Any],
-    wait_s: float, durable: _Durable,
+    wait_s: float, durable: _Writes,
 ) -> web.Response:
     """Publish `msg` with a private reply address and answer with its reply: 200 the
     reply, 502 an error reply (the handler failed for good), 504 none within `wait_s`,
@@ -463,8 +494,8 @@ async def _request_reply(
                              "'reply_to' (or publish without 'wait')")
     replies = host.replies
     waiting = replies.open(msg.headers.get(CORRELATION_HEADER))
-    msg.headers[REPLY_TO_HEADER] = waiting.address
-    msg.headers[CORRELATION_HEADER] = waiting.correlation_id
+    msg = dataclasses.replace(msg, headers={**msg.headers, REPLY_TO_HEADER: waiting.address,
+                                            CORRELATION_HEADER: waiting.correlation_id})
     cid = waiting.correlation_id
     try:
         try:
@@ -500,10 +531,7 @@ def _reply_over_http(host: Host, address: str, msgs: list[OutMessage], batch: bo
     private reply address (a message's `reply_to`) hands the reply over in memory."""
     if batch or len(msgs) != 1:
         raise codec.BadInput("a reply is one message, not a batch")
-    m = msgs[0]
-    reply = contract.OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
-                                m.message_id, m.content_type)
-    if not host.replies.deliver(address, reply):
+    if not host.replies.deliver(address, msgs[0]):
         raise NotFound(f"no request waits for reply address '{address}' (it was answered, "
                        "timed out, or the daemon restarted since)")
     return answer({"routed": [address]}, 202)
@@ -571,10 +599,10 @@ async def append_topic(request: web.Request) -> web.Response:
     name, recs = await append_args(request)
     if recs:
         check_lag(host.backend, host.topology, name)
-    durable = _Durable(host.engine)
+    durable = _Writes(host.backend)
     with Traced(request, "topic", name, recs) as traced:
         try:
-            offsets = traced.wrap(durable.wrap(host.engine.append))(name, recs) if recs else []
+            offsets = traced.wrap(durable.append)(name, recs) if recs else []
         finally:
             host.notify()
         await durable.wait()
@@ -655,7 +683,7 @@ async def pull(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     n, lease, consumer = pull_args(await _json(request, empty_ok=True))
     queue_exists(host, name)
-    got = host.engine.pull(name, n, lease_s=lease, consumer_id=consumer)
+    got = host.backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
     return answer({"messages": [codec.delivery_json(d) for d in got]})
 
 
@@ -684,8 +712,8 @@ async def ack(request: web.Request) -> web.Response:
     body = await _json(request)
     ids = codec.delivery_ids(body)
     queue_exists(host, name)
-    durable = _Durable(host.engine)
-    unknown = durable.wrap(host.engine.ack)(name, ids) if ids else []
+    durable = _Writes(host.backend)
+    unknown = durable.settle(name, [Ack(i) for i in ids]) if ids else []
     await durable.wait()
     return settled_answer(host, name, ids, unknown, "acked")
 
@@ -697,8 +725,10 @@ async def nack(request: web.Request) -> web.Response:
     ids = codec.delivery_ids(body)
     requeue = codec.bool_field(body, "requeue", default=True)
     queue_exists(host, name)
-    durable = _Durable(host.engine)
-    unknown = durable.wrap(host.engine.nack)(name, ids, requeue=requeue) if ids else []
+    durable = _Writes(host.backend)
+    outcomes: list[Outcome] = ([Requeue(i) for i in ids] if requeue  # back in place
+                               else [DeadLetter(i) for i in ids])  # a plain reject
+    unknown = durable.settle(name, outcomes) if ids else []
     await durable.wait()
     return settled_answer(host, name, ids, unknown, "nacked")
 
@@ -719,7 +749,7 @@ async def purge(request: web.Request) -> web.Response:
     host = _host(request)
     name = request.match_info["name"]
     queue_exists(host, name)
-    purged = await dlq.purge(host.engine, name)
+    purged = await dlq_ops.purge(host.backend, name)
     host.notify()
     return answer({"purged": purged})
 
@@ -731,7 +761,7 @@ def replay_args(body: dict[str, Any]) -> tuple[int, str | None]:
     return n, codec.str_field(body, "to") if body.get("to") is not None else None
 
 
-def replayed_json(outcome: contract.ReplayOutcome, remaining: int) -> dict[str, Any]:
+def replayed_json(outcome: ReplayOutcome, remaining: int) -> dict[str, Any]:
     """A queue replay's answer (any backend)."""
     return {"replayed": outcome.replayed, "skipped": outcome.skipped,
             "skipped_reasons": dict(outcome.reasons), "refused": outcome.refused,
@@ -750,12 +780,12 @@ async def replay(request: web.Request) -> web.Response:
     n, dest = replay_args(await _json(request, empty_ok=True))
     queue_exists(host, name)
     if dest is not None:
-        moved = dlq.replay_to(host.engine, host.topology, name, dest, n)
+        moved = dlq_ops.replay_to(host.backend, host.topology, name, dest, n)
         host.notify()
-        return answer(moved_json(moved, host.engine.queue_info(name).ready, dest))
-    outcome = host.engine.replay_detail(name, n)
+        return answer(moved_json(moved, host.backend.queue_info(name).ready, dest))
+    outcome = host.backend.replay(name, n)
     host.notify()
-    return answer(replayed_json(outcome, host.engine.queue_info(name).ready))
+    return answer(replayed_json(outcome, host.backend.queue_info(name).ready))
 
 
 # ------------------------------------------------------------------ dead-letter topics
@@ -823,13 +853,13 @@ def replay_topic_json(topology: Topology, backend: dlq_ops.DlqBackend, name: str
 async def topic_dead_letters(request: web.Request) -> web.Response:
     host = _host(request)
     return answer(topic_dead_letters_json(
-        host.topology, dlq.backend_of(host.engine), request.match_info["name"],
-        request.query, now_ms(host.engine.clock)))
+        host.topology, host.backend, request.match_info["name"],
+        request.query, now_ms(host.clock)))
 
 
 async def purge_topic(request: web.Request) -> web.Response:
     host = _host(request)
-    out = purge_topic_json(host.topology, dlq.backend_of(host.engine),
+    out = purge_topic_json(host.topology, host.backend,
                            request.match_info["name"])
     host.notify()
     return answer(out)
@@ -839,7 +869,7 @@ async def purge_topic_records(request: web.Request) -> web.Response:
     """`POST /v1/topics/{name}/dead-letters/purge {"records": [...]}`: these only."""
     host = _host(request)
     body = await _json(request)
-    out = purge_topic_records_json(host.topology, dlq.backend_of(host.engine),
+    out = purge_topic_records_json(host.topology, host.backend,
                                    request.match_info["name"], body)
     host.notify()
     return answer(out)
@@ -848,7 +878,7 @@ async def purge_topic_records(request: web.Request) -> web.Response:
 async def replay_topic(request: web.Request) -> web.Response:
     host = _host(request)
     body = await _json(request, empty_ok=True)
-    out = replay_topic_json(host.topology, dlq.backend_of(host.engine),
+    out = replay_topic_json(host.topology, host.backend,
                             request.match_info["name"], body)
     host.notify()
     return answer(out)
@@ -902,8 +932,8 @@ async def commit(request: web.Request) -> web.Response:
     group = request.match_info["group"]
     offsets = commit_args(host, group, await _json(request))
     if offsets:
-        durable = _Durable(host.engine)
-        durable.wrap(host.engine.commit)(group, offsets)
+        durable = _Writes(host.backend)
+        durable.commit(group, offsets)
         await durable.wait()
     return answer({"committed": len(offsets)})
 
@@ -1043,7 +1073,7 @@ async def readyz(request: web.Request) -> web.Response:
     host = _host(request)
     if not host.accepting:
         return answer({"status": "shutting down"}, 503)
-    failed = host.engine.failed_logs()
+    failed = host.backend.failed_logs()
     if failed:  # an fsync failed: those logs refuse I/O until a restart recovers them
         return answer({"status": "storage failed", "failed_logs": failed}, 503)
     return answer({"status": "ready"})

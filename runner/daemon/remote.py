@@ -61,7 +61,7 @@ from runner.backends.rabbitmq.plan import reload_plan
 from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
 from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
-from runner.daemon import codec, dlq, fanout, lists, remote_dlq
+from runner.daemon import codec, dlq_ops, fanout, lists, remote_dlq
 from runner.daemon.backpressure import check_lag
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
@@ -443,7 +443,7 @@ class RemoteDaemon:
             return replayed_json(backend.replay(name, n), backend.ready(name))
 
         if dest is not None:
-            dlq.check_replay_to(self._topology, name, dest)
+            dlq_ops.check_replay_to(self._topology, name, dest)
         loop = asyncio.get_running_loop()
         return answer(await loop.run_in_executor(None, run))
 
@@ -739,7 +739,7 @@ class RemoteDaemon:
 
 class _Confirmed:
     """A request-reply's publish and its `wait()` for the broker's confirm (the
-    `_Durable` of runner.daemon.http, over this backend's tickets)."""
+    `_Writes` of runner.daemon.http, over this backend's tickets)."""
 
     def __init__(self, backend: RabbitBackend, to_queue: bool) -> None:
         self.backend = backend

@@ -32,8 +32,7 @@ from runner.clock import Clock, SystemClock
 from runner.daemon import codec
 from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
-from runner.daemon.dlq_ops import DlqBackend
-from runner.daemon.http import HttpServer, build_app
+from runner.daemon.http import HttpServer, Served, build_app
 from runner.daemon.metrics import (
     HandlerView,
     RepliesCollector,
@@ -218,10 +217,15 @@ class Supervisor:
         return self._backend
 
     @property
-    def backend(self) -> DlqBackend:
-        """The engine through the contract: what daemon modules moved off `Engine` use."""
+    def backend(self) -> Served:
+        """The engine through the contract: what the HTTP API and the daemon's modules use."""
         assert self._backend is not None, "the engine is not open"
         return self._backend
+
+    @property
+    def clock(self) -> Clock:
+        """The injected clock (the engine's)."""
+        return self._parts.clock
 
     @property
     def topology(self) -> Topology:

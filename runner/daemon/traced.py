@@ -11,7 +11,7 @@ handlers' deliver spans join the same trace.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -26,11 +26,12 @@ R = TypeVar("R")
 
 
 class Carrier(Protocol):
-    """A message or record being stored: its headers take the trace context
-    (the HTTP codec's messages and records are built for this one request)."""
+    """A message or record being stored: its headers take the trace context (the
+    HTTP codec builds each contract value with a dict of its own for this one
+    request, `runner.daemon.codec`; headers of another kind are left alone)."""
 
     @property
-    def headers(self) -> dict[str, Any]: ...
+    def headers(self) -> Mapping[str, Any]: ...
 
 
 class Traced:
@@ -65,8 +66,9 @@ class Traced:
             outgoing = None
         if outgoing is not None:
             for item in items:
-                if TRACEPARENT not in item.headers:
-                    outgoing.write(item.headers)
+                headers = item.headers
+                if isinstance(headers, dict) and TRACEPARENT not in headers:
+                    outgoing.write(headers)
 
     def __enter__(self) -> Traced:
         return self

@@ -14,7 +14,7 @@ Protocols and values of this module. The embedded engine implements it
      |- Steps           exactly-once: one Step = acks + commits + outputs, atomically
      |- open_member()   -> GroupMember: one in-process member of one group
      |- subscribe()     events instead of polling
-     |- durable()       await a write's Ticket
+     |- durable()       await a write's Ticket (taken(): one covering every write so far)
      '- capabilities    what this backend can do at all
     RouteExplainer      (optional) how a message would be routed, hop by hop
 
@@ -859,6 +859,12 @@ class Backend(Producer, QueueConsumer, TopicReader, Coordinator, Admin, Steps, P
 
     async def durable(self, ticket: Ticket) -> None:
         """Return when `ticket`'s write is durable (see the module docstring)."""
+        ...
+
+    def taken(self) -> Ticket:
+        """A ticket covering every write this backend has taken so far: what to await
+        after a write that failed part-way and so returned no ticket (a publish
+        refused with Refused after its first `accepted` messages were taken)."""
         ...
 
     def next_due(self) -> float | None:

@@ -11,9 +11,12 @@ Durability: every write returns a `Ticket`. Producer writes (publish, put,
 append) run in `Engine.ticketed()` blocks: under `--fsync always` they return
 once written, with a real ticket the data dir's flusher resolves
 (`runner.log.commits`), and `durable` awaits it without blocking the loop.
-Settlements, commits and steps still return once synced (`Ticket.DONE`): their
-fsync first syncs whatever the flusher has pending, so an ack or a commit never
-becomes durable before outputs written ahead of it. `durable` raises the
+Settlements (`settle`) and commits from outside (`Coordinator.commit`) are
+ticketed the same way. In-process members' commits and steps still return once
+synced (`Ticket.DONE`). A write that syncs at once first syncs whatever the
+flusher has pending, and a flusher round syncs its logs in the order they were
+first written; callers that ack an input after its outputs await the outputs'
+ticket before the ack is written, so an ack never becomes durable before them. `durable` raises the
 LogFailed of a failed fsync in the ticket's own flusher round only.
 """
 
@@ -163,6 +166,11 @@ class EmbeddedBackend:
         # log that failed in another round does not fail this ticket
         await self.engine.durable(ticket.seq)
 
+    def taken(self) -> Ticket:
+        with self.engine.ticketed() as box:  # an empty block: the ticket of what is pending
+            pass
+        return Ticket(box.seq)
+
     def next_due(self) -> float | None:
         return self.engine.timer_due()
 
@@ -305,32 +313,49 @@ class EmbeddedBackend:
         return [tuple.__new__(QueueDelivery, d) for d in got]
 
     def settle(self, queue: str, outcomes: Sequence[Outcome]) -> Settled:
-        engine = self.engine
+        # ticketed: under --fsync always the settlement returns once written and the
+        # flusher syncs it (a write that syncs now syncs it first, so nothing written
+        # after it becomes durable before it); the caller awaits the ticket
         unknown: list[int] = []
-        acks: list[int] = []
+        with self.engine.ticketed() as box:
+            self._settle(queue, outcomes, unknown)
+        return Settled(tuple(unknown), Ticket(box.seq))
+
+    def _settle(self, queue: str, outcomes: Sequence[Outcome], unknown: list[int]) -> None:
+        """Apply `outcomes` in order, each run of acks, of requeues and of plain rejects
+        in one engine call; unknown ids into `unknown`."""
+        engine = self.engine
+        run: list[int] = []
+        kind: type[Outcome] | None = None  # of the run: Ack, Requeue or DeadLetter
+
+        def flush() -> None:
+            if not run:
+                return
+            if kind is Ack:
+                unknown.extend(engine.ack(queue, run))
+            else:
+                unknown.extend(engine.nack(queue, run, requeue=kind is Requeue))
+            run.clear()
+
         for o in outcomes:
-            if isinstance(o, Ack):
-                acks.append(o.delivery_id)
+            if isinstance(o, Ack | Requeue) or (isinstance(o, DeadLetter) and o.death is None):
+                if type(o) is not kind:
+                    flush()
+                    kind = type(o)
+                run.append(o.delivery_id)
                 continue
-            if acks:
-                unknown += engine.ack(queue, acks)
-                acks = []
-            if isinstance(o, Requeue):
-                unknown += engine.nack(queue, [o.delivery_id], requeue=True)
-            elif isinstance(o, Retry):
+            flush()
+            kind = None
+            if isinstance(o, Retry):
                 try:
                     engine.retry_later(queue, o.delivery_id, o.delay_s)
                 except (NotFound, Conflict):
                     unknown.append(o.delivery_id)
-            elif isinstance(o, DeadLetter):
-                if o.death is None:
-                    unknown += engine.nack(queue, [o.delivery_id], requeue=False)
-                else:
-                    engine.dead_letter(queue, o.delivery_id, reason=o.reason, death=o.death,
-                                       to_queue=o.to_queue, to_topic=o.to_topic)
-        if acks:
-            unknown += engine.ack(queue, acks)
-        return Settled(tuple(unknown), Ticket.DONE)
+            else:
+                assert o.death is not None
+                engine.dead_letter(queue, o.delivery_id, reason=o.reason, death=o.death,
+                                   to_queue=o.to_queue, to_topic=o.to_topic)
+        flush()
 
     # ------------------------------------------------------------- TopicReader
     def read(
@@ -375,8 +400,9 @@ class EmbeddedBackend:
         self, group: str, offsets: Mapping[TopicPartition, int], *,
         member_id: str | None = None, generation: int | None = None,
     ) -> Ticket:
-        self.engine.commit(group, offsets, member_id=member_id, generation=generation)
-        return Ticket.DONE
+        with self.engine.ticketed() as box:  # as `settle`: the caller awaits the ticket
+            self.engine.commit(group, offsets, member_id=member_id, generation=generation)
+        return Ticket(box.seq)
 
     # ------------------------------------------------------------- Admin
     def apply(self, topology: Topology, *, force: bool = False) -> list[str]:

@@ -398,6 +398,10 @@ class RabbitBackend:
         if failed is not None:
             raise failed
 
+    def taken(self) -> Ticket:
+        with self._lock:
+            return Ticket(self._seq)  # the last ticket handed out (tickets are ordered)
+
     def next_due(self) -> float | None:
         return None  # the broker keeps its own time (TTLs, delays)
 

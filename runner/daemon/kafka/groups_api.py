@@ -130,7 +130,7 @@ async def offset_commit_api(session: Session, body: Any, version: int) -> dict[s
         topics_out.append({"name": topic.name, "partitions": parts})
     if wanted:
         try:
-            port.commit(group, wanted)
+            await port.commit(group, wanted)
         except EngineError as exc:
             log.warning("kafka: commit of group %s failed: %s", group, exc,
                         extra={"event": "kafka_commit_refused", "group": group})

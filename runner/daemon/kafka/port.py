@@ -173,9 +173,12 @@ class EnginePort:
         """The members the backend knows (a handler group's workers)."""
         return list(self._backend().group_info(group).members)
 
-    def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Commit next offsets to read (durable per the fsync policy): a commit from
-        outside (no member), refused with Conflict for a handler's group."""
-        self._backend().commit(
+    async def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit next offsets to read, returning once durable (per the fsync policy;
+        the loop serves others meanwhile): a commit from outside (no member),
+        refused with Conflict for a handler's group."""
+        backend = self._backend()
+        ticket = backend.commit(
             group, {TopicPartition(t, p): off for (t, p), off in offsets.items()})
         self._notify()
+        await backend.durable(ticket)
