@@ -343,3 +343,14 @@ def test_merged_steps_keep_each_members_fence(backend: Backend) -> None:
 
 def test_the_done_ticket_is_durable_at_once(backend: Backend) -> None:
     asyncio.run(backend.durable(Ticket.DONE))
+
+
+def test_taken_covers_every_write_taken_so_far(backend: Backend) -> None:
+    first = backend.put("q", [OutMessage(b"1", "q")])
+    second = backend.put("q", [OutMessage(b"2", "q")])
+    taken = backend.taken()
+    # tickets are ordered: the one `taken` hands out is at least the last write's
+    assert taken.max(first.ticket) == taken and taken.max(second.ticket) == taken
+    assert taken != Ticket.DONE  # under --fsync always / confirms: writes are pending
+    asyncio.run(backend.durable(taken))  # and awaiting it covers both
+    assert [d.body for d in take(backend, "q", 2)] == [b"1", b"2"]

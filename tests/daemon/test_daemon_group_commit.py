@@ -196,23 +196,37 @@ def test_a_failed_fsync_answers_that_rounds_requests_503_and_later_rounds_go_on(
     assert disk.sync_failures == 1
 
 
-def test_ack_and_commit_answer_after_their_fsync(tmp_path: Path) -> None:
+def test_ack_nack_and_commit_answer_after_their_fsync_without_holding_the_loop(
+        tmp_path: Path) -> None:
     disk = HeldDisk()
 
     async def scenario(c: Client) -> None:
-        assert (await c.call("POST", "/v1/queues/a/messages", {"body": "x"}))[0] == 202
+        for body in ("x", "y", "z"):
+            assert (await c.call("POST", "/v1/queues/a/messages", {"body": body}))[0] == 202
         assert (await c.call("POST", "/v1/topics/t/records", {"value": "v"}))[0] == 202
-        status, pulled, _ = await c.call("POST", "/v1/queues/a/pull", {"max": 1})
+        status, pulled, _ = await c.call("POST", "/v1/queues/a/pull", {"max": 3})
         assert status == 200
         ids = [m["delivery_id"] for m in pulled["messages"]]
+        assert len(ids) == 3
         gate = await _held_round(c, disk)
-        ack = asyncio.create_task(c.call("POST", "/v1/queues/a/ack", {"delivery_ids": ids}))
+        ack = asyncio.create_task(c.call("POST", "/v1/queues/a/ack",
+                                         {"delivery_ids": ids[:1]}))
+        requeue = asyncio.create_task(c.call("POST", "/v1/queues/a/nack",
+                                             {"delivery_ids": ids[1:2]}))
+        reject = asyncio.create_task(c.call("POST", "/v1/queues/a/nack",
+                                            {"delivery_ids": ids[2:], "requeue": False}))
         commit = asyncio.create_task(c.call("POST", "/v1/groups/g/commit", {
             "offsets": [{"topic": "t", "partition": 0, "offset": 1}]}))
         await asyncio.sleep(0.2)
-        assert not ack.done() and not commit.done()
+        # written, not answered: their fsync waits behind the held one, in the flusher
+        assert not any(t.done() for t in (ack, requeue, reject, commit))
+        assert c.engine.queue_info("a").ready == 1  # the requeued one
+        # the loop was never blocked by a disk: other requests are served meanwhile
+        assert (await c.call("GET", "/healthz"))[0] == 200
         disk.release.set()
         assert (await ack)[:2] == (200, {"acked": 1})
+        assert (await requeue)[:2] == (200, {"nacked": 1})
+        assert (await reject)[:2] == (200, {"nacked": 1})
         status, body, _ = await commit
         assert (status, body) == (200, {"committed": 1}), body
         assert (await gate)[0] == 202
