@@ -37,6 +37,11 @@ The HTTP API here serves what goes through the contract on this backend:
          file events)                    what is new, start/stop handlers; refuse what
                                          RabbitMQ cannot change in place
 
+    GET /, /ui/, /ui/api/...             the web console (runner.daemon.console), as on the
+                                         embedded daemon (--console, the token, sessions);
+                                         its backend reads run off the loop, its live feed
+                                         samples the broker only while a page listens
+
 Every other route of the embedded daemon (`runner.daemon.http.build_app`)
 answers 501 naming the route and the backend.
 """
@@ -51,7 +56,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -63,6 +68,7 @@ from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
 from runner.daemon import codec, dlq_ops, fanout, lists, remote_dlq
 from runner.daemon.backpressure import check_lag
+from runner.daemon.console import install_console
 from runner.daemon.http import (
     CONNECTION_LIMITS_KEY,
     HOST_KEY,
@@ -106,7 +112,7 @@ from runner.daemon.metrics import (
 )
 from runner.daemon.ratelimit import PublishLimiter, ThrottleCollector
 from runner.daemon.recorded import holds_nothing
-from runner.daemon.reload import ReloadCounters, ReloadResult, changes_json
+from runner.daemon.reload import ReloadCounters, ReloadEntry, ReloadResult, changes_json
 from runner.daemon.reloading import Loaded, Reloads, switch_topology
 from runner.daemon.remote_replies import BrokerReplies, ForwardedCollector
 from runner.daemon.status import TopologyState, status_json
@@ -125,6 +131,8 @@ from runner.topology.load import load as load_topology
 from runner.topology.model import Topology
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PULL_WAIT_S = 1.0  # a pull that finds nothing buffered waits this long for deliveries
 # /metrics: the topic and group series cost a read of every partition's stream; they
@@ -193,6 +201,7 @@ class RemoteDaemon:
         self._topology = topology
         self._hash = content_hash
         self._clock = clock or SystemClock()
+        self._started_s = self._clock.time()
         self._backend: RabbitBackend | None = None
         self._pipeline: Pipeline | None = None
         self._accepting = False
@@ -258,6 +267,28 @@ class RemoteDaemon:
         assert self._backend is not None, "the backend is not open"
         return self._backend
 
+    # ------------------------------------------------------------ ConsoleHost
+    @property
+    def started_s(self) -> float:
+        """When the daemon started (seconds since the epoch, the injected clock)."""
+        return self._started_s
+
+    def reload_log(self) -> list[ReloadEntry]:
+        """The last counted reload attempts, newest last."""
+        return list(self._reloading.entries)
+
+    async def off_loop(self, read: Callable[[], T]) -> T:
+        """The console's backend calls: blocking calls to the broker, on a thread."""
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    async def live_stats(self) -> EngineStats:
+        """The console's live numbers: the queues' counts from the broker (off the loop)
+        and the topic and group series as /metrics has them (at most STREAM_SERIES_S
+        old)."""
+        loop = asyncio.get_running_loop()
+        stats = await loop.run_in_executor(None, self.backend.stats)
+        return await self._with_series(stats)
+
     # ------------------------------------------------------------ HTTP
     def build_app(self) -> web.Application:
         config = self.config
@@ -311,6 +342,8 @@ class RemoteDaemon:
         r.add_get("/v1/status", self._status)
         r.add_post("/v1/admin/reload", admin_reload)
         remote_dlq.add_routes(r, lambda: self._topology, lambda: self.backend, self._clock)
+        install_console(app, self, token=config.token, mode=config.console, clock=self._clock,
+                        idle_sampling=False)
         for method, path in embedded_routes():
             if (method, path) not in SERVED:
                 r.add_route(method, path, self._not_served_handler(method, path))
@@ -569,14 +602,19 @@ class RemoteDaemon:
             self._stats = await loop.run_in_executor(None, self.backend.stats)
         except StorageError as exc:  # the last counts stay; the handler metrics still help
             log.warning("metrics: the broker's counts are unavailable: %s", exc)
-        series = await self._stream_series()
-        if series is not None:
-            self._stats.partitions = series.partitions
-            self._stats.group_committed = series.group_committed
-            self._stats.group_lag = series.group_lag
-            self._stats.group_members = series.group_members
+        self._stats = await self._with_series(self._stats)
         text = render(self._registry)
         return web.Response(body=text, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _with_series(self, stats: EngineStats) -> EngineStats:
+        """`stats` with the topic and group series of `_stream_series` (when read)."""
+        series = await self._stream_series()
+        if series is not None:
+            stats.partitions = series.partitions
+            stats.group_committed = series.group_committed
+            stats.group_lag = series.group_lag
+            stats.group_members = series.group_members
+        return stats
 
     async def _stream_series(self) -> EngineStats | None:
         """The topic and group series (`stream_stats`), at most STREAM_SERIES_S old

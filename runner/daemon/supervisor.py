@@ -26,7 +26,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from runner.clock import Clock, SystemClock
 from runner.daemon import codec
@@ -66,6 +66,9 @@ if TYPE_CHECKING:
     from runner.daemon.kafka.server import KafkaListener
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
@@ -259,6 +262,14 @@ class Supervisor:
     def reload_log(self) -> list[ReloadEntry]:
         """The last counted reload attempts, newest last."""
         return list(self._reloading.entries)
+
+    async def live_stats(self) -> BackendStats:
+        """The console's live numbers: the engine's counters (in memory, on the loop)."""
+        return self.backend.stats()
+
+    async def off_loop(self, read: Callable[[], T]) -> T:
+        """The console's backend calls run inline: the loop owns the engine."""
+        return read()
 
     def notify(self) -> None:
         if self._pipeline is not None:

@@ -858,7 +858,8 @@ class RabbitBackend:
         consumers (this daemon's buffers included) are not ready and stay."""
         self._known_queue(queue)
         if ids is not None:
-            raise _not_served("purging chosen messages (RabbitMQ purges a whole queue)")
+            raise NotImplementedError("the RabbitMQ backend cannot purge chosen messages "
+                                      "(RabbitMQ purges a whole queue); purge them all")
         try:
             conn = apply_mod.connect(self.target)
         except live.Unreachable as exc:
@@ -882,7 +883,8 @@ class RabbitBackend:
         not served: RabbitMQ has no message ids to choose by."""
         self._known_queue(queue)
         if only is not None:
-            raise _not_served("replaying chosen messages")
+            raise NotImplementedError("the RabbitMQ backend cannot replay chosen messages "
+                                      "(RabbitMQ has no ids to choose them by); replay them all")
         n = max_messages if max_messages is not None else 2**31
         return moves.replay(self._connect_tool, self._topology, queue, n, self._decode_tool,
                             _copy_properties)

@@ -10,8 +10,9 @@ run shows and what the apply step carries out.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from runner.daemon import codec, dlq_ops, dlq_records
 from runner.daemon.dlq_ops import DlqBackend
@@ -22,6 +23,18 @@ from runner.topology.model import Topology
 RESET_TARGETS = ("earliest", "latest", "offset", "timestamp")
 SELECTION_FIELDS = frozenset({"ids", "records", "all", "confirm"})
 RESET_FIELDS = frozenset({"topic", "partition", "to", "offset", "timestamp", "dry_run"})
+
+T = TypeVar("T")
+
+
+class OffLoop(Protocol):
+    """Runs backend calls where the daemon's backend may be called (`ConsoleHost.off_loop`)."""
+
+    def __call__(self, read: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+async def _inline(read: Callable[[], T], /) -> T:
+    return read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +117,8 @@ PURGE_PAGE = 10_000  # messages a purge step; the loop serves others between ste
 
 
 async def purge(
-    backend: DlqBackend, topology: Topology, name: str, body: dict[str, Any],
+    backend: DlqBackend, topology: Topology, name: str, body: dict[str, Any], *,
+    off_loop: OffLoop = _inline,
 ) -> dict[str, Any]:
     codec.check_fields(body, SELECTION_FIELDS)
     topic = _topic(topology, name, body)
@@ -118,11 +132,13 @@ async def purge(
             f"purging deletes messages for good: confirm with \"confirm\": \"{name}\""
         )
     if records is not None:
-        return {"purged": dlq_ops.purge_records(backend, name, records)["purged"]}
+        chosen_records = records
+        out = await off_loop(lambda: dlq_ops.purge_records(backend, name, chosen_records))
+        return {"purged": out["purged"]}
     if topic:
-        return {"purged": dlq_ops.purge_topic(backend, name)}
+        return {"purged": await off_loop(lambda: dlq_ops.purge_topic(backend, name))}
     total = 0
-    while done := backend.purge_page(name, chosen.ids, PURGE_PAGE):
+    while done := await off_loop(lambda: backend.purge_page(name, chosen.ids, PURGE_PAGE)):
         total += done
         await asyncio.sleep(0)
     return {"purged": total}

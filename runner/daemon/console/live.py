@@ -1,11 +1,13 @@
 """The console's live feed: one sampler of the engine's own counters, many listeners.
 
-Once a second (`interval_s`) the feed reads `backend.stats()` and the
-pipeline's handler counts -- the same plain ints the metrics collector reads
-at scrape time -- turns counter deltas into rates, keeps the last ten minutes
-of the overview's three rates, and hands one encoded snapshot to every open
-event stream. Nothing is polled per row or per page: a hundred open consoles
-cost one `stats()` a second.
+Once a second (`interval_s`) the feed reads the daemon's `live_stats()` (the
+backend's `stats()`: the same plain ints the metrics collector reads at scrape
+time) and the pipeline's handler counts, turns counter deltas into rates, keeps
+the last ten minutes of the overview's three rates, and hands one encoded
+snapshot to every open event stream. Nothing is polled per row or per page: a
+hundred open consoles cost one `stats()` a second. Over RabbitMQ a sample costs
+a management API call (and, every few seconds, reads of the streams), so that
+daemon samples only while an event stream is open (`idle_sampling=False`).
 
 Snapshot shape (short keys: it is sent every second):
 
@@ -71,6 +73,11 @@ class FeedSource(Protocol):
 
     def handler_view(self) -> HandlerView: ...
 
+    async def live_stats(self) -> BackendStats:
+        """The counters a snapshot is made of (the embedded engine's `stats()`; over
+        RabbitMQ the broker's, read off the loop)."""
+        ...
+
 
 @dataclass(slots=True)
 class _Counters:
@@ -95,10 +102,12 @@ def _rate(now: int, before: int | None, dt: float) -> float:
 class LiveFeed:
     """Samples the daemon's counters and fans the snapshot out to event streams."""
 
-    def __init__(self, source: FeedSource, clock: Clock, *, interval_s: float = 1.0) -> None:
+    def __init__(self, source: FeedSource, clock: Clock, *, interval_s: float = 1.0,
+                 idle_sampling: bool = True) -> None:
         self._source = source
         self._clock = clock
         self.interval_s = interval_s
+        self.idle_sampling = idle_sampling  # False: sample only while a stream listens
         self._last: _Counters | None = None
         self._snapshot: dict[str, Any] = {}
         self._encoded = b"{}"
@@ -110,29 +119,39 @@ class LiveFeed:
         self._failures = 0
 
     # ------------------------------------------------------------ reading
-    def snapshot(self) -> dict[str, Any]:
-        """The latest snapshot (sampled now when none was taken yet)."""
-        if not self._snapshot:
-            self.sample()
+    async def snapshot(self) -> dict[str, Any]:
+        """The latest snapshot (sampled now when none was taken yet, or when the feed
+        does not sample while idle and the last one is older than an interval)."""
+        if self._stale():
+            await self.sample()
         return self._snapshot
 
-    def encoded(self) -> bytes:
-        if not self._snapshot:
-            self.sample()
+    async def encoded(self) -> bytes:
+        if self._stale():
+            await self.sample()
         return self._encoded
+
+    def _stale(self) -> bool:
+        if not self._snapshot:
+            return True
+        if self.idle_sampling or self._last is None:
+            return False
+        return self._clock.time() - self._last.at_s >= self.interval_s
 
     def history(self) -> list[tuple[float, float, float, float]]:
         """(time, in rate, out rate, dead rate) of the last ten minutes, oldest first."""
         return list(self._history)
 
     # ------------------------------------------------------------ sampling
-    def sample(self) -> None:
+    async def sample(self) -> None:
         src = self._source
+        stats = await src.live_stats()
         topology = src.topology
-        stats: BackendStats = src.backend.stats()
         now = self._clock.time()
         current = _count(topology, stats, src.handler_view(), now)
         last = self._last
+        if last is not None and not self.idle_sampling and now - last.at_s > 5 * self.interval_s:
+            last = None  # after a pause nobody watched: no rate averaged over the gap
         dt = current.at_s - last.at_s if last is not None else 0.0
         snap = _snapshot(topology, stats, src.handler_view(), current, last, dt)
         snap["health"] = {
@@ -153,8 +172,10 @@ class LiveFeed:
             # sleep first: at startup the daemon is not serving yet (a snapshot taken
             # then would say so for a whole interval); `snapshot()` samples on demand
             await asyncio.sleep(self.interval_s)
+            if not self.idle_sampling and not self._listeners:
+                continue
             try:
-                self.sample()
+                await self.sample()
             except Exception:
                 self._failures += 1
                 if self._failures in (1, 10) or self._failures % 1000 == 0:

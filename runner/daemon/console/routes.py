@@ -13,6 +13,12 @@
 bearer token of `/v1/`; changes also need the CSRF header and are refused in
 `--console read-only`. Every console answer carries a strict Content Security
 Policy: scripts and styles only from the daemon itself, no inline script.
+
+The console runs on both daemons (`ConsoleHost`): the embedded one reads its
+engine on the loop; the RabbitMQ one (runner.daemon.remote) runs every backend
+read on a thread (`off_loop`: they are blocking calls to the broker). What a
+backend cannot do (NotImplementedError: e.g. choosing dead letters by id on
+RabbitMQ) is answered 409 with the backend's sentence, which the page shows.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -66,10 +72,19 @@ class ConsoleMode(str, Enum):  # noqa: UP042 - compared and printed as its value
     OFF = "off"
 
 
+T = TypeVar("T")
+
+
 class ConsoleHost(views.ViewSource, Protocol):
-    """What the console needs from the supervisor."""
+    """What the console needs from a daemon (the embedded supervisor, the RabbitMQ
+    backend's RemoteDaemon)."""
 
     def notify(self) -> None: ...
+
+    async def off_loop(self, read: Callable[[], T]) -> T:
+        """`read()` (calls into the backend) where this daemon's backend may be
+        called: inline on the embedded engine, on a thread over RabbitMQ."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +124,13 @@ class Console:
 
     def __init__(
         self, host: ConsoleHost, *, token: str | None, mode: ConsoleMode, clock: Clock,
-        interval_s: float = 1.0,
+        interval_s: float = 1.0, idle_sampling: bool = True,
     ) -> None:
         self.host = host
         self.mode = mode
         self.clock = clock
         self.sessions = Sessions(token, clock)
-        self.feed = LiveFeed(host, clock, interval_s=interval_s)
+        self.feed = LiveFeed(host, clock, interval_s=interval_s, idle_sampling=idle_sampling)
         self.assets = load_assets()
 
     # ------------------------------------------------------------ plumbing
@@ -129,7 +144,10 @@ class Console:
                     raise Denied(403, "the console is read-only (started with --console read-only)")
             except Denied as exc:
                 return _secure(_no_store(error(exc.status, str(exc))))
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except NotImplementedError as exc:  # the backend cannot: say so, plainly
+                return _secure(_no_store(error(409, str(exc))))
             if mutating:
                 self.host.notify()
             return _secure(_no_store(response))
@@ -233,7 +251,7 @@ class Console:
         try:
             await response.prepare(request)
             await response.write(
-                b"retry: 2000\nevent: snapshot\ndata: " + self.feed.encoded() + b"\n\n"
+                b"retry: 2000\nevent: snapshot\ndata: " + (await self.feed.encoded()) + b"\n\n"
             )
             while True:
                 try:
@@ -254,65 +272,81 @@ class Console:
     async def overview(self, request: web.Request) -> web.StreamResponse:
         data = views.overview(self.host, self.clock.time())
         data["history"] = self.feed.history()
-        data["snapshot"] = self.feed.snapshot()
+        data["snapshot"] = await self.feed.snapshot()
         return answer(data)
 
     async def flow(self, request: web.Request) -> web.StreamResponse:
         data = views.flow(self.host.topology)
-        data["snapshot"] = self.feed.snapshot()
+        data["snapshot"] = await self.feed.snapshot()
         return answer(data)
 
     async def queues(self, request: web.Request) -> web.StreamResponse:
         return answer({"queues": views.queues(self.host.topology),
                        "bindings": views.binding_rows(self.host.topology),
-                       "snapshot": self.feed.snapshot()})
+                       "snapshot": await self.feed.snapshot()})
 
     async def queue_messages(self, request: web.Request) -> web.StreamResponse:
         n = codec.query_int(request.query, "n", default=20, low=1, high=views.MAX_PEEK)
-        name = request.match_info["name"]
-        return answer({"messages": views.peek(self.host.backend, self.host.topology, name, n)})
+        host, name = self.host, request.match_info["name"]
+        topology = host.topology
+        return answer({"messages": await host.off_loop(
+            lambda: views.peek(host.backend, topology, name, n))})
 
     async def topics(self, request: web.Request) -> web.StreamResponse:
         host = self.host
-        return answer({"topics": views.topics(host.backend, host.topology),
-                       "snapshot": self.feed.snapshot()})
+        topology = host.topology
+        rows = await host.off_loop(lambda: views.topics(host.backend, topology))
+        return answer({"topics": rows, "snapshot": await self.feed.snapshot()})
 
     async def records(self, request: web.Request) -> web.StreamResponse:
-        return answer(views.browse(self.host.backend, self.host.topology,
-                                   request.match_info["name"], request.query))
+        host, name, query = self.host, request.match_info["name"], request.query
+        topology = host.topology
+        return answer(await host.off_loop(
+            lambda: views.browse(host.backend, topology, name, query)))
 
     async def groups(self, request: web.Request) -> web.StreamResponse:
-        return answer({"groups": views.groups(self.host.backend, self.host.topology)})
+        host = self.host
+        topology = host.topology
+        return answer({"groups": await host.off_loop(
+            lambda: views.groups(host.backend, topology))})
 
     async def dlq(self, request: web.Request) -> web.StreamResponse:
-        host = self.host
-        return answer({"dead_letter_queues": views.dead_letter_summary(
-            host, host.topology, self.clock.time())})
+        host, now_s = self.host, self.clock.time()
+        topology = host.topology
+        return answer({"dead_letter_queues": await host.off_loop(
+            lambda: views.dead_letter_summary(host, topology, now_s))})
 
     async def dlq_letters(self, request: web.Request) -> web.StreamResponse:
         n = codec.query_int(request.query, "n", default=100, low=1, high=views.MAX_PEEK)
-        return answer(views.dead_letters(self.host, self.host.topology,
-                                         request.match_info["name"], n))
+        host, name = self.host, request.match_info["name"]
+        topology = host.topology
+        return answer(await host.off_loop(
+            lambda: views.dead_letters(host, topology, name, n)))
 
     # ------------------------------------------------------------ changes
     async def _body(self, request: web.Request) -> dict[str, Any]:
         return await read_json(request, empty_ok=True)
 
     async def replay(self, request: web.Request) -> web.StreamResponse:
-        host = self.host
+        host, name = self.host, request.match_info["name"]
         body = await self._body(request)
-        return answer(actions.replay(host.backend, host.topology, request.match_info["name"], body))
+        topology = host.topology
+        return answer(await host.off_loop(
+            lambda: actions.replay(host.backend, topology, name, body)))
 
     async def purge(self, request: web.Request) -> web.StreamResponse:
         host = self.host
         body = await self._body(request)
         return answer(await actions.purge(host.backend, host.topology,
-                                          request.match_info["name"], body))
+                                          request.match_info["name"], body,
+                                          off_loop=host.off_loop))
 
     async def reset(self, request: web.Request) -> web.StreamResponse:
-        host = self.host
+        host, name = self.host, request.match_info["name"]
         body = await self._body(request)
-        return answer(actions.reset(host.backend, host.topology, request.match_info["name"], body))
+        topology = host.topology
+        return answer(await host.off_loop(
+            lambda: actions.reset(host.backend, topology, name, body)))
 
 
 def _no_store(response: web.StreamResponse) -> web.StreamResponse:
@@ -322,12 +356,15 @@ def _no_store(response: web.StreamResponse) -> web.StreamResponse:
 
 def install_console(
     app: web.Application, host: ConsoleHost, *, token: str | None, mode: ConsoleMode,
-    clock: Clock, interval_s: float = 1.0,
+    clock: Clock, interval_s: float = 1.0, idle_sampling: bool = True,
 ) -> Console | None:
-    """Add the console's routes to `app` (none with `--console off`)."""
+    """Add the console's routes to `app` (none with `--console off`). `idle_sampling`
+    False: the live feed samples only while an event stream is open (a sample of a
+    remote broker costs calls to it)."""
     if mode is ConsoleMode.OFF:
         return None
-    console = Console(host, token=token, mode=mode, clock=clock, interval_s=interval_s)
+    console = Console(host, token=token, mode=mode, clock=clock, interval_s=interval_s,
+                      idle_sampling=idle_sampling)
     g = console.guard
     app.middlewares.append(console.root_middleware())
     r = app.router
