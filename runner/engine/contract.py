@@ -98,6 +98,7 @@ class Capability(str, Enum):  # noqa: UP042 - str() is the name in messages
     TOPIC_DEAD_LETTERS = "topic-dead-letters"  # dead letters into a topic
     IDEMPOTENT_PRODUCER = "idempotent-producer"  # OutRecord.producer_id / sequence
     TOPICS = "topics"  # topics, consumer groups: append, TopicReader, open_member, Coordinator
+    CHOSEN_MESSAGES = "chosen-messages"  # Admin.purge / replay of chosen ids (peek_ids')
 
 
 class FsyncPolicy(str, Enum):  # noqa: UP042 - str() is the name in messages
@@ -697,13 +698,17 @@ class Admin(Protocol):
         """The first `n` ready messages with their ids, not delivered."""
         ...
 
-    def purge(self, queue: str, ids: Collection[int] | None = None) -> int: ...
+    def purge(self, queue: str, ids: Collection[int] | None = None) -> int:
+        """The ready messages of `queue` (or those of `ids`); how many went.
+        `ids`: NotImplementedError without CHOSEN_MESSAGES."""
+        ...
 
     def replay(
         self, queue: str, max_messages: int | None = None, *,
         only: Collection[int] | None = None,
     ) -> ReplayOutcome:
-        """Dead letters in `queue` back to where they died (TOPOLOGY.md)."""
+        """Dead letters in `queue` back to where they died (TOPOLOGY.md). `only`:
+        NotImplementedError without CHOSEN_MESSAGES."""
         ...
 
     def replay_queue(self, group: str) -> str | None:

@@ -134,7 +134,8 @@ def test_replay_a_selection_then_purge_a_selection_survives_a_restart(start_daem
     s = Session(d)
     s.open()
     status, body = s.get("dlq/payments.dlq")
-    assert status == 200 and body["kind"] == "queue"
+    assert status == 200 and body["kind"] == "queue" and body["choose"] is True
+    assert "note" not in body
     letters = body["letters"]
     assert [m["body"] for m in letters] == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]
     death = letters[0]["death"]

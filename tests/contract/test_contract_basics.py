@@ -91,6 +91,22 @@ def test_unknown_and_internal_names_are_errors(backend: Backend) -> None:
         backend.publish("int", [OutMessage(b"x")])
 
 
+def test_chosen_messages_are_purged_where_the_backend_can_choose_them(backend: Backend) -> None:
+    pub = backend.put("q", [OutMessage(b"1"), OutMessage(b"2"), OutMessage(b"3")])
+    asyncio.run(backend.durable(pub.ticket))
+    peeked = eventually(lambda: backend.peek_ids("q", 10), lambda p: len(p) == 3)
+    chosen = [peeked[1][0]]
+    if Capability.CHOSEN_MESSAGES in backend.capabilities:
+        assert backend.purge("q", chosen) == 1
+        assert [d.body for _, d in backend.peek_ids("q", 10)] == [b"1", b"3"]
+        return
+    with pytest.raises(NotImplementedError, match="cannot purge chosen messages"):
+        backend.purge("q", chosen)
+    with pytest.raises(NotImplementedError, match="cannot replay chosen messages"):
+        backend.replay("q", only=chosen)
+    assert [d.body for _, d in backend.peek_ids("q", 10)] == [b"1", b"2", b"3"]
+
+
 @pytest.mark.needs(Capability.TOPICS)
 def test_append_to_an_unknown_topic_is_not_found(backend: Backend) -> None:
     with pytest.raises(NotFound):

@@ -49,6 +49,7 @@ CAPABILITIES = frozenset(Capability) - {
     Capability.EXACTLY_ONCE,
     Capability.COMPACTION,
     Capability.IDEMPOTENT_PRODUCER,
+    Capability.CHOSEN_MESSAGES,  # a queue has no ids to choose its messages by
 }
 
 RUNNER_PREFIX = "__runner."  # the runner's own queues and exchanges (validation reserves "__")

@@ -15,7 +15,7 @@ from runner.daemon import codec, dlq_ops
 from runner.daemon.console.live import FeedSource
 from runner.daemon.reload import ReloadEntry
 from runner.daemon.status import dead_letter_queues
-from runner.engine.contract import Backend
+from runner.engine.contract import Backend, Capability
 from runner.errors import NotFound
 from runner.topology.graph import binding_label, diagram
 from runner.topology.model import Topology
@@ -23,6 +23,8 @@ from runner.topology.units import format_duration
 
 MAX_PEEK = 1000
 MAX_BROWSE = 1000
+CANNOT_CHOOSE = ("This backend replays and purges a queue's dead letters all at once: "
+                 "it has no ids to choose single messages by.")
 
 
 class ViewSource(FeedSource, Protocol):
@@ -180,7 +182,8 @@ def dead_letter_summary(src: FeedSource, topology: Topology, now_s: float) -> li
 def dead_letters(src: FeedSource, topology: Topology, name: str, n: int) -> dict[str, Any]:
     """The first `n` dead letters of a DLQ (queue: ready messages in delivery order,
     each with `id` for replay or purge; topic: the pending records, partition by
-    partition from its replay position)."""
+    partition from its replay position). `choose` False: the backend acts on a
+    queue's letters all at once only, `note` says so (the page shows it)."""
     if name in topology.queue_map():
         letters = []
         for uid, d in src.backend.peek_ids(name, n):
@@ -188,14 +191,19 @@ def dead_letters(src: FeedSource, topology: Topology, name: str, n: int) -> dict
             item["id"] = uid
             item["death"] = dlq_ops.death(d.headers)
             letters.append(item)
-        return {"name": name, "kind": "queue", "letters": letters}
+        out: dict[str, Any] = {"name": name, "kind": "queue", "letters": letters,
+                               "choose": True}
+        if Capability.CHOSEN_MESSAGES not in src.backend.capabilities:
+            out["choose"] = False
+            out["note"] = CANNOT_CHOOSE
+        return out
     if name in topology.topic_map():
         letters = []
         for r in dlq_ops.topic_letters(src.backend, name, n):
             item = codec.record_json(r)
             item["death"] = dlq_ops.death(r.headers)
             letters.append(item)
-        return {"name": name, "kind": "topic", "letters": letters}
+        return {"name": name, "kind": "topic", "letters": letters, "choose": True}
     raise NotFound(f"no queue or topic named '{name}'")
 
 

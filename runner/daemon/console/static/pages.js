@@ -198,7 +198,14 @@ async function queueDetail(name) {
   const list = h("div", { class: "messages" });
   const n = h("input", { type: "number", value: "20", min: "1", max: "1000", class: "small" });
   const peek = async () => {
-    const data = await api(`queues/${encodeURIComponent(name)}/messages?n=${Number(n.value) || 20}`);
+    let data;
+    try {
+      data = await api(`queues/${encodeURIComponent(name)}/messages?n=${Number(n.value) || 20}`);
+    } catch (err) {  // e.g. a quorum queue on RabbitMQ: the counters still show
+      if (err && err.status === 401) throw err;
+      fill(list, notice("error", err.message));
+      return;
+    }
     fill(list, data.messages.length
       ? h("div", {}, data.messages.map((m, i) => messageView(m, h("b", {}, `#${i + 1}`))))
       : notice("muted", "The queue holds no ready message."));
@@ -465,26 +472,29 @@ async function dlqDetail(name) {
   const toolbar = h("div", { class: "toolbar" });
   const load = async () => {
     data = await api(`dlq/${encodeURIComponent(name)}?n=200`);
+    // a backend without ids to choose by (RabbitMQ) acts on all letters only
+    const pick = !ro && data.choose !== false;
     fill(toolbar, 
       h("span", {}, `${data.letters.length} dead letter(s) shown`),
       !ro ? [
-        h("button", { id: "replay-selected", onclick: () => selected.size && act("replay", choose([...selected])) }, "Replay selected"),
+        pick ? h("button", { id: "replay-selected", onclick: () => selected.size && act("replay", choose([...selected])) }, "Replay selected") : null,
         h("button", { id: "replay-all", onclick: () => act("replay", { all: true }) }, "Replay all"),
-        h("button", { id: "purge-selected", class: "danger", onclick: () => selected.size && act("purge", choose([...selected]), isQueue()
+        pick ? h("button", { id: "purge-selected", class: "danger", onclick: () => selected.size && act("purge", choose([...selected]), isQueue()
           ? `Delete ${selected.size} selected dead letter(s) of ${name} for good?`
-          : `Mark ${selected.size} selected dead letter(s) of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge selected"),
+          : `Mark ${selected.size} selected dead letter(s) of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge selected") : null,
         h("button", { id: "purge-all", class: "danger", onclick: () => act("purge", { all: true }, isQueue()
           ? `Delete ALL dead letters of ${name} for good? This cannot be undone.`
           : `Mark ALL pending dead letters of topic ${name} as handled? The records stay in the log until retention, but they are no longer pending or replayable from here.`) }, "Purge all"),
       ] : null,
-      !isQueue() ? h("span", { class: "muted" }, " (pending records of a dead-letter topic; the log keeps them after a replay or purge)") : null);
+      !isQueue() ? h("span", { class: "muted" }, " (pending records of a dead-letter topic; the log keeps them after a replay or purge)") : null,
+      data.note ? h("span", { class: "muted", id: "choose-note" }, " " + data.note) : null);
     fill(list, ...(data.letters.length ? data.letters.map((m, i) => {
       const id = keyOf(m);
-      const box = !ro ? h("input", { type: "checkbox", class: "pick", checked: selected.has(id),
+      const box = pick ? h("input", { type: "checkbox", class: "pick", checked: selected.has(id),
         onchange: (ev) => { if (ev.target.checked) selected.add(id); else selected.delete(id); } }) : null;
       return h("article", { class: "letter", dataset: { id: String(id ?? i) } },
         h("header", {}, box, h("b", {}, isQueue() ? `#${i + 1}` : `p${m.partition}@${m.offset}`),
-          !ro ? h("button", { class: "replay-one", onclick: () => act("replay", choose([id])) }, "Replay") : null),
+          pick ? h("button", { class: "replay-one", onclick: () => act("replay", choose([id])) }, "Replay") : null),
         deathView(m.death),
         h("details", {}, h("summary", {}, "message"),
           h("div", { class: "cols" },
