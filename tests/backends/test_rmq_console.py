@@ -34,6 +34,7 @@ queues:
   payments.dlq: {}
   shipping: {max_priority: 5}
   audit.dlq: {}
+  counted: {delivery_limit: 3}
 bindings:
   - {exchange: payments, queue: payments-q, routing_key: pay}
   - {exchange: orders, queue: shipping, routing_key: "orders.paid"}
@@ -126,7 +127,7 @@ def test_every_page_reads_the_broker_and_changes_go_through_it(start: Any) -> No
     overview = _ok(s, "overview")
     assert (overview["name"], overview["healthy"], overview["generation"]) == (
         "console-rmq", True, 1)
-    assert overview["counts"] == {"exchanges": 2, "queues": 4, "bindings": 2, "topics": 2,
+    assert overview["counts"] == {"exchanges": 2, "queues": 5, "bindings": 2, "topics": 2,
                                   "groups": 2, "consumers": 1, "dlq_policies": 2}
     # the live numbers: queue counts from the management API, offsets from the streams
     assert overview["snapshot"]["t_"]["order-events"]["p"] == [[0, 3, 0]] * 3
@@ -134,7 +135,7 @@ def test_every_page_reads_the_broker_and_changes_go_through_it(start: Any) -> No
     flow = _ok(s, "flow")
     assert {n["name"] for n in flow["nodes"] if n["dlq"]} == {"payments.dlq", "audit.dlq"}
     queues = {q["name"]: q for q in _ok(s, "queues")["queues"]}
-    assert set(queues) == {"payments-q", "payments.dlq", "shipping", "audit.dlq"}
+    assert set(queues) == {"payments-q", "payments.dlq", "shipping", "audit.dlq", "counted"}
     assert queues["payments-q"]["dead_letter_to"] == "payments.dlq"
 
     for _ in range(2):  # a peek gives every message back, in the broker's priority order
@@ -142,6 +143,10 @@ def test_every_page_reads_the_broker_and_changes_go_through_it(start: Any) -> No
         assert [(m["body"], m["priority"]) for m in peeked] == [
             ({"i": 2}, 2), ({"i": 1}, 1), ({"i": 0}, 0)]
     assert s.get("queues/nope/messages") == (404, {"error": "queue 'nope' not found"})
+    assert s.get("queues/counted/messages") == (409, {"unknown": [], "error": (
+        "queue 'counted' has a delivery_limit (a RabbitMQ quorum queue): the broker counts "
+        "every message a peek gives back as a delivery, so peeking would use up their "
+        "deliveries and dead-letter them; pull and nack instead")})
 
     topics = {t["name"]: t for t in _ok(s, "topics")["topics"]}
     assert [(p["log_start_offset"], p["log_end_offset"])
@@ -212,7 +217,8 @@ def test_the_event_stream_samples_the_broker(start: Any) -> None:
             snaps.append(json.loads(resp.readline().removeprefix(b"data: ")))
             assert resp.readline() == b"\n"
     assert [snap["t_"]["audit"]["p"] for snap in snaps] == [[[0, 1, 0]]] * 3
-    assert set(snaps[-1]["q"]) == {"payments-q", "payments.dlq", "shipping", "audit.dlq"}
+    assert set(snaps[-1]["q"]) == {"payments-q", "payments.dlq", "shipping", "audit.dlq",
+                                   "counted"}
     assert snaps[-1]["health"]["accepting"] is True
     assert snaps[0]["t"] < snaps[1]["t"] < snaps[2]["t"]
 
