@@ -41,6 +41,14 @@ is refused with Conflict. A commit sent just before its owner's connection died
 can land after the new owner read the offset: the new owner then handles the
 records since the offset it read again (at-least-once allows it; a commit only
 ever names records that were handled, so nothing is skipped).
+
+**Dead letters before a commit** (at-least-once): the backend `hold`s the
+partition at a record whose dead letter is not confirmed yet; a commit past it
+is sent only after that write's confirm, and not at all when the broker refused
+it. Refused, the member reads the partition again from the record (its position
+moves back, the generation moves, SEEK fires): the record is handled and
+dead-lettered again, never committed past without its dead letter. The hold
+ends when its write is confirmed or when the owner reads from the record again.
 """
 
 from __future__ import annotations
@@ -86,7 +94,9 @@ RECONNECT_MAX_S = 5.0
 
 Fire = Callable[[Event], None]
 Decode = Callable[[Any], Any]
-CommitWrite = Callable[[str, bytes], Ticket]  # (offset queue, body) -> the publish's ticket
+# (offset queue, body, writes it must come after) -> the publish's ticket
+CommitWrite = Callable[[str, bytes, tuple[int, ...]], Ticket]
+WriteState = Callable[[int], "bool | None"]  # a write: None pending, True confirmed, False failed
 
 
 def group_partitions(topology: Topology, group: ConsumerGroup) -> list[TopicPartition]:
@@ -149,6 +159,15 @@ class _Part:
     reattach: int | None = None  # the owner asked to read from here (below `low`)
 
 
+@dataclass(slots=True)
+class _Hold:
+    """A record of an owned partition whose dead letter is write `seq` (see `hold`)."""
+
+    offset: int
+    seq: int
+    refused: bool = False  # the member went back to it already
+
+
 class RabbitMember:
     """One member of one consumer group over RabbitMQ (runner.engine.contract.GroupMember
     and MemberReader): a thread and a connection of its own (see the module doc)."""
@@ -159,10 +178,15 @@ class RabbitMember:
         bounds: Callable[[str], tuple[int, int]], origin: str,
         on_close: Callable[[RabbitMember], None] | None = None,
         written: Callable[[Ticket], bool] | None = None,
+        write_state: WriteState | None = None,
     ) -> None:
         self._on_close = on_close
         self._written = written  # has the backend finished this write (a commit)?
         self._last_commit = Ticket.DONE
+        self._write_state = write_state
+        # partition -> [(offset of a record, the write of its dead letter)]: no commit
+        # past the record before that write is confirmed (see the module doc)
+        self._holds: dict[TopicPartition, list[_Hold]] = {}
         self._target = target
         self._origin = origin  # the backend's token: its own seeks are applied in place
         self._group = group
@@ -235,6 +259,10 @@ class RabbitMember:
         self._last[tp] = part.position
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> Ticket:
+        """Commit `offsets` (fenced: Conflict for a partition not owned). A commit past a
+        record whose dead letter is not confirmed yet is sent after it, and not at all
+        when it failed (the ticket fails; the member reads again from the record)."""
+        writes: list[tuple[TopicPartition, int, tuple[int, ...]]] = []
         with self._lock:
             for tp in offsets:
                 if tp not in self._parts:
@@ -242,14 +270,66 @@ class RabbitMember:
                         f"group {self.group!r} rebalanced: {tp.topic}/{tp.partition} is not "
                         f"owned by {self._member_id!r} (generation {self._generation})")
             for tp, offset in offsets.items():
-                self._parts[tp].position = offset
+                after, refused = self._held_back(tp, offset)
+                if not refused:  # refused: the position went back to the record
+                    self._parts[tp].position = offset
+                writes.append((tp, offset, after))
         ticket = Ticket.DONE
-        for tp, offset in offsets.items():
+        for tp, offset, after in writes:
             ticket = ticket.max(self._write_commit(
                 offset_queue(self.group, tp.topic, tp.partition),
-                offset_body(offset, self._member_id)))
+                offset_body(offset, self._member_id), after))
         self._last_commit = ticket.max(self._last_commit)
         return ticket
+
+    def _held_back(self, tp: TopicPartition, offset: int) -> tuple[tuple[int, ...], bool]:
+        """Under the lock: the dead-letter writes a commit of `offset` must come after,
+        and whether one of them already failed. Confirmed holds are dropped."""
+        holds = self._holds.get(tp)
+        if not holds or self._write_state is None:
+            return (), False
+        state = self._write_state
+        keep = [h for h in holds if state(h.seq) is not True]
+        if keep:
+            self._holds[tp] = keep
+        else:
+            del self._holds[tp]
+        before = [h.seq for h in keep if h.offset < offset]
+        return tuple(before), any(state(seq) is False for seq in before)
+
+    def hold(self, tp: TopicPartition, offset: int, seq: int) -> None:
+        """The dead letter of record `offset` of `tp` is write `seq`: no commit past the
+        record before it is confirmed. Already refused: read again from the record."""
+        with self._lock:
+            self._holds.setdefault(tp, []).append(_Hold(offset, seq))
+        if self._write_state is not None and self._write_state(seq) is False:
+            self.dead_letter_refused(tp, seq)
+
+    def dead_letter_refused(self, tp: TopicPartition, seq: int) -> None:
+        """The broker refused write `seq`, the dead letter of a record of `tp` this
+        member holds (any thread): its position goes back to the record, the stream
+        is read again from there and SEEK fires (the worker reads its positions
+        again), so the record is handled again."""
+        with self._lock:
+            found = [h for h in self._holds.get(tp, ()) if h.seq == seq and not h.refused]
+            if not found:
+                return  # read again from before it already, gone back already, or not ours
+            found[0].refused = True  # kept: commits past it stay refused until read again
+            # the member handled the records before it (in order), up to an earlier
+            # record whose dead letter was refused too
+            offset = min(h.offset for h in self._holds[tp] if h.refused)
+            part = self._parts.get(tp)
+            if part is not None:
+                part.position = offset
+                part.reattach = offset
+            elif tp in self._last:
+                self._last[tp] = offset
+            self._generation += 1
+        log.warning("group %s: member %s reads %s[%d] again from %d: the dead letter of that "
+                    "record was refused by the broker", self.group, self._member_id,
+                    tp.topic, tp.partition, offset)
+        self._wake()
+        self._fire(Event(EventKind.SEEK, self.group))
 
     def close(self) -> None:
         """Leave: the connection closes, so the broker deletes the member's presence and
@@ -286,6 +366,13 @@ class RabbitMember:
             part = self._parts.get(tp)
             if part is None:
                 return Read((), offset)
+            holds = self._holds.get(tp)
+            if holds:  # read again from a held record: it is handled again
+                kept = [h for h in holds if h.offset < offset]
+                if kept:
+                    self._holds[tp] = kept
+                else:
+                    del self._holds[tp]
             if offset < part.low:
                 if part.reattach != offset:
                     part.reattach = offset
@@ -380,6 +467,7 @@ class RabbitMember:
         """The group was sought: an owned partition is read again from `offset` (the
         generation moves; the caller fires SEEK)."""
         with self._lock:
+            self._holds.pop(tp, None)  # read from `offset` now, whatever was held
             part = self._parts.get(tp)
             if part is not None:
                 part.position = offset

@@ -141,7 +141,7 @@ from runner.errors import (
     UnsafeChange,
 )
 from runner.log.partitioner import Partitioner, key_from_json
-from runner.topology.model import Topology
+from runner.topology.model import Delivery, Topology
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ RECONNECT_MAX_S = 5.0
 INFO_FRESH_S = 1.0  # queue_info answers from a queue_infos this young
 WRITTEN_WAIT_S = 30.0  # a blocking commit_step waits this long for its writes' confirms
 DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
+DEAD_LETTERS_KEPT = 1024  # dead-letter steps built and not committed yet, remembered
 
 # headers of a retried copy, taken off at delivery
 COUNT_HEADER = "x-runner-delivery-count"  # deliveries before this copy
@@ -200,6 +201,9 @@ class _Publish:
     routing_key: str
     body: bytes
     properties: pika.BasicProperties
+    # into one named queue or stream: routed nowhere (it was deleted on the broker) is
+    # an error, not a positive confirm of nothing stored
+    mandatory: bool = False
 
 
 @dataclass(slots=True)
@@ -211,6 +215,10 @@ class _Command:
     settles: list[tuple[Outcome, _Held]] = field(default_factory=list)
     next_index: int = 0  # publishes confirmed so far (a resumed batch starts here)
     topics: frozenset[str] = frozenset()  # topics it writes to: RECORDS_APPENDED when done
+    # earlier writes that must have been confirmed positive: when one failed, this one
+    # is not sent (its acks give the deliveries back instead) and fails with its error
+    after: tuple[int, ...] = ()
+    on_error: Callable[[_Command, EngineError], None] | None = None  # I/O thread, once failed
 
 
 class _Sub:
@@ -333,6 +341,9 @@ class RabbitBackend:
         self._subs: list[_Sub] = []
         self._token = uuid.uuid4().hex  # tells this backend's own seeks from others'
         self._members: list[groups_mod.RabbitMember] = []
+        # steps built by dead_letter_step for an at-least-once group, not committed yet:
+        # id(step) -> (step, group, partition, offset) (see commit_step)
+        self._dead_letters: dict[int, tuple[Step, str, TopicPartition, int]] = {}
         self._closed = False
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -442,7 +453,8 @@ class RabbitBackend:
         self._known_queue(queue)
         now = self._clock.time()
         real = self._broker_queue(queue)
-        publishes = [_Publish("", real, m.body, _properties(m, now)) for m in messages]
+        publishes = [_Publish("", real, m.body, _properties(m, now), mandatory=True)
+                     for m in messages]
         return Published(tuple((queue,) for _ in messages),
                          self._submit(_Command(0, publishes=publishes)))
 
@@ -499,7 +511,8 @@ class RabbitBackend:
             out.append((p, _Publish("", stream_name(topic, p), r.value or b"",
                                     pika.BasicProperties(headers=headers or None,
                                                          delivery_mode=2,
-                                                         timestamp=stamp // 1000))))
+                                                         timestamp=stamp // 1000),
+                                    mandatory=True)))
         return out
 
     # ================================================================ QueueConsumer
@@ -527,6 +540,12 @@ class RabbitBackend:
         return out
 
     def settle(self, queue: str, outcomes: Sequence[Outcome]) -> Settled:
+        return self._settle(queue, outcomes)
+
+    def _settle(self, queue: str, outcomes: Sequence[Outcome],
+                after: tuple[int, ...] = ()) -> Settled:
+        """`settle`, sent only when the writes `after` were confirmed positive (else
+        the deliveries go back to their queue and the ticket fails)."""
         queues = self._topology.queue_map()
         for o in outcomes:
             if isinstance(o, DeadLetter):
@@ -544,7 +563,8 @@ class RabbitBackend:
                     continue
                 del self._held[o.delivery_id]
                 actions.append((o, h))
-        ticket = self._submit(_Command(0, settles=actions)) if actions else Ticket.DONE
+        ticket = (self._submit(_Command(0, settles=actions, after=after)) if actions
+                  else Ticket.DONE)
         return Settled(tuple(unknown), ticket)
 
     # ================================================================ TopicReader / groups
@@ -589,6 +609,7 @@ class RabbitBackend:
         member = groups_mod.RabbitMember(
             self.target, self._topology, spec, member_id, fire=self._fire_event,
             write_commit=self._write_commit, decode=_decoded, written=self._written,
+            write_state=self._write_state,
             bounds=self._bounds, origin=self._token, on_close=self._left)
         self._members.append(member)
         return member
@@ -614,10 +635,19 @@ class RabbitBackend:
         with self._lock:
             return ticket.seq <= self._done_upto
 
-    def _write_commit(self, queue: str, body: bytes) -> Ticket:
-        """A commit: one persistent message into the partition's offset queue, confirmed."""
+    def _write_state(self, seq: int) -> bool | None:
+        """Write `seq`: None while not done, True once confirmed, False when it failed."""
+        with self._lock:
+            if seq > self._done_upto:
+                return None
+            return seq not in self._failures
+
+    def _write_commit(self, queue: str, body: bytes, after: tuple[int, ...] = ()) -> Ticket:
+        """A commit: one persistent message into the partition's offset queue, confirmed;
+        not sent when one of the writes `after` failed (dead letters before it)."""
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-        return self._submit(_Command(0, publishes=[_Publish("", queue, body, props)]))
+        return self._submit(_Command(0, publishes=[_Publish("", queue, body, props)],
+                                     after=after))
 
     def _outside(self) -> NotImplementedError:
         return _not_served("members joining a consumer group from outside the daemon "
@@ -1021,11 +1051,20 @@ class RabbitBackend:
     def commit_step(self, step: Step) -> Ticket:
         """A step in order, not atomically (no `exactly-once`): its writes (outputs, a
         topic record's dead letter, replayed dead letters), then its commits, then its
-        acks -- each after the writes before it were confirmed. Commits are served for
-        the dead-letter topics' replay positions only (the DLQ tools): they wait for
-        the writes' confirms and are written on a connection of their own (blocking:
-        run such a step off the owner's loop). Other commits or a fence need
-        exactly-once: NotImplementedError."""
+        acks -- each sent only once every write before it was confirmed positive: when
+        the broker refuses one (a nack, a queue or stream gone), the commits are not
+        written, the acked deliveries go back to their queue (delivered again) and the
+        step's ticket fails with the refusal. Commits are served for the dead-letter
+        topics' replay positions only (the DLQ tools): they wait for the writes'
+        confirms and are written on a connection of their own (blocking: run such a
+        step off the owner's loop). Other commits or a fence need exactly-once:
+        NotImplementedError.
+
+        A step of `dead_letter_step` for an at-least-once group holds the commits of
+        its member past the record until its writes are confirmed (the member commits
+        later, `GroupMember.commit`): refused, those commits are not written and the
+        member reads the partition again from the record (SEEK fires), so the record
+        is handled and dead-lettered again rather than lost."""
         hidden = self._position_groups()
         if (step.fence is not None or step.fences
                 or any(g not in hidden for g, _, _ in step.commits)):
@@ -1035,21 +1074,58 @@ class RabbitBackend:
             self._stream(tp.topic, tp.partition)
         for queue, _ in step.acks:
             self._known_queue(queue)
-        ticket = Ticket.DONE
+        origin = self._dead_letters.pop(id(step), None)
+        if origin is not None and origin[0] is not step:
+            origin = None
+        tickets: list[Ticket] = []
         for exchange, messages in step.publishes:
-            ticket = ticket.max(self.publish(exchange, messages).ticket)
+            tickets.append(self.publish(exchange, messages).ticket)
         for queue, messages in step.puts:
-            ticket = ticket.max(self.put(queue, messages).ticket)
+            tickets.append(self.put(queue, messages).ticket)
         for topic, records in step.appends:
-            ticket = ticket.max(self.append(topic, records).ticket)
+            tickets.append(self.append(topic, records).ticket)
+        writes = tuple(t.seq for t in tickets if t.seq)
+        ticket = Ticket.DONE
+        for t in tickets:
+            ticket = ticket.max(t)
         if step.commits:
             self._wait_written(ticket)
+            for seq in writes:
+                failed = self._failures.get(seq)
+                if failed is not None:
+                    raise failed
             for g, tp, offset in step.commits:
                 groups_mod.write_offset(self.target, g, tp, offset, "dlq-tool",
                                         origin=self._token)
-        for queue, delivery_id in step.acks:
-            ticket = ticket.max(self.settle(queue, [Ack(delivery_id)]).ticket)
+        if step.acks:
+            by_queue: dict[str, list[Outcome]] = {}
+            for queue, delivery_id in step.acks:
+                by_queue.setdefault(queue, []).append(Ack(delivery_id))
+            for queue, acks in by_queue.items():
+                ticket = ticket.max(self._settle(queue, acks, after=writes).ticket)
+        elif len(writes) > 1 or (writes and origin is not None):
+            # one ticket for every write of the step: it fails when any of them did
+            ticket = self._submit(_Command(0, after=writes, on_error=(
+                None if origin is None else functools.partial(self._dead_letter_failed,
+                                                              origin))))
+            if origin is not None:
+                _, group, tp, offset = origin
+                for m in self._members:
+                    if m.group == group and m.owns(tp):
+                        m.hold(tp, offset, ticket.seq)
         return ticket
+
+    def _dead_letter_failed(self, origin: tuple[Step, str, TopicPartition, int],
+                            cmd: _Command, error: EngineError) -> None:
+        """I/O thread: the dead letter of a group's record was refused: its member
+        reads the partition again from the record (groups.RabbitMember.hold)."""
+        _, group, tp, offset = origin
+        log.warning("RabbitMQ %s: the dead letter of %s[%d]@%d (group %s) was refused (%s); "
+                    "the group does not commit past it and handles it again", self.target,
+                    tp.topic, tp.partition, offset, group, error)
+        for m in list(self._members):
+            if m.group == group:
+                m.dead_letter_refused(tp, cmd.seq)
 
     def _wait_written(self, ticket: Ticket) -> None:
         """Block until every write up to `ticket` is done; raise the error that failed
@@ -1072,19 +1148,28 @@ class RabbitBackend:
     ) -> Step:
         """The embedded engine's dead letter of a topic record (the same message: body,
         headers, message id; into a topic the same record: value, key, headers) as a
-        step of writes."""
+        step of writes. For an at-least-once group it is remembered: committed as it
+        is, it holds the member's commits past the record (commit_step)."""
         if to_topic is not None:
             if to_topic not in self._topology.topic_map():
                 raise NotFound(f"topic '{to_topic}' not found")
             s = engine_dead_letter_step(group, record, death, to_topic=to_topic)
-            return Step(appends=tuple(
+            step = Step(appends=tuple(
                 (t, tuple(OutRecord(value=r.value, key=r.key, headers=r.headers)
                           for r in rs)) for t, rs in s.appends))
-        s = engine_dead_letter_step(group, record, death, to_queue=to_queue)
-        return Step(puts=tuple(
-            (q, tuple(OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
-                                 m.message_id, m.content_type) for m in ms))
-            for q, ms in s.queue_puts))
+        else:
+            s = engine_dead_letter_step(group, record, death, to_queue=to_queue)
+            step = Step(puts=tuple(
+                (q, tuple(OutMessage(m.body, m.routing_key, m.headers, m.priority, m.ttl_s,
+                                     m.message_id, m.content_type) for m in ms))
+                for q, ms in s.queue_puts))
+        spec = self._topology.group_map().get(group)
+        if spec is not None and spec.delivery is Delivery.AT_LEAST_ONCE:
+            while len(self._dead_letters) >= DEAD_LETTERS_KEPT:  # built, never committed
+                del self._dead_letters[next(iter(self._dead_letters))]
+            self._dead_letters[id(step)] = (
+                step, group, TopicPartition(record.topic, record.partition), record.offset)
+        return step
 
     # ================================================================ owner side helpers
     def _known_queue(self, queue: str) -> None:
@@ -1351,6 +1436,8 @@ class RabbitBackend:
         if error is None:
             for topic in cmd.topics:  # a hint for this process (others see their streams)
                 self._fire_event(Event(EventKind.RECORDS_APPENDED, topic))
+        elif cmd.on_error is not None:
+            cmd.on_error(cmd, error)
 
     def _open_consumer(self, queue: str) -> None:
         assert self._conn is not None
@@ -1410,6 +1497,9 @@ class RabbitBackend:
     # ---------------------------------------------------------------- writes
     def _execute(self, cmd: _Command) -> EngineError | None:
         """Run one write on the broker; the error that failed it durably, if any."""
+        refused = self._failed_before(cmd)
+        if refused is not None:
+            return self._withhold(cmd, refused)
         if cmd.publishes:
             return self._publish_all(cmd)
         error: EngineError | None = None
@@ -1423,13 +1513,37 @@ class RabbitBackend:
             error = self._settle_one(outcome, held) or error
         return error
 
+    def _failed_before(self, cmd: _Command) -> EngineError | None:
+        """The error of the first write `cmd` comes after that failed (they ran before
+        it: writes run in order), else None."""
+        if not cmd.after:
+            return None
+        with self._lock:
+            for seq in cmd.after:
+                failed = self._failures.get(seq)
+                if failed is not None:
+                    return failed
+        return None
+
+    def _withhold(self, cmd: _Command, refused: EngineError) -> EngineError:
+        """`cmd` comes after a write the broker refused: nothing of it is sent (a commit
+        past a dead letter that is not stored would lose the record); the deliveries
+        it would have acked go back to their queue and are delivered again."""
+        for _outcome, held in cmd.settles:
+            ch = self._channels.get(held.queue)
+            if (held.gen == self._gen and ch is not None and held.channel is ch
+                    and ch.is_open):
+                ch.basic_nack(held.tag, requeue=True)
+        return refused
+
     def _publish_all(self, cmd: _Command) -> EngineError | None:
         pub = self._pub
         assert pub is not None
         while cmd.next_index < len(cmd.publishes):
             p = cmd.publishes[cmd.next_index]
             try:
-                pub.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
+                pub.basic_publish(p.exchange, p.routing_key, p.body, p.properties,
+                                  mandatory=p.mandatory)
             except pika.exceptions.ProtocolSyntaxError as exc:  # a header pika cannot send
                 cmd.next_index += 1
                 return InvalidRequest(f"a message to exchange '{p.exchange}' cannot be sent: "
@@ -1445,6 +1559,15 @@ class RabbitBackend:
                                "routes to is full with overflow reject-publish); the "
                                f"{accepted} message(s) before it were stored, it and the "
                                "rest were not", accepted=accepted)
+            except pika.exceptions.UnroutableError:
+                # a positive confirm of a message routed nowhere: its queue or stream is
+                # gone from the broker (deleted behind the runner's back)
+                accepted = cmd.next_index
+                cmd.next_index += 1
+                return StorageError(f"the broker routed a message to queue '{p.routing_key}' "
+                                    "nowhere (it does not exist on the broker); the "
+                                    f"{accepted} message(s) before it were stored, it and "
+                                    "the rest were not")
             except pika.exceptions.ChannelClosedByBroker as exc:
                 assert self._conn is not None
                 self._pub = self._conn.channel()
@@ -1508,9 +1631,9 @@ class RabbitBackend:
             timestamp=d.timestamp_ms // 1000,
         )
         if outcome.delay_s <= 0:
-            return _Publish("", held.queue, d.body, props)
+            return _Publish("", held.queue, d.body, props, mandatory=True)
         self._declare_delay(outcome.delay_s)
-        return _Publish(delay_name(outcome.delay_s), held.queue, d.body, props)
+        return _Publish(delay_name(outcome.delay_s), held.queue, d.body, props, mandatory=True)
 
     def _declare_delay(self, delay_s: float) -> None:
         """The delay exchange and queue of `delay_s` (declared by apply for the
@@ -1546,7 +1669,7 @@ class RabbitBackend:
             content_type=d.content_type, delivery_mode=2, timestamp=d.timestamp_ms // 1000,
         )
         if outcome.to_queue is not None:
-            return _Publish("", outcome.to_queue, d.body, props)
+            return _Publish("", outcome.to_queue, d.body, props, mandatory=True)
         if outcome.to_topic is not None:
             # as the embedded engine's record of a message routed to a topic: the body
             # as value, the routing facts in headers; partitioned as `append` does
