@@ -11,10 +11,18 @@ import pika
 import pytest
 
 from runner.backends.rabbitmq import runtime
-from runner.engine.contract import Ack, Capability, OutMessage, OutRecord
-from runner.errors import InvalidRequest, NotFound, UnsafeChange
+from runner.engine.contract import Ack, Capability, OutMessage, OutRecord, Step
+from runner.errors import InvalidRequest, NotFound, Refused, StorageError, UnsafeChange
 from runner.log.partitioner import partition_for_key
-from runner.topology.model import Binding, Exchange, ExchangeType, Queue, Topic, Topology
+from runner.topology.model import (
+    Binding,
+    Exchange,
+    ExchangeType,
+    Overflow,
+    Queue,
+    Topic,
+    Topology,
+)
 from tests.contract.conftest import take
 from tests.rmq import fresh_vhost, kill_connections, read_stream
 
@@ -230,5 +238,49 @@ def test_stream_offsets_have_gaps_where_segments_roll_and_reads_pass_them() -> N
             assert [r.offset for r in after.records] == [o for o in offsets if o > gaps[0]]
             (p,) = backend.partitions("ev")
             assert (p.log_start_offset, p.log_end_offset) == (0, offsets[-1] + 1)
+        finally:
+            backend.close()
+
+
+def test_a_steps_acks_wait_for_its_writes_and_go_back_when_the_broker_refuses_one() -> None:
+    """commit_step: the ack after a write the broker nacks (a full reject-publish queue)
+    is not sent: the delivery goes back to its queue and the step's ticket fails; once
+    the queue has room, the same step goes through. A put into a queue deleted on the
+    broker is an error, not a positive confirm of nothing stored."""
+    full = Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)
+    topology = Topology(queues=(("q", Queue("q")), ("full", full)))
+    with fresh_vhost() as target:
+        backend = runtime.open_rabbitmq(topology, target)
+        try:
+            asyncio.run(backend.durable(backend.put("full", [OutMessage(b"filler")]).ticket))
+            asyncio.run(backend.durable(backend.put("q", [OutMessage(b"m")]).ticket))
+            (d,) = take(backend, "q", 1)
+            step = Step(puts=(("full", (OutMessage(b"copy of m"),)),),
+                        acks=(("q", d.delivery_id),))
+            with pytest.raises(Refused, match="the broker refused a message to queue 'full'"):
+                asyncio.run(backend.durable(backend.commit_step(step)))
+            (again,) = take(backend, "q", 1)  # not acked: delivered again
+            assert (again.body, again.redelivered) == (b"m", True)
+            assert backend.ready("full") == 1
+
+            conn = pika.BlockingConnection(pika.ConnectionParameters(
+                target.host, target.port, virtual_host=target.vhost))
+            try:
+                conn.channel().queue_purge("full")
+                asyncio.run(backend.durable(backend.commit_step(Step(
+                    puts=(("full", (OutMessage(b"copy of m"),)),),
+                    acks=(("q", again.delivery_id),)))))
+                assert take(backend, "q", 1, timeout_s=0.5) == []
+                assert backend.ready("full") == 1
+
+                conn.channel().queue_delete("full")
+            finally:
+                conn.close()
+            with pytest.raises(StorageError) as err:
+                asyncio.run(backend.durable(backend.put("full", [OutMessage(b"x")]).ticket))
+            assert str(err.value) == (
+                "the broker routed a message to queue 'full' nowhere (it does not exist on "
+                "the broker); the 0 message(s) before it were stored, it and the rest were "
+                "not")
         finally:
             backend.close()
