@@ -129,8 +129,10 @@ class EmbeddedMember:
         return self._backend.engine.position(self._group, tp)
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> Ticket:
-        self._backend.engine.commit(self._group, offsets, member_id=self._member_id)
-        return Ticket.DONE
+        engine = self._backend.engine
+        with engine.ticketed() as box:  # written now, synced by the flusher: await it
+            engine.commit(self._group, offsets, member_id=self._member_id)
+        return Ticket(box.seq)
 
     def close(self) -> None:
         if self.closed:

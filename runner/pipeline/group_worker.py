@@ -44,6 +44,7 @@ from runner.engine.contract import (
     Record,
     Requeue,
     Step,
+    Ticket,
     TopicPartition,
     Waiter,
 )
@@ -101,6 +102,7 @@ class GroupWorker(Worker):
         self.replay_queue = env.backend.replay_queue(group.name)
         self.seeks = 0  # SEEK events of the group seen: a member's reads before one are stale
         self._steps_waiting: list[_Waiting] = []  # exactly-once steps of this turn
+        self._durable_tasks: set[asyncio.Task[None]] = set()  # steps awaiting durability
         self._seek_sub = env.backend.subscribe([Event(EventKind.SEEK, group.name)],
                                                self._on_seek)
 
@@ -125,6 +127,8 @@ class GroupWorker(Worker):
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
         self._seek_sub.close()
+        if self._durable_tasks:  # steps written by the members: their waiters are gone
+            await asyncio.wait(set(self._durable_tasks), timeout=grace_s)
 
     # ---------------------------------------------------------------- member loop
     async def _member(self, member_id: str, waiter: Waiter) -> None:
@@ -152,12 +156,12 @@ class GroupWorker(Worker):
                     if tp not in positions:
                         positions[tp] = member.position(tp)
                     busy |= await self._partition(member, tp, positions, pending, version)
-                    self._flush(member, pending, version)
+                    await self._flush(member, pending, positions, version)
                 if not busy:
                     await waiter.wait()
         finally:
             try:
-                self._flush(member, pending, version)
+                self._commit_pending(member, pending, version)  # the flusher syncs it
                 member.close()
             except EngineError as exc:
                 log.warning("group %s: member %s could not leave cleanly: %s",
@@ -167,25 +171,48 @@ class GroupWorker(Worker):
         """True when the group was sought since `version` (a read before is stale)."""
         return self.seeks != version
 
-    def _flush(
-        self, member: GroupMember, pending: dict[TopicPartition, int], version: int,
+    async def _flush(
+        self, member: GroupMember, pending: dict[TopicPartition, int],
+        positions: dict[TopicPartition, int], version: int,
     ) -> None:
+        """Commit what the member finished (`_commit_pending`) and wait until the commit
+        is durable, the loop serving meanwhile. A commit that failed to become durable
+        (a failed fsync): its partitions are read again from their committed
+        positions (at-least-once: what the backend kept is handled again)."""
+        committed = dict(pending)
+        ticket = self._commit_pending(member, pending, version)
+        if ticket == Ticket.DONE:
+            return
+        try:
+            await self.env.backend.durable(ticket)
+        except EngineError as exc:
+            log.warning("group %s: commit of %s by %s failed: %s; its partitions are read "
+                        "again from their committed positions", self.name, committed,
+                        member.member_id, exc)
+            for tp in committed:
+                positions.pop(tp, None)
+
+    def _commit_pending(
+        self, member: GroupMember, pending: dict[TopicPartition, int], version: int,
+    ) -> Ticket:
         """Commit what the member finished, for partitions it still owns (a new
         owner's commits must never be moved back), unless the group was sought
-        meanwhile (a seek is never overwritten by records read before it)."""
+        meanwhile (a seek is never overwritten by records read before it); the
+        commit's ticket (written, not yet durable)."""
         if not pending:
-            return
+            return Ticket.DONE
         if self._sought(version):
             pending.clear()
-            return
+            return Ticket.DONE
         owned = set(member.assignment())
         offsets = {tp: off for tp, off in pending.items() if tp in owned}
         pending.clear()
         if offsets:
             try:
-                member.commit(offsets)
+                return member.commit(offsets)
             except Conflict as exc:
                 log.info("group %s: commit of %s dropped: %s", self.name, member, exc)
+        return Ticket.DONE
 
     async def _partition(
         self, member: GroupMember, tp: TopicPartition, positions: dict[TopicPartition, int],
@@ -262,12 +289,21 @@ class GroupWorker(Worker):
                     stale)
                 return
             if self.delivery is Delivery.AT_MOST_ONCE:
+                # before the handler runs, and durable before it does (a commit lost
+                # to a power cut would run it again)
                 try:
-                    member.commit({tp: record.offset + 1})
+                    ticket = member.commit({tp: record.offset + 1})
                 except Conflict:
                     raise _Stale() from None
+                try:
+                    await backend.durable(ticket)
+                except EngineError as exc:
+                    log.warning("group %s: the commit of %s[%d]@%d before the call failed "
+                                "(%s); not calling the handler", self.name, tp.topic,
+                                tp.partition, record.offset, exc)
+                    raise _Stale() from None
             if step.writes:
-                backend.commit_step(step)
+                await backend.durable(backend.commit_step(step))
 
         return settle
 
@@ -275,14 +311,18 @@ class GroupWorker(Worker):
         """Commit `step` with the steps of the other members that finished in this turn
         of the loop (one merged step); _Stale when it is stale by then (or its fence
         is refused), the refusing EngineError when the backend refuses it alone."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         future.add_done_callback(_retrieved)
         self._steps_waiting.append(_Waiting(step, stale, future))
         if len(self._steps_waiting) == 1:  # the first one schedules the commit
-            asyncio.get_running_loop().call_soon(self._commit_waiting_steps)
+            loop.call_soon(self._commit_waiting_steps)
         await asyncio.shield(future)
 
     def _commit_waiting_steps(self) -> None:
+        """Commit the steps waiting (one merged step when it can); each waiter is
+        resolved once its step is durable (`_resolve_when_durable`), the loop
+        serving meanwhile."""
         batch, self._steps_waiting = self._steps_waiting, []
         live: list[_Waiting] = []
         for w in batch:
@@ -293,15 +333,34 @@ class GroupWorker(Worker):
                 continue
             live.append(w)
         results = self.commit_steps([w.step for w in live])
-        for w, error in zip(live, results, strict=True):
+        written: list[tuple[_Waiting, Ticket]] = []
+        for w, result in zip(live, results, strict=True):
             if w.future.done():
                 continue
-            if error is None:
-                w.future.set_result(None)
-            elif isinstance(error, Conflict):  # its member's fence: no longer its record
+            if isinstance(result, Ticket):
+                written.append((w, result))
+            elif isinstance(result, Conflict):  # its member's fence: no longer its record
                 w.future.set_exception(_Stale())
             else:
-                w.future.set_exception(error)
+                w.future.set_exception(result)
+        if written:
+            task = asyncio.get_running_loop().create_task(self._resolve_when_durable(written))
+            self._durable_tasks.add(task)
+            task.add_done_callback(self._durable_tasks.discard)
+
+    async def _resolve_when_durable(self, written: list[tuple[_Waiting, Ticket]]) -> None:
+        """Resolve each waiter once its step's ticket is durable, or with the error
+        that failed it (its record fails: retried in place or dead-lettered)."""
+        backend = self.env.backend
+        for w, ticket in written:
+            try:
+                await backend.durable(ticket)
+            except EngineError as exc:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+            else:
+                if not w.future.done():
+                    w.future.set_result(None)
 
     async def _replays(self, member: GroupMember) -> bool:
         """Process what was replayed back to this group; True when there was any."""
@@ -325,11 +384,11 @@ class GroupWorker(Worker):
 
             async def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> None:
                 if self.delivery is Delivery.AT_MOST_ONCE:
-                    backend.settle(queue, [Ack(did)])
+                    await backend.durable(backend.settle(queue, [Ack(did)]).ticket)
                     if step.writes:
-                        backend.commit_step(step)
+                        await backend.durable(backend.commit_step(step))
                     return
-                backend.commit_step(step + Step(acks=((queue, did),)))
+                await backend.durable(backend.commit_step(step + Step(acks=((queue, did),))))
 
             await self._handle(record, member.member_id, settle,
                                delivery_count=d.delivery_count)
@@ -403,10 +462,10 @@ class GroupWorker(Worker):
             self.hand_over(outputs)
             return
         ticket = self.send(outputs)
+        # the outputs are durable before the record counts as done (at-least-once:
+        # its offset is committed later, by `_flush`) and before replies are handed over
+        await self.env.backend.durable(ticket)
         if self.delivery is Delivery.AT_LEAST_ONCE:
-            # the outputs are durable before the record counts as done (its offset
-            # is committed later, by `_flush`) and before replies are handed over
-            await self.env.backend.durable(ticket)
             await settle(Step())
         self.hand_over(outputs)
 
@@ -427,6 +486,6 @@ class GroupWorker(Worker):
             )
         if self.delivery is Delivery.AT_MOST_ONCE:
             if step.writes:
-                self.env.backend.commit_step(step)
+                await self.env.backend.durable(self.env.backend.commit_step(step))
             return
         await settle(step)

@@ -90,6 +90,7 @@ class QueueWorker(Worker):
         self.ready: Waiter | None = None  # the puller's wake-up
         # exactly-once, async handlers: steps committed together (_commit_together)
         self.steps_waiting: list[tuple[Step, asyncio.Future[None]]] = []
+        self.durable_tasks: set[asyncio.Task[None]] = set()  # steps awaiting durability
 
     def start(self) -> None:
         self.ready = self.waiter([Event(EventKind.QUEUE_READY, self.queue)])
@@ -214,13 +215,33 @@ class QueueWorker(Worker):
     def _commit_waiting_steps(self) -> None:
         batch, self.steps_waiting = self.steps_waiting, []
         results = self.commit_steps([step for step, _ in batch])
-        for (_, future), error in zip(batch, results, strict=True):
+        written: list[tuple[asyncio.Future[None], Ticket]] = []
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
-            if error is None:
-                future.set_result(None)
+            if isinstance(result, Ticket):
+                written.append((future, result))
             else:
-                future.set_exception(error)
+                future.set_exception(result)
+        if written:
+            task = asyncio.get_running_loop().create_task(self._resolve_when_durable(written))
+            self.durable_tasks.add(task)
+            task.add_done_callback(self.durable_tasks.discard)
+
+    async def _resolve_when_durable(
+        self, written: list[tuple[asyncio.Future[None], Ticket]],
+    ) -> None:
+        """Resolve each call's future once its step is durable, or with the error that
+        failed it."""
+        for future, ticket in written:
+            try:
+                await self.env.backend.durable(ticket)
+            except EngineError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)
 
     async def _ack_when_confirmed(self, d: QueueDelivery, msg: QueueMessage,
                                   consumer_id: str) -> None:
@@ -295,7 +316,7 @@ class QueueWorker(Worker):
                 for d, _, _ in items:  # unsettled: drain gives the unstarted back
                     self.buffer.put_nowait(d)
                 raise
-            committed = self._commit_successes(items, outcomes)
+            committed = await self._commit_successes(items, outcomes)
             for (d, msg, key), (exc, outputs) in zip(items, outcomes, strict=False):
                 try:
                     if d.delivery_id in committed:
@@ -322,20 +343,31 @@ class QueueWorker(Worker):
             else:
                 carried = rest  # after a timeout: first thing in the next batch
 
-    def _commit_successes(
+    async def _commit_successes(
         self, items: list[tuple[QueueDelivery, QueueMessage, str | None]],
         outcomes: list[tuple[Exception | None, Outputs]],
     ) -> dict[int, EngineError | None]:
         """Exactly-once, a sync batch: the steps of its successful calls committed
-        together (`commit_steps`); by delivery id, None or the refusing error."""
+        together (`commit_steps`) and awaited until durable; by delivery id, None or
+        the error that refused or failed it."""
         if self.delivery is not Delivery.EXACTLY_ONCE:
             return {}
         ok = [(d, outputs) for (d, _, _), (exc, outputs) in zip(items, outcomes, strict=False)
               if exc is None]
         steps = [self.step_of(outputs) + Step(acks=((self.queue, d.delivery_id),))
                  for d, outputs in ok]
-        return {d.delivery_id: error
-                for (d, _), error in zip(ok, self.commit_steps(steps), strict=True)}
+        out: dict[int, EngineError | None] = {}
+        for (d, _), result in zip(ok, self.commit_steps(steps), strict=True):
+            if isinstance(result, Ticket):
+                try:
+                    await self.env.backend.durable(result)
+                except EngineError as exc:
+                    result = exc
+                else:
+                    out[d.delivery_id] = None
+                    continue
+            out[d.delivery_id] = result
+        return out
 
     def _committed(self, key: str | None, outputs: Outputs) -> None:
         """An exactly-once call's step is committed: what follows it."""

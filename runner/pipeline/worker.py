@@ -256,32 +256,31 @@ class Worker:
             appends=tuple((t, tuple(rs)) for t, rs in outputs.grouped_appends()),
         )
 
-    def commit_steps(self, steps: list[Step]) -> list[EngineError | None]:
+    def commit_steps(self, steps: list[Step]) -> list[EngineError | Ticket]:
         """Commit `steps` as one merged step (one journal record and one fsync of each
         touched log for all); when the backend refuses the merged step (a full
         reject-publish queue, the fanout cap, a stale member's fence, ...) nothing of
         it was applied, and each step is committed alone so only the refused ones
-        fail. Per step: None once committed, else the error that refused it. The one
-        owner of step batching: queue consumers and group members use it."""
+        fail. Per step: the ticket to await before it counts as done, else the error
+        that refused it. The one owner of step batching: queue consumers and group
+        members use it."""
         backend = self.env.backend
         if len(steps) > 1:
             merged = Step()
             for step in steps:
                 merged = merged + step
             try:
-                backend.commit_step(merged)
+                ticket = backend.commit_step(merged)
             except EngineError:
                 pass  # one by one below
             else:
-                return [None] * len(steps)
-        results: list[EngineError | None] = []
+                return [ticket] * len(steps)
+        results: list[EngineError | Ticket] = []
         for step in steps:
             try:
-                backend.commit_step(step)
+                results.append(backend.commit_step(step))
             except EngineError as exc:
                 results.append(exc)
-            else:
-                results.append(None)
         return results
 
     def hand_over(self, outputs: Outputs) -> None:

@@ -224,7 +224,7 @@ class _SimGroupWorker(GroupWorker):
                 self.positions[tp] = self.member.position(tp)
             busy |= await self._partition(self.member, tp, self.positions, self.pending,
                                           version)
-            self._flush(self.member, self.pending, version)
+            await self._flush(self.member, self.pending, self.positions, version)
         return busy
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -123,5 +123,88 @@ def test_a_group_commits_a_record_only_after_its_outputs_are_synced(tmp_path: Pa
             fs.release.set()
             await wait_until(lambda: engine.position("g", tp) == 3)
             assert sorted(b["id"] for b in bodies(engine, "outbox")) == [0, 1, 2]
+
+    asyncio.run(go())
+
+
+async def _loop_turns_while_held(
+    fs: HeldFs, seconds: float, check: Callable[[], None] = lambda: None,
+) -> int:
+    """Turns of the event loop (10 ms sleeps) during the next `seconds`, after which a
+    timer thread releases the held fsyncs: a loop blocked on a held fsync makes
+    none until then. `check` runs at each turn while they are held."""
+    timer = threading.Timer(seconds, fs.release.set)
+    timer.start()
+    turns = 0
+    try:
+        while True:
+            await asyncio.sleep(0.01)
+            if fs.release.is_set():
+                break
+            check()
+            turns += 1
+    finally:
+        timer.cancel()
+    return turns
+
+
+def test_an_at_most_once_member_runs_its_handler_only_after_its_commit_is_synced(
+    tmp_path: Path,
+) -> None:
+    fs = HeldFs()
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=Delivery.AT_MOST_ONCE),))
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as engine:
+            engine.append("events", [rec({"id": -1})])  # the group's start-up writes
+            await wait_until(lambda: len(engine.peek("outbox", 10)) == 1)
+            fs.synced.clear()
+            fs.hold = "__consumer_offsets"
+            engine.append("events", [rec({"id": 0})])
+            await wait_until(lambda: engine.position("g", tp) == 2)  # written, not synced
+            assert not any("__consumer_offsets" in p for p in fs.synced)
+            # the loop goes on while the commit waits for its fsync (it used to be
+            # blocked inside it), and the handler is not called before it is durable
+            def not_called() -> None:
+                assert [e["id"] for e in ph.SEEN] == ["-1"]
+
+            turns = await _loop_turns_while_held(fs, 1.0, not_called)
+            assert turns >= 20, turns
+            await wait_until(lambda: len(ph.SEEN) == 2)
+            assert any("__consumer_offsets" in p for p in fs.synced)
+            await wait_until(lambda: len(engine.peek("outbox", 10)) == 2)
+
+    asyncio.run(go())
+
+
+def test_an_at_least_once_members_commit_is_synced_off_the_loop(tmp_path: Path) -> None:
+    fs = HeldFs()
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=Delivery.AT_LEAST_ONCE),))
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as engine:
+            engine.append("events", [rec({"id": -1})])  # the group's start-up writes
+            await wait_until(lambda: engine.position("g", tp) == 1)
+            await asyncio.sleep(0.1)
+            fs.synced.clear()
+            fs.hold = "__consumer_offsets"
+            engine.append("events", [rec({"id": i}) for i in range(3)])
+            # handled, outputs synced, the commit written but not synced ...
+            await wait_until(lambda: engine.position("g", tp) == 4)
+            assert not any("__consumer_offsets" in p for p in fs.synced)
+            # ... while the loop goes on (it used to wait inside the commit's fsync)
+            turns = await _loop_turns_while_held(fs, 1.0)
+            assert turns >= 20, turns
+            await wait_until(lambda: any("__consumer_offsets" in p for p in fs.synced))
+            # the member reads on after its commit is durable
+            engine.append("events", [rec({"id": 3})])
+            await wait_until(lambda: engine.position("g", tp) == 5)
+            assert sorted(b["id"] for b in bodies(engine, "outbox")) == [-1, 0, 1, 2, 3]
 
     asyncio.run(go())
