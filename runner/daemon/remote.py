@@ -614,6 +614,8 @@ class RemoteDaemon:
             stats.group_committed = series.group_committed
             stats.group_lag = series.group_lag
             stats.group_members = series.group_members
+            stats.dlq_settled = series.dlq_settled
+            stats.dlq_oldest_pending_ms = series.dlq_oldest_pending_ms
         return stats
 
     async def _stream_series(self) -> EngineStats | None:

@@ -264,3 +264,44 @@ def test_a_groups_dead_letter_in_a_queue_replays_back_to_the_group(daemon: Daemo
     internal = [q for q in daemon.ok("GET", "/v1/queues")["queues"] if q["internal"]]
     assert sorted(q["name"] for q in internal) == [
         "__runner.group.g.replay", "__runner.group.h.replay"]
+
+
+def _dlq_series(d: Daemon) -> dict[tuple[str, int], float]:
+    """(series, partition) -> value of t.dlq's pending series in a scrape."""
+    out: dict[tuple[str, int], float] = {}
+    for line in d.metrics().splitlines():
+        for name in ("runner_dead_letter_topic_pending",
+                     "runner_dead_letter_topic_oldest_pending_timestamp_seconds"):
+            if line.startswith(name + "{") and 'topic="t.dlq"' in line:
+                partition = int(line.split('partition="')[1].split('"')[0])
+                out[(name, partition)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _route_series(d: Daemon) -> dict[tuple[str, int], float]:
+    """The same series as `GET /v1/topics/t.dlq/dead-letters` counts them."""
+    out: dict[tuple[str, int], float] = {}
+    for p in _letters(d)["partitions"]:
+        out[("runner_dead_letter_topic_pending", p["partition"])] = float(p["pending"])
+        ts = p["oldest_timestamp_ms"]
+        out[("runner_dead_letter_topic_oldest_pending_timestamp_seconds", p["partition"])] = (
+            ts / 1000 if ts is not None else 0.0)
+    return out
+
+
+def test_the_pending_series_count_what_the_dead_letters_route_counts(daemon: Daemon) -> None:
+    _kill_five(daemon)
+    letters = _letters(daemon)
+    first = min(letters["records"], key=lambda r: (r["partition"], r["offset"]))
+    # one dead letter purged on its own, at the replay position of its partition (a
+    # marker: the pending count and the oldest one's timestamp both move past it)
+    assert daemon.ok("POST", "/v1/topics/t.dlq/dead-letters/purge", {"records": [
+        {"partition": first["partition"], "offset": first["offset"]}]}) == {
+        "purged": 1, "remaining": 4}
+    route = _route_series(daemon)
+    assert sum(v for (name, _), v in route.items() if name.endswith("_pending")) == 4
+    assert all(v > 0 for (name, _), v in route.items()
+               if name.endswith("_seconds") and route[("runner_dead_letter_topic_pending", _)])
+    # the scrape's series are cached (STREAM_SERIES_S): equal within a refresh or two
+    assert wait_for(lambda: _dlq_series(daemon) == route, timeout_s=30, every_s=0.5), (
+        _dlq_series(daemon), route)

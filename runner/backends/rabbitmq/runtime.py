@@ -344,6 +344,8 @@ class RabbitBackend:
         # steps built by dead_letter_step for an at-least-once group, not committed yet:
         # id(step) -> (step, group, partition, offset) (see commit_step)
         self._dead_letters: dict[int, tuple[Step, str, TopicPartition, int]] = {}
+        # (dead-letter topic, partition, replay position) -> its record's timestamp
+        self._dlq_ts: dict[tuple[str, int, int], int] = {}
         self._closed = False
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -1008,9 +1010,14 @@ class RabbitBackend:
         partition's bounds (`partitions`; size 0) and each consumer group's committed
         offsets, lag (log end - position, the committed offset else `offset_reset`'s)
         and live members (presence queues, all daemons); the lag of the dead-letter
-        topics' hidden position groups too (their pending dead letters). Blocking: a read of each
-        partition's stream (0.2-0.5 s each), one management API call, one connection
-        per group for its offsets; the daemon runs it off its loop and caches it."""
+        topics' hidden position groups too, with the dead letters replayed or purged
+        on their own above the position (markers: `dlq_settled`) and the timestamp of
+        the first pending one (`dlq_oldest_pending_ms`), so the pending series count
+        what `GET /v1/topics/{name}/dead-letters` counts (runner.daemon.dlq_ops).
+        Blocking: a read of each partition's stream (0.2-0.5 s each), one management
+        API call, one connection per group for its offsets, a peek of each
+        dead-letter topic's markers and a read of each partition with dead letters
+        pending whose position moved; the daemon runs it off its loop and caches it."""
         topology = self._topology
         stats = EngineStats()
         for name, topic in topology.topics:
@@ -1022,6 +1029,7 @@ class RabbitBackend:
         if not every:
             return stats
         rows = {str(r.get("name", "")): r for r in self._queue_rows("name,arguments") or ()}
+        positions: dict[TopicPartition, int] = {}  # the dead-letter topics' replay positions
         for group, spec in every:
             if group not in hidden:
                 presence = member_queue(group, "")
@@ -1039,7 +1047,42 @@ class RabbitBackend:
                 position = (committed if committed is not None
                             else spec.offset_reset.out_of_range(start, end))
                 stats.group_lag[(group, tp)] = max(0, end - position)
+                if group in hidden:
+                    positions[tp] = max(position, start)
+        self._dlq_pending_stats(stats, positions)
         return stats
+
+    def _dlq_pending_stats(self, stats: EngineStats,
+                           positions: Mapping[TopicPartition, int]) -> None:
+        """The markers above each dead-letter topic partition's replay position
+        (`stats.dlq_settled`) and the timestamp of its first pending dead letter
+        (`stats.dlq_oldest_pending_ms`), as runner.daemon.dlq_ops.topic_positions
+        counts them. A record's timestamp never changes: remembered by offset, a
+        partition is read again only when its position moved."""
+        seen = self._dlq_ts
+        keep: dict[tuple[str, int, int], int] = {}
+        for topic in sorted(self._topology.dead_letter_topics()):
+            settled = self.dlq_settled(topic)
+            for tp, pos in positions.items():
+                if tp.topic != topic:
+                    continue
+                skip = {o for o in settled.get(tp.partition, ()) if o >= pos}
+                stats.dlq_settled[tp] = len(skip)
+                end = stats.partitions[tp].log_end_offset
+                if pos >= end:
+                    continue
+                key = (topic, tp.partition, pos)
+                ts = seen.get(key)
+                if ts is None:
+                    recs = self.read(topic, tp.partition, pos, max_records=len(skip) + 1,
+                                     max_bytes=1 << 20).records
+                    first = next((r for r in recs if r.offset not in skip), None)
+                    if first is None:
+                        continue
+                    ts = first.timestamp_ms
+                keep[key] = ts
+                stats.dlq_oldest_pending_ms[tp] = ts
+        self._dlq_ts = keep
 
     @property
     def connected(self) -> bool:
