@@ -60,6 +60,7 @@ from runner.topology.model import ConsumerGroup, Delivery, Topology
 log = logging.getLogger(__name__)
 
 READ_BATCH = 100
+DEAD_LETTER_AGAIN_S = 1.0  # a dead letter the backend refused: the record again after this
 
 
 class _Stale(Exception):
@@ -452,9 +453,29 @@ class GroupWorker(Worker):
                 msg, exc, retry_count=failures - 1, first_attempt=first, last_attempt=now,
                 consumer_id=member, group=self.name,
             )
-            await self._dead_letter(record, death, settle)
+            try:
+                await self._dead_letter(record, death, settle)
+            except EngineError as dl_exc:
+                return await self._dead_letter_failed(record, dl_exc)
             self.send_error_reply(msg, exc)
             return True
+
+    async def _dead_letter_failed(self, record: Record, exc: EngineError) -> bool:
+        """The backend refused the record's dead letter (a full dead-letter queue, a
+        destination gone): at-least-once, nothing was committed past it, so it is
+        handled again after DEAD_LETTER_AGAIN_S (False: not settled); at-most-once it
+        was committed before the call: it is lost, as at-most-once allows (True)."""
+        self.counters.error(error_type(exc))
+        if self.delivery is Delivery.AT_MOST_ONCE:
+            log.warning("group %s: the dead letter of %s[%d]@%d failed (%s); dropped "
+                        "(at-most-once)", self.name, record.topic, record.partition,
+                        record.offset, exc)
+            return True
+        log.warning("group %s: the dead letter of %s[%d]@%d failed (%s); handling it again "
+                    "in %gs", self.name, record.topic, record.partition, record.offset, exc,
+                    DEAD_LETTER_AGAIN_S)
+        await self.pause(DEAD_LETTER_AGAIN_S)
+        return False
 
     async def _succeed(self, outputs: Outputs, settle: Settle) -> None:
         if self.delivery is Delivery.EXACTLY_ONCE:
