@@ -17,6 +17,7 @@ Protocols and values of this module. The embedded engine implements it
      |- durable()       await a write's Ticket (taken(): one covering every write so far)
      '- capabilities    what this backend can do at all
     RouteExplainer      (optional) how a message would be routed, hop by hop
+    SharedKeys          (optional) idempotency windows shared by every process of a broker
 
 Threading: a backend has one owner thread (the daemon's asyncio loop, or a
 test). Every synchronous method is called on it and must not block for long:
@@ -68,10 +69,11 @@ __all__ = [
     "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
     "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
     "FanoutCounter", "Fence", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember",
-    "GroupPartition", "Outcome", "OutMessage", "OutRecord", "PartitionInfo", "Producer",
-    "Published", "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read", "Record",
-    "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop", "Settled",
-    "Step", "Steps", "StorageHealth", "Subscription", "Ticket", "TopicPartition", "TopicReader",
+    "GroupPartition", "KeyWindow", "Outcome", "OutMessage", "OutRecord", "PartitionInfo",
+    "Producer", "Published", "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read",
+    "Record", "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
+    "Settled", "SharedKeys", "Step", "Steps", "StorageHealth", "Subscription", "Ticket",
+    "TopicPartition", "TopicReader",
     "Waiter", "WireRecord", "WireStored", "WireTopics", "dlq_position_group", "dlq_settled_queue",
     "marker_of", "replay_queue_name", "settled_marker",
 ]
@@ -845,6 +847,35 @@ class RouteExplainer(Protocol):
         and what each matched; nothing is published or counted. NotFound for an
         unknown exchange and Forbidden for an internal one, as `Producer.publish`."""
         ...
+
+
+class KeyWindow(Protocol):
+    """The idempotency window of one consumer kept by its backend for every process
+    of the broker (`SharedKeys`): keys any of them recorded are seen by all."""
+
+    def seen(self, key: str) -> bool:
+        """True when `key` was recorded within the window (as far as this process has
+        read the others' keys: `catch_up` makes that "up to now")."""
+        ...
+
+    def record(self, key: str) -> Ticket:
+        """Remember `key` as processed; seen here at once, by every process once the
+        ticket is durable. Ack the message only after that."""
+        ...
+
+    async def catch_up(self) -> None:
+        """Return once every key recorded durably (by any process) before the call is
+        seen here (at start, and before trusting `seen` for a redelivery)."""
+        ...
+
+
+@runtime_checkable
+class SharedKeys(Protocol):
+    """Optional, beside Backend: a backend whose processes share idempotency windows
+    (RabbitMQ: a stream of keys per consumer). Without it the pipeline keeps each
+    window in files of its own data directory."""
+
+    def key_window(self, consumer: str, window_s: float) -> KeyWindow: ...
 
 
 @runtime_checkable

@@ -120,6 +120,8 @@ class QueueWorker(Worker):
         refill = max(1, self.consumer.prefetch // 2)
         ready = self.ready
         assert ready is not None
+        if self.shared_keys is not None:  # the keys other daemons recorded, before any
+            await self.shared_keys.catch_up()
         while not self.stopping:
             self.flush_acks()
             room = self.consumer.prefetch - self.outstanding
@@ -178,6 +180,7 @@ class QueueWorker(Worker):
             self.ready.set()
 
     async def _process(self, d: QueueDelivery, consumer_id: str) -> None:
+        await self._caught_up(d)
         prepared = self._prepare(d)
         if prepared is None or not await self._acked(d):
             return
@@ -259,11 +262,28 @@ class QueueWorker(Worker):
             self.failures.report("outputs", exc, msg)
             self._fail(d, msg, exc, consumer_id)
             return
-        self.remember(key)  # never before the outputs are durable (a redelivery
-        self.hand_over(outputs)  # would be skipped as a duplicate with them lost)
+        # never before the outputs are durable (a redelivery would be skipped as a
+        # duplicate with them lost); the ack only once the key is (a shared window)
+        await self._key_recorded(self.remember(key))
+        self.hand_over(outputs)
         self.pending_acks.append(d.delivery_id)
         if self.ready is not None:
             self.ready.set()  # the puller flushes acks
+
+    async def _key_recorded(self, ticket: Ticket) -> None:
+        """Await the key's ticket before the ack. When it failed, the message is acked
+        all the same (its handler ran and its outputs are stored): only a later copy
+        of it may then be handled again."""
+        try:
+            await self.env.backend.durable(ticket)
+        except EngineError as exc:
+            log.warning("consumer %s: an idempotency key was not stored (%s); its message "
+                        "is acked all the same", self.name, exc)
+
+    async def _caught_up(self, d: QueueDelivery) -> None:
+        """A redelivery, with a shared window: catch up on the others' keys first."""
+        if self.shared_keys is not None and d.redelivered:
+            await self.catch_up_keys(self.idem_key(QueueMessage.from_delivery(d)))
 
     async def _acked(self, d: QueueDelivery) -> bool:
         """At-most-once: True once the ack taken before the call is durable; False
@@ -301,6 +321,8 @@ class QueueWorker(Worker):
                 cap = self._batch_cap()
                 while len(taken) < cap and not self.buffer.empty():
                     taken.append(self.buffer.get_nowait())
+                for d in taken:
+                    await self._caught_up(d)
                 items = []
                 for item in self._prepare_all(taken):
                     if await self._acked(item[0]):
@@ -441,7 +463,11 @@ class QueueWorker(Worker):
             # acked (key remembered, replies handed over) once the outputs are durable
             self.unconfirmed[d.delivery_id] = (ticket, outputs, key)
             return
-        self.remember(key)
+        recorded = self.remember(key)
+        if self.delivery is Delivery.AT_LEAST_ONCE and recorded != Ticket.DONE:
+            # acked (replies handed over) once the key is durable (a shared window)
+            self.unconfirmed[d.delivery_id] = (recorded, outputs, None)
+            return
         if self.delivery is Delivery.AT_LEAST_ONCE:
             self.pending_acks.append(d.delivery_id)  # acked by the next flush_acks
         self.hand_over(outputs)

@@ -28,7 +28,16 @@ from typing import Any
 from runner import jsontext
 from runner.clock import Clock
 from runner.datapath import entity_path
-from runner.engine.contract import Backend, Event, FsyncPolicy, Step, Ticket, Waiter
+from runner.engine.contract import (
+    Backend,
+    Event,
+    FsyncPolicy,
+    KeyWindow,
+    SharedKeys,
+    Step,
+    Ticket,
+    Waiter,
+)
 from runner.errors import EngineError
 from runner.fs import LOCAL, FileSystem
 from runner.pipeline.deadletter import error_type
@@ -88,7 +97,11 @@ class Worker:
         self.retrier = Retrier(self.policy, delivery, random=env.random)
         self.idempotency = idempotency
         self.idem_store: IdempotencyStore | None = None
-        if idempotency is not None:
+        # a backend whose processes share the window keeps it (RabbitMQ: a keys stream)
+        self.shared_keys: KeyWindow | None = None
+        if idempotency is not None and isinstance(env.backend, SharedKeys):
+            self.shared_keys = env.backend.key_window(name, idempotency.window_s)
+        elif idempotency is not None:
             self.idem_store = IdempotencyStore(
                 entity_path(env.data_dir / "idempotency", name, ".keys"),
                 window_s=idempotency.window_s,
@@ -319,15 +332,34 @@ class Worker:
         return key_of(message, self.idempotency)
 
     def is_duplicate(self, key: str | None) -> bool:
-        if key is None or self.idem_store is None or not self.idem_store.seen(key):
+        if key is None or not self.seen(key):
             return False
         self.counters.skipped += 1
         log.debug("consumer %s: skipped duplicate %r", self.name, key)
         return True
 
-    def remember(self, key: str | None) -> None:
-        if key is not None and self.idem_store is not None:
+    def seen(self, key: str) -> bool:
+        if self.shared_keys is not None:
+            return self.shared_keys.seen(key)
+        return self.idem_store is not None and self.idem_store.seen(key)
+
+    async def catch_up_keys(self, key: str | None) -> None:
+        """Before trusting the window for a redelivery of `key`: with a shared window,
+        read every key the other processes recorded so far (one of them may have
+        handled it and died before its ack reached the broker)."""
+        if self.shared_keys is not None and key is not None and not self.shared_keys.seen(key):
+            await self.shared_keys.catch_up()
+
+    def remember(self, key: str | None) -> Ticket:
+        """Record `key` as processed: the ticket to await before acking its message
+        (DONE for the local store: durable on return)."""
+        if key is None:
+            return Ticket.DONE
+        if self.shared_keys is not None:
+            return self.shared_keys.record(key)
+        if self.idem_store is not None:
             self.idem_store.record(key)
+        return Ticket.DONE
 
     # ---------------------------------------------------------------- dead letters
     def dlq_target(self) -> tuple[str | None, str | None]:

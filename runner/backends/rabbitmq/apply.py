@@ -14,7 +14,13 @@
    bindings (a declare of what exists is a no-op), and with `prune` deletes
    the bindings, queues and exchanges the topology no longer declares
    (the committed offsets of its consumer groups, `__runner.group.<g>.`, are
-   kept while it has group g; a removed group's go with it).
+   kept while it has group g; a removed group's go with it; so is the keys
+   stream `__runner.idem.<c>` of each consumer with `idempotency:`).
+
+The keys streams (`mapping.keys_streams`) are declared after the rest, each
+only when it does not exist yet: a stream's `x-max-age` cannot change in
+place, so a changed idempotency window keeps the stream as it is (the window
+itself is applied by the daemons when they read the keys back).
 
 It returns a line per definition added or removed ("no changes" when none):
 a second apply of the same topology reports nothing. `Refused` carries the
@@ -38,6 +44,8 @@ from runner.backends.rabbitmq.mapping import (
     ExchangeDef,
     QueueDef,
     definitions,
+    keys_stream,
+    keys_streams,
 )
 from runner.backends.rabbitmq.plan import plan
 from runner.backends.rabbitmq.url import Target
@@ -148,6 +156,26 @@ def _counted(conn: pika.BlockingConnection, live: live_api.Live,
     return live_api.Live(live.definitions, messages)
 
 
+def declare_missing(conn: pika.BlockingConnection, queues: Iterable[QueueDef]) -> list[str]:
+    """Declare each of `queues` that does not exist yet (an existing one is kept as it
+    is, its arguments unchecked); a line per queue declared."""
+    lines = []
+    for q in queues:
+        ch = conn.channel()
+        try:
+            ch.queue_declare(q.name, passive=True)
+            ch.close()
+            continue
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+        ch = conn.channel()
+        _declare_queue(ch, q)
+        ch.close()
+        lines.append(f"+ queue {q.name} ({q.type})")
+    return lines
+
+
 def unbind(target: Target, bindings: Iterable[BindingDef]) -> list[str]:
     """Remove these bindings (a reload dropped them; unbinding what is not bound is
     a no-op); a line per binding."""
@@ -195,6 +223,7 @@ def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied
             _bind(ch, b)
             if b not in had_b:
                 lines.append(f"+ binding {_binding_text(b)}")
+        lines += declare_missing(conn, keys_streams(topology))
         if prune:
             wanted_b = set(want.bindings)
             for b in have.bindings:
@@ -205,10 +234,13 @@ def apply(target: Target, topology: Topology, *, prune: bool = False) -> Applied
             groups = [g for g, _ in topology.consumer_groups]
             groups += [dlq_position_group(t) for t in topology.dead_letter_topics()]
             kept = tuple(f"{GROUP_PREFIX}{g}." for g in groups)
+            keys = {keys_stream(n) for n, c in topology.consumers if c.idempotency is not None}
             for q in have.queues:
                 # the committed offsets (and replay queue) of a group the topology still
-                # has are kept, and a dead-letter topic's replay positions and markers
-                if q.name not in wanted_q and not q.name.startswith(kept or ("\0",)):
+                # has are kept, and a dead-letter topic's replay positions and markers,
+                # and the keys of a consumer with idempotency
+                if (q.name not in wanted_q and q.name not in keys
+                        and not q.name.startswith(kept or ("\0",))):
                     ch.queue_delete(q.name)
                     lines.append(f"- queue {q.name}")
             for e in have.exchanges:

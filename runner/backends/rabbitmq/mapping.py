@@ -18,6 +18,8 @@ marks them. docs/rabbitmq.md has the table field by field.
                           carry x-match and the headers as arguments
     topic T, N partitions N streams `T.0` .. `T.{N-1}`: x-max-age, x-max-length-bytes,
                           x-stream-max-segment-size-bytes
+    idempotency           per consumer C with `idempotency:` a stream `__runner.idem.C`
+                          (x-max-age = its window) of the keys it processed
     retry delays          per distinct delay D (ms) of every DLQ policy in use: a fanout
                           exchange and a queue `__runner.delay.Dms` with x-message-ttl D
                           and x-dead-letter-exchange "" -- a message published there
@@ -55,6 +57,8 @@ CAPABILITIES = frozenset(Capability) - {
 RUNNER_PREFIX = "__runner."  # the runner's own queues and exchanges (validation reserves "__")
 DELAY_PREFIX = "__runner.delay."
 GROUP_PREFIX = "__runner.group."  # consumer groups: members, owners, committed offsets
+KEYS_PREFIX = "__runner.idem."  # + consumer: the stream of its processed idempotency keys
+KEYS_SEGMENT_BYTES = 8_000_000  # small segments: x-max-age drops old keys segment by segment
 
 Arguments = tuple[tuple[str, object], ...]  # sorted (name, value)
 
@@ -160,6 +164,21 @@ def settled_queue(topic: str) -> str:
     queue `__dlq.<topic>`): one message per dead letter replayed or purged on its own
     above the replay position, its message id `partition:offset`."""
     return f"{GROUP_PREFIX}{dlq_position_group(topic)}.settled"
+
+
+def keys_stream(consumer: str) -> str:
+    """The stream of the idempotency keys consumer `consumer` processed, shared by every
+    daemon of the vhost (runner.backends.rabbitmq.keys)."""
+    return f"{KEYS_PREFIX}{consumer}"
+
+
+def keys_streams(topology: Topology) -> list[QueueDef]:
+    """The keys stream of each consumer with `idempotency:` (`x-max-age`: its window)."""
+    return [QueueDef(keys_stream(name), True, arguments(**{
+        "x-queue-type": "stream",
+        "x-max-age": max_age(c.idempotency.window_s),
+        "x-stream-max-segment-size-bytes": KEYS_SEGMENT_BYTES,
+    })) for name, c in topology.consumers if c.idempotency is not None]
 
 
 def hidden_queues(topology: Topology) -> list[QueueDef]:

@@ -42,6 +42,12 @@ owner per partition by exclusive queues, committed offsets in a queue of one
 message, written here as confirmed publishes). Not served (capabilities):
 exactly-once steps, compaction, idempotent producers; groups of members
 outside the process (the Coordinator: HTTP and Kafka consumers).
+
+Idempotency (`SharedKeys.key_window`): the window of a consumer with
+`idempotency:` is its keys stream, shared by every daemon of the vhost
+(runner.backends.rabbitmq.keys): keys are appended as confirmed publishes
+through the writes, and the I/O thread tails each stream on a channel of its
+own, again from where it stopped after a reconnect.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from runner.backends.rabbitmq import apply as apply_mod
 from runner.backends.rabbitmq import groups as groups_mod
+from runner.backends.rabbitmq import keys as keys_mod
 from runner.backends.rabbitmq import live, moves, streams
 from runner.backends.rabbitmq.mapping import (
     CAPABILITIES as MAPPING_CAPABILITIES,
@@ -82,6 +89,7 @@ from runner.backends.rabbitmq.mapping import (
     delay_ms,
     delay_name,
     hidden_queues,
+    keys_streams,
     member_queue,
     owner_queue,
     settled_queue,
@@ -362,6 +370,9 @@ class RabbitBackend:
         self._qos_topology: Topology | None = None  # the topology those prefetches follow
         self._declared_delays: set[int] = set()
         self._ready_queues: set[str] = set()
+        self._windows: dict[str, keys_mod.SharedWindow] = {}  # consumer -> its shared keys
+        self._key_channels: dict[str, BlockingChannel] = {}  # consumer -> its tail (I/O)
+        self._key_retry: dict[str, float] = {}  # consumer -> monotonic time to attach again
         self._thread = threading.Thread(target=self._run, name=f"rabbitmq:{target}", daemon=True)
         self._thread.start()
         if not self._connected.wait(connect_timeout_s):
@@ -431,6 +442,24 @@ class RabbitBackend:
         self._wake()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
+
+    # ================================================================ SharedKeys
+    def key_window(self, consumer: str, window_s: float) -> keys_mod.SharedWindow:
+        """The idempotency window of `consumer`, shared through its keys stream by every
+        daemon of the vhost (one per consumer for the life of the backend: a reload
+        keeps what was read, with the new window)."""
+        with self._lock:
+            window = self._windows.get(consumer)
+            if window is None:
+                window = keys_mod.SharedWindow(consumer, window_s, clock=self._clock,
+                                               write=self._write_key, token=self._token)
+                self._windows[consumer] = window
+            window.window_s = window_s
+        self._wake()  # the I/O thread starts its tail
+        return window
+
+    def _write_key(self, stream: str, body: bytes, props: pika.BasicProperties) -> Ticket:
+        return self._submit(_Command(0, publishes=[_Publish("", stream, body, props)]))
 
     # ================================================================ Producer
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
@@ -1315,6 +1344,8 @@ class RabbitBackend:
         self._gen += 1
         self.connections += 1
         self._channels = {}
+        self._key_channels = {}
+        self._key_retry = {}
         self._declared_delays = set()
         self._conn = conn
         self._redeclare(conn)
@@ -1342,6 +1373,11 @@ class RabbitBackend:
                 ch = conn.channel()
         if ch.is_open:
             ch.close()
+        try:
+            apply_mod.declare_missing(conn, keys_streams(self._topology))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.error("RabbitMQ %s: an idempotency keys stream refused at redeclare: %s %s",
+                      self.target, exc.reply_code, exc.reply_text)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -1384,6 +1420,7 @@ class RabbitBackend:
             log.info("RabbitMQ %s: stopped consuming '%s'", self.target, queue)
         for queue in want:
             self._open_consumer(queue)
+        self._tail_keys()
         if self._qos_topology is not self._topology:  # a reload: a prefetch may change
             self._qos_topology = self._topology
             for queue, ch in list(self._channels.items()):
@@ -1415,6 +1452,39 @@ class RabbitBackend:
             self._complete(cmd, error)
         with self._lock:
             return bool(self._commands)
+
+    def _tail_keys(self) -> None:
+        """Consume each shared window's keys stream (again after its channel closed)."""
+        with self._lock:
+            windows = list(self._windows.values())
+        now = time.monotonic()
+        for w in windows:
+            ch = self._key_channels.get(w.consumer)
+            if ch is not None and ch.is_open:
+                continue
+            if self._key_retry.get(w.consumer, 0.0) > now:
+                continue
+            self._key_channels.pop(w.consumer, None)
+            self._attach_keys(w)
+
+    def _attach_keys(self, w: keys_mod.SharedWindow) -> None:
+        assert self._conn is not None
+        ch = self._conn.channel()
+        ch.basic_qos(prefetch_count=streams.PREFETCH)
+
+        def on(channel: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
+            w.delivered(props, body)
+            channel.basic_ack(method.delivery_tag)  # a stream's ack is only credit
+
+        try:
+            ch.basic_consume(w.stream, on, arguments={streams.OFFSET_HEADER: w.attach_offset()})
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.warning("RabbitMQ %s: cannot read the idempotency keys stream '%s' (%s %s); "
+                        "trying again in %.0f s", self.target, w.stream, exc.reply_code,
+                        exc.reply_text, RECONNECT_MAX_S)
+            self._key_retry[w.consumer] = time.monotonic() + RECONNECT_MAX_S
+            return
+        self._key_channels[w.consumer] = ch
 
     def _idle_wait(self) -> float:
         """How long the I/O thread may wait for the broker: 1 s, or until the next
