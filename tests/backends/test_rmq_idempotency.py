@@ -23,6 +23,8 @@ from runner.topology.model import Topology
 from tests.e2e.conftest import Daemon, make_daemon, wait_for
 from tests.rmq import url
 
+pytestmark = pytest.mark.rabbitmq
+
 HANDLERS = '''\
 import asyncio
 import base64
