@@ -459,7 +459,9 @@ class RabbitBackend:
         return window
 
     def _write_key(self, stream: str, body: bytes, props: pika.BasicProperties) -> Ticket:
-        return self._submit(_Command(0, publishes=[_Publish("", stream, body, props)]))
+        # mandatory: a keys stream deleted on the broker is an error, not a silent loss
+        return self._submit(_Command(0, publishes=[_Publish("", stream, body, props,
+                                                            mandatory=True)]))
 
     # ================================================================ Producer
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published:
