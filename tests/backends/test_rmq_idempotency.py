@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pika
 import pytest
 
 from runner.backends.rabbitmq import apply as apply_mod
@@ -44,6 +45,7 @@ def _log(**fields):
 
 async def handle(msg):
     _log(id=msg.body["id"], n=msg.body["n"], pid=os.getpid(), redelivered=msg.redelivered)
+    await asyncio.sleep(0.02)  # one daemon cannot take all at once
     if msg.body["id"] == os.environ.get("CRASH_ID"):
         for _ in range(5):  # the puller is done with its round (it would flush an ack)
             await asyncio.sleep(0)
@@ -162,6 +164,16 @@ def topo(text: str) -> Topology:
     return result.topology
 
 
+def consumers(target: Target) -> int:
+    """How many consumers the queue has (the broker's exact count, over AMQP)."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=target.host, port=target.port, virtual_host=target.vhost))
+    try:
+        return int(conn.channel().queue_declare("orders", passive=True).method.consumer_count)
+    finally:
+        conn.close()
+
+
 def publish(d: Daemon, ids: list[str], n: int) -> None:
     d.ok("POST", "/v1/queues/orders/messages",
          {"messages": [{"body": {"id": i, "n": n}} for i in ids]}, 202)
@@ -173,6 +185,7 @@ def test_a_key_handled_by_one_daemon_is_skipped_by_the_other(daemons: Daemons) -
     publish(a, keys, 1)
     wait_for(lambda: daemons.ids() == keys, timeout_s=30)
     b = daemons.start()  # empty data dir: what it knows of a's keys comes from the broker
+    wait_for(lambda: consumers(daemons.target) == 2, timeout_s=15)
     publish(b, keys, 2)  # the same keys, far apart: the two daemons share them out
     publish(b, ["end-a", "end-b", "end-c", "end-d"], 2)
     wait_for(lambda: sum(x["id"].startswith("end") for x in daemons.lines()) == 4,
@@ -216,6 +229,7 @@ def test_a_restart_of_both_daemons_keeps_the_window(daemons: Daemons) -> None:
         shutil.rmtree(d.data_dir)  # nothing of the window is local
     for d in (a, b):
         d.start()
+    wait_for(lambda: consumers(daemons.target) == 2, timeout_s=15)
     publish(a, keys, 2)
     publish(b, ["end-a", "end-b", "end-c", "end-d"], 2)
     wait_for(lambda: sum(x["id"].startswith("end") for x in daemons.lines()) == 4,
