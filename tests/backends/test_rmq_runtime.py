@@ -40,7 +40,8 @@ def backend() -> Iterator[runtime.RabbitBackend]:
 
 
 def test_capabilities_are_the_mapping_less_what_is_not_built() -> None:
-    missing = {Capability.EXACTLY_ONCE, Capability.COMPACTION, Capability.IDEMPOTENT_PRODUCER}
+    missing = {Capability.EXACTLY_ONCE, Capability.COMPACTION, Capability.IDEMPOTENT_PRODUCER,
+               Capability.CHOSEN_MESSAGES}
     assert set(runtime.CAPABILITIES) == set(Capability) - missing
 
 
