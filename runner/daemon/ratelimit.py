@@ -18,7 +18,6 @@ import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,11 +39,9 @@ class Throttled(Refused):
         self.retry_after_s = retry_after_s
 
 
-class _Key(NamedTuple):
-    kind: str  # "exchange" | "queue" | "topic"
-    name: str
-    producer: str
-    rate: float
+# (kind, name, producer, rate): kind is "exchange", "queue" or "topic". A plain tuple,
+# not a NamedTuple: one is made for every limited publish, and a plain one is 5x cheaper.
+_Key = tuple[str, str, str, float]
 
 
 def rates(topology: Topology) -> dict[tuple[str, str], float]:
@@ -92,7 +89,7 @@ class PublishLimiter:
         if rate is None or n <= 0:
             return
         now = self._clock.monotonic()
-        key = _Key(kind, name, producer, rate)
+        key: _Key = (kind, name, producer, rate)
         bucket = self._buckets.get(key)
         if bucket is None:
             self._make_room(now)

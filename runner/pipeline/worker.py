@@ -124,7 +124,7 @@ class Worker:
         """One call: (None, staged outputs) on success, (exception, nothing) on failure."""
         if not self.handler.is_async:  # a batch of one: one future, no per-call scopes
             return (await self.run_sync_batch([message], stoppable=False))[0]
-        if self.pacer is not None:
+        if self.pacer is not None and not self.pacer.take():
             await self.pacer.admit()  # stopping meanwhile: this one call still runs
         ctx = self._context(message)
         start = self.env.clock.monotonic()
@@ -149,7 +149,9 @@ class Worker:
         an outcome (as from run_handler) for each of the first k; the rest were not
         started (a call timed out, or the worker is stopping and `stoppable`) and
         are the caller's."""
-        if self.pacer is not None and not await self.pacer.admit(len(messages)) and stoppable:
+        pacer = self.pacer
+        if (pacer is not None and not pacer.take(len(messages))
+                and not await pacer.admit(len(messages)) and stoppable):
             return []  # stopped while paced: none started
         calls = [(m, self._context(m)) for m in messages]
         batch = SyncBatch(self.handler, calls, clock=self.env.clock,

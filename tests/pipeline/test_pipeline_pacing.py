@@ -89,3 +89,20 @@ def test_a_pacer_stopped_while_waiting_says_so() -> None:
         return await pacer.admit(), await pacer.admit()
 
     assert asyncio.run(run()) == (True, False)
+
+
+def test_the_pacer_takes_without_waiting_while_tokens_are_there_and_else_takes_none() -> None:
+    clock = ManualClock()
+
+    async def never(seconds: float) -> bool:
+        raise AssertionError("take never waits")
+
+    pacer = Pacer(2.0, now=clock.monotonic, sleep=never)
+    assert [pacer.take(), pacer.take(), pacer.take()] == [True, True, False]
+    assert pacer.take(0) is True and pacer.waited_s == 0.0
+    clock.advance(0.25)
+    assert pacer.take() is False  # half a token: a refused take leaves it there
+    clock.advance(0.25)
+    assert pacer.take() is True and pacer.take() is False
+    clock.advance(10.0)  # full again, never above one second's worth: 2
+    assert pacer.take(2) is True and pacer.take() is False
