@@ -2,27 +2,27 @@
 
 Run: .venv/bin/python benchmarks/bench_limits.py [--quick]
 
-Real daemons (`runner run --fsync interval`), the same workload with and
-without limits, the two modes alternating round by round (off, on, off, on,
-...) so that drift in the machine's load hits both alike. `on` sets every
-limit to 1000000/s, far above what is reached, so nothing is ever refused or
-held back: what is left is the limiter's own cost on its admitting path.
-
-Each round, in one daemon:
+Two real daemons (`runner run --fsync interval`), alive side by side for the
+whole run: `off` has no limits, `on` sets every limit to 1000000/s, far above
+what is reached, so nothing is ever refused or held back and what is left is
+the limiter's own cost on its admitting path. They get the same workload in
+turns, round after round, the order swapped every round (off on, on off, ...)
+so that drift in the machine's load hits both alike:
 
 * HTTP publishes: CLIENTS threads (keep-alive, each with its own bearer token,
   so each is a producer with its own bucket) POST to the durable queue `in-q`
-  for the same wall time, first one 200-byte message a request, then batches
-  of BATCH; msgs/s acknowledged. `on`: `publish_rate` on `in-q` (the HTTP
-  path takes a token bucket per request: producer digest, clock, bucket).
-* a backlog of N messages in the durable queue `drain-q` and N records in the
-  4-partition topic `events`, published before any handler runs; then the
-  daemon is restarted on the same data directory with a consumer of
-  `drain-q`, and again with a consumer group on `events`, each an `async def`
-  no-op handler (it counts, and notes the time of its first and last call).
-  msgs/s = (N - 1) / (last call - first call), measured inside the daemon, so
-  start-up is left out. `on`: `rate_limit` on the consumer and the group (the
-  pipeline's pacer takes a token before every call).
+  for SLICE seconds, one 200-byte message a request, then as long with
+  batches of BATCH; msgs/s acknowledged. `on`: `publish_rate` on `in-q` (the
+  HTTP path takes from a token bucket per request: producer digest, clock,
+  bucket).
+* draining a backlog: a new durable queue and a new 4-partition topic get N
+  messages and N records, then a reload (`POST /v1/admin/reload`) adds a
+  consumer of the queue, and when it is done a consumer group on the topic,
+  each an `async def` no-op handler (it counts, and notes the time of its
+  first and last call). msgs/s = (N - 1) / (last call - first call), measured
+  inside the daemon, so the reload is left out. `on`: `rate_limit` on the
+  consumer and the group (the pipeline's pacer takes a token before every
+  call).
 
 Printed: the median of each mode over the rounds, on/off, and the cost in %.
 """
@@ -58,17 +58,6 @@ version: 1
 name: bench-limits
 queues:
   in-q: {{durable: true{publish_rate}}}
-  drain-q: {{durable: true}}
-topics:
-  events: {{partitions: 4}}
-"""
-CONSUMER = """\
-consumers:
-  drain: {{queue: drain-q, handler: "bench_limits_handler:queue"{rate_limit}}}
-"""
-GROUP = """\
-consumer_groups:
-  drain-g: {{topic: events, handler: "bench_limits_handler:group"{rate_limit}}}
 """
 
 HANDLER = '''\
@@ -81,13 +70,17 @@ _seen = {}
 
 
 def _count(kind):
+    # every drain is exactly N new messages: the count wraps at N
     n, first = _seen.get(kind, (0, 0.0))
     now = time.perf_counter()
     n += 1
-    _seen[kind] = (n, first if n > 1 else now)
+    if n == 1:
+        first = now
     if n == _N:
         with open(_OUT, "a") as out:
-            out.write(f"{kind} {(_N - 1) / (now - _seen[kind][1])}\\n")
+            out.write(f"{kind} {(_N - 1) / (now - first)}\\n")
+        n = 0
+    _seen[kind] = (n, first)
 
 
 async def queue(msg):
@@ -99,34 +92,53 @@ async def group(msg):
 '''
 
 
-def topology(mode: str, *parts: str) -> str:
+def topology(mode: str, drains: int, *, handlers: tuple[bool, bool]) -> str:
+    """The topology of a daemon in `mode` with `drains` backlogs (queue `drain-<i>`,
+    topic `events-<i>`); the last one's consumer and group as `handlers` say."""
     on = mode == "on"
+    limit = f", rate_limit: {FAR}" if on else ""
     text = BASE.format(publish_rate=f", publish_rate: {FAR}" if on else "")
-    for part in parts:
-        text += part.format(rate_limit=f", rate_limit: {FAR}" if on else "")
+    text += "".join(f"  drain-{i}: {{durable: true}}\n" for i in range(drains))
+    if drains:
+        text += "topics:\n" + "".join(
+            f"  events-{i}: {{partitions: 4}}\n" for i in range(drains))
+    consumers = [i for i in range(drains) if i < drains - 1 or handlers[0]]
+    groups = [i for i in range(drains) if i < drains - 1 or handlers[1]]
+    if consumers:
+        text += "consumers:\n" + "".join(
+            f'  drain-{i}: {{queue: drain-{i}, handler: "bench_limits_handler:queue"'
+            f"{limit}}}\n" for i in consumers)
+    if groups:
+        text += "consumer_groups:\n" + "".join(
+            f'  drain-g-{i}: {{topic: events-{i}, handler: "bench_limits_handler:group"'
+            f"{limit}}}\n" for i in groups)
     return text
 
 
 class Daemon:
-    """`runner run --fsync interval` on `workdir` (its data directory survives restarts)."""
+    """`runner run --fsync interval` in its own tmp dir, limits `mode` ("off" or "on")."""
 
-    def __init__(self, workdir: Path, text: str, n: int) -> None:
-        (workdir / "topology.yaml").write_text(text)
-        (workdir / "bench_limits_handler.py").write_text(HANDLER)
-        self.out = workdir / "drained.txt"
-        self.log = workdir / "daemon.log"
+    def __init__(self, mode: str, n: int) -> None:
+        self.mode = mode
+        self.drains = 0
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-limits-{mode}-"))
+        (self.workdir / "topology.yaml").write_text(topology(mode, 0, handlers=(False, False)))
+        (self.workdir / "bench_limits_handler.py").write_text(HANDLER)
+        self.out = self.workdir / "drained.txt"
+        self.log = self.workdir / "daemon.log"
         env = dict(os.environ, BENCH_LIMITS_N=str(n), BENCH_LIMITS_OUT=str(self.out))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [str(RUNNER), "run", "topology.yaml", "--data-dir", "data", "--fsync",
                  "interval", "--listen", "127.0.0.1:0", "--no-watch"],
-                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env,
+                cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, env=env,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             match = re.search(r"listening on http://[^:]+:(\d+)", self.log.read_text())
             if match:
                 self.port = int(match.group(1))
+                self.conn = self.connect()
                 return
             if self.proc.poll() is not None:
                 raise SystemExit(f"daemon exited:\n{self.log.read_text()}")
@@ -136,24 +148,49 @@ class Daemon:
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
 
-    def drained(self, kind: str) -> float:
-        """msgs/s the handler of `kind` drained the backlog at (waits for it)."""
+    def reload(self, *, handlers: tuple[bool, bool]) -> None:
+        text = topology(self.mode, self.drains, handlers=handlers)
+        (self.workdir / "topology.yaml").write_text(text)
+        call(self.conn, "/v1/admin/reload", b"{}")
+
+    def drained(self, kind: str, count: int) -> float:
+        """msgs/s of the `count`-th drain by the handler of `kind` (waits for it)."""
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.out.exists():
-                for line in self.out.read_text().splitlines():
-                    got, rate = line.split()
-                    if got == kind:
-                        return float(rate)
+                rates = [float(line.split()[1]) for line in self.out.read_text().splitlines()
+                         if line.startswith(f"{kind} ")]
+                if len(rates) >= count:
+                    return rates[count - 1]
             if self.proc.poll() is not None:
                 raise SystemExit(f"daemon exited:\n{self.log.read_text()}")
-            time.sleep(0.02)
+            time.sleep(0.01)
         raise RuntimeError(f"the {kind} handler did not drain its backlog in 300 s")
 
+    def drain(self, n: int) -> tuple[float, float]:
+        """A new backlog of `n` messages and `n` records, then its consumer, then its
+        group: (consumer msgs/s, group msgs/s)."""
+        i = self.drains
+        self.drains += 1
+        self.reload(handlers=(False, False))
+        for start in range(0, n, 500):
+            size = min(500, n - start)
+            call(self.conn, f"/v1/queues/drain-{i}/messages",
+                 orjson.dumps({"messages": [{"body": {"b": BODY}}] * size}))
+            call(self.conn, f"/v1/topics/events-{i}/records", orjson.dumps(
+                {"records": [{"key": f"k{start + j}", "value": {"b": BODY}}
+                             for j in range(size)]}))
+        self.reload(handlers=(True, False))
+        queue = self.drained("queue", i + 1)
+        self.reload(handlers=(True, True))
+        return queue, self.drained("group", i + 1)
+
     def stop(self) -> None:
+        self.conn.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=60)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def call(conn: http.client.HTTPConnection, path: str, body: bytes,
@@ -200,61 +237,37 @@ def publish_for(d: Daemon, seconds: float, per_request: int) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def one_round(mode: str, seconds: float, n: int) -> tuple[float, float, float, float]:
-    """(single publishes msgs/s, batched publishes msgs/s, consumer drain msgs/s,
-    group drain msgs/s) with limits `mode` ("off" or "on")."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-limits-"))
-    try:
-        d = Daemon(workdir, topology(mode), n)
-        try:
-            single = publish_for(d, seconds, 1)
-            batched = publish_for(d, seconds, BATCH)
-            conn = d.connect()
-            for start in range(0, n, 500):
-                size = min(500, n - start)
-                call(conn, "/v1/queues/drain-q/messages",
-                     orjson.dumps({"messages": [{"body": {"b": BODY}}] * size}))
-                call(conn, "/v1/topics/events/records", orjson.dumps(
-                    {"records": [{"key": f"k{start + i}", "value": {"b": BODY}}
-                                 for i in range(size)]}))
-            conn.close()
-        finally:
-            d.stop()
-        drained = []
-        for part, kind in ((CONSUMER, "queue"), (GROUP, "group")):
-            d = Daemon(workdir, topology(mode, part), n)
-            try:
-                drained.append(d.drained(kind))
-            finally:
-                d.stop()
-        return single, batched, drained[0], drained[1]
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
     args = parser.parse_args()
-    seconds, rounds, n = (1.5, 3, 20_000) if args.quick else (5.0, 5, 100_000)
-    got: dict[str, list[tuple[float, float, float, float]]] = {"off": [], "on": []}
-    for _ in range(rounds):  # alternately, so drift in the machine's load hits both
-        for mode in ("off", "on"):
-            got[mode].append(one_round(mode, seconds, n))
+    seconds, rounds, n = (1.0, 5, 10_000) if args.quick else (3.0, 11, 50_000)
+    got: dict[str, list[tuple[float, ...]]] = {"off": [], "on": []}
+    daemons = {mode: Daemon(mode, n) for mode in got}
+    try:
+        for r in range(rounds):  # in turns, the order swapped: drift hits both alike
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                d = daemons[mode]
+                got[mode].append((publish_for(d, seconds, 1), publish_for(d, seconds, BATCH)))
+            for mode in ("off", "on") if r % 2 == 1 else ("on", "off"):
+                got[mode][-1] += daemons[mode].drain(n)
+    finally:
+        for d in daemons.values():
+            d.stop()
     load = os.getloadavg()[0]
-    print(f"median of {rounds} rounds each, off and on alternating; --fsync interval; "
+    print(f"median of {rounds} rounds each, off and on in turns; --fsync interval; "
           f"load average {load:.1f} on {os.cpu_count()} cores")
     print(f"on = publish_rate and rate_limit of {FAR} (never reached: nothing refused or "
           "held back)")
-    print(f"{'':50}{'off':>10}{'on':>10}{'on/off':>8}{'cost':>8}")
+    print(f"{'':54}{'off':>10}{'on':>10}{'on/off':>8}{'cost':>8}")
     labels = (f"HTTP publish, 1 a request, {CLIENTS} clients",
               f"HTTP publish, {BATCH} a request, {CLIENTS} clients",
               f"consumer drains {n} (async no-op)",
-              f"group drains {n} (async no-op, 4 part.)")
+              f"group drains {n} (async no-op, 4 partitions)")
     for i, label in enumerate(labels):
         off = statistics.median(r[i] for r in got["off"])
         on = statistics.median(r[i] for r in got["on"])
-        print(f"{label + ', msgs/s':50}{off:>10.0f}{on:>10.0f}{on / off:>8.3f}"
+        print(f"{label + ', msgs/s':54}{off:>10.0f}{on:>10.0f}{on / off:>8.3f}"
               f"{(1 - on / off) * 100:>7.1f}%")
     return 0
 
