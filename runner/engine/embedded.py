@@ -454,14 +454,14 @@ class EmbeddedBackend:
                 group, [LogTopicPartition(*tp) for tp in partitions], member_id=member_id)
         self._check_fanout(step.publishes, sum(len(ms) for _, ms in step.puts)
                            + sum(len(rs) for _, rs in step.appends))
-        self.engine.commit_step(EngineStep(
+        # the journal record is synced now, the apply by the flusher: await the ticket
+        return Ticket(self.engine.commit_step_ticketed(EngineStep(
             acks=list(step.acks),
             commits=list(step.commits),
             publishes=[(ex, [_message(m) for m in ms]) for ex, ms in step.publishes],
             queue_puts=[(q, [_message(m) for m in ms]) for q, ms in step.puts],
             appends=[(t, [_record(r) for r in rs]) for t, rs in step.appends],
-        ))
-        return Ticket.DONE
+        )))
 
     def dead_letter_step(
         self, group: str, record: Record, death: Mapping[str, Any], *,

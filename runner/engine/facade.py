@@ -225,6 +225,7 @@ class Engine:
                 self.steps.recover()
             except Exception as exc:
                 log.error("engine steps still not applied: %s", exc)
+        self.steps.mark_resolved()
         self.store.tick()
         self.broker.tick()
         self._reveal()
@@ -278,6 +279,7 @@ class Engine:
         """fsync everything written so far (used at shutdown and by `interval`)."""
         self.store.flush()
         self.broker.flush()
+        self.steps.mark_resolved(everything=True)  # every log they wrote is synced
         if self.journal.failed is None:
             self.journal.sync()
 
@@ -470,6 +472,8 @@ class Engine:
                 with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
                     fut.set_result(None)
         self._reveal()
+        if self.steps.inflight and not self.commits.deferring():
+            self.steps.mark_resolved()
 
     def _appended_in_block(self, topic: str) -> None:
         if self._block_topics is not None:
@@ -724,6 +728,20 @@ class Engine:
         """
         self.steps.commit(step)
         self._wrote(QUEUE_READY, APPENDED)
+
+    def commit_step_ticketed(self, step: Step) -> int:
+        """`commit_step` without waiting for the apply's fsyncs (`--fsync always`, not
+        inside a block): the journal record is synced, the step applied, and the
+        returned ticket (`await durable(...)`) resolves once every log it touched
+        is synced (runner.engine.steps). Otherwise as `commit_step`, ticket 0."""
+        if self.fsync is not Fsync.ALWAYS or self.commits.deferring():
+            self.commit_step(step)
+            return 0
+        seq, topics = self.steps.commit(step, ticketed=True)
+        for topic in topics:  # readable once synced: APPENDED fires again then
+            self._hidden[topic] = max(self._hidden.get(topic, 0), seq)
+        self._wrote(QUEUE_READY, APPENDED)
+        return seq
 
     def journal_next_id(self) -> int:
         """The id the next journal record gets (its offset in the journal log)."""

@@ -30,6 +30,15 @@ the three orders closes a power cut the cut-point tests found
   with a later step's record) without the outputs it vouches for is half a
   step never replayed.
 
+Off the event loop (`commit(step, ticketed=True)`, `--fsync always`): the
+journal record is fsynced as above, then the step is applied in a ticketed
+block whose logs the data dir's flusher syncs (in any order: the record is
+durable, so a power cut that keeps only some of them is completed by the
+replay); the caller awaits the ticket, and the step is marked done only once
+that ticket resolved (`mark_resolved`, on the next step, tick, flusher round
+or flush). A failed fsync of the apply leaves the step not marked done: the
+next open applies it again.
+
 So under `interval` a step costs what it costs under `always`, plus an fsync
 of each touched log holding plain (non-step) writes not yet synced; `never`
 syncs none of this (the OS writes back when it likes).
@@ -79,11 +88,28 @@ class StepLog:
         self.broker = broker
         self.group = group
         self.half_applied = False  # a journaled step failed to apply: recover first
+        # ticketed steps applied, not yet marked done: (ticket, step id), in order
+        self.inflight: list[tuple[int, int]] = []
 
-    def commit(self, step: Step) -> None:
-        """Apply `step` as one durable unit (see the module)."""
+    def mark_resolved(self, *, everything: bool = False) -> None:
+        """Mark done the ticketed steps whose apply is durable (`everything`: all of
+        them; the caller synced every log). One whose round failed stays pending:
+        the next open applies it again."""
+        done: list[int] = []
+        while self.inflight and (everything or self.inflight[0][0] <= self.group.done):
+            seq, sid = self.inflight.pop(0)
+            if everything or self.group.error_of(seq) is None:
+                done.append(sid)
+        if done and self.journal.failed is None:
+            self.journal.mark_done(*done)
+
+    def commit(self, step: Step, *, ticketed: bool = False) -> tuple[int, list[str]]:
+        """Apply `step` as one durable unit (see the module). `ticketed`: the apply's
+        fsyncs are left to the flusher; returns (its ticket, the topics it appended
+        to), else (0, those topics) once everything is synced."""
         if self.half_applied:
             self.recover()
+        self.mark_resolved()
         for queue, did in step.acks:
             self.broker.check_ids(queue, [did])
         for group, tp, off in step.commits:
@@ -102,14 +128,28 @@ class StepLog:
             # to or acks in (see the module); under ALWAYS they are synced
             for sync in before.values():
                 sync()
-        # an input pulled before its publish was synced is durable before the
-        # step that settles it (runner.log.commits "Ordering")
-        self.group.flush_pending()
+        # an input pulled before its publish was synced is durable before the step
+        # that settles it (runner.log.commits "Ordering"): a ticketed step syncs
+        # only its acked queues' pending writes (what else the flusher holds, the
+        # step does not depend on: topic records it read were synced before they
+        # were readable), the synchronous one everything pending, as before
+        if ticketed:
+            self.group.flush_pending_of(
+                [j.log for q, _ in step.acks if (j := self.broker.journals.get(q)) is not None])
+        else:
+            self.group.flush_pending()
         written = self.journal.write(jsontext.dumps(doc, default=str))
         if written != sid:
             raise StorageError(f"engine step journal out of order ({written} != {sid})")
+        topics = sorted({str(r[0]) for r in doc["rec"]})
+        seq = 0
         try:
-            refused = self.apply(sid, doc)
+            if ticketed:
+                with self.group.ticketed(ordered=False) as box:
+                    refused = self._apply(sid, doc)
+                seq = box.seq
+            else:
+                refused = self.apply(sid, doc)
         except Exception as exc:
             # durable but half applied: re-applied (idempotently) by the next
             # commit_step or tick, or at the next open
@@ -117,9 +157,13 @@ class StepLog:
             log.error("engine step %d is journaled but not fully applied: %s", sid, exc)
             raise StorageError(f"step {sid} is stored but not fully applied yet: {exc}; "
                                "it is completed automatically") from exc
-        self.journal.mark_done(sid)
+        if seq:
+            self.inflight.append((seq, sid))  # marked done once durable
+        else:
+            self.journal.mark_done(sid)
         if refused is not None:
             raise refused
+        return seq, topics
 
     def _document(self, sid: int, step: Step,
                   before: dict[int, Callable[[], None]] | None = None) -> dict[str, Any]:

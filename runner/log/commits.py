@@ -25,7 +25,10 @@ covers its bytes. Two blocks change that, on the thread that opened them:
   Only a block that wrote ONE log is left to the flusher: its writes depend on
   nothing else that is unsynced. A block that wrote several logs (a fanout,
   a dead letter and its source) may need them synced in its write order, so
-  it syncs them itself at its end, as `deferred()` does.
+  it syncs them itself at its end, as `deferred()` does -- unless it says
+  their order does not matter (`ticketed(ordered=False)`: the apply of an
+  exactly-once step whose journal record is already durable, which replays
+  whatever part a power cut lost).
 
 Ordering with everything else: a write that syncs now (an append outside any
 block, the end of a `deferred()` block) first syncs everything the flusher
@@ -47,7 +50,7 @@ import contextlib
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -126,11 +129,12 @@ class GroupCommit:
             self._sync_all(dirty, failed)
 
     @contextlib.contextmanager
-    def ticketed(self) -> Iterator[TicketBox]:
+    def ticketed(self, *, ordered: bool = True) -> Iterator[TicketBox]:
         """Writes inside return without their fsync; at the end the block gets a
         ticket (`box.seq`) that `when_durable` resolves once the flusher synced
         them (see the module). Inside a `deferred()` block it joins that block
-        (the box stays 0: the outer block's end syncs)."""
+        (the box stays 0: the outer block's end syncs). `ordered=False`: several
+        logs written need no order among them, the flusher syncs them all."""
         box = TicketBox()
         if self.deferring():
             yield box
@@ -142,7 +146,7 @@ class GroupCommit:
             failed = False
         finally:
             dirty = self._leave()
-            if len(dirty) > 1:
+            if len(dirty) > 1 and ordered:
                 self._sync_all(dirty, failed)  # write order matters: sync now
                 box.seq = self._current()
             elif dirty:
@@ -271,6 +275,20 @@ class GroupCommit:
         else:
             fut.set_result(None)
         return fut
+
+    def flush_pending_of(self, wals: Iterable[Dirty]) -> None:
+        """`flush_pending` for `wals` only: sync what the flusher holds of them."""
+        with self._cond:
+            todo: dict[Dirty, int] = {}
+            for wal in wals:
+                target = max(self._running.get(wal, -1), self._pending.get(wal, -1))
+                if target >= 0:
+                    todo[wal] = target
+        for wal, target in todo.items():
+            try:
+                wal.sync_to(target)
+            except Exception:
+                log.debug("pending fsync failed", exc_info=True)
 
     def flush_pending(self) -> None:
         """Sync everything the flusher has not synced yet, in write order, on the

@@ -208,3 +208,39 @@ def test_an_at_least_once_members_commit_is_synced_off_the_loop(tmp_path: Path) 
             assert sorted(b["id"] for b in bodies(engine, "outbox")) == [-1, 0, 1, 2, 3]
 
     asyncio.run(go())
+
+
+def test_an_exactly_once_members_step_is_synced_off_the_loop(tmp_path: Path) -> None:
+    fs = HeldFs()
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=Delivery.EXACTLY_ONCE),))
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as engine:
+            engine.append("events", [rec({"id": -1})])  # the group's start-up writes
+            await wait_until(lambda: engine.position("g", tp) == 1)
+            await asyncio.sleep(0.1)
+            fs.synced.clear()
+            fs.hold = "outbox"
+            engine.append("events", [rec({"id": i}) for i in range(3)])
+            # the first record's step is journaled (synced) and applied: its output
+            # and its commit are written, the output's fsync is held ...
+            await wait_until(lambda: engine.position("g", tp) == 2)
+            assert any("engine_steps" in p for p in fs.synced)
+            assert len(engine.peek("outbox", 10)) == 2
+
+            # ... the loop goes on (it used to wait inside that fsync), and the
+            # member takes its next record only once the step is durable
+            def one_at_a_time() -> None:
+                assert [e["id"] for e in ph.SEEN] == ["-1", "0"]
+
+            turns = await _loop_turns_while_held(fs, 1.0, one_at_a_time)
+            assert turns >= 20, turns
+            await wait_until(lambda: engine.position("g", tp) == 4)
+            assert sorted(b["id"] for b in bodies(engine, "outbox")) == [-1, 0, 1, 2]
+            # every step is marked done once durable: nothing left to replay
+            await wait_until(lambda: not engine.journal.pending())
+
+    asyncio.run(go())
