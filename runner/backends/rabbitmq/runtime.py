@@ -1017,15 +1017,19 @@ class RabbitBackend:
 
     def stats(self) -> EngineStats:
         """The queues' counts and counters as the broker reports them (one management
-        API call; blocking: run it off the owner's loop). Topics, groups and
-        exchanges have no counts here."""
+        API call; blocking: run it off the owner's loop), and each topic's records
+        appended: the publishes the broker counted into its partitions' streams
+        (`topic_records`). Groups, exchanges and the partitions' offsets have no
+        counts here (`stream_stats`)."""
         rows = self._queue_rows("name,messages_ready,messages_unacknowledged,message_stats")
         stats = EngineStats()
+        published: dict[str, int] = {}
         for row in rows:
             name = str(row["name"])
             if name.startswith(RUNNER_PREFIX):
                 continue
             ms = row.get("message_stats") or {}
+            published[name] = int(ms.get("publish") or 0)
             stats.queues[name] = QueueStats(
                 ready=int(row.get("messages_ready") or 0),
                 unacked=int(row.get("messages_unacknowledged") or 0),
@@ -1034,6 +1038,9 @@ class RabbitBackend:
                 acked=int(ms.get("ack") or 0),
                 redelivered=int(ms.get("redeliver") or 0),
             )
+        for topic_name, topic in self._topology.topics:
+            stats.topic_records[topic_name] = sum(
+                published.get(stream_name(topic_name, p), 0) for p in range(topic.partitions))
         return stats
 
     def stream_stats(self) -> EngineStats:
