@@ -22,6 +22,7 @@ Every number is the median of the repeats (3).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -73,19 +74,17 @@ async def forward(msg, ctx):
 '''
 
 
-class Daemon:
-    """`runner run --fsync always` in a tmp dir."""
+class Served:
+    """A server process started from `argv` in `workdir` that logs `listening on
+    http://HOST:PORT`; stopped with its whole process group."""
 
-    def __init__(self, workdir: Path, topology: str) -> None:
+    def __init__(self, workdir: Path, argv: list[str]) -> None:
         self.workdir = workdir
-        (workdir / "topology.yaml").write_text(topology)
-        (workdir / "bench_engine_handler.py").write_text(HANDLER)
         self.log = workdir / "daemon.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(RUNNER), "run", "topology.yaml", "--data-dir", "data", "--fsync",
-                 "always", "--listen", "127.0.0.1:0"],
-                cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                argv, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -94,17 +93,65 @@ class Daemon:
                 self.port = int(match.group(1))
                 break
             if self.proc.poll() is not None:
-                raise SystemExit(f"daemon exited:\n{self.log.read_text()}")
+                raise SystemExit(f"server exited:\n{self.log.read_text()}")
             time.sleep(0.05)
         else:
-            raise SystemExit("daemon did not start")
+            raise SystemExit("server did not start")
 
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the server's processes: a cost per
+        request that other work on a shared machine disturbs far less than a rate."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:  # a process that ended meanwhile
+                continue
+            if int(fields[2]) == self.proc.pid:  # its process group (forks included)
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # a multi-process ceiling's forks
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+
+RUN_ARGS = ["run", "topology.yaml", "--data-dir", "data", "--fsync", "always",
+            "--listen", "127.0.0.1:0"]
+ON_UVLOOP = ("import sys, uvloop; uvloop.install(); from runner.cli import entry; "
+             "sys.argv[0] = 'runner'; sys.exit(entry())")
+
+
+class Daemon(Served):
+    """`runner run --fsync always` in a tmp dir (on uvloop with `uvloop=True`; the
+    `runner` package of the source tree `source` when given, for before/after runs)."""
+
+    def __init__(self, workdir: Path, topology: str, *, uvloop: bool = False,
+                 source: Path | None = None) -> None:
+        (workdir / "topology.yaml").write_text(topology)
+        (workdir / "bench_engine_handler.py").write_text(HANDLER)
+        if uvloop:
+            argv = [sys.executable, "-c", ON_UVLOOP, *RUN_ARGS]
+        elif source is not None:
+            argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); "
+                    "from runner.cli import entry; sys.argv[0] = 'runner'; sys.exit(entry())",
+                    *RUN_ARGS]
+        else:
+            argv = [str(RUNNER), *RUN_ARGS]
+        super().__init__(workdir, argv)
+
+
+def ceiling(workdir: Path, *flags: str) -> Served:
+    """The bare aiohttp app of ceiling_server.py (see there), with `flags`."""
+    script = Path(__file__).resolve().parent / "ceiling_server.py"
+    return Served(workdir, [sys.executable, str(script), *flags])
 
 
 def call(conn: http.client.HTTPConnection, method: str, path: str,
@@ -144,7 +191,16 @@ def timed_clients(seconds: float, work: Any) -> float:
     return sum(counts) / elapsed
 
 
-def http_single(d: Daemon, seconds: float) -> float:
+def http_single_cost(d: Served, seconds: float) -> tuple[float, float]:
+    """(requests/s, server CPU microseconds per request) of `http_single`."""
+    cpu0 = d.cpu_s()
+    t0 = time.perf_counter()
+    rate = http_single(d, seconds)
+    count = rate * (time.perf_counter() - t0)
+    return rate, (d.cpu_s() - cpu0) * 1e6 / max(count, 1.0)
+
+
+def http_single(d: Served, seconds: float) -> float:
     body = orjson.dumps({"messages": [{"body": {"b": BODY}}]})
 
     def work(stop: threading.Event) -> int:
@@ -163,7 +219,7 @@ def rabbit_single(seconds: float) -> float:
     import pika
 
     params = pika.ConnectionParameters("127.0.0.1", 5672, credentials=pika.PlainCredentials(
-        "guest", "guest"))
+        "guest", "guest"), connection_attempts=5, retry_delay=1)  # a broker busy with tests
     setup = pika.BlockingConnection(params)
     ch = setup.channel()
     ch.queue_delete("bench-engine-single")
@@ -274,11 +330,62 @@ def rabbit_available() -> str | None:
     return None
 
 
+def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
+        tuple[str, list[float], list[float]]]:
+    """The single-message rows: (label, msgs/s of each repeat, server CPU microseconds
+    per request of each repeat, none for RabbitMQ); the repeats interleaved (every
+    server is up at once, so a busy moment of the shared machine falls on each alike)."""
+    servers: list[tuple[str, Any]] = []
+    dirs: list[Path] = []
+
+    def start(label: str, make: Any) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+        dirs.append(workdir)
+        servers.append((label, make(workdir)))
+
+    try:
+        start("runner daemon", lambda w: Daemon(w, SINGLE_TOPOLOGY))
+        if args.baseline is not None:
+            start(f"runner daemon of {args.baseline}",
+                  lambda w: Daemon(w, SINGLE_TOPOLOGY, source=args.baseline))
+        start("bare aiohttp app, our server (ceiling)", lambda w: ceiling(w))
+        if args.ceiling:
+            start("bare aiohttp app, aiohttp's own site", lambda w: ceiling(w, "--plain"))
+            start("bare aiohttp app, uvloop", lambda w: ceiling(w, "--plain", "--uvloop"))
+            start("bare aiohttp app, 2 processes", lambda w: ceiling(w, "--processes", "2"))
+            start("bare aiohttp app, 2 processes, uvloop",
+                  lambda w: ceiling(w, "--processes", "2", "--uvloop"))
+            start("runner daemon on uvloop", lambda w: Daemon(w, SINGLE_TOPOLOGY, uvloop=True))
+        rates: dict[str, list[float]] = {label: [] for label, _ in servers}
+        costs: dict[str, list[float]] = {label: [] for label, _ in servers}
+        rates["RabbitMQ, 16 pika publishers"] = []
+        costs["RabbitMQ, 16 pika publishers"] = []
+        for _ in range(repeats):
+            for label, server in servers:
+                rate, cost = http_single_cost(server, seconds)
+                rates[label].append(rate)
+                costs[label].append(cost)
+            rates["RabbitMQ, 16 pika publishers"].append(rabbit_single(seconds))
+    finally:
+        for _, server in servers:
+            server.stop()
+        for workdir in dirs:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return [(label, rates[label], costs[label]) for label in rates]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="more ceiling rows: aiohttp's own site, uvloop, 2 processes")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also a daemon running the runner package of source tree DIR")
+    parser.add_argument("--single-only", action="store_true",
+                        help="only the single-message rows")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each row (3)")
     args = parser.parse_args()
-    repeats = 3
+    repeats = args.repeats
     seconds = 2.0 if args.quick else 5.0
     n_drain = 1500 if args.quick else 5000
     n_steps = 300 if args.quick else 2000
@@ -286,25 +393,34 @@ def main() -> int:
     if missing:
         print(f"RabbitMQ at 127.0.0.1:5672 is not reachable ({missing}); start it to compare.")
         return 1
-    workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    d = Daemon(workdir, SINGLE_TOPOLOGY)
-    try:
-        ours = [http_single(d, seconds) for _ in range(repeats)]
-    finally:
-        d.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    theirs = [rabbit_single(seconds) for _ in range(repeats)]
-    eo = [drain("exactly-once", n_drain) for _ in range(repeats)]
-    alo = [drain("at-least-once", n_drain) for _ in range(repeats)]
-    steps = [in_process_steps(n_steps) for _ in range(repeats)]
-    mine, rabbit = statistics.median(ours), statistics.median(theirs)
-    e, a = statistics.median(eo), statistics.median(alo)
-    srate = statistics.median(s for s, _ in steps)
-    syncs = statistics.median(f for _, f in steps)
-    print(f"median of {repeats}; --fsync always; 200-byte messages")
+    rows = single_rows(args, repeats, seconds)
+    medians = {label: statistics.median(r) for label, r, _ in rows}
+    cpu = {label: statistics.median(c) for label, _, c in rows if c}
+    mine = medians["runner daemon"]
+    rabbit = medians["RabbitMQ, 16 pika publishers"]
+    print(f"median of {repeats}; --fsync always; 200-byte messages; load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"{'':52}{'msgs/s':>10}{'vs':>12}{'ratio':>8}")
     print(f"{'16 HTTP clients, 1 msg/request (runner)':52}{mine:10,.0f}"
           f"{rabbit:12,.0f}{mine / rabbit:7.2f}x  (vs 16 pika publishers, confirms)")
+    for label, rate in medians.items():
+        if label in ("runner daemon", "RabbitMQ, 16 pika publishers"):
+            continue
+        print(f"{'  ' + label:52}{rate:10,.0f}{rabbit:12,.0f}{rate / rabbit:7.2f}x"
+              f"  (runner daemon: {mine / rate:.2f}x of it)")
+    print("server CPU per request (user + system, all its threads and processes), and "
+          "each repeat's msgs/s:")
+    for label, runs, _ in rows:
+        cost = f"{cpu[label]:6.0f} us" if label in cpu else f"{'':9}"
+        print(f"  {label:50}{cost}  " + ", ".join(f"{r:,.0f}" for r in runs))
+    if args.single_only:
+        return 0
+    eo = [drain("exactly-once", n_drain) for _ in range(repeats)]
+    alo = [drain("at-least-once", n_drain) for _ in range(repeats)]
+    steps = [in_process_steps(n_steps) for _ in range(repeats)]
+    e, a = statistics.median(eo), statistics.median(alo)
+    srate = statistics.median(s for s, _ in steps)
+    syncs = statistics.median(f for _, f in steps)
     print(f"{'exactly-once drain, async handler, concurrency 32':52}{e:10,.0f}"
           f"{a:12,.0f}{e / a:7.2f}x  (vs at-least-once)")
     print(f"{'in-process exactly-once steps/s (queue -> queue)':52}{srate:10,.0f}"
