@@ -336,9 +336,15 @@ async def _read(request: web.Request) -> bytes:
 
 async def _piece(request: web.Request, stall_s: float) -> bytes:
     """The next piece of the body; 408 when nothing arrives for `stall_s` seconds."""
+    content = request.content
+    # what already arrived needs no timer (a small body usually came with its header):
+    # arming and cancelling one cost ~5% of a single-message publish
+    ready = content.read_nowait()
+    if ready or content.is_eof():
+        return ready
     try:
         async with asyncio.timeout(stall_s):
-            return await request.content.readany()
+            return await content.readany()
     except TimeoutError:
         _abandon_body(request)
         raise web.HTTPRequestTimeout(

@@ -218,8 +218,8 @@ class EmbeddedBackend:
         copies in one step). Cheap when no publish can reach past the cap: a message
         reaches at most every queue and topic."""
         limit = self.max_fanout
-        if limit is None:
-            return
+        if limit is None or (not publishes and direct <= limit):
+            return  # puts and appends alone: one copy each, no routes to count
         engine = self.engine
         widest = len(engine.broker.queues) + len(engine.store.topic_names())
         publishes = list(publishes)
