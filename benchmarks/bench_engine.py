@@ -333,8 +333,9 @@ def rabbit_available() -> str | None:
 def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
         tuple[str, list[float], list[float]]]:
     """The single-message rows: (label, msgs/s of each repeat, server CPU microseconds
-    per request of each repeat, none for RabbitMQ); the repeats interleaved (every
-    server is up at once, so a busy moment of the shared machine falls on each alike)."""
+    per request of each repeat, none for RabbitMQ); the repeats interleaved, in
+    alternating order (every server is up at once, so a busy moment of the shared
+    machine falls on each alike)."""
     servers: list[tuple[str, Any]] = []
     dirs: list[Path] = []
 
@@ -360,8 +361,9 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
         costs: dict[str, list[float]] = {label: [] for label, _ in servers}
         rates["RabbitMQ, 16 pika publishers"] = []
         costs["RabbitMQ, 16 pika publishers"] = []
-        for _ in range(repeats):
-            for label, server in servers:
+        for repeat in range(repeats):
+            # alternate the order: no row always runs right after RabbitMQ's
+            for label, server in servers if repeat % 2 == 0 else servers[::-1]:
                 rate, cost = http_single_cost(server, seconds)
                 rates[label].append(rate)
                 costs[label].append(cost)
@@ -410,9 +412,10 @@ def main() -> int:
               f"  (runner daemon: {mine / rate:.2f}x of it)")
     print("server CPU per request (user + system, all its threads and processes), and "
           "each repeat's msgs/s:")
-    for label, runs, _ in rows:
+    for label, runs, costs in rows:
         cost = f"{cpu[label]:6.0f} us" if label in cpu else f"{'':9}"
-        print(f"  {label:50}{cost}  " + ", ".join(f"{r:,.0f}" for r in runs))
+        print(f"  {label:50}{cost}  " + ", ".join(f"{r:,.0f}" for r in runs)
+              + (" (us: " + ", ".join(f"{c:.0f}" for c in costs) + ")" if costs else ""))
     if args.single_only:
         return 0
     eo = [drain("exactly-once", n_drain) for _ in range(repeats)]
