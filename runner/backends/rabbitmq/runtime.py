@@ -1155,7 +1155,8 @@ class RabbitBackend:
             self._stream(tp.topic, tp.partition)
         for queue, _ in step.acks:
             self._known_queue(queue)
-        origin = self._dead_letters.pop(id(step), None)
+        with self._lock:  # DLQ tools commit steps off the loop
+            origin = self._dead_letters.pop(id(step), None)
         if origin is not None and origin[0] is not step:
             origin = None
         tickets: list[Ticket] = []
@@ -1246,10 +1247,12 @@ class RabbitBackend:
                 for q, ms in s.queue_puts))
         spec = self._topology.group_map().get(group)
         if spec is not None and spec.delivery is Delivery.AT_LEAST_ONCE:
-            while len(self._dead_letters) >= DEAD_LETTERS_KEPT:  # built, never committed
-                del self._dead_letters[next(iter(self._dead_letters))]
-            self._dead_letters[id(step)] = (
-                step, group, TopicPartition(record.topic, record.partition), record.offset)
+            with self._lock:
+                while len(self._dead_letters) >= DEAD_LETTERS_KEPT:  # built, not committed
+                    del self._dead_letters[next(iter(self._dead_letters))]
+                self._dead_letters[id(step)] = (
+                    step, group, TopicPartition(record.topic, record.partition),
+                    record.offset)
         return step
 
     # ================================================================ owner side helpers
