@@ -193,7 +193,6 @@ class Supervisor:
         self._watcher: TopologyWatcher | None = None
         self._generation = 1
         self._started_s = parts.clock.time()
-        self._engine: Engine | None = None
         self._backend: EmbeddedBackend | None = None  # the engine through the contract
         self._pipeline: PipelineLike | None = None
         self._accepting = False
@@ -209,11 +208,6 @@ class Supervisor:
         self._registry.register(RepliesCollector(self._replies))
 
     # ------------------------------------------------------------ state for HTTP/metrics
-    @property
-    def engine(self) -> Engine:
-        assert self._engine is not None, "the engine is not open"
-        return self._engine
-
     def _served(self) -> EmbeddedBackend:
         """The open backend with its optional parts (Flushable, WireTopics)."""
         assert self._backend is not None, "the engine is not open"
@@ -329,7 +323,6 @@ class Supervisor:
                                                    max_fanout=config.max_fanout),
             diff=self._parts.diff,
         )
-        self._engine = self._backend.engine
         log.info(
             "engine opened",
             extra={

@@ -98,11 +98,6 @@ class Client:
         return self.supervisor.backend
 
     @property
-    def engine(self) -> Engine:
-        """The daemon's engine itself (to break one of its methods on purpose)."""
-        return self.supervisor.engine
-
-    @property
     def pipeline(self) -> FakePipeline:
         pipeline = self.supervisor._pipeline
         assert isinstance(pipeline, FakePipeline)

@@ -140,16 +140,16 @@ def test_concurrent_publishes_share_fsyncs_and_are_answered_only_once_durable(
         tasks = [asyncio.create_task(publish(i)) for i in range(n)]
         tasks += [asyncio.create_task(append(i)) for i in range(n // 4)]
         # every request is written (the loop never waited for the held fsync) ...
-        engine = c.engine
-        await _until(lambda: engine.queue_info("a").ready == n, "publishes not written")
-        await _until(lambda: engine.partitions("t")[0].log_end_offset == n // 4,
+        backend = c.backend
+        await _until(lambda: backend.queue_info("a").ready == n, "publishes not written")
+        await _until(lambda: backend.partitions("t")[0].log_end_offset == n // 4,
                      "appends not written")
         await asyncio.sleep(0.05)
         # ... and none is answered: their fsync waits behind the held one
         assert not any(t.done() for t in tasks)
         assert not gate.done()
         # not readable yet either: a topic's readers see synced records only
-        assert engine.read("t", 0, 0)[0] == []
+        assert backend.read("t", 0, 0).records == ()
         disk.release.set()
         statuses = await asyncio.gather(*tasks)
         assert statuses == [202] * len(tasks)
@@ -157,7 +157,7 @@ def test_concurrent_publishes_share_fsyncs_and_are_answered_only_once_durable(
         assert early == []
         # 40 publishes, 10 appends: one shared fsync per log (the held round had none)
         assert (disk.count("a"), disk.count("t-0")) == (before[0] + 1, before[1] + 1)
-        assert len(engine.read("t", 0, 0, max_records=100)[0]) == n // 4
+        assert len(backend.read("t", 0, 0, max_records=100).records) == n // 4
 
     run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
 
@@ -170,12 +170,12 @@ def test_a_failed_fsync_answers_that_rounds_requests_503_and_later_rounds_go_on(
 
     async def scenario(c: Client) -> None:
         gate = await _held_round(c, disk)
-        engine = c.engine
+        backend = c.backend
         tasks = [asyncio.create_task(c.call("POST", f"/v1/queues/{q}/messages",
                                             {"body": f"{q}-{i}"}))
                  for i in range(5) for q in ("a", "b")]
-        await _until(lambda: engine.queue_info("a").ready == 5
-                     and engine.queue_info("b").ready == 5, "publishes not written")
+        await _until(lambda: backend.queue_info("a").ready == 5
+                     and backend.queue_info("b").ready == 5, "publishes not written")
         disk.fail = "a"
         disk.release.set()
         assert (await gate)[0] == 202  # its round was synced before
@@ -220,7 +220,7 @@ def test_ack_nack_and_commit_answer_after_their_fsync_without_holding_the_loop(
         await asyncio.sleep(0.2)
         # written, not answered: their fsync waits behind the held one, in the flusher
         assert not any(t.done() for t in (ack, requeue, reject, commit))
-        assert c.engine.queue_info("a").ready == 1  # the requeued one
+        assert c.backend.queue_info("a").ready == 1  # the requeued one
         # the loop was never blocked by a disk: other requests are served meanwhile
         assert (await c.call("GET", "/healthz"))[0] == 200
         disk.release.set()

@@ -274,7 +274,7 @@ def test_an_unexpected_failure_is_a_logged_500_json(
         def broken(queue: str, n: int) -> list[object]:
             raise RuntimeError("disk on fire")
 
-        c.engine.peek_ids = broken  # type: ignore[method-assign,assignment]
+        c.backend.peek_ids = broken  # type: ignore[method-assign,assignment]
         status, body, _ = await c.call("GET", "/v1/queues/work/peek")
         assert (status, body) == (500, {"error": "internal error; the daemon log has the details"})
 
