@@ -11,9 +11,10 @@ Durability: every write returns a `Ticket`. Producer writes (publish, put,
 append) run in `Engine.ticketed()` blocks: under `--fsync always` they return
 once written, with a real ticket the data dir's flusher resolves
 (`runner.log.commits`), and `durable` awaits it without blocking the loop.
-Settlements (`settle`) and commits from outside (`Coordinator.commit`) are
-ticketed the same way. In-process members' commits and steps still return once
-synced (`Ticket.DONE`). A write that syncs at once first syncs whatever the
+Settlements (`settle`), commits from outside (`Coordinator.commit`) and
+in-process members' commits are ticketed the same way; an exactly-once step
+syncs its journal record at once and leaves its apply's fsyncs to the flusher
+(`Engine.commit_step_ticketed`). A write that syncs at once first syncs whatever the
 flusher has pending, and a flusher round syncs its logs in the order they were
 first written; callers that ack an input after its outputs await the outputs'
 ticket before the ack is written, so an ack never becomes durable before them. `durable` raises the

@@ -24,6 +24,12 @@ journal record and one fsync of each touched log for all of them; each part
 keeps its own fence); when the merged step is refused, each is committed
 alone, and only the refused ones fail (a fenced one is stale: its outputs are
 discarded and its member reads its position again).
+
+Durability: every commit and step returns a ticket, written at once and synced
+by the backend (the embedded flusher, RabbitMQ's confirms) while the loop goes
+on; the member awaits it before the handler runs (at-most-once), before it
+reads on (at-least-once's batched commit) and before a record counts as done
+and its replies are handed over (its outputs, dead letter or step).
 """
 
 from __future__ import annotations
