@@ -73,7 +73,10 @@ class _Stale(Exception):
     """The member no longer owns the record it processed (rebalanced away)."""
 
 
-Settle = Callable[[Step], Awaitable[None]]  # how a record is settled, given the rest of its step
+# how a record is settled, given the rest of its step: the ticket still to await
+# (an exactly-once step, written; Ticket.DONE when settled durably already)
+Settle = Callable[[Step], Awaitable[Ticket]]
+IN_FLIGHT = 2  # exactly-once steps of one member written and not yet durable, at most
 
 
 @dataclass(slots=True)
@@ -82,10 +85,10 @@ class _Waiting:
 
     step: Step
     stale: Callable[[], bool]  # checked when committed: True -> _Stale, nothing committed
-    future: asyncio.Future[None]
+    future: asyncio.Future[Ticket]
 
 
-def _retrieved(future: asyncio.Future[None]) -> None:
+def _retrieved(future: asyncio.Future[Ticket]) -> None:
     """Mark an outcome as seen: a member cancelled while waiting leaves no
     'exception was never retrieved' behind."""
     if not future.cancelled():
@@ -110,6 +113,7 @@ class GroupWorker(Worker):
         self.seeks = 0  # SEEK events of the group seen: a member's reads before one are stale
         self._steps_waiting: list[_Waiting] = []  # exactly-once steps of this turn
         self._durable_tasks: set[asyncio.Task[None]] = set()  # steps awaiting durability
+        self._tails: dict[str, list[asyncio.Task[None]]] = {}  # ... by member
         self._seek_sub = env.backend.subscribe([Event(EventKind.SEEK, group.name)],
                                                self._on_seek)
 
@@ -284,17 +288,17 @@ class GroupWorker(Worker):
             return (self._sought(version) or tp not in member.assignment()
                     or member.position(tp) != record.offset)
 
-        async def settle(step: Step) -> None:
+        async def settle(step: Step) -> Ticket:
             if self._sought(version):
                 raise _Stale()
             if self.delivery is Delivery.EXACTLY_ONCE:
+                await self._room(member.member_id)
                 if stale():
                     raise _Stale()
                 fence = Fence(self.name, member.member_id, member.generation, (tp,))
-                await self._commit_together(
+                return await self._commit_together(
                     step + Step(commits=((self.name, tp, record.offset + 1),), fences=(fence,)),
                     stale)
-                return
             if self.delivery is Delivery.AT_MOST_ONCE:
                 # before the handler runs, and durable before it does (a commit lost
                 # to a power cut would run it again)
@@ -311,25 +315,63 @@ class GroupWorker(Worker):
                     raise _Stale() from None
             if step.writes:
                 await backend.durable(backend.commit_step(step))
+            return Ticket.DONE
 
         return settle
 
-    async def _commit_together(self, step: Step, stale: Callable[[], bool]) -> None:
+    async def _room(self, member_id: str) -> None:
+        """Wait until the member has fewer than IN_FLIGHT steps being synced: it takes
+        its next record while its last step is synced (both are journaled before
+        they are applied), never more."""
+        tails = self._tails.get(member_id)
+        while tails and len(tails) >= IN_FLIGHT:
+            await asyncio.wait({tails[0]})
+
+    def _when_durable(self, member_id: str, ticket: Ticket, outputs: Outputs) -> None:
+        """An exactly-once record's step is written: it counts as done, and its replies
+        are handed over, once the step is durable (a task of the member's)."""
+        task = asyncio.get_running_loop().create_task(self._tail(ticket, outputs))
+        tails = self._tails.setdefault(member_id, [])
+        tails.append(task)
+        self._durable_tasks.add(task)
+
+        def gone(t: asyncio.Task[None]) -> None:
+            self._durable_tasks.discard(t)
+            tails.remove(t)
+
+        task.add_done_callback(gone)
+
+    async def _tail(self, ticket: Ticket, outputs: Outputs) -> None:
+        try:
+            await self.env.backend.durable(ticket)
+        except EngineError as exc:
+            # journaled before it was applied: the next open completes it; here the
+            # member moved past it (a retry would be stale), so it only counts
+            self.counters.error(error_type(exc))
+            log.error("group %s: an exactly-once step is not durable yet (%s); it is "
+                      "completed when the runner opens its data again", self.name, exc)
+            self.traced_settle(outputs, "commit", exc)
+            return
+        self.hand_over(outputs)
+        self.counters.succeeded += 1
+        self.traced_settle(outputs, "commit")
+
+    async def _commit_together(self, step: Step, stale: Callable[[], bool]) -> Ticket:
         """Commit `step` with the steps of the other members that finished in this turn
-        of the loop (one merged step); _Stale when it is stale by then (or its fence
-        is refused), the refusing EngineError when the backend refuses it alone."""
+        of the loop (one merged step); its ticket once written (await it before the
+        record counts as done); _Stale when it is stale by then (or its fence is
+        refused), the refusing EngineError when the backend refuses it alone."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[Ticket] = loop.create_future()
         future.add_done_callback(_retrieved)
         self._steps_waiting.append(_Waiting(step, stale, future))
         if len(self._steps_waiting) == 1:  # the first one schedules the commit
             loop.call_soon(self._commit_waiting_steps)
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     def _commit_waiting_steps(self) -> None:
-        """Commit the steps waiting (one merged step when it can); each waiter is
-        resolved once its step is durable (`_resolve_when_durable`), the loop
-        serving meanwhile."""
+        """Commit the steps waiting (one merged step when it can); each waiter gets its
+        step's ticket once written, the loop serving while it is synced."""
         batch, self._steps_waiting = self._steps_waiting, []
         live: list[_Waiting] = []
         for w in batch:
@@ -340,34 +382,15 @@ class GroupWorker(Worker):
                 continue
             live.append(w)
         results = self.commit_steps([w.step for w in live])
-        written: list[tuple[_Waiting, Ticket]] = []
         for w, result in zip(live, results, strict=True):
             if w.future.done():
                 continue
             if isinstance(result, Ticket):
-                written.append((w, result))
+                w.future.set_result(result)
             elif isinstance(result, Conflict):  # its member's fence: no longer its record
                 w.future.set_exception(_Stale())
             else:
                 w.future.set_exception(result)
-        if written:
-            task = asyncio.get_running_loop().create_task(self._resolve_when_durable(written))
-            self._durable_tasks.add(task)
-            task.add_done_callback(self._durable_tasks.discard)
-
-    async def _resolve_when_durable(self, written: list[tuple[_Waiting, Ticket]]) -> None:
-        """Resolve each waiter once its step's ticket is durable, or with the error
-        that failed it (its record fails: retried in place or dead-lettered)."""
-        backend = self.env.backend
-        for w, ticket in written:
-            try:
-                await backend.durable(ticket)
-            except EngineError as exc:
-                if not w.future.done():
-                    w.future.set_exception(exc)
-            else:
-                if not w.future.done():
-                    w.future.set_result(None)
 
     async def _replays(self, member: GroupMember) -> bool:
         """Process what was replayed back to this group; True when there was any."""
@@ -389,13 +412,14 @@ class GroupWorker(Worker):
             record = backend.replayed_record(d)
             queue = self.replay_queue
 
-            async def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> None:
+            async def settle(step: Step, did: int = d.delivery_id, queue: str = queue) -> Ticket:
                 if self.delivery is Delivery.AT_MOST_ONCE:
                     await backend.durable(backend.settle(queue, [Ack(did)]).ticket)
                     if step.writes:
                         await backend.durable(backend.commit_step(step))
-                    return
+                    return Ticket.DONE
                 await backend.durable(backend.commit_step(step + Step(acks=((queue, did),))))
+                return Ticket.DONE
 
             await self._handle(record, member.member_id, settle,
                                delivery_count=d.delivery_count)
@@ -419,7 +443,7 @@ class GroupWorker(Worker):
             exc, outputs = await self.run_handler(msg)
             if exc is None:
                 try:
-                    await self._succeed(outputs, settle)
+                    ticket = await self._succeed(outputs, settle)
                 except _Stale:
                     raise
                 except EngineError as send_exc:
@@ -427,6 +451,10 @@ class GroupWorker(Worker):
                     self.counters.error(error_type(send_exc))
                     self.failures.report("outputs", send_exc, msg)
                 else:
+                    if ticket != Ticket.DONE:  # done (and replies handed over) once durable
+                        self._when_durable(member, ticket, outputs)
+                        return True
+                    self.hand_over(outputs)
                     self.counters.succeeded += 1
                     self.traced_settle(outputs, "commit")
                     return True
@@ -483,18 +511,18 @@ class GroupWorker(Worker):
         await self.pause(DEAD_LETTER_AGAIN_S)
         return False
 
-    async def _succeed(self, outputs: Outputs, settle: Settle) -> None:
+    async def _succeed(self, outputs: Outputs, settle: Settle) -> Ticket:
+        """Settle a successful call; the ticket still to await before it counts as done
+        and its replies are handed over (an exactly-once step, written), else DONE."""
         if self.delivery is Delivery.EXACTLY_ONCE:
-            await settle(self.step_of(outputs))
-            self.hand_over(outputs)
-            return
+            return await settle(self.step_of(outputs))
         ticket = self.send(outputs)
         # the outputs are durable before the record counts as done (at-least-once:
         # its offset is committed later, by `_flush`) and before replies are handed over
         await self.env.backend.durable(ticket)
         if self.delivery is Delivery.AT_LEAST_ONCE:
             await settle(Step())
-        self.hand_over(outputs)
+        return Ticket.DONE
 
     async def _dead_letter(
         self, record: Record, death: dict[str, Any], settle: Settle,
@@ -515,4 +543,4 @@ class GroupWorker(Worker):
             if step.writes:
                 await self.env.backend.durable(self.env.backend.commit_step(step))
             return
-        await settle(step)
+        await self.env.backend.durable(await settle(step))
