@@ -188,8 +188,10 @@ class GroupWorker(Worker):
     ) -> None:
         """Commit what the member finished (`_commit_pending`) and wait until the commit
         is durable, the loop serving meanwhile. A commit that failed to become durable
-        (a failed fsync): its partitions are read again from their committed
-        positions (at-least-once: what the backend kept is handled again)."""
+        (a failed fsync) is logged and its partitions' positions are asked for again
+        (the backend's: the embedded engine keeps the commit in memory, and the log
+        refuses writes from then on; after a restart the records past the last
+        durable commit are handled again: at-least-once)."""
         committed = dict(pending)
         ticket = self._commit_pending(member, pending, version)
         if ticket == Ticket.DONE:
@@ -197,9 +199,8 @@ class GroupWorker(Worker):
         try:
             await self.env.backend.durable(ticket)
         except EngineError as exc:
-            log.warning("group %s: commit of %s by %s failed: %s; its partitions are read "
-                        "again from their committed positions", self.name, committed,
-                        member.member_id, exc)
+            log.warning("group %s: commit of %s by %s is not durable: %s", self.name,
+                        committed, member.member_id, exc)
             for tp in committed:
                 positions.pop(tp, None)
 

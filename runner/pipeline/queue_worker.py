@@ -103,6 +103,8 @@ class QueueWorker(Worker):
 
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
+        if self.durable_tasks:  # steps written by calls that are gone: let them resolve
+            await asyncio.wait(set(self.durable_tasks), timeout=grace_s)
         self.flush_acks()
         # Buffered messages never reached a handler: give them back now.
         ids = []
