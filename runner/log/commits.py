@@ -284,11 +284,7 @@ class GroupCommit:
                 target = max(self._running.get(wal, -1), self._pending.get(wal, -1))
                 if target >= 0:
                     todo[wal] = target
-        for wal, target in todo.items():
-            try:
-                wal.sync_to(target)
-            except Exception:
-                log.debug("pending fsync failed", exc_info=True)
+        _sync_each(todo)
 
     def flush_pending(self) -> None:
         """Sync everything the flusher has not synced yet, in write order, on the
@@ -301,11 +297,7 @@ class GroupCommit:
             for wal, target in self._pending.items():
                 if todo.get(wal, -1) < target:
                     todo[wal] = target
-        for wal, target in todo.items():
-            try:
-                wal.sync_to(target)
-            except Exception:
-                log.debug("pending fsync failed", exc_info=True)
+        _sync_each(todo)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until every ticket handed out is resolved (tests, close)."""
@@ -320,3 +312,13 @@ class GroupCommit:
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+
+def _sync_each(todo: dict[Dirty, int]) -> None:
+    """Sync each log up to its target on the calling thread; a failing log is left
+    to its tickets and its next use."""
+    for wal, target in todo.items():
+        try:
+            wal.sync_to(target)
+        except Exception:
+            log.debug("pending fsync failed", exc_info=True)
