@@ -52,9 +52,9 @@ directory is removed (`replay_legacy`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runner import jsontext
 from runner.broker.broker import Broker
@@ -63,7 +63,14 @@ from runner.clock import Clock
 from runner.datapath import remove_tree
 from runner.engine.records import b64, record_of_message, to_append, unb64
 from runner.engine.values import OutMessage, Step
-from runner.errors import EngineError, InvalidRequest, NotFound, Refused, StorageError
+from runner.errors import (
+    EngineError,
+    InvalidRequest,
+    LogFailed,
+    NotFound,
+    Refused,
+    StorageError,
+)
 from runner.fs import FileSystem
 from runner.log.commits import GroupCommit
 from runner.log.journal import StepJournal
@@ -76,6 +83,15 @@ log = logging.getLogger(__name__)
 
 STEP_PRODUCER = "__engine_step__"  # producer id of records appended by steps (gapped)
 STEP_STRIDE = 1 << 20  # sequence numbers per step and partition
+
+
+class _Log(Protocol):
+    """A log a step writes to or acks in (a queue's, a topic partition's, the offsets)."""
+
+    @property
+    def failed(self) -> LogFailed | None: ...
+
+    def sync(self) -> None: ...
 
 
 class StepLog:
@@ -121,13 +137,20 @@ class StepLog:
         # (a step is all or nothing), as is an exhausted disk budget
         self.broker.check_publish(step.publishes, step.queue_puts)
         sid = self.journal.next_id
-        before: dict[int, Callable[[], None]] = {}
+        before: dict[int, _Log] = {}
         doc = self._document(sid, step, before)
+        for wal in before.values():
+            if wal.failed is not None:
+                # a log the step writes to or acks in failed an fsync and refuses
+                # every write until the next open: refused before anything is
+                # journaled (half applied, a step's outputs could be applied without
+                # its commit, and the input handled again: duplicated outputs)
+                raise wal.failed
         if self.journal.fsync is Fsync.INTERVAL:
             # the journal record is fsynced only after every log the step writes
             # to or acks in (see the module); under ALWAYS they are synced
-            for sync in before.values():
-                sync()
+            for wal in before.values():
+                wal.sync()
         # an input pulled before its publish was synced is durable before the step
         # that settles it (runner.log.commits "Ordering"): a ticketed step syncs
         # only its acked queues' pending writes (what else the flusher holds, the
@@ -150,6 +173,14 @@ class StepLog:
                 seq = box.seq
             else:
                 refused = self.apply(sid, doc)
+        except LogFailed as exc:
+            # a log it touches failed an fsync meanwhile (the flusher's thread) and
+            # refuses every write until the next open: the step stays pending in the
+            # journal, neither done nor re-applied before then (it cannot be), and
+            # the next open completes it
+            log.error("engine step %d is journaled but not fully applied: %s; it is "
+                      "completed when the runner opens its data again", sid, exc)
+            raise
         except Exception as exc:
             # durable but half applied: re-applied (idempotently) by the next
             # commit_step or tick, or at the next open
@@ -166,9 +197,9 @@ class StepLog:
         return seq, topics
 
     def _document(self, sid: int, step: Step,
-                  before: dict[int, Callable[[], None]] | None = None) -> dict[str, Any]:
+                  before: dict[int, _Log] | None = None) -> dict[str, Any]:
         """The journal record of step `sid`: outputs named, records resolved.
-        Fills `before` with the syncs of the logs the step writes to or acks in."""
+        Fills `before` with the logs the step writes to or acks in."""
         if before is None:
             before = {}
         queues = self.broker.journals
@@ -176,7 +207,7 @@ class StepLog:
         def queue(name: str) -> None:
             j = queues.get(name)
             if j is not None:
-                before.setdefault(id(j.log), j.log.sync)
+                before.setdefault(id(j.log), j.log)
 
         for q, _did in step.acks:
             queue(q)
@@ -208,11 +239,11 @@ class StepLog:
         for topic, rec in records:
             ((p, (key, value, headers, ts)),) = self.store.resolve(topic, [rec])
             wal = self.store.partition(topic, p).log
-            before.setdefault(id(wal), wal.sync)
+            before.setdefault(id(wal), wal)
             resolved.append([topic, p, b64(key), b64(value),
                              [[h, b64(v)] for h, v in headers], ts])
         if step.commits:
-            before.setdefault(id(self.store.offsets), self.store.offsets.sync)
+            before.setdefault(id(self.store.offsets), self.store.offsets)
         return {
             "acks": [[q, d] for q, d in step.acks],
             "commits": [[g, tp.topic, tp.partition, off] for g, tp, off in step.commits],
@@ -267,6 +298,8 @@ class StepLog:
         for g, offsets in commits.items():
             try:
                 self.store.groups.commit(g, offsets)
+            except LogFailed:
+                raise  # the step stays pending: completed at the next open (`commit`)
             except EngineError as exc:
                 log.warning("step %d: commit of group %s dropped: %s", sid, g, exc)
         return None

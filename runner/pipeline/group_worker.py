@@ -54,7 +54,7 @@ from runner.engine.contract import (
     TopicPartition,
     Waiter,
 )
-from runner.errors import Conflict, EngineError, OffsetOutOfRange
+from runner.errors import Conflict, EngineError, LogFailed, OffsetOutOfRange
 from runner.pipeline.deadletter import build_death, error_type
 from runner.pipeline.handler import Handler
 from runner.pipeline.message import Outputs, TopicMessage
@@ -170,6 +170,9 @@ class GroupWorker(Worker):
                     await self._flush(member, pending, positions, version)
                 if not busy:
                     await waiter.wait()
+        except LogFailed as exc:
+            self._stop_member(member_id, exc)
+            await self._stopped.wait()  # parked until the pipeline drains
         finally:
             try:
                 self._commit_pending(member, pending, version)  # the flusher syncs it
@@ -177,6 +180,18 @@ class GroupWorker(Worker):
             except EngineError as exc:
                 log.warning("group %s: member %s could not leave cleanly: %s",
                             self.name, member_id, exc)
+
+    def _stop_member(self, member_id: str, exc: LogFailed) -> None:
+        """A log the member writes (its group's offsets, an output, the step journal)
+        failed an fsync: it refuses everything until the runner restarts, so the member
+        stops taking records instead of retrying them or its task dying silently. The
+        log is reported by `failed_logs` (/readyz: 503); what was committed durably
+        stays committed, and the records past it are handled again after a restart
+        (an exactly-once step already journaled is completed then)."""
+        log.error("group %s: member %s stops taking records: %s; records past its last "
+                  "durable commit are handled again after a restart", self.name, member_id,
+                  exc, extra={"event": "member_stopped", "group": self.name,
+                              "member": member_id, "log": exc.path})
 
     def _sought(self, version: int) -> bool:
         """True when the group was sought since `version` (a read before is stale)."""
@@ -198,6 +213,8 @@ class GroupWorker(Worker):
             return
         try:
             await self.env.backend.durable(ticket)
+        except LogFailed:
+            raise  # the member stops (`_stop_member`)
         except EngineError as exc:
             log.warning("group %s: commit of %s by %s is not durable: %s", self.name,
                         committed, member.member_id, exc)
@@ -309,6 +326,8 @@ class GroupWorker(Worker):
                     raise _Stale() from None
                 try:
                     await backend.durable(ticket)
+                except LogFailed:
+                    raise  # not called; the member stops (`_stop_member`)
                 except EngineError as exc:
                     log.warning("group %s: the commit of %s[%d]@%d before the call failed "
                                 "(%s); not calling the handler", self.name, tp.topic,
@@ -445,7 +464,7 @@ class GroupWorker(Worker):
             if exc is None:
                 try:
                     ticket = await self._succeed(outputs, settle)
-                except _Stale:
+                except (_Stale, LogFailed):
                     raise
                 except EngineError as send_exc:
                     exc = send_exc
@@ -490,6 +509,8 @@ class GroupWorker(Worker):
             )
             try:
                 await self._dead_letter(record, death, settle)
+            except LogFailed:
+                raise
             except EngineError as dl_exc:
                 return await self._dead_letter_failed(record, dl_exc)
             self.send_error_reply(msg, exc)

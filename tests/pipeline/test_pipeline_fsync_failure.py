@@ -1,0 +1,194 @@
+"""Failed fsyncs under running pipeline workers over the embedded engine (`--fsync
+always`, the real file system whose fsyncs of one log fail once armed): a group
+member whose offsets log failed stops taking records, visibly (logged once with
+the log's name, reported by `failed_logs`), instead of its task dying; after a
+restart every record past the last durable commit is handled again."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.clock import SystemClock
+from runner.engine import Engine, FsyncPolicy, TopicPartition
+from runner.engine.embedded import EmbeddedBackend
+from runner.fs import LOCAL
+from runner.pipeline import Pipeline
+from runner.topology.model import ConsumerGroup, Delivery, Topic, Topology
+from tests.pipeline import pipeline_handlers as ph
+from tests.pipeline.harness import H, bodies, rec, topology, wait_until
+
+
+class FailingFs:
+    """The real file system; once `armed`, every fsync of a file whose path contains
+    it fails (EIO), as a disk that lost the pages would."""
+
+    def __init__(self) -> None:
+        self._paths: dict[int, str] = {}
+        self.armed: str | None = None
+        self.failures = 0
+
+    def open(self, path: Path, *, create: bool = False, truncate: bool = False) -> int:
+        fd = LOCAL.open(path, create=create, truncate=truncate)
+        self._paths[fd] = str(path)
+        return fd
+
+    def sync(self, fd: int) -> None:
+        if self.armed is not None and self.armed in self._paths.get(fd, ""):
+            self.failures += 1
+            raise OSError(errno.EIO, "Input/output error (simulated fsync failure)")
+        LOCAL.sync(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(LOCAL, name)
+
+
+@asynccontextmanager
+async def _running(topo: Topology, data_dir: Path, fs: FailingFs,
+                   ) -> AsyncIterator[tuple[Engine, Pipeline]]:
+    clock = SystemClock()
+    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
+                         fs=fs)  # type: ignore[arg-type]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pipeline = Pipeline(EmbeddedBackend(engine), topo, data_dir=data_dir, clock=clock,
+                                executor=pool, instance_id="test", hostname="host",
+                                random_source=lambda: 0.5, fsync=FsyncPolicy.ALWAYS)
+
+            async def tick() -> None:
+                while True:
+                    engine.tick()
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            try:
+                await pipeline.start()
+                yield engine, pipeline
+            finally:
+                await pipeline.drain(2.0)
+                ticker.cancel()
+                with suppress(asyncio.CancelledError):
+                    await ticker
+    finally:
+        with suppress(Exception):  # a failed log's last fsync fails at close too
+            engine.close()
+
+
+def _member_tasks(pipeline: Pipeline) -> list[asyncio.Task[None]]:
+    return [t for w in pipeline._workers.values() for t in w.tasks]
+
+
+@pytest.mark.parametrize("delivery", [Delivery.AT_LEAST_ONCE, Delivery.AT_MOST_ONCE,
+                                      Delivery.EXACTLY_ONCE])
+def test_a_member_whose_offsets_log_failed_stops_visibly_and_loses_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, delivery: Delivery) -> None:
+    fs = FailingFs()
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=delivery),))
+    tp = TopicPartition("events", 0)
+    offsets_log = f"{tmp_path}/__consumer_offsets/"
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, pipeline):
+            engine.append("events", [rec({"id": i}) for i in range(3)])
+            await wait_until(lambda: engine.position("g", tp) == 3)
+            fs.armed = "__consumer_offsets"
+            engine.append("events", [rec({"id": i}) for i in range(3, 8)])
+            await wait_until(lambda: any(
+                getattr(r, "event", None) == "member_stopped" for r in caplog.records))
+            failed = engine.failed_logs()
+            assert [p for p in failed if p.startswith(offsets_log)] == list(failed)
+            assert len(failed) == 1
+            await asyncio.sleep(0.3)
+            # the member is parked, not dead: its task runs until the pipeline drains
+            assert not any(t.done() for t in _member_tasks(pipeline))
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(go())
+    assert fs.failures >= 1
+    stopped = [r.getMessage() for r in caplog.records
+               if getattr(r, "event", None) == "member_stopped"]
+    assert len(stopped) == 1, stopped
+    assert stopped[0].startswith(
+        f"group g: member g-1@host stops taking records: fsync of {offsets_log}")
+    assert stopped[0].endswith("; records past its last durable commit are handled again "
+                               "after a restart")
+    assert not [r for r in caplog.records if "worker task failed" in r.getMessage()]
+
+    # restart on a healthy disk: nothing committed is lost, the rest is handled again
+    fs.armed = None
+    ph.SEEN.clear()
+
+    async def again() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, _):
+            assert engine.position("g", tp) >= 3
+            await wait_until(lambda: engine.position("g", tp) == 8)
+            got = sorted(b["id"] for b in bodies(engine, "outbox"))
+            if delivery is Delivery.AT_MOST_ONCE:  # a record may be lost, none twice
+                assert len(got) == len(set(got)) and set(got) >= {0, 1, 2}
+            elif delivery is Delivery.EXACTLY_ONCE:
+                assert got == list(range(8))
+            else:
+                assert set(got) == set(range(8))
+
+    asyncio.run(again())
+
+
+@pytest.mark.parametrize("failing", ["/topics/results-0/", "/queues/outbox/"])
+def test_an_exactly_once_step_whose_outputs_failed_to_sync_is_completed_at_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, failing: str) -> None:
+    """The flusher's fsync of a step's output log fails (its ticket fails): the record
+    does not count as done, the member stops; the step stays pending in the journal
+    and the next open completes it: every output there once, every offset committed."""
+    fs = FailingFs()
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=Delivery.EXACTLY_ONCE),))
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, pipeline):
+            engine.append("events", [rec({"id": i}) for i in range(3)])
+            await wait_until(lambda: engine.position("g", tp) == 3)
+            await wait_until(lambda: pipeline.stats().consumers["g"].succeeded == 3)
+            fs.armed = failing
+            engine.append("events", [rec({"id": i}) for i in range(3, 8)])
+            await wait_until(lambda: any(
+                getattr(r, "event", None) == "member_stopped" for r in caplog.records))
+            await asyncio.sleep(0.3)
+            assert list(engine.failed_logs()) == [
+                p for p in engine.failed_logs() if failing in p]
+            assert len(engine.failed_logs()) == 1
+            # the steps whose outputs were not synced do not count as done
+            assert pipeline.stats().consumers["g"].succeeded == 3
+            assert engine.journal.pending()  # completed at the next open
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(go())
+    assert fs.failures >= 1
+    stopped = [r.getMessage() for r in caplog.records
+               if getattr(r, "event", None) == "member_stopped"]
+    assert len(stopped) == 1 and failing in stopped[0], stopped
+
+    fs.armed = None
+
+    async def again() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, _):
+            await wait_until(lambda: engine.position("g", tp) == 8)
+            await wait_until(lambda: len(engine.peek("outbox", 100)) >= 8)
+            await asyncio.sleep(0.2)
+            assert sorted(b["id"] for b in bodies(engine, "outbox")) == list(range(8))
+            results, _ = engine.read("results", 0, 0, max_records=100)
+            assert sorted(int(r.key or b"-1") for r in results) == list(range(8))
+            assert engine.journal.pending() == []
+
+    asyncio.run(again())
