@@ -6,10 +6,13 @@ go on, and after a restart recovery has every acknowledged message."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from runner.clock import Clock, ManualClock
@@ -194,3 +197,111 @@ def test_engine_close_names_every_part_whose_last_fsync_failed(tmp_path: Path) -
     assert message.endswith("(what was written since the last successful fsync may be lost)")
     disk.armed = None
     Engine.open(topology, data, fsync=FsyncPolicy.NEVER, fs=disk).close()  # lock released
+
+
+GROUPED = """\
+version: 1
+name: grouped
+topics:
+  events: {}
+  results: {}
+exchanges:
+  out: {type: fanout}
+queues:
+  outbox: {}
+bindings:
+  - {exchange: out, queue: outbox}
+consumer_groups:
+  g: {topic: events, handler: "tests.pipeline.pipeline_handlers:forward",
+      delivery: at-least-once}
+"""
+
+
+def test_a_group_whose_offsets_log_failed_stops_visibly_and_loses_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The real pipeline's group member under the daemon: its offsets log fails an
+    fsync; the member stops taking records (one error line naming the log) instead of
+    its task dying silently, /readyz names the log, other logs go on, and after a
+    restart every record past the last durable commit is handled again."""
+    from runner.engine import TopicPartition
+    from runner.pipeline.runtime import Pipeline
+
+    disk = _FailingFileDisk()
+    opened: list[Engine] = []
+    data = tmp_path / "data"
+    offsets_log = f"{data}/__consumer_offsets/00000000000000000000.log"
+
+    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
+        engine = Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
+                             fs=disk)
+        opened.append(engine)
+        return engine
+
+    def make_pipeline(
+        backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,
+        executor: concurrent.futures.ThreadPoolExecutor, replies: Replies,
+    ) -> PipelineLike:
+        return Pipeline(backend, topology, data_dir=config.data_dir, clock=clock,
+                        executor=executor, instance_id="test", hostname="host",
+                        fsync=FsyncPolicy.ALWAYS, fs=disk, replies=replies)
+
+    parts = Parts(load=load, check_handlers=lambda t: [], diff=diff, open_engine=open_engine,
+                  make_pipeline=make_pipeline, clock=ManualClock())
+    tp = TopicPartition("events", 0)
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if cond():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("condition not met in time")
+
+    def stopped() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if getattr(r, "event", None) == "member_stopped"]
+
+    async def scenario(c: Client) -> None:
+        engine = opened[0]
+        for i in range(3):
+            assert (await c.call("POST", "/v1/topics/events/records",
+                                 {"value": {"id": i}}))[0] == 202
+        await until(lambda: engine.position("g", tp) == 3)
+        disk.armed = offsets_log
+        assert (await c.call("POST", "/v1/topics/events/records",
+                             {"value": {"id": 3}}))[0] == 202
+        await until(lambda: bool(engine.failed_logs()))  # record 3's commit failed
+        for i in range(4, 6):  # the next commit is refused at once
+            assert (await c.call("POST", "/v1/topics/events/records",
+                                 {"value": {"id": i}}))[0] == 202
+        await until(lambda: bool(stopped()))
+        status, ready, _ = await c.call("GET", "/readyz")
+        assert (status, ready["status"]) == (503, "storage failed")
+        assert list(ready["failed_logs"]) == [offsets_log]
+        assert (await c.call("POST", "/v1/topics/events/records",
+                             {"value": {"id": 6}}))[0] == 202  # other logs go on
+        await asyncio.sleep(0.3)
+        assert len(stopped()) == 1
+
+    with caplog.at_level(logging.INFO):
+        run_daemon(tmp_path, GROUPED, scenario, parts=parts)
+    assert stopped() == [
+        f"group g: member g-1@host stops taking records: fsync of {offsets_log} failed "
+        "(Input/output error (simulated fsync failure)): the log refuses writes and reads "
+        "until the runner is restarted and recovers it from disk; records past its last "
+        "durable commit are handled again after a restart"]
+    assert not [r for r in caplog.records if "worker task failed" in r.getMessage()]
+
+    disk.armed = None
+    topology = opened[0].topology
+    after = Engine.open(topology, data, fsync=FsyncPolicy.ALWAYS, fs=disk.crash())
+    try:
+        assert after.failed_logs() == {}
+        committed = after.position("g", tp)
+        assert committed >= 3  # what was committed durably stays committed
+        # the rest is still there to handle again
+        records, _ = after.read("events", 0, committed)
+        assert [r.offset for r in records] == list(range(committed, 7))
+        handled = sorted(orjson.loads(d.body)["id"] for d in after.peek("outbox", 100))
+        assert set(handled) >= {0, 1, 2}
+    finally:
+        after.close()
