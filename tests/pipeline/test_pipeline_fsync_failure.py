@@ -24,7 +24,7 @@ from runner.fs import LOCAL
 from runner.pipeline import Pipeline
 from runner.topology.model import ConsumerGroup, Delivery, Topic, Topology
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, rec, topology, wait_until
+from tests.pipeline.harness import H, bodies, msg, rec, topology, wait_until
 
 
 class FailingFs:
@@ -189,6 +189,48 @@ def test_an_exactly_once_step_whose_outputs_failed_to_sync_is_completed_at_resta
             assert sorted(b["id"] for b in bodies(engine, "outbox")) == list(range(8))
             results, _ = engine.read("results", 0, 0, max_records=100)
             assert sorted(int(r.key or b"-1") for r in results) == list(range(8))
+            assert engine.journal.pending() == []
+
+    asyncio.run(again())
+
+
+def test_a_queue_consumers_exactly_once_step_whose_output_failed_to_sync_is_completed_at_restart(
+        tmp_path: Path) -> None:
+    """A queue consumer's exactly-once step: the outbox's fsync fails, so the step's
+    ticket fails: the message does not count as done and stays unacked; the next
+    open completes the step (its output there once, its input acked once)."""
+    from runner.topology.model import Consumer, Queue
+
+    fs = FailingFs()
+    topo = topology(queues=(Queue("work"),), topics=(Topic("results"),),
+                    consumers=(Consumer("c", "work", f"{H}:forward",
+                                        delivery=Delivery.EXACTLY_ONCE),))
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, pipeline):
+            engine.publish_to_queue("work", [msg({"id": 0})])
+            await wait_until(lambda: pipeline.stats().consumers["c"].succeeded == 1)
+            fs.armed = "/queues/outbox/"
+            engine.publish_to_queue("work", [msg({"id": 1})])
+            await wait_until(lambda: bool(engine.failed_logs()))
+            await asyncio.sleep(0.3)
+            assert list(engine.failed_logs()) == [
+                p for p in engine.failed_logs() if "/queues/outbox/" in p]
+            assert pipeline.stats().consumers["c"].succeeded == 1
+            assert engine.journal.pending()  # completed at the next open
+
+    asyncio.run(go())
+    fs.armed = None
+
+    async def again() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, _):
+            await wait_until(lambda: len(engine.peek("outbox", 100)) >= 2)
+            await asyncio.sleep(0.3)
+            assert sorted(b["id"] for b in bodies(engine, "outbox")) == [0, 1]
+            info = engine.queue_info("work")
+            assert (info.ready, info.unacked) == (0, 0)
+            results, _ = engine.read("results", 0, 0, max_records=100)
+            assert sorted(int(r.key or b"-1") for r in results) == [0, 1]
             assert engine.journal.pending() == []
 
     asyncio.run(again())
