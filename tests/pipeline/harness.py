@@ -15,6 +15,7 @@ import orjson
 
 from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
+from runner.engine.contract import Backend
 from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline import Pipeline
 from runner.topology.model import (
@@ -36,6 +37,7 @@ H = "tests.pipeline.pipeline_handlers"
 class Running:
     engine: Engine
     pipeline: Pipeline
+    backend: Backend
 
     def publish(self, queue: str, *payloads: Any) -> None:
         """Put JSON messages straight into `queue` and wake the workers."""
@@ -98,24 +100,39 @@ async def _tick(engine: Engine) -> None:
 @asynccontextmanager
 async def running(
     topo: Topology, data_dir: Path, *, grace_s: float = 2.0, workers: int = 8,
+    fsync: FsyncPolicy = FsyncPolicy.NEVER, fs: Any = None,
+    backend: Callable[[Engine], Backend] = EmbeddedBackend,
+    before_drain: Callable[[], object] | None = None, quiet_close: bool = False,
 ) -> AsyncIterator[Running]:
-    """Engine + Pipeline started; drained, flushed and closed on exit."""
+    """Engine (on `fs` when given) + Pipeline on `backend(engine)` started; on exit
+    `before_drain` runs, the pipeline drains, the engine is flushed and closed (with
+    `quiet_close` only closed, and a close that fails on a failed log is ignored)."""
     clock = SystemClock()
-    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
+    if fs is None:
+        engine = Engine.open(topo, data_dir, fsync=fsync, clock=clock)
+    else:
+        engine = Engine.open(topo, data_dir, fsync=fsync, clock=clock, fs=fs)
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pipeline = Pipeline(EmbeddedBackend(engine), topo, data_dir=data_dir, clock=clock,
+            on = backend(engine)
+            pipeline = Pipeline(on, topo, data_dir=data_dir, clock=clock,
                                 executor=pool, instance_id="test", hostname="host",
-                                random_source=lambda: 0.5, fsync=FsyncPolicy.NEVER)
+                                random_source=lambda: 0.5, fsync=fsync)
             ticker = asyncio.create_task(_tick(engine))
             try:
                 await pipeline.start()
-                yield Running(engine, pipeline)
+                yield Running(engine, pipeline, on)
             finally:
+                if before_drain is not None:
+                    before_drain()
                 await pipeline.drain(grace_s)
                 ticker.cancel()
                 with suppress(asyncio.CancelledError):
                     await ticker
     finally:
-        engine.flush()
-        engine.close()
+        if quiet_close:
+            with suppress(Exception):
+                engine.close()
+        else:
+            engine.flush()
+            engine.close()

@@ -7,24 +7,21 @@ restart every record past the last durable commit is handled again."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy, TopicPartition
-from runner.engine.embedded import EmbeddedBackend
 from runner.fs import LOCAL
 from runner.pipeline import Pipeline
 from runner.topology.model import ConsumerGroup, Delivery, Topic, Topology
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, msg, rec, topology, wait_until
+from tests.pipeline.harness import H, bodies, msg, rec, running, topology, wait_until
 
 
 class FailingFs:
@@ -54,32 +51,9 @@ class FailingFs:
 @asynccontextmanager
 async def _running(topo: Topology, data_dir: Path, fs: FailingFs,
                    ) -> AsyncIterator[tuple[Engine, Pipeline]]:
-    clock = SystemClock()
-    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
-                         fs=fs)  # type: ignore[arg-type]
-    try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            pipeline = Pipeline(EmbeddedBackend(engine), topo, data_dir=data_dir, clock=clock,
-                                executor=pool, instance_id="test", hostname="host",
-                                random_source=lambda: 0.5, fsync=FsyncPolicy.ALWAYS)
-
-            async def tick() -> None:
-                while True:
-                    engine.tick()
-                    await asyncio.sleep(0.01)
-
-            ticker = asyncio.create_task(tick())
-            try:
-                await pipeline.start()
-                yield engine, pipeline
-            finally:
-                await pipeline.drain(2.0)
-                ticker.cancel()
-                with suppress(asyncio.CancelledError):
-                    await ticker
-    finally:
-        with suppress(Exception):  # a failed log's last fsync fails at close too
-            engine.close()
+    async with running(topo, data_dir, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
+                       quiet_close=True) as r:  # a failed log's last fsync fails at close too
+        yield r.engine, r.pipeline
 
 
 def _member_tasks(pipeline: Pipeline) -> list[asyncio.Task[None]]:

@@ -7,21 +7,17 @@ the order."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy, TopicPartition
-from runner.engine.embedded import EmbeddedBackend
 from runner.fs import LOCAL
-from runner.pipeline import Pipeline
 from runner.topology.model import Consumer, ConsumerGroup, Delivery, Queue, Topic, Topology
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, msg, rec, topology, wait_until
+from tests.pipeline.harness import H, bodies, msg, rec, running, topology, wait_until
 
 
 class HeldFs:
@@ -51,32 +47,9 @@ class HeldFs:
 
 @asynccontextmanager
 async def _running(topo: Topology, data_dir: Path, fs: HeldFs) -> AsyncIterator[Engine]:
-    clock = SystemClock()
-    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
-                         fs=fs)  # type: ignore[arg-type]
-    try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            pipeline = Pipeline(EmbeddedBackend(engine), topo, data_dir=data_dir, clock=clock,
-                                executor=pool, instance_id="test", hostname="host",
-                                random_source=lambda: 0.5, fsync=FsyncPolicy.ALWAYS)
-
-            async def tick() -> None:
-                while True:
-                    engine.tick()
-                    await asyncio.sleep(0.01)
-
-            ticker = asyncio.create_task(tick())
-            try:
-                await pipeline.start()
-                yield engine
-            finally:
-                fs.release.set()
-                await pipeline.drain(2.0)
-                ticker.cancel()
-                with suppress(asyncio.CancelledError):
-                    await ticker
-    finally:
-        engine.close()
+    async with running(topo, data_dir, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
+                       before_drain=fs.release.set) as r:
+        yield r.engine
 
 
 def test_a_queue_input_is_acked_only_after_its_outputs_are_synced(tmp_path: Path) -> None:

@@ -5,16 +5,13 @@ step the engine refuses is committed call by call, so only the refused calls fai
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy
 from runner.engine.contract import Fence, Step, Ticket, TopicPartition
 from runner.engine.embedded import EmbeddedBackend
-from runner.pipeline import Pipeline
 from runner.topology.model import (
     Binding,
     Consumer,
@@ -29,7 +26,7 @@ from runner.topology.model import (
     Topology,
 )
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, msg, rec, topology, wait_until
+from tests.pipeline.harness import H, bodies, msg, rec, running, topology, wait_until
 
 
 class CountingBackend(EmbeddedBackend):
@@ -49,35 +46,17 @@ class CountingBackend(EmbeddedBackend):
         return ticket
 
 
+def _gate() -> None:
+    assert ph.GATE is not None
+    ph.GATE.set()
+
+
 @asynccontextmanager
 async def _running(topo: Topology, data_dir: Path) -> AsyncIterator[tuple[Engine, CountingBackend]]:
-    clock = SystemClock()
-    engine = Engine.open(topo, data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock)
-    backend = CountingBackend(engine)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            pipeline = Pipeline(backend, topo, data_dir=data_dir, clock=clock, executor=pool,
-                                instance_id="test", hostname="host",
-                                random_source=lambda: 0.5, fsync=FsyncPolicy.ALWAYS)
-
-            async def tick() -> None:
-                while True:
-                    engine.tick()
-                    await asyncio.sleep(0.01)
-
-            ticker = asyncio.create_task(tick())
-            try:
-                await pipeline.start()
-                yield engine, backend
-            finally:
-                assert ph.GATE is not None
-                ph.GATE.set()
-                await pipeline.drain(2.0)
-                ticker.cancel()
-                with suppress(asyncio.CancelledError):
-                    await ticker
-    finally:
-        engine.close()
+    async with running(topo, data_dir, workers=2, fsync=FsyncPolicy.ALWAYS,
+                       backend=CountingBackend, before_drain=_gate) as r:
+        assert isinstance(r.backend, CountingBackend)
+        yield r.engine, r.backend
 
 
 def _consumer(**kw: object) -> Consumer:
