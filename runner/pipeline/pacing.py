@@ -35,8 +35,10 @@ class TokenBucket:
         return cls(rate=rate, capacity=capacity, tokens=capacity, stamp=now)
 
     def _refill(self, now: float) -> None:
+        # no min(): this runs before every paced call and every limited publish
         if now > self.stamp:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            tokens = self.tokens + (now - self.stamp) * self.rate
+            self.tokens = tokens if tokens < self.capacity else self.capacity
             self.stamp = now
 
     def take(self, now: float, n: int = 1) -> float:
@@ -49,15 +51,8 @@ class TokenBucket:
         >>> b.take(0.5)
         0.0
         """
-        # `_refill` inlined, no min() or float(): this runs before every paced call
-        # and every limited publish, so the admitting path is kept to a few operations
+        self._refill(now)
         tokens = self.tokens
-        if now > self.stamp:
-            tokens += (now - self.stamp) * self.rate
-            if tokens > self.capacity:
-                tokens = self.capacity
-            self.tokens = tokens
-            self.stamp = now
         need = n if n < self.capacity else self.capacity
         if tokens + _EPSILON >= need:
             self.tokens = tokens - n
