@@ -452,7 +452,11 @@ class Step:
     that group belongs to (a `Fence` over those partitions). `fences`: each
     one's own partitions -- what steps of several members merged into one
     carry (`+` keeps every part's fence). Every fence is checked before
-    anything is applied.
+    anything is applied. `dead_letter_of`: (group, partition, offset) of the
+    group records whose dead letters this step writes (set by a backend's
+    `dead_letter_step`): a backend that writes a group's commits apart from
+    its steps (RabbitMQ) holds the group's commits past each until the step's
+    writes are confirmed; the embedded engine, whose steps are atomic, ignores it.
     """
 
     acks: tuple[tuple[str, int], ...] = ()
@@ -462,6 +466,7 @@ class Step:
     appends: tuple[tuple[str, tuple[OutRecord, ...]], ...] = ()
     fence: tuple[str, str, int] | None = None
     fences: tuple[Fence, ...] = ()
+    dead_letter_of: tuple[tuple[str, TopicPartition, int], ...] = ()
 
     def __add__(self, other: Step) -> Step:
         """Both steps as one; each keeps its own fences (`all_fences`)."""
@@ -469,6 +474,7 @@ class Step:
             self.acks + other.acks, self.commits + other.commits,
             self.publishes + other.publishes, self.puts + other.puts,
             self.appends + other.appends, None, self.all_fences() + other.all_fences(),
+            self.dead_letter_of + other.dead_letter_of,
         )
 
     def all_fences(self) -> tuple[Fence, ...]:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import decimal
 import functools
@@ -163,7 +164,6 @@ RECONNECT_MAX_S = 5.0
 INFO_FRESH_S = 1.0  # queue_info answers from a queue_infos this young
 WRITTEN_WAIT_S = 30.0  # a blocking commit_step waits this long for its writes' confirms
 DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
-DEAD_LETTERS_KEPT = 1024  # dead-letter steps built and not committed yet, remembered
 
 # headers of a retried copy, taken off at delivery
 COUNT_HEADER = "x-runner-delivery-count"  # deliveries before this copy
@@ -361,9 +361,6 @@ class RabbitBackend:
         self._subs: list[_Sub] = []
         self._token = uuid.uuid4().hex  # tells this backend's own seeks from others'
         self._members: list[groups_mod.RabbitMember] = []
-        # steps built by dead_letter_step for an at-least-once group, not committed yet:
-        # id(step) -> (step, group, partition, offset) (see commit_step)
-        self._dead_letters: dict[int, tuple[Step, str, TopicPartition, int]] = {}
         # (dead-letter topic, partition, replay position) -> its record's timestamp
         self._dlq_ts: dict[tuple[str, int, int], int] = {}
         self._closed = False
@@ -1159,11 +1156,12 @@ class RabbitBackend:
         step off the owner's loop). Other commits or a fence need exactly-once:
         NotImplementedError.
 
-        A step of `dead_letter_step` for an at-least-once group holds the commits of
-        its member past the record until its writes are confirmed (the member commits
-        later, `GroupMember.commit`): refused, those commits are not written and the
-        member reads the partition again from the record (SEEK fires), so the record
-        is handled and dead-lettered again rather than lost."""
+        A step naming group records (`Step.dead_letter_of`, set by `dead_letter_step`
+        for an at-least-once group) holds their members' commits past them until its
+        writes are confirmed (the member commits later, `GroupMember.commit`):
+        refused, those commits are not written and the member reads the partition
+        again from the record (SEEK fires), so the record is handled and
+        dead-lettered again rather than lost."""
         hidden = self._position_groups()
         if (step.fence is not None or step.fences
                 or any(g not in hidden for g, _, _ in step.commits)):
@@ -1173,10 +1171,6 @@ class RabbitBackend:
             self._stream(tp.topic, tp.partition)
         for queue, _ in step.acks:
             self._known_queue(queue)
-        with self._lock:  # DLQ tools commit steps off the loop
-            origin = self._dead_letters.pop(id(step), None)
-        if origin is not None and origin[0] is not step:
-            origin = None
         tickets: list[Ticket] = []
         for exchange, messages in step.publishes:
             tickets.append(self.publish(exchange, messages).ticket)
@@ -1203,29 +1197,29 @@ class RabbitBackend:
                 by_queue.setdefault(queue, []).append(Ack(delivery_id))
             for queue, acks in by_queue.items():
                 ticket = ticket.max(self._settle(queue, acks, after=writes).ticket)
-        elif len(writes) > 1 or (writes and origin is not None):
+        elif len(writes) > 1 or (writes and step.dead_letter_of):
             # one ticket for every write of the step: it fails when any of them did
+            origins = step.dead_letter_of
             ticket = self._submit(_Command(0, after=writes, on_error=(
-                None if origin is None else functools.partial(self._dead_letter_failed,
-                                                              origin))))
-            if origin is not None:
-                _, group, tp, offset = origin
+                None if not origins else functools.partial(self._dead_letter_failed,
+                                                           origins))))
+            for group, tp, offset in origins:
                 for m in self._members:
                     if m.group == group and m.owns(tp):
                         m.hold(tp, offset, ticket.seq)
         return ticket
 
-    def _dead_letter_failed(self, origin: tuple[Step, str, TopicPartition, int],
+    def _dead_letter_failed(self, origins: tuple[tuple[str, TopicPartition, int], ...],
                             cmd: _Command, error: EngineError) -> None:
-        """I/O thread: the dead letter of a group's record was refused: its member
-        reads the partition again from the record (groups.RabbitMember.hold)."""
-        _, group, tp, offset = origin
-        log.warning("RabbitMQ %s: the dead letter of %s[%d]@%d (group %s) was refused (%s); "
-                    "the group does not commit past it and handles it again", self.target,
-                    tp.topic, tp.partition, offset, group, error)
-        for m in list(self._members):
-            if m.group == group:
-                m.dead_letter_refused(tp, cmd.seq)
+        """I/O thread: the dead letters of groups' records were refused: each member
+        reads its partition again from the record (groups.RabbitMember.hold)."""
+        for group, tp, offset in origins:
+            log.warning("RabbitMQ %s: the dead letter of %s[%d]@%d (group %s) was refused "
+                        "(%s); the group does not commit past it and handles it again",
+                        self.target, tp.topic, tp.partition, offset, group, error)
+            for m in list(self._members):
+                if m.group == group:
+                    m.dead_letter_refused(tp, cmd.seq)
 
     def _wait_written(self, ticket: Ticket) -> None:
         """Block until every write up to `ticket` is done; raise the error that failed
@@ -1248,8 +1242,9 @@ class RabbitBackend:
     ) -> Step:
         """The embedded engine's dead letter of a topic record (the same message: body,
         headers, message id; into a topic the same record: value, key, headers) as a
-        step of writes. For an at-least-once group it is remembered: committed as it
-        is, it holds the member's commits past the record (commit_step)."""
+        step of writes. For an at-least-once group it names the record
+        (`Step.dead_letter_of`): committed, it holds the member's commits past the
+        record until its writes are confirmed (commit_step)."""
         if to_topic is not None:
             if to_topic not in self._topology.topic_map():
                 raise NotFound(f"topic '{to_topic}' not found")
@@ -1265,12 +1260,8 @@ class RabbitBackend:
                 for q, ms in s.queue_puts))
         spec = self._topology.group_map().get(group)
         if spec is not None and spec.delivery is Delivery.AT_LEAST_ONCE:
-            with self._lock:
-                while len(self._dead_letters) >= DEAD_LETTERS_KEPT:  # built, not committed
-                    del self._dead_letters[next(iter(self._dead_letters))]
-                self._dead_letters[id(step)] = (
-                    step, group, TopicPartition(record.topic, record.partition),
-                    record.offset)
+            step = dataclasses.replace(step, dead_letter_of=(
+                (group, TopicPartition(record.topic, record.partition), record.offset),))
         return step
 
     # ================================================================ owner side helpers
