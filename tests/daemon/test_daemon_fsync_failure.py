@@ -36,12 +36,21 @@ queues:
 """
 
 
-def _parts(disk: SimDisk, opened: list[Engine]) -> Parts:
+def _engine_opener(
+    disk: SimDisk, opened: list[Engine],
+) -> Callable[[Topology, DaemonConfig, Clock], Engine]:
+    """Parts.open_engine on `disk` under --fsync always, each engine kept in `opened`."""
     def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
         engine = Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
                              fs=disk)
         opened.append(engine)
         return engine
+
+    return open_engine
+
+
+def _parts(disk: SimDisk, opened: list[Engine]) -> Parts:
+    open_engine = _engine_opener(disk, opened)
 
     def make_pipeline(
         backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,
@@ -231,11 +240,7 @@ def test_a_group_whose_offsets_log_failed_stops_visibly_and_loses_nothing(
     data = tmp_path / "data"
     offsets_log = f"{data}/__consumer_offsets/00000000000000000000.log"
 
-    def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
-        engine = Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
-                             fs=disk)
-        opened.append(engine)
-        return engine
+    open_engine = _engine_opener(disk, opened)
 
     def make_pipeline(
         backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,
