@@ -57,7 +57,7 @@ its foreign errors at its boundary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -69,7 +69,8 @@ __all__ = [
     "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
     "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
     "FanoutCounter", "Fence", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember",
-    "GroupPartition", "KeyWindow", "Outcome", "OutMessage", "OutRecord", "PartitionInfo",
+    "GroupPartition", "KeyWindow", "MergedPuts", "Outcome", "OutMessage", "OutRecord",
+    "PartitionInfo",
     "Producer", "Published", "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read",
     "Record", "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
     "Settled", "SharedKeys", "Step", "Steps", "StorageHealth", "Subscription", "Ticket",
@@ -823,6 +824,20 @@ class StorageHealth(Protocol):
     def failed_logs(self) -> dict[str, str]:
         """Logs refusing all reads and writes after a failed fsync, path -> why
         (LogFailed until a restart recovers them); empty when all is well."""
+        ...
+
+
+@runtime_checkable
+class MergedPuts(Protocol):
+    """Optional, beside Backend: puts merged with the other puts of the same turn of
+    the event loop (the embedded engine: one write per queue and one fsync wait for
+    many single-message HTTP requests; `runner.engine.merged`)."""
+
+    def put_merged(
+        self, queue: str, messages: Sequence[OutMessage],
+    ) -> Awaitable[tuple[tuple[str, ...], ...]]:
+        """`put` then `durable`: each message's routes once all are durable; the errors
+        of `put` (Refused with `accepted` counted in `messages`) and of `durable`."""
         ...
 
 

@@ -23,7 +23,7 @@ LogFailed of a failed fsync in the ticket's own flusher round only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from runner.engine.contract import (
 )
 from runner.engine.events import Subscription
 from runner.engine.facade import Engine
+from runner.engine.merged import PutMerger, Routes
 from runner.engine.records import kafka_headers, raw_headers
 from runner.engine.values import EngineStats, FsyncPolicy
 from runner.engine.values import OutRecord as EngineRecord
@@ -151,6 +152,7 @@ class EmbeddedBackend:
         # message copies one write may create (the daemon's --max-fanout; None: any)
         self.max_fanout = max_fanout
         self._members: dict[tuple[str, str], EmbeddedMember] = {}
+        self._merger = PutMerger(self, max_messages=min(1000, max_fanout or 1000))
 
     # ------------------------------------------------------------- basics
     @property
@@ -244,6 +246,10 @@ class EmbeddedBackend:
             f"limit of {limit} a handler call (--max-fanout); nothing of them was stored: "
             "publish fewer messages a call"
         )
+
+    # ------------------------------------------------------------- MergedPuts
+    def put_merged(self, queue: str, messages: Sequence[OutMessage]) -> Awaitable[Routes]:
+        return self._merger.put(queue, messages)
 
     # ------------------------------------------------------------- DeadLetterTopics
     def dlq_settled(self, topic: str) -> dict[int, set[int]]:

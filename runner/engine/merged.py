@@ -1,0 +1,231 @@
+"""Merged puts: the puts of one turn of the event loop stored as one write each
+queue and made durable under one ticket (the daemon's single-message HTTP path).
+
+Sixteen HTTP clients that each put one message per request hand the daemon
+sixteen requests that its event loop parses in the same turn. Put one by one,
+each pays the engine's whole write path: a broker call, its journal record
+(`pwrite`), a ticket handed to the flusher thread, and a wait of its own.
+`PutMerger.put` instead takes the request's messages and returns a future; at
+the end of the turn (`loop.call_soon`, which runs after every callback of
+the turn, so after every request parsed in it) all the messages taken for a
+queue are put as ONE batch: one broker call, one journal record and one
+ticket, and one `durable` wait resolves every request of the turn (a
+database's group commit; a Kafka producer's batch per partition, built on
+the server side).
+
+What each caller sees is what its own `put` + `durable` would have shown:
+
+* its routes, once its messages are durable (every ticket of the turn is
+  awaited as the highest one: tickets are ordered, see `runner.log.commits`);
+* Refused (a full `reject-publish` queue) with `accepted` counted in its own
+  messages, once what it took is durable; the callers merged before it are
+  stored, the callers after it are put again (each on its own merit: a queue
+  that took nothing more refuses them too);
+* any other refusal of a merged batch (an unknown queue, a bad header) puts
+  each caller's messages alone, so only the caller whose messages are at
+  fault gets the error -- those refusals store nothing (checked before the
+  first message is stored), so nothing is stored twice;
+* the storage error of a failed log or fsync: every caller of the batch gets
+  it (as a failed flusher round fails every ticket in it).
+
+Callers are merged per queue in the order they came; two requests of one
+client are never in one turn (it waits for the first answer), and requests
+in flight together have no order between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from runner.broker.results import PublishRefused
+from runner.engine.contract import OutMessage, Published, Ticket
+from runner.errors import EngineError, Refused, StorageError
+
+log = logging.getLogger(__name__)
+
+Routes = tuple[tuple[str, ...], ...]
+
+
+class PutTarget(Protocol):
+    """What the merger stores through (the embedded backend)."""
+
+    def put(self, queue: str, messages: Sequence[OutMessage]) -> Published: ...
+
+    def taken(self) -> Ticket: ...
+
+    async def durable(self, ticket: Ticket) -> None: ...
+
+
+class _Caller:
+    __slots__ = ("future", "messages", "outcome", "ticket")
+
+    def __init__(self, messages: Sequence[OutMessage], future: asyncio.Future[Routes]) -> None:
+        self.messages = messages
+        self.future = future
+        self.outcome: Routes | BaseException | None = None
+        self.ticket = Ticket.DONE  # what it took is durable once this is
+
+
+class PutMerger:
+    """Merges the puts of one turn of the event loop (see the module)."""
+
+    def __init__(self, target: PutTarget, *, max_messages: int = 1000) -> None:
+        self._target = target
+        self.max_messages = max_messages  # a merged batch holds at most this many
+        self._pending: dict[str, list[_Caller]] = {}
+        self._scheduled = False
+        self._settling: set[asyncio.Task[None]] = set()
+        self.batches = 0  # merged puts stored (for tests and stats)
+        self.callers = 0  # callers they served
+
+    def put(self, queue: str, messages: Sequence[OutMessage]) -> asyncio.Future[Routes]:
+        """The routes of `messages` put into `queue`, once they are durable (see the
+        module for the errors)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Routes] = loop.create_future()
+        callers = self._pending.get(queue)
+        if callers is None:
+            callers = self._pending[queue] = []
+        callers.append(_Caller(messages, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    # ------------------------------------------------------------------ storing
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        done: list[_Caller] = []
+        ticket = Ticket.DONE
+        for queue, callers in pending.items():
+            ticket = ticket.max(self._store(queue, callers))
+            done.extend(callers)
+        if not ticket.seq:
+            self._settle_now(done)
+            return
+        task = asyncio.get_running_loop().create_task(self._settle_when_durable(ticket, done))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    def _store(self, queue: str, callers: list[_Caller]) -> Ticket:
+        """Put the callers' messages in batches; set each one's outcome; the ticket
+        covering what was taken."""
+        ticket = Ticket.DONE
+        i = 0
+        while i < len(callers):
+            first = i
+            chunk = [callers[i]]
+            size = len(callers[i].messages)
+            for c in callers[i + 1:]:
+                if size + len(c.messages) > self.max_messages:
+                    break
+                chunk.append(c)
+                size += len(c.messages)
+            i += len(chunk)
+            if len(chunk) == 1:
+                ticket = ticket.max(self._store_alone(queue, chunk[0]))
+                continue
+            messages = [m for c in chunk for m in c.messages]
+            try:
+                published = self._target.put(queue, messages)
+            except Refused as exc:
+                taken = self._target.taken()
+                ticket = ticket.max(taken)
+                # the callers after the refused one took nothing: put them again
+                i = first + self._split_refused(queue, chunk, exc, taken)
+                continue
+            except StorageError as exc:  # a failed log: nothing more goes in
+                for c in chunk:
+                    c.outcome = exc
+                continue
+            except EngineError:
+                # refused whole before anything was stored: find whose it is
+                for c in chunk:
+                    ticket = ticket.max(self._store_alone(queue, c))
+                continue
+            self.batches += 1
+            self.callers += len(chunk)
+            ticket = ticket.max(published.ticket)
+            start = 0
+            for c in chunk:
+                end = start + len(c.messages)
+                c.outcome = published.routes[start:end]
+                c.ticket = published.ticket
+                start = end
+        return ticket
+
+    def _store_alone(self, queue: str, caller: _Caller) -> Ticket:
+        try:
+            published = self._target.put(queue, caller.messages)
+        except Refused as exc:
+            caller.outcome = exc
+            caller.ticket = self._target.taken()
+            return caller.ticket
+        except EngineError as exc:
+            caller.outcome = exc
+            return Ticket.DONE
+        caller.outcome = published.routes
+        caller.ticket = published.ticket
+        return published.ticket
+
+    def _split_refused(self, queue: str, chunk: list[_Caller], exc: Refused,
+                       taken: Ticket) -> int:
+        """A merged batch refused at message `exc.accepted`: the callers before it are
+        stored with their routes, the one holding it is refused with its own count;
+        the ones after it took nothing. How many callers of `chunk` are settled."""
+        stored: Sequence[tuple[str, ...]] = (
+            [tuple(r.destinations) for r in exc.routes] if isinstance(exc, PublishRefused)
+            else [(queue,)] * exc.accepted)  # a put's route: its queue
+        start = 0
+        for n, c in enumerate(chunk):
+            end = start + len(c.messages)
+            c.ticket = taken
+            if exc.accepted < end:
+                c.outcome = Refused(str(exc), accepted=exc.accepted - start, routed=exc.routed)
+                return n + 1
+            c.outcome = tuple(stored[start:end])
+            start = end
+        log.warning("a merged put refused past its last message: %s", exc)
+        return len(chunk)
+
+    async def _settle_when_durable(self, ticket: Ticket, callers: list[_Caller]) -> None:
+        target = self._target
+        failed: dict[int, BaseException | None] = {}
+        try:
+            await target.durable(ticket)  # every ticket of the turn is resolved then
+        except Exception as exc:  # noqa: BLE001 - the round's error, per ticket below
+            failed[ticket.seq] = exc
+        except BaseException:  # cancelled: a closing loop
+            for c in callers:
+                if not c.future.done():
+                    c.future.cancel()
+            raise
+        for c in callers:
+            seq = c.ticket.seq
+            if seq in failed or not seq:
+                continue
+            try:  # resolved already: only asks whether its flusher round failed
+                await target.durable(c.ticket)
+                failed[seq] = None
+            except Exception as exc:  # noqa: BLE001 - a failed fsync of its round
+                failed[seq] = exc
+        for c in callers:
+            error = failed.get(c.ticket.seq)
+            _settle_one(c, error if error is not None else c.outcome)
+
+    def _settle_now(self, callers: list[_Caller]) -> None:
+        for c in callers:
+            _settle_one(c, c.outcome)
+
+
+def _settle_one(c: _Caller, outcome: Routes | BaseException | None) -> None:
+    if c.future.done():  # its request was cancelled meanwhile
+        return
+    if isinstance(outcome, BaseException):
+        c.future.set_exception(outcome)
+    else:
+        c.future.set_result(outcome if outcome is not None else ())

@@ -1,0 +1,155 @@
+"""Merged puts (`runner.engine.merged`, `EmbeddedBackend.put_merged`): the puts of one
+turn of the event loop stored as one write per queue under one ticket, on a real
+engine under `--fsync always`; each caller sees what its own put + durable would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.clock import ManualClock
+from runner.engine import Engine, FsyncPolicy, OutMessage
+from runner.engine.contract import MergedPuts
+from runner.engine.embedded import EmbeddedBackend
+from runner.errors import InvalidRequest, LogFailed, NotFound, Refused
+from runner.topology.model import Overflow, Queue, Topology
+from tests.engine.test_engine_tickets import GatedFs
+
+TOPO = Topology(queues=(
+    ("q", Queue("q")),
+    ("q2", Queue("q2")),
+    ("full", Queue("full", max_length=3, overflow=Overflow.REJECT_PUBLISH)),
+))
+
+
+@pytest.fixture()
+def merged(tmp_path: Path) -> Iterator[tuple[EmbeddedBackend, GatedFs]]:
+    fs = GatedFs()
+    engine = Engine.open(TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
+                         fs=fs)  # type: ignore[arg-type]
+    yield EmbeddedBackend(engine), fs
+    fs.release.set()
+    with contextlib.suppress(Exception):
+        engine.close()
+
+
+def _msgs(*bodies: str, **kw: Any) -> list[OutMessage]:
+    return [OutMessage(body=b.encode(), **kw) for b in bodies]
+
+
+def _depth(backend: EmbeddedBackend, queue: str) -> int:
+    return len(backend.engine.broker.queues[queue])
+
+
+async def _outcomes(*calls: Any) -> list[Any]:
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+def test_the_embedded_backend_merges_puts() -> None:
+    assert issubclass(EmbeddedBackend, MergedPuts)
+
+
+def test_the_puts_of_one_turn_are_one_write_and_one_fsync(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, fs = merged
+
+    async def scenario() -> list[Any]:
+        # eight callers in one turn of the loop, a ninth into another queue
+        calls = [backend.put_merged("q", _msgs(f"m{i}")) for i in range(8)]
+        calls.append(backend.put_merged("q2", _msgs("a", "b")))
+        return await _outcomes(*calls)
+
+    before = fs.count("q")
+    outcomes = asyncio.run(scenario())
+    assert outcomes == [(("q",),)] * 8 + [(("q2",), ("q2",))]
+    merger = backend._merger
+    assert (merger.batches, merger.callers) == (1, 8)  # q2's caller was alone
+    assert fs.count("q") - before == 1  # one fsync covered the eight
+    assert _depth(backend, "q") == 8 and _depth(backend, "q2") == 2
+
+
+def test_no_caller_is_answered_before_its_fsync(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, fs = merged
+    fs.hold = "q"
+
+    async def scenario() -> None:
+        futures = [backend.put_merged("q", _msgs(f"m{i}")) for i in range(3)]
+        gathered = asyncio.gather(*futures)
+        while not fs.holding.is_set():  # the flusher is in the fsync of q
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in futures)  # written, not yet durable
+        fs.release.set()
+        assert await gathered == [(("q",),)] * 3
+
+    asyncio.run(scenario())
+
+
+def test_a_full_reject_publish_queue_refuses_exactly_the_callers_past_its_room(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, _ = merged
+
+    async def scenario() -> list[Any]:
+        return await _outcomes(
+            backend.put_merged("full", _msgs("a")),
+            backend.put_merged("full", _msgs("b", "c", "d")),  # room for two of its three
+            backend.put_merged("full", _msgs("e")),  # put again alone: refused too
+        )
+
+    first, second, third = asyncio.run(scenario())
+    assert first == (("full",),)
+    assert isinstance(second, Refused) and second.accepted == 2
+    assert "queue 'full' is full" in str(second)
+    assert isinstance(third, Refused) and third.accepted == 0
+    assert _depth(backend, "full") == 3
+    bodies = [m.body for m in backend.fetch("full", 10, lease_s=30, consumer_id="t")]
+    assert bodies == [b"a", b"b", b"c"]
+
+
+def test_a_caller_at_fault_fails_alone_and_the_others_are_stored_once(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, _ = merged
+    bad = OutMessage(body=b"x", headers={"h": {1, 2}})  # a set is no header value
+
+    async def scenario() -> list[Any]:
+        return await _outcomes(
+            backend.put_merged("q", _msgs("a")),
+            backend.put_merged("q", [OutMessage(body=b"y"), bad]),
+            backend.put_merged("q", _msgs("b")),
+            backend.put_merged("nope", _msgs("c")),
+        )
+
+    first, second, third, fourth = asyncio.run(scenario())
+    assert first == third == (("q",),)
+    assert isinstance(second, InvalidRequest)
+    assert str(second).startswith("message 1: ")  # counted in its own messages
+    assert isinstance(fourth, NotFound)
+    bodies = [m.body for m in backend.fetch("q", 10, lease_s=30, consumer_id="t")]
+    assert bodies == [b"a", b"b"]
+
+
+def test_a_failed_fsync_fails_every_caller_of_its_round(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, fs = merged
+    fs.fail = "q"
+
+    async def scenario() -> list[Any]:
+        first = await _outcomes(*(backend.put_merged("q", _msgs(f"m{i}")) for i in range(4)))
+        # the failed log refuses from then on; another log goes on
+        return first + await _outcomes(backend.put_merged("q", _msgs("later")),
+                                       backend.put_merged("q2", _msgs("other")))
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, LogFailed) for o in outcomes[:5]), outcomes
+    assert outcomes[5] == (("q2",),)
