@@ -69,7 +69,7 @@ __all__ = [
     "Ack", "Admin", "Appended", "Backend", "BackendStats", "Capability", "Coordinator",
     "DeadLetter", "DeadLetterTopics", "DLQ_POSITION_PREFIX", "EMPTY_HEADERS", "Event", "EventKind",
     "FanoutCounter", "Fence", "Flushable", "FsyncPolicy", "GroupInfo", "GroupMember",
-    "GroupPartition", "KeyWindow", "MergedPuts", "Outcome", "OutMessage", "OutRecord",
+    "GroupPartition", "KeyWindow", "MergedWrites", "Outcome", "OutMessage", "OutRecord",
     "PartitionInfo",
     "Producer", "Published", "QueueConsumer", "QueueDelivery", "QueueInfo", "QueueStats", "Read",
     "Record", "REPLAY_PREFIX", "ReplayOutcome", "Requeue", "Retry", "RouteExplainer", "RouteHop",
@@ -828,16 +828,23 @@ class StorageHealth(Protocol):
 
 
 @runtime_checkable
-class MergedPuts(Protocol):
-    """Optional, beside Backend: puts merged with the other puts of the same turn of
-    the event loop (the embedded engine: one write per queue and one fsync wait for
-    many single-message HTTP requests; `runner.engine.merged`)."""
+class MergedWrites(Protocol):
+    """Optional, beside Backend: puts and publishes merged with the others of the same
+    turn of the event loop (the embedded engine: one write per queue or exchange and
+    one fsync wait for many small HTTP requests; `runner.engine.merged`)."""
 
     def put_merged(
         self, queue: str, messages: Sequence[OutMessage],
     ) -> Awaitable[tuple[tuple[str, ...], ...]]:
         """`put` then `durable`: each message's routes once all are durable; the errors
         of `put` (Refused with `accepted` counted in `messages`) and of `durable`."""
+        ...
+
+    def publish_merged(
+        self, exchange: str, messages: Sequence[OutMessage], copies: int,
+    ) -> Awaitable[tuple[tuple[str, ...], ...]]:
+        """`publish` then `durable`, as `put_merged`; `copies`: how many copies the
+        messages make (`FanoutCounter.fanout`), which bounds a merged batch."""
         ...
 
 

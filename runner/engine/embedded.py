@@ -58,7 +58,7 @@ from runner.engine.contract import (
 )
 from runner.engine.events import Subscription
 from runner.engine.facade import Engine
-from runner.engine.merged import PutMerger, Routes
+from runner.engine.merged import Routes, WriteMerger
 from runner.engine.records import kafka_headers, raw_headers
 from runner.engine.values import EngineStats, FsyncPolicy
 from runner.engine.values import OutRecord as EngineRecord
@@ -152,7 +152,7 @@ class EmbeddedBackend:
         # message copies one write may create (the daemon's --max-fanout; None: any)
         self.max_fanout = max_fanout
         self._members: dict[tuple[str, str], EmbeddedMember] = {}
-        self._merger = PutMerger(self, max_messages=min(1000, max_fanout or 1000))
+        self._merger = WriteMerger(self, max_copies=min(1000, max_fanout or 1000))
 
     # ------------------------------------------------------------- basics
     @property
@@ -247,9 +247,13 @@ class EmbeddedBackend:
             "publish fewer messages a call"
         )
 
-    # ------------------------------------------------------------- MergedPuts
+    # ------------------------------------------------------------- MergedWrites
     def put_merged(self, queue: str, messages: Sequence[OutMessage]) -> Awaitable[Routes]:
         return self._merger.put(queue, messages)
+
+    def publish_merged(self, exchange: str, messages: Sequence[OutMessage],
+                       copies: int) -> Awaitable[Routes]:
+        return self._merger.publish(exchange, messages, copies)
 
     # ------------------------------------------------------------- DeadLetterTopics
     def dlq_settled(self, topic: str) -> dict[int, set[int]]:

@@ -1,43 +1,49 @@
-"""Merged puts: the puts of one turn of the event loop stored as one write each
-queue and made durable under one ticket (the daemon's single-message HTTP path).
+"""Merged writes: the small puts and publishes of one turn of the event loop
+stored as one write each queue (or exchange) and made durable under one ticket
+(the daemon's single-message HTTP path).
 
 Sixteen HTTP clients that each put one message per request hand the daemon
-sixteen requests that its event loop parses in the same turn. Put one by one,
-each pays the engine's whole write path: a broker call, its journal record
-(`pwrite`), a ticket handed to the flusher thread, and a wait of its own.
-`PutMerger.put` instead takes the request's messages and returns a future; at
-the end of the turn (`loop.call_soon`, which runs after every callback of
-the turn, so after every request parsed in it) all the messages taken for a
-queue are put as ONE batch: one broker call, one journal record and one
-ticket, and one `durable` wait resolves every request of the turn (a
-database's group commit; a Kafka producer's batch per partition, built on
-the server side).
+sixteen requests that its event loop parses in the same turn. Stored one by
+one, each pays the engine's whole write path: a broker call, its journal
+record (`pwrite`), a ticket handed to the flusher thread, and a wait of its
+own. `WriteMerger.put` / `publish` instead take the request's messages and
+return a future; at the end of the turn (`loop.call_soon`, which runs after
+every callback of the turn, so after every request parsed in it) all the
+messages taken for one queue (or one exchange) are stored as ONE batch: one
+broker call, one journal record and one ticket, and one `durable` wait
+resolves every request of the turn (a database's group commit; a Kafka
+producer's batch per partition, built on the server side).
 
-What each caller sees is what its own `put` + `durable` would have shown:
+What each caller sees is what its own write + `durable` would have shown:
 
-* its routes, once its messages are durable (every ticket of the turn is
-  awaited as the highest one: tickets are ordered, see `runner.log.commits`);
+* its routes, once its messages are durable (the highest ticket of the turn
+  is awaited, then each caller's own ticket is asked whether its flusher
+  round failed);
 * Refused (a full `reject-publish` queue) with `accepted` counted in its own
   messages, once what it took is durable; the callers merged before it are
-  stored, the callers after it are put again (each on its own merit: a queue
-  that took nothing more refuses them too);
-* any other refusal of a merged batch (an unknown queue, a bad header) puts
-  each caller's messages alone, so only the caller whose messages are at
-  fault gets the error -- those refusals store nothing (checked before the
-  first message is stored), so nothing is stored twice;
-* the storage error of a failed log or fsync: every caller of the batch gets
-  it (as a failed flusher round fails every ticket in it).
+  stored (with their routes, from the broker's PublishRefused), the callers
+  after it are stored again (each on its own merit: a queue that took
+  nothing more refuses them too);
+* any other refusal of a merged batch (an unknown queue or exchange, a bad
+  header, the fanout cap) stores each caller's messages alone, so only the
+  caller whose messages are at fault gets the error -- those refusals store
+  nothing (they are checked before the first message is stored), so nothing
+  is stored twice;
+* the storage error of a failed log: every caller of the batch gets it, and
+  a failed fsync fails every caller whose ticket was in that flusher round
+  (as without merging).
 
-Callers are merged per queue in the order they came; two requests of one
-client are never in one turn (it waits for the first answer), and requests
-in flight together have no order between them.
+Callers are merged per destination in the order they came; two requests of
+one client are never in one turn (it waits for the first answer), and
+requests in flight together have no order between them. A merged batch
+makes at most `max_copies` message copies (the daemon's --max-fanout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from runner.broker.results import PublishRefused
@@ -49,10 +55,12 @@ log = logging.getLogger(__name__)
 Routes = tuple[tuple[str, ...], ...]
 
 
-class PutTarget(Protocol):
+class WriteTarget(Protocol):
     """What the merger stores through (the embedded backend)."""
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> Published: ...
+
+    def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published: ...
 
     def taken(self) -> Ticket: ...
 
@@ -60,36 +68,51 @@ class PutTarget(Protocol):
 
 
 class _Caller:
-    __slots__ = ("future", "messages", "outcome", "ticket")
+    __slots__ = ("copies", "future", "messages", "outcome", "ticket")
 
-    def __init__(self, messages: Sequence[OutMessage], future: asyncio.Future[Routes]) -> None:
+    def __init__(self, messages: Sequence[OutMessage], copies: int,
+                 future: asyncio.Future[Routes]) -> None:
         self.messages = messages
+        self.copies = copies
         self.future = future
         self.outcome: Routes | BaseException | None = None
         self.ticket = Ticket.DONE  # what it took is durable once this is
 
 
-class PutMerger:
-    """Merges the puts of one turn of the event loop (see the module)."""
+PUT, PUBLISH = "put", "publish"
 
-    def __init__(self, target: PutTarget, *, max_messages: int = 1000) -> None:
+
+class WriteMerger:
+    """Merges the puts and publishes of one turn of the event loop (see the module)."""
+
+    def __init__(self, target: WriteTarget, *, max_copies: int = 1000) -> None:
         self._target = target
-        self.max_messages = max_messages  # a merged batch holds at most this many
-        self._pending: dict[str, list[_Caller]] = {}
+        self.max_copies = max_copies  # a merged batch makes at most this many copies
+        self._pending: dict[tuple[str, str], list[_Caller]] = {}
         self._scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
-        self.batches = 0  # merged puts stored (for tests and stats)
-        self.callers = 0  # callers they served
+        self.batches = 0  # merged batches tried (for tests and stats)
+        self.callers = 0  # callers that merged batches stored
 
     def put(self, queue: str, messages: Sequence[OutMessage]) -> asyncio.Future[Routes]:
         """The routes of `messages` put into `queue`, once they are durable (see the
         module for the errors)."""
+        return self._take(PUT, queue, messages, len(messages))
+
+    def publish(self, exchange: str, messages: Sequence[OutMessage],
+                copies: int) -> asyncio.Future[Routes]:
+        """The routes of `messages` published through `exchange`, once they are
+        durable; `copies`: how many they make (the queues and topics reached)."""
+        return self._take(PUBLISH, exchange, messages, copies)
+
+    def _take(self, kind: str, name: str, messages: Sequence[OutMessage],
+              copies: int) -> asyncio.Future[Routes]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Routes] = loop.create_future()
-        callers = self._pending.get(queue)
+        callers = self._pending.get((kind, name))
         if callers is None:
-            callers = self._pending[queue] = []
-        callers.append(_Caller(messages, future))
+            callers = self._pending[(kind, name)] = []
+        callers.append(_Caller(messages, copies, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -101,8 +124,8 @@ class PutMerger:
         pending, self._pending = self._pending, {}
         done: list[_Caller] = []
         ticket = Ticket.DONE
-        for queue, callers in pending.items():
-            ticket = ticket.max(self._store(queue, callers))
+        for (kind, name), callers in pending.items():
+            ticket = ticket.max(self._store(kind, name, callers))
             done.extend(callers)
         if not ticket.seq:
             self._settle_now(done)
@@ -111,32 +134,34 @@ class PutMerger:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    def _store(self, queue: str, callers: list[_Caller]) -> Ticket:
-        """Put the callers' messages in batches; set each one's outcome; the ticket
+    def _store(self, kind: str, name: str, callers: list[_Caller]) -> Ticket:
+        """Store the callers' messages in batches; set each one's outcome; the ticket
         covering what was taken."""
+        store = self._target.put if kind == PUT else self._target.publish
         ticket = Ticket.DONE
         i = 0
         while i < len(callers):
             first = i
             chunk = [callers[i]]
-            size = len(callers[i].messages)
+            size = callers[i].copies
             for c in callers[i + 1:]:
-                if size + len(c.messages) > self.max_messages:
+                if size + c.copies > self.max_copies:
                     break
                 chunk.append(c)
-                size += len(c.messages)
+                size += c.copies
             i += len(chunk)
             if len(chunk) == 1:
-                ticket = ticket.max(self._store_alone(queue, chunk[0]))
+                ticket = ticket.max(self._store_alone(store, name, chunk[0]))
                 continue
             messages = [m for c in chunk for m in c.messages]
+            self.batches += 1
             try:
-                published = self._target.put(queue, messages)
+                published = store(name, messages)
             except Refused as exc:
                 taken = self._target.taken()
                 ticket = ticket.max(taken)
                 # the callers after the refused one took nothing: put them again
-                i = first + self._split_refused(queue, chunk, exc, taken)
+                i = first + self._split_refused(kind, name, chunk, exc, taken)
                 continue
             except StorageError as exc:  # a failed log: nothing more goes in
                 for c in chunk:
@@ -145,9 +170,8 @@ class PutMerger:
             except EngineError:
                 # refused whole before anything was stored: find whose it is
                 for c in chunk:
-                    ticket = ticket.max(self._store_alone(queue, c))
+                    ticket = ticket.max(self._store_alone(store, name, c))
                 continue
-            self.batches += 1
             self.callers += len(chunk)
             ticket = ticket.max(published.ticket)
             start = 0
@@ -158,9 +182,10 @@ class PutMerger:
                 start = end
         return ticket
 
-    def _store_alone(self, queue: str, caller: _Caller) -> Ticket:
+    def _store_alone(self, store: Callable[[str, Sequence[OutMessage]], Published], name: str,
+                     caller: _Caller) -> Ticket:
         try:
-            published = self._target.put(queue, caller.messages)
+            published = store(name, caller.messages)
         except Refused as exc:
             caller.outcome = exc
             caller.ticket = self._target.taken()
@@ -172,14 +197,14 @@ class PutMerger:
         caller.ticket = published.ticket
         return published.ticket
 
-    def _split_refused(self, queue: str, chunk: list[_Caller], exc: Refused,
+    def _split_refused(self, kind: str, name: str, chunk: list[_Caller], exc: Refused,
                        taken: Ticket) -> int:
         """A merged batch refused at message `exc.accepted`: the callers before it are
         stored with their routes, the one holding it is refused with its own count;
         the ones after it took nothing. How many callers of `chunk` are settled."""
         stored: Sequence[tuple[str, ...]] = (
             [tuple(r.destinations) for r in exc.routes] if isinstance(exc, PublishRefused)
-            else [(queue,)] * exc.accepted)  # a put's route: its queue
+            else [(name,) if kind == PUT else ()] * exc.accepted)  # a put's route: its queue
         start = 0
         for n, c in enumerate(chunk):
             end = start + len(c.messages)

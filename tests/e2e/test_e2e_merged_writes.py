@@ -1,4 +1,4 @@
-"""Single-message puts sent at once to a real `--fsync always` daemon: the daemon
+"""Single-message puts and publishes sent at once to a real `--fsync always` daemon: the daemon
 merges the ones it reads in one turn of its loop (`runner.engine.merged`); each
 client still gets its own answer, nothing is stored twice, and every 202 survives
 kill -9."""
@@ -16,9 +16,17 @@ from tests.e2e.conftest import Answer, Daemon, make_daemon
 
 TOPOLOGY = """\
 version: 1
+exchanges:
+  events: {type: topic}
 queues:
   work: {durable: true}
   tight: {durable: true, max_length: 5, overflow: reject-publish}
+  seen: {durable: true}
+topics:
+  log: {partitions: 1}
+bindings:
+  - {exchange: events, queue: seen, routing_key: "ev.#"}
+  - {exchange: events, topic: log, routing_key: "ev.#"}
 """
 
 
@@ -84,3 +92,18 @@ def test_a_batch_cut_by_the_full_queue_counts_what_it_stored(daemon: Daemon) -> 
     assert refused.body["accepted"] == 1  # room for 5: two batches of 2, then one more
     stored = _drain(daemon, "tight")
     assert len(stored) == 5
+
+
+def test_concurrent_publishes_through_an_exchange_reach_queue_and_topic_once_each(
+    daemon: Daemon,
+) -> None:
+    answers = _at_once(16, lambda i: daemon.post(
+        "/v1/exchanges/events/messages", {"routing_key": "ev.x", "body": {"n": i}}))
+    assert all(a.status == 202 and sorted(a.body["routed"]) == ["log", "seen"]
+               for a in answers), [(a.status, a.body) for a in answers]
+    daemon.signal(signal.SIGKILL)
+    daemon.wait(10)
+    daemon.start()
+    assert sorted(b["n"] for b in _drain(daemon, "seen")) == list(range(16))  # type: ignore[index]
+    got = daemon.ok("GET", "/v1/topics/log/partitions/0/records?offset=0")
+    assert sorted(r["value"]["n"] for r in got["records"]) == list(range(16))

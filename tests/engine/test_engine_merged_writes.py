@@ -1,6 +1,7 @@
-"""Merged puts (`runner.engine.merged`, `EmbeddedBackend.put_merged`): the puts of one
-turn of the event loop stored as one write per queue under one ticket, on a real
-engine under `--fsync always`; each caller sees what its own put + durable would."""
+"""Merged writes (`runner.engine.merged`, `EmbeddedBackend.put_merged` / `publish_merged`):
+the puts and publishes of one turn of the event loop stored as one write per queue
+(or exchange) under one ticket, on a real engine under `--fsync always`; each caller
+sees what its own write + durable would."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pytest
 
 from runner.clock import ManualClock
 from runner.engine import Engine, FsyncPolicy, OutMessage
-from runner.engine.contract import MergedPuts
+from runner.engine.contract import MergedWrites
 from runner.engine.embedded import EmbeddedBackend
 from runner.errors import InvalidRequest, LogFailed, NotFound, Refused
-from runner.topology.model import Overflow, Queue, Topology
+from runner.topology.model import Binding, Exchange, ExchangeType, Overflow, Queue, Topology
 from tests.engine.test_engine_tickets import GatedFs
 
 TOPO = Topology(queues=(
@@ -50,8 +51,8 @@ async def _outcomes(*calls: Any) -> list[Any]:
     return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
-def test_the_embedded_backend_merges_puts() -> None:
-    assert issubclass(EmbeddedBackend, MergedPuts)
+def test_the_embedded_backend_merges_writes() -> None:
+    assert issubclass(EmbeddedBackend, MergedWrites)
 
 
 def test_the_puts_of_one_turn_are_one_write_and_one_fsync(
@@ -153,3 +154,39 @@ def test_a_failed_fsync_fails_every_caller_of_its_round(
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, LogFailed) for o in outcomes[:5]), outcomes
     assert outcomes[5] == (("q2",),)
+
+
+PUBLISH_TOPO = Topology(
+    exchanges=(("fx", Exchange("fx", type=ExchangeType.FANOUT)),),
+    queues=(("wide", Queue("wide")),
+            ("small", Queue("small", max_length=2, overflow=Overflow.REJECT_PUBLISH))),
+    bindings=(Binding(exchange="fx", queue="wide"), Binding(exchange="fx", queue="small")),
+)
+
+
+def test_publishes_through_an_exchange_merge_and_a_refusal_splits_by_caller(
+    tmp_path: Path,
+) -> None:
+    engine = Engine.open(PUBLISH_TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
+    backend = EmbeddedBackend(engine)
+    try:
+        async def scenario() -> list[Any]:
+            return await _outcomes(
+                backend.publish_merged("fx", _msgs("a"), 2),
+                backend.publish_merged("fx", _msgs("b", "c"), 4),  # small has room for b only
+                backend.publish_merged("fx", _msgs("d"), 2),
+                backend.publish_merged("nope", _msgs("e"), 1),
+            )
+
+        first, second, third, fourth = asyncio.run(scenario())
+        assert [sorted(r) for r in first] == [["small", "wide"]]
+        assert isinstance(second, Refused) and second.accepted == 1
+        assert second.routed == ("wide",)  # c reached wide before small refused it
+        assert isinstance(third, Refused) and third.accepted == 0
+        assert isinstance(fourth, NotFound)
+        assert backend._merger.batches == 1
+        small = [m.body for m in backend.fetch("small", 10, lease_s=30, consumer_id="t")]
+        wide = [m.body for m in backend.fetch("wide", 10, lease_s=30, consumer_id="t")]
+        assert (small, wide) == ([b"a", b"b"], [b"a", b"b", b"c", b"d"])
+    finally:
+        engine.close()
