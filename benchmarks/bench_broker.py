@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from runner.broker.broker import Broker  # noqa: E402
-from runner.broker.message import Message  # noqa: E402
+from runner.broker.message import DELAYED, READY, Message  # noqa: E402
 from runner.clock import SystemClock  # noqa: E402
 from runner.log.record import Fsync  # noqa: E402
 from runner.log.segment import SegmentedLog  # noqa: E402
@@ -133,6 +133,40 @@ def run_log(total: int, batch: int) -> float:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def next_timer_costs(waiting: int) -> tuple[float, float]:
+    """Microseconds per `Broker.next_due()` (what the daemon asks after every tick)
+    with `waiting` ready messages with a TTL, as many delayed retries and as many
+    delivered ones (stale heap entries), against the full scan of every heap entry
+    that answered it before (issue 10 "timer_due is coarse")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Broker(Path(tmp), fsync="never", clock=SystemClock())
+        b.declare([], [Queue("ttl", durable=False)], [])
+        b.publish_to_queue("ttl", [Message(b"x", "ttl", ttl_s=60.0 + i % 97)
+                                   for i in range(3 * waiting)])
+        got = b.pull("ttl", 2 * waiting, lease_s=600.0, consumer_id="bench")
+        for d in got[:waiting]:
+            b.retry_later("ttl", d.delivery_id, 30.0)  # delayed; the rest stay delivered
+        mq = b.queues["ttl"]
+
+        def scan() -> float | None:  # the old answer: every entry, every call
+            due = [t for t, _, m in mq.expiries if m.state == READY]
+            due += [t for t, _, m in mq.delayed if m.state == DELAYED]
+            return min(due) if due else None
+
+        assert b.next_due() == scan()
+        calls = 200
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            b.next_due()
+        fast = (time.perf_counter() - t0) / calls * 1e6
+        t0 = time.perf_counter()
+        for _ in range(calls // 20):
+            scan()
+        slow = (time.perf_counter() - t0) / (calls // 20) * 1e6
+        b.close()
+    return fast, slow
+
+
 def median_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(runs))
 
@@ -173,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     never = median_of(runs, lambda: run_broker(total // 2, batch, "never", durable=True))
     split = {f: [run_consume(total // 2, batch, f) for _ in range(runs)]
              for f in ("always", "interval")}
+    timers = [next_timer_costs(mem_n // 2) for _ in range(runs)]
     mem = memory_per_message(mem_n, durable=False)
     mem_d = memory_per_message(mem_n, durable=True)
 
@@ -190,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  durable, fsync={f:<8}: publish {statistics.median(p for p, _ in got):>11,.0f}"
               f" msg/s, then pull (with a lease) + ack "
               f"{statistics.median(c for _, c in got):>11,.0f} msg/s")
+    fast = statistics.median(f for f, _ in timers)
+    slow = statistics.median(s for _, s in timers)
+    print(f"  next timer (Broker.next_due) with {mem_n // 2:,} ready TTL messages, as many "
+          f"delayed and delivered: {fast:,.1f} us a call vs {slow:,.0f} us scanning every "
+          f"entry ({slow / fast:,.0f}x)")
     print(f"  memory per queued message beyond its body: {mem:.0f} B in memory queue, "
           f"{mem_d:.0f} B durable queue (target < 200 B)")
     return 0

@@ -34,7 +34,6 @@ from runner.broker.headers import check_headers
 from runner.broker.journal import LazySpill, QueueLog
 from runner.broker.message import (
     DELAYED,
-    READY,
     Delivery,
     Publishable,
     QueuedMessage,
@@ -767,14 +766,15 @@ class Broker:
 
     def next_due(self) -> float | None:
         """The earliest wall-clock time at which `tick` may have queue work: a TTL
-        expiry or a delayed retry coming due (None when nothing waits on time).
-        Scans every waiting entry (stale ones, whose message is gone, are skipped):
-        meant for simulations, not for the daemon's tick loop."""
-        due = [t for mq in self.queues.values() for t, _, msg in mq.expiries
-               if msg.state == READY]
-        due += [t for mq in self.queues.values() for t, _, msg in mq.delayed
-                if msg.state == DELAYED]
-        return min(due) if due else None
+        expiry or a delayed retry coming due (None when nothing waits on time). The
+        daemon asks after every tick: each queue answers from its heaps' tops
+        (`MessageQueue.next_due`), without scanning its waiting messages."""
+        due: float | None = None
+        for mq in self.queues.values():
+            t = mq.next_due()
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
 
     def compact(self, *, force: bool = False) -> None:
         """Drop settled history from the queue logs (and spilled bodies no longer used)."""

@@ -671,6 +671,23 @@ class MessageQueue:
                     dq.popleft()  # let expired heads go now, not at the next delivery
         return n
 
+    def next_due(self) -> float | None:
+        """The earliest TTL expiry of a ready message or delayed retry coming due (None:
+        nothing waits on time). Heap tops of messages that left (delivered, settled,
+        purged) are dropped on the way -- a message that is ready or delayed again is
+        pushed again -- so a call costs O(1) amortized, not a scan of every entry."""
+        exp = self.expiries
+        while exp and exp[0][2].state != READY:
+            heapq.heappop(exp)
+        delayed = self.delayed
+        while delayed and delayed[0][2].state != DELAYED:
+            heapq.heappop(delayed)
+        if exp and delayed:
+            return min(exp[0][0], delayed[0][0])
+        if exp:
+            return exp[0][0]
+        return delayed[0][0] if delayed else None
+
     def due_retries(self, now: float) -> list[QueuedMessage]:
         """Delayed messages whose time has come, removed from the delay heap."""
         out: list[QueuedMessage] = []
