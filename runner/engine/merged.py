@@ -122,11 +122,19 @@ class WriteMerger:
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, {}
-        done: list[_Caller] = []
+        done = [c for callers in pending.values() for c in callers]
         ticket = Ticket.DONE
-        for (kind, name), callers in pending.items():
-            ticket = ticket.max(self._store(kind, name, callers))
-            done.extend(callers)
+        try:
+            for (kind, name), callers in pending.items():
+                ticket = ticket.max(self._store(kind, name, callers))
+        except BaseException as exc:  # a bug, or the loop stopping: answer everyone
+            log.exception("merged writes failed")
+            for c in done:
+                if c.outcome is None:
+                    c.outcome = exc
+            if not isinstance(exc, Exception):
+                self._settle_now(done)
+                raise
         if not ticket.seq:
             self._settle_now(done)
             return
@@ -158,7 +166,7 @@ class WriteMerger:
             try:
                 published = store(name, messages)
             except Refused as exc:
-                taken = self._target.taken()
+                taken = self._taken()
                 ticket = ticket.max(taken)
                 # the callers after the refused one took nothing: put them again
                 i = first + self._split_refused(kind, name, chunk, exc, taken)
@@ -171,6 +179,12 @@ class WriteMerger:
                 # refused whole before anything was stored: find whose it is
                 for c in chunk:
                     ticket = ticket.max(self._store_alone(store, name, c))
+                continue
+            except Exception as exc:  # not the engine's: what was stored is not known
+                log.exception("a merged write to '%s' failed", name)
+                for c in chunk:
+                    c.outcome = exc
+                ticket = ticket.max(self._taken())
                 continue
             self.callers += len(chunk)
             ticket = ticket.max(published.ticket)
@@ -188,14 +202,27 @@ class WriteMerger:
             published = store(name, caller.messages)
         except Refused as exc:
             caller.outcome = exc
-            caller.ticket = self._target.taken()
+            caller.ticket = self._taken()
             return caller.ticket
         except EngineError as exc:
             caller.outcome = exc
             return Ticket.DONE
+        except Exception as exc:  # not the engine's: what was stored is not known
+            log.exception("a write to '%s' failed", name)
+            caller.outcome = exc
+            return self._taken()
         caller.outcome = published.routes
         caller.ticket = published.ticket
         return published.ticket
+
+    def _taken(self) -> Ticket:
+        """The ticket of everything taken so far (what a write refused part-way
+        stored is durable once it is); DONE when even that fails (a closed engine)."""
+        try:
+            return self._target.taken()
+        except Exception:  # noqa: BLE001 - the caller's own error is the one to report
+            log.debug("no ticket for what was taken", exc_info=True)
+            return Ticket.DONE
 
     def _split_refused(self, kind: str, name: str, chunk: list[_Caller], exc: Refused,
                        taken: Ticket) -> int:
@@ -250,7 +277,9 @@ class WriteMerger:
 def _settle_one(c: _Caller, outcome: Routes | BaseException | None) -> None:
     if c.future.done():  # its request was cancelled meanwhile
         return
+    if outcome is None:  # never stored (cannot happen: every caller gets an outcome)
+        outcome = StorageError("the write was not stored")
     if isinstance(outcome, BaseException):
         c.future.set_exception(outcome)
     else:
-        c.future.set_result(outcome if outcome is not None else ())
+        c.future.set_result(outcome)
