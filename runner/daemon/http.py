@@ -633,8 +633,18 @@ async def append_topic(request: web.Request) -> web.Response:
         check_lag(host.backend, host.topology, name)
     durable = _Writes(host.backend)
     with Traced(request, "topic", name, recs) as traced:
+        store = traced.wrap(durable.append)
+        merged = host.backend
+        if (recs and store == durable.append and len(recs) <= MERGED_MAX
+                and _merges_writes(merged)):
+            # appended with the other small appends of this turn of the loop
+            try:
+                positions = await merged.append_merged(name, recs)
+            finally:
+                host.notify()
+            return answer(offsets_json(positions), 202)
         try:
-            offsets = traced.wrap(durable.append)(name, recs) if recs else []
+            offsets = store(name, recs) if recs else []
         finally:
             host.notify()
         await durable.wait()

@@ -829,9 +829,10 @@ class StorageHealth(Protocol):
 
 @runtime_checkable
 class MergedWrites(Protocol):
-    """Optional, beside Backend: puts and publishes merged with the others of the same
-    turn of the event loop (the embedded engine: one write per queue or exchange and
-    one fsync wait for many small HTTP requests; `runner.engine.merged`)."""
+    """Optional, beside Backend: puts, publishes and appends merged with the others of
+    the same turn of the event loop (the embedded engine: one write per queue,
+    exchange or topic and one fsync wait for many small HTTP requests;
+    `runner.engine.merged`)."""
 
     def put_merged(
         self, queue: str, messages: Sequence[OutMessage],
@@ -845,6 +846,14 @@ class MergedWrites(Protocol):
     ) -> Awaitable[tuple[tuple[str, ...], ...]]:
         """`publish` then `durable`, as `put_merged`; `copies`: how many copies the
         messages make (`FanoutCounter.fanout`), which bounds a merged batch."""
+        ...
+
+    def append_merged(
+        self, topic: str, records: Sequence[OutRecord],
+    ) -> Awaitable[tuple[tuple[int, int], ...]]:
+        """`append` then `durable`: each record's (partition, offset) once all are
+        durable; the errors of `append` and `durable`. Not for an idempotent
+        producer's records (`producer_id`): its sequences are checked per batch."""
         ...
 
 

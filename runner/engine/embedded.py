@@ -58,7 +58,7 @@ from runner.engine.contract import (
 )
 from runner.engine.events import Subscription
 from runner.engine.facade import Engine
-from runner.engine.merged import Routes, WriteMerger
+from runner.engine.merged import Positions, Routes, WriteMerger
 from runner.engine.records import kafka_headers, raw_headers
 from runner.engine.values import EngineStats, FsyncPolicy
 from runner.engine.values import OutRecord as EngineRecord
@@ -254,6 +254,9 @@ class EmbeddedBackend:
     def publish_merged(self, exchange: str, messages: Sequence[OutMessage],
                        copies: int) -> Awaitable[Routes]:
         return self._merger.publish(exchange, messages, copies)
+
+    def append_merged(self, topic: str, records: Sequence[OutRecord]) -> Awaitable[Positions]:
+        return self._merger.append(topic, records)
 
     # ------------------------------------------------------------- DeadLetterTopics
     def dlq_settled(self, topic: str) -> dict[int, set[int]]:

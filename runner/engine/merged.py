@@ -44,15 +44,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from runner.broker.results import PublishRefused
-from runner.engine.contract import OutMessage, Published, Ticket
+from runner.engine.contract import Appended, OutMessage, OutRecord, Published, Ticket
 from runner.errors import EngineError, Refused, StorageError
 
 log = logging.getLogger(__name__)
 
-Routes = tuple[tuple[str, ...], ...]
+Routes = tuple[tuple[str, ...], ...]  # per message, the queues and topics it reached
+Positions = tuple[tuple[int, int], ...]  # per record, its partition and offset
+Item = OutMessage | OutRecord
+Results = tuple[Any, ...]  # Routes or Positions
 
 
 class WriteTarget(Protocol):
@@ -62,6 +65,8 @@ class WriteTarget(Protocol):
 
     def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published: ...
 
+    def append(self, topic: str, records: Sequence[OutRecord]) -> Appended: ...
+
     def taken(self) -> Ticket: ...
 
     async def durable(self, ticket: Ticket) -> None: ...
@@ -70,16 +75,16 @@ class WriteTarget(Protocol):
 class _Caller:
     __slots__ = ("copies", "future", "messages", "outcome", "ticket")
 
-    def __init__(self, messages: Sequence[OutMessage], copies: int,
-                 future: asyncio.Future[Routes]) -> None:
+    def __init__(self, messages: Sequence[Item], copies: int,
+                 future: asyncio.Future[Any]) -> None:
         self.messages = messages
         self.copies = copies
         self.future = future
-        self.outcome: Routes | BaseException | None = None
+        self.outcome: Results | BaseException | None = None
         self.ticket = Ticket.DONE  # what it took is durable once this is
 
 
-PUT, PUBLISH = "put", "publish"
+PUT, PUBLISH, APPEND = "put", "publish", "append"
 
 
 class WriteMerger:
@@ -105,14 +110,20 @@ class WriteMerger:
         durable; `copies`: how many they make (the queues and topics reached)."""
         return self._take(PUBLISH, exchange, messages, copies)
 
-    def _take(self, kind: str, name: str, messages: Sequence[OutMessage],
-              copies: int) -> asyncio.Future[Routes]:
+    def append(self, topic: str, records: Sequence[OutRecord]) -> asyncio.Future[Positions]:
+        """Each record's (partition, offset) appended to `topic`, once they are durable.
+        Records of an idempotent producer (`producer_id`) are not merged: its
+        sequence numbers are checked per batch."""
+        return self._take(APPEND, topic, records, len(records))
+
+    def _take(self, kind: str, name: str, items: Sequence[Item],
+              copies: int) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Routes] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         callers = self._pending.get((kind, name))
         if callers is None:
             callers = self._pending[(kind, name)] = []
-        callers.append(_Caller(messages, copies, future))
+        callers.append(_Caller(items, copies, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -145,7 +156,7 @@ class WriteMerger:
     def _store(self, kind: str, name: str, callers: list[_Caller]) -> Ticket:
         """Store the callers' messages in batches; set each one's outcome; the ticket
         covering what was taken."""
-        store = self._target.put if kind == PUT else self._target.publish
+        store = self._store_fn(kind)
         ticket = Ticket.DONE
         i = 0
         while i < len(callers):
@@ -164,7 +175,7 @@ class WriteMerger:
             messages = [m for c in chunk for m in c.messages]
             self.batches += 1
             try:
-                published = store(name, messages)
+                results, stored = store(name, messages)
             except Refused as exc:
                 taken = self._taken()
                 ticket = ticket.max(taken)
@@ -187,19 +198,33 @@ class WriteMerger:
                 ticket = ticket.max(self._taken())
                 continue
             self.callers += len(chunk)
-            ticket = ticket.max(published.ticket)
+            ticket = ticket.max(stored)
             start = 0
             for c in chunk:
                 end = start + len(c.messages)
-                c.outcome = published.routes[start:end]
-                c.ticket = published.ticket
+                c.outcome = results[start:end]
+                c.ticket = stored
                 start = end
         return ticket
 
-    def _store_alone(self, store: Callable[[str, Sequence[OutMessage]], Published], name: str,
-                     caller: _Caller) -> Ticket:
+    def _store_fn(self, kind: str) -> _Store:
+        """The backend write of `kind`: (results per item, ticket)."""
+        target = self._target
+        if kind == APPEND:
+            def append(name: str, items: Sequence[Any]) -> tuple[Results, Ticket]:
+                appended = target.append(name, items)
+                return appended.positions, appended.ticket
+            return append
+        write = target.put if kind == PUT else target.publish
+
+        def put_or_publish(name: str, items: Sequence[Any]) -> tuple[Results, Ticket]:
+            published = write(name, items)
+            return published.routes, published.ticket
+        return put_or_publish
+
+    def _store_alone(self, store: _Store, name: str, caller: _Caller) -> Ticket:
         try:
-            published = store(name, caller.messages)
+            results, stored = store(name, caller.messages)
         except Refused as exc:
             caller.outcome = exc
             caller.ticket = self._taken()
@@ -211,9 +236,9 @@ class WriteMerger:
             log.exception("a write to '%s' failed", name)
             caller.outcome = exc
             return self._taken()
-        caller.outcome = published.routes
-        caller.ticket = published.ticket
-        return published.ticket
+        caller.outcome = results
+        caller.ticket = stored
+        return stored
 
     def _taken(self) -> Ticket:
         """The ticket of everything taken so far (what a write refused part-way
@@ -274,7 +299,10 @@ class WriteMerger:
             _settle_one(c, c.outcome)
 
 
-def _settle_one(c: _Caller, outcome: Routes | BaseException | None) -> None:
+_Store = Callable[[str, Sequence[Any]], tuple[Results, Ticket]]
+
+
+def _settle_one(c: _Caller, outcome: Results | BaseException | None) -> None:
     if c.future.done():  # its request was cancelled meanwhile
         return
     if outcome is None:  # never stored (cannot happen: every caller gets an outcome)

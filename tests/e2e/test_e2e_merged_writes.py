@@ -107,3 +107,19 @@ def test_concurrent_publishes_through_an_exchange_reach_queue_and_topic_once_eac
     assert sorted(b["n"] for b in _drain(daemon, "seen")) == list(range(16))  # type: ignore[index]
     got = daemon.ok("GET", "/v1/topics/log/partitions/0/records?offset=0")
     assert sorted(r["value"]["n"] for r in got["records"]) == list(range(16))
+
+
+def test_concurrent_single_record_appends_get_distinct_offsets_and_survive_kill_9(
+    daemon: Daemon,
+) -> None:
+    answers = _at_once(16, lambda i: daemon.post(
+        "/v1/topics/log/records", {"value": {"n": i}}))
+    assert all(a.status == 202 for a in answers), [(a.status, a.body) for a in answers]
+    offsets = [a.body["offsets"][0]["offset"] for a in answers]
+    assert sorted(offsets) == list(range(16))
+    daemon.signal(signal.SIGKILL)
+    daemon.wait(10)
+    daemon.start()
+    got = daemon.ok("GET", "/v1/topics/log/partitions/0/records?offset=0")
+    by_offset = {r["offset"]: r["value"]["n"] for r in got["records"]}
+    assert by_offset == {off: i for i, off in enumerate(offsets)}  # each where it was told

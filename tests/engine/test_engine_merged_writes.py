@@ -15,11 +15,19 @@ from typing import Any
 import pytest
 
 from runner.clock import ManualClock
-from runner.engine import Engine, FsyncPolicy, OutMessage
+from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
 from runner.engine.contract import MergedWrites
 from runner.engine.embedded import EmbeddedBackend
-from runner.errors import InvalidRequest, LogFailed, NotFound, Refused
-from runner.topology.model import Binding, Exchange, ExchangeType, Overflow, Queue, Topology
+from runner.errors import InvalidRequest, LogFailed, NotFound, Refused, TooLarge
+from runner.topology.model import (
+    Binding,
+    Exchange,
+    ExchangeType,
+    Overflow,
+    Queue,
+    Topic,
+    Topology,
+)
 from tests.engine.test_engine_tickets import GatedFs, _SlowFlusher
 from tests.faultfs import SimDisk
 
@@ -272,3 +280,30 @@ def test_answered_merged_writes_survive_a_power_cut_at_sampled_cut_points() -> N
     assert total > 100
     for cut in sorted({1 + (total - 1) * i // 39 for i in range(40)}):
         _cut_run(cut)
+
+
+APPEND_TOPO = Topology(topics=(("t", Topic("t", partitions=2, max_message_bytes=64)),))
+
+
+def test_appends_merge_and_a_record_at_fault_fails_alone(tmp_path: Path) -> None:
+    engine = Engine.open(APPEND_TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
+    backend = EmbeddedBackend(engine)
+    try:
+        async def scenario() -> list[Any]:
+            calls = [backend.append_merged("t", [OutRecord(value=b"r%d" % i)])
+                     for i in range(5)]
+            calls.insert(2, backend.append_merged("t", [OutRecord(value=b"x" * 200)]))
+            calls.append(backend.append_merged("t", [OutRecord(value=b"k", partition=1)]))
+            return await _outcomes(*calls)
+
+        outcomes = asyncio.run(scenario())
+        assert isinstance(outcomes.pop(2), TooLarge)  # only the record over the limit
+        positions = [o[0] for o in outcomes]
+        assert len(set(positions)) == 6 and positions[-1][0] == 1
+        assert (backend._merger.batches, backend._merger.callers) == (1, 0)  # refused whole
+        stored = {(p, r.offset): r.value for p in (0, 1)
+                  for r in backend.read("t", p, 0, max_records=100).records}
+        assert {stored[pos] for pos in positions} == {b"r0", b"r1", b"r2", b"r3", b"r4", b"k"}
+        assert len(stored) == 6  # nothing appended twice
+    finally:
+        engine.close()
