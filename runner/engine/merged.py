@@ -88,12 +88,15 @@ PUT, PUBLISH, APPEND = "put", "publish", "append"
 
 
 class WriteMerger:
-    """Merges the puts and publishes of one turn of the event loop (see the module)."""
+    """Merges the puts, publishes and appends of one turn of the event loop (see the
+    module)."""
 
     def __init__(self, target: WriteTarget, *, max_copies: int = 1000) -> None:
         self._target = target
         self.max_copies = max_copies  # a merged batch makes at most this many copies
-        self._pending: dict[tuple[str, str], list[_Caller]] = {}
+        # (kind, destination, 0; or a number of its own for a caller kept alone)
+        self._pending: dict[tuple[str, str, int], list[_Caller]] = {}
+        self._alone = 0
         self._scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
         self.batches = 0  # merged batches tried (for tests and stats)
@@ -114,15 +117,20 @@ class WriteMerger:
         """Each record's (partition, offset) appended to `topic`, once they are durable.
         Records of an idempotent producer (`producer_id`) are not merged: its
         sequence numbers are checked per batch."""
-        return self._take(APPEND, topic, records, len(records))
+        alone = any(r.producer_id is not None for r in records)
+        return self._take(APPEND, topic, records, len(records), alone=alone)
 
-    def _take(self, kind: str, name: str, items: Sequence[Item],
-              copies: int) -> asyncio.Future[Any]:
+    def _take(self, kind: str, name: str, items: Sequence[Item], copies: int, *,
+              alone: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        callers = self._pending.get((kind, name))
+        key = (kind, name, 0)
+        if alone:
+            self._alone += 1
+            key = (kind, name, self._alone)
+        callers = self._pending.get(key)
         if callers is None:
-            callers = self._pending[(kind, name)] = []
+            callers = self._pending[key] = []
         callers.append(_Caller(items, copies, future))
         if not self._scheduled:
             self._scheduled = True
@@ -136,7 +144,7 @@ class WriteMerger:
         done = [c for callers in pending.values() for c in callers]
         ticket = Ticket.DONE
         try:
-            for (kind, name), callers in pending.items():
+            for (kind, name, _), callers in pending.items():
                 ticket = ticket.max(self._store(kind, name, callers))
         except BaseException as exc:  # a bug, or the loop stopping: answer everyone
             log.exception("merged writes failed")

@@ -307,3 +307,20 @@ def test_appends_merge_and_a_record_at_fault_fails_alone(tmp_path: Path) -> None
         assert len(stored) == 6  # nothing appended twice
     finally:
         engine.close()
+
+
+def test_an_idempotent_producers_appends_are_not_merged(tmp_path: Path) -> None:
+    engine = Engine.open(APPEND_TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
+    backend = EmbeddedBackend(engine)
+    try:
+        async def scenario() -> list[Any]:
+            # two batches of one producer in one turn: each checked on its own
+            return await _outcomes(*(backend.append_merged("t", [OutRecord(
+                value=b"p%d" % i, partition=0, producer_id="p1", sequence=i)])
+                for i in range(2)))
+
+        first, second = asyncio.run(scenario())
+        assert (first, second) == (((0, 0),), ((0, 1),))
+        assert backend._merger.batches == 0
+    finally:
+        engine.close()
