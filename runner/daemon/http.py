@@ -461,12 +461,13 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
                                         durable)
         store = traced.wrap(publish)
         merged = host.backend
-        if store is publish and len(msgs) <= MERGED_MAX and _merges_writes(merged):
+        copies = sum(counts)
+        if store is publish and copies <= MERGED_MAX and _merges_writes(merged):
             # stored with the other small writes of this turn of the loop, durable
             # together (runner.engine.merged); what this request sees is its own
             try:
                 routes = await (merged.put_merged(name, msgs) if to_queue else
-                                merged.publish_merged(name, msgs, sum(counts)))
+                                merged.publish_merged(name, msgs, copies))
             finally:
                 host.notify()  # also after a 429: the items before it are stored
             routed = [list(r) for r in routes]
@@ -482,7 +483,9 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
     return answer({"routed": routed if batch else routed[0]}, 202)
 
 
-MERGED_MAX = 100  # a write of at most this many messages is merged (MergedWrites)
+# a write making at most this many message copies (or records) is merged
+# (MergedWrites); a bigger one is stored on its own, in slices (fanout.py)
+MERGED_MAX = 100
 _MERGING: dict[type, bool] = {}  # backend class -> implements MergedWrites
 
 
