@@ -410,19 +410,22 @@ class Engine:
 
     # -------------------------------------------------------------- durability
     @contextlib.contextmanager
-    def ticketed(self) -> Iterator[TicketBox]:
+    def ticketed(self, *, ordered: bool = True) -> Iterator[TicketBox]:
         """Writes inside return once written, without their fsync; at the end
         `box.seq` is the ticket to `await durable(...)` before answering (see
         `runner.log.commits`). Call it around synchronous engine calls only,
-        never around an `await`. Without `--fsync always` the ticket is 0."""
+        never around an `await`. Without `--fsync always` the ticket is 0.
+        `ordered=False`: the logs written need no sync order among them (records
+        appended to several partitions), so the flusher syncs them all instead of
+        the loop (as `GroupCommit.ticketed`)."""
         if self.commits.deferring():
-            with self.commits.ticketed() as box:
+            with self.commits.ticketed(ordered=ordered) as box:
                 yield box
             return
         self._block_topics = []
         box = TicketBox()
         try:
-            with self.commits.ticketed() as box:
+            with self.commits.ticketed(ordered=ordered) as box:
                 yield box
         finally:
             topics, self._block_topics = self._block_topics, None

@@ -324,3 +324,27 @@ def test_an_idempotent_producers_appends_are_not_merged(tmp_path: Path) -> None:
         assert backend._merger.batches == 0
     finally:
         engine.close()
+
+
+def test_an_append_to_several_partitions_leaves_their_fsyncs_to_the_flusher(
+    tmp_path: Path,
+) -> None:
+    # a merged append spreads over partitions; before, a write touching several logs
+    # synced them on the caller's thread (the event loop) in write order
+    fs = GatedFs()
+    engine = Engine.open(APPEND_TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
+                         fs=fs)  # type: ignore[arg-type]
+    backend = EmbeddedBackend(engine)
+    fs.hold = "t-1"
+    before = (fs.count("t-0"), fs.count("t-1"))
+    try:
+        appended = backend.append("t", [OutRecord(value=b"a", partition=0),
+                                        OutRecord(value=b"b", partition=1)])
+        assert fs.holding.wait(10)  # the flusher is in partition 1's fsync, not us
+        assert not engine.commits.when_durable(appended.ticket.seq).done()
+        fs.release.set()
+        asyncio.run(backend.durable(appended.ticket))
+        assert (fs.count("t-0") - before[0], fs.count("t-1") - before[1]) == (1, 1)
+    finally:
+        fs.release.set()
+        engine.close()
