@@ -637,10 +637,10 @@ async def append_topic(request: web.Request) -> web.Response:
         check_lag(host.backend, host.topology, name)
     durable = _Writes(host.backend)
     with Traced(request, "topic", name, recs) as traced:
-        store = traced.wrap(durable.append)
+        append = durable.append
+        store = traced.wrap(append)
         merged = host.backend
-        if (recs and store == durable.append and len(recs) <= MERGED_MAX
-                and _merges_writes(merged)):
+        if recs and store is append and len(recs) <= MERGED_MAX and _merges_writes(merged):
             # appended with the other small appends of this turn of the loop
             try:
                 positions = await merged.append_merged(name, recs)

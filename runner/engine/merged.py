@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from runner.broker.results import PublishRefused
-from runner.engine.contract import Appended, OutMessage, OutRecord, Published, Ticket
+from runner.engine.contract import OutMessage, OutRecord, Producer, Ticket
 from runner.errors import EngineError, Refused, StorageError
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,9 @@ Item = OutMessage | OutRecord
 Results = tuple[Any, ...]  # Routes or Positions
 
 
-class WriteTarget(Protocol):
-    """What the merger stores through (the embedded backend)."""
-
-    def put(self, queue: str, messages: Sequence[OutMessage]) -> Published: ...
-
-    def publish(self, exchange: str, messages: Sequence[OutMessage]) -> Published: ...
-
-    def append(self, topic: str, records: Sequence[OutRecord]) -> Appended: ...
+class WriteTarget(Producer, Protocol):
+    """What the merger stores through (the embedded backend): the contract's
+    Producer, and the backend's tickets."""
 
     def taken(self) -> Ticket: ...
 
@@ -73,11 +68,11 @@ class WriteTarget(Protocol):
 
 
 class _Caller:
-    __slots__ = ("copies", "future", "messages", "outcome", "ticket")
+    __slots__ = ("copies", "future", "items", "outcome", "ticket")
 
-    def __init__(self, messages: Sequence[Item], copies: int,
+    def __init__(self, items: Sequence[Item], copies: int,
                  future: asyncio.Future[Any]) -> None:
-        self.messages = messages
+        self.items = items
         self.copies = copies
         self.future = future
         self.outcome: Results | BaseException | None = None
@@ -180,7 +175,7 @@ class WriteMerger:
             if len(chunk) == 1:
                 ticket = ticket.max(self._store_alone(store, name, chunk[0]))
                 continue
-            messages = [m for c in chunk for m in c.messages]
+            messages = [m for c in chunk for m in c.items]
             self.batches += 1
             try:
                 results, stored = store(name, messages)
@@ -209,7 +204,7 @@ class WriteMerger:
             ticket = ticket.max(stored)
             start = 0
             for c in chunk:
-                end = start + len(c.messages)
+                end = start + len(c.items)
                 c.outcome = results[start:end]
                 c.ticket = stored
                 start = end
@@ -232,7 +227,7 @@ class WriteMerger:
 
     def _store_alone(self, store: _Store, name: str, caller: _Caller) -> Ticket:
         try:
-            results, stored = store(name, caller.messages)
+            results, stored = store(name, caller.items)
         except Refused as exc:
             caller.outcome = exc
             caller.ticket = self._taken()
@@ -267,7 +262,7 @@ class WriteMerger:
             else [(name,) if kind == PUT else ()] * exc.accepted)  # a put's route: its queue
         start = 0
         for n, c in enumerate(chunk):
-            end = start + len(c.messages)
+            end = start + len(c.items)
             c.ticket = taken
             if exc.accepted < end:
                 c.outcome = Refused(str(exc), accepted=exc.accepted - start, routed=exc.routed)
