@@ -51,6 +51,8 @@ version: 1
 name: bench-engine
 queues:
   single-q: {durable: true}
+topics:
+  single-t: {partitions: 4}
 """
 
 DRAIN_TOPOLOGY = """\
@@ -191,23 +193,30 @@ def timed_clients(seconds: float, work: Any) -> float:
     return sum(counts) / elapsed
 
 
-def http_single_cost(d: Served, seconds: float) -> tuple[float, float]:
+def http_single_cost(d: Served, seconds: float, *, append: bool = False,
+                     ) -> tuple[float, float]:
     """(requests/s, server CPU microseconds per request) of `http_single`."""
     cpu0 = d.cpu_s()
     t0 = time.perf_counter()
-    rate = http_single(d, seconds)
+    rate = http_single(d, seconds, append=append)
     count = rate * (time.perf_counter() - t0)
     return rate, (d.cpu_s() - cpu0) * 1e6 / max(count, 1.0)
 
 
-def http_single(d: Served, seconds: float) -> float:
-    body = orjson.dumps({"messages": [{"body": {"b": BODY}}]})
+def http_single(d: Served, seconds: float, *, append: bool = False) -> float:
+    """16 clients each sending one 200-byte message a request to the durable queue
+    (`append`: one record a request to the 4-partition topic)."""
+    if append:
+        path, body = "/v1/topics/single-t/records", orjson.dumps({"value": {"b": BODY}})
+    else:
+        path, body = ("/v1/queues/single-q/messages",
+                      orjson.dumps({"messages": [{"body": {"b": BODY}}]}))
 
     def work(stop: threading.Event) -> int:
         conn = d.connect()
         n = 0
         while not stop.is_set():
-            call(conn, "POST", "/v1/queues/single-q/messages", body)
+            call(conn, "POST", path, body)
             n += 1
         conn.close()
         return n
@@ -337,12 +346,14 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
     alternating order (every server is up at once, so a busy moment of the shared
     machine falls on each alike)."""
     servers: list[tuple[str, Any]] = []
+    rows: list[tuple[str, Any, bool]] = []  # label, server, one record a request
     dirs: list[Path] = []
 
     def start(label: str, make: Any) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         dirs.append(workdir)
         servers.append((label, make(workdir)))
+        rows.append((label, servers[-1][1], False))
 
     try:
         start("runner daemon", lambda w: Daemon(w, SINGLE_TOPOLOGY))
@@ -357,14 +368,17 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
             start("bare aiohttp app, 2 processes, uvloop",
                   lambda w: ceiling(w, "--processes", "2", "--uvloop"))
             start("runner daemon on uvloop", lambda w: Daemon(w, SINGLE_TOPOLOGY, uvloop=True))
-        rates: dict[str, list[float]] = {label: [] for label, _ in servers}
-        costs: dict[str, list[float]] = {label: [] for label, _ in servers}
+        if args.appends:  # the daemons again, one record a request to a topic
+            rows += [(f"{label}, 1 record/request to a topic", server, True)
+                     for label, server in servers if label.startswith("runner daemon")]
+        rates: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+        costs: dict[str, list[float]] = {label: [] for label, _, _ in rows}
         rates["RabbitMQ, 16 pika publishers"] = []
         costs["RabbitMQ, 16 pika publishers"] = []
         for repeat in range(repeats):
             # alternate the order: no row always runs right after RabbitMQ's
-            for label, server in servers if repeat % 2 == 0 else servers[::-1]:
-                rate, cost = http_single_cost(server, seconds)
+            for label, server, append in rows if repeat % 2 == 0 else rows[::-1]:
+                rate, cost = http_single_cost(server, seconds, append=append)
                 rates[label].append(rate)
                 costs[label].append(cost)
             rates["RabbitMQ, 16 pika publishers"].append(rabbit_single(seconds))
@@ -383,6 +397,9 @@ def main() -> int:
                         help="more ceiling rows: aiohttp's own site, uvloop, 2 processes")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also a daemon running the runner package of source tree DIR")
+    parser.add_argument("--appends", action="store_true",
+                        help="also rows of the daemons with one record a request to a "
+                             "4-partition topic (merged appends)")
     parser.add_argument("--single-only", action="store_true",
                         help="only the single-message rows")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each row (3)")
