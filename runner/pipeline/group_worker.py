@@ -147,6 +147,7 @@ class GroupWorker(Worker):
         positions: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, int] = {}
         version = self.seeks
+        left = False
         try:
             while not self.stopping:
                 busy = await self._replays(member)
@@ -172,26 +173,50 @@ class GroupWorker(Worker):
                     await waiter.wait()
         except LogFailed as exc:
             self._stop_member(member_id, exc)
+            if self.delivery is not Delivery.EXACTLY_ONCE:
+                left = self._leave(member, pending, version)  # partitions to the others
             await self._stopped.wait()  # parked until the pipeline drains
         finally:
-            try:
-                self._commit_pending(member, pending, version)  # the flusher syncs it
-                member.close()
-            except EngineError as exc:
-                log.warning("group %s: member %s could not leave cleanly: %s",
-                            self.name, member_id, exc)
+            if not left:
+                self._leave(member, pending, version)
+
+    def _leave(self, member: GroupMember, pending: dict[TopicPartition, int],
+               version: int) -> bool:
+        """Commit what the member finished (the flusher syncs it) and leave the group;
+        True (it is left, even when either failed)."""
+        try:
+            self._commit_pending(member, pending, version)
+        except EngineError as exc:
+            log.warning("group %s: member %s could not commit before leaving: %s",
+                        self.name, member.member_id, exc)
+        try:
+            member.close()
+        except EngineError as exc:
+            log.warning("group %s: member %s could not leave cleanly: %s",
+                        self.name, member.member_id, exc)
+        return True
 
     def _stop_member(self, member_id: str, exc: LogFailed) -> None:
         """A log the member writes (its group's offsets, an output, the step journal)
         failed an fsync: it refuses everything until the runner restarts, so the member
         stops taking records instead of retrying them or its task dying silently. The
         log is reported by `failed_logs` (/readyz: 503); what was committed durably
-        stays committed, and the records past it are handled again after a restart
-        (an exactly-once step already journaled is completed then)."""
-        log.error("group %s: member %s stops taking records: %s; records past its last "
+        stays committed, and the records past it are handled again after a restart.
+
+        An at-least-once or at-most-once member then leaves the group: its partitions
+        go to the other members (in this daemon or Kafka clients), which handle them
+        unless they write to the failed log too (then they stop the same way). An
+        exactly-once member keeps its partitions until the restart: a step of it may
+        be journaled and not yet applied durably, which the next open completes,
+        commit included; a new owner's later commits would be moved back by it."""
+        if self.delivery is Delivery.EXACTLY_ONCE:
+            fate = "its partitions stay with it until a restart completes its steps"
+        else:
+            fate = "it leaves the group, its partitions go to the other members"
+        log.error("group %s: member %s stops taking records: %s; %s; records past its last "
                   "durable commit are handled again after a restart", self.name, member_id,
-                  exc, extra={"event": "member_stopped", "group": self.name,
-                              "member": member_id, "log": exc.path})
+                  exc, fate, extra={"event": "member_stopped", "group": self.name,
+                                    "member": member_id, "log": exc.path})
 
     def _sought(self, version: int) -> bool:
         """True when the group was sought since `version` (a read before is stale)."""

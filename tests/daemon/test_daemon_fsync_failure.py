@@ -292,8 +292,9 @@ def test_a_group_whose_offsets_log_failed_stops_visibly_and_loses_nothing(
     assert stopped() == [
         f"group g: member g-1@host stops taking records: fsync of {offsets_log} failed "
         "(Input/output error (simulated fsync failure)): the log refuses writes and reads "
-        "until the runner is restarted and recovers it from disk; records past its last "
-        "durable commit are handled again after a restart"]
+        "until the runner is restarted and recovers it from disk; it leaves the group, "
+        "its partitions go to the other members; records past its last durable commit "
+        "are handled again after a restart"]
     assert not [r for r in caplog.records if "worker task failed" in r.getMessage()]
 
     disk.armed = None

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from runner.engine import Engine, FsyncPolicy, TopicPartition
+from runner.errors import NotFound
 from runner.fs import LOCAL
 from runner.pipeline import Pipeline
 from runner.topology.model import ConsumerGroup, Delivery, Topic, Topology
@@ -94,8 +95,11 @@ def test_a_member_whose_offsets_log_failed_stops_visibly_and_loses_nothing(
     assert len(stopped) == 1, stopped
     assert stopped[0].startswith(
         f"group g: member g-1@host stops taking records: fsync of {offsets_log}")
-    assert stopped[0].endswith("; records past its last durable commit are handled again "
-                               "after a restart")
+    fate = ("its partitions stay with it until a restart completes its steps"
+            if delivery is Delivery.EXACTLY_ONCE
+            else "it leaves the group, its partitions go to the other members")
+    assert stopped[0].endswith(f"; {fate}; records past its last durable commit are "
+                               "handled again after a restart")
     assert not [r for r in caplog.records if "worker task failed" in r.getMessage()]
 
     # restart on a healthy disk: nothing committed is lost, the rest is handled again
@@ -115,6 +119,54 @@ def test_a_member_whose_offsets_log_failed_stops_visibly_and_loses_nothing(
                 assert set(got) == set(range(8))
 
     asyncio.run(again())
+
+
+@pytest.mark.parametrize("delivery", [Delivery.AT_LEAST_ONCE, Delivery.AT_MOST_ONCE,
+                                      Delivery.EXACTLY_ONCE])
+def test_a_stopped_member_hands_its_partitions_to_the_group_unless_exactly_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, delivery: Delivery) -> None:
+    """Another member of the group (here one joined like a Kafka client's) holds one of
+    two partitions; the daemon's member holds the other and stops on a failed log. An
+    at-least-once or at-most-once member leaves: the other member is given both
+    partitions at once, not after a restart. An exactly-once member keeps its own (a
+    journaled step of it is completed at the next open, commit included)."""
+    fs = FailingFs()
+    topo = topology(topics=(Topic("events", partitions=2), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=delivery),))
+    both = [TopicPartition("events", 0), TopicPartition("events", 1)]
+
+    def held(engine: Engine, member: str) -> list[TopicPartition] | None:
+        try:
+            return engine.assignment("g", member)
+        except NotFound:  # not (or no longer) a member
+            return None
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, _pipeline):
+            await wait_until(lambda: held(engine, "g-1@host") == both)
+            engine.join("g", "a-kafka-client", local=True)
+            await wait_until(lambda: len(engine.assignment("g", "g-1@host")) == 1)
+            (theirs,) = engine.assignment("g", "a-kafka-client")
+            (ours,) = engine.assignment("g", "g-1@host")
+            fs.armed = "__consumer_offsets"
+            engine.append("events", [rec({"id": i}, partition=ours.partition)
+                                     for i in range(3)])
+            await wait_until(lambda: any(
+                getattr(r, "event", None) == "member_stopped" for r in caplog.records))
+            await asyncio.sleep(0.2)
+            if delivery is Delivery.EXACTLY_ONCE:
+                assert engine.assignment("g", "a-kafka-client") == [theirs]
+                assert engine.assignment("g", "g-1@host") == [ours]
+            else:
+                assert engine.assignment("g", "a-kafka-client") == both
+                assert held(engine, "g-1@host") is None
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(go())
+    assert fs.failures >= 1
+    assert not [r for r in caplog.records if "worker task failed" in r.getMessage()]
+    assert not [r for r in caplog.records if "could not leave cleanly" in r.getMessage()]
 
 
 @pytest.mark.parametrize("failing", ["/topics/results-0/", "/queues/outbox/"])
