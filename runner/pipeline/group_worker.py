@@ -23,7 +23,17 @@ event loop are committed as one merged step (`Worker.commit_steps`: one
 journal record and one fsync of each touched log for all of them; each part
 keeps its own fence); when the merged step is refused, each is committed
 alone, and only the refused ones fail (a fenced one is stale: its outputs are
-discarded and its member reads its position again).
+discarded and its member reads its position again). A member does not wait for
+its step to be written: while IN_FLIGHT commits of it are being written and
+synced, the steps of its next records queue (`_release`) and go together in
+the next commit, so a partition's consecutive records share a journal record
+and the fsyncs of the logs they touch (as a Kafka transaction spans many
+records). The queue is checked as a run: its first record against the group's
+position, each next against the one before; a queued step found stale or
+refused is reported back to the member (`_rewind`), which reads the partition
+again from the group's position, deciding on a refused record as on a failed
+call (`_Retry`: retried after the policy's delay or dead-lettered); nothing
+after it is committed past it.
 
 Durability: every commit and step returns a ticket, written at once and synced
 by the backend (the embedded flusher, RabbitMQ's confirms) while the loop goes
@@ -35,6 +45,7 @@ and its replies are handed over (its outputs, dead letter or step).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,7 +87,8 @@ class _Stale(Exception):
 # how a record is settled, given the rest of its step: the ticket still to await
 # (an exactly-once step, written; Ticket.DONE when settled durably already)
 Settle = Callable[[Step], Awaitable[Ticket]]
-IN_FLIGHT = 2  # exactly-once steps of one member written and not yet durable, at most
+IN_FLIGHT = 2  # commits of one member's exactly-once steps written and not yet durable
+QUEUED_MAX = READ_BATCH  # a member's steps queued behind them, at most
 
 
 @dataclass(slots=True)
@@ -84,8 +96,40 @@ class _Waiting:
     """An exactly-once record step waiting for the next merged commit."""
 
     step: Step
-    stale: Callable[[], bool]  # checked when committed: True -> _Stale, nothing committed
+    # checked when committed (True -> _Stale, nothing committed); `follows`: the
+    # member's step for the record before it is committed in the same merged step
+    # (so the group's position is not that record's yet)
+    stale: Callable[[bool], bool]
     future: asyncio.Future[Ticket]
+    member: str = ""
+    tp: TopicPartition | None = None  # the record's (None: not a partition's record)
+    offset: int = -1
+
+
+class _Settle:
+    """How a record from a partition is settled (`Settle`); exactly-once, `queue` also
+    queues its step behind the member's steps still being written and synced, and
+    returns at once (the future of its ticket, once written)."""
+
+    def __init__(self, now: Settle,
+                 queue: Callable[[Step], Awaitable[asyncio.Future[Ticket]]] | None) -> None:
+        self.now = now
+        self.queue = queue
+
+    def __call__(self, step: Step) -> Awaitable[Ticket]:
+        return self.now(step)
+
+
+@dataclass(slots=True)
+class _Retry:
+    """A record whose queued exactly-once step the backend refused after its member
+    had moved on: the member reads the partition again from it and decides on it as
+    on a failed call (retry after the policy's delay, or dead letter)."""
+
+    offset: int
+    error: EngineError
+    msg: TopicMessage
+    outputs: Outputs
 
 
 def _retrieved(future: asyncio.Future[Ticket]) -> None:
@@ -112,8 +156,17 @@ class GroupWorker(Worker):
         self.replay_queue = env.backend.replay_queue(group.name)
         self.seeks = 0  # SEEK events of the group seen: a member's reads before one are stale
         self._steps_waiting: list[_Waiting] = []  # exactly-once steps of this turn
+        self._commit_scheduled = False
         self._durable_tasks: set[asyncio.Task[None]] = set()  # steps awaiting durability
-        self._tails: dict[str, list[asyncio.Task[None]]] = {}  # ... by member
+        # by member: its exactly-once steps queued while IN_FLIGHT commits of it are
+        # being written and synced; how many are; what its queued steps' outcomes
+        # tell it (partitions to read again, records to retry, a failed log)
+        self._queued: dict[str, list[_Waiting]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._rewinds: dict[str, dict[TopicPartition, _Retry | None]] = {}
+        self._retries: dict[str, dict[TopicPartition, _Retry]] = {}
+        self._failed: dict[str, LogFailed] = {}
+        self._gone: set[str] = set()  # members that left: their steps are stale
         self._seek_sub = env.backend.subscribe([Event(EventKind.SEEK, group.name)],
                                                self._on_seek)
 
@@ -138,8 +191,12 @@ class GroupWorker(Worker):
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
         self._seek_sub.close()
-        if self._durable_tasks:  # steps written by the members: their waiters are gone
-            await asyncio.wait(set(self._durable_tasks), timeout=grace_s)
+        # steps written by the members (their waiters are gone), and the commits
+        # those release in turn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._durable_tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._durable_tasks), timeout=left)
 
     # ---------------------------------------------------------------- member loop
     async def _member(self, member_id: str, waiter: Waiter) -> None:
@@ -150,6 +207,7 @@ class GroupWorker(Worker):
         left = False
         try:
             while not self.stopping:
+                self._rewound(member_id, positions)
                 busy = await self._replays(member)
                 assigned = member.assignment()
                 for tp in list(positions):
@@ -182,8 +240,14 @@ class GroupWorker(Worker):
 
     def _leave(self, member: GroupMember, pending: dict[TopicPartition, int],
                version: int) -> bool:
-        """Commit what the member finished (the flusher syncs it) and leave the group;
-        True (it is left, even when either failed)."""
+        """Commit what the member finished (the flusher syncs it; exactly-once: its
+        queued steps, now) and leave the group; True (it is left, even when either
+        failed)."""
+        queued = self._queued.pop(member.member_id, None)
+        if queued:
+            self._steps_waiting.extend(queued)
+            self._commit_waiting_steps()
+        self._gone.add(member.member_id)
         try:
             self._commit_pending(member, pending, version)
         except EngineError as exc:
@@ -296,13 +360,17 @@ class GroupWorker(Worker):
         for record in records:
             if self.stopping or self._sought(version):
                 break
+            if self._rewound(member.member_id, positions):
+                break
             if tp not in member.assignment():
                 positions.pop(tp, None)
                 break
             commit_step = self._commit_step(member, tp, record, version)
             try:
                 done = await self._handle(record, member.member_id, commit_step,
-                                          stale=lambda: self._sought(version))
+                                          stale=lambda: self._sought(version),
+                                          retry=self._retry_of(member.member_id, tp,
+                                                               record.offset))
             except _Stale:
                 log.info("group %s: %s[%d]@%d was committed or sought elsewhere meanwhile; "
                          "its outputs are discarded", self.name, tp.topic, tp.partition,
@@ -323,25 +391,39 @@ class GroupWorker(Worker):
 
     def _commit_step(
         self, member: GroupMember, tp: TopicPartition, record: Record, version: int,
-    ) -> Settle:
+    ) -> _Settle:
         """How a record from the partition is settled, given the rest of its step."""
         backend = self.env.backend
+        member_id = member.member_id
 
-        def stale() -> bool:
-            return (self._sought(version) or tp not in member.assignment()
-                    or member.position(tp) != record.offset)
+        def stale(follows: bool = False) -> bool:
+            return (member_id in self._gone or self._sought(version)
+                    or tp not in member.assignment()
+                    or (not follows and member.position(tp) != record.offset))
+
+        async def queue(step: Step) -> asyncio.Future[Ticket]:
+            if self._sought(version) or member_id in self._gone:
+                raise _Stale()
+            if tp not in member.assignment() or not self._next_of(member, tp, record.offset):
+                raise _Stale()
+            queued = self._queued.get(member_id)
+            while queued and len(queued) >= QUEUED_MAX:
+                await asyncio.wait({queued[0].future})
+                queued = self._queued.get(member_id)
+            fence = Fence(self.name, member_id, member.generation, (tp,))
+            future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieved)
+            self._queued.setdefault(member_id, []).append(_Waiting(
+                step + Step(commits=((self.name, tp, record.offset + 1),), fences=(fence,)),
+                stale, future, member_id, tp, record.offset))
+            self._release(member_id)
+            return future
 
         async def settle(step: Step) -> Ticket:
             if self._sought(version):
                 raise _Stale()
             if self.delivery is Delivery.EXACTLY_ONCE:
-                await self._room(member.member_id)
-                if stale():
-                    raise _Stale()
-                fence = Fence(self.name, member.member_id, member.generation, (tp,))
-                return await self._commit_together(
-                    step + Step(commits=((self.name, tp, record.offset + 1),), fences=(fence,)),
-                    stale)
+                return await asyncio.shield(await queue(step))
             if self.delivery is Delivery.AT_MOST_ONCE:
                 # before the handler runs, and durable before it does (a commit lost
                 # to a power cut would run it again)
@@ -362,31 +444,120 @@ class GroupWorker(Worker):
                 await backend.durable(backend.commit_step(step))
             return Ticket.DONE
 
-        return settle
+        return _Settle(settle, queue if self.delivery is Delivery.EXACTLY_ONCE else None)
 
-    async def _room(self, member_id: str) -> None:
-        """Wait until the member has fewer than IN_FLIGHT steps being synced: it takes
-        its next record while its last step is synced (both are journaled before
-        they are applied), never more."""
-        tails = self._tails.get(member_id)
-        while tails and len(tails) >= IN_FLIGHT:
-            await asyncio.wait({tails[0]})
-
-    def _when_durable(self, member_id: str, ticket: Ticket, outputs: Outputs) -> None:
-        """An exactly-once record's step is written: it counts as done, and its replies
-        are handed over, once the step is durable (a task of the member's)."""
-        task = asyncio.get_running_loop().create_task(self._tail(ticket, outputs))
-        tails = self._tails.setdefault(member_id, [])
-        tails.append(task)
+    # ------------------------------------------------ exactly-once steps of a member
+    def _release(self, member_id: str) -> None:
+        """Hand the member's queued steps to the next merged commit when fewer than
+        IN_FLIGHT commits of it are being written and synced (all of them together:
+        consecutive records of a partition then cost one journal record and one
+        fsync of each log they touch; each keeps its own fence and commit)."""
+        if self._in_flight.get(member_id, 0) >= IN_FLIGHT:
+            return
+        queued = self._queued.pop(member_id, None)
+        if not queued:
+            return
+        self._in_flight[member_id] = self._in_flight.get(member_id, 0) + 1
+        self._steps_waiting.extend(queued)
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit_waiting_steps)
+        task = asyncio.get_running_loop().create_task(
+            self._in_flight_until_durable(member_id, [w.future for w in queued]))
         self._durable_tasks.add(task)
+        task.add_done_callback(self._durable_tasks.discard)
 
-        def gone(t: asyncio.Task[None]) -> None:
-            self._durable_tasks.discard(t)
-            tails.remove(t)
+    async def _in_flight_until_durable(
+        self, member_id: str, futures: list[asyncio.Future[Ticket]],
+    ) -> None:
+        """One commit of the member's steps: in flight until written and synced (or
+        refused); then its next queued steps go."""
+        try:
+            last = Ticket.DONE
+            for future in futures:
+                with contextlib.suppress(Exception):  # refused: its tail reports it
+                    last = last.max(await future)
+            if last != Ticket.DONE:
+                with contextlib.suppress(EngineError):  # failed: its tails report it
+                    await self.env.backend.durable(last)
+        finally:
+            self._in_flight[member_id] -= 1
+            self._release(member_id)
 
-        task.add_done_callback(gone)
+    def _next_of(self, member: GroupMember, tp: TopicPartition, offset: int) -> bool:
+        """True when the record at `offset` is the next to commit in `tp`: the group's
+        position, or right after a step of the member's not yet written."""
+        if member.position(tp) == offset:
+            return True
+        member_id = member.member_id
+        return any(w.member == member_id and w.tp == tp and w.offset == offset - 1
+                   for w in (*self._queued.get(member_id, ()), *self._steps_waiting))
 
-    async def _tail(self, ticket: Ticket, outputs: Outputs) -> None:
+    def _rewind(self, member_id: str, tp: TopicPartition, retry: _Retry | None) -> None:
+        """A queued step of the member's was not committed: it reads `tp` again from
+        the group's position (`retry`: the refused record, decided on as a failure)."""
+        rewinds = self._rewinds.setdefault(member_id, {})
+        known = rewinds.get(tp)
+        if retry is not None and (known is None or retry.offset < known.offset):
+            rewinds[tp] = retry
+        elif tp not in rewinds:
+            rewinds[tp] = None
+        self.notify()
+
+    def _rewound(self, member_id: str, positions: dict[TopicPartition, int]) -> bool:
+        """Apply what the member's queued steps told it: raise the LogFailed of a log
+        one needed; forget the positions of partitions to read again (True if any)."""
+        failed = self._failed.pop(member_id, None)
+        if failed is not None:
+            raise failed
+        rewinds = self._rewinds.pop(member_id, None)
+        if not rewinds:
+            return False
+        for tp, retry in rewinds.items():
+            positions.pop(tp, None)
+            if retry is not None:
+                self._retries.setdefault(member_id, {})[tp] = retry
+        return True
+
+    def _retry_of(self, member_id: str, tp: TopicPartition, offset: int) -> _Retry | None:
+        """The refused step of the record at `offset`, when the member reads it again."""
+        retries = self._retries.get(member_id)
+        if not retries or tp not in retries:
+            return None
+        retry = retries.pop(tp)
+        return retry if retry.offset == offset else None
+
+    def _when_durable(self, member_id: str, ticket: Ticket | asyncio.Future[Ticket],
+                      outputs: Outputs, msg: TopicMessage) -> None:
+        """An exactly-once record's step is written (or queued: `ticket` is its future):
+        it counts as done, and its replies are handed over, once the step is durable
+        (a task of the group's)."""
+        task = asyncio.get_running_loop().create_task(
+            self._tail(member_id, ticket, outputs, msg))
+        self._durable_tasks.add(task)
+        task.add_done_callback(self._durable_tasks.discard)
+
+    async def _tail(self, member_id: str, ticket: Ticket | asyncio.Future[Ticket],
+                    outputs: Outputs, msg: TopicMessage) -> None:
+        if isinstance(ticket, asyncio.Future):
+            tp = TopicPartition(msg.topic, msg.partition)
+            try:
+                ticket = await ticket
+            except _Stale:
+                log.info("group %s: %s[%d]@%d was committed or sought elsewhere meanwhile; "
+                         "its outputs are discarded", self.name, msg.topic, msg.partition,
+                         msg.offset)
+                self._rewind(member_id, tp, None)
+                return
+            except LogFailed as exc:
+                self._failed.setdefault(member_id, exc)  # the member stops
+                self._rewind(member_id, tp, None)
+                return
+            except EngineError as exc:
+                self.counters.error(error_type(exc))
+                self.failures.report("outputs", exc, msg)
+                self._rewind(member_id, tp, _Retry(msg.offset, exc, msg, outputs))
+                return
         try:
             await self.env.backend.durable(ticket)
         except EngineError as exc:
@@ -401,32 +572,33 @@ class GroupWorker(Worker):
         self.counters.succeeded += 1
         self.traced_settle(outputs, "commit")
 
-    async def _commit_together(self, step: Step, stale: Callable[[], bool]) -> Ticket:
-        """Commit `step` with the steps of the other members that finished in this turn
-        of the loop (one merged step); its ticket once written (await it before the
-        record counts as done); _Stale when it is stale by then (or its fence is
-        refused), the refusing EngineError when the backend refuses it alone."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Ticket] = loop.create_future()
-        future.add_done_callback(_retrieved)
-        self._steps_waiting.append(_Waiting(step, stale, future))
-        if len(self._steps_waiting) == 1:  # the first one schedules the commit
-            loop.call_soon(self._commit_waiting_steps)
-        return await asyncio.shield(future)
-
     def _commit_waiting_steps(self) -> None:
         """Commit the steps waiting (one merged step when it can); each waiter gets its
-        step's ticket once written, the loop serving while it is synced."""
+        step's ticket once written, the loop serving while it is synced. A member's
+        consecutive records of a partition are checked as a run: the first against
+        the group's position, each next one against the one before; after a stale
+        or refused one, the rest of its run is stale (never committed past it)."""
+        self._commit_scheduled = False
         batch, self._steps_waiting = self._steps_waiting, []
         live: list[_Waiting] = []
+        expect: dict[tuple[str, TopicPartition], int | None] = {}
         for w in batch:
             if w.future.done():
                 continue
-            if w.stale():  # rebalanced or sought since the handler ran: commit nothing
+            key = (w.member, w.tp) if w.tp is not None else None
+            follows = key is not None and expect.get(key) is not None
+            if (follows and w.offset != expect[key]) or w.stale(follows):  # type: ignore[index]
+                # rebalanced or sought since the handler ran: commit nothing
                 w.future.set_exception(_Stale())
+                if key is not None:
+                    expect[key] = None
                 continue
             live.append(w)
-        results = self.commit_steps([w.step for w in live])
+            if key is not None:
+                expect[key] = w.offset + 1
+        results = self.commit_steps([w.step for w in live],
+                                    runs=[(w.member, w.tp) if w.tp is not None else None
+                                          for w in live])
         for w, result in zip(live, results, strict=True):
             if w.future.done():
                 continue
@@ -474,18 +646,26 @@ class GroupWorker(Worker):
     async def _handle(
         self, record: Record, member: str, settle: Settle, *,
         delivery_count: int = 1, stale: Callable[[], bool] | None = None,
+        retry: _Retry | None = None,
     ) -> bool:
-        """Run, retry in place, dead-letter; True when the record is settled."""
+        """Run, retry in place, dead-letter; True when the record is settled (`retry`:
+        its last call succeeded but its queued step was refused: decide on that
+        first, as on a failed call)."""
         if self.delivery is Delivery.AT_MOST_ONCE:
             await settle(Step())
         first = self.env.clock.time()
         failures = 0
         while True:
-            msg = TopicMessage.from_record(
-                record, delivery_count=delivery_count + failures,
-                redelivered=delivery_count + failures > 1,
-            )
-            exc, outputs = await self.run_handler(msg)
+            exc: Exception | None
+            if retry is not None:
+                msg, exc, outputs = retry.msg, retry.error, retry.outputs
+                delivery_count, retry = retry.msg.delivery_count, None
+            else:
+                msg = TopicMessage.from_record(
+                    record, delivery_count=delivery_count + failures,
+                    redelivered=delivery_count + failures > 1,
+                )
+                exc, outputs = await self.run_handler(msg)
             if exc is None:
                 try:
                     ticket = await self._succeed(outputs, settle)
@@ -497,7 +677,7 @@ class GroupWorker(Worker):
                     self.failures.report("outputs", send_exc, msg)
                 else:
                     if ticket != Ticket.DONE:  # done (and replies handed over) once durable
-                        self._when_durable(member, ticket, outputs)
+                        self._when_durable(member, ticket, outputs, msg)
                         return True
                     self.hand_over(outputs)
                     self.counters.succeeded += 1
@@ -558,10 +738,14 @@ class GroupWorker(Worker):
         await self.pause(DEAD_LETTER_AGAIN_S)
         return False
 
-    async def _succeed(self, outputs: Outputs, settle: Settle) -> Ticket:
+    async def _succeed(self, outputs: Outputs,
+                       settle: Settle) -> Ticket | asyncio.Future[Ticket]:
         """Settle a successful call; the ticket still to await before it counts as done
-        and its replies are handed over (an exactly-once step, written), else DONE."""
+        and its replies are handed over (an exactly-once step: written, or queued
+        behind the member's steps being synced: its ticket's future), else DONE."""
         if self.delivery is Delivery.EXACTLY_ONCE:
+            if isinstance(settle, _Settle) and settle.queue is not None:
+                return await settle.queue(self.step_of(outputs))
             return await settle(self.step_of(outputs))
         ticket = self.send(outputs)
         # the outputs are durable before the record counts as done (at-least-once:

@@ -20,7 +20,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from runner.engine.contract import (
     Ticket,
     Waiter,
 )
-from runner.errors import EngineError
+from runner.errors import Conflict, EngineError
 from runner.fs import LOCAL, FileSystem
 from runner.pipeline.deadletter import error_type
 from runner.pipeline.failures import FailureLog
@@ -271,14 +271,17 @@ class Worker:
             appends=tuple((t, tuple(rs)) for t, rs in outputs.grouped_appends()),
         )
 
-    def commit_steps(self, steps: list[Step]) -> list[EngineError | Ticket]:
+    def commit_steps(self, steps: list[Step], *,
+                     runs: Sequence[Hashable | None] | None = None) -> list[EngineError | Ticket]:
         """Commit `steps` as one merged step (one journal record and one fsync of each
         touched log for all); when the backend refuses the merged step (a full
         reject-publish queue, the fanout cap, a stale member's fence, ...) nothing of
         it was applied, and each step is committed alone so only the refused ones
         fail. Per step: the ticket to await before it counts as done, else the error
-        that refused it. The one owner of step batching: queue consumers and group
-        members use it."""
+        that refused it. `runs`: steps with the same run key are consecutive records
+        of one partition; committed alone, the ones after a refused one are not
+        committed (Conflict: they would commit past it). The one owner of step
+        batching: queue consumers and group members use it."""
         backend = self.env.backend
         if len(steps) > 1:
             merged = Step()
@@ -291,11 +294,18 @@ class Worker:
             else:
                 return [ticket] * len(steps)
         results: list[EngineError | Ticket] = []
-        for step in steps:
+        refused: set[Hashable] = set()
+        for i, step in enumerate(steps):
+            run = runs[i] if runs is not None else None
+            if run is not None and run in refused:
+                results.append(Conflict("a record before it in its partition was refused"))
+                continue
             try:
                 results.append(backend.commit_step(step))
             except EngineError as exc:
                 results.append(exc)
+                if run is not None:
+                    refused.add(run)
         return results
 
     def hand_over(self, outputs: Outputs) -> None:

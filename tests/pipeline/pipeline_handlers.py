@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 SEEN: list[dict[str, Any]] = []
@@ -34,6 +35,8 @@ def reset() -> None:
         ATTEMPTS.clear()
     RELEASE.clear()
     STARTED.clear()
+    global HOOK
+    HOOK = None
 
 
 def _note(msg: Any, **extra: Any) -> int:
@@ -242,3 +245,14 @@ async def gated_forward(msg: Any, ctx: Any) -> None:
     assert GATE is not None
     await GATE.wait()
     ctx.publish(msg.body.get("to", "out"), "fwd", {"id": msg.body["id"]})
+
+
+HOOK: Callable[[Any], None] | None = None  # set by a test: called with each message
+
+
+async def hooked_forward(msg: Any, ctx: Any) -> None:
+    """Calls HOOK with the message, then publishes one message to the `out` exchange."""
+    _note(msg)
+    if HOOK is not None:
+        HOOK(msg)
+    ctx.publish("out", "fwd", {"id": msg.body["id"]})
