@@ -31,8 +31,12 @@ GroupMember.commit) returns once the backend has taken it, with a `Ticket`.
 `await backend.durable(ticket)` returns when it is as durable as the backend
 promises (embedded: fsynced per the --fsync mode, `always` = on disk; RabbitMQ:
 publisher confirm / the ack's completion). It raises the `runner.errors` error
-that made the write fail durably (StorageError / LogFailed). Tickets are ordered
-per backend: a later ticket being durable implies every earlier one is.
+that made the write fail durably (StorageError / LogFailed). Tickets resolve in
+order per backend: once a later ticket resolved, every earlier one has too --
+but a failure fails only the writes it hit (a log's failed fsync, a nacked
+publish), so a later ticket may be durable while an earlier one failed. A
+caller holding several combines them with `Ticket.max`, which covers them all:
+awaiting the combination raises if any of them failed.
 Callers that answer a client or ack an input after a write must await the
 ticket first. `Ticket.DONE` is already durable.
 
@@ -131,12 +135,29 @@ class Ticket:
     write's position in its flush order; RabbitMQ: a confirm sequence)."""
 
     seq: int
+    # the earliest write this ticket covers when it is several combined (`max`);
+    # 0: only its own (`seq`)
+    first: int = 0
 
     DONE: ClassVar[Ticket]  # a ticket that is durable already (set below)
 
+    @property
+    def earliest(self) -> int:
+        """The first seq of the writes it covers (`seq` for a single write's)."""
+        return self.first or self.seq
+
     def max(self, other: Ticket) -> Ticket:
-        """The later of two tickets of the same backend (awaiting it covers both)."""
-        return self if self.seq >= other.seq else other
+        """Both tickets of the same backend as one: the later's place in the order,
+        covering every write of both. Awaiting it returns once all are durable, and
+        raises when any of them failed durably (a later write's round may succeed
+        after an earlier one's failed: a failed fsync fails only its own round)."""
+        if not other.seq:
+            return self
+        if not self.seq:
+            return other
+        later = self if self.seq >= other.seq else other
+        first = min(self.earliest, other.earliest)
+        return later if first == later.earliest else Ticket(later.seq, first)
 
 
 Ticket.DONE = Ticket(0)

@@ -169,7 +169,7 @@ class EmbeddedBackend:
     async def durable(self, ticket: Ticket) -> None:
         # raises the error of the flusher round that held it (a failed fsync); a
         # log that failed in another round does not fail this ticket
-        await self.engine.durable(ticket.seq)
+        await self.engine.durable(ticket.seq, first=ticket.first)
 
     def taken(self) -> Ticket:
         with self.engine.ticketed() as box:  # an empty block: the ticket of what is pending

@@ -433,9 +433,11 @@ class Engine:
                 for topic in topics:
                     self._hidden[topic] = max(self._hidden.get(topic, 0), box.seq)
 
-    async def durable(self, seq: int) -> None:
+    async def durable(self, seq: int, *, first: int = 0) -> None:
         """Return when ticket `seq` (a `ticketed()` block's) is synced; raise the
-        LogFailed / StorageError that failed its round."""
+        LogFailed / StorageError that failed its round (`first`: the ticket covers
+        the writes of tickets `first`..`seq`, combined: raise that of any failed
+        round that held one of them)."""
         if not seq:
             return
         try:
@@ -453,7 +455,7 @@ class Engine:
                 if seq <= self.commits.done:  # its round ended before the hook was set
                     self._round_done()
                 await fut
-            error = self.commits.error_of(seq)
+            error = self.commits.error_of(seq, first=first)
             if error is not None:
                 raise error
         except LogFailed as exc:

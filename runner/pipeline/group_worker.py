@@ -111,8 +111,9 @@ class _Settle:
     queues its step behind the member's steps still being written and synced, and
     returns at once (the future of its ticket, once written)."""
 
-    def __init__(self, now: Settle,
+    def __init__(self, member: str, now: Settle,
                  queue: Callable[[Step], Awaitable[asyncio.Future[Ticket]]] | None) -> None:
+        self.member = member
         self.now = now
         self.queue = queue
 
@@ -167,6 +168,9 @@ class GroupWorker(Worker):
         self._retries: dict[str, dict[TopicPartition, _Retry]] = {}
         self._failed: dict[str, LogFailed] = {}
         self._gone: set[str] = set()  # members that left: their steps are stale
+        # by member, at-least-once: the ticket of its outputs sent and not yet known
+        # durable (all of them combined: awaited before its next commit)
+        self._sent: dict[str, Ticket] = {}
         self._seek_sub = env.backend.subscribe([Event(EventKind.SEEK, group.name)],
                                                self._on_seek)
 
@@ -242,12 +246,38 @@ class GroupWorker(Worker):
                version: int) -> bool:
         """Commit what the member finished (the flusher syncs it; exactly-once: its
         queued steps, now) and leave the group; True (it is left, even when either
-        failed)."""
+        failed). At-least-once outputs not known durable yet are awaited first (by
+        a task the drain waits for): a commit must never be durable before the
+        outputs of the records it passes."""
         queued = self._queued.pop(member.member_id, None)
         if queued:
             self._steps_waiting.extend(queued)
             self._commit_waiting_steps()
         self._gone.add(member.member_id)
+        sent = self._sent.pop(member.member_id, Ticket.DONE)
+        if sent != Ticket.DONE:
+            task = asyncio.get_running_loop().create_task(
+                self._leave_when_durable(member, dict(pending), version, sent))
+            pending.clear()
+            self._durable_tasks.add(task)
+            task.add_done_callback(self._durable_tasks.discard)
+            return True
+        self._commit_and_close(member, pending, version)
+        return True
+
+    async def _leave_when_durable(self, member: GroupMember, pending: dict[TopicPartition, int],
+                                  version: int, sent: Ticket) -> None:
+        try:
+            await self.env.backend.durable(sent)
+        except EngineError as exc:
+            log.warning("group %s: member %s leaves without committing: its outputs are "
+                        "not durable (%s); records past its last commit are handled again",
+                        self.name, member.member_id, exc)
+            pending.clear()
+        self._commit_and_close(member, pending, version)
+
+    def _commit_and_close(self, member: GroupMember, pending: dict[TopicPartition, int],
+                          version: int) -> None:
         try:
             self._commit_pending(member, pending, version)
         except EngineError as exc:
@@ -258,7 +288,6 @@ class GroupWorker(Worker):
         except EngineError as exc:
             log.warning("group %s: member %s could not leave cleanly: %s",
                         self.name, member.member_id, exc)
-        return True
 
     def _stop_member(self, member_id: str, exc: LogFailed) -> None:
         """A log the member writes (its group's offsets, an output, the step journal)
@@ -295,7 +324,27 @@ class GroupWorker(Worker):
         (a failed fsync) is logged and its partitions' positions are asked for again
         (the backend's: the embedded engine keeps the commit in memory, and the log
         refuses writes from then on; after a restart the records past the last
-        durable commit are handled again: at-least-once)."""
+        durable commit are handled again: at-least-once). At-least-once, the
+        outputs of the records it passes are awaited first (the member does not
+        wait for them record by record): outputs that failed to become durable
+        commit nothing, and the member reads those partitions again."""
+        member_id = member.member_id
+        sent = self._sent.get(member_id, Ticket.DONE)
+        if sent != Ticket.DONE:
+            try:
+                await self.env.backend.durable(sent)  # the member sends nothing meanwhile
+            except LogFailed:
+                raise  # the member stops (`_stop_member`)
+            except EngineError as exc:
+                log.warning("group %s: outputs of %s by %s are not durable: %s; those "
+                            "records are handled again", self.name, dict(pending),
+                            member_id, exc)
+                self._sent.pop(member_id, None)
+                for tp in pending:
+                    positions.pop(tp, None)
+                pending.clear()
+                return
+            del self._sent[member_id]
         committed = dict(pending)
         ticket = self._commit_pending(member, pending, version)
         if ticket == Ticket.DONE:
@@ -444,7 +493,8 @@ class GroupWorker(Worker):
                 await backend.durable(backend.commit_step(step))
             return Ticket.DONE
 
-        return _Settle(settle, queue if self.delivery is Delivery.EXACTLY_ONCE else None)
+        return _Settle(member_id, settle,
+                       queue if self.delivery is Delivery.EXACTLY_ONCE else None)
 
     # ------------------------------------------------ exactly-once steps of a member
     def _release(self, member_id: str) -> None:
@@ -561,11 +611,18 @@ class GroupWorker(Worker):
         try:
             await self.env.backend.durable(ticket)
         except EngineError as exc:
-            # journaled before it was applied: the next open completes it; here the
-            # member moved past it (a retry would be stale), so it only counts
             self.counters.error(error_type(exc))
-            log.error("group %s: an exactly-once step is not durable yet (%s); it is "
-                      "completed when the runner opens its data again", self.name, exc)
+            if self.delivery is Delivery.EXACTLY_ONCE:
+                # journaled before it was applied: the next open completes it; here the
+                # member moved past it (a retry would be stale), so it only counts
+                log.error("group %s: an exactly-once step is not durable yet (%s); it is "
+                          "completed when the runner opens its data again", self.name, exc)
+            else:
+                # nothing is committed past it (`_flush`): handled again, here or after
+                # a restart
+                log.warning("group %s: the outputs of %s[%d]@%d are not durable (%s); it "
+                            "is handled again", self.name, msg.topic, msg.partition,
+                            msg.offset, exc)
             self.traced_settle(outputs, "commit", exc)
             return
         self.hand_over(outputs)
@@ -748,8 +805,16 @@ class GroupWorker(Worker):
                 return await settle.queue(self.step_of(outputs))
             return await settle(self.step_of(outputs))
         ticket = self.send(outputs)
-        # the outputs are durable before the record counts as done (at-least-once:
-        # its offset is committed later, by `_flush`) and before replies are handed over
+        if (self.delivery is Delivery.AT_LEAST_ONCE and isinstance(settle, _Settle)
+                and ticket != Ticket.DONE):
+            # a partition's record: the member goes on at once; its offset is committed
+            # by `_flush` once the outputs of every record it passes are durable, and
+            # the record counts as done (replies handed over) once its own are
+            await settle(Step())
+            self._sent[settle.member] = self._sent.get(settle.member, Ticket.DONE).max(ticket)
+            return ticket
+        # the outputs are durable before the record counts as done and before
+        # replies are handed over (a replayed record: before its dead letter is acked)
         await self.env.backend.durable(ticket)
         if self.delivery is Delivery.AT_LEAST_ONCE:
             await settle(Step())

@@ -364,3 +364,30 @@ def test_the_backend_fails_only_tickets_of_the_failed_round(
     good = backend.put("q2", [Out(b"b")]).ticket
     assert good.seq > bad.seq
     asyncio.run(backend.durable(good))  # another log's later round: durable
+
+
+def test_a_combined_ticket_fails_when_any_write_it_covers_failed(
+        gated: tuple[Engine, GatedFs]) -> None:
+    """A caller that wrote to two logs combines their tickets (`Ticket.max`): the
+    later one's round succeeds after the earlier one's failed, and awaiting the
+    combination still raises (a worker acking its input after its outputs, a
+    group committing past them, would otherwise lose an output)."""
+    from runner.engine.contract import OutMessage as Out
+    from runner.engine.contract import Ticket
+    from runner.engine.embedded import EmbeddedBackend
+
+    engine, fs = gated
+    backend = EmbeddedBackend(engine)
+    fs.fail = "q"
+    bad = backend.put("q", [Out(b"a")]).ticket
+    with pytest.raises(LogFailed):
+        asyncio.run(backend.durable(bad))  # its round is over, then:
+    good = backend.put("q2", [Out(b"b")]).ticket
+    asyncio.run(backend.durable(good))  # alone, the later write is durable
+    both = bad.max(good)
+    assert both.seq == good.seq and both.earliest == bad.seq
+    with pytest.raises(LogFailed, match=r"fsync of .*/q/"):
+        asyncio.run(backend.durable(both))
+    assert good.max(bad) == both and Ticket.DONE.max(both) == both
+    later = backend.put("q2", [Out(b"c")]).ticket  # combining only good ones stays good
+    asyncio.run(backend.durable(good.max(later)))

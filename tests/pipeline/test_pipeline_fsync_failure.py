@@ -170,6 +170,50 @@ def test_a_stopped_member_hands_its_partitions_to_the_group_unless_exactly_once(
 
 
 @pytest.mark.parametrize("failing", ["/topics/results-0/", "/queues/outbox/"])
+def test_at_least_once_commits_nothing_past_outputs_that_failed_to_sync(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, failing: str) -> None:
+    """An at-least-once member writes the next records' outputs without waiting for
+    each to be synced; the flusher's fsync of an output log fails: nothing is
+    committed past the records whose outputs were not synced, the member stops, and
+    after a restart every record from the last commit on is handled again."""
+    fs = FailingFs()
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=Delivery.AT_LEAST_ONCE),))
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, pipeline):
+            engine.append("events", [rec({"id": i}) for i in range(3)])
+            await wait_until(lambda: engine.position("g", tp) == 3)
+            fs.armed = failing
+            engine.append("events", [rec({"id": i}) for i in range(3, 8)])
+            await wait_until(lambda: any(
+                getattr(r, "event", None) == "member_stopped" for r in caplog.records))
+            await asyncio.sleep(0.3)
+            assert engine.position("g", tp) == 3  # nothing committed past them
+            assert pipeline.stats().consumers["g"].succeeded == 3
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(go())
+    assert fs.failures >= 1
+    fs.armed = None
+    ph.SEEN.clear()
+
+    async def again() -> None:
+        async with _running(topo, tmp_path, fs) as (engine, _):
+            assert engine.position("g", tp) == 3
+            await wait_until(lambda: engine.position("g", tp) == 8)
+            await asyncio.sleep(0.2)
+            assert set(b["id"] for b in bodies(engine, "outbox")) == set(range(8))
+            results, _ = engine.read("results", 0, 0, max_records=100)
+            assert {int(r.key or b"-1") for r in results} == set(range(8))
+
+    asyncio.run(again())
+    assert sorted(int(e["id"]) for e in ph.SEEN) == list(range(3, 8))  # handled again
+
+
+@pytest.mark.parametrize("failing", ["/topics/results-0/", "/queues/outbox/"])
 def test_an_exactly_once_step_whose_outputs_failed_to_sync_is_completed_at_restart(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, failing: str) -> None:
     """The flusher's fsync of a step's output log fails (its ticket fails): the record

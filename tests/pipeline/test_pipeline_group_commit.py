@@ -84,18 +84,28 @@ def test_a_group_commits_a_record_only_after_its_outputs_are_synced(tmp_path: Pa
     tp = TopicPartition("events", 0)
 
     async def go() -> None:
-        async with _running(topo, tmp_path, fs) as engine:
+        async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
+                           before_drain=fs.release.set) as r:
+            engine = r.engine
+
+            def pipeline_succeeded() -> int:
+                return r.pipeline.stats().consumers["g"].succeeded
+
             fs.hold = "outbox"
             engine.append("events", [rec({"id": i}) for i in range(3)])
-            await wait_until(lambda: len(engine.peek("outbox", 10)) >= 1)
+            # the member does not wait for each record's output to be synced: all
+            # three are written ...
+            await wait_until(lambda: len(engine.peek("outbox", 10)) == 3)
             await asyncio.sleep(0.3)
-            # the first record's output is written, not synced: nothing is committed
-            # and the next record waits
+            # ... but nothing is committed past an output not synced, and no record
+            # counts as done yet
             assert engine.position("g", tp) == 0
-            assert len(engine.peek("outbox", 10)) == 1
+            assert len(engine.peek("outbox", 10)) == 3
+            assert pipeline_succeeded() == 0
             fs.release.set()
             await wait_until(lambda: engine.position("g", tp) == 3)
             assert sorted(b["id"] for b in bodies(engine, "outbox")) == [0, 1, 2]
+            await wait_until(lambda: pipeline_succeeded() == 3)
 
     asyncio.run(go())
 

@@ -427,9 +427,24 @@ class RabbitBackend:
                 self._waiters.append((ticket.seq, fut))
         if fut is not None:
             await fut
-        failed = self._failures.get(ticket.seq)
+        failed = self._failure_of(ticket)
         if failed is not None:
             raise failed
+
+    def _failure_of(self, ticket: Ticket) -> EngineError | None:
+        """Why a write the ticket covers failed (a combined one: any of them), or None."""
+        if ticket.earliest == ticket.seq:
+            return self._failures.get(ticket.seq)
+        with self._lock:
+            if ticket.seq - ticket.earliest < len(self._failures):
+                for seq in range(ticket.earliest, ticket.seq + 1):
+                    if (failed := self._failures.get(seq)) is not None:
+                        return failed
+                return None
+            for seq, failed in self._failures.items():
+                if ticket.earliest <= seq <= ticket.seq:
+                    return failed
+        return None
 
     def taken(self) -> Ticket:
         with self._lock:
@@ -1232,7 +1247,7 @@ class RabbitBackend:
                 raise StorageError(f"{self.target}: writes not confirmed within "
                                    f"{WRITTEN_WAIT_S:.0f}s")
             time.sleep(0.005)
-        failed = self._failures.get(ticket.seq)
+        failed = self._failure_of(ticket)
         if failed is not None:
             raise failed
 
