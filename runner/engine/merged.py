@@ -276,9 +276,11 @@ class WriteMerger:
         target = self._target
         failed: dict[int, BaseException | None] = {}
         try:
-            await target.durable(ticket)  # every ticket of the turn is resolved then
-        except Exception as exc:  # noqa: BLE001 - the round's error, per ticket below
-            failed[ticket.seq] = exc
+            # every ticket of the turn is resolved then; each caller's own round is
+            # asked below (the combined ticket would fail them all for one)
+            await target.durable(Ticket(ticket.seq))
+        except Exception:  # noqa: BLE001, S110 - the round's error, per ticket below
+            pass
         except BaseException:  # cancelled: a closing loop
             for c in callers:
                 if not c.future.done():

@@ -35,11 +35,13 @@ again from the group's position, deciding on a refused record as on a failed
 call (`_Retry`: retried after the policy's delay or dead-lettered); nothing
 after it is committed past it.
 
-Durability: every commit and step returns a ticket, written at once and synced
-by the backend (the embedded flusher, RabbitMQ's confirms) while the loop goes
-on; the member awaits it before the handler runs (at-most-once), before it
-reads on (at-least-once's batched commit) and before a record counts as done
-and its replies are handed over (its outputs, dead letter or step).
+Durability: every write, commit and step returns a ticket, written at once and
+synced by the backend (the embedded flusher, RabbitMQ's confirms) while the
+loop goes on; the member awaits it before the handler runs (at-most-once),
+before it reads on (at-least-once's batched commit, after the combined ticket
+of every output it passes: the member does not wait for each record's) and a
+task of the group's awaits it before a record counts as done and its replies
+are handed over (its outputs, dead letter or step).
 """
 
 from __future__ import annotations
@@ -810,8 +812,8 @@ class GroupWorker(Worker):
             # a partition's record: the member goes on at once; its offset is committed
             # by `_flush` once the outputs of every record it passes are durable, and
             # the record counts as done (replies handed over) once its own are
-            await settle(Step())
             self._sent[settle.member] = self._sent.get(settle.member, Ticket.DONE).max(ticket)
+            await settle(Step())
             return ticket
         # the outputs are durable before the record counts as done and before
         # replies are handed over (a replayed record: before its dead letter is acked)

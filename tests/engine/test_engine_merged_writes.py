@@ -348,3 +348,42 @@ def test_an_append_to_several_partitions_leaves_their_fsyncs_to_the_flusher(
     finally:
         fs.release.set()
         engine.close()
+
+
+class _RoundsTarget:
+    """A producer whose writes each get their own flusher round: the rounds in
+    `failing` fail (a combined ticket fails when it covers one, as the contract says)."""
+
+    def __init__(self, failing: set[int]) -> None:
+        self.seq = 0
+        self.failing = failing
+
+    def put(self, queue: str, messages: Any) -> Any:
+        from runner.engine.contract import Published, Ticket
+        self.seq += 1
+        return Published(tuple((queue,) for _ in messages), Ticket(self.seq))
+
+    def taken(self) -> Any:
+        from runner.engine.contract import Ticket
+        return Ticket(self.seq)
+
+    async def durable(self, ticket: Any) -> None:
+        if any(ticket.earliest <= s <= ticket.seq for s in self.failing):
+            raise LogFailed("fsync of q failed", path="q")
+
+
+def test_a_caller_whose_own_round_succeeded_is_not_failed_by_an_earlier_one() -> None:
+    """Two callers of one turn, stored in two rounds: the first (earlier) round fails,
+    the second succeeds. The turn's tickets combined fail; each caller still gets its
+    own round's outcome."""
+    from runner.engine.merged import WriteMerger
+
+    target = _RoundsTarget(failing={1})
+    merger = WriteMerger(target)  # type: ignore[arg-type]
+
+    async def scenario() -> list[Any]:
+        return await _outcomes(merger.put("q", _msgs("a")), merger.put("q2", _msgs("b")))
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, LogFailed)
+    assert second == (("q2",),)
