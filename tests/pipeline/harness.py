@@ -15,7 +15,7 @@ import orjson
 
 from runner.clock import SystemClock
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord
-from runner.engine.contract import Backend
+from runner.engine.contract import Backend, Step, Ticket
 from runner.engine.embedded import EmbeddedBackend
 from runner.pipeline import Pipeline
 from runner.topology.model import (
@@ -136,3 +136,20 @@ async def running(
         else:
             engine.flush()
             engine.close()
+
+
+class CountingBackend(EmbeddedBackend):
+    """The embedded backend, remembering every step it was asked to commit and how it went."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.steps: list[tuple[Step, str]] = []
+
+    def commit_step(self, step: Step) -> Ticket:
+        try:
+            ticket = super().commit_step(step)
+        except Exception as exc:
+            self.steps.append((step, type(exc).__name__))
+            raise
+        self.steps.append((step, "ok"))
+        return ticket

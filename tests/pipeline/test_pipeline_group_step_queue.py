@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from runner.engine import Engine, FsyncPolicy, TopicPartition
-from runner.engine.contract import Step, Ticket
-from runner.engine.embedded import EmbeddedBackend
 from runner.errors import NotFound
 from runner.fs import LOCAL
 from runner.topology.model import (
@@ -35,7 +33,7 @@ from runner.topology.model import (
     Topology,
 )
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, rec, running, topology, wait_until
+from tests.pipeline.harness import CountingBackend, H, bodies, rec, running, topology, wait_until
 
 SLOW_SYNC_S = 0.015
 
@@ -49,23 +47,6 @@ class SlowFs:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(LOCAL, name)
-
-
-class CountingBackend(EmbeddedBackend):
-    """The embedded backend, remembering every step it was asked to commit and how it went."""
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self.steps: list[tuple[Step, str]] = []
-
-    def commit_step(self, step: Step) -> Ticket:
-        try:
-            ticket = super().commit_step(step)
-        except Exception as exc:
-            self.steps.append((step, type(exc).__name__))
-            raise
-        self.steps.append((step, "ok"))
-        return ticket
 
 
 @asynccontextmanager

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from runner.engine import Engine, FsyncPolicy
 from runner.engine.contract import Fence, Step, Ticket, TopicPartition
-from runner.engine.embedded import EmbeddedBackend
 from runner.topology.model import (
     Binding,
     Consumer,
@@ -26,24 +25,16 @@ from runner.topology.model import (
     Topology,
 )
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, msg, rec, running, topology, wait_until
-
-
-class CountingBackend(EmbeddedBackend):
-    """The embedded backend, remembering every step it was asked to commit and how it went."""
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self.steps: list[tuple[Step, str]] = []
-
-    def commit_step(self, step: Step) -> Ticket:
-        try:
-            ticket = super().commit_step(step)
-        except Exception as exc:
-            self.steps.append((step, type(exc).__name__))
-            raise
-        self.steps.append((step, "ok"))
-        return ticket
+from tests.pipeline.harness import (
+    CountingBackend,
+    H,
+    bodies,
+    msg,
+    rec,
+    running,
+    topology,
+    wait_until,
+)
 
 
 def _gate() -> None:
