@@ -250,9 +250,8 @@ class Console:
         })
         try:
             await response.prepare(request)
-            await response.write(
-                b"retry: 2000\nevent: snapshot\ndata: " + (await self.feed.encoded()) + b"\n\n"
-            )
+            first = b"event: snapshot\ndata: " + (await self.feed.encoded()) + b"\n\n"
+            await response.write(b"retry: 2000\n" + first)
             while True:
                 try:
                     item = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
@@ -261,6 +260,8 @@ class Console:
                     continue
                 if item is None:
                     break
+                if item == first:  # sampled while the stream was opening: sent already
+                    continue
                 await response.write(item)
         except (ConnectionError, RuntimeError):
             pass  # the browser went away (or the server is closing the transport)
