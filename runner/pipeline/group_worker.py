@@ -103,9 +103,9 @@ class _Waiting:
     # (so the group's position is not that record's yet)
     stale: Callable[[bool], bool]
     future: asyncio.Future[Ticket]
-    member: str = ""
-    tp: TopicPartition | None = None  # the record's (None: not a partition's record)
-    offset: int = -1
+    member: str
+    tp: TopicPartition  # the record's partition and offset
+    offset: int
 
 
 class _Settle:
@@ -644,20 +644,17 @@ class GroupWorker(Worker):
         for w in batch:
             if w.future.done():
                 continue
-            key = (w.member, w.tp) if w.tp is not None else None
-            follows = key is not None and expect.get(key) is not None
-            if (follows and w.offset != expect[key]) or w.stale(follows):  # type: ignore[index]
+            key = (w.member, w.tp)
+            follows = expect.get(key) is not None
+            if (follows and w.offset != expect[key]) or w.stale(follows):
                 # rebalanced or sought since the handler ran: commit nothing
                 w.future.set_exception(_Stale())
-                if key is not None:
-                    expect[key] = None
+                expect[key] = None
                 continue
             live.append(w)
-            if key is not None:
-                expect[key] = w.offset + 1
+            expect[key] = w.offset + 1
         results = self.commit_steps([w.step for w in live],
-                                    runs=[(w.member, w.tp) if w.tp is not None else None
-                                          for w in live])
+                                    runs=[(w.member, w.tp) for w in live])
         for w, result in zip(live, results, strict=True):
             if w.future.done():
                 continue
