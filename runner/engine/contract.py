@@ -138,6 +138,11 @@ class Ticket:
     # the earliest write this ticket covers when it is several combined (`max`);
     # 0: only its own (`seq`)
     first: int = 0
+    # the seqs of the other writes it covers when combined (`max`): a backend whose
+    # writes fail one by one (RabbitMQ: a nacked publish) asks exactly these, one
+    # whose failures are whole flush rounds (embedded: a failed fsync) the range
+    # `earliest`..`seq`
+    others: frozenset[int] = frozenset()
 
     DONE: ClassVar[Ticket]  # a ticket that is durable already (set below)
 
@@ -146,18 +151,26 @@ class Ticket:
         """The first seq of the writes it covers (`seq` for a single write's)."""
         return self.first or self.seq
 
+    @property
+    def covers(self) -> frozenset[int]:
+        """The seqs of every write it covers (its own included)."""
+        return self.others | {self.seq}
+
     def max(self, other: Ticket) -> Ticket:
         """Both tickets of the same backend as one: the later's place in the order,
         covering every write of both. Awaiting it returns once all are durable, and
         raises when any of them failed durably (a later write's round may succeed
         after an earlier one's failed: a failed fsync fails only its own round)."""
-        if not other.seq:
+        if not other.seq or other is self:
             return self
         if not self.seq:
             return other
         later = self if self.seq >= other.seq else other
         first = min(self.earliest, other.earliest)
-        return later if first == later.earliest else Ticket(later.seq, first)
+        others = (self.covers | other.covers) - {later.seq}
+        if first == later.earliest and others == later.others:
+            return later
+        return Ticket(later.seq, 0 if first == later.seq else first, others)
 
 
 Ticket.DONE = Ticket(0)

@@ -285,3 +285,37 @@ def test_a_steps_acks_wait_for_its_writes_and_go_back_when_the_broker_refuses_on
                 "not")
         finally:
             backend.close()
+
+
+def test_a_combined_ticket_fails_when_the_broker_nacked_a_write_it_covers_only() -> None:
+    """Ticket.max of a nacked write (a full reject-publish queue) and a later confirmed
+    one raises on await, though the later one alone is durable: a caller that combines
+    its outputs' tickets (a group member before its commit, a consumer before its acks)
+    must not go on past the lost one. Combining two confirmed writes with another
+    caller's nacked one between them returns: that loss is not theirs."""
+    full = Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)
+    topology = Topology(queues=(("q", Queue("q")), ("full", full)))
+    with fresh_vhost() as target:
+        backend = runtime.open_rabbitmq(topology, target)
+        try:
+            filler = backend.put("full", [OutMessage(b"filler")]).ticket
+            asyncio.run(backend.durable(filler))
+            nacked = backend.put("full", [OutMessage(b"lost")]).ticket
+            later = backend.put("q", [OutMessage(b"kept")]).ticket
+            assert nacked.seq < later.seq
+            asyncio.run(backend.durable(later))  # its own write is confirmed
+            with pytest.raises(Refused, match="the broker refused a message to queue 'full'"):
+                asyncio.run(backend.durable(later.max(nacked)))
+            with pytest.raises(Refused):
+                asyncio.run(backend.durable(nacked.max(later)))  # either order
+            asyncio.run(backend.durable(filler.max(later)))  # the nack between is not theirs
+            # many confirmed writes after the nack: the range is still checked
+            more = [backend.put("q", [OutMessage(b"%d" % i)]).ticket for i in range(20)]
+            combined = nacked
+            for t in more:
+                combined = combined.max(t)
+            with pytest.raises(Refused):
+                asyncio.run(backend.durable(combined))
+            assert backend.ready("full") == 1 and backend.ready("q") == 21
+        finally:
+            backend.close()

@@ -107,14 +107,22 @@ class FirefoxElement:
                        " s.dispatchEvent(new Event('change', {bubbles: true}));")
             return
         self._call("el.scrollIntoView({block: 'center', inline: 'center'});")
-        self.driver.perform([{
-            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-            "actions": [
-                {"type": "pointerMove", "x": 0, "y": 0,
-                 "origin": {"type": "element", "element": {"sharedId": self.shared_id}}},
-                {"type": "pointerDown", "button": 0},
-                {"type": "pointerUp", "button": 0},
-            ]}])
+        try:
+            self.driver.perform([{
+                "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                "actions": [
+                    {"type": "pointerMove", "x": 0, "y": 0,
+                     "origin": {"type": "element", "element": {"sharedId": self.shared_id}}},
+                    {"type": "pointerDown", "button": 0},
+                    {"type": "pointerUp", "button": 0},
+                ]}])
+        except BidiError as err:
+            # a re-render can detach the node between the lookup and the move: Firefox
+            # says "not displayed", chromium (selenium) says stale; callers retry on stale
+            if err.error == "move target out of bounds" and not self.driver.call(
+                    "function(el) { return el.isConnected; }", self):
+                raise _stale(str(err)) from err
+            raise
 
     def _origin(self) -> dict[str, Any]:
         return {"type": "element", "element": {"sharedId": self.shared_id}}

@@ -386,6 +386,7 @@ def test_a_combined_ticket_fails_when_any_write_it_covers_failed(
     asyncio.run(backend.durable(good))  # alone, the later write is durable
     both = bad.max(good)
     assert both.seq == good.seq and both.earliest == bad.seq
+    assert both.covers == {bad.seq, good.seq} and both.max(bad) == both
     with pytest.raises(LogFailed, match=r"fsync of .*/q/"):
         asyncio.run(backend.durable(both))
     assert good.max(bad) == both and Ticket.DONE.max(both) == both

@@ -432,17 +432,14 @@ class RabbitBackend:
             raise failed
 
     def _failure_of(self, ticket: Ticket) -> EngineError | None:
-        """Why a write the ticket covers failed (a combined one: any of them), or None."""
-        if ticket.earliest == ticket.seq:
+        """Why a write the ticket covers failed (a combined one: any of them), or None.
+        Exactly the writes it covers: a publish nacked between two of them (another
+        caller's, into a full reject-publish queue) is not theirs."""
+        if not ticket.others:
             return self._failures.get(ticket.seq)
         with self._lock:
-            if ticket.seq - ticket.earliest < len(self._failures):
-                for seq in range(ticket.earliest, ticket.seq + 1):
-                    if (failed := self._failures.get(seq)) is not None:
-                        return failed
-                return None
-            for seq, failed in self._failures.items():
-                if ticket.earliest <= seq <= ticket.seq:
+            for seq in sorted(ticket.covers):
+                if (failed := self._failures.get(seq)) is not None:
                     return failed
         return None
 
