@@ -319,3 +319,21 @@ def test_a_combined_ticket_fails_when_the_broker_nacked_a_write_it_covers_only()
             assert backend.ready("full") == 1 and backend.ready("q") == 21
         finally:
             backend.close()
+
+
+def test_failed_writes_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every nack is kept for the callers that ask after it, but only the newest
+    FAILURES_KEPT of them: a client refused by a full queue for days costs no memory."""
+    monkeypatch.setattr(runtime, "FAILURES_KEPT", 3)
+    full = Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)
+    with fresh_vhost() as target:
+        backend = runtime.open_rabbitmq(Topology(queues=(("full", full),)), target)
+        try:
+            asyncio.run(backend.durable(backend.put("full", [OutMessage(b"filler")]).ticket))
+            nacked = [backend.put("full", [OutMessage(b"%d" % i)]).ticket for i in range(5)]
+            for t in nacked[2:]:
+                with pytest.raises(Refused):
+                    asyncio.run(backend.durable(t))
+            assert sorted(backend._failures) == [t.seq for t in nacked[2:]]
+        finally:
+            backend.close()

@@ -164,6 +164,9 @@ RECONNECT_MAX_S = 5.0
 INFO_FRESH_S = 1.0  # queue_info answers from a queue_infos this young
 WRITTEN_WAIT_S = 30.0  # a blocking commit_step waits this long for its writes' confirms
 DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
+# failed writes remembered (the newest; callers ask right after theirs is done): a client
+# publishing into a full reject-publish queue for days must not grow memory without end
+FAILURES_KEPT = 100_000
 
 # headers of a retried copy, taken off at delivery
 COUNT_HEADER = "x-runner-delivery-count"  # deliveries before this copy
@@ -1571,7 +1574,9 @@ class RabbitBackend:
         loops: set[asyncio.AbstractEventLoop] = set()
         with self._lock:
             if error is not None:
-                self._failures[cmd.seq] = error
+                self._failures[cmd.seq] = error  # in seq order: the oldest is first
+                if len(self._failures) > FAILURES_KEPT:
+                    del self._failures[next(iter(self._failures))]
             self._done_upto = max(self._done_upto, cmd.seq)
             for seq, fut in self._waiters:
                 if seq <= self._done_upto and not fut.done():
