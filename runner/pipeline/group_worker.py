@@ -106,6 +106,9 @@ class _Waiting:
     member: str
     tp: TopicPartition  # the record's partition and offset
     offset: int
+    # the group's position the record follows: the offset after the record read
+    # before it (a compacted topic has gaps), or where the read started
+    after: int
 
 
 class _Settle:
@@ -133,6 +136,8 @@ class _Retry:
     error: EngineError
     msg: TopicMessage
     outputs: Outputs
+    failures: int  # the record's failed calls before the one whose step was refused
+    first: float  # when it was first called (the dead letter's first attempt)
 
 
 def _retrieved(future: asyncio.Future[Ticket]) -> None:
@@ -416,7 +421,7 @@ class GroupWorker(Worker):
             if tp not in member.assignment():
                 positions.pop(tp, None)
                 break
-            commit_step = self._commit_step(member, tp, record, version)
+            commit_step = self._commit_step(member, tp, record, version, positions[tp])
             try:
                 done = await self._handle(record, member.member_id, commit_step,
                                           stale=lambda: self._sought(version),
@@ -442,20 +447,23 @@ class GroupWorker(Worker):
 
     def _commit_step(
         self, member: GroupMember, tp: TopicPartition, record: Record, version: int,
+        after: int,
     ) -> _Settle:
-        """How a record from the partition is settled, given the rest of its step."""
+        """How a record from the partition is settled, given the rest of its step
+        (`after`: the group's position it follows; records of a compacted topic may
+        have gaps between their offsets)."""
         backend = self.env.backend
         member_id = member.member_id
 
         def stale(follows: bool = False) -> bool:
             return (member_id in self._gone or self._sought(version)
                     or tp not in member.assignment()
-                    or (not follows and member.position(tp) != record.offset))
+                    or (not follows and member.position(tp) != after))
 
         async def queue(step: Step) -> asyncio.Future[Ticket]:
             if self._sought(version) or member_id in self._gone:
                 raise _Stale()
-            if tp not in member.assignment() or not self._next_of(member, tp, record.offset):
+            if tp not in member.assignment() or not self._next_of(member, tp, after):
                 raise _Stale()
             queued = self._queued.get(member_id)
             while queued and len(queued) >= QUEUED_MAX:
@@ -466,7 +474,7 @@ class GroupWorker(Worker):
             future.add_done_callback(_retrieved)
             self._queued.setdefault(member_id, []).append(_Waiting(
                 step + Step(commits=((self.name, tp, record.offset + 1),), fences=(fence,)),
-                stale, future, member_id, tp, record.offset))
+                stale, future, member_id, tp, record.offset, after))
             self._release(member_id)
             return future
 
@@ -536,13 +544,14 @@ class GroupWorker(Worker):
             self._in_flight[member_id] -= 1
             self._release(member_id)
 
-    def _next_of(self, member: GroupMember, tp: TopicPartition, offset: int) -> bool:
-        """True when the record at `offset` is the next to commit in `tp`: the group's
-        position, or right after a step of the member's not yet written."""
-        if member.position(tp) == offset:
+    def _next_of(self, member: GroupMember, tp: TopicPartition, after: int) -> bool:
+        """True when a record following position `after` is the next to commit in
+        `tp`: `after` is the group's position, or what a step of the member's not
+        yet written commits."""
+        if member.position(tp) == after:
             return True
         member_id = member.member_id
-        return any(w.member == member_id and w.tp == tp and w.offset == offset - 1
+        return any(w.member == member_id and w.tp == tp and w.offset + 1 == after
                    for w in (*self._queued.get(member_id, ()), *self._steps_waiting))
 
     def _rewind(self, member_id: str, tp: TopicPartition, retry: _Retry | None) -> None:
@@ -580,17 +589,19 @@ class GroupWorker(Worker):
         return retry if retry.offset == offset else None
 
     def _when_durable(self, member_id: str, ticket: Ticket | asyncio.Future[Ticket],
-                      outputs: Outputs, msg: TopicMessage) -> None:
+                      outputs: Outputs, msg: TopicMessage, failures: int,
+                      first: float) -> None:
         """An exactly-once record's step is written (or queued: `ticket` is its future):
         it counts as done, and its replies are handed over, once the step is durable
         (a task of the group's)."""
         task = asyncio.get_running_loop().create_task(
-            self._tail(member_id, ticket, outputs, msg))
+            self._tail(member_id, ticket, outputs, msg, failures, first))
         self._durable_tasks.add(task)
         task.add_done_callback(self._durable_tasks.discard)
 
     async def _tail(self, member_id: str, ticket: Ticket | asyncio.Future[Ticket],
-                    outputs: Outputs, msg: TopicMessage) -> None:
+                    outputs: Outputs, msg: TopicMessage, failures: int,
+                    first: float) -> None:
         if isinstance(ticket, asyncio.Future):
             tp = TopicPartition(msg.topic, msg.partition)
             try:
@@ -608,7 +619,8 @@ class GroupWorker(Worker):
             except EngineError as exc:
                 self.counters.error(error_type(exc))
                 self.failures.report("outputs", exc, msg)
-                self._rewind(member_id, tp, _Retry(msg.offset, exc, msg, outputs))
+                self._rewind(member_id, tp,
+                             _Retry(msg.offset, exc, msg, outputs, failures, first))
                 return
         try:
             await self.env.backend.durable(ticket)
@@ -646,7 +658,7 @@ class GroupWorker(Worker):
                 continue
             key = (w.member, w.tp)
             follows = expect.get(key) is not None
-            if (follows and w.offset != expect[key]) or w.stale(follows):
+            if (follows and w.after != expect[key]) or w.stale(follows):
                 # rebalanced or sought since the handler ran: commit nothing
                 w.future.set_exception(_Stale())
                 expect[key] = None
@@ -714,8 +726,10 @@ class GroupWorker(Worker):
         while True:
             exc: Exception | None
             if retry is not None:
+                # the refusal counts as this call's failure, after the ones before it
                 msg, exc, outputs = retry.msg, retry.error, retry.outputs
-                delivery_count, retry = retry.msg.delivery_count, None
+                failures, first = retry.failures, retry.first
+                delivery_count, retry = retry.msg.delivery_count - failures, None
             else:
                 msg = TopicMessage.from_record(
                     record, delivery_count=delivery_count + failures,
@@ -733,7 +747,7 @@ class GroupWorker(Worker):
                     self.failures.report("outputs", send_exc, msg)
                 else:
                     if ticket != Ticket.DONE:  # done (and replies handed over) once durable
-                        self._when_durable(member, ticket, outputs, msg)
+                        self._when_durable(member, ticket, outputs, msg, failures, first)
                         return True
                     self.hand_over(outputs)
                     self.counters.succeeded += 1

@@ -180,3 +180,25 @@ def test_a_leaving_member_holds_its_partitions_until_its_last_commit_is_written(
         assert (m2.position(TP0), m2.position(TP1)) == (5, 7)
     finally:
         m2.close()
+
+
+def test_a_members_commits_keep_no_memory_of_each_other(
+    backend: runtime.RabbitBackend,
+) -> None:
+    """A member remembers only its last commit's place for close (not a combination
+    of every commit of its life: `Ticket.max` keeps each combined write's seq), so a
+    long-lived member's commits cost the same and hold nothing; close still waits for
+    the last one, and the next owner starts from it."""
+    m1 = backend.open_member("g", "m1")
+    eventually(m1.assignment, lambda a: set(a) == {TP0, TP1})
+    tickets = [m1.commit({TP0: offset, TP1: offset}) for offset in range(1, 301)]
+    assert len({t.seq for t in tickets}) == 300
+    assert m1._last_commit.seq == tickets[-1].seq and not m1._last_commit.others
+    asyncio.run(backend.durable(tickets[-1]))
+    m1.close()
+    m2 = backend.open_member("g", "m2")
+    try:
+        eventually(m2.assignment, lambda a: set(a) == {TP0, TP1})
+        assert (m2.position(TP0), m2.position(TP1)) == (300, 300)
+    finally:
+        m2.close()

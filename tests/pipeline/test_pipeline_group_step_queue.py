@@ -20,6 +20,7 @@ from typing import Any
 from runner.engine import Engine, FsyncPolicy, TopicPartition
 from runner.errors import NotFound
 from runner.fs import LOCAL
+from runner.pipeline.deadletter import DEAD_LETTER_HEADER
 from runner.topology.model import (
     Binding,
     ConsumerGroup,
@@ -182,3 +183,87 @@ def _held(engine: Engine, member: str) -> list[TopicPartition] | None:
         return engine.assignment("g", member)
     except NotFound:  # not (or no longer) a member
         return None
+
+
+def test_a_queued_step_refused_every_time_is_dead_lettered_after_its_retries(
+        tmp_path: Path) -> None:
+    """max_retries=2: a record whose step the engine refuses every time (a full
+    reject-publish queue that never drains) is dead-lettered after the call and its 2
+    retries, as a failed call would be, and the partition moves on. (The refusal comes
+    back after the member moved on; a first version counted its failures from 1 again
+    each time: the record was retried for ever.)"""
+    from runner.engine import OutMessage
+
+    ph.reset()
+    topo = topology(
+        topics=(Topic("events"),),
+        queues=(Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH), Queue("dlq")),
+        exchanges=(Exchange("tofull", ExchangeType.FANOUT),),
+        bindings=(Binding("tofull", queue="full"),),
+        policies=(DlqPolicy("soon", max_retries=2, backoff=(0.02,), dead_letter_queue="dlq"),),
+        groups=(ConsumerGroup("g", ("events",), handler=f"{H}:gated_forward",
+                              delivery=Delivery.EXACTLY_ONCE, dlq_policy="soon"),),
+    )
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        ph.GATE = asyncio.Event()
+        ph.GATE.set()
+        async with _running(topo, tmp_path) as (engine, _backend):
+            engine.publish_to_queue("full", [OutMessage(b"{}")])  # full from now on
+            engine.append("events", [rec({"id": 0, "to": "tofull"}), rec({"id": 1})])
+            await wait_until(lambda: engine.position("g", tp) == 2, timeout=10)
+            (letter,) = engine.peek("dlq", 10)
+            death = dict(letter.headers[DEAD_LETTER_HEADER])
+            assert death["retry_count"] == 2, death
+            assert death["error"]["type"] == "runner.errors.Refused", death
+            assert death["error"]["message"].startswith("queue 'full' has no room"), death
+            assert death["first_attempt"] < death["last_attempt"], death  # the first call's
+            assert engine.queue_info("full").ready == 1  # nothing of record 0 landed
+            assert [b["id"] for b in bodies(engine, "outbox")] == [1]
+
+    asyncio.run(go())
+    # record 0: the call and its 2 retries (record 1 may be handled ahead of each
+    # refusal, its step then dropped as stale: its output landed once, above)
+    ids = [int(e["id"]) for e in ph.SEEN]
+    assert ids.count(0) == 3 and ids[-1] == 1, ids
+
+
+def test_an_exactly_once_member_passes_the_gaps_compaction_left(tmp_path: Path) -> None:
+    """A compacted topic's offsets have gaps: the record after a gap follows the one
+    before it (the member checks each step against the position the record follows,
+    not against its offset - 1), so each is handled once and the group moves past
+    them all (a member compared offsets, and re-read the record after the gap for
+    ever)."""
+    from runner.clock import ManualClock, now_ms
+    from runner.log.compaction import compact
+
+    ph.reset()
+    topo = topology(
+        topics=(Topic("c", compact=True, delete=False, segment_bytes=1_000),),
+        groups=(ConsumerGroup("g", ("c",), handler=f"{H}:ok",
+                              delivery=Delivery.EXACTLY_ONCE),))
+    clock = ManualClock()
+    e = Engine.open(topo, tmp_path, fsync=FsyncPolicy.NEVER, clock=clock)
+    try:
+        for i, key in enumerate("abbcdd"):  # offsets 1 and 4 are compacted away
+            e.append("c", [rec({"id": i}, key=key)])
+        wal = e.store.partition("c", 0).log
+        wal.roll()
+        compact(wal, now_ms=now_ms(clock), delete_retention_ms=86_400_000)
+        recs, _ = e.read("c", 0, 0)
+        assert [r.offset for r in recs] == [0, 2, 3, 5]
+    finally:
+        e.flush()
+        e.close()
+    tp = TopicPartition("c", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path) as (engine, backend):
+            await wait_until(lambda: engine.position("g", tp) == 6, timeout=10)
+            await asyncio.sleep(0.2)  # nothing more is handled
+            committed = [off for offs in _committed_offsets(backend) for off in offs]
+            assert committed == [1, 3, 4, 6], committed
+
+    asyncio.run(go())
+    assert [int(s["id"]) for s in ph.SEEN] == [0, 2, 3, 5]

@@ -279,7 +279,9 @@ class RabbitMember:
             ticket = ticket.max(self._write_commit(
                 offset_queue(self.group, tp.topic, tp.partition),
                 offset_body(offset, self._member_id), after))
-        self._last_commit = ticket.max(self._last_commit)
+        # only its place in the order is asked (by close): combining every commit of
+        # the member's life would keep each one's seq (`Ticket.others`)
+        self._last_commit = Ticket(max(ticket.seq, self._last_commit.seq))
         return ticket
 
     def _held_back(self, tp: TopicPartition, offset: int) -> tuple[tuple[int, ...], bool]:
