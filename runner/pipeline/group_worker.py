@@ -166,6 +166,8 @@ class GroupWorker(Worker):
         self._steps_waiting: list[_Waiting] = []  # exactly-once steps of this turn
         self._commit_scheduled = False
         self._durable_tasks: set[asyncio.Task[None]] = set()  # steps awaiting durability
+        # of those, leaving members' last commits waiting for their outputs
+        self._leaving: set[asyncio.Task[None]] = set()
         # by member: its exactly-once steps queued while IN_FLIGHT commits of it are
         # being written and synced; how many are; what its queued steps' outcomes
         # tell it (partitions to read again, records to retry, a failed log)
@@ -201,13 +203,22 @@ class GroupWorker(Worker):
 
     async def drain(self, grace_s: float) -> None:
         await self.stop_tasks(grace_s)
-        self._seek_sub.close()
         # steps written by the members (their waiters are gone), and the commits
-        # those release in turn
+        # those release in turn; a seek meanwhile still makes a leaving member's
+        # last commit stale (it must not move the group back over the seek)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while self._durable_tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._durable_tasks), timeout=left)
+        # a member still waiting for its outputs leaves now, committing nothing (its
+        # records are handled again): never after the drain, when a new worker's
+        # member may have joined under the same id
+        leaving = set(self._leaving)
+        for task in leaving:
+            task.cancel()
+        if leaving:
+            await asyncio.wait(leaving)
+        self._seek_sub.close()
 
     # ---------------------------------------------------------------- member loop
     async def _member(self, member_id: str, waiter: Waiter) -> None:
@@ -268,6 +279,8 @@ class GroupWorker(Worker):
             pending.clear()
             self._durable_tasks.add(task)
             task.add_done_callback(self._durable_tasks.discard)
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
             return True
         self._commit_and_close(member, pending, version)
         return True
@@ -281,6 +294,12 @@ class GroupWorker(Worker):
                         "not durable (%s); records past its last commit are handled again",
                         self.name, member.member_id, exc)
             pending.clear()
+        except asyncio.CancelledError:
+            log.warning("group %s: member %s leaves without committing: its outputs were "
+                        "not durable within the drain's grace; records past its last "
+                        "commit are handled again", self.name, member.member_id)
+            self._commit_and_close(member, {}, version)
+            raise
         self._commit_and_close(member, pending, version)
 
     def _commit_and_close(self, member: GroupMember, pending: dict[TopicPartition, int],
@@ -424,7 +443,8 @@ class GroupWorker(Worker):
             commit_step = self._commit_step(member, tp, record, version, positions[tp])
             try:
                 done = await self._handle(record, member.member_id, commit_step,
-                                          stale=lambda: self._sought(version),
+                                          stale=lambda: (self._sought(version)
+                                                         or self._rewinding(member, tp)),
                                           retry=self._retry_of(member.member_id, tp,
                                                                record.offset))
             except _Stale:
@@ -580,6 +600,11 @@ class GroupWorker(Worker):
                 self._retries.setdefault(member_id, {})[tp] = retry
         return True
 
+    def _rewinding(self, member: GroupMember, tp: TopicPartition) -> bool:
+        """A queued step of the member's in `tp` was not committed: what it handles
+        there now is past it (a retry in place stops waiting: stale)."""
+        return tp in self._rewinds.get(member.member_id, ())
+
     def _retry_of(self, member_id: str, tp: TopicPartition, offset: int) -> _Retry | None:
         """The refused step of the record at `offset`, when the member reads it again."""
         retries = self._retries.get(member_id)
@@ -651,6 +676,20 @@ class GroupWorker(Worker):
         or refused one, the rest of its run is stale (never committed past it)."""
         self._commit_scheduled = False
         batch, self._steps_waiting = self._steps_waiting, []
+        try:
+            self._commit_batch(batch)
+        except Exception:
+            # not the engine's refusal (that is each step's result): a bug or a closed
+            # backend. No waiter may hang on it (its member would block, the drain
+            # wait out its grace): each reads its partition again from the group's
+            # position, which holds whatever was committed
+            log.exception("group %s: committing %d queued step(s) failed", self.name,
+                          len(batch))
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(_Stale())
+
+    def _commit_batch(self, batch: list[_Waiting]) -> None:
         live: list[_Waiting] = []
         expect: dict[tuple[str, TopicPartition], int | None] = {}
         for w in batch:

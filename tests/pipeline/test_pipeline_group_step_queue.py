@@ -267,3 +267,44 @@ def test_an_exactly_once_member_passes_the_gaps_compaction_left(tmp_path: Path) 
 
     asyncio.run(go())
     assert [int(s["id"]) for s in ph.SEEN] == [0, 2, 3, 5]
+
+
+class _BrokenOnce(CountingBackend):
+    """The embedded backend whose next `commit_step` raises a bug's error (not the
+    engine's refusal) once `broken` is set."""
+
+    broken = False
+
+    def commit_step(self, step: Any) -> Any:
+        if _BrokenOnce.broken:
+            _BrokenOnce.broken = False
+            raise RuntimeError("a bug")
+        return super().commit_step(step)
+
+
+def test_a_bug_committing_queued_steps_strands_no_record(tmp_path: Path) -> None:
+    """Committing the queued steps raises what is not an engine error (a bug): it is
+    logged, and each record of the batch is read again from the group's position, so
+    the member neither hangs nor loses a record; every output lands once."""
+    ph.reset()
+    topo = topology(topics=(Topic("events"),),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:gated_forward",
+                                          delivery=Delivery.EXACTLY_ONCE),))
+    tp = TopicPartition("events", 0)
+
+    async def go() -> None:
+        ph.GATE = asyncio.Event()
+        ph.GATE.set()
+        async with running(topo, tmp_path, workers=2, fsync=FsyncPolicy.ALWAYS, fs=SlowFs(),
+                           backend=_BrokenOnce) as r:
+            engine = r.engine
+            engine.append("events", [rec({"id": i}) for i in range(5)])
+            await wait_until(lambda: engine.position("g", tp) == 5, timeout=10)
+            _BrokenOnce.broken = True
+            engine.append("events", [rec({"id": i}) for i in range(5, 30)])
+            await wait_until(lambda: engine.position("g", tp) == 30, timeout=20)
+            assert not _BrokenOnce.broken  # it did raise
+            await wait_until(lambda: len(bodies(engine, "outbox")) >= 30)
+            assert sorted(b["id"] for b in bodies(engine, "outbox")) == list(range(30))
+
+    asyncio.run(go())
