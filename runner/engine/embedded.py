@@ -167,9 +167,10 @@ class EmbeddedBackend:
         return self.engine.events.add(events, callback)
 
     async def durable(self, ticket: Ticket) -> None:
-        # raises the error of the flusher round that held it (a failed fsync); a
-        # log that failed in another round does not fail this ticket
-        await self.engine.durable(ticket.seq, first=ticket.first)
+        # raises the error of the flusher round that held it, or held any write it
+        # covers when combined (a failed fsync); a log that failed in another round
+        # does not fail this ticket
+        await self.engine.durable(ticket.seq, also=ticket.others)
 
     def taken(self) -> Ticket:
         with self.engine.ticketed() as box:  # an empty block: the ticket of what is pending

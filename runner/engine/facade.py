@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -433,11 +433,11 @@ class Engine:
                 for topic in topics:
                     self._hidden[topic] = max(self._hidden.get(topic, 0), box.seq)
 
-    async def durable(self, seq: int, *, first: int = 0) -> None:
+    async def durable(self, seq: int, *, also: Iterable[int] = ()) -> None:
         """Return when ticket `seq` (a `ticketed()` block's) is synced; raise the
-        LogFailed / StorageError that failed its round (`first`: the ticket covers
-        the writes of tickets `first`..`seq`, combined: raise that of any failed
-        round that held one of them)."""
+        LogFailed / StorageError that failed its round (`also`: the earlier tickets
+        it covers, combined: raise that of any failed round that held one of them;
+        a failed round between them that held none is not theirs)."""
         if not seq:
             return
         try:
@@ -455,7 +455,11 @@ class Engine:
                 if seq <= self.commits.done:  # its round ended before the hook was set
                     self._round_done()
                 await fut
-            error = self.commits.error_of(seq, first=first)
+            error = self.commits.error_of(seq)
+            for earlier in also:
+                if error is not None:
+                    break
+                error = self.commits.error_of(earlier)
             if error is not None:
                 raise error
         except LogFailed as exc:

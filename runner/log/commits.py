@@ -248,13 +248,11 @@ class GroupCommit:
             except Exception:  # e.g. the loop closed
                 log.debug("group commit round hook failed", exc_info=True)
 
-    def error_of(self, seq: int, *, first: int = 0) -> BaseException | None:
-        """The error of the failed round that held resolved ticket `seq`, else None
-        (`first`: of any that held one of tickets `first`..`seq`)."""
-        lo = first or seq
+    def error_of(self, seq: int) -> BaseException | None:
+        """The error of the failed round that held resolved ticket `seq`, else None."""
         with self._cond:
             for after, upto, error in self._failed:
-                if after < seq and lo <= upto:
+                if after < seq <= upto:
                     return error
         return None
 

@@ -378,6 +378,8 @@ def test_a_combined_ticket_fails_when_any_write_it_covers_failed(
 
     engine, fs = gated
     backend = EmbeddedBackend(engine)
+    before = backend.put("q2", [Out(b"0")]).ticket
+    asyncio.run(backend.durable(before))
     fs.fail = "q"
     bad = backend.put("q", [Out(b"a")]).ticket
     with pytest.raises(LogFailed):
@@ -392,3 +394,6 @@ def test_a_combined_ticket_fails_when_any_write_it_covers_failed(
     assert good.max(bad) == both and Ticket.DONE.max(both) == both
     later = backend.put("q2", [Out(b"c")]).ticket  # combining only good ones stays good
     asyncio.run(backend.durable(good.max(later)))
+    # ... also when a failed round that held none of them lies between them
+    assert before.seq < bad.seq < later.seq
+    asyncio.run(backend.durable(before.max(later)))
