@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the suite runs on TEST_WORKERS processes (pytest-xdist); the few tests marked
+# `serial` (they restart the shared RabbitMQ) run after, alone
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	@./tools/ensure-promtool
-	$(BIN)/python -m pytest -q -m "not torture"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not torture and not serial"
+	$(BIN)/python -m pytest -q -m "serial and not torture"
 
 torture: $(STAMP)
 	$(BIN)/python -m pytest -q -m torture

@@ -442,6 +442,7 @@ def test_a_daemon_killed_mid_work_loses_nothing_acknowledged(daemons: Daemons) -
     assert len(after) == len(set(after))
 
 
+@pytest.mark.serial  # restarts the broker every other test shares
 def test_a_broker_restart_in_the_middle_loses_nothing_acknowledged(daemons: Daemons) -> None:
     env = {"WORK_S": "0.05"}
     d = daemons.start(env=env)
