@@ -308,3 +308,40 @@ def test_a_bug_committing_queued_steps_strands_no_record(tmp_path: Path) -> None
             assert sorted(b["id"] for b in bodies(engine, "outbox")) == list(range(30))
 
     asyncio.run(go())
+
+
+def test_a_retry_in_place_gives_way_to_a_refused_step_before_it(tmp_path: Path) -> None:
+    """Record 0's queued step is refused (a full reject-publish queue) while the member,
+    run ahead, waits to retry record 1 (its handler failed): once that wait is over the
+    member reads the partition again from record 0, rather than calling record 1 again
+    first (its step could never be committed before record 0's)."""
+    from runner.engine import OutMessage
+
+    ph.reset()
+    topo = topology(
+        topics=(Topic("events"),),
+        queues=(Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH),),
+        bindings=(Binding("out", queue="full"),),  # `out` fans out to `outbox` and here
+        policies=(DlqPolicy("soon", max_retries=50, backoff=(0.3,)),),
+        groups=(ConsumerGroup("g", ("events",), handler=f"{H}:hooked_forward",
+                              delivery=Delivery.EXACTLY_ONCE, dlq_policy="soon"),),
+    )
+    failed: list[int] = []
+
+    def fail_record_1_once(msg: Any) -> None:
+        if msg.body["id"] == 1 and not failed:
+            failed.append(1)
+            raise RuntimeError("record 1 fails once")
+
+    async def go() -> None:
+        ph.HOOK = fail_record_1_once
+        try:
+            async with _running(topo, tmp_path) as (engine, _backend):
+                engine.publish_to_queue("full", [OutMessage(b"{}")])  # full from now on
+                engine.append("events", [rec({"id": 0}), rec({"id": 1})])
+                await wait_until(lambda: len(ph.SEEN) >= 3, timeout=10)
+        finally:
+            ph.HOOK = None
+
+    asyncio.run(go())
+    assert [int(e["id"]) for e in ph.SEEN[:3]] == [0, 1, 0], ph.SEEN
