@@ -52,6 +52,21 @@ async def _running(topo: Topology, data_dir: Path, fs: HeldFs) -> AsyncIterator[
         yield r.engine
 
 
+def _forwarding_group() -> tuple[Topology, TopicPartition]:
+    """An at-least-once group `g` on `events` whose handler forwards to `outbox`."""
+    topo = topology(topics=(Topic("events"), Topic("results")),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
+                                          delivery=Delivery.AT_LEAST_ONCE),))
+    return topo, TopicPartition("events", 0)
+
+
+async def _three_outputs_held(engine: Engine, fs: HeldFs) -> None:
+    """Hold the outbox's fsyncs; three records in, until their outputs are written."""
+    fs.hold = "outbox"
+    engine.append("events", [rec({"id": i}) for i in range(3)])
+    await wait_until(lambda: len(engine.peek("outbox", 10)) == 3)
+
+
 def test_a_queue_input_is_acked_only_after_its_outputs_are_synced(tmp_path: Path) -> None:
     fs = HeldFs()
     topo = topology(queues=(Queue("work"),), topics=(Topic("results"),),
@@ -78,10 +93,7 @@ def test_a_queue_input_is_acked_only_after_its_outputs_are_synced(tmp_path: Path
 
 def test_a_group_commits_a_record_only_after_its_outputs_are_synced(tmp_path: Path) -> None:
     fs = HeldFs()
-    topo = topology(topics=(Topic("events"), Topic("results")),
-                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
-                                          delivery=Delivery.AT_LEAST_ONCE),))
-    tp = TopicPartition("events", 0)
+    topo, tp = _forwarding_group()
 
     async def go() -> None:
         async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
@@ -165,10 +177,7 @@ def test_an_at_most_once_member_runs_its_handler_only_after_its_commit_is_synced
 
 def test_an_at_least_once_members_commit_is_synced_off_the_loop(tmp_path: Path) -> None:
     fs = HeldFs()
-    topo = topology(topics=(Topic("events"), Topic("results")),
-                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
-                                          delivery=Delivery.AT_LEAST_ONCE),))
-    tp = TopicPartition("events", 0)
+    topo, tp = _forwarding_group()
 
     async def go() -> None:
         async with _running(topo, tmp_path, fs) as engine:
@@ -239,19 +248,14 @@ def test_a_drain_does_not_return_before_a_leaving_member_left(tmp_path: Path) ->
     of its group, and nothing is committed after it (a reload's new member joins
     under the same id: a late close would throw that one out)."""
     fs = HeldFs()
-    topo = topology(topics=(Topic("events"), Topic("results")),
-                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
-                                          delivery=Delivery.AT_LEAST_ONCE),))
-    tp = TopicPartition("events", 0)
+    topo, tp = _forwarding_group()
 
     async def go() -> None:
         async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
                            before_drain=fs.release.set) as r:
             engine = r.engine
             await wait_until(lambda: len(engine.group_info("g").members) == 1)
-            fs.hold = "outbox"
-            engine.append("events", [rec({"id": i}) for i in range(3)])
-            await wait_until(lambda: len(engine.peek("outbox", 10)) == 3)
+            await _three_outputs_held(engine, fs)
             loop = asyncio.get_running_loop()
             began = loop.time()
             await r.pipeline.drain(0.3)
@@ -270,18 +274,13 @@ def test_a_seek_during_the_drain_is_not_overwritten_by_a_leaving_members_commit(
     unless the group was sought meanwhile: a seek during the drain stands (the
     drain still listens for seeks until the last leaving member is gone)."""
     fs = HeldFs()
-    topo = topology(topics=(Topic("events"), Topic("results")),
-                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:forward",
-                                          delivery=Delivery.AT_LEAST_ONCE),))
-    tp = TopicPartition("events", 0)
+    topo, tp = _forwarding_group()
 
     async def go() -> None:
         async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
                            before_drain=fs.release.set) as r:
             engine = r.engine
-            fs.hold = "outbox"
-            engine.append("events", [rec({"id": i}) for i in range(3)])
-            await wait_until(lambda: len(engine.peek("outbox", 10)) == 3)
+            await _three_outputs_held(engine, fs)
             drain = asyncio.create_task(r.pipeline.drain(5.0))
             await asyncio.sleep(0.3)  # the member left its loop; its commit waits
             assert not drain.done() and engine.position("g", tp) == 0

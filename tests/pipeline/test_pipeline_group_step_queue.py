@@ -51,11 +51,26 @@ class SlowFs:
 
 
 @asynccontextmanager
-async def _running(topo: Topology, data_dir: Path) -> AsyncIterator[tuple[Engine, CountingBackend]]:
+async def _running(
+    topo: Topology, data_dir: Path, backend: type[CountingBackend] = CountingBackend,
+) -> AsyncIterator[tuple[Engine, CountingBackend]]:
     async with running(topo, data_dir, workers=2, fsync=FsyncPolicy.ALWAYS, fs=SlowFs(),
-                       backend=CountingBackend) as r:
+                       backend=backend) as r:
         assert isinstance(r.backend, CountingBackend)
         yield r.engine, r.backend
+
+
+def _gated_group() -> tuple[Topology, TopicPartition]:
+    """An exactly-once group `g` on `events` whose handler forwards to `outbox`."""
+    topo = topology(topics=(Topic("events"),),
+                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:gated_forward",
+                                          delivery=Delivery.EXACTLY_ONCE),))
+    return topo, TopicPartition("events", 0)
+
+
+def _open_gate() -> None:
+    ph.GATE = asyncio.Event()
+    ph.GATE.set()
 
 
 def _committed_offsets(backend: CountingBackend) -> list[list[int]]:
@@ -65,14 +80,10 @@ def _committed_offsets(backend: CountingBackend) -> list[list[int]]:
 
 def test_a_members_next_records_share_a_step_while_its_last_ones_sync(tmp_path: Path) -> None:
     ph.reset()
-    topo = topology(topics=(Topic("events"),),
-                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:gated_forward",
-                                          delivery=Delivery.EXACTLY_ONCE),))
-    tp = TopicPartition("events", 0)
+    topo, tp = _gated_group()
 
     async def go() -> None:
-        ph.GATE = asyncio.Event()
-        ph.GATE.set()
+        _open_gate()
         async with _running(topo, tmp_path) as (engine, backend):
             engine.append("events", [rec({"id": i}) for i in range(40)])
             await wait_until(lambda: engine.position("g", tp) == 40, timeout=20)
@@ -112,8 +123,7 @@ def test_a_refused_queued_step_is_retried_and_nothing_is_committed_past_it(
         engine.ack("full", [d.delivery_id for d in got])
 
     async def go() -> None:
-        ph.GATE = asyncio.Event()
-        ph.GATE.set()
+        _open_gate()
         async with _running(topo, tmp_path) as (engine, backend):
             engine.append("events", [rec({"id": i, "to": "tofull"}) for i in range(10)])
             # the queue takes 3; the step of record 3 is refused, retried every 50 ms
@@ -207,8 +217,7 @@ def test_a_queued_step_refused_every_time_is_dead_lettered_after_its_retries(
     tp = TopicPartition("events", 0)
 
     async def go() -> None:
-        ph.GATE = asyncio.Event()
-        ph.GATE.set()
+        _open_gate()
         async with _running(topo, tmp_path) as (engine, _backend):
             engine.publish_to_queue("full", [OutMessage(b"{}")])  # full from now on
             engine.append("events", [rec({"id": 0, "to": "tofull"}), rec({"id": 1})])
@@ -287,17 +296,11 @@ def test_a_bug_committing_queued_steps_strands_no_record(tmp_path: Path) -> None
     logged, and each record of the batch is read again from the group's position, so
     the member neither hangs nor loses a record; every output lands once."""
     ph.reset()
-    topo = topology(topics=(Topic("events"),),
-                    groups=(ConsumerGroup("g", ("events",), handler=f"{H}:gated_forward",
-                                          delivery=Delivery.EXACTLY_ONCE),))
-    tp = TopicPartition("events", 0)
+    topo, tp = _gated_group()
 
     async def go() -> None:
-        ph.GATE = asyncio.Event()
-        ph.GATE.set()
-        async with running(topo, tmp_path, workers=2, fsync=FsyncPolicy.ALWAYS, fs=SlowFs(),
-                           backend=_BrokenOnce) as r:
-            engine = r.engine
+        _open_gate()
+        async with _running(topo, tmp_path, _BrokenOnce) as (engine, _backend):
             engine.append("events", [rec({"id": i}) for i in range(5)])
             await wait_until(lambda: engine.position("g", tp) == 5, timeout=10)
             _BrokenOnce.broken = True
