@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from runner.engine import Engine, FsyncPolicy, TopicPartition
 from runner.fs import LOCAL
 from runner.topology.model import Consumer, ConsumerGroup, Delivery, Queue, Topic, Topology
 from tests.pipeline import pipeline_handlers as ph
-from tests.pipeline.harness import H, bodies, msg, rec, running, topology, wait_until
+from tests.pipeline.harness import H, Running, bodies, msg, rec, running, topology, wait_until
 
 
 class HeldFs:
@@ -47,9 +47,17 @@ class HeldFs:
 
 @asynccontextmanager
 async def _running(topo: Topology, data_dir: Path, fs: HeldFs) -> AsyncIterator[Engine]:
-    async with running(topo, data_dir, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
-                       before_drain=fs.release.set) as r:
+    async with _running_pipeline(topo, data_dir, fs) as r:
         yield r.engine
+
+
+def _running_pipeline(
+    topo: Topology, data_dir: Path, fs: HeldFs,
+) -> AbstractAsyncContextManager[Running]:
+    """The engine on `fs` under `--fsync always` and its pipeline (held fsyncs are
+    released before the drain)."""
+    return running(topo, data_dir, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
+                   before_drain=fs.release.set)
 
 
 def _forwarding_group() -> tuple[Topology, TopicPartition]:
@@ -96,8 +104,7 @@ def test_a_group_commits_a_record_only_after_its_outputs_are_synced(tmp_path: Pa
     topo, tp = _forwarding_group()
 
     async def go() -> None:
-        async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
-                           before_drain=fs.release.set) as r:
+        async with _running_pipeline(topo, tmp_path, fs) as r:
             engine = r.engine
 
             def pipeline_succeeded() -> int:
@@ -251,8 +258,7 @@ def test_a_drain_does_not_return_before_a_leaving_member_left(tmp_path: Path) ->
     topo, tp = _forwarding_group()
 
     async def go() -> None:
-        async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
-                           before_drain=fs.release.set) as r:
+        async with _running_pipeline(topo, tmp_path, fs) as r:
             engine = r.engine
             await wait_until(lambda: len(engine.group_info("g").members) == 1)
             await _three_outputs_held(engine, fs)
@@ -277,8 +283,7 @@ def test_a_seek_during_the_drain_is_not_overwritten_by_a_leaving_members_commit(
     topo, tp = _forwarding_group()
 
     async def go() -> None:
-        async with running(topo, tmp_path, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
-                           before_drain=fs.release.set) as r:
+        async with _running_pipeline(topo, tmp_path, fs) as r:
             engine = r.engine
             await _three_outputs_held(engine, fs)
             drain = asyncio.create_task(r.pipeline.drain(5.0))
