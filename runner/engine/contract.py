@@ -138,11 +138,10 @@ class Ticket:
     # the earliest write this ticket covers when it is several combined (`max`);
     # 0: only its own (`seq`)
     first: int = 0
-    # the seqs of the other writes it covers when combined (`max`): a backend whose
-    # writes fail one by one (RabbitMQ: a nacked publish) asks exactly these, one
-    # whose failures are whole flush rounds (embedded: a failed fsync) the range
-    # `earliest`..`seq`
-    others: frozenset[int] = frozenset()
+    # the tickets combined into this one by `max` (a tree: combining costs the same
+    # however many it holds; `others` walks it when a backend asks); not compared
+    # nor printed
+    parts: tuple[Ticket, ...] = field(default=(), compare=False, repr=False)
 
     DONE: ClassVar[Ticket]  # a ticket that is durable already (set below)
 
@@ -150,6 +149,26 @@ class Ticket:
     def earliest(self) -> int:
         """The first seq of the writes it covers (`seq` for a single write's)."""
         return self.first or self.seq
+
+    @property
+    def combined(self) -> bool:
+        """True when it covers other writes than its own (`max`)."""
+        return bool(self.parts)
+
+    @property
+    def others(self) -> frozenset[int]:
+        """The seqs of the other writes it covers when combined: a backend whose
+        writes fail one by one (RabbitMQ: a nacked publish) asks exactly these, and
+        one whose failures are whole flush rounds (embedded: a failed fsync) the
+        rounds that held them; a failure between them that held none is not theirs."""
+        seen: set[int] = set()
+        stack = list(self.parts)
+        while stack:
+            t = stack.pop()
+            seen.add(t.seq)
+            stack.extend(t.parts)
+        seen.discard(self.seq)
+        return frozenset(seen)
 
     @property
     def covers(self) -> frozenset[int]:
@@ -165,12 +184,10 @@ class Ticket:
             return self
         if not self.seq:
             return other
-        later = self if self.seq >= other.seq else other
+        later, earlier = (self, other) if self.seq >= other.seq else (other, self)
         first = min(self.earliest, other.earliest)
-        others = (self.covers | other.covers) - {later.seq}
-        if first == later.earliest and others == later.others:
-            return later
-        return Ticket(later.seq, 0 if first == later.seq else first, others)
+        parts = (later, earlier) if later.parts else (earlier,)
+        return Ticket(later.seq, 0 if first == later.seq else first, parts)
 
 
 Ticket.DONE = Ticket(0)

@@ -170,7 +170,7 @@ class EmbeddedBackend:
         # raises the error of the flusher round that held it, or held any write it
         # covers when combined (a failed fsync); a log that failed in another round
         # does not fail this ticket
-        await self.engine.durable(ticket.seq, also=ticket.others)
+        await self.engine.durable(ticket.seq, also=ticket.others if ticket.combined else ())
 
     def taken(self) -> Ticket:
         with self.engine.ticketed() as box:  # an empty block: the ticket of what is pending

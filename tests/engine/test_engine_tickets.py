@@ -397,3 +397,24 @@ def test_a_combined_ticket_fails_when_any_write_it_covers_failed(
     # ... also when a failed round that held none of them lies between them
     assert before.seq < bad.seq < later.seq
     asyncio.run(backend.durable(before.max(later)))
+
+
+def test_combining_tickets_keeps_every_write_and_costs_the_same_each_time() -> None:
+    """`Ticket.max` folds in any order keep exactly the writes combined (their seqs,
+    the earliest, the later's place), and each combination holds at most two parts
+    whatever it covers (no copy of what it holds: a member combining its outputs'
+    tickets record after record pays the same for each)."""
+    from runner.engine.contract import Ticket
+
+    up, down = Ticket.DONE, Ticket.DONE
+    for seq in range(1, 5_001):
+        up = up.max(Ticket(seq))
+        down = Ticket(5_001 - seq).max(down)
+        assert len(up.parts) <= 2 and len(down.parts) <= 2
+    assert up.seq == 5_000 and up.others == frozenset(range(1, 5_000))
+    assert down.seq == 5_000 and down.others == frozenset(range(1, 5_000))
+    assert up.earliest == down.earliest == 1 and up == down  # compared by place only
+    gapped = Ticket(3).max(Ticket(9)).max(Ticket(5))
+    assert (gapped.seq, gapped.covers, gapped.earliest) == (9, frozenset({3, 5, 9}), 3)
+    assert Ticket(4).max(Ticket(4)).combined and not Ticket(4).max(Ticket(4)).others
+    assert repr(up) == "Ticket(seq=5000, first=1)"

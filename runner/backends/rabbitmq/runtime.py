@@ -438,7 +438,7 @@ class RabbitBackend:
         """Why a write the ticket covers failed (a combined one: any of them), or None.
         Exactly the writes it covers: a publish nacked between two of them (another
         caller's, into a full reject-publish queue) is not theirs."""
-        if not ticket.others:
+        if not ticket.combined:
             return self._failures.get(ticket.seq)
         with self._lock:
             for seq in sorted(ticket.covers):
