@@ -186,20 +186,26 @@ def topic_positions(backend: DlqBackend, topic: str) -> list[dict[str, Any]]:
     return out
 
 
-def topic_summary(backend: DlqBackend, topic: str, now_ms: int) -> dict[str, Any]:
+def topic_summary(backend: DlqBackend, topic: str, now_ms: int,
+                  parts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """`{"name", "kind": "topic", "depth", "age_s", "partitions"}` of a dead-letter topic:
-    depth = pending records, age = of the oldest pending one (0 when none)."""
-    parts = topic_positions(backend, topic)
+    depth = pending records, age = of the oldest pending one (0 when none); `parts`:
+    its `topic_positions` when the caller has them already (each costs reads of
+    every partition: on RabbitMQ, stream scans of a connection and a quiet period)."""
+    if parts is None:
+        parts = topic_positions(backend, topic)
     oldest = [p["oldest_timestamp_ms"] for p in parts if p["oldest_timestamp_ms"] is not None]
     return {"name": topic, "kind": "topic", "depth": sum(p["pending"] for p in parts),
             "age_s": round(max(0.0, (now_ms - min(oldest)) / 1000), 3) if oldest else 0.0,
             "partitions": parts}
 
 
-def topic_letters(backend: DlqBackend, topic: str, n: int) -> list[Record]:
-    """Up to `n` pending dead letters of topic `topic`, partition by partition."""
+def topic_letters(backend: DlqBackend, topic: str, n: int,
+                  parts: list[dict[str, Any]] | None = None) -> list[Record]:
+    """Up to `n` pending dead letters of topic `topic`, partition by partition
+    (`parts`: as for `topic_summary`)."""
     got: list[Record] = []
-    for p in topic_positions(backend, topic):
+    for p in topic_positions(backend, topic) if parts is None else parts:
         if len(got) >= n or not p["pending"]:
             continue
         skip = set(p["settled"])

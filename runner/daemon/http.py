@@ -858,8 +858,10 @@ def topic_dead_letters_json(topology: Topology, backend: dlq_ops.DlqBackend, nam
     """`GET /v1/topics/{name}/dead-letters?n=`: the summary and the first n pending."""
     n = codec.query_int(query, "n", default=10, low=1, high=MAX_PEEK)
     dlq_topic_check(topology, name)
-    summary = dlq_ops.topic_summary(backend, name, now)
-    summary["records"] = [codec.record_json(r) for r in dlq_ops.topic_letters(backend, name, n)]
+    parts = dlq_ops.topic_positions(backend, name)  # once for both (reads of each partition)
+    summary = dlq_ops.topic_summary(backend, name, now, parts)
+    summary["records"] = [codec.record_json(r)
+                          for r in dlq_ops.topic_letters(backend, name, n, parts)]
     return summary
 
 

@@ -53,6 +53,7 @@ own, again from where it stopped after a reconnect.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -164,6 +165,7 @@ RECONNECT_MAX_S = 5.0
 INFO_FRESH_S = 1.0  # queue_info answers from a queue_infos this young
 WRITTEN_WAIT_S = 30.0  # a blocking commit_step waits this long for its writes' confirms
 DRAIN_ROUND = 256  # writes between two looks at deliveries and heartbeats
+SCANS_AT_ONCE = 8  # stream scans of one call running at once (partitions' bounds)
 # failed writes remembered (the newest; callers ask right after theirs is done): a client
 # publishing into a full reject-publish queue for days must not grow memory without end
 FAILURES_KEPT = 100_000
@@ -359,6 +361,10 @@ class RabbitBackend:
         self._io_partitioners: dict[str, Partitioner] = {}  # the I/O thread's (dead letters)
         self._reader = streams.StreamReader(functools.partial(apply_mod.connect, target),
                                             str(target))
+        # a topic's partitions are scanned at once (each scan: a connection and a
+        # quiet period), not one after another
+        self._scans = concurrent.futures.ThreadPoolExecutor(
+            max_workers=SCANS_AT_ONCE, thread_name_prefix="stream-scan")
         self._infos: tuple[float, dict[str, QueueInfo]] | None = None  # (when, counts)
         self._consumed: set[str] = set()  # queues the owner wants deliveries of
         self._subs: list[_Sub] = []
@@ -464,6 +470,7 @@ class RabbitBackend:
         self._closed = True
         self._stop.set()
         self._wake()
+        self._scans.shutdown(wait=False, cancel_futures=True)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
 
@@ -642,8 +649,10 @@ class RabbitBackend:
         spec = self._topology.topic_map().get(topic)
         if spec is None:
             raise NotFound(f"unknown topic '{topic}'")
-        return [self._reader.partition(stream_name(topic, p), p)
-                for p in range(spec.partitions)]
+        if spec.partitions == 1:
+            return [self._reader.partition(stream_name(topic, 0), 0)]
+        return list(self._scans.map(
+            lambda p: self._reader.partition(stream_name(topic, p), p), range(spec.partitions)))
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         """The first offset with a timestamp >= `timestamp_ms`, else the log end
