@@ -1091,16 +1091,20 @@ class RabbitBackend:
         on their own above the position (markers: `dlq_settled`) and the timestamp of
         the first pending one (`dlq_oldest_pending_ms`), so the pending series count
         what `GET /v1/topics/{name}/dead-letters` counts (runner.daemon.dlq_ops).
-        Blocking: a read of each partition's stream (0.2-0.5 s each), one management
+        Blocking: a read of each partition's stream (0.2-0.5 s each, up to
+        SCANS_AT_ONCE of them at once), one management
         API call, one connection per group for its offsets, a peek of each
         dead-letter topic's markers and a read of each partition with dead letters
         pending whose position moved; the daemon runs it off its loop and caches it."""
         topology = self._topology
         stats = EngineStats()
-        for name, topic in topology.topics:
-            for p in range(topic.partitions):
-                stats.partitions[TopicPartition(name, p)] = self._reader.partition(
-                    stream_name(name, p), p)
+        every_tp = [TopicPartition(name, p) for name, topic in topology.topics
+                    for p in range(topic.partitions)]
+        # every partition's stream scanned at once (SCANS_AT_ONCE), not one by one
+        for tp, info in zip(every_tp, self._scans.map(
+                lambda tp: self._reader.partition(stream_name(*tp), tp.partition), every_tp),
+                strict=True):
+            stats.partitions[tp] = info
         hidden = self._position_groups()  # dead-letter topics' replay positions: lag only
         every = [*topology.consumer_groups, *hidden.items()]
         if not every:
