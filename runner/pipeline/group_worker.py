@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -174,6 +175,11 @@ class GroupWorker(Worker):
         self._queued: dict[str, list[_Waiting]] = {}
         self._in_flight: dict[str, int] = {}
         self._rewinds: dict[str, dict[TopicPartition, _Retry | None]] = {}
+        self._rewind_from: dict[str, dict[TopicPartition, int]] = {}  # earliest such record
+        # how many times the member read a partition again for its queued steps: an
+        # outcome of a step queued before the last such re-read is already accounted
+        # for (the partition was read again from the group's position since)
+        self._epochs: dict[str, dict[TopicPartition, int]] = {}
         self._retries: dict[str, dict[TopicPartition, _Retry]] = {}
         self._failed: dict[str, LogFailed] = {}
         self._gone: set[str] = set()  # members that left: their steps are stale
@@ -443,8 +449,9 @@ class GroupWorker(Worker):
             commit_step = self._commit_step(member, tp, record, version, positions[tp])
             try:
                 done = await self._handle(record, member.member_id, commit_step,
-                                          stale=lambda: (self._sought(version)
-                                                         or self._rewinding(member, tp)),
+                                          stale=functools.partial(
+                                              self._stale_retry, member, tp, record.offset,
+                                              version),
                                           retry=self._retry_of(member.member_id, tp,
                                                                record.offset))
             except _Stale:
@@ -574,9 +581,13 @@ class GroupWorker(Worker):
         return any(w.member == member_id and w.tp == tp and w.offset + 1 == after
                    for w in (*self._queued.get(member_id, ()), *self._steps_waiting))
 
-    def _rewind(self, member_id: str, tp: TopicPartition, retry: _Retry | None) -> None:
-        """A queued step of the member's was not committed: it reads `tp` again from
-        the group's position (`retry`: the refused record, decided on as a failure)."""
+    def _rewind(self, member_id: str, tp: TopicPartition, offset: int,
+                retry: _Retry | None) -> None:
+        """The queued step of the member's record at `offset` was not committed: it
+        reads `tp` again from the group's position (`retry`: the refused record,
+        decided on as a failure)."""
+        earliest = self._rewind_from.setdefault(member_id, {})
+        earliest[tp] = min(offset, earliest.get(tp, offset))
         rewinds = self._rewinds.setdefault(member_id, {})
         known = rewinds.get(tp)
         if retry is not None and (known is None or retry.offset < known.offset):
@@ -592,18 +603,30 @@ class GroupWorker(Worker):
         if failed is not None:
             raise failed
         rewinds = self._rewinds.pop(member_id, None)
+        self._rewind_from.pop(member_id, None)
         if not rewinds:
             return False
+        epochs = self._epochs.setdefault(member_id, {})
         for tp, retry in rewinds.items():
             positions.pop(tp, None)
+            epochs[tp] = epochs.get(tp, 0) + 1
             if retry is not None:
                 self._retries.setdefault(member_id, {})[tp] = retry
         return True
 
-    def _rewinding(self, member: GroupMember, tp: TopicPartition) -> bool:
-        """A queued step of the member's in `tp` was not committed: what it handles
-        there now is past it (a retry in place stops waiting: stale)."""
-        return tp in self._rewinds.get(member.member_id, ())
+    def _stale_retry(self, member: GroupMember, tp: TopicPartition, offset: int,
+                     version: int) -> bool:
+        """A retry in place of the record at `offset` stops waiting: sought, or past a
+        refused step."""
+        return self._sought(version) or self._rewinding(member, tp, offset)
+
+    def _rewinding(self, member: GroupMember, tp: TopicPartition, offset: int) -> bool:
+        """A queued step of the member's for a record before `offset` in `tp` was not
+        committed: the record at `offset` is past it (a retry in place of it stops
+        waiting: stale). Steps of records after it that were dropped (stale: read
+        before this record's retry) do not stop it."""
+        earliest = self._rewind_from.get(member.member_id, {}).get(tp)
+        return earliest is not None and earliest < offset
 
     def _retry_of(self, member_id: str, tp: TopicPartition, offset: int) -> _Retry | None:
         """The refused step of the record at `offset`, when the member reads it again."""
@@ -619,32 +642,40 @@ class GroupWorker(Worker):
         """An exactly-once record's step is written (or queued: `ticket` is its future):
         it counts as done, and its replies are handed over, once the step is durable
         (a task of the group's)."""
+        epoch = self._epoch(member_id, TopicPartition(msg.topic, msg.partition))
         task = asyncio.get_running_loop().create_task(
-            self._tail(member_id, ticket, outputs, msg, failures, first))
+            self._tail(member_id, ticket, outputs, msg, failures, first, epoch))
         self._durable_tasks.add(task)
         task.add_done_callback(self._durable_tasks.discard)
 
+    def _epoch(self, member_id: str, tp: TopicPartition) -> int:
+        return self._epochs.get(member_id, {}).get(tp, 0)
+
     async def _tail(self, member_id: str, ticket: Ticket | asyncio.Future[Ticket],
                     outputs: Outputs, msg: TopicMessage, failures: int,
-                    first: float) -> None:
+                    first: float, epoch: int) -> None:
         if isinstance(ticket, asyncio.Future):
             tp = TopicPartition(msg.topic, msg.partition)
             try:
                 ticket = await ticket
             except _Stale:
+                if epoch != self._epoch(member_id, tp):
+                    return  # queued before the partition was read again: that covers it
                 log.info("group %s: %s[%d]@%d was committed or sought elsewhere meanwhile; "
                          "its outputs are discarded", self.name, msg.topic, msg.partition,
                          msg.offset)
-                self._rewind(member_id, tp, None)
+                self._rewind(member_id, tp, msg.offset, None)
                 return
             except LogFailed as exc:
                 self._failed.setdefault(member_id, exc)  # the member stops
-                self._rewind(member_id, tp, None)
+                self._rewind(member_id, tp, msg.offset, None)
                 return
             except EngineError as exc:
+                if epoch != self._epoch(member_id, tp):
+                    return  # as above: the record is handled again since
                 self.counters.error(error_type(exc))
                 self.failures.report("outputs", exc, msg)
-                self._rewind(member_id, tp,
+                self._rewind(member_id, tp, msg.offset,
                              _Retry(msg.offset, exc, msg, outputs, failures, first))
                 return
         try:
