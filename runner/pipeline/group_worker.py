@@ -230,6 +230,10 @@ class GroupWorker(Worker):
     async def _member(self, member_id: str, waiter: Waiter) -> None:
         member = self.env.backend.open_member(self.name, member_id)
         positions: dict[TopicPartition, int] = {}
+        # by partition: the group's position the next record read follows (the offset
+        # after the last one handled; a read may start past it, over offsets that
+        # compaction removed)
+        follows: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, int] = {}
         version = self.seeks
         left = False
@@ -252,8 +256,9 @@ class GroupWorker(Worker):
                         log.info("group %s: member %s re-reads its positions after a seek",
                                  self.name, member_id)
                     if tp not in positions:
-                        positions[tp] = member.position(tp)
-                    busy |= await self._partition(member, tp, positions, pending, version)
+                        positions[tp] = follows[tp] = member.position(tp)
+                    busy |= await self._partition(member, tp, positions, follows, pending,
+                                                  version)
                     await self._flush(member, pending, positions, version)
                 if not busy:
                     await waiter.wait()
@@ -415,7 +420,7 @@ class GroupWorker(Worker):
 
     async def _partition(
         self, member: GroupMember, tp: TopicPartition, positions: dict[TopicPartition, int],
-        pending: dict[TopicPartition, int], version: int,
+        follows: dict[TopicPartition, int], pending: dict[TopicPartition, int], version: int,
     ) -> bool:
         try:
             if isinstance(member, MemberReader):  # it consumes its partitions itself
@@ -430,7 +435,7 @@ class GroupWorker(Worker):
             log.warning("group %s: %s[%d] offset %d is gone, skipping to %d (offset_reset "
                         "%s)", self.name, tp.topic, tp.partition, positions[tp], to,
                         self.group.offset_reset.value)
-            positions[tp] = to
+            positions[tp] = follows[tp] = to
             return True
         records, next_offset = got.records, got.next_offset
         if not records:
@@ -446,7 +451,7 @@ class GroupWorker(Worker):
             if tp not in member.assignment():
                 positions.pop(tp, None)
                 break
-            commit_step = self._commit_step(member, tp, record, version, positions[tp])
+            commit_step = self._commit_step(member, tp, record, version, follows[tp])
             try:
                 done = await self._handle(record, member.member_id, commit_step,
                                           stale=functools.partial(
@@ -464,7 +469,7 @@ class GroupWorker(Worker):
                 break
             if self._sought(version):
                 break
-            positions[tp] = record.offset + 1
+            positions[tp] = follows[tp] = record.offset + 1
             if self.delivery is Delivery.AT_LEAST_ONCE:
                 pending[tp] = record.offset + 1
         else:

@@ -209,6 +209,7 @@ class _SimGroupWorker(GroupWorker):
     sim: Simulation
     member: GroupMember
     positions: dict[Any, int]
+    follows: dict[Any, int]
     pending: dict[Any, int]
 
     async def pause(self, seconds: float) -> bool:
@@ -221,9 +222,9 @@ class _SimGroupWorker(GroupWorker):
         version = self.seeks
         for tp in self.member.assignment():
             if tp not in self.positions:
-                self.positions[tp] = self.member.position(tp)
-            busy |= await self._partition(self.member, tp, self.positions, self.pending,
-                                          version)
+                self.positions[tp] = self.follows[tp] = self.member.position(tp)
+            busy |= await self._partition(self.member, tp, self.positions, self.follows,
+                                          self.pending, version)
             await self._flush(self.member, self.pending, self.positions, version)
         return busy
 
@@ -327,6 +328,7 @@ class Simulation:
             gw.sim = self
             gw.member = env.backend.open_member(name, f"{name}-1@{HOST}")
             gw.positions = {}
+            gw.follows = {}
             gw.pending = {}
             self._record_fates(gw)
             self._group_workers.append(gw)

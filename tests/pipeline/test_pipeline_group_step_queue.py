@@ -351,3 +351,49 @@ def test_a_retry_in_place_gives_way_to_a_refused_step_before_it(tmp_path: Path) 
 
     asyncio.run(go())
     assert [int(e["id"]) for e in ph.SEEN[:3]] == [0, 1, 0], ph.SEEN
+
+
+def test_an_exactly_once_member_passes_a_gap_compaction_left_at_the_log_end(
+        tmp_path: Path) -> None:
+    """The tail of a compacted topic was removed (a record superseded, then its key's
+    tombstone cleaned): the member's read passes the gap to the log end, and the record
+    appended later still follows the last one handled, so it is handled once (it was
+    taken for stale, its outputs dropped, and handled a second time)."""
+    from runner.clock import ManualClock, now_ms
+    from runner.engine import OutRecord
+    from runner.log.compaction import compact
+
+    ph.reset()
+    day_ms = 86_400_000
+    topo = topology(
+        topics=(Topic("c", compact=True, delete=False, segment_bytes=1_000),),
+        groups=(ConsumerGroup("g", ("c",), handler=f"{H}:ok",
+                              delivery=Delivery.EXACTLY_ONCE),))
+    clock = ManualClock()
+    e = Engine.open(topo, tmp_path, fsync=FsyncPolicy.NEVER, clock=clock)
+    try:
+        e.append("c", [rec({"id": 0}, key="a"), rec({"id": 1}, key="b"),
+                       OutRecord(value=None, key=b"b")])
+        wal = e.store.partition("c", 0).log
+        wal.roll()
+        compact(wal, now_ms=now_ms(clock), delete_retention_ms=day_ms)
+        compact(wal, now_ms=now_ms(clock) + 2 * day_ms, delete_retention_ms=day_ms)
+        recs, next_offset = e.read("c", 0, 0)
+        assert ([r.offset for r in recs], next_offset) == ([0], 3)
+    finally:
+        e.flush()
+        e.close()
+    tp = TopicPartition("c", 0)
+
+    async def go() -> None:
+        async with _running(topo, tmp_path) as (engine, backend):
+            await wait_until(lambda: engine.position("g", tp) == 1, timeout=10)
+            await asyncio.sleep(0.2)  # the member read on to the log end (3)
+            engine.append("c", [rec({"id": 3}, key="c")])
+            await wait_until(lambda: engine.position("g", tp) == 4, timeout=10)
+            await asyncio.sleep(0.2)
+            committed = [off for offs in _committed_offsets(backend) for off in offs]
+            assert committed == [1, 4], committed
+
+    asyncio.run(go())
+    assert [int(s["id"]) for s in ph.SEEN] == [0, 3]
