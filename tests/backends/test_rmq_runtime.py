@@ -337,3 +337,23 @@ def test_failed_writes_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPa
             assert sorted(backend._failures) == [t.seq for t in nacked[2:]]
         finally:
             backend.close()
+
+
+def test_partitions_are_scanned_at_once_and_a_closed_backend_says_so() -> None:
+    """A topic's partitions' bounds come from scans running at once, each partition's
+    own; once the backend is closed, asking is a StorageError (HTTP 503), not a
+    thread pool's RuntimeError."""
+    topology = Topology(topics=(("t", Topic("t", partitions=3)),))
+    with fresh_vhost() as target:
+        backend = runtime.open_rabbitmq(topology, target)
+        try:
+            recs = [OutRecord(value=b"%d" % i, partition=p) for p in range(3)
+                    for i in range(p + 1)]
+            asyncio.run(backend.durable(backend.append("t", recs).ticket))
+            infos = backend.partitions("t")
+            assert [(i.partition, i.log_end_offset - i.log_start_offset) for i in infos] == [
+                (0, 1), (1, 2), (2, 3)]
+        finally:
+            backend.close()
+        with pytest.raises(StorageError, match="the backend is closed"):
+            backend.partitions("t")

@@ -651,8 +651,18 @@ class RabbitBackend:
             raise NotFound(f"unknown topic '{topic}'")
         if spec.partitions == 1:
             return [self._reader.partition(stream_name(topic, 0), 0)]
-        return list(self._scans.map(
-            lambda p: self._reader.partition(stream_name(topic, p), p), range(spec.partitions)))
+        return self._scan_all([TopicPartition(topic, p) for p in range(spec.partitions)])
+
+    def _scan_all(self, tps: list[TopicPartition]) -> list[PartitionInfo]:
+        """Each partition's bounds (`partitions`), up to SCANS_AT_ONCE scans at once; a
+        backend closed meanwhile is a StorageError, as a lost connection."""
+        try:
+            return list(self._scans.map(
+                lambda tp: self._reader.partition(stream_name(*tp), tp.partition), tps))
+        except (RuntimeError, concurrent.futures.CancelledError) as exc:
+            if not self._closed:
+                raise
+            raise StorageError(f"RabbitMQ {self.target}: the backend is closed") from exc
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         """The first offset with a timestamp >= `timestamp_ms`, else the log end
@@ -1101,9 +1111,7 @@ class RabbitBackend:
         every_tp = [TopicPartition(name, p) for name, topic in topology.topics
                     for p in range(topic.partitions)]
         # every partition's stream scanned at once (SCANS_AT_ONCE), not one by one
-        for tp, info in zip(every_tp, self._scans.map(
-                lambda tp: self._reader.partition(stream_name(*tp), tp.partition), every_tp),
-                strict=True):
+        for tp, info in zip(every_tp, self._scan_all(every_tp), strict=True):
             stats.partitions[tp] = info
         hidden = self._position_groups()  # dead-letter topics' replay positions: lag only
         every = [*topology.consumer_groups, *hidden.items()]
