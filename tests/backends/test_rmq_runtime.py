@@ -323,11 +323,14 @@ def test_a_combined_ticket_fails_when_the_broker_nacked_a_write_it_covers_only()
 
 def test_failed_writes_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every nack is kept for the callers that ask after it, but only the newest
-    FAILURES_KEPT of them: a client refused by a full queue for days costs no memory."""
+    FAILURES_KEPT of them: a client refused by a full queue for days costs no memory.
+    A write as old as the forgotten ones counts as failed (handled again, never
+    gone on past a loss); newer confirmed writes stay durable."""
     monkeypatch.setattr(runtime, "FAILURES_KEPT", 3)
     full = Queue("full", max_length=1, overflow=Overflow.REJECT_PUBLISH)
     with fresh_vhost() as target:
-        backend = runtime.open_rabbitmq(Topology(queues=(("full", full),)), target)
+        backend = runtime.open_rabbitmq(
+            Topology(queues=(("full", full), ("q", Queue("q")))), target)
         try:
             asyncio.run(backend.durable(backend.put("full", [OutMessage(b"filler")]).ticket))
             nacked = [backend.put("full", [OutMessage(b"%d" % i)]).ticket for i in range(5)]
@@ -335,6 +338,10 @@ def test_failed_writes_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPa
                 with pytest.raises(Refused):
                     asyncio.run(backend.durable(t))
             assert sorted(backend._failures) == [t.seq for t in nacked[2:]]
+            with pytest.raises(StorageError, match="is no longer known"):
+                asyncio.run(backend.durable(nacked[0]))
+            later = backend.put("q", [OutMessage(b"fine")]).ticket
+            asyncio.run(backend.durable(later))
         finally:
             backend.close()
 

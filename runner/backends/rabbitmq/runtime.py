@@ -353,6 +353,7 @@ class RabbitBackend:
         self._seq = 0  # the last ticket handed out
         self._done_upto = 0  # every write up to here is done (I/O thread writes)
         self._failures: dict[int, EngineError] = {}
+        self._forgotten = 0  # the newest failed write no longer remembered (FAILURES_KEPT)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._buffers: dict[str, deque[int]] = {}
         self._held: dict[int, _Held] = {}
@@ -445,12 +446,23 @@ class RabbitBackend:
         Exactly the writes it covers: a publish nacked between two of them (another
         caller's, into a full reject-publish queue) is not theirs."""
         if not ticket.combined:
-            return self._failures.get(ticket.seq)
+            return self._failure_at(ticket.seq)
         with self._lock:
             for seq in sorted(ticket.covers):
-                if (failed := self._failures.get(seq)) is not None:
+                if (failed := self._failure_at(seq)) is not None:
                     return failed
         return None
+
+    def _failure_at(self, seq: int) -> EngineError | None:
+        """Why write `seq` failed, or None; a write no newer than the newest failure
+        forgotten (FAILURES_KEPT) may have failed: it counts as failed (its caller
+        handles it again rather than going on past a loss)."""
+        failed = self._failures.get(seq)
+        if failed is None and seq <= self._forgotten:
+            return StorageError(f"RabbitMQ {self.target}: the outcome of write {seq} is no "
+                                f"longer known (more than {FAILURES_KEPT} writes failed "
+                                "since); taken as failed")
+        return failed
 
     def taken(self) -> Ticket:
         with self._lock:
@@ -716,7 +728,7 @@ class RabbitBackend:
         with self._lock:
             if seq > self._done_upto:
                 return None
-            return seq not in self._failures
+            return self._failure_at(seq) is None
 
     def _write_commit(self, queue: str, body: bytes, after: tuple[int, ...] = ()) -> Ticket:
         """A commit: one persistent message into the partition's offset queue, confirmed;
@@ -1221,7 +1233,7 @@ class RabbitBackend:
         if step.commits:
             self._wait_written(ticket)
             for seq in writes:
-                failed = self._failures.get(seq)
+                failed = self._failure_at(seq)
                 if failed is not None:
                     raise failed
             for g, tp, offset in step.commits:
@@ -1597,7 +1609,8 @@ class RabbitBackend:
             if error is not None:
                 self._failures[cmd.seq] = error  # in seq order: the oldest is first
                 if len(self._failures) > FAILURES_KEPT:
-                    del self._failures[next(iter(self._failures))]
+                    self._forgotten = next(iter(self._failures))
+                    del self._failures[self._forgotten]
             self._done_upto = max(self._done_upto, cmd.seq)
             for seq, fut in self._waiters:
                 if seq <= self._done_upto and not fut.done():
@@ -1692,7 +1705,7 @@ class RabbitBackend:
             return None
         with self._lock:
             for seq in cmd.after:
-                failed = self._failures.get(seq)
+                failed = self._failure_at(seq)
                 if failed is not None:
                     return failed
         return None
