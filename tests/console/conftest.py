@@ -124,7 +124,16 @@ class Page:
         return self.wait(lambda: (self.css(selector) or [None])[0], timeout_s)
 
     def text(self, selector: str = "main") -> str:
-        return str(self.one(selector).text)
+        """The element's text; one that the live feed re-rendered between the lookup
+        and the read (stale) is looked up again."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(50):
+            try:
+                return str(self.one(selector).text)
+            except StaleElementReferenceException:
+                time.sleep(0.05)
+        raise AssertionError(f"{selector} kept going stale")
 
     def rows(self, selector: str) -> list[list[str]]:
         """The cells' words of every row matching `selector`, read in one script: the live

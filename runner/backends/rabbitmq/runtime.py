@@ -458,7 +458,7 @@ class RabbitBackend:
         forgotten (FAILURES_KEPT) may have failed: it counts as failed (its caller
         handles it again rather than going on past a loss)."""
         failed = self._failures.get(seq)
-        if failed is None and seq <= self._forgotten:
+        if failed is None and 0 < seq <= self._forgotten:
             return StorageError(f"RabbitMQ {self.target}: the outcome of write {seq} is no "
                                 f"longer known (more than {FAILURES_KEPT} writes failed "
                                 "since); taken as failed")
