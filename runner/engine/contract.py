@@ -135,9 +135,6 @@ class Ticket:
     write's position in its flush order; RabbitMQ: a confirm sequence)."""
 
     seq: int
-    # the earliest write this ticket covers when it is several combined (`max`);
-    # 0: only its own (`seq`)
-    first: int = 0
     # the tickets combined into this one by `max` (a tree: combining costs the same
     # however many it holds; `others` walks it when a backend asks); not compared
     # nor printed
@@ -148,7 +145,7 @@ class Ticket:
     @property
     def earliest(self) -> int:
         """The first seq of the writes it covers (`seq` for a single write's)."""
-        return self.first or self.seq
+        return min(self.covers) if self.parts else self.seq
 
     @property
     def combined(self) -> bool:
@@ -185,9 +182,7 @@ class Ticket:
         if not self.seq:
             return other
         later, earlier = (self, other) if self.seq >= other.seq else (other, self)
-        first = min(self.earliest, other.earliest)
-        parts = (later, earlier) if later.parts else (earlier,)
-        return Ticket(later.seq, 0 if first == later.seq else first, parts)
+        return Ticket(later.seq, (later, earlier) if later.parts else (earlier,))
 
 
 Ticket.DONE = Ticket(0)
