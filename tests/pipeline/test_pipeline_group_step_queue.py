@@ -247,27 +247,11 @@ def test_an_exactly_once_member_passes_the_gaps_compaction_left(tmp_path: Path) 
     not against its offset - 1), so each is handled once and the group moves past
     them all (a member compared offsets, and re-read the record after the gap for
     ever)."""
-    from runner.clock import ManualClock, now_ms
-    from runner.log.compaction import compact
-
     ph.reset()
-    topo = topology(
-        topics=(Topic("c", compact=True, delete=False, segment_bytes=1_000),),
-        groups=(ConsumerGroup("g", ("c",), handler=f"{H}:ok",
-                              delivery=Delivery.EXACTLY_ONCE),))
-    clock = ManualClock()
-    e = Engine.open(topo, tmp_path, fsync=FsyncPolicy.NEVER, clock=clock)
-    try:
-        for i, key in enumerate("abbcdd"):  # offsets 1 and 4 are compacted away
-            e.append("c", [rec({"id": i}, key=key)])
-        wal = e.store.partition("c", 0).log
-        wal.roll()
-        compact(wal, now_ms=now_ms(clock), delete_retention_ms=86_400_000)
-        recs, _ = e.read("c", 0, 0)
-        assert [r.offset for r in recs] == [0, 2, 3, 5]
-    finally:
-        e.flush()
-        e.close()
+    # offsets 1 and 4 are compacted away
+    topo, offsets, _end = _compacted(
+        tmp_path, [rec({"id": i}, key=k) for i, k in enumerate("abbcdd")])
+    assert offsets == [0, 2, 3, 5]
     tp = TopicPartition("c", 0)
 
     async def go() -> None:
@@ -359,30 +343,12 @@ def test_an_exactly_once_member_passes_a_gap_compaction_left_at_the_log_end(
     tombstone cleaned): the member's read passes the gap to the log end, and the record
     appended later still follows the last one handled, so it is handled once (it was
     taken for stale, its outputs dropped, and handled a second time)."""
-    from runner.clock import ManualClock, now_ms
     from runner.engine import OutRecord
-    from runner.log.compaction import compact
 
     ph.reset()
-    day_ms = 86_400_000
-    topo = topology(
-        topics=(Topic("c", compact=True, delete=False, segment_bytes=1_000),),
-        groups=(ConsumerGroup("g", ("c",), handler=f"{H}:ok",
-                              delivery=Delivery.EXACTLY_ONCE),))
-    clock = ManualClock()
-    e = Engine.open(topo, tmp_path, fsync=FsyncPolicy.NEVER, clock=clock)
-    try:
-        e.append("c", [rec({"id": 0}, key="a"), rec({"id": 1}, key="b"),
-                       OutRecord(value=None, key=b"b")])
-        wal = e.store.partition("c", 0).log
-        wal.roll()
-        compact(wal, now_ms=now_ms(clock), delete_retention_ms=day_ms)
-        compact(wal, now_ms=now_ms(clock) + 2 * day_ms, delete_retention_ms=day_ms)
-        recs, next_offset = e.read("c", 0, 0)
-        assert ([r.offset for r in recs], next_offset) == ([0], 3)
-    finally:
-        e.flush()
-        e.close()
+    topo, offsets, end = _compacted(tmp_path, [
+        rec({"id": 0}, key="a"), rec({"id": 1}, key="b"), OutRecord(value=None, key=b"b")])
+    assert (offsets, end) == ([0], 3)
     tp = TopicPartition("c", 0)
 
     async def go() -> None:
@@ -397,3 +363,31 @@ def test_an_exactly_once_member_passes_a_gap_compaction_left_at_the_log_end(
 
     asyncio.run(go())
     assert [int(s["id"]) for s in ph.SEEN] == [0, 3]
+
+
+def _compacted(data_dir: Path, records: list[Any]) -> tuple[Topology, list[int], int]:
+    """An exactly-once group `g` (handler `ok`) on compacted topic `c` holding
+    `records`, one append each, compacted once now and again two days later (a
+    tombstone's key is gone by then); the offsets left and the log end."""
+    from runner.clock import ManualClock, now_ms
+    from runner.log.compaction import compact
+
+    day_ms = 86_400_000
+    topo = topology(
+        topics=(Topic("c", compact=True, delete=False, segment_bytes=1_000),),
+        groups=(ConsumerGroup("g", ("c",), handler=f"{H}:ok",
+                              delivery=Delivery.EXACTLY_ONCE),))
+    clock = ManualClock()
+    e = Engine.open(topo, data_dir, fsync=FsyncPolicy.NEVER, clock=clock)
+    try:
+        for r in records:
+            e.append("c", [r])
+        wal = e.store.partition("c", 0).log
+        wal.roll()
+        compact(wal, now_ms=now_ms(clock), delete_retention_ms=day_ms)
+        compact(wal, now_ms=now_ms(clock) + 2 * day_ms, delete_retention_ms=day_ms)
+        recs, end = e.read("c", 0, 0)
+        return topo, [r.offset for r in recs], end
+    finally:
+        e.flush()
+        e.close()
