@@ -104,6 +104,56 @@ def test_no_caller_is_answered_before_its_fsync(
     asyncio.run(scenario())
 
 
+def test_callers_that_come_during_a_batchs_fsync_are_held_and_stored_as_one_batch(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, fs = merged
+    fs.hold = "q"
+
+    async def scenario() -> list[Any]:
+        first = [backend.put_merged("q", _msgs(f"a{i}")) for i in range(2)]
+        while not fs.holding.is_set():  # the flusher is in the fsync of the first two
+            await asyncio.sleep(0.01)
+        later = []
+        for i in range(3):  # three more turns of the loop, one caller each
+            later.append(backend.put_merged("q", _msgs(f"b{i}")))
+            await asyncio.sleep(0.01)
+        assert _depth(backend, "q") == 2  # held, not written: their round is the next
+        assert not any(f.done() for f in first + later)
+        fs.hold = None
+        fs.release.set()
+        return await _outcomes(*first, *later)
+
+    before = fs.count("q")
+    assert asyncio.run(scenario()) == [(("q",),)] * 5
+    merger = backend._merger
+    assert (merger.batches, merger.callers) == (2, 5)  # the three later callers: one write
+    assert fs.count("q") - before == 2  # and one fsync
+    assert _depth(backend, "q") == 5
+
+
+def test_a_closing_loop_cancels_the_callers_held_behind_a_batch(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, fs = merged
+    fs.hold = "q"
+    held: list[asyncio.Future[Any]] = []
+
+    async def scenario() -> None:
+        backend.put_merged("q", _msgs("a"))
+        while not fs.holding.is_set():
+            await asyncio.sleep(0.01)
+        held.append(backend.put_merged("q", _msgs("b")))
+        await asyncio.sleep(0.01)
+        # asyncio.run ends here: the batch's task is cancelled, so is the held caller
+
+    asyncio.run(scenario())
+    fs.release.set()
+    assert held[0].cancelled()
+    backend.engine.commits.wait_idle(10)
+    assert _depth(backend, "q") == 1  # "b" was never stored: nobody was answered for it
+
+
 def test_a_full_reject_publish_queue_refuses_exactly_the_callers_past_its_room(
     merged: tuple[EmbeddedBackend, GatedFs],
 ) -> None:
