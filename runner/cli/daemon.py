@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     Failures = list[tuple[str, str, str]]
 
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {
     None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
@@ -203,6 +205,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "has unsafe changes (or names another topology)",
     )
     run.add_argument(
+        "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        help="the event loop: uvloop when it is installed (auto, the default; it answers "
+        "small requests ~20%% faster), or asyncio's own",
+    )
+    run.add_argument(
         "--backend", metavar="URL", default=None,
         help="run the handlers over a RabbitMQ vhost (amqp://user:pass@host[:port]/vhost) "
         "instead of the embedded engine; several daemons may share it (docs/rabbitmq.md)",
@@ -298,6 +305,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refused is not None:
         print(refused, file=sys.stderr)
         return 2
+    try:
+        loop_factory = event_loop(args.event_loop)
+    except LookupError as exc:
+        print(f"runner run: {exc}", file=sys.stderr)
+        return 2
     parts = real_parts(follow_symlinks=not args.no_follow_symlinks)
     first = _first_load(parts, args.path, args.load_timeout)
     if isinstance(first, str):
@@ -354,10 +366,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_unsafe=args.allow_unsafe,
     )
     if args.backend is not None:
-        return _run_remote(args.backend, config, loaded, parts.load)
+        return _run_remote(args.backend, config, loaded, parts.load, loop_factory)
     try:
         supervisor = Supervisor(config, loaded, parts)
-        return asyncio.run(supervisor.serve())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(supervisor.serve())
     except StartRefused as exc:
         if exc.plan is not None:
             sys.stderr.write(plan_text(exc.plan))
@@ -368,8 +381,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def event_loop(choice: str) -> LoopFactory | None:
+    """The loop `runner run --event-loop CHOICE` runs on: uvloop's when it is installed
+    (`auto`) or asked for (`uvloop`: LookupError when it is not installed), else
+    asyncio's own (None, asyncio.Runner's default). uvloop does the sockets, timers and
+    polling of the loop in C (libuv): the daemon's single-message HTTP path costs
+    ~15% less CPU a request on it (docs/engine.md)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise LookupError("--event-loop uvloop: uvloop is not installed "
+                              "(pip install uvloop, or --event-loop asyncio)") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def _run_remote(url: str, config: DaemonConfig, loaded: Loaded,
-                load: Callable[[str], Loaded]) -> int:
+                load: Callable[[str], Loaded], loop_factory: LoopFactory | None) -> int:
     """`runner run --backend amqp://...`: the pipeline over RabbitMQ (runner.daemon.remote)."""
     from runner.backends.rabbitmq.mapping import problems as backend_problems
     from runner.backends.rabbitmq.url import BadURL, parse
@@ -393,8 +424,9 @@ def _run_remote(url: str, config: DaemonConfig, loaded: Loaded,
               f"({len(errors)} error(s))", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(RemoteDaemon(config, topology, loaded.content_hash, target,
-                                        load=load).serve())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(RemoteDaemon(config, topology, loaded.content_hash, target,
+                                           load=load).serve())
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ import re
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -213,7 +213,8 @@ class Busy(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's TCPTransport is one without subclassing it)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.write(_raw_answer(
             503, "Service Unavailable",

@@ -69,3 +69,9 @@ def configure(fmt: str = "text", level: int = logging.INFO) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_event_loop(log: logging.Logger, loop: Any) -> None:
+    """Say which event loop the daemon runs on (`runner run --event-loop`)."""
+    name = "uvloop" if type(loop).__module__.split(".")[0] == "uvloop" else "asyncio"
+    log.info("event loop: %s", name, extra={"event": "event_loop", "loop": name})

@@ -66,7 +66,7 @@ from runner.backends.rabbitmq.plan import reload_plan
 from runner.backends.rabbitmq.runtime import RabbitBackend, open_rabbitmq
 from runner.backends.rabbitmq.url import Target
 from runner.clock import Clock, SystemClock
-from runner.daemon import codec, dlq_ops, fanout, lists, remote_dlq
+from runner.daemon import codec, dlq_ops, fanout, lists, logs, remote_dlq
 from runner.daemon.backpressure import check_lag
 from runner.daemon.console import install_console
 from runner.daemon.http import (
@@ -742,6 +742,7 @@ class RemoteDaemon:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         log.info("pipeline started", extra={"event": "pipeline_started"})
+        logs.log_event_loop(log, loop)
         self._accepting = True
         log.info("listening on http://%s:%d", config.host, port,
                  extra={"event": "listening", "host": config.host, "port": port})

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from runner.clock import Clock, SystemClock
-from runner.daemon import codec
+from runner.daemon import codec, logs
 from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
 from runner.daemon.http import HttpServer, Served, build_app
@@ -367,6 +367,7 @@ class Supervisor:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         log.info("pipeline started", extra={"event": "pipeline_started"})
+        logs.log_event_loop(log, loop)
         for kind, name, spec in _workers(self._topology):
             _log_worker("started", kind, name, spec)
         self._accepting = True
