@@ -127,26 +127,23 @@ class Served:
 
 RUN_ARGS = ["run", "topology.yaml", "--data-dir", "data", "--fsync", "always",
             "--listen", "127.0.0.1:0"]
-ON_UVLOOP = ("import sys, uvloop; uvloop.install(); from runner.cli import entry; "
-             "sys.argv[0] = 'runner'; sys.exit(entry())")
 
 
 class Daemon(Served):
-    """`runner run --fsync always` in a tmp dir (on uvloop with `uvloop=True`; the
+    """`runner run --fsync always` in a tmp dir (`event_loop`: its --event-loop; the
     `runner` package of the source tree `source` when given, for before/after runs)."""
 
-    def __init__(self, workdir: Path, topology: str, *, uvloop: bool = False,
+    def __init__(self, workdir: Path, topology: str, *, event_loop: str | None = None,
                  source: Path | None = None) -> None:
         (workdir / "topology.yaml").write_text(topology)
         (workdir / "bench_engine_handler.py").write_text(HANDLER)
-        if uvloop:
-            argv = [sys.executable, "-c", ON_UVLOOP, *RUN_ARGS]
-        elif source is not None:
+        args = RUN_ARGS + (["--event-loop", event_loop] if event_loop else [])
+        if source is not None:
             argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); "
                     "from runner.cli import entry; sys.argv[0] = 'runner'; sys.exit(entry())",
-                    *RUN_ARGS]
+                    *args]
         else:
-            argv = [str(RUNNER), *RUN_ARGS]
+            argv = [str(RUNNER), *args]
         super().__init__(workdir, argv)
 
 
@@ -360,14 +357,17 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
         if args.baseline is not None:
             start(f"runner daemon of {args.baseline}",
                   lambda w: Daemon(w, SINGLE_TOPOLOGY, source=args.baseline))
-        start("bare aiohttp app, our server (ceiling)", lambda w: ceiling(w))
+        # the daemon runs on uvloop (runner run --event-loop auto): so does its ceiling
+        start("bare aiohttp app, our server (ceiling)", lambda w: ceiling(w, "--uvloop"))
         if args.ceiling:
+            start("bare aiohttp app, our server, asyncio's loop", lambda w: ceiling(w))
             start("bare aiohttp app, aiohttp's own site", lambda w: ceiling(w, "--plain"))
             start("bare aiohttp app, uvloop", lambda w: ceiling(w, "--plain", "--uvloop"))
             start("bare aiohttp app, 2 processes", lambda w: ceiling(w, "--processes", "2"))
             start("bare aiohttp app, 2 processes, uvloop",
                   lambda w: ceiling(w, "--processes", "2", "--uvloop"))
-            start("runner daemon on uvloop", lambda w: Daemon(w, SINGLE_TOPOLOGY, uvloop=True))
+            start("runner daemon on asyncio's loop",
+                  lambda w: Daemon(w, SINGLE_TOPOLOGY, event_loop="asyncio"))
         if args.appends:  # the daemons again, one record a request to a topic
             rows += [(f"{label}, 1 record/request to a topic", server, True)
                      for label, server in servers if label.startswith("runner daemon")]
@@ -394,7 +394,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
     parser.add_argument("--ceiling", action="store_true",
-                        help="more ceiling rows: aiohttp's own site, uvloop, 2 processes")
+                        help="more rows: the daemon and the bare app on asyncio's loop, aiohttp's "
+                             "own site, uvloop, 2 processes")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also a daemon running the runner package of source tree DIR")
     parser.add_argument("--appends", action="store_true",

@@ -91,9 +91,12 @@ def _parts(disk: HeldDisk) -> Parts:
 
 
 async def _held_round(c: Client, disk: HeldDisk) -> asyncio.Task[tuple[int, object, object]]:
-    """A publish to queue `gate` whose fsync is held (in the flusher thread)."""
+    """A publish to queue `gate` whose fsync is held (in the flusher thread). Of 101
+    messages: a request that big is not merged with others (runner.engine.merged
+    holds the writes that come while a merged batch waits for its fsync)."""
     disk.hold = "gate"
-    task = asyncio.create_task(c.call("POST", "/v1/queues/gate/messages", {"body": "g"}))
+    task = asyncio.create_task(c.call("POST", "/v1/queues/gate/messages",
+                                      {"messages": [{"body": "g"}] * 101}))
     for _ in range(2000):
         if disk.holding.is_set():
             return task
@@ -230,5 +233,31 @@ def test_ack_nack_and_commit_answer_after_their_fsync_without_holding_the_loop(
         status, body, _ = await commit
         assert (status, body) == (200, {"committed": 1}), body
         assert (await gate)[0] == 202
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+
+
+def test_single_publishes_that_come_during_a_merged_batchs_fsync_wait_and_share_the_next(
+        tmp_path: Path) -> None:
+    disk = HeldDisk()
+
+    async def scenario(c: Client) -> None:
+        disk.hold = "gate"  # a one-message publish: a merged batch, its fsync held
+        gate = asyncio.create_task(c.call("POST", "/v1/queues/gate/messages", {"body": "g"}))
+        await _until(disk.holding.is_set, "the gate's fsync was not reached")
+        before = disk.count("a")
+        tasks = [asyncio.create_task(c.call("POST", "/v1/queues/a/messages",
+                                            {"body": f"m-{i}"})) for i in range(10)]
+        await asyncio.sleep(0.1)
+        backend = c.backend
+        # held, not written: they could not make the held round anyway
+        assert backend.queue_info("a").ready == 0
+        assert not any(t.done() for t in tasks) and not gate.done()
+        disk.hold = None
+        disk.release.set()
+        assert (await gate)[0] == 202
+        assert [s for s, _, _ in await asyncio.gather(*tasks)] == [202] * 10
+        assert backend.queue_info("a").ready == 10
+        assert disk.count("a") == before + 1  # written as one batch: one fsync
 
     run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
