@@ -172,6 +172,9 @@ class EmbeddedBackend:
         # does not fail this ticket
         await self.engine.durable(ticket.seq, also=ticket.others if ticket.combined else ())
 
+    def holds_back(self, ticket: Ticket) -> bool:
+        return self.engine.commits.holds_back(ticket.seq)
+
     def taken(self) -> Ticket:
         with self.engine.ticketed() as box:  # an empty block: the ticket of what is pending
             pass

@@ -33,13 +33,18 @@ What each caller sees is what its own write + `durable` would have shown:
   a failed fsync fails every caller whose ticket was in that flusher round
   (as without merging).
 
-While a merged batch waits for its fsync, the callers that come are held, not
-stored: the flusher is busy with that round, so their bytes could not be synced
-before the next one anyway. When the batch is durable they are stored as one
-write (one batch per destination again) and make the next round. Under load
+While the flusher is syncing the round that holds the last merged batch (or is
+idle and about to take it), the callers that come are held, not stored: their
+bytes could not make that round anyway. When the batch is durable (the round
+ended) they are stored as one write (one batch per destination again) and
+make the next round. Under load
 this merges the requests of several turns of the loop, not one: one write,
 one ticket and one flusher round for all the requests that arrived during a
 round (16 clients: about 7 requests a round instead of 1-3 writes a round).
+While the last batch's ticket still waits for a round (the flusher busy with
+other writes: acks, steps, big publishes), callers are stored at the end of
+their turn as before and share the batch's round. A held caller whose request
+was cancelled meanwhile is dropped, not stored: nobody is answered for it.
 
 Callers are merged per destination in the order they came; two requests of
 one client are never in one turn (it waits for the first answer), and
@@ -74,6 +79,11 @@ class WriteTarget(Producer, Protocol):
 
     async def durable(self, ticket: Ticket) -> None: ...
 
+    def holds_back(self, ticket: Ticket) -> bool:
+        """Whether bytes written now would miss the fsync round of `ticket` (being
+        synced, or about to be taken by an idle flusher)."""
+        ...
+
 
 class _Caller:
     __slots__ = ("copies", "future", "items", "outcome", "ticket")
@@ -102,9 +112,9 @@ class WriteMerger:
         self._alone = 0
         self._scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
-        # merged batches waiting for their fsync: the callers that come meanwhile are
-        # held and stored as one batch when it is durable (see the module)
-        self._syncing = 0
+        # the ticket of the last merged batch: while the flusher syncs its round,
+        # callers are held and stored as one batch once it is durable (see the module)
+        self._last = Ticket.DONE
         self.batches = 0  # merged batches tried (for tests and stats)
         self.callers = 0  # callers that merged batches stored
 
@@ -138,15 +148,27 @@ class WriteMerger:
         if callers is None:
             callers = self._pending[key] = []
         callers.append(_Caller(items, copies, future))
-        if not self._scheduled and not self._syncing:
+        if not self._scheduled and not self._held():
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
 
+    def _held(self) -> bool:
+        """Whether new callers wait for the last batch's round to end (they would miss
+        it): its task stores them when it is durable."""
+        last = self._last
+        return bool(last.seq) and self._target.holds_back(last)
+
     # ------------------------------------------------------------------ storing
     def _flush(self) -> None:
         self._scheduled = False
-        pending, self._pending = self._pending, {}
+        pending: dict[tuple[str, str, int], list[_Caller]] = {}
+        for key, callers in self._pending.items():
+            # a caller whose request was cancelled while held is not stored
+            live = [c for c in callers if not c.future.done()]
+            if live:
+                pending[key] = live
+        self._pending = {}
         done = [c for callers in pending.values() for c in callers]
         ticket = Ticket.DONE
         try:
@@ -164,7 +186,7 @@ class WriteMerger:
             self._settle_now(done)
             return
         task = asyncio.get_running_loop().create_task(self._settle_when_durable(ticket, done))
-        self._syncing += 1
+        self._last = Ticket(ticket.seq)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
@@ -295,14 +317,13 @@ class WriteMerger:
             pass
         except BaseException:  # cancelled: a closing loop; what waited is not stored
             held, self._pending = self._pending, {}
+            self._last = Ticket.DONE  # nothing is held behind a batch nobody settles
             for c in [*callers, *(c for waiting in held.values() for c in waiting)]:
                 if not c.future.done():
                     c.future.cancel()
             raise
-        finally:
-            self._syncing -= 1
-        if self._pending and not self._scheduled and not self._syncing:
-            # what came while this batch waited for its fsync: one write now
+        if self._pending and not self._scheduled:
+            # what came while this batch's round was synced: one write now
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         for c in callers:

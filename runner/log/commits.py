@@ -84,6 +84,7 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[Dirty, int] = {}  # not yet taken by a round, in write order
         self._running: dict[Dirty, int] = {}  # the round being synced
+        self._running_upto = 0  # its last ticket (0: no round running)
         self._issued = 0  # last ticket handed out
         self._done = 0  # every ticket <= this is resolved
         self._failed: list[tuple[int, int, BaseException]] = []  # (after, upto, error)
@@ -212,6 +213,7 @@ class GroupCommit:
                 batch, self._pending = self._pending, {}
                 self._running = batch
                 after, upto = self._done, self._issued
+                self._running_upto = upto
             error: BaseException | None = None
             for wal, target in batch.items():
                 try:
@@ -225,6 +227,7 @@ class GroupCommit:
         ready: list[concurrent.futures.Future[None]] = []
         with self._cond:
             self._running = {}
+            self._running_upto = 0
             self._done = upto
             if error is not None:
                 self._failed.append((after, upto, error))
@@ -260,6 +263,15 @@ class GroupCommit:
     def done(self) -> int:
         """Every ticket up to this one is resolved."""
         return self._done
+
+    def holds_back(self, seq: int) -> bool:
+        """Whether bytes written now would miss the round that syncs ticket `seq`:
+        the ticket is unresolved and its round is being synced, or the flusher is
+        idle and about to take it. False when it waits behind an earlier round the
+        flusher is busy with (what is written meanwhile joins its round) and once it
+        is resolved. A hint read without the lock."""
+        running = self._running_upto
+        return self._done < seq and not 0 < running < seq
 
     def when_durable(self, seq: int) -> concurrent.futures.Future[None]:
         """A future resolved when ticket `seq`'s writes are synced (or failed with

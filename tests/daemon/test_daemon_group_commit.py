@@ -261,3 +261,30 @@ def test_single_publishes_that_come_during_a_merged_batchs_fsync_wait_and_share_
         assert disk.count("a") == before + 1  # written as one batch: one fsync
 
     run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+
+
+def test_single_publishes_behind_another_writers_round_share_the_round_their_batch_waits_for(
+        tmp_path: Path) -> None:
+    disk = HeldDisk()
+
+    async def scenario(c: Client) -> None:
+        gate = await _held_round(c, disk)  # not merged: the flusher is busy with it
+        backend = c.backend
+        before = disk.count("a")
+        first = asyncio.create_task(c.call("POST", "/v1/queues/a/messages", {"body": "f"}))
+        await _until(lambda: backend.queue_info("a").ready == 1, "the first not written")
+        tasks = []
+        for i in range(5):  # later turns, while the first's ticket waits for the next round
+            tasks.append(asyncio.create_task(
+                c.call("POST", "/v1/queues/a/messages", {"body": f"m-{i}"})))
+            await asyncio.sleep(0.01)
+        # not held: the round they can make is the one the first waits for
+        await _until(lambda: backend.queue_info("a").ready == 6, "later ones not written")
+        assert not first.done() and not any(t.done() for t in tasks)
+        disk.hold = None
+        disk.release.set()
+        assert (await gate)[0] == 202
+        assert [s for s, _, _ in await asyncio.gather(first, *tasks)] == [202] * 6
+        assert disk.count("a") == before + 1  # one fsync of a for all six
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))

@@ -152,6 +152,37 @@ def test_a_closing_loop_cancels_the_callers_held_behind_a_batch(
     assert held[0].cancelled()
     backend.engine.commits.wait_idle(10)
     assert _depth(backend, "q") == 1  # "b" was never stored: nobody was answered for it
+    fs.hold = None
+
+    async def again() -> Any:  # the same backend on a new loop: nothing is held any more
+        return await asyncio.wait_for(backend.put_merged("q", _msgs("c")), 10)
+
+    assert asyncio.run(again()) == (("q",),)
+    assert _depth(backend, "q") == 2
+
+
+def test_a_held_caller_whose_request_was_cancelled_is_not_stored(
+    merged: tuple[EmbeddedBackend, GatedFs],
+) -> None:
+    backend, fs = merged
+    fs.hold = "q"
+
+    async def scenario() -> list[Any]:
+        first = backend.put_merged("q", _msgs("a"))
+        while not fs.holding.is_set():
+            await asyncio.sleep(0.01)
+        gone = backend.put_merged("q", _msgs("gone"))
+        kept = backend.put_merged("q", _msgs("kept"))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # its client went away while it was held
+        fs.hold = None
+        fs.release.set()
+        return await _outcomes(first, kept)
+
+    assert asyncio.run(scenario()) == [(("q",),)] * 2
+    assert _depth(backend, "q") == 2
+    bodies = [m.body for m in backend.engine.broker.queues["q"].peek(10)]
+    assert bodies == [b"a", b"kept"]
 
 
 def test_a_full_reject_publish_queue_refuses_exactly_the_callers_past_its_room(
