@@ -135,6 +135,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PULL_WAIT_S = 1.0  # a pull that finds nothing buffered waits this long for deliveries
+# ... and, woken by the first, this long for the rest of its burst (the I/O thread
+# buffers deliveries one by one: a pull of 2 woken by the first would get 1)
+PULL_LINGER_S = 0.02
 # /metrics: the topic and group series cost a read of every partition's stream; they
 # are read off the loop at most once in STREAM_SERIES_S (a scrape finding them older
 # starts a refresh and answers with the last ones), the first scrape waits for them
@@ -391,7 +394,8 @@ class RemoteDaemon:
 
     async def _pull(self, request: web.Request) -> web.Response:
         """As on the embedded engine; the first pull of a queue starts consuming it, so
-        it waits up to PULL_WAIT_S for deliveries when none are buffered."""
+        it waits up to PULL_WAIT_S for deliveries when none are buffered (and then
+        PULL_LINGER_S more for the rest of the burst the first one came with)."""
         name = request.match_info["name"]
         n, lease, consumer = pull_args(await read_json(request, empty_ok=True))
         backend = self.backend
@@ -399,6 +403,8 @@ class RemoteDaemon:
         try:
             got = backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
             if not got and await waiter.wait(PULL_WAIT_S):
+                if n > 1:
+                    await asyncio.sleep(PULL_LINGER_S)
                 got = backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
         finally:
             waiter.close()
