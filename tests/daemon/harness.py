@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from runner.cli.daemon import event_loop
 from runner.clock import Clock, ManualClock
 from runner.daemon.supervisor import DaemonConfig, Parts, PipelineLike, Supervisor
 from runner.engine import Engine
@@ -173,7 +174,9 @@ def run_daemon(
     supervisor_log = logging.getLogger("runner.daemon.supervisor")
     supervisor_log.addHandler(caught)
     try:
-        asyncio.run(main())
+        # the loop `runner run` runs on (uvloop when installed)
+        with asyncio.Runner(loop_factory=event_loop("auto")) as runner:
+            runner.run(main())
     finally:
         supervisor_log.removeHandler(caught)
     if not logged_failures:
