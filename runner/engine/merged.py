@@ -37,10 +37,10 @@ While the flusher is syncing the round that holds the last merged batch (or is
 idle and about to take it), the callers that come are held, not stored: their
 bytes could not make that round anyway. When the batch is durable (the round
 ended) they are stored as one write (one batch per destination again) and
-make the next round. Under load
-this merges the requests of several turns of the loop, not one: one write,
-one ticket and one flusher round for all the requests that arrived during a
-round (16 clients: about 7 requests a round instead of 1-3 writes a round).
+make the next round. Under load this merges the requests of several turns of
+the loop, not one: one write, one ticket and one flusher round for all the
+requests that arrived during a round (16 clients: about 7 requests a round
+instead of 1-3 writes a round).
 While the last batch's ticket still waits for a round (the flusher busy with
 other writes: acks, steps, big publishes), callers are stored at the end of
 their turn as before and share the batch's round. A held caller whose request
