@@ -104,6 +104,14 @@ def test_no_caller_is_answered_before_its_fsync(
     asyncio.run(scenario())
 
 
+async def _first_held(backend: EmbeddedBackend, fs: GatedFs) -> asyncio.Future[Any]:
+    """A put into `q` (fs.hold = "q"), once the flusher is in its held fsync."""
+    first = backend.put_merged("q", _msgs("a"))
+    while not fs.holding.is_set():
+        await asyncio.sleep(0.01)
+    return first
+
+
 def test_callers_that_come_during_a_batchs_fsync_are_held_and_stored_as_one_batch(
     merged: tuple[EmbeddedBackend, GatedFs],
 ) -> None:
@@ -140,9 +148,7 @@ def test_a_closing_loop_cancels_the_callers_held_behind_a_batch(
     held: list[asyncio.Future[Any]] = []
 
     async def scenario() -> None:
-        backend.put_merged("q", _msgs("a"))
-        while not fs.holding.is_set():
-            await asyncio.sleep(0.01)
+        await _first_held(backend, fs)
         held.append(backend.put_merged("q", _msgs("b")))
         await asyncio.sleep(0.01)
         # asyncio.run ends here: the batch's task is cancelled, so is the held caller
@@ -168,9 +174,7 @@ def test_a_held_caller_whose_request_was_cancelled_is_not_stored(
     fs.hold = "q"
 
     async def scenario() -> list[Any]:
-        first = backend.put_merged("q", _msgs("a"))
-        while not fs.holding.is_set():
-            await asyncio.sleep(0.01)
+        first = await _first_held(backend, fs)
         gone = backend.put_merged("q", _msgs("gone"))
         kept = backend.put_merged("q", _msgs("kept"))
         await asyncio.sleep(0.01)
