@@ -116,6 +116,20 @@ class Served:
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def threads(self) -> dict[int, tuple[int, int, int]]:
+        """Per thread of the server's main process: (user + system ticks, system ticks,
+        voluntary context switches) so far."""
+        out: dict[int, tuple[int, int, int]] = {}
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+                status = (task / "status").read_text()
+            except OSError:  # a thread that ended meanwhile
+                continue
+            switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+            out[int(task.name)] = (int(fields[11]) + int(fields[12]), int(fields[12]), switches)
+        return out
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -198,6 +212,26 @@ def http_single_cost(d: Served, seconds: float, *, append: bool = False,
     rate = http_single(d, seconds, append=append)
     count = rate * (time.perf_counter() - t0)
     return rate, (d.cpu_s() - cpu0) * 1e6 / max(count, 1.0)
+
+
+def thread_split(d: Served, seconds: float) -> list[tuple[str, float, float, float]]:
+    """One more `http_single` run: where the server's CPU went, per thread using more than
+    1 us a request: (thread, CPU us a request, of it in the kernel, voluntary context
+    switches a request). The thread whose id is the process id is the event loop's."""
+    before = d.threads()
+    t0 = time.perf_counter()
+    count = http_single(d, seconds) * (time.perf_counter() - t0)
+    after = d.threads()
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    out = []
+    for tid, (cpu, kernel, switches) in sorted(after.items()):
+        cpu0, kernel0, switches0 = before.get(tid, (0, 0, 0))
+        per = (cpu - cpu0) * tick_us / max(count, 1.0)
+        if per > 1.0:
+            name = "loop thread" if tid == d.proc.pid else f"thread {tid}"
+            out.append((name, per, (kernel - kernel0) * tick_us / max(count, 1.0),
+                        (switches - switches0) / max(count, 1.0)))
+    return out
 
 
 def http_single(d: Served, seconds: float, *, append: bool = False) -> float:
@@ -382,6 +416,14 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
                 rates[label].append(rate)
                 costs[label].append(cost)
             rates["RabbitMQ, 16 pika publishers"].append(rabbit_single(seconds))
+        if args.threads:
+            print("server CPU per request by thread (one more run of each daemon row):")
+            for label, server in servers:
+                if label.startswith("runner daemon"):
+                    split = thread_split(server, seconds)
+                    print(f"  {label}: " + "; ".join(
+                        f"{name} {cpu:.0f} us ({kernel:.0f} in the kernel, "
+                        f"{switches:.2f} sleeps)" for name, cpu, kernel, switches in split))
     finally:
         for _, server in servers:
             server.stop()
@@ -401,6 +443,9 @@ def main() -> int:
     parser.add_argument("--appends", action="store_true",
                         help="also rows of the daemons with one record a request to a "
                              "4-partition topic (merged appends)")
+    parser.add_argument("--threads", action="store_true",
+                        help="also split each daemon's CPU per request by thread (the "
+                             "event loop's, the flusher's...) with its voluntary sleeps")
     parser.add_argument("--single-only", action="store_true",
                         help="only the single-message rows")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each row (3)")
