@@ -135,8 +135,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PULL_WAIT_S = 1.0  # a pull that finds nothing buffered waits this long for deliveries
-# ... and, woken by the first, this long for the rest of its burst (the I/O thread
-# buffers deliveries one by one: a pull of 2 woken by the first would get 1)
+# ... and, woken by the first, up to this long for the rest of its burst while it has
+# fewer than it asked for (the I/O thread buffers deliveries one by one: a pull of 2
+# answered on the first wake-up would get 1)
 PULL_LINGER_S = 0.02
 # /metrics: the topic and group series cost a read of every partition's stream; they
 # are read off the loop at most once in STREAM_SERIES_S (a scrape finding them older
@@ -191,6 +192,29 @@ def embedded_routes() -> list[tuple[str, str]]:
 def not_served(method: str, path: str, target: Target) -> str:
     return (f"{method} {path} is not served over the RabbitMQ backend ({target}) yet; "
             "docs/rabbitmq.md lists what is")
+
+
+async def fetch_burst(backend: contract.Backend, queue: str, n: int, *, lease_s: float,
+                      consumer_id: str, wait_s: float = PULL_WAIT_S,
+                      linger_s: float = PULL_LINGER_S) -> list[contract.QueueDelivery]:
+    """Up to `n` deliveries of `queue` (a pull): what is buffered; with nothing buffered,
+    the first to arrive within `wait_s` and, woken by it, what else arrives within
+    `linger_s` while there are fewer than `n` (each delivery wakes it)."""
+    waiter = contract.Waiter(backend, [contract.Event(contract.EventKind.QUEUE_READY, queue)])
+    try:
+        got = list(backend.fetch(queue, n, lease_s=lease_s, consumer_id=consumer_id))
+        if got or not await waiter.wait(wait_s):
+            return got
+        got = list(backend.fetch(queue, n, lease_s=lease_s, consumer_id=consumer_id))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + linger_s
+        while len(got) < n and until > loop.time():
+            if not await waiter.wait(until - loop.time()):
+                break
+            got += backend.fetch(queue, n - len(got), lease_s=lease_s, consumer_id=consumer_id)
+        return got
+    finally:
+        waiter.close()
 
 
 class RemoteDaemon:
@@ -394,20 +418,12 @@ class RemoteDaemon:
 
     async def _pull(self, request: web.Request) -> web.Response:
         """As on the embedded engine; the first pull of a queue starts consuming it, so
-        it waits up to PULL_WAIT_S for deliveries when none are buffered (and then
-        PULL_LINGER_S more for the rest of the burst the first one came with)."""
+        a pull that finds nothing buffered waits up to PULL_WAIT_S for deliveries, and
+        once woken up to PULL_LINGER_S more for the rest of their burst while it has
+        fewer than it asked for."""
         name = request.match_info["name"]
         n, lease, consumer = pull_args(await read_json(request, empty_ok=True))
-        backend = self.backend
-        waiter = contract.Waiter(backend, [contract.Event(contract.EventKind.QUEUE_READY, name)])
-        try:
-            got = backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
-            if not got and await waiter.wait(PULL_WAIT_S):
-                if n > 1:
-                    await asyncio.sleep(PULL_LINGER_S)
-                got = backend.fetch(name, n, lease_s=lease, consumer_id=consumer)
-        finally:
-            waiter.close()
+        got = await fetch_burst(self.backend, name, n, lease_s=lease, consumer_id=consumer)
         return answer({"messages": [codec.delivery_json(d) for d in got]})
 
     async def _purge(self, request: web.Request) -> web.Response:
