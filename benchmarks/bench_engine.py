@@ -108,12 +108,9 @@ class Served:
         request that other work on a shared machine disturbs far less than a rate."""
         ticks = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rpartition(")")[2].split()
-            except OSError:  # a process that ended meanwhile
-                continue
-            if int(fields[2]) == self.proc.pid:  # its process group (forks included)
-                ticks += int(fields[11]) + int(fields[12])
+            fields = _stat_fields(stat)
+            if fields is not None and int(fields[2]) == self.proc.pid:  # its process group
+                ticks += int(fields[11]) + int(fields[12])  # (forks included)
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def threads(self) -> dict[int, tuple[int, int, int]]:
@@ -121,10 +118,12 @@ class Served:
         voluntary context switches) so far."""
         out: dict[int, tuple[int, int, int]] = {}
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            fields = _stat_fields(task / "stat")
             try:
-                fields = (task / "stat").read_text().rpartition(")")[2].split()
                 status = (task / "status").read_text()
             except OSError:  # a thread that ended meanwhile
+                continue
+            if fields is None:
                 continue
             switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
             out[int(task.name)] = (int(fields[11]) + int(fields[12]), int(fields[12]), switches)
@@ -137,6 +136,15 @@ class Served:
         finally:
             with contextlib.suppress(ProcessLookupError):  # a multi-process ceiling's forks
                 os.killpg(self.proc.pid, signal.SIGTERM)
+
+
+def _stat_fields(stat: Path) -> list[str] | None:
+    """The fields of a /proc .../stat file after the command name (None: the process
+    or thread ended meanwhile)."""
+    try:
+        return stat.read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
 
 
 RUN_ARGS = ["run", "topology.yaml", "--data-dir", "data", "--fsync", "always",

@@ -205,14 +205,13 @@ async def fetch_burst(backend: contract.Backend, queue: str, n: int, *, lease_s:
         got = list(backend.fetch(queue, n, lease_s=lease_s, consumer_id=consumer_id))
         if got or not await waiter.wait(wait_s):
             return got
-        got = list(backend.fetch(queue, n, lease_s=lease_s, consumer_id=consumer_id))
         loop = asyncio.get_running_loop()
         until = loop.time() + linger_s
-        while len(got) < n and until > loop.time():
-            if not await waiter.wait(until - loop.time()):
-                break
+        while True:  # woken: take what came, then wait for more while the linger lasts
             got += backend.fetch(queue, n - len(got), lease_s=lease_s, consumer_id=consumer_id)
-        return got
+            left = until - loop.time()
+            if len(got) >= n or left <= 0 or not await waiter.wait(left):
+                return got
     finally:
         waiter.close()
 
