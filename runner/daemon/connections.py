@@ -32,7 +32,7 @@ import re
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from aiohttp import web
@@ -64,14 +64,70 @@ def _raw_answer(status: int, reason: str, message: str, extra: str = "") -> byte
     return head.encode() + body
 
 
+def _header_timeout_answer(limit_s: float) -> bytes:
+    return _raw_answer(
+        408, "Request Timeout",
+        f"the request header did not arrive within {limit_s:g}s (--header-timeout)",
+    )
+
+
+def stalled_body(stall_s: float) -> str:
+    """The error of a request body that stopped arriving (--body-timeout)."""
+    return (f"the request body stalled: nothing arrived for {stall_s:g}s "
+            "(--body-timeout); send the whole body without pauses")
+
+
+class LaneJob(Protocol):
+    """A request a `Lane` took."""
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once) when `answer` is ready."""
+        ...
+
+    def answer(self) -> bytes | None:
+        """The whole HTTP answer; None: none (the daemon is stopping), close."""
+        ...
+
+
+class LaneReader(Protocol):
+    """One request arriving for a `Lane`."""
+
+    @property
+    def head_done(self) -> bool:
+        """Its whole header arrived."""
+        ...
+
+    def feed(self, data: bytes) -> LaneJob | bool:
+        """Its next bytes: the job once the lane has the whole request and serves it
+        (its answer is written when done); True when more is needed; False when the lane
+        does not serve it (nothing done: aiohttp serves all the bytes fed)."""
+        ...
+
+
+class Lane(Protocol):
+    """Requests served before aiohttp sees them (`runner.daemon.fastlane`)."""
+
+    def reader(self, data: bytes) -> LaneReader | None:
+        """A reader for the request `data` begins; None when the lane does not serve it."""
+        ...
+
+
 class GuardedHandler(RequestHandler):
-    """aiohttp's RequestHandler with a header timeout and JSON parser errors."""
+    """aiohttp's RequestHandler with a header timeout and JSON parser errors, and a
+    `Lane` that serves the requests it takes until the first one it declines (from
+    then on aiohttp's parser holds the connection's bytes, and serves them all)."""
 
     def __init__(
         self, manager: web.Server, *, limits: ConnectionLimits,
-        released: Callable[[], None], **kwargs: Any,
+        released: Callable[[], None], lane: Lane | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(manager, keepalive_timeout=limits.idle_timeout_s, **kwargs)
+        self._lane = lane
+        self._lane_reader: LaneReader | None = None  # a request arriving for the lane
+        self._lane_held: list[bytes] = []  # its bytes so far
+        self._lane_timer: asyncio.TimerHandle | None = None
+        self._lane_busy = False  # a request the lane took is being served
+        self._lane_backlog: list[bytes] = []  # what arrived meanwhile (read paused)
         self._limits = limits
         self._released: Callable[[], None] | None = released
         self._header_timer: asyncio.TimerHandle | None = None
@@ -80,6 +136,19 @@ class GuardedHandler(RequestHandler):
         self._partial = False  # bytes of a request header have arrived, not all of it
 
     def data_received(self, data: bytes) -> None:
+        if self._lane is not None:
+            if self._lane_busy:  # answers go out in order: this waits for the one served
+                self._lane_backlog.append(data)
+                if self.transport is not None and len(self._lane_backlog) == 1:
+                    self.transport.pause_reading()
+                return
+            if not (self._force_close or self._close) and self._lane_feed(data):
+                return
+            if self._lane_held:  # aiohttp serves the lane's bytes too
+                data = b"".join(self._lane_held) + data
+                self._lane_held.clear()
+            self._lane = self._lane_reader = None  # aiohttp's from now on
+            self._cancel_lane_timer()
         before = self._request_count
         busy = self._request_in_progress or bool(self._messages)
         super().data_received(data)
@@ -92,6 +161,91 @@ class GuardedHandler(RequestHandler):
                 self._limits.header_timeout_s, self._header_expired
             )
 
+    def _lane_feed(self, data: bytes) -> bool:
+        """Whether the lane took `data` (a request it serves, or part of one)."""
+        assert self._lane is not None
+        reader = self._lane_reader
+        if reader is None:
+            reader = self._lane.reader(data)
+            if reader is None:
+                return False
+            self._lane_reader = reader
+            head_before = False
+        else:
+            head_before = reader.head_done
+        verdict = reader.feed(data)
+        if verdict is False:
+            return False
+        if verdict is True:  # part of it: wait for the rest, as aiohttp would
+            self._lane_held.append(data)
+            if not reader.head_done:
+                if self._lane_timer is None:  # the header's time counts from its first byte
+                    self._lane_timer = self._loop.call_later(
+                        self._limits.header_timeout_s, self._lane_header_expired)
+            elif not head_before or data:  # the body's: from its last piece
+                self._cancel_lane_timer()
+                self._lane_timer = self._loop.call_later(
+                    self._limits.body_timeout_s, self._lane_body_expired)
+            return True
+        self._lane_reader = None
+        self._lane_held.clear()
+        self._cancel_lane_timer()
+        self._lane_busy = True
+        self._request_in_progress = True  # a graceful shutdown waits for it
+        verdict.when_done(lambda: self._lane_answer(verdict))
+        return True
+
+    def _cancel_lane_timer(self) -> None:
+        if self._lane_timer is not None:
+            self._lane_timer.cancel()
+            self._lane_timer = None
+
+    def _lane_header_expired(self) -> None:
+        self._lane_timer = None
+        if self.transport is not None:
+            self.transport.write(_header_timeout_answer(self._limits.header_timeout_s))
+        self.force_close()
+
+    def _lane_body_expired(self) -> None:
+        self._lane_timer = None
+        if self.transport is not None:
+            self.transport.write(_raw_answer(
+                408, "Request Timeout", stalled_body(self._limits.body_timeout_s)))
+        self.force_close()
+
+    def _lane_answer(self, job: LaneJob) -> None:
+        try:
+            answer = job.answer()
+        finally:
+            self._lane_busy = False
+            self._request_in_progress = False
+            if self._handler_waiter is not None and not self._handler_waiter.done():
+                self._handler_waiter.set_result(None)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if answer is None:
+            transport.close()
+            return
+        transport.write(answer)
+        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        if self._keepalive_handle is None and not self._force_close:
+            self._keepalive_handle = self._loop.call_at(
+                self._next_keepalive_close_time, self._process_keepalive)
+        if self._force_close:  # shutting down: this was the last answer
+            transport.close()
+            return
+        if self._lane_backlog and not self.writing_paused:
+            self._lane_continue()
+
+    def _lane_continue(self) -> None:
+        """Serve what arrived while the lane answered (when the client reads its answers)."""
+        data = b"".join(self._lane_backlog)
+        self._lane_backlog.clear()
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self.data_received(data)
+
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -103,11 +257,7 @@ class GuardedHandler(RequestHandler):
         if not self._partial or not idle or self.transport is None:
             self._partial = False
             return
-        limit = self._limits.header_timeout_s
-        self.transport.write(_raw_answer(
-            408, "Request Timeout",
-            f"the request header did not arrive within {limit:g}s (--header-timeout)",
-        ))
+        self.transport.write(_header_timeout_answer(self._limits.header_timeout_s))
         self.force_close()
 
     def pause_writing(self) -> None:
@@ -125,6 +275,8 @@ class GuardedHandler(RequestHandler):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._cancel_write_timer()
+        if self._lane_backlog and not self._lane_busy:
+            self._lane_continue()
 
     def _cancel_write_timer(self) -> None:
         if self._write_timer is not None:
@@ -147,12 +299,17 @@ class GuardedHandler(RequestHandler):
         self.transport.abort()
 
     def _process_keepalive(self) -> None:
-        if self._partial:  # a header is arriving: the header timer decides
+        if self._partial or self._lane_reader is not None:  # the header/body timer decides
+            return
+        if self._lane_busy:  # a request is being served: idle from its answer on
+            self._keepalive_handle = self._loop.call_later(
+                self._keepalive_timeout, self._process_keepalive)
             return
         super()._process_keepalive()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
+        self._cancel_lane_timer()
         self._cancel_write_timer()
         if self._released is not None:
             self._released()
@@ -244,9 +401,10 @@ class CappedSite(web.TCPSite):
     """A TCP site whose connections are GuardedHandlers, at most `max_connections`."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
-                 limits: ConnectionLimits) -> None:
+                 limits: ConnectionLimits, lane: Lane | None = None) -> None:
         super().__init__(runner, host, port, reuse_address=True)
         self._limits = limits
+        self._lane = lane
         # counted when the protocol is made, not when aiohttp registers the connection:
         # a burst of accepts makes every protocol before any connection_made runs
         self.open = 0
@@ -263,7 +421,8 @@ class CappedSite(web.TCPSite):
         kwargs = dict(server._kwargs)
         kwargs.pop("keepalive_timeout", None)
         return GuardedHandler(
-            server, limits=self._limits, released=self._release, loop=server._loop, **kwargs
+            server, limits=self._limits, released=self._release, lane=self._lane,
+            loop=server._loop, **kwargs,
         )
 
     async def start(self) -> None:

@@ -26,7 +26,13 @@ from runner import jsontext
 from runner.clock import Clock, now_ms
 from runner.daemon import codec, dlq_ops, dlq_records, fanout, groups, lists
 from runner.daemon.backpressure import check_lag
-from runner.daemon.connections import CappedSite, ConnectionLimits, fit_file_limit
+from runner.daemon.connections import (
+    CappedSite,
+    ConnectionLimits,
+    Lane,
+    fit_file_limit,
+    stalled_body,
+)
 from runner.daemon.dlq_ops import DlqBackend
 from runner.daemon.ratelimit import PublishLimiter, Throttled, producer_of
 from runner.daemon.reload import ReloadResult
@@ -136,6 +142,7 @@ MAX_REQUEST_KEY = web.AppKey("max_request_bytes", int)
 CONNECTION_LIMITS_KEY = web.AppKey("connection_limits", ConnectionLimits)
 ABANDONED = web.RequestKey("runner.body_abandoned", bool)
 LIMITER_KEY = web.AppKey("publish_limiter", PublishLimiter)
+TOKEN_KEY = web.AppKey("token", str)  # the bearer token of /v1/ (absent: none)
 
 
 def answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -149,7 +156,7 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
     return answer({"error": message, **extra}, status, headers)
 
 
-def _engine_error(exc: EngineError) -> web.Response:
+def engine_error(exc: EngineError) -> web.Response:
     if isinstance(exc, Throttled):
         return answer({"error": str(exc), "accepted": 0, "routed": []}, 429,
                       {"Retry-After": str(exc.retry_after_s)})
@@ -199,9 +206,9 @@ async def _answer(request: web.Request, handler: Handler, limit: int) -> web.Str
     try:
         return await handler(request)
     except NotFound as exc:
-        return _engine_error(_suggested(request, exc))
+        return engine_error(_suggested(request, exc))
     except EngineError as exc:
-        return _engine_error(exc)
+        return engine_error(exc)
     except web.HTTPRequestEntityTooLarge:
         return _too_large(limit)
     except web.HTTPMethodNotAllowed as exc:
@@ -246,13 +253,16 @@ _UNKNOWN = re.compile(r"(exchange|queue|topic|consumer group) '(.*)' not found",
 
 
 def _suggested(request: web.Request, exc: NotFound) -> NotFound:
+    return suggested(request.app[HOST_KEY].topology, exc)
+
+
+def suggested(topology: Topology, exc: NotFound) -> NotFound:
     """`queue 'ordres' not found; did you mean "orders"?`: the closest declared name of
     that kind, as `runner validate` suggests (the engine's sentences get it here too)."""
     match = _UNKNOWN.fullmatch(str(exc))
     if match is None:
         return exc
     kind, name = match.groups()
-    topology = request.app[HOST_KEY].topology
     names = {
         "exchange": topology.exchanges, "queue": topology.queues, "topic": topology.topics,
         "consumer group": topology.consumer_groups,
@@ -348,10 +358,7 @@ async def _piece(request: web.Request, stall_s: float) -> bytes:
             return await content.readany()
     except TimeoutError:
         _abandon_body(request)
-        raise web.HTTPRequestTimeout(
-            reason=f"the request body stalled: nothing arrived for {stall_s:g}s "
-            "(--body-timeout); send the whole body without pauses"
-        ) from None
+        raise web.HTTPRequestTimeout(reason=stalled_body(stall_s)) from None
 
 
 async def _json(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
@@ -462,7 +469,7 @@ async def _publish(request: web.Request, *, to_queue: bool) -> web.Response:
         store = traced.wrap(publish)
         merged = host.backend
         copies = sum(counts)
-        if store is publish and copies <= MERGED_MAX and _merges_writes(merged):
+        if store is publish and copies <= MERGED_MAX and merges_writes(merged):
             # stored with the other small writes of this turn of the loop, durable
             # together (runner.engine.merged); what this request sees is its own
             try:
@@ -489,7 +496,7 @@ MERGED_MAX = 100
 _MERGING: dict[type, bool] = {}  # backend class -> implements MergedWrites
 
 
-def _merges_writes(backend: Backend) -> TypeGuard[MergedWrites]:
+def merges_writes(backend: Backend) -> TypeGuard[MergedWrites]:
     """isinstance(backend, MergedWrites), once per backend class (a runtime-checkable
     Protocol's isinstance inspects the object's attributes on every call)."""
     kind = type(backend)
@@ -640,7 +647,7 @@ async def append_topic(request: web.Request) -> web.Response:
         append = durable.append
         store = traced.wrap(append)
         merged = host.backend
-        if recs and store is append and len(recs) <= MERGED_MAX and _merges_writes(merged):
+        if recs and store is append and len(recs) <= MERGED_MAX and merges_writes(merged):
             # appended with the other small appends of this turn of the loop
             try:
                 positions = await merged.append_merged(name, recs)
@@ -1141,6 +1148,8 @@ def build_app(
     app[LIMITS_KEY] = limits
     app[MAX_REQUEST_KEY] = max_request_bytes
     app[CONNECTION_LIMITS_KEY] = connection_limits or ConnectionLimits()
+    if token:
+        app[TOKEN_KEY] = token
     if limiter is not None:
         app[LIMITER_KEY] = limiter
     if spans is not None:
@@ -1184,7 +1193,8 @@ class HttpServer:
     Connections are guarded (`runner.daemon.connections`): read timeouts, idle
     timeout, a connection cap fitted to the process file limit."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, lane: Lane | None = None) -> None:
+        self._lane = lane
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
@@ -1195,7 +1205,7 @@ class HttpServer:
         await self._runner.setup()
         cap = fit_file_limit(self._limits.max_connections)
         limits = dataclasses.replace(self._limits, max_connections=cap)
-        site = CappedSite(self._runner, host, port, limits=limits)
+        site = CappedSite(self._runner, host, port, limits=limits, lane=self._lane)
         await site.start()
         return site.port
 

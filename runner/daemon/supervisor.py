@@ -32,6 +32,7 @@ from runner.clock import Clock, SystemClock
 from runner.daemon import codec, logs
 from runner.daemon.connections import ConnectionLimits
 from runner.daemon.console import ConsoleMode, install_console
+from runner.daemon.fastlane import FastLane, LaneCollector
 from runner.daemon.http import HttpServer, Served, build_app
 from runner.daemon.metrics import (
     HandlerView,
@@ -206,6 +207,7 @@ class Supervisor:
         self._kafka: KafkaListener | None = None
         self._replies = Replies()  # requests waiting for a reply (HTTP ?wait=, ctx.request)
         self._registry.register(RepliesCollector(self._replies))
+        self.lane: FastLane | None = None  # the HTTP fast lane, once serving
 
     # ------------------------------------------------------------ state for HTTP/metrics
     def _served(self) -> EmbeddedBackend:
@@ -344,7 +346,9 @@ class Supervisor:
             spans=otel.from_environment(),
         )
         install_console(app, self, token=config.token, mode=config.console, clock=clock)
-        server = HttpServer(app)
+        self.lane = FastLane(app)
+        self._registry.register(LaneCollector(self.lane))
+        server = HttpServer(app, self.lane)
         kafka: KafkaListener | None = None
         try:
             # bind first (not ready yet): a taken port fails before any handler runs

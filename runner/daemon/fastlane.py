@@ -1,0 +1,296 @@
+"""The fast lane: a small publish to a queue answered without aiohttp's per-request work.
+
+`POST /v1/queues/{name}/messages` of one message is what producers send most, and
+under `--fsync always` the daemon's event loop spent ~170 us on each, a third of it
+in aiohttp building the request and the response objects and running the
+middlewares. The lane serves that one route at the connection's protocol
+(`runner.daemon.connections.GuardedHandler`): it parses the bytes that arrived with
+httptools (llhttp, the parser aiohttp's own is built on) and, when they are exactly
+one whole request the route would accept, stores it through the same merged write
+(`MergedWrites.put_merged`) and writes the same answer (202 `{"routed": ...}`, after
+the messages are durable).
+
+It takes a request only when nothing but the happy path is possible before the
+write: anything else -- another route, a query string, a body split over two reads,
+pipelined requests, a bad or missing token, a body that is not a valid publish, a
+queue that does not exist, a private reply address, a publish rate, tracing, a
+shutdown, a backend without merged writes -- is declined before anything is stored,
+and aiohttp serves the same bytes: its route gives the answer (and the error) it
+always gave. Once a connection was served by aiohttp it stays with aiohttp (its
+parser may hold part of a request); what the lane answers after storing (a 429 of a
+full queue, a storage error) is the route's answer, built by the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httptools
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from runner import jsontext
+from runner.daemon import codec, http
+from runner.daemon.ratelimit import PublishLimiter
+from runner.daemon.traced import SPANS_KEY
+from runner.errors import EngineError, NotFound
+from runner.pipeline.replies import is_private
+from runner.pipeline.tracing import TRACEPARENT, TRACESTATE
+
+log = logging.getLogger(__name__)
+
+PREFIX = b"POST /v1/queues/"
+_PATH = re.compile(rb"/v1/queues/([A-Za-z0-9._~-]+)/messages")
+# headers that make a request one for aiohttp's route (it decodes, expects, upgrades,
+# traces...); `Connection: close` is seen by httptools (should_keep_alive)
+_DECLINED_HEADERS = frozenset({
+    b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
+    TRACEPARENT.encode(), TRACESTATE.encode(),
+})
+
+
+class _Request:
+    """httptools' callbacks for one request: its path, headers and body."""
+
+    __slots__ = ("url", "length", "token", "body", "messages", "declined", "head_done",
+                 "complete", "parser", "keep_alive")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.length = -1
+        self.token: bytes | None = None
+        self.body = b""
+        self.messages = 0
+        self.declined = False
+        self.head_done = False
+        self.complete = False
+        self.parser: httptools.HttpRequestParser | None = None
+        self.keep_alive = False  # HTTP/1.1 without `Connection: close`
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"content-length":
+            self.declined |= self.length != -1 or not value.isdigit()
+            self.length = int(value) if value.isdigit() else -1
+        elif lower == b"authorization":
+            self.declined |= self.token is not None
+            self.token = value
+        elif lower in _DECLINED_HEADERS:
+            self.declined = True
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        parser = self.parser
+        assert parser is not None
+        # read here: httptools resets both once the message is complete
+        self.keep_alive = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+MAX_HEAD = 16 * 1024  # a longer header is aiohttp's to refuse (it allows 8190 a line)
+
+
+class FastLane:
+    """The lane of one app (`runner.daemon.http.build_app`'s): a `reader` for each
+    request that starts like a publish to a queue."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._host = app[http.HOST_KEY]
+        self._limits = app[http.LIMITS_KEY]
+        self._max_request = app[http.MAX_REQUEST_KEY]
+        token = app.get(http.TOKEN_KEY)
+        self._token = token.encode() if token else None
+        self._limiter: PublishLimiter | None = app.get(http.LIMITER_KEY)
+        self._traced = app.get(SPANS_KEY) is not None
+        self._date = b""
+        self._date_s = 0
+        self.served = 0  # requests the lane answered
+        self.declined = 0  # requests that began like its route, served by aiohttp
+
+    def reader(self, data: bytes) -> _Reader | None:
+        """A reader of the request `data` begins, None when the lane does not serve it."""
+        if not data.startswith(PREFIX) or self._traced:
+            return None
+        return _Reader(self)
+
+    def _checked_head(self, req: _Request) -> bool:
+        """Whether the request's header is one the lane serves."""
+        return (not req.declined and 0 <= req.length <= self._max_request and req.keep_alive
+                and _PATH.fullmatch(req.url) is not None and self._authorized(req.token))
+
+    def _job(self, req: _Request) -> _Job | None:
+        """The publish of a whole request whose header passed `_checked_head`."""
+        match = _PATH.fullmatch(req.url)
+        assert match is not None
+        name = match.group(1).decode()
+        host = self._host
+        backend = host.backend
+        if (not host.accepting or is_private(name) or name not in host.topology.queue_map()
+                or not http.merges_writes(backend)):
+            return None
+        if self._limiter is not None and self._limiter.rate_of(
+                host.topology, "queue", name) is not None:
+            return None
+        try:
+            body = codec.require_object(codec.decode_json(req.body))
+            msgs, batch = codec.messages(body, limits=self._limits, default_key=name)
+        except EngineError:
+            return None  # the route answers it (400, 413)
+        if not msgs or len(msgs) > http.MERGED_MAX or len(msgs) > self._limits.max_fanout:
+            return None
+        return _Job(self, asyncio.ensure_future(backend.put_merged(name, msgs)), name, batch)
+
+    def _authorized(self, given: bytes | None) -> bool:
+        if self._token is None:
+            return True
+        if given is None:
+            return False
+        scheme, _, raw = given.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(raw.strip(), self._token)
+
+    def _answer_of(self, job: _Job) -> bytes | None:
+        """The route's answer to a publish whose write is done (None: it was cancelled,
+        the daemon is stopping; the connection closes unanswered)."""
+        self.served += 1
+        try:
+            try:
+                routes = job.write.result()
+            finally:
+                self._host.notify()  # also after a 429: the messages before it are stored
+        except asyncio.CancelledError:
+            return None
+        except NotFound as exc:
+            return self._raw(http.engine_error(http.suggested(self._host.topology, exc)))
+        except EngineError as exc:
+            return self._raw(http.engine_error(exc))
+        except Exception:
+            log.exception("unexpected error serving POST /v1/queues/%s/messages", job.name)
+            return self._raw(http.error(500, "internal error; the daemon log has the details"))
+        routed = [list(r) for r in routes]
+        return self._answer(b"202 Accepted", jsontext.dumps(
+            {"routed": routed if job.batch else routed[0]}), b"")
+
+    def _raw(self, response: web.Response) -> bytes:
+        body = response.body
+        assert isinstance(body, bytes)
+        extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in response.headers.items()
+                         if k not in ("Content-Type", "Content-Length"))
+        return self._answer(f"{response.status} {response.reason}".encode(), body, extra)
+
+    def _answer(self, status: bytes, body: bytes, extra: bytes) -> bytes:
+        now = int(time.time())
+        if now != self._date_s:
+            self._date_s = now
+            self._date = email.utils.formatdate(now, usegmt=True).encode()
+        return b"".join((
+            b"HTTP/1.1 ", status, b"\r\nContent-Type: application/json\r\nContent-Length: ",
+            str(len(body)).encode(), b"\r\n", extra, b"Date: ", self._date, b"\r\nServer: ",
+            _SERVER, b"\r\n\r\n", body,
+        ))
+
+
+_SERVER = SERVER_SOFTWARE.encode()
+
+
+class _Reader:
+    """One request arriving for the lane, in as many reads as it takes."""
+
+    __slots__ = ("_lane", "_req", "_parser", "_seen", "_head_checked")
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._req = _Request()
+        self._parser = self._req.parser = httptools.HttpRequestParser(self._req)
+        self._seen = 0
+        self._head_checked = False
+
+    @property
+    def head_done(self) -> bool:
+        """The whole header arrived (what is missing is body)."""
+        return self._req.head_done
+
+    def feed(self, data: bytes) -> _Job | bool:
+        """The next bytes: the answer to the whole request (awaited: after its messages
+        are durable), True when more is needed, False when the lane does not serve it
+        (nothing was done)."""
+        req = self._req
+        self._seen += len(data)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return self._decline()
+        if req.declined or req.messages != 1:  # a second request began: pipelined
+            return self._decline()
+        if not req.head_done:
+            return self._seen <= MAX_HEAD or self._decline()
+        if not self._head_checked:
+            if not self._lane._checked_head(req):
+                return self._decline()
+            self._head_checked = True
+        if not req.complete:
+            return True
+        job = self._lane._job(req)
+        return self._decline() if job is None else job
+
+    def _decline(self) -> bool:
+        self._lane.declined += 1
+        return False
+
+
+class _Job:
+    """A publish the lane took: its merged write, then the answer."""
+
+    __slots__ = ("lane", "write", "name", "batch")
+
+    def __init__(self, lane: FastLane, write: asyncio.Future[Any], name: str,
+                 batch: bool) -> None:
+        self.lane = lane
+        self.write = write
+        self.name = name
+        self.batch = batch
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        self.write.add_done_callback(lambda _: callback())
+
+    def answer(self) -> bytes | None:
+        return self.lane._answer_of(self)
+
+
+class LaneCollector(Collector):
+    """`runner_http_fast_lane_requests_total{result}`: single publishes to a queue the
+    fast lane `served`, and requests that began like one but aiohttp served
+    (`declined`: an error, a split the lane does not follow, pipelining...)."""
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "runner_http_fast_lane_requests",
+            "POST /v1/queues/{name}/messages requests answered by the fast lane (served) "
+            "or handed to the full HTTP stack (declined).",
+            labels=["result"],
+        )
+        family.add_metric(["served"], self._lane.served)
+        family.add_metric(["declined"], self._lane.declined)
+        yield family

@@ -1,0 +1,319 @@
+"""The fast lane of single publishes (runner.daemon.fastlane) against the real daemon.
+
+The lane must be invisible but for its speed: every request it serves gets the
+answer the aiohttp route gives, every request it declines is served by the route
+from the same bytes, and it follows HTTP/1.1 as the route does (a request split over
+reads, pipelined requests, keep-alive, timeouts, tokens). Each case is sent on a
+fresh connection (the lane's) and on one that aiohttp already serves (a GET first),
+and the two answers are compared; `runner_http_fast_lane_requests_total` tells which
+side served it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import Daemon, module_daemon
+
+pytestmark = pytest.mark.e2e
+
+TOPOLOGY = """\
+version: 1
+name: e2e-fast-lane
+queues:
+  orders: {durable: true}
+  full: {durable: true, max_length: 1, overflow: reject-publish}
+  other: {}
+"""
+
+FAST = ["--header-timeout", "1s", "--body-timeout", "1s", "--idle-timeout", "2s",
+        "--max-message-bytes", "1024"]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from module_daemon(tmp_path_factory.mktemp("lane"), TOPOLOGY, args=FAST)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from module_daemon(tmp_path_factory.mktemp("lane-token"), TOPOLOGY,
+                             args=FAST, token="s3cret-token")
+
+
+def request(path: str, body: bytes, *headers: str, version: str = "1.1") -> bytes:
+    head = [f"POST {path} HTTP/{version}", "Host: x", "Content-Type: application/json",
+            f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def publish(body: object, queue: str = "orders", *headers: str) -> bytes:
+    return request(f"/v1/queues/{queue}/messages", json.dumps(body).encode(), *headers)
+
+
+class Conn:
+    """One keep-alive connection speaking raw HTTP/1.1."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self) -> tuple[int, dict[str, str], bytes]:
+        """The next answer: status, headers (lower-case names) and body."""
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """Whether the daemon closed the connection (waiting for it up to the timeout)."""
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed with {self.buf!r} unread")
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def on_aiohttp(d: Daemon) -> Conn:
+    """A connection the full HTTP stack serves (its first request was not a publish)."""
+    conn = Conn(d)
+    conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.answer()[0] == 200
+    return conn
+
+
+def lane_counts(d: Daemon) -> tuple[int, int]:
+    text = d.metrics()
+    served = re.search(r'^runner_http_fast_lane_requests_total\{result="served"\} (\S+)$',
+                       text, re.M)
+    declined = re.search(
+        r'^runner_http_fast_lane_requests_total\{result="declined"\} (\S+)$', text, re.M)
+    assert served and declined, text
+    return int(float(served.group(1))), int(float(declined.group(1)))
+
+
+def both(d: Daemon, data: bytes) -> tuple[tuple[int, dict[str, str], bytes], ...]:
+    """The answer on a fresh connection and on an aiohttp one (Date left out), and
+    the lane's counts before and after the first."""
+    answers = []
+    for conn in (Conn(d), on_aiohttp(d)):
+        conn.send(data)
+        status, headers, body = conn.answer()
+        headers.pop("date")
+        answers.append((status, headers, body))
+        conn.close()
+    return tuple(answers)
+
+
+def drain(d: Daemon, queue: str) -> list[object]:
+    got = d.ok("POST", f"/v1/queues/{queue}/pull", {"max": 1000})["messages"]
+    if got:
+        d.ok("POST", f"/v1/queues/{queue}/ack",
+             {"delivery_ids": [m["delivery_id"] for m in got]})
+    return [m["body"] for m in got]
+
+
+SERVED = [
+    ("one message", publish({"body": {"b": "x"}})),
+    ("a batch", publish({"messages": [{"body": i} for i in range(3)]})),
+    ("keep-alive said", publish({"body": "k"}, "orders", "Connection: keep-alive")),
+    ("a routing key and headers", publish(
+        {"body": "h", "routing_key": "rk", "headers": {"a": "1"}, "priority": 3})),
+]
+
+DECLINED = [
+    ("bad JSON", request("/v1/queues/orders/messages", b'{"body": ')),
+    ("not an object", request("/v1/queues/orders/messages", b"[1, 2]")),
+    ("an empty body", request("/v1/queues/orders/messages", b"")),
+    ("an unknown field", publish({"body": 1, "colour": "red"})),
+    ("an unknown queue", publish({"body": 1}, "ordres")),
+    ("a message over --max-message-bytes", publish({"body": "x" * 2000})),
+    ("an empty batch", publish({"messages": []})),
+    ("a batch too big to merge", publish({"messages": [{"body": i} for i in range(101)]})),
+    ("a query string", request("/v1/queues/orders/messages?x=1", b'{"body": "q"}')),
+    ("a trailing slash", request("/v1/queues/orders/messages/", b'{"body": "q"}')),
+    ("percent-encoded", request("/v1/queues/%6Frders/messages", b'{"body": "p"}')),
+    ("Connection: close", publish({"body": "c"}, "orders", "Connection: close")),
+    ("gzip", request("/v1/queues/orders/messages", gzip.compress(b'{"body": "z"}'),
+                     "Content-Encoding: gzip")),
+    ("HTTP/1.0", request("/v1/queues/orders/messages", b'{"body": "o"}', version="1.0")),
+    ("traceparent", publish({"body": "t"}, "orders",
+                            "traceparent: 00-0af7651916cd43dd8448eb211c80319c-"
+                            "b7ad6b7169203331-01")),
+    ("a private reply address", publish({"body": "r"}, "runner.reply-to.nobody")),
+]
+
+
+@pytest.mark.parametrize("data", [c[1] for c in SERVED], ids=[c[0] for c in SERVED])
+def test_a_publish_the_lane_serves_is_answered_as_the_route_answers_it(
+    daemon: Daemon, data: bytes,
+) -> None:
+    before = lane_counts(daemon)
+    lane, route = both(daemon, data)
+    served, declined = lane_counts(daemon)
+    assert (served - before[0], declined - before[1]) == (1, 0)
+    assert lane == route and lane[0] == 202, (lane, route)
+    assert lane[1]["content-type"] == "application/json" and "server" in lane[1]
+    bodies = drain(daemon, "orders")
+    assert len(bodies) == 2 * len(json.loads(data.partition(b"\r\n\r\n")[2])
+                                  .get("messages", [None]))
+
+
+@pytest.mark.parametrize("data", [c[1] for c in DECLINED], ids=[c[0] for c in DECLINED])
+def test_a_request_the_lane_declines_is_answered_by_the_route(
+    daemon: Daemon, data: bytes,
+) -> None:
+    before = lane_counts(daemon)
+    lane, route = both(daemon, data)
+    served, declined = lane_counts(daemon)
+    assert (served - before[0], declined - before[1]) == (0, 1)
+    assert lane == route, (lane, route)
+    drain(daemon, "orders")
+
+
+def test_a_publish_refused_after_the_lane_took_it_is_answered_as_the_route_answers_it(
+    daemon: Daemon,
+) -> None:
+    """A full queue (reject-publish): the lane stores, the engine refuses: 429, with
+    the route's sentence and Retry-After."""
+    daemon.ok("POST", "/v1/queues/full/messages", {"body": "first"}, status=202)
+    before = lane_counts(daemon)
+    lane, route = both(daemon, publish({"body": "second"}, "full"))
+    assert lane_counts(daemon)[0] - before[0] == 1
+    assert lane == route and lane[0] == 429, (lane, route)
+    assert "retry-after" in lane[1] and json.loads(lane[2])["accepted"] == 0
+    assert drain(daemon, "full") == ["first"]
+
+
+def test_a_publish_split_over_reads_is_served_by_the_lane(daemon: Daemon) -> None:
+    data = publish({"body": "split"})
+    head, _, body = data.partition(b"\r\n\r\n")
+    before = lane_counts(daemon)
+    conn = Conn(daemon)
+    for piece in (head[:20], head[20:] + b"\r\n\r\n", body[:5], body[5:]):
+        conn.send(piece)
+        time.sleep(0.15)  # each piece its own read
+    status, _, answer = conn.answer()
+    assert (status, json.loads(answer)) == (202, {"routed": ["orders"]})
+    conn.send(publish({"body": "again"}))  # and the connection goes on
+    assert conn.answer()[0] == 202
+    conn.close()
+    assert lane_counts(daemon)[0] - before[0] == 2
+    assert drain(daemon, "orders") == ["split", "again"]
+
+
+def test_a_split_publish_the_lane_then_declines_is_served_whole_by_the_route(
+    daemon: Daemon,
+) -> None:
+    """The header passes, the body (in a later read) does not: the route gets the
+    whole request, header included, and answers its 400."""
+    data = request("/v1/queues/orders/messages", b'{"body": "a", "colour": 1}')
+    head, _, body = data.partition(b"\r\n\r\n")
+    conn = Conn(daemon)
+    conn.send(head + b"\r\n\r\n")
+    time.sleep(0.2)
+    conn.send(body)
+    status, _, answer = conn.answer()
+    assert status == 400 and "colour" in json.loads(answer)["error"]
+    conn.send(publish({"body": "after"}))  # served by aiohttp from now on
+    assert conn.answer()[0] == 202
+    conn.close()
+    assert drain(daemon, "orders") == ["after"]
+
+
+def test_pipelined_publishes_are_answered_in_order(daemon: Daemon) -> None:
+    conn = Conn(daemon)
+    conn.send(publish({"body": 1}) + publish({"body": 2}))  # one read: the route's
+    conn.send(publish({"body": 3}))
+    conn.send(publish({"body": 4}))
+    answers = [conn.answer() for _ in range(4)]
+    assert [a[0] for a in answers] == [202] * 4
+    conn.close()
+    assert drain(daemon, "orders") == [1, 2, 3, 4]
+
+
+def test_a_request_sent_while_the_lane_serves_one_waits_its_turn(daemon: Daemon) -> None:
+    """The second request arrives while the first waits for its fsync: the answers
+    come back in order (the second's may be the route's or the lane's)."""
+    conn = Conn(daemon)
+    for round_ in range(20):
+        conn.send(publish({"body": f"a{round_}"}))
+        conn.send(request("/v1/queues/orders/messages", b'{"body": 1, "bad": 2}')
+                  if round_ == 19 else publish({"body": f"b{round_}"}))
+        first, second = conn.answer(), conn.answer()
+        assert first[0] == 202, first
+        assert second[0] == (400 if round_ == 19 else 202), second
+    conn.close()
+    bodies = drain(daemon, "orders")
+    assert bodies == [x for r in range(20) for x in (f"a{r}", f"b{r}")][:-1]
+
+
+def test_a_lane_connection_is_closed_after_the_idle_timeout(daemon: Daemon) -> None:
+    conn = Conn(daemon)
+    conn.send(publish({"body": "idle"}))
+    assert conn.answer()[0] == 202
+    started = time.monotonic()
+    assert conn.closed()
+    assert 1.5 < time.monotonic() - started < 5
+    conn.close()
+    drain(daemon, "orders")
+
+
+def test_a_partial_publish_header_gets_the_header_timeouts_408(daemon: Daemon) -> None:
+    conn = Conn(daemon)
+    conn.send(b"POST /v1/queues/orders/messages HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    status, headers, body = conn.answer()
+    assert 0.8 < time.monotonic() - started < 4
+    assert status == 408 and headers["connection"] == "close"
+    assert json.loads(body) == {
+        "error": "the request header did not arrive within 1s (--header-timeout)"}
+    assert conn.closed()
+    conn.close()
+
+
+def test_the_lane_checks_the_bearer_token(guarded: Daemon) -> None:
+    before = lane_counts(guarded)
+    right = publish({"body": "t"}, "orders", "Authorization: Bearer s3cret-token")
+    lane, route = both(guarded, right)
+    assert lane == route and lane[0] == 202
+    assert lane_counts(guarded)[0] - before[0] == 1
+    for auth in ("Authorization: Bearer wrong", "Authorization: Basic s3cret-token",
+                 "X-Nothing: 1"):
+        before = lane_counts(guarded)
+        lane, route = both(guarded, publish({"body": "w"}, "orders", auth))
+        assert lane == route and lane[0] == 401, (auth, lane)
+        assert lane_counts(guarded)[1] - before[1] == 1
+    got = guarded.ok("POST", "/v1/queues/orders/pull", {"max": 10})["messages"]
+    assert [m["body"] for m in got] == ["t", "t"]
+
+
+def test_the_lane_metric_is_there_from_the_first_scrape(
+    start_daemon: object,
+) -> None:
+    d = start_daemon(TOPOLOGY)  # type: ignore[operator]
+    assert lane_counts(d) == (0, 0)
