@@ -7,7 +7,11 @@ Run: .venv/bin/python benchmarks/bench_engine.py [--quick]
    daemon, against 16 pika publishers (threads, one connection each) publishing
    persistent messages one at a time with publisher confirms to a durable
    RabbitMQ queue (127.0.0.1:5672 guest/guest). Each side runs for the same
-   wall time; msgs/s acknowledged.
+   wall time; msgs/s acknowledged. Ceilings in the same run: a bare aiohttp app
+   behind the daemon's server, and a bare socket server with no HTTP stack (the
+   most these clients can send here, whatever the server; `--ceiling` adds more,
+   and the daemon under `--fsync never`). Printed with each row: the server's CPU
+   per request (RabbitMQ's: its Erlang VM) and the clients' (this process).
 2. Exactly-once vs at-least-once through the daemon (`--fsync always`): a
    backlog in a durable queue drained by an `async def` handler that publishes
    each message onward to a second durable queue, concurrency 32; msgs/s from
@@ -26,6 +30,7 @@ import contextlib
 import http.client
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -156,10 +161,11 @@ class Daemon(Served):
     `runner` package of the source tree `source` when given, for before/after runs)."""
 
     def __init__(self, workdir: Path, topology: str, *, event_loop: str | None = None,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, fsync: str = "always") -> None:
         (workdir / "topology.yaml").write_text(topology)
         (workdir / "bench_engine_handler.py").write_text(HANDLER)
-        args = RUN_ARGS + (["--event-loop", event_loop] if event_loop else [])
+        args = [fsync if a == "always" else a for a in RUN_ARGS]
+        args += ["--event-loop", event_loop] if event_loop else []
         if source is not None:
             argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); "
                     "from runner.cli import entry; sys.argv[0] = 'runner'; sys.exit(entry())",
@@ -378,6 +384,34 @@ def rabbit_available() -> str | None:
     return None
 
 
+CLIENT_US: dict[str, list[float]] = {}  # row -> the clients' CPU us per request, each repeat
+
+
+@contextlib.contextmanager
+def client_cpu(label: str) -> Any:
+    """Adds the CPU this process (the clients' threads) spent per request inside the
+    block to CLIENT_US[label]; the block appends its request count to the yielded list."""
+    count: list[float] = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    yield count
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    CLIENT_US.setdefault(label, []).append(used * 1e6 / max(count[0] if count else 1.0, 1.0))
+
+
+def rabbit_cpu_s() -> float | None:
+    """CPU seconds RabbitMQ's Erlang VM (beam.smp) has used, None when not found."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"beam.smp" in cmdline.read_bytes().split(b"\0")[0]:
+                fields = _stat_fields(cmdline.parent / "stat")
+                if fields is not None:
+                    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return None
+
+
 def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
         tuple[str, list[float], list[float]]]:
     """The single-message rows: (label, msgs/s of each repeat, server CPU microseconds
@@ -399,9 +433,12 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
         if args.baseline is not None:
             start(f"runner daemon of {args.baseline}",
                   lambda w: Daemon(w, SINGLE_TOPOLOGY, source=args.baseline))
-        # the daemon runs on uvloop (runner run --event-loop auto): so does its ceiling
-        start("bare aiohttp app, our server (ceiling)", lambda w: ceiling(w, "--uvloop"))
+        # the daemon runs on uvloop (runner run --event-loop auto): so do the ceilings
+        start("bare aiohttp app, our server", lambda w: ceiling(w, "--uvloop"))
+        start("bare socket server, no HTTP stack (ceiling)", lambda w: ceiling(w, "--raw"))
         if args.ceiling:
+            start("runner daemon, --fsync never",
+                  lambda w: Daemon(w, SINGLE_TOPOLOGY, fsync="never"))
             start("bare aiohttp app, our server, asyncio's loop", lambda w: ceiling(w))
             start("bare aiohttp app, aiohttp's own site", lambda w: ceiling(w, "--plain"))
             start("bare aiohttp app, uvloop", lambda w: ceiling(w, "--plain", "--uvloop"))
@@ -420,10 +457,23 @@ def single_rows(args: argparse.Namespace, repeats: int, seconds: float) -> list[
         for repeat in range(repeats):
             # alternate the order: no row always runs right after RabbitMQ's
             for label, server, append in rows if repeat % 2 == 0 else rows[::-1]:
-                rate, cost = http_single_cost(server, seconds, append=append)
+                with client_cpu(label) as count:
+                    rate, cost = http_single_cost(server, seconds, append=append)
+                    count.append(rate * seconds)
                 rates[label].append(rate)
                 costs[label].append(cost)
-            rates["RabbitMQ, 16 pika publishers"].append(rabbit_single(seconds))
+            beam = rabbit_cpu_s()
+            t0 = time.perf_counter()
+            with client_cpu("RabbitMQ, 16 pika publishers") as count:
+                rate = rabbit_single(seconds)
+                count.append(rate * seconds)
+            rates["RabbitMQ, 16 pika publishers"].append(rate)
+            if beam is not None:
+                done = rate * (time.perf_counter() - t0)
+                after = rabbit_cpu_s()
+                assert after is not None
+                costs["RabbitMQ, 16 pika publishers"].append(
+                    (after - beam) * 1e6 / max(done, 1.0))
         if args.threads:
             print("server CPU per request by thread (one more run of each daemon row):")
             for label, server in servers:
@@ -481,11 +531,13 @@ def main() -> int:
             continue
         print(f"{'  ' + label:52}{rate:10,.0f}{rabbit:12,.0f}{rate / rabbit:7.2f}x"
               f"  (runner daemon: {mine / rate:.2f}x of it)")
-    print("server CPU per request (user + system, all its threads and processes), and "
-          "each repeat's msgs/s:")
+    print("server CPU per request (user + system, all its threads and processes; RabbitMQ: "
+          "its Erlang VM), the clients' CPU per request (this process), and each repeat's "
+          "msgs/s:")
     for label, runs, costs in rows:
         cost = f"{cpu[label]:6.0f} us" if label in cpu else f"{'':9}"
-        print(f"  {label:50}{cost}  " + ", ".join(f"{r:,.0f}" for r in runs)
+        client = statistics.median(CLIENT_US.get(label, [0.0]))
+        print(f"  {label:50}{cost} {client:6.0f} us  " + ", ".join(f"{r:,.0f}" for r in runs)
               + (" (us: " + ", ".join(f"{c:.0f}" for c in costs) + ")" if costs else ""))
     if args.single_only:
         return 0

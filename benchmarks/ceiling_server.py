@@ -1,6 +1,7 @@
 """The ceiling of an aiohttp daemon: a bare app that stores nothing (bench_engine.py).
 
 Run: .venv/bin/python benchmarks/ceiling_server.py [--plain] [--uvloop] [--processes N]
+     .venv/bin/python benchmarks/ceiling_server.py --raw
 
 Serves `POST /v1/queues/{name}/messages` on 127.0.0.1 (a free port, printed as
 `listening on http://127.0.0.1:PORT`) with a handler that reads the whole body
@@ -11,6 +12,12 @@ request size limit); `--plain` uses aiohttp's own TCP site instead,
 `--uvloop` runs the loop on uvloop (when installed), `--processes N` shares one
 listening socket among N processes (plain sites). Nothing here parses, routes
 or stores: it is the most any aiohttp-based daemon could answer on this machine.
+
+`--raw` has no HTTP framework at all: a uvloop protocol that parses each request
+with httptools and writes the same answer when it is whole. It is the most the
+benchmark's clients can send on this machine, whatever the server (the daemon's
+fast lane answers single publishes without aiohttp, so the aiohttp app is no
+longer its ceiling).
 """
 
 from __future__ import annotations
@@ -41,6 +48,37 @@ def app() -> web.Application:
     return served
 
 
+RAW_ANSWER = (b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
+
+
+class RawConnection(asyncio.Protocol):
+    """One keep-alive connection: each whole request gets RAW_ANSWER."""
+
+    def __init__(self) -> None:
+        import httptools
+
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        assert self._transport is not None
+        self._transport.write(RAW_ANSWER)
+
+
+async def serve_raw() -> None:
+    server = await asyncio.get_running_loop().create_server(RawConnection, "127.0.0.1", 0)
+    print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+
+
 async def serve_guarded() -> None:
     from runner.daemon.http import HttpServer
 
@@ -64,11 +102,16 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true", help="aiohttp's own TCP site")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--processes", type=int, default=1, help="processes (plain sites)")
+    parser.add_argument("--raw", action="store_true",
+                        help="no HTTP framework: httptools on a bare uvloop protocol")
     args = parser.parse_args()
-    if args.uvloop:
+    if args.uvloop or args.raw:
         import uvloop
 
         uvloop.install()
+    if args.raw:
+        asyncio.run(serve_raw())
+        return 0
     if not args.plain and args.processes == 1:
         asyncio.run(serve_guarded())
         return 0
