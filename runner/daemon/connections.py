@@ -111,6 +111,11 @@ class Lane(Protocol):
         """A reader for the request `data` begins; None when the lane does not serve it."""
         ...
 
+    def stalled(self, stall_s: float) -> bytes:
+        """The answer to a request whose body stopped arriving for `stall_s` (the
+        route's, as aiohttp writes it); the connection closes after it."""
+        ...
+
 
 class GuardedHandler(RequestHandler):
     """aiohttp's RequestHandler with a header timeout and JSON parser errors, and a
@@ -134,10 +139,13 @@ class GuardedHandler(RequestHandler):
         self._write_timer: asyncio.TimerHandle | None = None
         self._unsent = 0  # bytes buffered when the write timer was armed
         self._partial = False  # bytes of a request header have arrived, not all of it
+        # when the lane held part of a header it then declined: its time runs on
+        self._header_deadline: float | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._lane is not None:
-            if self._lane_busy:  # answers go out in order: this waits for the one served
+            if self._lane_busy or self.writing_paused:
+                # answers go out in order, and not faster than the client reads them
                 self._lane_backlog.append(data)
                 if self.transport is not None and len(self._lane_backlog) == 1:
                     self.transport.pause_reading()
@@ -157,9 +165,11 @@ class GuardedHandler(RequestHandler):
             self._cancel_header_timer()
         elif not busy and data and not self._partial:
             self._partial = True
-            self._header_timer = self._loop.call_later(
-                self._limits.header_timeout_s, self._header_expired
-            )
+            delay = self._limits.header_timeout_s
+            if self._header_deadline is not None:
+                delay = max(0.0, self._header_deadline - self._loop.time())
+            self._header_timer = self._loop.call_later(delay, self._header_expired)
+        self._header_deadline = None
 
     def _lane_feed(self, data: bytes) -> bool:
         """Whether the lane took `data` (a request it serves, or part of one)."""
@@ -170,9 +180,6 @@ class GuardedHandler(RequestHandler):
             if reader is None:
                 return False
             self._lane_reader = reader
-            head_before = False
-        else:
-            head_before = reader.head_done
         verdict = reader.feed(data)
         if verdict is False:
             return False
@@ -180,13 +187,16 @@ class GuardedHandler(RequestHandler):
             self._lane_held.append(data)
             if not reader.head_done:
                 if self._lane_timer is None:  # the header's time counts from its first byte
-                    self._lane_timer = self._loop.call_later(
-                        self._limits.header_timeout_s, self._lane_header_expired)
-            elif not head_before or data:  # the body's: from its last piece
+                    self._header_deadline = self._loop.time() + self._limits.header_timeout_s
+                    self._lane_timer = self._loop.call_at(
+                        self._header_deadline, self._lane_header_expired)
+            else:  # the body's: from its last piece
+                self._header_deadline = None
                 self._cancel_lane_timer()
                 self._lane_timer = self._loop.call_later(
                     self._limits.body_timeout_s, self._lane_body_expired)
             return True
+        self._header_deadline = None
         self._lane_reader = None
         self._lane_held.clear()
         self._cancel_lane_timer()
@@ -208,9 +218,8 @@ class GuardedHandler(RequestHandler):
 
     def _lane_body_expired(self) -> None:
         self._lane_timer = None
-        if self.transport is not None:
-            self.transport.write(_raw_answer(
-                408, "Request Timeout", stalled_body(self._limits.body_timeout_s)))
+        if self.transport is not None and self._lane is not None:
+            self.transport.write(self._lane.stalled(self._limits.body_timeout_s))
         self.force_close()
 
     def _lane_answer(self, job: LaneJob) -> None:
@@ -300,6 +309,7 @@ class GuardedHandler(RequestHandler):
 
     def _process_keepalive(self) -> None:
         if self._partial or self._lane_reader is not None:  # the header/body timer decides
+            self._keepalive_handle = None  # fired: re-armed after the request's answer
             return
         if self._lane_busy:  # a request is being served: idle from its answer on
             self._keepalive_handle = self._loop.call_later(

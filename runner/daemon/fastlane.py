@@ -1,24 +1,26 @@
-"""The fast lane: a small publish to a queue answered without aiohttp's per-request work.
+"""The fast lane: a small publish answered without aiohttp's per-request work.
 
-`POST /v1/queues/{name}/messages` of one message is what producers send most, and
-under `--fsync always` the daemon's event loop spent ~170 us on each, a third of it
-in aiohttp building the request and the response objects and running the
-middlewares. The lane serves that one route at the connection's protocol
-(`runner.daemon.connections.GuardedHandler`): it parses the bytes that arrived with
-httptools (llhttp, the parser aiohttp's own is built on) and, when they are exactly
-one whole request the route would accept, stores it through the same merged write
-(`MergedWrites.put_merged`) and writes the same answer (202 `{"routed": ...}`, after
-the messages are durable).
+`POST /v1/queues/{name}/messages` (and `/v1/exchanges/{name}/messages`) of one
+message is what producers send most, and under `--fsync always` the daemon's event
+loop spent ~170 us on each, a third of it in aiohttp building the request and the
+response objects and running the middlewares. The lane serves those two routes at
+the connection's protocol (`runner.daemon.connections.GuardedHandler`): it parses
+the bytes that arrived with httptools (llhttp, the parser aiohttp's own is built on)
+and, when they are one whole request the route would accept, stores it through the
+same merged write (`MergedWrites.put_merged` / `publish_merged`) and writes the same
+answer (202 `{"routed": ...}`, after the messages are durable).
 
 It takes a request only when nothing but the happy path is possible before the
-write: anything else -- another route, a query string, a body split over two reads,
-pipelined requests, a bad or missing token, a body that is not a valid publish, a
-queue that does not exist, a private reply address, a publish rate, tracing, a
-shutdown, a backend without merged writes -- is declined before anything is stored,
-and aiohttp serves the same bytes: its route gives the answer (and the error) it
-always gave. Once a connection was served by aiohttp it stays with aiohttp (its
-parser may hold part of a request); what the lane answers after storing (a 429 of a
-full queue, a storage error) is the route's answer, built by the same functions.
+write: anything else -- another route, a query string, pipelined requests, a bad or
+missing token, a body that is not a valid publish, a destination that does not
+exist, a private reply address, a publish rate, more than 100 message copies,
+tracing, a shutdown, a backend without merged writes -- is declined before anything
+is stored, and aiohttp serves the same bytes: its route gives the answer (and the
+error) it always gave. A request may come in several reads (the lane holds them,
+under the header and body timeouts). Once a connection was served by aiohttp it
+stays with aiohttp (its parser may hold part of a request); what the lane answers
+after storing (a 429 of a full queue, a storage error) is the route's answer, built
+by the same functions.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from runner import jsontext
 from runner.daemon import codec, http
+from runner.daemon.connections import stalled_body
 from runner.daemon.ratelimit import PublishLimiter
 from runner.daemon.traced import SPANS_KEY
 from runner.errors import EngineError, NotFound
@@ -48,13 +51,26 @@ from runner.pipeline.tracing import TRACEPARENT, TRACESTATE
 
 log = logging.getLogger(__name__)
 
-PREFIX = b"POST /v1/queues/"
-_PATH = re.compile(rb"/v1/queues/([A-Za-z0-9._~-]+)/messages")
+PREFIXES = (b"POST /v1/queues/", b"POST /v1/exchanges/")
+_PATH = re.compile(rb"/v1/(queues|exchanges)/([A-Za-z0-9._~-]+)/messages")
+# a publish the lane may decline (counted): any name, any query
+_PUBLISH = re.compile(rb"/v1/(queues|exchanges)/[^/?#]+/messages([?#].*)?", re.S)
 # headers that make a request one for aiohttp's route (it decodes, expects, upgrades,
 # traces...); `Connection: close` is seen by httptools (should_keep_alive)
 _DECLINED_HEADERS = frozenset({
     b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
-    TRACEPARENT.encode(), TRACESTATE.encode(),
+    b"sec-websocket-key1", TRACEPARENT.encode(), TRACESTATE.encode(),
+})
+
+
+# what aiohttp's request parser refuses (aiohttp/_http_parser.pyx) and llhttp alone
+# lets through: a request with any of these is the route's, to be answered 400
+MAX_LINE = 8190  # the request target, and a header's name + value
+MAX_HEADERS = 128
+# headers aiohttp allows once (a second one is a 400)
+_SINGLETONS = frozenset({
+    b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
+    b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent",
 })
 
 
@@ -62,7 +78,7 @@ class _Request:
     """httptools' callbacks for one request: its path, headers and body."""
 
     __slots__ = ("url", "length", "token", "body", "messages", "declined", "head_done",
-                 "complete", "parser", "keep_alive")
+                 "complete", "parser", "keep_alive", "headers", "seen")
 
     def __init__(self) -> None:
         self.url = b""
@@ -75,6 +91,8 @@ class _Request:
         self.complete = False
         self.parser: httptools.HttpRequestParser | None = None
         self.keep_alive = False  # HTTP/1.1 without `Connection: close`
+        self.headers = 0
+        self.seen: set[bytes] = set()  # the singletons seen
 
     def on_message_begin(self) -> None:
         self.messages += 1
@@ -84,13 +102,19 @@ class _Request:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
+        self.headers += 1
+        if lower in _SINGLETONS:
+            self.declined |= lower in self.seen
+            self.seen.add(lower)
         if lower == b"content-length":
-            self.declined |= self.length != -1 or not value.isdigit()
             self.length = int(value) if value.isdigit() else -1
+            self.declined |= self.length == -1
         elif lower == b"authorization":
             self.declined |= self.token is not None
             self.token = value
         elif lower in _DECLINED_HEADERS:
+            self.declined = True
+        if len(name) + len(value) > MAX_LINE or self.headers > MAX_HEADERS:
             self.declined = True
 
     def on_headers_complete(self) -> None:
@@ -99,6 +123,7 @@ class _Request:
         assert parser is not None
         # read here: httptools resets both once the message is complete
         self.keep_alive = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+        self.declined |= b"host" not in self.seen or len(self.url) > MAX_LINE
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -112,7 +137,7 @@ MAX_HEAD = 16 * 1024  # a longer header is aiohttp's to refuse (it allows 8190 a
 
 class FastLane:
     """The lane of one app (`runner.daemon.http.build_app`'s): a `reader` for each
-    request that starts like a publish to a queue."""
+    request that starts like a publish to a queue or an exchange."""
 
     def __init__(self, app: web.Application) -> None:
         self._host = app[http.HOST_KEY]
@@ -129,36 +154,43 @@ class FastLane:
 
     def reader(self, data: bytes) -> _Reader | None:
         """A reader of the request `data` begins, None when the lane does not serve it."""
-        if not data.startswith(PREFIX) or self._traced:
+        if not data.startswith(PREFIXES) or self._traced:
             return None
         return _Reader(self)
 
     def _checked_head(self, req: _Request) -> bool:
         """Whether the request's header is one the lane serves."""
         return (not req.declined and 0 <= req.length <= self._max_request and req.keep_alive
-                and _PATH.fullmatch(req.url) is not None and self._authorized(req.token))
+                and self._authorized(req.token))
 
     def _job(self, req: _Request) -> _Job | None:
         """The publish of a whole request whose header passed `_checked_head`."""
         match = _PATH.fullmatch(req.url)
         assert match is not None
-        name = match.group(1).decode()
+        to_queue = match.group(1) == b"queues"
+        name = match.group(2).decode()
         host = self._host
         backend = host.backend
-        if (not host.accepting or is_private(name) or name not in host.topology.queue_map()
-                or not http.merges_writes(backend)):
+        topology = host.topology
+        declared = topology.queue_map() if to_queue else topology.exchange_map()
+        if (not host.accepting or name not in declared or not http.merges_writes(backend)
+                or (to_queue and is_private(name))):
             return None
-        if self._limiter is not None and self._limiter.rate_of(
-                host.topology, "queue", name) is not None:
+        kind = "queue" if to_queue else "exchange"
+        if self._limiter is not None and self._limiter.rate_of(topology, kind, name) is not None:
             return None
         try:
             body = codec.require_object(codec.decode_json(req.body))
-            msgs, batch = codec.messages(body, limits=self._limits, default_key=name)
+            msgs, batch = codec.messages(body, limits=self._limits,
+                                         default_key=name if to_queue else None)
+            copies = len(msgs) if to_queue else sum(host.backend.fanout(name, msgs))
         except EngineError:
-            return None  # the route answers it (400, 413)
-        if not msgs or len(msgs) > http.MERGED_MAX or len(msgs) > self._limits.max_fanout:
+            return None  # the route answers it (400, 404, 413)
+        if not msgs or copies > http.MERGED_MAX or copies > self._limits.max_fanout:
             return None
-        return _Job(self, asyncio.ensure_future(backend.put_merged(name, msgs)), name, batch)
+        write = (backend.put_merged(name, msgs) if to_queue
+                 else backend.publish_merged(name, msgs, copies))
+        return _Job(self, asyncio.ensure_future(write), kind, name, batch)
 
     def _authorized(self, given: bytes | None) -> bool:
         if self._token is None:
@@ -184,32 +216,42 @@ class FastLane:
         except EngineError as exc:
             return self._raw(http.engine_error(exc))
         except Exception:
-            log.exception("unexpected error serving POST /v1/queues/%s/messages", job.name)
+            log.exception("unexpected error serving POST /v1/%ss/%s/messages", job.kind,
+                          job.name)
             return self._raw(http.error(500, "internal error; the daemon log has the details"))
         routed = [list(r) for r in routes]
-        return self._answer(b"202 Accepted", jsontext.dumps(
-            {"routed": routed if job.batch else routed[0]}), b"")
+        return self._answer(b"202 Accepted", _JSON, jsontext.dumps(
+            {"routed": routed if job.batch else routed[0]}))
 
-    def _raw(self, response: web.Response) -> bytes:
+    def _raw(self, response: web.Response, *, close: bool = False) -> bytes:
+        """`response` as aiohttp writes it: its headers in their order, then
+        Content-Length, Date, Server (and Connection: close)."""
         body = response.body
         assert isinstance(body, bytes)
-        extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in response.headers.items()
-                         if k not in ("Content-Type", "Content-Length"))
-        return self._answer(f"{response.status} {response.reason}".encode(), body, extra)
+        head = b"".join(f"{k}: {v}\r\n".encode() for k, v in response.headers.items()
+                        if k != "Content-Length")
+        return self._answer(f"{response.status} {response.reason}".encode(), head, body,
+                            close=close)
 
-    def _answer(self, status: bytes, body: bytes, extra: bytes) -> bytes:
+    def stalled(self, stall_s: float) -> bytes:
+        """The route's answer to a request body that stopped arriving (the connection
+        then closes)."""
+        return self._raw(http.error(408, stalled_body(stall_s)), close=True)
+
+    def _answer(self, status: bytes, head: bytes, body: bytes, *, close: bool = False) -> bytes:
         now = int(time.time())
         if now != self._date_s:
             self._date_s = now
             self._date = email.utils.formatdate(now, usegmt=True).encode()
         return b"".join((
-            b"HTTP/1.1 ", status, b"\r\nContent-Type: application/json\r\nContent-Length: ",
-            str(len(body)).encode(), b"\r\n", extra, b"Date: ", self._date, b"\r\nServer: ",
-            _SERVER, b"\r\n\r\n", body,
+            b"HTTP/1.1 ", status, b"\r\n", head, b"Content-Length: ", str(len(body)).encode(),
+            b"\r\nDate: ", self._date, b"\r\nServer: ", _SERVER,
+            b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n", body,
         ))
 
 
 _SERVER = SERVER_SOFTWARE.encode()
+_JSON = b"Content-Type: application/json\r\n"
 
 
 class _Reader:
@@ -244,7 +286,7 @@ class _Reader:
         if not req.head_done:
             return self._seen <= MAX_HEAD or self._decline()
         if not self._head_checked:
-            if not self._lane._checked_head(req):
+            if _PATH.fullmatch(req.url) is None or not self._lane._checked_head(req):
                 return self._decline()
             self._head_checked = True
         if not req.complete:
@@ -253,19 +295,22 @@ class _Reader:
         return self._decline() if job is None else job
 
     def _decline(self) -> bool:
-        self._lane.declined += 1
+        """False; counted when the request was a publish (not a pull, an ack...)."""
+        if _PUBLISH.fullmatch(self._req.url) is not None:
+            self._lane.declined += 1
         return False
 
 
 class _Job:
     """A publish the lane took: its merged write, then the answer."""
 
-    __slots__ = ("lane", "write", "name", "batch")
+    __slots__ = ("lane", "write", "kind", "name", "batch")
 
-    def __init__(self, lane: FastLane, write: asyncio.Future[Any], name: str,
+    def __init__(self, lane: FastLane, write: asyncio.Future[Any], kind: str, name: str,
                  batch: bool) -> None:
         self.lane = lane
         self.write = write
+        self.kind = kind  # queue or exchange
         self.name = name
         self.batch = batch
 
@@ -277,9 +322,9 @@ class _Job:
 
 
 class LaneCollector(Collector):
-    """`runner_http_fast_lane_requests_total{result}`: single publishes to a queue the
-    fast lane `served`, and requests that began like one but aiohttp served
-    (`declined`: an error, a split the lane does not follow, pipelining...)."""
+    """`runner_http_fast_lane_requests_total{result}`: small publishes to a queue or
+    an exchange the fast lane `served`, and requests that began like one but aiohttp
+    served (`declined`: an error to answer, a query string, pipelining...)."""
 
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
@@ -287,8 +332,8 @@ class LaneCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "runner_http_fast_lane_requests",
-            "POST /v1/queues/{name}/messages requests answered by the fast lane (served) "
-            "or handed to the full HTTP stack (declined).",
+            "POST /v1/queues|exchanges/{name}/messages requests answered by the fast lane "
+            "(served) or handed to the full HTTP stack (declined).",
             labels=["result"],
         )
         family.add_metric(["served"], self._lane.served)
