@@ -14,10 +14,10 @@ listening socket among N processes (plain sites). Nothing here parses, routes
 or stores: it is the most any aiohttp-based daemon could answer on this machine.
 
 `--raw` has no HTTP framework at all: a uvloop protocol that parses each request
-with httptools and writes the same answer when it is whole. It is the most the
-benchmark's clients can send on this machine, whatever the server (the daemon's
-fast lane answers single publishes without aiohttp, so the aiohttp app is no
-longer its ceiling).
+with httptools and writes the same answer when it is whole: a server that costs
+next to nothing, to show what the benchmark's clients themselves allow (the
+daemon's fast lane answers single publishes without aiohttp, so the aiohttp app
+is no longer its ceiling).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class _Request:
         self.url = b""
         self.length = -1
         self.token: bytes | None = None
-        self.body = b""
+        self.body = bytearray()  # grows in place: a body in many small pieces stays linear
         self.messages = 0
         self.declined = False
         self.head_done = False
@@ -133,6 +133,9 @@ class _Request:
 
 
 MAX_HEAD = 16 * 1024  # a longer header is aiohttp's to refuse (it allows 8190 a line)
+# a bigger body is aiohttp's to read (in pieces, bounded as it goes): the lane holds
+# a request's bytes twice (as they came, for aiohttp if it declines; and parsed)
+MAX_BODY = 1024 * 1024
 
 
 class FastLane:
@@ -160,8 +163,8 @@ class FastLane:
 
     def _checked_head(self, req: _Request) -> bool:
         """Whether the request's header is one the lane serves."""
-        return (not req.declined and 0 <= req.length <= self._max_request and req.keep_alive
-                and self._authorized(req.token))
+        return (not req.declined and 0 <= req.length <= min(self._max_request, MAX_BODY)
+                and req.keep_alive and self._authorized(req.token))
 
     def _job(self, req: _Request) -> _Job | None:
         """The publish of a whole request whose header passed `_checked_head`."""
@@ -180,7 +183,7 @@ class FastLane:
         if self._limiter is not None and self._limiter.rate_of(topology, kind, name) is not None:
             return None
         try:
-            body = codec.require_object(codec.decode_json(req.body))
+            body = codec.require_object(codec.decode_json(bytes(req.body)))
             msgs, batch = codec.messages(body, limits=self._limits,
                                          default_key=name if to_queue else None)
             copies = len(msgs) if to_queue else sum(host.backend.fanout(name, msgs))
