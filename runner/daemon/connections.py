@@ -311,7 +311,7 @@ class GuardedHandler(RequestHandler):
         if self._partial or self._lane_reader is not None:  # the header/body timer decides
             self._keepalive_handle = None  # fired: re-armed after the request's answer
             return
-        if self._lane_busy:  # a request is being served: idle from its answer on
+        if self._lane_busy or self._lane_backlog:  # a request is served or waits its turn
             self._keepalive_handle = self._loop.call_later(
                 self._keepalive_timeout, self._process_keepalive)
             return

@@ -65,7 +65,9 @@ _DECLINED_HEADERS = frozenset({
 
 # what aiohttp's request parser refuses (aiohttp/_http_parser.pyx) and llhttp alone
 # lets through: a request with any of these is the route's, to be answered 400
-MAX_LINE = 8190  # the request target, and a header's name + value
+MAX_LINE = 8190  # the request target, and a header's name + value (aiohttp checks
+# the name + value of only the first header, the name alone of the others: the lane
+# declines more, never less)
 MAX_HEADERS = 128
 # headers aiohttp allows once (a second one is a 400)
 _SINGLETONS = frozenset({
@@ -189,6 +191,8 @@ class FastLane:
             copies = len(msgs) if to_queue else sum(host.backend.fanout(name, msgs))
         except EngineError:
             return None  # the route answers it (400, 404, 413)
+        except Exception:  # a bug: the route answers (and logs) it as a 500
+            return None
         if not msgs or copies > http.MERGED_MAX or copies > self._limits.max_fanout:
             return None
         write = (backend.put_merged(name, msgs) if to_queue
