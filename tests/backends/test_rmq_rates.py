@@ -62,11 +62,7 @@ def _throttled(d: Daemon, kind: str, name: str) -> float | None:
 
 
 def _pull(d: Daemon, queue: str) -> list[Any]:
-    got = d.ok("POST", f"/v1/queues/{queue}/pull", {"max": 100})["messages"]
-    if got:
-        d.ok("POST", f"/v1/queues/{queue}/ack",
-             {"delivery_ids": [m["delivery_id"] for m in got]})
-    return [m["body"] for m in got]
+    return d.drain(queue, 100)
 
 
 def test_past_publish_rate_a_producer_gets_429_with_retry_after(daemon: Daemon) -> None:

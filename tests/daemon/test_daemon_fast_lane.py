@@ -42,6 +42,16 @@ async def _nothing_yet(reader: asyncio.StreamReader) -> None:
         await asyncio.wait_for(reader.read(1), 0.3)
 
 
+async def _held(c: Client, disk: HeldDisk, body: str) -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose publish of `body` to queue `gate` waits for its held fsync."""
+    disk.hold = "gate"
+    reader, writer = await _connect(c)
+    writer.write(_publish("gate", body))
+    await _until(disk.holding.is_set, "the gate's fsync was not reached")
+    return reader, writer
+
+
 def _gate_log(tmp_path: Path) -> Path:
     return tmp_path / "data" / "queues" / "gate" / "00000000000000000000.log"
 
@@ -51,10 +61,7 @@ def test_a_lane_publish_is_answered_once_durable_and_a_stop_waits_for_it(
     disk = HeldDisk()
 
     async def scenario(c: Client) -> None:
-        disk.hold = "gate"
-        reader, writer = await _connect(c)
-        writer.write(_publish("gate", "held"))
-        await _until(disk.holding.is_set, "the gate's fsync was not reached")
+        reader, writer = await _held(c, disk, "held")
         await _nothing_yet(reader)  # written, not yet durable: no answer
         assert b"held" not in disk.durable(_gate_log(tmp_path))
         c.supervisor.stop()  # a stop now waits for the request
@@ -74,10 +81,7 @@ def test_a_request_sent_while_the_lane_waits_for_an_fsync_is_answered_after_it(
     disk = HeldDisk()
 
     async def scenario(c: Client) -> None:
-        disk.hold = "gate"
-        reader, writer = await _connect(c)
-        writer.write(_publish("gate", "first"))
-        await _until(disk.holding.is_set, "the gate's fsync was not reached")
+        reader, writer = await _held(c, disk, "first")
         writer.write(_publish("a", "second"))  # another queue, nothing held there
         await _nothing_yet(reader)  # the second waits for the first's answer
         disk.release.set()
@@ -97,10 +101,7 @@ def test_a_client_that_leaves_while_its_publish_waits_keeps_the_publish(
     disk = HeldDisk()
 
     async def scenario(c: Client) -> None:
-        disk.hold = "gate"
-        reader, writer = await _connect(c)
-        writer.write(_publish("gate", "orphan"))
-        await _until(disk.holding.is_set, "the gate's fsync was not reached")
+        reader, writer = await _held(c, disk, "orphan")
         writer.close()
         await writer.wait_closed()
         await asyncio.sleep(0.1)

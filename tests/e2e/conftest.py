@@ -158,6 +158,14 @@ class Daemon:
         assert answer.status == status, (answer.status, answer.body)
         return answer.body
 
+    def drain(self, queue: str, most: int = 1000) -> list[Any]:
+        """The bodies of up to `most` messages pulled from `queue` and acked."""
+        got = self.ok("POST", f"/v1/queues/{queue}/pull", {"max": most})["messages"]
+        if got:
+            self.ok("POST", f"/v1/queues/{queue}/ack",
+                    {"delivery_ids": [m["delivery_id"] for m in got]})
+        return [m["body"] for m in got]
+
     def metrics(self) -> str:
         answer = self.get("/metrics")
         assert answer.status == 200

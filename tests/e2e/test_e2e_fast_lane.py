@@ -146,19 +146,19 @@ def both(d: Daemon, data: bytes) -> tuple[Seen, Seen]:
     answers = []
     for conn in (Conn(d), on_aiohttp(d)):
         conn.send(data)
-        status, headers, body = conn.answer()
-        answers.append((status, [(k, "-" if k == "date" else v) for k, v in headers.items()],
-                        body))
+        answers.append(seen(conn))
         conn.close()
     return answers[0], answers[1]
 
 
+def seen(conn: Conn) -> Seen:
+    """The next answer on `conn` as `both` compares it."""
+    status, headers, body = conn.answer()
+    return status, [(k, "-" if k == "date" else v) for k, v in headers.items()], body
+
+
 def drain(d: Daemon, queue: str) -> list[object]:
-    got = d.ok("POST", f"/v1/queues/{queue}/pull", {"max": 1000})["messages"]
-    if got:
-        d.ok("POST", f"/v1/queues/{queue}/ack",
-             {"delivery_ids": [m["delivery_id"] for m in got]})
-    return [m["body"] for m in got]
+    return d.drain(queue)
 
 
 SERVED = [
@@ -367,9 +367,7 @@ def test_a_stalled_body_gets_the_routes_408(daemon: Daemon) -> None:
     answers = []
     for conn in (Conn(daemon), on_aiohttp(daemon)):
         conn.send(data[:-3])
-        status, headers, body = conn.answer()
-        answers.append((status, [(k, "-" if k == "date" else v) for k, v in headers.items()],
-                        body))
+        answers.append(seen(conn))
         assert conn.closed()
         conn.close()
     assert answers[0] == answers[1] and answers[0][0] == 408, answers
