@@ -155,6 +155,8 @@ class KafkaListener:
             data = await reader.readexactly(size)
             out = await self._answer(session, data)
             if out is not None:
+                if writer.is_closing():  # the client went away meanwhile (uvloop's
+                    return  # transports raise on a write after close, asyncio's drop it)
                 writer.write(out)
                 await writer.drain()
 

@@ -3,7 +3,9 @@ log line, and the daemon keeps serving everyone else."""
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +197,35 @@ def _end(status: dict, topic: str) -> int:
         if t["name"] == topic:
             return sum(p["log_end_offset"] for p in t["partitions"])
     raise AssertionError(f"no topic {topic} in {status}")
+
+
+def test_a_client_that_leaves_before_its_answer_leaves_no_traceback(
+        small: KafkaDaemon) -> None:
+    """A Fetch waits (max_wait) for records; its client resets the connection
+    meanwhile: the answer finds the transport closed (uvloop's transports raise on a
+    write after close): nothing written, no error logged, the daemon serves on."""
+    import datetime
+
+    from kio.schema.fetch.v4.request import FetchPartition, FetchRequest, FetchTopic
+    from kio.schema.types import BrokerId, TopicName
+    from kio.static.primitive import i8, i64
+
+    producer = KafkaProducer(bootstrap_servers=small.bootstrap, acks="all")
+    end = producer.send("events", value=b"the end").get(timeout=15).offset + 1
+    producer.close()
+    body = FetchRequest(
+        replica_id=BrokerId(-1), max_wait=i32Timedelta.parse(datetime.timedelta(seconds=1)),
+        min_bytes=i32(1), max_bytes=i32(1 << 20), isolation_level=i8(0),
+        topics=(FetchTopic(topic=TopicName("events"), partitions=(FetchPartition(
+            partition=i32(0), fetch_offset=i64(end), partition_max_bytes=i32(1 << 20)),
+        )),))
+    for i in range(3):
+        raw = RawClient(small.kafka_port)
+        raw.send(request(1, 4, body, correlation=i))
+        time.sleep(0.3)  # the daemon waits for records that never come
+        # a reset, not a FIN: the daemon's transport closes before the answer is ready
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+    time.sleep(1.2)  # each Fetch's wait ends: its answer finds no connection
+    _still_serving(small)
+    assert "Traceback" not in small.log() and "failed" not in small.log()
