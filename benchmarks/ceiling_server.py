@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 
@@ -62,8 +63,7 @@ class RawConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, unsubclassed
 
     def data_received(self, data: bytes) -> None:
         self._parser.feed_data(data)

@@ -294,9 +294,13 @@ def make_auth_middleware(token: str | None, metrics_token: str | None = None) ->
 
 
 def _bearer_ok(request: web.Request, tokens: list[bytes]) -> bool:
-    """Whether the request's `Authorization: Bearer` token is one of `tokens` (the scheme
-    is case-insensitive, RFC 7235; every token compared in constant time)."""
-    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    return bearer_ok(request.headers.get("Authorization", ""), tokens)
+
+
+def bearer_ok(authorization: str, tokens: list[bytes]) -> bool:
+    """Whether an `Authorization: Bearer` header value carries one of `tokens` (the
+    scheme is case-insensitive, RFC 7235; every token compared in constant time)."""
+    scheme, _, given = authorization.strip().partition(" ")
     raw = given.strip().encode()
     matches = [hmac.compare_digest(raw, t) for t in tokens]
     return scheme.lower() == "bearer" and any(matches)
