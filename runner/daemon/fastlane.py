@@ -1,19 +1,21 @@
-"""The fast lane: a small publish answered without aiohttp's per-request work.
+"""The fast lane: a small publish or append answered without aiohttp's per-request work.
 
 `POST /v1/queues/{name}/messages` (and `/v1/exchanges/{name}/messages`) of one
 message is what producers send most, and under `--fsync always` the daemon's event
 loop spent ~170 us on each, a third of it in aiohttp building the request and the
-response objects and running the middlewares. The lane serves those two routes at
-the connection's protocol (`runner.daemon.connections.GuardedHandler`): it parses
-the bytes that arrived with httptools (llhttp, the parser aiohttp's own is built on)
-and, when they are one whole request the route would accept, stores it through the
-same merged write (`MergedWrites.put_merged` / `publish_merged`) and writes the same
-answer (202 `{"routed": ...}`, after the messages are durable).
+response objects and running the middlewares. The lane serves those two routes, and
+`POST /v1/topics/{name}/records`, at the connection's protocol
+(`runner.daemon.connections.GuardedHandler`): it parses the bytes that arrived with
+httptools (llhttp, the parser aiohttp's own is built on) and, when they are one whole
+request the route would accept, stores it through the same merged write
+(`MergedWrites.put_merged` / `publish_merged` / `append_merged`) and writes the same
+answer (202 `{"routed": ...}` or `{"offsets": ...}`, once the write is durable).
 
 It takes a request only when nothing but the happy path is possible before the
 write: anything else -- another route, a query string, pipelined requests, a bad or
-missing token, a body that is not a valid publish, a destination that does not
-exist, a private reply address, a publish rate, more than 100 message copies,
+missing token, a body that is not a valid publish or append, a destination (or a
+partition) that does not exist, an append a lagging `max_lag` group refuses, a
+private reply address, a publish rate, more than 100 message copies or records,
 tracing, a shutdown, a backend without merged writes -- is declined before anything
 is stored, and aiohttp serves the same bytes: its route gives the answer (and the
 error) it always gave. A request may come in several reads (the lane holds them,
@@ -30,7 +32,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httptools
@@ -41,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from runner import jsontext
 from runner.daemon import codec, http
+from runner.daemon.backpressure import check_lag
 from runner.daemon.connections import stalled_body
 from runner.daemon.ratelimit import PublishLimiter
 from runner.daemon.traced import SPANS_KEY
@@ -50,10 +53,24 @@ from runner.pipeline.tracing import TRACEPARENT, TRACESTATE
 
 log = logging.getLogger(__name__)
 
-PREFIXES = (b"POST /v1/queues/", b"POST /v1/exchanges/")
-_PATH = re.compile(rb"/v1/(queues|exchanges)/([A-Za-z0-9._~-]+)/messages")
-# a publish the lane may decline (counted): any name, any query
-_PUBLISH = re.compile(rb"/v1/(queues|exchanges)/[^/?#]+/messages([?#].*)?", re.S)
+PREFIXES = (b"POST /v1/queues/", b"POST /v1/exchanges/", b"POST /v1/topics/")
+_PATH = re.compile(rb"/v1/(?:(queues|exchanges)/([A-Za-z0-9._~-]+)/messages"
+                   rb"|topics/([A-Za-z0-9._~-]+)/records)")
+# a publish or an append the lane may decline (counted): any name, any query
+_PUBLISH = re.compile(
+    rb"/v1/(?:(?:queues|exchanges)/[^/?#]+/messages|topics/[^/?#]+/records)([?#].*)?", re.S)
+
+
+def _route(url: bytes) -> tuple[str, str] | None:
+    """("queue" | "exchange" | "topic", its name) of a path the lane serves, else None."""
+    match = _PATH.fullmatch(url)
+    if match is None:
+        return None
+    plural, name, topic = match.groups()
+    if topic is not None:
+        return "topic", topic.decode()
+    assert plural is not None and name is not None
+    return ("queue" if plural == b"queues" else "exchange"), name.decode()
 # headers that make a request one for aiohttp's route (it decodes, expects, upgrades,
 # traces...); `Connection: close` is seen by httptools (should_keep_alive)
 _DECLINED_HEADERS = frozenset({
@@ -168,34 +185,42 @@ class FastLane:
                 and req.keep_alive and self._authorized(req.token))
 
     def _job(self, req: _Request) -> _Job | None:
-        """The publish of a whole request whose header passed `_checked_head`."""
-        match = _PATH.fullmatch(req.url)
-        assert match is not None
-        to_queue = match.group(1) == b"queues"
-        name = match.group(2).decode()
+        """The publish or append of a whole request whose header passed `_checked_head`."""
+        route = _route(req.url)
+        assert route is not None
+        kind, name = route
         host = self._host
         backend = host.backend
         topology = host.topology
-        declared = topology.queue_map() if to_queue else topology.exchange_map()
+        declared = (topology.queue_map() if kind == "queue" else topology.exchange_map()
+                    if kind == "exchange" else topology.topic_map())
         if (not host.accepting or name not in declared or not http.merges_writes(backend)
-                or (to_queue and is_private(name))):
+                or (kind == "queue" and is_private(name))):
             return None
-        kind = "queue" if to_queue else "exchange"
         if self._limiter is not None and self._limiter.rate_of(topology, kind, name) is not None:
             return None
+        write: Awaitable[Any]
         try:
             body = codec.require_object(codec.decode_json(bytes(req.body)))
-            msgs, batch = codec.messages(body, limits=self._limits,
-                                         default_key=name if to_queue else None)
-            copies = len(msgs) if to_queue else sum(host.backend.fanout(name, msgs))
+            if kind == "topic":
+                recs, batch = http.checked_records(host, self._limits, name, body)
+                if not recs or len(recs) > http.MERGED_MAX:
+                    return None
+                check_lag(host.backend, topology, name)  # a 429 the route gives before storing
+                write = backend.append_merged(name, recs)
+            else:
+                to_queue = kind == "queue"
+                msgs, batch = codec.messages(body, limits=self._limits,
+                                             default_key=name if to_queue else None)
+                copies = len(msgs) if to_queue else sum(host.backend.fanout(name, msgs))
+                if not msgs or copies > http.MERGED_MAX or copies > self._limits.max_fanout:
+                    return None
+                write = (backend.put_merged(name, msgs) if to_queue
+                         else backend.publish_merged(name, msgs, copies))
         except EngineError:
-            return None  # the route answers it (400, 404, 413)
+            return None  # the route answers it (400, 404, 413, 429)
         except Exception:  # a bug: the route answers (and logs) it as a 500
             return None
-        if not msgs or copies > http.MERGED_MAX or copies > self._limits.max_fanout:
-            return None
-        write = (backend.put_merged(name, msgs) if to_queue
-                 else backend.publish_merged(name, msgs, copies))
         return _Job(self, asyncio.ensure_future(write), kind, name, batch)
 
     def _authorized(self, given: bytes | None) -> bool:
@@ -214,7 +239,7 @@ class FastLane:
         self.served += 1
         try:
             try:
-                routes = job.write.result()
+                done = job.write.result()
             finally:
                 self._host.notify()  # also after a 429: the messages before it are stored
         except asyncio.CancelledError:
@@ -224,10 +249,12 @@ class FastLane:
         except EngineError as exc:
             return self._raw(http.engine_error(exc))
         except Exception:
-            log.exception("unexpected error serving POST /v1/%ss/%s/messages", job.kind,
-                          job.name)
+            log.exception("unexpected error serving POST /v1/%ss/%s/%s", job.kind, job.name,
+                          "records" if job.kind == "topic" else "messages")
             return self._raw(http.error(500, "internal error; the daemon log has the details"))
-        routed = [list(r) for r in routes]
+        if job.kind == "topic":
+            return self._answer(b"202 Accepted", _JSON, jsontext.dumps(http.offsets_json(done)))
+        routed = [list(r) for r in done]
         return self._answer(b"202 Accepted", _JSON, jsontext.dumps(
             {"routed": routed if job.batch else routed[0]}))
 
@@ -294,7 +321,7 @@ class _Reader:
         if not req.head_done:
             return self._seen <= MAX_HEAD or self._decline()
         if not self._head_checked:
-            if _PATH.fullmatch(req.url) is None or not self._lane._checked_head(req):
+            if _route(req.url) is None or not self._lane._checked_head(req):
                 return self._decline()
             self._head_checked = True
         if not req.complete:
@@ -318,7 +345,7 @@ class _Job:
                  batch: bool) -> None:
         self.lane = lane
         self.write = write
-        self.kind = kind  # queue or exchange
+        self.kind = kind  # queue, exchange or topic
         self.name = name
         self.batch = batch
 

@@ -609,13 +609,21 @@ async def append_args(request: web.Request) -> tuple[str, list[OutRecord]]:
     host = _host(request)
     _accepting(host)
     name = request.match_info["name"]
+    if name not in host.topology.topic_map():
+        raise NotFound(f"topic '{name}' not found")
+    recs, _ = checked_records(host, request.app[LIMITS_KEY], name, await _json(request))
+    _limit(request, "topic", name, len(recs))
+    return name, recs
+
+
+def checked_records(host: Host, limits: codec.Limits, name: str,
+                    body: dict[str, Any]) -> tuple[list[OutRecord], bool]:
+    """The records of an append to topic `name` (the request's JSON object) and whether
+    it was a batch; 404 unknown topic or partition, 400, 413. Also the fast lane's."""
     topic = host.topology.topic_map().get(name)
     if topic is None:
         raise NotFound(f"topic '{name}' not found")
-    body = await _json(request)
-    recs, batch = codec.records(
-        body, limits=request.app[LIMITS_KEY], topic_limit=topic.max_message_bytes
-    )
+    recs, batch = codec.records(body, limits=limits, topic_limit=topic.max_message_bytes)
     for i, rec in enumerate(recs):
         where = f"record {i}: " if batch else ""
         if topic.compact and rec.key is None and _no_derived_key(topic.key, rec.value):
@@ -624,14 +632,13 @@ async def append_args(request: web.Request) -> tuple[str, list[OutRecord]]:
                 f"{where}topic '{name}' is compacted: every record needs a 'key' or "
                 f"'key_b64'{field}"
             )
-        codec.check_record_size(rec, request.app[LIMITS_KEY], topic.max_message_bytes, where)
+        codec.check_record_size(rec, limits, topic.max_message_bytes, where)
         if rec.partition is not None and rec.partition >= topic.partitions:
             raise NotFound(
                 f"{where}topic '{name}' has no partition {rec.partition} "
                 f"(it has {topic.partitions}: 0..{topic.partitions - 1})"
             )
-    _limit(request, "topic", name, len(recs))
-    return name, recs
+    return recs, batch
 
 
 def offsets_json(positions: Sequence[tuple[int, int]]) -> dict[str, Any]:

@@ -3,7 +3,8 @@ and HTTP server over a real Engine on a simulated disk (`--fsync always`), raw
 sockets as clients. A publish the lane took is answered only once its bytes are on
 the disk; a stop waits for it; a request sent meanwhile on the same connection waits
 its turn (its answer comes second); a client that leaves does not lose its publish
-and leaves nothing behind on the loop."""
+and leaves nothing behind on the loop. An append to a topic is answered once durable
+too."""
 
 from __future__ import annotations
 
@@ -113,5 +114,28 @@ def test_a_client_that_leaves_while_its_publish_waits_keeps_the_publish(
         # the daemon serves on (nothing escaped on the loop: the harness checks)
         status, _, _ = await c.call("POST", "/v1/queues/a/messages", {"body": "next"})
         assert status == 202
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+
+
+def test_a_lane_append_is_answered_once_durable(tmp_path: Path) -> None:
+    disk = HeldDisk()
+
+    async def scenario(c: Client) -> None:
+        disk.hold = "t-0"
+        reader, writer = await _connect(c)
+        data = b'{"value": "appended"}'
+        writer.write(b"POST /v1/topics/t/records HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        await _until(disk.holding.is_set, "the topic's fsync was not reached")
+        await _nothing_yet(reader)  # written, not yet durable: no answer
+        tlog = tmp_path / "data" / "topics" / "t-0" / "00000000000000000000.log"
+        assert b"appended" not in disk.durable(tlog)
+        disk.release.set()
+        assert await _answer(reader) == (202, {"offsets": [{"partition": 0, "offset": 0}]})
+        assert b"appended" in disk.durable(tlog)
+        assert c.supervisor.lane is not None
+        assert (c.supervisor.lane.served, c.supervisor.lane.declined) == (1, 0)
+        writer.close()
 
     run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))

@@ -38,6 +38,12 @@ bindings:
   - {exchange: direct-x, queue: orders, routing_key: o}
   - {exchange: fan, queue: orders}
   - {exchange: fan, queue: other}
+topics:
+  events: {partitions: 4}
+  latest: {partitions: 1, cleanup_policy: [compact]}
+  lagging: {partitions: 1}
+consumer_groups:
+  slow: {topic: lagging, max_lag: 1}
 """
 
 FAST = ["--header-timeout", "1s", "--body-timeout", "1s", "--idle-timeout", "2s",
@@ -411,3 +417,121 @@ def test_requests_to_other_routes_are_not_counted(daemon: Daemon) -> None:
     assert conn.answer()[0] == 200
     conn.close()
     assert lane_counts(daemon) == before
+
+
+# ------------------------------------------------------------------ topic appends
+
+
+def append(body: object, topic: str = "events", *headers: str) -> bytes:
+    return request(f"/v1/topics/{topic}/records", json.dumps(body).encode(), *headers)
+
+
+APPENDS = [
+    ("one record", append({"value": {"b": "x"}})),
+    ("a batch", append({"records": [{"value": i} for i in range(3)]})),
+    ("a key and headers", append({"key": "k1", "value": "v", "headers": {"h": "1"}})),
+    ("to a partition", append({"value": "p", "partition": 3})),
+    ("bytes", append({"value_b64": "AAEC", "key_b64": "/w=="})),
+    ("a keyed record to a compacted topic", append({"key": "k", "value": 1}, "latest")),
+]
+
+DECLINED_APPENDS: list[tuple[str, bytes] | tuple[str, bytes, bool]] = [
+    ("an unknown topic", append({"value": 1}, "evnets")),
+    ("a partition that does not exist", append({"value": 1, "partition": 4})),
+    ("a keyless record to a compacted topic", append({"value": 1}, "latest")),
+    ("a record over --max-message-bytes", append({"value": "x" * 2000})),
+    ("an unknown field", append({"value": 1, "colour": "red"})),
+    ("bad JSON", request("/v1/topics/events/records", b'{"value": ')),
+    ("an empty batch", append({"records": []})),
+    ("a batch too big to merge", append({"records": [{"value": i} for i in range(101)]})),
+    ("a query string", request("/v1/topics/events/records?x=1", b'{"value": 1}')),
+    ("no such route", request("/v1/topics/events/messages", b'{"value": 1}'), False),
+    ("traceparent", append({"value": 1}, "events",
+                           "traceparent: 00-0af7651916cd43dd8448eb211c80319c-"
+                           "b7ad6b7169203331-01")),
+]
+
+
+def stored(d: Daemon, topic: str, offsets: list[dict[str, int]]) -> list[object]:
+    """The records (value, key and headers) at these offsets of `topic`."""
+    out = []
+    for at in offsets:
+        got = d.ok("GET", f"/v1/topics/{topic}/partitions/{at['partition']}/records"
+                          f"?offset={at['offset']}&limit=1")["records"][0]
+        assert got["offset"] == at["offset"]
+        out.append({k: got.get(k) for k in ("value", "value_b64", "key", "key_b64",
+                                            "headers")})
+    return out
+
+
+def without_offsets(answer: Seen) -> Seen:
+    """An append's answer with its offsets (and the length they give) left out: the
+    lane's and the route's records land at different offsets."""
+    status, headers, body = answer
+    offsets = json.loads(body)["offsets"]
+    parts = json.dumps([o["partition"] for o in offsets]).encode()
+    return status, [(k, "-" if k == "content-length" else v) for k, v in headers], parts
+
+
+@pytest.mark.parametrize("data", [c[1] for c in APPENDS], ids=[c[0] for c in APPENDS])
+def test_an_append_the_lane_serves_is_answered_as_the_route_answers_it(
+    daemon: Daemon, data: bytes,
+) -> None:
+    """Same status, headers and partitions (a record without one goes where the
+    route's would: by its key, else round robin is the topic's, so compared only
+    when given); each answer's offsets hold the records sent."""
+    topic = re.search(rb"/v1/topics/([^/]+)/", data).group(1).decode()  # type: ignore[union-attr]
+    before = lane_counts(daemon)
+    lane, route = both(daemon, data)
+    served, declined = lane_counts(daemon)
+    assert (served - before[0], declined - before[1]) == (1, 0)
+    assert lane[0] == route[0] == 202, (lane, route)
+    assert [k for k, _ in lane[1]] == ["content-type", "content-length", "date", "server"]
+    sent = json.loads(data.partition(b"\r\n\r\n")[2])
+    if b'"key' in data or b'"partition' in data:
+        assert without_offsets(lane) == without_offsets(route), (lane, route)
+    else:
+        assert without_offsets(lane)[:2] == without_offsets(route)[:2], (lane, route)
+    records = sent.get("records", [sent])
+    lane_offsets = json.loads(lane[2])["offsets"]
+    route_offsets = json.loads(route[2])["offsets"]
+    assert len(lane_offsets) == len(route_offsets) == len(records)
+    assert stored(daemon, topic, lane_offsets) == stored(daemon, topic, route_offsets)
+    got = stored(daemon, topic, lane_offsets)
+    field = "value" if "value" in records[0] else "value_b64"
+    assert [g[field] for g in got] == [r[field] for r in records]
+
+
+@pytest.mark.parametrize("case", DECLINED_APPENDS, ids=[c[0] for c in DECLINED_APPENDS])
+def test_an_append_the_lane_declines_is_answered_by_the_route(
+    daemon: Daemon, case: tuple[str, bytes] | tuple[str, bytes, bool],
+) -> None:
+    data = case[1]
+    records = daemon.ok("GET", "/v1/topics/events")["records"]
+    before = lane_counts(daemon)
+    lane, route = both(daemon, data)
+    served, declined = lane_counts(daemon)
+    assert (served - before[0], declined - before[1]) == (0, int(case[-1] is not False))
+    if lane[0] != 202:  # refused: the same answer, nothing stored
+        assert lane == route, (lane, route)
+        assert daemon.ok("GET", "/v1/topics/events")["records"] == records
+        return
+    # taken by the route both times (its records land at different offsets)
+    assert without_offsets(lane)[:2] == without_offsets(route)[:2], (lane, route)
+    sent = len(json.loads(lane[2])["offsets"])
+    assert sent == len(json.loads(route[2])["offsets"])
+    assert daemon.ok("GET", "/v1/topics/events")["records"] == records + 2 * sent
+
+
+def test_an_append_a_lagging_group_refuses_is_answered_by_the_route(daemon: Daemon) -> None:
+    """`max_lag` 1: once the group lags 2 records, the lane leaves the append to the
+    route, which refuses it (429, Retry-After) and stores nothing."""
+    daemon.ok("POST", "/v1/topics/lagging/records",
+              {"records": [{"value": "a"}, {"value": "b"}]}, 202)
+    before = lane_counts(daemon)
+    lane, route = both(daemon, append({"value": "c"}, "lagging"))
+    assert lane_counts(daemon)[1] - before[1] == 1
+    assert lane == route and lane[0] == 429, (lane, route)
+    assert "retry-after" in dict(lane[1])
+    assert "consumer group 'slow' lags 2 records" in json.loads(lane[2])["error"]
+    assert daemon.ok("GET", "/v1/topics/lagging")["records"] == 2
