@@ -158,7 +158,8 @@ MAX_BODY = 1024 * 1024
 
 class FastLane:
     """The lane of one app (`runner.daemon.http.build_app`'s): a `reader` for each
-    request that starts like a publish to a queue or an exchange."""
+    POST to a queue, an exchange or a topic (what is not a publish or an append, a
+    pull or a replay, is declined uncounted)."""
 
     def __init__(self, app: web.Application) -> None:
         self._host = app[http.HOST_KEY]
@@ -234,7 +235,7 @@ class FastLane:
             return False
 
     def _answer_of(self, job: _Job) -> bytes | None:
-        """The route's answer to a publish whose write is done (None: it was cancelled,
+        """The route's answer to a publish or an append whose write is done (None: it was cancelled,
         the daemon is stopping; the connection closes unanswered)."""
         self.served += 1
         try:
@@ -307,7 +308,7 @@ class _Reader:
         return self._req.head_done
 
     def feed(self, data: bytes) -> _Job | bool:
-        """The next bytes: the answer to the whole request (awaited: after its messages
+        """The next bytes: the answer to the whole request (awaited: after its writes
         are durable), True when more is needed, False when the lane does not serve it
         (nothing was done)."""
         req = self._req
@@ -337,7 +338,7 @@ class _Reader:
 
 
 class _Job:
-    """A publish the lane took: its merged write, then the answer."""
+    """A publish or an append the lane took: its merged write, then the answer."""
 
     __slots__ = ("lane", "write", "kind", "name", "batch")
 
@@ -358,8 +359,9 @@ class _Job:
 
 class LaneCollector(Collector):
     """`runner_http_fast_lane_requests_total{result}`: small publishes to a queue or
-    an exchange the fast lane `served`, and requests that began like one but aiohttp
-    served (`declined`: an error to answer, a query string, pipelining...)."""
+    an exchange, and appends to a topic, the fast lane `served`, and requests that
+    began like one but aiohttp served (`declined`: an error to answer, a query
+    string, pipelining...)."""
 
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
@@ -367,8 +369,9 @@ class LaneCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "runner_http_fast_lane_requests",
-            "POST /v1/queues|exchanges/{name}/messages requests answered by the fast lane "
-            "(served) or handed to the full HTTP stack (declined).",
+            "POST /v1/queues|exchanges/{name}/messages and /v1/topics/{name}/records "
+            "requests answered by the fast lane (served) or handed to the full HTTP stack "
+            "(declined).",
             labels=["result"],
         )
         family.add_metric(["served"], self._lane.served)

@@ -118,19 +118,26 @@ def test_a_client_that_leaves_while_its_publish_waits_keeps_the_publish(
     run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
 
 
-def test_a_lane_append_is_answered_once_durable(tmp_path: Path) -> None:
+def _append(value: str) -> bytes:
+    data = json.dumps({"value": value}).encode()
+    return (b"POST /v1/topics/t/records HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+
+
+def test_a_lane_append_is_answered_once_durable_and_a_stop_waits_for_it(
+        tmp_path: Path) -> None:
     disk = HeldDisk()
 
     async def scenario(c: Client) -> None:
         disk.hold = "t-0"
         reader, writer = await _connect(c)
-        data = b'{"value": "appended"}'
-        writer.write(b"POST /v1/topics/t/records HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        writer.write(_append("appended"))
         await _until(disk.holding.is_set, "the topic's fsync was not reached")
         await _nothing_yet(reader)  # written, not yet durable: no answer
         tlog = tmp_path / "data" / "topics" / "t-0" / "00000000000000000000.log"
         assert b"appended" not in disk.durable(tlog)
+        c.supervisor.stop()  # a stop now waits for the request
+        await asyncio.sleep(0.2)
         disk.release.set()
         assert await _answer(reader) == (202, {"offsets": [{"partition": 0, "offset": 0}]})
         assert b"appended" in disk.durable(tlog)
@@ -139,3 +146,27 @@ def test_a_lane_append_is_answered_once_durable(tmp_path: Path) -> None:
         writer.close()
 
     run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+
+
+def test_a_lane_append_whose_fsync_fails_gets_the_routes_503(tmp_path: Path) -> None:
+    disk = HeldDisk()
+
+    async def scenario(c: Client) -> None:
+        disk.fail = "t-0"
+        reader, writer = await _connect(c)
+        writer.write(_append("lost"))
+        status, body = await _answer(reader)
+        tlog = tmp_path / "data" / "topics" / "t-0" / "00000000000000000000.log"
+        assert (status, body) == (503, {"error": (
+            f"storage error: fsync of {tlog} failed (Input/output error (simulated fsync "
+            "failure)): the log refuses writes and reads until the runner is restarted "
+            "and recovers it from disk")})
+        assert c.supervisor.lane is not None
+        assert (c.supervisor.lane.served, c.supervisor.lane.declined) == (1, 0)
+        writer.close()
+        # the failed log refuses as without the lane; the queues serve on
+        status, _, _ = await c.call("POST", "/v1/queues/a/messages", {"body": "next"})
+        assert status == 202
+
+    run_daemon(tmp_path, TOPOLOGY, scenario, parts=_parts(disk))
+    assert disk.sync_failures == 1

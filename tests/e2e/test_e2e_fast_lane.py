@@ -42,6 +42,9 @@ topics:
   events: {partitions: 4}
   latest: {partitions: 1, cleanup_policy: [compact]}
   lagging: {partitions: 1}
+  keyed: {partitions: 1, cleanup_policy: [compact], key: id}
+  rated: {partitions: 1, publish_rate: 100/s}
+  small: {partitions: 1, max_message_bytes: 100}
 consumer_groups:
   slow: {topic: lagging, max_lag: 1}
 """
@@ -433,6 +436,11 @@ APPENDS = [
     ("to a partition", append({"value": "p", "partition": 3})),
     ("bytes", append({"value_b64": "AAEC", "key_b64": "/w=="})),
     ("a keyed record to a compacted topic", append({"key": "k", "value": 1}, "latest")),
+    ("a key from the value (the topic's key path)", append({"value": {"id": "a"}}, "keyed")),
+    ("reply_to and correlation_id", append({"value": 1, "reply_to": "q",
+                                            "correlation_id": "c"})),
+    ("tagged headers", append({"value": 1, "headers": {"b": {"$b64": "AAE="}}})),
+    ("a timestamp", append({"value": 1, "timestamp": 1700000000000})),
 ]
 
 DECLINED_APPENDS: list[tuple[str, bytes] | tuple[str, bytes, bool]] = [
@@ -449,6 +457,14 @@ DECLINED_APPENDS: list[tuple[str, bytes] | tuple[str, bytes, bool]] = [
     ("traceparent", append({"value": 1}, "events",
                            "traceparent: 00-0af7651916cd43dd8448eb211c80319c-"
                            "b7ad6b7169203331-01")),
+    ("no key in the value for a compacted topic's key path",
+     append({"value": {"x": 1}}, "keyed")),
+    ("a record over the topic's max_message_bytes", append({"value": "x" * 200}, "small")),
+    ("a key and value over the topic's max_message_bytes",
+     append({"key": "k" * 90, "value": "x" * 20}, "small")),
+    ("a bad reply_to", append({"value": 1, "reply_to": ""})),
+    ("a topic with a publish_rate", append({"value": 1}, "rated")),
+    ("a topic replay", request("/v1/topics/events/replay", b'{"max": 1}'), False),
 ]
 
 
@@ -462,6 +478,12 @@ def stored(d: Daemon, topic: str, offsets: list[dict[str, int]]) -> list[object]
         out.append({k: got.get(k) for k in ("value", "value_b64", "key", "key_b64",
                                             "headers")})
     return out
+
+
+def topic_records(d: Daemon, topic: str) -> int | None:
+    """How many records `topic` holds (None: no such topic)."""
+    got = d.get(f"/v1/topics/{topic}")
+    return got.body["records"] if got.status == 200 else None
 
 
 def without_offsets(answer: Seen) -> Seen:
@@ -507,20 +529,21 @@ def test_an_append_the_lane_declines_is_answered_by_the_route(
     daemon: Daemon, case: tuple[str, bytes] | tuple[str, bytes, bool],
 ) -> None:
     data = case[1]
-    records = daemon.ok("GET", "/v1/topics/events")["records"]
+    topic = re.search(rb"/v1/topics/([^/?]+)", data).group(1).decode()  # type: ignore[union-attr]
+    records = topic_records(daemon, topic)
     before = lane_counts(daemon)
     lane, route = both(daemon, data)
     served, declined = lane_counts(daemon)
     assert (served - before[0], declined - before[1]) == (0, int(case[-1] is not False))
     if lane[0] != 202:  # refused: the same answer, nothing stored
         assert lane == route, (lane, route)
-        assert daemon.ok("GET", "/v1/topics/events")["records"] == records
+        assert topic_records(daemon, topic) == records
         return
     # taken by the route both times (its records land at different offsets)
     assert without_offsets(lane)[:2] == without_offsets(route)[:2], (lane, route)
     sent = len(json.loads(lane[2])["offsets"])
     assert sent == len(json.loads(route[2])["offsets"])
-    assert daemon.ok("GET", "/v1/topics/events")["records"] == records + 2 * sent
+    assert topic_records(daemon, topic) == records + 2 * sent  # type: ignore[operator]
 
 
 def test_an_append_a_lagging_group_refuses_is_answered_by_the_route(daemon: Daemon) -> None:
@@ -535,3 +558,16 @@ def test_an_append_a_lagging_group_refuses_is_answered_by_the_route(daemon: Daem
     assert "retry-after" in dict(lane[1])
     assert "consumer group 'slow' lags 2 records" in json.loads(lane[2])["error"]
     assert daemon.ok("GET", "/v1/topics/lagging")["records"] == 2
+
+
+def test_the_lane_checks_the_bearer_token_of_an_append(guarded: Daemon) -> None:
+    right = append({"value": "t"}, "events", "Authorization: Bearer s3cret-token")
+    before = lane_counts(guarded)
+    lane, route = both(guarded, right)
+    assert lane[0] == route[0] == 202, (lane, route)
+    assert lane_counts(guarded)[0] - before[0] == 1
+    before = lane_counts(guarded)
+    lane, route = both(guarded, append({"value": "w"}, "events", "Authorization: Bearer no"))
+    assert lane == route and lane[0] == 401, lane
+    assert lane_counts(guarded)[1] - before[1] == 1
+    assert guarded.ok("GET", "/v1/topics/events")["records"] == 2
