@@ -32,7 +32,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterator
 from typing import Any
 
 import httptools
@@ -71,6 +71,8 @@ def _route(url: bytes) -> tuple[str, str] | None:
         return "topic", topic.decode()
     assert plural is not None and name is not None
     return ("queue" if plural == b"queues" else "exchange"), name.decode()
+
+
 # headers that make a request one for aiohttp's route (it decodes, expects, upgrades,
 # traces...); `Connection: close` is seen by httptools (should_keep_alive)
 _DECLINED_HEADERS = frozenset({
@@ -193,8 +195,13 @@ class FastLane:
         host = self._host
         backend = host.backend
         topology = host.topology
-        declared = (topology.queue_map() if kind == "queue" else topology.exchange_map()
-                    if kind == "exchange" else topology.topic_map())
+        declared: Container[str]
+        if kind == "queue":
+            declared = topology.queue_map()
+        elif kind == "exchange":
+            declared = topology.exchange_map()
+        else:
+            declared = topology.topic_map()
         if (not host.accepting or name not in declared or not http.merges_writes(backend)
                 or (kind == "queue" and is_private(name))):
             return None
@@ -235,8 +242,8 @@ class FastLane:
             return False
 
     def _answer_of(self, job: _Job) -> bytes | None:
-        """The route's answer to a publish or an append whose write is done (None: it was cancelled,
-        the daemon is stopping; the connection closes unanswered)."""
+        """The route's answer to a publish or an append whose write is done (None: it
+        was cancelled, the daemon is stopping; the connection closes unanswered)."""
         self.served += 1
         try:
             try:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Position(NamedTuple):
@@ -285,24 +285,36 @@ class Topology:
     )
     # the files this topology was read from, in merge order
     files: tuple[str, ...] = field(default=(), compare=False, hash=False)
+    # the `*_map()` lookups, each built on first use (a request's path asks for
+    # them: building one per call cost O(entities) a request); read-only views,
+    # never copied by `dataclasses.replace` (not an init field)
+    _maps: dict[str, Mapping[str, Any]] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
-    def topic_map(self) -> dict[str, Topic]:
-        return dict(self.topics)
+    def _map(self, kind: str, pairs: tuple[tuple[str, Any], ...]) -> Mapping[str, Any]:
+        found = self._maps.get(kind)
+        if found is None:
+            found = self._maps[kind] = MappingProxyType(dict(pairs))
+        return found
 
-    def exchange_map(self) -> dict[str, Exchange]:
-        return dict(self.exchanges)
+    def topic_map(self) -> Mapping[str, Topic]:
+        return self._map("topics", self.topics)
 
-    def queue_map(self) -> dict[str, Queue]:
-        return dict(self.queues)
+    def exchange_map(self) -> Mapping[str, Exchange]:
+        return self._map("exchanges", self.exchanges)
 
-    def policy_map(self) -> dict[str, DlqPolicy]:
-        return dict(self.dlq_policies)
+    def queue_map(self) -> Mapping[str, Queue]:
+        return self._map("queues", self.queues)
 
-    def group_map(self) -> dict[str, ConsumerGroup]:
-        return dict(self.consumer_groups)
+    def policy_map(self) -> Mapping[str, DlqPolicy]:
+        return self._map("policies", self.dlq_policies)
 
-    def consumer_map(self) -> dict[str, Consumer]:
-        return dict(self.consumers)
+    def group_map(self) -> Mapping[str, ConsumerGroup]:
+        return self._map("groups", self.consumer_groups)
+
+    def consumer_map(self) -> Mapping[str, Consumer]:
+        return self._map("consumers", self.consumers)
 
     def dead_letter_topics(self) -> set[str]:
         """Topics that receive dead letters: dlq_policies whose dead_letter_queue is a topic."""

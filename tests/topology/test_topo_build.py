@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import shutil
 from pathlib import Path
@@ -430,3 +431,18 @@ def test_example_handlers_import_and_behave() -> None:
     assert send(SimpleNamespace(body={"to": "ann@example.com"}, priority=1)) == "ann@example.com"  # type: ignore[operator]
     with pytest.raises(ValueError, match="invalid email address: 'not-an-address'"):
         send(SimpleNamespace(body={"to": "not-an-address"}))  # type: ignore[operator]
+
+
+def test_the_entity_maps_are_built_once_read_only_and_not_shared_by_a_replaced_copy() -> None:
+    """A request's path asks for `queue_map()` and friends: built once per topology (not
+    O(entities) per call), read-only, and a `dataclasses.replace` copy (a reload's
+    partial topology) has its own."""
+    topology = _ok("version: 1\nqueues:\n  a: {}\ntopics:\n  t: {}\n")
+    assert topology.queue_map() is topology.queue_map()
+    assert list(topology.queue_map()) == ["a"] and list(topology.topic_map()) == ["t"]
+    with pytest.raises(TypeError):
+        topology.queue_map()["b"] = topology.queue_map()["a"]  # type: ignore[index]
+    other = dataclasses.replace(topology, queues=())
+    assert dict(other.queue_map()) == {} and list(topology.queue_map()) == ["a"]
+    assert other == dataclasses.replace(topology, queues=()) and hash(other) == hash(
+        dataclasses.replace(topology, queues=()))
