@@ -20,7 +20,7 @@ from typing import Any, TypeVar, Union
 
 from runner.topology.model import Topology
 
-_SKIPPED = frozenset({"pos", "positions", "files"})
+_SKIPPED = frozenset({"pos", "positions", "files", "_maps"})  # not part of what was declared
 
 T = TypeVar("T")
 

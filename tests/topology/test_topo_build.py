@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ from runner.topology.model import (
     Retention,
     Topology,
 )
+from runner.topology.snapshot import from_document, to_document
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -446,3 +448,13 @@ def test_the_entity_maps_are_built_once_read_only_and_not_shared_by_a_replaced_c
     assert dict(other.queue_map()) == {} and list(topology.queue_map()) == ["a"]
     assert other == dataclasses.replace(topology, queues=()) and hash(other) == hash(
         dataclasses.replace(topology, queues=()))
+
+
+def test_a_topology_whose_maps_were_used_is_recorded_as_declared() -> None:
+    """The data dir's record of the applied topology (JSON) holds what was declared,
+    not the maps built on use, and reads back equal."""
+    topology = _ok("version: 1\nqueues:\n  a: {}\ntopics:\n  t: {partitions: 2}\n")
+    assert "a" in topology.queue_map() and "t" in topology.topic_map()
+    document = json.loads(json.dumps(to_document(topology)))
+    assert "_maps" not in document
+    assert from_document(document) == topology
