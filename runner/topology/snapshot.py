@@ -2,7 +2,8 @@
 
 `to_document` writes every field of the model's frozen dataclasses (enums as
 their values, tuples as lists; source positions and file names are left
-out). `from_document` reads it back guided by the model's type hints, so the
+out, and so is what is not an `__init__` field: a topology's maps, built on
+use). `from_document` reads it back guided by the model's type hints, so the
 value compares equal to the one written. A field the document lacks gets its
 default (a data dir recorded by an older version), a field the model lacks is
 ignored (one recorded by a newer version): reading never depends on a list
@@ -20,7 +21,7 @@ from typing import Any, TypeVar, Union
 
 from runner.topology.model import Topology
 
-_SKIPPED = frozenset({"pos", "positions", "files", "_maps"})  # not part of what was declared
+_SKIPPED = frozenset({"pos", "positions", "files"})
 
 T = TypeVar("T")
 
@@ -50,7 +51,7 @@ def _encode(value: object) -> object:
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _encode(getattr(value, f.name))
-                for f in dataclasses.fields(value) if f.name not in _SKIPPED}
+                for f in dataclasses.fields(value) if f.init and f.name not in _SKIPPED}
     if isinstance(value, tuple | list):
         return [_encode(v) for v in value]
     return value
@@ -80,7 +81,7 @@ def _decode(hint: Any, data: object) -> Any:
         hints = _hints(hint)
         kwargs = {f.name: _decode(hints[f.name], data[f.name])
                   for f in dataclasses.fields(hint)
-                  if f.name not in _SKIPPED and f.name in data}
+                  if f.init and f.name not in _SKIPPED and f.name in data}
         return hint(**kwargs)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return hint(data)

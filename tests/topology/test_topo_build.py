@@ -458,3 +458,23 @@ def test_a_topology_whose_maps_were_used_is_recorded_as_declared() -> None:
     document = json.loads(json.dumps(to_document(topology)))
     assert "_maps" not in document
     assert from_document(document) == topology
+    assert from_document({**document, "_maps": {}}) == topology  # f39b83d's record
+
+
+def test_each_entity_map_holds_its_own_kind() -> None:
+    topology = _ok("""\
+version: 1
+topics: {t: {}}
+exchanges: {x: {type: fanout}}
+queues: {q: {}}
+dlq_policies: {p: {max_retries: 1}}
+consumer_groups: {g: {topic: t}}
+consumers: {c: {queue: q, handler: "h:f", dlq_policy: p}}
+""")
+    maps = [topology.topic_map(), topology.exchange_map(), topology.queue_map(),
+            topology.policy_map(), topology.group_map(), topology.consumer_map()]
+    assert [dict(m) for m in maps] == [
+        dict(topology.topics), dict(topology.exchanges), dict(topology.queues),
+        dict(topology.dlq_policies), dict(topology.consumer_groups),
+        dict(topology.consumers)]
+    assert [list(m) for m in maps] == [["t"], ["x"], ["q"], ["p"], ["g"], ["c"]]
