@@ -4,7 +4,7 @@ sockets as clients. A publish the lane took is answered only once its bytes are 
 the disk; a stop waits for it; a request sent meanwhile on the same connection waits
 its turn (its answer comes second); a client that leaves does not lose its publish
 and leaves nothing behind on the loop. An append to a topic is answered once durable
-too."""
+too, and one whose fsync fails gets the route's 503."""
 
 from __future__ import annotations
 

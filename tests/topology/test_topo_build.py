@@ -437,8 +437,8 @@ def test_example_handlers_import_and_behave() -> None:
 
 def test_the_entity_maps_are_built_once_read_only_and_not_shared_by_a_replaced_copy() -> None:
     """A request's path asks for `queue_map()` and friends: built once per topology (not
-    O(entities) per call), read-only, and a `dataclasses.replace` copy (a reload's
-    partial topology) has its own."""
+    O(entities) per call), read-only, and a `dataclasses.replace` copy (the RabbitMQ
+    backend's plan makes one) has its own."""
     topology = _ok("version: 1\nqueues:\n  a: {}\ntopics:\n  t: {}\n")
     assert topology.queue_map() is topology.queue_map()
     assert list(topology.queue_map()) == ["a"] and list(topology.topic_map()) == ["t"]
