@@ -32,7 +32,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Container, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import httptools
@@ -50,6 +50,7 @@ from runner.daemon.traced import SPANS_KEY
 from runner.errors import EngineError, NotFound
 from runner.pipeline.replies import is_private
 from runner.pipeline.tracing import TRACEPARENT, TRACESTATE
+from runner.topology.model import Topic
 
 log = logging.getLogger(__name__)
 
@@ -187,22 +188,21 @@ class FastLane:
         return (not req.declined and 0 <= req.length <= min(self._max_request, MAX_BODY)
                 and req.keep_alive and self._authorized(req.token))
 
-    def _job(self, req: _Request) -> _Job | None:
-        """The publish or append of a whole request whose header passed `_checked_head`."""
-        route = _route(req.url)
-        assert route is not None
-        kind, name = route
+    def _job(self, req: _Request, kind: str, name: str) -> _Job | None:
+        """The publish or append of a whole request to `kind` `name` (`_route`'s) whose
+        header passed `_checked_head`."""
         host = self._host
         backend = host.backend
         topology = host.topology
-        declared: Container[str]
+        declared: Mapping[str, object]
         if kind == "queue":
             declared = topology.queue_map()
         elif kind == "exchange":
             declared = topology.exchange_map()
         else:
             declared = topology.topic_map()
-        if (not host.accepting or name not in declared or not http.merges_writes(backend)
+        spec = declared.get(name)
+        if (not host.accepting or spec is None or not http.merges_writes(backend)
                 or (kind == "queue" and is_private(name))):
             return None
         if self._limiter is not None and self._limiter.rate_of(topology, kind, name) is not None:
@@ -210,8 +210,8 @@ class FastLane:
         write: Awaitable[Any]
         try:
             body = codec.require_object(codec.decode_json(bytes(req.body)))
-            if kind == "topic":
-                recs, batch = http.checked_records(host, self._limits, name, body)
+            if isinstance(spec, Topic):
+                recs, batch = http.checked_records(spec, self._limits, body)
                 if not recs or len(recs) > http.MERGED_MAX:
                     return None
                 check_lag(host.backend, topology, name)  # a 429 the route gives before storing
@@ -300,14 +300,14 @@ _JSON = b"Content-Type: application/json\r\n"
 class _Reader:
     """One request arriving for the lane, in as many reads as it takes."""
 
-    __slots__ = ("_lane", "_req", "_parser", "_seen", "_head_checked")
+    __slots__ = ("_lane", "_req", "_parser", "_seen", "_route")
 
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
         self._req = _Request()
         self._parser = self._req.parser = httptools.HttpRequestParser(self._req)
         self._seen = 0
-        self._head_checked = False
+        self._route: tuple[str, str] | None = None  # (kind, name) once the header passed
 
     @property
     def head_done(self) -> bool:
@@ -328,13 +328,13 @@ class _Reader:
             return self._decline()
         if not req.head_done:
             return self._seen <= MAX_HEAD or self._decline()
-        if not self._head_checked:
-            if _route(req.url) is None or not self._lane._checked_head(req):
+        if self._route is None:
+            self._route = _route(req.url)
+            if self._route is None or not self._lane._checked_head(req):
                 return self._decline()
-            self._head_checked = True
         if not req.complete:
             return True
-        job = self._lane._job(req)
+        job = self._lane._job(req, *self._route)
         return self._decline() if job is None else job
 
     def _decline(self) -> bool:

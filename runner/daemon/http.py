@@ -76,7 +76,7 @@ from runner.pipeline.replies import (
     error_of,
     is_private,
 )
-from runner.topology.model import Topology
+from runner.topology.model import Topic, Topology
 from runner.topology.suggest import closest, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -609,20 +609,19 @@ async def append_args(request: web.Request) -> tuple[str, list[OutRecord]]:
     host = _host(request)
     _accepting(host)
     name = request.match_info["name"]
-    if name not in host.topology.topic_map():
+    topic = host.topology.topic_map().get(name)
+    if topic is None:
         raise NotFound(f"topic '{name}' not found")
-    recs, _ = checked_records(host, request.app[LIMITS_KEY], name, await _json(request))
+    recs, _ = checked_records(topic, request.app[LIMITS_KEY], await _json(request))
     _limit(request, "topic", name, len(recs))
     return name, recs
 
 
-def checked_records(host: Host, limits: codec.Limits, name: str,
+def checked_records(topic: Topic, limits: codec.Limits,
                     body: dict[str, Any]) -> tuple[list[OutRecord], bool]:
-    """The records of an append to topic `name` (the request's JSON object) and whether
-    it was a batch; 404 unknown topic or partition, 400, 413. Also the fast lane's."""
-    topic = host.topology.topic_map().get(name)
-    if topic is None:
-        raise NotFound(f"topic '{name}' not found")
+    """The records of an append to `topic` (the request's JSON object) and whether it
+    was a batch; 404 unknown partition, 400, 413. Also the fast lane's."""
+    name = topic.name
     recs, batch = codec.records(body, limits=limits, topic_limit=topic.max_message_bytes)
     for i, rec in enumerate(recs):
         where = f"record {i}: " if batch else ""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import signal
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import make_daemon, wait_for
+from tests.e2e.test_e2e_fast_lane import lane_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,6 @@ topics:
 """
 
 CLIENTS = 8
-
-
-def _served(text: str) -> int:
-    found = re.search(r'^runner_http_fast_lane_requests_total\{result="served"\} (\S+)$',
-                      text, re.M)
-    assert found, text
-    return int(float(found.group(1)))
 
 
 def test_what_the_lane_acknowledged_survives_kill_9(tmp_path: Path) -> None:
@@ -82,7 +75,7 @@ def test_what_the_lane_acknowledged_survives_kill_9(tmp_path: Path) -> None:
         t.start()
     try:
         wait_for(lambda: len(acked_messages) + len(acked_records) >= 400, timeout_s=60)
-        served = _served(d.metrics())
+        served = lane_counts(d)[0]
         d.signal(signal.SIGKILL)
         d.wait(10)
     finally:
