@@ -210,12 +210,20 @@ class EmbeddedBackend:
         return Published(tuple(tuple(r) for r in routes), Ticket(box.seq))
 
     def append(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        return self._append(topic, records, sticky=False)
+
+    def append_together(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        """`append`, with every keyless record on one partition (the round robin's
+        next): the merged appends of many requests (`WriteTarget`)."""
+        return self._append(topic, records, sticky=True)
+
+    def _append(self, topic: str, records: Sequence[OutRecord], *, sticky: bool) -> Appended:
         self._check_fanout((), len(records))
         # records in several partitions depend on none of each other: the flusher
-        # syncs the partitions in any order (a merged append of many requests
-        # touches several; each request is answered once all of them are synced)
+        # syncs the partitions in any order (a request's batch may touch several;
+        # it is answered once all of them are synced)
         with self.engine.ticketed(ordered=False) as box:
-            positions = self.engine.append(topic, [_record(r) for r in records])
+            positions = self.engine.append(topic, [_record(r) for r in records], sticky=sticky)
         return Appended(tuple(positions), Ticket(box.seq))
 
     def _check_fanout(

@@ -398,11 +398,13 @@ class Engine:
         self.events.fire(Event(QUEUE_READY, queue))
         return out
 
-    def append(self, topic: str, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
+    def append(self, topic: str, records: Sequence[OutRecord], *,
+               sticky: bool = False) -> list[tuple[int, int]]:
         """Append records; returns (partition, offset) per record.
         InvalidRequest for a keyless record on a compacted topic, TooLarge over
-        max_message_bytes, NotFound for an unknown topic or partition."""
-        out = self.store.append(topic, [to_append(r) for r in records])
+        max_message_bytes, NotFound for an unknown topic or partition. `sticky`: the
+        keyless records all go to one partition (`Store.append`)."""
+        out = self.store.append(topic, [to_append(r) for r in records], sticky=sticky)
         self._appended_in_block(topic)
         self._wrote()
         self.events.fire(Event(APPENDED, topic))

@@ -46,6 +46,11 @@ other writes: acks, steps, big publishes), callers are stored at the end of
 their turn as before and share the batch's round. A held caller whose request
 was cancelled meanwhile is dropped, not stored: nobody is answered for it.
 
+A merged batch of appends puts its keyless records on ONE partition (the
+topic's round robin's next; Kafka's sticky partitioner, KIP-480), so its
+round syncs one log, not one per partition; a caller stored alone keeps the
+round robin record by record.
+
 Callers are merged per destination in the order they came; two requests of
 one client are never in one turn (it waits for the first answer), and
 requests in flight together have no order between them. A merged batch
@@ -60,7 +65,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from runner.broker.results import PublishRefused
-from runner.engine.contract import OutMessage, OutRecord, Producer, Ticket
+from runner.engine.contract import Appended, OutMessage, OutRecord, Producer, Ticket
 from runner.errors import EngineError, Refused, StorageError
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,11 @@ Results = tuple[Any, ...]  # Routes or Positions
 class WriteTarget(Producer, Protocol):
     """What the merger stores through (the embedded backend): the contract's
     Producer, and the backend's tickets."""
+
+    def append_together(self, topic: str, records: Sequence[OutRecord]) -> Appended:
+        """`append`, the keyless records all on one partition (the round robin's next
+        one): a merged batch of many requests' records is one log to sync."""
+        ...
 
     def taken(self) -> Ticket: ...
 
@@ -194,6 +204,7 @@ class WriteMerger:
         """Store the callers' messages in batches; set each one's outcome; the ticket
         covering what was taken."""
         store = self._store_fn(kind)
+        store_merged = self._store_fn(kind, merged=True)
         ticket = Ticket.DONE
         i = 0
         while i < len(callers):
@@ -212,7 +223,7 @@ class WriteMerger:
             messages = [m for c in chunk for m in c.items]
             self.batches += 1
             try:
-                results, stored = store(name, messages)
+                results, stored = store_merged(name, messages)
             except Refused as exc:
                 taken = self._taken()
                 ticket = ticket.max(taken)
@@ -244,12 +255,15 @@ class WriteMerger:
                 start = end
         return ticket
 
-    def _store_fn(self, kind: str) -> _Store:
-        """The backend write of `kind`: (results per item, ticket)."""
+    def _store_fn(self, kind: str, *, merged: bool = False) -> _Store:
+        """The backend write of `kind`: (results per item, ticket). `merged`: of
+        several callers' items (their keyless records go to one partition)."""
         target = self._target
         if kind == APPEND:
+            write_records = target.append_together if merged else target.append
+
             def append(name: str, items: Sequence[Any]) -> tuple[Results, Ticket]:
-                appended = target.append(name, items)
+                appended = write_records(name, items)
                 return appended.positions, appended.ticket
             return append
         write = target.put if kind == PUT else target.publish

@@ -3,7 +3,8 @@
 Keyed records go to `(murmur2(key) & 0x7fffffff) % partitions`, the Java
 client's `Utils.toPositive(Utils.murmur2(key)) % numPartitions`, so a key
 lands on the same partition index as on a Kafka cluster. Keyless records are
-spread round robin (each call to `for_batch` starts where the last one ended);
+spread round robin (each call to `for_batch` starts where the last one ended;
+`Store.append(sticky=True)` puts a call's keyless records on one partition);
 one `Partitioner` per topic (the `Store` keeps one each), so appends to other
 topics in between do not skew a topic's spreading.
 

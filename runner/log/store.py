@@ -298,10 +298,11 @@ class Store:
         parts, items = self._resolve(topic, records)
         return list(zip(parts, items, strict=True))
 
-    def _resolve(self, topic: str, records: Sequence[AppendRecord],
+    def _resolve(self, topic: str, records: Sequence[AppendRecord], *, sticky: bool = False,
                  ) -> tuple[list[int], list[Item]]:
         """`resolve` as two lists (the hot path: no per-record method calls for the
-        common case)."""
+        common case). `sticky`: the keyless records all go to the round robin's next
+        partition (one turn of it for the whole call), not one partition each."""
         t = self._topic(topic)
         cfg = t.config
         now = now_ms(self.clock)
@@ -313,6 +314,7 @@ class Store:
         partitioner = self._partitioner(topic)
         hashes = partitioner.hashes
         rr = partitioner.next
+        together = -1  # sticky: the keyless records' partition, once chosen
         parts: list[int] = []
         items: list[Item] = []
         add_part = parts.append
@@ -338,8 +340,13 @@ class Store:
                 if not 0 <= p < n:
                     raise NotFound(f"topic {topic!r} has no partition {p}")
             elif key is None:
-                p = rr % n
-                rr = p + 1
+                if together >= 0:
+                    p = together
+                else:
+                    p = rr % n
+                    rr = p + 1
+                    if sticky:
+                        together = p
             else:
                 h = hashes.get(key)
                 if h is None:
@@ -368,7 +375,8 @@ class Store:
         return log.last_sequence(producer_number(producer_id))
 
     def append(self, topic: str, records: Sequence[AppendRecord], *,
-               allow_gap: bool = False, restart: bool = False) -> list[tuple[int, int]]:
+               allow_gap: bool = False, restart: bool = False,
+               sticky: bool = False) -> list[tuple[int, int]]:
         """Append records; (partition, offset) per record, in order.
 
         Records with a producer id and sequence follow Kafka's idempotent producer,
@@ -382,8 +390,11 @@ class Store:
         window, records with a message id seen in the window are stored once too.
         `restart`: the caller (the Kafka listener, at a producer's sequence
         wrap-around) checked that each producer's first run continues its sequence,
-        which may be lower than the last: it is appended (unless an exact retry)."""
-        parts, items = self._resolve(topic, records)
+        which may be lower than the last: it is appended (unless an exact retry).
+        `sticky`: the call's keyless records go to one partition, the round robin's
+        next (Kafka's sticky partitioner, KIP-480: one batch, one partition), so a
+        batch of many producers' records is one log to sync, not one per partition."""
+        parts, items = self._resolve(topic, records, sticky=sticky)
         t = self._topics[topic]
         if self.dedup_window_ms is None and all(r.producer_id is None for r in records):
             return self._append_plain(t, parts, items)

@@ -394,6 +394,47 @@ def test_appends_merge_and_a_record_at_fault_fails_alone(tmp_path: Path) -> None
         engine.close()
 
 
+def test_merged_keyless_appends_go_to_one_partition_and_sync_one_log(tmp_path: Path) -> None:
+    # Kafka's sticky partitioner for the merged appends of many requests: a batch's
+    # keyless records on one partition (one log to fsync, not one per partition),
+    # the next batch on the next; a request stored alone keeps its round robin
+    fs = GatedFs()
+    topo = Topology(topics=(("t", Topic("t", partitions=4)),))
+    engine = Engine.open(topo, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
+                         fs=fs)  # type: ignore[arg-type]
+    backend = EmbeddedBackend(engine)
+
+    def synced() -> list[int]:
+        return [fs.count(f"t-{p}") for p in range(4)]
+
+    async def turn(n: int) -> list[Any]:
+        return await _outcomes(*(backend.append_merged("t", [OutRecord(value=b"r%d" % i)])
+                                 for i in range(n)))
+
+    try:
+        before = synced()
+        first = asyncio.run(turn(6))
+        assert [o[0] for o in first] == [(0, i) for i in range(6)]
+        after_first = synced()
+        assert [a - b for a, b in zip(after_first, before, strict=True)] == [1, 0, 0, 0]
+        second = asyncio.run(turn(3))
+        assert [o[0] for o in second] == [(1, 0), (1, 1), (1, 2)]
+        assert [a - b for a, b in zip(synced(), after_first, strict=True)] == [0, 1, 0, 0]
+        # one caller alone (nothing to merge with): spread round robin as the route's
+        async def alone_turn() -> list[Any]:
+            return await _outcomes(backend.append_merged("t", [OutRecord(value=b"x")] * 4))
+
+        (alone,) = asyncio.run(alone_turn())
+        assert [p for p, _ in alone] == [2, 3, 0, 1]
+        assert (backend._merger.batches, backend._merger.callers) == (2, 9)
+        stored = {p: [r.value for r in backend.read("t", p, 0, max_records=100).records]
+                  for p in range(4)}
+        assert stored == {0: [b"r%d" % i for i in range(6)] + [b"x"],
+                          1: [b"r0", b"r1", b"r2", b"x"], 2: [b"x"], 3: [b"x"]}
+    finally:
+        engine.close()
+
+
 def test_an_idempotent_producers_appends_are_not_merged(tmp_path: Path) -> None:
     engine = Engine.open(APPEND_TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
     backend = EmbeddedBackend(engine)

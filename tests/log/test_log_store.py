@@ -356,3 +356,26 @@ def test_one_read_cache_bound_for_all_partitions(open_store: Opener) -> None:
     held = [store.partition("t", p).log.cache_size for p in range(8)]
     assert held[-1] > 0 and sum(held) == store.read_cache.size <= 256 * 1024
     assert held[0] == 0  # the least recently read partition was evicted for the others
+
+
+def test_a_sticky_append_puts_its_keyless_records_on_one_partition(open_store: Opener) -> None:
+    # Kafka's sticky partitioner (KIP-480), for the merged appends of many requests:
+    # the call's keyless records go to the round robin's next partition, together;
+    # keyed and explicitly placed records go where they always go
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=4)))
+    keyed = partition_for_key(b"k", 4)
+    batch = [AppendRecord(b"a"), AppendRecord(b"b", key=b"k"), AppendRecord(b"c"),
+             AppendRecord(b"d", partition=3), AppendRecord(b"e")]
+    first = store.append("t", batch, sticky=True)
+    assert [p for p, _ in first] == [0, keyed, 0, 3, 0]
+    # the next call takes the next partition, sticky or not
+    assert [p for p, _ in store.append("t", [AppendRecord(b"f")] * 3, sticky=True)] == [1] * 3
+    assert [p for p, _ in store.append("t", [AppendRecord(b"g")] * 3)] == [2, 3, 0]
+    # a sticky call of keyed records only leaves the round robin where it was
+    store.append("t", [AppendRecord(b"h", key=b"k")], sticky=True)
+    assert [p for p, _ in store.append("t", [AppendRecord(b"i")] * 2, sticky=True)] == [1, 1]
+    # every record is stored once, where its answer said
+    placed = Counter([0, keyed, 0, 3, 0] + [1] * 3 + [2, 3, 0] + [keyed] + [1] * 2)
+    assert {p: store.partition("t", p).log_end_offset for p in range(4)} == {
+        p: placed[p] for p in range(4)}
