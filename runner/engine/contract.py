@@ -899,7 +899,10 @@ class MergedWrites(Protocol):
     ) -> Awaitable[tuple[tuple[int, int], ...]]:
         """`append` then `durable`: each record's (partition, offset) once all are
         durable; the errors of `append` and `durable`. Not for an idempotent
-        producer's records (`producer_id`): its sequences are checked per batch."""
+        producer's records (`producer_id`): its sequences are checked per batch.
+        Placement may differ from `append`'s: a backend that merges several callers'
+        records into one write may put that write's keyless records on one
+        partition (the embedded engine does: Kafka's sticky partitioner)."""
         ...
 
 

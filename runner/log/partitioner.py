@@ -4,7 +4,8 @@ Keyed records go to `(murmur2(key) & 0x7fffffff) % partitions`, the Java
 client's `Utils.toPositive(Utils.murmur2(key)) % numPartitions`, so a key
 lands on the same partition index as on a Kafka cluster. Keyless records are
 spread round robin (each call to `for_batch` starts where the last one ended;
-`Store.append(sticky=True)` puts a call's keyless records on one partition);
+`Store.append(sticky=True)` puts a call's keyless records on one partition, the
+next of a round robin of its own);
 one `Partitioner` per topic (the `Store` keeps one each), so appends to other
 topics in between do not skew a topic's spreading.
 
@@ -65,11 +66,15 @@ class Partitioner:
     records. Keeps the positive murmur2 of recent keys (up to `HASH_CACHE`, then
     starts over) so repeated keys are hashed once."""
 
-    __slots__ = ("next", "hashes")
+    __slots__ = ("next", "sticky", "hashes")
     HASH_CACHE = 1 << 16
 
     def __init__(self) -> None:
         self.next = 0  # the round robin's next partition (modulo the count)
+        # the next partition of a sticky call's keyless records: a round robin of its
+        # own, so sticky calls and record-by-record ones each spread evenly however
+        # they alternate (one shared counter would pile them onto some partitions)
+        self.sticky = 0
         self.hashes: dict[bytes, int] = {}
 
     def hash(self, key: bytes) -> int:

@@ -292,17 +292,21 @@ class Store:
         return t.partitions[number]
 
     # ------------------------------------------------------------ producing
-    def resolve(self, topic: str, records: Sequence[AppendRecord]) -> list[tuple[int, Item]]:
+    def resolve(self, topic: str, records: Sequence[AppendRecord], *, advance: bool = True,
+                ) -> list[tuple[int, Item]]:
         """Check records and choose their partitions, without writing: (partition, item).
-        Raises NotFound, InvalidRequest (keyless on a compacted topic), TooLarge."""
-        parts, items = self._resolve(topic, records)
+        Raises NotFound, InvalidRequest (keyless on a compacted topic), TooLarge.
+        `advance=False`: a check only, the round robin stays where it is (the append
+        that follows chooses again)."""
+        parts, items = self._resolve(topic, records, advance=advance)
         return list(zip(parts, items, strict=True))
 
     def _resolve(self, topic: str, records: Sequence[AppendRecord], *, sticky: bool = False,
-                 ) -> tuple[list[int], list[Item]]:
+                 advance: bool = True) -> tuple[list[int], list[Item]]:
         """`resolve` as two lists (the hot path: no per-record method calls for the
-        common case). `sticky`: the keyless records all go to the round robin's next
-        partition (one turn of it for the whole call), not one partition each."""
+        common case). `sticky`: the keyless records all go to one partition, the next
+        of the sticky calls' own round robin. `advance=False`: the round robins are
+        left where they were."""
         t = self._topic(topic)
         cfg = t.config
         now = now_ms(self.clock)
@@ -314,6 +318,7 @@ class Store:
         partitioner = self._partitioner(topic)
         hashes = partitioner.hashes
         rr = partitioner.next
+        st = partitioner.sticky
         together = -1  # sticky: the keyless records' partition, once chosen
         parts: list[int] = []
         items: list[Item] = []
@@ -340,13 +345,14 @@ class Store:
                 if not 0 <= p < n:
                     raise NotFound(f"topic {topic!r} has no partition {p}")
             elif key is None:
-                if together >= 0:
-                    p = together
-                else:
+                if not sticky:
                     p = rr % n
                     rr = p + 1
-                    if sticky:
-                        together = p
+                elif together >= 0:
+                    p = together
+                else:
+                    p = together = st % n
+                    st = p + 1
             else:
                 h = hashes.get(key)
                 if h is None:
@@ -359,7 +365,9 @@ class Store:
                 check_timestamp_ms(ts, f"record {len(parts)}: timestamp")
             add_part(p)
             add_item((key, value, headers, now if ts is None else ts))
-        partitioner.next = rr
+        if advance:
+            partitioner.next = rr
+            partitioner.sticky = st
         return parts, items
 
     def _partitioner(self, topic: str) -> Partitioner:
@@ -391,9 +399,11 @@ class Store:
         `restart`: the caller (the Kafka listener, at a producer's sequence
         wrap-around) checked that each producer's first run continues its sequence,
         which may be lower than the last: it is appended (unless an exact retry).
-        `sticky`: the call's keyless records go to one partition, the round robin's
-        next (Kafka's sticky partitioner, KIP-480: one batch, one partition), so a
-        batch of many producers' records is one log to sync, not one per partition."""
+        `sticky`: the call's keyless records go to one partition (Kafka's sticky
+        partitioner, KIP-480: one batch, one partition), the next of a round robin the
+        sticky calls keep apart from the record-by-record one (so each spreads evenly
+        however the two alternate), and a batch of many producers' records is one log
+        to sync, not one per partition."""
         parts, items = self._resolve(topic, records, sticky=sticky)
         t = self._topics[topic]
         if self.dedup_window_ms is None and all(r.producer_id is None for r in records):

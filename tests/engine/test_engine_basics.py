@@ -447,3 +447,21 @@ def test_partitions_and_stats_carry_the_first_records_timestamp(tmp_path: Path) 
         assert stats.partitions[TopicPartition("ev", 1)].oldest_timestamp_ms == 7_000
     finally:
         e.close()
+
+
+def test_keyless_messages_an_exchange_routes_to_a_topic_reach_every_partition(
+    tmp_path: Path,
+) -> None:
+    # the publish's check of its topic routes chose a partition too and moved the round
+    # robin on: every keyless record skipped a partition ({0: 0, 1: 20, 2: 0, 3: 20})
+    topo = Topology(topics=(("t", Topic("t", partitions=4)),),
+                    exchanges=(("fan", Exchange("fan", ExchangeType.FANOUT)),),
+                    bindings=(Binding("fan", topic="t"),))
+    e = Engine.open(topo, tmp_path, fsync=FsyncPolicy.NEVER)
+    try:
+        for i in range(20):
+            assert e.publish("fan", [OutMessage(b"%d" % i)]) == [["t"]]
+        e.publish("fan", [OutMessage(b"b%d" % i) for i in range(20)])
+        assert [e.store.partition("t", p).log_end_offset for p in range(4)] == [10] * 4
+    finally:
+        e.close()

@@ -425,12 +425,33 @@ def test_merged_keyless_appends_go_to_one_partition_and_sync_one_log(tmp_path: P
             return await _outcomes(backend.append_merged("t", [OutRecord(value=b"x")] * 4))
 
         (alone,) = asyncio.run(alone_turn())
-        assert [p for p, _ in alone] == [2, 3, 0, 1]
+        assert [p for p, _ in alone] == [0, 1, 2, 3]  # the round robin's own count
         assert (backend._merger.batches, backend._merger.callers) == (2, 9)
         stored = {p: [r.value for r in backend.read("t", p, 0, max_records=100).records]
                   for p in range(4)}
         assert stored == {0: [b"r%d" % i for i in range(6)] + [b"x"],
                           1: [b"r0", b"r1", b"r2", b"x"], 2: [b"x"], 3: [b"x"]}
+    finally:
+        engine.close()
+
+
+def test_callers_of_a_merged_append_refused_whole_are_placed_as_alone(tmp_path: Path) -> None:
+    # a batch refused whole (a record over the limit) is stored caller by caller: each
+    # one's keyless records spread round robin as its own request would, not sticky
+    topo = Topology(topics=(("t", Topic("t", partitions=4, max_message_bytes=64)),))
+    engine = Engine.open(topo, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
+    backend = EmbeddedBackend(engine)
+    try:
+        async def scenario() -> list[Any]:
+            return await _outcomes(
+                backend.append_merged("t", [OutRecord(value=b"a%d" % i) for i in range(3)]),
+                backend.append_merged("t", [OutRecord(value=b"x" * 200)]),
+                backend.append_merged("t", [OutRecord(value=b"b%d" % i) for i in range(2)]))
+
+        first, refused, second = asyncio.run(scenario())
+        assert isinstance(refused, TooLarge)
+        assert [p for p, _ in first] == [0, 1, 2] and [p for p, _ in second] == [3, 0]
+        assert (backend._merger.batches, backend._merger.callers) == (1, 0)
     finally:
         engine.close()
 

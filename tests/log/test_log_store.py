@@ -360,8 +360,8 @@ def test_one_read_cache_bound_for_all_partitions(open_store: Opener) -> None:
 
 def test_a_sticky_append_puts_its_keyless_records_on_one_partition(open_store: Opener) -> None:
     # Kafka's sticky partitioner (KIP-480), for the merged appends of many requests:
-    # the call's keyless records go to the round robin's next partition, together;
-    # keyed and explicitly placed records go where they always go
+    # the call's keyless records go to one partition together, the next of the sticky
+    # calls' own round robin; keyed and explicitly placed records go where they always go
     store = open_store()
     store.apply(topics(Topic("t", partitions=4)))
     keyed = partition_for_key(b"k", 4)
@@ -369,13 +369,36 @@ def test_a_sticky_append_puts_its_keyless_records_on_one_partition(open_store: O
              AppendRecord(b"d", partition=3), AppendRecord(b"e")]
     first = store.append("t", batch, sticky=True)
     assert [p for p, _ in first] == [0, keyed, 0, 3, 0]
-    # the next call takes the next partition, sticky or not
+    # the next sticky call takes the next partition; a plain call keeps its own count
     assert [p for p, _ in store.append("t", [AppendRecord(b"f")] * 3, sticky=True)] == [1] * 3
-    assert [p for p, _ in store.append("t", [AppendRecord(b"g")] * 3)] == [2, 3, 0]
-    # a sticky call of keyed records only leaves the round robin where it was
+    assert [p for p, _ in store.append("t", [AppendRecord(b"g")] * 3)] == [0, 1, 2]
+    # a sticky call of keyed records only leaves the sticky round robin where it was
     store.append("t", [AppendRecord(b"h", key=b"k")], sticky=True)
-    assert [p for p, _ in store.append("t", [AppendRecord(b"i")] * 2, sticky=True)] == [1, 1]
+    assert [p for p, _ in store.append("t", [AppendRecord(b"i")] * 2, sticky=True)] == [2, 2]
     # every record is stored once, where its answer said
-    placed = Counter([0, keyed, 0, 3, 0] + [1] * 3 + [2, 3, 0] + [keyed] + [1] * 2)
+    placed = Counter([0, keyed, 0, 3, 0] + [1] * 3 + [0, 1, 2] + [keyed] + [2] * 2)
     assert {p: store.partition("t", p).log_end_offset for p in range(4)} == {
         p: placed[p] for p in range(4)}
+
+
+def test_sticky_and_plain_appends_each_spread_evenly_however_they_alternate(
+    open_store: Opener,
+) -> None:
+    # with one shared counter, a sticky batch after each single plain record kept
+    # landing on partitions 0 and 2: {0: 3500, 1: 500, 2: 3500, 3: 500}
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=4)))
+    got: Counter[int] = Counter()
+    for _ in range(1000):
+        got.update(p for p, _ in store.append("t", [AppendRecord(b"s")] * 7, sticky=True))
+        got.update(p for p, _ in store.append("t", [AppendRecord(b"p")]))
+    assert got == {0: 2000, 1: 2000, 2: 2000, 3: 2000}
+
+
+def test_a_resolve_that_only_checks_leaves_the_round_robin_alone(open_store: Opener) -> None:
+    store = open_store()
+    store.apply(topics(Topic("t", partitions=4)))
+    for _ in range(3):
+        assert [p for p, _ in store.resolve("t", [AppendRecord(b"x")], advance=False)] == [0]
+    assert [p for p, _ in store.resolve("t", [AppendRecord(b"x")])] == [0]  # chosen: moves on
+    assert [p for p, _ in store.append("t", [AppendRecord(b"x")] * 2)] == [1, 2]
