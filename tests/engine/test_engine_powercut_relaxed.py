@@ -151,7 +151,14 @@ def _verify(disk: SimDisk, h: History, policy: FsyncPolicy, why: str) -> None:
         starts = {p.partition: p.log_start_offset for p in engine.partitions("t")}
         got = {(p, off): v for p, off, _k, v in _values(engine, "t")}
         for (p, off), v in got.items():  # nothing foreign, nothing moved
-            assert now.records.get((p, off), v) == v and v in h.written, (why, "t", p, off)
+            assert v in h.written, (why, "t foreign", p, off)
+            if (policy is FsyncPolicy.NEVER and v.startswith(b"out-")
+                    and (p, off) not in kept.records):
+                # under `never` nothing orders a step's journal record before the
+                # appends it follows: its replay may land on a lost record's offset
+                # (docs/reliability.md, "What is not covered")
+                continue
+            assert now.records.get((p, off), v) == v, (why, "t moved", p, off)
         for (p, off), v in kept.records.items():
             if off >= starts[p]:
                 assert got.get((p, off)) == v, (why, "t lost", p, off)
