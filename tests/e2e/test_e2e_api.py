@@ -301,6 +301,10 @@ def test_metrics_are_true_after_known_traffic_and_pass_promtool(daemon: Daemon) 
     daemon.ok("POST", "/v1/queues/metered-q/ack", {"delivery_ids": [msgs[0]["delivery_id"]]})
     daemon.ok("POST", "/v1/topics/metered/records",
               {"records": [{"value": i, "partition": 1} for i in range(7)]}, 202)
+    # its own lag on events/0: under xdist this module's tests may run on two workers,
+    # each with its own daemon (the group test's records were not always here)
+    daemon.ok("POST", "/v1/topics/events/records",
+              {"records": [{"value": i, "partition": 0} for i in range(5)]}, 202)
     text = daemon.metrics()
     s = _samples(text)
 
