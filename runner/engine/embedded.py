@@ -213,8 +213,9 @@ class EmbeddedBackend:
         return self._append(topic, records, sticky=False)
 
     def append_together(self, topic: str, records: Sequence[OutRecord]) -> Appended:
-        """`append`, with every keyless record on one partition (the round robin's
-        next): the merged appends of many requests (`WriteTarget`)."""
+        """`append`, with every keyless record on one partition (the next of the
+        sticky writes' own round robin): the merged appends of many requests
+        (`WriteTarget`)."""
         return self._append(topic, records, sticky=True)
 
     def _append(self, topic: str, records: Sequence[OutRecord], *, sticky: bool) -> Appended:

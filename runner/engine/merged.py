@@ -46,10 +46,10 @@ other writes: acks, steps, big publishes), callers are stored at the end of
 their turn as before and share the batch's round. A held caller whose request
 was cancelled meanwhile is dropped, not stored: nobody is answered for it.
 
-A merged batch of appends puts its keyless records on ONE partition (the
-topic's round robin's next; Kafka's sticky partitioner, KIP-480), so its
-round syncs one log, not one per partition; a caller stored alone keeps the
-round robin record by record.
+A merged batch of appends puts its keyless records on ONE partition, the next
+batch on the next (Kafka's sticky partitioner, KIP-480; counted apart from the
+record-by-record round robin), so its round syncs one log, not one per
+partition; a caller stored alone keeps the round robin record by record.
 
 Callers are merged per destination in the order they came; two requests of
 one client are never in one turn (it waits for the first answer), and
@@ -81,8 +81,9 @@ class WriteTarget(Producer, Protocol):
     Producer, and the backend's tickets."""
 
     def append_together(self, topic: str, records: Sequence[OutRecord]) -> Appended:
-        """`append`, the keyless records all on one partition (the round robin's next
-        one): a merged batch of many requests' records is one log to sync."""
+        """`append`, the keyless records all on one partition (the next of the sticky
+        writes' own round robin): a merged batch of many requests' records is one
+        log to sync."""
         ...
 
     def taken(self) -> Ticket: ...
