@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runner.daemon.supervisor import real_parts
 from runner.pipeline import otel
 from tests.daemon.harness import Client, run_daemon
+from tests.spans import in_memory_spans
 
 TOPOLOGY = """\
 version: 1
@@ -55,16 +54,8 @@ PARENT = "00f067aa0ba902b7"
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[InMemorySpanExporter]:
-    # this module's daemons see an SDK provider; the global one is never set, so the
-    # tests that run after it in the same process are not traced (a traced daemon
-    # neither merges writes nor takes the fast lane: their tests failed after this)
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    with pytest.MonkeyPatch.context() as patched:
-        patched.setattr(trace, "get_tracer_provider", lambda: provider)
+    with in_memory_spans() as spans:
         yield spans
-    spans.shutdown()
 
 
 def test_without_configuration_there_are_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
