@@ -47,6 +47,12 @@ def test_what_the_lane_acknowledged_survives_kill_9(tmp_path: Path) -> None:
 
     def client(k: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            produce(k, conn)
+        finally:
+            conn.close()  # else a killed connection is left for the GC to warn about
+
+    def produce(k: int, conn: http.client.HTTPConnection) -> None:
         i = 0
         while not stop.is_set():
             value = f"{k}-{i}"
