@@ -148,6 +148,9 @@ class Engine:
         # `durable` waiters on the owner's event loop, woken once per flusher round
         self._loop_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._hooked: asyncio.AbstractEventLoop | None = None
+        # the loop runs its tickets' fsync rounds itself while they are quick
+        # (`GroupCommit.run_on_loop`); False: always the flusher thread
+        self.sync_on_loop = True
         self.events = Hub()  # see runner.engine.events
         self.calls = 0  # calls of `tick` and `next_due` (the idle-cost tests read it)
         self._last_write = self._last_tick = clock.time()
@@ -426,6 +429,8 @@ class Engine:
             with self.commits.ticketed(ordered=ordered) as box:
                 yield box
             return
+        if self.fsync is Fsync.ALWAYS:
+            self._hook_loop()
         self._block_topics = []
         box = TicketBox()
         try:
@@ -446,14 +451,8 @@ class Engine:
             return
         try:
             if seq > self.commits.done:
-                loop = asyncio.get_running_loop()
-                if self._hooked is not loop:
-                    self._hooked = loop
-
-                    def hook() -> None:
-                        loop.call_soon_threadsafe(self._round_done)
-
-                    self.commits.on_round = hook
+                loop = self._hook_loop()
+                assert loop is not None
                 fut: asyncio.Future[None] = loop.create_future()
                 heapq.heappush(self._loop_waiters, (seq, id(fut), fut))
                 if seq <= self.commits.done:  # its round ended before the hook was set
@@ -474,6 +473,40 @@ class Engine:
             raise StorageError(f"fsync failed: {exc}") from exc
         finally:
             self._reveal()
+
+    def _hook_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The running event loop, once hooked to the group commit: its tickets'
+        rounds run on it (`GroupCommit.run_on_loop`; `sync_on_loop`), and every
+        round wakes its `durable` waiters. None outside a running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if self._hooked is loop:
+            return loop
+        self._hooked = loop
+
+        def on_loop() -> bool:
+            try:
+                return asyncio.get_running_loop() is loop
+            except RuntimeError:
+                return False
+
+        def runs_rounds() -> bool:
+            return self.sync_on_loop and on_loop()
+
+        def round_ended() -> None:
+            if on_loop():
+                self._round_done()
+            else:
+                loop.call_soon_threadsafe(self._round_done)
+
+        self.commits.on_round = round_ended
+        def schedule() -> None:
+            loop.call_soon(self.commits.run_round)
+
+        self.commits.run_on_loop(runs_rounds, schedule)
+        return loop
 
     def _round_done(self) -> None:
         """On the loop, after a flusher round: wake the `durable` waiters it resolved."""

@@ -5,7 +5,7 @@ stored as one write each queue (or exchange) and made durable under one ticket
 Sixteen HTTP clients that each put one message per request hand the daemon
 sixteen requests that its event loop parses in the same turn. Stored one by
 one, each pays the engine's whole write path: a broker call, its journal
-record (`pwrite`), a ticket handed to the flusher thread, and a wait of its
+record (`pwrite`), a ticket handed to a group-commit round, and a wait of its
 own. `WriteMerger.put` / `publish` instead take the request's messages and
 return a future; at the end of the turn (`loop.call_soon`, which runs after
 every callback of the turn, so after every request parsed in it) all the
@@ -40,7 +40,10 @@ ended) they are stored as one write (one batch per destination again) and
 make the next round. Under load this merges the requests of several turns of
 the loop, not one: one write, one ticket and one flusher round for all the
 requests that arrived during a round (16 clients: about 7 requests a round
-instead of 1-3 writes a round).
+instead of 1-3 writes a round). The same holds when the round runs on the
+event loop itself (`runner.log.commits`, "Rounds on the event loop"): it is
+scheduled when the batch's ticket is handed out, the callers of the turns
+before it runs are held, and they are stored as one write once it ran.
 While the last batch's ticket still waits for a round (the flusher busy with
 other writes: acks, steps, big publishes), callers are stored at the end of
 their turn as before and share the batch's round. A held caller whose request

@@ -14,8 +14,9 @@ Durability (`Fsync`):
   leader, syncs everything written so far, and wakes every follower whose bytes
   it covered (group commit). Inside `group.deferred()` (`runner.log.commits`)
   `append` returns once written and the block's end syncs each log once;
-  inside `group.ticketed()` the data dir's flusher thread syncs it later and
-  resolves the block's ticket. Outside both, what the flusher has pending is
+  inside `group.ticketed()` a later round (on the event loop that opened the
+  block while fsyncs are quick, else on the data dir's flusher thread) syncs
+  it and resolves the block's ticket. Outside both, what the flusher has pending is
   synced first (durability in write order).
 * INTERVAL: nothing is synced by `append`; the owner calls `maybe_sync()` (or
   runs a `runner.log.flusher.Flusher` thread, as `Store` does), which syncs when

@@ -77,8 +77,13 @@ class HeldDisk(SimDisk):
 
 def _parts(disk: HeldDisk) -> Parts:
     def open_engine(topology: Topology, config: DaemonConfig, clock: Clock) -> Engine:
-        return Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS, clock=clock,
-                           fs=disk)
+        engine = Engine.open(topology, config.data_dir, fsync=FsyncPolicy.ALWAYS,
+                             clock=clock, fs=disk)
+        # a held fsync on the loop would stall the loop itself: these tests are
+        # about the flusher thread (the loop's own rounds: test_engine_tickets and
+        # the fast-lane tests' loop-round test)
+        engine.sync_on_loop = False
+        return engine
 
     def make_pipeline(
         backend: EmbeddedBackend, topology: Topology, config: DaemonConfig, clock: Clock,

@@ -418,3 +418,164 @@ def test_combining_tickets_keeps_every_write_and_costs_the_same_each_time() -> N
     assert (gapped.seq, gapped.covers, gapped.earliest) == (9, frozenset({3, 5, 9}), 3)
     assert Ticket(4).max(Ticket(4)).combined and not Ticket(4).max(Ticket(4)).others
     assert repr(up) == "Ticket(seq=5000)"  # its parts are not printed
+
+
+# ------------------------------------------------------------ rounds on the loop
+class ThreadFs:
+    """The real file system; notes the thread of each fdatasync by directory, and
+    makes the syncs of files under `slow` take `delay_s`."""
+
+    def __init__(self) -> None:
+        self._paths: dict[int, str] = {}
+        self.syncs: list[tuple[str, int]] = []  # (directory name, thread ident)
+        self.slow: str | None = None
+        self.delay_s = 0.0
+
+    def open(self, path: Path, *, create: bool = False, truncate: bool = False) -> int:
+        fd = LOCAL.open(path, create=create, truncate=truncate)
+        self._paths[fd] = str(path)
+        return fd
+
+    def sync(self, fd: int) -> None:
+        path = Path(self._paths.get(fd, "?"))
+        if self.slow is not None and path.parent.name == self.slow:
+            time.sleep(self.delay_s)
+        LOCAL.sync(fd)
+        self.syncs.append((path.parent.name, threading.get_ident()))
+
+    def threads(self, directory: str) -> list[int]:
+        return [ident for name, ident in self.syncs if name == directory]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(LOCAL, name)
+
+
+@pytest.fixture()
+def on_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               ) -> Iterator[tuple[Engine, ThreadFs]]:
+    from runner.log import commits
+    # a round slower than 50 ms is slow here (a loaded test machine may take a
+    # few ms for an fsync now and then); the slow disk's takes 100 ms
+    monkeypatch.setattr(commits, "LOOP_ROUND_MAX_S", 0.05)
+    fs = ThreadFs()
+    engine = Engine.open(TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
+                         fs=fs)  # type: ignore[arg-type]
+    fs.syncs.clear()  # the open's own
+    yield engine, fs
+    with contextlib.suppress(Exception):
+        engine.close()
+
+
+async def _puts(engine: Engine, queue: str, count: int) -> None:
+    """`count` ticketed puts in one turn of the loop, then each one's `durable`."""
+    seqs = []
+    for i in range(count):
+        with engine.ticketed() as box:
+            engine.publish_to_queue(queue, [OutMessage(b"m%d" % i)])
+        seqs.append(box.seq)
+    await asyncio.gather(*(engine.durable(seq) for seq in seqs))
+
+
+def test_on_its_event_loop_the_engine_runs_each_round_itself_without_the_thread(
+        on_threads: tuple[Engine, ThreadFs]) -> None:
+    engine, fs = on_threads
+    loop_thread: list[int] = []
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        await _puts(engine, "q", 16)
+        # written in one turn: not synced until the loop's round ran
+        with engine.ticketed() as box:
+            engine.publish_to_queue("q2", [OutMessage(b"late")])
+        assert fs.threads("q2") == [] and not engine.commits.holds_back(box.seq - 1)
+        assert engine.commits.holds_back(box.seq)  # its round is about to run
+        await engine.durable(box.seq)
+
+    asyncio.run(main())
+    # one fsync for the 16 puts of the turn, and one for q2, both on the loop's thread
+    assert fs.threads("q") == loop_thread
+    assert fs.threads("q2") == loop_thread
+    assert engine.commits.loop_rounds == 2
+    assert not any(t.name == "group-commit" for t in threading.enumerate())
+    assert [d.body for d in engine.peek("q", 100)] == [b"m%d" % i for i in range(16)]
+
+
+def test_a_slow_round_on_the_loop_sends_the_next_rounds_to_the_flusher_thread(
+        on_threads: tuple[Engine, ThreadFs], monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.log import commits
+    monkeypatch.setattr(commits, "THREAD_SPELL_S", 0.3)
+    engine, fs = on_threads
+    fs.slow, fs.delay_s = "q", 0.1  # > LOOP_ROUND_MAX_S
+    loop_thread: list[int] = []
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        await _puts(engine, "q", 1)  # slow, on the loop: a spell of 0.3 s follows
+        assert engine.commits.thread_spell == 0.3
+        await _puts(engine, "q", 1)  # in the spell: the thread
+        await asyncio.sleep(0.35)
+        await _puts(engine, "q", 1)  # after it, on the loop: slow again, 0.6 s
+        assert engine.commits.thread_spell == 0.6
+        await _puts(engine, "q", 1)  # the thread
+        await asyncio.sleep(0.65)
+        fs.slow = None  # the disk is quick again
+        await _puts(engine, "q", 1)  # on the loop, quick: no spell any more
+        assert engine.commits.thread_spell == 0.0
+        await _puts(engine, "q", 1)  # on the loop
+
+    asyncio.run(main())
+    loop = loop_thread[0]
+    assert [t == loop for t in fs.threads("q")] == [True, False, True, False, True, True]
+    assert engine.commits.loop_rounds == 4
+
+
+def test_a_round_scheduled_on_the_loop_is_synced_by_wait_idle_and_close_on_the_loop(
+        tmp_path: Path) -> None:
+    disk = SimDisk()
+    engine = Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(), fs=disk)
+    seqs: list[int] = []
+
+    async def main() -> None:  # never gives the loop a turn to run its rounds
+        for body in (b"a", b"b"):
+            with engine.ticketed() as box:
+                engine.publish_to_queue("q", [OutMessage(body)])
+            seqs.append(box.seq)
+            assert engine.commits.done < box.seq  # its round is scheduled on the loop
+            if body == b"a":
+                # on the loop itself: it syncs the round instead of waiting for the
+                # loop (that would never come while it waits)
+                assert engine.commits.wait_idle(5)
+                assert engine.commits.done == box.seq
+        engine.close()  # the daemon's last step: syncs b's round, still scheduled
+        assert engine.commits.done == box.seq
+
+    asyncio.run(main())
+    assert engine.commits.loop_rounds == 0
+    # both were synced: a power cut right after the close keeps them
+    engine = Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
+                         fs=disk.crash())
+    try:
+        assert [d.body for d in engine.peek("q", 10)] == [b"a", b"b"]
+    finally:
+        engine.close()
+
+
+def test_tickets_of_another_thread_go_to_the_flusher_thread(
+        on_threads: tuple[Engine, ThreadFs]) -> None:
+    engine, fs = on_threads
+    loop_thread: list[int] = []
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        await _puts(engine, "q", 1)  # hooks the loop
+
+        def elsewhere() -> None:  # a worker thread's ticketed write
+            with engine.ticketed() as box:
+                engine.publish_to_queue("q2", [OutMessage(b"w")])
+            engine.commits.when_durable(box.seq).result(timeout=10)
+
+        await asyncio.to_thread(elsewhere)
+
+    asyncio.run(main())
+    assert fs.threads("q") == loop_thread
+    assert len(fs.threads("q2")) == 1 and fs.threads("q2") != loop_thread

@@ -103,15 +103,18 @@ async def running(
     fsync: FsyncPolicy = FsyncPolicy.NEVER, fs: Any = None,
     backend: Callable[[Engine], Backend] = EmbeddedBackend,
     before_drain: Callable[[], object] | None = None, quiet_close: bool = False,
+    sync_on_loop: bool = True,
 ) -> AsyncIterator[Running]:
     """Engine (on `fs` when given) + Pipeline on `backend(engine)` started; on exit
     `before_drain` runs, the pipeline drains, the engine is flushed and closed (with
-    `quiet_close` only closed, and a close that fails on a failed log is ignored)."""
+    `quiet_close` only closed, and a close that fails on a failed log is ignored;
+    `sync_on_loop=False`: every fsync round on the flusher thread)."""
     clock = SystemClock()
     if fs is None:
         engine = Engine.open(topo, data_dir, fsync=fsync, clock=clock)
     else:
         engine = Engine.open(topo, data_dir, fsync=fsync, clock=clock, fs=fs)
+    engine.sync_on_loop = sync_on_loop
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             on = backend(engine)

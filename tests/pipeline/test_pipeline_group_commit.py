@@ -55,9 +55,10 @@ def _running_pipeline(
     topo: Topology, data_dir: Path, fs: HeldFs,
 ) -> AbstractAsyncContextManager[Running]:
     """The engine on `fs` under `--fsync always` and its pipeline (held fsyncs are
-    released before the drain)."""
+    released before the drain; every round on the flusher thread: a held fsync
+    on the loop would stall the loop itself)."""
     return running(topo, data_dir, workers=4, fsync=FsyncPolicy.ALWAYS, fs=fs,
-                   before_drain=fs.release.set)
+                   before_drain=fs.release.set, sync_on_loop=False)
 
 
 def _forwarding_group() -> tuple[Topology, TopicPartition]:
