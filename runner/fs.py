@@ -22,16 +22,22 @@ the Nth call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["FileSystem", "LOCAL", "LocalFileSystem", "create", "make_dirs", "read_bytes",
-           "remove", "remove_tree", "rename", "write_all", "write_atomic"]
+log = logging.getLogger(__name__)
+
+__all__ = ["FileSystem", "LOCAL", "LinuxAioSyncer", "LocalFileSystem", "Syncer",
+           "async_syncer", "create", "make_dirs", "read_bytes", "remove", "remove_tree",
+           "rename", "write_all", "write_atomic"]
 
 
 class FileSystem(Protocol):
@@ -145,6 +151,92 @@ class LocalFileSystem:
 
 
 LOCAL: FileSystem = LocalFileSystem()
+
+
+# ---------------------------------------------------------------- asynchronous fsyncs
+SyncEnded = Callable[[BaseException | None], None]
+
+
+class Syncer(Protocol):
+    """fdatasyncs an event loop starts and is told the end of, without a thread of
+    its own waiting for them (`runner.log.commits`, "Rounds on the event loop")."""
+
+    def submit(self, fd: int, done: SyncEnded) -> None:
+        """Start an fdatasync of `fd` (what was written to it before this call);
+        `done(None)`, or `done(OSError)` when the device failed, is called on the
+        loop when it ended, never from within `submit`. OSError when it could not
+        be started (then `done` is never called)."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening for ends (fdatasyncs still in flight end unreported)."""
+        ...
+
+
+class LinuxAioSyncer:
+    """`Syncer` through Linux's native AIO (`io_submit` of IOCB_CMD_FDSYNC, through
+    the `caio` library): the kernel runs the fdatasync on its own worker and
+    signals its end on an eventfd the event loop watches, so no Python thread
+    waits for the disk (nor for the GIL after it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_requests: int = 512) -> None:
+        from caio.linux_aio import Context  # a C extension: imported only when used
+
+        self._loop = loop
+        self._context = Context(max_requests)
+        self._inflight: dict[int, Any] = {}  # id(op) -> op: alive until it ended
+        loop.add_reader(self._context.fileno, self._on_ready)
+
+    def submit(self, fd: int, done: SyncEnded) -> None:
+        from caio.linux_aio import Operation
+
+        op = Operation.fdsync(fd)
+        key = id(op)
+
+        def ended(result: int) -> None:
+            self._inflight.pop(key, None)
+            # the kernel's res is a negative errno on failure, seen unsigned here
+            code = (1 << 64) - result if result >= 1 << 63 else 0
+            done(OSError(code, os.strerror(code)) if code else None)
+
+        op.set_callback(ended)
+        self._inflight[key] = op
+        try:
+            submitted = self._context.submit(op)
+        except BaseException:
+            self._inflight.pop(key, None)
+            raise
+        if submitted != 1:
+            self._inflight.pop(key, None)
+            raise OSError(errno.EAGAIN, "the fdatasync was not submitted")
+
+    def _on_ready(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # ends already taken
+            self._context.poll()
+        while self._context.process_events():
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # the loop may be closed already
+            self._loop.remove_reader(self._context.fileno)
+
+
+def async_syncer(fs: FileSystem, loop: asyncio.AbstractEventLoop) -> Syncer | None:
+    """The `Syncer` for `fs` on `loop`, or None (then a thread syncs): Linux AIO for
+    the real file system where the kernel and the `caio` library offer it; a file
+    system of the tests' offers its own (`async_syncer(loop)`, one that goes
+    through its `sync`), others none."""
+    own = getattr(type(fs), "async_syncer", None)
+    if own is not None:
+        made: Syncer | None = own(fs, loop)
+        return made
+    if not isinstance(fs, LocalFileSystem) or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return LinuxAioSyncer(loop)
+    except (ImportError, OSError, RuntimeError) as exc:  # no caio, io_setup refused
+        log.info("no asynchronous fdatasync (%s): a thread runs the fsync rounds", exc)
+        return None
 
 
 # ---------------------------------------------------------------- durable changes

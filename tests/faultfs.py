@@ -17,6 +17,9 @@ durable). A test runs real engine code on it, then:
 * `fail_sync_at=N`: the Nth file `sync` fails with EIO and, as Linux does,
   marks the dirty pages clean without writing them: they stay lost even after
   a later successful sync (PostgreSQL's "fsyncgate");
+* the event loop's asynchronous fdatasyncs (`async_syncer`) run on a later turn
+  of the loop than the one that started them, as the kernel's end after it, so
+  cut points fall between a start and its end too;
 * `capacity`: bytes of file data the disk holds; a write past it writes what
   fits (whole pages) and then fails with ENOSPC. `capacity` may change at any
   time (free space).
@@ -26,10 +29,12 @@ Files are kept in memory; fds are small ints of our own. Thread-safe (one lock).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -86,6 +91,7 @@ class SimDisk:
         self._next_fd = 3
         self._locked: set[int] = set()
         self._lock = threading.RLock()
+        self.syncers: list[SimSyncer] = []  # the event loops' (async_syncer)
 
     # ------------------------------------------------------------ internals
     def _alive(self) -> None:
@@ -224,7 +230,17 @@ class SimDisk:
 
     def sync(self, fd: int) -> None:
         with self._lock:
-            f = self._file(fd)
+            self._sync_file(self._file(fd))
+
+    def async_syncer(self, loop: asyncio.AbstractEventLoop) -> SimSyncer:
+        """The event loop's fdatasyncs (`runner.fs.async_syncer`): each runs on a later
+        turn of the loop, through `sync` (`SimSyncer`)."""
+        syncer = SimSyncer(self, loop)
+        self.syncers.append(syncer)
+        return syncer
+
+    def _sync_file(self, f: _File) -> None:
+        with self._lock:
             self._change()
             self.syncs += 1
             if self.fail_sync_at is not None and self.syncs == self.fail_sync_at:
@@ -394,3 +410,54 @@ class SimDisk:
         with self._lock:
             walk(self._dir(self._parts(path), path), "")
         return out
+
+
+class SimSyncer:
+    """`runner.fs.Syncer` of a `SimDisk`: `submit` takes the file and syncs it on a
+    later turn of the loop (through the disk's `sync`, or, when the fd was closed
+    meanwhile, the file the kernel still held), then reports the end; a sync whose disk lost power
+    (or that fails) reports its OSError. `syncs` counts them, `paused` holds them
+    (in order) until `resume`; `fail_next` fails the next one."""
+
+    def __init__(self, disk: SimDisk, loop: asyncio.AbstractEventLoop) -> None:
+        self.disk = disk
+        self.loop = loop
+        self.syncs = 0
+        self.paused = False
+        self._held: list[tuple[int, _File, Callable[[BaseException | None], None]]] = []
+        self.closed = False
+        self.fail_next = False  # the next sync ends with EIO and syncs nothing
+
+    def submit(self, fd: int, done: Callable[[BaseException | None], None]) -> None:
+        with self.disk._lock:
+            self.disk._alive()
+            f = self.disk._file(fd)
+        if self.paused:
+            self._held.append((fd, f, done))
+        else:
+            self.loop.call_soon(self._run, fd, f, done)
+
+    def resume(self) -> None:
+        self.paused = False
+        held, self._held = self._held, []
+        for fd, f, done in held:
+            self.loop.call_soon(self._run, fd, f, done)
+
+    def _run(self, fd: int, f: _File, done: Callable[[BaseException | None], None]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            done(OSError(errno.EIO, "Input/output error (simulated fsync failure)"))
+            return
+        try:
+            if self.disk._fds.get(fd) is f:
+                self.disk.sync(fd)  # through a subclass's sync (held, failing ...)
+            else:
+                self.disk._sync_file(f)  # closed since: the kernel still held the file
+        except OSError as exc:
+            done(exc)
+            return
+        self.syncs += 1
+        done(None)
+
+    def close(self) -> None:
+        self.closed = True

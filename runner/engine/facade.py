@@ -53,7 +53,7 @@ from runner.engine.values import (
     TopicPartition,
 )
 from runner.errors import Conflict, EngineError, LogFailed, StorageError, UnsafeChange
-from runner.fs import LOCAL, FileSystem, make_dirs
+from runner.fs import LOCAL, FileSystem, Syncer, async_syncer, make_dirs
 from runner.log.commits import GroupCommit, TicketBox
 from runner.log.journal import StepJournal
 from runner.log.partition import TopicPartition as LogTopicPartition
@@ -148,9 +148,11 @@ class Engine:
         # `durable` waiters on the owner's event loop, woken once per flusher round
         self._loop_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._hooked: asyncio.AbstractEventLoop | None = None
-        # the loop runs its tickets' fsync rounds itself while they are quick
-        # (`GroupCommit.run_on_loop`); False: always the flusher thread
+        # the loop runs its tickets' fsync rounds itself, with asynchronous
+        # fdatasyncs (`GroupCommit.run_on_loop`); False: the flusher thread does
+        # (set before the engine is first used on a loop)
         self.sync_on_loop = True
+        self._syncer: Syncer | None = None
         self.events = Hub()  # see runner.engine.events
         self.calls = 0  # calls of `tick` and `next_due` (the idle-cost tests read it)
         self._last_write = self._last_tick = clock.time()
@@ -296,6 +298,8 @@ class Engine:
         self._closed = True
         try:
             self.commits.close()  # the flusher's last rounds, then it stops
+            if self._syncer is not None:
+                self._syncer.close()
             failures = self._close_parts()
         finally:
             self.fs.close(self._lock_fd)  # releases the data dir lock
@@ -475,9 +479,11 @@ class Engine:
             self._reveal()
 
     def _hook_loop(self) -> asyncio.AbstractEventLoop | None:
-        """The running event loop, once hooked to the group commit: its tickets'
-        rounds run on it (`GroupCommit.run_on_loop`; `sync_on_loop`), and every
-        round wakes its `durable` waiters. None outside a running loop."""
+        """The running event loop, once hooked to the group commit: every round
+        wakes its `durable` waiters, and its tickets' rounds run on it with
+        asynchronous fdatasyncs where the file system offers them
+        (`GroupCommit.run_on_loop`, `runner.fs.async_syncer`; `sync_on_loop`).
+        None outside a running loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -492,9 +498,6 @@ class Engine:
             except RuntimeError:
                 return False
 
-        def runs_rounds() -> bool:
-            return self.sync_on_loop and on_loop()
-
         def round_ended() -> None:
             if on_loop():
                 self._round_done()
@@ -502,10 +505,17 @@ class Engine:
                 loop.call_soon_threadsafe(self._round_done)
 
         self.commits.on_round = round_ended
-        def schedule() -> None:
-            loop.call_soon(self.commits.run_round)
+        if self._syncer is not None:
+            self._syncer.close()
+        self._syncer = async_syncer(self.fs, loop) if self.sync_on_loop else None
+        if self._syncer is not None:
+            def runs_rounds() -> bool:
+                return self.sync_on_loop and on_loop()
 
-        self.commits.run_on_loop(runs_rounds, schedule)
+            def schedule() -> None:
+                loop.call_soon(self.commits.run_round)
+
+            self.commits.run_on_loop(runs_rounds, schedule, self._syncer)
         return loop
 
     def _round_done(self) -> None:

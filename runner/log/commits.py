@@ -33,22 +33,24 @@ covers its bytes. Two blocks change that, on the thread that opened them:
 
 Rounds on the event loop: an event loop that hands out tickets (the daemon's;
 `run_on_loop`, hooked by the engine's `ticketed`) runs their rounds itself
-while fsyncs are quick: the first ticket of a turn schedules ONE round
-(`loop.call_soon(run_round)`) and every ticket handed out before it runs joins
-it; the round syncs each log pending once on the loop's thread and resolves
-the tickets there. This spares each round the hand-over to the flusher thread
-(waking it, both threads taking turns at the GIL, and waking the loop again)
-for the price of the loop waiting out the fsync itself: measured on a 2-core
-machine, 16 HTTP clients' single-message publishes under `--fsync always`
-gained 1.24x and the daemon spent 27% less CPU a request (docs/engine.md). A
-slow disk would stall the loop instead, so a round on the loop whose fsyncs
-took longer than `LOOP_ROUND_MAX_S` sends the rounds of the next
-`THREAD_SPELL_S` to the flusher thread; a slow round again right after that
-spell doubles it (up to `THREAD_SPELL_MAX_S`), a quick one ends it. Tickets
-of another thread (or of a loop not hooked) always go to the flusher thread;
-one round runs at a time whichever thread runs it, so the ordering rules
-below hold for both. A round scheduled on a loop that never gets to run it
-is run by `wait_idle` and `close`.
+where the file system can fsync asynchronously (`runner.fs.Syncer`: Linux
+native AIO on the real disk). The first ticket of a turn schedules ONE round
+(`loop.call_soon(run_round)`), which takes everything pending, starts the
+fdatasync of its first log (`SegmentedLog.start_sync`) and returns; the
+kernel runs it on its own worker while the loop goes on serving. Each end
+starts the next log's (one after the other, in the order they were first
+written, as the flusher thread syncs them); after the last, the loop resolves
+the round's tickets and, if more was written meanwhile, starts the next
+round. So no Python thread waits for the disk and no round is handed to a
+thread and back (waking it, both taking turns at the GIL, waking the loop
+again): 16 HTTP clients' single-message publishes under `--fsync always`
+gained ~1.5x on a 2-core machine (docs/engine.md). Tickets of another
+thread, of a loop not hooked, or on a file system without asynchronous
+fsyncs go to the flusher thread as before. One round at a time, whoever runs
+it: the thread waits for a loop round in flight; `wait_idle` and `close`
+(perhaps on the loop itself, which could not wait for its own round) take it
+over and sync its logs on the calling thread, and its late end changes
+nothing.
 
 Ordering with everything else: a write that syncs now (an append outside any
 block, the end of a `deferred()` block) first syncs everything the flusher
@@ -70,23 +72,27 @@ import contextlib
 import heapq
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from runner.fs import SyncEnded, Syncer
 
-# an event loop's round whose fsyncs took longer than this (a slow disk: the loop
-# would stall) sends the rounds of the next THREAD_SPELL_S to the flusher thread
-LOOP_ROUND_MAX_S = 0.001
-THREAD_SPELL_S = 1.0  # doubled after each slow round that follows a spell, up to
-THREAD_SPELL_MAX_S = 60.0
+log = logging.getLogger(__name__)
 
 
 class Dirty(Protocol):
     """A log that can be synced up to a written position (`SegmentedLog`)."""
 
     def sync_to(self, target: int) -> None: ...
+
+    def start_sync(self, target: int, syncer: Syncer, done: SyncEnded) -> bool:
+        """Start an asynchronous fsync of at least the first `target` bytes through
+        `syncer`; `done(error)` is called when it ended. False (and no call) when
+        they are synced already."""
+        ...
+
+
+_IDLE, _SYNC, _ASYNC = 0, 1, 2  # GroupCommit._busy
 
 
 class TicketBox:
@@ -126,10 +132,10 @@ class GroupCommit:
         # the event loop's own rounds (see "Rounds on the event loop")
         self._on_loop: Callable[[], bool] | None = None  # is the caller the loop now?
         self._schedule: Callable[[], None] | None = None  # run `run_round` there soon
+        self._syncer: Syncer | None = None  # the loop's asynchronous fdatasync
         self._soon = False  # a round is scheduled on the loop
-        self._thread_until = 0.0  # monotonic time until which rounds go to the thread
-        self._spell = 0.0  # the length of the last such spell (0: the last round was quick)
-        self._round_lock = threading.Lock()  # one round at a time, on either thread
+        self._busy = _IDLE  # the round running: _SYNC (a thread's) or _ASYNC (the loop's)
+        self._async_round = 0  # the loop round in flight (a stale completion is ignored)
         self.loop_rounds = 0  # rounds the loop ran (for tests and stats)
 
     # ------------------------------------------------------------ blocks
@@ -222,18 +228,19 @@ class GroupCommit:
         with self._cond:
             return self._issued if self._issued > self._done else 0
 
-    def run_on_loop(self, on_loop: Callable[[], bool], schedule: Callable[[], None]) -> None:
+    def run_on_loop(self, on_loop: Callable[[], bool], schedule: Callable[[], None],
+                    syncer: Syncer) -> None:
         """Let an event loop run the rounds of the tickets it hands out (see "Rounds
         on the event loop" in the module): `on_loop()` tells whether the calling
         thread is running that loop now, `schedule()` makes the loop call
-        `run_round` soon (`loop.call_soon`)."""
+        `run_round` soon (`loop.call_soon`), and `syncer` starts fdatasyncs whose
+        ends the loop is told of."""
         with self._cond:
-            self._on_loop, self._schedule = on_loop, schedule
+            self._on_loop, self._schedule, self._syncer = on_loop, schedule, syncer
 
     def _hand_over(self, dirty: dict[Dirty, int]) -> int:
         on_loop = self._on_loop
-        inline = (on_loop is not None and time.monotonic() >= self._thread_until
-                  and on_loop())
+        inline = on_loop is not None and on_loop()
         with self._cond:
             if self._closed:
                 raise RuntimeError("the data directory's group commit is closed")
@@ -245,8 +252,10 @@ class GroupCommit:
             if not inline:
                 self._wake_thread()
                 return seq
-            if self._soon:
-                return seq  # the round scheduled on the loop takes it too
+            if self._soon or self._busy:
+                # the round scheduled takes it, or the one running does (a thread's
+                # goes on while anything is pending, the loop's schedules the next)
+                return seq
             self._soon = True
             schedule = self._schedule
         try:
@@ -259,12 +268,6 @@ class GroupCommit:
                 self._wake_thread()
         return seq
 
-    @property
-    def thread_spell(self) -> float:
-        """Seconds of the current (or last) spell of rounds sent to the flusher thread
-        by a slow round on the loop; 0.0 once a round on the loop was quick again."""
-        return self._spell
-
     def _wake_thread(self) -> None:
         """(Under `_cond`.) Start the flusher thread, or wake it for `_pending`."""
         if self._thread is None:
@@ -274,26 +277,60 @@ class GroupCommit:
         self._cond.notify_all()
 
     def run_round(self) -> None:
-        """The event loop's round (scheduled by `_hand_over`): sync what is pending
-        and resolve its tickets, on the calling thread. A round whose fsyncs took
-        longer than `LOOP_ROUND_MAX_S` sends the next `THREAD_SPELL_S` of rounds
-        to the flusher thread, so a slow disk does not stall the loop."""
+        """The event loop's round (scheduled by `_hand_over`): start an asynchronous
+        fsync of each log pending and return; the last one to end resolves the
+        round's tickets (on the loop) and schedules the next round when more is
+        pending by then."""
+        syncer = self._syncer
         with self._cond:
             self._soon = False
-        started = time.monotonic()
-        if not self._round():
-            return
+            if self._busy or not self._pending or syncer is None:
+                return  # the round running takes what is pending
+            batch, self._pending = self._pending, {}
+            self._running = batch
+            after, upto = self._done, self._issued
+            self._running_upto = upto
+            self._busy = _ASYNC
+            self._async_round += 1
+            this = self._async_round
+        todo = iter(batch.items())
+        errors: list[BaseException] = []
+
+        def next_sync(error: BaseException | None = None) -> None:
+            # one log after the other, in the order they were first written
+            if error is not None:
+                errors.append(error)
+            for wal, target in todo:
+                try:
+                    if wal.start_sync(target, syncer, next_sync):
+                        return  # goes on when it ended
+                except Exception as exc:  # the log is failed (says so) or cannot submit
+                    errors.append(exc)
+            self._end_async(this, after, upto, errors[0] if errors else None)
+
+        next_sync()
+
+    def _end_async(self, this: int, after: int, upto: int,
+                   error: BaseException | None) -> None:
+        with self._cond:
+            if self._busy != _ASYNC or self._async_round != this:
+                return  # taken over and resolved by a synchronous round (close)
+            self._busy = _SYNC  # resolving: nobody takes it over any more
         self.loop_rounds += 1
-        ended = time.monotonic()
-        if ended - started <= LOOP_ROUND_MAX_S:
-            self._spell = 0.0
-            return
-        # slow again right after a spell: a longer one (a disk that stays slow
-        # stalls the loop for one round now and then, less and less often)
-        self._spell = min(max(THREAD_SPELL_S, self._spell * 2), THREAD_SPELL_MAX_S)
-        self._thread_until = ended + self._spell
-        log.info("an fsync round took %.1f ms: the flusher thread runs the rounds for "
-                 "the next %.0f s", (ended - started) * 1000, self._spell)
+        self._resolve(after, upto, error)  # also marks the round ended
+        with self._cond:
+            if not self._pending or self._soon or self._busy or self._closed:
+                return
+            self._soon = True
+            schedule = self._schedule
+        try:
+            assert schedule is not None
+            schedule()
+        except Exception:  # the loop is closing: the thread takes the rest
+            log.debug("cannot schedule a round on the event loop", exc_info=True)
+            with self._cond:
+                self._soon = False
+                self._wake_thread()
 
     def _run(self) -> None:
         while True:
@@ -305,29 +342,46 @@ class GroupCommit:
             self._round()
 
     def _round(self) -> bool:
-        """Sync each log pending once and resolve the round's tickets; False when
-        nothing was pending. One round at a time, whichever thread runs it."""
-        with self._round_lock:
-            with self._cond:
-                if not self._pending:
-                    return False
+        """Sync each log pending once and resolve the round's tickets, on the calling
+        thread; False when nothing was pending. One round at a time: a thread's
+        waits for the one running; any other caller (close, wait_idle: perhaps on
+        the loop itself, which cannot wait for its own round) takes over a loop
+        round in flight and syncs its logs here."""
+        flusher = threading.current_thread() is self._thread
+        with self._cond:
+            while self._busy == _SYNC or (
+                    self._busy == _ASYNC and flusher and not self._closed):
+                self._cond.wait()
+            if self._busy == _ASYNC:
+                batch = dict(self._running)  # taken over: its late end is ignored
+                after, upto = self._done, self._running_upto
+                for wal, target in self._pending.items():  # and what came since
+                    if batch.get(wal, -1) < target:
+                        batch[wal] = target
+                self._pending = {}
+                upto = self._issued
+            elif not self._pending:
+                return False
+            else:
                 batch, self._pending = self._pending, {}
-                self._running = batch
                 after, upto = self._done, self._issued
-                self._running_upto = upto
-            error: BaseException | None = None
-            for wal, target in batch.items():
-                try:
-                    wal.sync_to(target)
-                except Exception as exc:  # the log is failed and says so
-                    if error is None:
-                        error = exc
-            self._resolve(after, upto, error)
-            return True
+            self._running = batch
+            self._running_upto = upto
+            self._busy = _SYNC
+        error: BaseException | None = None
+        for wal, target in batch.items():
+            try:
+                wal.sync_to(target)
+            except Exception as exc:  # the log is failed and says so
+                if error is None:
+                    error = exc
+        self._resolve(after, upto, error)
+        return True
 
     def _resolve(self, after: int, upto: int, error: BaseException | None) -> None:
         ready: list[concurrent.futures.Future[None]] = []
         with self._cond:
+            self._busy = _IDLE
             self._running = {}
             self._running_upto = 0
             self._done = upto

@@ -95,6 +95,8 @@ from runner.errors import (
 from runner.fs import (
     LOCAL,
     FileSystem,
+    SyncEnded,
+    Syncer,
     create,
     make_dirs,
     remove,
@@ -471,6 +473,43 @@ class SegmentedLog:
         self._checkpoint(seg.base, size)
         self._last_sync = self.clock.monotonic()
 
+    def start_sync(self, target: int, syncer: Syncer, done: SyncEnded) -> bool:
+        """Start an fdatasync of at least the first `target` bytes written through
+        `syncer` (an event loop's: `runner.log.commits`) and return; `done(None)`
+        once they are synced, `done(LogFailed)` when the fsync failed (the log
+        fails as on a failed `sync`). False, and no `done`, when they are synced
+        already; LogFailed when the log failed before."""
+        with self._cond:
+            if self._failed is not None:
+                raise self._failed
+            if self._synced >= target:
+                return False
+        with self._lock:
+            written = self._written
+            end = self._end
+            seg = self._segments[-1]
+            size = seg.size
+            with contextlib.suppress(OSError):  # a cache: rebuilt at recovery when short
+                seg.index.flush()
+                seg.tindex.flush()
+
+            def ended(error: BaseException | None) -> None:
+                if error is not None:
+                    done(self._fail(seg.path, error))
+                    return
+                with self._cond:
+                    self._synced = max(self._synced, written)
+                    self._durable_end = max(self._durable_end, end)
+                self._checkpoint(seg.base, size)
+                self._last_sync = self.clock.monotonic()
+                done(None)
+
+            # submitted while the descriptor cannot be closed (the kernel holds the
+            # file from here on)
+            with self._sync_lock:
+                syncer.submit(seg.fd, ended)
+        return True
+
     def _fsync(self, fd: int, path: Path) -> None:
         """fdatasync `fd`; on failure the log fails for good (see the module docstring)."""
         if self._failed is not None:
@@ -478,14 +517,20 @@ class SegmentedLog:
         try:
             self.fs.sync(fd)
         except OSError as exc:
+            raise self._fail(path, exc) from exc
+
+    def _fail(self, path: Path, exc: BaseException) -> LogFailed:
+        """The log fails for good after a failed fsync of `path`: the error to raise."""
+        if self._failed is None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             self._failed = LogFailed(
-                f"fsync of {path} failed ({exc.strerror or exc}): the log refuses writes "
+                f"fsync of {path} failed ({reason}): the log refuses writes "
                 f"and reads until the runner is restarted and recovers it from disk",
                 path=str(path))
             log.error("%s", self._failed)
-            with self._cond:
-                self._cond.notify_all()
-            raise self._failed from exc
+        with self._cond:
+            self._cond.notify_all()
+        return self._failed
 
     @property
     def failed(self) -> LogFailed | None:

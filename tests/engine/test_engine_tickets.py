@@ -421,161 +421,171 @@ def test_combining_tickets_keeps_every_write_and_costs_the_same_each_time() -> N
 
 
 # ------------------------------------------------------------ rounds on the loop
-class ThreadFs:
-    """The real file system; notes the thread of each fdatasync by directory, and
-    makes the syncs of files under `slow` take `delay_s`."""
-
-    def __init__(self) -> None:
-        self._paths: dict[int, str] = {}
-        self.syncs: list[tuple[str, int]] = []  # (directory name, thread ident)
-        self.slow: str | None = None
-        self.delay_s = 0.0
-
-    def open(self, path: Path, *, create: bool = False, truncate: bool = False) -> int:
-        fd = LOCAL.open(path, create=create, truncate=truncate)
-        self._paths[fd] = str(path)
-        return fd
-
-    def sync(self, fd: int) -> None:
-        path = Path(self._paths.get(fd, "?"))
-        if self.slow is not None and path.parent.name == self.slow:
-            time.sleep(self.delay_s)
-        LOCAL.sync(fd)
-        self.syncs.append((path.parent.name, threading.get_ident()))
-
-    def threads(self, directory: str) -> list[int]:
-        return [ident for name, ident in self.syncs if name == directory]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(LOCAL, name)
+def _on_loop_engine(disk: SimDisk) -> Engine:
+    return Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(), fs=disk)
 
 
-@pytest.fixture()
-def on_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-               ) -> Iterator[tuple[Engine, ThreadFs]]:
-    from runner.log import commits
-    # a round slower than 50 ms is slow here (a loaded test machine may take a
-    # few ms for an fsync now and then); the slow disk's takes 100 ms
-    monkeypatch.setattr(commits, "LOOP_ROUND_MAX_S", 0.05)
-    fs = ThreadFs()
-    engine = Engine.open(TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
-                         fs=fs)  # type: ignore[arg-type]
-    fs.syncs.clear()  # the open's own
-    yield engine, fs
-    with contextlib.suppress(Exception):
-        engine.close()
+def _flushers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "group-commit"]
 
 
-async def _puts(engine: Engine, queue: str, count: int) -> None:
-    """`count` ticketed puts in one turn of the loop, then each one's `durable`."""
-    seqs = []
-    for i in range(count):
-        with engine.ticketed() as box:
-            engine.publish_to_queue(queue, [OutMessage(b"m%d" % i)])
-        seqs.append(box.seq)
-    await asyncio.gather(*(engine.durable(seq) for seq in seqs))
+async def _put(engine: Engine, queue: str, body: bytes) -> int:
+    with engine.ticketed() as box:
+        engine.publish_to_queue(queue, [OutMessage(body)])
+    return box.seq
 
 
-def test_on_its_event_loop_the_engine_runs_each_round_itself_without_the_thread(
-        on_threads: tuple[Engine, ThreadFs]) -> None:
-    engine, fs = on_threads
-    loop_thread: list[int] = []
-
-    async def main() -> None:
-        loop_thread.append(threading.get_ident())
-        await _puts(engine, "q", 16)
-        # written in one turn: not synced until the loop's round ran
-        with engine.ticketed() as box:
-            engine.publish_to_queue("q2", [OutMessage(b"late")])
-        assert fs.threads("q2") == [] and not engine.commits.holds_back(box.seq - 1)
-        assert engine.commits.holds_back(box.seq)  # its round is about to run
-        await engine.durable(box.seq)
-
-    asyncio.run(main())
-    # one fsync for the 16 puts of the turn, and one for q2, both on the loop's thread
-    assert fs.threads("q") == loop_thread
-    assert fs.threads("q2") == loop_thread
-    assert engine.commits.loop_rounds == 2
-    assert not any(t.name == "group-commit" for t in threading.enumerate())
-    assert [d.body for d in engine.peek("q", 100)] == [b"m%d" % i for i in range(16)]
-
-
-def test_a_slow_round_on_the_loop_sends_the_next_rounds_to_the_flusher_thread(
-        on_threads: tuple[Engine, ThreadFs], monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.log import commits
-    monkeypatch.setattr(commits, "THREAD_SPELL_S", 0.3)
-    engine, fs = on_threads
-    fs.slow, fs.delay_s = "q", 0.1  # > LOOP_ROUND_MAX_S
-    loop_thread: list[int] = []
-
-    async def main() -> None:
-        loop_thread.append(threading.get_ident())
-        await _puts(engine, "q", 1)  # slow, on the loop: a spell of 0.3 s follows
-        assert engine.commits.thread_spell == 0.3
-        await _puts(engine, "q", 1)  # in the spell: the thread
-        await asyncio.sleep(0.35)
-        await _puts(engine, "q", 1)  # after it, on the loop: slow again, 0.6 s
-        assert engine.commits.thread_spell == 0.6
-        await _puts(engine, "q", 1)  # the thread
-        await asyncio.sleep(0.65)
-        fs.slow = None  # the disk is quick again
-        await _puts(engine, "q", 1)  # on the loop, quick: no spell any more
-        assert engine.commits.thread_spell == 0.0
-        await _puts(engine, "q", 1)  # on the loop
-
-    asyncio.run(main())
-    loop = loop_thread[0]
-    assert [t == loop for t in fs.threads("q")] == [True, False, True, False, True, True]
-    assert engine.commits.loop_rounds == 4
-
-
-def test_a_round_scheduled_on_the_loop_is_synced_by_wait_idle_and_close_on_the_loop(
-        tmp_path: Path) -> None:
+def test_on_its_event_loop_the_engine_syncs_each_round_asynchronously_without_a_thread(
+        ) -> None:
     disk = SimDisk()
-    engine = Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(), fs=disk)
-    seqs: list[int] = []
+    engine = _on_loop_engine(disk)
+    before = len(_flushers())
 
-    async def main() -> None:  # never gives the loop a turn to run its rounds
-        for body in (b"a", b"b"):
-            with engine.ticketed() as box:
-                engine.publish_to_queue("q", [OutMessage(body)])
-            seqs.append(box.seq)
-            assert engine.commits.done < box.seq  # its round is scheduled on the loop
-            if body == b"a":
-                # on the loop itself: it syncs the round instead of waiting for the
-                # loop (that would never come while it waits)
-                assert engine.commits.wait_idle(5)
-                assert engine.commits.done == box.seq
-        engine.close()  # the daemon's last step: syncs b's round, still scheduled
-        assert engine.commits.done == box.seq
+    async def main() -> None:
+        # 16 puts in one turn: one round, one fdatasync started by the loop
+        seqs = [await _put(engine, "q", b"m%d" % i) for i in range(16)]
+        syncer = disk.syncers[-1]
+        assert syncer.syncs == 0 and engine.commits.done < seqs[-1]
+        await asyncio.gather(*(engine.durable(seq) for seq in seqs))
+        assert syncer.syncs == 1 and engine.commits.loop_rounds == 1
+        # while a round's fdatasync is in flight the loop goes on, and what is
+        # written meanwhile waits for the next round
+        syncer.paused = True
+        a = await _put(engine, "q", b"a")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert engine.commits.holds_back(a)
+        b = await _put(engine, "q2", b"b")
+        assert not engine.commits.holds_back(b)  # b's bytes would not make a's round
+        waiting_b = asyncio.ensure_future(engine.durable(b))
+        waiting_a = asyncio.ensure_future(engine.durable(a))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting_a.done() and not waiting_b.done()
+        syncer.resume()
+        await waiting_a
+        assert not waiting_b.done()  # its own round starts only now
+        await waiting_b
+        assert syncer.syncs == 3 and engine.commits.loop_rounds == 3
 
-    asyncio.run(main())
-    assert engine.commits.loop_rounds == 0
-    # both were synced: a power cut right after the close keeps them
-    engine = Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(),
-                         fs=disk.crash())
     try:
-        assert [d.body for d in engine.peek("q", 10)] == [b"a", b"b"]
+        asyncio.run(main())
+        assert len(_flushers()) == before  # no thread was started for them
+        assert [d.body for d in engine.peek("q", 100)][-1] == b"a"
+    finally:
+        engine.close()
+    # acknowledged: on the disk after a power cut
+    engine = _on_loop_engine(disk.crash())
+    try:
+        assert len(engine.peek("q", 100)) == 17
+        assert [d.body for d in engine.peek("q2", 10)] == [b"b"]
     finally:
         engine.close()
 
 
-def test_tickets_of_another_thread_go_to_the_flusher_thread(
-        on_threads: tuple[Engine, ThreadFs]) -> None:
-    engine, fs = on_threads
-    loop_thread: list[int] = []
+def test_a_failed_asynchronous_fsync_fails_its_rounds_tickets_and_the_log() -> None:
+    disk = SimDisk()
+    engine = _on_loop_engine(disk)
 
     async def main() -> None:
-        loop_thread.append(threading.get_ident())
-        await _puts(engine, "q", 1)  # hooks the loop
+        await engine.durable(await _put(engine, "q2", b"ok"))  # hooks the loop
+        disk.syncers[-1].fail_next = True
+        seq = await _put(engine, "q", b"lost")
+        with pytest.raises(LogFailed, match=r"fsync of .*/q/.* failed \(Input/output error"):
+            await engine.durable(seq)
+        with pytest.raises(LogFailed, match="refuses writes"):
+            engine.publish_to_queue("q", [OutMessage(b"later")])
+        await engine.durable(await _put(engine, "q2", b"still"))  # other logs go on
+
+    try:
+        asyncio.run(main())
+        assert [d.body for d in engine.peek("q2", 10)] == [b"ok", b"still"]
+    finally:
+        with contextlib.suppress(Exception):
+            engine.close()
+
+
+def test_close_and_wait_idle_on_the_loop_sync_a_round_in_flight_themselves() -> None:
+    disk = SimDisk()
+    engine = _on_loop_engine(disk)
+    seqs: list[int] = []
+
+    async def main() -> None:
+        await engine.durable(await _put(engine, "q", b"first"))
+        syncer = disk.syncers[-1]
+        syncer.paused = True  # the fdatasyncs started never end on their own
+        seqs.append(await _put(engine, "q", b"a"))
+        await asyncio.sleep(0)  # the round started
+        assert engine.commits.holds_back(seqs[0])
+        # on the loop, which cannot wait for its own round: synced here
+        assert engine.commits.wait_idle(5)
+        assert engine.commits.done == seqs[0]
+        seqs.append(await _put(engine, "q", b"b"))
+        await asyncio.sleep(0)
+        engine.close()  # the daemon's last step
+        assert engine.commits.done == seqs[1]
+        syncer.resume()  # the late ends change nothing
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    engine = _on_loop_engine(disk.crash())
+    try:
+        assert [d.body for d in engine.peek("q", 10)] == [b"first", b"a", b"b"]
+    finally:
+        engine.close()
+
+
+def test_tickets_of_another_thread_go_to_the_flusher_thread() -> None:
+    disk = SimDisk()
+    engine = _on_loop_engine(disk)
+
+    async def main() -> None:
+        await engine.durable(await _put(engine, "q", b"loop"))  # hooks the loop
 
         def elsewhere() -> None:  # a worker thread's ticketed write
             with engine.ticketed() as box:
                 engine.publish_to_queue("q2", [OutMessage(b"w")])
             engine.commits.when_durable(box.seq).result(timeout=10)
+            assert threading.current_thread().name != "group-commit"
 
         await asyncio.to_thread(elsewhere)
 
-    asyncio.run(main())
-    assert fs.threads("q") == loop_thread
-    assert len(fs.threads("q2")) == 1 and fs.threads("q2") != loop_thread
+    try:
+        asyncio.run(main())
+        assert engine.commits.loop_rounds == 1 and disk.syncers[-1].syncs == 1
+        assert engine.commits.flush_rounds == 2  # the loop's and the thread's
+    finally:
+        engine.close()
+    engine = _on_loop_engine(disk.crash())
+    try:
+        assert [d.body for d in engine.peek("q2", 10)] == [b"w"]
+    finally:
+        engine.close()
+
+
+def test_on_the_real_file_system_the_loop_uses_linux_aio(tmp_path: Path) -> None:
+    from runner.fs import LinuxAioSyncer, async_syncer
+    engine = Engine.open(TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
+    before = len(_flushers())
+
+    async def main() -> None:
+        syncer = async_syncer(LOCAL, asyncio.get_running_loop())
+        assert isinstance(syncer, LinuxAioSyncer)  # the kernel and caio offer it here
+        syncer.close()
+        seqs = [await _put(engine, "q", b"m%d" % i) for i in range(8)]
+        await asyncio.gather(*(engine.durable(seq) for seq in seqs))
+        seqs = [await _put(engine, "q2", b"n%d" % i) for i in range(8)]
+        await asyncio.gather(*(engine.durable(seq) for seq in seqs))
+
+    try:
+        asyncio.run(main())
+        assert engine.commits.loop_rounds == 2
+        assert len(_flushers()) == before
+    finally:
+        engine.close()
+    engine = Engine.open(TOPO, tmp_path, fsync=FsyncPolicy.ALWAYS, clock=ManualClock())
+    try:
+        assert len(engine.peek("q", 100)) == 8 and len(engine.peek("q2", 100)) == 8
+    finally:
+        engine.close()
