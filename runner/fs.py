@@ -203,9 +203,9 @@ class LinuxAioSyncer:
         self._inflight[key] = op
         try:
             submitted = self._context.submit(op)
-        except BaseException:
+        except Exception as exc:  # caio says EBADF, EINVAL... with a ValueError
             self._inflight.pop(key, None)
-            raise
+            raise OSError(f"cannot start an fdatasync: {exc}") from exc
         if submitted != 1:
             self._inflight.pop(key, None)
             raise OSError(errno.EAGAIN, "the fdatasync was not submitted")

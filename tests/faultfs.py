@@ -417,7 +417,8 @@ class SimSyncer:
     later turn of the loop (through the disk's `sync`, or, when the fd was closed
     meanwhile, the file the kernel still held), then reports the end; a sync whose disk lost power
     (or that fails) reports its OSError. `syncs` counts them, `paused` holds them
-    (in order) until `resume`; `fail_next` fails the next one."""
+    (in order) until `resume`; `fail_next` fails the next one, `refuse_next`
+    refuses to start it."""
 
     def __init__(self, disk: SimDisk, loop: asyncio.AbstractEventLoop) -> None:
         self.disk = disk
@@ -427,8 +428,12 @@ class SimSyncer:
         self._held: list[tuple[int, _File, Callable[[BaseException | None], None]]] = []
         self.closed = False
         self.fail_next = False  # the next sync ends with EIO and syncs nothing
+        self.refuse_next = False  # the next submit cannot start (EAGAIN)
 
     def submit(self, fd: int, done: Callable[[BaseException | None], None]) -> None:
+        if self.refuse_next:
+            self.refuse_next = False
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable (simulated)")
         with self.disk._lock:
             self.disk._alive()
             f = self.disk._file(fd)

@@ -121,3 +121,46 @@ def test_the_local_file_system_does_the_same(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         fs.remove_tree(fs.LOCAL, tmp_path / "file")
+
+
+# ------------------------------------------------------------ asynchronous fsyncs
+def test_the_event_loops_syncer_is_linux_aio_on_the_real_disk_and_a_disks_own_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+    import os
+    import sys
+    from typing import Any
+
+    class Wrapper:  # a test file system that forwards to the real one
+        def __getattr__(self, name: str) -> Any:
+            return getattr(fs.LOCAL, name)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        real = fs.async_syncer(fs.LOCAL, loop)
+        assert isinstance(real, fs.LinuxAioSyncer)
+        # an fdatasync through it ends on the loop, with None
+        fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(fd, b"x" * 100, 0)
+        ended: asyncio.Future[BaseException | None] = loop.create_future()
+        real.submit(fd, ended.set_result)
+        assert not ended.done()  # never from within submit
+        assert await asyncio.wait_for(ended, 10) is None
+        # one on a descriptor that is not open: refused at once (EBADF), no end
+        os.close(fd)
+        with pytest.raises(OSError):
+            real.submit(fd, ended.set_result)
+        real.close()
+        # a wrapper does not borrow the real disk's: its own `sync` would be bypassed
+        assert fs.async_syncer(Wrapper(), loop) is None  # type: ignore[arg-type]
+        disk = SimDisk()
+        assert fs.async_syncer(disk, loop) is disk.syncers[-1]
+        # without the caio library: none (a thread syncs), and the log says why
+        monkeypatch.setitem(sys.modules, "caio.linux_aio", None)
+        with caplog.at_level(logging.INFO, logger="runner.fs"):
+            assert fs.async_syncer(fs.LOCAL, loop) is None
+        assert "no asynchronous fdatasync" in caplog.text
+
+    asyncio.run(main())

@@ -304,7 +304,14 @@ class GroupCommit:
                 try:
                     if wal.start_sync(target, syncer, next_sync):
                         return  # goes on when it ended
-                except Exception as exc:  # the log is failed (says so) or cannot submit
+                except OSError:  # could not be started: synced here instead
+                    log.warning("an asynchronous fdatasync could not start; synced "
+                                "on the event loop instead", exc_info=True)
+                    try:
+                        wal.sync_to(target)
+                    except Exception as exc:  # the log is failed and says so
+                        errors.append(exc)
+                except Exception as exc:  # the log is failed (and says so)
                     errors.append(exc)
             self._end_async(this, after, upto, errors[0] if errors else None)
 

@@ -505,6 +505,32 @@ def test_a_failed_asynchronous_fsync_fails_its_rounds_tickets_and_the_log() -> N
             engine.close()
 
 
+def test_an_fsync_that_cannot_start_asynchronously_is_synced_on_the_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    disk = SimDisk()
+    engine = _on_loop_engine(disk)
+
+    async def main() -> None:
+        await engine.durable(await _put(engine, "q2", b"ok"))  # hooks the loop
+        syncer = disk.syncers[-1]
+        syncer.refuse_next = True
+        syncs = disk.syncs
+        seq = await _put(engine, "q", b"kept")
+        await engine.durable(seq)
+        assert disk.syncs == syncs + 1 and syncer.syncs == 1  # synced, not through it
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+    assert "could not start" in caplog.text
+    engine = _on_loop_engine(disk.crash())
+    try:
+        assert [d.body for d in engine.peek("q", 10)] == [b"kept"]
+    finally:
+        engine.close()
+
+
 def test_close_and_wait_idle_on_the_loop_sync_a_round_in_flight_themselves() -> None:
     disk = SimDisk()
     engine = _on_loop_engine(disk)
