@@ -9,8 +9,9 @@ subscribers too.
 
 Durability: every write returns a `Ticket`. Producer writes (publish, put,
 append) run in `Engine.ticketed()` blocks: under `--fsync always` they return
-once written, with a real ticket the data dir's flusher resolves
-(`runner.log.commits`), and `durable` awaits it without blocking the loop.
+once written, with a real ticket a group-commit round resolves (on the
+event loop through Linux AIO, or the data dir's flusher thread:
+`runner.log.commits`), and `durable` awaits it without blocking the loop.
 Settlements (`settle`), commits from outside (`Coordinator.commit`) and
 in-process members' commits are ticketed the same way; an exactly-once step
 syncs its journal record at once and leaves its apply's fsyncs to the flusher

@@ -427,8 +427,8 @@ class Engine:
         `runner.log.commits`). Call it around synchronous engine calls only,
         never around an `await`. Without `--fsync always` the ticket is 0.
         `ordered=False`: the logs written need no sync order among them (records
-        appended to several partitions), so the flusher syncs them all instead of
-        the loop (as `GroupCommit.ticketed`)."""
+        appended to several partitions), so a round syncs them all instead of the
+        block's end (as `GroupCommit.ticketed`)."""
         if self.commits.deferring():
             with self.commits.ticketed(ordered=ordered) as box:
                 yield box
