@@ -185,11 +185,14 @@ class LinuxAioSyncer:
         self._loop = loop
         self._context = Context(max_requests)
         self._inflight: dict[int, Any] = {}  # id(op) -> op: alive until it ended
+        self._closed = False
         loop.add_reader(self._context.fileno, self._on_ready)
 
     def submit(self, fd: int, done: SyncEnded) -> None:
         from caio.linux_aio import Operation
 
+        if self._closed:
+            raise OSError(errno.EBADF, "the asynchronous fdatasyncs are closed")
         op = Operation.fdsync(fd)
         key = id(op)
 
@@ -197,7 +200,10 @@ class LinuxAioSyncer:
             self._inflight.pop(key, None)
             # the kernel's res is a negative errno on failure, seen unsigned here
             code = (1 << 64) - result if result >= 1 << 63 else 0
-            done(OSError(code, os.strerror(code)) if code else None)
+            try:
+                done(OSError(code, os.strerror(code)) if code else None)
+            except Exception:  # never into caio: the other ends must still be taken
+                log.exception("an fdatasync's end could not be handled")
 
         op.set_callback(ended)
         self._inflight[key] = op
@@ -217,8 +223,15 @@ class LinuxAioSyncer:
             pass
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         with contextlib.suppress(Exception):  # the loop may be closed already
             self._loop.remove_reader(self._context.fileno)
+        # the context (its eventfd and AIO slots) goes with the last reference: ours
+        # and the operations' still in flight, whose ends nobody takes any more
+        self._inflight.clear()
+        del self._context
 
 
 def async_syncer(fs: FileSystem, loop: asyncio.AbstractEventLoop) -> Syncer | None:
@@ -234,7 +247,7 @@ def async_syncer(fs: FileSystem, loop: asyncio.AbstractEventLoop) -> Syncer | No
         return None
     try:
         return LinuxAioSyncer(loop)
-    except (ImportError, OSError, RuntimeError) as exc:  # no caio, io_setup refused
+    except Exception as exc:  # no caio; io_setup or eventfd refused (caio: SystemError)
         log.info("no asynchronous fdatasync (%s): a thread runs the fsync rounds", exc)
         return None
 

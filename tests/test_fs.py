@@ -157,10 +157,21 @@ def test_the_event_loops_syncer_is_linux_aio_on_the_real_disk_and_a_disks_own_el
         assert fs.async_syncer(Wrapper(), loop) is None  # type: ignore[arg-type]
         disk = SimDisk()
         assert fs.async_syncer(disk, loop) is disk.syncers[-1]
+        # a kernel (or sandbox) refusing io_setup: caio raises SystemError; none
+        import caio.linux_aio
+
+        def refused(max_requests: int) -> None:
+            raise SystemError("Function not implemented")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(caio.linux_aio, "Context", refused)
+            with caplog.at_level(logging.INFO, logger="runner.fs"):
+                assert fs.async_syncer(fs.LOCAL, loop) is None
+        assert "no asynchronous fdatasync (Function not implemented)" in caplog.text
         # without the caio library: none (a thread syncs), and the log says why
         monkeypatch.setitem(sys.modules, "caio.linux_aio", None)
         with caplog.at_level(logging.INFO, logger="runner.fs"):
             assert fs.async_syncer(fs.LOCAL, loop) is None
-        assert "no asynchronous fdatasync" in caplog.text
+        assert caplog.text.count("no asynchronous fdatasync") == 2
 
     asyncio.run(main())

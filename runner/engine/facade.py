@@ -490,6 +490,10 @@ class Engine:
             return None
         if self._hooked is loop:
             return loop
+        if self._hooked is not None:
+            # another loop ran rounds: one it left in flight or scheduled (it closed
+            # before it took the end) is synced here first
+            self.commits.detach_loop()
         self._hooked = loop
 
         def on_loop() -> bool:

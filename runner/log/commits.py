@@ -134,6 +134,7 @@ class GroupCommit:
         self._schedule: Callable[[], None] | None = None  # run `run_round` there soon
         self._syncer: Syncer | None = None  # the loop's asynchronous fdatasync
         self._soon = False  # a round is scheduled on the loop
+        self._for_thread = False  # something pending was handed to the flusher thread
         self._busy = _IDLE  # the round running: _SYNC (a thread's) or _ASYNC (the loop's)
         self._async_round = 0  # the loop round in flight (a stale completion is ignored)
         self.loop_rounds = 0  # rounds the loop ran (for tests and stats)
@@ -235,8 +236,20 @@ class GroupCommit:
         thread is running that loop now, `schedule()` makes the loop call
         `run_round` soon (`loop.call_soon`), and `syncer` starts fdatasyncs whose
         ends the loop is told of."""
+        self.detach_loop()
         with self._cond:
             self._on_loop, self._schedule, self._syncer = on_loop, schedule, syncer
+
+    def detach_loop(self) -> None:
+        """No event loop runs rounds any more (another is hooked, or its fdatasyncs
+        cannot start): a round it has in flight or scheduled is taken over and
+        synced here, and later tickets go to the thread until `run_on_loop`."""
+        with self._cond:
+            self._on_loop = self._schedule = self._syncer = None
+            self._soon = False
+            stranded = self._busy == _ASYNC or bool(self._pending)
+        if stranded:
+            self._round()
 
     def _hand_over(self, dirty: dict[Dirty, int]) -> int:
         on_loop = self._on_loop
@@ -252,9 +265,12 @@ class GroupCommit:
             if not inline:
                 self._wake_thread()
                 return seq
-            if self._soon or self._busy:
-                # the round scheduled takes it, or the one running does (a thread's
-                # goes on while anything is pending, the loop's schedules the next)
+            if self._soon or self._busy == _ASYNC:
+                # the round scheduled takes it, or the loop's next one (scheduled
+                # when the one in flight ended)
+                return seq
+            if self._busy == _SYNC:  # a thread's round: the thread takes it after
+                self._wake_thread()
                 return seq
             self._soon = True
             schedule = self._schedule
@@ -270,6 +286,7 @@ class GroupCommit:
 
     def _wake_thread(self) -> None:
         """(Under `_cond`.) Start the flusher thread, or wake it for `_pending`."""
+        self._for_thread = True
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="group-commit",
                                             daemon=True)
@@ -301,16 +318,23 @@ class GroupCommit:
             if error is not None:
                 errors.append(error)
             for wal, target in todo:
+                if self._async_round != this or self._busy != _ASYNC:
+                    return  # taken over (close, wait_idle): synced there
                 try:
                     if wal.start_sync(target, syncer, next_sync):
                         return  # goes on when it ended
-                except OSError:  # could not be started: synced here instead
-                    log.warning("an asynchronous fdatasync could not start; synced "
-                                "on the event loop instead", exc_info=True)
+                except OSError as exc:  # could not be started: synced here instead,
+                    # and the thread takes the rounds from now on (a kernel or file
+                    # system without asynchronous fdatasync would refuse them all)
+                    log.warning("an asynchronous fdatasync could not start (%s): synced "
+                                "on the event loop, and the flusher thread runs the "
+                                "rounds from now on", exc)
+                    with self._cond:
+                        self._on_loop = self._schedule = self._syncer = None
                     try:
                         wal.sync_to(target)
-                    except Exception as exc:  # the log is failed and says so
-                        errors.append(exc)
+                    except Exception as failed:  # the log is failed and says so
+                        errors.append(failed)
                 except Exception as exc:  # the log is failed (and says so)
                     errors.append(exc)
             self._end_async(this, after, upto, errors[0] if errors else None)
@@ -342,10 +366,12 @@ class GroupCommit:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                # only what was handed to it (a loop's pending is the loop's round)
+                while not (self._pending and self._for_thread) and not self._closed:
                     self._cond.wait()
                 if not self._pending:
                     return  # closed and nothing left
+                self._for_thread = False
             self._round()
 
     def _round(self) -> bool:
@@ -383,6 +409,10 @@ class GroupCommit:
                 if error is None:
                     error = exc
         self._resolve(after, upto, error)
+        if not flusher:
+            with self._cond:
+                if self._pending:  # handed out meanwhile, seeing this round busy
+                    self._wake_thread()
         return True
 
     def _resolve(self, after: int, upto: int, error: BaseException | None) -> None:
@@ -403,10 +433,11 @@ class GroupCommit:
         for fut in ready:
             if fut.done():
                 continue
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(None)
         hook = self.on_round
         if hook is not None:
             try:

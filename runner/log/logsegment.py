@@ -38,8 +38,8 @@ class SegmentInfo:
 class Segment:
     """One segment's open files: the batch file, its two sparse indexes."""
 
-    __slots__ = ("base", "path", "fd", "size", "index", "tindex", "last_offset", "max_ts",
-                 "first_ts", "since_index", "head_ts", "fs")
+    __slots__ = ("base", "path", "fd", "sync_fd", "size", "index", "tindex", "last_offset",
+                 "max_ts", "first_ts", "since_index", "head_ts", "fs")
 
     def __init__(self, directory: Path, base: int, fs: FileSystem) -> None:
         name = segment_name(base)
@@ -47,6 +47,10 @@ class Segment:
         self.fs = fs
         self.path = directory / f"{name}.log"
         self.fd = create(fs, self.path)
+        # the asynchronous fdatasyncs' own open file (`async_fd`): the kernel reports
+        # a write-back error once per open file, so a sync on `fd` running at the
+        # same time cannot take the error that one should fail with
+        self.sync_fd: int | None = None
         self.size = fs.size(self.fd)
         self.index = OffsetIndex(directory / f"{name}.index", base, fs)
         self.tindex = TimeIndex(directory / f"{name}.timeindex", base, fs)
@@ -60,9 +64,22 @@ class Segment:
         stem = self.path.with_suffix("")
         return [self.path, self.index.path, self.tindex.path, stem.with_suffix(".snapshot")]
 
+    def async_fd(self) -> int:
+        """The descriptor the event loop's asynchronous fdatasyncs use (opened once)."""
+        if self.sync_fd is None:
+            self.sync_fd = self.fs.open(self.path)
+        return self.sync_fd
+
+    def close_sync_fd(self) -> None:
+        """Close `async_fd` (an fdatasync in flight keeps its file: the kernel holds it)."""
+        if self.sync_fd is not None:
+            fd, self.sync_fd = self.sync_fd, None
+            self.fs.close(fd)
+
     def close(self) -> None:
         self.index.close()
         self.tindex.close()
+        self.close_sync_fd()
         self.fs.close(self.fd)
 
 

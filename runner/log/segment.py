@@ -400,6 +400,8 @@ class SegmentedLog:
             raise err from exc
         old.index.close()
         old.tindex.close()
+        with contextlib.suppress(OSError):
+            old.close_sync_fd()  # synced above: no asynchronous fsync needs it again
         self._segments.append(seg)
         self._bases.append(seg.base)
         return seg
@@ -497,6 +499,9 @@ class SegmentedLog:
                 if error is not None:
                     done(self._fail(seg.path, error))
                     return
+                if self._failed is not None:  # another sync of it failed meanwhile
+                    done(self._failed)
+                    return
                 with self._cond:
                     self._synced = max(self._synced, written)
                     self._durable_end = max(self._durable_end, end)
@@ -504,10 +509,11 @@ class SegmentedLog:
                 self._last_sync = self.clock.monotonic()
                 done(None)
 
-            # submitted while the descriptor cannot be closed (the kernel holds the
-            # file from here on)
+            # on the segment's own descriptor for it (see `Segment.async_fd`),
+            # submitted while it cannot be closed (the kernel holds the file from
+            # here on)
             with self._sync_lock:
-                syncer.submit(seg.fd, ended)
+                syncer.submit(seg.async_fd(), ended)
         return True
 
     def _fsync(self, fd: int, path: Path) -> None:

@@ -518,15 +518,21 @@ def test_an_fsync_that_cannot_start_asynchronously_is_synced_on_the_loop(
         seq = await _put(engine, "q", b"kept")
         await engine.durable(seq)
         assert disk.syncs == syncs + 1 and syncer.syncs == 1  # synced, not through it
+        # from now on the flusher thread runs the rounds (a kernel that refused one
+        # start would refuse them all): not one sync on the loop each round
+        rounds = engine.commits.loop_rounds
+        await engine.durable(await _put(engine, "q", b"next"))
+        assert engine.commits.loop_rounds == rounds and syncer.syncs == 1
+        assert _flushers()
 
     try:
         asyncio.run(main())
     finally:
         engine.close()
-    assert "could not start" in caplog.text
+    assert caplog.text.count("could not start") == 1
     engine = _on_loop_engine(disk.crash())
     try:
-        assert [d.body for d in engine.peek("q", 10)] == [b"kept"]
+        assert [d.body for d in engine.peek("q", 10)] == [b"kept", b"next"]
     finally:
         engine.close()
 
@@ -615,3 +621,63 @@ def test_on_the_real_file_system_the_loop_uses_linux_aio(tmp_path: Path) -> None
         assert len(engine.peek("q", 100)) == 8 and len(engine.peek("q2", 100)) == 8
     finally:
         engine.close()
+
+
+def test_a_round_left_in_flight_by_a_closed_loop_is_synced_when_another_loop_comes(
+        ) -> None:
+    disk = SimDisk()
+    engine = _on_loop_engine(disk)
+    seqs: list[int] = []
+
+    async def first() -> None:
+        await engine.durable(await _put(engine, "q", b"a"))
+        disk.syncers[-1].paused = True  # its end never comes: the loop closes first
+        seqs.append(await _put(engine, "q", b"b"))
+        await asyncio.sleep(0)  # the round started
+
+    async def second() -> None:  # the same engine on a new loop: nothing hangs
+        assert engine.commits.done < seqs[0]
+        seq = await _put(engine, "q2", b"c")
+        await asyncio.wait_for(engine.durable(seq), 10)
+        assert engine.commits.done >= seqs[0]
+        assert disk.syncers[-1].syncs == 1  # the new loop's syncer took c's round
+
+    try:
+        asyncio.run(first())
+        asyncio.run(second())
+    finally:
+        engine.close()
+    engine = _on_loop_engine(disk.crash())
+    try:
+        assert [d.body for d in engine.peek("q", 10)] == [b"a", b"b"]
+        assert [d.body for d in engine.peek("q2", 10)] == [b"c"]
+    finally:
+        engine.close()
+
+
+def test_an_asynchronous_fsync_that_ends_well_after_another_sync_failed_fails_its_round(
+        ) -> None:
+    """The kernel reports a write-back error once per open file: the loop's
+    fdatasyncs use their own descriptor, and one that ends with 0 after a sync of
+    the same log failed meanwhile still fails its round (its pages may be gone)."""
+    disk = SimDisk()
+    engine = _on_loop_engine(disk)
+
+    async def main() -> None:
+        await engine.durable(await _put(engine, "q2", b"ok"))
+        syncer = disk.syncers[-1]
+        syncer.paused = True
+        seq = await _put(engine, "q", b"maybe lost")
+        await asyncio.sleep(0)  # its fdatasync started, not ended
+        disk.fail_sync_at = disk.syncs + 1  # the next sync of anything fails
+        with pytest.raises(LogFailed):
+            engine.publish_to_queue("q", [OutMessage(b"sync now")])  # syncs q: EIO
+        syncer.resume()  # the started one now "succeeds" on the disk
+        with pytest.raises(LogFailed, match=r"fsync of .*/q/.* failed"):
+            await engine.durable(seq)
+
+    try:
+        asyncio.run(main())
+    finally:
+        with contextlib.suppress(Exception):
+            engine.close()
