@@ -455,20 +455,28 @@ class SegmentedLog:
     def _sync_now(self) -> None:
         self._lock.acquire()
         try:
-            written = self._written
-            end = self._end
-            seg = self._segments[-1]
-            size = seg.size
-            with contextlib.suppress(OSError):  # a cache: rebuilt at recovery when short
-                seg.index.flush()
-                seg.tindex.flush()
+            point = self._sync_point()
             self._sync_lock.acquire()
         finally:
             self._lock.release()
+        seg = point[2]
         try:
             self._fsync(seg.fd, seg.path)
         finally:
             self._sync_lock.release()
+        self._synced_to(*point)
+
+    def _sync_point(self) -> tuple[int, int, Segment, int]:
+        """(Under `_lock`.) What an fsync starting now covers: the bytes written, the
+        log end, the active segment and its size (its index caches written out)."""
+        seg = self._segments[-1]
+        with contextlib.suppress(OSError):  # a cache: rebuilt at recovery when short
+            seg.index.flush()
+            seg.tindex.flush()
+        return self._written, self._end, seg, seg.size
+
+    def _synced_to(self, written: int, end: int, seg: Segment, size: int) -> None:
+        """An fsync that started at `_sync_point` ended well."""
         with self._cond:
             self._synced = max(self._synced, written)
             self._durable_end = max(self._durable_end, end)
@@ -487,13 +495,8 @@ class SegmentedLog:
             if self._synced >= target:
                 return False
         with self._lock:
-            written = self._written
-            end = self._end
-            seg = self._segments[-1]
-            size = seg.size
-            with contextlib.suppress(OSError):  # a cache: rebuilt at recovery when short
-                seg.index.flush()
-                seg.tindex.flush()
+            point = self._sync_point()
+            seg = point[2]
 
             def ended(error: BaseException | None) -> None:
                 if error is not None:
@@ -502,11 +505,7 @@ class SegmentedLog:
                 if self._failed is not None:  # another sync of it failed meanwhile
                     done(self._failed)
                     return
-                with self._cond:
-                    self._synced = max(self._synced, written)
-                    self._durable_end = max(self._durable_end, end)
-                self._checkpoint(seg.base, size)
-                self._last_sync = self.clock.monotonic()
+                self._synced_to(*point)
                 done(None)
 
             # on the segment's own descriptor for it (see `Segment.async_fd`),

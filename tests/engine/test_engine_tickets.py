@@ -425,6 +425,16 @@ def _on_loop_engine(disk: SimDisk) -> Engine:
     return Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(), fs=disk)
 
 
+@contextlib.contextmanager
+def _after_power_cut(disk: SimDisk) -> Iterator[Engine]:
+    """The engine recovered from what a power cut now leaves of `disk`."""
+    engine = _on_loop_engine(disk.crash())
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 def _flushers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "group-commit"]
 
@@ -475,12 +485,9 @@ def test_on_its_event_loop_the_engine_syncs_each_round_asynchronously_without_a_
     finally:
         engine.close()
     # acknowledged: on the disk after a power cut
-    engine = _on_loop_engine(disk.crash())
-    try:
+    with _after_power_cut(disk) as engine:
         assert len(engine.peek("q", 100)) == 17
         assert [d.body for d in engine.peek("q2", 10)] == [b"b"]
-    finally:
-        engine.close()
 
 
 def test_a_failed_asynchronous_fsync_fails_its_rounds_tickets_and_the_log() -> None:
@@ -530,11 +537,8 @@ def test_an_fsync_that_cannot_start_asynchronously_is_synced_on_the_loop(
     finally:
         engine.close()
     assert caplog.text.count("could not start") == 1
-    engine = _on_loop_engine(disk.crash())
-    try:
+    with _after_power_cut(disk) as engine:
         assert [d.body for d in engine.peek("q", 10)] == [b"kept", b"next"]
-    finally:
-        engine.close()
 
 
 def test_close_and_wait_idle_on_the_loop_sync_a_round_in_flight_themselves() -> None:
@@ -561,11 +565,8 @@ def test_close_and_wait_idle_on_the_loop_sync_a_round_in_flight_themselves() -> 
             await asyncio.sleep(0)
 
     asyncio.run(main())
-    engine = _on_loop_engine(disk.crash())
-    try:
-        assert [d.body for d in engine.peek("q", 10)] == [b"first", b"a", b"b"]
-    finally:
-        engine.close()
+    with _after_power_cut(disk) as recovered:
+        assert [d.body for d in recovered.peek("q", 10)] == [b"first", b"a", b"b"]
 
 
 def test_tickets_of_another_thread_go_to_the_flusher_thread() -> None:
@@ -589,11 +590,8 @@ def test_tickets_of_another_thread_go_to_the_flusher_thread() -> None:
         assert engine.commits.flush_rounds == 2  # the loop's and the thread's
     finally:
         engine.close()
-    engine = _on_loop_engine(disk.crash())
-    try:
+    with _after_power_cut(disk) as engine:
         assert [d.body for d in engine.peek("q2", 10)] == [b"w"]
-    finally:
-        engine.close()
 
 
 def test_on_the_real_file_system_the_loop_uses_linux_aio(tmp_path: Path) -> None:
@@ -647,12 +645,9 @@ def test_a_round_left_in_flight_by_a_closed_loop_is_synced_when_another_loop_com
         asyncio.run(second())
     finally:
         engine.close()
-    engine = _on_loop_engine(disk.crash())
-    try:
+    with _after_power_cut(disk) as engine:
         assert [d.body for d in engine.peek("q", 10)] == [b"a", b"b"]
         assert [d.body for d in engine.peek("q2", 10)] == [b"c"]
-    finally:
-        engine.close()
 
 
 def test_an_asynchronous_fsync_that_ends_well_after_another_sync_failed_fails_its_round(
