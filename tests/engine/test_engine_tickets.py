@@ -19,7 +19,7 @@ import pytest
 
 from runner.clock import ManualClock
 from runner.engine import Engine, FsyncPolicy, OutMessage, OutRecord, Step
-from runner.errors import LogFailed
+from runner.errors import LogFailed, StorageError
 from runner.fs import LOCAL, read_bytes
 from runner.topology.model import Queue, Topic, Topology
 from tests.faultfs import SimDisk
@@ -223,14 +223,27 @@ D = Path("/srv/data")
 
 
 def _workload(disk: SimDisk, acked: dict[str, set[bytes]], *, ticketed_steps: bool = False,
-              ) -> None:
+              on_loop: bool = False) -> None:
     """Ticketed writes several at a time, acknowledged once their ticket resolved;
     some inputs are pulled (and settled in an exactly-once step) before their
     publish was synced. `ticketed_steps`: the steps too (`commit_step_ticketed`:
     the journal record synced at once, the apply by the flusher), each counted
-    once its ticket resolved."""
+    once its ticket resolved. `on_loop`: the rounds run on the event loop, their
+    fdatasyncs ending on later turns (`SimSyncer`), else on the flusher thread."""
     engine = Engine.open(TOPO, D, fsync=FsyncPolicy.ALWAYS, clock=ManualClock(), fs=disk)
-    try:
+    engine.sync_on_loop = on_loop
+
+    async def turn() -> None:  # on the loop: its rounds start between the writes
+        if on_loop:
+            await asyncio.sleep(0)
+
+    async def durable(seq: int) -> None:
+        if on_loop:
+            await engine.durable(seq)
+        else:
+            engine.commits.when_durable(seq).result(timeout=10)
+
+    async def rounds() -> None:
         for i in range(30):
             waiting: list[tuple[int, str, bytes]] = []
             for j in range(3):
@@ -238,10 +251,12 @@ def _workload(disk: SimDisk, acked: dict[str, set[bytes]], *, ticketed_steps: bo
                 with engine.ticketed() as box:
                     engine.publish_to_queue("q", [OutMessage(body)])
                 waiting.append((box.seq, "q", body))
+                await turn()
                 rec = b"t-%d-%d" % (i, j) * 8
                 with engine.ticketed() as box:
                     engine.append("t", [OutRecord(value=rec)])
                 waiting.append((box.seq, "t", rec))
+                await turn()
             for d in engine.pull("q", 1, lease_s=60, consumer_id="c"):
                 acked["settling"].add(d.body)  # may take effect from here on
                 step = Step(acks=[("q", d.delivery_id)],
@@ -253,12 +268,17 @@ def _workload(disk: SimDisk, acked: dict[str, set[bytes]], *, ticketed_steps: bo
                 acked["steps"].add(d.body)
             for seq, kind, body in waiting:
                 try:
-                    engine.commits.when_durable(seq).result(timeout=10)
-                except LogFailed:
+                    await durable(seq)
+                except StorageError:  # LogFailed, or the dead disk's error
                     if disk.dead:
                         return
                     raise
                 acked[kind].add(body)
+
+    try:
+        asyncio.run(rounds())
+        if not disk.dead:  # the rounds ran where they were meant to
+            assert (engine.commits.loop_rounds > 0) is on_loop, engine.commits.loop_rounds
     finally:
         with contextlib.suppress(Exception):
             engine.close()
@@ -309,12 +329,12 @@ class _SlowFlusher(SimDisk):
         super().sync(fd)
 
 
-def _run(cut: int | None, *, ticketed_steps: bool = False) -> SimDisk:
+def _run(cut: int | None, *, ticketed_steps: bool = False, on_loop: bool = False) -> SimDisk:
     disk = _SlowFlusher(cut_at=cut) if ticketed_steps else SimDisk(cut_at=cut)
     acked: dict[str, set[bytes]] = {"q": set(), "t": set(), "steps": set(),
                                     "settling": set()}
     try:
-        _workload(disk, acked, ticketed_steps=ticketed_steps)
+        _workload(disk, acked, ticketed_steps=ticketed_steps, on_loop=on_loop)
     except Exception:
         if not disk.dead:
             raise
@@ -324,22 +344,24 @@ def _run(cut: int | None, *, ticketed_steps: bool = False) -> SimDisk:
     return disk
 
 
-def _cuts(count: int, *, ticketed_steps: bool = False) -> list[int]:
-    total = _run(None, ticketed_steps=ticketed_steps).changes
+def _cuts(count: int, *, ticketed_steps: bool = False, on_loop: bool = False) -> list[int]:
+    total = _run(None, ticketed_steps=ticketed_steps, on_loop=on_loop).changes
     assert total > 300
     return sorted({1 + (total - 1) * i // (count - 1) for i in range(count)})
 
 
-def test_resolved_tickets_survive_a_power_cut_at_sampled_cut_points() -> None:
-    for cut in _cuts(60):
-        _run(cut)
+@pytest.mark.parametrize("on_loop", [False, True], ids=["flusher-thread", "loop-rounds"])
+def test_resolved_tickets_survive_a_power_cut_at_sampled_cut_points(on_loop: bool) -> None:
+    for cut in _cuts(60, on_loop=on_loop):
+        _run(cut, on_loop=on_loop)
 
 
-def test_ticketed_steps_survive_a_power_cut_at_sampled_cut_points() -> None:
+@pytest.mark.parametrize("on_loop", [False, True], ids=["flusher-thread", "loop-rounds"])
+def test_ticketed_steps_survive_a_power_cut_at_sampled_cut_points(on_loop: bool) -> None:
     # the step's record is synced before it is applied, its done mark written only
     # after the flusher synced its outputs, its input's publish synced before it
-    for cut in _cuts(60, ticketed_steps=True):
-        _run(cut, ticketed_steps=True)
+    for cut in _cuts(60, ticketed_steps=True, on_loop=on_loop):
+        _run(cut, ticketed_steps=True, on_loop=on_loop)
 
 
 @pytest.mark.torture
