@@ -13,11 +13,12 @@ covers its bytes. Two blocks change that, on the thread that opened them:
   source, as without the block).
 
 * `GroupCommit.ticketed()` (the daemon's event loop): the block returns
-  without any fsync and hands out a ticket (`box.seq`); a round -- on the
-  loop itself while fsyncs are quick (see "Rounds on the event loop"), else
-  on the data dir's flusher thread -- syncs each log dirtied since the last
-  round ONCE and then resolves every ticket of the round (`when_durable(seq)`,
-  a concurrent.futures.Future: the loop awaits it without blocking). A failed
+  without any fsync and hands out a ticket (`box.seq`); a round -- the
+  loop's own, its fdatasyncs run by the kernel (see "Rounds on the event
+  loop"), else the data dir's flusher thread's -- syncs each log dirtied since
+  the last round ONCE and then resolves every ticket of the round
+  (`when_durable(seq)`, a concurrent.futures.Future: the loop awaits it
+  without blocking). A failed
   fsync fails that round's tickets only (with the log's LogFailed; the log
   refuses everything from then on, as without the block); later rounds of
   other logs succeed. Tickets are ordered: the round that resolves ticket N
@@ -44,7 +45,7 @@ the round's tickets and, if more was written meanwhile, starts the next
 round. So no Python thread waits for the disk and no round is handed to a
 thread and back (waking it, both taking turns at the GIL, waking the loop
 again): 16 HTTP clients' single-message publishes under `--fsync always`
-gained ~1.5x on a 2-core machine (docs/engine.md). Tickets of another
+gained 1.32-1.42x on a 2-core machine (docs/engine.md). Tickets of another
 thread, of a loop not hooked, or on a file system without asynchronous
 fsyncs go to the flusher thread as before. One round at a time, whoever runs
 it: the thread waits for a loop round in flight; `wait_idle` and `close`
@@ -245,11 +246,15 @@ class GroupCommit:
         cannot start): a round it has in flight or scheduled is taken over and
         synced here, and later tickets go to the thread until `run_on_loop`."""
         with self._cond:
-            self._on_loop = self._schedule = self._syncer = None
-            self._soon = False
+            self._forget_loop()
             stranded = self._busy == _ASYNC or bool(self._pending)
         if stranded:
             self._round()
+
+    def _forget_loop(self) -> None:
+        """(Under `_cond`.) No loop runs rounds: later tickets go to the thread."""
+        self._on_loop = self._schedule = self._syncer = None
+        self._soon = False
 
     def _hand_over(self, dirty: dict[Dirty, int]) -> int:
         on_loop = self._on_loop
@@ -273,16 +278,21 @@ class GroupCommit:
                 self._wake_thread()
                 return seq
             self._soon = True
-            schedule = self._schedule
+        self._schedule_round()
+        return seq
+
+    def _schedule_round(self) -> None:
+        """Ask the loop to run `run_round` (`_soon` is set); if it cannot (it is
+        closing), the thread takes the round."""
+        schedule = self._schedule
         try:
             assert schedule is not None
             schedule()
-        except Exception:  # e.g. the loop is closing: the thread takes the round
+        except Exception:
             log.debug("cannot schedule a round on the event loop", exc_info=True)
             with self._cond:
                 self._soon = False
                 self._wake_thread()
-        return seq
 
     def _wake_thread(self) -> None:
         """(Under `_cond`.) Start the flusher thread, or wake it for `_pending`."""
@@ -330,7 +340,7 @@ class GroupCommit:
                                 "on the event loop, and the flusher thread runs the "
                                 "rounds from now on", exc)
                     with self._cond:
-                        self._on_loop = self._schedule = self._syncer = None
+                        self._forget_loop()
                     try:
                         wal.sync_to(target)
                     except Exception as failed:  # the log is failed and says so
@@ -352,16 +362,11 @@ class GroupCommit:
         with self._cond:
             if not self._pending or self._soon or self._busy or self._closed:
                 return
-            self._soon = True
-            schedule = self._schedule
-        try:
-            assert schedule is not None
-            schedule()
-        except Exception:  # the loop is closing: the thread takes the rest
-            log.debug("cannot schedule a round on the event loop", exc_info=True)
-            with self._cond:
-                self._soon = False
+            if self._schedule is None:  # the loop runs no more rounds (refused starts)
                 self._wake_thread()
+                return
+            self._soon = True
+        self._schedule_round()
 
     def _run(self) -> None:
         while True:
@@ -386,13 +391,10 @@ class GroupCommit:
                     self._busy == _ASYNC and flusher and not self._closed):
                 self._cond.wait()
             if self._busy == _ASYNC:
-                batch = dict(self._running)  # taken over: its late end is ignored
-                after, upto = self._done, self._running_upto
-                for wal, target in self._pending.items():  # and what came since
-                    if batch.get(wal, -1) < target:
-                        batch[wal] = target
+                # taken over (its late end is ignored), with what came since
+                batch = self._unsynced()
                 self._pending = {}
-                upto = self._issued
+                after, upto = self._done, self._issued
             elif not self._pending:
                 return False
             else:
@@ -497,13 +499,17 @@ class GroupCommit:
         calling thread (see "Ordering" in the module). A failing log is left to
         its tickets and its next use."""
         with self._cond:
-            if not self._pending and not self._running:
-                return
-            todo = dict(self._running)
-            for wal, target in self._pending.items():
-                if todo.get(wal, -1) < target:
-                    todo[wal] = target
+            todo = self._unsynced()
         _sync_each(todo)
+
+    def _unsynced(self) -> dict[Dirty, int]:
+        """(Under `_cond`.) The round running's logs and what is pending, in write
+        order, each up to its furthest target."""
+        todo = dict(self._running)
+        for wal, target in self._pending.items():
+            if todo.get(wal, -1) < target:
+                todo[wal] = target
+        return todo
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until every ticket handed out is resolved (tests, close). What
