@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -370,7 +371,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         supervisor = Supervisor(config, loaded, parts)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(supervisor.serve())
+            return runner.run(supervisor.serve(ready=freeze_startup_heap))
     except StartRefused as exc:
         if exc.plan is not None:
             sys.stderr.write(plan_text(exc.plan))
@@ -379,6 +380,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1
+
+
+def freeze_startup_heap(host: str = "", port: int = 0) -> None:
+    """Once the daemon serves (its `ready`): collect, then move every object alive now
+    -- the topology, the handlers' modules, aiohttp, the engine's indexes -- out of the
+    cyclic collector's generations (`gc.freeze`), so that its collections stop scanning
+    them again and again under load (they were ~4% of a small publish's CPU). Objects
+    made later are collected as before; a frozen one that later becomes cyclic garbage
+    (a topology a reload replaced) stays, bounded by what was alive at the start."""
+    gc.collect()
+    gc.freeze()
+    logging.getLogger("runner.daemon").info(
+        "startup heap frozen: %d objects the garbage collector no longer scans",
+        gc.get_freeze_count(), extra={"event": "heap_frozen", "objects": gc.get_freeze_count()})
 
 
 def event_loop(choice: str) -> LoopFactory | None:
@@ -426,7 +441,7 @@ def _run_remote(url: str, config: DaemonConfig, loaded: Loaded,
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(RemoteDaemon(config, topology, loaded.content_hash, target,
-                                           load=load).serve())
+                                           load=load).serve(ready=freeze_startup_heap))
     except (RunnerError, OSError) as exc:
         print(f"runner run: {exc}", file=sys.stderr)
         return 1

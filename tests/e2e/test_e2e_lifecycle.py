@@ -95,8 +95,13 @@ def test_sigterm_lets_in_flight_handlers_finish_and_exits_0(
     assert "Traceback" not in log
     events = [json.loads(line) for line in log.splitlines() if line.strip()]
     names = [e.get("event") for e in events]
-    for event in ("engine_opened", "pipeline_started", "listening", "draining", "stopped"):
+    for event in ("engine_opened", "pipeline_started", "listening", "heap_frozen",
+                  "draining", "stopped"):
         assert event in names, names
+    # once serving, the start-up heap left the garbage collector's scans (gc.freeze)
+    frozen = [e for e in events if e.get("event") == "heap_frozen"][0]
+    assert frozen["objects"] > 10_000, frozen
+    assert names.index("heap_frozen") > names.index("listening")
     # both were acked: a restart does not run them again
     d.start()
     time.sleep(1.0)
