@@ -19,7 +19,7 @@ from pathlib import Path
 from runner.errors import CorruptSegment, StorageError
 from runner.fs import FileSystem, read_bytes, remove
 from runner.log.index import OffsetIndex, TimeIndex
-from runner.log.logsegment import Segment, find_batch, segment_name, walk_batches
+from runner.log.logsegment import CHUNK, Segment, find_batch, segment_name, walk_batches
 from runner.log.producers import ProducerState, load_producers
 from runner.log.record import batch_crc_ok
 
@@ -180,11 +180,17 @@ class LogLoader:
                     raise CorruptSegment(
                         f"corrupt batch in {seg.path} at byte {fpos}",
                         path=str(seg.path), position=fpos)
-                log.warning("truncating torn tail of %s at byte %d (was %d bytes): written "
-                            "after the last fsync", seg.path, fpos, seg.size)
+                if fpos >= self._recovery_point and self._zeros_to_end(seg, fpos):
+                    # the zeros the log writes ahead of its appends (`zero_ahead`):
+                    # nothing was written there
+                    log.debug("cutting %d bytes of zeros written ahead off %s",
+                              seg.size - fpos, seg.path)
+                else:
+                    log.warning("truncating torn tail of %s at byte %d (was %d bytes): "
+                                "written after the last fsync", seg.path, fpos, seg.size)
                 self.fs.truncate(seg.fd, fpos)
                 self.fs.sync(seg.fd)
-                seg.size = fpos
+                seg.size = seg.zeroed = fpos
                 break
             assert header is not None
             if fpos == 0:
@@ -206,6 +212,15 @@ class LogLoader:
         if strict and pos != seg.size:
             raise CorruptSegment(f"corrupt batch in {seg.path} at byte {pos}",
                                  path=str(seg.path), position=pos)
+
+    def _zeros_to_end(self, seg: Segment, fpos: int) -> bool:
+        """Whether the file holds nothing but zero bytes from `fpos` to its end."""
+        while fpos < seg.size:
+            data = self.fs.pread(seg.fd, min(CHUNK, seg.size - fpos), fpos)
+            if not data or data.count(0) != len(data):
+                return False
+            fpos += len(data)
+        return True
 
     def _valid_after(self, seg: Segment, fpos: int, min_offset: int) -> bool:
         """Is there an intact batch anywhere after the bad one at `fpos` (so the bad
