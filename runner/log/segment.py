@@ -17,7 +17,13 @@ Durability (`Fsync`):
   inside `group.ticketed()` a later round (on the event loop that opened the
   block while fsyncs are quick, else on the data dir's flusher thread) syncs
   it and resolves the block's ticket. Outside both, what the flusher has pending is
-  synced first (durability in write order).
+  synced first (durability in write order). The active segment's file is kept
+  `zero_ahead` bytes (ZERO_AHEAD, 256 KiB, not past the segment limit) longer
+  than its batches in written zeros: an append writes into them, so its
+  fdatasync finds the file's length unchanged and has no metadata to commit
+  (ext4: no journal commit). A roll cuts them off the closing segment before
+  its last fsync (a closed segment ends with its last batch), `close` cuts them
+  too, and recovery cuts zeros found after the last batch (below).
 * INTERVAL: nothing is synced by `append`; the owner calls `maybe_sync()` (or
   runs a `runner.log.flusher.Flusher` thread, as `Store` does), which syncs when
   `fsync_interval_ms` has passed since the last sync. Except inside
@@ -48,6 +54,10 @@ header or length):
   synced data. `CorruptSegment` names the file and byte position and nothing
   is truncated. With nothing intact after it, it is still taken as a torn
   tail (a file cut short).
+
+Zeros from the first bad batch to the file's end, at or past the checkpoint's
+synced length, are the zeros written ahead (nothing was written there): cut
+off like a torn tail, logged at debug level instead of a warning.
 
 Reads check CRCs too.
 

@@ -18,6 +18,14 @@ from tests.faultfs import PAGE, SimDisk
 D = Path("/data")
 
 
+@pytest.fixture(autouse=True)
+def _one_page_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queues' logs write one page of zeros ahead, not 256 KiB: what they hold
+    ahead was reserved before the disk filled and takes writes (a message that fits
+    is stored, `test_log_zero_ahead.py`); these tests fill past it."""
+    monkeypatch.setattr("runner.log.segment.ZERO_AHEAD", PAGE)
+
+
 def _broker(disk: SimDisk, **kw: object) -> Broker:
     b = Broker(D, fsync="always", clock=ManualClock(), fs=disk, **kw)  # type: ignore[arg-type]
     b.declare([Exchange("fan", ExchangeType.FANOUT)], [Queue("q"), Queue("r")],
