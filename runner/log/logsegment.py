@@ -38,8 +38,9 @@ class SegmentInfo:
 class Segment:
     """One segment's open files: the batch file, its two sparse indexes."""
 
-    __slots__ = ("base", "path", "fd", "sync_fd", "size", "zeroed", "index", "tindex",
-                 "last_offset", "max_ts", "first_ts", "since_index", "head_ts", "fs")
+    __slots__ = ("base", "path", "fd", "sync_fd", "size", "zeroed", "zeros_refused",
+                 "index", "tindex", "last_offset", "max_ts", "first_ts", "since_index",
+                 "head_ts", "fs")
 
     def __init__(self, directory: Path, base: int, fs: FileSystem) -> None:
         name = segment_name(base)
@@ -55,6 +56,7 @@ class Segment:
         # the file's length: past `size` it holds zeros written ahead of the appends
         # (`SegmentedLog.zero_ahead`), or nothing
         self.zeroed = self.size
+        self.zeros_refused = False  # writing them failed (a full disk): no more here
         self.index = OffsetIndex(directory / f"{name}.index", base, fs)
         self.tindex = TimeIndex(directory / f"{name}.timeindex", base, fs)
         self.last_offset = base - 1

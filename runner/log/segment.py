@@ -361,7 +361,7 @@ class SegmentedLog:
 
     def _write(self, seg: Segment, data: bytes) -> None:
         pwrite = self.fs.pwrite
-        if seg.size + len(data) > seg.zeroed and self.zero_ahead:
+        if seg.size + len(data) > seg.zeroed and self.zero_ahead and not seg.zeros_refused:
             self._zero_ahead(seg, seg.size + len(data))
         try:
             view = memoryview(data)
@@ -384,7 +384,8 @@ class SegmentedLog:
         ones after it find the file's length unchanged. Recovery takes zeros after
         the last batch for unwritten space (`runner.log.recovery`); a roll and a
         close cut the file to its batches. Not written (a full disk): the appends
-        grow the file as they would without."""
+        grow the file as they would without, and this segment writes no more zeros
+        (each try would fill the disk for a moment: other writers' ENOSPC)."""
         limit = max(min(self.segment_bytes, MAX_SEGMENT_BYTES), end)
         upto = min(end + self.zero_ahead, limit)
         if upto <= seg.zeroed:
@@ -398,16 +399,20 @@ class SegmentedLog:
                 at += n
         except OSError as exc:
             log.debug("cannot write zeros ahead in %s: %s", seg.path, exc)
+            seg.zeros_refused = True
             with contextlib.suppress(OSError):
                 self.fs.truncate(seg.fd, seg.size)
                 at = seg.size
         seg.zeroed = at
 
-    def _cut_zeros(self, seg: Segment) -> None:
-        """Cut the zeros written ahead off `seg`'s file (synced by the caller)."""
-        if seg.zeroed > seg.size:
-            self.fs.truncate(seg.fd, seg.size)
-            seg.zeroed = seg.size
+    def _cut_zeros(self, seg: Segment) -> bool:
+        """Cut the zeros written ahead off `seg`'s file (synced by the caller);
+        whether there were any."""
+        if seg.zeroed <= seg.size:
+            return False
+        self.fs.truncate(seg.fd, seg.size)
+        seg.zeroed = seg.size
+        return True
 
     def _roll(self) -> Segment:
         """Close the active segment (synced, with final index entries) and start a new
@@ -882,8 +887,10 @@ class SegmentedLog:
             self._closed = True
         try:
             if self._failed is None:
+                last = self._segments[-1]
                 with contextlib.suppress(OSError):  # else recovery takes them for unwritten
-                    self._cut_zeros(self._segments[-1])
+                    if self._cut_zeros(last) and self._written == self._synced:
+                        self.fs.sync(last.fd)  # (else `sync` below syncs the cut)
             if self._failed is None and (
                     self.fsync is not Fsync.NEVER or self._written != self._synced):
                 self.sync()
