@@ -40,6 +40,24 @@ def _abandon(log: SegmentedLog) -> None:
         seg.close()
 
 
+def _crash_after(directory: Path, n: int) -> int:
+    """n records appended, then the owner crashes; the log's size in bytes."""
+    log = _open(directory)
+    for i in range(n):
+        log.append([_rec(i)])
+    assert _file(directory).stat().st_size > log.size_bytes  # zeros ahead on disk
+    end = log.size_bytes
+    _abandon(log)
+    return end
+
+
+def _reopened(directory: Path, caplog: pytest.LogCaptureFixture) -> SegmentedLog:
+    """The log recovered from `directory`, what recovery logged in `caplog`."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="runner.log.segment"):
+        return _open(directory)
+
+
 def _values(log: SegmentedLog) -> list[bytes]:
     out: list[bytes] = []
     off = log.start_offset
@@ -115,13 +133,8 @@ def test_zeros_stop_at_the_segment_limit_and_a_roll_leaves_the_closed_segment_ex
 def test_recovery_after_a_crash_cuts_the_zeros_without_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # a crash: the log is never closed (its zeros stay on disk, as after kill -9)
-    log = _open(tmp_path)
-    for i in range(30):
-        log.append([_rec(i)])
-    assert _file(tmp_path).stat().st_size > log.size_bytes
-    _abandon(log)
-    with caplog.at_level(logging.DEBUG, logger="runner.log.segment"):
-        again = _open(tmp_path)
+    _crash_after(tmp_path, 30)
+    again = _reopened(tmp_path, caplog)
     try:
         messages = [r.getMessage() for r in caplog.records]
         assert any(ZEROS in m for m in messages), messages
@@ -135,18 +148,13 @@ def test_recovery_after_a_crash_cuts_the_zeros_without_a_warning(
 
 def test_bytes_written_over_the_zeros_after_the_last_fsync_are_a_torn_tail(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    log = _open(tmp_path)
-    for i in range(5):
-        log.append([_rec(i)])
-    end = log.size_bytes
-    _abandon(log)
+    end = _crash_after(tmp_path, 5)
     fd = os.open(_file(tmp_path), os.O_RDWR)
     try:  # half a batch that never got its fsync, in the zeros
         os.pwrite(fd, b"\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x01\x00garbage", end)
     finally:
         os.close(fd)
-    with caplog.at_level(logging.DEBUG, logger="runner.log.segment"):
-        again = _open(tmp_path)
+    again = _reopened(tmp_path, caplog)
     try:
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any(TORN in m and f"at byte {end}" in m for m in warnings), warnings
@@ -167,8 +175,7 @@ def test_zeros_where_synced_batches_were_are_not_taken_for_zeros_written_ahead(
     data = bytearray(path.read_bytes())
     data[before_last:] = bytes(len(data) - before_last)  # the last synced batch lost
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.DEBUG, logger="runner.log.segment"):
-        again = _open(tmp_path)
+    again = _reopened(tmp_path, caplog)
     try:
         messages = [r.getMessage() for r in caplog.records]
         assert any(TORN in m for m in messages), messages
