@@ -394,10 +394,11 @@ def freeze_startup_heap(host: str = "", port: int = 0) -> None:
     gc.collect()  # (a pause of the loop once, right after the start: logged)
     gc.freeze()
     took_ms = round((time.perf_counter() - started) * 1000, 1)
+    frozen = gc.get_freeze_count()
     logging.getLogger("runner.daemon").info(
         "startup heap frozen: %d objects the garbage collector no longer scans "
-        "(collected in %.1f ms)", gc.get_freeze_count(), took_ms,
-        extra={"event": "heap_frozen", "objects": gc.get_freeze_count(), "ms": took_ms})
+        "(collected in %.1f ms)", frozen, took_ms,
+        extra={"event": "heap_frozen", "objects": frozen, "ms": took_ms})
 
 
 def event_loop(choice: str) -> LoopFactory | None:

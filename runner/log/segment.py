@@ -379,7 +379,8 @@ class SegmentedLog:
             raise err from exc
 
     def _zero_ahead(self, seg: Segment, end: int) -> None:
-        """Write zeros from the file's end to `zero_ahead` bytes past `end` (not past
+        """Write zeros from the file's end or `end`, the end of the append about to
+        be written, whichever is further, to `zero_ahead` bytes past `end` (not past
         the segment's size limit), unsynced: the next fdatasync takes them, and the
         ones after it find the file's length unchanged. Recovery takes zeros after
         the last batch for unwritten space (`runner.log.recovery`); a roll and a
@@ -388,9 +389,9 @@ class SegmentedLog:
         (each try would fill the disk for a moment: other writers' ENOSPC)."""
         limit = max(min(self.segment_bytes, MAX_SEGMENT_BYTES), end)
         upto = min(end + self.zero_ahead, limit)
-        if upto <= seg.zeroed:
+        at = max(seg.zeroed, end)  # (up to `end` the append itself writes)
+        if upto <= at:
             return
-        at = max(seg.zeroed, seg.size)
         try:
             while at < upto:
                 n = self.fs.pwrite(seg.fd, _ZEROS[:min(upto - at, ZERO_AHEAD)], at)
